@@ -1,0 +1,131 @@
+//! The parts of the new mount API (`mount_setattr`, `fsopen`, `fsmount`) that `nix` lacks.
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use crate::{check, Errno, Result};
+
+pub const MOUNT_ATTR_RDONLY: u64 = 0x0000_0001;
+pub const MOUNT_ATTR_NOSUID: u64 = 0x0000_0002;
+pub const MOUNT_ATTR_NODEV: u64 = 0x0000_0004;
+pub const MOUNT_ATTR_NOEXEC: u64 = 0x0000_0008;
+pub const MOUNT_ATTR__ATIME: u64 = 0x0000_0070;
+pub const MOUNT_ATTR_RELATIME: u64 = 0x0000_0000;
+pub const MOUNT_ATTR_NOATIME: u64 = 0x0000_0010;
+pub const MOUNT_ATTR_STRICTATIME: u64 = 0x0000_0020;
+pub const MOUNT_ATTR_NODIRATIME: u64 = 0x0000_0080;
+pub const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+pub const MOUNT_ATTR_NOSYMFOLLOW: u64 = 0x0020_0000;
+
+/// Changes of mount attributes for `mount_setattr(2)`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MountAttr {
+    pub set: u64,
+    pub clear: u64,
+    /// `MS_SHARED`, `MS_SLAVE`, `MS_PRIVATE` or `MS_UNBINDABLE`, or 0 to leave it.
+    pub propagation: u64,
+    /// A user namespace descriptor for `MOUNT_ATTR_IDMAP`.
+    pub userns_fd: Option<RawFd>,
+}
+
+/// Applies `attr` to the mount at `path` relative to `dirfd`, recursively when asked.
+pub fn mount_setattr(
+    dirfd: BorrowedFd<'_>,
+    path: &Path,
+    attr: &MountAttr,
+    recursive: bool,
+) -> Result<()> {
+    #[repr(C)]
+    struct RawMountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    let raw = RawMountAttr {
+        attr_set: attr.set,
+        attr_clr: attr.clear,
+        propagation: attr.propagation,
+        userns_fd: attr.userns_fd.map(|fd| fd as u64).unwrap_or(0),
+    };
+    let path = cstring(path)?;
+    let mut flags = libc::AT_EMPTY_PATH as libc::c_uint;
+    if recursive {
+        flags |= libc::AT_RECURSIVE as libc::c_uint;
+    }
+    // SAFETY: `path` is NUL-terminated and `raw` is a mount_attr of the size we pass; both
+    // outlive the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            dirfd.as_raw_fd(),
+            path.as_ptr(),
+            flags,
+            &raw as *const RawMountAttr,
+            std::mem::size_of::<RawMountAttr>(),
+        )
+    };
+    check(ret).map(drop)
+}
+
+/// Creates a detached, read-only overlay mount whose single layer is `lower_dir`.
+///
+/// Nothing can write through such a mount, and being detached it is reachable only through
+/// the returned descriptor: the runtime re-executes itself from it (see [`crate::exe`]).
+pub fn detached_readonly_overlay(lower_dir: &Path) -> Result<OwnedFd> {
+    const FSOPEN_CLOEXEC: libc::c_uint = 1;
+    const FSCONFIG_SET_STRING: libc::c_uint = 1;
+    const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+    const FSMOUNT_CLOEXEC: libc::c_uint = 1;
+
+    let fstype = c"overlay";
+    // SAFETY: `fstype` is a NUL-terminated literal.
+    let fs = unsafe { libc::syscall(libc::SYS_fsopen, fstype.as_ptr(), FSOPEN_CLOEXEC) };
+    // SAFETY: fsopen returned a fresh descriptor that we now own.
+    let fs = unsafe { OwnedFd::from_raw_fd(check(fs)? as RawFd) };
+
+    // overlayfs options are separated by ',' and layers by ':'; such paths would be misread.
+    let bytes = lower_dir.as_os_str().as_bytes();
+    if bytes.iter().any(|b| matches!(b, b',' | b':' | b'\\')) {
+        return Err(Errno::EINVAL);
+    }
+    let set = |key: &std::ffi::CStr, value: &CString| -> Result<()> {
+        // SAFETY: key and value are NUL-terminated and live across the call.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                fs.as_raw_fd(),
+                FSCONFIG_SET_STRING,
+                key.as_ptr(),
+                value.as_ptr(),
+                0,
+            )
+        };
+        check(ret).map(drop)
+    };
+    // Kernels before 6.5 refuse a single lower layer without an upper one; the same directory
+    // given twice is accepted everywhere and means the same thing.
+    let single = cstring(lower_dir)?;
+    if set(c"lowerdir", &single).is_err() {
+        let mut doubled = bytes.to_vec();
+        doubled.push(b':');
+        doubled.extend_from_slice(bytes);
+        set(c"lowerdir", &CString::new(doubled).map_err(|_| Errno::EINVAL)?)?;
+    }
+    // SAFETY: integer-only call on our descriptor.
+    let ret = unsafe {
+        libc::syscall(libc::SYS_fsconfig, fs.as_raw_fd(), FSCONFIG_CMD_CREATE, 0usize, 0usize, 0)
+    };
+    check(ret)?;
+    let attrs = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID;
+    // SAFETY: integer-only call on our descriptor.
+    let mnt = unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, attrs) };
+    // SAFETY: fsmount returned a fresh descriptor that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(check(mnt)? as RawFd) })
+}
+
+fn cstring(path: &Path) -> Result<CString> {
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)
+}
