@@ -129,3 +129,92 @@ pub fn detached_readonly_overlay(lower_dir: &Path) -> Result<OwnedFd> {
 fn cstring(path: &Path) -> Result<CString> {
     CString::new(path.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)
 }
+
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const OPEN_TREE_CLOEXEC: libc::c_uint = libc::O_CLOEXEC as libc::c_uint;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x0000_0004;
+const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x0000_0040;
+
+/// A detached copy (bind) of the mount at `source`, as a descriptor (`open_tree(2)`).
+pub fn clone_tree(source: BorrowedFd<'_>, recursive: bool) -> Result<OwnedFd> {
+    let mut flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | libc::AT_EMPTY_PATH as libc::c_uint;
+    if recursive {
+        flags |= libc::AT_RECURSIVE as libc::c_uint;
+    }
+    // SAFETY: the empty path is a NUL-terminated literal; flags are integers.
+    let ret =
+        unsafe { libc::syscall(libc::SYS_open_tree, source.as_raw_fd(), c"".as_ptr(), flags) };
+    // SAFETY: open_tree returned a fresh descriptor that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(check(ret)? as RawFd) })
+}
+
+/// Attaches a detached mount onto the object `target` refers to (`move_mount(2)`).
+pub fn attach(mount: BorrowedFd<'_>, target: BorrowedFd<'_>) -> Result<()> {
+    let flags = MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH;
+    // SAFETY: both paths are empty NUL-terminated literals; descriptors are borrowed.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            mount.as_raw_fd(),
+            c"".as_ptr(),
+            target.as_raw_fd(),
+            c"".as_ptr(),
+            flags,
+        )
+    };
+    check(ret).map(drop)
+}
+
+/// Bind-mounts what `source` refers to onto what `target` refers to, without any path
+/// lookup: neither can be swapped for a symlink in between.
+pub fn bind_fd(source: BorrowedFd<'_>, target: BorrowedFd<'_>, recursive: bool) -> Result<()> {
+    let tree = clone_tree(source, recursive)?;
+    attach(std::os::fd::AsFd::as_fd(&tree), target)
+}
+
+/// Mounts a fresh filesystem (e.g. a read-only empty tmpfs) onto `target`.
+///
+/// `options` are `key=value` or flag strings, as `fsconfig(2)` takes them one by one.
+pub fn mount_fs_fd(
+    fstype: &std::ffi::CStr,
+    options: &[&str],
+    attrs: u64,
+    target: BorrowedFd<'_>,
+) -> Result<()> {
+    const FSOPEN_CLOEXEC: libc::c_uint = 1;
+    const FSCONFIG_SET_FLAG: libc::c_uint = 0;
+    const FSCONFIG_SET_STRING: libc::c_uint = 1;
+    const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+    const FSMOUNT_CLOEXEC: libc::c_uint = 1;
+    // SAFETY: `fstype` is NUL-terminated.
+    let fs = unsafe { libc::syscall(libc::SYS_fsopen, fstype.as_ptr(), FSOPEN_CLOEXEC) };
+    // SAFETY: fsopen returned a fresh descriptor that we now own.
+    let fs = unsafe { OwnedFd::from_raw_fd(check(fs)? as RawFd) };
+    for option in options {
+        let (key, value) = match option.split_once('=') {
+            Some((key, value)) => (key, Some(value)),
+            None => (*option, None),
+        };
+        let key = CString::new(key).map_err(|_| Errno::EINVAL)?;
+        let value = value.map(CString::new).transpose().map_err(|_| Errno::EINVAL)?;
+        let (command, value_ptr) = match &value {
+            Some(value) => (FSCONFIG_SET_STRING, value.as_ptr()),
+            None => (FSCONFIG_SET_FLAG, std::ptr::null()),
+        };
+        // SAFETY: key and value are NUL-terminated (or null for flags) and outlive the call.
+        let ret = unsafe {
+            libc::syscall(libc::SYS_fsconfig, fs.as_raw_fd(), command, key.as_ptr(), value_ptr, 0)
+        };
+        check(ret)?;
+    }
+    // SAFETY: integer-only call on our descriptor.
+    let ret = unsafe {
+        libc::syscall(libc::SYS_fsconfig, fs.as_raw_fd(), FSCONFIG_CMD_CREATE, 0usize, 0usize, 0)
+    };
+    check(ret)?;
+    // SAFETY: integer-only call on our descriptor.
+    let mnt = unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, attrs) };
+    // SAFETY: fsmount returned a fresh descriptor that we now own.
+    let mnt = unsafe { OwnedFd::from_raw_fd(check(mnt)? as RawFd) };
+    attach(std::os::fd::AsFd::as_fd(&mnt), target)
+}

@@ -133,6 +133,16 @@ pub fn own_fd(fd: RawFd) -> Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Duplicates a descriptor known only by number (close-on-exec), e.g. one a C library keeps.
+pub fn dup_raw_fd(fd: RawFd) -> Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC takes an integer; the kernel validates `fd` and returns a new
+    // descriptor, which nothing else owns.
+    let ret = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+    let new = check(ret as libc::c_long)? as RawFd;
+    // SAFETY: `new` is a fresh descriptor (see above).
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
 /// `pidfd_open(2)`: a descriptor that becomes readable when the process exits.
 pub fn pidfd_open(pid: Pid) -> Result<OwnedFd> {
     // SAFETY: plain syscall with integer arguments; a returned descriptor is new and ours.
@@ -301,4 +311,69 @@ mod tests {
         // Reaped above: std must see the child as gone rather than block.
         assert!(child.try_wait().is_err());
     }
+}
+
+/// Takes a POSIX record lock on a whole file, waiting for it (`F_SETLKW`).
+///
+/// Unlike `flock`, such locks belong to the process and are not inherited by `fork`: a
+/// container init forked while a command holds the lock never keeps it alive.
+pub fn lock_file(file: &impl AsRawFd, exclusive: bool) -> Result<()> {
+    // SAFETY: an all-zero flock is a valid value (whole file from offset 0).
+    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+    lock.l_type = if exclusive { libc::F_WRLCK } else { libc::F_RDLCK } as libc::c_short;
+    lock.l_whence = libc::SEEK_SET as libc::c_short;
+    loop {
+        // SAFETY: F_SETLKW reads the flock through the pointer, which outlives the call.
+        let ret =
+            unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLKW, &lock as *const libc::flock) };
+        match check(ret as libc::c_long) {
+            Err(Errno::EINTR) => continue,
+            other => return other.map(drop),
+        }
+    }
+}
+
+/// Waits until a process (not necessarily a child) has exited, at most `timeout`.
+///
+/// Returns `true` when it is gone (or a zombie), `false` on timeout.
+pub fn wait_exit(pid: Pid, timeout: Duration) -> Result<bool> {
+    let pidfd = match pidfd_open(pid) {
+        Ok(fd) => fd,
+        Err(Errno::ESRCH) => return Ok(true),
+        Err(err) => return Err(err),
+    };
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let millis = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(std::os::fd::AsFd::as_fd(&pidfd), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(millis)) {
+            Ok(0) if left.is_zero() => return Ok(false),
+            Ok(0) | Err(Errno::EINTR) => continue,
+            Ok(_) => return Ok(true),
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+/// Restores default dispositions for every signal and unblocks them all, so that a program
+/// executed next starts the way a fresh process does (ignored signals survive `execve`).
+pub fn reset_signals() -> Result<()> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal};
+    let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+    for signal in Signal::iterator() {
+        if matches!(signal, Signal::SIGKILL | Signal::SIGSTOP) {
+            continue;
+        }
+        // SAFETY: installing SIG_DFL runs no code of ours in signal context.
+        unsafe { sigaction(signal, &default) }?;
+    }
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
+}
+
+/// Ends the calling process at once (`_exit(2)`): no destructors, no stdio flushing, which
+/// in a forked child would run the parent's cleanup a second time.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit never returns and touches no memory of ours.
+    unsafe { libc::_exit(code) }
 }
