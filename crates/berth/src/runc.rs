@@ -36,10 +36,10 @@ pub struct Cli {
     #[arg(long = "systemd-cgroup", global = true)]
     systemd_cgroup: bool,
     /// Accepted for compatibility (checkpointing is not supported).
-    #[arg(long, global = true, hide = true)]
+    #[arg(long, hide = true)]
     criu: Option<String>,
-    /// Accepted for compatibility.
-    #[arg(long, global = true, hide = true)]
+    /// Accepted for compatibility (before the command, as runc's global flag).
+    #[arg(long = "rootless", id = "global_rootless", hide = true)]
     rootless: Option<String>,
     #[command(subcommand)]
     command: Command,

@@ -209,18 +209,16 @@ impl Runtime {
         channel: &Channel,
         stage_one: Pid,
     ) -> Result<i32> {
-        let fail_stage_one = |err: Error| {
-            let _ = kill(stage_one, Signal::SIGKILL);
-            err
-        };
-        cgroup.add_process(stage_one).map_err(|err| fail_stage_one(err.into()))?;
         if matches!(prepared.namespaces.user, plan::UserNamespace::New { .. }) {
-            channel
+            let mapped = channel
                 .expect(&Message::MapIds, "creating the user namespace")
-                .map_err(fail_stage_one)?;
-            init::write_id_mappings(stage_one, &prepared.namespaces).map_err(fail_stage_one)?;
+                .and_then(|()| init::write_id_mappings(stage_one, &prepared.namespaces));
+            if let Err(err) = mapped {
+                let _ = kill(stage_one, Signal::SIGKILL);
+                return Err(err);
+            }
+            channel.send(&Message::Go)?;
         }
-        channel.send(&Message::Go).map_err(fail_stage_one)?;
         let pid = match channel.recv()? {
             Some(Message::Pid(pid)) => pid,
             Some(Message::Error(text)) => return Err(Error::Setup(text)),
@@ -234,6 +232,10 @@ impl Runtime {
         state.pid_start_time =
             berth_sys::process::process_start_time(Pid::from_raw(pid)).unwrap_or(0);
         dir.save(state)?;
+        // Moving a process between v1 cgroups waits for an RCU grace period (milliseconds);
+        // the init builds its root filesystem meanwhile and waits only before its cgroup
+        // namespace.
+        cgroup.add_process(Pid::from_raw(pid))?;
         channel.expect(&Message::RunHooks, "setting up the root filesystem")?;
         let hook_state = hook_state_json(state, Status::Creating);
         hooks::run_all(HookKind::Prestart, &HookKind::Prestart.of(&state.config), &hook_state)?;

@@ -105,18 +105,20 @@ fn stage_one(config: InitConfig<'_>, channel: &Channel) -> Result<Infallible> {
     if let UserNamespace::New { .. } = &namespaces.user {
         unshare(CloneFlags::CLONE_NEWUSER).map_err(sys("create a user namespace"))?;
         channel.send(&Message::MapIds)?;
+        channel.expect(&Message::Go, "waiting for the id mappings")?;
     }
-    // The parent has placed us in the container's cgroup (and mapped our ids) once it says go.
-    channel.expect(&Message::Go, "waiting for the cgroup and id mappings")?;
     if namespaces.has_user() {
         become_root()?;
     }
-    if let Some(offsets) = &namespaces.time_offsets {
+    if namespaces.create.contains(CLONE_NEWTIME) {
         unshare(CLONE_NEWTIME).map_err(sys("create a time namespace"))?;
-        std::fs::write("/proc/self/timens_offsets", offsets)
-            .map_err(io("write", "/proc/self/timens_offsets"))?;
+        if let Some(offsets) = &namespaces.time_offsets {
+            std::fs::write("/proc/self/timens_offsets", offsets)
+                .map_err(io("write", "/proc/self/timens_offsets"))?;
+        }
     }
-    let rest = namespaces.create - CLONE_NEWTIME;
+    // The cgroup namespace waits until the init has been moved into its cgroup (see `init`).
+    let rest = namespaces.create - CLONE_NEWTIME - CloneFlags::CLONE_NEWCGROUP;
     if !rest.is_empty() {
         unshare(rest).map_err(sys(format!("create namespaces ({rest:?})")))?;
     }
@@ -175,9 +177,13 @@ fn init(mut config: InitConfig<'_>, channel: &Channel) -> Result<Infallible> {
     }
     prepare_rootfs(&config)?;
 
-    // The parent runs prestart and createRuntime hooks in the runtime's namespaces.
+    // The parent has been moving us into the cgroup meanwhile; it answers once that is done
+    // and the prestart and createRuntime hooks have run in the runtime's namespaces.
     channel.send(&Message::RunHooks)?;
     channel.expect(&Message::Go, "running createRuntime hooks")?;
+    if config.namespaces.create.contains(CloneFlags::CLONE_NEWCGROUP) {
+        unshare(CloneFlags::CLONE_NEWCGROUP).map_err(sys("create a cgroup namespace"))?;
+    }
     let hook_state = |status| {
         serde_json::to_vec(&HookState {
             oci_version: config.spec.version(),
@@ -497,8 +503,9 @@ fn finish_mount(mounted: BorrowedFd<'_>, step: &MountStep) -> Result<()> {
     Ok(())
 }
 
-/// Shows the container's own cgroup at the destination: a cgroup2 mount when it has a
-/// cgroup namespace on a v2 host, otherwise bind mounts of its cgroup directories.
+/// Shows the container's own cgroup at the destination: bind mounts of its cgroup
+/// directories, which is what a cgroup mount inside its cgroup namespace would show, and
+/// needs no namespace yet (it is created after the rootfs, see `init`).
 fn mount_cgroup(
     root: BorrowedFd<'_>,
     step: &MountStep,
@@ -508,11 +515,6 @@ fn mount_cgroup(
     let target = resolve_in_root(root, &step.destination, Create::Directory)
         .map_err(sys("resolve the target in the rootfs"))?;
     let flags = step.flags - MsFlags::MS_REMOUNT;
-    if config.cgroup_v2 && config.namespaces.has(CloneFlags::CLONE_NEWCGROUP) {
-        mount(Some("cgroup2"), &proc_fd_path(&target), Some("cgroup2"), flags, None::<&str>)
-            .map_err(sys("mount cgroup2"))?;
-        return Ok(());
-    }
     if config.cgroup_v2 {
         let (_, host_dir) = config
             .cgroup_sources

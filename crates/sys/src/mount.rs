@@ -105,15 +105,12 @@ pub fn detached_readonly_overlay(lower_dir: &Path) -> Result<OwnedFd> {
         };
         check(ret).map(drop)
     };
-    // Kernels before 6.5 refuse a single lower layer without an upper one; the same directory
-    // given twice is accepted everywhere and means the same thing.
-    let single = cstring(lower_dir)?;
-    if set(c"lowerdir", &single).is_err() {
-        let mut doubled = bytes.to_vec();
-        doubled.push(b':');
-        doubled.extend_from_slice(bytes);
-        set(c"lowerdir", &CString::new(doubled).map_err(|_| Errno::EINVAL)?)?;
-    }
+    // overlayfs wants two lower layers when there is no upper one; the second is an empty,
+    // detached tmpfs, named through /proc/self/fd for as long as the descriptor lives.
+    let empty = empty_tmpfs()?;
+    let mut layers = bytes.to_vec();
+    layers.extend_from_slice(format!(":/proc/self/fd/{}", empty.as_raw_fd()).as_bytes());
+    set(c"lowerdir", &CString::new(layers).map_err(|_| Errno::EINVAL)?)?;
     // SAFETY: integer-only call on our descriptor.
     let ret = unsafe {
         libc::syscall(libc::SYS_fsconfig, fs.as_raw_fd(), FSCONFIG_CMD_CREATE, 0usize, 0usize, 0)
@@ -122,6 +119,27 @@ pub fn detached_readonly_overlay(lower_dir: &Path) -> Result<OwnedFd> {
     let attrs = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID;
     // SAFETY: integer-only call on our descriptor.
     let mnt = unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, attrs) };
+    // SAFETY: fsmount returned a fresh descriptor that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(check(mnt)? as RawFd) })
+}
+
+/// A fresh, empty, detached tmpfs.
+fn empty_tmpfs() -> Result<OwnedFd> {
+    const FSOPEN_CLOEXEC: libc::c_uint = 1;
+    const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+    const FSMOUNT_CLOEXEC: libc::c_uint = 1;
+    // SAFETY: the type is a NUL-terminated literal.
+    let fs = unsafe { libc::syscall(libc::SYS_fsopen, c"tmpfs".as_ptr(), FSOPEN_CLOEXEC) };
+    // SAFETY: fsopen returned a fresh descriptor that we now own.
+    let fs = unsafe { OwnedFd::from_raw_fd(check(fs)? as RawFd) };
+    // SAFETY: integer-only call on our descriptor.
+    check(unsafe {
+        libc::syscall(libc::SYS_fsconfig, fs.as_raw_fd(), FSCONFIG_CMD_CREATE, 0usize, 0usize, 0)
+    })?;
+    // SAFETY: integer-only call on our descriptor.
+    let mnt = unsafe {
+        libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, MOUNT_ATTR_RDONLY)
+    };
     // SAFETY: fsmount returned a fresh descriptor that we now own.
     Ok(unsafe { OwnedFd::from_raw_fd(check(mnt)? as RawFd) })
 }
