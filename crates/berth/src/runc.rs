@@ -337,6 +337,7 @@ fn protect_binary() -> Result<()> {
 }
 
 fn run(cli: Cli) -> Result<i32> {
+    tracing::debug!("parsed arguments");
     let runtime = Runtime::new(&cli.root, cli.systemd_cgroup);
     match cli.command {
         Command::Create { id, flags } => {
@@ -461,7 +462,9 @@ fn run_container(
         Some(socket) => Some(receive_master(socket)?),
         None => None,
     };
+    tracing::debug!("created; starting");
     let started = runtime.start(id);
+    tracing::debug!("started");
     let status = match started {
         Ok(()) => {
             berth_runtime::foreground_wait(berth_sys::nix::unistd::Pid::from_raw(pid), master)
@@ -469,6 +472,7 @@ fn run_container(
         }
         Err(err) => Err(err.into()),
     };
+    tracing::debug!("exited; deleting");
     if !keep {
         if let Err(err) = runtime.delete(id, true) {
             tracing::warn!("cannot delete container {id} after it exited: {err}");

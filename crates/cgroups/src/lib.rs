@@ -107,9 +107,42 @@ pub trait Manager: Send + Sync {
     fn stats(&self) -> Result<Stats>;
     /// True when the cgroup directory exists.
     fn exists(&self) -> bool;
+    /// How a process can enter this cgroup (or its sub-cgroup `sub`) by itself; see
+    /// [`SelfJoin`].
+    fn self_join(&self, sub: Option<&str>) -> Result<SelfJoin>;
     /// The hierarchies to show inside the container for a `cgroup` mount: pairs of
     /// (subdirectory of `/sys/fs/cgroup` in the container, host directory of this cgroup).
     fn mount_sources(&self) -> Vec<(PathBuf, PathBuf)>;
+}
+
+/// How a single-threaded process enters a cgroup without migrating a whole thread group.
+///
+/// Writing a pid to `cgroup.procs` takes a global lock whose write side waits for an RCU
+/// grace period: several milliseconds per container start. A process that moves only its own
+/// thread (`0` into v1 `tasks`) skips that lock, and a child created with
+/// `clone3(CLONE_INTO_CGROUP)` starts in its cgroup2 cgroup without any migration. The
+/// runtime forks into `clone_into` and has the child call [`SelfJoin::join_current_thread`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SelfJoin {
+    /// A cgroup2 directory to create the process in, if the host has one.
+    pub clone_into: Option<PathBuf>,
+    /// v1 `tasks` files the process writes `0` to.
+    pub thread_files: Vec<PathBuf>,
+}
+
+impl SelfJoin {
+    /// Moves the calling thread into every v1 hierarchy. The process must be single-threaded:
+    /// other threads would stay behind.
+    pub fn join_current_thread(&self) -> Result<()> {
+        for file in &self.thread_files {
+            std::fs::write(file, "0").map_err(|source| Error::Io {
+                op: "join",
+                path: file.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
 }
 
 /// A manager for `path` on the host's layout.

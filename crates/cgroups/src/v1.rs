@@ -579,6 +579,25 @@ impl Manager for V1Cgroup {
         self.procs_dir().is_some_and(|dir| dir.exists())
     }
 
+    fn self_join(&self, sub: Option<&str>) -> Result<crate::SelfJoin> {
+        let path = match sub {
+            Some(sub) => {
+                crate::cgroup_path(Some(&self.path.join(sub.trim_start_matches('/'))), "", false)?
+            }
+            None => self.path.clone(),
+        };
+        let Layout::V1 { hierarchies, unified } = self.layout.as_ref() else {
+            return Ok(crate::SelfJoin::default());
+        };
+        Ok(crate::SelfJoin {
+            clone_into: unified.as_ref().map(|root| join(root, &path)),
+            thread_files: hierarchies
+                .iter()
+                .map(|h| join(&h.mount_point, &path).join("tasks"))
+                .collect(),
+        })
+    }
+
     fn mount_sources(&self) -> Vec<(PathBuf, PathBuf)> {
         let Layout::V1 { hierarchies, unified } = self.layout.as_ref() else { return Vec::new() };
         let mut sources: Vec<(PathBuf, PathBuf)> = hierarchies

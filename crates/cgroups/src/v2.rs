@@ -457,6 +457,16 @@ impl Manager for V2Cgroup {
         self.dir().exists()
     }
 
+    fn self_join(&self, sub: Option<&str>) -> Result<crate::SelfJoin> {
+        let path = match sub {
+            Some(sub) => {
+                crate::cgroup_path(Some(&self.path.join(sub.trim_start_matches('/'))), "", false)?
+            }
+            None => self.path.clone(),
+        };
+        Ok(crate::SelfJoin { clone_into: Some(join(&self.root, &path)), thread_files: Vec::new() })
+    }
+
     fn mount_sources(&self) -> Vec<(PathBuf, PathBuf)> {
         vec![(PathBuf::new(), self.dir())]
     }

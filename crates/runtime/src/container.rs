@@ -1,16 +1,19 @@
 //! The container lifecycle: create, start, state, kill, delete, pause, resume, update.
 
 use std::io::{Read, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use berth_cgroups::{FreezerState, Layout, Manager};
+use berth_sys::nix::fcntl::OFlag;
 use berth_sys::nix::sys::signal::{kill, Signal};
+use berth_sys::nix::sys::stat::Mode;
 use berth_sys::nix::unistd::Pid;
 use berth_sys::process::Fork;
+use berth_sys::Errno;
 use oci_spec::runtime::{LinuxResources, Spec};
 
 use crate::error::{invalid, io, sys, Error, Result};
@@ -108,9 +111,9 @@ impl Runtime {
             spec.clone(),
             rfc3339(SystemTime::now()),
         );
-        let result = dir.save(&state).and_then(|()| {
-            self.spawn(&dir, &mut state, &prepared, options, cgroup.as_ref(), console)
-        });
+        // The state is saved once the init's pid is known: until then the directory alone
+        // says "creating", and `delete --force` can remove it.
+        let result = self.spawn(&dir, &mut state, &prepared, options, cgroup.as_ref(), console);
         match result {
             Ok(pid) => Ok(pid),
             Err(err) => {
@@ -143,6 +146,7 @@ impl Runtime {
         console: Option<OwnedFd>,
     ) -> Result<i32> {
         let spec = &state.config.clone();
+        tracing::debug!("creating cgroup");
         cgroup.create()?;
         cgroup.apply(&prepared.resources)?;
         let (parent_channel, child_channel) = Channel::pair()?;
@@ -173,6 +177,11 @@ impl Runtime {
             devices: &prepared.devices,
             cgroup_sources: cgroup.mount_sources(),
             cgroup_v2: layout.is_v2(),
+            self_join: if prepared.namespaces.has_user() {
+                None
+            } else {
+                Some(cgroup.self_join(None)?)
+            },
             seccomp: prepared.seccomp.as_ref(),
             seccomp_listener,
             console_socket,
@@ -182,6 +191,42 @@ impl Runtime {
             preserved_fds: options.preserve_fds,
             annotations: &annotations,
         };
+        tracing::debug!("forking");
+        // The common case (no user namespace, nothing joined by path, no time namespace): one
+        // clone3 creates the init in its namespaces and cgroup. Otherwise a first stage joins
+        // and creates namespaces in the order they need, then forks the init.
+        if let Some((namespaces, cgroup_dir)) =
+            init::direct_clone(&prepared.namespaces, config.self_join.as_ref())
+        {
+            let cgroup_fd = berth_sys::nix::fcntl::open(
+                cgroup_dir.as_path(),
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(sys(format!("open cgroup {}", cgroup_dir.display())))?;
+            match berth_sys::process::clone3(namespaces, false, Some(cgroup_fd.as_fd())) {
+                Ok(Fork::Child) => {
+                    drop(parent_channel);
+                    init::run_direct_init(config, child_channel)
+                }
+                Ok(Fork::Parent(pid)) => {
+                    drop(child_channel);
+                    drop(config);
+                    let spawned = Spawned::Init(pid);
+                    return self.drive_init(
+                        dir,
+                        state,
+                        prepared,
+                        options,
+                        cgroup,
+                        &parent_channel,
+                        spawned,
+                    );
+                }
+                Err(Errno::ENOSYS | Errno::EINVAL | Errno::E2BIG) => {}
+                Err(err) => return Err(sys("clone the container's init")(err)),
+            }
+        }
         let stage_one = match berth_sys::process::fork().map_err(sys("fork"))? {
             Fork::Child => {
                 drop(parent_channel);
@@ -191,8 +236,9 @@ impl Runtime {
         };
         drop(child_channel);
         drop(config);
+        let spawned = Spawned::StageOne(stage_one);
         let result =
-            self.drive_init(dir, state, prepared, options, cgroup, &parent_channel, stage_one);
+            self.drive_init(dir, state, prepared, options, cgroup, &parent_channel, spawned);
         // Stage one exits right after forking the init; reap it whatever happened.
         let _ = berth_sys::process::wait_child_timeout(stage_one, Some(KILL_TIMEOUT));
         result
@@ -207,36 +253,27 @@ impl Runtime {
         options: &CreateOptions,
         cgroup: &dyn Manager,
         channel: &Channel,
-        stage_one: Pid,
+        spawned: Spawned,
     ) -> Result<i32> {
-        if matches!(prepared.namespaces.user, plan::UserNamespace::New { .. }) {
-            let mapped = channel
-                .expect(&Message::MapIds, "creating the user namespace")
-                .and_then(|()| init::write_id_mappings(stage_one, &prepared.namespaces));
-            if let Err(err) = mapped {
-                let _ = kill(stage_one, Signal::SIGKILL);
-                return Err(err);
-            }
-            channel.send(&Message::Go)?;
-        }
-        let pid = match channel.recv()? {
-            Some(Message::Pid(pid)) => pid,
-            Some(Message::Error(text)) => return Err(Error::Setup(text)),
-            other => {
-                return Err(Error::Init(format!(
-                    "the container's first stage ended unexpectedly ({other:?})"
-                )))
-            }
+        let pid = match spawned {
+            Spawned::Init(pid) => pid.as_raw(),
+            Spawned::StageOne(stage_one) => drive_stage_one(prepared, channel, stage_one)?,
         };
         state.pid = pid;
         state.pid_start_time =
             berth_sys::process::process_start_time(Pid::from_raw(pid)).unwrap_or(0);
         dir.save(state)?;
-        // Moving a process between v1 cgroups waits for an RCU grace period (milliseconds);
-        // the init builds its root filesystem meanwhile and waits only before its cgroup
-        // namespace.
-        cgroup.add_process(Pid::from_raw(pid))?;
+        // Without a user namespace the init has entered its cgroup by itself (see
+        // `berth_cgroups::SelfJoin`).
+        if prepared.namespaces.has_user() {
+            // A process in a user namespace may not write the host's cgroup files: move it.
+            // This costs an RCU grace period; the init builds its rootfs meanwhile.
+            tracing::debug!(pid, "placing init in its cgroup");
+            cgroup.add_process(Pid::from_raw(pid))?;
+        }
+        tracing::debug!("placed; waiting for the rootfs");
         channel.expect(&Message::RunHooks, "setting up the root filesystem")?;
+        tracing::debug!("rootfs ready");
         let hook_state = hook_state_json(state, Status::Creating);
         hooks::run_all(HookKind::Prestart, &HookKind::Prestart.of(&state.config), &hook_state)?;
         hooks::run_all(
@@ -246,6 +283,7 @@ impl Runtime {
         )?;
         channel.send(&Message::Go)?;
         channel.expect(&Message::Ready, "preparing the container process")?;
+        tracing::debug!("init ready");
         if let Some(path) = &options.pid_file {
             write_pid_file(path, pid)?;
         }
@@ -255,7 +293,7 @@ impl Runtime {
     /// Lets a created container's init execute the program.
     pub fn start(&self, id: &str) -> Result<()> {
         let dir = ContainerDir::open(&self.root, id, true)?;
-        let mut state = self.load(&dir)?;
+        let state = self.load(&dir)?;
         let status = self.status(&state);
         if status != Status::Created {
             return Err(Error::WrongState {
@@ -266,8 +304,20 @@ impl Runtime {
             });
         }
         let socket = dir.start_socket();
-        let mut stream = UnixStream::connect(&socket)
-            .map_err(io("connect to the container's init at", &socket))?;
+        let mut stream = match UnixStream::connect(&socket) {
+            Ok(stream) => stream,
+            Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused => {
+                // A start that died after letting the init go: it is running already.
+                let _ = std::fs::remove_file(&socket);
+                return Err(Error::WrongState {
+                    id: id.to_owned(),
+                    status: Status::Running,
+                    action: "start",
+                    expected: "created",
+                });
+            }
+            Err(err) => return Err(io("connect to the container's init at", &socket)(err)),
+        };
         stream.write_all(b"s").map_err(io("signal start through", &socket))?;
         let mut reply = Vec::new();
         let _ = stream.read_to_end(&mut reply);
@@ -275,8 +325,6 @@ impl Runtime {
         if let Some(message) = reply.strip_prefix(b"E") {
             return Err(Error::Setup(String::from_utf8_lossy(message).into_owned()));
         }
-        state.started = true;
-        dir.save(&state)?;
         hooks::run_all_warn(
             HookKind::Poststart,
             &HookKind::Poststart.of(&state.config),
@@ -302,7 +350,7 @@ impl Runtime {
         if !init_alive(state) {
             return Status::Stopped;
         }
-        if !state.started && self.root.join(&state.id).join(crate::state::START_SOCKET).exists() {
+        if self.root.join(&state.id).join(crate::state::START_SOCKET).exists() {
             return Status::Created;
         }
         match self.cgroup(&state.cgroup_path).and_then(|c| Ok(c.freezer_state()?)) {
@@ -596,6 +644,33 @@ fn merge_resources(
     };
     merge(&mut base, to_value(update)?);
     serde_json::from_value(base).map_err(|err| invalid("resources", err.to_string()))
+}
+
+/// The first stage's part of `create`: id mappings, then the init's pid.
+fn drive_stage_one(prepared: &Prepared, channel: &Channel, stage_one: Pid) -> Result<i32> {
+    if matches!(prepared.namespaces.user, plan::UserNamespace::New { .. }) {
+        let mapped = channel
+            .expect(&Message::MapIds, "creating the user namespace")
+            .and_then(|()| init::write_id_mappings(stage_one, &prepared.namespaces));
+        if let Err(err) = mapped {
+            let _ = kill(stage_one, Signal::SIGKILL);
+            return Err(err);
+        }
+        channel.send(&Message::Go)?;
+    }
+    match channel.recv()? {
+        Some(Message::Pid(pid)) => Ok(pid),
+        Some(Message::Error(text)) => Err(Error::Setup(text)),
+        other => {
+            Err(Error::Init(format!("the container's first stage ended unexpectedly ({other:?})")))
+        }
+    }
+}
+
+/// The process `create` forked: the init itself, or a first stage that forks it.
+enum Spawned {
+    Init(Pid),
+    StageOne(Pid),
 }
 
 /// Everything computed from the spec before anything is touched, so that a bad config

@@ -51,6 +51,9 @@ pub(crate) struct InitConfig<'a> {
     /// (subdirectory of the cgroup mount, host directory) pairs for `cgroup` mounts.
     pub cgroup_sources: Vec<(PathBuf, PathBuf)>,
     pub cgroup_v2: bool,
+    /// Set when the init enters its cgroup by itself (no user namespace); otherwise the
+    /// parent moves it.
+    pub self_join: Option<berth_cgroups::SelfJoin>,
     pub seccomp: Option<&'a Filter>,
     /// Connected to `linux.seccomp.listenerPath`, when the profile notifies.
     pub seccomp_listener: Option<OwnedFd>,
@@ -122,8 +125,9 @@ fn stage_one(config: InitConfig<'_>, channel: &Channel) -> Result<Infallible> {
     if !rest.is_empty() {
         unshare(rest).map_err(sys(format!("create namespaces ({rest:?})")))?;
     }
-    match berth_sys::process::fork_sibling().map_err(sys("fork the container's init"))? {
-        Fork::Child => run_init(config, channel),
+    let (fork, in_cgroup2) = fork_into(config.self_join.as_ref())?;
+    match fork {
+        Fork::Child => run_init(config, channel, in_cgroup2),
         Fork::Parent(pid) => {
             channel.send(&Message::Pid(pid.as_raw()))?;
             exit(0)
@@ -149,8 +153,59 @@ fn become_root() -> Result<()> {
         .map_err(sys("become uid 0 in the user namespace (is container uid 0 mapped?)"))
 }
 
-fn run_init(config: InitConfig<'_>, channel: &Channel) -> ! {
-    match init(config, channel) {
+/// Forks a sibling, inside the cgroup2 directory of `join` when there is one. Returns
+/// whether the child already is in that cgroup2 cgroup.
+pub(crate) fn fork_into(join: Option<&berth_cgroups::SelfJoin>) -> Result<(Fork, bool)> {
+    if let Some(dir) = join.and_then(|j| j.clone_into.as_ref()) {
+        let fd = berth_sys::nix::fcntl::open(
+            dir.as_path(),
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(sys(format!("open cgroup {}", dir.display())))?;
+        match berth_sys::process::clone3(0, true, Some(fd.as_fd())) {
+            Ok(fork) => return Ok((fork, true)),
+            Err(Errno::ENOSYS | Errno::EINVAL | Errno::E2BIG) => {}
+            Err(err) => return Err(sys("fork into the container's cgroup")(err)),
+        }
+    }
+    Ok((berth_sys::process::fork_sibling().map_err(sys("fork the container's process"))?, false))
+}
+
+/// Enters the cgroup as planned by `fork_into`: v1 hierarchies thread-wise, and the cgroup2
+/// tree by a (slower) migration only when the fork could not start there.
+pub(crate) fn join_cgroup(join: &berth_cgroups::SelfJoin, in_cgroup2: bool) -> Result<()> {
+    join.join_current_thread()?;
+    if let (Some(dir), false) = (&join.clone_into, in_cgroup2) {
+        let procs = dir.join("cgroup.procs");
+        std::fs::write(&procs, "0").map_err(io("join", &procs))?;
+    }
+    Ok(())
+}
+
+/// The flags and cgroup2 directory for creating the init with one `clone3`, when the plan
+/// allows it: nothing joined by path, no user or time namespace (both need steps between
+/// creating the namespace and forking), and a cgroup2 tree to start in.
+pub(crate) fn direct_clone(
+    namespaces: &NamespacePlan,
+    join: Option<&berth_cgroups::SelfJoin>,
+) -> Option<(u64, PathBuf)> {
+    let simple = namespaces.user == UserNamespace::Host
+        && namespaces.join.is_empty()
+        && !namespaces.create.contains(CLONE_NEWTIME);
+    let dir = join?.clone_into.clone()?;
+    // The cgroup namespace waits until the init is in its cgroups (see `init`).
+    let flags = namespaces.create - CloneFlags::CLONE_NEWCGROUP;
+    simple.then_some((flags.bits() as u64, dir))
+}
+
+/// The init created directly by the runtime command (see [`direct_clone`]).
+pub(crate) fn run_direct_init(config: InitConfig<'_>, channel: Channel) -> ! {
+    run_init(config, &channel, true)
+}
+
+fn run_init(config: InitConfig<'_>, channel: &Channel, in_cgroup2: bool) -> ! {
+    match init(config, channel, in_cgroup2) {
         Ok(never) => match never {},
         Err(err) => {
             let _ = channel.send(&Message::Error(error_chain(&err)));
@@ -160,12 +215,17 @@ fn run_init(config: InitConfig<'_>, channel: &Channel) -> ! {
 }
 
 /// The container's init (pid 1 when it has a pid namespace of its own).
-fn init(mut config: InitConfig<'_>, channel: &Channel) -> Result<Infallible> {
+fn init(mut config: InitConfig<'_>, channel: &Channel, in_cgroup2: bool) -> Result<Infallible> {
     berth_sys::nix::sys::prctl::set_pdeathsig(berth_sys::nix::sys::signal::Signal::SIGKILL)
         .map_err(sys("set the parent-death signal"))?;
     unistd::setsid().map_err(sys("start a new session"))?;
     // Device nodes and files get exactly the modes the spec asks for.
     berth_sys::nix::sys::stat::umask(Mode::empty());
+    tracing::debug!("init: joining cgroup");
+    if let Some(join) = &config.self_join {
+        join_cgroup(join, in_cgroup2)?;
+    }
+    tracing::debug!("init: joined cgroup");
     let host_pid = host_pid()?;
     let process = config
         .spec
@@ -300,6 +360,7 @@ fn prepare_rootfs(config: &InitConfig<'_>) -> Result<()> {
     };
     mount(None::<&str>, "/", None::<&str>, initial, None::<&str>)
         .map_err(sys("set the propagation of /"))?;
+    tracing::debug!("init: propagation set");
     // pivot_root needs the new root to be a mount point.
     mount(
         Some(config.rootfs),
@@ -312,6 +373,7 @@ fn prepare_rootfs(config: &InitConfig<'_>) -> Result<()> {
     let root = open_dir(config.rootfs)?;
     let in_userns = config.namespaces.has_user();
     for step in config.mounts {
+        tracing::debug!("init: mounting {}", step.destination.display());
         mount_step(root.as_fd(), step, config, in_userns).map_err(|err| {
             Error::Init(format!(
                 "cannot mount {}: {}",
@@ -320,6 +382,7 @@ fn prepare_rootfs(config: &InitConfig<'_>) -> Result<()> {
             ))
         })?;
     }
+    tracing::debug!("init: mounts done");
     let dev_is_bound = config
         .mounts
         .iter()

@@ -65,9 +65,6 @@ pub struct PersistedState {
     pub cgroup_path: PathBuf,
     /// The configuration the container was created from.
     pub config: Spec,
-    /// True once `start` has let the init execute the user process.
-    #[serde(default)]
-    pub started: bool,
 }
 
 impl PersistedState {
@@ -93,7 +90,6 @@ impl PersistedState {
             annotations,
             cgroup_path: cgroup_path.to_path_buf(),
             config,
-            started: false,
         }
     }
 }

@@ -377,3 +377,62 @@ pub fn exit_now(code: i32) -> ! {
     // SAFETY: _exit never returns and touches no memory of ours.
     unsafe { libc::_exit(code) }
 }
+
+/// `clone3(2)` without a new stack, so a fork that can also create namespaces (`namespaces`,
+/// `CLONE_NEW*` bits), make the child a sibling (`sibling`: `CLONE_PARENT`) and start it in
+/// the cgroup2 directory `cgroup` (`CLONE_INTO_CGROUP`) so it never has to be migrated.
+///
+/// Fails with `ENOSYS`, `E2BIG` or `EINVAL` on kernels without `clone3` or
+/// `CLONE_INTO_CGROUP` (before 5.7); callers fall back to [`fork`] or [`fork_sibling`].
+pub fn clone3(
+    namespaces: u64,
+    sibling: bool,
+    cgroup: Option<std::os::fd::BorrowedFd<'_>>,
+) -> Result<Fork> {
+    ensure_single_threaded()?;
+    const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+    #[repr(C)]
+    struct CloneArgs {
+        flags: u64,
+        pidfd: u64,
+        child_tid: u64,
+        parent_tid: u64,
+        exit_signal: u64,
+        stack: u64,
+        stack_size: u64,
+        tls: u64,
+        set_tid: u64,
+        set_tid_size: u64,
+        cgroup: u64,
+    }
+    let mut flags = namespaces;
+    if sibling {
+        flags |= libc::CLONE_PARENT as u64;
+    }
+    if cgroup.is_some() {
+        flags |= CLONE_INTO_CGROUP;
+    }
+    let args = CloneArgs {
+        flags,
+        pidfd: 0,
+        child_tid: 0,
+        parent_tid: 0,
+        // With CLONE_PARENT the exit signal is the caller's own; clone3 wants 0 then.
+        exit_signal: if sibling { 0 } else { libc::SIGCHLD as u64 },
+        stack: 0,
+        stack_size: 0,
+        tls: 0,
+        set_tid: 0,
+        set_tid_size: 0,
+        cgroup: cgroup.map(|fd| fd.as_raw_fd() as u64).unwrap_or(0),
+    };
+    // SAFETY: without CLONE_VM and with no stack, clone3 behaves as fork(2); `args` is a
+    // correctly sized clone_args that outlives the call. Single-threaded (checked above).
+    let ret = unsafe {
+        libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>())
+    };
+    match check(ret)? {
+        0 => Ok(Fork::Child),
+        pid => Ok(Fork::Parent(Pid::from_raw(pid as i32))),
+    }
+}
