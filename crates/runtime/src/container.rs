@@ -362,7 +362,7 @@ impl Runtime {
     fn oci_state(&self, state: &PersistedState) -> OciState {
         let status = self.status(state);
         OciState {
-            oci_version: state.config.version().clone(),
+            oci_version: crate::state::OCI_VERSION.to_owned(),
             id: state.id.clone(),
             pid: if status == Status::Stopped { 0 } else { state.pid },
             status,
@@ -610,7 +610,7 @@ pub(crate) fn init_alive(state: &PersistedState) -> bool {
 
 pub(crate) fn hook_state_json(state: &PersistedState, status: Status) -> Vec<u8> {
     serde_json::to_vec(&HookState {
-        oci_version: state.config.version(),
+        oci_version: crate::state::OCI_VERSION,
         id: &state.id,
         status,
         pid: (state.pid > 0 && status != Status::Stopped).then_some(state.pid),

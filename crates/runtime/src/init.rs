@@ -246,7 +246,7 @@ fn init(mut config: InitConfig<'_>, channel: &Channel, in_cgroup2: bool) -> Resu
     }
     let hook_state = |status| {
         serde_json::to_vec(&HookState {
-            oci_version: config.spec.version(),
+            oci_version: crate::state::OCI_VERSION,
             id: config.id,
             status,
             pid: Some(host_pid),

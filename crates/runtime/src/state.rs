@@ -19,6 +19,8 @@ use crate::error::{io, Error, Result};
 
 pub const STATE_FILE: &str = "state.json";
 pub const START_SOCKET: &str = "start.sock";
+/// The runtime-spec version berth implements, reported in `state` and to hooks.
+pub const OCI_VERSION: &str = "1.2.0";
 const LOCK_FILE: &str = ".lock";
 const STATE_VERSION: u32 = 1;
 
