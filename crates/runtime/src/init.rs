@@ -262,14 +262,15 @@ fn init(mut config: InitConfig<'_>, channel: &Channel, in_cgroup2: bool) -> Resu
     )?;
 
     enter_rootfs(&config)?;
-    finish_rootfs(&config)?;
     set_identity(config.spec)?;
+    // Before the read-only paths, which usually include /proc/sys.
     for (key, value) in
         config.spec.linux().as_ref().and_then(|l| l.sysctl().clone()).unwrap_or_default()
     {
         let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
         std::fs::write(&path, value.as_bytes()).map_err(io("write sysctl", &path))?;
     }
+    finish_rootfs(&config)?;
     apply_process_attributes(&process, config.spec)?;
     if process.terminal() == Some(true) {
         let socket = config.console_socket.take().ok_or_else(|| {
@@ -788,7 +789,7 @@ fn finish_rootfs(config: &InitConfig<'_>) -> Result<()> {
             if kind == SFlag::S_IFDIR.bits() {
                 sysmount::mount_fs_fd(
                     c"tmpfs",
-                    &["size=0", "mode=0"],
+                    &["size=0"],
                     sysmount::MOUNT_ATTR_RDONLY,
                     fd.as_fd(),
                 )
