@@ -26,7 +26,12 @@ pub fn load(bundle: &Path) -> Result<LoadedSpec> {
 pub fn parse(bytes: &[u8], path: &Path) -> Result<LoadedSpec> {
     let mut unknown_fields = Vec::new();
     let mut json = serde_json::Deserializer::from_slice(bytes);
-    let mut track = |field: serde_ignored::Path<'_>| unknown_fields.push(field.to_string());
+    // serde_ignored shows an Option level as "?": drop it from the path users read.
+    let mut track = |field: serde_ignored::Path<'_>| {
+        let path = field.to_string();
+        let clean: Vec<&str> = path.split('.').filter(|part| *part != "?").collect();
+        unknown_fields.push(clean.join("."));
+    };
     let tracked = serde_ignored::Deserializer::new(&mut json, &mut track);
     let spec: Spec =
         serde_path_to_error::deserialize(tracked).map_err(|err| Error::InvalidConfig {
