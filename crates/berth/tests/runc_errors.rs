@@ -1,6 +1,8 @@
 //! Bad input and hostile images: each mistake is a clear error with a non-zero exit and
 //! leaves nothing behind; nothing in a rootfs can make the runtime write outside it.
 
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)] // test code: failing loudly is the point
+
 mod common;
 
 use common::{read, root_or_skip, World};
@@ -31,7 +33,8 @@ fn root_malformed_configs_are_clear_errors_without_leftovers() {
         return;
     }
     let world = World::new(&["true"]);
-    let cases: Vec<(Box<dyn Fn(&mut serde_json::Value)>, &str)> = vec![
+    type Change = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(Change, &str)> = vec![
         (Box::new(|c| c["process"]["user"]["uid"] = "zero".into()), "process.user.uid"),
         (
             Box::new(|c| c["linux"]["namespaces"] = json!([{"type": "mount"}, {"type": "bogus"}])),

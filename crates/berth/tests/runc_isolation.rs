@@ -1,6 +1,8 @@
 //! What a container sees from inside: namespaces, mounts, devices, capabilities, rlimits,
 //! seccomp, user namespaces, sysctls, time offsets, hooks and terminals.
 
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)] // test code: failing loudly is the point
+
 mod common;
 
 use std::os::fd::{AsRawFd, OwnedFd};

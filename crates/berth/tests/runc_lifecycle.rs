@@ -1,6 +1,8 @@
 //! Lifecycle of containers through the runc-compatible CLI: create, start, state, list, ps,
 //! exec, kill, pause, resume, events, update, delete, and the foreground `run`.
 
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)] // test code: failing loudly is the point
+
 mod common;
 
 use std::time::Duration;

@@ -288,31 +288,6 @@ pub fn process_state(pid: Pid) -> Option<char> {
     stat.rsplit_once(')')?.1.split_whitespace().next()?.chars().next()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn start_time_of_self_is_stable() {
-        let pid = nix::unistd::getpid();
-        let first = process_start_time(pid).expect("own start time");
-        assert_eq!(process_start_time(pid), Some(first));
-        assert!(matches!(process_state(pid), Some('R' | 'S')));
-    }
-
-    #[test]
-    fn wait_timeout_reports_a_running_child_then_its_exit() {
-        let mut child = std::process::Command::new("sleep").arg("0.3").spawn().expect("spawn");
-        let pid = Pid::from_raw(child.id() as i32);
-        let early = wait_child_timeout(pid, Some(Duration::from_millis(20))).expect("wait");
-        assert_eq!(early, None);
-        let late = wait_child_timeout(pid, Some(Duration::from_secs(10))).expect("wait");
-        assert_eq!(late, Some(WaitStatus::Exited(pid, 0)));
-        // Reaped above: std must see the child as gone rather than block.
-        assert!(child.try_wait().is_err());
-    }
-}
-
 /// Takes a POSIX record lock on a whole file, waiting for it (`F_SETLKW`).
 ///
 /// Unlike `flock`, such locks belong to the process and are not inherited by `fork`: a
@@ -434,5 +409,30 @@ pub fn clone3(
     match check(ret)? {
         0 => Ok(Fork::Child),
         pid => Ok(Fork::Parent(Pid::from_raw(pid as i32))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_time_of_self_is_stable() {
+        let pid = nix::unistd::getpid();
+        let first = process_start_time(pid).expect("own start time");
+        assert_eq!(process_start_time(pid), Some(first));
+        assert!(matches!(process_state(pid), Some('R' | 'S')));
+    }
+
+    #[test]
+    fn wait_timeout_reports_a_running_child_then_its_exit() {
+        let mut child = std::process::Command::new("sleep").arg("0.3").spawn().expect("spawn");
+        let pid = Pid::from_raw(child.id() as i32);
+        let early = wait_child_timeout(pid, Some(Duration::from_millis(20))).expect("wait");
+        assert_eq!(early, None);
+        let late = wait_child_timeout(pid, Some(Duration::from_secs(10))).expect("wait");
+        assert_eq!(late, Some(WaitStatus::Exited(pid, 0)));
+        // Reaped above: std must see the child as gone rather than block.
+        assert!(child.try_wait().is_err());
     }
 }

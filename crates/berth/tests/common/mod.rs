@@ -5,6 +5,7 @@
 //! silently without it: run them as root (CI does) or set `BERTH_SKIP_ROOT_TESTS=1` to skip.
 
 #![allow(dead_code)]
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)] // test code: failing loudly is the point
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
