@@ -263,6 +263,15 @@ struct UpdateArgs {
 
 /// Runs the CLI with `args` (including the program name) and returns the exit code.
 pub fn main(args: Vec<OsString>) -> i32 {
+    // Commands that put processes into containers run from a sealed copy of this binary.
+    // Re-executing before parsing saves parsing twice; a false positive (a container named
+    // "run") costs one exec and nothing else.
+    if args.iter().skip(1).any(|a| a == "create" || a == "run" || a == "exec") {
+        if let Err(err) = protect_binary() {
+            eprintln!("berth-runc: {err:#}");
+            return 1;
+        }
+    }
     let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
         Err(err) => {
@@ -336,12 +345,22 @@ fn protect_binary() -> Result<()> {
     bail!("cannot re-execute from a sealed copy of the runtime binary ({err}); refusing to run containers with a writable runtime binary")
 }
 
+/// Defence in depth for the early re-exec in `main`: refuse to start container processes
+/// from a writable binary.
+fn ensure_protected() -> Result<()> {
+    if berth_sys::exe::current_exe_is_protected().unwrap_or(false) {
+        Ok(())
+    } else {
+        bail!("the runtime binary is writable and was not re-executed from a sealed copy; refusing to start container processes")
+    }
+}
+
 fn run(cli: Cli) -> Result<i32> {
     tracing::debug!("parsed arguments");
     let runtime = Runtime::new(&cli.root, cli.systemd_cgroup);
     match cli.command {
         Command::Create { id, flags } => {
-            protect_binary()?;
+            ensure_protected()?;
             runtime.create(&create_options(&id, &flags))?;
             Ok(0)
         }
@@ -350,7 +369,7 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Run { id, flags, detach, keep, no_subreaper } => {
-            protect_binary()?;
+            ensure_protected()?;
             run_container(&runtime, &id, &flags, detach, keep, no_subreaper)
         }
         Command::State { id } => {
@@ -368,7 +387,7 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Exec(args) => {
-            protect_binary()?;
+            ensure_protected()?;
             exec(&runtime, *args)
         }
         Command::List { format, quiet } => {

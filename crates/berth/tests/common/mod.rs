@@ -72,18 +72,9 @@ impl World {
     /// Output goes through files, not pipes: a detached container inherits the command's
     /// stdout and stderr and keeps them open, so reading pipes to the end would wait for it.
     pub fn runc(&self, args: &[&str]) -> Output {
-        let stdout = tempfile::tempfile().expect("stdout file");
-        let stderr = tempfile::tempfile().expect("stderr file");
-        let status = self
-            .command()
-            .args(args)
-            .current_dir(&self.bundle.dir)
-            .stdin(Stdio::null())
-            .stdout(stdout.try_clone().expect("clone"))
-            .stderr(stderr.try_clone().expect("clone"))
-            .status()
-            .expect("spawn berth-runc");
-        Output { status, stdout: read_all(stdout), stderr: read_all(stderr) }
+        let mut command = self.command();
+        command.args(args).current_dir(&self.bundle.dir);
+        capture(&mut command)
     }
 
     /// Like `runc`, asserting success.
@@ -178,6 +169,19 @@ impl World {
         let bundle = self.bundle.dir.to_string_lossy().into_owned();
         assert!(!mountinfo.contains(&bundle), "a mount under {bundle} is left on the host");
     }
+}
+
+/// Runs a command with stdin closed and stdout/stderr captured through files.
+pub fn capture(command: &mut Command) -> Output {
+    let stdout = tempfile::tempfile().expect("stdout file");
+    let stderr = tempfile::tempfile().expect("stderr file");
+    let status = command
+        .stdin(Stdio::null())
+        .stdout(stdout.try_clone().expect("clone"))
+        .stderr(stderr.try_clone().expect("clone"))
+        .status()
+        .unwrap_or_else(|err| panic!("cannot run {command:?}: {err}"));
+    Output { status, stdout: read_all(stdout), stderr: read_all(stderr) }
 }
 
 fn read_all(mut file: std::fs::File) -> Vec<u8> {
