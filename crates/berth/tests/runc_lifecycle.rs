@@ -346,3 +346,113 @@ fn root_repeated_runs_leave_nothing_behind() {
         world.assert_no_leftovers(&id);
     }
 }
+
+#[test]
+fn root_foreground_run_forwards_signals() {
+    if !root_or_skip() {
+        return;
+    }
+    let world = World::new(&[
+        "sh",
+        "-c",
+        "trap 'exit 7' TERM; echo ready > /tmp/ready; while true; do sleep 0.05; done",
+    ]);
+    let id = world.id("forward");
+    let mut child =
+        world.command().args(["run", &id]).current_dir(&world.bundle.dir).spawn().expect("spawn");
+    let ready = world.rootfs().join("tmp/ready");
+    for _ in 0..500 {
+        if ready.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(ready.exists(), "the container never started");
+    berth_sys::nix::sys::signal::kill(
+        berth_sys::nix::unistd::Pid::from_raw(child.id() as i32),
+        berth_sys::nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("kill");
+    let status = child.wait().expect("wait");
+    assert_eq!(
+        status.code(),
+        Some(7),
+        "SIGTERM must reach the container's process, whose trap exits 7"
+    );
+    world.assert_no_leftovers(&id);
+}
+
+#[test]
+fn root_a_killed_create_leaves_a_container_delete_can_remove() {
+    if !root_or_skip() {
+        return;
+    }
+    let world = World::new(&["true"]);
+    // The createRuntime hook holds `create` long enough to kill it mid-way.
+    world.edit(|config| config["hooks"] = serde_json::json!({"createRuntime": [{"path": "/bin/sleep", "args": ["sleep", "30"]}]}));
+    let id = world.id("killed");
+    let mut child = world
+        .command()
+        .args(["create", &id])
+        .current_dir(&world.bundle.dir)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    for _ in 0..500 {
+        if world.root.join(&id).join("state.json").exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().expect("kill create");
+    child.wait().expect("wait");
+    // The init dies with the command that was creating it; the state says so.
+    world.wait_status(&id, "stopped");
+    world.ok(&["delete", &id]);
+    world.assert_no_leftovers(&id);
+    // A directory left before the state was written: only --force removes it.
+    let half = world.id("half");
+    std::fs::create_dir_all(world.root.join(&half)).expect("mkdir");
+    std::fs::write(world.root.join(&half).join(".lock"), "").expect("lock");
+    let listed = world.ok(&["list", "-q"]);
+    assert!(!listed.contains(&half), "{listed}");
+    assert!(world.fails(&["delete", &half]).contains("--force"));
+    world.ok(&["delete", "--force", &half]);
+    assert!(!world.root.join(&half).exists());
+}
+
+#[test]
+fn root_exec_into_a_user_namespace() {
+    if !root_or_skip() {
+        return;
+    }
+    let world = World::new(&["sleep", "1000"]);
+    let status = std::process::Command::new("chown")
+        .args(["-R", "200000:200000"])
+        .arg(world.rootfs())
+        .status()
+        .expect("chown");
+    assert!(status.success());
+    world.edit(|config| {
+        config["linux"]["namespaces"]
+            .as_array_mut()
+            .expect("ns")
+            .push(serde_json::json!({"type": "user"}));
+        config["linux"]["uidMappings"] =
+            serde_json::json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
+        config["linux"]["gidMappings"] =
+            serde_json::json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
+    });
+    let id = world.id("userns-exec");
+    world.ok(&["run", "-d", &id]);
+    let output =
+        world.ok(&["exec", &id, "sh", "-c", "id -u; cat /proc/self/uid_map; cat /proc/1/comm"]);
+    let lines: Vec<&str> = output.lines().collect();
+    assert_eq!(lines[0], "0");
+    assert_eq!(lines[1].split_whitespace().collect::<Vec<_>>(), vec!["0", "200000", "65536"]);
+    assert_eq!(lines[2], "sleep");
+    let output = world.ok(&["exec", "--user", "1000", &id, "id", "-u"]);
+    assert_eq!(output.trim(), "1000");
+    world.ok(&["delete", "-f", &id]);
+    world.assert_no_leftovers(&id);
+}
