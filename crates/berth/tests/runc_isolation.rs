@@ -572,3 +572,58 @@ fn root_cgroup_path_and_limits_apply() {
     );
     let _ = std::fs::remove_dir("/sys/fs/cgroup/memory/berth-test");
 }
+
+/// Receives the seccomp notify descriptor and the container process state from a listener
+/// socket connection.
+fn receive_listener_message(listener: &UnixListener) -> (OwnedFd, Value) {
+    use berth_sys::nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let (stream, _) = listener.accept().expect("accept");
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut iov = [std::io::IoSliceMut::new(&mut buffer)];
+    let mut space = berth_sys::nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let message = recvmsg::<()>(stream.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::empty())
+        .expect("recvmsg");
+    let length = message.bytes;
+    let mut fd = None;
+    for control in message.cmsgs().expect("cmsgs") {
+        if let ControlMessageOwned::ScmRights(fds) = control {
+            fd = Some(berth_sys::process::own_fd(fds[0]).expect("fd"));
+        }
+    }
+    let state = serde_json::from_slice(&buffer[..length]).expect("state json");
+    (fd.expect("a notify descriptor"), state)
+}
+
+#[test]
+fn root_seccomp_notify_hands_the_descriptor_to_the_listener() {
+    if !root_or_skip() {
+        return;
+    }
+    let world = World::new(&["sh", "-c", "mkdir /tmp/notified 2>&1; echo done"]);
+    let socket = world.dir.path().join("seccomp.sock");
+    let listener = UnixListener::bind(&socket).expect("bind");
+    world.edit(|config| {
+        config["linux"]["seccomp"] = json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "listenerPath": socket,
+            "listenerMetadata": "from-the-test",
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_NOTIFY"}]
+        });
+    });
+    let id = world.id("notify");
+    let receiver = std::thread::spawn(move || {
+        let (fd, state) = receive_listener_message(&listener);
+        // Closing the descriptor without answering makes the pending and later notified
+        // syscalls fail with ENOSYS: the container goes on.
+        drop(fd);
+        state
+    });
+    let output = world.ok(&["run", &id]);
+    let state = receiver.join().expect("receiver");
+    assert_eq!(state["fds"], json!(["seccompFd"]));
+    assert_eq!(state["metadata"], "from-the-test");
+    assert_eq!(state["state"]["id"], id.as_str());
+    assert!(state["pid"].as_i64().unwrap_or(0) > 0, "{state}");
+    assert!(output.contains("Function not implemented") && output.contains("done"), "{output}");
+    assert!(!world.rootfs().join("tmp/notified").exists());
+}

@@ -206,6 +206,19 @@ impl Runtime {
         let (parent_channel, child_channel) = Channel::pair()?;
         let preserved = options.preserve_fds;
         let state_json = hook_state_json(&state, Status::Running);
+        let listener =
+            match (&seccomp, linux.seccomp().as_ref().and_then(|p| p.listener_path().clone())) {
+                (Some(filter), Some(path)) if filter.notifies => Some(OwnedFd::from(
+                    UnixStream::connect(&path).map_err(io("connect to seccomp listener", &path))?,
+                )),
+                (Some(filter), None) if filter.notifies => {
+                    return Err(invalid(
+                        "linux.seccomp.listenerPath",
+                        "SCMP_ACT_NOTIFY needs a listener path to send the notify descriptor to",
+                    ))
+                }
+                _ => None,
+            };
 
         let stage_one = match berth_sys::process::fork().map_err(sys("fork"))? {
             Fork::Child => {
@@ -237,6 +250,11 @@ impl Runtime {
                     }
                     berth_sys::nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
                         .map_err(sys("set the parent-death signal"))?;
+                    // Our pid as the runtime sees it, read before /proc becomes the container's.
+                    let host_pid = std::fs::read_link("/proc/self")
+                        .ok()
+                        .and_then(|p| p.to_string_lossy().parse().ok())
+                        .unwrap_or(0);
                     for flag in [
                         CloneFlags::CLONE_NEWIPC,
                         CloneFlags::CLONE_NEWUTS,
@@ -266,9 +284,9 @@ impl Runtime {
                         &options.process,
                         &program,
                         seccomp.as_ref(),
-                        None,
+                        listener.as_ref(),
                         preserved,
-                        &state_json,
+                        &init::listener_payload(&state.config, host_pid, &state_json),
                     )
                 })();
                 let Err(err) = result;

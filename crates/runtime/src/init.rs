@@ -308,7 +308,7 @@ fn init(mut config: InitConfig<'_>, channel: &Channel, in_cgroup2: bool) -> Resu
         seccomp,
         config.seccomp_listener.as_ref(),
         config.preserved_fds,
-        &hook_state(Status::Running),
+        &listener_payload(config.spec, host_pid, &hook_state(Status::Running)),
     ) {
         Ok(never) => match never {},
         Err(err) => report_to_start(&connection, &err),
@@ -1068,6 +1068,27 @@ fn check_cwd_exists(process: &Process) -> Result<()> {
     }
 }
 
+/// What a seccomp listener receives with the notify descriptor: the runtime spec's
+/// "containerProcessState" document.
+pub(crate) fn listener_payload(spec: &Spec, pid: i32, state_json: &[u8]) -> Vec<u8> {
+    let metadata = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.seccomp().as_ref())
+        .and_then(|s| s.listener_metadata().clone())
+        .unwrap_or_default();
+    let state: serde_json::Value =
+        serde_json::from_slice(state_json).unwrap_or(serde_json::Value::Null);
+    serde_json::to_vec(&serde_json::json!({
+        "ociVersion": crate::state::OCI_VERSION,
+        "fds": ["seccompFd"],
+        "pid": pid,
+        "metadata": metadata,
+        "state": state,
+    }))
+    .unwrap_or_default()
+}
+
 /// The last steps, shared by the init and by `exec`: user, capabilities, no_new_privs,
 /// seccomp, then `execve`. Returns only on failure.
 pub(crate) fn exec_process(
@@ -1076,14 +1097,14 @@ pub(crate) fn exec_process(
     seccomp: Option<&Filter>,
     seccomp_listener: Option<&OwnedFd>,
     preserved_fds: i32,
-    state_json: &[u8],
+    listener_payload: &[u8],
 ) -> Result<Infallible> {
     let no_new_privileges = process.no_new_privileges() == Some(true);
     let load_seccomp = |listener: Option<&OwnedFd>| -> Result<()> {
         let Some(filter) = seccomp else { return Ok(()) };
         let notify = filter.load()?;
         if let (Some(notify), Some(listener)) = (notify, listener) {
-            crate::seccomp::send_to_listener(listener, &notify, state_json)?;
+            crate::seccomp::send_to_listener(listener, &notify, listener_payload)?;
         }
         Ok(())
     };
