@@ -627,3 +627,59 @@ fn root_seccomp_notify_hands_the_descriptor_to_the_listener() {
     assert!(output.contains("Function not implemented") && output.contains("done"), "{output}");
     assert!(!world.rootfs().join("tmp/notified").exists());
 }
+
+#[test]
+fn root_personality_and_scheduler() {
+    if !root_or_skip() {
+        return;
+    }
+    let world = World::new(&["true"]);
+    world.edit(|config| {
+        config["linux"]["personality"] = json!({"domain": "LINUX32"});
+        config["process"]["scheduler"] = json!({"policy": "SCHED_OTHER", "nice": 7});
+    });
+    // Field 19 of /proc/<pid>/stat is the nice value.
+    let output = world.sh("uname -m; cut -d' ' -f19 /proc/self/stat");
+    let lines: Vec<&str> = output.lines().collect();
+    assert_eq!(lines[0], "i686", "LINUX32 personality reports a 32-bit machine");
+    assert_eq!(lines[1], "7");
+}
+
+#[test]
+fn root_exec_with_a_terminal_in_the_foreground() {
+    if !root_or_skip() {
+        return;
+    }
+    let world = World::new(&["sleep", "1000"]);
+    let id = world.id("exectty");
+    world.ok(&["run", "-d", &id]);
+    let pty = berth_sys::nix::pty::openpty(None, None).expect("openpty");
+    let slave = std::fs::File::from(pty.slave);
+    let mut child = world
+        .command()
+        .args(["exec", "-t", &id, "sh", "-c", "tty; read x; echo got-$x; exit 4"])
+        .stdin(slave.try_clone().expect("clone"))
+        .stdout(slave.try_clone().expect("clone"))
+        .stderr(slave)
+        .spawn()
+        .expect("spawn");
+    let master = std::fs::File::from(pty.master);
+    let mut reader = std::io::BufReader::new(master.try_clone().expect("clone"));
+    let mut seen = String::new();
+    while !seen.contains("/dev/pts/") {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut reader, &mut line).expect("read");
+        seen.push_str(&line);
+    }
+    std::io::Write::write_all(&mut &master, b"abc\r").expect("write");
+    while !seen.contains("got-abc") {
+        let mut line = String::new();
+        if std::io::BufRead::read_line(&mut reader, &mut line).expect("read") == 0 {
+            break;
+        }
+        seen.push_str(&line);
+    }
+    assert_eq!(child.wait().expect("wait").code(), Some(4), "{seen}");
+    assert!(seen.contains("got-abc"), "{seen}");
+    world.ok(&["delete", "-f", &id]);
+}

@@ -456,3 +456,53 @@ fn root_exec_into_a_user_namespace() {
     world.ok(&["delete", "-f", &id]);
     world.assert_no_leftovers(&id);
 }
+
+#[test]
+fn root_run_keep_leaves_a_stopped_container() {
+    if !root_or_skip() {
+        return;
+    }
+    let world = World::new(&["true"]);
+    let id = world.id("keep");
+    world.ok(&["run", "--keep", &id]);
+    assert_eq!(world.status(&id), "stopped");
+    world.ok(&["delete", &id]);
+    world.assert_no_leftovers(&id);
+}
+
+#[test]
+fn root_json_logs_and_features() {
+    if !root_or_skip() {
+        return;
+    }
+    let world = World::new(&["true"]);
+    let log = world.dir.path().join("runtime.log");
+    let output = world.runc(&[
+        "--log",
+        log.to_str().expect("utf-8"),
+        "--log-format",
+        "json",
+        "state",
+        "ghost",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let line: Value = serde_json::from_str(read(&log).lines().last().expect("a log line"))
+        .expect("json log line");
+    assert_eq!(line["level"], "error");
+    assert!(line["msg"].as_str().is_some_and(|m| m.contains("does not exist")), "{line}");
+    assert!(line["time"].as_str().is_some_and(|t| t.ends_with('Z')), "{line}");
+    // With a log file, the error still reaches stderr for a human.
+    assert!(String::from_utf8_lossy(&output.stderr).contains("does not exist"));
+
+    let features: Value = serde_json::from_str(&world.ok(&["features"])).expect("features");
+    assert_eq!(features["ociVersionMax"], "1.2.0");
+    let namespaces = features["linux"]["namespaces"].as_array().expect("namespaces");
+    assert_eq!(namespaces.len(), 8);
+    assert!(features["linux"]["capabilities"]
+        .as_array()
+        .is_some_and(|c| c.iter().any(|c| c == "CAP_SYS_ADMIN")));
+    assert!(features["linux"]["seccomp"]["actions"]
+        .as_array()
+        .is_some_and(|a| a.iter().any(|a| a == "SCMP_ACT_NOTIFY")));
+    assert!(features["mountOptions"].as_array().is_some_and(|m| m.iter().any(|o| o == "rro")));
+}
