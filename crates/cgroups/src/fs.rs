@@ -89,6 +89,13 @@ pub(crate) fn subdirectories(dir: &Path) -> Vec<PathBuf> {
 /// A cgroup whose last process has just died can report `EBUSY` for a moment; retried a few
 /// times before giving up with [`Error::Busy`].
 pub(crate) fn remove_tree(dir: &Path) -> Result<()> {
+    // Most cgroups have no children: try the rmdir before listing (listing a cgroup
+    // directory makes kernfs generate every control file's entry).
+    match std::fs::remove_dir(dir) {
+        Ok(()) => return Ok(()),
+        Err(err) if err.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(_) => {}
+    }
     for child in subdirectories(dir) {
         remove_tree(&child)?;
     }
