@@ -80,6 +80,18 @@ fn root_malformed_configs_are_clear_errors_without_leftovers() {
             }),
             "linux.seccomp.architectures",
         ),
+        (
+            Box::new(|c| c["linux"]["intelRdt"] = json!({"closID": "x"})),
+            "Intel RDT is not supported",
+        ),
+        (
+            Box::new(|c| {
+                c["mounts"] = json!([{"destination": "/m", "type": "bind", "source": "/tmp", "options": ["bind"],
+                    "uidMappings": [{"containerID": 0, "hostID": 1, "size": 1}],
+                    "gidMappings": [{"containerID": 0, "hostID": 1, "size": 1}]}])
+            }),
+            "id-mapped mounts",
+        ),
     ];
     let original = world.bundle.config().expect("config");
     for (change, expected) in cases {

@@ -761,6 +761,33 @@ impl Prepared {
             rules.extend(plan::allowed_device_rules(&devices));
             resources.set_devices(Some(rules));
         }
+        // Parts of the spec berth does not implement are refused, not silently ignored.
+        if linux.intel_rdt().is_some() {
+            return Err(invalid(
+                "linux.intelRdt",
+                "Intel RDT is not supported by berth; remove it",
+            ));
+        }
+        if linux.memory_policy().is_some() {
+            return Err(invalid(
+                "linux.memoryPolicy",
+                "NUMA memory policies are not supported by berth; remove it",
+            ));
+        }
+        if linux.net_devices().as_ref().is_some_and(|d| !d.is_empty()) {
+            return Err(invalid(
+                "linux.netDevices",
+                "moving network devices into the container is not supported by berth",
+            ));
+        }
+        for (index, mount) in spec.mounts().iter().flatten().enumerate() {
+            if mount.uid_mappings().is_some() || mount.gid_mappings().is_some() {
+                return Err(invalid(
+                    format!("mounts[{index}].uidMappings"),
+                    "id-mapped mounts are not supported by berth",
+                ));
+            }
+        }
         if options.preserve_fds < 0 {
             return Err(invalid("--preserve-fds", "must not be negative"));
         }
