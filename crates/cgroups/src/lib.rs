@@ -61,6 +61,13 @@ pub enum Error {
     },
     #[error("cgroup {path} still holds processes after {attempts} attempts to empty it")]
     Busy { path: PathBuf, attempts: u32 },
+    #[error("failed to {op} for cgroup v2 device control{}", if detail.is_empty() { String::new() } else { format!(" (verifier: {detail})") })]
+    Bpf {
+        op: &'static str,
+        #[source]
+        source: berth_sys::Errno,
+        detail: String,
+    },
     #[error("cgroup {path} did not reach the {state:?} freezer state")]
     FreezeTimeout { path: PathBuf, state: FreezerState },
 }

@@ -242,6 +242,40 @@ impl V2Cgroup {
     }
 }
 
+impl V2Cgroup {
+    /// cgroup v2 has no device files: an eBPF program attached to the cgroup decides. The
+    /// new program is attached first and the old ones detached after, so no moment is left
+    /// without a filter.
+    fn apply_devices(&self, rules: &[DeviceRule]) -> Result<()> {
+        use std::os::fd::AsFd;
+        let dir = self.dir();
+        let cgroup =
+            std::fs::File::open(&dir).map_err(|source| fs::io_error("open", &dir, source))?;
+        let program = crate::devices::bpf::program(rules);
+        let loaded =
+            berth_sys::bpf::load_cgroup_device_program(&program).map_err(|(errno, log)| {
+                Error::Bpf { op: "load the device program", source: errno, detail: log }
+            })?;
+        let previous =
+            berth_sys::bpf::attached_cgroup_device_programs(cgroup.as_fd()).map_err(|source| {
+                Error::Bpf { op: "list device programs", source, detail: String::new() }
+            })?;
+        berth_sys::bpf::attach_cgroup_device(cgroup.as_fd(), loaded.as_fd()).map_err(|source| {
+            Error::Bpf { op: "attach the device program", source, detail: String::new() }
+        })?;
+        for old in previous {
+            berth_sys::bpf::detach_cgroup_device(cgroup.as_fd(), old.as_fd()).map_err(
+                |source| Error::Bpf {
+                    op: "detach an old device program",
+                    source,
+                    detail: String::new(),
+                },
+            )?;
+        }
+        Ok(())
+    }
+}
+
 /// OCI `memory.swap` counts memory plus swap; v2 `memory.swap.max` counts swap alone.
 /// Returns `None` when nothing is to be written.
 pub(crate) fn swap_to_v2(swap: i64, limit: i64) -> Result<Option<i64>> {
@@ -312,8 +346,8 @@ impl Manager for V2Cgroup {
         if let Some(rules) = resources.devices() {
             let rules: Vec<DeviceRule> =
                 rules.iter().map(DeviceRule::from_oci).collect::<Result<_>>()?;
-            if rules.iter().any(|rule| !rule.allow) {
-                tracing::warn!(cgroup = %self.path.display(), "device rules are not enforced on cgroup v2 yet (no eBPF device program)");
+            if !rules.is_empty() {
+                self.apply_devices(&rules)?;
             }
         }
         self.apply_memory(resources)?;
