@@ -235,13 +235,13 @@ struct UpdateArgs {
     blkio_weight: Option<u16>,
     #[arg(long = "cpu-period")]
     cpu_period: Option<u64>,
-    #[arg(long = "cpu-quota")]
+    #[arg(long = "cpu-quota", allow_negative_numbers = true)]
     cpu_quota: Option<i64>,
     #[arg(long = "cpu-share")]
     cpu_share: Option<u64>,
     #[arg(long = "cpu-rt-period")]
     cpu_rt_period: Option<u64>,
-    #[arg(long = "cpu-rt-runtime")]
+    #[arg(long = "cpu-rt-runtime", allow_negative_numbers = true)]
     cpu_rt_runtime: Option<i64>,
     #[arg(long = "cpuset-cpus")]
     cpuset_cpus: Option<String>,
@@ -690,19 +690,45 @@ fn ps(runtime: &Runtime, id: &str, format: ListFormat, ps_args: Vec<String>) -> 
     Ok(())
 }
 
+/// Prints `stats` events every interval and an `oom` event as soon as the kernel's OOM
+/// killer acts in the container (checked every 100 ms), until the container stops.
 fn events(runtime: &Runtime, id: &str, interval: &str, once: bool) -> Result<i32> {
     let interval = parse_duration(interval)?;
-    loop {
-        let stats = runtime.stats(id)?;
-        let event = serde_json::json!({"type": "stats", "id": id, "data": stats});
-        let mut stdout = std::io::stdout();
-        writeln!(stdout, "{event}")?;
-        stdout.flush()?;
-        if once {
-            return Ok(0);
-        }
-        std::thread::sleep(interval);
+    if once {
+        let event = serde_json::json!({"type": "stats", "id": id, "data": runtime.stats(id)?});
+        println!("{event}");
+        return Ok(0);
     }
+    let watcher = runtime.watch(id)?;
+    let tick = Duration::from_millis(100).min(interval);
+    let mut oom_kills = watcher.oom_kills()?;
+    let mut next_stats = std::time::Instant::now();
+    let mut stdout = std::io::stdout();
+    while watcher.running() {
+        let kills = watcher.oom_kills().unwrap_or(oom_kills);
+        let mut lines = Vec::new();
+        if kills > oom_kills {
+            oom_kills = kills;
+            lines.push(serde_json::json!({"type": "oom", "id": id}));
+        }
+        if std::time::Instant::now() >= next_stats {
+            match watcher.stats() {
+                Ok(stats) => {
+                    lines.push(serde_json::json!({"type": "stats", "id": id, "data": stats}))
+                }
+                Err(err) => tracing::warn!("cannot read stats of {id}: {err}"),
+            }
+            next_stats += interval;
+        }
+        for line in lines {
+            // A reader that went away (`events | head`) ends the stream quietly.
+            if writeln!(stdout, "{line}").and_then(|()| stdout.flush()).is_err() {
+                return Ok(0);
+            }
+        }
+        std::thread::sleep(tick);
+    }
+    Ok(0)
 }
 
 /// `5s`, `500ms`, `1m`, `2h` or plain seconds.

@@ -112,6 +112,9 @@ pub trait Manager: Send + Sync {
     fn destroy(&self) -> Result<()>;
     /// Usage figures, in runc's `events --stats` shape.
     fn stats(&self) -> Result<Stats>;
+    /// How many processes the kernel's OOM killer has killed in the cgroup so far; cheap
+    /// enough to poll.
+    fn oom_kills(&self) -> Result<u64>;
     /// True when the cgroup directory exists.
     fn exists(&self) -> bool;
     /// How a process can enter this cgroup (or its sub-cgroup `sub`) by itself; see

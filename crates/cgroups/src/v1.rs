@@ -575,6 +575,13 @@ impl Manager for V1Cgroup {
         Ok(stats)
     }
 
+    fn oom_kills(&self) -> Result<u64> {
+        match self.dir("memory") {
+            Some(dir) => Ok(fs::keyed(&read_keyed(&dir, "memory.oom_control")?, "oom_kill")),
+            None => Ok(0),
+        }
+    }
+
     fn exists(&self) -> bool {
         self.procs_dir().is_some_and(|dir| dir.exists())
     }
@@ -702,5 +709,19 @@ mod tests {
             .apply(&resources(r#"{"pids":{"limit":3}}"#))
             .expect_err("pids");
         assert!(matches!(err, Error::MissingController { controller: "pids", .. }), "{err}");
+    }
+
+    #[test]
+    fn oom_kills_come_from_oom_control() {
+        let (root, layout) = fake(&["memory"]);
+        let cgroup = V1Cgroup::new(layout, Path::new("/box"));
+        std::fs::write(
+            root.path().join("memory/box/memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n",
+        )
+        .expect("write");
+        assert_eq!(cgroup.oom_kills().expect("oom_kills"), 3);
+        let (_root, layout) = fake(&["cpu"]);
+        assert_eq!(V1Cgroup::new(layout, Path::new("/box")).oom_kills().expect("no memory"), 0);
     }
 }

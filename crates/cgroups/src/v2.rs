@@ -487,6 +487,15 @@ impl Manager for V2Cgroup {
         Ok(stats)
     }
 
+    fn oom_kills(&self) -> Result<u64> {
+        match read_keyed(&self.dir(), "memory.events") {
+            Ok(events) => Ok(fs::keyed(&events, "oom_kill")),
+            // Without the memory controller there is no OOM killer acting on the cgroup.
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(err) => Err(err),
+        }
+    }
+
     fn exists(&self) -> bool {
         self.dir().exists()
     }
@@ -589,5 +598,17 @@ mod tests {
             .apply(&resources(r#"{"hugepageLimits":[{"pageSize":"2MB","limit":1}]}"#))
             .expect_err("hugetlb");
         assert!(matches!(err, Error::MissingController { controller: "hugetlb", .. }), "{err}");
+    }
+
+    #[test]
+    fn oom_kills_come_from_memory_events() {
+        let (root, cgroup) = fake();
+        assert_eq!(cgroup.oom_kills().expect("no memory.events"), 0);
+        std::fs::write(
+            root.path().join("box/memory.events"),
+            "low 0\nhigh 0\nmax 12\noom 2\noom_kill 2\noom_group_kill 0\n",
+        )
+        .expect("write");
+        assert_eq!(cgroup.oom_kills().expect("oom_kills"), 2);
     }
 }

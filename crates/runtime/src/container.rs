@@ -568,6 +568,14 @@ impl Runtime {
         dir.save(&state)
     }
 
+    /// A handle to poll a running container's stats and OOM kills (`events`).
+    pub fn watch(&self, id: &str) -> Result<Watcher> {
+        let dir = ContainerDir::open(&self.root, id, false)?;
+        let state = self.load(&dir)?;
+        let cgroup = self.cgroup(&state.cgroup_path)?;
+        Ok(Watcher { state, cgroup })
+    }
+
     /// Usage figures of a running container.
     pub fn stats(&self, id: &str) -> Result<berth_cgroups::Stats> {
         let dir = ContainerDir::open(&self.root, id, false)?;
@@ -594,6 +602,33 @@ impl Runtime {
 
     pub(crate) fn cgroup_of(&self, state: &PersistedState) -> Result<Box<dyn Manager>> {
         self.cgroup(&state.cgroup_path)
+    }
+}
+
+/// Polls one container for `events`, without re-reading its state each time.
+pub struct Watcher {
+    state: PersistedState,
+    cgroup: Box<dyn Manager>,
+}
+
+impl std::fmt::Debug for Watcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watcher").field("id", &self.state.id).finish()
+    }
+}
+
+impl Watcher {
+    /// False once the container's init has exited.
+    pub fn running(&self) -> bool {
+        init_alive(&self.state)
+    }
+
+    pub fn stats(&self) -> Result<berth_cgroups::Stats> {
+        Ok(self.cgroup.stats()?)
+    }
+
+    pub fn oom_kills(&self) -> Result<u64> {
+        Ok(self.cgroup.oom_kills()?)
     }
 }
 

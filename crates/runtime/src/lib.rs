@@ -23,7 +23,7 @@ mod sync;
 mod template;
 mod tty;
 
-pub use container::{CreateOptions, Runtime};
+pub use container::{CreateOptions, Runtime, Watcher};
 pub use error::{Error, Result};
 pub use exec::{ExecOptions, ExecOutcome, ProcessOverrides};
 pub use features::features;
