@@ -14,6 +14,7 @@ pub mod fs;
 pub mod mount;
 pub mod process;
 pub mod tty;
+pub mod xattr;
 
 pub use libc;
 pub use nix;
