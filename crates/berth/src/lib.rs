@@ -2,7 +2,9 @@
 //! into the library crates. `berth runtime ...` and the `berth-runc` binary are one
 //! runc-compatible front end over `berth-runtime`.
 
+pub mod cli;
 pub mod demo;
+pub mod images;
 pub mod logging;
 pub mod runc;
 
@@ -29,14 +31,39 @@ pub fn main() -> i32 {
             0
         }
         _ => {
-            eprintln!(
-                "usage: berth <command>\n\n\
-                 commands:\n  \
-                 demo       run a container from a bundle made of the host's busybox\n  \
-                 runtime    the OCI runtime, with runc's commands and flags (also installed as berth-runc)\n  \
-                 version    print the version"
-            );
-            2
+            use clap::Parser;
+            let cli = match cli::Cli::try_parse_from(&args) {
+                Ok(cli) => cli,
+                Err(err) => {
+                    let _ = err.print();
+                    return match err.kind() {
+                        clap::error::ErrorKind::DisplayHelp
+                        | clap::error::ErrorKind::DisplayVersion => 0,
+                        _ => 125,
+                    };
+                }
+            };
+            init_logging(&cli.global);
+            match cli::run(cli) {
+                Ok(code) => code,
+                Err(err) => {
+                    eprintln!("Error: {err:#}");
+                    125
+                }
+            }
         }
     }
+}
+
+fn init_logging(global: &cli::Global) {
+    let level = if global.debug { "debug" } else { global.log_level.as_str() };
+    let filter = tracing_subscriber::EnvFilter::try_new(format!(
+        "warn,berth={level},berth_image={level},berth_runtime={level}"
+    ))
+    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .try_init();
 }

@@ -38,6 +38,8 @@ pub enum Error {
     BlobNotFound { digest: Digest },
     #[error("image {name:?} not found locally{hint}")]
     ImageNotFound { name: String, hint: &'static str },
+    #[error("{name} not found: the registry has no such repository, tag or digest")]
+    NotInRegistry { name: String },
     #[error("image {name:?} is ambiguous: {count} images match; give more of the id")]
     AmbiguousImage { name: String, count: usize },
     #[error("image {image} is in use by {holders}; stop and remove those first, or force")]

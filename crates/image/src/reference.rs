@@ -62,10 +62,7 @@ fn valid_tag(tag: &str) -> bool {
 }
 
 fn looks_like_registry(first: &str) -> bool {
-    first.contains('.')
-        || first.contains(':')
-        || first == "localhost"
-        || first.chars().any(|c| c.is_ascii_uppercase())
+    first.contains('.') || first.contains(':') || first == "localhost"
 }
 
 impl FromStr for Reference {

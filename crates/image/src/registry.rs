@@ -395,7 +395,8 @@ impl RegistryClient {
         match response.status().as_u16() {
             200 => {}
             404 => {
-                let name = format!("{}/{repository}:{object}", self.registry);
+                let separator = if object.contains(':') { '@' } else { ':' };
+                let name = format!("{}/{repository}{separator}{object}", self.registry);
                 return Err(Error::ImageNotFound {
                     name,
                     hint: ": the registry has no such repository or tag",

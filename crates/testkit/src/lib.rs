@@ -4,7 +4,12 @@
 //! `/etc/passwd` and `/etc/group`, and a `config.json` from the runtime's example spec with
 //! the terminal turned off. Tests and `berth demo` both use it.
 //!
+//! `image` writes OCI image layouts of a busybox image with several layers, whiteouts and
+//! an opaque directory, written independently of `berth-image` so tests can compare.
+//!
 //! This crate knows nothing of how containers run: it only writes files.
+
+pub mod image;
 
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -127,7 +132,7 @@ impl BusyboxBundle {
 }
 
 /// True when an ELF64 file asks for a dynamic loader (has a `PT_INTERP` program header).
-fn has_interpreter(elf: &[u8]) -> bool {
+pub(crate) fn has_interpreter(elf: &[u8]) -> bool {
     const PT_INTERP: u32 = 3;
     let read_u16 =
         |at: usize| elf.get(at..at + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
@@ -145,7 +150,7 @@ fn has_interpreter(elf: &[u8]) -> bool {
 
 /// Applet names busybox lists with `--list`, read from its binary without running it: the
 /// list is the NUL-separated run of names that starts with `[`.
-fn applets(binary: &[u8]) -> Vec<String> {
+pub(crate) fn applets(binary: &[u8]) -> Vec<String> {
     // Running busybox would be simpler, but reading keeps the fixture free of processes.
     let start = binary.windows(4).position(|w| w == b"[\0[[");
     let Some(start) = start else { return default_applets() };

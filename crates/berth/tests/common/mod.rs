@@ -197,3 +197,5 @@ pub fn read(path: impl AsRef<Path>) -> String {
     std::fs::read_to_string(path.as_ref())
         .unwrap_or_else(|err| panic!("read {}: {err}", path.as_ref().display()))
 }
+pub mod fake_registry;
+pub mod registry;
