@@ -662,3 +662,94 @@ fn bad_names_are_explained() {
     let err = berth.fails(&["pull", "--platform", "linux", "busybox"]);
     assert!(err.contains("os/arch"), "{err}");
 }
+
+#[test]
+fn root_bearer_tokens_are_fetched_with_the_stored_credentials() {
+    if !root_or_skip() {
+        return;
+    }
+    let berth = Berth::new();
+    let written = fixture(berth.dir.path());
+    let fake = FakeRegistry::start();
+    fake.serve_layout(&written.dir, "team/app", "v1");
+    let b64 = base64_basic;
+    fake.require_token(&b64("bob:builder"));
+    let name = format!("{}/team/app:v1", fake.host());
+    let err = berth.fails(&["pull", &name]);
+    assert!(err.contains("authentication failed") && err.contains("berth login"), "{err}");
+    // Docker's config.json, as `docker login` leaves it.
+    std::fs::create_dir_all(berth.dir.path().join("docker")).unwrap();
+    let auths = serde_json::json!({"auths": {fake.host(): {"auth": b64("bob:builder")}}});
+    std::fs::write(berth.dir.path().join("docker/config.json"), auths.to_string()).unwrap();
+    berth.ok(&["pull", &name]);
+    let tokens: Vec<_> = fake
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.path.starts_with("/token"))
+        .cloned()
+        .collect();
+    assert!(
+        tokens.iter().any(|t| t.path.contains("scope=repository%3Ateam%2Fapp%3Apull")
+            || t.path.contains("scope=repository:team/app:pull")),
+        "{tokens:?}"
+    );
+    assert!(tokens.iter().any(|t| t.path.contains("service=fake-registry")), "{tokens:?}");
+}
+
+/// Base64 of `text`, for basic auth values.
+fn base64_basic(text: &str) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let bytes = text.as_bytes();
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n =
+            chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn root_multi_platform_images_pick_the_platform() {
+    if !root_or_skip() {
+        return;
+    }
+    let registry = Registry::start();
+    let berth = Berth::new();
+    let layout = berth.dir.path().join("multi");
+    let (amd64, arm64, _) = berth_testkit::image::multi_platform_image(&layout, "v1").unwrap();
+    let output = Command::new("skopeo")
+        .args([
+            "copy",
+            "--all",
+            "--insecure-policy",
+            "--dest-tls-verify=false",
+            &format!("oci:{}:v1", layout.display()),
+            &format!("docker://{}/multi:v1", registry.host()),
+        ])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let name = format!("{}/multi:v1", registry.host());
+    let index = served_digest(&registry, "multi:v1");
+    let out = berth.ok(&["pull", &name]);
+    assert!(
+        out.contains(&format!("Digest: {index}")),
+        "the index digest is what was pulled: {out}"
+    );
+    assert_eq!(berth.inspect(&name)["Id"], amd64.config_digest.as_str(), "this machine's platform");
+    berth.ok(&["pull", "--platform", "linux/arm64/v8", &name]);
+    let inspect = berth.inspect(&name);
+    assert_eq!(inspect["Id"], arm64.config_digest.as_str());
+    assert_eq!(inspect["Architecture"], "arm64");
+    let err = berth.fails(&["pull", "--platform", "linux/s390x", &name]);
+    assert!(err.contains("linux/s390x") && err.contains("linux/arm64/v8, linux/amd64"), "{err}");
+}

@@ -174,6 +174,69 @@ pub struct Written {
 
 /// Writes an OCI image layout with one image tagged `tag` in `dir`.
 pub fn write_layout(dir: &Path, tag: &str, layers: &[Layer], cmd: &[&str]) -> Result<Written> {
+    let (written, manifest_size) = write_image(dir, layers, cmd, "amd64")?;
+    let index = json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": written.manifest_digest,
+            "size": manifest_size,
+            "annotations": {"org.opencontainers.image.ref.name": tag},
+        }],
+    });
+    write_index(dir, &index)?;
+    Ok(written)
+}
+
+fn write_index(dir: &Path, index: &serde_json::Value) -> Result<()> {
+    let index_path = dir.join("index.json");
+    std::fs::write(&index_path, serde_json::to_vec(index).unwrap_or_default())
+        .map_err(io("write", &index_path))?;
+    let layout = dir.join("oci-layout");
+    std::fs::write(&layout, br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(io("write", &layout))
+}
+
+/// A multi-platform image: the fixture for linux/amd64 and a smaller image for
+/// linux/arm64/v8 (with an `/etc/platform` file saying so), under one index tagged `tag`.
+/// Returns the two images and the index digest.
+pub fn multi_platform_image(dir: &Path, tag: &str) -> Result<(Written, Written, String)> {
+    let (amd64, amd64_size) = write_image(dir, &fixture_layers()?, &["sh"], "amd64")?;
+    let arm = LayerBuilder::new().busybox()?.file("etc/platform", b"arm64\n", 0o644).finish();
+    let (arm64, arm64_size) =
+        write_image(dir, &[Layer { tar: arm, compression: Compression::Gzip }], &["sh"], "arm64")?;
+    let inner = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": arm64.manifest_digest, "size": arm64_size, "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}},
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": amd64.manifest_digest, "size": amd64_size, "platform": {"os": "linux", "architecture": "amd64"}},
+        ],
+    });
+    let inner_bytes = serde_json::to_vec(&inner).unwrap_or_default();
+    let inner_digest = sha256(&inner_bytes);
+    let path = dir.join("blobs/sha256").join(&inner_digest[7..]);
+    std::fs::write(&path, &inner_bytes).map_err(io("write", &path))?;
+    let index = json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": inner_digest,
+            "size": inner_bytes.len(),
+            "annotations": {"org.opencontainers.image.ref.name": tag},
+        }],
+    });
+    write_index(dir, &index)?;
+    Ok((amd64, arm64, inner_digest))
+}
+
+/// Writes the blobs of one image (layers, config, manifest); returns them and the
+/// manifest's size.
+fn write_image(
+    dir: &Path,
+    layers: &[Layer],
+    cmd: &[&str],
+    architecture: &str,
+) -> Result<(Written, usize)> {
     let blobs = dir.join("blobs/sha256");
     std::fs::create_dir_all(&blobs).map_err(io("create", &blobs))?;
     let put = |data: &[u8]| -> Result<String> {
@@ -211,7 +274,7 @@ pub fn write_layout(dir: &Path, tag: &str, layers: &[Layer], cmd: &[&str]) -> Re
     }
     let config = json!({
         "created": "2023-11-14T22:13:20Z",
-        "architecture": "amd64",
+        "architecture": architecture,
         "os": "linux",
         "config": {
             "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
@@ -232,21 +295,10 @@ pub fn write_layout(dir: &Path, tag: &str, layers: &[Layer], cmd: &[&str]) -> Re
     });
     let manifest_bytes = serde_json::to_vec(&manifest).unwrap_or_default();
     let manifest_digest = put(&manifest_bytes)?;
-    let index = json!({
-        "schemaVersion": 2,
-        "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": manifest_digest,
-            "size": manifest_bytes.len(),
-            "annotations": {"org.opencontainers.image.ref.name": tag},
-        }],
-    });
-    let index_path = dir.join("index.json");
-    std::fs::write(&index_path, serde_json::to_vec(&index).unwrap_or_default())
-        .map_err(io("write", &index_path))?;
-    let layout = dir.join("oci-layout");
-    std::fs::write(&layout, br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(io("write", &layout))?;
-    Ok(Written { dir: dir.to_path_buf(), manifest_digest, config_digest, layer_digests, diff_ids })
+    Ok((
+        Written { dir: dir.to_path_buf(), manifest_digest, config_digest, layer_digests, diff_ids },
+        manifest_bytes.len(),
+    ))
 }
 
 /// The three layers of the fixture image.

@@ -28,7 +28,12 @@ pub struct FakeRegistry {
     pub port: u16,
     pub seen: Arc<Mutex<Vec<Seen>>>,
     routes: Arc<Mutex<HashMap<String, Behavior>>>,
+    /// When set, Docker Hub's scheme: a bearer token from `/token`, which wants this
+    /// `Authorization: Basic` value.
+    bearer: Arc<Mutex<Option<String>>>,
 }
+
+const TOKEN: &str = "the-fake-token";
 
 impl FakeRegistry {
     pub fn start() -> FakeRegistry {
@@ -36,16 +41,22 @@ impl FakeRegistry {
         let port = listener.local_addr().expect("addr").port();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let routes: Arc<Mutex<HashMap<String, Behavior>>> = Arc::new(Mutex::new(HashMap::new()));
-        let (seen2, routes2) = (seen.clone(), routes.clone());
+        let bearer: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+        let (seen2, routes2, bearer2) = (seen.clone(), routes.clone(), bearer.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let (seen, routes) = (seen2.clone(), routes2.clone());
+                let (seen, routes, bearer) = (seen2.clone(), routes2.clone(), bearer2.clone());
                 std::thread::spawn(move || {
-                    let _ = handle(stream, &seen, &routes);
+                    let _ = handle(stream, port, &seen, &routes, &bearer);
                 });
             }
         });
-        FakeRegistry { port, seen, routes }
+        FakeRegistry { port, seen, routes, bearer }
+    }
+
+    /// Requires a bearer token, given by `/token` to `user:password` (basic auth).
+    pub fn require_token(&self, basic: &str) {
+        *self.bearer.lock().unwrap() = Some(basic.to_owned());
     }
 
     pub fn host(&self) -> String {
@@ -86,16 +97,20 @@ impl FakeRegistry {
 
 fn handle(
     stream: TcpStream,
+    port: u16,
     seen: &Mutex<Vec<Seen>>,
     routes: &Mutex<HashMap<String, Behavior>>,
+    bearer: &Mutex<Option<String>>,
 ) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut line = String::new();
     reader.read_line(&mut line)?;
     let mut parts = line.split_whitespace();
     let method = parts.next().unwrap_or("").to_owned();
-    let path = parts.next().unwrap_or("").split('?').next().unwrap_or("").to_owned();
+    let target = parts.next().unwrap_or("").to_owned();
+    let path = target.split('?').next().unwrap_or("").to_owned();
     let mut range = None;
+    let mut authorization = None;
     let mut length = 0usize;
     loop {
         let mut header = String::new();
@@ -106,6 +121,9 @@ fn handle(
         if let Some(value) = lower.strip_prefix("range:") {
             range = Some(value.trim().to_owned());
         }
+        if lower.starts_with("authorization:") {
+            authorization = Some(header["authorization:".len()..].trim().to_owned());
+        }
         if let Some(value) = lower.strip_prefix("content-length:") {
             length = value.trim().parse().unwrap_or(0);
         }
@@ -114,10 +132,37 @@ fn handle(
     reader.read_exact(&mut body)?;
     seen.lock().unwrap().push(Seen {
         method: method.clone(),
-        path: path.clone(),
+        path: target.clone(),
         range: range.clone(),
     });
     let mut stream = stream;
+    if let Some(basic) = bearer.lock().unwrap().clone() {
+        if path == "/token" {
+            return if authorization.as_deref() == Some(&format!("Basic {basic}")) {
+                let body = format!("{{\"token\":\"{TOKEN}\"}}");
+                write!(stream, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+            } else {
+                write!(
+                    stream,
+                    "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                )
+            };
+        }
+        if authorization.as_deref() != Some(&format!("Bearer {TOKEN}")) {
+            let repository = path
+                .trim_start_matches("/v2/")
+                .split("/manifests/")
+                .next()
+                .unwrap_or("")
+                .split("/blobs/")
+                .next()
+                .unwrap_or("");
+            return write!(
+                stream,
+                "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"fake-registry\",scope=\"repository:{repository}:pull\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+        }
+    }
     let behavior = {
         let mut routes = routes.lock().unwrap();
         let current = routes.get(&path).cloned();
