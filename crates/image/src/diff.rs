@@ -366,4 +366,68 @@ mod tests {
         let shown: Vec<String> = found.iter().map(ToString::to_string).collect();
         assert_eq!(shown, vec!["C /etc", "C /etc/passwd", "D /gone", "A /new"]);
     }
+
+    #[test]
+    fn root_an_upper_dir_becomes_a_layer_that_unpacks_to_the_same_tree() {
+        if !berth_sys::nix::unistd::geteuid().is_root() {
+            eprintln!(
+                "skipped: needs root (whiteouts are device nodes, opaque is a trusted xattr)"
+            );
+            return;
+        }
+        use std::os::fd::AsFd;
+        let upper = tempfile::tempdir().expect("upper");
+        std::fs::create_dir_all(upper.path().join("etc/conf.d")).expect("mkdir");
+        std::fs::write(upper.path().join("etc/hostname"), "box\n").expect("write");
+        std::fs::write(upper.path().join("etc/conf.d/a"), "a").expect("write");
+        std::fs::hard_link(upper.path().join("etc/conf.d/a"), upper.path().join("etc/conf.d/b"))
+            .expect("link");
+        std::os::unix::fs::symlink("/etc/hostname", upper.path().join("etc/alias"))
+            .expect("symlink");
+        std::fs::write(upper.path().join("etc/skip-me"), "init layer").expect("write");
+        berth_sys::nix::sys::stat::mknod(
+            &upper.path().join("etc/gone"),
+            berth_sys::nix::sys::stat::SFlag::S_IFCHR,
+            berth_sys::nix::sys::stat::Mode::empty(),
+            0,
+        )
+        .expect("whiteout");
+        let dir = File::open(upper.path().join("etc/conf.d")).expect("open");
+        berth_sys::xattr::set(dir.as_fd(), OsStr::new(""), OsStr::new(OVERLAY_OPAQUE_XATTR), b"y")
+            .expect("opaque");
+        let tar = write_layer(upper.path(), Vec::new(), &|p| p == Path::new("etc/skip-me"))
+            .expect("layer");
+        let mut names = Vec::new();
+        let mut archive = tar::Archive::new(&tar[..]);
+        for entry in archive.entries().expect("entries") {
+            let entry = entry.expect("entry");
+            names.push((
+                entry.path().expect("path").display().to_string(),
+                entry.header().entry_type(),
+            ));
+        }
+        let listed: Vec<&str> = names.iter().map(|(n, _)| n.as_str()).collect();
+        assert!(listed.contains(&"etc/.wh.gone"), "{listed:?}");
+        assert!(listed.contains(&"etc/conf.d/.wh..wh..opq"), "{listed:?}");
+        assert!(!listed.iter().any(|n| n.contains("skip-me")), "{listed:?}");
+        assert!(
+            names.iter().any(|(n, kind)| n == "etc/conf.d/b" && *kind == tar::EntryType::Link),
+            "{names:?}"
+        );
+        // Unpacked again, it is the same upper directory.
+        let again = tempfile::tempdir().expect("again");
+        crate::unpack::unpack_layer(&tar[..], again.path()).expect("unpack");
+        let meta = std::fs::symlink_metadata(again.path().join("etc/gone")).expect("whiteout");
+        assert!(is_whiteout(&meta));
+        assert!(is_opaque(&again.path().join("etc/conf.d")));
+        assert_eq!(
+            std::fs::read_link(again.path().join("etc/alias")).expect("link"),
+            Path::new("/etc/hostname")
+        );
+        assert_eq!(
+            std::fs::metadata(again.path().join("etc/conf.d/a")).expect("a").ino(),
+            std::fs::metadata(again.path().join("etc/conf.d/b")).expect("b").ino()
+        );
+        assert!(!again.path().join("etc/skip-me").exists());
+    }
 }

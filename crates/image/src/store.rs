@@ -491,3 +491,64 @@ pub(crate) fn now() -> i64 {
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{History, ImageConfig};
+    use crate::diff::{create_image, store_layer};
+
+    fn small_image(store: &ImageStore, name: &str) -> Digest {
+        let layer = store_layer(store, |out| {
+            let mut builder = tar::Builder::new(out);
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(tar::EntryType::Regular);
+            header.set_mode(0o644);
+            header.set_size(5);
+            builder.append_data(&mut header, "hello", &b"hello"[..]).map_err(|e| Error::Io {
+                op: "write",
+                path: "layer".into(),
+                source: e,
+            })?;
+            builder.finish().map_err(|e| Error::Io { op: "write", path: "layer".into(), source: e })
+        })
+        .expect("layer");
+        let config = ImageConfig {
+            architecture: "amd64".into(),
+            os: "linux".into(),
+            ..ImageConfig::default()
+        };
+        create_image(
+            store,
+            None,
+            config,
+            vec![(layer, History::default())],
+            vec![format!("docker.io/library/{name}:latest")],
+        )
+        .expect("image")
+    }
+
+    #[test]
+    fn root_held_images_are_not_removed_without_force() {
+        if !berth_sys::nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: unpacking sets ownership, which needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ImageStore::open(dir.path()).expect("open");
+        let id = small_image(&store, "held");
+        store.hold("container:abc", &id).expect("hold");
+        let err = store.remove("held", false).expect_err("in use");
+        assert!(matches!(err, Error::ImageInUse { .. }), "{err}");
+        let (pruned, _) = store.prune(true).expect("prune");
+        assert!(pruned.is_empty(), "a held image survives prune -a");
+        // Forced: the name goes, the image stays for its container.
+        store.remove("held", true).expect("forced");
+        assert!(store.resolve(&id.to_string()).is_ok());
+        assert!(store.resolve("held").is_err());
+        store.release("container:abc").expect("release");
+        let (pruned, _) = store.prune(false).expect("prune");
+        assert_eq!(pruned, vec![id]);
+        assert!(store.content.list().expect("list").is_empty());
+    }
+}

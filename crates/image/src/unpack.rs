@@ -113,20 +113,16 @@ pub fn unpack_layer<R: Read>(layer: R, dir: &Path) -> Result<Unpacked> {
 
 fn meta_of<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Meta> {
     let header = entry.header();
-    let bad = |what: &str| Error::UnsafeEntry {
-        entry: String::from_utf8_lossy(&entry.path_bytes()).into_owned(),
-        reason: match what {
-            "mode" => "its mode field is unreadable",
-            "uid" => "its uid field is unreadable",
-            "gid" => "its gid field is unreadable",
-            _ => "its mtime field is unreadable",
-        },
-    };
+    let shown = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+    // Some writers leave numeric fields blank: that means 0, as GNU tar reads it.
     let mut meta = Meta {
-        mode: header.mode().map_err(|_| bad("mode"))? & 0o7777,
-        uid: header.uid().map_err(|_| bad("uid"))?,
-        gid: header.gid().map_err(|_| bad("gid"))?,
-        mtime: header.mtime().map_err(|_| bad("mtime"))?,
+        mode: header.mode().map_err(|_| Error::UnsafeEntry {
+            entry: shown,
+            reason: "its mode field is unreadable",
+        })? & 0o7777,
+        uid: header.uid().unwrap_or(0),
+        gid: header.gid().unwrap_or(0),
+        mtime: header.mtime().unwrap_or(0),
         xattrs: Vec::new(),
     };
     if let Ok(Some(extensions)) = entry.pax_extensions() {
