@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::images;
+use crate::{containers, images};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -53,8 +53,8 @@ pub enum Command {
     /// Manage images.
     #[command(subcommand)]
     Image(images::ImageCommand),
-    /// Show the configuration of images as JSON.
-    Inspect(images::InspectArgs),
+    /// Show containers or images as JSON.
+    Inspect(containers::InspectArgs),
     /// Show how an image was made, layer by layer.
     History(images::HistoryArgs),
     /// Give an image another name.
@@ -71,6 +71,54 @@ pub enum Command {
     Load(images::LoadArgs),
     /// Make an image from a plain root filesystem tar.
     Import(images::ImportArgs),
+    /// Create and start a container from an image.
+    Run(containers::RunArgs),
+    /// Create a container without starting it.
+    Create(containers::CreateFlags),
+    /// Start stopped containers.
+    Start(containers::StartArgs),
+    /// Stop containers: the stop signal, then SIGKILL after a timeout.
+    Stop(containers::StopArgs),
+    /// Stop and start containers.
+    Restart(containers::StopArgs),
+    /// Send a signal to containers.
+    Kill(containers::KillArgs),
+    /// Remove containers.
+    Rm(containers::RmArgs),
+    /// List containers.
+    Ps(containers::PsArgs),
+    /// Show a container's output.
+    Logs(containers::LogsArgs),
+    /// Run a command in a running container.
+    Exec(containers::ExecArgs),
+    /// Connect to a running container's input and output.
+    Attach(containers::AttachArgs),
+    /// Wait for containers to stop and print their exit codes.
+    Wait(containers::OneOrMore),
+    /// Show a container's processes.
+    Top(containers::One),
+    /// Show containers' resource usage.
+    Stats(containers::StatsArgs),
+    /// Freeze every process of containers.
+    Pause(containers::OneOrMore),
+    /// Thaw paused containers.
+    Unpause(containers::OneOrMore),
+    /// Copy files between a container and the host.
+    Cp(containers::CpArgs),
+    /// Show a container's filesystem changes.
+    Diff(containers::One),
+    /// Make an image from a container's changes.
+    Commit(containers::CommitArgs),
+    /// Show a container's published ports.
+    Port(containers::PortArgs),
+    /// Rename a container.
+    Rename(containers::RenameArgs),
+    /// Manage volumes.
+    #[command(subcommand)]
+    Volume(containers::VolumeCommand),
+    /// Manage networks.
+    #[command(subcommand)]
+    Network(containers::NetworkCommand),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
@@ -80,7 +128,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Push(args) => images::push(&global, args),
         Command::Images(args) => images::list(&global, args),
         Command::Image(command) => images::image(&global, command),
-        Command::Inspect(args) => images::inspect(&global, args),
+        Command::Inspect(args) => containers::inspect(&global, args),
         Command::History(args) => images::history(&global, args),
         Command::Tag(args) => images::tag(&global, args),
         Command::Rmi(args) => images::remove(&global, args),
@@ -89,5 +137,28 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Save(args) => images::save(&global, args),
         Command::Load(args) => images::load(&global, args),
         Command::Import(args) => images::import(&global, args),
+        Command::Run(args) => containers::run(&global, args),
+        Command::Create(flags) => containers::create(&global, flags),
+        Command::Start(args) => containers::start(&global, args),
+        Command::Stop(args) => containers::stop(&global, args),
+        Command::Restart(args) => containers::restart(&global, args),
+        Command::Kill(args) => containers::kill(&global, args),
+        Command::Rm(args) => containers::rm(&global, args),
+        Command::Ps(args) => containers::ps(&global, args),
+        Command::Logs(args) => containers::logs(&global, args),
+        Command::Exec(args) => containers::exec(&global, args),
+        Command::Attach(args) => containers::attach(&global, args),
+        Command::Wait(args) => containers::wait(&global, args),
+        Command::Top(args) => containers::top(&global, args),
+        Command::Stats(args) => containers::stats(&global, args),
+        Command::Pause(args) => containers::pause(&global, args, true),
+        Command::Unpause(args) => containers::pause(&global, args, false),
+        Command::Cp(args) => containers::cp(&global, args),
+        Command::Diff(args) => containers::diff(&global, args),
+        Command::Commit(args) => containers::commit(&global, args),
+        Command::Port(args) => containers::port(&global, args),
+        Command::Rename(args) => containers::rename(&global, args),
+        Command::Volume(command) => containers::volume(&global, command),
+        Command::Network(command) => containers::network(&global, command),
     }
 }

@@ -3,6 +3,7 @@
 //! runc-compatible front end over `berth-runtime`.
 
 pub mod cli;
+pub mod containers;
 pub mod demo;
 pub mod images;
 pub mod logging;
@@ -26,6 +27,21 @@ pub fn main() -> i32 {
             runc::main(args)
         }
         Some("demo") => demo::main(&args[2..]),
+        Some("__monitor") if args.len() == 4 => {
+            if let Err(err) = runc::protect_binary() {
+                eprintln!("berth monitor: {err:#}");
+                return 1;
+            }
+            let root = std::path::PathBuf::from(&args[2]);
+            let id = args[3].to_string_lossy().into_owned();
+            init_logging(&cli::Global {
+                root: root.clone(),
+                insecure_registries: Vec::new(),
+                log_level: "info".into(),
+                debug: false,
+            });
+            berth_engine::monitor::main(&root, &id)
+        }
         Some("--version" | "-v" | "version") => {
             println!("berth version {}", env!("CARGO_PKG_VERSION"));
             0
@@ -58,7 +74,7 @@ pub fn main() -> i32 {
 fn init_logging(global: &cli::Global) {
     let level = if global.debug { "debug" } else { global.log_level.as_str() };
     let filter = tracing_subscriber::EnvFilter::try_new(format!(
-        "warn,berth={level},berth_image={level},berth_runtime={level}"
+        "warn,berth={level},berth_image={level},berth_runtime={level},berth_engine={level}"
     ))
     .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()

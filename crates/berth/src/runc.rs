@@ -334,7 +334,7 @@ fn listen_fds() -> i32 {
 }
 
 /// Re-executes from a protected copy of the binary before any process enters a container.
-fn protect_binary() -> Result<()> {
+pub fn protect_binary() -> Result<()> {
     if berth_sys::exe::current_exe_is_protected().unwrap_or(false) {
         return Ok(());
     }

@@ -1,0 +1,1380 @@
+//! Container commands (`run`, `ps`, `logs`, `exec`, ...), with Docker's flags and output.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use berth_engine::container::{Record, Status};
+use berth_engine::logs::{self, Query, Stream};
+use berth_engine::ops::ExecRequest;
+use berth_engine::{attach, Engine, MountSpec, PortSpec, RestartPolicy, RunOptions};
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+
+use crate::cli::Global;
+use crate::images::{ago, table};
+
+#[derive(Debug, Args)]
+#[command(disable_help_flag = true)]
+pub struct CreateFlags {
+    /// Print help.
+    #[arg(long, action = clap::ArgAction::Help)]
+    pub help: Option<bool>,
+    /// Keep stdin open.
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Give the container a pseudo-terminal.
+    #[arg(short, long)]
+    pub tty: bool,
+    /// Remove the container when it exits.
+    #[arg(long)]
+    pub rm: bool,
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Environment variables, KEY=VALUE (or KEY to take the caller's value).
+    #[arg(short, long = "env")]
+    pub env: Vec<String>,
+    #[arg(long = "env-file")]
+    pub env_file: Vec<PathBuf>,
+    #[arg(short, long)]
+    pub workdir: Option<String>,
+    /// USER[:GROUP], names resolved in the container's /etc/passwd and /etc/group.
+    #[arg(short, long)]
+    pub user: Option<String>,
+    #[arg(long)]
+    pub entrypoint: Option<String>,
+    #[arg(short = 'h', long)]
+    pub hostname: Option<String>,
+    /// Publish a port: [IP:][HOST_PORT:]CONTAINER_PORT[/PROTOCOL].
+    #[arg(short, long = "publish")]
+    pub publish: Vec<String>,
+    /// Publish every exposed port on a free host port.
+    #[arg(short = 'P', long = "publish-all")]
+    pub publish_all: bool,
+    /// SOURCE:DESTINATION[:ro] (host path or volume name), or DESTINATION (anonymous volume).
+    #[arg(short, long = "volume")]
+    pub volume: Vec<String>,
+    #[arg(long)]
+    pub tmpfs: Vec<String>,
+    /// type=bind|volume|tmpfs,source=...,target=...[,readonly]
+    #[arg(long)]
+    pub mount: Vec<String>,
+    /// none, host, bridge (default), container:NAME, or a network made with `network create`.
+    #[arg(long, alias = "net", default_value = "bridge")]
+    pub network: String,
+    #[arg(short, long)]
+    pub memory: Option<String>,
+    #[arg(long)]
+    pub cpus: Option<f64>,
+    #[arg(long = "pids-limit", allow_negative_numbers = true)]
+    pub pids_limit: Option<i64>,
+    #[arg(long = "cap-add")]
+    pub cap_add: Vec<String>,
+    #[arg(long = "cap-drop")]
+    pub cap_drop: Vec<String>,
+    #[arg(long)]
+    pub privileged: bool,
+    #[arg(long = "read-only")]
+    pub read_only: bool,
+    /// seccomp=unconfined|PROFILE.json, no-new-privileges
+    #[arg(long = "security-opt")]
+    pub security_opt: Vec<String>,
+    /// Run a small init (tini) as PID 1 that forwards signals and reaps zombies.
+    #[arg(long)]
+    pub init: bool,
+    /// HOST:IP lines for /etc/hosts.
+    #[arg(long = "add-host")]
+    pub add_host: Vec<String>,
+    #[arg(long)]
+    pub dns: Vec<String>,
+    #[arg(short, long = "label")]
+    pub label: Vec<String>,
+    #[arg(long = "stop-signal")]
+    pub stop_signal: Option<String>,
+    #[arg(long = "stop-timeout")]
+    pub stop_timeout: Option<u32>,
+    /// no, always, unless-stopped, on-failure[:N]. Applied by the container's monitor while
+    /// it runs; berth has no daemon, so nothing restarts containers after a reboot.
+    #[arg(long, default_value = "no")]
+    pub restart: String,
+    /// max-size=SIZE, max-file=N
+    #[arg(long = "log-opt")]
+    pub log_opt: Vec<String>,
+    /// IMAGE [COMMAND [ARG...]]
+    #[arg(required = true, trailing_var_arg = true, value_name = "IMAGE [COMMAND]")]
+    pub args: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+#[command(disable_help_flag = true)]
+pub struct RunArgs {
+    /// Run in the background and print the container's id.
+    #[arg(short, long)]
+    pub detach: bool,
+    #[command(flatten)]
+    pub flags: CreateFlags,
+}
+
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// Attach to the container's output and wait for it.
+    #[arg(short, long)]
+    pub attach: bool,
+    #[arg(short, long)]
+    pub interactive: bool,
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    /// Seconds to wait before SIGKILL.
+    #[arg(short, long = "time", alias = "timeout")]
+    pub time: Option<u32>,
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct KillArgs {
+    #[arg(short, long, default_value = "KILL")]
+    pub signal: String,
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    /// Kill a running container first.
+    #[arg(short, long)]
+    pub force: bool,
+    /// Remove its anonymous volumes too.
+    #[arg(short, long)]
+    pub volumes: bool,
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PsArgs {
+    /// Show stopped containers too.
+    #[arg(short, long)]
+    pub all: bool,
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// status=, name=, id=, label=KEY[=VALUE], ancestor=, exited=CODE
+    #[arg(short, long)]
+    pub filter: Vec<String>,
+    #[arg(long = "no-trunc")]
+    pub no_trunc: bool,
+    /// Only the latest container.
+    #[arg(short, long)]
+    pub latest: bool,
+    /// table (default) or json.
+    #[arg(long, default_value = "table")]
+    pub format: String,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Number of lines from the end, or "all".
+    #[arg(short = 'n', long, default_value = "all")]
+    pub tail: String,
+    /// RFC 3339 time, Unix seconds, or a duration such as 10m.
+    #[arg(long)]
+    pub since: Option<String>,
+    #[arg(long)]
+    pub until: Option<String>,
+    #[arg(short, long)]
+    pub timestamps: bool,
+    pub container: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    #[arg(short, long)]
+    pub detach: bool,
+    #[arg(short, long)]
+    pub interactive: bool,
+    #[arg(short, long)]
+    pub tty: bool,
+    #[arg(short, long = "env")]
+    pub env: Vec<String>,
+    #[arg(short, long)]
+    pub user: Option<String>,
+    #[arg(short, long)]
+    pub workdir: Option<String>,
+    #[arg(long)]
+    pub privileged: bool,
+    /// CONTAINER COMMAND [ARG...]
+    #[arg(required = true, num_args = 2.., trailing_var_arg = true, value_name = "CONTAINER COMMAND")]
+    pub args: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct OneOrMore {
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct One {
+    pub container: String,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// Print one sample and exit.
+    #[arg(long = "no-stream")]
+    pub no_stream: bool,
+    #[arg(short, long)]
+    pub all: bool,
+    /// table (default) or json.
+    #[arg(long, default_value = "table")]
+    pub format: String,
+    pub containers: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CpArgs {
+    /// CONTAINER:PATH or a host path.
+    pub source: String,
+    /// CONTAINER:PATH or a host path.
+    pub destination: String,
+}
+
+#[derive(Debug, Args)]
+pub struct CommitArgs {
+    #[arg(short, long)]
+    pub message: Option<String>,
+    #[arg(short, long)]
+    pub author: Option<String>,
+    #[arg(short, long = "change")]
+    pub changes: Vec<String>,
+    /// Pause the container while its changes are read (default true).
+    #[arg(short, long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub pause: bool,
+    pub container: String,
+    pub reference: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PortArgs {
+    pub container: String,
+    /// PORT[/PROTO]
+    pub port: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RenameArgs {
+    pub container: String,
+    pub new_name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    #[arg(long = "no-stdin")]
+    pub no_stdin: bool,
+    pub container: String,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// Go-template-like path such as {{.State.Pid}} or {{json .Config}}.
+    #[arg(short, long)]
+    pub format: Option<String>,
+    /// container or image (default: whichever the name finds, containers first).
+    #[arg(long = "type")]
+    pub kind: Option<String>,
+    #[arg(required = true)]
+    pub names: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VolumeCommand {
+    Create {
+        name: Option<String>,
+        #[arg(short, long = "label")]
+        label: Vec<String>,
+    },
+    #[command(alias = "list")]
+    Ls {
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    Inspect {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    Prune {
+        /// Named volumes too, not only anonymous ones.
+        #[arg(short, long)]
+        all: bool,
+        #[arg(short, long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NetworkCommand {
+    Create {
+        name: String,
+        #[arg(long)]
+        subnet: Option<String>,
+        /// Only bridge networks exist.
+        #[arg(short, long, default_value = "bridge")]
+        driver: String,
+        #[arg(short, long = "label")]
+        label: Vec<String>,
+    },
+    #[command(alias = "list")]
+    Ls {
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    Inspect {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+}
+
+fn engine(global: &Global) -> Result<Engine> {
+    Engine::open(&global.root)
+        .with_context(|| format!("cannot open the berth root {}", global.root.display()))
+}
+
+fn labels(list: &[String]) -> BTreeMap<String, String> {
+    list.iter()
+        .map(|l| match l.split_once('=') {
+            Some((k, v)) => (k.to_owned(), v.to_owned()),
+            None => (l.clone(), String::new()),
+        })
+        .collect()
+}
+
+fn run_options(flags: &CreateFlags) -> Result<RunOptions> {
+    let mut env = Vec::new();
+    for file in &flags.env_file {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read env file {}", file.display()))?;
+        env.extend(berth_engine::options::parse_env_file(&text));
+    }
+    for entry in &flags.env {
+        if entry.contains('=') {
+            env.push(entry.clone());
+        } else if let Ok(value) = std::env::var(entry) {
+            env.push(format!("{entry}={value}"));
+        }
+    }
+    let mut publish = Vec::new();
+    for p in &flags.publish {
+        publish.extend(PortSpec::parse(p)?);
+    }
+    let mut mounts = Vec::new();
+    for v in &flags.volume {
+        mounts.push(MountSpec::parse_volume(v)?);
+    }
+    for m in &flags.mount {
+        mounts.push(MountSpec::parse_mount(m)?);
+    }
+    for t in &flags.tmpfs {
+        mounts.push(MountSpec::parse_tmpfs(t)?);
+    }
+    let mut log_max_size = None;
+    let mut log_max_files = None;
+    for opt in &flags.log_opt {
+        match opt.split_once('=') {
+            Some(("max-size", v)) => {
+                log_max_size = Some(berth_engine::options::parse_bytes(v)? as u64)
+            }
+            Some(("max-file", v)) => {
+                log_max_files = Some(v.parse().context("--log-opt max-file needs a number")?)
+            }
+            _ => bail!("unknown --log-opt {opt:?}: use max-size=SIZE or max-file=N"),
+        }
+    }
+    Ok(RunOptions {
+        image: flags.args[0].clone(),
+        name: flags.name.clone(),
+        command: flags.args[1..].to_vec(),
+        entrypoint: flags.entrypoint.clone(),
+        env,
+        workdir: flags.workdir.clone(),
+        user: flags.user.clone(),
+        hostname: flags.hostname.clone(),
+        tty: flags.tty,
+        interactive: flags.interactive,
+        auto_remove: flags.rm,
+        publish,
+        publish_all: flags.publish_all,
+        mounts,
+        network: flags.network.clone(),
+        memory: flags.memory.as_deref().map(berth_engine::options::parse_bytes).transpose()?,
+        cpus: flags.cpus,
+        pids_limit: flags.pids_limit,
+        cap_add: flags.cap_add.clone(),
+        cap_drop: flags.cap_drop.clone(),
+        privileged: flags.privileged,
+        read_only: flags.read_only,
+        security_opt: flags.security_opt.clone(),
+        init: flags.init,
+        add_hosts: flags.add_host.clone(),
+        dns: flags.dns.clone(),
+        labels: labels(&flags.label),
+        stop_signal: flags.stop_signal.clone(),
+        stop_timeout: flags.stop_timeout,
+        restart: RestartPolicy::parse(&flags.restart)?,
+        log_max_size,
+        log_max_files,
+    })
+}
+
+pub fn create(global: &Global, flags: CreateFlags) -> Result<i32> {
+    let engine = engine(global)?;
+    let record = engine.create(run_options(&flags)?)?;
+    println!("{}", record.id);
+    Ok(0)
+}
+
+pub fn run(global: &Global, args: RunArgs) -> Result<i32> {
+    let engine = engine(global)?;
+    let options = run_options(&args.flags)?;
+    if args.detach && options.auto_remove && options.restart.name.is_empty() {
+        // Fine: removed by its monitor when it exits.
+    }
+    if !options.restart.name.is_empty() && options.auto_remove {
+        bail!("--restart and --rm cannot be used together");
+    }
+    let (tty, interactive) = (options.tty, options.interactive);
+    let record = engine.create(options)?;
+    let started = match engine.start(&record.id) {
+        Ok(started) => started,
+        Err(err) => {
+            if record.options.auto_remove {
+                let _ = engine.remove(&record.id, true, true);
+            }
+            return Err(err.into());
+        }
+    };
+    if args.detach {
+        println!("{}", record.id);
+        return Ok(0);
+    }
+    relay(&engine, started.stream, &record.id, interactive, tty)
+}
+
+pub fn start(global: &Global, args: StartArgs) -> Result<i32> {
+    let engine = engine(global)?;
+    let mut status = 0;
+    for name in &args.containers {
+        match engine.start(name) {
+            Ok(started) if args.attach => {
+                let record = engine.peek(&started.id)?;
+                return relay(
+                    &engine,
+                    started.stream,
+                    &started.id,
+                    args.interactive,
+                    record.options.tty,
+                );
+            }
+            Ok(_) => println!("{name}"),
+            Err(err) => {
+                eprintln!("Error response from berth: {err}");
+                status = 1;
+            }
+        }
+    }
+    Ok(status)
+}
+
+pub fn restart(global: &Global, args: StopArgs) -> Result<i32> {
+    let engine = engine(global)?;
+    each(&args.containers, |name| {
+        engine.stop(name, args.time)?;
+        engine.start(name)?;
+        Ok(())
+    })
+}
+
+fn each(names: &[String], mut action: impl FnMut(&str) -> berth_engine::Result<()>) -> Result<i32> {
+    let mut status = 0;
+    for name in names {
+        match action(name) {
+            Ok(()) => println!("{name}"),
+            Err(err) => {
+                eprintln!("Error response from berth: {err}");
+                status = 1;
+            }
+        }
+    }
+    Ok(status)
+}
+
+pub fn stop(global: &Global, args: StopArgs) -> Result<i32> {
+    let engine = engine(global)?;
+    each(&args.containers, |name| engine.stop(name, args.time))
+}
+
+pub fn kill(global: &Global, args: KillArgs) -> Result<i32> {
+    let engine = engine(global)?;
+    each(&args.containers, |name| engine.kill(name, &args.signal))
+}
+
+pub fn rm(global: &Global, args: RmArgs) -> Result<i32> {
+    let engine = engine(global)?;
+    each(&args.containers, |name| engine.remove(name, args.force, args.volumes).map(drop))
+}
+
+pub fn pause(global: &Global, args: OneOrMore, pause: bool) -> Result<i32> {
+    let engine = engine(global)?;
+    each(&args.containers, |name| engine.pause(name, pause))
+}
+
+pub fn wait(global: &Global, args: OneOrMore) -> Result<i32> {
+    let engine = engine(global)?;
+    let mut status = 0;
+    for name in &args.containers {
+        match engine.wait_exit(name, None) {
+            Ok(code) => println!("{}", code.unwrap_or(-1)),
+            Err(err) => {
+                eprintln!("Error response from berth: {err}");
+                status = 1;
+            }
+        }
+    }
+    Ok(status)
+}
+
+fn seconds_of(time: &str) -> i64 {
+    berth_image::config::parse_rfc3339(time).unwrap_or(0)
+}
+
+fn status_text(record: &Record) -> String {
+    let state = &record.state;
+    let since = |t: &str| {
+        let text = ago(seconds_of(t));
+        text.trim_end_matches(" ago").to_owned()
+    };
+    match state.status {
+        Status::Created => "Created".into(),
+        Status::Running => format!("Up {}", since(&state.started_at)),
+        Status::Paused => format!("Up {} (Paused)", since(&state.started_at)),
+        Status::Restarting => {
+            format!("Restarting ({}) {}", state.exit_code, ago(seconds_of(&state.finished_at)))
+        }
+        Status::Exited => {
+            format!("Exited ({}) {}", state.exit_code, ago(seconds_of(&state.finished_at)))
+        }
+        Status::Dead => "Dead".into(),
+    }
+}
+
+fn ports_text(record: &Record) -> String {
+    record
+        .network
+        .iter()
+        .flat_map(|n| n.ports.iter())
+        .map(|p| format!("{}:{}->{}/{}", p.host_ip, p.host_port, p.container_port, p.protocol))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn matches_filter(record: &Record, filter: &str) -> Result<bool> {
+    let (key, value) =
+        filter.split_once('=').with_context(|| format!("bad filter {filter:?}: use KEY=VALUE"))?;
+    Ok(match key {
+        "status" => record.state.status.to_string() == value,
+        "name" => record.name.contains(value),
+        "id" => record.id.starts_with(value),
+        "ancestor" => record.image == value || record.image_id.contains(value),
+        "exited" => {
+            record.state.status == Status::Exited && record.state.exit_code.to_string() == value
+        }
+        "label" => match value.split_once('=') {
+            Some((k, v)) => record.options.labels.get(k).is_some_and(|x| x == v),
+            None => record.options.labels.contains_key(value),
+        },
+        "network" => record.options.network == value,
+        other => bail!(
+            "unknown filter {other:?}: use status, name, id, ancestor, exited, label or network"
+        ),
+    })
+}
+
+pub fn ps(global: &Global, args: PsArgs) -> Result<i32> {
+    let engine = engine(global)?;
+    let mut records = engine.list()?;
+    if !args.all
+        && args.filter.iter().all(|f| !f.starts_with("status=") && !f.starts_with("exited="))
+    {
+        records.retain(|r| {
+            matches!(r.state.status, Status::Running | Status::Paused | Status::Restarting)
+        });
+    }
+    for filter in &args.filter {
+        let mut kept = Vec::new();
+        for r in records {
+            if matches_filter(&r, filter)? {
+                kept.push(r);
+            }
+        }
+        records = kept;
+    }
+    if args.latest {
+        records.truncate(1);
+    }
+    if args.quiet {
+        for r in &records {
+            println!("{}", if args.no_trunc { r.id.as_str() } else { r.short_id() });
+        }
+        return Ok(0);
+    }
+    if args.format == "json" {
+        for r in &records {
+            println!(
+                "{}",
+                json!({"ID": r.short_id(), "Image": r.image, "Command": command_text(r), "CreatedAt": r.created, "Status": status_text(r), "State": r.state.status.to_string(), "Ports": ports_text(r), "Names": r.name})
+            );
+        }
+        return Ok(0);
+    }
+    let mut rows =
+        vec![["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"]
+            .map(String::from)
+            .to_vec()];
+    for r in &records {
+        let mut command = command_text(r);
+        if !args.no_trunc && command.chars().count() > 20 {
+            command = format!("{}…", command.chars().take(19).collect::<String>());
+        }
+        rows.push(vec![
+            if args.no_trunc { r.id.clone() } else { r.short_id().to_owned() },
+            r.image.clone(),
+            format!("\"{command}\""),
+            ago(seconds_of(&r.created)),
+            status_text(r),
+            ports_text(r),
+            r.name.clone(),
+        ]);
+    }
+    print!("{}", table(&rows));
+    Ok(0)
+}
+
+fn command_text(record: &Record) -> String {
+    std::iter::once(record.path.as_str())
+        .chain(record.args.iter().map(String::as_str))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `--since`/`--until`: RFC 3339, Unix seconds, or a duration back from now (10m, 2h).
+fn parse_time(text: &str) -> Result<f64> {
+    if let Ok(seconds) = text.parse::<f64>() {
+        return Ok(seconds);
+    }
+    if let Some(seconds) = berth_image::config::parse_rfc3339(text) {
+        return Ok(seconds as f64);
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    let (number, unit) =
+        text.split_at(text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len()));
+    let value: f64 = number.parse().with_context(|| {
+        format!("bad time {text:?}: use RFC 3339, Unix seconds or a duration like 10m")
+    })?;
+    let scale = match unit {
+        "s" | "" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        "ms" => 0.001,
+        _ => bail!("bad time {text:?}: unknown unit {unit:?}"),
+    };
+    Ok(now - value * scale)
+}
+
+pub fn logs(global: &Global, args: LogsArgs) -> Result<i32> {
+    let engine = engine(global)?;
+    let id = engine.resolve_id(&args.container)?;
+    let path = global.root.join("containers").join(&id).join("container.log");
+    let query = Query {
+        tail: if args.tail == "all" {
+            None
+        } else {
+            Some(args.tail.parse().context("--tail takes a number or \"all\"")?)
+        },
+        since: args.since.as_deref().map(parse_time).transpose()?,
+        until: args.until.as_deref().map(parse_time).transpose()?,
+    };
+    let (entries, mut offset) = logs::read(&path, &query)?;
+    let mut stdout = std::io::stdout().lock();
+    let mut stderr = std::io::stderr();
+    let mut print = |entries: &[logs::Entry], stdout: &mut std::io::StdoutLock<'_>| -> Result<()> {
+        for entry in entries {
+            let mut text = Vec::new();
+            if args.timestamps {
+                text.extend_from_slice(entry.time.as_bytes());
+                text.push(b' ');
+            }
+            text.extend_from_slice(&entry.text);
+            match entry.stream {
+                Stream::Stdout => stdout.write_all(&text)?,
+                Stream::Stderr => stderr.write_all(&text)?,
+            }
+        }
+        stdout.flush()?;
+        Ok(())
+    };
+    print(&entries, &mut stdout)?;
+    if !args.follow {
+        return Ok(0);
+    }
+    loop {
+        let running = engine
+            .peek(&id)
+            .map(|r| {
+                matches!(r.state.status, Status::Running | Status::Paused | Status::Restarting)
+            })
+            .unwrap_or(false);
+        let (mut more, next) = logs::read_from(&path, offset)?;
+        offset = next;
+        if query.until.is_some() {
+            logs::filter(&mut more, &Query { tail: None, ..query.clone() });
+        }
+        print(&more, &mut stdout)?;
+        if !running && more.is_empty() {
+            return Ok(0);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn exec(global: &Global, args: ExecArgs) -> Result<i32> {
+    crate::runc::protect_binary()?;
+    let engine = engine(global)?;
+    if !args.interactive && !args.detach {
+        // Docker's exec without -i gives the process no input.
+        let null = std::fs::File::open("/dev/null")?;
+        berth_sys::process::dup_onto(std::os::fd::AsRawFd::as_raw_fd(&null), 0)?;
+    }
+    let request = ExecRequest {
+        command: args.args[1..].to_vec(),
+        env: args.env.clone(),
+        user: args.user.clone(),
+        workdir: args.workdir.clone(),
+        tty: args.tty,
+        detach: args.detach,
+        privileged: args.privileged,
+    };
+    Ok(engine.exec(&args.args[0], request)?)
+}
+
+pub fn attach(global: &Global, args: AttachArgs) -> Result<i32> {
+    let engine = engine(global)?;
+    let id = engine.resolve_id(&args.container)?;
+    let record = engine.peek(&id)?;
+    if record.state.status != Status::Running {
+        bail!("you cannot attach to a stopped container, start it first");
+    }
+    let stream = berth_engine::monitor::connect(&global.root.join("containers").join(&id))?;
+    relay(&engine, stream, &id, !args.no_stdin && record.options.interactive, record.options.tty)
+}
+
+/// Relays between this terminal and a container's monitor until the container exits;
+/// returns its exit code. Signals sent to this command go to the container (Docker's
+/// `--sig-proxy`); with a terminal, it is put in raw mode and its size follows along.
+fn relay(engine: &Engine, stream: UnixStream, id: &str, stdin: bool, tty: bool) -> Result<i32> {
+    use berth_sys::nix::sys::signal::{SigSet, SigmaskHow, Signal};
+    let writer = Arc::new(Mutex::new(stream.try_clone()?));
+    let proxied = [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+    ];
+    let mut set = SigSet::empty();
+    for s in proxied {
+        set.add(s);
+    }
+    let raw = if tty && std::io::stdin().is_terminal() { RawMode::enter() } else { None };
+    if raw.is_none() {
+        berth_sys::nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None)?;
+        let root = engine.root().to_owned();
+        let id = id.to_owned();
+        std::thread::spawn(move || {
+            let Ok(engine) = Engine::open(&root) else { return };
+            while let Ok(signal) = set.wait() {
+                let _ = engine.kill(&id, signal.as_str());
+            }
+        });
+    }
+    if tty && std::io::stdout().is_terminal() {
+        let writer = writer.clone();
+        std::thread::spawn(move || {
+            let mut last = None;
+            loop {
+                if let Ok(size) = berth_sys::tty::window_size(std::io::stdout().as_fd()) {
+                    if last != Some((size.rows, size.cols)) {
+                        last = Some((size.rows, size.cols));
+                        let mut payload = size.rows.to_be_bytes().to_vec();
+                        payload.extend_from_slice(&size.cols.to_be_bytes());
+                        let Ok(mut w) = writer.lock() else { return };
+                        if attach::write_frame(&mut *w, attach::RESIZE, &payload).is_err() {
+                            return;
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        });
+    }
+    if stdin {
+        let writer = writer.clone();
+        std::thread::spawn(move || {
+            let mut input = std::io::stdin().lock();
+            let mut buffer = [0u8; 8192];
+            loop {
+                match input.read(&mut buffer) {
+                    Ok(0) | Err(_) => {
+                        if let Ok(mut w) = writer.lock() {
+                            let _ = attach::write_frame(&mut *w, attach::STDIN_EOF, &[]);
+                        }
+                        return;
+                    }
+                    Ok(n) => {
+                        let Ok(mut w) = writer.lock() else { return };
+                        if attach::write_frame(&mut *w, attach::STDIN, &buffer[..n]).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+    }
+    let mut reader = stream;
+    let mut stdout = std::io::stdout();
+    let mut stderr = std::io::stderr();
+    loop {
+        match attach::read_frame(&mut reader) {
+            Ok(Some((attach::STDOUT, data))) => {
+                stdout.write_all(&data)?;
+                stdout.flush()?;
+            }
+            Ok(Some((attach::STDERR, data))) => {
+                stderr.write_all(&data)?;
+            }
+            Ok(Some((attach::EXIT, code))) if code.len() == 4 => {
+                drop(raw);
+                return Ok(i32::from_be_bytes([code[0], code[1], code[2], code[3]]));
+            }
+            Ok(Some((attach::ERROR, message))) => {
+                drop(raw);
+                bail!("{}", String::from_utf8_lossy(&message));
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => {
+                drop(raw);
+                // The monitor went away without a word: ask the record.
+                let code = engine.wait_exit(id, Some(Duration::from_secs(5)))?.unwrap_or(255);
+                return Ok(code);
+            }
+        }
+    }
+}
+
+struct RawMode {
+    original: berth_sys::nix::sys::termios::Termios,
+}
+
+impl RawMode {
+    fn enter() -> Option<RawMode> {
+        use berth_sys::nix::sys::termios;
+        let stdin = std::io::stdin();
+        let original = termios::tcgetattr(stdin.as_fd()).ok()?;
+        let mut raw = original.clone();
+        termios::cfmakeraw(&mut raw);
+        termios::tcsetattr(stdin.as_fd(), termios::SetArg::TCSANOW, &raw).ok()?;
+        Some(RawMode { original })
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        use berth_sys::nix::sys::termios;
+        let _ =
+            termios::tcsetattr(std::io::stdin().as_fd(), termios::SetArg::TCSANOW, &self.original);
+    }
+}
+
+// ----- inspect -----
+
+fn container_json(record: &Record) -> Value {
+    let s = &record.state;
+    let mut ports = serde_json::Map::new();
+    for p in record.network.iter().flat_map(|n| n.ports.iter()) {
+        let key = format!("{}/{}", p.container_port, p.protocol);
+        let entry = ports.entry(key).or_insert_with(|| json!([]));
+        if let Some(list) = entry.as_array_mut() {
+            list.push(json!({"HostIp": p.host_ip, "HostPort": p.host_port.to_string()}));
+        }
+    }
+    for exposed in &record.exposed_ports {
+        ports.entry(exposed.clone()).or_insert(Value::Null);
+    }
+    let net = record.network.clone().unwrap_or_default();
+    let networks = if net.network.is_empty() {
+        json!({ record.options.network.clone(): {} })
+    } else {
+        json!({ net.network.clone(): {"IPAddress": net.ip, "IPPrefixLen": net.prefix_len, "Gateway": net.gateway, "MacAddress": net.mac} })
+    };
+    json!({
+        "Id": record.id,
+        "Created": record.created,
+        "Path": record.path,
+        "Args": record.args,
+        "State": {
+            "Status": s.status.to_string(),
+            "Running": matches!(s.status, Status::Running | Status::Paused),
+            "Paused": s.status == Status::Paused,
+            "Restarting": s.status == Status::Restarting,
+            "OOMKilled": s.oom_killed,
+            "Dead": s.status == Status::Dead,
+            "Pid": s.pid,
+            "ExitCode": s.exit_code,
+            "Error": s.error,
+            "StartedAt": if s.started_at.is_empty() { "0001-01-01T00:00:00Z" } else { s.started_at.as_str() },
+            "FinishedAt": if s.finished_at.is_empty() { "0001-01-01T00:00:00Z" } else { s.finished_at.as_str() },
+        },
+        "Image": record.image_id,
+        "Name": format!("/{}", record.name),
+        "RestartCount": s.restart_count,
+        "LogPath": "",
+        "HostConfig": {
+            "NetworkMode": record.options.network,
+            "AutoRemove": record.options.auto_remove,
+            "Privileged": record.options.privileged,
+            "ReadonlyRootfs": record.options.read_only,
+            "Memory": record.options.memory.unwrap_or(0),
+            "NanoCpus": record.options.cpus.map(|c| (c * 1e9) as i64).unwrap_or(0),
+            "PidsLimit": record.options.pids_limit,
+            "CapAdd": record.options.cap_add,
+            "CapDrop": record.options.cap_drop,
+            "RestartPolicy": {"Name": if record.options.restart.name.is_empty() { "no" } else { record.options.restart.name.as_str() }, "MaximumRetryCount": record.options.restart.max_retries},
+            "PortBindings": record.options.publish.iter().map(|p| (format!("{}/{}", p.container_port, p.protocol), json!([{"HostIp": p.host_ip.clone().unwrap_or_default(), "HostPort": if p.host_port == 0 { String::new() } else { p.host_port.to_string() }}]))).collect::<serde_json::Map<_, _>>(),
+        },
+        "Mounts": record.mounts.iter().map(|m| json!({"Type": m.kind, "Name": m.name, "Source": m.source, "Destination": m.destination, "RW": !m.read_only})).collect::<Vec<_>>(),
+        "Config": {
+            "Hostname": record.hostname,
+            "Env": record.options.env,
+            "Cmd": record.options.command,
+            "Image": record.image,
+            "WorkingDir": record.options.workdir.clone().unwrap_or_default(),
+            "Entrypoint": record.options.entrypoint,
+            "Labels": record.options.labels,
+            "Tty": record.options.tty,
+            "OpenStdin": record.options.interactive,
+            "User": record.options.user.clone().unwrap_or_default(),
+            "StopSignal": record.stop_signal,
+        },
+        "NetworkSettings": {
+            "IPAddress": net.ip,
+            "Gateway": net.gateway,
+            "MacAddress": net.mac,
+            "Ports": ports,
+            "Networks": networks,
+            "SandboxKey": net.netns,
+        },
+    })
+}
+
+/// A small subset of Go templates: `{{.A.B}}`, `{{json .A}}`, literal text between.
+pub fn render_format(format: &str, value: &Value) -> Result<String> {
+    let mut out = String::new();
+    let mut rest = format;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let end = rest[start..]
+            .find("}}")
+            .map(|e| start + e)
+            .with_context(|| format!("unclosed {{{{ in format {format:?}"))?;
+        let expr = rest[start + 2..end].trim();
+        let (json_out, path) = match expr.strip_prefix("json ") {
+            Some(p) => (true, p.trim()),
+            None => (false, expr),
+        };
+        if !path.starts_with('.') {
+            bail!("unsupported format expression {expr:?}: use {{{{.Field.Sub}}}} or {{{{json .Field}}}}");
+        }
+        let mut current = value;
+        for key in path.split('.').filter(|k| !k.is_empty()) {
+            current = current.get(key).unwrap_or(&Value::Null);
+        }
+        if json_out {
+            out.push_str(&current.to_string());
+        } else {
+            match current {
+                Value::String(s) => out.push_str(s),
+                Value::Null => out.push_str("<no value>"),
+                other => out.push_str(&other.to_string()),
+            }
+        }
+        rest = &rest[end + 2..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+pub fn inspect(global: &Global, args: InspectArgs) -> Result<i32> {
+    let engine = engine(global)?;
+    let mut out = Vec::new();
+    let mut status = 0;
+    let want_images = args.kind.as_deref() != Some("container");
+    let want_containers = args.kind.as_deref() != Some("image");
+    for name in &args.names {
+        let container =
+            if want_containers { engine.lock(name).ok().map(|l| l.record) } else { None };
+        if let Some(record) = container {
+            out.push(container_json(&record));
+            continue;
+        }
+        if want_images {
+            let store = crate::images::open_store(global)?;
+            if let Ok(image) = store.resolve(name) {
+                out.push(crate::images::image_json(&store, &image)?);
+                continue;
+            }
+        }
+        eprintln!("Error: No such object: {name}");
+        status = 1;
+    }
+    match &args.format {
+        Some(format) => {
+            for value in &out {
+                println!("{}", render_format(format, value)?);
+            }
+        }
+        None => println!("{}", serde_json::to_string_pretty(&out)?),
+    }
+    Ok(status)
+}
+
+// ----- top, stats, port, rename, diff, commit, cp -----
+
+pub fn top(global: &Global, args: One) -> Result<i32> {
+    let engine = engine(global)?;
+    let mut rows = vec![["UID", "PID", "PPID", "CMD"].map(String::from).to_vec()];
+    rows.extend(engine.top(&args.container)?);
+    print!("{}", table(&rows));
+    Ok(0)
+}
+
+pub fn stats(global: &Global, args: StatsArgs) -> Result<i32> {
+    let engine = engine(global)?;
+    let names: Vec<String> = if args.containers.is_empty() {
+        engine
+            .list()?
+            .into_iter()
+            .filter(|r| args.all || r.state.status == Status::Running)
+            .map(|r| r.name)
+            .collect()
+    } else {
+        args.containers.clone()
+    };
+    loop {
+        let first: Vec<_> = names.iter().map(|n| engine.stats(n).ok()).collect();
+        let started = std::time::Instant::now();
+        std::thread::sleep(Duration::from_millis(500));
+        let elapsed = started.elapsed().as_nanos() as f64;
+        let mut rows =
+            vec![["CONTAINER ID", "NAME", "CPU %", "MEM USAGE / LIMIT", "MEM %", "PIDS"]
+                .map(String::from)
+                .to_vec()];
+        for (name, before) in names.iter().zip(first) {
+            let Ok(record) = engine.peek(&engine.resolve_id(name)?) else { continue };
+            let Ok(after) = engine.stats(name) else { continue };
+            let cpu = before
+                .map(|b| {
+                    (after.cpu.usage.total.saturating_sub(b.cpu.usage.total)) as f64 / elapsed
+                        * 100.0
+                })
+                .unwrap_or(0.0);
+            let usage = after.memory.usage.usage;
+            let limit = match after.memory.usage.limit {
+                0 | u64::MAX => host_memory(),
+                l if l > host_memory() => host_memory(),
+                l => l,
+            };
+            let percent = if limit > 0 { usage as f64 / limit as f64 * 100.0 } else { 0.0 };
+            if args.format == "json" {
+                println!(
+                    "{}",
+                    json!({"ID": record.short_id(), "Name": record.name, "CPUPerc": format!("{cpu:.2}%"), "MemUsage": usage, "MemLimit": limit, "MemPerc": format!("{percent:.2}%"), "PIDs": after.pids.current})
+                );
+                continue;
+            }
+            rows.push(vec![
+                record.short_id().to_owned(),
+                record.name.clone(),
+                format!("{cpu:.2}%"),
+                format!("{} / {}", human_binary(usage), human_binary(limit)),
+                format!("{percent:.2}%"),
+                after.pids.current.to_string(),
+            ]);
+        }
+        if args.format != "json" {
+            print!("{}", table(&rows));
+        }
+        if args.no_stream {
+            return Ok(0);
+        }
+    }
+}
+
+fn host_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+fn human_binary(bytes: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < units.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.2}{}", units[unit])
+}
+
+pub fn port(global: &Global, args: PortArgs) -> Result<i32> {
+    let engine = engine(global)?;
+    let ports = engine.ports(&args.container)?;
+    let wanted =
+        args.port
+            .as_deref()
+            .map(|p| if p.contains('/') { p.to_owned() } else { format!("{p}/tcp") });
+    let mut found = false;
+    for p in ports {
+        let key = format!("{}/{}", p.container_port, p.protocol);
+        match &wanted {
+            Some(w) if *w == key => println!("{}:{}", p.host_ip, p.host_port),
+            Some(_) => continue,
+            None => println!("{key} -> {}:{}", p.host_ip, p.host_port),
+        }
+        found = true;
+    }
+    if !found && wanted.is_some() {
+        bail!("no public port {} published for {}", wanted.unwrap_or_default(), args.container);
+    }
+    Ok(0)
+}
+
+pub fn rename(global: &Global, args: RenameArgs) -> Result<i32> {
+    engine(global)?.rename(&args.container, &args.new_name)?;
+    Ok(0)
+}
+
+pub fn diff(global: &Global, args: One) -> Result<i32> {
+    for change in engine(global)?.diff(&args.container)? {
+        println!("{change}");
+    }
+    Ok(0)
+}
+
+pub fn commit(global: &Global, args: CommitArgs) -> Result<i32> {
+    let engine = engine(global)?;
+    let changes = args.changes.clone();
+    let digest = engine.commit(
+        &args.container,
+        args.reference.as_deref(),
+        args.message.as_deref(),
+        args.author.as_deref(),
+        move |run| crate::images::apply_changes(run, &changes).map_err(|e| format!("{e:#}")),
+        args.pause,
+    )?;
+    println!("{digest}");
+    Ok(0)
+}
+
+fn split_container_path(text: &str) -> Option<(&str, &str)> {
+    if text.starts_with('/') || text.starts_with('.') {
+        return None;
+    }
+    text.split_once(':').filter(|(c, p)| !c.is_empty() && !p.is_empty())
+}
+
+pub fn cp(global: &Global, args: CpArgs) -> Result<i32> {
+    let engine = engine(global)?;
+    match (split_container_path(&args.source), split_container_path(&args.destination)) {
+        (Some((container, path)), None) => {
+            engine.copy_out(container, Path::new(path), Path::new(&args.destination))?;
+        }
+        (None, Some((container, path))) => {
+            engine.copy_in(Path::new(&args.source), container, Path::new(path))?;
+        }
+        (Some(_), Some(_)) => {
+            bail!("copying between containers is not supported; copy through the host")
+        }
+        (None, None) => bail!("one of SOURCE and DESTINATION must be CONTAINER:PATH"),
+    }
+    Ok(0)
+}
+
+// ----- volumes and networks -----
+
+pub fn volume(global: &Global, command: VolumeCommand) -> Result<i32> {
+    let engine = engine(global)?;
+    match command {
+        VolumeCommand::Create { name, label } => {
+            let volume = engine.volume_create(name.as_deref(), labels(&label))?;
+            println!("{}", volume.name);
+        }
+        VolumeCommand::Ls { quiet } => {
+            let volumes = engine.volume_list()?;
+            if quiet {
+                volumes.iter().for_each(|v| println!("{}", v.name));
+            } else {
+                let mut rows = vec![vec!["DRIVER".to_owned(), "VOLUME NAME".to_owned()]];
+                rows.extend(volumes.iter().map(|v| vec![v.driver.clone(), v.name.clone()]));
+                print!("{}", table(&rows));
+            }
+        }
+        VolumeCommand::Inspect { names } => {
+            let mut out = Vec::new();
+            for name in &names {
+                let v = engine.volume_inspect(name)?;
+                out.push(json!({"Name": v.name, "Driver": v.driver, "Mountpoint": v.mountpoint, "CreatedAt": v.created_at, "Labels": v.labels, "Scope": "local", "Options": {}}));
+            }
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        VolumeCommand::Rm { force, names } => {
+            return each(&names, |name| engine.volume_remove(name, force));
+        }
+        VolumeCommand::Prune { all, force: _ } => {
+            let removed = engine.volume_prune(all)?;
+            println!("Deleted Volumes:");
+            removed.iter().for_each(|n| println!("{n}"));
+        }
+    }
+    Ok(0)
+}
+
+pub fn network(global: &Global, command: NetworkCommand) -> Result<i32> {
+    let engine = engine(global)?;
+    match command {
+        NetworkCommand::Create { name, subnet, driver, label } => {
+            if driver != "bridge" {
+                bail!("only bridge networks are supported (driver {driver:?})");
+            }
+            let network = engine.network_create(&name, subnet.as_deref(), labels(&label))?;
+            println!("{}", network.id);
+        }
+        NetworkCommand::Ls { quiet } => {
+            let networks = engine.network_list()?;
+            if quiet {
+                networks.iter().for_each(|n| println!("{}", &n.id[..12]));
+            } else {
+                let mut rows =
+                    vec![["NETWORK ID", "NAME", "DRIVER", "SCOPE"].map(String::from).to_vec()];
+                rows.extend(networks.iter().map(|n| {
+                    vec![n.id[..12].to_owned(), n.name.clone(), "bridge".into(), "local".into()]
+                }));
+                rows.push(vec!["-".into(), "host".into(), "host".into(), "local".into()]);
+                rows.push(vec!["-".into(), "none".into(), "null".into(), "local".into()]);
+                print!("{}", table(&rows));
+            }
+        }
+        NetworkCommand::Inspect { names } => {
+            let mut out = Vec::new();
+            for name in &names {
+                let n = engine.network_inspect(name)?;
+                let containers: serde_json::Map<String, Value> = engine
+                    .list()?
+                    .into_iter()
+                    .filter(|r| r.state.status == Status::Running && r.network.as_ref().is_some_and(|s| s.network == n.name))
+                    .map(|r| {
+                        let s = r.network.clone().unwrap_or_default();
+                        (r.id.clone(), json!({"Name": r.name, "IPv4Address": format!("{}/{}", s.ip, s.prefix_len), "MacAddress": s.mac}))
+                    })
+                    .collect();
+                out.push(json!({"Name": n.name, "Id": n.id, "Created": n.created, "Driver": "bridge", "Scope": "local",
+                    "IPAM": {"Driver": "host-local", "Config": [{"Subnet": n.subnet, "Gateway": n.gateway}]},
+                    "Options": {"com.docker.network.bridge.name": n.bridge}, "Labels": n.labels, "Containers": containers}));
+            }
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        NetworkCommand::Rm { names } => return each(&names, |name| engine.network_remove(name)),
+    }
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_pick_fields() {
+        let value = json!({"State": {"Pid": 42, "Status": "running"}, "Config": {"Env": ["A=1"]}});
+        assert_eq!(render_format("{{.State.Pid}}", &value).unwrap(), "42");
+        assert_eq!(
+            render_format("pid={{.State.Pid}} {{.State.Status}}", &value).unwrap(),
+            "pid=42 running"
+        );
+        assert_eq!(render_format("{{json .Config.Env}}", &value).unwrap(), "[\"A=1\"]");
+        assert_eq!(render_format("{{.Nope}}", &value).unwrap(), "<no value>");
+        assert!(render_format("{{.State", &value).is_err());
+        assert!(render_format("{{range .X}}", &value).is_err());
+    }
+
+    #[test]
+    fn container_paths() {
+        assert_eq!(split_container_path("web:/etc/hosts"), Some(("web", "/etc/hosts")));
+        assert_eq!(split_container_path("/tmp/a:b"), None);
+        assert_eq!(split_container_path("./x"), None);
+        assert_eq!(split_container_path("file"), None);
+    }
+
+    #[test]
+    fn times() {
+        assert_eq!(parse_time("1700000000").unwrap(), 1_700_000_000.0);
+        assert_eq!(parse_time("2023-11-14T22:13:20Z").unwrap(), 1_700_000_000.0);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        assert!((parse_time("10m").unwrap() - (now - 600.0)).abs() < 5.0);
+        assert!(parse_time("yesterday").is_err());
+    }
+}

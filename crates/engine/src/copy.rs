@@ -1,0 +1,157 @@
+//! `berth cp`: files between the host and a container's filesystem (or its volumes).
+//!
+//! Paths in the container are resolved with `openat2(RESOLVE_IN_ROOT)`, so a symlink in the
+//! container cannot make the copy read or write outside it; entries are then reached
+//! through the resolved descriptor (`/proc/self/fd/N`), symlinks inside the copied tree are
+//! copied as symlinks and never followed, and an existing symlink at a destination name is
+//! replaced rather than written through.
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use berth_sys::fs::{open_in_root, resolve_in_root, Create};
+use berth_sys::nix::fcntl::OFlag;
+
+use crate::{invalid, io, Engine, Error, Result};
+
+fn fd_path(fd: &OwnedFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+impl Engine {
+    /// Copies `path` of the container to `destination` on the host.
+    pub fn copy_out(&self, container: &str, path: &Path, destination: &Path) -> Result<()> {
+        if !path.is_absolute() {
+            return Err(invalid("container path", format!("{} is not absolute", path.display())));
+        }
+        let access = self.rootfs_for_copy(container)?;
+        let (base, rest) = access.locate(path);
+        let root = std::fs::File::open(&base).map_err(io("open", &base))?;
+        let source = open_in_root(root.as_fd(), &rest, OFlag::O_PATH).map_err(|e| {
+            Error::Other(format!("could not find {} in container {container}: {e}", path.display()))
+        })?;
+        let name = path.file_name().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("root"));
+        let target =
+            if destination.is_dir() { destination.join(name) } else { destination.to_owned() };
+        copy_tree(&fd_path(&source), &target)
+    }
+
+    /// Copies `source` on the host to `path` in the container.
+    pub fn copy_in(&self, source: &Path, container: &str, path: &Path) -> Result<()> {
+        if !path.is_absolute() {
+            return Err(invalid("container path", format!("{} is not absolute", path.display())));
+        }
+        std::fs::symlink_metadata(source).map_err(io("read", source))?;
+        let access = self.rootfs_for_copy(container)?;
+        let (base, rest) = access.locate(path);
+        let root = std::fs::File::open(&base).map_err(io("open", &base))?;
+        // An existing directory receives the source under its own name; otherwise the
+        // path's parent must exist and the last component is the new name.
+        let existing_dir =
+            open_in_root(root.as_fd(), &rest, OFlag::O_PATH | OFlag::O_DIRECTORY).ok();
+        let (parent, name) = match existing_dir {
+            Some(dir) => {
+                let name = source
+                    .file_name()
+                    .map(PathBuf::from)
+                    .ok_or_else(|| invalid("source", "has no file name"))?;
+                (dir, name)
+            }
+            None => {
+                let name = rest
+                    .file_name()
+                    .map(PathBuf::from)
+                    .ok_or_else(|| invalid("container path", "has no file name"))?;
+                let parent_path = rest.parent().unwrap_or(Path::new(""));
+                let dir =
+                    resolve_in_root(root.as_fd(), parent_path, Create::Nothing).map_err(|e| {
+                        Error::Other(format!(
+                            "the parent of {} does not exist in container {container}: {e}",
+                            path.display()
+                        ))
+                    })?;
+                (dir, name)
+            }
+        };
+        copy_tree(source, &fd_path(&parent).join(name))
+    }
+}
+
+/// Copies a file, symlink or directory tree; never follows a symlink.
+fn copy_tree(source: &Path, target: &Path) -> Result<()> {
+    let meta = std::fs::symlink_metadata(source).map_err(io("read", source))?;
+    if let Ok(existing) = std::fs::symlink_metadata(target) {
+        if existing.file_type().is_symlink() || (existing.is_dir() != meta.is_dir()) {
+            if existing.is_dir() {
+                std::fs::remove_dir_all(target).map_err(io("replace", target))?;
+            } else {
+                std::fs::remove_file(target).map_err(io("replace", target))?;
+            }
+        }
+    }
+    let kind = meta.file_type();
+    if kind.is_symlink() {
+        let link = std::fs::read_link(source).map_err(io("read link", source))?;
+        std::os::unix::fs::symlink(&link, target).map_err(io("create link", target))?;
+    } else if kind.is_dir() {
+        if !target.exists() {
+            std::fs::create_dir(target).map_err(io("create", target))?;
+        }
+        std::fs::set_permissions(target, std::fs::Permissions::from_mode(meta.mode() & 0o7777))
+            .map_err(io("chmod", target))?;
+        for entry in std::fs::read_dir(source).map_err(io("read", source))? {
+            let entry = entry.map_err(io("read", source))?;
+            copy_tree(&entry.path(), &target.join(entry.file_name()))?;
+        }
+    } else if kind.is_file() {
+        // O_NOFOLLOW on the target: a symlink appearing there meanwhile fails the copy.
+        let mut from = std::fs::File::open(source).map_err(io("open", source))?;
+        let mut to = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(berth_sys::libc::O_NOFOLLOW)
+            .open(target)
+            .map_err(io("create", target))?;
+        std::io::copy(&mut from, &mut to).map_err(io("copy to", target))?;
+        std::fs::set_permissions(target, std::fs::Permissions::from_mode(meta.mode() & 0o7777))
+            .map_err(io("chmod", target))?;
+    } else {
+        return Err(Error::Other(format!(
+            "{} is a special file; only files, directories and links are copied",
+            source.display()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trees_are_copied_without_following_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(src.join("sub")).unwrap();
+        std::fs::write(src.join("sub/file"), "data").unwrap();
+        std::fs::set_permissions(src.join("sub/file"), std::fs::Permissions::from_mode(0o751))
+            .unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", src.join("link")).unwrap();
+        let dst = dir.path().join("dst");
+        copy_tree(&src, &dst).unwrap();
+        assert_eq!(std::fs::read_to_string(dst.join("sub/file")).unwrap(), "data");
+        assert_eq!(std::fs::metadata(dst.join("sub/file")).unwrap().mode() & 0o777, 0o751);
+        assert_eq!(std::fs::read_link(dst.join("link")).unwrap(), Path::new("/etc/passwd"));
+        // A symlink at the destination is replaced, not written through.
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "keep").unwrap();
+        let target = dir.path().join("target");
+        std::os::unix::fs::symlink(&victim, &target).unwrap();
+        copy_tree(&src.join("sub/file"), &target).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "data");
+        assert!(!std::fs::symlink_metadata(&target).unwrap().file_type().is_symlink());
+    }
+}

@@ -1,0 +1,164 @@
+//! The engine: containers made from images, the way `docker run` makes them, without a daemon.
+//!
+//! Every command works on the state under the berth root and takes per-container locks, so
+//! commands can run concurrently. A small monitor process per running container (berth's own,
+//! like Podman's conmon) holds the container's stdio, writes its log, serves `attach`, reaps
+//! it, records its exit code and tears down what the container used.
+//!
+//! Layout under `<root>`:
+//! ```text
+//! containers/<id>/        container.json, config.json (the OCI bundle), rootfs/ (overlay),
+//!                         upper/ work/ init/, hosts hostname resolv.conf, container.log,
+//!                         monitor.log, lock
+//! containers/names/<name> symlink to the id: names are taken atomically
+//! runtime/                the OCI runtime's state (berth-runtime)
+//! volumes/<name>/_data    named and anonymous volumes (volume.json beside)
+//! networks/               network definitions, IP reservations, per-container netns
+//! ```
+
+pub mod attach;
+pub mod container;
+pub mod copy;
+pub mod logs;
+pub mod monitor;
+pub mod network;
+pub mod ops;
+pub mod options;
+pub mod spec;
+pub mod user;
+pub mod volume;
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use berth_image::ImageStore;
+use berth_runtime::Runtime;
+
+pub use container::{Record, State, Status};
+pub use options::{MountSpec, PortSpec, RestartPolicy, RunOptions};
+
+/// What went wrong, said so that the user knows what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no such container: {0}")]
+    NoSuchContainer(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("invalid {what}: {reason}")]
+    Invalid { what: String, reason: String },
+    #[error("container {id} is {status}: {hint}")]
+    WrongState { id: String, status: String, hint: String },
+    #[error("failed to {op} {path}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("failed to {op}")]
+    Sys {
+        op: String,
+        #[source]
+        source: berth_sys::Errno,
+    },
+    #[error(transparent)]
+    Runtime(#[from] berth_runtime::Error),
+    #[error(transparent)]
+    Image(#[from] berth_image::Error),
+    #[error(transparent)]
+    Cgroups(#[from] berth_cgroups::Error),
+    #[error("network: {0}")]
+    Network(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+pub(crate) fn io(
+    op: &'static str,
+    path: impl Into<PathBuf>,
+) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.into();
+    move |source| Error::Io { op, path, source }
+}
+
+pub(crate) fn sys(op: impl Into<String>) -> impl FnOnce(berth_sys::Errno) -> Error {
+    let op = op.into();
+    move |source| Error::Sys { op, source }
+}
+
+pub(crate) fn invalid(what: impl Into<String>, reason: impl Into<String>) -> Error {
+    Error::Invalid { what: what.into(), reason: reason.into() }
+}
+
+/// The engine over one berth root.
+#[derive(Debug)]
+pub struct Engine {
+    root: PathBuf,
+    runtime: Runtime,
+    images: OnceLock<ImageStore>,
+}
+
+impl Engine {
+    pub fn open(root: &Path) -> Result<Engine> {
+        let containers = root.join("containers");
+        std::fs::create_dir_all(containers.join("names")).map_err(io("create", &containers))?;
+        Ok(Engine {
+            root: root.to_owned(),
+            runtime: Runtime::new(root.join("runtime"), false),
+            images: OnceLock::new(),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    pub fn images(&self) -> Result<&ImageStore> {
+        if let Some(store) = self.images.get() {
+            return Ok(store);
+        }
+        let store = ImageStore::open(&self.root)?;
+        Ok(self.images.get_or_init(|| store))
+    }
+
+    pub(crate) fn containers_dir(&self) -> PathBuf {
+        self.root.join("containers")
+    }
+}
+
+/// A random 64-hex-digit id, as Docker's container ids are.
+pub fn random_id() -> String {
+    use std::io::Read;
+    let mut bytes = [0u8; 32];
+    let filled = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+    if filled.is_err() {
+        // Never expected on Linux; fall back to time and pid, still unique enough per host.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let seed = now ^ (u128::from(std::process::id()) << 64);
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = (seed >> ((i % 16) * 8)) as u8 ^ i as u8;
+        }
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Now, as RFC 3339 with nanoseconds.
+pub fn now() -> String {
+    berth_runtime::state::rfc3339(std::time::SystemTime::now())
+}
+
+/// Writes a file atomically (temporary file, then rename).
+pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let temporary = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&temporary, data).map_err(io("write", &temporary))?;
+    std::fs::rename(&temporary, path).map_err(io("rename", path))
+}

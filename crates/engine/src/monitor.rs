@@ -1,0 +1,476 @@
+//! The per-container monitor (berth's conmon): started by `berth start`/`run` as
+//! `berth __monitor ROOT ID` with a control socket on stdin, it creates and starts the
+//! container through the runtime (so the container's init is its child), holds its stdio
+//! or pty, writes the log, serves attach clients, reaps it, records the exit, applies the
+//! restart policy and, with `--rm`, removes the container.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use berth_runtime::CreateOptions;
+use berth_sys::nix::fcntl::OFlag;
+use berth_sys::nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use berth_sys::nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use berth_sys::nix::unistd::{pipe2, Pid};
+
+use crate::attach::{self, take_frames};
+use crate::container::Status;
+use crate::logs::{self, Stream};
+use crate::{io, sys, Engine, Error, Result};
+
+/// Log rotation defaults: 10 MiB, two files.
+const LOG_MAX_SIZE: u64 = 10 << 20;
+const LOG_MAX_FILES: u32 = 2;
+
+/// How long to keep reading output after the container's init exited.
+const DRAIN: Duration = Duration::from_secs(2);
+
+pub fn main(root: &Path, id: &str) -> i32 {
+    let _ = berth_sys::nix::unistd::setsid();
+    let _ = berth_sys::nix::sys::prctl::set_child_subreaper(true);
+    let control = match take_control() {
+        Ok(stream) => stream,
+        Err(err) => {
+            eprintln!("berth monitor {id}: {err}");
+            return 1;
+        }
+    };
+    match run(root, id, control) {
+        Ok(()) => 0,
+        Err(err) => {
+            eprintln!("berth monitor {id}: {err}");
+            1
+        }
+    }
+}
+
+/// The control socket arrives as stdin; stdin becomes /dev/null.
+fn take_control() -> Result<UnixStream> {
+    let fd = berth_sys::process::dup_raw_fd(0).map_err(sys("take the control socket"))?;
+    let null = std::fs::File::open("/dev/null").map_err(io("open", "/dev/null"))?;
+    berth_sys::process::dup_onto(null.as_raw_fd(), 0).map_err(sys("replace stdin"))?;
+    Ok(UnixStream::from(fd))
+}
+
+struct Client {
+    stream: UnixStream,
+    buffer: Vec<u8>,
+}
+
+/// The container's end of things while it runs.
+struct Io {
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
+    stdin: Option<OwnedFd>,
+    master: Option<OwnedFd>,
+}
+
+fn run(root: &Path, id: &str, control: UnixStream) -> Result<()> {
+    let engine = Engine::open(root)?;
+    let dir = engine.container_dir(id);
+    let listener = bind_attach_socket(&dir)?;
+    let _ = control.set_write_timeout(Some(Duration::from_secs(5)));
+    let mut clients = vec![Client { stream: control, buffer: Vec::new() }];
+    let mut first = true;
+    loop {
+        let (pid, io_ends, oom_before) = match start_once(&engine, id) {
+            Ok(started) => started,
+            Err(err) => {
+                let message = format!("{err}");
+                record_failure(&engine, id, &message);
+                for client in &mut clients {
+                    crate::ops::send(&mut client.stream, attach::ERROR, message.as_bytes());
+                }
+                return Err(err);
+            }
+        };
+        if first {
+            for client in &mut clients {
+                crate::ops::send(&mut client.stream, attach::STARTED, &pid.to_be_bytes());
+            }
+            first = false;
+        }
+        let code = supervise(&engine, id, pid, io_ends, &listener, &mut clients)?;
+        let oom = engine
+            .runtime()
+            .watch(id)
+            .and_then(|w| w.oom_kills())
+            .map(|n| n > oom_before)
+            .unwrap_or(false);
+        let mut locked = engine.lock(id)?;
+        engine.release_resources(&locked);
+        let state = &mut locked.record.state;
+        state.status = Status::Exited;
+        state.exit_code = code;
+        state.oom_killed = oom;
+        state.finished_at = crate::now();
+        state.pid = 0;
+        let policy = locked.record.options.restart.clone();
+        let restart = !state.stopped_by_user && policy.restarts(code, state.restart_count);
+        if restart {
+            state.status = Status::Restarting;
+            state.restart_count += 1;
+            let delay = Duration::from_millis(100 << state.restart_count.min(7));
+            locked.save()?;
+            drop(locked);
+            tracing::info!(id, code, "restarting after {delay:?}");
+            std::thread::sleep(delay);
+            continue;
+        }
+        state.monitor_pid = 0;
+        if locked.record.options.auto_remove {
+            engine.destroy(locked, true)?;
+        } else {
+            locked.save()?;
+        }
+        for client in &mut clients {
+            crate::ops::send(&mut client.stream, attach::EXIT, &code.to_be_bytes());
+        }
+        return Ok(());
+    }
+}
+
+fn record_failure(engine: &Engine, id: &str, message: &str) {
+    if let Ok(mut locked) = engine.lock(id) {
+        engine.release_resources(&locked);
+        let state = &mut locked.record.state;
+        if state.status != Status::Created {
+            state.status = Status::Exited;
+        }
+        state.error = message.to_owned();
+        state.exit_code = 128;
+        state.monitor_pid = 0;
+        state.pid = 0;
+        let _ = locked.save();
+    }
+}
+
+/// The attach socket, bound through the directory's descriptor: the socket path limit
+/// (108 bytes) is then independent of the root directory's length.
+fn bind_attach_socket(dir: &Path) -> Result<UnixListener> {
+    let path = dir.join("attach.sock");
+    let _ = std::fs::remove_file(&path);
+    let handle = std::fs::File::open(dir).map_err(io("open", dir))?;
+    let short = format!("/proc/self/fd/{}/attach.sock", handle.as_raw_fd());
+    let listener = UnixListener::bind(&short).map_err(io("listen on", &path))?;
+    listener.set_nonblocking(true).map_err(io("configure", &path))?;
+    Ok(listener)
+}
+
+/// Connects to a running container's monitor (for `attach`).
+pub fn connect(dir: &Path) -> Result<UnixStream> {
+    let handle = std::fs::File::open(dir).map_err(io("open", dir))?;
+    let short = format!("/proc/self/fd/{}/attach.sock", handle.as_raw_fd());
+    UnixStream::connect(&short).map_err(io("connect to", dir.join("attach.sock")))
+}
+
+fn start_once(engine: &Engine, id: &str) -> Result<(i32, Io, u64)> {
+    let mut locked = engine.lock(id)?;
+    if matches!(locked.record.state.status, Status::Running | Status::Paused) {
+        return Err(Error::Conflict(format!(
+            "container {} is already running",
+            locked.record.name
+        )));
+    }
+    // Stale runtime state from an earlier run (a killed monitor) goes first.
+    engine.release_resources(&locked);
+    let prepared = engine.prepare_start(&mut locked);
+    if let Err(err) = prepared {
+        locked.save().ok();
+        engine.release_resources(&locked);
+        return Err(err);
+    }
+    let options =
+        CreateOptions { id: id.to_owned(), bundle: locked.dir.clone(), ..CreateOptions::default() };
+    let tty = locked.record.options.tty;
+    let interactive = locked.record.options.interactive;
+    let created = if tty {
+        create_with_pty(engine, &options)
+    } else {
+        create_with_pipes(engine, &options, interactive)
+    };
+    let (pid, io_ends) = match created {
+        Ok(done) => done,
+        Err(err) => {
+            locked.save().ok();
+            engine.release_resources(&locked);
+            return Err(err);
+        }
+    };
+    let oom_before = engine.runtime().watch(id).and_then(|w| w.oom_kills()).unwrap_or(0);
+    if let Err(err) = engine.runtime().start(id) {
+        engine.release_resources(&locked);
+        return Err(err.into());
+    }
+    let me = Pid::this();
+    let state = &mut locked.record.state;
+    state.status = Status::Running;
+    state.pid = pid;
+    state.monitor_pid = me.as_raw();
+    state.monitor_start_time = berth_sys::process::process_start_time(me).unwrap_or(0);
+    state.started_at = crate::now();
+    state.finished_at.clear();
+    state.exit_code = 0;
+    state.oom_killed = false;
+    state.error.clear();
+    state.stopped_by_user = false;
+    locked.save()?;
+    Ok((pid, io_ends, oom_before))
+}
+
+fn create_with_pipes(
+    engine: &Engine,
+    options: &CreateOptions,
+    interactive: bool,
+) -> Result<(i32, Io)> {
+    let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC).map_err(sys("create a pipe"))?;
+    let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC).map_err(sys("create a pipe"))?;
+    let (in_r, in_w) = if interactive {
+        let (r, w) = pipe2(OFlag::O_CLOEXEC).map_err(sys("create a pipe"))?;
+        (Some(r), Some(w))
+    } else {
+        (None, None)
+    };
+    let null = std::fs::File::open("/dev/null").map_err(io("open", "/dev/null"))?;
+    // The init inherits this process's 0, 1 and 2: point them at the pipes for the
+    // duration of `create`, keeping our own stderr (the monitor's log) aside.
+    let saved_stderr = berth_sys::process::dup_raw_fd(2).map_err(sys("save stderr"))?;
+    let set = |fd: BorrowedFd<'_>, target| {
+        berth_sys::process::dup_onto(fd.as_raw_fd(), target).map_err(sys("set up stdio"))
+    };
+    let result = (|| {
+        set(in_r.as_ref().map_or(null.as_fd(), |r| r.as_fd()), 0)?;
+        set(out_w.as_fd(), 1)?;
+        set(err_w.as_fd(), 2)?;
+        Ok::<i32, Error>(engine.runtime().create_with_console(options, None)?)
+    })();
+    let _ = set(null.as_fd(), 0);
+    let _ = set(null.as_fd(), 1);
+    let _ = set(saved_stderr.as_fd(), 2);
+    let pid = result?;
+    drop((out_w, err_w, in_r));
+    for fd in [&out_r, &err_r] {
+        set_nonblocking(fd.as_fd());
+    }
+    Ok((pid, Io { stdout: Some(out_r), stderr: Some(err_r), stdin: in_w, master: None }))
+}
+
+fn create_with_pty(engine: &Engine, options: &CreateOptions) -> Result<(i32, Io)> {
+    let (ours, theirs) = UnixStream::pair().map_err(io("create", "console socket pair"))?;
+    let pid = engine.runtime().create_with_console(options, Some(OwnedFd::from(theirs)))?;
+    let master = receive_master(&ours)?;
+    set_nonblocking(master.as_fd());
+    Ok((pid, Io { stdout: None, stderr: None, stdin: None, master: Some(master) }))
+}
+
+fn receive_master(socket: &UnixStream) -> Result<OwnedFd> {
+    use berth_sys::nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut name = [0u8; 4096];
+    let mut iov = [std::io::IoSliceMut::new(&mut name)];
+    let mut space = berth_sys::nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let message =
+        recvmsg::<()>(socket.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
+            .map_err(sys("receive the pty master"))?;
+    for control in message.cmsgs().map_err(sys("read the pty message"))? {
+        if let ControlMessageOwned::ScmRights(fds) = control {
+            if let Some(fd) = fds.first() {
+                return berth_sys::process::own_fd(*fd).map_err(sys("take the pty master"));
+            }
+        }
+    }
+    Err(Error::Other("the container did not send its pty master".into()))
+}
+
+fn set_nonblocking(fd: BorrowedFd<'_>) {
+    use berth_sys::nix::fcntl::{fcntl, FcntlArg};
+    if let Ok(flags) = fcntl(fd, FcntlArg::F_GETFL) {
+        let _ = fcntl(fd, FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK));
+    }
+}
+
+fn read_fd(fd: BorrowedFd<'_>, buffer: &mut [u8]) -> std::io::Result<usize> {
+    let mut file = std::fs::File::from(fd.try_clone_to_owned()?);
+    file.read(buffer)
+}
+
+fn write_fd(fd: BorrowedFd<'_>, data: &[u8]) -> std::io::Result<()> {
+    let mut file = std::fs::File::from(fd.try_clone_to_owned()?);
+    file.write_all(data)
+}
+
+/// Relays output to the log and the clients and input from the clients until the init
+/// exits and its output is drained; returns the exit code.
+fn supervise(
+    engine: &Engine,
+    id: &str,
+    pid: i32,
+    mut ends: Io,
+    listener: &UnixListener,
+    clients: &mut Vec<Client>,
+) -> Result<i32> {
+    let dir = engine.container_dir(id);
+    let record = engine.peek(id)?;
+    let mut log = logs::Writer::open(
+        &dir.join("container.log"),
+        record.options.log_max_size.unwrap_or(LOG_MAX_SIZE),
+        record.options.log_max_files.unwrap_or(LOG_MAX_FILES),
+    )?;
+    let pid = Pid::from_raw(pid);
+    let pidfd = berth_sys::process::pidfd_open(pid).map_err(sys("watch the container's init"))?;
+    let mut exit: Option<i32> = None;
+    let mut drain_until: Option<Instant> = None;
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let outputs_open = ends.stdout.is_some() || ends.stderr.is_some() || ends.master.is_some();
+        if exit.is_some() && (!outputs_open || drain_until.is_some_and(|d| Instant::now() >= d)) {
+            break;
+        }
+        // Order of descriptors in the poll set: pidfd, listener, outputs, clients.
+        let mut fds: Vec<PollFd<'_>> = Vec::new();
+        fds.push(PollFd::new(
+            pidfd.as_fd(),
+            if exit.is_none() { PollFlags::POLLIN } else { PollFlags::empty() },
+        ));
+        fds.push(PollFd::new(listener.as_fd(), PollFlags::POLLIN));
+        let outputs: Vec<(Stream, BorrowedFd<'_>)> = [
+            (Stream::Stdout, ends.stdout.as_ref()),
+            (Stream::Stderr, ends.stderr.as_ref()),
+            (Stream::Stdout, ends.master.as_ref()),
+        ]
+        .into_iter()
+        .filter_map(|(s, fd)| fd.map(|fd| (s, fd.as_fd())))
+        .collect();
+        for (_, fd) in &outputs {
+            fds.push(PollFd::new(*fd, PollFlags::POLLIN));
+        }
+        for client in clients.iter() {
+            fds.push(PollFd::new(client.stream.as_fd(), PollFlags::POLLIN));
+        }
+        let timeout = if exit.is_some() { PollTimeout::from(100u8) } else { PollTimeout::NONE };
+        match poll(&mut fds, timeout) {
+            Ok(_) => {}
+            Err(berth_sys::Errno::EINTR) => continue,
+            Err(err) => return Err(sys("wait for the container")(err)),
+        }
+        let ready: Vec<bool> =
+            fds.iter().map(|f| f.revents().is_some_and(|r| !r.is_empty())).collect();
+        drop(fds);
+        if ready[0] && exit.is_none() {
+            if let Some(code) = reap(pid) {
+                exit = Some(code);
+                drain_until = Some(Instant::now() + DRAIN);
+            }
+        }
+        if ready[1] {
+            while let Ok((stream, _)) = listener.accept() {
+                let _ = stream.set_nonblocking(false);
+                let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
+                clients.push(Client { stream, buffer: Vec::new() });
+            }
+        }
+        let mut closed: Vec<Stream> = Vec::new();
+        let mut master_closed = false;
+        for (index, (stream, fd)) in outputs.iter().enumerate() {
+            if !ready[2 + index] {
+                continue;
+            }
+            match read_fd(*fd, &mut buffer) {
+                Ok(0) => {
+                    if ends.master.as_ref().is_some_and(|m| m.as_raw_fd() == fd.as_raw_fd()) {
+                        master_closed = true;
+                    } else {
+                        closed.push(*stream);
+                    }
+                }
+                Ok(n) => {
+                    let data = &buffer[..n];
+                    log.write(*stream, data)?;
+                    let kind =
+                        if *stream == Stream::Stdout { attach::STDOUT } else { attach::STDERR };
+                    clients.retain_mut(|c| crate::ops::send(&mut c.stream, kind, data));
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => {
+                    // EIO on a pty master: the terminal's last user is gone.
+                    if ends.master.as_ref().is_some_and(|m| m.as_raw_fd() == fd.as_raw_fd()) {
+                        master_closed = true;
+                    } else {
+                        closed.push(*stream);
+                    }
+                }
+            }
+        }
+        let client_base = 2 + outputs.len();
+        drop(outputs);
+        for stream in closed {
+            match stream {
+                Stream::Stdout => ends.stdout = None,
+                Stream::Stderr => ends.stderr = None,
+            }
+        }
+        if master_closed {
+            ends.master = None;
+        }
+        let mut gone = Vec::new();
+        for (index, client) in clients.iter_mut().enumerate() {
+            if !ready.get(client_base + index).copied().unwrap_or(false) {
+                continue;
+            }
+            match client.stream.read(&mut buffer) {
+                Ok(0) | Err(_) => gone.push(index),
+                Ok(n) => {
+                    client.buffer.extend_from_slice(&buffer[..n]);
+                    for (kind, payload) in take_frames(&mut client.buffer) {
+                        handle_input(&mut ends, kind, &payload);
+                    }
+                }
+            }
+        }
+        for index in gone.into_iter().rev() {
+            clients.remove(index);
+        }
+    }
+    log.flush()?;
+    // Orphans of the init were reparented here (we are a subreaper): reap them too.
+    while let Ok(status) = waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
+        if status == WaitStatus::StillAlive {
+            break;
+        }
+    }
+    Ok(exit.unwrap_or(255))
+}
+
+fn handle_input(ends: &mut Io, kind: u8, payload: &[u8]) {
+    match kind {
+        attach::STDIN => {
+            let target = ends.master.as_ref().or(ends.stdin.as_ref());
+            if let Some(fd) = target {
+                let _ = write_fd(fd.as_fd(), payload);
+            }
+        }
+        attach::STDIN_EOF if ends.master.is_none() => ends.stdin = None,
+        attach::RESIZE if payload.len() == 4 => {
+            if let Some(master) = &ends.master {
+                let size = berth_sys::tty::WindowSize {
+                    rows: u16::from_be_bytes([payload[0], payload[1]]),
+                    cols: u16::from_be_bytes([payload[2], payload[3]]),
+                };
+                let _ = berth_sys::tty::set_window_size(master.as_fd(), size);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn reap(pid: Pid) -> Option<i32> {
+    match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+        Ok(WaitStatus::Exited(_, code)) => Some(code),
+        Ok(WaitStatus::Signaled(_, signal, _)) => Some(128 + signal as i32),
+        Ok(_) => None,
+        // Not our child (should not happen) or already reaped: the code is lost.
+        Err(_) => Some(255),
+    }
+}

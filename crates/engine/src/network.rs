@@ -1,0 +1,692 @@
+//! Container networking. Bridge networks are made by the standard CNI plugins
+//! (`bridge` with `host-local` IP management, whose reservations live on disk and so
+//! survive restarts; `loopback`), run as the CNI spec says. Outbound masquerade and
+//! published ports are berth's own nftables table (`ip berth`): one `ports` map from
+//! protocol and host port to container address and port, looked up for traffic to any
+//! local address, including 127.0.0.1 (the bridge gets `route_localnet` and such
+//! connections are masqueraded) and a container's own published port (hairpin).
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::container::{NetworkState, PortBinding, Record, Status};
+use crate::options::{valid_volume_name, RunOptions};
+use crate::spec::NetNs;
+use crate::{invalid, io, sys, write_atomic, Engine, Error, Result};
+
+/// Where Debian's `containernetworking-plugins` puts the plugins.
+pub const CNI_PATH: &str = "/usr/lib/cni";
+pub const DEFAULT_NETWORK: &str = "bridge";
+const DEFAULT_BRIDGE: &str = "berth0";
+const DEFAULT_SUBNET: &str = "10.88.0.0/16";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Network {
+    pub name: String,
+    pub id: String,
+    pub bridge: String,
+    pub subnet: String,
+    pub gateway: String,
+    pub created: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+fn cni_path() -> String {
+    std::env::var("BERTH_CNI_PATH").unwrap_or_else(|_| CNI_PATH.to_owned())
+}
+
+/// `10.88.0.0/16` → (`10.88.0.1`, prefix 16).
+fn gateway_of(subnet: &str) -> Result<(String, u8)> {
+    let (addr, prefix) = subnet
+        .split_once('/')
+        .ok_or_else(|| invalid(format!("subnet {subnet:?}"), "expected ADDRESS/PREFIX"))?;
+    let addr: std::net::Ipv4Addr =
+        addr.parse().map_err(|_| invalid(format!("subnet {subnet:?}"), "not an IPv4 address"))?;
+    let prefix: u8 = prefix
+        .parse()
+        .ok()
+        .filter(|p| (8..=30).contains(p))
+        .ok_or_else(|| invalid(format!("subnet {subnet:?}"), "the prefix must be 8 to 30"))?;
+    let mask = u32::MAX << (32 - prefix);
+    let network = u32::from(addr) & mask;
+    Ok((std::net::Ipv4Addr::from(network + 1).to_string(), prefix))
+}
+
+impl Engine {
+    fn networks_dir(&self) -> PathBuf {
+        self.root.join("networks")
+    }
+
+    fn default_network(&self) -> Network {
+        Network {
+            name: DEFAULT_NETWORK.into(),
+            id: "0".repeat(64),
+            bridge: DEFAULT_BRIDGE.into(),
+            subnet: DEFAULT_SUBNET.into(),
+            gateway: "10.88.0.1".into(),
+            created: String::new(),
+            labels: BTreeMap::new(),
+        }
+    }
+
+    pub fn network_inspect(&self, name: &str) -> Result<Network> {
+        if name == DEFAULT_NETWORK {
+            return Ok(self.default_network());
+        }
+        let path = self.networks_dir().join("defs").join(format!("{name}.json"));
+        let data = std::fs::read(&path)
+            .map_err(|_| Error::Network(format!("network {name} not found")))?;
+        serde_json::from_slice(&data)
+            .map_err(|e| Error::Network(format!("{} is corrupt: {e}", path.display())))
+    }
+
+    pub fn network_list(&self) -> Result<Vec<Network>> {
+        let mut out = vec![self.default_network()];
+        let dir = self.networks_dir().join("defs");
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().trim_end_matches(".json").to_owned();
+                if let Ok(network) = self.network_inspect(&name) {
+                    out.push(network);
+                }
+            }
+        }
+        out[1..].sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// `network create`: a bridge network with its own subnet (the next free 10.89.N.0/24
+    /// unless one is given).
+    pub fn network_create(
+        &self,
+        name: &str,
+        subnet: Option<&str>,
+        labels: BTreeMap<String, String>,
+    ) -> Result<Network> {
+        if !valid_volume_name(name) || matches!(name, "none" | "host" | DEFAULT_NETWORK) {
+            return Err(invalid(
+                format!("network name {name:?}"),
+                "use [a-zA-Z0-9][a-zA-Z0-9_.-]*, not none, host or bridge",
+            ));
+        }
+        let _lock = self.network_lock()?;
+        if self.network_inspect(name).is_ok() {
+            return Err(Error::Conflict(format!("network with name {name} already exists")));
+        }
+        let existing = self.network_list()?;
+        let subnet = match subnet {
+            Some(s) => {
+                gateway_of(s)?;
+                if existing.iter().any(|n| n.subnet == s) {
+                    return Err(Error::Conflict(format!("subnet {s} is used by another network")));
+                }
+                s.to_owned()
+            }
+            None => (0..=255)
+                .map(|n| format!("10.89.{n}.0/24"))
+                .find(|s| !existing.iter().any(|n| &n.subnet == s))
+                .ok_or_else(|| Error::Network("no free subnet left in 10.89.0.0/16".into()))?,
+        };
+        let (gateway, _) = gateway_of(&subnet)?;
+        let id = crate::random_id();
+        let network = Network {
+            name: name.to_owned(),
+            bridge: format!("br-{}", &id[..12]),
+            id,
+            subnet,
+            gateway,
+            created: crate::now(),
+            labels,
+        };
+        let dir = self.networks_dir().join("defs");
+        std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+        let data = serde_json::to_vec_pretty(&network).map_err(|e| Error::Other(e.to_string()))?;
+        write_atomic(&dir.join(format!("{name}.json")), &data)?;
+        Ok(network)
+    }
+
+    pub fn network_remove(&self, name: &str) -> Result<()> {
+        if matches!(name, DEFAULT_NETWORK | "none" | "host") {
+            return Err(Error::Conflict(format!(
+                "{name} is a predefined network and cannot be removed"
+            )));
+        }
+        let network = self.network_inspect(name)?;
+        let _lock = self.network_lock()?;
+        let users: Vec<String> = self
+            .list()?
+            .into_iter()
+            .filter(|r| r.options.network == name)
+            .map(|r| r.name)
+            .collect();
+        if !users.is_empty() {
+            return Err(Error::Conflict(format!(
+                "network {name} has containers ({}); remove them first",
+                users.join(", ")
+            )));
+        }
+        // The bridge goes too (if this namespace has it); nothing else refers to it.
+        let _ = Command::new("ip")
+            .args(["link", "delete", &network.bridge])
+            .stderr(Stdio::null())
+            .status();
+        let _ = nft(&format!("delete element ip berth subnets {{ {} }}\n", network.subnet));
+        let path = self.networks_dir().join("defs").join(format!("{name}.json"));
+        std::fs::remove_file(&path).map_err(io("remove", &path))
+    }
+
+    fn network_lock(&self) -> Result<File> {
+        let dir = self.networks_dir();
+        std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+        let path = dir.join("lock");
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io("open", &path))?;
+        file.lock().map_err(io("lock", &path))?;
+        Ok(file)
+    }
+
+    /// Checks `--network` and `-p` before anything is made.
+    pub(crate) fn check_network_option(&self, options: &RunOptions) -> Result<()> {
+        let mode = options.network.as_str();
+        match mode {
+            "none" | "host" => {
+                if !options.publish.is_empty() {
+                    tracing::warn!("published ports are discarded with --network {mode}");
+                }
+            }
+            _ if mode.starts_with("container:") => {
+                let other = &mode["container:".len()..];
+                self.resolve_id(other)?;
+            }
+            _ => {
+                self.network_inspect(mode)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Connects a starting container: returns how its spec should name its network
+    /// namespace and records the address and ports in `record.network`.
+    pub(crate) fn network_setup(&self, record: &mut Record) -> Result<NetNs> {
+        let mode = record.options.network.clone();
+        match mode.as_str() {
+            "host" => return Ok(NetNs::Host),
+            "none" => return Ok(NetNs::New),
+            _ => {}
+        }
+        if let Some(other) = mode.strip_prefix("container:") {
+            let other = self.peek(&self.resolve_id(other)?)?;
+            if other.state.status != Status::Running || other.state.pid <= 0 {
+                return Err(Error::Conflict(format!(
+                    "cannot join the network of container {}: it is not running",
+                    other.name
+                )));
+            }
+            return Ok(NetNs::Join(format!("/proc/{}/ns/net", other.state.pid)));
+        }
+        let network = self.network_inspect(&mode)?;
+        let _lock = self.network_lock()?;
+        let netns = self.make_netns(&record.id)?;
+        let attached = self.attach(record, &network, &netns);
+        match attached {
+            Ok(state) => {
+                record.network = Some(state);
+                Ok(NetNs::Join(netns.to_string_lossy().into_owned()))
+            }
+            Err(err) => {
+                let _ = cni(&network, &self.ipam_dir(), "DEL", &record.id, &netns, "eth0");
+                remove_netns(&netns);
+                Err(err)
+            }
+        }
+    }
+
+    fn ipam_dir(&self) -> PathBuf {
+        self.networks_dir().join("ipam")
+    }
+
+    fn attach(&self, record: &Record, network: &Network, netns: &Path) -> Result<NetworkState> {
+        cni_loopback(&record.id, netns)?;
+        let result = cni(network, &self.ipam_dir(), "ADD", &record.id, netns, "eth0")?;
+        let ip = result["ips"][0]["address"].as_str().unwrap_or_default().to_owned();
+        let (ip, prefix) = ip
+            .split_once('/')
+            .map(|(a, p)| (a.to_owned(), p.parse().unwrap_or(0)))
+            .unwrap_or_default();
+        if ip.is_empty() {
+            return Err(Error::Network(format!(
+                "the CNI bridge plugin returned no address: {result}"
+            )));
+        }
+        let mac = result["interfaces"]
+            .as_array()
+            .and_then(|i| i.iter().find(|i| i["sandbox"].as_str().is_some_and(|s| !s.is_empty())))
+            .and_then(|i| i["mac"].as_str())
+            .unwrap_or_default()
+            .to_owned();
+        self.ensure_nat(network)?;
+        let ports = self.publish(record, &ip)?;
+        Ok(NetworkState {
+            network: network.name.clone(),
+            ip,
+            prefix_len: prefix,
+            gateway: network.gateway.clone(),
+            mac,
+            ports,
+            netns: netns.to_string_lossy().into_owned(),
+        })
+    }
+
+    /// Binds the container's published ports: checks they are free, picks ports for
+    /// `-p CONTAINER` and `-P`, and adds them to the nftables map.
+    fn publish(&self, record: &Record, ip: &str) -> Result<Vec<PortBinding>> {
+        let mut wanted = record.options.publish.clone();
+        if record.options.publish_all {
+            for exposed in &record.exposed_ports {
+                let spec = crate::options::PortSpec::parse(exposed)?;
+                for p in spec {
+                    if !wanted
+                        .iter()
+                        .any(|w| w.container_port == p.container_port && w.protocol == p.protocol)
+                    {
+                        wanted.push(p);
+                    }
+                }
+            }
+        }
+        let mut taken: Vec<(String, u16)> = Vec::new();
+        for other in self.peek_all() {
+            if other.id == record.id
+                || !matches!(other.state.status, Status::Running | Status::Paused)
+            {
+                continue;
+            }
+            for p in other.network.iter().flat_map(|n| n.ports.iter()) {
+                taken.push((p.protocol.clone(), p.host_port));
+            }
+        }
+        let mut bindings = Vec::new();
+        let mut script = String::new();
+        for p in wanted {
+            let host_port = if p.host_port == 0 { free_port(&p.protocol)? } else { p.host_port };
+            if taken.contains(&(p.protocol.clone(), host_port)) {
+                return Err(Error::Conflict(format!(
+                    "port {host_port}/{} is already allocated to another container",
+                    p.protocol
+                )));
+            }
+            if !port_free(&p.protocol, host_port) {
+                return Err(Error::Conflict(format!(
+                    "port {host_port}/{} is in use by a process on the host",
+                    p.protocol
+                )));
+            }
+            taken.push((p.protocol.clone(), host_port));
+            let host_ip = p.host_ip.clone().unwrap_or_else(|| "0.0.0.0".into());
+            if host_ip == "0.0.0.0" {
+                script.push_str(&format!(
+                    "add element ip berth ports {{ {} . {host_port} : {ip} . {} }}\n",
+                    p.protocol, p.container_port
+                ));
+            } else {
+                script.push_str(&format!(
+                    "add element ip berth ports_ip {{ {host_ip} . {} . {host_port} : {ip} . {} }}\n",
+                    p.protocol, p.container_port
+                ));
+            }
+            bindings.push(PortBinding {
+                host_ip,
+                host_port,
+                container_port: p.container_port,
+                protocol: p.protocol,
+            });
+        }
+        if !script.is_empty() {
+            nft(&script)?;
+        }
+        Ok(bindings)
+    }
+
+    /// The `ip berth` table, the subnet's masquerade and the bridge's sysctls.
+    fn ensure_nat(&self, network: &Network) -> Result<()> {
+        let table_exists = Command::new("nft")
+            .args(["list", "table", "ip", "berth"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        let mut script = String::new();
+        if !table_exists {
+            script.push_str(
+                "table ip berth {
+  set subnets { type ipv4_addr; flags interval; }
+  map ports { type inet_proto . inet_service : ipv4_addr . inet_service; }
+  map ports_ip { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; }
+  chain prerouting {
+    type nat hook prerouting priority dstnat; policy accept;
+    fib daddr type local dnat to ip daddr . meta l4proto . th dport map @ports_ip
+    fib daddr type local dnat to meta l4proto . th dport map @ports
+  }
+  chain output {
+    type nat hook output priority dstnat; policy accept;
+    fib daddr type local dnat to ip daddr . meta l4proto . th dport map @ports_ip
+    fib daddr type local dnat to meta l4proto . th dport map @ports
+  }
+  chain postrouting {
+    type nat hook postrouting priority srcnat; policy accept;
+    ct status dnat ip saddr 127.0.0.0/8 masquerade
+    ct status dnat ip saddr @subnets masquerade
+    ip saddr @subnets ip daddr != @subnets masquerade
+  }
+}
+",
+            );
+        }
+        script.push_str(&format!("add element ip berth subnets {{ {} }}\n", network.subnet));
+        nft(&script)?;
+        for (path, value) in [
+            ("/proc/sys/net/ipv4/ip_forward".to_owned(), "1"),
+            (format!("/proc/sys/net/ipv4/conf/{}/route_localnet", network.bridge), "1"),
+        ] {
+            if std::fs::read_to_string(&path).map(|v| v.trim() != value).unwrap_or(true) {
+                std::fs::write(&path, value).map_err(io("write", &path))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Disconnects a container: ports, address, namespace. Idempotent.
+    pub(crate) fn network_teardown(&self, record: &Record) {
+        let netns = self.networks_dir().join("netns").join(&record.id);
+        let Some(state) = &record.network else {
+            if netns.exists() {
+                remove_netns(&netns);
+            }
+            return;
+        };
+        let Ok(_lock) = self.network_lock() else { return };
+        let mut script = String::new();
+        for p in &state.ports {
+            if p.host_ip == "0.0.0.0" {
+                script.push_str(&format!(
+                    "delete element ip berth ports {{ {} . {} }}\n",
+                    p.protocol, p.host_port
+                ));
+            } else {
+                script.push_str(&format!(
+                    "delete element ip berth ports_ip {{ {} . {} . {} }}\n",
+                    p.host_ip, p.protocol, p.host_port
+                ));
+            }
+        }
+        for line in script.lines() {
+            // One by one: an element already gone must not keep the others.
+            let _ = nft(&format!("{line}\n"));
+        }
+        if let Ok(network) = self.network_inspect(&state.network) {
+            if let Err(err) = cni(&network, &self.ipam_dir(), "DEL", &record.id, &netns, "eth0") {
+                tracing::warn!("CNI DEL for {}: {err}", record.id);
+            }
+            self.remove_peer_entries(record, &network);
+        }
+        remove_netns(&netns);
+    }
+
+    /// Lines for /etc/hosts naming the other containers on the same user network, and
+    /// this container's line added to theirs.
+    pub(crate) fn peer_hosts(&self, record: &Record) -> String {
+        let Some(state) = &record.network else { return String::new() };
+        if state.network == DEFAULT_NETWORK || state.ip.is_empty() {
+            return String::new();
+        }
+        let mut lines = String::new();
+        let mine = format!("{}\t{}\t# berth:{}\n", state.ip, record.name, record.id);
+        for other in self.peek_all() {
+            if other.id == record.id || other.state.status != Status::Running {
+                continue;
+            }
+            let Some(theirs) = other.network.as_ref().filter(|n| n.network == state.network) else {
+                continue;
+            };
+            lines.push_str(&format!("{}\t{}\t# berth:{}\n", theirs.ip, other.name, other.id));
+            let hosts = self.container_dir(&other.id).join("hosts");
+            if let Ok(mut text) = std::fs::read_to_string(&hosts) {
+                if !text.contains(&format!("# berth:{}", record.id)) {
+                    text.push_str(&mine);
+                    // In place: the file is bind-mounted, a rename would not be seen.
+                    let _ = std::fs::write(&hosts, text);
+                }
+            }
+        }
+        lines
+    }
+
+    fn remove_peer_entries(&self, record: &Record, network: &Network) {
+        if network.name == DEFAULT_NETWORK {
+            return;
+        }
+        let marker = format!("# berth:{}", record.id);
+        for other in self.peek_all() {
+            if other.id == record.id {
+                continue;
+            }
+            let hosts = self.container_dir(&other.id).join("hosts");
+            if let Ok(text) = std::fs::read_to_string(&hosts) {
+                if text.contains(&marker) {
+                    let kept: String = text
+                        .lines()
+                        .filter(|l| !l.contains(&marker))
+                        .map(|l| format!("{l}\n"))
+                        .collect();
+                    let _ = std::fs::write(&hosts, kept);
+                }
+            }
+        }
+    }
+
+    /// A new network namespace kept alive by a bind mount at `networks/netns/<id>`.
+    fn make_netns(&self, id: &str) -> Result<PathBuf> {
+        let dir = self.networks_dir().join("netns");
+        std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+        let path = dir.join(id);
+        if path.exists() {
+            remove_netns(&path);
+        }
+        File::create(&path).map_err(io("create", &path))?;
+        let target = path.clone();
+        // unshare(CLONE_NEWNET) changes only the calling thread: do it in a thread of its
+        // own, which ends right after the namespace is pinned.
+        let made = std::thread::spawn(move || -> Result<()> {
+            berth_sys::nix::sched::unshare(berth_sys::nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(sys("create a network namespace"))?;
+            berth_sys::nix::mount::mount(
+                Some("/proc/thread-self/ns/net"),
+                &target,
+                None::<&str>,
+                berth_sys::nix::mount::MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(sys(format!("pin the network namespace at {}", target.display())))
+        })
+        .join()
+        .map_err(|_| Error::Network("the namespace thread panicked".into()))?;
+        if let Err(err) = made {
+            let _ = std::fs::remove_file(&path);
+            return Err(err);
+        }
+        Ok(path)
+    }
+}
+
+fn remove_netns(path: &Path) {
+    let _ = berth_sys::nix::mount::umount2(path, berth_sys::nix::mount::MntFlags::MNT_DETACH);
+    let _ = std::fs::remove_file(path);
+}
+
+fn bridge_conf(network: &Network, ipam_dir: &Path) -> Value {
+    json!({
+        "cniVersion": "1.0.0",
+        "name": network.name,
+        "type": "bridge",
+        "bridge": network.bridge,
+        "isGateway": true,
+        "ipMasq": false,
+        "hairpinMode": true,
+        "ipam": {
+            "type": "host-local",
+            "ranges": [[{"subnet": network.subnet, "gateway": network.gateway}]],
+            "routes": [{"dst": "0.0.0.0/0"}],
+            "dataDir": ipam_dir,
+        }
+    })
+}
+
+/// Runs a CNI plugin as the CNI spec says: the command in the environment, the network
+/// configuration on stdin, the result (or an error object) on stdout.
+fn run_plugin(
+    plugin: &str,
+    command: &str,
+    id: &str,
+    netns: &Path,
+    ifname: &str,
+    conf: &Value,
+) -> Result<Value> {
+    let path = cni_path();
+    let binary = Path::new(&path).join(plugin);
+    if !binary.exists() {
+        return Err(Error::Network(format!(
+            "the CNI plugin {} is missing; install Debian's containernetworking-plugins",
+            binary.display()
+        )));
+    }
+    let mut child = Command::new(&binary)
+        .env_clear()
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", id)
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", ifname)
+        .env("CNI_PATH", &path)
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(io("run", &binary))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(conf.to_string().as_bytes());
+    }
+    let output = child.wait_with_output().map_err(io("run", &binary))?;
+    let stdout: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
+    if !output.status.success() {
+        let message = stdout["msg"].as_str().map(str::to_owned).unwrap_or_else(|| {
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            )
+        });
+        let details = stdout["details"].as_str().map(|d| format!(" ({d})")).unwrap_or_default();
+        return Err(Error::Network(format!("CNI {plugin} {command}: {}{details}", message.trim())));
+    }
+    Ok(stdout)
+}
+
+fn cni(
+    network: &Network,
+    ipam_dir: &Path,
+    command: &str,
+    id: &str,
+    netns: &Path,
+    ifname: &str,
+) -> Result<Value> {
+    run_plugin("bridge", command, id, netns, ifname, &bridge_conf(network, ipam_dir))
+}
+
+fn cni_loopback(id: &str, netns: &Path) -> Result<()> {
+    let conf = json!({"cniVersion": "1.0.0", "name": "lo", "type": "loopback"});
+    run_plugin("loopback", "ADD", id, netns, "lo", &conf).map(drop)
+}
+
+/// Applies an nftables script atomically.
+fn nft(script: &str) -> Result<()> {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::Network(format!("cannot run nft ({e}); install Debian's nftables")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(script.as_bytes());
+    }
+    let output = child.wait_with_output().map_err(io("run", "nft"))?;
+    if !output.status.success() {
+        return Err(Error::Network(format!(
+            "nft failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+fn free_port(protocol: &str) -> Result<u16> {
+    let port = if protocol == "udp" {
+        std::net::UdpSocket::bind("0.0.0.0:0").and_then(|s| s.local_addr()).map(|a| a.port())
+    } else {
+        std::net::TcpListener::bind("0.0.0.0:0").and_then(|s| s.local_addr()).map(|a| a.port())
+    };
+    port.map_err(|e| Error::Network(format!("cannot find a free port: {e}")))
+}
+
+fn port_free(protocol: &str, port: u16) -> bool {
+    if protocol == "udp" {
+        std::net::UdpSocket::bind(("0.0.0.0", port)).is_ok()
+    } else {
+        std::net::TcpListener::bind(("0.0.0.0", port)).is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateways() {
+        assert_eq!(gateway_of("10.88.0.0/16").unwrap(), ("10.88.0.1".into(), 16));
+        assert_eq!(gateway_of("10.89.3.77/24").unwrap(), ("10.89.3.1".into(), 24));
+        assert!(gateway_of("10.0.0.0").is_err());
+        assert!(gateway_of("10.0.0.0/31").is_err());
+        assert!(gateway_of("banana/16").is_err());
+    }
+
+    #[test]
+    fn bridge_configuration_is_cni() {
+        let engine_net = Network {
+            name: "n".into(),
+            id: "1".into(),
+            bridge: "br-x".into(),
+            subnet: "10.89.0.0/24".into(),
+            gateway: "10.89.0.1".into(),
+            created: String::new(),
+            labels: BTreeMap::new(),
+        };
+        let conf = bridge_conf(&engine_net, Path::new("/r/ipam"));
+        assert_eq!(conf["type"], "bridge");
+        assert_eq!(conf["ipMasq"], false);
+        assert_eq!(conf["ipam"]["type"], "host-local");
+        assert_eq!(conf["ipam"]["dataDir"], "/r/ipam");
+        assert_eq!(conf["ipam"]["ranges"][0][0]["subnet"], "10.89.0.0/24");
+    }
+}

@@ -1,0 +1,994 @@
+//! The container verbs: create, start, stop, kill, remove, wait, exec, pause, rename, port,
+//! diff, commit, cp, top, stats. Each takes the container's lock for as long as it changes
+//! the record; a running container's monitor takes it only to record a start or an exit.
+
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use berth_image::config::{History, RunConfig};
+use berth_image::Image;
+use berth_runtime::{ExecOptions, ExecOutcome, ProcessOverrides};
+use berth_sys::nix::mount::{mount, umount2, MntFlags, MsFlags};
+use berth_sys::nix::sys::signal::Signal;
+
+use crate::attach;
+use crate::container::{Locked, MountRecord, PortBinding, Record, State, Status};
+use crate::options::{valid_container_name, RunOptions};
+use crate::spec;
+use crate::user::{self, Identity};
+use crate::{invalid, io, sys, Engine, Error, Result};
+
+/// Docker's default stop timeout.
+pub const DEFAULT_STOP_TIMEOUT: u32 = 10;
+
+/// A started container, as the command that started it sees it.
+#[derive(Debug)]
+pub struct Started {
+    pub id: String,
+    pub pid: i32,
+    /// The monitor's attach connection, when the start was attached.
+    pub stream: UnixStream,
+}
+
+/// What `exec` runs.
+#[derive(Debug, Clone, Default)]
+pub struct ExecRequest {
+    pub command: Vec<String>,
+    pub env: Vec<String>,
+    pub user: Option<String>,
+    pub workdir: Option<String>,
+    pub tty: bool,
+    pub detach: bool,
+    pub privileged: bool,
+}
+
+/// One row of `berth top`.
+pub type TopRow = Vec<String>;
+
+impl Engine {
+    // ----- create -----
+
+    /// Creates a container from an image: its directory, record, name, volumes and a hold
+    /// on the image. Nothing runs yet.
+    pub fn create(&self, mut options: RunOptions) -> Result<Record> {
+        if options.network.is_empty() {
+            options.network = "bridge".into();
+        }
+        if let Some(name) = &options.name {
+            if !valid_container_name(name) {
+                return Err(invalid(
+                    format!("container name {name:?}"),
+                    "only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed",
+                ));
+            }
+        }
+        self.check_network_option(&options)?;
+        for mount in &options.mounts {
+            if mount.kind == "bind" && !Path::new(&mount.source).exists() {
+                return Err(invalid(
+                    format!("bind mount source {}", mount.source),
+                    "the path does not exist on the host; create it first",
+                ));
+            }
+        }
+        let store = self.images()?;
+        let image = store.resolve(&options.image)?;
+        let run_config = image.config.config.clone();
+        let id = crate::random_id();
+        let name = options.name.clone().unwrap_or_else(|| generated_name(&id));
+        let mut record = Record {
+            id: id.clone(),
+            name: name.clone(),
+            created: crate::now(),
+            image: options.image.clone(),
+            image_id: image.record.id.to_string(),
+            hostname: options.hostname.clone().unwrap_or_else(|| id[..12].to_owned()),
+            options,
+            ..Record::default()
+        };
+        let args = spec::process_args(run_config.as_ref(), &record)?;
+        record.path = args[0].clone();
+        record.args = args[1..].to_vec();
+        record.stop_signal = record
+            .options
+            .stop_signal
+            .clone()
+            .or_else(|| run_config.as_ref().and_then(|c| c.stop_signal.clone()))
+            .unwrap_or_else(|| "SIGTERM".into());
+        parse_signal(&record.stop_signal)?;
+        record.exposed_ports = run_config
+            .as_ref()
+            .and_then(|c| c.exposed_ports.as_ref())
+            .map(|p| p.keys().cloned().collect())
+            .unwrap_or_default();
+        // The user must exist in the image before anything is made.
+        let lowers = store.lower_dirs(&image)?;
+        self.identity(&record, run_config.as_ref(), &lowers)?;
+        self.reserve_name(&name, &id)?;
+        let made = self.create_locked(record, &image, run_config.as_ref());
+        match made {
+            Ok(record) => Ok(record),
+            Err(err) => {
+                self.release_name(&name, &id);
+                let _ = store.release(&format!("container:{id}"));
+                let _ = std::fs::remove_dir_all(self.container_dir(&id));
+                Err(err)
+            }
+        }
+    }
+
+    fn create_locked(
+        &self,
+        record: Record,
+        image: &Image,
+        run_config: Option<&RunConfig>,
+    ) -> Result<Record> {
+        let mut locked = self.new_container(record)?;
+        for sub in ["upper", "work", "rootfs", "init/etc"] {
+            let dir = locked.dir.join(sub);
+            std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
+        }
+        for file in ["hosts", "hostname", "resolv.conf"] {
+            let path = locked.dir.join("init/etc").join(file);
+            std::fs::write(&path, b"").map_err(io("write", &path))?;
+        }
+        self.images()?.hold(&format!("container:{}", locked.record.id), &image.record.id)?;
+        let mut mounts = Vec::new();
+        let mut wanted = locked.record.options.mounts.clone();
+        // The image's VOLUMEs become anonymous volumes unless a mount covers them.
+        for path in
+            run_config.and_then(|c| c.volumes.as_ref()).into_iter().flatten().map(|(k, _)| k)
+        {
+            if !wanted
+                .iter()
+                .any(|m| m.destination.trim_end_matches('/') == path.trim_end_matches('/'))
+            {
+                wanted.push(crate::options::MountSpec {
+                    kind: "volume".into(),
+                    source: String::new(),
+                    destination: path.clone(),
+                    read_only: false,
+                    options: Vec::new(),
+                });
+            }
+        }
+        for spec in wanted {
+            let record = match spec.kind.as_str() {
+                "volume" => {
+                    let anonymous = spec.source.is_empty();
+                    let volume = self.volume_create(
+                        if anonymous { None } else { Some(spec.source.as_str()) },
+                        Default::default(),
+                    )?;
+                    MountRecord {
+                        kind: "volume".into(),
+                        name: volume.name.clone(),
+                        source: volume.mountpoint.to_string_lossy().into_owned(),
+                        destination: spec.destination,
+                        read_only: spec.read_only,
+                        anonymous: volume.anonymous,
+                        options: spec.options,
+                    }
+                }
+                _ => MountRecord {
+                    kind: spec.kind,
+                    name: String::new(),
+                    source: spec.source,
+                    destination: spec.destination,
+                    read_only: spec.read_only,
+                    anonymous: false,
+                    options: spec.options,
+                },
+            };
+            mounts.push(record);
+        }
+        locked.record.mounts = mounts;
+        locked.record.state = State { status: Status::Created, ..State::default() };
+        locked.save()?;
+        Ok(locked.record.clone())
+    }
+
+    fn identity(
+        &self,
+        record: &Record,
+        image: Option<&RunConfig>,
+        lowers: &[PathBuf],
+    ) -> Result<Identity> {
+        let spec = record
+            .options
+            .user
+            .clone()
+            .or_else(|| image.and_then(|c| c.user.clone()))
+            .unwrap_or_default();
+        let passwd = user::read_from_layers(lowers, Path::new("/etc/passwd"));
+        let group = user::read_from_layers(lowers, Path::new("/etc/group"));
+        user::resolve(&spec, passwd.as_deref(), group.as_deref())
+    }
+
+    // ----- start -----
+
+    /// Starts a created or exited container: spawns its monitor and waits until the
+    /// container runs. With `attach`, the returned stream carries its output from the first
+    /// byte and its exit code at the end.
+    pub fn start(&self, name_or_id: &str) -> Result<Started> {
+        let id = {
+            let locked = self.lock(name_or_id)?;
+            match locked.record.state.status {
+                Status::Created | Status::Exited | Status::Dead => {}
+                Status::Running | Status::Restarting | Status::Paused => {
+                    return Err(Error::WrongState {
+                        id: locked.record.name.clone(),
+                        status: locked.record.state.status.to_string(),
+                        hint: "it is already running".into(),
+                    })
+                }
+            }
+            locked.record.id.clone()
+        };
+        let (ours, theirs) = UnixStream::pair().map_err(io("create socket pair", "(monitor)"))?;
+        let log = self.container_dir(&id).join("monitor.log");
+        let log_file = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(io("open", &log))?;
+        let mut child = std::process::Command::new("/proc/self/exe")
+            .arg0("berth")
+            .arg("__monitor")
+            .arg(&self.root)
+            .arg(&id)
+            .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(theirs)))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::from(log_file))
+            .spawn()
+            .map_err(io("start the monitor from", "/proc/self/exe"))?;
+        let mut stream = ours;
+        match attach::read_frame(&mut stream) {
+            Ok(Some((attach::STARTED, payload))) if payload.len() == 4 => {
+                let pid = i32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
+                // The monitor lives on; it is reaped by whoever inherits it.
+                std::mem::forget(child);
+                Ok(Started { id, pid, stream })
+            }
+            Ok(Some((attach::ERROR, message))) => {
+                let _ = child.wait();
+                Err(Error::Other(String::from_utf8_lossy(&message).into_owned()))
+            }
+            other => {
+                let _ = child.wait();
+                let tail = std::fs::read_to_string(&log).unwrap_or_default();
+                let last = tail.lines().last().unwrap_or("").to_owned();
+                Err(Error::Other(format!(
+                    "the container's monitor failed before it started the container ({other:?}){}",
+                    if last.is_empty() { String::new() } else { format!(": {last}") }
+                )))
+            }
+        }
+    }
+
+    /// Everything a start needs before the runtime's `create`: the overlay rootfs, the
+    /// network, the files of /etc, and the bundle's `config.json`. Returns the netns.
+    pub(crate) fn prepare_start(&self, locked: &mut Locked) -> Result<()> {
+        let store = self.images()?;
+        let image = store.resolve(&locked.record.image_id)?;
+        let lowers = store.lower_dirs(&image)?;
+        let run_config = image.config.config.clone();
+        let identity = self.identity(&locked.record, run_config.as_ref(), &lowers)?;
+        self.mount_rootfs(&locked.dir, &lowers)?;
+        let netns = self.network_setup(&mut locked.record)?;
+        self.write_etc_files(locked)?;
+        let init_binary = Path::new("/usr/bin/tini-static");
+        let lxcfs = Path::new("/var/lib/lxcfs");
+        let lxcfs_running = lxcfs.join("proc/meminfo").exists();
+        let rootfs = locked.dir.join("rootfs");
+        let config = spec::build(&spec::Inputs {
+            record: &locked.record,
+            image: run_config.as_ref(),
+            identity: &identity,
+            rootfs: &rootfs,
+            etc_dir: &locked.dir,
+            netns,
+            init_binary: init_binary.exists().then_some(init_binary),
+            lxcfs: lxcfs_running.then_some(lxcfs),
+        })?;
+        let data = serde_json::to_vec_pretty(&config).map_err(|e| Error::Other(e.to_string()))?;
+        crate::write_atomic(&locked.dir.join("config.json"), &data)?;
+        Ok(())
+    }
+
+    fn mount_rootfs(&self, dir: &Path, lowers: &[PathBuf]) -> Result<()> {
+        let rootfs = dir.join("rootfs");
+        if is_mount_point(&rootfs) {
+            return Ok(());
+        }
+        let mut lower = dir.join("init").to_string_lossy().into_owned();
+        for layer in lowers {
+            lower.push(':');
+            lower.push_str(&layer.to_string_lossy());
+        }
+        let options = format!(
+            "lowerdir={lower},upperdir={},workdir={}",
+            dir.join("upper").display(),
+            dir.join("work").display()
+        );
+        if options.len() >= 4000 {
+            return Err(Error::Other(format!(
+                "the image has too many layers ({}) for an overlay mount of this root directory; use a shorter --root",
+                lowers.len()
+            )));
+        }
+        mount(Some("overlay"), &rootfs, Some("overlay"), MsFlags::empty(), Some(options.as_str()))
+            .map_err(sys(format!("mount the overlay rootfs at {}", rootfs.display())))
+    }
+
+    fn unmount_rootfs(&self, dir: &Path) {
+        let rootfs = dir.join("rootfs");
+        while is_mount_point(&rootfs) {
+            if let Err(err) = umount2(&rootfs, MntFlags::MNT_DETACH) {
+                tracing::warn!("cannot unmount {}: {err}", rootfs.display());
+                break;
+            }
+        }
+    }
+
+    fn write_etc_files(&self, locked: &Locked) -> Result<()> {
+        let record = &locked.record;
+        let mut hosts =
+            String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+        if let Some(net) = &record.network {
+            if !net.ip.is_empty() {
+                hosts.push_str(&format!("{}\t{} {}\n", net.ip, record.hostname, record.name));
+            }
+        }
+        for entry in &record.options.add_hosts {
+            let (host, ip) = entry
+                .split_once(':')
+                .ok_or_else(|| invalid(format!("--add-host {entry:?}"), "expected HOST:IP"))?;
+            if ip.parse::<std::net::IpAddr>().is_err() {
+                return Err(invalid(
+                    format!("--add-host {entry:?}"),
+                    "the address is not an IP address",
+                ));
+            }
+            hosts.push_str(&format!("{ip}\t{host}\n"));
+        }
+        hosts.push_str(&self.peer_hosts(record));
+        let resolv = if !record.options.dns.is_empty() {
+            record.options.dns.iter().map(|d| format!("nameserver {d}\n")).collect::<String>()
+        } else {
+            let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+            let bridged = record.network.as_ref().is_some_and(|n| !n.ip.is_empty());
+            // A loopback resolver on the host cannot be reached from a bridged container.
+            host.lines()
+                .filter(|l| !(bridged && l.starts_with("nameserver") && l.contains(" 127.")))
+                .map(|l| format!("{l}\n"))
+                .collect()
+        };
+        for (name, content) in [
+            ("hosts", hosts),
+            ("hostname", format!("{}\n", record.hostname)),
+            ("resolv.conf", resolv),
+        ] {
+            let path = locked.dir.join(name);
+            std::fs::write(&path, content).map_err(io("write", &path))?;
+        }
+        Ok(())
+    }
+
+    /// Undoes what `prepare_start` and the runtime made: the runtime's container, the
+    /// rootfs mount, the network. Safe to call more than once.
+    pub(crate) fn release_resources(&self, locked: &Locked) {
+        let id = &locked.record.id;
+        if self.runtime.state(id).is_ok() {
+            if let Err(err) = self.runtime.delete(id, true) {
+                tracing::warn!("cannot delete the runtime state of {id}: {err}");
+            }
+        }
+        self.network_teardown(&locked.record);
+        self.unmount_rootfs(&locked.dir);
+    }
+
+    // ----- stop, kill, wait, remove -----
+
+    /// Sends the stop signal, then SIGKILL after `timeout` seconds; returns once it exited.
+    pub fn stop(&self, name_or_id: &str, timeout: Option<u32>) -> Result<()> {
+        let (id, signal, timeout, pid) = {
+            let mut locked = self.lock(name_or_id)?;
+            if !matches!(
+                locked.record.state.status,
+                Status::Running | Status::Paused | Status::Restarting
+            ) {
+                return Ok(());
+            }
+            locked.record.state.stopped_by_user = true;
+            locked.save()?;
+            let timeout =
+                timeout.or(locked.record.options.stop_timeout).unwrap_or(DEFAULT_STOP_TIMEOUT);
+            (
+                locked.record.id.clone(),
+                parse_signal(&locked.record.stop_signal)?,
+                timeout,
+                locked.record.state.pid,
+            )
+        };
+        let _ = pid;
+        if self.runtime.state(&id).is_ok_and(|s| s.status == berth_runtime::Status::Paused) {
+            let _ = self.runtime.resume(&id);
+        }
+        let _ = self.runtime.kill(&id, signal, false);
+        if self.wait_exit(&id, Some(Duration::from_secs(u64::from(timeout))))?.is_some() {
+            return Ok(());
+        }
+        let _ = self.runtime.kill(&id, Signal::SIGKILL, true);
+        self.wait_exit(&id, Some(Duration::from_secs(30)))?
+            .map(|_| ())
+            .ok_or_else(|| Error::Other(format!("container {id} did not exit after SIGKILL")))
+    }
+
+    pub fn kill(&self, name_or_id: &str, signal: &str) -> Result<()> {
+        let signal = parse_signal(signal)?;
+        let mut locked = self.lock(name_or_id)?;
+        if !matches!(locked.record.state.status, Status::Running | Status::Paused) {
+            return Err(Error::WrongState {
+                id: locked.record.name.clone(),
+                status: locked.record.state.status.to_string(),
+                hint: "only a running container can be killed".into(),
+            });
+        }
+        if matches!(signal, Signal::SIGKILL | Signal::SIGTERM | Signal::SIGINT) {
+            locked.record.state.stopped_by_user = true;
+            locked.save()?;
+        }
+        self.runtime.kill(&locked.record.id, signal, signal == Signal::SIGKILL)?;
+        Ok(())
+    }
+
+    /// Waits until the container is no longer running; returns its exit code, or `None`
+    /// after `timeout`.
+    pub fn wait_exit(&self, name_or_id: &str, timeout: Option<Duration>) -> Result<Option<i32>> {
+        let id = self.resolve_id(name_or_id)?;
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut delay = Duration::from_millis(2);
+        loop {
+            let record = match self.peek(&id) {
+                Ok(record) => record,
+                // Removed (--rm) after it exited: its code went with it.
+                Err(_) => return Ok(Some(0)),
+            };
+            let active = matches!(
+                record.state.status,
+                Status::Running | Status::Paused | Status::Restarting
+            );
+            if !active {
+                return Ok(Some(record.state.exit_code));
+            }
+            if !Self::monitor_alive(&record.state) {
+                // A killed monitor: let `lock` repair the record, then look again.
+                let locked = self.lock(&id)?;
+                if !matches!(
+                    locked.record.state.status,
+                    Status::Running | Status::Paused | Status::Restarting
+                ) {
+                    return Ok(Some(locked.record.state.exit_code));
+                }
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(None);
+            }
+            std::thread::sleep(delay);
+            delay = (delay * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    /// Removes a container (`rm`); with `force`, a running one is killed first; with
+    /// `volumes`, its anonymous volumes go too.
+    pub fn remove(&self, name_or_id: &str, force: bool, volumes: bool) -> Result<String> {
+        let id = self.resolve_id(name_or_id)?;
+        {
+            let locked = self.lock(&id)?;
+            let status = locked.record.state.status;
+            if matches!(status, Status::Running | Status::Paused | Status::Restarting) {
+                if !force {
+                    return Err(Error::Conflict(format!(
+                        "cannot remove container {:?}: it is {status}; stop it first or use `rm -f`",
+                        locked.record.name
+                    )));
+                }
+                drop(locked);
+                let mut locked = self.lock(&id)?;
+                locked.record.state.stopped_by_user = true;
+                locked.save()?;
+                drop(locked);
+                let _ = self.runtime.kill(&id, Signal::SIGKILL, true);
+                if self.wait_exit(&id, Some(Duration::from_secs(30)))?.is_none() {
+                    return Err(Error::Other(format!("container {id} did not die after SIGKILL")));
+                }
+            }
+        }
+        let locked = match self.lock(&id) {
+            Ok(locked) => locked,
+            // Removed meanwhile by its monitor (--rm).
+            Err(Error::NoSuchContainer(_)) => return Ok(id),
+            Err(err) => return Err(err),
+        };
+        self.destroy(locked, volumes)?;
+        Ok(id)
+    }
+
+    /// Deletes everything of a stopped container. Used by `rm` and by the monitor (--rm).
+    pub(crate) fn destroy(&self, locked: Locked, volumes: bool) -> Result<()> {
+        self.release_resources(&locked);
+        let record = locked.record.clone();
+        if volumes {
+            for mount in record.mounts.iter().filter(|m| m.anonymous) {
+                // Another container may share it (--volumes-from is not supported, but a
+                // named reuse of an anonymous volume is possible).
+                let users = self.volume_users(&mount.name).unwrap_or_default();
+                if users.iter().all(|u| *u == record.name) {
+                    let _ = std::fs::remove_dir_all(self.root.join("volumes").join(&mount.name));
+                }
+            }
+        }
+        let _ = self.images().map(|s| s.release(&format!("container:{}", record.id)));
+        self.release_name(&record.name, &record.id);
+        // Rename first so that no command finds a half-removed container.
+        let dir = locked.dir.clone();
+        let trash = self.containers_dir().join(format!(".removing-{}", record.id));
+        std::fs::rename(&dir, &trash).map_err(io("remove", &dir))?;
+        drop(locked);
+        std::fs::remove_dir_all(&trash).map_err(io("remove", &trash))
+    }
+
+    // ----- list, pause, rename, port -----
+
+    /// Every container's record, newest first (state repaired where a monitor died).
+    pub fn list(&self) -> Result<Vec<Record>> {
+        let mut records = Vec::new();
+        for id in self.ids()? {
+            let record = match self.peek(&id) {
+                Ok(r)
+                    if matches!(
+                        r.state.status,
+                        Status::Running | Status::Paused | Status::Restarting
+                    ) && !Self::monitor_alive(&r.state) =>
+                {
+                    match self.lock(&id) {
+                        Ok(locked) => locked.record,
+                        Err(_) => continue,
+                    }
+                }
+                Ok(r) => r,
+                Err(_) => continue,
+            };
+            records.push(record);
+        }
+        records.sort_by(|a, b| b.created.cmp(&a.created));
+        Ok(records)
+    }
+
+    pub fn pause(&self, name_or_id: &str, pause: bool) -> Result<()> {
+        let mut locked = self.lock(name_or_id)?;
+        let status = locked.record.state.status;
+        let (wanted, target) = if pause {
+            (Status::Running, Status::Paused)
+        } else {
+            (Status::Paused, Status::Running)
+        };
+        if status != wanted {
+            return Err(Error::WrongState {
+                id: locked.record.name.clone(),
+                status: status.to_string(),
+                hint: format!(
+                    "only a {wanted} container can be {}",
+                    if pause { "paused" } else { "unpaused" }
+                ),
+            });
+        }
+        if pause {
+            self.runtime.pause(&locked.record.id)?;
+        } else {
+            self.runtime.resume(&locked.record.id)?;
+        }
+        locked.record.state.status = target;
+        locked.save()
+    }
+
+    pub fn rename(&self, name_or_id: &str, new_name: &str) -> Result<()> {
+        if !valid_container_name(new_name) {
+            return Err(invalid(
+                format!("container name {new_name:?}"),
+                "only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed",
+            ));
+        }
+        let mut locked = self.lock(name_or_id)?;
+        let id = locked.record.id.clone();
+        self.reserve_name(new_name, &id)?;
+        let old = std::mem::replace(&mut locked.record.name, new_name.to_owned());
+        if let Err(err) = locked.save() {
+            self.release_name(new_name, &id);
+            return Err(err);
+        }
+        self.release_name(&old, &id);
+        Ok(())
+    }
+
+    pub fn ports(&self, name_or_id: &str) -> Result<Vec<PortBinding>> {
+        let locked = self.lock(name_or_id)?;
+        Ok(locked.record.network.map(|n| n.ports).unwrap_or_default())
+    }
+
+    // ----- exec, top, stats -----
+
+    /// Runs a process in a running container, from this process (like `runc exec`): its
+    /// stdio are this process's.
+    pub fn exec(&self, name_or_id: &str, request: ExecRequest) -> Result<i32> {
+        let locked = self.lock(name_or_id)?;
+        let record = locked.record.clone();
+        if record.state.status != Status::Running {
+            return Err(Error::WrongState {
+                id: record.name.clone(),
+                status: record.state.status.to_string(),
+                hint: if record.state.status == Status::Paused {
+                    "unpause it first".into()
+                } else {
+                    "start it first; exec needs a running container".into()
+                },
+            });
+        }
+        drop(locked);
+        if request.command.is_empty() {
+            return Err(invalid("exec", "no command given"));
+        }
+        let (state, _) = self.runtime.saved_state(&record.id)?;
+        let base = state.config.process().clone().unwrap_or_default();
+        let user = match &request.user {
+            Some(spec) => {
+                let store = self.images()?;
+                let image = store.resolve(&record.image_id)?;
+                let mut layers = vec![record_dir_upper(&self.container_dir(&record.id))];
+                layers.extend(store.lower_dirs(&image)?);
+                let passwd = user::read_from_layers(&layers, Path::new("/etc/passwd"));
+                let group = user::read_from_layers(&layers, Path::new("/etc/group"));
+                let id = user::resolve(spec, passwd.as_deref(), group.as_deref())?;
+                Some((id.uid, Some(id.gid)))
+            }
+            None => None,
+        };
+        let mut env = request.env.clone();
+        if request.tty && !env.iter().any(|e| e.starts_with("TERM=")) {
+            env.push("TERM=xterm".into());
+        }
+        let process = ExecOptions::process_from(
+            &base,
+            ProcessOverrides {
+                args: request.command.clone(),
+                env,
+                cwd: request.workdir.clone().map(PathBuf::from),
+                user,
+                tty: request.tty,
+                capabilities: if request.privileged {
+                    spec::ALL_CAPS.iter().map(|c| (*c).to_owned()).collect()
+                } else {
+                    Vec::new()
+                },
+                ..ProcessOverrides::default()
+            },
+        )?;
+        let options = ExecOptions { process, detach: request.detach, ..ExecOptions::default() };
+        match self.runtime.exec(&record.id, options)? {
+            ExecOutcome::Detached(_) => Ok(0),
+            ExecOutcome::Exited(status) => Ok(status.code()),
+        }
+    }
+
+    /// `ps` output for the container's processes: pid, user, time, command.
+    pub fn top(&self, name_or_id: &str) -> Result<Vec<TopRow>> {
+        let locked = self.lock(name_or_id)?;
+        if !matches!(locked.record.state.status, Status::Running | Status::Paused) {
+            return Err(Error::WrongState {
+                id: locked.record.name.clone(),
+                status: locked.record.state.status.to_string(),
+                hint: "top needs a running container".into(),
+            });
+        }
+        let pids = self.runtime.pids(&locked.record.id)?;
+        let mut rows = Vec::new();
+        for pid in pids {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let uid = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|l| l.split_whitespace().next())
+                .unwrap_or("?")
+                .to_owned();
+            let ppid = status
+                .lines()
+                .find_map(|l| l.strip_prefix("PPid:"))
+                .map(|l| l.trim().to_owned())
+                .unwrap_or_default();
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let command = cmdline
+                .split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect::<Vec<_>>()
+                .join(" ");
+            rows.push(vec![uid, pid.to_string(), ppid, command]);
+        }
+        Ok(rows)
+    }
+
+    pub fn stats(&self, name_or_id: &str) -> Result<berth_cgroups::Stats> {
+        let locked = self.lock(name_or_id)?;
+        if !matches!(locked.record.state.status, Status::Running | Status::Paused) {
+            return Err(Error::WrongState {
+                id: locked.record.name.clone(),
+                status: locked.record.state.status.to_string(),
+                hint: "stats needs a running container".into(),
+            });
+        }
+        Ok(self.runtime.stats(&locked.record.id)?)
+    }
+
+    // ----- diff, commit, cp -----
+
+    /// The container's changes against its image (`docker diff`).
+    pub fn diff(&self, name_or_id: &str) -> Result<Vec<berth_image::diff::Change>> {
+        let locked = self.lock(name_or_id)?;
+        let store = self.images()?;
+        let image = store.resolve(&locked.record.image_id)?;
+        let lowers = store.lower_dirs(&image)?;
+        let exclude = self.commit_exclusions(&locked.record);
+        Ok(berth_image::diff::changes(&locked.dir.join("upper"), &lowers, &|p| exclude(p))?)
+    }
+
+    fn commit_exclusions(&self, record: &Record) -> impl Fn(&Path) -> bool {
+        let mut excluded: Vec<PathBuf> = record
+            .mounts
+            .iter()
+            .map(|m| PathBuf::from(m.destination.trim_start_matches('/')))
+            .collect();
+        excluded.extend(
+            ["etc/hosts", "etc/hostname", "etc/resolv.conf", "sbin/berth-init"].map(PathBuf::from),
+        );
+        move |path: &Path| excluded.iter().any(|e| e == path)
+    }
+
+    /// A new image from the container's changes (`docker commit`): the upper directory as
+    /// one layer over the image's, without the init files and volumes.
+    pub fn commit(
+        &self,
+        name_or_id: &str,
+        reference: Option<&str>,
+        message: Option<&str>,
+        author: Option<&str>,
+        changes: impl FnOnce(&mut RunConfig) -> std::result::Result<(), String>,
+        pause: bool,
+    ) -> Result<berth_image::Digest> {
+        let locked = self.lock(name_or_id)?;
+        let record = locked.record.clone();
+        let store = self.images()?;
+        let image = store.resolve(&record.image_id)?;
+        let paused_here = pause
+            && record.state.status == Status::Running
+            && self.runtime.pause(&record.id).is_ok();
+        let exclude = self.commit_exclusions(&record);
+        let upper = locked.dir.join("upper");
+        let guard = store.writing()?;
+        let layer = berth_image::diff::store_layer(store, |out| {
+            berth_image::diff::write_layer(&upper, out, &|p| exclude(p)).map(drop)
+        });
+        if paused_here {
+            let _ = self.runtime.resume(&record.id);
+        }
+        let layer = layer?;
+        let mut config = image.config.clone();
+        let mut run = config.config.clone().unwrap_or_default();
+        if !record.options.command.is_empty() || record.options.entrypoint.is_some() {
+            run.cmd = Some(record.options.command.clone()).filter(|c| !c.is_empty()).or(run.cmd);
+        }
+        if !record.options.env.is_empty() {
+            let merged = spec::environment(Some(&run), &record, "/");
+            run.env = Some(
+                merged
+                    .into_iter()
+                    .filter(|e| !e.starts_with("HOSTNAME=") && !e.starts_with("HOME="))
+                    .collect(),
+            );
+        }
+        changes(&mut run).map_err(|e| invalid("--change", e))?;
+        config.config = Some(run);
+        config.created = None;
+        config.author = author.map(str::to_owned).or(config.author);
+        let history = History {
+            created: Some(berth_image::config::rfc3339(std::time::SystemTime::now())),
+            created_by: Some(format!("berth commit {}", record.name)),
+            author: author.map(str::to_owned),
+            comment: message.map(str::to_owned),
+            empty_layer: false,
+        };
+        let names = match reference {
+            Some(r) => vec![r.parse::<berth_image::Reference>()?.to_string()],
+            None => Vec::new(),
+        };
+        let digest = berth_image::diff::create_image(
+            store,
+            Some(&image),
+            config,
+            vec![(layer, history)],
+            names,
+        )?;
+        drop(guard);
+        Ok(digest)
+    }
+
+    /// The container's root filesystem, mounted for a copy: the live rootfs of a running
+    /// container, or a temporary overlay of a stopped one (unmounted when dropped).
+    pub fn rootfs_for_copy(&self, name_or_id: &str) -> Result<RootfsAccess> {
+        let locked = self.lock(name_or_id)?;
+        let rootfs = locked.dir.join("rootfs");
+        if is_mount_point(&rootfs) {
+            return Ok(RootfsAccess {
+                path: rootfs,
+                mounted_here: false,
+                mounts: locked.record.mounts.clone(),
+            });
+        }
+        let store = self.images()?;
+        let image = store.resolve(&locked.record.image_id)?;
+        self.mount_rootfs(&locked.dir, &store.lower_dirs(&image)?)?;
+        Ok(RootfsAccess { path: rootfs, mounted_here: true, mounts: locked.record.mounts.clone() })
+    }
+}
+
+fn record_dir_upper(dir: &Path) -> PathBuf {
+    dir.join("upper")
+}
+
+/// A container's filesystem for `cp`.
+#[derive(Debug)]
+pub struct RootfsAccess {
+    pub path: PathBuf,
+    mounted_here: bool,
+    /// Volumes and binds: a path under one of them is the volume's, not the rootfs's.
+    pub mounts: Vec<MountRecord>,
+}
+
+impl RootfsAccess {
+    /// Where `path` (absolute in the container) lives on the host: the mount that covers
+    /// it (its source directory and the rest of the path), or the rootfs.
+    pub fn locate(&self, path: &Path) -> (PathBuf, PathBuf) {
+        let mut best: Option<(&MountRecord, PathBuf)> = None;
+        for m in &self.mounts {
+            if m.kind == "tmpfs" {
+                continue;
+            }
+            if let Ok(rest) = path.strip_prefix(&m.destination) {
+                if best.as_ref().is_none_or(|(b, _)| b.destination.len() < m.destination.len()) {
+                    best = Some((m, rest.to_owned()));
+                }
+            }
+        }
+        match best {
+            Some((m, rest)) => (PathBuf::from(&m.source), rest),
+            None => (self.path.clone(), path.strip_prefix("/").unwrap_or(path).to_owned()),
+        }
+    }
+}
+
+impl Drop for RootfsAccess {
+    fn drop(&mut self) {
+        if self.mounted_here {
+            let _ = umount2(&self.path, MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+pub(crate) fn is_mount_point(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(here), Some(parent)) = (std::fs::metadata(path), path.parent()) else { return false };
+    let Ok(up) = std::fs::metadata(parent) else { return false };
+    if here.dev() != up.dev() {
+        return true;
+    }
+    // An overlay of the same filesystem shows a different device anyway; a bind mount of
+    // the same filesystem would not, so consult the mount table too.
+    let target = path.to_string_lossy();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|t| t.lines().any(|l| l.split(' ').nth(4) == Some(target.as_ref())))
+        .unwrap_or(false)
+}
+
+pub fn parse_signal(text: &str) -> Result<Signal> {
+    let upper = text.trim().to_ascii_uppercase();
+    if let Ok(n) = upper.parse::<i32>() {
+        return Signal::try_from(n)
+            .map_err(|_| invalid("signal", format!("{text:?} is not a signal number")));
+    }
+    let name = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+    name.parse::<Signal>().map_err(|_| invalid("signal", format!("unknown signal {text:?}")))
+}
+
+/// Docker-style generated names: an adjective and a scientist, with a number from the id.
+pub fn generated_name(id: &str) -> String {
+    const LEFT: &[&str] = &[
+        "brave", "calm", "eager", "fond", "gentle", "happy", "keen", "lucid", "merry", "nifty",
+        "proud", "quiet", "sharp", "tender", "vivid", "witty", "zealous", "bold", "clever",
+        "daring",
+    ];
+    const RIGHT: &[&str] = &[
+        "curie",
+        "darwin",
+        "euler",
+        "fermi",
+        "galois",
+        "hopper",
+        "hypatia",
+        "kepler",
+        "lovelace",
+        "noether",
+        "pascal",
+        "ritchie",
+        "shannon",
+        "thompson",
+        "turing",
+        "wozniak",
+        "yalow",
+        "lamarr",
+        "meitner",
+        "ramanujan",
+    ];
+    let byte = |i: usize| u8::from_str_radix(&id[i * 2..i * 2 + 2], 16).unwrap_or(0) as usize;
+    format!("{}_{}_{}", LEFT[byte(0) % LEFT.len()], RIGHT[byte(1) % RIGHT.len()], byte(2))
+}
+
+/// Sends one attach frame, ignoring a peer that went away.
+pub(crate) fn send(stream: &mut UnixStream, kind: u8, payload: &[u8]) -> bool {
+    attach::write_frame(stream, kind, payload).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_and_names() {
+        assert_eq!(parse_signal("TERM").unwrap(), Signal::SIGTERM);
+        assert_eq!(parse_signal("sigkill").unwrap(), Signal::SIGKILL);
+        assert_eq!(parse_signal("9").unwrap(), Signal::SIGKILL);
+        assert!(parse_signal("SIGFOO").is_err());
+        let name = generated_name(&"ab".repeat(32));
+        assert!(valid_container_name(&name), "{name}");
+    }
+
+    #[test]
+    fn copy_paths_resolve_through_mounts() {
+        let access = RootfsAccess {
+            path: PathBuf::from("/r"),
+            mounted_here: false,
+            mounts: vec![MountRecord {
+                kind: "volume".into(),
+                name: "v".into(),
+                source: "/vol/_data".into(),
+                destination: "/data".into(),
+                read_only: false,
+                anonymous: false,
+                options: vec![],
+            }],
+        };
+        assert_eq!(
+            access.locate(Path::new("/data/x/y")),
+            (PathBuf::from("/vol/_data"), PathBuf::from("x/y"))
+        );
+        assert_eq!(
+            access.locate(Path::new("/etc/passwd")),
+            (PathBuf::from("/r"), PathBuf::from("etc/passwd"))
+        );
+        assert_eq!(
+            access.locate(Path::new("/database")),
+            (PathBuf::from("/r"), PathBuf::from("database"))
+        );
+    }
+}

@@ -1,0 +1,445 @@
+//! What a user asks of a container (`berth run`'s flags), parsed and checked. Pure: no
+//! file is touched here, so every rule is unit-tested.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{invalid, Result};
+
+/// Everything `create`/`run` was told, kept in the container's record.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RunOptions {
+    pub image: String,
+    pub name: Option<String>,
+    /// Arguments after the image: they replace the image's Cmd.
+    pub command: Vec<String>,
+    /// `--entrypoint`: `Some("")` clears the image's entrypoint.
+    pub entrypoint: Option<String>,
+    pub env: Vec<String>,
+    pub workdir: Option<String>,
+    pub user: Option<String>,
+    pub hostname: Option<String>,
+    pub tty: bool,
+    pub interactive: bool,
+    pub auto_remove: bool,
+    pub publish: Vec<PortSpec>,
+    pub publish_all: bool,
+    pub mounts: Vec<MountSpec>,
+    /// `none`, `host`, `bridge` (default), `container:NAME` or a user-created network.
+    pub network: String,
+    pub memory: Option<i64>,
+    pub cpus: Option<f64>,
+    pub pids_limit: Option<i64>,
+    pub cap_add: Vec<String>,
+    pub cap_drop: Vec<String>,
+    pub privileged: bool,
+    pub read_only: bool,
+    pub security_opt: Vec<String>,
+    pub init: bool,
+    pub add_hosts: Vec<String>,
+    pub dns: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub stop_signal: Option<String>,
+    pub stop_timeout: Option<u32>,
+    pub restart: RestartPolicy,
+    /// Rotate the log when it reaches this many bytes.
+    pub log_max_size: Option<u64>,
+    /// How many log files to keep, the current one included.
+    pub log_max_files: Option<u32>,
+}
+
+/// `-p [IP:][HOST:]CONTAINER[/PROTO]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortSpec {
+    pub host_ip: Option<String>,
+    /// 0: pick a free port.
+    pub host_port: u16,
+    pub container_port: u16,
+    pub protocol: String,
+}
+
+impl PortSpec {
+    pub fn parse(text: &str) -> Result<Vec<PortSpec>> {
+        let bad = |reason: &str| invalid(format!("port spec {text:?}"), reason.to_owned());
+        let (rest, protocol) = match text.rsplit_once('/') {
+            Some((rest, proto)) => (rest, proto.to_ascii_lowercase()),
+            None => (text, "tcp".to_owned()),
+        };
+        if protocol != "tcp" && protocol != "udp" {
+            return Err(bad("the protocol must be tcp or udp"));
+        }
+        let parts: Vec<&str> = rest.rsplitn(3, ':').collect();
+        let (host_ip, host, container) = match parts.as_slice() {
+            [container] => (None, "", *container),
+            [container, host] => (None, *host, *container),
+            [container, host, ip] => {
+                (Some(ip.trim_matches(['[', ']']).to_owned()), *host, *container)
+            }
+            _ => return Err(bad("expected [IP:][HOST_PORT:]CONTAINER_PORT[/PROTOCOL]")),
+        };
+        if let Some(ip) = &host_ip {
+            if !ip.is_empty() && ip.parse::<std::net::IpAddr>().is_err() {
+                return Err(bad("the host address is not an IP address"));
+            }
+        }
+        let range = |s: &str| -> Result<(u16, u16)> {
+            let (a, b) = s.split_once('-').unwrap_or((s, s));
+            let a: u16 = a.parse().map_err(|_| bad("ports are numbers from 1 to 65535"))?;
+            let b: u16 = b.parse().map_err(|_| bad("ports are numbers from 1 to 65535"))?;
+            if a == 0 || b < a {
+                return Err(bad("ports are numbers from 1 to 65535, ranges low-high"));
+            }
+            Ok((a, b))
+        };
+        let (c0, c1) = range(container)?;
+        let (h0, h1) = if host.is_empty() { (0, 0) } else { range(host)? };
+        if host.is_empty() {
+            return Ok((c0..=c1)
+                .map(|c| PortSpec {
+                    host_ip: host_ip.clone().filter(|i| !i.is_empty()),
+                    host_port: 0,
+                    container_port: c,
+                    protocol: protocol.clone(),
+                })
+                .collect());
+        }
+        if h1 - h0 != c1 - c0 {
+            return Err(bad("the host and container port ranges differ in length"));
+        }
+        Ok((c0..=c1)
+            .zip(h0..=h1)
+            .map(|(c, h)| PortSpec {
+                host_ip: host_ip.clone().filter(|i| !i.is_empty()),
+                host_port: h,
+                container_port: c,
+                protocol: protocol.clone(),
+            })
+            .collect())
+    }
+}
+
+/// A mount asked for by `-v`, `--mount` or `--tmpfs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountSpec {
+    /// `bind`, `volume` or `tmpfs`.
+    pub kind: String,
+    /// Host path (bind), volume name (empty: anonymous), unused for tmpfs.
+    pub source: String,
+    pub destination: String,
+    pub read_only: bool,
+    /// Extra mount options (tmpfs size, mode; bind propagation).
+    pub options: Vec<String>,
+}
+
+impl MountSpec {
+    /// `-v SRC:DST[:OPTS]` or `-v DST` (an anonymous volume).
+    pub fn parse_volume(text: &str) -> Result<MountSpec> {
+        let bad = |reason: &str| invalid(format!("volume spec {text:?}"), reason.to_owned());
+        let parts: Vec<&str> = text.split(':').collect();
+        let (source, destination, opts) = match parts.as_slice() {
+            [dst] => ("", *dst, ""),
+            [src, dst] => (*src, *dst, ""),
+            [src, dst, opts] => (*src, *dst, *opts),
+            _ => return Err(bad("expected [SOURCE:]DESTINATION[:ro|rw]")),
+        };
+        if !destination.starts_with('/') {
+            return Err(bad("the destination must be an absolute path in the container"));
+        }
+        if destination == "/" {
+            return Err(bad("the destination cannot be /"));
+        }
+        let mut read_only = false;
+        let mut options = Vec::new();
+        for opt in opts.split(',').filter(|o| !o.is_empty()) {
+            match opt {
+                "ro" => read_only = true,
+                "rw" => read_only = false,
+                "z" | "Z" | "nocopy" | "copy" => {}
+                "private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave" => {
+                    options.push(opt.to_owned())
+                }
+                other => {
+                    return Err(bad(&format!("unknown option {other:?} (ro, rw, propagation)")))
+                }
+            }
+        }
+        let kind = if source.starts_with('/') {
+            "bind"
+        } else if source.is_empty() || valid_volume_name(source) {
+            "volume"
+        } else {
+            return Err(bad(
+                "a source is an absolute host path or a volume name ([a-zA-Z0-9][a-zA-Z0-9_.-]*)",
+            ));
+        };
+        Ok(MountSpec {
+            kind: kind.to_owned(),
+            source: source.to_owned(),
+            destination: destination.to_owned(),
+            read_only,
+            options,
+        })
+    }
+
+    /// `--mount type=bind|volume|tmpfs,source=...,target=...,readonly,...`.
+    pub fn parse_mount(text: &str) -> Result<MountSpec> {
+        let bad = |reason: &str| invalid(format!("mount spec {text:?}"), reason.to_owned());
+        let mut spec = MountSpec {
+            kind: "volume".into(),
+            source: String::new(),
+            destination: String::new(),
+            read_only: false,
+            options: Vec::new(),
+        };
+        for field in text.split(',').filter(|f| !f.is_empty()) {
+            let (key, value) = field.split_once('=').unwrap_or((field, ""));
+            match key {
+                "type" => spec.kind = value.to_owned(),
+                "source" | "src" => spec.source = value.to_owned(),
+                "target" | "destination" | "dst" => spec.destination = value.to_owned(),
+                "readonly" | "ro" => {
+                    spec.read_only = value.is_empty() || value == "true" || value == "1"
+                }
+                "tmpfs-size" => spec.options.push(format!("size={value}")),
+                "tmpfs-mode" => spec.options.push(format!("mode={value}")),
+                "bind-propagation" => spec.options.push(value.to_owned()),
+                "volume-nocopy" | "consistency" => {}
+                other => return Err(bad(&format!("unknown field {other:?}"))),
+            }
+        }
+        if !matches!(spec.kind.as_str(), "bind" | "volume" | "tmpfs") {
+            return Err(bad("type must be bind, volume or tmpfs"));
+        }
+        if !spec.destination.starts_with('/') {
+            return Err(bad("target must be an absolute path in the container"));
+        }
+        match spec.kind.as_str() {
+            "bind" if !spec.source.starts_with('/') => {
+                return Err(bad("a bind mount's source must be an absolute host path"))
+            }
+            "volume" if !spec.source.is_empty() && !valid_volume_name(&spec.source) => {
+                return Err(bad("invalid volume name"))
+            }
+            "tmpfs" if !spec.source.is_empty() => return Err(bad("a tmpfs mount has no source")),
+            _ => {}
+        }
+        Ok(spec)
+    }
+
+    /// `--tmpfs DST[:OPTS]`.
+    pub fn parse_tmpfs(text: &str) -> Result<MountSpec> {
+        let (destination, opts) = text.split_once(':').unwrap_or((text, ""));
+        if !destination.starts_with('/') {
+            return Err(invalid(
+                format!("tmpfs spec {text:?}"),
+                "the destination must be an absolute path",
+            ));
+        }
+        let mut read_only = false;
+        let options = opts
+            .split(',')
+            .filter(|o| !o.is_empty())
+            .filter(|o| {
+                if *o == "ro" {
+                    read_only = true;
+                }
+                *o != "ro" && *o != "rw"
+            })
+            .map(str::to_owned)
+            .collect();
+        Ok(MountSpec {
+            kind: "tmpfs".into(),
+            source: String::new(),
+            destination: destination.to_owned(),
+            read_only,
+            options,
+        })
+    }
+}
+
+pub fn valid_volume_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+/// Container names follow Docker's rule.
+pub fn valid_container_name(name: &str) -> bool {
+    valid_volume_name(name) && name.len() <= 128
+}
+
+/// `--restart no|always|unless-stopped|on-failure[:N]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartPolicy {
+    pub name: String,
+    pub max_retries: u32,
+}
+
+impl RestartPolicy {
+    pub fn parse(text: &str) -> Result<RestartPolicy> {
+        let (name, count) = text.split_once(':').unwrap_or((text, ""));
+        let bad = || {
+            invalid(
+                format!("restart policy {text:?}"),
+                "use no, always, unless-stopped or on-failure[:MAX_RETRIES]",
+            )
+        };
+        match name {
+            "no" | "always" | "unless-stopped" if count.is_empty() => {}
+            "on-failure" => {}
+            _ => return Err(bad()),
+        }
+        let max_retries = if count.is_empty() { 0 } else { count.parse().map_err(|_| bad())? };
+        Ok(RestartPolicy {
+            name: if name == "no" { String::new() } else { name.into() },
+            max_retries,
+        })
+    }
+
+    /// Whether a container that ended with `code` (not stopped by a user) starts again.
+    pub fn restarts(&self, code: i32, restarts_so_far: u32) -> bool {
+        match self.name.as_str() {
+            "always" | "unless-stopped" => true,
+            "on-failure" => {
+                code != 0 && (self.max_retries == 0 || restarts_so_far < self.max_retries)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// `--memory 512m`, `--log-opt max-size=10m`: bytes, with Docker's binary suffixes.
+pub fn parse_bytes(text: &str) -> Result<i64> {
+    let lower = text.trim().to_ascii_lowercase();
+    let digits_end = lower.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(lower.len());
+    let (number, suffix) = lower.split_at(digits_end);
+    let value: f64 = number.parse().map_err(|_| {
+        invalid(format!("size {text:?}"), "expected a number with an optional b, k, m, g suffix")
+    })?;
+    let unit: f64 = match suffix.trim_end_matches('b').trim_end_matches('i') {
+        "" => 1.0,
+        "k" => 1024.0,
+        "m" => 1024.0 * 1024.0,
+        "g" => 1024.0 * 1024.0 * 1024.0,
+        "t" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return Err(invalid(format!("size {text:?}"), "unknown unit (b, k, m, g, t)")),
+    };
+    if value < 0.0 {
+        return Err(invalid(format!("size {text:?}"), "cannot be negative"));
+    }
+    Ok((value * unit) as i64)
+}
+
+/// `KEY=VALUE` lines of an `--env-file` (comments and blank lines skipped; a bare `KEY`
+/// takes the value from the caller's environment, as Docker does).
+pub fn parse_env_file(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim_start)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| {
+            if l.contains('=') {
+                Some(l.to_owned())
+            } else {
+                std::env::var(l).ok().map(|v| format!("{l}={v}"))
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_specs() {
+        let p = PortSpec::parse("8080:80").unwrap();
+        assert_eq!(
+            p,
+            vec![PortSpec {
+                host_ip: None,
+                host_port: 8080,
+                container_port: 80,
+                protocol: "tcp".into()
+            }]
+        );
+        let p = PortSpec::parse("127.0.0.1:5353:53/udp").unwrap();
+        assert_eq!(p[0].host_ip.as_deref(), Some("127.0.0.1"));
+        assert_eq!(
+            (p[0].host_port, p[0].container_port, p[0].protocol.as_str()),
+            (5353, 53, "udp")
+        );
+        let p = PortSpec::parse("80").unwrap();
+        assert_eq!(p[0].host_port, 0);
+        let p = PortSpec::parse("9000-9002:7000-7002").unwrap();
+        assert_eq!(
+            p.iter().map(|p| (p.host_port, p.container_port)).collect::<Vec<_>>(),
+            [(9000, 7000), (9001, 7001), (9002, 7002)]
+        );
+        for bad in
+            ["", "x:80", "80:0", "80/sctp", "1.2.3:80:80", "70000", "9000-9001:80", "a:b:c:d"]
+        {
+            let err = PortSpec::parse(bad).unwrap_err().to_string();
+            assert!(err.contains("port spec"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn volume_specs() {
+        let m = MountSpec::parse_volume("/srv/data:/data:ro").unwrap();
+        assert_eq!(
+            (m.kind.as_str(), m.source.as_str(), m.destination.as_str(), m.read_only),
+            ("bind", "/srv/data", "/data", true)
+        );
+        let m = MountSpec::parse_volume("cache:/var/cache").unwrap();
+        assert_eq!((m.kind.as_str(), m.source.as_str()), ("volume", "cache"));
+        let m = MountSpec::parse_volume("/scratch").unwrap();
+        assert_eq!(
+            (m.kind.as_str(), m.source.as_str(), m.destination.as_str()),
+            ("volume", "", "/scratch")
+        );
+        for bad in ["rel/path:/x", "v:relative", "v:/x:bogus", "/a:/", "a:b:c:d", "-v:/x"] {
+            assert!(MountSpec::parse_volume(bad).is_err(), "{bad}");
+        }
+        let m = MountSpec::parse_mount("type=tmpfs,target=/run,tmpfs-size=64m").unwrap();
+        assert_eq!((m.kind.as_str(), m.options.clone()), ("tmpfs", vec!["size=64m".to_owned()]));
+        let m = MountSpec::parse_mount("type=bind,source=/etc,target=/host-etc,readonly").unwrap();
+        assert!(m.read_only);
+        assert!(MountSpec::parse_mount("type=bind,source=etc,target=/x").is_err());
+        assert!(MountSpec::parse_mount("type=nfs,target=/x").is_err());
+        assert!(MountSpec::parse_mount("type=volume,target=/x,colour=red").is_err());
+        let t = MountSpec::parse_tmpfs("/tmp:size=1m,mode=1777").unwrap();
+        assert_eq!(t.options, ["size=1m", "mode=1777"]);
+    }
+
+    #[test]
+    fn restart_policies() {
+        assert_eq!(RestartPolicy::parse("no").unwrap().name, "");
+        let p = RestartPolicy::parse("on-failure:3").unwrap();
+        assert!(p.restarts(1, 2) && !p.restarts(1, 3) && !p.restarts(0, 0));
+        assert!(RestartPolicy::parse("always").unwrap().restarts(0, 100));
+        assert!(!RestartPolicy::default().restarts(1, 0));
+        assert!(RestartPolicy::parse("sometimes").is_err());
+        assert!(RestartPolicy::parse("always:3").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_bytes("512m").unwrap(), 512 << 20);
+        assert_eq!(parse_bytes("1g").unwrap(), 1 << 30);
+        assert_eq!(parse_bytes("100").unwrap(), 100);
+        assert_eq!(parse_bytes("64KiB").unwrap(), 64 << 10);
+        assert!(parse_bytes("-1m").is_err());
+        assert!(parse_bytes("12x").is_err());
+        assert!(parse_bytes("lots").is_err());
+    }
+
+    #[test]
+    fn names() {
+        assert!(valid_container_name("web-1.prod_a"));
+        assert!(!valid_container_name("-web"));
+        assert!(!valid_container_name("a/b"));
+        assert!(!valid_container_name(""));
+    }
+}

@@ -1,0 +1,667 @@
+//! The OCI runtime spec of a container: the image's config and the user's options turned
+//! into `config.json`, with Docker's defaults (capabilities, seccomp, masked paths, /dev/shm,
+//! the files of `/etc` that name the container). Pure: unit-tested without root.
+
+use std::path::{Path, PathBuf};
+
+use berth_image::config::RunConfig;
+use serde_json::{json, Value};
+
+use crate::container::{MountRecord, Record};
+use crate::user::Identity;
+use crate::{invalid, Result};
+
+/// Docker's default capability set.
+pub const DEFAULT_CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+/// Every capability a privileged container gets.
+pub const ALL_CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
+/// System calls the default profile refuses with EPERM: they reach the kernel's global state
+/// (modules, clocks, swap, reboot, keyrings, accounting), create namespaces or mounts, or
+/// give a process tools that container escapes have used (bpf, userfaultfd, perf,
+/// open_by_handle_at). Everything else is allowed; capabilities fence the rest.
+pub const DENIED_SYSCALLS: &[&str] = &[
+    "acct",
+    "add_key",
+    "bpf",
+    "clock_adjtime",
+    "clock_settime",
+    "create_module",
+    "delete_module",
+    "finit_module",
+    "fsconfig",
+    "fsmount",
+    "fsopen",
+    "fspick",
+    "get_kernel_syms",
+    "init_module",
+    "ioperm",
+    "iopl",
+    "kcmp",
+    "kexec_file_load",
+    "kexec_load",
+    "keyctl",
+    "lookup_dcookie",
+    "mount",
+    "mount_setattr",
+    "move_mount",
+    "name_to_handle_at",
+    "nfsservctl",
+    "open_by_handle_at",
+    "open_tree",
+    "perf_event_open",
+    "pivot_root",
+    "process_vm_readv",
+    "process_vm_writev",
+    "query_module",
+    "quotactl",
+    "reboot",
+    "request_key",
+    "setns",
+    "settimeofday",
+    "stime",
+    "swapoff",
+    "swapon",
+    "sysfs",
+    "syslog",
+    "umount",
+    "umount2",
+    "unshare",
+    "uselib",
+    "userfaultfd",
+    "ustat",
+    "vm86",
+    "vm86old",
+    "adjtimex",
+];
+
+/// Paths of `/proc` and `/sys` that tell about the host: hidden.
+pub const MASKED_PATHS: &[&str] = &[
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+pub const READONLY_PATHS: &[&str] =
+    &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+
+const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Files of lxcfs that give a container its own view of memory, cpus and uptime.
+pub const LXCFS_FILES: &[&str] =
+    &["cpuinfo", "diskstats", "loadavg", "meminfo", "stat", "swaps", "uptime"];
+
+/// How the container gets its network namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetNs {
+    /// The host's: no namespace.
+    Host,
+    /// A fresh, empty one (loopback only).
+    New,
+    /// Join this one (a berth-made namespace file, or another container's).
+    Join(String),
+}
+
+/// Everything `build` needs besides the record.
+#[derive(Debug)]
+pub struct Inputs<'a> {
+    pub record: &'a Record,
+    pub image: Option<&'a RunConfig>,
+    pub identity: &'a Identity,
+    pub rootfs: &'a Path,
+    /// Where hosts, hostname and resolv.conf are (the container's directory).
+    pub etc_dir: &'a Path,
+    pub netns: NetNs,
+    /// A static init (tini) to run as PID 1 with `--init`.
+    pub init_binary: Option<&'a Path>,
+    /// lxcfs's mount point, when it runs.
+    pub lxcfs: Option<&'a Path>,
+}
+
+/// The program and arguments: Docker's rules for Entrypoint, Cmd and their overrides.
+pub fn process_args(image: Option<&RunConfig>, record: &Record) -> Result<Vec<String>> {
+    let options = &record.options;
+    let entrypoint: Vec<String> = match &options.entrypoint {
+        Some(e) if e.is_empty() => Vec::new(),
+        Some(e) => vec![e.clone()],
+        None => image.and_then(|i| i.entrypoint.clone()).unwrap_or_default(),
+    };
+    let cmd: Vec<String> = if !options.command.is_empty() {
+        options.command.clone()
+    } else if options.entrypoint.is_some() {
+        // A new entrypoint drops the image's Cmd, as Docker does.
+        Vec::new()
+    } else {
+        image.and_then(|i| i.cmd.clone()).unwrap_or_default()
+    };
+    let args: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
+    if args.is_empty() {
+        return Err(invalid(
+            "command",
+            "no command specified: the image has no Entrypoint or Cmd; give one after the image name",
+        ));
+    }
+    Ok(args)
+}
+
+/// The environment: image, then `-e` (same keys replace), plus PATH, HOSTNAME, HOME, TERM.
+pub fn environment(image: Option<&RunConfig>, record: &Record, home: &str) -> Vec<String> {
+    let mut env: Vec<String> = Vec::new();
+    let mut set = |entry: &str| {
+        let key = entry.split_once('=').map_or(entry, |(k, _)| k);
+        match env.iter().position(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) == key) {
+            Some(at) => env[at] = entry.to_owned(),
+            None => env.push(entry.to_owned()),
+        }
+    };
+    set(DEFAULT_PATH);
+    set(&format!("HOSTNAME={}", record.hostname));
+    for entry in image.and_then(|i| i.env.as_ref()).into_iter().flatten() {
+        set(entry);
+    }
+    if record.options.tty {
+        set("TERM=xterm");
+    }
+    for entry in &record.options.env {
+        set(entry);
+    }
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        env.push(format!("HOME={home}"));
+    }
+    env
+}
+
+fn caps(record: &Record) -> Result<Vec<String>> {
+    let normalize = |c: &str| {
+        let upper = c.to_ascii_uppercase();
+        if upper.starts_with("CAP_") {
+            upper
+        } else {
+            format!("CAP_{upper}")
+        }
+    };
+    let options = &record.options;
+    if options.privileged {
+        return Ok(ALL_CAPS.iter().map(|c| (*c).to_owned()).collect());
+    }
+    let mut set: Vec<String> = DEFAULT_CAPS.iter().map(|c| (*c).to_owned()).collect();
+    for cap in &options.cap_drop {
+        if cap.eq_ignore_ascii_case("all") {
+            set.clear();
+            continue;
+        }
+        let cap = normalize(cap);
+        if !ALL_CAPS.contains(&cap.as_str()) {
+            return Err(invalid("--cap-drop", format!("unknown capability {cap}")));
+        }
+        set.retain(|c| *c != cap);
+    }
+    for cap in &options.cap_add {
+        if cap.eq_ignore_ascii_case("all") {
+            return Ok(ALL_CAPS.iter().map(|c| (*c).to_owned()).collect());
+        }
+        let cap = normalize(cap);
+        if !ALL_CAPS.contains(&cap.as_str()) {
+            return Err(invalid("--cap-add", format!("unknown capability {cap}")));
+        }
+        if !set.contains(&cap) {
+            set.push(cap);
+        }
+    }
+    Ok(set)
+}
+
+fn seccomp(record: &Record) -> Result<Option<Value>> {
+    let mut profile = None;
+    for opt in &record.options.security_opt {
+        if let Some(value) = opt.strip_prefix("seccomp=").or_else(|| opt.strip_prefix("seccomp:")) {
+            profile = Some(value.to_owned());
+        }
+    }
+    if record.options.privileged && profile.is_none() {
+        return Ok(None);
+    }
+    match profile.as_deref() {
+        Some("unconfined") => Ok(None),
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                invalid("--security-opt seccomp", format!("cannot read {path}: {e}"))
+            })?;
+            let value: Value = serde_json::from_str(&text).map_err(|e| {
+                invalid("--security-opt seccomp", format!("{path} is not JSON: {e}"))
+            })?;
+            Ok(Some(value))
+        }
+        None => Ok(Some(json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+            "syscalls": [{
+                "names": DENIED_SYSCALLS,
+                "action": "SCMP_ACT_ERRNO",
+                "errnoRet": 1
+            }]
+        }))),
+    }
+}
+
+fn mount_json(m: &MountRecord) -> Value {
+    match m.kind.as_str() {
+        "tmpfs" => {
+            let mut options = vec!["nosuid".to_owned(), "nodev".to_owned()];
+            if m.read_only {
+                options.push("ro".into());
+            }
+            options.extend(m.options.iter().cloned());
+            json!({"destination": m.destination, "type": "tmpfs", "source": "tmpfs", "options": options})
+        }
+        _ => {
+            let mut options = vec!["rbind".to_owned()];
+            options.push(if m.read_only { "ro" } else { "rw" }.into());
+            let propagation = m
+                .options
+                .iter()
+                .find(|o| o.contains("private") || o.contains("shared") || o.contains("slave"));
+            options.push(propagation.cloned().unwrap_or_else(|| "rprivate".into()));
+            json!({"destination": m.destination, "type": "bind", "source": m.source, "options": options})
+        }
+    }
+}
+
+/// The whole `config.json`.
+pub fn build(inputs: &Inputs<'_>) -> Result<Value> {
+    let record = inputs.record;
+    let options = &record.options;
+    let mut args = process_args(inputs.image, record)?;
+    let init_mount = match inputs.init_binary {
+        Some(binary) if options.init => {
+            args.splice(0..0, ["/sbin/berth-init".to_owned(), "--".to_owned()]);
+            Some(json!({"destination": "/sbin/berth-init", "type": "bind", "source": binary, "options": ["bind", "ro"]}))
+        }
+        None if options.init => {
+            return Err(invalid(
+                "--init",
+                "needs a static init: install Debian's `tini` package (it provides /usr/bin/tini-static)",
+            ))
+        }
+        _ => None,
+    };
+    let cwd = options
+        .workdir
+        .clone()
+        .or_else(|| inputs.image.and_then(|i| i.working_dir.clone()))
+        .filter(|w| !w.is_empty())
+        .unwrap_or_else(|| "/".into());
+    if !cwd.starts_with('/') {
+        return Err(invalid("--workdir", format!("{cwd:?} is not an absolute path")));
+    }
+    let caps = caps(record)?;
+    let no_new_privileges = options.security_opt.iter().any(|o| {
+        o == "no-new-privileges" || o == "no-new-privileges:true" || o == "no-new-privileges=true"
+    });
+    let mut mounts = vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", if options.privileged { "rw" } else { "ro" }]}),
+        json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", if options.privileged { "rw" } else { "ro" }]}),
+        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=67108864"]}),
+    ];
+    // The files that name the container live in its directory and are bind-mounted, so
+    // neither the image nor `commit` ever sees them.
+    for name in ["hosts", "hostname", "resolv.conf"] {
+        let source: PathBuf = inputs.etc_dir.join(name);
+        mounts.push(json!({"destination": format!("/etc/{name}"), "type": "bind", "source": source, "options": ["rbind", "rprivate", if options.read_only { "ro" } else { "rw" }]}));
+    }
+    if let Some(lxcfs) = inputs.lxcfs {
+        for file in LXCFS_FILES {
+            mounts.push(json!({"destination": format!("/proc/{file}"), "type": "bind", "source": lxcfs.join("proc").join(file), "options": ["rbind", "ro"]}));
+        }
+    }
+    if let Some(init) = init_mount {
+        mounts.push(init);
+    }
+    for m in &record.mounts {
+        mounts.push(mount_json(m));
+    }
+    let mut namespaces = vec![
+        json!({"type": "pid"}),
+        json!({"type": "ipc"}),
+        json!({"type": "uts"}),
+        json!({"type": "mount"}),
+        json!({"type": "cgroup"}),
+    ];
+    match &inputs.netns {
+        NetNs::Host => {}
+        NetNs::New => namespaces.push(json!({"type": "network"})),
+        NetNs::Join(path) => namespaces.push(json!({"type": "network", "path": path})),
+    }
+    let mut resources = json!({"devices": [{"allow": options.privileged, "access": "rwm"}]});
+    if !options.privileged {
+        // Docker's default device rules: the usual character devices and ptys.
+        let allow = |major: i64, minor: Option<i64>| json!({"allow": true, "type": "c", "major": major, "minor": minor.map_or(Value::Null, Value::from), "access": "rwm"});
+        resources["devices"] = json!([
+            {"allow": false, "access": "rwm"},
+            allow(1, Some(3)), allow(1, Some(5)), allow(1, Some(7)), allow(1, Some(8)), allow(1, Some(9)),
+            allow(5, Some(0)), allow(5, Some(1)), allow(5, Some(2)), allow(136, None), allow(10, Some(200)),
+            {"allow": false, "type": "c", "major": 10, "minor": 229, "access": "rwm"},
+        ]);
+    }
+    if let Some(memory) = options.memory {
+        if memory < 6 * 1024 * 1024 {
+            return Err(invalid("--memory", "the minimum memory limit is 6 MiB"));
+        }
+        resources["memory"] = json!({"limit": memory});
+    }
+    if let Some(cpus) = options.cpus {
+        if cpus.is_nan() || cpus <= 0.0 {
+            return Err(invalid("--cpus", "must be a positive number"));
+        }
+        let online = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+        if cpus > online {
+            return Err(invalid(
+                "--cpus",
+                format!("{cpus} is more than the {online} CPUs this machine has"),
+            ));
+        }
+        resources["cpu"] = json!({"quota": (cpus * 100_000.0) as i64, "period": 100_000});
+    }
+    if let Some(pids) = options.pids_limit {
+        if pids > 0 {
+            resources["pids"] = json!({"limit": pids});
+        }
+    }
+    let mut linux = json!({
+        "cgroupsPath": format!("/berth/{}", record.id),
+        "namespaces": namespaces,
+        "resources": resources,
+        "rootfsPropagation": "rprivate",
+    });
+    if !options.privileged {
+        linux["maskedPaths"] = json!(MASKED_PATHS);
+        linux["readonlyPaths"] = json!(READONLY_PATHS);
+    }
+    if let Some(profile) = seccomp(record)? {
+        linux["seccomp"] = profile;
+    }
+    let env = environment(inputs.image, record, &inputs.identity.home);
+    let mut process = json!({
+        "terminal": options.tty,
+        "user": {"uid": inputs.identity.uid, "gid": inputs.identity.gid},
+        "args": args,
+        "env": env,
+        "cwd": cwd,
+        "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+        "noNewPrivileges": no_new_privileges,
+    });
+    if !inputs.identity.additional_gids.is_empty() {
+        process["user"]["additionalGids"] = json!(inputs.identity.additional_gids);
+    }
+    let mut annotations = serde_json::Map::new();
+    for (k, v) in &options.labels {
+        annotations.insert(k.clone(), Value::from(v.clone()));
+    }
+    annotations.insert("io.berth.container.name".into(), Value::from(record.name.clone()));
+    Ok(json!({
+        "ociVersion": "1.2.0",
+        "process": process,
+        "root": {"path": inputs.rootfs, "readonly": options.read_only},
+        "hostname": record.hostname,
+        "mounts": mounts,
+        "linux": linux,
+        "annotations": annotations,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::options::RunOptions;
+
+    fn record(options: RunOptions) -> Record {
+        Record {
+            id: "a".repeat(64),
+            name: "web".into(),
+            hostname: "aaaaaaaaaaaa".into(),
+            options,
+            ..Record::default()
+        }
+    }
+
+    fn image() -> RunConfig {
+        RunConfig {
+            entrypoint: Some(vec!["/entry".into()]),
+            cmd: Some(vec!["serve".into(), "--port=80".into()]),
+            env: Some(vec!["PATH=/opt/bin:/bin".into(), "MODE=prod".into()]),
+            working_dir: Some("/srv".into()),
+            ..RunConfig::default()
+        }
+    }
+
+    fn inputs<'a>(record: &'a Record, image: &'a RunConfig, identity: &'a Identity) -> Inputs<'a> {
+        Inputs {
+            record,
+            image: Some(image),
+            identity,
+            rootfs: Path::new("/c/rootfs"),
+            etc_dir: Path::new("/c"),
+            netns: NetNs::New,
+            init_binary: None,
+            lxcfs: None,
+        }
+    }
+
+    fn root() -> Identity {
+        Identity { uid: 0, gid: 0, additional_gids: vec![], home: "/root".into() }
+    }
+
+    #[test]
+    fn entrypoint_and_cmd_follow_docker() {
+        let img = image();
+        let r = record(RunOptions::default());
+        assert_eq!(process_args(Some(&img), &r).unwrap(), ["/entry", "serve", "--port=80"]);
+        let r = record(RunOptions { command: vec!["sh".into()], ..RunOptions::default() });
+        assert_eq!(process_args(Some(&img), &r).unwrap(), ["/entry", "sh"]);
+        let r =
+            record(RunOptions { entrypoint: Some("/bin/true".into()), ..RunOptions::default() });
+        assert_eq!(process_args(Some(&img), &r).unwrap(), ["/bin/true"]);
+        let r = record(RunOptions {
+            entrypoint: Some(String::new()),
+            command: vec!["ls".into()],
+            ..RunOptions::default()
+        });
+        assert_eq!(process_args(Some(&img), &r).unwrap(), ["ls"]);
+        let err = process_args(None, &record(RunOptions::default())).unwrap_err().to_string();
+        assert!(err.contains("no command specified"), "{err}");
+    }
+
+    #[test]
+    fn environment_layers_image_then_user() {
+        let img = image();
+        let r = record(RunOptions {
+            env: vec!["MODE=dev".into(), "EXTRA=1".into()],
+            tty: true,
+            ..RunOptions::default()
+        });
+        let env = environment(Some(&img), &r, "/root");
+        assert_eq!(
+            env,
+            [
+                "PATH=/opt/bin:/bin",
+                "HOSTNAME=aaaaaaaaaaaa",
+                "MODE=dev",
+                "TERM=xterm",
+                "EXTRA=1",
+                "HOME=/root"
+            ]
+        );
+    }
+
+    #[test]
+    fn defaults_are_dockers() {
+        let (img, id) = (image(), root());
+        let r = record(RunOptions::default());
+        let spec = build(&inputs(&r, &img, &id)).unwrap();
+        assert_eq!(spec["process"]["cwd"], "/srv");
+        assert_eq!(
+            spec["process"]["capabilities"]["bounding"].as_array().unwrap().len(),
+            DEFAULT_CAPS.len()
+        );
+        assert_eq!(spec["linux"]["seccomp"]["syscalls"][0]["action"], "SCMP_ACT_ERRNO");
+        assert!(spec["linux"]["maskedPaths"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == "/proc/kcore"));
+        assert!(spec["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["type"] == "network"));
+        let mounts = spec["mounts"].as_array().unwrap();
+        assert!(mounts.iter().any(|m| m["destination"] == "/dev/shm"));
+        assert!(mounts
+            .iter()
+            .any(|m| m["destination"] == "/etc/hosts" && m["source"] == "/c/hosts"));
+        assert_eq!(spec["linux"]["cgroupsPath"], format!("/berth/{}", "a".repeat(64)));
+        assert!(spec["linux"]["resources"].get("memory").is_none());
+    }
+
+    #[test]
+    fn options_change_the_spec() {
+        let (img, id) = (
+            image(),
+            Identity { uid: 1000, gid: 1000, additional_gids: vec![50], home: "/home/app".into() },
+        );
+        let r = record(RunOptions {
+            memory: Some(64 << 20),
+            cpus: Some(0.5),
+            pids_limit: Some(20),
+            cap_drop: vec!["net_raw".into()],
+            cap_add: vec!["SYS_TIME".into()],
+            read_only: true,
+            workdir: Some("/tmp".into()),
+            security_opt: vec!["no-new-privileges".into(), "seccomp=unconfined".into()],
+            ..RunOptions::default()
+        });
+        let mut inp = inputs(&r, &img, &id);
+        inp.netns = NetNs::Host;
+        let spec = build(&inp).unwrap();
+        assert_eq!(spec["linux"]["resources"]["memory"]["limit"], 64 << 20);
+        assert_eq!(spec["linux"]["resources"]["cpu"]["quota"], 50_000);
+        assert_eq!(spec["linux"]["resources"]["pids"]["limit"], 20);
+        let bounding = spec["process"]["capabilities"]["bounding"].as_array().unwrap();
+        assert!(
+            bounding.iter().any(|c| c == "CAP_SYS_TIME")
+                && !bounding.iter().any(|c| c == "CAP_NET_RAW")
+        );
+        assert_eq!(spec["root"]["readonly"], true);
+        assert_eq!(spec["process"]["cwd"], "/tmp");
+        assert_eq!(spec["process"]["noNewPrivileges"], true);
+        assert_eq!(spec["process"]["user"]["additionalGids"], json!([50]));
+        assert!(spec["linux"].get("seccomp").is_none());
+        assert!(!spec["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["type"] == "network"));
+    }
+
+    #[test]
+    fn privileged_and_bad_values() {
+        let (img, id) = (image(), root());
+        let r = record(RunOptions { privileged: true, ..RunOptions::default() });
+        let spec = build(&inputs(&r, &img, &id)).unwrap();
+        assert_eq!(
+            spec["process"]["capabilities"]["bounding"].as_array().unwrap().len(),
+            ALL_CAPS.len()
+        );
+        assert!(
+            spec["linux"].get("maskedPaths").is_none() && spec["linux"].get("seccomp").is_none()
+        );
+        for (options, needle) in [
+            (RunOptions { memory: Some(1024), ..RunOptions::default() }, "minimum memory"),
+            (RunOptions { cpus: Some(-1.0), ..RunOptions::default() }, "positive"),
+            (RunOptions { cpus: Some(4096.0), ..RunOptions::default() }, "CPUs this machine has"),
+            (
+                RunOptions { cap_add: vec!["CAP_FLY".into()], ..RunOptions::default() },
+                "unknown capability",
+            ),
+            (
+                RunOptions { workdir: Some("rel".into()), ..RunOptions::default() },
+                "not an absolute path",
+            ),
+            (RunOptions { init: true, ..RunOptions::default() }, "tini"),
+        ] {
+            let r = record(options);
+            let err = build(&inputs(&r, &img, &id)).unwrap_err().to_string();
+            assert!(err.contains(needle), "{err}");
+        }
+    }
+}
