@@ -34,7 +34,8 @@ impl Engine {
         let name = path.file_name().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("root"));
         let target =
             if destination.is_dir() { destination.join(name) } else { destination.to_owned() };
-        copy_tree(&fd_path(&source), &target)
+        // The descriptor's /proc link is itself a symlink: follow it at the top only.
+        copy_entry(&fd_path(&source), &target, true)
     }
 
     /// Copies `source` on the host to `path` in the container.
@@ -80,7 +81,13 @@ impl Engine {
 
 /// Copies a file, symlink or directory tree; never follows a symlink.
 fn copy_tree(source: &Path, target: &Path) -> Result<()> {
-    let meta = std::fs::symlink_metadata(source).map_err(io("read", source))?;
+    copy_entry(source, target, false)
+}
+
+fn copy_entry(source: &Path, target: &Path, follow_top: bool) -> Result<()> {
+    let meta =
+        if follow_top { std::fs::metadata(source) } else { std::fs::symlink_metadata(source) }
+            .map_err(io("read", source))?;
     if let Ok(existing) = std::fs::symlink_metadata(target) {
         if existing.file_type().is_symlink() || (existing.is_dir() != meta.is_dir()) {
             if existing.is_dir() {

@@ -380,7 +380,7 @@ impl Engine {
     fib daddr type local dnat to meta l4proto . th dport map @ports
   }
   chain output {
-    type nat hook output priority dstnat; policy accept;
+    type nat hook output priority -100; policy accept;
     fib daddr type local dnat to ip daddr . meta l4proto . th dport map @ports_ip
     fib daddr type local dnat to meta l4proto . th dport map @ports
   }

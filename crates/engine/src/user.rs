@@ -75,12 +75,14 @@ pub fn resolve(spec: &str, passwd: Option<&str>, group: Option<&str>) -> Result<
             Some(f[0].to_owned()),
         ),
         (None, Ok(uid)) => (uid, 0, "/".to_owned(), None),
-        (None, Err(_)) => return Err(invalid(
-            "user",
-            format!(
+        (None, Err(_)) => {
+            return Err(invalid(
+                "user",
+                format!(
                 "unable to find user {user}: no matching entries in the container's /etc/passwd"
             ),
-        )),
+            ))
+        }
     };
     if let Some(grp) = grp {
         gid = match groups.iter().find(|f| f[0] == grp) {

@@ -151,7 +151,9 @@ impl Runtime {
         cgroup.apply(&prepared.resources)?;
         let (parent_channel, child_channel) = Channel::pair()?;
         let start_socket = dir.start_socket();
-        let listener = UnixListener::bind(&start_socket).map_err(io("listen on", &start_socket))?;
+        let listener = dir
+            .with_socket_path(|path| UnixListener::bind(path))
+            .map_err(io("listen on", &start_socket))?;
         let console_socket = match (console, &options.console_socket) {
             (Some(fd), _) => Some(fd),
             (None, Some(path)) if prepared.terminal => Some(OwnedFd::from(
@@ -304,7 +306,7 @@ impl Runtime {
             });
         }
         let socket = dir.start_socket();
-        let mut stream = match UnixStream::connect(&socket) {
+        let mut stream = match dir.with_socket_path(|path| UnixStream::connect(path)) {
             Ok(stream) => stream,
             Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused => {
                 // A start that died after letting the init go: it is running already.

@@ -239,14 +239,27 @@ impl Runtime {
                             init::join_namespace(&ns_path(flag), flag)?;
                         }
                     }
+                    // As in `create`: the process waits until the pid is sent, so its own
+                    // messages on the shared channel cannot overtake it.
+                    let (hold_read, hold_write) =
+                        berth_sys::nix::unistd::pipe2(berth_sys::nix::fcntl::OFlag::O_CLOEXEC)
+                            .map_err(sys("create a pipe"))?;
                     match berth_sys::process::fork_sibling()
                         .map_err(sys("fork the exec process"))?
                     {
                         Fork::Parent(pid) => {
                             child_channel.send(&Message::Pid(pid.as_raw()))?;
+                            drop(hold_write);
                             berth_sys::process::exit_now(0)
                         }
-                        Fork::Child => {}
+                        Fork::Child => {
+                            drop(hold_write);
+                            let mut byte = [0u8; 1];
+                            while let Err(berth_sys::Errno::EINTR) =
+                                berth_sys::nix::unistd::read(&hold_read, &mut byte)
+                            {
+                            }
+                        }
                     }
                     berth_sys::nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
                         .map_err(sys("set the parent-death signal"))?;

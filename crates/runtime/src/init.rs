@@ -125,11 +125,23 @@ fn stage_one(config: InitConfig<'_>, channel: &Channel) -> Result<Infallible> {
     if !rest.is_empty() {
         unshare(rest).map_err(sys(format!("create namespaces ({rest:?})")))?;
     }
+    // The init and this stage share the channel: the init must not speak before the pid
+    // is sent, or a slow first stage would let its message overtake ours. The init waits
+    // for this stage to exit (the pipe's write end closing) before it goes on.
+    let (hold_read, hold_write) =
+        berth_sys::nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(sys("create a pipe"))?;
     let (fork, in_cgroup2) = fork_into(config.self_join.as_ref())?;
     match fork {
-        Fork::Child => run_init(config, channel, in_cgroup2),
+        Fork::Child => {
+            drop(hold_write);
+            let mut byte = [0u8; 1];
+            while let Err(Errno::EINTR) = berth_sys::nix::unistd::read(&hold_read, &mut byte) {}
+            drop(hold_read);
+            run_init(config, channel, in_cgroup2)
+        }
         Fork::Parent(pid) => {
             channel.send(&Message::Pid(pid.as_raw()))?;
+            drop(hold_write);
             exit(0)
         }
     }

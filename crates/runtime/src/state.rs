@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -209,6 +210,21 @@ impl ContainerDir {
 
     pub fn start_socket(&self) -> PathBuf {
         self.path.join(START_SOCKET)
+    }
+
+    /// Runs `f` with a path to the start socket short enough for `sockaddr_un` (108 bytes)
+    /// whatever the root's length: through `/proc/self/fd/N/` of the directory.
+    pub fn with_socket_path<T>(
+        &self,
+        f: impl FnOnce(&Path) -> std::io::Result<T>,
+    ) -> std::io::Result<T> {
+        let full = self.start_socket();
+        if full.as_os_str().len() < 100 {
+            return f(&full);
+        }
+        let dir = File::open(&self.path)?;
+        let short = PathBuf::from(format!("/proc/self/fd/{}/{START_SOCKET}", dir.as_raw_fd()));
+        f(&short)
     }
 
     /// The saved state; `None` while `create` has not written it yet.

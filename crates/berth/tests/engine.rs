@@ -1,0 +1,798 @@
+//! The engine end to end: `berth run` and friends on the fixture image (busybox in three
+//! layers), as root, each test in a network namespace of its own so that bridges, veths
+//! and nftables rules never touch the host's network.
+
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)] // test code: failing loudly is the point
+
+mod common;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::root_or_skip;
+use serde_json::Value;
+
+const BERTH: &str = env!("CARGO_BIN_EXE_berth");
+const IMAGE: &str = "fixture:v1";
+
+/// A private berth root holding the fixture image, in a private network namespace.
+struct Berth {
+    dir: tempfile::TempDir,
+}
+
+impl Berth {
+    fn new() -> Berth {
+        // This thread (and every process it starts) gets a network namespace of its own.
+        berth_sys::nix::sched::unshare(berth_sys::nix::sched::CloneFlags::CLONE_NEWNET)
+            .expect("unshare the network namespace");
+        let up = Command::new("ip").args(["link", "set", "lo", "up"]).status().expect("ip");
+        assert!(up.success());
+        let dir = tempfile::Builder::new().prefix("berth-engine-").tempdir().expect("tempdir");
+        let berth = Berth { dir };
+        let layout = berth.dir.path().join("layout");
+        berth_testkit::image::fixture_image(&layout, "v1").expect("fixture image");
+        let tar = berth.dir.path().join("fixture.tar");
+        let packed = Command::new("tar")
+            .arg("-C")
+            .arg(&layout)
+            .arg("-cf")
+            .arg(&tar)
+            .arg(".")
+            .status()
+            .expect("tar");
+        assert!(packed.success());
+        let loaded = berth.ok(&["load", "-i", tar.to_str().unwrap()]);
+        let id = loaded.trim().rsplit(' ').next().unwrap().to_owned();
+        berth.ok(&["tag", &id, IMAGE]);
+        berth
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    fn command(&self) -> Command {
+        let mut command = Command::new(BERTH);
+        command.env("BERTH_ROOT", self.root());
+        command
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command().args(args).stdin(Stdio::null()).output().expect("berth")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let output = self.run(args);
+        assert!(
+            output.status.success(),
+            "berth {args:?} failed ({}):\n{}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    fn fails(&self, args: &[&str]) -> String {
+        let output = self.run(args);
+        assert!(
+            !output.status.success(),
+            "berth {args:?} should have failed:\n{}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    }
+
+    fn inspect(&self, name: &str) -> Value {
+        let text = self.ok(&["inspect", name]);
+        serde_json::from_str::<Value>(&text).expect("inspect json")[0].clone()
+    }
+
+    fn container_dirs(&self) -> usize {
+        std::fs::read_dir(self.root().join("containers"))
+            .map(|d| d.flatten().filter(|e| e.file_name() != "names").count())
+            .unwrap_or(0)
+    }
+
+    /// Nothing of any container left: no directory, mount, netns, veth or cgroup.
+    fn assert_clean(&self) {
+        assert_eq!(self.container_dirs(), 0, "container directories left");
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let root = self.root();
+        let root = root.to_str().unwrap();
+        assert!(!mounts.contains(root), "mounts left under {root}:\n{mounts}");
+        let links = Command::new("ip").args(["-o", "link"]).output().unwrap();
+        let links = String::from_utf8_lossy(&links.stdout);
+        assert!(!links.contains("veth"), "veths left: {links}");
+        let netns = self.root().join("networks/netns");
+        assert_eq!(
+            std::fs::read_dir(&netns).map(|d| d.count()).unwrap_or(0),
+            0,
+            "netns files left"
+        );
+        let berth_cgroups = std::fs::read_dir("/sys/fs/cgroup/memory/berth")
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.path().is_dir())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        for id in berth_cgroups {
+            assert!(!self.root().join("containers").join(&id).exists(), "cgroup of {id} left");
+        }
+    }
+}
+
+fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn http_get(address: &str, path: &str) -> String {
+    let mut stream =
+        std::net::TcpStream::connect(address).unwrap_or_else(|e| panic!("connect {address}: {e}"));
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+#[test]
+fn root_foreground_runs_give_output_and_exit_codes() {
+    if !root_or_skip() {
+        return;
+    }
+    let berth = Berth::new();
+    let output = berth.run(&[
+        "run",
+        "--rm",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo out; echo err >&2; cat /etc/motd; exit 3",
+    ]);
+    assert_eq!(output.status.code(), Some(3));
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "out\nlayer 3\n");
+    assert_eq!(String::from_utf8_lossy(&output.stderr), "err\n");
+    // Killed by a signal: 128 + the signal, as a shell says it.
+    let child = berth
+        .command()
+        .args(["run", "--rm", "--name", "victim", IMAGE, "sleep", "600"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the victim to run", Duration::from_secs(10), || {
+        berth.ok(&["ps", "-q"]).lines().count() == 1
+    });
+    berth.ok(&["kill", "victim"]);
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(137));
+    // The image's Cmd (sh) with stdin from -i.
+    let mut child = berth
+        .command()
+        .args(["run", "--rm", "-i", IMAGE])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"echo from stdin $((6 * 7))\n").unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "from stdin 42\n");
+    // What a container sees: its hostname, hosts file, user, workdir and environment.
+    let text = berth.ok(&[
+        "run",
+        "--rm",
+        "-h",
+        "box",
+        "-u",
+        "app",
+        "-w",
+        "/tmp",
+        "-e",
+        "GREETING=hi",
+        "--add-host",
+        "db.example:10.1.2.3",
+        IMAGE,
+        "sh",
+        "-c",
+        "hostname; id -u; id -g; pwd; echo $GREETING $HOME; grep db.example /etc/hosts",
+    ]);
+    assert_eq!(text, "box\n1000\n1000\n/tmp\nhi /home/app\n10.1.2.3\tdb.example\n");
+    assert_eq!(berth.ok(&["ps", "-aq"]), "", "--rm containers are gone");
+    berth.assert_clean();
+}
+
+#[test]
+fn root_detached_containers_outlive_the_command_and_are_managed() {
+    if !root_or_skip() {
+        return;
+    }
+    let berth = Berth::new();
+    let id = berth.ok(&["run", "-d", "--name", "ticker", "-l", "team=a", IMAGE, "sh", "-c", "trap 'echo bye; exit 7' TERM; i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.1; done"]);
+    let id = id.trim().to_owned();
+    assert_eq!(id.len(), 64);
+    // The command returned; the container runs on under its monitor.
+    wait_for("three ticks", Duration::from_secs(10), || {
+        berth.ok(&["logs", "ticker"]).lines().count() >= 3
+    });
+    let ps = berth.ok(&["ps"]);
+    assert!(ps.contains("ticker") && ps.contains("Up "), "{ps}");
+    assert_eq!(berth.ok(&["ps", "-q", "--filter", "label=team=a"]).trim(), &id[..12]);
+    assert_eq!(berth.ok(&["ps", "-q", "--filter", "label=team=b"]).trim(), "");
+    let logs = berth.ok(&["logs", "--tail", "2", "ticker"]);
+    assert_eq!(logs.lines().count(), 2, "{logs}");
+    let stamped = berth.ok(&["logs", "-t", "--tail", "1", "ticker"]);
+    assert!(stamped.starts_with("20") && stamped.contains("Z tick "), "{stamped}");
+    // The log file is in the CRI format.
+    let raw =
+        std::fs::read_to_string(berth.root().join("containers").join(&id).join("container.log"))
+            .unwrap();
+    let first = raw.lines().next().unwrap();
+    let fields: Vec<&str> = first.splitn(4, ' ').collect();
+    assert_eq!((fields[1], fields[2], fields[3]), ("stdout", "F", "tick 0"), "{first}");
+    // exec: output, exit code, user, environment, working directory.
+    let output = berth.run(&["exec", "ticker", "sh", "-c", "echo in exec; exit 4"]);
+    assert_eq!(output.status.code(), Some(4));
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "in exec\n");
+    assert_eq!(
+        berth.ok(&[
+            "exec",
+            "-u",
+            "app",
+            "-w",
+            "/home/app",
+            "-e",
+            "X=1",
+            "ticker",
+            "sh",
+            "-c",
+            "id -u; pwd; echo $X"
+        ]),
+        "1000\n/home/app\n1\n"
+    );
+    let top = berth.ok(&["top", "ticker"]);
+    assert!(top.contains("while true"), "{top}");
+    let inspect = berth.inspect("ticker");
+    assert_eq!(inspect["State"]["Status"], "running");
+    assert!(inspect["State"]["Pid"].as_i64().unwrap() > 0);
+    assert_eq!(
+        berth.ok(&["inspect", "-f", "{{.Name}} {{.Config.Labels.team}}", "ticker"]),
+        "/ticker a\n"
+    );
+    // pause stops the ticking; unpause restarts it.
+    berth.ok(&["pause", "ticker"]);
+    assert_eq!(berth.inspect("ticker")["State"]["Status"], "paused");
+    let before = berth.ok(&["logs", "ticker"]).lines().count();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(berth.ok(&["logs", "ticker"]).lines().count(), before, "a paused container ticked");
+    berth.ok(&["unpause", "ticker"]);
+    wait_for("ticks after unpause", Duration::from_secs(5), || {
+        berth.ok(&["logs", "ticker"]).lines().count() > before
+    });
+    // stop: the stop signal reaches the process, which exits with its own code.
+    berth.ok(&["stop", "ticker"]);
+    let inspect = berth.inspect("ticker");
+    assert_eq!(inspect["State"]["Status"], "exited");
+    assert_eq!(inspect["State"]["ExitCode"], 7);
+    assert!(berth.ok(&["logs", "ticker"]).ends_with("bye\n"));
+    assert_eq!(berth.ok(&["wait", "ticker"]), "7\n");
+    let ps = berth.ok(&["ps", "-a"]);
+    assert!(ps.contains("Exited (7)"), "{ps}");
+    // An exec into a stopped container is refused; so is removing a running one.
+    let err = berth.fails(&["exec", "ticker", "true"]);
+    assert!(err.contains("exited") && err.contains("start it first"), "{err}");
+    berth.ok(&["start", "ticker"]);
+    assert_eq!(berth.inspect("ticker")["State"]["Status"], "running");
+    let err = berth.fails(&["rm", "ticker"]);
+    assert!(err.contains("stop it first or use `rm -f`"), "{err}");
+    berth.ok(&["rename", "ticker", "tocker"]);
+    berth.ok(&["kill", "tocker"]);
+    assert_eq!(berth.ok(&["wait", "tocker"]), "137\n");
+    berth.ok(&["rm", "tocker"]);
+    berth.fails(&["inspect", "tocker"]);
+    berth.assert_clean();
+}
+
+#[test]
+fn root_a_terminal_works_through_a_pty() {
+    if !root_or_skip() {
+        return;
+    }
+    use berth_sys::nix::pty::openpty;
+    let berth = Berth::new();
+    let pty = openpty(None, None).expect("openpty");
+    let slave = std::fs::File::from(pty.slave);
+    let mut child = berth
+        .command()
+        .args(["run", "--rm", "-it", IMAGE, "sh"])
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave)
+        .spawn()
+        .unwrap();
+    let mut master = std::fs::File::from(pty.master);
+    master.write_all(b"tty; echo answer=$((6 * 7)); exit 5\n").unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut buffer = [0u8; 4096];
+        while let Ok(n) = master.read(&mut buffer) {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buffer[..n]);
+            if String::from_utf8_lossy(&seen).contains("answer=42") {
+                break;
+            }
+        }
+        String::from_utf8_lossy(&seen).into_owned()
+    });
+    let status = child.wait().unwrap();
+    let seen = reader.join().unwrap();
+    assert_eq!(status.code(), Some(5), "{seen}");
+    assert!(seen.contains("/dev/pts/0"), "the container's stdin is a terminal: {seen}");
+    assert!(seen.contains("answer=42"), "{seen}");
+}
+
+#[test]
+fn root_published_ports_answer_from_the_host_loopback_and_other_containers() {
+    if !root_or_skip() {
+        return;
+    }
+    let berth = Berth::new();
+    berth.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "-p",
+        "8080:80",
+        "-p",
+        "127.0.0.1::80",
+        IMAGE,
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/srv",
+    ]);
+    let ip =
+        berth.ok(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", "web"]).trim().to_owned();
+    assert!(ip.starts_with("10.88."), "{ip}");
+    let ports = berth.ok(&["port", "web"]);
+    assert!(ports.contains("80/tcp -> 0.0.0.0:8080"), "{ports}");
+    let loopback_port = ports
+        .lines()
+        .find(|l| l.contains("127.0.0.1:"))
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    wait_for("httpd", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(format!("{ip}:80")).is_ok()
+    });
+    // From the host: the loopback address, the bridge's address (a local address other
+    // hosts would reach the same way), and the port bound to 127.0.0.1 only.
+    for address in [
+        "127.0.0.1:8080".to_owned(),
+        "10.88.0.1:8080".to_owned(),
+        format!("127.0.0.1:{loopback_port}"),
+    ] {
+        let response = http_get(&address, "/run.sh");
+        assert!(
+            response.starts_with("HTTP/1.") && response.contains("fixture says hi"),
+            "{address}: {response}"
+        );
+    }
+    // From another container, directly and through the published port (hairpin).
+    let text = berth.ok(&[
+        "run",
+        "--rm",
+        IMAGE,
+        "sh",
+        "-c",
+        &format!("wget -qO- http://{ip}/run.sh; wget -qO- http://10.88.0.1:8080/run.sh"),
+    ]);
+    assert_eq!(text.matches("fixture says hi").count(), 2, "{text}");
+    // A second container cannot take the same host port.
+    let err = berth.fails(&["run", "-d", "-p", "8080:80", IMAGE, "sleep", "60"]);
+    assert!(err.contains("8080") && err.contains("already allocated"), "{err}");
+    berth.ok(&["rm", "-f", "web"]);
+    assert!(std::net::TcpStream::connect_timeout(
+        &"127.0.0.1:8080".parse().unwrap(),
+        Duration::from_millis(500)
+    )
+    .is_err());
+    let rules = Command::new("nft").args(["list", "map", "ip", "berth", "ports"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&rules.stdout).contains("8080"), "rule left behind");
+    for leftover in berth.ok(&["ps", "-aq"]).lines() {
+        berth.ok(&["rm", "-f", leftover]);
+    }
+    berth.assert_clean();
+}
+
+#[test]
+fn root_containers_on_a_user_network_reach_each_other_by_name() {
+    if !root_or_skip() {
+        return;
+    }
+    let berth = Berth::new();
+    berth.ok(&["network", "create", "app"]);
+    let networks = berth.ok(&["network", "ls"]);
+    assert!(networks.contains("app") && networks.contains("bridge"), "{networks}");
+    berth.ok(&[
+        "run",
+        "-d",
+        "--network",
+        "app",
+        "--name",
+        "db",
+        IMAGE,
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/srv",
+    ]);
+    let db_ip =
+        berth.ok(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", "db"]).trim().to_owned();
+    assert!(db_ip.starts_with("10.89."), "{db_ip}");
+    wait_for("httpd", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(format!("{db_ip}:80")).is_ok()
+    });
+    berth.ok(&["run", "-d", "--network", "app", "--name", "client", IMAGE, "sleep", "600"]);
+    let text = berth.ok(&["exec", "client", "wget", "-qO-", "http://db/run.sh"]);
+    assert!(text.contains("fixture says hi"), "{text}");
+    // Names go both ways, and go away with the container.
+    let hosts = berth.ok(&["exec", "db", "cat", "/etc/hosts"]);
+    assert!(hosts.contains("client"), "{hosts}");
+    let inspect = berth.ok(&["network", "inspect", "app"]);
+    assert!(inspect.contains("\"db\"") && inspect.contains("\"client\""), "{inspect}");
+    let err = berth.fails(&["network", "rm", "app"]);
+    assert!(err.contains("remove them first"), "{err}");
+    berth.ok(&["rm", "-f", "client"]);
+    let hosts = berth.ok(&["exec", "db", "cat", "/etc/hosts"]);
+    assert!(!hosts.contains("client"), "{hosts}");
+    berth.ok(&["rm", "-f", "db"]);
+    berth.ok(&["network", "rm", "app"]);
+    berth.assert_clean();
+}
+
+#[test]
+fn root_volumes_survive_containers_and_binds_show_host_files() {
+    if !root_or_skip() {
+        return;
+    }
+    let berth = Berth::new();
+    berth.ok(&["run", "--rm", "-v", "data:/data", IMAGE, "sh", "-c", "echo kept > /data/file"]);
+    assert!(berth.ok(&["volume", "ls", "-q"]).contains("data"));
+    assert_eq!(
+        berth.ok(&["run", "--rm", "-v", "data:/data:ro", IMAGE, "cat", "/data/file"]),
+        "kept\n"
+    );
+    let err = berth.fails(&[
+        "run",
+        "--rm",
+        "-v",
+        "data:/data:ro",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo x > /data/file",
+    ]);
+    assert!(err.contains("Read-only"), "{err}");
+    // Not in use any more (the --rm containers are gone): it can be removed.
+    berth.ok(&["volume", "rm", "data"]);
+    assert!(berth.ok(&["volume", "ls", "-q"]).is_empty());
+    // A bind mount shows the host's files and writes through.
+    let host = berth.dir.path().join("shared");
+    std::fs::create_dir(&host).unwrap();
+    std::fs::write(host.join("in"), "from host\n").unwrap();
+    let spec = format!("{}:/mnt", host.display());
+    assert_eq!(
+        berth.ok(&[
+            "run",
+            "--rm",
+            "-v",
+            &spec,
+            IMAGE,
+            "sh",
+            "-c",
+            "cat /mnt/in; echo back > /mnt/out"
+        ]),
+        "from host\n"
+    );
+    assert_eq!(std::fs::read_to_string(host.join("out")).unwrap(), "back\n");
+    // Anonymous volumes go with `rm -v`; tmpfs mounts are tmpfs.
+    berth.ok(&[
+        "run",
+        "--name",
+        "anon",
+        "-v",
+        "/scratch",
+        "--tmpfs",
+        "/run/t:size=1m",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo x > /scratch/f; grep /run/t /proc/mounts",
+    ]);
+    let logs = berth.ok(&["logs", "anon"]);
+    assert!(logs.contains("tmpfs"), "{logs}");
+    assert_eq!(berth.ok(&["volume", "ls", "-q"]).lines().count(), 1);
+    berth.ok(&["rm", "-v", "anon"]);
+    assert_eq!(berth.ok(&["volume", "ls", "-q"]), "");
+    berth.assert_clean();
+}
+
+#[test]
+fn root_commit_diff_and_cp() {
+    if !root_or_skip() {
+        return;
+    }
+    let berth = Berth::new();
+    berth.ok(&["run", "--name", "maker", "-v", "/cache", IMAGE, "sh", "-c", "echo changed > /etc/motd; rm /srv/data; echo 10.9.9.9 extra >> /etc/hosts; echo vol > /cache/f; mkdir /made"]);
+    let diff = berth.ok(&["diff", "maker"]);
+    for line in ["C /etc/motd", "D /srv/data", "A /made"] {
+        assert!(diff.lines().any(|l| l == line), "{line} missing in:\n{diff}");
+    }
+    assert!(!diff.contains("hosts") && !diff.contains("cache"), "{diff}");
+    // cp both ways, on a stopped container.
+    let out = berth.dir.path().join("motd");
+    berth.ok(&["cp", "maker:/etc/motd", out.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "changed\n");
+    let input = berth.dir.path().join("note");
+    std::fs::write(&input, "copied in\n").unwrap();
+    berth.ok(&["cp", input.to_str().unwrap(), "maker:/made/"]);
+    let digest = berth.ok(&["commit", "-m", "test", "-c", "ENV MADE=yes", "maker", "made:v1"]);
+    assert!(digest.trim().starts_with("sha256:"), "{digest}");
+    let text = berth.ok(&["run", "--rm", "made:v1", "sh", "-c", "cat /etc/motd /made/note; echo $MADE; ls /srv; grep -c extra /etc/hosts; ls /cache | wc -l"]);
+    assert_eq!(
+        text, "changed\ncopied in\nyes\nrun.sh\n0\n0\n",
+        "the commit has the changes, not /etc/hosts or volumes"
+    );
+    let history = berth.ok(&["history", "made:v1"]);
+    assert!(history.contains("berth commit maker"), "{history}");
+    // cp into a running container, through a symlink that points outside: it stays inside.
+    berth.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "live",
+        IMAGE,
+        "sh",
+        "-c",
+        "ln -s / /tmp/escape; ln -s /etc /tmp/etc-link; sleep 600",
+    ]);
+    wait_for("links", Duration::from_secs(5), || {
+        berth.run(&["exec", "live", "test", "-L", "/tmp/etc-link"]).status.success()
+    });
+    let outside = berth.dir.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    let link_target = format!("live:/tmp/escape{}/", outside.display());
+    let result = berth.run(&["cp", input.to_str().unwrap(), &link_target]);
+    assert!(!outside.join("note").exists(), "cp wrote through a container symlink to the host");
+    let _ = result;
+    berth.ok(&["cp", input.to_str().unwrap(), "live:/tmp/etc-link/note"]);
+    assert_eq!(berth.ok(&["exec", "live", "cat", "/etc/note"]), "copied in\n");
+    assert!(!Path::new("/etc/note").exists());
+    berth.ok(&["rm", "-f", "live"]);
+    berth.ok(&["rm", "-v", "maker"]);
+    berth.assert_clean();
+}
+
+#[test]
+fn root_limits_are_enforced_and_stats_are_real() {
+    if !root_or_skip() {
+        return;
+    }
+    let berth = Berth::new();
+    // Memory: a process that keeps allocating is killed by the kernel, and berth says OOM.
+    let output = berth.run(&["run", "--name", "hog", "--memory", "16m", IMAGE, "sh", "-c", "x=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa; while true; do x=$x$x; done"]);
+    assert_eq!(output.status.code(), Some(137), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(berth.inspect("hog")["State"]["OOMKilled"], true);
+    // pids: forking past the limit fails inside.
+    let text = berth.ok(&["run", "--rm", "--pids-limit", "8", IMAGE, "sh", "-c", "for i in 1 2 3 4 5 6 7 8 9 10; do sleep 5 & done 2>&1 | grep -c -i 'fork\\|resource' ; true"]);
+    assert!(text.trim().parse::<u32>().unwrap_or(0) >= 1, "no fork failed: {text}");
+    // stats: a busy container shows CPU use and its memory limit.
+    berth.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "busy",
+        "--memory",
+        "64m",
+        "--cpus",
+        "0.5",
+        IMAGE,
+        "sh",
+        "-c",
+        "while true; do :; done",
+    ]);
+    let stats = berth.ok(&["stats", "--no-stream", "--format", "json", "busy"]);
+    let stats: Value = serde_json::from_str(stats.trim()).unwrap();
+    assert_eq!(stats["MemLimit"], 64 << 20);
+    assert!(stats["MemUsage"].as_u64().unwrap() > 0);
+    let cpu: f64 = stats["CPUPerc"].as_str().unwrap().trim_end_matches('%').parse().unwrap();
+    assert!(cpu > 10.0 && cpu < 70.0, "cpu {cpu}% with --cpus 0.5");
+    assert_eq!(stats["PIDs"], 1);
+    berth.ok(&["rm", "-f", "busy", "hog"]);
+    berth.assert_clean();
+}
+
+#[test]
+fn root_a_killed_monitor_leaves_state_the_next_command_repairs() {
+    if !root_or_skip() {
+        return;
+    }
+    let berth = Berth::new();
+    let id = berth.ok(&["run", "-d", "--name", "orphan", IMAGE, "sleep", "600"]).trim().to_owned();
+    let record: Value = serde_json::from_str(
+        &std::fs::read_to_string(berth.root().join("containers").join(&id).join("container.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let monitor = record["state"]["monitor_pid"].as_i64().unwrap() as i32;
+    let pid = record["state"]["pid"].as_i64().unwrap() as i32;
+    use berth_sys::nix::sys::signal::{kill, Signal};
+    use berth_sys::nix::unistd::Pid;
+    kill(Pid::from_raw(monitor), Signal::SIGKILL).unwrap();
+    wait_for("the monitor to die", Duration::from_secs(5), || {
+        !Path::new(&format!("/proc/{monitor}")).exists()
+    });
+    // The container runs on; berth says so and can still stop and remove it.
+    let inspect = berth.inspect("orphan");
+    assert_eq!(inspect["State"]["Status"], "running");
+    assert!(inspect["State"]["Error"].as_str().unwrap().contains("monitor died"));
+    berth.ok(&["stop", "-t", "1", "orphan"]);
+    assert_eq!(berth.inspect("orphan")["State"]["Status"], "exited");
+    berth.ok(&["rm", "orphan"]);
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .unwrap_or_default()
+                .contains(") Z")
+    );
+    // A monitor and its container both killed: the record says exited, rm cleans up.
+    let id = berth.ok(&["run", "-d", "--name", "gone", IMAGE, "sleep", "600"]).trim().to_owned();
+    let record: Value = serde_json::from_str(
+        &std::fs::read_to_string(berth.root().join("containers").join(&id).join("container.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    kill(Pid::from_raw(record["state"]["monitor_pid"].as_i64().unwrap() as i32), Signal::SIGKILL)
+        .unwrap();
+    kill(Pid::from_raw(record["state"]["pid"].as_i64().unwrap() as i32), Signal::SIGKILL).unwrap();
+    wait_for("both to die", Duration::from_secs(5), || {
+        let text = berth.ok(&["ps", "-a"]);
+        text.contains("Exited (255)")
+    });
+    berth.ok(&["rm", "gone"]);
+    berth.assert_clean();
+}
+
+#[test]
+fn root_restart_policies_apply_while_the_monitor_lives() {
+    if !root_or_skip() {
+        return;
+    }
+    let berth = Berth::new();
+    berth.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "flaky",
+        "--restart",
+        "on-failure:2",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo run; exit 1",
+    ]);
+    wait_for("two restarts", Duration::from_secs(20), || {
+        let inspect = berth.inspect("flaky");
+        inspect["State"]["Status"] == "exited" && inspect["RestartCount"] == 2
+    });
+    assert_eq!(berth.ok(&["logs", "flaky"]), "run\nrun\nrun\n");
+    berth.ok(&["rm", "flaky"]);
+    berth.assert_clean();
+}
+
+#[test]
+fn root_many_concurrent_runs_get_distinct_addresses() {
+    if !root_or_skip() {
+        return;
+    }
+    let berth = Berth::new();
+    let count = 50;
+    let children: Vec<_> = (0..count)
+        .map(|i| {
+            berth
+                .command()
+                .args(["run", "-d", "--name", &format!("c{i}"), IMAGE, "sleep", "600"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    }
+    let mut addresses: Vec<String> = (0..count)
+        .map(|i| {
+            berth
+                .ok(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", &format!("c{i}")])
+                .trim()
+                .to_owned()
+        })
+        .collect();
+    addresses.sort();
+    addresses.dedup();
+    assert_eq!(addresses.len(), count, "addresses: {addresses:?}");
+    assert_eq!(berth.ok(&["ps", "-q"]).lines().count(), count);
+    let removers: Vec<_> = (0..count)
+        .map(|i| {
+            berth
+                .command()
+                .args(["rm", "-f", &format!("c{i}")])
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut remover in removers {
+        assert!(remover.wait().unwrap().success());
+    }
+    berth.assert_clean();
+}
+
+#[test]
+fn root_bad_input_is_explained_and_leaves_nothing() {
+    if !root_or_skip() {
+        return;
+    }
+    let berth = Berth::new();
+    let cases: &[(&[&str], &str)] = &[
+        (&["run", "--rm", "nosuch:image", "true"], "nosuch"),
+        (&["run", "--rm", "-p", "80:http", IMAGE, "true"], "port spec"),
+        (&["run", "--rm", "-p", "99999:80", IMAGE, "true"], "port spec"),
+        (&["run", "--rm", "-v", "/does/not/exist:/x", IMAGE, "true"], "does not exist"),
+        (&["run", "--rm", "-u", "nobody-here", IMAGE, "true"], "unable to find user"),
+        (&["run", "--rm", "--network", "nonet", IMAGE, "true"], "nonet"),
+        (&["run", "--rm", "--memory", "lots", IMAGE, "true"], "size"),
+        (&["run", "--rm", "--cap-add", "CAP_FLY", IMAGE, "true"], "unknown capability"),
+        (&["run", "--rm", IMAGE, "/no/such/program"], "no/such/program"),
+        (&["exec", "nosuch", "true"], "no such container"),
+        (&["logs", "nosuch"], "no such container"),
+    ];
+    for (args, needle) in cases {
+        let output = berth.run(args);
+        let err = String::from_utf8_lossy(&output.stderr).to_lowercase();
+        assert!(!output.status.success(), "{args:?} succeeded");
+        assert!(err.contains(&needle.to_lowercase()), "{args:?}: {err}");
+    }
+    berth.ok(&["run", "-d", "--name", "taken", IMAGE, "sleep", "600"]);
+    let err = berth.fails(&["run", "--name", "taken", IMAGE, "true"]);
+    assert!(err.contains("already in use"), "{err}");
+    berth.ok(&["rm", "-f", "taken"]);
+    // A failed start leaves a created container (as Docker does) that rm removes cleanly.
+    for leftover in berth.ok(&["ps", "-aq"]).lines() {
+        berth.ok(&["rm", "-f", leftover]);
+    }
+    berth.assert_clean();
+}
