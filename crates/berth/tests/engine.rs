@@ -796,3 +796,196 @@ fn root_bad_input_is_explained_and_leaves_nothing() {
     }
     berth.assert_clean();
 }
+
+#[test]
+fn root_proc_tells_the_container_its_limits() {
+    if !root_or_skip() {
+        return;
+    }
+    if !Path::new("/dev/fuse").exists() {
+        eprintln!("skipped: lxcfs needs /dev/fuse, which this machine lacks");
+        return;
+    }
+    let berth = Berth::new();
+    let text = berth.ok(&[
+        "run", "--rm", "--memory", "64m", "--cpus", "1", IMAGE, "sh", "-c",
+        "head -1 /proc/meminfo; top -bn1 | head -1; nproc; grep -c ^processor /proc/cpuinfo; cut -d' ' -f1 /proc/uptime",
+    ]);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[0].split_whitespace().collect::<Vec<_>>(),
+        ["MemTotal:", "65536", "kB"],
+        "{text}"
+    );
+    // busybox top: "Mem: <used>K used, <free>K free, ...": together the limit.
+    let numbers: Vec<u64> =
+        lines[1].split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse().ok()).collect();
+    assert_eq!(numbers[0] + numbers[1], 65536, "{text}");
+    assert_eq!(lines[2], "1", "nproc: {text}");
+    assert_eq!(lines[3], "1", "cpuinfo: {text}");
+    let uptime: f64 = lines[4].parse().unwrap();
+    assert!(uptime < 60.0, "the container's uptime, not the host's: {text}");
+    // Without limits the host's view stays (nothing to hide).
+    let host_total =
+        std::fs::read_to_string("/proc/meminfo").unwrap().lines().next().unwrap().to_owned();
+    assert_eq!(
+        berth.ok(&["run", "--rm", IMAGE, "head", "-1", "/proc/meminfo"]).trim(),
+        host_total.trim()
+    );
+}
+
+#[test]
+fn root_defaults_confine_and_options_loosen() {
+    if !root_or_skip() {
+        return;
+    }
+    let berth = Berth::new();
+    // Docker's capability set: no NET_ADMIN, so no new links; the seccomp profile refuses
+    // mount and unshare even to processes that have the capability.
+    let output = berth.run(&["run", "--rm", IMAGE, "ip", "link", "set", "lo", "mtu", "1400"]);
+    assert!(!output.status.success(), "changed a link without NET_ADMIN");
+    let caps = berth.ok(&["run", "--rm", IMAGE, "grep", "CapEff", "/proc/self/status"]);
+    assert!(caps.contains("00000000a80425fb"), "docker's default set: {caps}");
+    let output =
+        berth.run(&["run", "--rm", "--cap-add", "SYS_ADMIN", IMAGE, "unshare", "-m", "true"]);
+    assert!(!output.status.success(), "seccomp let unshare through");
+    assert!(berth
+        .run(&[
+            "run",
+            "--rm",
+            "--cap-add",
+            "NET_ADMIN",
+            IMAGE,
+            "ip",
+            "link",
+            "set",
+            "lo",
+            "mtu",
+            "1400"
+        ])
+        .status
+        .success());
+    assert!(berth
+        .run(&["run", "--rm", "--privileged", IMAGE, "unshare", "-m", "true"])
+        .status
+        .success());
+    let caps = berth.ok(&[
+        "run",
+        "--rm",
+        "--cap-drop",
+        "ALL",
+        IMAGE,
+        "grep",
+        "CapEff",
+        "/proc/self/status",
+    ]);
+    assert!(caps.contains("0000000000000000"), "{caps}");
+    // Masked and read-only paths, a read-only root with writable volumes, /dev/shm.
+    let masked = ["/proc/keys", "/proc/timer_list", "/proc/sched_debug", "/proc/kcore"]
+        .into_iter()
+        .find(|p| std::fs::read(p).is_ok_and(|d| !d.is_empty()))
+        .expect("a host /proc file that berth masks");
+    assert_eq!(
+        berth.ok(&["run", "--rm", IMAGE, "sh", "-c", &format!("wc -c < {masked}")]).trim(),
+        "0"
+    );
+    let output = berth.run(&[
+        "run",
+        "--rm",
+        "--read-only",
+        "--tmpfs",
+        "/tmp",
+        IMAGE,
+        "sh",
+        "-c",
+        "touch /tmp/ok && touch /nope",
+    ]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("Read-only file system"));
+    let shm = berth.ok(&["run", "--rm", IMAGE, "sh", "-c", "grep /dev/shm /proc/mounts"]);
+    assert!(shm.contains("tmpfs") && shm.contains("size=65536k"), "{shm}");
+    // --init puts a real init (tini) at PID 1, which reaps and forwards signals.
+    let text = berth.ok(&[
+        "run",
+        "--rm",
+        "--init",
+        IMAGE,
+        "sh",
+        "-c",
+        "tr '\\0' ' ' < /proc/1/cmdline; echo; echo $$",
+    ]);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("/sbin/berth-init -- sh"), "{text}");
+    assert_ne!(lines[1], "1");
+    // no-new-privileges is visible to the process.
+    let text = berth.ok(&[
+        "run",
+        "--rm",
+        "--security-opt",
+        "no-new-privileges",
+        IMAGE,
+        "grep",
+        "NoNewPrivs",
+        "/proc/self/status",
+    ]);
+    assert!(text.contains('1'), "{text}");
+}
+
+#[test]
+fn root_logs_follow_rotate_and_attach() {
+    if !root_or_skip() {
+        return;
+    }
+    let berth = Berth::new();
+    berth.ok(&["run", "-d", "--name", "chatty", "--log-opt", "max-size=2k", "--log-opt", "max-file=2", IMAGE, "sh", "-c", "i=0; while [ $i -lt 300 ]; do echo line $i; i=$((i+1)); done; sleep 1; echo last; sleep 600"]);
+    wait_for("the last line", Duration::from_secs(10), || {
+        berth.ok(&["logs", "chatty"]).contains("last")
+    });
+    let id = berth.ok(&["inspect", "-f", "{{.Id}}", "chatty"]).trim().to_owned();
+    let dir = berth.root().join("containers").join(&id);
+    assert!(std::fs::metadata(dir.join("container.log")).unwrap().len() <= 2048);
+    assert!(dir.join("container.log.1").exists() && !dir.join("container.log.2").exists());
+    let logs = berth.ok(&["logs", "chatty"]);
+    assert!(!logs.contains("line 0\n"), "rotated away");
+    assert!(logs.ends_with("line 299\nlast\n"), "{logs}");
+    // logs -f follows until the container ends.
+    let follower = berth
+        .command()
+        .args(["logs", "-f", "--tail", "1", "chatty"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    berth.ok(&["stop", "-t", "1", "chatty"]);
+    let output = follower.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "last\n");
+    // attach: input in, output out, and the exit code of the container.
+    berth.ok(&[
+        "run",
+        "-d",
+        "-i",
+        "--name",
+        "echoer",
+        IMAGE,
+        "sh",
+        "-c",
+        "read line; echo got $line; exit 9",
+    ]);
+    let mut child = berth
+        .command()
+        .args(["attach", "echoer"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"hello\n").unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "got hello\n");
+    assert_eq!(output.status.code(), Some(9));
+    // start -a -i replays nothing old: it attaches to the new run (stdin at its end here).
+    let output = berth.run(&["start", "-a", "-i", "echoer"]);
+    assert_eq!(output.status.code(), Some(9));
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "got\n");
+    berth.ok(&["rm", "-f", "chatty", "echoer"]);
+    berth.assert_clean();
+}

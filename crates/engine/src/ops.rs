@@ -227,6 +227,11 @@ impl Engine {
             }
             locked.record.id.clone()
         };
+        let record = self.peek(&id)?;
+        if record.options.memory.is_some() || record.options.cpus.is_some() {
+            // Started from here, not from the monitor, so that it is nobody's child for long.
+            ensure_lxcfs();
+        }
         let (ours, theirs) = UnixStream::pair().map_err(io("create socket pair", "(monitor)"))?;
         let log = self.container_dir(&id).join("monitor.log");
         let log_file = std::fs::File::options()
@@ -280,8 +285,10 @@ impl Engine {
         let netns = self.network_setup(&mut locked.record)?;
         self.write_etc_files(locked)?;
         let init_binary = Path::new("/usr/bin/tini-static");
-        let lxcfs = Path::new("/var/lib/lxcfs");
-        let lxcfs_running = lxcfs.join("proc/meminfo").exists();
+        let limited =
+            locked.record.options.memory.is_some() || locked.record.options.cpus.is_some();
+        let lxcfs = PathBuf::from(LXCFS_DIR);
+        let lxcfs = (limited && lxcfs.join("proc/meminfo").exists()).then_some(lxcfs);
         let rootfs = locked.dir.join("rootfs");
         let config = spec::build(&spec::Inputs {
             record: &locked.record,
@@ -291,7 +298,7 @@ impl Engine {
             etc_dir: &locked.dir,
             netns,
             init_binary: init_binary.exists().then_some(init_binary),
-            lxcfs: lxcfs_running.then_some(lxcfs),
+            lxcfs: lxcfs.as_deref(),
         })?;
         let data = serde_json::to_vec_pretty(&config).map_err(|e| Error::Other(e.to_string()))?;
         crate::write_atomic(&locked.dir.join("config.json"), &data)?;
@@ -668,11 +675,7 @@ impl Engine {
                 cwd: request.workdir.clone().map(PathBuf::from),
                 user,
                 tty: request.tty,
-                capabilities: if request.privileged {
-                    spec::ALL_CAPS.iter().map(|c| (*c).to_owned()).collect()
-                } else {
-                    Vec::new()
-                },
+                capabilities: if request.privileged { spec::available_caps() } else { Vec::new() },
                 ..ProcessOverrides::default()
             },
         )?;
@@ -842,6 +845,46 @@ impl Engine {
         Ok(RootfsAccess { path: rootfs, mounted_here: true, mounts: locked.record.mounts.clone() })
     }
 }
+
+/// Where lxcfs serves its per-container view of /proc, starting it when it is installed but
+/// not running (it daemonizes, as Debian's service runs it, with CPU views from CFS quotas).
+/// Without lxcfs, containers see the host's /proc files.
+fn ensure_lxcfs() -> Option<PathBuf> {
+    let dir = PathBuf::from(LXCFS_DIR);
+    if dir.join("proc/meminfo").exists() {
+        return Some(dir);
+    }
+    let binary = Path::new("/usr/bin/lxcfs");
+    if !binary.exists() {
+        tracing::info!(
+            "lxcfs is not installed: /proc in limited containers shows the host's totals"
+        );
+        return None;
+    }
+    let _ = std::fs::create_dir_all(&dir);
+    // lxcfs stays in the foreground: it is left running, in a session of its own.
+    let started = std::process::Command::new("setsid")
+        .args(["-f", "/usr/bin/lxcfs", "--enable-cfs", LXCFS_DIR])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    if !started.is_ok_and(|s| s.success()) {
+        tracing::warn!("cannot start lxcfs: /proc in limited containers shows the host's totals");
+        return None;
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        if dir.join("proc/meminfo").exists() {
+            return Some(dir);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+/// Debian's lxcfs mount point.
+pub const LXCFS_DIR: &str = "/var/lib/lxcfs";
 
 fn record_dir_upper(dir: &Path) -> PathBuf {
     dir.join("upper")

@@ -29,7 +29,7 @@ pub const DEFAULT_CAPS: &[&str] = &[
     "CAP_AUDIT_WRITE",
 ];
 
-/// Every capability a privileged container gets.
+/// Every capability, in the kernel's numbering (the index is the bit).
 pub const ALL_CAPS: &[&str] = &[
     "CAP_CHOWN",
     "CAP_DAC_OVERRIDE",
@@ -237,6 +237,24 @@ pub fn environment(image: Option<&RunConfig>, record: &Record, home: &str) -> Ve
     env
 }
 
+/// The capabilities this process may pass on (its bounding set): what "all" means for a
+/// privileged container here. Root in a container or a restricted host lacks some.
+pub fn available_caps() -> Vec<String> {
+    let bounding = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("CapBnd:").map(|v| v.trim().to_owned()))
+        })
+        .and_then(|hex| u64::from_str_radix(&hex, 16).ok())
+        .unwrap_or(u64::MAX);
+    ALL_CAPS
+        .iter()
+        .enumerate()
+        .filter(|(bit, _)| bounding & (1u64 << bit) != 0)
+        .map(|(_, c)| (*c).to_owned())
+        .collect()
+}
+
 fn caps(record: &Record) -> Result<Vec<String>> {
     let normalize = |c: &str| {
         let upper = c.to_ascii_uppercase();
@@ -248,7 +266,7 @@ fn caps(record: &Record) -> Result<Vec<String>> {
     };
     let options = &record.options;
     if options.privileged {
-        return Ok(ALL_CAPS.iter().map(|c| (*c).to_owned()).collect());
+        return Ok(available_caps());
     }
     let mut set: Vec<String> = DEFAULT_CAPS.iter().map(|c| (*c).to_owned()).collect();
     for cap in &options.cap_drop {
@@ -264,7 +282,7 @@ fn caps(record: &Record) -> Result<Vec<String>> {
     }
     for cap in &options.cap_add {
         if cap.eq_ignore_ascii_case("all") {
-            return Ok(ALL_CAPS.iter().map(|c| (*c).to_owned()).collect());
+            return Ok(available_caps());
         }
         let cap = normalize(cap);
         if !ALL_CAPS.contains(&cap.as_str()) {
@@ -430,7 +448,18 @@ pub fn build(inputs: &Inputs<'_>) -> Result<Value> {
                 format!("{cpus} is more than the {online} CPUs this machine has"),
             ));
         }
-        resources["cpu"] = json!({"quota": (cpus * 100_000.0) as i64, "period": 100_000});
+        // The quota limits time; the cpuset makes the limit visible (nproc, and the
+        // parallelism a runtime such as the JVM or Go picks) as whole CPUs, chosen from
+        // the id so that containers spread over the machine.
+        let count = (cpus.ceil() as usize).max(1);
+        let total = online as usize;
+        let first =
+            usize::from_str_radix(&record.id[..4.min(record.id.len())], 16).unwrap_or(0) % total;
+        let mut set: Vec<usize> = (0..count).map(|i| (first + i) % total).collect();
+        set.sort_unstable();
+        let cpus_list = set.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+        resources["cpu"] =
+            json!({"quota": (cpus * 100_000.0) as i64, "period": 100_000, "cpus": cpus_list});
     }
     if let Some(pids) = options.pids_limit {
         if pids > 0 {
@@ -615,6 +644,10 @@ mod tests {
         let spec = build(&inp).unwrap();
         assert_eq!(spec["linux"]["resources"]["memory"]["limit"], 64 << 20);
         assert_eq!(spec["linux"]["resources"]["cpu"]["quota"], 50_000);
+        assert_eq!(
+            spec["linux"]["resources"]["cpu"]["cpus"].as_str().unwrap().split(',').count(),
+            1
+        );
         assert_eq!(spec["linux"]["resources"]["pids"]["limit"], 20);
         let bounding = spec["process"]["capabilities"]["bounding"].as_array().unwrap();
         assert!(
