@@ -590,6 +590,9 @@ fn status_text(record: &Record) -> String {
 }
 
 fn ports_text(record: &Record) -> String {
+    if !matches!(record.state.status, Status::Running | Status::Paused) {
+        return String::new();
+    }
     record
         .network
         .iter()
