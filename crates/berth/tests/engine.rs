@@ -989,3 +989,119 @@ fn root_logs_follow_rotate_and_attach() {
     berth.ok(&["rm", "-f", "chatty", "echoer"]);
     berth.assert_clean();
 }
+
+#[test]
+fn root_network_modes_and_a_client_on_another_host() {
+    if !root_or_skip() {
+        return;
+    }
+    let berth = Berth::new();
+    // -P publishes the image's exposed ports; the fixture exposes none, so give one.
+    berth.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "-p",
+        "80",
+        "--dns",
+        "192.0.2.53",
+        IMAGE,
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/srv",
+    ]);
+    let port =
+        berth.ok(&["port", "web", "80"]).trim().rsplit(':').next().unwrap().parse::<u16>().unwrap();
+    assert!(port > 0);
+    assert_eq!(berth.ok(&["exec", "web", "cat", "/etc/resolv.conf"]), "nameserver 192.0.2.53\n");
+    // Another host: a network namespace joined to this one by a veth pair, 192.168.77.0/24.
+    let mut other = Command::new("unshare").args(["-n", "sleep", "600"]).spawn().unwrap();
+    let pid = other.id().to_string();
+    let ip = |args: &[&str]| {
+        let status = Command::new("ip").args(args).status().unwrap();
+        assert!(status.success(), "ip {args:?}");
+    };
+    ip(&["link", "add", "hosta", "type", "veth", "peer", "name", "hostb"]);
+    ip(&["link", "set", "hostb", "netns", &pid]);
+    ip(&["addr", "add", "192.168.77.1/24", "dev", "hosta"]);
+    ip(&["link", "set", "hosta", "up"]);
+    let nsenter = |args: &[&str]| {
+        let mut command = Command::new("nsenter");
+        command.args(["-t", &pid, "-n"]).args(args);
+        command.output().unwrap()
+    };
+    assert!(nsenter(&["ip", "addr", "add", "192.168.77.2/24", "dev", "hostb"]).status.success());
+    assert!(nsenter(&["ip", "link", "set", "hostb", "up"]).status.success());
+    assert!(nsenter(&["ip", "link", "set", "lo", "up"]).status.success());
+    let mut fetched = String::new();
+    for _ in 0..50 {
+        let output = nsenter(&[
+            berth_testkit::BUSYBOX,
+            "wget",
+            "-qO-",
+            &format!("http://192.168.77.1:{port}/run.sh"),
+        ]);
+        fetched = String::from_utf8_lossy(&output.stdout).into_owned();
+        if output.status.success() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The other host's namespace goes with its process, and the veth pair with it.
+    let _ = other.kill();
+    let _ = other.wait();
+    assert!(fetched.contains("fixture says hi"), "from the other host: {fetched:?}");
+    // container:NAME shares the network namespace: same address, and web's port on localhost.
+    let text = berth.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "container:web",
+        IMAGE,
+        "sh",
+        "-c",
+        "ip -4 -o addr show eth0; wget -qO- http://127.0.0.1/run.sh",
+    ]);
+    let web_ip =
+        berth.ok(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", "web"]).trim().to_owned();
+    assert!(text.contains(&web_ip) && text.contains("fixture says hi"), "{text}");
+    // none: loopback only; host: this namespace's links, the bridge among them.
+    assert_eq!(
+        berth.ok(&["run", "--rm", "--network", "none", IMAGE, "ls", "/sys/class/net"]),
+        "lo\n"
+    );
+    let links = berth.ok(&["run", "--rm", "--network", "host", IMAGE, "ls", "/sys/class/net"]);
+    assert!(links.contains("berth0") && links.contains("veth"), "{links}");
+    berth.ok(&["rm", "-f", "web"]);
+    berth.assert_clean();
+}
+
+#[test]
+fn root_a_killed_command_leaves_a_container_that_can_be_removed() {
+    if !root_or_skip() {
+        return;
+    }
+    let berth = Berth::new();
+    let mut child = berth
+        .command()
+        .args(["run", "--name", "fg", IMAGE, "sleep", "600"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("fg to run", Duration::from_secs(10), || berth.ok(&["ps", "-q"]).lines().count() == 1);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The container is the monitor's, not the command's: it runs on.
+    assert_eq!(berth.inspect("fg")["State"]["Status"], "running");
+    let output = berth.run(&["exec", "-d", "fg", "sh", "-c", "echo detached > /tmp/mark"]);
+    assert!(output.status.success());
+    wait_for("the detached exec", Duration::from_secs(5), || {
+        berth.run(&["exec", "fg", "cat", "/tmp/mark"]).status.success()
+    });
+    berth.ok(&["rm", "-f", "fg"]);
+    berth.assert_clean();
+}
