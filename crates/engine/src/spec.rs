@@ -673,7 +673,7 @@ mod tests {
         let spec = build(&inputs(&r, &img, &id)).unwrap();
         assert_eq!(
             spec["process"]["capabilities"]["bounding"].as_array().unwrap().len(),
-            ALL_CAPS.len()
+            available_caps().len()
         );
         assert!(
             spec["linux"].get("maskedPaths").is_none() && spec["linux"].get("seccomp").is_none()
