@@ -1105,3 +1105,70 @@ fn root_a_killed_command_leaves_a_container_that_can_be_removed() {
     berth.ok(&["rm", "-f", "fg"]);
     berth.assert_clean();
 }
+
+#[test]
+fn root_the_image_config_shapes_the_container() {
+    if !root_or_skip() {
+        return;
+    }
+    let berth = Berth::new();
+    berth.ok(&["create", "--name", "base", IMAGE]);
+    let changes: Vec<String> = [
+        "EXPOSE 80",
+        "VOLUME /data",
+        "STOPSIGNAL SIGUSR1",
+        "LABEL tier=web",
+        "USER app",
+        "WORKDIR /home/app",
+        "ENV MODE=prod",
+        "ENTRYPOINT [\"sh\", \"-c\"]",
+        "CMD [\"id -un; pwd; echo $MODE; ls -d /data\"]",
+    ]
+    .iter()
+    .flat_map(|c| ["-c".to_owned(), (*c).to_owned()])
+    .collect();
+    let mut args = vec!["commit"];
+    args.extend(changes.iter().map(String::as_str));
+    args.extend(["base", "configured:v1"]);
+    berth.ok(&args);
+    assert_eq!(berth.ok(&["run", "--rm", "configured:v1"]), "app\n/home/app\nprod\n/data\n");
+    // Entrypoint kept, Cmd replaced; -u and -w win over the image.
+    assert_eq!(
+        berth.ok(&["run", "--rm", "-u", "root", "-w", "/", "configured:v1", "id -u; pwd"]),
+        "0\n/\n"
+    );
+    berth.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "svc",
+        "-P",
+        "-l",
+        "extra=1",
+        "configured:v1",
+        "trap 'echo usr1; exit 3' USR1; while true; do sleep 0.1; done",
+    ]);
+    let inspect = berth.inspect("svc");
+    assert_eq!(inspect["Config"]["Labels"]["tier"], "web");
+    assert_eq!(inspect["Config"]["Labels"]["extra"], "1");
+    assert_eq!(inspect["Config"]["StopSignal"], "SIGUSR1");
+    let mounts = inspect["Mounts"].as_array().unwrap();
+    assert!(
+        mounts.iter().any(|m| m["Destination"] == "/data" && m["Type"] == "volume"),
+        "{mounts:?}"
+    );
+    let port =
+        inspect["NetworkSettings"]["Ports"]["80/tcp"][0]["HostPort"].as_str().unwrap().to_owned();
+    assert!(port.parse::<u16>().unwrap() > 0, "-P published 80: {inspect}");
+    // stop sends the image's stop signal.
+    berth.ok(&["stop", "svc"]);
+    assert_eq!(berth.inspect("svc")["State"]["ExitCode"], 3);
+    assert_eq!(berth.ok(&["logs", "svc"]), "usr1\n");
+    berth.ok(&["rm", "-v", "svc", "base"]);
+    assert_eq!(
+        berth.ok(&["volume", "ls", "-q"]),
+        "",
+        "the image's anonymous volume went with rm -v"
+    );
+    berth.assert_clean();
+}

@@ -76,6 +76,10 @@ impl Engine {
         let store = self.images()?;
         let image = store.resolve(&options.image)?;
         let run_config = image.config.config.clone();
+        // The image's labels, under the container's own (as Docker merges them).
+        let mut labels = run_config.as_ref().and_then(|c| c.labels.clone()).unwrap_or_default();
+        labels.append(&mut options.labels);
+        options.labels = labels;
         let id = crate::random_id();
         let name = options.name.clone().unwrap_or_else(|| generated_name(&id));
         let mut record = Record {
