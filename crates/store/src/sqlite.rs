@@ -1,0 +1,435 @@
+//! The embedded backend: one SQLite file, one row per write (the row id is the revision),
+//! as kine lays it out. A write is acknowledged once its transaction is committed with
+//! `synchronous=FULL` in WAL mode, so it survives a crash of the process or the machine.
+//! Compaction deletes superseded rows and tombstones, and incremental vacuum gives the
+//! pages back, so the file does not grow without bound.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use tokio::sync::{broadcast, mpsc};
+
+use crate::{
+    prefix_end, BoxFuture, Error, EventKind, KeyValue, ListResult, Result, Store, WatchEvent,
+    WatchStream,
+};
+
+/// Events kept for watchers that fall behind before they re-read from the table.
+const BROADCAST_CAPACITY: usize = 4096;
+
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    db: Mutex<Connection>,
+    events: broadcast::Sender<Arc<WatchEvent>>,
+}
+
+fn backend(err: rusqlite::Error) -> Error {
+    Error::Backend(err.to_string())
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS kv (
+    rev INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL,
+    create_rev INTEGER NOT NULL,
+    prev_rev INTEGER NOT NULL,
+    deleted INTEGER NOT NULL,
+    value BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS kv_key_rev ON kv (key, rev);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO meta (name, value) VALUES ('compact_rev', 0);
+";
+
+struct Row {
+    rev: i64,
+    key: String,
+    create_rev: i64,
+    prev_rev: i64,
+    deleted: bool,
+    value: Vec<u8>,
+}
+
+impl Row {
+    fn kv(&self) -> KeyValue {
+        KeyValue {
+            key: self.key.clone(),
+            value: self.value.clone(),
+            create_revision: self.create_rev,
+            mod_revision: self.rev,
+        }
+    }
+}
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+    Ok(Row {
+        rev: r.get(0)?,
+        key: r.get(1)?,
+        create_rev: r.get(2)?,
+        prev_rev: r.get(3)?,
+        deleted: r.get::<_, i64>(4)? != 0,
+        value: r.get(5)?,
+    })
+}
+
+const COLUMNS: &str = "rev, key, create_rev, prev_rev, deleted, value";
+
+fn latest(db: &Connection, key: &str) -> rusqlite::Result<Option<Row>> {
+    db.query_row(
+        &format!("SELECT {COLUMNS} FROM kv WHERE key = ?1 ORDER BY rev DESC LIMIT 1"),
+        [key],
+        row,
+    )
+    .optional()
+}
+
+fn current_revision(db: &Connection) -> rusqlite::Result<i64> {
+    // AUTOINCREMENT keeps the highest revision ever used in sqlite_sequence, even after
+    // compaction deleted the rows.
+    Ok(db
+        .query_row("SELECT seq FROM sqlite_sequence WHERE name = 'kv'", [], |r| r.get::<_, i64>(0))
+        .optional()?
+        .unwrap_or(0))
+}
+
+fn compact_revision(db: &Connection) -> rusqlite::Result<i64> {
+    db.query_row("SELECT value FROM meta WHERE name = 'compact_rev'", [], |r| r.get(0))
+}
+
+impl SqliteStore {
+    /// Opens (creating) the database at `path`.
+    pub fn open(path: &Path) -> Result<SqliteStore> {
+        let db = Connection::open(path).map_err(backend)?;
+        // auto_vacuum must be chosen before the first table exists.
+        db.execute_batch(
+            "PRAGMA auto_vacuum = INCREMENTAL; PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = OFF;",
+        )
+        .map_err(backend)?;
+        db.busy_timeout(std::time::Duration::from_secs(30)).map_err(backend)?;
+        db.execute_batch(SCHEMA).map_err(backend)?;
+        let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
+        Ok(SqliteStore { inner: Arc::new(Inner { db: Mutex::new(db), events }) })
+    }
+
+    /// Bytes the database file takes (for tests and metrics).
+    pub fn file_size(&self) -> Result<u64> {
+        let db = self.inner.db();
+        let pages: i64 = db.query_row("PRAGMA page_count", [], |r| r.get(0)).map_err(backend)?;
+        let size: i64 = db.query_row("PRAGMA page_size", [], |r| r.get(0)).map_err(backend)?;
+        Ok((pages * size) as u64)
+    }
+
+    /// Runs a blocking database job on tokio's blocking pool.
+    fn blocking<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&Inner) -> Result<T> + Send + 'static,
+    ) -> BoxFuture<'static, Result<T>> {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || job(&inner))
+                .await
+                .map_err(|e| Error::Backend(format!("storage task failed: {e}")))?
+        })
+    }
+}
+
+impl Inner {
+    fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.db.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Appends a row in one immediate transaction after `check` accepts the latest row;
+    /// publishes the event after the commit, still under the lock, so events go out in
+    /// revision order.
+    fn write(
+        &self,
+        key: &str,
+        value: Option<Vec<u8>>,
+        check: impl FnOnce(Option<&Row>) -> Result<()>,
+    ) -> Result<WatchEvent> {
+        let mut db = self.db();
+        let tx = db.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+        let prev = latest(&tx, key).map_err(backend)?;
+        let live = prev.as_ref().filter(|p| !p.deleted);
+        check(live)?;
+        let deleting = value.is_none();
+        let (create_rev, prev_rev) = match live {
+            Some(p) => (p.create_rev, p.rev),
+            None => (0, 0),
+        };
+        let stored = match &value {
+            Some(v) => v.clone(),
+            None => live.map(|p| p.value.clone()).unwrap_or_default(),
+        };
+        tx.execute(
+            "INSERT INTO kv (key, create_rev, prev_rev, deleted, value) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![key, create_rev, prev_rev, i64::from(deleting), stored],
+        )
+        .map_err(backend)?;
+        let rev = tx.last_insert_rowid();
+        let create_rev = if create_rev == 0 { rev } else { create_rev };
+        if !deleting && create_rev == rev {
+            tx.execute("UPDATE kv SET create_rev = ?1 WHERE rev = ?1", [rev]).map_err(backend)?;
+        }
+        tx.commit().map_err(backend)?;
+        let kv = KeyValue {
+            key: key.to_owned(),
+            value: stored,
+            create_revision: create_rev,
+            mod_revision: rev,
+        };
+        let event = WatchEvent {
+            kind: if deleting { EventKind::Delete } else { EventKind::Put },
+            kv,
+            prev: live.map(Row::kv),
+        };
+        let _ = self.events.send(Arc::new(event.clone()));
+        Ok(event)
+    }
+
+    /// Rows under `prefix` with revisions in (after, up_to], as events.
+    fn history(&self, prefix: &str, after: i64, up_to: i64) -> Result<Vec<WatchEvent>> {
+        let db = self.db();
+        let compacted = compact_revision(&db).map_err(backend)?;
+        if after < compacted {
+            return Err(Error::Compacted { requested: after + 1, compacted: compacted + 1 });
+        }
+        let end = prefix_end(prefix);
+        let mut statement = db
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM kv WHERE rev > ?1 AND rev <= ?2 AND key >= ?3 AND key < ?4 ORDER BY rev"
+            ))
+            .map_err(backend)?;
+        let rows = statement
+            .query_map(params![after, up_to, prefix, end], row)
+            .map_err(backend)?
+            .collect::<rusqlite::Result<Vec<Row>>>()
+            .map_err(backend)?;
+        let mut events = Vec::with_capacity(rows.len());
+        for r in rows {
+            let prev = if r.prev_rev > 0 {
+                db.query_row(&format!("SELECT {COLUMNS} FROM kv WHERE rev = ?1"), [r.prev_rev], row)
+                    .optional()
+                    .map_err(backend)?
+                    .map(|p| p.kv())
+            } else {
+                None
+            };
+            let kind = if r.deleted { EventKind::Delete } else { EventKind::Put };
+            events.push(WatchEvent { kind, kv: r.kv(), prev: if r.deleted { None } else { prev } });
+        }
+        Ok(events)
+    }
+}
+
+impl Store for SqliteStore {
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<KeyValue>>> {
+        let key = key.to_owned();
+        self.blocking(move |inner| {
+            let db = inner.db();
+            Ok(latest(&db, &key).map_err(backend)?.filter(|r| !r.deleted).map(|r| r.kv()))
+        })
+    }
+
+    fn list<'a>(
+        &'a self,
+        prefix: &'a str,
+        start_after: Option<&'a str>,
+        limit: usize,
+        revision: i64,
+    ) -> BoxFuture<'a, Result<ListResult>> {
+        let prefix = prefix.to_owned();
+        let start_after = start_after.map(str::to_owned);
+        self.blocking(move |inner| {
+            let db = inner.db();
+            let current = current_revision(&db).map_err(backend)?;
+            let at = if revision > 0 { revision } else { current };
+            if at > current {
+                return Err(Error::FutureRevision { requested: at, current });
+            }
+            let compacted = compact_revision(&db).map_err(backend)?;
+            if revision > 0 && revision < compacted {
+                return Err(Error::Compacted { requested: revision, compacted: compacted + 1 });
+            }
+            let end = prefix_end(&prefix);
+            let from = start_after.unwrap_or_default();
+            let take = if limit == 0 { i64::MAX } else { limit as i64 + 1 };
+            let mut statement = db
+                .prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM kv JOIN (
+                        SELECT MAX(rev) AS latest FROM kv
+                        WHERE key >= ?1 AND key < ?2 AND key > ?3 AND rev <= ?4 GROUP BY key
+                     ) ON rev = latest WHERE deleted = 0 ORDER BY key LIMIT ?5"
+                ))
+                .map_err(backend)?;
+            let mut items = statement
+                .query_map(params![prefix, end, from, at, take], row)
+                .map_err(backend)?
+                .map(|r| r.map(|r| r.kv()))
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(backend)?;
+            let more = limit > 0 && items.len() > limit;
+            items.truncate(if limit == 0 { items.len() } else { limit });
+            Ok(ListResult { items, revision: at, more })
+        })
+    }
+
+    fn create<'a>(&'a self, key: &'a str, value: Vec<u8>) -> BoxFuture<'a, Result<i64>> {
+        let key = key.to_owned();
+        self.blocking(move |inner| {
+            let event = inner.write(&key, Some(value), |live| match live {
+                Some(_) => Err(Error::AlreadyExists { key: key.clone() }),
+                None => Ok(()),
+            })?;
+            Ok(event.kv.mod_revision)
+        })
+    }
+
+    fn update<'a>(
+        &'a self,
+        key: &'a str,
+        value: Vec<u8>,
+        expected: i64,
+    ) -> BoxFuture<'a, Result<i64>> {
+        let key = key.to_owned();
+        self.blocking(move |inner| {
+            let event = inner.write(&key, Some(value), |live| match live {
+                None => Err(Error::NotFound { key: key.clone() }),
+                Some(r) if r.rev != expected => {
+                    Err(Error::Conflict { key: key.clone(), expected, actual: r.rev })
+                }
+                Some(_) => Ok(()),
+            })?;
+            Ok(event.kv.mod_revision)
+        })
+    }
+
+    fn delete<'a>(
+        &'a self,
+        key: &'a str,
+        expected: Option<i64>,
+    ) -> BoxFuture<'a, Result<KeyValue>> {
+        let key = key.to_owned();
+        self.blocking(move |inner| {
+            let event = inner.write(&key, None, |live| match (live, expected) {
+                (None, _) => Err(Error::NotFound { key: key.clone() }),
+                (Some(r), Some(e)) if r.rev != e => {
+                    Err(Error::Conflict { key: key.clone(), expected: e, actual: r.rev })
+                }
+                _ => Ok(()),
+            })?;
+            Ok(event.kv)
+        })
+    }
+
+    fn watch<'a>(&'a self, prefix: &'a str, after: i64) -> BoxFuture<'a, Result<WatchStream>> {
+        let prefix = prefix.to_owned();
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            // Subscribe first, then read history: nothing falls between the two.
+            let mut live = inner.events.subscribe();
+            let (history, mut last) = {
+                let inner = inner.clone();
+                let prefix = prefix.clone();
+                tokio::task::spawn_blocking(move || {
+                    let up_to = current_revision(&inner.db()).map_err(backend)?;
+                    inner.history(&prefix, after, up_to).map(|h| (h, up_to.max(after)))
+                })
+                .await
+                .map_err(|e| Error::Backend(e.to_string()))??
+            };
+            let (sender, receiver) = mpsc::channel(1024);
+            tokio::spawn(async move {
+                for event in history {
+                    if sender.send(Ok(event)).await.is_err() {
+                        return;
+                    }
+                }
+                loop {
+                    match live.recv().await {
+                        Ok(event) => {
+                            if event.revision() <= last || !event.kv.key.starts_with(&prefix) {
+                                last = last.max(event.revision());
+                                continue;
+                            }
+                            last = event.revision();
+                            if sender.send(Ok((*event).clone())).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(broadcast::error::RecvError::Lagged(_)) => {
+                            // Fell behind the in-memory queue: catch up from the table.
+                            let (inner, prefix2, from) = (inner.clone(), prefix.clone(), last);
+                            let caught = tokio::task::spawn_blocking(move || {
+                                let up_to = current_revision(&inner.db()).map_err(backend)?;
+                                inner.history(&prefix2, from, up_to).map(|h| (h, up_to))
+                            })
+                            .await;
+                            match caught {
+                                Ok(Ok((events, up_to))) => {
+                                    for event in events {
+                                        if sender.send(Ok(event)).await.is_err() {
+                                            return;
+                                        }
+                                    }
+                                    last = up_to.max(last);
+                                }
+                                Ok(Err(err)) => {
+                                    let _ = sender.send(Err(err)).await;
+                                    return;
+                                }
+                                Err(err) => {
+                                    let _ = sender.send(Err(Error::Backend(err.to_string()))).await;
+                                    return;
+                                }
+                            }
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    }
+                }
+            });
+            Ok(receiver)
+        })
+    }
+
+    fn revision(&self) -> BoxFuture<'_, Result<i64>> {
+        self.blocking(|inner| current_revision(&inner.db()).map_err(backend))
+    }
+
+    fn compact(&self, revision: i64) -> BoxFuture<'_, Result<()>> {
+        self.blocking(move |inner| {
+            let mut db = inner.db();
+            let current = current_revision(&db).map_err(backend)?;
+            if revision > current {
+                return Err(Error::FutureRevision { requested: revision, current });
+            }
+            let tx = db.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
+            let done = compact_revision(&tx).map_err(backend)?;
+            if revision <= done {
+                return Err(Error::Compacted { requested: revision, compacted: done + 1 });
+            }
+            // Rows superseded by a newer row at or below the revision, and tombstones.
+            tx.execute(
+                "DELETE FROM kv WHERE rev <= ?1 AND (deleted = 1 OR EXISTS (
+                    SELECT 1 FROM kv AS newer WHERE newer.key = kv.key AND newer.rev > kv.rev AND newer.rev <= ?1))",
+                [revision],
+            )
+            .map_err(backend)?;
+            tx.execute("UPDATE meta SET value = ?1 WHERE name = 'compact_rev'", [revision]).map_err(backend)?;
+            tx.commit().map_err(backend)?;
+            // Both pragmas return rows and work as they are stepped: run them to the end.
+            for pragma in ["PRAGMA incremental_vacuum", "PRAGMA wal_checkpoint(TRUNCATE)"] {
+                let mut statement = db.prepare(pragma).map_err(backend)?;
+                let mut rows = statement.query([]).map_err(backend)?;
+                while rows.next().map_err(backend)?.is_some() {}
+            }
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,110 @@
+//! The conformance suite on the embedded SQLite backend, plus what only it promises:
+//! durability across a killed process and a file that compaction keeps small.
+
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)] // test code: failing loudly is the point
+
+mod suite;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use berth_store::{SqliteStore, Store};
+
+fn store() -> (tempfile::TempDir, SqliteStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("state.db")).unwrap();
+    (dir, store)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance() {
+    let (_dir, store) = store();
+    suite::crud(&store, "/registry").await;
+    suite::list(&store, "/registry").await;
+    suite::watch(&store, "/registry").await;
+    suite::compaction(&store, "/registry").await;
+    suite::concurrent_cas(Arc::new(store), "/registry").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reopened_stores_keep_revisions_and_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let revision = {
+        let store = SqliteStore::open(&path).unwrap();
+        let r = store.create("/registry/a", b"1".to_vec()).await.unwrap();
+        store.update("/registry/a", b"2".to_vec(), r).await.unwrap()
+    };
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.revision().await.unwrap(), revision);
+    assert_eq!(store.get("/registry/a").await.unwrap().unwrap().mod_revision, revision);
+    assert!(store.create("/registry/b", b"x".to_vec()).await.unwrap() > revision);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_keeps_the_file_small() {
+    let (_dir, store) = store();
+    let value = vec![b'v'; 4096];
+    let mut revision = store.create("/registry/leases/l", value.clone()).await.unwrap();
+    for _ in 0..2000 {
+        revision = store.update("/registry/leases/l", value.clone(), revision).await.unwrap();
+    }
+    let before = store.file_size().unwrap();
+    store.compact(revision).await.unwrap();
+    let after = store.file_size().unwrap();
+    assert!(before > 8 << 20, "2000 versions of 4 KiB: {before} bytes");
+    assert!(after < 1 << 20, "after compaction: {after} bytes (was {before})");
+}
+
+/// The child side of the crash test: writes keys and says which were acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a helper: the process acknowledged_writes_survive_a_killed_process kills"]
+async fn crash_child() {
+    let Ok(path) = std::env::var("BERTH_STORE_CRASH_DB") else { return };
+    let store = SqliteStore::open(std::path::Path::new(&path)).unwrap();
+    for i in 0.. {
+        store.create(&format!("/registry/burst/{i:06}"), vec![b'x'; 512]).await.unwrap();
+        println!("acked {i}");
+    }
+}
+
+#[test]
+fn acknowledged_writes_survive_a_killed_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "crash_child", "--ignored", "--nocapture", "--test-threads=1"])
+        .env("BERTH_STORE_CRASH_DB", &path)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut acked = None;
+    let reader = BufReader::new(child.stdout.take().unwrap());
+    for line in reader.lines() {
+        let line = line.unwrap();
+        if let Some(n) = line.strip_prefix("acked ") {
+            acked = Some(n.parse::<u64>().unwrap());
+            if acked >= Some(300) {
+                // Kill it mid-burst, without warning.
+                child.kill().unwrap();
+                break;
+            }
+        }
+    }
+    child.wait().unwrap();
+    let acked = acked.expect("the child wrote");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let store = SqliteStore::open(&path).unwrap();
+        let listed = store.list("/registry/burst/", None, 0, 0).await.unwrap();
+        assert!(
+            listed.items.len() as u64 > acked,
+            "{} stored, {acked} acknowledged",
+            listed.items.len()
+        );
+        for (i, kv) in listed.items.iter().enumerate() {
+            assert_eq!(kv.key, format!("/registry/burst/{i:06}"));
+        }
+    });
+}
