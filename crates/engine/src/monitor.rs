@@ -66,6 +66,13 @@ struct Io {
     stderr: Option<OwnedFd>,
     stdin: Option<OwnedFd>,
     master: Option<OwnedFd>,
+    /// Where the container's processes send their seccomp notify descriptors.
+    seccomp: Option<UnixListener>,
+}
+
+/// The socket of a container's seccomp listener: short, as `sockaddr_un` needs.
+pub fn sysinfo_socket(id: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from("/run/berth/seccomp").join(format!("{id}.sock"))
 }
 
 fn run(root: &Path, id: &str, control: UnixStream) -> Result<()> {
@@ -187,12 +194,19 @@ fn start_once(engine: &Engine, id: &str) -> Result<(i32, Io, u64)> {
         CreateOptions { id: id.to_owned(), bundle: locked.dir.clone(), ..CreateOptions::default() };
     let tty = locked.record.options.tty;
     let interactive = locked.record.options.interactive;
+    let seccomp = match bind_sysinfo_listener(&locked) {
+        Ok(listener) => listener,
+        Err(err) => {
+            engine.release_resources(&locked);
+            return Err(err);
+        }
+    };
     let created = if tty {
         create_with_pty(engine, &options)
     } else {
         create_with_pipes(engine, &options, interactive)
     };
-    let (pid, io_ends) = match created {
+    let (pid, mut io_ends) = match created {
         Ok(done) => done,
         Err(err) => {
             locked.save().ok();
@@ -200,6 +214,7 @@ fn start_once(engine: &Engine, id: &str) -> Result<(i32, Io, u64)> {
             return Err(err);
         }
     };
+    io_ends.seccomp = seccomp;
     let oom_before = engine.runtime().watch(id).and_then(|w| w.oom_kills()).unwrap_or(0);
     if let Err(err) = engine.runtime().start(id) {
         engine.release_resources(&locked);
@@ -255,7 +270,10 @@ fn create_with_pipes(
     for fd in [&out_r, &err_r] {
         set_nonblocking(fd.as_fd());
     }
-    Ok((pid, Io { stdout: Some(out_r), stderr: Some(err_r), stdin: in_w, master: None }))
+    Ok((
+        pid,
+        Io { stdout: Some(out_r), stderr: Some(err_r), stdin: in_w, master: None, seccomp: None },
+    ))
 }
 
 fn create_with_pty(engine: &Engine, options: &CreateOptions) -> Result<(i32, Io)> {
@@ -263,7 +281,24 @@ fn create_with_pty(engine: &Engine, options: &CreateOptions) -> Result<(i32, Io)
     let pid = engine.runtime().create_with_console(options, Some(OwnedFd::from(theirs)))?;
     let master = receive_master(&ours)?;
     set_nonblocking(master.as_fd());
-    Ok((pid, Io { stdout: None, stderr: None, stdin: None, master: Some(master) }))
+    Ok((pid, Io { stdout: None, stderr: None, stdin: None, master: Some(master), seccomp: None }))
+}
+
+/// Listens where the spec told the runtime to send seccomp notify descriptors (only for
+/// containers whose spec asks for it: those with memory or CPU limits).
+fn bind_sysinfo_listener(locked: &crate::container::Locked) -> Result<Option<UnixListener>> {
+    let options = &locked.record.options;
+    if options.memory.is_none() && options.cpus.is_none() {
+        return Ok(None);
+    }
+    let path = sysinfo_socket(&locked.record.id);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+    }
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path).map_err(io("listen on", &path))?;
+    listener.set_nonblocking(true).map_err(io("configure", &path))?;
+    Ok(Some(listener))
 }
 
 fn receive_master(socket: &UnixStream) -> Result<OwnedFd> {
@@ -322,6 +357,8 @@ fn supervise(
     let pidfd = berth_sys::process::pidfd_open(pid).map_err(sys("watch the container's init"))?;
     let mut exit: Option<i32> = None;
     let mut drain_until: Option<Instant> = None;
+    let mut notifiers: Vec<OwnedFd> = Vec::new();
+    let started_at = Instant::now();
     let mut buffer = vec![0u8; 64 * 1024];
     loop {
         let outputs_open = ends.stdout.is_some() || ends.stderr.is_some() || ends.master.is_some();
@@ -349,6 +386,15 @@ fn supervise(
         for client in clients.iter() {
             fds.push(PollFd::new(client.stream.as_fd(), PollFlags::POLLIN));
         }
+        // Then the seccomp listener and the notify descriptors.
+        let seccomp_base = fds.len();
+        if let Some(listener) = &ends.seccomp {
+            fds.push(PollFd::new(listener.as_fd(), PollFlags::POLLIN));
+        }
+        let notify_base = fds.len();
+        for fd in &notifiers {
+            fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+        }
         let timeout = if exit.is_some() { PollTimeout::from(100u8) } else { PollTimeout::NONE };
         match poll(&mut fds, timeout) {
             Ok(_) => {}
@@ -357,7 +403,41 @@ fn supervise(
         }
         let ready: Vec<bool> =
             fds.iter().map(|f| f.revents().is_some_and(|r| !r.is_empty())).collect();
+        let hung: Vec<bool> = fds
+            .iter()
+            .map(|f| {
+                f.revents().is_some_and(|r| {
+                    r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLNVAL)
+                })
+            })
+            .collect();
         drop(fds);
+        if ends.seccomp.is_some() && ready[seccomp_base] {
+            if let Some(listener) = &ends.seccomp {
+                while let Ok((connection, _)) = listener.accept() {
+                    let _ = connection.set_nonblocking(false);
+                    let _ = connection.set_read_timeout(Some(Duration::from_secs(5)));
+                    match receive_master(&connection) {
+                        Ok(fd) => notifiers.push(fd),
+                        Err(err) => tracing::warn!("seccomp listener: {err}"),
+                    }
+                }
+            }
+        }
+        let mut finished = Vec::new();
+        // Only those polled: descriptors accepted just now wait for the next round.
+        for (index, fd) in notifiers.iter().enumerate() {
+            if ready.get(notify_base + index).copied().unwrap_or(false) {
+                if hung[notify_base + index] {
+                    finished.push(index);
+                } else {
+                    answer_sysinfo(engine, id, &started_at, fd.as_raw_fd());
+                }
+            }
+        }
+        for index in finished.into_iter().rev() {
+            notifiers.remove(index);
+        }
         if ready[0] && exit.is_none() {
             if let Some(code) = reap(pid) {
                 exit = Some(code);
@@ -434,6 +514,9 @@ fn supervise(
         }
     }
     log.flush()?;
+    if ends.seccomp.take().is_some() {
+        let _ = std::fs::remove_file(sysinfo_socket(id));
+    }
     // Orphans of the init were reparented here (we are a subreaper): reap them too.
     while let Ok(status) = waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
         if status == WaitStatus::StillAlive {
@@ -472,5 +555,93 @@ fn reap(pid: Pid) -> Option<i32> {
         Ok(_) => None,
         // Not our child (should not happen) or already reaped: the code is lost.
         Err(_) => Some(255),
+    }
+}
+
+/// Answers a `sysinfo(2)` the container's seccomp filter stopped: the host's figures with
+/// the container's memory limit and use, its process count and its uptime, written into
+/// the caller's `struct sysinfo` through /proc/PID/mem.
+fn answer_sysinfo(engine: &Engine, id: &str, started: &Instant, fd: std::os::fd::RawFd) {
+    use libseccomp::{
+        notify_id_valid, ScmpNotifReq, ScmpNotifResp, ScmpNotifRespFlags, ScmpSyscall,
+    };
+    let Ok(request) = ScmpNotifReq::receive(fd) else { return };
+    let is_sysinfo = ScmpSyscall::from_name("sysinfo").is_ok_and(|s| s == request.data.syscall);
+    if !is_sysinfo {
+        // Not ours to change: let the kernel run it.
+        let _ = ScmpNotifResp::new_val(request.id, 0, ScmpNotifRespFlags::CONTINUE).respond(fd);
+        return;
+    }
+    let stats = engine.runtime().stats(id).ok();
+    let bytes = sysinfo_bytes(stats.as_ref(), started.elapsed().as_secs() as i64);
+    // The pid may have been reused between the notification and now: check after opening.
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .open(format!("/proc/{}/mem", request.pid))
+        .and_then(|mem| {
+            if notify_id_valid(fd, request.id).is_err() {
+                return Err(std::io::Error::from_raw_os_error(berth_sys::libc::ENOENT));
+            }
+            use std::os::unix::fs::FileExt;
+            mem.write_all_at(&bytes, request.data.args[0])
+        });
+    let response = match written {
+        Ok(()) => ScmpNotifResp::new_val(request.id, 0, ScmpNotifRespFlags::empty()),
+        Err(_) => ScmpNotifResp::new_error(
+            request.id,
+            -berth_sys::libc::EFAULT,
+            ScmpNotifRespFlags::empty(),
+        ),
+    };
+    let _ = response.respond(fd);
+}
+
+/// `struct sysinfo` as the x86-64 and aarch64 kernels lay it out (112 bytes): the host's
+/// load averages, the container's memory limit, free memory, process count and uptime.
+pub fn sysinfo_bytes(stats: Option<&berth_cgroups::Stats>, uptime: i64) -> Vec<u8> {
+    let host = berth_sys::nix::sys::sysinfo::sysinfo().ok();
+    let host_total = host.as_ref().map(|h| h.ram_total()).unwrap_or(0);
+    let (limit, usage, procs) = match stats {
+        Some(s) => (s.memory.usage.limit, s.memory.usage.usage, s.pids.current),
+        None => (0, 0, 0),
+    };
+    let total = if limit == 0 || limit >= host_total { host_total } else { limit };
+    let free = total.saturating_sub(usage);
+    let loads = host.as_ref().map(|h| h.load_average()).unwrap_or((0.0, 0.0, 0.0));
+    let load = |l: f64| (l * 65536.0) as u64;
+    let mut out = Vec::with_capacity(112);
+    out.extend_from_slice(&uptime.to_ne_bytes());
+    for l in [loads.0, loads.1, loads.2] {
+        out.extend_from_slice(&load(l).to_ne_bytes());
+    }
+    // totalram, freeram, sharedram, bufferram, totalswap, freeswap
+    for value in [total, free, 0, 0, 0, 0] {
+        out.extend_from_slice(&value.to_ne_bytes());
+    }
+    out.extend_from_slice(&(procs.min(u64::from(u16::MAX)) as u16).to_ne_bytes());
+    out.extend_from_slice(&[0u8; 6]); // pad, then alignment to 8
+    out.extend_from_slice(&0u64.to_ne_bytes()); // totalhigh
+    out.extend_from_slice(&0u64.to_ne_bytes()); // freehigh
+    out.extend_from_slice(&1u32.to_ne_bytes()); // mem_unit
+    out.extend_from_slice(&[0u8; 4]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sysinfo_is_laid_out_as_the_kernel_does() {
+        let mut stats = berth_cgroups::Stats::default();
+        stats.memory.usage.limit = 64 << 20;
+        stats.memory.usage.usage = 1 << 20;
+        stats.pids.current = 3;
+        let bytes = super::sysinfo_bytes(Some(&stats), 42);
+        assert_eq!(bytes.len(), 112);
+        let word = |at: usize| u64::from_ne_bytes(bytes[at..at + 8].try_into().unwrap());
+        assert_eq!(word(0), 42, "uptime");
+        assert_eq!(word(32), 64 << 20, "totalram");
+        assert_eq!(word(40), 63 << 20, "freeram");
+        assert_eq!(u16::from_ne_bytes([bytes[80], bytes[81]]), 3, "procs");
+        assert_eq!(u32::from_ne_bytes(bytes[104..108].try_into().unwrap()), 1, "mem_unit");
     }
 }

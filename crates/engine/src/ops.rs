@@ -293,6 +293,7 @@ impl Engine {
             locked.record.options.memory.is_some() || locked.record.options.cpus.is_some();
         let lxcfs = PathBuf::from(LXCFS_DIR);
         let lxcfs = (limited && lxcfs.join("proc/meminfo").exists()).then_some(lxcfs);
+        let listener = crate::monitor::sysinfo_socket(&locked.record.id);
         let rootfs = locked.dir.join("rootfs");
         let config = spec::build(&spec::Inputs {
             record: &locked.record,
@@ -303,6 +304,7 @@ impl Engine {
             netns,
             init_binary: init_binary.exists().then_some(init_binary),
             lxcfs: lxcfs.as_deref(),
+            sysinfo_listener: limited.then_some(listener.as_path()),
         })?;
         let data = serde_json::to_vec_pretty(&config).map_err(|e| Error::Other(e.to_string()))?;
         crate::write_atomic(&locked.dir.join("config.json"), &data)?;
@@ -399,6 +401,7 @@ impl Engine {
         }
         self.network_teardown(&locked.record);
         self.unmount_rootfs(&locked.dir);
+        let _ = std::fs::remove_file(crate::monitor::sysinfo_socket(id));
     }
 
     // ----- stop, kill, wait, remove -----

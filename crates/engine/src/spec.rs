@@ -182,6 +182,9 @@ pub struct Inputs<'a> {
     pub init_binary: Option<&'a Path>,
     /// lxcfs's mount point, when it runs.
     pub lxcfs: Option<&'a Path>,
+    /// Where the monitor listens for seccomp notifications: `sysinfo(2)` is then answered
+    /// by the monitor with the container's limits (what lxcfs does for /proc files).
+    pub sysinfo_listener: Option<&'a Path>,
 }
 
 /// The program and arguments: Docker's rules for Entrypoint, Cmd and their overrides.
@@ -476,7 +479,13 @@ pub fn build(inputs: &Inputs<'_>) -> Result<Value> {
         linux["maskedPaths"] = json!(MASKED_PATHS);
         linux["readonlyPaths"] = json!(READONLY_PATHS);
     }
-    if let Some(profile) = seccomp(record)? {
+    if let Some(mut profile) = seccomp(record)? {
+        if let (Some(listener), Some(rules)) =
+            (inputs.sysinfo_listener, profile["syscalls"].as_array_mut())
+        {
+            rules.push(json!({"names": ["sysinfo"], "action": "SCMP_ACT_NOTIFY"}));
+            profile["listenerPath"] = json!(listener);
+        }
         linux["seccomp"] = profile;
     }
     let env = environment(inputs.image, record, &inputs.identity.home);
@@ -543,6 +552,7 @@ mod tests {
             netns: NetNs::New,
             init_binary: None,
             lxcfs: None,
+            sysinfo_listener: None,
         }
     }
 
