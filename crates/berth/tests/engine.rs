@@ -1176,3 +1176,88 @@ fn root_the_image_config_shapes_the_container() {
     );
     berth.assert_clean();
 }
+
+#[test]
+fn root_the_remaining_flags_and_commands() {
+    if !root_or_skip() {
+        return;
+    }
+    let berth = Berth::new();
+    // --env-file and --mount (bind and volume).
+    let env_file = berth.dir.path().join("env");
+    std::fs::write(&env_file, "# comment\nFROM_FILE=yes\n\nOTHER=2\n").unwrap();
+    let host = berth.dir.path().join("bound");
+    std::fs::create_dir(&host).unwrap();
+    std::fs::write(host.join("f"), "bound file\n").unwrap();
+    let text = berth.ok(&[
+        "run",
+        "--rm",
+        "--env-file",
+        env_file.to_str().unwrap(),
+        "--mount",
+        &format!("type=bind,source={},target=/b,readonly", host.display()),
+        "--mount",
+        "type=volume,source=named,target=/v",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo $FROM_FILE $OTHER; cat /b/f; touch /b/x 2>/dev/null || echo ro; echo hi > /v/f",
+    ]);
+    assert_eq!(text, "yes 2\nbound file\nro\n");
+    let volumes: Value = serde_json::from_str(&berth.ok(&["volume", "inspect", "named"])).unwrap();
+    let mountpoint = volumes[0]["Mountpoint"].as_str().unwrap().to_owned();
+    assert_eq!(std::fs::read_to_string(Path::new(&mountpoint).join("f")).unwrap(), "hi\n");
+    // volume prune: anonymous volumes by default, named ones with -a.
+    berth.ok(&["volume", "create", "spare"]);
+    berth.ok(&["volume", "prune"]);
+    assert_eq!(berth.ok(&["volume", "ls", "-q"]).lines().count(), 2);
+    berth.ok(&["volume", "prune", "-a"]);
+    assert_eq!(berth.ok(&["volume", "ls", "-q"]), "");
+    // restart: a new run of the same container, same name and id; logs --since sees it.
+    berth.ok(&[
+        "run",
+        "-d",
+        "--init",
+        "--name",
+        "again",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo started; sleep 600",
+    ]);
+    wait_for("the first start", Duration::from_secs(5), || {
+        berth.ok(&["logs", "again"]) == "started\n"
+    });
+    let pid_before = berth.inspect("again")["State"]["Pid"].as_i64().unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    let marker = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
+    berth.ok(&["restart", "-t", "1", "again"]);
+    wait_for("the second start", Duration::from_secs(5), || {
+        berth.ok(&["logs", "again"]) == "started\nstarted\n"
+    });
+    assert_ne!(berth.inspect("again")["State"]["Pid"].as_i64().unwrap(), pid_before);
+    assert_eq!(berth.ok(&["logs", "--since", &marker, "again"]), "started\n");
+    // UDP ports: a datagram to the published port reaches the container's namespace (busybox
+    // has no UDP server: the container's kernel counts it as sent to a closed port).
+    berth.ok(&["run", "-d", "--name", "udp", "-p", "5353:53/udp", IMAGE, "sleep", "600"]);
+    let no_ports = || -> u64 {
+        let snmp = berth.ok(&["exec", "udp", "cat", "/proc/net/snmp"]);
+        let lines: Vec<&str> = snmp.lines().filter(|l| l.starts_with("Udp:")).collect();
+        let names: Vec<&str> = lines[0].split_whitespace().collect();
+        let values: Vec<&str> = lines[1].split_whitespace().collect();
+        let at = names.iter().position(|n| *n == "NoPorts").unwrap();
+        values[at].parse().unwrap()
+    };
+    let before = no_ports();
+    wait_for("a datagram through port 5353", Duration::from_secs(10), || {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.send_to(b"ping\n", "127.0.0.1:5353").unwrap();
+        no_ports() > before
+    });
+    berth.ok(&["rm", "-f", "again", "udp"]);
+    berth.assert_clean();
+}
