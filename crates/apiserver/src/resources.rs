@@ -1,0 +1,613 @@
+//! The API's resources: which kinds exist, in which group and version, namespaced or not,
+//! with which short names, categories, verbs and subresources; the discovery documents
+//! clients read (legacy `/api`, `/apis`, per group-version lists, and the aggregated v2
+//! form kubectl 1.32 asks for first); and where objects live in storage.
+
+use serde_json::{json, Value};
+
+/// One resource of one group-version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resource {
+    /// "" for the core group.
+    pub group: &'static str,
+    pub version: &'static str,
+    /// Plural, lower case: what URLs name.
+    pub name: &'static str,
+    pub singular: &'static str,
+    pub kind: &'static str,
+    pub namespaced: bool,
+    pub short_names: &'static [&'static str],
+    pub categories: &'static [&'static str],
+    pub subresources: &'static [Subresource],
+    /// Fields `fieldSelector` may use beyond metadata.name and metadata.namespace.
+    pub field_selectors: &'static [&'static str],
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subresource {
+    pub name: &'static str,
+    /// The kind a subresource request takes and returns (group, version, kind).
+    pub kind: (&'static str, &'static str, &'static str),
+    pub verbs: &'static [&'static str],
+}
+
+pub const VERBS: &[&str] =
+    &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
+
+const STATUS: Subresource =
+    Subresource { name: "status", kind: ("", "", ""), verbs: &["get", "patch", "update"] };
+const SCALE: Subresource = Subresource {
+    name: "scale",
+    kind: ("autoscaling", "v1", "Scale"),
+    verbs: &["get", "patch", "update"],
+};
+
+macro_rules! resource {
+    ($group:expr, $version:expr, $name:expr, $singular:expr, $kind:expr, $namespaced:expr, $short:expr, $categories:expr, $subs:expr, $fields:expr) => {
+        Resource {
+            group: $group,
+            version: $version,
+            name: $name,
+            singular: $singular,
+            kind: $kind,
+            namespaced: $namespaced,
+            short_names: $short,
+            categories: $categories,
+            subresources: $subs,
+            field_selectors: $fields,
+        }
+    };
+}
+
+const POD_SUBRESOURCES: &[Subresource] = &[
+    STATUS,
+    Subresource { name: "log", kind: ("", "v1", "Pod"), verbs: &["get"] },
+    Subresource { name: "exec", kind: ("", "v1", "PodExecOptions"), verbs: &["create", "get"] },
+    Subresource { name: "attach", kind: ("", "v1", "PodAttachOptions"), verbs: &["create", "get"] },
+    Subresource {
+        name: "portforward",
+        kind: ("", "v1", "PodPortForwardOptions"),
+        verbs: &["create", "get"],
+    },
+    Subresource { name: "binding", kind: ("", "v1", "Binding"), verbs: &["create"] },
+    Subresource { name: "eviction", kind: ("policy", "v1", "Eviction"), verbs: &["create"] },
+];
+
+/// Every resource berth serves.
+pub const RESOURCES: &[Resource] = &[
+    resource!(
+        "",
+        "v1",
+        "namespaces",
+        "namespace",
+        "Namespace",
+        false,
+        &["ns"],
+        &[],
+        &[STATUS],
+        &["status.phase"]
+    ),
+    resource!(
+        "",
+        "v1",
+        "pods",
+        "pod",
+        "Pod",
+        true,
+        &["po"],
+        &["all"],
+        POD_SUBRESOURCES,
+        &[
+            "spec.nodeName",
+            "spec.restartPolicy",
+            "spec.schedulerName",
+            "spec.serviceAccountName",
+            "spec.hostNetwork",
+            "status.phase",
+            "status.podIP",
+            "status.nominatedNodeName"
+        ]
+    ),
+    resource!("", "v1", "services", "service", "Service", true, &["svc"], &["all"], &[STATUS], &[]),
+    resource!("", "v1", "endpoints", "endpoints", "Endpoints", true, &["ep"], &[], &[], &[]),
+    resource!("", "v1", "secrets", "secret", "Secret", true, &[], &[], &[], &["type"]),
+    resource!("", "v1", "configmaps", "configmap", "ConfigMap", true, &["cm"], &[], &[], &[]),
+    resource!(
+        "",
+        "v1",
+        "nodes",
+        "node",
+        "Node",
+        false,
+        &["no"],
+        &[],
+        &[STATUS],
+        &["spec.unschedulable"]
+    ),
+    resource!(
+        "",
+        "v1",
+        "events",
+        "event",
+        "Event",
+        true,
+        &["ev"],
+        &[],
+        &[],
+        &[
+            "involvedObject.kind",
+            "involvedObject.namespace",
+            "involvedObject.name",
+            "involvedObject.uid",
+            "involvedObject.apiVersion",
+            "involvedObject.resourceVersion",
+            "involvedObject.fieldPath",
+            "reason",
+            "reportingComponent",
+            "source",
+            "type"
+        ]
+    ),
+    resource!(
+        "",
+        "v1",
+        "serviceaccounts",
+        "serviceaccount",
+        "ServiceAccount",
+        true,
+        &["sa"],
+        &[],
+        &[],
+        &[]
+    ),
+    resource!(
+        "",
+        "v1",
+        "persistentvolumes",
+        "persistentvolume",
+        "PersistentVolume",
+        false,
+        &["pv"],
+        &[],
+        &[STATUS],
+        &[]
+    ),
+    resource!(
+        "",
+        "v1",
+        "persistentvolumeclaims",
+        "persistentvolumeclaim",
+        "PersistentVolumeClaim",
+        true,
+        &["pvc"],
+        &[],
+        &[STATUS],
+        &[]
+    ),
+    resource!(
+        "apps",
+        "v1",
+        "deployments",
+        "deployment",
+        "Deployment",
+        true,
+        &["deploy"],
+        &["all"],
+        &[STATUS, SCALE],
+        &[]
+    ),
+    resource!(
+        "apps",
+        "v1",
+        "replicasets",
+        "replicaset",
+        "ReplicaSet",
+        true,
+        &["rs"],
+        &["all"],
+        &[STATUS, SCALE],
+        &[]
+    ),
+    resource!(
+        "apps",
+        "v1",
+        "daemonsets",
+        "daemonset",
+        "DaemonSet",
+        true,
+        &["ds"],
+        &["all"],
+        &[STATUS],
+        &[]
+    ),
+    resource!(
+        "apps",
+        "v1",
+        "statefulsets",
+        "statefulset",
+        "StatefulSet",
+        true,
+        &["sts"],
+        &["all"],
+        &[STATUS, SCALE],
+        &[]
+    ),
+    resource!(
+        "apps",
+        "v1",
+        "controllerrevisions",
+        "controllerrevision",
+        "ControllerRevision",
+        true,
+        &[],
+        &[],
+        &[],
+        &[]
+    ),
+    resource!("batch", "v1", "jobs", "job", "Job", true, &[], &["all"], &[STATUS], &[]),
+    resource!(
+        "batch",
+        "v1",
+        "cronjobs",
+        "cronjob",
+        "CronJob",
+        true,
+        &["cj"],
+        &["all"],
+        &[STATUS],
+        &[]
+    ),
+    resource!(
+        "autoscaling",
+        "v2",
+        "horizontalpodautoscalers",
+        "horizontalpodautoscaler",
+        "HorizontalPodAutoscaler",
+        true,
+        &["hpa"],
+        &["all"],
+        &[STATUS],
+        &[]
+    ),
+    resource!(
+        "autoscaling",
+        "v1",
+        "horizontalpodautoscalers",
+        "horizontalpodautoscaler",
+        "HorizontalPodAutoscaler",
+        true,
+        &["hpa"],
+        &["all"],
+        &[STATUS],
+        &[]
+    ),
+    resource!("coordination.k8s.io", "v1", "leases", "lease", "Lease", true, &[], &[], &[], &[]),
+    resource!(
+        "discovery.k8s.io",
+        "v1",
+        "endpointslices",
+        "endpointslice",
+        "EndpointSlice",
+        true,
+        &[],
+        &[],
+        &[],
+        &[]
+    ),
+    resource!("rbac.authorization.k8s.io", "v1", "roles", "role", "Role", true, &[], &[], &[], &[]),
+    resource!(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "clusterroles",
+        "clusterrole",
+        "ClusterRole",
+        false,
+        &[],
+        &[],
+        &[],
+        &[]
+    ),
+    resource!(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "rolebindings",
+        "rolebinding",
+        "RoleBinding",
+        true,
+        &[],
+        &[],
+        &[],
+        &[]
+    ),
+    resource!(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "clusterrolebindings",
+        "clusterrolebinding",
+        "ClusterRoleBinding",
+        false,
+        &[],
+        &[],
+        &[],
+        &[]
+    ),
+];
+
+impl Resource {
+    pub fn group_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_owned()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    /// Where an object lives in storage. Every version of a group shares one key space
+    /// (as Kubernetes stores one version and converts).
+    pub fn key(&self, namespace: Option<&str>, name: &str) -> String {
+        let group = if self.group.is_empty() { "core" } else { self.group };
+        match (self.namespaced, namespace) {
+            (true, Some(ns)) => format!("/registry/{group}/{}/{ns}/{name}", self.name),
+            _ => format!("/registry/{group}/{}/{name}", self.name),
+        }
+    }
+
+    /// The prefix a list or watch covers (a namespace, or all of them).
+    pub fn prefix(&self, namespace: Option<&str>) -> String {
+        let group = if self.group.is_empty() { "core" } else { self.group };
+        match (self.namespaced, namespace) {
+            (true, Some(ns)) => format!("/registry/{group}/{}/{ns}/", self.name),
+            _ => format!("/registry/{group}/{}/", self.name),
+        }
+    }
+
+    fn legacy_entries(&self) -> Vec<Value> {
+        let mut entries = vec![json!({
+            "name": self.name,
+            "singularName": self.singular,
+            "namespaced": self.namespaced,
+            "kind": self.kind,
+            "verbs": VERBS,
+            "shortNames": self.short_names,
+            "categories": self.categories,
+        })];
+        for sub in self.subresources {
+            let (group, version, kind) = sub.kind;
+            let mut entry = json!({
+                "name": format!("{}/{}", self.name, sub.name),
+                "singularName": "",
+                "namespaced": self.namespaced,
+                "kind": if kind.is_empty() { self.kind } else { kind },
+                "verbs": sub.verbs,
+            });
+            if !group.is_empty() {
+                entry["group"] = json!(group);
+                entry["version"] = json!(version);
+            }
+            entries.push(entry);
+        }
+        entries
+    }
+
+    fn aggregated_entry(&self) -> Value {
+        let subresources: Vec<Value> = self
+            .subresources
+            .iter()
+            .map(|sub| {
+                let (group, version, kind) = sub.kind;
+                let (group, version, kind) = if kind.is_empty() {
+                    (self.group, self.version, self.kind)
+                } else {
+                    (group, version, kind)
+                };
+                json!({
+                    "subresource": sub.name,
+                    "responseKind": {"group": group, "version": version, "kind": kind},
+                    "verbs": sub.verbs,
+                })
+            })
+            .collect();
+        let mut entry = json!({
+            "resource": self.name,
+            "responseKind": {"group": self.group, "version": self.version, "kind": self.kind},
+            "scope": if self.namespaced { "Namespaced" } else { "Cluster" },
+            "singularResource": self.singular,
+            "verbs": VERBS,
+        });
+        if !self.short_names.is_empty() {
+            entry["shortNames"] = json!(self.short_names);
+        }
+        if !self.categories.is_empty() {
+            entry["categories"] = json!(self.categories);
+        }
+        if !subresources.is_empty() {
+            entry["subresources"] = json!(subresources);
+        }
+        entry
+    }
+}
+
+/// The resource a URL names: group, version and plural.
+pub fn find(group: &str, version: &str, name: &str) -> Option<&'static Resource> {
+    RESOURCES.iter().find(|r| r.group == group && r.version == version && r.name == name)
+}
+
+/// The resource of a kind in a group-version (what a manifest's apiVersion and kind say).
+pub fn by_kind(api_version: &str, kind: &str) -> Option<&'static Resource> {
+    RESOURCES.iter().find(|r| r.group_version() == api_version && r.kind == kind)
+}
+
+/// Groups in the order discovery lists them, each with its versions, preferred first.
+fn groups() -> Vec<(&'static str, Vec<&'static str>)> {
+    let mut out: Vec<(&'static str, Vec<&'static str>)> = Vec::new();
+    for r in RESOURCES.iter().filter(|r| !r.group.is_empty()) {
+        match out.iter_mut().find(|(g, _)| *g == r.group) {
+            Some((_, versions)) if !versions.contains(&r.version) => versions.push(r.version),
+            Some(_) => {}
+            None => out.push((r.group, vec![r.version])),
+        }
+    }
+    out
+}
+
+/// `GET /api`.
+pub fn api_versions() -> Value {
+    json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": ""}]})
+}
+
+/// `GET /apis`.
+pub fn api_group_list() -> Value {
+    let groups: Vec<Value> = groups()
+        .into_iter()
+        .map(|(group, versions)| {
+            let list: Vec<Value> = versions
+                .iter()
+                .map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v}))
+                .collect();
+            json!({"name": group, "versions": list, "preferredVersion": list[0]})
+        })
+        .collect();
+    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
+}
+
+/// `GET /api/v1` or `GET /apis/GROUP/VERSION`; `None` for an unknown group-version.
+pub fn resource_list(group: &str, version: &str) -> Option<Value> {
+    let entries: Vec<Value> = RESOURCES
+        .iter()
+        .filter(|r| r.group == group && r.version == version)
+        .flat_map(Resource::legacy_entries)
+        .collect();
+    if entries.is_empty() {
+        return None;
+    }
+    let group_version =
+        if group.is_empty() { version.to_owned() } else { format!("{group}/{version}") };
+    Some(
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": entries}),
+    )
+}
+
+/// The aggregated discovery document (`apidiscovery.k8s.io/v2`): for `/api` with
+/// `core == true`, for `/apis` otherwise.
+pub fn aggregated(core: bool) -> Value {
+    let group_entry = |group: &str, versions: &[&str]| {
+        let versions: Vec<Value> = versions
+            .iter()
+            .map(|v| {
+                let resources: Vec<Value> = RESOURCES
+                    .iter()
+                    .filter(|r| r.group == group && r.version == *v)
+                    .map(Resource::aggregated_entry)
+                    .collect();
+                json!({"version": v, "resources": resources, "freshness": "Current"})
+            })
+            .collect();
+        json!({"metadata": {"name": group, "creationTimestamp": null}, "versions": versions})
+    };
+    let items: Vec<Value> = if core {
+        vec![group_entry("", &["v1"])]
+    } else {
+        groups().iter().map(|(g, vs)| group_entry(g, vs)).collect()
+    };
+    json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookups_and_keys() {
+        let pods = find("", "v1", "pods").unwrap();
+        assert_eq!(pods.key(Some("default"), "web"), "/registry/core/pods/default/web");
+        assert_eq!(pods.prefix(None), "/registry/core/pods/");
+        let ns = find("", "v1", "namespaces").unwrap();
+        assert_eq!(ns.key(Some("ignored"), "kube-system"), "/registry/core/namespaces/kube-system");
+        assert_eq!(by_kind("apps/v1", "Deployment").unwrap().name, "deployments");
+        assert!(by_kind("apps/v1beta1", "Deployment").is_none());
+        // Both autoscaling versions share one key space.
+        let v1 = find("autoscaling", "v1", "horizontalpodautoscalers").unwrap();
+        let v2 = find("autoscaling", "v2", "horizontalpodautoscalers").unwrap();
+        assert_eq!(v1.key(Some("a"), "b"), v2.key(Some("a"), "b"));
+    }
+
+    #[test]
+    fn discovery_documents() {
+        let groups = api_group_list();
+        let names: Vec<&str> = groups["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "apps",
+                "batch",
+                "autoscaling",
+                "coordination.k8s.io",
+                "discovery.k8s.io",
+                "rbac.authorization.k8s.io"
+            ]
+        );
+        let autoscaling = &groups["groups"][2];
+        assert_eq!(autoscaling["preferredVersion"]["groupVersion"], "autoscaling/v2");
+        let core = resource_list("", "v1").unwrap();
+        let pods =
+            core["resources"].as_array().unwrap().iter().find(|r| r["name"] == "pods").unwrap();
+        assert_eq!(pods["shortNames"], json!(["po"]));
+        assert_eq!(pods["categories"], json!(["all"]));
+        assert!(core["resources"].as_array().unwrap().iter().any(|r| r["name"] == "pods/log"));
+        let apps = resource_list("apps", "v1").unwrap();
+        let scale = apps["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == "deployments/scale")
+            .unwrap();
+        assert_eq!(
+            (scale["group"].as_str(), scale["kind"].as_str()),
+            (Some("autoscaling"), Some("Scale"))
+        );
+        assert!(resource_list("apps", "v1beta1").is_none());
+        let aggregated = aggregated(false);
+        assert_eq!(aggregated["kind"], "APIGroupDiscoveryList");
+        let deploy = &aggregated["items"][0]["versions"][0]["resources"][0];
+        assert_eq!(deploy["resource"], "deployments");
+        assert_eq!(deploy["scope"], "Namespaced");
+        assert_eq!(deploy["subresources"][1]["responseKind"]["kind"], "Scale");
+        let core = super::aggregated(true);
+        assert_eq!(core["items"][0]["metadata"]["name"], "");
+        let kinds = RESOURCES.iter().map(|r| r.kind).collect::<std::collections::BTreeSet<_>>();
+        for kind in [
+            "Namespace",
+            "Pod",
+            "Service",
+            "Endpoints",
+            "Secret",
+            "ConfigMap",
+            "Node",
+            "Event",
+            "ServiceAccount",
+            "PersistentVolume",
+            "PersistentVolumeClaim",
+            "Deployment",
+            "ReplicaSet",
+            "DaemonSet",
+            "StatefulSet",
+            "ControllerRevision",
+            "Job",
+            "CronJob",
+            "HorizontalPodAutoscaler",
+            "Lease",
+            "EndpointSlice",
+            "Role",
+            "ClusterRole",
+            "RoleBinding",
+            "ClusterRoleBinding",
+        ] {
+            assert!(kinds.contains(kind), "{kind} is served");
+        }
+    }
+}
