@@ -1,6 +1,24 @@
-//! berth's Kubernetes-compatible API server, as a library. So far: the resource table and
-//! discovery documents (`resources`) and label and field selectors (`selector`); the HTTP
-//! server over `berth-store` comes next (see ARCHITECTURE.md).
+//! berth's Kubernetes-compatible API server: `berth server` serves the API over HTTPS on
+//! `berth-store` (embedded SQLite by default, etcd with `--datastore-endpoint`).
+//!
+//! - `resources`: the served kinds and the discovery documents;
+//! - `objects`: metadata, names, defaults, `Status` errors and `Table` rows;
+//! - `patch`: JSON patch, merge patch and strategic merge patch;
+//! - `selector`: label and field selectors;
+//! - `tls`: the CA, serving certificate and admin token in the data directory;
+//! - `server`: authentication, routing and the verbs (get, list, watch, create, update,
+//!   patch, delete, deletecollection).
 
+pub mod objects;
+pub mod patch;
 pub mod resources;
 pub mod selector;
+pub mod server;
+pub mod tls;
+
+/// A server that cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Setup(String),
+}

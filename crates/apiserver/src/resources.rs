@@ -512,6 +512,67 @@ pub fn aggregated(core: bool) -> Value {
     json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items})
 }
 
+/// `GET /openapi/v3`: where each group-version's document is.
+pub fn openapi_index() -> Value {
+    let mut paths = serde_json::Map::new();
+    let mut versions: Vec<String> = RESOURCES.iter().map(|r| r.group_version()).collect();
+    versions.sort();
+    versions.dedup();
+    for gv in versions {
+        let path = if gv.contains('/') { format!("apis/{gv}") } else { format!("api/{gv}") };
+        paths.insert(path.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{path}")}));
+    }
+    json!({"paths": paths})
+}
+
+/// `GET /openapi/v3/api/v1` (or `apis/GROUP/VERSION`): the operations of a group-version,
+/// each declaring the `fieldValidation` parameter, so that kubectl lets the server
+/// validate (`--validate=strict`). Object schemas are not published yet.
+pub fn openapi_document(group: &str, version: &str) -> Option<Value> {
+    let selected: Vec<&Resource> =
+        RESOURCES.iter().filter(|r| r.group == group && r.version == version).collect();
+    if selected.is_empty() {
+        return None;
+    }
+    let base = if group.is_empty() {
+        format!("/api/{version}")
+    } else {
+        format!("/apis/{group}/{version}")
+    };
+    let parameter = |name: &str| json!({"name": name, "in": "query", "schema": {"type": "string", "uniqueItems": true}});
+    let write_params =
+        json!([parameter("dryRun"), parameter("fieldManager"), parameter("fieldValidation")]);
+    let mut paths = serde_json::Map::new();
+    for r in selected {
+        let gvk = json!({"group": r.group, "version": r.version, "kind": r.kind});
+        let operation = |id: String, action: &str| {
+            json!({"operationId": id, "parameters": write_params, "responses": {"200": {"description": "OK"}},
+                "x-kubernetes-action": action, "x-kubernetes-group-version-kind": gvk})
+        };
+        let collection = if r.namespaced {
+            format!("{base}/namespaces/{{namespace}}/{}", r.name)
+        } else {
+            format!("{base}/{}", r.name)
+        };
+        paths.insert(
+            collection.clone(),
+            json!({"get": {"operationId": format!("list{}", r.kind), "responses": {"200": {"description": "OK"}}}, "post": operation(format!("create{}", r.kind), "post")}),
+        );
+        paths.insert(
+            format!("{collection}/{{name}}"),
+            json!({
+                "get": {"operationId": format!("read{}", r.kind), "responses": {"200": {"description": "OK"}}},
+                "put": operation(format!("replace{}", r.kind), "put"),
+                "patch": operation(format!("patch{}", r.kind), "patch"),
+                "delete": {"operationId": format!("delete{}", r.kind), "responses": {"200": {"description": "OK"}}},
+            }),
+        );
+    }
+    Some(
+        json!({"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.32.0"}, "paths": paths, "components": {"schemas": {}}}),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -577,6 +638,16 @@ mod tests {
         assert_eq!(deploy["resource"], "deployments");
         assert_eq!(deploy["scope"], "Namespaced");
         assert_eq!(deploy["subresources"][1]["responseKind"]["kind"], "Scale");
+        let index = openapi_index();
+        assert_eq!(index["paths"]["apis/apps/v1"]["serverRelativeURL"], "/openapi/v3/apis/apps/v1");
+        let doc = openapi_document("", "v1").unwrap();
+        let patch = &doc["paths"]["/api/v1/namespaces/{namespace}/configmaps/{name}"]["patch"];
+        assert!(patch["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "fieldValidation"));
+        assert_eq!(patch["x-kubernetes-group-version-kind"]["kind"], "ConfigMap");
         let core = super::aggregated(true);
         assert_eq!(core["items"][0]["metadata"]["name"], "");
         let kinds = RESOURCES.iter().map(|r| r.kind).collect::<std::collections::BTreeSet<_>>();

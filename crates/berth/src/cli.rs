@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{containers, images};
+use crate::{containers, images, server};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -119,6 +119,10 @@ pub enum Command {
     /// Manage networks.
     #[command(subcommand)]
     Network(containers::NetworkCommand),
+    /// Run the control plane: the Kubernetes API that kubectl drives.
+    Server(server::ServerArgs),
+    /// Print the admin kubeconfig of a server.
+    Kubeconfig(server::KubeconfigArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
@@ -160,5 +164,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Rename(args) => containers::rename(&global, args),
         Command::Volume(command) => containers::volume(&global, command),
         Command::Network(command) => containers::network(&global, command),
+        Command::Server(args) => server::server(args),
+        Command::Kubeconfig(args) => server::kubeconfig(args),
     }
 }

@@ -8,6 +8,7 @@ pub mod demo;
 pub mod images;
 pub mod logging;
 pub mod runc;
+pub mod server;
 
 /// Entry point of the `berth` binary; dispatches on the name it was called by, so a
 /// symlink named `berth-runc` behaves like the `berth-runc` binary.
@@ -74,7 +75,7 @@ pub fn main() -> i32 {
 fn init_logging(global: &cli::Global) {
     let level = if global.debug { "debug" } else { global.log_level.as_str() };
     let filter = tracing_subscriber::EnvFilter::try_new(format!(
-        "warn,berth={level},berth_image={level},berth_runtime={level},berth_engine={level}"
+        "warn,berth={level},berth_image={level},berth_runtime={level},berth_engine={level},berth_apiserver={level}"
     ))
     .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()

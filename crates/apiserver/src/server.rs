@@ -1,0 +1,1157 @@
+//! The HTTPS server: authentication, routing of Kubernetes API paths, and the verbs over
+//! `berth-store` (`resourceVersion` is the store's revision of the object).
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{json, Value};
+
+use berth_store::{EventKind, KeyValue, Store};
+
+use crate::objects::{self, ApiError};
+use crate::patch;
+use crate::resources::{self, Resource, RESOURCES};
+use crate::selector::{FieldSelector, LabelSelector};
+use crate::{tls, Error};
+
+/// Largest request body accepted (Kubernetes' limit is 3 MiB).
+const MAX_BODY: usize = 3 << 20;
+
+/// `berth server`'s settings, with k3s's flag names.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub bind_address: String,
+    pub port: u16,
+    /// `http://host:2379` for etcd; none for the embedded SQLite store.
+    pub datastore_endpoint: Option<String>,
+    pub token: Option<String>,
+}
+
+type Body = BoxBody<Bytes, Infallible>;
+
+struct State {
+    store: Arc<dyn Store>,
+    token: String,
+}
+
+fn full(data: impl Into<Bytes>) -> Body {
+    Full::new(data.into()).boxed()
+}
+
+fn json_response(code: u16, value: &Value) -> Response<Body> {
+    let mut response = Response::new(full(serde_json::to_vec(value).unwrap_or_default()));
+    *response.status_mut() =
+        StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn error_response(err: &ApiError) -> Response<Body> {
+    json_response(err.code, &err.status())
+}
+
+fn storage_error(resource: &Resource, name: &str, err: berth_store::Error) -> ApiError {
+    match err {
+        berth_store::Error::NotFound { .. } => ApiError::not_found(resource, name),
+        berth_store::Error::AlreadyExists { .. } => ApiError::already_exists(resource, name),
+        berth_store::Error::Conflict { .. } => ApiError::conflict(resource, name),
+        berth_store::Error::Compacted { .. } => {
+            ApiError::new(410, "Expired", "too old resource version")
+        }
+        berth_store::Error::FutureRevision { .. } => ApiError::new(
+            504,
+            "Timeout",
+            "Too large resource version: the store has not reached it yet",
+        ),
+        berth_store::Error::Backend(message) => {
+            ApiError::new(500, "InternalError", format!("storage: {message}"))
+        }
+    }
+}
+
+/// Starts the server and serves until the process ends. `ready` hears the bound port.
+pub async fn run(
+    config: Config,
+    ready: Option<tokio::sync::oneshot::Sender<u16>>,
+) -> Result<(), Error> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| Error::Setup(format!("cannot create {}: {e}", config.data_dir.display())))?;
+    let store: Arc<dyn Store> = match &config.datastore_endpoint {
+        Some(endpoint) if endpoint.starts_with("http://") || endpoint.starts_with("https://") => {
+            Arc::new(berth_store::EtcdStore::connect(endpoint).await.map_err(|e| Error::Setup(e.to_string()))?)
+        }
+        Some(other) => {
+            return Err(Error::Setup(format!(
+                "--datastore-endpoint {other:?}: use http://HOST:PORT for etcd, or leave it out for the embedded store"
+            )))
+        }
+        None => Arc::new(
+            berth_store::SqliteStore::open(&config.data_dir.join("state.db")).map_err(|e| Error::Setup(e.to_string()))?,
+        ),
+    };
+    let tls_dir = config.data_dir.join("tls");
+    let pki = tls::ensure(&tls_dir, std::slice::from_ref(&config.bind_address))?;
+    let token = tls::token(&config.data_dir, config.token.as_deref())?;
+    let listener = tokio::net::TcpListener::bind((config.bind_address.as_str(), config.port))
+        .await
+        .map_err(|e| {
+            Error::Setup(format!("cannot listen on {}:{}: {e}", config.bind_address, config.port))
+        })?;
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or(config.port);
+    write_kubeconfig(&config, &pki.ca_pem, &token, port)?;
+    let state = Arc::new(State { store, token });
+    bootstrap(&state).await?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(&pki)?);
+    tracing::info!(port, "serving the API");
+    if let Some(ready) = ready {
+        let _ = ready.send(port);
+    }
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                tracing::warn!("accept: {err}");
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let state = state.clone();
+        tokio::spawn(async move {
+            let Ok(tls) = acceptor.accept(stream).await else { return };
+            let service = hyper::service::service_fn(move |request| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(handle(state, request).await) }
+            });
+            let builder =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            let _ = builder.serve_connection(hyper_util::rt::TokioIo::new(tls), service).await;
+        });
+    }
+}
+
+fn write_kubeconfig(config: &Config, ca_pem: &str, token: &str, port: u16) -> Result<(), Error> {
+    use base64::Engine as _;
+    let host = if config.bind_address == "0.0.0.0" || config.bind_address == "::" {
+        "127.0.0.1"
+    } else {
+        &config.bind_address
+    };
+    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- cluster:\n    certificate-authority-data: {ca}\n    server: https://{host}:{port}\n  name: berth\ncontexts:\n- context:\n    cluster: berth\n    user: admin\n  name: berth\ncurrent-context: berth\nusers:\n- name: admin\n  user:\n    token: {token}\n"
+    );
+    let path = config.data_dir.join("kubeconfig");
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| Error::Setup(format!("cannot write {}: {e}", path.display())))?;
+    file.write_all(text.as_bytes())
+        .map_err(|e| Error::Setup(format!("cannot write {}: {e}", path.display())))
+}
+
+/// The namespaces every cluster has.
+async fn bootstrap(state: &State) -> Result<(), Error> {
+    let namespaces = resources::find("", "v1", "namespaces")
+        .ok_or_else(|| Error::Setup("no namespaces".into()))?;
+    for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        let key = namespaces.key(None, name);
+        if state.store.get(&key).await.map_err(|e| Error::Setup(e.to_string()))?.is_some() {
+            continue;
+        }
+        let mut object =
+            json!({"metadata": {"name": name, "labels": {"kubernetes.io/metadata.name": name}}});
+        objects::prepare_create(namespaces, &mut object, None)
+            .map_err(|e| Error::Setup(e.message))?;
+        match state.store.create(&key, serde_json::to_vec(&object).unwrap_or_default()).await {
+            Ok(_) | Err(berth_store::Error::AlreadyExists { .. }) => {}
+            Err(err) => return Err(Error::Setup(err.to_string())),
+        }
+    }
+    Ok(())
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 3;
+                    }
+                    Err(_) => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn query(request: &Request<Incoming>) -> HashMap<String, String> {
+    request
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+/// What a path names.
+struct Target {
+    resource: &'static Resource,
+    namespace: Option<String>,
+    name: Option<String>,
+    subresource: Option<String>,
+}
+
+async fn handle(state: Arc<State>, request: Request<Incoming>) -> Response<Body> {
+    let path = request.uri().path().trim_end_matches('/').to_owned();
+    let path = if path.is_empty() { "/".to_owned() } else { path };
+    let accept =
+        request.headers().get(ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    match path.as_str() {
+        "/healthz" | "/livez" | "/readyz" => return text_response(200, "ok"),
+        "/version" => {
+            return json_response(
+                200,
+                &json!({
+                    "major": "1", "minor": "32", "gitVersion": "v1.32.0-berth",
+                    "gitCommit": env!("CARGO_PKG_VERSION"), "gitTreeState": "clean",
+                    "buildDate": "2026-01-01T00:00:00Z", "goVersion": "rust", "compiler": "rustc",
+                    "platform": format!("linux/{}", std::env::consts::ARCH),
+                }),
+            )
+        }
+        _ => {}
+    }
+    let authorized = request
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| t == state.token);
+    if !authorized {
+        return error_response(&ApiError::new(401, "Unauthorized", "Unauthorized"));
+    }
+    let discovery = |value: Value, aggregated: bool| {
+        let mut response = json_response(200, &value);
+        if aggregated {
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList",
+                ),
+            );
+        }
+        response
+    };
+    let wants_aggregated = accept.contains("as=APIGroupDiscoveryList") && accept.contains("v=v2");
+    match path.as_str() {
+        "/api" if wants_aggregated => return discovery(resources::aggregated(true), true),
+        "/api" => return discovery(resources::api_versions(), false),
+        "/apis" if wants_aggregated => return discovery(resources::aggregated(false), true),
+        "/apis" => return discovery(resources::api_group_list(), false),
+        _ => {}
+    }
+    if path == "/openapi/v3" {
+        return json_response(200, &resources::openapi_index());
+    }
+    if let Some(rest) = path.strip_prefix("/openapi/v3/") {
+        let parts: Vec<&str> = rest.split('/').collect();
+        let document = match parts.as_slice() {
+            ["api", version] => resources::openapi_document("", version),
+            ["apis", group, version] => resources::openapi_document(group, version),
+            _ => None,
+        };
+        return match document {
+            Some(document) => json_response(200, &document),
+            None => error_response(&ApiError::new(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            )),
+        };
+    }
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let (group, version, rest) = match segments.as_slice() {
+        ["api", version, rest @ ..] => ("", *version, rest),
+        ["apis", group, version, rest @ ..] => (*group, *version, rest),
+        ["apis", group] => {
+            return match resources::api_group_list()["groups"]
+                .as_array()
+                .and_then(|g| g.iter().find(|g| g["name"] == *group))
+            {
+                Some(g) => {
+                    let mut g = g.clone();
+                    g["kind"] = json!("APIGroup");
+                    g["apiVersion"] = json!("v1");
+                    json_response(200, &g)
+                }
+                None => error_response(&ApiError::new(
+                    404,
+                    "NotFound",
+                    "the server could not find the requested resource",
+                )),
+            }
+        }
+        _ => {
+            return error_response(&ApiError::new(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            ))
+        }
+    };
+    if rest.is_empty() {
+        return match resources::resource_list(group, version) {
+            Some(list) => json_response(200, &list),
+            None => error_response(&ApiError::new(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            )),
+        };
+    }
+    let (namespace, rest) = match rest {
+        ["namespaces", ns, rest @ ..] if !rest.is_empty() => (Some(percent_decode(ns)), rest),
+        _ => (None, rest),
+    };
+    let Some(resource) = resources::find(group, version, rest[0]) else {
+        return error_response(&ApiError::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        ));
+    };
+    if rest.len() > 3 {
+        return error_response(&ApiError::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        ));
+    }
+    let target = Target {
+        resource,
+        namespace: if resource.namespaced { namespace } else { None },
+        name: rest.get(1).map(|n| percent_decode(n)),
+        subresource: rest.get(2).map(|s| (*s).to_owned()),
+    };
+    if let Some(sub) = &target.subresource {
+        if !resource.subresources.iter().any(|s| s.name == sub) {
+            return error_response(&ApiError::new(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            ));
+        }
+    }
+    let params = query(&request);
+    let method = request.method().clone();
+    let content_type =
+        request.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let body = if matches!(method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE) {
+        match Limited::new(request.into_body(), MAX_BODY).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(_) => {
+                return error_response(&ApiError::new(
+                    413,
+                    "RequestEntityTooLarge",
+                    "the request body is too large (over 3 MiB)",
+                ))
+            }
+        }
+    } else {
+        Bytes::new()
+    };
+    let api = Api { state: state.clone(), target, params, accept };
+    if api.target.subresource.as_deref() == Some("scale") {
+        return match api.scale(&method, &content_type, &body).await {
+            Ok(value) => json_response(200, &value),
+            Err(err) => error_response(&err),
+        };
+    }
+    let result = match (method, api.target.name.is_some()) {
+        (Method::GET, false) if api.flag("watch") => return api.watch().await,
+        (Method::GET, false) => api.list().await,
+        (Method::GET, true) if api.flag("watch") => return api.watch().await,
+        (Method::GET, true) => api.get().await,
+        (Method::POST, false) => api.create(&content_type, &body).await,
+        (Method::PUT, true) => api.update(&content_type, &body).await,
+        (Method::PATCH, true) => api.patch(&content_type, &body).await,
+        (Method::DELETE, true) => api.delete(&body).await,
+        (Method::DELETE, false) => api.delete_collection().await,
+        _ => Err(ApiError::new(
+            405,
+            "MethodNotAllowed",
+            "the server does not allow this method on the requested resource",
+        )),
+    };
+    match result {
+        Ok((code, value)) => json_response(code, &value),
+        Err(err) => error_response(&err),
+    }
+}
+
+fn text_response(code: u16, text: &'static str) -> Response<Body> {
+    let mut response = Response::new(full(text));
+    *response.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}
+
+struct Api {
+    state: Arc<State>,
+    target: Target,
+    params: HashMap<String, String>,
+    accept: String,
+}
+
+/// The stored form of an object: JSON without `resourceVersion` (the store's revision is).
+fn decode(kv: &KeyValue) -> Value {
+    let mut object: Value = serde_json::from_slice(&kv.value).unwrap_or(Value::Null);
+    if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
+    }
+    object
+}
+
+fn encode(object: &Value) -> Vec<u8> {
+    let mut object = object.clone();
+    if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("resourceVersion");
+    }
+    serde_json::to_vec(&object).unwrap_or_default()
+}
+
+fn with_revision(mut object: Value, revision: i64) -> Value {
+    if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.insert("resourceVersion".into(), json!(revision.to_string()));
+    }
+    object
+}
+
+impl Api {
+    fn flag(&self, name: &str) -> bool {
+        self.params.get(name).is_some_and(|v| v == "true" || v == "1")
+    }
+
+    fn resource(&self) -> &'static Resource {
+        self.target.resource
+    }
+
+    fn name(&self) -> &str {
+        self.target.name.as_deref().unwrap_or("")
+    }
+
+    fn key(&self) -> String {
+        self.resource().key(self.target.namespace.as_deref(), self.name())
+    }
+
+    fn dry_run(&self) -> bool {
+        self.params.get("dryRun").is_some_and(|v| v == "All")
+    }
+
+    fn selectors(&self) -> Result<(LabelSelector, FieldSelector), ApiError> {
+        let labels = LabelSelector::parse(
+            self.params.get("labelSelector").map(String::as_str).unwrap_or(""),
+        )
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let fields = FieldSelector::parse(
+            self.params.get("fieldSelector").map(String::as_str).unwrap_or(""),
+            self.resource().field_selectors,
+        )
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        Ok((labels, fields))
+    }
+
+    async fn current(&self) -> Result<Value, ApiError> {
+        match self.state.store.get(&self.key()).await {
+            Ok(Some(kv)) => Ok(decode(&kv)),
+            Ok(None) => Err(ApiError::not_found(self.resource(), self.name())),
+            Err(err) => Err(storage_error(self.resource(), self.name(), err)),
+        }
+    }
+
+    async fn get(&self) -> Result<(u16, Value), ApiError> {
+        Ok((200, self.current().await?))
+    }
+
+    async fn list(&self) -> Result<(u16, Value), ApiError> {
+        let resource = self.resource();
+        let (labels, fields) = self.selectors()?;
+        let limit: usize = self.params.get("limit").and_then(|l| l.parse().ok()).unwrap_or(0);
+        let (start_after, revision) = match self.params.get("continue").filter(|c| !c.is_empty()) {
+            Some(token) => decode_continue(token)?,
+            None => {
+                let rv = self
+                    .params
+                    .get("resourceVersion")
+                    .and_then(|v| v.parse::<i64>().ok())
+                    .unwrap_or(0);
+                let exact = self.params.get("resourceVersionMatch").is_some_and(|m| m == "Exact");
+                (None, if exact { rv } else { 0 })
+            }
+        };
+        let prefix = resource.prefix(self.target.namespace.as_deref());
+        let page = self
+            .state
+            .store
+            .list(&prefix, start_after.as_deref(), limit, revision)
+            .await
+            .map_err(|e| storage_error(resource, "", e))?;
+        let items: Vec<Value> = page
+            .items
+            .iter()
+            .map(decode)
+            .filter(|o| {
+                labels.matches(
+                    objects::meta(o).and_then(|m| m.get("labels")).and_then(Value::as_object),
+                ) && fields.matches(o)
+            })
+            .collect();
+        let continue_token = if page.more {
+            page.items.last().map(|k| encode_continue(&k.key, page.revision)).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        if self.accept.contains("as=Table") {
+            let include = self.params.get("includeObject").is_some_and(|v| v == "Object");
+            let mut table = objects::table(resource, &items, page.revision, include);
+            if !continue_token.is_empty() {
+                table["metadata"]["continue"] = json!(continue_token);
+            }
+            return Ok((200, table));
+        }
+        let mut metadata = json!({"resourceVersion": page.revision.to_string()});
+        if !continue_token.is_empty() {
+            metadata["continue"] = json!(continue_token);
+        }
+        Ok((
+            200,
+            json!({"kind": format!("{}List", resource.kind), "apiVersion": resource.group_version(), "metadata": metadata, "items": items}),
+        ))
+    }
+
+    async fn namespace_ready(&self) -> Result<(), ApiError> {
+        let Some(ns) = &self.target.namespace else { return Ok(()) };
+        let namespaces = resources::find("", "v1", "namespaces")
+            .ok_or_else(|| ApiError::new(500, "InternalError", "no namespaces"))?;
+        match self.state.store.get(&namespaces.key(None, ns)).await {
+            Ok(Some(kv)) => {
+                let object = decode(&kv);
+                if object["status"]["phase"] == "Terminating" {
+                    return Err(ApiError::new(
+                        403,
+                        "Forbidden",
+                        format!("{} \"{}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated", objects::resource_name(self.resource()), self.name()),
+                    ));
+                }
+                Ok(())
+            }
+            Ok(None) => Err(ApiError::not_found(namespaces, ns)),
+            Err(err) => Err(storage_error(namespaces, ns, err)),
+        }
+    }
+
+    fn parse_body(&self, content_type: &str, body: &[u8]) -> Result<Value, ApiError> {
+        if content_type.contains("protobuf") {
+            return Err(ApiError::new(
+                415,
+                "UnsupportedMediaType",
+                "protobuf request bodies are not supported yet; send JSON",
+            ));
+        }
+        serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
+    }
+
+    async fn create(&self, content_type: &str, body: &[u8]) -> Result<(u16, Value), ApiError> {
+        let resource = self.resource();
+        let mut object = self.parse_body(content_type, body)?;
+        let name =
+            objects::prepare_create(resource, &mut object, self.target.namespace.as_deref())?;
+        self.namespace_ready().await?;
+        let key = resource.key(self.target.namespace.as_deref(), &name);
+        if self.dry_run() {
+            if self
+                .state
+                .store
+                .get(&key)
+                .await
+                .map_err(|e| storage_error(resource, &name, e))?
+                .is_some()
+            {
+                return Err(ApiError::already_exists(resource, &name));
+            }
+            return Ok((201, object));
+        }
+        let revision = self
+            .state
+            .store
+            .create(&key, encode(&object))
+            .await
+            .map_err(|e| storage_error(resource, &name, e))?;
+        Ok((201, with_revision(object, revision)))
+    }
+
+    /// Writes `object` over the current one (which had `revision`), keeping what an update
+    /// may not change and bumping `generation` when the spec changes.
+    async fn replace(
+        &self,
+        current: &Value,
+        mut object: Value,
+        revision: i64,
+    ) -> Result<(u16, Value), ApiError> {
+        let resource = self.resource();
+        let name = self.name().to_owned();
+        let status_only = self.target.subresource.as_deref() == Some("status");
+        if status_only {
+            let mut merged = current.clone();
+            merged["status"] = object.get("status").cloned().unwrap_or(Value::Null);
+            object = merged;
+        } else if resource.subresources.iter().any(|s| s.name == "status")
+            && resource.kind != "Namespace"
+        {
+            // Status changes go through /status.
+            match current.get("status") {
+                Some(status) => object["status"] = status.clone(),
+                None => {
+                    if let Some(map) = object.as_object_mut() {
+                        map.remove("status");
+                    }
+                }
+            }
+        }
+        if object.get("kind").and_then(Value::as_str).is_some_and(|k| k != resource.kind) {
+            return Err(ApiError::bad_request("the kind of the object cannot change"));
+        }
+        object["kind"] = json!(resource.kind);
+        object["apiVersion"] = json!(resource.group_version());
+        if objects::name_of(&object) != name {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({}) does not match the name on the URL ({name})",
+                objects::name_of(&object)
+            )));
+        }
+        for field in ["uid", "creationTimestamp", "namespace", "deletionTimestamp", "generation"] {
+            match current["metadata"].get(field) {
+                Some(v) => object["metadata"][field] = v.clone(),
+                None => {
+                    if let Some(m) = object["metadata"].as_object_mut() {
+                        m.remove(field);
+                    }
+                }
+            }
+        }
+        if current.get("spec") != object.get("spec") {
+            let generation = current["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
+            object["metadata"]["generation"] = json!(generation);
+        }
+        // The last finalizer gone from an object being deleted: it goes.
+        let deleting = current["metadata"].get("deletionTimestamp").is_some();
+        let finalizers_left =
+            object["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty());
+        if self.dry_run() {
+            return Ok((200, object));
+        }
+        if deleting && !finalizers_left {
+            let gone = self
+                .state
+                .store
+                .delete(&self.key(), Some(revision))
+                .await
+                .map_err(|e| storage_error(resource, &name, e))?;
+            return Ok((200, with_revision(object, gone.mod_revision)));
+        }
+        if encode(current) == encode(&object) {
+            return Ok((200, with_revision(object, revision)));
+        }
+        let new = self
+            .state
+            .store
+            .update(&self.key(), encode(&object), revision)
+            .await
+            .map_err(|e| storage_error(resource, &name, e))?;
+        Ok((200, with_revision(object, new)))
+    }
+
+    async fn update(&self, content_type: &str, body: &[u8]) -> Result<(u16, Value), ApiError> {
+        let object = self.parse_body(content_type, body)?;
+        let current = self.current().await?;
+        let current_revision: i64 = current["metadata"]["resourceVersion"]
+            .as_str()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let given = object["metadata"]["resourceVersion"].as_str().unwrap_or("");
+        let revision = if given.is_empty() {
+            current_revision
+        } else {
+            given
+                .parse::<i64>()
+                .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {given:?}")))?
+        };
+        if revision != current_revision {
+            return Err(ApiError::conflict(self.resource(), self.name()));
+        }
+        self.replace(&current, object, revision).await
+    }
+
+    async fn patch(&self, content_type: &str, body: &[u8]) -> Result<(u16, Value), ApiError> {
+        let patch_doc = self.parse_body(content_type, body)?;
+        // Conflicts between reading and writing are retried: a patch applies to the latest.
+        for _ in 0..10 {
+            let current = self.current().await?;
+            let revision: i64 = current["metadata"]["resourceVersion"]
+                .as_str()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let mut patched = current.clone();
+            if content_type.starts_with("application/json-patch+json") {
+                patched = patch::json_patch(&current, &patch_doc)
+                    .map_err(|e| ApiError::new(422, "Invalid", e))?;
+            } else if content_type.starts_with("application/merge-patch+json") {
+                patch::merge_patch(&mut patched, &patch_doc);
+            } else if content_type.starts_with("application/strategic-merge-patch+json") {
+                patch::strategic_merge(&mut patched, &patch_doc);
+            } else {
+                return Err(ApiError::new(
+                    415,
+                    "UnsupportedMediaType",
+                    format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {content_type:?})"),
+                ));
+            }
+            // A patch that names a resourceVersion is a precondition.
+            if let Some(wanted) = patch_doc["metadata"]["resourceVersion"].as_str() {
+                if wanted != revision.to_string() {
+                    return Err(ApiError::conflict(self.resource(), self.name()));
+                }
+            }
+            match self.replace(&current, patched, revision).await {
+                Err(err) if err.reason == "Conflict" => continue,
+                other => return other,
+            }
+        }
+        Err(ApiError::conflict(self.resource(), self.name()))
+    }
+
+    /// The `scale` subresource: a `Scale` view of `spec.replicas`.
+    async fn scale(
+        &self,
+        method: &Method,
+        content_type: &str,
+        body: &[u8],
+    ) -> Result<Value, ApiError> {
+        let view = |object: &Value| {
+            let selector = object["spec"]["selector"]["matchLabels"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default();
+            json!({
+                "kind": "Scale",
+                "apiVersion": "autoscaling/v1",
+                "metadata": {
+                    "name": object["metadata"]["name"], "namespace": object["metadata"]["namespace"],
+                    "uid": object["metadata"]["uid"], "resourceVersion": object["metadata"]["resourceVersion"],
+                    "creationTimestamp": object["metadata"]["creationTimestamp"],
+                },
+                "spec": {"replicas": object["spec"]["replicas"].as_i64().unwrap_or(1)},
+                "status": {"replicas": object["status"]["replicas"].as_i64().unwrap_or(0), "selector": selector},
+            })
+        };
+        for _ in 0..10 {
+            let current = self.current().await?;
+            let revision: i64 = current["metadata"]["resourceVersion"]
+                .as_str()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let wanted = match *method {
+                Method::GET => return Ok(view(&current)),
+                Method::PUT => self.parse_body(content_type, body)?,
+                Method::PATCH => {
+                    let doc = self.parse_body(content_type, body)?;
+                    let mut scale = view(&current);
+                    if content_type.starts_with("application/json-patch+json") {
+                        scale = patch::json_patch(&scale, &doc)
+                            .map_err(|e| ApiError::new(422, "Invalid", e))?;
+                    } else {
+                        patch::merge_patch(&mut scale, &doc);
+                    }
+                    scale
+                }
+                _ => {
+                    return Err(ApiError::new(
+                        405,
+                        "MethodNotAllowed",
+                        "scale supports get, update and patch",
+                    ))
+                }
+            };
+            let Some(replicas) = wanted["spec"]["replicas"].as_i64().filter(|r| *r >= 0) else {
+                return Err(ApiError::invalid(
+                    self.resource(),
+                    self.name(),
+                    "spec.replicas",
+                    "must be greater than or equal to 0",
+                ));
+            };
+            if let Some(rv) =
+                wanted["metadata"]["resourceVersion"].as_str().filter(|v| !v.is_empty())
+            {
+                if rv != revision.to_string() {
+                    return Err(ApiError::conflict(self.resource(), self.name()));
+                }
+            }
+            let mut updated = current.clone();
+            updated["spec"]["replicas"] = json!(replicas);
+            match self.write_spec(&current, updated, revision).await {
+                Err(err) if err.reason == "Conflict" => continue,
+                Err(err) => return Err(err),
+                Ok(object) => return Ok(view(&object)),
+            }
+        }
+        Err(ApiError::conflict(self.resource(), self.name()))
+    }
+
+    /// `replace` on the main resource, whatever subresource the request named.
+    async fn write_spec(
+        &self,
+        current: &Value,
+        object: Value,
+        revision: i64,
+    ) -> Result<Value, ApiError> {
+        let api = Api {
+            state: self.state.clone(),
+            target: Target {
+                resource: self.target.resource,
+                namespace: self.target.namespace.clone(),
+                name: self.target.name.clone(),
+                subresource: None,
+            },
+            params: self.params.clone(),
+            accept: self.accept.clone(),
+        };
+        api.replace(current, object, revision).await.map(|(_, v)| v)
+    }
+
+    async fn delete(&self, body: &[u8]) -> Result<(u16, Value), ApiError> {
+        let resource = self.resource();
+        let options: Value = if body.is_empty() {
+            json!({})
+        } else {
+            serde_json::from_slice(body).unwrap_or(json!({}))
+        };
+        let current = self.current().await?;
+        let revision: i64 = current["metadata"]["resourceVersion"]
+            .as_str()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if let Some(uid) = options["preconditions"]["uid"].as_str() {
+            if current["metadata"]["uid"].as_str() != Some(uid) {
+                return Err(ApiError::conflict(resource, self.name()));
+            }
+        }
+        if let Some(rv) = options["preconditions"]["resourceVersion"].as_str() {
+            if rv != revision.to_string() {
+                return Err(ApiError::conflict(resource, self.name()));
+            }
+        }
+        if self.dry_run() {
+            return Ok((200, current));
+        }
+        let finalizers =
+            current["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty());
+        if resource.kind == "Namespace" || finalizers {
+            if current["metadata"].get("deletionTimestamp").is_some() {
+                return Ok((200, current));
+            }
+            let mut marked = current.clone();
+            marked["metadata"]["deletionTimestamp"] = json!(objects::now());
+            if resource.kind == "Namespace" {
+                marked["status"]["phase"] = json!("Terminating");
+            }
+            let new = self
+                .state
+                .store
+                .update(&self.key(), encode(&marked), revision)
+                .await
+                .map_err(|e| storage_error(resource, self.name(), e))?;
+            if resource.kind == "Namespace" {
+                let state = self.state.clone();
+                let name = self.name().to_owned();
+                tokio::spawn(async move { finish_namespace(state, name).await });
+            }
+            return Ok((200, with_revision(marked, new)));
+        }
+        let gone = self
+            .state
+            .store
+            .delete(&self.key(), Some(revision))
+            .await
+            .map_err(|e| storage_error(resource, self.name(), e))?;
+        Ok((200, with_revision(current, gone.mod_revision)))
+    }
+
+    async fn delete_collection(&self) -> Result<(u16, Value), ApiError> {
+        let resource = self.resource();
+        let (labels, fields) = self.selectors()?;
+        let prefix = resource.prefix(self.target.namespace.as_deref());
+        let page = self
+            .state
+            .store
+            .list(&prefix, None, 0, 0)
+            .await
+            .map_err(|e| storage_error(resource, "", e))?;
+        let mut deleted = Vec::new();
+        for kv in &page.items {
+            let object = decode(kv);
+            if !labels.matches(
+                objects::meta(&object).and_then(|m| m.get("labels")).and_then(Value::as_object),
+            ) || !fields.matches(&object)
+            {
+                continue;
+            }
+            if self.dry_run() {
+                deleted.push(object);
+                continue;
+            }
+            match self.state.store.delete(&kv.key, Some(kv.mod_revision)).await {
+                Ok(_) | Err(berth_store::Error::NotFound { .. }) => deleted.push(object),
+                Err(err) => return Err(storage_error(resource, objects::name_of(&object), err)),
+            }
+        }
+        Ok((
+            200,
+            json!({"kind": format!("{}List", resource.kind), "apiVersion": resource.group_version(), "metadata": {}, "items": deleted}),
+        ))
+    }
+
+    /// A watch: chunked JSON events, one per line. From `resourceVersion` if given (410
+    /// when compacted), else the current objects as ADDED first.
+    async fn watch(&self) -> Response<Body> {
+        let resource = self.resource();
+        let (labels, fields) = match self.selectors() {
+            Ok(s) => s,
+            Err(err) => return error_response(&err),
+        };
+        let name_filter = self.target.name.clone();
+        let prefix = resource.prefix(self.target.namespace.as_deref());
+        let rv = self.params.get("resourceVersion").cloned().unwrap_or_default();
+        let timeout = self
+            .params
+            .get("timeoutSeconds")
+            .and_then(|t| t.parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let bookmarks = self.flag("allowWatchBookmarks");
+        let store = self.state.store.clone();
+        let (mut initial, from) = if rv.is_empty() || rv == "0" {
+            match store.list(&prefix, None, 0, 0).await {
+                Ok(page) => (
+                    page.items
+                        .iter()
+                        .map(|kv| json!({"type": "ADDED", "object": decode(kv)}))
+                        .collect::<Vec<_>>(),
+                    page.revision,
+                ),
+                Err(err) => return error_response(&storage_error(resource, "", err)),
+            }
+        } else {
+            match rv.parse::<i64>() {
+                Ok(v) => (Vec::new(), v),
+                Err(_) => {
+                    return error_response(&ApiError::bad_request(format!(
+                        "invalid resourceVersion {rv:?}"
+                    )))
+                }
+            }
+        };
+        let matches = move |object: &Value| {
+            labels.matches(
+                objects::meta(object).and_then(|m| m.get("labels")).and_then(Value::as_object),
+            ) && fields.matches(object)
+                && name_filter.as_deref().is_none_or(|n| objects::name_of(object) == n)
+        };
+        initial.retain(|e| matches(&e["object"]));
+        let stream = store.watch(&prefix, from).await;
+        let (mut sender, body) = http_body_util::channel::Channel::<Bytes, Infallible>::new(64);
+        let kind = resource.kind;
+        let api_version = resource.group_version();
+        let as_table = self.accept.contains("as=Table");
+        let include = self.params.get("includeObject").is_some_and(|v| v == "Object");
+        // With a Table asked for, each event carries a one-row table of the object.
+        let shape = move |mut event: Value| {
+            if as_table {
+                let revision = event["object"]["metadata"]["resourceVersion"]
+                    .as_str()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                event["object"] = objects::table(
+                    resource,
+                    std::slice::from_ref(&event["object"]),
+                    revision,
+                    include,
+                );
+            }
+            event
+        };
+        let initial: Vec<Value> = initial.into_iter().map(shape).collect();
+        tokio::spawn(async move {
+            let line = |value: &Value| {
+                let mut bytes = serde_json::to_vec(value).unwrap_or_default();
+                bytes.push(b'\n');
+                Bytes::from(bytes)
+            };
+            for event in &initial {
+                if sender.send(Frame::data(line(event))).await.is_err() {
+                    return;
+                }
+            }
+            let mut stream = match stream {
+                Ok(stream) => stream,
+                Err(err) => {
+                    let status = storage_error(resource, "", err).status();
+                    let _ = sender
+                        .send(Frame::data(line(&json!({"type": "ERROR", "object": status}))))
+                        .await;
+                    return;
+                }
+            };
+            let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+            let mut last = from;
+            loop {
+                let tick =
+                    tokio::time::sleep(Duration::from_secs(if bookmarks { 30 } else { 3600 }));
+                let until_deadline = async {
+                    match deadline {
+                        Some(d) => tokio::time::sleep_until(d).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    event = stream.recv() => {
+                        let Some(event) = event else { return };
+                        let event = match event {
+                            Ok(event) => event,
+                            Err(err) => {
+                                let status = storage_error(resource, "", err).status();
+                                let _ = sender.send(Frame::data(line(&json!({"type": "ERROR", "object": status})))).await;
+                                return;
+                            }
+                        };
+                        last = event.revision();
+                        let object = decode(&event.kv);
+                        if !matches(&object) {
+                            continue;
+                        }
+                        let kind = match event.kind {
+                            EventKind::Delete => "DELETED",
+                            EventKind::Put if event.prev.is_none() => "ADDED",
+                            EventKind::Put => "MODIFIED",
+                        };
+                        if sender.send(Frame::data(line(&shape(json!({"type": kind, "object": object}))))).await.is_err() {
+                            return;
+                        }
+                    }
+                    _ = tick, if bookmarks => {
+                        let bookmark = json!({"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": api_version, "metadata": {"resourceVersion": last.to_string()}}});
+                        if sender.send(Frame::data(line(&bookmark))).await.is_err() {
+                            return;
+                        }
+                    }
+                    _ = until_deadline => return,
+                }
+            }
+        });
+        let mut response = Response::new(body.boxed());
+        response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        response
+    }
+}
+
+fn encode_continue(key: &str, revision: i64) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(serde_json::to_vec(&json!({"start": key, "rv": revision})).unwrap_or_default())
+}
+
+fn decode_continue(token: &str) -> Result<(Option<String>, i64), ApiError> {
+    use base64::Engine as _;
+    let bad = || ApiError::bad_request("invalid continue token");
+    let bytes =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
+    let value: Value = serde_json::from_slice(&bytes).map_err(|_| bad())?;
+    Ok((value["start"].as_str().map(str::to_owned), value["rv"].as_i64().ok_or_else(bad)?))
+}
+
+/// A terminating namespace: delete everything in it, then the namespace itself.
+async fn finish_namespace(state: Arc<State>, name: String) {
+    let mut prefixes: Vec<String> =
+        RESOURCES.iter().filter(|r| r.namespaced).map(|r| r.prefix(Some(&name))).collect();
+    prefixes.dedup();
+    for prefix in prefixes {
+        let Ok(page) = state.store.list(&prefix, None, 0, 0).await else { continue };
+        for kv in page.items {
+            let _ = state.store.delete(&kv.key, None).await;
+        }
+    }
+    if let Some(namespaces) = resources::find("", "v1", "namespaces") {
+        let _ = state.store.delete(&namespaces.key(None, &name), None).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn query_values_are_percent_decoded_without_panicking() {
+        assert_eq!(super::percent_decode("app%3Dweb%2Ctier+in+%28a%29"), "app=web,tier in (a)");
+        assert_eq!(super::percent_decode("%zz%"), "%zz%");
+        assert_eq!(super::percent_decode("%\u{e9}\u{e9}"), "%\u{e9}\u{e9}");
+        let token = super::encode_continue("/registry/core/pods/a", 7);
+        assert_eq!(
+            super::decode_continue(&token).unwrap(),
+            (Some("/registry/core/pods/a".to_owned()), 7)
+        );
+        assert!(super::decode_continue("not-a-token!").is_err());
+    }
+}

@@ -1,0 +1,77 @@
+//! `berth server` (the control plane: today the Kubernetes API) and `berth kubeconfig`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Where the server keeps its store, certificates, token and kubeconfig.
+    #[arg(long = "data-dir", default_value = "/var/lib/berth/server")]
+    pub data_dir: PathBuf,
+    /// HTTPS port of the API (0: any free port; the kubeconfig says which).
+    #[arg(long = "https-listen-port", default_value_t = 6443)]
+    pub port: u16,
+    #[arg(long = "bind-address", default_value = "0.0.0.0")]
+    pub bind_address: String,
+    /// etcd endpoint (http://HOST:PORT); the embedded SQLite store when not given.
+    #[arg(long = "datastore-endpoint")]
+    pub datastore_endpoint: Option<String>,
+    /// The admin bearer token (default: made once and kept in DATA_DIR/token).
+    #[arg(long, env = "BERTH_TOKEN")]
+    pub token: Option<String>,
+    /// Run without the node agent (accepted for k3s compatibility: there is no agent yet).
+    #[arg(long = "disable-agent")]
+    pub disable_agent: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct KubeconfigArgs {
+    #[arg(long = "data-dir", default_value = "/var/lib/berth/server")]
+    pub data_dir: PathBuf,
+}
+
+pub fn server(args: ServerArgs) -> Result<i32> {
+    let config = berth_apiserver::server::Config {
+        data_dir: args.data_dir,
+        bind_address: args.bind_address,
+        port: args.port,
+        datastore_endpoint: args.datastore_endpoint,
+        token: args.token,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let kubeconfig = config.data_dir.join("kubeconfig");
+    runtime.block_on(async move {
+        let (ready, port) = tokio::sync::oneshot::channel();
+        let server = tokio::spawn(berth_apiserver::server::run(config, Some(ready)));
+        if let Ok(port) = port.await {
+            eprintln!(
+                "berth server: serving the Kubernetes API on port {port}; kubeconfig: {}",
+                kubeconfig.display()
+            );
+        }
+        match server.await {
+            Ok(Ok(())) => Ok(0),
+            Ok(Err(err)) => Err(anyhow::anyhow!("{err}")),
+            Err(err) => Err(anyhow::anyhow!("the server stopped: {err}")),
+        }
+    })
+}
+
+pub fn kubeconfig(args: KubeconfigArgs) -> Result<i32> {
+    let path = args.data_dir.join("kubeconfig");
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "cannot read {}: has `berth server --data-dir {}` run?",
+            path.display(),
+            args.data_dir.display()
+        )
+    })?;
+    print!("{text}");
+    Ok(0)
+}

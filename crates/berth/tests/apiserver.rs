@@ -1,0 +1,425 @@
+//! `berth server` driven by the real kubectl (/usr/bin/kubectl, v1.32), on the embedded
+//! store and on a real etcd started by the test.
+
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)] // test code: failing loudly is the point
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BERTH: &str = env!("CARGO_BIN_EXE_berth");
+const KUBECTL: &str = "/usr/bin/kubectl";
+
+struct Server {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn kubectl_present() -> bool {
+    if Path::new(KUBECTL).exists() {
+        return true;
+    }
+    if std::env::var_os("BERTH_SKIP_KUBECTL_TESTS").is_some() {
+        eprintln!("skipped: no kubectl at {KUBECTL} (BERTH_SKIP_KUBECTL_TESTS is set)");
+        return false;
+    }
+    panic!("these tests drive the real kubectl at {KUBECTL}");
+}
+
+impl Server {
+    fn start(dir: &Path, datastore: Option<&str>) -> Server {
+        let _ = std::fs::remove_file(dir.join("kubeconfig"));
+        let mut command = Command::new(BERTH);
+        command
+            .args([
+                "server",
+                "--https-listen-port",
+                "0",
+                "--bind-address",
+                "127.0.0.1",
+                "--data-dir",
+            ])
+            .arg(dir);
+        if let Some(endpoint) = datastore {
+            command.args(["--datastore-endpoint", endpoint]);
+        }
+        let child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let server = Server { child, dir: dir.to_owned() };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            assert!(Instant::now() < deadline, "the server did not come up");
+            if dir.join("kubeconfig").exists()
+                && server.kubectl(&["get", "--raw", "/readyz"]).status.success()
+            {
+                return server;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kubectl(&self, args: &[&str]) -> Output {
+        Command::new(KUBECTL)
+            .env("KUBECONFIG", self.dir.join("kubeconfig"))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let output = self.kubectl(args);
+        assert!(
+            output.status.success(),
+            "kubectl {args:?} failed:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    fn fails(&self, args: &[&str]) -> String {
+        let output = self.kubectl(args);
+        assert!(
+            !output.status.success(),
+            "kubectl {args:?} should have failed:\n{}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    }
+
+    fn apply(&self, manifest: &str) -> String {
+        let path = self.dir.join("manifest.yaml");
+        std::fs::write(&path, manifest).unwrap();
+        self.ok(&["apply", "-f", path.to_str().unwrap()])
+    }
+}
+
+const MANIFEST: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: team
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: app
+  namespace: team
+  labels: {tier: web}
+data:
+  a: "1"
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: team
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - name: web
+        image: busybox:1.36
+        args: ["httpd", "-f"]
+"#;
+
+/// The kubectl session both stores must pass.
+fn drive(server: &Server) {
+    // Discovery: the bootstrap namespaces, resources with short names and groups.
+    let namespaces = server.ok(&["get", "ns"]);
+    for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        assert!(namespaces.contains(ns), "{namespaces}");
+    }
+    assert!(
+        namespaces.starts_with("NAME")
+            && namespaces.contains("STATUS")
+            && namespaces.contains("Active"),
+        "{namespaces}"
+    );
+    let resources = server.ok(&["api-resources"]);
+    assert!(
+        resources.lines().any(|l| l.starts_with("deployments")
+            && l.contains("deploy")
+            && l.contains("apps/v1")
+            && l.contains("Deployment")),
+        "{resources}"
+    );
+    let versions = server.ok(&["api-versions"]);
+    assert!(
+        versions.contains("apps/v1") && versions.contains("rbac.authorization.k8s.io/v1"),
+        "{versions}"
+    );
+    // apply, then apply an edit: created, then configured.
+    let out = server.apply(MANIFEST);
+    assert!(
+        out.contains("namespace/team created")
+            && out.contains("configmap/app created")
+            && out.contains("deployment.apps/web created"),
+        "{out}"
+    );
+    let edited = MANIFEST
+        .replace("a: \"1\"", "a: \"2\"")
+        .replace("image: busybox:1.36", "image: busybox:1.37");
+    let out = server.apply(&edited);
+    assert!(
+        out.contains("namespace/team unchanged")
+            && out.contains("configmap/app configured")
+            && out.contains("deployment.apps/web configured"),
+        "{out}"
+    );
+    assert_eq!(server.ok(&["get", "cm", "app", "-n", "team", "-o", "jsonpath={.data.a}"]), "2");
+    let deploy = server.ok(&["get", "deploy", "web", "-n", "team", "-o", "jsonpath={.spec.template.spec.containers[0].image} {.spec.template.spec.containers[0].args[0]} {.metadata.generation}"]);
+    assert_eq!(deploy, "busybox:1.37 httpd 2", "strategic merge kept args, bumped generation");
+    // Tables, selectors, json.
+    let table = server.ok(&["get", "cm", "-n", "team"]);
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "DATA", "AGE"], "{table}");
+    assert!(
+        table.contains("app")
+            && table.lines().nth(1).unwrap().split_whitespace().nth(1) == Some("1"),
+        "{table}"
+    );
+    assert!(server
+        .ok(&["get", "cm", "-n", "team", "-l", "tier=web", "-o", "name"])
+        .contains("configmap/app"));
+    assert_eq!(server.ok(&["get", "cm", "-n", "team", "-l", "tier in (db)", "-o", "name"]), "");
+    assert_eq!(
+        server
+            .ok(&["get", "cm", "-A", "--field-selector", "metadata.name=app", "-o", "name"])
+            .trim(),
+        "configmap/app"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&server.ok(&["get", "deploy", "web", "-n", "team", "-o", "json"]))
+            .unwrap();
+    assert_eq!(json["kind"], "Deployment");
+    assert!(json["metadata"]["uid"].as_str().unwrap().len() == 36);
+    let all = server.ok(&["get", "all", "-n", "team"]);
+    assert!(all.contains("deployment.apps/web"), "{all}");
+    // label, annotate, the three patch types, scale.
+    server.ok(&["label", "cm", "app", "-n", "team", "env=prod"]);
+    server.ok(&["annotate", "cm", "app", "-n", "team", "note=hi"]);
+    server.ok(&[
+        "patch",
+        "cm",
+        "app",
+        "-n",
+        "team",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"data":{"b":"x"}}"#,
+    ]);
+    server.ok(&[
+        "patch",
+        "cm",
+        "app",
+        "-n",
+        "team",
+        "--type",
+        "json",
+        "-p",
+        r#"[{"op":"replace","path":"/data/b","value":"y"}]"#,
+    ]);
+    server.ok(&[
+        "patch",
+        "deploy",
+        "web",
+        "-n",
+        "team",
+        "-p",
+        r#"{"spec":{"template":{"spec":{"containers":[{"name":"web","image":"busybox:1.38"}]}}}}"#,
+    ]);
+    let cm = server.ok(&[
+        "get",
+        "cm",
+        "app",
+        "-n",
+        "team",
+        "-o",
+        "jsonpath={.metadata.labels.env} {.metadata.annotations.note} {.data.b}",
+    ]);
+    assert_eq!(cm, "prod hi y");
+    assert_eq!(
+        server.ok(&[
+            "get",
+            "deploy",
+            "web",
+            "-n",
+            "team",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].image}"
+        ]),
+        "busybox:1.38"
+    );
+    assert!(server
+        .ok(&["scale", "deploy", "web", "-n", "team", "--replicas=5"])
+        .contains("scaled"));
+    assert_eq!(
+        server.ok(&["get", "deploy", "web", "-n", "team", "-o", "jsonpath={.spec.replicas}"]),
+        "5"
+    );
+    // Errors as Kubernetes words them.
+    let err = server.fails(&["get", "cm", "nope", "-n", "team"]);
+    assert!(err.contains("configmaps \"nope\" not found"), "{err}");
+    let path = server.dir.join("bad.yaml");
+    std::fs::write(
+        &path,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: Bad_Name\n  namespace: team\n",
+    )
+    .unwrap();
+    let err = server.fails(&["apply", "-f", path.to_str().unwrap()]);
+    assert!(err.contains("is invalid") && err.contains("metadata.name"), "{err}");
+    std::fs::write(
+        &path,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n  namespace: nowhere\n",
+    )
+    .unwrap();
+    let err = server.fails(&["create", "-f", path.to_str().unwrap()]);
+    assert!(err.contains("namespaces \"nowhere\" not found"), "{err}");
+    std::fs::write(&path, "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app\n  namespace: team\n  resourceVersion: \"1\"\n").unwrap();
+    let err = server.fails(&["replace", "-f", path.to_str().unwrap()]);
+    assert!(err.contains("the object has been modified"), "a stale update is a conflict: {err}");
+    let err = server.fails(&["create", "-f", path.to_str().unwrap()]);
+    assert!(err.contains("already exists"), "{err}");
+    // A watch sees a change; delete --wait removes a namespace with its content.
+    let mut watch = Command::new(KUBECTL)
+        .env("KUBECONFIG", server.dir.join("kubeconfig"))
+        .args(["get", "cm", "-n", "team", "--watch-only", "-o", "name"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    server.ok(&["label", "cm", "app", "-n", "team", "seen=yes"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = watch.kill();
+    let output = watch.wait_with_output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("configmap/app"),
+        "the watch saw the change"
+    );
+    server.ok(&["delete", "ns", "team", "--wait=true", "--timeout=20s"]);
+    assert!(!server.ok(&["get", "ns"]).contains("team"));
+    assert_eq!(
+        server.ok(&["get", "cm", "-A", "-o", "name"]).trim(),
+        "",
+        "the namespace's content went with it"
+    );
+    // No credentials: 401.
+    let output = Command::new(KUBECTL)
+        .args([
+            "--server",
+            &server.ok(&["config", "view", "-o", "jsonpath={.clusters[0].cluster.server}"]),
+            "--insecure-skip-tls-verify",
+            "--token",
+            "wrong",
+            "get",
+            "ns",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("Unauthorized"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn kubectl_drives_the_api_on_the_embedded_store() {
+    if !kubectl_present() {
+        return;
+    }
+    let dir = tempfile::Builder::new().prefix("berth-server-").tempdir().unwrap();
+    let server = Server::start(dir.path(), None);
+    drive(&server);
+}
+
+#[test]
+fn acknowledged_writes_survive_a_killed_server_and_watches_resume() {
+    if !kubectl_present() {
+        return;
+    }
+    let dir = tempfile::Builder::new().prefix("berth-server-").tempdir().unwrap();
+    let mut server = Server::start(dir.path(), None);
+    let start = server.ok(&["get", "ns", "default", "-o", "jsonpath={.metadata.resourceVersion}"]);
+    let mut created = Vec::new();
+    for i in 0..20 {
+        let name = format!("burst-{i}");
+        let path = dir.path().join("cm.yaml");
+        std::fs::write(&path, format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  namespace: default\n")).unwrap();
+        server.ok(&["create", "-f", path.to_str().unwrap()]);
+        created.push(name);
+    }
+    // SIGKILL, no warning: every acknowledged create is there after a restart.
+    let _ = server.child.kill();
+    let _ = server.child.wait();
+    drop(server);
+    let server = Server::start(dir.path(), None);
+    let listed = server.ok(&["get", "cm", "-n", "default", "-o", "name"]);
+    for name in &created {
+        assert!(listed.contains(&format!("configmap/{name}")), "{name} lost: {listed}");
+    }
+    // A watch from before the burst replays it.
+    let raw = server.ok(&["get", "--raw", &format!("/api/v1/namespaces/default/configmaps?watch=1&resourceVersion={start}&timeoutSeconds=2")]);
+    let events: Vec<serde_json::Value> =
+        raw.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(events.len(), created.len(), "{raw}");
+    assert!(events.iter().all(|e| e["type"] == "ADDED"));
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[test]
+fn kubectl_drives_the_api_on_etcd() {
+    if !kubectl_present() {
+        return;
+    }
+    if Command::new("etcd").arg("--version").output().is_err() {
+        panic!("this test needs etcd (Debian's etcd-server; scripts/deps installs it)");
+    }
+    let dir = tempfile::Builder::new().prefix("berth-server-etcd-").tempdir().unwrap();
+    let (client, peer) = (free_port(), free_port());
+    let endpoint = format!("http://127.0.0.1:{client}");
+    let mut etcd = Command::new("etcd")
+        .arg("--data-dir")
+        .arg(dir.path().join("etcd"))
+        .args([
+            "--name",
+            "test",
+            "--listen-client-urls",
+            &endpoint,
+            "--advertise-client-urls",
+            &endpoint,
+        ])
+        .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+        .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
+        .args(["--initial-cluster", &format!("test=http://127.0.0.1:{peer}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", client)).is_err() {
+        assert!(Instant::now() < deadline, "etcd did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let server_dir = dir.path().join("server");
+    std::fs::create_dir(&server_dir).unwrap();
+    let server = Server::start(&server_dir, Some(&endpoint));
+    drive(&server);
+    drop(server);
+    let _ = etcd.kill();
+    let _ = etcd.wait();
+}
