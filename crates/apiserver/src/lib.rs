@@ -4,6 +4,7 @@
 //! - `resources`: the served kinds and the discovery documents;
 //! - `objects`: metadata, names, defaults, `Status` errors and `Table` rows;
 //! - `patch`: JSON patch, merge patch and strategic merge patch;
+//! - `proto`: protobuf request bodies of the kinds `kubectl create` makes;
 //! - `selector`: label and field selectors;
 //! - `tls`: the CA, serving certificate and admin token in the data directory;
 //! - `server`: authentication, routing and the verbs (get, list, watch, create, update,
@@ -11,6 +12,7 @@
 
 pub mod objects;
 pub mod patch;
+pub mod proto;
 pub mod resources;
 pub mod selector;
 pub mod server;

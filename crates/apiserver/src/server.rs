@@ -42,6 +42,8 @@ type Body = BoxBody<Bytes, Infallible>;
 struct State {
     store: Arc<dyn Store>,
     token: String,
+    /// Held while a Service's addresses are chosen, so two creates cannot pick the same.
+    service_allocation: tokio::sync::Mutex<()>,
 }
 
 fn full(data: impl Into<Bytes>) -> Body {
@@ -109,7 +111,7 @@ pub async fn run(
         })?;
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(config.port);
     write_kubeconfig(&config, &pki.ca_pem, &token, port)?;
-    let state = Arc::new(State { store, token });
+    let state = Arc::new(State { store, token, service_allocation: tokio::sync::Mutex::new(()) });
     bootstrap(&state).await?;
     let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(&pki)?);
     tracing::info!(port, "serving the API");
@@ -176,6 +178,24 @@ async fn bootstrap(state: &State) -> Result<(), Error> {
         let mut object =
             json!({"metadata": {"name": name, "labels": {"kubernetes.io/metadata.name": name}}});
         objects::prepare_create(namespaces, &mut object, None)
+            .map_err(|e| Error::Setup(e.message))?;
+        match state.store.create(&key, serde_json::to_vec(&object).unwrap_or_default()).await {
+            Ok(_) | Err(berth_store::Error::AlreadyExists { .. }) => {}
+            Err(err) => return Err(Error::Setup(err.to_string())),
+        }
+    }
+    // The API's own service, holding the first address of the service range.
+    let services =
+        resources::find("", "v1", "services").ok_or_else(|| Error::Setup("no services".into()))?;
+    let key = services.key(Some("default"), "kubernetes");
+    if state.store.get(&key).await.map_err(|e| Error::Setup(e.to_string()))?.is_none() {
+        let mut object = json!({
+            "metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+            "spec": {"type": "ClusterIP", "clusterIP": "10.43.0.1", "clusterIPs": ["10.43.0.1"], "sessionAffinity": "None",
+                     "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack",
+                     "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]},
+        });
+        objects::prepare_create(services, &mut object, Some("default"))
             .map_err(|e| Error::Setup(e.message))?;
         match state.store.create(&key, serde_json::to_vec(&object).unwrap_or_default()).await {
             Ok(_) | Err(berth_store::Error::AlreadyExists { .. }) => {}
@@ -592,11 +612,8 @@ impl Api {
 
     fn parse_body(&self, content_type: &str, body: &[u8]) -> Result<Value, ApiError> {
         if content_type.contains("protobuf") {
-            return Err(ApiError::new(
-                415,
-                "UnsupportedMediaType",
-                "protobuf request bodies are not supported yet; send JSON",
-            ));
+            return crate::proto::decode(body)
+                .map_err(|e| ApiError::new(415, "UnsupportedMediaType", e.to_string()));
         }
         serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
@@ -609,6 +626,13 @@ impl Api {
             objects::prepare_create(resource, &mut object, self.target.namespace.as_deref())?;
         self.namespace_ready().await?;
         let key = resource.key(self.target.namespace.as_deref(), &name);
+        let _allocating = if resource.kind == "Service" {
+            let guard = self.state.service_allocation.lock().await;
+            self.allocate_service_addresses(&mut object).await?;
+            Some(guard)
+        } else {
+            None
+        };
         if self.dry_run() {
             if self
                 .state
@@ -629,6 +653,103 @@ impl Api {
             .await
             .map_err(|e| storage_error(resource, &name, e))?;
         Ok((201, with_revision(object, revision)))
+    }
+
+    /// Service defaults and addresses: a cluster IP from 10.43.0.0/16 (k3s's range;
+    /// 10.43.0.1 is the API's own), node ports from 30000-32767 for NodePort and
+    /// LoadBalancer services, TCP and targetPort defaults on ports.
+    async fn allocate_service_addresses(&self, object: &mut Value) -> Result<(), ApiError> {
+        let resource = self.resource();
+        let spec = object.get_mut("spec").and_then(Value::as_object_mut);
+        let Some(spec) = spec else { return Ok(()) };
+        let kind = spec.get("type").and_then(Value::as_str).unwrap_or("ClusterIP").to_owned();
+        spec.insert("type".into(), json!(kind));
+        spec.entry("sessionAffinity").or_insert(json!("None"));
+        if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
+            for port in ports.iter_mut() {
+                if port.get("protocol").is_none() {
+                    port["protocol"] = json!("TCP");
+                }
+                if port.get("targetPort").is_none() {
+                    port["targetPort"] = port["port"].clone();
+                }
+            }
+        }
+        if kind == "ExternalName" {
+            return Ok(());
+        }
+        let all = self
+            .state
+            .store
+            .list(&resource.prefix(None), None, 0, 0)
+            .await
+            .map_err(|e| storage_error(resource, "", e))?;
+        let services: Vec<Value> = all.items.iter().map(decode).collect();
+        let used_ips: std::collections::HashSet<String> = services
+            .iter()
+            .filter_map(|s| s["spec"]["clusterIP"].as_str().map(str::to_owned))
+            .collect();
+        let wanted = spec.get("clusterIP").and_then(Value::as_str).unwrap_or("").to_owned();
+        let ip = match wanted.as_str() {
+            "None" => "None".to_owned(),
+            "" => (2u32..65_534)
+                .map(|n| format!("10.43.{}.{}", n / 256, n % 256))
+                .find(|ip| !used_ips.contains(ip))
+                .ok_or_else(|| {
+                    ApiError::new(500, "InternalError", "the service IP range 10.43.0.0/16 is full")
+                })?,
+            given => {
+                let inside = given
+                    .parse::<std::net::Ipv4Addr>()
+                    .ok()
+                    .is_some_and(|a| a.octets()[0] == 10 && a.octets()[1] == 43);
+                if !inside {
+                    return Err(ApiError::invalid(resource, objects::name_of(object), "spec.clusterIPs", &format!("Invalid value: {given:?}: provided IP is not in the valid range. The range of valid IPs is 10.43.0.0/16")));
+                }
+                if used_ips.contains(given) {
+                    return Err(ApiError::invalid(
+                        resource,
+                        objects::name_of(object),
+                        "spec.clusterIPs",
+                        &format!("Invalid value: {given:?}: provided IP is already allocated"),
+                    ));
+                }
+                given.to_owned()
+            }
+        };
+        let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) else {
+            return Ok(());
+        };
+        spec.insert("clusterIP".into(), json!(ip));
+        spec.insert("clusterIPs".into(), json!([ip]));
+        if ip != "None" {
+            spec.insert("ipFamilies".into(), json!(["IPv4"]));
+            spec.insert("ipFamilyPolicy".into(), json!("SingleStack"));
+        }
+        if kind == "NodePort" || kind == "LoadBalancer" {
+            let mut used_ports: std::collections::HashSet<i64> = services
+                .iter()
+                .flat_map(|s| s["spec"]["ports"].as_array().cloned().unwrap_or_default())
+                .filter_map(|p| p["nodePort"].as_i64())
+                .collect();
+            if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
+                for port in ports.iter_mut() {
+                    if let Some(given) = port["nodePort"].as_i64() {
+                        if !(30000..=32767).contains(&given) || !used_ports.insert(given) {
+                            return Err(ApiError::new(422, "Invalid", format!("Service is invalid: spec.ports.nodePort: Invalid value: {given}: provided port is already allocated or outside 30000-32767")));
+                        }
+                        continue;
+                    }
+                    let free =
+                        (30000..=32767).find(|p| !used_ports.contains(p)).ok_or_else(|| {
+                            ApiError::new(500, "InternalError", "no node port left in 30000-32767")
+                        })?;
+                    used_ports.insert(free);
+                    port["nodePort"] = json!(free);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Writes `object` over the current one (which had `revision`), keeping what an update

@@ -268,6 +268,82 @@ fn drive(server: &Server) {
         server.ok(&["get", "deploy", "web", "-n", "team", "-o", "jsonpath={.spec.replicas}"]),
         "5"
     );
+    // kubectl create sends protobuf for these kinds.
+    server.ok(&["create", "namespace", "made"]);
+    server.ok(&[
+        "create",
+        "configmap",
+        "settings",
+        "-n",
+        "made",
+        "--from-literal=a=1",
+        "--from-literal=b=2",
+    ]);
+    server.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "pw",
+        "-n",
+        "made",
+        "--from-literal=password=s3cret",
+    ]);
+    server.ok(&[
+        "create",
+        "deployment",
+        "api",
+        "-n",
+        "made",
+        "--image=busybox:1.36",
+        "--replicas=2",
+        "--port=8080",
+    ]);
+    server.ok(&["create", "service", "clusterip", "api", "-n", "made", "--tcp=80:8080"]);
+    server.ok(&["create", "service", "nodeport", "edge", "-n", "made", "--tcp=81:8080"]);
+    server.ok(&["create", "serviceaccount", "robot", "-n", "made"]);
+    assert_eq!(
+        server.ok(&["get", "cm", "settings", "-n", "made", "-o", "jsonpath={.data.b}"]),
+        "2"
+    );
+    assert_eq!(
+        server.ok(&["get", "secret", "pw", "-n", "made", "-o", "jsonpath={.data.password}"]),
+        "czNjcmV0"
+    );
+    assert_eq!(
+        server.ok(&[
+            "get",
+            "deploy",
+            "api",
+            "-n",
+            "made",
+            "-o",
+            "jsonpath={.spec.replicas} {.spec.template.spec.containers[0].ports[0].containerPort}"
+        ]),
+        "2 8080"
+    );
+    // Services get addresses from the range, node ports from 30000-32767.
+    let ip = server.ok(&["get", "svc", "api", "-n", "made", "-o", "jsonpath={.spec.clusterIP}"]);
+    assert!(ip.starts_with("10.43.") && ip != "10.43.0.1", "{ip}");
+    assert_eq!(
+        server.ok(&["get", "svc", "kubernetes", "-o", "jsonpath={.spec.clusterIP}"]),
+        "10.43.0.1"
+    );
+    let edge = server.ok(&[
+        "get",
+        "svc",
+        "edge",
+        "-n",
+        "made",
+        "-o",
+        "jsonpath={.spec.clusterIP} {.spec.ports[0].nodePort}",
+    ]);
+    let (edge_ip, node_port) = edge.split_once(' ').unwrap();
+    assert!(
+        edge_ip != ip && (30000..=32767).contains(&node_port.parse::<u16>().unwrap()),
+        "{edge}"
+    );
+    let services = server.ok(&["get", "svc", "-n", "made"]);
+    assert!(services.contains("NodePort") && services.contains("80/TCP"), "{services}");
     // Errors as Kubernetes words them.
     let err = server.fails(&["get", "cm", "nope", "-n", "team"]);
     assert!(err.contains("configmaps \"nope\" not found"), "{err}");
@@ -309,10 +385,10 @@ fn drive(server: &Server) {
     );
     server.ok(&["delete", "ns", "team", "--wait=true", "--timeout=20s"]);
     assert!(!server.ok(&["get", "ns"]).contains("team"));
-    assert_eq!(
-        server.ok(&["get", "cm", "-A", "-o", "name"]).trim(),
-        "",
-        "the namespace's content went with it"
+    let left = server.ok(&["get", "cm", "-A", "-o", "name"]);
+    assert!(
+        !left.contains("configmap/app") && left.contains("configmap/settings"),
+        "the namespace's content went with it: {left}"
     );
     // No credentials: 401.
     let output = Command::new(KUBECTL)
