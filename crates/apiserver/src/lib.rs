@@ -6,10 +6,12 @@
 //! - `patch`: JSON patch, merge patch and strategic merge patch;
 //! - `proto`: protobuf request bodies of the kinds `kubectl create` makes;
 //! - `selector`: label and field selectors;
+//! - `encryption`: Secrets sealed with AES-256-GCM before they reach the store;
 //! - `tls`: the CA, serving certificate and admin token in the data directory;
 //! - `server`: authentication, routing and the verbs (get, list, watch, create, update,
 //!   patch, delete, deletecollection).
 
+pub mod encryption;
 pub mod objects;
 pub mod patch;
 pub mod proto;

@@ -44,6 +44,8 @@ struct State {
     token: String,
     /// Held while a Service's addresses are chosen, so two creates cannot pick the same.
     service_allocation: tokio::sync::Mutex<()>,
+    /// `<data-dir>/audit.log`: one JSON line per write.
+    audit: std::sync::Mutex<Option<std::fs::File>>,
 }
 
 fn full(data: impl Into<Bytes>) -> Body {
@@ -101,6 +103,8 @@ pub async fn run(
             berth_store::SqliteStore::open(&config.data_dir.join("state.db")).map_err(|e| Error::Setup(e.to_string()))?,
         ),
     };
+    let key = crate::encryption::load_key(&config.data_dir)?;
+    let store: Arc<dyn Store> = Arc::new(crate::encryption::Encrypted::new(store, &key)?);
     let tls_dir = config.data_dir.join("tls");
     let pki = tls::ensure(&tls_dir, std::slice::from_ref(&config.bind_address))?;
     let token = tls::token(&config.data_dir, config.token.as_deref())?;
@@ -111,7 +115,18 @@ pub async fn run(
         })?;
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(config.port);
     write_kubeconfig(&config, &pki.ca_pem, &token, port)?;
-    let state = Arc::new(State { store, token, service_allocation: tokio::sync::Mutex::new(()) });
+    let audit_path = config.data_dir.join("audit.log");
+    let audit = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&audit_path)
+        .map_err(|e| Error::Setup(format!("cannot open {}: {e}", audit_path.display())))?;
+    let state = Arc::new(State {
+        store,
+        token,
+        service_allocation: tokio::sync::Mutex::new(()),
+        audit: std::sync::Mutex::new(Some(audit)),
+    });
     bootstrap(&state).await?;
     let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(&pki)?);
     tracing::info!(port, "serving the API");
@@ -420,11 +435,29 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Response<Body>
     };
     let api = Api { state: state.clone(), target, params, accept };
     if api.target.subresource.as_deref() == Some("scale") {
-        return match api.scale(&method, &content_type, &body).await {
+        let result = api.scale(&method, &content_type, &body).await;
+        if method != Method::GET {
+            let verb = if method == Method::PUT { "update" } else { "patch" };
+            state.audit(
+                verb,
+                &api.target,
+                None,
+                result.as_ref().map(|_| 200).unwrap_or_else(|e| e.code),
+            );
+        }
+        return match result {
             Ok(value) => json_response(200, &value),
             Err(err) => error_response(&err),
         };
     }
+    let verb = match (&method, api.target.name.is_some()) {
+        (&Method::POST, _) => "create",
+        (&Method::PUT, _) => "update",
+        (&Method::PATCH, _) => "patch",
+        (&Method::DELETE, true) => "delete",
+        (&Method::DELETE, false) => "deletecollection",
+        _ => "get",
+    };
     let result = match (method, api.target.name.is_some()) {
         (Method::GET, false) if api.flag("watch") => return api.watch().await,
         (Method::GET, false) => api.list().await,
@@ -441,9 +474,43 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Response<Body>
             "the server does not allow this method on the requested resource",
         )),
     };
+    let code = match &result {
+        Ok((code, _)) => *code,
+        Err(err) => err.code,
+    };
+    if verb != "get" {
+        let created = match &result {
+            Ok((_, value)) if verb == "create" => Some(objects::name_of(value).to_owned()),
+            _ => None,
+        };
+        state.audit(verb, &api.target, created.as_deref(), code);
+    }
     match result {
         Ok((code, value)) => json_response(code, &value),
         Err(err) => error_response(&err),
+    }
+}
+
+impl State {
+    /// Appends one line to the audit log; a full disk loses the line, not the request.
+    fn audit(&self, verb: &str, target: &Target, name: Option<&str>, code: u16) {
+        let line = json!({
+            "time": objects::now(),
+            "user": "admin",
+            "verb": verb,
+            "group": target.resource.group,
+            "resource": target.resource.name,
+            "subresource": target.subresource,
+            "namespace": target.namespace,
+            "name": name.or(target.name.as_deref()),
+            "code": code,
+        });
+        if let Ok(mut file) = self.audit.lock() {
+            if let Some(file) = file.as_mut() {
+                use std::io::Write;
+                let _ = writeln!(file, "{line}");
+            }
+        }
     }
 }
 

@@ -418,6 +418,33 @@ fn kubectl_drives_the_api_on_the_embedded_store() {
     let dir = tempfile::Builder::new().prefix("berth-server-").tempdir().unwrap();
     let server = Server::start(dir.path(), None);
     drive(&server);
+    // Secrets are encrypted at rest: the store's files never hold the value.
+    for file in ["state.db", "state.db-wal"] {
+        let bytes = std::fs::read(dir.path().join(file)).unwrap_or_default();
+        assert!(!bytes.windows(6).any(|w| w == b"s3cret"), "{file} holds a secret in the clear");
+    }
+    assert_eq!(
+        server.ok(&["get", "secret", "pw", "-n", "made", "-o", "jsonpath={.data.password}"]),
+        "czNjcmV0"
+    );
+    // Every write is in the audit log.
+    let audit = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();
+    let entries: Vec<serde_json::Value> =
+        audit.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(
+        entries.iter().any(|e| e["verb"] == "create"
+            && e["resource"] == "secrets"
+            && e["name"] == "pw"
+            && e["code"] == 201),
+        "{audit}"
+    );
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["verb"] == "delete" && e["resource"] == "namespaces" && e["name"] == "team"),
+        "{audit}"
+    );
+    assert!(entries.iter().all(|e| e["user"] == "admin" && e["verb"] != "get"));
 }
 
 #[test]
