@@ -141,6 +141,8 @@ pub async fn run(
                 continue;
             }
         };
+        // Small responses must not wait for a delayed ACK (Nagle): 40 ms per request.
+        let _ = stream.set_nodelay(true);
         let acceptor = acceptor.clone();
         let state = state.clone();
         tokio::spawn(async move {
