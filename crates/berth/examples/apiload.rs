@@ -2,6 +2,8 @@
 //! percentiles), gets and lists at full speed, watch delivery latency, then a fill up to
 //! a number of objects. Usage: `apiload DATA_DIR [rate/s] [seconds] [objects]`.
 
+#![allow(clippy::expect_used, clippy::unwrap_used)] // a benchmark tool: failing loudly is the point
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
