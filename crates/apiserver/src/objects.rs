@@ -302,6 +302,22 @@ fn default(resource: &Resource, object: &mut Value) {
             object["status"] = json!({"phase": "Active"});
         }
         "Secret" if object.get("type").is_none() => object["type"] = json!("Opaque"),
+        "Deployment" if object["spec"].is_object() => {
+            let spec = &mut object["spec"];
+            for (key, value) in [
+                ("replicas", json!(1)),
+                ("revisionHistoryLimit", json!(10)),
+                ("progressDeadlineSeconds", json!(600)),
+                (
+                    "strategy",
+                    json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}}),
+                ),
+            ] {
+                if spec.get(key).is_none_or(|v| v.as_object().is_some_and(|o| o.is_empty())) {
+                    spec[key] = value;
+                }
+            }
+        }
         "Pod" => {
             let spec = &mut object["spec"];
             if spec.is_object() {

@@ -21,6 +21,7 @@ pub struct Resource {
     pub subresources: &'static [Subresource],
     /// Fields `fieldSelector` may use beyond metadata.name and metadata.namespace.
     pub field_selectors: &'static [&'static str],
+    pub verbs: &'static [&'static str],
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +56,7 @@ macro_rules! resource {
             categories: $categories,
             subresources: $subs,
             field_selectors: $fields,
+            verbs: VERBS,
         }
     };
 }
@@ -331,6 +333,20 @@ pub const RESOURCES: &[Resource] = &[
         &[],
         &[]
     ),
+    // Answered, never stored: `kubectl auth can-i`.
+    Resource {
+        group: "authorization.k8s.io",
+        version: "v1",
+        name: "selfsubjectaccessreviews",
+        singular: "selfsubjectaccessreview",
+        kind: "SelfSubjectAccessReview",
+        namespaced: false,
+        short_names: &[],
+        categories: &[],
+        subresources: &[],
+        field_selectors: &[],
+        verbs: &["create"],
+    },
 ];
 
 impl Resource {
@@ -367,7 +383,7 @@ impl Resource {
             "singularName": self.singular,
             "namespaced": self.namespaced,
             "kind": self.kind,
-            "verbs": VERBS,
+            "verbs": self.verbs,
             "shortNames": self.short_names,
             "categories": self.categories,
         })];
@@ -412,7 +428,7 @@ impl Resource {
             "responseKind": {"group": self.group, "version": self.version, "kind": self.kind},
             "scope": if self.namespaced { "Namespaced" } else { "Cluster" },
             "singularResource": self.singular,
-            "verbs": VERBS,
+            "verbs": self.verbs,
         });
         if !self.short_names.is_empty() {
             entry["shortNames"] = json!(self.short_names);
@@ -609,7 +625,8 @@ mod tests {
                 "autoscaling",
                 "coordination.k8s.io",
                 "discovery.k8s.io",
-                "rbac.authorization.k8s.io"
+                "rbac.authorization.k8s.io",
+                "authorization.k8s.io"
             ]
         );
         let autoscaling = &groups["groups"][2];

@@ -128,6 +128,7 @@ pub async fn run(
         audit: std::sync::Mutex::new(Some(audit)),
     });
     bootstrap(&state).await?;
+    tokio::spawn(compact_periodically(state.store.clone()));
     let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(&pki)?);
     tracing::info!(port, "serving the API");
     if let Some(ready) = ready {
@@ -435,6 +436,22 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Response<Body>
     } else {
         Bytes::new()
     };
+    if resource.kind == "SelfSubjectAccessReview" {
+        // The only identity is the admin, which may do everything (RBAC is not there yet).
+        if method != Method::POST {
+            return error_response(&ApiError::new(
+                405,
+                "MethodNotAllowed",
+                "only create is allowed",
+            ));
+        }
+        // kubectl sends it as protobuf; only the answer matters to it.
+        let mut review: Value = serde_json::from_slice(&body).unwrap_or_else(|_| {
+            json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview", "metadata": {}, "spec": {}})
+        });
+        review["status"] = json!({"allowed": true, "reason": "the admin token may do everything"});
+        return json_response(201, &review);
+    }
     let api = Api { state: state.clone(), target, params, accept };
     if api.target.subresource.as_deref() == Some("scale") {
         let result = api.scale(&method, &content_type, &body).await;
@@ -1312,6 +1329,27 @@ fn decode_continue(token: &str) -> Result<(Option<String>, i64), ApiError> {
         base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
     let value: Value = serde_json::from_slice(&bytes).map_err(|_| bad())?;
     Ok((value["start"].as_str().map(str::to_owned), value["rv"].as_i64().ok_or_else(bad)?))
+}
+
+/// Revisions of history kept for watches to resume from (as kine keeps 1000).
+const HISTORY: i64 = 1000;
+
+/// Compacts the store every minute, keeping the last `HISTORY` revisions, so the store does
+/// not grow with every write ever made.
+async fn compact_periodically(store: Arc<dyn Store>) {
+    let mut done = 0;
+    loop {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let Ok(current) = store.revision().await else { continue };
+        let target = current - HISTORY;
+        if target <= done {
+            continue;
+        }
+        match store.compact(target).await {
+            Ok(()) | Err(berth_store::Error::Compacted { .. }) => done = target,
+            Err(err) => tracing::warn!("compaction to {target}: {err}"),
+        }
+    }
 }
 
 /// A terminating namespace: delete everything in it, then the namespace itself.

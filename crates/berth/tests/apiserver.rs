@@ -153,6 +153,7 @@ fn drive(server: &Server) {
             && l.contains("Deployment")),
         "{resources}"
     );
+    assert_eq!(server.ok(&["auth", "can-i", "create", "pods"]).trim(), "yes");
     let versions = server.ok(&["api-versions"]);
     assert!(
         versions.contains("apps/v1") && versions.contains("rbac.authorization.k8s.io/v1"),
@@ -301,6 +302,28 @@ fn drive(server: &Server) {
     server.ok(&["create", "service", "clusterip", "api", "-n", "made", "--tcp=80:8080"]);
     server.ok(&["create", "service", "nodeport", "edge", "-n", "made", "--tcp=81:8080"]);
     server.ok(&["create", "serviceaccount", "robot", "-n", "made"]);
+    let described = server.ok(&["describe", "deploy", "api", "-n", "made"]);
+    assert!(
+        described.contains("StrategyType:           RollingUpdate")
+            && described.contains("busybox:1.36"),
+        "{described}"
+    );
+    // kubectl edit, with an editor that changes the replicas.
+    let editor = server.dir.join("editor.sh");
+    std::fs::write(&editor, "#!/bin/sh\nsed -i 's/replicas: 2/replicas: 4/' \"$1\"\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&editor, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let edited = Command::new(KUBECTL)
+        .env("KUBECONFIG", server.dir.join("kubeconfig"))
+        .env("EDITOR", &editor)
+        .args(["edit", "deploy", "api", "-n", "made"])
+        .output()
+        .unwrap();
+    assert!(edited.status.success(), "{}", String::from_utf8_lossy(&edited.stderr));
+    assert_eq!(
+        server.ok(&["get", "deploy", "api", "-n", "made", "-o", "jsonpath={.spec.replicas}"]),
+        "4"
+    );
     assert_eq!(
         server.ok(&["get", "cm", "settings", "-n", "made", "-o", "jsonpath={.data.b}"]),
         "2"
@@ -319,7 +342,7 @@ fn drive(server: &Server) {
             "-o",
             "jsonpath={.spec.replicas} {.spec.template.spec.containers[0].ports[0].containerPort}"
         ]),
-        "2 8080"
+        "4 8080"
     );
     // Services get addresses from the range, node ports from 30000-32767.
     let ip = server.ok(&["get", "svc", "api", "-n", "made", "-o", "jsonpath={.spec.clusterIP}"]);
