@@ -7,11 +7,13 @@
 //! - `proto`: protobuf request bodies of the kinds `kubectl create` makes;
 //! - `selector`: label and field selectors;
 //! - `encryption`: Secrets sealed with AES-256-GCM before they reach the store;
+//! - `metrics`: `/metrics` in the Prometheus format;
 //! - `tls`: the CA, serving certificate and admin token in the data directory;
 //! - `server`: authentication, routing and the verbs (get, list, watch, create, update,
 //!   patch, delete, deletecollection).
 
 pub mod encryption;
+pub mod metrics;
 pub mod objects;
 pub mod patch;
 pub mod proto;

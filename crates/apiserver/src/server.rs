@@ -46,6 +46,7 @@ struct State {
     service_allocation: tokio::sync::Mutex<()>,
     /// `<data-dir>/audit.log`: one JSON line per write.
     audit: std::sync::Mutex<Option<std::fs::File>>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 fn full(data: impl Into<Bytes>) -> Body {
@@ -126,6 +127,7 @@ pub async fn run(
         token,
         service_allocation: tokio::sync::Mutex::new(()),
         audit: std::sync::Mutex::new(Some(audit)),
+        metrics: Arc::new(crate::metrics::Metrics::default()),
     });
     bootstrap(&state).await?;
     tokio::spawn(compact_periodically(state.store.clone()));
@@ -277,7 +279,40 @@ struct Target {
     subresource: Option<String>,
 }
 
+/// Serves a request and records it in the metrics.
 async fn handle(state: Arc<State>, request: Request<Incoming>) -> Response<Body> {
+    let started = std::time::Instant::now();
+    let watch = request
+        .uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|p| p == "watch=1" || p == "watch=true"));
+    let verb = match *request.method() {
+        Method::GET if watch => "watch",
+        Method::GET => "get",
+        Method::POST => "create",
+        Method::PUT => "update",
+        Method::PATCH => "patch",
+        Method::DELETE => "delete",
+        _ => "other",
+    };
+    let segments: Vec<&str> = request.uri().path().trim_matches('/').split('/').collect();
+    let after_version = match segments.first() {
+        Some(&"api") => segments.get(2..),
+        Some(&"apis") => segments.get(3..),
+        _ => None,
+    };
+    let resource = match after_version {
+        Some(["namespaces", _, resource, ..]) => (*resource).to_owned(),
+        Some([resource, ..]) => (*resource).to_owned(),
+        _ => "none".to_owned(),
+    };
+    let metrics = state.metrics.clone();
+    let response = route(state, request).await;
+    metrics.observe(verb, &resource, response.status().as_u16(), started.elapsed());
+    response
+}
+
+async fn route(state: Arc<State>, request: Request<Incoming>) -> Response<Body> {
     let path = request.uri().path().trim_end_matches('/').to_owned();
     let path = if path.is_empty() { "/".to_owned() } else { path };
     let accept =
@@ -318,6 +353,13 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Response<Body>
         }
         response
     };
+    if path == "/metrics" {
+        let mut response = Response::new(full(state.metrics.render()));
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+        return response;
+    }
     let wants_aggregated = accept.contains("as=APIGroupDiscoveryList") && accept.contains("v=v2");
     match path.as_str() {
         "/api" if wants_aggregated => return discovery(resources::aggregated(true), true),
@@ -1243,7 +1285,16 @@ impl Api {
             event
         };
         let initial: Vec<Value> = initial.into_iter().map(shape).collect();
+        let metrics = self.state.metrics.clone();
         tokio::spawn(async move {
+            struct Open(Arc<crate::metrics::Metrics>);
+            impl Drop for Open {
+                fn drop(&mut self) {
+                    self.0.watch_ended();
+                }
+            }
+            metrics.watch_started();
+            let _open = Open(metrics);
             let line = |value: &Value| {
                 let mut bytes = serde_json::to_vec(value).unwrap_or_default();
                 bytes.push(b'\n');

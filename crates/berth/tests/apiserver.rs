@@ -413,6 +413,19 @@ fn drive(server: &Server) {
         !left.contains("configmap/app") && left.contains("configmap/settings"),
         "the namespace's content went with it: {left}"
     );
+    // Metrics count what happened.
+    let metrics = server.ok(&["get", "--raw", "/metrics"]);
+    assert!(
+        metrics.contains(
+            "apiserver_request_total{verb=\"create\",resource=\"configmaps\",code=\"201\"}"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("apiserver_request_duration_seconds_bucket{verb=\"patch\",le=\"+Inf\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("process_resident_memory_bytes"), "{metrics}");
     // No credentials: 401.
     let output = Command::new(KUBECTL)
         .args([
