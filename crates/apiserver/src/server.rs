@@ -739,14 +739,22 @@ impl Api {
     }
 
     fn parse_body(&self, content_type: &str, body: &[u8]) -> Result<Value, ApiError> {
-        if content_type.contains("protobuf") {
-            return crate::proto::decode(body)
-                .map_err(|e| ApiError::new(415, "UnsupportedMediaType", e.to_string()));
-        }
-        serde_json::from_slice(body)
-            .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
+        decode_body(content_type, body)
     }
+}
 
+/// Decodes a request body by its content type: JSON (objects and patches) or Kubernetes
+/// protobuf. The entry point of the decoders' fuzz target.
+pub fn decode_body(content_type: &str, body: &[u8]) -> Result<Value, ApiError> {
+    if content_type.contains("protobuf") {
+        return crate::proto::decode(body)
+            .map_err(|e| ApiError::new(415, "UnsupportedMediaType", e.to_string()));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
+}
+
+impl Api {
     async fn create(&self, content_type: &str, body: &[u8]) -> Result<(u16, Value), ApiError> {
         let resource = self.resource();
         let mut object = self.parse_body(content_type, body)?;
