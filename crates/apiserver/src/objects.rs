@@ -355,82 +355,491 @@ fn default(resource: &Resource, object: &mut Value) {
     }
 }
 
-/// The columns `kubectl get` shows for a kind, and each object's cells.
-pub fn table(resource: &Resource, items: &[Value], revision: i64, include_object: bool) -> Value {
-    let columns: Vec<(&str, &str)> = match resource.kind {
-        "Namespace" => vec![("Name", "name"), ("Status", ""), ("Age", "")],
-        "ConfigMap" => vec![("Name", "name"), ("Data", ""), ("Age", "")],
-        "Secret" => vec![("Name", "name"), ("Type", ""), ("Data", ""), ("Age", "")],
-        "Pod" => {
-            vec![("Name", "name"), ("Ready", ""), ("Status", ""), ("Restarts", ""), ("Age", "")]
+type Cell = fn(&Value) -> Value;
+
+/// A column of `kubectl get`: its name, type, priority (1: only with `-o wide`) and cell.
+struct Column(&'static str, &'static str, u8, Cell);
+
+fn s(v: &Value) -> Value {
+    v.as_str().map(|t| json!(t)).unwrap_or(json!("<none>"))
+}
+
+fn count(v: &Value) -> usize {
+    v.as_object().map(|o| o.len()).or_else(|| v.as_array().map(Vec::len)).unwrap_or(0)
+}
+
+fn join(values: impl Iterator<Item = String>) -> Value {
+    let list: Vec<String> = values.filter(|v| !v.is_empty()).collect();
+    if list.is_empty() {
+        json!("<none>")
+    } else {
+        json!(list.join(","))
+    }
+}
+
+fn selector_text(v: &Value) -> Value {
+    join(
+        v.as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))),
+    )
+}
+
+fn int(v: &Value) -> Value {
+    json!(v.as_i64().unwrap_or(0))
+}
+
+fn name_cell(item: &Value) -> Value {
+    json!(name_of(item))
+}
+
+fn age_cell(item: &Value) -> Value {
+    json!(age(item["metadata"]["creationTimestamp"].as_str().unwrap_or("")))
+}
+
+fn created_at(item: &Value) -> Value {
+    item["metadata"]["creationTimestamp"].clone()
+}
+
+fn ports_text(ports: &Value) -> Value {
+    join(ports.as_array().into_iter().flatten().map(|p| {
+        let node = p["nodePort"].as_i64().map(|n| format!(":{n}")).unwrap_or_default();
+        format!("{}{node}/{}", p["port"], p["protocol"].as_str().unwrap_or("TCP"))
+    }))
+}
+
+/// The columns Kubernetes' printers give each kind (names as `kubectl get` shows them).
+fn columns(kind: &str) -> Vec<Column> {
+    let name = Column("Name", "string", 0, name_cell);
+    let age_column = Column("Age", "string", 0, age_cell);
+    match kind {
+        "Namespace" => {
+            vec![name, Column("Status", "string", 0, |i| i["status"]["phase"].clone()), age_column]
         }
+        "ConfigMap" => vec![
+            name,
+            Column("Data", "integer", 0, |i| json!(count(&i["data"]) + count(&i["binaryData"]))),
+            age_column,
+        ],
+        "Secret" => vec![
+            name,
+            Column("Type", "string", 0, |i| i["type"].clone()),
+            Column("Data", "integer", 0, |i| json!(count(&i["data"]))),
+            age_column,
+        ],
+        "ServiceAccount" => {
+            vec![name, Column("Secrets", "integer", 0, |i| json!(count(&i["secrets"]))), age_column]
+        }
+        "Pod" => vec![
+            name,
+            Column("Ready", "string", 0, |i| {
+                let total = count(&i["spec"]["containers"]);
+                let ready = i["status"]["containerStatuses"]
+                    .as_array()
+                    .map(|c| c.iter().filter(|c| c["ready"] == true).count())
+                    .unwrap_or(0);
+                json!(format!("{ready}/{total}"))
+            }),
+            Column("Status", "string", 0, |i| {
+                i["status"]["reason"]
+                    .as_str()
+                    .map(|r| json!(r))
+                    .unwrap_or_else(|| i["status"]["phase"].clone())
+            }),
+            Column("Restarts", "string", 0, |i| {
+                json!(i["status"]["containerStatuses"]
+                    .as_array()
+                    .map(|c| c.iter().map(|c| c["restartCount"].as_i64().unwrap_or(0)).sum::<i64>())
+                    .unwrap_or(0)
+                    .to_string())
+            }),
+            age_column,
+            Column("IP", "string", 1, |i| s(&i["status"]["podIP"])),
+            Column("Node", "string", 1, |i| s(&i["spec"]["nodeName"])),
+            Column("Nominated Node", "string", 1, |i| s(&i["status"]["nominatedNodeName"])),
+            Column("Readiness Gates", "string", 1, |i| {
+                join(
+                    i["spec"]["readinessGates"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|g| g["conditionType"].as_str().unwrap_or("").to_owned()),
+                )
+            }),
+        ],
         "Service" => vec![
-            ("Name", "name"),
-            ("Type", ""),
-            ("Cluster-IP", ""),
-            ("External-IP", ""),
-            ("Port(s)", ""),
-            ("Age", ""),
+            name,
+            Column("Type", "string", 0, |i| {
+                json!(i["spec"]["type"].as_str().unwrap_or("ClusterIP"))
+            }),
+            Column("Cluster-IP", "string", 0, |i| s(&i["spec"]["clusterIP"])),
+            Column("External-IP", "string", 0, |i| {
+                join(
+                    i["spec"]["externalIPs"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|v| v.as_str().map(str::to_owned)),
+                )
+            }),
+            Column("Port(s)", "string", 0, |i| ports_text(&i["spec"]["ports"])),
+            age_column,
+            Column("Selector", "string", 1, |i| selector_text(&i["spec"]["selector"])),
+        ],
+        "Endpoints" => vec![
+            name,
+            Column("Endpoints", "string", 0, |i| {
+                join(i["subsets"].as_array().into_iter().flatten().flat_map(|sub| {
+                    let ports: Vec<i64> = sub["ports"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|p| p["port"].as_i64())
+                        .collect();
+                    sub["addresses"].as_array().cloned().unwrap_or_default().into_iter().flat_map(
+                        move |a| {
+                            let ip = a["ip"].as_str().unwrap_or("").to_owned();
+                            ports.clone().into_iter().map(move |p| format!("{ip}:{p}"))
+                        },
+                    )
+                }))
+            }),
+            age_column,
+        ],
+        "Node" => vec![
+            name,
+            Column("Status", "string", 0, |i| {
+                let ready = i["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|c| c["type"] == "Ready");
+                let mut status = match ready.map(|c| c["status"].as_str().unwrap_or("")) {
+                    Some("True") => "Ready".to_owned(),
+                    _ => "NotReady".to_owned(),
+                };
+                if i["spec"]["unschedulable"] == true {
+                    status.push_str(",SchedulingDisabled");
+                }
+                json!(status)
+            }),
+            Column("Roles", "string", 0, |i| {
+                join(i["metadata"]["labels"].as_object().into_iter().flatten().filter_map(
+                    |(k, _)| k.strip_prefix("node-role.kubernetes.io/").map(str::to_owned),
+                ))
+            }),
+            age_column,
+            Column("Version", "string", 0, |i| {
+                json!(i["status"]["nodeInfo"]["kubeletVersion"].as_str().unwrap_or(""))
+            }),
+            Column("Internal-IP", "string", 1, |i| {
+                join(
+                    i["status"]["addresses"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter(|a| a["type"] == "InternalIP")
+                        .map(|a| a["address"].as_str().unwrap_or("").to_owned()),
+                )
+            }),
+            Column("OS-Image", "string", 1, |i| s(&i["status"]["nodeInfo"]["osImage"])),
+            Column("Kernel-Version", "string", 1, |i| s(&i["status"]["nodeInfo"]["kernelVersion"])),
+            Column("Container-Runtime", "string", 1, |i| {
+                s(&i["status"]["nodeInfo"]["containerRuntimeVersion"])
+            }),
+        ],
+        "Event" => vec![
+            Column("Last Seen", "string", 0, |i| {
+                json!(super::objects::age(
+                    i["lastTimestamp"]
+                        .as_str()
+                        .or(i["eventTime"].as_str())
+                        .or(i["metadata"]["creationTimestamp"].as_str())
+                        .unwrap_or("")
+                ))
+            }),
+            Column("Type", "string", 0, |i| i["type"].clone()),
+            Column("Reason", "string", 0, |i| i["reason"].clone()),
+            Column("Object", "string", 0, |i| {
+                json!(format!(
+                    "{}/{}",
+                    i["involvedObject"]["kind"].as_str().unwrap_or("").to_lowercase(),
+                    i["involvedObject"]["name"].as_str().unwrap_or("")
+                ))
+            }),
+            Column("Message", "string", 0, |i| i["message"].clone()),
+        ],
+        "PersistentVolume" => vec![
+            name,
+            Column("Capacity", "string", 0, |i| s(&i["spec"]["capacity"]["storage"])),
+            Column("Access Modes", "string", 0, |i| access_modes(&i["spec"]["accessModes"])),
+            Column("Reclaim Policy", "string", 0, |i| {
+                json!(i["spec"]["persistentVolumeReclaimPolicy"].as_str().unwrap_or("Retain"))
+            }),
+            Column("Status", "string", 0, |i| i["status"]["phase"].clone()),
+            Column("Claim", "string", 0, |i| {
+                json!(i["spec"]["claimRef"]["name"]
+                    .as_str()
+                    .map(|n| format!(
+                        "{}/{n}",
+                        i["spec"]["claimRef"]["namespace"].as_str().unwrap_or("")
+                    ))
+                    .unwrap_or_default())
+            }),
+            Column("StorageClass", "string", 0, |i| {
+                json!(i["spec"]["storageClassName"].as_str().unwrap_or(""))
+            }),
+            Column("VolumeAttributesClass", "string", 0, |i| {
+                s(&i["spec"]["volumeAttributesClassName"])
+            }),
+            Column("Reason", "string", 0, |i| json!(i["status"]["reason"].as_str().unwrap_or(""))),
+            age_column,
+        ],
+        "PersistentVolumeClaim" => vec![
+            name,
+            Column("Status", "string", 0, |i| i["status"]["phase"].clone()),
+            Column("Volume", "string", 0, |i| {
+                json!(i["spec"]["volumeName"].as_str().unwrap_or(""))
+            }),
+            Column("Capacity", "string", 0, |i| {
+                json!(i["status"]["capacity"]["storage"].as_str().unwrap_or(""))
+            }),
+            Column("Access Modes", "string", 0, |i| access_modes(&i["status"]["accessModes"])),
+            Column("StorageClass", "string", 0, |i| s(&i["spec"]["storageClassName"])),
+            Column("VolumeAttributesClass", "string", 0, |i| {
+                s(&i["spec"]["volumeAttributesClassName"])
+            }),
+            age_column,
         ],
         "Deployment" => vec![
-            ("Name", "name"),
-            ("Ready", ""),
-            ("Up-to-date", ""),
-            ("Available", ""),
-            ("Age", ""),
+            name,
+            Column("Ready", "string", 0, |i| {
+                json!(format!(
+                    "{}/{}",
+                    i["status"]["readyReplicas"].as_i64().unwrap_or(0),
+                    i["spec"]["replicas"].as_i64().unwrap_or(1)
+                ))
+            }),
+            Column("Up-to-date", "integer", 0, |i| int(&i["status"]["updatedReplicas"])),
+            Column("Available", "integer", 0, |i| int(&i["status"]["availableReplicas"])),
+            age_column,
+            Column("Containers", "string", 1, |i| containers(i, "name")),
+            Column("Images", "string", 1, |i| containers(i, "image")),
+            Column("Selector", "string", 1, |i| {
+                selector_text(&i["spec"]["selector"]["matchLabels"])
+            }),
         ],
-        "ServiceAccount" => vec![("Name", "name"), ("Secrets", ""), ("Age", "")],
-        _ => vec![("Name", "name"), ("Age", "")],
-    };
+        "ReplicaSet" => vec![
+            name,
+            Column("Desired", "integer", 0, |i| json!(i["spec"]["replicas"].as_i64().unwrap_or(1))),
+            Column("Current", "integer", 0, |i| int(&i["status"]["replicas"])),
+            Column("Ready", "integer", 0, |i| int(&i["status"]["readyReplicas"])),
+            age_column,
+            Column("Containers", "string", 1, |i| containers(i, "name")),
+            Column("Images", "string", 1, |i| containers(i, "image")),
+            Column("Selector", "string", 1, |i| {
+                selector_text(&i["spec"]["selector"]["matchLabels"])
+            }),
+        ],
+        "DaemonSet" => vec![
+            name,
+            Column("Desired", "integer", 0, |i| int(&i["status"]["desiredNumberScheduled"])),
+            Column("Current", "integer", 0, |i| int(&i["status"]["currentNumberScheduled"])),
+            Column("Ready", "integer", 0, |i| int(&i["status"]["numberReady"])),
+            Column("Up-to-date", "integer", 0, |i| int(&i["status"]["updatedNumberScheduled"])),
+            Column("Available", "integer", 0, |i| int(&i["status"]["numberAvailable"])),
+            Column("Node Selector", "string", 0, |i| {
+                selector_text(&i["spec"]["template"]["spec"]["nodeSelector"])
+            }),
+            age_column,
+        ],
+        "StatefulSet" => vec![
+            name,
+            Column("Ready", "string", 0, |i| {
+                json!(format!(
+                    "{}/{}",
+                    i["status"]["readyReplicas"].as_i64().unwrap_or(0),
+                    i["spec"]["replicas"].as_i64().unwrap_or(1)
+                ))
+            }),
+            age_column,
+            Column("Containers", "string", 1, |i| containers(i, "name")),
+            Column("Images", "string", 1, |i| containers(i, "image")),
+        ],
+        "ControllerRevision" => vec![
+            name,
+            Column("Controller", "string", 0, |i| {
+                json!(i["metadata"]["ownerReferences"][0]["name"]
+                    .as_str()
+                    .map(|n| format!(
+                        "{}/{n}",
+                        i["metadata"]["ownerReferences"][0]["kind"]
+                            .as_str()
+                            .unwrap_or("")
+                            .to_lowercase()
+                    ))
+                    .unwrap_or_else(|| "<none>".into()))
+            }),
+            Column("Revision", "integer", 0, |i| int(&i["revision"])),
+            age_column,
+        ],
+        "Job" => vec![
+            name,
+            Column("Status", "string", 0, |i| {
+                let done = i["status"]["conditions"].as_array().into_iter().flatten().find(|c| {
+                    c["status"] == "True" && (c["type"] == "Complete" || c["type"] == "Failed")
+                });
+                json!(done.and_then(|c| c["type"].as_str()).unwrap_or("Running"))
+            }),
+            Column("Completions", "string", 0, |i| {
+                json!(format!(
+                    "{}/{}",
+                    i["status"]["succeeded"].as_i64().unwrap_or(0),
+                    i["spec"]["completions"].as_i64().unwrap_or(1)
+                ))
+            }),
+            Column("Duration", "string", 0, |i| {
+                json!(i["status"]["startTime"]
+                    .as_str()
+                    .map(super::objects::age)
+                    .unwrap_or_default())
+            }),
+            age_column,
+        ],
+        "CronJob" => vec![
+            name,
+            Column("Schedule", "string", 0, |i| i["spec"]["schedule"].clone()),
+            Column("TimeZone", "string", 0, |i| s(&i["spec"]["timeZone"])),
+            Column("Suspend", "string", 0, |i| {
+                json!(if i["spec"]["suspend"] == true { "True" } else { "False" })
+            }),
+            Column("Active", "integer", 0, |i| json!(count(&i["status"]["active"]))),
+            Column("Last Schedule", "string", 0, |i| {
+                s(&i["status"]["lastScheduleTime"]
+                    .as_str()
+                    .map(|t| json!(super::objects::age(t)))
+                    .unwrap_or(Value::Null))
+            }),
+            age_column,
+        ],
+        "HorizontalPodAutoscaler" => vec![
+            name,
+            Column("Reference", "string", 0, |i| {
+                json!(format!(
+                    "{}/{}",
+                    i["spec"]["scaleTargetRef"]["kind"].as_str().unwrap_or(""),
+                    i["spec"]["scaleTargetRef"]["name"].as_str().unwrap_or("")
+                ))
+            }),
+            Column("Targets", "string", 0, |i| {
+                json!(if count(&i["spec"]["metrics"]) == 0
+                    && i["spec"]["targetCPUUtilizationPercentage"].is_null()
+                {
+                    "<none>".to_owned()
+                } else {
+                    "<unknown>".to_owned()
+                })
+            }),
+            Column("MinPods", "string", 0, |i| {
+                json!(i["spec"]["minReplicas"].as_i64().unwrap_or(1).to_string())
+            }),
+            Column("MaxPods", "integer", 0, |i| int(&i["spec"]["maxReplicas"])),
+            Column("Replicas", "integer", 0, |i| int(&i["status"]["currentReplicas"])),
+            age_column,
+        ],
+        "Lease" => vec![
+            name,
+            Column("Holder", "string", 0, |i| {
+                json!(i["spec"]["holderIdentity"].as_str().unwrap_or(""))
+            }),
+            age_column,
+        ],
+        "EndpointSlice" => vec![
+            name,
+            Column("AddressType", "string", 0, |i| i["addressType"].clone()),
+            Column("Ports", "string", 0, |i| {
+                join(i["ports"].as_array().into_iter().flatten().map(|p| p["port"].to_string()))
+            }),
+            Column("Endpoints", "string", 0, |i| {
+                join(
+                    i["endpoints"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .flat_map(|e| e["addresses"].as_array().cloned().unwrap_or_default())
+                        .map(|a| a.as_str().unwrap_or("").to_owned()),
+                )
+            }),
+            age_column,
+        ],
+        "Role" | "ClusterRole" => vec![name, Column("Created At", "string", 0, created_at)],
+        "RoleBinding" | "ClusterRoleBinding" => vec![
+            name,
+            Column("Role", "string", 0, |i| {
+                json!(format!(
+                    "{}/{}",
+                    i["roleRef"]["kind"].as_str().unwrap_or(""),
+                    i["roleRef"]["name"].as_str().unwrap_or("")
+                ))
+            }),
+            age_column,
+            Column("Users", "string", 1, |i| subjects(i, "User")),
+            Column("Groups", "string", 1, |i| subjects(i, "Group")),
+            Column("ServiceAccounts", "string", 1, |i| subjects(i, "ServiceAccount")),
+        ],
+        _ => vec![name, age_column],
+    }
+}
+
+fn access_modes(v: &Value) -> Value {
+    json!(v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| match m.as_str().unwrap_or("") {
+            "ReadWriteOnce" => "RWO",
+            "ReadOnlyMany" => "ROX",
+            "ReadWriteMany" => "RWX",
+            "ReadWriteOncePod" => "RWOP",
+            _ => "",
+        })
+        .collect::<Vec<_>>()
+        .join(","))
+}
+
+fn containers(item: &Value, field: &str) -> Value {
+    join(
+        item["spec"]["template"]["spec"]["containers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| c[field].as_str().unwrap_or("").to_owned()),
+    )
+}
+
+fn subjects(item: &Value, kind: &str) -> Value {
+    json!(item["subjects"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["kind"] == kind)
+        .map(|s| match s["namespace"].as_str() {
+            Some(ns) if kind == "ServiceAccount" =>
+                format!("{ns}/{}", s["name"].as_str().unwrap_or("")),
+            _ => s["name"].as_str().unwrap_or("").to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(", "))
+}
+
+/// The `Table` `kubectl get` prints: the kind's columns and each object's cells.
+pub fn table(resource: &Resource, items: &[Value], revision: i64, include_object: bool) -> Value {
+    let columns = columns(resource.kind);
     let rows: Vec<Value> = items
         .iter()
         .map(|item| {
-            let created = meta(item).and_then(|m| m.get("creationTimestamp")).and_then(Value::as_str).unwrap_or("");
-            let count = |v: &Value| v.as_object().map(|o| o.len()).unwrap_or(0);
-            let cells: Vec<Value> = columns
-                .iter()
-                .map(|(column, _)| match *column {
-                    "Name" => json!(name_of(item)),
-                    "Age" => json!(age(created)),
-                    "Status" if resource.kind == "Namespace" => item["status"]["phase"].clone(),
-                    "Status" => item["status"]["phase"].clone(),
-                    "Data" => json!(count(&item["data"]) + count(&item["binaryData"])),
-                    "Type" if resource.kind == "Secret" => item["type"].clone(),
-                    "Type" => item["spec"]["type"].as_str().map(|t| json!(t)).unwrap_or(json!("ClusterIP")),
-                    "Cluster-IP" => item["spec"]["clusterIP"].as_str().map(|t| json!(t)).unwrap_or(json!("<none>")),
-                    "External-IP" => json!("<none>"),
-                    "Port(s)" => json!(item["spec"]["ports"]
-                        .as_array()
-                        .map(|ports| ports
-                            .iter()
-                            .map(|p| format!("{}/{}", p["port"], p["protocol"].as_str().unwrap_or("TCP")))
-                            .collect::<Vec<_>>()
-                            .join(","))
-                        .filter(|s| !s.is_empty())
-                        .unwrap_or_else(|| "<none>".into())),
-                    "Ready" if resource.kind == "Pod" => {
-                        let total = item["spec"]["containers"].as_array().map(Vec::len).unwrap_or(0);
-                        let ready = item["status"]["containerStatuses"]
-                            .as_array()
-                            .map(|s| s.iter().filter(|c| c["ready"] == true).count())
-                            .unwrap_or(0);
-                        json!(format!("{ready}/{total}"))
-                    }
-                    "Ready" => json!(format!(
-                        "{}/{}",
-                        item["status"]["readyReplicas"].as_i64().unwrap_or(0),
-                        item["spec"]["replicas"].as_i64().unwrap_or(1)
-                    )),
-                    "Restarts" => json!(item["status"]["containerStatuses"]
-                        .as_array()
-                        .map(|s| s.iter().map(|c| c["restartCount"].as_i64().unwrap_or(0)).sum::<i64>())
-                        .unwrap_or(0)),
-                    "Up-to-date" => json!(item["status"]["updatedReplicas"].as_i64().unwrap_or(0)),
-                    "Available" => json!(item["status"]["availableReplicas"].as_i64().unwrap_or(0)),
-                    "Secrets" => json!(item["secrets"].as_array().map(Vec::len).unwrap_or(0)),
-                    _ => Value::Null,
-                })
-                .collect();
+            let cells: Vec<Value> = columns.iter().map(|Column(_, _, _, cell)| cell(item)).collect();
             let object = if include_object {
                 item.clone()
             } else {
@@ -441,8 +850,8 @@ pub fn table(resource: &Resource, items: &[Value], revision: i64, include_object
         .collect();
     let definitions: Vec<Value> = columns
         .iter()
-        .map(|(name, format)| {
-            json!({"name": name, "type": if matches!(*name, "Data" | "Restarts" | "Up-to-date" | "Available" | "Secrets") { "integer" } else { "string" }, "format": format, "description": "", "priority": 0})
+        .map(|Column(name, kind, priority, _)| {
+            json!({"name": name, "type": kind, "format": if *name == "Name" { "name" } else { "" }, "description": "", "priority": priority})
         })
         .collect();
     json!({

@@ -658,7 +658,19 @@ impl Api {
     }
 
     async fn get(&self) -> Result<(u16, Value), ApiError> {
-        Ok((200, self.current().await?))
+        let object = self.current().await?;
+        if self.accept.contains("as=Table") {
+            let revision = object["metadata"]["resourceVersion"]
+                .as_str()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let include = self.params.get("includeObject").is_some_and(|v| v == "Object");
+            return Ok((
+                200,
+                objects::table(self.resource(), std::slice::from_ref(&object), revision, include),
+            ));
+        }
+        Ok((200, object))
     }
 
     async fn list(&self) -> Result<(u16, Value), ApiError> {

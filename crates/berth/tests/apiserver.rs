@@ -413,6 +413,40 @@ fn drive(server: &Server) {
         !left.contains("configmap/app") && left.contains("configmap/settings"),
         "the namespace's content went with it: {left}"
     );
+    // Every kind has kubectl's columns.
+    server.apply(
+        "apiVersion: batch/v1\nkind: CronJob\nmetadata: {name: nightly, namespace: made}\nspec:\n  schedule: \"0 3 * * *\"\n  jobTemplate:\n    spec:\n      template:\n        spec:\n          restartPolicy: Never\n          containers: [{name: c, image: busybox}]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: read, namespace: made}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: reader}\nsubjects: [{kind: User, name: jane, apiGroup: rbac.authorization.k8s.io}]\n",
+    );
+    let header = |args: &[&str]| -> Vec<String> {
+        server
+            .ok(args)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .split("  ")
+            .map(|c| c.trim().to_owned())
+            .filter(|c| !c.is_empty())
+            .collect()
+    };
+    assert_eq!(
+        header(&["get", "cronjob", "-n", "made"]),
+        ["NAME", "SCHEDULE", "TIMEZONE", "SUSPEND", "ACTIVE", "LAST SCHEDULE", "AGE"]
+    );
+    assert_eq!(
+        header(&["get", "rolebinding", "-n", "made", "-o", "wide"]),
+        ["NAME", "ROLE", "AGE", "USERS", "GROUPS", "SERVICEACCOUNTS"]
+    );
+    assert_eq!(
+        header(&["get", "deploy", "-n", "made", "-o", "wide"]),
+        ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE", "CONTAINERS", "IMAGES", "SELECTOR"]
+    );
+    assert_eq!(
+        header(&["get", "svc", "-n", "made"]),
+        ["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"]
+    );
+    assert_eq!(header(&["get", "secret", "-n", "made"]), ["NAME", "TYPE", "DATA", "AGE"]);
+    let wide = server.ok(&["get", "rolebinding", "read", "-n", "made", "-o", "wide"]);
+    assert!(wide.contains("Role/reader") && wide.contains("jane"), "{wide}");
     // Metrics count what happened.
     let metrics = server.ok(&["get", "--raw", "/metrics"]);
     assert!(
