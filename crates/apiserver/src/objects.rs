@@ -355,6 +355,132 @@ fn default(resource: &Resource, object: &mut Value) {
     }
 }
 
+/// Kubernetes' validation of the fields clients most often get wrong, on create and
+/// update: required fields, selectors that must select their template, data keys.
+pub fn validate(resource: &Resource, object: &Value) -> Result<(), ApiError> {
+    let name = name_of(object).to_owned();
+    let invalid =
+        |field: &str, message: &str| Err(ApiError::invalid(resource, &name, field, message));
+    match resource.kind {
+        "ConfigMap" | "Secret" => {
+            for field in ["data", "binaryData", "stringData"] {
+                for key in object[field].as_object().into_iter().flatten().map(|(k, _)| k) {
+                    let ok = !key.is_empty()
+                        && key.len() <= 253
+                        && key
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+                    if !ok {
+                        return invalid(&format!("{field}[{key}]"), &format!("Invalid value: {key:?}: a valid config key must consist of alphanumeric characters, '-', '_' or '.'"));
+                    }
+                }
+            }
+        }
+        "Pod" => validate_pod_spec(&object["spec"], "spec")
+            .map_err(|(f, m)| ApiError::invalid(resource, &name, &f, &m))?,
+        "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" => {
+            let Some(selector) = object["spec"]["selector"].as_object().filter(|s| !s.is_empty())
+            else {
+                return invalid("spec.selector", "Required value");
+            };
+            let labels = object["spec"]["template"]["metadata"]["labels"].as_object();
+            let parsed = crate::selector::LabelSelector {
+                requirements: selector
+                    .get("matchLabels")
+                    .and_then(Value::as_object)
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, v)| {
+                        crate::selector::Requirement::Equals(
+                            k.clone(),
+                            v.as_str().unwrap_or("").to_owned(),
+                        )
+                    })
+                    .collect(),
+            };
+            if !parsed.matches(labels) {
+                return invalid(
+                    "spec.template.metadata.labels",
+                    "Invalid value: selector does not match template labels",
+                );
+            }
+            validate_pod_spec(&object["spec"]["template"]["spec"], "spec.template.spec")
+                .map_err(|(f, m)| ApiError::invalid(resource, &name, &f, &m))?;
+        }
+        "Service" => {
+            let kind = object["spec"]["type"].as_str().unwrap_or("ClusterIP");
+            let ports = object["spec"]["ports"].as_array();
+            if kind != "ExternalName"
+                && object["spec"]["clusterIP"] != "None"
+                && ports.is_none_or(|p| p.is_empty())
+            {
+                return invalid("spec.ports", "Required value");
+            }
+            for (i, port) in ports.into_iter().flatten().enumerate() {
+                let number = port["port"].as_i64().unwrap_or(0);
+                if !(1..=65535).contains(&number) {
+                    return invalid(
+                        &format!("spec.ports[{i}].port"),
+                        &format!("Invalid value: {number}: must be between 1 and 65535, inclusive"),
+                    );
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn validate_pod_spec(spec: &Value, at: &str) -> Result<(), (String, String)> {
+    let Some(containers) = spec["containers"].as_array().filter(|c| !c.is_empty()) else {
+        return Err((format!("{at}.containers"), "Required value".into()));
+    };
+    for (i, c) in containers.iter().enumerate() {
+        if c["name"].as_str().is_none_or(str::is_empty) {
+            return Err((format!("{at}.containers[{i}].name"), "Required value".into()));
+        }
+        if c["image"].as_str().is_none_or(str::is_empty) {
+            return Err((format!("{at}.containers[{i}].image"), "Required value".into()));
+        }
+    }
+    Ok(())
+}
+
+/// Fields an update may not change.
+pub fn validate_update(resource: &Resource, old: &Value, new: &Value) -> Result<(), ApiError> {
+    let name = name_of(new).to_owned();
+    let immutable =
+        |field: &str| Err(ApiError::invalid(resource, &name, field, "field is immutable"));
+    match resource.kind {
+        "ConfigMap" | "Secret"
+            if old["immutable"] == true
+                && (old["data"] != new["data"]
+                    || old["binaryData"] != new["binaryData"]
+                    || new["immutable"] != true) =>
+        {
+            return Err(ApiError::invalid(
+                resource,
+                &name,
+                "data",
+                "Forbidden: field is immutable when `immutable` is set",
+            ));
+        }
+        "Service"
+            if old["spec"]["clusterIP"] != new["spec"]["clusterIP"]
+                && !new["spec"]["clusterIP"].is_null() =>
+        {
+            return immutable("spec.clusterIPs[0]");
+        }
+        "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" | "Job"
+            if old["spec"]["selector"] != new["spec"]["selector"] =>
+        {
+            return immutable("spec.selector");
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 type Cell = fn(&Value) -> Value;
 
 /// A column of `kubectl get`: its name, type, priority (1: only with `-o wide`) and cell.
@@ -908,6 +1034,48 @@ mod tests {
         assert_eq!(pod["spec"]["containers"][0]["imagePullPolicy"], "Always");
         assert_eq!(pod["spec"]["containers"][1]["imagePullPolicy"], "IfNotPresent");
         assert_eq!(pod["status"]["phase"], "Pending");
+    }
+
+    #[test]
+    fn validation_and_immutable_fields() {
+        let deploy = find("apps", "v1", "deployments").unwrap();
+        let good = json!({"metadata": {"name": "web"}, "spec": {"selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}});
+        validate(deploy, &good).unwrap();
+        let mut mismatch = good.clone();
+        mismatch["spec"]["template"]["metadata"]["labels"]["app"] = json!("db");
+        let err = validate(deploy, &mismatch).unwrap_err();
+        assert!(err.message.contains("selector does not match template labels"), "{}", err.message);
+        let mut no_image = good.clone();
+        no_image["spec"]["template"]["spec"]["containers"][0]["image"] = json!("");
+        assert!(validate(deploy, &no_image)
+            .unwrap_err()
+            .message
+            .contains("containers[0].image: Required value"));
+        let mut other_selector = good.clone();
+        other_selector["spec"]["selector"]["matchLabels"]["tier"] = json!("x");
+        other_selector["spec"]["template"]["metadata"]["labels"]["tier"] = json!("x");
+        assert!(validate_update(deploy, &good, &other_selector)
+            .unwrap_err()
+            .message
+            .contains("spec.selector: field is immutable"));
+        let cm = find("", "v1", "configmaps").unwrap();
+        assert!(
+            validate(cm, &json!({"metadata": {"name": "c"}, "data": {"bad key": "x"}})).is_err()
+        );
+        let frozen = json!({"metadata": {"name": "c"}, "data": {"a": "1"}, "immutable": true});
+        let changed = json!({"metadata": {"name": "c"}, "data": {"a": "2"}, "immutable": true});
+        assert!(validate_update(cm, &frozen, &changed).unwrap_err().message.contains("immutable"));
+        let svc = find("", "v1", "services").unwrap();
+        assert!(validate(svc, &json!({"metadata": {"name": "s"}, "spec": {"type": "ClusterIP"}}))
+            .unwrap_err()
+            .message
+            .contains("spec.ports: Required value"));
+        assert!(validate(
+            svc,
+            &json!({"metadata": {"name": "s"}, "spec": {"ports": [{"port": 70000}]}})
+        )
+        .is_err());
     }
 
     #[test]

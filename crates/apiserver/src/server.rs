@@ -772,6 +772,7 @@ impl Api {
         let mut object = self.parse_body(content_type, body)?;
         let name =
             objects::prepare_create(resource, &mut object, self.target.namespace.as_deref())?;
+        objects::validate(resource, &object)?;
         self.namespace_ready().await?;
         let key = resource.key(self.target.namespace.as_deref(), &name);
         let _allocating = if resource.kind == "Service" {
@@ -952,6 +953,18 @@ impl Api {
         if current.get("spec") != object.get("spec") {
             let generation = current["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
             object["metadata"]["generation"] = json!(generation);
+        }
+        // A Service keeps its address when an update leaves it out.
+        if resource.kind == "Service"
+            && object["spec"].is_object()
+            && object["spec"]["clusterIP"].is_null()
+        {
+            object["spec"]["clusterIP"] = current["spec"]["clusterIP"].clone();
+            object["spec"]["clusterIPs"] = current["spec"]["clusterIPs"].clone();
+        }
+        if !status_only {
+            objects::validate(resource, &object)?;
+            objects::validate_update(resource, current, &object)?;
         }
         // The last finalizer gone from an object being deleted: it goes.
         let deleting = current["metadata"].get("deletionTimestamp").is_some();

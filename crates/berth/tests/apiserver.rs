@@ -378,6 +378,9 @@ fn drive(server: &Server) {
     .unwrap();
     let err = server.fails(&["apply", "-f", path.to_str().unwrap()]);
     assert!(err.contains("is invalid") && err.contains("metadata.name"), "{err}");
+    std::fs::write(&path, "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: bad, namespace: team}\nspec:\n  selector: {matchLabels: {app: a}}\n  template:\n    metadata: {labels: {app: b}}\n    spec: {containers: [{name: c, image: busybox}]}\n").unwrap();
+    let err = server.fails(&["apply", "-f", path.to_str().unwrap()]);
+    assert!(err.contains("selector does not match template labels"), "{err}");
     std::fs::write(
         &path,
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n  namespace: nowhere\n",
