@@ -450,6 +450,45 @@ fn drive(server: &Server) {
     assert_eq!(header(&["get", "secret", "-n", "made"]), ["NAME", "TYPE", "DATA", "AGE"]);
     let wide = server.ok(&["get", "rolebinding", "read", "-n", "made", "-o", "wide"]);
     assert!(wide.contains("Role/reader") && wide.contains("jane"), "{wide}");
+    // Pages: kubectl's chunked lists see everything.
+    for i in 0..5 {
+        server.ok(&["create", "configmap", &format!("page-{i}"), "-n", "made"]);
+    }
+    let paged = server.ok(&["get", "cm", "-n", "made", "--chunk-size=2", "-o", "name"]);
+    assert_eq!(paged.lines().filter(|l| l.contains("page-")).count(), 5, "{paged}");
+    // Bad input: malformed YAML and JSON, unknown kinds, oversized objects.
+    let bad = server.dir.join("bad-input");
+    std::fs::write(&bad, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: [unclosed\n").unwrap();
+    let err = server.fails(&["apply", "-f", bad.to_str().unwrap()]);
+    assert!(err.contains("yaml") || err.contains("YAML"), "{err}");
+    std::fs::write(&bad, "apiVersion: v1\nkind: Gadget\nmetadata: {name: g}\n").unwrap();
+    // (Validation off: with no OpenAPI schemas for unknown kinds, kubectl would stop at
+    // validating; the mapping error comes from discovery.)
+    let err = server.fails(&["apply", "--validate=false", "-f", bad.to_str().unwrap()]);
+    assert!(err.contains("no matches for kind \"Gadget\""), "{err}");
+    std::fs::write(&bad, "{\"kind\": \"ConfigMap\", \"metadata\": ").unwrap();
+    let err = server.fails(&[
+        "create",
+        "--raw",
+        "/api/v1/namespaces/made/configmaps",
+        "-f",
+        bad.to_str().unwrap(),
+    ]);
+    assert!(err.contains("not valid JSON") || err.contains("BadRequest"), "{err}");
+    let big = format!("{{\"apiVersion\":\"v1\",\"kind\":\"ConfigMap\",\"metadata\":{{\"name\":\"huge\"}},\"data\":{{\"a\":\"{}\"}}}}", "x".repeat(4 << 20));
+    std::fs::write(&bad, big).unwrap();
+    let err = server.fails(&[
+        "create",
+        "--raw",
+        "/api/v1/namespaces/made/configmaps",
+        "-f",
+        bad.to_str().unwrap(),
+    ]);
+    assert!(err.to_lowercase().contains("too large"), "{err}");
+    assert!(
+        server.fails(&["get", "cm", "huge", "-n", "made"]).contains("not found"),
+        "nothing stored"
+    );
     // Metrics count what happened.
     let metrics = server.ok(&["get", "--raw", "/metrics"]);
     assert!(
