@@ -3,6 +3,7 @@
 //!
 //! - `resources`: the served kinds and the discovery documents;
 //! - `objects`: metadata, names, defaults, `Status` errors and `Table` rows;
+//! - `apply`: field ownership (`managedFields`) and server-side apply;
 //! - `patch`: JSON patch, merge patch and strategic merge patch;
 //! - `proto`: protobuf request bodies of the kinds `kubectl create` makes;
 //! - `selector`: label and field selectors;
@@ -12,6 +13,7 @@
 //! - `server`: authentication, routing and the verbs (get, list, watch, create, update,
 //!   patch, delete, deletecollection).
 
+pub mod apply;
 pub mod encryption;
 pub mod metrics;
 pub mod objects;

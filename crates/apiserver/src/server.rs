@@ -773,6 +773,9 @@ impl Api {
         let name =
             objects::prepare_create(resource, &mut object, self.target.namespace.as_deref())?;
         objects::validate(resource, &object)?;
+        if let Some(manager) = self.field_manager() {
+            crate::apply::record_update(None, &mut object, manager, &resource.group_version());
+        }
         self.namespace_ready().await?;
         let key = resource.key(self.target.namespace.as_deref(), &name);
         let _allocating = if resource.kind == "Service" {
@@ -1012,11 +1015,103 @@ impl Api {
         if revision != current_revision {
             return Err(ApiError::conflict(self.resource(), self.name()));
         }
+        let mut object = object;
+        if let Some(manager) = self.field_manager() {
+            crate::apply::record_update(
+                Some(&current),
+                &mut object,
+                manager,
+                &self.resource().group_version(),
+            );
+        }
         self.replace(&current, object, revision).await
+    }
+
+    fn field_manager(&self) -> Option<&str> {
+        self.params.get("fieldManager").map(String::as_str).filter(|m| !m.is_empty())
+    }
+
+    /// Server-side apply (`application/apply-patch+yaml`): see `crate::apply`.
+    async fn server_side_apply(&self, config: &Value) -> Result<(u16, Value), ApiError> {
+        let resource = self.resource();
+        let manager = self
+            .field_manager()
+            .ok_or_else(|| {
+                ApiError::new(422, "Invalid", "fieldManager is required for apply patch")
+            })?
+            .to_owned();
+        let force = self.flag("force");
+        let gv = resource.group_version();
+        if config.get("kind").and_then(Value::as_str).is_some_and(|k| k != resource.kind) {
+            return Err(ApiError::bad_request(
+                "the kind of the applied configuration does not match the resource",
+            ));
+        }
+        for _ in 0..10 {
+            let live = self
+                .state
+                .store
+                .get(&self.key())
+                .await
+                .map_err(|e| storage_error(resource, self.name(), e))?;
+            let live = live.as_ref().map(decode);
+            let merged = crate::apply::apply(live.as_ref(), config, &manager, force, &gv).map_err(|conflicts| {
+                let list: Vec<String> = conflicts.iter().map(|c| format!("conflict with {:?}: {}", c.manager, c.field)).collect();
+                let mut err = ApiError::new(
+                    409,
+                    "Conflict",
+                    format!("Apply failed with {} conflict{}: {}", conflicts.len(), if conflicts.len() == 1 { "" } else { "s" }, list.join("\n")),
+                );
+                err.details = json!({"name": self.name(), "group": resource.group, "kind": resource.name,
+                    "causes": conflicts.iter().map(|c| json!({"reason": "FieldManagerConflict", "message": format!("conflict with {:?}", c.manager), "field": c.field})).collect::<Vec<_>>()});
+                err
+            })?;
+            let Some(live) = live else {
+                let mut object = merged;
+                let name = objects::prepare_create(
+                    resource,
+                    &mut object,
+                    self.target.namespace.as_deref(),
+                )?;
+                if name != self.name() {
+                    return Err(ApiError::bad_request(
+                        "the name of the applied configuration does not match the name on the URL",
+                    ));
+                }
+                objects::validate(resource, &object)?;
+                self.namespace_ready().await?;
+                if self.dry_run() {
+                    return Ok((201, object));
+                }
+                match self.state.store.create(&self.key(), encode(&object)).await {
+                    Ok(revision) => return Ok((201, with_revision(object, revision))),
+                    Err(berth_store::Error::AlreadyExists { .. }) => continue,
+                    Err(err) => return Err(storage_error(resource, self.name(), err)),
+                }
+            };
+            let revision: i64 = live["metadata"]["resourceVersion"]
+                .as_str()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            match self.replace(&live, merged, revision).await {
+                Err(err)
+                    if err.reason == "Conflict"
+                        && err.code == 409
+                        && err.details.get("causes").is_none() =>
+                {
+                    continue
+                }
+                other => return other,
+            }
+        }
+        Err(ApiError::conflict(resource, self.name()))
     }
 
     async fn patch(&self, content_type: &str, body: &[u8]) -> Result<(u16, Value), ApiError> {
         let patch_doc = self.parse_body(content_type, body)?;
+        if content_type.starts_with("application/apply-patch") {
+            return self.server_side_apply(&patch_doc).await;
+        }
         // Conflicts between reading and writing are retried: a patch applies to the latest.
         for _ in 0..10 {
             let current = self.current().await?;
@@ -1044,6 +1139,14 @@ impl Api {
                 if wanted != revision.to_string() {
                     return Err(ApiError::conflict(self.resource(), self.name()));
                 }
+            }
+            if let Some(manager) = self.field_manager() {
+                crate::apply::record_update(
+                    Some(&current),
+                    &mut patched,
+                    manager,
+                    &self.resource().group_version(),
+                );
             }
             match self.replace(&current, patched, revision).await {
                 Err(err) if err.reason == "Conflict" => continue,

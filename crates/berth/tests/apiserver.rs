@@ -450,6 +450,47 @@ fn drive(server: &Server) {
     assert_eq!(header(&["get", "secret", "-n", "made"]), ["NAME", "TYPE", "DATA", "AGE"]);
     let wide = server.ok(&["get", "rolebinding", "read", "-n", "made", "-o", "wide"]);
     assert!(wide.contains("Role/reader") && wide.contains("jane"), "{wide}");
+    // Server-side apply: create, update, conflicts with another manager, forced takeover.
+    let ssa = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ssa, namespace: made}\ndata: {a: \"1\", b: \"x\"}\n";
+    let path = server.dir.join("ssa.yaml");
+    std::fs::write(&path, ssa).unwrap();
+    assert!(server
+        .ok(&["apply", "--server-side", "-f", path.to_str().unwrap()])
+        .contains("serverside-applied"));
+    std::fs::write(&path, ssa.replace("a: \"1\", b: \"x\"", "a: \"2\"")).unwrap();
+    server.ok(&["apply", "--server-side", "-f", path.to_str().unwrap()]);
+    assert_eq!(
+        server.ok(&["get", "cm", "ssa", "-n", "made", "-o", "jsonpath={.data}"]),
+        r#"{"a":"2"}"#,
+        "b, no longer applied, is gone"
+    );
+    std::fs::write(&path, ssa.replace("a: \"1\", b: \"x\"", "a: \"3\"")).unwrap();
+    let err = server.fails(&[
+        "apply",
+        "--server-side",
+        "--field-manager=other",
+        "-f",
+        path.to_str().unwrap(),
+    ]);
+    assert!(err.contains("conflict with \"kubectl\": .data.a"), "{err}");
+    server.ok(&[
+        "apply",
+        "--server-side",
+        "--field-manager=other",
+        "--force-conflicts",
+        "-f",
+        path.to_str().unwrap(),
+    ]);
+    let owned = server.ok(&[
+        "get",
+        "cm",
+        "ssa",
+        "-n",
+        "made",
+        "-o",
+        "jsonpath={.data.a} {.metadata.managedFields[*].manager}",
+    ]);
+    assert_eq!(owned, "3 other", "the forced apply took the field over: {owned}");
     // Pages: kubectl's chunked lists see everything.
     for i in 0..5 {
         server.ok(&["create", "configmap", &format!("page-{i}"), "-n", "made"]);
