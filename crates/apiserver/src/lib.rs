@@ -6,6 +6,7 @@
 //! - `apply`: field ownership (`managedFields`) and server-side apply;
 //! - `patch`: JSON patch, merge patch and strategic merge patch;
 //! - `proto`: protobuf request bodies of the kinds `kubectl create` makes;
+//! - `rbac`: token identities and Role/ClusterRole/binding evaluation;
 //! - `selector`: label and field selectors;
 //! - `encryption`: Secrets sealed with AES-256-GCM before they reach the store;
 //! - `metrics`: `/metrics` in the Prometheus format;
@@ -19,6 +20,7 @@ pub mod metrics;
 pub mod objects;
 pub mod patch;
 pub mod proto;
+pub mod rbac;
 pub mod resources;
 pub mod selector;
 pub mod server;

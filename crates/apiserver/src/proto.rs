@@ -248,6 +248,37 @@ fn schema(message: &str) -> Option<&'static [Field]> {
                 ]
             }
         }
+        "SelfSubjectAccessReview" => {
+            const {
+                &[
+                    f(1, "metadata", Message("ObjectMeta")),
+                    f(2, "spec", Message("SelfSubjectAccessReviewSpec")),
+                    f(3, "status", Message("Empty")),
+                ]
+            }
+        }
+        "SelfSubjectAccessReviewSpec" => {
+            const {
+                &[
+                    f(1, "resourceAttributes", Message("ResourceAttributes")),
+                    f(2, "nonResourceAttributes", Message("NonResourceAttributes")),
+                ]
+            }
+        }
+        "ResourceAttributes" => {
+            const {
+                &[
+                    f(1, "namespace", Str),
+                    f(2, "verb", Str),
+                    f(3, "group", Str),
+                    f(4, "version", Str),
+                    f(5, "resource", Str),
+                    f(6, "subresource", Str),
+                    f(7, "name", Str),
+                ]
+            }
+        }
+        "NonResourceAttributes" => const { &[f(1, "path", Str), f(2, "verb", Str)] },
         // Status blocks kubectl sends empty.
         "Empty" => &[],
         _ => return None,
@@ -255,8 +286,15 @@ fn schema(message: &str) -> Option<&'static [Field]> {
 }
 
 /// The kinds this module decodes, by their top-level message.
-const KINDS: &[&str] =
-    &["Namespace", "ConfigMap", "Secret", "ServiceAccount", "Deployment", "Service"];
+const KINDS: &[&str] = &[
+    "Namespace",
+    "ConfigMap",
+    "Secret",
+    "ServiceAccount",
+    "Deployment",
+    "Service",
+    "SelfSubjectAccessReview",
+];
 
 struct Reader<'a> {
     data: &'a [u8],

@@ -41,7 +41,8 @@ type Body = BoxBody<Bytes, Infallible>;
 
 struct State {
     store: Arc<dyn Store>,
-    token: String,
+    /// Bearer tokens and who they name: the admin's, and `<data-dir>/tokens.csv`.
+    users: Vec<(String, crate::rbac::User)>,
     /// Held while a Service's addresses are chosen, so two creates cannot pick the same.
     service_allocation: tokio::sync::Mutex<()>,
     /// `<data-dir>/audit.log`: one JSON line per write.
@@ -122,9 +123,13 @@ pub async fn run(
         .append(true)
         .open(&audit_path)
         .map_err(|e| Error::Setup(format!("cannot open {}: {e}", audit_path.display())))?;
+    let mut users = vec![(token, crate::rbac::User::admin())];
+    if let Ok(text) = std::fs::read_to_string(config.data_dir.join("tokens.csv")) {
+        users.extend(crate::rbac::parse_tokens(&text));
+    }
     let state = Arc::new(State {
         store,
-        token,
+        users,
         service_allocation: tokio::sync::Mutex::new(()),
         audit: std::sync::Mutex::new(Some(audit)),
         metrics: Arc::new(crate::metrics::Metrics::default()),
@@ -332,15 +337,17 @@ async fn route(state: Arc<State>, request: Request<Incoming>) -> Response<Body> 
         }
         _ => {}
     }
-    let authorized = request
+    let token = request
         .headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| t == state.token);
-    if !authorized {
+        .map(str::to_owned);
+    let Some(user) = token
+        .and_then(|t| state.users.iter().find(|(known, _)| *known == t).map(|(_, u)| u.clone()))
+    else {
         return error_response(&ApiError::new(401, "Unauthorized", "Unauthorized"));
-    }
+    };
     let discovery = |value: Value, aggregated: bool| {
         let mut response = json_response(200, &value);
         if aggregated {
@@ -354,6 +361,13 @@ async fn route(state: Arc<State>, request: Request<Incoming>) -> Response<Body> 
         response
     };
     if path == "/metrics" {
+        if !user.is_master() {
+            return error_response(&ApiError::new(
+                403,
+                "Forbidden",
+                format!("forbidden: User \"{}\" cannot get path \"/metrics\"", user.name),
+            ));
+        }
         let mut response = Response::new(full(state.metrics.render()));
         response
             .headers_mut()
@@ -479,7 +493,6 @@ async fn route(state: Arc<State>, request: Request<Incoming>) -> Response<Body> 
         Bytes::new()
     };
     if resource.kind == "SelfSubjectAccessReview" {
-        // The only identity is the admin, which may do everything (RBAC is not there yet).
         if method != Method::POST {
             return error_response(&ApiError::new(
                 405,
@@ -487,12 +500,53 @@ async fn route(state: Arc<State>, request: Request<Incoming>) -> Response<Body> 
                 "only create is allowed",
             ));
         }
-        // kubectl sends it as protobuf; only the answer matters to it.
-        let mut review: Value = serde_json::from_slice(&body).unwrap_or_else(|_| {
-            json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview", "metadata": {}, "spec": {}})
-        });
-        review["status"] = json!({"allowed": true, "reason": "the admin token may do everything"});
+        let mut review = match decode_body(&content_type, &body) {
+            Ok(review) => review,
+            Err(err) => return error_response(&err),
+        };
+        let spec = &review["spec"]["resourceAttributes"];
+        let text = |v: &Value| v.as_str().unwrap_or("").to_owned();
+        let attributes = crate::rbac::Attributes {
+            verb: text(&spec["verb"]),
+            group: text(&spec["group"]),
+            resource: text(&spec["resource"]),
+            subresource: text(&spec["subresource"]),
+            namespace: text(&spec["namespace"]),
+            name: text(&spec["name"]),
+        };
+        let allowed = state.authorize(&user, &attributes).await;
+        review["status"] = json!({"allowed": allowed});
         return json_response(201, &review);
+    }
+    let rbac_verb = match (
+        &method,
+        target.name.is_some(),
+        params.get("watch").is_some_and(|w| w == "true" || w == "1"),
+    ) {
+        (&Method::GET, _, true) => "watch",
+        (&Method::GET, true, _) => "get",
+        (&Method::GET, false, _) => "list",
+        (&Method::POST, _, _) => "create",
+        (&Method::PUT, _, _) => "update",
+        (&Method::PATCH, _, _) => "patch",
+        (&Method::DELETE, true, _) => "delete",
+        (&Method::DELETE, false, _) => "deletecollection",
+        _ => "unknown",
+    };
+    let attributes = crate::rbac::Attributes {
+        verb: rbac_verb.to_owned(),
+        group: target.resource.group.to_owned(),
+        resource: target.resource.name.to_owned(),
+        subresource: target.subresource.clone().unwrap_or_default(),
+        namespace: target.namespace.clone().unwrap_or_default(),
+        name: target.name.clone().unwrap_or_default(),
+    };
+    if !state.authorize(&user, &attributes).await {
+        return error_response(&ApiError::new(
+            403,
+            "Forbidden",
+            crate::rbac::forbidden_message(&user, &attributes),
+        ));
     }
     let api = Api { state: state.clone(), target, params, accept };
     if api.target.subresource.as_deref() == Some("scale") {
@@ -553,6 +607,37 @@ async fn route(state: Arc<State>, request: Request<Incoming>) -> Response<Body> 
 }
 
 impl State {
+    /// RBAC: the admin may do everything; others what their bindings grant.
+    async fn authorize(
+        &self,
+        user: &crate::rbac::User,
+        attributes: &crate::rbac::Attributes,
+    ) -> bool {
+        if user.is_master() {
+            return true;
+        }
+        let list = |resource: &str| {
+            let store = self.store.clone();
+            let prefix = resources::find("rbac.authorization.k8s.io", "v1", resource)
+                .map(|r| r.prefix(None))
+                .unwrap_or_default();
+            async move {
+                store
+                    .list(&prefix, None, 0, 0)
+                    .await
+                    .map(|p| p.items.iter().map(decode).collect::<Vec<_>>())
+                    .unwrap_or_default()
+            }
+        };
+        let (cluster_roles, roles, cluster_bindings, bindings) = (
+            list("clusterroles").await,
+            list("roles").await,
+            list("clusterrolebindings").await,
+            list("rolebindings").await,
+        );
+        crate::rbac::allowed(user, attributes, &cluster_roles, &roles, &cluster_bindings, &bindings)
+    }
+
     /// Appends one line to the audit log; a full disk loses the line, not the request.
     fn audit(&self, verb: &str, target: &Target, name: Option<&str>, code: u16) {
         let line = json!({

@@ -569,8 +569,40 @@ fn kubectl_drives_the_api_on_the_embedded_store() {
         return;
     }
     let dir = tempfile::Builder::new().prefix("berth-server-").tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("tokens.csv"),
+        "jane-token,jane,1001\nops-token,olga,1002,\"ops,devs\"\n",
+    )
+    .unwrap();
     let server = Server::start(dir.path(), None);
     drive(&server);
+    // RBAC: jane may read pods in `made` only, through a Role and a RoleBinding.
+    server.apply("apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {name: pod-reader, namespace: made}\nrules: [{apiGroups: [\"\"], resources: [pods], verbs: [get, list, watch]}]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: jane-reads, namespace: made}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: pod-reader}\nsubjects: [{kind: User, name: jane, apiGroup: rbac.authorization.k8s.io}]\n");
+    let as_jane = |args: &[&str]| {
+        let mut all = vec!["--token", "jane-token"];
+        all.extend_from_slice(args);
+        server.kubectl(&all)
+    };
+    assert!(as_jane(&["get", "pods", "-n", "made"]).status.success());
+    let denied = as_jane(&["get", "pods", "-n", "default"]);
+    let err = String::from_utf8_lossy(&denied.stderr);
+    assert!(err.contains("pods is forbidden: User \"jane\" cannot list resource \"pods\" in API group \"\" in the namespace \"default\""), "{err}");
+    assert!(!as_jane(&["create", "configmap", "x", "-n", "made"]).status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&as_jane(&["auth", "can-i", "list", "pods", "-n", "made"]).stdout)
+            .trim(),
+        "yes"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(
+            &as_jane(&["auth", "can-i", "delete", "pods", "-n", "made"]).stdout
+        )
+        .trim(),
+        "no"
+    );
+    // A token nobody issued: 401.
+    let stranger = server.kubectl(&["--token", "made-up", "get", "ns"]);
+    assert!(String::from_utf8_lossy(&stranger.stderr).contains("Unauthorized"));
     // Secrets are encrypted at rest: the store's files never hold the value.
     for file in ["state.db", "state.db-wal"] {
         let bytes = std::fs::read(dir.path().join(file)).unwrap_or_default();
