@@ -518,7 +518,7 @@ async fn route(state: Arc<State>, request: Request<Incoming>) -> Response<Body> 
         review["status"] = json!({"allowed": allowed});
         return json_response(201, &review);
     }
-    let rbac_verb = match (
+    let verb = match (
         &method,
         target.name.is_some(),
         params.get("watch").is_some_and(|w| w == "true" || w == "1"),
@@ -534,7 +534,7 @@ async fn route(state: Arc<State>, request: Request<Incoming>) -> Response<Body> 
         _ => "unknown",
     };
     let attributes = crate::rbac::Attributes {
-        verb: rbac_verb.to_owned(),
+        verb: verb.to_owned(),
         group: target.resource.group.to_owned(),
         resource: target.resource.name.to_owned(),
         subresource: target.subresource.clone().unwrap_or_default(),
@@ -552,7 +552,6 @@ async fn route(state: Arc<State>, request: Request<Incoming>) -> Response<Body> 
     if api.target.subresource.as_deref() == Some("scale") {
         let result = api.scale(&method, &content_type, &body).await;
         if method != Method::GET {
-            let verb = if method == Method::PUT { "update" } else { "patch" };
             state.audit(
                 verb,
                 &api.target,
@@ -565,14 +564,6 @@ async fn route(state: Arc<State>, request: Request<Incoming>) -> Response<Body> 
             Err(err) => error_response(&err),
         };
     }
-    let verb = match (&method, api.target.name.is_some()) {
-        (&Method::POST, _) => "create",
-        (&Method::PUT, _) => "update",
-        (&Method::PATCH, _) => "patch",
-        (&Method::DELETE, true) => "delete",
-        (&Method::DELETE, false) => "deletecollection",
-        _ => "get",
-    };
     let result = match (method, api.target.name.is_some()) {
         (Method::GET, false) if api.flag("watch") => return api.watch().await,
         (Method::GET, false) => api.list().await,
@@ -593,7 +584,7 @@ async fn route(state: Arc<State>, request: Request<Incoming>) -> Response<Body> 
         Ok((code, _)) => *code,
         Err(err) => err.code,
     };
-    if verb != "get" {
+    if !matches!(verb, "get" | "list" | "watch") {
         let created = match &result {
             Ok((_, value)) if verb == "create" => Some(objects::name_of(value).to_owned()),
             _ => None,
@@ -1315,34 +1306,13 @@ impl Api {
             }
             let mut updated = current.clone();
             updated["spec"]["replicas"] = json!(replicas);
-            match self.write_spec(&current, updated, revision).await {
+            match self.replace(&current, updated, revision).await {
                 Err(err) if err.reason == "Conflict" => continue,
                 Err(err) => return Err(err),
-                Ok(object) => return Ok(view(&object)),
+                Ok((_, object)) => return Ok(view(&object)),
             }
         }
         Err(ApiError::conflict(self.resource(), self.name()))
-    }
-
-    /// `replace` on the main resource, whatever subresource the request named.
-    async fn write_spec(
-        &self,
-        current: &Value,
-        object: Value,
-        revision: i64,
-    ) -> Result<Value, ApiError> {
-        let api = Api {
-            state: self.state.clone(),
-            target: Target {
-                resource: self.target.resource,
-                namespace: self.target.namespace.clone(),
-                name: self.target.name.clone(),
-                subresource: None,
-            },
-            params: self.params.clone(),
-            accept: self.accept.clone(),
-        };
-        api.replace(current, object, revision).await.map(|(_, v)| v)
     }
 
     async fn delete(&self, body: &[u8]) -> Result<(u16, Value), ApiError> {

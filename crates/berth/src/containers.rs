@@ -458,9 +458,6 @@ pub fn create(global: &Global, flags: CreateFlags) -> Result<i32> {
 pub fn run(global: &Global, args: RunArgs) -> Result<i32> {
     let engine = engine(global)?;
     let options = run_options(&args.flags)?;
-    if args.detach && options.auto_remove && options.restart.name.is_empty() {
-        // Fine: removed by its monitor when it exits.
-    }
     if !options.restart.name.is_empty() && options.auto_remove {
         bail!("--restart and --rm cannot be used together");
     }

@@ -478,7 +478,7 @@ fn run_container(
     };
     let pid = runtime.create_with_console(&options, console)?;
     let master = match &relay {
-        Some(socket) => Some(receive_master(socket)?),
+        Some(socket) => Some(berth_runtime::receive_master(socket)?),
         None => None,
     };
     tracing::debug!("created; starting");
@@ -504,25 +504,6 @@ fn console_pair() -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
     let (a, b) =
         std::os::unix::net::UnixStream::pair().context("cannot create the console socket pair")?;
     Ok((a.into(), b.into()))
-}
-
-fn receive_master(socket: &std::os::fd::OwnedFd) -> Result<std::os::fd::OwnedFd> {
-    use berth_sys::nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
-    use std::os::fd::AsRawFd;
-    let mut name = [0u8; 4096];
-    let mut iov = [std::io::IoSliceMut::new(&mut name)];
-    let mut space = berth_sys::nix::cmsg_space!([std::os::fd::RawFd; 1]);
-    let message =
-        recvmsg::<()>(socket.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
-            .context("cannot receive the pty master")?;
-    for control in message.cmsgs().context("bad control message")? {
-        if let ControlMessageOwned::ScmRights(fds) = control {
-            if let Some(fd) = fds.first() {
-                return berth_sys::process::own_fd(*fd).context("bad pty master descriptor");
-            }
-        }
-    }
-    bail!("the container did not send its pty master")
 }
 
 fn exec(runtime: &Runtime, args: ExecArgs) -> Result<i32> {

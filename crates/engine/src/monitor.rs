@@ -4,7 +4,7 @@
 //! or pty, writes the log, serves attach clients, reaps it, records the exit, applies the
 //! restart policy and, with `--rm`, removes the container.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
@@ -279,7 +279,7 @@ fn create_with_pipes(
 fn create_with_pty(engine: &Engine, options: &CreateOptions) -> Result<(i32, Io)> {
     let (ours, theirs) = UnixStream::pair().map_err(io("create", "console socket pair"))?;
     let pid = engine.runtime().create_with_console(options, Some(OwnedFd::from(theirs)))?;
-    let master = receive_master(&ours)?;
+    let master = berth_runtime::receive_master(&OwnedFd::from(ours))?;
     set_nonblocking(master.as_fd());
     Ok((pid, Io { stdout: None, stderr: None, stdin: None, master: Some(master), seccomp: None }))
 }
@@ -301,24 +301,6 @@ fn bind_sysinfo_listener(locked: &crate::container::Locked) -> Result<Option<Uni
     Ok(Some(listener))
 }
 
-fn receive_master(socket: &UnixStream) -> Result<OwnedFd> {
-    use berth_sys::nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
-    let mut name = [0u8; 4096];
-    let mut iov = [std::io::IoSliceMut::new(&mut name)];
-    let mut space = berth_sys::nix::cmsg_space!([std::os::fd::RawFd; 1]);
-    let message =
-        recvmsg::<()>(socket.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
-            .map_err(sys("receive the pty master"))?;
-    for control in message.cmsgs().map_err(sys("read the pty message"))? {
-        if let ControlMessageOwned::ScmRights(fds) = control {
-            if let Some(fd) = fds.first() {
-                return berth_sys::process::own_fd(*fd).map_err(sys("take the pty master"));
-            }
-        }
-    }
-    Err(Error::Other("the container did not send its pty master".into()))
-}
-
 fn set_nonblocking(fd: BorrowedFd<'_>) {
     use berth_sys::nix::fcntl::{fcntl, FcntlArg};
     if let Ok(flags) = fcntl(fd, FcntlArg::F_GETFL) {
@@ -326,14 +308,26 @@ fn set_nonblocking(fd: BorrowedFd<'_>) {
     }
 }
 
+/// One read on the descriptor itself (no duplicate per call: this is the output path).
 fn read_fd(fd: BorrowedFd<'_>, buffer: &mut [u8]) -> std::io::Result<usize> {
-    let mut file = std::fs::File::from(fd.try_clone_to_owned()?);
-    file.read(buffer)
+    loop {
+        match berth_sys::nix::unistd::read(fd, buffer) {
+            Err(berth_sys::Errno::EINTR) => continue,
+            other => return other.map_err(std::io::Error::from),
+        }
+    }
 }
 
-fn write_fd(fd: BorrowedFd<'_>, data: &[u8]) -> std::io::Result<()> {
-    let mut file = std::fs::File::from(fd.try_clone_to_owned()?);
-    file.write_all(data)
+fn write_fd(fd: BorrowedFd<'_>, mut data: &[u8]) -> std::io::Result<()> {
+    while !data.is_empty() {
+        match berth_sys::nix::unistd::write(fd, data) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => data = &data[n..],
+            Err(berth_sys::Errno::EINTR) => {}
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Ok(())
 }
 
 /// Relays output to the log and the clients and input from the clients until the init
@@ -417,7 +411,10 @@ fn supervise(
                 while let Ok((connection, _)) = listener.accept() {
                     let _ = connection.set_nonblocking(false);
                     let _ = connection.set_read_timeout(Some(Duration::from_secs(5)));
-                    match receive_master(&connection) {
+                    match berth_runtime::receive_fd(
+                        &OwnedFd::from(connection),
+                        "seccomp notify descriptor",
+                    ) {
                         Ok(fd) => notifiers.push(fd),
                         Err(err) => tracing::warn!("seccomp listener: {err}"),
                     }

@@ -408,7 +408,7 @@ impl Engine {
 
     /// Sends the stop signal, then SIGKILL after `timeout` seconds; returns once it exited.
     pub fn stop(&self, name_or_id: &str, timeout: Option<u32>) -> Result<()> {
-        let (id, signal, timeout, pid) = {
+        let (id, signal, timeout) = {
             let mut locked = self.lock(name_or_id)?;
             if !matches!(
                 locked.record.state.status,
@@ -420,14 +420,8 @@ impl Engine {
             locked.save()?;
             let timeout =
                 timeout.or(locked.record.options.stop_timeout).unwrap_or(DEFAULT_STOP_TIMEOUT);
-            (
-                locked.record.id.clone(),
-                parse_signal(&locked.record.stop_signal)?,
-                timeout,
-                locked.record.state.pid,
-            )
+            (locked.record.id.clone(), parse_signal(&locked.record.stop_signal)?, timeout)
         };
-        let _ = pid;
         if self.runtime.state(&id).is_ok_and(|s| s.status == berth_runtime::Status::Paused) {
             let _ = self.runtime.resume(&id);
         }
@@ -661,7 +655,7 @@ impl Engine {
             Some(spec) => {
                 let store = self.images()?;
                 let image = store.resolve(&record.image_id)?;
-                let mut layers = vec![record_dir_upper(&self.container_dir(&record.id))];
+                let mut layers = vec![self.container_dir(&record.id).join("upper")];
                 layers.extend(store.lower_dirs(&image)?);
                 let passwd = user::read_from_layers(&layers, Path::new("/etc/passwd"));
                 let group = user::read_from_layers(&layers, Path::new("/etc/group"));
@@ -892,10 +886,6 @@ fn ensure_lxcfs() -> Option<PathBuf> {
 
 /// Debian's lxcfs mount point.
 pub const LXCFS_DIR: &str = "/var/lib/lxcfs";
-
-fn record_dir_upper(dir: &Path) -> PathBuf {
-    dir.join("upper")
-}
 
 /// A container's filesystem for `cp`.
 #[derive(Debug)]

@@ -29,4 +29,4 @@ pub use exec::{ExecOptions, ExecOutcome, ProcessOverrides};
 pub use features::features;
 pub use state::{OciState, Status};
 pub use template::example_spec;
-pub use tty::{foreground_wait, ExitStatus};
+pub use tty::{foreground_wait, receive_fd, receive_master, ExitStatus};

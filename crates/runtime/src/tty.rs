@@ -41,21 +41,27 @@ pub(crate) fn console_pair() -> Result<(OwnedFd, OwnedFd)> {
 }
 
 /// Receives the pty master the container's init sends over a console socket.
-pub(crate) fn receive_master(socket: &OwnedFd) -> Result<OwnedFd> {
+pub fn receive_master(socket: &OwnedFd) -> Result<OwnedFd> {
+    receive_fd(socket, "pty master")
+}
+
+/// Receives one descriptor sent with `SCM_RIGHTS` (the message text is discarded);
+/// `what` names it in errors.
+pub fn receive_fd(socket: &OwnedFd, what: &str) -> Result<OwnedFd> {
     let mut name = [0u8; 4096];
     let mut iov = [std::io::IoSliceMut::new(&mut name)];
     let mut space = berth_sys::nix::cmsg_space!([std::os::fd::RawFd; 1]);
     let message =
         recvmsg::<()>(socket.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
-            .map_err(sys("receive the pty master"))?;
+            .map_err(sys(format!("receive the {what}")))?;
     for control in message.cmsgs().map_err(sys("read the control message"))? {
         if let ControlMessageOwned::ScmRights(fds) = control {
             if let Some(fd) = fds.first() {
-                return berth_sys::process::own_fd(*fd).map_err(sys("take the pty master"));
+                return berth_sys::process::own_fd(*fd).map_err(sys(format!("take the {what}")));
             }
         }
     }
-    Err(Error::Init("the container did not send a pty master".into()))
+    Err(Error::Init(format!("no {what} arrived on the socket")))
 }
 
 /// Puts the caller's terminal in raw mode for as long as it lives.
