@@ -850,9 +850,14 @@ impl Engine {
 /// Where lxcfs serves its per-container view of /proc, starting it when it is installed but
 /// not running (it daemonizes, as Debian's service runs it, with CPU views from CFS quotas).
 /// Without lxcfs, containers see the host's /proc files.
+///
+/// Concurrent starts take a lock so that one lxcfs is started, not several stacked on the
+/// mount point; a mount left by an lxcfs that died ("transport endpoint is not connected")
+/// is detached and replaced.
 fn ensure_lxcfs() -> Option<PathBuf> {
     let dir = PathBuf::from(LXCFS_DIR);
-    if dir.join("proc/meminfo").exists() {
+    let serving = |dir: &Path| std::fs::metadata(dir.join("proc/meminfo"));
+    if serving(&dir).is_ok() {
         return Some(dir);
     }
     let binary = Path::new("/usr/bin/lxcfs");
@@ -861,6 +866,18 @@ fn ensure_lxcfs() -> Option<PathBuf> {
             "lxcfs is not installed: /proc in limited containers shows the host's totals"
         );
         return None;
+    }
+    let _ = std::fs::create_dir_all("/run/berth");
+    let lock_path = Path::new("/run/berth/lxcfs.lock");
+    let lock = std::fs::File::create(lock_path).ok()?;
+    berth_sys::process::lock_file(&lock, true).ok()?;
+    match serving(&dir) {
+        Ok(_) => return Some(dir),
+        Err(e) if e.raw_os_error() == Some(berth_sys::nix::libc::ENOTCONN) => {
+            tracing::warn!("lxcfs died and left its mount at {LXCFS_DIR}; starting it again");
+            let _ = umount2(&dir, MntFlags::MNT_DETACH);
+        }
+        Err(_) => {}
     }
     let _ = std::fs::create_dir_all(&dir);
     // lxcfs stays in the foreground: it is left running, in a session of its own.
@@ -874,13 +891,14 @@ fn ensure_lxcfs() -> Option<PathBuf> {
         tracing::warn!("cannot start lxcfs: /proc in limited containers shows the host's totals");
         return None;
     }
-    let deadline = Instant::now() + Duration::from_secs(3);
+    let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
-        if dir.join("proc/meminfo").exists() {
+        if serving(&dir).is_ok() {
             return Some(dir);
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+    tracing::warn!("lxcfs did not serve {LXCFS_DIR} within 5 s");
     None
 }
 
