@@ -7,6 +7,7 @@
 //! - `patch`: JSON patch, merge patch and strategic merge patch;
 //! - `proto`: protobuf request bodies of the kinds `kubectl create` makes;
 //! - `rbac`: token identities and Role/ClusterRole/binding evaluation;
+//! - `schema`: OpenAPI v3 schemas of the kinds (from `k8s-openapi`) and unknown fields;
 //! - `selector`: label and field selectors;
 //! - `encryption`: Secrets sealed with AES-256-GCM before they reach the store;
 //! - `metrics`: `/metrics` in the Prometheus format;
@@ -22,6 +23,7 @@ pub mod patch;
 pub mod proto;
 pub mod rbac;
 pub mod resources;
+pub mod schema;
 pub mod selector;
 pub mod server;
 pub mod tls;

@@ -543,7 +543,7 @@ pub fn openapi_index() -> Value {
 
 /// `GET /openapi/v3/api/v1` (or `apis/GROUP/VERSION`): the operations of a group-version,
 /// each declaring the `fieldValidation` parameter, so that kubectl lets the server
-/// validate (`--validate=strict`). Object schemas are not published yet.
+/// validate (`--validate=strict`), and the schemas of its kinds (`kubectl explain`).
 pub fn openapi_document(group: &str, version: &str) -> Option<Value> {
     let selected: Vec<&Resource> =
         RESOURCES.iter().filter(|r| r.group == group && r.version == version).collect();
@@ -585,7 +585,7 @@ pub fn openapi_document(group: &str, version: &str) -> Option<Value> {
         );
     }
     Some(
-        json!({"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.32.0"}, "paths": paths, "components": {"schemas": {}}}),
+        json!({"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.32.0"}, "paths": paths, "components": {"schemas": crate::schema::components(group, version)}}),
     )
 }
 

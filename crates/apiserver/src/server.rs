@@ -548,7 +548,7 @@ async fn route(state: Arc<State>, request: Request<Incoming>) -> Response<Body> 
             crate::rbac::forbidden_message(&user, &attributes),
         ));
     }
-    let api = Api { state: state.clone(), target, params, accept };
+    let api = Api { state: state.clone(), target, params, accept, warnings: Default::default() };
     if api.target.subresource.as_deref() == Some("scale") {
         let result = api.scale(&method, &content_type, &body).await;
         if method != Method::GET {
@@ -591,10 +591,18 @@ async fn route(state: Arc<State>, request: Request<Incoming>) -> Response<Body> 
         };
         state.audit(verb, &api.target, created.as_deref(), code);
     }
-    match result {
+    let mut response = match result {
         Ok((code, value)) => json_response(code, &value),
         Err(err) => error_response(&err),
+    };
+    for warning in api.warnings.lock().map(|w| w.clone()).unwrap_or_default() {
+        // RFC 7234 warning: code 299, no agent, the text quoted.
+        let text = format!("299 - {}", Value::String(warning));
+        if let Ok(value) = HeaderValue::from_str(&text) {
+            response.headers_mut().append("warning", value);
+        }
     }
+    response
 }
 
 impl State {
@@ -665,6 +673,8 @@ struct Api {
     target: Target,
     params: HashMap<String, String>,
     accept: String,
+    /// `Warning` headers for the response (unknown fields under `fieldValidation=Warn`).
+    warnings: std::sync::Mutex<Vec<String>>,
 }
 
 /// The stored form of an object: JSON without `resourceVersion` (the store's revision is).
@@ -706,6 +716,43 @@ impl Api {
 
     fn key(&self) -> String {
         self.resource().key(self.target.namespace.as_deref(), self.name())
+    }
+
+    /// `fieldValidation`: fields the kind's schema does not know fail the request
+    /// (`Strict`), or are dropped with a warning (`Warn`, the default) or silently (`Ignore`).
+    fn check_fields(&self, object: &mut Value) -> Result<(), ApiError> {
+        let resource = self.resource();
+        let mode = self.params.get("fieldValidation").map(String::as_str).unwrap_or("Warn");
+        let gvk = (resource.group, resource.version, resource.kind);
+        match mode {
+            "Strict" => {
+                let unknown = crate::schema::unknown_fields(gvk, object, false);
+                if !unknown.is_empty() {
+                    let list: Vec<String> =
+                        unknown.iter().map(|f| format!("unknown field {f:?}")).collect();
+                    return Err(ApiError::bad_request(format!(
+                        "{kind} in version {version:?} cannot be handled as a {kind}: strict decoding error: {}",
+                        list.join(", "),
+                        kind = resource.kind,
+                        version = resource.version,
+                    )));
+                }
+            }
+            "Warn" | "Ignore" | "" => {
+                let unknown = crate::schema::unknown_fields(gvk, object, true);
+                if mode == "Warn" {
+                    if let Ok(mut warnings) = self.warnings.lock() {
+                        warnings.extend(unknown.iter().map(|f| format!("unknown field {f:?}")));
+                    }
+                }
+            }
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "fieldValidation must be one of Strict, Warn or Ignore, not {other:?}"
+                )))
+            }
+        }
+        Ok(())
     }
 
     fn dry_run(&self) -> bool {
@@ -846,6 +893,7 @@ impl Api {
     async fn create(&self, content_type: &str, body: &[u8]) -> Result<(u16, Value), ApiError> {
         let resource = self.resource();
         let mut object = self.parse_body(content_type, body)?;
+        self.check_fields(&mut object)?;
         let name =
             objects::prepare_create(resource, &mut object, self.target.namespace.as_deref())?;
         objects::validate(resource, &object)?;
@@ -1074,7 +1122,8 @@ impl Api {
     }
 
     async fn update(&self, content_type: &str, body: &[u8]) -> Result<(u16, Value), ApiError> {
-        let object = self.parse_body(content_type, body)?;
+        let mut object = self.parse_body(content_type, body)?;
+        self.check_fields(&mut object)?;
         let current = self.current().await?;
         let current_revision: i64 = current["metadata"]["resourceVersion"]
             .as_str()
@@ -1091,7 +1140,6 @@ impl Api {
         if revision != current_revision {
             return Err(ApiError::conflict(self.resource(), self.name()));
         }
-        let mut object = object;
         if let Some(manager) = self.field_manager() {
             crate::apply::record_update(
                 Some(&current),
@@ -1118,6 +1166,21 @@ impl Api {
             .to_owned();
         let force = self.flag("force");
         let gv = resource.group_version();
+        // An applied configuration is typed against the schema whatever fieldValidation says.
+        let unknown = crate::schema::unknown_fields(
+            (resource.group, resource.version, resource.kind),
+            &mut config.clone(),
+            false,
+        );
+        if let Some(first) = unknown.first() {
+            let namespace =
+                self.target.namespace.as_deref().map(|n| format!("{n}/")).unwrap_or_default();
+            return Err(ApiError::bad_request(format!(
+                "failed to create typed patch object ({namespace}{name}; {gv}, Kind={kind}): .{first}: field not declared in schema",
+                name = self.name(),
+                kind = resource.kind,
+            )));
+        }
         if config.get("kind").and_then(Value::as_str).is_some_and(|k| k != resource.kind) {
             return Err(ApiError::bad_request(
                 "the kind of the applied configuration does not match the resource",
@@ -1210,6 +1273,7 @@ impl Api {
                     format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {content_type:?})"),
                 ));
             }
+            self.check_fields(&mut patched)?;
             // A patch that names a resourceVersion is a precondition.
             if let Some(wanted) = patch_doc["metadata"]["resourceVersion"].as_str() {
                 if wanted != revision.to_string() {

@@ -711,3 +711,85 @@ fn kubectl_drives_the_api_on_etcd() {
     let _ = etcd.kill();
     let _ = etcd.wait();
 }
+
+const MISSPELT: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: typo
+spec:
+  replica: 2
+  selector: {matchLabels: {app: typo}}
+  template:
+    metadata: {labels: {app: typo}}
+    spec:
+      containers:
+      - name: web
+        image: busybox:1.36
+        imagePullPolicyy: Always
+"#;
+
+#[test]
+fn kubectl_explains_kinds_and_the_server_validates_fields() {
+    if !kubectl_present() {
+        return;
+    }
+    let dir = tempfile::Builder::new().prefix("berth-server-").tempdir().unwrap();
+    let server = Server::start(dir.path(), None);
+    // explain reads the OpenAPI v3 schemas: kinds, fields, nested types and their types.
+    let pods = server.ok(&["explain", "pods"]);
+    assert!(pods.contains("KIND:       Pod\nVERSION:    v1"), "{pods}");
+    assert!(pods.contains("spec\t<PodSpec>"), "{pods}");
+    assert!(pods.contains("metadata\t<ObjectMeta>\n"), "metadata is not required: {pods}");
+    let replicas = server.ok(&["explain", "deployment.spec.replicas"]);
+    assert!(replicas.contains("GROUP:      apps"), "{replicas}");
+    assert!(replicas.contains("FIELD: replicas <integer>"), "{replicas}");
+    assert!(replicas.contains("Number of desired pods"), "{replicas}");
+    let recursive = server.ok(&["explain", "cronjob.spec.jobTemplate", "--recursive"]);
+    assert!(recursive.contains("backoffLimit\t<integer>"), "{recursive}");
+    let hpa = server.ok(&["explain", "hpa", "--api-version=autoscaling/v1"]);
+    assert!(hpa.contains("VERSION:    v1"), "{hpa}");
+    let err = server.fails(&["explain", "pods.spec.nosuch"]);
+    assert!(err.contains("field \"nosuch\" does not exist"), "{err}");
+
+    // Unknown fields: kubectl's default (strict) is refused with every field named ...
+    let path = dir.path().join("typo.yaml");
+    std::fs::write(&path, MISSPELT).unwrap();
+    let file = path.to_str().unwrap();
+    let err = server.fails(&["apply", "-f", file]);
+    assert!(
+        err.contains("Deployment in version \"v1\" cannot be handled as a Deployment: strict decoding error: unknown field \"spec.replica\", unknown field \"spec.template.spec.containers[0].imagePullPolicyy\""),
+        "{err}"
+    );
+    assert!(server.fails(&["get", "deploy", "typo"]).contains("NotFound"));
+    let err = server.fails(&["apply", "--server-side", "-f", file]);
+    assert!(err.contains(".spec.replica: field not declared in schema"), "{err}");
+    // ... warned about and dropped with --validate=warn, silently dropped with false.
+    let output = server.kubectl(&["create", "-f", file, "--validate=warn"]);
+    assert!(output.status.success());
+    let warnings = String::from_utf8_lossy(&output.stderr);
+    assert!(warnings.contains("Warning: unknown field \"spec.replica\""), "{warnings}");
+    let spec = server.ok(&["get", "deploy", "typo", "-o", "json"]);
+    let spec: serde_json::Value = serde_json::from_str(&spec).unwrap();
+    assert!(spec["spec"].get("replica").is_none(), "{spec}");
+    assert!(spec["spec"]["template"]["spec"]["containers"][0].get("imagePullPolicyy").is_none());
+    assert_eq!(spec["spec"]["replicas"], 1);
+    // Patches are judged by what they produce; kubectl patch leaves the server's default
+    // (Warn).
+    let output = server.kubectl(&[
+        "patch",
+        "deploy",
+        "typo",
+        "-p",
+        r#"{"spec":{"paused":true,"pasued":true}}"#,
+    ]);
+    assert!(output.status.success());
+    let warnings = String::from_utf8_lossy(&output.stderr);
+    assert!(warnings.contains("Warning: unknown field \"spec.pasued\""), "{warnings}");
+    assert_eq!(server.ok(&["get", "deploy", "typo", "-o", "jsonpath={.spec.paused}"]), "true");
+    let output = server.kubectl(&["create", "-f", file, "--validate=false"]);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("AlreadyExists"));
+    server.ok(&["delete", "-f", file]);
+    server.ok(&["create", "-f", file, "--validate=false"]);
+    assert_eq!(server.ok(&["get", "deploy", "typo", "-o", "jsonpath={.spec.replicas}"]), "1");
+}
