@@ -257,6 +257,16 @@ fn schema(message: &str) -> Option<&'static [Field]> {
                 ]
             }
         }
+        "SelfSubjectReview" => {
+            const {
+                &[
+                    f(1, "metadata", Message("ObjectMeta")),
+                    f(2, "status", Message("SelfSubjectReviewStatus")),
+                ]
+            }
+        }
+        "SelfSubjectReviewStatus" => const { &[f(1, "userInfo", Message("UserInfo"))] },
+        "UserInfo" => const { &[f(1, "username", Str), f(2, "uid", Str), r(3, "groups", Str)] },
         "SelfSubjectAccessReviewSpec" => {
             const {
                 &[
@@ -294,6 +304,7 @@ const KINDS: &[&str] = &[
     "Deployment",
     "Service",
     "SelfSubjectAccessReview",
+    "SelfSubjectReview",
 ];
 
 struct Reader<'a> {

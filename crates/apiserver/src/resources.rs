@@ -347,6 +347,20 @@ pub const RESOURCES: &[Resource] = &[
         field_selectors: &[],
         verbs: &["create"],
     },
+    // Answered, never stored: `kubectl auth whoami`.
+    Resource {
+        group: "authentication.k8s.io",
+        version: "v1",
+        name: "selfsubjectreviews",
+        singular: "selfsubjectreview",
+        kind: "SelfSubjectReview",
+        namespaced: false,
+        short_names: &[],
+        categories: &[],
+        subresources: &[],
+        field_selectors: &[],
+        verbs: &["create"],
+    },
 ];
 
 impl Resource {

@@ -72,6 +72,8 @@ fn build() -> Schemas {
         "rbac.authorization.k8s.io" "v1" "ClusterRoleBinding" => rbac::v1::ClusterRoleBinding,
         "authorization.k8s.io" "v1" "SelfSubjectAccessReview" =>
             k8s_openapi::api::authorization::v1::SelfSubjectAccessReview,
+        "authentication.k8s.io" "v1" "SelfSubjectReview" =>
+            k8s_openapi::api::authentication::v1::SelfSubjectReview,
     }
     let mut components = generator.take_definitions(true);
     for ((group, version, kind), name) in &kinds {

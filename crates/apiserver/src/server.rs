@@ -155,9 +155,21 @@ pub async fn run(
         let state = state.clone();
         tokio::spawn(async move {
             let Ok(tls) = acceptor.accept(stream).await else { return };
+            // A client certificate the CA signed names the connection's user.
+            let certified = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(tls::client_identity)
+                .map(|(name, mut groups)| {
+                    groups.push("system:authenticated".into());
+                    Arc::new(crate::rbac::User { name, groups })
+                });
             let service = hyper::service::service_fn(move |request| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(state, request).await) }
+                let certified = certified.clone();
+                async move { Ok::<_, Infallible>(handle(state, certified, request).await) }
             });
             let builder =
                 hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
@@ -285,7 +297,11 @@ struct Target {
 }
 
 /// Serves a request and records it in the metrics.
-async fn handle(state: Arc<State>, request: Request<Incoming>) -> Response<Body> {
+async fn handle(
+    state: Arc<State>,
+    certified: Option<Arc<crate::rbac::User>>,
+    request: Request<Incoming>,
+) -> Response<Body> {
     let started = std::time::Instant::now();
     let watch = request
         .uri()
@@ -312,12 +328,16 @@ async fn handle(state: Arc<State>, request: Request<Incoming>) -> Response<Body>
         _ => "none".to_owned(),
     };
     let metrics = state.metrics.clone();
-    let response = route(state, request).await;
+    let response = route(state, certified, request).await;
     metrics.observe(verb, &resource, response.status().as_u16(), started.elapsed());
     response
 }
 
-async fn route(state: Arc<State>, request: Request<Incoming>) -> Response<Body> {
+async fn route(
+    state: Arc<State>,
+    certified: Option<Arc<crate::rbac::User>>,
+    request: Request<Incoming>,
+) -> Response<Body> {
     let path = request.uri().path().trim_end_matches('/').to_owned();
     let path = if path.is_empty() { "/".to_owned() } else { path };
     let accept =
@@ -343,9 +363,14 @@ async fn route(state: Arc<State>, request: Request<Incoming>) -> Response<Body> 
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_owned);
-    let Some(user) = token
-        .and_then(|t| state.users.iter().find(|(known, _)| *known == t).map(|(_, u)| u.clone()))
-    else {
+    // A bearer token, when given, must be known; otherwise the client certificate speaks.
+    let user = match token {
+        Some(token) => {
+            state.users.iter().find(|(known, _)| *known == token).map(|(_, u)| u.clone())
+        }
+        None => certified.as_deref().cloned(),
+    };
+    let Some(user) = user else {
         return error_response(&ApiError::new(401, "Unauthorized", "Unauthorized"));
     };
     let discovery = |value: Value, aggregated: bool| {
@@ -492,6 +517,24 @@ async fn route(state: Arc<State>, request: Request<Incoming>) -> Response<Body> 
     } else {
         Bytes::new()
     };
+    if resource.kind == "SelfSubjectReview" {
+        if method != Method::POST {
+            return error_response(&ApiError::new(
+                405,
+                "MethodNotAllowed",
+                "only create is allowed",
+            ));
+        }
+        if let Err(err) = decode_body(&content_type, &body) {
+            return error_response(&err);
+        }
+        return json_response(
+            201,
+            &json!({"kind": "SelfSubjectReview", "apiVersion": "authentication.k8s.io/v1",
+                "metadata": {"creationTimestamp": null},
+                "status": {"userInfo": {"username": user.name, "groups": user.groups}}}),
+        );
+    }
     if resource.kind == "SelfSubjectAccessReview" {
         if method != Method::POST {
             return error_response(&ApiError::new(

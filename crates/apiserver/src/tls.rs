@@ -1,5 +1,7 @@
 //! The server's PKI in its data directory: a CA and a serving certificate signed by it,
-//! made on first start (rcgen) and reused afterwards, plus the admin bearer token.
+//! made on first start (rcgen) and reused afterwards, plus the admin bearer token. Client
+//! certificates signed by the CA authenticate users as Kubernetes reads them: the common
+//! name is the user, each organization a group.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -47,15 +49,7 @@ pub fn ensure(dir: &Path, hosts: &[String]) -> Result<Pki, Error> {
     if !(ca_path.exists() && cert_path.exists() && key_path.exists()) {
         let failed = |e: rcgen::Error| Error::Setup(format!("cannot make certificates: {e}"));
         let ca_key = KeyPair::generate().map_err(failed)?;
-        let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(failed)?;
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.distinguished_name.push(DnType::CommonName, "berth-ca");
-        ca.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca_cert = ca.self_signed(&ca_key).map_err(failed)?;
+        let ca_cert = ca_params().self_signed(&ca_key).map_err(failed)?;
         let key = KeyPair::generate().map_err(failed)?;
         let mut names = vec![
             "localhost".to_owned(),
@@ -81,6 +75,101 @@ pub fn ensure(dir: &Path, hosts: &[String]) -> Result<Pki, Error> {
     Ok(Pki { ca_pem, cert_path, key_path })
 }
 
+/// What the CA is made from. Signing again later rebuilds the issuer from these and the
+/// kept key: the same name and key identifier, so what it signs chains to `ca.crt`.
+fn ca_params() -> CertificateParams {
+    let mut ca = CertificateParams::default();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, "berth-ca");
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    ca
+}
+
+/// A client certificate and its key (PEM) for `user` in `group`, signed by the CA in
+/// `dir`, valid for a year.
+pub fn issue_client_certificate(
+    dir: &Path,
+    user: &str,
+    group: Option<&str>,
+) -> Result<(String, String), Error> {
+    let failed = |e: rcgen::Error| Error::Setup(format!("cannot make a client certificate: {e}"));
+    let ca_key_path = dir.join("ca.key");
+    let ca_key_pem = std::fs::read_to_string(&ca_key_path).map_err(io("read", &ca_key_path))?;
+    let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(failed)?;
+    let ca_cert = ca_params().self_signed(&ca_key).map_err(failed)?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name.push(DnType::CommonName, user);
+    if let Some(group) = group {
+        params.distinguished_name.push(DnType::OrganizationName, group);
+    }
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    let now = std::time::SystemTime::now();
+    params.not_before = (now - std::time::Duration::from_secs(300)).into();
+    params.not_after = (now + std::time::Duration::from_secs(365 * 86400)).into();
+    let key = KeyPair::generate().map_err(failed)?;
+    let cert = params.signed_by(&key, &ca_cert, &ca_key).map_err(failed)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// The user and groups a verified client certificate names: its subject's common name and
+/// organizations. `None` when it has no common name.
+pub fn client_identity(cert: &CertificateDer<'_>) -> Option<(String, Vec<String>)> {
+    let parsed = webpki::EndEntityCert::try_from(cert).ok()?;
+    let mut name = None;
+    let mut groups = Vec::new();
+    for (oid, value) in subject_attributes(parsed.subject())? {
+        match oid {
+            [0x55, 0x04, 0x03] => name = Some(value),
+            [0x55, 0x04, 0x0a] => groups.push(value),
+            _ => {}
+        }
+    }
+    Some((name.filter(|n| !n.is_empty())?, groups))
+}
+
+/// One DER element: (tag, content, rest). Definite lengths up to four bytes.
+fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, mut rest) = rest.split_first()?;
+    let length = if first < 0x80 {
+        usize::from(first)
+    } else {
+        let count = usize::from(first & 0x7f);
+        if count == 0 || count > 4 || rest.len() < count {
+            return None;
+        }
+        let (bytes, after) = rest.split_at(count);
+        rest = after;
+        bytes.iter().fold(0usize, |n, b| (n << 8) | usize::from(*b))
+    };
+    (rest.len() >= length).then(|| (tag, &rest[..length], &rest[length..]))
+}
+
+/// The (OID, text) pairs of a Name's content: SET OF SEQUENCE { OID, string }.
+fn subject_attributes(mut name: &[u8]) -> Option<Vec<(&[u8], String)>> {
+    let mut out = Vec::new();
+    while !name.is_empty() {
+        let (0x31, mut set, rest) = der_element(name)? else { return None };
+        name = rest;
+        while !set.is_empty() {
+            let (0x30, pair, rest) = der_element(set)? else { return None };
+            set = rest;
+            let (0x06, oid, value) = der_element(pair)? else { return None };
+            let (tag, text, _) = der_element(value)?;
+            // UTF8String, PrintableString, T61String, IA5String.
+            if matches!(tag, 0x0c | 0x13 | 0x14 | 0x16) {
+                out.push((oid, String::from_utf8_lossy(text).into_owned()));
+            }
+        }
+    }
+    Some(out)
+}
+
 /// The rustls configuration serving the certificate (HTTP/2 and HTTP/1.1 by ALPN).
 pub fn server_config(pki: &Pki) -> Result<Arc<rustls::ServerConfig>, Error> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&pki.cert_path)
@@ -92,10 +181,23 @@ pub fn server_config(pki: &Pki) -> Result<Arc<rustls::ServerConfig>, Error> {
     let key = PrivateKeyDer::from_pem_file(&pki.key_path)
         .map_err(|e| Error::Setup(format!("cannot read {}: {e}", pki.key_path.display())))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    // Client certificates are asked for but not required: bearer tokens work too.
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(pki.ca_pem.as_bytes()) {
+        let ca = ca.map_err(|e| Error::Setup(format!("bad CA certificate: {e}")))?;
+        roots.add(ca).map_err(|e| Error::Setup(format!("bad CA certificate: {e}")))?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| Error::Setup(format!("TLS client verification: {e}")))?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::Setup(format!("TLS: {e}")))?
-        .with_no_client_auth()
+        .with_client_cert_verifier(verifier)
         .with_single_cert(certs, key)
         .map_err(|e| Error::Setup(format!("TLS: {e}")))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -116,4 +218,40 @@ pub fn token(dir: &Path, given: Option<&str>) -> Result<String, Error> {
     let token = crate::objects::random_hex(32);
     write_private(&path, token.as_bytes())?;
     Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issued_certificates_name_the_user_and_group() {
+        let dir = tempfile::tempdir().unwrap();
+        ensure(dir.path(), &[]).unwrap();
+        let (cert, _key) = issue_client_certificate(dir.path(), "alice", Some("devs")).unwrap();
+        let der = CertificateDer::from_pem_slice(cert.as_bytes()).unwrap();
+        assert_eq!(client_identity(&der), Some(("alice".into(), vec!["devs".into()])));
+        let (cert, _) = issue_client_certificate(dir.path(), "bob", None).unwrap();
+        let der = CertificateDer::from_pem_slice(cert.as_bytes()).unwrap();
+        assert_eq!(client_identity(&der), Some(("bob".into(), vec![])));
+    }
+
+    #[test]
+    fn malformed_names_are_refused_without_panicking() {
+        for bytes in [
+            &[][..],
+            &[0x31],
+            &[0x31, 0x85, 1, 2, 3, 4, 5],
+            &[0x31, 0x02, 0x30, 0x05],
+            &[0x30, 0x00],
+        ] {
+            let parsed = subject_attributes(bytes);
+            assert!(parsed.is_none() || parsed.is_some_and(|p| p.is_empty()), "{bytes:?}");
+        }
+        let good = [0x31, 0x0b, 0x30, 0x09, 0x06, 0x03, 0x55, 0x04, 0x03, 0x0c, 0x02, b'h', b'i'];
+        assert_eq!(
+            subject_attributes(&good),
+            Some(vec![(&[0x55, 0x04, 0x03][..], "hi".to_owned())])
+        );
+    }
 }

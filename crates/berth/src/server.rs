@@ -30,6 +30,13 @@ pub struct ServerArgs {
 pub struct KubeconfigArgs {
     #[arg(long = "data-dir", default_value = "/var/lib/berth/server")]
     pub data_dir: PathBuf,
+    /// Print a kubeconfig for this user instead of the admin: a client certificate signed
+    /// by the server's CA, whose common name is the user (RBAC decides what it may do).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// The user's group (the certificate's organization), with --user.
+    #[arg(long, requires = "user")]
+    pub group: Option<String>,
 }
 
 pub fn server(args: ServerArgs) -> Result<i32> {
@@ -72,6 +79,31 @@ pub fn kubeconfig(args: KubeconfigArgs) -> Result<i32> {
             args.data_dir.display()
         )
     })?;
-    print!("{text}");
+    let Some(user) = args.user else {
+        print!("{text}");
+        return Ok(0);
+    };
+    anyhow::ensure!(
+        !user.is_empty() && !user.contains(['\n', '\r']),
+        "--user needs a name on one line"
+    );
+    use base64::Engine as _;
+    let encode = |pem: &str| base64::engine::general_purpose::STANDARD.encode(pem);
+    let (cert, key) = berth_apiserver::tls::issue_client_certificate(
+        &args.data_dir.join("tls"),
+        &user,
+        args.group.as_deref(),
+    )?;
+    // The admin's kubeconfig, with the cluster kept and the user replaced.
+    let cluster = text
+        .split("users:")
+        .next()
+        .unwrap_or_default()
+        .replace("user: admin", &format!("user: {user:?}"));
+    print!(
+        "{cluster}users:\n- name: {user:?}\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\n",
+        encode(&cert),
+        encode(&key)
+    );
     Ok(0)
 }

@@ -793,3 +793,138 @@ fn kubectl_explains_kinds_and_the_server_validates_fields() {
     server.ok(&["create", "-f", file, "--validate=false"]);
     assert_eq!(server.ok(&["get", "deploy", "typo", "-o", "jsonpath={.spec.replicas}"]), "1");
 }
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let output = Command::new("openssl").current_dir(dir).args(args).output().unwrap();
+    assert!(
+        output.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn client_certificates_signed_by_the_ca_authenticate_users() {
+    if !kubectl_present() {
+        return;
+    }
+    let dir = tempfile::Builder::new().prefix("berth-server-").tempdir().unwrap();
+    let server = Server::start(dir.path(), None);
+    // `berth kubeconfig --user` mints a certificate: the common name is the user, the
+    // organization the group; RBAC decides the rest.
+    let output = Command::new(BERTH)
+        .args(["kubeconfig", "--data-dir"])
+        .arg(dir.path())
+        .args(["--user", "alice", "--group", "devs"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let alice_config = dir.path().join("alice.kubeconfig");
+    std::fs::write(&alice_config, &output.stdout).unwrap();
+    let as_alice = |args: &[&str]| {
+        Command::new(KUBECTL).env("KUBECONFIG", &alice_config).args(args).output().unwrap()
+    };
+    let whoami = as_alice(&["auth", "whoami"]);
+    let text = String::from_utf8_lossy(&whoami.stdout);
+    assert!(
+        text.contains("Username    alice"),
+        "{text}{}",
+        String::from_utf8_lossy(&whoami.stderr)
+    );
+    assert!(text.contains("Groups      [devs system:authenticated]"), "{text}");
+    let denied = as_alice(&["get", "pods"]);
+    assert!(
+        String::from_utf8_lossy(&denied.stderr)
+            .contains("pods is forbidden: User \"alice\" cannot list resource \"pods\""),
+        "{}",
+        String::from_utf8_lossy(&denied.stderr)
+    );
+    server.apply("apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: pod-reader}\nrules: [{apiGroups: [\"\"], resources: [pods], verbs: [list]}]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {name: devs-read-pods}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: pod-reader}\nsubjects: [{kind: Group, name: devs, apiGroup: rbac.authorization.k8s.io}]\n");
+    let allowed = as_alice(&["get", "pods", "-A"]);
+    assert!(allowed.status.success(), "{}", String::from_utf8_lossy(&allowed.stderr));
+
+    // A certificate made elsewhere with the CA's key: several organizations, several groups.
+    let tls = dir.path().join("tls");
+    openssl(
+        &tls,
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "bob.key",
+            "-subj",
+            "/CN=bob/O=ops/O=audit",
+            "-out",
+            "bob.csr",
+        ],
+    );
+    std::fs::write(tls.join("client.ext"), "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n").unwrap();
+    openssl(
+        &tls,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "bob.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "client.ext",
+            "-out",
+            "bob.crt",
+        ],
+    );
+    let server_url = server.ok(&["config", "view", "-o", "jsonpath={.clusters[0].cluster.server}"]);
+    let with_cert = |name: &str, args: &[&str]| {
+        let mut command = Command::new(KUBECTL);
+        command
+            .args(["--kubeconfig", "/dev/null", "--server", &server_url])
+            .arg(format!("--certificate-authority={}", tls.join("ca.crt").display()))
+            .arg(format!("--client-certificate={}", tls.join(format!("{name}.crt")).display()))
+            .arg(format!("--client-key={}", tls.join(format!("{name}.key")).display()))
+            .args(args);
+        command.output().unwrap()
+    };
+    let bob = with_cert("bob", &["auth", "whoami", "-o", "jsonpath={.status.userInfo}"]);
+    let text = String::from_utf8_lossy(&bob.stdout);
+    assert!(
+        text.contains("\"username\":\"bob\""),
+        "{text}{}",
+        String::from_utf8_lossy(&bob.stderr)
+    );
+    assert!(text.contains("\"groups\":[\"ops\",\"audit\",\"system:authenticated\"]"), "{text}");
+    // Signed by another CA: the handshake fails, nobody is let in.
+    openssl(
+        &tls,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "mallory.key",
+            "-subj",
+            "/CN=admin/O=system:masters",
+            "-days",
+            "1",
+            "-out",
+            "mallory.crt",
+        ],
+    );
+    let mallory = with_cert("mallory", &["get", "ns"]);
+    assert!(!mallory.status.success());
+    let err = String::from_utf8_lossy(&mallory.stderr).to_lowercase();
+    assert!(err.contains("certificate") || err.contains("tls"), "{err}");
+    // A wrong token is refused even beside a good certificate.
+    let mixed = with_cert("bob", &["--token", "wrong", "get", "ns"]);
+    assert!(String::from_utf8_lossy(&mixed.stderr).contains("Unauthorized"));
+}
