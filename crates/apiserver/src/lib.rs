@@ -3,6 +3,7 @@
 //!
 //! - `resources`: the served kinds and the discovery documents;
 //! - `objects`: metadata, names, defaults, `Status` errors and `Table` rows;
+//! - `cron`: CronJob schedules (validation, and the next run for the controller);
 //! - `apply`: field ownership (`managedFields`) and server-side apply;
 //! - `patch`: JSON patch, merge patch and strategic merge patch;
 //! - `proto`: protobuf request bodies of the kinds `kubectl create` makes;
@@ -16,6 +17,7 @@
 //!   patch, delete, deletecollection).
 
 pub mod apply;
+pub mod cron;
 pub mod encryption;
 pub mod metrics;
 pub mod objects;

@@ -296,62 +296,226 @@ pub fn prepare_create(
 
 /// Defaults Kubernetes sets on creation, for the fields clients read back.
 fn default(resource: &Resource, object: &mut Value) {
+    default_fields(resource, object);
     match resource.kind {
         "Namespace" => {
             object["spec"] = json!({"finalizers": ["kubernetes"]});
             object["status"] = json!({"phase": "Active"});
         }
-        "Secret" if object.get("type").is_none() => object["type"] = json!("Opaque"),
-        "Deployment" if object["spec"].is_object() => {
-            let spec = &mut object["spec"];
-            for (key, value) in [
-                ("replicas", json!(1)),
-                ("revisionHistoryLimit", json!(10)),
-                ("progressDeadlineSeconds", json!(600)),
-                (
-                    "strategy",
-                    json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}}),
-                ),
-            ] {
-                if spec.get(key).is_none_or(|v| v.as_object().is_some_and(|o| o.is_empty())) {
-                    spec[key] = value;
+        "Pod" => {
+            // What a client sends as status is not the pod's status: it has not run.
+            let qos = qos_class(&object["spec"]);
+            object["status"] = json!({"phase": "Pending", "qosClass": qos});
+        }
+        "Job" => job_selector(object),
+        _ => {}
+    }
+}
+
+/// Sets `value` at `key` of `map` when it is missing (or null).
+fn or_default(map: &mut Value, key: &str, value: Value) {
+    if map.is_object() && map.get(key).is_none_or(Value::is_null) {
+        map[key] = value;
+    }
+}
+
+/// The defaults every decode applies, on create and on update, as Kubernetes' defaulting
+/// functions do for these kinds (`SetDefaults_*`): an update that leaves a defaulted field
+/// out gets the default again rather than losing it.
+pub fn default_fields(resource: &Resource, object: &mut Value) {
+    if resource.kind == "Secret" {
+        or_default(object, "type", json!("Opaque"));
+    }
+    // (Indexing a JSON object mutably would add the key: only existing specs are touched.)
+    let Some(spec) = object.get_mut("spec").filter(|s| s.is_object()) else {
+        return;
+    };
+    match resource.kind {
+        "Pod" => default_pod_spec(spec),
+        "Deployment" => {
+            or_default(spec, "replicas", json!(1));
+            or_default(spec, "revisionHistoryLimit", json!(10));
+            or_default(spec, "progressDeadlineSeconds", json!(600));
+            if spec.get("strategy").is_none_or(|v| v.as_object().is_none_or(|o| o.is_empty())) {
+                spec["strategy"] = json!({"type": "RollingUpdate"});
+            }
+            if spec["strategy"]["type"] == "RollingUpdate" {
+                or_default(&mut spec["strategy"], "rollingUpdate", json!({}));
+                or_default(&mut spec["strategy"]["rollingUpdate"], "maxUnavailable", json!("25%"));
+                or_default(&mut spec["strategy"]["rollingUpdate"], "maxSurge", json!("25%"));
+            }
+            default_template(spec);
+        }
+        "ReplicaSet" => {
+            or_default(spec, "replicas", json!(1));
+            default_template(spec);
+        }
+        "DaemonSet" => {
+            or_default(spec, "revisionHistoryLimit", json!(10));
+            or_default(spec, "updateStrategy", json!({"type": "RollingUpdate"}));
+            if spec["updateStrategy"]["type"] == "RollingUpdate" {
+                or_default(&mut spec["updateStrategy"], "rollingUpdate", json!({}));
+                or_default(
+                    &mut spec["updateStrategy"]["rollingUpdate"],
+                    "maxUnavailable",
+                    json!(1),
+                );
+                or_default(&mut spec["updateStrategy"]["rollingUpdate"], "maxSurge", json!(0));
+            }
+            default_template(spec);
+        }
+        "StatefulSet" => {
+            or_default(spec, "replicas", json!(1));
+            or_default(spec, "podManagementPolicy", json!("OrderedReady"));
+            or_default(spec, "revisionHistoryLimit", json!(10));
+            or_default(spec, "updateStrategy", json!({"type": "RollingUpdate"}));
+            if spec["updateStrategy"]["type"] == "RollingUpdate" {
+                or_default(&mut spec["updateStrategy"], "rollingUpdate", json!({}));
+                or_default(&mut spec["updateStrategy"]["rollingUpdate"], "partition", json!(0));
+            }
+            or_default(
+                spec,
+                "persistentVolumeClaimRetentionPolicy",
+                json!({"whenDeleted": "Retain", "whenScaled": "Retain"}),
+            );
+            default_template(spec);
+        }
+        "Job" => default_job_spec(spec),
+        "CronJob" => {
+            or_default(spec, "concurrencyPolicy", json!("Allow"));
+            or_default(spec, "suspend", json!(false));
+            or_default(spec, "successfulJobsHistoryLimit", json!(3));
+            or_default(spec, "failedJobsHistoryLimit", json!(1));
+            if let Some(job) = spec.get_mut("jobTemplate").and_then(|t| t.get_mut("spec")) {
+                if job.is_object() {
+                    default_job_spec(job);
                 }
             }
         }
-        "Pod" => {
-            let spec = &mut object["spec"];
-            if spec.is_object() {
-                for (key, value) in [
-                    ("restartPolicy", json!("Always")),
-                    ("terminationGracePeriodSeconds", json!(30)),
-                    ("dnsPolicy", json!("ClusterFirst")),
-                    ("schedulerName", json!("default-scheduler")),
-                    ("securityContext", json!({})),
-                ] {
-                    if spec.get(key).is_none() {
-                        spec[key] = value;
-                    }
+        "HorizontalPodAutoscaler" => {
+            or_default(spec, "minReplicas", json!(1));
+            if resource.version == "v2" {
+                // No metrics named: scale on CPU at 80% of requests.
+                if spec.get("metrics").is_none_or(|m| m.as_array().is_none_or(|a| a.is_empty())) {
+                    spec["metrics"] = json!([{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}}]);
                 }
-                if let Some(containers) = spec.get_mut("containers").and_then(Value::as_array_mut) {
-                    for c in containers {
-                        if c.get("imagePullPolicy").is_none() {
-                            let image = c.get("image").and_then(Value::as_str).unwrap_or("");
-                            let latest = !image.contains(':') || image.ends_with(":latest");
-                            c["imagePullPolicy"] =
-                                json!(if latest { "Always" } else { "IfNotPresent" });
-                        }
-                        if c.get("terminationMessagePath").is_none() {
-                            c["terminationMessagePath"] = json!("/dev/termination-log");
-                            c["terminationMessagePolicy"] = json!("File");
-                        }
-                    }
-                }
-            }
-            if object.get("status").is_none() {
-                object["status"] = json!({"phase": "Pending", "qosClass": "BestEffort"});
             }
         }
         _ => {}
+    }
+}
+
+fn default_job_spec(spec: &mut Value) {
+    if spec.get("completions").is_none_or(Value::is_null)
+        && spec.get("parallelism").is_none_or(Value::is_null)
+    {
+        spec["completions"] = json!(1);
+    }
+    or_default(spec, "parallelism", json!(1));
+    or_default(spec, "backoffLimit", json!(6));
+    or_default(spec, "completionMode", json!("NonIndexed"));
+    or_default(spec, "suspend", json!(false));
+    or_default(spec, "podReplacementPolicy", json!("TerminatingOrFailed"));
+    default_template(spec);
+}
+
+/// A Job selects its pods by its uid (unless `manualSelector`): the labels Kubernetes
+/// puts on the template and the selector matching them.
+fn job_selector(job: &mut Value) {
+    if job["spec"]["manualSelector"] == true || !job["spec"].is_object() {
+        return;
+    }
+    let uid = job["metadata"]["uid"].as_str().unwrap_or("").to_owned();
+    let name = job["metadata"]["name"].as_str().unwrap_or("").to_owned();
+    let Some(template) = job["spec"].get_mut("template").filter(|t| t.is_object()) else {
+        return;
+    };
+    if !template["metadata"].is_object() {
+        template["metadata"] = json!({});
+    }
+    if !template["metadata"]["labels"].is_object() {
+        template["metadata"]["labels"] = json!({});
+    }
+    let labels = &mut template["metadata"]["labels"];
+    for (key, value) in [
+        ("batch.kubernetes.io/controller-uid", &uid),
+        ("batch.kubernetes.io/job-name", &name),
+        ("controller-uid", &uid),
+        ("job-name", &name),
+    ] {
+        labels[key] = json!(value);
+    }
+    if job["spec"].get("selector").is_none_or(Value::is_null) {
+        job["spec"]["selector"] =
+            json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}});
+    }
+}
+
+/// The pod template of a workload spec, when it has one.
+fn default_template(spec: &mut Value) {
+    if let Some(pod) = spec.get_mut("template").and_then(|t| t.get_mut("spec")) {
+        default_pod_spec(pod);
+    }
+}
+
+fn default_pod_spec(spec: &mut Value) {
+    if !spec.is_object() {
+        return;
+    }
+    for (key, value) in [
+        ("restartPolicy", json!("Always")),
+        ("terminationGracePeriodSeconds", json!(30)),
+        ("dnsPolicy", json!("ClusterFirst")),
+        ("schedulerName", json!("default-scheduler")),
+        ("securityContext", json!({})),
+    ] {
+        or_default(spec, key, value);
+    }
+    for field in ["initContainers", "containers"] {
+        for c in spec.get_mut(field).and_then(Value::as_array_mut).into_iter().flatten() {
+            if c.get("imagePullPolicy").is_none() {
+                let image = c.get("image").and_then(Value::as_str).unwrap_or("");
+                let tag = image.rsplit('/').next().unwrap_or("");
+                let latest =
+                    !image.contains('@') && (!tag.contains(':') || tag.ends_with(":latest"));
+                c["imagePullPolicy"] = json!(if latest { "Always" } else { "IfNotPresent" });
+            }
+            or_default(c, "terminationMessagePath", json!("/dev/termination-log"));
+            or_default(c, "terminationMessagePolicy", json!("File"));
+            or_default(c, "resources", json!({}));
+            for port in c.get_mut("ports").and_then(Value::as_array_mut).into_iter().flatten() {
+                or_default(port, "protocol", json!("TCP"));
+            }
+        }
+    }
+}
+
+/// A pod's quality of service: Guaranteed when every container limits CPU and memory and
+/// requests what it limits, BestEffort when nothing asks or limits, Burstable otherwise.
+pub fn qos_class(spec: &Value) -> &'static str {
+    let containers: Vec<&Value> = ["initContainers", "containers"]
+        .iter()
+        .flat_map(|f| spec[*f].as_array().into_iter().flatten())
+        .collect();
+    let mut any = false;
+    let mut guaranteed = !containers.is_empty();
+    for c in containers {
+        let (requests, limits) = (&c["resources"]["requests"], &c["resources"]["limits"]);
+        let set = |m: &Value| m.as_object().is_some_and(|o| !o.is_empty());
+        any |= set(requests) || set(limits);
+        for resource in ["cpu", "memory"] {
+            let limit = &limits[resource];
+            // A missing request defaults to the limit.
+            let request = if requests[resource].is_null() { limit } else { &requests[resource] };
+            if limit.is_null() || request != limit {
+                guaranteed = false;
+            }
+        }
+    }
+    match (any, guaranteed) {
+        (false, _) => "BestEffort",
+        (true, true) => "Guaranteed",
+        (true, false) => "Burstable",
     }
 }
 
@@ -378,34 +542,54 @@ pub fn validate(resource: &Resource, object: &Value) -> Result<(), ApiError> {
         }
         "Pod" => validate_pod_spec(&object["spec"], "spec")
             .map_err(|(f, m)| ApiError::invalid(resource, &name, &f, &m))?,
-        "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" => {
-            let Some(selector) = object["spec"]["selector"].as_object().filter(|s| !s.is_empty())
-            else {
-                return invalid("spec.selector", "Required value");
-            };
-            let labels = object["spec"]["template"]["metadata"]["labels"].as_object();
-            let parsed = crate::selector::LabelSelector {
-                requirements: selector
-                    .get("matchLabels")
-                    .and_then(Value::as_object)
-                    .into_iter()
-                    .flatten()
-                    .map(|(k, v)| {
-                        crate::selector::Requirement::Equals(
-                            k.clone(),
-                            v.as_str().unwrap_or("").to_owned(),
-                        )
-                    })
-                    .collect(),
-            };
-            if !parsed.matches(labels) {
+        "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" | "Job" => {
+            validate_workload(resource.kind, &object["spec"], "spec")
+                .map_err(|(f, m)| ApiError::invalid(resource, &name, &f, &m))?;
+        }
+        "CronJob" => {
+            let spec = &object["spec"];
+            match spec["schedule"].as_str().filter(|s| !s.is_empty()) {
+                None => return invalid("spec.schedule", "Required value"),
+                Some(schedule) => {
+                    if let Err(err) = crate::cron::Schedule::parse(schedule) {
+                        return invalid(
+                            "spec.schedule",
+                            &format!("Invalid value: {schedule:?}: {err}"),
+                        );
+                    }
+                }
+            }
+            if let Some(policy) = spec["concurrencyPolicy"].as_str() {
+                if !matches!(policy, "Allow" | "Forbid" | "Replace") {
+                    return invalid("spec.concurrencyPolicy", &format!("Unsupported value: {policy:?}: supported values: \"Allow\", \"Forbid\", \"Replace\""));
+                }
+            }
+            validate_workload("Job", &spec["jobTemplate"]["spec"], "spec.jobTemplate.spec")
+                .map_err(|(f, m)| ApiError::invalid(resource, &name, &f, &m))?;
+        }
+        "HorizontalPodAutoscaler" => {
+            let spec = &object["spec"];
+            for field in ["kind", "name"] {
+                if spec["scaleTargetRef"][field].as_str().is_none_or(str::is_empty) {
+                    return invalid(&format!("spec.scaleTargetRef.{field}"), "Required value");
+                }
+            }
+            let min = spec["minReplicas"].as_i64().unwrap_or(1);
+            let max = spec["maxReplicas"].as_i64().unwrap_or(0);
+            if min < 1 {
                 return invalid(
-                    "spec.template.metadata.labels",
-                    "Invalid value: selector does not match template labels",
+                    "spec.minReplicas",
+                    &format!("Invalid value: {min}: must be greater than or equal to 1"),
                 );
             }
-            validate_pod_spec(&object["spec"]["template"]["spec"], "spec.template.spec")
-                .map_err(|(f, m)| ApiError::invalid(resource, &name, &f, &m))?;
+            if max < min {
+                return invalid(
+                    "spec.maxReplicas",
+                    &format!(
+                        "Invalid value: {max}: must be greater than or equal to `minReplicas`"
+                    ),
+                );
+            }
         }
         "Service" => {
             let kind = object["spec"]["type"].as_str().unwrap_or("ClusterIP");
@@ -435,12 +619,116 @@ fn validate_pod_spec(spec: &Value, at: &str) -> Result<(), (String, String)> {
     let Some(containers) = spec["containers"].as_array().filter(|c| !c.is_empty()) else {
         return Err((format!("{at}.containers"), "Required value".into()));
     };
-    for (i, c) in containers.iter().enumerate() {
-        if c["name"].as_str().is_none_or(str::is_empty) {
-            return Err((format!("{at}.containers[{i}].name"), "Required value".into()));
+    let mut seen = std::collections::BTreeSet::new();
+    let init =
+        spec["initContainers"].as_array().into_iter().flatten().map(|c| ("initContainers", c));
+    for (i, (field, c)) in
+        init.enumerate().chain(containers.iter().map(|c| ("containers", c)).enumerate())
+    {
+        let Some(container) = c["name"].as_str().filter(|n| !n.is_empty()) else {
+            return Err((format!("{at}.{field}[{i}].name"), "Required value".into()));
+        };
+        if let Some(problem) = dns_label_problem(container) {
+            return Err((
+                format!("{at}.{field}[{i}].name"),
+                format!("Invalid value: {container:?}: {problem}"),
+            ));
+        }
+        if !seen.insert(container.to_owned()) {
+            return Err((
+                format!("{at}.{field}[{i}].name"),
+                format!("Duplicate value: {container:?}"),
+            ));
         }
         if c["image"].as_str().is_none_or(str::is_empty) {
-            return Err((format!("{at}.containers[{i}].image"), "Required value".into()));
+            return Err((format!("{at}.{field}[{i}].image"), "Required value".into()));
+        }
+        for (j, port) in c["ports"].as_array().into_iter().flatten().enumerate() {
+            let number = port["containerPort"].as_i64().unwrap_or(0);
+            if !(1..=65535).contains(&number) {
+                return Err((
+                    format!("{at}.{field}[{i}].ports[{j}].containerPort"),
+                    format!("Invalid value: {number}: must be between 1 and 65535, inclusive"),
+                ));
+            }
+        }
+    }
+    if let Some(policy) = spec["restartPolicy"].as_str() {
+        if !matches!(policy, "Always" | "OnFailure" | "Never") {
+            return Err((
+                format!("{at}.restartPolicy"),
+                format!("Unsupported value: {policy:?}: supported values: \"Always\", \"OnFailure\", \"Never\""),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Why `name` is not an RFC 1123 label (what container and port names must be), if it is not.
+fn dns_label_problem(name: &str) -> Option<&'static str> {
+    let ok = name.len() <= 63
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    (!ok).then_some("a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')")
+}
+
+/// The spec of a pod-template workload: a selector that selects the template, counts that
+/// are not negative, the restart policies the kind allows, and the pod spec itself.
+fn validate_workload(kind: &str, spec: &Value, at: &str) -> Result<(), (String, String)> {
+    for field in ["replicas", "parallelism", "completions", "backoffLimit", "minReadySeconds"] {
+        if let Some(n) = spec[field].as_i64().filter(|n| *n < 0) {
+            return Err((
+                format!("{at}.{field}"),
+                format!("Invalid value: {n}: must be greater than or equal to 0"),
+            ));
+        }
+    }
+    let selector = &spec["selector"];
+    let labels = spec["template"]["metadata"]["labels"].as_object();
+    if kind != "Job" || spec["manualSelector"] == true || !selector.is_null() {
+        if selector.as_object().is_none_or(|s| s.is_empty()) {
+            return Err((format!("{at}.selector"), "Required value".into()));
+        }
+        let parsed = crate::selector::LabelSelector::from_object(selector)
+            .map_err(|e| (format!("{at}.selector"), format!("Invalid value: {e}")))?;
+        if parsed.requirements.is_empty() {
+            return Err((
+                format!("{at}.selector"),
+                "Invalid value: empty selector is invalid for deployment".into(),
+            ));
+        }
+        if !parsed.matches(labels) {
+            return Err((
+                format!("{at}.template.metadata.labels"),
+                "Invalid value: selector does not match template labels".into(),
+            ));
+        }
+    }
+    let template_spec = &spec["template"]["spec"];
+    if !template_spec.is_object() {
+        return Err((format!("{at}.template.spec.containers"), "Required value".into()));
+    }
+    validate_pod_spec(template_spec, &format!("{at}.template.spec"))?;
+    let policy = template_spec["restartPolicy"].as_str().unwrap_or("Always");
+    let (allowed, words): (&[&str], &str) = match kind {
+        "Job" => (&["OnFailure", "Never"], "\"OnFailure\", \"Never\""),
+        _ => (&["Always"], "\"Always\""),
+    };
+    if !allowed.contains(&policy) {
+        return Err((
+            format!("{at}.template.spec.restartPolicy"),
+            format!("Unsupported value: {policy:?}: supported values: {words}"),
+        ));
+    }
+    if kind == "StatefulSet" {
+        if let Some(policy) = spec["podManagementPolicy"].as_str() {
+            if !matches!(policy, "OrderedReady" | "Parallel") {
+                return Err((
+                    format!("{at}.podManagementPolicy"),
+                    format!("Unsupported value: {policy:?}: supported values: \"OrderedReady\", \"Parallel\""),
+                ));
+            }
         }
     }
     Ok(())

@@ -1,5 +1,6 @@
 //! Protobuf request bodies (`application/vnd.kubernetes.protobuf`), which kubectl 1.32
-//! sends for `kubectl create namespace|configmap|secret|deployment|service|serviceaccount`.
+//! sends for `kubectl create namespace|configmap|secret|deployment|service|serviceaccount|
+//! job|cronjob|role|rolebinding|clusterrole|clusterrolebinding`.
 //!
 //! A body is the magic `k8s\0` and a `runtime.Unknown` envelope (type meta, raw bytes);
 //! the raw bytes are the object in Kubernetes' `generated.proto` encoding. This module
@@ -64,7 +65,20 @@ fn schema(message: &str) -> Option<&'static [Field]> {
                     f(8, "creationTimestamp", Time),
                     f(11, "labels", StrMap),
                     f(12, "annotations", StrMap),
+                    r(13, "ownerReferences", Message("OwnerReference")),
                     r(14, "finalizers", Str),
+                ]
+            }
+        }
+        "OwnerReference" => {
+            const {
+                &[
+                    f(1, "kind", Str),
+                    f(3, "name", Str),
+                    f(4, "uid", Str),
+                    f(5, "apiVersion", Str),
+                    f(6, "controller", Bool),
+                    f(7, "blockOwnerDeletion", Bool),
                 ]
             }
         }
@@ -171,12 +185,140 @@ fn schema(message: &str) -> Option<&'static [Field]> {
                     r(2, "containers", Message("Container")),
                     f(3, "restartPolicy", Str),
                     f(4, "terminationGracePeriodSeconds", Int),
+                    f(5, "activeDeadlineSeconds", Int),
                     f(6, "dnsPolicy", Str),
                     f(7, "nodeSelector", StrMap),
                     f(8, "serviceAccountName", Str),
+                    f(9, "serviceAccount", Str),
                     f(10, "nodeName", Str),
                     f(11, "hostNetwork", Bool),
+                    f(12, "hostPID", Bool),
+                    f(13, "hostIPC", Bool),
+                    r(15, "imagePullSecrets", Message("LocalObjectReference")),
+                    f(16, "hostname", Str),
+                    f(17, "subdomain", Str),
+                    f(19, "schedulerName", Str),
                     r(20, "initContainers", Message("Container")),
+                    f(21, "automountServiceAccountToken", Bool),
+                    r(22, "tolerations", Message("Toleration")),
+                    f(24, "priorityClassName", Str),
+                    f(25, "priority", Int),
+                    f(27, "shareProcessNamespace", Bool),
+                    f(29, "runtimeClassName", Str),
+                    f(30, "enableServiceLinks", Bool),
+                    f(31, "preemptionPolicy", Str),
+                    f(35, "setHostnameAsFQDN", Bool),
+                    f(37, "hostUsers", Bool),
+                ]
+            }
+        }
+        "Toleration" => {
+            const {
+                &[
+                    f(1, "key", Str),
+                    f(2, "operator", Str),
+                    f(3, "value", Str),
+                    f(4, "effect", Str),
+                    f(5, "tolerationSeconds", Int),
+                ]
+            }
+        }
+        "Job" => {
+            const {
+                &[
+                    f(1, "metadata", Message("ObjectMeta")),
+                    f(2, "spec", Message("JobSpec")),
+                    f(3, "status", Message("Empty")),
+                ]
+            }
+        }
+        "JobSpec" => {
+            const {
+                &[
+                    f(1, "parallelism", Int),
+                    f(2, "completions", Int),
+                    f(3, "activeDeadlineSeconds", Int),
+                    f(4, "selector", Message("LabelSelector")),
+                    f(5, "manualSelector", Bool),
+                    f(6, "template", Message("PodTemplateSpec")),
+                    f(7, "backoffLimit", Int),
+                    f(8, "ttlSecondsAfterFinished", Int),
+                    f(9, "completionMode", Str),
+                    f(10, "suspend", Bool),
+                    f(12, "backoffLimitPerIndex", Int),
+                    f(13, "maxFailedIndexes", Int),
+                    f(14, "podReplacementPolicy", Str),
+                    f(15, "managedBy", Str),
+                ]
+            }
+        }
+        "JobTemplateSpec" => {
+            const { &[f(1, "metadata", Message("ObjectMeta")), f(2, "spec", Message("JobSpec"))] }
+        }
+        "CronJob" => {
+            const {
+                &[
+                    f(1, "metadata", Message("ObjectMeta")),
+                    f(2, "spec", Message("CronJobSpec")),
+                    f(3, "status", Message("Empty")),
+                ]
+            }
+        }
+        "CronJobSpec" => {
+            const {
+                &[
+                    f(1, "schedule", Str),
+                    f(2, "startingDeadlineSeconds", Int),
+                    f(3, "concurrencyPolicy", Str),
+                    f(4, "suspend", Bool),
+                    f(5, "jobTemplate", Message("JobTemplateSpec")),
+                    f(6, "successfulJobsHistoryLimit", Int),
+                    f(7, "failedJobsHistoryLimit", Int),
+                    f(8, "timeZone", Str),
+                ]
+            }
+        }
+        "Role" => {
+            const { &[f(1, "metadata", Message("ObjectMeta")), r(2, "rules", Message("PolicyRule"))] }
+        }
+        "ClusterRole" => {
+            const {
+                &[
+                    f(1, "metadata", Message("ObjectMeta")),
+                    r(2, "rules", Message("PolicyRule")),
+                    f(3, "aggregationRule", Message("AggregationRule")),
+                ]
+            }
+        }
+        "AggregationRule" => const { &[r(1, "clusterRoleSelectors", Message("LabelSelector"))] },
+        "PolicyRule" => {
+            const {
+                &[
+                    r(1, "verbs", Str),
+                    r(2, "apiGroups", Str),
+                    r(3, "resources", Str),
+                    r(4, "resourceNames", Str),
+                    r(5, "nonResourceURLs", Str),
+                ]
+            }
+        }
+        "RoleBinding" | "ClusterRoleBinding" => {
+            const {
+                &[
+                    f(1, "metadata", Message("ObjectMeta")),
+                    r(2, "subjects", Message("Subject")),
+                    f(3, "roleRef", Message("RoleRef")),
+                ]
+            }
+        }
+        "RoleRef" => const { &[f(1, "apiGroup", Str), f(2, "kind", Str), f(3, "name", Str)] },
+        "Subject" => {
+            const {
+                &[
+                    f(1, "kind", Str),
+                    f(2, "apiGroup", Str),
+                    f(3, "name", Str),
+                    f(4, "namespace", Str),
                 ]
             }
         }
@@ -194,6 +336,7 @@ fn schema(message: &str) -> Option<&'static [Field]> {
                     f(13, "terminationMessagePath", Str),
                     f(14, "imagePullPolicy", Str),
                     f(16, "stdin", Bool),
+                    f(17, "stdinOnce", Bool),
                     f(18, "tty", Bool),
                     f(20, "terminationMessagePolicy", Str),
                 ]
@@ -295,6 +438,34 @@ fn schema(message: &str) -> Option<&'static [Field]> {
     })
 }
 
+/// Fields that are pointers in Kubernetes' Go types (present only when set, so a zero or
+/// false is a value), among the messages above.
+const POINTER_FIELDS: &[&str] = &[
+    "replicas",
+    "parallelism",
+    "completions",
+    "backoffLimit",
+    "activeDeadlineSeconds",
+    "ttlSecondsAfterFinished",
+    "manualSelector",
+    "suspend",
+    "startingDeadlineSeconds",
+    "successfulJobsHistoryLimit",
+    "failedJobsHistoryLimit",
+    "terminationGracePeriodSeconds",
+    "automountServiceAccountToken",
+    "backoffLimitPerIndex",
+    "maxFailedIndexes",
+    "revisionHistoryLimit",
+    "progressDeadlineSeconds",
+    "enableServiceLinks",
+    "hostUsers",
+    "priority",
+    "setHostnameAsFQDN",
+    "controller",
+    "blockOwnerDeletion",
+];
+
 /// The kinds this module decodes, by their top-level message.
 const KINDS: &[&str] = &[
     "Namespace",
@@ -305,6 +476,12 @@ const KINDS: &[&str] = &[
     "Service",
     "SelfSubjectAccessReview",
     "SelfSubjectReview",
+    "Job",
+    "CronJob",
+    "Role",
+    "ClusterRole",
+    "RoleBinding",
+    "ClusterRoleBinding",
 ];
 
 struct Reader<'a> {
@@ -463,12 +640,13 @@ fn decode_message(name: &str, bytes: &[u8]) -> Result<Value, ProtoError> {
             }
             _ => return Err(ProtoError(format!("{name}.{}: unexpected wire type", field.name))),
         };
-        // JSON's omitempty: zero values of non-pointer Go fields are not sent in JSON either
-        // (replicas is a pointer: its zero means zero).
+        // JSON's omitempty: zero values of non-pointer Go fields are not sent in JSON either.
+        // Pointer fields are encoded only when set, so their zero is meant.
+        let pointer = POINTER_FIELDS.contains(&field.name);
         let empty = match &value {
             Value::String(s) => s.is_empty() && !field.repeated,
-            Value::Bool(b) => !b,
-            Value::Number(n) => n.as_i64() == Some(0) && field.name != "replicas",
+            Value::Bool(b) => !b && !pointer,
+            Value::Number(n) => n.as_i64() == Some(0) && !pointer,
             _ => false,
         };
         if empty || (matches!(field.kind, Time) && value == json!(crate::objects::format_time(0))) {

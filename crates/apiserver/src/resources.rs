@@ -347,6 +347,20 @@ pub const RESOURCES: &[Resource] = &[
         field_selectors: &[],
         verbs: &["create"],
     },
+    // Acted on, never stored: binds the pod the Binding names (`pods/binding` too).
+    Resource {
+        group: "",
+        version: "v1",
+        name: "bindings",
+        singular: "binding",
+        kind: "Binding",
+        namespaced: true,
+        short_names: &[],
+        categories: &[],
+        subresources: &[],
+        field_selectors: &[],
+        verbs: &["create"],
+    },
     // Answered, never stored: `kubectl auth whoami`.
     Resource {
         group: "authentication.k8s.io",
@@ -640,7 +654,8 @@ mod tests {
                 "coordination.k8s.io",
                 "discovery.k8s.io",
                 "rbac.authorization.k8s.io",
-                "authorization.k8s.io"
+                "authorization.k8s.io",
+                "authentication.k8s.io"
             ]
         );
         let autoscaling = &groups["groups"][2];

@@ -76,6 +76,48 @@ fn split_top(text: &str) -> Vec<&str> {
 }
 
 impl LabelSelector {
+    /// A `metav1.LabelSelector` object (`matchLabels` and `matchExpressions`), as workload
+    /// specs carry them. Errors name the offending part.
+    pub fn from_object(selector: &Value) -> Result<LabelSelector, String> {
+        let mut requirements = Vec::new();
+        for (key, value) in selector["matchLabels"].as_object().into_iter().flatten() {
+            let value =
+                value.as_str().ok_or_else(|| format!("matchLabels[{key}] must be a string"))?;
+            requirements.push(Requirement::Equals(key.clone(), value.to_owned()));
+        }
+        for (i, expression) in
+            selector["matchExpressions"].as_array().into_iter().flatten().enumerate()
+        {
+            let key = expression["key"].as_str().unwrap_or("").to_owned();
+            if key.is_empty() {
+                return Err(format!("matchExpressions[{i}].key: Required value"));
+            }
+            let values: Vec<String> = expression["values"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect();
+            let operator = expression["operator"].as_str().unwrap_or("");
+            requirements.push(match operator {
+                "In" | "NotIn" if values.is_empty() => {
+                    return Err(format!("matchExpressions[{i}].values: Required value: must be specified when `operator` is 'In' or 'NotIn'"))
+                }
+                "In" => Requirement::In(key, values),
+                "NotIn" => Requirement::NotIn(key, values),
+                "Exists" | "DoesNotExist" if !values.is_empty() => {
+                    return Err(format!("matchExpressions[{i}].values: Forbidden: may not be specified when `operator` is 'Exists' or 'DoesNotExist'"))
+                }
+                "Exists" => Requirement::Exists(key),
+                "DoesNotExist" => Requirement::DoesNotExist(key),
+                other => {
+                    return Err(format!("matchExpressions[{i}].operator: Invalid value: {other:?}: not a valid selector operator"))
+                }
+            });
+        }
+        Ok(LabelSelector { requirements })
+    }
+
     pub fn parse(text: &str) -> Result<LabelSelector, SelectorError> {
         let bad =
             |reason: &str| SelectorError { selector: text.to_owned(), reason: reason.to_owned() };
