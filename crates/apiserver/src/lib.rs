@@ -12,6 +12,7 @@
 //! - `selector`: label and field selectors;
 //! - `encryption`: Secrets sealed with AES-256-GCM before they reach the store;
 //! - `metrics`: `/metrics` in the Prometheus format;
+//! - `tokens`: service-account tokens (ES256 JWTs), issued and verified;
 //! - `tls`: the CA, serving certificate and admin token in the data directory;
 //! - `server`: authentication, routing and the verbs (get, list, watch, create, update,
 //!   patch, delete, deletecollection).
@@ -29,6 +30,7 @@ pub mod schema;
 pub mod selector;
 pub mod server;
 pub mod tls;
+pub mod tokens;
 
 /// A server that cannot start.
 #[derive(Debug, thiserror::Error)]

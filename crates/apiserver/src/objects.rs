@@ -118,11 +118,15 @@ pub fn uuid() -> String {
 
 /// Now, as `metav1.Time` writes it (seconds, UTC).
 pub fn now() -> String {
-    let seconds = std::time::SystemTime::now()
+    format_time(unix_now())
+}
+
+/// Seconds since the epoch.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    format_time(seconds)
+        .unwrap_or(0)
 }
 
 pub fn format_time(seconds: i64) -> String {

@@ -408,6 +408,28 @@ fn schema(message: &str) -> Option<&'static [Field]> {
                 ]
             }
         }
+        "TokenRequest" => {
+            const {
+                &[
+                    f(1, "metadata", Message("ObjectMeta")),
+                    f(2, "spec", Message("TokenRequestSpec")),
+                    f(3, "status", Message("TokenRequestStatus")),
+                ]
+            }
+        }
+        "TokenRequestSpec" => {
+            const {
+                &[
+                    r(1, "audiences", Str),
+                    f(3, "boundObjectRef", Message("BoundObjectReference")),
+                    f(4, "expirationSeconds", Int),
+                ]
+            }
+        }
+        "TokenRequestStatus" => const { &[f(1, "token", Str), f(2, "expirationTimestamp", Time)] },
+        "BoundObjectReference" => {
+            const { &[f(1, "kind", Str), f(2, "apiVersion", Str), f(3, "name", Str), f(4, "uid", Str)] }
+        }
         "SelfSubjectReviewStatus" => const { &[f(1, "userInfo", Message("UserInfo"))] },
         "UserInfo" => const { &[f(1, "username", Str), f(2, "uid", Str), r(3, "groups", Str)] },
         "SelfSubjectAccessReviewSpec" => {
@@ -464,6 +486,7 @@ const POINTER_FIELDS: &[&str] = &[
     "setHostnameAsFQDN",
     "controller",
     "blockOwnerDeletion",
+    "expirationSeconds",
 ];
 
 /// The kinds this module decodes, by their top-level message.
@@ -482,6 +505,7 @@ const KINDS: &[&str] = &[
     "ClusterRole",
     "RoleBinding",
     "ClusterRoleBinding",
+    "TokenRequest",
 ];
 
 struct Reader<'a> {

@@ -159,7 +159,11 @@ pub const RESOURCES: &[Resource] = &[
         true,
         &["sa"],
         &[],
-        &[],
+        &[Subresource {
+            name: "token",
+            kind: ("authentication.k8s.io", "v1", "TokenRequest"),
+            verbs: &["create"]
+        }],
         &[]
     ),
     resource!(

@@ -48,6 +48,8 @@ struct State {
     /// `<data-dir>/audit.log`: one JSON line per write.
     audit: std::sync::Mutex<Option<std::fs::File>>,
     metrics: Arc<crate::metrics::Metrics>,
+    /// Signs and checks service-account tokens.
+    signer: crate::tokens::Signer,
 }
 
 fn full(data: impl Into<Bytes>) -> Body {
@@ -127,7 +129,9 @@ pub async fn run(
     if let Ok(text) = std::fs::read_to_string(config.data_dir.join("tokens.csv")) {
         users.extend(crate::rbac::parse_tokens(&text));
     }
+    let signer = crate::tokens::Signer::load(&tls_dir)?;
     let state = Arc::new(State {
+        signer,
         store,
         users,
         service_allocation: tokio::sync::Mutex::new(()),
@@ -365,9 +369,10 @@ async fn route(
         .map(str::to_owned);
     // A bearer token, when given, must be known; otherwise the client certificate speaks.
     let user = match token {
-        Some(token) => {
-            state.users.iter().find(|(known, _)| *known == token).map(|(_, u)| u.clone())
-        }
+        Some(token) => match state.users.iter().find(|(known, _)| *known == token) {
+            Some((_, user)) => Some(user.clone()),
+            None => state.service_account_user(&token).await,
+        },
         None => certified.as_deref().cloned(),
     };
     let Some(user) = user else {
@@ -630,6 +635,15 @@ async fn route(
         );
         return result.unwrap_or_else(|err| error_response(&err));
     }
+    if api.target.subresource.as_deref() == Some("token") {
+        let result = api.token_request(&method, &content_type, &body).await;
+        let code = result.as_ref().map(|(c, _)| *c).unwrap_or_else(|e| e.code);
+        state.audit(verb, &api.target, None, code);
+        return match result {
+            Ok((code, value)) => json_response(code, &value),
+            Err(err) => error_response(&err),
+        };
+    }
     if let Some(action @ ("log" | "exec" | "attach" | "portforward" | "binding" | "eviction")) =
         api.target.subresource.as_deref()
     {
@@ -744,6 +758,38 @@ async fn impersonate(
 }
 
 impl State {
+    /// A service-account token's user, if this server signed it, it has not expired, and
+    /// the account and the object it is bound to still exist (with the uids it names).
+    async fn service_account_user(&self, token: &str) -> Option<crate::rbac::User> {
+        let claims = self.signer.verify(token, objects::unix_now())?;
+        if !self.exists("serviceaccounts", Some(&claims.namespace), &claims.name, &claims.uid).await
+        {
+            return None;
+        }
+        if let Some((kind, name, uid)) = &claims.bound {
+            let (resource, namespace) = match kind.as_str() {
+                "Pod" => ("pods", Some(claims.namespace.as_str())),
+                "Secret" => ("secrets", Some(claims.namespace.as_str())),
+                _ => ("nodes", None),
+            };
+            if !self.exists(resource, namespace, name, uid).await {
+                return None;
+            }
+        }
+        Some(crate::tokens::user(&claims))
+    }
+
+    /// Whether a core/v1 object exists with this uid.
+    async fn exists(&self, resource: &str, namespace: Option<&str>, name: &str, uid: &str) -> bool {
+        let Some(key) = resources::find("", "v1", resource).map(|r| r.key(namespace, name)) else {
+            return false;
+        };
+        match self.store.get(&key).await {
+            Ok(Some(kv)) => decode(&kv)["metadata"]["uid"] == uid,
+            _ => false,
+        }
+    }
+
     /// RBAC: the admin may do everything; others what their bindings grant.
     async fn authorize(
         &self,
@@ -1536,6 +1582,125 @@ impl Api {
             "ServiceUnavailable",
             format!("cannot reach the node agent of node {node:?} to {action} pod {name}: no node agent is connected"),
         ))
+    }
+
+    /// `serviceaccounts/<name>/token` (`kubectl create token`): a signed token for the
+    /// account, for `expirationSeconds` (default an hour, at least ten minutes), optionally
+    /// bound to a Pod, Secret or Node that must exist and whose deletion revokes it.
+    async fn token_request(
+        &self,
+        method: &Method,
+        content_type: &str,
+        body: &[u8],
+    ) -> Result<(u16, Value), ApiError> {
+        if *method != Method::POST {
+            return Err(ApiError::new(
+                405,
+                "MethodNotAllowed",
+                "only create is allowed on serviceaccounts/token",
+            ));
+        }
+        let account = self.current().await?;
+        let mut request = decode_body(content_type, body)?;
+        let name = self.name().to_owned();
+        let namespace = self.target.namespace.clone().unwrap_or_default();
+        let spec = &request["spec"];
+        let seconds = spec["expirationSeconds"].as_i64().unwrap_or(3600);
+        let invalid = |field: &str, message: String| {
+            ApiError::new(
+                422,
+                "Invalid",
+                format!(
+                    "TokenRequest.authentication.k8s.io {name:?} is invalid: {field}: {message}"
+                ),
+            )
+        };
+        if seconds < 600 {
+            return Err(invalid(
+                "spec.expirationSeconds",
+                format!(
+                    "Invalid value: {seconds}: may not specify a duration less than 10 minutes"
+                ),
+            ));
+        }
+        if seconds > 1 << 32 {
+            return Err(invalid(
+                "spec.expirationSeconds",
+                format!(
+                    "Invalid value: {seconds}: may not specify a duration larger than 2^32 seconds"
+                ),
+            ));
+        }
+        let audiences: Vec<String> = spec["audiences"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a.as_str().map(str::to_owned))
+            .collect();
+        let bound = match spec["boundObjectRef"].as_object() {
+            None => None,
+            Some(reference) => {
+                let kind = reference.get("kind").and_then(Value::as_str).unwrap_or("");
+                let object_name = reference.get("name").and_then(Value::as_str).unwrap_or("");
+                let (resource, ns) = match kind {
+                    "Pod" => ("pods", Some(namespace.as_str())),
+                    "Secret" => ("secrets", Some(namespace.as_str())),
+                    "Node" => ("nodes", None),
+                    other => {
+                        return Err(invalid("spec.boundObjectRef.kind", format!("Unsupported value: {other:?}: supported values: \"Pod\", \"Secret\", \"Node\"")))
+                    }
+                };
+                let found = match resources::find("", "v1", resource) {
+                    Some(r) => self
+                        .state
+                        .store
+                        .get(&r.key(ns, object_name))
+                        .await
+                        .map_err(|e| storage_error(r, object_name, e))?
+                        .map(|kv| decode(&kv)),
+                    None => None,
+                };
+                let Some(found) = found else {
+                    return Err(ApiError::new(
+                        404,
+                        "NotFound",
+                        format!("{resource} {object_name:?} not found"),
+                    ));
+                };
+                let uid = found["metadata"]["uid"].as_str().unwrap_or("").to_owned();
+                if let Some(wanted) =
+                    reference.get("uid").and_then(Value::as_str).filter(|u| !u.is_empty())
+                {
+                    if wanted != uid {
+                        return Err(ApiError::conflict(self.resource(), &name));
+                    }
+                }
+                Some((kind.to_owned(), object_name.to_owned(), uid))
+            }
+        };
+        let claims = crate::tokens::Claims {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            uid: account["metadata"]["uid"].as_str().unwrap_or("").to_owned(),
+            bound,
+        };
+        let now = objects::unix_now();
+        let token = self
+            .state
+            .signer
+            .issue(&claims, &audiences, now, seconds)
+            .map_err(|e| ApiError::new(500, "InternalError", e.to_string()))?;
+        request["kind"] = json!("TokenRequest");
+        request["apiVersion"] = json!("authentication.k8s.io/v1");
+        request["metadata"] =
+            json!({"name": name, "namespace": namespace, "creationTimestamp": null});
+        request["spec"]["expirationSeconds"] = json!(seconds);
+        if audiences.is_empty() {
+            request["spec"]["audiences"] = json!([crate::tokens::ISSUER]);
+        }
+        request["status"] =
+            json!({"token": token, "expirationTimestamp": objects::format_time(now + seconds)});
+        Ok((201, request))
     }
 
     /// `pods/binding`: places an unscheduled pod on a node (sets `spec.nodeName`).

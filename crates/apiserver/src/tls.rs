@@ -27,7 +27,7 @@ fn io(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
     move |e| Error::Setup(format!("{message}: {e}"))
 }
 
-fn write_private(path: &Path, data: &[u8]) -> Result<(), Error> {
+pub(crate) fn write_private(path: &Path, data: &[u8]) -> Result<(), Error> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = std::fs::OpenOptions::new()

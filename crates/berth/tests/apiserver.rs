@@ -1074,3 +1074,83 @@ fn workloads_get_kubernetes_defaults_validation_and_pod_subresources() {
     let whoami = server.ok(&["auth", "whoami", "--as=nobody", "--as-group=team"]);
     assert!(whoami.contains("Groups      [team system:authenticated]"), "{whoami}");
 }
+
+#[test]
+fn service_account_tokens_authenticate_until_revoked() {
+    if !kubectl_present() {
+        return;
+    }
+    let dir = tempfile::Builder::new().prefix("berth-server-").tempdir().unwrap();
+    let server = Server::start(dir.path(), None);
+    server.ok(&["create", "namespace", "apps"]);
+    server.ok(&["create", "serviceaccount", "robot", "-n", "apps"]);
+    let token = server.ok(&["create", "token", "robot", "-n", "apps"]).trim().to_owned();
+    assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+    let with = |token: &str, args: &[&str]| {
+        let mut all = vec!["--token", token];
+        all.extend_from_slice(args);
+        server.kubectl(&all)
+    };
+    let whoami = String::from_utf8_lossy(&with(&token, &["auth", "whoami"]).stdout).into_owned();
+    assert!(whoami.contains("Username    system:serviceaccount:apps:robot"), "{whoami}");
+    assert!(whoami.contains("system:serviceaccounts:apps"), "{whoami}");
+    // RBAC binds service accounts by namespace and name.
+    let err = String::from_utf8_lossy(&with(&token, &["get", "configmaps", "-n", "apps"]).stderr)
+        .into_owned();
+    assert!(
+        err.contains(
+            "User \"system:serviceaccount:apps:robot\" cannot list resource \"configmaps\""
+        ),
+        "{err}"
+    );
+    server.ok(&[
+        "create",
+        "role",
+        "cm-reader",
+        "-n",
+        "apps",
+        "--verb=list",
+        "--resource=configmaps",
+    ]);
+    server.ok(&[
+        "create",
+        "rolebinding",
+        "robot-reads",
+        "-n",
+        "apps",
+        "--role=cm-reader",
+        "--serviceaccount=apps:robot",
+    ]);
+    assert!(with(&token, &["get", "configmaps", "-n", "apps"]).status.success());
+    // Bounds: durations under ten minutes are refused; a token bound to a pod dies with it.
+    let err = server.fails(&["create", "token", "robot", "-n", "apps", "--duration=5m"]);
+    assert!(err.contains("may not specify a duration less than 10 minutes"), "{err}");
+    server.ok(&["run", "holder", "-n", "apps", "--image=busybox:1.36"]);
+    let bound = server
+        .ok(&[
+            "create",
+            "token",
+            "robot",
+            "-n",
+            "apps",
+            "--bound-object-kind=Pod",
+            "--bound-object-name=holder",
+        ])
+        .trim()
+        .to_owned();
+    assert!(with(&bound, &["get", "configmaps", "-n", "apps"]).status.success());
+    server.ok(&["delete", "pod", "holder", "-n", "apps"]);
+    assert!(String::from_utf8_lossy(&with(&bound, &["get", "configmaps", "-n", "apps"]).stderr)
+        .contains("Unauthorized"));
+    // A forged token (payload changed under the signature) and a deleted account: 401.
+    let parts: Vec<&str> = token.split('.').collect();
+    use base64::Engine as _;
+    let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let payload =
+        String::from_utf8(engine.decode(parts[1]).unwrap()).unwrap().replace("robot", "admin");
+    let forged = format!("{}.{}.{}", parts[0], engine.encode(payload), parts[2]);
+    assert!(String::from_utf8_lossy(&with(&forged, &["get", "ns"]).stderr).contains("Unauthorized"));
+    server.ok(&["delete", "serviceaccount", "robot", "-n", "apps"]);
+    assert!(String::from_utf8_lossy(&with(&token, &["get", "configmaps", "-n", "apps"]).stderr)
+        .contains("Unauthorized"));
+}
