@@ -60,7 +60,39 @@ fn bodies_never_panic() {
     assert_eq!(decoded["data"]["a"], "1");
     let mut random = Random(0x9e37_79b9_7f4a_7c15);
     for round in 0..20_000 {
-        let body = match round % 3 {
+        let body = match round % 4 {
+            3 => {
+                // Every kind's message table, fed random fields.
+                const KINDS: &[&str] = &[
+                    "Namespace",
+                    "ConfigMap",
+                    "Secret",
+                    "ServiceAccount",
+                    "Deployment",
+                    "Service",
+                    "Job",
+                    "CronJob",
+                    "Role",
+                    "ClusterRole",
+                    "RoleBinding",
+                    "ClusterRoleBinding",
+                    "TokenRequest",
+                    "SelfSubjectReview",
+                    "SelfSubjectAccessReview",
+                ];
+                let kind = KINDS[random.below(KINDS.len())];
+                let mut type_meta = vec![0x0a, 2, b'v', b'1', 0x12, kind.len() as u8];
+                type_meta.extend_from_slice(kind.as_bytes());
+                let mut body = b"k8s\0".to_vec();
+                body.push(0x0a);
+                body.push(type_meta.len() as u8);
+                body.extend(type_meta);
+                let raw = random.bytes(120);
+                body.push(0x12);
+                body.push(raw.len() as u8);
+                body.extend(raw);
+                body
+            }
             0 => random.bytes(256),
             1 => {
                 let mut body = valid.clone();
