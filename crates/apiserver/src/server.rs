@@ -108,6 +108,8 @@ pub async fn run(
         ),
     };
     let key = crate::encryption::load_key(&config.data_dir)?;
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let store: Arc<dyn Store> = Arc::new(crate::metrics::Measured::new(store, metrics.clone()));
     let store: Arc<dyn Store> = Arc::new(crate::encryption::Encrypted::new(store, &key)?);
     let tls_dir = config.data_dir.join("tls");
     let pki = tls::ensure(&tls_dir, std::slice::from_ref(&config.bind_address))?;
@@ -136,7 +138,7 @@ pub async fn run(
         users,
         service_allocation: tokio::sync::Mutex::new(()),
         audit: std::sync::Mutex::new(Some(audit)),
-        metrics: Arc::new(crate::metrics::Metrics::default()),
+        metrics,
     });
     bootstrap(&state).await?;
     tokio::spawn(compact_periodically(state.store.clone()));
@@ -682,7 +684,7 @@ async fn route(
         (Method::PUT, true) => api.update(&content_type, &body).await,
         (Method::PATCH, true) => api.patch(&content_type, &body).await,
         (Method::DELETE, true) => api.delete(&body).await,
-        (Method::DELETE, false) => api.delete_collection().await,
+        (Method::DELETE, false) => api.delete_collection(&body).await,
         _ => Err(ApiError::new(
             405,
             "MethodNotAllowed",
@@ -758,6 +760,111 @@ async fn impersonate(
 }
 
 impl State {
+    /// What deleting `owner` does to the objects whose `ownerReferences` name it, until
+    /// the garbage-collector controller exists: with Orphan their references to it are
+    /// removed; otherwise they are deleted first (and theirs, depth first), so that a
+    /// cascading delete leaves nothing behind when it returns.
+    async fn cascade(
+        &self,
+        owner: &Value,
+        namespace: Option<&str>,
+        policy: &str,
+    ) -> Result<(), ApiError> {
+        let Some(uid) = owner["metadata"]["uid"].as_str().map(str::to_owned) else {
+            return Ok(());
+        };
+        // Depth-first: (uid, depth) of owners whose dependents are still to be found.
+        let mut pending = vec![(uid, 0usize)];
+        let mut doomed: Vec<(String, usize)> = Vec::new();
+        while let Some((owner_uid, depth)) = pending.pop() {
+            if depth > 16 {
+                continue;
+            }
+            for kv in self.dependents(&owner_uid, namespace).await? {
+                let mut object = decode(&kv);
+                if policy == "Orphan" {
+                    if let Some(refs) = object["metadata"]["ownerReferences"].as_array_mut() {
+                        refs.retain(|r| r["uid"] != owner_uid.as_str());
+                    }
+                    if object["metadata"]["ownerReferences"].as_array().is_some_and(Vec::is_empty) {
+                        if let Some(meta) = object["metadata"].as_object_mut() {
+                            meta.remove("ownerReferences");
+                        }
+                    }
+                    // A write that loses a race is left to the next delete: it only names
+                    // an owner that is gone.
+                    let _ = self.store.update(&kv.key, encode(&object), kv.mod_revision).await;
+                    continue;
+                }
+                if let Some(uid) = object["metadata"]["uid"].as_str() {
+                    pending.push((uid.to_owned(), depth + 1));
+                }
+                doomed.push((kv.key.clone(), depth));
+            }
+        }
+        // Deepest first: pods before their ReplicaSet before its Deployment.
+        doomed.sort_by_key(|d| std::cmp::Reverse(d.1));
+        for (key, _) in doomed {
+            let current = match self.store.get(&key).await {
+                Ok(Some(kv)) => kv,
+                _ => continue,
+            };
+            let mut object = decode(&current);
+            let finalized =
+                object["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty());
+            if finalized {
+                if object["metadata"].get("deletionTimestamp").is_none() {
+                    object["metadata"]["deletionTimestamp"] = json!(objects::now());
+                    let _ = self.store.update(&key, encode(&object), current.mod_revision).await;
+                }
+                continue;
+            }
+            let _ = self.store.delete(&key, Some(current.mod_revision)).await;
+        }
+        Ok(())
+    }
+
+    /// Stored objects whose `ownerReferences` name `uid`: in `namespace` (an owner's
+    /// dependents share its namespace) or, for cluster-scoped owners, anywhere.
+    async fn dependents(
+        &self,
+        uid: &str,
+        namespace: Option<&str>,
+    ) -> Result<Vec<KeyValue>, ApiError> {
+        let mut prefixes: Vec<String> = RESOURCES
+            .iter()
+            .filter(|r| {
+                !matches!(r.kind, "SelfSubjectAccessReview" | "SelfSubjectReview" | "Binding")
+            })
+            .filter(|r| namespace.is_none() || r.namespaced)
+            .map(|r| r.prefix(namespace))
+            .collect();
+        prefixes.sort();
+        prefixes.dedup();
+        let mut found = Vec::new();
+        for prefix in prefixes {
+            let page = self
+                .store
+                .list(&prefix, None, 0, 0)
+                .await
+                .map_err(|e| ApiError::new(500, "InternalError", e.to_string()))?;
+            for kv in page.items {
+                // Cheap test on the bytes before parsing.
+                if !kv.value.windows(uid.len()).any(|w| w == uid.as_bytes()) {
+                    continue;
+                }
+                let object = decode(&kv);
+                let owned = object["metadata"]["ownerReferences"]
+                    .as_array()
+                    .is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid));
+                if owned {
+                    found.push(kv);
+                }
+            }
+        }
+        Ok(found)
+    }
+
     /// A service-account token's user, if this server signed it, it has not expired, and
     /// the account and the object it is bound to still exist (with the uids it names).
     async fn service_account_user(&self, token: &str) -> Option<crate::rbac::User> {
@@ -1874,11 +1981,15 @@ impl Api {
                 return Err(ApiError::conflict(resource, self.name()));
             }
         }
+        let policy = self.propagation_policy(&options)?;
         if self.dry_run() {
             return Ok((200, current));
         }
         let finalizers =
             current["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty());
+        if !finalizers && resource.kind != "Namespace" {
+            self.state.cascade(&current, self.target.namespace.as_deref(), policy).await?;
+        }
         if resource.kind == "Namespace" || finalizers {
             if current["metadata"].get("deletionTimestamp").is_some() {
                 return Ok((200, current));
@@ -1910,8 +2021,29 @@ impl Api {
         Ok((200, with_revision(current, gone.mod_revision)))
     }
 
-    async fn delete_collection(&self) -> Result<(u16, Value), ApiError> {
+    /// `propagationPolicy` (body or query) or the older `orphanDependents`; Background
+    /// when neither is given.
+    fn propagation_policy(&self, options: &Value) -> Result<&'static str, ApiError> {
+        let given = options["propagationPolicy"]
+            .as_str()
+            .map(str::to_owned)
+            .or_else(|| self.params.get("propagationPolicy").cloned());
+        match given.as_deref() {
+            Some("Background") | None => {
+                Ok(if options["orphanDependents"] == true { "Orphan" } else { "Background" })
+            }
+            Some("Foreground") => Ok("Foreground"),
+            Some("Orphan") => Ok("Orphan"),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "propagationPolicy: Unsupported value: {other:?}: supported values: \"Foreground\", \"Background\", \"Orphan\""
+            ))),
+        }
+    }
+
+    async fn delete_collection(&self, body: &[u8]) -> Result<(u16, Value), ApiError> {
         let resource = self.resource();
+        let options: Value = serde_json::from_slice(body).unwrap_or(json!({}));
+        let policy = self.propagation_policy(&options)?;
         let (labels, fields) = self.selectors()?;
         let prefix = resource.prefix(self.target.namespace.as_deref());
         let page = self
@@ -1933,6 +2065,22 @@ impl Api {
                 deleted.push(object);
                 continue;
             }
+            // Finalizers hold an object back here too: it is marked, not removed.
+            if object["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty()) {
+                if object["metadata"].get("deletionTimestamp").is_none() {
+                    let mut marked = object.clone();
+                    marked["metadata"]["deletionTimestamp"] = json!(objects::now());
+                    let _ =
+                        self.state.store.update(&kv.key, encode(&marked), kv.mod_revision).await;
+                }
+                deleted.push(object);
+                continue;
+            }
+            let namespace = objects::meta(&object)
+                .and_then(|m| m.get("namespace"))
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            self.state.cascade(&object, namespace.as_deref(), policy).await?;
             match self.state.store.delete(&kv.key, Some(kv.mod_revision)).await {
                 Ok(_) | Err(berth_store::Error::NotFound { .. }) => deleted.push(object),
                 Err(err) => return Err(storage_error(resource, objects::name_of(&object), err)),

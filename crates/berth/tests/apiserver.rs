@@ -1154,3 +1154,94 @@ fn service_account_tokens_authenticate_until_revoked() {
     assert!(String::from_utf8_lossy(&with(&token, &["get", "configmaps", "-n", "apps"]).stderr)
         .contains("Unauthorized"));
 }
+
+/// A ConfigMap owned by the object of `uid` (kind, name).
+fn owned_configmap(name: &str, owner: (&str, &str, &str)) -> String {
+    let (kind, owner_name, uid) = owner;
+    format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  ownerReferences: [{{apiVersion: v1, kind: {kind}, name: {owner_name}, uid: {uid}}}]\n")
+}
+
+#[test]
+fn delete_cascades_to_dependents_or_orphans_them() {
+    if !kubectl_present() {
+        return;
+    }
+    let dir = tempfile::Builder::new().prefix("berth-server-").tempdir().unwrap();
+    let server = Server::start(dir.path(), None);
+    let uid_of =
+        |kind: &str, name: &str| server.ok(&["get", kind, name, "-o", "jsonpath={.metadata.uid}"]);
+    // A chain: root <- child <- grandchild (ConfigMaps may own each other like any kind).
+    let chain = |prefix: &str| {
+        server.ok(&["create", "configmap", &format!("{prefix}-root")]);
+        let root = uid_of("cm", &format!("{prefix}-root"));
+        server.apply(&owned_configmap(
+            &format!("{prefix}-child"),
+            ("ConfigMap", &format!("{prefix}-root"), &root),
+        ));
+        let child = uid_of("cm", &format!("{prefix}-child"));
+        server.apply(&owned_configmap(
+            &format!("{prefix}-grandchild"),
+            ("ConfigMap", &format!("{prefix}-child"), &child),
+        ));
+    };
+    let names = || server.ok(&["get", "cm", "-o", "jsonpath={.items[*].metadata.name}"]);
+    chain("bg");
+    server.ok(&["delete", "cm", "bg-root"]);
+    assert!(!names().contains("bg-"), "background: {}", names());
+    chain("fg");
+    server.ok(&["delete", "cm", "fg-root", "--cascade=foreground"]);
+    assert!(!names().contains("fg-"), "foreground: {}", names());
+    chain("or");
+    server.ok(&["delete", "cm", "or-root", "--cascade=orphan"]);
+    let left = names();
+    assert!(
+        left.contains("or-child") && left.contains("or-grandchild") && !left.contains("or-root"),
+        "{left}"
+    );
+    assert_eq!(
+        server.ok(&["get", "cm", "or-child", "-o", "jsonpath={.metadata.ownerReferences}"]),
+        ""
+    );
+    // The grandchild still names its own (living) owner.
+    assert!(server
+        .ok(&["get", "cm", "or-grandchild", "-o", "jsonpath={.metadata.ownerReferences[0].name}"])
+        .contains("or-child"));
+    // A dependent with a finalizer is marked for deletion and stays until it is released.
+    chain("fin");
+    server.ok(&[
+        "patch",
+        "cm",
+        "fin-child",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":["example.com/hold"]}}"#,
+    ]);
+    server.ok(&["delete", "cm", "fin-root"]);
+    assert!(!server
+        .ok(&["get", "cm", "fin-child", "-o", "jsonpath={.metadata.deletionTimestamp}"])
+        .is_empty());
+    server.ok(&[
+        "patch",
+        "cm",
+        "fin-child",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":null}}"#,
+    ]);
+    assert!(!names().contains("fin-child"), "{}", names());
+    // deletecollection cascades too.
+    chain("dc");
+    server.ok(&[
+        "delete",
+        "--raw",
+        "/api/v1/namespaces/default/configmaps?fieldSelector=metadata.name%3Ddc-root",
+    ]);
+    assert!(!names().contains("dc-"), "deletecollection: {}", names());
+    let err = server.fails(&[
+        "delete",
+        "--raw",
+        "/api/v1/namespaces/default/configmaps/or-child?propagationPolicy=Sideways",
+    ]);
+    assert!(err.contains("propagationPolicy: Unsupported value: \"Sideways\""), "{err}");
+    assert!(names().contains("or-child"));
+}
