@@ -773,6 +773,68 @@ pub fn validate_update(resource: &Resource, old: &Value, new: &Value) -> Result<
     Ok(())
 }
 
+/// What `kubectl get pods` shows as STATUS: the phase, unless a reason, an init
+/// container's progress, a container's waiting or terminated reason, or deletion says more.
+pub fn pod_status(pod: &Value) -> String {
+    let status = &pod["status"];
+    let mut reason =
+        status["reason"].as_str().or_else(|| status["phase"].as_str()).unwrap_or("").to_owned();
+    let exit = |terminated: &Value| -> String {
+        match (terminated["reason"].as_str(), terminated["signal"].as_i64()) {
+            (Some(r), _) if !r.is_empty() => r.to_owned(),
+            (_, Some(signal)) if signal != 0 => format!("Signal:{signal}"),
+            _ => format!("ExitCode:{}", terminated["exitCode"].as_i64().unwrap_or(0)),
+        }
+    };
+    let inits = status["initContainerStatuses"].as_array().cloned().unwrap_or_default();
+    let init_total = pod["spec"]["initContainers"].as_array().map_or(0, Vec::len);
+    let mut initializing = false;
+    for (i, c) in inits.iter().enumerate() {
+        let terminated = &c["state"]["terminated"];
+        if terminated.is_object() && terminated["exitCode"].as_i64() == Some(0) {
+            continue;
+        }
+        initializing = true;
+        reason = if terminated.is_object() {
+            format!("Init:{}", exit(terminated))
+        } else if let Some(waiting) = c["state"]["waiting"]["reason"]
+            .as_str()
+            .filter(|r| !r.is_empty() && *r != "PodInitializing")
+        {
+            format!("Init:{waiting}")
+        } else {
+            format!("Init:{i}/{init_total}")
+        };
+        break;
+    }
+    if !initializing {
+        let mut running = false;
+        let containers = status["containerStatuses"].as_array().cloned().unwrap_or_default();
+        for c in containers.iter().rev() {
+            let state = &c["state"];
+            if let Some(waiting) = state["waiting"]["reason"].as_str().filter(|r| !r.is_empty()) {
+                reason = waiting.to_owned();
+            } else if state["terminated"].is_object() {
+                reason = exit(&state["terminated"]);
+            } else if state["running"].is_object() && c["ready"] == true {
+                running = true;
+            }
+        }
+        if reason == "Completed" && running {
+            let ready = status["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True");
+            reason = if ready { "Running" } else { "NotReady" }.to_owned();
+        }
+    }
+    if pod["metadata"].get("deletionTimestamp").is_some_and(|d| !d.is_null()) {
+        reason = if status["reason"] == "NodeLost" { "Unknown" } else { "Terminating" }.to_owned();
+    }
+    reason
+}
+
 type Cell = fn(&Value) -> Value;
 
 /// A column of `kubectl get`: its name, type, priority (1: only with `-o wide`) and cell.
@@ -859,12 +921,7 @@ fn columns(kind: &str) -> Vec<Column> {
                     .unwrap_or(0);
                 json!(format!("{ready}/{total}"))
             }),
-            Column("Status", "string", 0, |i| {
-                i["status"]["reason"]
-                    .as_str()
-                    .map(|r| json!(r))
-                    .unwrap_or_else(|| i["status"]["phase"].clone())
-            }),
+            Column("Status", "string", 0, |i| json!(pod_status(i))),
             Column("Restarts", "string", 0, |i| {
                 json!(i["status"]["containerStatuses"]
                     .as_array()
@@ -1279,6 +1336,59 @@ pub fn table(resource: &Resource, items: &[Value], revision: i64, include_object
         "columnDefinitions": definitions,
         "rows": rows,
     })
+}
+
+#[cfg(test)]
+mod pod_status_tests {
+    use serde_json::json;
+
+    #[test]
+    fn statuses_as_kubectl_shows_them() {
+        let status = |pod: serde_json::Value| super::pod_status(&pod);
+        assert_eq!(status(json!({"status": {"phase": "Pending"}})), "Pending");
+        assert_eq!(
+            status(
+                json!({"status": {"phase": "Pending", "containerStatuses": [{"state": {"waiting": {"reason": "ContainerCreating"}}}]}})
+            ),
+            "ContainerCreating"
+        );
+        assert_eq!(
+            status(
+                json!({"status": {"phase": "Running", "containerStatuses": [{"ready": true, "state": {"running": {}}}]}})
+            ),
+            "Running"
+        );
+        assert_eq!(
+            status(
+                json!({"status": {"phase": "Failed", "containerStatuses": [{"state": {"terminated": {"exitCode": 3}}}]}})
+            ),
+            "ExitCode:3"
+        );
+        assert_eq!(
+            status(
+                json!({"status": {"phase": "Running", "containerStatuses": [{"state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}]}})
+            ),
+            "OOMKilled"
+        );
+        assert_eq!(
+            status(
+                json!({"spec": {"initContainers": [{}, {}]}, "status": {"phase": "Pending", "initContainerStatuses": [{"state": {"terminated": {"exitCode": 0}}}, {"state": {"running": {}}}]}})
+            ),
+            "Init:1/2"
+        );
+        assert_eq!(
+            status(
+                json!({"status": {"phase": "Pending", "initContainerStatuses": [{"state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}})
+            ),
+            "Init:CrashLoopBackOff"
+        );
+        assert_eq!(
+            status(
+                json!({"metadata": {"deletionTimestamp": "2026-01-01T00:00:00Z"}, "status": {"phase": "Running"}})
+            ),
+            "Terminating"
+        );
+    }
 }
 
 #[cfg(test)]

@@ -1985,6 +1985,26 @@ impl Api {
         if self.dry_run() {
             return Ok((200, current));
         }
+        if let Some(grace) = self.pod_grace_period(&current, &options) {
+            // A pod that a node runs is stopped there first: it is marked with its grace
+            // period and the node agent removes it (with grace 0) once its containers are
+            // gone. A shorter period may replace a longer one.
+            let old_grace = current["metadata"]["deletionGracePeriodSeconds"].as_i64();
+            if old_grace.is_some_and(|old| old <= grace) {
+                return Ok((200, current));
+            }
+            let mut marked = current.clone();
+            marked["metadata"]["deletionTimestamp"] =
+                json!(objects::format_time(objects::unix_now() + grace));
+            marked["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+            let new = self
+                .state
+                .store
+                .update(&self.key(), encode(&marked), revision)
+                .await
+                .map_err(|e| storage_error(resource, self.name(), e))?;
+            return Ok((200, with_revision(marked, new)));
+        }
         let finalizers =
             current["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty());
         if !finalizers && resource.kind != "Namespace" {
@@ -2019,6 +2039,23 @@ impl Api {
             .await
             .map_err(|e| storage_error(resource, self.name(), e))?;
         Ok((200, with_revision(current, gone.mod_revision)))
+    }
+
+    /// The grace period a pod's deletion waits for, when it is graceful: the pod is bound
+    /// to a node and still running there, and neither the request nor the pod asks for 0.
+    fn pod_grace_period(&self, pod: &Value, options: &Value) -> Option<i64> {
+        if self.resource().kind != "Pod"
+            || pod["spec"]["nodeName"].as_str().is_none_or(str::is_empty)
+            || matches!(pod["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
+        {
+            return None;
+        }
+        let asked = options["gracePeriodSeconds"]
+            .as_i64()
+            .or_else(|| self.params.get("gracePeriodSeconds").and_then(|g| g.parse().ok()));
+        let grace =
+            asked.or_else(|| pod["spec"]["terminationGracePeriodSeconds"].as_i64()).unwrap_or(30);
+        (grace > 0).then_some(grace)
     }
 
     /// `propagationPolicy` (body or query) or the older `orphanDependents`; Background

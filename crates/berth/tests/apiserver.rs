@@ -1073,6 +1073,16 @@ fn workloads_get_kubernetes_defaults_validation_and_pod_subresources() {
     assert!(err.contains("User \"nobody\" cannot get resource \"pods/log\""), "{err}");
     let whoami = server.ok(&["auth", "whoami", "--as=nobody", "--as-group=team"]);
     assert!(whoami.contains("Groups      [team system:authenticated]"), "{whoami}");
+    // A pod on a node is deleted gracefully (its node agent finishes the job) unless forced;
+    // one on no node goes at once.
+    server.ok(&["delete", "pod", "solo", "--wait=false"]);
+    let solo = json(&["pod", "solo"]);
+    assert_eq!(solo["metadata"]["deletionGracePeriodSeconds"], 30);
+    assert!(server.ok(&["get", "pod", "solo"]).contains("Terminating"));
+    server.ok(&["delete", "pod", "solo", "--grace-period=0", "--force"]);
+    assert!(server.fails(&["get", "pod", "solo"]).contains("NotFound"));
+    server.ok(&["delete", "pod", "duo", "--wait=false"]);
+    assert!(server.fails(&["get", "pod", "duo"]).contains("NotFound"));
 }
 
 #[test]
