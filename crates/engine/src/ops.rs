@@ -291,8 +291,7 @@ impl Engine {
         let init_binary = Path::new("/usr/bin/tini-static");
         let limited =
             locked.record.options.memory.is_some() || locked.record.options.cpus.is_some();
-        let lxcfs = PathBuf::from(LXCFS_DIR);
-        let lxcfs = (limited && lxcfs.join("proc/meminfo").exists()).then_some(lxcfs);
+        let lxcfs = if limited { lxcfs_dir() } else { None };
         let listener = crate::monitor::sysinfo_socket(&locked.record.id);
         let rootfs = locked.dir.join("rootfs");
         let config = spec::build(&spec::Inputs {
@@ -847,42 +846,49 @@ impl Engine {
     }
 }
 
-/// Where lxcfs serves its per-container view of /proc, starting it when it is installed but
-/// not running (it daemonizes, as Debian's service runs it, with CPU views from CFS quotas).
+/// Where an lxcfs serves per-container views of /proc: the system's (Debian's service
+/// mounts it at /var/lib/lxcfs) or berth's own, when either is up.
+pub fn lxcfs_dir() -> Option<PathBuf> {
+    [SYSTEM_LXCFS_DIR, LXCFS_DIR]
+        .iter()
+        .map(PathBuf::from)
+        .find(|dir| dir.join("proc/meminfo").exists())
+}
+
+/// An lxcfs to serve per-container views of /proc, started when none serves and lxcfs is
+/// installed. berth's own runs at [`LXCFS_DIR`] with its own pid file, so a system lxcfs
+/// (running, or stuck in another mount namespace holding /run/lxcfs.pid) never stops it.
 /// Without lxcfs, containers see the host's /proc files.
 ///
-/// Concurrent starts take a lock so that one lxcfs is started, not several stacked on the
-/// mount point; a mount left by an lxcfs that died ("transport endpoint is not connected")
-/// is detached and replaced.
+/// Concurrent starts take a lock so that one lxcfs is started; a mount left by an lxcfs
+/// that died ("transport endpoint is not connected") is detached and replaced.
 fn ensure_lxcfs() -> Option<PathBuf> {
-    let dir = PathBuf::from(LXCFS_DIR);
-    let serving = |dir: &Path| std::fs::metadata(dir.join("proc/meminfo"));
-    if serving(&dir).is_ok() {
+    if let Some(dir) = lxcfs_dir() {
         return Some(dir);
     }
-    let binary = Path::new("/usr/bin/lxcfs");
-    if !binary.exists() {
+    if !Path::new("/usr/bin/lxcfs").exists() {
         tracing::info!(
             "lxcfs is not installed: /proc in limited containers shows the host's totals"
         );
         return None;
     }
+    let dir = PathBuf::from(LXCFS_DIR);
     let _ = std::fs::create_dir_all("/run/berth");
-    let lock_path = Path::new("/run/berth/lxcfs.lock");
-    let lock = std::fs::File::create(lock_path).ok()?;
+    let lock = std::fs::File::create("/run/berth/lxcfs.lock").ok()?;
     berth_sys::process::lock_file(&lock, true).ok()?;
-    match serving(&dir) {
-        Ok(_) => return Some(dir),
-        Err(e) if e.raw_os_error() == Some(berth_sys::nix::libc::ENOTCONN) => {
+    if let Some(dir) = lxcfs_dir() {
+        return Some(dir);
+    }
+    if let Err(e) = std::fs::metadata(dir.join("proc/meminfo")) {
+        if e.raw_os_error() == Some(berth_sys::nix::libc::ENOTCONN) {
             tracing::warn!("lxcfs died and left its mount at {LXCFS_DIR}; starting it again");
             let _ = umount2(&dir, MntFlags::MNT_DETACH);
         }
-        Err(_) => {}
     }
     let _ = std::fs::create_dir_all(&dir);
-    // lxcfs stays in the foreground: it is left running, in a session of its own.
+    // lxcfs daemonizes; setsid puts it in a session of its own, nobody's child for long.
     let started = std::process::Command::new("setsid")
-        .args(["-f", "/usr/bin/lxcfs", "--enable-cfs", LXCFS_DIR])
+        .args(["-f", "/usr/bin/lxcfs", "--enable-cfs", "-p", "/run/berth/lxcfs.pid", LXCFS_DIR])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -891,19 +897,24 @@ fn ensure_lxcfs() -> Option<PathBuf> {
         tracing::warn!("cannot start lxcfs: /proc in limited containers shows the host's totals");
         return None;
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
+    // A cold start on a busy machine scans every cgroup hierarchy first: give it time.
+    let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline {
-        if serving(&dir).is_ok() {
+        if dir.join("proc/meminfo").exists() {
             return Some(dir);
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    tracing::warn!("lxcfs did not serve {LXCFS_DIR} within 5 s");
+    tracing::warn!(
+        "lxcfs did not serve {LXCFS_DIR} within 15 s: /proc in limited containers shows the host's totals"
+    );
     None
 }
 
-/// Debian's lxcfs mount point.
-pub const LXCFS_DIR: &str = "/var/lib/lxcfs";
+/// berth's own lxcfs mount point (with its pid file beside it in /run/berth).
+pub const LXCFS_DIR: &str = "/run/berth/lxcfs";
+/// Debian's lxcfs service's mount point.
+pub const SYSTEM_LXCFS_DIR: &str = "/var/lib/lxcfs";
 
 /// A container's filesystem for `cp`.
 #[derive(Debug)]
