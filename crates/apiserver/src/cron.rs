@@ -73,7 +73,7 @@ impl Schedule {
         let limit = minute + 8 * 366 * 24 * 60;
         while minute < limit {
             let (days, rest) = (minute.div_euclid(1440), minute.rem_euclid(1440));
-            let (_, month, day) = civil(days);
+            let (_, month, day) = crate::objects::civil(days);
             let weekday = (days + 4).rem_euclid(7) as u32; // 1970-01-01 was a Thursday
             let day_ok = match (self.any_day, self.any_weekday) {
                 (false, false) => bit(self.days, day) || bit(self.weekdays, weekday),
@@ -99,19 +99,6 @@ impl Schedule {
 
 fn bit(set: u64, n: u32) -> bool {
     set & (1 << n) != 0
-}
-
-/// (year, month 1-12, day 1-31) of a day count since 1970-01-01.
-fn civil(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(month <= 2), month, day)
 }
 
 fn field(text: &str, low: u32, high: u32, names: &[&str]) -> Result<u64, String> {
@@ -190,7 +177,7 @@ mod tests {
     }
 
     fn civil_days(y: i64, m: u32, d: u32) -> i64 {
-        (0..100_000).find(|&days| civil(days) == (y, m, d)).unwrap()
+        (0..100_000).find(|&days| crate::objects::civil(days) == (y, m, d)).unwrap()
     }
 
     #[test]

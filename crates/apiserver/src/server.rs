@@ -603,77 +603,29 @@ async fn route(
         ));
     }
     let api = Api { state: state.clone(), target, params, accept, warnings: Default::default() };
-    if api.resource().kind == "Binding" {
-        // POST .../bindings: the pod named by the Binding, bound.
-        let result = async {
-            if method != Method::POST {
-                return Err(ApiError::new(405, "MethodNotAllowed", "only create is allowed"));
-            }
-            let binding = decode_body(&content_type, &body)?;
-            let name = objects::name_of(&binding).to_owned();
-            let pods = resources::find("", "v1", "pods")
-                .ok_or_else(|| ApiError::new(500, "InternalError", "no pods resource"))?;
-            let pod_api = Api {
-                state: state.clone(),
-                target: Target {
-                    resource: pods,
-                    namespace: api.target.namespace.clone(),
-                    name: Some(name),
-                    subresource: Some("binding".into()),
-                },
-                params: api.params.clone(),
-                accept: api.accept.clone(),
-                warnings: Default::default(),
-            };
-            let pod = pod_api.current().await?;
-            pod_api.bind(pod, &body).await
-        }
-        .await;
-        state.audit(
-            verb,
-            &api.target,
-            None,
-            result.as_ref().map(|r| r.status().as_u16()).unwrap_or_else(|e| e.code),
-        );
-        return result.unwrap_or_else(|err| error_response(&err));
-    }
-    if api.target.subresource.as_deref() == Some("token") {
-        let result = api.token_request(&method, &content_type, &body).await;
-        let code = result.as_ref().map(|(c, _)| *c).unwrap_or_else(|e| e.code);
-        state.audit(verb, &api.target, None, code);
-        return match result {
-            Ok((code, value)) => json_response(code, &value),
-            Err(err) => error_response(&err),
-        };
-    }
-    if let Some(action @ ("log" | "exec" | "attach" | "portforward" | "binding" | "eviction")) =
-        api.target.subresource.as_deref()
-    {
-        let result = api.pod_action(action, &method, &body).await;
+    // Bindings and subresources other than status answer for themselves.
+    let special = match (api.resource().kind, api.target.subresource.as_deref()) {
+        ("Binding", _) => Some(api.create_binding(&method, &content_type, &body).await),
+        (_, Some("token")) => Some(
+            api.token_request(&method, &content_type, &body)
+                .await
+                .map(|(code, value)| json_response(code, &value)),
+        ),
+        (_, Some("scale")) => Some(
+            api.scale(&method, &content_type, &body).await.map(|value| json_response(200, &value)),
+        ),
+        (
+            _,
+            Some(action @ ("log" | "exec" | "attach" | "portforward" | "binding" | "eviction")),
+        ) => Some(api.pod_action(action, &method, &body).await),
+        _ => None,
+    };
+    if let Some(result) = special {
         if method != Method::GET {
-            state.audit(
-                verb,
-                &api.target,
-                None,
-                result.as_ref().map(|r| r.status().as_u16()).unwrap_or_else(|e| e.code),
-            );
+            let code = result.as_ref().map(|r| r.status().as_u16()).unwrap_or_else(|e| e.code);
+            state.audit(verb, &api.target, None, code);
         }
         return result.unwrap_or_else(|err| error_response(&err));
-    }
-    if api.target.subresource.as_deref() == Some("scale") {
-        let result = api.scale(&method, &content_type, &body).await;
-        if method != Method::GET {
-            state.audit(
-                verb,
-                &api.target,
-                None,
-                result.as_ref().map(|_| 200).unwrap_or_else(|e| e.code),
-            );
-        }
-        return match result {
-            Ok(value) => json_response(200, &value),
-            Err(err) => error_response(&err),
-        };
     }
     let result = match (method, api.target.name.is_some()) {
         (Method::GET, false) if api.flag("watch") => return api.watch().await,
@@ -1808,6 +1760,35 @@ impl Api {
         request["status"] =
             json!({"token": token, "expirationTimestamp": objects::format_time(now + seconds)});
         Ok((201, request))
+    }
+
+    /// `POST .../bindings`: the pod the Binding names, bound (as `pods/binding` does).
+    async fn create_binding(
+        &self,
+        method: &Method,
+        content_type: &str,
+        body: &[u8],
+    ) -> Result<Response<Body>, ApiError> {
+        if *method != Method::POST {
+            return Err(ApiError::new(405, "MethodNotAllowed", "only create is allowed"));
+        }
+        let binding = decode_body(content_type, body)?;
+        let pods = resources::find("", "v1", "pods")
+            .ok_or_else(|| ApiError::new(500, "InternalError", "no pods resource"))?;
+        let pod_api = Api {
+            state: self.state.clone(),
+            target: Target {
+                resource: pods,
+                namespace: self.target.namespace.clone(),
+                name: Some(objects::name_of(&binding).to_owned()),
+                subresource: Some("binding".into()),
+            },
+            params: self.params.clone(),
+            accept: self.accept.clone(),
+            warnings: Default::default(),
+        };
+        let pod = pod_api.current().await?;
+        pod_api.bind(pod, body).await
     }
 
     /// `pods/binding`: places an unscheduled pod on a node (sets `spec.nodeName`).

@@ -723,6 +723,16 @@ fn kubectl_drives_the_api_on_etcd() {
     let _ = etcd.wait();
 }
 
+/// A server on the embedded store in a fresh data directory, when kubectl is there.
+fn embedded_server() -> Option<(tempfile::TempDir, Server)> {
+    if !kubectl_present() {
+        return None;
+    }
+    let dir = tempfile::Builder::new().prefix("berth-server-").tempdir().unwrap();
+    let server = Server::start(dir.path(), None);
+    Some((dir, server))
+}
+
 const MISSPELT: &str = r#"
 apiVersion: apps/v1
 kind: Deployment
@@ -742,11 +752,7 @@ spec:
 
 #[test]
 fn kubectl_explains_kinds_and_the_server_validates_fields() {
-    if !kubectl_present() {
-        return;
-    }
-    let dir = tempfile::Builder::new().prefix("berth-server-").tempdir().unwrap();
-    let server = Server::start(dir.path(), None);
+    let Some((dir, server)) = embedded_server() else { return };
     // explain reads the OpenAPI v3 schemas: kinds, fields, nested types and their types.
     let pods = server.ok(&["explain", "pods"]);
     assert!(pods.contains("KIND:       Pod\nVERSION:    v1"), "{pods}");
@@ -816,11 +822,7 @@ fn openssl(dir: &Path, args: &[&str]) {
 
 #[test]
 fn client_certificates_signed_by_the_ca_authenticate_users() {
-    if !kubectl_present() {
-        return;
-    }
-    let dir = tempfile::Builder::new().prefix("berth-server-").tempdir().unwrap();
-    let server = Server::start(dir.path(), None);
+    let Some((dir, server)) = embedded_server() else { return };
     // `berth kubeconfig --user` mints a certificate: the common name is the user, the
     // organization the group; RBAC decides the rest.
     let output = Command::new(BERTH)
@@ -943,11 +945,7 @@ fn client_certificates_signed_by_the_ca_authenticate_users() {
 
 #[test]
 fn workloads_get_kubernetes_defaults_validation_and_pod_subresources() {
-    if !kubectl_present() {
-        return;
-    }
-    let dir = tempfile::Builder::new().prefix("berth-server-").tempdir().unwrap();
-    let server = Server::start(dir.path(), None);
+    let Some((dir, server)) = embedded_server() else { return };
     let json = |args: &[&str]| -> serde_json::Value {
         let mut all = vec!["get"];
         all.extend_from_slice(args);
@@ -1087,11 +1085,7 @@ fn workloads_get_kubernetes_defaults_validation_and_pod_subresources() {
 
 #[test]
 fn service_account_tokens_authenticate_until_revoked() {
-    if !kubectl_present() {
-        return;
-    }
-    let dir = tempfile::Builder::new().prefix("berth-server-").tempdir().unwrap();
-    let server = Server::start(dir.path(), None);
+    let Some((_dir, server)) = embedded_server() else { return };
     server.ok(&["create", "namespace", "apps"]);
     server.ok(&["create", "serviceaccount", "robot", "-n", "apps"]);
     let token = server.ok(&["create", "token", "robot", "-n", "apps"]).trim().to_owned();
@@ -1173,11 +1167,7 @@ fn owned_configmap(name: &str, owner: (&str, &str, &str)) -> String {
 
 #[test]
 fn delete_cascades_to_dependents_or_orphans_them() {
-    if !kubectl_present() {
-        return;
-    }
-    let dir = tempfile::Builder::new().prefix("berth-server-").tempdir().unwrap();
-    let server = Server::start(dir.path(), None);
+    let Some((_dir, server)) = embedded_server() else { return };
     let uid_of =
         |kind: &str, name: &str| server.ok(&["get", kind, name, "-o", "jsonpath={.metadata.uid}"]);
     // A chain: root <- child <- grandchild (ConfigMaps may own each other like any kind).
