@@ -528,25 +528,8 @@ async fn route(
     } else {
         Bytes::new()
     };
-    if resource.kind == "SelfSubjectReview" {
-        if method != Method::POST {
-            return error_response(&ApiError::new(
-                405,
-                "MethodNotAllowed",
-                "only create is allowed",
-            ));
-        }
-        if let Err(err) = decode_body(&content_type, &body) {
-            return error_response(&err);
-        }
-        return json_response(
-            201,
-            &json!({"kind": "SelfSubjectReview", "apiVersion": "authentication.k8s.io/v1",
-                "metadata": {"creationTimestamp": null},
-                "status": {"userInfo": {"username": user.name, "groups": user.groups}}}),
-        );
-    }
-    if resource.kind == "SelfSubjectAccessReview" {
+    // Reviews are answered about the caller, never stored.
+    if matches!(resource.kind, "SelfSubjectReview" | "SelfSubjectAccessReview") {
         if method != Method::POST {
             return error_response(&ApiError::new(
                 405,
@@ -558,6 +541,14 @@ async fn route(
             Ok(review) => review,
             Err(err) => return error_response(&err),
         };
+        if resource.kind == "SelfSubjectReview" {
+            return json_response(
+                201,
+                &json!({"kind": "SelfSubjectReview", "apiVersion": "authentication.k8s.io/v1",
+                    "metadata": {"creationTimestamp": null},
+                    "status": {"userInfo": {"username": user.name, "groups": user.groups}}}),
+            );
+        }
         let spec = &review["spec"]["resourceAttributes"];
         let text = |v: &Value| v.as_str().unwrap_or("").to_owned();
         let attributes = crate::rbac::Attributes {
