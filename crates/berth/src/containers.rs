@@ -79,6 +79,9 @@ pub struct CreateFlags {
     pub cap_drop: Vec<String>,
     #[arg(long)]
     pub privileged: bool,
+    /// A host device in the container: HOST[:CONTAINER][:PERMISSIONS], e.g. /dev/fuse.
+    #[arg(long = "device")]
+    pub device: Vec<String>,
     #[arg(long = "read-only")]
     pub read_only: bool,
     /// seccomp=unconfined|PROFILE.json, no-new-privileges
@@ -434,6 +437,11 @@ fn run_options(flags: &CreateFlags) -> Result<RunOptions> {
         cap_add: flags.cap_add.clone(),
         cap_drop: flags.cap_drop.clone(),
         privileged: flags.privileged,
+        devices: flags
+            .device
+            .iter()
+            .map(|d| berth_engine::options::DeviceSpec::parse(d))
+            .collect::<Result<_, _>>()?,
         read_only: flags.read_only,
         security_opt: flags.security_opt.clone(),
         init: flags.init,
@@ -977,6 +985,7 @@ fn container_json(record: &Record) -> Value {
             "NetworkMode": record.options.network,
             "AutoRemove": record.options.auto_remove,
             "Privileged": record.options.privileged,
+            "Devices": record.options.devices.iter().map(|d| json!({"PathOnHost": d.host, "PathInContainer": d.container, "CgroupPermissions": d.permissions})).collect::<Vec<_>>(),
             "ReadonlyRootfs": record.options.read_only,
             "Memory": record.options.memory.unwrap_or(0),
             "NanoCpus": record.options.cpus.map(|c| (c * 1e9) as i64).unwrap_or(0),

@@ -1274,3 +1274,56 @@ fn root_the_remaining_flags_and_commands() {
     berth.ok(&["rm", "-f", "again", "udp"]);
     berth.assert_clean();
 }
+
+#[test]
+fn root_devices_are_given_with_device_or_privileged() {
+    if !root_or_skip() {
+        return;
+    }
+    let berth = Berth::new();
+    // Not there by default; --device makes the node and lets it be opened.
+    let absent = berth.run(&["run", "--rm", IMAGE, "ls", "/dev/kmsg"]);
+    assert!(!absent.status.success(), "/dev/kmsg without --device");
+    let listed =
+        berth.ok(&["run", "--rm", "--device", "/dev/kmsg", IMAGE, "ls", "-l", "/dev/kmsg"]);
+    assert!(listed.starts_with('c') && listed.contains("1,  11"), "{listed}");
+    // Another name inside, and only the permissions asked for: opened for reading, not
+    // for writing (nothing is written).
+    let script = "(exec 3</dev/log) && echo read; (exec 3>/dev/log) 2>/dev/null && echo opened || echo refused";
+    let text = berth.ok(&[
+        "run",
+        "--rm",
+        "--cap-add",
+        "SYSLOG",
+        "--device",
+        "/dev/kmsg:/dev/log:r",
+        IMAGE,
+        "sh",
+        "-c",
+        script,
+    ]);
+    assert_eq!(text.lines().collect::<Vec<_>>(), ["read", "refused"], "{text}");
+    // A directory brings every device under it.
+    if Path::new("/dev/net/tun").exists() {
+        let text = berth.ok(&["run", "--rm", "--device", "/dev/net", IMAGE, "ls", "/dev/net"]);
+        assert!(text.contains("tun"), "{text}");
+    }
+    // Privileged: the host's devices, as Docker gives them.
+    let text = berth.ok(&["run", "--rm", "--privileged", IMAGE, "ls", "/dev"]);
+    for node in ["kmsg", "null", "tty0"] {
+        if Path::new("/dev").join(node).exists() {
+            assert!(text.lines().any(|l| l == node), "{node} missing: {text}");
+        }
+    }
+    // Bad requests say what is wrong and create nothing.
+    for (device, needle) in [
+        ("/etc/passwd", "is not a device"),
+        ("/dev/nosuch", "No such file"),
+        ("/dev/null:/dev/x:rwz", "permissions"),
+        ("/dev/null:/etc/x", "under /dev"),
+    ] {
+        let err = berth.fails(&["run", "--rm", "--device", device, IMAGE, "true"]);
+        assert!(err.contains(needle), "{device}: {err}");
+    }
+    assert_eq!(berth.ok(&["ps", "-aq"]).trim(), "");
+}

@@ -35,6 +35,8 @@ pub struct RunOptions {
     pub cap_add: Vec<String>,
     pub cap_drop: Vec<String>,
     pub privileged: bool,
+    /// `--device HOST[:CONTAINER][:PERMISSIONS]`.
+    pub devices: Vec<DeviceSpec>,
     pub read_only: bool,
     pub security_opt: Vec<String>,
     pub init: bool,
@@ -48,6 +50,47 @@ pub struct RunOptions {
     pub log_max_size: Option<u64>,
     /// How many log files to keep, the current one included.
     pub log_max_files: Option<u32>,
+}
+
+/// `--device HOST[:CONTAINER][:PERMISSIONS]`: a host device (or every device under a host
+/// directory) in the container, with cgroup permissions `r`, `w`, `m` (default all three).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceSpec {
+    pub host: String,
+    pub container: String,
+    pub permissions: String,
+}
+
+impl DeviceSpec {
+    pub fn parse(text: &str) -> Result<DeviceSpec> {
+        let bad = |reason: &str| invalid(format!("--device {text:?}"), reason.to_owned());
+        let permissions_like = |p: &str| {
+            !p.is_empty() && p.len() <= 3 && p.chars().all(|c| matches!(c, 'r' | 'w' | 'm'))
+        };
+        let parts: Vec<&str> = text.split(':').collect();
+        let (host, container, permissions) = match parts.as_slice() {
+            [host] => (*host, *host, "rwm"),
+            [host, p] if permissions_like(p) => (*host, *host, *p),
+            [host, container] => (*host, *container, "rwm"),
+            [host, container, p] => (*host, *container, *p),
+            _ => return Err(bad("expected HOST[:CONTAINER][:PERMISSIONS]")),
+        };
+        if !permissions_like(permissions) {
+            return Err(bad("permissions are made of r, w and m"));
+        }
+        if !host.starts_with('/') {
+            return Err(bad("the host path must be absolute"));
+        }
+        // (A container path that defaults to the host's is judged with the device itself.)
+        if container != host && (!container.starts_with("/dev/") || container.contains("..")) {
+            return Err(bad("the container path must be under /dev"));
+        }
+        Ok(DeviceSpec {
+            host: host.into(),
+            container: container.into(),
+            permissions: permissions.into(),
+        })
+    }
 }
 
 /// `-p [IP:][HOST:]CONTAINER[/PROTO]`.
@@ -351,6 +394,27 @@ pub fn parse_env_file(text: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_specs() {
+        let spec =
+            |t: &str| DeviceSpec::parse(t).map(|d| (d.host, d.container, d.permissions)).ok();
+        let owned = |a: &str, b: &str, c: &str| Some((a.to_owned(), b.to_owned(), c.to_owned()));
+        assert_eq!(spec("/dev/fuse"), owned("/dev/fuse", "/dev/fuse", "rwm"));
+        assert_eq!(spec("/dev/fuse:r"), owned("/dev/fuse", "/dev/fuse", "r"));
+        assert_eq!(spec("/dev/sdc:/dev/xvdc"), owned("/dev/sdc", "/dev/xvdc", "rwm"));
+        assert_eq!(spec("/dev/sdc:/dev/xvdc:rw"), owned("/dev/sdc", "/dev/xvdc", "rw"));
+        for bad in [
+            "dev/fuse",
+            "/dev/a:/dev/b:x",
+            "/dev/a:/etc/b",
+            "/dev/a:/dev/../etc",
+            "/a:/dev/b:r:w",
+            "/dev/a:",
+        ] {
+            assert!(DeviceSpec::parse(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn port_specs() {

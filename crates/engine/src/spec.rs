@@ -355,6 +355,66 @@ fn mount_json(m: &MountRecord) -> Value {
 }
 
 /// The whole `config.json`.
+/// A device node found on the host.
+struct HostDevice {
+    host: PathBuf,
+    kind: char,
+    major: u64,
+    minor: u64,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+}
+
+impl HostDevice {
+    fn spec(&self, inside: &Path) -> Value {
+        json!({"path": inside, "type": self.kind.to_string(), "major": self.major, "minor": self.minor,
+            "fileMode": self.mode, "uid": self.uid, "gid": self.gid})
+    }
+}
+
+/// The device nodes at `path`: itself when it is one, those below it when it is a
+/// directory (not the pseudo-terminal, shared-memory and message-queue mounts, which every
+/// container has its own of, nor the console). Symlinks are not followed.
+fn device_nodes(path: &Path) -> Result<Vec<HostDevice>> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let metadata = std::fs::symlink_metadata(path)
+        .map_err(|e| invalid("--device", format!("{}: {e}", path.display())))?;
+    let kind = metadata.file_type();
+    if kind.is_char_device() || kind.is_block_device() {
+        let rdev = metadata.rdev();
+        return Ok(vec![HostDevice {
+            host: path.to_owned(),
+            kind: if kind.is_char_device() { 'c' } else { 'b' },
+            major: berth_sys::nix::sys::stat::major(rdev),
+            minor: berth_sys::nix::sys::stat::minor(rdev),
+            mode: metadata.mode() & 0o7777,
+            uid: metadata.uid(),
+            gid: metadata.gid(),
+        }]);
+    }
+    if !kind.is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut found = Vec::new();
+    let entries = std::fs::read_dir(path)
+        .map_err(|e| invalid("--device", format!("{}: {e}", path.display())))?;
+    for entry in entries.flatten() {
+        let child = entry.path();
+        if ["/dev/pts", "/dev/shm", "/dev/mqueue", "/dev/console", "/dev/ptmx"]
+            .iter()
+            .any(|skip| child == Path::new(skip))
+        {
+            continue;
+        }
+        // Devices that vanish while we look, or subdirectories we cannot read, are skipped.
+        if let Ok(mut nodes) = device_nodes(&child) {
+            found.append(&mut nodes);
+        }
+    }
+    Ok(found)
+}
+
 pub fn build(inputs: &Inputs<'_>) -> Result<Value> {
     let record = inputs.record;
     let options = &record.options;
@@ -423,6 +483,39 @@ pub fn build(inputs: &Inputs<'_>) -> Result<Value> {
         NetNs::New => namespaces.push(json!({"type": "network"})),
         NetNs::Join(path) => namespaces.push(json!({"type": "network", "path": path})),
     }
+    let mut devices = Vec::new();
+    let mut device_rules = Vec::new();
+    if options.privileged {
+        // Every device the host has, as Docker gives a privileged container.
+        for node in device_nodes(Path::new("/dev"))? {
+            devices.push(node.spec(&node.host));
+        }
+    }
+    for wanted in &options.devices {
+        let host = Path::new(&wanted.host);
+        let nodes = device_nodes(host)?;
+        if nodes.is_empty() {
+            return Err(invalid("--device", format!("{} is not a device", wanted.host)));
+        }
+        if !wanted.container.starts_with("/dev/") {
+            return Err(invalid(
+                "--device",
+                format!("{} is outside /dev: name a container path under /dev", wanted.container),
+            ));
+        }
+        for node in nodes {
+            // A directory's devices keep their place under the container path.
+            let relative = node.host.strip_prefix(host).unwrap_or(Path::new(""));
+            let inside = if relative.as_os_str().is_empty() {
+                PathBuf::from(&wanted.container)
+            } else {
+                Path::new(&wanted.container).join(relative)
+            };
+            device_rules.push(json!({"allow": true, "type": node.kind.to_string(), "major": node.major, "minor": node.minor, "access": wanted.permissions}));
+            devices.retain(|d: &Value| d["path"] != json!(inside));
+            devices.push(node.spec(&inside));
+        }
+    }
     let mut resources = json!({"devices": [{"allow": options.privileged, "access": "rwm"}]});
     if !options.privileged {
         // Docker's default device rules: the usual character devices and ptys.
@@ -433,6 +526,9 @@ pub fn build(inputs: &Inputs<'_>) -> Result<Value> {
             allow(5, Some(0)), allow(5, Some(1)), allow(5, Some(2)), allow(136, None), allow(10, Some(200)),
             {"allow": false, "type": "c", "major": 10, "minor": 229, "access": "rwm"},
         ]);
+    }
+    if let Some(rules) = resources["devices"].as_array_mut() {
+        rules.extend(device_rules);
     }
     if let Some(memory) = options.memory {
         if memory < 6 * 1024 * 1024 {
@@ -470,6 +566,7 @@ pub fn build(inputs: &Inputs<'_>) -> Result<Value> {
         }
     }
     let mut linux = json!({
+        "devices": devices,
         "cgroupsPath": format!("/berth/{}", record.id),
         "namespaces": namespaces,
         "resources": resources,

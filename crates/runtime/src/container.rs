@@ -795,7 +795,9 @@ impl Prepared {
         let mut resources = linux.resources().clone().unwrap_or_default();
         let mut rules = resources.devices().clone().unwrap_or_default();
         if !rules.is_empty() {
-            rules.extend(plan::allowed_device_rules(&devices));
+            // As runc: the standard devices stay usable; what else the spec creates is
+            // opened only as far as the spec's own rules allow (`docker run --device X:r`).
+            rules.extend(plan::allowed_device_rules(&plan::default_devices()));
             resources.set_devices(Some(rules));
         }
         // Parts of the spec berth does not implement are refused, not silently ignored.

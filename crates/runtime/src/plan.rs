@@ -497,8 +497,8 @@ pub fn plan_devices(devices: &[LinuxDevice]) -> Result<Vec<DeviceNode>> {
 }
 
 /// The device cgroup rules that let the container use its own `/dev`: runc's default
-/// allow-list, plus every device the spec creates. They come after the spec's rules, so a
-/// "deny all" in the spec still leaves these usable.
+/// allow-list plus the given devices (the standard ones). They come after the spec's
+/// rules, so a "deny all" in the spec still leaves these usable.
 pub fn allowed_device_rules(devices: &[DeviceNode]) -> Vec<oci_spec::runtime::LinuxDeviceCgroup> {
     let rule = |kind: LinuxDeviceType, major: Option<i64>, minor: Option<i64>, access: &str| {
         let mut rule = oci_spec::runtime::LinuxDeviceCgroup::default();
