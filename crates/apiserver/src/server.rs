@@ -928,6 +928,28 @@ fn encode(object: &Value) -> Vec<u8> {
     serde_json::to_vec(&object).unwrap_or_default()
 }
 
+/// The largest object stored: etcd's default request limit, kept on both backends so an
+/// object that SQLite would hold is not one etcd would refuse.
+const MAX_OBJECT: usize = 1536 * 1024;
+
+fn sized(resource: &Resource, name: &str, bytes: Vec<u8>) -> Result<Vec<u8>, ApiError> {
+    if bytes.len() > MAX_OBJECT {
+        let mut err = ApiError::new(
+            413,
+            "RequestEntityTooLarge",
+            format!(
+                "{} {name:?} is too large to store: {} KiB, the limit is {} KiB",
+                objects::resource_name(resource),
+                bytes.len() / 1024,
+                MAX_OBJECT / 1024
+            ),
+        );
+        err.details = json!({"name": name, "group": resource.group, "kind": resource.name});
+        return Err(err);
+    }
+    Ok(bytes)
+}
+
 fn with_revision(mut object: Value, revision: i64) -> Value {
     if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.insert("resourceVersion".into(), json!(revision.to_string()));
@@ -1159,7 +1181,7 @@ impl Api {
         let revision = self
             .state
             .store
-            .create(&key, encode(&object))
+            .create(&key, sized(resource, &name, encode(&object))?)
             .await
             .map_err(|e| storage_error(resource, &name, e))?;
         Ok((201, with_revision(object, revision)))
@@ -1352,7 +1374,7 @@ impl Api {
         let new = self
             .state
             .store
-            .update(&self.key(), encode(&object), revision)
+            .update(&self.key(), sized(resource, &name, encode(&object))?, revision)
             .await
             .map_err(|e| storage_error(resource, &name, e))?;
         Ok((200, with_revision(object, new)))
@@ -1459,7 +1481,8 @@ impl Api {
                 if self.dry_run() {
                     return Ok((201, object));
                 }
-                match self.state.store.create(&self.key(), encode(&object)).await {
+                let bytes = sized(resource, self.name(), encode(&object))?;
+                match self.state.store.create(&self.key(), bytes).await {
                     Ok(revision) => return Ok((201, with_revision(object, revision))),
                     Err(berth_store::Error::AlreadyExists { .. }) => continue,
                     Err(err) => return Err(storage_error(resource, self.name(), err)),

@@ -530,6 +530,21 @@ fn drive(server: &Server) {
         server.fails(&["get", "cm", "huge", "-n", "made"]).contains("not found"),
         "nothing stored"
     );
+    // Under the request limit but over what etcd stores: refused alike on both stores.
+    let big = format!("{{\"apiVersion\":\"v1\",\"kind\":\"ConfigMap\",\"metadata\":{{\"name\":\"huge\"}},\"data\":{{\"a\":\"{}\"}}}}", "x".repeat(2 << 20));
+    std::fs::write(&bad, big).unwrap();
+    let err = server.fails(&[
+        "create",
+        "--raw",
+        "/api/v1/namespaces/made/configmaps",
+        "-f",
+        bad.to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("configmaps \"huge\" is too large to store: 2048 KiB, the limit is 1536 KiB"),
+        "{err}"
+    );
+    assert!(server.fails(&["get", "cm", "huge", "-n", "made"]).contains("not found"));
     // Metrics count what happened.
     let metrics = server.ok(&["get", "--raw", "/metrics"]);
     assert!(
