@@ -229,9 +229,110 @@ fn walk(
     }
 }
 
+/// Parses JSON as `serde_json` does (a repeated key keeps its last value) and also names
+/// every key that appeared twice in an object (`spec.replicas`), for `fieldValidation`.
+pub fn parse_noting_duplicates(body: &[u8]) -> serde_json::Result<(Value, Vec<String>)> {
+    use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+    use std::cell::RefCell;
+
+    struct Noting<'a> {
+        path: String,
+        duplicates: &'a RefCell<Vec<String>>,
+    }
+
+    impl<'de> DeserializeSeed<'de> for Noting<'_> {
+        type Value = Value;
+        fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+            deserializer.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Noting<'_> {
+        type Value = Value;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON value")
+        }
+        fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+            Ok(Value::Bool(v))
+        }
+        fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+            Ok(Value::from(v))
+        }
+        fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+            Ok(Value::from(v))
+        }
+        fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+            Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+            Ok(Value::String(v.to_owned()))
+        }
+        fn visit_string<E>(self, v: String) -> Result<Value, E> {
+            Ok(Value::String(v))
+        }
+        fn visit_unit<E>(self) -> Result<Value, E> {
+            Ok(Value::Null)
+        }
+        fn visit_none<E>(self) -> Result<Value, E> {
+            Ok(Value::Null)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+            let mut items = Vec::new();
+            loop {
+                let seed = Noting {
+                    path: format!("{}[{}]", self.path, items.len()),
+                    duplicates: self.duplicates,
+                };
+                match seq.next_element_seed(seed)? {
+                    Some(item) => items.push(item),
+                    None => return Ok(Value::Array(items)),
+                }
+            }
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
+            let mut map = Map::new();
+            while let Some(key) = access.next_key::<String>()? {
+                let path =
+                    if self.path.is_empty() { key.clone() } else { format!("{}.{key}", self.path) };
+                let value = access
+                    .next_value_seed(Noting { path: path.clone(), duplicates: self.duplicates })?;
+                if map.insert(key, value).is_some() {
+                    self.duplicates.borrow_mut().push(path);
+                }
+            }
+            Ok(Value::Object(map))
+        }
+    }
+
+    let duplicates = RefCell::new(Vec::new());
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let value =
+        Noting { path: String::new(), duplicates: &duplicates }.deserialize(&mut deserializer)?;
+    deserializer.end()?;
+    Ok((value, duplicates.into_inner()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn duplicate_keys_are_named_and_the_last_kept() {
+        let (value, duplicates) = parse_noting_duplicates(
+            br#"{"spec": {"replicas": 1, "replicas": 2, "template": {"containers": [{"name": "a", "name": "b"}]}}, "kind": "X"}"#,
+        )
+        .unwrap();
+        assert_eq!(value["spec"]["replicas"], 2);
+        assert_eq!(value["spec"]["template"]["containers"][0]["name"], "b");
+        assert_eq!(duplicates, ["spec.replicas", "spec.template.containers[0].name"]);
+        let (value, duplicates) =
+            parse_noting_duplicates(br#"[1, 2.5, "x", null, true, {}]"#).unwrap();
+        assert_eq!(value, json!([1, 2.5, "x", null, true, {}]));
+        assert!(duplicates.is_empty());
+        for bad in [&b"{"[..], b"{\"a\" 1}", b"[1,]", b"{} {}", b""] {
+            assert!(parse_noting_duplicates(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn kinds_carry_their_group_version_kind_and_references() {

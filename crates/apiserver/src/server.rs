@@ -593,7 +593,14 @@ async fn route(
             crate::rbac::forbidden_message(&user, &attributes),
         ));
     }
-    let api = Api { state: state.clone(), target, params, accept, warnings: Default::default() };
+    let api = Api {
+        state: state.clone(),
+        target,
+        params,
+        accept,
+        warnings: Default::default(),
+        duplicates: Default::default(),
+    };
     // Bindings and subresources other than status answer for themselves.
     let special = match (api.resource().kind, api.target.subresource.as_deref()) {
         ("Binding", _) => Some(api.create_binding(&method, &content_type, &body).await),
@@ -909,6 +916,8 @@ struct Api {
     accept: String,
     /// `Warning` headers for the response (unknown fields under `fieldValidation=Warn`).
     warnings: std::sync::Mutex<Vec<String>>,
+    /// Keys the request body repeated, by path.
+    duplicates: std::sync::Mutex<Vec<String>>,
 }
 
 /// The stored form of an object: JSON without `resourceVersion` (the store's revision is).
@@ -974,18 +983,28 @@ impl Api {
         self.resource().key(self.target.namespace.as_deref(), self.name())
     }
 
-    /// `fieldValidation`: fields the kind's schema does not know fail the request
-    /// (`Strict`), or are dropped with a warning (`Warn`, the default) or silently (`Ignore`).
+    /// `fieldValidation`: fields the kind's schema does not know, and keys the body
+    /// repeats, fail the request (`Strict`), or are dropped (the last of a repeated key
+    /// kept) with a warning (`Warn`, the default) or silently (`Ignore`).
     fn check_fields(&self, object: &mut Value) -> Result<(), ApiError> {
         let resource = self.resource();
         let mode = self.params.get("fieldValidation").map(String::as_str).unwrap_or("Warn");
         let gvk = (resource.group, resource.version, resource.kind);
+        let duplicates: Vec<String> = self
+            .duplicates
+            .lock()
+            .map(|mut d| std::mem::take(&mut *d))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|f| format!("duplicate field {f:?}"))
+            .collect();
         match mode {
             "Strict" => {
                 let unknown = crate::schema::unknown_fields(gvk, object, false);
-                if !unknown.is_empty() {
-                    let list: Vec<String> =
+                if !unknown.is_empty() || !duplicates.is_empty() {
+                    let mut list: Vec<String> =
                         unknown.iter().map(|f| format!("unknown field {f:?}")).collect();
+                    list.extend(duplicates);
                     return Err(ApiError::bad_request(format!(
                         "{kind} in version {version:?} cannot be handled as a {kind}: strict decoding error: {}",
                         list.join(", "),
@@ -999,6 +1018,7 @@ impl Api {
                 if mode == "Warn" {
                     if let Ok(mut warnings) = self.warnings.lock() {
                         warnings.extend(unknown.iter().map(|f| format!("unknown field {f:?}")));
+                        warnings.extend(duplicates);
                     }
                 }
             }
@@ -1129,8 +1149,19 @@ impl Api {
         }
     }
 
+    /// The request's object or patch; keys a JSON body repeats are kept for
+    /// `check_fields` (duplicates are strict validation's business too).
     fn parse_body(&self, content_type: &str, body: &[u8]) -> Result<Value, ApiError> {
-        decode_body(content_type, body)
+        if content_type.contains("protobuf") || content_type.contains("yaml") {
+            return decode_body(content_type, body);
+        }
+        let (value, duplicates) = crate::schema::parse_noting_duplicates(body).map_err(|e| {
+            ApiError::bad_request(format!("the request body is not valid JSON: {e}"))
+        })?;
+        if let Ok(mut noted) = self.duplicates.lock() {
+            noted.extend(duplicates);
+        }
+        Ok(value)
     }
 }
 
@@ -1800,6 +1831,7 @@ impl Api {
             params: self.params.clone(),
             accept: self.accept.clone(),
             warnings: Default::default(),
+            duplicates: Default::default(),
         };
         let pod = pod_api.current().await?;
         pod_api.bind(pod, body).await

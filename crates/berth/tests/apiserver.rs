@@ -806,6 +806,32 @@ fn kubectl_explains_kinds_and_the_server_validates_fields() {
     assert!(spec["spec"].get("replica").is_none(), "{spec}");
     assert!(spec["spec"]["template"]["spec"]["containers"][0].get("imagePullPolicyy").is_none());
     assert_eq!(spec["spec"]["replicas"], 1);
+    // Repeated keys (which kubectl's own decoding would merge; raw clients can send them).
+    let dup = dir.path().join("dup.json");
+    std::fs::write(&dup, r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"dup","name":"dup"},"data":{"a":"1","a":"2"}}"#).unwrap();
+    let err = server.fails(&[
+        "create",
+        "--raw",
+        "/api/v1/namespaces/default/configmaps?fieldValidation=Strict",
+        "-f",
+        dup.to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains(
+            "strict decoding error: duplicate field \"metadata.name\", duplicate field \"data.a\""
+        ),
+        "{err}"
+    );
+    let output = server.kubectl(&[
+        "create",
+        "--raw",
+        "/api/v1/namespaces/default/configmaps",
+        "-f",
+        dup.to_str().unwrap(),
+    ]);
+    assert!(output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("Warning: duplicate field \"data.a\""));
+    assert_eq!(server.ok(&["get", "cm", "dup", "-o", "jsonpath={.data.a}"]), "2");
     // Patches are judged by what they produce; kubectl patch leaves the server's default
     // (Warn).
     let output = server.kubectl(&[
