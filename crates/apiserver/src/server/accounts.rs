@@ -1,0 +1,165 @@
+//! Service accounts' tokens: `serviceaccounts/<name>/token` issues them, and bearer
+//! tokens that are JWTs are checked against the accounts (and bound objects) they name.
+
+use super::*;
+
+impl Api {
+    /// `serviceaccounts/<name>/token` (`kubectl create token`): a signed token for the
+    /// account, for `expirationSeconds` (default an hour, at least ten minutes), optionally
+    /// bound to a Pod, Secret or Node that must exist and whose deletion revokes it.
+    pub(super) async fn token_request(
+        &self,
+        method: &Method,
+        content_type: &str,
+        body: &[u8],
+    ) -> Result<(u16, Value), ApiError> {
+        if *method != Method::POST {
+            return Err(ApiError::new(
+                405,
+                "MethodNotAllowed",
+                "only create is allowed on serviceaccounts/token",
+            ));
+        }
+        let account = self.current().await?;
+        let mut request = decode_body(content_type, body)?;
+        let name = self.name().to_owned();
+        let namespace = self.target.namespace.clone().unwrap_or_default();
+        let spec = &request["spec"];
+        let seconds = spec["expirationSeconds"].as_i64().unwrap_or(3600);
+        let invalid = |field: &str, message: String| {
+            ApiError::new(
+                422,
+                "Invalid",
+                format!(
+                    "TokenRequest.authentication.k8s.io {name:?} is invalid: {field}: {message}"
+                ),
+            )
+        };
+        if seconds < 600 {
+            return Err(invalid(
+                "spec.expirationSeconds",
+                format!(
+                    "Invalid value: {seconds}: may not specify a duration less than 10 minutes"
+                ),
+            ));
+        }
+        if seconds > 1 << 32 {
+            return Err(invalid(
+                "spec.expirationSeconds",
+                format!(
+                    "Invalid value: {seconds}: may not specify a duration larger than 2^32 seconds"
+                ),
+            ));
+        }
+        let audiences: Vec<String> = spec["audiences"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a.as_str().map(str::to_owned))
+            .collect();
+        let bound = match spec["boundObjectRef"].as_object() {
+            None => None,
+            Some(reference) => {
+                let kind = reference.get("kind").and_then(Value::as_str).unwrap_or("");
+                let object_name = reference.get("name").and_then(Value::as_str).unwrap_or("");
+                let (resource, ns) = match kind {
+                    "Pod" => ("pods", Some(namespace.as_str())),
+                    "Secret" => ("secrets", Some(namespace.as_str())),
+                    "Node" => ("nodes", None),
+                    other => {
+                        return Err(invalid("spec.boundObjectRef.kind", format!("Unsupported value: {other:?}: supported values: \"Pod\", \"Secret\", \"Node\"")))
+                    }
+                };
+                let found = match resources::find("", "v1", resource) {
+                    Some(r) => self
+                        .state
+                        .store
+                        .get(&r.key(ns, object_name))
+                        .await
+                        .map_err(|e| storage_error(r, object_name, e))?
+                        .map(|kv| decode(&kv)),
+                    None => None,
+                };
+                let Some(found) = found else {
+                    return Err(ApiError::new(
+                        404,
+                        "NotFound",
+                        format!("{resource} {object_name:?} not found"),
+                    ));
+                };
+                let uid = found["metadata"]["uid"].as_str().unwrap_or("").to_owned();
+                if let Some(wanted) =
+                    reference.get("uid").and_then(Value::as_str).filter(|u| !u.is_empty())
+                {
+                    if wanted != uid {
+                        return Err(ApiError::conflict(self.resource(), &name));
+                    }
+                }
+                Some((kind.to_owned(), object_name.to_owned(), uid))
+            }
+        };
+        let claims = crate::tokens::Claims {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            uid: account["metadata"]["uid"].as_str().unwrap_or("").to_owned(),
+            bound,
+        };
+        let now = objects::unix_now();
+        let token = self
+            .state
+            .signer
+            .issue(&claims, &audiences, now, seconds)
+            .map_err(|e| ApiError::new(500, "InternalError", e.to_string()))?;
+        request["kind"] = json!("TokenRequest");
+        request["apiVersion"] = json!("authentication.k8s.io/v1");
+        request["metadata"] =
+            json!({"name": name, "namespace": namespace, "creationTimestamp": null});
+        request["spec"]["expirationSeconds"] = json!(seconds);
+        if audiences.is_empty() {
+            request["spec"]["audiences"] = json!([crate::tokens::ISSUER]);
+        }
+        request["status"] =
+            json!({"token": token, "expirationTimestamp": objects::format_time(now + seconds)});
+        Ok((201, request))
+    }
+}
+
+impl State {
+    /// A service-account token's user, if this server signed it, it has not expired, and
+    /// the account and the object it is bound to still exist (with the uids it names).
+    pub(super) async fn service_account_user(&self, token: &str) -> Option<crate::rbac::User> {
+        let claims = self.signer.verify(token, objects::unix_now())?;
+        if !self.exists("serviceaccounts", Some(&claims.namespace), &claims.name, &claims.uid).await
+        {
+            return None;
+        }
+        if let Some((kind, name, uid)) = &claims.bound {
+            let (resource, namespace) = match kind.as_str() {
+                "Pod" => ("pods", Some(claims.namespace.as_str())),
+                "Secret" => ("secrets", Some(claims.namespace.as_str())),
+                _ => ("nodes", None),
+            };
+            if !self.exists(resource, namespace, name, uid).await {
+                return None;
+            }
+        }
+        Some(crate::tokens::user(&claims))
+    }
+
+    /// Whether a core/v1 object exists with this uid.
+    pub(super) async fn exists(
+        &self,
+        resource: &str,
+        namespace: Option<&str>,
+        name: &str,
+        uid: &str,
+    ) -> bool {
+        let Some(key) = resources::find("", "v1", resource).map(|r| r.key(namespace, name)) else {
+            return false;
+        };
+        match self.store.get(&key).await {
+            Ok(Some(kv)) => decode(&kv)["metadata"]["uid"] == uid,
+            _ => false,
+        }
+    }
+}

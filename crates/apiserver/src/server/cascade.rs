@@ -1,0 +1,132 @@
+//! Cascading deletion by `propagationPolicy` over `ownerReferences`, done in the request
+//! until a garbage-collector controller exists.
+
+use super::*;
+
+impl Api {
+    /// `propagationPolicy` (body or query) or the older `orphanDependents`; Background
+    /// when neither is given.
+    pub(super) fn propagation_policy(&self, options: &Value) -> Result<&'static str, ApiError> {
+        let given = options["propagationPolicy"]
+            .as_str()
+            .map(str::to_owned)
+            .or_else(|| self.params.get("propagationPolicy").cloned());
+        match given.as_deref() {
+            Some("Background") | None => {
+                Ok(if options["orphanDependents"] == true { "Orphan" } else { "Background" })
+            }
+            Some("Foreground") => Ok("Foreground"),
+            Some("Orphan") => Ok("Orphan"),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "propagationPolicy: Unsupported value: {other:?}: supported values: \"Foreground\", \"Background\", \"Orphan\""
+            ))),
+        }
+    }
+}
+
+impl State {
+    /// What deleting `owner` does to the objects whose `ownerReferences` name it, until
+    /// the garbage-collector controller exists: with Orphan their references to it are
+    /// removed; otherwise they are deleted first (and theirs, depth first), so that a
+    /// cascading delete leaves nothing behind when it returns.
+    pub(super) async fn cascade(
+        &self,
+        owner: &Value,
+        namespace: Option<&str>,
+        policy: &str,
+    ) -> Result<(), ApiError> {
+        let Some(uid) = owner["metadata"]["uid"].as_str().map(str::to_owned) else {
+            return Ok(());
+        };
+        // Depth-first: (uid, depth) of owners whose dependents are still to be found.
+        let mut pending = vec![(uid, 0usize)];
+        let mut doomed: Vec<(String, usize)> = Vec::new();
+        while let Some((owner_uid, depth)) = pending.pop() {
+            if depth > 16 {
+                continue;
+            }
+            for kv in self.dependents(&owner_uid, namespace).await? {
+                let mut object = decode(&kv);
+                if policy == "Orphan" {
+                    if let Some(refs) = object["metadata"]["ownerReferences"].as_array_mut() {
+                        refs.retain(|r| r["uid"] != owner_uid.as_str());
+                    }
+                    if object["metadata"]["ownerReferences"].as_array().is_some_and(Vec::is_empty) {
+                        if let Some(meta) = object["metadata"].as_object_mut() {
+                            meta.remove("ownerReferences");
+                        }
+                    }
+                    // A write that loses a race is left to the next delete: it only names
+                    // an owner that is gone.
+                    let _ = self.store.update(&kv.key, encode(&object), kv.mod_revision).await;
+                    continue;
+                }
+                if let Some(uid) = object["metadata"]["uid"].as_str() {
+                    pending.push((uid.to_owned(), depth + 1));
+                }
+                doomed.push((kv.key.clone(), depth));
+            }
+        }
+        // Deepest first: pods before their ReplicaSet before its Deployment.
+        doomed.sort_by_key(|d| std::cmp::Reverse(d.1));
+        for (key, _) in doomed {
+            let current = match self.store.get(&key).await {
+                Ok(Some(kv)) => kv,
+                _ => continue,
+            };
+            let mut object = decode(&current);
+            let finalized =
+                object["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty());
+            if finalized {
+                if object["metadata"].get("deletionTimestamp").is_none() {
+                    object["metadata"]["deletionTimestamp"] = json!(objects::now());
+                    let _ = self.store.update(&key, encode(&object), current.mod_revision).await;
+                }
+                continue;
+            }
+            let _ = self.store.delete(&key, Some(current.mod_revision)).await;
+        }
+        Ok(())
+    }
+
+    /// Stored objects whose `ownerReferences` name `uid`: in `namespace` (an owner's
+    /// dependents share its namespace) or, for cluster-scoped owners, anywhere.
+    pub(super) async fn dependents(
+        &self,
+        uid: &str,
+        namespace: Option<&str>,
+    ) -> Result<Vec<KeyValue>, ApiError> {
+        let mut prefixes: Vec<String> = RESOURCES
+            .iter()
+            .filter(|r| {
+                !matches!(r.kind, "SelfSubjectAccessReview" | "SelfSubjectReview" | "Binding")
+            })
+            .filter(|r| namespace.is_none() || r.namespaced)
+            .map(|r| r.prefix(namespace))
+            .collect();
+        prefixes.sort();
+        prefixes.dedup();
+        let mut found = Vec::new();
+        for prefix in prefixes {
+            let page = self
+                .store
+                .list(&prefix, None, 0, 0)
+                .await
+                .map_err(|e| ApiError::new(500, "InternalError", e.to_string()))?;
+            for kv in page.items {
+                // Cheap test on the bytes before parsing.
+                if !kv.value.windows(uid.len()).any(|w| w == uid.as_bytes()) {
+                    continue;
+                }
+                let object = decode(&kv);
+                let owned = object["metadata"]["ownerReferences"]
+                    .as_array()
+                    .is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid));
+                if owned {
+                    found.push(kv);
+                }
+            }
+        }
+        Ok(found)
+    }
+}

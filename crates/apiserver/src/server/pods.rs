@@ -1,0 +1,220 @@
+//! The pod subresources: `binding` (and `POST bindings`), `eviction`, and `log`, `exec`,
+//! `attach` and `portforward` checked up to the node agent; graceful deletion of pods.
+
+use super::*;
+
+impl Api {
+    /// The pod subresources: `binding` (what a scheduler posts) and `eviction` are served
+    /// here; `log`, `exec`, `attach` and `portforward` are checked here (the pod, its
+    /// container, its node) and then belong to the node agent running the pod.
+    pub(super) async fn pod_action(
+        &self,
+        action: &str,
+        method: &Method,
+        body: &[u8],
+    ) -> Result<Response<Body>, ApiError> {
+        let allowed = match action {
+            "log" => *method == Method::GET,
+            "binding" | "eviction" => *method == Method::POST,
+            _ => matches!(*method, Method::GET | Method::POST),
+        };
+        if !allowed {
+            return Err(ApiError::new(
+                405,
+                "MethodNotAllowed",
+                format!("the server does not allow this method on pods/{action}"),
+            ));
+        }
+        let pod = self.current().await?;
+        let name = self.name().to_owned();
+        match action {
+            "binding" => return self.bind(pod, body).await,
+            "eviction" => {
+                let eviction = decode_body("application/json", body).unwrap_or(Value::Null);
+                let options =
+                    eviction.get("deleteOptions").map(|o| o.to_string()).unwrap_or_default();
+                self.delete(options.as_bytes()).await?;
+                return Ok(json_response(
+                    201,
+                    &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+                ));
+            }
+            _ => {}
+        }
+        // Which container: named, or the only one.
+        let names = |field: &str| -> Vec<String> {
+            pod["spec"][field]
+                .as_array()
+                .map(|list| {
+                    list.iter().filter_map(|c| c["name"].as_str().map(str::to_owned)).collect()
+                })
+                .unwrap_or_default()
+        };
+        let (containers, init) = (names("containers"), names("initContainers"));
+        if action != "portforward" {
+            match self.params.get("container").filter(|c| !c.is_empty()) {
+                Some(wanted)
+                    if !containers.contains(wanted)
+                        && !init.contains(wanted)
+                        && !names("ephemeralContainers").contains(wanted) =>
+                {
+                    return Err(ApiError::bad_request(format!(
+                        "container {wanted} is not valid for pod {name}"
+                    )));
+                }
+                Some(_) => {}
+                None if containers.len() > 1 => {
+                    let mut message = format!(
+                        "a container name must be specified for pod {name}, choose one of: [{}]",
+                        containers.join(" ")
+                    );
+                    if !init.is_empty() {
+                        message.push_str(&format!(
+                            " or one of the init containers: [{}]",
+                            init.join(" ")
+                        ));
+                    }
+                    return Err(ApiError::bad_request(message));
+                }
+                None => {}
+            }
+        }
+        if action == "exec" && !self.params.contains_key("command") {
+            return Err(ApiError::bad_request("you must specify at least 1 command"));
+        }
+        let phase = pod["status"]["phase"].as_str().unwrap_or("");
+        if matches!(action, "exec" | "attach") && matches!(phase, "Succeeded" | "Failed") {
+            return Err(ApiError::bad_request(format!(
+                "cannot {action} into a container in a completed pod; current phase is {phase}"
+            )));
+        }
+        let node = pod["spec"]["nodeName"].as_str().unwrap_or("");
+        if node.is_empty() {
+            if action == "log" {
+                // Nothing has run yet: no lines, as Kubernetes answers for unscheduled pods.
+                let mut response = Response::new(full(Bytes::new()));
+                response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+                return Ok(response);
+            }
+            return Err(ApiError::bad_request(format!("pod {name} does not have a host assigned")));
+        }
+        Err(ApiError::new(
+            503,
+            "ServiceUnavailable",
+            format!("cannot reach the node agent of node {node:?} to {action} pod {name}: no node agent is connected"),
+        ))
+    }
+
+    /// `POST .../bindings`: the pod the Binding names, bound (as `pods/binding` does).
+    pub(super) async fn create_binding(
+        &self,
+        method: &Method,
+        content_type: &str,
+        body: &[u8],
+    ) -> Result<Response<Body>, ApiError> {
+        if *method != Method::POST {
+            return Err(ApiError::new(405, "MethodNotAllowed", "only create is allowed"));
+        }
+        let binding = decode_body(content_type, body)?;
+        let pods = resources::find("", "v1", "pods")
+            .ok_or_else(|| ApiError::new(500, "InternalError", "no pods resource"))?;
+        let pod_api = Api {
+            state: self.state.clone(),
+            target: Target {
+                resource: pods,
+                namespace: self.target.namespace.clone(),
+                name: Some(objects::name_of(&binding).to_owned()),
+                subresource: Some("binding".into()),
+            },
+            params: self.params.clone(),
+            accept: self.accept.clone(),
+            warnings: Default::default(),
+            duplicates: Default::default(),
+        };
+        let pod = pod_api.current().await?;
+        pod_api.bind(pod, body).await
+    }
+
+    /// `pods/binding`: places an unscheduled pod on a node (sets `spec.nodeName`).
+    pub(super) async fn bind(&self, pod: Value, body: &[u8]) -> Result<Response<Body>, ApiError> {
+        let resource = self.resource();
+        let name = self.name().to_owned();
+        let binding = decode_body("application/json", body)?;
+        let node = binding["target"]["name"].as_str().unwrap_or("");
+        if node.is_empty() {
+            return Err(ApiError::new(
+                422,
+                "Invalid",
+                format!("Binding.core \"{name}\" is invalid: target.name: Required value"),
+            ));
+        }
+        if binding["target"]["kind"].as_str().is_some_and(|k| !k.is_empty() && k != "Node") {
+            return Err(ApiError::new(
+                422,
+                "Invalid",
+                format!(
+                    "Binding.core \"{name}\" is invalid: target.kind: Unsupported value: only Node"
+                ),
+            ));
+        }
+        let conflict = |message: String| {
+            ApiError::new(
+                409,
+                "Conflict",
+                format!("Operation cannot be fulfilled on pods/binding \"{name}\": {message}"),
+            )
+        };
+        if let Some(current) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
+            return Err(conflict(format!("pod {name} is already assigned to node \"{current}\"")));
+        }
+        if pod["metadata"].get("deletionTimestamp").is_some() {
+            return Err(conflict(format!(
+                "pod {name} is being deleted, cannot be assigned to a host"
+            )));
+        }
+        let revision: i64 =
+            pod["metadata"]["resourceVersion"].as_str().and_then(|v| v.parse().ok()).unwrap_or(0);
+        let mut bound = pod;
+        bound["spec"]["nodeName"] = json!(node);
+        // As Kubernetes records a binding: the PodScheduled condition turns true.
+        let condition = json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": objects::now()});
+        if !bound["status"].is_object() {
+            bound["status"] = json!({});
+        }
+        match bound["status"]["conditions"].as_array_mut() {
+            Some(conditions) => {
+                conditions.retain(|c| c["type"] != "PodScheduled");
+                conditions.push(condition);
+            }
+            None => bound["status"]["conditions"] = json!([condition]),
+        }
+        if !self.dry_run() {
+            self.state
+                .store
+                .update(&self.key(), encode(&bound), revision)
+                .await
+                .map_err(|e| storage_error(resource, &name, e))?;
+        }
+        Ok(json_response(
+            201,
+            &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+        ))
+    }
+
+    /// The grace period a pod's deletion waits for, when it is graceful: the pod is bound
+    /// to a node and still running there, and neither the request nor the pod asks for 0.
+    pub(super) fn pod_grace_period(&self, pod: &Value, options: &Value) -> Option<i64> {
+        if self.resource().kind != "Pod"
+            || pod["spec"]["nodeName"].as_str().is_none_or(str::is_empty)
+            || matches!(pod["status"]["phase"].as_str(), Some("Succeeded" | "Failed"))
+        {
+            return None;
+        }
+        let asked = options["gracePeriodSeconds"]
+            .as_i64()
+            .or_else(|| self.params.get("gracePeriodSeconds").and_then(|g| g.parse().ok()));
+        let grace =
+            asked.or_else(|| pod["spec"]["terminationGracePeriodSeconds"].as_i64()).unwrap_or(30);
+        (grace > 0).then_some(grace)
+    }
+}
