@@ -109,6 +109,14 @@ impl Signer {
         Ok(format!("{signing_input}.{}", b64(signature.as_ref())))
     }
 
+    /// The public key as a JSON Web Key Set (`/openid/v1/jwks`), for verifiers elsewhere.
+    pub fn jwks(&self) -> Value {
+        // An uncompressed P-256 point: 0x04, then X and Y of 32 bytes each.
+        let point = self.key.public_key().as_ref();
+        let (x, y) = point.get(1..).unwrap_or_default().split_at(point.len().saturating_sub(1) / 2);
+        json!({"keys": [{"use": "sig", "kty": "EC", "kid": self.key_id, "crv": "P-256", "alg": "ES256", "x": b64(x), "y": b64(y)}]})
+    }
+
     /// The claims of a token this signer made that has not expired, or `None`.
     pub fn verify(&self, token: &str, now: i64) -> Option<Claims> {
         let mut parts = token.split('.');
@@ -187,6 +195,28 @@ mod tests {
         let bound = Claims { bound: Some(("Pod".into(), "p".into(), "pu".into())), ..claims() };
         let token = signer.issue(&bound, &["api".into()], 1000, 600).unwrap();
         assert_eq!(signer.verify(&token, 1001), Some(bound));
+    }
+
+    #[test]
+    fn the_key_set_carries_the_public_point() {
+        let dir = tempfile::tempdir().unwrap();
+        let signer = Signer::load(dir.path()).unwrap();
+        let set = signer.jwks();
+        let key = &set["keys"][0];
+        let decode = |v: &Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(v.as_str().unwrap()).unwrap()
+        };
+        let (x, y) = (decode(&key["x"]), decode(&key["y"]));
+        assert_eq!((x.len(), y.len()), (32, 32));
+        let mut point = vec![4u8];
+        point.extend(x);
+        point.extend(y);
+        assert_eq!(point, signer.key.public_key().as_ref());
+        // Tokens name the key they were signed with.
+        let token = signer.issue(&claims(), &[], 1000, 600).unwrap();
+        let header = decode(&json!(token.split('.').next().unwrap()));
+        let header: Value = serde_json::from_slice(&header).unwrap();
+        assert_eq!(header["kid"], key["kid"]);
     }
 
     #[test]

@@ -1126,7 +1126,7 @@ fn workloads_get_kubernetes_defaults_validation_and_pod_subresources() {
 
 #[test]
 fn service_account_tokens_authenticate_until_revoked() {
-    let Some((_dir, server)) = embedded_server() else { return };
+    let Some((dir, server)) = embedded_server() else { return };
     server.ok(&["create", "namespace", "apps"]);
     server.ok(&["create", "serviceaccount", "robot", "-n", "apps"]);
     let token = server.ok(&["create", "token", "robot", "-n", "apps"]).trim().to_owned();
@@ -1139,6 +1139,61 @@ fn service_account_tokens_authenticate_until_revoked() {
     let whoami = String::from_utf8_lossy(&with(&token, &["auth", "whoami"]).stdout).into_owned();
     assert!(whoami.contains("Username    system:serviceaccount:apps:robot"), "{whoami}");
     assert!(whoami.contains("system:serviceaccounts:apps"), "{whoami}");
+    // Issuer discovery: verifiers elsewhere find the key the token names.
+    let discovery: serde_json::Value =
+        serde_json::from_str(&server.ok(&["get", "--raw", "/.well-known/openid-configuration"]))
+            .unwrap();
+    assert_eq!(discovery["issuer"], "https://kubernetes.default.svc.cluster.local");
+    assert!(discovery["jwks_uri"].as_str().unwrap().ends_with("/openid/v1/jwks"), "{discovery}");
+    let jwks: serde_json::Value =
+        serde_json::from_str(&server.ok(&["get", "--raw", "/openid/v1/jwks"])).unwrap();
+    {
+        use base64::Engine as _;
+        let header = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token.split('.').next().unwrap())
+            .unwrap();
+        let header: serde_json::Value = serde_json::from_slice(&header).unwrap();
+        assert_eq!(header["kid"], jwks["keys"][0]["kid"]);
+        assert_eq!(jwks["keys"][0]["crv"], "P-256");
+        // openssl, knowing only the published key, accepts the token's signature.
+        let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let coordinate = |c: &str| engine.decode(jwks["keys"][0][c].as_str().unwrap()).unwrap();
+        // SubjectPublicKeyInfo of an uncompressed P-256 point.
+        let mut spki = vec![
+            0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06,
+            0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00, 0x04,
+        ];
+        spki.extend(coordinate("x"));
+        spki.extend(coordinate("y"));
+        let pem = format!(
+            "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+            base64::engine::general_purpose::STANDARD.encode(&spki)
+        );
+        std::fs::write(dir.path().join("sa.pub"), pem).unwrap();
+        let (signed, signature) = token.rsplit_once('.').unwrap();
+        std::fs::write(dir.path().join("signed"), signed).unwrap();
+        // JWS carries r||s; openssl wants DER: SEQUENCE of two positive INTEGERs.
+        let raw = engine.decode(signature).unwrap();
+        let integer = |half: &[u8]| {
+            let mut bytes: Vec<u8> = half.iter().copied().skip_while(|b| *b == 0).collect();
+            if bytes.first().is_none_or(|b| *b & 0x80 != 0) {
+                bytes.insert(0, 0);
+            }
+            let mut out = vec![0x02, bytes.len() as u8];
+            out.extend(bytes);
+            out
+        };
+        let body = [integer(&raw[..32]), integer(&raw[32..])].concat();
+        let mut der = vec![0x30, body.len() as u8];
+        der.extend(body);
+        std::fs::write(dir.path().join("sig.der"), der).unwrap();
+        let verified = Command::new("openssl")
+            .current_dir(dir.path())
+            .args(["dgst", "-sha256", "-verify", "sa.pub", "-signature", "sig.der", "signed"])
+            .output()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&verified.stdout).contains("Verified OK"), "{verified:?}");
+    }
     // RBAC binds service accounts by namespace and name.
     let err = String::from_utf8_lossy(&with(&token, &["get", "configmaps", "-n", "apps"]).stderr)
         .into_owned();

@@ -400,6 +400,31 @@ async fn route(
         }
         response
     };
+    // Service-account token issuer discovery (OIDC), for any authenticated caller.
+    if path == "/.well-known/openid-configuration" {
+        // HTTP/2 names the host in the URI's authority, HTTP/1.1 in the Host header.
+        let host = request
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .or_else(|| {
+                request
+                    .headers()
+                    .get(hyper::header::HOST)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            })
+            .unwrap_or_else(|| "kubernetes.default.svc".to_owned());
+        return json_response(
+            200,
+            &json!({"issuer": crate::tokens::ISSUER, "jwks_uri": format!("https://{host}/openid/v1/jwks"),
+                "response_types_supported": ["id_token"], "subject_types_supported": ["public"],
+                "id_token_signing_alg_values_supported": ["ES256"]}),
+        );
+    }
+    if path == "/openid/v1/jwks" {
+        return json_response(200, &state.signer.jwks());
+    }
     if path == "/metrics" {
         if !user.is_master() {
             return error_response(&ApiError::new(
