@@ -3,6 +3,7 @@
 //!
 //! - `resources`: the served kinds and the discovery documents;
 //! - `objects`: metadata, names, defaults, `Status` errors and `Table` rows;
+//! - `convert`: HorizontalPodAutoscaler v1 ↔ v2 (the stored version);
 //! - `cron`: CronJob schedules (validation, and the next run for the controller);
 //! - `apply`: field ownership (`managedFields`) and server-side apply;
 //! - `patch`: JSON patch, merge patch and strategic merge patch;
@@ -18,6 +19,7 @@
 //!   patch, delete, deletecollection).
 
 pub mod apply;
+pub mod convert;
 pub mod cron;
 pub mod encryption;
 pub mod metrics;

@@ -777,6 +777,86 @@ pub fn validate_update(resource: &Resource, old: &Value, new: &Value) -> Result<
     Ok(())
 }
 
+/// The TARGETS of `kubectl get hpa`: each metric's current value over its target (`cpu:
+/// 12%/80%`), the first two and a count of the rest. A v1 autoscaler's CPU percentage is
+/// shown as the v2 metric it stands for.
+pub fn hpa_targets(hpa: &Value) -> String {
+    let mut specs = hpa["spec"]["metrics"].as_array().cloned().unwrap_or_default();
+    let mut statuses = hpa["status"]["currentMetrics"].as_array().cloned().unwrap_or_default();
+    if let Some(percent) = hpa["spec"]["targetCPUUtilizationPercentage"].as_i64() {
+        specs = vec![
+            json!({"type": "Resource", "resource": {"name": "cpu", "target": {"averageUtilization": percent}}}),
+        ];
+        statuses = match hpa["status"]["currentCPUUtilizationPercentage"].as_i64() {
+            Some(now) => vec![json!({"resource": {"current": {"averageUtilization": now}}})],
+            None => Vec::new(),
+        };
+    }
+    if specs.is_empty() {
+        return "<none>".into();
+    }
+    let text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        _ => String::new(),
+    };
+    let shown: Vec<String> = specs
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| {
+            let status = statuses.get(i).unwrap_or(&Value::Null);
+            let unknown = || "<unknown>".to_owned();
+            let current = |source: &str, field: &str| {
+                status[source]["current"]
+                    .get(field)
+                    .filter(|v| !v.is_null())
+                    .map(text)
+                    .unwrap_or_else(unknown)
+            };
+            match spec["type"].as_str().unwrap_or("") {
+                kind @ ("Resource" | "ContainerResource") => {
+                    let source = if kind == "Resource" { "resource" } else { "containerResource" };
+                    let metric = &spec[source];
+                    let name = metric["name"].as_str().unwrap_or("");
+                    if let Some(value) =
+                        metric["target"].get("averageValue").filter(|v| !v.is_null())
+                    {
+                        format!("{name}: {}/{}", current(source, "averageValue"), text(value))
+                    } else {
+                        let now = status[source]["current"]["averageUtilization"]
+                            .as_i64()
+                            .map_or_else(unknown, |p| format!("{p}%"));
+                        let target = metric["target"]["averageUtilization"]
+                            .as_i64()
+                            .map_or_else(|| "<auto>".to_owned(), |p| format!("{p}%"));
+                        format!("{name}: {now}/{target}")
+                    }
+                }
+                "Pods" => format!(
+                    "{}/{}",
+                    current("pods", "averageValue"),
+                    text(&spec["pods"]["target"]["averageValue"])
+                ),
+                kind @ ("Object" | "External") => {
+                    let source = if kind == "Object" { "object" } else { "external" };
+                    let target = &spec[source]["target"];
+                    match target.get("averageValue").filter(|v| !v.is_null()) {
+                        Some(average) => {
+                            format!("{}/{} (avg)", current(source, "averageValue"), text(average))
+                        }
+                        None => format!("{}/{}", current(source, "value"), text(&target["value"])),
+                    }
+                }
+                _ => "<unknown type>".to_owned(),
+            }
+        })
+        .collect();
+    match shown.len() {
+        0..=2 => shown.join(", "),
+        n => format!("{} + {} more...", shown[..2].join(", "), n - 2),
+    }
+}
+
 /// What `kubectl get pods` shows as STATUS: the phase, unless a reason, an init
 /// container's progress, a container's waiting or terminated reason, or deletion says more.
 pub fn pod_status(pod: &Value) -> String {
@@ -1211,15 +1291,7 @@ fn columns(kind: &str) -> Vec<Column> {
                     i["spec"]["scaleTargetRef"]["name"].as_str().unwrap_or("")
                 ))
             }),
-            Column("Targets", "string", 0, |i| {
-                json!(if count(&i["spec"]["metrics"]) == 0
-                    && i["spec"]["targetCPUUtilizationPercentage"].is_null()
-                {
-                    "<none>".to_owned()
-                } else {
-                    "<unknown>".to_owned()
-                })
-            }),
+            Column("Targets", "string", 0, |i| json!(hpa_targets(i))),
             Column("MinPods", "string", 0, |i| {
                 json!(i["spec"]["minReplicas"].as_i64().unwrap_or(1).to_string())
             }),
@@ -1340,6 +1412,37 @@ pub fn table(resource: &Resource, items: &[Value], revision: i64, include_object
         "columnDefinitions": definitions,
         "rows": rows,
     })
+}
+
+#[cfg(test)]
+mod hpa_tests {
+    use serde_json::json;
+
+    #[test]
+    fn targets_as_kubectl_shows_them() {
+        let targets = |hpa: serde_json::Value| super::hpa_targets(&hpa);
+        let cpu = json!({"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}});
+        assert_eq!(targets(json!({"spec": {"metrics": [cpu]}})), "cpu: <unknown>/80%");
+        assert_eq!(
+            targets(
+                json!({"spec": {"metrics": [cpu]}, "status": {"currentMetrics": [{"type": "Resource", "resource": {"name": "cpu", "current": {"averageUtilization": 12}}}]}})
+            ),
+            "cpu: 12%/80%"
+        );
+        let memory = json!({"type": "Resource", "resource": {"name": "memory", "target": {"type": "AverageValue", "averageValue": "500Mi"}}});
+        let pods = json!({"type": "Pods", "pods": {"metric": {"name": "qps"}, "target": {"type": "AverageValue", "averageValue": "10"}}});
+        assert_eq!(
+            targets(json!({"spec": {"metrics": [cpu, memory, pods]}})),
+            "cpu: <unknown>/80%, memory: <unknown>/500Mi + 1 more..."
+        );
+        let external = json!({"type": "External", "external": {"metric": {"name": "queue"}, "target": {"type": "Value", "value": "30"}}});
+        assert_eq!(targets(json!({"spec": {"metrics": [external]}})), "<unknown>/30");
+        assert_eq!(
+            targets(json!({"spec": {"targetCPUUtilizationPercentage": 50}})),
+            "cpu: <unknown>/50%"
+        );
+        assert_eq!(targets(json!({"spec": {}})), "<none>");
+    }
 }
 
 #[cfg(test)]

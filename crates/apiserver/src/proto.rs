@@ -1,6 +1,6 @@
 //! Protobuf request bodies (`application/vnd.kubernetes.protobuf`), which kubectl 1.32
 //! sends for `kubectl create namespace|configmap|secret|deployment|service|serviceaccount|
-//! job|cronjob|role|rolebinding|clusterrole|clusterrolebinding`.
+//! job|cronjob|role|rolebinding|clusterrole|clusterrolebinding|token` and `kubectl autoscale`.
 //!
 //! A body is the magic `k8s\0` and a `runtime.Unknown` envelope (type meta, raw bytes);
 //! the raw bytes are the object in Kubernetes' `generated.proto` encoding. This module
@@ -408,6 +408,28 @@ fn schema(message: &str) -> Option<&'static [Field]> {
                 ]
             }
         }
+        "HorizontalPodAutoscalerV1" => {
+            const {
+                &[
+                    f(1, "metadata", Message("ObjectMeta")),
+                    f(2, "spec", Message("HorizontalPodAutoscalerSpecV1")),
+                    f(3, "status", Message("Empty")),
+                ]
+            }
+        }
+        "HorizontalPodAutoscalerSpecV1" => {
+            const {
+                &[
+                    f(1, "scaleTargetRef", Message("CrossVersionObjectReference")),
+                    f(2, "minReplicas", Int),
+                    f(3, "maxReplicas", Int),
+                    f(4, "targetCPUUtilizationPercentage", Int),
+                ]
+            }
+        }
+        "CrossVersionObjectReference" => {
+            const { &[f(1, "kind", Str), f(2, "name", Str), f(3, "apiVersion", Str)] }
+        }
         "TokenRequest" => {
             const {
                 &[
@@ -487,6 +509,8 @@ const POINTER_FIELDS: &[&str] = &[
     "controller",
     "blockOwnerDeletion",
     "expirationSeconds",
+    "minReplicas",
+    "targetCPUUtilizationPercentage",
 ];
 
 /// The kinds this module decodes, by their top-level message.
@@ -506,6 +530,7 @@ const KINDS: &[&str] = &[
     "RoleBinding",
     "ClusterRoleBinding",
     "TokenRequest",
+    "HorizontalPodAutoscaler",
 ];
 
 struct Reader<'a> {
@@ -717,7 +742,12 @@ pub fn decode(body: &[u8]) -> Result<Value, ProtoError> {
             "kind {kind:?} is not supported in protobuf yet; send JSON"
         )));
     }
-    let mut object = decode_message(&kind, raw)?;
+    // A kind whose versions differ in their messages.
+    let message = match (api_version.as_str(), kind.as_str()) {
+        ("autoscaling/v1", "HorizontalPodAutoscaler") => "HorizontalPodAutoscalerV1",
+        _ => kind.as_str(),
+    };
+    let mut object = decode_message(message, raw)?;
     object["apiVersion"] = json!(api_version);
     object["kind"] = json!(kind);
     // Empty status blocks say nothing.

@@ -1069,6 +1069,26 @@ fn workloads_get_kubernetes_defaults_validation_and_pod_subresources() {
     assert_eq!(hpa["spec"]["minReplicas"], 1);
     assert_eq!(hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"], 80);
 
+    // kubectl autoscale speaks autoscaling/v1 (in protobuf); v2 is what is stored, and a v1
+    // client's read-modify-write keeps what only v2 can say.
+    server.ok(&["create", "deployment", "api", "--image=busybox:1.36"]);
+    server.ok(&["autoscale", "deployment", "api", "--min=2", "--max=4", "--cpu-percent=60"]);
+    let v1 = "horizontalpodautoscalers.v1.autoscaling";
+    let view = json(&[v1, "api"]);
+    assert_eq!(view["apiVersion"], "autoscaling/v1");
+    assert_eq!(view["spec"]["targetCPUUtilizationPercentage"], 60);
+    assert_eq!(
+        json(&["hpa", "api"])["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"],
+        60
+    );
+    server.ok(&["patch", "hpa", "api", "--type=merge", "-p", r#"{"spec":{"metrics":[{"type":"Resource","resource":{"name":"cpu","target":{"type":"Utilization","averageUtilization":50}}},{"type":"Resource","resource":{"name":"memory","target":{"type":"AverageValue","averageValue":"100Mi"}}}]}}"#]);
+    std::fs::write(&path, server.ok(&["get", v1, "api", "-o", "json"])).unwrap();
+    server.ok(&["replace", "-f", path.to_str().unwrap()]);
+    let row = server.ok(&["get", "hpa", "api"]);
+    assert!(row.contains("cpu: <unknown>/50%, memory: <unknown>/100Mi"), "{row}");
+    server.ok(&["patch", v1, "api", "-p", r#"{"spec":{"targetCPUUtilizationPercentage":70}}"#]);
+    assert!(server.ok(&["get", "hpa", "api"]).contains("cpu: <unknown>/70%, memory"));
+
     // Pods: created Pending with their QoS class; logs, exec and attach name what is missing.
     server.ok(&["run", "solo", "--image=busybox:1.36", "--restart=Never", "--", "sleep", "9"]);
     server.apply("apiVersion: v1\nkind: Pod\nmetadata: {name: duo}\nspec:\n  containers:\n  - {name: a, image: busybox, resources: {limits: {cpu: 100m, memory: 64Mi}}}\n  - {name: b, image: busybox, resources: {limits: {cpu: 100m, memory: 64Mi}}}\n");

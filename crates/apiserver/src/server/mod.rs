@@ -682,7 +682,7 @@ async fn route(
         state.audit(verb, &api.target, created.as_deref(), code);
     }
     let mut response = match result {
-        Ok((code, value)) => json_response(code, &value),
+        Ok((code, value)) => json_response(code, &api.outward(value)),
         Err(err) => error_response(&err),
     };
     for warning in api.warnings.lock().map(|w| w.clone()).unwrap_or_default() {
@@ -923,6 +923,27 @@ impl Api {
         Ok(())
     }
 
+    /// The resource objects of this one are stored as (autoscaling/v2 for v1 autoscalers;
+    /// itself otherwise).
+    fn stored(&self) -> &'static Resource {
+        let r = self.resource();
+        crate::convert::storage_version(r.group, r.version, r.kind)
+            .and_then(|version| resources::find(r.group, version, r.name))
+            .unwrap_or(r)
+    }
+
+    /// A request's object, in the stored version.
+    fn inward(&self, object: Value) -> Value {
+        let r = self.resource();
+        crate::convert::to_storage(r.group, r.version, r.kind, object)
+    }
+
+    /// A stored object or list, in the request's version.
+    fn outward(&self, value: Value) -> Value {
+        let r = self.resource();
+        crate::convert::from_storage(r.group, r.version, r.kind, value)
+    }
+
     fn dry_run(&self) -> bool {
         self.params.get("dryRun").is_some_and(|v| v == "All")
     }
@@ -1070,14 +1091,16 @@ pub fn decode_body(content_type: &str, body: &[u8]) -> Result<Value, ApiError> {
 
 impl Api {
     async fn create(&self, content_type: &str, body: &[u8]) -> Result<(u16, Value), ApiError> {
-        let resource = self.resource();
         let mut object = self.parse_body(content_type, body)?;
         self.check_fields(&mut object)?;
+        let mut object = self.inward(object);
+        let resource = self.stored();
         let name =
             objects::prepare_create(resource, &mut object, self.target.namespace.as_deref())?;
         objects::validate(resource, &object)?;
         if let Some(manager) = self.field_manager() {
-            crate::apply::record_update(None, &mut object, manager, &resource.group_version());
+            let version = self.resource().group_version();
+            crate::apply::record_update(None, &mut object, manager, &version);
         }
         self.namespace_ready().await?;
         let key = resource.key(self.target.namespace.as_deref(), &name);
@@ -1215,7 +1238,7 @@ impl Api {
         mut object: Value,
         revision: i64,
     ) -> Result<(u16, Value), ApiError> {
-        let resource = self.resource();
+        let resource = self.stored();
         let name = self.name().to_owned();
         let status_only = self.target.subresource.as_deref() == Some("status");
         if status_only {
@@ -1306,6 +1329,7 @@ impl Api {
     async fn update(&self, content_type: &str, body: &[u8]) -> Result<(u16, Value), ApiError> {
         let mut object = self.parse_body(content_type, body)?;
         self.check_fields(&mut object)?;
+        let mut object = self.inward(object);
         let current = self.current().await?;
         let current_revision: i64 = current["metadata"]["resourceVersion"]
             .as_str()
@@ -1375,7 +1399,9 @@ impl Api {
                 .get(&self.key())
                 .await
                 .map_err(|e| storage_error(resource, self.name(), e))?;
-            let live = live.as_ref().map(decode);
+            let stored = live.as_ref().map(decode);
+            // Applied in the request's version, stored in the stored one.
+            let live = stored.clone().map(|object| self.outward(object));
             let merged = crate::apply::apply(live.as_ref(), config, &manager, force, &gv).map_err(|conflicts| {
                 let list: Vec<String> = conflicts.iter().map(|c| format!("conflict with {:?}: {}", c.manager, c.field)).collect();
                 let mut err = ApiError::new(
@@ -1387,8 +1413,10 @@ impl Api {
                     "causes": conflicts.iter().map(|c| json!({"reason": "FieldManagerConflict", "message": format!("conflict with {:?}", c.manager), "field": c.field})).collect::<Vec<_>>()});
                 err
             })?;
-            let Some(live) = live else {
+            let merged = self.inward(merged);
+            let Some(live) = stored else {
                 let mut object = merged;
+                let resource = self.stored();
                 let name = objects::prepare_create(
                     resource,
                     &mut object,
@@ -1441,9 +1469,11 @@ impl Api {
                 .as_str()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0);
-            let mut patched = current.clone();
+            // The patch applies to the object in the request's version.
+            let view = self.outward(current.clone());
+            let mut patched = view.clone();
             if content_type.starts_with("application/json-patch+json") {
-                patched = patch::json_patch(&current, &patch_doc)
+                patched = patch::json_patch(&view, &patch_doc)
                     .map_err(|e| ApiError::new(422, "Invalid", e))?;
             } else if content_type.starts_with("application/merge-patch+json") {
                 patch::merge_patch(&mut patched, &patch_doc);
@@ -1457,6 +1487,7 @@ impl Api {
                 ));
             }
             self.check_fields(&mut patched)?;
+            let mut patched = self.inward(patched);
             // A patch that names a resourceVersion is a precondition.
             if let Some(wanted) = patch_doc["metadata"]["resourceVersion"].as_str() {
                 if wanted != revision.to_string() {
@@ -1750,6 +1781,11 @@ impl Api {
         let include = self.params.get("includeObject").is_some_and(|v| v == "Object");
         // With a Table asked for, each event carries a one-row table of the object.
         let shape = move |mut event: Value| {
+            if event["object"]["kind"] == kind {
+                let object = std::mem::take(&mut event["object"]);
+                event["object"] =
+                    crate::convert::from_storage(resource.group, resource.version, kind, object);
+            }
             if as_table {
                 let revision = event["object"]["metadata"]["resourceVersion"]
                     .as_str()
