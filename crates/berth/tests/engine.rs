@@ -1281,28 +1281,13 @@ fn root_devices_are_given_with_device_or_privileged() {
         return;
     }
     let berth = Berth::new();
-    // Not there by default; --device makes the node and lets it be opened.
-    let absent = berth.run(&["run", "--rm", IMAGE, "ls", "/dev/kmsg"]);
-    assert!(!absent.status.success(), "/dev/kmsg without --device");
-    let listed =
-        berth.ok(&["run", "--rm", "--device", "/dev/kmsg", IMAGE, "ls", "-l", "/dev/kmsg"]);
-    assert!(listed.starts_with('c') && listed.contains("1,  11"), "{listed}");
-    // Another name inside, and only the permissions asked for: opened for reading, not
-    // for writing (nothing is written).
-    let script = "(exec 3</dev/log) && echo read; (exec 3>/dev/log) 2>/dev/null && echo opened || echo refused";
-    let text = berth.ok(&[
-        "run",
-        "--rm",
-        "--cap-add",
-        "SYSLOG",
-        "--device",
-        "/dev/kmsg:/dev/log:r",
-        IMAGE,
-        "sh",
-        "-c",
-        script,
-    ]);
-    assert_eq!(text.lines().collect::<Vec<_>>(), ["read", "refused"], "{text}");
+    // /dev/kmsg (1:11) is one no container gets by default; some hosts (containers
+    // themselves) lack it.
+    if Path::new("/dev/kmsg").exists() {
+        kmsg_by_device(&berth);
+    } else {
+        eprintln!("skipped the --device checks on /dev/kmsg: this host has none");
+    }
     // A directory brings every device under it.
     if Path::new("/dev/net/tun").exists() {
         let text = berth.ok(&["run", "--rm", "--device", "/dev/net", IMAGE, "ls", "/dev/net"]);
@@ -1326,4 +1311,30 @@ fn root_devices_are_given_with_device_or_privileged() {
         assert!(err.contains(needle), "{device}: {err}");
     }
     assert_eq!(berth.ok(&["ps", "-aq"]).trim(), "");
+}
+
+/// `--device` with /dev/kmsg: absent by default, present when asked for, and opened only
+/// as the permissions say.
+fn kmsg_by_device(berth: &Berth) {
+    let absent = berth.run(&["run", "--rm", IMAGE, "ls", "/dev/kmsg"]);
+    assert!(!absent.status.success(), "/dev/kmsg without --device");
+    let listed =
+        berth.ok(&["run", "--rm", "--device", "/dev/kmsg", IMAGE, "ls", "-l", "/dev/kmsg"]);
+    assert!(listed.starts_with('c') && listed.contains("1,  11"), "{listed}");
+    // Another name inside, and only the permissions asked for: opened for reading, not
+    // for writing (nothing is written).
+    let script = "(exec 3</dev/log) && echo read; (exec 3>/dev/log) 2>/dev/null && echo opened || echo refused";
+    let text = berth.ok(&[
+        "run",
+        "--rm",
+        "--cap-add",
+        "SYSLOG",
+        "--device",
+        "/dev/kmsg:/dev/log:r",
+        IMAGE,
+        "sh",
+        "-c",
+        script,
+    ]);
+    assert_eq!(text.lines().collect::<Vec<_>>(), ["read", "refused"], "{text}");
 }
