@@ -130,7 +130,14 @@ pub struct StartArgs {
     pub attach: bool,
     #[arg(short, long)]
     pub interactive: bool,
-    #[arg(required = true)]
+    /// Every stopped container (with --filter, those that match).
+    #[arg(long, conflicts_with_all = ["attach", "containers"])]
+    pub all: bool,
+    /// With --all: restart-policy=NAME (repeatable; unless-stopped leaves out containers a
+    /// user stopped). What a boot service runs, since berth has no daemon.
+    #[arg(long, requires = "all")]
+    pub filter: Vec<String>,
+    #[arg(required_unless_present = "all")]
     pub containers: Vec<String>,
 }
 
@@ -490,7 +497,23 @@ pub fn run(global: &Global, args: RunArgs) -> Result<i32> {
 pub fn start(global: &Global, args: StartArgs) -> Result<i32> {
     let engine = engine(global)?;
     let mut status = 0;
-    for name in &args.containers {
+    let mut names = args.containers.clone();
+    if args.all {
+        let mut policies = Vec::new();
+        for filter in &args.filter {
+            match filter.split_once('=') {
+                Some(("restart-policy", policy)) => {
+                    berth_engine::options::RestartPolicy::parse(policy)?;
+                    policies.push(policy.to_owned());
+                }
+                _ => anyhow::bail!(
+                    "--filter {filter:?}: the filter start knows is restart-policy=NAME"
+                ),
+            }
+        }
+        names = engine.startable(&policies)?.into_iter().map(|r| r.name).collect();
+    }
+    for name in &names {
         match engine.start(name) {
             Ok(started) if args.attach => {
                 let record = engine.peek(&started.id)?;

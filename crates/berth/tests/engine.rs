@@ -1338,3 +1338,63 @@ fn kmsg_by_device(berth: &Berth) {
     ]);
     assert_eq!(text.lines().collect::<Vec<_>>(), ["read", "refused"], "{text}");
 }
+
+#[test]
+fn root_restart_policies_bring_containers_back_after_a_reboot() {
+    if !root_or_skip() {
+        return;
+    }
+    let berth = Berth::new();
+    for (name, policy) in [
+        ("always", "always"),
+        ("unless", "unless-stopped"),
+        ("stopped", "unless-stopped"),
+        ("plain", "no"),
+    ] {
+        berth.ok(&["run", "-d", "--name", name, "--restart", policy, IMAGE, "sleep", "600"]);
+    }
+    berth.ok(&["stop", "-t", "1", "stopped"]);
+    // A reboot, as far as berth can tell: every monitor and container killed at once.
+    use berth_sys::nix::sys::signal::{kill, Signal};
+    use berth_sys::nix::unistd::Pid;
+    for name in ["always", "unless", "plain"] {
+        let id = berth.ok(&["inspect", "-f", "{{.Id}}", name]).trim().to_owned();
+        let record: Value = serde_json::from_str(
+            &std::fs::read_to_string(
+                berth.root().join("containers").join(&id).join("container.json"),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        for pid in [&record["state"]["monitor_pid"], &record["state"]["pid"]] {
+            kill(Pid::from_raw(pid.as_i64().unwrap() as i32), Signal::SIGKILL).unwrap();
+        }
+    }
+    wait_for("all three to be seen exited", Duration::from_secs(10), || {
+        berth.ok(&["ps", "-a"]).matches("Exited (255)").count() == 3
+    });
+    // What a boot service runs: the containers whose policy says so, and not the one the
+    // user stopped.
+    let started = berth.ok(&[
+        "start",
+        "--all",
+        "--filter",
+        "restart-policy=always",
+        "--filter",
+        "restart-policy=unless-stopped",
+    ]);
+    assert_eq!(started.lines().collect::<Vec<_>>(), ["always", "unless"], "{started}");
+    for (name, status) in
+        [("always", "running"), ("unless", "running"), ("stopped", "exited"), ("plain", "exited")]
+    {
+        assert_eq!(berth.inspect(name)["State"]["Status"], status, "{name}");
+    }
+    let err = berth.fails(&["start", "--all", "--filter", "label=x"]);
+    assert!(err.contains("restart-policy=NAME"), "{err}");
+    // Without a filter, --all starts every stopped container.
+    assert_eq!(berth.ok(&["start", "--all"]).lines().count(), 2);
+    for name in ["always", "unless", "stopped", "plain"] {
+        berth.ok(&["rm", "-f", name]);
+    }
+    berth.assert_clean();
+}

@@ -551,6 +551,26 @@ impl Engine {
     // ----- list, pause, rename, port -----
 
     /// Every container's record, newest first (state repaired where a monitor died).
+    /// The containers `start --all` would start: not running, and (when policies are
+    /// named) with one of those restart policies. As Docker does when its daemon starts,
+    /// `unless-stopped` leaves out containers a user stopped. For a boot service:
+    /// `berth start --all --filter restart-policy=always --filter restart-policy=unless-stopped`.
+    pub fn startable(&self, policies: &[String]) -> Result<Vec<Record>> {
+        Ok(self
+            .list()?
+            .into_iter()
+            .filter(|r| matches!(r.state.status, Status::Created | Status::Exited))
+            .filter(|r| {
+                policies.is_empty()
+                    || policies.iter().any(|p| {
+                        *p == r.options.restart.name
+                            && !(p == "unless-stopped" && r.state.stopped_by_user)
+                    })
+            })
+            .rev() // oldest first, as they were made
+            .collect())
+    }
+
     pub fn list(&self) -> Result<Vec<Record>> {
         let mut records = Vec::new();
         for id in self.ids()? {
