@@ -176,3 +176,34 @@ fn patches_never_panic() {
         patch::strategic_merge(&mut target, &doc);
     }
 }
+
+#[test]
+fn tokens_and_repeated_keys_never_panic() {
+    use berth_apiserver::{schema, tokens};
+    let dir = tempfile::tempdir().unwrap();
+    let signer = tokens::Signer::load(dir.path()).unwrap();
+    let claims =
+        tokens::Claims { namespace: "ns".into(), name: "sa".into(), uid: "u".into(), bound: None };
+    let good = signer.issue(&claims, &[], 1000, 600).unwrap();
+    let mut random = Random(7);
+    let alphabet: Vec<char> = "eyJ.-_AZaz09{}\":,[]".chars().collect();
+    for round in 0..5_000 {
+        let token: String = if round % 2 == 0 {
+            // The good token with characters changed: never accepted, never a panic.
+            let mut bytes = good.clone().into_bytes();
+            for _ in 0..=random.below(3) {
+                let at = random.below(bytes.len());
+                bytes[at] = alphabet[random.below(alphabet.len())] as u8;
+            }
+            String::from_utf8(bytes).unwrap()
+        } else {
+            (0..random.below(80)).map(|_| alphabet[random.below(alphabet.len())]).collect()
+        };
+        if token != good {
+            assert!(signer.verify(&token, 1001).is_none(), "a changed token was accepted: {token}");
+        }
+        let _ = schema::parse_noting_duplicates(token.as_bytes());
+        let mut value = random_json(&mut random, 0);
+        let _ = schema::unknown_fields(("apps", "v1", "Deployment"), &mut value, round % 3 == 0);
+    }
+}
