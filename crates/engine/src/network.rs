@@ -360,41 +360,30 @@ impl Engine {
 
     /// The `ip berth` table, the subnet's masquerade and the bridge's sysctls.
     fn ensure_nat(&self, network: &Network) -> Result<()> {
-        let table_exists = Command::new("nft")
-            .args(["list", "table", "ip", "berth"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        let mut script = String::new();
-        if !table_exists {
-            script.push_str(
-                "table ip berth {
-  set subnets { type ipv4_addr; flags interval; }
-  map ports { type inet_proto . inet_service : ipv4_addr . inet_service; }
-  map ports_ip { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; }
-  chain prerouting {
-    type nat hook prerouting priority dstnat; policy accept;
-    fib daddr type local dnat to ip daddr . meta l4proto . th dport map @ports_ip
-    fib daddr type local dnat to meta l4proto . th dport map @ports
-  }
-  chain output {
-    type nat hook output priority -100; policy accept;
-    fib daddr type local dnat to ip daddr . meta l4proto . th dport map @ports_ip
-    fib daddr type local dnat to meta l4proto . th dport map @ports
-  }
-  chain postrouting {
-    type nat hook postrouting priority srcnat; policy accept;
-    ct status dnat ip saddr 127.0.0.0/8 masquerade
-    ct status dnat ip saddr @subnets masquerade
-    ip saddr @subnets ip daddr != @subnets masquerade
-  }
-}
+        // One transaction, idempotent: `add` leaves what exists, the chains' rules are
+        // rewritten (atomically: no packet sees them missing), and the subnet joins the set.
+        let script = format!(
+            "add table ip berth
+add set ip berth subnets {{ type ipv4_addr; flags interval; }}
+add map ip berth ports {{ type inet_proto . inet_service : ipv4_addr . inet_service; }}
+add map ip berth ports_ip {{ type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; }}
+add chain ip berth prerouting {{ type nat hook prerouting priority dstnat; policy accept; }}
+add chain ip berth output {{ type nat hook output priority -100; policy accept; }}
+add chain ip berth postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}
+flush chain ip berth prerouting
+flush chain ip berth output
+flush chain ip berth postrouting
+add rule ip berth prerouting fib daddr type local dnat to ip daddr . meta l4proto . th dport map @ports_ip
+add rule ip berth prerouting fib daddr type local dnat to meta l4proto . th dport map @ports
+add rule ip berth output fib daddr type local dnat to ip daddr . meta l4proto . th dport map @ports_ip
+add rule ip berth output fib daddr type local dnat to meta l4proto . th dport map @ports
+add rule ip berth postrouting ct status dnat ip saddr 127.0.0.0/8 masquerade
+add rule ip berth postrouting ct status dnat ip saddr @subnets masquerade
+add rule ip berth postrouting ip saddr @subnets ip daddr != @subnets masquerade
+add element ip berth subnets {{ {} }}
 ",
-            );
-        }
-        script.push_str(&format!("add element ip berth subnets {{ {} }}\n", network.subnet));
+            network.subnet
+        );
         nft(&script)?;
         for (path, value) in [
             ("/proc/sys/net/ipv4/ip_forward".to_owned(), "1"),
@@ -416,6 +405,11 @@ impl Engine {
             }
             return;
         };
+        // The namespace goes last: without it, this ran already (the monitor tears down
+        // when the container exits, `rm` and `--rm` ask again) and the plugins need not.
+        if !netns.exists() {
+            return;
+        }
         let Ok(_lock) = self.network_lock() else { return };
         let mut script = String::new();
         for p in &state.ports {
