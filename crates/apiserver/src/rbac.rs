@@ -53,10 +53,13 @@ pub fn parse_tokens(text: &str) -> Vec<(String, User)> {
     out
 }
 
-/// What a request does, in RBAC's words.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a request does, in RBAC's words: on a resource, or (with `path`) on a URL that
+/// names none (`/metrics`, `/healthz`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Attributes {
     pub verb: String,
+    /// A non-resource URL path; empty for resource requests.
+    pub path: String,
     pub group: String,
     pub resource: String,
     pub subresource: String,
@@ -70,6 +73,15 @@ fn strings(v: &Value) -> Vec<&str> {
 
 fn rule_allows(rule: &Value, a: &Attributes) -> bool {
     let any = |list: Vec<&str>, want: &str| list.iter().any(|x| *x == "*" || *x == want);
+    if !a.path.is_empty() {
+        // nonResourceURLs: exact paths, or prefixes ending in `*`.
+        let url = |pattern: &&str| match pattern.strip_suffix('*') {
+            Some(prefix) => a.path.starts_with(prefix),
+            None => *pattern == a.path,
+        };
+        return any(strings(&rule["verbs"]), &a.verb)
+            && strings(&rule["nonResourceURLs"]).iter().any(url);
+    }
     let resource = if a.subresource.is_empty() {
         a.resource.clone()
     } else {
@@ -143,6 +155,9 @@ pub fn allowed(
 
 /// Kubernetes' wording of a refusal.
 pub fn forbidden_message(user: &User, a: &Attributes) -> String {
+    if !a.path.is_empty() {
+        return format!("forbidden: User \"{}\" cannot {} path \"{}\"", user.name, a.verb, a.path);
+    }
     let resource = if a.subresource.is_empty() {
         a.resource.clone()
     } else {
@@ -168,6 +183,7 @@ mod tests {
 
     fn attrs(verb: &str, resource: &str, namespace: &str) -> Attributes {
         Attributes {
+            path: String::new(),
             verb: verb.into(),
             group: String::new(),
             resource: resource.into(),
@@ -210,6 +226,39 @@ mod tests {
         assert_eq!(
             forbidden_message(&jane, &attrs("list", "pods", "default")),
             "pods is forbidden: User \"jane\" cannot list resource \"pods\" in API group \"\" in the namespace \"default\""
+        );
+    }
+}
+
+#[cfg(test)]
+mod non_resource_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn non_resource_urls_match_exactly_or_by_prefix() {
+        let user = User { name: "prom".into(), groups: vec!["system:authenticated".into()] };
+        let roles = [json!({"metadata": {"name": "scraper"}, "rules": [
+            {"nonResourceURLs": ["/metrics", "/debug/*"], "verbs": ["get"]},
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}
+        ]})];
+        let bindings = [
+            json!({"metadata": {"name": "s"}, "roleRef": {"kind": "ClusterRole", "name": "scraper"},
+            "subjects": [{"kind": "User", "name": "prom"}]}),
+        ];
+        let can = |verb: &str, path: &str| {
+            let a = Attributes { verb: verb.into(), path: path.into(), ..Default::default() };
+            allowed(&user, &a, &roles, &[], &bindings, &[])
+        };
+        assert!(can("get", "/metrics"));
+        assert!(can("get", "/debug/pprof"));
+        assert!(!can("post", "/metrics"));
+        assert!(!can("get", "/metricsz"));
+        assert!(!can("get", "/healthz"));
+        let a = Attributes { verb: "get".into(), path: "/metrics".into(), ..Default::default() };
+        assert_eq!(
+            forbidden_message(&user, &a),
+            "forbidden: User \"prom\" cannot get path \"/metrics\""
         );
     }
 }

@@ -615,6 +615,20 @@ fn kubectl_drives_the_api_on_the_embedded_store() {
         .trim(),
         "no"
     );
+    // Non-resource URLs: /metrics is granted by a ClusterRole's nonResourceURLs.
+    let metrics = as_jane(&["get", "--raw", "/metrics"]);
+    assert!(String::from_utf8_lossy(&metrics.stderr).contains("Forbidden"), "{metrics:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&as_jane(&["auth", "can-i", "get", "/metrics"]).stdout).trim(),
+        "no"
+    );
+    server.apply("apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: scraper}\nrules: [{nonResourceURLs: [/metrics], verbs: [get]}]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {name: jane-scrapes}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: scraper}\nsubjects: [{kind: User, name: jane, apiGroup: rbac.authorization.k8s.io}]\n");
+    assert_eq!(
+        String::from_utf8_lossy(&as_jane(&["auth", "can-i", "get", "/metrics"]).stdout).trim(),
+        "yes"
+    );
+    let metrics = as_jane(&["get", "--raw", "/metrics"]);
+    assert!(String::from_utf8_lossy(&metrics.stdout).contains("apiserver_request_total"));
     // jane may not act as someone else.
     let err = String::from_utf8_lossy(
         &as_jane(&["get", "pods", "-n", "made", "--as=admin", "--as-group=system:masters"]).stderr,

@@ -426,11 +426,17 @@ async fn route(
         return json_response(200, &state.signer.jwks());
     }
     if path == "/metrics" {
-        if !user.is_master() {
+        // A non-resource URL: ClusterRoles grant it with `nonResourceURLs`.
+        let attributes = crate::rbac::Attributes {
+            verb: "get".into(),
+            path: path.clone(),
+            ..Default::default()
+        };
+        if !state.authorize(&user, &attributes).await {
             return error_response(&ApiError::new(
                 403,
                 "Forbidden",
-                format!("forbidden: User \"{}\" cannot get path \"/metrics\"", user.name),
+                crate::rbac::forbidden_message(&user, &attributes),
             ));
         }
         let mut response = Response::new(full(state.metrics.render()));
@@ -580,13 +586,23 @@ async fn route(
         }
         let spec = &review["spec"]["resourceAttributes"];
         let text = |v: &Value| v.as_str().unwrap_or("").to_owned();
-        let attributes = crate::rbac::Attributes {
-            verb: text(&spec["verb"]),
-            group: text(&spec["group"]),
-            resource: text(&spec["resource"]),
-            subresource: text(&spec["subresource"]),
-            namespace: text(&spec["namespace"]),
-            name: text(&spec["name"]),
+        let non_resource = &review["spec"]["nonResourceAttributes"];
+        let attributes = if non_resource.is_object() {
+            crate::rbac::Attributes {
+                verb: text(&non_resource["verb"]),
+                path: text(&non_resource["path"]),
+                ..Default::default()
+            }
+        } else {
+            crate::rbac::Attributes {
+                verb: text(&spec["verb"]),
+                group: text(&spec["group"]),
+                resource: text(&spec["resource"]),
+                subresource: text(&spec["subresource"]),
+                namespace: text(&spec["namespace"]),
+                name: text(&spec["name"]),
+                ..Default::default()
+            }
         };
         let allowed = state.authorize(&user, &attributes).await;
         review["status"] = json!({"allowed": allowed});
@@ -614,6 +630,7 @@ async fn route(
         subresource: target.subresource.clone().unwrap_or_default(),
         namespace: target.namespace.clone().unwrap_or_default(),
         name: target.name.clone().unwrap_or_default(),
+        ..Default::default()
     };
     if !state.authorize(&user, &attributes).await {
         return error_response(&ApiError::new(
@@ -722,6 +739,7 @@ async fn impersonate(
             subresource: String::new(),
             namespace: String::new(),
             name: target.clone(),
+            ..Default::default()
         };
         if !state.authorize(&user, &attributes).await {
             return Err(ApiError::new(
