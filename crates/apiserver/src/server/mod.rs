@@ -1,7 +1,7 @@
 //! The HTTPS server: authentication, routing of Kubernetes API paths, and the verbs over
 //! `berth-store` (`resourceVersion` is the store's revision of the object).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -457,14 +457,37 @@ async fn route(
         return json_response(200, &resources::openapi_index());
     }
     if let Some(rest) = path.strip_prefix("/openapi/v3/") {
-        let parts: Vec<&str> = rest.split('/').collect();
-        let document = match parts.as_slice() {
-            ["api", version] => resources::openapi_document("", version),
-            ["apis", group, version] => resources::openapi_document(group, version),
-            _ => None,
+        // Made once per group-version and kept serialized: kubectl fetches one for every
+        // `apply` and `create -f` it validates.
+        static DOCUMENTS: std::sync::Mutex<BTreeMap<String, Option<Bytes>>> =
+            std::sync::Mutex::new(BTreeMap::new());
+        let cached = DOCUMENTS.lock().ok().and_then(|d| d.get(rest).cloned());
+        let document = match cached {
+            Some(document) => document,
+            None => {
+                let parts: Vec<&str> = rest.split('/').collect();
+                let made = match parts.as_slice() {
+                    ["api", version] => resources::openapi_document("", version),
+                    ["apis", group, version] => resources::openapi_document(group, version),
+                    _ => None,
+                }
+                .map(|d| Bytes::from(serde_json::to_vec(&d).unwrap_or_default()));
+                if let Ok(mut documents) = DOCUMENTS.lock() {
+                    if made.is_some() {
+                        documents.insert(rest.to_owned(), made.clone());
+                    }
+                }
+                made
+            }
         };
         return match document {
-            Some(document) => json_response(200, &document),
+            Some(document) => {
+                let mut response = Response::new(full(document));
+                response
+                    .headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                response
+            }
             None => error_response(&ApiError::new(
                 404,
                 "NotFound",
