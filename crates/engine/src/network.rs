@@ -257,8 +257,15 @@ impl Engine {
     }
 
     fn attach(&self, record: &Record, network: &Network, netns: &Path) -> Result<NetworkState> {
-        cni_loopback(&record.id, netns)?;
-        let result = cni(network, &self.ipam_dir(), "ADD", &record.id, netns, "eth0")?;
+        // The loopback and bridge plugins touch different interfaces: run them together.
+        let (id, lo_netns) = (record.id.clone(), netns.to_owned());
+        let loopback = std::thread::spawn(move || cni_loopback(&id, &lo_netns));
+        let result = cni(network, &self.ipam_dir(), "ADD", &record.id, netns, "eth0");
+        let looped = loopback
+            .join()
+            .unwrap_or_else(|_| Err(Error::Network("the loopback plugin's thread panicked".into())));
+        let result = result?;
+        looped?;
         let ip = result["ips"][0]["address"].as_str().unwrap_or_default().to_owned();
         let (ip, prefix) = ip
             .split_once('/')
