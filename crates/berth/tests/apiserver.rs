@@ -711,8 +711,24 @@ fn free_port() -> u16 {
 
 #[test]
 fn kubectl_drives_the_api_on_etcd() {
+    let Some((_dir, _etcd, server)) = etcd_server() else { return };
+    drive(&server);
+}
+
+/// A real etcd on loopback ports, killed when dropped.
+struct Etcd(Child);
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A server on a fresh etcd (Debian's etcd-server), when kubectl is there.
+fn etcd_server() -> Option<(tempfile::TempDir, Etcd, Server)> {
     if !kubectl_present() {
-        return;
+        return None;
     }
     if Command::new("etcd").arg("--version").output().is_err() {
         panic!("this test needs etcd (Debian's etcd-server; scripts/deps installs it)");
@@ -720,24 +736,26 @@ fn kubectl_drives_the_api_on_etcd() {
     let dir = tempfile::Builder::new().prefix("berth-server-etcd-").tempdir().unwrap();
     let (client, peer) = (free_port(), free_port());
     let endpoint = format!("http://127.0.0.1:{client}");
-    let mut etcd = Command::new("etcd")
-        .arg("--data-dir")
-        .arg(dir.path().join("etcd"))
-        .args([
-            "--name",
-            "test",
-            "--listen-client-urls",
-            &endpoint,
-            "--advertise-client-urls",
-            &endpoint,
-        ])
-        .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-        .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
-        .args(["--initial-cluster", &format!("test=http://127.0.0.1:{peer}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let etcd = Etcd(
+        Command::new("etcd")
+            .arg("--data-dir")
+            .arg(dir.path().join("etcd"))
+            .args([
+                "--name",
+                "test",
+                "--listen-client-urls",
+                &endpoint,
+                "--advertise-client-urls",
+                &endpoint,
+            ])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args(["--initial-cluster", &format!("test=http://127.0.0.1:{peer}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", client)).is_err() {
         assert!(Instant::now() < deadline, "etcd did not start");
@@ -746,10 +764,7 @@ fn kubectl_drives_the_api_on_etcd() {
     let server_dir = dir.path().join("server");
     std::fs::create_dir(&server_dir).unwrap();
     let server = Server::start(&server_dir, Some(&endpoint));
-    drive(&server);
-    drop(server);
-    let _ = etcd.kill();
-    let _ = etcd.wait();
+    Some((dir, etcd, server))
 }
 
 /// A server on the embedded store in a fresh data directory, when kubectl is there.
@@ -998,9 +1013,9 @@ fn client_certificates_signed_by_the_ca_authenticate_users() {
     assert!(String::from_utf8_lossy(&mixed.stderr).contains("Unauthorized"));
 }
 
-#[test]
-fn workloads_get_kubernetes_defaults_validation_and_pod_subresources() {
-    let Some((dir, server)) = embedded_server() else { return };
+/// Workload defaults and validation, autoscalers across versions, pod subresources: on
+/// both stores.
+fn workloads(server: &Server) {
     let json = |args: &[&str]| -> serde_json::Value {
         let mut all = vec!["get"];
         all.extend_from_slice(args);
@@ -1063,7 +1078,7 @@ fn workloads_get_kubernetes_defaults_validation_and_pod_subresources() {
     assert_eq!(set["spec"]["podManagementPolicy"], "OrderedReady");
     assert_eq!(set["spec"]["updateStrategy"]["rollingUpdate"]["partition"], 0);
     assert_eq!(set["spec"]["template"]["spec"]["containers"][0]["ports"][0]["protocol"], "TCP");
-    let path = dir.path().join("bad.yaml");
+    let path = server.dir.join("bad.yaml");
     for (manifest, needle) in [
         ("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec:\n  selector: {matchLabels: {app: d}}\n  template:\n    metadata: {labels: {app: d}}\n    spec: {restartPolicy: Never, containers: [{name: d, image: busybox}]}\n",
             "spec.template.spec.restartPolicy: Unsupported value: \"Never\": supported values: \"Always\""),
@@ -1295,9 +1310,8 @@ fn owned_configmap(name: &str, owner: (&str, &str, &str)) -> String {
     format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n  ownerReferences: [{{apiVersion: v1, kind: {kind}, name: {owner_name}, uid: {uid}}}]\n")
 }
 
-#[test]
-fn delete_cascades_to_dependents_or_orphans_them() {
-    let Some((_dir, server)) = embedded_server() else { return };
+/// Cascading deletes over ownerReferences: on both stores.
+fn cascades(server: &Server) {
     let uid_of =
         |kind: &str, name: &str| server.ok(&["get", kind, name, "-o", "jsonpath={.metadata.uid}"]);
     // A chain: root <- child <- grandchild (ConfigMaps may own each other like any kind).
@@ -1374,4 +1388,28 @@ fn delete_cascades_to_dependents_or_orphans_them() {
     ]);
     assert!(err.contains("propagationPolicy: Unsupported value: \"Sideways\""), "{err}");
     assert!(names().contains("or-child"));
+}
+
+#[test]
+fn workloads_get_kubernetes_defaults_validation_and_pod_subresources() {
+    let Some((_dir, server)) = embedded_server() else { return };
+    workloads(&server);
+}
+
+#[test]
+fn workloads_get_kubernetes_defaults_validation_and_pod_subresources_on_etcd() {
+    let Some((_dir, _etcd, server)) = etcd_server() else { return };
+    workloads(&server);
+}
+
+#[test]
+fn delete_cascades_to_dependents_or_orphans_them() {
+    let Some((_dir, server)) = embedded_server() else { return };
+    cascades(&server);
+}
+
+#[test]
+fn delete_cascades_to_dependents_or_orphans_them_on_etcd() {
+    let Some((_dir, _etcd, server)) = etcd_server() else { return };
+    cascades(&server);
 }

@@ -261,9 +261,9 @@ impl Engine {
         let (id, lo_netns) = (record.id.clone(), netns.to_owned());
         let loopback = std::thread::spawn(move || cni_loopback(&id, &lo_netns));
         let result = cni(network, &self.ipam_dir(), "ADD", &record.id, netns, "eth0");
-        let looped = loopback
-            .join()
-            .unwrap_or_else(|_| Err(Error::Network("the loopback plugin's thread panicked".into())));
+        let looped = loopback.join().unwrap_or_else(|_| {
+            Err(Error::Network("the loopback plugin's thread panicked".into()))
+        });
         let result = result?;
         looped?;
         let ip = result["ips"][0]["address"].as_str().unwrap_or_default().to_owned();
