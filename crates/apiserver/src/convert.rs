@@ -69,6 +69,9 @@ fn take(map: &mut Value, key: &str) -> Option<Value> {
 
 /// autoscaling/v2 → autoscaling/v1.
 pub fn hpa_v2_to_v1(mut hpa: Value) -> Value {
+    if !hpa.is_object() {
+        return hpa;
+    }
     hpa["apiVersion"] = json!("autoscaling/v1");
     let mut stash: Vec<(&str, Value)> = Vec::new();
     if hpa["spec"].is_object() {
@@ -116,6 +119,10 @@ pub fn hpa_v2_to_v1(mut hpa: Value) -> Value {
 
 /// autoscaling/v1 → autoscaling/v2 (the stored form).
 pub fn hpa_v1_to_v2(mut hpa: Value) -> Value {
+    if !hpa.is_object() {
+        // Not an object: left for validation to refuse.
+        return hpa;
+    }
     hpa["apiVersion"] = json!("autoscaling/v2");
     let mut unstash = |key: &str| -> Option<Value> {
         // (get_mut: indexing mutably would add the keys it looks for.)
@@ -200,7 +207,12 @@ mod tests {
         let back = from_storage("autoscaling", "v1", "HorizontalPodAutoscaler", list);
         assert_eq!(back["apiVersion"], "autoscaling/v1");
         assert_eq!(back["items"][0], v1);
-        // Other kinds and versions pass through.
+        // Non-objects are left for validation; other kinds and versions pass through.
+        assert_eq!(
+            to_storage("autoscaling", "v1", "HorizontalPodAutoscaler", json!([])),
+            json!([])
+        );
+        assert_eq!(hpa_v2_to_v1(json!(1)), json!(1));
         let pod = json!({"kind": "Pod"});
         assert_eq!(to_storage("", "v1", "Pod", pod.clone()), pod);
         assert_eq!(from_storage("autoscaling", "v2", "HorizontalPodAutoscaler", pod.clone()), pod);

@@ -148,7 +148,10 @@ fn field(text: &str, low: u32, high: u32, names: &[&str]) -> Result<u64, String>
         let mut v = start;
         while v <= end {
             bits |= 1 << v;
-            v += step;
+            match v.checked_add(step) {
+                Some(next) => v = next,
+                None => break,
+            }
         }
     }
     Ok(bits)
@@ -174,6 +177,8 @@ mod tests {
         // Restricted day of month and day of week: either matches (Sunday 2026-11-29).
         assert_eq!(next("0 0 1 * 7"), 20_786 * DAY);
         assert_eq!(next("TZ=UTC 15-45/15 10 * * *"), NOW - 7 * 60 - 30 + 15 * 60);
+        // A step past every value names the first only (and does not overflow).
+        assert_eq!(next("*/4294967295 * * * *"), NOW - 7 * 60 - 30 + 3600);
     }
 
     fn civil_days(y: i64, m: u32, d: u32) -> i64 {
@@ -187,6 +192,7 @@ mod tests {
             ("61 * * * *", "above maximum (59)"),
             ("* * 0 * *", "below minimum (1)"),
             ("*/0 * * * *", "positive"),
+            ("*/99999999999 * * * *", "failed to parse int"),
             ("x * * * *", "failed to parse int from x"),
             ("5-1 * * * *", "beyond end of range"),
             ("@fortnightly", "unrecognized descriptor"),

@@ -481,6 +481,10 @@ fn default_pod_spec(spec: &mut Value) {
     }
     for field in ["initContainers", "containers"] {
         for c in spec.get_mut(field).and_then(Value::as_array_mut).into_iter().flatten() {
+            // (Entries that are not objects are validation's to refuse.)
+            if !c.is_object() {
+                continue;
+            }
             if c.get("imagePullPolicy").is_none() {
                 let image = c.get("image").and_then(Value::as_str).unwrap_or("");
                 let tag = image.rsplit('/').next().unwrap_or("");

@@ -141,6 +141,15 @@ impl Signer {
         if now >= exp || now + 60 < nbf || claims["iss"] != ISSUER {
             return None;
         }
+        // A token made for another audience (`kubectl create token --audience vault`) is
+        // that audience's, not a credential for this API.
+        let audiences = match &claims["aud"] {
+            Value::String(one) => vec![one.as_str()],
+            list => list.as_array()?.iter().filter_map(Value::as_str).collect(),
+        };
+        if !audiences.contains(&ISSUER) {
+            return None;
+        }
         let kubernetes = &claims["kubernetes.io"];
         let text = |v: &Value| v.as_str().map(str::to_owned);
         let bound = ["pod", "secret", "node"].iter().find_map(|kind| {
@@ -193,8 +202,11 @@ mod tests {
         assert_eq!(again.verify(&token, 1001), Some(claims()));
         assert_eq!(user(&claims()).name, "system:serviceaccount:ns:robot");
         let bound = Claims { bound: Some(("Pod".into(), "p".into(), "pu".into())), ..claims() };
-        let token = signer.issue(&bound, &["api".into()], 1000, 600).unwrap();
+        let token = signer.issue(&bound, &[ISSUER.into(), "api".into()], 1000, 600).unwrap();
         assert_eq!(signer.verify(&token, 1001), Some(bound));
+        // Made for someone else: not a credential here.
+        let elsewhere = signer.issue(&claims(), &["vault".into()], 1000, 600).unwrap();
+        assert_eq!(signer.verify(&elsewhere, 1001), None);
     }
 
     #[test]

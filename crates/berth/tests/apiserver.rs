@@ -1008,9 +1008,11 @@ fn client_certificates_signed_by_the_ca_authenticate_users() {
     // (How the refusal reads depends on when TLS 1.3 reports it: a TLS alert or a closed
     // connection.)
     assert!(!String::from_utf8_lossy(&mallory.stdout).contains("default"));
-    // A wrong token is refused even beside a good certificate.
+    // Beside a token nobody knows, the certificate still names its user (either
+    // credential suffices, as with Kubernetes' authenticators).
     let mixed = with_cert("bob", &["--token", "wrong", "get", "ns"]);
-    assert!(String::from_utf8_lossy(&mixed.stderr).contains("Unauthorized"));
+    let err = String::from_utf8_lossy(&mixed.stderr);
+    assert!(err.contains("User \"bob\" cannot list resource \"namespaces\""), "{err}");
 }
 
 /// Workload defaults and validation, autoscalers across versions, pod subresources: on
@@ -1161,11 +1163,17 @@ fn workloads(server: &Server) {
     assert!(err.contains("User \"nobody\" cannot get resource \"pods/log\""), "{err}");
     let whoami = server.ok(&["auth", "whoami", "--as=nobody", "--as-group=team"]);
     assert!(whoami.contains("Groups      [team system:authenticated]"), "{whoami}");
+    // A service account is impersonated with its groups, as its token would have them.
+    let whoami = server.ok(&["auth", "whoami", "--as=system:serviceaccount:default:robot"]);
+    assert!(whoami.contains("system:serviceaccounts:default"), "{whoami}");
     // A pod on a node is deleted gracefully (its node agent finishes the job) unless forced;
     // one on no node goes at once.
     server.ok(&["delete", "pod", "solo", "--wait=false"]);
     let solo = json(&["pod", "solo"]);
     assert_eq!(solo["metadata"]["deletionGracePeriodSeconds"], 30);
+    // Writes during the grace period (a node agent's status, a label) do not end it.
+    server.ok(&["label", "pod", "solo", "seen=yes"]);
+    assert_eq!(json(&["pod", "solo"])["metadata"]["labels"]["seen"], "yes");
     assert!(server.ok(&["get", "pod", "solo"]).contains("Terminating"));
     server.ok(&["delete", "pod", "solo", "--grace-period=0", "--force"]);
     assert!(server.fails(&["get", "pod", "solo"]).contains("NotFound"));
@@ -1274,7 +1282,36 @@ fn service_account_tokens_authenticate_until_revoked() {
     // Bounds: durations under ten minutes are refused; a token bound to a pod dies with it.
     let err = server.fails(&["create", "token", "robot", "-n", "apps", "--duration=5m"]);
     assert!(err.contains("may not specify a duration less than 10 minutes"), "{err}");
-    server.ok(&["run", "holder", "-n", "apps", "--image=busybox:1.36"]);
+    // Only to a pod that runs as this account.
+    server.ok(&["run", "stranger", "-n", "apps", "--image=busybox:1.36"]);
+    let err = server.fails(&[
+        "create",
+        "token",
+        "robot",
+        "-n",
+        "apps",
+        "--bound-object-kind=Pod",
+        "--bound-object-name=stranger",
+    ]);
+    assert!(err.contains("to pod running with different serviceaccount name"), "{err}");
+    server.ok(&[
+        "run",
+        "holder",
+        "-n",
+        "apps",
+        "--image=busybox:1.36",
+        "--overrides",
+        r#"{"spec":{"serviceAccountName":"robot"}}"#,
+    ]);
+    // Made for another audience: not a credential here.
+    let elsewhere = server
+        .ok(&["create", "token", "robot", "-n", "apps", "--audience=vault"])
+        .trim()
+        .to_owned();
+    assert!(String::from_utf8_lossy(
+        &with(&elsewhere, &["get", "configmaps", "-n", "apps"]).stderr
+    )
+    .contains("Unauthorized"));
     let bound = server
         .ok(&[
             "create",
@@ -1373,6 +1410,19 @@ fn cascades(server: &Server) {
         r#"{"metadata":{"finalizers":null}}"#,
     ]);
     assert!(!names().contains("fin-child"), "{}", names());
+    // A dependent another living owner holds only loses the deleted owner's reference.
+    chain("sh");
+    server.ok(&["create", "configmap", "keeper"]);
+    let keeper = uid_of("cm", "keeper");
+    let root = uid_of("cm", "sh-root");
+    server.apply(&format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: shared\n  ownerReferences: [{{apiVersion: v1, kind: ConfigMap, name: sh-root, uid: {root}}}, {{apiVersion: v1, kind: ConfigMap, name: keeper, uid: {keeper}}}]\n"));
+    server.ok(&["delete", "cm", "sh-root"]);
+    let left = names();
+    assert!(left.contains("shared") && !left.contains("sh-child"), "{left}");
+    assert_eq!(
+        server.ok(&["get", "cm", "shared", "-o", "jsonpath={.metadata.ownerReferences[*].name}"]),
+        "keeper"
+    );
     // deletecollection cascades too.
     chain("dc");
     server.ok(&[

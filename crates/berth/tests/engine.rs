@@ -1365,6 +1365,8 @@ fn root_restart_policies_bring_containers_back_after_a_reboot() {
         berth.ok(&["run", "-d", "--name", name, "--restart", policy, IMAGE, "sleep", "600"]);
     }
     berth.ok(&["stop", "-t", "1", "stopped"]);
+    // Created and never started: not something a daemon restart would start.
+    berth.ok(&["create", "--name", "fresh", "--restart", "always", IMAGE, "sleep", "600"]);
     // A reboot, as far as berth can tell: every monitor and container killed at once.
     use berth_sys::nix::sys::signal::{kill, Signal};
     use berth_sys::nix::unistd::Pid;
@@ -1395,16 +1397,20 @@ fn root_restart_policies_bring_containers_back_after_a_reboot() {
         "restart-policy=unless-stopped",
     ]);
     assert_eq!(started.lines().collect::<Vec<_>>(), ["always", "unless"], "{started}");
-    for (name, status) in
-        [("always", "running"), ("unless", "running"), ("stopped", "exited"), ("plain", "exited")]
-    {
+    for (name, status) in [
+        ("always", "running"),
+        ("unless", "running"),
+        ("stopped", "exited"),
+        ("plain", "exited"),
+        ("fresh", "created"),
+    ] {
         assert_eq!(berth.inspect(name)["State"]["Status"], status, "{name}");
     }
     let err = berth.fails(&["start", "--all", "--filter", "label=x"]);
     assert!(err.contains("restart-policy=NAME"), "{err}");
     // Without a filter, --all starts every stopped container.
-    assert_eq!(berth.ok(&["start", "--all"]).lines().count(), 2);
-    for name in ["always", "unless", "stopped", "plain"] {
+    assert_eq!(berth.ok(&["start", "--all"]).lines().count(), 3);
+    for name in ["always", "unless", "stopped", "plain", "fresh"] {
         berth.ok(&["rm", "-f", name]);
     }
     berth.assert_clean();

@@ -552,8 +552,8 @@ impl Engine {
 
     /// Every container's record, newest first (state repaired where a monitor died).
     /// The containers `start --all` would start: not running, and (when policies are
-    /// named) with one of those restart policies. As Docker does when its daemon starts,
-    /// `unless-stopped` leaves out containers a user stopped. For a boot service:
+    /// named) with one of those restart policies and started before. As Docker does when
+    /// its daemon starts, `unless-stopped` leaves out containers a user stopped. For a boot service:
     /// `berth start --all --filter restart-policy=always --filter restart-policy=unless-stopped`.
     pub fn startable(&self, policies: &[String]) -> Result<Vec<Record>> {
         Ok(self
@@ -562,10 +562,13 @@ impl Engine {
             .filter(|r| matches!(r.state.status, Status::Created | Status::Exited))
             .filter(|r| {
                 policies.is_empty()
-                    || policies.iter().any(|p| {
-                        *p == r.options.restart.name
-                            && !(p == "unless-stopped" && r.state.stopped_by_user)
-                    })
+                    || (!r.state.started_at.is_empty()
+                        && policies.iter().any(|p| {
+                            // `on-failure:3` names the policy on-failure.
+                            let name = p.split(':').next().unwrap_or(p);
+                            name == r.options.restart.name
+                                && !(name == "unless-stopped" && r.state.stopped_by_user)
+                        }))
             })
             .rev() // oldest first, as they were made
             .collect())

@@ -492,7 +492,11 @@ pub fn build(inputs: &Inputs<'_>) -> Result<Value> {
         }
     }
     for wanted in &options.devices {
-        let host = Path::new(&wanted.host);
+        // The path given may be a link (/dev/serial/by-id/...): the device it names counts;
+        // links below a directory are not followed.
+        let host = std::fs::canonicalize(&wanted.host)
+            .map_err(|e| invalid("--device", format!("{}: {e}", wanted.host)))?;
+        let host = host.as_path();
         let nodes = device_nodes(host)?;
         if nodes.is_empty() {
             return Err(invalid("--device", format!("{} is not a device", wanted.host)));

@@ -21,7 +21,10 @@ impl Api {
             ));
         }
         let account = self.current().await?;
-        let mut request = decode_body(content_type, body)?;
+        let request = decode_body(content_type, body)?;
+        if !request.is_object() || !(request["spec"].is_object() || request["spec"].is_null()) {
+            return Err(ApiError::bad_request("a TokenRequest is an object with an object spec"));
+        }
         let name = self.name().to_owned();
         let namespace = self.target.namespace.clone().unwrap_or_default();
         let spec = &request["spec"];
@@ -88,6 +91,14 @@ impl Api {
                     ));
                 };
                 let uid = found["metadata"]["uid"].as_str().unwrap_or("").to_owned();
+                if kind == "Pod" {
+                    let runs_as = found["spec"]["serviceAccountName"].as_str().unwrap_or("default");
+                    if runs_as != name {
+                        return Err(ApiError::bad_request(format!(
+                            "cannot bind token for serviceaccount {name:?} to pod running with different serviceaccount name"
+                        )));
+                    }
+                }
                 if let Some(wanted) =
                     reference.get("uid").and_then(Value::as_str).filter(|u| !u.is_empty())
                 {
@@ -110,17 +121,21 @@ impl Api {
             .signer
             .issue(&claims, &audiences, now, seconds)
             .map_err(|e| ApiError::new(500, "InternalError", e.to_string()))?;
-        request["kind"] = json!("TokenRequest");
-        request["apiVersion"] = json!("authentication.k8s.io/v1");
-        request["metadata"] =
-            json!({"name": name, "namespace": namespace, "creationTimestamp": null});
-        request["spec"]["expirationSeconds"] = json!(seconds);
-        if audiences.is_empty() {
-            request["spec"]["audiences"] = json!([crate::tokens::ISSUER]);
+        let mut spec = request["spec"].clone();
+        if !spec.is_object() {
+            spec = json!({});
         }
-        request["status"] =
-            json!({"token": token, "expirationTimestamp": objects::format_time(now + seconds)});
-        Ok((201, request))
+        spec["expirationSeconds"] = json!(seconds);
+        if audiences.is_empty() {
+            spec["audiences"] = json!([crate::tokens::ISSUER]);
+        }
+        Ok((
+            201,
+            json!({"kind": "TokenRequest", "apiVersion": "authentication.k8s.io/v1",
+                "metadata": {"name": name, "namespace": namespace, "creationTimestamp": null},
+                "spec": spec,
+                "status": {"token": token, "expirationTimestamp": objects::format_time(now + seconds)}}),
+        ))
     }
 }
 

@@ -4,17 +4,20 @@
 use super::*;
 
 impl Api {
-    /// `propagationPolicy` (body or query) or the older `orphanDependents`; Background
-    /// when neither is given.
+    /// `propagationPolicy` (body or query) or the older `orphanDependents`; when neither
+    /// is given, Background, except for Jobs, which Kubernetes orphans by default.
     pub(super) fn propagation_policy(&self, options: &Value) -> Result<&'static str, ApiError> {
         let given = options["propagationPolicy"]
             .as_str()
             .map(str::to_owned)
             .or_else(|| self.params.get("propagationPolicy").cloned());
         match given.as_deref() {
-            Some("Background") | None => {
-                Ok(if options["orphanDependents"] == true { "Orphan" } else { "Background" })
+            Some("Background") => Ok("Background"),
+            None if options["orphanDependents"] == false => Ok("Background"),
+            None if options["orphanDependents"] == true || self.resource().kind == "Job" => {
+                Ok("Orphan")
             }
+            None => Ok("Background"),
             Some("Foreground") => Ok("Foreground"),
             Some("Orphan") => Ok("Orphan"),
             Some(other) => Err(ApiError::bad_request(format!(
@@ -39,15 +42,18 @@ impl State {
             return Ok(());
         };
         // Depth-first: (uid, depth) of owners whose dependents are still to be found.
-        let mut pending = vec![(uid, 0usize)];
+        let mut pending = vec![(uid.clone(), 0usize)];
         let mut doomed: Vec<(String, usize)> = Vec::new();
+        let mut doomed_uids = std::collections::BTreeSet::from([uid]);
         while let Some((owner_uid, depth)) = pending.pop() {
             if depth > 16 {
                 continue;
             }
             for kv in self.dependents(&owner_uid, namespace).await? {
                 let mut object = decode(&kv);
-                if policy == "Orphan" {
+                // A dependent that another living owner still holds only loses this one.
+                let held_elsewhere = self.held_elsewhere(&object, &doomed_uids).await;
+                if policy == "Orphan" || held_elsewhere {
                     if let Some(refs) = object["metadata"]["ownerReferences"].as_array_mut() {
                         refs.retain(|r| r["uid"] != owner_uid.as_str());
                     }
@@ -63,6 +69,7 @@ impl State {
                 }
                 if let Some(uid) = object["metadata"]["uid"].as_str() {
                     pending.push((uid.to_owned(), depth + 1));
+                    doomed_uids.insert(uid.to_owned());
                 }
                 doomed.push((kv.key.clone(), depth));
             }
@@ -87,6 +94,37 @@ impl State {
             let _ = self.store.delete(&key, Some(current.mod_revision)).await;
         }
         Ok(())
+    }
+
+    /// Whether one of `object`'s owners outside `doomed` still exists (same kind, name and
+    /// uid).
+    async fn held_elsewhere(
+        &self,
+        object: &Value,
+        doomed: &std::collections::BTreeSet<String>,
+    ) -> bool {
+        let namespace = object["metadata"]["namespace"].as_str();
+        for reference in object["metadata"]["ownerReferences"].as_array().into_iter().flatten() {
+            let uid = reference["uid"].as_str().unwrap_or("");
+            if uid.is_empty() || doomed.contains(uid) {
+                continue;
+            }
+            let (Some(api_version), Some(kind), Some(name)) = (
+                reference["apiVersion"].as_str(),
+                reference["kind"].as_str(),
+                reference["name"].as_str(),
+            ) else {
+                continue;
+            };
+            let Some(resource) = resources::by_kind(api_version, kind) else { continue };
+            let key = resource.key(if resource.namespaced { namespace } else { None }, name);
+            if let Ok(Some(kv)) = self.store.get(&key).await {
+                if decode(&kv)["metadata"]["uid"] == uid {
+                    return true;
+                }
+            }
+        }
+        false
     }
 
     /// Stored objects whose `ownerReferences` name `uid`: in `namespace` (an owner's

@@ -375,9 +375,14 @@ async fn route(
         .map(str::to_owned);
     // A bearer token, when given, must be known; otherwise the client certificate speaks.
     let user = match token {
+        // As Kubernetes' authenticators do, either credential suffices: a certificate
+        // user stands even beside a token nobody knows.
         Some(token) => match state.users.iter().find(|(known, _)| *known == token) {
             Some((_, user)) => Some(user.clone()),
-            None => state.service_account_user(&token).await,
+            None => match state.service_account_user(&token).await {
+                Some(user) => Some(user),
+                None => certified.as_deref().cloned(),
+            },
         },
         None => certified.as_deref().cloned(),
     };
@@ -752,15 +757,25 @@ async fn impersonate(
         }
         return Err(ApiError::bad_request("requested impersonation of groups without a user"));
     };
-    let targets = std::iter::once(("users", name.clone()))
-        .chain(groups.iter().map(|g| ("groups", g.clone())));
-    for (resource, target) in targets {
+    // A service account is impersonated as one (`impersonate serviceaccounts` in its
+    // namespace) and gets its groups, as its token would.
+    let account = name
+        .strip_prefix("system:serviceaccount:")
+        .and_then(|rest| rest.split_once(':'))
+        .map(|(ns, sa)| (ns.to_owned(), sa.to_owned()));
+    let first = match &account {
+        Some((ns, sa)) => ("serviceaccounts", ns.clone(), sa.clone()),
+        None => ("users", String::new(), name.clone()),
+    };
+    let targets =
+        std::iter::once(first).chain(groups.iter().map(|g| ("groups", String::new(), g.clone())));
+    for (resource, namespace, target) in targets {
         let attributes = crate::rbac::Attributes {
             verb: "impersonate".into(),
             group: String::new(),
             resource: resource.into(),
             subresource: String::new(),
-            namespace: String::new(),
+            namespace,
             name: target.clone(),
             ..Default::default()
         };
@@ -773,6 +788,13 @@ async fn impersonate(
         }
     }
     let mut groups = groups;
+    if let Some((ns, _)) = &account {
+        for group in ["system:serviceaccounts".to_owned(), format!("system:serviceaccounts:{ns}")] {
+            if !groups.contains(&group) {
+                groups.push(group);
+            }
+        }
+    }
     if !groups.iter().any(|g| g == "system:authenticated") {
         groups.push("system:authenticated".into());
     }
@@ -1340,7 +1362,11 @@ impl Api {
             objects::validate_update(resource, current, &object)?;
         }
         // The last finalizer gone from an object being deleted: it goes.
-        let deleting = current["metadata"].get("deletionTimestamp").is_some();
+        // (Only an object that had finalizers: a pod in its grace period has none, and an
+        // update to it must not end that period.)
+        let had_finalizers =
+            current["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty());
+        let deleting = current["metadata"].get("deletionTimestamp").is_some() && had_finalizers;
         let finalizers_left =
             object["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty());
         if self.dry_run() {
@@ -1682,8 +1708,18 @@ impl Api {
         }
         let finalizers =
             current["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty());
+        let mut revision = revision;
         if !finalizers && resource.kind != "Namespace" {
             self.state.cascade(&current, self.target.namespace.as_deref(), policy).await?;
+            // Dependents are gone; the owner may have been written meanwhile (a status
+            // update): delete what is there now, if it is still the same object.
+            match self.state.store.get(&self.key()).await {
+                Ok(Some(kv)) if decode(&kv)["metadata"]["uid"] == current["metadata"]["uid"] => {
+                    revision = kv.mod_revision;
+                }
+                Ok(_) => return Ok((200, current)),
+                Err(err) => return Err(storage_error(resource, self.name(), err)),
+            }
         }
         if resource.kind == "Namespace" || finalizers {
             if current["metadata"].get("deletionTimestamp").is_some() {
