@@ -1410,6 +1410,27 @@ fn cascades(server: &Server) {
         r#"{"metadata":{"finalizers":null}}"#,
     ]);
     assert!(!names().contains("fin-child"), "{}", names());
+    // An owner held by a finalizer cascades when the finalizer goes.
+    chain("held");
+    server.ok(&[
+        "patch",
+        "cm",
+        "held-root",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":["example.com/hold"]}}"#,
+    ]);
+    server.ok(&["delete", "cm", "held-root", "--wait=false"]);
+    assert!(names().contains("held-child"), "{}", names());
+    server.ok(&[
+        "patch",
+        "cm",
+        "held-root",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":null}}"#,
+    ]);
+    assert!(!names().contains("held-"), "{}", names());
     // A dependent another living owner holds only loses the deleted owner's reference.
     chain("sh");
     server.ok(&["create", "configmap", "keeper"]);

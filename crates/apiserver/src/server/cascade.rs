@@ -41,6 +41,7 @@ impl State {
         let Some(uid) = owner["metadata"]["uid"].as_str().map(str::to_owned) else {
             return Ok(());
         };
+        let index = self.owner_index(namespace).await?;
         // Depth-first: (uid, depth) of owners whose dependents are still to be found.
         let mut pending = vec![(uid.clone(), 0usize)];
         let mut doomed: Vec<(String, usize)> = Vec::new();
@@ -49,7 +50,7 @@ impl State {
             if depth > 16 {
                 continue;
             }
-            for kv in self.dependents(&owner_uid, namespace).await? {
+            for kv in index.get(&owner_uid).cloned().unwrap_or_default() {
                 let mut object = decode(&kv);
                 // A dependent that another living owner still holds only loses this one.
                 let held_elsewhere = self.held_elsewhere(&object, &doomed_uids).await;
@@ -127,13 +128,13 @@ impl State {
         false
     }
 
-    /// Stored objects whose `ownerReferences` name `uid`: in `namespace` (an owner's
-    /// dependents share its namespace) or, for cluster-scoped owners, anywhere.
-    pub(super) async fn dependents(
+    /// Every stored object that has owners, by the uids of its owners: in `namespace` (an
+    /// owner's dependents share its namespace) or, for cluster-scoped owners, anywhere.
+    /// Read once per cascade, however deep it goes.
+    pub(super) async fn owner_index(
         &self,
-        uid: &str,
         namespace: Option<&str>,
-    ) -> Result<Vec<KeyValue>, ApiError> {
+    ) -> Result<std::collections::HashMap<String, Vec<KeyValue>>, ApiError> {
         let mut prefixes: Vec<String> = RESOURCES
             .iter()
             .filter(|r| {
@@ -144,7 +145,8 @@ impl State {
             .collect();
         prefixes.sort();
         prefixes.dedup();
-        let mut found = Vec::new();
+        let mut index: std::collections::HashMap<String, Vec<KeyValue>> =
+            std::collections::HashMap::new();
         for prefix in prefixes {
             let page = self
                 .store
@@ -153,18 +155,20 @@ impl State {
                 .map_err(|e| ApiError::new(500, "InternalError", e.to_string()))?;
             for kv in page.items {
                 // Cheap test on the bytes before parsing.
-                if !kv.value.windows(uid.len()).any(|w| w == uid.as_bytes()) {
+                const MARK: &[u8] = b"\"ownerReferences\"";
+                if !kv.value.windows(MARK.len()).any(|w| w == MARK) {
                     continue;
                 }
                 let object = decode(&kv);
-                let owned = object["metadata"]["ownerReferences"]
-                    .as_array()
-                    .is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid));
-                if owned {
-                    found.push(kv);
+                for reference in
+                    object["metadata"]["ownerReferences"].as_array().into_iter().flatten()
+                {
+                    if let Some(uid) = reference["uid"].as_str() {
+                        index.entry(uid.to_owned()).or_default().push(kv.clone());
+                    }
                 }
             }
         }
-        Ok(found)
+        Ok(index)
     }
 }

@@ -1373,6 +1373,14 @@ impl Api {
             return Ok((200, object));
         }
         if deleting && !finalizers_left {
+            // Its deletion was held back by finalizers, and with it the cascade.
+            let namespace = self.target.namespace.as_deref();
+            self.state.cascade(current, namespace, "Background").await?;
+            let revision = match self.state.store.get(&self.key()).await {
+                Ok(Some(kv)) => kv.mod_revision,
+                Ok(None) => return Ok((200, object)),
+                Err(err) => return Err(storage_error(resource, &name, err)),
+            };
             let gone = self
                 .state
                 .store
