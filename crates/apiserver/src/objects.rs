@@ -19,37 +19,40 @@ impl ApiError {
         ApiError { code, reason, message: message.into(), details: Value::Null }
     }
 
-    pub fn not_found(resource: &Resource, name: &str) -> ApiError {
-        let mut e = ApiError::new(
-            404,
-            "NotFound",
-            format!("{} \"{name}\" not found", resource_name(resource)),
-        );
+    /// An error about one object, with the details clients read (name, group, kind).
+    pub fn about(
+        resource: &Resource,
+        name: &str,
+        code: u16,
+        reason: &'static str,
+        message: impl Into<String>,
+    ) -> ApiError {
+        let mut e = ApiError::new(code, reason, message);
         e.details = json!({"name": name, "group": resource.group, "kind": resource.name});
         e
+    }
+
+    pub fn not_found(resource: &Resource, name: &str) -> ApiError {
+        let message = format!("{} \"{name}\" not found", resource_name(resource));
+        ApiError::about(resource, name, 404, "NotFound", message)
+    }
+
+    /// A path that names no resource.
+    pub fn no_such_path() -> ApiError {
+        ApiError::new(404, "NotFound", "the server could not find the requested resource")
     }
 
     pub fn already_exists(resource: &Resource, name: &str) -> ApiError {
-        let mut e = ApiError::new(
-            409,
-            "AlreadyExists",
-            format!("{} \"{name}\" already exists", resource_name(resource)),
-        );
-        e.details = json!({"name": name, "group": resource.group, "kind": resource.name});
-        e
+        let message = format!("{} \"{name}\" already exists", resource_name(resource));
+        ApiError::about(resource, name, 409, "AlreadyExists", message)
     }
 
     pub fn conflict(resource: &Resource, name: &str) -> ApiError {
-        let mut e = ApiError::new(
-            409,
-            "Conflict",
-            format!(
-                "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
-                resource_name(resource)
-            ),
+        let message = format!(
+            "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+            resource_name(resource)
         );
-        e.details = json!({"name": name, "group": resource.group, "kind": resource.name});
-        e
+        ApiError::about(resource, name, 409, "Conflict", message)
     }
 
     pub fn invalid(resource: &Resource, name: &str, field: &str, message: &str) -> ApiError {

@@ -493,11 +493,7 @@ async fn route(
                     .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
                 response
             }
-            None => error_response(&ApiError::new(
-                404,
-                "NotFound",
-                "the server could not find the requested resource",
-            )),
+            None => error_response(&ApiError::no_such_path()),
         };
     }
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
@@ -515,29 +511,15 @@ async fn route(
                     g["apiVersion"] = json!("v1");
                     json_response(200, &g)
                 }
-                None => error_response(&ApiError::new(
-                    404,
-                    "NotFound",
-                    "the server could not find the requested resource",
-                )),
+                None => error_response(&ApiError::no_such_path()),
             }
         }
-        _ => {
-            return error_response(&ApiError::new(
-                404,
-                "NotFound",
-                "the server could not find the requested resource",
-            ))
-        }
+        _ => return error_response(&ApiError::no_such_path()),
     };
     if rest.is_empty() {
         return match resources::resource_list(group, version) {
             Some(list) => json_response(200, &list),
-            None => error_response(&ApiError::new(
-                404,
-                "NotFound",
-                "the server could not find the requested resource",
-            )),
+            None => error_response(&ApiError::no_such_path()),
         };
     }
     let (namespace, rest) = match rest {
@@ -545,18 +527,10 @@ async fn route(
         _ => (None, rest),
     };
     let Some(resource) = resources::find(group, version, rest[0]) else {
-        return error_response(&ApiError::new(
-            404,
-            "NotFound",
-            "the server could not find the requested resource",
-        ));
+        return error_response(&ApiError::no_such_path());
     };
     if rest.len() > 3 {
-        return error_response(&ApiError::new(
-            404,
-            "NotFound",
-            "the server could not find the requested resource",
-        ));
+        return error_response(&ApiError::no_such_path());
     }
     let target = Target {
         resource,
@@ -566,11 +540,7 @@ async fn route(
     };
     if let Some(sub) = &target.subresource {
         if !resource.subresources.iter().any(|s| s.name == sub) {
-            return error_response(&ApiError::new(
-                404,
-                "NotFound",
-                "the server could not find the requested resource",
-            ));
+            return error_response(&ApiError::no_such_path());
         }
     }
     let params = query(&request);
@@ -898,18 +868,13 @@ const MAX_OBJECT: usize = 1536 * 1024;
 
 fn sized(resource: &Resource, name: &str, bytes: Vec<u8>) -> Result<Vec<u8>, ApiError> {
     if bytes.len() > MAX_OBJECT {
-        let mut err = ApiError::new(
-            413,
-            "RequestEntityTooLarge",
-            format!(
-                "{} {name:?} is too large to store: {} KiB, the limit is {} KiB",
-                objects::resource_name(resource),
-                bytes.len() / 1024,
-                MAX_OBJECT / 1024
-            ),
+        let message = format!(
+            "{} {name:?} is too large to store: {} KiB, the limit is {} KiB",
+            objects::resource_name(resource),
+            bytes.len() / 1024,
+            MAX_OBJECT / 1024
         );
-        err.details = json!({"name": name, "group": resource.group, "kind": resource.name});
-        return Err(err);
+        return Err(ApiError::about(resource, name, 413, "RequestEntityTooLarge", message));
     }
     Ok(bytes)
 }
@@ -1161,10 +1126,7 @@ impl Api {
         let name =
             objects::prepare_create(resource, &mut object, self.target.namespace.as_deref())?;
         objects::validate(resource, &object)?;
-        if let Some(manager) = self.field_manager() {
-            let version = self.resource().group_version();
-            crate::apply::record_update(None, &mut object, manager, &version);
-        }
+        self.record_manager(None, &mut object);
         self.namespace_ready().await?;
         let key = resource.key(self.target.namespace.as_deref(), &name);
         let _allocating = if resource.kind == "Service" {
@@ -1421,19 +1383,20 @@ impl Api {
         if revision != current_revision {
             return Err(ApiError::conflict(self.resource(), self.name()));
         }
-        if let Some(manager) = self.field_manager() {
-            crate::apply::record_update(
-                Some(&current),
-                &mut object,
-                manager,
-                &self.resource().group_version(),
-            );
-        }
+        self.record_manager(Some(&current), &mut object);
         self.replace(&current, object, revision).await
     }
 
     fn field_manager(&self) -> Option<&str> {
         self.params.get("fieldManager").map(String::as_str).filter(|m| !m.is_empty())
+    }
+
+    /// With a `fieldManager`, records in `managedFields` what this write changed.
+    fn record_manager(&self, current: Option<&Value>, object: &mut Value) {
+        if let Some(manager) = self.field_manager() {
+            let version = self.resource().group_version();
+            crate::apply::record_update(current, object, manager, &version);
+        }
     }
 
     /// Server-side apply (`application/apply-patch+yaml`): see `crate::apply`.
@@ -1569,14 +1532,7 @@ impl Api {
                     return Err(ApiError::conflict(self.resource(), self.name()));
                 }
             }
-            if let Some(manager) = self.field_manager() {
-                crate::apply::record_update(
-                    Some(&current),
-                    &mut patched,
-                    manager,
-                    &self.resource().group_version(),
-                );
-            }
+            self.record_manager(Some(&current), &mut patched);
             match self.replace(&current, patched, revision).await {
                 Err(err) if err.reason == "Conflict" => continue,
                 other => return other,
