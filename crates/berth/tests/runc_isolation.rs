@@ -393,7 +393,8 @@ fn root_hooks_run_with_state_on_stdin() {
     let id = world.id("hooks");
     world.ok(&["run", &id]);
     for (name, status) in [
-        ("prestart", "creating"),
+        // The runtime spec's lifecycle (and crun): prestart runs on a created environment.
+        ("prestart", "created"),
         ("createRuntime", "creating"),
         ("createContainer", "creating"),
         ("poststart", "running"),

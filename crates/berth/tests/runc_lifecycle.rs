@@ -314,7 +314,8 @@ fn root_concurrent_commands_on_many_containers() {
     let list: Vec<Value> = serde_json::from_str(&world.ok(&["list", "-f", "json"])).expect("list");
     assert_eq!(list.len(), ids.len());
     assert!(list.iter().all(|c| c["status"] == "running"), "{list:?}");
-    // Racing deletes and states on one container: exactly one delete wins, nothing breaks.
+    // Racing forced deletes of one container: as with runc, each succeeds (those that find
+    // it gone too), nothing breaks, and it is gone.
     let target = &ids[0];
     let results: Vec<bool> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..4)
@@ -322,7 +323,8 @@ fn root_concurrent_commands_on_many_containers() {
             .collect();
         handles.into_iter().map(|h| h.join().expect("thread")).collect()
     });
-    assert_eq!(results.iter().filter(|ok| **ok).count(), 1, "{results:?}");
+    assert!(results.iter().all(|ok| *ok), "{results:?}");
+    world.assert_no_leftovers(target);
     std::thread::scope(|scope| {
         for id in &ids[1..] {
             let world = world.clone();

@@ -605,9 +605,11 @@ impl Manager for V1Cgroup {
         })
     }
 
+    /// The v1 hierarchies only: on a hybrid host the controller-less cgroup2 tree is not
+    /// shown, as runc does not show it.
     fn mount_sources(&self) -> Vec<(PathBuf, PathBuf)> {
-        let Layout::V1 { hierarchies, unified } = self.layout.as_ref() else { return Vec::new() };
-        let mut sources: Vec<(PathBuf, PathBuf)> = hierarchies
+        let Layout::V1 { hierarchies, .. } = self.layout.as_ref() else { return Vec::new() };
+        hierarchies
             .iter()
             .map(|h| {
                 let name = h
@@ -617,11 +619,7 @@ impl Manager for V1Cgroup {
                     .unwrap_or_else(|| PathBuf::from(h.controllers.join(",")));
                 (name, join(&h.mount_point, &self.path))
             })
-            .collect();
-        if let Some(unified) = unified {
-            sources.push((PathBuf::from("unified"), join(unified, &self.path)));
-        }
-        sources
+            .collect()
     }
 }
 

@@ -130,6 +130,11 @@ impl Runtime {
                         tracing::warn!("cleanup after failed create: {cleanup}");
                     }
                 }
+                if let Err(cleanup) =
+                    undo_host_mounts(&prepared.namespaces, &spec, &prepared.rootfs)
+                {
+                    tracing::warn!("cleanup after failed create: {cleanup}");
+                }
                 let _ = dir.remove();
                 Err(err)
             }
@@ -276,12 +281,17 @@ impl Runtime {
         tracing::debug!("placed; waiting for the rootfs");
         channel.expect(&Message::RunHooks, "setting up the root filesystem")?;
         tracing::debug!("rootfs ready");
-        let hook_state = hook_state_json(state, Status::Creating);
-        hooks::run_all(HookKind::Prestart, &HookKind::Prestart.of(&state.config), &hook_state)?;
+        // The runtime spec's lifecycle runs prestart hooks once the environment is created
+        // (as crun does; runc says "creating"); createRuntime hooks run during creation.
+        hooks::run_all(
+            HookKind::Prestart,
+            &HookKind::Prestart.of(&state.config),
+            &hook_state_json(state, Status::Created),
+        )?;
         hooks::run_all(
             HookKind::CreateRuntime,
             &HookKind::CreateRuntime.of(&state.config),
-            &hook_state,
+            &hook_state_json(state, Status::Creating),
         )?;
         channel.send(&Message::Go)?;
         channel.expect(&Message::Ready, "preparing the container process")?;
@@ -434,7 +444,13 @@ impl Runtime {
 
     /// Removes a stopped (or, with `force`, any) container and everything it holds.
     pub fn delete(&self, id: &str, force: bool) -> Result<()> {
-        let dir = ContainerDir::open(&self.root, id, true)?;
+        let dir = match ContainerDir::open(&self.root, id, true) {
+            Ok(dir) => dir,
+            // As runc and crun: forcing the removal of what is already gone succeeds, so a
+            // caller cleaning up after a failed create does not report a second error.
+            Err(Error::NotFound { .. }) if force => return Ok(()),
+            Err(err) => return Err(err),
+        };
         let state = match dir.load() {
             Ok(Some(state)) => state,
             Ok(None) if force => return dir.remove(),
@@ -466,6 +482,8 @@ impl Runtime {
             self.kill_everything(&state, cgroup.as_ref(), status == Status::Paused)?;
         }
         cgroup.destroy()?;
+        let namespaces = plan::plan_namespaces(&state.config)?;
+        undo_host_mounts(&namespaces, &state.config, &state.rootfs)?;
         hooks::run_all_warn(
             HookKind::Poststop,
             &HookKind::Poststop.of(&state.config),
@@ -842,4 +860,21 @@ impl Prepared {
             terminal,
         })
     }
+}
+
+/// Unmounts what the init of a container without a mount namespace of its own mounted in
+/// the host's (see `plan::check_without_mount_namespace`); nothing otherwise.
+fn undo_host_mounts(namespaces: &plan::NamespacePlan, spec: &Spec, rootfs: &Path) -> Result<()> {
+    if namespaces.has(berth_sys::nix::sched::CloneFlags::CLONE_NEWNS) {
+        return Ok(());
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(io("read", "/proc/self/mountinfo"))?;
+    for point in plan::host_mounts_of(&mountinfo, rootfs, spec) {
+        match berth_sys::nix::mount::umount2(&point, berth_sys::nix::mount::MntFlags::MNT_DETACH) {
+            Ok(()) | Err(Errno::EINVAL | Errno::ENOENT) => {}
+            Err(err) => return Err(sys(format!("unmount {}", point.display()))(err)),
+        }
+    }
+    Ok(())
 }

@@ -357,37 +357,14 @@ fn set_oom_score_adj(score: i32) -> Result<()> {
 
 /// Everything before `pivot_root`: propagation, the rootfs bind, the spec's mounts, `/dev`.
 fn prepare_rootfs(config: &InitConfig<'_>) -> Result<()> {
-    let linux = config.spec.linux().as_ref();
-    let propagation = linux.and_then(|l| l.rootfs_propagation().clone());
-    let requested = match propagation.as_deref() {
-        None | Some("") => None,
-        Some(option) => Some(crate::plan::propagation_flag(option).ok_or_else(|| {
-            crate::error::invalid("linux.rootfsPropagation", format!("{option:?} is not one of private, rprivate, shared, rshared, slave, rslave, unbindable, runbindable"))
-        })?),
-    };
-    // Keep host mount events from reaching us, and ours from reaching the host: slave by
-    // default, private when asked. A shared root is set after pivot_root.
-    let initial = match requested {
-        Some(flags) if flags.contains(MsFlags::MS_PRIVATE) => MsFlags::MS_PRIVATE | MsFlags::MS_REC,
-        _ => MsFlags::MS_SLAVE | MsFlags::MS_REC,
-    };
-    mount(None::<&str>, "/", None::<&str>, initial, None::<&str>)
-        .map_err(sys("set the propagation of /"))?;
-    tracing::debug!("init: propagation set");
-    // pivot_root needs the new root to be a mount point.
-    mount(
-        Some(config.rootfs),
-        config.rootfs,
-        None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None::<&str>,
-    )
-    .map_err(sys(format!("bind-mount the rootfs {}", config.rootfs.display())))?;
+    if config.namespaces.has(CloneFlags::CLONE_NEWNS) {
+        isolate_mounts(config)?;
+    }
     let root = open_dir(config.rootfs)?;
     let in_userns = config.namespaces.has_user();
     for step in config.mounts {
         tracing::debug!("init: mounting {}", step.destination.display());
-        mount_step(root.as_fd(), step, config, in_userns).map_err(|err| {
+        mount_step(root.as_fd(), step, config).map_err(|err| {
             Error::Init(format!(
                 "cannot mount {}: {}",
                 step.destination.display(),
@@ -420,6 +397,61 @@ fn prepare_rootfs(config: &InitConfig<'_>) -> Result<()> {
     Ok(())
 }
 
+/// In the container's own mount namespace: the propagation of `/`, and the rootfs made a
+/// mount point (which `pivot_root` needs).
+fn isolate_mounts(config: &InitConfig<'_>) -> Result<()> {
+    let linux = config.spec.linux().as_ref();
+    let propagation = linux.and_then(|l| l.rootfs_propagation().clone());
+    let requested = match propagation.as_deref() {
+        None | Some("") => None,
+        Some(option) => Some(crate::plan::propagation_flag(option).ok_or_else(|| {
+            crate::error::invalid("linux.rootfsPropagation", format!("{option:?} is not one of private, rprivate, shared, rshared, slave, rslave, unbindable, runbindable"))
+        })?),
+    };
+    // Keep host mount events from reaching us, and ours from reaching the host: slave by
+    // default; private, or shared with the host (as runc and crun do for `rshared`, which
+    // `mountPropagation: Bidirectional` relies on), when asked. Unbindable is set after
+    // pivot_root.
+    let initial = match requested {
+        Some(flags) if flags.intersects(MsFlags::MS_PRIVATE | MsFlags::MS_SHARED) => flags,
+        _ => MsFlags::MS_SLAVE | MsFlags::MS_REC,
+    };
+    mount(None::<&str>, "/", None::<&str>, initial, None::<&str>)
+        .map_err(sys("set the propagation of /"))?;
+    if initial.contains(MsFlags::MS_SHARED) {
+        // The rootfs is bound onto itself next: under a shared parent that bind would appear
+        // on the host too. Only the parent mount becomes private; mounts below it (the
+        // sources of the spec's binds) stay in the host's peer groups.
+        make_parent_mount_private(config.rootfs)?;
+    }
+    tracing::debug!("init: propagation set");
+    // pivot_root needs the new root to be a mount point.
+    mount(
+        Some(config.rootfs),
+        config.rootfs,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(sys(format!("bind-mount the rootfs {}", config.rootfs.display())))?;
+    Ok(())
+}
+
+/// Makes the mount holding `path` private when it is shared.
+fn make_parent_mount_private(path: &Path) -> Result<()> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(io("read", "/proc/self/mountinfo"))?;
+    let path = std::fs::canonicalize(path).map_err(io("resolve", path))?;
+    let Some((mount_point, shared)) = crate::plan::mount_holding(&mountinfo, &path) else {
+        return Err(Error::Init(format!("no mount holds {}", path.display())));
+    };
+    if shared {
+        mount(None::<&str>, &mount_point, None::<&str>, MsFlags::MS_PRIVATE, None::<&str>)
+            .map_err(sys(format!("make {} private", mount_point.display())))?;
+    }
+    Ok(())
+}
+
 fn open_dir(path: &Path) -> Result<OwnedFd> {
     berth_sys::nix::fcntl::open(
         path,
@@ -429,12 +461,7 @@ fn open_dir(path: &Path) -> Result<OwnedFd> {
     .map_err(sys(format!("open {}", path.display())))
 }
 
-fn mount_step(
-    root: BorrowedFd<'_>,
-    step: &MountStep,
-    config: &InitConfig<'_>,
-    in_userns: bool,
-) -> Result<()> {
+fn mount_step(root: BorrowedFd<'_>, step: &MountStep, config: &InitConfig<'_>) -> Result<()> {
     let destination = &step.destination;
     match &step.kind {
         MountKind::Bind { source, recursive } => {
@@ -500,7 +527,7 @@ fn mount_step(
                 .map_err(sys("reopen the mount"))?;
             finish_mount(mounted.as_fd(), step)
         }
-        MountKind::Cgroup => mount_cgroup(root, step, config, in_userns),
+        MountKind::Cgroup => mount_cgroup(root, step, config),
     }
 }
 
@@ -582,12 +609,7 @@ fn finish_mount(mounted: BorrowedFd<'_>, step: &MountStep) -> Result<()> {
 /// Shows the container's own cgroup at the destination: bind mounts of its cgroup
 /// directories, which is what a cgroup mount inside its cgroup namespace would show, and
 /// needs no namespace yet (it is created after the rootfs, see `init`).
-fn mount_cgroup(
-    root: BorrowedFd<'_>,
-    step: &MountStep,
-    config: &InitConfig<'_>,
-    in_userns: bool,
-) -> Result<()> {
+fn mount_cgroup(root: BorrowedFd<'_>, step: &MountStep, config: &InitConfig<'_>) -> Result<()> {
     let target = resolve_in_root(root, &step.destination, Create::Directory)
         .map_err(sys("resolve the target in the rootfs"))?;
     let flags = step.flags - MsFlags::MS_REMOUNT;
@@ -598,7 +620,8 @@ fn mount_cgroup(
             .ok_or_else(|| Error::Init("no cgroup directory to show".into()))?;
         return bind_cgroup_dir(root, &step.destination, host_dir, flags);
     }
-    // v1: a tmpfs holding one directory per hierarchy, as on the host.
+    // v1: a tmpfs holding one directory per hierarchy, as on the host. As runc, the mount's
+    // flags (`ro`) apply to the hierarchies; the tmpfs holding them stays writable.
     let tmpfs_flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     mount(Some("tmpfs"), &proc_fd_path(&target), Some("tmpfs"), tmpfs_flags, Some("mode=755"))
         .map_err(sys("mount the cgroup tmpfs"))?;
@@ -607,11 +630,6 @@ fn mount_cgroup(
             continue;
         }
         bind_cgroup_dir(root, &step.destination.join(name), host_dir, flags)?;
-    }
-    if flags.contains(MsFlags::MS_RDONLY) && !in_userns {
-        let mounted = resolve_in_root(root, &step.destination, Create::Nothing)
-            .map_err(sys("reopen the mount"))?;
-        remount_bind(mounted.as_fd(), tmpfs_flags | MsFlags::MS_RDONLY)?;
     }
     Ok(())
 }
@@ -730,6 +748,11 @@ fn create_dev_symlinks(root: BorrowedFd<'_>, has_pts: bool) -> Result<()> {
 /// `pivot_root` into the rootfs (or, with `--no-pivot`, move it over `/` and chroot).
 fn enter_rootfs(config: &InitConfig<'_>) -> Result<()> {
     let rootfs = config.rootfs;
+    if !config.namespaces.has(CloneFlags::CLONE_NEWNS) {
+        // The host's mount table is shared: only this process's root changes.
+        unistd::chroot(rootfs).map_err(sys(format!("chroot into {}", rootfs.display())))?;
+        return unistd::chdir("/").map_err(sys("chdir to /"));
+    }
     if config.no_pivot {
         unistd::chdir(rootfs).map_err(sys(format!("chdir to {}", rootfs.display())))?;
         mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
@@ -1055,9 +1078,20 @@ pub(crate) fn resolve_program(process: &Process) -> Result<PathBuf> {
         Error::Init(format!("exec: {program:?}: executable file not found in $PATH"))
     })?;
     if program.contains('/') {
+        // As runc: a program that cannot be executed fails `create`, not `start`, so callers
+        // (podman's 126) report it at the right moment.
         let absolute = if found.is_absolute() { found.clone() } else { process.cwd().join(&found) };
-        if !absolute.exists() {
-            return Err(Error::Init(format!("exec: {program:?}: no such file or directory")));
+        match std::fs::metadata(&absolute) {
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::Init(format!("exec: {program:?}: no such file or directory")));
+            }
+            Ok(meta) if meta.is_dir() => {
+                return Err(Error::Init(format!("exec: {program:?}: is a directory")));
+            }
+            _ if !is_executable(&absolute) => {
+                return Err(Error::Init(format!("exec: {program:?}: permission denied")));
+            }
+            _ => {}
         }
     }
     Ok(found)
@@ -1120,12 +1154,16 @@ pub(crate) fn exec_process(
         }
         Ok(())
     };
+    // The working directory is entered and checked before any filter goes in: a profile may
+    // refuse getcwd, and the check (CVE-2024-21626) must not depend on the profile. As root
+    // first; a directory only the container's user may enter is tried again as that user.
+    let cwd_entered = enter_working_directory(process.cwd(), true)?;
     // Without no_new_privs, loading a filter needs CAP_SYS_ADMIN, so it must come before the
     // capabilities are dropped; with it, as late as possible, so the filter sees the least.
     if !no_new_privileges {
         load_seccomp(seccomp_listener)?;
     }
-    set_user_and_capabilities(process)?;
+    set_user_and_capabilities(process, cwd_entered)?;
     if no_new_privileges {
         berth_sys::nix::sys::prctl::set_no_new_privs().map_err(sys("set no_new_privs"))?;
         load_seccomp(seccomp_listener)?;
@@ -1158,8 +1196,9 @@ fn cstring(text: &str) -> Result<CString> {
         .map_err(|_| crate::error::invalid("process", format!("{text:?} contains a NUL byte")))
 }
 
-/// Bounding set, uid/gid/groups, working directory, then the other capability sets.
-fn set_user_and_capabilities(process: &Process) -> Result<()> {
+/// Bounding set, uid/gid/groups, working directory (unless already entered), then the
+/// other capability sets.
+fn set_user_and_capabilities(process: &Process, cwd_entered: bool) -> Result<()> {
     use caps::{CapSet, CapsHashSet};
     let capabilities = process.capabilities().clone().unwrap_or_default();
     let convert = |set: &Option<oci_spec::runtime::Capabilities>| -> CapsHashSet {
@@ -1198,7 +1237,9 @@ fn set_user_and_capabilities(process: &Process) -> Result<()> {
     unistd::setresgid(gid, gid, gid).map_err(sys(format!("set gid {}", user.gid())))?;
     let uid = Uid::from_raw(user.uid());
     unistd::setresuid(uid, uid, uid).map_err(sys(format!("set uid {}", user.uid())))?;
-    change_directory(process.cwd())?;
+    if !cwd_entered {
+        enter_working_directory(process.cwd(), false)?;
+    }
     berth_sys::nix::sys::prctl::set_keepcaps(false).map_err(sys("reset keepcaps"))?;
     let capset = |set: CapSet, value: &CapsHashSet| {
         caps::set(None, set, value)
@@ -1226,14 +1267,20 @@ fn last_cap() -> u8 {
 }
 
 /// chdir, then check the result is inside the root: a descriptor leaked into the process
-/// (CVE-2024-21626) could otherwise leave it in a host directory.
-fn change_directory(cwd: &Path) -> Result<()> {
-    unistd::chdir(cwd).map_err(sys(format!("chdir to {}", cwd.display())))?;
+/// (CVE-2024-21626) could otherwise leave it in a host directory. With `may_defer`, a
+/// directory this (privileged) process may not enter returns false, to be tried again
+/// once the process has the container's user.
+fn enter_working_directory(cwd: &Path, may_defer: bool) -> Result<bool> {
+    match unistd::chdir(cwd) {
+        Ok(()) => {}
+        Err(Errno::EACCES | Errno::EPERM) if may_defer => return Ok(false),
+        Err(err) => return Err(sys(format!("chdir to {}", cwd.display()))(err)),
+    }
     match unistd::getcwd() {
         Ok(path)
             if path.is_absolute() && !path.as_os_str().as_bytes().starts_with(b"(unreachable)") =>
         {
-            Ok(())
+            Ok(true)
         }
         Ok(path) => Err(Error::Init(format!(
             "working directory {} is outside the container",

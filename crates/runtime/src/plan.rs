@@ -333,10 +333,7 @@ pub fn plan_namespaces(spec: &Spec) -> Result<NamespacePlan> {
     }
     let plan = NamespacePlan { user, join, create, time_offsets: None };
     if !plan.has(CloneFlags::CLONE_NEWNS) {
-        return Err(invalid(
-            "linux.namespaces",
-            "a mount namespace is required: berth never changes the host's root",
-        ));
+        check_without_mount_namespace(spec)?;
     }
     let time_offsets = match linux.time_offsets() {
         Some(offsets) if !offsets.is_empty() => {
@@ -389,6 +386,41 @@ pub fn plan_namespaces(spec: &Spec) -> Result<NamespacePlan> {
 }
 
 /// A sysctl may only be set when it belongs to a namespace the container has of its own.
+/// Without a mount namespace of its own, the container shares the host's mount table, as
+/// runc and crun allow: its mounts are made in the host's namespace under the rootfs (and
+/// undone by `delete`), and it enters the rootfs with `chroot`. What would change mounts
+/// the host already has is refused: masking and read-only paths (runc refuses them too),
+/// a read-only root, and a root propagation.
+fn check_without_mount_namespace(spec: &Spec) -> Result<()> {
+    let linux = spec.linux().as_ref();
+    let advice = "needs a mount namespace of the container's own: add {\"type\": \"mount\"} to linux.namespaces";
+    if linux.and_then(|l| l.masked_paths().as_ref()).is_some_and(|p| !p.is_empty()) {
+        return Err(invalid(
+            "linux.maskedPaths",
+            format!("masking paths {advice}, or empty the list"),
+        ));
+    }
+    if linux.and_then(|l| l.readonly_paths().as_ref()).is_some_and(|p| !p.is_empty()) {
+        return Err(invalid(
+            "linux.readonlyPaths",
+            format!("read-only paths {advice}, or empty the list"),
+        ));
+    }
+    if spec.root().as_ref().and_then(|r| r.readonly()) == Some(true) {
+        return Err(invalid(
+            "root.readonly",
+            format!("a read-only root {advice}, or set it to false"),
+        ));
+    }
+    if linux.and_then(|l| l.rootfs_propagation().as_ref()).is_some_and(|p| !p.is_empty()) {
+        return Err(invalid(
+            "linux.rootfsPropagation",
+            format!("a root propagation {advice}, or remove it"),
+        ));
+    }
+    Ok(())
+}
+
 pub fn check_sysctl(key: &str, namespaces: &NamespacePlan) -> Result<()> {
     let field = format!("linux.sysctl.{key}");
     if key.contains("..") || key.starts_with('/') || key.contains('\0') {
@@ -509,14 +541,15 @@ pub fn allowed_device_rules(devices: &[DeviceNode]) -> Vec<oci_spec::runtime::Li
         rule.set_access(Some(access.to_owned()));
         rule
     };
+    // What runc and crun both allow. Not the host's console (c 5:1): with CAP_MKNOD a
+    // container could make the node and open it. A terminal's /dev/console is a bind of the
+    // container's own pty, which c 136:* covers.
     let mut rules = vec![
         // mknod of anything; opening is what the other rules decide.
         rule(LinuxDeviceType::C, None, None, "m"),
         rule(LinuxDeviceType::B, None, None, "m"),
-        rule(LinuxDeviceType::C, Some(5), Some(1), "rwm"), // /dev/console
-        rule(LinuxDeviceType::C, Some(136), None, "rwm"),  // /dev/pts/*
+        rule(LinuxDeviceType::C, Some(136), None, "rwm"), // /dev/pts/*
         rule(LinuxDeviceType::C, Some(5), Some(2), "rwm"), // /dev/ptmx
-        rule(LinuxDeviceType::C, Some(10), Some(200), "rwm"), // /dev/net/tun
     ];
     for device in devices {
         let kind = match device.kind {
@@ -586,6 +619,74 @@ pub fn find_executable(
         .find(|candidate| is_executable(candidate))
 }
 
+/// The mount point of the mount holding `path` (the last, so topmost, of the longest
+/// matching mount points in `/proc/self/mountinfo`), and whether it is shared.
+pub fn mount_holding(mountinfo: &str, path: &Path) -> Option<(PathBuf, bool)> {
+    let mut best: Option<(PathBuf, bool)> = None;
+    for line in mountinfo.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(separator) = fields.iter().position(|f| *f == "-") else { continue };
+        let Some(point) = fields.get(4).map(|p| PathBuf::from(unescape_mountinfo(p))) else {
+            continue;
+        };
+        if !path.starts_with(&point) {
+            continue;
+        }
+        let shared = fields[6.min(separator)..separator].iter().any(|f| f.starts_with("shared:"));
+        let deeper = best
+            .as_ref()
+            .is_none_or(|(current, _)| point.components().count() >= current.components().count());
+        if deeper {
+            best = Some((point, shared));
+        }
+    }
+    best
+}
+
+/// The mounts a container without a mount namespace of its own left on the host: mount
+/// points at or below the spec's mount destinations (and `/dev/console`, and the device
+/// paths) under `rootfs`, latest first, so each is unmounted before what it covers.
+pub fn host_mounts_of(mountinfo: &str, rootfs: &Path, spec: &Spec) -> Vec<PathBuf> {
+    let mut destinations: Vec<PathBuf> =
+        spec.mounts().iter().flatten().map(|m| m.destination().clone()).collect();
+    destinations.push(PathBuf::from("/dev/console"));
+    let devices = spec.linux().as_ref().and_then(|l| l.devices().clone()).unwrap_or_default();
+    destinations.extend(devices.iter().map(|d| d.path().clone()));
+    let targets: Vec<PathBuf> = destinations
+        .iter()
+        .filter_map(|d| d.strip_prefix("/").ok())
+        .filter(|d| !d.as_os_str().is_empty())
+        .map(|d| rootfs.join(d))
+        .collect();
+    let mut found: Vec<PathBuf> = mountinfo
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4).map(unescape_mountinfo).map(PathBuf::from))
+        .filter(|point| targets.iter().any(|target| point.starts_with(target)))
+        .collect();
+    found.reverse();
+    found
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal (`\040`).
+fn unescape_mountinfo(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        if bytes[index] == b'\\' && index + 3 < bytes.len() {
+            let digits = std::str::from_utf8(&bytes[index + 1..index + 4]).unwrap_or("");
+            if let Ok(value) = u8::from_str_radix(digits, 8) {
+                out.push(value);
+                index += 4;
+                continue;
+            }
+        }
+        out.push(bytes[index]);
+        index += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// The time each hook may take, if it says.
 pub fn hook_timeout(timeout: Option<i64>) -> Result<Option<std::time::Duration>> {
     match timeout {
@@ -603,6 +704,54 @@ mod tests {
 
     fn options(list: &[&str]) -> MountOptions {
         parse_mount_options(&list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn the_mount_holding_a_path_is_the_deepest_and_last() {
+        let mountinfo = "\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw
+30 22 0:25 / /var rw shared:5 - tmpfs tmpfs rw
+31 22 0:26 / /var/lib rw master:7 - tmpfs tmpfs rw
+32 31 0:27 / /var/lib/my\\040dir rw shared:9 master:3 - tmpfs tmpfs rw
+33 31 0:28 / /var/lib rw - tmpfs tmpfs rw
+";
+        let holding = |path: &str| mount_holding(mountinfo, Path::new(path));
+        assert_eq!(holding("/usr/bin"), Some((PathBuf::from("/"), true)));
+        assert_eq!(holding("/var/x"), Some((PathBuf::from("/var"), true)));
+        // Two mounts on /var/lib: the later one is on top.
+        assert_eq!(holding("/var/lib/x"), Some((PathBuf::from("/var/lib"), false)));
+        assert_eq!(
+            holding("/var/lib/my dir/rootfs"),
+            Some((PathBuf::from("/var/lib/my dir"), true))
+        );
+        // Not a path prefix by characters: /variable is not under /var.
+        assert_eq!(holding("/variable"), Some((PathBuf::from("/"), true)));
+    }
+
+    #[test]
+    fn host_mounts_of_a_container_are_its_own_latest_first() {
+        let mountinfo = "\
+22 1 8:1 / / rw shared:1 - ext4 /dev/vda1 rw
+40 22 8:1 /b/rootfs /b/rootfs rw - ext4 /dev/vda1 rw
+41 40 0:40 / /b/rootfs/proc rw - proc proc rw
+42 40 0:41 / /b/rootfs/dev rw - tmpfs tmpfs rw
+43 42 0:42 / /b/rootfs/dev/pts rw - devpts devpts rw
+44 22 0:43 / /b/rootfs2/proc rw - proc proc rw
+45 40 0:44 / /b/rootfs/srv rw - tmpfs tmpfs rw
+";
+        let spec = spec(
+            r#"{"mounts":[{"destination":"/proc","type":"proc","source":"proc"},
+                          {"destination":"/dev","type":"tmpfs","source":"tmpfs"}]}"#,
+        );
+        // The rootfs itself, another rootfs and a mount the spec did not ask for stay.
+        assert_eq!(
+            host_mounts_of(mountinfo, Path::new("/b/rootfs"), &spec),
+            vec![
+                PathBuf::from("/b/rootfs/dev/pts"),
+                PathBuf::from("/b/rootfs/dev"),
+                PathBuf::from("/b/rootfs/proc")
+            ]
+        );
     }
 
     #[test]
@@ -675,7 +824,14 @@ mod tests {
     #[test]
     fn namespace_rules() {
         let cases = [
-            (r#"{"linux":{"namespaces":[{"type":"pid"}]}}"#, "mount namespace is required"),
+            (
+                r#"{"linux":{"namespaces":[{"type":"pid"}],"maskedPaths":["/proc/kcore"]}}"#,
+                "masking paths needs a mount namespace",
+            ),
+            (
+                r#"{"root":{"path":"rootfs","readonly":true},"linux":{"namespaces":[{"type":"pid"}]}}"#,
+                "a read-only root needs a mount namespace",
+            ),
             (r#"{"linux":{"namespaces":[{"type":"mount"},{"type":"mount"}]}}"#, "listed twice"),
             (r#"{"hostname":"x","linux":{"namespaces":[{"type":"mount"}]}}"#, "UTS namespace"),
             (
