@@ -73,7 +73,7 @@ impl Schedule {
         let limit = minute + 8 * 366 * 24 * 60;
         while minute < limit {
             let (days, rest) = (minute.div_euclid(1440), minute.rem_euclid(1440));
-            let (_, month, day) = crate::objects::civil(days);
+            let (_, month, day) = berth_stdx::time::civil_from_days(days);
             let weekday = (days + 4).rem_euclid(7) as u32; // 1970-01-01 was a Thursday
             let day_ok = match (self.any_day, self.any_weekday) {
                 (false, false) => bit(self.days, day) || bit(self.weekdays, weekday),
@@ -182,7 +182,7 @@ mod tests {
     }
 
     fn civil_days(y: i64, m: u32, d: u32) -> i64 {
-        (0..100_000).find(|&days| crate::objects::civil(days) == (y, m, d)).unwrap()
+        berth_stdx::time::days_from_civil(y, m, d)
     }
 
     #[test]

@@ -105,71 +105,36 @@ fn kind_of(resource: &Resource) -> String {
     }
 }
 
-pub fn random_hex(bytes: usize) -> String {
-    use std::io::Read;
-    let mut buffer = vec![0u8; bytes];
-    let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buffer));
-    buffer.iter().map(|b| format!("{b:02x}")).collect()
+/// Random hex from the OS generator; a failure is a 500, never predictable bytes.
+pub fn random_hex(bytes: usize) -> Result<String, ApiError> {
+    berth_stdx::random::hex(bytes).map_err(random_failed)
 }
 
-/// A random (version 4) UUID.
-pub fn uuid() -> String {
-    let h = random_hex(16);
-    let variant = ["8", "9", "a", "b"][usize::from_str_radix(&h[16..17], 16).unwrap_or(0) % 4];
-    format!("{}-{}-4{}-{}{}-{}", &h[0..8], &h[8..12], &h[13..16], variant, &h[17..20], &h[20..32])
+/// A random (version 4) UUID, for object uids.
+pub fn uuid() -> Result<String, ApiError> {
+    berth_stdx::random::uuid().map_err(random_failed)
+}
+
+fn random_failed(err: std::io::Error) -> ApiError {
+    ApiError::new(500, "InternalError", format!("cannot read random bytes from the OS: {err}"))
 }
 
 /// Now, as `metav1.Time` writes it (seconds, UTC).
 pub fn now() -> String {
-    format_time(unix_now())
+    berth_stdx::time::now_rfc3339()
 }
 
 /// Seconds since the epoch.
 pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-/// (year, month 1-12, day 1-31) of a day count since 1970-01-01 (proleptic Gregorian).
-pub fn civil(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(month <= 2), month, day)
+    berth_stdx::time::unix_now()
 }
 
 pub fn format_time(seconds: i64) -> String {
-    let (year, month, day) = civil(seconds.div_euclid(86_400));
-    let rest = seconds.rem_euclid(86_400);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60
-    )
+    berth_stdx::time::format_rfc3339(seconds)
 }
 
 pub fn parse_time(text: &str) -> Option<i64> {
-    let (date, time) = text.split_once('T')?;
-    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
-    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
-    let mut t = time.trim_end_matches('Z').split(':').map(|p| p.parse::<f64>().ok());
-    let (h, min, s) = (t.next()??, t.next()??, t.next()??);
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(days * 86_400 + h as i64 * 3600 + min as i64 * 60 + s as i64)
+    berth_stdx::time::parse_rfc3339(text)
 }
 
 /// kubectl's short age: 5s, 3m12s, 4h, 2d.
@@ -254,7 +219,7 @@ pub fn prepare_create(
     let mut name = metadata.get("name").and_then(Value::as_str).unwrap_or("").to_owned();
     if name.is_empty() {
         if let Some(prefix) = metadata.get("generateName").and_then(Value::as_str) {
-            name = format!("{prefix}{}", &random_hex(3)[..5]);
+            name = format!("{prefix}{}", &random_hex(3)?[..5]);
             metadata.insert("name".into(), json!(name));
         }
     }
@@ -286,7 +251,7 @@ pub fn prepare_create(
             }
         }
     }
-    metadata.insert("uid".into(), json!(uuid()));
+    metadata.insert("uid".into(), json!(uuid()?));
     metadata.insert("creationTimestamp".into(), json!(now()));
     metadata.remove("resourceVersion");
     metadata.remove("deletionTimestamp");
@@ -324,6 +289,25 @@ fn default(resource: &Resource, object: &mut Value) {
 }
 
 /// Sets `value` at `key` of `map` when it is missing (or null).
+/// A Secret's `stringData` is write-only: its values go into `data` (base64, over a
+/// `data` value of the same key) and it is never stored or returned.
+fn merge_string_data(secret: &mut Value) {
+    use base64::Engine as _;
+    let Some(map) = secret.as_object_mut() else { return };
+    let Some(Value::Object(strings)) = map.remove("stringData") else { return };
+    let data = map.entry("data").or_insert_with(|| json!({}));
+    if !data.is_object() {
+        *data = json!({});
+    }
+    for (key, value) in strings {
+        let text = match value {
+            Value::String(text) => text,
+            other => other.to_string(),
+        };
+        data[key] = json!(base64::engine::general_purpose::STANDARD.encode(text));
+    }
+}
+
 fn or_default(map: &mut Value, key: &str, value: Value) {
     if map.is_object() && map.get(key).is_none_or(Value::is_null) {
         map[key] = value;
@@ -336,6 +320,7 @@ fn or_default(map: &mut Value, key: &str, value: Value) {
 pub fn default_fields(resource: &Resource, object: &mut Value) {
     if resource.kind == "Secret" {
         or_default(object, "type", json!("Opaque"));
+        merge_string_data(object);
     }
     // (Indexing a JSON object mutably would add the key: only existing specs are touched.)
     let Some(spec) = object.get_mut("spec").filter(|s| s.is_object()) else {

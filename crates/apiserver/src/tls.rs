@@ -28,16 +28,7 @@ fn io(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
 }
 
 pub(crate) fn write_private(path: &Path, data: &[u8]) -> Result<(), Error> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io("write", path))?;
-    file.write_all(data).map_err(io("write", path))
+    berth_stdx::fs::write_atomic(path, data, 0o600).map_err(io("write", path))
 }
 
 /// The CA and serving certificate, created when missing. `hosts` become the serving
@@ -215,7 +206,8 @@ pub fn token(dir: &Path, given: Option<&str>) -> Result<String, Error> {
             return Ok(existing.trim().to_owned());
         }
     }
-    let token = crate::objects::random_hex(32);
+    let token = berth_stdx::random::hex(32)
+        .map_err(|e| Error::Setup(format!("cannot read random bytes from the OS: {e}")))?;
     write_private(&path, token.as_bytes())?;
     Ok(token)
 }

@@ -93,7 +93,7 @@ impl Signer {
         };
         let payload = json!({
             "aud": audiences, "exp": now + seconds, "iat": now, "nbf": now, "iss": ISSUER,
-            "jti": crate::objects::uuid(),
+            "jti": berth_stdx::random::uuid().map_err(|e| Error::Setup(format!("cannot read random bytes from the OS: {e}")))?,
             "kubernetes.io": kubernetes,
             "sub": format!("system:serviceaccount:{}:{}", claims.namespace, claims.name),
         });

@@ -669,7 +669,7 @@ fn kubectl_drives_the_api_on_the_embedded_store() {
             .any(|e| e["verb"] == "delete" && e["resource"] == "namespaces" && e["name"] == "team"),
         "{audit}"
     );
-    assert!(entries.iter().all(|e| e["user"] == "admin" && e["verb"] != "get"));
+    assert!(entries.iter().all(|e| e["user"]["username"] == "admin" && e["verb"] != "get"));
 }
 
 #[test]
@@ -1483,4 +1483,65 @@ fn delete_cascades_to_dependents_or_orphans_them() {
 fn delete_cascades_to_dependents_or_orphans_them_on_etcd() {
     let Some((_dir, _etcd, server)) = etcd_server() else { return };
     cascades(&server);
+}
+
+/// What used to fail silently is now an error or does what Kubernetes does: booleans in
+/// Go's forms (`watch=True`, which the Python client sends), `stringData` merged into
+/// `data`, malformed `DeleteOptions` refused, the audit log naming who wrote, and a data
+/// directory only its owner can read.
+#[test]
+fn silent_failures_are_errors_and_clients_are_understood() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some((dir, server)) = embedded_server() else { return };
+    server.ok(&["create", "configmap", "watched", "--from-literal=a=1"]);
+    let events = server.ok(&[
+        "get",
+        "--raw",
+        "/api/v1/namespaces/default/configmaps?watch=True&timeoutSeconds=1",
+    ]);
+    assert!(events.contains("\"ADDED\"") && events.contains("watched"), "{events}");
+    let err = server.fails(&["get", "--raw", "/api/v1/configmaps?watch=yes"]);
+    assert!(err.contains("invalid value"), "{err}");
+
+    server.apply(
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: creds}\nstringData: {user: alice}\ndata: {old: b2xk}\n",
+    );
+    let secret: serde_json::Value =
+        serde_json::from_str(&server.ok(&["get", "secret", "creds", "-o", "json"])).unwrap();
+    assert_eq!(secret["data"]["user"], "YWxpY2U=", "{secret}");
+    assert_eq!(secret["data"]["old"], "b2xk", "{secret}");
+    assert!(secret.get("stringData").is_none(), "{secret}");
+
+    let body = dir.path().join("bad-options.json");
+    std::fs::write(&body, "{\"preconditions\": ").unwrap();
+    let err = server.fails(&[
+        "delete",
+        "--raw",
+        "/api/v1/namespaces/default/configmaps/watched",
+        "-f",
+        body.to_str().unwrap(),
+    ]);
+    assert!(err.contains("DeleteOptions"), "{err}");
+    server.ok(&["get", "configmap", "watched"]);
+
+    server.ok(&["create", "clusterrole", "writer", "--verb=*", "--resource=configmaps"]);
+    server.ok(&[
+        "create",
+        "clusterrolebinding",
+        "alice-writes",
+        "--clusterrole=writer",
+        "--user=alice",
+    ]);
+    server.ok(&["create", "configmap", "by-alice", "--as=alice"]);
+    let audit = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();
+    let line = audit.lines().find(|l| l.contains("by-alice")).expect("audit line");
+    let line: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(line["user"]["username"], "alice", "{line}");
+    assert_eq!(line["impersonatedBy"]["username"], "admin", "{line}");
+
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(dir.path()), 0o700);
+    for file in ["state.db", "audit.log", "kubeconfig", "token"] {
+        assert_eq!(mode(&dir.path().join(file)), 0o600, "{file}");
+    }
 }

@@ -133,32 +133,16 @@ impl Engine {
 }
 
 /// A random 64-hex-digit id, as Docker's container ids are.
-pub fn random_id() -> String {
-    use std::io::Read;
-    let mut bytes = [0u8; 32];
-    let filled = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
-    if filled.is_err() {
-        // Never expected on Linux; fall back to time and pid, still unique enough per host.
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos();
-        let seed = now ^ (u128::from(std::process::id()) << 64);
-        for (i, b) in bytes.iter_mut().enumerate() {
-            *b = (seed >> ((i % 16) * 8)) as u8 ^ i as u8;
-        }
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+pub fn random_id() -> Result<String> {
+    berth_stdx::random::hex(32).map_err(io("read", Path::new("/dev/urandom")))
 }
 
 /// Now, as RFC 3339 with nanoseconds.
 pub fn now() -> String {
-    berth_runtime::state::rfc3339(std::time::SystemTime::now())
+    berth_stdx::time::format_rfc3339_nanos(std::time::SystemTime::now())
 }
 
-/// Writes a file atomically (temporary file, then rename).
+/// Writes a record atomically and durably, readable by its owner only.
 pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let temporary = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&temporary, data).map_err(io("write", &temporary))?;
-    std::fs::rename(&temporary, path).map_err(io("rename", path))
+    berth_stdx::fs::write_atomic(path, data, 0o600).map_err(io("write", path))
 }

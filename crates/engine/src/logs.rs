@@ -172,7 +172,7 @@ pub struct Query {
 }
 
 fn seconds(time: &str) -> f64 {
-    let whole = berth_image::config::parse_rfc3339(time).unwrap_or(0) as f64;
+    let whole = berth_stdx::time::parse_rfc3339(time).unwrap_or(0) as f64;
     let fraction = time
         .split_once('.')
         .map(|(_, f)| f.trim_end_matches('Z'))

@@ -135,7 +135,7 @@ impl Engine {
                 .ok_or_else(|| Error::Network("no free subnet left in 10.89.0.0/16".into()))?,
         };
         let (gateway, _) = gateway_of(&subnet)?;
-        let id = crate::random_id();
+        let id = crate::random_id()?;
         let network = Network {
             name: name.to_owned(),
             bridge: format!("br-{}", &id[..12]),

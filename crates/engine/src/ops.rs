@@ -80,7 +80,7 @@ impl Engine {
         let mut labels = run_config.as_ref().and_then(|c| c.labels.clone()).unwrap_or_default();
         labels.append(&mut options.labels);
         options.labels = labels;
-        let id = crate::random_id();
+        let id = crate::random_id()?;
         let name = options.name.clone().unwrap_or_else(|| generated_name(&id));
         let mut record = Record {
             id: id.clone(),
@@ -829,7 +829,7 @@ impl Engine {
         config.created = None;
         config.author = author.map(str::to_owned).or(config.author);
         let history = History {
-            created: Some(berth_image::config::rfc3339(std::time::SystemTime::now())),
+            created: Some(berth_stdx::time::format_rfc3339(berth_stdx::time::unix_now())),
             created_by: Some(format!("berth commit {}", record.name)),
             author: author.map(str::to_owned),
             comment: message.map(str::to_owned),

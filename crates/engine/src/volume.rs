@@ -32,7 +32,10 @@ impl Engine {
         labels: BTreeMap<String, String>,
     ) -> Result<Volume> {
         let anonymous = name.is_none();
-        let name = name.map(str::to_owned).unwrap_or_else(crate::random_id);
+        let name = match name {
+            Some(name) => name.to_owned(),
+            None => crate::random_id()?,
+        };
         if !valid_volume_name(&name) {
             return Err(invalid(
                 format!("volume name {name:?}"),

@@ -109,22 +109,8 @@ pub fn lookup(path: &Path, registry: &str) -> Result<Option<Credentials>> {
 fn write(path: &Path, config: &Map<String, Value>) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io("create", dir))?;
-    let temporary = dir.join(format!(".config.json.{}", std::process::id()));
     let data = serde_json::to_vec_pretty(&Value::Object(config.clone())).unwrap_or_default();
-    {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(0o600)
-            .open(&temporary)
-            .map_err(io("write", &temporary))?;
-        file.write_all(&data).map_err(io("write", &temporary))?;
-        file.sync_all().map_err(io("sync", &temporary))?;
-    }
-    std::fs::rename(&temporary, path).map_err(io("replace", path))
+    berth_stdx::fs::write_atomic(path, &data, 0o600).map_err(io("replace", path))
 }
 
 /// Stores credentials for `registry`, keeping everything else in the file.

@@ -8,7 +8,6 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -235,18 +234,9 @@ impl ContainerDir {
     /// Writes the state atomically: a crash leaves the old or the new file, never half.
     pub fn save(&self, state: &PersistedState) -> Result<()> {
         let path = self.state_path();
-        let temporary = self.path.join(".state.json.tmp");
         let bytes = serde_json::to_vec(state)
             .map_err(|err| Error::CorruptState { path: path.clone(), message: err.to_string() })?;
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&temporary)
-            .map_err(io("create", &temporary))?;
-        file.write_all(&bytes).map_err(io("write", &temporary))?;
-        std::fs::rename(&temporary, &path).map_err(io("rename", &path))
+        berth_stdx::fs::write_atomic(&path, &bytes, 0o600).map_err(io("write", &path))
     }
 
     /// Removes the directory and everything in it.
@@ -275,48 +265,12 @@ pub fn read_state(path: &Path) -> Result<Option<PersistedState>> {
 
 /// Writes a pid file atomically, as runc does (containerd reads it right after `create`).
 pub fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let temporary = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&temporary, pid.to_string()).map_err(io("write", &temporary))?;
-    std::fs::rename(&temporary, path).map_err(io("rename", path))
+    berth_stdx::fs::write_atomic(path, pid.to_string().as_bytes(), 0o644).map_err(io("write", path))
 }
 
-/// Formats a time as RFC 3339 in UTC with nanoseconds, trailing zeros trimmed (Go's
-/// `RFC3339Nano`, which runc prints).
+/// Formats a time as Go's `RFC3339Nano` in UTC, which runc prints.
 pub fn rfc3339(time: std::time::SystemTime) -> String {
-    let since_epoch = time.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let seconds = since_epoch.as_secs() as i64;
-    let nanos = since_epoch.subsec_nanos();
-    let (days, rem) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
-    let (year, month, day) = civil_from_days(days);
-    let mut out = format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    );
-    if nanos != 0 {
-        let fraction = format!("{nanos:09}");
-        out.push('.');
-        out.push_str(fraction.trim_end_matches('0'));
-    }
-    out.push('Z');
-    out
-}
-
-/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
+    berth_stdx::time::format_rfc3339_nanos(time)
 }
 
 /// The user name of a uid from the host's `/etc/passwd`, or the number.

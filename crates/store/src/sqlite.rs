@@ -4,6 +4,7 @@
 //! Compaction deletes superseded rows and tombstones, and incremental vacuum gives the
 //! pages back, so the file does not grow without bound.
 
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -102,9 +103,39 @@ fn compact_revision(db: &Connection) -> rusqlite::Result<i64> {
     db.query_row("SELECT value FROM meta WHERE name = 'compact_rev'", [], |r| r.get(0))
 }
 
+fn with_suffix(path: &Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    name.into()
+}
+
 impl SqliteStore {
     /// Opens (creating) the database at `path`.
     pub fn open(path: &Path) -> Result<SqliteStore> {
+        // Readable by its owner only: SQLite gives its WAL and shared-memory files the
+        // database file's mode, so this covers them too.
+        for file in [path.to_path_buf(), with_suffix(path, "-wal"), with_suffix(path, "-shm")] {
+            match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
+                Ok(()) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound && file == path => {
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .open(path)
+                        .map_err(|e| {
+                            Error::Backend(format!("cannot create {}: {e}", path.display()))
+                        })?;
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => {
+                    return Err(Error::Backend(format!(
+                        "cannot restrict {}: {err}",
+                        file.display()
+                    )))
+                }
+            }
+        }
         let db = Connection::open(path).map_err(backend)?;
         // auto_vacuum must be chosen before the first table exists.
         db.execute_batch(

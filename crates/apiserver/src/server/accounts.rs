@@ -80,7 +80,8 @@ impl Api {
                         .get(&r.key(ns, object_name))
                         .await
                         .map_err(|e| storage_error(r, object_name, e))?
-                        .map(|kv| decode(&kv)),
+                        .map(|kv| decode(&kv))
+                        .transpose()?,
                     None => None,
                 };
                 let Some(found) = found else {
@@ -173,7 +174,7 @@ impl State {
             return false;
         };
         match self.store.get(&key).await {
-            Ok(Some(kv)) => decode(&kv)["metadata"]["uid"] == uid,
+            Ok(Some(kv)) => decode(&kv).is_ok_and(|o| o["metadata"]["uid"] == uid),
             _ => false,
         }
     }

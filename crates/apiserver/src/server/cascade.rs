@@ -51,7 +51,7 @@ impl State {
                 continue;
             }
             for kv in index.get(&owner_uid).cloned().unwrap_or_default() {
-                let mut object = decode(&kv);
+                let mut object = decode(&kv)?;
                 // A dependent that another living owner still holds only loses this one.
                 let held_elsewhere = self.held_elsewhere(&object, &doomed_uids).await;
                 if policy == "Orphan" || held_elsewhere {
@@ -82,7 +82,7 @@ impl State {
                 Ok(Some(kv)) => kv,
                 _ => continue,
             };
-            let mut object = decode(&current);
+            let mut object = decode(&current)?;
             let finalized =
                 object["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty());
             if finalized {
@@ -120,7 +120,7 @@ impl State {
             let Some(resource) = resources::by_kind(api_version, kind) else { continue };
             let key = resource.key(if resource.namespaced { namespace } else { None }, name);
             if let Ok(Some(kv)) = self.store.get(&key).await {
-                if decode(&kv)["metadata"]["uid"] == uid {
+                if decode(&kv).is_ok_and(|o| o["metadata"]["uid"] == uid) {
                     return true;
                 }
             }
@@ -159,7 +159,7 @@ impl State {
                 if !kv.value.windows(MARK.len()).any(|w| w == MARK) {
                     continue;
                 }
-                let object = decode(&kv);
+                let object = decode(&kv)?;
                 for reference in
                     object["metadata"]["ownerReferences"].as_array().into_iter().flatten()
                 {

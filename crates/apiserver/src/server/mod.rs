@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -98,6 +99,14 @@ pub async fn run(
 ) -> Result<(), Error> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| Error::Setup(format!("cannot create {}: {e}", config.data_dir.display())))?;
+    // Everything in it (the store, keys, the audit log) is for the server's user only.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| {
+                Error::Setup(format!("cannot restrict {}: {e}", config.data_dir.display()))
+            })?;
+    }
     let store: Arc<dyn Store> = match &config.datastore_endpoint {
         Some(endpoint) if endpoint.starts_with("http://") || endpoint.starts_with("https://") => {
             Arc::new(berth_store::EtcdStore::connect(endpoint).await.map_err(|e| Error::Setup(e.to_string()))?)
@@ -129,8 +138,15 @@ pub async fn run(
     let audit = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(&audit_path)
         .map_err(|e| Error::Setup(format!("cannot open {}: {e}", audit_path.display())))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        audit
+            .set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| Error::Setup(format!("cannot restrict {}: {e}", audit_path.display())))?;
+    }
     let mut users = vec![(token, crate::rbac::User::admin())];
     if let Ok(text) = std::fs::read_to_string(config.data_dir.join("tokens.csv")) {
         users.extend(crate::rbac::parse_tokens(&text));
@@ -200,16 +216,7 @@ fn write_kubeconfig(config: &Config, ca_pem: &str, token: &str, port: u16) -> Re
         "apiVersion: v1\nkind: Config\nclusters:\n- cluster:\n    certificate-authority-data: {ca}\n    server: https://{host}:{port}\n  name: berth\ncontexts:\n- context:\n    cluster: berth\n    user: admin\n  name: berth\ncurrent-context: berth\nusers:\n- name: admin\n  user:\n    token: {token}\n"
     );
     let path = config.data_dir.join("kubeconfig");
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|e| Error::Setup(format!("cannot write {}: {e}", path.display())))?;
-    file.write_all(text.as_bytes())
+    berth_stdx::fs::write_atomic(&path, text.as_bytes(), 0o600)
         .map_err(|e| Error::Setup(format!("cannot write {}: {e}", path.display())))
 }
 
@@ -313,10 +320,9 @@ async fn handle(
     request: Request<Incoming>,
 ) -> Response<Body> {
     let started = std::time::Instant::now();
-    let watch = request
-        .uri()
-        .query()
-        .is_some_and(|q| q.split('&').any(|p| p == "watch=1" || p == "watch=true"));
+    let watch = request.uri().query().is_some_and(|q| {
+        q.split('&').any(|p| p.strip_prefix("watch=").and_then(parse_bool).unwrap_or(false))
+    });
     let verb = match *request.method() {
         Method::GET if watch => "watch",
         Method::GET => "get",
@@ -389,10 +395,13 @@ async fn route(
     let Some(user) = user else {
         return error_response(&ApiError::new(401, "Unauthorized", "Unauthorized"));
     };
+    let authenticated = user.clone();
     let user = match impersonate(&state, user, request.headers()).await {
         Ok(user) => user,
         Err(err) => return error_response(&err),
     };
+    // Who wrote, for the audit log: the user acting, and who impersonated them.
+    let impersonator = (authenticated != user).then_some(&authenticated);
     let discovery = |value: Value, aggregated: bool| {
         let mut response = json_response(200, &value);
         if aggregated {
@@ -544,6 +553,13 @@ async fn route(
         }
     }
     let params = query(&request);
+    for name in BOOLEAN_PARAMETERS {
+        if let Some(value) = params.get(*name).filter(|v| parse_bool(v).is_none()) {
+            return error_response(&ApiError::bad_request(format!(
+                "invalid value {value:?} for the query parameter {name}: use true or false"
+            )));
+        }
+    }
     let method = request.method().clone();
     let content_type =
         request.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
@@ -609,7 +625,7 @@ async fn route(
     let verb = match (
         &method,
         target.name.is_some(),
-        params.get("watch").is_some_and(|w| w == "true" || w == "1"),
+        params.get("watch").and_then(|w| parse_bool(w)).unwrap_or(false),
     ) {
         (&Method::GET, _, true) => "watch",
         (&Method::GET, true, _) => "get",
@@ -665,7 +681,7 @@ async fn route(
     if let Some(result) = special {
         if method != Method::GET {
             let code = result.as_ref().map(|r| r.status().as_u16()).unwrap_or_else(|e| e.code);
-            state.audit(verb, &api.target, None, code);
+            state.audit(&user, impersonator, verb, &api.target, None, code);
         }
         return result.unwrap_or_else(|err| error_response(&err));
     }
@@ -677,8 +693,8 @@ async fn route(
         (Method::POST, false) => api.create(&content_type, &body).await,
         (Method::PUT, true) => api.update(&content_type, &body).await,
         (Method::PATCH, true) => api.patch(&content_type, &body).await,
-        (Method::DELETE, true) => api.delete(&body).await,
-        (Method::DELETE, false) => api.delete_collection(&body).await,
+        (Method::DELETE, true) => api.delete(&content_type, &body).await,
+        (Method::DELETE, false) => api.delete_collection(&content_type, &body).await,
         _ => Err(ApiError::new(
             405,
             "MethodNotAllowed",
@@ -694,7 +710,7 @@ async fn route(
             Ok((_, value)) if verb == "create" => Some(objects::name_of(value).to_owned()),
             _ => None,
         };
-        state.audit(verb, &api.target, created.as_deref(), code);
+        state.audit(&user, impersonator, verb, &api.target, created.as_deref(), code);
     }
     let mut response = match result {
         Ok((code, value)) => json_response(code, &api.outward(value)),
@@ -787,11 +803,22 @@ impl State {
                 .map(|r| r.prefix(None))
                 .unwrap_or_default();
             async move {
-                store
-                    .list(&prefix, None, 0, 0)
-                    .await
-                    .map(|p| p.items.iter().map(decode).collect::<Vec<_>>())
-                    .unwrap_or_default()
+                // An authorizer that cannot read its rules denies (and says why in the log).
+                match store.list(&prefix, None, 0, 0).await {
+                    Ok(page) => page
+                        .items
+                        .iter()
+                        .filter_map(|kv| {
+                            decode(kv)
+                                .map_err(|e| tracing::warn!("RBAC rule skipped: {}", e.message))
+                                .ok()
+                        })
+                        .collect::<Vec<_>>(),
+                    Err(err) => {
+                        tracing::warn!("cannot read RBAC rules ({prefix}): {err}");
+                        Vec::new()
+                    }
+                }
             }
         };
         let (cluster_roles, roles, cluster_bindings, bindings) = (
@@ -803,11 +830,20 @@ impl State {
         crate::rbac::allowed(user, attributes, &cluster_roles, &roles, &cluster_bindings, &bindings)
     }
 
-    /// Appends one line to the audit log; a full disk loses the line, not the request.
-    fn audit(&self, verb: &str, target: &Target, name: Option<&str>, code: u16) {
-        let line = json!({
+    /// Appends one line to the audit log; a full disk loses the line (with a warning in
+    /// the server's log), not the request.
+    fn audit(
+        &self,
+        user: &crate::rbac::User,
+        impersonator: Option<&crate::rbac::User>,
+        verb: &str,
+        target: &Target,
+        name: Option<&str>,
+        code: u16,
+    ) {
+        let mut line = json!({
             "time": objects::now(),
-            "user": "admin",
+            "user": {"username": user.name, "groups": user.groups},
             "verb": verb,
             "group": target.resource.group,
             "resource": target.resource.name,
@@ -816,10 +852,16 @@ impl State {
             "name": name.or(target.name.as_deref()),
             "code": code,
         });
+        if let Some(impersonator) = impersonator {
+            line["impersonatedBy"] =
+                json!({"username": impersonator.name, "groups": impersonator.groups});
+        }
         if let Ok(mut file) = self.audit.lock() {
             if let Some(file) = file.as_mut() {
                 use std::io::Write;
-                let _ = writeln!(file, "{line}");
+                if let Err(err) = writeln!(file, "{line}") {
+                    tracing::warn!("audit log: a line is lost: {err}");
+                }
             }
         }
     }
@@ -846,12 +888,52 @@ struct Api {
 }
 
 /// The stored form of an object: JSON without `resourceVersion` (the store's revision is).
-fn decode(kv: &KeyValue) -> Value {
-    let mut object: Value = serde_json::from_slice(&kv.value).unwrap_or(Value::Null);
+/// Bytes that do not decode are a server error naming the key, never an empty object.
+fn decode(kv: &KeyValue) -> Result<Value, ApiError> {
+    let mut object: Value = serde_json::from_slice(&kv.value).map_err(|err| {
+        ApiError::new(
+            500,
+            "InternalError",
+            format!("the stored object at {} cannot be decoded: {err}", kv.key),
+        )
+    })?;
     if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
     }
-    object
+    Ok(object)
+}
+
+/// Go's `strconv.ParseBool`, which Kubernetes uses for query parameters (`watch=True`).
+pub(crate) fn parse_bool(text: &str) -> Option<bool> {
+    match text {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+/// Query parameters Kubernetes reads as booleans.
+const BOOLEAN_PARAMETERS: &[&str] =
+    &["watch", "allowWatchBookmarks", "force", "sendInitialEvents", "pretty"];
+
+/// A request's `DeleteOptions` (JSON or protobuf); no body means the defaults. A body that
+/// does not decode is refused rather than read as "no preconditions".
+fn delete_options(content_type: &str, body: &[u8]) -> Result<Value, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(json!({}));
+    }
+    let options = decode_body(content_type, body).map_err(|err| {
+        ApiError::bad_request(format!(
+            "the DeleteOptions in the request body are malformed: {}",
+            err.message
+        ))
+    })?;
+    if !options.is_object() {
+        return Err(ApiError::bad_request(
+            "the DeleteOptions in the request body must be an object",
+        ));
+    }
+    Ok(options)
 }
 
 fn encode(object: &Value) -> Vec<u8> {
@@ -888,7 +970,7 @@ fn with_revision(mut object: Value, revision: i64) -> Value {
 
 impl Api {
     fn flag(&self, name: &str) -> bool {
-        self.params.get(name).is_some_and(|v| v == "true" || v == "1")
+        self.params.get(name).and_then(|v| parse_bool(v)).unwrap_or(false)
     }
 
     fn resource(&self) -> &'static Resource {
@@ -991,7 +1073,7 @@ impl Api {
 
     async fn current(&self) -> Result<Value, ApiError> {
         match self.state.store.get(&self.key()).await {
-            Ok(Some(kv)) => Ok(decode(&kv)),
+            Ok(Some(kv)) => decode(&kv),
             Ok(None) => Err(ApiError::not_found(self.resource(), self.name())),
             Err(err) => Err(storage_error(self.resource(), self.name(), err)),
         }
@@ -1040,6 +1122,8 @@ impl Api {
             .items
             .iter()
             .map(decode)
+            .collect::<Result<Vec<Value>, ApiError>>()?
+            .into_iter()
             .filter(|o| {
                 labels.matches(
                     objects::meta(o).and_then(|m| m.get("labels")).and_then(Value::as_object),
@@ -1075,7 +1159,7 @@ impl Api {
             .ok_or_else(|| ApiError::new(500, "InternalError", "no namespaces"))?;
         match self.state.store.get(&namespaces.key(None, ns)).await {
             Ok(Some(kv)) => {
-                let object = decode(&kv);
+                let object = decode(&kv)?;
                 if object["status"]["phase"] == "Terminating" {
                     return Err(ApiError::new(
                         403,
@@ -1187,7 +1271,7 @@ impl Api {
             .list(&resource.prefix(None), None, 0, 0)
             .await
             .map_err(|e| storage_error(resource, "", e))?;
-        let services: Vec<Value> = all.items.iter().map(decode).collect();
+        let services: Vec<Value> = all.items.iter().map(decode).collect::<Result<_, _>>()?;
         let used_ips: std::collections::HashSet<String> = services
             .iter()
             .filter_map(|s| s["spec"]["clusterIP"].as_str().map(str::to_owned))
@@ -1437,7 +1521,7 @@ impl Api {
                 .get(&self.key())
                 .await
                 .map_err(|e| storage_error(resource, self.name(), e))?;
-            let stored = live.as_ref().map(decode);
+            let stored = live.as_ref().map(decode).transpose()?;
             // Applied in the request's version, stored in the stored one.
             let live = stored.clone().map(|object| self.outward(object));
             let merged = crate::apply::apply(live.as_ref(), config, &manager, force, &gv).map_err(|conflicts| {
@@ -1624,13 +1708,9 @@ impl Api {
         Err(ApiError::conflict(self.resource(), self.name()))
     }
 
-    async fn delete(&self, body: &[u8]) -> Result<(u16, Value), ApiError> {
+    async fn delete(&self, content_type: &str, body: &[u8]) -> Result<(u16, Value), ApiError> {
         let resource = self.resource();
-        let options: Value = if body.is_empty() {
-            json!({})
-        } else {
-            serde_json::from_slice(body).unwrap_or(json!({}))
-        };
+        let options = delete_options(content_type, body)?;
         let current = self.current().await?;
         let revision: i64 = current["metadata"]["resourceVersion"]
             .as_str()
@@ -1678,7 +1758,7 @@ impl Api {
             // Dependents are gone; the owner may have been written meanwhile (a status
             // update): delete what is there now, if it is still the same object.
             match self.state.store.get(&self.key()).await {
-                Ok(Some(kv)) if decode(&kv)["metadata"]["uid"] == current["metadata"]["uid"] => {
+                Ok(Some(kv)) if decode(&kv)?["metadata"]["uid"] == current["metadata"]["uid"] => {
                     revision = kv.mod_revision;
                 }
                 Ok(_) => return Ok((200, current)),
@@ -1716,9 +1796,13 @@ impl Api {
         Ok((200, with_revision(current, gone.mod_revision)))
     }
 
-    async fn delete_collection(&self, body: &[u8]) -> Result<(u16, Value), ApiError> {
+    async fn delete_collection(
+        &self,
+        content_type: &str,
+        body: &[u8],
+    ) -> Result<(u16, Value), ApiError> {
         let resource = self.resource();
-        let options: Value = serde_json::from_slice(body).unwrap_or(json!({}));
+        let options = delete_options(content_type, body)?;
         let policy = self.propagation_policy(&options)?;
         let (labels, fields) = self.selectors()?;
         let prefix = resource.prefix(self.target.namespace.as_deref());
@@ -1730,7 +1814,7 @@ impl Api {
             .map_err(|e| storage_error(resource, "", e))?;
         let mut deleted = Vec::new();
         for kv in &page.items {
-            let object = decode(kv);
+            let object = decode(kv)?;
             if !labels.matches(
                 objects::meta(&object).and_then(|m| m.get("labels")).and_then(Value::as_object),
             ) || !fields.matches(&object)
@@ -1788,13 +1872,17 @@ impl Api {
         let store = self.state.store.clone();
         let (mut initial, from) = if rv.is_empty() || rv == "0" {
             match store.list(&prefix, None, 0, 0).await {
-                Ok(page) => (
-                    page.items
+                Ok(page) => {
+                    let decoded: Result<Vec<Value>, ApiError> = page
+                        .items
                         .iter()
-                        .map(|kv| json!({"type": "ADDED", "object": decode(kv)}))
-                        .collect::<Vec<_>>(),
-                    page.revision,
-                ),
+                        .map(|kv| Ok(json!({"type": "ADDED", "object": decode(kv)?})))
+                        .collect();
+                    match decoded {
+                        Ok(events) => (events, page.revision),
+                        Err(err) => return error_response(&err),
+                    }
+                }
                 Err(err) => return error_response(&storage_error(resource, "", err)),
             }
         } else {
@@ -1895,7 +1983,13 @@ impl Api {
                             }
                         };
                         last = event.revision();
-                        let object = decode(&event.kv);
+                        let object = match decode(&event.kv) {
+                            Ok(object) => object,
+                            Err(err) => {
+                                let _ = sender.send(Frame::data(line(&json!({"type": "ERROR", "object": err.status()})))).await;
+                                return;
+                            }
+                        };
                         if !matches(&object) {
                             continue;
                         }

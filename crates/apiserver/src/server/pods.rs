@@ -30,10 +30,17 @@ impl Api {
         match action {
             "binding" => return self.bind(pod, body).await,
             "eviction" => {
-                let eviction = decode_body("application/json", body).unwrap_or(Value::Null);
-                let options =
-                    eviction.get("deleteOptions").map(|o| o.to_string()).unwrap_or_default();
-                self.delete(options.as_bytes()).await?;
+                let eviction = decode_body("application/json", body).map_err(|err| {
+                    ApiError::bad_request(format!(
+                        "the Eviction in the request body is malformed: {}",
+                        err.message
+                    ))
+                })?;
+                let options = match eviction.get("deleteOptions") {
+                    None | Some(Value::Null) => String::new(),
+                    Some(options) => options.to_string(),
+                };
+                self.delete("application/json", options.as_bytes()).await?;
                 return Ok(json_response(
                     201,
                     &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
