@@ -1,16 +1,15 @@
 //! berth's Kubernetes-compatible API server: `berth server` serves the API over HTTPS on
 //! `berth-store` (embedded SQLite by default, etcd with `--datastore-endpoint`).
 //!
-//! - `resources`: the served kinds and the discovery documents;
+//! - `resources`: discovery and OpenAPI documents from the kinds table (`berth_api`), and
+//!   storage keys;
 //! - `objects`: metadata, names, defaults, `Status` errors and `Table` rows;
 //! - `convert`: HorizontalPodAutoscaler v1 ↔ v2 (the stored version);
-//! - `cron`: CronJob schedules (validation, and the next run for the controller);
 //! - `apply`: field ownership (`managedFields`) and server-side apply;
 //! - `patch`: JSON patch, merge patch and strategic merge patch;
 //! - `proto`: protobuf request bodies of the kinds `kubectl create` makes;
 //! - `rbac`: token identities and Role/ClusterRole/binding evaluation;
 //! - `schema`: OpenAPI v3 schemas of the kinds (from `k8s-openapi`) and unknown fields;
-//! - `selector`: label and field selectors;
 //! - `encryption`: Secrets sealed with AES-256-GCM before they reach the store;
 //! - `metrics`: `/metrics` in the Prometheus format;
 //! - `tokens`: service-account tokens (ES256 JWTs), issued and verified;
@@ -19,8 +18,8 @@
 //!   patch, delete, deletecollection).
 
 pub mod apply;
+pub use berth_api::{cron, selector};
 pub mod convert;
-pub mod cron;
 pub mod encryption;
 pub mod metrics;
 pub mod objects;
@@ -29,7 +28,6 @@ pub mod proto;
 pub mod rbac;
 pub mod resources;
 pub mod schema;
-pub mod selector;
 pub mod server;
 pub mod tls;
 pub mod tokens;

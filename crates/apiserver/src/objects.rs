@@ -1,109 +1,11 @@
 //! Objects as the API server handles them: metadata on create and update, name rules,
 //! `Status` errors with Kubernetes' reasons and codes, and `Table` rows for `kubectl get`.
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use crate::resources::Resource;
 
-/// An API error, rendered as a `Status` object.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ApiError {
-    pub code: u16,
-    pub reason: &'static str,
-    pub message: String,
-    pub details: Value,
-}
-
-impl ApiError {
-    pub fn new(code: u16, reason: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { code, reason, message: message.into(), details: Value::Null }
-    }
-
-    /// An error about one object, with the details clients read (name, group, kind).
-    pub fn about(
-        resource: &Resource,
-        name: &str,
-        code: u16,
-        reason: &'static str,
-        message: impl Into<String>,
-    ) -> ApiError {
-        let mut e = ApiError::new(code, reason, message);
-        e.details = json!({"name": name, "group": resource.group, "kind": resource.name});
-        e
-    }
-
-    pub fn not_found(resource: &Resource, name: &str) -> ApiError {
-        let message = format!("{} \"{name}\" not found", resource_name(resource));
-        ApiError::about(resource, name, 404, "NotFound", message)
-    }
-
-    /// A path that names no resource.
-    pub fn no_such_path() -> ApiError {
-        ApiError::new(404, "NotFound", "the server could not find the requested resource")
-    }
-
-    pub fn already_exists(resource: &Resource, name: &str) -> ApiError {
-        let message = format!("{} \"{name}\" already exists", resource_name(resource));
-        ApiError::about(resource, name, 409, "AlreadyExists", message)
-    }
-
-    pub fn conflict(resource: &Resource, name: &str) -> ApiError {
-        let message = format!(
-            "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
-            resource_name(resource)
-        );
-        ApiError::about(resource, name, 409, "Conflict", message)
-    }
-
-    pub fn invalid(resource: &Resource, name: &str, field: &str, message: &str) -> ApiError {
-        let mut e = ApiError::new(
-            422,
-            "Invalid",
-            format!("{} \"{name}\" is invalid: {field}: {message}", kind_of(resource)),
-        );
-        e.details = json!({"name": name, "group": resource.group, "kind": resource.kind,
-            "causes": [{"reason": "FieldValueInvalid", "message": message, "field": field}]});
-        e
-    }
-
-    pub fn bad_request(message: impl Into<String>) -> ApiError {
-        ApiError::new(400, "BadRequest", message)
-    }
-
-    pub fn status(&self) -> Value {
-        let mut status = json!({
-            "kind": "Status",
-            "apiVersion": "v1",
-            "metadata": {},
-            "status": "Failure",
-            "message": self.message,
-            "reason": self.reason,
-            "code": self.code,
-        });
-        if !self.details.is_null() {
-            status["details"] = self.details.clone();
-        }
-        status
-    }
-}
-
-/// `pods`, or `deployments.apps` for a named group: how Kubernetes names resources in
-/// messages.
-pub fn resource_name(resource: &Resource) -> String {
-    if resource.group.is_empty() {
-        resource.name.to_owned()
-    } else {
-        format!("{}.{}", resource.name, resource.group)
-    }
-}
-
-fn kind_of(resource: &Resource) -> String {
-    if resource.group.is_empty() {
-        resource.kind.to_owned()
-    } else {
-        format!("{}.{}", resource.kind, resource.group)
-    }
-}
+pub use berth_api::status::{kind_of, resource_name, ApiError};
 
 /// Random hex from the OS generator; a failure is a 500, never predictable bytes.
 pub fn random_hex(bytes: usize) -> Result<String, ApiError> {
@@ -117,24 +19,6 @@ pub fn uuid() -> Result<String, ApiError> {
 
 fn random_failed(err: std::io::Error) -> ApiError {
     ApiError::new(500, "InternalError", format!("cannot read random bytes from the OS: {err}"))
-}
-
-/// Now, as `metav1.Time` writes it (seconds, UTC).
-pub fn now() -> String {
-    berth_stdx::time::now_rfc3339()
-}
-
-/// Seconds since the epoch.
-pub fn unix_now() -> i64 {
-    berth_stdx::time::unix_now()
-}
-
-pub fn format_time(seconds: i64) -> String {
-    berth_stdx::time::format_rfc3339(seconds)
-}
-
-pub fn parse_time(text: &str) -> Option<i64> {
-    berth_stdx::time::parse_rfc3339(text)
 }
 
 /// kubectl's short age: 5s, 3m12s, 4h, 2d.
@@ -182,13 +66,7 @@ fn label_names(resource: &Resource) -> bool {
     matches!(resource.kind, "Namespace" | "Service")
 }
 
-pub fn meta(object: &Value) -> Option<&Map<String, Value>> {
-    object.get("metadata").and_then(Value::as_object)
-}
-
-pub fn name_of(object: &Value) -> &str {
-    meta(object).and_then(|m| m.get("name")).and_then(Value::as_str).unwrap_or("")
-}
+pub use berth_api::meta::{format_time, meta, name_of, now, parse_time, unix_now};
 
 /// Checks and completes an object being created: kind, name (or generateName), namespace,
 /// uid, creation time, generation, defaults. Returns its name.

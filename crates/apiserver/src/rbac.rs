@@ -5,25 +5,7 @@
 
 use serde_json::Value;
 
-/// Who is asking.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct User {
-    pub name: String,
-    pub groups: Vec<String>,
-}
-
-impl User {
-    pub fn admin() -> User {
-        User {
-            name: "admin".into(),
-            groups: vec!["system:masters".into(), "system:authenticated".into()],
-        }
-    }
-
-    pub fn is_master(&self) -> bool {
-        self.groups.iter().any(|g| g == "system:masters")
-    }
-}
+pub use berth_api::identity::User;
 
 /// Parses a token file: `token,user,uid[,"g1,g2"]` per line.
 pub fn parse_tokens(text: &str) -> Vec<(String, User)> {
@@ -95,16 +77,87 @@ fn rule_allows(rule: &Value, a: &Attributes) -> bool {
         && (names.is_empty() || names.contains(&a.name.as_str()))
 }
 
-fn subject_matches(subject: &Value, user: &User, binding_namespace: &str) -> bool {
-    let name = subject["name"].as_str().unwrap_or("");
-    match subject["kind"].as_str().unwrap_or("") {
-        "User" => user.name == name,
-        "Group" => user.groups.iter().any(|g| g == name),
-        "ServiceAccount" => {
-            let ns = subject["namespace"].as_str().unwrap_or(binding_namespace);
-            user.name == format!("system:serviceaccount:{ns}:{name}")
+/// Roles and bindings arranged for answering one request without reading them all:
+/// bindings by the subjects they name, rules by role.
+#[derive(Debug, Default)]
+pub struct Index {
+    /// `User:NAME`, `Group:NAME`, `ServiceAccount:NS:NAME` → the bindings naming it.
+    by_subject: std::collections::HashMap<String, Vec<Grant>>,
+    cluster_roles: std::collections::HashMap<String, Vec<Value>>,
+    /// (namespace, name) → rules.
+    roles: std::collections::HashMap<(String, String), Vec<Value>>,
+}
+
+/// What one binding grants: a role, and the namespace it applies in ("" for cluster-wide).
+#[derive(Debug, Clone)]
+struct Grant {
+    namespace: String,
+    role_kind: String,
+    role_name: String,
+}
+
+impl Index {
+    pub fn new(
+        cluster_roles: &[Value],
+        roles: &[Value],
+        cluster_bindings: &[Value],
+        bindings: &[Value],
+    ) -> Index {
+        let text = |v: &Value| v.as_str().unwrap_or("").to_owned();
+        let rules = |r: &Value| r["rules"].as_array().cloned().unwrap_or_default();
+        let mut index = Index::default();
+        for role in cluster_roles {
+            index.cluster_roles.insert(text(&role["metadata"]["name"]), rules(role));
         }
-        _ => false,
+        for role in roles {
+            let key = (text(&role["metadata"]["namespace"]), text(&role["metadata"]["name"]));
+            index.roles.insert(key, rules(role));
+        }
+        let cluster = cluster_bindings.iter().map(|b| (b, String::new()));
+        let namespaced = bindings.iter().map(|b| (b, text(&b["metadata"]["namespace"])));
+        for (binding, namespace) in cluster.chain(namespaced) {
+            let grant = Grant {
+                namespace: namespace.clone(),
+                role_kind: text(&binding["roleRef"]["kind"]),
+                role_name: text(&binding["roleRef"]["name"]),
+            };
+            for subject in binding["subjects"].as_array().into_iter().flatten() {
+                let name = text(&subject["name"]);
+                let key = match subject["kind"].as_str().unwrap_or("") {
+                    "User" => format!("User:{name}"),
+                    "Group" => format!("Group:{name}"),
+                    "ServiceAccount" => {
+                        let ns = subject["namespace"].as_str().unwrap_or(&namespace);
+                        format!("User:system:serviceaccount:{ns}:{name}")
+                    }
+                    _ => continue,
+                };
+                index.by_subject.entry(key).or_default().push(grant.clone());
+            }
+        }
+        index
+    }
+
+    /// Whether `user` may do `a`: only the bindings naming the user or one of its groups
+    /// are read.
+    pub fn allowed(&self, user: &User, a: &Attributes) -> bool {
+        if user.is_master() {
+            return true;
+        }
+        let keys = std::iter::once(format!("User:{}", user.name))
+            .chain(user.groups.iter().map(|g| format!("Group:{g}")));
+        keys.filter_map(|key| self.by_subject.get(&key)).flatten().any(|grant| {
+            // A RoleBinding applies in its namespace only; a ClusterRoleBinding everywhere.
+            if !grant.namespace.is_empty() && grant.namespace != a.namespace {
+                return false;
+            }
+            let rules = if grant.role_kind == "ClusterRole" {
+                self.cluster_roles.get(&grant.role_name)
+            } else {
+                self.roles.get(&(grant.namespace.clone(), grant.role_name.clone()))
+            };
+            rules.into_iter().flatten().any(|rule| rule_allows(rule, a))
+        })
     }
 }
 
@@ -117,40 +170,7 @@ pub fn allowed(
     cluster_bindings: &[Value],
     bindings: &[Value],
 ) -> bool {
-    if user.is_master() {
-        return true;
-    }
-    let role_rules = |kind: &str, name: &str, namespace: &str| -> Vec<Value> {
-        let source = if kind == "ClusterRole" { cluster_roles } else { roles };
-        source
-            .iter()
-            .filter(|r| {
-                r["metadata"]["name"] == name
-                    && (kind == "ClusterRole" || r["metadata"]["namespace"] == namespace)
-            })
-            .flat_map(|r| r["rules"].as_array().cloned().unwrap_or_default())
-            .collect()
-    };
-    let grants = |binding: &Value, namespace: &str| {
-        binding["subjects"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|s| subject_matches(s, user, namespace))
-            && role_rules(
-                binding["roleRef"]["kind"].as_str().unwrap_or(""),
-                binding["roleRef"]["name"].as_str().unwrap_or(""),
-                namespace,
-            )
-            .iter()
-            .any(|rule| rule_allows(rule, a))
-    };
-    cluster_bindings.iter().any(|b| grants(b, ""))
-        || (!a.namespace.is_empty()
-            && bindings
-                .iter()
-                .filter(|b| b["metadata"]["namespace"] == a.namespace.as_str())
-                .any(|b| grants(b, &a.namespace)))
+    Index::new(cluster_roles, roles, cluster_bindings, bindings).allowed(user, a)
 }
 
 /// Kubernetes' wording of a refusal.

@@ -1,398 +1,22 @@
-//! The API's resources: which kinds exist, in which group and version, namespaced or not,
-//! with which short names, categories, verbs and subresources; the discovery documents
-//! clients read (legacy `/api`, `/apis`, per group-version lists, and the aggregated v2
-//! form kubectl 1.32 asks for first); and where objects live in storage.
+//! What the API server makes of the kinds table (`berth_api::kinds`): the discovery
+//! documents clients read (legacy `/api`, `/apis`, per group-version lists, and the
+//! aggregated v2 form kubectl 1.32 asks for first), the OpenAPI v3 documents, and where
+//! objects live in storage.
 
 use serde_json::{json, Value};
 
-/// One resource of one group-version.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Resource {
-    /// "" for the core group.
-    pub group: &'static str,
-    pub version: &'static str,
-    /// Plural, lower case: what URLs name.
-    pub name: &'static str,
-    pub singular: &'static str,
-    pub kind: &'static str,
-    pub namespaced: bool,
-    pub short_names: &'static [&'static str],
-    pub categories: &'static [&'static str],
-    pub subresources: &'static [Subresource],
-    /// Fields `fieldSelector` may use beyond metadata.name and metadata.namespace.
-    pub field_selectors: &'static [&'static str],
-    pub verbs: &'static [&'static str],
+pub use berth_api::kinds::{by_kind, find, Resource, Subresource, RESOURCES, VERBS};
+
+/// Where objects of a resource live in the store.
+pub trait StorageKeys {
+    fn key(&self, namespace: Option<&str>, name: &str) -> String;
+    fn prefix(&self, namespace: Option<&str>) -> String;
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Subresource {
-    pub name: &'static str,
-    /// The kind a subresource request takes and returns (group, version, kind).
-    pub kind: (&'static str, &'static str, &'static str),
-    pub verbs: &'static [&'static str],
-}
-
-pub const VERBS: &[&str] =
-    &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
-
-const STATUS: Subresource =
-    Subresource { name: "status", kind: ("", "", ""), verbs: &["get", "patch", "update"] };
-const SCALE: Subresource = Subresource {
-    name: "scale",
-    kind: ("autoscaling", "v1", "Scale"),
-    verbs: &["get", "patch", "update"],
-};
-
-macro_rules! resource {
-    ($group:expr, $version:expr, $name:expr, $singular:expr, $kind:expr, $namespaced:expr, $short:expr, $categories:expr, $subs:expr, $fields:expr) => {
-        Resource {
-            group: $group,
-            version: $version,
-            name: $name,
-            singular: $singular,
-            kind: $kind,
-            namespaced: $namespaced,
-            short_names: $short,
-            categories: $categories,
-            subresources: $subs,
-            field_selectors: $fields,
-            verbs: VERBS,
-        }
-    };
-}
-
-const POD_SUBRESOURCES: &[Subresource] = &[
-    STATUS,
-    Subresource { name: "log", kind: ("", "v1", "Pod"), verbs: &["get"] },
-    Subresource { name: "exec", kind: ("", "v1", "PodExecOptions"), verbs: &["create", "get"] },
-    Subresource { name: "attach", kind: ("", "v1", "PodAttachOptions"), verbs: &["create", "get"] },
-    Subresource {
-        name: "portforward",
-        kind: ("", "v1", "PodPortForwardOptions"),
-        verbs: &["create", "get"],
-    },
-    Subresource { name: "binding", kind: ("", "v1", "Binding"), verbs: &["create"] },
-    Subresource { name: "eviction", kind: ("policy", "v1", "Eviction"), verbs: &["create"] },
-];
-
-/// Every resource berth serves.
-pub const RESOURCES: &[Resource] = &[
-    resource!(
-        "",
-        "v1",
-        "namespaces",
-        "namespace",
-        "Namespace",
-        false,
-        &["ns"],
-        &[],
-        &[STATUS],
-        &["status.phase"]
-    ),
-    resource!(
-        "",
-        "v1",
-        "pods",
-        "pod",
-        "Pod",
-        true,
-        &["po"],
-        &["all"],
-        POD_SUBRESOURCES,
-        &[
-            "spec.nodeName",
-            "spec.restartPolicy",
-            "spec.schedulerName",
-            "spec.serviceAccountName",
-            "spec.hostNetwork",
-            "status.phase",
-            "status.podIP",
-            "status.nominatedNodeName"
-        ]
-    ),
-    resource!("", "v1", "services", "service", "Service", true, &["svc"], &["all"], &[STATUS], &[]),
-    resource!("", "v1", "endpoints", "endpoints", "Endpoints", true, &["ep"], &[], &[], &[]),
-    resource!("", "v1", "secrets", "secret", "Secret", true, &[], &[], &[], &["type"]),
-    resource!("", "v1", "configmaps", "configmap", "ConfigMap", true, &["cm"], &[], &[], &[]),
-    resource!(
-        "",
-        "v1",
-        "nodes",
-        "node",
-        "Node",
-        false,
-        &["no"],
-        &[],
-        &[STATUS],
-        &["spec.unschedulable"]
-    ),
-    resource!(
-        "",
-        "v1",
-        "events",
-        "event",
-        "Event",
-        true,
-        &["ev"],
-        &[],
-        &[],
-        &[
-            "involvedObject.kind",
-            "involvedObject.namespace",
-            "involvedObject.name",
-            "involvedObject.uid",
-            "involvedObject.apiVersion",
-            "involvedObject.resourceVersion",
-            "involvedObject.fieldPath",
-            "reason",
-            "reportingComponent",
-            "source",
-            "type"
-        ]
-    ),
-    resource!(
-        "",
-        "v1",
-        "serviceaccounts",
-        "serviceaccount",
-        "ServiceAccount",
-        true,
-        &["sa"],
-        &[],
-        &[Subresource {
-            name: "token",
-            kind: ("authentication.k8s.io", "v1", "TokenRequest"),
-            verbs: &["create"]
-        }],
-        &[]
-    ),
-    resource!(
-        "",
-        "v1",
-        "persistentvolumes",
-        "persistentvolume",
-        "PersistentVolume",
-        false,
-        &["pv"],
-        &[],
-        &[STATUS],
-        &[]
-    ),
-    resource!(
-        "",
-        "v1",
-        "persistentvolumeclaims",
-        "persistentvolumeclaim",
-        "PersistentVolumeClaim",
-        true,
-        &["pvc"],
-        &[],
-        &[STATUS],
-        &[]
-    ),
-    resource!(
-        "apps",
-        "v1",
-        "deployments",
-        "deployment",
-        "Deployment",
-        true,
-        &["deploy"],
-        &["all"],
-        &[STATUS, SCALE],
-        &[]
-    ),
-    resource!(
-        "apps",
-        "v1",
-        "replicasets",
-        "replicaset",
-        "ReplicaSet",
-        true,
-        &["rs"],
-        &["all"],
-        &[STATUS, SCALE],
-        &[]
-    ),
-    resource!(
-        "apps",
-        "v1",
-        "daemonsets",
-        "daemonset",
-        "DaemonSet",
-        true,
-        &["ds"],
-        &["all"],
-        &[STATUS],
-        &[]
-    ),
-    resource!(
-        "apps",
-        "v1",
-        "statefulsets",
-        "statefulset",
-        "StatefulSet",
-        true,
-        &["sts"],
-        &["all"],
-        &[STATUS, SCALE],
-        &[]
-    ),
-    resource!(
-        "apps",
-        "v1",
-        "controllerrevisions",
-        "controllerrevision",
-        "ControllerRevision",
-        true,
-        &[],
-        &[],
-        &[],
-        &[]
-    ),
-    resource!("batch", "v1", "jobs", "job", "Job", true, &[], &["all"], &[STATUS], &[]),
-    resource!(
-        "batch",
-        "v1",
-        "cronjobs",
-        "cronjob",
-        "CronJob",
-        true,
-        &["cj"],
-        &["all"],
-        &[STATUS],
-        &[]
-    ),
-    resource!(
-        "autoscaling",
-        "v2",
-        "horizontalpodautoscalers",
-        "horizontalpodautoscaler",
-        "HorizontalPodAutoscaler",
-        true,
-        &["hpa"],
-        &["all"],
-        &[STATUS],
-        &[]
-    ),
-    resource!(
-        "autoscaling",
-        "v1",
-        "horizontalpodautoscalers",
-        "horizontalpodautoscaler",
-        "HorizontalPodAutoscaler",
-        true,
-        &["hpa"],
-        &["all"],
-        &[STATUS],
-        &[]
-    ),
-    resource!("coordination.k8s.io", "v1", "leases", "lease", "Lease", true, &[], &[], &[], &[]),
-    resource!(
-        "discovery.k8s.io",
-        "v1",
-        "endpointslices",
-        "endpointslice",
-        "EndpointSlice",
-        true,
-        &[],
-        &[],
-        &[],
-        &[]
-    ),
-    resource!("rbac.authorization.k8s.io", "v1", "roles", "role", "Role", true, &[], &[], &[], &[]),
-    resource!(
-        "rbac.authorization.k8s.io",
-        "v1",
-        "clusterroles",
-        "clusterrole",
-        "ClusterRole",
-        false,
-        &[],
-        &[],
-        &[],
-        &[]
-    ),
-    resource!(
-        "rbac.authorization.k8s.io",
-        "v1",
-        "rolebindings",
-        "rolebinding",
-        "RoleBinding",
-        true,
-        &[],
-        &[],
-        &[],
-        &[]
-    ),
-    resource!(
-        "rbac.authorization.k8s.io",
-        "v1",
-        "clusterrolebindings",
-        "clusterrolebinding",
-        "ClusterRoleBinding",
-        false,
-        &[],
-        &[],
-        &[],
-        &[]
-    ),
-    // Answered, never stored: `kubectl auth can-i`.
-    Resource {
-        group: "authorization.k8s.io",
-        version: "v1",
-        name: "selfsubjectaccessreviews",
-        singular: "selfsubjectaccessreview",
-        kind: "SelfSubjectAccessReview",
-        namespaced: false,
-        short_names: &[],
-        categories: &[],
-        subresources: &[],
-        field_selectors: &[],
-        verbs: &["create"],
-    },
-    // Acted on, never stored: binds the pod the Binding names (`pods/binding` too).
-    Resource {
-        group: "",
-        version: "v1",
-        name: "bindings",
-        singular: "binding",
-        kind: "Binding",
-        namespaced: true,
-        short_names: &[],
-        categories: &[],
-        subresources: &[],
-        field_selectors: &[],
-        verbs: &["create"],
-    },
-    // Answered, never stored: `kubectl auth whoami`.
-    Resource {
-        group: "authentication.k8s.io",
-        version: "v1",
-        name: "selfsubjectreviews",
-        singular: "selfsubjectreview",
-        kind: "SelfSubjectReview",
-        namespaced: false,
-        short_names: &[],
-        categories: &[],
-        subresources: &[],
-        field_selectors: &[],
-        verbs: &["create"],
-    },
-];
-
-impl Resource {
-    pub fn group_version(&self) -> String {
-        if self.group.is_empty() {
-            self.version.to_owned()
-        } else {
-            format!("{}/{}", self.group, self.version)
-        }
-    }
-
+impl StorageKeys for Resource {
     /// Where an object lives in storage. Every version of a group shares one key space
     /// (as Kubernetes stores one version and converts).
-    pub fn key(&self, namespace: Option<&str>, name: &str) -> String {
+    fn key(&self, namespace: Option<&str>, name: &str) -> String {
         let group = if self.group.is_empty() { "core" } else { self.group };
         match (self.namespaced, namespace) {
             (true, Some(ns)) => format!("/registry/{group}/{}/{ns}/{name}", self.name),
@@ -401,88 +25,78 @@ impl Resource {
     }
 
     /// The prefix a list or watch covers (a namespace, or all of them).
-    pub fn prefix(&self, namespace: Option<&str>) -> String {
+    fn prefix(&self, namespace: Option<&str>) -> String {
         let group = if self.group.is_empty() { "core" } else { self.group };
         match (self.namespaced, namespace) {
             (true, Some(ns)) => format!("/registry/{group}/{}/{ns}/", self.name),
             _ => format!("/registry/{group}/{}/", self.name),
         }
     }
+}
 
-    fn legacy_entries(&self) -> Vec<Value> {
-        let mut entries = vec![json!({
-            "name": self.name,
-            "singularName": self.singular,
-            "namespaced": self.namespaced,
-            "kind": self.kind,
-            "verbs": self.verbs,
-            "shortNames": self.short_names,
-            "categories": self.categories,
-        })];
-        for sub in self.subresources {
-            let (group, version, kind) = sub.kind;
-            let mut entry = json!({
-                "name": format!("{}/{}", self.name, sub.name),
-                "singularName": "",
-                "namespaced": self.namespaced,
-                "kind": if kind.is_empty() { self.kind } else { kind },
-                "verbs": sub.verbs,
-            });
-            if !group.is_empty() {
-                entry["group"] = json!(group);
-                entry["version"] = json!(version);
-            }
-            entries.push(entry);
-        }
-        entries
-    }
-
-    fn aggregated_entry(&self) -> Value {
-        let subresources: Vec<Value> = self
-            .subresources
-            .iter()
-            .map(|sub| {
-                let (group, version, kind) = sub.kind;
-                let (group, version, kind) = if kind.is_empty() {
-                    (self.group, self.version, self.kind)
-                } else {
-                    (group, version, kind)
-                };
-                json!({
-                    "subresource": sub.name,
-                    "responseKind": {"group": group, "version": version, "kind": kind},
-                    "verbs": sub.verbs,
-                })
-            })
-            .collect();
+fn legacy_entries(resource: &Resource) -> Vec<Value> {
+    let mut entries = vec![json!({
+        "name": resource.name,
+        "singularName": resource.singular,
+        "namespaced": resource.namespaced,
+        "kind": resource.kind,
+        "verbs": resource.verbs,
+        "shortNames": resource.short_names,
+        "categories": resource.categories,
+    })];
+    for sub in resource.subresources {
+        let (group, version, kind) = sub.kind;
         let mut entry = json!({
-            "resource": self.name,
-            "responseKind": {"group": self.group, "version": self.version, "kind": self.kind},
-            "scope": if self.namespaced { "Namespaced" } else { "Cluster" },
-            "singularResource": self.singular,
-            "verbs": self.verbs,
+            "name": format!("{}/{}", resource.name, sub.name),
+            "singularName": "",
+            "namespaced": resource.namespaced,
+            "kind": if kind.is_empty() { resource.kind } else { kind },
+            "verbs": sub.verbs,
         });
-        if !self.short_names.is_empty() {
-            entry["shortNames"] = json!(self.short_names);
+        if !group.is_empty() {
+            entry["group"] = json!(group);
+            entry["version"] = json!(version);
         }
-        if !self.categories.is_empty() {
-            entry["categories"] = json!(self.categories);
-        }
-        if !subresources.is_empty() {
-            entry["subresources"] = json!(subresources);
-        }
-        entry
+        entries.push(entry);
     }
+    entries
 }
 
-/// The resource a URL names: group, version and plural.
-pub fn find(group: &str, version: &str, name: &str) -> Option<&'static Resource> {
-    RESOURCES.iter().find(|r| r.group == group && r.version == version && r.name == name)
-}
-
-/// The resource of a kind in a group-version (what a manifest's apiVersion and kind say).
-pub fn by_kind(api_version: &str, kind: &str) -> Option<&'static Resource> {
-    RESOURCES.iter().find(|r| r.group_version() == api_version && r.kind == kind)
+fn aggregated_entry(resource: &Resource) -> Value {
+    let subresources: Vec<Value> = resource
+        .subresources
+        .iter()
+        .map(|sub| {
+            let (group, version, kind) = sub.kind;
+            let (group, version, kind) = if kind.is_empty() {
+                (resource.group, resource.version, resource.kind)
+            } else {
+                (group, version, kind)
+            };
+            json!({
+                "subresource": sub.name,
+                "responseKind": {"group": group, "version": version, "kind": kind},
+                "verbs": sub.verbs,
+            })
+        })
+        .collect();
+    let mut entry = json!({
+        "resource": resource.name,
+        "responseKind": {"group": resource.group, "version": resource.version, "kind": resource.kind},
+        "scope": if resource.namespaced { "Namespaced" } else { "Cluster" },
+        "singularResource": resource.singular,
+        "verbs": resource.verbs,
+    });
+    if !resource.short_names.is_empty() {
+        entry["shortNames"] = json!(resource.short_names);
+    }
+    if !resource.categories.is_empty() {
+        entry["categories"] = json!(resource.categories);
+    }
+    if !subresources.is_empty() {
+        entry["subresources"] = json!(subresources);
+    }
+    entry
 }
 
 /// Groups in the order discovery lists them, each with its versions, preferred first.
@@ -523,7 +137,7 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
     let entries: Vec<Value> = RESOURCES
         .iter()
         .filter(|r| r.group == group && r.version == version)
-        .flat_map(Resource::legacy_entries)
+        .flat_map(legacy_entries)
         .collect();
     if entries.is_empty() {
         return None;
@@ -545,7 +159,7 @@ pub fn aggregated(core: bool) -> Value {
                 let resources: Vec<Value> = RESOURCES
                     .iter()
                     .filter(|r| r.group == group && r.version == *v)
-                    .map(Resource::aggregated_entry)
+                    .map(aggregated_entry)
                     .collect();
                 json!({"version": v, "resources": resources, "freshness": "Current"})
             })

@@ -72,12 +72,36 @@ pub fn main() -> i32 {
     }
 }
 
+/// Every crate of the workspace, by its name in log targets.
+const CRATES: &[&str] = &[
+    "berth",
+    "berth_api",
+    "berth_apiserver",
+    "berth_cgroups",
+    "berth_engine",
+    "berth_image",
+    "berth_runtime",
+    "berth_store",
+    "berth_sys",
+];
+
 fn init_logging(global: &cli::Global) {
-    let level = if global.debug { "debug" } else { global.log_level.as_str() };
-    let filter = tracing_subscriber::EnvFilter::try_new(format!(
-        "warn,berth={level},berth_image={level},berth_runtime={level},berth_engine={level},berth_apiserver={level}"
-    ))
-    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // RUST_LOG, when set, says everything (`RUST_LOG=berth_apiserver=debug,kube=info`);
+    // otherwise --log-level (or --debug) applies to every berth crate.
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(directives) if !directives.is_empty() => {
+            tracing_subscriber::EnvFilter::try_new(&directives).unwrap_or_else(|err| {
+                eprintln!("RUST_LOG={directives:?} is not understood ({err}); using warn");
+                tracing_subscriber::EnvFilter::new("warn")
+            })
+        }
+        _ => {
+            let level = if global.debug { "debug" } else { global.log_level.as_str() };
+            let crates = CRATES.iter().map(|c| format!(",{c}={level}")).collect::<String>();
+            tracing_subscriber::EnvFilter::try_new(format!("warn{crates}"))
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"))
+        }
+    };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -24,6 +24,9 @@ pub struct ServerArgs {
     /// Run without the node agent (accepted for k3s compatibility: there is no agent yet).
     #[arg(long = "disable-agent")]
     pub disable_agent: bool,
+    /// Seconds a stopping server (SIGTERM, SIGINT) gives requests, watches and loops to end.
+    #[arg(long = "shutdown-grace-period", default_value_t = 10)]
+    pub shutdown_grace_seconds: u64,
 }
 
 #[derive(Debug, Args)]
@@ -46,6 +49,7 @@ pub fn server(args: ServerArgs) -> Result<i32> {
         port: args.port,
         datastore_endpoint: args.datastore_endpoint,
         token: args.token,
+        shutdown_grace: std::time::Duration::from_secs(args.shutdown_grace_seconds),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -54,20 +58,37 @@ pub fn server(args: ServerArgs) -> Result<i32> {
         .context("cannot start the async runtime")?;
     let kubeconfig = config.data_dir.join("kubeconfig");
     runtime.block_on(async move {
-        let (ready, port) = tokio::sync::oneshot::channel();
-        let server = tokio::spawn(berth_apiserver::server::run(config, Some(ready)));
-        if let Ok(port) = port.await {
-            eprintln!(
-                "berth server: serving the Kubernetes API on port {port}; kubeconfig: {}",
-                kubeconfig.display()
-            );
-        }
-        match server.await {
-            Ok(Ok(())) => Ok(0),
-            Ok(Err(err)) => Err(anyhow::anyhow!("{err}")),
-            Err(err) => Err(anyhow::anyhow!("the server stopped: {err}")),
-        }
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let server = berth_apiserver::server::Server::prepare(config, shutdown.clone())
+            .await
+            .map_err(|err| anyhow::anyhow!("{err}"))?;
+        eprintln!(
+            "berth server: serving the Kubernetes API on port {}; kubeconfig: {}",
+            server.port(),
+            kubeconfig.display()
+        );
+        tokio::spawn(stop_on_signal(shutdown));
+        server.serve().await.map_err(|err| anyhow::anyhow!("{err}"))?;
+        eprintln!("berth server: stopped");
+        Ok(0)
     })
+}
+
+/// SIGTERM or SIGINT starts the drain; a second one is left to the default action.
+async fn stop_on_signal(shutdown: tokio_util::sync::CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut interrupt)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        tracing::warn!("cannot listen for SIGTERM and SIGINT; stop the server with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    eprintln!("berth server: stopping (draining requests and watches)");
+    shutdown.cancel();
 }
 
 pub fn kubeconfig(args: KubeconfigArgs) -> Result<i32> {

@@ -1,0 +1,400 @@
+//! The kinds berth serves: group, version, plural and singular names, kind, scope, short
+//! names, categories, verbs, subresources and the fields a field selector may use. Every
+//! part of berth that names a resource (the API server's routes and discovery, the
+//! controllers, the clients) reads this one table.
+
+/// One resource of one group-version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resource {
+    /// "" for the core group.
+    pub group: &'static str,
+    pub version: &'static str,
+    /// Plural, lower case: what URLs name.
+    pub name: &'static str,
+    pub singular: &'static str,
+    pub kind: &'static str,
+    pub namespaced: bool,
+    pub short_names: &'static [&'static str],
+    pub categories: &'static [&'static str],
+    pub subresources: &'static [Subresource],
+    /// Fields `fieldSelector` may use beyond metadata.name and metadata.namespace.
+    pub field_selectors: &'static [&'static str],
+    pub verbs: &'static [&'static str],
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subresource {
+    pub name: &'static str,
+    /// The kind a subresource request takes and returns (group, version, kind).
+    pub kind: (&'static str, &'static str, &'static str),
+    pub verbs: &'static [&'static str],
+}
+
+pub const VERBS: &[&str] =
+    &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
+
+const STATUS: Subresource =
+    Subresource { name: "status", kind: ("", "", ""), verbs: &["get", "patch", "update"] };
+const SCALE: Subresource = Subresource {
+    name: "scale",
+    kind: ("autoscaling", "v1", "Scale"),
+    verbs: &["get", "patch", "update"],
+};
+
+macro_rules! resource {
+    ($group:expr, $version:expr, $name:expr, $singular:expr, $kind:expr, $namespaced:expr, $short:expr, $categories:expr, $subs:expr, $fields:expr) => {
+        Resource {
+            group: $group,
+            version: $version,
+            name: $name,
+            singular: $singular,
+            kind: $kind,
+            namespaced: $namespaced,
+            short_names: $short,
+            categories: $categories,
+            subresources: $subs,
+            field_selectors: $fields,
+            verbs: VERBS,
+        }
+    };
+}
+
+const POD_SUBRESOURCES: &[Subresource] = &[
+    STATUS,
+    Subresource { name: "log", kind: ("", "v1", "Pod"), verbs: &["get"] },
+    Subresource { name: "exec", kind: ("", "v1", "PodExecOptions"), verbs: &["create", "get"] },
+    Subresource { name: "attach", kind: ("", "v1", "PodAttachOptions"), verbs: &["create", "get"] },
+    Subresource {
+        name: "portforward",
+        kind: ("", "v1", "PodPortForwardOptions"),
+        verbs: &["create", "get"],
+    },
+    Subresource { name: "binding", kind: ("", "v1", "Binding"), verbs: &["create"] },
+    Subresource { name: "eviction", kind: ("policy", "v1", "Eviction"), verbs: &["create"] },
+];
+
+/// Every resource berth serves.
+pub const RESOURCES: &[Resource] = &[
+    resource!(
+        "",
+        "v1",
+        "namespaces",
+        "namespace",
+        "Namespace",
+        false,
+        &["ns"],
+        &[],
+        &[STATUS],
+        &["status.phase"]
+    ),
+    resource!(
+        "",
+        "v1",
+        "pods",
+        "pod",
+        "Pod",
+        true,
+        &["po"],
+        &["all"],
+        POD_SUBRESOURCES,
+        &[
+            "spec.nodeName",
+            "spec.restartPolicy",
+            "spec.schedulerName",
+            "spec.serviceAccountName",
+            "spec.hostNetwork",
+            "status.phase",
+            "status.podIP",
+            "status.nominatedNodeName"
+        ]
+    ),
+    resource!("", "v1", "services", "service", "Service", true, &["svc"], &["all"], &[STATUS], &[]),
+    resource!("", "v1", "endpoints", "endpoints", "Endpoints", true, &["ep"], &[], &[], &[]),
+    resource!("", "v1", "secrets", "secret", "Secret", true, &[], &[], &[], &["type"]),
+    resource!("", "v1", "configmaps", "configmap", "ConfigMap", true, &["cm"], &[], &[], &[]),
+    resource!(
+        "",
+        "v1",
+        "nodes",
+        "node",
+        "Node",
+        false,
+        &["no"],
+        &[],
+        &[STATUS],
+        &["spec.unschedulable"]
+    ),
+    resource!(
+        "",
+        "v1",
+        "events",
+        "event",
+        "Event",
+        true,
+        &["ev"],
+        &[],
+        &[],
+        &[
+            "involvedObject.kind",
+            "involvedObject.namespace",
+            "involvedObject.name",
+            "involvedObject.uid",
+            "involvedObject.apiVersion",
+            "involvedObject.resourceVersion",
+            "involvedObject.fieldPath",
+            "reason",
+            "reportingComponent",
+            "source",
+            "type"
+        ]
+    ),
+    resource!(
+        "",
+        "v1",
+        "serviceaccounts",
+        "serviceaccount",
+        "ServiceAccount",
+        true,
+        &["sa"],
+        &[],
+        &[Subresource {
+            name: "token",
+            kind: ("authentication.k8s.io", "v1", "TokenRequest"),
+            verbs: &["create"]
+        }],
+        &[]
+    ),
+    resource!(
+        "",
+        "v1",
+        "persistentvolumes",
+        "persistentvolume",
+        "PersistentVolume",
+        false,
+        &["pv"],
+        &[],
+        &[STATUS],
+        &[]
+    ),
+    resource!(
+        "",
+        "v1",
+        "persistentvolumeclaims",
+        "persistentvolumeclaim",
+        "PersistentVolumeClaim",
+        true,
+        &["pvc"],
+        &[],
+        &[STATUS],
+        &[]
+    ),
+    resource!(
+        "apps",
+        "v1",
+        "deployments",
+        "deployment",
+        "Deployment",
+        true,
+        &["deploy"],
+        &["all"],
+        &[STATUS, SCALE],
+        &[]
+    ),
+    resource!(
+        "apps",
+        "v1",
+        "replicasets",
+        "replicaset",
+        "ReplicaSet",
+        true,
+        &["rs"],
+        &["all"],
+        &[STATUS, SCALE],
+        &[]
+    ),
+    resource!(
+        "apps",
+        "v1",
+        "daemonsets",
+        "daemonset",
+        "DaemonSet",
+        true,
+        &["ds"],
+        &["all"],
+        &[STATUS],
+        &[]
+    ),
+    resource!(
+        "apps",
+        "v1",
+        "statefulsets",
+        "statefulset",
+        "StatefulSet",
+        true,
+        &["sts"],
+        &["all"],
+        &[STATUS, SCALE],
+        &[]
+    ),
+    resource!(
+        "apps",
+        "v1",
+        "controllerrevisions",
+        "controllerrevision",
+        "ControllerRevision",
+        true,
+        &[],
+        &[],
+        &[],
+        &[]
+    ),
+    resource!("batch", "v1", "jobs", "job", "Job", true, &[], &["all"], &[STATUS], &[]),
+    resource!(
+        "batch",
+        "v1",
+        "cronjobs",
+        "cronjob",
+        "CronJob",
+        true,
+        &["cj"],
+        &["all"],
+        &[STATUS],
+        &[]
+    ),
+    resource!(
+        "autoscaling",
+        "v2",
+        "horizontalpodautoscalers",
+        "horizontalpodautoscaler",
+        "HorizontalPodAutoscaler",
+        true,
+        &["hpa"],
+        &["all"],
+        &[STATUS],
+        &[]
+    ),
+    resource!(
+        "autoscaling",
+        "v1",
+        "horizontalpodautoscalers",
+        "horizontalpodautoscaler",
+        "HorizontalPodAutoscaler",
+        true,
+        &["hpa"],
+        &["all"],
+        &[STATUS],
+        &[]
+    ),
+    resource!("coordination.k8s.io", "v1", "leases", "lease", "Lease", true, &[], &[], &[], &[]),
+    resource!(
+        "discovery.k8s.io",
+        "v1",
+        "endpointslices",
+        "endpointslice",
+        "EndpointSlice",
+        true,
+        &[],
+        &[],
+        &[],
+        &[]
+    ),
+    resource!("rbac.authorization.k8s.io", "v1", "roles", "role", "Role", true, &[], &[], &[], &[]),
+    resource!(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "clusterroles",
+        "clusterrole",
+        "ClusterRole",
+        false,
+        &[],
+        &[],
+        &[],
+        &[]
+    ),
+    resource!(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "rolebindings",
+        "rolebinding",
+        "RoleBinding",
+        true,
+        &[],
+        &[],
+        &[],
+        &[]
+    ),
+    resource!(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "clusterrolebindings",
+        "clusterrolebinding",
+        "ClusterRoleBinding",
+        false,
+        &[],
+        &[],
+        &[],
+        &[]
+    ),
+    // Answered, never stored: `kubectl auth can-i`.
+    Resource {
+        group: "authorization.k8s.io",
+        version: "v1",
+        name: "selfsubjectaccessreviews",
+        singular: "selfsubjectaccessreview",
+        kind: "SelfSubjectAccessReview",
+        namespaced: false,
+        short_names: &[],
+        categories: &[],
+        subresources: &[],
+        field_selectors: &[],
+        verbs: &["create"],
+    },
+    // Acted on, never stored: binds the pod the Binding names (`pods/binding` too).
+    Resource {
+        group: "",
+        version: "v1",
+        name: "bindings",
+        singular: "binding",
+        kind: "Binding",
+        namespaced: true,
+        short_names: &[],
+        categories: &[],
+        subresources: &[],
+        field_selectors: &[],
+        verbs: &["create"],
+    },
+    // Answered, never stored: `kubectl auth whoami`.
+    Resource {
+        group: "authentication.k8s.io",
+        version: "v1",
+        name: "selfsubjectreviews",
+        singular: "selfsubjectreview",
+        kind: "SelfSubjectReview",
+        namespaced: false,
+        short_names: &[],
+        categories: &[],
+        subresources: &[],
+        field_selectors: &[],
+        verbs: &["create"],
+    },
+];
+
+impl Resource {
+    pub fn group_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_owned()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+}
+
+/// The resource a URL names: group, version and plural.
+pub fn find(group: &str, version: &str, name: &str) -> Option<&'static Resource> {
+    RESOURCES.iter().find(|r| r.group == group && r.version == version && r.name == name)
+}
+
+/// The resource of a kind in a group-version (what a manifest's apiVersion and kind say).
+pub fn by_kind(api_version: &str, kind: &str) -> Option<&'static Resource> {
+    RESOURCES.iter().find(|r| r.group_version() == api_version && r.kind == kind)
+}

@@ -1,0 +1,275 @@
+//! The API as a `tower::Service`: any transport (the TLS listener, an in-process client)
+//! hands it an `http::Request` whose extensions may carry the identity the transport
+//! established; it authenticates, authorizes, dispatches and records metrics and audit.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use super::route::Route;
+use super::*;
+
+/// The API server's request handler. Cheap to clone: every clone serves the same state.
+#[derive(Clone)]
+pub struct Handler {
+    state: Arc<State>,
+}
+
+impl std::fmt::Debug for Handler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Handler")
+    }
+}
+
+impl Handler {
+    pub(super) fn new(state: Arc<State>) -> Handler {
+        Handler { state }
+    }
+
+    /// Serves one request.
+    pub async fn handle<B>(&self, request: Request<B>) -> Response<Body>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let started = std::time::Instant::now();
+        let path = request.uri().path().trim_end_matches('/').to_owned();
+        let path = if path.is_empty() { "/".to_owned() } else { path };
+        let route = route::parse(&path);
+        let watch = request.uri().query().is_some_and(|q| {
+            q.split('&').any(|p| p.strip_prefix("watch=").and_then(parse_bool).unwrap_or(false))
+        });
+        let (verb, resource) = match &route {
+            Route::Resource(target) => {
+                (route::verb(request.method(), target.name.is_some(), watch), target.resource.name)
+            }
+            _ => (route::verb(request.method(), true, watch), "none"),
+        };
+        let span = tracing::debug_span!("request", verb, resource, path = %path, user = tracing::field::Empty);
+        let response = tracing::Instrument::instrument(
+            dispatch(self.state.clone(), &path, route, request),
+            span,
+        )
+        .await;
+        self.state.metrics.observe(verb, resource, response.status().as_u16(), started.elapsed());
+        response
+    }
+}
+
+impl<B> tower::Service<Request<B>> for Handler
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let handler = self.clone();
+        Box::pin(async move { Ok(handler.handle(request).await) })
+    }
+}
+
+async fn dispatch<B>(
+    state: Arc<State>,
+    path: &str,
+    route: Route,
+    request: Request<B>,
+) -> Response<Body>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    if let Some(response) = discovery::unauthenticated(path) {
+        return response;
+    }
+    // Only the parts are held across awaits: a body need not be `Sync`.
+    let (request, body) = request.into_parts();
+    let accept = request.headers.get(ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let Some(user) = authn::authenticate(&state, &request).await else {
+        return error_response(&ApiError::new(401, "Unauthorized", "Unauthorized"));
+    };
+    let authenticated = user.clone();
+    let user = match authn::impersonate(&state, user, &request.headers).await {
+        Ok(user) => user,
+        Err(err) => return error_response(&err),
+    };
+    tracing::Span::current().record("user", user.name.as_str());
+    // Who wrote, for the audit log: the user acting, and who impersonated them.
+    let impersonator = (authenticated != user).then_some(&authenticated);
+    if let Some(response) = discovery::serve(&state, &user, path, &route, &request).await {
+        return response;
+    }
+    let target = match route {
+        Route::Resource(target) => target,
+        _ => return error_response(&ApiError::no_such_path()),
+    };
+    let resource = target.resource;
+    let params = request::query(&request.uri);
+    for name in BOOLEAN_PARAMETERS {
+        if let Some(value) = params.get(*name).filter(|v| parse_bool(v).is_none()) {
+            return error_response(&ApiError::bad_request(format!(
+                "invalid value {value:?} for the query parameter {name}: use true or false"
+            )));
+        }
+    }
+    let method = request.method.clone();
+    let content_type =
+        request.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let body = if matches!(method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE) {
+        match Limited::new(body, MAX_BODY).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(_) => {
+                return error_response(&ApiError::new(
+                    413,
+                    "RequestEntityTooLarge",
+                    "the request body is too large (over 3 MiB)",
+                ))
+            }
+        }
+    } else {
+        Bytes::new()
+    };
+    // Reviews are answered about the caller, never stored.
+    if matches!(resource.kind, "SelfSubjectReview" | "SelfSubjectAccessReview") {
+        if method != Method::POST {
+            return error_response(&ApiError::new(
+                405,
+                "MethodNotAllowed",
+                "only create is allowed",
+            ));
+        }
+        let mut review = match decode_body(&content_type, &body) {
+            Ok(review) => review,
+            Err(err) => return error_response(&err),
+        };
+        if resource.kind == "SelfSubjectReview" {
+            return json_response(
+                201,
+                &json!({"kind": "SelfSubjectReview", "apiVersion": "authentication.k8s.io/v1",
+                    "metadata": {"creationTimestamp": null},
+                    "status": {"userInfo": {"username": user.name, "groups": user.groups}}}),
+            );
+        }
+        let spec = &review["spec"]["resourceAttributes"];
+        let text = |v: &Value| v.as_str().unwrap_or("").to_owned();
+        let non_resource = &review["spec"]["nonResourceAttributes"];
+        let attributes = if non_resource.is_object() {
+            crate::rbac::Attributes {
+                verb: text(&non_resource["verb"]),
+                path: text(&non_resource["path"]),
+                ..Default::default()
+            }
+        } else {
+            crate::rbac::Attributes {
+                verb: text(&spec["verb"]),
+                group: text(&spec["group"]),
+                resource: text(&spec["resource"]),
+                subresource: text(&spec["subresource"]),
+                namespace: text(&spec["namespace"]),
+                name: text(&spec["name"]),
+                ..Default::default()
+            }
+        };
+        let allowed = state.authorize(&user, &attributes).await;
+        review["status"] = json!({"allowed": allowed});
+        return json_response(201, &review);
+    }
+    let verb = route::verb(
+        &method,
+        target.name.is_some(),
+        params.get("watch").and_then(|w| parse_bool(w)).unwrap_or(false),
+    );
+    let attributes = crate::rbac::Attributes {
+        verb: verb.to_owned(),
+        group: target.resource.group.to_owned(),
+        resource: target.resource.name.to_owned(),
+        subresource: target.subresource.clone().unwrap_or_default(),
+        namespace: target.namespace.clone().unwrap_or_default(),
+        name: target.name.clone().unwrap_or_default(),
+        ..Default::default()
+    };
+    if !state.authorize(&user, &attributes).await {
+        return error_response(&ApiError::new(
+            403,
+            "Forbidden",
+            crate::rbac::forbidden_message(&user, &attributes),
+        ));
+    }
+    let api = Api {
+        state: state.clone(),
+        target,
+        params,
+        accept,
+        warnings: Default::default(),
+        duplicates: Default::default(),
+    };
+    // Bindings and subresources other than status answer for themselves.
+    let special = match (api.resource().kind, api.target.subresource.as_deref()) {
+        ("Binding", _) => Some(api.create_binding(&method, &content_type, &body).await),
+        (_, Some("token")) => Some(
+            api.token_request(&method, &content_type, &body)
+                .await
+                .map(|(code, value)| json_response(code, &value)),
+        ),
+        (_, Some("scale")) => Some(
+            api.scale(&method, &content_type, &body).await.map(|value| json_response(200, &value)),
+        ),
+        (
+            _,
+            Some(action @ ("log" | "exec" | "attach" | "portforward" | "binding" | "eviction")),
+        ) => Some(api.pod_action(action, &method, &body).await),
+        _ => None,
+    };
+    if let Some(result) = special {
+        if method != Method::GET {
+            let code = result.as_ref().map(|r| r.status().as_u16()).unwrap_or_else(|e| e.code);
+            state.audit(&user, impersonator, verb, &api.target, None, code);
+        }
+        return result.unwrap_or_else(|err| error_response(&err));
+    }
+    let result = match (method, api.target.name.is_some()) {
+        (Method::GET, false) if api.flag("watch") => return api.watch().await,
+        (Method::GET, false) => api.list().await,
+        (Method::GET, true) if api.flag("watch") => return api.watch().await,
+        (Method::GET, true) => api.get().await,
+        (Method::POST, false) => api.create(&content_type, &body).await,
+        (Method::PUT, true) => api.update(&content_type, &body).await,
+        (Method::PATCH, true) => api.patch(&content_type, &body).await,
+        (Method::DELETE, true) => api.delete(&content_type, &body).await,
+        (Method::DELETE, false) => api.delete_collection(&content_type, &body).await,
+        _ => Err(ApiError::new(
+            405,
+            "MethodNotAllowed",
+            "the server does not allow this method on the requested resource",
+        )),
+    };
+    let code = match &result {
+        Ok((code, _)) => *code,
+        Err(err) => err.code,
+    };
+    if !matches!(verb, "get" | "list" | "watch") {
+        let created = match &result {
+            Ok((_, value)) if verb == "create" => Some(objects::name_of(value).to_owned()),
+            _ => None,
+        };
+        state.audit(&user, impersonator, verb, &api.target, created.as_deref(), code);
+    }
+    let mut response = match result {
+        Ok((code, value)) => json_response(code, &api.outward(value)),
+        Err(err) => error_response(&err),
+    };
+    for warning in api.warnings.lock().map(|w| w.clone()).unwrap_or_default() {
+        // RFC 7234 warning: code 299, no agent, the text quoted.
+        let text = format!("299 - {}", Value::String(warning));
+        if let Ok(value) = HeaderValue::from_str(&text) {
+            response.headers_mut().append("warning", value);
+        }
+    }
+    response
+}

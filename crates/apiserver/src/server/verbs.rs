@@ -1,0 +1,1111 @@
+//! The verbs over `berth-store`: get, list (tables, selectors, pages), watch (from a
+//! revision, bookmarks, ending when the server stops), create, update, patch (JSON,
+//! merge, strategic, server-side apply), the `scale` subresource, delete and
+//! deletecollection. `resourceVersion` is the store's revision of the object.
+
+use super::route::Target;
+use super::*;
+
+pub(super) struct Api {
+    pub(super) state: Arc<State>,
+    pub(super) target: Target,
+    pub(super) params: HashMap<String, String>,
+    pub(super) accept: String,
+    /// `Warning` headers for the response (unknown fields under `fieldValidation=Warn`).
+    pub(super) warnings: std::sync::Mutex<Vec<String>>,
+    /// Keys the request body repeated, by path.
+    pub(super) duplicates: std::sync::Mutex<Vec<String>>,
+}
+
+impl Api {
+    pub(super) fn flag(&self, name: &str) -> bool {
+        self.params.get(name).and_then(|v| parse_bool(v)).unwrap_or(false)
+    }
+
+    pub(super) fn resource(&self) -> &'static Resource {
+        self.target.resource
+    }
+
+    pub(super) fn name(&self) -> &str {
+        self.target.name.as_deref().unwrap_or("")
+    }
+
+    pub(super) fn key(&self) -> String {
+        self.resource().key(self.target.namespace.as_deref(), self.name())
+    }
+
+    /// `fieldValidation`: fields the kind's schema does not know, and keys the body
+    /// repeats, fail the request (`Strict`), or are dropped (the last of a repeated key
+    /// kept) with a warning (`Warn`, the default) or silently (`Ignore`).
+    pub(super) fn check_fields(&self, object: &mut Value) -> Result<(), ApiError> {
+        let resource = self.resource();
+        let mode = self.params.get("fieldValidation").map(String::as_str).unwrap_or("Warn");
+        let gvk = (resource.group, resource.version, resource.kind);
+        let duplicates: Vec<String> = self
+            .duplicates
+            .lock()
+            .map(|mut d| std::mem::take(&mut *d))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|f| format!("duplicate field {f:?}"))
+            .collect();
+        match mode {
+            "Strict" => {
+                let unknown = crate::schema::unknown_fields(gvk, object, false);
+                if !unknown.is_empty() || !duplicates.is_empty() {
+                    let mut list: Vec<String> =
+                        unknown.iter().map(|f| format!("unknown field {f:?}")).collect();
+                    list.extend(duplicates);
+                    return Err(ApiError::bad_request(format!(
+                        "{kind} in version {version:?} cannot be handled as a {kind}: strict decoding error: {}",
+                        list.join(", "),
+                        kind = resource.kind,
+                        version = resource.version,
+                    )));
+                }
+            }
+            "Warn" | "Ignore" | "" => {
+                let unknown = crate::schema::unknown_fields(gvk, object, true);
+                if mode == "Warn" {
+                    if let Ok(mut warnings) = self.warnings.lock() {
+                        warnings.extend(unknown.iter().map(|f| format!("unknown field {f:?}")));
+                        warnings.extend(duplicates);
+                    }
+                }
+            }
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "fieldValidation must be one of Strict, Warn or Ignore, not {other:?}"
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    /// The resource objects of this one are stored as (autoscaling/v2 for v1 autoscalers;
+    /// itself otherwise).
+    pub(super) fn stored(&self) -> &'static Resource {
+        let r = self.resource();
+        crate::convert::storage_version(r.group, r.version, r.kind)
+            .and_then(|version| resources::find(r.group, version, r.name))
+            .unwrap_or(r)
+    }
+
+    /// A request's object, in the stored version.
+    pub(super) fn inward(&self, object: Value) -> Value {
+        let r = self.resource();
+        crate::convert::to_storage(r.group, r.version, r.kind, object)
+    }
+
+    /// A stored object or list, in the request's version.
+    pub(super) fn outward(&self, value: Value) -> Value {
+        let r = self.resource();
+        crate::convert::from_storage(r.group, r.version, r.kind, value)
+    }
+
+    pub(super) fn dry_run(&self) -> bool {
+        self.params.get("dryRun").is_some_and(|v| v == "All")
+    }
+
+    pub(super) fn selectors(&self) -> Result<(LabelSelector, FieldSelector), ApiError> {
+        let labels = LabelSelector::parse(
+            self.params.get("labelSelector").map(String::as_str).unwrap_or(""),
+        )
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        let fields = FieldSelector::parse(
+            self.params.get("fieldSelector").map(String::as_str).unwrap_or(""),
+            self.resource().field_selectors,
+        )
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        Ok((labels, fields))
+    }
+
+    pub(super) async fn current(&self) -> Result<Value, ApiError> {
+        match self.state.store.get(&self.key()).await {
+            Ok(Some(kv)) => decode(&kv),
+            Ok(None) => Err(ApiError::not_found(self.resource(), self.name())),
+            Err(err) => Err(storage_error(self.resource(), self.name(), err)),
+        }
+    }
+
+    pub(super) async fn get(&self) -> Result<(u16, Value), ApiError> {
+        let object = self.current().await?;
+        if self.accept.contains("as=Table") {
+            let revision = object["metadata"]["resourceVersion"]
+                .as_str()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let include = self.params.get("includeObject").is_some_and(|v| v == "Object");
+            return Ok((
+                200,
+                objects::table(self.resource(), std::slice::from_ref(&object), revision, include),
+            ));
+        }
+        Ok((200, object))
+    }
+
+    pub(super) async fn list(&self) -> Result<(u16, Value), ApiError> {
+        let resource = self.resource();
+        let (labels, fields) = self.selectors()?;
+        let limit: usize = self.params.get("limit").and_then(|l| l.parse().ok()).unwrap_or(0);
+        let (start_after, revision) = match self.params.get("continue").filter(|c| !c.is_empty()) {
+            Some(token) => decode_continue(token)?,
+            None => {
+                let rv = self
+                    .params
+                    .get("resourceVersion")
+                    .and_then(|v| v.parse::<i64>().ok())
+                    .unwrap_or(0);
+                let exact = self.params.get("resourceVersionMatch").is_some_and(|m| m == "Exact");
+                (None, if exact { rv } else { 0 })
+            }
+        };
+        let prefix = resource.prefix(self.target.namespace.as_deref());
+        let page = self
+            .state
+            .store
+            .list(&prefix, start_after.as_deref(), limit, revision)
+            .await
+            .map_err(|e| storage_error(resource, "", e))?;
+        let items: Vec<Value> = page
+            .items
+            .iter()
+            .map(decode)
+            .collect::<Result<Vec<Value>, ApiError>>()?
+            .into_iter()
+            .filter(|o| {
+                labels.matches(
+                    objects::meta(o).and_then(|m| m.get("labels")).and_then(Value::as_object),
+                ) && fields.matches(o)
+            })
+            .collect();
+        let continue_token = if page.more {
+            page.items.last().map(|k| encode_continue(&k.key, page.revision)).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        if self.accept.contains("as=Table") {
+            let include = self.params.get("includeObject").is_some_and(|v| v == "Object");
+            let mut table = objects::table(resource, &items, page.revision, include);
+            if !continue_token.is_empty() {
+                table["metadata"]["continue"] = json!(continue_token);
+            }
+            return Ok((200, table));
+        }
+        let mut metadata = json!({"resourceVersion": page.revision.to_string()});
+        if !continue_token.is_empty() {
+            metadata["continue"] = json!(continue_token);
+        }
+        Ok((
+            200,
+            json!({"kind": format!("{}List", resource.kind), "apiVersion": resource.group_version(), "metadata": metadata, "items": items}),
+        ))
+    }
+
+    pub(super) async fn namespace_ready(&self) -> Result<(), ApiError> {
+        let Some(ns) = &self.target.namespace else { return Ok(()) };
+        let namespaces = resources::find("", "v1", "namespaces")
+            .ok_or_else(|| ApiError::new(500, "InternalError", "no namespaces"))?;
+        match self.state.store.get(&namespaces.key(None, ns)).await {
+            Ok(Some(kv)) => {
+                let object = decode(&kv)?;
+                if object["status"]["phase"] == "Terminating" {
+                    return Err(ApiError::new(
+                        403,
+                        "Forbidden",
+                        format!("{} \"{}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated", objects::resource_name(self.resource()), self.name()),
+                    ));
+                }
+                Ok(())
+            }
+            Ok(None) => Err(ApiError::not_found(namespaces, ns)),
+            Err(err) => Err(storage_error(namespaces, ns, err)),
+        }
+    }
+
+    /// The request's object or patch; keys a JSON body repeats are kept for
+    /// `check_fields` (duplicates are strict validation's business too).
+    pub(super) fn parse_body(&self, content_type: &str, body: &[u8]) -> Result<Value, ApiError> {
+        if content_type.contains("protobuf") || content_type.contains("yaml") {
+            return decode_body(content_type, body);
+        }
+        let (value, duplicates) = crate::schema::parse_noting_duplicates(body).map_err(|e| {
+            ApiError::bad_request(format!("the request body is not valid JSON: {e}"))
+        })?;
+        if let Ok(mut noted) = self.duplicates.lock() {
+            noted.extend(duplicates);
+        }
+        Ok(value)
+    }
+}
+
+impl Api {
+    pub(super) async fn create(
+        &self,
+        content_type: &str,
+        body: &[u8],
+    ) -> Result<(u16, Value), ApiError> {
+        let mut object = self.parse_body(content_type, body)?;
+        self.check_fields(&mut object)?;
+        let mut object = self.inward(object);
+        let resource = self.stored();
+        let name =
+            objects::prepare_create(resource, &mut object, self.target.namespace.as_deref())?;
+        objects::validate(resource, &object)?;
+        self.record_manager(None, &mut object);
+        self.namespace_ready().await?;
+        let key = resource.key(self.target.namespace.as_deref(), &name);
+        let _allocating = if resource.kind == "Service" {
+            let guard = self.state.service_allocation.lock().await;
+            self.allocate_service_addresses(&mut object).await?;
+            Some(guard)
+        } else {
+            None
+        };
+        if self.dry_run() {
+            if self
+                .state
+                .store
+                .get(&key)
+                .await
+                .map_err(|e| storage_error(resource, &name, e))?
+                .is_some()
+            {
+                return Err(ApiError::already_exists(resource, &name));
+            }
+            return Ok((201, object));
+        }
+        let revision = self
+            .state
+            .store
+            .create(&key, sized(resource, &name, encode(&object))?)
+            .await
+            .map_err(|e| storage_error(resource, &name, e))?;
+        Ok((201, with_revision(object, revision)))
+    }
+
+    /// Service defaults and addresses: a cluster IP from 10.43.0.0/16 (k3s's range;
+    /// 10.43.0.1 is the API's own), node ports from 30000-32767 for NodePort and
+    /// LoadBalancer services, TCP and targetPort defaults on ports.
+    pub(super) async fn allocate_service_addresses(
+        &self,
+        object: &mut Value,
+    ) -> Result<(), ApiError> {
+        let resource = self.resource();
+        let spec = object.get_mut("spec").and_then(Value::as_object_mut);
+        let Some(spec) = spec else { return Ok(()) };
+        let kind = spec.get("type").and_then(Value::as_str).unwrap_or("ClusterIP").to_owned();
+        spec.insert("type".into(), json!(kind));
+        spec.entry("sessionAffinity").or_insert(json!("None"));
+        if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
+            for port in ports.iter_mut() {
+                if port.get("protocol").is_none() {
+                    port["protocol"] = json!("TCP");
+                }
+                if port.get("targetPort").is_none() {
+                    port["targetPort"] = port["port"].clone();
+                }
+            }
+        }
+        if kind == "ExternalName" {
+            return Ok(());
+        }
+        let all = self
+            .state
+            .store
+            .list(&resource.prefix(None), None, 0, 0)
+            .await
+            .map_err(|e| storage_error(resource, "", e))?;
+        let services: Vec<Value> = all.items.iter().map(decode).collect::<Result<_, _>>()?;
+        let used_ips: std::collections::HashSet<String> = services
+            .iter()
+            .filter_map(|s| s["spec"]["clusterIP"].as_str().map(str::to_owned))
+            .collect();
+        let wanted = spec.get("clusterIP").and_then(Value::as_str).unwrap_or("").to_owned();
+        let ip = match wanted.as_str() {
+            "None" => "None".to_owned(),
+            "" => (2u32..65_534)
+                .map(|n| format!("10.43.{}.{}", n / 256, n % 256))
+                .find(|ip| !used_ips.contains(ip))
+                .ok_or_else(|| {
+                    ApiError::new(500, "InternalError", "the service IP range 10.43.0.0/16 is full")
+                })?,
+            given => {
+                let inside = given
+                    .parse::<std::net::Ipv4Addr>()
+                    .ok()
+                    .is_some_and(|a| a.octets()[0] == 10 && a.octets()[1] == 43);
+                if !inside {
+                    return Err(ApiError::invalid(resource, objects::name_of(object), "spec.clusterIPs", &format!("Invalid value: {given:?}: provided IP is not in the valid range. The range of valid IPs is 10.43.0.0/16")));
+                }
+                if used_ips.contains(given) {
+                    return Err(ApiError::invalid(
+                        resource,
+                        objects::name_of(object),
+                        "spec.clusterIPs",
+                        &format!("Invalid value: {given:?}: provided IP is already allocated"),
+                    ));
+                }
+                given.to_owned()
+            }
+        };
+        let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) else {
+            return Ok(());
+        };
+        spec.insert("clusterIP".into(), json!(ip));
+        spec.insert("clusterIPs".into(), json!([ip]));
+        if ip != "None" {
+            spec.insert("ipFamilies".into(), json!(["IPv4"]));
+            spec.insert("ipFamilyPolicy".into(), json!("SingleStack"));
+        }
+        if kind == "NodePort" || kind == "LoadBalancer" {
+            let mut used_ports: std::collections::HashSet<i64> = services
+                .iter()
+                .flat_map(|s| s["spec"]["ports"].as_array().cloned().unwrap_or_default())
+                .filter_map(|p| p["nodePort"].as_i64())
+                .collect();
+            if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
+                for port in ports.iter_mut() {
+                    if let Some(given) = port["nodePort"].as_i64() {
+                        if !(30000..=32767).contains(&given) || !used_ports.insert(given) {
+                            return Err(ApiError::new(422, "Invalid", format!("Service is invalid: spec.ports.nodePort: Invalid value: {given}: provided port is already allocated or outside 30000-32767")));
+                        }
+                        continue;
+                    }
+                    let free =
+                        (30000..=32767).find(|p| !used_ports.contains(p)).ok_or_else(|| {
+                            ApiError::new(500, "InternalError", "no node port left in 30000-32767")
+                        })?;
+                    used_ports.insert(free);
+                    port["nodePort"] = json!(free);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `object` over the current one (which had `revision`), keeping what an update
+    /// may not change and bumping `generation` when the spec changes.
+    pub(super) async fn replace(
+        &self,
+        current: &Value,
+        mut object: Value,
+        revision: i64,
+    ) -> Result<(u16, Value), ApiError> {
+        let resource = self.stored();
+        let name = self.name().to_owned();
+        let status_only = self.target.subresource.as_deref() == Some("status");
+        if status_only {
+            let mut merged = current.clone();
+            merged["status"] = object.get("status").cloned().unwrap_or(Value::Null);
+            object = merged;
+        } else if resource.subresources.iter().any(|s| s.name == "status")
+            && resource.kind != "Namespace"
+        {
+            // Status changes go through /status.
+            match current.get("status") {
+                Some(status) => object["status"] = status.clone(),
+                None => {
+                    if let Some(map) = object.as_object_mut() {
+                        map.remove("status");
+                    }
+                }
+            }
+        }
+        if object.get("kind").and_then(Value::as_str).is_some_and(|k| k != resource.kind) {
+            return Err(ApiError::bad_request("the kind of the object cannot change"));
+        }
+        object["kind"] = json!(resource.kind);
+        object["apiVersion"] = json!(resource.group_version());
+        if objects::name_of(&object) != name {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({}) does not match the name on the URL ({name})",
+                objects::name_of(&object)
+            )));
+        }
+        for field in ["uid", "creationTimestamp", "namespace", "deletionTimestamp", "generation"] {
+            match current["metadata"].get(field) {
+                Some(v) => object["metadata"][field] = v.clone(),
+                None => {
+                    if let Some(m) = object["metadata"].as_object_mut() {
+                        m.remove(field);
+                    }
+                }
+            }
+        }
+        if !status_only {
+            objects::default_fields(resource, &mut object);
+        }
+        if current.get("spec") != object.get("spec") {
+            let generation = current["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
+            object["metadata"]["generation"] = json!(generation);
+        }
+        // A Service keeps its address when an update leaves it out.
+        if resource.kind == "Service"
+            && object["spec"].is_object()
+            && object["spec"]["clusterIP"].is_null()
+        {
+            object["spec"]["clusterIP"] = current["spec"]["clusterIP"].clone();
+            object["spec"]["clusterIPs"] = current["spec"]["clusterIPs"].clone();
+        }
+        if !status_only {
+            objects::validate(resource, &object)?;
+            objects::validate_update(resource, current, &object)?;
+        }
+        // The last finalizer gone from an object being deleted: it goes.
+        // (Only an object that had finalizers: a pod in its grace period has none, and an
+        // update to it must not end that period.)
+        let had_finalizers =
+            current["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty());
+        let deleting = current["metadata"].get("deletionTimestamp").is_some() && had_finalizers;
+        let finalizers_left =
+            object["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty());
+        if self.dry_run() {
+            return Ok((200, object));
+        }
+        if deleting && !finalizers_left {
+            // Its deletion was held back by finalizers, and with it the cascade.
+            let namespace = self.target.namespace.as_deref();
+            self.state.cascade(current, namespace, "Background").await?;
+            let revision = match self.state.store.get(&self.key()).await {
+                Ok(Some(kv)) => kv.mod_revision,
+                Ok(None) => return Ok((200, object)),
+                Err(err) => return Err(storage_error(resource, &name, err)),
+            };
+            let gone = self
+                .state
+                .store
+                .delete(&self.key(), Some(revision))
+                .await
+                .map_err(|e| storage_error(resource, &name, e))?;
+            return Ok((200, with_revision(object, gone.mod_revision)));
+        }
+        if encode(current) == encode(&object) {
+            return Ok((200, with_revision(object, revision)));
+        }
+        let new = self
+            .state
+            .store
+            .update(&self.key(), sized(resource, &name, encode(&object))?, revision)
+            .await
+            .map_err(|e| storage_error(resource, &name, e))?;
+        Ok((200, with_revision(object, new)))
+    }
+
+    pub(super) async fn update(
+        &self,
+        content_type: &str,
+        body: &[u8],
+    ) -> Result<(u16, Value), ApiError> {
+        let mut object = self.parse_body(content_type, body)?;
+        self.check_fields(&mut object)?;
+        let mut object = self.inward(object);
+        let current = self.current().await?;
+        let current_revision: i64 = current["metadata"]["resourceVersion"]
+            .as_str()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let given = object["metadata"]["resourceVersion"].as_str().unwrap_or("");
+        let revision = if given.is_empty() {
+            current_revision
+        } else {
+            given
+                .parse::<i64>()
+                .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {given:?}")))?
+        };
+        if revision != current_revision {
+            return Err(ApiError::conflict(self.resource(), self.name()));
+        }
+        self.record_manager(Some(&current), &mut object);
+        self.replace(&current, object, revision).await
+    }
+
+    pub(super) fn field_manager(&self) -> Option<&str> {
+        self.params.get("fieldManager").map(String::as_str).filter(|m| !m.is_empty())
+    }
+
+    /// With a `fieldManager`, records in `managedFields` what this write changed.
+    pub(super) fn record_manager(&self, current: Option<&Value>, object: &mut Value) {
+        if let Some(manager) = self.field_manager() {
+            let version = self.resource().group_version();
+            crate::apply::record_update(current, object, manager, &version);
+        }
+    }
+
+    /// Server-side apply (`application/apply-patch+yaml`): see `crate::apply`.
+    pub(super) async fn server_side_apply(&self, config: &Value) -> Result<(u16, Value), ApiError> {
+        let resource = self.resource();
+        let manager = self
+            .field_manager()
+            .ok_or_else(|| {
+                ApiError::new(422, "Invalid", "fieldManager is required for apply patch")
+            })?
+            .to_owned();
+        let force = self.flag("force");
+        let gv = resource.group_version();
+        // An applied configuration is typed against the schema whatever fieldValidation says.
+        let unknown = crate::schema::unknown_fields(
+            (resource.group, resource.version, resource.kind),
+            &mut config.clone(),
+            false,
+        );
+        if let Some(first) = unknown.first() {
+            let namespace =
+                self.target.namespace.as_deref().map(|n| format!("{n}/")).unwrap_or_default();
+            return Err(ApiError::bad_request(format!(
+                "failed to create typed patch object ({namespace}{name}; {gv}, Kind={kind}): .{first}: field not declared in schema",
+                name = self.name(),
+                kind = resource.kind,
+            )));
+        }
+        if config.get("kind").and_then(Value::as_str).is_some_and(|k| k != resource.kind) {
+            return Err(ApiError::bad_request(
+                "the kind of the applied configuration does not match the resource",
+            ));
+        }
+        for _ in 0..10 {
+            let live = self
+                .state
+                .store
+                .get(&self.key())
+                .await
+                .map_err(|e| storage_error(resource, self.name(), e))?;
+            let stored = live.as_ref().map(decode).transpose()?;
+            // Applied in the request's version, stored in the stored one.
+            let live = stored.clone().map(|object| self.outward(object));
+            let merged = crate::apply::apply(live.as_ref(), config, &manager, force, &gv).map_err(|conflicts| {
+                let list: Vec<String> = conflicts.iter().map(|c| format!("conflict with {:?}: {}", c.manager, c.field)).collect();
+                let mut err = ApiError::new(
+                    409,
+                    "Conflict",
+                    format!("Apply failed with {} conflict{}: {}", conflicts.len(), if conflicts.len() == 1 { "" } else { "s" }, list.join("\n")),
+                );
+                err.details = json!({"name": self.name(), "group": resource.group, "kind": resource.name,
+                    "causes": conflicts.iter().map(|c| json!({"reason": "FieldManagerConflict", "message": format!("conflict with {:?}", c.manager), "field": c.field})).collect::<Vec<_>>()});
+                err
+            })?;
+            let merged = self.inward(merged);
+            let Some(live) = stored else {
+                let mut object = merged;
+                let resource = self.stored();
+                let name = objects::prepare_create(
+                    resource,
+                    &mut object,
+                    self.target.namespace.as_deref(),
+                )?;
+                if name != self.name() {
+                    return Err(ApiError::bad_request(
+                        "the name of the applied configuration does not match the name on the URL",
+                    ));
+                }
+                objects::validate(resource, &object)?;
+                self.namespace_ready().await?;
+                if self.dry_run() {
+                    return Ok((201, object));
+                }
+                let bytes = sized(resource, self.name(), encode(&object))?;
+                match self.state.store.create(&self.key(), bytes).await {
+                    Ok(revision) => return Ok((201, with_revision(object, revision))),
+                    Err(berth_store::Error::AlreadyExists { .. }) => continue,
+                    Err(err) => return Err(storage_error(resource, self.name(), err)),
+                }
+            };
+            let revision: i64 = live["metadata"]["resourceVersion"]
+                .as_str()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            match self.replace(&live, merged, revision).await {
+                Err(err)
+                    if err.reason == "Conflict"
+                        && err.code == 409
+                        && err.details.get("causes").is_none() =>
+                {
+                    continue
+                }
+                other => return other,
+            }
+        }
+        Err(ApiError::conflict(resource, self.name()))
+    }
+
+    pub(super) async fn patch(
+        &self,
+        content_type: &str,
+        body: &[u8],
+    ) -> Result<(u16, Value), ApiError> {
+        let patch_doc = self.parse_body(content_type, body)?;
+        if content_type.starts_with("application/apply-patch") {
+            return self.server_side_apply(&patch_doc).await;
+        }
+        // Conflicts between reading and writing are retried: a patch applies to the latest.
+        for _ in 0..10 {
+            let current = self.current().await?;
+            let revision: i64 = current["metadata"]["resourceVersion"]
+                .as_str()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            // The patch applies to the object in the request's version.
+            let view = self.outward(current.clone());
+            let mut patched = view.clone();
+            if content_type.starts_with("application/json-patch+json") {
+                patched = patch::json_patch(&view, &patch_doc)
+                    .map_err(|e| ApiError::new(422, "Invalid", e))?;
+            } else if content_type.starts_with("application/merge-patch+json") {
+                patch::merge_patch(&mut patched, &patch_doc);
+            } else if content_type.starts_with("application/strategic-merge-patch+json") {
+                patch::strategic_merge(&mut patched, &patch_doc);
+            } else {
+                return Err(ApiError::new(
+                    415,
+                    "UnsupportedMediaType",
+                    format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {content_type:?})"),
+                ));
+            }
+            self.check_fields(&mut patched)?;
+            let mut patched = self.inward(patched);
+            // A patch that names a resourceVersion is a precondition.
+            if let Some(wanted) = patch_doc["metadata"]["resourceVersion"].as_str() {
+                if wanted != revision.to_string() {
+                    return Err(ApiError::conflict(self.resource(), self.name()));
+                }
+            }
+            self.record_manager(Some(&current), &mut patched);
+            match self.replace(&current, patched, revision).await {
+                Err(err) if err.reason == "Conflict" => continue,
+                other => return other,
+            }
+        }
+        Err(ApiError::conflict(self.resource(), self.name()))
+    }
+
+    /// The `scale` subresource: a `Scale` view of `spec.replicas`.
+    pub(super) async fn scale(
+        &self,
+        method: &Method,
+        content_type: &str,
+        body: &[u8],
+    ) -> Result<Value, ApiError> {
+        let view = |object: &Value| {
+            let selector = object["spec"]["selector"]["matchLabels"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default();
+            json!({
+                "kind": "Scale",
+                "apiVersion": "autoscaling/v1",
+                "metadata": {
+                    "name": object["metadata"]["name"], "namespace": object["metadata"]["namespace"],
+                    "uid": object["metadata"]["uid"], "resourceVersion": object["metadata"]["resourceVersion"],
+                    "creationTimestamp": object["metadata"]["creationTimestamp"],
+                },
+                "spec": {"replicas": object["spec"]["replicas"].as_i64().unwrap_or(1)},
+                "status": {"replicas": object["status"]["replicas"].as_i64().unwrap_or(0), "selector": selector},
+            })
+        };
+        for _ in 0..10 {
+            let current = self.current().await?;
+            let revision: i64 = current["metadata"]["resourceVersion"]
+                .as_str()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let wanted = match *method {
+                Method::GET => return Ok(view(&current)),
+                Method::PUT => self.parse_body(content_type, body)?,
+                Method::PATCH => {
+                    let doc = self.parse_body(content_type, body)?;
+                    let mut scale = view(&current);
+                    if content_type.starts_with("application/json-patch+json") {
+                        scale = patch::json_patch(&scale, &doc)
+                            .map_err(|e| ApiError::new(422, "Invalid", e))?;
+                    } else {
+                        patch::merge_patch(&mut scale, &doc);
+                    }
+                    scale
+                }
+                _ => {
+                    return Err(ApiError::new(
+                        405,
+                        "MethodNotAllowed",
+                        "scale supports get, update and patch",
+                    ))
+                }
+            };
+            let Some(replicas) = wanted["spec"]["replicas"].as_i64().filter(|r| *r >= 0) else {
+                return Err(ApiError::invalid(
+                    self.resource(),
+                    self.name(),
+                    "spec.replicas",
+                    "must be greater than or equal to 0",
+                ));
+            };
+            if let Some(rv) =
+                wanted["metadata"]["resourceVersion"].as_str().filter(|v| !v.is_empty())
+            {
+                if rv != revision.to_string() {
+                    return Err(ApiError::conflict(self.resource(), self.name()));
+                }
+            }
+            let mut updated = current.clone();
+            updated["spec"]["replicas"] = json!(replicas);
+            match self.replace(&current, updated, revision).await {
+                Err(err) if err.reason == "Conflict" => continue,
+                Err(err) => return Err(err),
+                Ok((_, object)) => return Ok(view(&object)),
+            }
+        }
+        Err(ApiError::conflict(self.resource(), self.name()))
+    }
+
+    pub(super) async fn delete(
+        &self,
+        content_type: &str,
+        body: &[u8],
+    ) -> Result<(u16, Value), ApiError> {
+        let resource = self.resource();
+        let options = delete_options(content_type, body)?;
+        let current = self.current().await?;
+        let revision: i64 = current["metadata"]["resourceVersion"]
+            .as_str()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if let Some(uid) = options["preconditions"]["uid"].as_str() {
+            if current["metadata"]["uid"].as_str() != Some(uid) {
+                return Err(ApiError::conflict(resource, self.name()));
+            }
+        }
+        if let Some(rv) = options["preconditions"]["resourceVersion"].as_str() {
+            if rv != revision.to_string() {
+                return Err(ApiError::conflict(resource, self.name()));
+            }
+        }
+        let policy = self.propagation_policy(&options)?;
+        if self.dry_run() {
+            return Ok((200, current));
+        }
+        if let Some(grace) = self.pod_grace_period(&current, &options) {
+            // A pod that a node runs is stopped there first: it is marked with its grace
+            // period and the node agent removes it (with grace 0) once its containers are
+            // gone. A shorter period may replace a longer one.
+            let old_grace = current["metadata"]["deletionGracePeriodSeconds"].as_i64();
+            if old_grace.is_some_and(|old| old <= grace) {
+                return Ok((200, current));
+            }
+            let mut marked = current.clone();
+            marked["metadata"]["deletionTimestamp"] =
+                json!(objects::format_time(objects::unix_now() + grace));
+            marked["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+            let new = self
+                .state
+                .store
+                .update(&self.key(), encode(&marked), revision)
+                .await
+                .map_err(|e| storage_error(resource, self.name(), e))?;
+            return Ok((200, with_revision(marked, new)));
+        }
+        let finalizers =
+            current["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty());
+        let mut revision = revision;
+        if !finalizers && resource.kind != "Namespace" {
+            self.state.cascade(&current, self.target.namespace.as_deref(), policy).await?;
+            // Dependents are gone; the owner may have been written meanwhile (a status
+            // update): delete what is there now, if it is still the same object.
+            match self.state.store.get(&self.key()).await {
+                Ok(Some(kv)) if decode(&kv)?["metadata"]["uid"] == current["metadata"]["uid"] => {
+                    revision = kv.mod_revision;
+                }
+                Ok(_) => return Ok((200, current)),
+                Err(err) => return Err(storage_error(resource, self.name(), err)),
+            }
+        }
+        if resource.kind == "Namespace" || finalizers {
+            if current["metadata"].get("deletionTimestamp").is_some() {
+                return Ok((200, current));
+            }
+            let mut marked = current.clone();
+            marked["metadata"]["deletionTimestamp"] = json!(objects::now());
+            if resource.kind == "Namespace" {
+                marked["status"]["phase"] = json!("Terminating");
+            }
+            let new = self
+                .state
+                .store
+                .update(&self.key(), encode(&marked), revision)
+                .await
+                .map_err(|e| storage_error(resource, self.name(), e))?;
+            if resource.kind == "Namespace" {
+                let state = self.state.clone();
+                let name = self.name().to_owned();
+                tokio::spawn(async move { finish_namespace(state, name).await });
+            }
+            return Ok((200, with_revision(marked, new)));
+        }
+        let gone = self
+            .state
+            .store
+            .delete(&self.key(), Some(revision))
+            .await
+            .map_err(|e| storage_error(resource, self.name(), e))?;
+        Ok((200, with_revision(current, gone.mod_revision)))
+    }
+
+    pub(super) async fn delete_collection(
+        &self,
+        content_type: &str,
+        body: &[u8],
+    ) -> Result<(u16, Value), ApiError> {
+        let resource = self.resource();
+        let options = delete_options(content_type, body)?;
+        let policy = self.propagation_policy(&options)?;
+        let (labels, fields) = self.selectors()?;
+        let prefix = resource.prefix(self.target.namespace.as_deref());
+        let page = self
+            .state
+            .store
+            .list(&prefix, None, 0, 0)
+            .await
+            .map_err(|e| storage_error(resource, "", e))?;
+        let mut deleted = Vec::new();
+        for kv in &page.items {
+            let object = decode(kv)?;
+            if !labels.matches(
+                objects::meta(&object).and_then(|m| m.get("labels")).and_then(Value::as_object),
+            ) || !fields.matches(&object)
+            {
+                continue;
+            }
+            if self.dry_run() {
+                deleted.push(object);
+                continue;
+            }
+            // Finalizers hold an object back here too: it is marked, not removed.
+            if object["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty()) {
+                if object["metadata"].get("deletionTimestamp").is_none() {
+                    let mut marked = object.clone();
+                    marked["metadata"]["deletionTimestamp"] = json!(objects::now());
+                    let _ =
+                        self.state.store.update(&kv.key, encode(&marked), kv.mod_revision).await;
+                }
+                deleted.push(object);
+                continue;
+            }
+            let namespace = objects::meta(&object)
+                .and_then(|m| m.get("namespace"))
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            self.state.cascade(&object, namespace.as_deref(), policy).await?;
+            match self.state.store.delete(&kv.key, Some(kv.mod_revision)).await {
+                Ok(_) | Err(berth_store::Error::NotFound { .. }) => deleted.push(object),
+                Err(err) => return Err(storage_error(resource, objects::name_of(&object), err)),
+            }
+        }
+        Ok((
+            200,
+            json!({"kind": format!("{}List", resource.kind), "apiVersion": resource.group_version(), "metadata": {}, "items": deleted}),
+        ))
+    }
+
+    /// A watch: chunked JSON events, one per line. From `resourceVersion` if given (410
+    /// when compacted), else the current objects as ADDED first.
+    pub(super) async fn watch(&self) -> Response<Body> {
+        let resource = self.resource();
+        let (labels, fields) = match self.selectors() {
+            Ok(s) => s,
+            Err(err) => return error_response(&err),
+        };
+        let name_filter = self.target.name.clone();
+        let prefix = resource.prefix(self.target.namespace.as_deref());
+        let rv = self.params.get("resourceVersion").cloned().unwrap_or_default();
+        let timeout = self
+            .params
+            .get("timeoutSeconds")
+            .and_then(|t| t.parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let bookmarks = self.flag("allowWatchBookmarks");
+        let store = self.state.store.clone();
+        let (mut initial, from) = if rv.is_empty() || rv == "0" {
+            match store.list(&prefix, None, 0, 0).await {
+                Ok(page) => {
+                    let decoded: Result<Vec<Value>, ApiError> = page
+                        .items
+                        .iter()
+                        .map(|kv| Ok(json!({"type": "ADDED", "object": decode(kv)?})))
+                        .collect();
+                    match decoded {
+                        Ok(events) => (events, page.revision),
+                        Err(err) => return error_response(&err),
+                    }
+                }
+                Err(err) => return error_response(&storage_error(resource, "", err)),
+            }
+        } else {
+            match rv.parse::<i64>() {
+                Ok(v) => (Vec::new(), v),
+                Err(_) => {
+                    return error_response(&ApiError::bad_request(format!(
+                        "invalid resourceVersion {rv:?}"
+                    )))
+                }
+            }
+        };
+        let matches = move |object: &Value| {
+            labels.matches(
+                objects::meta(object).and_then(|m| m.get("labels")).and_then(Value::as_object),
+            ) && fields.matches(object)
+                && name_filter.as_deref().is_none_or(|n| objects::name_of(object) == n)
+        };
+        initial.retain(|e| matches(&e["object"]));
+        let stream = store.watch(&prefix, from).await;
+        let (mut sender, body) = http_body_util::channel::Channel::<Bytes, Infallible>::new(64);
+        let kind = resource.kind;
+        let api_version = resource.group_version();
+        let as_table = self.accept.contains("as=Table");
+        let include = self.params.get("includeObject").is_some_and(|v| v == "Object");
+        // With a Table asked for, each event carries a one-row table of the object.
+        let shape = move |mut event: Value| {
+            if event["object"]["kind"] == kind {
+                let object = std::mem::take(&mut event["object"]);
+                event["object"] =
+                    crate::convert::from_storage(resource.group, resource.version, kind, object);
+            }
+            if as_table {
+                let revision = event["object"]["metadata"]["resourceVersion"]
+                    .as_str()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                event["object"] = objects::table(
+                    resource,
+                    std::slice::from_ref(&event["object"]),
+                    revision,
+                    include,
+                );
+            }
+            event
+        };
+        let initial: Vec<Value> = initial.into_iter().map(shape).collect();
+        let metrics = self.state.metrics.clone();
+        let shutdown = self.state.shutdown.clone();
+        tokio::spawn(async move {
+            struct Open(Arc<crate::metrics::Metrics>);
+            impl Drop for Open {
+                fn drop(&mut self) {
+                    self.0.watch_ended();
+                }
+            }
+            metrics.watch_started();
+            let _open = Open(metrics);
+            let line = |value: &Value| {
+                let mut bytes = serde_json::to_vec(value).unwrap_or_default();
+                bytes.push(b'\n');
+                Bytes::from(bytes)
+            };
+            for event in &initial {
+                if sender.send(Frame::data(line(event))).await.is_err() {
+                    return;
+                }
+            }
+            let mut stream = match stream {
+                Ok(stream) => stream,
+                Err(err) => {
+                    let status = storage_error(resource, "", err).status();
+                    let _ = sender
+                        .send(Frame::data(line(&json!({"type": "ERROR", "object": status}))))
+                        .await;
+                    return;
+                }
+            };
+            let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+            let mut last = from;
+            loop {
+                let tick =
+                    tokio::time::sleep(Duration::from_secs(if bookmarks { 30 } else { 3600 }));
+                let until_deadline = async {
+                    match deadline {
+                        Some(d) => tokio::time::sleep_until(d).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    event = stream.recv() => {
+                        let Some(event) = event else { return };
+                        let event = match event {
+                            Ok(event) => event,
+                            Err(err) => {
+                                let status = storage_error(resource, "", err).status();
+                                let _ = sender.send(Frame::data(line(&json!({"type": "ERROR", "object": status})))).await;
+                                return;
+                            }
+                        };
+                        last = event.revision();
+                        let object = match decode(&event.kv) {
+                            Ok(object) => object,
+                            Err(err) => {
+                                let _ = sender.send(Frame::data(line(&json!({"type": "ERROR", "object": err.status()})))).await;
+                                return;
+                            }
+                        };
+                        if !matches(&object) {
+                            continue;
+                        }
+                        let kind = match event.kind {
+                            EventKind::Delete => "DELETED",
+                            EventKind::Put if event.prev.is_none() => "ADDED",
+                            EventKind::Put => "MODIFIED",
+                        };
+                        if sender.send(Frame::data(line(&shape(json!({"type": kind, "object": object}))))).await.is_err() {
+                            return;
+                        }
+                    }
+                    _ = tick, if bookmarks => {
+                        let bookmark = json!({"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": api_version, "metadata": {"resourceVersion": last.to_string()}}});
+                        if sender.send(Frame::data(line(&bookmark))).await.is_err() {
+                            return;
+                        }
+                    }
+                    _ = until_deadline => return,
+                    // The server is stopping: the stream ends cleanly and the client
+                    // resumes elsewhere from its last revision.
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        });
+        let mut response = Response::new(body.boxed());
+        response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        response
+    }
+}
+
+pub(super) fn encode_continue(key: &str, revision: i64) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(serde_json::to_vec(&json!({"start": key, "rv": revision})).unwrap_or_default())
+}
+
+pub(super) fn decode_continue(token: &str) -> Result<(Option<String>, i64), ApiError> {
+    use base64::Engine as _;
+    let bad = || ApiError::bad_request("invalid continue token");
+    let bytes =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
+    let value: Value = serde_json::from_slice(&bytes).map_err(|_| bad())?;
+    Ok((value["start"].as_str().map(str::to_owned), value["rv"].as_i64().ok_or_else(bad)?))
+}
+
+/// A terminating namespace: delete everything in it, then the namespace itself.
+async fn finish_namespace(state: Arc<State>, name: String) {
+    let mut prefixes: Vec<String> =
+        RESOURCES.iter().filter(|r| r.namespaced).map(|r| r.prefix(Some(&name))).collect();
+    prefixes.dedup();
+    for prefix in prefixes {
+        let Ok(page) = state.store.list(&prefix, None, 0, 0).await else { continue };
+        for kv in page.items {
+            let _ = state.store.delete(&kv.key, None).await;
+        }
+    }
+    if let Some(namespaces) = resources::find("", "v1", "namespaces") {
+        let _ = state.store.delete(&namespaces.key(None, &name), None).await;
+    }
+}
