@@ -35,6 +35,9 @@ pub const VERBS: &[&str] =
 
 const STATUS: Subresource =
     Subresource { name: "status", kind: ("", "", ""), verbs: &["get", "patch", "update"] };
+/// A namespace's `spec.finalizers`, which its controller clears once it is empty.
+const FINALIZE: Subresource =
+    Subresource { name: "finalize", kind: ("", "", ""), verbs: &["update"] };
 const SCALE: Subresource = Subresource {
     name: "scale",
     kind: ("autoscaling", "v1", "Scale"),
@@ -84,7 +87,7 @@ pub const RESOURCES: &[Resource] = &[
         false,
         &["ns"],
         &[],
-        &[STATUS],
+        &[STATUS, FINALIZE],
         &["status.phase"]
     ),
     resource!(

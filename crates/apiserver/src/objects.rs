@@ -61,6 +61,21 @@ pub fn validate_name(name: &str, label: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// RBAC names are path segments (`system:kube-controller-manager`), as Kubernetes
+/// validates them: anything but empty, `.`, `..`, and names with `/` or `%`.
+pub fn validate_path_segment(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("name or generateName is required".into());
+    }
+    if name == "." || name == ".." {
+        return Err(format!("Invalid value: {name:?}: may not be '.' or '..'"));
+    }
+    if let Some(bad) = name.chars().find(|c| *c == '/' || *c == '%') {
+        return Err(format!("Invalid value: {name:?}: may not contain '{bad}'"));
+    }
+    Ok(())
+}
+
 /// Kinds whose names are DNS labels.
 fn label_names(resource: &Resource) -> bool {
     matches!(resource.kind, "Namespace" | "Service")
@@ -101,7 +116,12 @@ pub fn prepare_create(
             metadata.insert("name".into(), json!(name));
         }
     }
-    if let Err(message) = validate_name(&name, label_names(resource)) {
+    let checked = if resource.group == "rbac.authorization.k8s.io" {
+        validate_path_segment(&name)
+    } else {
+        validate_name(&name, label_names(resource))
+    };
+    if let Err(message) = checked {
         return Err(ApiError::invalid(resource, &name, "metadata.name", &message));
     }
     if resource.namespaced {

@@ -24,6 +24,10 @@ pub struct ServerArgs {
     /// Run without the node agent (accepted for k3s compatibility: there is no agent yet).
     #[arg(long = "disable-agent")]
     pub disable_agent: bool,
+    /// Run without the controllers (garbage collector, namespace and service-account
+    /// controllers), as k3s's flag does.
+    #[arg(long = "disable-controller-manager")]
+    pub disable_controller_manager: bool,
     /// Seconds a stopping server (SIGTERM, SIGINT) gives requests, watches and loops to end.
     #[arg(long = "shutdown-grace-period", default_value_t = 10)]
     pub shutdown_grace_seconds: u64,
@@ -57,6 +61,8 @@ pub fn server(args: ServerArgs) -> Result<i32> {
         .build()
         .context("cannot start the async runtime")?;
     let kubeconfig = config.data_dir.join("kubeconfig");
+    let (grace, disable_controller_manager) =
+        (config.shutdown_grace, args.disable_controller_manager);
     runtime.block_on(async move {
         let shutdown = tokio_util::sync::CancellationToken::new();
         let server = berth_apiserver::server::Server::prepare(config, shutdown.clone())
@@ -67,8 +73,19 @@ pub fn server(args: ServerArgs) -> Result<i32> {
             server.port(),
             kubeconfig.display()
         );
-        tokio::spawn(stop_on_signal(shutdown));
+        tokio::spawn(stop_on_signal(shutdown.clone()));
+        // The controllers reach the API in-process, as kube-controller-manager's identity.
+        let controllers = (!disable_controller_manager).then(|| {
+            let client = berth_client::in_process(
+                server.handler(),
+                berth_api::identity::User::controller_manager(),
+            );
+            berth_controllers::Manager::start(client, shutdown.clone())
+        });
         server.serve().await.map_err(|err| anyhow::anyhow!("{err}"))?;
+        if let Some(controllers) = controllers {
+            controllers.stopped(grace).await;
+        }
         eprintln!("berth server: stopped");
         Ok(0)
     })

@@ -35,14 +35,13 @@ use tokio_util::task::TaskTracker;
 
 use crate::objects::{self, ApiError};
 use crate::patch;
-use crate::resources::{self, Resource, StorageKeys, RESOURCES};
+use crate::resources::{self, Resource, StorageKeys};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::{tls, Error};
 
 mod accounts;
 mod authn;
 mod authz;
-mod cascade;
 mod compaction;
 mod discovery;
 mod handler;
@@ -288,6 +287,40 @@ async fn bootstrap(state: &State) -> Result<(), Error> {
         objects::prepare_create(namespaces, &mut object, None)
             .map_err(|e| Error::Setup(e.message))?;
         match state.store.create(&key, serde_json::to_vec(&object).unwrap_or_default()).await {
+            Ok(_) | Err(berth_store::Error::AlreadyExists { .. }) => {}
+            Err(err) => return Err(Error::Setup(err.to_string())),
+        }
+    }
+    // What the in-process controllers act as, and what lets them (the garbage collector
+    // deletes and updates any kind).
+    let roles = [
+        (
+            "clusterroles",
+            json!({"metadata": {"name": "system:kube-controller-manager",
+                    "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}},
+                "rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]}),
+        ),
+        (
+            "clusterrolebindings",
+            json!({"metadata": {"name": "system:kube-controller-manager",
+                    "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                    "name": "system:kube-controller-manager"},
+                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
+                    "name": "system:kube-controller-manager"}]}),
+        ),
+    ];
+    for (plural, mut object) in roles {
+        let resource = resources::find("rbac.authorization.k8s.io", "v1", plural)
+            .ok_or_else(|| Error::Setup(format!("no {plural}")))?;
+        let key = resource.key(None, objects::name_of(&object));
+        if state.store.get(&key).await.map_err(|e| Error::Setup(e.to_string()))?.is_some() {
+            continue;
+        }
+        objects::prepare_create(resource, &mut object, None)
+            .map_err(|e| Error::Setup(e.message))?;
+        let bytes = serde_json::to_vec(&object).map_err(|e| Error::Setup(e.to_string()))?;
+        match state.store.create(&key, bytes).await {
             Ok(_) | Err(berth_store::Error::AlreadyExists { .. }) => {}
             Err(err) => return Err(Error::Setup(err.to_string())),
         }

@@ -38,7 +38,14 @@ pub(super) fn parse(path: &str) -> Route {
     if rest.is_empty() {
         return Route::GroupVersion { group: group.to_owned(), version: version.to_owned() };
     }
+    // `namespaces/NAME/status` and `namespaces/NAME/finalize` name a namespace's
+    // subresources, not a resource inside it.
+    let namespace_subresource = |sub: &str| {
+        resources::find("", "v1", "namespaces")
+            .is_some_and(|ns| group.is_empty() && ns.subresources.iter().any(|s| s.name == sub))
+    };
     let (namespace, rest) = match rest {
+        ["namespaces", _, sub] if namespace_subresource(sub) => (None, rest),
         ["namespaces", ns, rest @ ..] if !rest.is_empty() => {
             (Some(request::percent_decode(ns)), rest)
         }
@@ -104,6 +111,12 @@ mod tests {
         assert_eq!(parse("/api/v1/pods/a/nosuch"), Route::NoSuchPath);
         assert_eq!(parse("/api/v1/namespaces/a/pods/b/log/x"), Route::NoSuchPath);
         assert_eq!(parse("/metrics"), Route::Other);
+        let Route::Resource(target) = parse("/api/v1/namespaces/team/finalize") else {
+            panic!("a namespace's finalize is a subresource");
+        };
+        assert_eq!(target.resource.name, "namespaces");
+        assert_eq!(target.name.as_deref(), Some("team"));
+        assert_eq!(target.subresource.as_deref(), Some("finalize"));
         assert_eq!(verb(&Method::GET, false, true), "watch");
         assert_eq!(verb(&Method::DELETE, false, false), "deletecollection");
     }

@@ -6,6 +6,12 @@
 use super::route::Target;
 use super::*;
 
+/// The garbage collector's finalizers, set at deletion by `propagationPolicy`.
+pub(super) const FOREGROUND_FINALIZER: &str = "foregroundDeletion";
+pub(super) const ORPHAN_FINALIZER: &str = "orphan";
+/// The namespace controller's entry in a namespace's `spec.finalizers`.
+const NAMESPACE_FINALIZER: &str = "kubernetes";
+
 pub(super) struct Api {
     pub(super) state: Arc<State>,
     pub(super) target: Target,
@@ -463,15 +469,12 @@ impl Api {
         if self.dry_run() {
             return Ok((200, object));
         }
-        if deleting && !finalizers_left {
-            // Its deletion was held back by finalizers, and with it the cascade.
-            let namespace = self.target.namespace.as_deref();
-            self.state.cascade(current, namespace, "Background").await?;
-            let revision = match self.state.store.get(&self.key()).await {
-                Ok(Some(kv)) => kv.mod_revision,
-                Ok(None) => return Ok((200, object)),
-                Err(err) => return Err(storage_error(resource, &name, err)),
-            };
+        // A namespace is also held by `spec.finalizers` (its controller's, via finalize).
+        let spec_held = resource.kind == "Namespace"
+            && object["spec"]["finalizers"].as_array().is_some_and(|f| !f.is_empty());
+        if deleting && !finalizers_left && !spec_held {
+            // Its deletion was held back by finalizers: it goes now (its dependents are
+            // the garbage collector's).
             let gone = self
                 .state
                 .store
@@ -807,50 +810,115 @@ impl Api {
                 .map_err(|e| storage_error(resource, self.name(), e))?;
             return Ok((200, with_revision(marked, new)));
         }
-        let finalizers =
-            current["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty());
-        let mut revision = revision;
-        if !finalizers && resource.kind != "Namespace" {
-            self.state.cascade(&current, self.target.namespace.as_deref(), policy).await?;
-            // Dependents are gone; the owner may have been written meanwhile (a status
-            // update): delete what is there now, if it is still the same object.
-            match self.state.store.get(&self.key()).await {
-                Ok(Some(kv)) if decode(&kv)?["metadata"]["uid"] == current["metadata"]["uid"] => {
-                    revision = kv.mod_revision;
-                }
-                Ok(_) => return Ok((200, current)),
+        self.delete_one(&self.key(), current, revision, policy).await
+    }
+
+    /// Deletes one stored object, as Kubernetes' registry does. `Foreground` and `Orphan`
+    /// become the garbage collector's finalizers (kept for when other finalizers go);
+    /// finalizers, and a namespace's content (its controller empties it), hold the object
+    /// back with a `deletionTimestamp`; anything else goes now, its dependents left to the
+    /// garbage collector.
+    async fn delete_one(
+        &self,
+        key: &str,
+        current: Value,
+        revision: i64,
+        policy: &str,
+    ) -> Result<(u16, Value), ApiError> {
+        let resource = self.resource();
+        let name = objects::name_of(&current).to_owned();
+        let namespace_kind = resource.kind == "Namespace";
+        let mut finalizers: Vec<Value> =
+            current["metadata"]["finalizers"].as_array().cloned().unwrap_or_default();
+        let collector = match policy {
+            "Foreground" => Some(FOREGROUND_FINALIZER),
+            "Orphan" => Some(ORPHAN_FINALIZER),
+            _ => None,
+        };
+        if let Some(finalizer) = collector {
+            if !finalizers.iter().any(|f| f == finalizer) {
+                finalizers.push(json!(finalizer));
+            }
+        }
+        if finalizers.is_empty() && !namespace_kind {
+            let gone = self
+                .state
+                .store
+                .delete(key, Some(revision))
+                .await
+                .map_err(|e| storage_error(resource, &name, e))?;
+            return Ok((200, with_revision(current, gone.mod_revision)));
+        }
+        let mut marked = current.clone();
+        if marked["metadata"].get("deletionTimestamp").is_none() {
+            marked["metadata"]["deletionTimestamp"] = json!(objects::now());
+        }
+        if !finalizers.is_empty() {
+            marked["metadata"]["finalizers"] = json!(finalizers);
+        }
+        if namespace_kind {
+            marked["status"]["phase"] = json!("Terminating");
+            let spec_finalizers =
+                marked["spec"]["finalizers"].as_array().cloned().unwrap_or_default();
+            if !spec_finalizers.iter().any(|f| f == NAMESPACE_FINALIZER) {
+                let mut list = spec_finalizers;
+                list.push(json!(NAMESPACE_FINALIZER));
+                marked["spec"]["finalizers"] = json!(list);
+            }
+        }
+        if marked == current {
+            return Ok((200, current));
+        }
+        let new = self
+            .state
+            .store
+            .update(key, encode(&marked), revision)
+            .await
+            .map_err(|e| storage_error(resource, &name, e))?;
+        Ok((200, with_revision(marked, new)))
+    }
+
+    /// `namespaces/{name}/finalize`: replaces `spec.finalizers` (what the namespace
+    /// controller does once the namespace is empty); a terminating namespace with no
+    /// finalizer left is removed.
+    pub(super) async fn finalize(
+        &self,
+        method: &Method,
+        content_type: &str,
+        body: &[u8],
+    ) -> Result<Value, ApiError> {
+        if method != Method::PUT {
+            return Err(ApiError::new(405, "MethodNotAllowed", "finalize supports update only"));
+        }
+        let wanted = self.parse_body(content_type, body)?;
+        let resource = self.resource();
+        for _ in 0..10 {
+            let current = self.current().await?;
+            let revision: i64 = current["metadata"]["resourceVersion"]
+                .as_str()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let mut updated = current.clone();
+            updated["spec"]["finalizers"] = match &wanted["spec"]["finalizers"] {
+                Value::Array(list) => json!(list),
+                _ => json!([]),
+            };
+            let empty = |v: &Value| v.as_array().is_none_or(Vec::is_empty);
+            let done = updated["metadata"].get("deletionTimestamp").is_some()
+                && empty(&updated["spec"]["finalizers"])
+                && empty(&updated["metadata"]["finalizers"]);
+            let result = if done {
+                self.state.store.delete(&self.key(), Some(revision)).await.map(|kv| kv.mod_revision)
+            } else {
+                self.state.store.update(&self.key(), encode(&updated), revision).await
+            };
+            match result {
+                Ok(new) => return Ok(with_revision(updated, new)),
+                Err(berth_store::Error::Conflict { .. }) => continue,
                 Err(err) => return Err(storage_error(resource, self.name(), err)),
             }
         }
-        if resource.kind == "Namespace" || finalizers {
-            if current["metadata"].get("deletionTimestamp").is_some() {
-                return Ok((200, current));
-            }
-            let mut marked = current.clone();
-            marked["metadata"]["deletionTimestamp"] = json!(objects::now());
-            if resource.kind == "Namespace" {
-                marked["status"]["phase"] = json!("Terminating");
-            }
-            let new = self
-                .state
-                .store
-                .update(&self.key(), encode(&marked), revision)
-                .await
-                .map_err(|e| storage_error(resource, self.name(), e))?;
-            if resource.kind == "Namespace" {
-                let state = self.state.clone();
-                let name = self.name().to_owned();
-                tokio::spawn(async move { finish_namespace(state, name).await });
-            }
-            return Ok((200, with_revision(marked, new)));
-        }
-        let gone = self
-            .state
-            .store
-            .delete(&self.key(), Some(revision))
-            .await
-            .map_err(|e| storage_error(resource, self.name(), e))?;
-        Ok((200, with_revision(current, gone.mod_revision)))
+        Err(ApiError::conflict(resource, self.name()))
     }
 
     pub(super) async fn delete_collection(
@@ -882,25 +950,11 @@ impl Api {
                 deleted.push(object);
                 continue;
             }
-            // Finalizers hold an object back here too: it is marked, not removed.
-            if object["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty()) {
-                if object["metadata"].get("deletionTimestamp").is_none() {
-                    let mut marked = object.clone();
-                    marked["metadata"]["deletionTimestamp"] = json!(objects::now());
-                    let _ =
-                        self.state.store.update(&kv.key, encode(&marked), kv.mod_revision).await;
-                }
-                deleted.push(object);
-                continue;
-            }
-            let namespace = objects::meta(&object)
-                .and_then(|m| m.get("namespace"))
-                .and_then(Value::as_str)
-                .map(str::to_owned);
-            self.state.cascade(&object, namespace.as_deref(), policy).await?;
-            match self.state.store.delete(&kv.key, Some(kv.mod_revision)).await {
-                Ok(_) | Err(berth_store::Error::NotFound { .. }) => deleted.push(object),
-                Err(err) => return Err(storage_error(resource, objects::name_of(&object), err)),
+            // Each goes as a single delete would (finalizers and policies included).
+            match self.delete_one(&kv.key, object.clone(), kv.mod_revision, policy).await {
+                Ok(_) => deleted.push(object),
+                Err(err) if err.code == 404 || err.code == 409 => {}
+                Err(err) => return Err(err),
             }
         }
         Ok((
@@ -1094,18 +1148,26 @@ pub(super) fn decode_continue(token: &str) -> Result<(Option<String>, i64), ApiE
     Ok((value["start"].as_str().map(str::to_owned), value["rv"].as_i64().ok_or_else(bad)?))
 }
 
-/// A terminating namespace: delete everything in it, then the namespace itself.
-async fn finish_namespace(state: Arc<State>, name: String) {
-    let mut prefixes: Vec<String> =
-        RESOURCES.iter().filter(|r| r.namespaced).map(|r| r.prefix(Some(&name))).collect();
-    prefixes.dedup();
-    for prefix in prefixes {
-        let Ok(page) = state.store.list(&prefix, None, 0, 0).await else { continue };
-        for kv in page.items {
-            let _ = state.store.delete(&kv.key, None).await;
+impl Api {
+    /// `propagationPolicy` (body or query) or the older `orphanDependents`; when neither
+    /// is given, Background, except for Jobs, which Kubernetes orphans by default.
+    pub(super) fn propagation_policy(&self, options: &Value) -> Result<&'static str, ApiError> {
+        let given = options["propagationPolicy"]
+            .as_str()
+            .map(str::to_owned)
+            .or_else(|| self.params.get("propagationPolicy").cloned());
+        match given.as_deref() {
+            Some("Background") => Ok("Background"),
+            None if options["orphanDependents"] == false => Ok("Background"),
+            None if options["orphanDependents"] == true || self.resource().kind == "Job" => {
+                Ok("Orphan")
+            }
+            None => Ok("Background"),
+            Some("Foreground") => Ok("Foreground"),
+            Some("Orphan") => Ok("Orphan"),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "propagationPolicy: Unsupported value: {other:?}: supported values: \"Foreground\", \"Background\", \"Orphan\""
+            ))),
         }
-    }
-    if let Some(namespaces) = resources::find("", "v1", "namespaces") {
-        let _ = state.store.delete(&namespaces.key(None, &name), None).await;
     }
 }
