@@ -187,6 +187,10 @@ impl Store for Encrypted {
         self.inner.revision()
     }
 
+    fn under_pressure(&self) -> bool {
+        self.inner.under_pressure()
+    }
+
     fn compact(&self, revision: i64) -> BoxFuture<'_, Result<()>> {
         self.inner.compact(revision)
     }

@@ -180,6 +180,10 @@ impl Store for Measured {
         Box::pin(self.time("revision", self.inner.revision()))
     }
 
+    fn under_pressure(&self) -> bool {
+        self.inner.under_pressure()
+    }
+
     fn compact(&self, revision: i64) -> BoxFuture<'_, Result<()>> {
         Box::pin(self.time("compact", self.inner.compact(revision)))
     }

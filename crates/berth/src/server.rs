@@ -28,6 +28,14 @@ pub struct ServerArgs {
     /// controllers), as k3s's flag does.
     #[arg(long = "disable-controller-manager")]
     pub disable_controller_manager: bool,
+    /// The embedded store's size limit in bytes, as etcd's flag: past it, creates and
+    /// updates are refused while deletes still work (default: 2 GiB, or 80% of a smaller
+    /// filesystem). With --datastore-endpoint, etcd's own quota applies.
+    #[arg(long = "quota-backend-bytes")]
+    pub quota_backend_bytes: Option<u64>,
+    /// Seconds between compactions of the store's history.
+    #[arg(long = "compaction-interval-seconds", default_value_t = 60)]
+    pub compaction_interval_seconds: u64,
     /// Seconds a stopping server (SIGTERM, SIGINT) gives requests, watches and loops to end.
     #[arg(long = "shutdown-grace-period", default_value_t = 10)]
     pub shutdown_grace_seconds: u64,
@@ -54,6 +62,10 @@ pub fn server(args: ServerArgs) -> Result<i32> {
         datastore_endpoint: args.datastore_endpoint,
         token: args.token,
         shutdown_grace: std::time::Duration::from_secs(args.shutdown_grace_seconds),
+        quota_backend_bytes: args.quota_backend_bytes,
+        compaction_interval: std::time::Duration::from_secs(
+            args.compaction_interval_seconds.max(1),
+        ),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

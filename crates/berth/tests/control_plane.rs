@@ -263,3 +263,82 @@ async fn sigterm_drains_watches_and_keeps_every_acknowledged_write() {
     let lost: Vec<&String> = acknowledged.iter().filter(|name| !stored.contains(*name)).collect();
     assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
 }
+
+/// A full disk must not lock the cluster: on a 12 MB filesystem the embedded store's
+/// default quota refuses creates with an error naming the quota, deletes still succeed,
+/// and once compaction has reclaimed their space, creates succeed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_at_its_quota_still_deletes_and_recovers() {
+    if !berth_testkit::is_root() {
+        assert!(
+            std::env::var_os("BERTH_SKIP_ROOT_TESTS").is_some(),
+            "this test mounts a tmpfs: run it as root"
+        );
+        return;
+    }
+    let dir = tempfile::Builder::new().prefix("berth-quota-").tempdir().unwrap();
+    let small = dir.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=12m", "tmpfs"])
+        .arg(&small)
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(small.clone());
+    let mut server = {
+        let _ = std::fs::remove_file(small.join("kubeconfig"));
+        let child = Command::new(BERTH)
+            .args(["server", "--https-listen-port", "0", "--bind-address", "127.0.0.1"])
+            .args(["--compaction-interval-seconds", "1", "--data-dir"])
+            .arg(&small)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !small.join("kubeconfig").exists() {
+            assert!(Instant::now() < deadline, "the server did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Server { child, dir: small.clone() }
+    };
+    let api: Api<ConfigMap> = Api::namespaced(server.client().await, "default");
+    let big = |i: usize| {
+        let mut object = configmap(&format!("big-{i}"), None);
+        object.data = Some([("blob".to_owned(), "x".repeat(200 * 1024))].into());
+        object
+    };
+    let mut created = 0;
+    let refusal = loop {
+        match api.create(&PostParams::default(), &big(created)).await {
+            Ok(_) => created += 1,
+            Err(err) => break err.to_string(),
+        }
+        assert!(created < 200, "12 MB never filled");
+    };
+    assert!(created > 5, "only {created} objects fit");
+    assert!(refusal.contains("quota") && refusal.contains("delete objects"), "{refusal}");
+    for i in 0..created {
+        api.delete(&format!("big-{i}"), &DeleteParams::default()).await.unwrap();
+    }
+    // Compaction reclaims what the deletes freed; the space is used again.
+    let mut again = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while again < created / 2 {
+        match api.create(&PostParams::default(), &big(1000 + again)).await {
+            Ok(_) => again += 1,
+            Err(_) => {
+                assert!(tokio::time::Instant::now() < deadline, "space never came back");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    server.kill();
+}

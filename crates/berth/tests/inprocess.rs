@@ -33,6 +33,8 @@ impl Cluster {
             datastore_endpoint: None,
             token: None,
             shutdown_grace: Duration::from_secs(5),
+            quota_backend_bytes: None,
+            compaction_interval: Duration::from_secs(60),
         };
         let server =
             berth_apiserver::server::Server::prepare(config, shutdown.clone()).await.unwrap();

@@ -73,6 +73,10 @@ pub enum Error {
     /// The revision asked for is newer than the store's.
     #[error("revision {requested} is in the future (current: {current})")]
     FutureRevision { requested: i64, current: i64 },
+    /// The store holds its quota: writes that would grow it are refused until deletes and
+    /// compaction free space.
+    #[error("the store is over its quota ({used} of {quota} bytes used): delete objects to free space (compaction reclaims it within a minute), or restart the server with a larger --quota-backend-bytes")]
+    QuotaExceeded { quota: u64, used: u64 },
     #[error("storage backend: {0}")]
     Backend(String),
 }
@@ -124,6 +128,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Forgets history at and below `revision` (current values stay).
     fn compact(&self, revision: i64) -> BoxFuture<'_, Result<()>>;
+
+    /// True when the store is near its quota: compaction should then keep no history.
+    fn under_pressure(&self) -> bool {
+        false
+    }
 }
 
 /// The first key after every key with this prefix (etcd's range end).

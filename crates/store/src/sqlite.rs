@@ -28,6 +28,10 @@ pub struct SqliteStore {
 struct Inner {
     db: Mutex<Connection>,
     events: broadcast::Sender<Arc<WatchEvent>>,
+    /// The database's WAL file, whose size counts toward the quota.
+    wal: std::path::PathBuf,
+    /// Bytes the store may hold before writes that grow it are refused (0: no limit).
+    quota: std::sync::atomic::AtomicU64,
 }
 
 fn backend(err: rusqlite::Error) -> Error {
@@ -145,7 +149,43 @@ impl SqliteStore {
         db.busy_timeout(std::time::Duration::from_secs(30)).map_err(backend)?;
         db.execute_batch(SCHEMA).map_err(backend)?;
         let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
-        Ok(SqliteStore { inner: Arc::new(Inner { db: Mutex::new(db), events }) })
+        let wal = with_suffix(path, "-wal");
+        let quota = std::sync::atomic::AtomicU64::new(0);
+        Ok(SqliteStore { inner: Arc::new(Inner { db: Mutex::new(db), events, wal, quota }) })
+    }
+
+    /// Past `bytes` (the database file and its write-ahead log), creates and updates are
+    /// refused with [`Error::QuotaExceeded`]; deletes and compaction are not, so space
+    /// can always be freed, and freed pages are reused. 0 means no limit.
+    pub fn with_quota(self, bytes: u64) -> SqliteStore {
+        self.inner.quota.store(bytes, std::sync::atomic::Ordering::Relaxed);
+        self
+    }
+
+    /// The default quota for a database at `path`: 2 GiB (etcd's default), or less where
+    /// the filesystem is smaller, so that deletes and compaction always find room: half
+    /// of what the database and the free space together come to (a checkpoint may copy
+    /// the whole write-ahead log into the database file before truncating it).
+    pub fn default_quota(path: &Path) -> u64 {
+        const DEFAULT: u64 = 2 << 30;
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let database = [path.to_path_buf(), with_suffix(path, "-wal")]
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum::<u64>();
+        match berth_sys::fs::free_space(dir) {
+            Ok(free) => DEFAULT.min((free + database) / 2),
+            Err(err) => {
+                tracing::warn!("cannot tell the free space of {}: {err}", dir.display());
+                DEFAULT
+            }
+        }
+    }
+
+    /// What the quota counts: the database file and the write-ahead log.
+    pub fn used_bytes(&self) -> Result<u64> {
+        self.inner.used_bytes(&self.inner.db())
     }
 
     /// Bytes the database file takes (for tests and metrics).
@@ -175,6 +215,29 @@ impl Inner {
         self.db.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// What the store takes on disk: the database file (compaction's vacuum gives freed
+    /// pages back) and the write-ahead log.
+    fn used_bytes(&self, db: &Connection) -> Result<u64> {
+        let pragma = |name: &str| -> Result<i64> {
+            db.query_row(&format!("PRAGMA {name}"), [], |r| r.get(0)).map_err(backend)
+        };
+        let database = pragma("page_count")?.max(0) * pragma("page_size")?;
+        let wal = std::fs::metadata(&self.wal).map(|m| m.len()).unwrap_or(0);
+        Ok(database as u64 + wal)
+    }
+
+    fn check_quota(&self) -> Result<()> {
+        let quota = self.quota.load(std::sync::atomic::Ordering::Relaxed);
+        if quota == 0 {
+            return Ok(());
+        }
+        let used = self.used_bytes(&self.db())?;
+        if used >= quota {
+            return Err(Error::QuotaExceeded { quota, used });
+        }
+        Ok(())
+    }
+
     /// Appends a row in one immediate transaction after `check` accepts the latest row;
     /// publishes the event after the commit, still under the lock, so events go out in
     /// revision order.
@@ -194,13 +257,17 @@ impl Inner {
             Some(p) => (p.create_rev, p.rev),
             None => (0, 0),
         };
+        // A tombstone stores no value: its last value is the row it points to (`prev_rev`),
+        // which compaction keeps as long as the tombstone. A delete then costs a few bytes
+        // whatever the object's size, which matters most when the store is full.
         let stored = match &value {
             Some(v) => v.clone(),
             None => live.map(|p| p.value.clone()).unwrap_or_default(),
         };
+        let written: &[u8] = if deleting { &[] } else { &stored };
         tx.execute(
             "INSERT INTO kv (key, create_rev, prev_rev, deleted, value) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![key, create_rev, prev_rev, i64::from(deleting), stored],
+            params![key, create_rev, prev_rev, i64::from(deleting), written],
         )
         .map_err(backend)?;
         let rev = tx.last_insert_rowid();
@@ -253,7 +320,14 @@ impl Inner {
                 None
             };
             let kind = if r.deleted { EventKind::Delete } else { EventKind::Put };
-            events.push(WatchEvent { kind, kv: r.kv(), prev: if r.deleted { None } else { prev } });
+            let mut kv = r.kv();
+            if r.deleted {
+                // The deleted value is the previous row's (see `write`).
+                kv.value = prev.map(|p| p.value).unwrap_or_default();
+                events.push(WatchEvent { kind, kv, prev: None });
+            } else {
+                events.push(WatchEvent { kind, kv, prev });
+            }
         }
         Ok(events)
     }
@@ -314,6 +388,7 @@ impl Store for SqliteStore {
     fn create<'a>(&'a self, key: &'a str, value: Vec<u8>) -> BoxFuture<'a, Result<i64>> {
         let key = key.to_owned();
         self.blocking(move |inner| {
+            inner.check_quota()?;
             let event = inner.write(&key, Some(value), |live| match live {
                 Some(_) => Err(Error::AlreadyExists { key: key.clone() }),
                 None => Ok(()),
@@ -330,6 +405,7 @@ impl Store for SqliteStore {
     ) -> BoxFuture<'a, Result<i64>> {
         let key = key.to_owned();
         self.blocking(move |inner| {
+            inner.check_quota()?;
             let event = inner.write(&key, Some(value), |live| match live {
                 None => Err(Error::NotFound { key: key.clone() }),
                 Some(r) if r.rev != expected => {
@@ -431,6 +507,11 @@ impl Store for SqliteStore {
 
     fn revision(&self) -> BoxFuture<'_, Result<i64>> {
         self.blocking(|inner| current_revision(&inner.db()).map_err(backend))
+    }
+
+    fn under_pressure(&self) -> bool {
+        let quota = self.inner.quota.load(std::sync::atomic::Ordering::Relaxed);
+        quota > 0 && self.used_bytes().is_ok_and(|used| used >= quota / 10 * 9)
     }
 
     fn compact(&self, revision: i64) -> BoxFuture<'_, Result<()>> {

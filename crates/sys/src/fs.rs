@@ -144,6 +144,12 @@ pub fn readlink_fd(fd: BorrowedFd<'_>) -> Result<PathBuf> {
     Ok(PathBuf::from(target))
 }
 
+/// Bytes available to unprivileged writers on the filesystem holding `path`.
+pub fn free_space(path: &Path) -> Result<u64> {
+    let stats = nix::sys::statvfs::statvfs(path)?;
+    Ok(stats.blocks_available() as u64 * stats.fragment_size() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

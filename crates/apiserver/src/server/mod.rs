@@ -69,6 +69,11 @@ pub struct Config {
     pub token: Option<String>,
     /// How long a stopping server waits for requests and watches to end.
     pub shutdown_grace: Duration,
+    /// The embedded store's quota in bytes (etcd's `--quota-backend-bytes`); `None` for
+    /// the default (2 GiB, less on a small filesystem). etcd keeps its own.
+    pub quota_backend_bytes: Option<u64>,
+    /// How often the store's history is trimmed.
+    pub compaction_interval: Duration,
 }
 
 type Body = BoxBody<Bytes, Infallible>;
@@ -131,6 +136,9 @@ fn storage_error(resource: &Resource, name: &str, err: berth_store::Error) -> Ap
         berth_store::Error::Backend(message) => {
             ApiError::new(500, "InternalError", format!("storage: {message}"))
         }
+        quota @ berth_store::Error::QuotaExceeded { .. } => {
+            ApiError::new(500, "InternalError", quota.to_string())
+        }
     }
 }
 
@@ -169,9 +177,15 @@ impl Server {
                     "--datastore-endpoint {other:?}: use http://HOST:PORT for etcd, or leave it out for the embedded store"
                 )))
             }
-            None => Arc::new(
-                berth_store::SqliteStore::open(&config.data_dir.join("state.db")).map_err(|e| Error::Setup(e.to_string()))?,
-            ),
+            None => {
+                let path = config.data_dir.join("state.db");
+                let store = berth_store::SqliteStore::open(&path).map_err(|e| Error::Setup(e.to_string()))?;
+                let quota = config
+                    .quota_backend_bytes
+                    .unwrap_or_else(|| berth_store::SqliteStore::default_quota(&path));
+                tracing::info!(quota, "embedded store quota");
+                Arc::new(store.with_quota(quota))
+            }
         };
         let key = crate::encryption::load_key(&config.data_dir)?;
         let metrics = Arc::new(crate::metrics::Metrics::default());
@@ -221,7 +235,11 @@ impl Server {
             shutdown,
         });
         bootstrap(&state).await?;
-        tasks.spawn(compaction::run(state.store.clone(), state.shutdown.clone()));
+        tasks.spawn(compaction::run(
+            state.store.clone(),
+            config.compaction_interval,
+            state.shutdown.clone(),
+        ));
         let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(&pki)?);
         Ok(Server { state, listener, acceptor, port, tasks, grace: config.shutdown_grace })
     }
