@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `berth server` under load, on the embedded store and on etcd (Debian's etcd-server):
 # creates at a fixed rate (p50/p99), gets, lists, watch delivery, a fill to OBJECTS
-# objects, and the server's resident memory idle and full.
+# objects, creates by a non-admin before and after 1,000 RoleBindings exist, and the
+# server's resident memory idle and full.
 # Usage: sudo benches/apiserver.sh [rate] [seconds] [objects]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +26,8 @@ rss() { awk '/VmRSS/ {printf "%.1f MB", $2/1024}' "/proc/$1/status"; }
 run() {
   local name=$1; shift
   local dir=$work/$name
+  # A non-admin caller for the RBAC figures (see apiload's last phase).
+  mkdir -p "$dir" && echo 'bench-user-token,bench,1000,"bench"' > "$dir/tokens.csv"
   "$berth" server --data-dir "$dir" --https-listen-port 0 --bind-address 127.0.0.1 "$@" 2>/dev/null &
   server_pid=$!
   for _ in $(seq 100); do [ -f "$dir/kubeconfig" ] && break; sleep 0.1; done

@@ -29,6 +29,7 @@ pub mod rbac;
 pub mod resources;
 pub mod schema;
 pub mod server;
+pub mod strategy;
 pub mod tls;
 pub mod tokens;
 

@@ -76,11 +76,6 @@ pub fn validate_path_segment(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Kinds whose names are DNS labels.
-fn label_names(resource: &Resource) -> bool {
-    matches!(resource.kind, "Namespace" | "Service")
-}
-
 pub use berth_api::meta::{format_time, meta, name_of, now, parse_time, unix_now};
 
 /// Checks and completes an object being created: kind, name (or generateName), namespace,
@@ -116,10 +111,10 @@ pub fn prepare_create(
             metadata.insert("name".into(), json!(name));
         }
     }
-    let checked = if resource.group == "rbac.authorization.k8s.io" {
-        validate_path_segment(&name)
-    } else {
-        validate_name(&name, label_names(resource))
+    let checked = match crate::strategy::of(resource).names() {
+        crate::strategy::NameRule::PathSegment => validate_path_segment(&name),
+        crate::strategy::NameRule::Label => validate_name(&name, true),
+        crate::strategy::NameRule::Subdomain => validate_name(&name, false),
     };
     if let Err(message) = checked {
         return Err(ApiError::invalid(resource, &name, "metadata.name", &message));
@@ -171,19 +166,7 @@ pub fn prepare_create(
 /// Defaults Kubernetes sets on creation, for the fields clients read back.
 fn default(resource: &Resource, object: &mut Value) {
     default_fields(resource, object);
-    match resource.kind {
-        "Namespace" => {
-            object["spec"] = json!({"finalizers": ["kubernetes"]});
-            object["status"] = json!({"phase": "Active"});
-        }
-        "Pod" => {
-            // What a client sends as status is not the pod's status: it has not run.
-            let qos = qos_class(&object["spec"]);
-            object["status"] = json!({"phase": "Pending", "qosClass": qos});
-        }
-        "Job" => job_selector(object),
-        _ => {}
-    }
+    crate::strategy::of(resource).prepare_create(object);
 }
 
 /// Sets `value` at `key` of `map` when it is missing (or null).
@@ -315,7 +298,7 @@ fn default_job_spec(spec: &mut Value) {
 
 /// A Job selects its pods by its uid (unless `manualSelector`): the labels Kubernetes
 /// puts on the template and the selector matching them.
-fn job_selector(job: &mut Value) {
+pub(crate) fn job_selector(job: &mut Value) {
     if job["spec"]["manualSelector"] == true || !job["spec"].is_object() {
         return;
     }

@@ -223,4 +223,67 @@ fn main() {
         all.extend(worker.join().expect("worker"));
     }
     report("create, unthrottled (fill)", all, start.elapsed(), 0);
+    // 6. A non-admin caller (`bench` in tokens.csv, allowed by one RoleBinding), before
+    // and after 1,000 other RoleBindings exist: RBAC must not read them all per request.
+    let Some(user_token) = std::fs::read_to_string(dir.join("tokens.csv")).ok().and_then(|t| {
+        t.lines()
+            .find(|l| l.contains(",bench,"))
+            .map(|l| l.split(',').next().unwrap_or("").to_owned())
+    }) else {
+        return;
+    };
+    let rbac = format!("{server}/apis/rbac.authorization.k8s.io/v1/namespaces/default");
+    let post = |url: &str, body: String| {
+        let response = agent
+            .post(url)
+            .header("Authorization", &auth)
+            .header("Content-Type", "application/json")
+            .send(body.as_bytes())
+            .expect("post");
+        assert!(response.status().as_u16() == 201, "{url}: {}", response.status());
+    };
+    post(&format!("{rbac}/roles"), r#"{"metadata":{"name":"writer"},"rules":[{"apiGroups":[""],"resources":["configmaps"],"verbs":["create","get"]}]}"#.to_owned());
+    let binding = |name: &str, user: &str| {
+        format!(
+            r#"{{"metadata":{{"name":"{name}"}},"roleRef":{{"apiGroup":"rbac.authorization.k8s.io","kind":"Role","name":"writer"}},"subjects":[{{"kind":"User","name":"{user}"}}]}}"#
+        )
+    };
+    post(&format!("{rbac}/rolebindings"), binding("bench", "bench"));
+    let user_auth = format!("Bearer {user_token}");
+    let rated_as_user = |label: &str, prefix: &str| {
+        let count = (rate * seconds / 2.0) as usize;
+        let start = Instant::now();
+        let mut latencies = Vec::new();
+        let mut errors = 0;
+        for i in 0..count {
+            let due = start + Duration::from_secs_f64(i as f64 / rate);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            let body = format!(
+                r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"{prefix}-{i}"}}}}"#
+            );
+            let sent = Instant::now();
+            let ok = agent
+                .post(&base)
+                .header("Authorization", &user_auth)
+                .header("Content-Type", "application/json")
+                .send(body.as_bytes())
+                .map(|r| r.status().as_u16() == 201)
+                .unwrap_or(false);
+            latencies.push(sent.elapsed());
+            if !ok {
+                errors += 1;
+            }
+        }
+        report(label, latencies, start.elapsed(), errors);
+    };
+    rated_as_user(&format!("create at {rate:.0}/s as a non-admin, 1 RoleBinding"), "user-a");
+    for i in 0..1000 {
+        post(
+            &format!("{rbac}/rolebindings"),
+            binding(&format!("other-{i}"), &format!("other-{i}")),
+        );
+    }
+    rated_as_user(&format!("create at {rate:.0}/s as a non-admin, 1,001 RoleBindings"), "user-b");
 }

@@ -9,8 +9,6 @@ use super::*;
 /// The garbage collector's finalizers, set at deletion by `propagationPolicy`.
 pub(super) const FOREGROUND_FINALIZER: &str = "foregroundDeletion";
 pub(super) const ORPHAN_FINALIZER: &str = "orphan";
-/// The namespace controller's entry in a namespace's `spec.finalizers`.
-const NAMESPACE_FINALIZER: &str = "kubernetes";
 
 pub(super) struct Api {
     pub(super) state: Arc<State>,
@@ -261,7 +259,7 @@ impl Api {
         self.record_manager(None, &mut object);
         self.namespace_ready().await?;
         let key = resource.key(self.target.namespace.as_deref(), &name);
-        let _allocating = if resource.kind == "Service" {
+        let _allocating = if crate::strategy::of(resource).allocates_addresses() {
             let guard = self.state.service_allocation.lock().await;
             self.allocate_service_addresses(&mut object).await?;
             Some(guard)
@@ -399,6 +397,7 @@ impl Api {
         revision: i64,
     ) -> Result<(u16, Value), ApiError> {
         let resource = self.stored();
+        let strategy = crate::strategy::of(resource);
         let name = self.name().to_owned();
         let status_only = self.target.subresource.as_deref() == Some("status");
         if status_only {
@@ -406,7 +405,7 @@ impl Api {
             merged["status"] = object.get("status").cloned().unwrap_or(Value::Null);
             object = merged;
         } else if resource.subresources.iter().any(|s| s.name == "status")
-            && resource.kind != "Namespace"
+            && !strategy.status_in_main_resource()
         {
             // Status changes go through /status.
             match current.get("status") {
@@ -446,13 +445,8 @@ impl Api {
             let generation = current["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
             object["metadata"]["generation"] = json!(generation);
         }
-        // A Service keeps its address when an update leaves it out.
-        if resource.kind == "Service"
-            && object["spec"].is_object()
-            && object["spec"]["clusterIP"].is_null()
-        {
-            object["spec"]["clusterIP"] = current["spec"]["clusterIP"].clone();
-            object["spec"]["clusterIPs"] = current["spec"]["clusterIPs"].clone();
+        if !status_only {
+            strategy.prepare_update(current, &mut object);
         }
         if !status_only {
             objects::validate(resource, &object)?;
@@ -470,7 +464,7 @@ impl Api {
             return Ok((200, object));
         }
         // A namespace is also held by `spec.finalizers` (its controller's, via finalize).
-        let spec_held = resource.kind == "Namespace"
+        let spec_held = strategy.spec_finalizer().is_some()
             && object["spec"]["finalizers"].as_array().is_some_and(|f| !f.is_empty());
         if deleting && !finalizers_left && !spec_held {
             // Its deletion was held back by finalizers: it goes now (its dependents are
@@ -826,8 +820,9 @@ impl Api {
         policy: &str,
     ) -> Result<(u16, Value), ApiError> {
         let resource = self.resource();
+        let strategy = crate::strategy::of(resource);
         let name = objects::name_of(&current).to_owned();
-        let namespace_kind = resource.kind == "Namespace";
+        let held_by_spec = strategy.spec_finalizer().is_some();
         let mut finalizers: Vec<Value> =
             current["metadata"]["finalizers"].as_array().cloned().unwrap_or_default();
         let collector = match policy {
@@ -840,7 +835,7 @@ impl Api {
                 finalizers.push(json!(finalizer));
             }
         }
-        if finalizers.is_empty() && !namespace_kind {
+        if finalizers.is_empty() && !held_by_spec {
             let gone = self
                 .state
                 .store
@@ -856,16 +851,7 @@ impl Api {
         if !finalizers.is_empty() {
             marked["metadata"]["finalizers"] = json!(finalizers);
         }
-        if namespace_kind {
-            marked["status"]["phase"] = json!("Terminating");
-            let spec_finalizers =
-                marked["spec"]["finalizers"].as_array().cloned().unwrap_or_default();
-            if !spec_finalizers.iter().any(|f| f == NAMESPACE_FINALIZER) {
-                let mut list = spec_finalizers;
-                list.push(json!(NAMESPACE_FINALIZER));
-                marked["spec"]["finalizers"] = json!(list);
-            }
-        }
+        strategy.mark_deleting(&mut marked);
         if marked == current {
             return Ok((200, current));
         }
@@ -1159,10 +1145,8 @@ impl Api {
         match given.as_deref() {
             Some("Background") => Ok("Background"),
             None if options["orphanDependents"] == false => Ok("Background"),
-            None if options["orphanDependents"] == true || self.resource().kind == "Job" => {
-                Ok("Orphan")
-            }
-            None => Ok("Background"),
+            None if options["orphanDependents"] == true => Ok("Orphan"),
+            None => Ok(crate::strategy::of(self.resource()).default_propagation()),
             Some("Foreground") => Ok("Foreground"),
             Some("Orphan") => Ok("Orphan"),
             Some(other) => Err(ApiError::bad_request(format!(
