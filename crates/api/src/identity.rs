@@ -44,3 +44,15 @@ impl User {
         User::new("system:kube-controller-manager", &[])
     }
 }
+
+impl User {
+    /// The identity the in-process scheduler acts under, as kube-scheduler's.
+    pub fn scheduler() -> User {
+        User::new("system:kube-scheduler", &[])
+    }
+
+    /// A node's identity (`system:node:NAME`, group `system:nodes`), as a kubelet's.
+    pub fn node(name: &str) -> User {
+        User::new(format!("system:node:{name}"), &["system:nodes"])
+    }
+}

@@ -84,6 +84,8 @@ const CRATES: &[&str] = &[
     "berth_image",
     "berth_reconcile",
     "berth_runtime",
+    "berth_scheduler",
+    "berth_simnodes",
     "berth_store",
     "berth_sys",
 ];

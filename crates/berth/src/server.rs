@@ -28,6 +28,25 @@ pub struct ServerArgs {
     /// controllers), as k3s's flag does.
     #[arg(long = "disable-controller-manager")]
     pub disable_controller_manager: bool,
+    /// Run without the scheduler, as k3s's flag does.
+    #[arg(long = "disable-scheduler")]
+    pub disable_scheduler: bool,
+    /// Register this many simulated nodes (no containers run; pods bound to them become
+    /// Running, and finish as their `sim.berth.dev/exit-after` annotation says).
+    #[arg(long = "simulate-nodes", default_value_t = 0)]
+    pub simulate_nodes: usize,
+    /// Capacity of each simulated node: `cpu=32,memory=256Gi,pods=110[,example.com/dev=4]`.
+    #[arg(long = "simulated-node-capacity", default_value = "cpu=32,memory=256Gi,pods=110")]
+    pub simulated_node_capacity: String,
+    /// Labels of each simulated node: `k=v,k2=v2`.
+    #[arg(long = "simulated-node-labels", default_value = "")]
+    pub simulated_node_labels: String,
+    /// Taints of each simulated node: `key=value:Effect,...`.
+    #[arg(long = "simulated-node-taints", default_value = "")]
+    pub simulated_node_taints: String,
+    /// Milliseconds from a pod's binding to its Running on a simulated node.
+    #[arg(long = "simulated-pod-start-delay-ms", default_value_t = 100)]
+    pub simulated_pod_start_delay_ms: u64,
     /// The embedded store's size limit in bytes, as etcd's flag: past it, creates and
     /// updates are refused while deletes still work (default: 2 GiB, or 80% of a smaller
     /// filesystem). With --datastore-endpoint, etcd's own quota applies.
@@ -55,6 +74,7 @@ pub struct KubeconfigArgs {
 }
 
 pub fn server(args: ServerArgs) -> Result<i32> {
+    let simulated = simulated_nodes(&args)?;
     let config = berth_apiserver::server::Config {
         data_dir: args.data_dir,
         bind_address: args.bind_address,
@@ -73,8 +93,8 @@ pub fn server(args: ServerArgs) -> Result<i32> {
         .build()
         .context("cannot start the async runtime")?;
     let kubeconfig = config.data_dir.join("kubeconfig");
-    let (grace, disable_controller_manager) =
-        (config.shutdown_grace, args.disable_controller_manager);
+    let (grace, disable_controller_manager, disable_scheduler) =
+        (config.shutdown_grace, args.disable_controller_manager, args.disable_scheduler);
     runtime.block_on(async move {
         let shutdown = tokio_util::sync::CancellationToken::new();
         let server = berth_apiserver::server::Server::prepare(config, shutdown.clone())
@@ -94,13 +114,91 @@ pub fn server(args: ServerArgs) -> Result<i32> {
             );
             berth_controllers::Manager::start(client, shutdown.clone())
         });
+        // The scheduler and simulated nodes, each as its own identity, on caches of
+        // their own (as separate processes would be).
+        let loops = tokio_util::task::TaskTracker::new();
+        let mut informers = Vec::new();
+        if !disable_scheduler {
+            let client =
+                berth_client::in_process(server.handler(), berth_api::identity::User::scheduler());
+            let scheduler =
+                std::sync::Arc::new(berth_reconcile::Informers::new(client, shutdown.clone()));
+            loops.spawn(berth_scheduler::run(scheduler.clone()));
+            informers.push(scheduler);
+        }
+        if let Some(config) = simulated {
+            let client = berth_client::in_process(
+                server.handler(),
+                berth_api::identity::User::node("simulated"),
+            );
+            let nodes =
+                std::sync::Arc::new(berth_reconcile::Informers::new(client, shutdown.clone()));
+            loops.spawn(berth_simnodes::run(nodes.clone(), config));
+            informers.push(nodes);
+        }
+        loops.close();
         server.serve().await.map_err(|err| anyhow::anyhow!("{err}"))?;
         if let Some(controllers) = controllers {
             controllers.stopped(grace).await;
         }
+        let all = async {
+            loops.wait().await;
+            for informers in &informers {
+                informers.tasks().close();
+                informers.tasks().wait().await;
+            }
+        };
+        if tokio::time::timeout(grace, all).await.is_err() {
+            eprintln!("berth server: the scheduler or simulated nodes did not stop in time");
+        }
         eprintln!("berth server: stopped");
         Ok(0)
     })
+}
+
+/// The simulated nodes' settings from the flags; `None` without `--simulate-nodes`.
+fn simulated_nodes(args: &ServerArgs) -> Result<Option<berth_simnodes::Config>> {
+    if args.simulate_nodes == 0 {
+        return Ok(None);
+    }
+    let pairs = |text: &str, flag: &str| -> Result<std::collections::BTreeMap<String, String>> {
+        text.split(',')
+            .filter(|p| !p.trim().is_empty())
+            .map(|pair| {
+                let (key, value) = pair
+                    .split_once('=')
+                    .with_context(|| format!("{flag}: {pair:?} is not KEY=VALUE"))?;
+                Ok((key.trim().to_owned(), value.trim().to_owned()))
+            })
+            .collect()
+    };
+    let capacity = pairs(&args.simulated_node_capacity, "--simulated-node-capacity")?;
+    let labels = pairs(&args.simulated_node_labels, "--simulated-node-labels")?;
+    let mut taints = Vec::new();
+    for taint in args.simulated_node_taints.split(',').filter(|t| !t.trim().is_empty()) {
+        let (pair, effect) = taint.rsplit_once(':').with_context(|| {
+            format!("--simulated-node-taints: {taint:?} is not KEY=VALUE:EFFECT")
+        })?;
+        anyhow::ensure!(
+            ["NoSchedule", "PreferNoSchedule", "NoExecute"].contains(&effect),
+            "--simulated-node-taints: effect {effect:?} is not NoSchedule, PreferNoSchedule or NoExecute"
+        );
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        taints.push(k8s_openapi::api::core::v1::Taint {
+            key: key.to_owned(),
+            value: (!value.is_empty()).then(|| value.to_owned()),
+            effect: effect.to_owned(),
+            time_added: None,
+        });
+    }
+    Ok(Some(berth_simnodes::Config {
+        count: args.simulate_nodes,
+        capacity,
+        labels,
+        taints,
+        start_delay: std::time::Duration::from_millis(args.simulated_pod_start_delay_ms),
+        ..berth_simnodes::Config::default()
+    }))
 }
 
 /// SIGTERM or SIGINT starts the drain; a second one is left to the default action.

@@ -669,10 +669,14 @@ fn kubectl_drives_the_api_on_the_embedded_store() {
             .any(|e| e["verb"] == "delete" && e["resource"] == "namespaces" && e["name"] == "team"),
         "{audit}"
     );
-    // Writes are the admin's, or the controllers' (service accounts, finalizers), named.
-    assert!(entries.iter().all(|e| e["verb"] != "get"
-        && (e["user"]["username"] == "admin"
-            || e["user"]["username"] == "system:kube-controller-manager")));
+    // Writes are the admin's, or the control plane's loops' (service accounts, pods of
+    // the Deployment, finalizers, the scheduler's status), each named.
+    assert!(
+        entries.iter().all(|e| e["verb"] != "get"
+            && ["admin", "system:kube-controller-manager", "system:kube-scheduler"]
+                .contains(&e["user"]["username"].as_str().unwrap_or(""))),
+        "{audit}"
+    );
     assert!(entries.iter().any(|e| e["user"]["username"] == "system:kube-controller-manager"
         && e["resource"] == "serviceaccounts"));
 }

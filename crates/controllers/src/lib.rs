@@ -8,14 +8,20 @@
 //! - `namespace`: a terminating namespace is emptied, then finalized; a namespace left
 //!   terminating by a crash finishes after a restart.
 //! - `accounts`: a `default` ServiceAccount in every namespace.
+//! - `replicaset`, `deployment`, `job`: the workload controllers (`workload` holds what
+//!   they share: owned pods, pods from templates, readiness, expectations, events).
 //!
 //! Every loop is level-triggered: its state is what the API holds, so a restart (a
 //! SIGKILL included) resumes where it stopped. Knows nothing of storage, HTTP or Linux.
 
 mod accounts;
+mod deployment;
 mod gc;
+mod job;
 mod kinds;
 mod namespace;
+mod replicaset;
+mod workload;
 
 use std::time::Duration;
 
@@ -54,6 +60,9 @@ impl Manager {
         tasks.spawn(gc::run(informers.clone()));
         tasks.spawn(namespace::run(informers.clone()));
         tasks.spawn(accounts::run(informers.clone()));
+        tasks.spawn(replicaset::run(informers.clone()));
+        tasks.spawn(deployment::run(informers.clone()));
+        tasks.spawn(job::run(informers.clone()));
         tasks.close();
         Manager { tasks, informers }
     }
@@ -70,6 +79,48 @@ impl Manager {
             tracing::warn!("controllers did not stop within {grace:?}");
         }
     }
+}
+
+/// Queues `key(object)` for every change of `cache`'s objects, and every object when the
+/// cache is listed afresh, until shutdown.
+pub(crate) fn follow<K, T, F>(
+    informers: &Informers,
+    cache: &std::sync::Arc<berth_reconcile::Cache<K>>,
+    queue: &std::sync::Arc<berth_reconcile::Queue<T>>,
+    key: F,
+) where
+    K: kube::Resource + Clone + Send + Sync + 'static,
+    K::DynamicType: std::hash::Hash + Eq + Clone,
+    T: std::hash::Hash + Eq + Clone + Send + Sync + 'static,
+    F: Fn(&K) -> Option<T> + Send + 'static,
+{
+    use berth_reconcile::Change;
+    use tokio::sync::broadcast::error::RecvError;
+    let (mut changes, cache, queue) = (cache.subscribe(), cache.clone(), queue.clone());
+    let shutdown = informers.shutdown().clone();
+    informers.tasks().spawn(async move {
+        loop {
+            let change = tokio::select! {
+                change = changes.recv() => change,
+                _ = shutdown.cancelled() => return,
+            };
+            match change {
+                Ok(Change::Applied(object) | Change::Deleted(object)) => {
+                    if let Some(key) = key(&object) {
+                        queue.add(key);
+                    }
+                }
+                Ok(Change::Resynced) | Err(RecvError::Lagged(_)) => {
+                    for object in cache.store().state() {
+                        if let Some(key) = key(&object) {
+                            queue.add(key);
+                        }
+                    }
+                }
+                Err(RecvError::Closed) => return,
+            }
+        }
+    });
 }
 
 /// Most errors are conflicts and lag: retried soon, never later than this.

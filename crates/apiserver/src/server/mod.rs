@@ -328,6 +328,38 @@ async fn bootstrap(state: &State) -> Result<(), Error> {
                     "name": "system:kube-controller-manager"}]}),
         ),
     ];
+    let scheduler_rules = json!([
+        {"apiGroups": [""], "resources": ["pods", "nodes", "namespaces"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": [""], "resources": ["pods/binding", "pods/status"], "verbs": ["create", "update", "patch"]},
+        {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch", "update"]},
+    ]);
+    // What a node (the kubelet, or a simulated node) may do: its Node, its Lease, its
+    // pods' status, their final deletion, events.
+    let node_rules = json!([
+        {"apiGroups": [""], "resources": ["nodes", "nodes/status"], "verbs": ["get", "list", "watch", "create", "update", "patch"]},
+        {"apiGroups": [""], "resources": ["pods", "pods/status"], "verbs": ["get", "list", "watch", "update", "patch", "delete"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "list", "watch", "create", "update", "patch"]},
+        {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch", "update"]},
+        {"apiGroups": [""], "resources": ["configmaps", "secrets", "services", "endpoints"], "verbs": ["get", "list", "watch"]},
+    ]);
+    let labels = json!({"kubernetes.io/bootstrapping": "rbac-defaults"});
+    let role = |name: &str, rules: &Value| {
+        ("clusterroles", json!({"metadata": {"name": name, "labels": labels}, "rules": rules}))
+    };
+    let binding = |name: &str, role: &str, kind: &str, subject: &str| {
+        (
+            "clusterrolebindings",
+            json!({"metadata": {"name": name, "labels": labels},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": subject}]}),
+        )
+    };
+    let roles = roles.into_iter().chain([
+        role("system:kube-scheduler", &scheduler_rules),
+        binding("system:kube-scheduler", "system:kube-scheduler", "User", "system:kube-scheduler"),
+        role("system:node", &node_rules),
+        binding("system:nodes", "system:node", "Group", "system:nodes"),
+    ]);
     for (plural, mut object) in roles {
         let resource = resources::find("rbac.authorization.k8s.io", "v1", plural)
             .ok_or_else(|| Error::Setup(format!("no {plural}")))?;

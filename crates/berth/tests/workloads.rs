@@ -1,0 +1,305 @@
+//! The scheduler and the workload controllers, driven by the real kubectl against
+//! `berth server --simulate-nodes 3` (no containers: the simulated nodes play the
+//! kubelet's part): Deployments create, scale, roll, pause, undo; Jobs complete and fail;
+//! an unschedulable pod says why; node selectors and taints are honoured.
+
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)] // test code: failing loudly is the point
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BERTH: &str = env!("CARGO_BIN_EXE_berth");
+const KUBECTL: &str = "/usr/bin/kubectl";
+
+struct Server {
+    child: Child,
+    dir: PathBuf,
+    _temp: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Option<Server> {
+        if !Path::new(KUBECTL).exists() {
+            assert!(
+                std::env::var_os("BERTH_SKIP_KUBECTL_TESTS").is_some(),
+                "these tests drive the real kubectl at {KUBECTL}"
+            );
+            return None;
+        }
+        let temp = tempfile::Builder::new().prefix("berth-workloads-").tempdir().unwrap();
+        let dir = temp.path().to_owned();
+        let child = Command::new(BERTH)
+            .args([
+                "server",
+                "--https-listen-port",
+                "0",
+                "--bind-address",
+                "127.0.0.1",
+                "--data-dir",
+            ])
+            .arg(&dir)
+            .args(["--simulate-nodes", "3", "--simulated-pod-start-delay-ms", "50"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let server = Server { child, dir, _temp: temp };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            assert!(Instant::now() < deadline, "the server did not come up with its nodes");
+            if server.dir.join("kubeconfig").exists()
+                && server
+                    .kubectl(&["get", "nodes", "--no-headers"])
+                    .stdout
+                    .split(|b| *b == b'\n')
+                    .filter(|l| l.windows(5).any(|w| w == b"Ready"))
+                    .count()
+                    == 3
+            {
+                return Some(server);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kubectl(&self, args: &[&str]) -> Output {
+        Command::new(KUBECTL)
+            .env("KUBECONFIG", self.dir.join("kubeconfig"))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let output = self.kubectl(args);
+        assert!(
+            output.status.success(),
+            "kubectl {args:?} failed:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    fn apply(&self, manifest: &str) {
+        let path = self.dir.join("manifest.yaml");
+        std::fs::write(&path, manifest).unwrap();
+        self.ok(&["apply", "-f", path.to_str().unwrap()]);
+    }
+
+    /// Waits (polling kubectl, at most 60 s) until `check` holds for the output of `args`.
+    fn until(&self, what: &str, args: &[&str], check: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let output = self.kubectl(args);
+            let text = String::from_utf8_lossy(&output.stdout).into_owned();
+            if output.status.success() && check(&text) {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "never: {what}; last:\n{text}{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+#[test]
+fn deployments_create_scale_roll_pause_and_undo() {
+    let Some(server) = Server::start(&[]) else { return };
+    server.ok(&["create", "deployment", "web", "--image=busybox:1.35", "--replicas=3"]);
+    server.ok(&["rollout", "status", "deploy/web", "--timeout=60s"]);
+    let pods = server.ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=web",
+        "-o",
+        "jsonpath={range .items[*]}{.spec.nodeName} {.status.phase}{\"\\n\"}{end}",
+    ]);
+    assert_eq!(pods.lines().filter(|l| l.ends_with("Running")).count(), 3, "{pods}");
+    // Spread by least allocation: three nodes, one each.
+    let mut nodes: Vec<&str> = pods.lines().map(|l| l.split(' ').next().unwrap()).collect();
+    nodes.sort();
+    nodes.dedup();
+    assert_eq!(nodes.len(), 3, "{pods}");
+
+    server.ok(&["scale", "deploy/web", "--replicas=5"]);
+    server.ok(&["rollout", "status", "deploy/web", "--timeout=60s"]);
+    assert_eq!(
+        server.ok(&["get", "deploy", "web", "-o", "jsonpath={.status.availableReplicas}"]),
+        "5"
+    );
+
+    // A new template rolls out as a second revision; undo brings the first back.
+    server.ok(&["set", "image", "deploy/web", "busybox=busybox:1.36"]);
+    server.ok(&["rollout", "status", "deploy/web", "--timeout=60s"]);
+    let sets = server.ok(&["get", "rs", "-l", "app=web", "-o", "jsonpath={range .items[*]}{.metadata.annotations.deployment\\.kubernetes\\.io/revision}={.spec.replicas} {end}"]);
+    assert!(sets.contains("1=0") && sets.contains("2=5"), "{sets}");
+    let history = server.ok(&["rollout", "history", "deploy/web"]);
+    assert!(history.contains('1') && history.contains('2'), "{history}");
+    server.ok(&["rollout", "undo", "deploy/web"]);
+    server.ok(&["rollout", "status", "deploy/web", "--timeout=60s"]);
+    let image = server.ok(&[
+        "get",
+        "deploy",
+        "web",
+        "-o",
+        "jsonpath={.spec.template.spec.containers[0].image}",
+    ]);
+    assert_eq!(image, "busybox:1.35");
+    let sets = server.ok(&["get", "rs", "-l", "app=web", "-o", "jsonpath={range .items[*]}{.metadata.annotations.deployment\\.kubernetes\\.io/revision}={.spec.replicas} {end}"]);
+    assert!(sets.contains("3=5") && sets.contains("2=0"), "the old set is revision 3 now: {sets}");
+
+    // Paused, a new template does not roll; resumed, it does.
+    server.ok(&["rollout", "pause", "deploy/web"]);
+    server.ok(&["set", "image", "deploy/web", "busybox=busybox:1.37"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let sets = server.ok(&["get", "rs", "-l", "app=web", "--no-headers"]);
+    assert_eq!(sets.lines().count(), 2, "no new set while paused: {sets}");
+    server.ok(&["rollout", "resume", "deploy/web"]);
+    server.ok(&["rollout", "status", "deploy/web", "--timeout=60s"]);
+    let events = server.ok(&["describe", "deploy", "web"]);
+    assert!(events.contains("ScalingReplicaSet"), "{events}");
+    // Deleting it takes its sets and pods (the garbage collector).
+    server.ok(&["delete", "deploy", "web"]);
+    server.until("the pods gone", &["get", "pods", "-l", "app=web", "--no-headers"], |t| {
+        t.trim().is_empty()
+    });
+}
+
+#[test]
+fn jobs_complete_and_fail_and_unschedulable_pods_say_why() {
+    let Some(server) = Server::start(&["--simulated-node-capacity", "cpu=2,memory=4Gi,pods=20"])
+    else {
+        return;
+    };
+    server.apply(
+        r#"
+apiVersion: batch/v1
+kind: Job
+metadata: {name: works}
+spec:
+  completions: 3
+  parallelism: 2
+  template:
+    metadata:
+      annotations: {sim.berth.dev/exit-after: "0.2"}
+    spec:
+      restartPolicy: Never
+      containers: [{name: c, image: busybox, command: ["true"]}]
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: fails}
+spec:
+  backoffLimit: 1
+  template:
+    metadata:
+      annotations: {sim.berth.dev/exit-after: "0.1", sim.berth.dev/exit-code: "1"}
+    spec:
+      restartPolicy: Never
+      containers: [{name: c, image: busybox, command: ["false"]}]
+"#,
+    );
+    server.ok(&["wait", "--for=condition=complete", "job/works", "--timeout=60s"]);
+    assert_eq!(server.ok(&["get", "job", "works", "-o", "jsonpath={.status.succeeded}"]), "3");
+    server.ok(&["wait", "--for=condition=failed", "job/fails", "--timeout=60s"]);
+    let failed = server.ok(&[
+        "get",
+        "job",
+        "fails",
+        "-o",
+        "jsonpath={.status.failed} {.status.conditions[?(@.type==\"Failed\")].reason}",
+    ]);
+    assert_eq!(failed, "2 BackoffLimitExceeded");
+
+    // Too big for any node: PodScheduled=False and the message kubectl users know.
+    server.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: big}
+spec:
+  containers: [{name: c, image: busybox, resources: {requests: {cpu: "3"}}}]
+"#,
+    );
+    let described = server.until("a FailedScheduling event", &["describe", "pod", "big"], |t| {
+        t.contains("FailedScheduling")
+    });
+    assert!(described.contains("0/3 nodes are available: 3 Insufficient cpu."), "{described}");
+    let condition = server.ok(&[
+        "get",
+        "pod",
+        "big",
+        "-o",
+        "jsonpath={.status.conditions[?(@.type==\"PodScheduled\")].reason}",
+    ]);
+    assert_eq!(condition, "Unschedulable");
+    // A node label and a taint: the selector picks the node, the taint keeps others off.
+    server.ok(&["label", "node", "sim-1", "disk=ssd"]);
+    server.ok(&["taint", "node", "sim-2", "dedicated=db:NoSchedule"]);
+    server.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: on-ssd}
+spec:
+  nodeSelector: {disk: ssd}
+  containers: [{name: c, image: busybox}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: tolerant}
+spec:
+  nodeSelector: {kubernetes.io/hostname: sim-2}
+  tolerations: [{key: dedicated, operator: Equal, value: db, effect: NoSchedule}]
+  containers: [{name: c, image: busybox}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: intolerant}
+spec:
+  nodeSelector: {kubernetes.io/hostname: sim-2}
+  containers: [{name: c, image: busybox}]
+"#,
+    );
+    server.until(
+        "on-ssd runs on sim-1",
+        &["get", "pod", "on-ssd", "-o", "jsonpath={.spec.nodeName} {.status.phase}"],
+        |t| t == "sim-1 Running",
+    );
+    server.until(
+        "tolerant runs on sim-2",
+        &["get", "pod", "tolerant", "-o", "jsonpath={.spec.nodeName} {.status.phase}"],
+        |t| t == "sim-2 Running",
+    );
+    let described =
+        server.until("intolerant is refused", &["describe", "pod", "intolerant"], |t| {
+            t.contains("FailedScheduling")
+        });
+    assert!(
+        described.contains("1 node(s) had untolerated taint {dedicated: db}")
+            && described.contains("2 node(s) didn't match Pod's node affinity/selector"),
+        "{described}"
+    );
+    // The big pod fits once a node is big enough? No: but removing the taint lets the
+    // intolerant pod schedule (the cluster changed, it is tried again).
+    server.ok(&["taint", "node", "sim-2", "dedicated=db:NoSchedule-"]);
+    server.until(
+        "intolerant runs once the taint goes",
+        &["get", "pod", "intolerant", "-o", "jsonpath={.spec.nodeName}"],
+        |t| t == "sim-2",
+    );
+}

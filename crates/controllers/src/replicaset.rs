@@ -1,0 +1,263 @@
+//! The ReplicaSet controller: as many active pods as `spec.replicas`, made from the
+//! template (slow start: batches of 1, 2, 4, ...) or deleted (those not yet scheduled,
+//! pending, or not ready first; newest first), and a status of replicas, ready and
+//! available pods. A template the API refuses shows as the `ReplicaFailure` condition
+//! with the API's message.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_reconcile::{Action, Cache, Informers, Queue};
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use kube::runtime::reflector::ObjectRef;
+use serde_json::json;
+
+use crate::workload::{self, Expectations};
+use crate::{Error, MAX_BACKOFF};
+
+type Key = (String, String);
+
+struct Controller {
+    client: kube::Client,
+    sets: Arc<Cache<ReplicaSet>>,
+    pods: Arc<Cache<Pod>>,
+    expectations: Expectations,
+}
+
+fn key_of(meta: &kube::api::ObjectMeta) -> Key {
+    (meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default())
+}
+
+pub(crate) async fn run(informers: Arc<Informers>) {
+    let sets = informers.typed::<ReplicaSet>();
+    let pods = informers.typed::<Pod>();
+    let queue = Queue::<Key>::new();
+    let shutdown = informers.shutdown().clone();
+    let controller = Arc::new(Controller {
+        client: informers.client().clone(),
+        sets: sets.clone(),
+        pods: pods.clone(),
+        expectations: Expectations::default(),
+    });
+    // A pod's change wakes the set that controls it.
+    let owner_of = {
+        let sets = sets.clone();
+        move |pod: &Pod| -> Option<Key> {
+            let uid = workload::controller_uid(&pod.metadata)?;
+            let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+            sets.store()
+                .state_filter(|s| s.metadata.uid.as_deref() == Some(uid))
+                .first()
+                .map(|s| key_of(&s.metadata))
+                .or(Some((namespace, String::new())))
+                .filter(|(_, name)| !name.is_empty())
+        }
+    };
+    crate::follow(&informers, &sets, &queue, |set: &ReplicaSet| Some(key_of(&set.metadata)));
+    crate::follow(&informers, &pods, &queue, owner_of);
+    tokio::select! {
+        _ = async { tokio::join!(sets.ready(), pods.ready()) } => {}
+        _ = shutdown.cancelled() => return,
+    }
+    for set in sets.store().state() {
+        queue.add(key_of(&set.metadata));
+    }
+    berth_reconcile::run("replicaset", queue, 4, MAX_BACKOFF, shutdown, move |key: Key| {
+        let controller = controller.clone();
+        async move { controller.reconcile(key).await }
+    })
+    .await;
+}
+
+/// Deletion order: unscheduled, then pending, then not ready, then the newest.
+fn deletion_rank(pod: &Pod) -> (u8, std::cmp::Reverse<String>) {
+    let scheduled =
+        pod.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some_and(|n| !n.is_empty());
+    let rank = if !scheduled {
+        0
+    } else if workload::phase(pod) == "Pending" {
+        1
+    } else if !workload::ready(pod) {
+        2
+    } else {
+        3
+    };
+    let created =
+        pod.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()).unwrap_or_default();
+    (rank, std::cmp::Reverse(created))
+}
+
+impl Controller {
+    async fn reconcile(&self, key: Key) -> Result<Action, Error> {
+        let Some(set) = self.sets.store().get(&ObjectRef::new(&key.1).within(&key.0)) else {
+            return Ok(Action::Done);
+        };
+        let uid = set.metadata.uid.clone().unwrap_or_default();
+        if set.metadata.deletion_timestamp.is_some() {
+            self.expectations.forget(&uid);
+            return Ok(Action::Done);
+        }
+        let spec = set.spec.clone().unwrap_or_default();
+        let wanted = spec.replicas.unwrap_or(1).max(0) as usize;
+        let owned = workload::owned_pods(&self.pods, &key.0, &uid);
+        let cached_active: Vec<Arc<Pod>> =
+            owned.iter().filter(|p| workload::active(p)).cloned().collect();
+        let (active, unseen) = self.expectations.adjust(&uid, &cached_active, &owned);
+        let have = active.len() + unseen;
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &key.0);
+        let involved = ("apps/v1", "ReplicaSet", &set.metadata);
+        let mut failure = None;
+        if have < wanted {
+            let template = spec.template.clone().unwrap_or_default();
+            let owner = workload::controller_reference("apps/v1", "ReplicaSet", &set.metadata);
+            let pod = workload::pod_from_template(&template, &key.1, owner, &BTreeMap::new());
+            let (made, error) = workload::create_pods(&pods, &pod, wanted - have).await;
+            self.expectations.made(&uid, &made);
+            for name in &made {
+                workload::event(
+                    &self.client,
+                    involved,
+                    "Normal",
+                    "SuccessfulCreate",
+                    &format!("Created pod: {name}"),
+                )
+                .await;
+            }
+            if let Some(error) = error {
+                let message = match &error {
+                    kube::Error::Api(status) => status.message.clone(),
+                    other => other.to_string(),
+                };
+                workload::event(
+                    &self.client,
+                    involved,
+                    "Warning",
+                    "FailedCreate",
+                    &format!("Error creating: {message}"),
+                )
+                .await;
+                failure = Some((message, error));
+            }
+        } else if have > wanted && unseen == 0 {
+            let mut doomed = active.clone();
+            doomed.sort_by_key(|p| deletion_rank(p));
+            let doomed: Vec<Arc<Pod>> = doomed.into_iter().take(have - wanted).collect();
+            let names: Vec<String> =
+                doomed.iter().filter_map(|p| p.metadata.name.clone()).collect();
+            self.expectations.deleted(&uid, &names);
+            for pod in &doomed {
+                let name = pod.metadata.name.clone().unwrap_or_default();
+                let options = DeleteParams {
+                    preconditions: Some(Preconditions {
+                        uid: pod.metadata.uid.clone(),
+                        resource_version: None,
+                    }),
+                    ..DeleteParams::default()
+                };
+                match pods.delete(&name, &options).await {
+                    Ok(_) => {
+                        workload::event(
+                            &self.client,
+                            involved,
+                            "Normal",
+                            "SuccessfulDelete",
+                            &format!("Deleted pod: {name}"),
+                        )
+                        .await
+                    }
+                    Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => {}
+                    Err(err) => {
+                        return Err(workload::api_error(format!("delete pod {}/{name}", key.0))(
+                            err,
+                        ))
+                    }
+                }
+            }
+        }
+        self.update_status(&key, &set, &owned, failure.as_ref().map(|(m, _)| m.as_str())).await?;
+        match failure {
+            Some((_, error)) => {
+                Err(workload::api_error(format!("create pods for {}/{}", key.0, key.1))(error))
+            }
+            None if unseen > 0 => Ok(Action::RequeueAfter(Duration::from_secs(1))),
+            None => {
+                // Pods becoming available after minReadySeconds are seen by looking again.
+                let min_ready = spec.min_ready_seconds.unwrap_or(0);
+                Ok(if min_ready > 0 {
+                    Action::RequeueAfter(Duration::from_secs(min_ready as u64))
+                } else {
+                    Action::Done
+                })
+            }
+        }
+    }
+
+    async fn update_status(
+        &self,
+        key: &Key,
+        set: &ReplicaSet,
+        owned: &[Arc<Pod>],
+        failure: Option<&str>,
+    ) -> Result<(), Error> {
+        let spec = set.spec.clone().unwrap_or_default();
+        let active: Vec<&Arc<Pod>> = owned.iter().filter(|p| workload::active(p)).collect();
+        let min_ready = spec.min_ready_seconds.unwrap_or(0);
+        let labelled = active
+            .iter()
+            .filter(|p| {
+                spec.template
+                    .as_ref()
+                    .and_then(|t| t.metadata.as_ref())
+                    .and_then(|m| m.labels.as_ref())
+                    .is_none_or(|labels| {
+                        labels.iter().all(|(k, v)| {
+                            p.metadata.labels.as_ref().and_then(|l| l.get(k)) == Some(v)
+                        })
+                    })
+            })
+            .count();
+        let mut status = json!({
+            "replicas": active.len(),
+            "fullyLabeledReplicas": labelled,
+            "readyReplicas": active.iter().filter(|p| workload::ready(p)).count(),
+            "availableReplicas": active.iter().filter(|p| workload::available(p, min_ready)).count(),
+            "observedGeneration": set.metadata.generation,
+        });
+        let now = berth_api::meta::now();
+        status["conditions"] = match failure {
+            Some(message) => {
+                json!([{"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": message, "lastTransitionTime": now}])
+            }
+            None => json!(null),
+        };
+        let current = serde_json::to_value(&set.status).unwrap_or_default();
+        let unchanged = [
+            "replicas",
+            "fullyLabeledReplicas",
+            "readyReplicas",
+            "availableReplicas",
+            "observedGeneration",
+        ]
+        .iter()
+        .all(|field| current[field].as_i64().unwrap_or(0) == status[field].as_i64().unwrap_or(0))
+            && current["conditions"].is_null() == status["conditions"].is_null();
+        if unchanged {
+            return Ok(());
+        }
+        let api: Api<ReplicaSet> = Api::namespaced(self.client.clone(), &key.0);
+        match api
+            .patch_status(&key.1, &PatchParams::default(), &Patch::Merge(json!({"status": status})))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+            Err(err) => Err(workload::api_error(format!(
+                "update the status of replicaset {}/{}",
+                key.0, key.1
+            ))(err)),
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! Resource quantities as Kubernetes writes them (`100m`, `0.5`, `64Mi`, `1G`, `2e3`),
+//! in thousandths of the unit (millicores for CPU, millibytes for memory), as integers.
+
+/// A quantity in thousandths of its unit; `None` when it is not a quantity.
+pub fn parse_milli(text: &str) -> Option<i128> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
+        .unwrap_or(text.len());
+    let (number, suffix) = text.split_at(split);
+    if number.is_empty() {
+        return None;
+    }
+    let (multiplier, divisor): (i128, i128) = match suffix {
+        "" => (1000, 1),
+        "n" => (1, 1_000_000),
+        "u" => (1, 1000),
+        "m" => (1, 1),
+        "k" => (1000 * 1000, 1),
+        "M" => (1000 * 1_000_000, 1),
+        "G" => (1000 * 1_000_000_000, 1),
+        "T" => (1000 * 1_000_000_000_000, 1),
+        "P" => (1000 * 1_000_000_000_000_000, 1),
+        "E" => (1000 * 1_000_000_000_000_000_000, 1),
+        "Ki" => (1000 << 10, 1),
+        "Mi" => (1000 << 20, 1),
+        "Gi" => (1000 << 30, 1),
+        "Ti" => (1000 << 40, 1),
+        "Pi" => (1000 << 50, 1),
+        "Ei" => (1000 << 60, 1),
+        exponent if exponent.starts_with(['e', 'E']) => {
+            let power: u32 = exponent[1..].parse().ok()?;
+            (1000 * 10i128.checked_pow(power)?, 1)
+        }
+        _ => return None,
+    };
+    // Decimal numbers exactly: whole and fractional digits apart.
+    let negative = number.starts_with('-');
+    let digits = number.trim_start_matches(['+', '-']);
+    let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
+    let whole: i128 = if whole.is_empty() { 0 } else { whole.parse().ok()? };
+    let scale = 10i128.checked_pow(fraction.len() as u32)?;
+    let fraction: i128 = if fraction.is_empty() { 0 } else { fraction.parse().ok()? };
+    let scaled = (whole * scale + fraction).checked_mul(multiplier)?;
+    // Round up, as Kubernetes does for requests.
+    let value = (scaled + scale * divisor - 1) / (scale * divisor);
+    Some(if negative { -value } else { value })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_milli;
+
+    #[test]
+    fn quantities() {
+        assert_eq!(parse_milli("100m"), Some(100));
+        assert_eq!(parse_milli("0.5"), Some(500));
+        assert_eq!(parse_milli("2"), Some(2000));
+        assert_eq!(parse_milli("64Mi"), Some(64 * 1024 * 1024 * 1000));
+        assert_eq!(parse_milli("1G"), Some(1_000_000_000_000));
+        assert_eq!(parse_milli("1.5Gi"), Some(1536 * 1024 * 1024 * 1000));
+        assert_eq!(parse_milli("2e3"), Some(2_000_000));
+        assert_eq!(parse_milli("1n"), Some(1), "rounded up to a thousandth");
+        assert_eq!(parse_milli("abc"), None);
+        assert_eq!(parse_milli("1Qi"), None);
+    }
+}
