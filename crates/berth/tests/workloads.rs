@@ -35,7 +35,13 @@ impl Server {
             return None;
         }
         let temp = tempfile::Builder::new().prefix("berth-workloads-").tempdir().unwrap();
+        Some(Server::start_in(temp, extra))
+    }
+
+    /// Starts (again) on the data directory of `temp`.
+    fn start_in(temp: tempfile::TempDir, extra: &[&str]) -> Server {
         let dir = temp.path().to_owned();
+        let _ = std::fs::remove_file(dir.join("kubeconfig"));
         let child = Command::new(BERTH)
             .args([
                 "server",
@@ -65,10 +71,17 @@ impl Server {
                     .count()
                     == 3
             {
-                return Some(server);
+                return server;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// SIGKILL, keeping the data directory.
+    fn kill(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::replace(&mut self._temp, tempfile::tempdir().unwrap())
     }
 
     fn kubectl(&self, args: &[&str]) -> Output {
@@ -302,4 +315,101 @@ spec:
         &["get", "pod", "intolerant", "-o", "jsonpath={.spec.nodeName}"],
         |t| t == "sim-2",
     );
+}
+
+/// A rolling update of 50 replicas (maxSurge 5, maxUnavailable 0) with the server
+/// SIGKILLed in the middle: after the restart the rollout finishes, and at no moment seen
+/// are there more than 55 pods or fewer than 50 ready.
+#[test]
+fn a_rollout_survives_a_sigkill_within_its_surge_and_availability() {
+    let Some(server) = Server::start(&[]) else { return };
+    server.apply(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: big}
+spec:
+  replicas: 50
+  selector: {matchLabels: {app: big}}
+  strategy: {type: RollingUpdate, rollingUpdate: {maxSurge: 5, maxUnavailable: 0}}
+  template:
+    metadata: {labels: {app: big}}
+    spec:
+      containers: [{name: c, image: "busybox:1.35"}]
+"#,
+    );
+    server.ok(&["rollout", "status", "deploy/big", "--timeout=120s"]);
+    let kubeconfig = server.dir.join("kubeconfig");
+    // The monitor: pods not being deleted, and how many of them are ready, every 50 ms.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let monitor = {
+        let (stop, kubeconfig) = (stop.clone(), kubeconfig.clone());
+        std::thread::spawn(move || {
+            let (mut most, mut fewest_ready, mut samples) = (0usize, usize::MAX, 0usize);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let output = Command::new(KUBECTL)
+                    .env("KUBECONFIG", &kubeconfig)
+                    .args(["get", "pods", "-l", "app=big", "-o", "json", "--request-timeout=2s"])
+                    .output()
+                    .unwrap();
+                if let Ok(list) = serde_json::from_slice::<serde_json::Value>(&output.stdout) {
+                    let pods: Vec<&serde_json::Value> = list["items"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+                        .collect();
+                    let ready = pods
+                        .iter()
+                        .filter(|p| {
+                            p["status"]["conditions"]
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                        })
+                        .count();
+                    most = most.max(pods.len());
+                    fewest_ready = fewest_ready.min(ready);
+                    samples += 1;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            (most, fewest_ready, samples)
+        })
+    };
+    server.ok(&["set", "image", "deploy/big", "c=busybox:1.36"]);
+    let images = [
+        "get",
+        "rs",
+        "-l",
+        "app=big",
+        "-o",
+        "jsonpath={range .items[*]}{.spec.template.spec.containers[0].image}={.status.replicas} {end}",
+    ];
+    server.until("the new set has grown", &images, |text| {
+        text.split(' ').any(|entry| {
+            entry
+                .strip_prefix("busybox:1.36=")
+                .and_then(|n| n.parse::<u32>().ok())
+                .is_some_and(|n| n >= 10)
+        })
+    });
+    let temp = server.kill();
+    let server = Server::start_in(temp, &[]);
+    server.ok(&["rollout", "status", "deploy/big", "--timeout=120s"]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (most, fewest_ready, samples) = monitor.join().unwrap();
+    assert!(samples > 10, "the monitor saw too little ({samples} samples)");
+    assert!(most <= 55, "{most} pods at once: more than replicas + maxSurge");
+    assert!(fewest_ready >= 50, "{fewest_ready} ready at once: fewer than maxUnavailable 0 allows");
+    let running = server.ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=big",
+        "-o",
+        "jsonpath={range .items[*]}{.spec.containers[0].image}{\"\\n\"}{end}",
+    ]);
+    assert_eq!(running.lines().filter(|l| *l == "busybox:1.36").count(), 50, "{running}");
 }
