@@ -8,7 +8,6 @@ use berth_reconcile::{Action, Change, Informers, Queue};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::api::{Api, ObjectMeta, PostParams};
 use kube::runtime::reflector::ObjectRef;
-use tokio::sync::broadcast::error::RecvError;
 
 use crate::{Error, MAX_BACKOFF};
 
@@ -19,49 +18,19 @@ pub(crate) async fn run(informers: Arc<Informers>) {
     let accounts = informers.typed::<ServiceAccount>();
     let queue = Queue::<String>::new();
     let shutdown = informers.shutdown().clone();
-    let all = |queue: &Queue<String>, namespaces: &berth_reconcile::Cache<Namespace>| {
-        for namespace in namespaces.store().state() {
-            queue.add(namespace.metadata.name.clone().unwrap_or_default());
-        }
-    };
+    let name = |namespace: &Namespace| namespace.metadata.name.clone();
+    namespaces.queue_into(&informers, &queue, name);
+    // A deleted default account is made again; a relisting looks at every namespace.
     {
-        let mut changes = namespaces.subscribe();
-        let (cache, queue, shutdown) = (namespaces.clone(), queue.clone(), shutdown.clone());
-        informers.tasks().spawn(async move {
-            loop {
-                let change = tokio::select! {
-                    change = changes.recv() => change,
-                    _ = shutdown.cancelled() => return,
-                };
-                match change {
-                    Ok(Change::Applied(namespace)) => {
-                        queue.add(namespace.metadata.name.clone().unwrap_or_default());
-                    }
-                    Ok(Change::Deleted(_)) => {}
-                    Ok(Change::Resynced) | Err(RecvError::Lagged(_)) => all(&queue, &cache),
-                    Err(RecvError::Closed) => return,
-                }
+        let (queue, namespaces) = (queue.clone(), namespaces.clone());
+        accounts.follow(&informers, move |change| match change {
+            Change::Deleted(account) if account.metadata.name.as_deref() == Some(DEFAULT) => {
+                queue.add(account.metadata.namespace.clone().unwrap_or_default());
             }
-        });
-    }
-    {
-        let mut changes = accounts.subscribe();
-        let (cache, queue, shutdown) = (namespaces.clone(), queue.clone(), shutdown.clone());
-        informers.tasks().spawn(async move {
-            loop {
-                let change = tokio::select! {
-                    change = changes.recv() => change,
-                    _ = shutdown.cancelled() => return,
-                };
-                match change {
-                    Ok(Change::Deleted(account))
-                        if account.metadata.name.as_deref() == Some(DEFAULT) =>
-                    {
-                        queue.add(account.metadata.namespace.clone().unwrap_or_default());
-                    }
-                    Ok(Change::Applied(_) | Change::Deleted(_)) => {}
-                    Ok(Change::Resynced) | Err(RecvError::Lagged(_)) => all(&queue, &cache),
-                    Err(RecvError::Closed) => return,
+            Change::Applied(_) | Change::Deleted(_) => {}
+            Change::Resynced => {
+                for namespace in namespaces.store().state() {
+                    queue.add(namespace.metadata.name.clone().unwrap_or_default());
                 }
             }
         });
@@ -70,7 +39,9 @@ pub(crate) async fn run(informers: Arc<Informers>) {
         _ = async { tokio::join!(namespaces.ready(), accounts.ready()) } => {}
         _ = shutdown.cancelled() => return,
     }
-    all(&queue, &namespaces);
+    for namespace in namespaces.store().state() {
+        queue.add(namespace.metadata.name.clone().unwrap_or_default());
+    }
     let client = informers.client().clone();
     berth_reconcile::run("serviceaccount", queue, 2, MAX_BACKOFF, shutdown, move |name: String| {
         let (client, namespaces, accounts) = (client.clone(), namespaces.clone(), accounts.clone());

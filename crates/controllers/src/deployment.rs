@@ -95,7 +95,7 @@ pub(crate) async fn run(informers: Arc<Informers>) {
     let sets = informers.typed::<ReplicaSet>();
     let queue = Queue::<Key>::new();
     let shutdown = informers.shutdown().clone();
-    crate::follow(&informers, &deployments, &queue, |d: &Deployment| Some(key_of(&d.metadata)));
+    deployments.queue_into(&informers, &queue, |d: &Deployment| Some(key_of(&d.metadata)));
     let owner_of = {
         let deployments = deployments.clone();
         move |set: &ReplicaSet| -> Option<Key> {
@@ -107,7 +107,7 @@ pub(crate) async fn run(informers: Arc<Informers>) {
                 .map(|d| key_of(&d.metadata))
         }
     };
-    crate::follow(&informers, &sets, &queue, owner_of);
+    sets.queue_into(&informers, &queue, owner_of);
     tokio::select! {
         _ = async { tokio::join!(deployments.ready(), sets.ready()) } => {}
         _ = shutdown.cancelled() => return,

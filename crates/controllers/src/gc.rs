@@ -22,7 +22,6 @@ use berth_reconcile::{Action, Cache, Change, Informers, Queue};
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions};
 use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
-use tokio::sync::broadcast::error::RecvError;
 
 use crate::{kinds, Error, MAX_BACKOFF};
 
@@ -123,21 +122,11 @@ pub(crate) async fn run(informers: Arc<Informers>) {
     });
     // Subscribed before the caches first list, so no change is missed.
     for kind in 0..gc.caches.len() {
-        let mut changes = gc.caches[kind].subscribe();
-        let (gc, shutdown) = (gc.clone(), shutdown.clone());
-        informers.tasks().spawn(async move {
-            loop {
-                let change = tokio::select! {
-                    change = changes.recv() => change,
-                    _ = shutdown.cancelled() => return,
-                };
-                match change {
-                    Ok(Change::Applied(object)) => gc.observe(kind, &object),
-                    Ok(Change::Deleted(object)) => gc.forget(kind, &object),
-                    Ok(Change::Resynced) | Err(RecvError::Lagged(_)) => gc.resync(kind),
-                    Err(RecvError::Closed) => return,
-                }
-            }
+        let following = gc.clone();
+        gc.caches[kind].follow(&informers, move |change| match change {
+            Change::Applied(object) => following.observe(kind, &object),
+            Change::Deleted(object) => following.forget(kind, &object),
+            Change::Resynced => following.resync(kind),
         });
     }
     for cache in &gc.caches {

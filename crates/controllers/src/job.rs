@@ -36,7 +36,7 @@ pub(crate) async fn run(informers: Arc<Informers>) {
     let pods = informers.typed::<Pod>();
     let queue = Queue::<Key>::new();
     let shutdown = informers.shutdown().clone();
-    crate::follow(&informers, &jobs, &queue, |job: &Job| Some(key_of(&job.metadata)));
+    jobs.queue_into(&informers, &queue, |job: &Job| Some(key_of(&job.metadata)));
     let owner_of = {
         let jobs = jobs.clone();
         move |pod: &Pod| -> Option<Key> {
@@ -47,7 +47,7 @@ pub(crate) async fn run(informers: Arc<Informers>) {
                 .map(|j| key_of(&j.metadata))
         }
     };
-    crate::follow(&informers, &pods, &queue, owner_of);
+    pods.queue_into(&informers, &queue, owner_of);
     tokio::select! {
         _ = async { tokio::join!(jobs.ready(), pods.ready()) } => {}
         _ = shutdown.cancelled() => return,
@@ -142,19 +142,14 @@ impl Controller {
                 let template = spec.template.clone();
                 let owner = workload::controller_reference("batch/v1", "Job", &job.metadata);
                 let pod = workload::pod_from_template(&template, &key.1, owner, &BTreeMap::new());
-                let pods: Api<Pod> = Api::namespaced(self.client.clone(), &key.0);
-                let (made, error) = workload::create_pods(&pods, &pod, wanted - have).await;
-                self.expectations.made(&uid, &made);
-                for name in &made {
-                    workload::event(
-                        &self.client,
-                        involved,
-                        "Normal",
-                        "SuccessfulCreate",
-                        &format!("Created pod: {name}"),
-                    )
-                    .await;
-                }
+                let error = workload::create_pods(
+                    &self.client,
+                    involved,
+                    &self.expectations,
+                    &pod,
+                    wanted - have,
+                )
+                .await;
                 if let Some(error) = error {
                     return Err(workload::api_error(format!(
                         "create pods for job {}/{}",

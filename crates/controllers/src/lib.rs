@@ -81,47 +81,5 @@ impl Manager {
     }
 }
 
-/// Queues `key(object)` for every change of `cache`'s objects, and every object when the
-/// cache is listed afresh, until shutdown.
-pub(crate) fn follow<K, T, F>(
-    informers: &Informers,
-    cache: &std::sync::Arc<berth_reconcile::Cache<K>>,
-    queue: &std::sync::Arc<berth_reconcile::Queue<T>>,
-    key: F,
-) where
-    K: kube::Resource + Clone + Send + Sync + 'static,
-    K::DynamicType: std::hash::Hash + Eq + Clone,
-    T: std::hash::Hash + Eq + Clone + Send + Sync + 'static,
-    F: Fn(&K) -> Option<T> + Send + 'static,
-{
-    use berth_reconcile::Change;
-    use tokio::sync::broadcast::error::RecvError;
-    let (mut changes, cache, queue) = (cache.subscribe(), cache.clone(), queue.clone());
-    let shutdown = informers.shutdown().clone();
-    informers.tasks().spawn(async move {
-        loop {
-            let change = tokio::select! {
-                change = changes.recv() => change,
-                _ = shutdown.cancelled() => return,
-            };
-            match change {
-                Ok(Change::Applied(object) | Change::Deleted(object)) => {
-                    if let Some(key) = key(&object) {
-                        queue.add(key);
-                    }
-                }
-                Ok(Change::Resynced) | Err(RecvError::Lagged(_)) => {
-                    for object in cache.store().state() {
-                        if let Some(key) = key(&object) {
-                            queue.add(key);
-                        }
-                    }
-                }
-                Err(RecvError::Closed) => return,
-            }
-        }
-    });
-}
-
 /// Most errors are conflicts and lag: retried soon, never later than this.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);

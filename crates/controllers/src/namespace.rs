@@ -7,11 +7,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_reconcile::{Action, Change, Informers, Queue};
+use berth_reconcile::{Action, Informers, Queue};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
 use kube::runtime::reflector::ObjectRef;
-use tokio::sync::broadcast::error::RecvError;
 
 use crate::{kinds, Error, MAX_BACKOFF};
 
@@ -23,30 +22,9 @@ pub(crate) async fn run(informers: Arc<Informers>) {
     let queue = Queue::<String>::new();
     let shutdown = informers.shutdown().clone();
     let terminating = |namespace: &Namespace| namespace.metadata.deletion_timestamp.is_some();
-    {
-        let mut changes = namespaces.subscribe();
-        let (cache, queue, shutdown) = (namespaces.clone(), queue.clone(), shutdown.clone());
-        informers.tasks().spawn(async move {
-            loop {
-                let change = tokio::select! {
-                    change = changes.recv() => change,
-                    _ = shutdown.cancelled() => return,
-                };
-                match change {
-                    Ok(Change::Applied(namespace)) if terminating(&namespace) => {
-                        queue.add(namespace.metadata.name.clone().unwrap_or_default());
-                    }
-                    Ok(Change::Applied(_) | Change::Deleted(_)) => {}
-                    Ok(Change::Resynced) | Err(RecvError::Lagged(_)) => {
-                        for namespace in cache.store().state().iter().filter(|n| terminating(n)) {
-                            queue.add(namespace.metadata.name.clone().unwrap_or_default());
-                        }
-                    }
-                    Err(RecvError::Closed) => return,
-                }
-            }
-        });
-    }
+    namespaces.queue_into(&informers, &queue, move |namespace: &Namespace| {
+        terminating(namespace).then(|| namespace.metadata.name.clone().unwrap_or_default())
+    });
     tokio::select! {
         _ = namespaces.ready() => {}
         _ = shutdown.cancelled() => return,

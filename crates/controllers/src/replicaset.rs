@@ -56,8 +56,8 @@ pub(crate) async fn run(informers: Arc<Informers>) {
                 .filter(|(_, name)| !name.is_empty())
         }
     };
-    crate::follow(&informers, &sets, &queue, |set: &ReplicaSet| Some(key_of(&set.metadata)));
-    crate::follow(&informers, &pods, &queue, owner_of);
+    sets.queue_into(&informers, &queue, |set: &ReplicaSet| Some(key_of(&set.metadata)));
+    pods.queue_into(&informers, &queue, owner_of);
     tokio::select! {
         _ = async { tokio::join!(sets.ready(), pods.ready()) } => {}
         _ = shutdown.cancelled() => return,
@@ -114,31 +114,19 @@ impl Controller {
             let template = spec.template.clone().unwrap_or_default();
             let owner = workload::controller_reference("apps/v1", "ReplicaSet", &set.metadata);
             let pod = workload::pod_from_template(&template, &key.1, owner, &BTreeMap::new());
-            let (made, error) = workload::create_pods(&pods, &pod, wanted - have).await;
-            self.expectations.made(&uid, &made);
-            for name in &made {
-                workload::event(
-                    &self.client,
-                    involved,
-                    "Normal",
-                    "SuccessfulCreate",
-                    &format!("Created pod: {name}"),
-                )
-                .await;
-            }
-            if let Some(error) = error {
+            let created = workload::create_pods(
+                &self.client,
+                involved,
+                &self.expectations,
+                &pod,
+                wanted - have,
+            )
+            .await;
+            if let Some(error) = created {
                 let message = match &error {
                     kube::Error::Api(status) => status.message.clone(),
                     other => other.to_string(),
                 };
-                workload::event(
-                    &self.client,
-                    involved,
-                    "Warning",
-                    "FailedCreate",
-                    &format!("Error creating: {message}"),
-                )
-                .await;
                 failure = Some((message, error));
             }
         } else if have > wanted && unseen == 0 {

@@ -103,16 +103,23 @@ pub(crate) fn pod_from_template(
     }
 }
 
-/// Creates `count` pods in batches that double (1, 2, 4, ... as Kubernetes' slow start
-/// does, at most 16 requests at a time); the first error stops the rest. Returns the
-/// names made, and the error.
+/// Creates `count` copies of `pod` for the controller `involved` (api version, kind,
+/// metadata), in batches that double (1, 2, 4, ... as Kubernetes' slow start does, at most
+/// 16 requests at a time); the first error stops the rest. What is made is recorded in
+/// `expectations` and as `SuccessfulCreate` events, a failure as a `FailedCreate` event
+/// with the API's message, and returned.
 pub(crate) async fn create_pods(
-    api: &Api<Pod>,
+    client: &kube::Client,
+    involved: (&str, &str, &ObjectMeta),
+    expectations: &Expectations,
     pod: &Pod,
     count: usize,
-) -> (Vec<String>, Option<kube::Error>) {
+) -> Option<kube::Error> {
     use futures::StreamExt;
-    let mut made = Vec::new();
+    let (_, _, meta) = involved;
+    let uid = meta.uid.clone().unwrap_or_default();
+    let api: Api<Pod> =
+        Api::namespaced(client.clone(), meta.namespace.as_deref().unwrap_or("default"));
     let mut batch = 1;
     let mut left = count;
     while left > 0 {
@@ -123,19 +130,37 @@ pub(crate) async fn create_pods(
             .collect()
             .await;
         let mut failed = None;
+        let mut made = Vec::new();
         for result in results {
             match result {
                 Ok(pod) => made.push(pod.metadata.name.unwrap_or_default()),
                 Err(err) => failed = Some(err),
             }
         }
-        if failed.is_some() {
-            return (made, failed);
+        expectations.made(&uid, &made);
+        for name in &made {
+            event(client, involved, "Normal", "SuccessfulCreate", &format!("Created pod: {name}"))
+                .await;
+        }
+        if let Some(error) = failed {
+            let message = match &error {
+                kube::Error::Api(status) => status.message.clone(),
+                other => other.to_string(),
+            };
+            event(
+                client,
+                involved,
+                "Warning",
+                "FailedCreate",
+                &format!("Error creating: {message}"),
+            )
+            .await;
+            return Some(error);
         }
         left -= size;
         batch *= 2;
     }
-    (made, None)
+    None
 }
 
 /// What a controller has asked for and not yet seen in its cache: pods it made and pods

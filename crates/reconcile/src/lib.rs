@@ -90,6 +90,63 @@ where
     }
 }
 
+impl<K: Resource + Clone + Send + Sync + 'static> Cache<K>
+where
+    K::DynamicType: Hash + Eq + Clone,
+{
+    /// Calls `on_change` with every change of this cache from now on, in a task the
+    /// informers track, until shutdown. A subscriber that fell behind hears `Resynced`
+    /// (and should look at the whole store again).
+    pub fn follow(
+        self: &Arc<Self>,
+        informers: &Informers,
+        mut on_change: impl FnMut(Change<K>) + Send + 'static,
+    ) {
+        let mut changes = self.subscribe();
+        let shutdown = informers.shutdown().clone();
+        informers.tasks().spawn(async move {
+            loop {
+                let change = tokio::select! {
+                    change = changes.recv() => change,
+                    _ = shutdown.cancelled() => return,
+                };
+                match change {
+                    Ok(change) => on_change(change),
+                    Err(broadcast::error::RecvError::Lagged(_)) => on_change(Change::Resynced),
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+    }
+
+    /// Queues `key(object)` for every change of an object, and for every object when the
+    /// cache is listed afresh.
+    pub fn queue_into<T>(
+        self: &Arc<Self>,
+        informers: &Informers,
+        queue: &Arc<Queue<T>>,
+        key: impl Fn(&K) -> Option<T> + Send + 'static,
+    ) where
+        T: Hash + Eq + Clone + Send + Sync + 'static,
+    {
+        let (cache, queue) = (self.clone(), queue.clone());
+        self.follow(informers, move |change| match change {
+            Change::Applied(object) | Change::Deleted(object) => {
+                if let Some(key) = key(&object) {
+                    queue.add(key);
+                }
+            }
+            Change::Resynced => {
+                for object in cache.store().state() {
+                    if let Some(key) = key(&object) {
+                        queue.add(key);
+                    }
+                }
+            }
+        });
+    }
+}
+
 /// Changes buffered per cache for subscribers that are busy.
 const CHANGES_BUFFERED: usize = 8192;
 

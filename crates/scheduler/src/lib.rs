@@ -20,7 +20,6 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
-use tokio::sync::broadcast::error::RecvError;
 
 use fit::{NodeInfo, Resources};
 
@@ -328,45 +327,22 @@ pub async fn run(informers: Arc<Informers>) {
         queue: Queue::new(),
     });
     {
-        let (mut changes, scheduler, shutdown) =
-            (pods.subscribe(), scheduler.clone(), shutdown.clone());
-        informers.tasks().spawn(async move {
-            loop {
-                let change = tokio::select! {
-                    change = changes.recv() => change,
-                    _ = shutdown.cancelled() => return,
-                };
-                match change {
-                    Ok(Change::Applied(pod)) => scheduler.observe_pod(&pod),
-                    Ok(Change::Deleted(pod)) => scheduler.forget_pod(&pod),
-                    Ok(Change::Resynced) | Err(RecvError::Lagged(_)) => scheduler.resync_pods(),
-                    Err(RecvError::Closed) => return,
-                }
-            }
+        let scheduler = scheduler.clone();
+        pods.follow(&informers, move |change| match change {
+            Change::Applied(pod) => scheduler.observe_pod(&pod),
+            Change::Deleted(pod) => scheduler.forget_pod(&pod),
+            Change::Resynced => scheduler.resync_pods(),
         });
     }
     {
-        let (mut changes, scheduler, shutdown) =
-            (nodes.subscribe(), scheduler.clone(), shutdown.clone());
-        let cache = nodes.clone();
-        informers.tasks().spawn(async move {
-            loop {
-                let change = tokio::select! {
-                    change = changes.recv() => change,
-                    _ = shutdown.cancelled() => return,
-                };
-                match change {
-                    Ok(Change::Applied(node)) => scheduler.observe_node(&node),
-                    Ok(Change::Deleted(node)) => {
-                        let name = node.metadata.name.clone().unwrap_or_default();
-                        scheduler.snapshot().nodes.remove(&name);
-                    }
-                    Ok(Change::Resynced) | Err(RecvError::Lagged(_)) => {
-                        scheduler.resync_nodes(&cache)
-                    }
-                    Err(RecvError::Closed) => return,
-                }
+        let (scheduler, cache) = (scheduler.clone(), nodes.clone());
+        nodes.follow(&informers, move |change| match change {
+            Change::Applied(node) => scheduler.observe_node(&node),
+            Change::Deleted(node) => {
+                let name = node.metadata.name.clone().unwrap_or_default();
+                scheduler.snapshot().nodes.remove(&name);
             }
+            Change::Resynced => scheduler.resync_nodes(&cache),
         });
     }
     tokio::select! {

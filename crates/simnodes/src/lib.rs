@@ -16,13 +16,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_reconcile::{Action, Change, Informers, Queue};
+use berth_reconcile::{Action, Informers, Queue};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod, Taint};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
-use tokio::sync::broadcast::error::RecvError;
 
 pub const EXIT_AFTER: &str = "sim.berth.dev/exit-after";
 pub const EXIT_CODE: &str = "sim.berth.dev/exit-code";
@@ -203,26 +202,8 @@ async fn run_pods(informers: Arc<Informers>, config: Config, names: Vec<String>)
         )
     };
     {
-        let (mut changes, cache, queue, shutdown, on_ours) =
-            (pods.subscribe(), pods.clone(), queue.clone(), shutdown.clone(), on_ours.clone());
-        informers.tasks().spawn(async move {
-            loop {
-                let change = tokio::select! {
-                    change = changes.recv() => change,
-                    _ = shutdown.cancelled() => return,
-                };
-                match change {
-                    Ok(Change::Applied(pod)) if on_ours(&pod) => queue.add(key(&pod)),
-                    Ok(Change::Applied(_) | Change::Deleted(_)) => {}
-                    Ok(Change::Resynced) | Err(RecvError::Lagged(_)) => {
-                        for pod in cache.store().state().iter().filter(|p| on_ours(p)) {
-                            queue.add(key(pod));
-                        }
-                    }
-                    Err(RecvError::Closed) => return,
-                }
-            }
-        });
+        let on_ours = on_ours.clone();
+        pods.queue_into(&informers, &queue, move |pod: &Pod| on_ours(pod).then(|| key(pod)));
     }
     tokio::select! {
         _ = pods.ready() => {}
