@@ -352,7 +352,10 @@ spec:
                     .args(["get", "pods", "-l", "app=big", "-o", "json", "--request-timeout=2s"])
                     .output()
                     .unwrap();
-                if let Ok(list) = serde_json::from_slice::<serde_json::Value>(&output.stdout) {
+                // On an error (the server restarting, its kubeconfig rewritten), kubectl
+                // prints an empty List and fails: not a sample.
+                let parsed = serde_json::from_slice::<serde_json::Value>(&output.stdout);
+                if let (true, Ok(list)) = (output.status.success(), parsed) {
                     let pods: Vec<&serde_json::Value> = list["items"]
                         .as_array()
                         .into_iter()

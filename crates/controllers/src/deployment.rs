@@ -27,10 +27,6 @@ pub(crate) const HASH: &str = "pod-template-hash";
 
 type Key = (String, String);
 
-fn key_of(meta: &ObjectMeta) -> Key {
-    (meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default())
-}
-
 /// The template's hash as Kubernetes shapes it: FNV-1a over the template, its decimal
 /// form encoded with the alphabet of names that cannot spell words.
 pub(crate) fn template_hash(template: &PodTemplateSpec) -> String {
@@ -95,7 +91,8 @@ pub(crate) async fn run(informers: Arc<Informers>) {
     let sets = informers.typed::<ReplicaSet>();
     let queue = Queue::<Key>::new();
     let shutdown = informers.shutdown().clone();
-    deployments.queue_into(&informers, &queue, |d: &Deployment| Some(key_of(&d.metadata)));
+    deployments
+        .queue_into(&informers, &queue, |d: &Deployment| Some(workload::key_of(&d.metadata)));
     let owner_of = {
         let deployments = deployments.clone();
         move |set: &ReplicaSet| -> Option<Key> {
@@ -104,7 +101,7 @@ pub(crate) async fn run(informers: Arc<Informers>) {
                 .store()
                 .state_filter(|d| d.metadata.uid.as_deref() == Some(uid))
                 .first()
-                .map(|d| key_of(&d.metadata))
+                .map(|d| workload::key_of(&d.metadata))
         }
     };
     sets.queue_into(&informers, &queue, owner_of);
@@ -113,7 +110,7 @@ pub(crate) async fn run(informers: Arc<Informers>) {
         _ = shutdown.cancelled() => return,
     }
     for deployment in deployments.store().state() {
-        queue.add(key_of(&deployment.metadata));
+        queue.add(workload::key_of(&deployment.metadata));
     }
     let controller = Arc::new(Controller { client: informers.client().clone(), deployments, sets });
     berth_reconcile::run("deployment", queue, 4, MAX_BACKOFF, shutdown, move |key: Key| {
@@ -134,7 +131,7 @@ impl Controller {
         if from == replicas {
             return Ok(());
         }
-        let (namespace, name) = key_of(&set.metadata);
+        let (namespace, name) = workload::key_of(&set.metadata);
         let api: Api<ReplicaSet> = Api::namespaced(self.client.clone(), &namespace);
         let desired = deployment.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
         let patch = json!({"metadata": {"annotations": {"deployment.kubernetes.io/desired-replicas": desired.to_string()},
@@ -162,7 +159,7 @@ impl Controller {
         revision: i64,
         replicas: i32,
     ) -> Result<ReplicaSet, Error> {
-        let (namespace, name) = key_of(&deployment.metadata);
+        let (namespace, name) = workload::key_of(&deployment.metadata);
         let spec = deployment.spec.clone().unwrap_or_default();
         let mut template = spec.template.clone();
         let mut meta = template.metadata.clone().unwrap_or_default();
@@ -342,14 +339,13 @@ impl Controller {
             let available_total: i32 =
                 status_of(&current).2 + olds.iter().map(|s| status_of(s).2).sum::<i32>();
             let mut spare = (available_total - min_available).max(0).min(can_remove.max(0));
-            for (set, target) in remaining.iter_mut() {
+            for (_, target) in remaining.iter_mut() {
                 if spare <= 0 {
                     break;
                 }
                 let cut = (*target).min(spare);
                 *target -= cut;
                 spare -= cut;
-                let _ = set;
             }
             for (set, target) in &remaining {
                 self.scale(&deployment, set, *target).await?;
@@ -375,7 +371,7 @@ impl Controller {
             return Ok(());
         }
         for set in empty.iter().take(empty.len() - limit) {
-            let (namespace, name) = key_of(&set.metadata);
+            let (namespace, name) = workload::key_of(&set.metadata);
             let api: Api<ReplicaSet> = Api::namespaced(self.client.clone(), &namespace);
             match api.delete(&name, &DeleteParams::background()).await {
                 Ok(_) => {}
@@ -397,7 +393,7 @@ impl Controller {
         current: Option<&ReplicaSet>,
         sets: &[Arc<ReplicaSet>],
     ) -> Result<bool, Error> {
-        let (namespace, name) = key_of(&deployment.metadata);
+        let (namespace, name) = workload::key_of(&deployment.metadata);
         let spec = deployment.spec.clone().unwrap_or_default();
         let replicas = spec.replicas.unwrap_or(1).max(0);
         let rolling =

@@ -11,7 +11,7 @@ use std::time::Duration;
 use berth_reconcile::{Action, Cache, Informers, Queue};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
 
@@ -19,10 +19,6 @@ use crate::workload::{self, Expectations};
 use crate::{Error, MAX_BACKOFF};
 
 type Key = (String, String);
-
-fn key_of(meta: &ObjectMeta) -> Key {
-    (meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default())
-}
 
 struct Controller {
     client: kube::Client,
@@ -36,7 +32,7 @@ pub(crate) async fn run(informers: Arc<Informers>) {
     let pods = informers.typed::<Pod>();
     let queue = Queue::<Key>::new();
     let shutdown = informers.shutdown().clone();
-    jobs.queue_into(&informers, &queue, |job: &Job| Some(key_of(&job.metadata)));
+    jobs.queue_into(&informers, &queue, |job: &Job| Some(workload::key_of(&job.metadata)));
     let owner_of = {
         let jobs = jobs.clone();
         move |pod: &Pod| -> Option<Key> {
@@ -44,7 +40,7 @@ pub(crate) async fn run(informers: Arc<Informers>) {
             jobs.store()
                 .state_filter(|j| j.metadata.uid.as_deref() == Some(uid))
                 .first()
-                .map(|j| key_of(&j.metadata))
+                .map(|j| workload::key_of(&j.metadata))
         }
     };
     pods.queue_into(&informers, &queue, owner_of);
@@ -53,7 +49,7 @@ pub(crate) async fn run(informers: Arc<Informers>) {
         _ = shutdown.cancelled() => return,
     }
     for job in jobs.store().state() {
-        queue.add(key_of(&job.metadata));
+        queue.add(workload::key_of(&job.metadata));
     }
     let controller = Arc::new(Controller {
         client: informers.client().clone(),

@@ -27,10 +27,6 @@ struct Controller {
     expectations: Expectations,
 }
 
-fn key_of(meta: &kube::api::ObjectMeta) -> Key {
-    (meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default())
-}
-
 pub(crate) async fn run(informers: Arc<Informers>) {
     let sets = informers.typed::<ReplicaSet>();
     let pods = informers.typed::<Pod>();
@@ -51,19 +47,19 @@ pub(crate) async fn run(informers: Arc<Informers>) {
             sets.store()
                 .state_filter(|s| s.metadata.uid.as_deref() == Some(uid))
                 .first()
-                .map(|s| key_of(&s.metadata))
+                .map(|s| workload::key_of(&s.metadata))
                 .or(Some((namespace, String::new())))
                 .filter(|(_, name)| !name.is_empty())
         }
     };
-    sets.queue_into(&informers, &queue, |set: &ReplicaSet| Some(key_of(&set.metadata)));
+    sets.queue_into(&informers, &queue, |set: &ReplicaSet| Some(workload::key_of(&set.metadata)));
     pods.queue_into(&informers, &queue, owner_of);
     tokio::select! {
         _ = async { tokio::join!(sets.ready(), pods.ready()) } => {}
         _ = shutdown.cancelled() => return,
     }
     for set in sets.store().state() {
-        queue.add(key_of(&set.metadata));
+        queue.add(workload::key_of(&set.metadata));
     }
     berth_reconcile::run("replicaset", queue, 4, MAX_BACKOFF, shutdown, move |key: Key| {
         let controller = controller.clone();

@@ -12,6 +12,11 @@ use serde_json::json;
 
 use crate::Error;
 
+/// An object's queue key: (namespace, name).
+pub(crate) fn key_of(meta: &ObjectMeta) -> (String, String) {
+    (meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default())
+}
+
 /// The uid of the object that controls `meta` (its controller owner reference).
 pub(crate) fn controller_uid(meta: &ObjectMeta) -> Option<&str> {
     meta.owner_references
