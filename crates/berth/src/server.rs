@@ -44,6 +44,9 @@ pub struct ServerArgs {
     /// Taints of each simulated node: `key=value:Effect,...`.
     #[arg(long = "simulated-node-taints", default_value = "")]
     pub simulated_node_taints: String,
+    /// Seconds between renewals of each simulated node's Lease.
+    #[arg(long = "simulated-lease-interval-seconds", default_value_t = 10)]
+    pub simulated_lease_interval_seconds: u64,
     /// Milliseconds from a pod's binding to its Running on a simulated node.
     #[arg(long = "simulated-pod-start-delay-ms", default_value_t = 100)]
     pub simulated_pod_start_delay_ms: u64,
@@ -197,6 +200,9 @@ fn simulated_nodes(args: &ServerArgs) -> Result<Option<berth_simnodes::Config>> 
         labels,
         taints,
         start_delay: std::time::Duration::from_millis(args.simulated_pod_start_delay_ms),
+        lease_interval: std::time::Duration::from_secs(
+            args.simulated_lease_interval_seconds.max(1),
+        ),
         ..berth_simnodes::Config::default()
     }))
 }
