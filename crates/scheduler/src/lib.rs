@@ -106,6 +106,8 @@ struct Scheduler {
     pods: Arc<berth_reconcile::Cache<Pod>>,
     snapshot: Mutex<Snapshot>,
     queue: Arc<Queue<Key>>,
+    /// Binds in flight, at most this many.
+    binds: Arc<tokio::sync::Semaphore>,
 }
 
 impl Scheduler {
@@ -195,7 +197,7 @@ impl Scheduler {
         }
     }
 
-    async fn reconcile(&self, key: Key) -> Result<Action, Error> {
+    async fn reconcile(self: &Arc<Self>, key: Key) -> Result<Action, Error> {
         let reference = ObjectRef::<Pod>::new(&key.1).within(&key.0);
         let Some(pod) = self.pods.store().get(&reference) else { return Ok(Action::Done) };
         if !wants_this_scheduler(&pod) {
@@ -218,31 +220,47 @@ impl Scheduler {
         let api: Api<Pod> = Api::namespaced(client.clone(), &key.0);
         match decision {
             Ok(node) => {
+                // Assumed at once, so the next decision counts it; bound in the
+                // background (many binds in flight let the store commit them together).
+                {
+                    let mut snapshot = self.snapshot();
+                    snapshot.place(&uid, &node, &pod);
+                    snapshot.told.remove(&uid);
+                }
+                let permit = match self.binds.clone().acquire_owned().await {
+                    Ok(permit) => permit,
+                    Err(_) => return Ok(Action::Done),
+                };
                 let binding = json!({
                     "apiVersion": "v1", "kind": "Binding",
                     "metadata": {"name": key.1, "namespace": key.0, "uid": uid},
                     "target": {"apiVersion": "v1", "kind": "Node", "name": node},
                 });
-                let bound: Result<serde_json::Value, kube::Error> = api
-                    .create_subresource("binding", &key.1, &PostParams::default(), &binding)
-                    .await;
-                match bound {
-                    Ok(_) => {
-                        tracing::debug!(pod = %format!("{}/{}", key.0, key.1), node = %node, "bound");
-                        let mut snapshot = self.snapshot();
-                        snapshot.place(&uid, &node, &pod);
-                        snapshot.told.remove(&uid);
-                        Ok(Action::Done)
+                let scheduler = self.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    let bound: Result<serde_json::Value, kube::Error> = api
+                        .create_subresource("binding", &key.1, &PostParams::default(), &binding)
+                        .await;
+                    match bound {
+                        Ok(_) => {
+                            tracing::debug!(pod = %format!("{}/{}", key.0, key.1), node = %node, "bound")
+                        }
+                        // Bound meanwhile (or gone): the cache will say.
+                        Err(kube::Error::Api(status))
+                            if status.code == 409 || status.code == 404 => {}
+                        Err(err) => {
+                            tracing::warn!(
+                                "binding {}/{} to {node}: {err}; trying again",
+                                key.0,
+                                key.1
+                            );
+                            scheduler.snapshot().unplace(&uid);
+                            scheduler.queue.add_after(key, Duration::from_millis(200));
+                        }
                     }
-                    // Bound meanwhile (or gone): the cache will say.
-                    Err(kube::Error::Api(status)) if status.code == 409 || status.code == 404 => {
-                        Ok(Action::Done)
-                    }
-                    Err(source) => Err(Error::Api {
-                        action: format!("bind {}/{} to {node}", key.0, key.1),
-                        source,
-                    }),
-                }
+                });
+                Ok(Action::Done)
             }
             Err(fit_error) => {
                 let message = fit_error.to_string();
@@ -325,6 +343,7 @@ pub async fn run(informers: Arc<Informers>) {
         pods: pods.clone(),
         snapshot: Mutex::default(),
         queue: Queue::new(),
+        binds: Arc::new(tokio::sync::Semaphore::new(64)),
     });
     {
         let scheduler = scheduler.clone();

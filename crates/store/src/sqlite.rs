@@ -30,6 +30,8 @@ struct Inner {
     events: broadcast::Sender<Arc<WatchEvent>>,
     /// The database's WAL file, whose size counts toward the quota.
     wal: std::path::PathBuf,
+    /// Writes waiting for the next group commit (see `Inner::write`).
+    queue: Mutex<Vec<Arc<Slot>>>,
     /// Bytes the store may hold before writes that grow it are refused (0: no limit).
     quota: std::sync::atomic::AtomicU64,
 }
@@ -107,6 +109,79 @@ fn compact_revision(db: &Connection) -> rusqlite::Result<i64> {
     db.query_row("SELECT value FROM meta WHERE name = 'compact_rev'", [], |r| r.get(0))
 }
 
+/// What a write asks of the latest row of its key before it goes in.
+type Check = Box<dyn FnOnce(Option<&Row>) -> Result<()> + Send>;
+
+/// A write waiting for its group's transaction.
+struct Request {
+    key: String,
+    value: Option<Vec<u8>>,
+    check: Check,
+}
+
+/// Where a queued write waits, and where its result lands.
+struct Slot {
+    request: Mutex<Option<Request>>,
+    result: Mutex<Option<Result<WatchEvent>>>,
+}
+
+impl Slot {
+    fn take_request(&self) -> Option<Request> {
+        self.request.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
+    }
+
+    fn take_result(&self) -> Option<Result<WatchEvent>> {
+        self.result.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
+    }
+
+    fn set_result(&self, result: Result<WatchEvent>) {
+        *self.result.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(result);
+    }
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Slot")
+    }
+}
+
+/// One write inside the group's transaction: the row appended after `check` accepts the
+/// latest one. A tombstone stores no value: its last value is the row it points to
+/// (`prev_rev`), which compaction keeps as long as the tombstone, so a delete costs a few
+/// bytes whatever the object's size (which matters most when the store is full).
+fn apply_write(tx: &rusqlite::Transaction<'_>, request: Request) -> Result<WatchEvent> {
+    let Request { key, value, check } = request;
+    let prev = latest(tx, &key).map_err(backend)?;
+    let live = prev.as_ref().filter(|p| !p.deleted);
+    check(live)?;
+    let deleting = value.is_none();
+    let (create_rev, prev_rev) = match live {
+        Some(p) => (p.create_rev, p.rev),
+        None => (0, 0),
+    };
+    let stored = match &value {
+        Some(v) => v.clone(),
+        None => live.map(|p| p.value.clone()).unwrap_or_default(),
+    };
+    let written: &[u8] = if deleting { &[] } else { &stored };
+    tx.execute(
+        "INSERT INTO kv (key, create_rev, prev_rev, deleted, value) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![key, create_rev, prev_rev, i64::from(deleting), written],
+    )
+    .map_err(backend)?;
+    let rev = tx.last_insert_rowid();
+    let create_rev = if create_rev == 0 { rev } else { create_rev };
+    if !deleting && create_rev == rev {
+        tx.execute("UPDATE kv SET create_rev = ?1 WHERE rev = ?1", [rev]).map_err(backend)?;
+    }
+    let kv = KeyValue { key, value: stored, create_revision: create_rev, mod_revision: rev };
+    Ok(WatchEvent {
+        kind: if deleting { EventKind::Delete } else { EventKind::Put },
+        kv,
+        prev: live.map(Row::kv),
+    })
+}
+
 fn with_suffix(path: &Path, suffix: &str) -> std::path::PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(suffix);
@@ -151,7 +226,15 @@ impl SqliteStore {
         let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
         let wal = with_suffix(path, "-wal");
         let quota = std::sync::atomic::AtomicU64::new(0);
-        Ok(SqliteStore { inner: Arc::new(Inner { db: Mutex::new(db), events, wal, quota }) })
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                db: Mutex::new(db),
+                events,
+                wal,
+                quota,
+                queue: Mutex::default(),
+            }),
+        })
     }
 
     /// Past `bytes` (the database file and its write-ahead log), creates and updates are
@@ -238,57 +321,79 @@ impl Inner {
         Ok(())
     }
 
-    /// Appends a row in one immediate transaction after `check` accepts the latest row;
-    /// publishes the event after the commit, still under the lock, so events go out in
-    /// revision order.
+    /// Appends a row after `check` accepts the latest row of `key`, and returns the event.
+    ///
+    /// Writes are committed in groups: a write queues itself, then takes the database; the
+    /// writer that gets it commits every write queued by then in one transaction (each in
+    /// a savepoint of its own, so one refused write does not undo the others) with one
+    /// fsync, and hands each its result. A writer whose write a group already committed
+    /// just returns it. Every write is still acknowledged only once durable, and events go
+    /// out in revision order, under the lock.
     fn write(
         &self,
         key: &str,
         value: Option<Vec<u8>>,
-        check: impl FnOnce(Option<&Row>) -> Result<()>,
+        check: impl FnOnce(Option<&Row>) -> Result<()> + Send + 'static,
     ) -> Result<WatchEvent> {
+        let slot = Arc::new(Slot {
+            request: Mutex::new(Some(Request {
+                key: key.to_owned(),
+                value,
+                check: Box::new(check),
+            })),
+            result: Mutex::new(None),
+        });
+        self.queued().push(slot.clone());
         let mut db = self.db();
-        let tx = db.transaction_with_behavior(TransactionBehavior::Immediate).map_err(backend)?;
-        let prev = latest(&tx, key).map_err(backend)?;
-        let live = prev.as_ref().filter(|p| !p.deleted);
-        check(live)?;
-        let deleting = value.is_none();
-        let (create_rev, prev_rev) = match live {
-            Some(p) => (p.create_rev, p.rev),
-            None => (0, 0),
-        };
-        // A tombstone stores no value: its last value is the row it points to (`prev_rev`),
-        // which compaction keeps as long as the tombstone. A delete then costs a few bytes
-        // whatever the object's size, which matters most when the store is full.
-        let stored = match &value {
-            Some(v) => v.clone(),
-            None => live.map(|p| p.value.clone()).unwrap_or_default(),
-        };
-        let written: &[u8] = if deleting { &[] } else { &stored };
-        tx.execute(
-            "INSERT INTO kv (key, create_rev, prev_rev, deleted, value) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![key, create_rev, prev_rev, i64::from(deleting), written],
-        )
-        .map_err(backend)?;
-        let rev = tx.last_insert_rowid();
-        let create_rev = if create_rev == 0 { rev } else { create_rev };
-        if !deleting && create_rev == rev {
-            tx.execute("UPDATE kv SET create_rev = ?1 WHERE rev = ?1", [rev]).map_err(backend)?;
+        if let Some(result) = slot.take_result() {
+            return result;
         }
-        tx.commit().map_err(backend)?;
-        let kv = KeyValue {
-            key: key.to_owned(),
-            value: stored,
-            create_revision: create_rev,
-            mod_revision: rev,
+        let batch: Vec<Arc<Slot>> = std::mem::take(&mut *self.queued());
+        let results = self.commit_group(&mut db, &batch);
+        for (slot, result) in batch.iter().zip(results) {
+            slot.set_result(result);
+        }
+        slot.take_result()
+            .unwrap_or_else(|| Err(Error::Backend("a write was lost from its group".into())))
+    }
+
+    fn queued(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Slot>>> {
+        self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// One transaction for `batch`; a result per write, in order.
+    fn commit_group(&self, db: &mut Connection, batch: &[Arc<Slot>]) -> Vec<Result<WatchEvent>> {
+        let tx = match db.transaction_with_behavior(TransactionBehavior::Immediate) {
+            Ok(tx) => tx,
+            Err(err) => {
+                let failed = backend(err);
+                return batch.iter().map(|_| Err(failed.clone())).collect();
+            }
         };
-        let event = WatchEvent {
-            kind: if deleting { EventKind::Delete } else { EventKind::Put },
-            kv,
-            prev: live.map(Row::kv),
-        };
-        let _ = self.events.send(Arc::new(event.clone()));
-        Ok(event)
+        let mut results = Vec::with_capacity(batch.len());
+        for slot in batch {
+            let Some(request) = slot.take_request() else {
+                results.push(Err(Error::Backend("a write was queued twice".into())));
+                continue;
+            };
+            let outcome = (|| -> Result<WatchEvent> {
+                tx.execute_batch("SAVEPOINT one").map_err(backend)?;
+                let applied = apply_write(&tx, request);
+                let end =
+                    if applied.is_ok() { "RELEASE one" } else { "ROLLBACK TO one; RELEASE one" };
+                tx.execute_batch(end).map_err(backend)?;
+                applied
+            })();
+            results.push(outcome);
+        }
+        if let Err(err) = tx.commit() {
+            let failed = backend(err);
+            return batch.iter().map(|_| Err(failed.clone())).collect();
+        }
+        for event in results.iter().flatten() {
+            let _ = self.events.send(Arc::new(event.clone()));
+        }
+        results
     }
 
     /// Rows under `prefix` with revisions in (after, up_to], as events.
@@ -389,8 +494,9 @@ impl Store for SqliteStore {
         let key = key.to_owned();
         self.blocking(move |inner| {
             inner.check_quota()?;
-            let event = inner.write(&key, Some(value), |live| match live {
-                Some(_) => Err(Error::AlreadyExists { key: key.clone() }),
+            let named = key.clone();
+            let event = inner.write(&key, Some(value), move |live| match live {
+                Some(_) => Err(Error::AlreadyExists { key: named }),
                 None => Ok(()),
             })?;
             Ok(event.kv.mod_revision)
@@ -406,10 +512,11 @@ impl Store for SqliteStore {
         let key = key.to_owned();
         self.blocking(move |inner| {
             inner.check_quota()?;
-            let event = inner.write(&key, Some(value), |live| match live {
-                None => Err(Error::NotFound { key: key.clone() }),
+            let named = key.clone();
+            let event = inner.write(&key, Some(value), move |live| match live {
+                None => Err(Error::NotFound { key: named }),
                 Some(r) if r.rev != expected => {
-                    Err(Error::Conflict { key: key.clone(), expected, actual: r.rev })
+                    Err(Error::Conflict { key: named, expected, actual: r.rev })
                 }
                 Some(_) => Ok(()),
             })?;
@@ -424,10 +531,11 @@ impl Store for SqliteStore {
     ) -> BoxFuture<'a, Result<KeyValue>> {
         let key = key.to_owned();
         self.blocking(move |inner| {
-            let event = inner.write(&key, None, |live| match (live, expected) {
-                (None, _) => Err(Error::NotFound { key: key.clone() }),
+            let named = key.clone();
+            let event = inner.write(&key, None, move |live| match (live, expected) {
+                (None, _) => Err(Error::NotFound { key: named }),
                 (Some(r), Some(e)) if r.rev != e => {
-                    Err(Error::Conflict { key: key.clone(), expected: e, actual: r.rev })
+                    Err(Error::Conflict { key: named, expected: e, actual: r.rev })
                 }
                 _ => Ok(()),
             })?;

@@ -108,3 +108,53 @@ fn acknowledged_writes_survive_a_killed_process() {
         }
     });
 }
+
+/// Concurrent writes are committed in groups: each keeps its own revision and its own
+/// outcome (a refused write in a group undoes nothing of the others), and every event
+/// arrives in revision order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grouped_writes_keep_their_own_outcomes() {
+    let (_dir, store) = store();
+    let store = std::sync::Arc::new(store);
+    store.create("/g/taken", b"x".to_vec()).await.unwrap();
+    let mut watch = store.watch("/g/", 0).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..64 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            if i % 8 == 0 {
+                // Refused: the key exists.
+                store.create("/g/taken", b"again".to_vec()).await.map(|_| 0)
+            } else {
+                store.create(&format!("/g/{i}"), vec![b'v'; 100]).await
+            }
+        }));
+    }
+    let mut revisions = Vec::new();
+    let mut refused = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(revision) => revisions.push(revision),
+            Err(berth_store::Error::AlreadyExists { .. }) => refused += 1,
+            Err(other) => panic!("unexpected: {other}"),
+        }
+    }
+    assert_eq!(refused, 8);
+    assert_eq!(revisions.len(), 56);
+    let mut sorted = revisions.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), 56, "every write has a revision of its own");
+    let listed = store.list("/g/", None, 0, 0).await.unwrap();
+    assert_eq!(listed.items.len(), 57);
+    let mut seen = Vec::new();
+    while seen.len() < 57 {
+        let event = tokio::time::timeout(std::time::Duration::from_secs(5), watch.recv())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        seen.push(event.revision());
+    }
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "events in revision order: {seen:?}");
+}
