@@ -7,6 +7,15 @@ use crate::resources::Resource;
 
 pub use berth_api::status::{kind_of, resource_name, ApiError};
 
+/// Five characters for `generateName`, from Kubernetes' alphabet (no vowels, no
+/// look-alikes: 27^5 names).
+fn generated_suffix() -> Result<String, ApiError> {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut bytes = [0u8; 5];
+    berth_stdx::random::fill(&mut bytes).map_err(random_failed)?;
+    Ok(bytes.iter().map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char).collect())
+}
+
 /// Random hex from the OS generator; a failure is a 500, never predictable bytes.
 pub fn random_hex(bytes: usize) -> Result<String, ApiError> {
     berth_stdx::random::hex(bytes).map_err(random_failed)
@@ -107,7 +116,7 @@ pub fn prepare_create(
     let mut name = metadata.get("name").and_then(Value::as_str).unwrap_or("").to_owned();
     if name.is_empty() {
         if let Some(prefix) = metadata.get("generateName").and_then(Value::as_str) {
-            name = format!("{prefix}{}", &random_hex(3)?[..5]);
+            name = format!("{prefix}{}", generated_suffix()?);
             metadata.insert("name".into(), json!(name));
         }
     }

@@ -251,7 +251,20 @@ impl Api {
     ) -> Result<(u16, Value), ApiError> {
         let mut object = self.parse_body(content_type, body)?;
         self.check_fields(&mut object)?;
-        let mut object = self.inward(object);
+        let given = self.inward(object);
+        // A generated name that is taken is generated again, as kube-apiserver does.
+        let generated = objects::name_of(&given).is_empty()
+            && given["metadata"]["generateName"].as_str().is_some_and(|p| !p.is_empty());
+        for attempt in 1..=8 {
+            match self.create_once(given.clone()).await {
+                Err(err) if generated && err.reason == "AlreadyExists" && attempt < 8 => continue,
+                result => return result,
+            }
+        }
+        Err(ApiError::new(500, "InternalError", "no free generated name after 8 attempts"))
+    }
+
+    async fn create_once(&self, mut object: Value) -> Result<(u16, Value), ApiError> {
         let resource = self.stored();
         let name =
             objects::prepare_create(resource, &mut object, self.target.namespace.as_deref())?;
