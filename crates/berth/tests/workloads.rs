@@ -416,3 +416,74 @@ spec:
     ]);
     assert_eq!(running.lines().filter(|l| *l == "busybox:1.36").count(), 50, "{running}");
 }
+
+/// A Service's Endpoints and EndpointSlice follow the ready pods it selects (named target
+/// ports resolved per pod), and go with it.
+#[test]
+fn services_get_endpoints_from_the_pods_they_select() {
+    let Some(server) = Server::start(&[]) else { return };
+    server.apply(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers: [{name: c, image: busybox, ports: [{name: http, containerPort: 8080}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: http}]
+"#,
+    );
+    server.ok(&["rollout", "status", "deploy/web", "--timeout=60s"]);
+    let addresses = "jsonpath={range .subsets[*].addresses[*]}{.ip}{\"\\n\"}{end}";
+    server.until("two ready addresses", &["get", "endpoints", "web", "-o", addresses], |t| {
+        t.lines().count() == 2
+    });
+    assert_eq!(
+        server.ok(&["get", "endpoints", "web", "-o", "jsonpath={.subsets[0].ports[0].port}"]),
+        "8080"
+    );
+    let slice = server.ok(&[
+        "get",
+        "endpointslices",
+        "-l",
+        "kubernetes.io/service-name=web",
+        "-o",
+        "jsonpath={.items[0].ports[0].port} {.items[0].endpoints[*].conditions.ready}",
+    ]);
+    assert_eq!(slice, "8080 true true");
+    server.ok(&["scale", "deploy/web", "--replicas=3"]);
+    server.until("three addresses", &["get", "endpoints", "web", "-o", addresses], |t| {
+        t.lines().count() == 3
+    });
+    // A pod whose labels leave the selector leaves the endpoints.
+    let pod =
+        server.ok(&["get", "pods", "-l", "app=web", "-o", "jsonpath={.items[0].metadata.name}"]);
+    server.ok(&["label", "pod", &pod, "app=elsewhere", "--overwrite"]);
+    server.until(
+        "the relabelled pod gone from them (its replacement in)",
+        &[
+            "get",
+            "endpoints",
+            "web",
+            "-o",
+            "jsonpath={range .subsets[*].addresses[*]}{.targetRef.name}{\"\\n\"}{end}",
+        ],
+        |t| t.lines().count() == 3 && !t.lines().any(|l| l == pod),
+    );
+    server.ok(&["delete", "service", "web"]);
+    server.until(
+        "endpoints gone with the service",
+        &["get", "endpoints,endpointslices", "--no-headers"],
+        |t| t.trim().is_empty(),
+    );
+}

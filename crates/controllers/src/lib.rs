@@ -8,6 +8,7 @@
 //! - `namespace`: a terminating namespace is emptied, then finalized; a namespace left
 //!   terminating by a crash finishes after a restart.
 //! - `accounts`: a `default` ServiceAccount in every namespace.
+//! - `endpoints`: Endpoints and EndpointSlices from Services' selectors and pod readiness.
 //! - `replicaset`, `deployment`, `job`: the workload controllers (`workload` holds what
 //!   they share: owned pods, pods from templates, readiness, expectations, events).
 //!
@@ -16,6 +17,7 @@
 
 mod accounts;
 mod deployment;
+mod endpoints;
 mod gc;
 mod job;
 mod kinds;
@@ -63,6 +65,7 @@ impl Manager {
         tasks.spawn(replicaset::run(informers.clone()));
         tasks.spawn(deployment::run(informers.clone()));
         tasks.spawn(job::run(informers.clone()));
+        tasks.spawn(endpoints::run(informers.clone()));
         tasks.close();
         Manager { tasks, informers }
     }

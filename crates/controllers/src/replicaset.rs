@@ -98,7 +98,15 @@ impl Controller {
         }
         let spec = set.spec.clone().unwrap_or_default();
         let wanted = spec.replicas.unwrap_or(1).max(0) as usize;
-        let owned = workload::owned_pods(&self.pods, &key.0, &uid);
+        // Pods whose labels no longer match are released (their reference to this set
+        // removed), as Kubernetes does; the set then counts, and replaces, only the rest.
+        let (owned, strays): (Vec<Arc<Pod>>, Vec<Arc<Pod>>) =
+            workload::owned_pods(&self.pods, &key.0, &uid)
+                .into_iter()
+                .partition(|pod| workload::selects(&spec.selector, pod.metadata.labels.as_ref()));
+        for stray in &strays {
+            self.release(&key.0, stray, &uid).await?;
+        }
         let cached_active: Vec<Arc<Pod>> =
             owned.iter().filter(|p| workload::active(p)).cloned().collect();
         let (active, unseen) = self.expectations.adjust(&uid, &cached_active, &owned);
@@ -176,6 +184,26 @@ impl Controller {
                     Action::Done
                 })
             }
+        }
+    }
+
+    async fn release(&self, namespace: &str, pod: &Pod, uid: &str) -> Result<(), Error> {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let kept: Vec<_> = pod
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .filter(|r| r.uid != uid)
+            .cloned()
+            .collect();
+        let patch = json!({"metadata": {"ownerReferences": if kept.is_empty() { json!(null) } else { json!(kept) },
+            "resourceVersion": pod.metadata.resource_version}});
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        match api.patch(&name, &PatchParams::default(), &Patch::Merge(patch)).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+            Err(err) => Err(workload::api_error(format!("release pod {namespace}/{name}"))(err)),
         }
     }
 

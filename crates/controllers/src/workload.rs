@@ -277,6 +277,20 @@ pub(crate) async fn event(
     }
 }
 
+/// Whether a workload's label selector selects these labels.
+pub(crate) fn selects(
+    selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+    labels: Option<&BTreeMap<String, String>>,
+) -> bool {
+    let Ok(value) = serde_json::to_value(selector) else { return false };
+    let Ok(selector) = berth_api::selector::LabelSelector::from_object(&value) else {
+        return false;
+    };
+    let labels: serde_json::Map<String, serde_json::Value> =
+        labels.into_iter().flatten().map(|(k, v)| (k.clone(), json!(v))).collect();
+    selector.matches(Some(&labels))
+}
+
 pub(crate) fn api_error(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
     Error::api(action)
 }
