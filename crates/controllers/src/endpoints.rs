@@ -87,6 +87,14 @@ pub(crate) async fn run(informers: Arc<Informers>) {
     .await;
 }
 
+/// Pods that resolve the Service's ports alike: one Endpoints subset.
+#[derive(Default)]
+struct Subset {
+    ready: Vec<Value>,
+    not_ready: Vec<Value>,
+    ports: Vec<Value>,
+}
+
 fn selector(service: &Service) -> Option<&BTreeMap<String, String>> {
     service.spec.as_ref().and_then(|s| s.selector.as_ref()).filter(|s| !s.is_empty())
 }
@@ -131,7 +139,7 @@ impl Controller {
         });
         pods.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
         // Endpoints: pods grouped by their resolved ports.
-        let mut subsets: BTreeMap<String, (Vec<Value>, Vec<Value>, Vec<Value>)> = BTreeMap::new();
+        let mut subsets: BTreeMap<String, Subset> = BTreeMap::new();
         let mut slice_endpoints = Vec::new();
         let mut slice_ports: Option<Vec<Value>> = None;
         for pod in &pods {
@@ -149,11 +157,11 @@ impl Controller {
             let ready = workload::ready(pod) && pod.metadata.deletion_timestamp.is_none();
             let entry = subsets
                 .entry(Value::Array(resolved.clone()).to_string())
-                .or_insert_with(|| (Vec::new(), Vec::new(), resolved.clone()));
+                .or_insert_with(|| Subset { ports: resolved.clone(), ..Subset::default() });
             if ready {
-                entry.0.push(address);
+                entry.ready.push(address);
             } else {
-                entry.1.push(address);
+                entry.not_ready.push(address);
             }
             slice_ports.get_or_insert(resolved);
             slice_endpoints.push(json!({
@@ -165,15 +173,15 @@ impl Controller {
         }
         let subsets: Vec<Value> = subsets
             .into_values()
-            .map(|(ready, not_ready, ports)| {
-                let mut subset = json!({"ports": ports});
-                if !ready.is_empty() {
-                    subset["addresses"] = json!(ready);
+            .map(|subset| {
+                let mut value = json!({"ports": subset.ports});
+                if !subset.ready.is_empty() {
+                    value["addresses"] = json!(subset.ready);
                 }
-                if !not_ready.is_empty() {
-                    subset["notReadyAddresses"] = json!(not_ready);
+                if !subset.not_ready.is_empty() {
+                    value["notReadyAddresses"] = json!(subset.not_ready);
                 }
-                subset
+                value
             })
             .collect();
         let owner = workload::controller_reference("v1", "Service", &service.metadata);
