@@ -487,3 +487,52 @@ spec:
         |t| t.trim().is_empty(),
     );
 }
+
+/// A CronJob whose last run was minutes ago (as after a restart) runs once at once, for
+/// the latest missed time, and its Job completes on a simulated node; suspended, it does
+/// not run.
+#[test]
+fn cronjobs_run_missed_schedules_once() {
+    let Some(server) = Server::start(&[]) else { return };
+    server.apply(
+        r#"
+apiVersion: batch/v1
+kind: CronJob
+metadata: {name: tick}
+spec:
+  schedule: "* * * * *"
+  jobTemplate:
+    spec:
+      template:
+        metadata:
+          annotations: {sim.berth.dev/exit-after: "0.1"}
+        spec:
+          restartPolicy: Never
+          containers: [{name: c, image: busybox, command: ["date"]}]
+"#,
+    );
+    let long_ago = berth_stdx::time::format_rfc3339(berth_stdx::time::unix_now() - 180);
+    let patch = format!("{{\"status\":{{\"lastScheduleTime\":\"{long_ago}\"}}}}");
+    server.ok(&["patch", "cronjob", "tick", "--subresource=status", "--type=merge", "-p", &patch]);
+    let jobs = server.until("one job for the missed runs", &["get", "jobs", "--no-headers"], |t| {
+        !t.trim().is_empty()
+    });
+    let job = jobs.split_whitespace().next().unwrap().to_owned();
+    assert!(job.starts_with("tick-"), "{jobs}");
+    server.ok(&["wait", "--for=condition=complete", &format!("job/{job}"), "--timeout=60s"]);
+    let last = server.ok(&["get", "cronjob", "tick", "-o", "jsonpath={.status.lastScheduleTime}"]);
+    assert!(
+        berth_stdx::time::parse_rfc3339(&last).unwrap() > berth_stdx::time::unix_now() - 61,
+        "{last}"
+    );
+    assert_eq!(
+        server.ok(&["get", "jobs", "--no-headers"]).lines().count(),
+        1,
+        "missed runs make one job"
+    );
+    // Suspended: a long-missed schedule makes nothing.
+    server.ok(&["patch", "cronjob", "tick", "--type=merge", "-p", "{\"spec\":{\"suspend\":true}}"]);
+    server.ok(&["patch", "cronjob", "tick", "--subresource=status", "--type=merge", "-p", &patch]);
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(server.ok(&["get", "jobs", "--no-headers"]).lines().count(), 1);
+}

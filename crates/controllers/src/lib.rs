@@ -9,6 +9,7 @@
 //!   terminating by a crash finishes after a restart.
 //! - `accounts`: a `default` ServiceAccount in every namespace.
 //! - `endpoints`: Endpoints and EndpointSlices from Services' selectors and pod readiness.
+//! - `cronjob`: Jobs at the times a CronJob's schedule names.
 //! - `replicaset`, `deployment`, `job`: the workload controllers (`workload` holds what
 //!   they share: owned pods, pods from templates, readiness, expectations, events).
 //!
@@ -16,6 +17,7 @@
 //! SIGKILL included) resumes where it stopped. Knows nothing of storage, HTTP or Linux.
 
 mod accounts;
+mod cronjob;
 mod deployment;
 mod endpoints;
 mod gc;
@@ -66,6 +68,7 @@ impl Manager {
         tasks.spawn(deployment::run(informers.clone()));
         tasks.spawn(job::run(informers.clone()));
         tasks.spawn(endpoints::run(informers.clone()));
+        tasks.spawn(cronjob::run(informers.clone()));
         tasks.close();
         Manager { tasks, informers }
     }
