@@ -536,3 +536,77 @@ spec:
     std::thread::sleep(Duration::from_millis(700));
     assert_eq!(server.ok(&["get", "jobs", "--no-headers"]).lines().count(), 1);
 }
+
+/// A DaemonSet runs one pod per node its selector admits, follows labels and taints as
+/// they change, and rolls a new template.
+#[test]
+fn daemonsets_follow_nodes() {
+    let Some(server) = Server::start(&[]) else { return };
+    server.ok(&["label", "node", "sim-0", "sim-1", "role=edge"]);
+    server.apply(
+        r#"
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: agent}
+spec:
+  selector: {matchLabels: {app: agent}}
+  template:
+    metadata: {labels: {app: agent}}
+    spec:
+      nodeSelector: {role: edge}
+      containers: [{name: c, image: "busybox:1.35"}]
+"#,
+    );
+    let placed = "jsonpath={range .items[*]}{.spec.nodeName}{\"\\n\"}{end}";
+    let nodes = |text: &str| {
+        let mut list: Vec<String> = text.lines().map(str::to_owned).collect();
+        list.sort();
+        list
+    };
+    server.until(
+        "pods on sim-0 and sim-1",
+        &["get", "pods", "-l", "app=agent", "-o", placed],
+        |t| nodes(t) == ["sim-0", "sim-1"],
+    );
+    server.ok(&["rollout", "status", "ds/agent", "--timeout=60s"]);
+    // A node labelled in gets one; a node labelled out loses its pod.
+    server.ok(&["label", "node", "sim-2", "role=edge"]);
+    server.until("a pod on sim-2", &["get", "pods", "-l", "app=agent", "-o", placed], |t| {
+        nodes(t) == ["sim-0", "sim-1", "sim-2"]
+    });
+    server.ok(&["label", "node", "sim-0", "role-"]);
+    server.until(
+        "none on sim-0",
+        &[
+            "get",
+            "pods",
+            "-l",
+            "app=agent",
+            "--field-selector=status.phase!=Succeeded",
+            "-o",
+            placed,
+        ],
+        |t| nodes(t) == ["sim-1", "sim-2"],
+    );
+    // A NoExecute taint it does not tolerate removes it from that node; NoSchedule on
+    // unschedulable nodes is tolerated (a cordon keeps daemons).
+    server.ok(&["cordon", "sim-1"]);
+    server.ok(&["taint", "node", "sim-2", "evict=yes:NoExecute"]);
+    server.until(
+        "only sim-1 (cordoned) keeps one",
+        &["get", "pods", "-l", "app=agent", "-o", placed],
+        |t| nodes(t) == ["sim-1"],
+    );
+    // A new template rolls.
+    server.ok(&["set", "image", "ds/agent", "c=busybox:1.36"]);
+    server.ok(&["rollout", "status", "ds/agent", "--timeout=60s"]);
+    let images = server.ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=agent",
+        "-o",
+        "jsonpath={.items[*].spec.containers[0].image}",
+    ]);
+    assert_eq!(images, "busybox:1.36");
+}

@@ -10,6 +10,7 @@
 //! - `accounts`: a `default` ServiceAccount in every namespace.
 //! - `endpoints`: Endpoints and EndpointSlices from Services' selectors and pod readiness.
 //! - `cronjob`: Jobs at the times a CronJob's schedule names.
+//! - `daemonset`: a pod on every node a DaemonSet admits.
 //! - `replicaset`, `deployment`, `job`: the workload controllers (`workload` holds what
 //!   they share: owned pods, pods from templates, readiness, expectations, events).
 //!
@@ -18,6 +19,7 @@
 
 mod accounts;
 mod cronjob;
+mod daemonset;
 mod deployment;
 mod endpoints;
 mod gc;
@@ -69,6 +71,7 @@ impl Manager {
         tasks.spawn(job::run(informers.clone()));
         tasks.spawn(endpoints::run(informers.clone()));
         tasks.spawn(cronjob::run(informers.clone()));
+        tasks.spawn(daemonset::run(informers.clone()));
         tasks.close();
         Manager { tasks, informers }
     }

@@ -273,13 +273,15 @@ async fn step(client: &kube::Client, config: &Config, pod: &Pod) -> Result<Actio
     let now = berth_api::meta::now();
     match phase.as_str() {
         "Pending" | "" => {
+            // Bound by the scheduler (PodScheduled), or made for this node directly.
             let scheduled_for = seconds_since(
                 status
                     .conditions
                     .iter()
                     .flatten()
                     .find(|c| c.type_ == "PodScheduled")
-                    .and_then(|c| c.last_transition_time.as_ref()),
+                    .and_then(|c| c.last_transition_time.as_ref())
+                    .or(pod.metadata.creation_timestamp.as_ref()),
             );
             let wait = config.start_delay.as_secs_f64() - scheduled_for;
             if wait > 0.0 {
