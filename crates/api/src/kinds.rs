@@ -290,6 +290,18 @@ pub const RESOURCES: &[Resource] = &[
     ),
     resource!("coordination.k8s.io", "v1", "leases", "lease", "Lease", true, &[], &[], &[], &[]),
     resource!(
+        "scheduling.k8s.io",
+        "v1",
+        "priorityclasses",
+        "priorityclass",
+        "PriorityClass",
+        false,
+        &["pc"],
+        &[],
+        &[],
+        &[]
+    ),
+    resource!(
         "discovery.k8s.io",
         "v1",
         "endpointslices",

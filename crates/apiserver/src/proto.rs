@@ -281,6 +281,17 @@ fn schema(message: &str) -> Option<&'static [Field]> {
         "Role" => {
             const { &[f(1, "metadata", Message("ObjectMeta")), r(2, "rules", Message("PolicyRule"))] }
         }
+        "PriorityClass" => {
+            const {
+                &[
+                    f(1, "metadata", Message("ObjectMeta")),
+                    f(2, "value", Int),
+                    f(3, "globalDefault", Bool),
+                    f(4, "description", Str),
+                    f(5, "preemptionPolicy", Str),
+                ]
+            }
+        }
         "ClusterRole" => {
             const {
                 &[
@@ -531,6 +542,7 @@ const KINDS: &[&str] = &[
     "ClusterRoleBinding",
     "TokenRequest",
     "HorizontalPodAutoscaler",
+    "PriorityClass",
 ];
 
 struct Reader<'a> {

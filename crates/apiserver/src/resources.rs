@@ -270,6 +270,7 @@ mod tests {
                 "batch",
                 "autoscaling",
                 "coordination.k8s.io",
+                "scheduling.k8s.io",
                 "discovery.k8s.io",
                 "rbac.authorization.k8s.io",
                 "authorization.k8s.io",

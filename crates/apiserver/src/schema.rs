@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::OnceLock;
 
-use k8s_openapi::api::{apps, autoscaling, batch, coordination, core, discovery, rbac};
+use k8s_openapi::api::{apps, autoscaling, batch, coordination, core, discovery, rbac, scheduling};
 use schemars::generate::SchemaSettings;
 use schemars::{JsonSchema, SchemaGenerator};
 use serde_json::{json, Map, Value};
@@ -65,6 +65,7 @@ fn build() -> Schemas {
         "autoscaling" "v1" "Scale" => autoscaling::v1::Scale,
         "autoscaling" "v2" "HorizontalPodAutoscaler" => autoscaling::v2::HorizontalPodAutoscaler,
         "coordination.k8s.io" "v1" "Lease" => coordination::v1::Lease,
+        "scheduling.k8s.io" "v1" "PriorityClass" => scheduling::v1::PriorityClass,
         "discovery.k8s.io" "v1" "EndpointSlice" => discovery::v1::EndpointSlice,
         "rbac.authorization.k8s.io" "v1" "Role" => rbac::v1::Role,
         "rbac.authorization.k8s.io" "v1" "ClusterRole" => rbac::v1::ClusterRole,

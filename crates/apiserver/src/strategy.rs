@@ -57,6 +57,11 @@ pub trait Strategy: Sync {
     fn allocates_addresses(&self) -> bool {
         false
     }
+
+    /// Whether creation resolves `priorityClassName` to `priority` (pods).
+    fn admits_priority(&self) -> bool {
+        false
+    }
 }
 
 struct Default;
@@ -109,6 +114,9 @@ impl Strategy for Service {
 
 struct Pod;
 impl Strategy for Pod {
+    fn admits_priority(&self) -> bool {
+        true
+    }
     fn prepare_create(&self, object: &mut Value) {
         // What a client sends as status is not the pod's status: it has not run.
         let qos = objects::qos_class(&object["spec"]);

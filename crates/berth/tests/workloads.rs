@@ -610,3 +610,46 @@ spec:
     ]);
     assert_eq!(images, "busybox:1.36");
 }
+
+/// PriorityClasses (`scheduling.k8s.io/v1`): a pod's class becomes its priority; a class
+/// that does not exist is refused at creation with Kubernetes' message; the system classes
+/// exist from the start.
+#[test]
+fn priority_classes_are_served_and_admitted() {
+    let Some(server) = Server::start(&[]) else { return };
+    let classes = server.ok(&["get", "priorityclasses", "-o", "name"]);
+    assert!(
+        classes.contains("system-node-critical") && classes.contains("system-cluster-critical"),
+        "{classes}"
+    );
+    server.ok(&["create", "priorityclass", "high", "--value=1000", "--description=important"]);
+    server.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: urgent}
+spec:
+  priorityClassName: high
+  containers: [{name: c, image: busybox}]
+"#,
+    );
+    let priority = server.ok(&[
+        "get",
+        "pod",
+        "urgent",
+        "-o",
+        "jsonpath={.spec.priority} {.spec.preemptionPolicy}",
+    ]);
+    assert_eq!(priority, "1000 PreemptLowerPriority");
+    server.until(
+        "the urgent pod runs",
+        &["get", "pod", "urgent", "-o", "jsonpath={.status.phase}"],
+        |t| t == "Running",
+    );
+    let path = server.dir.join("missing.yaml");
+    std::fs::write(&path, "apiVersion: v1\nkind: Pod\nmetadata: {name: lost}\nspec:\n  priorityClassName: nosuch\n  containers: [{name: c, image: busybox}]\n").unwrap();
+    let output = server.kubectl(&["apply", "-f", path.to_str().unwrap()]);
+    assert!(!output.status.success());
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(err.contains("no PriorityClass with name nosuch was found"), "{err}");
+}

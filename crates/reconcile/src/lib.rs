@@ -14,7 +14,7 @@
 //! must hear every kind's. Knows nothing of particular kinds, of HTTP or of Linux.
 
 use std::any::Any;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
 use std::future::Future;
 use std::hash::Hash;
@@ -261,7 +261,12 @@ pub enum Action {
 
 #[derive(Debug)]
 struct QueueState<T> {
-    ready: VecDeque<T>,
+    /// By priority (highest first), then by arrival.
+    ready: std::collections::BTreeMap<(std::cmp::Reverse<i64>, u64), T>,
+    /// Arrivals so far (orders keys of one priority).
+    arrivals: u64,
+    /// The priority a key was queued with, kept for when it is worked again.
+    priorities: HashMap<T, i64>,
     queued: HashSet<T>,
     active: HashSet<T>,
     /// Added while active: worked again once the current reconcile ends.
@@ -282,7 +287,9 @@ impl<T: Hash + Eq + Clone + Send + Sync + 'static> Queue<T> {
     pub fn new() -> Arc<Queue<T>> {
         Arc::new(Queue {
             state: Mutex::new(QueueState {
-                ready: VecDeque::new(),
+                ready: std::collections::BTreeMap::new(),
+                arrivals: 0,
+                priorities: HashMap::new(),
                 queued: HashSet::new(),
                 active: HashSet::new(),
                 dirty: HashSet::new(),
@@ -302,16 +309,30 @@ impl<T: Hash + Eq + Clone + Send + Sync + 'static> Queue<T> {
 
     /// Queues `key` (again, if it is being worked now).
     pub fn add(&self, key: T) {
+        let priority = self.lock().priorities.get(&key).copied().unwrap_or(0);
+        self.add_with_priority(key, priority);
+    }
+
+    /// Queues `key` ahead of keys of lower priority (the scheduler's active queue).
+    pub fn add_with_priority(&self, key: T, priority: i64) {
         let mut state = self.lock();
         if state.closed {
             return;
+        }
+        // Only priorities other than the default are kept (until `forget`).
+        if priority != 0 {
+            state.priorities.insert(key.clone(), priority);
+        } else {
+            state.priorities.remove(&key);
         }
         if state.active.contains(&key) {
             state.dirty.insert(key);
             return;
         }
         if state.queued.insert(key.clone()) {
-            state.ready.push_back(key);
+            state.arrivals += 1;
+            let order = (std::cmp::Reverse(priority), state.arrivals);
+            state.ready.insert(order, key);
             drop(state);
             self.notify.notify_one();
         }
@@ -324,6 +345,11 @@ impl<T: Hash + Eq + Clone + Send + Sync + 'static> Queue<T> {
             tokio::time::sleep(delay).await;
             queue.add(key);
         });
+    }
+
+    /// Forgets what is known of `key` (its priority): its object is gone.
+    pub fn forget(&self, key: &T) {
+        self.lock().priorities.remove(key);
     }
 
     /// How many keys wait to be worked.
@@ -343,7 +369,7 @@ impl<T: Hash + Eq + Clone + Send + Sync + 'static> Queue<T> {
                 if state.closed {
                     return None;
                 }
-                if let Some(key) = state.ready.pop_front() {
+                if let Some((_, key)) = state.ready.pop_first() {
                     state.queued.remove(&key);
                     state.active.insert(key.clone());
                     return Some(key);
@@ -373,7 +399,10 @@ impl<T: Hash + Eq + Clone + Send + Sync + 'static> Queue<T> {
             0
         };
         if state.dirty.remove(key) && state.queued.insert(key.clone()) {
-            state.ready.push_back(key.clone());
+            state.arrivals += 1;
+            let priority = state.priorities.get(key).copied().unwrap_or(0);
+            let order = (std::cmp::Reverse(priority), state.arrivals);
+            state.ready.insert(order, key.clone());
             drop(state);
             self.notify.notify_one();
         }
@@ -480,6 +509,20 @@ mod tests {
         assert_eq!(calls.iter().filter(|k| *k == "a").count(), 1, "{calls:?}");
         assert_eq!(calls.iter().filter(|k| *k == "b").count(), 3, "retried until it worked");
         assert_eq!(backoff(1, Duration::from_secs(1)), Duration::from_millis(5));
+        // Higher priorities first, then arrival order.
+        let ordered = Queue::<&'static str>::new();
+        ordered.add("low-1");
+        ordered.add_with_priority("high", 100);
+        ordered.add("low-2");
+        ordered.add_with_priority("middle", 10);
+        let never = CancellationToken::new();
+        let mut order = Vec::new();
+        for _ in 0..4 {
+            let key = ordered.next(&never).await.expect("key");
+            ordered.done(&key, false);
+            order.push(key);
+        }
+        assert_eq!(order, ["high", "middle", "low-1", "low-2"]);
         assert_eq!(backoff(4, Duration::from_secs(1)), Duration::from_millis(40));
         assert_eq!(backoff(40, Duration::from_secs(1)), Duration::from_secs(1));
     }

@@ -130,7 +130,9 @@ impl Scheduler {
             }
             None if wants_this_scheduler(pod) => {
                 drop(snapshot);
-                self.queue.add(key_of(pod));
+                // Higher-priority pods are decided first.
+                let priority = pod.spec.as_ref().and_then(|s| s.priority).unwrap_or(0);
+                self.queue.add_with_priority(key_of(pod), i64::from(priority));
             }
             None => {}
         }
@@ -143,6 +145,7 @@ impl Scheduler {
         let was_placed = snapshot.placed.contains_key(&uid);
         snapshot.unplace(&uid);
         snapshot.waiting.remove(&key_of(pod));
+        self.queue.forget(&key_of(pod));
         if was_placed {
             snapshot.wake(&self.queue);
         }

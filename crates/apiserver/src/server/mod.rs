@@ -354,7 +354,17 @@ async fn bootstrap(state: &State) -> Result<(), Error> {
             "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": subject}]}),
         )
     };
+    // The priority classes every cluster has.
+    let priority = |name: &str, value: i64| {
+        (
+            "priorityclasses",
+            json!({"metadata": {"name": name}, "value": value,
+            "description": "Used for system critical pods that must not be moved from their current node."}),
+        )
+    };
     let roles = roles.into_iter().chain([
+        priority("system-node-critical", 2_000_001_000),
+        priority("system-cluster-critical", 2_000_000_000),
         role("system:kube-scheduler", &scheduler_rules),
         binding("system:kube-scheduler", "system:kube-scheduler", "User", "system:kube-scheduler"),
         role("system:node", &node_rules),
@@ -362,6 +372,7 @@ async fn bootstrap(state: &State) -> Result<(), Error> {
     ]);
     for (plural, mut object) in roles {
         let resource = resources::find("rbac.authorization.k8s.io", "v1", plural)
+            .or_else(|| resources::find("scheduling.k8s.io", "v1", plural))
             .ok_or_else(|| Error::Setup(format!("no {plural}")))?;
         let key = resource.key(None, objects::name_of(&object));
         if state.store.get(&key).await.map_err(|e| Error::Setup(e.to_string()))?.is_some() {

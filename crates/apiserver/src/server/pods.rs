@@ -4,6 +4,63 @@
 use super::*;
 
 impl Api {
+    /// Priority admission, as Kubernetes': `priorityClassName` becomes `priority` and
+    /// `preemptionPolicy` (the global default class when none is named; 0 without one); a
+    /// class that does not exist, or a priority given by hand that disagrees, is refused.
+    pub(super) async fn admit_priority(&self, name: &str, pod: &mut Value) -> Result<(), ApiError> {
+        let classes = resources::find("scheduling.k8s.io", "v1", "priorityclasses")
+            .ok_or_else(|| ApiError::new(500, "InternalError", "no priorityclasses"))?;
+        let forbidden = |message: String| {
+            ApiError::new(403, "Forbidden", format!("pods \"{name}\" is forbidden: {message}"))
+        };
+        let wanted = pod["spec"]["priorityClassName"].as_str().unwrap_or("").to_owned();
+        let class = if wanted.is_empty() {
+            let page = self
+                .state
+                .store
+                .list(&classes.prefix(None), None, 0, 0)
+                .await
+                .map_err(|e| storage_error(classes, "", e))?;
+            let mut default = None;
+            for kv in &page.items {
+                let class = decode(kv)?;
+                if class["globalDefault"] == true {
+                    default = Some(class);
+                }
+            }
+            default
+        } else {
+            match self.state.store.get(&classes.key(None, &wanted)).await {
+                Ok(Some(kv)) => Some(decode(&kv)?),
+                Ok(None) => {
+                    return Err(forbidden(format!("no PriorityClass with name {wanted} was found")))
+                }
+                Err(err) => return Err(storage_error(classes, &wanted, err)),
+            }
+        };
+        let (class_name, value, policy) = match &class {
+            Some(class) => (
+                objects::name_of(class).to_owned(),
+                class["value"].as_i64().unwrap_or(0),
+                class["preemptionPolicy"].as_str().unwrap_or("PreemptLowerPriority").to_owned(),
+            ),
+            None => (String::new(), 0, "PreemptLowerPriority".to_owned()),
+        };
+        if let Some(given) = pod["spec"]["priority"].as_i64() {
+            if given != value {
+                return Err(forbidden(format!(
+                    "the integer value of priority ({given}) must not be provided in pod spec; priority admission controller computed {value} from the given PriorityClass name"
+                )));
+            }
+        }
+        if !class_name.is_empty() {
+            pod["spec"]["priorityClassName"] = json!(class_name);
+        }
+        pod["spec"]["priority"] = json!(value);
+        pod["spec"]["preemptionPolicy"] = json!(policy);
+        Ok(())
+    }
+
     /// The pod subresources: `binding` (what a scheduler posts) and `eviction` are served
     /// here; `log`, `exec`, `attach` and `portforward` are checked here (the pod, its
     /// container, its node) and then belong to the node agent running the pod.

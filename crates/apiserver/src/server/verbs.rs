@@ -268,6 +268,9 @@ impl Api {
         let resource = self.stored();
         let name =
             objects::prepare_create(resource, &mut object, self.target.namespace.as_deref())?;
+        if crate::strategy::of(resource).admits_priority() {
+            self.admit_priority(&name, &mut object).await?;
+        }
         objects::validate(resource, &object)?;
         self.record_manager(None, &mut object);
         self.namespace_ready().await?;
