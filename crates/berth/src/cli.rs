@@ -123,6 +123,8 @@ pub enum Command {
     Server(server::ServerArgs),
     /// Print the admin kubeconfig of a server.
     Kubeconfig(server::KubeconfigArgs),
+    /// Serve the Kubernetes CRI (v1) for a kubelet or crictl on a unix socket.
+    Cri(crate::cri::CriArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
@@ -166,5 +168,6 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Network(command) => containers::network(&global, command),
         Command::Server(args) => server::server(args),
         Command::Kubeconfig(args) => server::kubeconfig(args),
+        Command::Cri(args) => crate::cri::cri(&global, args),
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod containers;
+pub mod cri;
 pub mod demo;
 pub mod images;
 pub mod logging;
@@ -43,6 +44,13 @@ pub fn main() -> i32 {
             });
             berth_engine::monitor::main(&root, &id)
         }
+        Some("__task") if args.len() == 3 => {
+            if let Err(err) = runc::protect_binary() {
+                eprintln!("berth task: {err:#}");
+                return 1;
+            }
+            berth_task::shim::main(std::path::Path::new(&args[2]))
+        }
         Some("--version" | "-v" | "version") => {
             println!("berth version {}", env!("CARGO_PKG_VERSION"));
             0
@@ -80,14 +88,17 @@ const CRATES: &[&str] = &[
     "berth_cgroups",
     "berth_client",
     "berth_controllers",
+    "berth_cri",
     "berth_engine",
     "berth_image",
+    "berth_net",
     "berth_reconcile",
     "berth_runtime",
     "berth_scheduler",
     "berth_simnodes",
     "berth_store",
     "berth_sys",
+    "berth_task",
 ];
 
 fn init_logging(global: &cli::Global) {

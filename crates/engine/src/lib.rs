@@ -19,14 +19,15 @@
 pub mod attach;
 pub mod container;
 pub mod copy;
-pub mod logs;
 pub mod monitor;
 pub mod network;
 pub mod ops;
 pub mod options;
 pub mod spec;
-pub mod user;
 pub mod volume;
+
+/// Container logs in the CRI format live with the neutral supervision code.
+pub use berth_task::{logs, user};
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -67,10 +68,21 @@ pub enum Error {
     Image(#[from] berth_image::Error),
     #[error(transparent)]
     Cgroups(#[from] berth_cgroups::Error),
+    #[error(transparent)]
+    Task(berth_task::Error),
     #[error("network: {0}")]
     Network(String),
     #[error("{0}")]
     Other(String),
+}
+
+impl From<berth_task::Error> for Error {
+    fn from(err: berth_task::Error) -> Error {
+        match err {
+            berth_task::Error::Invalid { what, reason } => Error::Invalid { what, reason },
+            other => Error::Task(other),
+        }
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

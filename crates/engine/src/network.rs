@@ -8,7 +8,6 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -18,10 +17,8 @@ use serde_json::{json, Value};
 use crate::container::{NetworkState, PortBinding, Record, Status};
 use crate::options::{valid_volume_name, RunOptions};
 use crate::spec::NetNs;
-use crate::{invalid, io, sys, write_atomic, Engine, Error, Result};
+use crate::{invalid, io, write_atomic, Engine, Error, Result};
 
-/// Where Debian's `containernetworking-plugins` puts the plugins.
-pub const CNI_PATH: &str = "/usr/lib/cni";
 pub const DEFAULT_NETWORK: &str = "bridge";
 const DEFAULT_BRIDGE: &str = "berth0";
 const DEFAULT_SUBNET: &str = "10.88.0.0/16";
@@ -36,10 +33,6 @@ pub struct Network {
     pub created: String,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
-}
-
-fn cni_path() -> String {
-    std::env::var("BERTH_CNI_PATH").unwrap_or_else(|_| CNI_PATH.to_owned())
 }
 
 /// `10.88.0.0/16` → (`10.88.0.1`, prefix 16).
@@ -499,41 +492,17 @@ add element ip berth subnets {{ {} }}
 
     /// A new network namespace kept alive by a bind mount at `networks/netns/<id>`.
     fn make_netns(&self, id: &str) -> Result<PathBuf> {
-        let dir = self.networks_dir().join("netns");
-        std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
-        let path = dir.join(id);
-        if path.exists() {
-            remove_netns(&path);
-        }
-        File::create(&path).map_err(io("create", &path))?;
-        let target = path.clone();
-        // unshare(CLONE_NEWNET) changes only the calling thread: do it in a thread of its
-        // own, which ends right after the namespace is pinned.
-        let made = std::thread::spawn(move || -> Result<()> {
-            berth_sys::nix::sched::unshare(berth_sys::nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(sys("create a network namespace"))?;
-            berth_sys::nix::mount::mount(
-                Some("/proc/thread-self/ns/net"),
-                &target,
-                None::<&str>,
-                berth_sys::nix::mount::MsFlags::MS_BIND,
-                None::<&str>,
-            )
-            .map_err(sys(format!("pin the network namespace at {}", target.display())))
-        })
-        .join()
-        .map_err(|_| Error::Network("the namespace thread panicked".into()))?;
-        if let Err(err) = made {
-            let _ = std::fs::remove_file(&path);
-            return Err(err);
-        }
-        Ok(path)
+        let path = self.networks_dir().join("netns").join(id);
+        berth_net::netns::pin_net(&path).map_err(net)
     }
 }
 
 fn remove_netns(path: &Path) {
-    let _ = berth_sys::nix::mount::umount2(path, berth_sys::nix::mount::MntFlags::MNT_DETACH);
-    let _ = std::fs::remove_file(path);
+    berth_net::netns::unpin(path);
+}
+
+fn net(err: berth_net::Error) -> Error {
+    Error::Network(err.to_string())
 }
 
 fn bridge_conf(network: &Network, ipam_dir: &Path) -> Value {
@@ -554,56 +523,6 @@ fn bridge_conf(network: &Network, ipam_dir: &Path) -> Value {
     })
 }
 
-/// Runs a CNI plugin as the CNI spec says: the command in the environment, the network
-/// configuration on stdin, the result (or an error object) on stdout.
-fn run_plugin(
-    plugin: &str,
-    command: &str,
-    id: &str,
-    netns: &Path,
-    ifname: &str,
-    conf: &Value,
-) -> Result<Value> {
-    let path = cni_path();
-    let binary = Path::new(&path).join(plugin);
-    if !binary.exists() {
-        return Err(Error::Network(format!(
-            "the CNI plugin {} is missing; install Debian's containernetworking-plugins",
-            binary.display()
-        )));
-    }
-    let mut child = Command::new(&binary)
-        .env_clear()
-        .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", id)
-        .env("CNI_NETNS", netns)
-        .env("CNI_IFNAME", ifname)
-        .env("CNI_PATH", &path)
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(io("run", &binary))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        let _ = stdin.write_all(conf.to_string().as_bytes());
-    }
-    let output = child.wait_with_output().map_err(io("run", &binary))?;
-    let stdout: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
-    if !output.status.success() {
-        let message = stdout["msg"].as_str().map(str::to_owned).unwrap_or_else(|| {
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            )
-        });
-        let details = stdout["details"].as_str().map(|d| format!(" ({d})")).unwrap_or_default();
-        return Err(Error::Network(format!("CNI {plugin} {command}: {}{details}", message.trim())));
-    }
-    Ok(stdout)
-}
-
 fn cni(
     network: &Network,
     ipam_dir: &Path,
@@ -612,34 +531,32 @@ fn cni(
     netns: &Path,
     ifname: &str,
 ) -> Result<Value> {
-    run_plugin("bridge", command, id, netns, ifname, &bridge_conf(network, ipam_dir))
+    let who = berth_net::cni::Attachment {
+        container_id: id,
+        netns,
+        ifname,
+        args: &[],
+        runtime_config: &serde_json::Map::new(),
+    };
+    berth_net::cni::run_plugin("bridge", command, &who, &bridge_conf(network, ipam_dir))
+        .map_err(net)
 }
 
 fn cni_loopback(id: &str, netns: &Path) -> Result<()> {
     let conf = json!({"cniVersion": "1.0.0", "name": "lo", "type": "loopback"});
-    run_plugin("loopback", "ADD", id, netns, "lo", &conf).map(drop)
+    let who = berth_net::cni::Attachment {
+        container_id: id,
+        netns,
+        ifname: "lo",
+        args: &[],
+        runtime_config: &serde_json::Map::new(),
+    };
+    berth_net::cni::run_plugin("loopback", "ADD", &who, &conf).map(drop).map_err(net)
 }
 
 /// Applies an nftables script atomically.
 fn nft(script: &str) -> Result<()> {
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| Error::Network(format!("cannot run nft ({e}); install Debian's nftables")))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        let _ = stdin.write_all(script.as_bytes());
-    }
-    let output = child.wait_with_output().map_err(io("run", "nft"))?;
-    if !output.status.success() {
-        return Err(Error::Network(format!(
-            "nft failed: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        )));
-    }
-    Ok(())
+    berth_net::nft::apply(script).map_err(net)
 }
 
 fn free_port(protocol: &str) -> Result<u16> {

@@ -208,7 +208,7 @@ impl Engine {
             .unwrap_or_default();
         let passwd = user::read_from_layers(lowers, Path::new("/etc/passwd"));
         let group = user::read_from_layers(lowers, Path::new("/etc/group"));
-        user::resolve(&spec, passwd.as_deref(), group.as_deref())
+        Ok(user::resolve(&spec, passwd.as_deref(), group.as_deref())?)
     }
 
     // ----- start -----

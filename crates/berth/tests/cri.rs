@@ -1,0 +1,782 @@
+//! The CRI runtime end to end: `berth cri` on a private socket, driven by a client over the
+//! generated CRI v1 types the way `crictl` drives a runtime (runp, create, start, ps, pods,
+//! inspect, inspectp, logs, exec -s, stats, stop, rm, stopp, rmp, images, rmi,
+//! imagefsinfo, info), as root, inside a network namespace of the test's own with a CNI
+//! bridge configuration list of its own.
+
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)] // test code: failing loudly is the point
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::root_or_skip;
+use k8s_cri::v1 as cri;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use tonic::transport::Channel;
+use tonic::Code;
+
+const BERTH: &str = env!("CARGO_BIN_EXE_berth");
+const IMAGE: &str = "fixture:v1";
+
+struct Node {
+    dir: tempfile::TempDir,
+    server: Option<Child>,
+}
+
+impl Node {
+    /// A berth root with the fixture image, a CNI bridge list, in a network namespace of
+    /// this thread's own (every process it starts inherits it).
+    fn new() -> Node {
+        berth_sys::nix::sched::unshare(berth_sys::nix::sched::CloneFlags::CLONE_NEWNET)
+            .expect("unshare the network namespace");
+        let up = Command::new("ip").args(["link", "set", "lo", "up"]).status().expect("ip");
+        assert!(up.success());
+        let dir = tempfile::Builder::new().prefix("berth-cri-").tempdir().expect("tempdir");
+        let node = Node { dir, server: None };
+        let layout = node.path("layout");
+        berth_testkit::image::fixture_image(&layout, "v1").expect("fixture image");
+        let tar = node.path("fixture.tar");
+        let packed =
+            Command::new("tar").arg("-C").arg(&layout).arg("-cf").arg(&tar).arg(".").status();
+        assert!(packed.expect("tar").success());
+        let loaded = node.berth(&["load", "-i", tar.to_str().unwrap()]);
+        let id = loaded.trim().rsplit(' ').next().unwrap().to_owned();
+        node.berth(&["tag", &id, IMAGE]);
+        let net = node.path("net.d");
+        std::fs::create_dir_all(&net).unwrap();
+        let conf = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": "pods",
+            "plugins": [
+                {"type": "bridge", "bridge": "cri0", "isGateway": true, "ipMasq": false,
+                 "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.99.0.0/24"}]],
+                          "routes": [{"dst": "0.0.0.0/0"}],
+                          "dataDir": node.path("ipam")}},
+                {"type": "portmap", "capabilities": {"portMappings": true}}
+            ]
+        });
+        std::fs::write(net.join("10-pods.conflist"), conf.to_string()).unwrap();
+        node
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn root(&self) -> PathBuf {
+        self.path("root")
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.path("cri.sock")
+    }
+
+    fn berth(&self, args: &[&str]) -> String {
+        let output = Command::new(BERTH)
+            .env("BERTH_ROOT", self.root())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("berth");
+        assert!(
+            output.status.success(),
+            "berth {args:?}: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    fn start(&mut self) {
+        let _ = std::fs::remove_file(self.socket());
+        let log = std::fs::File::create(self.path("cri.log")).unwrap();
+        let child = Command::new(BERTH)
+            .env("BERTH_ROOT", self.root())
+            .arg("cri")
+            .arg("--listen")
+            .arg(format!("unix://{}", self.socket().display()))
+            .arg("--cni-conf-dir")
+            .arg(self.path("net.d"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("berth cri");
+        self.server = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.socket().exists() {
+            assert!(Instant::now() < deadline, "no socket: {}", self.server_log());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut child) = self.server.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn server_log(&self) -> String {
+        std::fs::read_to_string(self.path("cri.log")).unwrap_or_default()
+    }
+
+    async fn clients(&self) -> (RuntimeServiceClient<Channel>, ImageServiceClient<Channel>) {
+        let socket = self.socket();
+        let channel = tonic::transport::Endpoint::try_from("http://[::]:50051")
+            .unwrap()
+            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                let socket = socket.clone();
+                async move {
+                    let stream = tokio::net::UnixStream::connect(socket).await?;
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+                }
+            }))
+            .await
+            .expect("connect to the CRI socket");
+        (RuntimeServiceClient::new(channel.clone()), ImageServiceClient::new(channel))
+    }
+
+    /// Mounts under the berth root (overlays, pinned namespaces).
+    fn mounts_under_root(&self) -> Vec<String> {
+        let root = self.root().to_string_lossy().into_owned();
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+            .filter(|m| m.starts_with(&root))
+            .collect()
+    }
+
+    fn entries(&self, sub: &str) -> Vec<String> {
+        match std::fs::read_dir(self.root().join("cri").join(sub)) {
+            Ok(entries) => {
+                entries.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect()
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+        // Containers that a failed assertion left behind.
+        let _ = Command::new("pkill")
+            .arg("-f")
+            .arg(self.dir.path().to_string_lossy().as_ref())
+            .status();
+        for mount in self.mounts_under_root().into_iter().rev() {
+            let _ = berth_sys::nix::mount::umount2(
+                mount.as_str(),
+                berth_sys::nix::mount::MntFlags::MNT_DETACH,
+            );
+        }
+    }
+}
+
+fn sandbox_config(node: &Node, name: &str) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        hostname: format!("{name}-host"),
+        log_directory: node.path("logs").join(name).to_string_lossy().into_owned(),
+        labels: [("app".to_owned(), name.to_owned())].into(),
+        linux: Some(cri::LinuxPodSandboxConfig {
+            cgroup_parent: format!("/berth-cri-test/{name}"),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn container_config(name: &str, script: &str) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata { name: name.into(), attempt: 0 }),
+        image: Some(cri::ImageSpec { image: IMAGE.into(), ..Default::default() }),
+        command: vec!["sh".into(), "-c".into(), script.into()],
+        log_path: format!("{name}.log"),
+        labels: [("container".to_owned(), name.to_owned())].into(),
+        ..Default::default()
+    }
+}
+
+async fn run_container(
+    rt: &mut RuntimeServiceClient<Channel>,
+    sandbox: &str,
+    sandbox_config: &cri::PodSandboxConfig,
+    config: cri::ContainerConfig,
+) -> String {
+    let id = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: sandbox.into(),
+            config: Some(config),
+            sandbox_config: Some(sandbox_config.clone()),
+        })
+        .await
+        .expect("create")
+        .into_inner()
+        .container_id;
+    rt.start_container(cri::StartContainerRequest { container_id: id.clone() })
+        .await
+        .expect("start");
+    id
+}
+
+async fn status(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> cri::ContainerStatus {
+    rt.container_status(cri::ContainerStatusRequest { container_id: id.into(), verbose: true })
+        .await
+        .expect("container status")
+        .into_inner()
+        .status
+        .unwrap()
+}
+
+async fn exec(
+    rt: &mut RuntimeServiceClient<Channel>,
+    id: &str,
+    script: &str,
+) -> (String, String, i32) {
+    let out = rt
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: id.into(),
+            cmd: vec!["sh".into(), "-c".into(), script.into()],
+            timeout: 10,
+        })
+        .await
+        .expect("exec sync")
+        .into_inner();
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.exit_code,
+    )
+}
+
+async fn wait_state(
+    rt: &mut RuntimeServiceClient<Channel>,
+    id: &str,
+    state: cri::ContainerState,
+) -> cri::ContainerStatus {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = status(rt, id).await;
+        if s.state == state as i32 {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "container {id} never reached {state:?}: {s:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    // One thread: the network namespace of the test is this thread's.
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(future)
+}
+
+#[test]
+fn root_a_pod_lives_its_whole_life_through_cri() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut node = Node::new();
+    node.start();
+    block_on(async {
+        let (mut rt, mut images) = node.clients().await;
+        // info, version
+        let version =
+            rt.version(cri::VersionRequest { version: "v1".into() }).await.unwrap().into_inner();
+        assert_eq!(
+            (version.runtime_name.as_str(), version.runtime_api_version.as_str()),
+            ("berth", "v1")
+        );
+        let info = rt.status(cri::StatusRequest { verbose: false }).await.unwrap().into_inner();
+        let conditions = info.status.unwrap().conditions;
+        assert!(conditions.iter().all(|c| c.status), "runtime and network ready: {conditions:?}");
+        // images, imagefsinfo
+        let listed = images
+            .list_images(cri::ListImagesRequest { filter: None })
+            .await
+            .unwrap()
+            .into_inner()
+            .images;
+        let fixture = listed
+            .iter()
+            .find(|i| i.repo_tags.iter().any(|t| t.contains("fixture:v1")))
+            .expect("the fixture image is listed");
+        assert!(fixture.id.starts_with("sha256:") && fixture.size > 0, "{fixture:?}");
+        let missing = images
+            .image_status(cri::ImageStatusRequest {
+                image: Some(cri::ImageSpec { image: "nothere:v9".into(), ..Default::default() }),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(missing.image.is_none(), "a missing image has no status, and no error");
+        let fs = images.image_fs_info(cri::ImageFsInfoRequest {}).await.unwrap().into_inner();
+        assert!(fs.image_filesystems[0].used_bytes.as_ref().unwrap().value > 0);
+
+        // runp
+        let pod = sandbox_config(&node, "web");
+        let sandbox = rt
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(pod.clone()),
+                runtime_handler: String::new(),
+            })
+            .await
+            .expect("runp")
+            .into_inner()
+            .pod_sandbox_id;
+        let duplicate = rt
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(pod.clone()),
+                runtime_handler: String::new(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(duplicate.code(), Code::AlreadyExists, "{duplicate:?}");
+        let inspectp = rt
+            .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: sandbox.clone(),
+                verbose: true,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let pod_status = inspectp.status.unwrap();
+        assert_eq!(pod_status.state, cri::PodSandboxState::SandboxReady as i32);
+        let ip = pod_status.network.unwrap().ip;
+        assert!(ip.starts_with("10.99.0."), "the CNI address: {ip:?}");
+        assert!(
+            pod_status.created_at > 1_600_000_000_000_000_000,
+            "nanoseconds: {}",
+            pod_status.created_at
+        );
+
+        // create + start two containers in the pod
+        let web = run_container(
+            &mut rt,
+            &sandbox,
+            &pod,
+            container_config("web", "echo hello; echo oops >&2; sleep 1000"),
+        )
+        .await;
+        let side =
+            run_container(&mut rt, &sandbox, &pod, container_config("side", "sleep 1000")).await;
+        let web_status = wait_state(&mut rt, &web, cri::ContainerState::ContainerRunning).await;
+        assert!(web_status.started_at >= web_status.created_at && web_status.created_at > 0);
+        assert_eq!(web_status.image.unwrap().image, IMAGE);
+        assert!(web_status.image_ref.starts_with("sha256:"));
+        let pods = rt
+            .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+            .await
+            .unwrap()
+            .into_inner()
+            .items;
+        assert_eq!(pods.len(), 1);
+        let ps = rt
+            .list_containers(cri::ListContainersRequest { filter: None })
+            .await
+            .unwrap()
+            .into_inner()
+            .containers;
+        assert_eq!(ps.len(), 2);
+        assert!(ps.iter().all(|c| c.state == cri::ContainerState::ContainerRunning as i32
+            && c.pod_sandbox_id == sandbox));
+        let only_side = rt
+            .list_containers(cri::ListContainersRequest {
+                filter: Some(cri::ContainerFilter {
+                    label_selector: [("container".to_owned(), "side".to_owned())].into(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .containers;
+        assert_eq!(only_side.iter().map(|c| c.id.clone()).collect::<Vec<_>>(), vec![side.clone()]);
+
+        // the pod's containers share network, IPC and UTS; each has its own PID namespace
+        let ns = "for n in net ipc uts pid; do readlink /proc/self/ns/$n; done";
+        let (web_ns, _, code) = exec(&mut rt, &web, ns).await;
+        assert_eq!(code, 0);
+        let (side_ns, _, _) = exec(&mut rt, &side, ns).await;
+        let (web_ns, side_ns): (Vec<&str>, Vec<&str>) =
+            (web_ns.lines().collect(), side_ns.lines().collect());
+        assert_eq!(web_ns[..3], side_ns[..3], "net, ipc and uts are the pod's");
+        assert_ne!(web_ns[3], side_ns[3], "pid namespaces are the containers' own");
+        let (hostname, _, _) = exec(&mut rt, &side, "hostname; cat /etc/hostname").await;
+        assert_eq!(hostname, "web-host\nweb-host\n");
+        let (ips, _, _) = exec(&mut rt, &web, "ip -4 -o addr show eth0 || ifconfig eth0").await;
+        assert!(ips.contains(&ip), "eth0 has the pod's address {ip}: {ips}");
+        // the host reaches the pod's address, and a pod's containers reach each other on
+        // localhost
+        let server = run_container(
+            &mut rt,
+            &sandbox,
+            &pod,
+            container_config("server", "while true; do echo pong | nc -l -p 8080; done"),
+        )
+        .await;
+        let reply = {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                use std::io::Read;
+                let mut text = String::new();
+                if let Ok(mut stream) = std::net::TcpStream::connect((ip.as_str(), 8080)) {
+                    let _ = stream.read_to_string(&mut text);
+                }
+                if text.contains("pong") || Instant::now() > deadline {
+                    break text;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        assert_eq!(reply, "pong\n", "the host reaches {ip}:8080");
+        let (local, _, _) = exec(&mut rt, &side, "nc 127.0.0.1 8080 </dev/null").await;
+        assert_eq!(local, "pong\n", "the side container reaches the server on localhost");
+        rt.stop_container(cri::StopContainerRequest { container_id: server.clone(), timeout: 0 })
+            .await
+            .unwrap();
+
+        // exec -s: exit codes and timeouts
+        let (_, stderr, code) = exec(&mut rt, &web, "echo err >&2; exit 3").await;
+        assert_eq!((stderr.as_str(), code), ("err\n", 3));
+        let timeout = rt
+            .exec_sync(cri::ExecSyncRequest {
+                container_id: web.clone(),
+                cmd: vec!["sleep".into(), "30".into()],
+                timeout: 1,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(timeout.code(), Code::DeadlineExceeded, "{timeout:?}");
+
+        // logs: the CRI format, in the sandbox's log directory
+        let log = Path::new(&pod.log_directory).join("web.log");
+        assert_eq!(web_status.log_path, log.to_string_lossy());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let text = loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("oops") || Instant::now() > deadline {
+                break text;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines.iter().any(|l| l.ends_with(" stdout F hello")), "{text}");
+        assert!(lines.iter().any(|l| l.ends_with(" stderr F oops")), "{text}");
+        // ReopenContainerLog: a rotated file is replaced by a new one
+        std::fs::rename(&log, log.with_extension("log.1")).unwrap();
+        rt.reopen_container_log(cri::ReopenContainerLogRequest { container_id: web.clone() })
+            .await
+            .unwrap();
+        assert!(log.exists(), "the log file is reopened");
+
+        // stats
+        let stats = rt
+            .container_stats(cri::ContainerStatsRequest { container_id: web.clone() })
+            .await
+            .unwrap()
+            .into_inner()
+            .stats
+            .unwrap();
+        assert!(stats.memory.unwrap().usage_bytes.unwrap().value > 0);
+        assert!(stats.cpu.unwrap().usage_core_nano_seconds.unwrap().value > 0);
+        let all = rt
+            .list_container_stats(cri::ListContainerStatsRequest { filter: None })
+            .await
+            .unwrap()
+            .into_inner()
+            .stats;
+        assert_eq!(all.len(), 2, "the running ones: web and side");
+
+        // a container that ends by itself
+        let done = run_container(&mut rt, &sandbox, &pod, container_config("done", "exit 0")).await;
+        let done_status = wait_state(&mut rt, &done, cri::ContainerState::ContainerExited).await;
+        assert_eq!((done_status.exit_code, done_status.reason.as_str()), (0, "Completed"));
+        assert!(done_status.finished_at >= done_status.started_at);
+        let failed =
+            run_container(&mut rt, &sandbox, &pod, container_config("failed", "exit 7")).await;
+        let failed_status =
+            wait_state(&mut rt, &failed, cri::ContainerState::ContainerExited).await;
+        assert_eq!((failed_status.exit_code, failed_status.reason.as_str()), (7, "Error"));
+
+        // stop: SIGTERM, which sh as PID 1 ignores, then SIGKILL after the timeout
+        let begun = Instant::now();
+        rt.stop_container(cri::StopContainerRequest { container_id: web.clone(), timeout: 1 })
+            .await
+            .expect("stop");
+        assert!(begun.elapsed() >= Duration::from_millis(900));
+        let stopped = status(&mut rt, &web).await;
+        assert_eq!(
+            (stopped.state, stopped.exit_code),
+            (cri::ContainerState::ContainerExited as i32, 137)
+        );
+        rt.stop_container(cri::StopContainerRequest { container_id: web.clone(), timeout: 1 })
+            .await
+            .expect("stopping twice is fine");
+        rt.remove_container(cri::RemoveContainerRequest { container_id: web.clone() })
+            .await
+            .expect("rm");
+        rt.remove_container(cri::RemoveContainerRequest { container_id: web.clone() })
+            .await
+            .expect("removing twice is fine");
+        let gone = rt
+            .container_status(cri::ContainerStatusRequest {
+                container_id: web.clone(),
+                verbose: false,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(gone.code(), Code::NotFound);
+
+        // stopp, rmp: idempotent, and nothing is left
+        rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: sandbox.clone() })
+            .await
+            .expect("stopp");
+        rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: sandbox.clone() })
+            .await
+            .expect("stopp twice");
+        let side_status = status(&mut rt, &side).await;
+        assert_eq!(
+            side_status.state,
+            cri::ContainerState::ContainerExited as i32,
+            "stopp stops the pod's containers"
+        );
+        let notready = rt
+            .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: sandbox.clone(),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(notready.status.unwrap().state, cri::PodSandboxState::SandboxNotready as i32);
+        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: sandbox.clone() })
+            .await
+            .expect("rmp");
+        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: sandbox.clone() })
+            .await
+            .expect("rmp twice");
+        assert!(rt
+            .list_containers(cri::ListContainersRequest { filter: None })
+            .await
+            .unwrap()
+            .into_inner()
+            .containers
+            .is_empty());
+        assert!(node.entries("sandboxes").is_empty() && node.entries("containers").is_empty());
+        assert!(
+            node.mounts_under_root().is_empty(),
+            "left mounted: {:?}",
+            node.mounts_under_root()
+        );
+        let ipam: Vec<_> = std::fs::read_dir(node.path("ipam").join("pods"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(
+            ipam.iter().all(|n| n.to_string_lossy().starts_with("last_reserved") || n == "lock"),
+            "the address is released: {ipam:?}"
+        );
+
+        // rmi of a missing image is fine
+        images
+            .remove_image(cri::RemoveImageRequest {
+                image: Some(cri::ImageSpec { image: "nothere:v9".into(), ..Default::default() }),
+            })
+            .await
+            .expect("rmi of a missing image");
+    });
+}
+
+#[test]
+fn root_bad_requests_get_cri_codes_and_leave_nothing_behind() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut node = Node::new();
+    node.start();
+    block_on(async {
+        let (mut rt, _) = node.clients().await;
+        let pod = sandbox_config(&node, "bad");
+        let sandbox = rt
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(pod.clone()),
+                runtime_handler: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .pod_sandbox_id;
+        let before_mounts = node.mounts_under_root();
+        let create = |config: cri::ContainerConfig, sandbox: &str| cri::CreateContainerRequest {
+            pod_sandbox_id: sandbox.into(),
+            config: Some(config),
+            sandbox_config: Some(pod.clone()),
+        };
+        let unknown = rt
+            .create_container(create(container_config("a", "true"), "0123456789abcdef"))
+            .await
+            .unwrap_err();
+        assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
+        let mut missing_image = container_config("b", "true");
+        missing_image.image =
+            Some(cri::ImageSpec { image: "nothere:v9".into(), ..Default::default() });
+        let err = rt.create_container(create(missing_image, &sandbox)).await.unwrap_err();
+        assert_eq!(err.code(), Code::NotFound, "{err:?}");
+        let mut bad_mount = container_config("c", "true");
+        bad_mount.mounts = vec![cri::Mount {
+            container_path: "relative".into(),
+            host_path: "/tmp".into(),
+            ..Default::default()
+        }];
+        let err = rt.create_container(create(bad_mount, &sandbox)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        let mut inside_root = container_config("d", "true");
+        inside_root.mounts = vec![cri::Mount {
+            container_path: "/state".into(),
+            host_path: node.root().to_string_lossy().into(),
+            ..Default::default()
+        }];
+        let err = rt.create_container(create(inside_root, &sandbox)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        let mut no_metadata = container_config("e", "true");
+        no_metadata.metadata = None;
+        let err = rt.create_container(create(no_metadata, &sandbox)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(
+            node.entries("containers").is_empty(),
+            "failed creates leave no state: {:?}",
+            node.entries("containers")
+        );
+        assert_eq!(node.mounts_under_root(), before_mounts, "failed creates leave no mounts");
+        // a duplicate name
+        rt.create_container(create(container_config("f", "sleep 100"), &sandbox)).await.unwrap();
+        let err = rt
+            .create_container(create(container_config("f", "sleep 100"), &sandbox))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+        let err = rt
+            .start_container(cri::StartContainerRequest { container_id: "ffffffffffff".into() })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::NotFound);
+        let err = rt
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(cri::PodSandboxConfig::default()),
+                runtime_handler: String::new(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        // a created (never started) container is removed with its pod
+        rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: sandbox.clone() })
+            .await
+            .unwrap();
+        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: sandbox.clone() })
+            .await
+            .unwrap();
+        assert!(node.entries("sandboxes").is_empty() && node.entries("containers").is_empty());
+        assert!(
+            node.mounts_under_root().is_empty(),
+            "left mounted: {:?}",
+            node.mounts_under_root()
+        );
+    });
+}
+
+#[test]
+fn root_cri_state_survives_kill_9_of_the_server() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut node = Node::new();
+    node.start();
+    let pods = 10;
+    let before = block_on(async {
+        let (mut rt, _) = node.clients().await;
+        let mut pids = Vec::new();
+        for n in 0..pods {
+            let pod = sandbox_config(&node, &format!("p{n}"));
+            let sandbox = rt
+                .run_pod_sandbox(cri::RunPodSandboxRequest {
+                    config: Some(pod.clone()),
+                    runtime_handler: String::new(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .pod_sandbox_id;
+            let id =
+                run_container(&mut rt, &sandbox, &pod, container_config("app", "sleep 1000")).await;
+            let info = rt
+                .container_status(cri::ContainerStatusRequest {
+                    container_id: id.clone(),
+                    verbose: true,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .info;
+            let pid = serde_json::from_str::<serde_json::Value>(&info["info"]).unwrap()["pid"]
+                .as_i64()
+                .unwrap();
+            pids.push((id, pid));
+        }
+        pids
+    });
+    node.kill9();
+    node.start();
+    block_on(async {
+        let (mut rt, _) = node.clients().await;
+        let ps = rt
+            .list_containers(cri::ListContainersRequest { filter: None })
+            .await
+            .unwrap()
+            .into_inner()
+            .containers;
+        assert_eq!(ps.len(), pods);
+        assert!(
+            ps.iter().all(|c| c.state == cri::ContainerState::ContainerRunning as i32),
+            "{ps:?}"
+        );
+        let sandboxes = rt
+            .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+            .await
+            .unwrap()
+            .into_inner()
+            .items;
+        assert_eq!(sandboxes.len(), pods);
+        assert!(sandboxes.iter().all(|s| s.state == cri::PodSandboxState::SandboxReady as i32));
+        for (id, pid) in &before {
+            let s = status(&mut rt, id).await;
+            assert_eq!(s.state, cri::ContainerState::ContainerRunning as i32);
+            let alive = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            assert!(
+                alive.starts_with("sleep"),
+                "container {id}'s process {pid} runs on, not restarted"
+            );
+        }
+        for sandbox in sandboxes {
+            rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: sandbox.id.clone() })
+                .await
+                .unwrap();
+            rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: sandbox.id })
+                .await
+                .unwrap();
+        }
+        assert!(node.mounts_under_root().is_empty());
+    });
+}

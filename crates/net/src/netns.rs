@@ -1,0 +1,132 @@
+//! Namespaces that outlive every process in them: each is made by a short-lived thread
+//! (`unshare` of a network, IPC or UTS namespace changes only the calling thread) and kept
+//! by a bind mount of `/proc/thread-self/ns/<kind>` on a file. Processes join them by path.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use berth_sys::nix::mount::{mount, umount2, MntFlags, MsFlags};
+use berth_sys::nix::sched::CloneFlags;
+
+use crate::{io, sys, Error, Result};
+
+/// A kind of namespace that can be pinned without a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Net,
+    Ipc,
+    Uts,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Net => "net",
+            Kind::Ipc => "ipc",
+            Kind::Uts => "uts",
+        }
+    }
+
+    fn flag(self) -> CloneFlags {
+        match self {
+            Kind::Net => CloneFlags::CLONE_NEWNET,
+            Kind::Ipc => CloneFlags::CLONE_NEWIPC,
+            Kind::Uts => CloneFlags::CLONE_NEWUTS,
+        }
+    }
+}
+
+/// What to make: the kinds, each pinned at `dir/<kind>`, and the UTS namespace's hostname.
+#[derive(Debug, Clone, Default)]
+pub struct Request<'a> {
+    pub kinds: &'a [Kind],
+    pub hostname: Option<&'a str>,
+}
+
+/// Makes new namespaces of the kinds asked, pinned at `dir/<kind>`; returns the paths in
+/// the order asked. On failure nothing is left pinned.
+pub fn pin(dir: &Path, request: &Request<'_>) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+    let mut paths = Vec::new();
+    for kind in request.kinds {
+        let path = dir.join(kind.name());
+        if path.exists() {
+            unpin(&path);
+        }
+        File::create(&path).map_err(io("create", &path))?;
+        paths.push(path);
+    }
+    let kinds: Vec<Kind> = request.kinds.to_vec();
+    let targets = paths.clone();
+    let hostname = request.hostname.map(str::to_owned);
+    let made = std::thread::spawn(move || -> Result<()> {
+        let flags = kinds.iter().fold(CloneFlags::empty(), |all, k| all | k.flag());
+        berth_sys::nix::sched::unshare(flags).map_err(sys("create namespaces"))?;
+        if let Some(name) = &hostname {
+            if kinds.contains(&Kind::Uts) {
+                berth_sys::nix::unistd::sethostname(name)
+                    .map_err(sys(format!("set the hostname {name:?}")))?;
+            }
+        }
+        for (kind, target) in kinds.iter().zip(&targets) {
+            let source = format!("/proc/thread-self/ns/{}", kind.name());
+            mount(Some(source.as_str()), target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+                .map_err(sys(format!("pin the namespace at {}", target.display())))?;
+        }
+        Ok(())
+    })
+    .join()
+    .map_err(|_| Error::Failed("the namespace thread panicked".into()))?;
+    if let Err(err) = made {
+        for path in &paths {
+            unpin(path);
+        }
+        return Err(err);
+    }
+    Ok(paths)
+}
+
+/// Makes one new network namespace pinned at `path` (its parent directory is created).
+pub fn pin_net(path: &Path) -> Result<PathBuf> {
+    let dir =
+        path.parent().ok_or_else(|| Error::Failed(format!("{} has no parent", path.display())))?;
+    std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+    if path.exists() {
+        unpin(path);
+    }
+    File::create(path).map_err(io("create", path))?;
+    let target = path.to_owned();
+    let made = std::thread::spawn(move || -> Result<()> {
+        berth_sys::nix::sched::unshare(CloneFlags::CLONE_NEWNET)
+            .map_err(sys("create a network namespace"))?;
+        mount(
+            Some("/proc/thread-self/ns/net"),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(sys(format!("pin the network namespace at {}", target.display())))
+    })
+    .join()
+    .map_err(|_| Error::Failed("the namespace thread panicked".into()))?;
+    if let Err(err) = made {
+        let _ = std::fs::remove_file(path);
+        return Err(err);
+    }
+    Ok(path.to_owned())
+}
+
+/// Releases a pinned namespace (it ends when no process is left in it) and removes the
+/// file. Safe to call on a path that was never pinned or is already gone.
+pub fn unpin(path: &Path) {
+    while umount2(path, MntFlags::MNT_DETACH).is_ok() {}
+    let _ = std::fs::remove_file(path);
+}
+
+/// Whether something is mounted on the file (a pinned namespace).
+pub fn is_pinned(path: &Path) -> bool {
+    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let wanted = path.to_string_lossy();
+    mountinfo.lines().any(|line| line.split(' ').nth(4) == Some(wanted.as_ref()))
+}
