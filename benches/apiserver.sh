@@ -28,7 +28,7 @@ run() {
   local dir=$work/$name
   # A non-admin caller for the RBAC figures (see apiload's last phase).
   mkdir -p "$dir" && echo 'bench-user-token,bench,1000,"bench"' > "$dir/tokens.csv"
-  "$berth" server --data-dir "$dir" --https-listen-port 0 --bind-address 127.0.0.1 "$@" 2>/dev/null &
+  "$berth" server --disable-agent --data-dir "$dir" --https-listen-port 0 --bind-address 127.0.0.1 "$@" 2>/dev/null &
   server_pid=$!
   for _ in $(seq 100); do [ -f "$dir/kubeconfig" ] && break; sleep 0.1; done
   sleep 2

@@ -19,7 +19,7 @@ cleanup() {
   true
 }
 trap cleanup EXIT
-"$berth" server --data-dir "$work" --https-listen-port 0 --bind-address 127.0.0.1 \
+"$berth" server --disable-agent --data-dir "$work" --https-listen-port 0 --bind-address 127.0.0.1 \
   --simulate-nodes "$nodes" --simulated-lease-interval-seconds 300 \
   --simulated-node-capacity cpu=4,memory=32Gi,pods=110 2>/dev/null &
 server_pid=$!

@@ -166,7 +166,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Rename(args) => containers::rename(&global, args),
         Command::Volume(command) => containers::volume(&global, command),
         Command::Network(command) => containers::network(&global, command),
-        Command::Server(args) => server::server(args),
+        Command::Server(args) => server::server(&global, args),
         Command::Kubeconfig(args) => server::kubeconfig(args),
         Command::Cri(args) => crate::cri::cri(&global, args),
     }

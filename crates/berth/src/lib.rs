@@ -83,6 +83,7 @@ pub fn main() -> i32 {
 /// Every crate of the workspace, by its name in log targets.
 const CRATES: &[&str] = &[
     "berth",
+    "berth_agent",
     "berth_api",
     "berth_apiserver",
     "berth_cgroups",

@@ -21,9 +21,28 @@ pub struct ServerArgs {
     /// The admin bearer token (default: made once and kept in DATA_DIR/token).
     #[arg(long, env = "BERTH_TOKEN")]
     pub token: Option<String>,
-    /// Run without the node agent (accepted for k3s compatibility: there is no agent yet).
+    /// Run without the node agent (as k3s's `server --disable-agent`): no Node for this
+    /// machine, no pods run here.
     #[arg(long = "disable-agent")]
     pub disable_agent: bool,
+    /// The agent's Node name (default: this machine's hostname).
+    #[arg(long = "node-name", env = "BERTH_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// The agent's node address (default: the address of the default route, else 127.0.0.1).
+    #[arg(long = "node-ip")]
+    pub node_ip: Option<String>,
+    /// The CRI runtime the agent drives (unix:///PATH): berth's own, in this process, when
+    /// not given; containerd's `unix:///run/containerd/containerd.sock` works as well.
+    #[arg(long = "container-runtime-endpoint")]
+    pub container_runtime_endpoint: Option<String>,
+    /// Where the in-process CRI reads its CNI configuration lists (default:
+    /// DATA_DIR/agent/cni, where a bridge network for 10.42.0.0/24 is written if empty).
+    #[arg(long = "cni-conf-dir")]
+    pub cni_conf_dir: Option<PathBuf>,
+    /// The first delay before a crashed container is restarted; it doubles per restart up
+    /// to 30 times this (the kubelet's 10 s .. 5 min).
+    #[arg(long = "container-restart-backoff-ms", default_value_t = 10_000)]
+    pub container_restart_backoff_ms: u64,
     /// Run without the controllers (garbage collector, namespace and service-account
     /// controllers), as k3s's flag does.
     #[arg(long = "disable-controller-manager")]
@@ -76,8 +95,9 @@ pub struct KubeconfigArgs {
     pub group: Option<String>,
 }
 
-pub fn server(args: ServerArgs) -> Result<i32> {
+pub fn server(global: &crate::cli::Global, args: ServerArgs) -> Result<i32> {
     let simulated = simulated_nodes(&args)?;
+    let agent = agent_setup(global, &args)?;
     let config = berth_apiserver::server::Config {
         data_dir: args.data_dir,
         bind_address: args.bind_address,
@@ -139,6 +159,26 @@ pub fn server(args: ServerArgs) -> Result<i32> {
             loops.spawn(berth_simnodes::run(nodes.clone(), config));
             informers.push(nodes);
         }
+        if let Some((agent_config, cri)) = agent {
+            if let Some((node, socket)) = cri {
+                let stop = shutdown.clone();
+                loops.spawn(async move {
+                    if let Err(err) =
+                        berth_cri::serve(node, &socket, async move { stop.cancelled().await }).await
+                    {
+                        eprintln!("berth server: the CRI runtime stopped: {err}");
+                    }
+                });
+            }
+            let client = berth_client::in_process(
+                server.handler(),
+                berth_api::identity::User::node(&agent_config.node_name),
+            );
+            let agent =
+                std::sync::Arc::new(berth_reconcile::Informers::new(client, shutdown.clone()));
+            loops.spawn(berth_agent::run(agent.clone(), agent_config));
+            informers.push(agent);
+        }
         loops.close();
         server.serve().await.map_err(|err| anyhow::anyhow!("{err}"))?;
         if let Some(controllers) = controllers {
@@ -157,6 +197,81 @@ pub fn server(args: ServerArgs) -> Result<i32> {
         eprintln!("berth server: stopped");
         Ok(0)
     })
+}
+
+type InProcessCri = Option<(std::sync::Arc<berth_cri::Node>, PathBuf)>;
+
+/// The node agent's settings, and the in-process CRI it drives unless told to use another
+/// runtime; `None` with `--disable-agent`.
+fn agent_setup(
+    global: &crate::cli::Global,
+    args: &ServerArgs,
+) -> Result<Option<(berth_agent::Config, InProcessCri)>> {
+    if args.disable_agent {
+        return Ok(None);
+    }
+    let dir = args.data_dir.join("agent");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let node_name = match &args.node_name {
+        Some(name) => name.clone(),
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_lowercase())
+            .unwrap_or_else(|_| "berth".into()),
+    };
+    let (socket, cri) = match &args.container_runtime_endpoint {
+        Some(endpoint) => (berth_agent::cri::socket_of(endpoint), None),
+        None => {
+            let cni_conf_dir = match &args.cni_conf_dir {
+                Some(dir) => dir.clone(),
+                None => default_cni(&dir)?,
+            };
+            let node = berth_cri::Node::open(berth_cri::Config {
+                root: global.root.clone(),
+                cni_conf_dir,
+                exe: PathBuf::from("/proc/self/exe"),
+                insecure_registries: global.insecure_registries.clone(),
+            })
+            .map_err(anyhow::Error::msg)
+            .context("cannot open the CRI state")?;
+            let socket = dir.join("cri.sock");
+            (socket.clone(), Some((std::sync::Arc::new(node), socket)))
+        }
+    };
+    let config = berth_agent::Config {
+        node_name,
+        runtime_socket: socket,
+        root: dir.clone(),
+        log_dir: dir.join("logs"),
+        restart_backoff: std::time::Duration::from_millis(args.container_restart_backoff_ms),
+        node_ip: args.node_ip.clone().unwrap_or_else(berth_agent::default_node_ip),
+        lease_interval: std::time::Duration::from_secs(10),
+        labels: std::collections::BTreeMap::new(),
+    };
+    Ok(Some((config, cri)))
+}
+
+/// The pod network of a single-node server: a bridge with host-local addresses in
+/// 10.42.0.0/24 and port mappings, written once into DATA_DIR/agent/cni.
+fn default_cni(agent_dir: &std::path::Path) -> Result<PathBuf> {
+    let dir = agent_dir.join("cni");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let empty = std::fs::read_dir(&dir).map(|mut d| d.next().is_none()).unwrap_or(true);
+    if empty {
+        let conf = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": "berth-pods",
+            "plugins": [
+                {"type": "bridge", "bridge": "berthpods0", "isGateway": true, "ipMasq": false, "hairpinMode": true,
+                 "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.42.0.0/24"}]],
+                          "routes": [{"dst": "0.0.0.0/0"}], "dataDir": agent_dir.join("ipam")}},
+                {"type": "portmap", "capabilities": {"portMappings": true}}
+            ]
+        });
+        let path = dir.join("10-berth.conflist");
+        std::fs::write(&path, serde_json::to_vec_pretty(&conf)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(dir)
 }
 
 /// The simulated nodes' settings from the flags; `None` without `--simulate-nodes`.

@@ -40,6 +40,7 @@ impl Server {
         command
             .args([
                 "server",
+                "--disable-agent",
                 "--https-listen-port",
                 "0",
                 "--bind-address",

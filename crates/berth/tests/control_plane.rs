@@ -24,7 +24,14 @@ impl Server {
     fn start(dir: &Path) -> Server {
         let _ = std::fs::remove_file(dir.join("kubeconfig"));
         let child = Command::new(BERTH)
-            .args(["server", "--https-listen-port", "0", "--bind-address", "127.0.0.1"])
+            .args([
+                "server",
+                "--disable-agent",
+                "--https-listen-port",
+                "0",
+                "--bind-address",
+                "127.0.0.1",
+            ])
             .args(["--shutdown-grace-period", "5", "--data-dir"])
             .arg(dir)
             .stdout(Stdio::null())
@@ -295,7 +302,14 @@ async fn a_store_at_its_quota_still_deletes_and_recovers() {
     let mut server = {
         let _ = std::fs::remove_file(small.join("kubeconfig"));
         let child = Command::new(BERTH)
-            .args(["server", "--https-listen-port", "0", "--bind-address", "127.0.0.1"])
+            .args([
+                "server",
+                "--disable-agent",
+                "--https-listen-port",
+                "0",
+                "--bind-address",
+                "127.0.0.1",
+            ])
             .args(["--compaction-interval-seconds", "1", "--data-dir"])
             .arg(&small)
             .stdout(Stdio::null())

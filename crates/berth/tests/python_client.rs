@@ -44,7 +44,15 @@ fn the_python_client_drives_the_api() {
     let python = python_with_client();
     let dir = tempfile::Builder::new().prefix("berth-python-").tempdir().unwrap();
     let mut server = Command::new(BERTH)
-        .args(["server", "--https-listen-port", "0", "--bind-address", "127.0.0.1", "--data-dir"])
+        .args([
+            "server",
+            "--disable-agent",
+            "--https-listen-port",
+            "0",
+            "--bind-address",
+            "127.0.0.1",
+            "--data-dir",
+        ])
         .arg(dir.path())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

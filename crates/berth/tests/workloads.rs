@@ -45,6 +45,7 @@ impl Server {
         let child = Command::new(BERTH)
             .args([
                 "server",
+                "--disable-agent",
                 "--https-listen-port",
                 "0",
                 "--bind-address",

@@ -1,0 +1,363 @@
+//! berth's node agent, the kubelet's part: it registers its Node (capacity, addresses,
+//! node info, conditions) and renews its Lease, runs the pods bound to it through a CRI
+//! runtime (sandbox, init containers in order, containers, restarts with back-off,
+//! volumes, environment), writes their status back, and finishes their deletion. It
+//! speaks to containers only through CRI (`k8s-cri`'s clients on a unix socket), so it
+//! drives berth's CRI or containerd's alike, and knows nothing of namespaces or mounts.
+//!
+//! Every loop is level-triggered over the API's caches and the runtime's own listing: a
+//! restarted agent adopts the pods it finds running and removes sandboxes whose pods are
+//! gone.
+
+pub mod cri;
+pub mod pods;
+pub mod volumes;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_reconcile::{Action, Cache, Informers, Queue};
+use k8s_cri::v1 as k8s_cri_v1;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::reflector::ObjectRef;
+use serde_json::json;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub node_name: String,
+    /// The CRI runtime's socket.
+    pub runtime_socket: PathBuf,
+    /// The agent's own state: pods' volumes under `pods/<uid>/`.
+    pub root: PathBuf,
+    /// Where the pods' container logs go (`<ns>_<name>_<uid>/<container>/<n>.log`).
+    pub log_dir: PathBuf,
+    /// The first restart back-off (the kubelet's 10 s); it doubles per restart, up to 30×.
+    pub restart_backoff: Duration,
+    /// The node's address (InternalIP), and the pods' hostIP.
+    pub node_ip: String,
+    pub lease_interval: Duration,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Config {
+    pub fn pod_dir(&self, uid: &str) -> PathBuf {
+        self.root.join("pods").join(uid)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{action}: {source}")]
+    Api {
+        action: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("{action}: {message}")]
+    Runtime { action: String, message: String },
+}
+
+/// The address this machine reaches others from, without sending anything (a UDP
+/// socket's connect only picks the route); loopback when there is no route.
+pub fn default_node_ip() -> String {
+    std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| s.connect("10.255.255.255:9").map(|_| s))
+        .and_then(|s| s.local_addr())
+        .map(|a| a.ip().to_string())
+        .unwrap_or_else(|_| "127.0.0.1".into())
+}
+
+struct CacheSources {
+    config_maps: Arc<Cache<ConfigMap>>,
+    secrets: Arc<Cache<Secret>>,
+    namespace: String,
+}
+
+impl volumes::Sources for CacheSources {
+    fn config_map(&self, name: &str) -> Option<ConfigMap> {
+        self.config_maps
+            .store()
+            .get(&ObjectRef::new(name).within(&self.namespace))
+            .map(|c| (*c).clone())
+    }
+
+    fn secret(&self, name: &str) -> Option<Secret> {
+        self.secrets
+            .store()
+            .get(&ObjectRef::new(name).within(&self.namespace))
+            .map(|s| (*s).clone())
+    }
+}
+
+/// Runs the agent until the informers' shutdown.
+pub async fn run(informers: Arc<Informers>, config: Config) {
+    let shutdown = informers.shutdown().clone();
+    let runtime = tokio::select! {
+        connected = cri::connect(&config.runtime_socket, Duration::from_secs(120)) => match connected {
+            Ok(runtime) => runtime,
+            Err(err) => {
+                tracing::error!("node agent: {err}");
+                return;
+            }
+        },
+        _ = shutdown.cancelled() => return,
+    };
+    let client = informers.client().clone();
+    if let Err(err) = register(&client, &runtime, &config).await {
+        tracing::error!("node agent: {err}");
+    }
+    {
+        let (client, runtime, config, shutdown) =
+            (client.clone(), runtime.clone(), config.clone(), shutdown.clone());
+        informers.tasks().spawn(async move { heartbeat(client, runtime, config, shutdown).await });
+    }
+    run_pods(informers, config, runtime).await;
+}
+
+async fn node_object(runtime: &cri::Runtime, config: &Config) -> serde_json::Value {
+    let mut rt = runtime.runtime.clone();
+    let version = rt
+        .version(k8s_cri_v1::VersionRequest { version: "v1".into() })
+        .await
+        .map(|v| v.into_inner())
+        .ok();
+    let ready = match rt.status(k8s_cri_v1::StatusRequest { verbose: false }).await {
+        Ok(status) => {
+            let conditions = status.into_inner().status.map(|s| s.conditions).unwrap_or_default();
+            match conditions.iter().find(|c| !c.status) {
+                Some(c) => Err(format!("container runtime not ready: {} {}", c.reason, c.message)),
+                None => Ok(()),
+            }
+        }
+        Err(status) => Err(format!("container runtime is down: {}", status.message())),
+    };
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let memory_kib: u64 = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0);
+    let kernel =
+        std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned();
+    let os_image = std::fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|t| {
+            t.lines().find_map(|l| {
+                l.strip_prefix("PRETTY_NAME=").map(|v| v.trim_matches('"').to_owned())
+            })
+        })
+        .unwrap_or_default();
+    let capacity =
+        json!({"cpu": cpus.to_string(), "memory": format!("{memory_kib}Ki"), "pods": "110"});
+    let mut labels = config.labels.clone();
+    labels.insert("kubernetes.io/hostname".into(), config.node_name.clone());
+    labels.insert("kubernetes.io/os".into(), "linux".into());
+    labels.insert(
+        "kubernetes.io/arch".into(),
+        std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64"),
+    );
+    let now = berth_api::meta::now();
+    let (ready_status, ready_reason, ready_message) = match &ready {
+        Ok(()) => ("True", "KubeletReady", "berth's node agent is posting ready status".to_owned()),
+        Err(message) => ("False", "KubeletNotReady", message.clone()),
+    };
+    json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": config.node_name, "labels": labels},
+        "status": {
+            "capacity": capacity, "allocatable": capacity,
+            "conditions": [
+                {"type": "Ready", "status": ready_status, "reason": ready_reason, "message": ready_message, "lastHeartbeatTime": now, "lastTransitionTime": now},
+                {"type": "MemoryPressure", "status": "False", "reason": "KubeletHasSufficientMemory", "lastHeartbeatTime": now, "lastTransitionTime": now},
+                {"type": "DiskPressure", "status": "False", "reason": "KubeletHasNoDiskPressure", "lastHeartbeatTime": now, "lastTransitionTime": now},
+                {"type": "PIDPressure", "status": "False", "reason": "KubeletHasSufficientPID", "lastHeartbeatTime": now, "lastTransitionTime": now},
+            ],
+            "addresses": [{"type": "InternalIP", "address": config.node_ip}, {"type": "Hostname", "address": config.node_name}],
+            "nodeInfo": {
+                "kubeletVersion": format!("v1.32.0-berth-{}", env!("CARGO_PKG_VERSION")), "kubeProxyVersion": "",
+                "containerRuntimeVersion": version.map(|v| format!("{}://{}", v.runtime_name, v.runtime_version)).unwrap_or_default(),
+                "operatingSystem": "linux", "architecture": std::env::consts::ARCH.replace("x86_64", "amd64"),
+                "kernelVersion": kernel, "osImage": os_image, "machineID": "", "systemUUID": "", "bootID": ""},
+        },
+    })
+}
+
+async fn register(
+    client: &kube::Client,
+    runtime: &cri::Runtime,
+    config: &Config,
+) -> Result<(), Error> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let object = node_object(runtime, config).await;
+    let node: Node = serde_json::from_value(object.clone()).map_err(|e| Error::Runtime {
+        action: "describe the node".into(),
+        message: e.to_string(),
+    })?;
+    match nodes.create(&PostParams::default(), &node).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 409 => {
+            let patch = Patch::Merge(json!({"metadata": {"labels": object["metadata"]["labels"]}}));
+            nodes.patch(&config.node_name, &PatchParams::default(), &patch).await.map(|_| ()).ok();
+            let status = Patch::Merge(json!({"status": object["status"]}));
+            nodes
+                .patch_status(&config.node_name, &PatchParams::default(), &status)
+                .await
+                .map(|_| ())
+        }
+        Err(err) => Err(err),
+    }
+    .map_err(|source| Error::Api { action: format!("register node {}", config.node_name), source })
+}
+
+/// Renews the Lease every interval and re-posts the node's status every few.
+async fn heartbeat(
+    client: kube::Client,
+    runtime: cri::Runtime,
+    config: Config,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+    let nodes: Api<Node> = Api::all(client.clone());
+    let mut beats = 0u64;
+    loop {
+        let now = berth_stdx::time::format_rfc3339_nanos(std::time::SystemTime::now());
+        let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": config.node_name, "namespace": "kube-node-lease"},
+            "spec": {"holderIdentity": config.node_name, "leaseDurationSeconds": 40, "renewTime": now}});
+        let params = PatchParams::apply("berth-agent").force();
+        if let Err(err) = leases.patch(&config.node_name, &params, &Patch::Apply(&lease)).await {
+            tracing::debug!("lease of {}: {err}", config.node_name);
+        }
+        beats += 1;
+        if beats.is_multiple_of(6) {
+            let object = node_object(&runtime, &config).await;
+            let patch =
+                Patch::Merge(json!({"status": {"conditions": object["status"]["conditions"]}}));
+            if let Err(err) =
+                nodes.patch_status(&config.node_name, &PatchParams::default(), &patch).await
+            {
+                tracing::debug!("status of node {}: {err}", config.node_name);
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(config.lease_interval) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+type Key = (String, String);
+
+async fn run_pods(informers: Arc<Informers>, config: Config, runtime: cri::Runtime) {
+    let pods = informers.typed::<Pod>();
+    let config_maps = informers.typed::<ConfigMap>();
+    let secrets = informers.typed::<Secret>();
+    let queue = Queue::<Key>::new();
+    let shutdown = informers.shutdown().clone();
+    let node = config.node_name.clone();
+    let ours = move |pod: &Pod| {
+        pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node.as_str())
+    };
+    let key = |pod: &Pod| {
+        (
+            pod.metadata.namespace.clone().unwrap_or_default(),
+            pod.metadata.name.clone().unwrap_or_default(),
+        )
+    };
+    {
+        let ours = ours.clone();
+        pods.queue_into(&informers, &queue, move |pod: &Pod| ours(pod).then(|| key(pod)));
+    }
+    tokio::select! {
+        _ = async { pods.ready().await; config_maps.ready().await; secrets.ready().await } => {}
+        _ = shutdown.cancelled() => return,
+    }
+    for pod in pods.store().state().iter().filter(|p| ours(p)) {
+        queue.add(key(pod));
+    }
+    let memory = Arc::new(pods::Memory::default());
+    // Housekeeping: sandboxes whose pods are gone from the API (deleted while the agent
+    // was down, or force-deleted) are stopped and removed.
+    {
+        let (pods, runtime, config, shutdown, memory) =
+            (pods.clone(), runtime.clone(), config.clone(), shutdown.clone(), memory.clone());
+        let ours = ours.clone();
+        informers.tasks().spawn(async move {
+            loop {
+                let known: std::collections::HashSet<String> =
+                    pods.store().state().iter().filter(|p| ours(p)).filter_map(|p| p.metadata.uid.clone()).collect();
+                let mut rt = runtime.runtime.clone();
+                if let Ok(listed) = rt.list_pod_sandbox(k8s_cri_v1::ListPodSandboxRequest { filter: None }).await {
+                    let orphans: std::collections::BTreeSet<String> = listed
+                        .into_inner()
+                        .items
+                        .iter()
+                        .filter_map(|s| s.labels.get(pods::LABEL_POD_UID).cloned())
+                        .filter(|uid| !known.contains(uid))
+                        .collect();
+                    for uid in orphans {
+                        tracing::info!(pod_uid = %uid, "removing the sandboxes of a pod that is gone");
+                        if let Err(err) = pods::kill_pod(&runtime, &uid, 0).await {
+                            tracing::warn!("{err}");
+                        }
+                        let _ = std::fs::remove_dir_all(config.pod_dir(&uid));
+                        memory.forget_pod(&uid);
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        });
+    }
+    let client = informers.client().clone();
+    let host_ip = config.node_ip.clone();
+    let config = Arc::new(config);
+    let runtime = Arc::new(runtime);
+    berth_reconcile::run(
+        "node-agent",
+        queue,
+        8,
+        Duration::from_secs(10),
+        shutdown,
+        move |key: Key| {
+            let (client, pods, config, runtime, memory, config_maps, secrets, host_ip) = (
+                client.clone(),
+                pods.clone(),
+                config.clone(),
+                runtime.clone(),
+                memory.clone(),
+                config_maps.clone(),
+                secrets.clone(),
+                host_ip.clone(),
+            );
+            async move {
+                let Some(pod) = pods.store().get(&ObjectRef::new(&key.1).within(&key.0)) else {
+                    return Ok::<Action, Error>(Action::Done);
+                };
+                let sources = CacheSources { config_maps, secrets, namespace: key.0.clone() };
+                let ctx = pods::Context {
+                    client: &client,
+                    runtime: &runtime,
+                    config: &config,
+                    sources: &sources,
+                    memory: &memory,
+                    host_ip: &host_ip,
+                };
+                match pods::sync(&ctx, &pod).await? {
+                    Some(after) => Ok(Action::RequeueAfter(after)),
+                    None => Ok(Action::Done),
+                }
+            }
+        },
+    )
+    .await;
+}

@@ -1,0 +1,1138 @@
+//! One pod's sync, level-triggered: what the API says the pod should be, what the runtime
+//! says it is, one step toward the former, and the status written back. Called again
+//! every second while the pod lives (the kubelet's relist), and at once on any change.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use k8s_cri::v1 as cri;
+use k8s_openapi::api::core::v1::{Container, EnvVar, Pod};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use serde_json::{json, Value};
+
+use crate::cri::Runtime;
+use crate::volumes;
+use crate::{Config, Error};
+
+pub const LABEL_POD_NAME: &str = "io.kubernetes.pod.name";
+pub const LABEL_POD_NAMESPACE: &str = "io.kubernetes.pod.namespace";
+pub const LABEL_POD_UID: &str = "io.kubernetes.pod.uid";
+pub const LABEL_CONTAINER_NAME: &str = "io.kubernetes.container.name";
+
+/// How often a running pod is looked at again.
+pub const RELIST: Duration = Duration::from_secs(1);
+
+/// What the agent remembers between syncs (lost on restart, and nothing depends on it
+/// surviving): the last failure per container, for the waiting reason.
+#[derive(Debug, Default)]
+pub struct Memory {
+    waiting: Mutex<HashMap<(String, String), (String, String)>>,
+}
+
+impl Memory {
+    fn set(&self, uid: &str, container: &str, reason: &str, message: String) {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        waiting.insert((uid.to_owned(), container.to_owned()), (reason.to_owned(), message));
+    }
+
+    fn clear(&self, uid: &str, container: &str) {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        waiting.remove(&(uid.to_owned(), container.to_owned()));
+    }
+
+    fn get(&self, uid: &str, container: &str) -> Option<(String, String)> {
+        let waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        waiting.get(&(uid.to_owned(), container.to_owned())).cloned()
+    }
+
+    pub fn forget_pod(&self, uid: &str) {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        waiting.retain(|(u, _), _| u != uid);
+    }
+}
+
+/// Everything a sync needs.
+pub struct Context<'a> {
+    pub client: &'a kube::Client,
+    pub runtime: &'a Runtime,
+    pub config: &'a Config,
+    pub sources: &'a dyn volumes::Sources,
+    pub memory: &'a Memory,
+    pub host_ip: &'a str,
+}
+
+fn cri_error(action: String) -> impl FnOnce(tonic::Status) -> Error {
+    move |status| Error::Runtime { action, message: status.message().to_owned() }
+}
+
+/// The pod's sandboxes, newest first.
+pub async fn sandboxes_of(runtime: &Runtime, uid: &str) -> Result<Vec<cri::PodSandbox>, Error> {
+    let mut rt = runtime.runtime.clone();
+    let filter = cri::PodSandboxFilter {
+        label_selector: [(LABEL_POD_UID.to_owned(), uid.to_owned())].into(),
+        ..Default::default()
+    };
+    let mut items = rt
+        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: Some(filter) })
+        .await
+        .map_err(cri_error(format!("list the sandboxes of pod {uid}")))?
+        .into_inner()
+        .items;
+    items.sort_by_key(|s| std::cmp::Reverse(s.created_at));
+    Ok(items)
+}
+
+async fn containers_of(
+    runtime: &Runtime,
+    sandbox: &str,
+) -> Result<Vec<cri::ContainerStatus>, Error> {
+    let mut rt = runtime.runtime.clone();
+    let filter = cri::ContainerFilter { pod_sandbox_id: sandbox.to_owned(), ..Default::default() };
+    let listed = rt
+        .list_containers(cri::ListContainersRequest { filter: Some(filter) })
+        .await
+        .map_err(cri_error(format!("list the containers of sandbox {sandbox}")))?
+        .into_inner()
+        .containers;
+    let mut statuses = Vec::new();
+    for container in listed {
+        match rt
+            .container_status(cri::ContainerStatusRequest {
+                container_id: container.id.clone(),
+                verbose: false,
+            })
+            .await
+        {
+            Ok(status) => statuses.extend(status.into_inner().status),
+            Err(status) if status.code() == tonic::Code::NotFound => {}
+            Err(status) => {
+                return Err(cri_error(format!("inspect container {}", container.id))(status))
+            }
+        }
+    }
+    Ok(statuses)
+}
+
+/// Stops and removes every sandbox of a pod (its containers with `grace` seconds).
+pub async fn kill_pod(runtime: &Runtime, uid: &str, grace: i64) -> Result<(), Error> {
+    let mut rt = runtime.runtime.clone();
+    for sandbox in sandboxes_of(runtime, uid).await? {
+        let containers = containers_of(runtime, &sandbox.id).await?;
+        let stops = containers
+            .iter()
+            .filter(|c| c.state == cri::ContainerState::ContainerRunning as i32)
+            .map(|c| {
+                let mut rt = rt.clone();
+                let id = c.id.clone();
+                async move {
+                    rt.stop_container(cri::StopContainerRequest {
+                        container_id: id,
+                        timeout: grace,
+                    })
+                    .await
+                }
+            });
+        for result in futures::future::join_all(stops).await {
+            result.map_err(cri_error(format!("stop the containers of pod {uid}")))?;
+        }
+        rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: sandbox.id.clone() })
+            .await
+            .map_err(cri_error(format!("stop sandbox {}", sandbox.id)))?;
+        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: sandbox.id.clone() })
+            .await
+            .map_err(cri_error(format!("remove sandbox {}", sandbox.id)))?;
+    }
+    Ok(())
+}
+
+/// The outcome of a sync: look again after this long (or not at all).
+pub type Next = Option<Duration>;
+
+pub async fn sync(ctx: &Context<'_>, pod: &Pod) -> Result<Next, Error> {
+    let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    if pod.metadata.deletion_timestamp.is_some() {
+        let grace = pod.metadata.deletion_grace_period_seconds.unwrap_or(0);
+        kill_pod(ctx.runtime, &uid, grace).await?;
+        let _ = std::fs::remove_dir_all(ctx.config.pod_dir(&uid));
+        ctx.memory.forget_pod(&uid);
+        let params = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions { uid: Some(uid.clone()), resource_version: None }),
+            ..DeleteParams::default()
+        };
+        return match api.delete(&name, &params).await {
+            Ok(_) => Ok(None),
+            Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => Ok(None),
+            Err(err) => {
+                Err(Error::Api { action: format!("remove {namespace}/{name}"), source: err })
+            }
+        };
+    }
+    let spec = pod.spec.clone().unwrap_or_default();
+    let phase = pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
+    if phase == "Succeeded" || phase == "Failed" {
+        // Finished: its containers are stopped; the sandbox goes (its logs stay).
+        for sandbox in sandboxes_of(ctx.runtime, &uid).await? {
+            if sandbox.state == cri::PodSandboxState::SandboxReady as i32 {
+                let mut rt = ctx.runtime.runtime.clone();
+                rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+                    pod_sandbox_id: sandbox.id.clone(),
+                })
+                .await
+                .map_err(cri_error(format!("stop sandbox {}", sandbox.id)))?;
+            }
+        }
+        return Ok(None);
+    }
+    // The sandbox: the newest ready one, or a new one.
+    let sandboxes = sandboxes_of(ctx.runtime, &uid).await?;
+    let sandbox =
+        match sandboxes.iter().find(|s| s.state == cri::PodSandboxState::SandboxReady as i32) {
+            Some(sandbox) => sandbox.clone(),
+            None => {
+                let attempt = sandboxes
+                    .iter()
+                    .filter_map(|s| s.metadata.as_ref().map(|m| m.attempt + 1))
+                    .max()
+                    .unwrap_or(0);
+                let config = sandbox_config(ctx.config, pod, attempt);
+                let mut rt = ctx.runtime.runtime.clone();
+                let id = rt
+                    .run_pod_sandbox(cri::RunPodSandboxRequest {
+                        config: Some(config),
+                        runtime_handler: String::new(),
+                    })
+                    .await
+                    .map_err(cri_error(format!("run the sandbox of {namespace}/{name}")))?
+                    .into_inner()
+                    .pod_sandbox_id;
+                sandbox_by_id(ctx.runtime, &id).await?
+            }
+        };
+    let sandbox_status = {
+        let mut rt = ctx.runtime.runtime.clone();
+        rt.pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: sandbox.id.clone(),
+            verbose: false,
+        })
+        .await
+        .map_err(cri_error(format!("inspect sandbox {}", sandbox.id)))?
+        .into_inner()
+        .status
+        .unwrap_or_default()
+    };
+    let pod_ip = sandbox_status.network.as_ref().map(|n| n.ip.clone()).unwrap_or_default();
+    // Volumes, made or refreshed.
+    let volume_paths = match volumes::prepare(pod, &ctx.config.pod_dir(&uid), ctx.sources) {
+        Ok(paths) => Some(paths),
+        Err(failure) => {
+            for c in spec.init_containers.iter().flatten().chain(spec.containers.iter()) {
+                ctx.memory.set(
+                    &uid,
+                    &c.name,
+                    "ContainerCreating",
+                    format!("FailedMount: {}", failure.0),
+                );
+            }
+            None
+        }
+    };
+    let statuses = containers_of(ctx.runtime, &sandbox.id).await?;
+    let latest = |name: &str| -> Option<&cri::ContainerStatus> {
+        statuses
+            .iter()
+            .filter(|s| s.metadata.as_ref().is_some_and(|m| m.name == name))
+            .max_by_key(|s| s.metadata.as_ref().map_or(0, |m| m.attempt))
+    };
+    let restart_policy = spec.restart_policy.clone().unwrap_or_else(|| "Always".into());
+    let mut next: Next = Some(RELIST);
+    let mut changed = false;
+    // Init containers, in order: each must have succeeded before the next (sidecars,
+    // with restartPolicy Always, must be running).
+    let mut initialized = true;
+    if let Some(paths) = &volume_paths {
+        for container in spec.init_containers.iter().flatten() {
+            let sidecar = container.restart_policy.as_deref() == Some("Always");
+            match latest(&container.name) {
+                None => {
+                    initialized = false;
+                    start(ctx, pod, &sandbox.id, &sandbox_status, container, 0, paths, &pod_ip)
+                        .await?;
+                    changed = true;
+                    break;
+                }
+                Some(s) if s.state == cri::ContainerState::ContainerRunning as i32 && sidecar => {}
+                Some(s)
+                    if s.state == cri::ContainerState::ContainerExited as i32
+                        && s.exit_code == 0
+                        && !sidecar => {}
+                Some(s) if s.state == cri::ContainerState::ContainerExited as i32 => {
+                    initialized = false;
+                    if restart_policy == "Never" && !sidecar {
+                        break;
+                    }
+                    let attempt = s.metadata.as_ref().map_or(0, |m| m.attempt) + 1;
+                    match backoff_left(ctx.config, s) {
+                        Some(wait) => {
+                            ctx.memory.set(
+                                &uid,
+                                &container.name,
+                                "CrashLoopBackOff",
+                                format!(
+                                    "back-off {}s restarting failed container={} pod={name}",
+                                    wait.as_secs().max(1),
+                                    container.name
+                                ),
+                            );
+                            next = Some(wait.min(RELIST));
+                        }
+                        None => {
+                            start(
+                                ctx,
+                                pod,
+                                &sandbox.id,
+                                &sandbox_status,
+                                container,
+                                attempt,
+                                paths,
+                                &pod_ip,
+                            )
+                            .await?;
+                            changed = true;
+                        }
+                    }
+                    break;
+                }
+                Some(_) => {
+                    initialized = false;
+                    break;
+                }
+            }
+        }
+        if initialized {
+            for container in &spec.containers {
+                let Some(s) = latest(&container.name) else {
+                    start(ctx, pod, &sandbox.id, &sandbox_status, container, 0, paths, &pod_ip)
+                        .await?;
+                    changed = true;
+                    continue;
+                };
+                if s.state != cri::ContainerState::ContainerExited as i32 {
+                    continue;
+                }
+                let restart = match restart_policy.as_str() {
+                    "Never" => false,
+                    "OnFailure" => s.exit_code != 0,
+                    _ => true,
+                };
+                if !restart {
+                    continue;
+                }
+                match backoff_left(ctx.config, s) {
+                    Some(wait) => {
+                        ctx.memory.set(
+                            &uid,
+                            &container.name,
+                            "CrashLoopBackOff",
+                            format!(
+                                "back-off {}s restarting failed container={} pod={name}",
+                                wait.as_secs().max(1),
+                                container.name
+                            ),
+                        );
+                        next = Some(wait.min(RELIST));
+                    }
+                    None => {
+                        let attempt = s.metadata.as_ref().map_or(0, |m| m.attempt) + 1;
+                        start(
+                            ctx,
+                            pod,
+                            &sandbox.id,
+                            &sandbox_status,
+                            container,
+                            attempt,
+                            paths,
+                            &pod_ip,
+                        )
+                        .await?;
+                        changed = true;
+                    }
+                }
+            }
+        }
+    } else {
+        initialized = false;
+    }
+    let statuses = if changed { containers_of(ctx.runtime, &sandbox.id).await? } else { statuses };
+    let status = pod_status(ctx, pod, &sandbox_status, &statuses, initialized);
+    let current =
+        serde_json::to_value(pod.status.clone().unwrap_or_default()).unwrap_or(Value::Null);
+    if differs(&current, &status) {
+        let patch = json!({"status": status});
+        match api.patch_status(&name, &PatchParams::default(), &Patch::Merge(patch)).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(None),
+            Err(err) => {
+                return Err(Error::Api {
+                    action: format!("update the status of {namespace}/{name}"),
+                    source: err,
+                })
+            }
+        }
+    }
+    let finished = matches!(status["phase"].as_str(), Some("Succeeded" | "Failed"));
+    Ok(if finished { Some(Duration::from_millis(10)) } else { next })
+}
+
+/// Whether the written status would change anything the agent owns.
+fn differs(current: &Value, wanted: &Value) -> bool {
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        if let Some(conditions) = v["conditions"].as_array_mut() {
+            for c in conditions.iter_mut() {
+                if let Some(map) = c.as_object_mut() {
+                    map.remove("lastTransitionTime");
+                    map.remove("lastProbeTime");
+                }
+            }
+        }
+        v
+    };
+    let (current, wanted) = (strip(current), strip(wanted));
+    wanted.as_object().is_some_and(|w| w.iter().any(|(k, v)| current.get(k) != Some(v)))
+}
+
+async fn sandbox_by_id(runtime: &Runtime, id: &str) -> Result<cri::PodSandbox, Error> {
+    let mut rt = runtime.runtime.clone();
+    let filter = cri::PodSandboxFilter { id: id.to_owned(), ..Default::default() };
+    rt.list_pod_sandbox(cri::ListPodSandboxRequest { filter: Some(filter) })
+        .await
+        .map_err(cri_error(format!("find sandbox {id}")))?
+        .into_inner()
+        .items
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::Runtime {
+            action: format!("find sandbox {id}"),
+            message: "it vanished".into(),
+        })
+}
+
+/// How long a restart must still wait: the kubelet's back-off, 10 s doubling per restart
+/// up to 5 minutes (scaled by the configured base), none after a run of 10 minutes.
+fn backoff_left(config: &Config, status: &cri::ContainerStatus) -> Option<Duration> {
+    let attempt = status.metadata.as_ref().map_or(0, |m| m.attempt);
+    let ran =
+        Duration::from_nanos(u64::try_from(status.finished_at - status.started_at).unwrap_or(0));
+    let delay = if ran >= Duration::from_secs(600) {
+        Duration::ZERO
+    } else {
+        let factor = 1u32 << attempt.min(5);
+        (config.restart_backoff * factor).min(config.restart_backoff * 30)
+    };
+    let finished = std::time::UNIX_EPOCH
+        + Duration::from_nanos(u64::try_from(status.finished_at).unwrap_or(0));
+    let elapsed = std::time::SystemTime::now().duration_since(finished).unwrap_or_default();
+    (elapsed < delay).then(|| delay - elapsed)
+}
+
+fn sandbox_config(config: &Config, pod: &Pod, attempt: u32) -> cri::PodSandboxConfig {
+    let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let spec = pod.spec.clone().unwrap_or_default();
+    let mut labels: HashMap<String, String> =
+        pod.metadata.labels.clone().unwrap_or_default().into_iter().collect();
+    labels.insert(LABEL_POD_NAME.into(), name.clone());
+    labels.insert(LABEL_POD_NAMESPACE.into(), namespace.clone());
+    labels.insert(LABEL_POD_UID.into(), uid.clone());
+    let host_network = spec.host_network.unwrap_or(false);
+    let node =
+        |b: bool| if b { cri::NamespaceMode::Node as i32 } else { cri::NamespaceMode::Pod as i32 };
+    let ports = spec
+        .containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter(|p| p.host_port.unwrap_or(0) > 0)
+        .map(|p| cri::PortMapping {
+            protocol: match p.protocol.as_deref() {
+                Some("UDP") => cri::Protocol::Udp as i32,
+                Some("SCTP") => cri::Protocol::Sctp as i32,
+                _ => cri::Protocol::Tcp as i32,
+            },
+            container_port: p.container_port,
+            host_port: p.host_port.unwrap_or(0),
+            host_ip: p.host_ip.clone().unwrap_or_default(),
+        })
+        .collect();
+    let dns = spec.dns_config.as_ref().map(|d| cri::DnsConfig {
+        servers: d.nameservers.clone().unwrap_or_default(),
+        searches: d.searches.clone().unwrap_or_default(),
+        options: d
+            .options
+            .iter()
+            .flatten()
+            .map(|o| match &o.value {
+                Some(v) => format!("{}:{v}", o.name.clone().unwrap_or_default()),
+                None => o.name.clone().unwrap_or_default(),
+            })
+            .collect(),
+    });
+    let hostname = spec.hostname.clone().unwrap_or_else(|| name.clone());
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.clone(),
+            uid: uid.clone(),
+            namespace: namespace.clone(),
+            attempt,
+        }),
+        hostname: if host_network { String::new() } else { hostname },
+        log_directory: config
+            .log_dir
+            .join(format!("{namespace}_{name}_{uid}"))
+            .to_string_lossy()
+            .into_owned(),
+        dns_config: dns,
+        port_mappings: ports,
+        labels,
+        annotations: pod.metadata.annotations.clone().unwrap_or_default().into_iter().collect(),
+        linux: Some(cri::LinuxPodSandboxConfig {
+            cgroup_parent: format!("/kubepods/{}/pod{uid}", qos_class(pod).to_ascii_lowercase()),
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    network: node(host_network),
+                    pid: if spec.host_pid.unwrap_or(false) {
+                        cri::NamespaceMode::Node as i32
+                    } else {
+                        cri::NamespaceMode::Container as i32
+                    },
+                    ipc: node(spec.host_ipc.unwrap_or(false)),
+                    ..Default::default()
+                }),
+                privileged: spec.containers.iter().any(|c| {
+                    c.security_context.as_ref().and_then(|s| s.privileged).unwrap_or(false)
+                }),
+                ..Default::default()
+            }),
+            sysctls: spec
+                .security_context
+                .as_ref()
+                .and_then(|s| s.sysctls.clone())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|s| (s.name, s.value))
+                .collect(),
+            ..Default::default()
+        }),
+        windows: None,
+    }
+}
+
+/// Kubernetes' QoS class of a pod.
+pub fn qos_class(pod: &Pod) -> &'static str {
+    let Some(spec) = &pod.spec else { return "BestEffort" };
+    let containers: Vec<&Container> =
+        spec.containers.iter().chain(spec.init_containers.iter().flatten()).collect();
+    let mut any = false;
+    let mut guaranteed = true;
+    for c in &containers {
+        let resources = c.resources.clone().unwrap_or_default();
+        let requests = resources.requests.unwrap_or_default();
+        let limits = resources.limits.unwrap_or_default();
+        if !requests.is_empty() || !limits.is_empty() {
+            any = true;
+        }
+        for resource in ["cpu", "memory"] {
+            let limit = limits.get(resource);
+            let request = requests.get(resource).or(limit);
+            if limit.is_none() || request != limit {
+                guaranteed = false;
+            }
+        }
+    }
+    if !any {
+        "BestEffort"
+    } else if guaranteed {
+        "Guaranteed"
+    } else {
+        "Burstable"
+    }
+}
+
+/// Quantity text to millicores / bytes.
+fn milli_cpu(text: &str) -> i64 {
+    if let Some(m) = text.strip_suffix('m') {
+        return m.parse().unwrap_or(0);
+    }
+    text.parse::<f64>().map(|c| (c * 1000.0) as i64).unwrap_or(0)
+}
+
+fn bytes(text: &str) -> i64 {
+    let units: [(&str, i64); 12] = [
+        ("Ki", 1 << 10),
+        ("Mi", 1 << 20),
+        ("Gi", 1 << 30),
+        ("Ti", 1 << 40),
+        ("Pi", 1 << 50),
+        ("Ei", 1 << 60),
+        ("k", 1_000),
+        ("M", 1_000_000),
+        ("G", 1_000_000_000),
+        ("T", 1_000_000_000_000),
+        ("P", 1_000_000_000_000_000),
+        ("E", 1_000_000_000_000_000_000),
+    ];
+    for (suffix, factor) in units {
+        if let Some(n) = text.strip_suffix(suffix) {
+            return n.parse::<f64>().map(|n| (n * factor as f64) as i64).unwrap_or(0);
+        }
+    }
+    text.parse::<f64>().map(|n| n as i64).unwrap_or(0)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn start(
+    ctx: &Context<'_>,
+    pod: &Pod,
+    sandbox_id: &str,
+    sandbox: &cri::PodSandboxStatus,
+    container: &Container,
+    attempt: u32,
+    volume_paths: &BTreeMap<String, PathBuf>,
+    pod_ip: &str,
+) -> Result<(), Error> {
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let image = container.image.clone().unwrap_or_default();
+    let mut rt = ctx.runtime.runtime.clone();
+    // The image, as imagePullPolicy says.
+    let policy = container.image_pull_policy.clone().unwrap_or_else(|| {
+        let tag = image.rsplit('/').next().unwrap_or(&image);
+        if image.contains('@') || (tag.contains(':') && !tag.ends_with(":latest")) {
+            "IfNotPresent".into()
+        } else {
+            "Always".into()
+        }
+    });
+    let mut images = ctx.runtime.images.clone();
+    let present = images
+        .image_status(cri::ImageStatusRequest {
+            image: Some(cri::ImageSpec { image: image.clone(), ..Default::default() }),
+            verbose: false,
+        })
+        .await
+        .map_err(cri_error(format!("inspect image {image}")))?
+        .into_inner()
+        .image
+        .is_some();
+    let pull = match policy.as_str() {
+        "Never" if !present => {
+            ctx.memory.set(
+                &uid,
+                &container.name,
+                "ErrImageNeverPull",
+                format!("image {image:?} is not present and the pull policy is Never"),
+            );
+            return Ok(());
+        }
+        "Always" => true,
+        _ => !present,
+    };
+    if pull {
+        let pulled = images
+            .pull_image(cri::PullImageRequest {
+                image: Some(cri::ImageSpec { image: image.clone(), ..Default::default() }),
+                auth: None,
+                sandbox_config: None,
+            })
+            .await;
+        if let Err(status) = pulled {
+            if !present || policy != "Always" {
+                let previous = ctx.memory.get(&uid, &container.name);
+                let reason = if previous
+                    .is_some_and(|(r, _)| r == "ErrImagePull" || r == "ImagePullBackOff")
+                {
+                    "ImagePullBackOff"
+                } else {
+                    "ErrImagePull"
+                };
+                ctx.memory.set(
+                    &uid,
+                    &container.name,
+                    reason,
+                    format!("failed to pull image {image:?}: {}", status.message()),
+                );
+                return Ok(());
+            }
+        }
+    }
+    let env = environment(ctx, pod, container, pod_ip);
+    let mut mounts = Vec::new();
+    for m in container.volume_mounts.iter().flatten() {
+        let Some(host) = volume_paths.get(&m.name) else {
+            ctx.memory.set(
+                &uid,
+                &container.name,
+                "CreateContainerConfigError",
+                format!("volume {:?} is not defined in the pod", m.name),
+            );
+            return Ok(());
+        };
+        let host = match m.sub_path.as_deref().filter(|s| !s.is_empty()) {
+            Some(sub) if sub.split('/').any(|c| c == "..") || sub.starts_with('/') => {
+                ctx.memory.set(
+                    &uid,
+                    &container.name,
+                    "CreateContainerConfigError",
+                    format!("subPath {sub:?} must be relative and may not contain '..'"),
+                );
+                return Ok(());
+            }
+            Some(sub) => {
+                let path = host.join(sub);
+                if !path.exists() {
+                    let _ = std::fs::create_dir_all(&path);
+                }
+                path
+            }
+            None => host.clone(),
+        };
+        mounts.push(cri::Mount {
+            container_path: m.mount_path.clone(),
+            host_path: host.to_string_lossy().into_owned(),
+            readonly: m.read_only.unwrap_or(false),
+            propagation: match m.mount_propagation.as_deref() {
+                Some("HostToContainer") => cri::MountPropagation::PropagationHostToContainer as i32,
+                Some("Bidirectional") => cri::MountPropagation::PropagationBidirectional as i32,
+                _ => cri::MountPropagation::PropagationPrivate as i32,
+            },
+            ..Default::default()
+        });
+    }
+    let resources = container.resources.clone().unwrap_or_default();
+    let requests = resources.requests.unwrap_or_default();
+    let limits = resources.limits.unwrap_or_default();
+    let cpu_request =
+        requests.get("cpu").or(limits.get("cpu")).map(|q| milli_cpu(&q.0)).unwrap_or(0);
+    let cpu_limit = limits.get("cpu").map(|q| milli_cpu(&q.0)).unwrap_or(0);
+    let memory_limit = limits.get("memory").map(|q| bytes(&q.0)).unwrap_or(0);
+    let security = container.security_context.clone().unwrap_or_default();
+    let pod_security =
+        pod.spec.as_ref().and_then(|s| s.security_context.clone()).unwrap_or_default();
+    let run_as_user = security.run_as_user.or(pod_security.run_as_user);
+    let run_as_group = security.run_as_group.or(pod_security.run_as_group);
+    let seccomp =
+        security.seccomp_profile.clone().or(pod_security.seccomp_profile.clone()).map(|p| {
+            cri::SecurityProfile {
+                profile_type: match p.type_.as_str() {
+                    "RuntimeDefault" => cri::security_profile::ProfileType::RuntimeDefault as i32,
+                    "Localhost" => cri::security_profile::ProfileType::Localhost as i32,
+                    _ => cri::security_profile::ProfileType::Unconfined as i32,
+                },
+                localhost_ref: p.localhost_profile.unwrap_or_default(),
+            }
+        });
+    let mut labels: HashMap<String, String> = HashMap::new();
+    labels.insert(LABEL_POD_NAME.into(), pod.metadata.name.clone().unwrap_or_default());
+    labels.insert(LABEL_POD_NAMESPACE.into(), pod.metadata.namespace.clone().unwrap_or_default());
+    labels.insert(LABEL_POD_UID.into(), uid.clone());
+    labels.insert(LABEL_CONTAINER_NAME.into(), container.name.clone());
+    let config = cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata { name: container.name.clone(), attempt }),
+        image: Some(cri::ImageSpec { image: image.clone(), ..Default::default() }),
+        command: container.command.clone().unwrap_or_default(),
+        args: container.args.clone().unwrap_or_default(),
+        working_dir: container.working_dir.clone().unwrap_or_default(),
+        envs: env.into_iter().map(|(key, value)| cri::KeyValue { key, value }).collect(),
+        mounts,
+        labels,
+        annotations: [("io.kubernetes.container.restartCount".to_owned(), attempt.to_string())]
+            .into(),
+        log_path: format!("{}/{attempt}.log", container.name),
+        stdin: container.stdin.unwrap_or(false),
+        stdin_once: container.stdin_once.unwrap_or(false),
+        tty: container.tty.unwrap_or(false),
+        linux: Some(cri::LinuxContainerConfig {
+            resources: Some(cri::LinuxContainerResources {
+                cpu_shares: if cpu_request > 0 { (cpu_request * 1024 / 1000).max(2) } else { 2 },
+                cpu_quota: if cpu_limit > 0 { (cpu_limit * 100).max(1000) } else { 0 },
+                cpu_period: if cpu_limit > 0 { 100_000 } else { 0 },
+                memory_limit_in_bytes: memory_limit,
+                ..Default::default()
+            }),
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                capabilities: security.capabilities.as_ref().map(|c| cri::Capability {
+                    add_capabilities: c.add.clone().unwrap_or_default(),
+                    drop_capabilities: c.drop.clone().unwrap_or_default(),
+                    add_ambient_capabilities: Vec::new(),
+                }),
+                privileged: security.privileged.unwrap_or(false),
+                namespace_options: sandbox
+                    .linux
+                    .as_ref()
+                    .and_then(|l| l.namespaces.as_ref())
+                    .and_then(|n| n.options.clone()),
+                run_as_user: run_as_user.map(|value| cri::Int64Value { value }),
+                run_as_group: run_as_group.map(|value| cri::Int64Value { value }),
+                readonly_rootfs: security.read_only_root_filesystem.unwrap_or(false),
+                supplemental_groups: pod_security.supplemental_groups.clone().unwrap_or_default(),
+                no_new_privs: security.allow_privilege_escalation == Some(false),
+                seccomp,
+                ..Default::default()
+            }),
+        }),
+        ..Default::default()
+    };
+    let created = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: sandbox_id.to_owned(),
+            config: Some(config),
+            sandbox_config: None,
+        })
+        .await;
+    let id = match created {
+        Ok(response) => response.into_inner().container_id,
+        Err(status) => {
+            ctx.memory.set(
+                &uid,
+                &container.name,
+                "CreateContainerError",
+                status.message().to_owned(),
+            );
+            return Ok(());
+        }
+    };
+    if let Err(status) =
+        rt.start_container(cri::StartContainerRequest { container_id: id.clone() }).await
+    {
+        ctx.memory.set(&uid, &container.name, "RunContainerError", status.message().to_owned());
+        return Ok(());
+    }
+    ctx.memory.clear(&uid, &container.name);
+    Ok(())
+}
+
+/// The container's environment: `envFrom` sources, then `env` (later wins), with
+/// `$(VAR)` references expanded as Kubernetes does.
+fn environment(
+    ctx: &Context<'_>,
+    pod: &Pod,
+    container: &Container,
+    pod_ip: &str,
+) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = Vec::new();
+    let set = |key: String, value: String, env: &mut Vec<(String, String)>| {
+        env.retain(|(k, _)| *k != key);
+        env.push((key, value));
+    };
+    for from in container.env_from.iter().flatten() {
+        let prefix = from.prefix.clone().unwrap_or_default();
+        if let Some(cm) = from.config_map_ref.as_ref().and_then(|r| ctx.sources.config_map(&r.name))
+        {
+            for (k, v) in cm.data.unwrap_or_default() {
+                set(format!("{prefix}{k}"), v, &mut env);
+            }
+        }
+        if let Some(secret) = from.secret_ref.as_ref().and_then(|r| ctx.sources.secret(&r.name)) {
+            for (k, v) in secret.data.unwrap_or_default() {
+                set(format!("{prefix}{k}"), String::from_utf8_lossy(&v.0).into_owned(), &mut env);
+            }
+        }
+    }
+    for var in container.env.iter().flatten() {
+        let value = value_of(ctx, pod, var, pod_ip, &env);
+        set(var.name.clone(), value, &mut env);
+    }
+    env
+}
+
+fn value_of(
+    ctx: &Context<'_>,
+    pod: &Pod,
+    var: &EnvVar,
+    pod_ip: &str,
+    earlier: &[(String, String)],
+) -> String {
+    if let Some(value) = &var.value {
+        return expand(value, earlier);
+    }
+    let Some(from) = &var.value_from else { return String::new() };
+    if let Some(field) = &from.field_ref {
+        return match field.field_path.as_str() {
+            "status.podIP" => pod_ip.to_owned(),
+            "status.hostIP" => ctx.host_ip.to_owned(),
+            path => volumes::field_value(pod, path).unwrap_or_default(),
+        };
+    }
+    if let Some(key) = &from.config_map_key_ref {
+        return ctx
+            .sources
+            .config_map(&key.name)
+            .and_then(|c| c.data?.get(&key.key).cloned())
+            .unwrap_or_default();
+    }
+    if let Some(key) = &from.secret_key_ref {
+        return ctx
+            .sources
+            .secret(&key.name)
+            .and_then(|s| s.data?.get(&key.key).map(|v| String::from_utf8_lossy(&v.0).into_owned()))
+            .unwrap_or_default();
+    }
+    if let Some(resource) = &from.resource_field_ref {
+        let container = pod
+            .spec
+            .iter()
+            .flat_map(|s| s.containers.iter())
+            .find(|c| Some(&c.name) == resource.container_name.as_ref());
+        let limits =
+            container.and_then(|c| c.resources.clone()).and_then(|r| r.limits).unwrap_or_default();
+        return match resource.resource.as_str() {
+            "limits.cpu" => limits
+                .get("cpu")
+                .map(|q| ((milli_cpu(&q.0) + 999) / 1000).to_string())
+                .unwrap_or_else(|| "1".into()),
+            "limits.memory" => {
+                limits.get("memory").map(|q| bytes(&q.0).to_string()).unwrap_or_default()
+            }
+            _ => String::new(),
+        };
+    }
+    String::new()
+}
+
+/// `$(NAME)` from earlier variables; `$$(NAME)` stays literal `$(NAME)`.
+fn expand(text: &str, env: &[(String, String)]) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let tail = &rest[at..];
+        if let Some(stripped) = tail.strip_prefix("$$") {
+            out.push('$');
+            rest = stripped;
+        } else if let Some(inner) = tail.strip_prefix("$(") {
+            match inner.find(')') {
+                Some(end) => {
+                    let name = &inner[..end];
+                    match env.iter().rev().find(|(k, _)| k == name) {
+                        Some((_, v)) => out.push_str(v),
+                        None => out.push_str(&tail[..end + 3]),
+                    }
+                    rest = &inner[end + 1..];
+                }
+                None => {
+                    out.push_str(tail);
+                    rest = "";
+                }
+            }
+        } else {
+            out.push('$');
+            rest = &tail[1..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+fn time_of(nanos: i64) -> Value {
+    if nanos <= 0 {
+        return Value::Null;
+    }
+    let time = std::time::UNIX_EPOCH + Duration::from_nanos(u64::try_from(nanos).unwrap_or(0));
+    let text = berth_stdx::time::format_rfc3339_nanos(time);
+    // Kubernetes' Time is whole seconds.
+    let trimmed = match text.find('.') {
+        Some(dot) => format!("{}Z", &text[..dot]),
+        None => text,
+    };
+    json!(trimmed)
+}
+
+fn container_state(s: &cri::ContainerStatus) -> Value {
+    if s.state == cri::ContainerState::ContainerRunning as i32 {
+        json!({"running": {"startedAt": time_of(s.started_at)}})
+    } else if s.state == cri::ContainerState::ContainerExited as i32 {
+        let mut t = json!({"exitCode": s.exit_code, "reason": s.reason, "startedAt": time_of(s.started_at), "finishedAt": time_of(s.finished_at), "containerID": format!("berth://{}", s.id)});
+        if !s.message.is_empty() {
+            t["message"] = json!(s.message);
+        }
+        json!({"terminated": t})
+    } else {
+        json!({"waiting": {"reason": "ContainerCreating"}})
+    }
+}
+
+fn pod_status(
+    ctx: &Context<'_>,
+    pod: &Pod,
+    sandbox: &cri::PodSandboxStatus,
+    statuses: &[cri::ContainerStatus],
+    initialized: bool,
+) -> Value {
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let spec = pod.spec.clone().unwrap_or_default();
+    let restart_policy = spec.restart_policy.clone().unwrap_or_else(|| "Always".into());
+    let now = berth_api::meta::now();
+    let container_status = |c: &Container| -> (Value, Option<&cri::ContainerStatus>) {
+        let mut mine: Vec<&cri::ContainerStatus> = statuses
+            .iter()
+            .filter(|s| s.metadata.as_ref().is_some_and(|m| m.name == c.name))
+            .collect();
+        mine.sort_by_key(|s| s.metadata.as_ref().map_or(0, |m| m.attempt));
+        let latest = mine.last().copied();
+        let previous = mine.len().checked_sub(2).and_then(|i| mine.get(i)).copied();
+        let mut state = latest
+            .map(container_state)
+            .unwrap_or_else(|| json!({"waiting": {"reason": "ContainerCreating"}}));
+        if let Some((reason, message)) = ctx.memory.get(&uid, &c.name) {
+            let running =
+                latest.is_some_and(|s| s.state == cri::ContainerState::ContainerRunning as i32);
+            if !running {
+                state = json!({"waiting": {"reason": reason, "message": message}});
+            }
+        }
+        let running =
+            latest.is_some_and(|s| s.state == cri::ContainerState::ContainerRunning as i32);
+        let mut value = json!({
+            "name": c.name,
+            "image": c.image,
+            "imageID": latest.map(|s| s.image_ref.clone()).unwrap_or_default(),
+            "ready": running,
+            "started": running,
+            "restartCount": latest.and_then(|s| s.metadata.as_ref()).map_or(0, |m| m.attempt),
+            "state": state,
+            "lastState": previous.map(container_state).unwrap_or_else(|| json!({})),
+        });
+        if let Some(s) = latest {
+            value["containerID"] = json!(format!("berth://{}", s.id));
+        }
+        (value, latest)
+    };
+    let init: Vec<(Value, Option<&cri::ContainerStatus>)> =
+        spec.init_containers.iter().flatten().map(container_status).collect();
+    let main: Vec<(Value, Option<&cri::ContainerStatus>)> =
+        spec.containers.iter().map(container_status).collect();
+    let exited = |s: Option<&cri::ContainerStatus>| {
+        s.is_some_and(|s| s.state == cri::ContainerState::ContainerExited as i32)
+    };
+    let init_failed_for_good = restart_policy == "Never"
+        && spec.init_containers.iter().flatten().zip(&init).any(|(c, (_, s))| {
+            c.restart_policy.as_deref() != Some("Always")
+                && exited(*s)
+                && s.is_some_and(|s| s.exit_code != 0)
+        });
+    let all_exited = !main.is_empty() && main.iter().all(|(_, s)| exited(*s));
+    let all_zero = main.iter().all(|(_, s)| s.is_some_and(|s| s.exit_code == 0));
+    let phase = if init_failed_for_good {
+        "Failed"
+    } else if all_exited
+        && (restart_policy == "Never" || (restart_policy == "OnFailure" && all_zero))
+    {
+        if all_zero {
+            "Succeeded"
+        } else {
+            "Failed"
+        }
+    } else if initialized && main.iter().any(|(_, s)| s.is_some()) {
+        "Running"
+    } else {
+        "Pending"
+    };
+    let ready = phase == "Running" && main.iter().all(|(v, _)| v["ready"] == json!(true));
+    let sandbox_ready = sandbox.state == cri::PodSandboxState::SandboxReady as i32;
+    let condition = |kind: &str, ok: bool| {
+        let previous = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| c.iter().find(|c| c.type_ == kind).cloned());
+        let status = if ok { "True" } else { "False" };
+        let since = match &previous {
+            Some(p) if p.status == status => {
+                p.last_transition_time.as_ref().map(|t| json!(t)).unwrap_or(json!(now))
+            }
+            _ => json!(now),
+        };
+        let mut c = json!({"type": kind, "status": status, "lastProbeTime": null, "lastTransitionTime": since});
+        if !ok && (kind == "Ready" || kind == "ContainersReady") {
+            c["reason"] = json!(if phase == "Succeeded" || phase == "Failed" {
+                "PodCompleted"
+            } else {
+                "ContainersNotReady"
+            });
+        }
+        c
+    };
+    let ip = sandbox.network.as_ref().map(|n| n.ip.clone()).unwrap_or_default();
+    let mut ips: Vec<Value> = Vec::new();
+    if !ip.is_empty() {
+        ips.push(json!({"ip": ip}));
+    }
+    for extra in sandbox.network.iter().flat_map(|n| n.additional_ips.iter()) {
+        ips.push(json!({"ip": extra.ip}));
+    }
+    let start_time = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.start_time.clone())
+        .map(|t| json!(t))
+        .unwrap_or_else(|| json!(now));
+    let mut status = json!({
+        "phase": phase,
+        "conditions": [
+            condition("PodReadyToStartContainers", sandbox_ready),
+            condition("Initialized", initialized),
+            condition("ContainersReady", ready),
+            condition("Ready", ready),
+            condition("PodScheduled", true),
+        ],
+        "hostIP": ctx.host_ip,
+        "hostIPs": [{"ip": ctx.host_ip}],
+        "startTime": start_time,
+        "qosClass": qos_class(pod),
+        "containerStatuses": main.iter().map(|(v, _)| v.clone()).collect::<Vec<_>>(),
+    });
+    if !init.is_empty() {
+        status["initContainerStatuses"] =
+            json!(init.iter().map(|(v, _)| v.clone()).collect::<Vec<_>>());
+    }
+    if !ip.is_empty() {
+        status["podIP"] = json!(ip);
+        status["podIPs"] = json!(ips);
+    }
+    status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_expand_as_kubernetes_does() {
+        let env = vec![("A".to_owned(), "x".to_owned())];
+        assert_eq!(expand("$(A)-$(B)-$$(A)-$", &env), "x-$(B)-$(A)-$");
+    }
+
+    #[test]
+    fn quantities() {
+        assert_eq!(milli_cpu("250m"), 250);
+        assert_eq!(milli_cpu("1.5"), 1500);
+        assert_eq!(bytes("64Mi"), 64 << 20);
+        assert_eq!(bytes("1G"), 1_000_000_000);
+        assert_eq!(bytes("1000"), 1000);
+    }
+
+    #[test]
+    fn qos_classes() {
+        let pod = |resources: Value| -> Pod {
+            serde_json::from_value(json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "resources": resources}]}})).unwrap()
+        };
+        assert_eq!(qos_class(&pod(json!({}))), "BestEffort");
+        assert_eq!(qos_class(&pod(json!({"limits": {"cpu": "1", "memory": "1Gi"}}))), "Guaranteed");
+        assert_eq!(qos_class(&pod(json!({"requests": {"cpu": "1"}}))), "Burstable");
+    }
+}

@@ -1,0 +1,414 @@
+//! A pod's volumes as directories on this machine, made before its containers start and
+//! refreshed while it runs: emptyDir, hostPath, configMap, secret, downwardAPI and projected
+//! (configMap, secret, downwardAPI sources). Files that come from the API are written the
+//! way the kubelet writes them: into a fresh timestamped directory, then the `..data` link
+//! swapped atomically, and a link per key into `..data`, so a reader never sees half an
+//! update and an edit of the Secret reaches running containers.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::{
+    ConfigMap, DownwardAPIVolumeFile, KeyToPath, Pod, Secret, Volume,
+};
+
+/// A file of a volume: its bytes and mode.
+type Files = BTreeMap<String, (Vec<u8>, u32)>;
+
+/// What a volume needs from the API: a lookup of ConfigMaps and Secrets by name (the
+/// pod's namespace), answered from the agent's caches.
+pub trait Sources: Send + Sync {
+    fn config_map(&self, name: &str) -> Option<ConfigMap>;
+    fn secret(&self, name: &str) -> Option<Secret>;
+}
+
+/// Why a volume cannot be made now (`FailedMount`): the pod waits and is retried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountFailure(pub String);
+
+/// Makes (or refreshes) every volume of the pod under `pod_dir`; returns each volume's
+/// host path by name.
+pub fn prepare(
+    pod: &Pod,
+    pod_dir: &Path,
+    sources: &dyn Sources,
+) -> Result<BTreeMap<String, PathBuf>, MountFailure> {
+    let mut paths = BTreeMap::new();
+    let Some(spec) = &pod.spec else { return Ok(paths) };
+    for volume in spec.volumes.iter().flatten() {
+        let path = prepare_one(pod, volume, pod_dir, sources)?;
+        paths.insert(volume.name.clone(), path);
+    }
+    Ok(paths)
+}
+
+fn fail(message: impl Into<String>) -> MountFailure {
+    MountFailure(message.into())
+}
+
+fn prepare_one(
+    pod: &Pod,
+    volume: &Volume,
+    pod_dir: &Path,
+    sources: &dyn Sources,
+) -> Result<PathBuf, MountFailure> {
+    let name = &volume.name;
+    let dir_for = |plugin: &str| pod_dir.join("volumes").join(plugin).join(name);
+    let io = |what: &str, path: &Path, err: std::io::Error| {
+        fail(format!("volume {name:?}: {what} {}: {err}", path.display()))
+    };
+    if volume.empty_dir.is_some() {
+        let dir = dir_for("empty-dir");
+        std::fs::create_dir_all(&dir).map_err(|e| io("create", &dir, e))?;
+        let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777));
+        return Ok(dir);
+    }
+    if let Some(host) = &volume.host_path {
+        let path = PathBuf::from(&host.path);
+        let kind = host.type_.clone().unwrap_or_default();
+        match kind.as_str() {
+            "DirectoryOrCreate" => {
+                std::fs::create_dir_all(&path).map_err(|e| io("create", &path, e))?;
+            }
+            "FileOrCreate" if !path.exists() => {
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent).map_err(|e| io("create", parent, e))?;
+                }
+                std::fs::File::create(&path).map_err(|e| io("create", &path, e))?;
+            }
+            "Directory" if !path.is_dir() => {
+                return Err(fail(format!(
+                    "hostPath type check failed: {} is not a directory",
+                    host.path
+                )))
+            }
+            "File" if !path.is_file() => {
+                return Err(fail(format!(
+                    "hostPath type check failed: {} is not a file",
+                    host.path
+                )))
+            }
+            "Socket" | "CharDevice" | "BlockDevice" if !path.exists() => {
+                return Err(fail(format!(
+                    "hostPath type check failed: {} does not exist",
+                    host.path
+                )))
+            }
+            _ => {}
+        }
+        return Ok(path);
+    }
+    let mut files = Files::new();
+    let dir;
+    if let Some(source) = &volume.config_map {
+        dir = dir_for("configmap");
+        let optional = source.optional.unwrap_or(false);
+        match sources.config_map(&source.name) {
+            Some(map) => add_config_map(
+                &mut files,
+                &map,
+                source.items.as_deref(),
+                source.default_mode.unwrap_or(0o644),
+                name,
+            )?,
+            None if optional => {}
+            None => return Err(fail(format!("configmap {:?} not found", source.name))),
+        }
+    } else if let Some(source) = &volume.secret {
+        dir = dir_for("secret");
+        let secret_name = source.secret_name.clone().unwrap_or_default();
+        let optional = source.optional.unwrap_or(false);
+        match sources.secret(&secret_name) {
+            Some(secret) => add_secret(
+                &mut files,
+                &secret,
+                source.items.as_deref(),
+                source.default_mode.unwrap_or(0o644),
+                name,
+            )?,
+            None if optional => {}
+            None => return Err(fail(format!("secret {secret_name:?} not found"))),
+        }
+    } else if let Some(source) = &volume.downward_api {
+        dir = dir_for("downward-api");
+        add_downward(
+            &mut files,
+            pod,
+            source.items.as_deref().unwrap_or_default(),
+            source.default_mode.unwrap_or(0o644),
+        )?;
+    } else if let Some(projected) = &volume.projected {
+        dir = dir_for("projected");
+        let mode = projected.default_mode.unwrap_or(0o644);
+        for source in projected.sources.iter().flatten() {
+            if let Some(cm) = &source.config_map {
+                match sources.config_map(&cm.name) {
+                    Some(map) => add_config_map(&mut files, &map, cm.items.as_deref(), mode, name)?,
+                    None if cm.optional.unwrap_or(false) => {}
+                    None => return Err(fail(format!("configmap {:?} not found", cm.name))),
+                }
+            }
+            if let Some(s) = &source.secret {
+                match sources.secret(&s.name) {
+                    Some(secret) => {
+                        add_secret(&mut files, &secret, s.items.as_deref(), mode, name)?
+                    }
+                    None if s.optional.unwrap_or(false) => {}
+                    None => return Err(fail(format!("secret {:?} not found", s.name))),
+                }
+            }
+            if let Some(d) = &source.downward_api {
+                add_downward(&mut files, pod, d.items.as_deref().unwrap_or_default(), mode)?;
+            }
+            if source.service_account_token.is_some() {
+                return Err(fail(
+                    "projected serviceAccountToken volumes are not supported by this agent yet",
+                ));
+            }
+        }
+    } else {
+        return Err(fail(format!(
+            "volume {name:?}: this kind of volume is not supported by berth's agent yet"
+        )));
+    }
+    write_atomic_dir(&dir, &files)
+        .map_err(|e| fail(format!("volume {name:?}: write {}: {e}", dir.display())))?;
+    Ok(dir)
+}
+
+fn add_items(
+    files: &mut Files,
+    data: BTreeMap<String, Vec<u8>>,
+    items: Option<&[KeyToPath]>,
+    mode: i32,
+    volume: &str,
+) -> Result<(), MountFailure> {
+    match items {
+        None => {
+            for (key, value) in data {
+                files.insert(key, (value, mode as u32));
+            }
+        }
+        Some(items) => {
+            for item in items {
+                let value = data.get(&item.key).ok_or_else(|| {
+                    fail(format!("volume {volume:?}: key {:?} is not in the source", item.key))
+                })?;
+                check_relative(&item.path)?;
+                files.insert(item.path.clone(), (value.clone(), item.mode.unwrap_or(mode) as u32));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn add_config_map(
+    files: &mut Files,
+    map: &ConfigMap,
+    items: Option<&[KeyToPath]>,
+    mode: i32,
+    volume: &str,
+) -> Result<(), MountFailure> {
+    let mut data: BTreeMap<String, Vec<u8>> = map
+        .data
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.into_bytes()))
+        .collect();
+    for (k, v) in map.binary_data.clone().unwrap_or_default() {
+        data.insert(k, v.0);
+    }
+    add_items(files, data, items, mode, volume)
+}
+
+fn add_secret(
+    files: &mut Files,
+    secret: &Secret,
+    items: Option<&[KeyToPath]>,
+    mode: i32,
+    volume: &str,
+) -> Result<(), MountFailure> {
+    let mut data: BTreeMap<String, Vec<u8>> =
+        secret.data.clone().unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect();
+    for (k, v) in secret.string_data.clone().unwrap_or_default() {
+        data.insert(k, v.into_bytes());
+    }
+    add_items(files, data, items, mode, volume)
+}
+
+fn add_downward(
+    files: &mut Files,
+    pod: &Pod,
+    items: &[DownwardAPIVolumeFile],
+    mode: i32,
+) -> Result<(), MountFailure> {
+    for item in items {
+        check_relative(&item.path)?;
+        let Some(field) = &item.field_ref else {
+            return Err(fail(format!(
+                "downwardAPI {:?}: only fieldRef items are supported yet",
+                item.path
+            )));
+        };
+        let value = field_value(pod, &field.field_path).ok_or_else(|| {
+            fail(format!("downwardAPI {:?}: unsupported field {:?}", item.path, field.field_path))
+        })?;
+        files.insert(item.path.clone(), (value.into_bytes(), item.mode.unwrap_or(mode) as u32));
+    }
+    Ok(())
+}
+
+/// The value of a `fieldRef` path, as the downward API gives it.
+pub fn field_value(pod: &Pod, path: &str) -> Option<String> {
+    let meta = &pod.metadata;
+    let map_text = |map: &Option<BTreeMap<String, String>>| {
+        map.iter().flatten().map(|(k, v)| format!("{k}={v:?}")).collect::<Vec<_>>().join("\n")
+    };
+    if let Some(key) = path.strip_prefix("metadata.labels['").and_then(|k| k.strip_suffix("']")) {
+        return Some(meta.labels.as_ref().and_then(|l| l.get(key).cloned()).unwrap_or_default());
+    }
+    if let Some(key) =
+        path.strip_prefix("metadata.annotations['").and_then(|k| k.strip_suffix("']"))
+    {
+        return Some(
+            meta.annotations.as_ref().and_then(|l| l.get(key).cloned()).unwrap_or_default(),
+        );
+    }
+    let status = pod.status.clone().unwrap_or_default();
+    let spec = pod.spec.clone().unwrap_or_default();
+    Some(match path {
+        "metadata.name" => meta.name.clone().unwrap_or_default(),
+        "metadata.namespace" => meta.namespace.clone().unwrap_or_default(),
+        "metadata.uid" => meta.uid.clone().unwrap_or_default(),
+        "metadata.labels" => map_text(&meta.labels),
+        "metadata.annotations" => map_text(&meta.annotations),
+        "spec.nodeName" => spec.node_name.unwrap_or_default(),
+        "spec.serviceAccountName" => spec.service_account_name.unwrap_or_default(),
+        "status.podIP" => status.pod_ip.unwrap_or_default(),
+        "status.hostIP" => status.host_ip.unwrap_or_default(),
+        "status.podIPs" => {
+            status.pod_ips.iter().flatten().map(|p| p.ip.clone()).collect::<Vec<_>>().join(",")
+        }
+        _ => return None,
+    })
+}
+
+fn check_relative(path: &str) -> Result<(), MountFailure> {
+    if path.is_empty()
+        || path.starts_with('/')
+        || path.split('/').any(|c| c == "..")
+        || path.starts_with("..")
+    {
+        return Err(fail(format!("item path {path:?} must be relative and may not contain '..'")));
+    }
+    Ok(())
+}
+
+/// Writes `files` under `dir` as the kubelet's atomic writer does; a no-op when the
+/// current contents are the same.
+pub fn write_atomic_dir(dir: &Path, files: &Files) -> std::io::Result<bool> {
+    std::fs::create_dir_all(dir)?;
+    let data_link = dir.join("..data");
+    if let Ok(current) = std::fs::read_link(&data_link) {
+        let current_dir = dir.join(&current);
+        if same_contents(&current_dir, files) {
+            return Ok(false);
+        }
+    }
+    let stamp = format!(
+        "..{}",
+        berth_stdx::time::format_rfc3339_nanos(std::time::SystemTime::now()).replace(':', "_")
+    );
+    let fresh = dir.join(&stamp);
+    std::fs::create_dir_all(&fresh)?;
+    for (path, (bytes, mode)) in files {
+        let target = fresh.join(path);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&target, bytes)?;
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(*mode & 0o7777))?;
+    }
+    let old = std::fs::read_link(&data_link).ok();
+    let temp = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&temp);
+    std::os::unix::fs::symlink(&stamp, &temp)?;
+    std::fs::rename(&temp, &data_link)?;
+    let tops: std::collections::BTreeSet<String> =
+        files.keys().map(|k| k.split('/').next().unwrap_or(k).to_owned()).collect();
+    for top in &tops {
+        let link = dir.join(top);
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(Path::new("..data").join(top), &link)?;
+        }
+    }
+    for entry in std::fs::read_dir(dir)?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("..") && !tops.contains(&name) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    if let Some(old) = old {
+        if old != Path::new(&stamp) {
+            let _ = std::fs::remove_dir_all(dir.join(old));
+        }
+    }
+    Ok(true)
+}
+
+fn same_contents(dir: &Path, files: &Files) -> bool {
+    let mut count = 0;
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { return false };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                count += 1;
+            }
+        }
+    }
+    count == files.len()
+        && files.iter().all(|(path, (bytes, mode))| {
+            let file = dir.join(path);
+            std::fs::read(&file).is_ok_and(|b| b == *bytes)
+                && std::fs::metadata(&file)
+                    .is_ok_and(|m| m.permissions().mode() & 0o7777 == *mode & 0o7777)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn updates_swap_the_data_link_and_keep_per_key_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = Files::new();
+        files.insert("user".into(), (b"admin".to_vec(), 0o644));
+        files.insert("conf/app.ini".into(), (b"x=1".to_vec(), 0o600));
+        assert!(write_atomic_dir(dir.path(), &files).unwrap());
+        assert_eq!(std::fs::read_to_string(dir.path().join("user")).unwrap(), "admin");
+        assert_eq!(std::fs::read_to_string(dir.path().join("conf/app.ini")).unwrap(), "x=1");
+        assert!(!write_atomic_dir(dir.path(), &files).unwrap(), "unchanged: nothing written");
+        let first = std::fs::read_link(dir.path().join("..data")).unwrap();
+        files.insert("user".into(), (b"root".to_vec(), 0o644));
+        files.remove("conf/app.ini");
+        assert!(write_atomic_dir(dir.path(), &files).unwrap());
+        assert_eq!(std::fs::read_to_string(dir.path().join("user")).unwrap(), "root");
+        assert!(!dir.path().join("conf").exists(), "a key that went away goes");
+        assert!(!dir.path().join(first).exists(), "the old generation is removed");
+    }
+
+    #[test]
+    fn item_paths_stay_inside() {
+        assert!(check_relative("a/b").is_ok());
+        assert!(check_relative("../x").is_err());
+        assert!(check_relative("/etc/x").is_err());
+        assert!(check_relative("a/../../x").is_err());
+    }
+}

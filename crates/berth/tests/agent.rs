@@ -1,0 +1,437 @@
+//! `berth server` with its node agent and in-process CRI: pods from the API really run on
+//! this machine. Driven by the real kubectl, as root, in a network namespace of the test's
+//! own (the pod bridge and its addresses never touch the host's network).
+
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)] // test code: failing loudly is the point
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::root_or_skip;
+use serde_json::Value;
+
+const BERTH: &str = env!("CARGO_BIN_EXE_berth");
+const KUBECTL: &str = "/usr/bin/kubectl";
+const NODE: &str = "test-node";
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    server: Option<Child>,
+}
+
+impl Cluster {
+    fn new() -> Cluster {
+        berth_sys::nix::sched::unshare(berth_sys::nix::sched::CloneFlags::CLONE_NEWNET)
+            .expect("unshare the network namespace");
+        assert!(Command::new("ip").args(["link", "set", "lo", "up"]).status().unwrap().success());
+        let dir = tempfile::Builder::new().prefix("berth-agent-").tempdir().unwrap();
+        let cluster = Cluster { dir, server: None };
+        let layout = cluster.path("layout");
+        berth_testkit::image::fixture_image(&layout, "v1").unwrap();
+        let tar = cluster.path("fixture.tar");
+        let packed =
+            Command::new("tar").arg("-C").arg(&layout).arg("-cf").arg(&tar).arg(".").status();
+        assert!(packed.unwrap().success());
+        let loaded = cluster.berth(&["load", "-i", tar.to_str().unwrap()]);
+        let id = loaded.trim().rsplit(' ').next().unwrap().to_owned();
+        cluster.berth(&["tag", &id, "fixture:v1"]);
+        cluster
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn data(&self) -> PathBuf {
+        self.path("server")
+    }
+
+    fn berth(&self, args: &[&str]) -> String {
+        let output =
+            Command::new(BERTH).env("BERTH_ROOT", self.path("root")).args(args).output().unwrap();
+        assert!(
+            output.status.success(),
+            "berth {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    fn start(&mut self) {
+        let _ = std::fs::remove_file(self.data().join("kubeconfig"));
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(self.path("server.log"))
+            .unwrap();
+        let child = Command::new(BERTH)
+            .env("BERTH_ROOT", self.path("root"))
+            .args([
+                "server",
+                "--https-listen-port",
+                "0",
+                "--bind-address",
+                "127.0.0.1",
+                "--node-name",
+                NODE,
+            ])
+            .args(["--container-restart-backoff-ms", "200", "--data-dir"])
+            .arg(self.data())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.server = Some(child);
+        self.until("the node is Ready", &["get", "node", NODE, "-o", "json"], |node| {
+            node["status"]["conditions"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+        });
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut child) = self.server.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn kubectl(&self, args: &[&str]) -> Output {
+        Command::new(KUBECTL)
+            .env("KUBECONFIG", self.data().join("kubeconfig"))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let output = self.kubectl(args);
+        assert!(
+            output.status.success(),
+            "kubectl {args:?}: {}{}\nserver log:\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+            self.server_log()
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    fn server_log(&self) -> String {
+        let text = std::fs::read_to_string(self.path("server.log")).unwrap_or_default();
+        text.lines()
+            .rev()
+            .take(40)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn apply(&self, manifest: &str) {
+        let path = self.path("manifest.yaml");
+        std::fs::write(&path, manifest).unwrap();
+        self.ok(&["apply", "-f", path.to_str().unwrap()]);
+    }
+
+    /// Waits (at most 60 s) until `check` holds for the JSON kubectl prints.
+    fn until(&self, what: &str, args: &[&str], check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut last = Value::Null;
+        loop {
+            if self.data().join("kubeconfig").exists() {
+                let output = self.kubectl(args);
+                if output.status.success() {
+                    last = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
+                    if check(&last) {
+                        return last;
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: never happened; last:\n{last:#}\nserver log:\n{}",
+                self.server_log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn pod(&self, name: &str) -> Value {
+        serde_json::from_str(&self.ok(&["get", "pod", name, "-o", "json"])).unwrap()
+    }
+
+    /// The CRI log of a pod's container (first attempt), as the agent lays them out.
+    fn log_of(&self, pod: &Value, container: &str) -> String {
+        let dir = self.data().join("agent/logs").join(format!(
+            "{}_{}_{}",
+            pod["metadata"]["namespace"].as_str().unwrap(),
+            pod["metadata"]["name"].as_str().unwrap(),
+            pod["metadata"]["uid"].as_str().unwrap()
+        ));
+        std::fs::read_to_string(dir.join(container).join("0.log")).unwrap_or_default()
+    }
+
+    fn wait_log(&self, pod_name: &str, container: &str, check: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let pod = self.pod(pod_name);
+            let text = self.log_of(&pod, container);
+            if check(&text) {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "log of {pod_name}/{container}:\n{text}\nserver log:\n{}",
+                self.server_log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn mounts_under(&self, path: &Path) -> Vec<String> {
+        let root = path.to_string_lossy().into_owned();
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+            .filter(|m| m.starts_with(&root))
+            .collect()
+    }
+
+    fn sandboxes(&self) -> usize {
+        std::fs::read_dir(self.path("root/cri/sandboxes")).map(|d| d.count()).unwrap_or(0)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.kill9();
+        let _ = Command::new("pkill")
+            .arg("-f")
+            .arg(self.dir.path().to_string_lossy().as_ref())
+            .status();
+        for mount in self.mounts_under(self.dir.path()).into_iter().rev() {
+            let _ = berth_sys::nix::mount::umount2(
+                mount.as_str(),
+                berth_sys::nix::mount::MntFlags::MNT_DETACH,
+            );
+        }
+    }
+}
+
+fn running_ready(pod: &Value) -> bool {
+    pod["status"]["phase"] == "Running"
+        && pod["status"]["conditions"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+}
+
+#[test]
+fn root_pods_from_the_api_run_on_this_machine() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut cluster = Cluster::new();
+    cluster.start();
+    let node: Value =
+        serde_json::from_str(&cluster.ok(&["get", "node", NODE, "-o", "json"])).unwrap();
+    assert_eq!(node["metadata"]["labels"]["kubernetes.io/hostname"], NODE);
+    assert!(node["status"]["nodeInfo"]["containerRuntimeVersion"]
+        .as_str()
+        .unwrap()
+        .starts_with("berth://"));
+    assert!(node["status"]["capacity"]["cpu"].as_str().is_some());
+
+    cluster.apply(
+        r#"
+apiVersion: v1
+kind: Secret
+metadata: {name: creds}
+stringData: {key: first}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings}
+data: {greeting: hello}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: web
+        image: fixture:v1
+        command: ["sh", "-c", "while true; do echo pong | nc -l -p 8080; done"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: reader}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: reader
+    image: fixture:v1
+    command: ["sh", "-c", "while true; do echo \"key=$(cat /etc/s/key) greeting=$(cat /etc/c/greeting) env=$FROM_SECRET ip=$POD_IP both=$BOTH\"; sleep 0.2; done"]
+    env:
+    - {name: FROM_SECRET, valueFrom: {secretKeyRef: {name: creds, key: key}}}
+    - {name: POD_IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}
+    - {name: BOTH, value: "$(FROM_SECRET)-$(POD_IP)"}
+    volumeMounts:
+    - {name: s, mountPath: /etc/s, readOnly: true}
+    - {name: c, mountPath: /etc/c}
+  volumes:
+  - {name: s, secret: {secretName: creds}}
+  - {name: c, configMap: {name: settings}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: crash}
+spec:
+  containers:
+  - {name: crash, image: fixture:v1, command: ["sh", "-c", "echo dying; exit 1"]}
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: once}
+spec:
+  template:
+    spec:
+      restartPolicy: Never
+      initContainers:
+      - {name: prepare, image: fixture:v1, command: ["sh", "-c", "echo ready > /work/flag"], volumeMounts: [{name: w, mountPath: /work}]}
+      containers:
+      - {name: check, image: fixture:v1, command: ["sh", "-c", "test \"$(cat /work/flag)\" = ready"], volumeMounts: [{name: w, mountPath: /work}]}
+      volumes:
+      - {name: w, emptyDir: {}}
+"#,
+    );
+    // The Deployment's pods run, are Ready, have addresses of the pod network, and answer.
+    let pods = cluster.until(
+        "2 web pods Running and Ready",
+        &["get", "pods", "-l", "app=web", "-o", "json"],
+        |list| {
+            list["items"]
+                .as_array()
+                .is_some_and(|items| items.len() == 2 && items.iter().all(running_ready))
+        },
+    );
+    for pod in pods["items"].as_array().unwrap() {
+        let ip = pod["status"]["podIP"].as_str().unwrap();
+        assert!(ip.starts_with("10.42.0."), "pod address {ip}");
+        assert_eq!(pod["spec"]["nodeName"], NODE);
+        let status = &pod["status"]["containerStatuses"][0];
+        assert!(status["containerID"].as_str().unwrap().starts_with("berth://"));
+        assert!(status["imageID"].as_str().unwrap().starts_with("sha256:"));
+        assert_eq!(status["restartCount"], 0);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let reply = loop {
+            use std::io::Read;
+            let mut text = String::new();
+            if let Ok(mut stream) = std::net::TcpStream::connect((ip, 8080)) {
+                let _ = stream.read_to_string(&mut text);
+            }
+            if text == "pong\n" || Instant::now() > deadline {
+                break text;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert_eq!(reply, "pong\n", "the pod at {ip} answers");
+    }
+    // Secrets, ConfigMaps and the downward API reach the container, and edits reach it
+    // while it runs.
+    cluster.until("reader Running", &["get", "pod", "reader", "-o", "json"], running_ready);
+    let reader = cluster.pod("reader");
+    let ip = reader["status"]["podIP"].as_str().unwrap().to_owned();
+    let text = cluster.wait_log("reader", "reader", |t| t.contains("key=first"));
+    let line = text.lines().find(|l| l.contains("key=first")).unwrap();
+    assert!(
+        line.contains(&format!("key=first greeting=hello env=first ip={ip} both=first-{ip}")),
+        "{line}"
+    );
+    cluster.ok(&["patch", "secret", "creds", "-p", r#"{"stringData":{"key":"second"}}"#]);
+    cluster.wait_log("reader", "reader", |t| t.contains("key=second greeting=hello env=first"));
+    // A crashing container is restarted with growing delays; the pod shows why.
+    let crash =
+        cluster.until("crash restarted twice", &["get", "pod", "crash", "-o", "json"], |pod| {
+            pod["status"]["containerStatuses"][0]["restartCount"].as_i64().unwrap_or(0) >= 2
+        });
+    let status = &crash["status"]["containerStatuses"][0];
+    assert_eq!(status["lastState"]["terminated"]["exitCode"], 1, "{status}");
+    assert_eq!(status["lastState"]["terminated"]["reason"], "Error", "{status}");
+    cluster.until("crash in CrashLoopBackOff", &["get", "pod", "crash", "-o", "json"], |pod| {
+        pod["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+    });
+    // A Job's pod runs its init container, then its container, and succeeds.
+    cluster.until("the Job completes", &["get", "job", "once", "-o", "json"], |job| {
+        job["status"]["succeeded"] == 1
+    });
+    let job_pods: Value =
+        serde_json::from_str(&cluster.ok(&["get", "pods", "-l", "job-name=once", "-o", "json"]))
+            .unwrap();
+    let job_pod = &job_pods["items"][0];
+    assert_eq!(job_pod["status"]["phase"], "Succeeded");
+    assert_eq!(job_pod["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"], 0);
+
+    // Kill -9 of the server (agent and CRI with it): the pods run on, and the restarted
+    // agent adopts them without restarting anything.
+    let before: Vec<(String, String)> =
+        cluster.until("web pods", &["get", "pods", "-l", "app=web", "-o", "json"], |l| {
+            l["items"].as_array().is_some_and(|i| i.len() == 2)
+        })["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["metadata"]["name"].as_str().unwrap().to_owned(),
+                    p["status"]["containerStatuses"][0]["containerID"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+    cluster.kill9();
+    cluster.start();
+    std::thread::sleep(Duration::from_secs(2));
+    for (name, id) in &before {
+        let pod = cluster.until(
+            "web pod still running",
+            &["get", "pod", name, "-o", "json"],
+            running_ready,
+        );
+        let status = &pod["status"]["containerStatuses"][0];
+        assert_eq!(status["containerID"].as_str().unwrap(), id, "{name} was not restarted");
+        assert_eq!(status["restartCount"], 0);
+    }
+
+    // Deleting everything leaves nothing behind: no sandbox, no mount, no volume directory.
+    cluster.ok(&["delete", "deployment", "web"]);
+    cluster.ok(&["delete", "job", "once"]);
+    cluster.ok(&["delete", "pod", "reader", "crash", "--grace-period", "1"]);
+    cluster.until("no pods left", &["get", "pods", "-o", "json"], |l| {
+        l["items"].as_array().is_some_and(|i| i.is_empty())
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cluster.sandboxes() > 0 {
+        assert!(Instant::now() < deadline, "sandboxes left: {}", cluster.sandboxes());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        cluster.mounts_under(&cluster.path("root")).is_empty(),
+        "{:?}",
+        cluster.mounts_under(&cluster.path("root"))
+    );
+    let pods_dir = cluster.data().join("agent/pods");
+    let left: Vec<_> = std::fs::read_dir(&pods_dir)
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "pod directories left: {left:?}");
+}
