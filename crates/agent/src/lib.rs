@@ -11,6 +11,7 @@
 
 pub mod cri;
 pub mod pods;
+pub mod server;
 pub mod volumes;
 
 use std::collections::BTreeMap;
@@ -41,6 +42,17 @@ pub struct Config {
     pub node_ip: String,
     pub lease_interval: Duration,
     pub labels: BTreeMap<String, String>,
+    /// The kubelet API (logs for the API server): where to listen and the TLS material;
+    /// not served when absent.
+    pub api: Option<ApiConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub bind_address: String,
+    /// 0: any free port (the Node reports which).
+    pub port: u16,
+    pub tls: server::Tls,
 }
 
 impl Config {
@@ -107,18 +119,40 @@ pub async fn run(informers: Arc<Informers>, config: Config) {
         _ = shutdown.cancelled() => return,
     };
     let client = informers.client().clone();
-    if let Err(err) = register(&client, &runtime, &config).await {
+    let mut port = 0;
+    if let Some(api) = &config.api {
+        match tokio::net::TcpListener::bind((api.bind_address.as_str(), api.port)).await {
+            Ok(listener) => {
+                port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+                let shared = server::Shared {
+                    pods: informers.typed::<Pod>(),
+                    runtime: runtime.clone(),
+                    shutdown: shutdown.clone(),
+                };
+                let tls = api.tls.clone();
+                informers.tasks().spawn(server::serve(listener, tls, shared));
+            }
+            Err(err) => tracing::error!(
+                "node agent: cannot listen on {}:{} for the kubelet API: {err}",
+                api.bind_address,
+                api.port
+            ),
+        }
+    }
+    if let Err(err) = register(&client, &runtime, &config, port).await {
         tracing::error!("node agent: {err}");
     }
     {
         let (client, runtime, config, shutdown) =
             (client.clone(), runtime.clone(), config.clone(), shutdown.clone());
-        informers.tasks().spawn(async move { heartbeat(client, runtime, config, shutdown).await });
+        informers
+            .tasks()
+            .spawn(async move { heartbeat(client, runtime, config, port, shutdown).await });
     }
     run_pods(informers, config, runtime).await;
 }
 
-async fn node_object(runtime: &cri::Runtime, config: &Config) -> serde_json::Value {
+async fn node_object(runtime: &cri::Runtime, config: &Config, port: u16) -> serde_json::Value {
     let mut rt = runtime.runtime.clone();
     let version = rt
         .version(k8s_cri_v1::VersionRequest { version: "v1".into() })
@@ -180,6 +214,7 @@ async fn node_object(runtime: &cri::Runtime, config: &Config) -> serde_json::Val
                 {"type": "PIDPressure", "status": "False", "reason": "KubeletHasSufficientPID", "lastHeartbeatTime": now, "lastTransitionTime": now},
             ],
             "addresses": [{"type": "InternalIP", "address": config.node_ip}, {"type": "Hostname", "address": config.node_name}],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": port}},
             "nodeInfo": {
                 "kubeletVersion": format!("v1.32.0-berth-{}", env!("CARGO_PKG_VERSION")), "kubeProxyVersion": "",
                 "containerRuntimeVersion": version.map(|v| format!("{}://{}", v.runtime_name, v.runtime_version)).unwrap_or_default(),
@@ -193,9 +228,10 @@ async fn register(
     client: &kube::Client,
     runtime: &cri::Runtime,
     config: &Config,
+    port: u16,
 ) -> Result<(), Error> {
     let nodes: Api<Node> = Api::all(client.clone());
-    let object = node_object(runtime, config).await;
+    let object = node_object(runtime, config, port).await;
     let node: Node = serde_json::from_value(object.clone()).map_err(|e| Error::Runtime {
         action: "describe the node".into(),
         message: e.to_string(),
@@ -221,6 +257,7 @@ async fn heartbeat(
     client: kube::Client,
     runtime: cri::Runtime,
     config: Config,
+    port: u16,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
@@ -237,7 +274,7 @@ async fn heartbeat(
         }
         beats += 1;
         if beats.is_multiple_of(6) {
-            let object = node_object(&runtime, &config).await;
+            let object = node_object(&runtime, &config, port).await;
             let patch =
                 Patch::Merge(json!({"status": {"conditions": object["status"]["conditions"]}}));
             if let Err(err) =

@@ -110,55 +110,65 @@ pub fn issue_client_certificate(
 /// The user and groups a verified client certificate names: its subject's common name and
 /// organizations. `None` when it has no common name.
 pub fn client_identity(cert: &CertificateDer<'_>) -> Option<(String, Vec<String>)> {
-    let parsed = webpki::EndEntityCert::try_from(cert).ok()?;
-    let mut name = None;
-    let mut groups = Vec::new();
-    for (oid, value) in subject_attributes(parsed.subject())? {
-        match oid {
-            [0x55, 0x04, 0x03] => name = Some(value),
-            [0x55, 0x04, 0x0a] => groups.push(value),
-            _ => {}
-        }
-    }
-    Some((name.filter(|n| !n.is_empty())?, groups))
+    berth_api::identity::certificate_subject(cert.as_ref())
 }
 
-/// One DER element: (tag, content, rest). Definite lengths up to four bytes.
-fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = input.split_first()?;
-    let (&first, mut rest) = rest.split_first()?;
-    let length = if first < 0x80 {
-        usize::from(first)
-    } else {
-        let count = usize::from(first & 0x7f);
-        if count == 0 || count > 4 || rest.len() < count {
-            return None;
-        }
-        let (bytes, after) = rest.split_at(count);
-        rest = after;
-        bytes.iter().fold(0usize, |n, b| (n << 8) | usize::from(*b))
-    };
-    (rest.len() >= length).then(|| (tag, &rest[..length], &rest[length..]))
+/// A serving certificate and key (PEM) signed by the CA in `dir`, for a node agent's
+/// kubelet API: `names` (host names and addresses) are its subject alternative names.
+pub fn issue_serving_certificate(
+    dir: &Path,
+    common_name: &str,
+    names: &[String],
+) -> Result<(String, String), Error> {
+    let failed = |e: rcgen::Error| Error::Setup(format!("cannot make a serving certificate: {e}"));
+    let ca_key_path = dir.join("ca.key");
+    let ca_key_pem = std::fs::read_to_string(&ca_key_path).map_err(io("read", &ca_key_path))?;
+    let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(failed)?;
+    let ca_cert = ca_params().self_signed(&ca_key).map_err(failed)?;
+    let mut params = CertificateParams::new(names.to_vec()).map_err(failed)?;
+    params.distinguished_name.push(DnType::CommonName, common_name);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let now = std::time::SystemTime::now();
+    params.not_before = (now - std::time::Duration::from_secs(300)).into();
+    params.not_after = (now + std::time::Duration::from_secs(365 * 86400)).into();
+    let key = KeyPair::generate().map_err(failed)?;
+    let cert = params.signed_by(&key, &ca_cert, &ca_key).map_err(failed)?;
+    Ok((cert.pem(), key.serialize_pem()))
 }
 
-/// The (OID, text) pairs of a Name's content: SET OF SEQUENCE { OID, string }.
-fn subject_attributes(mut name: &[u8]) -> Option<Vec<(&[u8], String)>> {
-    let mut out = Vec::new();
-    while !name.is_empty() {
-        let (0x31, mut set, rest) = der_element(name)? else { return None };
-        name = rest;
-        while !set.is_empty() {
-            let (0x30, pair, rest) = der_element(set)? else { return None };
-            set = rest;
-            let (0x06, oid, value) = der_element(pair)? else { return None };
-            let (tag, text, _) = der_element(value)?;
-            // UTF8String, PrintableString, T61String, IA5String.
-            if matches!(tag, 0x0c | 0x13 | 0x14 | 0x16) {
-                out.push((oid, String::from_utf8_lossy(text).into_owned()));
-            }
-        }
+/// How the API server reaches node agents: it trusts the CA in `dir` and presents a client
+/// certificate naming `kube-apiserver-kubelet-client` (group `system:masters`), made once
+/// and kept beside the CA.
+pub fn kubelet_client_config(dir: &Path, ca_pem: &str) -> Result<Arc<rustls::ClientConfig>, Error> {
+    let (cert_path, key_path) = (dir.join("kubelet-client.crt"), dir.join("kubelet-client.key"));
+    if !(cert_path.exists() && key_path.exists()) {
+        let (cert, key) = issue_client_certificate(
+            dir,
+            berth_api::identity::KUBELET_CLIENT,
+            Some("system:masters"),
+        )?;
+        write_private(&key_path, key.as_bytes())?;
+        std::fs::write(&cert_path, cert).map_err(io("write", &cert_path))?;
     }
-    Some(out)
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
+        .map_err(|e| Error::Setup(format!("cannot read {}: {e}", cert_path.display())))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| Error::Setup(format!("bad certificate in {}: {e}", cert_path.display())))?;
+    let key = PrivateKeyDer::from_pem_file(&key_path)
+        .map_err(|e| Error::Setup(format!("cannot read {}: {e}", key_path.display())))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        let ca = ca.map_err(|e| Error::Setup(format!("bad CA certificate: {e}")))?;
+        roots.add(ca).map_err(|e| Error::Setup(format!("bad CA certificate: {e}")))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Setup(format!("TLS: {e}")))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)
+        .map_err(|e| Error::Setup(format!("TLS: {e}")))?;
+    Ok(Arc::new(config))
 }
 
 /// The rustls configuration serving the certificate (HTTP/2 and HTTP/1.1 by ALPN).
@@ -229,21 +239,9 @@ mod tests {
     }
 
     #[test]
-    fn malformed_names_are_refused_without_panicking() {
-        for bytes in [
-            &[][..],
-            &[0x31],
-            &[0x31, 0x85, 1, 2, 3, 4, 5],
-            &[0x31, 0x02, 0x30, 0x05],
-            &[0x30, 0x00],
-        ] {
-            let parsed = subject_attributes(bytes);
-            assert!(parsed.is_none() || parsed.is_some_and(|p| p.is_empty()), "{bytes:?}");
+    fn malformed_certificates_name_nobody() {
+        for bytes in [&[][..], &[0x30], &[0x30, 0x85, 1, 2, 3, 4, 5], &[0x30, 0x02, 0x30, 0x00]] {
+            assert_eq!(client_identity(&CertificateDer::from(bytes.to_vec())), None, "{bytes:?}");
         }
-        let good = [0x31, 0x0b, 0x30, 0x09, 0x06, 0x03, 0x55, 0x04, 0x03, 0x0c, 0x02, b'h', b'i'];
-        assert_eq!(
-            subject_attributes(&good),
-            Some(vec![(&[0x55, 0x04, 0x03][..], "hi".to_owned())])
-        );
     }
 }

@@ -39,6 +39,10 @@ pub struct ServerArgs {
     /// DATA_DIR/agent/cni, where a bridge network for 10.42.0.0/24 is written if empty).
     #[arg(long = "cni-conf-dir")]
     pub cni_conf_dir: Option<PathBuf>,
+    /// The port of the agent's kubelet API (what `kubectl logs` reaches through the API
+    /// server); 0 picks a free one.
+    #[arg(long = "kubelet-port", default_value_t = 10250)]
+    pub kubelet_port: u16,
     /// The first delay before a crashed container is restarted; it doubles per restart up
     /// to 30 times this (the kubelet's 10 s .. 5 min).
     #[arg(long = "container-restart-backoff-ms", default_value_t = 10_000)]
@@ -116,6 +120,7 @@ pub fn server(global: &crate::cli::Global, args: ServerArgs) -> Result<i32> {
         .build()
         .context("cannot start the async runtime")?;
     let kubeconfig = config.data_dir.join("kubeconfig");
+    let data_dir = config.data_dir.clone();
     let (grace, disable_controller_manager, disable_scheduler) =
         (config.shutdown_grace, args.disable_controller_manager, args.disable_scheduler);
     runtime.block_on(async move {
@@ -159,7 +164,8 @@ pub fn server(global: &crate::cli::Global, args: ServerArgs) -> Result<i32> {
             loops.spawn(berth_simnodes::run(nodes.clone(), config));
             informers.push(nodes);
         }
-        if let Some((agent_config, cri)) = agent {
+        if let Some((mut agent_config, cri)) = agent {
+            agent_tls(&data_dir, &mut agent_config)?;
             if let Some((node, socket)) = cri {
                 let stop = shutdown.clone();
                 loops.spawn(async move {
@@ -197,6 +203,24 @@ pub fn server(global: &crate::cli::Global, args: ServerArgs) -> Result<i32> {
         eprintln!("berth server: stopped");
         Ok(0)
     })
+}
+
+/// The agent's serving certificate for its kubelet API, signed by the server's CA (which
+/// `Server::prepare` has made), naming the node's address and name.
+fn agent_tls(data_dir: &std::path::Path, config: &mut berth_agent::Config) -> Result<()> {
+    let Some(api) = config.api.as_mut() else { return Ok(()) };
+    let tls_dir = data_dir.join("tls");
+    let names = vec![config.node_ip.clone(), config.node_name.clone(), "127.0.0.1".to_owned()];
+    let (cert_pem, key_pem) = berth_apiserver::tls::issue_serving_certificate(
+        &tls_dir,
+        &format!("system:node:{}", config.node_name),
+        &names,
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let ca_pem = std::fs::read_to_string(tls_dir.join("ca.crt"))
+        .with_context(|| format!("cannot read {}", tls_dir.join("ca.crt").display()))?;
+    api.tls = berth_agent::server::Tls { cert_pem, key_pem, ca_pem };
+    Ok(())
 }
 
 type InProcessCri = Option<(std::sync::Arc<berth_cri::Node>, PathBuf)>;
@@ -246,6 +270,16 @@ fn agent_setup(
         node_ip: args.node_ip.clone().unwrap_or_else(berth_agent::default_node_ip),
         lease_interval: std::time::Duration::from_secs(10),
         labels: std::collections::BTreeMap::new(),
+        // Filled in once the server's CA exists (see `agent_tls`).
+        api: Some(berth_agent::ApiConfig {
+            bind_address: "0.0.0.0".into(),
+            port: args.kubelet_port,
+            tls: berth_agent::server::Tls {
+                cert_pem: String::new(),
+                key_pem: String::new(),
+                ca_pem: String::new(),
+            },
+        }),
     };
     Ok(Some((config, cri)))
 }

@@ -78,7 +78,7 @@ impl Cluster {
                 "--node-name",
                 NODE,
             ])
-            .args(["--container-restart-backoff-ms", "200", "--data-dir"])
+            .args(["--container-restart-backoff-ms", "200", "--kubelet-port", "0", "--data-dir"])
             .arg(self.data())
             .stdout(Stdio::null())
             .stderr(log)
@@ -190,6 +190,27 @@ impl Cluster {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// A client certificate and key (files) for `user`, from `berth kubeconfig --user`.
+    fn berth_server_kubeconfig_user(&self, user: &str) -> (PathBuf, PathBuf) {
+        let output = Command::new(BERTH)
+            .args(["kubeconfig", "--user", user, "--data-dir"])
+            .arg(self.data())
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let config = String::from_utf8_lossy(&output.stdout).into_owned();
+        let field = |name: &str| -> Vec<u8> {
+            let line = config.lines().find(|l| l.trim_start().starts_with(name)).unwrap();
+            let data = line.split_once(':').unwrap().1.trim();
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD.decode(data).unwrap()
+        };
+        let (cert, key) = (self.path(&format!("{user}.crt")), self.path(&format!("{user}.key")));
+        std::fs::write(&cert, field("client-certificate-data")).unwrap();
+        std::fs::write(&key, field("client-key-data")).unwrap();
+        (cert, key)
     }
 
     fn mounts_under(&self, path: &Path) -> Vec<String> {
@@ -360,6 +381,62 @@ spec:
     );
     cluster.ok(&["patch", "secret", "creds", "-p", r#"{"stringData":{"key":"second"}}"#]);
     cluster.wait_log("reader", "reader", |t| t.contains("key=second greeting=hello env=first"));
+    // kubectl logs, through the API server and the agent's kubelet API.
+    let logs = cluster.ok(&["logs", "reader", "--tail", "2"]);
+    assert_eq!(logs.lines().count(), 2, "{logs}");
+    assert!(logs.lines().all(|l| l.starts_with("key=")), "{logs}");
+    let stamped = cluster.ok(&["logs", "reader", "--tail", "1", "--timestamps"]);
+    assert!(stamped.starts_with("20") && stamped.contains(" key="), "{stamped}");
+    let mut follow = Command::new(KUBECTL)
+        .env("KUBECONFIG", cluster.data().join("kubeconfig"))
+        .args(["logs", "-f", "reader", "--tail", "0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut followed = String::new();
+    {
+        use std::io::BufRead;
+        let mut reader = std::io::BufReader::new(follow.stdout.take().unwrap());
+        for _ in 0..3 {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            followed.push_str(&line);
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert_eq!(
+        followed.lines().filter(|l| l.starts_with("key=")).count(),
+        3,
+        "logs -f follows new lines: {followed}"
+    );
+    // The kubelet API admits the API server only.
+    let node: Value =
+        serde_json::from_str(&cluster.ok(&["get", "node", NODE, "-o", "json"])).unwrap();
+    let port = node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"].as_u64().unwrap();
+    assert!(port > 0);
+    let alice = cluster.berth_server_kubeconfig_user("alice");
+    let refused = Command::new("curl")
+        .args(["-s", "--cacert"])
+        .arg(cluster.data().join("tls/ca.crt"))
+        .arg("--cert")
+        .arg(&alice.0)
+        .arg("--key")
+        .arg(&alice.1)
+        .arg(format!("https://127.0.0.1:{port}/containerLogs/default/reader/reader"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&refused.stdout).contains("Forbidden"), "{refused:?}");
+    let anonymous = Command::new("curl")
+        .args(["-s", "--cacert"])
+        .arg(cluster.data().join("tls/ca.crt"))
+        .arg(format!("https://127.0.0.1:{port}/containerLogs/default/reader/reader"))
+        .output()
+        .unwrap();
+    assert!(
+        !anonymous.status.success() && anonymous.stdout.is_empty(),
+        "no client certificate, no answer"
+    );
     // A crashing container is restarted with growing delays; the pod shows why.
     let crash =
         cluster.until("crash restarted twice", &["get", "pod", "crash", "-o", "json"], |pod| {
@@ -368,6 +445,8 @@ spec:
     let status = &crash["status"]["containerStatuses"][0];
     assert_eq!(status["lastState"]["terminated"]["exitCode"], 1, "{status}");
     assert_eq!(status["lastState"]["terminated"]["reason"], "Error", "{status}");
+    let previous = cluster.ok(&["logs", "crash", "--previous"]);
+    assert_eq!(previous, "dying\n");
     cluster.until("crash in CrashLoopBackOff", &["get", "pod", "crash", "-o", "json"], |pod| {
         pod["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == "CrashLoopBackOff"
     });

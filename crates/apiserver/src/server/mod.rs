@@ -45,6 +45,7 @@ mod authz;
 mod compaction;
 mod discovery;
 mod handler;
+mod kubelet;
 mod listener;
 mod pods;
 mod request;
@@ -93,6 +94,8 @@ struct State {
     rbac: Arc<authz::RbacCache>,
     /// Fires when the server stops: watches end, loops return.
     shutdown: CancellationToken,
+    /// How the server reaches node agents (logs, exec, attach, port-forward).
+    kubelet_tls: Arc<rustls::ClientConfig>,
 }
 
 fn full(data: impl Into<Bytes>) -> Body {
@@ -222,6 +225,7 @@ impl Server {
             users.extend(crate::rbac::parse_tokens(&text));
         }
         let signer = crate::tokens::Signer::load(&tls_dir)?;
+        let kubelet_tls = tls::kubelet_client_config(&tls_dir, &pki.ca_pem)?;
         let tasks = TaskTracker::new();
         let rbac = authz::RbacCache::start(store.clone(), &tasks, shutdown.clone()).await?;
         let state = Arc::new(State {
@@ -233,6 +237,7 @@ impl Server {
             metrics,
             rbac,
             shutdown,
+            kubelet_tls,
         });
         bootstrap(&state).await?;
         tasks.spawn(compaction::run(

@@ -162,10 +162,19 @@ impl Api {
             }
             return Err(ApiError::bad_request(format!("pod {name} does not have a host assigned")));
         }
+        if action == "log" {
+            let container = match self.params.get("container").filter(|c| !c.is_empty()) {
+                Some(container) => container.clone(),
+                None => containers.first().cloned().unwrap_or_default(),
+            };
+            let namespace = self.target.namespace.clone().unwrap_or_default();
+            let path = kubelet::log_path(&namespace, &name, &container, &self.params);
+            return self.kubelet_get(node, &path).await;
+        }
         Err(ApiError::new(
             503,
             "ServiceUnavailable",
-            format!("cannot reach the node agent of node {node:?} to {action} pod {name}: no node agent is connected"),
+            format!("cannot reach the node agent of node {node:?} to {action} pod {name}: berth's node agent does not serve {action} yet"),
         ))
     }
 

@@ -1,0 +1,397 @@
+//! The kubelet API, as far as berth's agent serves it: `GET /containerLogs/{ns}/{pod}/
+//! {container}` (with `follow`, `previous`, `timestamps`, `tailLines`, `sinceSeconds`,
+//! `sinceTime`, `limitBytes`) and `/healthz`, over HTTPS with a serving certificate signed
+//! by the cluster's CA. Only the API server may call it: a client certificate from the
+//! same CA naming `kube-apiserver-kubelet-client` (or a member of `system:masters`).
+//! Logs are read from the files the runtime writes (the CRI log format), as the kubelet
+//! reads them.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_reconcile::Cache;
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Frame;
+use hyper::{Request, Response, StatusCode};
+use k8s_cri::v1 as cri;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::reflector::ObjectRef;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::cri::Runtime;
+use crate::pods::{LABEL_CONTAINER_NAME, LABEL_POD_UID};
+
+type Body = BoxBody<Bytes, Infallible>;
+
+/// The agent's TLS material (PEM).
+#[derive(Debug, Clone)]
+pub struct Tls {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub ca_pem: String,
+}
+
+fn tls_config(tls: &Tls) -> Result<Arc<rustls::ServerConfig>, String> {
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(tls.cert_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("bad serving certificate: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(tls.key_pem.as_bytes())
+        .map_err(|e| format!("bad serving key: {e}"))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(tls.ca_pem.as_bytes()) {
+        roots.add(ca.map_err(|e| format!("bad CA: {e}"))?).map_err(|e| format!("bad CA: {e}"))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| format!("client verification: {e}"))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .map_err(|e| e.to_string())?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// What the handlers read.
+#[derive(Clone)]
+pub struct Shared {
+    pub pods: Arc<Cache<Pod>>,
+    pub runtime: Runtime,
+    pub shutdown: tokio_util::sync::CancellationToken,
+}
+
+/// Serves the kubelet API on `listener` until shutdown.
+pub async fn serve(listener: tokio::net::TcpListener, tls: Tls, shared: Shared) {
+    let config = match tls_config(&tls) {
+        Ok(config) => config,
+        Err(err) => {
+            tracing::error!("kubelet API: {err}");
+            return;
+        }
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shared.shutdown.cancelled() => return,
+        };
+        let Ok((stream, _)) = accepted else { continue };
+        let (acceptor, shared) = (acceptor.clone(), shared.clone());
+        tokio::spawn(async move {
+            let Ok(Ok(tls)) =
+                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await
+            else {
+                return;
+            };
+            let allowed = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|certs| certs.first())
+                .and_then(|cert| berth_api::identity::certificate_subject(cert.as_ref()))
+                .is_some_and(|(name, groups)| {
+                    name == berth_api::identity::KUBELET_CLIENT
+                        || groups.iter().any(|g| g == "system:masters")
+                });
+            let service =
+                hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+                    let shared = shared.clone();
+                    async move { Ok::<_, Infallible>(handle(&shared, request, allowed).await) }
+                });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .await;
+        });
+    }
+}
+
+fn text(code: StatusCode, message: impl Into<String>) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(message.into())).boxed());
+    *response.status_mut() = code;
+    response
+}
+
+fn decode(segment: &str) -> String {
+    let bytes = segment.as_bytes();
+    let hex = |b: u8| (b as char).to_digit(16);
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(high), Some(low)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((high * 16 + low) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn handle(
+    shared: &Shared,
+    request: Request<hyper::body::Incoming>,
+    allowed: bool,
+) -> Response<Body> {
+    if !allowed {
+        return text(
+            StatusCode::FORBIDDEN,
+            "Forbidden: only the API server may use the node agent's API",
+        );
+    }
+    let path = request.uri().path().to_owned();
+    let query: HashMap<String, String> = request
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (decode(k), decode(v))
+        })
+        .collect();
+    if path == "/healthz" {
+        return text(StatusCode::OK, "ok");
+    }
+    let parts: Vec<String> = path.trim_start_matches('/').split('/').map(decode).collect();
+    match parts.as_slice() {
+        [kind, namespace, pod, container]
+            if kind == "containerLogs" && request.method() == hyper::Method::GET =>
+        {
+            logs(shared, namespace, pod, container, &query).await
+        }
+        _ => text(StatusCode::NOT_FOUND, format!("{path} is not served by berth's node agent")),
+    }
+}
+
+/// One line of a CRI log file.
+struct Line {
+    time: String,
+    stream: String,
+    full: bool,
+    content: String,
+}
+
+fn parse(line: &str) -> Option<Line> {
+    let mut parts = line.splitn(4, ' ');
+    let time = parts.next()?.to_owned();
+    let stream = parts.next()?.to_owned();
+    let tag = parts.next()?;
+    let content = parts.next().unwrap_or("").to_owned();
+    Some(Line { time, stream, full: !tag.starts_with('P'), content })
+}
+
+/// Whole lines from CRI log text (partial lines joined), as (time, text with newline).
+fn assemble(text: &str, pending: &mut HashMap<String, String>) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for raw in text.lines() {
+        let Some(line) = parse(raw) else { continue };
+        let buffer = pending.entry(line.stream.clone()).or_default();
+        buffer.push_str(&line.content);
+        if line.full {
+            let mut whole = std::mem::take(buffer);
+            whole.push('\n');
+            out.push((line.time, whole));
+        }
+    }
+    out
+}
+
+async fn logs(
+    shared: &Shared,
+    namespace: &str,
+    pod_name: &str,
+    container: &str,
+    query: &HashMap<String, String>,
+) -> Response<Body> {
+    let Some(pod) = shared.pods.store().get(&ObjectRef::new(pod_name).within(namespace)) else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("pod {namespace}/{pod_name} is not on this node"),
+        );
+    };
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let flag = |key: &str| query.get(key).is_some_and(|v| v == "true" || v == "1");
+    let mut rt = shared.runtime.runtime.clone();
+    let filter = cri::ContainerFilter {
+        label_selector: [
+            (LABEL_POD_UID.to_owned(), uid.clone()),
+            (LABEL_CONTAINER_NAME.to_owned(), container.to_owned()),
+        ]
+        .into(),
+        ..Default::default()
+    };
+    let listed = match rt.list_containers(cri::ListContainersRequest { filter: Some(filter) }).await
+    {
+        Ok(listed) => listed.into_inner().containers,
+        Err(status) => {
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the container runtime: {}", status.message()),
+            )
+        }
+    };
+    let mut attempts: Vec<&cri::Container> = listed.iter().collect();
+    attempts.sort_by_key(|c| std::cmp::Reverse(c.metadata.as_ref().map_or(0, |m| m.attempt)));
+    let chosen = if flag("previous") {
+        match attempts.get(1) {
+            Some(c) => *c,
+            None => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                    "previous terminated container \"{container}\" in pod \"{pod_name}\" not found"
+                ),
+                )
+            }
+        }
+    } else {
+        match attempts.first() {
+            Some(c) => *c,
+            None => return text(StatusCode::BAD_REQUEST, format!("container \"{container}\" in pod \"{pod_name}\" is waiting to start: ContainerCreating")),
+        }
+    };
+    let id = chosen.id.clone();
+    let status = match rt
+        .container_status(cri::ContainerStatusRequest { container_id: id.clone(), verbose: false })
+        .await
+    {
+        Ok(status) => status.into_inner().status.unwrap_or_default(),
+        Err(status) => {
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the container runtime: {}", status.message()),
+            )
+        }
+    };
+    let path = PathBuf::from(&status.log_path);
+    let timestamps = flag("timestamps");
+    let tail: Option<usize> = query.get("tailLines").and_then(|t| t.parse().ok());
+    let limit: Option<usize> = query.get("limitBytes").and_then(|t| t.parse().ok());
+    let since: Option<i64> = query
+        .get("sinceSeconds")
+        .and_then(|s| s.parse::<i64>().ok())
+        .map(|s| berth_stdx::time::unix_now() - s)
+        .or_else(|| query.get("sinceTime").and_then(|t| berth_stdx::time::parse_rfc3339(t)));
+    let follow = flag("follow") && !flag("previous");
+    let format = move |(time, line): &(String, String)| -> Option<String> {
+        if let Some(since) = since {
+            if berth_stdx::time::parse_rfc3339(time).is_some_and(|t| t < since) {
+                return None;
+            }
+        }
+        Some(if timestamps { format!("{time} {line}") } else { line.clone() })
+    };
+    let initial = tokio::fs::read(&path).await.unwrap_or_default();
+    let mut offset = initial.len() as u64;
+    let mut pending = HashMap::new();
+    let mut lines: Vec<String> = assemble(&String::from_utf8_lossy(&initial), &mut pending)
+        .iter()
+        .filter_map(&format)
+        .collect();
+    if let Some(tail) = tail {
+        let skip = lines.len().saturating_sub(tail);
+        lines.drain(..skip);
+    }
+    let mut first: String = lines.concat();
+    if let Some(limit) = limit {
+        first.truncate(limit);
+    }
+    if !follow {
+        let mut response = text(StatusCode::OK, first);
+        response.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("text/plain"),
+        );
+        return response;
+    }
+    let (mut sender, body) = http_body_util::channel::Channel::<Bytes, Infallible>::new(16);
+    let (mut runtime, shutdown) = (shared.runtime.runtime.clone(), shared.shutdown.clone());
+    tokio::spawn(async move {
+        let mut sent = first.len();
+        if sender.send(Frame::data(Bytes::from(first))).await.is_err() {
+            return;
+        }
+        loop {
+            let data = tokio::fs::read(&path).await.unwrap_or_default();
+            if (data.len() as u64) < offset {
+                offset = 0; // rotated or truncated: start over
+            }
+            let fresh = &data[usize::try_from(offset).unwrap_or(0).min(data.len())..];
+            // Only whole records; a record being written waits for the next look.
+            let upto = fresh.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1);
+            if upto > 0 {
+                offset += upto as u64;
+                let chunk: String =
+                    assemble(&String::from_utf8_lossy(&fresh[..upto]), &mut pending)
+                        .iter()
+                        .filter_map(&format)
+                        .collect();
+                if !chunk.is_empty() {
+                    if limit.is_some_and(|l| sent >= l) {
+                        return;
+                    }
+                    sent += chunk.len();
+                    if sender.send(Frame::data(Bytes::from(chunk))).await.is_err() {
+                        return;
+                    }
+                }
+                continue;
+            }
+            let running = runtime
+                .container_status(cri::ContainerStatusRequest {
+                    container_id: id.clone(),
+                    verbose: false,
+                })
+                .await
+                .ok()
+                .and_then(|s| s.into_inner().status)
+                .is_some_and(|s| s.state == cri::ContainerState::ContainerRunning as i32);
+            if !running {
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    });
+    let mut response = Response::new(body.boxed());
+    response
+        .headers_mut()
+        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_lines_are_joined_and_streams_kept_apart() {
+        let mut pending = HashMap::new();
+        let text = "t1 stdout P hel\nt2 stderr F oops\nt3 stdout F lo\n";
+        let lines = assemble(text, &mut pending);
+        assert_eq!(
+            lines,
+            vec![("t2".to_owned(), "oops\n".to_owned()), ("t3".to_owned(), "hello\n".to_owned())]
+        );
+        assert_eq!(decode("a%20b"), "a b");
+    }
+}
