@@ -11,6 +11,7 @@
 
 pub mod cri;
 pub mod pods;
+pub mod probes;
 pub mod server;
 pub mod volumes;
 
@@ -331,6 +332,10 @@ async fn run_pods(informers: Arc<Informers>, config: Config, runtime: cri::Runti
                 let known: std::collections::HashSet<String> =
                     pods.store().state().iter().filter(|p| ours(p)).filter_map(|p| p.metadata.uid.clone()).collect();
                 let mut rt = runtime.runtime.clone();
+                if let Ok(listed) = rt.list_containers(k8s_cri_v1::ListContainersRequest { filter: None }).await {
+                    let ids = listed.into_inner().containers.into_iter().map(|c| c.id).collect();
+                    memory.probes.retain(&ids);
+                }
                 if let Ok(listed) = rt.list_pod_sandbox(k8s_cri_v1::ListPodSandboxRequest { filter: None }).await {
                     let orphans: std::collections::BTreeSet<String> = listed
                         .into_inner()

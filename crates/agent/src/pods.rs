@@ -29,6 +29,8 @@ pub const RELIST: Duration = Duration::from_secs(1);
 #[derive(Debug, Default)]
 pub struct Memory {
     waiting: Mutex<HashMap<(String, String), (String, String)>>,
+    /// Probe results by container id.
+    pub probes: crate::probes::Results,
 }
 
 impl Memory {
@@ -369,7 +371,37 @@ pub async fn sync(ctx: &Context<'_>, pod: &Pod) -> Result<Next, Error> {
         initialized = false;
     }
     let statuses = if changed { containers_of(ctx.runtime, &sandbox.id).await? } else { statuses };
-    let status = pod_status(ctx, pod, &sandbox_status, &statuses, initialized);
+    // Probes of the running containers: readiness and started for the status; a failed
+    // liveness (or startup) probe kills the container, which restarts as its policy says.
+    let mut verdicts: HashMap<String, crate::probes::Verdict> = HashMap::new();
+    let grace = spec.termination_grace_period_seconds.unwrap_or(30);
+    for container in spec.containers.iter().chain(spec.init_containers.iter().flatten()) {
+        let Some(status) = statuses
+            .iter()
+            .filter(|s| s.metadata.as_ref().is_some_and(|m| m.name == container.name))
+            .max_by_key(|s| s.metadata.as_ref().map_or(0, |m| m.attempt))
+        else {
+            continue;
+        };
+        if status.state != cri::ContainerState::ContainerRunning as i32 {
+            continue;
+        }
+        let verdict = ctx.memory.probes.check(ctx.runtime, container, status, &pod_ip).await;
+        if let Some(why) = &verdict.kill {
+            tracing::info!(pod = %name, container = %container.name, "{why}; restarting");
+            ctx.memory.set(&uid, &container.name, "Unhealthy", why.clone());
+            let mut rt = ctx.runtime.runtime.clone();
+            rt.stop_container(cri::StopContainerRequest {
+                container_id: status.id.clone(),
+                timeout: grace,
+            })
+            .await
+            .map_err(cri_error(format!("stop container {}", status.id)))?;
+            next = Some(Duration::from_millis(10));
+        }
+        verdicts.insert(status.id.clone(), verdict);
+    }
+    let status = pod_status(ctx, pod, &sandbox_status, &statuses, initialized, &verdicts);
     let current =
         serde_json::to_value(pod.status.clone().unwrap_or_default()).unwrap_or(Value::Null);
     if differs(&current, &status) {
@@ -972,6 +1004,7 @@ fn pod_status(
     sandbox: &cri::PodSandboxStatus,
     statuses: &[cri::ContainerStatus],
     initialized: bool,
+    verdicts: &HashMap<String, crate::probes::Verdict>,
 ) -> Value {
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let spec = pod.spec.clone().unwrap_or_default();
@@ -1001,8 +1034,8 @@ fn pod_status(
             "name": c.name,
             "image": c.image,
             "imageID": latest.map(|s| s.image_ref.clone()).unwrap_or_default(),
-            "ready": running,
-            "started": running,
+            "ready": running && latest.and_then(|s| verdicts.get(&s.id)).is_none_or(|v| v.ready),
+            "started": running && latest.and_then(|s| verdicts.get(&s.id)).is_none_or(|v| v.started),
             "restartCount": latest.and_then(|s| s.metadata.as_ref()).map_or(0, |m| m.attempt),
             "state": state,
             "lastState": previous.map(container_state).unwrap_or_else(|| json!({})),

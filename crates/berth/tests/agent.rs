@@ -321,6 +321,24 @@ spec:
   containers:
   - {name: crash, image: fixture:v1, command: ["sh", "-c", "echo dying; exit 1"]}
 ---
+apiVersion: v1
+kind: Pod
+metadata: {name: probed}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: slow
+    image: fixture:v1
+    command: ["sh", "-c", "sleep 2; touch /tmp/ready; touch /tmp/alive; sleep 2; rm /tmp/alive; sleep 1000"]
+    readinessProbe: {exec: {command: ["cat", "/tmp/ready"]}, periodSeconds: 1}
+    livenessProbe: {exec: {command: ["test", "-f", "/tmp/alive"]}, initialDelaySeconds: 3, periodSeconds: 1, failureThreshold: 2}
+  - name: http
+    image: fixture:v1
+    command: ["sh", "-c", "echo ok > /tmp/index.html; exec httpd -f -p 8081 -h /tmp"]
+    ports: [{name: web, containerPort: 8081}]
+    readinessProbe: {httpGet: {path: /index.html, port: web}, periodSeconds: 1}
+    startupProbe: {tcpSocket: {port: 8081}, periodSeconds: 1}
+---
 apiVersion: batch/v1
 kind: Job
 metadata: {name: once}
@@ -381,6 +399,54 @@ spec:
     );
     cluster.ok(&["patch", "secret", "creds", "-p", r#"{"stringData":{"key":"second"}}"#]);
     cluster.wait_log("reader", "reader", |t| t.contains("key=second greeting=hello env=first"));
+    // Probes: readiness gates Ready, a failing liveness probe restarts the container.
+    let probed = cluster.until(
+        "probed: http ready, slow not yet",
+        &["get", "pod", "probed", "-o", "json"],
+        |pod| {
+            let statuses =
+                pod["status"]["containerStatuses"].as_array().cloned().unwrap_or_default();
+            let get = |name: &str| {
+                statuses.iter().find(|c| c["name"] == name).cloned().unwrap_or_default()
+            };
+            get("http")["ready"] == true
+                && get("http")["started"] == true
+                && get("slow")["state"]["running"].is_object()
+                && get("slow")["ready"] == false
+        },
+    );
+    assert_ne!(
+        probed["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "Ready")
+            .unwrap()["status"],
+        "True"
+    );
+    cluster.until(
+        "probed Ready once the file is there",
+        &["get", "pod", "probed", "-o", "json"],
+        running_ready,
+    );
+    let restarted = cluster.until(
+        "the liveness probe restarts slow",
+        &["get", "pod", "probed", "-o", "json"],
+        |pod| {
+            pod["status"]["containerStatuses"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["name"] == "slow" && c["restartCount"].as_i64().unwrap_or(0) >= 1)
+            })
+        },
+    );
+    let slow = restarted["status"]["containerStatuses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "slow")
+        .unwrap()
+        .clone();
+    assert_eq!(slow["lastState"]["terminated"]["exitCode"], 137, "{slow}");
     // kubectl logs, through the API server and the agent's kubelet API.
     let logs = cluster.ok(&["logs", "reader", "--tail", "2"]);
     assert_eq!(logs.lines().count(), 2, "{logs}");
@@ -494,7 +560,7 @@ spec:
     // Deleting everything leaves nothing behind: no sandbox, no mount, no volume directory.
     cluster.ok(&["delete", "deployment", "web"]);
     cluster.ok(&["delete", "job", "once"]);
-    cluster.ok(&["delete", "pod", "reader", "crash", "--grace-period", "1"]);
+    cluster.ok(&["delete", "pod", "reader", "crash", "probed", "--grace-period", "1"]);
     cluster.until("no pods left", &["get", "pods", "-o", "json"], |l| {
         l["items"].as_array().is_some_and(|i| i.is_empty())
     });

@@ -1,0 +1,296 @@
+//! Startup, liveness and readiness probes, as the kubelet runs them: `exec` through CRI
+//! ExecSync, `httpGet` (a GET to the pod's address; 200-399 is success) and `tcpSocket`
+//! (a connection) from the agent, with `initialDelaySeconds`, `periodSeconds`,
+//! `timeoutSeconds`, `successThreshold` and `failureThreshold`. Results are kept per
+//! container id (a restarted container starts over, as a new id does for the kubelet).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use k8s_cri::v1 as cri;
+use k8s_openapi::api::core::v1::{Container, Probe};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::cri::Runtime;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Startup,
+    Liveness,
+    Readiness,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Startup => "Startup",
+            Kind::Liveness => "Liveness",
+            Kind::Readiness => "Readiness",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct State {
+    last: Option<Instant>,
+    successes: i32,
+    failures: i32,
+    /// The probe's verdict so far (startup and readiness start false, liveness true).
+    passing: bool,
+    message: String,
+}
+
+/// Probe results by (container id, kind).
+#[derive(Debug, Default)]
+pub struct Results {
+    states: Mutex<HashMap<(String, Kind), State>>,
+}
+
+/// What the sync should do about a container after its probes ran.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub started: bool,
+    pub ready: bool,
+    /// Kill it (liveness or startup failed past its threshold): the message says why.
+    pub kill: Option<String>,
+}
+
+impl Results {
+    /// Drops every result of containers not in `ids` (all containers the node runs).
+    pub fn retain(&self, ids: &std::collections::HashSet<String>) {
+        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        states.retain(|(id, _), _| ids.contains(id));
+    }
+
+    fn get(&self, id: &str, kind: Kind) -> Option<State> {
+        let states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        states.get(&(id.to_owned(), kind)).cloned()
+    }
+
+    fn put(&self, id: &str, kind: Kind, state: State) {
+        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        states.insert((id.to_owned(), kind), state);
+    }
+
+    /// Runs the container's probes that are due and says where it stands.
+    pub async fn check(
+        &self,
+        runtime: &Runtime,
+        container: &Container,
+        status: &cri::ContainerStatus,
+        pod_ip: &str,
+    ) -> Verdict {
+        let id = status.id.as_str();
+        let started_at = std::time::UNIX_EPOCH
+            + Duration::from_nanos(u64::try_from(status.started_at).unwrap_or(0));
+        let running_for =
+            std::time::SystemTime::now().duration_since(started_at).unwrap_or_default();
+        let mut verdict = Verdict { started: true, ready: true, kill: None };
+        let startup_done = match &container.startup_probe {
+            Some(probe) => {
+                let state = self
+                    .step(runtime, container, id, Kind::Startup, probe, running_for, pod_ip, false)
+                    .await;
+                if state.passing {
+                    true
+                } else {
+                    verdict.started = false;
+                    verdict.ready = false;
+                    if state.failures >= probe.failure_threshold.unwrap_or(3).max(1) {
+                        verdict.kill = Some(format!("Startup probe failed: {}", state.message));
+                    }
+                    false
+                }
+            }
+            None => true,
+        };
+        if !startup_done {
+            return verdict;
+        }
+        if let Some(probe) = &container.liveness_probe {
+            let state = self
+                .step(runtime, container, id, Kind::Liveness, probe, running_for, pod_ip, true)
+                .await;
+            if !state.passing {
+                verdict.kill = Some(format!("Liveness probe failed: {}", state.message));
+            }
+        }
+        if let Some(probe) = &container.readiness_probe {
+            let state = self
+                .step(runtime, container, id, Kind::Readiness, probe, running_for, pod_ip, false)
+                .await;
+            verdict.ready = state.passing;
+        }
+        verdict
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn step(
+        &self,
+        runtime: &Runtime,
+        container: &Container,
+        id: &str,
+        kind: Kind,
+        probe: &Probe,
+        running_for: Duration,
+        pod_ip: &str,
+        initially: bool,
+    ) -> State {
+        let mut state = self.get(id, kind).unwrap_or(State {
+            last: None,
+            successes: 0,
+            failures: 0,
+            passing: initially,
+            message: String::new(),
+        });
+        let delay = Duration::from_secs(
+            u64::try_from(probe.initial_delay_seconds.unwrap_or(0)).unwrap_or(0),
+        );
+        let period = Duration::from_secs(
+            u64::try_from(probe.period_seconds.unwrap_or(10).max(1)).unwrap_or(10),
+        );
+        if running_for < delay || state.last.is_some_and(|last| last.elapsed() < period) {
+            return state;
+        }
+        // A passed startup probe is not run again.
+        if kind == Kind::Startup && state.passing {
+            return state;
+        }
+        let timeout = Duration::from_secs(
+            u64::try_from(probe.timeout_seconds.unwrap_or(1).max(1)).unwrap_or(1),
+        );
+        let outcome = run(runtime, container, id, probe, pod_ip, timeout).await;
+        state.last = Some(Instant::now());
+        match outcome {
+            Ok(()) => {
+                state.successes += 1;
+                state.failures = 0;
+                if state.successes >= probe.success_threshold.unwrap_or(1).max(1) {
+                    state.passing = true;
+                }
+            }
+            Err(message) => {
+                state.failures += 1;
+                state.successes = 0;
+                state.message = message;
+                if state.failures >= probe.failure_threshold.unwrap_or(3).max(1) {
+                    state.passing = false;
+                }
+            }
+        }
+        self.put(id, kind, state.clone());
+        state
+    }
+}
+
+fn port_of(container: &Container, port: &IntOrString) -> Result<u16, String> {
+    match port {
+        IntOrString::Int(n) => u16::try_from(*n).map_err(|_| format!("port {n} is out of range")),
+        IntOrString::String(name) => container
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref() == Some(name.as_str()))
+            .and_then(|p| u16::try_from(p.container_port).ok())
+            .ok_or_else(|| format!("the container has no port named {name:?}")),
+    }
+}
+
+async fn run(
+    runtime: &Runtime,
+    container: &Container,
+    id: &str,
+    probe: &Probe,
+    pod_ip: &str,
+    timeout: Duration,
+) -> Result<(), String> {
+    if let Some(exec) = &probe.exec {
+        let mut rt = runtime.runtime.clone();
+        let request = cri::ExecSyncRequest {
+            container_id: id.to_owned(),
+            cmd: exec.command.clone().unwrap_or_default(),
+            timeout: i64::try_from(timeout.as_secs()).unwrap_or(1),
+        };
+        return match rt.exec_sync(request).await {
+            Ok(out) => {
+                let out = out.into_inner();
+                if out.exit_code == 0 {
+                    Ok(())
+                } else {
+                    let text = String::from_utf8_lossy(if out.stdout.is_empty() {
+                        &out.stderr
+                    } else {
+                        &out.stdout
+                    })
+                    .trim()
+                    .to_owned();
+                    Err(format!(
+                        "command {:?} exited with {}: {text}",
+                        exec.command.clone().unwrap_or_default(),
+                        out.exit_code
+                    ))
+                }
+            }
+            Err(status) if status.code() == tonic::Code::DeadlineExceeded => {
+                Err(format!("command timed out after {}s", timeout.as_secs()))
+            }
+            Err(status) => Err(status.message().to_owned()),
+        };
+    }
+    if let Some(http) = &probe.http_get {
+        let port = port_of(container, &http.port)?;
+        let host = http.host.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| pod_ip.to_owned());
+        let path = http.path.clone().filter(|p| !p.is_empty()).unwrap_or_else(|| "/".into());
+        if http.scheme.as_deref() == Some("HTTPS") {
+            return Err("HTTPS probes are not supported by berth's agent yet".into());
+        }
+        let mut request = format!("GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/1.32\r\nAccept: */*\r\nConnection: close\r\n");
+        for header in http.http_headers.iter().flatten() {
+            request.push_str(&format!("{}: {}\r\n", header.name, header.value));
+        }
+        request.push_str("\r\n");
+        let attempt = async {
+            let mut stream = tokio::net::TcpStream::connect((host.as_str(), port))
+                .await
+                .map_err(|e| format!("Get \"http://{host}:{port}{path}\": {e}"))?;
+            stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
+            let mut head = vec![0u8; 1024];
+            let n = stream.read(&mut head).await.map_err(|e| e.to_string())?;
+            let line =
+                String::from_utf8_lossy(&head[..n]).lines().next().unwrap_or_default().to_owned();
+            let code: u16 = line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .ok_or_else(|| format!("not an HTTP answer: {line:?}"))?;
+            if (200..400).contains(&code) {
+                Ok(())
+            } else {
+                Err(format!("HTTP probe failed with statuscode: {code}"))
+            }
+        };
+        return tokio::time::timeout(timeout, attempt).await.unwrap_or_else(|_| {
+            Err(format!("Get \"http://{host}:{port}{path}\": timeout after {}s", timeout.as_secs()))
+        });
+    }
+    if let Some(tcp) = &probe.tcp_socket {
+        let port = port_of(container, &tcp.port)?;
+        let host = tcp.host.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| pod_ip.to_owned());
+        return match tokio::time::timeout(
+            timeout,
+            tokio::net::TcpStream::connect((host.as_str(), port)),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("dial tcp {host}:{port}: {e}")),
+            Err(_) => Err(format!("dial tcp {host}:{port}: i/o timeout")),
+        };
+    }
+    if probe.grpc.is_some() {
+        return Err("gRPC probes are not supported by berth's agent yet".into());
+    }
+    Err("the probe names no handler (exec, httpGet, tcpSocket)".into())
+}
