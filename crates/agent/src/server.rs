@@ -113,6 +113,7 @@ pub async fn serve(listener: tokio::net::TcpListener, tls: Tls, shared: Shared) 
                 });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .with_upgrades()
                 .await;
         });
     }
@@ -175,6 +176,10 @@ async fn handle(
             if kind == "containerLogs" && request.method() == hyper::Method::GET =>
         {
             logs(shared, namespace, pod, container, &query).await
+        }
+        [kind, namespace, pod, container] if kind == "exec" => {
+            let (namespace, pod, container) = (namespace.clone(), pod.clone(), container.clone());
+            exec(shared, request, &namespace, &pod, &container).await
         }
         _ => text(StatusCode::NOT_FOUND, format!("{path} is not served by berth's node agent")),
     }
@@ -376,6 +381,179 @@ async fn logs(
     response
         .headers_mut()
         .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain"));
+    response
+}
+
+/// Every value of a query parameter, in order (`command` repeats).
+fn all_values(query: &str, key: &str) -> Vec<String> {
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+        .filter(|(k, _)| decode(k) == key)
+        .map(|(_, v)| decode(&v.replace('+', " ")))
+        .collect()
+}
+
+/// The container id of a pod's running container (its newest attempt), through CRI.
+async fn container_id(
+    shared: &Shared,
+    namespace: &str,
+    pod_name: &str,
+    container: &str,
+) -> Result<String, Response<Body>> {
+    let Some(pod) = shared.pods.store().get(&ObjectRef::new(pod_name).within(namespace)) else {
+        return Err(text(
+            StatusCode::NOT_FOUND,
+            format!("pod {namespace}/{pod_name} is not on this node"),
+        ));
+    };
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let mut rt = shared.runtime.runtime.clone();
+    let filter = cri::ContainerFilter {
+        label_selector: [
+            (LABEL_POD_UID.to_owned(), uid),
+            (LABEL_CONTAINER_NAME.to_owned(), container.to_owned()),
+        ]
+        .into(),
+        state: Some(cri::ContainerStateValue {
+            state: cri::ContainerState::ContainerRunning as i32,
+        }),
+        ..Default::default()
+    };
+    let listed = rt
+        .list_containers(cri::ListContainersRequest { filter: Some(filter) })
+        .await
+        .map_err(|status| {
+            text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the container runtime: {}", status.message()),
+            )
+        })?
+        .into_inner()
+        .containers;
+    listed
+        .into_iter()
+        .max_by_key(|c| c.metadata.as_ref().map_or(0, |m| m.attempt))
+        .map(|c| c.id)
+        .ok_or_else(|| {
+            text(
+                StatusCode::BAD_REQUEST,
+                format!("container {container} is not running in pod {pod_name}"),
+            )
+        })
+}
+
+/// `exec`: the runtime's streaming URL for the command, and the client's upgraded
+/// connection joined to it byte for byte (the protocol is between the client and the
+/// runtime's streaming server).
+async fn exec(
+    shared: &Shared,
+    mut request: Request<hyper::body::Incoming>,
+    namespace: &str,
+    pod: &str,
+    container: &str,
+) -> Response<Body> {
+    let query = request.uri().query().unwrap_or("").to_owned();
+    let flag = |key: &str| all_values(&query, key).first().is_some_and(|v| v == "true" || v == "1");
+    let command = all_values(&query, "command");
+    if command.is_empty() {
+        return text(StatusCode::BAD_REQUEST, "you must specify at least 1 command");
+    }
+    let id = match container_id(shared, namespace, pod, container).await {
+        Ok(id) => id,
+        Err(response) => return response,
+    };
+    let tty = flag("tty");
+    let mut rt = shared.runtime.runtime.clone();
+    let exec = rt
+        .exec(cri::ExecRequest {
+            container_id: id,
+            cmd: command,
+            tty,
+            stdin: flag("stdin"),
+            stdout: flag("stdout") || !query.contains("stdout="),
+            stderr: flag("stderr") && !tty,
+        })
+        .await;
+    let url = match exec {
+        Ok(response) => response.into_inner().url,
+        Err(status) => {
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the container runtime: {}", status.message()),
+            )
+        }
+    };
+    let Ok(uri) = url.parse::<hyper::Uri>() else {
+        return text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the runtime gave a bad URL {url:?}"),
+        );
+    };
+    let address = format!("{}:{}", uri.host().unwrap_or("127.0.0.1"), uri.port_u16().unwrap_or(80));
+    let stream = match tokio::net::TcpStream::connect(&address).await {
+        Ok(stream) => stream,
+        Err(err) => {
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the runtime's streaming server at {address}: {err}"),
+            )
+        }
+    };
+    let Ok((mut sender, connection)) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await
+    else {
+        return text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the runtime's streaming server did not speak HTTP",
+        );
+    };
+    tokio::spawn(async move {
+        let _ = connection.with_upgrades().await;
+    });
+    let mut upstream = Request::get(uri.path()).header(hyper::header::HOST, address.as_str());
+    for (name, value) in request.headers() {
+        let lower = name.as_str();
+        if lower.starts_with("sec-websocket-")
+            || lower == "upgrade"
+            || lower == "connection"
+            || lower == "x-stream-protocol-version"
+        {
+            upstream = upstream.header(name, value);
+        }
+    }
+    let Ok(upstream) = upstream.body(Full::new(Bytes::new())) else {
+        return text(StatusCode::INTERNAL_SERVER_ERROR, "cannot make the upstream request");
+    };
+    let mut answer = match sender.send_request(upstream).await {
+        Ok(answer) => answer,
+        Err(err) => {
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the runtime's streaming server: {err}"),
+            )
+        }
+    };
+    if answer.status() != StatusCode::SWITCHING_PROTOCOLS {
+        let code = answer.status();
+        let body = answer.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        return text(code, String::from_utf8_lossy(&body).into_owned());
+    }
+    let mut response = Response::new(Full::new(Bytes::new()).boxed());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    for (name, value) in answer.headers() {
+        response.headers_mut().insert(name.clone(), value.clone());
+    }
+    let client_side = hyper::upgrade::on(&mut request);
+    let runtime_side = hyper::upgrade::on(&mut answer);
+    tokio::spawn(async move {
+        if let (Ok(client), Ok(runtime)) = (client_side.await, runtime_side.await) {
+            let mut client = hyper_util::rt::TokioIo::new(client);
+            let mut runtime = hyper_util::rt::TokioIo::new(runtime);
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut runtime).await;
+        }
+    });
     response
 }
 

@@ -476,6 +476,48 @@ spec:
         3,
         "logs -f follows new lines: {followed}"
     );
+    // kubectl exec (WebSocket v5 through the API server, the agent and the runtime's
+    // streaming server): output, exit codes, stdin, and a terminal.
+    let exec = cluster.kubectl(&[
+        "exec",
+        "reader",
+        "--",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; cat /etc/s/key; exit 3",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&exec.stdout), "out\nsecond", "{exec:?}");
+    assert!(String::from_utf8_lossy(&exec.stderr).starts_with("err\n"), "{exec:?}");
+    assert_eq!(exec.status.code(), Some(3), "kubectl exec gives the command's exit code: {exec:?}");
+    let mut piped = Command::new(KUBECTL)
+        .env("KUBECONFIG", cluster.data().join("kubeconfig"))
+        .args(["exec", "-i", "reader", "--", "sh", "-c", "tr a-z A-Z"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = piped.stdin.take().unwrap();
+        stdin.write_all(b"through stdin\n").unwrap();
+    }
+    let piped = piped.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&piped.stdout), "THROUGH STDIN\n", "{piped:?}");
+    let kubeconfig = cluster.data().join("kubeconfig");
+    let terminal = Command::new("script")
+        .args([
+            "-qec",
+            &format!(
+                "KUBECONFIG={} {KUBECTL} exec -it reader -- sh -c 'tty; stty size'",
+                kubeconfig.display()
+            ),
+            "/dev/null",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&terminal.stdout).into_owned();
+    assert!(shown.contains("/dev/pts/"), "a terminal inside: {shown:?} {terminal:?}");
     // The kubelet API admits the API server only.
     let node: Value =
         serde_json::from_str(&cluster.ok(&["get", "node", NODE, "-o", "json"])).unwrap();

@@ -5,6 +5,7 @@
 
 pub mod node;
 pub mod spec;
+pub mod stream;
 
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -24,11 +25,12 @@ pub const DEFAULT_SOCKET: &str = "/run/berth/cri.sock";
 #[derive(Debug, Clone)]
 pub struct Cri {
     node: Arc<Node>,
+    streams: Arc<stream::Streams>,
 }
 
 impl Cri {
-    pub fn new(node: Arc<Node>) -> Cri {
-        Cri { node }
+    pub fn new(node: Arc<Node>, streams: Arc<stream::Streams>) -> Cri {
+        Cri { node, streams }
     }
 
     async fn blocking<T, F>(&self, f: F) -> Result<Response<T>, Status>
@@ -67,13 +69,21 @@ pub async fn serve(
             .map_err(|e| format!("restrict {}: {e}", socket.display()))?;
     }
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
-    let cri = Cri::new(node);
-    tonic::transport::Server::builder()
+    let stop = tokio_util::sync::CancellationToken::new();
+    let streams = stream::Streams::start(node.clone(), stop.clone()).await?;
+    let cri = Cri::new(node, streams);
+    let done = stop.clone();
+    let served = tonic::transport::Server::builder()
         .add_service(RuntimeServiceServer::new(cri.clone()))
         .add_service(ImageServiceServer::new(cri))
-        .serve_with_incoming_shutdown(incoming, shutdown)
+        .serve_with_incoming_shutdown(incoming, async move {
+            shutdown.await;
+            done.cancel();
+        })
         .await
-        .map_err(|e| format!("the CRI server failed: {e}"))
+        .map_err(|e| format!("the CRI server failed: {e}"));
+    stop.cancel();
+    served
 }
 
 /// The socket path of a `--listen` value (`unix:///run/x.sock` or a plain path).
@@ -285,9 +295,29 @@ impl RuntimeService for Cri {
 
     async fn exec(
         &self,
-        _: Request<cri::ExecRequest>,
+        request: Request<cri::ExecRequest>,
     ) -> Result<Response<cri::ExecResponse>, Status> {
-        Err(Status::unimplemented("streaming exec is not served yet; use ExecSync"))
+        let request = request.into_inner();
+        if request.cmd.is_empty() {
+            return Err(Status::invalid_argument("cmd is empty"));
+        }
+        if !(request.stdin || request.stdout || request.stderr) {
+            return Err(Status::invalid_argument("one of stdin, stdout, or stderr must be set"));
+        }
+        if request.tty && request.stderr {
+            return Err(Status::invalid_argument("tty and stderr cannot both be true"));
+        }
+        let id = request.container_id.clone();
+        let record = self.blocking(move |node| node.running_container(&id)).await?.into_inner();
+        let url = self.streams.register(stream::ExecRequest {
+            container_id: record.id,
+            cmd: request.cmd,
+            tty: request.tty,
+            stdin: request.stdin,
+            stdout: request.stdout,
+            stderr: request.stderr,
+        })?;
+        Ok(Response::new(cri::ExecResponse { url }))
     }
 
     async fn attach(

@@ -948,6 +948,47 @@ impl Node {
             .map_err(|e| Status::internal(e.to_string()))
     }
 
+    /// The `berth-runc exec` command that runs `cmd` in a container with the container's
+    /// own process settings (user, environment, capabilities, working directory), and the
+    /// process file it reads (the caller removes it). With `console_socket`, the pty
+    /// master is sent there.
+    pub fn exec_command(
+        &self,
+        id: &str,
+        cmd: &[String],
+        tty: bool,
+        console_socket: Option<&Path>,
+    ) -> Result<(std::process::Command, PathBuf)> {
+        let dir = self.container_dir(id);
+        let bundle: Value = read_json(&dir.join("config.json"))?;
+        let mut process = bundle["process"].clone();
+        process["args"] = json!(cmd);
+        process["terminal"] = json!(tty);
+        let file = tempfile_in(&dir, "exec-", ".json")?;
+        std::fs::write(&file, process.to_string())
+            .map_err(io_err(format!("write {}", file.display())))?;
+        let mut command = std::process::Command::new(&self.config.exe);
+        std::os::unix::process::CommandExt::arg0(&mut command, "berth-runc");
+        command.arg("--root").arg(self.base().join("runtime")).arg("exec");
+        if let Some(socket) = console_socket {
+            command.arg("--console-socket").arg(socket);
+        }
+        command.arg("--process").arg(&file).arg(id);
+        Ok((command, file))
+    }
+
+    /// Checks that a container can be exec'd into now: it exists and runs.
+    pub fn running_container(&self, id: &str) -> Result<ContainerRecord> {
+        let record = self.container(id)?;
+        if self.observe(&record).state != cri::ContainerState::ContainerRunning {
+            return Err(Status::failed_precondition(format!(
+                "container {:?} is not running",
+                record.id
+            )));
+        }
+        Ok(record)
+    }
+
     /// Runs a command in a running container and returns its output and exit code.
     pub fn exec_sync(
         &self,
@@ -965,23 +1006,8 @@ impl Node {
         if cmd.is_empty() {
             return Err(Status::invalid_argument("cmd is empty"));
         }
-        let dir = self.container_dir(&record.id);
-        let bundle: Value = read_json(&dir.join("config.json"))?;
-        let mut process = bundle["process"].clone();
-        process["args"] = json!(cmd);
-        process["terminal"] = json!(false);
-        let file = tempfile_in(&dir, "exec-", ".json")?;
-        std::fs::write(&file, process.to_string())
-            .map_err(io_err(format!("write {}", file.display())))?;
-        let mut command = std::process::Command::new(&self.config.exe);
-        std::os::unix::process::CommandExt::arg0(&mut command, "berth-runc");
+        let (mut command, file) = self.exec_command(&record.id, cmd, false, None)?;
         command
-            .arg("--root")
-            .arg(self.base().join("runtime"))
-            .arg("exec")
-            .arg("--process")
-            .arg(&file)
-            .arg(&record.id)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());

@@ -89,7 +89,7 @@ where
         return response;
     }
     // Only the parts are held across awaits: a body need not be `Sync`.
-    let (request, body) = request.into_parts();
+    let (mut request, body) = request.into_parts();
     let accept = request.headers.get(ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
     let Some(user) = authn::authenticate(&state, &request).await else {
         return error_response(&ApiError::new(401, "Unauthorized", "Unauthorized"));
@@ -201,6 +201,18 @@ where
             crate::rbac::forbidden_message(&user, &attributes),
         ));
     }
+    let upgrade =
+        if matches!(target.subresource.as_deref(), Some("exec" | "attach" | "portforward")) {
+            request.extensions.remove::<hyper::upgrade::OnUpgrade>().map(|on| {
+                super::kubelet::Upgrade {
+                    on,
+                    headers: request.headers.clone(),
+                    query: request.uri.query().unwrap_or("").to_owned(),
+                }
+            })
+        } else {
+            None
+        };
     let api = Api {
         state: state.clone(),
         target,
@@ -208,6 +220,7 @@ where
         accept,
         warnings: Default::default(),
         duplicates: Default::default(),
+        upgrade: std::sync::Mutex::new(upgrade),
     };
     // Bindings and subresources other than status answer for themselves.
     let special = match (api.resource().kind, api.target.subresource.as_deref()) {

@@ -23,13 +23,19 @@ fn endpoint(node: &Value) -> Option<(String, u16)> {
     Some((address, port))
 }
 
+/// A client connection waiting to be upgraded (`exec`): its headers and raw query (for the
+/// repeated `command` parameters) go to the agent, and its upgrade is joined to the agent's.
+pub(super) struct Upgrade {
+    pub(super) on: hyper::upgrade::OnUpgrade,
+    pub(super) headers: hyper::HeaderMap,
+    pub(super) query: String,
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
 impl Api {
-    /// Sends `GET path` to the agent of `node` and streams its answer back.
-    pub(super) async fn kubelet_get(
-        &self,
-        node_name: &str,
-        path: &str,
-    ) -> Result<Response<Body>, ApiError> {
+    /// An HTTP/1.1 connection to the agent of `node_name` (TLS, verified both ways).
+    async fn kubelet_connect(&self, node_name: &str) -> Result<(Sender, String), ApiError> {
         let unreachable = |why: String| {
             ApiError::new(
                 503,
@@ -60,19 +66,107 @@ impl Api {
             .connect(server_name, stream)
             .await
             .map_err(|e| unreachable(format!("TLS with {address}:{port}: {e}")))?;
-        let (mut sender, connection) =
+        let (sender, connection) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
                 .await
                 .map_err(|e| unreachable(e.to_string()))?;
         tokio::spawn(async move {
-            let _ = connection.await;
+            let _ = connection.with_upgrades().await;
         });
-        let request = Request::get(path)
-            .header(hyper::header::HOST, format!("{address}:{port}"))
+        Ok((sender, format!("{address}:{port}")))
+    }
+
+    /// `exec`: the agent's upgraded connection joined to the client's, byte for byte.
+    pub(super) async fn kubelet_upgrade(
+        &self,
+        node_name: &str,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+    ) -> Result<Response<Body>, ApiError> {
+        let upgrade =
+            self.upgrade.lock().unwrap_or_else(|p| p.into_inner()).take().ok_or_else(|| {
+                ApiError::bad_request(
+                    "exec needs a connection that can be upgraded (HTTP/1.1 with Upgrade: websocket)",
+                )
+            })?;
+        let (mut sender, host) = self.kubelet_connect(node_name).await?;
+        let path = format!(
+            "/exec/{}/{}/{}?{}",
+            encode(namespace),
+            encode(pod),
+            encode(container),
+            upgrade.query
+        );
+        let mut request = Request::get(path).header(hyper::header::HOST, host);
+        for (name, value) in &upgrade.headers {
+            let lower = name.as_str();
+            if lower.starts_with("sec-websocket-")
+                || lower == "upgrade"
+                || lower == "connection"
+                || lower == "x-stream-protocol-version"
+            {
+                request = request.header(name, value);
+            }
+        }
+        let request = request
             .body(Full::new(Bytes::new()))
             .map_err(|e| ApiError::new(500, "InternalError", e.to_string()))?;
-        let response =
-            sender.send_request(request).await.map_err(|e| unreachable(e.to_string()))?;
+        let mut answer = sender.send_request(request).await.map_err(|e| {
+            ApiError::new(
+                503,
+                "ServiceUnavailable",
+                format!("the node agent of {node_name:?}: {e}"),
+            )
+        })?;
+        if answer.status() != StatusCode::SWITCHING_PROTOCOLS {
+            let code = answer.status().as_u16();
+            let bytes =
+                answer.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            let message = String::from_utf8_lossy(&bytes).trim().to_owned();
+            return Err(match code {
+                404 => ApiError::new(404, "NotFound", message),
+                400..=499 => ApiError::bad_request(message),
+                _ => ApiError::new(500, "InternalError", message),
+            });
+        }
+        let mut response = Response::new(full(Bytes::new()));
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        for (name, value) in answer.headers() {
+            response.headers_mut().insert(name.clone(), value.clone());
+        }
+        let agent_side = hyper::upgrade::on(&mut answer);
+        let client_side = upgrade.on;
+        tokio::spawn(async move {
+            if let (Ok(client), Ok(agent)) = (client_side.await, agent_side.await) {
+                let mut client = hyper_util::rt::TokioIo::new(client);
+                let mut agent = hyper_util::rt::TokioIo::new(agent);
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut agent).await;
+            }
+        });
+        Ok(response)
+    }
+}
+
+impl Api {
+    /// Sends `GET path` to the agent of `node` and streams its answer back.
+    pub(super) async fn kubelet_get(
+        &self,
+        node_name: &str,
+        path: &str,
+    ) -> Result<Response<Body>, ApiError> {
+        let (mut sender, host) = self.kubelet_connect(node_name).await?;
+        let request = Request::get(path)
+            .header(hyper::header::HOST, host)
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| ApiError::new(500, "InternalError", e.to_string()))?;
+        let response = sender.send_request(request).await.map_err(|e| {
+            ApiError::new(
+                503,
+                "ServiceUnavailable",
+                format!("the node agent of {node_name:?}: {e}"),
+            )
+        })?;
         let status = response.status();
         let content_type = response.headers().get(CONTENT_TYPE).cloned();
         let mut incoming = response.into_body();

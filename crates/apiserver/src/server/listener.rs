@@ -63,7 +63,8 @@ pub(super) async fn run(
                 });
             let builder =
                 hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-            let connection = builder.serve_connection(hyper_util::rt::TokioIo::new(tls), service);
+            let connection =
+                builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), service);
             if let Err(err) = watcher.watch(connection.into_owned()).await {
                 tracing::debug!("connection: {err}");
             }

@@ -171,6 +171,14 @@ impl Api {
             let path = kubelet::log_path(&namespace, &name, &container, &self.params);
             return self.kubelet_get(node, &path).await;
         }
+        if action == "exec" {
+            let container = match self.params.get("container").filter(|c| !c.is_empty()) {
+                Some(container) => container.clone(),
+                None => containers.first().cloned().unwrap_or_default(),
+            };
+            let namespace = self.target.namespace.clone().unwrap_or_default();
+            return self.kubelet_upgrade(node, &namespace, &name, &container).await;
+        }
         Err(ApiError::new(
             503,
             "ServiceUnavailable",
@@ -203,6 +211,7 @@ impl Api {
             accept: self.accept.clone(),
             warnings: Default::default(),
             duplicates: Default::default(),
+            upgrade: Default::default(),
         };
         let pod = pod_api.current().await?;
         pod_api.bind(pod, body).await

@@ -19,6 +19,8 @@ pub(super) struct Api {
     pub(super) warnings: std::sync::Mutex<Vec<String>>,
     /// Keys the request body repeated, by path.
     pub(super) duplicates: std::sync::Mutex<Vec<String>>,
+    /// The connection's upgrade, for `exec` (taken by the one who answers 101).
+    pub(super) upgrade: std::sync::Mutex<Option<super::kubelet::Upgrade>>,
 }
 
 impl Api {

@@ -1,0 +1,507 @@
+//! The CRI streaming server: `Exec` answers with a one-time URL on this loopback server,
+//! and whoever holds it (the kubelet's API, `crictl`) upgrades a GET of that URL to a
+//! WebSocket speaking Kubernetes' channel protocol (`v5.channel.k8s.io`, or
+//! `v4.channel.k8s.io`): every binary message starts with a channel byte (0 stdin,
+//! 1 stdout, 2 stderr, 3 the final status, 4 terminal resize; v5's 255 closes a channel).
+//! The command runs through `berth-runc exec` with the container's process settings, on
+//! pipes or on a pty whose master the runtime hands over a console socket.
+//! Not yet: SPDY/3.1 (answered 400 with the reason), Attach and PortForward.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response, StatusCode};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::node::Node;
+
+type Body = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+
+/// How long an URL handed out by Exec stays good.
+const URL_LIFETIME: Duration = Duration::from_secs(60);
+
+const PROTOCOLS: [&str; 2] = ["v5.channel.k8s.io", "v4.channel.k8s.io"];
+
+/// An exec waiting for its client.
+#[derive(Debug, Clone)]
+pub struct ExecRequest {
+    pub container_id: String,
+    pub cmd: Vec<String>,
+    pub tty: bool,
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+}
+
+/// The server: its address and the URLs handed out.
+#[derive(Debug)]
+pub struct Streams {
+    address: std::net::SocketAddr,
+    pending: Mutex<HashMap<String, (ExecRequest, Instant)>>,
+}
+
+impl Streams {
+    /// Binds 127.0.0.1 on a free port and serves until `shutdown`.
+    pub async fn start(
+        node: Arc<Node>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Result<Arc<Streams>, String> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .map_err(|e| format!("the streaming server cannot listen: {e}"))?;
+        let address = listener.local_addr().map_err(|e| e.to_string())?;
+        let streams = Arc::new(Streams { address, pending: Mutex::new(HashMap::new()) });
+        let served = streams.clone();
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    accepted = listener.accept() => accepted,
+                    _ = shutdown.cancelled() => return,
+                };
+                let Ok((stream, _)) = accepted else { continue };
+                let (streams, node) = (served.clone(), node.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request| {
+                        let (streams, node) = (streams.clone(), node.clone());
+                        async move { Ok::<_, std::convert::Infallible>(streams.handle(node, request)) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        Ok(streams)
+    }
+
+    /// A one-time URL for `request`.
+    pub fn register(&self, request: ExecRequest) -> Result<String, tonic::Status> {
+        let token = berth_stdx::random::hex(16)
+            .map_err(|e| tonic::Status::internal(format!("read /dev/urandom: {e}")))?;
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        pending.retain(|_, (_, made)| made.elapsed() < URL_LIFETIME);
+        pending.insert(token.clone(), (request, Instant::now()));
+        Ok(format!("http://{}/exec/{token}", self.address))
+    }
+
+    fn take(&self, token: &str) -> Option<ExecRequest> {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let (request, made) = pending.remove(token)?;
+        (made.elapsed() < URL_LIFETIME).then_some(request)
+    }
+
+    fn handle(
+        &self,
+        node: Arc<Node>,
+        mut request: Request<hyper::body::Incoming>,
+    ) -> Response<Body> {
+        let text = |code: StatusCode, message: String| {
+            let mut response = Response::new(Full::new(Bytes::from(message)).boxed());
+            *response.status_mut() = code;
+            response
+        };
+        let path = request.uri().path().to_owned();
+        let Some(token) = path.strip_prefix("/exec/") else {
+            return text(StatusCode::NOT_FOUND, format!("{path}: no such stream"));
+        };
+        let Some(exec) = self.take(token) else {
+            return text(
+                StatusCode::NOT_FOUND,
+                "this stream URL is unknown or expired; ask Exec for a new one".into(),
+            );
+        };
+        let header = |name: &str| {
+            request.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned()
+        };
+        if !header("upgrade").eq_ignore_ascii_case("websocket") {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("berth's streaming server speaks WebSocket ({}); upgrade to it (SPDY/3.1 is not served yet)", PROTOCOLS.join(", ")),
+            );
+        }
+        let offered = header("sec-websocket-protocol");
+        let offered: Vec<&str> = offered.split(',').map(str::trim).collect();
+        let Some(protocol) = PROTOCOLS.iter().find(|p| offered.contains(p)) else {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("no supported subprotocol offered; berth speaks {}", PROTOCOLS.join(", ")),
+            );
+        };
+        let key = header("sec-websocket-key");
+        if key.is_empty() {
+            return text(StatusCode::BAD_REQUEST, "Sec-WebSocket-Key is missing".into());
+        }
+        let upgrade = hyper::upgrade::on(&mut request);
+        let protocol = (*protocol).to_owned();
+        let v5 = protocol.starts_with("v5");
+        tokio::spawn(async move {
+            match upgrade.await {
+                Ok(upgraded) => {
+                    session(node, hyper_util::rt::TokioIo::new(upgraded), exec, v5).await
+                }
+                Err(err) => tracing::debug!("exec upgrade failed: {err}"),
+            }
+        });
+        let mut response = Response::new(Full::new(Bytes::new()).boxed());
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let headers = response.headers_mut();
+        headers
+            .insert(hyper::header::UPGRADE, hyper::header::HeaderValue::from_static("websocket"));
+        headers
+            .insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("Upgrade"));
+        if let Ok(value) = hyper::header::HeaderValue::from_str(&accept_key(&key)) {
+            headers.insert("sec-websocket-accept", value);
+        }
+        if let Ok(value) = hyper::header::HeaderValue::from_str(&protocol) {
+            headers.insert("sec-websocket-protocol", value);
+        }
+        response
+    }
+}
+
+/// `Sec-WebSocket-Accept` for a client's key (RFC 6455 §4.2.2).
+pub fn accept_key(key: &str) -> String {
+    use base64::Engine as _;
+    let digest = ring::digest::digest(
+        &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
+        format!("{key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11").as_bytes(),
+    );
+    base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
+}
+
+/// One WebSocket frame as read: opcode and (unmasked) payload. Fragments are joined.
+async fn read_message<R: AsyncRead + Unpin>(reader: &mut R) -> std::io::Result<(u8, Vec<u8>)> {
+    let mut message = Vec::new();
+    let mut first_opcode = None;
+    loop {
+        let mut head = [0u8; 2];
+        reader.read_exact(&mut head).await?;
+        let fin = head[0] & 0x80 != 0;
+        let opcode = head[0] & 0x0f;
+        let masked = head[1] & 0x80 != 0;
+        let mut length = u64::from(head[1] & 0x7f);
+        if length == 126 {
+            let mut ext = [0u8; 2];
+            reader.read_exact(&mut ext).await?;
+            length = u64::from(u16::from_be_bytes(ext));
+        } else if length == 127 {
+            let mut ext = [0u8; 8];
+            reader.read_exact(&mut ext).await?;
+            length = u64::from_be_bytes(ext);
+        }
+        if length > 16 << 20 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "a WebSocket frame over 16 MiB",
+            ));
+        }
+        let mut mask = [0u8; 4];
+        if masked {
+            reader.read_exact(&mut mask).await?;
+        }
+        let mut payload = vec![0u8; usize::try_from(length).unwrap_or(0)];
+        reader.read_exact(&mut payload).await?;
+        if masked {
+            for (i, byte) in payload.iter_mut().enumerate() {
+                *byte ^= mask[i % 4];
+            }
+        }
+        if opcode >= 0x8 {
+            // Control frames come whole, even between fragments.
+            return Ok((opcode, payload));
+        }
+        if first_opcode.is_none() {
+            first_opcode = Some(opcode);
+        }
+        message.extend_from_slice(&payload);
+        if fin {
+            return Ok((first_opcode.unwrap_or(opcode), message));
+        }
+    }
+}
+
+async fn write_frame<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    opcode: u8,
+    payload: &[u8],
+) -> std::io::Result<()> {
+    let mut frame = Vec::with_capacity(payload.len() + 10);
+    frame.push(0x80 | opcode);
+    let length = payload.len();
+    if length < 126 {
+        frame.push(length as u8);
+    } else if length <= usize::from(u16::MAX) {
+        frame.push(126);
+        frame.extend_from_slice(&(length as u16).to_be_bytes());
+    } else {
+        frame.push(127);
+        frame.extend_from_slice(&(length as u64).to_be_bytes());
+    }
+    frame.extend_from_slice(payload);
+    writer.write_all(&frame).await?;
+    writer.flush().await
+}
+
+enum Out {
+    Data(u8, Vec<u8>),
+    Pong(Vec<u8>),
+}
+
+/// Where stdin goes.
+enum Input {
+    Pipe(tokio::process::ChildStdin),
+    Pty(std::fs::File),
+    None,
+}
+
+async fn session<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    node: Arc<Node>,
+    io: S,
+    exec: ExecRequest,
+    v5: bool,
+) {
+    let (mut reader, mut writer) = tokio::io::split(io);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Out>(64);
+    let writer_task = tokio::spawn(async move {
+        while let Some(out) = rx.recv().await {
+            let written = match out {
+                Out::Data(channel, data) => {
+                    let mut payload = Vec::with_capacity(data.len() + 1);
+                    payload.push(channel);
+                    payload.extend_from_slice(&data);
+                    write_frame(&mut writer, 0x2, &payload).await
+                }
+                Out::Pong(data) => write_frame(&mut writer, 0xA, &data).await,
+            };
+            if written.is_err() {
+                return;
+            }
+        }
+        let _ = write_frame(&mut writer, 0x8, &1000u16.to_be_bytes()).await;
+        let _ = writer.shutdown().await;
+    });
+    let status = run(node, &exec, &tx, &mut reader, v5).await;
+    let _ = tx.send(Out::Data(3, status.into_bytes())).await;
+    drop(tx);
+    let _ = writer_task.await;
+}
+
+/// The final status message of channel 3, as the kubelet writes it.
+fn status_message(code: Result<i32, String>) -> String {
+    match code {
+        Ok(0) => r#"{"metadata":{},"status":"Success"}"#.to_owned(),
+        Ok(code) => serde_json::json!({
+            "metadata": {}, "status": "Failure",
+            "message": format!("command terminated with non-zero exit code: exit status {code}"),
+            "reason": "NonZeroExitCode",
+            "details": {"causes": [{"reason": "ExitCode", "message": code.to_string()}]}
+        })
+        .to_string(),
+        Err(message) => serde_json::json!({"metadata": {}, "status": "Failure", "message": message, "reason": "InternalError"}).to_string(),
+    }
+}
+
+async fn run<R: AsyncRead + Unpin>(
+    node: Arc<Node>,
+    exec: &ExecRequest,
+    tx: &tokio::sync::mpsc::Sender<Out>,
+    reader: &mut R,
+    v5: bool,
+) -> String {
+    if let Err(status) = node.running_container(&exec.container_id) {
+        return status_message(Err(status.message().to_owned()));
+    }
+    let console = if exec.tty {
+        let dir = std::env::temp_dir();
+        let path =
+            dir.join(format!("berth-exec-{}.sock", berth_stdx::random::hex(8).unwrap_or_default()));
+        match std::os::unix::net::UnixListener::bind(&path) {
+            Ok(listener) => Some((listener, path)),
+            Err(err) => return status_message(Err(format!("console socket: {err}"))),
+        }
+    } else {
+        None
+    };
+    let prepared = node.exec_command(
+        &exec.container_id,
+        &exec.cmd,
+        exec.tty,
+        console.as_ref().map(|(_, p)| p.as_path()),
+    );
+    let (command, file) = match prepared {
+        Ok(prepared) => prepared,
+        Err(status) => return status_message(Err(status.message().to_owned())),
+    };
+    let mut command = tokio::process::Command::from(command);
+    let piped =
+        |on: bool| if on { std::process::Stdio::piped() } else { std::process::Stdio::null() };
+    if exec.tty {
+        command
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+    } else {
+        command.stdin(piped(exec.stdin)).stdout(piped(exec.stdout)).stderr(piped(exec.stderr));
+    }
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(err) => {
+            let _ = std::fs::remove_file(&file);
+            return status_message(Err(format!("run berth-runc exec: {err}")));
+        }
+    };
+    let mut pumps = Vec::new();
+    let mut master: Option<OwnedFd> = None;
+    let mut input = Input::None;
+    if let Some((listener, path)) = console {
+        let accepted = tokio::task::spawn_blocking(move || {
+            let _ = listener.set_nonblocking(false);
+            let got = listener.accept().map_err(|e| e.to_string()).and_then(|(stream, _)| {
+                berth_runtime::receive_master(&OwnedFd::from(stream)).map_err(|e| e.to_string())
+            });
+            let _ = std::fs::remove_file(&path);
+            got
+        });
+        match tokio::time::timeout(Duration::from_secs(30), accepted).await {
+            Ok(Ok(Ok(fd))) => master = Some(fd),
+            _ => {
+                let _ = child.kill().await;
+                let _ = std::fs::remove_file(&file);
+                return status_message(Err("the runtime did not hand over the terminal".into()));
+            }
+        }
+        if let Some(fd) = &master {
+            let (Ok(read_side), Ok(write_side)) = (fd.try_clone(), fd.try_clone()) else {
+                let _ = child.kill().await;
+                return status_message(Err("cannot duplicate the terminal".into()));
+            };
+            input =
+                if exec.stdin { Input::Pty(std::fs::File::from(write_side)) } else { Input::None };
+            let tx = tx.clone();
+            pumps.push(tokio::task::spawn_blocking(move || {
+                use std::io::Read;
+                let mut file = std::fs::File::from(read_side);
+                let mut buffer = vec![0u8; 32 * 1024];
+                // A pty whose other side closed says EIO: that is the end.
+                while let Ok(n) = file.read(&mut buffer) {
+                    if n == 0 || tx.blocking_send(Out::Data(1, buffer[..n].to_vec())).is_err() {
+                        break;
+                    }
+                }
+            }));
+        }
+    } else {
+        if let Some(stdin) = child.stdin.take() {
+            input = Input::Pipe(stdin);
+        }
+        for (channel, stream) in [
+            (1u8, child.stdout.take().map(|s| Box::new(s) as Box<dyn AsyncRead + Unpin + Send>)),
+            (2u8, child.stderr.take().map(|s| Box::new(s) as Box<dyn AsyncRead + Unpin + Send>)),
+        ] {
+            let Some(mut stream) = stream else { continue };
+            let tx = tx.clone();
+            pumps.push(tokio::spawn(async move {
+                let mut buffer = vec![0u8; 32 * 1024];
+                while let Ok(n) = stream.read(&mut buffer).await {
+                    if n == 0 || tx.send(Out::Data(channel, buffer[..n].to_vec())).await.is_err() {
+                        break;
+                    }
+                }
+            }));
+        }
+    }
+    // The client's messages until the command ends.
+    let code = loop {
+        tokio::select! {
+            status = child.wait() => break status.map_err(|e| e.to_string()),
+            message = read_message(reader) => {
+                let Ok((opcode, payload)) = message else {
+                    // The client went away: the command goes too.
+                    let _ = child.kill().await;
+                    break child.wait().await.map_err(|e| e.to_string());
+                };
+                match opcode {
+                    0x8 => {
+                        let _ = child.kill().await;
+                        break child.wait().await.map_err(|e| e.to_string());
+                    }
+                    0x9 => { let _ = tx.send(Out::Pong(payload)).await; }
+                    0x1 | 0x2 if !payload.is_empty() => match payload[0] {
+                        0 => match &mut input {
+                            Input::Pipe(stdin) => { let _ = stdin.write_all(&payload[1..]).await; }
+                            Input::Pty(file) => { use std::io::Write; let _ = file.write_all(&payload[1..]); }
+                            Input::None => {}
+                        },
+                        4 => {
+                            if let (Some(fd), Ok(size)) = (&master, serde_json::from_slice::<serde_json::Value>(&payload[1..])) {
+                                let rows = size["Height"].as_u64().and_then(|h| u16::try_from(h).ok()).unwrap_or(24);
+                                let cols = size["Width"].as_u64().and_then(|w| u16::try_from(w).ok()).unwrap_or(80);
+                                let _ = berth_sys::tty::set_window_size(fd.as_fd(), berth_sys::tty::WindowSize { rows, cols });
+                            }
+                        }
+                        255 if v5 && payload.get(1) == Some(&0) => input = Input::None,
+                        _ => {}
+                    },
+                    _ => {}
+                }
+            }
+        }
+    };
+    drop(input);
+    for pump in pumps {
+        let _ = tokio::time::timeout(Duration::from_secs(5), pump).await;
+    }
+    let _ = std::fs::remove_file(&file);
+    match code {
+        Ok(status) => {
+            use std::os::unix::process::ExitStatusExt;
+            status_message(Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(9))))
+        }
+        Err(message) => status_message(Err(message)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_accept_key_of_rfc_6455() {
+        assert_eq!(accept_key("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+
+    #[test]
+    fn statuses_name_the_exit_code() {
+        assert!(status_message(Ok(0)).contains("Success"));
+        let failed: serde_json::Value = serde_json::from_str(&status_message(Ok(3))).unwrap();
+        assert_eq!(failed["reason"], "NonZeroExitCode");
+        assert_eq!(failed["details"]["causes"][0]["message"], "3");
+    }
+
+    #[tokio::test]
+    async fn frames_round_trip_masked_and_fragmented() {
+        // A masked text frame "hi" split into two fragments, then a ping.
+        let mask = [1u8, 2, 3, 4];
+        let masked = |data: &[u8]| -> Vec<u8> {
+            data.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]).collect()
+        };
+        let mut wire = vec![0x01, 0x81];
+        wire.extend_from_slice(&mask);
+        wire.extend(masked(b"h"));
+        wire.extend([0x80, 0x81]);
+        wire.extend_from_slice(&mask);
+        wire.extend(masked(b"i"));
+        wire.extend([0x89, 0x00]);
+        let mut reader = &wire[..];
+        assert_eq!(read_message(&mut reader).await.unwrap(), (0x1, b"hi".to_vec()));
+        assert_eq!(read_message(&mut reader).await.unwrap(), (0x9, Vec::new()));
+        let mut out = Vec::new();
+        write_frame(&mut out, 0x2, &vec![7u8; 300]).await.unwrap();
+        assert_eq!(&out[..4], &[0x82, 126, 1, 44]);
+    }
+}
