@@ -343,7 +343,11 @@ fn root_a_pod_lives_its_whole_life_through_cri() {
             })
             .await
             .unwrap_err();
-        assert_eq!(duplicate.code(), Code::AlreadyExists, "{duplicate:?}");
+        assert_eq!(
+            duplicate.code(),
+            Code::Unknown,
+            "containerd answers Unknown for a name taken: {duplicate:?}"
+        );
         let inspectp = rt
             .pod_sandbox_status(cri::PodSandboxStatusRequest {
                 pod_sandbox_id: sandbox.clone(),
@@ -667,7 +671,11 @@ fn root_bad_requests_get_cri_codes_and_leave_nothing_behind() {
             .create_container(create(container_config("f", "sleep 100"), &sandbox))
             .await
             .unwrap_err();
-        assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+        assert_eq!(
+            err.code(),
+            Code::Unknown,
+            "containerd answers Unknown for a name taken: {err:?}"
+        );
         let err = rt
             .start_container(cri::StartContainerRequest { container_id: "ffffffffffff".into() })
             .await
@@ -778,5 +786,418 @@ fn root_cri_state_survives_kill_9_of_the_server() {
                 .unwrap();
         }
         assert!(node.mounts_under_root().is_empty());
+    });
+}
+
+/// containerd 1.6 (Debian's, with its CRI plugin and runc), private to a test: its root,
+/// state, socket and streaming server in the node's directory, the same CNI list, and the
+/// fixture and a sandbox image imported.
+struct Containerd {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Containerd {
+    fn start(node: &Node) -> Containerd {
+        let dir = node.path("containerd");
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("containerd.sock");
+        let config = format!(
+            r#"version = 2
+root = "{dir}/root"
+state = "{dir}/state"
+[grpc]
+  address = "{socket}"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "docker.io/library/pause:v1"
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "{net}"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+"#,
+            dir = dir.display(),
+            socket = socket.display(),
+            net = node.path("net.d").display()
+        );
+        std::fs::write(dir.join("config.toml"), config).unwrap();
+        let log = std::fs::File::create(dir.join("log")).unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(dir.join("config.toml"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("containerd");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !socket.exists() {
+            assert!(Instant::now() < deadline, "containerd did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // The fixture (as docker.io/library/fixture:v1) and a sandbox image that waits.
+        let layout = node.path("pause-layout");
+        let layers = berth_testkit::image::fixture_layers().unwrap();
+        berth_testkit::image::write_layout(
+            &layout,
+            "v1",
+            &layers,
+            &["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 3600 & wait; done"],
+        )
+        .unwrap();
+        let pause = node.path("pause.tar");
+        assert!(Command::new("tar")
+            .arg("-C")
+            .arg(&layout)
+            .arg("-cf")
+            .arg(&pause)
+            .arg(".")
+            .status()
+            .unwrap()
+            .success());
+        for (base, tar) in [
+            ("docker.io/library/fixture", node.path("fixture.tar")),
+            ("docker.io/library/pause", pause),
+        ] {
+            let imported = Command::new("ctr")
+                .arg("--address")
+                .arg(&socket)
+                .args(["-n", "k8s.io", "images", "import", "--base-name", base])
+                .arg(&tar)
+                .output()
+                .unwrap();
+            assert!(
+                imported.status.success(),
+                "ctr import: {}",
+                String::from_utf8_lossy(&imported.stderr)
+            );
+        }
+        Containerd { child, socket }
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn clients_at(socket: &Path) -> RuntimeServiceClient<Channel> {
+    let socket = socket.to_owned();
+    let channel = tonic::transport::Endpoint::try_from("http://[::]:50051")
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let socket = socket.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(socket).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await
+        .expect("connect");
+    RuntimeServiceClient::new(channel)
+}
+
+/// What one runtime answered to the scenario, in the fields the CRI defines.
+#[derive(Debug, PartialEq)]
+struct Transcript {
+    conditions: Vec<(String, bool)>,
+    sandbox_state: i32,
+    sandbox_metadata: Option<cri::PodSandboxMetadata>,
+    sandbox_labels: Vec<(String, String)>,
+    created_state: i32,
+    exited: (i32, i32, String),
+    log_lines: Vec<String>,
+    exec: (String, String, i32),
+    errors: Vec<(&'static str, Code)>,
+    removed_twice: bool,
+    stopped_sandbox_state: i32,
+    listed_after_removal: usize,
+}
+
+async fn scenario(node: &Node, socket: &Path, image: &str, name: &str) -> Transcript {
+    let mut rt = clients_at(socket).await;
+    let code = |r: Result<tonic::Response<()>, tonic::Status>| {
+        r.err().map(|s| s.code()).unwrap_or(Code::Ok)
+    };
+    let conditions = rt
+        .status(cri::StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap()
+        .conditions;
+    let conditions = conditions.into_iter().map(|c| (c.r#type, c.status)).collect();
+    let mut pod = sandbox_config(node, name);
+    pod.hostname = "same-host".into();
+    pod.metadata.as_mut().unwrap().name = "same".into();
+    pod.metadata.as_mut().unwrap().uid = "uid-same".into();
+    pod.labels = [("app".to_owned(), "same".to_owned())].into();
+    pod.linux = None;
+    let sandbox = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    let status = rt
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: sandbox.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    assert!(status.created_at > 1_600_000_000_000_000_000, "nanoseconds");
+    let mut sandbox_labels: Vec<(String, String)> = status.labels.into_iter().collect();
+    sandbox_labels.sort();
+    let mut config = container_config("job", "echo hello; echo oops >&2; exit 3");
+    config.image = Some(cri::ImageSpec { image: image.into(), ..Default::default() });
+    let job = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: sandbox.clone(),
+            config: Some(config),
+            sandbox_config: Some(pod.clone()),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .container_id;
+    let created_state = status_of(&mut rt, &job).await.state;
+    rt.start_container(cri::StartContainerRequest { container_id: job.clone() }).await.unwrap();
+    let exited = wait_state(&mut rt, &job, cri::ContainerState::ContainerExited).await;
+    // (containerd may record a short-lived container's start after its finish: only
+    // berth's order is checked, in root_a_pod_lives_its_whole_life_through_cri.)
+    assert!(exited.finished_at > 0 && exited.started_at > 0 && exited.created_at > 0);
+    // Log lines without their timestamps (whose exact digits are each runtime's own).
+    let log = std::fs::read_to_string(Path::new(&pod.log_directory).join("job.log")).unwrap();
+    // Sorted: stdout and stderr are two pipes, their order is the scheduler's.
+    let mut log_lines: Vec<String> = log
+        .lines()
+        .map(|l| {
+            let (time, rest) = l.split_once(' ').unwrap();
+            assert!(
+                time.len() >= 20 && time.ends_with('Z') || time.contains('+'),
+                "an RFC 3339 time: {time}"
+            );
+            rest.to_owned()
+        })
+        .collect();
+    log_lines.sort();
+    let mut config = container_config("server", "sleep 1000");
+    config.image = Some(cri::ImageSpec { image: image.into(), ..Default::default() });
+    let server = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: sandbox.clone(),
+            config: Some(config),
+            sandbox_config: Some(pod.clone()),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .container_id;
+    rt.start_container(cri::StartContainerRequest { container_id: server.clone() }).await.unwrap();
+    let out = rt
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: server.clone(),
+            cmd: vec!["sh".into(), "-c".into(), "echo out; echo err >&2; exit 2".into()],
+            timeout: 10,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let exec = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.exit_code,
+    );
+    let unknown = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef".to_owned();
+    let mut errors = Vec::new();
+    errors.push((
+        "status of an unknown sandbox",
+        code(
+            rt.pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: unknown.clone(),
+                verbose: false,
+            })
+            .await
+            .map(|_| tonic::Response::new(())),
+        ),
+    ));
+    errors.push((
+        "status of an unknown container",
+        code(
+            rt.container_status(cri::ContainerStatusRequest {
+                container_id: unknown.clone(),
+                verbose: false,
+            })
+            .await
+            .map(|_| tonic::Response::new(())),
+        ),
+    ));
+    errors.push((
+        "start an unknown container",
+        code(
+            rt.start_container(cri::StartContainerRequest { container_id: unknown.clone() })
+                .await
+                .map(|_| tonic::Response::new(())),
+        ),
+    ));
+    errors.push((
+        "remove an unknown container",
+        code(
+            rt.remove_container(cri::RemoveContainerRequest { container_id: unknown.clone() })
+                .await
+                .map(|_| tonic::Response::new(())),
+        ),
+    ));
+    errors.push((
+        "remove an unknown sandbox",
+        code(
+            rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: unknown.clone() })
+                .await
+                .map(|_| tonic::Response::new(())),
+        ),
+    ));
+    let mut config = container_config("job2", "true");
+    config.image = Some(cri::ImageSpec { image: image.into(), ..Default::default() });
+    errors.push((
+        "create in an unknown sandbox",
+        code(
+            rt.create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: unknown.clone(),
+                config: Some(config),
+                sandbox_config: Some(pod.clone()),
+            })
+            .await
+            .map(|_| tonic::Response::new(())),
+        ),
+    ));
+    errors.push((
+        "exec in an exited container",
+        code(
+            rt.exec_sync(cri::ExecSyncRequest {
+                container_id: job.clone(),
+                cmd: vec!["true".into()],
+                timeout: 5,
+            })
+            .await
+            .map(|_| tonic::Response::new(())),
+        ),
+    ));
+    errors.push((
+        "a sandbox name taken",
+        code(
+            rt.run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(pod.clone()),
+                runtime_handler: String::new(),
+            })
+            .await
+            .map(|_| tonic::Response::new(())),
+        ),
+    ));
+    let mut config = container_config("server", "sleep 1000");
+    config.image = Some(cri::ImageSpec { image: image.into(), ..Default::default() });
+    errors.push((
+        "a container name taken",
+        code(
+            rt.create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: sandbox.clone(),
+                config: Some(config),
+                sandbox_config: Some(pod.clone()),
+            })
+            .await
+            .map(|_| tonic::Response::new(())),
+        ),
+    ));
+    let mut config = container_config("missing", "true");
+    config.image = Some(cri::ImageSpec { image: "nothere:v9".into(), ..Default::default() });
+    errors.push((
+        "a missing image",
+        code(
+            rt.create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: sandbox.clone(),
+                config: Some(config),
+                sandbox_config: Some(pod.clone()),
+            })
+            .await
+            .map(|_| tonic::Response::new(())),
+        ),
+    ));
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: sandbox.clone() })
+        .await
+        .unwrap();
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: sandbox.clone() })
+        .await
+        .unwrap();
+    let stopped_sandbox_state = rt
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: sandbox.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap()
+        .state;
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: sandbox.clone() })
+        .await
+        .unwrap();
+    let removed_twice = rt
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: sandbox.clone() })
+        .await
+        .is_ok();
+    let listed_after_removal = rt
+        .list_containers(cri::ListContainersRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .containers
+        .len();
+    Transcript {
+        conditions,
+        sandbox_state: status.state,
+        sandbox_metadata: status.metadata,
+        sandbox_labels,
+        created_state,
+        exited: (exited.state, exited.exit_code, exited.reason),
+        log_lines,
+        exec,
+        errors,
+        removed_twice,
+        stopped_sandbox_state,
+        listed_after_removal,
+    }
+}
+
+async fn status_of(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> cri::ContainerStatus {
+    status(rt, id).await
+}
+
+#[test]
+fn root_berth_answers_as_containerd_does() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut node = Node::new();
+    node.start();
+    let containerd = Containerd::start(&node);
+    block_on(async {
+        let berth = scenario(&node, &node.socket(), IMAGE, "b").await;
+        let theirs = scenario(&node, &containerd.socket, "docker.io/library/fixture:v1", "c").await;
+        assert_eq!(
+            berth, theirs,
+            "berth (left) and containerd (right) answer the same scenario differently"
+        );
     });
 }

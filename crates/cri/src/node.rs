@@ -236,7 +236,7 @@ impl Node {
         {
             let sandboxes = self.sandboxes.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(other) = sandboxes.values().find(|s| s.name == name) {
-                return Err(Status::already_exists(format!(
+                return Err(Status::unknown(format!(
                     "failed to reserve sandbox name {name:?}: name is reserved for {:?}",
                     other.id
                 )));
@@ -544,7 +544,7 @@ impl Node {
         {
             let containers = self.containers.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(other) = containers.values().find(|c| c.name == name) {
-                return Err(Status::already_exists(format!(
+                return Err(Status::unknown(format!(
                     "failed to reserve container name {name:?}: name is reserved for {:?}",
                     other.id
                 )));
@@ -937,13 +937,7 @@ impl Node {
     }
 
     pub fn reopen_log(&self, id: &str) -> Result<()> {
-        let record = self.container(id)?;
-        if self.observe(&record).state != cri::ContainerState::ContainerRunning {
-            return Err(Status::failed_precondition(format!(
-                "container {:?} is not running",
-                record.id
-            )));
-        }
+        let record = self.running_container(id)?;
         shim::reopen_log(&self.container_dir(&record.id))
             .map_err(|e| Status::internal(e.to_string()))
     }
@@ -978,12 +972,15 @@ impl Node {
     }
 
     /// Checks that a container can be exec'd into now: it exists and runs.
+    /// A container that is not running is Unknown, as containerd answers.
     pub fn running_container(&self, id: &str) -> Result<ContainerRecord> {
         let record = self.container(id)?;
-        if self.observe(&record).state != cri::ContainerState::ContainerRunning {
-            return Err(Status::failed_precondition(format!(
-                "container {:?} is not running",
-                record.id
+        let state = self.observe(&record).state;
+        if state != cri::ContainerState::ContainerRunning {
+            return Err(Status::unknown(format!(
+                "container {:?} is in {} state: it is not running",
+                record.id,
+                state.as_str_name()
             )));
         }
         Ok(record)
@@ -996,13 +993,7 @@ impl Node {
         cmd: &[String],
         timeout: i64,
     ) -> Result<(Vec<u8>, Vec<u8>, i32)> {
-        let record = self.container(id)?;
-        if self.observe(&record).state != cri::ContainerState::ContainerRunning {
-            return Err(Status::failed_precondition(format!(
-                "container {:?} is not running",
-                record.id
-            )));
-        }
+        let record = self.running_container(id)?;
         if cmd.is_empty() {
             return Err(Status::invalid_argument("cmd is empty"));
         }
