@@ -51,6 +51,11 @@ impl User {
         User::new("system:kube-scheduler", &[])
     }
 
+    /// The service proxy's identity, as kube-proxy's (`system:kube-proxy`).
+    pub fn kube_proxy() -> User {
+        User::new("system:kube-proxy", &[])
+    }
+
     /// A node's identity (`system:node:NAME`, group `system:nodes`), as a kubelet's.
     pub fn node(name: &str) -> User {
         User::new(format!("system:node:{name}"), &["system:nodes"])

@@ -93,6 +93,7 @@ const CRATES: &[&str] = &[
     "berth_engine",
     "berth_image",
     "berth_net",
+    "berth_proxy",
     "berth_reconcile",
     "berth_runtime",
     "berth_scheduler",

@@ -39,6 +39,10 @@ pub struct ServerArgs {
     /// DATA_DIR/agent/cni, where a bridge network for 10.42.0.0/24 is written if empty).
     #[arg(long = "cni-conf-dir")]
     pub cni_conf_dir: Option<PathBuf>,
+    /// Run the node agent without the service proxy (no ClusterIP or NodePort rules), as
+    /// k3s's flag does.
+    #[arg(long = "disable-kube-proxy")]
+    pub disable_kube_proxy: bool,
     /// The port of the agent's kubelet API (what `kubectl logs` reaches through the API
     /// server); 0 picks a free one.
     #[arg(long = "kubelet-port", default_value_t = 10250)]
@@ -121,6 +125,7 @@ pub fn server(global: &crate::cli::Global, args: ServerArgs) -> Result<i32> {
         .context("cannot start the async runtime")?;
     let kubeconfig = config.data_dir.join("kubeconfig");
     let data_dir = config.data_dir.clone();
+    let disable_kube_proxy = args.disable_kube_proxy;
     let (grace, disable_controller_manager, disable_scheduler) =
         (config.shutdown_grace, args.disable_controller_manager, args.disable_scheduler);
     runtime.block_on(async move {
@@ -184,6 +189,16 @@ pub fn server(global: &crate::cli::Global, args: ServerArgs) -> Result<i32> {
                 std::sync::Arc::new(berth_reconcile::Informers::new(client, shutdown.clone()));
             loops.spawn(berth_agent::run(agent.clone(), agent_config));
             informers.push(agent);
+            if !disable_kube_proxy {
+                let client = berth_client::in_process(
+                    server.handler(),
+                    berth_api::identity::User::kube_proxy(),
+                );
+                let proxy =
+                    std::sync::Arc::new(berth_reconcile::Informers::new(client, shutdown.clone()));
+                loops.spawn(berth_proxy::run(proxy.clone()));
+                informers.push(proxy);
+            }
         }
         loops.close();
         server.serve().await.map_err(|err| anyhow::anyhow!("{err}"))?;

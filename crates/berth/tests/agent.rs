@@ -20,6 +20,7 @@ const NODE: &str = "test-node";
 struct Cluster {
     dir: tempfile::TempDir,
     server: Option<Child>,
+    extra: Vec<String>,
 }
 
 impl Cluster {
@@ -28,7 +29,7 @@ impl Cluster {
             .expect("unshare the network namespace");
         assert!(Command::new("ip").args(["link", "set", "lo", "up"]).status().unwrap().success());
         let dir = tempfile::Builder::new().prefix("berth-agent-").tempdir().unwrap();
-        let cluster = Cluster { dir, server: None };
+        let cluster = Cluster { dir, server: None, extra: Vec::new() };
         let layout = cluster.path("layout");
         berth_testkit::image::fixture_image(&layout, "v1").unwrap();
         let tar = cluster.path("fixture.tar");
@@ -80,6 +81,7 @@ impl Cluster {
             ])
             .args(["--container-restart-backoff-ms", "200", "--kubelet-port", "0", "--data-dir"])
             .arg(self.data())
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -621,4 +623,178 @@ spec:
         .map(|d| d.map(|e| e.unwrap().file_name()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "pod directories left: {left:?}");
+}
+
+/// One HTTP GET of `/` at `address`: the body.
+fn http_get(address: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&address.parse().unwrap(), Duration::from_secs(3))?;
+    stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+    stream.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text)?;
+    Ok(text.split("\r\n\r\n").nth(1).unwrap_or("").trim().to_owned())
+}
+
+/// The bodies of `count` requests.
+fn answers(address: &str, count: usize) -> std::collections::BTreeSet<String> {
+    (0..count).filter_map(|_| http_get(address).ok()).filter(|b| !b.is_empty()).collect()
+}
+
+#[test]
+fn root_services_answer_on_their_cluster_ip_and_node_port() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut cluster = Cluster::new();
+    // An address for the node, so that node ports have somewhere to be.
+    for args in [
+        &["link", "add", "node0", "type", "veth", "peer", "name", "node1"][..],
+        &["addr", "add", "192.168.77.1/24", "dev", "node0"],
+        &["link", "set", "node0", "up"],
+        &["link", "set", "node1", "up"],
+    ] {
+        assert!(Command::new("ip").args(args).status().unwrap().success());
+    }
+    // And a default route, as a machine has: traffic to a ClusterIP is routed before it is
+    // translated (kube-proxy needs the same).
+    assert!(Command::new("ip")
+        .args(["route", "add", "default", "via", "192.168.77.2", "dev", "node0"])
+        .status()
+        .unwrap()
+        .success());
+    cluster.extra = vec!["--node-ip".into(), "192.168.77.1".into()];
+    cluster.start();
+    cluster.apply(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: hello}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: hello}}
+  template:
+    metadata: {labels: {app: hello}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: web
+        image: fixture:v1
+        command: ["sh", "-c", "mkdir -p /www; hostname > /www/index.html; touch /tmp/ready; exec httpd -f -p 8080 -h /www"]
+        readinessProbe: {exec: {command: ["test", "-f", "/tmp/ready"]}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: hello}
+spec:
+  type: NodePort
+  selector: {app: hello}
+  ports: [{port: 80, targetPort: 8080, nodePort: 30080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: empty}
+spec:
+  selector: {app: nobody}
+  ports: [{port: 80, targetPort: 8080}]
+"#,
+    );
+    let pods = cluster.until(
+        "3 hello pods Ready",
+        &["get", "pods", "-l", "app=hello", "-o", "json"],
+        |l| l["items"].as_array().is_some_and(|i| i.len() == 3 && i.iter().all(running_ready)),
+    );
+    let names: std::collections::BTreeSet<String> = pods["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["metadata"]["name"].as_str().unwrap().to_owned())
+        .collect();
+    let service: Value =
+        serde_json::from_str(&cluster.ok(&["get", "service", "hello", "-o", "json"])).unwrap();
+    let vip = format!("{}:80", service["spec"]["clusterIP"].as_str().unwrap());
+    // Every ready endpoint answers on the ClusterIP within 50 requests.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = answers(&vip, 50);
+    while seen != names {
+        assert!(
+            Instant::now() < deadline,
+            "the ClusterIP {vip} answered from {seen:?}, not from all of {names:?}\n{}",
+            cluster.server_log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        seen = answers(&vip, 50);
+    }
+    // The node port on the node's address.
+    let node_port = http_get("192.168.77.1:30080").unwrap();
+    assert!(names.contains(&node_port), "{node_port}");
+    // From a pod, through the Service (a pod may reach itself: hairpin).
+    let first = names.iter().next().unwrap().clone();
+    let inside = cluster.ok(&[
+        "exec",
+        &first,
+        "--",
+        "sh",
+        "-c",
+        &format!("for i in 1 2 3 4 5 6; do wget -qO- http://{vip}/; done"),
+    ]);
+    assert!(inside.lines().count() == 6 && inside.lines().all(|l| names.contains(l)), "{inside}");
+    // A Service without endpoints refuses at once.
+    let empty: Value =
+        serde_json::from_str(&cluster.ok(&["get", "service", "empty", "-o", "json"])).unwrap();
+    let empty_vip = format!("{}:80", empty["spec"]["clusterIP"].as_str().unwrap());
+    let began = Instant::now();
+    let refused = http_get(&empty_vip).unwrap_err();
+    assert!(began.elapsed() < Duration::from_secs(2), "refused, not timed out: {refused:?}");
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused, "{refused:?}");
+    // A pod that turns unready leaves the rotation, and comes back.
+    cluster.ok(&["exec", &first, "--", "rm", "/tmp/ready"]);
+    cluster.until("the pod unready", &["get", "pod", &first, "-o", "json"], |p| !running_ready(p));
+    std::thread::sleep(Duration::from_millis(500));
+    let without: std::collections::BTreeSet<String> = answers(&vip, 40);
+    assert!(!without.contains(&first) && without.len() == 2, "{first} must be out: {without:?}");
+    cluster.ok(&["exec", &first, "--", "touch", "/tmp/ready"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !answers(&vip, 40).contains(&first) {
+        assert!(Instant::now() < deadline, "{first} never came back");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // A scaled Deployment's new pod joins.
+    cluster.ok(&["scale", "deployment", "hello", "--replicas", "4"]);
+    let pods = cluster.until(
+        "4 hello pods Ready",
+        &["get", "pods", "-l", "app=hello", "-o", "json"],
+        |l| l["items"].as_array().is_some_and(|i| i.len() == 4 && i.iter().all(running_ready)),
+    );
+    let names: std::collections::BTreeSet<String> = pods["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["metadata"]["name"].as_str().unwrap().to_owned())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while answers(&vip, 60) != names {
+        assert!(Instant::now() < deadline, "the new pod never joined");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Deleting the Service takes its rules away.
+    cluster.ok(&["delete", "service", "hello"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let rules = Command::new("nft")
+            .args(["list", "map", "ip", "berth-services", "service-ips"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&rules.stdout).into_owned();
+        if !text.contains(&vip.replace(":80", "")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the Service's rules stayed: {text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cluster.ok(&["delete", "deployment", "hello"]);
+    cluster.until("no pods left", &["get", "pods", "-o", "json"], |l| {
+        l["items"].as_array().is_some_and(|i| i.is_empty())
+    });
 }

@@ -347,6 +347,12 @@ async fn bootstrap(state: &State) -> Result<(), Error> {
         {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch", "update"]},
         {"apiGroups": [""], "resources": ["configmaps", "secrets", "services", "endpoints"], "verbs": ["get", "list", "watch"]},
     ]);
+    // What kube-proxy reads, as Kubernetes' system:node-proxier role grants it.
+    let proxier_rules = json!([
+        {"apiGroups": [""], "resources": ["services", "endpoints", "nodes"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch", "update"]},
+    ]);
     let labels = json!({"kubernetes.io/bootstrapping": "rbac-defaults"});
     let role = |name: &str, rules: &Value| {
         ("clusterroles", json!({"metadata": {"name": name, "labels": labels}, "rules": rules}))
@@ -374,6 +380,8 @@ async fn bootstrap(state: &State) -> Result<(), Error> {
         binding("system:kube-scheduler", "system:kube-scheduler", "User", "system:kube-scheduler"),
         role("system:node", &node_rules),
         binding("system:nodes", "system:node", "Group", "system:nodes"),
+        role("system:node-proxier", &proxier_rules),
+        binding("system:node-proxier", "system:node-proxier", "User", "system:kube-proxy"),
     ]);
     for (plural, mut object) in roles {
         let resource = resources::find("rbac.authorization.k8s.io", "v1", plural)

@@ -1,0 +1,400 @@
+//! Services and EndpointSlices → the nftables ruleset that makes them answer, as a pure
+//! function; and the transaction that turns one ruleset into the next, touching only what
+//! changed. The table (`ip berth-services`):
+//!
+//! ```text
+//! map service-ips     { ipv4_addr . inet_proto . inet_service : verdict }   ClusterIP, externalIPs
+//! map service-nodeports { inet_proto . inet_service : verdict }             NodePort on local addresses
+//! set no-endpoints    { ipv4_addr . inet_proto . inet_service }             rejected at once
+//! chain nat-prerouting / nat-output  → services: the two maps
+//! chain svc-<hash>  one per service port: numgen random over its ready endpoints
+//! chain ep-<hash>   one per endpoint: mark for masquerade, dnat
+//! chain nat-postrouting: masquerade what was marked (so replies come back through us)
+//! chain filter-*: reject traffic to a service port without endpoints
+//! ```
+//! Only ready endpoints serve; when a port has none ready, the serving-but-terminating ones
+//! do, as Kubernetes falls back.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+pub const TABLE: &str = "berth-services";
+/// The packet mark that asks for masquerade on the way out.
+const MARK: u32 = 0x4000;
+
+/// The desired ruleset: chains with their rules, and the elements of the maps and set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub chains: BTreeMap<String, Vec<String>>,
+    /// `ip . proto . port` → `goto chain`.
+    pub service_ips: BTreeMap<String, String>,
+    /// `proto . port` → `goto chain`.
+    pub node_ports: BTreeMap<String, String>,
+    /// `ip . proto . port` with no endpoint at all.
+    pub no_endpoints: BTreeSet<String>,
+}
+
+/// A short stable name for a chain (FNV-1a, 64 bits).
+fn hash(text: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in text.bytes() {
+        h ^= u64::from(byte);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// One endpoint address and port of a service port.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Target {
+    ip: String,
+    port: i32,
+}
+
+fn protocol(text: Option<&str>) -> &'static str {
+    match text {
+        Some("UDP") => "udp",
+        Some("SCTP") => "sctp",
+        _ => "tcp",
+    }
+}
+
+/// The ruleset for these Services and EndpointSlices.
+pub fn plan(services: &[Service], slices: &[EndpointSlice]) -> Plan {
+    let mut plan = Plan::default();
+    for service in services {
+        let Some(spec) = &service.spec else { continue };
+        let namespace = service.metadata.namespace.clone().unwrap_or_default();
+        let name = service.metadata.name.clone().unwrap_or_default();
+        let kind = spec.type_.as_deref().unwrap_or("ClusterIP");
+        if kind == "ExternalName" {
+            continue;
+        }
+        let cluster_ips: Vec<String> = spec
+            .cluster_ips
+            .clone()
+            .or_else(|| spec.cluster_ip.clone().map(|ip| vec![ip]))
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|ip| ip != "None" && !ip.is_empty() && !ip.contains(':'))
+            .collect();
+        if cluster_ips.is_empty() {
+            continue; // headless: DNS only
+        }
+        let mine: Vec<&EndpointSlice> = slices
+            .iter()
+            .filter(|s| {
+                s.metadata.namespace.as_deref() == Some(namespace.as_str())
+                    && s.metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get("kubernetes.io/service-name"))
+                        .map(String::as_str)
+                        == Some(name.as_str())
+                    && s.address_type == "IPv4"
+            })
+            .collect();
+        for port in spec.ports.iter().flatten() {
+            let proto = protocol(port.protocol.as_deref());
+            let port_name = port.name.clone().unwrap_or_default();
+            // Endpoints of this port: the slice port with the same name and protocol.
+            let mut ready = BTreeSet::new();
+            let mut serving = BTreeSet::new();
+            for slice in &mine {
+                let Some(slice_port) = slice.ports.iter().flatten().find(|p| {
+                    p.name.clone().unwrap_or_default() == port_name
+                        && protocol(p.protocol.as_deref()) == proto
+                }) else {
+                    continue;
+                };
+                let Some(target_port) = slice_port.port else { continue };
+                for endpoint in &slice.endpoints {
+                    let conditions = endpoint.conditions.clone().unwrap_or_default();
+                    for ip in &endpoint.addresses {
+                        let target = Target { ip: ip.clone(), port: target_port };
+                        if conditions.ready.unwrap_or(true) {
+                            ready.insert(target);
+                        } else if conditions.serving.unwrap_or(false)
+                            && conditions.terminating.unwrap_or(false)
+                        {
+                            serving.insert(target);
+                        }
+                    }
+                }
+            }
+            let targets: Vec<Target> = if ready.is_empty() {
+                serving.into_iter().collect()
+            } else {
+                ready.into_iter().collect()
+            };
+            let key = format!("{namespace}/{name}/{port_name}/{proto}");
+            let mut addresses = cluster_ips.clone();
+            addresses.extend(spec.external_ips.clone().unwrap_or_default());
+            if targets.is_empty() {
+                for ip in &addresses {
+                    plan.no_endpoints.insert(format!("{ip} . {proto} . {}", port.port));
+                }
+                if let Some(node_port) =
+                    port.node_port.filter(|_| kind == "NodePort" || kind == "LoadBalancer")
+                {
+                    plan.no_endpoints.insert(format!("0.0.0.0 . {proto} . {node_port}"));
+                }
+                continue;
+            }
+            let chain = format!("svc-{}", hash(&key));
+            let mut branches = Vec::new();
+            for (index, target) in targets.iter().enumerate() {
+                let endpoint_chain =
+                    format!("ep-{}", hash(&format!("{key}/{}:{}", target.ip, target.port)));
+                plan.chains.insert(
+                    endpoint_chain.clone(),
+                    vec![
+                        format!("meta mark set meta mark | {MARK:#x}"),
+                        format!("meta l4proto {proto} dnat to {}:{}", target.ip, target.port),
+                    ],
+                );
+                branches.push(format!("{index} : goto {endpoint_chain}"));
+            }
+            let rule = if branches.len() == 1 {
+                branches[0].split(" : ").nth(1).unwrap_or_default().to_owned()
+            } else {
+                format!("numgen random mod {} vmap {{ {} }}", branches.len(), branches.join(", "))
+            };
+            plan.chains.insert(chain.clone(), vec![rule]);
+            for ip in &addresses {
+                plan.service_ips
+                    .insert(format!("{ip} . {proto} . {}", port.port), format!("goto {chain}"));
+            }
+            if let Some(node_port) =
+                port.node_port.filter(|_| kind == "NodePort" || kind == "LoadBalancer")
+            {
+                plan.node_ports.insert(format!("{proto} . {node_port}"), format!("goto {chain}"));
+            }
+        }
+    }
+    plan
+}
+
+/// The fixed part of the table: hooks, maps, the set and the chains that use them.
+fn skeleton() -> String {
+    format!(
+        r#"table ip {TABLE} {{
+  map service-ips {{ type ipv4_addr . inet_proto . inet_service : verdict; }}
+  map service-nodeports {{ type inet_proto . inet_service : verdict; }}
+  set no-endpoints {{ type ipv4_addr . inet_proto . inet_service; }}
+  set no-endpoint-nodeports {{ type inet_proto . inet_service; }}
+  chain services {{
+    ip daddr . meta l4proto . th dport vmap @service-ips
+    fib daddr type local meta l4proto . th dport vmap @service-nodeports
+  }}
+  chain nat-prerouting {{ type nat hook prerouting priority -100; policy accept; jump services; }}
+  chain nat-output {{ type nat hook output priority -100; policy accept; jump services; }}
+  chain nat-postrouting {{ type nat hook postrouting priority 100; policy accept; meta mark & {MARK:#x} == {MARK:#x} masquerade; }}
+  chain reject-no-endpoints {{
+    ip daddr . meta l4proto . th dport @no-endpoints reject
+    fib daddr type local meta l4proto . th dport @no-endpoint-nodeports reject
+  }}
+  chain filter-output {{ type filter hook output priority 0; policy accept; jump reject-no-endpoints; }}
+  chain filter-forward {{ type filter hook forward priority 0; policy accept; jump reject-no-endpoints; }}
+  chain filter-input {{ type filter hook input priority 0; policy accept; jump reject-no-endpoints; }}
+}}
+"#
+    )
+}
+
+/// Splits the no-endpoints entries between the address set and the node-port set.
+fn no_endpoint_sets(plan: &Plan) -> (BTreeSet<String>, BTreeSet<String>) {
+    let mut addresses = BTreeSet::new();
+    let mut node_ports = BTreeSet::new();
+    for entry in &plan.no_endpoints {
+        match entry.strip_prefix("0.0.0.0 . ") {
+            Some(rest) => node_ports.insert(rest.to_owned()),
+            None => addresses.insert(entry.clone()),
+        };
+    }
+    (addresses, node_ports)
+}
+
+/// The whole table from nothing: the old one (if any) removed in the same transaction.
+pub fn full(plan: &Plan) -> String {
+    let mut script = format!("table ip {TABLE}\ndelete table ip {TABLE}\n");
+    script.push_str(&skeleton());
+    script.push_str(&changes(&Plan::default(), plan));
+    script
+}
+
+/// Only what differs between `previous` and `next`, in an order nft accepts in one
+/// transaction: new chains, changed chains rewritten, map elements swapped, old chains
+/// deleted once nothing points at them.
+pub fn changes(previous: &Plan, next: &Plan) -> String {
+    let mut script = String::new();
+    for (chain, rules) in &next.chains {
+        match previous.chains.get(chain) {
+            Some(old) if old == rules => {}
+            Some(_) => {
+                script.push_str(&format!("flush chain ip {TABLE} {chain}\n"));
+                for rule in rules {
+                    script.push_str(&format!("add rule ip {TABLE} {chain} {rule}\n"));
+                }
+            }
+            None => {
+                script.push_str(&format!("add chain ip {TABLE} {chain}\n"));
+                for rule in rules {
+                    script.push_str(&format!("add rule ip {TABLE} {chain} {rule}\n"));
+                }
+            }
+        }
+    }
+    let swap = |name: &str,
+                old: &BTreeMap<String, String>,
+                new: &BTreeMap<String, String>,
+                script: &mut String| {
+        let gone: Vec<&String> =
+            old.iter().filter(|(k, v)| new.get(*k) != Some(*v)).map(|(k, _)| k).collect();
+        if !gone.is_empty() {
+            let list: Vec<&str> = gone.iter().map(|k| k.as_str()).collect();
+            script
+                .push_str(&format!("delete element ip {TABLE} {name} {{ {} }}\n", list.join(", ")));
+        }
+        let added: Vec<String> = new
+            .iter()
+            .filter(|(k, v)| old.get(*k) != Some(*v))
+            .map(|(k, v)| format!("{k} : {v}"))
+            .collect();
+        if !added.is_empty() {
+            script.push_str(&format!("add element ip {TABLE} {name} {{ {} }}\n", added.join(", ")));
+        }
+    };
+    swap("service-ips", &previous.service_ips, &next.service_ips, &mut script);
+    swap("service-nodeports", &previous.node_ports, &next.node_ports, &mut script);
+    let (old_addresses, old_ports) = no_endpoint_sets(previous);
+    let (new_addresses, new_ports) = no_endpoint_sets(next);
+    for (name, old, new) in [
+        ("no-endpoints", old_addresses, new_addresses),
+        ("no-endpoint-nodeports", old_ports, new_ports),
+    ] {
+        let gone: Vec<&String> = old.difference(&new).collect();
+        if !gone.is_empty() {
+            let list: Vec<&str> = gone.iter().map(|s| s.as_str()).collect();
+            script
+                .push_str(&format!("delete element ip {TABLE} {name} {{ {} }}\n", list.join(", ")));
+        }
+        let added: Vec<&String> = new.difference(&old).collect();
+        if !added.is_empty() {
+            let list: Vec<&str> = added.iter().map(|s| s.as_str()).collect();
+            script.push_str(&format!("add element ip {TABLE} {name} {{ {} }}\n", list.join(", ")));
+        }
+    }
+    // Service chains go before the endpoint chains they jump to.
+    let mut gone: Vec<&String> =
+        previous.chains.keys().filter(|c| !next.chains.contains_key(*c)).collect();
+    gone.sort_by_key(|c| !c.starts_with("svc-"));
+    for chain in gone {
+        script.push_str(&format!("delete chain ip {TABLE} {chain}\n"));
+    }
+    script
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn service(value: serde_json::Value) -> Service {
+        serde_json::from_value(value).unwrap()
+    }
+
+    fn slice(value: serde_json::Value) -> EndpointSlice {
+        serde_json::from_value(value).unwrap()
+    }
+
+    fn web() -> Service {
+        service(json!({"metadata": {"name": "web", "namespace": "default"},
+            "spec": {"type": "NodePort", "clusterIP": "10.43.0.20", "clusterIPs": ["10.43.0.20"],
+                     "ports": [{"name": "http", "port": 80, "targetPort": 8080, "nodePort": 30080, "protocol": "TCP"}]}}))
+    }
+
+    fn endpoints(ready: &[(&str, bool)]) -> EndpointSlice {
+        slice(
+            json!({"metadata": {"name": "web-abc", "namespace": "default", "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": ready.iter().map(|(ip, ok)| json!({"addresses": [ip], "conditions": {"ready": ok, "serving": ok, "terminating": false}})).collect::<Vec<_>>()}),
+        )
+    }
+
+    #[test]
+    fn ready_endpoints_share_the_service_port() {
+        let plan = plan(
+            &[web()],
+            &[endpoints(&[("10.42.0.5", true), ("10.42.0.6", true), ("10.42.0.7", false)])],
+        );
+        let chain = plan.service_ips.get("10.43.0.20 . tcp . 80").expect("the ClusterIP is mapped");
+        assert_eq!(plan.node_ports.get("tcp . 30080"), Some(chain));
+        let name = chain.strip_prefix("goto ").unwrap();
+        let rule = &plan.chains[name][0];
+        assert!(rule.starts_with("numgen random mod 2 vmap"), "{rule}");
+        let dnats: Vec<&String> =
+            plan.chains.values().flatten().filter(|r| r.contains("dnat")).collect();
+        assert_eq!(dnats.len(), 2, "the unready endpoint serves nothing: {dnats:?}");
+        assert!(plan.no_endpoints.is_empty());
+    }
+
+    #[test]
+    fn no_endpoints_rejects_and_terminating_ones_serve_as_a_last_resort() {
+        let none = plan(&[web()], &[]);
+        assert!(none.service_ips.is_empty());
+        assert!(none.no_endpoints.contains("10.43.0.20 . tcp . 80"));
+        assert!(none.no_endpoints.contains("0.0.0.0 . tcp . 30080"));
+        let mut terminating = endpoints(&[("10.42.0.9", false)]);
+        terminating.endpoints[0].conditions = Some(
+            serde_json::from_value(json!({"ready": false, "serving": true, "terminating": true}))
+                .unwrap(),
+        );
+        let last = plan(&[web()], &[terminating]);
+        assert!(last.chains.values().flatten().any(|r| r.contains("dnat to 10.42.0.9:8080")));
+    }
+
+    #[test]
+    fn headless_and_external_name_services_program_nothing() {
+        let headless = service(
+            json!({"metadata": {"name": "db", "namespace": "default"}, "spec": {"clusterIP": "None", "ports": [{"port": 5432}]}}),
+        );
+        let external = service(
+            json!({"metadata": {"name": "ext", "namespace": "default"}, "spec": {"type": "ExternalName", "externalName": "example.org"}}),
+        );
+        assert_eq!(plan(&[headless, external], &[]), Plan::default());
+    }
+
+    #[test]
+    fn changes_touch_only_what_changed() {
+        let before = plan(&[web()], &[endpoints(&[("10.42.0.5", true), ("10.42.0.6", true)])]);
+        let after = plan(&[web()], &[endpoints(&[("10.42.0.5", true), ("10.42.0.8", true)])]);
+        let script = changes(&before, &after);
+        assert!(script.contains("flush chain ip berth-services svc-"), "{script}");
+        assert!(script.contains("dnat to 10.42.0.8:8080"), "{script}");
+        assert!(
+            !script.contains("dnat to 10.42.0.5:8080"),
+            "an unchanged endpoint is not rewritten: {script}"
+        );
+        assert!(script.contains("delete chain ip berth-services ep-"), "{script}");
+        assert!(
+            !script.contains("service-ips"),
+            "the ClusterIP still goes to the same chain: {script}"
+        );
+        assert_eq!(changes(&after, &after), "");
+        let removed = changes(&after, &Plan::default());
+        let svc = removed.find("delete chain ip berth-services svc-").unwrap();
+        let ep = removed.find("delete chain ip berth-services ep-").unwrap();
+        let element = removed.find("delete element ip berth-services service-ips").unwrap();
+        assert!(
+            element < svc && svc < ep,
+            "elements, then service chains, then endpoint chains: {removed}"
+        );
+        assert!(
+            full(&after).starts_with("table ip berth-services\ndelete table ip berth-services\n")
+        );
+    }
+}
