@@ -43,6 +43,9 @@ pub struct Config {
     pub node_ip: String,
     pub lease_interval: Duration,
     pub labels: BTreeMap<String, String>,
+    /// The cluster DNS address for `dnsPolicy: ClusterFirst` pods (none: the host's).
+    pub cluster_dns: Option<String>,
+    pub cluster_domain: String,
     /// The kubelet API (logs for the API server): where to listen and the TLS material;
     /// not served when absent.
     pub api: Option<ApiConfig>,

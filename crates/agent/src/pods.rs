@@ -502,19 +502,7 @@ fn sandbox_config(config: &Config, pod: &Pod, attempt: u32) -> cri::PodSandboxCo
             host_ip: p.host_ip.clone().unwrap_or_default(),
         })
         .collect();
-    let dns = spec.dns_config.as_ref().map(|d| cri::DnsConfig {
-        servers: d.nameservers.clone().unwrap_or_default(),
-        searches: d.searches.clone().unwrap_or_default(),
-        options: d
-            .options
-            .iter()
-            .flatten()
-            .map(|o| match &o.value {
-                Some(v) => format!("{}:{v}", o.name.clone().unwrap_or_default()),
-                None => o.name.clone().unwrap_or_default(),
-            })
-            .collect(),
-    });
+    let dns = dns_config(config, &spec, &namespace);
     let hostname = spec.hostname.clone().unwrap_or_else(|| name.clone());
     cri::PodSandboxConfig {
         metadata: Some(cri::PodSandboxMetadata {
@@ -563,6 +551,63 @@ fn sandbox_config(config: &Config, pod: &Pod, attempt: u32) -> cri::PodSandboxCo
         }),
         windows: None,
     }
+}
+
+/// The pod's resolver settings by `dnsPolicy`, as the kubelet makes them: ClusterFirst
+/// (the default) gives the cluster DNS and the search path of the pod's namespace (the
+/// host's resolvers for host-network pods, unless ClusterFirstWithHostNet), Default the
+/// host's, None only what `dnsConfig` says; `dnsConfig` adds to the first two.
+fn dns_config(
+    config: &Config,
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+    namespace: &str,
+) -> Option<cri::DnsConfig> {
+    let policy = spec.dns_policy.as_deref().unwrap_or("ClusterFirst");
+    let host_network = spec.host_network.unwrap_or(false);
+    let cluster = match (policy, &config.cluster_dns) {
+        ("ClusterFirst", Some(ip)) if !host_network => Some(ip.clone()),
+        ("ClusterFirstWithHostNet", Some(ip)) => Some(ip.clone()),
+        _ => None,
+    };
+    let mut dns = match (&cluster, policy) {
+        (Some(ip), _) => {
+            let domain = &config.cluster_domain;
+            cri::DnsConfig {
+                servers: vec![ip.clone()],
+                searches: vec![
+                    format!("{namespace}.svc.{domain}"),
+                    format!("svc.{domain}"),
+                    domain.clone(),
+                ],
+                options: vec!["ndots:5".into()],
+            }
+        }
+        (None, "None") => cri::DnsConfig::default(),
+        (None, _) => {
+            return spec.dns_config.as_ref().map(|d| extra_dns(cri::DnsConfig::default(), d))
+        }
+    };
+    if let Some(extra) = &spec.dns_config {
+        dns = extra_dns(dns, extra);
+    }
+    Some(dns)
+}
+
+fn extra_dns(
+    mut dns: cri::DnsConfig,
+    extra: &k8s_openapi::api::core::v1::PodDNSConfig,
+) -> cri::DnsConfig {
+    dns.servers.extend(extra.nameservers.clone().unwrap_or_default());
+    dns.searches.extend(extra.searches.clone().unwrap_or_default());
+    for option in extra.options.iter().flatten() {
+        let name = option.name.clone().unwrap_or_default();
+        dns.options.retain(|o| o.split(':').next() != Some(name.as_str()));
+        dns.options.push(match &option.value {
+            Some(v) => format!("{name}:{v}"),
+            None => name,
+        });
+    }
+    dns
 }
 
 /// Kubernetes' QoS class of a pod.

@@ -90,6 +90,7 @@ const CRATES: &[&str] = &[
     "berth_client",
     "berth_controllers",
     "berth_cri",
+    "berth_dns",
     "berth_engine",
     "berth_image",
     "berth_net",

@@ -43,6 +43,16 @@ pub struct ServerArgs {
     /// k3s's flag does.
     #[arg(long = "disable-kube-proxy")]
     pub disable_kube_proxy: bool,
+    /// The cluster DNS address (a Service in kube-system, answered by this server on the
+    /// node's address), given to pods with `dnsPolicy: ClusterFirst`.
+    #[arg(long = "cluster-dns", default_value = "10.43.0.10")]
+    pub cluster_dns: String,
+    /// The cluster's DNS domain.
+    #[arg(long = "cluster-domain", default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// Run without the cluster DNS (pods get the host's resolvers).
+    #[arg(long = "disable-dns")]
+    pub disable_dns: bool,
     /// The port of the agent's kubelet API (what `kubectl logs` reaches through the API
     /// server); 0 picks a free one.
     #[arg(long = "kubelet-port", default_value_t = 10250)]
@@ -181,6 +191,32 @@ pub fn server(global: &crate::cli::Global, args: ServerArgs) -> Result<i32> {
                     }
                 });
             }
+            if let Some(dns_ip) = agent_config.cluster_dns.clone() {
+                let node_ip = agent_config.node_ip.clone();
+                let admin =
+                    berth_client::in_process(server.handler(), berth_api::identity::User::admin());
+                if let Err(err) = bootstrap_dns(&admin, &dns_ip, &node_ip).await {
+                    eprintln!("berth server: cannot publish the cluster DNS service: {err}");
+                }
+                let client = berth_client::in_process(
+                    server.handler(),
+                    berth_api::identity::User::kube_proxy(),
+                );
+                let dns =
+                    std::sync::Arc::new(berth_reconcile::Informers::new(client, shutdown.clone()));
+                let listen = format!("{node_ip}:53").parse().with_context(|| {
+                    format!("the node address {node_ip:?} is not an IP address")
+                })?;
+                loops.spawn(berth_dns::run(
+                    dns.clone(),
+                    berth_dns::Config {
+                        listen: vec![listen],
+                        domain: agent_config.cluster_domain.clone(),
+                        upstreams: Vec::new(),
+                    },
+                ));
+                informers.push(dns);
+            }
             let client = berth_client::in_process(
                 server.handler(),
                 berth_api::identity::User::node(&agent_config.node_name),
@@ -218,6 +254,45 @@ pub fn server(global: &crate::cli::Global, args: ServerArgs) -> Result<i32> {
         eprintln!("berth server: stopped");
         Ok(0)
     })
+}
+
+/// The cluster DNS Service (`kube-system/kube-dns` on the cluster DNS address, as k3s's
+/// CoreDNS is) and an EndpointSlice naming this node's address, where the server answers.
+async fn bootstrap_dns(client: &kube::Client, dns_ip: &str, node_ip: &str) -> Result<()> {
+    use kube::api::{Api, Patch, PatchParams};
+    let params = PatchParams::apply("berth-server").force();
+    let service: Api<k8s_openapi::api::core::v1::Service> =
+        Api::namespaced(client.clone(), "kube-system");
+    let ports = serde_json::json!([
+        {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+        {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53},
+    ]);
+    let object = serde_json::json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "kube-dns", "namespace": "kube-system",
+                     "labels": {"k8s-app": "kube-dns", "kubernetes.io/name": "CoreDNS"}},
+        "spec": {"clusterIP": dns_ip, "clusterIPs": [dns_ip], "ports": ports},
+    });
+    service
+        .patch("kube-dns", &params, &Patch::Apply(&object))
+        .await
+        .context("the kube-dns Service")?;
+    let slices: Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
+        Api::namespaced(client.clone(), "kube-system");
+    let slice = serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "kube-dns-berth", "namespace": "kube-system",
+                     "labels": {"kubernetes.io/service-name": "kube-dns",
+                                "endpointslice.kubernetes.io/managed-by": "berth-server"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [node_ip], "conditions": {"ready": true, "serving": true, "terminating": false}}],
+        "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}, {"name": "dns-tcp", "port": 53, "protocol": "TCP"}],
+    });
+    slices
+        .patch("kube-dns-berth", &params, &Patch::Apply(&slice))
+        .await
+        .context("the kube-dns EndpointSlice")?;
+    Ok(())
 }
 
 /// The agent's serving certificate for its kubelet API, signed by the server's CA (which
@@ -285,6 +360,8 @@ fn agent_setup(
         node_ip: args.node_ip.clone().unwrap_or_else(berth_agent::default_node_ip),
         lease_interval: std::time::Duration::from_secs(10),
         labels: std::collections::BTreeMap::new(),
+        cluster_dns: (!args.disable_dns).then(|| args.cluster_dns.clone()),
+        cluster_domain: args.cluster_domain.clone(),
         // Filled in once the server's CA exists (see `agent_tls`).
         api: Some(berth_agent::ApiConfig {
             bind_address: "0.0.0.0".into(),

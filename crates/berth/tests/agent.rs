@@ -690,7 +690,7 @@ metadata: {name: hello}
 spec:
   type: NodePort
   selector: {app: hello}
-  ports: [{port: 80, targetPort: 8080, nodePort: 30080}]
+  ports: [{name: http, port: 80, targetPort: 8080, nodePort: 30080}]
 ---
 apiVersion: v1
 kind: Service
@@ -740,6 +740,45 @@ spec:
         &format!("for i in 1 2 3 4 5 6; do wget -qO- http://{vip}/; done"),
     ]);
     assert!(inside.lines().count() == 6 && inside.lines().all(|l| names.contains(l)), "{inside}");
+    // Cluster DNS: from a pod (its resolv.conf names the cluster DNS and its search path)
+    // and from the host, through the kube-dns Service.
+    let resolv = cluster.ok(&["exec", &first, "--", "cat", "/etc/resolv.conf"]);
+    assert!(
+        resolv.contains("nameserver 10.43.0.10")
+            && resolv.contains("search default.svc.cluster.local svc.cluster.local cluster.local")
+            && resolv.contains("ndots:5"),
+        "{resolv}"
+    );
+    let cluster_ip = vip.trim_end_matches(":80").to_owned();
+    let lookup = cluster.ok(&["exec", &first, "--", "nslookup", "hello.default.svc.cluster.local"]);
+    assert!(lookup.contains(&format!("Address: {cluster_ip}")), "{lookup}");
+    let srv = cluster.ok(&[
+        "exec",
+        &first,
+        "--",
+        "nslookup",
+        "-type=srv",
+        "_http._tcp.hello.default.svc.cluster.local",
+    ]);
+    assert!(srv.contains("80 hello.default.svc.cluster.local"), "{srv}");
+    let pod_ip = pods["items"][0]["status"]["podIP"].as_str().unwrap().to_owned();
+    let pod_name = format!("{}.default.pod.cluster.local", pod_ip.replace('.', "-"));
+    let pod_record = cluster.ok(&["exec", &first, "--", "nslookup", &pod_name]);
+    assert!(pod_record.contains(&format!("Address: {pod_ip}")), "{pod_record}");
+    let missing =
+        cluster.kubectl(&["exec", &first, "--", "nslookup", "nothere.default.svc.cluster.local"]);
+    assert!(
+        !missing.status.success() && String::from_utf8_lossy(&missing.stdout).contains("NXDOMAIN"),
+        "{missing:?}"
+    );
+    let from_host = Command::new("busybox")
+        .args(["nslookup", "hello.default.svc.cluster.local", "10.43.0.10"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&from_host.stdout).contains(&format!("Address: {cluster_ip}")),
+        "{from_host:?}"
+    );
     // A Service without endpoints refuses at once.
     let empty: Value =
         serde_json::from_str(&cluster.ok(&["get", "service", "empty", "-o", "json"])).unwrap();

@@ -1,0 +1,342 @@
+//! Cluster DNS, as Kubernetes' DNS specification says (`answer` is the pure part), served
+//! over UDP and TCP from the shared caches of Services and EndpointSlices: every answer
+//! reflects the caches at the moment of the question, nothing is copied. Names outside the
+//! cluster domain are relayed to the host's resolvers (`/etc/resolv.conf`). Messages are
+//! decoded and encoded with `hickory-proto`.
+
+pub mod answer;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_reconcile::{Cache, Informers};
+use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::rr::{rdata, Name, RData, Record, RecordType};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::reflector::ObjectRef;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub use answer::{Data, Endpoint, Kind, Lookup, Outcome, ServiceRecord};
+
+/// How long answers may be cached (kube-dns's default for services).
+const TTL: u32 = 5;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where to answer (UDP and TCP on each).
+    pub listen: Vec<SocketAddr>,
+    /// The cluster domain (`cluster.local`).
+    pub domain: String,
+    /// Resolvers for other names; the host's when empty.
+    pub upstreams: Vec<SocketAddr>,
+}
+
+/// The host's resolvers, from `/etc/resolv.conf`.
+pub fn host_resolvers() -> Vec<SocketAddr> {
+    std::fs::read_to_string("/etc/resolv.conf")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix("nameserver"))
+        .filter_map(|ip| ip.trim().parse::<std::net::IpAddr>().ok())
+        .map(|ip| SocketAddr::new(ip, 53))
+        .collect()
+}
+
+/// The caches as a `Lookup`.
+struct Caches {
+    services: Arc<Cache<Service>>,
+    slices: Arc<Cache<EndpointSlice>>,
+}
+
+impl Lookup for Caches {
+    fn service(&self, namespace: &str, name: &str) -> Option<ServiceRecord> {
+        let service = self.services.store().get(&ObjectRef::new(name).within(namespace))?;
+        let spec = service.spec.clone().unwrap_or_default();
+        let mut record = ServiceRecord {
+            cluster_ip: spec.cluster_ip.as_deref().and_then(|ip| ip.parse().ok()),
+            headless: spec.cluster_ip.as_deref() == Some("None"),
+            external_name: (spec.type_.as_deref() == Some("ExternalName"))
+                .then(|| spec.external_name.clone().unwrap_or_default()),
+            ports: spec
+                .ports
+                .iter()
+                .flatten()
+                .map(|p| {
+                    (
+                        p.name.clone().unwrap_or_default(),
+                        p.protocol.clone().unwrap_or_else(|| "TCP".into()).to_lowercase(),
+                        u16::try_from(p.port).unwrap_or(0),
+                    )
+                })
+                .collect(),
+            endpoints: Vec::new(),
+        };
+        if record.headless {
+            for slice in self.slices.store().state() {
+                let owned = slice.metadata.namespace.as_deref() == Some(namespace)
+                    && slice
+                        .metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get("kubernetes.io/service-name"))
+                        .map(String::as_str)
+                        == Some(name);
+                if !owned || slice.address_type != "IPv4" {
+                    continue;
+                }
+                for endpoint in &slice.endpoints {
+                    let ready = endpoint.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+                    for address in &endpoint.addresses {
+                        if let Ok(ip) = address.parse::<Ipv4Addr>() {
+                            record.endpoints.push(Endpoint {
+                                ip,
+                                hostname: endpoint.hostname.clone(),
+                                ready,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        Some(record)
+    }
+}
+
+/// Answers one query message; `None` means "relay it upstream as it is".
+pub fn respond(lookup: &dyn Lookup, domain: &str, query: &Message) -> Option<Message> {
+    let question = query.queries.first()?;
+    let name = question.name().to_ascii().trim_end_matches('.').to_lowercase();
+    let kind = match question.query_type() {
+        RecordType::A => Kind::A,
+        RecordType::AAAA => Kind::Aaaa,
+        RecordType::SRV => Kind::Srv,
+        RecordType::CNAME => Kind::Cname,
+        _ => Kind::Other,
+    };
+    let outcome = answer::resolve(lookup, domain, &name, kind);
+    if outcome == Outcome::Forward {
+        return None;
+    }
+    let mut response = Message::new(query.metadata.id, MessageType::Response, OpCode::Query);
+    response.metadata.recursion_desired = query.metadata.recursion_desired;
+    response.metadata.recursion_available = true;
+    response.metadata.authoritative = true;
+    response.add_query(question.clone());
+    match outcome {
+        Outcome::Answer(records) => {
+            for (owner, data) in records {
+                let Ok(owner) = Name::from_ascii(format!("{owner}.")) else { continue };
+                let rdata = match data {
+                    Data::A(ip) => RData::A(rdata::A(ip)),
+                    Data::Cname(target) => match Name::from_ascii(format!("{target}.")) {
+                        Ok(target) => RData::CNAME(rdata::CNAME(target)),
+                        Err(_) => continue,
+                    },
+                    Data::Srv(priority, weight, port, target) => {
+                        match Name::from_ascii(format!("{target}.")) {
+                            Ok(target) => {
+                                RData::SRV(rdata::SRV::new(priority, weight, port, target))
+                            }
+                            Err(_) => continue,
+                        }
+                    }
+                };
+                response.add_answer(Record::from_rdata(owner, TTL, rdata));
+            }
+        }
+        Outcome::NoData => {}
+        Outcome::NxDomain => response.metadata.response_code = ResponseCode::NXDomain,
+        Outcome::Forward => {}
+    }
+    Some(response)
+}
+
+fn refuse(query: &[u8], code: ResponseCode) -> Option<Vec<u8>> {
+    let message = Message::from_vec(query).ok()?;
+    let mut response =
+        Message::new(message.metadata.id, MessageType::Response, message.metadata.op_code);
+    response.metadata.response_code = code;
+    response.metadata.recursion_desired = message.metadata.recursion_desired;
+    for q in message.queries {
+        response.add_query(q);
+    }
+    response.to_vec().ok()
+}
+
+/// The answer to one wire-format query (the upstream's, relayed, for other names).
+async fn handle(
+    lookup: &Caches,
+    config: &Config,
+    upstreams: &[SocketAddr],
+    query: &[u8],
+) -> Option<Vec<u8>> {
+    let message = match Message::from_vec(query) {
+        Ok(message) => message,
+        Err(_) => return None,
+    };
+    if message.metadata.message_type != MessageType::Query {
+        return None;
+    }
+    if let Some(response) = respond(lookup, &config.domain, &message) {
+        return response.to_vec().ok();
+    }
+    for upstream in upstreams {
+        let bind: SocketAddr =
+            if upstream.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().ok()?;
+        let Ok(socket) = tokio::net::UdpSocket::bind(bind).await else { continue };
+        if socket.send_to(query, upstream).await.is_err() {
+            continue;
+        }
+        let mut buffer = vec![0u8; 4096];
+        if let Ok(Ok((n, _))) =
+            tokio::time::timeout(Duration::from_secs(2), socket.recv_from(&mut buffer)).await
+        {
+            buffer.truncate(n);
+            return Some(buffer);
+        }
+    }
+    refuse(query, ResponseCode::ServFail)
+}
+
+/// Serves until the informers' shutdown.
+pub async fn run(informers: Arc<Informers>, config: Config) {
+    let lookup = Arc::new(Caches {
+        services: informers.typed::<Service>(),
+        slices: informers.typed::<EndpointSlice>(),
+    });
+    let shutdown = informers.shutdown().clone();
+    tokio::select! {
+        _ = async { lookup.services.ready().await; lookup.slices.ready().await } => {}
+        _ = shutdown.cancelled() => return,
+    }
+    let upstreams: Arc<Vec<SocketAddr>> = Arc::new(if config.upstreams.is_empty() {
+        host_resolvers()
+    } else {
+        config.upstreams.clone()
+    });
+    let config = Arc::new(config);
+    for address in config.listen.clone() {
+        match tokio::net::UdpSocket::bind(address).await {
+            Ok(socket) => {
+                let socket = Arc::new(socket);
+                let (lookup, config, upstreams, shutdown) =
+                    (lookup.clone(), config.clone(), upstreams.clone(), shutdown.clone());
+                informers.tasks().spawn(async move {
+                    let mut buffer = vec![0u8; 4096];
+                    loop {
+                        let received = tokio::select! {
+                            received = socket.recv_from(&mut buffer) => received,
+                            _ = shutdown.cancelled() => return,
+                        };
+                        let Ok((n, peer)) = received else { continue };
+                        let query = buffer[..n].to_vec();
+                        let (socket, lookup, config, upstreams) =
+                            (socket.clone(), lookup.clone(), config.clone(), upstreams.clone());
+                        tokio::spawn(async move {
+                            if let Some(answer) = handle(&lookup, &config, &upstreams, &query).await
+                            {
+                                let _ = socket.send_to(&answer, peer).await;
+                            }
+                        });
+                    }
+                });
+            }
+            Err(err) => tracing::error!("cluster DNS: cannot listen on udp {address}: {err}"),
+        }
+        match tokio::net::TcpListener::bind(address).await {
+            Ok(listener) => {
+                let (lookup, config, upstreams, shutdown) =
+                    (lookup.clone(), config.clone(), upstreams.clone(), shutdown.clone());
+                informers.tasks().spawn(async move {
+                    loop {
+                        let accepted = tokio::select! {
+                            accepted = listener.accept() => accepted,
+                            _ = shutdown.cancelled() => return,
+                        };
+                        let Ok((mut stream, _)) = accepted else { continue };
+                        let (lookup, config, upstreams) =
+                            (lookup.clone(), config.clone(), upstreams.clone());
+                        tokio::spawn(async move {
+                            loop {
+                                let mut length = [0u8; 2];
+                                let read = tokio::time::timeout(
+                                    Duration::from_secs(10),
+                                    stream.read_exact(&mut length),
+                                )
+                                .await;
+                                if !matches!(read, Ok(Ok(_))) {
+                                    return;
+                                }
+                                let mut query = vec![0u8; usize::from(u16::from_be_bytes(length))];
+                                if stream.read_exact(&mut query).await.is_err() {
+                                    return;
+                                }
+                                let Some(answer) =
+                                    handle(&lookup, &config, &upstreams, &query).await
+                                else {
+                                    return;
+                                };
+                                let Ok(size) = u16::try_from(answer.len()) else { return };
+                                if stream.write_all(&size.to_be_bytes()).await.is_err()
+                                    || stream.write_all(&answer).await.is_err()
+                                {
+                                    return;
+                                }
+                            }
+                        });
+                    }
+                });
+            }
+            Err(err) => tracing::error!("cluster DNS: cannot listen on tcp {address}: {err}"),
+        }
+    }
+    tracing::info!(listen = ?config.listen, "cluster DNS serving {}", config.domain);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::op::Query;
+
+    struct One;
+
+    impl Lookup for One {
+        fn service(&self, namespace: &str, name: &str) -> Option<ServiceRecord> {
+            (namespace == "default" && name == "web").then(|| ServiceRecord {
+                cluster_ip: Some(Ipv4Addr::new(10, 43, 0, 20)),
+                ..Default::default()
+            })
+        }
+    }
+
+    fn query(name: &str, kind: RecordType) -> Message {
+        let mut message = Message::new(7, MessageType::Query, OpCode::Query);
+        message.metadata.recursion_desired = true;
+        message.add_query(Query::query(Name::from_ascii(name).unwrap(), kind));
+        message
+    }
+
+    #[test]
+    fn wire_answers_round_trip() {
+        let response =
+            respond(&One, "cluster.local", &query("WEB.default.svc.cluster.local.", RecordType::A))
+                .unwrap();
+        let bytes = response.to_vec().unwrap();
+        let back = Message::from_vec(&bytes).unwrap();
+        assert_eq!(back.metadata.id, 7);
+        assert_eq!(back.metadata.response_code, ResponseCode::NoError);
+        assert!(back.metadata.authoritative);
+        assert_eq!(back.answers.len(), 1);
+        assert_eq!(back.answers[0].data, RData::A(rdata::A(Ipv4Addr::new(10, 43, 0, 20))));
+        let missing =
+            respond(&One, "cluster.local", &query("db.default.svc.cluster.local.", RecordType::A))
+                .unwrap();
+        assert_eq!(missing.metadata.response_code, ResponseCode::NXDomain);
+        assert!(
+            respond(&One, "cluster.local", &query("example.org.", RecordType::A)).is_none(),
+            "forwarded"
+        );
+    }
+}
