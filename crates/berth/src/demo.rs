@@ -1,7 +1,11 @@
 //! `berth demo`: the main job on the embedded defaults. Builds a small image offline (the
 //! host's static busybox in three layers), loads it into a private berth root, and drives
 //! `berth` as a user would: a container that shows its isolation, a web server with a
-//! published port answering an HTTP request, `ps`, `logs`, `exec`, `stop`, `rm`.
+//! published port answering an HTTP request, `ps`, `logs`, `exec`, `stop`, `rm`. Then,
+//! when kubectl is on the PATH, the cluster on this machine: `berth server` with its agent,
+//! a Deployment of 3 replicas behind a NodePort Service with a ConfigMap and a Secret
+//! mounted, requests to the ClusterIP and the node port, a DNS lookup from a pod, scale,
+//! a rolling update, logs, and deletion.
 //!
 //! The demo runs in a network namespace of its own, so its bridge and nftables rules never
 //! touch the host's network; everything it made is removed at the end (`--keep` keeps the
@@ -67,7 +71,28 @@ fn demo(keep: bool) -> Result<i32> {
     }
     let work = std::env::temp_dir().join(format!("berth-demo-{}", std::process::id()));
     let root = work.join("root");
-    let result = run_demo(&work, &root);
+    let mut result = run_demo(&work, &root);
+    if result.is_ok() {
+        match kubectl_path() {
+            Some(kubectl) => {
+                let mut server = None;
+                result = run_cluster(&work, &root, &kubectl, &mut server);
+                if let Some(mut child) = server {
+                    // SIGTERM: the server drains; the pods were deleted above.
+                    let _ = berth_sys::nix::sys::signal::kill(
+                        berth_sys::nix::unistd::Pid::from_raw(child.id() as i32),
+                        berth_sys::nix::sys::signal::Signal::SIGTERM,
+                    );
+                    let _ = child.wait();
+                }
+                // Whatever is left of the pods' supervisors and mounts goes.
+                let _ =
+                    Command::new("pkill").arg("-f").arg(work.to_string_lossy().as_ref()).status();
+                unmount_under(&work);
+            }
+            None => println!("\n# (the cluster part needs kubectl on the PATH; skipped)"),
+        }
+    }
     // Whatever happened, leave no container behind.
     if let Ok(ids) =
         Command::new("/proc/self/exe").env("BERTH_ROOT", &root).args(["ps", "-aq"]).output()
@@ -144,5 +169,215 @@ fn run_demo(work: &Path, root: &Path) -> Result<()> {
     berth(root, &["stop", "web"])?;
     berth(root, &["ps", "-a"])?;
     berth(root, &["rm", "web"])?;
+    Ok(())
+}
+
+fn kubectl_path() -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_string_lossy()
+        .split(':')
+        .map(|dir| Path::new(dir).join("kubectl"))
+        .find(|p| p.exists())
+}
+
+fn unmount_under(dir: &Path) {
+    let prefix = dir.to_string_lossy().into_owned();
+    let mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+        .filter(|m| m.starts_with(&prefix))
+        .collect();
+    for mount in mounts.into_iter().rev() {
+        let _ = berth_sys::nix::mount::umount2(
+            mount.as_str(),
+            berth_sys::nix::mount::MntFlags::MNT_DETACH,
+        );
+    }
+}
+
+const MANIFEST: &str = r#"apiVersion: v1
+kind: ConfigMap
+metadata: {name: greeting}
+data: {text: "hello from a berth pod"}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: token}
+stringData: {value: s3cr3t}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      terminationGracePeriodSeconds: 2
+      containers:
+      - name: web
+        image: demo:v1
+        command: ["sh", "-c", "mkdir -p /www; echo \"$(cat /etc/greeting/text), I am $(hostname) (secret: $(wc -c < /etc/token/value) bytes)\" > /www/index.html; exec httpd -f -v -p 8080 -h /www"]
+        readinessProbe: {httpGet: {path: /, port: 8080}, periodSeconds: 1}
+        volumeMounts:
+        - {name: greeting, mountPath: /etc/greeting}
+        - {name: token, mountPath: /etc/token, readOnly: true}
+      volumes:
+      - {name: greeting, configMap: {name: greeting}}
+      - {name: token, secret: {secretName: token}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  type: NodePort
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 8080, nodePort: 30080}]
+"#;
+
+fn kubectl(kubectl: &Path, config: &Path, args: &[&str]) -> Result<String> {
+    println!("$ kubectl {}", args.join(" "));
+    let output = Command::new(kubectl)
+        .env("KUBECONFIG", config)
+        .args(args)
+        .output()
+        .context("cannot run kubectl")?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    print!("{stdout}");
+    eprint!("{}", String::from_utf8_lossy(&output.stderr));
+    if !output.status.success() {
+        bail!("kubectl {} failed ({})", args.join(" "), output.status);
+    }
+    Ok(stdout)
+}
+
+fn http_get(address: &str) -> Option<String> {
+    let mut stream = std::net::TcpStream::connect_timeout(
+        &address.parse().ok()?,
+        std::time::Duration::from_secs(2),
+    )
+    .ok()?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(2))).ok()?;
+    write!(stream, "GET / HTTP/1.0\r\n\r\n").ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    Some(text.split("\r\n\r\n").nth(1).unwrap_or("").trim_end().to_owned())
+}
+
+/// The cluster on one machine: `berth server` (API, scheduler, controllers, node agent with
+/// berth's CRI, service proxy, DNS) and kubectl.
+fn run_cluster(
+    work: &Path,
+    root: &Path,
+    kubectl_bin: &Path,
+    server: &mut Option<std::process::Child>,
+) -> Result<()> {
+    println!("\n# the cluster: `berth server` runs the API, scheduler, controllers, a node agent");
+    println!("# with berth's CRI, the service proxy and cluster DNS, in one process");
+    // This namespace's "machine": an address on a link, and a default route through it.
+    for args in [
+        &["link", "add", "node0", "type", "veth", "peer", "name", "node1"][..],
+        &["addr", "add", "192.168.77.1/24", "dev", "node0"],
+        &["link", "set", "node0", "up"],
+        &["link", "set", "node1", "up"],
+        &["route", "add", "default", "via", "192.168.77.2", "dev", "node0"],
+    ] {
+        let status = Command::new("ip").args(args).status()?;
+        if !status.success() {
+            bail!("ip {} failed", args.join(" "));
+        }
+    }
+    let data = work.join("server");
+    let log = std::fs::File::create(work.join("server.log"))?;
+    println!("$ berth server --node-name demo-node --node-ip 192.168.77.1 ... &");
+    *server = Some(
+        Command::new("/proc/self/exe")
+            .env("BERTH_ROOT", root)
+            .args([
+                "server",
+                "--https-listen-port",
+                "0",
+                "--bind-address",
+                "127.0.0.1",
+                "--kubelet-port",
+                "0",
+            ])
+            .args(["--node-name", "demo-node", "--node-ip", "192.168.77.1", "--data-dir"])
+            .arg(&data)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("cannot start berth server")?,
+    );
+    let config = data.join("kubeconfig");
+    let ready = || -> bool {
+        config.exists()
+            && Command::new(kubectl_bin)
+                .env("KUBECONFIG", &config)
+                .args([
+                    "get",
+                    "node",
+                    "demo-node",
+                    "-o",
+                    "jsonpath={.status.conditions[?(@.type=='Ready')].status}",
+                ])
+                .output()
+                .is_ok_and(|o| o.stdout == b"True")
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !ready() {
+        if std::time::Instant::now() > deadline {
+            bail!("the node did not become Ready; see {}", work.join("server.log").display());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let k = |args: &[&str]| kubectl(kubectl_bin, &config, args);
+    k(&["get", "nodes", "-o", "wide"])?;
+    let manifest = work.join("app.yaml");
+    std::fs::write(&manifest, MANIFEST)?;
+    println!(
+        "\n# a Deployment of 3 replicas behind a Service, with a ConfigMap and a Secret as volumes"
+    );
+    k(&["apply", "-f", &manifest.to_string_lossy()])?;
+    k(&["rollout", "status", "deployment/web", "--timeout", "90s"])?;
+    k(&["get", "pods", "-o", "wide"])?;
+    let vip = k(&["get", "service", "web", "-o", "jsonpath={.spec.clusterIP}"])?;
+    println!();
+    println!("\n# the Service's ClusterIP spreads requests over the replicas");
+    for _ in 0..6 {
+        println!("$ curl http://{vip}/");
+        println!("{}", http_get(&format!("{vip}:80")).unwrap_or_else(|| "(no answer)".into()));
+    }
+    println!("$ curl http://192.168.77.1:30080/   # the NodePort");
+    println!("{}", http_get("192.168.77.1:30080").unwrap_or_else(|| "(no answer)".into()));
+    println!("\n# cluster DNS, from inside a pod");
+    k(&["exec", "deployment/web", "--", "nslookup", "web.default.svc.cluster.local"])?;
+    println!("\n# scale, then a rolling update to a new image");
+    k(&["scale", "deployment/web", "--replicas", "4"])?;
+    k(&["rollout", "status", "deployment/web", "--timeout", "90s"])?;
+    berth(root, &["tag", "demo:v1", "demo:v2"])?;
+    k(&["set", "image", "deployment/web", "web=demo:v2"])?;
+    k(&["rollout", "status", "deployment/web", "--timeout", "120s"])?;
+    k(&["get", "pods", "-o", "wide"])?;
+    k(&["logs", "deployment/web", "--tail", "3"])?;
+    println!("\n# and everything goes");
+    k(&["delete", "-f", &manifest.to_string_lossy()])?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let left = Command::new(kubectl_bin)
+            .env("KUBECONFIG", &config)
+            .args(["get", "pods", "-o", "name"])
+            .output()?;
+        if left.stdout.is_empty() {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("pods were left: {}", String::from_utf8_lossy(&left.stdout));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    k(&["get", "pods"])?;
     Ok(())
 }
