@@ -10,6 +10,7 @@
 //! gone.
 
 pub mod cri;
+pub mod events;
 pub mod pods;
 pub mod probes;
 pub mod server;
@@ -367,6 +368,7 @@ async fn run_pods(informers: Arc<Informers>, config: Config, runtime: cri::Runti
     let host_ip = config.node_ip.clone();
     let config = Arc::new(config);
     let runtime = Arc::new(runtime);
+    let events = Arc::new(events::Recorder::new(client.clone(), &config.node_name));
     berth_reconcile::run(
         "node-agent",
         queue,
@@ -374,6 +376,7 @@ async fn run_pods(informers: Arc<Informers>, config: Config, runtime: cri::Runti
         Duration::from_secs(10),
         shutdown,
         move |key: Key| {
+            let events = events.clone();
             let (client, pods, config, runtime, memory, config_maps, secrets, host_ip) = (
                 client.clone(),
                 pods.clone(),
@@ -395,6 +398,7 @@ async fn run_pods(informers: Arc<Informers>, config: Config, runtime: cri::Runti
                     config: &config,
                     sources: &sources,
                     memory: &memory,
+                    events: &events,
                     host_ip: &host_ip,
                 };
                 match pods::sync(&ctx, &pod).await? {

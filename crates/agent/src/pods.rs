@@ -62,6 +62,7 @@ pub struct Context<'a> {
     pub config: &'a Config,
     pub sources: &'a dyn volumes::Sources,
     pub memory: &'a Memory,
+    pub events: &'a crate::events::Recorder,
     pub host_ip: &'a str,
 }
 
@@ -159,9 +160,15 @@ pub async fn sync(ctx: &Context<'_>, pod: &Pod) -> Result<Next, Error> {
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
     if pod.metadata.deletion_timestamp.is_some() {
         let grace = pod.metadata.deletion_grace_period_seconds.unwrap_or(0);
+        for container in pod.spec.iter().flat_map(|s| s.containers.iter()) {
+            let message = format!("Stopping container {}", container.name);
+            ctx.events.record_once(pod, Some(&container.name), false, "Killing", &message).await;
+        }
+        let grace = pre_stop(ctx, pod, grace).await;
         kill_pod(ctx.runtime, &uid, grace).await?;
         let _ = std::fs::remove_dir_all(ctx.config.pod_dir(&uid));
         ctx.memory.forget_pod(&uid);
+        ctx.events.forget_pod(&uid);
         let params = DeleteParams {
             grace_period_seconds: Some(0),
             preconditions: Some(Preconditions { uid: Some(uid.clone()), resource_version: None }),
@@ -400,6 +407,40 @@ pub async fn sync(ctx: &Context<'_>, pod: &Pod) -> Result<Next, Error> {
             next = Some(Duration::from_millis(10));
         }
         verdicts.insert(status.id.clone(), verdict);
+    }
+    for container in spec.init_containers.iter().flatten().chain(spec.containers.iter()) {
+        let Some((reason, message)) = ctx.memory.get(&uid, &container.name) else { continue };
+        let restarts = statuses
+            .iter()
+            .filter(|s| s.metadata.as_ref().is_some_and(|m| m.name == container.name))
+            .count();
+        let (event, text) = match reason.as_str() {
+            "CrashLoopBackOff" => (
+                "BackOff",
+                format!(
+                    "Back-off restarting failed container {} in pod {name} ({restarts})",
+                    container.name
+                ),
+            ),
+            "ImagePullBackOff" => (
+                "BackOff",
+                format!("Back-off pulling image {:?}", container.image.clone().unwrap_or_default()),
+            ),
+            "Unhealthy" => ("Unhealthy", message.clone()),
+            "ContainerCreating" => match message.strip_prefix("FailedMount: ") {
+                Some(text) => ("FailedMount", format!("MountVolume.SetUp failed: {text}")),
+                None => continue,
+            },
+            _ => ("Failed", format!("{reason}: {message}")),
+        };
+        ctx.events.record_once(pod, Some(&container.name), true, event, &text).await;
+        if reason == "Unhealthy" {
+            let kill = format!(
+                "Container {} failed a probe, will be restarted ({restarts})",
+                container.name
+            );
+            ctx.events.record_once(pod, Some(&container.name), false, "Killing", &kill).await;
+        }
     }
     let status = pod_status(ctx, pod, &sandbox_status, &statuses, initialized, &verdicts);
     let current =
@@ -720,6 +761,15 @@ async fn start(
         _ => !present,
     };
     if pull {
+        ctx.events
+            .record(
+                pod,
+                Some(&container.name),
+                false,
+                "Pulling",
+                &format!("Pulling image \"{image}\""),
+            )
+            .await;
         let pulled = images
             .pull_image(cri::PullImageRequest {
                 image: Some(cri::ImageSpec { image: image.clone(), ..Default::default() }),
@@ -727,6 +777,17 @@ async fn start(
                 sandbox_config: None,
             })
             .await;
+        if pulled.is_ok() {
+            ctx.events
+                .record(
+                    pod,
+                    Some(&container.name),
+                    false,
+                    "Pulled",
+                    &format!("Successfully pulled image \"{image}\""),
+                )
+                .await;
+        }
         if let Err(status) = pulled {
             if !present || policy != "Always" {
                 let previous = ctx.memory.get(&uid, &container.name);
@@ -872,7 +933,18 @@ async fn start(
         })
         .await;
     let id = match created {
-        Ok(response) => response.into_inner().container_id,
+        Ok(response) => {
+            ctx.events
+                .record(
+                    pod,
+                    Some(&container.name),
+                    false,
+                    "Created",
+                    &format!("Created container {}", container.name),
+                )
+                .await;
+            response.into_inner().container_id
+        }
         Err(status) => {
             ctx.memory.set(
                 &uid,
@@ -889,8 +961,98 @@ async fn start(
         ctx.memory.set(&uid, &container.name, "RunContainerError", status.message().to_owned());
         return Ok(());
     }
+    ctx.events
+        .record(
+            pod,
+            Some(&container.name),
+            false,
+            "Started",
+            &format!("Started container {}", container.name),
+        )
+        .await;
     ctx.memory.clear(&uid, &container.name);
+    // postStart: the container counts as started once its hook returns; a failed hook
+    // kills it, and it restarts as its policy says.
+    if let Some(hook) = container.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) {
+        let grace =
+            pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds).unwrap_or(30);
+        if let Err(why) = crate::probes::run_hook(
+            ctx.runtime,
+            container,
+            &id,
+            hook,
+            pod_ip,
+            Duration::from_secs(30),
+        )
+        .await
+        {
+            let message = format!("PostStartHook failed: {why}");
+            ctx.events
+                .record(pod, Some(&container.name), true, "FailedPostStartHook", &message)
+                .await;
+            ctx.memory.set(&uid, &container.name, "PostStartHookError", message);
+            let _ = rt
+                .stop_container(cri::StopContainerRequest { container_id: id, timeout: grace })
+                .await;
+        }
+    }
     Ok(())
+}
+
+/// preStop hooks of the pod's running containers, in parallel, within the grace period;
+/// returns the seconds of grace left for the stop.
+async fn pre_stop(ctx: &Context<'_>, pod: &Pod, grace: i64) -> i64 {
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let Some(spec) = &pod.spec else { return grace };
+    let started = std::time::Instant::now();
+    let Ok(sandboxes) = sandboxes_of(ctx.runtime, &uid).await else { return grace };
+    let mut hooks = Vec::new();
+    for sandbox in sandboxes.iter().filter(|s| s.state == cri::PodSandboxState::SandboxReady as i32)
+    {
+        let Ok(statuses) = containers_of(ctx.runtime, &sandbox.id).await else { continue };
+        for status in
+            statuses.iter().filter(|s| s.state == cri::ContainerState::ContainerRunning as i32)
+        {
+            let Some(container) = spec
+                .containers
+                .iter()
+                .find(|c| status.metadata.as_ref().is_some_and(|m| m.name == c.name))
+            else {
+                continue;
+            };
+            let Some(hook) = container.lifecycle.as_ref().and_then(|l| l.pre_stop.clone()) else {
+                continue;
+            };
+            let id = status.id.clone();
+            let pod_ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone()).unwrap_or_default();
+            hooks.push(async move {
+                let outcome = crate::probes::run_hook(
+                    ctx.runtime,
+                    container,
+                    &id,
+                    &hook,
+                    &pod_ip,
+                    Duration::from_secs(u64::try_from(grace.max(1)).unwrap_or(1)),
+                )
+                .await;
+                (container.name.clone(), outcome)
+            });
+        }
+    }
+    for (name, outcome) in futures::future::join_all(hooks).await {
+        if let Err(why) = outcome {
+            ctx.events
+                .record(
+                    pod,
+                    Some(&name),
+                    true,
+                    "FailedPreStopHook",
+                    &format!("PreStopHook failed: {why}"),
+                )
+                .await;
+        }
+    }
+    (grace - i64::try_from(started.elapsed().as_secs()).unwrap_or(0)).max(0)
 }
 
 /// The container's environment: `envFrom` sources, then `env` (later wins), with

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use k8s_cri::v1 as cri;
-use k8s_openapi::api::core::v1::{Container, Probe};
+use k8s_openapi::api::core::v1::{Container, LifecycleHandler, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -293,4 +293,28 @@ async fn run(
         return Err("gRPC probes are not supported by berth's agent yet".into());
     }
     Err("the probe names no handler (exec, httpGet, tcpSocket)".into())
+}
+
+/// Runs a lifecycle hook (postStart, preStop): exec, httpGet, tcpSocket or sleep, within
+/// `timeout`.
+pub async fn run_hook(
+    runtime: &Runtime,
+    container: &Container,
+    id: &str,
+    handler: &LifecycleHandler,
+    pod_ip: &str,
+    timeout: Duration,
+) -> Result<(), String> {
+    if let Some(sleep) = &handler.sleep {
+        let wanted = Duration::from_secs(u64::try_from(sleep.seconds).unwrap_or(0));
+        tokio::time::sleep(wanted.min(timeout)).await;
+        return Ok(());
+    }
+    let probe = Probe {
+        exec: handler.exec.clone(),
+        http_get: handler.http_get.clone(),
+        tcp_socket: handler.tcp_socket.clone(),
+        ..Probe::default()
+    };
+    run(runtime, container, id, &probe, pod_ip, timeout.max(Duration::from_secs(1))).await
 }

@@ -555,6 +555,21 @@ spec:
     let status = &crash["status"]["containerStatuses"][0];
     assert_eq!(status["lastState"]["terminated"]["exitCode"], 1, "{status}");
     assert_eq!(status["lastState"]["terminated"]["reason"], "Error", "{status}");
+    // Events, where kubectl describe shows them.
+    let events: Value = serde_json::from_str(&cluster.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=crash",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    let reasons: Vec<&str> =
+        events["items"].as_array().unwrap().iter().filter_map(|e| e["reason"].as_str()).collect();
+    for wanted in ["Created", "Started", "BackOff"] {
+        assert!(reasons.contains(&wanted), "{wanted} in {reasons:?}");
+    }
     let previous = cluster.ok(&["logs", "crash", "--previous"]);
     assert_eq!(previous, "dying\n");
     cluster.until("crash in CrashLoopBackOff", &["get", "pod", "crash", "-o", "json"], |pod| {
@@ -601,6 +616,21 @@ spec:
         assert_eq!(status["restartCount"], 0);
     }
 
+    // Lifecycle hooks: postStart runs before the container counts as started, preStop
+    // before it is stopped (seen through a hostPath the hooks write to).
+    let hooks_dir = cluster.path("hooks");
+    cluster.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: hooks\nspec:\n  terminationGracePeriodSeconds: 5\n  containers:\n  - name: main\n    image: fixture:v1\n    command: [sh, -c, 'sleep 1000']\n    lifecycle:\n      postStart:\n        exec:\n          command: [sh, -c, 'echo started > /hooks/post-start']\n      preStop:\n        exec:\n          command: [sh, -c, 'echo stopping > /hooks/pre-stop']\n    volumeMounts:\n    - name: hooks\n      mountPath: /hooks\n  volumes:\n  - name: hooks\n    hostPath:\n      path: {}\n      type: DirectoryOrCreate\n",
+        hooks_dir.display()
+    ));
+    cluster.until("hooks Running", &["get", "pod", "hooks", "-o", "json"], running_ready);
+    assert_eq!(std::fs::read_to_string(hooks_dir.join("post-start")).unwrap(), "started\n");
+    cluster.ok(&["delete", "pod", "hooks"]);
+    assert_eq!(
+        std::fs::read_to_string(hooks_dir.join("pre-stop")).unwrap(),
+        "stopping\n",
+        "preStop ran before the stop"
+    );
     // Deleting everything leaves nothing behind: no sandbox, no mount, no volume directory.
     cluster.ok(&["delete", "deployment", "web"]);
     cluster.ok(&["delete", "job", "once"]);

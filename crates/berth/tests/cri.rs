@@ -585,6 +585,15 @@ fn root_a_pod_lives_its_whole_life_through_cri() {
             "left mounted: {:?}",
             node.mounts_under_root()
         );
+        for hierarchy in [
+            "/sys/fs/cgroup/memory",
+            "/sys/fs/cgroup/pids",
+            "/sys/fs/cgroup/unified",
+            "/sys/fs/cgroup",
+        ] {
+            let left = Path::new(hierarchy).join("berth-cri-test/web");
+            assert!(!left.exists(), "the pod's cgroup is left: {}", left.display());
+        }
         let ipam: Vec<_> = std::fs::read_dir(node.path("ipam").join("pods"))
             .unwrap()
             .map(|e| e.unwrap().file_name())

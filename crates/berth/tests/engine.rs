@@ -1049,6 +1049,13 @@ fn root_network_modes_and_a_client_on_another_host() {
     // Another host: a network namespace joined to this one by a veth pair, 192.168.77.0/24.
     let mut other = Command::new("unshare").args(["-n", "sleep", "600"]).spawn().unwrap();
     let pid = other.id().to_string();
+    // Until unshare has made its namespace, the veth would stay here.
+    let ours = std::fs::read_link("/proc/thread-self/ns/net").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_link(format!("/proc/{pid}/ns/net")).ok().as_ref() == Some(&ours) {
+        assert!(Instant::now() < deadline, "unshare never made its network namespace");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let ip = |args: &[&str]| {
         let status = Command::new("ip").args(args).status().unwrap();
         assert!(status.success(), "ip {args:?}");

@@ -441,6 +441,7 @@ impl Node {
             self.remove_container(&container.id)?;
         }
         self.teardown_sandbox(&record);
+        remove_cgroup_parent(&self.cgroup_parent(&record));
         let dir = self.sandbox_dir(&record.id);
         std::fs::remove_dir_all(&dir)
             .or_else(ignore_missing)
@@ -448,6 +449,15 @@ impl Node {
         self.sandboxes.lock().unwrap_or_else(|p| p.into_inner()).remove(&record.id);
         self.locks.lock().unwrap_or_else(|p| p.into_inner()).remove(&record.id);
         Ok(())
+    }
+
+    /// The cgroup its containers go under: the request's, or one of berth's per sandbox.
+    fn cgroup_parent(&self, sandbox: &SandboxRecord) -> String {
+        if sandbox.cgroup_parent.is_empty() {
+            format!("/berth-cri/{}", sandbox.id)
+        } else {
+            sandbox.cgroup_parent.clone()
+        }
     }
 
     fn containers_of(&self, sandbox: &str) -> Vec<ContainerRecord> {
@@ -591,11 +601,7 @@ impl Node {
                 .to_string_lossy()
                 .into_owned()
         };
-        let parent = if sandbox.cgroup_parent.is_empty() {
-            format!("/berth-cri/{}", sandbox.id)
-        } else {
-            sandbox.cgroup_parent.clone()
-        };
+        let parent = self.cgroup_parent(&sandbox);
         let cgroups_path = format!("{}/{}", parent.trim_end_matches('/'), id);
         let record = ContainerRecord {
             id: id.clone(),
@@ -1400,6 +1406,26 @@ fn mount_overlay(dir: &Path, lowers: &[PathBuf]) -> Result<()> {
         .map_err(|e| {
             Status::internal(format!("mount the overlay rootfs at {}: {e}", rootfs.display()))
         })
+}
+
+/// A sandbox's cgroup directory, removed from every hierarchy once its containers' are
+/// gone (only the last component: parents such as a QoS class's are shared). Nothing is
+/// removed that still holds something: `rmdir` refuses.
+fn remove_cgroup_parent(parent: &str) {
+    let relative = parent.trim_start_matches('/');
+    if relative.is_empty() || relative.ends_with(".slice") {
+        return;
+    }
+    let Ok(layout) = berth_cgroups::Layout::detect() else { return };
+    let roots: Vec<PathBuf> = match layout {
+        berth_cgroups::Layout::V1 { hierarchies, unified } => {
+            hierarchies.into_iter().map(|h| h.mount_point).chain(unified).collect()
+        }
+        berth_cgroups::Layout::V2 { root } => vec![root],
+    };
+    for root in roots {
+        let _ = std::fs::remove_dir(root.join(relative));
+    }
 }
 
 fn unmount_all(path: &Path) {
