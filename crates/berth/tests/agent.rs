@@ -233,6 +233,23 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.kill9();
+        // Containers a failed assertion left running: through the runtime, which knows
+        // them all (their processes do not name the test's directory).
+        let runtime = self.path("root").join("cri/runtime");
+        if let Ok(listed) = Command::new(BERTH)
+            .args(["runtime", "--root"])
+            .arg(&runtime)
+            .args(["list", "-q"])
+            .output()
+        {
+            for id in String::from_utf8_lossy(&listed.stdout).lines() {
+                let _ = Command::new(BERTH)
+                    .args(["runtime", "--root"])
+                    .arg(&runtime)
+                    .args(["delete", "--force", id])
+                    .output();
+            }
+        }
         let _ = Command::new("pkill")
             .arg("-f")
             .arg(self.dir.path().to_string_lossy().as_ref())
