@@ -482,6 +482,14 @@ fn run_container(
         None => None,
     };
     tracing::debug!("created; starting");
+    // Signals are held from before the start: one that arrives while the container's
+    // process already runs but the relay has not begun waits for the relay, instead of
+    // killing this process and leaving the container behind (as runc installs its
+    // handlers before it starts the container).
+    use berth_sys::nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
+    let mut original = SigSet::empty();
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&SigSet::all()), Some(&mut original))
+        .context("cannot block signals")?;
     let started = runtime.start(id);
     tracing::debug!("started");
     let status = match started {
@@ -491,6 +499,7 @@ fn run_container(
         }
         Err(err) => Err(err.into()),
     };
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&original), None);
     tracing::debug!("exited; deleting");
     if !keep {
         if let Err(err) = runtime.delete(id, true) {

@@ -191,8 +191,8 @@ pub fn server(global: &crate::cli::Global, args: ServerArgs) -> Result<i32> {
                     }
                 });
             }
+            let node_ip = agent_config.node_ip.clone();
             if let Some(dns_ip) = agent_config.cluster_dns.clone() {
-                let node_ip = agent_config.node_ip.clone();
                 let admin =
                     berth_client::in_process(server.handler(), berth_api::identity::User::admin());
                 if let Err(err) = bootstrap_dns(&admin, &dns_ip, &node_ip).await {
@@ -232,7 +232,8 @@ pub fn server(global: &crate::cli::Global, args: ServerArgs) -> Result<i32> {
                 );
                 let proxy =
                     std::sync::Arc::new(berth_reconcile::Informers::new(client, shutdown.clone()));
-                loops.spawn(berth_proxy::run(proxy.clone()));
+                let proxy_config = berth_proxy::Config { node_ip: Some(node_ip.clone()) };
+                loops.spawn(berth_proxy::run(proxy.clone(), proxy_config));
                 informers.push(proxy);
             }
         }

@@ -776,6 +776,22 @@ spec:
     // The node port on the node's address.
     let node_port = http_get("192.168.77.1:30080").unwrap();
     assert!(names.contains(&node_port), "{node_port}");
+    // A LoadBalancer gets the node's address as its ingress and answers there.
+    cluster.apply("apiVersion: v1\nkind: Service\nmetadata:\n  name: lb\nspec:\n  type: LoadBalancer\n  selector:\n    app: hello\n  ports:\n  - port: 8000\n    targetPort: 8080\n");
+    cluster.until("the balancer's address", &["get", "service", "lb", "-o", "json"], |svc| {
+        svc["status"]["loadBalancer"]["ingress"][0]["ip"] == "192.168.77.1"
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let balanced = loop {
+        match http_get("192.168.77.1:8000") {
+            Ok(body) if !body.is_empty() => break body,
+            other => {
+                assert!(Instant::now() < deadline, "the load balancer never answered: {other:?}")
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(names.contains(&balanced), "{balanced}");
     // From a pod, through the Service (a pod may reach itself: hairpin).
     let first = names.iter().next().unwrap().clone();
     let inside = cluster.ok(&[

@@ -17,8 +17,47 @@ use berth_reconcile::Informers;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
+/// What the proxy needs to know of its node.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    /// The node's address: LoadBalancer Services get it as their ingress (the built-in
+    /// balancer, as k3s's ServiceLB), and answer there on their own ports.
+    pub node_ip: Option<String>,
+}
+
+/// Gives LoadBalancer Services this node's address as their ingress.
+async fn balance(client: &kube::Client, services: &[Service], node_ip: &str) {
+    use kube::api::{Api, Patch, PatchParams};
+    for service in services {
+        if service.spec.as_ref().and_then(|s| s.type_.as_deref()) != Some("LoadBalancer") {
+            continue;
+        }
+        let current: Vec<String> = service
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|l| l.ingress.clone())
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i.ip)
+            .collect();
+        if current == [node_ip.to_owned()] {
+            continue;
+        }
+        let namespace = service.metadata.namespace.clone().unwrap_or_default();
+        let name = service.metadata.name.clone().unwrap_or_default();
+        let api: Api<Service> = Api::namespaced(client.clone(), &namespace);
+        let patch = serde_json::json!({"status": {"loadBalancer": {"ingress": [{"ip": node_ip, "ipMode": "VIP"}]}}});
+        if let Err(err) =
+            api.patch_status(&name, &PatchParams::default(), &Patch::Merge(patch)).await
+        {
+            tracing::warn!("the load balancer address of {namespace}/{name}: {err}");
+        }
+    }
+}
+
 /// Runs until the informers' shutdown.
-pub async fn run(informers: Arc<Informers>) {
+pub async fn run(informers: Arc<Informers>, config: Config) {
     let services = informers.typed::<Service>();
     let slices = informers.typed::<EndpointSlice>();
     let shutdown = informers.shutdown().clone();
@@ -36,9 +75,14 @@ pub async fn run(informers: Arc<Informers>) {
         _ = shutdown.cancelled() => return,
     }
     let mut applied: Option<plan::Plan> = None;
+    let client = informers.client().clone();
     loop {
+        let all: Vec<Service> = services.store().state().iter().map(|s| (**s).clone()).collect();
+        if let Some(node_ip) = &config.node_ip {
+            balance(&client, &all, node_ip).await;
+        }
         let next = plan::plan(
-            &services.store().state().iter().map(|s| (**s).clone()).collect::<Vec<_>>(),
+            &all,
             &slices.store().state().iter().map(|s| (**s).clone()).collect::<Vec<_>>(),
         );
         if applied.as_ref() != Some(&next) {

@@ -132,6 +132,21 @@ pub fn plan(services: &[Service], slices: &[EndpointSlice]) -> Plan {
             let key = format!("{namespace}/{name}/{port_name}/{proto}");
             let mut addresses = cluster_ips.clone();
             addresses.extend(spec.external_ips.clone().unwrap_or_default());
+            // A LoadBalancer's ingress addresses (this node's, from the built-in balancer).
+            if kind == "LoadBalancer" {
+                let ingress = service
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.load_balancer.as_ref())
+                    .and_then(|l| l.ingress.clone());
+                addresses.extend(
+                    ingress
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|i| i.ip)
+                        .filter(|ip| !ip.contains(':')),
+                );
+            }
             if targets.is_empty() {
                 for ip in &addresses {
                     plan.no_endpoints.insert(format!("{ip} . {proto} . {}", port.port));
@@ -355,6 +370,19 @@ mod tests {
         );
         let last = plan(&[web()], &[terminating]);
         assert!(last.chains.values().flatten().any(|r| r.contains("dnat to 10.42.0.9:8080")));
+    }
+
+    #[test]
+    fn a_load_balancer_answers_on_its_ingress_address() {
+        let mut lb = web();
+        lb.spec.as_mut().unwrap().type_ = Some("LoadBalancer".into());
+        lb.status = Some(
+            serde_json::from_value(json!({"loadBalancer": {"ingress": [{"ip": "192.168.77.1"}]}}))
+                .unwrap(),
+        );
+        let plan = plan(&[lb], &[endpoints(&[("10.42.0.5", true)])]);
+        assert!(plan.service_ips.contains_key("192.168.77.1 . tcp . 80"), "{:?}", plan.service_ips);
+        assert!(plan.node_ports.contains_key("tcp . 30080"));
     }
 
     #[test]

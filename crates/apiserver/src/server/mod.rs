@@ -352,6 +352,8 @@ async fn bootstrap(state: &State) -> Result<(), Error> {
         {"apiGroups": [""], "resources": ["services", "endpoints", "nodes"], "verbs": ["get", "list", "watch"]},
         {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
         {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch", "update"]},
+        // berth's built-in load balancer (as k3s's ServiceLB) writes the ingress address.
+        {"apiGroups": [""], "resources": ["services/status"], "verbs": ["patch", "update"]},
     ]);
     let labels = json!({"kubernetes.io/bootstrapping": "rbac-defaults"});
     let role = |name: &str, rules: &Value| {
