@@ -880,6 +880,24 @@ spec:
         assert!(Instant::now() < deadline, "the new pod never joined");
         std::thread::sleep(Duration::from_millis(200));
     }
+    // Bad Services are refused by the API with the reason, and program nothing.
+    for (manifest, wanted) in [
+        ("apiVersion: v1\nkind: Service\nmetadata:\n  name: badport\nspec:\n  selector:\n    app: hello\n  ports:\n  - port: 70000\n", "must be between 1 and 65535"),
+        ("apiVersion: v1\nkind: Service\nmetadata:\n  name: dupport\nspec:\n  type: NodePort\n  selector:\n    app: hello\n  ports:\n  - port: 81\n    targetPort: 8080\n    nodePort: 30080\n", "already allocated"),
+        ("apiVersion: v1\nkind: Service\nmetadata:\n  name: badname\nspec:\n  type: ExternalName\n  externalName: Not A Name!\n", "RFC 1123"),
+    ] {
+        let path = cluster.path("bad.yaml");
+        std::fs::write(&path, manifest).unwrap();
+        let refused = cluster.kubectl(&["apply", "-f", path.to_str().unwrap()]);
+        let text = String::from_utf8_lossy(&refused.stderr).into_owned();
+        assert!(!refused.status.success() && text.contains(wanted), "{wanted}: {text}");
+    }
+    let rules =
+        Command::new("nft").args(["list", "table", "ip", "berth-services"]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&rules.stdout).contains(". 81 "),
+        "no rule for a refused Service"
+    );
     // Deleting the Service takes its rules away.
     cluster.ok(&["delete", "service", "hello"]);
     let deadline = Instant::now() + Duration::from_secs(30);

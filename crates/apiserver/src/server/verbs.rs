@@ -314,6 +314,10 @@ impl Api {
         object: &mut Value,
     ) -> Result<(), ApiError> {
         let resource = self.resource();
+        let name = objects::name_of(object).to_owned();
+        if let Some(message) = invalid_service(object) {
+            return Err(ApiError::invalid(resource, &name, message.0, &message.1));
+        }
         let spec = object.get_mut("spec").and_then(Value::as_object_mut);
         let Some(spec) = spec else { return Ok(()) };
         let kind = spec.get("type").and_then(Value::as_str).unwrap_or("ClusterIP").to_owned();
@@ -1171,5 +1175,73 @@ impl Api {
                 "propagationPolicy: Unsupported value: {other:?}: supported values: \"Foreground\", \"Background\", \"Orphan\""
             ))),
         }
+    }
+}
+
+/// What Kubernetes' validation refuses in a Service that defaulting cannot fix: ports out of
+/// range, and an ExternalName that is not a DNS name. (field, message)
+fn invalid_service(object: &Value) -> Option<(&'static str, String)> {
+    let spec = &object["spec"];
+    for (index, port) in spec["ports"].as_array().into_iter().flatten().enumerate() {
+        let number = port["port"].as_i64().unwrap_or(0);
+        if !(1..=65535).contains(&number) {
+            return Some(("spec.ports.port", format!("Invalid value: {number}: must be between 1 and 65535, inclusive (port {index})")));
+        }
+        if let Some(target) = port["targetPort"].as_i64() {
+            if !(1..=65535).contains(&target) {
+                return Some(("spec.ports.targetPort", format!("Invalid value: {target}: must be between 1 and 65535, inclusive (port {index})")));
+            }
+        }
+    }
+    if spec["type"] == "ExternalName" {
+        let target = spec["externalName"].as_str().unwrap_or("");
+        let target = target.strip_suffix('.').unwrap_or(target);
+        let label_ok = |label: &str| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        };
+        if target.is_empty() || target.len() > 253 || !target.split('.').all(label_ok) {
+            return Some((
+                "spec.externalName",
+                format!("Invalid value: {:?}: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character", spec["externalName"].as_str().unwrap_or("")),
+            ));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod service_validation_tests {
+    use super::*;
+
+    #[test]
+    fn ports_and_external_names_are_checked() {
+        assert!(invalid_service(&json!({"spec": {"ports": [{"port": 80, "targetPort": 8080}]}}))
+            .is_none());
+        assert_eq!(
+            invalid_service(&json!({"spec": {"ports": [{"port": 70000}]}})).unwrap().0,
+            "spec.ports.port"
+        );
+        assert_eq!(
+            invalid_service(&json!({"spec": {"ports": [{"port": 80, "targetPort": 0}]}}))
+                .unwrap()
+                .0,
+            "spec.ports.targetPort"
+        );
+        assert!(invalid_service(
+            &json!({"spec": {"type": "ExternalName", "externalName": "db.example.org."}})
+        )
+        .is_none());
+        assert_eq!(
+            invalid_service(
+                &json!({"spec": {"type": "ExternalName", "externalName": "Not A Name!"}})
+            )
+            .unwrap()
+            .0,
+            "spec.externalName"
+        );
     }
 }
