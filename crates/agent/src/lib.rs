@@ -245,7 +245,10 @@ async fn register(
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.code == 409 => {
             let patch = Patch::Merge(json!({"metadata": {"labels": object["metadata"]["labels"]}}));
-            nodes.patch(&config.node_name, &PatchParams::default(), &patch).await.map(|_| ()).ok();
+            if let Err(err) = nodes.patch(&config.node_name, &PatchParams::default(), &patch).await
+            {
+                tracing::warn!("node {}: cannot update its labels: {err}", config.node_name);
+            }
             let status = Patch::Merge(json!({"status": object["status"]}));
             nodes
                 .patch_status(&config.node_name, &PatchParams::default(), &status)
@@ -353,7 +356,7 @@ async fn run_pods(informers: Arc<Informers>, config: Config, runtime: cri::Runti
                         if let Err(err) = pods::kill_pod(&runtime, &uid, 0).await {
                             tracing::warn!("{err}");
                         }
-                        let _ = std::fs::remove_dir_all(config.pod_dir(&uid));
+                        remove_pod_dir(&config.pod_dir(&uid));
                         memory.forget_pod(&uid);
                     }
                 }
@@ -409,4 +412,13 @@ async fn run_pods(informers: Arc<Informers>, config: Config, runtime: cri::Runti
         },
     )
     .await;
+}
+
+/// A gone pod's volumes; a failure is said (the directory holds its Secrets' files).
+pub(crate) fn remove_pod_dir(dir: &std::path::Path) {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => tracing::warn!("cannot remove {}: {err}; remove it by hand", dir.display()),
+    }
 }

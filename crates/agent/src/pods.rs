@@ -166,7 +166,7 @@ pub async fn sync(ctx: &Context<'_>, pod: &Pod) -> Result<Next, Error> {
         }
         let grace = pre_stop(ctx, pod, grace).await;
         kill_pod(ctx.runtime, &uid, grace).await?;
-        let _ = std::fs::remove_dir_all(ctx.config.pod_dir(&uid));
+        crate::remove_pod_dir(&ctx.config.pod_dir(&uid));
         ctx.memory.forget_pod(&uid);
         ctx.events.forget_pod(&uid);
         let params = DeleteParams {
@@ -288,17 +288,7 @@ pub async fn sync(ctx: &Context<'_>, pod: &Pod) -> Result<Next, Error> {
                     let attempt = s.metadata.as_ref().map_or(0, |m| m.attempt) + 1;
                     match backoff_left(ctx.config, s) {
                         Some(wait) => {
-                            ctx.memory.set(
-                                &uid,
-                                &container.name,
-                                "CrashLoopBackOff",
-                                format!(
-                                    "back-off {}s restarting failed container={} pod={name}",
-                                    wait.as_secs().max(1),
-                                    container.name
-                                ),
-                            );
-                            next = Some(wait.min(RELIST));
+                            next = Some(crash_loop(ctx, &uid, &name, &container.name, wait))
                         }
                         None => {
                             start(
@@ -343,19 +333,7 @@ pub async fn sync(ctx: &Context<'_>, pod: &Pod) -> Result<Next, Error> {
                     continue;
                 }
                 match backoff_left(ctx.config, s) {
-                    Some(wait) => {
-                        ctx.memory.set(
-                            &uid,
-                            &container.name,
-                            "CrashLoopBackOff",
-                            format!(
-                                "back-off {}s restarting failed container={} pod={name}",
-                                wait.as_secs().max(1),
-                                container.name
-                            ),
-                        );
-                        next = Some(wait.min(RELIST));
-                    }
+                    Some(wait) => next = Some(crash_loop(ctx, &uid, &name, &container.name, wait)),
                     None => {
                         let attempt = s.metadata.as_ref().map_or(0, |m| m.attempt) + 1;
                         start(
@@ -494,6 +472,23 @@ async fn sandbox_by_id(runtime: &Runtime, id: &str) -> Result<cri::PodSandbox, E
             action: format!("find sandbox {id}"),
             message: "it vanished".into(),
         })
+}
+
+/// Records a container waiting out its restart back-off (CrashLoopBackOff, as the status
+/// shows it); returns when to look again.
+fn crash_loop(
+    ctx: &Context<'_>,
+    uid: &str,
+    pod: &str,
+    container: &str,
+    wait: Duration,
+) -> Duration {
+    let message = format!(
+        "back-off {}s restarting failed container={container} pod={pod}",
+        wait.as_secs().max(1)
+    );
+    ctx.memory.set(uid, container, "CrashLoopBackOff", message);
+    wait.min(RELIST)
 }
 
 /// How long a restart must still wait: the kubelet's back-off, 10 s doubling per restart

@@ -14,7 +14,7 @@ use berth_runtime::CreateOptions;
 use berth_sys::nix::fcntl::OFlag;
 use berth_sys::nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use berth_sys::nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use berth_sys::nix::unistd::{pipe2, Pid};
+use berth_sys::nix::unistd::Pid;
 
 use crate::attach::{self, take_frames};
 use crate::container::Status;
@@ -236,52 +236,33 @@ fn start_once(engine: &Engine, id: &str) -> Result<(i32, Io, u64)> {
     Ok((pid, io_ends, oom_before))
 }
 
+/// The container created by berth-task's code (pipes or a pty, the init our child), with
+/// our ends made non-blocking for the relay.
 fn create_with_pipes(
     engine: &Engine,
     options: &CreateOptions,
     interactive: bool,
 ) -> Result<(i32, Io)> {
-    let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC).map_err(sys("create a pipe"))?;
-    let (err_r, err_w) = pipe2(OFlag::O_CLOEXEC).map_err(sys("create a pipe"))?;
-    let (in_r, in_w) = if interactive {
-        let (r, w) = pipe2(OFlag::O_CLOEXEC).map_err(sys("create a pipe"))?;
-        (Some(r), Some(w))
-    } else {
-        (None, None)
-    };
-    let null = std::fs::File::open("/dev/null").map_err(io("open", "/dev/null"))?;
-    // The init inherits this process's 0, 1 and 2: point them at the pipes for the
-    // duration of `create`, keeping our own stderr (the monitor's log) aside.
-    let saved_stderr = berth_sys::process::dup_raw_fd(2).map_err(sys("save stderr"))?;
-    let set = |fd: BorrowedFd<'_>, target| {
-        berth_sys::process::dup_onto(fd.as_raw_fd(), target).map_err(sys("set up stdio"))
-    };
-    let result = (|| {
-        set(in_r.as_ref().map_or(null.as_fd(), |r| r.as_fd()), 0)?;
-        set(out_w.as_fd(), 1)?;
-        set(err_w.as_fd(), 2)?;
-        Ok::<i32, Error>(engine.runtime().create_with_console(options, None)?)
-    })();
-    let _ = set(null.as_fd(), 0);
-    let _ = set(null.as_fd(), 1);
-    let _ = set(saved_stderr.as_fd(), 2);
-    let pid = result?;
-    drop((out_w, err_w, in_r));
-    for fd in [&out_r, &err_r] {
-        set_nonblocking(fd.as_fd());
-    }
-    Ok((
-        pid,
-        Io { stdout: Some(out_r), stderr: Some(err_r), stdin: in_w, master: None, seccomp: None },
-    ))
+    let (pid, ends) = berth_task::shim::create_with_pipes(engine.runtime(), options, interactive)?;
+    Ok((pid, io_of(ends)))
 }
 
 fn create_with_pty(engine: &Engine, options: &CreateOptions) -> Result<(i32, Io)> {
-    let (ours, theirs) = UnixStream::pair().map_err(io("create", "console socket pair"))?;
-    let pid = engine.runtime().create_with_console(options, Some(OwnedFd::from(theirs)))?;
-    let master = berth_runtime::receive_master(&OwnedFd::from(ours))?;
-    set_nonblocking(master.as_fd());
-    Ok((pid, Io { stdout: None, stderr: None, stdin: None, master: Some(master), seccomp: None }))
+    let (pid, ends) = berth_task::shim::create_with_pty(engine.runtime(), options)?;
+    Ok((pid, io_of(ends)))
+}
+
+fn io_of(ends: berth_task::shim::Ends) -> Io {
+    for fd in [&ends.stdout, &ends.stderr, &ends.master].into_iter().flatten() {
+        set_nonblocking(fd.as_fd());
+    }
+    Io {
+        stdout: ends.stdout,
+        stderr: ends.stderr,
+        stdin: ends.stdin,
+        master: ends.master,
+        seccomp: None,
+    }
 }
 
 /// Listens where the spec told the runtime to send seccomp notify descriptors (only for

@@ -185,13 +185,15 @@ fn take_control() -> Result<UnixStream> {
     Ok(UnixStream::from(fd))
 }
 
-/// The container's end of things while it runs.
-struct Ends {
-    stdout: Option<OwnedFd>,
-    stderr: Option<OwnedFd>,
-    master: Option<OwnedFd>,
-    /// Held so that a container reading stdin waits instead of seeing its end.
-    _stdin: Option<OwnedFd>,
+/// The supervisor's end of a container's stdio: pipes, or a pty master.
+#[derive(Debug)]
+pub struct Ends {
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
+    pub master: Option<OwnedFd>,
+    /// The write end of its stdin pipe (held, a container reading stdin waits for input
+    /// instead of seeing its end).
+    pub stdin: Option<OwnedFd>,
 }
 
 fn run(dir: &Path, mut control: UnixStream) -> Result<()> {
@@ -252,7 +254,9 @@ fn bind(dir: &Path) -> Result<UnixListener> {
     Ok(listener)
 }
 
-fn create_with_pipes(
+/// Creates the container with its stdio on pipes (and a stdin pipe when asked), so that its
+/// init is this process's child; returns the init's pid and our ends.
+pub fn create_with_pipes(
     runtime: &Runtime,
     options: &CreateOptions,
     stdin: bool,
@@ -283,14 +287,15 @@ fn create_with_pipes(
     let _ = set(saved_stderr.as_fd(), 2);
     let pid = result?;
     drop((out_w, err_w, in_r));
-    Ok((pid, Ends { stdout: Some(out_r), stderr: Some(err_r), master: None, _stdin: in_w }))
+    Ok((pid, Ends { stdout: Some(out_r), stderr: Some(err_r), master: None, stdin: in_w }))
 }
 
-fn create_with_pty(runtime: &Runtime, options: &CreateOptions) -> Result<(i32, Ends)> {
+/// Creates the container on a pty whose master the runtime hands back.
+pub fn create_with_pty(runtime: &Runtime, options: &CreateOptions) -> Result<(i32, Ends)> {
     let (ours, theirs) = UnixStream::pair().map_err(io("create", "console socket pair"))?;
     let pid = runtime.create_with_console(options, Some(OwnedFd::from(theirs)))?;
     let master = berth_runtime::receive_master(&OwnedFd::from(ours))?;
-    Ok((pid, Ends { stdout: None, stderr: None, master: Some(master), _stdin: None }))
+    Ok((pid, Ends { stdout: None, stderr: None, master: Some(master), stdin: None }))
 }
 
 /// Relays output to the log until the init exits and its output is drained; answers
