@@ -44,6 +44,11 @@ pub struct Global {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Build an image from a Dockerfile.
+    Build(crate::build::BuildArgs),
+    /// Manage the build cache.
+    #[command(subcommand)]
+    Builder(crate::build::BuilderCommand),
     /// Download an image from a registry.
     Pull(images::PullArgs),
     /// Upload an image to a registry.
@@ -130,6 +135,8 @@ pub enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
     let global = cli.global;
     match cli.command {
+        Command::Build(args) => crate::build::build(&global, args),
+        Command::Builder(command) => crate::build::builder(&global, command),
         Command::Pull(args) => images::pull(&global, args),
         Command::Push(args) => images::push(&global, args),
         Command::Images(args) => images::list(&global, args),

@@ -2,6 +2,7 @@
 //! into the library crates. `berth runtime ...` and the `berth-runc` binary are one
 //! runc-compatible front end over `berth-runtime`.
 
+pub mod build;
 pub mod cli;
 pub mod containers;
 pub mod cri;
@@ -86,6 +87,7 @@ const CRATES: &[&str] = &[
     "berth_agent",
     "berth_api",
     "berth_apiserver",
+    "berth_build",
     "berth_cgroups",
     "berth_client",
     "berth_controllers",

@@ -284,10 +284,25 @@ pub fn store_layer(
 pub fn create_image(
     store: &ImageStore,
     base: Option<&Image>,
-    mut config: ImageConfig,
+    config: ImageConfig,
     layers: Vec<(LayerBlob, History)>,
     names: Vec<String>,
 ) -> Result<Digest> {
+    let mut record = store_image(store, base, config, layers)?;
+    record.names = names;
+    store.record(&record, None, &[])?;
+    Ok(record.id)
+}
+
+/// Stores the config and manifest of an image made of `base` plus `layers` and unpacks the
+/// new layers, without making it visible: the caller records it (an image) or keeps it as
+/// a build cache entry.
+pub fn store_image(
+    store: &ImageStore,
+    base: Option<&Image>,
+    mut config: ImageConfig,
+    layers: Vec<(LayerBlob, History)>,
+) -> Result<ImageRecord> {
     let mut descriptors = Vec::new();
     match base {
         Some(base) => {
@@ -324,16 +339,14 @@ pub fn create_image(
             unpack_stored(store, &descriptor.digest()?, compression, &diff_ids[i], &chains[i])?;
         }
     }
-    let record = ImageRecord {
-        id: config_digest.clone(),
+    Ok(ImageRecord {
+        id: config_digest,
         manifest: manifest_digest,
         media_type: media::OCI_MANIFEST.into(),
         index_digest: None,
         created: now(),
-        names,
-    };
-    store.record(&record, None, &[])?;
-    Ok(config_digest)
+        names: Vec::new(),
+    })
 }
 
 #[cfg(test)]

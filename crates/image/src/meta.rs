@@ -47,6 +47,12 @@ CREATE TABLE IF NOT EXISTS holds (
     holder TEXT PRIMARY KEY,            -- e.g. container:<id>
     image TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS build_cache (
+    key TEXT PRIMARY KEY,               -- a build step: its parent's key, instruction, inputs
+    image TEXT NOT NULL,                -- the config digest of the state after the step
+    manifest TEXT NOT NULL,             -- its manifest digest
+    created INTEGER NOT NULL
+);
 ";
 
 #[derive(Debug)]
@@ -227,6 +233,28 @@ impl Db {
             .map_err(self.err())?;
         let rows =
             statement.query_map([image.to_string()], |row| row.get(0)).map_err(self.err())?;
+        rows.collect::<rusqlite::Result<_>>().map_err(self.err())
+    }
+
+    /// The state a build step left, by the step's cache key: (config, manifest).
+    pub fn build_cache(&self, key: &str) -> Result<Option<(Digest, Digest)>> {
+        self.connection
+            .query_row("SELECT image, manifest FROM build_cache WHERE key = ?1", [key], |row| {
+                Ok((parse_digest(row.get(0)?)?, parse_digest(row.get(1)?)?))
+            })
+            .optional()
+            .map_err(self.err())
+    }
+
+    /// Every build cache entry: (config, manifest).
+    pub fn build_cache_entries(&self) -> Result<Vec<(Digest, Digest)>> {
+        let mut statement = self
+            .connection
+            .prepare("SELECT image, manifest FROM build_cache")
+            .map_err(self.err())?;
+        let rows = statement
+            .query_map([], |row| Ok((parse_digest(row.get(0)?)?, parse_digest(row.get(1)?)?)))
+            .map_err(self.err())?;
         rows.collect::<rusqlite::Result<_>>().map_err(self.err())
     }
 

@@ -382,6 +382,40 @@ impl ImageStore {
         Ok(())
     }
 
+    /// The state a build step left, if its cache entry and everything it names still exist.
+    pub fn build_cache(&self, key: &str) -> Result<Option<Image>> {
+        let Some((id, manifest)) = self.db().build_cache(key)? else { return Ok(None) };
+        let record = build_record(id, manifest);
+        let Ok(image) = self.load(record) else { return Ok(None) };
+        for chain in &image.chain_ids {
+            if self.snapshot(chain)?.is_none() {
+                return Ok(None);
+            }
+        }
+        Ok(Some(image))
+    }
+
+    /// Remembers the state (stored with [`crate::diff::store_image`]) a build step left.
+    pub fn put_build_cache(&self, key: &str, image: &ImageRecord) -> Result<()> {
+        self.db().write(|tx| {
+            tx.execute(
+                "INSERT INTO build_cache (key, image, manifest, created) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(key) DO UPDATE SET image = excluded.image, manifest = excluded.manifest, created = excluded.created",
+                rusqlite::params![key, image.id.to_string(), image.manifest.to_string(), now()],
+            )
+            .map(drop)
+        })
+    }
+
+    /// `docker builder prune`: forgets the build cache and frees what only it reached.
+    /// Returns the number of entries and the bytes freed.
+    pub fn prune_build_cache(&self) -> Result<(usize, u64)> {
+        let before = self.disk_usage();
+        let entries = self.db().write(|tx| tx.execute("DELETE FROM build_cache", []))?;
+        self.collect_garbage()?;
+        Ok((entries, before.saturating_sub(self.disk_usage())))
+    }
+
     /// Deletes blobs and snapshots that no image reaches, and leftovers of interrupted
     /// writes. Waits for writers (pulls, loads) to finish first.
     pub fn collect_garbage(&self) -> Result<()> {
@@ -390,7 +424,10 @@ impl ImageStore {
         lock.lock().map_err(io("lock", &path))?;
         let mut blobs: HashSet<Digest> = HashSet::new();
         let mut chains: HashSet<Digest> = HashSet::new();
-        for record in self.db().images()? {
+        let cached = self.db().build_cache_entries()?;
+        let records = self.db().images()?;
+        let cached = cached.into_iter().map(|(id, manifest)| build_record(id, manifest));
+        for record in records.into_iter().chain(cached) {
             blobs.insert(record.manifest.clone());
             blobs.insert(record.id.clone());
             if let Some(index) = &record.index_digest {
@@ -478,6 +515,18 @@ impl ImageStore {
             }
             Ok(())
         })
+    }
+}
+
+/// The record of a state a build stored without naming it.
+pub fn build_record(id: Digest, manifest: Digest) -> ImageRecord {
+    ImageRecord {
+        id,
+        manifest,
+        media_type: crate::manifest::media::OCI_MANIFEST.into(),
+        index_digest: None,
+        created: now(),
+        names: Vec::new(),
     }
 }
 

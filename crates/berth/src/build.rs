@@ -1,0 +1,360 @@
+//! `berth build`: flags as Docker's, progress as BuildKit's plain lines, base images from
+//! the store or pulled.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use berth_build::{Event, Host, Network, Options};
+use berth_image::progress::Silent;
+use berth_image::pull::PullOptions;
+use berth_image::{Image, ImageStore, Reference};
+use clap::Args;
+
+use crate::cli::Global;
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Name the image NAME[:TAG] (repeatable).
+    #[arg(short = 't', long = "tag")]
+    pub tags: Vec<String>,
+    /// The Dockerfile (default: CONTEXT/Dockerfile; `-` reads it from stdin).
+    #[arg(short = 'f', long = "file")]
+    pub file: Option<String>,
+    /// A build argument: KEY=VALUE, or KEY to take it from the environment.
+    #[arg(long = "build-arg")]
+    pub build_args: Vec<String>,
+    /// Build this stage and what it needs, not the last one.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Run every step, ignoring the cache.
+    #[arg(long = "no-cache")]
+    pub no_cache: bool,
+    /// Pull base images even when they are in the store.
+    #[arg(long)]
+    pub pull: bool,
+    /// A label for the image, KEY=VALUE (repeatable).
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+    /// Write the image id to this file.
+    #[arg(long)]
+    pub iidfile: Option<PathBuf>,
+    /// A secret for RUN --mount=type=secret: id=ID,src=FILE (repeatable).
+    #[arg(long)]
+    pub secret: Vec<String>,
+    /// The network RUN steps have: default (the host's), host, or none.
+    #[arg(long, default_value = "default")]
+    pub network: String,
+    /// The platform to build for (this machine's only: linux/amd64 here).
+    #[arg(long)]
+    pub platform: Option<String>,
+    /// Also write the image as an archive: type=oci|docker,dest=FILE.
+    #[arg(short = 'o', long)]
+    pub output: Option<String>,
+    /// How to show progress: auto, plain or tty.
+    #[arg(long, default_value = "auto")]
+    pub progress: String,
+    /// Print only the image id.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// The build context: a directory, or `-` for a Dockerfile on stdin without a context.
+    pub context: String,
+}
+
+fn machine_architecture() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "arm" => "arm",
+        "powerpc64" => "ppc64le",
+        "s390x" => "s390x",
+        other => other,
+    }
+}
+
+struct Display<'a> {
+    global: &'a Global,
+    store: ImageStore,
+    quiet: bool,
+    started: Mutex<HashMap<usize, Instant>>,
+    out: Mutex<std::io::Stderr>,
+}
+
+impl Display<'_> {
+    fn line(&self, text: &str) {
+        if self.quiet {
+            return;
+        }
+        let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = writeln!(out, "{text}");
+    }
+}
+
+impl Host for Display<'_> {
+    fn image(&self, name: &str, pull: bool) -> Result<Image, String> {
+        if !pull {
+            match self.store.resolve(name) {
+                Ok(image) => return Ok(image),
+                Err(berth_image::Error::ImageNotFound { .. }) => {}
+                Err(err) => return Err(err.to_string()),
+            }
+        }
+        let reference: Reference = name.parse().map_err(|e: berth_image::Error| e.to_string())?;
+        self.line(&format!("pulling {}", reference.familiar()));
+        let options = PullOptions {
+            client: crate::images::client_options(self.global, &reference.registry)
+                .map_err(|e| format!("{e:#}"))?,
+            ..PullOptions::default()
+        };
+        let pulled = berth_image::pull::pull(&self.store, &reference, &options, &Silent)
+            .map_err(|e| format!("{name} is not in the store and cannot be pulled: {e}"))?;
+        self.store.resolve(&pulled.id.to_string()).map_err(|e| e.to_string())
+    }
+
+    fn event(&self, event: Event<'_>) {
+        match event {
+            Event::Step { number, stage, index, total, text } => {
+                self.started
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(number, Instant::now());
+                self.line(&format!("#{number} [{stage} {index}/{total}] {text}"));
+            }
+            Event::Cached { number } => self.line(&format!("#{number} CACHED")),
+            Event::Output { number, line } => {
+                let elapsed = self
+                    .started
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&number)
+                    .map(|s| s.elapsed().as_secs_f64())
+                    .unwrap_or(0.0);
+                self.line(&format!("#{number} {elapsed:.3} {line}"));
+            }
+            Event::Done { number, elapsed } => {
+                self.line(&format!("#{number} DONE {:.1}s", elapsed.as_secs_f64()))
+            }
+            Event::Warning { message } => {
+                let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
+                let _ = writeln!(out, "WARNING: {message}");
+            }
+        }
+    }
+}
+
+fn key_values(list: &[String], flag: &str, from_env: bool) -> Result<BTreeMap<String, String>> {
+    let mut map = BTreeMap::new();
+    for item in list {
+        match item.split_once('=') {
+            Some((k, v)) if !k.is_empty() => {
+                map.insert(k.to_owned(), v.to_owned());
+            }
+            None if from_env && !item.is_empty() => {
+                // Docker: `--build-arg NAME` takes the value from the environment, if set.
+                if let Ok(value) = std::env::var(item) {
+                    map.insert(item.clone(), value);
+                }
+            }
+            _ => bail!("{flag} {item:?}: use KEY=VALUE"),
+        }
+    }
+    Ok(map)
+}
+
+pub fn build(global: &Global, args: BuildArgs) -> Result<i32> {
+    let (context, dockerfile, dockerfile_name) = if args.context == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("cannot read the Dockerfile from stdin")?;
+        (None, text, "Dockerfile".to_owned())
+    } else {
+        let dir = PathBuf::from(&args.context);
+        if !dir.is_dir() {
+            bail!("the build context {:?} is not a directory: give a directory, or - to read a Dockerfile from stdin", args.context);
+        }
+        match args.file.as_deref() {
+            Some("-") => {
+                let mut text = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut text)
+                    .context("cannot read the Dockerfile from stdin")?;
+                (Some(dir), text, "Dockerfile".to_owned())
+            }
+            Some(file) => {
+                let text = std::fs::read_to_string(file)
+                    .with_context(|| format!("cannot read the Dockerfile {file}"))?;
+                (Some(dir), text, file.to_owned())
+            }
+            None => {
+                let path = dir.join("Dockerfile");
+                let path = if path.exists() || !dir.join("dockerfile").exists() {
+                    path
+                } else {
+                    dir.join("dockerfile")
+                };
+                let text = std::fs::read_to_string(&path).with_context(|| {
+                    format!("cannot read {}: give the Dockerfile with -f", path.display())
+                })?;
+                (Some(dir), text, "Dockerfile".to_owned())
+            }
+        }
+    };
+    let architecture = machine_architecture().to_owned();
+    if let Some(platform) = &args.platform {
+        let wanted = format!("linux/{architecture}");
+        if !platform
+            .split(',')
+            .all(|p| p.trim() == wanted || p.trim().starts_with(&format!("{wanted}/")))
+        {
+            bail!("--platform {platform}: this machine builds {wanted} images only (no emulation)");
+        }
+    }
+    let network: Network = args.network.parse().map_err(anyhow::Error::msg).context("--network")?;
+    if !matches!(args.progress.as_str(), "auto" | "plain" | "tty") {
+        bail!("--progress {:?}: use auto, plain or tty", args.progress);
+    }
+    let mut secrets = BTreeMap::new();
+    for secret in &args.secret {
+        let mut id = None;
+        let mut src = None;
+        for part in secret.split(',') {
+            match part.split_once('=') {
+                Some(("id", v)) => id = Some(v.to_owned()),
+                Some(("src" | "source", v)) => src = Some(PathBuf::from(v)),
+                Some(("type", "file")) => {}
+                Some(("env", v)) => {
+                    let value = std::env::var(v).with_context(|| {
+                        format!("--secret {secret}: the environment has no {v}")
+                    })?;
+                    let dir = global.root.join("build");
+                    std::fs::create_dir_all(&dir)?;
+                    let file = tempfile::NamedTempFile::new_in(&dir)?;
+                    std::fs::write(file.path(), value)?;
+                    let (_, path) = file.keep()?;
+                    src = Some(path);
+                }
+                _ => bail!("--secret {secret:?}: use id=ID,src=FILE"),
+            }
+        }
+        let id = id.or_else(|| {
+            src.as_ref().and_then(|s| s.file_name()).map(|n| n.to_string_lossy().into_owned())
+        });
+        let (Some(id), Some(src)) = (id, src) else {
+            bail!("--secret {secret:?}: use id=ID,src=FILE")
+        };
+        if !src.is_file() {
+            bail!("--secret {secret:?}: {} is not a file", src.display());
+        }
+        secrets.insert(id, src);
+    }
+    let output = match &args.output {
+        Some(text) => {
+            let mut kind = "docker".to_owned();
+            let mut dest = None;
+            for part in text.split(',') {
+                match part.split_once('=') {
+                    Some(("type", v)) => kind = v.to_owned(),
+                    Some(("dest", v)) => dest = Some(PathBuf::from(v)),
+                    None if !part.contains('=') => dest = Some(PathBuf::from(part)),
+                    _ => bail!("--output {text:?}: use type=oci|docker,dest=FILE"),
+                }
+            }
+            if !matches!(kind.as_str(), "oci" | "docker" | "tar") {
+                bail!("--output type={kind}: use oci or docker");
+            }
+            Some(dest.context("--output needs dest=FILE")?)
+        }
+        None => None,
+    };
+    let mut names = Vec::new();
+    for tag in &args.tags {
+        let reference: Reference = tag.parse().with_context(|| format!("-t {tag}"))?;
+        names.push(reference.to_string());
+    }
+    let options = Options {
+        root: global.root.clone(),
+        exe: std::env::current_exe().context("cannot find the berth binary")?,
+        context,
+        dockerfile,
+        dockerfile_name,
+        build_args: key_values(&args.build_args, "--build-arg", true)?,
+        target: args.target.clone(),
+        no_cache: args.no_cache,
+        pull: args.pull,
+        labels: key_values(&args.labels, "--label", false)?,
+        secrets,
+        network,
+        os: "linux".into(),
+        architecture,
+        variant: None,
+    };
+    let display = Display {
+        global,
+        store: crate::images::open_store(global)?,
+        quiet: args.quiet,
+        started: Mutex::new(HashMap::new()),
+        out: Mutex::new(std::io::stderr()),
+    };
+    let started = Instant::now();
+    let id = berth_build::build(&options, &display, names.clone())?;
+    if let Some(path) = &args.iidfile {
+        std::fs::write(path, id.to_string())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if let Some(dest) = &output {
+        let file = std::fs::File::create(dest)
+            .with_context(|| format!("cannot write {}", dest.display()))?;
+        let target = if names.is_empty() { vec![id.to_string()] } else { names.clone() };
+        let mut writer =
+            berth_image::archive::save(&display.store, &target, std::io::BufWriter::new(file))?;
+        writer.flush()?;
+    }
+    if args.quiet {
+        println!("{id}");
+    } else {
+        display.line(&format!("built {} in {:.1}s", id, started.elapsed().as_secs_f64()));
+        for name in &names {
+            let familiar =
+                name.parse::<Reference>().map(|r| r.familiar()).unwrap_or_else(|_| name.clone());
+            display.line(&format!("tagged {familiar}"));
+        }
+        println!("{id}");
+    }
+    Ok(0)
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum BuilderCommand {
+    /// Remove the build cache (what no image uses is freed).
+    Prune {
+        /// Do not ask (berth never asks; accepted for Docker's scripts).
+        #[arg(short, long)]
+        force: bool,
+        /// Also remove cache mounts (RUN --mount=type=cache).
+        #[arg(short, long)]
+        all: bool,
+    },
+}
+
+pub fn builder(global: &Global, command: BuilderCommand) -> Result<i32> {
+    match command {
+        BuilderCommand::Prune { force: _, all } => {
+            let store = crate::images::open_store(global)?;
+            let (entries, freed) = store.prune_build_cache()?;
+            if all {
+                let dir = global.root.join("build/cache-mounts");
+                if dir.exists() {
+                    std::fs::remove_dir_all(&dir)
+                        .with_context(|| format!("cannot remove {}", dir.display()))?;
+                }
+            }
+            println!("Deleted build cache entries: {entries}");
+            println!("Total reclaimed space: {}", crate::images::human_size(freed));
+            Ok(0)
+        }
+    }
+}

@@ -1,0 +1,2356 @@
+//! Running a Dockerfile: stages on threads, steps through the cache, RUN as containers,
+//! COPY/ADD into overlays, a layer per changing step.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::{BufRead, Read};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use berth_image::config::{History, ImageConfig, RunConfig};
+use berth_image::diff::LayerBlob;
+use berth_image::{Image, ImageStore};
+use berth_sys::nix::mount::{mount, umount2, MntFlags, MsFlags};
+use serde_json::{json, Value};
+use sha2::{Digest as _, Sha256};
+
+use crate::copy::{self, Attributes, SourceRoot, Target};
+use crate::dockerfile::{self, Args, Dockerfile, Instruction, ParseError};
+use crate::ignore::Ignore;
+use crate::spec::{self, Network, StepMount};
+use crate::words::{raw_words, Lexer};
+
+const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// What a build is asked to do.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// The berth root (`--root`): the image store, the build cache and work directories.
+    pub root: PathBuf,
+    /// The berth binary, which runs RUN steps as `berth runtime run`.
+    pub exe: PathBuf,
+    /// The context directory; `None` for a Dockerfile read from stdin without one.
+    pub context: Option<PathBuf>,
+    pub dockerfile: String,
+    /// How errors name the Dockerfile (`Dockerfile`, `build/Dockerfile.dev`).
+    pub dockerfile_name: String,
+    pub build_args: BTreeMap<String, String>,
+    pub target: Option<String>,
+    pub no_cache: bool,
+    pub pull: bool,
+    pub labels: BTreeMap<String, String>,
+    pub secrets: BTreeMap<String, PathBuf>,
+    pub network: Network,
+    pub os: String,
+    pub architecture: String,
+    pub variant: Option<String>,
+}
+
+/// What the caller provides: base images, and a display of the build's progress.
+pub trait Host: Sync {
+    /// The image `name`, from the store or pulled (always pulled when `pull`).
+    fn image(&self, name: &str, pull: bool) -> Result<Image, String>;
+    fn event(&self, event: Event<'_>);
+}
+
+/// Progress of a build, step by step.
+#[derive(Debug, Clone)]
+pub enum Event<'a> {
+    /// Step `number` starts: `[stage index/total] INSTRUCTION`.
+    Step {
+        number: usize,
+        stage: &'a str,
+        index: usize,
+        total: usize,
+        text: &'a str,
+    },
+    Cached {
+        number: usize,
+    },
+    Output {
+        number: usize,
+        line: &'a str,
+    },
+    Done {
+        number: usize,
+        elapsed: Duration,
+    },
+    Warning {
+        message: &'a str,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("{0}")]
+    Parse(#[from] ParseError),
+    /// An instruction that cannot be carried out.
+    #[error("{file}:{line}: {instruction}: {message}")]
+    Step { file: String, line: usize, instruction: String, message: String },
+    #[error(transparent)]
+    Image(#[from] berth_image::Error),
+    #[error("{0}")]
+    Setup(String),
+}
+
+type Result<T, E = BuildError> = std::result::Result<T, E>;
+
+fn setup(what: impl std::fmt::Display, err: impl std::fmt::Display) -> BuildError {
+    BuildError::Setup(format!("{what}: {err}"))
+}
+
+/// A stage as the Dockerfile writes it.
+#[derive(Debug, Clone)]
+struct Stage {
+    name: Option<String>,
+    from: Instruction,
+    body: Vec<Instruction>,
+}
+
+/// The state a stage reached: its image (stored, unnamed) and the key that made it.
+#[derive(Debug)]
+struct Done {
+    image: Option<Image>,
+    config: ImageConfig,
+    key: String,
+}
+
+/// Where a stage is in its build.
+struct State {
+    image: Option<Image>,
+    config: ImageConfig,
+    key: String,
+    /// ARGs in scope: name → value.
+    args: Vec<(String, Option<String>)>,
+    /// Whether this stage set CMD (an ENTRYPOINT then keeps it).
+    cmd_set: bool,
+    name: String,
+}
+
+impl State {
+    fn env(&self) -> Vec<String> {
+        self.config.config.as_ref().and_then(|c| c.env.clone()).unwrap_or_default()
+    }
+
+    fn lookup(&self, name: &str) -> Option<String> {
+        for entry in self.env().iter().rev() {
+            if let Some((k, v)) = entry.split_once('=') {
+                if k == name {
+                    return Some(v.to_owned());
+                }
+            }
+        }
+        self.args.iter().rev().find(|(k, _)| k == name).and_then(|(_, v)| v.clone())
+    }
+
+    fn workdir(&self) -> String {
+        self.config
+            .config
+            .as_ref()
+            .and_then(|c| c.working_dir.clone())
+            .filter(|w| !w.is_empty())
+            .unwrap_or_else(|| "/".into())
+    }
+}
+
+struct Build<'a> {
+    options: &'a Options,
+    host: &'a dyn Host,
+    store: &'a ImageStore,
+    file: Dockerfile,
+    stages: Vec<Stage>,
+    global_args: Vec<(String, Option<String>)>,
+    context: Option<SourceRoot>,
+    steps: AtomicUsize,
+    work: PathBuf,
+    consumed: Mutex<HashSet<String>>,
+    results: Mutex<HashMap<usize, Result<Arc<Done>, String>>>,
+    finished: Condvar,
+    warned: Mutex<HashSet<String>>,
+}
+
+/// Builds the Dockerfile; returns the image (recorded under `names`).
+pub fn build(
+    options: &Options,
+    host: &dyn Host,
+    names: Vec<String>,
+) -> Result<berth_image::Digest> {
+    let store = ImageStore::open(&options.root)?;
+    let file = dockerfile::parse(&options.dockerfile)?;
+    let name =
+        if options.dockerfile_name.is_empty() { "Dockerfile" } else { &options.dockerfile_name };
+    let at = |line: usize, instruction: &str, message: String| BuildError::Step {
+        file: name.to_owned(),
+        line,
+        instruction: instruction.to_owned(),
+        message,
+    };
+    // Global ARGs, then stages.
+    let mut global_args = Vec::new();
+    let mut stages: Vec<Stage> = Vec::new();
+    for instruction in &file.instructions {
+        match (instruction.keyword.as_str(), stages.last_mut()) {
+            ("FROM", _) => {
+                let words: Vec<String> =
+                    instruction.args.shell_text().split_whitespace().map(str::to_owned).collect();
+                let name = match words.as_slice() {
+                    [_] => None,
+                    [_, as_, name] if as_.eq_ignore_ascii_case("as") => {
+                        Some(name.to_ascii_lowercase())
+                    }
+                    _ => {
+                        return Err(at(instruction.line, "FROM", "use FROM IMAGE [AS NAME]".into()))
+                    }
+                };
+                if let Some(name) = &name {
+                    if stages.iter().any(|s| s.name.as_ref() == Some(name)) {
+                        return Err(at(
+                            instruction.line,
+                            "FROM",
+                            format!("the stage name {name:?} is used twice"),
+                        ));
+                    }
+                }
+                stages.push(Stage { name, from: instruction.clone(), body: Vec::new() });
+            }
+            ("ARG", None) => global_args.extend(
+                parse_arg_names(instruction, file.escape)
+                    .map_err(|m| at(instruction.line, "ARG", m))?,
+            ),
+            (keyword, None) => {
+                return Err(at(
+                    instruction.line,
+                    keyword,
+                    "the Dockerfile must start with FROM (only ARG may come before it)".into(),
+                ))
+            }
+            (_, Some(stage)) => stage.body.push(instruction.clone()),
+        }
+    }
+    if stages.is_empty() {
+        return Err(BuildError::Setup(format!("{name} has no FROM: there is nothing to build")));
+    }
+    let target = match &options.target {
+        Some(target) => stages
+            .iter()
+            .position(|s| s.name.as_deref() == Some(&target.to_ascii_lowercase()))
+            .ok_or_else(|| {
+                let names: Vec<&str> = stages.iter().filter_map(|s| s.name.as_deref()).collect();
+                BuildError::Setup(format!(
+                    "target stage {target:?} could not be found: the stages are {}",
+                    names.join(", ")
+                ))
+            })?,
+        None => stages.len() - 1,
+    };
+    let context = match &options.context {
+        Some(dir) => {
+            let ignore = match std::fs::read_to_string(dir.join(".dockerignore")) {
+                Ok(text) => Ignore::parse(&text).map_err(BuildError::Setup)?,
+                Err(_) => Ignore::default(),
+            };
+            Some(SourceRoot::context(dir, ignore).map_err(|e| BuildError::Setup(e.to_string()))?)
+        }
+        None => None,
+    };
+    let work = options.root.join("build");
+    for dir in ["work", "runtime", "cache-mounts"] {
+        std::fs::create_dir_all(work.join(dir))
+            .map_err(|e| setup(format!("create {}", work.join(dir).display()), e))?;
+    }
+    clean_stale_work(&work, &options.exe);
+    let _writing = store.writing()?;
+    let build = Build {
+        options,
+        host,
+        store: &store,
+        file,
+        stages,
+        global_args,
+        context,
+        steps: AtomicUsize::new(0),
+        work,
+        consumed: Mutex::new(HashSet::new()),
+        results: Mutex::new(HashMap::new()),
+        finished: Condvar::new(),
+        warned: Mutex::new(HashSet::new()),
+    };
+    let needed = build.needed(target)?;
+    let result = std::thread::scope(|scope| {
+        for &index in &needed {
+            let build = &build;
+            scope.spawn(move || {
+                let result = build.run_stage(index).map(Arc::new).map_err(|e| e.to_string());
+                build.results.lock().unwrap_or_else(|p| p.into_inner()).insert(index, result);
+                build.finished.notify_all();
+            });
+        }
+        build.wait_for(target)
+    });
+    let done = result.map_err(BuildError::Setup)?;
+    let unused: Vec<String> = {
+        let consumed = build.consumed.lock().unwrap_or_else(|p| p.into_inner());
+        options
+            .build_args
+            .keys()
+            .filter(|k| !consumed.contains(*k) && !PREDEFINED_ARGS.contains(&k.as_str()))
+            .cloned()
+            .collect()
+    };
+    if !unused.is_empty() {
+        host.event(Event::Warning {
+            message: &format!("one or more build args were not consumed: {}", unused.join(", ")),
+        });
+    }
+    // CLI labels are the last step.
+    let mut state = State {
+        image: done.image.clone(),
+        config: done.config.clone(),
+        key: done.key.clone(),
+        args: Vec::new(),
+        cmd_set: true,
+        name: String::new(),
+    };
+    if !options.labels.is_empty() {
+        let material = format!(
+            "LABEL (--label) {}",
+            serde_json::to_string(&options.labels).unwrap_or_default()
+        );
+        let labels = options.labels.clone();
+        build.metadata_step(
+            &mut state,
+            None,
+            &material,
+            "LABEL (from --label)",
+            move |config| {
+                config.labels.get_or_insert_with(BTreeMap::new).extend(labels);
+                Ok(())
+            },
+        )?;
+    }
+    let image = match state.image {
+        Some(image) => image,
+        None => {
+            // `FROM scratch` and nothing else: an image without layers.
+            let record = berth_image::diff::store_image(&store, None, state.config, Vec::new())?;
+            store.load(record)?
+        }
+    };
+    let mut record = image.record.clone();
+    record.names = names;
+    record.created = berth_stdx::time::unix_now();
+    store.record(&record, None, &[])?;
+    Ok(record.id)
+}
+
+/// Build arguments Docker accepts without an ARG (proxies and the platform).
+const PREDEFINED_ARGS: &[&str] = &[
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "FTP_PROXY",
+    "ftp_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+];
+
+fn parse_arg_names(
+    instruction: &Instruction,
+    escape: char,
+) -> Result<Vec<(String, Option<String>)>, String> {
+    let words = raw_words(&instruction.args.shell_text(), escape).map_err(|e| e.to_string())?;
+    if words.is_empty() {
+        return Err("ARG needs a name: ARG NAME[=default]".into());
+    }
+    let mut out = Vec::new();
+    for word in words {
+        let (name, value) = match word.split_once('=') {
+            Some((n, v)) => (n.to_owned(), Some(v.to_owned())),
+            None => (word.clone(), None),
+        };
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!("{name:?} is not a valid ARG name"));
+        }
+        out.push((name, value));
+    }
+    Ok(out)
+}
+
+/// Removes what builds killed before their end left: mounts, containers, directories.
+fn clean_stale_work(work: &Path, exe: &Path) {
+    let Ok(entries) = std::fs::read_dir(work.join("work")) else { return };
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        let Ok(lock) = std::fs::File::open(dir.join("lock")) else {
+            let _ = std::fs::remove_dir_all(&dir);
+            continue;
+        };
+        if lock.try_lock().is_err() {
+            continue; // a live build
+        }
+        let id = entry.file_name().to_string_lossy().into_owned();
+        let _ = std::process::Command::new(exe)
+            .args(["runtime", "--root"])
+            .arg(work.join("runtime"))
+            .args(["delete", "--force", &id])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+        for name in ["merged", "from"] {
+            let _ = umount2(&dir.join(name), MntFlags::MNT_DETACH);
+        }
+        if let Ok(mounts) = std::fs::read_dir(dir.join("mounts")) {
+            for mount in mounts.flatten() {
+                let _ = umount2(&mount.path(), MntFlags::MNT_DETACH);
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// A scratch directory for one step, locked while it lives, its mounts undone on drop.
+struct Workspace {
+    dir: PathBuf,
+    id: String,
+    mounts: RefCell<Vec<PathBuf>>,
+    _lock: std::fs::File,
+}
+
+impl Workspace {
+    fn new(work: &Path) -> Result<Workspace> {
+        let mut bytes = [0u8; 8];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut bytes))
+            .map_err(|e| setup("read /dev/urandom", e))?;
+        let id = format!("build-{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>());
+        let dir = work.join("work").join(&id);
+        std::fs::create_dir_all(&dir).map_err(|e| setup(format!("create {}", dir.display()), e))?;
+        let lock =
+            std::fs::File::create(dir.join("lock")).map_err(|e| setup("create a lock", e))?;
+        lock.lock().map_err(|e| setup("lock a work directory", e))?;
+        Ok(Workspace { dir, id, mounts: RefCell::new(Vec::new()), _lock: lock })
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn mkdir(&self, name: &str) -> Result<PathBuf> {
+        let path = self.path(name);
+        std::fs::create_dir_all(&path)
+            .map_err(|e| setup(format!("create {}", path.display()), e))?;
+        Ok(path)
+    }
+
+    /// Mounts an overlay of `lowers` (top first) at `target`, writable when `upper` is given.
+    fn overlay(
+        &self,
+        target: &Path,
+        lowers: &[PathBuf],
+        upper: Option<(&Path, &Path)>,
+    ) -> Result<()> {
+        std::fs::create_dir_all(target)
+            .map_err(|e| setup(format!("create {}", target.display()), e))?;
+        let mut lowers: Vec<PathBuf> = lowers.to_vec();
+        let empty = self.mkdir("empty")?;
+        // Without an upper layer overlayfs wants two lower ones; without layers, one empty.
+        while lowers.len() < if upper.is_some() { 1 } else { 2 } {
+            lowers.push(empty.clone());
+        }
+        let lower =
+            lowers.iter().map(|l| l.to_string_lossy().into_owned()).collect::<Vec<_>>().join(":");
+        let mut options = format!("lowerdir={lower}");
+        if let Some((upper, work)) = upper {
+            options.push_str(&format!(",upperdir={},workdir={}", upper.display(), work.display()));
+        }
+        if options.len() >= 4000 {
+            return Err(BuildError::Setup(format!(
+                "the image has too many layers ({}) for one overlay mount: use a shorter --root or fewer steps",
+                lowers.len()
+            )));
+        }
+        let flags = if upper.is_some() { MsFlags::empty() } else { MsFlags::MS_RDONLY };
+        mount(Some("overlay"), target, Some("overlay"), flags, Some(options.as_str()))
+            .map_err(|e| setup(format!("mount an overlay at {}", target.display()), e))?;
+        self.mounts.borrow_mut().push(target.to_owned());
+        Ok(())
+    }
+
+    fn bind(&self, source: &Path, target: &Path) -> Result<()> {
+        std::fs::create_dir_all(target)
+            .map_err(|e| setup(format!("create {}", target.display()), e))?;
+        mount(Some(source), target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+            .map_err(|e| setup(format!("bind {} at {}", source.display(), target.display()), e))?;
+        self.mounts.borrow_mut().push(target.to_owned());
+        Ok(())
+    }
+
+    fn unmount_all(&self) {
+        for target in self.mounts.borrow_mut().drain(..).rev() {
+            if let Err(err) = umount2(&target, MntFlags::MNT_DETACH) {
+                tracing::warn!("cannot unmount {}: {err}", target.display());
+            }
+        }
+    }
+}
+
+impl Drop for Workspace {
+    fn drop(&mut self) {
+        self.unmount_all();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn hex(hasher: Sha256) -> String {
+    format!("{:x}", hasher.finalize())
+}
+
+fn chain(parent: &str, material: &str) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(parent.as_bytes());
+    hasher.update(b"\n");
+    hasher.update(material.as_bytes());
+    hex(hasher)
+}
+
+impl Build<'_> {
+    fn dockerfile_name(&self) -> String {
+        if self.options.dockerfile_name.is_empty() {
+            "Dockerfile".into()
+        } else {
+            self.options.dockerfile_name.clone()
+        }
+    }
+
+    fn error(&self, instruction: &Instruction, message: impl Into<String>) -> BuildError {
+        BuildError::Step {
+            file: self.dockerfile_name(),
+            line: instruction.line,
+            instruction: instruction.keyword.clone(),
+            message: message.into(),
+        }
+    }
+
+    fn warn(&self, message: String) {
+        if self.warned.lock().unwrap_or_else(|p| p.into_inner()).insert(message.clone()) {
+            self.host.event(Event::Warning { message: &message });
+        }
+    }
+
+    fn platform_args(&self) -> Vec<(String, Option<String>)> {
+        let os = self.options.os.clone();
+        let arch = self.options.architecture.clone();
+        let variant = self.options.variant.clone().unwrap_or_default();
+        let platform = if variant.is_empty() {
+            format!("{os}/{arch}")
+        } else {
+            format!("{os}/{arch}/{variant}")
+        };
+        [
+            ("TARGETPLATFORM", platform.clone()),
+            ("TARGETOS", os.clone()),
+            ("TARGETARCH", arch.clone()),
+            ("TARGETVARIANT", variant.clone()),
+            ("BUILDPLATFORM", platform),
+            ("BUILDOS", os),
+            ("BUILDARCH", arch),
+            ("BUILDVARIANT", variant),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), Some(v)))
+        .collect()
+    }
+
+    /// Global ARGs with their values (build args first, then defaults).
+    fn global_values(&self) -> Vec<(String, Option<String>)> {
+        let mut values = self.platform_args();
+        for (name, default) in &self.global_args {
+            let lookup =
+                |n: &str| values.iter().rev().find(|(k, _)| k == n).and_then(|(_, v)| v.clone());
+            let value = match self.options.build_args.get(name) {
+                Some(v) => {
+                    self.consumed.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone());
+                    Some(v.clone())
+                }
+                None => default.as_ref().map(|d| {
+                    Lexer { escape: self.file.escape, vars: &lookup, seen: None }
+                        .word(d)
+                        .unwrap_or_else(|_| d.clone())
+                }),
+            };
+            values.push((name.clone(), value));
+        }
+        values
+    }
+
+    fn stage_by_name(&self, name: &str) -> Option<usize> {
+        let lower = name.to_ascii_lowercase();
+        if let Some(index) = self.stages.iter().position(|s| s.name.as_deref() == Some(&lower)) {
+            return Some(index);
+        }
+        name.parse::<usize>().ok().filter(|&i| i < self.stages.len())
+    }
+
+    fn base_name(&self, stage: &Stage) -> Result<String> {
+        let globals = self.global_values();
+        let lookup =
+            |n: &str| globals.iter().rev().find(|(k, _)| k == n).and_then(|(_, v)| v.clone());
+        let word =
+            stage.from.args.shell_text().split_whitespace().next().unwrap_or_default().to_owned();
+        let name = Lexer { escape: self.file.escape, vars: &lookup, seen: None }
+            .word(&word)
+            .map_err(|e| self.error(&stage.from, e.to_string()))?;
+        if name.is_empty() {
+            return Err(self.error(
+                &stage.from,
+                format!("{word:?} expands to nothing: give the ARG a default or pass --build-arg"),
+            ));
+        }
+        Ok(name)
+    }
+
+    /// The stages `index` reads (FROM, COPY --from, RUN --mount from=).
+    fn dependencies(&self, index: usize) -> Result<Vec<usize>> {
+        let stage = &self.stages[index];
+        let mut deps = Vec::new();
+        let base = self.base_name(stage)?;
+        if let Some(dep) =
+            self.stage_by_name(&base).filter(|&d| d < index && base.parse::<usize>().is_err())
+        {
+            deps.push(dep);
+        }
+        for instruction in &stage.body {
+            let mut refs: Vec<String> =
+                instruction.flag_values("from").into_iter().map(str::to_owned).collect();
+            for mount in instruction.flag_values("mount") {
+                for part in mount.split(',') {
+                    if let Some(from) = part.strip_prefix("from=") {
+                        refs.push(from.to_owned());
+                    }
+                }
+            }
+            for name in refs {
+                match self.stage_by_name(&name) {
+                    Some(dep) if dep >= index => {
+                        return Err(self.error(instruction, format!("stage {name:?} is not defined before this one: a stage can only read earlier stages")))
+                    }
+                    Some(dep) => deps.push(dep),
+                    None => {}
+                }
+            }
+        }
+        Ok(deps)
+    }
+
+    fn needed(&self, target: usize) -> Result<Vec<usize>> {
+        let mut needed = HashSet::new();
+        let mut queue = vec![target];
+        while let Some(index) = queue.pop() {
+            if needed.insert(index) {
+                queue.extend(self.dependencies(index)?);
+            }
+        }
+        let mut needed: Vec<usize> = needed.into_iter().collect();
+        needed.sort_unstable();
+        Ok(needed)
+    }
+
+    fn wait_for(&self, index: usize) -> Result<Arc<Done>, String> {
+        let mut results = self.results.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(result) = results.get(&index) {
+                return result.clone();
+            }
+            results = self.finished.wait(results).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn stage_label(&self, index: usize) -> String {
+        self.stages[index].name.clone().unwrap_or_else(|| format!("stage-{index}"))
+    }
+
+    fn run_stage(&self, index: usize) -> Result<Done> {
+        let stage = &self.stages[index];
+        let base = self.base_name(stage)?;
+        let platform = stage.from.flag("platform");
+        if let Some(platform) = platform {
+            let wanted = format!("{}/{}", self.options.os, self.options.architecture);
+            let expanded = self.global_word(platform);
+            if !expanded.is_empty() && !expanded.starts_with(&wanted) && !expanded.contains('$') {
+                return Err(self.error(
+                    &stage.from,
+                    format!("--platform={expanded}: this builder makes {wanted} images only"),
+                ));
+            }
+        }
+        let total = stage.body.len() + 1;
+        let label = self.stage_label(index);
+        let number = self.steps.fetch_add(1, Ordering::SeqCst) + 1;
+        self.host.event(Event::Step {
+            number,
+            stage: &label,
+            index: 1,
+            total,
+            text: &stage.from.text,
+        });
+        let started = Instant::now();
+        let mut state = if base.eq_ignore_ascii_case("scratch") {
+            State {
+                image: None,
+                config: ImageConfig {
+                    architecture: self.options.architecture.clone(),
+                    os: self.options.os.clone(),
+                    variant: self.options.variant.clone(),
+                    config: Some(RunConfig {
+                        env: Some(vec![DEFAULT_PATH.to_owned()]),
+                        ..RunConfig::default()
+                    }),
+                    rootfs: berth_image::config::RootFs {
+                        kind: "layers".into(),
+                        diff_ids: Vec::new(),
+                    },
+                    ..ImageConfig::default()
+                },
+                key: "scratch".into(),
+                args: Vec::new(),
+                cmd_set: false,
+                name: label.clone(),
+            }
+        } else if let Some(dep) =
+            self.stage_by_name(&base).filter(|&d| d < index && base.parse::<usize>().is_err())
+        {
+            let done = self
+                .wait_for(dep)
+                .map_err(|e| self.error(&stage.from, format!("stage {base:?} failed: {e}")))?;
+            State {
+                image: done.image.clone(),
+                config: done.config.clone(),
+                key: done.key.clone(),
+                args: Vec::new(),
+                cmd_set: false,
+                name: label.clone(),
+            }
+        } else {
+            let image = self
+                .host
+                .image(&base, self.options.pull)
+                .map_err(|e| self.error(&stage.from, e))?;
+            let key = format!("image:{}", image.record.id);
+            State {
+                config: image.config.clone(),
+                image: Some(image),
+                key,
+                args: Vec::new(),
+                cmd_set: false,
+                name: label.clone(),
+            }
+        };
+        self.host.event(Event::Done { number, elapsed: started.elapsed() });
+        // Triggers the base image left for its children run first.
+        let triggers: Vec<String> = state
+            .config
+            .config
+            .as_ref()
+            .and_then(|c| c.extra.get("OnBuild"))
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .unwrap_or_default();
+        if !triggers.is_empty() {
+            let text = triggers.join("\n");
+            let parsed = dockerfile::parse(&text).map_err(|e| {
+                self.error(&stage.from, format!("the base image's ONBUILD triggers: {}", e.message))
+            })?;
+            for (i, mut instruction) in parsed.instructions.into_iter().enumerate() {
+                instruction.line = stage.from.line;
+                self.instruction(&mut state, &instruction, index, (i + 2, total), stage)?;
+            }
+            if let Some(run) = state.config.config.as_mut() {
+                run.extra.remove("OnBuild");
+            }
+        }
+        for (i, instruction) in stage.body.iter().enumerate() {
+            self.instruction(&mut state, instruction, index, (i + 2, total), stage)?;
+        }
+        Ok(Done { image: state.image, config: state.config, key: state.key })
+    }
+
+    fn global_word(&self, text: &str) -> String {
+        let globals = self.global_values();
+        let lookup =
+            |n: &str| globals.iter().rev().find(|(k, _)| k == n).and_then(|(_, v)| v.clone());
+        Lexer { escape: self.file.escape, vars: &lookup, seen: None }
+            .word(text)
+            .unwrap_or_else(|_| text.to_owned())
+    }
+
+    /// Expands `text` with the stage's variables; a name that a later ARG declares is an
+    /// error (used before it is declared), an unknown one a warning.
+    fn expand(
+        &self,
+        state: &State,
+        instruction: &Instruction,
+        stage: &Stage,
+        text: &str,
+        split: bool,
+    ) -> Result<Vec<String>> {
+        let seen = RefCell::new(Vec::new());
+        let lookup = |n: &str| state.lookup(n);
+        let lexer = Lexer { escape: self.file.escape, vars: &lookup, seen: Some(&seen) };
+        let words = if split { lexer.words(text) } else { lexer.word(text).map(|w| vec![w]) };
+        let words = words.map_err(|e| self.error(instruction, e.to_string()))?;
+        for name in seen.into_inner() {
+            if state.lookup(&name).is_some() || state.args.iter().any(|(k, _)| *k == name) {
+                continue;
+            }
+            let later = stage.body.iter().find(|i| {
+                i.line > instruction.line
+                    && i.keyword == "ARG"
+                    && parse_arg_names(i, self.file.escape)
+                        .map(|names| names.iter().any(|(n, _)| *n == name))
+                        .unwrap_or(false)
+            });
+            if let Some(later) = later {
+                return Err(self.error(
+                    instruction,
+                    format!("${name} is used before it is declared: the ARG on line {} declares it; move that ARG above this line", later.line),
+                ));
+            }
+            self.warn(format!(
+                "{}:{}: ${name} is not set (no ARG or ENV declares it); it expands to nothing",
+                self.dockerfile_name(),
+                instruction.line
+            ));
+        }
+        Ok(words)
+    }
+
+    fn instruction(
+        &self,
+        state: &mut State,
+        instruction: &Instruction,
+        stage_index: usize,
+        (index, total): (usize, usize),
+        stage: &Stage,
+    ) -> Result<()> {
+        let _ = stage_index;
+        let number = self.steps.fetch_add(1, Ordering::SeqCst) + 1;
+        let label = state.name.clone();
+        let step = StepInfo { number, label: &label, index, total };
+        let keyword = instruction.keyword.as_str();
+        match keyword {
+            "ARG" => {
+                self.host.event(Event::Step {
+                    number,
+                    stage: &label,
+                    index,
+                    total,
+                    text: &instruction.text,
+                });
+                let names = parse_arg_names(instruction, self.file.escape)
+                    .map_err(|m| self.error(instruction, m))?;
+                let globals = self.global_values();
+                let platform = self.platform_args();
+                for (name, default) in names {
+                    let value = if let Some(v) = self.options.build_args.get(&name) {
+                        self.consumed
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(name.clone());
+                        Some(v.clone())
+                    } else if let Some(default) = default {
+                        Some(self.expand(state, instruction, stage, &default, false)?.remove(0))
+                    } else if let Some((_, v)) = globals.iter().rev().find(|(k, _)| *k == name) {
+                        v.clone()
+                    } else {
+                        platform.iter().find(|(k, _)| *k == name).and_then(|(_, v)| v.clone())
+                    };
+                    state.args.retain(|(k, _)| *k != name);
+                    state.args.push((name, value));
+                }
+                self.host.event(Event::Done { number, elapsed: Duration::ZERO });
+                Ok(())
+            }
+            "RUN" => self.run(state, instruction, stage, &step),
+            "COPY" | "ADD" => self.copy(state, instruction, stage, &step),
+            _ => self.metadata(state, instruction, stage, &step),
+        }
+    }
+
+    /// A step that changes only the image config: cached like any other, so a rebuild
+    /// gives the same image id.
+    fn metadata_step(
+        &self,
+        state: &mut State,
+        step: Option<&StepInfo<'_>>,
+        material: &str,
+        created_by: &str,
+        apply: impl FnOnce(&mut RunConfig) -> Result<()>,
+    ) -> Result<()> {
+        let key = chain(&state.key, material);
+        if let Some(step) = step {
+            self.host.event(Event::Step {
+                number: step.number,
+                stage: step.label,
+                index: step.index,
+                total: step.total,
+                text: created_by,
+            });
+        }
+        if !self.options.no_cache {
+            if let Some(image) = self.store.build_cache(&key)? {
+                state.config = image.config.clone();
+                state.image = Some(image);
+                state.key = key;
+                if let Some(step) = step {
+                    self.host.event(Event::Cached { number: step.number });
+                }
+                return Ok(());
+            }
+        }
+        let mut config = state.config.clone();
+        apply(config.config.get_or_insert_with(RunConfig::default))?;
+        config.history.push(History {
+            created: Some(berth_stdx::time::format_rfc3339(berth_stdx::time::unix_now())),
+            created_by: Some(created_by.to_owned()),
+            comment: Some("berth build".into()),
+            empty_layer: true,
+            ..History::default()
+        });
+        self.commit(state, config, None, key)?;
+        if let Some(step) = step {
+            self.host.event(Event::Done { number: step.number, elapsed: Duration::ZERO });
+        }
+        Ok(())
+    }
+
+    fn commit(
+        &self,
+        state: &mut State,
+        mut config: ImageConfig,
+        layer: Option<(LayerBlob, History)>,
+        key: String,
+    ) -> Result<()> {
+        config.created = Some(berth_stdx::time::format_rfc3339(berth_stdx::time::unix_now()));
+        let layers = layer.into_iter().collect();
+        let record =
+            berth_image::diff::store_image(self.store, state.image.as_ref(), config, layers)?;
+        self.store.put_build_cache(&key, &record)?;
+        let image = self.store.load(record)?;
+        state.config = image.config.clone();
+        state.image = Some(image);
+        state.key = key;
+        Ok(())
+    }
+
+    fn metadata(
+        &self,
+        state: &mut State,
+        instruction: &Instruction,
+        stage: &Stage,
+        step: &StepInfo<'_>,
+    ) -> Result<()> {
+        let text = instruction.args.shell_text();
+        let keyword = instruction.keyword.as_str();
+        let shell: Vec<String> = state
+            .config
+            .config
+            .as_ref()
+            .and_then(|c| c.extra.get("Shell"))
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into()]);
+        let command = |args: &Args| -> Vec<String> {
+            match args {
+                Args::Exec(words) => words.clone(),
+                Args::Shell(text) => shell.iter().cloned().chain([text.clone()]).collect(),
+            }
+        };
+        let (created_by, change): (String, ConfigChange) = match keyword {
+            "ENV" | "LABEL" => {
+                let pairs = self.pairs(state, instruction, stage, keyword == "ENV")?;
+                let shown =
+                    pairs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ");
+                let env = keyword == "ENV";
+                (
+                    format!("{keyword} {shown}"),
+                    Box::new(move |run: &mut RunConfig| {
+                        for (k, v) in pairs {
+                            if env {
+                                let list = run.env.get_or_insert_with(Vec::new);
+                                list.retain(|e| e.split('=').next() != Some(k.as_str()));
+                                list.push(format!("{k}={v}"));
+                            } else {
+                                run.labels.get_or_insert_with(BTreeMap::new).insert(k, v);
+                            }
+                        }
+                        Ok(())
+                    }),
+                )
+            }
+            "MAINTAINER" => {
+                let author = text.trim().to_owned();
+                let label = author.clone();
+                (
+                    format!("MAINTAINER {author}"),
+                    Box::new(move |_run: &mut RunConfig| {
+                        let _ = label;
+                        Ok(())
+                    }),
+                )
+            }
+            "CMD" => {
+                let cmd = command(&instruction.args);
+                state.cmd_set = true;
+                (
+                    format!("CMD {}", json!(cmd)),
+                    Box::new(move |run: &mut RunConfig| {
+                        run.cmd = Some(cmd);
+                        Ok(())
+                    }),
+                )
+            }
+            "ENTRYPOINT" => {
+                let entry = command(&instruction.args);
+                let keep_cmd = state.cmd_set;
+                (
+                    format!("ENTRYPOINT {}", json!(entry)),
+                    Box::new(move |run: &mut RunConfig| {
+                        run.entrypoint = Some(entry);
+                        if !keep_cmd {
+                            run.cmd = None;
+                        }
+                        Ok(())
+                    }),
+                )
+            }
+            "EXPOSE" => {
+                let words = self.expand(state, instruction, stage, &text, true)?;
+                let mut ports = Vec::new();
+                for word in &words {
+                    let (range, proto) = word.split_once('/').unwrap_or((word, "tcp"));
+                    let proto = proto.to_ascii_lowercase();
+                    if !matches!(proto.as_str(), "tcp" | "udp" | "sctp") {
+                        return Err(self.error(
+                            instruction,
+                            format!("{word:?}: the protocol must be tcp, udp or sctp"),
+                        ));
+                    }
+                    let (lo, hi) = range.split_once('-').unwrap_or((range, range));
+                    let (Ok(lo), Ok(hi)) = (lo.parse::<u16>(), hi.parse::<u16>()) else {
+                        return Err(self.error(
+                            instruction,
+                            format!(
+                                "{word:?} is not a port: use PORT[/PROTOCOL] or FROM-TO[/PROTOCOL]"
+                            ),
+                        ));
+                    };
+                    if lo == 0 || hi < lo {
+                        return Err(
+                            self.error(instruction, format!("{word:?} is not a valid port range"))
+                        );
+                    }
+                    for port in lo..=hi {
+                        ports.push(format!("{port}/{proto}"));
+                    }
+                }
+                (
+                    format!("EXPOSE {}", words.join(" ")),
+                    Box::new(move |run: &mut RunConfig| {
+                        let map = run.exposed_ports.get_or_insert_with(BTreeMap::new);
+                        for port in ports {
+                            map.insert(port, json!({}));
+                        }
+                        Ok(())
+                    }),
+                )
+            }
+            "VOLUME" => {
+                let paths = match &instruction.args {
+                    Args::Exec(words) => {
+                        let mut out = Vec::new();
+                        for w in words {
+                            out.extend(self.expand(state, instruction, stage, w, false)?);
+                        }
+                        out
+                    }
+                    Args::Shell(text) => self.expand(state, instruction, stage, text, true)?,
+                };
+                if paths.iter().any(|p| p.trim().is_empty()) || paths.is_empty() {
+                    return Err(self.error(instruction, "VOLUME needs a path"));
+                }
+                (
+                    format!("VOLUME {}", json!(paths)),
+                    Box::new(move |run: &mut RunConfig| {
+                        let map = run.volumes.get_or_insert_with(BTreeMap::new);
+                        for path in paths {
+                            map.insert(path, json!({}));
+                        }
+                        Ok(())
+                    }),
+                )
+            }
+            "USER" => {
+                let user = self.expand(state, instruction, stage, text.trim(), false)?.remove(0);
+                if user.is_empty() {
+                    return Err(self
+                        .error(instruction, "USER needs a user: USER NAME[:GROUP] or UID[:GID]"));
+                }
+                (
+                    format!("USER {user}"),
+                    Box::new(move |run: &mut RunConfig| {
+                        run.user = Some(user);
+                        Ok(())
+                    }),
+                )
+            }
+            "WORKDIR" => {
+                let dir = self.expand(state, instruction, stage, text.trim(), false)?.remove(0);
+                if dir.is_empty() {
+                    return Err(self.error(instruction, "WORKDIR needs a path"));
+                }
+                let joined =
+                    if dir.starts_with('/') { dir } else { format!("{}/{dir}", state.workdir()) };
+                let cleaned = format!("/{}", crate::ignore::clean(&joined).trim_start_matches('.'));
+                let cleaned =
+                    if cleaned == "/" { cleaned } else { cleaned.trim_end_matches('/').to_owned() };
+                (
+                    format!("WORKDIR {cleaned}"),
+                    Box::new(move |run: &mut RunConfig| {
+                        run.working_dir = Some(cleaned);
+                        Ok(())
+                    }),
+                )
+            }
+            "STOPSIGNAL" => {
+                let signal = self.expand(state, instruction, stage, text.trim(), false)?.remove(0);
+                let valid = signal.parse::<u8>().is_ok_and(|n| n > 0 && n < 65)
+                    || signal.trim_start_matches("SIG").chars().all(|c| {
+                        c.is_ascii_uppercase() || c.is_ascii_digit() || c == '+' || c == '-'
+                    }) && !signal.is_empty();
+                if !valid {
+                    return Err(self.error(
+                        instruction,
+                        format!("{signal:?} is not a signal: use a name (SIGTERM) or a number"),
+                    ));
+                }
+                (
+                    format!("STOPSIGNAL {signal}"),
+                    Box::new(move |run: &mut RunConfig| {
+                        run.stop_signal = Some(signal);
+                        Ok(())
+                    }),
+                )
+            }
+            "SHELL" => {
+                let Args::Exec(words) = &instruction.args else {
+                    return Err(self.error(instruction, "SHELL takes the JSON form"));
+                };
+                if words.is_empty() {
+                    return Err(self.error(instruction, "SHELL needs at least the shell's path"));
+                }
+                let words = words.clone();
+                (
+                    format!("SHELL {}", json!(words)),
+                    Box::new(move |run: &mut RunConfig| {
+                        run.extra.insert("Shell".into(), json!(words));
+                        Ok(())
+                    }),
+                )
+            }
+            "HEALTHCHECK" => {
+                let value = self.healthcheck(instruction, &shell)?;
+                (
+                    format!("HEALTHCHECK {}", instruction.args.shell_text().trim()),
+                    Box::new(move |run: &mut RunConfig| {
+                        run.extra.insert("Healthcheck".into(), value);
+                        Ok(())
+                    }),
+                )
+            }
+            "ONBUILD" => {
+                let trigger = text.trim().to_owned();
+                let first =
+                    trigger.split_whitespace().next().unwrap_or_default().to_ascii_uppercase();
+                if matches!(first.as_str(), "ONBUILD" | "FROM" | "MAINTAINER") || first.is_empty() {
+                    return Err(self.error(instruction, format!("ONBUILD cannot trigger {first}")));
+                }
+                dockerfile::parse(&trigger).map_err(|e| self.error(instruction, e.message))?;
+                (
+                    format!("ONBUILD {trigger}"),
+                    Box::new(move |run: &mut RunConfig| {
+                        let mut list: Vec<String> = run
+                            .extra
+                            .get("OnBuild")
+                            .and_then(|v| serde_json::from_value(v.clone()).ok())
+                            .unwrap_or_default();
+                        list.push(trigger);
+                        run.extra.insert("OnBuild".into(), json!(list));
+                        Ok(())
+                    }),
+                )
+            }
+            other => return Err(self.error(instruction, format!("{other} is not supported here"))),
+        };
+        let maintainer = (keyword == "MAINTAINER").then(|| text.trim().to_owned());
+        let material = format!("{keyword}\n{created_by}");
+        let key_before = state.key.clone();
+        self.metadata_step(state, Some(step), &material, &created_by, change)?;
+        if let Some(author) = maintainer {
+            if state.key != key_before && state.config.author.as_deref() != Some(&author) {
+                let mut config = state.config.clone();
+                config.author = Some(author);
+                let key = chain(&state.key, "author");
+                self.commit(state, config, None, key)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn healthcheck(&self, instruction: &Instruction, shell: &[String]) -> Result<Value> {
+        let text = instruction.args.shell_text();
+        let trimmed = text.trim();
+        if trimmed.eq_ignore_ascii_case("NONE") {
+            return Ok(json!({"Test": ["NONE"]}));
+        }
+        let Some(rest) = trimmed.strip_prefix("CMD").or_else(|| trimmed.strip_prefix("cmd")) else {
+            return Err(self
+                .error(instruction, "use HEALTHCHECK [OPTIONS] CMD command, or HEALTHCHECK NONE"));
+        };
+        let rest = rest.trim();
+        if rest.is_empty() {
+            return Err(self.error(instruction, "HEALTHCHECK CMD needs a command"));
+        }
+        let test: Vec<String> = match serde_json::from_str::<Vec<String>>(rest) {
+            Ok(words) if rest.starts_with('[') => {
+                std::iter::once("CMD".to_owned()).chain(words).collect()
+            }
+            _ => {
+                let _ = shell;
+                vec!["CMD-SHELL".into(), rest.to_owned()]
+            }
+        };
+        let mut value = json!({"Test": test});
+        for (flag, key) in [
+            ("interval", "Interval"),
+            ("timeout", "Timeout"),
+            ("start-period", "StartPeriod"),
+            ("start-interval", "StartInterval"),
+        ] {
+            if let Some(text) = instruction.flag(flag) {
+                let nanos = parse_duration(text).ok_or_else(|| {
+                    self.error(
+                        instruction,
+                        format!("--{flag}={text} is not a duration (30s, 1m30s, 500ms)"),
+                    )
+                })?;
+                value[key] = json!(nanos);
+            }
+        }
+        if let Some(retries) = instruction.flag("retries") {
+            let n: i64 = retries.parse().map_err(|_| {
+                self.error(instruction, format!("--retries={retries} is not a number"))
+            })?;
+            value["Retries"] = json!(n);
+        }
+        Ok(value)
+    }
+
+    /// ENV and LABEL `k=v` pairs (or the old `ENV k v` form), expanded.
+    fn pairs(
+        &self,
+        state: &State,
+        instruction: &Instruction,
+        stage: &Stage,
+        env: bool,
+    ) -> Result<Vec<(String, String)>> {
+        let text = instruction.args.shell_text();
+        let words = raw_words(&text, self.file.escape)
+            .map_err(|e| self.error(instruction, e.to_string()))?;
+        if words.is_empty() {
+            return Err(self.error(instruction, format!("{} needs KEY=VALUE", instruction.keyword)));
+        }
+        if env && !words[0].contains('=') {
+            // ENV key value: the rest of the line is the value.
+            let key = words[0].clone();
+            let rest = text.trim_start()[key.len()..].trim().to_owned();
+            if rest.is_empty() {
+                return Err(
+                    self.error(instruction, format!("ENV {key} needs a value: ENV {key}=VALUE"))
+                );
+            }
+            let value = self.expand(state, instruction, stage, &rest, false)?.remove(0);
+            return Ok(vec![(key, value)]);
+        }
+        let mut pairs = Vec::new();
+        for word in words {
+            let processed = self.expand(state, instruction, stage, &word, false)?.remove(0);
+            let Some((k, v)) = processed.split_once('=') else {
+                return Err(self.error(instruction, format!("{word:?} is not KEY=VALUE")));
+            };
+            if k.is_empty() {
+                return Err(self.error(instruction, format!("{word:?} has no key")));
+            }
+            pairs.push((k.to_owned(), v.to_owned()));
+        }
+        Ok(pairs)
+    }
+
+    fn lowers(&self, state: &State) -> Result<Vec<PathBuf>> {
+        match &state.image {
+            Some(image) => Ok(self.store.lower_dirs(image)?),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Mounts the stage's root filesystem with a fresh upper directory, lets `work` change
+    /// it, and turns what changed into a layer (none when nothing did).
+    fn in_rootfs(
+        &self,
+        state: &State,
+        work: impl FnOnce(&Workspace, &Path) -> Result<Vec<PathBuf>>,
+    ) -> Result<Option<LayerBlob>> {
+        let space = Workspace::new(&self.work)?;
+        let upper = space.mkdir("upper")?;
+        let workdir = space.mkdir("overlay-work")?;
+        let merged = space.path("merged");
+        space.overlay(&merged, &self.lowers(state)?, Some((&upper, &workdir)))?;
+        let excluded = work(&space, &merged)?;
+        space.unmount_all();
+        let empty = std::fs::read_dir(&upper).map(|mut d| d.next().is_none()).unwrap_or(true);
+        if empty {
+            return Ok(None);
+        }
+        let excluded: Vec<PathBuf> = excluded.iter().map(|p| berth_sys::fs::relative(p)).collect();
+        // Mount points a step made (and nothing put in them) are not part of its layer.
+        let excluded: Vec<PathBuf> = excluded
+            .into_iter()
+            .filter(|p| {
+                let path = upper.join(p);
+                match std::fs::symlink_metadata(&path) {
+                    Ok(m) if m.is_dir() => {
+                        std::fs::read_dir(&path).map(|mut d| d.next().is_none()).unwrap_or(false)
+                    }
+                    Ok(m) => m.is_file() && m.len() == 0,
+                    Err(_) => false,
+                }
+            })
+            .collect();
+        let left = count_entries(&upper, &excluded);
+        if left == 0 {
+            return Ok(None);
+        }
+        let layer = berth_image::diff::store_layer(self.store, |out| {
+            berth_image::diff::write_layer(&upper, out, &|p| excluded.iter().any(|e| e == p))
+                .map(drop)
+        })?;
+        Ok(Some(layer))
+    }
+
+    fn finish_layer_step(
+        &self,
+        state: &mut State,
+        key: String,
+        created_by: &str,
+        layer: Option<LayerBlob>,
+    ) -> Result<()> {
+        let history = History {
+            created: Some(berth_stdx::time::format_rfc3339(berth_stdx::time::unix_now())),
+            created_by: Some(created_by.to_owned()),
+            comment: Some("berth build".into()),
+            empty_layer: layer.is_none(),
+            ..History::default()
+        };
+        let mut config = state.config.clone();
+        match layer {
+            Some(layer) => self.commit(state, config, Some((layer, history)), key),
+            None => {
+                config.history.push(history);
+                self.commit(state, config, None, key)
+            }
+        }
+    }
+
+    fn cached(&self, state: &mut State, key: &str, step: &StepInfo<'_>) -> Result<bool> {
+        if self.options.no_cache {
+            return Ok(false);
+        }
+        if let Some(image) = self.store.build_cache(key)? {
+            state.config = image.config.clone();
+            state.image = Some(image);
+            state.key = key.to_owned();
+            self.host.event(Event::Cached { number: step.number });
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    fn user_identity(
+        &self,
+        state: &State,
+        root: &Path,
+        instruction: &Instruction,
+    ) -> Result<berth_task::user::Identity> {
+        let user = state.config.config.as_ref().and_then(|c| c.user.clone()).unwrap_or_default();
+        let layers = [root.to_path_buf()];
+        let passwd = berth_task::user::read_from_layers(&layers, Path::new("/etc/passwd"));
+        let group = berth_task::user::read_from_layers(&layers, Path::new("/etc/group"));
+        berth_task::user::resolve(&user, passwd.as_deref(), group.as_deref())
+            .map_err(|e| self.error(instruction, format!("USER {user}: {e}")))
+    }
+
+    fn run(
+        &self,
+        state: &mut State,
+        instruction: &Instruction,
+        stage: &Stage,
+        step: &StepInfo<'_>,
+    ) -> Result<()> {
+        let shell: Vec<String> = state
+            .config
+            .config
+            .as_ref()
+            .and_then(|c| c.extra.get("Shell"))
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into()]);
+        let mut args = match &instruction.args {
+            Args::Exec(words) => words.clone(),
+            Args::Shell(text) => {
+                let mut script = text.clone();
+                if !instruction.heredocs.is_empty() {
+                    let only = instruction.heredocs.len() == 1
+                        && text
+                            .trim()
+                            .trim_start_matches("<<")
+                            .trim_start_matches('-')
+                            .trim_matches(['"', '\''])
+                            == instruction.heredocs[0].name;
+                    if only {
+                        script = instruction.heredocs[0].content.clone();
+                    } else {
+                        for doc in &instruction.heredocs {
+                            script.push('\n');
+                            script.push_str(&doc.content);
+                            script.push_str(&doc.name);
+                        }
+                    }
+                }
+                shell.iter().cloned().chain([script]).collect()
+            }
+        };
+        if args.is_empty() || args[0].is_empty() {
+            return Err(self.error(instruction, "RUN needs a command"));
+        }
+        // A here-document that starts with #! is a script for that interpreter.
+        if let (Args::Shell(_), [doc]) = (&instruction.args, instruction.heredocs.as_slice()) {
+            if let Some(first) = doc.content.lines().next().and_then(|l| l.strip_prefix("#!")) {
+                let mut interpreter: Vec<String> =
+                    first.split_whitespace().map(str::to_owned).collect();
+                if !interpreter.is_empty() && args.last() == Some(&doc.content) {
+                    interpreter.push("-c".into());
+                    let body: String = doc.content.lines().skip(1).collect::<Vec<_>>().join("\n");
+                    if interpreter[0].ends_with("sh") {
+                        interpreter.push(body);
+                        args = interpreter;
+                    }
+                }
+            }
+        }
+        let network = match instruction.flag("network") {
+            None | Some("default") => self.options.network,
+            Some("none") => Network::None,
+            Some("host") => Network::Host,
+            Some(other) => {
+                return Err(self
+                    .error(instruction, format!("--network={other}: use default, none or host")))
+            }
+        };
+        let mounts = self.parse_mounts(state, instruction, stage)?;
+        // Build args are in the step's environment but not in the image.
+        let mut env = state.env();
+        if !env.iter().any(|e| e.starts_with("PATH=")) {
+            env.insert(0, DEFAULT_PATH.to_owned());
+        }
+        let mut arg_env = Vec::new();
+        for (name, value) in &state.args {
+            if let Some(value) = value {
+                if !env.iter().any(|e| e.split('=').next() == Some(name.as_str())) {
+                    arg_env.push(format!("{name}={value}"));
+                }
+            }
+        }
+        for name in PREDEFINED_ARGS {
+            if let Some(value) = self.options.build_args.get(*name) {
+                arg_env.push(format!("{name}={value}"));
+            }
+        }
+        let mount_keys: Vec<String> = mounts.iter().map(|m| m.key.clone()).collect();
+        let material = format!(
+            "RUN\n{}\n{}\n{}\n{:?}\n{}",
+            json!(args),
+            json!(arg_env
+                .iter()
+                .filter(|e| !PREDEFINED_ARGS.iter().any(|p| e.starts_with(&format!("{p}="))))
+                .collect::<Vec<_>>()),
+            json!(mount_keys),
+            network,
+            state.workdir()
+        );
+        let key = chain(&state.key, &material);
+        let created_by = format!("RUN {}", instruction.args.shell_text().trim());
+        self.host.event(Event::Step {
+            number: step.number,
+            stage: step.label,
+            index: step.index,
+            total: step.total,
+            text: &instruction.text,
+        });
+        if self.cached(state, &key, step)? {
+            return Ok(());
+        }
+        let started = Instant::now();
+        env.extend(arg_env);
+        let cwd = state.workdir();
+        let layer = self.in_rootfs(state, |space, merged| {
+            let root = std::fs::File::open(merged).map_err(|e| setup("open the build root", e))?;
+            let existed = |path: &str| {
+                berth_sys::fs::open_in_root(
+                    root.as_fd(),
+                    Path::new(path),
+                    berth_sys::nix::fcntl::OFlag::O_PATH,
+                )
+                .is_ok()
+            };
+            let mut made: Vec<PathBuf> = Vec::new();
+            for target in ["/etc/hosts", "/etc/hostname", "/etc/resolv.conf"]
+                .iter()
+                .map(|s| s.to_string())
+                .chain(mounts.iter().map(|m| m.target.clone()))
+            {
+                // Every missing component of a mount point is the step's, not the image's.
+                let mut prefix = PathBuf::from("/");
+                for component in Path::new(&target).components().skip(1) {
+                    prefix.push(component);
+                    if !existed(&prefix.to_string_lossy()) {
+                        made.push(prefix.clone());
+                    }
+                }
+            }
+            Target { root: root.as_fd(), attributes: Attributes::default() }
+                .make_dir(Path::new(&cwd))
+                .map_err(|e| self.error(instruction, format!("WORKDIR {cwd}: {e}")))?;
+            let identity = self.user_identity(state, merged, instruction)?;
+            let etc = space.mkdir("etc")?;
+            let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+            let files = [
+                (
+                    "hosts",
+                    "127.0.0.1\tlocalhost berth-build\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+                        .to_owned(),
+                ),
+                ("hostname", "berth-build\n".to_owned()),
+                ("resolv.conf", if network == Network::None { String::new() } else { resolv }),
+            ];
+            for (name, content) in files {
+                std::fs::write(etc.join(name), content)
+                    .map_err(|e| setup(format!("write {}", etc.join(name).display()), e))?;
+            }
+            let mut step_mounts = Vec::new();
+            for mount in &mounts {
+                step_mounts.push(self.prepare_mount(space, mount, instruction)?);
+            }
+            let bundle = space.mkdir("bundle")?;
+            let spec = spec::run_spec(&spec::RunStep {
+                args: args.clone(),
+                env: env.clone(),
+                cwd: cwd.clone(),
+                uid: identity.uid,
+                gid: identity.gid,
+                additional_gids: identity.additional_gids.clone(),
+                rootfs: merged,
+                etc_dir: &etc,
+                network,
+                mounts: step_mounts,
+                cgroup: format!("/berth-build/{}", space.id),
+            });
+            std::fs::write(
+                bundle.join("config.json"),
+                serde_json::to_vec_pretty(&spec).unwrap_or_default(),
+            )
+            .map_err(|e| setup("write the step's config.json", e))?;
+            self.execute(space, &bundle, instruction, step)?;
+            Ok(made)
+        })?;
+        self.finish_layer_step(state, key, &created_by, layer)?;
+        self.host.event(Event::Done { number: step.number, elapsed: started.elapsed() });
+        Ok(())
+    }
+
+    /// Runs the step's container in the foreground, relaying its output line by line.
+    fn execute(
+        &self,
+        space: &Workspace,
+        bundle: &Path,
+        instruction: &Instruction,
+        step: &StepInfo<'_>,
+    ) -> Result<()> {
+        let mut child = std::process::Command::new(&self.options.exe)
+            .args(["runtime", "--root"])
+            .arg(self.work.join("runtime"))
+            .args(["run", "--bundle"])
+            .arg(bundle)
+            .arg(&space.id)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| setup(format!("run {}", self.options.exe.display()), e))?;
+        let (sender, receiver) = std::sync::mpsc::channel::<String>();
+        let mut readers = Vec::new();
+        for stream in [
+            child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+            child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let sender = sender.clone();
+            readers.push(std::thread::spawn(move || {
+                let mut reader = std::io::BufReader::new(stream);
+                let mut line = Vec::new();
+                loop {
+                    line.clear();
+                    match reader.read_until(b'\n', &mut line) {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {
+                            let text = String::from_utf8_lossy(&line);
+                            let text = text.trim_end_matches(['\n', '\r']);
+                            // A progress bar's \r-separated updates: show the last.
+                            let text = text.rsplit('\r').next().unwrap_or(text);
+                            if sender.send(text.to_owned()).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }));
+        }
+        drop(sender);
+        let mut tail: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+        for line in receiver {
+            self.host.event(Event::Output { number: step.number, line: &line });
+            tail.push_back(line);
+            if tail.len() > 10 {
+                tail.pop_front();
+            }
+        }
+        for reader in readers {
+            let _ = reader.join();
+        }
+        let status = child.wait().map_err(|e| setup("wait for the step", e))?;
+        if status.success() {
+            return Ok(());
+        }
+        let code = status.code().unwrap_or(128);
+        let shown: Vec<String> = tail.into_iter().map(|l| format!("    {l}")).collect();
+        let mut message = format!("the command exited with code {code}");
+        if !shown.is_empty() {
+            message.push_str(&format!("; its last lines:\n{}", shown.join("\n")));
+        }
+        Err(self.error(instruction, message))
+    }
+
+    fn parse_mounts(
+        &self,
+        state: &State,
+        instruction: &Instruction,
+        stage: &Stage,
+    ) -> Result<Vec<RunMount>> {
+        let mut out = Vec::new();
+        for text in instruction.flag_values("mount") {
+            let text = self.expand(state, instruction, stage, text, false)?.remove(0);
+            let mut fields: HashMap<String, String> = HashMap::new();
+            for part in text.split(',') {
+                let (k, v) = part.split_once('=').unwrap_or((part, "true"));
+                fields.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
+            }
+            let kind = fields.get("type").cloned().unwrap_or_else(|| "bind".into());
+            let target =
+                ["target", "dst", "destination"].iter().find_map(|k| fields.get(*k)).cloned();
+            let readonly =
+                fields.get("readonly").or(fields.get("ro")).is_some_and(|v| v != "false")
+                    || (kind == "bind"
+                        && fields.get("rw").is_none_or(|v| v == "false")
+                        && fields.get("readwrite").is_none_or(|v| v == "false"));
+            let mount = match kind.as_str() {
+                "bind" => {
+                    let target = target.ok_or_else(|| {
+                        self.error(instruction, "--mount=type=bind needs target=")
+                    })?;
+                    let source = fields
+                        .get("source")
+                        .or(fields.get("src"))
+                        .cloned()
+                        .unwrap_or_else(|| ".".into());
+                    let from = fields.get("from").cloned();
+                    RunMount {
+                        key: format!(
+                            "bind:{}:{}:{}:{readonly}",
+                            self.source_key(from.as_deref(), &source, state, instruction)?,
+                            source,
+                            target
+                        ),
+                        kind: MountKind::Bind { source, from, readonly },
+                        target,
+                    }
+                }
+                "cache" => {
+                    let target = target.ok_or_else(|| {
+                        self.error(instruction, "--mount=type=cache needs target=")
+                    })?;
+                    let id = fields.get("id").cloned().unwrap_or_else(|| target.clone());
+                    let uid = fields.get("uid").and_then(|v| v.parse().ok()).unwrap_or(0);
+                    let gid = fields.get("gid").and_then(|v| v.parse().ok()).unwrap_or(0);
+                    let mode = fields
+                        .get("mode")
+                        .and_then(|v| u32::from_str_radix(v.trim_start_matches("0o"), 8).ok())
+                        .unwrap_or(0o755);
+                    // A cache's content is not part of the key: that is what makes it a cache.
+                    RunMount {
+                        key: format!("cache:{id}:{target}:{uid}:{gid}:{mode:o}"),
+                        kind: MountKind::Cache { id, uid, gid, mode },
+                        target,
+                    }
+                }
+                "tmpfs" => {
+                    let target = target.ok_or_else(|| {
+                        self.error(instruction, "--mount=type=tmpfs needs target=")
+                    })?;
+                    RunMount { key: format!("tmpfs:{target}"), kind: MountKind::Tmpfs, target }
+                }
+                "secret" => {
+                    let id = fields.get("id").cloned().or_else(|| {
+                        target.as_ref().and_then(|t| {
+                            Path::new(t).file_name().map(|n| n.to_string_lossy().into_owned())
+                        })
+                    });
+                    let Some(id) = id else {
+                        return Err(
+                            self.error(instruction, "--mount=type=secret needs id= or target=")
+                        );
+                    };
+                    let target = target.unwrap_or_else(|| format!("/run/secrets/{id}"));
+                    let required = fields.get("required").is_some_and(|v| v != "false");
+                    let source = self.options.secrets.get(&id).cloned();
+                    if source.is_none() && required {
+                        return Err(self.error(instruction, format!("the secret {id:?} is required: pass it with --secret id={id},src=FILE")));
+                    }
+                    // The secret's content is not part of the key: it never reaches the image.
+                    RunMount {
+                        key: format!("secret:{id}:{target}"),
+                        kind: MountKind::Secret { source },
+                        target,
+                    }
+                }
+                "ssh" => {
+                    return Err(self.error(
+                        instruction,
+                        "--mount=type=ssh is not supported: pass what the step needs with --secret",
+                    ))
+                }
+                other => {
+                    return Err(self.error(
+                        instruction,
+                        format!("unknown mount type {other:?}: use bind, cache, tmpfs or secret"),
+                    ))
+                }
+            };
+            if !mount.target.starts_with('/') {
+                let target = format!("{}/{}", state.workdir().trim_end_matches('/'), mount.target);
+                out.push(RunMount { target, ..mount });
+            } else {
+                out.push(mount);
+            }
+        }
+        Ok(out)
+    }
+
+    /// What a bind mount's source is, for the cache key: the content it shows.
+    fn source_key(
+        &self,
+        from: Option<&str>,
+        source: &str,
+        state: &State,
+        instruction: &Instruction,
+    ) -> Result<String> {
+        let _ = state;
+        match from {
+            Some(from) => match self.stage_by_name(from) {
+                Some(index) => Ok(self
+                    .wait_for(index)
+                    .map_err(|e| self.error(instruction, format!("stage {from:?} failed: {e}")))?
+                    .key
+                    .clone()),
+                None => {
+                    let image =
+                        self.host.image(from, false).map_err(|e| self.error(instruction, e))?;
+                    Ok(image.record.id.to_string())
+                }
+            },
+            None => {
+                let context = self.context.as_ref().ok_or_else(|| {
+                    self.error(
+                        instruction,
+                        "there is no build context to mount (the Dockerfile came from stdin)",
+                    )
+                })?;
+                let mut hasher = Sha256::new();
+                for source in
+                    context.expand(source).map_err(|e| self.error(instruction, e.to_string()))?
+                {
+                    context
+                        .hash(&source, &mut hasher)
+                        .map_err(|e| self.error(instruction, e.to_string()))?;
+                }
+                Ok(hex(hasher))
+            }
+        }
+    }
+
+    fn prepare_mount(
+        &self,
+        space: &Workspace,
+        mount: &RunMount,
+        instruction: &Instruction,
+    ) -> Result<StepMount> {
+        let target = mount.target.clone();
+        Ok(match &mount.kind {
+            MountKind::Tmpfs => StepMount::Tmpfs { target },
+            MountKind::Cache { id, uid, gid, mode } => {
+                let name: String = id
+                    .chars()
+                    .map(
+                        |c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' },
+                    )
+                    .collect();
+                let digest = chain("", id);
+                let dir = self.work.join("cache-mounts").join(format!(
+                    "{}-{}",
+                    name.trim_matches('_'),
+                    &digest[..12]
+                ));
+                if !dir.exists() {
+                    std::fs::create_dir_all(&dir)
+                        .map_err(|e| setup(format!("create {}", dir.display()), e))?;
+                    let _ = std::os::unix::fs::chown(&dir, Some(*uid), Some(*gid));
+                    let _ = std::fs::set_permissions(
+                        &dir,
+                        std::os::unix::fs::PermissionsExt::from_mode(*mode),
+                    );
+                }
+                StepMount::Bind { source: dir, target, readonly: false }
+            }
+            MountKind::Secret { source } => match source {
+                Some(source) => {
+                    let copy =
+                        space.mkdir("secrets")?.join(format!("{}", space.mounts.borrow().len()));
+                    std::fs::copy(source, &copy).map_err(|e| {
+                        self.error(
+                            instruction,
+                            format!("read the secret {}: {e}", source.display()),
+                        )
+                    })?;
+                    StepMount::Bind { source: copy, target, readonly: true }
+                }
+                None => StepMount::Tmpfs { target },
+            },
+            MountKind::Bind { source, from, readonly } => {
+                let (root, cleanup_root) = match from {
+                    Some(from) => {
+                        let state_image = match self.stage_by_name(from) {
+                            Some(index) => self
+                                .wait_for(index)
+                                .map_err(|e| self.error(instruction, e))?
+                                .image
+                                .clone(),
+                            None => Some(
+                                self.host
+                                    .image(from, false)
+                                    .map_err(|e| self.error(instruction, e))?,
+                            ),
+                        };
+                        let lowers = match &state_image {
+                            Some(image) => self.store.lower_dirs(image)?,
+                            None => Vec::new(),
+                        };
+                        let at = space.path(&format!("from-{}", space.mounts.borrow().len()));
+                        space.overlay(&at, &lowers, None)?;
+                        (
+                            SourceRoot::filesystem(&at)
+                                .map_err(|e| self.error(instruction, e.to_string()))?,
+                            true,
+                        )
+                    }
+                    None => {
+                        let context = self.context.as_ref().ok_or_else(|| {
+                            self.error(instruction, "there is no build context to mount")
+                        })?;
+                        (
+                            SourceRoot::context(&context.dir, Ignore::default())
+                                .map_err(|e| self.error(instruction, e.to_string()))?,
+                            false,
+                        )
+                    }
+                };
+                let _ = cleanup_root;
+                let found =
+                    root.expand(source).map_err(|e| self.error(instruction, e.to_string()))?;
+                let first = found
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| self.error(instruction, format!("{source:?} not found")))?;
+                let real = std::fs::read_link(first.path())
+                    .map_err(|e| self.error(instruction, e.to_string()))?;
+                let at = space.path(&format!("mounts/{}", space.mounts.borrow().len()));
+                if *readonly {
+                    if real.is_dir() {
+                        space.bind(&real, &at)?;
+                    } else {
+                        std::fs::create_dir_all(at.parent().unwrap_or(&at))
+                            .map_err(|e| setup("create a mount point", e))?;
+                        let copy = at.with_extension("file");
+                        std::fs::copy(&real, &copy)
+                            .map_err(|e| self.error(instruction, e.to_string()))?;
+                        return Ok(StepMount::Bind { source: copy, target, readonly: true });
+                    }
+                    StepMount::Bind { source: at, target, readonly: true }
+                } else {
+                    // Writes through a read-write bind are the step's only: an overlay keeps
+                    // the context (or the stage) as it was.
+                    let upper =
+                        space.mkdir(&format!("mount-upper-{}", space.mounts.borrow().len()))?;
+                    let work =
+                        space.mkdir(&format!("mount-work-{}", space.mounts.borrow().len()))?;
+                    if !real.is_dir() {
+                        return Err(self.error(
+                            instruction,
+                            format!("{source:?}: a read-write bind mount must be a directory"),
+                        ));
+                    }
+                    space.overlay(&at, &[real], Some((&upper, &work)))?;
+                    StepMount::Bind { source: at, target, readonly: false }
+                }
+            }
+        })
+    }
+
+    fn copy(
+        &self,
+        state: &mut State,
+        instruction: &Instruction,
+        stage: &Stage,
+        step: &StepInfo<'_>,
+    ) -> Result<()> {
+        let add = instruction.keyword == "ADD";
+        let mut words = match &instruction.args {
+            Args::Exec(words) => {
+                let mut out = Vec::new();
+                for word in words {
+                    out.push(self.expand(state, instruction, stage, word, false)?.remove(0));
+                }
+                out
+            }
+            Args::Shell(text) => {
+                let mut out = Vec::new();
+                for word in text.split_whitespace() {
+                    if word.starts_with("<<") && !instruction.heredocs.is_empty() {
+                        out.push(word.to_owned());
+                    } else {
+                        out.push(self.expand(state, instruction, stage, word, false)?.remove(0));
+                    }
+                }
+                out
+            }
+        };
+        if words.len() < 2 {
+            return Err(self.error(
+                instruction,
+                format!("{} needs a source and a destination", instruction.keyword),
+            ));
+        }
+        let dest_written = words.pop().unwrap_or_default();
+        let workdir = state.workdir();
+        let dest = if dest_written.starts_with('/') {
+            dest_written.clone()
+        } else {
+            format!("{}/{}", workdir.trim_end_matches('/'), dest_written)
+        };
+        let dest_is_dir =
+            dest_written.ends_with('/') || dest_written == "." || dest_written.ends_with("/.");
+        let from = match instruction.flag("from") {
+            Some(from) => Some(self.expand(state, instruction, stage, from, false)?.remove(0)),
+            None => None,
+        };
+        if add && from.is_some() {
+            return Err(self.error(instruction, "ADD has no --from: use COPY --from"));
+        }
+        let chown = match instruction.flag("chown") {
+            Some(c) => Some(self.expand(state, instruction, stage, c, false)?.remove(0)),
+            None => None,
+        };
+        let chmod = match instruction.flag("chmod") {
+            Some(text) => {
+                let text = self.expand(state, instruction, stage, text, false)?.remove(0);
+                Some(u32::from_str_radix(&text, 8).ok().filter(|m| *m <= 0o7777).ok_or_else(
+                    || {
+                        self.error(
+                            instruction,
+                            format!("--chmod={text}: use an octal mode such as 0755"),
+                        )
+                    },
+                )?)
+            }
+            None => None,
+        };
+        if instruction.flag("parents").is_some() {
+            return Err(self.error(
+                instruction,
+                "--parents is not supported yet: copy each directory with its own COPY",
+            ));
+        }
+        let excludes: Vec<String> =
+            instruction.flag_values("exclude").into_iter().map(str::to_owned).collect();
+        // What the sources are, for the key and for the copy.
+        enum Origin {
+            Context,
+            Stage(usize),
+            Image(Box<Image>),
+        }
+        let origin = match &from {
+            None => Origin::Context,
+            Some(name) => match self.stage_by_name(name) {
+                Some(index) => Origin::Stage(index),
+                None => Origin::Image(Box::new(
+                    self.host
+                        .image(name, false)
+                        .map_err(|e| self.error(instruction, format!("--from={name}: {e}")))?,
+                )),
+            },
+        };
+        let mut urls = Vec::new();
+        let mut heredocs = Vec::new();
+        let mut sources = Vec::new();
+        for word in &words {
+            if let Some(name) =
+                word.strip_prefix("<<").map(|n| n.trim_start_matches('-').trim_matches(['"', '\'']))
+            {
+                if let Some(doc) = instruction.heredocs.iter().find(|d| d.name == name) {
+                    let content = if doc.expand {
+                        self.expand(state, instruction, stage, &doc.content, false)?.remove(0)
+                    } else {
+                        doc.content.clone()
+                    };
+                    heredocs.push((name.to_owned(), content));
+                    continue;
+                }
+            }
+            if word.starts_with("http://")
+                || word.starts_with("https://")
+                || word.starts_with("git@")
+            {
+                if !add {
+                    return Err(self.error(
+                        instruction,
+                        format!("{word}: COPY takes files from the context; use ADD for URLs"),
+                    ));
+                }
+                urls.push(word.clone());
+                continue;
+            }
+            sources.push(word.clone());
+        }
+        if !urls.is_empty() {
+            return Err(self.error(instruction, format!(
+                "ADD {}: downloading during a build is not supported yet; fetch the file first and COPY it from the context",
+                urls.join(" ")
+            )));
+        }
+        let mut hasher = Sha256::new();
+        hasher.update(
+            format!(
+                "{}\n{dest}\n{dest_is_dir}\n{chown:?}\n{chmod:?}\n{excludes:?}\n",
+                instruction.keyword
+            )
+            .as_bytes(),
+        );
+        for (name, content) in &heredocs {
+            hasher.update(format!("heredoc:{name}:{}\n", content.len()).as_bytes());
+            hasher.update(content.as_bytes());
+        }
+        let context_root;
+        let root: Option<&SourceRoot> = match &origin {
+            Origin::Context if !sources.is_empty() => {
+                let context = self.context.as_ref().ok_or_else(|| self.error(instruction, "there is no build context (the Dockerfile came from stdin): COPY has nothing to copy from"))?;
+                if excludes.is_empty() {
+                    Some(context)
+                } else {
+                    let mut text = std::fs::read_to_string(context.dir.join(".dockerignore"))
+                        .unwrap_or_default();
+                    for pattern in &excludes {
+                        text.push('\n');
+                        text.push_str(pattern);
+                    }
+                    context_root = SourceRoot::context(
+                        &context.dir,
+                        Ignore::parse(&text).map_err(|e| self.error(instruction, e))?,
+                    )
+                    .map_err(|e| self.error(instruction, e.to_string()))?;
+                    Some(&context_root)
+                }
+            }
+            _ => None,
+        };
+        if let Some(root) = root {
+            let mut count = 0;
+            for pattern in &sources {
+                for source in
+                    root.expand(pattern).map_err(|e| self.error(instruction, e.to_string()))?
+                {
+                    root.hash(&source, &mut hasher)
+                        .map_err(|e| self.error(instruction, e.to_string()))?;
+                    count += 1;
+                }
+            }
+            hasher.update(format!("count:{count}").as_bytes());
+        }
+        let origin_key = match &origin {
+            Origin::Context => "context".to_owned(),
+            Origin::Stage(index) => self
+                .wait_for(*index)
+                .map_err(|e| {
+                    self.error(
+                        instruction,
+                        format!("stage {:?} failed: {e}", from.as_deref().unwrap_or_default()),
+                    )
+                })?
+                .key
+                .clone(),
+            Origin::Image(image) => image.record.id.to_string(),
+        };
+        hasher.update(format!("origin:{origin_key}\nsources:{sources:?}").as_bytes());
+        let key = chain(&state.key, &hex(hasher));
+        let created_by =
+            format!("{} {}", instruction.keyword, instruction.args.shell_text().trim());
+        self.host.event(Event::Step {
+            number: step.number,
+            stage: step.label,
+            index: step.index,
+            total: step.total,
+            text: &instruction.text,
+        });
+        if self.cached(state, &key, step)? {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let layer = self.in_rootfs(state, |space, merged| {
+            let root_dir = std::fs::File::open(merged).map_err(|e| setup("open the build root", e))?;
+            let owner = match &chown {
+                Some(spec) => {
+                    let layers = [merged.to_path_buf()];
+                    let passwd = berth_task::user::read_from_layers(&layers, Path::new("/etc/passwd"));
+                    let group = berth_task::user::read_from_layers(&layers, Path::new("/etc/group"));
+                    let spec = if spec.contains(':') || spec.parse::<u32>().is_err() { spec.clone() } else { format!("{spec}:{spec}") };
+                    let identity = berth_task::user::resolve(&spec, passwd.as_deref(), group.as_deref())
+                        .map_err(|e| self.error(instruction, format!("--chown={spec}: {e}")))?;
+                    Some((identity.uid, identity.gid))
+                }
+                None => None,
+            };
+            let target = Target { root: root_dir.as_fd(), attributes: Attributes { owner, mode: chmod } };
+            let fail = |e: copy::CopyError| self.error(instruction, e.to_string());
+            let stage_root;
+            let from_root: Option<&SourceRoot> = match &origin {
+                Origin::Context => root,
+                Origin::Stage(index) => {
+                    let done = self.wait_for(*index).map_err(|e| self.error(instruction, e))?;
+                    let lowers = match &done.image {
+                        Some(image) => self.store.lower_dirs(image)?,
+                        None => Vec::new(),
+                    };
+                    let at = space.path("from");
+                    space.overlay(&at, &lowers, None)?;
+                    stage_root = SourceRoot::filesystem(&at).map_err(fail)?;
+                    Some(&stage_root)
+                }
+                Origin::Image(image) => {
+                    let at = space.path("from");
+                    space.overlay(&at, &self.store.lower_dirs(image)?, None)?;
+                    stage_root = SourceRoot::filesystem(&at).map_err(fail)?;
+                    Some(&stage_root)
+                }
+            };
+            let mut resolved = Vec::new();
+            if let Some(from_root) = from_root {
+                for pattern in &sources {
+                    resolved.extend(from_root.expand(pattern).map_err(fail)?);
+                }
+            }
+            let many = resolved.len() + heredocs.len() > 1 || sources.iter().any(|s| s.contains(['*', '?', '[']));
+            if many && !dest_is_dir && !target.is_dir(Path::new(&dest)) {
+                return Err(self.error(instruction, format!(
+                    "with more than one source the destination must be a directory and end with a /: {dest_written}/"
+                )));
+            }
+            for (name, content) in &heredocs {
+                let path = if dest_is_dir || target.is_dir(Path::new(&dest)) { Path::new(&dest).join(name) } else { PathBuf::from(&dest) };
+                target.write_file(&path, &mut content.as_bytes(), 0o644, (0, 0), None).map_err(fail)?;
+            }
+            for source in &resolved {
+                let meta = std::fs::metadata(source.path()).map_err(|e| self.error(instruction, format!("{}: {e}", source.name)))?;
+                if meta.is_dir() {
+                    target.copy(from_root.unwrap_or(&SourceRoot::filesystem(Path::new("/")).map_err(fail)?), source, Path::new(&dest)).map_err(fail)?;
+                    continue;
+                }
+                let base = Path::new(&source.name).file_name().map(|n| n.to_owned()).unwrap_or_default();
+                let path = if dest_is_dir || target.is_dir(Path::new(&dest)) { Path::new(&dest).join(&base) } else { PathBuf::from(&dest) };
+                if add && matches!(&origin, Origin::Context) {
+                    let mut head = vec![0u8; 512];
+                    let mut file = std::fs::File::open(source.path()).map_err(|e| self.error(instruction, e.to_string()))?;
+                    let n = read_up_to(&mut file, &mut head);
+                    head.truncate(n);
+                    if let Some(kind) = copy::archive_kind(&head) {
+                        let file = std::fs::File::open(source.path()).map_err(|e| self.error(instruction, e.to_string()))?;
+                        let dir = Path::new(&dest);
+                        match kind {
+                            copy::Archive::Tar => copy::extract(&target, file, dir).map_err(fail)?,
+                            copy::Archive::Gzip => copy::extract(&target, flate2::read::MultiGzDecoder::new(file), dir).map_err(fail)?,
+                            other => return Err(self.error(instruction, format!("{}: {other:?} archives are not supported yet; use a plain or gzip-compressed tar", source.name))),
+                        }
+                        continue;
+                    }
+                }
+                let root_for = from_root.ok_or_else(|| self.error(instruction, "no source"))?;
+                let _ = root_for;
+                let mut file = std::fs::File::open(source.path()).map_err(|e| self.error(instruction, format!("{}: {e}", source.name)))?;
+                use std::os::unix::fs::{MetadataExt, PermissionsExt};
+                target.write_file(&path, &mut file, meta.permissions().mode(), (0, 0), Some(meta.mtime())).map_err(fail)?;
+            }
+            Ok(Vec::new())
+        })?;
+        self.finish_layer_step(state, key, &created_by, layer)?;
+        self.host.event(Event::Done { number: step.number, elapsed: started.elapsed() });
+        Ok(())
+    }
+}
+
+fn read_up_to(file: &mut std::fs::File, buffer: &mut [u8]) -> usize {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        match file.read(&mut buffer[filled..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => filled += n,
+        }
+    }
+    filled
+}
+
+fn count_entries(upper: &Path, excluded: &[PathBuf]) -> usize {
+    fn walk(dir: &Path, rel: &Path, excluded: &[PathBuf]) -> usize {
+        let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+        let mut count = 0;
+        for entry in entries.flatten() {
+            let rel = rel.join(entry.file_name());
+            if !excluded.contains(&rel) {
+                count += 1;
+            }
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                count += walk(&entry.path(), &rel, excluded);
+            }
+        }
+        count
+    }
+    walk(upper, Path::new(""), excluded)
+}
+
+/// Go durations as Docker takes them: `30s`, `1m30s`, `500ms`, `1h`. In nanoseconds.
+pub fn parse_duration(text: &str) -> Option<i64> {
+    let mut total: f64 = 0.0;
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    if rest == "0" {
+        return Some(0);
+    }
+    while !rest.is_empty() {
+        let number_len =
+            rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        if number_len == 0 {
+            return None;
+        }
+        let number: f64 = rest[..number_len].parse().ok()?;
+        rest = &rest[number_len..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ns" => 1.0,
+            "us" | "µs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return None,
+        };
+        total += number * scale;
+        rest = &rest[unit_len..];
+    }
+    Some(total as i64)
+}
+
+/// A change a metadata instruction makes to the image config.
+type ConfigChange = Box<dyn FnOnce(&mut RunConfig) -> Result<()>>;
+
+struct StepInfo<'a> {
+    number: usize,
+    label: &'a str,
+    index: usize,
+    total: usize,
+}
+
+#[derive(Debug, Clone)]
+struct RunMount {
+    key: String,
+    kind: MountKind,
+    target: String,
+}
+
+#[derive(Debug, Clone)]
+enum MountKind {
+    Bind { source: String, from: Option<String>, readonly: bool },
+    Cache { id: String, uid: u32, gid: u32, mode: u32 },
+    Tmpfs,
+    Secret { source: Option<PathBuf> },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Some(30_000_000_000));
+        assert_eq!(parse_duration("1m30s"), Some(90_000_000_000));
+        assert_eq!(parse_duration("500ms"), Some(500_000_000));
+        assert_eq!(parse_duration("1.5h"), Some(5_400_000_000_000));
+        assert_eq!(parse_duration("5"), None);
+        assert_eq!(parse_duration("x"), None);
+    }
+
+    #[test]
+    fn keys_chain() {
+        assert_ne!(chain("a", "RUN x"), chain("b", "RUN x"));
+        assert_eq!(chain("a", "RUN x"), chain("a", "RUN x"));
+    }
+}
