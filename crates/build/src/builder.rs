@@ -752,6 +752,12 @@ impl Build<'_> {
             }
         };
         self.host.event(Event::Done { number, elapsed: started.elapsed() });
+        // As BuildKit: a base image without PATH gets the default one.
+        let run = state.config.config.get_or_insert_with(RunConfig::default);
+        let env = run.env.get_or_insert_with(Vec::new);
+        if !env.iter().any(|e| e.starts_with("PATH=")) {
+            env.insert(0, DEFAULT_PATH.to_owned());
+        }
         // Triggers the base image left for its children run first.
         let triggers: Vec<String> = state
             .config
@@ -1569,7 +1575,12 @@ impl Build<'_> {
                 cwd: cwd.clone(),
                 uid: identity.uid,
                 gid: identity.gid,
-                additional_gids: identity.additional_gids.clone(),
+                // As Docker: the primary group is also a supplementary one.
+                additional_gids: if identity.additional_gids.is_empty() {
+                    vec![identity.gid]
+                } else {
+                    identity.additional_gids.clone()
+                },
                 rootfs: merged,
                 etc_dir: &etc,
                 network,
@@ -2036,7 +2047,17 @@ impl Build<'_> {
                 None => Origin::Image(Box::new(
                     self.host
                         .image(name, false)
-                        .map_err(|e| self.error(instruction, format!("--from={name}: {e}")))?,
+                        .map_err(|e| {
+                            let stages: Vec<&str> =
+                                self.stages.iter().filter_map(|s| s.name.as_deref()).collect();
+                            self.error(
+                                instruction,
+                                format!(
+                                    "--from={name}: no stage is named {name:?} (the stages are: {}), and as an image: {e}",
+                                    stages.join(", ")
+                                ),
+                            )
+                        })?,
                 )),
             },
         };

@@ -1,0 +1,613 @@
+//! `berth build` end to end, as root: a corpus of Dockerfiles (tests/build/*) built by berth
+//! and by `buildah bud` from the same context and compared (files with modes, owners and
+//! contents listed from inside a container of each, the image config, the layers); the
+//! cache; here-documents and parallel stages, which buildah 1.28 lacks; bad input; a build
+//! killed in the middle.
+
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)] // test code: failing loudly is the point
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::root_or_skip;
+use serde_json::{json, Value};
+
+const BERTH: &str = env!("CARGO_BIN_EXE_berth");
+const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/build");
+
+/// A berth root and a buildah store, both holding the same busybox image.
+struct Builders {
+    dir: tempfile::TempDir,
+}
+
+impl Builders {
+    fn new(with_buildah: bool) -> Builders {
+        let dir = tempfile::Builder::new().prefix("berth-build-").tempdir().expect("tempdir");
+        let builders = Builders { dir };
+        // busybox (Debian's static one) with passwd and group files, as `busybox:latest`.
+        let rootfs = builders.path("busybox-rootfs");
+        for sub in ["bin", "etc", "tmp"] {
+            std::fs::create_dir_all(rootfs.join(sub)).unwrap();
+        }
+        std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("Debian's busybox-static");
+        let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
+        for applet in String::from_utf8_lossy(&list.stdout).lines() {
+            if applet != "busybox" {
+                std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+            }
+        }
+        std::fs::write(
+            rootfs.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home:/bin/false\n",
+        )
+        .unwrap();
+        std::fs::write(rootfs.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").unwrap();
+        let tar = builders.path("busybox.tar");
+        let packed = Command::new("tar")
+            .arg("-C")
+            .arg(&rootfs)
+            .arg("-cf")
+            .arg(&tar)
+            .arg(".")
+            .status()
+            .unwrap();
+        assert!(packed.success());
+        builders.ok(&[
+            "import",
+            "--change",
+            "CMD [\"sh\"]",
+            tar.to_str().unwrap(),
+            "busybox:latest",
+        ]);
+        if with_buildah {
+            let archive = builders.path("busybox-save.tar");
+            builders.ok(&["save", "-o", archive.to_str().unwrap(), "busybox:latest"]);
+            let pulled =
+                builders.buildah(&["pull", "-q", &format!("docker-archive:{}", archive.display())]);
+            assert!(
+                pulled.status.success(),
+                "buildah pull: {}",
+                String::from_utf8_lossy(&pulled.stderr)
+            );
+            let tagged = builders.buildah(&[
+                "tag",
+                String::from_utf8_lossy(&pulled.stdout).trim(),
+                "busybox:latest",
+            ]);
+            assert!(
+                tagged.status.success(),
+                "buildah tag: {}",
+                String::from_utf8_lossy(&tagged.stderr)
+            );
+        }
+        builders
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn root(&self) -> PathBuf {
+        self.path("root")
+    }
+
+    fn command(&self) -> Command {
+        let mut command = Command::new(BERTH);
+        command.env("BERTH_ROOT", self.root()).stdin(Stdio::null());
+        command
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command().args(args).output().expect("berth")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let output = self.run(args);
+        assert!(
+            output.status.success(),
+            "berth {args:?} failed ({}):\n{}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Builds; returns (image id, progress output).
+    fn build(&self, context: &Path, args: &[&str]) -> (String, String) {
+        let mut all = vec!["build"];
+        all.extend_from_slice(args);
+        all.push(context.to_str().unwrap());
+        let output = self.run(&all);
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.status.success(), "berth {all:?} failed ({}):\n{stderr}", output.status);
+        (String::from_utf8_lossy(&output.stdout).trim().to_owned(), stderr)
+    }
+
+    fn buildah(&self, args: &[&str]) -> Output {
+        Command::new("buildah")
+            .arg("--root")
+            .arg(self.path("buildah/root"))
+            .arg("--runroot")
+            .arg(self.path("buildah/run"))
+            .args(["--storage-driver", "overlay"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("buildah (Debian's buildah package)")
+    }
+
+    /// Builds with buildah and loads the result into berth's store as `name`.
+    fn buildah_build(&self, context: &Path, name: &str, extra: &[&str]) {
+        let mut args =
+            vec!["bud", "--runtime", "runc", "--format", "docker", "--layers", "-q", "-t", name];
+        args.extend_from_slice(extra);
+        args.push(context.to_str().unwrap());
+        let built = self.buildah(&args);
+        assert!(
+            built.status.success(),
+            "buildah bud failed:\n{}",
+            String::from_utf8_lossy(&built.stderr)
+        );
+        let archive = self.path(&format!("{name}.tar"));
+        let _ = std::fs::remove_file(&archive);
+        let pushed = self.buildah(&[
+            "push",
+            "-q",
+            name,
+            &format!("docker-archive:{}:{name}:latest", archive.display()),
+        ]);
+        assert!(
+            pushed.status.success(),
+            "buildah push failed:\n{}",
+            String::from_utf8_lossy(&pushed.stderr)
+        );
+        self.ok(&["load", "-i", archive.to_str().unwrap()]);
+    }
+
+    /// Every file of the image with its mode, owner, type, content digest and link target,
+    /// as a container of it sees them.
+    fn listing(&self, image: &str) -> Vec<String> {
+        let script = r#"find / -xdev \( -path /proc -o -path /sys -o -path /dev \) -prune -o -print | sort | while read f; do if [ -f "$f" ] && [ ! -L "$f" ]; then s=$(md5sum "$f" | cut -c1-12); else s=-; fi; echo "$f $(stat -c '%a %u %g %F' "$f") $s $(readlink "$f")"; done"#;
+        let out = self.ok(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--entrypoint",
+            "sh",
+            image,
+            "-c",
+            script,
+        ]);
+        out.lines()
+            // Every container gets its own; they are bind mounts, not the image's files.
+            .filter(|l| {
+                !["/etc/hosts ", "/etc/hostname ", "/etc/resolv.conf "]
+                    .iter()
+                    .any(|p| l.starts_with(p))
+            })
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn inspect(&self, image: &str) -> Value {
+        serde_json::from_str::<Value>(&self.ok(&["inspect", image])).expect("json")[0].clone()
+    }
+
+    /// The parts of the config a Dockerfile sets, with empty values left out (buildah
+    /// writes `[]` and `{}` where berth and BuildKit leave the key out).
+    fn config(&self, image: &str) -> BTreeMap<String, Value> {
+        let inspected = self.inspect(image);
+        let config = &inspected["Config"];
+        let mut out = BTreeMap::new();
+        for key in [
+            "Env",
+            "Cmd",
+            "Entrypoint",
+            "User",
+            "WorkingDir",
+            "ExposedPorts",
+            "Volumes",
+            "Labels",
+            "Healthcheck",
+            "StopSignal",
+            "Shell",
+            "OnBuild",
+        ] {
+            let mut value = config[key].clone();
+            if key == "Labels" {
+                if let Some(map) = value.as_object_mut() {
+                    map.remove("io.buildah.version");
+                }
+            }
+            if key == "ExposedPorts" {
+                // Docker's builders expand 9000-9001/tcp into each port; buildah keeps it.
+                if let Some(map) = value.as_object() {
+                    let mut expanded = serde_json::Map::new();
+                    for port in map.keys() {
+                        let (range, proto) = port.split_once('/').unwrap_or((port, "tcp"));
+                        let (lo, hi) = range.split_once('-').unwrap_or((range, range));
+                        for p in lo.parse::<u16>().unwrap()..=hi.parse::<u16>().unwrap() {
+                            expanded.insert(format!("{p}/{proto}"), json!({}));
+                        }
+                    }
+                    value = Value::Object(expanded);
+                }
+            }
+            let empty = value.is_null()
+                || value.as_array().is_some_and(|a| a.is_empty())
+                || value.as_object().is_some_and(|o| o.is_empty())
+                || value.as_str().is_some_and(str::is_empty);
+            if !empty {
+                out.insert(key.to_owned(), value);
+            }
+        }
+        out
+    }
+
+    fn layers(&self, image: &str) -> usize {
+        self.inspect(image)["RootFS"]["Layers"].as_array().map_or(0, Vec::len)
+    }
+
+    /// Nothing of a build left behind: no work directory, mount or step container.
+    fn assert_no_leftovers(&self) {
+        let work = self.root().join("build/work");
+        let left: Vec<_> = std::fs::read_dir(&work)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "work directories left: {left:?}");
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let root = self.root();
+        assert!(
+            !mounts.contains(root.to_str().unwrap()),
+            "mounts left under {}:\n{mounts}",
+            root.display()
+        );
+        let containers = self.ok(&[
+            "runtime",
+            "--root",
+            self.root().join("build/runtime").to_str().unwrap(),
+            "list",
+            "-q",
+        ]);
+        assert!(containers.trim().is_empty(), "step containers left: {containers}");
+    }
+}
+
+/// Copies a corpus case into a fresh context directory.
+fn context(builders: &Builders, case: &str) -> PathBuf {
+    let to = builders.path(&format!("context-{case}"));
+    let copied =
+        Command::new("cp").arg("-a").arg(Path::new(CORPUS).join(case)).arg(&to).status().unwrap();
+    assert!(copied.success());
+    to
+}
+
+#[test]
+fn root_the_corpus_builds_as_buildah_builds_it() {
+    if !root_or_skip() {
+        return;
+    }
+    let builders = Builders::new(true);
+    let secret = builders.path("token");
+    std::fs::write(&secret, "s3cr3t-value\n").unwrap();
+    let secret_flag = format!("id=token,src={}", secret.display());
+    for (case, extra) in [
+        ("basics", vec![]),
+        ("multistage", vec![]),
+        ("mounts", vec!["--secret", secret_flag.as_str()]),
+    ] {
+        let dir = context(&builders, case);
+        let ours = format!("berth-{case}");
+        let mut args = vec!["-t", ours.as_str()];
+        args.extend(extra.iter().copied());
+        builders.build(&dir, &args);
+        let theirs = format!("buildah-{case}");
+        builders.buildah_build(&dir, &theirs, &extra);
+        let mut their_files = builders.listing(&theirs);
+        // buildah leaves the mount point of its own /run behind in some builds; BuildKit
+        // and berth do not.
+        if !builders.listing(&ours).iter().any(|l| l.starts_with("/run ")) {
+            their_files.retain(|l| l != "/run 755 0 0 directory - ");
+        }
+        let our_files = builders.listing(&ours);
+        let missing: Vec<_> = their_files.iter().filter(|l| !our_files.contains(l)).collect();
+        let extra_files: Vec<_> = our_files.iter().filter(|l| !their_files.contains(l)).collect();
+        assert!(
+            missing.is_empty() && extra_files.is_empty(),
+            "{case}: files differ\nonly buildah's: {missing:#?}\nonly berth's: {extra_files:#?}"
+        );
+        assert_eq!(builders.config(&ours), builders.config(&theirs), "{case}: configs differ");
+        assert_eq!(builders.layers(&ours), builders.layers(&theirs), "{case}: layer counts differ");
+    }
+    // The secret was readable during the step and is in no layer.
+    let length =
+        builders.ok(&["run", "--rm", "--network", "none", "berth-mounts", "cat", "/secret-length"]);
+    assert_eq!(length.trim(), "13");
+    let archive = builders.path("mounts-save.tar");
+    builders.ok(&["save", "-o", archive.to_str().unwrap(), "berth-mounts"]);
+    let listed = Command::new("sh").arg("-c").arg(format!("cd {} && mkdir -p x && tar -xf {} -C x && for f in $(find x -type f); do (gzip -dc $f 2>/dev/null || cat $f) ; done | grep -c s3cr3t || true", builders.dir.path().display(), archive.display())).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&listed.stdout).trim(), "0", "the secret is in the image");
+    // The stage nothing needed was never built (it would have failed).
+    let (_, progress) = builders.build(&context(&builders, "multistage"), &["--no-cache"]);
+    assert!(!progress.contains("exit 3"), "{progress}");
+    // The images run as built.
+    let ls = builders.ok(&["run", "--rm", "--network", "none", "berth-multistage"]);
+    assert_eq!(
+        ls.split_whitespace().collect::<Vec<_>>(),
+        ["base.txt", "by-index.txt", "left.txt", "passwd-from-an-image", "right.txt"]
+    );
+    let basics = builders.ok(&["run", "--rm", "--network", "none", "berth-basics", "a", "b"]);
+    assert_eq!(basics.trim(), "running a b", "ENTRYPOINT with arguments");
+    builders.assert_no_leftovers();
+}
+
+#[test]
+fn root_the_cache_follows_content() {
+    if !root_or_skip() {
+        return;
+    }
+    let builders = Builders::new(false);
+    let dir = builders.path("ctx");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("Dockerfile"), "FROM busybox\nRUN echo first > /first\nCOPY a.txt /a.txt\nRUN echo \"$(cat /a.txt)-built\" > /b.txt\nENV DONE=1\n").unwrap();
+    std::fs::write(dir.join("a.txt"), "one").unwrap();
+    let (first, progress) = builders.build(&dir, &["-t", "cached:1"]);
+    assert_eq!(progress.matches("CACHED").count(), 0, "{progress}");
+    // Nothing changed: no step runs, and the image is the same.
+    let (again, progress) = builders.build(&dir, &["-t", "cached:1"]);
+    assert_eq!(again, first);
+    assert_eq!(
+        progress.matches("CACHED").count(),
+        4,
+        "every step after FROM is cached:\n{progress}"
+    );
+    // Touched, not changed: still cached.
+    let file = std::fs::File::options().write(true).open(dir.join("a.txt")).unwrap();
+    file.set_modified(std::time::SystemTime::now() + Duration::from_secs(7200)).unwrap();
+    drop(file);
+    let (touched, progress) = builders.build(&dir, &["-t", "cached:1"]);
+    assert_eq!(touched, first, "{progress}");
+    // One byte changed: the steps from the COPY on run, the one before it does not.
+    std::fs::write(dir.join("a.txt"), "One").unwrap();
+    let (changed, progress) = builders.build(&dir, &["-t", "cached:2"]);
+    assert_ne!(changed, first);
+    let cached: Vec<&str> = progress.lines().filter(|l| l.ends_with(" CACHED")).collect();
+    assert_eq!(cached.len(), 1, "{progress}");
+    assert!(progress.contains("#2 CACHED"), "RUN echo first is reused:\n{progress}");
+    assert_eq!(
+        builders.ok(&["run", "--rm", "--network", "none", "cached:2", "cat", "/b.txt"]).trim(),
+        "One-built"
+    );
+    // --no-cache runs every step.
+    let (_, progress) = builders.build(&dir, &["--no-cache", "-t", "cached:3"]);
+    assert_eq!(progress.matches("CACHED").count(), 0, "{progress}");
+    // Build args are part of a RUN's key; unused ones are pointed out.
+    std::fs::write(
+        dir.join("Dockerfile"),
+        "FROM busybox\nARG WHO=world\nRUN echo hello $WHO > /hello\n",
+    )
+    .unwrap();
+    builders.build(&dir, &["-t", "args:1"]);
+    let (_, progress) = builders
+        .build(&dir, &["-t", "args:2", "--build-arg", "WHO=berth", "--build-arg", "NOBODY=1"]);
+    assert!(!progress.contains("CACHED"), "{progress}");
+    assert!(progress.contains("not consumed: NOBODY"), "{progress}");
+    assert_eq!(
+        builders.ok(&["run", "--rm", "--network", "none", "args:2", "cat", "/hello"]).trim(),
+        "hello berth"
+    );
+    // The cache can be dropped; images survive it.
+    let pruned = builders.ok(&["builder", "prune", "-f"]);
+    assert!(pruned.contains("Deleted build cache entries"), "{pruned}");
+    let (_, progress) = builders.build(&dir, &["-t", "args:1"]);
+    assert!(!progress.contains("CACHED"), "{progress}");
+    builders.ok(&["run", "--rm", "--network", "none", "cached:2", "true"]);
+    builders.assert_no_leftovers();
+}
+
+#[test]
+fn root_heredocs_stdin_ignore_files_and_parallel_stages() {
+    if !root_or_skip() {
+        return;
+    }
+    let builders = Builders::new(false);
+    let dir = builders.path("ctx");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("Dockerfile"),
+        "FROM busybox\nARG NAME=berth\nRUN <<EOF\necho one > /one\necho two >> /one\nEOF\nCOPY <<EOF /etc/app.conf\nname=$NAME\nEOF\nCOPY <<'EOF' /etc/literal.conf\nname=$NAME\nEOF\nRUN <<-EOT\n\techo tabbed > /tabbed\n\tEOT\n",
+    )
+    .unwrap();
+    builders.build(&dir, &["-t", "heredoc"]);
+    let run =
+        |cmd: &str| builders.ok(&["run", "--rm", "--network", "none", "heredoc", "sh", "-c", cmd]);
+    assert_eq!(run("cat /one"), "one\ntwo\n");
+    assert_eq!(run("cat /etc/app.conf"), "name=berth\n");
+    assert_eq!(run("cat /etc/literal.conf"), "name=$NAME\n");
+    assert_eq!(run("cat /tabbed"), "tabbed\n");
+
+    // A Dockerfile on stdin, without a context.
+    let mut child = builders
+        .command()
+        .args(["build", "-q", "-t", "stdin", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"FROM busybox\nRUN echo from-stdin > /x\n").unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stdout).trim().starts_with("sha256:"));
+
+    // .dockerignore: excluded files are neither copied nor part of the cache key.
+    std::fs::write(dir.join(".dockerignore"), "*.log\n!keep.log\n").unwrap();
+    std::fs::write(dir.join("app.log"), "noise").unwrap();
+    std::fs::write(dir.join("keep.log"), "kept").unwrap();
+    std::fs::write(dir.join("Dockerfile"), "FROM busybox\nCOPY . /ctx/\n").unwrap();
+    let (first, _) = builders.build(&dir, &["-t", "ignored"]);
+    let files = builders.ok(&["run", "--rm", "--network", "none", "ignored", "ls", "-a", "/ctx"]);
+    assert!(files.contains("keep.log") && !files.contains("app.log"), "{files}");
+    std::fs::write(dir.join("app.log"), "more noise").unwrap();
+    let (second, _) = builders.build(&dir, &["-t", "ignored"]);
+    assert_eq!(first, second, "an ignored file does not bust the cache");
+
+    // Stages that do not depend on each other run at the same time: each of these two
+    // waits for the other's mark in a shared cache mount, so built one after the other
+    // they would both time out.
+    std::fs::write(
+        dir.join("Dockerfile"),
+        "FROM busybox AS left\nRUN --mount=type=cache,target=/sync,id=rendezvous touch /sync/left && for i in $(seq 300); do [ -e /sync/right ] && exit 0; sleep 0.1; done; exit 1\n\
+         FROM busybox AS right\nRUN --mount=type=cache,target=/sync,id=rendezvous touch /sync/right && for i in $(seq 300); do [ -e /sync/left ] && exit 0; sleep 0.1; done; exit 1\n\
+         FROM busybox\nCOPY --from=left /etc/passwd /left\nCOPY --from=right /etc/passwd /right\n",
+    )
+    .unwrap();
+    builders.build(&dir, &["--no-cache", "-t", "parallel"]);
+    // --target builds a stage and what it needs only.
+    std::fs::write(
+        dir.join("Dockerfile"),
+        "FROM busybox AS one\nRUN echo one > /stage\nFROM busybox AS two\nRUN exit 7\n",
+    )
+    .unwrap();
+    builders.build(&dir, &["--target", "one", "-t", "target"]);
+    assert_eq!(
+        builders.ok(&["run", "--rm", "--network", "none", "target", "cat", "/stage"]).trim(),
+        "one"
+    );
+    // --iidfile and --output.
+    let iid = builders.path("iid");
+    let archive = builders.path("out.tar");
+    let (id, _) = builders.build(
+        &dir,
+        &[
+            "--target",
+            "one",
+            "--iidfile",
+            iid.to_str().unwrap(),
+            "--output",
+            &format!("type=docker,dest={}", archive.display()),
+        ],
+    );
+    assert_eq!(std::fs::read_to_string(&iid).unwrap(), id);
+    let listed = Command::new("tar").arg("-tf").arg(&archive).output().unwrap();
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("manifest.json"));
+    builders.assert_no_leftovers();
+}
+
+#[test]
+fn root_bad_input_is_explained_and_leaves_nothing() {
+    if !root_or_skip() {
+        return;
+    }
+    let builders = Builders::new(false);
+    let dir = builders.path("ctx");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("inside.txt"), "x").unwrap();
+    std::os::unix::fs::symlink("/etc/shadow", dir.join("leak")).unwrap();
+    let images_before = builders.ok(&["images", "-q"]);
+    let cases: &[(&str, &str)] = &[
+        (
+            "FROM busybox\nRUN true\nFROBNICATE now\n",
+            "Dockerfile:3: unknown instruction: FROBNICATE",
+        ),
+        // (Not a valid image name either, so nothing is pulled.)
+        (
+            "FROM busybox AS base\nCOPY --from=Missing_Stage /x /x\n",
+            "no stage is named \"Missing_Stage\" (the stages are: base)",
+        ),
+        ("FROM busybox\nCOPY ../outside.txt /x\n", "outside the build context"),
+        ("FROM busybox\nCOPY leak /x\n", "leaves the build context"),
+        (
+            "FROM busybox\nRUN echo partial > /p && echo failing-now && exit 42\n",
+            "exited with code 42",
+        ),
+        ("FROM busybox\nWORKDIR /$DIR\nARG DIR=x\n", "used before it is declared"),
+        ("FROM busybox AS a\nFROM busybox AS a\n", "used twice"),
+        ("RUN true\n", "must start with FROM"),
+        ("FROM busybox\nCOPY missing.txt /x\n", "not found in the build context"),
+        ("FROM 127.0.0.1:9/nothing/here\n", "Dockerfile:1"),
+        ("FROM busybox\nRUN <<EOF\nnever closed\n", "not closed"),
+        (
+            "FROM busybox\nRUN --mount=type=secret,id=absent,required=true true\n",
+            "--secret id=absent",
+        ),
+    ];
+    for (text, expected) in cases {
+        std::fs::write(dir.join("Dockerfile"), text).unwrap();
+        let output = builders.run(&["build", "-t", "never:tagged", dir.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{text:?} built");
+        assert!(stderr.contains(expected), "{text:?}: expected {expected:?} in:\n{stderr}");
+        if text.contains("exit 42") {
+            assert!(
+                stderr.contains("failing-now"),
+                "the failing command's last lines are shown:\n{stderr}"
+            );
+        }
+        let images = builders.run(&["images", "-q", "never"]);
+        assert!(
+            String::from_utf8_lossy(&images.stdout).trim().is_empty(),
+            "{text:?} tagged an image"
+        );
+        builders.assert_no_leftovers();
+    }
+    assert_eq!(builders.ok(&["images", "-q"]), images_before, "no image was added");
+    // An unknown flag and an unknown target are refused before anything runs.
+    std::fs::write(dir.join("Dockerfile"), "FROM busybox\n").unwrap();
+    let output = builders.run(&["build", "--target", "nope", dir.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&output.stderr)
+        .contains("target stage \"nope\" could not be found"));
+}
+
+#[test]
+fn root_a_killed_build_is_cleaned_up_by_the_next() {
+    if !root_or_skip() {
+        return;
+    }
+    let builders = Builders::new(false);
+    let dir = builders.path("ctx");
+    std::fs::create_dir_all(&dir).unwrap();
+    let marker = builders.path("marker");
+    std::fs::write(dir.join("Dockerfile"), "FROM busybox\nRUN --mount=type=bind,source=.,target=/ctx touch /started-here && sleep 600\n").unwrap();
+    let mut child = builders
+        .command()
+        .args(["build", "-t", "killed", dir.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the step's container is running (its process is a sleep 600).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let runtime_root = builders.root().join("build/runtime");
+    loop {
+        let list =
+            builders.ok(&["runtime", "--root", runtime_root.to_str().unwrap(), "list", "-q"]);
+        if !list.trim().is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the step never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = std::fs::write(&marker, "");
+    berth_sys::nix::sys::signal::kill(
+        berth_sys::nix::unistd::Pid::from_raw(child.id() as i32),
+        berth_sys::nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    child.wait().unwrap();
+    // The next build removes what the killed one left, and builds.
+    std::fs::write(dir.join("Dockerfile"), "FROM busybox\nRUN echo fine > /fine\n").unwrap();
+    builders.build(&dir, &["-t", "after"]);
+    builders.assert_no_leftovers();
+    assert_eq!(
+        builders.ok(&["run", "--rm", "--network", "none", "after", "cat", "/fine"]).trim(),
+        "fine"
+    );
+}
