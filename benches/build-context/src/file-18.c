@@ -1,0 +1,1 @@
+int f18(void) { return 18; }

@@ -1,0 +1,1 @@
+int f21(void) { return 21; }

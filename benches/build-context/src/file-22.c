@@ -1,0 +1,1 @@
+int f22(void) { return 22; }

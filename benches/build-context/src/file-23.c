@@ -1,0 +1,1 @@
+int f23(void) { return 23; }

@@ -1,0 +1,1 @@
+int f25(void) { return 25; }

@@ -1,0 +1,1 @@
+int f26(void) { return 26; }

@@ -1,0 +1,1 @@
+int f27(void) { return 27; }

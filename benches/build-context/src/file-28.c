@@ -1,0 +1,1 @@
+int f28(void) { return 28; }

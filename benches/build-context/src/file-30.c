@@ -1,0 +1,1 @@
+int f30(void) { return 30; }
