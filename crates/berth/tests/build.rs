@@ -470,6 +470,57 @@ fn root_heredocs_stdin_ignore_files_and_parallel_stages() {
     )
     .unwrap();
     builders.build(&dir, &["--no-cache", "-t", "parallel"]);
+    // ADD of a URL (a server on loopback): the file is 0600, dated by Last-Modified, and
+    // a change of content at the same URL is a change of the step.
+    let served = std::sync::Arc::new(std::sync::Mutex::new(b"first body\n".to_vec()));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let body = served.clone();
+    std::thread::spawn(move || {
+        use std::io::{BufRead, BufReader};
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let body = body.lock().unwrap().clone();
+            let mut stream = stream;
+            let _ = write!(stream, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nLast-Modified: Tue, 14 Nov 2023 22:13:20 GMT\r\nConnection: close\r\n\r\n", body.len());
+            let _ = stream.write_all(&body);
+        }
+    });
+    std::fs::write(
+        dir.join("Dockerfile"),
+        format!("FROM busybox\nADD http://{address}/files/data.txt?v=1 /fetched/\n"),
+    )
+    .unwrap();
+    let (first, _) = builders.build(&dir, &["-t", "fetched"]);
+    let shown = builders.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "fetched",
+        "sh",
+        "-c",
+        "stat -c '%a %Y' /fetched/data.txt && cat /fetched/data.txt",
+    ]);
+    assert_eq!(shown, "600 1700000000\nfirst body\n");
+    *served.lock().unwrap() = b"second body\n".to_vec();
+    let (second, progress) = builders.build(&dir, &["-t", "fetched"]);
+    assert_ne!(first, second, "new content at the same URL rebuilds:\n{progress}");
+    std::fs::write(
+        dir.join("Dockerfile"),
+        format!("FROM busybox\nADD --checksum=sha256:{} http://{address}/x /x\n", "0".repeat(64)),
+    )
+    .unwrap();
+    let output = builders.run(&["build", dir.to_str().unwrap()]);
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("not sha256:0000"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     // --target builds a stage and what it needs only.
     std::fs::write(
         dir.join("Dockerfile"),

@@ -2093,11 +2093,32 @@ impl Build<'_> {
             }
             sources.push(word.clone());
         }
-        if !urls.is_empty() {
-            return Err(self.error(instruction, format!(
-                "ADD {}: downloading during a build is not supported yet; fetch the file first and COPY it from the context",
-                urls.join(" ")
-            )));
+        let checksum = instruction.flag("checksum").map(str::to_owned);
+        if checksum.is_some() && urls.len() != 1 {
+            return Err(self.error(instruction, "--checksum needs exactly one URL source"));
+        }
+        let downloads_space =
+            if urls.is_empty() { None } else { Some(Workspace::new(&self.work)?) };
+        let mut downloads = Vec::new();
+        for (index, url) in urls.iter().enumerate() {
+            if url.starts_with("git@") || url.ends_with(".git") {
+                return Err(self.error(instruction, format!("ADD {url}: git sources are not supported; clone it first and COPY it from the context")));
+            }
+            let dir = downloads_space.as_ref().map(|s| s.dir.clone()).unwrap_or_default();
+            let fetched = crate::fetch::fetch(url, &dir, index)
+                .map_err(|e| self.error(instruction, format!("{url}: {e}")))?;
+            if let Some(expected) = &checksum {
+                if *expected != fetched.digest {
+                    return Err(self.error(
+                        instruction,
+                        format!(
+                            "{url}: the content's digest is {}, not {expected} as --checksum says",
+                            fetched.digest
+                        ),
+                    ));
+                }
+            }
+            downloads.push(fetched);
         }
         let mut hasher = Sha256::new();
         hasher.update(
@@ -2107,6 +2128,12 @@ impl Build<'_> {
             )
             .as_bytes(),
         );
+        for fetched in &downloads {
+            hasher.update(
+                format!("download:{}:{}:{:?}\n", fetched.name, fetched.digest, fetched.mtime)
+                    .as_bytes(),
+            );
+        }
         for (name, content) in &heredocs {
             hasher.update(format!("heredoc:{name}:{}\n", content.len()).as_bytes());
             hasher.update(content.as_bytes());
@@ -2219,11 +2246,21 @@ impl Build<'_> {
                     resolved.extend(from_root.expand(pattern).map_err(fail)?);
                 }
             }
-            let many = resolved.len() + heredocs.len() > 1 || sources.iter().any(|s| s.contains(['*', '?', '[']));
+            let many = resolved.len() + heredocs.len() + downloads.len() > 1 || sources.iter().any(|s| s.contains(['*', '?', '[']));
             if many && !dest_is_dir && !target.is_dir(Path::new(&dest)) {
                 return Err(self.error(instruction, format!(
                     "with more than one source the destination must be a directory and end with a /: {dest_written}/"
                 )));
+            }
+            for fetched in &downloads {
+                let path = if dest_is_dir || target.is_dir(Path::new(&dest)) {
+                    Path::new(&dest).join(&fetched.name)
+                } else {
+                    PathBuf::from(&dest)
+                };
+                let mut file = std::fs::File::open(&fetched.path).map_err(|e| setup("read a download", e))?;
+                // Docker: downloads are 0600 and dated by the server's Last-Modified.
+                target.write_file(&path, &mut file, 0o600, (0, 0), fetched.mtime).map_err(fail)?;
             }
             for (name, content) in &heredocs {
                 let path = if dest_is_dir || target.is_dir(Path::new(&dest)) { Path::new(&dest).join(name) } else { PathBuf::from(&dest) };

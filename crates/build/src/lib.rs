@@ -16,6 +16,7 @@
 pub mod builder;
 pub mod copy;
 pub mod dockerfile;
+pub mod fetch;
 pub mod ignore;
 pub mod spec;
 pub mod words;
