@@ -1270,8 +1270,20 @@ fn split_container_path(text: &str) -> Option<(&str, &str)> {
 pub fn cp(global: &Global, args: CpArgs) -> Result<i32> {
     let engine = engine(global)?;
     match (split_container_path(&args.source), split_container_path(&args.destination)) {
+        (Some((container, path)), None) if args.destination == "-" => {
+            let stdout = std::io::stdout();
+            if std::io::IsTerminal::is_terminal(&stdout) {
+                bail!("refusing to write a tar archive to a terminal: redirect the output");
+            }
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            engine.copy_out_tar(container, Path::new(path), &mut out)?;
+            std::io::Write::flush(&mut out)?;
+        }
         (Some((container, path)), None) => {
             engine.copy_out(container, Path::new(path), Path::new(&args.destination))?;
+        }
+        (None, Some((container, path))) if args.source == "-" => {
+            engine.copy_in_tar(&mut std::io::stdin().lock(), container, Path::new(path))?;
         }
         (None, Some((container, path))) => {
             engine.copy_in(Path::new(&args.source), container, Path::new(path))?;

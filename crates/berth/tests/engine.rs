@@ -595,6 +595,110 @@ fn root_commit_diff_and_cp() {
 }
 
 #[test]
+fn root_cp_respects_read_only_mounts_and_streams_tars() {
+    if !root_or_skip() {
+        return;
+    }
+    let berth = Berth::new();
+    let host = berth.dir.path().join("host-dir");
+    std::fs::create_dir(&host).unwrap();
+    std::fs::write(host.join("kept"), "original\n").unwrap();
+    let input = berth.dir.path().join("input");
+    std::fs::write(&input, "new\n").unwrap();
+    berth.ok(&["volume", "create", "data"]);
+    let bind = format!("{}:/ro-bind:ro", host.display());
+    berth.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "ro",
+        "-v",
+        &bind,
+        "-v",
+        "data:/ro-vol:ro",
+        "--network",
+        "none",
+        IMAGE,
+        "sleep",
+        "600",
+    ]);
+    // Read-only binds and volumes take no writes from cp, and the host's files stay.
+    let err = berth.fails(&["cp", input.to_str().unwrap(), "ro:/ro-bind/kept"]);
+    assert!(err.contains("mounted volume is marked read-only"), "{err}");
+    assert_eq!(std::fs::read_to_string(host.join("kept")).unwrap(), "original\n");
+    let err = berth.fails(&["cp", input.to_str().unwrap(), "ro:/ro-vol/"]);
+    assert!(err.contains("mounted volume is marked read-only"), "{err}");
+    // Reading from them is fine.
+    let out = berth.dir.path().join("out");
+    berth.ok(&["cp", "ro:/ro-bind/kept", out.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "original\n");
+    // A --read-only root filesystem takes none either.
+    berth.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "rofs",
+        "--read-only",
+        "--network",
+        "none",
+        IMAGE,
+        "sleep",
+        "600",
+    ]);
+    let err = berth.fails(&["cp", input.to_str().unwrap(), "rofs:/etc/new"]);
+    assert!(err.contains("container rootfs is marked read-only"), "{err}");
+    assert!(!berth.run(&["exec", "rofs", "test", "-e", "/etc/new"]).status.success());
+    // /etc/hosts and /etc/hostname are the container's, not the empty placeholders.
+    let hosts = berth.dir.path().join("hosts");
+    berth.ok(&["cp", "rofs:/etc/hosts", hosts.to_str().unwrap()]);
+    assert!(std::fs::read_to_string(&hosts).unwrap().contains("localhost"));
+    let hostname = berth.dir.path().join("hostname");
+    berth.ok(&["cp", "rofs:/etc/hostname", hostname.to_str().unwrap()]);
+    let inside = berth.ok(&["exec", "rofs", "hostname"]);
+    assert_eq!(std::fs::read_to_string(&hostname).unwrap().trim(), inside.trim());
+    // cp to and from - streams a tar.
+    berth.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "rw",
+        "--network",
+        "none",
+        IMAGE,
+        "sh",
+        "-c",
+        "mkdir -p /srv/tree/sub && echo leaf > /srv/tree/sub/leaf && sleep 600",
+    ]);
+    wait_for("the tree", Duration::from_secs(10), || {
+        berth.run(&["exec", "rw", "test", "-e", "/srv/tree/sub/leaf"]).status.success()
+    });
+    let tar = berth.command().args(["cp", "rw:/srv/tree", "-"]).output().unwrap();
+    assert!(tar.status.success(), "{}", String::from_utf8_lossy(&tar.stderr));
+    let listed =
+        Command::new("tar").arg("-t").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut listed = listed;
+    listed.stdin.take().unwrap().write_all(&tar.stdout).unwrap();
+    let names = String::from_utf8_lossy(&listed.wait_with_output().unwrap().stdout).into_owned();
+    assert!(names.lines().any(|l| l.trim_end_matches('/') == "tree/sub/leaf"), "{names}");
+    let mut child = berth
+        .command()
+        .args(["cp", "-", "rw:/tmp"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&tar.stdout).unwrap();
+    let done = child.wait_with_output().unwrap();
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    assert_eq!(berth.ok(&["exec", "rw", "cat", "/tmp/tree/sub/leaf"]), "leaf\n");
+    let err = berth.fails(&["cp", "-", "ro:/ro-vol"]);
+    assert!(err.contains("mounted volume is marked read-only"), "{err}");
+    berth.ok(&["rm", "-f", "ro", "rofs", "rw"]);
+    berth.ok(&["volume", "rm", "data"]);
+    berth.assert_clean();
+}
+
+#[test]
 fn root_limits_are_enforced_and_stats_are_real() {
     if !root_or_skip() {
         return;

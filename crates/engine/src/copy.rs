@@ -26,14 +26,18 @@ impl Engine {
             return Err(invalid("container path", format!("{} is not absolute", path.display())));
         }
         let access = self.rootfs_for_copy(container)?;
+        let name = path.file_name().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("root"));
+        let target =
+            if destination.is_dir() { destination.join(&name) } else { destination.to_owned() };
+        if let Some(real) = access.etc_file(path) {
+            // The container's own hosts/hostname/resolv.conf, not the rootfs placeholder.
+            return copy_entry(&real, &target, false);
+        }
         let (base, rest) = access.locate(path);
         let root = std::fs::File::open(&base).map_err(io("open", &base))?;
         let source = open_in_root(root.as_fd(), &rest, OFlag::O_PATH).map_err(|e| {
             Error::Other(format!("could not find {} in container {container}: {e}", path.display()))
         })?;
-        let name = path.file_name().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("root"));
-        let target =
-            if destination.is_dir() { destination.join(name) } else { destination.to_owned() };
         // The descriptor's /proc link is itself a symlink: follow it at the top only.
         copy_entry(&fd_path(&source), &target, true)
     }
@@ -45,6 +49,10 @@ impl Engine {
         }
         std::fs::symlink_metadata(source).map_err(io("read", source))?;
         let access = self.rootfs_for_copy(container)?;
+        self.writable(&access, path)?;
+        if let Some(real) = access.etc_file(path) {
+            return copy_entry(source, &real, false);
+        }
         let (base, rest) = access.locate(path);
         let root = std::fs::File::open(&base).map_err(io("open", &base))?;
         // An existing directory receives the source under its own name; otherwise the
@@ -76,6 +84,85 @@ impl Engine {
             }
         };
         copy_tree(source, &fd_path(&parent).join(name))
+    }
+}
+
+impl Engine {
+    /// `cp CONTAINER:PATH -`: a tar of `path` (named by its last component) to `out`.
+    pub fn copy_out_tar(
+        &self,
+        container: &str,
+        path: &Path,
+        out: &mut dyn std::io::Write,
+    ) -> Result<()> {
+        if !path.is_absolute() {
+            return Err(invalid("container path", format!("{} is not absolute", path.display())));
+        }
+        let access = self.rootfs_for_copy(container)?;
+        let name = path.file_name().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+        let mut builder = tar::Builder::new(out);
+        builder.follow_symlinks(false);
+        let failed = |e: std::io::Error| Error::Other(format!("cannot write the archive: {e}"));
+        if let Some(real) = access.etc_file(path) {
+            builder.append_path_with_name(&real, &name).map_err(failed)?;
+            return builder.finish().map_err(failed);
+        }
+        let (base, rest) = access.locate(path);
+        let root = std::fs::File::open(&base).map_err(io("open", &base))?;
+        let source = open_in_root(root.as_fd(), &rest, OFlag::O_PATH).map_err(|e| {
+            Error::Other(format!("could not find {} in container {container}: {e}", path.display()))
+        })?;
+        let real = fd_path(&source);
+        if std::fs::metadata(&real).map_err(io("read", path))?.is_dir() {
+            builder.append_dir_all(&name, &real).map_err(failed)?;
+        } else {
+            builder.append_path_with_name(&real, &name).map_err(failed)?;
+        }
+        builder.finish().map_err(failed)
+    }
+
+    /// `cp - CONTAINER:DIR`: unpacks a tar from `input` into the directory `path`.
+    pub fn copy_in_tar(
+        &self,
+        input: &mut dyn std::io::Read,
+        container: &str,
+        path: &Path,
+    ) -> Result<()> {
+        if !path.is_absolute() {
+            return Err(invalid("container path", format!("{} is not absolute", path.display())));
+        }
+        let access = self.rootfs_for_copy(container)?;
+        self.writable(&access, path)?;
+        let (base, rest) = access.locate(path);
+        let root = std::fs::File::open(&base).map_err(io("open", &base))?;
+        let dir = open_in_root(root.as_fd(), &rest, OFlag::O_PATH | OFlag::O_DIRECTORY).map_err(|e| {
+            Error::Other(format!(
+                "{} is not a directory in container {container} ({e}): a tar from - is unpacked into a directory",
+                path.display()
+            ))
+        })?;
+        berth_image::unpack::unpack_layer(input, &fd_path(&dir)).map_err(|e| {
+            Error::Other(format!("cannot unpack the archive into {}: {e}", path.display()))
+        })?;
+        Ok(())
+    }
+
+    /// Refuses a copy into a read-only volume or bind, or a `--read-only` rootfs, as
+    /// Docker does.
+    pub fn writable(&self, access: &crate::ops::RootfsAccess, path: &Path) -> Result<()> {
+        match access.covering(path) {
+            Some(mount) if mount.read_only => Err(Error::Other(format!(
+                "mounted volume is marked read-only: {} is on {} (mounted with :ro)",
+                path.display(),
+                mount.destination
+            ))),
+            Some(_) => Ok(()),
+            None if access.read_only && access.etc_file(path).is_none() => Err(Error::Other(format!(
+                "container rootfs is marked read-only: {} cannot be written (the container runs with --read-only)",
+                path.display()
+            ))),
+            None => Ok(()),
+        }
     }
 }
 

@@ -860,12 +860,20 @@ impl Engine {
                 path: rootfs,
                 mounted_here: false,
                 mounts: locked.record.mounts.clone(),
+                read_only: locked.record.options.read_only,
+                dir: locked.dir.clone(),
             });
         }
         let store = self.images()?;
         let image = store.resolve(&locked.record.image_id)?;
         self.mount_rootfs(&locked.dir, &store.lower_dirs(&image)?)?;
-        Ok(RootfsAccess { path: rootfs, mounted_here: true, mounts: locked.record.mounts.clone() })
+        Ok(RootfsAccess {
+            path: rootfs,
+            mounted_here: true,
+            mounts: locked.record.mounts.clone(),
+            read_only: locked.record.options.read_only,
+            dir: locked.dir.clone(),
+        })
     }
 }
 
@@ -946,9 +954,31 @@ pub struct RootfsAccess {
     mounted_here: bool,
     /// Volumes and binds: a path under one of them is the volume's, not the rootfs's.
     pub mounts: Vec<MountRecord>,
+    /// `--read-only`: the root filesystem takes no writes, `cp` included.
+    pub read_only: bool,
+    /// The container's directory, which holds its hosts, hostname and resolv.conf.
+    pub dir: PathBuf,
 }
 
 impl RootfsAccess {
+    /// The volume or bind that covers `path`, if any.
+    pub fn covering(&self, path: &Path) -> Option<&MountRecord> {
+        self.mounts
+            .iter()
+            .filter(|m| m.kind != "tmpfs" && path.starts_with(&m.destination))
+            .max_by_key(|m| m.destination.len())
+    }
+
+    /// The file berth bind-mounts at `path` (/etc/hosts, /etc/hostname, /etc/resolv.conf),
+    /// whose placeholder in the rootfs is empty.
+    pub fn etc_file(&self, path: &Path) -> Option<PathBuf> {
+        let name = path.strip_prefix("/etc").ok()?.to_str()?;
+        ["hosts", "hostname", "resolv.conf"]
+            .contains(&name)
+            .then(|| self.dir.join(name))
+            .filter(|p| p.is_file())
+    }
+
     /// Where `path` (absolute in the container) lives on the host: the mount that covers
     /// it (its source directory and the rest of the path), or the rootfs.
     pub fn locate(&self, path: &Path) -> (PathBuf, PathBuf) {
@@ -1069,6 +1099,8 @@ mod tests {
                 anonymous: false,
                 options: vec![],
             }],
+            read_only: false,
+            dir: PathBuf::from("/c"),
         };
         assert_eq!(
             access.locate(Path::new("/data/x/y")),
