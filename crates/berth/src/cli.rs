@@ -8,12 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::{containers, images, server};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "berth",
-    version,
-    about = "Containers and orchestration in one binary",
-    disable_help_subcommand = true
-)]
+#[command(name = "berth", version, about = "Containers and orchestration in one binary")]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,

@@ -309,31 +309,40 @@ pub struct InspectArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum VolumeCommand {
+    /// Create a volume (a random name without NAME).
     Create {
         name: Option<String>,
+        /// A label, KEY=VALUE (repeatable).
         #[arg(short, long = "label")]
         label: Vec<String>,
     },
+    /// List volumes.
     #[command(alias = "list")]
     Ls {
+        /// Only names.
         #[arg(short, long)]
         quiet: bool,
     },
+    /// Show volumes as JSON.
     Inspect {
         #[arg(required = true)]
         names: Vec<String>,
     },
+    /// Remove volumes.
     #[command(alias = "remove")]
     Rm {
+        /// Do not fail when a volume does not exist.
         #[arg(short, long)]
         force: bool,
         #[arg(required = true)]
         names: Vec<String>,
     },
+    /// Remove volumes no container uses.
     Prune {
         /// Named volumes too, not only anonymous ones.
         #[arg(short, long)]
         all: bool,
+        /// Do not ask (berth never asks; accepted for Docker's scripts).
         #[arg(short, long)]
         force: bool,
     },
@@ -341,25 +350,32 @@ pub enum VolumeCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum NetworkCommand {
+    /// Create a bridge network.
     Create {
         name: String,
+        /// Its subnet, CIDR (default: a free /24 from berth's pool).
         #[arg(long)]
         subnet: Option<String>,
         /// Only bridge networks exist.
         #[arg(short, long, default_value = "bridge")]
         driver: String,
+        /// A label, KEY=VALUE (repeatable).
         #[arg(short, long = "label")]
         label: Vec<String>,
     },
+    /// List networks.
     #[command(alias = "list")]
     Ls {
+        /// Only names.
         #[arg(short, long)]
         quiet: bool,
     },
+    /// Show networks as JSON.
     Inspect {
         #[arg(required = true)]
         names: Vec<String>,
     },
+    /// Remove networks.
     #[command(alias = "remove")]
     Rm {
         #[arg(required = true)]
@@ -526,6 +542,12 @@ pub fn start(global: &Global, args: StartArgs) -> Result<i32> {
                 );
             }
             Ok(_) => println!("{name}"),
+            // As Docker: starting a running container is not an error.
+            Err(berth_engine::Error::WrongState { status: state, .. })
+                if !args.attach && state == "running" =>
+            {
+                println!("{name}")
+            }
             Err(err) => {
                 eprintln!("Error response from berth: {err}");
                 status = 1;

@@ -73,8 +73,11 @@ pub fn main() -> i32 {
             match cli::run(cli) {
                 Ok(code) => code,
                 Err(err) => {
-                    eprintln!("Error: {err:#}");
-                    125
+                    let message = format!("{err:#}");
+                    eprintln!("Error: {message}");
+                    // As Docker: 127/126 when the container's program cannot start, 125
+                    // when berth itself failed.
+                    berth_runtime::program_exit_code(&message).unwrap_or(125)
                 }
             }
         }

@@ -699,6 +699,41 @@ fn root_cp_respects_read_only_mounts_and_streams_tars() {
 }
 
 #[test]
+fn root_exit_codes_and_small_conventions_are_dockers() {
+    if !root_or_skip() {
+        return;
+    }
+    let berth = Berth::new();
+    let code = |args: &[&str]| berth.run(args).status.code();
+    // 127: no such program; 126: not executable or no such user; 125: berth's own failure.
+    assert_eq!(code(&["run", "--rm", "--network", "none", IMAGE, "no-such-program"]), Some(127));
+    assert_eq!(code(&["run", "--rm", "--network", "none", IMAGE, "/etc/passwd"]), Some(126));
+    assert_eq!(
+        code(&["run", "--rm", "--network", "none", "-u", "nobody-here", IMAGE, "true"]),
+        Some(126)
+    );
+    assert_eq!(
+        code(&["run", "--rm", "--network", "none", "--memory", "lots", IMAGE, "true"]),
+        Some(125)
+    );
+    assert_eq!(code(&["run", "--rm", "--network", "none", IMAGE, "sh", "-c", "exit 3"]), Some(3));
+    berth.ok(&["run", "-d", "--name", "up", "--network", "none", IMAGE, "sleep", "600"]);
+    assert_eq!(code(&["exec", "up", "no-such-program"]), Some(127));
+    assert_eq!(code(&["exec", "up", "/etc/passwd"]), Some(126));
+    // Starting a running container is not an error.
+    assert_eq!(berth.ok(&["start", "up"]).trim(), "up");
+    // --network none has a loopback device, up.
+    let lo = berth.ok(&["exec", "up", "ip", "link", "show", "lo"]);
+    assert!(lo.contains("UP"), "{lo}");
+    berth.ok(&["rm", "-f", "up"]);
+    // berth help and subcommands that say what they do.
+    assert!(berth.ok(&["help"]).contains("Build an image from a Dockerfile"));
+    let network = berth.ok(&["network", "--help"]);
+    assert!(network.contains("Create a bridge network"), "{network}");
+    berth.assert_clean();
+}
+
+#[test]
 fn root_limits_are_enforced_and_stats_are_real() {
     if !root_or_skip() {
         return;

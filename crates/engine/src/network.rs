@@ -215,7 +215,15 @@ impl Engine {
         let mode = record.options.network.clone();
         match mode.as_str() {
             "host" => return Ok(NetNs::Host),
-            "none" => return Ok(NetNs::New),
+            "none" => {
+                // A namespace of its own with only a loopback device, up (as Docker's).
+                let netns = self.make_netns(&record.id)?;
+                if let Err(err) = cni_loopback(&record.id, &netns) {
+                    remove_netns(&netns);
+                    return Err(err);
+                }
+                return Ok(NetNs::Join(netns.to_string_lossy().into_owned()));
+            }
             _ => {}
         }
         if let Some(other) = mode.strip_prefix("container:") {

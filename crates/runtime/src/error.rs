@@ -75,3 +75,47 @@ pub(crate) fn io(
 pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Error {
     Error::InvalidSpec { field: field.into(), reason: reason.into() }
 }
+
+/// The exit status Docker's and podman's CLIs give when a container's program cannot be
+/// started, recognized in an error's text (the message crosses processes as text): 127
+/// when the program does not exist, 126 when it cannot be executed or its user does not
+/// exist. `None` for every other failure (the engine's own: 125).
+pub fn program_exit_code(message: &str) -> Option<i32> {
+    let exec = message.find("exec: \"").map(|at| &message[at..]);
+    if let Some(exec) = exec {
+        if exec.contains("executable file not found") || exec.contains("no such file or directory")
+        {
+            return Some(127);
+        }
+        if exec.contains("permission denied") || exec.contains("is a directory") {
+            return Some(126);
+        }
+    }
+    if message.contains("unable to find user") || message.contains("unable to find group") {
+        return Some(126);
+    }
+    None
+}
+
+#[cfg(test)]
+mod exit_code_tests {
+    use super::*;
+
+    #[test]
+    fn programs_that_cannot_start_have_their_own_codes() {
+        assert_eq!(program_exit_code("container process setup failed: exec: \"nope\": executable file not found in $PATH"), Some(127));
+        assert_eq!(program_exit_code("exec: \"/x\": no such file or directory"), Some(127));
+        assert_eq!(
+            program_exit_code(
+                "container process setup failed: exec: \"/etc/passwd\": permission denied"
+            ),
+            Some(126)
+        );
+        assert_eq!(program_exit_code("exec: \"/etc\": is a directory"), Some(126));
+        assert_eq!(
+            program_exit_code("unable to find user nobody2: no matching entries in passwd file"),
+            Some(126)
+        );
+        assert_eq!(program_exit_code("failed to mount /proc"), None);
+    }
+}

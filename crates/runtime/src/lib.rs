@@ -24,7 +24,7 @@ mod template;
 mod tty;
 
 pub use container::{CreateOptions, Runtime, Watcher};
-pub use error::{Error, Result};
+pub use error::{program_exit_code, Error, Result};
 pub use exec::{ExecOptions, ExecOutcome, ProcessOverrides};
 pub use features::features;
 pub use state::{OciState, Status};
