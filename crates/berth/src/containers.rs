@@ -25,6 +25,9 @@ pub struct CreateFlags {
     /// Print help.
     #[arg(long, action = clap::ArgAction::Help)]
     pub help: Option<bool>,
+    /// Pull the image: missing (when not in the store), always, or never.
+    #[arg(long, default_value = "missing")]
+    pub pull: String,
     /// Keep stdin open.
     #[arg(short, long)]
     pub interactive: bool,
@@ -479,9 +482,48 @@ fn run_options(flags: &CreateFlags) -> Result<RunOptions> {
     })
 }
 
+/// Pulls the image of `run`/`create` as `--pull` says (Docker's `missing` by default),
+/// showing the pull on stderr so that stdout keeps only the container's id or output.
+fn ensure_image(global: &Global, image: &str, pull: &str) -> Result<()> {
+    let store = crate::images::open_store(global)?;
+    let wanted = match pull {
+        "always" => true,
+        "never" => false,
+        "missing" => match store.resolve(image) {
+            Ok(_) => false,
+            Err(berth_image::Error::ImageNotFound { .. }) => {
+                // An id that is not there cannot be pulled.
+                let hex = image.strip_prefix("sha256:").unwrap_or(image);
+                if hex.len() >= 12 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Ok(());
+                }
+                eprintln!("Unable to find image '{image}' locally");
+                true
+            }
+            Err(_) => false,
+        },
+        other => bail!("--pull {other:?}: use missing, always or never"),
+    };
+    if wanted {
+        let reference: berth_image::Reference = image.parse()?;
+        let options = berth_image::pull::PullOptions {
+            client: crate::images::client_options(global, &reference.registry)?,
+            ..berth_image::pull::PullOptions::default()
+        };
+        let pulled =
+            berth_image::pull::pull(&store, &reference, &options, &berth_image::progress::Silent)
+                .with_context(|| format!("cannot pull {image}"))?;
+        eprintln!("Digest: {}", pulled.digest);
+        eprintln!("Status: Downloaded newer image for {}", reference.familiar());
+    }
+    Ok(())
+}
+
 pub fn create(global: &Global, flags: CreateFlags) -> Result<i32> {
     let engine = engine(global)?;
-    let record = engine.create(run_options(&flags)?)?;
+    let options = run_options(&flags)?;
+    ensure_image(global, &options.image, &flags.pull)?;
+    let record = engine.create(options)?;
     println!("{}", record.id);
     Ok(0)
 }
@@ -493,6 +535,7 @@ pub fn run(global: &Global, args: RunArgs) -> Result<i32> {
         bail!("--restart and --rm cannot be used together");
     }
     let (tty, interactive) = (options.tty, options.interactive);
+    ensure_image(global, &options.image, &args.flags.pull)?;
     let record = engine.create(options)?;
     let started = match engine.start(&record.id) {
         Ok(started) => started,

@@ -753,3 +753,58 @@ fn root_multi_platform_images_pick_the_platform() {
     let err = berth.fails(&["pull", "--platform", "linux/s390x", &name]);
     assert!(err.contains("linux/s390x") && err.contains("linux/arm64/v8, linux/amd64"), "{err}");
 }
+
+#[test]
+fn root_run_and_create_pull_what_is_missing() {
+    if !root_or_skip() {
+        return;
+    }
+    let registry = Registry::start();
+    let berth = Berth::new();
+    let written = fixture(berth.dir.path());
+    registry.skopeo_put(&format!("oci:{}:v1", written.dir.display()), "fixture:v1");
+    let image = format!("{}/fixture:v1", registry.host());
+    // --pull never: a missing image is an error, and nothing is pulled.
+    let output = berth
+        .command()
+        .args(["run", "--rm", "--network", "none", "--pull", "never", &image, "true"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(125));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("not found"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // By default a missing image is pulled, said on stderr, before the container runs.
+    let output = berth
+        .command()
+        .args(["run", "--rm", "--network", "none", &image, "echo", "ran"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("Unable to find image '{image}' locally")), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "ran\n");
+    // Present now: no pull.
+    let output =
+        berth.command().args(["create", "--network", "none", &image, "true"]).output().unwrap();
+    assert!(output.status.success());
+    assert!(!String::from_utf8_lossy(&output.stderr).contains("Unable to find"));
+    let id = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    berth.ok(&["rm", &id]);
+    // --pull always asks the registry again.
+    let output = berth
+        .command()
+        .args(["run", "--rm", "--network", "none", "--pull", "always", &image, "true"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("Digest: sha256:"));
+    let output = berth
+        .command()
+        .args(["run", "--rm", "--pull", "sometimes", &image, "true"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&output.stderr).contains("use missing, always or never"));
+}
