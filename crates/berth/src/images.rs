@@ -650,6 +650,27 @@ fn registry_of(argument: Option<&str>) -> String {
     }
 }
 
+/// Asks for a password on the terminal with echo off, as `docker login` does; one line.
+fn read_password() -> Result<String> {
+    use berth_sys::nix::sys::termios::{tcgetattr, tcsetattr, LocalFlags, SetArg};
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        bail!("cannot ask for a password without a terminal: pass it with --password-stdin");
+    }
+    let saved = tcgetattr(&stdin).context("cannot read the terminal's settings")?;
+    let mut quiet = saved.clone();
+    quiet.local_flags.remove(LocalFlags::ECHO);
+    quiet.local_flags.insert(LocalFlags::ECHONL);
+    // Echo goes off before the prompt shows, so nothing typed after it is echoed.
+    tcsetattr(&stdin, SetArg::TCSANOW, &quiet).context("cannot turn the terminal's echo off")?;
+    eprint!("Password: ");
+    let mut line = String::new();
+    let read = stdin.read_line(&mut line);
+    let _ = tcsetattr(&stdin, SetArg::TCSANOW, &saved);
+    read?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_owned())
+}
+
 pub fn login(global: &Global, args: LoginArgs) -> Result<i32> {
     let registry = registry_of(args.registry.as_deref());
     let username = match args.username {
@@ -667,11 +688,12 @@ pub fn login(global: &Global, args: LoginArgs) -> Result<i32> {
             eprintln!("WARNING! Using --password via the CLI is insecure. Use --password-stdin.");
             password
         }
-        (None, _) => {
+        (None, true) => {
             let mut text = String::new();
             std::io::stdin().read_to_string(&mut text)?;
             text.trim_end_matches(['\n', '\r']).to_owned()
         }
+        (None, false) => read_password()?,
     };
     if username.is_empty() || password.is_empty() {
         bail!("a username and a password are needed");

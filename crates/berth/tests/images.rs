@@ -484,6 +484,46 @@ fn root_basic_auth_needs_login() {
     berth.ok(&["push", &name, &format!("{}/private:copy", registry.host())]);
     berth.ok(&["logout", &registry.host()]);
     berth.fails(&["pull", &format!("{}/private:copy", registry.host())]);
+    // On a terminal without -p or --password-stdin: a prompt, the password not echoed, and
+    // one line read (the command does not wait for the end of input).
+    let mut script = Command::new("script")
+        .args(["-qec", &format!("{BERTH} login -u alice {}", registry.host()), "/dev/null"])
+        .env("BERTH_ROOT", berth.root())
+        .env("DOCKER_CONFIG", berth.dir.path().join("docker"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = script.stdin.take().unwrap();
+    let mut out = script.stdout.take().unwrap();
+    // Typed once the prompt is up, as a person would.
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    while !String::from_utf8_lossy(&seen).contains("Password:") {
+        use std::io::Read;
+        assert_eq!(
+            out.read(&mut byte).unwrap(),
+            1,
+            "no prompt: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.push(byte[0]);
+    }
+    input.write_all(b"wonderland\n").unwrap();
+    use std::io::Read;
+    out.read_to_end(&mut seen).unwrap();
+    let output = script.wait_with_output().unwrap();
+    drop(input);
+    let shown = String::from_utf8_lossy(&seen);
+    assert!(output.status.success(), "{shown}");
+    assert!(shown.contains("Password:"), "{shown}");
+    assert!(!shown.contains("wonderland"), "the password was echoed: {shown}");
+    assert!(shown.contains("Login Succeeded"), "{shown}");
+    berth.ok(&["pull", &format!("{}/private:copy", registry.host())]);
+    // Without a terminal it says how to pass the password instead of waiting.
+    let err = berth.fails(&["login", "-u", "alice", &registry.host()]);
+    assert!(err.contains("--password-stdin"), "{err}");
 }
 
 #[test]
