@@ -734,6 +734,79 @@ fn root_exit_codes_and_small_conventions_are_dockers() {
 }
 
 #[test]
+fn root_new_volumes_get_the_image_content_at_their_mount_point() {
+    if !root_or_skip() {
+        return;
+    }
+    let berth = Berth::new();
+    berth.ok(&["run", "--name", "seed", "--network", "none", IMAGE, "sh", "-c", "mkdir -p /var/lib/app/sub && echo seed > /var/lib/app/seed && ln -s seed /var/lib/app/link && chown -R 999:998 /var/lib/app && chmod 750 /var/lib/app"]);
+    berth.ok(&["commit", "seed", "seeded:v1"]);
+    berth.ok(&["rm", "seed"]);
+    let look = "stat -c '%u:%g %a' /var/lib/app /var/lib/app/seed; readlink /var/lib/app/link; ls /var/lib/app";
+    // A new named volume: the image's files, owners and modes.
+    let first = berth.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-v",
+        "appdata:/var/lib/app",
+        "seeded:v1",
+        "sh",
+        "-c",
+        &format!("{look}; echo mine > /var/lib/app/added"),
+    ]);
+    assert_eq!(first, "999:998 750\n999:998 644\nseed\nlink\nseed\nsub\n");
+    // Not empty any more: nothing is copied again, the volume's own content stays.
+    let again = berth.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-v",
+        "appdata:/var/lib/app",
+        "seeded:v1",
+        "ls",
+        "/var/lib/app",
+    ]);
+    assert_eq!(again, "added\nlink\nseed\nsub\n");
+    // nocopy, and binds, get nothing.
+    let nocopy = berth.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-v",
+        "empty:/var/lib/app:nocopy",
+        "seeded:v1",
+        "ls",
+        "-A",
+        "/var/lib/app",
+    ]);
+    assert_eq!(nocopy, "");
+    let host = berth.dir.path().join("bind");
+    std::fs::create_dir(&host).unwrap();
+    let bind = format!("{}:/var/lib/app", host.display());
+    berth.ok(&["run", "--rm", "--network", "none", "-v", &bind, "seeded:v1", "true"]);
+    assert_eq!(std::fs::read_dir(&host).unwrap().count(), 0);
+    // Anonymous volumes are filled too.
+    let anonymous = berth.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-v",
+        "/var/lib/app",
+        "seeded:v1",
+        "cat",
+        "/var/lib/app/seed",
+    ]);
+    assert_eq!(anonymous, "seed\n");
+    berth.ok(&["volume", "rm", "appdata", "empty"]);
+    berth.assert_clean();
+}
+
+#[test]
 fn root_limits_are_enforced_and_stats_are_real() {
     if !root_or_skip() {
         return;

@@ -188,6 +188,40 @@ impl Engine {
             };
             mounts.push(record);
         }
+        // New, empty volumes get what the image has at their mount point (not with
+        // `nocopy`, and not for binds).
+        let fills: Vec<&MountRecord> = mounts
+            .iter()
+            .filter(|m| m.kind == "volume" && !m.options.iter().any(|o| o == "nocopy"))
+            .collect();
+        if !fills.is_empty() {
+            let view = locked.dir.join("copy-up");
+            std::fs::create_dir_all(&view).map_err(io("create", &view))?;
+            let empty = locked.dir.join("copy-up-empty");
+            std::fs::create_dir_all(&empty).map_err(io("create", &empty))?;
+            let mut lower = String::new();
+            for layer in self.images()?.lower_dirs(image)? {
+                lower.push_str(&layer.to_string_lossy());
+                lower.push(':');
+            }
+            lower.push_str(&empty.to_string_lossy());
+            let options = format!("lowerdir={lower}");
+            mount(
+                Some("overlay"),
+                &view,
+                Some("overlay"),
+                MsFlags::MS_RDONLY,
+                Some(options.as_str()),
+            )
+            .map_err(sys(format!("mount the image at {} to fill its volumes", view.display())))?;
+            let filled = fills.iter().try_for_each(|m| {
+                crate::volume::fill_from_image(&view, &m.destination, Path::new(&m.source))
+            });
+            let _ = umount2(&view, MntFlags::MNT_DETACH);
+            let _ = std::fs::remove_dir(&view);
+            let _ = std::fs::remove_dir(&empty);
+            filled?;
+        }
         locked.record.mounts = mounts;
         locked.record.state = State { status: Status::Created, ..State::default() };
         locked.save()?;

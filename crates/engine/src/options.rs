@@ -199,7 +199,9 @@ impl MountSpec {
             match opt {
                 "ro" => read_only = true,
                 "rw" => read_only = false,
-                "z" | "Z" | "nocopy" | "copy" => {}
+                "z" | "Z" | "copy" => {}
+                // New volumes are not filled from the image.
+                "nocopy" => options.push("nocopy".to_owned()),
                 "private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave" => {
                     options.push(opt.to_owned())
                 }
@@ -248,7 +250,12 @@ impl MountSpec {
                 "tmpfs-size" => spec.options.push(format!("size={value}")),
                 "tmpfs-mode" => spec.options.push(format!("mode={value}")),
                 "bind-propagation" => spec.options.push(value.to_owned()),
-                "volume-nocopy" | "consistency" => {}
+                "volume-nocopy" => {
+                    if value.is_empty() || value == "true" || value == "1" {
+                        spec.options.push("nocopy".to_owned())
+                    }
+                }
+                "consistency" => {}
                 other => return Err(bad(&format!("unknown field {other:?}"))),
             }
         }

@@ -1,7 +1,7 @@
 //! Volumes: directories under `<root>/volumes/<name>/_data` that outlive containers.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +18,71 @@ pub struct Volume {
     pub labels: BTreeMap<String, String>,
     /// Made for one container (`-v /path` or an image VOLUME); removed with it by `rm -v`.
     pub anonymous: bool,
+}
+
+/// Copies what the image has at a volume's mount point into the new, empty volume, as
+/// Docker does (contents, owners, modes, times; symlinks as symlinks): images such as
+/// postgres rely on it. `image_root` is a read-only view of the image's layers.
+pub(crate) fn fill_from_image(image_root: &Path, destination: &str, volume: &Path) -> Result<()> {
+    use std::os::fd::AsFd;
+    let empty = std::fs::read_dir(volume).map(|mut d| d.next().is_none()).unwrap_or(false);
+    if !empty {
+        return Ok(());
+    }
+    let root = std::fs::File::open(image_root).map_err(io("open", image_root))?;
+    let source = match berth_sys::fs::open_in_root(
+        root.as_fd(),
+        Path::new(destination),
+        berth_sys::nix::fcntl::OFlag::O_PATH | berth_sys::nix::fcntl::OFlag::O_DIRECTORY,
+    ) {
+        Ok(fd) => fd,
+        // Nothing (or not a directory) at the mount point: nothing to copy.
+        Err(_) => return Ok(()),
+    };
+    let source = berth_sys::fs::proc_fd_path(&source);
+    let meta = std::fs::metadata(&source).map_err(io("read", &source))?;
+    copy_attributes(&meta, volume, false)?;
+    copy_children(&source, volume)
+}
+
+fn copy_attributes(meta: &std::fs::Metadata, target: &Path, symlink: bool) -> Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    std::os::unix::fs::lchown(target, Some(meta.uid()), Some(meta.gid()))
+        .map_err(io("chown", target))?;
+    if !symlink {
+        std::fs::set_permissions(target, std::fs::Permissions::from_mode(meta.mode() & 0o7777))
+            .map_err(io("chmod", target))?;
+    }
+    Ok(())
+}
+
+fn copy_children(from: &Path, to: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(from).map_err(io("read", from))? {
+        let entry = entry.map_err(io("read", from))?;
+        let source = entry.path();
+        let target = to.join(entry.file_name());
+        let meta = std::fs::symlink_metadata(&source).map_err(io("read", &source))?;
+        let kind = meta.file_type();
+        if kind.is_symlink() {
+            let link = std::fs::read_link(&source).map_err(io("read", &source))?;
+            std::os::unix::fs::symlink(&link, &target).map_err(io("create", &target))?;
+            copy_attributes(&meta, &target, true)?;
+        } else if kind.is_dir() {
+            std::fs::create_dir(&target).map_err(io("create", &target))?;
+            copy_children(&source, &target)?;
+            copy_attributes(&meta, &target, false)?;
+        } else if kind.is_file() {
+            std::fs::copy(&source, &target).map_err(io("copy to", &target))?;
+            copy_attributes(&meta, &target, false)?;
+            if let Ok(modified) = meta.modified() {
+                if let Ok(file) = std::fs::File::options().write(true).open(&target) {
+                    let _ = file.set_modified(modified);
+                }
+            }
+        }
+        // Devices, fifos and sockets are not copied (Docker copies them; no image needs it).
+    }
+    Ok(())
 }
 
 impl Engine {
