@@ -218,6 +218,7 @@ pub fn build(global: &Global, args: BuildArgs) -> Result<i32> {
         bail!("--progress {:?}: use auto, plain or tty", args.progress);
     }
     let mut secrets = BTreeMap::new();
+    let mut env_secrets = Vec::new();
     for secret in &args.secret {
         let mut id = None;
         let mut src = None;
@@ -232,10 +233,11 @@ pub fn build(global: &Global, args: BuildArgs) -> Result<i32> {
                     })?;
                     let dir = global.root.join("build");
                     std::fs::create_dir_all(&dir)?;
+                    // Removed when the build ends (the guard lives until then).
                     let file = tempfile::NamedTempFile::new_in(&dir)?;
                     std::fs::write(file.path(), value)?;
-                    let (_, path) = file.keep()?;
-                    src = Some(path);
+                    src = Some(file.path().to_path_buf());
+                    env_secrets.push(file);
                 }
                 _ => bail!("--secret {secret:?}: use id=ID,src=FILE"),
             }
@@ -300,7 +302,9 @@ pub fn build(global: &Global, args: BuildArgs) -> Result<i32> {
         out: Mutex::new(std::io::stderr()),
     };
     let started = Instant::now();
-    let id = berth_build::build(&options, &display, names.clone())?;
+    let id = berth_build::build(&options, &display, names.clone());
+    drop(env_secrets);
+    let id = id?;
     if let Some(path) = &args.iidfile {
         std::fs::write(path, id.to_string())
             .with_context(|| format!("cannot write {}", path.display()))?;

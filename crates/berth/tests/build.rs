@@ -553,6 +553,90 @@ fn root_heredocs_stdin_ignore_files_and_parallel_stages() {
 }
 
 #[test]
+fn root_the_edges_a_review_found() {
+    if !root_or_skip() {
+        return;
+    }
+    let builders = Builders::new(false);
+    let dir = builders.path("ctx");
+    std::fs::create_dir_all(dir.join("target")).unwrap();
+    std::fs::create_dir_all(dir.join("foo:/etc")).unwrap();
+    std::fs::write(dir.join("foo:/etc/marker"), "from the context").unwrap();
+    std::fs::write(dir.join("target/app-1.0.jar"), "jar").unwrap();
+    std::fs::write(dir.join(".env"), "SECRET=1").unwrap();
+    std::fs::write(dir.join("visible"), "yes").unwrap();
+    std::fs::write(dir.join(".dockerignore"), ".env\n").unwrap();
+    std::os::unix::fs::symlink(".env", dir.join("env-link")).unwrap();
+    let (a, b) = (builders.path("a"), builders.path("b"));
+    std::fs::write(&a, "secret-a").unwrap();
+    std::fs::write(&b, "secret-b").unwrap();
+    std::fs::write(
+        dir.join("Dockerfile"),
+        "FROM busybox AS build\nRUN echo built > /out\n\
+         FROM busybox AS base\nONBUILD RUN echo triggered > /triggered\n\
+         FROM base\nARG SRC=build\n\
+         COPY --from=$SRC /out /from-variable\n\
+         COPY target/*.jar app.jar\n\
+         WORKDIR /.venv\n\
+         RUN pwd > /workdir\n\
+         RUN --mount=type=secret,id=a --mount=type=secret,id=b cat /run/secrets/a /run/secrets/b > /secrets && stat -c %a /run/secrets/a > /secret-mode\n\
+         RUN --mount=type=bind,source=foo:/etc,target=/m,rw ls /m > /bound && touch /m/written\n\
+         RUN --mount=type=bind,target=/ctx ls -a /ctx > /context-listing\n\
+         RUN <<EOF\n#!/bin/awk -f\nBEGIN { print \"from awk\" > \"/awk-out\" }\nEOF\n",
+    )
+    .unwrap();
+    let a_flag = format!("id=a,src={}", a.display());
+    let b_flag = format!("id=b,src={}", b.display());
+    builders.build(&dir, &["-t", "edges", "--secret", &a_flag, "--secret", &b_flag]);
+    let run =
+        |cmd: &str| builders.ok(&["run", "--rm", "--network", "none", "edges", "sh", "-c", cmd]);
+    assert_eq!(run("cat /from-variable"), "built\n", "COPY --from=$VAR builds the stage it names");
+    assert_eq!(run("cat /app.jar"), "jar", "one match of a wildcard may name a file");
+    assert_eq!(run("cat /workdir"), "/.venv\n");
+    assert_eq!(run("cat /triggered"), "triggered\n", "the base's ONBUILD ran");
+    assert_eq!(run("cat /secrets"), "secret-asecret-b", "two secrets are two files");
+    assert_eq!(run("cat /secret-mode"), "400\n");
+    assert_eq!(
+        run("cat /bound"),
+        "marker\n",
+        "a ':' in a bind source is a name, not an overlay layer"
+    );
+    assert!(!dir.join("foo:/etc/written").exists(), "a rw bind does not write to the context");
+    let listing = run("cat /context-listing");
+    assert!(
+        listing.contains("visible") && !listing.lines().any(|l| l == ".env"),
+        "the context mount honours .dockerignore: {listing}"
+    );
+    assert_eq!(run("cat /awk-out"), "from awk\n", "a #! here-document runs with its interpreter");
+    let config = builders.inspect("edges");
+    assert!(
+        config["Config"]["OnBuild"].as_array().is_none_or(|a| a.is_empty()),
+        "the child does not carry the parent's triggers: {}",
+        config["Config"]
+    );
+    // A symlink to an ignored file does not bring it in.
+    std::fs::write(dir.join("Dockerfile"), "FROM busybox\nCOPY env-link /x\n").unwrap();
+    let output = builders.run(&["build", dir.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(".dockerignore excludes"), "{stderr}");
+    // A HEALTHCHECK's flags are part of its key.
+    std::fs::write(dir.join("Dockerfile"), "FROM busybox\nHEALTHCHECK --interval=30s CMD true\n")
+        .unwrap();
+    builders.build(&dir, &["-t", "health:1"]);
+    std::fs::write(dir.join("Dockerfile"), "FROM busybox\nHEALTHCHECK --interval=5s CMD true\n")
+        .unwrap();
+    builders.build(&dir, &["-t", "health:2"]);
+    assert_eq!(builders.inspect("health:2")["Config"]["Healthcheck"]["Interval"], 5_000_000_000u64);
+    // MAINTAINER is cached like the rest: a rebuild gives the same id.
+    std::fs::write(dir.join("Dockerfile"), "FROM busybox\nMAINTAINER someone\n").unwrap();
+    let (first, _) = builders.build(&dir, &[]);
+    let (second, _) = builders.build(&dir, &[]);
+    assert_eq!(first, second);
+    assert_eq!(builders.inspect(&first)["Author"], "someone");
+    builders.assert_no_leftovers();
+}
+
+#[test]
 fn root_bad_input_is_explained_and_leaves_nothing() {
     if !root_or_skip() {
         return;
@@ -589,6 +673,10 @@ fn root_bad_input_is_explained_and_leaves_nothing() {
             "FROM busybox\nRUN --mount=type=secret,id=absent,required=true true\n",
             "--secret id=absent",
         ),
+        // A device node or a fifo made in a stage is never read by the builder.
+        ("FROM busybox AS a\nRUN mknod /disk b 7 0\nFROM busybox\nCOPY --from=a /disk /disk.img\n", "not a regular file"),
+        ("FROM busybox AS a\nRUN mkfifo /pipe\nFROM busybox\nCOPY --from=a /pipe /pipe\n", "not a regular file"),
+        ("FROM busybox AS a\nRUN mknod /disk b 7 0\nFROM busybox\nRUN --mount=type=bind,from=a,source=disk,target=/d true\n", "is not a file or directory"),
     ];
     for (text, expected) in cases {
         std::fs::write(dir.join("Dockerfile"), text).unwrap();

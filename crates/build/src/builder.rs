@@ -5,6 +5,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, Read};
 use std::os::fd::AsFd;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -118,6 +119,17 @@ struct Done {
     key: String,
 }
 
+impl Done {
+    /// What readers of the stage key on: its image id (its content), not the key that
+    /// made it, so a stage rebuilt differently (`--no-cache`, another `--target`) is seen.
+    fn identity(&self) -> String {
+        match &self.image {
+            Some(image) => format!("stage:{}", image.record.id),
+            None => format!("stage:{}", self.key),
+        }
+    }
+}
+
 /// Where a stage is in its build.
 struct State {
     image: Option<Image>,
@@ -170,6 +182,8 @@ struct Build<'a> {
     results: Mutex<HashMap<usize, Result<Arc<Done>, String>>>,
     finished: Condvar,
     warned: Mutex<HashSet<String>>,
+    /// The stages the target needs, once planned.
+    needed: std::sync::OnceLock<HashSet<usize>>,
 }
 
 /// Builds the Dockerfile; returns the image (recorded under `names`).
@@ -277,13 +291,19 @@ pub fn build(
         results: Mutex::new(HashMap::new()),
         finished: Condvar::new(),
         warned: Mutex::new(HashSet::new()),
+        needed: std::sync::OnceLock::new(),
     };
     let needed = build.needed(target)?;
+    let _ = build.needed.set(needed.iter().copied().collect());
     let result = std::thread::scope(|scope| {
         for &index in &needed {
             let build = &build;
             scope.spawn(move || {
-                let result = build.run_stage(index).map(Arc::new).map_err(|e| e.to_string());
+                // A stage whose thread panics still answers its readers, with an error.
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    build.run_stage(index).map(Arc::new).map_err(|e| e.to_string())
+                }))
+                .unwrap_or_else(|_| Err(format!("building stage {index} failed unexpectedly")));
                 build.results.lock().unwrap_or_else(|p| p.into_inner()).insert(index, result);
                 build.finished.notify_all();
             });
@@ -325,6 +345,7 @@ pub fn build(
             None,
             &material,
             "LABEL (from --label)",
+            None,
             move |config| {
                 config.labels.get_or_insert_with(BTreeMap::new).extend(labels);
                 Ok(())
@@ -382,13 +403,51 @@ fn parse_arg_names(
     Ok(out)
 }
 
+/// Mount points under `dir`, deepest first, from this process's mount table.
+fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut found: Vec<PathBuf> = table
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|field| PathBuf::from(field.replace("\\040", " ")))
+        .filter(|point| point.starts_with(dir) && point != dir)
+        .collect();
+    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    found.dedup();
+    found
+}
+
+/// Unmounts everything under `dir` and removes it; leaves it if anything stays mounted,
+/// so a removal never reaches into a mounted directory.
+fn remove_workspace(dir: &Path) {
+    for point in mounts_under(dir) {
+        if let Err(err) = umount2(&point, MntFlags::MNT_DETACH) {
+            tracing::warn!("cannot unmount {}: {err}", point.display());
+        }
+    }
+    if mounts_under(dir).is_empty() {
+        let _ = std::fs::remove_dir_all(dir);
+    } else {
+        tracing::warn!("{} still has mounts; it is left for the next build", dir.display());
+    }
+}
+
 /// Removes what builds killed before their end left: mounts, containers, directories.
 fn clean_stale_work(work: &Path, exe: &Path) {
     let Ok(entries) = std::fs::read_dir(work.join("work")) else { return };
     for entry in entries.flatten() {
         let dir = entry.path();
         let Ok(lock) = std::fs::File::open(dir.join("lock")) else {
-            let _ = std::fs::remove_dir_all(&dir);
+            // A workspace is made with its lock; one without is someone's first instant
+            // or a crash's remains: only an old one is removed.
+            let old = std::fs::metadata(&dir)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > Duration::from_secs(60));
+            if old {
+                remove_workspace(&dir);
+            }
             continue;
         };
         if lock.try_lock().is_err() {
@@ -402,15 +461,7 @@ fn clean_stale_work(work: &Path, exe: &Path) {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .status();
-        for name in ["merged", "from"] {
-            let _ = umount2(&dir.join(name), MntFlags::MNT_DETACH);
-        }
-        if let Ok(mounts) = std::fs::read_dir(dir.join("mounts")) {
-            for mount in mounts.flatten() {
-                let _ = umount2(&mount.path(), MntFlags::MNT_DETACH);
-            }
-        }
-        let _ = std::fs::remove_dir_all(&dir);
+        remove_workspace(&dir);
     }
 }
 
@@ -419,6 +470,8 @@ struct Workspace {
     dir: PathBuf,
     id: String,
     mounts: RefCell<Vec<PathBuf>>,
+    /// Names files and mount points made for one step apart.
+    counter: std::cell::Cell<usize>,
     _lock: std::fs::File,
 }
 
@@ -434,11 +487,24 @@ impl Workspace {
         let lock =
             std::fs::File::create(dir.join("lock")).map_err(|e| setup("create a lock", e))?;
         lock.lock().map_err(|e| setup("lock a work directory", e))?;
-        Ok(Workspace { dir, id, mounts: RefCell::new(Vec::new()), _lock: lock })
+        Ok(Workspace {
+            dir,
+            id,
+            mounts: RefCell::new(Vec::new()),
+            counter: std::cell::Cell::new(0),
+            _lock: lock,
+        })
     }
 
     fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
+    }
+
+    /// A fresh name in the workspace: `PREFIX-N`.
+    fn fresh(&self, prefix: &str) -> PathBuf {
+        let n = self.counter.get();
+        self.counter.set(n + 1);
+        self.dir.join(format!("{prefix}-{n}"))
     }
 
     fn mkdir(&self, name: &str) -> Result<PathBuf> {
@@ -463,6 +529,19 @@ impl Workspace {
         while lowers.len() < if upper.is_some() { 1 } else { 2 } {
             lowers.push(empty.clone());
         }
+        // overlayfs splits its options at ',' and its layers at ':': a path holding one
+        // would be read as other options or other layers.
+        let all: Vec<&Path> = lowers
+            .iter()
+            .map(PathBuf::as_path)
+            .chain(upper.iter().flat_map(|(u, w)| [*u, *w]))
+            .collect();
+        if let Some(bad) = all.iter().find(|p| p.to_string_lossy().contains([',', ':', '\\'])) {
+            return Err(BuildError::Setup(format!(
+                "{} holds ',', ':' or '\\', which an overlay mount cannot take: use another --root",
+                bad.display()
+            )));
+        }
         let lower =
             lowers.iter().map(|l| l.to_string_lossy().into_owned()).collect::<Vec<_>>().join(":");
         let mut options = format!("lowerdir={lower}");
@@ -475,19 +554,33 @@ impl Workspace {
                 lowers.len()
             )));
         }
-        let flags = if upper.is_some() { MsFlags::empty() } else { MsFlags::MS_RDONLY };
+        // Read-only views are sources the builder reads as root: no device nodes or set-id
+        // bits work through them.
+        let flags = if upper.is_some() {
+            MsFlags::empty()
+        } else {
+            MsFlags::MS_RDONLY | MsFlags::MS_NODEV | MsFlags::MS_NOSUID
+        };
         mount(Some("overlay"), target, Some("overlay"), flags, Some(options.as_str()))
             .map_err(|e| setup(format!("mount an overlay at {}", target.display()), e))?;
         self.mounts.borrow_mut().push(target.to_owned());
         Ok(())
     }
 
-    fn bind(&self, source: &Path, target: &Path) -> Result<()> {
+    /// Binds `source` (a path or a `/proc/self/fd/N` link) read-only at `target`.
+    fn bind_readonly(&self, source: &Path, target: &Path) -> Result<()> {
         std::fs::create_dir_all(target)
             .map_err(|e| setup(format!("create {}", target.display()), e))?;
         mount(Some(source), target, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
             .map_err(|e| setup(format!("bind {} at {}", source.display(), target.display()), e))?;
         self.mounts.borrow_mut().push(target.to_owned());
+        let flags = MsFlags::MS_BIND
+            | MsFlags::MS_REMOUNT
+            | MsFlags::MS_RDONLY
+            | MsFlags::MS_NODEV
+            | MsFlags::MS_NOSUID;
+        mount(None::<&str>, target, None::<&str>, flags, None::<&str>)
+            .map_err(|e| setup(format!("make {} read-only", target.display()), e))?;
         Ok(())
     }
 
@@ -503,7 +596,7 @@ impl Workspace {
 impl Drop for Workspace {
     fn drop(&mut self) {
         self.unmount_all();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        remove_workspace(&self.dir);
     }
 }
 
@@ -625,11 +718,46 @@ impl Build<'_> {
         {
             deps.push(dep);
         }
+        // Flags may use variables: expand them as the stage will (global ARGs, then the
+        // stage's ARGs with build args or defaults), or a stage read through `$VAR` would
+        // never be built and its reader would wait for it forever.
+        let mut vars = self.global_values();
         for instruction in &stage.body {
+            if instruction.keyword == "ARG" {
+                for (name, default) in
+                    parse_arg_names(instruction, self.file.escape).unwrap_or_default()
+                {
+                    let lookup = |n: &str| {
+                        vars.iter().rev().find(|(k, _)| k == n).and_then(|(_, v)| v.clone())
+                    };
+                    let value = self
+                        .options
+                        .build_args
+                        .get(&name)
+                        .cloned()
+                        .or_else(|| {
+                            default.map(|d| {
+                                Lexer { escape: self.file.escape, vars: &lookup, seen: None }
+                                    .word(&d)
+                                    .unwrap_or(d)
+                            })
+                        })
+                        .or_else(|| lookup(&name));
+                    vars.push((name, value));
+                }
+                continue;
+            }
+            let lookup =
+                |n: &str| vars.iter().rev().find(|(k, _)| k == n).and_then(|(_, v)| v.clone());
+            let expand = |text: &str| {
+                Lexer { escape: self.file.escape, vars: &lookup, seen: None }
+                    .word(text)
+                    .unwrap_or_else(|_| text.to_owned())
+            };
             let mut refs: Vec<String> =
-                instruction.flag_values("from").into_iter().map(str::to_owned).collect();
+                instruction.flag_values("from").into_iter().map(expand).collect();
             for mount in instruction.flag_values("mount") {
-                for part in mount.split(',') {
+                for part in expand(mount).split(',') {
                     if let Some(from) = part.strip_prefix("from=") {
                         refs.push(from.to_owned());
                     }
@@ -662,6 +790,9 @@ impl Build<'_> {
     }
 
     fn wait_for(&self, index: usize) -> Result<Arc<Done>, String> {
+        if !self.needed.get().is_some_and(|n| n.contains(&index)) {
+            return Err(format!("stage {index} was not planned (a --from that names a stage through a value only known while building?)"));
+        }
         let mut results = self.results.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             if let Some(result) = results.get(&index) {
@@ -731,7 +862,7 @@ impl Build<'_> {
             State {
                 image: done.image.clone(),
                 config: done.config.clone(),
-                key: done.key.clone(),
+                key: done.identity(),
                 args: Vec::new(),
                 cmd_set: false,
                 name: label.clone(),
@@ -771,12 +902,13 @@ impl Build<'_> {
             let parsed = dockerfile::parse(&text).map_err(|e| {
                 self.error(&stage.from, format!("the base image's ONBUILD triggers: {}", e.message))
             })?;
-            for (i, mut instruction) in parsed.instructions.into_iter().enumerate() {
-                instruction.line = stage.from.line;
-                self.instruction(&mut state, &instruction, index, (i + 2, total), stage)?;
-            }
+            // The triggers are the parent's: the child image does not carry them on.
             if let Some(run) = state.config.config.as_mut() {
                 run.extra.remove("OnBuild");
+            }
+            for mut instruction in parsed.instructions {
+                instruction.line = stage.from.line;
+                self.instruction(&mut state, &instruction, index, (1, total), stage)?;
             }
         }
         for (i, instruction) in stage.body.iter().enumerate() {
@@ -895,6 +1027,7 @@ impl Build<'_> {
         step: Option<&StepInfo<'_>>,
         material: &str,
         created_by: &str,
+        author: Option<String>,
         apply: impl FnOnce(&mut RunConfig) -> Result<()>,
     ) -> Result<()> {
         let key = chain(&state.key, material);
@@ -920,6 +1053,9 @@ impl Build<'_> {
         }
         let mut config = state.config.clone();
         apply(config.config.get_or_insert_with(RunConfig::default))?;
+        if let Some(author) = author {
+            config.author = Some(author);
+        }
         config.history.push(History {
             created: Some(berth_stdx::time::format_rfc3339(berth_stdx::time::unix_now())),
             created_by: Some(created_by.to_owned()),
@@ -975,9 +1111,12 @@ impl Build<'_> {
                 Args::Shell(text) => shell.iter().cloned().chain([text.clone()]).collect(),
             }
         };
+        // What the key takes beyond the shown text, where the text is ambiguous.
+        let mut key_extra = String::new();
         let (created_by, change): (String, ConfigChange) = match keyword {
             "ENV" | "LABEL" => {
                 let pairs = self.pairs(state, instruction, stage, keyword == "ENV")?;
+                key_extra = serde_json::to_string(&pairs).unwrap_or_default();
                 let shown =
                     pairs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ");
                 let env = keyword == "ENV";
@@ -1022,6 +1161,7 @@ impl Build<'_> {
             "ENTRYPOINT" => {
                 let entry = command(&instruction.args);
                 let keep_cmd = state.cmd_set;
+                key_extra = format!("keep-cmd={keep_cmd}");
                 (
                     format!("ENTRYPOINT {}", json!(entry)),
                     Box::new(move |run: &mut RunConfig| {
@@ -1034,7 +1174,12 @@ impl Build<'_> {
                 )
             }
             "EXPOSE" => {
-                let words = self.expand(state, instruction, stage, &text, true)?;
+                // Expanded, then split: `EXPOSE $PORTS` with PORTS="80 443" is two ports.
+                let words: Vec<String> = self
+                    .expand(state, instruction, stage, &text, true)?
+                    .iter()
+                    .flat_map(|w| w.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+                    .collect();
                 let mut ports = Vec::new();
                 for word in &words {
                     let (range, proto) = word.split_once('/').unwrap_or((word, "tcp"));
@@ -1083,7 +1228,20 @@ impl Build<'_> {
                         }
                         out
                     }
-                    Args::Shell(text) => self.expand(state, instruction, stage, text, true)?,
+                    Args::Shell(text) => {
+                        let quoted = text.contains(['"', '\'']);
+                        let words = self.expand(state, instruction, stage, text, true)?;
+                        if quoted {
+                            words
+                        } else {
+                            words
+                                .iter()
+                                .flat_map(|w| {
+                                    w.split_whitespace().map(str::to_owned).collect::<Vec<_>>()
+                                })
+                                .collect()
+                        }
+                    }
                 };
                 if paths.iter().any(|p| p.trim().is_empty()) || paths.is_empty() {
                     return Err(self.error(instruction, "VOLUME needs a path"));
@@ -1120,7 +1278,10 @@ impl Build<'_> {
                 }
                 let joined =
                     if dir.starts_with('/') { dir } else { format!("{}/{dir}", state.workdir()) };
-                let cleaned = format!("/{}", crate::ignore::clean(&joined).trim_start_matches('.'));
+                let cleaned = match crate::ignore::clean(&joined).as_str() {
+                    "." => "/".to_owned(),
+                    other => format!("/{other}"),
+                };
                 let cleaned =
                     if cleaned == "/" { cleaned } else { cleaned.trim_end_matches('/').to_owned() };
                 (
@@ -1169,6 +1330,7 @@ impl Build<'_> {
             }
             "HEALTHCHECK" => {
                 let value = self.healthcheck(instruction, &shell)?;
+                key_extra = value.to_string();
                 (
                     format!("HEALTHCHECK {}", instruction.args.shell_text().trim()),
                     Box::new(move |run: &mut RunConfig| {
@@ -1201,19 +1363,9 @@ impl Build<'_> {
             }
             other => return Err(self.error(instruction, format!("{other} is not supported here"))),
         };
-        let maintainer = (keyword == "MAINTAINER").then(|| text.trim().to_owned());
-        let material = format!("{keyword}\n{created_by}");
-        let key_before = state.key.clone();
-        self.metadata_step(state, Some(step), &material, &created_by, change)?;
-        if let Some(author) = maintainer {
-            if state.key != key_before && state.config.author.as_deref() != Some(&author) {
-                let mut config = state.config.clone();
-                config.author = Some(author);
-                let key = chain(&state.key, "author");
-                self.commit(state, config, None, key)?;
-            }
-        }
-        Ok(())
+        let author = (keyword == "MAINTAINER").then(|| text.trim().to_owned());
+        let material = format!("{keyword}\n{created_by}\n{key_extra}");
+        self.metadata_step(state, Some(step), &material, &created_by, author, change)
     }
 
     fn healthcheck(&self, instruction: &Instruction, shell: &[String]) -> Result<Value> {
@@ -1450,19 +1602,18 @@ impl Build<'_> {
         if args.is_empty() || args[0].is_empty() {
             return Err(self.error(instruction, "RUN needs a command"));
         }
-        // A here-document that starts with #! is a script for that interpreter.
+        // A here-document that starts with #! is a script for that interpreter: it is
+        // mounted as an executable file and run, as BuildKit does.
+        let mut script = None;
         if let (Args::Shell(_), [doc]) = (&instruction.args, instruction.heredocs.as_slice()) {
-            if let Some(first) = doc.content.lines().next().and_then(|l| l.strip_prefix("#!")) {
-                let mut interpreter: Vec<String> =
-                    first.split_whitespace().map(str::to_owned).collect();
-                if !interpreter.is_empty() && args.last() == Some(&doc.content) {
-                    interpreter.push("-c".into());
-                    let body: String = doc.content.lines().skip(1).collect::<Vec<_>>().join("\n");
-                    if interpreter[0].ends_with("sh") {
-                        interpreter.push(body);
-                        args = interpreter;
-                    }
-                }
+            if doc.content.starts_with("#!") && args.last() == Some(&doc.content) {
+                let target = "/dev/.berth-heredoc".to_owned();
+                args = vec![target.clone()];
+                script = Some(RunMount {
+                    key: format!("script:{}", chain("", &doc.content)),
+                    kind: MountKind::Script { content: doc.content.clone() },
+                    target,
+                });
             }
         }
         let network = match instruction.flag("network") {
@@ -1474,7 +1625,8 @@ impl Build<'_> {
                     .error(instruction, format!("--network={other}: use default, none or host")))
             }
         };
-        let mounts = self.parse_mounts(state, instruction, stage)?;
+        let mut mounts = self.parse_mounts(state, instruction, stage)?;
+        mounts.extend(script);
         // Build args are in the step's environment but not in the image.
         let mut env = state.env();
         if !env.iter().any(|e| e.starts_with("PATH=")) {
@@ -1665,9 +1817,13 @@ impl Build<'_> {
         if status.success() {
             return Ok(());
         }
-        let code = status.code().unwrap_or(128);
         let shown: Vec<String> = tail.into_iter().map(|l| format!("    {l}")).collect();
-        let mut message = format!("the command exited with code {code}");
+        let mut message =
+            match (status.code(), std::os::unix::process::ExitStatusExt::signal(&status)) {
+                (Some(code), _) => format!("the command exited with code {code}"),
+                (None, Some(signal)) => format!("the step was killed by signal {signal}"),
+                (None, None) => "the step ended without an exit code".to_owned(),
+            };
         if !shown.is_empty() {
             message.push_str(&format!("; its last lines:\n{}", shown.join("\n")));
         }
@@ -1759,10 +1915,16 @@ impl Build<'_> {
                     if source.is_none() && required {
                         return Err(self.error(instruction, format!("the secret {id:?} is required: pass it with --secret id={id},src=FILE")));
                     }
+                    let uid = fields.get("uid").and_then(|v| v.parse().ok()).unwrap_or(0);
+                    let gid = fields.get("gid").and_then(|v| v.parse().ok()).unwrap_or(0);
+                    let mode = fields
+                        .get("mode")
+                        .and_then(|v| u32::from_str_radix(v.trim_start_matches("0o"), 8).ok())
+                        .unwrap_or(0o400);
                     // The secret's content is not part of the key: it never reaches the image.
                     RunMount {
-                        key: format!("secret:{id}:{target}"),
-                        kind: MountKind::Secret { source },
+                        key: format!("secret:{id}:{target}:{uid}:{gid}:{mode:o}"),
+                        kind: MountKind::Secret { source, uid, gid, mode },
                         target,
                     }
                 }
@@ -1803,8 +1965,7 @@ impl Build<'_> {
                 Some(index) => Ok(self
                     .wait_for(index)
                     .map_err(|e| self.error(instruction, format!("stage {from:?} failed: {e}")))?
-                    .key
-                    .clone()),
+                    .identity()),
                 None => {
                     let image =
                         self.host.image(from, false).map_err(|e| self.error(instruction, e))?;
@@ -1840,6 +2001,14 @@ impl Build<'_> {
         let target = mount.target.clone();
         Ok(match &mount.kind {
             MountKind::Tmpfs => StepMount::Tmpfs { target },
+            MountKind::Script { content } => {
+                let path = space.fresh("script");
+                std::fs::write(&path, content)
+                    .map_err(|e| setup(format!("write {}", path.display()), e))?;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+                    .map_err(|e| setup(format!("chmod {}", path.display()), e))?;
+                StepMount::Bind { source: path, target, readonly: true }
+            }
             MountKind::Cache { id, uid, gid, mode } => {
                 let name: String = id
                     .chars()
@@ -1864,22 +2033,35 @@ impl Build<'_> {
                 }
                 StepMount::Bind { source: dir, target, readonly: false }
             }
-            MountKind::Secret { source } => match source {
+            MountKind::Secret { source, uid, gid, mode } => match source {
                 Some(source) => {
-                    let copy =
-                        space.mkdir("secrets")?.join(format!("{}", space.mounts.borrow().len()));
-                    std::fs::copy(source, &copy).map_err(|e| {
+                    // A private copy with the mount's owner and mode (BuildKit's 0:0 0400 by
+                    // default), so no other user of the host reads it meanwhile.
+                    let copy = space.fresh("secret");
+                    let mut from = std::fs::File::open(source).map_err(|e| {
                         self.error(
                             instruction,
                             format!("read the secret {}: {e}", source.display()),
                         )
                     })?;
+                    let mut to = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o400)
+                        .open(&copy)
+                        .map_err(|e| setup(format!("write {}", copy.display()), e))?;
+                    std::io::copy(&mut from, &mut to)
+                        .map_err(|e| setup(format!("write {}", copy.display()), e))?;
+                    std::os::unix::fs::fchown(&to, Some(*uid), Some(*gid))
+                        .map_err(|e| setup(format!("chown {}", copy.display()), e))?;
+                    to.set_permissions(std::fs::Permissions::from_mode(*mode))
+                        .map_err(|e| setup(format!("chmod {}", copy.display()), e))?;
                     StepMount::Bind { source: copy, target, readonly: true }
                 }
                 None => StepMount::Tmpfs { target },
             },
             MountKind::Bind { source, from, readonly } => {
-                let (root, cleanup_root) = match from {
+                let root = match from {
                     Some(from) => {
                         let state_image = match self.stage_by_name(from) {
                             Some(index) => self
@@ -1897,65 +2079,125 @@ impl Build<'_> {
                             Some(image) => self.store.lower_dirs(image)?,
                             None => Vec::new(),
                         };
-                        let at = space.path(&format!("from-{}", space.mounts.borrow().len()));
+                        let at = space.fresh("from");
                         space.overlay(&at, &lowers, None)?;
-                        (
-                            SourceRoot::filesystem(&at)
-                                .map_err(|e| self.error(instruction, e.to_string()))?,
-                            true,
-                        )
+                        SourceRoot::filesystem(&at)
+                            .map_err(|e| self.error(instruction, e.to_string()))?
                     }
                     None => {
                         let context = self.context.as_ref().ok_or_else(|| {
                             self.error(instruction, "there is no build context to mount")
                         })?;
-                        (
-                            SourceRoot::context(&context.dir, Ignore::default())
-                                .map_err(|e| self.error(instruction, e.to_string()))?,
-                            false,
-                        )
+                        if context.has_ignores() {
+                            // What .dockerignore leaves out is not in the mount either: the
+                            // step sees a copy of what the context sends.
+                            let filtered = space.fresh("context");
+                            std::fs::create_dir_all(&filtered)
+                                .map_err(|e| setup(format!("create {}", filtered.display()), e))?;
+                            let handle = std::fs::File::open(&filtered)
+                                .map_err(|e| setup(format!("open {}", filtered.display()), e))?;
+                            let target =
+                                Target { root: handle.as_fd(), attributes: Attributes::default() };
+                            let mut single_file = None;
+                            for found in context
+                                .expand(source)
+                                .map_err(|e| self.error(instruction, e.to_string()))?
+                            {
+                                let meta = std::fs::metadata(found.path()).map_err(|e| {
+                                    self.error(instruction, format!("{}: {e}", found.name))
+                                })?;
+                                if !meta.is_dir() {
+                                    single_file = Path::new(&found.name)
+                                        .file_name()
+                                        .map(|n| n.to_string_lossy().into_owned());
+                                }
+                                let dest = if meta.is_dir() {
+                                    PathBuf::from("/")
+                                } else {
+                                    Path::new("/").join(
+                                        Path::new(&found.name).file_name().unwrap_or_default(),
+                                    )
+                                };
+                                target
+                                    .copy(context, &found, &dest)
+                                    .map_err(|e| self.error(instruction, e.to_string()))?;
+                            }
+                            let root = SourceRoot::filesystem(&filtered)
+                                .map_err(|e| self.error(instruction, e.to_string()))?;
+                            let pattern = single_file.as_deref().unwrap_or(".");
+                            return self.bind_source(
+                                space,
+                                root,
+                                pattern,
+                                mount,
+                                instruction,
+                                *readonly,
+                            );
+                        }
+                        SourceRoot::context(&context.dir, Ignore::default())
+                            .map_err(|e| self.error(instruction, e.to_string()))?
                     }
                 };
-                let _ = cleanup_root;
-                let found =
-                    root.expand(source).map_err(|e| self.error(instruction, e.to_string()))?;
-                let first = found
-                    .into_iter()
-                    .next()
-                    .ok_or_else(|| self.error(instruction, format!("{source:?} not found")))?;
-                let real = std::fs::read_link(first.path())
-                    .map_err(|e| self.error(instruction, e.to_string()))?;
-                let at = space.path(&format!("mounts/{}", space.mounts.borrow().len()));
-                if *readonly {
-                    if real.is_dir() {
-                        space.bind(&real, &at)?;
-                    } else {
-                        std::fs::create_dir_all(at.parent().unwrap_or(&at))
-                            .map_err(|e| setup("create a mount point", e))?;
-                        let copy = at.with_extension("file");
-                        std::fs::copy(&real, &copy)
-                            .map_err(|e| self.error(instruction, e.to_string()))?;
-                        return Ok(StepMount::Bind { source: copy, target, readonly: true });
-                    }
-                    StepMount::Bind { source: at, target, readonly: true }
-                } else {
-                    // Writes through a read-write bind are the step's only: an overlay keeps
-                    // the context (or the stage) as it was.
-                    let upper =
-                        space.mkdir(&format!("mount-upper-{}", space.mounts.borrow().len()))?;
-                    let work =
-                        space.mkdir(&format!("mount-work-{}", space.mounts.borrow().len()))?;
-                    if !real.is_dir() {
-                        return Err(self.error(
-                            instruction,
-                            format!("{source:?}: a read-write bind mount must be a directory"),
-                        ));
-                    }
-                    space.overlay(&at, &[real], Some((&upper, &work)))?;
-                    StepMount::Bind { source: at, target, readonly: false }
-                }
+                self.bind_source(space, root, source, mount, instruction, *readonly)?
             }
         })
+    }
+
+    /// A bind mount of `source` inside `root`: read-only binds show it through its
+    /// descriptor, read-write ones through an overlay whose writes are the step's only.
+    fn bind_source(
+        &self,
+        space: &Workspace,
+        root: SourceRoot,
+        source: &str,
+        mount: &RunMount,
+        instruction: &Instruction,
+        readonly: bool,
+    ) -> Result<StepMount> {
+        let target = mount.target.clone();
+        let found = root.expand(source).map_err(|e| self.error(instruction, e.to_string()))?;
+        let first = found
+            .into_iter()
+            .next()
+            .ok_or_else(|| self.error(instruction, format!("{source:?} not found")))?;
+        let meta = std::fs::metadata(first.path())
+            .map_err(|e| self.error(instruction, format!("{source:?}: {e}")))?;
+        if !meta.is_dir() && !meta.is_file() {
+            return Err(self.error(instruction, format!("{source:?} is not a file or directory")));
+        }
+        if meta.is_file() {
+            if !readonly {
+                return Err(self.error(
+                    instruction,
+                    format!("{source:?}: a read-write bind mount must be a directory"),
+                ));
+            }
+            // A file: a private copy, so nothing the step does reaches the source.
+            let copy = space.fresh("file");
+            let mut from = std::fs::File::open(first.path())
+                .map_err(|e| self.error(instruction, e.to_string()))?;
+            let mut to = std::fs::File::create(&copy)
+                .map_err(|e| setup(format!("write {}", copy.display()), e))?;
+            std::io::copy(&mut from, &mut to)
+                .map_err(|e| setup(format!("write {}", copy.display()), e))?;
+            return Ok(StepMount::Bind { source: copy, target, readonly: true });
+        }
+        // Bound through its descriptor: no path string the context or image chose ever
+        // reaches mount(2)'s options.
+        let view = space.fresh("bound");
+        space.bind_readonly(&first.path(), &view)?;
+        if readonly {
+            return Ok(StepMount::Bind { source: view, target, readonly: true });
+        }
+        let upper = space.fresh("mount-upper");
+        let work = space.fresh("mount-work");
+        for dir in [&upper, &work] {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| setup(format!("create {}", dir.display()), e))?;
+        }
+        let at = space.fresh("mount");
+        space.overlay(&at, &[view], Some((&upper, &work)))?;
+        Ok(StepMount::Bind { source: at, target, readonly: false })
     }
 
     fn copy(
@@ -2184,8 +2426,7 @@ impl Build<'_> {
                         format!("stage {:?} failed: {e}", from.as_deref().unwrap_or_default()),
                     )
                 })?
-                .key
-                .clone(),
+                .identity(),
             Origin::Image(image) => image.record.id.to_string(),
         };
         hasher.update(format!("origin:{origin_key}\nsources:{sources:?}").as_bytes());
@@ -2246,7 +2487,7 @@ impl Build<'_> {
                     resolved.extend(from_root.expand(pattern).map_err(fail)?);
                 }
             }
-            let many = resolved.len() + heredocs.len() + downloads.len() > 1 || sources.iter().any(|s| s.contains(['*', '?', '[']));
+            let many = resolved.len() + heredocs.len() + downloads.len() > 1;
             if many && !dest_is_dir && !target.is_dir(Path::new(&dest)) {
                 return Err(self.error(instruction, format!(
                     "with more than one source the destination must be a directory and end with a /: {dest_written}/"
@@ -2267,10 +2508,15 @@ impl Build<'_> {
                 target.write_file(&path, &mut content.as_bytes(), 0o644, (0, 0), None).map_err(fail)?;
             }
             for source in &resolved {
+                let from_root = from_root.ok_or_else(|| self.error(instruction, "no source to copy from"))?;
                 let meta = std::fs::metadata(source.path()).map_err(|e| self.error(instruction, format!("{}: {e}", source.name)))?;
                 if meta.is_dir() {
-                    target.copy(from_root.unwrap_or(&SourceRoot::filesystem(Path::new("/")).map_err(fail)?), source, Path::new(&dest)).map_err(fail)?;
+                    target.copy(from_root, source, Path::new(&dest)).map_err(fail)?;
                     continue;
+                }
+                if !meta.is_file() {
+                    // Never read a device or a fifo as root: it would copy a host disk or hang.
+                    return Err(self.error(instruction, format!("{} is not a regular file, a directory or a symlink: devices, fifos and sockets are not copied", source.name)));
                 }
                 let base = Path::new(&source.name).file_name().map(|n| n.to_owned()).unwrap_or_default();
                 let path = if dest_is_dir || target.is_dir(Path::new(&dest)) { Path::new(&dest).join(&base) } else { PathBuf::from(&dest) };
@@ -2279,21 +2525,42 @@ impl Build<'_> {
                     let mut file = std::fs::File::open(source.path()).map_err(|e| self.error(instruction, e.to_string()))?;
                     let n = read_up_to(&mut file, &mut head);
                     head.truncate(n);
-                    if let Some(kind) = copy::archive_kind(&head) {
-                        let file = std::fs::File::open(source.path()).map_err(|e| self.error(instruction, e.to_string()))?;
-                        let dir = Path::new(&dest);
-                        match kind {
-                            copy::Archive::Tar => copy::extract(&target, file, dir).map_err(fail)?,
-                            copy::Archive::Gzip => copy::extract(&target, flate2::read::MultiGzDecoder::new(file), dir).map_err(fail)?,
-                            other => return Err(self.error(instruction, format!("{}: {other:?} archives are not supported yet; use a plain or gzip-compressed tar", source.name))),
+                    let dir = Path::new(&dest);
+                    let open = || std::fs::File::open(source.path()).map_err(|e| self.error(instruction, e.to_string()));
+                    match copy::archive_kind(&head) {
+                        Some(copy::Archive::Tar) => {
+                            copy::extract(&target, open()?, dir).map_err(fail)?;
+                            continue;
                         }
-                        continue;
+                        Some(copy::Archive::Gzip) => {
+                            // Only a gzip-compressed tar is unpacked; other gzip files are
+                            // copied as they are, as Docker does.
+                            let mut inner = vec![0u8; 512];
+                            let mut decoder = flate2::read::MultiGzDecoder::new(open()?);
+                            let mut filled = 0;
+                            while filled < inner.len() {
+                                match decoder.read(&mut inner[filled..]) {
+                                    Ok(0) | Err(_) => break,
+                                    Ok(n) => filled += n,
+                                }
+                            }
+                            inner.truncate(filled);
+                            if copy::archive_kind(&inner) == Some(copy::Archive::Tar) {
+                                copy::extract(&target, flate2::read::MultiGzDecoder::new(open()?), dir).map_err(fail)?;
+                                continue;
+                            }
+                        }
+                        Some(other) => {
+                            let lower = source.name.to_ascii_lowercase();
+                            if [".tar.", ".tbz", ".txz", ".tzst"].iter().any(|t| lower.contains(t)) {
+                                return Err(self.error(instruction, format!("{}: {other:?}-compressed tars are not unpacked yet; use a plain or gzip-compressed tar", source.name)));
+                            }
+                        }
+                        None => {}
                     }
                 }
-                let root_for = from_root.ok_or_else(|| self.error(instruction, "no source"))?;
-                let _ = root_for;
                 let mut file = std::fs::File::open(source.path()).map_err(|e| self.error(instruction, format!("{}: {e}", source.name)))?;
-                use std::os::unix::fs::{MetadataExt, PermissionsExt};
+                use std::os::unix::fs::MetadataExt;
                 target.write_file(&path, &mut file, meta.permissions().mode(), (0, 0), Some(meta.mtime())).map_err(fail)?;
             }
             Ok(Vec::new())
@@ -2386,10 +2653,28 @@ struct RunMount {
 
 #[derive(Debug, Clone)]
 enum MountKind {
-    Bind { source: String, from: Option<String>, readonly: bool },
-    Cache { id: String, uid: u32, gid: u32, mode: u32 },
+    Bind {
+        source: String,
+        from: Option<String>,
+        readonly: bool,
+    },
+    Cache {
+        id: String,
+        uid: u32,
+        gid: u32,
+        mode: u32,
+    },
     Tmpfs,
-    Secret { source: Option<PathBuf> },
+    Secret {
+        source: Option<PathBuf>,
+        uid: u32,
+        gid: u32,
+        mode: u32,
+    },
+    /// A here-document run as a script (`#!...`).
+    Script {
+        content: String,
+    },
 }
 
 #[cfg(test)]

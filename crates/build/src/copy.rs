@@ -83,9 +83,16 @@ impl SourceRoot {
         if self.context {
             // Inside the context, a symlink that leaves it is an error, not a clamp.
             if let Ok(real) = std::fs::canonicalize(self.dir.join(rel)) {
-                if !real.starts_with(&self.dir) {
+                let Ok(inside) = real.strip_prefix(&self.dir) else {
                     return Err(CopyError(format!(
                         "{rel:?} leaves the build context through a symlink: only files inside the context can be copied"
+                    )));
+                };
+                // A symlink to what .dockerignore leaves out does not bring it in.
+                let inside = inside.to_string_lossy();
+                if !inside.is_empty() && self.ignore.excludes(&inside) {
+                    return Err(CopyError(format!(
+                        "{rel:?} leads to {inside:?}, which .dockerignore excludes"
                     )));
                 }
             }
@@ -173,6 +180,11 @@ impl SourceRoot {
             )));
         }
         Ok(found)
+    }
+
+    /// Whether `.dockerignore` leaves anything out.
+    pub fn has_ignores(&self) -> bool {
+        self.context && !self.ignore.is_empty()
     }
 
     /// Whether a path under a copied directory (relative to the root) is left out.
@@ -450,7 +462,7 @@ impl Target<'_> {
         for entry in entries {
             let child_rel = join(rel, &entry.file_name());
             if from.skipped(&clean(&child_rel)) {
-                let meta = entry.metadata().ok();
+                let meta = std::fs::symlink_metadata(entry.path()).ok();
                 if !(meta.is_some_and(|m| m.is_dir()) && from.ignore.may_include_under(&child_rel))
                 {
                     continue;
@@ -524,6 +536,7 @@ fn chown_fd(fd: BorrowedFd<'_>, uid: u32, gid: u32) -> std::result::Result<(), E
 mod libc_mode {
     pub const S_IFMT: u32 = 0o170000;
     pub const S_IFDIR: u32 = 0o040000;
+    pub const S_IFREG: u32 = 0o100000;
     pub const EIO: i32 = 5;
 }
 
@@ -602,9 +615,20 @@ pub fn extract(target: &Target<'_>, reader: impl Read, dest: &Path) -> Result<()
     }
     // Hard links become copies of what they name (already written above).
     for (path, original, mode, owner, mtime) in links {
-        let fd = open_in_root(target.root, &original, OFlag::O_RDONLY | OFlag::O_NOFOLLOW)
+        // Only a regular file is read: a link to a device node must not copy a host disk.
+        let handle = open_in_root(target.root, &original, OFlag::O_PATH | OFlag::O_NOFOLLOW)
             .map_err(|e| fail(format!("link {} to {}", path.display(), original.display()), e))?;
-        let mut file = File::from(fd);
+        let stat = berth_sys::nix::sys::stat::fstat(handle.as_fd())
+            .map_err(|e| fail(format!("link {} to {}", path.display(), original.display()), e))?;
+        if stat.st_mode & libc_mode::S_IFMT != libc_mode::S_IFREG {
+            return Err(CopyError(format!(
+                "the archive links {} to {}, which is not a regular file",
+                path.display(),
+                original.display()
+            )));
+        }
+        let mut file = File::open(berth_sys::fs::proc_fd_path(&handle))
+            .map_err(|e| fail(format!("link {} to {}", path.display(), original.display()), e))?;
         target.write_file(&path, &mut file, mode, owner, mtime)?;
     }
     Ok(())

@@ -204,6 +204,10 @@ impl Ignore {
         Ok(Ignore { patterns })
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.patterns.is_empty()
+    }
+
     /// Whether the context path (relative, `/`-separated) is left out.
     pub fn excludes(&self, path: &str) -> bool {
         let path = clean(path);

@@ -23,7 +23,12 @@ pub struct Identity {
 pub fn read_from_layers(layers: &[PathBuf], path: &Path) -> Option<String> {
     for layer in layers {
         let Ok(root) = std::fs::File::open(layer) else { continue };
-        match berth_sys::fs::open_in_root(root.as_fd(), path, OFlag::O_RDONLY | OFlag::O_NOFOLLOW) {
+        // O_NONBLOCK: a fifo in an image's place of /etc/passwd must not hang the caller.
+        match berth_sys::fs::open_in_root(
+            root.as_fd(),
+            path,
+            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK,
+        ) {
             Ok(fd) => {
                 let mut file = std::fs::File::from(fd);
                 let meta = file.metadata().ok()?;
