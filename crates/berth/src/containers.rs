@@ -188,7 +188,7 @@ pub struct PsArgs {
     /// Only the latest container.
     #[arg(short, long)]
     pub latest: bool,
-    /// table (default) or json.
+    /// Output format: table (default), json, or a Go template (`table {{.Names}}\t{{.Status}}`).
     #[arg(long, default_value = "table")]
     pub format: String,
 }
@@ -249,7 +249,7 @@ pub struct StatsArgs {
     pub no_stream: bool,
     #[arg(short, long)]
     pub all: bool,
-    /// table (default) or json.
+    /// Output format: table (default), json, or a Go template (`table {{.Names}}\t{{.Status}}`).
     #[arg(long, default_value = "table")]
     pub format: String,
     pub containers: Vec<String>,
@@ -325,6 +325,9 @@ pub enum VolumeCommand {
         /// Only names.
         #[arg(short, long)]
         quiet: bool,
+        /// Output format: table, json, or a Go template.
+        #[arg(long, default_value = "table")]
+        format: String,
     },
     /// Show volumes as JSON.
     Inspect {
@@ -369,9 +372,12 @@ pub enum NetworkCommand {
     /// List networks.
     #[command(alias = "list")]
     Ls {
-        /// Only names.
+        /// Only ids.
         #[arg(short, long)]
         quiet: bool,
+        /// Output format: table, json, or a Go template.
+        #[arg(long, default_value = "table")]
+        format: String,
     },
     /// Show networks as JSON.
     Inspect {
@@ -662,6 +668,43 @@ fn seconds_of(time: &str) -> i64 {
     berth_image::config::parse_rfc3339(time).unwrap_or(0)
 }
 
+/// A time as Docker's list formats show it: `2024-01-02 15:04:05 +0000 UTC`.
+pub fn docker_time(seconds: i64) -> String {
+    let text = berth_stdx::time::format_rfc3339(seconds);
+    format!("{} +0000 UTC", text.trim_end_matches('Z').replacen('T', " ", 1))
+}
+
+/// A container as the row `ps --format` templates see (Docker's field names).
+fn ps_row(r: &Record) -> Value {
+    let labels =
+        r.options.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
+    let mounts = r
+        .mounts
+        .iter()
+        .map(|m| if m.name.is_empty() { m.source.clone() } else { m.name.clone() })
+        .collect::<Vec<_>>()
+        .join(",");
+    let local_volumes = r.mounts.iter().filter(|m| m.kind == "volume").count();
+    let networks =
+        r.network.as_ref().map(|n| n.network.clone()).unwrap_or_else(|| r.options.network.clone());
+    json!({
+        "Command": format!("\"{}\"", command_text(r)),
+        "CreatedAt": docker_time(seconds_of(&r.created)),
+        "ID": r.short_id(),
+        "Image": r.image,
+        "Labels": labels,
+        "LocalVolumes": local_volumes.to_string(),
+        "Mounts": mounts,
+        "Names": r.name,
+        "Networks": networks,
+        "Ports": ports_text(r),
+        "RunningFor": ago(seconds_of(&r.created)),
+        "Size": "0B",
+        "State": r.state.status.to_string(),
+        "Status": status_text(r),
+    })
+}
+
 fn status_text(record: &Record) -> String {
     let state = &record.state;
     let since = |t: &str| {
@@ -745,13 +788,18 @@ pub fn ps(global: &Global, args: PsArgs) -> Result<i32> {
         }
         return Ok(0);
     }
-    if args.format == "json" {
-        for r in &records {
-            println!(
-                "{}",
-                json!({"ID": r.short_id(), "Image": r.image, "Command": command_text(r), "CreatedAt": r.created, "Status": status_text(r), "State": r.state.status.to_string(), "Ports": ports_text(r), "Names": r.name})
-            );
-        }
+    let listing = crate::template::Listing::parse(
+        &args.format,
+        &[
+            ("ID", "CONTAINER ID"),
+            ("RunningFor", "CREATED"),
+            ("CreatedAt", "CREATED AT"),
+            ("LocalVolumes", "LOCAL VOLUMES"),
+        ],
+    )?;
+    if !matches!(listing, crate::template::Listing::Table) {
+        let rows: Vec<Value> = records.iter().map(ps_row).collect();
+        print!("{}", listing.render(&rows)?);
         return Ok(0);
     }
     let mut rows =
@@ -1109,40 +1157,9 @@ fn container_json(record: &Record) -> Value {
 }
 
 /// A small subset of Go templates: `{{.A.B}}`, `{{json .A}}`, literal text between.
+/// `inspect -f`: a Go template over one object.
 pub fn render_format(format: &str, value: &Value) -> Result<String> {
-    let mut out = String::new();
-    let mut rest = format;
-    while let Some(start) = rest.find("{{") {
-        out.push_str(&rest[..start]);
-        let end = rest[start..]
-            .find("}}")
-            .map(|e| start + e)
-            .with_context(|| format!("unclosed {{{{ in format {format:?}"))?;
-        let expr = rest[start + 2..end].trim();
-        let (json_out, path) = match expr.strip_prefix("json ") {
-            Some(p) => (true, p.trim()),
-            None => (false, expr),
-        };
-        if !path.starts_with('.') {
-            bail!("unsupported format expression {expr:?}: use {{{{.Field.Sub}}}} or {{{{json .Field}}}}");
-        }
-        let mut current = value;
-        for key in path.split('.').filter(|k| !k.is_empty()) {
-            current = current.get(key).unwrap_or(&Value::Null);
-        }
-        if json_out {
-            out.push_str(&current.to_string());
-        } else {
-            match current {
-                Value::String(s) => out.push_str(s),
-                Value::Null => out.push_str("<no value>"),
-                other => out.push_str(&other.to_string()),
-            }
-        }
-        rest = &rest[end + 2..];
-    }
-    out.push_str(rest);
-    Ok(out)
+    crate::template::Template::parse(format)?.render(value)
 }
 
 pub fn inspect(global: &Global, args: InspectArgs) -> Result<i32> {
@@ -1169,9 +1186,11 @@ pub fn inspect(global: &Global, args: InspectArgs) -> Result<i32> {
         status = 1;
     }
     match &args.format {
+        Some(format) if format == "json" => println!("{}", serde_json::to_string(&out)?),
         Some(format) => {
+            let template = crate::template::Template::parse(format)?;
             for value in &out {
-                println!("{}", render_format(format, value)?);
+                println!("{}", template.render(value)?);
             }
         }
         None => println!("{}", serde_json::to_string_pretty(&out)?),
@@ -1201,7 +1220,19 @@ pub fn stats(global: &Global, args: StatsArgs) -> Result<i32> {
     } else {
         args.containers.clone()
     };
+    let listing = crate::template::Listing::parse(
+        &args.format,
+        &[
+            ("ID", "CONTAINER ID"),
+            ("CPUPerc", "CPU %"),
+            ("MemUsage", "MEM USAGE / LIMIT"),
+            ("MemPerc", "MEM %"),
+            ("NetIO", "NET I/O"),
+            ("BlockIO", "BLOCK I/O"),
+        ],
+    )?;
     loop {
+        let mut templated = Vec::new();
         let first: Vec<_> = names.iter().map(|n| engine.stats(n).ok()).collect();
         let started = std::time::Instant::now();
         std::thread::sleep(Duration::from_millis(500));
@@ -1226,11 +1257,8 @@ pub fn stats(global: &Global, args: StatsArgs) -> Result<i32> {
                 l => l,
             };
             let percent = if limit > 0 { usage as f64 / limit as f64 * 100.0 } else { 0.0 };
-            if args.format == "json" {
-                println!(
-                    "{}",
-                    json!({"ID": record.short_id(), "Name": record.name, "CPUPerc": format!("{cpu:.2}%"), "MemUsage": usage, "MemLimit": limit, "MemPerc": format!("{percent:.2}%"), "PIDs": after.pids.current})
-                );
+            if !matches!(listing, crate::template::Listing::Table) {
+                templated.push(json!({"BlockIO": "--", "CPUPerc": format!("{cpu:.2}%"), "Container": name, "ID": record.short_id(), "MemPerc": format!("{percent:.2}%"), "MemUsage": format!("{} / {}", human_binary(usage), human_binary(limit)), "Name": record.name, "NetIO": "--", "PIDs": after.pids.current.to_string()}));
                 continue;
             }
             rows.push(vec![
@@ -1242,8 +1270,10 @@ pub fn stats(global: &Global, args: StatsArgs) -> Result<i32> {
                 after.pids.current.to_string(),
             ]);
         }
-        if args.format != "json" {
+        if matches!(listing, crate::template::Listing::Table) {
             print!("{}", table(&rows));
+        } else {
+            print!("{}", listing.render(&templated)?);
         }
         if args.no_stream {
             return Ok(0);
@@ -1370,10 +1400,20 @@ pub fn volume(global: &Global, command: VolumeCommand) -> Result<i32> {
             let volume = engine.volume_create(name.as_deref(), labels(&label))?;
             println!("{}", volume.name);
         }
-        VolumeCommand::Ls { quiet } => {
+        VolumeCommand::Ls { quiet, format } => {
             let volumes = engine.volume_list()?;
+            let listing = crate::template::Listing::parse(&format, &[("Name", "VOLUME NAME")])?;
             if quiet {
                 volumes.iter().for_each(|v| println!("{}", v.name));
+            } else if !matches!(listing, crate::template::Listing::Table) {
+                let rows: Vec<Value> = volumes
+                    .iter()
+                    .map(|v| {
+                        let labels = v.labels.iter().map(|(k, l)| format!("{k}={l}")).collect::<Vec<_>>().join(",");
+                        json!({"Driver": v.driver, "Labels": labels, "Links": "N/A", "Mountpoint": v.mountpoint, "Name": v.name, "Scope": "local", "Size": "N/A"})
+                    })
+                    .collect();
+                print!("{}", listing.render(&rows)?);
             } else {
                 let mut rows = vec![vec!["DRIVER".to_owned(), "VOLUME NAME".to_owned()]];
                 rows.extend(volumes.iter().map(|v| vec![v.driver.clone(), v.name.clone()]));
@@ -1410,10 +1450,23 @@ pub fn network(global: &Global, command: NetworkCommand) -> Result<i32> {
             let network = engine.network_create(&name, subnet.as_deref(), labels(&label))?;
             println!("{}", network.id);
         }
-        NetworkCommand::Ls { quiet } => {
+        NetworkCommand::Ls { quiet, format } => {
             let networks = engine.network_list()?;
+            let listing = crate::template::Listing::parse(&format, &[("ID", "NETWORK ID")])?;
             if quiet {
                 networks.iter().for_each(|n| println!("{}", &n.id[..12]));
+            } else if !matches!(listing, crate::template::Listing::Table) {
+                let mut rows: Vec<Value> = networks
+                    .iter()
+                    .map(|n| {
+                        let labels = n.labels.iter().map(|(k, l)| format!("{k}={l}")).collect::<Vec<_>>().join(",");
+                        json!({"CreatedAt": n.created, "Driver": "bridge", "ID": &n.id[..12], "IPv6": "false", "Internal": "false", "Labels": labels, "Name": n.name, "Scope": "local"})
+                    })
+                    .collect();
+                for (name, driver) in [("host", "host"), ("none", "null")] {
+                    rows.push(json!({"CreatedAt": "", "Driver": driver, "ID": "-", "IPv6": "false", "Internal": "false", "Labels": "", "Name": name, "Scope": "local"}));
+                }
+                print!("{}", listing.render(&rows)?);
             } else {
                 let mut rows =
                     vec![["NETWORK ID", "NAME", "DRIVER", "SCOPE"].map(String::from).to_vec()];
@@ -1465,6 +1518,7 @@ mod tests {
         assert_eq!(render_format("{{.Nope}}", &value).unwrap(), "<no value>");
         assert!(render_format("{{.State", &value).is_err());
         assert!(render_format("{{range .X}}", &value).is_err());
+        assert_eq!(render_format("{{range .Config.Env}}{{.}} {{end}}", &value).unwrap(), "A=1 ");
     }
 
     #[test]

@@ -55,7 +55,7 @@ pub struct ListArgs {
     /// Show whole ids.
     #[arg(long = "no-trunc")]
     pub no_trunc: bool,
-    /// Output format: table (default) or json.
+    /// Output format: table (default), json, or a Go template (`table {{.Repository}}\t{{.Tag}}`).
     #[arg(long, default_value = "table")]
     pub format: String,
     /// Accepted for Docker compatibility: berth has no intermediate images to hide.
@@ -471,7 +471,7 @@ pub fn list(global: &Global, args: ListArgs) -> Result<i32> {
                 .iter()
                 .find_map(|d| d.split_once('@').map(|(_, d)| d.to_owned()))
                 .unwrap_or_else(|| "<none>".into());
-            json_rows.push(json!({"Repository": repository, "Tag": tag, "ID": id, "Digest": digest, "CreatedSince": ago(created), "Size": human_size(size)}));
+            json_rows.push(json!({"Containers": "N/A", "CreatedAt": crate::containers::docker_time(created), "CreatedSince": ago(created), "Digest": digest, "ID": id, "Repository": repository, "SharedSize": "N/A", "Size": human_size(size), "Tag": tag, "UniqueSize": "N/A", "VirtualSize": human_size(size)}));
             let mut row = vec![repository, tag];
             if args.digests {
                 row.push(digest);
@@ -483,18 +483,18 @@ pub fn list(global: &Global, args: ListArgs) -> Result<i32> {
             ids.push(id);
         }
     }
+    let listing = crate::template::Listing::parse(
+        &args.format,
+        &[("ID", "IMAGE ID"), ("CreatedSince", "CREATED"), ("CreatedAt", "CREATED AT")],
+    )?;
     if args.quiet {
         for id in ids {
             println!("{id}");
         }
-    } else if args.format == "json" {
-        for row in json_rows {
-            println!("{row}");
-        }
-    } else if args.format == "table" {
+    } else if matches!(listing, crate::template::Listing::Table) {
         print!("{}", table(&rows));
     } else {
-        bail!("unknown --format {:?}: use table or json", args.format);
+        print!("{}", listing.render(&json_rows)?);
     }
     Ok(0)
 }

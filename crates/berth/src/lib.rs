@@ -11,6 +11,7 @@ pub mod images;
 pub mod logging;
 pub mod runc;
 pub mod server;
+pub mod template;
 
 /// Entry point of the `berth` binary; dispatches on the name it was called by, so a
 /// symlink named `berth-runc` behaves like the `berth-runc` binary.

@@ -369,7 +369,11 @@ fn root_published_ports_answer_from_the_host_loopback_and_other_containers() {
     ]);
     let ip =
         berth.ok(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", "web"]).trim().to_owned();
-    assert!(ip.starts_with("10.88."), "{ip}");
+    // The default network takes the first free subnet of Docker's pool.
+    assert!(ip.starts_with("172.17."), "{ip}");
+    let gateway =
+        berth.ok(&["inspect", "-f", "{{.NetworkSettings.Gateway}}", "web"]).trim().to_owned();
+    assert_eq!(gateway, "172.17.0.1");
     let ports = berth.ok(&["port", "web"]);
     assert!(ports.contains("80/tcp -> 0.0.0.0:8080"), "{ports}");
     let loopback_port = ports
@@ -387,7 +391,7 @@ fn root_published_ports_answer_from_the_host_loopback_and_other_containers() {
     // hosts would reach the same way), and the port bound to 127.0.0.1 only.
     for address in [
         "127.0.0.1:8080".to_owned(),
-        "10.88.0.1:8080".to_owned(),
+        format!("{gateway}:8080"),
         format!("127.0.0.1:{loopback_port}"),
     ] {
         let response = http_get(&address, "/run.sh");
@@ -403,7 +407,7 @@ fn root_published_ports_answer_from_the_host_loopback_and_other_containers() {
         IMAGE,
         "sh",
         "-c",
-        &format!("wget -qO- http://{ip}/run.sh; wget -qO- http://10.88.0.1:8080/run.sh"),
+        &format!("wget -qO- http://{ip}/run.sh; wget -qO- http://{gateway}:8080/run.sh"),
     ]);
     assert_eq!(text.matches("fixture says hi").count(), 2, "{text}");
     // A second container cannot take the same host port.
@@ -807,6 +811,130 @@ fn root_new_volumes_get_the_image_content_at_their_mount_point() {
 }
 
 #[test]
+fn root_subnets_avoid_the_hosts_routes_other_networks_and_other_roots() {
+    if !root_or_skip() {
+        return;
+    }
+    let berth = Berth::new();
+    // This namespace's "host" already routes 172.17.0.0/16 (as a Docker host would) and
+    // 172.18.0.0/16 (as a podman or VPN one might).
+    for script in [
+        "ip link add taken0 type bridge && ip link set taken0 up && ip addr add 172.17.0.1/16 dev taken0",
+        "ip route add 172.18.0.0/16 dev taken0",
+    ] {
+        assert!(Command::new("sh").args(["-c", script]).status().unwrap().success(), "{script}");
+    }
+    berth.ok(&["run", "-d", "--name", "one", IMAGE, "sleep", "600"]);
+    let ip =
+        berth.ok(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", "one"]).trim().to_owned();
+    assert!(ip.starts_with("172.19."), "the default network avoids the host's routes: {ip}");
+    // Overlapping subnets are refused, not only identical ones.
+    let err = berth.fails(&["network", "create", "--subnet", "172.19.5.0/24", "clash"]);
+    assert!(err.contains("overlaps 172.19.0.0/16 of network bridge"), "{err}");
+    let err = berth.fails(&["network", "create", "--subnet", "172.17.9.0/24", "routed"]);
+    assert!(err.contains("overlaps a route of this host"), "{err}");
+    berth.ok(&["network", "create", "--subnet", "10.77.0.0/24", "mine"]);
+    let err = berth.fails(&["network", "create", "--subnet", "10.77.0.128/25", "inside"]);
+    assert!(err.contains("overlaps 10.77.0.0/24 of network mine"), "{err}");
+    // A second root on the same host gets a bridge and a subnet of its own.
+    let other = berth.dir.path().join("other-root");
+    let second = Command::new(BERTH)
+        .env("BERTH_ROOT", &other)
+        .args(["run", "-d", "--name", "two", IMAGE, "sleep", "600"])
+        .output()
+        .unwrap();
+    assert!(!second.status.success(), "the other root has no image yet");
+    let layout = berth.dir.path().join("fixture.tar");
+    let loaded = Command::new(BERTH)
+        .env("BERTH_ROOT", &other)
+        .args(["load", "-i", layout.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(loaded.status.success(), "{}", String::from_utf8_lossy(&loaded.stderr));
+    let id = String::from_utf8_lossy(&loaded.stdout).trim().rsplit(' ').next().unwrap().to_owned();
+    let other_berth = |args: &[&str]| {
+        let output = Command::new(BERTH).env("BERTH_ROOT", &other).args(args).output().unwrap();
+        assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    other_berth(&["run", "-d", "--name", "two", &id, "sleep", "600"]);
+    let other_ip =
+        other_berth(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", "two"]).trim().to_owned();
+    assert!(other_ip.starts_with("172.20."), "{other_ip}");
+    // Both networks work: neither root broke the other.
+    let ping = berth.ok(&["exec", "one", "ping", "-c", "1", "-W", "2", "172.19.0.1"]);
+    assert!(ping.contains("1 packets received"), "{ping}");
+    let ping = other_berth(&["exec", "two", "ping", "-c", "1", "-W", "2", "172.20.0.1"]);
+    assert!(ping.contains("1 packets received"), "{ping}");
+    other_berth(&["rm", "-f", "two"]);
+    berth.ok(&["rm", "-f", "one"]);
+    berth.ok(&["network", "rm", "mine"]);
+    berth.assert_clean();
+}
+
+#[test]
+fn root_formats_are_go_templates() {
+    if !root_or_skip() {
+        return;
+    }
+    let berth = Berth::new();
+    berth.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "fmt-web",
+        "--label",
+        "tier=front",
+        "--label",
+        "team=a",
+        "-e",
+        "MODE=x",
+        IMAGE,
+        "sleep",
+        "600",
+    ]);
+    berth.ok(&["volume", "create", "fmt-data"]);
+    // ps: fields, functions, table with Docker's headers and aligned columns.
+    assert_eq!(
+        berth.ok(&["ps", "--format", "{{.Names}} {{.State}} {{upper .Image}}"]),
+        format!("fmt-web running {}\n", IMAGE.to_uppercase())
+    );
+    let table = berth.ok(&["ps", "--format", "table {{.ID}}\\t{{.Names}}\\t{{.Labels}}"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("CONTAINER ID   NAMES     LABELS"), "{table}");
+    // The image's labels are the container's too, as in Docker.
+    assert!(lines[1].contains("fmt-web   org.berth.fixture=yes,team=a,tier=front"), "{table}");
+    let json_line = berth.ok(&["ps", "--format", "{{json .Names}}"]);
+    assert_eq!(json_line, "\"fmt-web\"\n");
+    // inspect -f: Go's printing of lists and maps, range, index, if.
+    let inspect = |template: &str| berth.ok(&["inspect", "-f", template, "fmt-web"]);
+    assert_eq!(inspect("{{.Config.Labels}}"), "map[org.berth.fixture:yes team:a tier:front]\n");
+    assert_eq!(inspect("{{index .Config.Labels \"tier\"}}"), "front\n");
+    let ip = inspect("{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}");
+    assert!(ip.trim().starts_with("172."), "{ip}");
+    assert_eq!(inspect("{{if .State.Running}}up{{else}}down{{end}}"), "up\n");
+    assert_eq!(inspect("{{len .Config.Cmd}} {{join .Config.Cmd \",\"}}"), "2 sleep,600\n");
+    let env = inspect("{{.Config.Env}}");
+    assert!(env.starts_with('[') && env.contains("MODE=x") && !env.contains("String("), "{env}");
+    // images, volume ls, network ls take templates too.
+    let images = berth.ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
+    assert!(images.lines().any(|l| l == IMAGE), "{images}");
+    let volumes = berth.ok(&["volume", "ls", "--format", "table {{.Name}}\\t{{.Driver}}"]);
+    assert!(
+        volumes.starts_with("VOLUME NAME   DRIVER\n") && volumes.contains("fmt-data      local"),
+        "{volumes}"
+    );
+    let networks = berth.ok(&["network", "ls", "--format", "{{.Name}}"]);
+    assert_eq!(networks, "bridge\nhost\nnone\n");
+    // A bad template is an error that says where.
+    let err = berth.fails(&["ps", "--format", "{{.Names"]);
+    assert!(err.contains("template"), "{err}");
+    berth.ok(&["rm", "-f", "fmt-web"]);
+    berth.ok(&["volume", "rm", "fmt-data"]);
+    berth.assert_clean();
+}
+
+#[test]
 fn root_limits_are_enforced_and_stats_are_real() {
     if !root_or_skip() {
         return;
@@ -847,11 +975,12 @@ fn root_limits_are_enforced_and_stats_are_real() {
     ]);
     let stats = berth.ok(&["stats", "--no-stream", "--format", "json", "busy"]);
     let stats: Value = serde_json::from_str(stats.trim()).unwrap();
-    assert_eq!(stats["MemLimit"], 64 << 20);
-    assert!(stats["MemUsage"].as_u64().unwrap() > 0);
+    // Docker's shape: "USAGE / LIMIT" in binary units, strings throughout.
+    let memory = stats["MemUsage"].as_str().unwrap();
+    assert!(memory.ends_with(" / 64.00MiB") && !memory.starts_with("0.00B"), "{memory}");
     let cpu: f64 = stats["CPUPerc"].as_str().unwrap().trim_end_matches('%').parse().unwrap();
     assert!(cpu > 10.0 && cpu < 70.0, "cpu {cpu}% with --cpus 0.5");
-    assert_eq!(stats["PIDs"], 1);
+    assert_eq!(stats["PIDs"], "1");
     berth.ok(&["rm", "-f", "busy", "hog"]);
     berth.assert_clean();
 }
@@ -1322,7 +1451,11 @@ fn root_network_modes_and_a_client_on_another_host() {
         "lo\n"
     );
     let links = berth.ok(&["run", "--rm", "--network", "host", IMAGE, "ls", "/sys/class/net"]);
-    assert!(links.contains("berth0") && links.contains("veth"), "{links}");
+    // A root other than /var/lib/berth has a bridge of its own.
+    assert!(
+        links.contains("berth") && !links.contains("berth0") && links.contains("veth"),
+        "{links}"
+    );
     berth.ok(&["rm", "-f", "web"]);
     berth.assert_clean();
 }

@@ -21,7 +21,55 @@ use crate::{invalid, io, write_atomic, Engine, Error, Result};
 
 pub const DEFAULT_NETWORK: &str = "bridge";
 const DEFAULT_BRIDGE: &str = "berth0";
-const DEFAULT_SUBNET: &str = "10.88.0.0/16";
+/// The root whose default bridge is `berth0`; other roots get a bridge of their own.
+const DEFAULT_ROOT: &str = "/var/lib/berth";
+
+/// Docker's address pool for bridge networks: 172.17-31.0.0/16, then 192.168.N.0/20.
+fn default_pool() -> impl Iterator<Item = String> {
+    (17..=31)
+        .map(|n| format!("172.{n}.0.0/16"))
+        .chain((0..16).map(|n| format!("192.168.{}.0/20", n * 16)))
+}
+
+/// `a.b.c.d/p` as (network address, prefix).
+fn parse_cidr(subnet: &str) -> Option<(u32, u8)> {
+    let (addr, prefix) = subnet.split_once('/')?;
+    let addr: std::net::Ipv4Addr = addr.parse().ok()?;
+    let prefix: u8 = prefix.parse().ok().filter(|p| *p <= 32)?;
+    let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - prefix) };
+    Some((u32::from(addr) & mask, prefix))
+}
+
+fn overlaps(a: (u32, u8), b: (u32, u8)) -> bool {
+    let prefix = a.1.min(b.1);
+    let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - prefix) };
+    a.0 & mask == b.0 & mask
+}
+
+/// The IPv4 routes of this network namespace's main table (the default route left out):
+/// a subnet that overlaps one would make the host's traffic go two ways.
+fn host_routes() -> Vec<(u32, u8)> {
+    let text = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let destination = u32::from_str_radix(fields.get(1)?, 16).ok()?;
+            let mask = u32::from_str_radix(fields.get(7)?, 16).ok()?;
+            // The kernel prints the network-order words as host-order numbers.
+            let destination = u32::from_be(destination);
+            let prefix = mask.count_ones() as u8;
+            (prefix > 0).then_some((destination, prefix))
+        })
+        .collect()
+}
+
+/// The first of `candidates` that overlaps nothing in `taken`.
+fn free_subnet(candidates: impl Iterator<Item = String>, taken: &[(u32, u8)]) -> Option<String> {
+    candidates.into_iter().find(|candidate| {
+        parse_cidr(candidate).is_some_and(|c| !taken.iter().any(|t| overlaps(c, *t)))
+    })
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Network {
@@ -57,21 +105,72 @@ impl Engine {
         self.root.join("networks")
     }
 
-    fn default_network(&self) -> Network {
-        Network {
+    /// The default bridge network, chosen on first use and kept: its subnet is the first of
+    /// Docker's pool that overlaps no route of the host and no other network of this root,
+    /// and a root other than /var/lib/berth gets a bridge of its own, so that two roots on
+    /// one host never share addresses.
+    fn default_network(&self) -> Result<Network> {
+        let path = self.networks_dir().join("default.json");
+        if let Ok(data) = std::fs::read(&path) {
+            return serde_json::from_slice(&data)
+                .map_err(|e| Error::Network(format!("{} is corrupt: {e}", path.display())));
+        }
+        let _lock = self.network_lock()?;
+        if let Ok(data) = std::fs::read(&path) {
+            return serde_json::from_slice(&data)
+                .map_err(|e| Error::Network(format!("{} is corrupt: {e}", path.display())));
+        }
+        let mut taken = host_routes();
+        taken.extend(self.user_networks().iter().filter_map(|n| parse_cidr(&n.subnet)));
+        let subnet = free_subnet(default_pool(), &taken).ok_or_else(|| {
+            Error::Network(
+                "every subnet of the pool (172.17-31.0.0/16, 192.168.0-240.0/20) overlaps a route of this host".into(),
+            )
+        })?;
+        let (gateway, _) = gateway_of(&subnet)?;
+        let bridge = if self.root == Path::new(DEFAULT_ROOT) {
+            DEFAULT_BRIDGE.to_owned()
+        } else {
+            // Interface names have at most 15 characters.
+            let hash =
+                self.root.to_string_lossy().bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                    (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+                });
+            format!("berth{:08x}", hash as u32)
+        };
+        let network = Network {
             name: DEFAULT_NETWORK.into(),
             id: "0".repeat(64),
-            bridge: DEFAULT_BRIDGE.into(),
-            subnet: DEFAULT_SUBNET.into(),
-            gateway: "10.88.0.1".into(),
-            created: String::new(),
+            bridge,
+            subnet,
+            gateway,
+            created: crate::now(),
             labels: BTreeMap::new(),
+        };
+        let data = serde_json::to_vec_pretty(&network).map_err(|e| Error::Other(e.to_string()))?;
+        write_atomic(&path, &data)?;
+        Ok(network)
+    }
+
+    /// The networks `network create` made.
+    fn user_networks(&self) -> Vec<Network> {
+        let dir = self.networks_dir().join("defs");
+        let mut out = Vec::new();
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().trim_end_matches(".json").to_owned();
+                if let Ok(network) = self.network_inspect(&name) {
+                    out.push(network);
+                }
+            }
         }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
     }
 
     pub fn network_inspect(&self, name: &str) -> Result<Network> {
         if name == DEFAULT_NETWORK {
-            return Ok(self.default_network());
+            return self.default_network();
         }
         let path = self.networks_dir().join("defs").join(format!("{name}.json"));
         let data = std::fs::read(&path)
@@ -81,17 +180,8 @@ impl Engine {
     }
 
     pub fn network_list(&self) -> Result<Vec<Network>> {
-        let mut out = vec![self.default_network()];
-        let dir = self.networks_dir().join("defs");
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().trim_end_matches(".json").to_owned();
-                if let Ok(network) = self.network_inspect(&name) {
-                    out.push(network);
-                }
-            }
-        }
-        out[1..].sort_by(|a, b| a.name.cmp(&b.name));
+        let mut out = vec![self.default_network()?];
+        out.extend(self.user_networks());
         Ok(out)
     }
 
@@ -109,23 +199,47 @@ impl Engine {
                 "use [a-zA-Z0-9][a-zA-Z0-9_.-]*, not none, host or bridge",
             ));
         }
+        // Chosen before the lock is taken: the first use of the default network takes it.
+        let default = self.default_network()?;
         let _lock = self.network_lock()?;
         if self.network_inspect(name).is_ok() {
             return Err(Error::Conflict(format!("network with name {name} already exists")));
         }
-        let existing = self.network_list()?;
+        let mut existing = vec![default];
+        existing.extend(self.user_networks());
+        let routes = host_routes();
         let subnet = match subnet {
             Some(s) => {
                 gateway_of(s)?;
-                if existing.iter().any(|n| n.subnet == s) {
-                    return Err(Error::Conflict(format!("subnet {s} is used by another network")));
+                let wanted = parse_cidr(s)
+                    .ok_or_else(|| invalid(format!("subnet {s:?}"), "expected ADDRESS/PREFIX"))?;
+                if let Some(other) = existing
+                    .iter()
+                    .find(|n| parse_cidr(&n.subnet).is_some_and(|t| overlaps(wanted, t)))
+                {
+                    return Err(Error::Conflict(format!(
+                        "subnet {s} overlaps {} of network {}: pick a subnet no other network uses",
+                        other.subnet, other.name
+                    )));
+                }
+                if routes.iter().any(|r| overlaps(wanted, *r)) {
+                    return Err(Error::Conflict(format!(
+                        "subnet {s} overlaps a route of this host (see `ip route`): pick a free subnet"
+                    )));
                 }
                 s.to_owned()
             }
-            None => (0..=255)
-                .map(|n| format!("10.89.{n}.0/24"))
-                .find(|s| !existing.iter().any(|n| &n.subnet == s))
-                .ok_or_else(|| Error::Network("no free subnet left in 10.89.0.0/16".into()))?,
+            None => {
+                let mut taken = routes;
+                taken.extend(existing.iter().filter_map(|n| parse_cidr(&n.subnet)));
+                free_subnet(
+                    (0..=255).map(|n| format!("10.89.{n}.0/24")).chain(default_pool()),
+                    &taken,
+                )
+                .ok_or_else(|| {
+                    Error::Network("no free subnet left in 10.89.0.0/16 or Docker's pool".into())
+                })?
+            }
         };
         let (gateway, _) = gateway_of(&subnet)?;
         let id = crate::random_id()?;
@@ -591,6 +705,14 @@ mod tests {
     #[test]
     fn gateways() {
         assert_eq!(gateway_of("10.88.0.0/16").unwrap(), ("10.88.0.1".into(), 16));
+        // Subnets are chosen away from what is taken, by overlap, not equality.
+        let taken = [parse_cidr("172.17.0.0/16").unwrap(), parse_cidr("172.18.5.0/24").unwrap()];
+        assert_eq!(free_subnet(default_pool(), &taken).as_deref(), Some("172.19.0.0/16"));
+        assert!(overlaps(parse_cidr("10.88.0.0/16").unwrap(), parse_cidr("10.88.3.0/24").unwrap()));
+        assert!(!overlaps(
+            parse_cidr("10.88.0.0/16").unwrap(),
+            parse_cidr("10.89.0.0/24").unwrap()
+        ));
         assert_eq!(gateway_of("10.89.3.77/24").unwrap(), ("10.89.3.1".into(), 24));
         assert!(gateway_of("10.0.0.0").is_err());
         assert!(gateway_of("10.0.0.0/31").is_err());
