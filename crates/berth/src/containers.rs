@@ -111,6 +111,24 @@ pub struct CreateFlags {
     /// max-size=SIZE, max-file=N
     #[arg(long = "log-opt")]
     pub log_opt: Vec<String>,
+    /// A command to check the container's health (run with /bin/sh -c).
+    #[arg(long = "health-cmd")]
+    pub health_cmd: Option<String>,
+    /// Time between checks (30s, 1m...).
+    #[arg(long = "health-interval")]
+    pub health_interval: Option<String>,
+    /// How long a check may run.
+    #[arg(long = "health-timeout")]
+    pub health_timeout: Option<String>,
+    /// Time to start up, in which failures do not count.
+    #[arg(long = "health-start-period")]
+    pub health_start_period: Option<String>,
+    /// Failures in a row that make the container unhealthy.
+    #[arg(long = "health-retries")]
+    pub health_retries: Option<u32>,
+    /// Disable the image's HEALTHCHECK.
+    #[arg(long = "no-healthcheck")]
+    pub no_healthcheck: bool,
     /// IMAGE [COMMAND [ARG...]]
     #[arg(required = true, trailing_var_arg = true, value_name = "IMAGE [COMMAND]")]
     pub args: Vec<String>,
@@ -485,6 +503,24 @@ fn run_options(flags: &CreateFlags) -> Result<RunOptions> {
         restart: RestartPolicy::parse(&flags.restart)?,
         log_max_size,
         log_max_files,
+        health_cmd: flags.health_cmd.clone(),
+        health_interval: flags
+            .health_interval
+            .as_deref()
+            .map(berth_engine::options::parse_duration)
+            .transpose()?,
+        health_timeout: flags
+            .health_timeout
+            .as_deref()
+            .map(berth_engine::options::parse_duration)
+            .transpose()?,
+        health_start_period: flags
+            .health_start_period
+            .as_deref()
+            .map(berth_engine::options::parse_duration)
+            .transpose()?,
+        health_retries: flags.health_retries,
+        no_healthcheck: flags.no_healthcheck,
     })
 }
 
@@ -713,7 +749,14 @@ fn status_text(record: &Record) -> String {
     };
     match state.status {
         Status::Created => "Created".into(),
-        Status::Running => format!("Up {}", since(&state.started_at)),
+        Status::Running => {
+            let health = match state.health.as_ref().map(|h| h.status.as_str()) {
+                Some("starting") => " (health: starting)".to_owned(),
+                Some(status) if !status.is_empty() => format!(" ({status})"),
+                _ => String::new(),
+            };
+            format!("Up {}{health}", since(&state.started_at))
+        }
         Status::Paused => format!("Up {} (Paused)", since(&state.started_at)),
         Status::Restarting => {
             format!("Restarting ({}) {}", state.exit_code, ago(seconds_of(&state.finished_at)))
@@ -754,8 +797,15 @@ fn matches_filter(record: &Record, filter: &str) -> Result<bool> {
             None => record.options.labels.contains_key(value),
         },
         "network" => record.options.network == value,
+        "health" => {
+            let status = record.state.health.as_ref().map(|h| h.status.as_str()).unwrap_or("none");
+            match value {
+                "starting" | "healthy" | "unhealthy" | "none" => status == value,
+                other => bail!("health={other}: use starting, healthy, unhealthy or none"),
+            }
+        }
         other => bail!(
-            "unknown filter {other:?}: use status, name, id, ancestor, exited, label or network"
+            "unknown filter {other:?}: use status, name, id, ancestor, exited, label, network or health"
         ),
     })
 }
@@ -1112,6 +1162,11 @@ fn container_json(record: &Record) -> Value {
             "Error": s.error,
             "StartedAt": if s.started_at.is_empty() { "0001-01-01T00:00:00Z" } else { s.started_at.as_str() },
             "FinishedAt": if s.finished_at.is_empty() { "0001-01-01T00:00:00Z" } else { s.finished_at.as_str() },
+            "Health": s.health.as_ref().map(|h| json!({
+                "Status": h.status,
+                "FailingStreak": h.failing_streak,
+                "Log": h.log.iter().map(|p| json!({"Start": p.start, "End": p.end, "ExitCode": p.exit_code, "Output": p.output})).collect::<Vec<_>>(),
+            })),
         },
         "Image": record.image_id,
         "Name": format!("/{}", record.name),
@@ -1144,6 +1199,7 @@ fn container_json(record: &Record) -> Value {
             "OpenStdin": record.options.interactive,
             "User": record.options.user.clone().unwrap_or_default(),
             "StopSignal": record.stop_signal,
+            "Healthcheck": record.healthcheck.as_ref().map(|h| json!({"Test": h.test, "Interval": h.interval, "Timeout": h.timeout, "StartPeriod": h.start_period, "Retries": h.retries})),
         },
         "NetworkSettings": {
             "IPAddress": net.ip,

@@ -935,6 +935,122 @@ fn root_formats_are_go_templates() {
 }
 
 #[test]
+fn root_health_checks_run_and_show() {
+    if !root_or_skip() {
+        return;
+    }
+    let berth = Berth::new();
+    let status = |name: &str| {
+        berth.ok(&["inspect", "-f", "{{.State.Health.Status}}", name]).trim().to_owned()
+    };
+    // Flags: starting, then unhealthy after the retries, then healthy once the check passes.
+    berth.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "checked",
+        "--network",
+        "none",
+        "--health-cmd",
+        "echo probing; test -e /tmp/ok",
+        "--health-interval",
+        "100ms",
+        "--health-retries",
+        "2",
+        IMAGE,
+        "sleep",
+        "600",
+    ]);
+    assert_eq!(status("checked"), "starting");
+    wait_for("unhealthy", Duration::from_secs(20), || status("checked") == "unhealthy");
+    let ps = berth.ok(&["ps", "--format", "{{.Status}}", "--filter", "name=checked"]);
+    assert!(ps.contains("(unhealthy)"), "{ps}");
+    let output = berth.ok(&[
+        "inspect",
+        "-f",
+        "{{range .State.Health.Log}}{{.ExitCode}}:{{.Output}}{{end}}",
+        "checked",
+    ]);
+    assert!(output.contains("1:probing"), "{output}");
+    berth.ok(&["exec", "checked", "touch", "/tmp/ok"]);
+    wait_for("healthy", Duration::from_secs(20), || status("checked") == "healthy");
+    assert_eq!(berth.ok(&["ps", "-q", "--filter", "health=healthy"]).lines().count(), 1);
+    assert_eq!(berth.ok(&["ps", "-q", "--filter", "health=unhealthy"]).lines().count(), 0);
+    // A check that outlives its timeout fails, saying so.
+    berth.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "slow",
+        "--network",
+        "none",
+        "--health-cmd",
+        "sleep 5",
+        "--health-interval",
+        "100ms",
+        "--health-timeout",
+        "200ms",
+        "--health-retries",
+        "1",
+        IMAGE,
+        "sleep",
+        "600",
+    ]);
+    wait_for("timed out", Duration::from_secs(20), || status("slow") == "unhealthy");
+    let log = berth.ok(&["inspect", "-f", "{{(index .State.Health.Log 0).Output}}", "slow"]);
+    assert!(log.contains("exceeded timeout"), "{log}");
+    // The image's HEALTHCHECK applies (made with berth build), --no-healthcheck removes it.
+    let mut build = berth
+        .command()
+        .args(["build", "-q", "-t", "with-check", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    build
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(
+            format!("FROM {IMAGE}\nHEALTHCHECK --interval=100ms --retries=1 CMD true\n").as_bytes(),
+        )
+        .unwrap();
+    let built = build.wait_with_output().unwrap();
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    berth.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "from-image",
+        "--network",
+        "none",
+        "with-check",
+        "sleep",
+        "600",
+    ]);
+    wait_for("healthy from the image", Duration::from_secs(20), || {
+        status("from-image") == "healthy"
+    });
+    berth.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "unchecked",
+        "--network",
+        "none",
+        "--no-healthcheck",
+        "with-check",
+        "sleep",
+        "600",
+    ]);
+    assert_eq!(berth.ok(&["inspect", "-f", "{{.State.Health}}", "unchecked"]).trim(), "<no value>");
+    assert!(berth.ok(&["ps", "-q", "--filter", "health=none"]).lines().count() >= 1);
+    berth.ok(&["rm", "-f", "checked", "slow", "from-image", "unchecked"]);
+    berth.assert_clean();
+}
+
+#[test]
 fn root_limits_are_enforced_and_stats_are_real() {
     if !root_or_skip() {
         return;

@@ -53,6 +53,41 @@ pub struct State {
     pub restart_count: u32,
     /// Set by `stop`/`kill`: the restart policy does not apply.
     pub stopped_by_user: bool,
+    /// The health check's state, when the container has one.
+    pub health: Option<Health>,
+}
+
+/// A container's health check, from the image's HEALTHCHECK and the `--health-*` flags.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HealthCheck {
+    /// `["CMD", prog, args...]` or `["CMD-SHELL", "command"]`.
+    pub test: Vec<String>,
+    /// Nanoseconds, as Docker's config writes them.
+    pub interval: u64,
+    pub timeout: u64,
+    pub start_period: u64,
+    pub retries: u32,
+}
+
+/// `State.Health` as Docker shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Health {
+    /// starting, healthy or unhealthy.
+    pub status: String,
+    pub failing_streak: u32,
+    /// The last five probes.
+    pub log: Vec<HealthProbe>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HealthProbe {
+    pub start: String,
+    pub end: String,
+    pub exit_code: i32,
+    pub output: String,
 }
 
 /// A published port once bound.
@@ -113,6 +148,8 @@ pub struct Record {
     /// The image's exposed ports (for `-P`).
     pub exposed_ports: Vec<String>,
     pub stop_signal: String,
+    /// The health check in force, if any.
+    pub healthcheck: Option<HealthCheck>,
 }
 
 impl Record {

@@ -100,7 +100,22 @@ fn run(root: &Path, id: &str, control: UnixStream) -> Result<()> {
             }
             first = false;
         }
-        let code = supervise(&engine, id, pid, io_ends, &listener, &mut clients)?;
+        // The health check runs beside the container, as long as it runs.
+        let check = engine.peek(id).ok().and_then(|r| r.healthcheck);
+        let (stop_health, health_stop) = std::sync::mpsc::channel::<()>();
+        let health = check.map(|check| {
+            let (root, id) = (root.to_path_buf(), id.to_owned());
+            std::thread::spawn(move || {
+                crate::health::run(&crate::health::exe(), &root, &id, &check, &health_stop)
+            })
+        });
+        let code = supervise(&engine, id, pid, io_ends, &listener, &mut clients);
+        // Not joined: a probe may be waiting for the container's lock, which whoever is
+        // stopping the container may hold; the thread ends on its own once it sees the
+        // container is no longer running.
+        drop(stop_health);
+        drop(health);
+        let code = code?;
         let oom = engine
             .runtime()
             .watch(id)
@@ -370,11 +385,16 @@ fn supervise(
         for fd in &notifiers {
             fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
         }
-        let timeout = if exit.is_some() { PollTimeout::from(100u8) } else { PollTimeout::NONE };
+        // While the container runs, wake now and then to reap orphans (see reap_orphans).
+        let timeout =
+            if exit.is_some() { PollTimeout::from(100u8) } else { PollTimeout::from(1000u16) };
         match poll(&mut fds, timeout) {
             Ok(_) => {}
             Err(berth_sys::Errno::EINTR) => continue,
             Err(err) => return Err(sys("wait for the container")(err)),
+        }
+        if exit.is_none() {
+            reap_orphans(pid);
         }
         let ready: Vec<bool> =
             fds.iter().map(|f| f.revents().is_some_and(|r| !r.is_empty())).collect();
@@ -523,6 +543,24 @@ fn handle_input(ends: &mut Io, kind: u8, payload: &[u8]) {
             }
         }
         _ => {}
+    }
+}
+
+/// Reaps the children this monitor inherited as a subreaper (processes of the container
+/// whose parent died, such as the process of an `exec` whose client was killed), but not
+/// the container's init nor a running health probe. Unreaped, such zombies would keep the
+/// container's pid namespace, and so its init, from ever finishing its exit.
+fn reap_orphans(init: Pid) {
+    let probes = crate::health::PROBES.lock().unwrap_or_else(|p| p.into_inner());
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return };
+    for task in tasks.flatten() {
+        let Ok(children) = std::fs::read_to_string(task.path().join("children")) else { continue };
+        for child in children.split_whitespace().filter_map(|c| c.parse::<i32>().ok()) {
+            if child == init.as_raw() || probes.contains(&(child as u32)) {
+                continue;
+            }
+            let _ = waitpid(Pid::from_raw(child), Some(WaitPidFlag::WNOHANG));
+        }
     }
 }
 

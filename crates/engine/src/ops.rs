@@ -92,6 +92,10 @@ impl Engine {
             options,
             ..Record::default()
         };
+        record.healthcheck = crate::options::health_check(
+            run_config.as_ref().and_then(|c| c.extra.get("Healthcheck")),
+            &record.options,
+        );
         let args = spec::process_args(run_config.as_ref(), &record)?;
         record.path = args[0].clone();
         record.args = args[1..].to_vec();

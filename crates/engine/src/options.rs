@@ -50,6 +50,93 @@ pub struct RunOptions {
     pub log_max_size: Option<u64>,
     /// How many log files to keep, the current one included.
     pub log_max_files: Option<u32>,
+    /// `--health-cmd` (run with the shell) and the other `--health-*` flags, in
+    /// nanoseconds; they override the image's HEALTHCHECK field by field.
+    pub health_cmd: Option<String>,
+    pub health_interval: Option<u64>,
+    pub health_timeout: Option<u64>,
+    pub health_start_period: Option<u64>,
+    pub health_retries: Option<u32>,
+    /// `--no-healthcheck`: the image's HEALTHCHECK does not apply.
+    pub no_healthcheck: bool,
+}
+
+/// Go durations as Docker's flags take them (`30s`, `1m30s`, `500ms`), in nanoseconds.
+pub fn parse_duration(text: &str) -> Result<u64> {
+    let bad =
+        || invalid(format!("duration {text:?}"), "use a number with a unit: 30s, 1m30s, 500ms");
+    let mut rest = text.trim();
+    if rest == "0" {
+        return Ok(0);
+    }
+    let mut total = 0f64;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let number: f64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let scale = match &rest[..unit] {
+            "ns" => 1.0,
+            "us" | "µs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return Err(bad()),
+        };
+        total += number * scale;
+        rest = &rest[unit..];
+    }
+    Ok(total as u64)
+}
+
+/// The health check a container gets: the image's, changed by the flags; `None` when
+/// there is none, `--no-healthcheck` was given, or the image says `NONE`.
+pub fn health_check(
+    image: Option<&serde_json::Value>,
+    options: &RunOptions,
+) -> Option<crate::container::HealthCheck> {
+    if options.no_healthcheck {
+        return None;
+    }
+    let from_image = image.filter(|v| !v.is_null());
+    let mut check = crate::container::HealthCheck {
+        test: from_image
+            .and_then(|v| v.get("Test"))
+            .and_then(|t| serde_json::from_value::<Vec<String>>(t.clone()).ok())
+            .unwrap_or_default(),
+        interval: from_image.and_then(|v| v["Interval"].as_u64()).unwrap_or(0),
+        timeout: from_image.and_then(|v| v["Timeout"].as_u64()).unwrap_or(0),
+        start_period: from_image.and_then(|v| v["StartPeriod"].as_u64()).unwrap_or(0),
+        retries: from_image.and_then(|v| v["Retries"].as_u64()).unwrap_or(0) as u32,
+    };
+    if let Some(cmd) = &options.health_cmd {
+        check.test = vec!["CMD-SHELL".into(), cmd.clone()];
+    }
+    if check.test.is_empty() || check.test[0] == "NONE" {
+        return None;
+    }
+    // Docker's defaults for what neither says.
+    check.interval = options.health_interval.filter(|n| *n > 0).unwrap_or(if check.interval > 0 {
+        check.interval
+    } else {
+        30_000_000_000
+    });
+    check.timeout = options.health_timeout.filter(|n| *n > 0).unwrap_or(if check.timeout > 0 {
+        check.timeout
+    } else {
+        30_000_000_000
+    });
+    check.start_period = options.health_start_period.unwrap_or(check.start_period);
+    check.retries = options.health_retries.filter(|n| *n > 0).unwrap_or(if check.retries > 0 {
+        check.retries
+    } else {
+        3
+    });
+    Some(check)
 }
 
 /// `--device HOST[:CONTAINER][:PERMISSIONS]`: a host device (or every device under a host
