@@ -781,14 +781,28 @@ fn ports_text(record: &Record) -> String {
         .join(", ")
 }
 
-fn matches_filter(record: &Record, filter: &str) -> Result<bool> {
-    let (key, value) =
-        filter.split_once('=').with_context(|| format!("bad filter {filter:?}: use KEY=VALUE"))?;
+/// One `--filter KEY=VALUE` of `ps`, against a container; `all` holds every container
+/// (for `before`/`since`).
+fn matches_filter(record: &Record, key: &str, value: &str, all: &[Record]) -> Result<bool> {
+    let created = |name: &str| -> Result<String> {
+        all.iter()
+            .find(|r| r.name == name || r.id.starts_with(name))
+            .map(|r| r.created.clone())
+            .with_context(|| format!("--filter {key}={name}: no such container"))
+    };
     Ok(match key {
-        "status" => record.state.status.to_string() == value,
-        "name" => record.name.contains(value),
+        "status" => {
+            if !matches!(value, "created" | "restarting" | "running" | "removing" | "paused" | "exited" | "dead") {
+                bail!("invalid filter 'status={value}': use created, restarting, running, removing, paused, exited or dead");
+            }
+            record.state.status.to_string() == value
+        }
+        // A regular expression, as Docker's (`name=^web$`); names match without their '/'.
+        "name" => regex::Regex::new(value)
+            .with_context(|| format!("--filter name={value}: not a regular expression"))?
+            .is_match(&record.name),
         "id" => record.id.starts_with(value),
-        "ancestor" => record.image == value || record.image_id.contains(value),
+        "ancestor" => record.image == value || record.image_id.contains(value) || record.image.split(':').next() == Some(value),
         "exited" => {
             record.state.status == Status::Exited && record.state.exit_code.to_string() == value
         }
@@ -797,6 +811,27 @@ fn matches_filter(record: &Record, filter: &str) -> Result<bool> {
             None => record.options.labels.contains_key(value),
         },
         "network" => record.options.network == value,
+        "volume" => record.mounts.iter().any(|m| m.name == value || m.source == value || m.destination == value),
+        "publish" | "expose" => {
+            let (port, protocol) = value.split_once('/').unwrap_or((value, "tcp"));
+            let ports: Vec<(u16, String)> = record
+                .network
+                .iter()
+                .flat_map(|n| n.ports.iter())
+                .map(|p| (if key == "publish" { p.host_port } else { p.container_port }, p.protocol.clone()))
+                .chain(record.options.publish.iter().filter(|_| key == "expose").map(|p| (p.container_port, p.protocol.clone())))
+                .collect();
+            let (low, high) = match port.split_once('-') {
+                Some((l, h)) => (l.parse::<u16>()?, h.parse::<u16>()?),
+                None => {
+                    let n = port.parse::<u16>().with_context(|| format!("--filter {key}={value}: use PORT[/PROTOCOL]"))?;
+                    (n, n)
+                }
+            };
+            ports.iter().any(|(p, proto)| (low..=high).contains(p) && proto == protocol)
+        }
+        "before" => record.created < created(value)?,
+        "since" => record.created > created(value)?,
         "health" => {
             let status = record.state.health.as_ref().map(|h| h.status.as_str()).unwrap_or("none");
             match value {
@@ -805,7 +840,7 @@ fn matches_filter(record: &Record, filter: &str) -> Result<bool> {
             }
         }
         other => bail!(
-            "unknown filter {other:?}: use status, name, id, ancestor, exited, label, network or health"
+            "unknown filter {other:?}: use status, name, id, ancestor, exited, label, network, volume, publish, expose, before, since or health"
         ),
     })
 }
@@ -820,10 +855,26 @@ pub fn ps(global: &Global, args: PsArgs) -> Result<i32> {
             matches!(r.state.status, Status::Running | Status::Paused | Status::Restarting)
         });
     }
+    // As Docker: values of one key are ORed, different keys ANDed.
+    let mut by_key: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for filter in &args.filter {
+        let (key, value) = filter
+            .split_once('=')
+            .with_context(|| format!("bad filter {filter:?}: use KEY=VALUE"))?;
+        by_key.entry(key.to_owned()).or_default().push(value.to_owned());
+    }
+    let everything = engine.list()?;
+    for (key, values) in &by_key {
         let mut kept = Vec::new();
         for r in records {
-            if matches_filter(&r, filter)? {
+            let mut any = false;
+            for value in values {
+                if matches_filter(&r, key, value, &everything)? {
+                    any = true;
+                    break;
+                }
+            }
+            if any {
                 kept.push(r);
             }
         }

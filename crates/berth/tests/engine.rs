@@ -1051,6 +1051,54 @@ fn root_health_checks_run_and_show() {
 }
 
 #[test]
+fn root_ps_filters_are_dockers() {
+    if !root_or_skip() {
+        return;
+    }
+    let berth = Berth::new();
+    berth.ok(&["run", "-d", "--name", "web-1", "-p", "18080:80", IMAGE, "sleep", "600"]);
+    berth.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web-2",
+        "--network",
+        "none",
+        "-v",
+        "filtered:/data",
+        IMAGE,
+        "sleep",
+        "600",
+    ]);
+    berth.ok(&["run", "-d", "--name", "db", "--network", "none", IMAGE, "sleep", "600"]);
+    let names = |filters: &[&str]| {
+        let mut args = vec!["ps", "--format", "{{.Names}}"];
+        for f in filters {
+            args.extend(["--filter", f]);
+        }
+        let mut out: Vec<String> = berth.ok(&args).lines().map(str::to_owned).collect();
+        out.sort();
+        out
+    };
+    // name is a regular expression; the same key given twice is an OR, different keys AND.
+    assert_eq!(names(&["name=^web-[0-9]$"]), ["web-1", "web-2"]);
+    assert_eq!(names(&["name=^db$", "name=web-1"]), ["db", "web-1"]);
+    assert_eq!(names(&["name=web", "network=none"]), ["web-2"]);
+    assert_eq!(names(&["volume=filtered"]), ["web-2"]);
+    assert_eq!(names(&["publish=18080"]), ["web-1"]);
+    assert_eq!(names(&["expose=80/tcp"]), ["web-1"]);
+    assert_eq!(names(&["before=db"]), ["web-1", "web-2"]);
+    assert_eq!(names(&["since=web-1"]), ["db", "web-2"]);
+    let err = berth.fails(&["ps", "--filter", "status=sleeping"]);
+    assert!(err.contains("invalid filter"), "{err}");
+    let err = berth.fails(&["ps", "--filter", "name=(["]);
+    assert!(err.contains("not a regular expression"), "{err}");
+    berth.ok(&["rm", "-f", "web-1", "web-2", "db"]);
+    berth.ok(&["volume", "rm", "filtered"]);
+    berth.assert_clean();
+}
+
+#[test]
 fn root_limits_are_enforced_and_stats_are_real() {
     if !root_or_skip() {
         return;
