@@ -109,6 +109,18 @@ pub enum Command {
     Diff(containers::One),
     /// Make an image from a container's changes.
     Commit(containers::CommitArgs),
+    /// Manage containers.
+    #[command(subcommand)]
+    Container(crate::system::ContainerCommand),
+    /// Write a container's filesystem as a tar archive.
+    Export(crate::system::ExportArgs),
+    /// Show berth's version.
+    Version(crate::system::FormatArgs),
+    /// System-wide information.
+    Info(crate::system::FormatArgs),
+    /// Manage berth: disk usage, pruning, information.
+    #[command(subcommand)]
+    System(crate::system::SystemCommand),
     /// Show a container's published ports.
     Port(containers::PortArgs),
     /// Rename a container.
@@ -131,6 +143,13 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     let global = cli.global;
     match cli.command {
         Command::Build(args) => crate::build::build(&global, args),
+        Command::Container(command) => crate::system::container(&global, command),
+        Command::Export(args) => crate::system::export(&global, args),
+        Command::Version(args) => crate::system::version(&global, args),
+        Command::Info(args) => {
+            crate::system::system(&global, crate::system::SystemCommand::Info(args))
+        }
+        Command::System(command) => crate::system::system(&global, command),
         Command::Builder(command) => crate::build::builder(&global, command),
         Command::Pull(args) => images::pull(&global, args),
         Command::Push(args) => images::push(&global, args),

@@ -11,6 +11,7 @@ pub mod images;
 pub mod logging;
 pub mod runc;
 pub mod server;
+pub mod system;
 pub mod template;
 
 /// Entry point of the `berth` binary; dispatches on the name it was called by, so a
@@ -53,7 +54,7 @@ pub fn main() -> i32 {
             }
             berth_task::shim::main(std::path::Path::new(&args[2]))
         }
-        Some("--version" | "-v" | "version") => {
+        Some("--version" | "-v") => {
             println!("berth version {}", env!("CARGO_PKG_VERSION"));
             0
         }

@@ -1099,6 +1099,65 @@ fn root_ps_filters_are_dockers() {
 }
 
 #[test]
+fn root_housekeeping_commands_are_dockers() {
+    if !root_or_skip() {
+        return;
+    }
+    let berth = Berth::new();
+    berth.ok(&[
+        "run",
+        "--name",
+        "done",
+        "--network",
+        "none",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo exported > /marker",
+    ]);
+    berth.ok(&["run", "-d", "--name", "alive", "--network", "none", IMAGE, "sleep", "600"]);
+    // export: the container's filesystem as a tar, its changes in it.
+    let tar = berth.command().args(["export", "done"]).output().unwrap();
+    assert!(tar.status.success(), "{}", String::from_utf8_lossy(&tar.stderr));
+    let mut list =
+        Command::new("tar").arg("-t").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    list.stdin.take().unwrap().write_all(&tar.stdout).unwrap();
+    let names = String::from_utf8_lossy(&list.wait_with_output().unwrap().stdout).into_owned();
+    assert!(
+        names.lines().any(|l| l == "marker") && names.lines().any(|l| l.starts_with("bin/")),
+        "{names}"
+    );
+    // version and info, plain and through templates.
+    assert_eq!(
+        berth.ok(&["version", "--format", "{{.Client.Version}}"]).trim(),
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(
+        berth.ok(&["info", "--format", "{{.ContainersRunning}}/{{.ContainersStopped}}"]).trim(),
+        "1/1"
+    );
+    assert!(berth.ok(&["system", "info"]).contains("Storage Driver: overlay2"));
+    let df = berth.ok(&["system", "df"]);
+    for kind in ["Images", "Containers", "Local Volumes", "Build Cache"] {
+        assert!(df.lines().any(|l| l.starts_with(kind)), "{df}");
+    }
+    // container prune removes stopped containers only.
+    let pruned = berth.ok(&["container", "prune", "-f"]);
+    assert!(pruned.starts_with("Deleted Containers:"), "{pruned}");
+    assert_eq!(berth.ok(&["ps", "-a", "--format", "{{.Names}}"]), "alive\n");
+    // system prune: stopped containers, unused networks, dangling images.
+    berth.ok(&["network", "create", "unused-net"]);
+    berth.ok(&["run", "--name", "done2", "--network", "none", IMAGE, "true"]);
+    let out = berth.ok(&["system", "prune", "-f"]);
+    assert!(out.contains("Deleted Networks:") && out.contains("unused-net"), "{out}");
+    assert!(out.contains("Total reclaimed space"), "{out}");
+    assert_eq!(berth.ok(&["ps", "-a", "--format", "{{.Names}}"]), "alive\n");
+    assert!(!berth.ok(&["network", "ls", "--format", "{{.Name}}"]).contains("unused-net"));
+    berth.ok(&["rm", "-f", "alive"]);
+    berth.assert_clean();
+}
+
+#[test]
 fn root_limits_are_enforced_and_stats_are_real() {
     if !root_or_skip() {
         return;

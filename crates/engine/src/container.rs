@@ -201,7 +201,7 @@ fn lock_file(dir: &Path) -> Result<File> {
 }
 
 impl Engine {
-    pub(crate) fn container_dir(&self, id: &str) -> PathBuf {
+    pub fn container_dir(&self, id: &str) -> PathBuf {
         self.containers_dir().join(id)
     }
 
