@@ -577,6 +577,11 @@ pub fn run(global: &Global, args: RunArgs) -> Result<i32> {
         bail!("--restart and --rm cannot be used together");
     }
     let (tty, interactive) = (options.tty, options.interactive);
+    if tty && interactive && !args.detach && !std::io::stdin().is_terminal() {
+        // As Docker: -it needs a terminal to hand to the container.
+        eprintln!("the input device is not a TTY");
+        return Ok(1);
+    }
     ensure_image(global, &options.image, &args.flags.pull)?;
     let record = engine.create(options)?;
     let started = match engine.start(&record.id) {

@@ -1158,6 +1158,88 @@ fn root_housekeeping_commands_are_dockers() {
 }
 
 #[test]
+fn root_input_is_validated_as_docker_validates_it() {
+    if !root_or_skip() {
+        return;
+    }
+    let berth = Berth::new();
+    let err =
+        berth.fails(&["run", "--rm", "--network", "none", "--dns", "not-an-ip", IMAGE, "true"]);
+    assert!(err.contains("--dns \"not-an-ip\"") && err.contains("not an IP address"), "{err}");
+    let err = berth.fails(&["run", "--rm", "--network", "none", "-v", ":/x", IMAGE, "true"]);
+    assert!(err.contains("empty section between colons"), "{err}");
+    let err =
+        berth.fails(&["run", "--rm", "--network", "none", "--add-host", "nohost", IMAGE, "true"]);
+    assert!(err.contains("--add-host"), "{err}");
+    // 0 is no limit.
+    berth.ok(&["run", "--rm", "--network", "none", "--memory", "0", "--cpus", "0", IMAGE, "true"]);
+    // A relative bind source is a path from here.
+    let here = berth.dir.path().join("here");
+    std::fs::create_dir_all(here.join("rel")).unwrap();
+    std::fs::write(here.join("rel/file"), "relative\n").unwrap();
+    let output = berth
+        .command()
+        .current_dir(&here)
+        .args(["run", "--rm", "--network", "none", "-v", "./rel:/x", IMAGE, "cat", "/x/file"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "relative\n",
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // host-gateway is the container's way to the host; the host network has the host's name.
+    let hosts = berth.ok(&[
+        "run",
+        "--rm",
+        "--add-host",
+        "gw:host-gateway",
+        IMAGE,
+        "sh",
+        "-c",
+        "grep gw /etc/hosts; ip route | grep default",
+    ]);
+    let gateway = hosts
+        .lines()
+        .find(|l| l.contains("default"))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .unwrap()
+        .to_owned();
+    assert!(hosts.lines().any(|l| l.starts_with(&gateway) && l.ends_with("gw")), "{hosts}");
+    let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_eq!(berth.ok(&["run", "--rm", "--network", "host", IMAGE, "hostname"]), host_name);
+    // -it without a terminal says so.
+    let output = berth
+        .command()
+        .args(["run", "--rm", "-it", IMAGE, "true"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("the input device is not a TTY"));
+    // commit keeps the container's labels.
+    berth.ok(&[
+        "run",
+        "--name",
+        "labelled",
+        "--network",
+        "none",
+        "--label",
+        "team=a",
+        IMAGE,
+        "true",
+    ]);
+    berth.ok(&["commit", "labelled", "labelled:v1"]);
+    assert_eq!(
+        berth.ok(&["inspect", "-f", "{{index .Config.Labels \"team\"}}", "labelled:v1"]),
+        "a\n"
+    );
+    berth.ok(&["rm", "labelled"]);
+    berth.assert_clean();
+}
+
+#[test]
 fn root_limits_are_enforced_and_stats_are_real() {
     if !root_or_skip() {
         return;

@@ -65,6 +65,34 @@ impl Engine {
             }
         }
         self.check_network_option(&options)?;
+        // Docker's validation and defaults, before anything is made.
+        for dns in &options.dns {
+            if dns.parse::<std::net::IpAddr>().is_err() {
+                return Err(invalid(format!("--dns {dns:?}"), "not an IP address"));
+            }
+        }
+        for entry in &options.add_hosts {
+            let (host, ip) = entry
+                .split_once(':')
+                .ok_or_else(|| invalid(format!("--add-host {entry:?}"), "expected HOST:IP"))?;
+            if host.is_empty() || (ip != "host-gateway" && ip.parse::<std::net::IpAddr>().is_err())
+            {
+                return Err(invalid(
+                    format!("--add-host {entry:?}"),
+                    "expected HOST:IP, the IP an address or host-gateway",
+                ));
+            }
+        }
+        // 0 means no limit, as in Docker.
+        options.memory = options.memory.filter(|m| *m != 0);
+        options.cpus = options.cpus.filter(|c| *c != 0.0);
+        if options.network == "host" && options.hostname.is_none() {
+            // The host's network is the host's name too.
+            options.hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty());
+        }
         for mount in &options.mounts {
             if mount.kind == "bind" && !Path::new(&mount.source).exists() {
                 return Err(invalid(
@@ -385,8 +413,17 @@ impl Engine {
 
     fn write_etc_files(&self, locked: &Locked) -> Result<()> {
         let record = &locked.record;
-        let mut hosts =
-            String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+        let mut hosts = if record.options.network == "host" {
+            // The host's network: the host's own hosts file, as Docker gives it.
+            std::fs::read_to_string("/etc/hosts").unwrap_or_else(|_| {
+                String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+            })
+        } else {
+            String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+        };
+        if !hosts.ends_with('\n') {
+            hosts.push('\n');
+        }
         if let Some(net) = &record.network {
             if !net.ip.is_empty() {
                 hosts.push_str(&format!("{}\t{} {}\n", net.ip, record.hostname, record.name));
@@ -396,12 +433,19 @@ impl Engine {
             let (host, ip) = entry
                 .split_once(':')
                 .ok_or_else(|| invalid(format!("--add-host {entry:?}"), "expected HOST:IP"))?;
-            if ip.parse::<std::net::IpAddr>().is_err() {
-                return Err(invalid(
-                    format!("--add-host {entry:?}"),
-                    "the address is not an IP address",
-                ));
-            }
+            // host-gateway: the host as the container reaches it (its network's gateway;
+            // the host's loopback for the host's network).
+            let ip = match (ip, &record.network) {
+                ("host-gateway", Some(net)) if !net.gateway.is_empty() => net.gateway.clone(),
+                ("host-gateway", _) => "127.0.0.1".to_owned(),
+                (ip, _) if ip.parse::<std::net::IpAddr>().is_ok() => ip.to_owned(),
+                _ => {
+                    return Err(invalid(
+                        format!("--add-host {entry:?}"),
+                        "the address is not an IP address",
+                    ))
+                }
+            };
             hosts.push_str(&format!("{ip}\t{host}\n"));
         }
         hosts.push_str(&self.peer_hosts(record));
@@ -861,6 +905,10 @@ impl Engine {
                     .filter(|e| !e.starts_with("HOSTNAME=") && !e.starts_with("HOME="))
                     .collect(),
             );
+        }
+        // The container's labels (the image's and its own) are the new image's, as in Docker.
+        if !record.options.labels.is_empty() {
+            run.labels.get_or_insert_with(Default::default).extend(record.options.labels.clone());
         }
         changes(&mut run).map_err(|e| invalid("--change", e))?;
         config.config = Some(run);

@@ -274,6 +274,21 @@ impl MountSpec {
             [src, dst, opts] => (*src, *dst, *opts),
             _ => return Err(bad("expected [SOURCE:]DESTINATION[:ro|rw]")),
         };
+        if parts.len() >= 2 && source.is_empty() {
+            return Err(bad("empty section between colons: give a volume name or a host path"));
+        }
+        // A relative host path (./data, ../x, .) is a bind of that path, as Docker takes it.
+        let relative;
+        let source = if source == "." || source.starts_with("./") || source.starts_with("../") {
+            let cwd = std::env::current_dir()
+                .map_err(|e| bad(&format!("cannot resolve the relative path: {e}")))?;
+            let joined = cwd.join(source);
+            relative =
+                std::fs::canonicalize(&joined).unwrap_or(joined).to_string_lossy().into_owned();
+            relative.as_str()
+        } else {
+            source
+        };
         if !destination.starts_with('/') {
             return Err(bad("the destination must be an absolute path in the container"));
         }
