@@ -141,7 +141,82 @@ pub struct RunArgs {
     #[arg(short, long)]
     pub detach: bool,
     #[command(flatten)]
+    pub attach_options: AttachOptions,
+    #[command(flatten)]
     pub flags: CreateFlags,
+}
+
+/// How a terminal attached to a container behaves.
+#[derive(Debug, Clone, Args)]
+pub struct AttachOptions {
+    /// The keys that detach from the container and leave it running (`ctrl-p,ctrl-q`:
+    /// ctrl-A to ctrl-Z, ctrl-@, ctrl-[, ctrl-\\, ctrl-], ctrl-^, ctrl-_, or single characters).
+    #[arg(long = "detach-keys", default_value = "ctrl-p,ctrl-q")]
+    pub detach_keys: String,
+    /// Pass the signals this command receives on to the container.
+    #[arg(long = "sig-proxy", default_value = "true", action = clap::ArgAction::Set)]
+    pub sig_proxy: bool,
+}
+
+impl Default for AttachOptions {
+    fn default() -> AttachOptions {
+        AttachOptions { detach_keys: "ctrl-p,ctrl-q".into(), sig_proxy: true }
+    }
+}
+
+/// Docker's `--detach-keys` syntax as bytes.
+pub fn parse_detach_keys(text: &str) -> Result<Vec<u8>> {
+    let mut keys = Vec::new();
+    for key in text.split(',') {
+        let key = key.trim();
+        match key.strip_prefix("ctrl-") {
+            Some(rest) if rest.len() == 1 => {
+                let c = rest.as_bytes()[0].to_ascii_uppercase();
+                if !(b'@'..=b'_').contains(&c) {
+                    bail!("--detach-keys {text:?}: ctrl-{rest} is not a control key (ctrl-a..ctrl-z, ctrl-@, ctrl-[, ctrl-\\, ctrl-], ctrl-^, ctrl-_)");
+                }
+                keys.push(c - b'@');
+            }
+            None if key.len() == 1 => keys.push(key.as_bytes()[0]),
+            _ => bail!("--detach-keys {text:?}: {key:?} is not a key: use ctrl-X or one character"),
+        }
+    }
+    if keys.is_empty() {
+        bail!("--detach-keys is empty");
+    }
+    Ok(keys)
+}
+
+/// Finds the detach sequence in a stream of input, holding back what may be its start.
+#[derive(Debug)]
+struct DetachMatcher {
+    keys: Vec<u8>,
+    matched: usize,
+}
+
+impl DetachMatcher {
+    /// The bytes to pass on, and whether the sequence was completed.
+    fn feed(&mut self, input: &[u8]) -> (Vec<u8>, bool) {
+        let mut out = Vec::new();
+        for &byte in input {
+            if byte == self.keys[self.matched] {
+                self.matched += 1;
+                if self.matched == self.keys.len() {
+                    return (out, true);
+                }
+            } else {
+                // Not the sequence after all: what was held back goes through.
+                out.extend_from_slice(&self.keys[..self.matched]);
+                self.matched = 0;
+                if byte == self.keys[0] {
+                    self.matched = 1;
+                } else {
+                    out.push(byte);
+                }
+            }
+        }
+        (out, false)
+    }
 }
 
 #[derive(Debug, Args)]
@@ -313,6 +388,8 @@ pub struct RenameArgs {
 pub struct AttachArgs {
     #[arg(long = "no-stdin")]
     pub no_stdin: bool,
+    #[command(flatten)]
+    pub options: AttachOptions,
     pub container: String,
 }
 
@@ -597,7 +674,7 @@ pub fn run(global: &Global, args: RunArgs) -> Result<i32> {
         println!("{}", record.id);
         return Ok(0);
     }
-    relay(&engine, started.stream, &record.id, interactive, tty)
+    relay(&engine, started.stream, &record.id, interactive, tty, &args.attach_options)
 }
 
 pub fn start(global: &Global, args: StartArgs) -> Result<i32> {
@@ -629,6 +706,7 @@ pub fn start(global: &Global, args: StartArgs) -> Result<i32> {
                     &started.id,
                     args.interactive,
                     record.options.tty,
+                    &AttachOptions::default(),
                 );
             }
             Ok(_) => println!("{name}"),
@@ -1049,14 +1127,30 @@ pub fn attach(global: &Global, args: AttachArgs) -> Result<i32> {
         bail!("you cannot attach to a stopped container, start it first");
     }
     let stream = berth_engine::monitor::connect(&global.root.join("containers").join(&id))?;
-    relay(&engine, stream, &id, !args.no_stdin && record.options.interactive, record.options.tty)
+    relay(
+        &engine,
+        stream,
+        &id,
+        !args.no_stdin && record.options.interactive,
+        record.options.tty,
+        &args.options,
+    )
 }
 
 /// Relays between this terminal and a container's monitor until the container exits;
 /// returns its exit code. Signals sent to this command go to the container (Docker's
 /// `--sig-proxy`); with a terminal, it is put in raw mode and its size follows along.
-fn relay(engine: &Engine, stream: UnixStream, id: &str, stdin: bool, tty: bool) -> Result<i32> {
+fn relay(
+    engine: &Engine,
+    stream: UnixStream,
+    id: &str,
+    stdin: bool,
+    tty: bool,
+    options: &AttachOptions,
+) -> Result<i32> {
     use berth_sys::nix::sys::signal::{SigSet, SigmaskHow, Signal};
+    let detach_keys = parse_detach_keys(&options.detach_keys)?;
+    let detached = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = Arc::new(Mutex::new(stream.try_clone()?));
     let proxied = [
         Signal::SIGINT,
@@ -1071,7 +1165,7 @@ fn relay(engine: &Engine, stream: UnixStream, id: &str, stdin: bool, tty: bool) 
         set.add(s);
     }
     let raw = if tty && std::io::stdin().is_terminal() { RawMode::enter() } else { None };
-    if raw.is_none() {
+    if raw.is_none() && options.sig_proxy {
         berth_sys::nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None)?;
         let root = engine.root().to_owned();
         let id = id.to_owned();
@@ -1104,6 +1198,8 @@ fn relay(engine: &Engine, stream: UnixStream, id: &str, stdin: bool, tty: bool) 
     }
     if stdin {
         let writer = writer.clone();
+        let detached = detached.clone();
+        let mut matcher = DetachMatcher { keys: detach_keys, matched: 0 };
         std::thread::spawn(move || {
             let mut input = std::io::stdin().lock();
             let mut buffer = [0u8; 8192];
@@ -1116,8 +1212,17 @@ fn relay(engine: &Engine, stream: UnixStream, id: &str, stdin: bool, tty: bool) 
                         return;
                     }
                     Ok(n) => {
+                        let (pass, detach) = matcher.feed(&buffer[..n]);
                         let Ok(mut w) = writer.lock() else { return };
-                        if attach::write_frame(&mut *w, attach::STDIN, &buffer[..n]).is_err() {
+                        if !pass.is_empty()
+                            && attach::write_frame(&mut *w, attach::STDIN, &pass).is_err()
+                        {
+                            return;
+                        }
+                        if detach {
+                            // Leave the container running: close our side of the attach.
+                            detached.store(true, std::sync::atomic::Ordering::SeqCst);
+                            let _ = w.shutdown(std::net::Shutdown::Both);
                             return;
                         }
                     }
@@ -1146,6 +1251,11 @@ fn relay(engine: &Engine, stream: UnixStream, id: &str, stdin: bool, tty: bool) 
                 bail!("{}", String::from_utf8_lossy(&message));
             }
             Ok(Some(_)) => {}
+            Ok(None) | Err(_) if detached.load(std::sync::atomic::Ordering::SeqCst) => {
+                drop(raw);
+                eprintln!("\r\nread escape sequence");
+                return Ok(0);
+            }
             Ok(None) | Err(_) => {
                 drop(raw);
                 // The monitor went away without a word: ask the record.
@@ -1617,6 +1727,21 @@ pub fn network(global: &Global, command: NetworkCommand) -> Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn detach_keys_as_docker_writes_them() {
+        assert_eq!(parse_detach_keys("ctrl-p,ctrl-q").unwrap(), vec![0x10, 0x11]);
+        assert_eq!(parse_detach_keys("ctrl-a,d").unwrap(), vec![0x01, b'd']);
+        assert_eq!(parse_detach_keys("ctrl-@,ctrl-_").unwrap(), vec![0x00, 0x1f]);
+        assert!(parse_detach_keys("ctrl-1").is_err());
+        assert!(parse_detach_keys("alt-x").is_err());
+        let mut matcher = DetachMatcher { keys: vec![0x10, 0x11], matched: 0 };
+        // A partial sequence is held back, then passed on when it turns out not to be one.
+        assert_eq!(matcher.feed(b"ab\x10"), (b"ab".to_vec(), false));
+        assert_eq!(matcher.feed(b"c"), (b"\x10c".to_vec(), false));
+        assert_eq!(matcher.feed(b"x\x10\x10"), (b"x\x10".to_vec(), false));
+        assert_eq!(matcher.feed(b"\x11rest"), (Vec::new(), true));
+    }
 
     #[test]
     fn formats_pick_fields() {

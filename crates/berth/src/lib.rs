@@ -72,10 +72,11 @@ pub fn main() -> i32 {
                 }
             };
             init_logging(&cli.global);
+            let cli_root = cli.global.root.clone();
             match cli::run(cli) {
                 Ok(code) => code,
                 Err(err) => {
-                    let message = format!("{err:#}");
+                    let message = error_text(&err, &cli_root);
                     eprintln!("Error: {message}");
                     // As Docker: 127/126 when the container's program cannot start, 125
                     // when berth itself failed.
@@ -84,6 +85,40 @@ pub fn main() -> i32 {
             }
         }
     }
+}
+
+/// An error's chain as one line, each cause once (a cause often repeats its parent's
+/// words), with what to do when the disk is full.
+fn error_text(err: &anyhow::Error, root: &std::path::Path) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if parts.last().is_some_and(|last| last.contains(&text) || last.ends_with(&text)) {
+            continue;
+        }
+        if let Some(last) = parts.last_mut() {
+            if let Some(rest) = text.strip_prefix(last.as_str()) {
+                *last = format!("{last}{rest}");
+                continue;
+            }
+        }
+        parts.push(text);
+    }
+    let mut message = parts.join(": ");
+    let full = err.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::StorageFull)
+    }) || message.contains("No space left on device");
+    if full {
+        let free = berth_sys::fs::free_space(root)
+            .map(|b| format!(" ({} free)", images::human_size(b)))
+            .unwrap_or_default();
+        message.push_str(&format!(
+            "\nthe disk holding {}{free} is full: free space with `berth image prune -a`, `berth system prune` or `berth builder prune` (`berth system df` shows what uses it)",
+            root.display()
+        ));
+    }
+    message
 }
 
 /// Every crate of the workspace, by its name in log targets.

@@ -107,8 +107,9 @@ impl Node {
             .spawn()
             .expect("berth cri");
         self.server = Some(child);
+        // The socket's file appears at bind(2), before listen(2): wait for a connection.
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !self.socket().exists() {
+        while std::os::unix::net::UnixStream::connect(self.socket()).is_err() {
             assert!(Instant::now() < deadline, "no socket: {}", self.server_log());
             std::thread::sleep(Duration::from_millis(10));
         }

@@ -97,7 +97,26 @@ impl ImageStore {
         // A file description of its own, so each writer holds its own shared lock.
         let file = File::options().write(true).open(&path).map_err(io("open", &path))?;
         file.lock_shared().map_err(io("lock", &path))?;
+        self.remove_dead_temps();
         Ok(WriteGuard { _store: self, file })
+    }
+
+    /// Removes the unpack directories of writers that died (a pull killed with SIGKILL):
+    /// each is named after its writer's pid and start time, so a live one is never taken.
+    fn remove_dead_temps(&self) {
+        let Ok(entries) = std::fs::read_dir(self.root.join("tmp")) else { return };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let mut parts = name.strip_prefix("unpack-").unwrap_or("").split('-');
+            let (Some(pid), Some(start)) = (parts.next(), parts.next()) else { continue };
+            let (Ok(pid), Ok(start)) = (pid.parse::<i32>(), start.parse::<u64>()) else { continue };
+            let alive =
+                berth_sys::process::process_start_time(berth_sys::nix::unistd::Pid::from_raw(pid))
+                    .is_some_and(|s| s == start);
+            if !alive {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
     }
 
     pub fn snapshot_dir(&self, id: i64) -> PathBuf {
@@ -107,8 +126,14 @@ impl ImageStore {
     /// A private directory on the store's filesystem to unpack into.
     pub fn temp_dir(&self) -> Result<tempfile::TempDir> {
         let dir = self.root.join("tmp");
+        // Named after this process (pid and start time), so that a later writer can tell
+        // the leftovers of a dead one from a live one's work.
+        let me = std::process::id() as i32;
+        let start =
+            berth_sys::process::process_start_time(berth_sys::nix::unistd::Pid::from_raw(me))
+                .unwrap_or(0);
         tempfile::Builder::new()
-            .prefix("unpack-")
+            .prefix(&format!("unpack-{me}-{start}-"))
             .tempdir_in(&dir)
             .map_err(io("create a directory in", &dir))
     }
@@ -575,6 +600,23 @@ mod tests {
             vec![format!("docker.io/library/{name}:latest")],
         )
         .expect("image")
+    }
+
+    #[test]
+    fn a_dead_writers_unpack_directories_go_at_the_next_write() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ImageStore::open(dir.path()).expect("open");
+        let mine = store.temp_dir().expect("temp");
+        // pid 0 is never a process of ours: its directory is a dead writer's.
+        let stale = store.root().join("tmp/unpack-0-1-abcdef");
+        std::fs::create_dir_all(&stale).expect("stale");
+        std::fs::write(stale.join("half-a-layer"), vec![0u8; 1024]).expect("write");
+        let other = store.root().join("tmp/not-an-unpack-dir");
+        std::fs::create_dir_all(&other).expect("other");
+        let _guard = store.writing().expect("writing");
+        assert!(!stale.exists(), "the dead writer's directory is removed");
+        assert!(mine.path().exists(), "a live writer's directory stays");
+        assert!(other.exists(), "what is not an unpack directory is left alone");
     }
 
     #[test]
