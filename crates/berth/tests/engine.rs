@@ -1322,6 +1322,34 @@ fn root_input_is_validated_as_docker_validates_it() {
 }
 
 #[test]
+fn root_unfinished_lines_reach_the_logs() {
+    if !root_or_skip() {
+        return;
+    }
+    let berth = Berth::new();
+    // A prompt without a newline, then a progress bar drawn with \r.
+    berth.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "prompt",
+        "--network",
+        "none",
+        IMAGE,
+        "sh",
+        "-c",
+        "printf 'password> '; printf '10%%\\r50%%\\r'; sleep 600",
+    ]);
+    wait_for("the prompt in the logs", Duration::from_secs(10), || {
+        berth.ok(&["logs", "prompt"]).contains("password> ")
+    });
+    let logs = berth.ok(&["logs", "prompt"]);
+    assert!(logs.contains("50%"), "{logs:?}");
+    berth.ok(&["rm", "-f", "prompt"]);
+    berth.assert_clean();
+}
+
+#[test]
 fn root_limits_are_enforced_and_stats_are_real() {
     if !root_or_skip() {
         return;
