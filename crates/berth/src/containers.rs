@@ -17,7 +17,7 @@ use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
 use crate::cli::Global;
-use crate::images::{ago, table};
+use crate::images::{ago, human_size, table};
 
 #[derive(Debug, Args)]
 #[command(disable_help_flag = true)]
@@ -1459,10 +1459,18 @@ pub fn stats(global: &Global, args: StatsArgs) -> Result<i32> {
         let started = std::time::Instant::now();
         std::thread::sleep(Duration::from_millis(500));
         let elapsed = started.elapsed().as_nanos() as f64;
-        let mut rows =
-            vec![["CONTAINER ID", "NAME", "CPU %", "MEM USAGE / LIMIT", "MEM %", "PIDS"]
-                .map(String::from)
-                .to_vec()];
+        let mut rows = vec![[
+            "CONTAINER ID",
+            "NAME",
+            "CPU %",
+            "MEM USAGE / LIMIT",
+            "MEM %",
+            "NET I/O",
+            "BLOCK I/O",
+            "PIDS",
+        ]
+        .map(String::from)
+        .to_vec()];
         for (name, before) in names.iter().zip(first) {
             let Ok(record) = engine.peek(&engine.resolve_id(name)?) else { continue };
             let Ok(after) = engine.stats(name) else { continue };
@@ -1479,8 +1487,23 @@ pub fn stats(global: &Global, args: StatsArgs) -> Result<i32> {
                 l => l,
             };
             let percent = if limit > 0 { usage as f64 / limit as f64 * 100.0 } else { 0.0 };
+            // Docker's forms: received / sent over the container's interfaces, and bytes
+            // read / written to block devices by its cgroup.
+            let (rx, tx) = net_io(record.state.pid);
+            let io_bytes = |op: &str| -> u64 {
+                after
+                    .blkio
+                    .io_service_bytes_recursive
+                    .iter()
+                    .filter(|e| e.op.eq_ignore_ascii_case(op))
+                    .map(|e| e.value)
+                    .sum()
+            };
+            let net = format!("{} / {}", human_size(rx), human_size(tx));
+            let block =
+                format!("{} / {}", human_size(io_bytes("Read")), human_size(io_bytes("Write")));
             if !matches!(listing, crate::template::Listing::Table) {
-                templated.push(json!({"BlockIO": "--", "CPUPerc": format!("{cpu:.2}%"), "Container": name, "ID": record.short_id(), "MemPerc": format!("{percent:.2}%"), "MemUsage": format!("{} / {}", human_binary(usage), human_binary(limit)), "Name": record.name, "NetIO": "--", "PIDs": after.pids.current.to_string()}));
+                templated.push(json!({"BlockIO": block, "CPUPerc": format!("{cpu:.2}%"), "Container": name, "ID": record.short_id(), "MemPerc": format!("{percent:.2}%"), "MemUsage": format!("{} / {}", human_binary(usage), human_binary(limit)), "Name": record.name, "NetIO": net, "PIDs": after.pids.current.to_string()}));
                 continue;
             }
             rows.push(vec![
@@ -1489,6 +1512,8 @@ pub fn stats(global: &Global, args: StatsArgs) -> Result<i32> {
                 format!("{cpu:.2}%"),
                 format!("{} / {}", human_binary(usage), human_binary(limit)),
                 format!("{percent:.2}%"),
+                net,
+                block,
                 after.pids.current.to_string(),
             ]);
         }
@@ -1501,6 +1526,26 @@ pub fn stats(global: &Global, args: StatsArgs) -> Result<i32> {
             return Ok(0);
         }
     }
+}
+
+/// Bytes received and sent by a process's network namespace, loopback left out.
+fn net_io(pid: i32) -> (u64, u64) {
+    if pid <= 0 {
+        return (0, 0);
+    }
+    let text = std::fs::read_to_string(format!("/proc/{pid}/net/dev")).unwrap_or_default();
+    text.lines()
+        .skip(2)
+        .filter_map(|line| {
+            let (name, fields) = line.split_once(':')?;
+            if name.trim() == "lo" {
+                return None;
+            }
+            let numbers: Vec<u64> =
+                fields.split_whitespace().filter_map(|f| f.parse().ok()).collect();
+            Some((*numbers.first()?, *numbers.get(8)?))
+        })
+        .fold((0, 0), |(r, t), (a, b)| (r + a, t + b))
 }
 
 fn host_memory() -> u64 {

@@ -1396,6 +1396,21 @@ fn root_limits_are_enforced_and_stats_are_real() {
     let cpu: f64 = stats["CPUPerc"].as_str().unwrap().trim_end_matches('%').parse().unwrap();
     assert!(cpu > 10.0 && cpu < 70.0, "cpu {cpu}% with --cpus 0.5");
     assert_eq!(stats["PIDs"], "1");
+    // NET I/O and BLOCK I/O in Docker's forms.
+    for key in ["NetIO", "BlockIO"] {
+        let value = stats[key].as_str().unwrap();
+        assert!(
+            value.contains(" / ") && value.chars().next().unwrap().is_ascii_digit(),
+            "{key}: {value}"
+        );
+    }
+    let table = berth.ok(&["stats", "--no-stream", "busy"]);
+    assert!(
+        table.starts_with("CONTAINER ID")
+            && table.contains("NET I/O")
+            && table.contains("BLOCK I/O"),
+        "{table}"
+    );
     berth.ok(&["rm", "-f", "busy", "hog"]);
     berth.assert_clean();
 }
