@@ -55,7 +55,12 @@ hyperfine -N --warmup 3 --runs $runs --export-markdown $work/result.md \\
   -n "podman run --rm --network none" "$podman run --rm --network none --ulimit host localhost/fixture:v1 true" \\
   -n "berth run --rm (bridge)" "$berth run --rm fixture:v1 true" \\
   -n "podman run --rm (bridge)" "$podman run --rm --ulimit host localhost/fixture:v1 true"
+# Log throughput: 2,000,000 lines through the container's log (berth's CRI format,
+# podman's k8s-file) and out to the caller.
+hyperfine -N --warmup 1 --runs 5 --export-markdown $work/logs.md \\
+  -n "berth run (2M log lines)" "$berth run --rm --network none fixture:v1 seq 2000000" \\
+  -n "podman run (2M log lines, k8s-file)" "$podman run --rm --network none --ulimit host --log-driver k8s-file localhost/fixture:v1 seq 2000000"
 SH
 chmod +x "$work/bench.sh"
 BERTH_ROOT=$work/berth unshare -n "$work/bench.sh"
-cat "$work/result.md"
+cat "$work/result.md" "$work/logs.md"
