@@ -317,7 +317,8 @@ fn root_push_is_read_back_by_skopeo_with_the_same_digests() {
     let target = format!("{}/copies/fixture:pushed", registry.host());
     berth.ok(&["tag", &source, &target]);
     let out = berth.ok(&["push", &target]);
-    assert_eq!(out.matches("Mounted from fixture").count(), 4, "layers and config mount: {out}");
+    // Three layers are shown; the config is mounted too but, as in Docker, not listed.
+    assert_eq!(out.matches("Mounted from fixture").count(), 3, "layers mount: {out}");
     let raw = registry.skopeo_raw_manifest("copies/fixture:pushed");
     assert_eq!(format!("sha256:{}", sha(&raw)), served, "the registry holds the same manifest");
     assert!(out.contains(&served), "{out}");
@@ -325,14 +326,14 @@ fn root_push_is_read_back_by_skopeo_with_the_same_digests() {
     let other = Registry::start();
     let elsewhere = format!("{}/fresh:v1", other.host());
     let out = berth.ok(&["push", &source, &elsewhere]);
-    assert_eq!(out.matches("Pushed").count(), 4, "{out}");
+    assert_eq!(out.matches("Pushed").count(), 3, "{out}");
     let back = berth.dir.path().join("back");
     other.skopeo_get("fresh:v1", &format!("oci:{}:v1", back.display()));
     assert_eq!(expected_tree(&back), expected_tree(&written.dir));
     assert_eq!(served_digest(&other, "fresh:v1"), served);
     // Pushing again uploads nothing.
     let out = berth.ok(&["push", &source, &elsewhere]);
-    assert_eq!(out.matches("Layer already exists").count(), 4, "{out}");
+    assert_eq!(out.matches("Layer already exists").count(), 3, "{out}");
 }
 
 #[test]

@@ -32,11 +32,15 @@ pub fn push(
     for layer in &image.manifest.layers {
         blobs.push((layer.digest()?, layer.size));
     }
-    blobs.push((image.manifest.config.digest()?, image.manifest.config.size));
+    let config = image.manifest.config.digest()?;
+    blobs.push((config.clone(), image.manifest.config.size));
     let mut uploaded = 0;
     let mut mounted = 0;
     let mut sources = Vec::new();
+    // The config is uploaded like a layer but, as in Docker's output, not shown as one.
+    let silent = crate::progress::Silent;
     for (digest, size) in &blobs {
+        let progress: &dyn Progress = if *digest == config { &silent } else { progress };
         if client.blob_exists(repository, digest)? {
             progress.status(digest, "Layer already exists");
         } else {
