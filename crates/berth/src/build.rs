@@ -64,17 +64,6 @@ pub struct BuildArgs {
     pub context: String,
 }
 
-fn machine_architecture() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "arm" => "arm",
-        "powerpc64" => "ppc64le",
-        "s390x" => "s390x",
-        other => other,
-    }
-}
-
 struct Display<'a> {
     global: &'a Global,
     store: ImageStore,
@@ -203,7 +192,8 @@ pub fn build(global: &Global, args: BuildArgs) -> Result<i32> {
             }
         }
     };
-    let architecture = machine_architecture().to_owned();
+    let host = berth_image::manifest::Platform::host();
+    let architecture = host.architecture.clone();
     if let Some(platform) = &args.platform {
         let wanted = format!("linux/{architecture}");
         if !platform
@@ -292,7 +282,7 @@ pub fn build(global: &Global, args: BuildArgs) -> Result<i32> {
         network,
         os: "linux".into(),
         architecture,
-        variant: None,
+        variant: host.variant.clone(),
     };
     let display = Display {
         global,

@@ -1548,7 +1548,8 @@ fn net_io(pid: i32) -> (u64, u64) {
         .fold((0, 0), |(r, t), (a, b)| (r + a, t + b))
 }
 
-fn host_memory() -> u64 {
+/// The machine's memory in bytes (MemTotal).
+pub(crate) fn host_memory() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|t| {

@@ -666,7 +666,9 @@ fn read_password() -> Result<String> {
     eprint!("Password: ");
     let mut line = String::new();
     let read = stdin.read_line(&mut line);
-    let _ = tcsetattr(&stdin, SetArg::TCSANOW, &saved);
+    if let Err(err) = tcsetattr(&stdin, SetArg::TCSANOW, &saved) {
+        eprintln!("cannot turn the terminal's echo back on ({err}): run `stty echo`");
+    }
     read?;
     Ok(line.trim_end_matches(['\n', '\r']).to_owned())
 }

@@ -63,22 +63,13 @@ fn engine(global: &Global) -> Result<Engine> {
         .with_context(|| format!("cannot open the berth root {}", global.root.display()))
 }
 
-fn dir_size(path: &std::path::Path) -> u64 {
-    let Ok(meta) = std::fs::symlink_metadata(path) else { return 0 };
-    if meta.is_dir() {
-        std::fs::read_dir(path).map(|d| d.flatten().map(|e| dir_size(&e.path())).sum()).unwrap_or(0)
-    } else {
-        meta.len()
-    }
-}
-
 /// Removes stopped containers; returns their ids and the bytes freed.
 fn prune_containers(engine: &Engine) -> Result<(Vec<String>, u64)> {
     let mut removed = Vec::new();
     let mut freed = 0;
     for record in engine.list()? {
         if matches!(record.state.status, Status::Exited | Status::Created | Status::Dead) {
-            let size = dir_size(&engine.container_dir(&record.id).join("upper"));
+            let size = berth_stdx::fs::disk_usage(&engine.container_dir(&record.id).join("upper"));
             engine.remove(&record.id, false, false)?;
             freed += size;
             removed.push(record.id);
@@ -138,12 +129,14 @@ pub fn export(global: &Global, args: ExportArgs) -> Result<i32> {
     Ok(0)
 }
 
-fn architecture() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    }
+/// The running kernel's release ("" when /proc cannot tell).
+fn kernel_version() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned()
+}
+
+/// This machine's architecture in OCI's names (`amd64`).
+fn architecture() -> String {
+    berth_image::manifest::Platform::host().architecture
 }
 
 fn print_formatted(format: Option<&str>, value: &Value, plain: impl FnOnce()) -> Result<()> {
@@ -158,8 +151,7 @@ fn print_formatted(format: Option<&str>, value: &Value, plain: impl FnOnce()) ->
 }
 
 pub fn version(_global: &Global, args: FormatArgs) -> Result<i32> {
-    let kernel =
-        std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned();
+    let kernel = kernel_version();
     let value = json!({
         "Client": {
             "Platform": {"Name": "berth"},
@@ -193,16 +185,7 @@ fn info(global: &Global, args: FormatArgs) -> Result<i32> {
     let images = open_store(global)?.list()?.len();
     let cgroup_version =
         if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() { "2" } else { "1" };
-    let memory: u64 = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|n| n.parse::<u64>().ok())
-        })
-        .unwrap_or(0)
-        * 1024;
+    let memory = crate::containers::host_memory();
     let os = std::fs::read_to_string("/etc/os-release")
         .ok()
         .and_then(|t| {
@@ -220,7 +203,7 @@ fn info(global: &Global, args: FormatArgs) -> Result<i32> {
         "Driver": "overlay2",
         "CgroupDriver": "cgroupfs",
         "CgroupVersion": cgroup_version,
-        "KernelVersion": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+        "KernelVersion": kernel_version(),
         "OperatingSystem": os,
         "OSType": "linux",
         "Architecture": std::env::consts::ARCH,
@@ -273,21 +256,17 @@ pub fn system(global: &Global, command: SystemCommand) -> Result<i32> {
                 .map(|r| {
                     (
                         r.state.status == Status::Running,
-                        dir_size(&engine.container_dir(&r.id).join("upper")),
+                        berth_stdx::fs::disk_usage(&engine.container_dir(&r.id).join("upper")),
                     )
                 })
                 .collect();
             let volumes = engine.volume_list()?;
-            let volume_sizes: Vec<(bool, u64)> = volumes
-                .iter()
-                .map(|v| {
-                    (
-                        !engine.volume_users(&v.name).unwrap_or_default().is_empty(),
-                        dir_size(&v.mountpoint),
-                    )
-                })
-                .collect();
-            let cache = dir_size(&global.root.join("build/cache-mounts"));
+            let mut volume_sizes: Vec<(bool, u64)> = Vec::with_capacity(volumes.len());
+            for v in &volumes {
+                let used = !engine.volume_users(&v.name)?.is_empty();
+                volume_sizes.push((used, berth_stdx::fs::disk_usage(&v.mountpoint)));
+            }
+            let cache = berth_stdx::fs::disk_usage(&global.root.join("build/cache-mounts"));
             let percent = |part: u64, whole: u64| (part * 100).checked_div(whole).unwrap_or(0);
             let row = |kind: &str, total: usize, active: usize, size: u64, reclaimable: u64| {
                 vec![

@@ -791,7 +791,7 @@ impl Build<'_> {
 
     fn wait_for(&self, index: usize) -> Result<Arc<Done>, String> {
         if !self.needed.get().is_some_and(|n| n.contains(&index)) {
-            return Err(format!("stage {index} was not planned (a --from that names a stage through a value only known while building?)"));
+            return Err(format!("stage {index} was not planned before the build started: name the stage in --from (or from=) directly, or through an ARG with a default"));
         }
         let mut results = self.results.lock().unwrap_or_else(|p| p.into_inner());
         loop {
@@ -908,11 +908,11 @@ impl Build<'_> {
             }
             for mut instruction in parsed.instructions {
                 instruction.line = stage.from.line;
-                self.instruction(&mut state, &instruction, index, (1, total), stage)?;
+                self.instruction(&mut state, &instruction, (1, total), stage)?;
             }
         }
         for (i, instruction) in stage.body.iter().enumerate() {
-            self.instruction(&mut state, instruction, index, (i + 2, total), stage)?;
+            self.instruction(&mut state, instruction, (i + 2, total), stage)?;
         }
         Ok(Done { image: state.image, config: state.config, key: state.key })
     }
@@ -971,11 +971,9 @@ impl Build<'_> {
         &self,
         state: &mut State,
         instruction: &Instruction,
-        stage_index: usize,
         (index, total): (usize, usize),
         stage: &Stage,
     ) -> Result<()> {
-        let _ = stage_index;
         let number = self.steps.fetch_add(1, Ordering::SeqCst) + 1;
         let label = state.name.clone();
         let step = StepInfo { number, label: &label, index, total };
@@ -1040,16 +1038,8 @@ impl Build<'_> {
                 text: created_by,
             });
         }
-        if !self.options.no_cache {
-            if let Some(image) = self.store.build_cache(&key)? {
-                state.config = image.config.clone();
-                state.image = Some(image);
-                state.key = key;
-                if let Some(step) = step {
-                    self.host.event(Event::Cached { number: step.number });
-                }
-                return Ok(());
-            }
+        if self.cached(state, &key, step)? {
+            return Ok(());
         }
         let mut config = state.config.clone();
         apply(config.config.get_or_insert_with(RunConfig::default))?;
@@ -1137,15 +1127,8 @@ impl Build<'_> {
                 )
             }
             "MAINTAINER" => {
-                let author = text.trim().to_owned();
-                let label = author.clone();
-                (
-                    format!("MAINTAINER {author}"),
-                    Box::new(move |_run: &mut RunConfig| {
-                        let _ = label;
-                        Ok(())
-                    }),
-                )
+                // The author itself is set by metadata_step.
+                (format!("MAINTAINER {}", text.trim()), Box::new(|_run: &mut RunConfig| Ok(())))
             }
             "CMD" => {
                 let cmd = command(&instruction.args);
@@ -1329,7 +1312,7 @@ impl Build<'_> {
                 )
             }
             "HEALTHCHECK" => {
-                let value = self.healthcheck(instruction, &shell)?;
+                let value = self.healthcheck(instruction)?;
                 key_extra = value.to_string();
                 (
                     format!("HEALTHCHECK {}", instruction.args.shell_text().trim()),
@@ -1368,7 +1351,7 @@ impl Build<'_> {
         self.metadata_step(state, Some(step), &material, &created_by, author, change)
     }
 
-    fn healthcheck(&self, instruction: &Instruction, shell: &[String]) -> Result<Value> {
+    fn healthcheck(&self, instruction: &Instruction) -> Result<Value> {
         let text = instruction.args.shell_text();
         let trimmed = text.trim();
         if trimmed.eq_ignore_ascii_case("NONE") {
@@ -1386,10 +1369,7 @@ impl Build<'_> {
             Ok(words) if rest.starts_with('[') => {
                 std::iter::once("CMD".to_owned()).chain(words).collect()
             }
-            _ => {
-                let _ = shell;
-                vec!["CMD-SHELL".into(), rest.to_owned()]
-            }
+            _ => vec!["CMD-SHELL".into(), rest.to_owned()],
         };
         let mut value = json!({"Test": test});
         for (flag, key) in [
@@ -1399,7 +1379,7 @@ impl Build<'_> {
             ("start-interval", "StartInterval"),
         ] {
             if let Some(text) = instruction.flag(flag) {
-                let nanos = parse_duration(text).ok_or_else(|| {
+                let nanos = berth_stdx::time::parse_go_duration(text).ok_or_else(|| {
                     self.error(
                         instruction,
                         format!("--{flag}={text} is not a duration (30s, 1m30s, 500ms)"),
@@ -1532,18 +1512,19 @@ impl Build<'_> {
         }
     }
 
-    fn cached(&self, state: &mut State, key: &str, step: &StepInfo<'_>) -> Result<bool> {
+    /// Takes the step's result from the cache when it is there (and --no-cache is not).
+    fn cached(&self, state: &mut State, key: &str, step: Option<&StepInfo<'_>>) -> Result<bool> {
         if self.options.no_cache {
             return Ok(false);
         }
-        if let Some(image) = self.store.build_cache(key)? {
-            state.config = image.config.clone();
-            state.image = Some(image);
-            state.key = key.to_owned();
+        let Some(image) = self.store.build_cache(key)? else { return Ok(false) };
+        state.config = image.config.clone();
+        state.image = Some(image);
+        state.key = key.to_owned();
+        if let Some(step) = step {
             self.host.event(Event::Cached { number: step.number });
-            return Ok(true);
         }
-        Ok(false)
+        Ok(true)
     }
 
     fn user_identity(
@@ -1666,7 +1647,7 @@ impl Build<'_> {
             total: step.total,
             text: &instruction.text,
         });
-        if self.cached(state, &key, step)? {
+        if self.cached(state, &key, Some(step))? {
             return Ok(());
         }
         let started = Instant::now();
@@ -1866,7 +1847,7 @@ impl Build<'_> {
                     RunMount {
                         key: format!(
                             "bind:{}:{}:{}:{readonly}",
-                            self.source_key(from.as_deref(), &source, state, instruction)?,
+                            self.source_key(from.as_deref(), &source, instruction)?,
                             source,
                             target
                         ),
@@ -1879,12 +1860,7 @@ impl Build<'_> {
                         self.error(instruction, "--mount=type=cache needs target=")
                     })?;
                     let id = fields.get("id").cloned().unwrap_or_else(|| target.clone());
-                    let uid = fields.get("uid").and_then(|v| v.parse().ok()).unwrap_or(0);
-                    let gid = fields.get("gid").and_then(|v| v.parse().ok()).unwrap_or(0);
-                    let mode = fields
-                        .get("mode")
-                        .and_then(|v| u32::from_str_radix(v.trim_start_matches("0o"), 8).ok())
-                        .unwrap_or(0o755);
+                    let (uid, gid, mode) = ownership(&fields, 0o755);
                     // A cache's content is not part of the key: that is what makes it a cache.
                     RunMount {
                         key: format!("cache:{id}:{target}:{uid}:{gid}:{mode:o}"),
@@ -1915,12 +1891,7 @@ impl Build<'_> {
                     if source.is_none() && required {
                         return Err(self.error(instruction, format!("the secret {id:?} is required: pass it with --secret id={id},src=FILE")));
                     }
-                    let uid = fields.get("uid").and_then(|v| v.parse().ok()).unwrap_or(0);
-                    let gid = fields.get("gid").and_then(|v| v.parse().ok()).unwrap_or(0);
-                    let mode = fields
-                        .get("mode")
-                        .and_then(|v| u32::from_str_radix(v.trim_start_matches("0o"), 8).ok())
-                        .unwrap_or(0o400);
+                    let (uid, gid, mode) = ownership(&fields, 0o400);
                     // The secret's content is not part of the key: it never reaches the image.
                     RunMount {
                         key: format!("secret:{id}:{target}:{uid}:{gid}:{mode:o}"),
@@ -1956,10 +1927,8 @@ impl Build<'_> {
         &self,
         from: Option<&str>,
         source: &str,
-        state: &State,
         instruction: &Instruction,
     ) -> Result<String> {
-        let _ = state;
         match from {
             Some(from) => match self.stage_by_name(from) {
                 Some(index) => Ok(self
@@ -2440,7 +2409,7 @@ impl Build<'_> {
             total: step.total,
             text: &instruction.text,
         });
-        if self.cached(state, &key, step)? {
+        if self.cached(state, &key, Some(step))? {
             return Ok(());
         }
         let started = Instant::now();
@@ -2600,38 +2569,14 @@ fn count_entries(upper: &Path, excluded: &[PathBuf]) -> usize {
     walk(upper, Path::new(""), excluded)
 }
 
-/// Go durations as Docker takes them: `30s`, `1m30s`, `500ms`, `1h`. In nanoseconds.
-pub fn parse_duration(text: &str) -> Option<i64> {
-    let mut total: f64 = 0.0;
-    let mut rest = text.trim();
-    if rest.is_empty() {
-        return None;
-    }
-    if rest == "0" {
-        return Some(0);
-    }
-    while !rest.is_empty() {
-        let number_len =
-            rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
-        if number_len == 0 {
-            return None;
-        }
-        let number: f64 = rest[..number_len].parse().ok()?;
-        rest = &rest[number_len..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
-        let scale = match &rest[..unit_len] {
-            "ns" => 1.0,
-            "us" | "µs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
-            _ => return None,
-        };
-        total += number * scale;
-        rest = &rest[unit_len..];
-    }
-    Some(total as i64)
+/// `uid=`, `gid=` and `mode=` (octal) of a `--mount`, root's and `mode` by default.
+fn ownership(fields: &HashMap<String, String>, mode: u32) -> (u32, u32, u32) {
+    let number = |key: &str| fields.get(key).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let mode = fields
+        .get("mode")
+        .and_then(|v| u32::from_str_radix(v.trim_start_matches("0o"), 8).ok())
+        .unwrap_or(mode);
+    (number("uid"), number("gid"), mode)
 }
 
 /// A change a metadata instruction makes to the image config.
@@ -2682,13 +2627,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration("30s"), Some(30_000_000_000));
-        assert_eq!(parse_duration("1m30s"), Some(90_000_000_000));
-        assert_eq!(parse_duration("500ms"), Some(500_000_000));
-        assert_eq!(parse_duration("1.5h"), Some(5_400_000_000_000));
-        assert_eq!(parse_duration("5"), None);
-        assert_eq!(parse_duration("x"), None);
+    fn mount_ownership() {
+        let fields: HashMap<String, String> =
+            [("uid".to_owned(), "1000".to_owned()), ("mode".to_owned(), "0750".to_owned())].into();
+        assert_eq!(ownership(&fields, 0o400), (1000, 0, 0o750));
+        assert_eq!(ownership(&HashMap::new(), 0o400), (0, 0, 0o400));
     }
 
     #[test]

@@ -317,7 +317,6 @@ impl Target<'_> {
             Path::new("."),
             OFlag::O_RDONLY | OFlag::O_DIRECTORY,
         )
-        .or_else(|_| reopen_dir(&dir))
         .map_err(io_error(parent))?;
         Ok((dir, name))
     }
@@ -523,12 +522,6 @@ impl Target<'_> {
     }
 }
 
-fn reopen_dir(fd: &OwnedFd) -> std::result::Result<OwnedFd, Errno> {
-    let file = File::open(berth_sys::fs::proc_fd_path(fd))
-        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc_mode::EIO)))?;
-    Ok(file.into())
-}
-
 fn chown_fd(fd: BorrowedFd<'_>, uid: u32, gid: u32) -> std::result::Result<(), Errno> {
     fchownat(fd, "", Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)), AtFlags::AT_EMPTY_PATH)
 }
@@ -537,7 +530,6 @@ mod libc_mode {
     pub const S_IFMT: u32 = 0o170000;
     pub const S_IFDIR: u32 = 0o040000;
     pub const S_IFREG: u32 = 0o100000;
-    pub const EIO: i32 = 5;
 }
 
 /// The archive formats ADD unpacks, by their first bytes.

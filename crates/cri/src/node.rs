@@ -1088,7 +1088,7 @@ impl Node {
                 fs_id: Some(cri::FilesystemIdentifier {
                     mountpoint: upper.to_string_lossy().into_owned(),
                 }),
-                used_bytes: Some(cri::UInt64Value { value: dir_size(&upper) }),
+                used_bytes: Some(cri::UInt64Value { value: berth_stdx::fs::disk_usage(&upper) }),
                 inodes_used: None,
             }),
             swap: None,
@@ -1267,7 +1267,10 @@ impl Node {
         let containers = self.base().join("containers");
         cri::ImageFsInfoResponse {
             image_filesystems: vec![usage(self.images.root(), self.images.disk_usage())],
-            container_filesystems: vec![usage(&containers, dir_size(&containers))],
+            container_filesystems: vec![usage(
+                &containers,
+                berth_stdx::fs::disk_usage(&containers),
+            )],
         }
     }
 
@@ -1554,23 +1557,6 @@ fn ignore_missing(err: std::io::Error) -> std::io::Result<()> {
 fn tempfile_in(dir: &Path, prefix: &str, suffix: &str) -> Result<PathBuf> {
     let name = format!("{prefix}{}{suffix}", random_id()?.get(..16).unwrap_or("x"));
     Ok(dir.join(name))
-}
-
-fn dir_size(path: &Path) -> u64 {
-    let mut total = 0;
-    let mut stack = vec![path.to_owned()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-        for entry in entries.flatten() {
-            let Ok(meta) = entry.metadata() else { continue };
-            if meta.is_dir() {
-                stack.push(entry.path());
-            } else {
-                total += meta.len();
-            }
-        }
-    }
-    total
 }
 
 #[cfg(test)]

@@ -63,34 +63,9 @@ pub struct RunOptions {
 
 /// Go durations as Docker's flags take them (`30s`, `1m30s`, `500ms`), in nanoseconds.
 pub fn parse_duration(text: &str) -> Result<u64> {
-    let bad =
-        || invalid(format!("duration {text:?}"), "use a number with a unit: 30s, 1m30s, 500ms");
-    let mut rest = text.trim();
-    if rest == "0" {
-        return Ok(0);
-    }
-    let mut total = 0f64;
-    if rest.is_empty() {
-        return Err(bad());
-    }
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
-        let number: f64 = rest[..digits].parse().map_err(|_| bad())?;
-        rest = &rest[digits..];
-        let unit = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
-        let scale = match &rest[..unit] {
-            "ns" => 1.0,
-            "us" | "µs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
-            _ => return Err(bad()),
-        };
-        total += number * scale;
-        rest = &rest[unit..];
-    }
-    Ok(total as u64)
+    berth_stdx::time::parse_go_duration(text).ok_or_else(|| {
+        invalid(format!("duration {text:?}"), "use a number with a unit: 30s, 1m30s, 500ms")
+    })
 }
 
 /// The health check a container gets: the image's, changed by the flags; `None` when

@@ -510,17 +510,8 @@ impl ImageStore {
 
     /// Bytes used by blobs and snapshots (approximate: file sizes).
     pub fn disk_usage(&self) -> u64 {
-        fn walk(path: &Path) -> u64 {
-            let Ok(meta) = std::fs::symlink_metadata(path) else { return 0 };
-            if meta.is_dir() {
-                std::fs::read_dir(path)
-                    .map(|entries| entries.flatten().map(|e| walk(&e.path())).sum())
-                    .unwrap_or(0)
-            } else {
-                meta.len()
-            }
-        }
-        walk(&self.root.join("blobs")) + walk(&self.root.join("snapshots"))
+        berth_stdx::fs::disk_usage(&self.root.join("blobs"))
+            + berth_stdx::fs::disk_usage(&self.root.join("snapshots"))
     }
 
     /// Makes an image visible under `names`, all at once.

@@ -40,9 +40,39 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// Bytes used by the files under `path` (their sizes; symlinks are not followed), 0 for
+/// what cannot be read.
+pub fn disk_usage(path: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+        if !meta.is_dir() {
+            total += meta.len();
+            continue;
+        }
+        if let Ok(entries) = std::fs::read_dir(&path) {
+            stack.extend(entries.flatten().map(|e| e.path()));
+        }
+    }
+    total
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn disk_usage_sums_files_without_following_links() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("sub")).expect("mkdir");
+        std::fs::write(dir.path().join("a"), [0u8; 10]).expect("write");
+        std::fs::write(dir.path().join("sub/b"), [0u8; 5]).expect("write");
+        std::os::unix::fs::symlink("/etc", dir.path().join("link")).expect("symlink");
+        let link = std::fs::symlink_metadata(dir.path().join("link")).expect("stat").len();
+        assert_eq!(super::disk_usage(dir.path()), 15 + link);
+        assert_eq!(super::disk_usage(&dir.path().join("missing")), 0);
+    }
 
     #[test]
     fn replaces_content_with_the_mode_and_leaves_no_temporary() {
