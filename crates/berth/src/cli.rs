@@ -99,6 +99,8 @@ pub enum Command {
     Top(containers::One),
     /// Show containers' resource usage.
     Stats(containers::StatsArgs),
+    /// Change the limits and restart policy of containers, running or not.
+    Update(containers::UpdateArgs),
     /// Freeze every process of containers.
     Pause(containers::OneOrMore),
     /// Thaw paused containers.
@@ -178,6 +180,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Wait(args) => containers::wait(&global, args),
         Command::Top(args) => containers::top(&global, args),
         Command::Stats(args) => containers::stats(&global, args),
+        Command::Update(args) => containers::update(&global, args),
         Command::Pause(args) => containers::pause(&global, args, true),
         Command::Unpause(args) => containers::pause(&global, args, false),
         Command::Cp(args) => containers::cp(&global, args),

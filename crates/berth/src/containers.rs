@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use berth_engine::container::{Record, Status};
 use berth_engine::logs::{self, Query, Stream};
 use berth_engine::ops::ExecRequest;
+use berth_engine::options::{parse_bytes, Throttle, Ulimit};
 use berth_engine::{attach, Engine, MountSpec, PortSpec, RestartPolicy, RunOptions};
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
@@ -129,6 +130,90 @@ pub struct CreateFlags {
     /// Disable the image's HEALTHCHECK.
     #[arg(long = "no-healthcheck")]
     pub no_healthcheck: bool,
+    /// A resource limit: NAME=SOFT[:HARD] (nofile, nproc, core, memlock, stack...).
+    #[arg(long)]
+    pub ulimit: Vec<String>,
+    /// The size of /dev/shm (64m by default).
+    #[arg(long = "shm-size")]
+    pub shm_size: Option<String>,
+    /// A namespaced kernel parameter: KEY=VALUE (net.*, kernel.shm*, kernel.msg*...).
+    #[arg(long)]
+    pub sysctl: Vec<String>,
+    /// IPC namespace: private, shareable, host, none, or container:NAME.
+    #[arg(long, default_value = "")]
+    pub ipc: String,
+    /// PID namespace: host or container:NAME (a namespace of its own by default).
+    #[arg(long, default_value = "")]
+    pub pid: String,
+    /// UTS namespace: host (a namespace of its own by default).
+    #[arg(long, default_value = "")]
+    pub uts: String,
+    /// Cgroup namespace: private (the default) or host.
+    #[arg(long, default_value = "")]
+    pub cgroupns: String,
+    /// More groups for the process (names from the container's /etc/group, or numbers).
+    #[arg(long = "group-add")]
+    pub group_add: Vec<String>,
+    /// CPU weight relative to other containers (1024 is the default).
+    #[arg(short = 'c', long = "cpu-shares")]
+    pub cpu_shares: Option<u64>,
+    /// CPUs the container may use: 0-2,4.
+    #[arg(long = "cpuset-cpus")]
+    pub cpuset_cpus: Option<String>,
+    /// Memory nodes the container may use: 0-1.
+    #[arg(long = "cpuset-mems")]
+    pub cpuset_mems: Option<String>,
+    /// CPU time per period, in microseconds (what --cpus sets for you).
+    #[arg(long = "cpu-quota", allow_negative_numbers = true)]
+    pub cpu_quota: Option<i64>,
+    /// The period of --cpu-quota, in microseconds.
+    #[arg(long = "cpu-period")]
+    pub cpu_period: Option<u64>,
+    /// Memory plus swap; -1 for unlimited swap.
+    #[arg(long = "memory-swap", allow_negative_numbers = true)]
+    pub memory_swap: Option<String>,
+    /// A soft memory limit.
+    #[arg(long = "memory-reservation")]
+    pub memory_reservation: Option<String>,
+    /// Do not let the kernel's OOM killer kill the container (cgroup v1 only).
+    #[arg(long = "oom-kill-disable")]
+    pub oom_kill_disable: bool,
+    /// Block I/O weight, 10 to 1000.
+    #[arg(long = "blkio-weight")]
+    pub blkio_weight: Option<u16>,
+    /// Limit reads from a device: DEVICE:RATE (1mb).
+    #[arg(long = "device-read-bps")]
+    pub device_read_bps: Vec<String>,
+    /// Limit writes to a device: DEVICE:RATE (1mb).
+    #[arg(long = "device-write-bps")]
+    pub device_write_bps: Vec<String>,
+    /// Limit read operations on a device: DEVICE:IOPS.
+    #[arg(long = "device-read-iops")]
+    pub device_read_iops: Vec<String>,
+    /// Limit write operations on a device: DEVICE:IOPS.
+    #[arg(long = "device-write-iops")]
+    pub device_write_iops: Vec<String>,
+    /// Write the container's id to this file (which must not exist).
+    #[arg(long)]
+    pub cidfile: Option<PathBuf>,
+    /// Read labels from a file of KEY=VALUE lines.
+    #[arg(long = "label-file")]
+    pub label_file: Vec<PathBuf>,
+    /// Another name for the container on its (user-defined) network.
+    #[arg(long = "network-alias", alias = "net-alias")]
+    pub network_alias: Vec<String>,
+    /// The container's MAC address on its network.
+    #[arg(long = "mac-address")]
+    pub mac_address: Option<String>,
+    /// The container's IPv4 address on its (user-defined) network.
+    #[arg(long)]
+    pub ip: Option<String>,
+    /// Logging driver: json-file (the default) or none.
+    #[arg(long = "log-driver", default_value = "json-file")]
+    pub log_driver: String,
+    /// The image's platform: this machine's (linux/amd64 here) is the one berth runs.
+    #[arg(long)]
+    pub platform: Option<String>,
     /// IMAGE [COMMAND [ARG...]]
     #[arg(required = true, trailing_var_arg = true, value_name = "IMAGE [COMMAND]")]
     pub args: Vec<String>,
@@ -372,6 +457,48 @@ pub struct CommitArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct UpdateArgs {
+    /// Memory limit (0: none).
+    #[arg(short, long)]
+    pub memory: Option<String>,
+    /// Memory plus swap; -1 for unlimited swap.
+    #[arg(long = "memory-swap", allow_negative_numbers = true)]
+    pub memory_swap: Option<String>,
+    /// A soft memory limit.
+    #[arg(long = "memory-reservation")]
+    pub memory_reservation: Option<String>,
+    /// CPUs (fractions allowed; 0: none).
+    #[arg(long)]
+    pub cpus: Option<f64>,
+    /// CPU weight relative to other containers.
+    #[arg(short = 'c', long = "cpu-shares")]
+    pub cpu_shares: Option<u64>,
+    /// CPU time per period, in microseconds.
+    #[arg(long = "cpu-quota", allow_negative_numbers = true)]
+    pub cpu_quota: Option<i64>,
+    /// The period of --cpu-quota, in microseconds.
+    #[arg(long = "cpu-period")]
+    pub cpu_period: Option<u64>,
+    /// CPUs the container may use: 0-2,4.
+    #[arg(long = "cpuset-cpus")]
+    pub cpuset_cpus: Option<String>,
+    /// Memory nodes the container may use.
+    #[arg(long = "cpuset-mems")]
+    pub cpuset_mems: Option<String>,
+    /// Most processes at once (-1 or 0: no limit).
+    #[arg(long = "pids-limit", allow_negative_numbers = true)]
+    pub pids_limit: Option<i64>,
+    /// Block I/O weight, 10 to 1000.
+    #[arg(long = "blkio-weight")]
+    pub blkio_weight: Option<u16>,
+    /// no, always, unless-stopped, on-failure[:N].
+    #[arg(long)]
+    pub restart: Option<String>,
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+}
+
+#[derive(Debug, Args)]
 pub struct PortArgs {
     pub container: String,
     /// PORT[/PROTO]
@@ -574,7 +701,22 @@ fn run_options(flags: &CreateFlags) -> Result<RunOptions> {
         init: flags.init,
         add_hosts: flags.add_host.clone(),
         dns: flags.dns.clone(),
-        labels: labels(&flags.label),
+        labels: {
+            let mut all = Vec::new();
+            for file in &flags.label_file {
+                let text = std::fs::read_to_string(file)
+                    .with_context(|| format!("cannot read label file {}", file.display()))?;
+                all.extend(
+                    text.lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                        .map(str::to_owned),
+                );
+            }
+            // Flags after files: a -l of the same key wins.
+            all.extend(flags.label.iter().cloned());
+            labels(&all)
+        },
         stop_signal: flags.stop_signal.clone(),
         stop_timeout: flags.stop_timeout,
         restart: RestartPolicy::parse(&flags.restart)?,
@@ -598,18 +740,68 @@ fn run_options(flags: &CreateFlags) -> Result<RunOptions> {
             .transpose()?,
         health_retries: flags.health_retries,
         no_healthcheck: flags.no_healthcheck,
+        ulimits: flags.ulimit.iter().map(|u| Ulimit::parse(u)).collect::<Result<_, _>>()?,
+        shm_size: flags.shm_size.as_deref().map(parse_bytes).transpose()?,
+        sysctls: flags
+            .sysctl
+            .iter()
+            .map(|s| berth_engine::options::parse_sysctl(s))
+            .collect::<Result<_, _>>()?,
+        ipc: flags.ipc.clone(),
+        pid: flags.pid.clone(),
+        uts: flags.uts.clone(),
+        cgroupns: flags.cgroupns.clone(),
+        group_add: flags.group_add.clone(),
+        cpu_shares: flags.cpu_shares,
+        cpuset_cpus: flags.cpuset_cpus.clone(),
+        cpuset_mems: flags.cpuset_mems.clone(),
+        cpu_quota: flags.cpu_quota,
+        cpu_period: flags.cpu_period,
+        memory_swap: flags
+            .memory_swap
+            .as_deref()
+            .map(|s| if s == "-1" { Ok(-1) } else { parse_bytes(s) })
+            .transpose()?,
+        memory_reservation: flags.memory_reservation.as_deref().map(parse_bytes).transpose()?,
+        oom_kill_disable: flags.oom_kill_disable,
+        blkio_weight: flags.blkio_weight,
+        device_throttles: [
+            ("read_bps", &flags.device_read_bps),
+            ("write_bps", &flags.device_write_bps),
+            ("read_iops", &flags.device_read_iops),
+            ("write_iops", &flags.device_write_iops),
+        ]
+        .into_iter()
+        .flat_map(|(kind, list)| list.iter().map(move |t| Throttle::parse(kind, t)))
+        .collect::<Result<_, _>>()?,
+        network_aliases: flags.network_alias.clone(),
+        mac_address: flags.mac_address.clone(),
+        ip: flags.ip.clone(),
+        log_driver: flags.log_driver.clone(),
+        platform: flags.platform.clone(),
     })
 }
 
 /// Pulls the image of `run`/`create` as `--pull` says (Docker's `missing` by default),
 /// showing the pull on stderr so that stdout keeps only the container's id or output.
-fn ensure_image(global: &Global, image: &str, pull: &str) -> Result<()> {
+fn ensure_image(global: &Global, options: &RunOptions, pull: &str) -> Result<()> {
+    let (image, platform) = (options.image.as_str(), options.platform.as_deref());
     let store = crate::images::open_store(global)?;
+    let platform = platform.map(berth_image::manifest::Platform::parse).transpose()?;
     let wanted = match pull {
         "always" => true,
         "never" => false,
         "missing" => match store.resolve(image) {
-            Ok(_) => false,
+            // Another platform's image under the name is pulled again, as Docker does.
+            Ok(found) => platform.as_ref().is_some_and(|p| {
+                !berth_image::manifest::Platform {
+                    architecture: found.config.architecture.clone(),
+                    os: found.config.os.clone(),
+                    variant: found.config.variant.clone(),
+                    os_version: None,
+                }
+                .satisfies(p)
+            }),
             Err(berth_image::Error::ImageNotFound { .. }) => {
                 // An id that is not there cannot be pulled.
                 let hex = image.strip_prefix("sha256:").unwrap_or(image);
@@ -627,6 +819,7 @@ fn ensure_image(global: &Global, image: &str, pull: &str) -> Result<()> {
         let reference: berth_image::Reference = image.parse()?;
         let options = berth_image::pull::PullOptions {
             client: crate::images::client_options(global, &reference.registry)?,
+            platform,
             ..berth_image::pull::PullOptions::default()
         };
         let pulled =
@@ -638,11 +831,45 @@ fn ensure_image(global: &Global, image: &str, pull: &str) -> Result<()> {
     Ok(())
 }
 
+/// `--cidfile`: made before the container (it must not exist, as Docker says), so that
+/// two runs cannot both write it.
+fn claim_cidfile(path: Option<&Path>) -> Result<Option<(PathBuf, std::fs::File)>> {
+    let Some(path) = path else { return Ok(None) };
+    match std::fs::File::options().write(true).create_new(true).open(path) {
+        Ok(file) => Ok(Some((path.to_owned(), file))),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => bail!(
+            "container ID file found, make sure the other container isn't running or delete {}",
+            path.display()
+        ),
+        Err(err) => Err(err).with_context(|| format!("cannot create {}", path.display())),
+    }
+}
+
+/// Writes the id into the claimed `--cidfile`, or removes the file if no container came.
+fn fill_cidfile(
+    cidfile: Option<(PathBuf, std::fs::File)>,
+    record: berth_engine::Result<Record>,
+) -> Result<Record> {
+    match (cidfile, record) {
+        (Some((_, mut file)), Ok(record)) => {
+            file.write_all(record.id.as_bytes())?;
+            Ok(record)
+        }
+        (Some((path, _)), Err(err)) => {
+            let _ = std::fs::remove_file(path);
+            Err(err.into())
+        }
+        (None, record) => Ok(record?),
+    }
+}
+
 pub fn create(global: &Global, flags: CreateFlags) -> Result<i32> {
     let engine = engine(global)?;
     let options = run_options(&flags)?;
-    ensure_image(global, &options.image, &flags.pull)?;
-    let record = engine.create(options)?;
+    ensure_image(global, &options, &flags.pull)?;
+    let cidfile = claim_cidfile(flags.cidfile.as_deref())?;
+    let record = engine.create(options);
+    let record = fill_cidfile(cidfile, record)?;
     println!("{}", record.id);
     Ok(0)
 }
@@ -659,8 +886,10 @@ pub fn run(global: &Global, args: RunArgs) -> Result<i32> {
         eprintln!("the input device is not a TTY");
         return Ok(1);
     }
-    ensure_image(global, &options.image, &args.flags.pull)?;
-    let record = engine.create(options)?;
+    ensure_image(global, &options, &args.flags.pull)?;
+    let cidfile = claim_cidfile(args.flags.cidfile.as_deref())?;
+    let record = engine.create(options);
+    let record = fill_cidfile(cidfile, record)?;
     let started = match engine.start(&record.id) {
         Ok(started) => started,
         Err(err) => {
@@ -761,6 +990,29 @@ pub fn kill(global: &Global, args: KillArgs) -> Result<i32> {
 pub fn rm(global: &Global, args: RmArgs) -> Result<i32> {
     let engine = engine(global)?;
     each(&args.containers, |name| engine.remove(name, args.force, args.volumes).map(drop))
+}
+
+pub fn update(global: &Global, args: UpdateArgs) -> Result<i32> {
+    let engine = engine(global)?;
+    let bytes = |value: &Option<String>| -> Result<Option<i64>> {
+        Ok(value.as_deref().map(|v| if v == "-1" { Ok(-1) } else { parse_bytes(v) }).transpose()?)
+    };
+    let change = berth_engine::ops::Update {
+        memory: bytes(&args.memory)?,
+        memory_swap: bytes(&args.memory_swap)?,
+        memory_reservation: bytes(&args.memory_reservation)?,
+        cpus: args.cpus,
+        cpu_shares: args.cpu_shares,
+        cpu_quota: args.cpu_quota,
+        cpu_period: args.cpu_period,
+        cpuset_cpus: args.cpuset_cpus.clone(),
+        cpuset_mems: args.cpuset_mems.clone(),
+        pids_limit: args.pids_limit.map(|p| if p < 0 { 0 } else { p }),
+        blkio_weight: args.blkio_weight,
+        restart: args.restart.as_deref().map(RestartPolicy::parse).transpose()?,
+    };
+    // Docker prints each name as it is updated.
+    each(&args.containers, |name| engine.update(name, &change))
 }
 
 pub fn pause(global: &Global, args: OneOrMore, pause: bool) -> Result<i32> {
@@ -1046,6 +1298,9 @@ fn parse_time(text: &str) -> Result<f64> {
 pub fn logs(global: &Global, args: LogsArgs) -> Result<i32> {
     let engine = engine(global)?;
     let id = engine.resolve_id(&args.container)?;
+    if engine.peek(&id)?.options.log_driver == "none" {
+        bail!("configured logging driver does not support reading: the container runs with --log-driver none");
+    }
     let path = global.root.join("containers").join(&id).join("container.log");
     let query = Query {
         tail: if args.tail == "all" {
@@ -1292,8 +1547,9 @@ impl Drop for RawMode {
 
 // ----- inspect -----
 
-fn container_json(record: &Record) -> Value {
+fn container_json(record: &Record, dir: &Path) -> Value {
     let s = &record.state;
+    let o = &record.options;
     let mut ports = serde_json::Map::new();
     for p in record.network.iter().flat_map(|n| n.ports.iter()) {
         let key = format!("{}/{}", p.container_port, p.protocol);
@@ -1309,8 +1565,104 @@ fn container_json(record: &Record) -> Value {
     let networks = if net.network.is_empty() {
         json!({ record.options.network.clone(): {} })
     } else {
-        json!({ net.network.clone(): {"IPAddress": net.ip, "IPPrefixLen": net.prefix_len, "Gateway": net.gateway, "MacAddress": net.mac} })
+        json!({ net.network.clone(): {
+            "IPAddress": net.ip, "IPPrefixLen": net.prefix_len, "Gateway": net.gateway, "MacAddress": net.mac,
+            "Aliases": if o.network_aliases.is_empty() { Value::Null } else { json!(o.network_aliases) },
+            "IPAMConfig": o.ip.as_ref().map(|ip| json!({"IPv4Address": ip})),
+        } })
     };
+    let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let throttles = |kind: &str| {
+        o.device_throttles
+            .iter()
+            .filter(|t| t.kind == kind)
+            .map(|t| json!({"Path": t.device, "Rate": t.rate}))
+            .collect::<Vec<_>>()
+    };
+    let namespace_mode = |mode: &str, default: &str| {
+        if mode.is_empty() {
+            default.to_owned()
+        } else {
+            mode.to_owned()
+        }
+    };
+    let mut log_config = serde_json::Map::new();
+    if let Some(size) = o.log_max_size {
+        log_config.insert("max-size".into(), json!(size.to_string()));
+    }
+    if let Some(files) = o.log_max_files {
+        log_config.insert("max-file".into(), json!(files.to_string()));
+    }
+    let binds: Vec<String> = record
+        .mounts
+        .iter()
+        .filter(|m| m.kind == "bind" || (m.kind == "volume" && !m.anonymous))
+        .map(|m| {
+            let source = if m.kind == "bind" { &m.source } else { &m.name };
+            format!("{source}:{}{}", m.destination, if m.read_only { ":ro" } else { "" })
+        })
+        .collect();
+    let tmpfs: serde_json::Map<String, Value> = record
+        .mounts
+        .iter()
+        .filter(|m| m.kind == "tmpfs")
+        .map(|m| (m.destination.clone(), json!(m.options.join(","))))
+        .collect();
+    let volumes: serde_json::Map<String, Value> = record
+        .mounts
+        .iter()
+        .filter(|m| m.kind == "volume" && m.anonymous)
+        .map(|m| (m.destination.clone(), json!({})))
+        .collect();
+    let exposed: serde_json::Map<String, Value> =
+        record.exposed_ports.iter().map(|p| (p.clone(), json!({}))).collect();
+    let mut host_config = json!({
+        "Binds": if binds.is_empty() { Value::Null } else { json!(binds) },
+        "LogConfig": {"Type": if o.log_driver.is_empty() { "json-file" } else { o.log_driver.as_str() }, "Config": log_config},
+        "Dns": o.dns,
+        "ExtraHosts": if o.add_hosts.is_empty() { Value::Null } else { json!(o.add_hosts) },
+        "Tmpfs": if tmpfs.is_empty() { Value::Null } else { Value::Object(tmpfs) },
+        "ShmSize": o.shm_size.unwrap_or(64 << 20),
+        "SecurityOpt": if o.security_opt.is_empty() { Value::Null } else { json!(o.security_opt) },
+        "Init": o.init,
+    });
+    let more = json!({
+        "Ulimits": o.ulimits.iter().map(|u| json!({"Name": u.name, "Soft": u.soft as i64, "Hard": u.hard as i64})).collect::<Vec<_>>(),
+        "Sysctls": o.sysctls,
+        "IpcMode": namespace_mode(&o.ipc, "private"),
+        "PidMode": o.pid,
+        "UTSMode": o.uts,
+        "CgroupnsMode": namespace_mode(&o.cgroupns, "private"),
+        "GroupAdd": if o.group_add.is_empty() { Value::Null } else { json!(o.group_add) },
+        "CpuShares": o.cpu_shares.unwrap_or(0),
+        "CpuQuota": o.cpu_quota.unwrap_or(0),
+        "CpuPeriod": o.cpu_period.unwrap_or(0),
+        "CpusetCpus": o.cpuset_cpus.clone().unwrap_or_default(),
+        "CpusetMems": o.cpuset_mems.clone().unwrap_or_default(),
+        "MemorySwap": o.memory_swap.unwrap_or(0),
+        "MemoryReservation": o.memory_reservation.unwrap_or(0),
+        "OomKillDisable": o.oom_kill_disable,
+        "BlkioWeight": o.blkio_weight.unwrap_or(0),
+        "BlkioDeviceReadBps": throttles("read_bps"),
+        "BlkioDeviceWriteBps": throttles("write_bps"),
+        "BlkioDeviceReadIOps": throttles("read_iops"),
+        "BlkioDeviceWriteIOps": throttles("write_iops"),
+        "NetworkMode": record.options.network,
+        "AutoRemove": record.options.auto_remove,
+        "Privileged": record.options.privileged,
+        "Devices": record.options.devices.iter().map(|d| json!({"PathOnHost": d.host, "PathInContainer": d.container, "CgroupPermissions": d.permissions})).collect::<Vec<_>>(),
+        "ReadonlyRootfs": record.options.read_only,
+        "Memory": record.options.memory.unwrap_or(0),
+        "NanoCpus": record.options.cpus.map(|c| (c * 1e9) as i64).unwrap_or(0),
+        "PidsLimit": record.options.pids_limit,
+        "CapAdd": record.options.cap_add,
+        "CapDrop": record.options.cap_drop,
+        "RestartPolicy": {"Name": if record.options.restart.name.is_empty() { "no" } else { record.options.restart.name.as_str() }, "MaximumRetryCount": record.options.restart.max_retries},
+        "PortBindings": record.options.publish.iter().map(|p| (format!("{}/{}", p.container_port, p.protocol), json!([{"HostIp": p.host_ip.clone().unwrap_or_default(), "HostPort": if p.host_port == 0 { String::new() } else { p.host_port.to_string() }}]))).collect::<serde_json::Map<_, _>>(),
+    });
+    if let (Some(all), Value::Object(more)) = (host_config.as_object_mut(), more) {
+        all.extend(more);
+    }
     json!({
         "Id": record.id,
         "Created": record.created,
@@ -1337,21 +1689,17 @@ fn container_json(record: &Record) -> Value {
         "Image": record.image_id,
         "Name": format!("/{}", record.name),
         "RestartCount": s.restart_count,
-        "LogPath": "",
-        "HostConfig": {
-            "NetworkMode": record.options.network,
-            "AutoRemove": record.options.auto_remove,
-            "Privileged": record.options.privileged,
-            "Devices": record.options.devices.iter().map(|d| json!({"PathOnHost": d.host, "PathInContainer": d.container, "CgroupPermissions": d.permissions})).collect::<Vec<_>>(),
-            "ReadonlyRootfs": record.options.read_only,
-            "Memory": record.options.memory.unwrap_or(0),
-            "NanoCpus": record.options.cpus.map(|c| (c * 1e9) as i64).unwrap_or(0),
-            "PidsLimit": record.options.pids_limit,
-            "CapAdd": record.options.cap_add,
-            "CapDrop": record.options.cap_drop,
-            "RestartPolicy": {"Name": if record.options.restart.name.is_empty() { "no" } else { record.options.restart.name.as_str() }, "MaximumRetryCount": record.options.restart.max_retries},
-            "PortBindings": record.options.publish.iter().map(|p| (format!("{}/{}", p.container_port, p.protocol), json!([{"HostIp": p.host_ip.clone().unwrap_or_default(), "HostPort": if p.host_port == 0 { String::new() } else { p.host_port.to_string() }}]))).collect::<serde_json::Map<_, _>>(),
+        "LogPath": if o.log_driver == "none" { String::new() } else { path("container.log") },
+        "ResolvConfPath": path("resolv.conf"),
+        "HostnamePath": path("hostname"),
+        "HostsPath": path("hosts"),
+        "Driver": "overlay2",
+        "Platform": "linux",
+        "GraphDriver": {
+            "Name": "overlay2",
+            "Data": {"UpperDir": path("upper"), "WorkDir": path("work"), "MergedDir": path("rootfs")},
         },
+        "HostConfig": host_config,
         "Mounts": record.mounts.iter().map(|m| json!({"Type": m.kind, "Name": m.name, "Source": m.source, "Destination": m.destination, "RW": !m.read_only})).collect::<Vec<_>>(),
         "Config": {
             "Hostname": record.hostname,
@@ -1366,6 +1714,9 @@ fn container_json(record: &Record) -> Value {
             "User": record.options.user.clone().unwrap_or_default(),
             "StopSignal": record.stop_signal,
             "Healthcheck": record.healthcheck.as_ref().map(|h| json!({"Test": h.test, "Interval": h.interval, "Timeout": h.timeout, "StartPeriod": h.start_period, "Retries": h.retries})),
+            "ExposedPorts": if exposed.is_empty() { Value::Null } else { Value::Object(exposed) },
+            "Volumes": if volumes.is_empty() { Value::Null } else { Value::Object(volumes) },
+            "MacAddress": o.mac_address.clone().unwrap_or_default(),
         },
         "NetworkSettings": {
             "IPAddress": net.ip,
@@ -1394,7 +1745,7 @@ pub fn inspect(global: &Global, args: InspectArgs) -> Result<i32> {
         let container =
             if want_containers { engine.lock(name).ok().map(|l| l.record) } else { None };
         if let Some(record) = container {
-            out.push(container_json(&record));
+            out.push(container_json(&record, &engine.container_dir(&record.id)));
             continue;
         }
         if want_images {

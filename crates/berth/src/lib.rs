@@ -47,6 +47,23 @@ pub fn main() -> i32 {
             });
             berth_engine::monitor::main(&root, &id)
         }
+        Some("__dns") if args.len() >= 5 => {
+            let rest: Vec<String> =
+                args[5..].iter().map(|a| a.to_string_lossy().into_owned()).collect();
+            let served = berth_engine::dns::main(
+                std::path::Path::new(&args[2]),
+                &args[3].to_string_lossy(),
+                std::path::Path::new(&args[4]),
+                &rest,
+            );
+            match served {
+                Ok(()) => 0,
+                Err(err) => {
+                    eprintln!("Error: {err}");
+                    1
+                }
+            }
+        }
         Some("__task") if args.len() == 3 => {
             if let Err(err) = runc::protect_binary() {
                 eprintln!("berth task: {err:#}");

@@ -2197,3 +2197,450 @@ fn root_restart_policies_bring_containers_back_after_a_reboot() {
     }
     berth.assert_clean();
 }
+
+/// The namespace of kind `kind` (`/proc/self/ns/KIND`) as the test process sees it.
+fn own_namespace(kind: &str) -> String {
+    std::fs::read_link(format!("/proc/self/ns/{kind}")).unwrap().to_string_lossy().into_owned()
+}
+
+/// A block device of this machine, for the I/O throttles (the one under /).
+fn some_block_device() -> Option<String> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let root_dev = std::fs::metadata("/").ok()?.dev();
+    let wanted = (berth_sys::nix::sys::stat::major(root_dev), 0);
+    let mut fallback = None;
+    for entry in std::fs::read_dir("/dev").ok()?.flatten() {
+        let Ok(meta) = entry.metadata() else { continue };
+        if !meta.file_type().is_block_device() {
+            continue;
+        }
+        let path = entry.path().to_string_lossy().into_owned();
+        let (major, minor) = (
+            berth_sys::nix::sys::stat::major(meta.rdev()),
+            berth_sys::nix::sys::stat::minor(meta.rdev()),
+        );
+        if (major, minor) == wanted {
+            return Some(path);
+        }
+        if minor == 0 && !path.contains("loop") && !path.contains("ram") {
+            fallback.get_or_insert(path);
+        }
+    }
+    fallback
+}
+
+#[test]
+fn root_run_flags_reach_the_kernel() {
+    if !root_or_skip() {
+        return;
+    }
+    let berth = Berth::new();
+    let sh = |flags: &[&str], script: &str| -> String {
+        let mut args = vec!["run", "--rm"];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&[IMAGE, "sh", "-c", script]);
+        berth.ok(&args)
+    };
+    // --ulimit: soft and hard, and one value for both.
+    assert_eq!(
+        sh(
+            &["--ulimit", "nofile=100:200", "--ulimit", "core=0"],
+            "ulimit -n; ulimit -Hn; ulimit -c"
+        ),
+        "100\n200\n0\n"
+    );
+    let err = berth.fails(&["run", "--rm", "--ulimit", "nofile=2:1", IMAGE, "true"]);
+    assert!(err.contains("above the hard limit"), "{err}");
+    // --shm-size is the size of /dev/shm (Docker's 64 MiB without it).
+    assert!(sh(&["--shm-size", "8m"], "grep ' /dev/shm ' /proc/mounts").contains("size=8192k"));
+    assert!(sh(&[], "grep ' /dev/shm ' /proc/mounts").contains("size=65536k"));
+    // --sysctl, in the container's own namespaces only.
+    assert_eq!(
+        sh(
+            &[
+                "--sysctl",
+                "net.ipv4.ip_unprivileged_port_start=80",
+                "--sysctl",
+                "kernel.shmmax=1234567"
+            ],
+            "cat /proc/sys/net/ipv4/ip_unprivileged_port_start /proc/sys/kernel/shmmax"
+        ),
+        "80\n1234567\n"
+    );
+    let err = berth.fails(&["run", "--rm", "--sysctl", "kernel.hostname_max=1", IMAGE, "true"]);
+    assert!(err.contains("sysctl"), "{err}");
+    // The host's namespaces, each on demand.
+    for (flag, kind) in
+        [("--ipc", "ipc"), ("--pid", "pid"), ("--cgroupns", "cgroup"), ("--uts", "uts")]
+    {
+        let inside = sh(&[flag, "host"], &format!("readlink /proc/self/ns/{kind}"));
+        assert_eq!(inside.trim(), own_namespace(kind), "{flag} host");
+        let inside = sh(&[], &format!("readlink /proc/self/ns/{kind}"));
+        assert_ne!(inside.trim(), own_namespace(kind), "without {flag}");
+    }
+    let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_eq!(sh(&["--uts", "host"], "hostname"), host_name);
+    let err = berth.fails(&["run", "--rm", "--uts", "host", "-h", "x", IMAGE, "true"]);
+    assert!(err.contains("conflicts with --uts host"), "{err}");
+    assert!(sh(&["--ipc", "none"], "test -e /dev/shm || echo none").contains("none"));
+    let err = berth.fails(&["run", "--rm", "--ipc", "sideways", IMAGE, "true"]);
+    assert!(err.contains("container:NAME"), "{err}");
+    // Joining another container: its IPC namespace and /dev/shm (when it is shareable, as
+    // Docker asks), and its PID namespace.
+    berth.ok(&["run", "-d", "--name", "donor", "--ipc", "shareable", IMAGE, "sleep", "300"]);
+    berth.ok(&["exec", "donor", "sh", "-c", "echo shared > /dev/shm/note"]);
+    let donor_ipc = berth.ok(&["exec", "donor", "readlink", "/proc/self/ns/ipc"]);
+    let joined = sh(
+        &["--ipc", "container:donor", "--pid", "container:donor"],
+        "cat /dev/shm/note; readlink /proc/self/ns/ipc; ps -o args",
+    );
+    assert!(joined.starts_with(&format!("shared\n{donor_ipc}")), "{joined}");
+    assert!(joined.contains("sleep 300"), "the donor's processes are seen: {joined}");
+    berth.ok(&["run", "-d", "--name", "private", IMAGE, "sleep", "300"]);
+    let err = berth.fails(&["run", "--rm", "--ipc", "container:private", IMAGE, "true"]);
+    assert!(err.contains("not shareable"), "{err}");
+    // --group-add: numbers and the container's group names.
+    assert_eq!(
+        sh(&["--user", "app", "--group-add", "tty", "--group-add", "4242"], "id -G"),
+        "1000 5 4242\n"
+    );
+    let err = berth.fails(&["run", "--rm", "--group-add", "wheel", IMAGE, "true"]);
+    assert!(err.contains("no such group"), "{err}");
+    // CPU and memory: what the cgroup files say inside.
+    let v1 = Path::new("/sys/fs/cgroup/cpu/cpu.shares").exists();
+    if v1 {
+        let text = sh(
+            &[
+                "--cpu-shares", "512", "--cpuset-cpus", "0", "--cpu-quota", "20000", "--cpu-period", "50000",
+                "--memory", "64m", "--memory-swap", "128m", "--memory-reservation", "32m",
+            ],
+            "cd /sys/fs/cgroup; cat cpu/cpu.shares cpuset/cpuset.cpus cpu/cpu.cfs_quota_us cpu/cpu.cfs_period_us \
+             memory/memory.limit_in_bytes memory/memory.soft_limit_in_bytes; \
+             cat memory/memory.memsw.limit_in_bytes 2>/dev/null || echo 134217728; nproc",
+        );
+        assert_eq!(
+            text.lines().collect::<Vec<_>>(),
+            ["512", "0", "20000", "50000", "67108864", "33554432", "134217728", "1"],
+            "{text}"
+        );
+        let oom = sh(
+            &["--memory", "64m", "--oom-kill-disable"],
+            "grep oom_kill_disable /sys/fs/cgroup/memory/memory.oom_control",
+        );
+        assert_eq!(oom.trim(), "oom_kill_disable 1");
+        if let Some(device) = some_block_device() {
+            let text = sh(
+                &["--device-read-bps", &format!("{device}:1mb"), "--device-write-iops", &format!("{device}:100")],
+                "cat /sys/fs/cgroup/blkio/blkio.throttle.read_bps_device /sys/fs/cgroup/blkio/blkio.throttle.write_iops_device",
+            );
+            let lines: Vec<&str> = text.lines().collect();
+            assert!(
+                lines.len() == 2 && lines[0].ends_with(" 1048576") && lines[1].ends_with(" 100"),
+                "{text}"
+            );
+        }
+    }
+    for (flags, needle) in [
+        (&["--memory-swap", "64m"][..], "needs --memory"),
+        (&["--memory", "64m", "--memory-swap", "32m"][..], "cannot be below --memory"),
+        (&["--memory", "64m", "--memory-reservation", "128m"][..], "must be below --memory"),
+        (&["--cpus", "0.5", "--cpu-quota", "20000"][..], "conflicts with --cpu-quota"),
+        (&["--cpuset-cpus", "one"][..], "a list like 0-3,5"),
+        (&["--device-read-bps", "/dev/null:1mb"][..], "not a block device"),
+    ] {
+        let mut args = vec!["run", "--rm"];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&[IMAGE, "true"]);
+        let err = berth.fails(&args);
+        assert!(err.contains(needle), "{flags:?}: {err}");
+    }
+    // --cidfile: the id, and a second run with the same file refused before anything runs.
+    let cidfile = berth.dir.path().join("cid");
+    let cid = cidfile.to_str().unwrap();
+    berth.ok(&["run", "--name", "withcid", "--cidfile", cid, IMAGE, "true"]);
+    assert_eq!(
+        std::fs::read_to_string(&cidfile).unwrap(),
+        berth.inspect("withcid")["Id"].as_str().unwrap()
+    );
+    let err = berth.fails(&["run", "--name", "again", "--cidfile", cid, IMAGE, "true"]);
+    assert!(err.contains("container ID file found"), "{err}");
+    assert!(berth.fails(&["inspect", "again"]).contains("No such object"));
+    // --label-file, under the -l flags.
+    let labels = berth.dir.path().join("labels");
+    std::fs::write(&labels, "# team labels\ntier=back\nteam=a\n\n").unwrap();
+    berth.ok(&[
+        "create",
+        "--name",
+        "labelled",
+        "--label-file",
+        labels.to_str().unwrap(),
+        "-l",
+        "team=b",
+        IMAGE,
+    ]);
+    assert_eq!(
+        berth.ok(&[
+            "inspect",
+            "-f",
+            "{{index .Config.Labels \"tier\"}} {{index .Config.Labels \"team\"}}",
+            "labelled"
+        ]),
+        "back b\n"
+    );
+    // --log-driver none: nothing is kept, and logs says so.
+    berth.ok(&["run", "--name", "quiet", "--log-driver", "none", IMAGE, "echo", "unseen"]);
+    let err = berth.fails(&["logs", "quiet"]);
+    assert!(err.contains("does not support reading"), "{err}");
+    assert_eq!(berth.ok(&["inspect", "-f", "{{.HostConfig.LogConfig.Type}}", "quiet"]), "none\n");
+    let err = berth.fails(&["run", "--rm", "--log-driver", "syslog", IMAGE, "true"]);
+    assert!(err.contains("json-file or none"), "{err}");
+    // --platform: the image's own is accepted, another one refused with the reason.
+    berth.ok(&["run", "--rm", "--platform", "linux/amd64", "--pull", "never", IMAGE, "true"]);
+    let err = berth.fails(&[
+        "run",
+        "--rm",
+        "--platform",
+        "linux/s390x",
+        "--pull",
+        "never",
+        IMAGE,
+        "true",
+    ]);
+    assert!(err.contains("does not match the specified platform"), "{err}");
+    // inspect shows what was asked, under Docker's keys.
+    berth.ok(&[
+        "create",
+        "--name",
+        "shown",
+        "--ulimit",
+        "nproc=50",
+        "--shm-size",
+        "1m",
+        "--sysctl",
+        "net.core.somaxconn=99",
+        "--ipc",
+        "shareable",
+        "--cpu-shares",
+        "300",
+        "--memory",
+        "32m",
+        "--memory-swap",
+        "-1",
+        "--group-add",
+        "tty",
+        "-v",
+        "/tmp:/host-tmp:ro",
+        "--tmpfs",
+        "/scratch",
+        "--dns",
+        "10.0.0.1",
+        "--add-host",
+        "a:10.0.0.2",
+        IMAGE,
+    ]);
+    let shown = berth.inspect("shown");
+    let host = &shown["HostConfig"];
+    assert_eq!(host["Ulimits"][0], serde_json::json!({"Name": "nproc", "Soft": 50, "Hard": 50}));
+    assert_eq!(
+        (host["ShmSize"].as_i64(), host["IpcMode"].as_str()),
+        (Some(1 << 20), Some("shareable"))
+    );
+    assert_eq!(host["Sysctls"]["net.core.somaxconn"], "99");
+    assert_eq!((host["CpuShares"].as_i64(), host["MemorySwap"].as_i64()), (Some(300), Some(-1)));
+    assert_eq!(host["Binds"], serde_json::json!(["/tmp:/host-tmp:ro"]));
+    assert_eq!(host["Tmpfs"]["/scratch"], "");
+    assert_eq!(
+        (host["Dns"][0].as_str(), host["ExtraHosts"][0].as_str()),
+        (Some("10.0.0.1"), Some("a:10.0.0.2"))
+    );
+    assert_eq!(host["LogConfig"]["Type"], "json-file");
+    let dir = berth.root().join("containers").join(shown["Id"].as_str().unwrap());
+    assert_eq!(shown["HostsPath"], dir.join("hosts").to_str().unwrap());
+    assert_eq!(shown["ResolvConfPath"], dir.join("resolv.conf").to_str().unwrap());
+    assert_eq!(shown["GraphDriver"]["Data"]["UpperDir"], dir.join("upper").to_str().unwrap());
+    for name in ["donor", "private", "withcid", "labelled", "quiet", "shown"] {
+        berth.ok(&["rm", "-f", name]);
+    }
+    berth.assert_clean();
+}
+
+#[test]
+fn root_update_changes_a_running_containers_limits() {
+    if !root_or_skip() {
+        return;
+    }
+    let berth = Berth::new();
+    berth.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "live",
+        "--memory",
+        "64m",
+        "--pids-limit",
+        "50",
+        IMAGE,
+        "sleep",
+        "300",
+    ]);
+    let memory_limit = || {
+        berth.ok(&["exec", "live", "sh", "-c", "cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max"])
+    };
+    assert_eq!(memory_limit(), "67108864\n");
+    assert_eq!(
+        berth.ok(&[
+            "update",
+            "--memory",
+            "128m",
+            "--pids-limit",
+            "20",
+            "--restart",
+            "on-failure:3",
+            "live"
+        ]),
+        "live\n"
+    );
+    assert_eq!(memory_limit(), "134217728\n");
+    let pids = berth.ok(&[
+        "exec",
+        "live",
+        "sh",
+        "-c",
+        "cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max",
+    ]);
+    assert_eq!(pids, "20\n");
+    let shown = berth.inspect("live");
+    assert_eq!(shown["HostConfig"]["Memory"], 128 << 20);
+    assert_eq!(shown["HostConfig"]["RestartPolicy"]["Name"], "on-failure");
+    assert_eq!(shown["HostConfig"]["RestartPolicy"]["MaximumRetryCount"], 3);
+    // Taking a limit away writes "unlimited", not "unchanged".
+    berth.ok(&["update", "--pids-limit", "-1", "live"]);
+    let pids = berth.ok(&[
+        "exec",
+        "live",
+        "sh",
+        "-c",
+        "cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max",
+    ]);
+    assert_eq!(pids, "max\n");
+    // A bad value changes nothing; an unknown container is an error of its own.
+    let output = berth.run(&["update", "--memory", "1k", "live", "ghost"]);
+    assert_eq!(output.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(err.contains("minimum memory") && err.contains("ghost"), "{err}");
+    assert_eq!(memory_limit(), "134217728\n");
+    // A stopped container keeps the new limits for its next start.
+    berth.ok(&["stop", "-t", "0", "live"]);
+    berth.ok(&["update", "--memory", "96m", "live"]);
+    berth.ok(&["start", "live"]);
+    assert_eq!(memory_limit(), "100663296\n");
+    let err = berth.fails(&["update", "--restart", "always", &{
+        berth.ok(&["create", "--rm", "--name", "temp", IMAGE]);
+        "temp".to_owned()
+    }]);
+    assert!(err.contains("--rm"), "{err}");
+    for name in ["live", "temp"] {
+        berth.ok(&["rm", "-f", name]);
+    }
+    berth.assert_clean();
+}
+
+#[test]
+fn root_user_networks_resolve_names_aliases_and_chosen_addresses() {
+    if !root_or_skip() {
+        return;
+    }
+    let berth = Berth::new();
+    berth.ok(&["network", "create", "--subnet", "10.123.0.0/24", "appnet"]);
+    berth.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "db",
+        "--network",
+        "appnet",
+        "--network-alias",
+        "postgres",
+        "--ip",
+        "10.123.0.50",
+        "--mac-address",
+        "02:42:0a:7b:00:32",
+        IMAGE,
+        "sleep",
+        "300",
+    ]);
+    let db = berth.inspect("db");
+    let net = &db["NetworkSettings"]["Networks"]["appnet"];
+    assert_eq!(
+        (net["IPAddress"].as_str(), net["MacAddress"].as_str()),
+        (Some("10.123.0.50"), Some("02:42:0a:7b:00:32"))
+    );
+    assert_eq!(net["Aliases"], serde_json::json!(["postgres"]));
+    let link = berth.ok(&["exec", "db", "ip", "link", "show", "eth0"]);
+    assert!(link.contains("02:42:0a:7b:00:32"), "{link}");
+    // The embedded DNS at 127.0.0.11 answers names, aliases and short ids, over UDP and TCP.
+    let id = db["Id"].as_str().unwrap()[..12].to_owned();
+    let script = format!(
+        "cat /etc/resolv.conf; for n in db postgres POSTGRES {id}; do nslookup $n | grep -A1 '^Name:' | tail -1; done; \
+         nslookup -type=ptr 50.0.123.10.in-addr.arpa | grep -c 'name = db'"
+    );
+    let text = berth.ok(&["run", "--rm", "--network", "appnet", IMAGE, "sh", "-c", &script]);
+    assert!(text.starts_with("nameserver 127.0.0.11\noptions ndots:0\n"), "{text}");
+    assert_eq!(text.matches("Address: 10.123.0.50").count(), 4, "{text}");
+    assert!(text.trim_end().ends_with('1'), "reverse lookup: {text}");
+    // Over TCP too (a resolver retries there when an answer is truncated).
+    let tcp = berth.ok(&["run", "--rm", "--network", "appnet", IMAGE, "sh", "-c", "printf '\\000\\032\\000\\001\\001\\000\\000\\001\\000\\000\\000\\000\\000\\000\\010postgres\\000\\000\\001\\000\\001' | nc -w 2 127.0.0.11 53 | od -An -tu1 | tr -s ' \\n' ' '"]);
+    assert!(tcp.trim_end().ends_with("10 123 0 50"), "{tcp}");
+    // A name of no container is relayed upstream (none answers here): an answer, at once.
+    let output = berth.run(&[
+        "run",
+        "--rm",
+        "--network",
+        "appnet",
+        IMAGE,
+        "nslookup",
+        "nothing-here.invalid",
+    ]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("nothing-here.invalid"), "{text}");
+    // A container that stops is no longer named; the default bridge has no embedded DNS.
+    berth.ok(&["stop", "-t", "0", "db"]);
+    let gone = berth.run(&["run", "--rm", "--network", "appnet", IMAGE, "nslookup", "db"]);
+    assert!(!String::from_utf8_lossy(&gone.stdout).contains("10.123.0.50"));
+    let resolv = berth.ok(&["run", "--rm", IMAGE, "cat", "/etc/resolv.conf"]);
+    assert!(!resolv.contains("127.0.0.11"), "{resolv}");
+    // A chosen address is for user networks, inside their subnet, and not twice.
+    berth.ok(&["start", "db"]);
+    let err =
+        berth.fails(&["run", "--rm", "--network", "appnet", "--ip", "10.123.0.50", IMAGE, "true"]);
+    assert!(err.contains("already in use"), "{err}");
+    let err =
+        berth.fails(&["run", "--rm", "--network", "appnet", "--ip", "10.9.0.5", IMAGE, "true"]);
+    assert!(err.contains("outside network appnet"), "{err}");
+    let err = berth.fails(&["run", "--rm", "--ip", "172.17.0.99", IMAGE, "true"]);
+    assert!(err.contains("user-defined networks only"), "{err}");
+    let err = berth.fails(&["run", "--rm", "--network-alias", "x", IMAGE, "true"]);
+    assert!(err.contains("user-defined networks only"), "{err}");
+    let err = berth.fails(&[
+        "run",
+        "--rm",
+        "--network",
+        "appnet",
+        "--mac-address",
+        "01:00:5e:00:00:01",
+        IMAGE,
+        "true",
+    ]);
+    assert!(err.contains("multicast"), "{err}");
+    berth.ok(&["rm", "-f", "db"]);
+    berth.ok(&["network", "rm", "appnet"]);
+    let left = Command::new("pgrep").args(["-f", "__dns"]).output().unwrap();
+    let left = String::from_utf8_lossy(&left.stdout);
+    assert!(
+        !left.lines().any(|pid| std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+            .unwrap_or_default()
+            .contains(berth.root().to_str().unwrap())),
+        "a resolver outlived its container"
+    );
+    berth.assert_clean();
+}

@@ -19,6 +19,7 @@
 pub mod attach;
 pub mod container;
 pub mod copy;
+pub mod dns;
 pub mod health;
 pub mod monitor;
 pub mod network;

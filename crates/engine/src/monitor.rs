@@ -68,6 +68,8 @@ struct Io {
     master: Option<OwnedFd>,
     /// Where the container's processes send their seccomp notify descriptors.
     seccomp: Option<UnixListener>,
+    /// The embedded DNS of a user-defined network; it stops when the container does.
+    dns: Option<crate::dns::Resolver>,
 }
 
 /// The socket of a container's seccomp listener: short, as `sockaddr_un` needs.
@@ -216,6 +218,14 @@ fn start_once(engine: &Engine, id: &str) -> Result<(i32, Io, u64)> {
             return Err(err);
         }
     };
+    // The embedded DNS listens before the container's first question.
+    let dns = match engine.embedded_dns(&locked.record) {
+        Ok(dns) => dns,
+        Err(err) => {
+            engine.release_resources(&locked);
+            return Err(err);
+        }
+    };
     let created = if tty {
         create_with_pty(engine, &options)
     } else {
@@ -230,6 +240,7 @@ fn start_once(engine: &Engine, id: &str) -> Result<(i32, Io, u64)> {
         }
     };
     io_ends.seccomp = seccomp;
+    io_ends.dns = dns;
     let oom_before = engine.runtime().watch(id).and_then(|w| w.oom_kills()).unwrap_or(0);
     if let Err(err) = engine.runtime().start(id) {
         engine.release_resources(&locked);
@@ -277,6 +288,7 @@ fn io_of(ends: berth_task::shim::Ends) -> Io {
         stdin: ends.stdin,
         master: ends.master,
         seccomp: None,
+        dns: None,
     }
 }
 
@@ -338,11 +350,15 @@ fn supervise(
 ) -> Result<i32> {
     let dir = engine.container_dir(id);
     let record = engine.peek(id)?;
-    let mut log = logs::Writer::open(
-        &dir.join("container.log"),
-        record.options.log_max_size.unwrap_or(LOG_MAX_SIZE),
-        record.options.log_max_files.unwrap_or(LOG_MAX_FILES),
-    )?;
+    // `--log-driver none`: output goes to attached clients only.
+    let mut log = match record.options.log_driver.as_str() {
+        "none" => None,
+        _ => Some(logs::Writer::open(
+            &dir.join("container.log"),
+            record.options.log_max_size.unwrap_or(LOG_MAX_SIZE),
+            record.options.log_max_files.unwrap_or(LOG_MAX_FILES),
+        )?),
+    };
     let pid = Pid::from_raw(pid);
     let pidfd = berth_sys::process::pidfd_open(pid).map_err(sys("watch the container's init"))?;
     let mut exit: Option<i32> = None;
@@ -465,7 +481,9 @@ fn supervise(
                 }
                 Ok(n) => {
                     let data = &buffer[..n];
-                    log.write(*stream, data)?;
+                    if let Some(log) = &mut log {
+                        log.write(*stream, data)?;
+                    }
                     let kind =
                         if *stream == Stream::Stdout { attach::STDOUT } else { attach::STDERR };
                     clients.retain_mut(|c| crate::ops::send(&mut c.stream, kind, data));
@@ -511,7 +529,9 @@ fn supervise(
             clients.remove(index);
         }
     }
-    log.flush()?;
+    if let Some(log) = &mut log {
+        log.flush()?;
+    }
     if ends.seccomp.take().is_some() {
         let _ = std::fs::remove_file(sysinfo_socket(id));
     }

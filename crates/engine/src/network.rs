@@ -306,6 +306,58 @@ impl Engine {
     /// Checks `--network` and `-p` before anything is made.
     pub(crate) fn check_network_option(&self, options: &RunOptions) -> Result<()> {
         let mode = options.network.as_str();
+        let user_network =
+            !matches!(mode, "none" | "host" | DEFAULT_NETWORK) && !mode.starts_with("container:");
+        if options.ip.is_some() && !user_network {
+            return Err(invalid(
+                "--ip",
+                "a chosen address is for user-defined networks only: `berth network create NAME` and run with --network NAME",
+            ));
+        }
+        if !options.network_aliases.is_empty() && !user_network {
+            return Err(invalid(
+                "--network-alias",
+                "aliases are for user-defined networks only: `berth network create NAME` and run with --network NAME",
+            ));
+        }
+        if let Some(mac) = &options.mac_address {
+            if mode == "host" || mode == "none" || mode.starts_with("container:") {
+                return Err(invalid(
+                    "--mac-address",
+                    format!("conflicts with --network {mode}: the container has no interface of its own"),
+                ));
+            }
+            let octets: Vec<&str> = mac.split(':').collect();
+            if octets.len() != 6
+                || !octets.iter().all(|o| o.len() == 2 && u8::from_str_radix(o, 16).is_ok())
+            {
+                return Err(invalid(
+                    format!("--mac-address {mac}"),
+                    "expected six hex octets: 02:42:ac:11:00:02",
+                ));
+            }
+            if u8::from_str_radix(octets[0], 16).is_ok_and(|first| first & 1 == 1) {
+                return Err(invalid(format!("--mac-address {mac}"), "is a multicast address"));
+            }
+        }
+        if let Some(ip) = &options.ip {
+            let Ok(addr) = ip.parse::<std::net::Ipv4Addr>() else {
+                return Err(invalid(format!("--ip {ip}"), "not an IPv4 address"));
+            };
+            let network = self.network_inspect(mode)?;
+            let (base, prefix) = parse_cidr(&network.subnet).unwrap_or((0, 32));
+            if !overlaps((u32::from(addr), 32), (base, prefix)) {
+                return Err(invalid(
+                    format!("--ip {ip}"),
+                    format!("is outside network {}'s subnet {}", network.name, network.subnet),
+                ));
+            }
+        }
+        for alias in &options.network_aliases {
+            if alias.is_empty() || alias.len() > 253 || alias.contains(char::is_whitespace) {
+                return Err(invalid(format!("--network-alias {alias:?}"), "not a host name"));
+            }
+        }
         match mode {
             "none" | "host" => {
                 if !options.publish.is_empty() {
@@ -367,6 +419,27 @@ impl Engine {
         }
     }
 
+    /// The resolver at 127.0.0.11 of a container on a user-defined network (none on the
+    /// default bridge, as in Docker).
+    pub(crate) fn embedded_dns(&self, record: &Record) -> Result<Option<crate::dns::Resolver>> {
+        let Some(state) = &record.network else { return Ok(None) };
+        if state.network == DEFAULT_NETWORK || state.netns.is_empty() {
+            return Ok(None);
+        }
+        let upstreams = if record.options.dns.is_empty() {
+            crate::dns::host_resolvers()
+        } else {
+            record
+                .options
+                .dns
+                .iter()
+                .filter_map(|ip| ip.parse::<std::net::IpAddr>().ok())
+                .map(|ip| std::net::SocketAddr::new(ip, 53))
+                .collect()
+        };
+        crate::dns::serve(&self.root, &state.network, Path::new(&state.netns), &upstreams).map(Some)
+    }
+
     fn ipam_dir(&self) -> PathBuf {
         self.networks_dir().join("ipam")
     }
@@ -375,7 +448,25 @@ impl Engine {
         // The loopback and bridge plugins touch different interfaces: run them together.
         let (id, lo_netns) = (record.id.clone(), netns.to_owned());
         let loopback = std::thread::spawn(move || cni_loopback(&id, &lo_netns));
-        let result = cni(network, &self.ipam_dir(), "ADD", &record.id, netns, "eth0");
+        let mut wanted = serde_json::Map::new();
+        if let Some(ip) = &record.options.ip {
+            wanted.insert("ips".into(), json!([ip]));
+        }
+        if let Some(mac) = &record.options.mac_address {
+            wanted.insert("mac".into(), json!(mac));
+        }
+        let result = cni_with(network, &self.ipam_dir(), "ADD", &record.id, netns, "eth0", &wanted)
+            .map_err(|err| match (&record.options.ip, &err) {
+                (Some(ip), Error::Network(text))
+                    if text.contains("already") || text.contains("not available") =>
+                {
+                    Error::Conflict(format!(
+                        "address {ip} is already in use on network {}",
+                        network.name
+                    ))
+                }
+                _ => err,
+            });
         let looped = loopback.join().unwrap_or_else(|_| {
             Err(Error::Network("the loopback plugin's thread panicked".into()))
         });
@@ -568,7 +659,13 @@ add element ip berth subnets {{ {} }}
             return String::new();
         }
         let mut lines = String::new();
-        let mine = format!("{}\t{}\t# berth:{}\n", state.ip, record.name, record.id);
+        let names = |r: &Record| {
+            std::iter::once(r.name.as_str())
+                .chain(r.options.network_aliases.iter().map(String::as_str))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let mine = format!("{}\t{}\t# berth:{}\n", state.ip, names(record), record.id);
         for other in self.peek_all() {
             if other.id == record.id || other.state.status != Status::Running {
                 continue;
@@ -576,7 +673,7 @@ add element ip berth subnets {{ {} }}
             let Some(theirs) = other.network.as_ref().filter(|n| n.network == state.network) else {
                 continue;
             };
-            lines.push_str(&format!("{}\t{}\t# berth:{}\n", theirs.ip, other.name, other.id));
+            lines.push_str(&format!("{}\t{}\t# berth:{}\n", theirs.ip, names(&other), other.id));
             let hosts = self.container_dir(&other.id).join("hosts");
             if let Ok(mut text) = std::fs::read_to_string(&hosts) {
                 if !text.contains(&format!("# berth:{}", record.id)) {
@@ -627,8 +724,12 @@ fn net(err: berth_net::Error) -> Error {
     Error::Network(err.to_string())
 }
 
-fn bridge_conf(network: &Network, ipam_dir: &Path) -> Value {
-    json!({
+fn bridge_conf(
+    network: &Network,
+    ipam_dir: &Path,
+    wanted: &serde_json::Map<String, Value>,
+) -> Value {
+    let mut conf = json!({
         "cniVersion": "1.0.0",
         "name": network.name,
         "type": "bridge",
@@ -642,7 +743,16 @@ fn bridge_conf(network: &Network, ipam_dir: &Path) -> Value {
             "routes": [{"dst": "0.0.0.0/0"}],
             "dataDir": ipam_dir,
         }
-    })
+    });
+    if !wanted.is_empty() {
+        // A chosen address (host-local's `ips`) and MAC (the bridge's `mac`), passed as
+        // a runtime would pass them: capabilities and their runtimeConfig.
+        let caps: serde_json::Map<String, Value> =
+            wanted.keys().map(|k| (k.clone(), Value::Bool(true))).collect();
+        conf["capabilities"] = Value::Object(caps);
+        conf["runtimeConfig"] = Value::Object(wanted.clone());
+    }
+    conf
 }
 
 fn cni(
@@ -653,6 +763,18 @@ fn cni(
     netns: &Path,
     ifname: &str,
 ) -> Result<Value> {
+    cni_with(network, ipam_dir, command, id, netns, ifname, &serde_json::Map::new())
+}
+
+fn cni_with(
+    network: &Network,
+    ipam_dir: &Path,
+    command: &str,
+    id: &str,
+    netns: &Path,
+    ifname: &str,
+    wanted: &serde_json::Map<String, Value>,
+) -> Result<Value> {
     let who = berth_net::cni::Attachment {
         container_id: id,
         netns,
@@ -660,7 +782,7 @@ fn cni(
         args: &[],
         runtime_config: &serde_json::Map::new(),
     };
-    berth_net::cni::run_plugin("bridge", command, &who, &bridge_conf(network, ipam_dir))
+    berth_net::cni::run_plugin("bridge", command, &who, &bridge_conf(network, ipam_dir, wanted))
         .map_err(net)
 }
 
@@ -730,7 +852,7 @@ mod tests {
             created: String::new(),
             labels: BTreeMap::new(),
         };
-        let conf = bridge_conf(&engine_net, Path::new("/r/ipam"));
+        let conf = bridge_conf(&engine_net, Path::new("/r/ipam"), &serde_json::Map::new());
         assert_eq!(conf["type"], "bridge");
         assert_eq!(conf["ipMasq"], false);
         assert_eq!(conf["ipam"]["type"], "host-local");

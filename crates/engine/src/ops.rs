@@ -44,6 +44,24 @@ pub struct ExecRequest {
     pub privileged: bool,
 }
 
+/// What `berth update` changes; `None` keeps the value, 0 (or an empty list) removes
+/// the limit.
+#[derive(Debug, Clone, Default)]
+pub struct Update {
+    pub memory: Option<i64>,
+    pub memory_swap: Option<i64>,
+    pub memory_reservation: Option<i64>,
+    pub cpus: Option<f64>,
+    pub cpu_shares: Option<u64>,
+    pub cpu_quota: Option<i64>,
+    pub cpu_period: Option<u64>,
+    pub cpuset_cpus: Option<String>,
+    pub cpuset_mems: Option<String>,
+    pub pids_limit: Option<i64>,
+    pub blkio_weight: Option<u16>,
+    pub restart: Option<crate::options::RestartPolicy>,
+}
+
 /// One row of `berth top`.
 pub type TopRow = Vec<String>;
 
@@ -83,6 +101,19 @@ impl Engine {
                 ));
             }
         }
+        self.check_namespace_options(&options)?;
+        // What this kernel cannot do is dropped with a warning, as Docker does.
+        let support = spec::Support::probe();
+        if options.oom_kill_disable && !support.oom_kill_disable {
+            tracing::warn!(
+                "your kernel's cgroups cannot disable the OOM killer: --oom-kill-disable discarded"
+            );
+            options.oom_kill_disable = false;
+        }
+        if options.blkio_weight.is_some() && !support.blkio_weight {
+            tracing::warn!("your kernel has no proportional I/O scheduler (CFQ or BFQ): --blkio-weight discarded");
+            options.blkio_weight = None;
+        }
         // 0 means no limit, as in Docker.
         options.memory = options.memory.filter(|m| *m != 0);
         options.cpus = options.cpus.filter(|c| *c != 0.0);
@@ -103,6 +134,22 @@ impl Engine {
         }
         let store = self.images()?;
         let image = store.resolve(&options.image)?;
+        if let Some(wanted) = &options.platform {
+            let wanted = berth_image::manifest::Platform::parse(wanted)
+                .map_err(|e| invalid(format!("--platform {wanted}"), e.to_string()))?;
+            let actual = berth_image::manifest::Platform {
+                architecture: image.config.architecture.clone(),
+                os: image.config.os.clone(),
+                variant: image.config.variant.clone(),
+                os_version: None,
+            };
+            if !actual.satisfies(&wanted) {
+                return Err(Error::Conflict(format!(
+                    "image {} was found but does not match the specified platform: wanted {wanted}, actual: {actual}; pull it with --platform {wanted} first",
+                    options.image
+                )));
+            }
+        }
         let run_config = image.config.config.clone();
         // The image's labels, under the container's own (as Docker merges them).
         let mut labels = run_config.as_ref().and_then(|c| c.labels.clone()).unwrap_or_default();
@@ -274,7 +321,109 @@ impl Engine {
             .unwrap_or_default();
         let passwd = user::read_from_layers(lowers, Path::new("/etc/passwd"));
         let group = user::read_from_layers(lowers, Path::new("/etc/group"));
-        Ok(user::resolve(&spec, passwd.as_deref(), group.as_deref())?)
+        let mut identity = user::resolve(&spec, passwd.as_deref(), group.as_deref())?;
+        // `--group-add`: numbers as they are, names from the container's /etc/group.
+        for wanted in &record.options.group_add {
+            let gid = wanted.parse::<u32>().ok().or_else(|| {
+                group.as_deref()?.lines().find_map(|line| {
+                    let fields: Vec<&str> = line.split(':').collect();
+                    (fields.len() >= 3 && fields[0] == wanted)
+                        .then(|| fields[2].parse().ok())
+                        .flatten()
+                })
+            });
+            let Some(gid) = gid else {
+                return Err(invalid(
+                    format!("--group-add {wanted}"),
+                    "no such group in the container's /etc/group; give a number",
+                ));
+            };
+            if !identity.additional_gids.contains(&gid) {
+                identity.additional_gids.push(gid);
+            }
+        }
+        Ok(identity)
+    }
+
+    /// `--ipc`, `--pid`, `--uts`, `--cgroupns` and what goes with them, checked before
+    /// anything is made.
+    fn check_namespace_options(&self, options: &RunOptions) -> Result<()> {
+        for (flag, mode) in [
+            ("ipc", &options.ipc),
+            ("pid", &options.pid),
+            ("uts", &options.uts),
+            ("cgroupns", &options.cgroupns),
+        ] {
+            crate::options::check_namespace_mode(flag, mode)?;
+            if let Some(other) = mode.strip_prefix("container:") {
+                self.resolve_id(other)?;
+            }
+        }
+        if options.uts == "host" && options.hostname.is_some() {
+            return Err(invalid(
+                "--hostname",
+                "conflicts with --uts host: the host's UTS namespace keeps the host's name",
+            ));
+        }
+        match options.log_driver.as_str() {
+            "" | "json-file" | "none" | "local" | "k8s-file" => {}
+            other => {
+                return Err(invalid(
+                    format!("--log-driver {other}"),
+                    "berth writes json-file logs or none: use json-file or none",
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    /// The namespaces this container joins from others (`--ipc`/`--pid container:NAME`),
+    /// and a shareable /dev/shm of its own (`--ipc shareable`), mounted on the host so
+    /// that others can join it.
+    fn joined_namespaces(&self, record: &Record, dir: &Path) -> Result<spec::Joined> {
+        let mut joined = spec::Joined::default();
+        for (kind, mode) in [("ipc", &record.options.ipc), ("pid", &record.options.pid)] {
+            let Some(other) = mode.strip_prefix("container:") else { continue };
+            let other = self.peek(&self.resolve_id(other)?)?;
+            if other.state.status != Status::Running || other.state.pid <= 0 {
+                return Err(Error::Conflict(format!(
+                    "cannot join the {kind} namespace of container {}: it is not running",
+                    other.name
+                )));
+            }
+            let path = PathBuf::from(format!("/proc/{}/ns/{kind}", other.state.pid));
+            if kind == "pid" {
+                joined.pid = Some(path);
+                continue;
+            }
+            let shm = self.container_dir(&other.id).join("shm");
+            if other.options.ipc != "shareable" || !is_mount_point(&shm) {
+                return Err(Error::Conflict(format!(
+                    "cannot join the IPC namespace of container {}: it is not shareable (run it with --ipc shareable)",
+                    other.name
+                )));
+            }
+            joined.ipc = Some(path);
+            joined.shm = Some(shm);
+        }
+        if record.options.ipc == "shareable" {
+            let shm = dir.join("shm");
+            std::fs::create_dir_all(&shm).map_err(io("create", &shm))?;
+            if !is_mount_point(&shm) {
+                let size = record.options.shm_size.filter(|s| *s > 0).unwrap_or(64 << 20);
+                let options = format!("mode=1777,size={size}");
+                mount(
+                    Some("shm"),
+                    &shm,
+                    Some("tmpfs"),
+                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                    Some(options.as_str()),
+                )
+                .map_err(sys(format!("mount a shareable /dev/shm at {}", shm.display())))?;
+            }
+            joined.shm = Some(shm);
+        }
+        Ok(joined)
     }
 
     // ----- start -----
@@ -352,6 +501,7 @@ impl Engine {
         let run_config = image.config.config.clone();
         let identity = self.identity(&locked.record, run_config.as_ref(), &lowers)?;
         self.mount_rootfs(&locked.dir, &lowers)?;
+        let joined = self.joined_namespaces(&locked.record, &locked.dir)?;
         let netns = self.network_setup(&mut locked.record)?;
         self.write_etc_files(locked)?;
         let init_binary = Path::new("/usr/bin/tini-static");
@@ -370,6 +520,8 @@ impl Engine {
             init_binary: init_binary.exists().then_some(init_binary),
             lxcfs: lxcfs.as_deref(),
             sysinfo_listener: limited.then_some(listener.as_path()),
+            joined,
+            support: spec::Support::probe(),
         })?;
         let data = serde_json::to_vec_pretty(&config).map_err(|e| Error::Other(e.to_string()))?;
         crate::write_atomic(&locked.dir.join("config.json"), &data)?;
@@ -449,7 +601,22 @@ impl Engine {
             hosts.push_str(&format!("{ip}\t{host}\n"));
         }
         hosts.push_str(&self.peer_hosts(record));
-        let resolv = if !record.options.dns.is_empty() {
+        let user_network = record
+            .network
+            .as_ref()
+            .is_some_and(|n| n.network != crate::network::DEFAULT_NETWORK && !n.ip.is_empty());
+        let resolv = if user_network {
+            // The embedded DNS answers the network's containers and relays the rest
+            // (to --dns when given); the host's search domains stay.
+            let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+            let mut text: String = host
+                .lines()
+                .filter(|l| l.starts_with("search") || l.starts_with("domain"))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            text.push_str(&format!("nameserver {}\noptions ndots:0\n", crate::dns::ADDRESS));
+            text
+        } else if !record.options.dns.is_empty() {
             record.options.dns.iter().map(|d| format!("nameserver {d}\n")).collect::<String>()
         } else {
             let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
@@ -482,6 +649,10 @@ impl Engine {
         }
         self.network_teardown(&locked.record);
         self.unmount_rootfs(&locked.dir);
+        let shm = locked.dir.join("shm");
+        if is_mount_point(&shm) {
+            let _ = umount2(&shm, MntFlags::MNT_DETACH);
+        }
         let _ = std::fs::remove_file(crate::monitor::sysinfo_socket(id));
     }
 
@@ -826,6 +997,68 @@ impl Engine {
             rows.push(vec![uid, pid.to_string(), ppid, command]);
         }
         Ok(rows)
+    }
+
+    /// `berth update`: new limits (and restart policy) for a container, applied to its
+    /// cgroup at once when it runs and kept for its next start. Fields left `None` keep
+    /// their values; nothing changes when a value is refused.
+    pub fn update(&self, name_or_id: &str, change: &Update) -> Result<()> {
+        let mut locked = self.lock(name_or_id)?;
+        let mut record = locked.record.clone();
+        let o = &mut record.options;
+        let set = |slot: &mut Option<i64>, value: Option<i64>| {
+            if let Some(v) = value {
+                *slot = (v != 0).then_some(v);
+            }
+        };
+        set(&mut o.memory, change.memory);
+        set(&mut o.memory_swap, change.memory_swap);
+        set(&mut o.memory_reservation, change.memory_reservation);
+        set(&mut o.pids_limit, change.pids_limit);
+        set(&mut o.cpu_quota, change.cpu_quota);
+        if let Some(cpus) = change.cpus {
+            o.cpus = (cpus != 0.0).then_some(cpus);
+        }
+        if let Some(shares) = change.cpu_shares {
+            o.cpu_shares = (shares != 0).then_some(shares);
+        }
+        if let Some(period) = change.cpu_period {
+            o.cpu_period = (period != 0).then_some(period);
+        }
+        if let Some(list) = &change.cpuset_cpus {
+            o.cpuset_cpus = Some(list.clone()).filter(|l| !l.is_empty());
+        }
+        if let Some(list) = &change.cpuset_mems {
+            o.cpuset_mems = Some(list.clone()).filter(|l| !l.is_empty());
+        }
+        if let Some(weight) = change.blkio_weight {
+            o.blkio_weight = (weight != 0).then_some(weight);
+        }
+        if let Some(policy) = &change.restart {
+            if !policy.name.is_empty() && o.auto_remove {
+                return Err(invalid("--restart", "a container run with --rm cannot restart"));
+            }
+            o.restart = policy.clone();
+        }
+        // The same checks as at `run`; the runtime gets the whole set.
+        let mut limits = spec::limits(&record, spec::Support::probe())?;
+        // A limit taken away is written as unlimited: left out, the old one would stay.
+        if change.memory == Some(0) {
+            limits["memory"]["limit"] = serde_json::json!(-1);
+        }
+        if change.pids_limit == Some(0) {
+            limits["pids"]["limit"] = serde_json::json!(-1);
+        }
+        if change.cpus == Some(0.0) || change.cpu_quota == Some(0) {
+            limits["cpu"]["quota"] = serde_json::json!(-1);
+        }
+        if matches!(record.state.status, Status::Running | Status::Paused) {
+            let resources: oci_spec::runtime::LinuxResources =
+                serde_json::from_value(limits).map_err(|e| Error::Other(e.to_string()))?;
+            self.runtime.update(&record.id, &resources)?;
+        }
+        locked.record = record;
+        locked.save()
     }
 
     pub fn stats(&self, name_or_id: &str) -> Result<berth_cgroups::Stats> {

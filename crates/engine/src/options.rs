@@ -59,6 +59,167 @@ pub struct RunOptions {
     pub health_retries: Option<u32>,
     /// `--no-healthcheck`: the image's HEALTHCHECK does not apply.
     pub no_healthcheck: bool,
+    /// `--ulimit NAME=SOFT[:HARD]`.
+    pub ulimits: Vec<Ulimit>,
+    /// `--shm-size`: the size of /dev/shm in bytes (Docker's 64 MiB when unset).
+    pub shm_size: Option<i64>,
+    /// `--sysctl KEY=VALUE` (namespaced keys only; the runtime checks which).
+    pub sysctls: BTreeMap<String, String>,
+    /// `--ipc`: `private`/`shareable` (empty: private), `host`, `none`, `container:NAME`.
+    pub ipc: String,
+    /// `--pid`: empty (a namespace of its own), `host`, `container:NAME`.
+    pub pid: String,
+    /// `--uts`: empty or `host`.
+    pub uts: String,
+    /// `--cgroupns`: `private` (empty) or `host`.
+    pub cgroupns: String,
+    /// `--group-add`: groups (names from the container's /etc/group, or numbers).
+    pub group_add: Vec<String>,
+    /// `--cpu-shares`: the relative weight (Docker's 1024 is the default).
+    pub cpu_shares: Option<u64>,
+    /// `--cpuset-cpus` and `--cpuset-mems`: `0-2,4`.
+    pub cpuset_cpus: Option<String>,
+    pub cpuset_mems: Option<String>,
+    /// `--cpu-quota` and `--cpu-period` in microseconds (what `--cpus` sets for you).
+    pub cpu_quota: Option<i64>,
+    pub cpu_period: Option<u64>,
+    /// `--memory-swap`: memory plus swap in bytes; -1 is unlimited swap.
+    pub memory_swap: Option<i64>,
+    /// `--memory-reservation`: a soft limit, in bytes.
+    pub memory_reservation: Option<i64>,
+    /// `--oom-kill-disable` (cgroup v1 only, as in Docker).
+    pub oom_kill_disable: bool,
+    /// `--blkio-weight` (10 to 1000).
+    pub blkio_weight: Option<u16>,
+    /// `--device-read-bps`, `--device-write-bps`, `--device-read-iops`,
+    /// `--device-write-iops`.
+    pub device_throttles: Vec<Throttle>,
+    /// `--network-alias`: more names the container answers to on user networks.
+    pub network_aliases: Vec<String>,
+    /// `--mac-address` and `--ip`: the container's addresses on its network.
+    pub mac_address: Option<String>,
+    pub ip: Option<String>,
+    /// `--log-driver`: `json-file` (empty) or `none`.
+    pub log_driver: String,
+    /// `--platform`, as asked (checked against the image's).
+    pub platform: Option<String>,
+}
+
+/// One `--ulimit`: a resource limit of the container's processes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ulimit {
+    /// Docker's name (`nofile`, `nproc`, ...).
+    pub name: String,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+/// The names `--ulimit` takes and the rlimits they are.
+const ULIMITS: &[(&str, &str)] = &[
+    ("as", "RLIMIT_AS"),
+    ("core", "RLIMIT_CORE"),
+    ("cpu", "RLIMIT_CPU"),
+    ("data", "RLIMIT_DATA"),
+    ("fsize", "RLIMIT_FSIZE"),
+    ("locks", "RLIMIT_LOCKS"),
+    ("memlock", "RLIMIT_MEMLOCK"),
+    ("msgqueue", "RLIMIT_MSGQUEUE"),
+    ("nice", "RLIMIT_NICE"),
+    ("nofile", "RLIMIT_NOFILE"),
+    ("nproc", "RLIMIT_NPROC"),
+    ("rss", "RLIMIT_RSS"),
+    ("rtprio", "RLIMIT_RTPRIO"),
+    ("rttime", "RLIMIT_RTTIME"),
+    ("sigpending", "RLIMIT_SIGPENDING"),
+    ("stack", "RLIMIT_STACK"),
+];
+
+impl Ulimit {
+    /// `nofile=1024:2048`, `nproc=512` (soft and hard alike), `-1` for unlimited.
+    pub fn parse(text: &str) -> Result<Ulimit> {
+        let bad = |reason: &str| invalid(format!("--ulimit {text:?}"), reason.to_owned());
+        let (name, values) =
+            text.split_once('=').ok_or_else(|| bad("expected NAME=SOFT[:HARD]"))?;
+        if !ULIMITS.iter().any(|(n, _)| *n == name) {
+            let names: Vec<&str> = ULIMITS.iter().map(|(n, _)| *n).collect();
+            return Err(bad(&format!("unknown limit {name:?}; one of {}", names.join(", "))));
+        }
+        let value = |v: &str| -> Result<u64> {
+            if v == "-1" || v == "unlimited" {
+                return Ok(u64::MAX);
+            }
+            v.parse().map_err(|_| bad("limits are numbers, or -1 for unlimited"))
+        };
+        let (soft, hard) = match values.split_once(':') {
+            Some((s, h)) => (value(s)?, value(h)?),
+            None => (value(values)?, value(values)?),
+        };
+        if soft > hard {
+            return Err(bad(&format!("the soft limit {soft} is above the hard limit {hard}")));
+        }
+        Ok(Ulimit { name: name.to_owned(), soft, hard })
+    }
+
+    /// The OCI name (`RLIMIT_NOFILE`).
+    pub fn rlimit(&self) -> &'static str {
+        ULIMITS.iter().find(|(n, _)| *n == self.name).map_or("RLIMIT_NOFILE", |(_, r)| r)
+    }
+}
+
+/// One `--device-{read,write}-{bps,iops} DEVICE:RATE`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Throttle {
+    /// `read_bps`, `write_bps`, `read_iops` or `write_iops`.
+    pub kind: String,
+    pub device: String,
+    pub rate: u64,
+}
+
+impl Throttle {
+    /// `kind` as above; bps rates take sizes (`1mb`), iops rates plain numbers.
+    pub fn parse(kind: &str, text: &str) -> Result<Throttle> {
+        let flag = format!("--device-{}", kind.replace('_', "-"));
+        let bad = |reason: &str| invalid(format!("{flag} {text:?}"), reason.to_owned());
+        let (device, rate) = text.rsplit_once(':').ok_or_else(|| bad("expected DEVICE:RATE"))?;
+        if !device.starts_with("/dev/") {
+            return Err(bad("the device is a path under /dev"));
+        }
+        let rate = if kind.ends_with("bps") {
+            parse_bytes(rate).map_err(|_| bad("the rate is a size: 1mb, 500kb"))? as u64
+        } else {
+            rate.parse().map_err(|_| bad("the rate is a number of operations per second"))?
+        };
+        Ok(Throttle { kind: kind.to_owned(), device: device.to_owned(), rate })
+    }
+}
+
+/// `--sysctl KEY=VALUE`.
+pub fn parse_sysctl(text: &str) -> Result<(String, String)> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
+        _ => Err(invalid(format!("--sysctl {text:?}"), "expected KEY=VALUE")),
+    }
+}
+
+/// `--ipc`, `--pid`, `--uts`, `--cgroupns`: which modes each takes.
+pub fn check_namespace_mode(flag: &str, mode: &str) -> Result<()> {
+    let allowed: &[&str] = match flag {
+        "ipc" => &["", "private", "shareable", "host", "none"],
+        "pid" => &["", "private", "host"],
+        "uts" => &["", "private", "host"],
+        _ => &["", "private", "host"],
+    };
+    let joins = matches!(flag, "ipc" | "pid");
+    if allowed.contains(&mode)
+        || (joins && mode.strip_prefix("container:").is_some_and(|c| !c.is_empty()))
+    {
+        return Ok(());
+    }
+    let mut choices = allowed[1..].join(", ");
+    if joins {
+        choices.push_str(", container:NAME");
+    }
+    Err(invalid(format!("--{flag} {mode:?}"), format!("use one of {choices}")))
 }
 
 /// Go durations as Docker's flags take them (`30s`, `1m30s`, `500ms`), in nanoseconds.
@@ -570,6 +731,31 @@ mod tests {
         assert!(!RestartPolicy::default().restarts(1, 0));
         assert!(RestartPolicy::parse("sometimes").is_err());
         assert!(RestartPolicy::parse("always:3").is_err());
+    }
+
+    #[test]
+    fn ulimits_throttles_and_modes() {
+        let u = Ulimit::parse("nofile=1024:2048").unwrap();
+        assert_eq!((u.soft, u.hard, u.rlimit()), (1024, 2048, "RLIMIT_NOFILE"));
+        let u = Ulimit::parse("nproc=-1").unwrap();
+        assert_eq!((u.soft, u.hard), (u64::MAX, u64::MAX));
+        for bad in ["nofile", "files=1", "nofile=2:1", "nofile=x"] {
+            assert!(Ulimit::parse(bad).is_err(), "{bad}");
+        }
+        let t = Throttle::parse("read_bps", "/dev/sda:1mb").unwrap();
+        assert_eq!((t.device.as_str(), t.rate), ("/dev/sda", 1 << 20));
+        assert_eq!(Throttle::parse("write_iops", "/dev/sda:300").unwrap().rate, 300);
+        assert!(Throttle::parse("read_iops", "/dev/sda:1mb").is_err());
+        assert!(Throttle::parse("read_bps", "sda:1mb").is_err());
+        assert_eq!(parse_sysctl("net.core.somaxconn=1024").unwrap().1, "1024");
+        assert!(parse_sysctl("=1").is_err());
+        for (flag, mode) in [("ipc", "host"), ("ipc", "container:db"), ("pid", ""), ("uts", "host")]
+        {
+            assert!(check_namespace_mode(flag, mode).is_ok(), "{flag} {mode}");
+        }
+        for (flag, mode) in [("ipc", "other"), ("uts", "container:x"), ("pid", "container:")] {
+            assert!(check_namespace_mode(flag, mode).is_err(), "{flag} {mode}");
+        }
     }
 
     #[test]

@@ -49,6 +49,42 @@ pub struct Inputs<'a> {
     /// Where the monitor listens for seccomp notifications: `sysinfo(2)` is then answered
     /// by the monitor with the container's limits (what lxcfs does for /proc files).
     pub sysinfo_listener: Option<&'a Path>,
+    /// Namespaces joined from other containers (`--ipc`/`--pid container:NAME`).
+    pub joined: Joined,
+    /// What the host's cgroups can do.
+    pub support: Support,
+}
+
+/// Limits a kernel may lack; Docker warns and drops them there, and so does berth.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Support {
+    /// `--oom-kill-disable`: cgroup v1's memory.oom_control.
+    pub oom_kill_disable: bool,
+    /// `--blkio-weight`: a proportional-weight I/O scheduler (CFQ or BFQ).
+    pub blkio_weight: bool,
+}
+
+impl Support {
+    pub fn probe() -> Support {
+        let v1 = Path::new("/sys/fs/cgroup/blkio");
+        let v2_io = std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers")
+            .is_ok_and(|c| c.split_whitespace().any(|c| c == "io"));
+        Support {
+            oom_kill_disable: Path::new("/sys/fs/cgroup/memory/memory.oom_control").exists(),
+            blkio_weight: v1.join("blkio.weight").exists()
+                || v1.join("blkio.bfq.weight").exists()
+                || v2_io,
+        }
+    }
+}
+
+/// Namespaces of other containers this one joins, as paths.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Joined {
+    pub ipc: Option<PathBuf>,
+    /// The other container's /dev/shm, shared with its IPC namespace.
+    pub shm: Option<PathBuf>,
+    pub pid: Option<PathBuf>,
 }
 
 /// The program and arguments: Docker's rules for Entrypoint, Cmd and their overrides.
@@ -316,8 +352,18 @@ pub fn build(inputs: &Inputs<'_>) -> Result<Value> {
         json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", if options.privileged { "rw" } else { "ro" }]}),
         json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", if options.privileged { "rw" } else { "ro" }]}),
         json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
-        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=67108864"]}),
     ];
+    // /dev/shm follows the IPC namespace: the host's, another container's, none, or a
+    // tmpfs of its own (64 MiB unless `--shm-size` says).
+    match (options.ipc.as_str(), &inputs.joined.shm) {
+        ("none", _) => {}
+        ("host", _) => mounts.push(json!({"destination": "/dev/shm", "type": "bind", "source": "/dev/shm", "options": ["rbind", "rw", "rprivate"]})),
+        (_, Some(shm)) => mounts.push(json!({"destination": "/dev/shm", "type": "bind", "source": shm, "options": ["rbind", "rw", "rprivate"]})),
+        _ => {
+            let size = options.shm_size.filter(|s| *s > 0).unwrap_or(64 << 20);
+            mounts.push(json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", format!("size={size}")]}));
+        }
+    }
     // The files that name the container live in its directory and are bind-mounted, so
     // neither the image nor `commit` ever sees them.
     for name in ["hosts", "hostname", "resolv.conf"] {
@@ -335,13 +381,16 @@ pub fn build(inputs: &Inputs<'_>) -> Result<Value> {
     for m in &record.mounts {
         mounts.push(mount_json(m));
     }
-    let mut namespaces = vec![
-        json!({"type": "pid"}),
-        json!({"type": "ipc"}),
-        json!({"type": "uts"}),
-        json!({"type": "mount"}),
-        json!({"type": "cgroup"}),
-    ];
+    let mut namespaces = vec![json!({"type": "mount"})];
+    let mut namespace = |kind: &str, mode: &str, joined: &Option<PathBuf>| match joined {
+        Some(path) => namespaces.push(json!({"type": kind, "path": path})),
+        None if mode == "host" => {}
+        None => namespaces.push(json!({"type": kind})),
+    };
+    namespace("pid", &options.pid, &inputs.joined.pid);
+    namespace("ipc", &options.ipc, &inputs.joined.ipc);
+    namespace("uts", &options.uts, &None);
+    namespace("cgroup", &options.cgroupns, &None);
     match &inputs.netns {
         NetNs::Host => {}
         NetNs::New => namespaces.push(json!({"type": "network"})),
@@ -398,40 +447,10 @@ pub fn build(inputs: &Inputs<'_>) -> Result<Value> {
     if let Some(rules) = resources["devices"].as_array_mut() {
         rules.extend(device_rules);
     }
-    if let Some(memory) = options.memory {
-        if memory < 6 * 1024 * 1024 {
-            return Err(invalid("--memory", "the minimum memory limit is 6 MiB"));
-        }
-        resources["memory"] = json!({"limit": memory});
-    }
-    if let Some(cpus) = options.cpus {
-        if cpus.is_nan() || cpus <= 0.0 {
-            return Err(invalid("--cpus", "must be a positive number"));
-        }
-        let online = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
-        if cpus > online {
-            return Err(invalid(
-                "--cpus",
-                format!("{cpus} is more than the {online} CPUs this machine has"),
-            ));
-        }
-        // The quota limits time; the cpuset makes the limit visible (nproc, and the
-        // parallelism a runtime such as the JVM or Go picks) as whole CPUs, chosen from
-        // the id so that containers spread over the machine.
-        let count = (cpus.ceil() as usize).max(1);
-        let total = online as usize;
-        let first =
-            usize::from_str_radix(&record.id[..4.min(record.id.len())], 16).unwrap_or(0) % total;
-        let mut set: Vec<usize> = (0..count).map(|i| (first + i) % total).collect();
-        set.sort_unstable();
-        let cpus_list = set.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
-        resources["cpu"] =
-            json!({"quota": (cpus * 100_000.0) as i64, "period": 100_000, "cpus": cpus_list});
-    }
-    if let Some(pids) = options.pids_limit {
-        if pids > 0 {
-            resources["pids"] = json!({"limit": pids});
-        }
+    if let (Some(all), Value::Object(limits)) =
+        (resources.as_object_mut(), limits(record, inputs.support)?)
+    {
+        all.extend(limits);
     }
     let mut linux = json!({
         "devices": devices,
@@ -466,12 +485,22 @@ pub fn build(inputs: &Inputs<'_>) -> Result<Value> {
     if !inputs.identity.additional_gids.is_empty() {
         process["user"]["additionalGids"] = json!(inputs.identity.additional_gids);
     }
+    if !options.ulimits.is_empty() {
+        process["rlimits"] = options
+            .ulimits
+            .iter()
+            .map(|u| json!({"type": u.rlimit(), "soft": u.soft, "hard": u.hard}))
+            .collect();
+    }
+    if !options.sysctls.is_empty() {
+        linux["sysctl"] = json!(options.sysctls);
+    }
     let mut annotations = serde_json::Map::new();
     for (k, v) in &options.labels {
         annotations.insert(k.clone(), Value::from(v.clone()));
     }
     annotations.insert("io.berth.container.name".into(), Value::from(record.name.clone()));
-    Ok(json!({
+    let mut spec = json!({
         "ociVersion": "1.2.0",
         "process": process,
         "root": {"path": inputs.rootfs, "readonly": options.read_only},
@@ -479,7 +508,183 @@ pub fn build(inputs: &Inputs<'_>) -> Result<Value> {
         "mounts": mounts,
         "linux": linux,
         "annotations": annotations,
-    }))
+    });
+    if let (true, Some(fields)) = (options.uts == "host", spec.as_object_mut()) {
+        // The host's UTS namespace has the host's name; a runtime may not set it.
+        fields.remove("hostname");
+    }
+    Ok(spec)
+}
+
+/// The container's resource limits (memory, cpu, blockIO, pids) in the spec's
+/// `linux.resources` form, checked as Docker checks them: what `build` puts in the spec
+/// and what `update` gives the runtime of a running container.
+pub fn limits(record: &Record, support: Support) -> Result<Value> {
+    let options = &record.options;
+    let mut limits = json!({});
+    let memory = memory(options, support.oom_kill_disable)?;
+    if memory.as_object().is_some_and(|m| !m.is_empty()) {
+        limits["memory"] = memory;
+    }
+    if let Some(cpus) = options.cpus {
+        if cpus.is_nan() || cpus <= 0.0 {
+            return Err(invalid("--cpus", "must be a positive number"));
+        }
+        let online = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+        if cpus > online {
+            return Err(invalid(
+                "--cpus",
+                format!("{cpus} is more than the {online} CPUs this machine has"),
+            ));
+        }
+        // The quota limits time; the cpuset makes the limit visible (nproc, and the
+        // parallelism a runtime such as the JVM or Go picks) as whole CPUs, chosen from
+        // the id so that containers spread over the machine.
+        let count = (cpus.ceil() as usize).max(1);
+        let total = online as usize;
+        let first =
+            usize::from_str_radix(&record.id[..4.min(record.id.len())], 16).unwrap_or(0) % total;
+        let mut set: Vec<usize> = (0..count).map(|i| (first + i) % total).collect();
+        set.sort_unstable();
+        let cpus_list = set.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+        limits["cpu"] =
+            json!({"quota": (cpus * 100_000.0) as i64, "period": 100_000, "cpus": cpus_list});
+    }
+    if options.cpus.is_some() && (options.cpu_quota.is_some() || options.cpu_period.is_some()) {
+        return Err(invalid(
+            "--cpus",
+            "conflicts with --cpu-quota and --cpu-period: give one or the others",
+        ));
+    }
+    let mut cpu = limits.get("cpu").cloned().unwrap_or_else(|| json!({}));
+    if let Some(shares) = options.cpu_shares.filter(|s| *s > 0) {
+        if shares < 2 {
+            return Err(invalid("--cpu-shares", "the minimum is 2"));
+        }
+        cpu["shares"] = json!(shares.min(262_144));
+    }
+    if let Some(quota) = options.cpu_quota.filter(|q| *q != 0) {
+        if quota > 0 && quota < 1000 {
+            return Err(invalid("--cpu-quota", "the minimum is 1000 microseconds (1ms)"));
+        }
+        cpu["quota"] = json!(quota);
+        cpu["period"] = json!(options.cpu_period.unwrap_or(100_000));
+    } else if let Some(period) = options.cpu_period.filter(|p| *p != 0) {
+        cpu["period"] = json!(period);
+    }
+    if let Some(period) = cpu["period"].as_u64() {
+        if !(1000..=1_000_000).contains(&period) {
+            return Err(invalid("--cpu-period", "must be between 1000 and 1000000 microseconds"));
+        }
+    }
+    for (value, flag, key) in [
+        (&options.cpuset_cpus, "--cpuset-cpus", "cpus"),
+        (&options.cpuset_mems, "--cpuset-mems", "mems"),
+    ] {
+        if let Some(list) = value.as_deref().filter(|l| !l.is_empty()) {
+            if !list.split(',').all(|part| {
+                let (a, b) = part.split_once('-').unwrap_or((part, part));
+                matches!((a.parse::<u32>(), b.parse::<u32>()), (Ok(a), Ok(b)) if a <= b)
+            }) {
+                return Err(invalid(format!("{flag} {list:?}"), "expected a list like 0-3,5"));
+            }
+            cpu[key] = json!(list);
+        }
+    }
+    if cpu.as_object().is_some_and(|c| !c.is_empty()) {
+        limits["cpu"] = cpu;
+    }
+    if let Some(io) = block_io(options, support.blkio_weight)? {
+        limits["blockIO"] = io;
+    }
+    if let Some(pids) = options.pids_limit {
+        if pids > 0 {
+            limits["pids"] = json!({"limit": pids});
+        }
+    }
+    Ok(limits)
+}
+
+/// `--memory`, `--memory-swap`, `--memory-reservation`, `--oom-kill-disable`, with
+/// Docker's rules between them.
+fn memory(options: &crate::options::RunOptions, oom_switch: bool) -> Result<Value> {
+    let mut memory = json!({});
+    if let Some(limit) = options.memory {
+        if limit < 6 * 1024 * 1024 {
+            return Err(invalid("--memory", "the minimum memory limit is 6 MiB"));
+        }
+        memory["limit"] = json!(limit);
+    }
+    if let Some(swap) = options.memory_swap.filter(|s| *s != 0) {
+        let Some(limit) = options.memory else {
+            return Err(invalid(
+                "--memory-swap",
+                "needs --memory: it is the total of memory and swap",
+            ));
+        };
+        if swap != -1 && swap < limit {
+            return Err(invalid(
+                "--memory-swap",
+                "is memory plus swap: it cannot be below --memory (-1 is unlimited swap)",
+            ));
+        }
+        memory["swap"] = json!(swap);
+    }
+    if let Some(reservation) = options.memory_reservation.filter(|r| *r > 0) {
+        if options.memory.is_some_and(|limit| reservation > limit) {
+            return Err(invalid("--memory-reservation", "must be below --memory"));
+        }
+        memory["reservation"] = json!(reservation);
+    }
+    if options.oom_kill_disable {
+        if oom_switch {
+            memory["disableOOMKiller"] = json!(true);
+        } else {
+            // As Docker on cgroup v2: the kernel has no such switch there.
+            tracing::warn!("this kernel's cgroups cannot disable the OOM killer: --oom-kill-disable is ignored");
+        }
+    }
+    Ok(memory)
+}
+
+/// `--blkio-weight` and the `--device-*-bps/iops` throttles, devices looked up on the host.
+fn block_io(options: &crate::options::RunOptions, weight_works: bool) -> Result<Option<Value>> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut io = json!({});
+    if let Some(weight) = options.blkio_weight.filter(|w| *w != 0) {
+        if !(10..=1000).contains(&weight) {
+            return Err(invalid("--blkio-weight", "must be between 10 and 1000"));
+        }
+        if weight_works {
+            io["weight"] = json!(weight);
+        } else {
+            tracing::warn!("this kernel has no proportional I/O scheduler (CFQ or BFQ): --blkio-weight is ignored");
+        }
+    }
+    for throttle in &options.device_throttles {
+        let flag = format!("--device-{}", throttle.kind.replace('_', "-"));
+        let meta = std::fs::metadata(&throttle.device)
+            .map_err(|e| invalid(format!("{flag} {}", throttle.device), e.to_string()))?;
+        if !meta.file_type().is_block_device() {
+            return Err(invalid(format!("{flag} {}", throttle.device), "is not a block device"));
+        }
+        let key = match throttle.kind.as_str() {
+            "read_bps" => "throttleReadBpsDevice",
+            "write_bps" => "throttleWriteBpsDevice",
+            "read_iops" => "throttleReadIOPSDevice",
+            _ => "throttleWriteIOPSDevice",
+        };
+        let entry = json!({
+            "major": berth_sys::nix::sys::stat::major(meta.rdev()),
+            "minor": berth_sys::nix::sys::stat::minor(meta.rdev()),
+            "rate": throttle.rate,
+        });
+        match io[key].as_array_mut() {
+            Some(list) => list.push(entry),
+            None => io[key] = json!([entry]),
+        }
+    }
+    Ok(io.as_object().is_some_and(|o| !o.is_empty()).then_some(io))
 }
 
 #[cfg(test)]
@@ -518,6 +723,8 @@ mod tests {
             init_binary: None,
             lxcfs: None,
             sysinfo_listener: None,
+            joined: Joined::default(),
+            support: Support::default(),
         }
     }
 
