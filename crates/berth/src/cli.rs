@@ -118,6 +118,8 @@ pub enum Command {
     Export(crate::system::ExportArgs),
     /// Show berth's version.
     Version(crate::system::FormatArgs),
+    /// What happens to containers, images, networks and volumes, as it happens.
+    Events(crate::system::EventsArgs),
     /// System-wide information.
     Info(crate::system::FormatArgs),
     /// Manage berth: disk usage, pruning, information.
@@ -148,6 +150,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Container(command) => crate::system::container(&global, command),
         Command::Export(args) => crate::system::export(&global, args),
         Command::Version(args) => crate::system::version(&global, args),
+        Command::Events(args) => crate::system::events(&global, args),
         Command::Info(args) => {
             crate::system::system(&global, crate::system::SystemCommand::Info(args))
         }

@@ -1269,7 +1269,7 @@ fn command_text(record: &Record) -> String {
 }
 
 /// `--since`/`--until`: RFC 3339, Unix seconds, or a duration back from now (10m, 2h).
-fn parse_time(text: &str) -> Result<f64> {
+pub(crate) fn parse_time(text: &str) -> Result<f64> {
     if let Ok(seconds) = text.parse::<f64>() {
         return Ok(seconds);
     }

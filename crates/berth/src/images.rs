@@ -182,6 +182,16 @@ pub struct ImportArgs {
     pub message: Option<String>,
 }
 
+/// Records an image event (`berth events`): Docker names the image by reference, or by
+/// id when it has no name.
+pub fn image_event(global: &Global, action: &str, id: &str, name: &str) {
+    let attributes = std::iter::once(("name".to_owned(), name.to_owned())).collect();
+    berth_engine::events::record(
+        &global.root,
+        &berth_engine::events::Event::new("image", action, id, attributes),
+    );
+}
+
 pub fn open_store(global: &Global) -> Result<ImageStore> {
     ImageStore::open(&global.root)
         .with_context(|| format!("cannot open the image store under {}", global.root.display()))
@@ -300,6 +310,7 @@ pub fn pull_image(
         println!("Status: {status} {}", reference.familiar());
         println!("{reference}");
     }
+    image_event(global, "pull", &reference.to_string(), &reference.familiar());
     Ok(pulled.id)
 }
 
@@ -336,6 +347,7 @@ pub fn push(global: &Global, args: PushArgs) -> Result<i32> {
             pushed.size
         );
     }
+    image_event(global, "push", &target.to_string(), &target.familiar());
     Ok(0)
 }
 
@@ -581,6 +593,9 @@ pub fn history(global: &Global, args: HistoryArgs) -> Result<i32> {
 pub fn tag(global: &Global, args: TagArgs) -> Result<i32> {
     let store = open_store(global)?;
     store.tag(&args.source, &args.target)?;
+    let id = store.resolve(&args.target).map(|i| i.record.id.to_string()).unwrap_or_default();
+    let target = args.target.parse::<Reference>().map(|r| r.familiar()).unwrap_or(args.target);
+    image_event(global, "tag", &id, &target);
     Ok(0)
 }
 
@@ -588,12 +603,19 @@ pub fn remove(global: &Global, args: RemoveArgs) -> Result<i32> {
     let store = open_store(global)?;
     let mut status = 0;
     for name in &args.names {
+        let id = store.resolve(name).map(|i| i.record.id.to_string()).unwrap_or_default();
         match store.remove(name, args.force) {
             Ok(removed) => {
                 for line in removed {
                     match line {
-                        Removed::Untagged(name) => println!("Untagged: {name}"),
-                        Removed::Deleted(id) => println!("Deleted: {id}"),
+                        Removed::Untagged(name) => {
+                            println!("Untagged: {name}");
+                            image_event(global, "untag", &id, &name);
+                        }
+                        Removed::Deleted(id) => {
+                            println!("Deleted: {id}");
+                            image_event(global, "delete", &id.to_string(), &id.to_string());
+                        }
                     }
                 }
             }
@@ -778,6 +800,12 @@ pub fn load(global: &Global, args: LoadArgs) -> Result<i32> {
         }
     };
     for image in loaded {
+        image_event(
+            global,
+            "load",
+            &image.id.to_string(),
+            image.names.first().map_or(&image.id.to_string(), |n| n),
+        );
         if image.names.is_empty() {
             println!("Loaded image ID: {}", image.id);
         }
@@ -855,6 +883,7 @@ pub fn import(global: &Global, args: ImportArgs) -> Result<i32> {
             .with_context(|| format!("cannot open {}", args.file))?;
         berth_image::archive::import(&store, file, &shown, Some(run), reference.as_ref())?
     };
+    image_event(global, "import", &id.to_string(), &id.to_string());
     println!("{id}");
     Ok(0)
 }

@@ -56,6 +56,107 @@ pub enum SystemCommand {
     },
     /// System-wide information.
     Info(FormatArgs),
+    /// What happens to containers, images, networks and volumes, as it happens.
+    Events(EventsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Show events from this time on (RFC 3339, Unix seconds, or a duration ago: 10m).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Stop at this time (same forms); without it, follow until interrupted.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// KEY=VALUE: type, event, container, image, network, volume, label, scope. Values
+    /// of one key are ORed, keys ANDed.
+    #[arg(short, long)]
+    pub filter: Vec<String>,
+    /// `json`, or a Go template over each event (`{{.Action}} {{.Actor.Attributes.name}}`).
+    #[arg(long)]
+    pub format: Option<String>,
+}
+
+/// `berth events`: recorded events since `--since`, then new ones as they are recorded,
+/// until `--until` (or forever).
+pub fn events(global: &Global, args: EventsArgs) -> Result<i32> {
+    use berth_engine::events::{self, Event};
+    let mut filters: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for filter in &args.filter {
+        let (key, value) = filter
+            .split_once('=')
+            .with_context(|| format!("bad filter {filter:?}: use KEY=VALUE"))?;
+        if !matches!(
+            key,
+            "type" | "event" | "container" | "image" | "network" | "volume" | "label" | "scope"
+        ) {
+            bail!("invalid filter {key:?}: use type, event, container, image, network, volume, label or scope");
+        }
+        filters.entry(key.to_owned()).or_default().push(value.to_owned());
+    }
+    let since = args.since.as_deref().map(crate::containers::parse_time).transpose()?;
+    let until = args.until.as_deref().map(crate::containers::parse_time).transpose()?;
+    let template = match args.format.as_deref() {
+        None | Some("" | "json") => None,
+        Some(text) => Some(crate::template::Template::parse(text)?),
+    };
+    let json = args.format.as_deref() == Some("json");
+    let nanos = |seconds: f64| (seconds * 1e9) as i64;
+    let show = |event: &Event| -> Result<()> {
+        if !event.matches(&filters) {
+            return Ok(());
+        }
+        let line = if json || template.is_some() {
+            let mut value = serde_json::to_value(event)?;
+            // The legacy fields Docker still sends beside the new ones.
+            if event.kind == "container" {
+                value["status"] = json!(event.action);
+                value["id"] = json!(event.actor.id);
+                if let Some(image) = event.actor.attributes.get("image") {
+                    value["from"] = json!(image);
+                }
+            }
+            match &template {
+                Some(template) => template.render(&value)?,
+                None => value.to_string(),
+            }
+        } else {
+            event.line()
+        };
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{line}")?;
+        out.flush()?;
+        Ok(())
+    };
+    let (past, mut position) = events::history(&global.root);
+    if let Some(since) = since {
+        for event in past.iter().filter(|e| e.time_nano >= nanos(since)) {
+            if until.is_some_and(|u| event.time_nano > nanos(u)) {
+                break;
+            }
+            show(event)?;
+        }
+    }
+    loop {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        let (new, next) = events::read_from(&global.root, &position);
+        position = next;
+        for event in &new {
+            if until.is_some_and(|u| event.time_nano > nanos(u)) {
+                return Ok(0);
+            }
+            if since.is_none_or(|s| event.time_nano >= nanos(s)) {
+                show(event)?;
+            }
+        }
+        if until.is_some_and(|u| now > u) {
+            return Ok(0);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 fn engine(global: &Global) -> Result<Engine> {
@@ -236,6 +337,7 @@ fn info(global: &Global, args: FormatArgs) -> Result<i32> {
 pub fn system(global: &Global, command: SystemCommand) -> Result<i32> {
     match command {
         SystemCommand::Info(args) => info(global, args),
+        SystemCommand::Events(args) => events(global, args),
         SystemCommand::Df => {
             let engine = engine(global)?;
             let store = open_store(global)?;

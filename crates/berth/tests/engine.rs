@@ -2644,3 +2644,118 @@ fn root_user_networks_resolve_names_aliases_and_chosen_addresses() {
     );
     berth.assert_clean();
 }
+
+#[test]
+fn root_events_record_what_happens() {
+    if !root_or_skip() {
+        return;
+    }
+    let berth = Berth::new();
+    let since = berth_stdx::time::unix_now().to_string();
+    // A follower started now sees what comes, in order, as it comes.
+    let mut follower = berth
+        .command()
+        .args(["events", "--since", &since, "--filter", "type=container", "--filter", "type=volume"])
+        .args(["--format", "{{.Type}} {{.Action}} {{.Actor.Attributes.name}}{{with .Actor.Attributes.exitCode}} {{.}}{{end}}"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    berth.ok(&["volume", "create", "evvol"]);
+    let output = berth.run(&["run", "--name", "ev1", "-l", "team=a", IMAGE, "sh", "-c", "exit 3"]);
+    assert_eq!(output.status.code(), Some(3));
+    berth.ok(&["run", "-d", "--name", "ev2", IMAGE, "sleep", "300"]);
+    berth.ok(&["exec", "ev2", "true"]);
+    berth.ok(&["pause", "ev2"]);
+    berth.ok(&["unpause", "ev2"]);
+    berth.ok(&["rename", "ev2", "ev3"]);
+    berth.ok(&["stop", "-t", "0", "ev3"]);
+    berth.ok(&["rm", "ev1", "ev3"]);
+    berth.ok(&["volume", "rm", "evvol"]);
+    let mut lines = Vec::new();
+    let mut reader = std::io::BufReader::new(follower.stdout.take().unwrap());
+    // A watchdog: a follower that never sees the last event is killed, and the test fails
+    // on what it did see.
+    let follower_pid = follower.id();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(60));
+        let _ = Command::new("kill").arg(follower_pid.to_string()).status();
+    });
+    while !lines.iter().any(|l: &String| l.starts_with("volume destroy")) {
+        let mut line = String::new();
+        use std::io::BufRead;
+        if reader.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        lines.push(line.trim_end_matches('\n').to_owned());
+    }
+    let _ = follower.kill();
+    let _ = follower.wait();
+    // (A volume's events carry no name attribute, as Docker's: Go prints a missing key so.)
+    let expected = [
+        "volume create <no value>",
+        "container create ev1",
+        "container start ev1",
+        "container die ev1 3",
+        "container create ev2",
+        "container start ev2",
+        "container exec_create: true ev2",
+        "container exec_start: true ev2",
+        "container exec_die ev2 0",
+        "container pause ev2",
+        "container unpause ev2",
+        "container rename ev3",
+        "container kill ev3",
+        "container die ev3 137",
+        "container stop ev3",
+        "container destroy ev1",
+        "container destroy ev3",
+        "volume destroy <no value>",
+    ];
+    // `kill` comes once with the stop signal and once with SIGKILL; both are Docker's.
+    let mut seen: Vec<&str> = lines.iter().map(String::as_str).collect();
+    seen.dedup();
+    assert_eq!(seen, expected, "{lines:#?}");
+    // The past, filtered: by label, by event, as JSON with Docker's legacy fields.
+    let now = (berth_stdx::time::unix_now() + 1).to_string();
+    let past = |filters: &[&str], format: &str| {
+        let mut args = vec!["events", "--since", &since, "--until", &now, "--format", format];
+        for f in filters {
+            args.extend_from_slice(&["--filter", f]);
+        }
+        berth.ok(&args)
+    };
+    assert_eq!(
+        past(
+            &["label=team=a", "event=die"],
+            "{{.Actor.Attributes.name}} {{.Actor.Attributes.exitCode}}"
+        ),
+        "ev1 3\n"
+    );
+    let json = past(&["container=ev1", "event=start"], "json");
+    let event: Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!((event["status"].as_str(), event["from"].as_str()), (Some("start"), Some(IMAGE)));
+    assert_eq!(event["Actor"]["ID"].as_str().unwrap().len(), 64);
+    let plain = past(&["event=destroy", "container=ev3"], "");
+    assert!(plain.contains(" container destroy ") && plain.contains("name=ev3"), "{plain}");
+    // Images too: tag and untag, named as Docker names them.
+    berth.ok(&["tag", IMAGE, "evimg:1"]);
+    berth.ok(&["rmi", "evimg:1"]);
+    let now = (berth_stdx::time::unix_now() + 1).to_string();
+    let images = berth.ok(&[
+        "events",
+        "--since",
+        &since,
+        "--until",
+        &now,
+        "--filter",
+        "type=image",
+        "--filter",
+        "image=evimg:1",
+        "--format",
+        "{{.Action}} {{.Actor.Attributes.name}}",
+    ]);
+    assert_eq!(images, "tag evimg:1\nuntag evimg:1\n");
+    let err = berth.fails(&["events", "--filter", "colour=red"]);
+    assert!(err.contains("invalid filter"), "{err}");
+    berth.assert_clean();
+}

@@ -92,8 +92,14 @@ fn update(engine: &Engine, id: &str, change: impl FnOnce(&mut Health)) -> Option
         return None;
     }
     let health = locked.record.state.health.get_or_insert_with(Health::default);
+    let before = health.status.clone();
     change(health);
-    locked.save().ok()
+    let after = health.status.clone();
+    locked.save().ok()?;
+    if after != before && after != "starting" {
+        engine.container_event(&format!("health_status: {after}"), &locked.record, &[]);
+    }
+    Some(())
 }
 
 fn probe(exe: &Path, root: &Path, id: &str, argv: &[String], timeout: Duration) -> HealthProbe {

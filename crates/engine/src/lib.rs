@@ -20,6 +20,7 @@ pub mod attach;
 pub mod container;
 pub mod copy;
 pub mod dns;
+pub mod events;
 pub mod health;
 pub mod monitor;
 pub mod network;
@@ -139,6 +140,32 @@ impl Engine {
         }
         let store = ImageStore::open(&self.root)?;
         Ok(self.images.get_or_init(|| store))
+    }
+
+    /// Records an event about a container, with Docker's attributes (its name, image and
+    /// labels) and `extra` ones (`exitCode`, `signal`).
+    pub fn container_event(
+        &self,
+        action: &str,
+        record: &container::Record,
+        extra: &[(&str, String)],
+    ) {
+        let mut attributes = record.options.labels.clone();
+        attributes.insert("name".into(), record.name.clone());
+        attributes.insert("image".into(), record.image.clone());
+        for (k, v) in extra {
+            attributes.insert((*k).to_owned(), v.clone());
+        }
+        events::record(
+            &self.root,
+            &events::Event::new("container", action, &record.id, attributes),
+        );
+    }
+
+    /// Records an event about something other than a container.
+    pub fn event(&self, kind: &str, action: &str, id: &str, attributes: &[(&str, String)]) {
+        let attributes = attributes.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect();
+        events::record(&self.root, &events::Event::new(kind, action, id, attributes));
     }
 
     pub(crate) fn containers_dir(&self) -> PathBuf {

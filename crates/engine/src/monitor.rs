@@ -96,6 +96,9 @@ fn run(root: &Path, id: &str, control: UnixStream) -> Result<()> {
                 return Err(err);
             }
         };
+        if let Ok(record) = engine.peek(id) {
+            engine.container_event("start", &record, &[]);
+        }
         if first {
             for client in &mut clients {
                 crate::ops::send(&mut client.stream, attach::STARTED, &pid.to_be_bytes());
@@ -126,6 +129,10 @@ fn run(root: &Path, id: &str, control: UnixStream) -> Result<()> {
             .unwrap_or(false);
         let mut locked = engine.lock(id)?;
         engine.release_resources(&locked);
+        if oom {
+            engine.container_event("oom", &locked.record, &[]);
+        }
+        engine.container_event("die", &locked.record, &[("exitCode", code.to_string())]);
         let state = &mut locked.record.state;
         state.status = Status::Exited;
         state.exit_code = code;

@@ -256,6 +256,12 @@ impl Engine {
         std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
         let data = serde_json::to_vec_pretty(&network).map_err(|e| Error::Other(e.to_string()))?;
         write_atomic(&dir.join(format!("{name}.json")), &data)?;
+        self.event(
+            "network",
+            "create",
+            &network.id,
+            &[("name", network.name.clone()), ("type", "bridge".into())],
+        );
         Ok(network)
     }
 
@@ -286,7 +292,14 @@ impl Engine {
             .status();
         let _ = nft(&format!("delete element ip berth subnets {{ {} }}\n", network.subnet));
         let path = self.networks_dir().join("defs").join(format!("{name}.json"));
-        std::fs::remove_file(&path).map_err(io("remove", &path))
+        std::fs::remove_file(&path).map_err(io("remove", &path))?;
+        self.event(
+            "network",
+            "destroy",
+            &network.id,
+            &[("name", network.name.clone()), ("type", "bridge".into())],
+        );
+        Ok(())
     }
 
     fn network_lock(&self) -> Result<File> {
@@ -408,6 +421,16 @@ impl Engine {
         let attached = self.attach(record, &network, &netns);
         match attached {
             Ok(state) => {
+                self.event(
+                    "network",
+                    "connect",
+                    &network.id,
+                    &[
+                        ("container", record.id.clone()),
+                        ("name", network.name.clone()),
+                        ("type", "bridge".into()),
+                    ],
+                );
                 record.network = Some(state);
                 Ok(NetNs::Join(netns.to_string_lossy().into_owned()))
             }
@@ -647,6 +670,16 @@ add element ip berth subnets {{ {} }}
                 tracing::warn!("CNI DEL for {}: {err}", record.id);
             }
             self.remove_peer_entries(record, &network);
+            self.event(
+                "network",
+                "disconnect",
+                &network.id,
+                &[
+                    ("container", record.id.clone()),
+                    ("name", network.name.clone()),
+                    ("type", "bridge".into()),
+                ],
+            );
         }
         remove_netns(&netns);
     }

@@ -192,7 +192,10 @@ impl Engine {
         self.reserve_name(&name, &id)?;
         let made = self.create_locked(record, &image, run_config.as_ref());
         match made {
-            Ok(record) => Ok(record),
+            Ok(record) => {
+                self.container_event("create", &record, &[]);
+                Ok(record)
+            }
             Err(err) => {
                 self.release_name(&name, &id);
                 let _ = store.release(&format!("container:{id}"));
@@ -677,14 +680,18 @@ impl Engine {
         if self.runtime.state(&id).is_ok_and(|s| s.status == berth_runtime::Status::Paused) {
             let _ = self.runtime.resume(&id);
         }
+        let record = self.peek(&id)?;
+        self.container_event("kill", &record, &[("signal", (signal as i32).to_string())]);
         let _ = self.runtime.kill(&id, signal, false);
-        if self.wait_exit(&id, Some(Duration::from_secs(u64::from(timeout))))?.is_some() {
-            return Ok(());
+        if self.wait_exit(&id, Some(Duration::from_secs(u64::from(timeout))))?.is_none() {
+            self.container_event("kill", &record, &[("signal", "9".into())]);
+            let _ = self.runtime.kill(&id, Signal::SIGKILL, true);
+            if self.wait_exit(&id, Some(Duration::from_secs(30)))?.is_none() {
+                return Err(Error::Other(format!("container {id} did not exit after SIGKILL")));
+            }
         }
-        let _ = self.runtime.kill(&id, Signal::SIGKILL, true);
-        self.wait_exit(&id, Some(Duration::from_secs(30)))?
-            .map(|_| ())
-            .ok_or_else(|| Error::Other(format!("container {id} did not exit after SIGKILL")))
+        self.container_event("stop", &record, &[]);
+        Ok(())
     }
 
     pub fn kill(&self, name_or_id: &str, signal: &str) -> Result<()> {
@@ -702,6 +709,7 @@ impl Engine {
             locked.save()?;
         }
         self.runtime.kill(&locked.record.id, signal, signal == Signal::SIGKILL)?;
+        self.container_event("kill", &locked.record, &[("signal", (signal as i32).to_string())]);
         Ok(())
     }
 
@@ -798,6 +806,7 @@ impl Engine {
         let trash = self.containers_dir().join(format!(".removing-{}", record.id));
         std::fs::rename(&dir, &trash).map_err(io("remove", &dir))?;
         drop(locked);
+        self.container_event("destroy", &record, &[]);
         std::fs::remove_dir_all(&trash).map_err(io("remove", &trash))
     }
 
@@ -875,7 +884,9 @@ impl Engine {
             self.runtime.resume(&locked.record.id)?;
         }
         locked.record.state.status = target;
-        locked.save()
+        locked.save()?;
+        self.container_event(if pause { "pause" } else { "unpause" }, &locked.record, &[]);
+        Ok(())
     }
 
     pub fn rename(&self, name_or_id: &str, new_name: &str) -> Result<()> {
@@ -894,6 +905,7 @@ impl Engine {
             return Err(err);
         }
         self.release_name(&old, &id);
+        self.container_event("rename", &locked.record, &[("oldName", format!("/{old}"))]);
         Ok(())
     }
 
@@ -956,9 +968,19 @@ impl Engine {
             },
         )?;
         let options = ExecOptions { process, detach: request.detach, ..ExecOptions::default() };
+        let command = request.command.join(" ");
+        self.container_event(&format!("exec_create: {command}"), &record, &[]);
+        self.container_event(&format!("exec_start: {command}"), &record, &[]);
         match self.runtime.exec(&record.id, options)? {
             ExecOutcome::Detached(_) => Ok(0),
-            ExecOutcome::Exited(status) => Ok(status.code()),
+            ExecOutcome::Exited(status) => {
+                self.container_event(
+                    "exec_die",
+                    &record,
+                    &[("exitCode", status.code().to_string())],
+                );
+                Ok(status.code())
+            }
         }
     }
 
@@ -1058,7 +1080,9 @@ impl Engine {
             self.runtime.update(&record.id, &resources)?;
         }
         locked.record = record;
-        locked.save()
+        locked.save()?;
+        self.container_event("update", &locked.record, &[]);
+        Ok(())
     }
 
     pub fn stats(&self, name_or_id: &str) -> Result<berth_cgroups::Stats> {
@@ -1163,9 +1187,14 @@ impl Engine {
             Some(&image),
             config,
             vec![(layer, history)],
-            names,
+            names.clone(),
         )?;
         drop(guard);
+        let mut extra = vec![("comment", message.unwrap_or_default().to_owned())];
+        if let Some(name) = names.first() {
+            extra.push(("imageName", name.clone()));
+        }
+        self.container_event("commit", &locked.record, &extra);
         Ok(digest)
     }
 

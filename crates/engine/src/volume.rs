@@ -123,6 +123,7 @@ impl Engine {
         };
         let json = serde_json::to_vec_pretty(&volume).map_err(|e| Error::Other(e.to_string()))?;
         write_atomic(&dir.join("volume.json"), &json)?;
+        self.event("volume", "create", &volume.name, &[("driver", "local".into())]);
         Ok(volume)
     }
 
@@ -173,7 +174,9 @@ impl Engine {
             )));
         }
         let dir = self.volumes_dir().join(name);
-        std::fs::remove_dir_all(&dir).map_err(io("remove", &dir))
+        std::fs::remove_dir_all(&dir).map_err(io("remove", &dir))?;
+        self.event("volume", "destroy", name, &[("driver", "local".into())]);
+        Ok(())
     }
 
     /// Removes volumes no container uses; returns their names.
