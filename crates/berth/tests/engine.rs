@@ -2759,3 +2759,45 @@ fn root_events_record_what_happens() {
     assert!(err.contains("invalid filter"), "{err}");
     berth.assert_clean();
 }
+
+#[test]
+fn root_a_restarting_container_stops_and_goes_when_asked() {
+    if !root_or_skip() {
+        return;
+    }
+    let berth = Berth::new();
+    for verb in ["stop", "rm"] {
+        let name = format!("flapping-{verb}");
+        berth.ok(&[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--restart",
+            "always",
+            IMAGE,
+            "sh",
+            "-c",
+            "exit 1",
+        ]);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while berth.inspect(&name)["RestartCount"].as_u64().unwrap_or(0) < 2 {
+            assert!(Instant::now() < deadline, "it never restarted");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Between two runs (the monitor waits before each restart) or during one: either
+        // way the user's word wins, and no new run starts after it.
+        if verb == "stop" {
+            berth.ok(&["stop", "-t", "1", &name]);
+            let state = berth.inspect(&name)["State"].clone();
+            assert_eq!(state["Status"], "exited", "{state}");
+            let count = berth.inspect(&name)["RestartCount"].clone();
+            std::thread::sleep(Duration::from_millis(1500));
+            assert_eq!(berth.inspect(&name)["RestartCount"], count, "it restarted after stop");
+            berth.ok(&["rm", &name]);
+        } else {
+            berth.ok(&["rm", "-f", &name]);
+        }
+    }
+    berth.assert_clean();
+}

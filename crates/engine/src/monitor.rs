@@ -149,7 +149,18 @@ fn run(root: &Path, id: &str, control: UnixStream) -> Result<()> {
             drop(locked);
             tracing::info!(id, code, "restarting after {delay:?}");
             std::thread::sleep(delay);
-            continue;
+            // A user who stopped or removed it meanwhile (`stop`, `rm -f`) has the last word.
+            let mut locked = engine.lock(id)?;
+            if !locked.record.state.stopped_by_user {
+                continue;
+            }
+            locked.record.state.status = Status::Exited;
+            locked.record.state.monitor_pid = 0;
+            locked.save()?;
+            for client in &mut clients {
+                crate::ops::send(&mut client.stream, attach::EXIT, &code.to_be_bytes());
+            }
+            return Ok(());
         }
         state.monitor_pid = 0;
         if locked.record.options.auto_remove {
