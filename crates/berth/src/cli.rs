@@ -96,7 +96,7 @@ pub enum Command {
     /// Wait for containers to stop and print their exit codes.
     Wait(containers::OneOrMore),
     /// Show a container's processes.
-    Top(containers::One),
+    Top(containers::TopArgs),
     /// Show containers' resource usage.
     Stats(containers::StatsArgs),
     /// Change the limits and restart policy of containers, running or not.

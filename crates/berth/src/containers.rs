@@ -421,6 +421,14 @@ pub struct One {
 }
 
 #[derive(Debug, Args)]
+pub struct TopArgs {
+    pub container: String,
+    /// Options for ps (`aux`, `-o pid,comm`): the host's ps, showing the container's rows.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub ps_options: Vec<String>,
+}
+
+#[derive(Debug, Args)]
 pub struct StatsArgs {
     /// Print one sample and exit.
     #[arg(long = "no-stream")]
@@ -612,6 +620,25 @@ pub enum NetworkCommand {
         #[arg(required = true)]
         names: Vec<String>,
     },
+    /// Connect a container to a network (at once if it runs, and at every start).
+    Connect {
+        network: String,
+        container: String,
+        /// Another name for the container on this network.
+        #[arg(long)]
+        alias: Vec<String>,
+        /// Its IPv4 address on this network.
+        #[arg(long)]
+        ip: Option<String>,
+    },
+    /// Disconnect a container from a network it was connected to.
+    Disconnect {
+        network: String,
+        container: String,
+        /// Accepted for Docker's scripts.
+        #[arg(short, long)]
+        force: bool,
+    },
 }
 
 fn engine(global: &Global) -> Result<Engine> {
@@ -775,6 +802,7 @@ fn run_options(flags: &CreateFlags) -> Result<RunOptions> {
         .flat_map(|(kind, list)| list.iter().map(move |t| Throttle::parse(kind, t)))
         .collect::<Result<_, _>>()?,
         network_aliases: flags.network_alias.clone(),
+        connected: Vec::new(),
         mac_address: flags.mac_address.clone(),
         ip: flags.ip.clone(),
         log_driver: flags.log_driver.clone(),
@@ -946,7 +974,7 @@ pub fn start(global: &Global, args: StartArgs) -> Result<i32> {
                 println!("{name}")
             }
             Err(err) => {
-                eprintln!("Error response from berth: {err}");
+                eprintln!("Error: {err}");
                 status = 1;
             }
         }
@@ -969,7 +997,7 @@ fn each(names: &[String], mut action: impl FnMut(&str) -> berth_engine::Result<(
         match action(name) {
             Ok(()) => println!("{name}"),
             Err(err) => {
-                eprintln!("Error response from berth: {err}");
+                eprintln!("Error: {err}");
                 status = 1;
             }
         }
@@ -1027,7 +1055,7 @@ pub fn wait(global: &Global, args: OneOrMore) -> Result<i32> {
         match engine.wait_exit(name, None) {
             Ok(code) => println!("{}", code.unwrap_or(-1)),
             Err(err) => {
-                eprintln!("Error response from berth: {err}");
+                eprintln!("Error: {err}");
                 status = 1;
             }
         }
@@ -1056,8 +1084,10 @@ fn ps_row(r: &Record) -> Value {
         .collect::<Vec<_>>()
         .join(",");
     let local_volumes = r.mounts.iter().filter(|m| m.kind == "volume").count();
-    let networks =
-        r.network.as_ref().map(|n| n.network.clone()).unwrap_or_else(|| r.options.network.clone());
+    let networks = std::iter::once(r.options.network.as_str())
+        .chain(r.options.connected.iter().map(|c| c.network.as_str()))
+        .collect::<Vec<_>>()
+        .join(",");
     json!({
         "Command": format!("\"{}\"", command_text(r)),
         "CreatedAt": docker_time(seconds_of(&r.created)),
@@ -1145,7 +1175,7 @@ fn matches_filter(record: &Record, key: &str, value: &str, all: &[Record]) -> Re
             Some((k, v)) => record.options.labels.get(k).is_some_and(|x| x == v),
             None => record.options.labels.contains_key(value),
         },
-        "network" => record.options.network == value,
+        "network" => record.uses_network(value),
         "volume" => record.mounts.iter().any(|m| m.name == value || m.source == value || m.destination == value),
         "publish" | "expose" => {
             let (port, protocol) = value.split_once('/').unwrap_or((value, "tcp"));
@@ -1562,7 +1592,7 @@ fn container_json(record: &Record, dir: &Path) -> Value {
         ports.entry(exposed.clone()).or_insert(Value::Null);
     }
     let net = record.network.clone().unwrap_or_default();
-    let networks = if net.network.is_empty() {
+    let mut networks = if net.network.is_empty() {
         json!({ record.options.network.clone(): {} })
     } else {
         json!({ net.network.clone(): {
@@ -1571,6 +1601,20 @@ fn container_json(record: &Record, dir: &Path) -> Value {
             "IPAMConfig": o.ip.as_ref().map(|ip| json!({"IPv4Address": ip})),
         } })
     };
+    for connection in &o.connected {
+        let state = record.extra_networks.iter().find(|n| n.network == connection.network);
+        networks[connection.network.as_str()] = match state {
+            Some(s) => json!({
+                "IPAddress": s.ip, "IPPrefixLen": s.prefix_len, "Gateway": s.gateway, "MacAddress": s.mac,
+                "Aliases": if connection.aliases.is_empty() { Value::Null } else { json!(connection.aliases) },
+                "IPAMConfig": connection.ip.as_ref().map(|ip| json!({"IPv4Address": ip})),
+            }),
+            None => json!({
+                "Aliases": if connection.aliases.is_empty() { Value::Null } else { json!(connection.aliases) },
+                "IPAMConfig": connection.ip.as_ref().map(|ip| json!({"IPv4Address": ip})),
+            }),
+        };
+    }
     let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
     let throttles = |kind: &str| {
         o.device_throttles
@@ -1773,11 +1817,40 @@ pub fn inspect(global: &Global, args: InspectArgs) -> Result<i32> {
 
 // ----- top, stats, port, rename, diff, commit, cp -----
 
-pub fn top(global: &Global, args: One) -> Result<i32> {
+pub fn top(global: &Global, args: TopArgs) -> Result<i32> {
     let engine = engine(global)?;
-    let mut rows = vec![["UID", "PID", "PPID", "CMD"].map(String::from).to_vec()];
-    rows.extend(engine.top(&args.container)?);
-    print!("{}", table(&rows));
+    let processes = engine.top(&args.container)?;
+    if args.ps_options.is_empty() {
+        let mut rows = vec![["UID", "PID", "PPID", "CMD"].map(String::from).to_vec()];
+        rows.extend(processes);
+        print!("{}", table(&rows));
+        return Ok(0);
+    }
+    // As Docker: the host's ps with the options given, keeping the container's rows.
+    let pids: Vec<&str> = processes.iter().map(|row| row[1].as_str()).collect();
+    let output = std::process::Command::new("ps")
+        .args(&args.ps_options)
+        .output()
+        .context("cannot run ps (install procps)")?;
+    if !output.status.success() {
+        bail!(
+            "ps {} failed: {}",
+            args.ps_options.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    let mut lines = text.lines();
+    let header = lines.next().unwrap_or_default();
+    let column = header.split_whitespace().position(|h| h == "PID").with_context(|| {
+        format!("ps {} shows no PID column: add one (-o pid,...)", args.ps_options.join(" "))
+    })?;
+    println!("{header}");
+    for line in lines {
+        if line.split_whitespace().nth(column).is_some_and(|pid| pids.contains(&pid)) {
+            println!("{line}");
+        }
+    }
     Ok(0)
 }
 
@@ -2104,10 +2177,10 @@ pub fn network(global: &Global, command: NetworkCommand) -> Result<i32> {
                 let containers: serde_json::Map<String, Value> = engine
                     .list()?
                     .into_iter()
-                    .filter(|r| r.state.status == Status::Running && r.network.as_ref().is_some_and(|s| s.network == n.name))
-                    .map(|r| {
-                        let s = r.network.clone().unwrap_or_default();
-                        (r.id.clone(), json!({"Name": r.name, "IPv4Address": format!("{}/{}", s.ip, s.prefix_len), "MacAddress": s.mac}))
+                    .filter(|r| r.state.status == Status::Running)
+                    .filter_map(|r| {
+                        let s = r.networks().find(|s| s.network == n.name)?.clone();
+                        Some((r.id.clone(), json!({"Name": r.name, "IPv4Address": format!("{}/{}", s.ip, s.prefix_len), "MacAddress": s.mac})))
                     })
                     .collect();
                 out.push(json!({"Name": n.name, "Id": n.id, "Created": n.created, "Driver": "bridge", "Scope": "local",
@@ -2117,6 +2190,12 @@ pub fn network(global: &Global, command: NetworkCommand) -> Result<i32> {
             println!("{}", serde_json::to_string_pretty(&out)?);
         }
         NetworkCommand::Rm { names } => return each(&names, |name| engine.network_remove(name)),
+        NetworkCommand::Connect { network, container, alias, ip } => {
+            engine.network_connect(&network, &container, &alias, ip.as_deref())?
+        }
+        NetworkCommand::Disconnect { network, container, force: _ } => {
+            engine.network_disconnect(&network, &container)?
+        }
     }
     Ok(0)
 }

@@ -620,7 +620,7 @@ pub fn remove(global: &Global, args: RemoveArgs) -> Result<i32> {
                 }
             }
             Err(err) => {
-                eprintln!("Error response: {err}");
+                eprintln!("Error: {err}");
                 status = 1;
             }
         }

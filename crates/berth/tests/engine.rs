@@ -263,6 +263,14 @@ fn root_detached_containers_outlive_the_command_and_are_managed() {
     );
     let top = berth.ok(&["top", "ticker"]);
     assert!(top.contains("while true"), "{top}");
+    // ps options, as Docker passes them to the host's ps: only the container's rows.
+    let top = berth.ok(&["top", "ticker", "-o", "pid,user,args"]);
+    let lines: Vec<&str> = top.lines().collect();
+    assert!(lines[0].contains("PID") && lines[0].contains("COMMAND"), "{top}");
+    assert!(lines[1..].iter().all(|l| !l.contains("cargo")), "host rows leaked: {top}");
+    assert!(lines[1..].iter().any(|l| l.contains("while true")), "{top}");
+    let err = berth.fails(&["top", "ticker", "-o", "comm"]);
+    assert!(err.contains("no PID column"), "{err}");
     let inspect = berth.inspect("ticker");
     assert_eq!(inspect["State"]["Status"], "running");
     assert!(inspect["State"]["Pid"].as_i64().unwrap() > 0);
@@ -2603,6 +2611,54 @@ fn root_user_networks_resolve_names_aliases_and_chosen_addresses() {
     ]);
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(text.contains("nothing-here.invalid"), "{text}");
+    // network connect: a running container joins another network at once (a new
+    // interface, no second default route), under its name and the aliases given there,
+    // and again at its next start; disconnect takes it away.
+    berth.ok(&["network", "create", "--subnet", "10.124.0.0/24", "front"]);
+    berth.ok(&["run", "-d", "--name", "web", "--network", "front", IMAGE, "sleep", "300"]);
+    berth.ok(&["network", "connect", "--alias", "api", "--ip", "10.123.0.60", "appnet", "web"]);
+    let inside = berth.ok(&[
+        "exec",
+        "web",
+        "sh",
+        "-c",
+        "ip -4 -o addr show eth1; ip route | grep -c default; nslookup db | grep -A1 '^Name:' | tail -1",
+    ]);
+    assert!(inside.contains("10.123.0.60/24"), "{inside}");
+    assert!(inside.contains("\n1\n") && inside.contains("Address: 10.123.0.50"), "{inside}");
+    let from_db =
+        berth.ok(&["exec", "db", "sh", "-c", "nslookup api | grep -A1 '^Name:' | tail -1; grep -c api /etc/hosts"]);
+    assert!(
+        from_db.contains("Address: 10.123.0.60") && from_db.trim_end().ends_with('1'),
+        "{from_db}"
+    );
+    let shown = berth.ok(&[
+        "inspect",
+        "-f",
+        "{{range $k, $v := .NetworkSettings.Networks}}{{$k}}={{$v.IPAddress}} {{end}}",
+        "web",
+    ]);
+    assert_eq!(shown, "appnet=10.123.0.60 front=10.124.0.2 \n");
+    assert_eq!(
+        berth.ok(&["ps", "--filter", "network=appnet", "--format", "{{.Names}}"]).lines().count(),
+        2
+    );
+    let err = berth.fails(&["network", "rm", "appnet"]);
+    assert!(err.contains("web"), "{err}");
+    let err = berth.fails(&["network", "connect", "appnet", "web"]);
+    assert!(err.contains("already connected"), "{err}");
+    berth.ok(&["restart", "-t", "0", "web"]);
+    let again = berth.ok(&["exec", "web", "ip", "-4", "-o", "addr", "show", "eth1"]);
+    assert!(again.contains("10.123.0.60/24"), "{again}");
+    berth.ok(&["network", "disconnect", "appnet", "web"]);
+    let after = berth.run(&["exec", "web", "ip", "-o", "addr", "show", "eth1"]);
+    assert!(!after.status.success(), "eth1 is still there");
+    let from_db = berth.ok(&["exec", "db", "sh", "-c", "grep -c api /etc/hosts; true"]);
+    assert_eq!(from_db.trim(), "0");
+    let err = berth.fails(&["network", "disconnect", "front", "web"]);
+    assert!(err.contains("first network"), "{err}");
+    berth.ok(&["rm", "-f", "web"]);
+    berth.ok(&["network", "rm", "front"]);
     // A container that stops is no longer named; the default bridge has no embedded DNS.
     berth.ok(&["stop", "-t", "0", "db"]);
     let gone = berth.run(&["run", "--rm", "--network", "appnet", IMAGE, "nslookup", "db"]);

@@ -111,6 +111,18 @@ pub struct NetworkState {
     pub ports: Vec<PortBinding>,
     /// The namespace file the container joins.
     pub netns: String,
+    /// The interface in the container (empty: `eth0`, the first network's).
+    pub ifname: String,
+}
+
+impl NetworkState {
+    pub fn interface(&self) -> &str {
+        if self.ifname.is_empty() {
+            "eth0"
+        } else {
+            &self.ifname
+        }
+    }
 }
 
 /// A mount as made for this container (volumes resolved to their directories).
@@ -145,6 +157,8 @@ pub struct Record {
     pub state: State,
     pub mounts: Vec<MountRecord>,
     pub network: Option<NetworkState>,
+    /// Networks joined beside the first (`network connect`), while it runs.
+    pub extra_networks: Vec<NetworkState>,
     /// The image's exposed ports (for `-P`).
     pub exposed_ports: Vec<String>,
     pub stop_signal: String,
@@ -153,6 +167,18 @@ pub struct Record {
 }
 
 impl Record {
+    /// Every network the running container is on: its first, then those connected later.
+    pub fn networks(&self) -> impl Iterator<Item = &NetworkState> {
+        self.network.iter().chain(self.extra_networks.iter())
+    }
+
+    /// Whether the container is (or, once started, will be) on the named network.
+    pub fn uses_network(&self, name: &str) -> bool {
+        self.options.network == name
+            || self.options.connected.iter().any(|c| c.network == name)
+            || self.networks().any(|n| n.network == name)
+    }
+
     pub fn short_id(&self) -> &str {
         &self.id[..12.min(self.id.len())]
     }

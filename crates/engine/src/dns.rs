@@ -109,7 +109,8 @@ impl Drop for Resolver {
 /// What the serving threads need to answer.
 struct Context {
     root: PathBuf,
-    network: String,
+    /// The container asking: its networks are those whose containers are named.
+    id: String,
     upstreams: Vec<SocketAddr>,
 }
 
@@ -124,21 +125,16 @@ pub fn host_resolvers() -> Vec<SocketAddr> {
         .collect()
 }
 
-/// Starts a resolver for `network` in the network namespace at `netns`
-/// (`berth __dns ROOT NETWORK NETNS UPSTREAM...`) and returns once it listens.
-pub fn serve(
-    root: &Path,
-    network: &str,
-    netns: &Path,
-    upstreams: &[SocketAddr],
-) -> Result<Resolver> {
+/// Starts the resolver of container `id` in the network namespace at `netns`
+/// (`berth __dns ROOT ID NETNS UPSTREAM...`) and returns once it listens.
+pub fn serve(root: &Path, id: &str, netns: &Path, upstreams: &[SocketAddr]) -> Result<Resolver> {
     use std::io::Read;
     use std::os::unix::process::CommandExt;
     let mut child = std::process::Command::new("/proc/self/exe")
         .arg0("berth")
         .arg("__dns")
         .arg(root)
-        .arg(network)
+        .arg(id)
         .arg(netns)
         .args(upstreams.iter().map(ToString::to_string))
         .stdin(std::process::Stdio::null())
@@ -168,7 +164,7 @@ pub fn serve(
 /// The resolver process: binds 127.0.0.11:53 (UDP and TCP) inside the namespace, comes
 /// back to the namespace it started in (where upstream servers are reached), says
 /// `ready` on stdout, and answers until it is killed.
-pub fn main(root: &Path, network: &str, netns: &Path, upstreams: &[String]) -> Result<()> {
+pub fn main(root: &Path, id: &str, netns: &Path, upstreams: &[String]) -> Result<()> {
     use berth_sys::nix::sched::{setns, CloneFlags};
     berth_sys::nix::sys::prctl::set_pdeathsig(berth_sys::nix::sys::signal::Signal::SIGKILL)
         .map_err(|e| Error::Other(format!("cannot set the parent-death signal: {e}")))?;
@@ -184,7 +180,7 @@ pub fn main(root: &Path, network: &str, netns: &Path, upstreams: &[String]) -> R
         .map_err(|e| Error::Network(format!("cannot return to the host's network: {e}")))?;
     let context = Arc::new(Context {
         root: root.to_owned(),
-        network: network.to_owned(),
+        id: id.to_owned(),
         upstreams: upstreams.iter().filter_map(|u| u.parse().ok()).collect(),
     });
     println!("ready");
@@ -199,19 +195,31 @@ pub fn main(root: &Path, network: &str, netns: &Path, upstreams: &[String]) -> R
     Ok(())
 }
 
-/// The containers running on the same network, with their names.
+/// The running containers that share a network with the asking one, each with its
+/// names and its address on the first network they share.
 fn peers(context: &Context) -> Vec<Peer> {
     let Ok(engine) = Engine::open(&context.root) else { return Vec::new() };
-    engine
-        .peek_all()
-        .into_iter()
+    let records = engine.peek_all();
+    let Some(me) = records.iter().find(|r| r.id == context.id) else { return Vec::new() };
+    let mine: Vec<&str> = me
+        .networks()
+        .map(|n| n.network.as_str())
+        .filter(|n| *n != crate::network::DEFAULT_NETWORK)
+        .collect();
+    records
+        .iter()
         .filter(|r| matches!(r.state.status, Status::Running | Status::Paused))
         .filter_map(|r| {
-            let net = r.network.as_ref().filter(|n| n.network == context.network)?;
-            let ip = net.ip.parse().ok()?;
-            let mut names = vec![r.name.to_lowercase()];
-            names.extend(r.options.network_aliases.iter().map(|a| a.to_lowercase()));
-            names.push(r.id[..12.min(r.id.len())].to_owned());
+            let shared = r.networks().find(|n| mine.contains(&n.network.as_str()))?;
+            let ip = shared.ip.parse().ok()?;
+            // Names on every shared network (aliases are per network).
+            let mut names: Vec<String> = r
+                .networks()
+                .filter(|n| mine.contains(&n.network.as_str()))
+                .flat_map(|n| crate::network::names_on(r, &n.network))
+                .map(|n| n.to_lowercase())
+                .collect();
+            names.dedup();
             Some(Peer { names, ip })
         })
         .collect()

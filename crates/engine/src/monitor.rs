@@ -236,6 +236,12 @@ fn start_once(engine: &Engine, id: &str) -> Result<(i32, Io, u64)> {
             return Err(err);
         }
     };
+    // The addresses are on disk before the container runs: its embedded DNS (and its
+    // peers') reads them to answer its first question.
+    if let Err(err) = locked.save() {
+        engine.release_resources(&locked);
+        return Err(err);
+    }
     // The embedded DNS listens before the container's first question.
     let dns = match engine.embedded_dns(&locked.record) {
         Ok(dns) => dns,

@@ -273,12 +273,8 @@ impl Engine {
         }
         let network = self.network_inspect(name)?;
         let _lock = self.network_lock()?;
-        let users: Vec<String> = self
-            .list()?
-            .into_iter()
-            .filter(|r| r.options.network == name)
-            .map(|r| r.name)
-            .collect();
+        let users: Vec<String> =
+            self.list()?.into_iter().filter(|r| r.uses_network(name)).map(|r| r.name).collect();
         if !users.is_empty() {
             return Err(Error::Conflict(format!(
                 "network {name} has containers ({}); remove them first",
@@ -418,28 +414,169 @@ impl Engine {
         let network = self.network_inspect(&mode)?;
         let _lock = self.network_lock()?;
         let netns = self.make_netns(&record.id)?;
-        let attached = self.attach(record, &network, &netns);
-        match attached {
-            Ok(state) => {
-                self.event(
-                    "network",
-                    "connect",
-                    &network.id,
-                    &[
-                        ("container", record.id.clone()),
-                        ("name", network.name.clone()),
-                        ("type", "bridge".into()),
-                    ],
-                );
-                record.network = Some(state);
-                Ok(NetNs::Join(netns.to_string_lossy().into_owned()))
+        record.extra_networks.clear();
+        let first = Attachment {
+            ifname: "eth0".into(),
+            ip: record.options.ip.clone(),
+            mac: record.options.mac_address.clone(),
+            primary: true,
+        };
+        let mut attached = self.attach(record, &network, &netns, &first).map(|state| {
+            self.connect_event(record, &network, "connect");
+            record.network = Some(state);
+        });
+        // Then the networks `network connect` added, each on the next interface.
+        for (index, connection) in record.options.connected.clone().iter().enumerate() {
+            if attached.is_err() {
+                break;
             }
+            attached = self.network_inspect(&connection.network).and_then(|other| {
+                let extra = Attachment {
+                    ifname: format!("eth{}", index + 1),
+                    ip: connection.ip.clone(),
+                    mac: None,
+                    primary: false,
+                };
+                let state = self.attach(record, &other, &netns, &extra)?;
+                self.connect_event(record, &other, "connect");
+                record.extra_networks.push(state);
+                Ok(())
+            });
+        }
+        match attached {
+            Ok(()) => Ok(NetNs::Join(netns.to_string_lossy().into_owned())),
             Err(err) => {
                 let _ = cni(&network, &self.ipam_dir(), "DEL", &record.id, &netns, "eth0");
+                for (index, connection) in record.options.connected.iter().enumerate() {
+                    if let Ok(other) = self.network_inspect(&connection.network) {
+                        let ifname = format!("eth{}", index + 1);
+                        let _ = cni(&other, &self.ipam_dir(), "DEL", &record.id, &netns, &ifname);
+                    }
+                }
+                record.network = None;
+                record.extra_networks.clear();
                 remove_netns(&netns);
                 Err(err)
             }
         }
+    }
+
+    fn connect_event(&self, record: &Record, network: &Network, action: &str) {
+        self.event(
+            "network",
+            action,
+            &network.id,
+            &[
+                ("container", record.id.clone()),
+                ("name", network.name.clone()),
+                ("type", "bridge".into()),
+            ],
+        );
+    }
+
+    /// `network connect`: the container joins another network, at once when it runs
+    /// (a new interface in its namespace, its name in the peers' /etc/hosts and DNS) and
+    /// at every start.
+    pub fn network_connect(
+        &self,
+        network: &str,
+        container: &str,
+        aliases: &[String],
+        ip: Option<&str>,
+    ) -> Result<()> {
+        let target = self.network_inspect(network)?;
+        if matches!(network, DEFAULT_NETWORK | "none" | "host") {
+            return Err(invalid(
+                format!("network connect {network}"),
+                "only user-defined networks can be connected to a container",
+            ));
+        }
+        let mut locked = self.lock(container)?;
+        let record = &mut locked.record;
+        if matches!(record.options.network.as_str(), "none" | "host")
+            || record.options.network.starts_with("container:")
+        {
+            return Err(Error::Conflict(format!(
+                "container {} uses --network {}: it has no network of its own to connect",
+                record.name, record.options.network
+            )));
+        }
+        if record.uses_network(network) {
+            return Err(Error::Conflict(format!(
+                "container {} is already connected to network {network}",
+                record.name
+            )));
+        }
+        if let Some(ip) = ip {
+            let mut probe = RunOptions { network: network.to_owned(), ..RunOptions::default() };
+            probe.ip = Some(ip.to_owned());
+            self.check_network_option(&probe)?;
+        }
+        let connection = crate::options::Connection {
+            network: network.to_owned(),
+            aliases: aliases.to_vec(),
+            ip: ip.map(str::to_owned),
+        };
+        record.options.connected.push(connection);
+        let running = matches!(record.state.status, Status::Running | Status::Paused);
+        if let (true, Some(first)) = (running, record.network.clone()) {
+            let _lock = self.network_lock()?;
+            let extra = Attachment {
+                ifname: format!("eth{}", record.options.connected.len()),
+                ip: ip.map(str::to_owned),
+                mac: None,
+                primary: false,
+            };
+            let state = self.attach(record, &target, Path::new(&first.netns), &extra)?;
+            record.extra_networks.push(state);
+            self.connect_event(record, &target, "connect");
+            let lines = self.peer_hosts_on(record, &target.name);
+            let hosts = locked.dir.join("hosts");
+            if let Ok(mut text) = std::fs::read_to_string(&hosts) {
+                text.push_str(&lines);
+                // In place: the file is bind-mounted, a rename would not be seen.
+                let _ = std::fs::write(&hosts, text);
+            }
+        }
+        locked.save()
+    }
+
+    /// `network disconnect`: the reverse of `network_connect`. The container's first
+    /// network stays (berth cannot take a running container's default route away).
+    pub fn network_disconnect(&self, network: &str, container: &str) -> Result<()> {
+        let target = self.network_inspect(network)?;
+        let mut locked = self.lock(container)?;
+        let record = &mut locked.record;
+        let Some(index) = record.options.connected.iter().position(|c| c.network == network) else {
+            if record.options.network == network {
+                return Err(Error::Conflict(format!(
+                    "network {network} is container {}'s first network: berth cannot disconnect it; recreate the container with another --network",
+                    record.name
+                )));
+            }
+            return Err(Error::Conflict(format!(
+                "container {} is not connected to network {network}",
+                record.name
+            )));
+        };
+        record.options.connected.remove(index);
+        if let Some(at) = record.extra_networks.iter().position(|n| n.network == network) {
+            let state = record.extra_networks.remove(at);
+            let _lock = self.network_lock()?;
+            if let Err(err) = cni(
+                &target,
+                &self.ipam_dir(),
+                "DEL",
+                &record.id,
+                Path::new(&state.netns),
+                state.interface(),
+            ) {
+                tracing::warn!("CNI DEL for {}: {err}", record.id);
+            }
+            self.remove_peer_entries(record, &target);
+            self.connect_event(record, &target, "disconnect");
+        }
+        locked.save()
     }
 
     /// The resolver at 127.0.0.11 of a container on a user-defined network (none on the
@@ -460,38 +597,52 @@ impl Engine {
                 .map(|ip| std::net::SocketAddr::new(ip, 53))
                 .collect()
         };
-        crate::dns::serve(&self.root, &state.network, Path::new(&state.netns), &upstreams).map(Some)
+        crate::dns::serve(&self.root, &record.id, Path::new(&state.netns), &upstreams).map(Some)
     }
 
     fn ipam_dir(&self) -> PathBuf {
         self.networks_dir().join("ipam")
     }
 
-    fn attach(&self, record: &Record, network: &Network, netns: &Path) -> Result<NetworkState> {
+    fn attach(
+        &self,
+        record: &Record,
+        network: &Network,
+        netns: &Path,
+        how: &Attachment,
+    ) -> Result<NetworkState> {
         // The loopback and bridge plugins touch different interfaces: run them together.
         let (id, lo_netns) = (record.id.clone(), netns.to_owned());
-        let loopback = std::thread::spawn(move || cni_loopback(&id, &lo_netns));
+        let loopback =
+            how.primary.then(|| std::thread::spawn(move || cni_loopback(&id, &lo_netns)));
         let mut wanted = serde_json::Map::new();
-        if let Some(ip) = &record.options.ip {
+        if let Some(ip) = &how.ip {
             wanted.insert("ips".into(), json!([ip]));
         }
-        if let Some(mac) = &record.options.mac_address {
+        if let Some(mac) = &how.mac {
             wanted.insert("mac".into(), json!(mac));
         }
-        let result = cni_with(network, &self.ipam_dir(), "ADD", &record.id, netns, "eth0", &wanted)
-            .map_err(|err| match (&record.options.ip, &err) {
-                (Some(ip), Error::Network(text))
-                    if text.contains("already") || text.contains("not available") =>
-                {
-                    Error::Conflict(format!(
-                        "address {ip} is already in use on network {}",
-                        network.name
-                    ))
-                }
-                _ => err,
-            });
-        let looped = loopback.join().unwrap_or_else(|_| {
-            Err(Error::Network("the loopback plugin's thread panicked".into()))
+        if !how.primary {
+            // Only the first network gives the default route (as in Docker).
+            wanted.insert(NO_DEFAULT_ROUTE.into(), Value::Bool(true));
+        }
+        let result =
+            cni_with(network, &self.ipam_dir(), "ADD", &record.id, netns, &how.ifname, &wanted)
+                .map_err(|err| match (&how.ip, &err) {
+                    (Some(ip), Error::Network(text))
+                        if text.contains("already") || text.contains("not available") =>
+                    {
+                        Error::Conflict(format!(
+                            "address {ip} is already in use on network {}",
+                            network.name
+                        ))
+                    }
+                    _ => err,
+                });
+        let looped = loopback.map_or(Ok(()), |thread| {
+            thread.join().unwrap_or_else(|_| {
+                Err(Error::Network("the loopback plugin's thread panicked".into()))
+            })
         });
         let result = result?;
         looped?;
@@ -512,7 +663,7 @@ impl Engine {
             .unwrap_or_default()
             .to_owned();
         self.ensure_nat(network)?;
-        let ports = self.publish(record, &ip)?;
+        let ports = if how.primary { self.publish(record, &ip)? } else { Vec::new() };
         Ok(NetworkState {
             network: network.name.clone(),
             ip,
@@ -521,6 +672,7 @@ impl Engine {
             mac,
             ports,
             netns: netns.to_string_lossy().into_owned(),
+            ifname: if how.primary { String::new() } else { how.ifname.clone() },
         })
     }
 
@@ -665,51 +817,57 @@ add element ip berth subnets {{ {} }}
             // One by one: an element already gone must not keep the others.
             let _ = nft(&format!("{line}\n"));
         }
-        if let Ok(network) = self.network_inspect(&state.network) {
-            if let Err(err) = cni(&network, &self.ipam_dir(), "DEL", &record.id, &netns, "eth0") {
+        for state in record.networks() {
+            let Ok(network) = self.network_inspect(&state.network) else { continue };
+            if let Err(err) =
+                cni(&network, &self.ipam_dir(), "DEL", &record.id, &netns, state.interface())
+            {
                 tracing::warn!("CNI DEL for {}: {err}", record.id);
             }
             self.remove_peer_entries(record, &network);
-            self.event(
-                "network",
-                "disconnect",
-                &network.id,
-                &[
-                    ("container", record.id.clone()),
-                    ("name", network.name.clone()),
-                    ("type", "bridge".into()),
-                ],
-            );
+            self.connect_event(record, &network, "disconnect");
         }
         remove_netns(&netns);
     }
 
-    /// Lines for /etc/hosts naming the other containers on the same user network, and
-    /// this container's line added to theirs.
+    /// Lines for /etc/hosts naming the other containers on the container's user networks,
+    /// and this container's line added to theirs.
     pub(crate) fn peer_hosts(&self, record: &Record) -> String {
-        let Some(state) = &record.network else { return String::new() };
-        if state.network == DEFAULT_NETWORK || state.ip.is_empty() {
+        let networks: Vec<String> = record.networks().map(|n| n.network.clone()).collect();
+        networks.iter().map(|network| self.peer_hosts_on(record, network)).collect()
+    }
+
+    /// `peer_hosts` for one network.
+    fn peer_hosts_on(&self, record: &Record, network: &str) -> String {
+        let Some(state) = record.networks().find(|n| n.network == network) else {
+            return String::new();
+        };
+        if network == DEFAULT_NETWORK || state.ip.is_empty() {
             return String::new();
         }
         let mut lines = String::new();
-        let names = |r: &Record| {
-            std::iter::once(r.name.as_str())
-                .chain(r.options.network_aliases.iter().map(String::as_str))
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
-        let mine = format!("{}\t{}\t# berth:{}\n", state.ip, names(record), record.id);
+        let mine = format!(
+            "{}\t{}\t{}\n",
+            state.ip,
+            names_on(record, network).join(" "),
+            marker(record, network)
+        );
         for other in self.peek_all() {
             if other.id == record.id || other.state.status != Status::Running {
                 continue;
             }
-            let Some(theirs) = other.network.as_ref().filter(|n| n.network == state.network) else {
+            let Some(theirs) = other.networks().find(|n| n.network == network) else {
                 continue;
             };
-            lines.push_str(&format!("{}\t{}\t# berth:{}\n", theirs.ip, names(&other), other.id));
+            lines.push_str(&format!(
+                "{}\t{}\t{}\n",
+                theirs.ip,
+                names_on(&other, network).join(" "),
+                marker(&other, network)
+            ));
             let hosts = self.container_dir(&other.id).join("hosts");
             if let Ok(mut text) = std::fs::read_to_string(&hosts) {
-                if !text.contains(&format!("# berth:{}", record.id)) {
+                if !text.contains(&marker(record, network)) {
                     text.push_str(&mine);
                     // In place: the file is bind-mounted, a rename would not be seen.
                     let _ = std::fs::write(&hosts, text);
@@ -723,19 +881,19 @@ add element ip berth subnets {{ {} }}
         if network.name == DEFAULT_NETWORK {
             return;
         }
-        let marker = format!("# berth:{}", record.id);
+        let marker = marker(record, &network.name);
         for other in self.peek_all() {
-            if other.id == record.id {
-                continue;
-            }
             let hosts = self.container_dir(&other.id).join("hosts");
             if let Ok(text) = std::fs::read_to_string(&hosts) {
-                if text.contains(&marker) {
-                    let kept: String = text
-                        .lines()
-                        .filter(|l| !l.contains(&marker))
-                        .map(|l| format!("{l}\n"))
-                        .collect();
+                // Its own file loses the lines of that network's peers too.
+                let own = other.id == record.id;
+                let suffix = format!("@{}", network.name);
+                let gone = |l: &str| {
+                    l.ends_with(&marker) || (own && l.contains("# berth:") && l.ends_with(&suffix))
+                };
+                if text.lines().any(gone) {
+                    let kept: String =
+                        text.lines().filter(|l| !gone(l)).map(|l| format!("{l}\n")).collect();
                     let _ = std::fs::write(&hosts, kept);
                 }
             }
@@ -747,6 +905,37 @@ add element ip berth subnets {{ {} }}
         let path = self.networks_dir().join("netns").join(id);
         berth_net::netns::pin_net(&path).map_err(net)
     }
+}
+
+/// How a container is attached to one network.
+struct Attachment {
+    ifname: String,
+    ip: Option<String>,
+    mac: Option<String>,
+    /// The first network: the default route, the published ports, the loopback.
+    primary: bool,
+}
+
+/// A key of `cni_with`'s runtime config that is berth's own: no default route.
+const NO_DEFAULT_ROUTE: &str = "berth.noDefaultRoute";
+
+/// The names a container answers to on a network: its name, the aliases given for that
+/// network, its short id.
+pub(crate) fn names_on(record: &Record, network: &str) -> Vec<String> {
+    let mut names = vec![record.name.clone()];
+    if record.options.network == network {
+        names.extend(record.options.network_aliases.iter().cloned());
+    }
+    for connection in record.options.connected.iter().filter(|c| c.network == network) {
+        names.extend(connection.aliases.iter().cloned());
+    }
+    names.push(record.short_id().to_owned());
+    names
+}
+
+/// What marks a container's line in its peers' /etc/hosts, per network.
+fn marker(record: &Record, network: &str) -> String {
+    format!("# berth:{}@{network}", record.id)
 }
 
 fn remove_netns(path: &Path) {
@@ -777,13 +966,17 @@ fn bridge_conf(
             "dataDir": ipam_dir,
         }
     });
+    let mut wanted = wanted.clone();
+    if wanted.remove(NO_DEFAULT_ROUTE).is_some() {
+        conf["ipam"]["routes"] = json!([]);
+    }
     if !wanted.is_empty() {
         // A chosen address (host-local's `ips`) and MAC (the bridge's `mac`), passed as
         // a runtime would pass them: capabilities and their runtimeConfig.
         let caps: serde_json::Map<String, Value> =
             wanted.keys().map(|k| (k.clone(), Value::Bool(true))).collect();
         conf["capabilities"] = Value::Object(caps);
-        conf["runtimeConfig"] = Value::Object(wanted.clone());
+        conf["runtimeConfig"] = Value::Object(wanted);
     }
     conf
 }

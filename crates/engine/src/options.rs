@@ -96,6 +96,8 @@ pub struct RunOptions {
     pub device_throttles: Vec<Throttle>,
     /// `--network-alias`: more names the container answers to on user networks.
     pub network_aliases: Vec<String>,
+    /// Networks joined beside the first (`network connect`), attached at each start.
+    pub connected: Vec<Connection>,
     /// `--mac-address` and `--ip`: the container's addresses on its network.
     pub mac_address: Option<String>,
     pub ip: Option<String>,
@@ -103,6 +105,15 @@ pub struct RunOptions {
     pub log_driver: String,
     /// `--platform`, as asked (checked against the image's).
     pub platform: Option<String>,
+}
+
+/// A network a container was connected to with `network connect`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Connection {
+    pub network: String,
+    pub aliases: Vec<String>,
+    pub ip: Option<String>,
 }
 
 /// One `--ulimit`: a resource limit of the container's processes.
