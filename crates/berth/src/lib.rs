@@ -64,6 +64,17 @@ pub fn main() -> i32 {
                 }
             }
         }
+        Some("__ports") if args.len() >= 3 => {
+            let specs: Vec<String> =
+                args[3..].iter().map(|a| a.to_string_lossy().into_owned()).collect();
+            match berth_engine::ports::main(&args[2].to_string_lossy(), &specs) {
+                Ok(()) => 0,
+                Err(err) => {
+                    eprintln!("Error: {err}");
+                    1
+                }
+            }
+        }
         Some("__task") if args.len() == 3 => {
             if let Err(err) = runc::protect_binary() {
                 eprintln!("berth task: {err:#}");

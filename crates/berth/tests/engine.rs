@@ -956,7 +956,52 @@ fn root_subnets_avoid_the_hosts_routes_other_networks_and_other_roots() {
     assert!(ping.contains("1 packets received"), "{ping}");
     let ping = other_berth(&["exec", "two", "ping", "-c", "1", "-W", "2", "172.20.0.1"]);
     assert!(ping.contains("1 packets received"), "{ping}");
-    other_berth(&["rm", "-f", "two"]);
+    // Each root has its own nftables table; a published port is held on the host, so the
+    // other root (or any process) cannot take it, and it answers on IPv6's loopback too.
+    berth.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "served",
+        "-p",
+        "18088:80",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo served > /tmp/index.html; exec httpd -f -p 80 -h /tmp",
+    ]);
+    let tables = Command::new("nft").args(["list", "tables"]).output().unwrap();
+    let tables = String::from_utf8_lossy(&tables.stdout);
+    assert_eq!(tables.matches("table ip berth_").count(), 2, "{tables}");
+    let taken = Command::new(BERTH)
+        .env("BERTH_ROOT", &other)
+        .args(["run", "-d", "--name", "thief", "-p", "18088:80", &id, "sleep", "600"])
+        .output()
+        .unwrap();
+    assert!(!taken.status.success());
+    let err = String::from_utf8_lossy(&taken.stderr);
+    assert!(err.contains("18088/tcp is in use"), "{err}");
+    assert!(std::net::TcpListener::bind(("0.0.0.0", 18088)).is_err(), "the port is not held");
+    assert!(std::net::TcpListener::bind(("::", 18088)).is_err(), "the port is not held on IPv6");
+    let fetch = |address: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let got =
+                Command::new("curl").args(["-sf", "--max-time", "5", address]).output().unwrap();
+            if got.status.success() || Instant::now() > deadline {
+                return String::from_utf8_lossy(&got.stdout).into_owned();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    assert_eq!(fetch("http://127.0.0.1:18088/"), "served\n");
+    if std::net::TcpListener::bind(("::1", 0)).is_ok() {
+        assert_eq!(fetch("http://[::1]:18088/"), "served\n");
+    }
+    berth.ok(&["rm", "-f", "served"]);
+    // Released with the container.
+    assert!(std::net::TcpListener::bind(("0.0.0.0", 18088)).is_ok(), "the port is still held");
+    other_berth(&["rm", "-f", "two", "thief"]);
     berth.ok(&["rm", "-f", "one"]);
     berth.ok(&["network", "rm", "mine"]);
     berth.assert_clean();
@@ -2626,8 +2671,13 @@ fn root_user_networks_resolve_names_aliases_and_chosen_addresses() {
     ]);
     assert!(inside.contains("10.123.0.60/24"), "{inside}");
     assert!(inside.contains("\n1\n") && inside.contains("Address: 10.123.0.50"), "{inside}");
-    let from_db =
-        berth.ok(&["exec", "db", "sh", "-c", "nslookup api | grep -A1 '^Name:' | tail -1; grep -c api /etc/hosts"]);
+    let from_db = berth.ok(&[
+        "exec",
+        "db",
+        "sh",
+        "-c",
+        "nslookup api | grep -A1 '^Name:' | tail -1; grep -c api /etc/hosts",
+    ]);
     assert!(
         from_db.contains("Address: 10.123.0.60") && from_db.trim_end().ends_with('1'),
         "{from_db}"

@@ -26,6 +26,7 @@ pub mod monitor;
 pub mod network;
 pub mod ops;
 pub mod options;
+pub mod ports;
 pub mod spec;
 pub mod volume;
 

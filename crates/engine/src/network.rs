@@ -105,6 +105,15 @@ impl Engine {
         self.root.join("networks")
     }
 
+    /// This root's nftables table: `berth` for /var/lib/berth, `berth_XXXXXXXX` for
+    /// another root, so that two roots never change each other's rules.
+    pub(crate) fn nft_table(&self) -> String {
+        match root_suffix(&self.root) {
+            None => "berth".into(),
+            Some(suffix) => format!("berth_{suffix}"),
+        }
+    }
+
     /// The default bridge network, chosen on first use and kept: its subnet is the first of
     /// Docker's pool that overlaps no route of the host and no other network of this root,
     /// and a root other than /var/lib/berth gets a bridge of its own, so that two roots on
@@ -128,15 +137,10 @@ impl Engine {
             )
         })?;
         let (gateway, _) = gateway_of(&subnet)?;
-        let bridge = if self.root == Path::new(DEFAULT_ROOT) {
-            DEFAULT_BRIDGE.to_owned()
-        } else {
-            // Interface names have at most 15 characters.
-            let hash =
-                self.root.to_string_lossy().bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-                    (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-                });
-            format!("berth{:08x}", hash as u32)
+        // Interface names have at most 15 characters.
+        let bridge = match root_suffix(&self.root) {
+            None => DEFAULT_BRIDGE.to_owned(),
+            Some(suffix) => format!("berth{suffix}"),
         };
         let network = Network {
             name: DEFAULT_NETWORK.into(),
@@ -286,7 +290,11 @@ impl Engine {
             .args(["link", "delete", &network.bridge])
             .stderr(Stdio::null())
             .status();
-        let _ = nft(&format!("delete element ip berth subnets {{ {} }}\n", network.subnet));
+        let _ = nft(&format!(
+            "delete element ip {} subnets {{ {} }}\n",
+            self.nft_table(),
+            network.subnet
+        ));
         let path = self.networks_dir().join("defs").join(format!("{name}.json"));
         std::fs::remove_file(&path).map_err(io("remove", &path))?;
         self.event(
@@ -706,6 +714,7 @@ impl Engine {
         }
         let mut bindings = Vec::new();
         let mut script = String::new();
+        let table = self.nft_table();
         for p in wanted {
             let host_port = if p.host_port == 0 { free_port(&p.protocol)? } else { p.host_port };
             if taken.contains(&(p.protocol.clone(), host_port)) {
@@ -714,22 +723,16 @@ impl Engine {
                     p.protocol
                 )));
             }
-            if !port_free(&p.protocol, host_port) {
-                return Err(Error::Conflict(format!(
-                    "port {host_port}/{} is in use by a process on the host",
-                    p.protocol
-                )));
-            }
             taken.push((p.protocol.clone(), host_port));
             let host_ip = p.host_ip.clone().unwrap_or_else(|| "0.0.0.0".into());
             if host_ip == "0.0.0.0" {
                 script.push_str(&format!(
-                    "add element ip berth ports {{ {} . {host_port} : {ip} . {} }}\n",
+                    "add element ip {table} ports {{ {} . {host_port} : {ip} . {} }}\n",
                     p.protocol, p.container_port
                 ));
             } else {
                 script.push_str(&format!(
-                    "add element ip berth ports_ip {{ {host_ip} . {} . {host_port} : {ip} . {} }}\n",
+                    "add element ip {table} ports_ip {{ {host_ip} . {} . {host_port} : {ip} . {} }}\n",
                     p.protocol, p.container_port
                 ));
             }
@@ -740,37 +743,43 @@ impl Engine {
                 protocol: p.protocol,
             });
         }
+        // Held on the host first (a port another process or root has is refused here),
+        // then mapped to the container.
+        if let Some(holder) = crate::ports::hold(&bindings, ip)? {
+            HOLDERS.lock().unwrap_or_else(|p| p.into_inner()).push(holder);
+        }
         if !script.is_empty() {
             nft(&script)?;
         }
         Ok(bindings)
     }
 
-    /// The `ip berth` table, the subnet's masquerade and the bridge's sysctls.
+    /// The root's nftables table (`ip berth` for /var/lib/berth), the subnet's masquerade and the bridge's sysctls.
     fn ensure_nat(&self, network: &Network) -> Result<()> {
         // One transaction, idempotent: `add` leaves what exists, the chains' rules are
         // rewritten (atomically: no packet sees them missing), and the subnet joins the set.
         let script = format!(
-            "add table ip berth
-add set ip berth subnets {{ type ipv4_addr; flags interval; }}
-add map ip berth ports {{ type inet_proto . inet_service : ipv4_addr . inet_service; }}
-add map ip berth ports_ip {{ type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; }}
-add chain ip berth prerouting {{ type nat hook prerouting priority dstnat; policy accept; }}
-add chain ip berth output {{ type nat hook output priority -100; policy accept; }}
-add chain ip berth postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}
-flush chain ip berth prerouting
-flush chain ip berth output
-flush chain ip berth postrouting
-add rule ip berth prerouting fib daddr type local dnat to ip daddr . meta l4proto . th dport map @ports_ip
-add rule ip berth prerouting fib daddr type local dnat to meta l4proto . th dport map @ports
-add rule ip berth output fib daddr type local dnat to ip daddr . meta l4proto . th dport map @ports_ip
-add rule ip berth output fib daddr type local dnat to meta l4proto . th dport map @ports
-add rule ip berth postrouting ct status dnat ip saddr 127.0.0.0/8 masquerade
-add rule ip berth postrouting ct status dnat ip saddr @subnets masquerade
-add rule ip berth postrouting ip saddr @subnets ip daddr != @subnets masquerade
-add element ip berth subnets {{ {} }}
+            "add table ip {t}
+add set ip {t} subnets {{ type ipv4_addr; flags interval; }}
+add map ip {t} ports {{ type inet_proto . inet_service : ipv4_addr . inet_service; }}
+add map ip {t} ports_ip {{ type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; }}
+add chain ip {t} prerouting {{ type nat hook prerouting priority dstnat; policy accept; }}
+add chain ip {t} output {{ type nat hook output priority -100; policy accept; }}
+add chain ip {t} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}
+flush chain ip {t} prerouting
+flush chain ip {t} output
+flush chain ip {t} postrouting
+add rule ip {t} prerouting fib daddr type local dnat to ip daddr . meta l4proto . th dport map @ports_ip
+add rule ip {t} prerouting fib daddr type local dnat to meta l4proto . th dport map @ports
+add rule ip {t} output fib daddr type local dnat to ip daddr . meta l4proto . th dport map @ports_ip
+add rule ip {t} output fib daddr type local dnat to meta l4proto . th dport map @ports
+add rule ip {t} postrouting ct status dnat ip saddr 127.0.0.0/8 masquerade
+add rule ip {t} postrouting ct status dnat ip saddr @subnets masquerade
+add rule ip {t} postrouting ip saddr @subnets ip daddr != @subnets masquerade
+add element ip {t} subnets {{ {} }}
 ",
-            network.subnet
+            network.subnet,
+            t = self.nft_table(),
         );
         nft(&script)?;
         for (path, value) in [
@@ -803,13 +812,18 @@ add element ip berth subnets {{ {} }}
         for p in &state.ports {
             if p.host_ip == "0.0.0.0" {
                 script.push_str(&format!(
-                    "delete element ip berth ports {{ {} . {} }}\n",
-                    p.protocol, p.host_port
+                    "delete element ip {} ports {{ {} . {} }}\n",
+                    self.nft_table(),
+                    p.protocol,
+                    p.host_port
                 ));
             } else {
                 script.push_str(&format!(
-                    "delete element ip berth ports_ip {{ {} . {} . {} }}\n",
-                    p.host_ip, p.protocol, p.host_port
+                    "delete element ip {} ports_ip {{ {} . {} . {} }}\n",
+                    self.nft_table(),
+                    p.host_ip,
+                    p.protocol,
+                    p.host_port
                 ));
             }
         }
@@ -817,6 +831,8 @@ add element ip berth subnets {{ {} }}
             // One by one: an element already gone must not keep the others.
             let _ = nft(&format!("{line}\n"));
         }
+        // The ports are let go once nothing maps them (held only in the monitor's process).
+        HOLDERS.lock().unwrap_or_else(|p| p.into_inner()).clear();
         for state in record.networks() {
             let Ok(network) = self.network_inspect(&state.network) else { continue };
             if let Err(err) =
@@ -905,6 +921,22 @@ add element ip berth subnets {{ {} }}
         let path = self.networks_dir().join("netns").join(id);
         berth_net::netns::pin_net(&path).map_err(net)
     }
+}
+
+/// The holders of the published ports of the container this process (its monitor) runs.
+static HOLDERS: std::sync::Mutex<Vec<crate::ports::Holder>> = std::sync::Mutex::new(Vec::new());
+
+/// What names the bridge and the nftables table of a root other than the default one:
+/// eight hex digits of a hash of its path.
+fn root_suffix(root: &Path) -> Option<String> {
+    if root == Path::new(DEFAULT_ROOT) {
+        return None;
+    }
+    let hash = root
+        .to_string_lossy()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    Some(format!("{:08x}", hash as u32))
 }
 
 /// How a container is attached to one network.
@@ -1036,14 +1068,6 @@ fn free_port(protocol: &str) -> Result<u16> {
         std::net::TcpListener::bind("0.0.0.0:0").and_then(|s| s.local_addr()).map(|a| a.port())
     };
     port.map_err(|e| Error::Network(format!("cannot find a free port: {e}")))
-}
-
-fn port_free(protocol: &str, port: u16) -> bool {
-    if protocol == "udp" {
-        std::net::UdpSocket::bind(("0.0.0.0", port)).is_ok()
-    } else {
-        std::net::TcpListener::bind(("0.0.0.0", port)).is_ok()
-    }
 }
 
 #[cfg(test)]
