@@ -1384,8 +1384,46 @@ pub fn logs(global: &Global, args: LogsArgs) -> Result<i32> {
     }
 }
 
+/// Set in the environment of the keeper an `exec -d` leaves behind.
+const EXEC_KEEPER: &str = "BERTH_EXEC_KEEPER";
+
+/// `exec -d`: the process is started by a keeper (this binary again, in a session of its
+/// own) that outlives the command and waits for it, so that its exit code is kept (an
+/// `exec_die` event). This command returns once the process runs, or with the keeper's
+/// error and exit code (126, 127...) when it could not start.
+fn exec_detached() -> Result<i32> {
+    use std::os::unix::process::CommandExt;
+    let mut keeper = std::process::Command::new("/proc/self/exe")
+        .arg0("berth")
+        .args(std::env::args_os().skip(1))
+        .env(EXEC_KEEPER, "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .context("cannot start the exec's keeper")?;
+    let mut said = String::new();
+    if let Some(mut out) = keeper.stdout.take() {
+        let _ = out.read_to_string(&mut said);
+    }
+    if said.trim() == "started" {
+        // It lives on; whoever inherits it reaps it.
+        std::mem::forget(keeper);
+        return Ok(0);
+    }
+    let code = keeper.wait()?.code().unwrap_or(125);
+    if !said.trim().is_empty() {
+        eprintln!("Error: {}", said.trim());
+    }
+    Ok(code)
+}
+
 pub fn exec(global: &Global, args: ExecArgs) -> Result<i32> {
     crate::runc::protect_binary()?;
+    let keeper = args.detach && std::env::var_os(EXEC_KEEPER).is_some();
+    if args.detach && !keeper {
+        return exec_detached();
+    }
     let engine = engine(global)?;
     if !args.interactive && !args.detach {
         // Docker's exec without -i gives the process no input.
@@ -1401,7 +1439,30 @@ pub fn exec(global: &Global, args: ExecArgs) -> Result<i32> {
         detach: args.detach,
         privileged: args.privileged,
     };
-    Ok(engine.exec(&args.args[0], request)?)
+    if !keeper {
+        return Ok(engine.exec(&args.args[0], request)?);
+    }
+    // The keeper: its stdout is the pipe the command reads to its end. The process gets
+    // no input or output (as Docker's exec -d), the pipe is kept aside to say "started"
+    // (or why not), and the keeper waits.
+    // A close-on-exec copy: the process never sees it.
+    let report = std::fs::File::from(std::io::stdout().as_fd().try_clone_to_owned()?);
+    let null = std::fs::File::options().read(true).write(true).open("/dev/null")?;
+    for fd in [0, 1, 2] {
+        berth_sys::process::dup_onto(std::os::fd::AsRawFd::as_raw_fd(&null), fd)?;
+    }
+    let report = std::cell::RefCell::new(Some(report));
+    let mut started = || {
+        // Written and closed: the command's read ends here.
+        if let Some(mut pipe) = report.borrow_mut().take() {
+            let _ = pipe.write_all(b"started\n");
+        }
+    };
+    let outcome = engine.exec_kept(&args.args[0], request, Some(&mut started));
+    if let (Err(err), Some(mut pipe)) = (&outcome, report.borrow_mut().take()) {
+        let _ = pipe.write_all(err.to_string().as_bytes());
+    }
+    Ok(outcome?)
 }
 
 pub fn attach(global: &Global, args: AttachArgs) -> Result<i32> {

@@ -2843,6 +2843,36 @@ fn root_events_record_what_happens() {
     assert_eq!(event["Actor"]["ID"].as_str().unwrap().len(), 64);
     let plain = past(&["event=destroy", "container=ev3"], "");
     assert!(plain.contains(" container destroy ") && plain.contains("name=ev3"), "{plain}");
+    // exec -d returns once the process runs (or with 126/127 when it cannot), and its
+    // exit code is kept: an exec_die event once it ends.
+    berth.ok(&["run", "-d", "--name", "ev4", IMAGE, "sleep", "300"]);
+    let output = berth.run(&["exec", "-d", "ev4", "sh", "-c", "sleep 0.3; echo unseen; exit 7"]);
+    assert_eq!(output.status.code(), Some(0));
+    assert!(output.stdout.is_empty(), "exec -d prints nothing");
+    assert_eq!(berth.run(&["exec", "-d", "ev4", "nope"]).status.code(), Some(127));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let until = (berth_stdx::time::unix_now() + 1).to_string();
+        let codes = berth.ok(&[
+            "events",
+            "--since",
+            &since,
+            "--until",
+            &until,
+            "--filter",
+            "container=ev4",
+            "--filter",
+            "event=exec_die",
+            "--format",
+            "{{.Actor.Attributes.exitCode}}",
+        ]);
+        if codes == "7\n" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no exec_die with code 7: {codes:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    berth.ok(&["rm", "-f", "ev4"]);
     // Images too: tag and untag, named as Docker names them.
     berth.ok(&["tag", IMAGE, "evimg:1"]);
     berth.ok(&["rmi", "evimg:1"]);

@@ -919,6 +919,18 @@ impl Engine {
     /// Runs a process in a running container, from this process (like `runc exec`): its
     /// stdio are this process's.
     pub fn exec(&self, name_or_id: &str, request: ExecRequest) -> Result<i32> {
+        self.exec_kept(name_or_id, request, None)
+    }
+
+    /// `exec -d` that keeps the process's exit code: once the process runs, `started` is
+    /// called and this waits for it (the caller is a keeper process of its own) and
+    /// records its end as an `exec_die` event.
+    pub fn exec_kept(
+        &self,
+        name_or_id: &str,
+        request: ExecRequest,
+        kept: Option<&mut dyn FnMut()>,
+    ) -> Result<i32> {
         let locked = self.lock(name_or_id)?;
         let record = locked.record.clone();
         if record.state.status != Status::Running {
@@ -972,7 +984,27 @@ impl Engine {
         self.container_event(&format!("exec_create: {command}"), &record, &[]);
         self.container_event(&format!("exec_start: {command}"), &record, &[]);
         match self.runtime.exec(&record.id, options)? {
-            ExecOutcome::Detached(_) => Ok(0),
+            ExecOutcome::Detached(pid) => {
+                let Some(started) = kept else { return Ok(0) };
+                // The process is our child (the runtime forks it as a sibling of its own
+                // helper): wait for it, and keep its exit code as an event.
+                started();
+                let code = loop {
+                    match berth_sys::nix::sys::wait::waitpid(
+                        berth_sys::nix::unistd::Pid::from_raw(pid),
+                        None,
+                    ) {
+                        Ok(berth_sys::nix::sys::wait::WaitStatus::Exited(_, code)) => break code,
+                        Ok(berth_sys::nix::sys::wait::WaitStatus::Signaled(_, signal, _)) => {
+                            break 128 + signal as i32
+                        }
+                        Ok(_) | Err(berth_sys::Errno::EINTR) => continue,
+                        Err(_) => break -1,
+                    }
+                };
+                self.container_event("exec_die", &record, &[("exitCode", code.to_string())]);
+                Ok(code)
+            }
             ExecOutcome::Exited(status) => {
                 self.container_event(
                     "exec_die",
