@@ -136,7 +136,8 @@ fn error_text(err: &anyhow::Error, root: &std::path::Path) -> String {
     let full = err.chain().any(|c| {
         c.downcast_ref::<std::io::Error>()
             .is_some_and(|e| e.kind() == std::io::ErrorKind::StorageFull)
-    }) || message.contains("No space left on device");
+    }) || message.contains("No space left on device")
+        || message.contains("database or disk is full");
     if full {
         let free = berth_sys::fs::free_space(root)
             .map(|b| format!(" ({} free)", images::human_size(b)))

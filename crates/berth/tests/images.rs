@@ -250,6 +250,30 @@ fn root_pull_gives_the_file_system_skopeo_and_the_spec_describe() {
     assert!(out.contains("Downloaded newer image"), "{out}");
     assert!(out.contains(&format!("Digest: {served}")), "{out}");
     assert_eq!(out.matches("Pull complete").count(), 3, "{out}");
+    // Into a root on a full disk: one message that says so, what the image needs and how
+    // to free space, and a store that still works.
+    let small = Berth::new();
+    std::fs::create_dir_all(small.root()).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1200k", "tmpfs"])
+        .arg(small.root())
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    // Unmounted however the test ends.
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(small.root());
+    small.ok(&["images"]);
+    let err = small.fails(&["pull", &name]);
+    assert_eq!(err.matches("No space left on device").count(), 1, "{err}");
+    assert!(err.contains("the image needs") && err.contains("is full"), "{err}");
+    assert!(err.contains("berth image prune"), "{err}");
+    assert!(small.ok(&["images", "-q"]).trim().is_empty());
     // What the registry serves, read by skopeo and laid out by the spec's rules...
     let copy = berth.dir.path().join("skopeo-copy");
     registry.skopeo_get("fixture:v1", &format!("oci:{}:v1", copy.display()));

@@ -73,6 +73,27 @@ pub enum Error {
     Credentials { path: PathBuf, reason: String },
     #[error("invalid platform {platform:?}: expected os/arch[/variant], e.g. linux/amd64")]
     BadPlatform { platform: String },
+    #[error("{source}; the image needs {human} for its compressed layers, and more once unpacked")]
+    DiskFull { needed: u64, human: String, source: Box<Error> },
+}
+
+impl Error {
+    /// Whether the disk (or the filesystem's quota) is full, here or in a cause.
+    pub fn is_disk_full(&self) -> bool {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(error) = cause {
+            let full = error
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::StorageFull)
+                || error.downcast_ref::<berth_sys::Errno>() == Some(&berth_sys::Errno::ENOSPC)
+                || matches!(error.downcast_ref::<Error>(), Some(Error::DiskFull { .. }));
+            if full {
+                return true;
+            }
+            cause = error.source();
+        }
+        false
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -20,6 +20,22 @@ use crate::store::{now, ImageStore};
 use crate::unpack::unpack_layer;
 use crate::{Error, Result};
 
+/// Bytes in binary units, one decimal (`96.4 MiB`).
+fn human_bytes(bytes: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < units.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", units[unit])
+    }
+}
+
 /// How often a broken layer download is resumed before the pull fails.
 const LAYER_ATTEMPTS: u32 = 4;
 
@@ -175,6 +191,15 @@ pub fn pull(
     if let Some(err) =
         errors.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner).into_iter().next()
     {
+        if err.is_disk_full() {
+            // Say how much the image needs, beside what filled the disk.
+            let needed: u64 = manifest.layers.iter().map(|l| l.size).sum();
+            return Err(Error::DiskFull {
+                needed,
+                human: human_bytes(needed),
+                source: Box::new(err),
+            });
+        }
         return Err(err);
     }
     let mut names = Vec::new();
