@@ -1106,7 +1106,7 @@ fn ps_row(r: &Record) -> Value {
     })
 }
 
-fn status_text(record: &Record) -> String {
+pub(crate) fn status_text(record: &Record) -> String {
     let state = &record.state;
     let since = |t: &str| {
         let text = ago(seconds_of(t));
@@ -1638,7 +1638,7 @@ impl Drop for RawMode {
 
 // ----- inspect -----
 
-fn container_json(record: &Record, dir: &Path) -> Value {
+pub(crate) fn container_json(record: &Record, dir: &Path) -> Value {
     let s = &record.state;
     let o = &record.options;
     let mut ports = serde_json::Map::new();

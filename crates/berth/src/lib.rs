@@ -7,6 +7,7 @@ pub mod cli;
 pub mod containers;
 pub mod cri;
 pub mod demo;
+pub mod dockerapi;
 pub mod images;
 pub mod logging;
 pub mod runc;

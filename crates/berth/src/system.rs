@@ -58,6 +58,8 @@ pub enum SystemCommand {
     Info(FormatArgs),
     /// What happens to containers, images, networks and volumes, as it happens.
     Events(EventsArgs),
+    /// Serve the Docker Engine API (for the docker CLI, Compose, docker-py).
+    Service(crate::dockerapi::ServiceArgs),
 }
 
 #[derive(Debug, Args)]
@@ -338,6 +340,7 @@ pub fn system(global: &Global, command: SystemCommand) -> Result<i32> {
     match command {
         SystemCommand::Info(args) => info(global, args),
         SystemCommand::Events(args) => events(global, args),
+        SystemCommand::Service(args) => crate::dockerapi::service(global, args),
         SystemCommand::Df => {
             let engine = engine(global)?;
             let store = open_store(global)?;

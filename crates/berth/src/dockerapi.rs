@@ -1,0 +1,753 @@
+//! `berth system service`: the Docker Engine API (1.41, the version Debian 12's Docker
+//! speaks, as the minimum; clients that ask for a later version get the same shapes) on a
+//! unix socket or a TCP address, over the same state the `berth` commands use: a
+//! container made through the API is one `berth ps` shows, and the other way round.
+//!
+//! This first part serves what `docker version/info/ps/run -d/create/start/stop/kill/
+//! restart/wait/rm/logs/inspect/images/pull/network ls/volume ls` need. Handlers are
+//! the engine's blocking calls, run on tokio's blocking pool; JSON shapes are those the
+//! CLI prints (`inspect` is `berth inspect`'s object).
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use berth_engine::container::{Record, Status};
+use berth_engine::{Engine, MountSpec, PortSpec, RestartPolicy, RunOptions};
+use bytes::Bytes;
+use clap::Args;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{json, Value};
+
+use crate::cli::Global;
+
+/// The API version berth speaks; the oldest it accepts.
+const API_VERSION: &str = "1.41";
+const MIN_API_VERSION: &str = "1.24";
+
+#[derive(Debug, Args)]
+pub struct ServiceArgs {
+    /// unix:///PATH or tcp://127.0.0.1:PORT (tcp has no authentication: keep it on
+    /// loopback).
+    #[arg(long, short = 'H', default_value = "unix:///run/berth/docker.sock")]
+    pub listen: String,
+}
+
+/// An API error: Docker's status code and `{"message": ...}` body.
+struct ApiError(StatusCode, String);
+
+impl ApiError {
+    fn of(err: berth_engine::Error) -> ApiError {
+        use berth_engine::Error as E;
+        let status = match &err {
+            E::NoSuchContainer(_) => StatusCode::NOT_FOUND,
+            E::Conflict(_) | E::WrongState { .. } => StatusCode::CONFLICT,
+            E::Invalid { .. } => StatusCode::BAD_REQUEST,
+            E::Image(berth_image::Error::ImageNotFound { .. }) => StatusCode::NOT_FOUND,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let message = match &err {
+            E::NoSuchContainer(name) => format!("No such container: {name}"),
+            E::Image(berth_image::Error::ImageNotFound { name, .. }) => {
+                format!("No such image: {name}")
+            }
+            other => other.to_string(),
+        };
+        ApiError(status, message)
+    }
+
+    fn bad(message: impl Into<String>) -> ApiError {
+        ApiError(StatusCode::BAD_REQUEST, message.into())
+    }
+}
+
+impl From<berth_image::Error> for ApiError {
+    fn from(err: berth_image::Error) -> ApiError {
+        ApiError::of(berth_engine::Error::Image(err))
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(err: anyhow::Error) -> ApiError {
+        match err.downcast::<berth_engine::Error>() {
+            Ok(engine) => ApiError::of(engine),
+            Err(err) => ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("{err:#}")),
+        }
+    }
+}
+
+type Reply = Result<Response<Full<Bytes>>, ApiError>;
+
+fn json_reply(status: StatusCode, value: &Value) -> Reply {
+    Ok(Response::builder()
+        .status(status)
+        .header("Content-Type", "application/json")
+        .header("Api-Version", API_VERSION)
+        .body(Full::new(Bytes::from(value.to_string())))
+        .unwrap_or_default())
+}
+
+fn empty(status: StatusCode) -> Reply {
+    Ok(Response::builder()
+        .status(status)
+        .header("Api-Version", API_VERSION)
+        .body(Full::new(Bytes::new()))
+        .unwrap_or_default())
+}
+
+/// The query string as a map (`a=1&b=x`), percent-decoded.
+fn query(request: &Request<hyper::body::Incoming>) -> BTreeMap<String, String> {
+    request
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+fn decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 3 <= bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn truthy(q: &BTreeMap<String, String>, key: &str) -> bool {
+    q.get(key).is_some_and(|v| v == "1" || v == "true" || v == "True")
+}
+
+/// The path without its `/v1.41` prefix, as segments.
+fn segments(path: &str) -> Vec<String> {
+    let mut parts: Vec<String> = path.split('/').filter(|s| !s.is_empty()).map(decode).collect();
+    if parts.first().is_some_and(|p| p.starts_with('v') && p[1..].contains('.')) {
+        parts.remove(0);
+    }
+    parts
+}
+
+pub fn service(global: &Global, args: ServiceArgs) -> Result<i32> {
+    let engine = Arc::new(
+        Engine::open(&global.root)
+            .with_context(|| format!("cannot open the berth root {}", global.root.display()))?,
+    );
+    let global = Arc::new(global.clone());
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        if let Some(path) = args.listen.strip_prefix("unix://") {
+            let path = std::path::PathBuf::from(path);
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let _ = std::fs::remove_file(&path);
+            let listener = tokio::net::UnixListener::bind(&path)
+                .with_context(|| format!("cannot listen on {}", path.display()))?;
+            // The socket gives root's powers: root's alone, as Docker's is root:docker 660.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+            eprintln!("serving the Docker API on unix://{}", path.display());
+            loop {
+                let (stream, _) = listener.accept().await?;
+                serve(stream, engine.clone(), global.clone());
+            }
+        } else if let Some(address) = args.listen.strip_prefix("tcp://") {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen on {address}"))?;
+            eprintln!("serving the Docker API on tcp://{address}");
+            loop {
+                let (stream, _) = listener.accept().await?;
+                serve(stream, engine.clone(), global.clone());
+            }
+        } else {
+            bail!("--listen {:?}: use unix:///PATH or tcp://HOST:PORT", args.listen)
+        }
+    })
+}
+
+fn serve<S>(stream: S, engine: Arc<Engine>, global: Arc<Global>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let service = hyper::service::service_fn(move |request| {
+            let (engine, global) = (engine.clone(), global.clone());
+            async move { Ok::<_, Infallible>(handle(request, engine, global).await) }
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+            .await;
+    });
+}
+
+async fn handle(
+    request: Request<hyper::body::Incoming>,
+    engine: Arc<Engine>,
+    global: Arc<Global>,
+) -> Response<Full<Bytes>> {
+    let method = request.method().clone();
+    let parts = segments(request.uri().path());
+    let q = query(&request);
+    let body = match request.into_body().collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => Bytes::new(),
+    };
+    let reply =
+        tokio::task::spawn_blocking(move || route(&method, &parts, &q, &body, &engine, &global))
+            .await
+            .unwrap_or_else(|_| {
+                Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, "handler panicked".into()))
+            });
+    match reply {
+        Ok(response) => response,
+        Err(ApiError(status, message)) => {
+            json_reply(status, &json!({ "message": message })).unwrap_or_default()
+        }
+    }
+}
+
+fn route(
+    method: &Method,
+    parts: &[String],
+    q: &BTreeMap<String, String>,
+    body: &Bytes,
+    engine: &Engine,
+    global: &Global,
+) -> Reply {
+    let p: Vec<&str> = parts.iter().map(String::as_str).collect();
+    match (method, p.as_slice()) {
+        (&Method::GET | &Method::HEAD, ["_ping"]) => Ok(Response::builder()
+            .header("Api-Version", API_VERSION)
+            .header("Docker-Experimental", "false")
+            .header("Ostype", "linux")
+            .header("Content-Type", "text/plain; charset=utf-8")
+            .body(Full::new(Bytes::from_static(b"OK")))
+            .unwrap_or_default()),
+        (&Method::GET, ["version"]) => json_reply(StatusCode::OK, &version()),
+        (&Method::GET, ["info"]) => json_reply(StatusCode::OK, &info(engine, global)?),
+        (&Method::GET, ["containers", "json"]) => list(engine, q),
+        (&Method::POST, ["containers", "create"]) => create(engine, q, body),
+        (&Method::GET, ["containers", id, "json"]) => {
+            let record = engine.lock(id).map_err(ApiError::of)?.record;
+            json_reply(
+                StatusCode::OK,
+                &crate::containers::container_json(&record, &engine.container_dir(&record.id)),
+            )
+        }
+        (&Method::POST, ["containers", id, "start"]) => {
+            let record =
+                engine.peek(&engine.resolve_id(id).map_err(ApiError::of)?).map_err(ApiError::of)?;
+            if matches!(record.state.status, Status::Running | Status::Paused) {
+                return empty(StatusCode::NOT_MODIFIED);
+            }
+            let started = engine.start(id).map_err(ApiError::of)?;
+            // The monitor lives on; the stream it answered on is not needed.
+            drop(started);
+            empty(StatusCode::NO_CONTENT)
+        }
+        (&Method::POST, ["containers", id, "stop"]) => {
+            let record =
+                engine.peek(&engine.resolve_id(id).map_err(ApiError::of)?).map_err(ApiError::of)?;
+            if !matches!(record.state.status, Status::Running | Status::Paused | Status::Restarting)
+            {
+                return empty(StatusCode::NOT_MODIFIED);
+            }
+            let timeout = q.get("t").and_then(|t| t.parse().ok());
+            engine.stop(id, timeout).map_err(ApiError::of)?;
+            empty(StatusCode::NO_CONTENT)
+        }
+        (&Method::POST, ["containers", id, "restart"]) => {
+            let timeout = q.get("t").and_then(|t| t.parse().ok());
+            engine.stop(id, timeout).map_err(ApiError::of)?;
+            drop(engine.start(id).map_err(ApiError::of)?);
+            empty(StatusCode::NO_CONTENT)
+        }
+        (&Method::POST, ["containers", id, "kill"]) => {
+            let signal = q.get("signal").cloned().unwrap_or_else(|| "SIGKILL".into());
+            engine.kill(id, &signal).map_err(ApiError::of)?;
+            empty(StatusCode::NO_CONTENT)
+        }
+        (&Method::POST, ["containers", id, "wait"]) => {
+            let code = engine.wait_exit(id, None).map_err(ApiError::of)?.unwrap_or(0);
+            json_reply(StatusCode::OK, &json!({"StatusCode": code, "Error": null}))
+        }
+        (&Method::DELETE, ["containers", id]) => {
+            engine.remove(id, truthy(q, "force"), truthy(q, "v")).map_err(ApiError::of)?;
+            empty(StatusCode::NO_CONTENT)
+        }
+        (&Method::GET, ["containers", id, "logs"]) => logs(engine, id, q),
+        (&Method::GET, ["images", "json"]) => images(global),
+        (&Method::GET, ["images", rest @ .., "json"]) if !rest.is_empty() => {
+            let name = rest.join("/");
+            let store = crate::images::open_store(global)?;
+            let image = store
+                .resolve(&name)
+                .map_err(|_| ApiError(StatusCode::NOT_FOUND, format!("No such image: {name}")))?;
+            json_reply(StatusCode::OK, &crate::images::image_json(&store, &image)?)
+        }
+        (&Method::POST, ["images", "create"]) => pull(global, q),
+        (&Method::GET, ["networks"]) => {
+            let networks: Vec<Value> = engine
+                .network_list()
+                .map_err(ApiError::of)?
+                .iter()
+                .map(|n| json!({"Name": n.name, "Id": n.id, "Created": n.created, "Scope": "local", "Driver": "bridge",
+                    "IPAM": {"Driver": "default", "Config": [{"Subnet": n.subnet, "Gateway": n.gateway}]}, "Labels": n.labels}))
+                .collect();
+            json_reply(StatusCode::OK, &Value::Array(networks))
+        }
+        (&Method::GET, ["volumes"]) => {
+            let volumes: Vec<Value> = engine
+                .volume_list()
+                .map_err(ApiError::of)?
+                .iter()
+                .map(|v| json!({"Name": v.name, "Driver": v.driver, "Mountpoint": v.mountpoint, "CreatedAt": v.created_at, "Labels": v.labels, "Scope": "local"}))
+                .collect();
+            json_reply(StatusCode::OK, &json!({"Volumes": volumes, "Warnings": []}))
+        }
+        _ => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("page not found: {method} /{} is not served by berth yet", parts.join("/")),
+        )),
+    }
+}
+
+fn version() -> Value {
+    json!({
+        "Platform": {"Name": "berth"},
+        "Components": [{"Name": "Engine", "Version": env!("CARGO_PKG_VERSION"), "Details": {"ApiVersion": API_VERSION, "MinAPIVersion": MIN_API_VERSION}}],
+        "Version": env!("CARGO_PKG_VERSION"),
+        "ApiVersion": API_VERSION,
+        "MinAPIVersion": MIN_API_VERSION,
+        "GitCommit": "",
+        "GoVersion": "",
+        "Os": "linux",
+        "Arch": berth_image::manifest::Platform::host().architecture,
+        "KernelVersion": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+    })
+}
+
+fn info(engine: &Engine, global: &Global) -> Result<Value> {
+    let records = engine.list()?;
+    let running = records.iter().filter(|r| r.state.status == Status::Running).count();
+    let paused = records.iter().filter(|r| r.state.status == Status::Paused).count();
+    let images = crate::images::open_store(global)?.list()?.len();
+    Ok(json!({
+        "ID": "berth",
+        "Containers": records.len(),
+        "ContainersRunning": running,
+        "ContainersPaused": paused,
+        "ContainersStopped": records.len() - running - paused,
+        "Images": images,
+        "Driver": "overlay2",
+        "DockerRootDir": global.root,
+        "OperatingSystem": "berth",
+        "OSType": "linux",
+        "Architecture": std::env::consts::ARCH,
+        "NCPU": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "MemTotal": crate::containers::host_memory(),
+        "Name": std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim(),
+        "ServerVersion": env!("CARGO_PKG_VERSION"),
+        "KernelVersion": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+        "CgroupDriver": "cgroupfs",
+        "CgroupVersion": if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() { "2" } else { "1" },
+        "SecurityOptions": ["name=seccomp,profile=builtin"],
+        "Runtimes": {"berth": {"path": "berth"}},
+        "DefaultRuntime": "berth",
+        "Warnings": [],
+    }))
+}
+
+/// `GET /containers/json`: `all`, `limit`, and the filters `name`, `label`, `status`, `id`.
+fn list(engine: &Engine, q: &BTreeMap<String, String>) -> Reply {
+    let filters: BTreeMap<String, Value> = match q.get("filters").filter(|f| !f.is_empty()) {
+        Some(text) => serde_json::from_str(text)
+            .map_err(|e| ApiError::bad(format!("invalid filters {text:?}: {e}")))?,
+        None => BTreeMap::new(),
+    };
+    // Docker's filters are {"key": ["v", ...]} (or {"key": {"v": true}} from old clients).
+    let values = |key: &str| -> Vec<String> {
+        match filters.get(key) {
+            Some(Value::Array(list)) => {
+                list.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect()
+            }
+            Some(Value::Object(map)) => map.keys().cloned().collect(),
+            _ => Vec::new(),
+        }
+    };
+    let all = truthy(q, "all");
+    let mut rows = Vec::new();
+    for record in engine.list().map_err(ApiError::of)? {
+        let running =
+            matches!(record.state.status, Status::Running | Status::Paused | Status::Restarting);
+        let statuses = values("status");
+        if !all && statuses.is_empty() && !running {
+            continue;
+        }
+        if !statuses.is_empty() && !statuses.contains(&record.state.status.to_string()) {
+            continue;
+        }
+        let names = values("name");
+        if !names.is_empty()
+            && !names.iter().any(|n| record.name.contains(n.trim_start_matches('/')))
+        {
+            continue;
+        }
+        let ids = values("id");
+        if !ids.is_empty() && !ids.iter().any(|i| record.id.starts_with(i.as_str())) {
+            continue;
+        }
+        let labels = values("label");
+        if !labels.iter().all(|l| match l.split_once('=') {
+            Some((k, v)) => record.options.labels.get(k).is_some_and(|x| x == v),
+            None => record.options.labels.contains_key(l),
+        }) {
+            continue;
+        }
+        rows.push(row(&record));
+    }
+    if let Some(limit) = q.get("limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0) {
+        rows.truncate(limit);
+    }
+    json_reply(StatusCode::OK, &Value::Array(rows))
+}
+
+/// One container as `GET /containers/json` lists it.
+fn row(record: &Record) -> Value {
+    let ports: Vec<Value> = record
+        .network
+        .iter()
+        .flat_map(|n| n.ports.iter())
+        .map(|p| json!({"IP": p.host_ip, "PrivatePort": p.container_port, "PublicPort": p.host_port, "Type": p.protocol}))
+        .collect();
+    let networks: serde_json::Map<String, Value> = record
+        .networks()
+        .map(|n| (n.network.clone(), json!({"IPAddress": n.ip, "Gateway": n.gateway, "MacAddress": n.mac, "IPPrefixLen": n.prefix_len})))
+        .collect();
+    let created = berth_image::config::parse_rfc3339(&record.created).unwrap_or(0);
+    json!({
+        "Id": record.id,
+        "Names": [format!("/{}", record.name)],
+        "Image": record.image,
+        "ImageID": record.image_id,
+        "Command": std::iter::once(record.path.clone()).chain(record.args.iter().cloned()).collect::<Vec<_>>().join(" "),
+        "Created": created,
+        "Ports": ports,
+        "Labels": record.options.labels,
+        "State": record.state.status.to_string(),
+        "Status": crate::containers::status_text(record),
+        "HostConfig": {"NetworkMode": record.options.network},
+        "NetworkSettings": {"Networks": networks},
+        "Mounts": record.mounts.iter().map(|m| json!({"Type": m.kind, "Name": m.name, "Source": m.source, "Destination": m.destination, "RW": !m.read_only})).collect::<Vec<_>>(),
+    })
+}
+
+/// `POST /containers/create?name=`: Docker's `Config` + `HostConfig` as berth's options.
+fn create(engine: &Engine, q: &BTreeMap<String, String>, body: &Bytes) -> Reply {
+    let config: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad(format!("invalid JSON in the request body: {e}")))?;
+    let host = &config["HostConfig"];
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default()
+    };
+    let image = config["Image"]
+        .as_str()
+        .filter(|i| !i.is_empty())
+        .ok_or_else(|| ApiError::bad("config has no Image"))?
+        .to_owned();
+    let mut publish = Vec::new();
+    if let Some(bindings) = host["PortBindings"].as_object() {
+        for (port, list) in bindings {
+            for binding in list.as_array().into_iter().flatten() {
+                let host_ip = binding["HostIp"].as_str().unwrap_or("");
+                let host_port = binding["HostPort"].as_str().unwrap_or("");
+                let spec = match (host_ip, host_port) {
+                    ("", "") => port.clone(),
+                    ("", p) => format!("{p}:{port}"),
+                    (ip, p) => format!("{ip}:{p}:{port}"),
+                };
+                publish.extend(PortSpec::parse(&spec).map_err(|e| ApiError::bad(e.to_string()))?);
+            }
+        }
+    }
+    let mut mounts = Vec::new();
+    for bind in strings(&host["Binds"]) {
+        mounts.push(MountSpec::parse_volume(&bind).map_err(|e| ApiError::bad(e.to_string()))?);
+    }
+    for anonymous in config["Volumes"].as_object().into_iter().flat_map(|v| v.keys()) {
+        if !mounts.iter().any(|m| m.destination == *anonymous) {
+            mounts.push(
+                MountSpec::parse_volume(anonymous).map_err(|e| ApiError::bad(e.to_string()))?,
+            );
+        }
+    }
+    for mount in host["Mounts"].as_array().into_iter().flatten() {
+        let mut spec = format!(
+            "type={},target={}",
+            mount["Type"].as_str().unwrap_or("volume"),
+            mount["Target"].as_str().unwrap_or("")
+        );
+        if let Some(source) = mount["Source"].as_str().filter(|s| !s.is_empty()) {
+            spec.push_str(&format!(",source={source}"));
+        }
+        if mount["ReadOnly"].as_bool() == Some(true) {
+            spec.push_str(",readonly");
+        }
+        mounts.push(MountSpec::parse_mount(&spec).map_err(|e| ApiError::bad(e.to_string()))?);
+    }
+    for (target, options) in host["Tmpfs"].as_object().into_iter().flatten() {
+        let spec = match options.as_str().filter(|o| !o.is_empty()) {
+            Some(o) => format!("{target}:{o}"),
+            None => target.clone(),
+        };
+        mounts.push(MountSpec::parse_tmpfs(&spec).map_err(|e| ApiError::bad(e.to_string()))?);
+    }
+    let restart = match host["RestartPolicy"]["Name"].as_str().filter(|n| !n.is_empty()) {
+        Some(name) => {
+            let retries = host["RestartPolicy"]["MaximumRetryCount"].as_u64().unwrap_or(0);
+            let text = if name == "on-failure" && retries > 0 {
+                format!("{name}:{retries}")
+            } else {
+                name.to_owned()
+            };
+            RestartPolicy::parse(&text).map_err(|e| ApiError::bad(e.to_string()))?
+        }
+        None => RestartPolicy::default(),
+    };
+    let entrypoint = match &config["Entrypoint"] {
+        Value::Array(list) if !list.is_empty() => list[0].as_str().map(str::to_owned),
+        Value::Array(_) => Some(String::new()),
+        Value::String(s) => Some(s.clone()),
+        _ => None,
+    };
+    // An entrypoint with arguments: the rest go before Cmd.
+    let mut command = match &config["Entrypoint"] {
+        Value::Array(list) if list.len() > 1 => strings(&Value::Array(list[1..].to_vec())),
+        _ => Vec::new(),
+    };
+    let cmd = match &config["Cmd"] {
+        Value::String(s) => vec![s.clone()],
+        other => strings(other),
+    };
+    command.extend(cmd);
+    let network = host["NetworkMode"]
+        .as_str()
+        .filter(|n| !n.is_empty() && *n != "default")
+        .unwrap_or("bridge")
+        .to_owned();
+    let options = RunOptions {
+        image,
+        name: q.get("name").filter(|n| !n.is_empty()).cloned(),
+        command,
+        entrypoint,
+        env: strings(&config["Env"]),
+        workdir: config["WorkingDir"].as_str().filter(|w| !w.is_empty()).map(str::to_owned),
+        user: config["User"].as_str().filter(|u| !u.is_empty()).map(str::to_owned),
+        hostname: config["Hostname"].as_str().filter(|h| !h.is_empty()).map(str::to_owned),
+        tty: config["Tty"].as_bool().unwrap_or(false),
+        interactive: config["OpenStdin"].as_bool().unwrap_or(false),
+        auto_remove: host["AutoRemove"].as_bool().unwrap_or(false),
+        publish,
+        publish_all: host["PublishAllPorts"].as_bool().unwrap_or(false),
+        mounts,
+        network,
+        memory: host["Memory"].as_i64().filter(|m| *m > 0),
+        cpus: host["NanoCpus"].as_i64().filter(|n| *n > 0).map(|n| n as f64 / 1e9),
+        pids_limit: host["PidsLimit"].as_i64().filter(|p| *p > 0),
+        cap_add: strings(&host["CapAdd"]),
+        cap_drop: strings(&host["CapDrop"]),
+        privileged: host["Privileged"].as_bool().unwrap_or(false),
+        read_only: host["ReadonlyRootfs"].as_bool().unwrap_or(false),
+        security_opt: strings(&host["SecurityOpt"]),
+        init: host["Init"].as_bool().unwrap_or(false),
+        add_hosts: strings(&host["ExtraHosts"]),
+        dns: strings(&host["Dns"]),
+        labels: config["Labels"]
+            .as_object()
+            .map(|l| {
+                l.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        stop_signal: config["StopSignal"].as_str().map(str::to_owned),
+        stop_timeout: config["StopTimeout"].as_u64().map(|t| t as u32),
+        restart,
+        shm_size: host["ShmSize"].as_i64().filter(|s| *s > 0),
+        ipc: host["IpcMode"].as_str().unwrap_or("").to_owned(),
+        pid: host["PidMode"].as_str().unwrap_or("").to_owned(),
+        cpu_shares: host["CpuShares"].as_u64().filter(|s| *s > 0),
+        group_add: strings(&host["GroupAdd"]),
+        log_driver: host["LogConfig"]["Type"].as_str().unwrap_or("").to_owned(),
+        ..RunOptions::default()
+    };
+    let record = engine.create(options).map_err(ApiError::of)?;
+    json_reply(StatusCode::CREATED, &json!({"Id": record.id, "Warnings": []}))
+}
+
+/// `GET /containers/{id}/logs`: Docker's multiplexed frames (no tty) or the raw stream.
+fn logs(engine: &Engine, id: &str, q: &BTreeMap<String, String>) -> Reply {
+    use berth_engine::logs::{self, Query, Stream};
+    let id = engine.resolve_id(id).map_err(ApiError::of)?;
+    let record = engine.peek(&id).map_err(ApiError::of)?;
+    if record.options.log_driver == "none" {
+        return Err(ApiError::bad("configured logging driver does not support reading"));
+    }
+    let (want_out, want_err) = (truthy(q, "stdout"), truthy(q, "stderr"));
+    if !want_out && !want_err {
+        return Err(ApiError::bad("you must choose at least one stream"));
+    }
+    let query = Query {
+        tail: q.get("tail").filter(|t| *t != "all").and_then(|t| t.parse().ok()),
+        since: q.get("since").and_then(|s| s.parse().ok()).filter(|s| *s > 0.0),
+        until: q.get("until").and_then(|s| s.parse().ok()).filter(|s| *s > 0.0),
+    };
+    let path = engine.container_dir(&id).join("container.log");
+    let (entries, _) = logs::read(&path, &query)
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let mut out = Vec::new();
+    for entry in entries {
+        let stream = if entry.stream == Stream::Stdout { 1u8 } else { 2u8 };
+        if (stream == 1 && !want_out) || (stream == 2 && !want_err) {
+            continue;
+        }
+        let mut payload = Vec::new();
+        if truthy(q, "timestamps") {
+            payload.extend_from_slice(entry.time.as_bytes());
+            payload.push(b' ');
+        }
+        payload.extend_from_slice(&entry.text);
+        if record.options.tty {
+            out.extend_from_slice(&payload);
+        } else {
+            out.push(stream);
+            out.extend_from_slice(&[0, 0, 0]);
+            out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+            out.extend_from_slice(&payload);
+        }
+    }
+    Ok(Response::builder()
+        .header(
+            "Content-Type",
+            if record.options.tty {
+                "application/vnd.docker.raw-stream"
+            } else {
+                "application/vnd.docker.multiplexed-stream"
+            },
+        )
+        .header("Api-Version", API_VERSION)
+        .body(Full::new(Bytes::from(out)))
+        .unwrap_or_default())
+}
+
+/// `GET /images/json`.
+fn images(global: &Global) -> Reply {
+    let store = crate::images::open_store(global)?;
+    let mut rows = Vec::new();
+    for image in store.list()? {
+        let full = crate::images::image_json(&store, &image)?;
+        rows.push(json!({
+            "Id": full["Id"],
+            "ParentId": "",
+            "RepoTags": full["RepoTags"],
+            "RepoDigests": full["RepoDigests"],
+            "Created": berth_image::config::parse_rfc3339(full["Created"].as_str().unwrap_or("")).unwrap_or(0),
+            "Size": full["Size"],
+            "VirtualSize": full["Size"],
+            "SharedSize": -1,
+            "Labels": full["Config"]["Labels"],
+            "Containers": -1,
+        }));
+    }
+    json_reply(StatusCode::OK, &Value::Array(rows))
+}
+
+/// `POST /images/create?fromImage=&tag=`: a pull, answered with Docker's JSON progress
+/// lines once it is done.
+fn pull(global: &Global, q: &BTreeMap<String, String>) -> Reply {
+    let from = q.get("fromImage").filter(|f| !f.is_empty()).ok_or_else(|| {
+        ApiError::bad("fromImage is required (importing with fromSrc is not served yet)")
+    })?;
+    let name = match q.get("tag").filter(|t| !t.is_empty()) {
+        Some(tag) if tag.starts_with("sha256:") => format!("{from}@{tag}"),
+        Some(tag) => format!("{from}:{tag}"),
+        None => from.clone(),
+    };
+    let store = crate::images::open_store(global)?;
+    let mut lines = String::new();
+    match crate::images::pull_image(
+        global,
+        &store,
+        &name,
+        q.get("platform").map(String::as_str).filter(|p| !p.is_empty()),
+        true,
+    ) {
+        Ok(digest) => {
+            lines.push_str(&json!({"status": format!("Pulling from {from}")}).to_string());
+            lines.push('\n');
+            lines.push_str(&json!({"status": format!("Digest: {digest}")}).to_string());
+            lines.push('\n');
+            lines.push_str(
+                &json!({"status": format!("Status: Downloaded newer image for {name}")})
+                    .to_string(),
+            );
+            lines.push('\n');
+        }
+        Err(err) => {
+            let message = format!("{err:#}");
+            let status = if message.contains("not found") {
+                StatusCode::NOT_FOUND
+            } else {
+                StatusCode::INTERNAL_SERVER_ERROR
+            };
+            return Err(ApiError(status, message));
+        }
+    }
+    Ok(Response::builder()
+        .header("Content-Type", "application/json")
+        .header("Api-Version", API_VERSION)
+        .body(Full::new(Bytes::from(lines)))
+        .unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_and_queries() {
+        assert_eq!(segments("/v1.41/containers/abc/json"), ["containers", "abc", "json"]);
+        assert_eq!(segments("/_ping"), ["_ping"]);
+        assert_eq!(
+            segments("/images/localhost%2Ffixture/json"),
+            ["images", "localhost/fixture", "json"]
+        );
+        assert_eq!(decode("%7B%22label%22%3A%5B%22a%3Db%22%5D%7D"), r#"{"label":["a=b"]}"#);
+        assert_eq!(decode("a+b%2"), "a b%2");
+    }
+}
