@@ -195,26 +195,102 @@ where
     tokio::spawn(async move {
         let service = hyper::service::service_fn(move |request| {
             let (engine, global) = (engine.clone(), global.clone());
-            async move { Ok::<_, Infallible>(handle(request, engine, global).await) }
+            async move { Ok::<_, Infallible>(respond(request, engine, global).await) }
         });
         let _ = hyper::server::conn::http1::Builder::new()
             .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+            .with_upgrades()
             .await;
     });
 }
 
-async fn handle(
+type Streamed = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// `POST /containers/{id}/wait` answers its headers at once and its body when the
+/// condition is met (the docker client waits for the headers before it starts the
+/// container); everything else is one whole response.
+async fn respond(
     request: Request<hyper::body::Incoming>,
+    engine: Arc<Engine>,
+    global: Arc<Global>,
+) -> Response<Streamed> {
+    let parts = segments(request.uri().path());
+    if request.method() == Method::POST
+        && parts.len() == 3
+        && parts[0] == "containers"
+        && parts[2] == "wait"
+    {
+        let q = query(&request);
+        let (mut sender, body) = http_body_util::channel::Channel::<Bytes, Infallible>::new(1);
+        let checked = {
+            let engine = engine.clone();
+            let id = parts[1].clone();
+            tokio::task::spawn_blocking(move || engine.resolve_id(&id)).await
+        };
+        match checked {
+            Ok(Ok(id)) => {
+                tokio::spawn(async move {
+                    let reply = tokio::task::spawn_blocking(move || wait(&engine, &id, &q)).await;
+                    let text = match reply {
+                        Ok(Ok(value)) => value.to_string(),
+                        Ok(Err(ApiError(_, message))) => {
+                            json!({"StatusCode": -1, "Error": {"Message": message}}).to_string()
+                        }
+                        Err(_) => json!({"StatusCode": -1, "Error": {"Message": "wait failed"}})
+                            .to_string(),
+                    };
+                    let _ = sender.send_data(Bytes::from(text)).await;
+                });
+                return Response::builder()
+                    .header("Content-Type", "application/json")
+                    .header("Api-Version", API_VERSION)
+                    .body(body.boxed())
+                    .unwrap_or_default();
+            }
+            Ok(Err(err)) => {
+                let ApiError(status, message) = ApiError::of(err);
+                return json_reply(status, &json!({ "message": message }))
+                    .unwrap_or_default()
+                    .map(|b| b.boxed());
+            }
+            Err(_) => {}
+        }
+    }
+    handle(request, engine, global).await.map(|b| b.boxed())
+}
+
+async fn handle(
+    mut request: Request<hyper::body::Incoming>,
     engine: Arc<Engine>,
     global: Arc<Global>,
 ) -> Response<Full<Bytes>> {
     let method = request.method().clone();
     let parts = segments(request.uri().path());
     let q = query(&request);
+    tracing::debug!("{method} {}", request.uri());
+    // The hijacked streams: attach, and the start of an exec.
+    let hijack = method == Method::POST
+        && parts.len() == 3
+        && ((parts[0] == "containers" && parts[2] == "attach")
+            || (parts[0] == "exec" && parts[2] == "start"));
+    let on_upgrade = hijack.then(|| hyper::upgrade::on(&mut request));
     let body = match request.into_body().collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(_) => Bytes::new(),
     };
+    if let Some(on_upgrade) = on_upgrade {
+        let reply = if parts[0] == "containers" {
+            attach(on_upgrade, &engine, &parts[1], &q)
+        } else {
+            exec_start(on_upgrade, &global, &parts[1], &body)
+        };
+        return match reply {
+            Ok(response) => response,
+            Err(ApiError(status, message)) => {
+                json_reply(status, &json!({ "message": message })).unwrap_or_default()
+            }
+        };
+    }
     let reply =
         tokio::task::spawn_blocking(move || route(&method, &parts, &q, &body, &engine, &global))
             .await
@@ -264,8 +340,12 @@ fn route(
                 return empty(StatusCode::NOT_MODIFIED);
             }
             let started = engine.start(id).map_err(ApiError::of)?;
-            // The monitor lives on; the stream it answered on is not needed.
-            drop(started);
+            // An attach waiting for this start gets the stream that carries the output
+            // from its first byte; otherwise the monitor lives on without it.
+            let waiting = lock(&PENDING).remove(&started.id);
+            if let Some(waiting) = waiting {
+                let _ = waiting.send(started.stream);
+            }
             empty(StatusCode::NO_CONTENT)
         }
         (&Method::POST, ["containers", id, "stop"]) => {
@@ -290,9 +370,20 @@ fn route(
             engine.kill(id, &signal).map_err(ApiError::of)?;
             empty(StatusCode::NO_CONTENT)
         }
-        (&Method::POST, ["containers", id, "wait"]) => {
-            let code = engine.wait_exit(id, None).map_err(ApiError::of)?.unwrap_or(0);
-            json_reply(StatusCode::OK, &json!({"StatusCode": code, "Error": null}))
+        (&Method::POST, ["containers", id, "exec"]) => exec_create(engine, id, body),
+        (&Method::GET, ["exec", id, "json"]) => {
+            let execs = lock(&EXECS);
+            let exec = execs.get(*id).ok_or_else(|| {
+                ApiError(StatusCode::NOT_FOUND, format!("No such exec instance: {id}"))
+            })?;
+            json_reply(
+                StatusCode::OK,
+                &json!({
+                    "ID": id, "ContainerID": exec.container, "Running": exec.running, "ExitCode": exec.exit_code,
+                    "Pid": exec.pid, "OpenStdin": exec.stdin, "OpenStdout": true, "OpenStderr": true,
+                    "ProcessConfig": {"entrypoint": exec.command.first(), "arguments": exec.command.get(1..).unwrap_or_default(), "tty": exec.tty, "user": exec.user, "privileged": exec.privileged},
+                }),
+            )
         }
         (&Method::DELETE, ["containers", id]) => {
             engine.remove(id, truthy(q, "force"), truthy(q, "v")).map_err(ApiError::of)?;
@@ -332,6 +423,350 @@ fn route(
             StatusCode::NOT_FOUND,
             format!("page not found: {method} /{} is not served by berth yet", parts.join("/")),
         )),
+    }
+}
+
+/// Attaches waiting for their container's start, by container id.
+static PENDING: std::sync::Mutex<
+    BTreeMap<String, tokio::sync::oneshot::Sender<std::os::unix::net::UnixStream>>,
+> = std::sync::Mutex::new(BTreeMap::new());
+
+/// Exec instances made by `POST /containers/{id}/exec`, by exec id.
+static EXECS: std::sync::Mutex<BTreeMap<String, ExecState>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+#[derive(Debug, Clone, Default)]
+struct ExecState {
+    container: String,
+    command: Vec<String>,
+    env: Vec<String>,
+    user: String,
+    workdir: String,
+    tty: bool,
+    stdin: bool,
+    privileged: bool,
+    running: bool,
+    exit_code: Option<i32>,
+    pid: u32,
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The response that hands the connection over to a raw stream.
+fn upgraded_response() -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("Content-Type", "application/vnd.docker.raw-stream")
+        .header("Connection", "Upgrade")
+        .header("Upgrade", "tcp")
+        .header("Api-Version", API_VERSION)
+        .body(Full::new(Bytes::new()))
+        .unwrap_or_default()
+}
+
+/// One chunk of output as Docker frames it: raw with a terminal, else an 8-byte header
+/// (stream, three zeros, big-endian length) before it.
+fn docker_frame(stream: u8, data: &[u8], tty: bool) -> Vec<u8> {
+    if tty {
+        return data.to_vec();
+    }
+    let mut frame = vec![stream, 0, 0, 0];
+    frame.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    frame.extend_from_slice(data);
+    frame
+}
+
+/// `POST /containers/{id}/attach?stream=1&stdin=1&stdout=1&stderr=1`: the container's
+/// output (and input) over the hijacked connection. A container not yet started is
+/// attached at its start, from its first byte of output.
+fn attach(
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    engine: &Engine,
+    id: &str,
+    q: &BTreeMap<String, String>,
+) -> Reply {
+    let id = engine.resolve_id(id).map_err(ApiError::of)?;
+    let record = engine.peek(&id).map_err(ApiError::of)?;
+    let (tty, stdin) = (record.options.tty, truthy(q, "stdin"));
+    let (want_out, want_err) = (truthy(q, "stdout"), truthy(q, "stderr"));
+    let later = if matches!(record.state.status, Status::Running | Status::Paused) {
+        let stream =
+            berth_engine::monitor::connect(&engine.container_dir(&id)).map_err(ApiError::of)?;
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let _ = sender.send(stream);
+        receiver
+    } else {
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        lock(&PENDING).insert(id.clone(), sender);
+        receiver
+    };
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else { return };
+        let Ok(stream) = later.await else { return };
+        let _ = relay_monitor(
+            hyper_util::rt::TokioIo::new(upgraded),
+            stream,
+            tty,
+            stdin,
+            want_out,
+            want_err,
+        )
+        .await;
+    });
+    Ok(upgraded_response())
+}
+
+/// Frames from the container's monitor to the client in Docker's framing, and the
+/// client's input to the monitor, until the container exits.
+async fn relay_monitor(
+    client: hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>,
+    monitor: std::os::unix::net::UnixStream,
+    tty: bool,
+    stdin: bool,
+    want_out: bool,
+    want_err: bool,
+) -> std::io::Result<()> {
+    use berth_engine::attach;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    monitor.set_nonblocking(true)?;
+    let monitor = tokio::net::UnixStream::from_std(monitor)?;
+    // (tokio's owned halves would shut the socket down when the input ends, and the
+    // monitor would take that for a client gone: these halves do not.)
+    let (mut from_monitor, mut to_monitor) = tokio::io::split(monitor);
+    let (mut from_client, mut to_client) = tokio::io::split(client);
+    if stdin {
+        tokio::spawn(async move {
+            let mut buffer = vec![0u8; 8192];
+            loop {
+                let n = from_client.read(&mut buffer).await.unwrap_or(0);
+                let mut frame = Vec::new();
+                let kind = if n == 0 { attach::STDIN_EOF } else { attach::STDIN };
+                let _ = attach::write_frame(&mut frame, kind, &buffer[..n]);
+                if to_monitor.write_all(&frame).await.is_err() || n == 0 {
+                    return;
+                }
+            }
+        });
+    }
+    loop {
+        let mut header = [0u8; 5];
+        if from_monitor.read_exact(&mut header).await.is_err() {
+            break;
+        }
+        let length = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+        let mut payload = vec![0u8; length];
+        from_monitor.read_exact(&mut payload).await?;
+        match header[0] {
+            attach::STDOUT if want_out => {
+                to_client.write_all(&docker_frame(1, &payload, tty)).await?
+            }
+            attach::STDERR if want_err => {
+                to_client.write_all(&docker_frame(2, &payload, tty)).await?
+            }
+            attach::EXIT => break,
+            _ => {}
+        }
+    }
+    to_client.shutdown().await
+}
+
+/// `POST /containers/{id}/exec`: an exec instance, run by its start.
+fn exec_create(engine: &Engine, id: &str, body: &Bytes) -> Reply {
+    let config: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad(format!("invalid JSON in the request body: {e}")))?;
+    let id = engine.resolve_id(id).map_err(ApiError::of)?;
+    let record = engine.peek(&id).map_err(ApiError::of)?;
+    if record.state.status != Status::Running {
+        return Err(ApiError(StatusCode::CONFLICT, format!("Container {id} is not running")));
+    }
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default()
+    };
+    let command = strings(&config["Cmd"]);
+    if command.is_empty() {
+        return Err(ApiError::bad("No exec command specified"));
+    }
+    let exec_id = berth_engine::random_id().map_err(ApiError::of)?;
+    lock(&EXECS).insert(
+        exec_id.clone(),
+        ExecState {
+            container: id,
+            command,
+            env: strings(&config["Env"]),
+            user: config["User"].as_str().unwrap_or("").to_owned(),
+            workdir: config["WorkingDir"].as_str().unwrap_or("").to_owned(),
+            tty: config["Tty"].as_bool().unwrap_or(false),
+            stdin: config["AttachStdin"].as_bool().unwrap_or(false),
+            privileged: config["Privileged"].as_bool().unwrap_or(false),
+            ..ExecState::default()
+        },
+    );
+    json_reply(StatusCode::CREATED, &json!({"Id": exec_id}))
+}
+
+/// `POST /exec/{id}/start`: runs the exec (berth's own `exec`, as a child with pipes) and
+/// relays its output in Docker's frames; its exit code is kept for `GET /exec/{id}/json`.
+fn exec_start(
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    global: &Global,
+    id: &str,
+    body: &Bytes,
+) -> Reply {
+    let request: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let exec = lock(&EXECS)
+        .get(id)
+        .cloned()
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("No such exec instance: {id}")))?;
+    if exec.running || exec.exit_code.is_some() {
+        return Err(ApiError(StatusCode::CONFLICT, format!("exec {id} has already run")));
+    }
+    let mut command = tokio::process::Command::new("/proc/self/exe");
+    command.arg("--root").arg(&global.root).arg("exec");
+    if exec.stdin {
+        command.arg("-i");
+    }
+    if request["Detach"].as_bool() == Some(true) {
+        command.arg("-d");
+    }
+    for e in &exec.env {
+        command.arg("-e").arg(e);
+    }
+    if !exec.user.is_empty() {
+        command.arg("-u").arg(&exec.user);
+    }
+    if !exec.workdir.is_empty() {
+        command.arg("-w").arg(&exec.workdir);
+    }
+    if exec.privileged {
+        command.arg("--privileged");
+    }
+    command.arg(&exec.container).args(&exec.command);
+    command
+        .stdin(if exec.stdin { std::process::Stdio::piped() } else { std::process::Stdio::null() })
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(false);
+    let mut child = command.spawn().map_err(|e| {
+        ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot run the exec: {e}"))
+    })?;
+    {
+        let mut execs = lock(&EXECS);
+        if let Some(state) = execs.get_mut(id) {
+            state.running = true;
+            state.pid = child.id().unwrap_or(0);
+        }
+    }
+    let (id, tty) = (id.to_owned(), exec.tty);
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let upgraded = on_upgrade.await.ok().map(hyper_util::rt::TokioIo::new);
+        let (mut from_client, to_client) = match upgraded {
+            Some(io) => {
+                let (r, w) = tokio::io::split(io);
+                (Some(r), Some(w))
+            }
+            None => (None, None),
+        };
+        if let (Some(mut input), Some(mut from)) = (child.stdin.take(), from_client.take()) {
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut from, &mut input).await;
+                let _ = input.shutdown().await;
+            });
+        }
+        let to_client = std::sync::Arc::new(tokio::sync::Mutex::new(to_client));
+        let mut pumps = Vec::new();
+        for (stream, pipe) in [
+            (
+                1u8,
+                child
+                    .stdout
+                    .take()
+                    .map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+            ),
+            (
+                2u8,
+                child
+                    .stderr
+                    .take()
+                    .map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+            ),
+        ] {
+            let Some(mut pipe) = pipe else { continue };
+            let to_client = to_client.clone();
+            pumps.push(tokio::spawn(async move {
+                let mut buffer = vec![0u8; 32 * 1024];
+                loop {
+                    let n = pipe.read(&mut buffer).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    let mut guard = to_client.lock().await;
+                    if let Some(client) = guard.as_mut() {
+                        let _ = client.write_all(&docker_frame(stream, &buffer[..n], tty)).await;
+                    }
+                }
+            }));
+        }
+        for pump in pumps {
+            let _ = pump.await;
+        }
+        let code = child.wait().await.ok().and_then(|s| s.code()).unwrap_or(-1);
+        if let Some(state) = lock(&EXECS).get_mut(&id) {
+            state.running = false;
+            state.exit_code = Some(code);
+        }
+        // The exit code is kept before the stream ends: the client asks for it next.
+        let mut guard = to_client.lock().await;
+        if let Some(client) = guard.as_mut() {
+            let _ = client.shutdown().await;
+        }
+        drop(guard);
+    });
+    Ok(upgraded_response())
+}
+
+/// `POST /containers/{id}/wait?condition=not-running|next-exit|removed`.
+fn wait(engine: &Engine, id: &str, q: &BTreeMap<String, String>) -> Result<Value, ApiError> {
+    let id = engine.resolve_id(id).map_err(ApiError::of)?;
+    let first = engine.peek(&id).map_err(ApiError::of)?;
+    let condition = q.get("condition").map(String::as_str).unwrap_or("not-running");
+    let exited = |record: &Record| {
+        !matches!(record.state.status, Status::Running | Status::Paused | Status::Restarting)
+    };
+    loop {
+        match engine.peek(&id) {
+            Ok(record) => {
+                let ran = record.state.started_at != first.state.started_at
+                    || matches!(
+                        first.state.status,
+                        Status::Running | Status::Paused | Status::Restarting
+                    );
+                let done = match condition {
+                    "next-exit" | "removed" => ran && exited(&record) && condition == "next-exit",
+                    _ => exited(&record),
+                };
+                if done {
+                    return Ok(json!({"StatusCode": record.state.exit_code, "Error": null}));
+                }
+            }
+            // Removed (--rm, or by someone): its code is the last `die` it recorded.
+            Err(_) => {
+                let (events, _) = berth_engine::events::history(engine.root());
+                let code = events
+                    .iter()
+                    .rev()
+                    .find(|e| e.actor.id == id && e.action == "die")
+                    .and_then(|e| e.actor.attributes.get("exitCode"))
+                    .and_then(|c| c.parse::<i32>().ok())
+                    .unwrap_or(0);
+                return Ok(json!({"StatusCode": code, "Error": null}));
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
 

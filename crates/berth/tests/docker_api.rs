@@ -38,13 +38,24 @@ impl Service {
     }
 
     fn docker(&self, args: &[&str]) -> Output {
-        Command::new(DOCKER)
+        self.docker_with_input(args, b"")
+    }
+
+    fn docker_with_input(&self, args: &[&str], input: &[u8]) -> Output {
+        use std::io::Write;
+        let mut child = Command::new(DOCKER)
             .env("DOCKER_HOST", format!("unix://{}", self.socket().display()))
             .env("DOCKER_CONFIG", self.dir.path().join("docker-config"))
             .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("docker")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("docker");
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(input).unwrap();
+        drop(stdin);
+        child.wait_with_output().expect("docker")
     }
 
     fn ok(&self, args: &[&str]) -> String {
@@ -193,6 +204,29 @@ fn root_the_docker_cli_drives_berth() {
     };
     assert_eq!(String::from_utf8_lossy(&logs.stdout), "hi\n");
     assert_eq!(String::from_utf8_lossy(&logs.stderr), "oops\n");
+    // Attached runs and execs: the streams apart, the input passed on, the exit codes.
+    let attached = service.docker(&[
+        "run",
+        "--rm",
+        "fixture:v1",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 3",
+    ]);
+    assert_eq!(attached.status.code(), Some(3));
+    assert_eq!(String::from_utf8_lossy(&attached.stdout), "out\n");
+    assert_eq!(String::from_utf8_lossy(&attached.stderr), "err\n");
+    let piped =
+        service.docker_with_input(&["run", "-i", "--rm", "fixture:v1", "cat"], b"piped in\n");
+    assert_eq!(String::from_utf8_lossy(&piped.stdout), "piped in\n");
+    assert_eq!(
+        service.docker(&["exec", "web", "sh", "-c", "echo $GREETING; exit 4"]).status.code(),
+        Some(4)
+    );
+    assert_eq!(service.ok(&["exec", "web", "sh", "-c", "echo $GREETING"]), "hi\n");
+    let into = service.docker_with_input(&["exec", "-i", "web", "cat"], b"to exec\n");
+    assert_eq!(String::from_utf8_lossy(&into.stdout), "to exec\n");
+    assert_eq!(service.docker(&["exec", "web", "nope"]).status.code(), Some(127));
     // Errors as Docker gives them.
     let err = service.fails(&["run", "-d", "--name", "web", "fixture:v1", "true"]);
     assert!(err.contains("web"), "{err}");
