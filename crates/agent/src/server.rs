@@ -126,22 +126,7 @@ fn text(code: StatusCode, message: impl Into<String>) -> Response<Body> {
 }
 
 fn decode(segment: &str) -> String {
-    let bytes = segment.as_bytes();
-    let hex = |b: u8| (b as char).to_digit(16);
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let (Some(high), Some(low)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                out.push((high * 16 + low) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    berth_stdx::url::decode(segment, false)
 }
 
 async fn handle(
@@ -156,17 +141,10 @@ async fn handle(
         );
     }
     let path = request.uri().path().to_owned();
-    let query: HashMap<String, String> = request
-        .uri()
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (decode(k), decode(v))
-        })
-        .collect();
+    let query: HashMap<String, String> =
+        berth_stdx::url::query_pairs(request.uri().query().unwrap_or(""), false)
+            .into_iter()
+            .collect();
     if path == "/healthz" {
         return text(StatusCode::OK, "ok");
     }

@@ -97,43 +97,14 @@ fn empty(status: StatusCode) -> Reply {
         .unwrap_or_default())
 }
 
-/// The query string as a map (`a=1&b=x`), percent-decoded.
+/// The query string as a map (`a=1&b=x`), percent-decoded (`+` is a space, as Go's
+/// clients encode it).
 fn query(request: &Request<hyper::body::Incoming>) -> BTreeMap<String, String> {
-    request
-        .uri()
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (decode(k), decode(v))
-        })
-        .collect()
+    berth_stdx::url::query_pairs(request.uri().query().unwrap_or(""), true).into_iter().collect()
 }
 
 fn decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 3 <= bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
-                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    berth_stdx::url::decode(text, false)
 }
 
 fn truthy(q: &BTreeMap<String, String>, key: &str) -> bool {
@@ -1182,7 +1153,5 @@ mod tests {
             segments("/images/localhost%2Ffixture/json"),
             ["images", "localhost/fixture", "json"]
         );
-        assert_eq!(decode("%7B%22label%22%3A%5B%22a%3Db%22%5D%7D"), r#"{"label":["a=b"]}"#);
-        assert_eq!(decode("a+b%2"), "a b%2");
     }
 }

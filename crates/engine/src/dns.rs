@@ -115,15 +115,7 @@ struct Context {
 }
 
 /// The host's resolvers, from `/etc/resolv.conf`.
-pub fn host_resolvers() -> Vec<SocketAddr> {
-    std::fs::read_to_string("/etc/resolv.conf")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.strip_prefix("nameserver"))
-        .filter_map(|ip| ip.trim().parse::<std::net::IpAddr>().ok())
-        .map(|ip| SocketAddr::new(ip, 53))
-        .collect()
-}
+pub use berth_stdx::net::host_resolvers;
 
 /// Starts the resolver of container `id` in the network namespace at `netns`
 /// (`berth __dns ROOT ID NETNS UPSTREAM...`) and returns once it listens.
