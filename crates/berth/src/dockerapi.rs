@@ -133,7 +133,18 @@ pub fn service(global: &Global, args: ServiceArgs) -> Result<i32> {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir)?;
             }
-            let _ = std::fs::remove_file(&path);
+            // A socket left by a service that died is replaced; a live one is not taken.
+            if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+                bail!(
+                    "a service already listens on {}: stop it, or give another --listen",
+                    path.display()
+                );
+            }
+            if let Err(err) = std::fs::remove_file(&path) {
+                if err.kind() != std::io::ErrorKind::NotFound {
+                    return Err(err).with_context(|| format!("cannot replace {}", path.display()));
+                }
+            }
             let listener = tokio::net::UnixListener::bind(&path)
                 .with_context(|| format!("cannot listen on {}", path.display()))?;
             // The socket gives root's powers: root's alone, as Docker's is root:docker 660.

@@ -93,32 +93,8 @@ fn start() -> Service {
         .expect("unshare the network namespace");
     assert!(Command::new("ip").args(["link", "set", "lo", "up"]).status().unwrap().success());
     let dir = tempfile::Builder::new().prefix("berth-docker-api-").tempdir().unwrap();
-    let layout = dir.path().join("layout");
-    berth_testkit::image::fixture_image(&layout, "v1").unwrap();
-    let archive = dir.path().join("fixture.tar");
-    assert!(Command::new("tar")
-        .arg("-C")
-        .arg(&layout)
-        .arg("-cf")
-        .arg(&archive)
-        .arg(".")
-        .status()
-        .unwrap()
-        .success());
     let root = dir.path().join("root");
-    let loaded = Command::new(BERTH)
-        .env("BERTH_ROOT", &root)
-        .args(["load", "-i", archive.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(loaded.status.success());
-    let id = String::from_utf8_lossy(&loaded.stdout).trim().rsplit(' ').next().unwrap().to_owned();
-    assert!(Command::new(BERTH)
-        .env("BERTH_ROOT", &root)
-        .args(["tag", &id, "fixture:v1"])
-        .status()
-        .unwrap()
-        .success());
+    common::load_fixture(&root, &common::fixture_archive(dir.path()), "fixture:v1");
     let socket = dir.path().join("docker.sock");
     let child = Command::new(BERTH)
         .env("BERTH_ROOT", &root)
@@ -247,4 +223,13 @@ fn root_the_docker_cli_drives_berth() {
     assert_eq!(service.berth(&["ps", "-a", "-q"]), "");
     assert!(service.ok(&["network", "ls", "--format", "{{.Name}}"]).contains("bridge"));
     assert!(service.ok(&["info", "--format", "{{.Driver}}"]).contains("overlay2"));
+    // A second service does not take a live socket from the first.
+    let second = Command::new(BERTH)
+        .env("BERTH_ROOT", service.root())
+        .args(["system", "service", "--listen", &format!("unix://{}", service.socket().display())])
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    assert!(String::from_utf8_lossy(&second.stderr).contains("already listens"));
+    service.ok(&["version"]);
 }

@@ -31,21 +31,8 @@ impl Berth {
         assert!(up.success());
         let dir = tempfile::Builder::new().prefix("berth-engine-").tempdir().expect("tempdir");
         let berth = Berth { dir };
-        let layout = berth.dir.path().join("layout");
-        berth_testkit::image::fixture_image(&layout, "v1").expect("fixture image");
-        let tar = berth.dir.path().join("fixture.tar");
-        let packed = Command::new("tar")
-            .arg("-C")
-            .arg(&layout)
-            .arg("-cf")
-            .arg(&tar)
-            .arg(".")
-            .status()
-            .expect("tar");
-        assert!(packed.success());
-        let loaded = berth.ok(&["load", "-i", tar.to_str().unwrap()]);
-        let id = loaded.trim().rsplit(' ').next().unwrap().to_owned();
-        berth.ok(&["tag", &id, IMAGE]);
+        let archive = common::fixture_archive(berth.dir.path());
+        common::load_fixture(&berth.root(), &archive, IMAGE);
         berth
     }
 

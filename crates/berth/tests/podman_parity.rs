@@ -87,18 +87,7 @@ fn root_berth_and_podman_agree_on_a_scripted_day() {
     std::fs::create_dir(work.join("shared")).unwrap();
     std::fs::write(work.join("shared/kept"), "host data\n").unwrap();
     std::fs::write(work.join("file.txt"), "from the host\n").unwrap();
-    let layout = work.join("layout");
-    berth_testkit::image::fixture_image(&layout, "v1").unwrap();
-    let archive = work.join("fixture.tar");
-    assert!(Command::new("tar")
-        .arg("-C")
-        .arg(&layout)
-        .arg("-cf")
-        .arg(&archive)
-        .arg(".")
-        .status()
-        .unwrap()
-        .success());
+    let archive = common::fixture_archive(work);
     let berth = Tool {
         name: "berth",
         argv: vec![BERTH.into()],
@@ -134,10 +123,7 @@ fn root_berth_and_podman_agree_on_a_scripted_day() {
             work.join("containers.conf").to_string_lossy().into_owned(),
         )],
     };
-    let loaded = berth.run(&["load", "-i", archive.to_str().unwrap()], work);
-    assert!(loaded.status.success(), "{}", String::from_utf8_lossy(&loaded.stderr));
-    let id = String::from_utf8_lossy(&loaded.stdout).trim().rsplit(' ').next().unwrap().to_owned();
-    assert!(berth.run(&["tag", &id, "fixture:v1"], work).status.success());
+    common::load_fixture(&work.join("berth"), &archive, "fixture:v1");
     assert!(podman.run(&["load", "-q", "-i", archive.to_str().unwrap()], work).status.success());
     let images = podman.run(&["images", "-q"], work);
     let podman_id = String::from_utf8_lossy(&images.stdout).lines().next().unwrap().to_owned();

@@ -197,5 +197,41 @@ pub fn read(path: impl AsRef<Path>) -> String {
     std::fs::read_to_string(path.as_ref())
         .unwrap_or_else(|err| panic!("read {}: {err}", path.as_ref().display()))
 }
+/// The fixture image (busybox in three layers) written as an OCI layout under `dir` and
+/// packed into `dir/fixture.tar`, which `berth load`, `podman load` and `docker load` read.
+pub fn fixture_archive(dir: &Path) -> PathBuf {
+    let layout = dir.join("fixture-layout");
+    berth_testkit::image::fixture_image(&layout, "v1").expect("fixture image");
+    let archive = dir.join("fixture.tar");
+    let packed = Command::new("tar")
+        .arg("-C")
+        .arg(&layout)
+        .arg("-cf")
+        .arg(&archive)
+        .arg(".")
+        .status()
+        .expect("tar");
+    assert!(packed.success(), "tar of the fixture layout failed");
+    archive
+}
+
+/// Loads `archive` into the berth root `root` and names it `name`; returns the image id.
+pub fn load_fixture(root: &Path, archive: &Path, name: &str) -> String {
+    let berth = env!("CARGO_BIN_EXE_berth");
+    let loaded = Command::new(berth)
+        .env("BERTH_ROOT", root)
+        .arg("load")
+        .arg("-i")
+        .arg(archive)
+        .output()
+        .expect("berth load");
+    assert!(loaded.status.success(), "{}", String::from_utf8_lossy(&loaded.stderr));
+    let id = String::from_utf8_lossy(&loaded.stdout).trim().rsplit(' ').next().unwrap().to_owned();
+    let tagged =
+        Command::new(berth).env("BERTH_ROOT", root).args(["tag", &id, name]).output().unwrap();
+    assert!(tagged.status.success(), "{}", String::from_utf8_lossy(&tagged.stderr));
+    id
+}
+
 pub mod fake_registry;
 pub mod registry;
