@@ -750,6 +750,7 @@ fn run_options(flags: &CreateFlags) -> Result<RunOptions> {
         log_max_size,
         log_max_files,
         health_cmd: flags.health_cmd.clone(),
+        health_test: None,
         health_interval: flags
             .health_interval
             .as_deref()
@@ -1653,12 +1654,26 @@ pub(crate) fn container_json(record: &Record, dir: &Path) -> Value {
         ports.entry(exposed.clone()).or_insert(Value::Null);
     }
     let net = record.network.clone().unwrap_or_default();
+    // On a user network a container also answers to its short ID, and Docker lists it
+    // among the aliases (Compose looks for it there).
+    let aliases = |given: &[String], network: &str| -> Value {
+        if matches!(network, "bridge" | "host" | "none" | "") || network.starts_with("container:") {
+            return if given.is_empty() { Value::Null } else { json!(given) };
+        }
+        let mut all = given.to_vec();
+        all.push(record.short_id().to_owned());
+        json!(all)
+    };
     let mut networks = if net.network.is_empty() {
-        json!({ record.options.network.clone(): {} })
+        // Not started yet: what it will have.
+        json!({ record.options.network.clone(): {
+            "Aliases": aliases(&o.network_aliases, &record.options.network),
+            "IPAMConfig": o.ip.as_ref().map(|ip| json!({"IPv4Address": ip})),
+        } })
     } else {
         json!({ net.network.clone(): {
             "IPAddress": net.ip, "IPPrefixLen": net.prefix_len, "Gateway": net.gateway, "MacAddress": net.mac,
-            "Aliases": if o.network_aliases.is_empty() { Value::Null } else { json!(o.network_aliases) },
+            "Aliases": aliases(&o.network_aliases, &net.network),
             "IPAMConfig": o.ip.as_ref().map(|ip| json!({"IPv4Address": ip})),
         } })
     };
@@ -1667,11 +1682,11 @@ pub(crate) fn container_json(record: &Record, dir: &Path) -> Value {
         networks[connection.network.as_str()] = match state {
             Some(s) => json!({
                 "IPAddress": s.ip, "IPPrefixLen": s.prefix_len, "Gateway": s.gateway, "MacAddress": s.mac,
-                "Aliases": if connection.aliases.is_empty() { Value::Null } else { json!(connection.aliases) },
+                "Aliases": aliases(&connection.aliases, &connection.network),
                 "IPAMConfig": connection.ip.as_ref().map(|ip| json!({"IPv4Address": ip})),
             }),
             None => json!({
-                "Aliases": if connection.aliases.is_empty() { Value::Null } else { json!(connection.aliases) },
+                "Aliases": aliases(&connection.aliases, &connection.network),
                 "IPAMConfig": connection.ip.as_ref().map(|ip| json!({"IPv4Address": ip})),
             }),
         };
@@ -2014,7 +2029,7 @@ pub fn stats(global: &Global, args: StatsArgs) -> Result<i32> {
 }
 
 /// Bytes received and sent by a process's network namespace, loopback left out.
-fn net_io(pid: i32) -> (u64, u64) {
+pub(crate) fn net_io(pid: i32) -> (u64, u64) {
     if pid <= 0 {
         return (0, 0);
     }

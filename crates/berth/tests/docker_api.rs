@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -203,6 +203,11 @@ fn root_the_docker_cli_drives_berth() {
     let into = service.docker_with_input(&["exec", "-i", "web", "cat"], b"to exec\n");
     assert_eq!(String::from_utf8_lossy(&into.stdout), "to exec\n");
     assert_eq!(service.docker(&["exec", "web", "nope"]).status.code(), Some(127));
+    // With -t the process has a terminal, and its output comes raw.
+    let tty = service.ok(&["exec", "-t", "web", "sh", "-c", "tty; exit 0"]);
+    assert!(tty.starts_with("/dev/pts/"), "{tty:?}");
+    let tty = service.ok(&["run", "--rm", "-t", "fixture:v1", "tty"]);
+    assert!(tty.starts_with("/dev/pts/"), "{tty:?}");
     // Errors as Docker gives them.
     let err = service.fails(&["run", "-d", "--name", "web", "fixture:v1", "true"]);
     assert!(err.contains("web"), "{err}");
@@ -232,4 +237,429 @@ fn root_the_docker_cli_drives_berth() {
     assert!(!second.status.success());
     assert!(String::from_utf8_lossy(&second.stderr).contains("already listens"));
     service.ok(&["version"]);
+}
+
+/// Waits until `check` holds, or fails with `what`.
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn root_docker_cli_networks_volumes_files_and_images() {
+    if !root_or_skip() {
+        return;
+    }
+    let service = start();
+    // Networks: made, listed, inspected, joined by name and alias, removed.
+    let net = service.ok(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.231.0.0/24",
+        "--label",
+        "app=shop",
+        "shopnet",
+    ]);
+    assert_eq!(net.trim().len(), 64, "{net}");
+    assert!(service
+        .ok(&["network", "ls", "--filter", "label=app=shop", "--format", "{{.Name}}"])
+        .lines()
+        .eq(["shopnet"]));
+    assert_eq!(
+        service.ok(&[
+            "network",
+            "inspect",
+            "-f",
+            "{{range .IPAM.Config}}{{.Subnet}}{{end}}",
+            "shopnet"
+        ]),
+        "10.231.0.0/24\n"
+    );
+    let err = service.fails(&["network", "create", "shopnet"]);
+    assert!(err.contains("already exists"), "{err}");
+    let err = service.fails(&["network", "inspect", "nonet"]);
+    assert!(err.contains("nonet"), "{err}");
+    // Volumes: made with labels, used, listed as in use, inspected, removed.
+    service.ok(&["volume", "create", "--label", "app=shop", "data"]);
+    assert_eq!(service.ok(&["volume", "ls", "-q", "--filter", "label=app=shop"]), "data\n");
+    let mountpoint = service.ok(&["volume", "inspect", "-f", "{{.Mountpoint}}", "data"]);
+    assert!(mountpoint.trim().starts_with(service.root().to_str().unwrap()), "{mountpoint}");
+    service.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "db",
+        "--network",
+        "shopnet",
+        "--network-alias",
+        "database",
+        "-v",
+        "data:/data",
+        "fixture:v1",
+        "sh",
+        "-c",
+        "echo kept > /data/f; exec sleep 300",
+    ]);
+    service.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "app",
+        "--network",
+        "shopnet",
+        "fixture:v1",
+        "sleep",
+        "300",
+    ]);
+    eventually("the volume's file", || std::path::Path::new(mountpoint.trim()).join("f").exists());
+    let members = service.ok(&[
+        "network",
+        "inspect",
+        "-f",
+        "{{range .Containers}}{{.Name}} {{end}}",
+        "shopnet",
+    ]);
+    assert!(members.contains("db") && members.contains("app"), "{members}");
+    // The alias given at create resolves on the network.
+    let looked_up = service.ok(&["exec", "app", "nslookup", "database"]);
+    assert!(looked_up.contains("10.231.0."), "{looked_up}");
+    let err = service.fails(&["volume", "rm", "data"]);
+    assert!(err.contains("in use"), "{err}");
+    // docker network connect/disconnect on a second network.
+    service.ok(&["network", "create", "backnet"]);
+    service.ok(&["network", "connect", "--alias", "cache", "backnet", "app"]);
+    assert!(service
+        .ok(&[
+            "inspect",
+            "-f",
+            "{{range $k, $v := .NetworkSettings.Networks}}{{$k}} {{end}}",
+            "app"
+        ])
+        .contains("backnet"));
+    service.ok(&["network", "disconnect", "backnet", "app"]);
+    service.ok(&["network", "rm", "backnet"]);
+    // Files both ways (docker cp), what changed, the whole filesystem (export).
+    let host = tempfile::tempdir().unwrap();
+    std::fs::write(host.path().join("in.txt"), "from the host\n").unwrap();
+    service.ok(&["cp", host.path().join("in.txt").to_str().unwrap(), "app:/tmp/in.txt"]);
+    assert_eq!(service.ok(&["exec", "app", "cat", "/tmp/in.txt"]), "from the host\n");
+    service.ok(&["exec", "app", "sh", "-c", "mkdir -p /tmp/d && echo deep > /tmp/d/x"]);
+    service.ok(&["cp", "app:/tmp/d", host.path().to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(host.path().join("d/x")).unwrap(), "deep\n");
+    let err = service.fails(&["cp", "app:/no/such", host.path().to_str().unwrap()]);
+    assert!(err.contains("/no/such"), "{err}");
+    let changes = service.ok(&["diff", "app"]);
+    assert!(changes.lines().any(|l| l == "A /tmp/in.txt"), "{changes}");
+    let exported = host.path().join("app.tar");
+    service.ok(&["export", "-o", exported.to_str().unwrap(), "app"]);
+    let listing = Command::new("tar").arg("-tf").arg(&exported).output().unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(listing.lines().any(|l| l.trim_start_matches("./") == "tmp/in.txt"), "{listing}");
+    assert!(listing.lines().any(|l| l.trim_start_matches("./") == "bin/busybox"), "{listing}");
+    // top, stats, pause, rename, update.
+    let top = service.ok(&["top", "app"]);
+    assert!(top.lines().next().unwrap().contains("PID") && top.contains("sleep 300"), "{top}");
+    let stats = service.ok(&["stats", "--no-stream", "--format", "{{.Name}} {{.PIDs}}", "app"]);
+    assert_eq!(stats, "app 1\n");
+    service.ok(&["pause", "app"]);
+    assert_eq!(service.ok(&["inspect", "-f", "{{.State.Status}}", "app"]), "paused\n");
+    service.ok(&["unpause", "app"]);
+    service.ok(&["rename", "app", "shop"]);
+    service.ok(&["update", "--memory", "64m", "--memory-swap", "128m", "shop"]);
+    assert_eq!(service.ok(&["inspect", "-f", "{{.HostConfig.Memory}}", "shop"]), "67108864\n");
+    // Follow the logs: lines come as they are written, and the stream ends with the
+    // container.
+    service.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "ticker",
+        "fixture:v1",
+        "sh",
+        "-c",
+        "for i in 1 2 3; do echo tick$i; sleep 0.3; done",
+    ]);
+    let followed = service.ok(&["logs", "-f", "ticker"]);
+    assert_eq!(followed, "tick1\ntick2\ntick3\n");
+    // Events, from the start and bounded in time (the monitor records the death just
+    // after the state changes, so it may take a moment to show).
+    let mut events = String::new();
+    eventually("the die event", || {
+        events = service.ok(&[
+            "events",
+            "--since",
+            "0",
+            "--until",
+            "0s",
+            "--filter",
+            "container=ticker",
+            "--format",
+            "{{.Action}}",
+        ]);
+        events.lines().any(|e| e == "die")
+    });
+    assert!(events.lines().take(2).eq(["create", "start"]), "{events}");
+    // Images: tag, history, save/load, remove, build, prune.
+    service.ok(&["tag", "fixture:v1", "shop/base:1"]);
+    let history = service.ok(&["history", "--format", "{{.Size}}", "shop/base:1"]);
+    assert!(history.lines().count() >= 3, "{history}");
+    let saved = host.path().join("saved.tar");
+    service.ok(&["save", "-o", saved.to_str().unwrap(), "shop/base:1"]);
+    let untagged = service.ok(&["rmi", "shop/base:1"]);
+    assert!(untagged.contains("Untagged: shop/base:1"), "{untagged}");
+    let loaded = service.ok(&["load", "-i", saved.to_str().unwrap()]);
+    assert!(loaded.contains("shop/base:1"), "{loaded}");
+    let err = service.fails(&["rmi", "nothing:here"]);
+    assert!(err.contains("No such image"), "{err}");
+    let context = host.path().join("context");
+    std::fs::create_dir(&context).unwrap();
+    std::fs::write(context.join("hello.txt"), "built\n").unwrap();
+    std::fs::write(
+        context.join("Dockerfile"),
+        "FROM fixture:v1\nARG WHO=nobody\nCOPY hello.txt /hello.txt\nRUN echo \"by $WHO\" >> /hello.txt\nCMD [\"cat\", \"/hello.txt\"]\n",
+    )
+    .unwrap();
+    let built = service.ok(&[
+        "build",
+        "-t",
+        "shop/built:1",
+        "--build-arg",
+        "WHO=api",
+        context.to_str().unwrap(),
+    ]);
+    assert!(built.contains("Successfully tagged shop/built:1"), "{built}");
+    assert_eq!(service.ok(&["run", "--rm", "shop/built:1"]), "built\nby api\n");
+    std::fs::write(context.join("Dockerfile"), "FROM fixture:v1\nRUN exit 7\n").unwrap();
+    let err = service.fails(&["build", context.to_str().unwrap()]);
+    assert!(err.contains("exit"), "{err}");
+    // Push and pull through a registry that wants a login.
+    let registry = common::registry::Registry::start_with_auth("shopper", "s3cret");
+    let remote = format!("{}/shop/built:1", registry.host());
+    service.ok(&["tag", "shop/built:1", &remote]);
+    let err = service.fails(&["push", &remote]);
+    assert!(err.to_lowercase().contains("auth") || err.contains("401"), "{err}");
+    let login = service.docker_with_input(
+        &["login", "-u", "shopper", "--password-stdin", &registry.host()],
+        b"s3cret\n",
+    );
+    assert!(login.status.success(), "{}", String::from_utf8_lossy(&login.stderr));
+    let bad = service.docker_with_input(
+        &["login", "-u", "shopper", "--password-stdin", &registry.host()],
+        b"wrong\n",
+    );
+    assert!(!bad.status.success());
+    let pushed = service.ok(&["push", &remote]);
+    assert!(pushed.contains("digest: sha256:"), "{pushed}");
+    service.ok(&["rmi", &remote]);
+    service.ok(&["pull", &remote]);
+    assert_eq!(service.ok(&["run", "--rm", &remote]), "built\nby api\n");
+    // Disk usage, and pruning what is left.
+    let df = service.ok(&["system", "df", "--format", "{{.Type}}"]);
+    assert!(
+        df.contains("Images") && df.contains("Containers") && df.contains("Local Volumes"),
+        "{df}"
+    );
+    service.ok(&["rm", "-f", "db", "shop"]);
+    let pruned = service.ok(&["container", "prune", "-f"]);
+    assert!(pruned.contains("Total reclaimed space"), "{pruned}");
+    assert_eq!(service.berth(&["ps", "-a", "-q"]), "");
+    service.ok(&["volume", "rm", "data"]);
+    service.ok(&["network", "rm", "shopnet"]);
+    assert!(!service.ok(&["network", "ls", "--format", "{{.Name}}"]).contains("shopnet"));
+}
+
+/// Debian's docker-compose (1.29, on Debian's docker-py) brings up three services with
+/// a build, two networks, a named volume, a health-gated `depends_on`, environment and a
+/// published port, then takes them down leaving nothing.
+#[test]
+fn root_docker_compose_up_and_down() {
+    if !root_or_skip() {
+        return;
+    }
+    let compose = "/usr/bin/docker-compose";
+    assert!(Path::new(compose).exists(), "docker-compose is needed: scripts/deps installs it");
+    let service = start();
+    let project = service.dir.path().join("shop");
+    std::fs::create_dir_all(project.join("api")).unwrap();
+    std::fs::write(
+        project.join("api/Dockerfile"),
+        "FROM fixture:v1\nLABEL tier=api\nCOPY motd /etc/motd\n",
+    )
+    .unwrap();
+    std::fs::write(project.join("api/motd"), "welcome\n").unwrap();
+    std::fs::write(
+        project.join("docker-compose.yml"),
+        r#"version: "2.4"
+services:
+  db:
+    image: fixture:v1
+    command: ["sh", "-c", "echo db up; echo stock-42 > /srv/stock; exec httpd -f -p 5432 -h /srv"]
+    volumes: ["dbdata:/srv"]
+    networks: [back]
+    healthcheck:
+      test: ["CMD", "wget", "-qO-", "http://127.0.0.1:5432/stock"]
+      interval: 1s
+      timeout: 2s
+      retries: 20
+  api:
+    build: ./api
+    environment:
+      SHOP_NAME: berth-shop
+    depends_on:
+      db:
+        condition: service_healthy
+    networks: [back, front]
+    command: ["sh", "-c", "mkdir -p /www && wget -qO /www/stock http://db:5432/stock && echo $$SHOP_NAME > /www/name && exec httpd -f -p 8080 -h /www"]
+  web:
+    image: fixture:v1
+    depends_on: [api]
+    networks: [front]
+    ports: ["18280:80"]
+    command: ["sh", "-c", "mkdir -p /www && echo front > /www/index.html && exec httpd -f -p 80 -h /www"]
+volumes:
+  dbdata:
+networks:
+  back:
+  front:
+"#,
+    )
+    .unwrap();
+    let run = |args: &[&str]| -> Output {
+        Command::new(compose)
+            .current_dir(&project)
+            .env("DOCKER_HOST", format!("unix://{}", service.socket().display()))
+            .env("DOCKER_CONFIG", service.dir.path().join("docker-config"))
+            .args(["-p", "shop"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("docker-compose")
+    };
+    let ok = |args: &[&str]| -> String {
+        let output = run(args);
+        assert!(
+            output.status.success(),
+            "docker-compose {args:?} failed:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    ok(&["up", "-d"]);
+    let names = service.ok(&["ps", "--format", "{{.Names}}"]);
+    let mut names: Vec<&str> = names.lines().collect();
+    names.sort_unstable();
+    assert_eq!(names, ["shop_api_1", "shop_db_1", "shop_web_1"]);
+    let listed = ok(&["ps"]);
+    assert_eq!(listed.lines().filter(|l| l.contains(" Up")).count(), 3, "{listed}");
+    assert_eq!(
+        service.ok(&["inspect", "-f", "{{.State.Health.Status}}", "shop_db_1"]),
+        "healthy\n"
+    );
+    // The api read the db over the back network, by service name, after db was healthy.
+    assert_eq!(
+        ok(&["exec", "-T", "api", "cat", "/www/stock", "/www/name", "/etc/motd"]),
+        "stock-42\nberth-shop\nwelcome\n"
+    );
+    // web reaches api over the front network; the published port reaches web.
+    assert_eq!(ok(&["exec", "-T", "web", "wget", "-qO-", "http://api:8080/name"]), "berth-shop\n");
+    let mut page = String::new();
+    eventually("the published port", || {
+        use std::io::{Read, Write};
+        let Ok(mut stream) = std::net::TcpStream::connect("127.0.0.1:18280") else { return false };
+        let _ = stream.write_all(b"GET / HTTP/1.0\r\n\r\n");
+        page.clear();
+        let _ = stream.read_to_string(&mut page);
+        page.ends_with("front\n")
+    });
+    assert!(ok(&["logs", "db"]).contains("db up"));
+    let volumes = service.ok(&["volume", "ls", "-q"]);
+    assert!(volumes.lines().any(|v| v == "shop_dbdata"), "{volumes}");
+    // Down with -v: containers, networks and the volume go.
+    ok(&["down", "-v"]);
+    assert_eq!(service.berth(&["ps", "-a", "-q"]), "");
+    let networks = service.ok(&["network", "ls", "--format", "{{.Name}}"]);
+    assert!(!networks.contains("shop_"), "{networks}");
+    assert!(!service.ok(&["volume", "ls", "-q"]).contains("shop_dbdata"));
+}
+
+/// docker-py (Debian's python3-docker) through its Python API: containers, logs, exec,
+/// build, images, networks and volumes.
+#[test]
+fn root_docker_py_drives_berth() {
+    if !root_or_skip() {
+        return;
+    }
+    let python = "/usr/bin/python3";
+    let check = Command::new(python).args(["-c", "import docker"]).status().unwrap();
+    assert!(check.success(), "python3-docker is needed: scripts/deps installs it");
+    let service = start();
+    let script = r#"
+import io, sys, docker
+client = docker.DockerClient(base_url=sys.argv[1], version="auto")
+assert client.ping()
+# containers: run detached, logs, exec, wait, remove
+c = client.containers.run("fixture:v1", ["sh", "-c", "echo hello-py; sleep 300"], detach=True,
+                          name="py1", labels={"made": "py"}, environment={"X": "1"})
+import time
+for _ in range(200):
+    if b"hello-py" in c.logs():
+        break
+    time.sleep(0.05)
+assert c.logs() == b"hello-py\n", c.logs()
+c.reload()
+assert c.status == "running", c.status
+code, out = c.exec_run(["sh", "-c", "echo $X; exit 2"])
+assert (code, out) == (2, b"1\n"), (code, out)
+assert [x.name for x in client.containers.list(filters={"label": "made=py"})] == ["py1"]
+c.stop(timeout=1)
+assert c.wait()["StatusCode"] == 137
+c.remove()
+assert client.containers.list(all=True) == []
+# an exit code and output from a foreground run
+assert client.containers.run("fixture:v1", ["echo", "once"], remove=True) == b"once\n"
+try:
+    client.containers.run("fixture:v1", ["sh", "-c", "exit 5"], remove=True)
+    raise SystemExit("a failing container should raise")
+except docker.errors.ContainerError as e:
+    assert e.exit_status == 5
+# build from an in-memory Dockerfile, then run what was built
+image, logs = client.images.build(fileobj=io.BytesIO(b"FROM fixture:v1\nRUN echo built > /b\nCMD [\"cat\", \"/b\"]\n"), tag="py/built:1", rm=True)
+assert "py/built:1" in image.tags, image.tags
+assert client.containers.run("py/built:1", remove=True) == b"built\n"
+assert any("py/built:1" in i.tags for i in client.images.list())
+# networks and volumes
+net = client.networks.create("pynet", labels={"made": "py"})
+vol = client.volumes.create("pyvol", labels={"made": "py"})
+c = client.containers.run("fixture:v1", ["sleep", "300"], detach=True, name="py2", network="pynet",
+                          volumes={"pyvol": {"bind": "/v", "mode": "rw"}})
+net.reload()
+assert [x.name for x in net.containers] == ["py2"], net.containers
+assert client.volumes.get("pyvol").attrs["Labels"] == {"made": "py"}
+c.remove(force=True)
+net.remove()
+vol.remove()
+client.images.remove("py/built:1")
+try:
+    client.containers.get("ghost")
+    raise SystemExit("ghost should be missing")
+except docker.errors.NotFound:
+    pass
+print("ok")
+"#;
+    let output = Command::new(python)
+        .args(["-c", script, &format!("unix://{}", service.socket().display())])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "docker-py script failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "ok\n");
 }

@@ -87,6 +87,72 @@ impl Engine {
     }
 }
 
+/// What `stat` says of a path in a container (the Docker API's archive header).
+#[derive(Debug, Clone)]
+pub struct PathStat {
+    pub name: String,
+    pub size: u64,
+    /// Permission bits.
+    pub mode: u32,
+    pub is_dir: bool,
+    pub modified: std::time::SystemTime,
+    /// Set for a symlink.
+    pub link_target: Option<String>,
+}
+
+impl Engine {
+    /// The stat of `path` in the container (a symlink's own, not its target's); a path
+    /// that is not there is [`Error::NoSuchPath`].
+    pub fn path_stat(&self, container: &str, path: &Path) -> Result<PathStat> {
+        if !path.is_absolute() {
+            return Err(invalid("container path", format!("{} is not absolute", path.display())));
+        }
+        let access = self.rootfs_for_copy(container)?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "/".to_owned());
+        let missing = |e: &dyn std::fmt::Display| {
+            Error::NoSuchPath(format!(
+                "Could not find the file {} in container {container}: {e}",
+                path.display()
+            ))
+        };
+        // The parent's descriptor stays open while its /proc path is used.
+        let mut _parent = None;
+        let real = match access.etc_file(path) {
+            Some(real) => real,
+            None => {
+                let (base, rest) = access.locate(path);
+                let root = std::fs::File::open(&base).map_err(io("open", &base))?;
+                let parent = rest.parent().unwrap_or(Path::new(""));
+                let dir = resolve_in_root(root.as_fd(), parent, Create::Nothing)
+                    .map_err(|e| missing(&e))?;
+                let real = match rest.file_name() {
+                    Some(last) => fd_path(&dir).join(last),
+                    None => fd_path(&dir),
+                };
+                _parent = Some(dir);
+                real
+            }
+        };
+        let meta = std::fs::symlink_metadata(&real).map_err(|e| missing(&e))?;
+        let link_target = meta
+            .file_type()
+            .is_symlink()
+            .then(|| std::fs::read_link(&real).ok().map(|t| t.to_string_lossy().into_owned()))
+            .flatten();
+        Ok(PathStat {
+            name,
+            size: meta.len(),
+            mode: meta.permissions().mode() & 0o7777,
+            is_dir: meta.is_dir(),
+            modified: meta.modified().unwrap_or(std::time::UNIX_EPOCH),
+            link_target,
+        })
+    }
+}
+
 impl Engine {
     /// `cp CONTAINER:PATH -`: a tar of `path` (named by its last component) to `out`.
     pub fn copy_out_tar(

@@ -47,6 +47,9 @@ pub use options::{MountSpec, PortSpec, RestartPolicy, RunOptions};
 pub enum Error {
     #[error("no such container: {0}")]
     NoSuchContainer(String),
+    /// A path that is not in a container's filesystem.
+    #[error("{0}")]
+    NoSuchPath(String),
     #[error("{0}")]
     Conflict(String),
     #[error("invalid {what}: {reason}")]

@@ -53,6 +53,9 @@ pub struct RunOptions {
     /// `--health-cmd` (run with the shell) and the other `--health-*` flags, in
     /// nanoseconds; they override the image's HEALTHCHECK field by field.
     pub health_cmd: Option<String>,
+    /// A whole test in Docker's form (`["CMD", ...]`, `["CMD-SHELL", "..."]`), as the
+    /// Docker API's `Healthcheck.Test` gives it; `health_cmd` wins over it.
+    pub health_test: Option<Vec<String>>,
     pub health_interval: Option<u64>,
     pub health_timeout: Option<u64>,
     pub health_start_period: Option<u64>,
@@ -260,6 +263,9 @@ pub fn health_check(
         start_period: from_image.and_then(|v| v["StartPeriod"].as_u64()).unwrap_or(0),
         retries: from_image.and_then(|v| v["Retries"].as_u64()).unwrap_or(0) as u32,
     };
+    if let Some(test) = options.health_test.as_ref().filter(|t| !t.is_empty()) {
+        check.test = test.clone();
+    }
     if let Some(cmd) = &options.health_cmd {
         check.test = vec!["CMD-SHELL".into(), cmd.clone()];
     }

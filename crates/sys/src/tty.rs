@@ -58,3 +58,32 @@ pub fn set_window_size(tty: BorrowedFd<'_>, size: WindowSize) -> Result<()> {
         unsafe { libc::ioctl(tty.as_raw_fd(), libc::TIOCSWINSZ, &raw as *const libc::winsize) };
     check(ret as libc::c_long).map(drop)
 }
+
+/// Makes `command` start in a session of its own with `terminal` (a pty peer) as its
+/// controlling terminal and as its stdin, stdout and stderr, as a login shell gets one.
+pub fn spawn_on_terminal(
+    command: &mut std::process::Command,
+    terminal: OwnedFd,
+) -> std::io::Result<()> {
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
+    command
+        .stdin(Stdio::from(terminal.try_clone()?))
+        .stdout(Stdio::from(terminal.try_clone()?))
+        .stderr(Stdio::from(terminal));
+    // SAFETY: between fork and exec the closure calls only setsid and ioctl, which are
+    // async-signal-safe, and allocates nothing.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // stdin is the terminal by now: make it the session's controlling one.
+            if libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(())
+}

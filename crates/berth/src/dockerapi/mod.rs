@@ -23,6 +23,10 @@ use serde_json::{json, Value};
 
 use crate::cli::Global;
 
+mod containers;
+mod images;
+mod objects;
+
 /// The API version berth speaks; the oldest it accepts.
 const API_VERSION: &str = "1.41";
 const MIN_API_VERSION: &str = "1.24";
@@ -42,7 +46,7 @@ impl ApiError {
     fn of(err: berth_engine::Error) -> ApiError {
         use berth_engine::Error as E;
         let status = match &err {
-            E::NoSuchContainer(_) => StatusCode::NOT_FOUND,
+            E::NoSuchContainer(_) | E::NoSuchPath(_) => StatusCode::NOT_FOUND,
             E::Conflict(_) | E::WrongState { .. } => StatusCode::CONFLICT,
             E::Invalid { .. } => StatusCode::BAD_REQUEST,
             E::Image(berth_image::Error::ImageNotFound { .. }) => StatusCode::NOT_FOUND,
@@ -78,14 +82,21 @@ impl From<anyhow::Error> for ApiError {
     }
 }
 
-type Reply = Result<Response<Full<Bytes>>, ApiError>;
+/// Every response body: whole (`Full`) or fed chunk by chunk from a thread ([`Feed`]).
+type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+type Reply = Result<Response<Body>, ApiError>;
+
+fn whole(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).boxed()
+}
 
 fn json_reply(status: StatusCode, value: &Value) -> Reply {
     Ok(Response::builder()
         .status(status)
         .header("Content-Type", "application/json")
         .header("Api-Version", API_VERSION)
-        .body(Full::new(Bytes::from(value.to_string())))
+        .body(whole(value.to_string()))
         .unwrap_or_default())
 }
 
@@ -93,14 +104,110 @@ fn empty(status: StatusCode) -> Reply {
     Ok(Response::builder()
         .status(status)
         .header("Api-Version", API_VERSION)
-        .body(Full::new(Bytes::new()))
+        .body(whole(Bytes::new()))
         .unwrap_or_default())
+}
+
+/// The sending end of a streamed body, for a producer on a thread of its own: `send`
+/// says false once the client has gone, which is the producer's cue to stop.
+pub(crate) struct Feed(tokio::sync::mpsc::Sender<Bytes>);
+
+impl Feed {
+    fn send(&self, chunk: impl Into<Bytes>) -> bool {
+        self.0.blocking_send(chunk.into()).is_ok()
+    }
+
+    fn line(&self, value: &Value) -> bool {
+        self.send(format!("{value}\n"))
+    }
+
+    /// Whether the client is still there (a closed connection drops the body).
+    fn open(&self) -> bool {
+        !self.0.is_closed()
+    }
+}
+
+/// A body whose chunks come from a [`Feed`]; it ends when the feed is dropped.
+struct FedBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for FedBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|chunk| chunk.map(|c| Ok(hyper::body::Frame::data(c))))
+    }
+}
+
+/// A 200 response with a streamed body, and the feed that writes it. The producer runs
+/// on its own thread (`std::thread::spawn`), never on the runtime's.
+fn streamed(content_type: &str) -> (Feed, Response<Body>) {
+    let (sender, receiver) = tokio::sync::mpsc::channel(16);
+    let response = Response::builder()
+        .header("Content-Type", content_type)
+        .header("Api-Version", API_VERSION)
+        .body(FedBody(receiver).boxed())
+        .unwrap_or_default();
+    (Feed(sender), response)
+}
+
+/// The request body as JSON; an empty body is `null`.
+fn json_body(body: &Bytes) -> Result<Value, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Null);
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad(format!("invalid JSON in the request body: {e}")))
+}
+
+/// Docker's `filters` query parameter: `{"key": ["v", ...]}` (or `{"key": {"v": true}}`
+/// from old clients) as key → values.
+fn filters(q: &BTreeMap<String, String>) -> Result<BTreeMap<String, Vec<String>>, ApiError> {
+    let Some(text) = q.get("filters").filter(|f| !f.is_empty()) else {
+        return Ok(BTreeMap::new());
+    };
+    let parsed: BTreeMap<String, Value> = serde_json::from_str(text)
+        .map_err(|e| ApiError::bad(format!("invalid filters {text:?}: {e}")))?;
+    Ok(parsed
+        .into_iter()
+        .map(|(key, value)| {
+            let values = match value {
+                Value::Array(list) => {
+                    list.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect()
+                }
+                Value::Object(map) => map.keys().cloned().collect(),
+                _ => Vec::new(),
+            };
+            (key, values)
+        })
+        .collect())
+}
+
+/// Whether `labels` has every `key` or `key=value` of a `label` filter.
+fn labels_match(labels: &BTreeMap<String, String>, wanted: &[String]) -> bool {
+    wanted.iter().all(|l| match l.split_once('=') {
+        Some((k, v)) => labels.get(k).is_some_and(|x| x == v),
+        None => labels.contains_key(l),
+    })
 }
 
 /// The query string as a map (`a=1&b=x`), percent-decoded (`+` is a space, as Go's
 /// clients encode it).
+/// A key given more than once (`t=a&t=b`) keeps every value, joined by NUL.
 fn query(request: &Request<hyper::body::Incoming>) -> BTreeMap<String, String> {
-    berth_stdx::url::query_pairs(request.uri().query().unwrap_or(""), true).into_iter().collect()
+    let mut map: BTreeMap<String, String> = BTreeMap::new();
+    for (key, value) in berth_stdx::url::query_pairs(request.uri().query().unwrap_or(""), true) {
+        map.entry(key)
+            .and_modify(|v| v.extend(['\u{0}'].into_iter().chain(value.chars())))
+            .or_insert(value);
+    }
+    if let Some(auth) = request.headers().get("X-Registry-Auth").and_then(|v| v.to_str().ok()) {
+        map.insert(images::REGISTRY_AUTH.to_owned(), auth.to_owned());
+    }
+    map
 }
 
 fn decode(text: &str) -> String {
@@ -186,66 +293,11 @@ where
     });
 }
 
-type Streamed = http_body_util::combinators::BoxBody<Bytes, Infallible>;
-
-/// `POST /containers/{id}/wait` answers its headers at once and its body when the
-/// condition is met (the docker client waits for the headers before it starts the
-/// container); everything else is one whole response.
 async fn respond(
-    request: Request<hyper::body::Incoming>,
-    engine: Arc<Engine>,
-    global: Arc<Global>,
-) -> Response<Streamed> {
-    let parts = segments(request.uri().path());
-    if request.method() == Method::POST
-        && parts.len() == 3
-        && parts[0] == "containers"
-        && parts[2] == "wait"
-    {
-        let q = query(&request);
-        let (mut sender, body) = http_body_util::channel::Channel::<Bytes, Infallible>::new(1);
-        let checked = {
-            let engine = engine.clone();
-            let id = parts[1].clone();
-            tokio::task::spawn_blocking(move || engine.resolve_id(&id)).await
-        };
-        match checked {
-            Ok(Ok(id)) => {
-                tokio::spawn(async move {
-                    let reply = tokio::task::spawn_blocking(move || wait(&engine, &id, &q)).await;
-                    let text = match reply {
-                        Ok(Ok(value)) => value.to_string(),
-                        Ok(Err(ApiError(_, message))) => {
-                            json!({"StatusCode": -1, "Error": {"Message": message}}).to_string()
-                        }
-                        Err(_) => json!({"StatusCode": -1, "Error": {"Message": "wait failed"}})
-                            .to_string(),
-                    };
-                    let _ = sender.send_data(Bytes::from(text)).await;
-                });
-                return Response::builder()
-                    .header("Content-Type", "application/json")
-                    .header("Api-Version", API_VERSION)
-                    .body(body.boxed())
-                    .unwrap_or_default();
-            }
-            Ok(Err(err)) => {
-                let ApiError(status, message) = ApiError::of(err);
-                return json_reply(status, &json!({ "message": message }))
-                    .unwrap_or_default()
-                    .map(|b| b.boxed());
-            }
-            Err(_) => {}
-        }
-    }
-    handle(request, engine, global).await.map(|b| b.boxed())
-}
-
-async fn handle(
     mut request: Request<hyper::body::Incoming>,
     engine: Arc<Engine>,
     global: Arc<Global>,
-) -> Response<Full<Bytes>> {
+) -> Response<Body> {
     let method = request.method().clone();
     let parts = segments(request.uri().path());
     let q = query(&request);
@@ -260,25 +312,19 @@ async fn handle(
         Ok(collected) => collected.to_bytes(),
         Err(_) => Bytes::new(),
     };
-    if let Some(on_upgrade) = on_upgrade {
-        let reply = if parts[0] == "containers" {
+    let reply = if let Some(on_upgrade) = on_upgrade {
+        if parts[0] == "containers" {
             attach(on_upgrade, &engine, &parts[1], &q)
         } else {
             exec_start(on_upgrade, &global, &parts[1], &body)
-        };
-        return match reply {
-            Ok(response) => response,
-            Err(ApiError(status, message)) => {
-                json_reply(status, &json!({ "message": message })).unwrap_or_default()
-            }
-        };
-    }
-    let reply =
+        }
+    } else {
         tokio::task::spawn_blocking(move || route(&method, &parts, &q, &body, &engine, &global))
             .await
             .unwrap_or_else(|_| {
                 Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, "handler panicked".into()))
-            });
+            })
+    };
     match reply {
         Ok(response) => response,
         Err(ApiError(status, message)) => {
@@ -292,8 +338,8 @@ fn route(
     parts: &[String],
     q: &BTreeMap<String, String>,
     body: &Bytes,
-    engine: &Engine,
-    global: &Global,
+    engine: &Arc<Engine>,
+    global: &Arc<Global>,
 ) -> Reply {
     let p: Vec<&str> = parts.iter().map(String::as_str).collect();
     match (method, p.as_slice()) {
@@ -302,7 +348,7 @@ fn route(
             .header("Docker-Experimental", "false")
             .header("Ostype", "linux")
             .header("Content-Type", "text/plain; charset=utf-8")
-            .body(Full::new(Bytes::from_static(b"OK")))
+            .body(whole(Bytes::from_static(b"OK")))
             .unwrap_or_default()),
         (&Method::GET, ["version"]) => json_reply(StatusCode::OK, &version()),
         (&Method::GET, ["info"]) => json_reply(StatusCode::OK, &info(engine, global)?),
@@ -352,6 +398,38 @@ fn route(
             engine.kill(id, &signal).map_err(ApiError::of)?;
             empty(StatusCode::NO_CONTENT)
         }
+        (&Method::POST, ["containers", id, "wait"]) => wait(engine, id, q),
+        (&Method::POST, ["containers", id, "pause"]) => containers::pause(engine, id, true),
+        (&Method::POST, ["containers", id, "unpause"]) => containers::pause(engine, id, false),
+        (&Method::POST, ["containers", id, "rename"]) => containers::rename(engine, id, q),
+        (&Method::GET, ["containers", id, "top"]) => containers::top(engine, id, q),
+        (&Method::GET, ["containers", id, "stats"]) => containers::stats(engine, id, q),
+        (&Method::GET, ["containers", id, "changes"]) => containers::changes(engine, id),
+        (&Method::GET, ["containers", id, "export"]) => containers::export(engine, id),
+        (&Method::GET | &Method::HEAD | &Method::PUT, ["containers", id, "archive"]) => {
+            containers::archive(engine, method, id, q, body)
+        }
+        (&Method::POST, ["containers", id, "update"]) => containers::update(engine, id, body),
+        (&Method::POST, ["containers", "prune"]) => containers::prune(engine, q),
+        (&Method::POST, ["containers", id, "resize"]) => resize(engine, id, q),
+        (&Method::POST, ["exec", id, "resize"]) => {
+            let terminal = lock(&EXECS).get(*id).map(|e| e.terminal.clone()).ok_or_else(|| {
+                ApiError(StatusCode::NOT_FOUND, format!("No such exec instance: {id}"))
+            })?;
+            let size = |key: &str| q.get(key).and_then(|v| v.parse::<u16>().ok()).unwrap_or(0);
+            let (rows, cols) = (size("h"), size("w"));
+            if let Some(terminal) = terminal.filter(|_| rows > 0 && cols > 0) {
+                use std::os::fd::AsFd;
+                berth_sys::tty::set_window_size(
+                    terminal.as_fd(),
+                    berth_sys::tty::WindowSize { rows, cols },
+                )
+                .map_err(|e| {
+                    ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot resize: {e}"))
+                })?;
+            }
+            empty(StatusCode::OK)
+        }
         (&Method::POST, ["containers", id, "exec"]) => exec_create(engine, id, body),
         (&Method::GET, ["exec", id, "json"]) => {
             let execs = lock(&EXECS);
@@ -372,7 +450,29 @@ fn route(
             empty(StatusCode::NO_CONTENT)
         }
         (&Method::GET, ["containers", id, "logs"]) => logs(engine, id, q),
-        (&Method::GET, ["images", "json"]) => images(global),
+        (&Method::GET, ["images", "json"]) => list_images(global),
+        (&Method::GET, ["images", "search"]) => json_reply(StatusCode::OK, &json!([])),
+        (&Method::POST, ["images", "create"]) => images::pull(global, q),
+        (&Method::POST, ["images", "load"]) => images::load(global, body, q),
+        (&Method::POST, ["images", "prune"]) => images::prune(global, q),
+        (&Method::GET, ["images", "get"]) => images::save(
+            global,
+            q.get("names")
+                .map(|n| n.split('\u{0}').map(str::to_owned).collect())
+                .unwrap_or_default(),
+        ),
+        (&Method::GET, ["images", rest @ .., "get"]) if !rest.is_empty() => {
+            images::save(global, vec![rest.join("/")])
+        }
+        (&Method::GET, ["images", rest @ .., "history"]) if !rest.is_empty() => {
+            images::history(global, &rest.join("/"))
+        }
+        (&Method::POST, ["images", rest @ .., "tag"]) if !rest.is_empty() => {
+            images::tag(global, &rest.join("/"), q)
+        }
+        (&Method::POST, ["images", rest @ .., "push"]) if !rest.is_empty() => {
+            images::push(global, &rest.join("/"), q)
+        }
         (&Method::GET, ["images", rest @ .., "json"]) if !rest.is_empty() => {
             let name = rest.join("/");
             let store = crate::images::open_store(global)?;
@@ -381,26 +481,27 @@ fn route(
                 .map_err(|_| ApiError(StatusCode::NOT_FOUND, format!("No such image: {name}")))?;
             json_reply(StatusCode::OK, &crate::images::image_json(&store, &image)?)
         }
-        (&Method::POST, ["images", "create"]) => pull(global, q),
-        (&Method::GET, ["networks"]) => {
-            let networks: Vec<Value> = engine
-                .network_list()
-                .map_err(ApiError::of)?
-                .iter()
-                .map(|n| json!({"Name": n.name, "Id": n.id, "Created": n.created, "Scope": "local", "Driver": "bridge",
-                    "IPAM": {"Driver": "default", "Config": [{"Subnet": n.subnet, "Gateway": n.gateway}]}, "Labels": n.labels}))
-                .collect();
-            json_reply(StatusCode::OK, &Value::Array(networks))
+        (&Method::DELETE, ["images", rest @ ..]) if !rest.is_empty() => {
+            images::remove(global, &rest.join("/"), q)
         }
-        (&Method::GET, ["volumes"]) => {
-            let volumes: Vec<Value> = engine
-                .volume_list()
-                .map_err(ApiError::of)?
-                .iter()
-                .map(|v| json!({"Name": v.name, "Driver": v.driver, "Mountpoint": v.mountpoint, "CreatedAt": v.created_at, "Labels": v.labels, "Scope": "local"}))
-                .collect();
-            json_reply(StatusCode::OK, &json!({"Volumes": volumes, "Warnings": []}))
+        (&Method::POST, ["build"]) => images::build(global, q, body),
+        (&Method::POST, ["auth"]) => auth(global, body),
+        (&Method::GET, ["networks"]) => objects::network_list(engine, q),
+        (&Method::POST, ["networks", "create"]) => objects::network_create(engine, body),
+        (&Method::POST, ["networks", "prune"]) => objects::network_prune(engine, q),
+        (&Method::GET, ["networks", id]) => objects::network_inspect(engine, id),
+        (&Method::DELETE, ["networks", id]) => objects::network_remove(engine, id),
+        (&Method::POST, ["networks", id, "connect"]) => objects::network_connect(engine, id, body),
+        (&Method::POST, ["networks", id, "disconnect"]) => {
+            objects::network_disconnect(engine, id, body)
         }
+        (&Method::GET, ["volumes"]) => objects::volume_list(engine, q),
+        (&Method::POST, ["volumes", "create"]) => objects::volume_create(engine, body),
+        (&Method::POST, ["volumes", "prune"]) => objects::volume_prune(engine, q),
+        (&Method::GET, ["volumes", name]) => objects::volume_inspect(engine, name),
+        (&Method::DELETE, ["volumes", name]) => objects::volume_remove(engine, name, q),
+        (&Method::GET, ["events"]) => objects::events(engine, q),
+        (&Method::GET, ["system", "df"]) => objects::disk_usage(engine, global),
         _ => Err(ApiError(
             StatusCode::NOT_FOUND,
             format!("page not found: {method} /{} is not served by berth yet", parts.join("/")),
@@ -430,6 +531,8 @@ struct ExecState {
     running: bool,
     exit_code: Option<i32>,
     pid: u32,
+    /// The pty master of an exec with a terminal, while it runs.
+    terminal: Option<Arc<std::os::fd::OwnedFd>>,
 }
 
 fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -437,14 +540,14 @@ fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// The response that hands the connection over to a raw stream.
-fn upgraded_response() -> Response<Full<Bytes>> {
+fn upgraded_response() -> Response<Body> {
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header("Content-Type", "application/vnd.docker.raw-stream")
         .header("Connection", "Upgrade")
         .header("Upgrade", "tcp")
         .header("Api-Version", API_VERSION)
-        .body(Full::new(Bytes::new()))
+        .body(whole(Bytes::new()))
         .unwrap_or_default()
 }
 
@@ -606,10 +709,13 @@ fn exec_start(
     if exec.running || exec.exit_code.is_some() {
         return Err(ApiError(StatusCode::CONFLICT, format!("exec {id} has already run")));
     }
-    let mut command = tokio::process::Command::new("/proc/self/exe");
+    let mut command = std::process::Command::new("/proc/self/exe");
     command.arg("--root").arg(&global.root).arg("exec");
     if exec.stdin {
         command.arg("-i");
+    }
+    if exec.tty {
+        command.arg("-t");
     }
     if request["Detach"].as_bool() == Some(true) {
         command.arg("-d");
@@ -627,6 +733,10 @@ fn exec_start(
         command.arg("--privileged");
     }
     command.arg(&exec.container).args(&exec.command);
+    if exec.tty {
+        return exec_on_terminal(on_upgrade, id, &exec, command);
+    }
+    let mut command = tokio::process::Command::from(command);
     command
         .stdin(if exec.stdin { std::process::Stdio::piped() } else { std::process::Stdio::null() })
         .stdout(std::process::Stdio::piped())
@@ -711,45 +821,133 @@ fn exec_start(
     Ok(upgraded_response())
 }
 
-/// `POST /containers/{id}/wait?condition=not-running|next-exit|removed`.
-fn wait(engine: &Engine, id: &str, q: &BTreeMap<String, String>) -> Result<Value, ApiError> {
+fn internal(what: &str) -> impl FnOnce(std::io::Error) -> ApiError + '_ {
+    move |e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("{what}: {e}"))
+}
+
+/// An exec with a terminal (`docker exec -it`): `berth exec -t` runs on a pty whose
+/// master this service relays raw to and from the client; `resize` sets its size.
+fn exec_on_terminal(
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    id: &str,
+    exec: &ExecState,
+    mut command: std::process::Command,
+) -> Reply {
+    use std::os::fd::AsFd;
+    let pty = berth_sys::nix::pty::openpty(None, None)
+        .map_err(|e| internal("cannot open a terminal")(std::io::Error::from(e)))?;
+    let _ = berth_sys::tty::set_window_size(
+        pty.master.as_fd(),
+        berth_sys::tty::WindowSize { rows: 24, cols: 80 },
+    );
+    berth_sys::tty::spawn_on_terminal(&mut command, pty.slave)
+        .map_err(internal("cannot give the exec a terminal"))?;
+    let mut command = tokio::process::Command::from(command);
+    command.kill_on_drop(false);
+    let mut child = command.spawn().map_err(internal("cannot run the exec"))?;
+    // The peer's copies held for the child close here: the master then reads EIO when
+    // the exec ends.
+    drop(command);
+    let master = Arc::new(pty.master);
+    if let Some(state) = lock(&EXECS).get_mut(id) {
+        state.running = true;
+        state.pid = child.id().unwrap_or(0);
+        state.terminal = Some(master.clone());
+    }
+    let (id, stdin) = (id.to_owned(), exec.stdin);
+    let reader = master.try_clone().map_err(internal("cannot use the terminal"))?;
+    let writer = master.try_clone().map_err(internal("cannot use the terminal"))?;
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let upgraded = on_upgrade.await.ok().map(hyper_util::rt::TokioIo::new);
+        let mut reader = tokio::fs::File::from_std(std::fs::File::from(reader));
+        let mut writer = tokio::fs::File::from_std(std::fs::File::from(writer));
+        if let Some(client) = upgraded {
+            let (mut from_client, mut to_client) = tokio::io::split(client);
+            if stdin {
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut from_client, &mut writer).await;
+                });
+            }
+            // Ends with EIO once every holder of the peer is gone.
+            let _ = tokio::io::copy(&mut reader, &mut to_client).await;
+            let code = child.wait().await.ok().and_then(|s| s.code()).unwrap_or(-1);
+            if let Some(state) = lock(&EXECS).get_mut(&id) {
+                state.running = false;
+                state.exit_code = Some(code);
+                state.terminal = None;
+            }
+            let _ = to_client.shutdown().await;
+        } else {
+            let code = child.wait().await.ok().and_then(|s| s.code()).unwrap_or(-1);
+            if let Some(state) = lock(&EXECS).get_mut(&id) {
+                state.running = false;
+                state.exit_code = Some(code);
+                state.terminal = None;
+            }
+        }
+    });
+    Ok(upgraded_response())
+}
+
+/// `POST /containers/{id}/wait?condition=not-running|next-exit|removed`: the headers at
+/// once (the docker client waits for them before it starts the container), the body when
+/// the condition is met; the watch ends when the client goes.
+fn wait(engine: &Arc<Engine>, id: &str, q: &BTreeMap<String, String>) -> Reply {
     let id = engine.resolve_id(id).map_err(ApiError::of)?;
     let first = engine.peek(&id).map_err(ApiError::of)?;
-    let condition = q.get("condition").map(String::as_str).unwrap_or("not-running");
+    let condition = q
+        .get("condition")
+        .filter(|c| !c.is_empty())
+        .cloned()
+        .unwrap_or_else(|| "not-running".into());
+    if !matches!(condition.as_str(), "not-running" | "next-exit" | "removed") {
+        return Err(ApiError::bad(format!(
+            "invalid condition: {condition:?}: use not-running, next-exit or removed"
+        )));
+    }
     let exited = |record: &Record| {
         !matches!(record.state.status, Status::Running | Status::Paused | Status::Restarting)
     };
-    loop {
-        match engine.peek(&id) {
-            Ok(record) => {
-                let ran = record.state.started_at != first.state.started_at
-                    || matches!(
-                        first.state.status,
-                        Status::Running | Status::Paused | Status::Restarting
-                    );
-                let done = match condition {
-                    "next-exit" | "removed" => ran && exited(&record) && condition == "next-exit",
-                    _ => exited(&record),
-                };
-                if done {
-                    return Ok(json!({"StatusCode": record.state.exit_code, "Error": null}));
+    let (feed, response) = streamed("application/json");
+    let engine = engine.clone();
+    std::thread::spawn(move || {
+        while feed.open() {
+            match engine.peek(&id) {
+                Ok(record) => {
+                    let ran = record.state.started_at != first.state.started_at
+                        || matches!(
+                            first.state.status,
+                            Status::Running | Status::Paused | Status::Restarting
+                        );
+                    let done = match condition.as_str() {
+                        "next-exit" => ran && exited(&record),
+                        "removed" => false,
+                        _ => exited(&record),
+                    };
+                    if done {
+                        feed.line(&json!({"StatusCode": record.state.exit_code, "Error": null}));
+                        return;
+                    }
+                }
+                // Removed (--rm, or by someone): its code is the last `die` it recorded.
+                Err(_) => {
+                    let (events, _) = berth_engine::events::history(engine.root());
+                    let code = events
+                        .iter()
+                        .rev()
+                        .find(|e| e.actor.id == id && e.action == "die")
+                        .and_then(|e| e.actor.attributes.get("exitCode"))
+                        .and_then(|c| c.parse::<i32>().ok())
+                        .unwrap_or(0);
+                    feed.line(&json!({"StatusCode": code, "Error": null}));
+                    return;
                 }
             }
-            // Removed (--rm, or by someone): its code is the last `die` it recorded.
-            Err(_) => {
-                let (events, _) = berth_engine::events::history(engine.root());
-                let code = events
-                    .iter()
-                    .rev()
-                    .find(|e| e.actor.id == id && e.action == "die")
-                    .and_then(|e| e.actor.attributes.get("exitCode"))
-                    .and_then(|c| c.parse::<i32>().ok())
-                    .unwrap_or(0);
-                return Ok(json!({"StatusCode": code, "Error": null}));
-            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    });
+    Ok(response)
 }
 
 fn version() -> Value {
@@ -853,7 +1051,7 @@ fn list(engine: &Engine, q: &BTreeMap<String, String>) -> Reply {
 }
 
 /// One container as `GET /containers/json` lists it.
-fn row(record: &Record) -> Value {
+pub(super) fn row(record: &Record) -> Value {
     let ports: Vec<Value> = record
         .network
         .iter()
@@ -977,6 +1175,64 @@ fn create(engine: &Engine, q: &BTreeMap<String, String>, body: &Bytes) -> Reply 
         .filter(|n| !n.is_empty() && *n != "default")
         .unwrap_or("bridge")
         .to_owned();
+    // The endpoints: aliases and an address on the first network; every other network
+    // named is joined too (Compose names its project network here).
+    let mut network_aliases = Vec::new();
+    let mut ip = None;
+    let mut connected = Vec::new();
+    let endpoint_of = |endpoint: &Value| {
+        (
+            strings(&endpoint["Aliases"]),
+            endpoint["IPAMConfig"]["IPv4Address"]
+                .as_str()
+                .filter(|a| !a.is_empty())
+                .map(str::to_owned),
+        )
+    };
+    for (name, endpoint) in
+        config["NetworkingConfig"]["EndpointsConfig"].as_object().into_iter().flatten()
+    {
+        let (aliases, address) = endpoint_of(endpoint);
+        if *name == network {
+            network_aliases = aliases;
+            ip = address;
+        } else {
+            connected.push(berth_engine::options::Connection {
+                network: name.clone(),
+                aliases,
+                ip: address,
+            });
+        }
+    }
+    let mut ulimits = Vec::new();
+    for limit in host["Ulimits"].as_array().into_iter().flatten() {
+        let text = format!(
+            "{}={}:{}",
+            limit["Name"].as_str().unwrap_or(""),
+            limit["Soft"].as_i64().unwrap_or(0),
+            limit["Hard"].as_i64().unwrap_or(0)
+        );
+        ulimits.push(
+            berth_engine::options::Ulimit::parse(&text)
+                .map_err(|e| ApiError::bad(e.to_string()))?,
+        );
+    }
+    let mut devices = Vec::new();
+    for device in host["Devices"].as_array().into_iter().flatten() {
+        let on_host = device["PathOnHost"].as_str().unwrap_or("");
+        let inside =
+            device["PathInContainer"].as_str().filter(|p| !p.is_empty()).unwrap_or(on_host);
+        let permissions =
+            device["CgroupPermissions"].as_str().filter(|p| !p.is_empty()).unwrap_or("rwm");
+        devices.push(
+            berth_engine::options::DeviceSpec::parse(&format!("{on_host}:{inside}:{permissions}"))
+                .map_err(|e| ApiError::bad(e.to_string()))?,
+        );
+    }
+    let health = &config["Healthcheck"];
+    let nanos = |v: &Value| v.as_u64().filter(|n| *n > 0);
+    let health_test = strings(&health["Test"]);
+    let log_options = &host["LogConfig"]["Config"];
     let options = RunOptions {
         image,
         name: q.get("name").filter(|n| !n.is_empty()).cloned(),
@@ -1021,14 +1277,51 @@ fn create(engine: &Engine, q: &BTreeMap<String, String>, body: &Bytes) -> Reply 
         cpu_shares: host["CpuShares"].as_u64().filter(|s| *s > 0),
         group_add: strings(&host["GroupAdd"]),
         log_driver: host["LogConfig"]["Type"].as_str().unwrap_or("").to_owned(),
+        log_max_size: log_options["max-size"]
+            .as_str()
+            .map(berth_engine::options::parse_bytes)
+            .transpose()
+            .map_err(|e| ApiError::bad(e.to_string()))?
+            .map(|b| b as u64),
+        log_max_files: log_options["max-file"].as_str().and_then(|n| n.parse().ok()),
+        no_healthcheck: health_test.first().is_some_and(|t| t == "NONE"),
+        health_test: (!health_test.is_empty()).then_some(health_test),
+        health_interval: nanos(&health["Interval"]),
+        health_timeout: nanos(&health["Timeout"]),
+        health_start_period: nanos(&health["StartPeriod"]),
+        health_retries: health["Retries"].as_u64().filter(|r| *r > 0).map(|r| r as u32),
+        network_aliases,
+        ip,
+        connected,
+        ulimits,
+        devices,
+        sysctls: config["HostConfig"]["Sysctls"]
+            .as_object()
+            .map(|m| {
+                m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_owned())).collect()
+            })
+            .unwrap_or_default(),
+        uts: host["UTSMode"].as_str().unwrap_or("").to_owned(),
+        cgroupns: host["CgroupnsMode"].as_str().unwrap_or("").to_owned(),
+        cpuset_cpus: host["CpusetCpus"].as_str().filter(|c| !c.is_empty()).map(str::to_owned),
+        cpuset_mems: host["CpusetMems"].as_str().filter(|c| !c.is_empty()).map(str::to_owned),
+        cpu_quota: host["CpuQuota"].as_i64().filter(|q| *q != 0),
+        cpu_period: host["CpuPeriod"].as_u64().filter(|p| *p > 0),
+        memory_swap: host["MemorySwap"].as_i64().filter(|m| *m != 0),
+        memory_reservation: host["MemoryReservation"].as_i64().filter(|m| *m > 0),
+        oom_kill_disable: host["OomKillDisable"].as_bool().unwrap_or(false),
+        blkio_weight: host["BlkioWeight"].as_u64().filter(|w| *w > 0).map(|w| w as u16),
+        mac_address: config["MacAddress"].as_str().filter(|m| !m.is_empty()).map(str::to_owned),
+        platform: q.get("platform").filter(|p| !p.is_empty()).cloned(),
         ..RunOptions::default()
     };
     let record = engine.create(options).map_err(ApiError::of)?;
     json_reply(StatusCode::CREATED, &json!({"Id": record.id, "Warnings": []}))
 }
 
-/// `GET /containers/{id}/logs`: Docker's multiplexed frames (no tty) or the raw stream.
-fn logs(engine: &Engine, id: &str, q: &BTreeMap<String, String>) -> Reply {
+/// `GET /containers/{id}/logs`: Docker's multiplexed frames (no tty) or the raw stream;
+/// with `follow`, new lines as they come until the container stops.
+fn logs(engine: &Arc<Engine>, id: &str, q: &BTreeMap<String, String>) -> Reply {
     use berth_engine::logs::{self, Query, Stream};
     let id = engine.resolve_id(id).map_err(ApiError::of)?;
     let record = engine.peek(&id).map_err(ApiError::of)?;
@@ -1039,51 +1332,81 @@ fn logs(engine: &Engine, id: &str, q: &BTreeMap<String, String>) -> Reply {
     if !want_out && !want_err {
         return Err(ApiError::bad("you must choose at least one stream"));
     }
+    let seconds = |key: &str| -> Result<Option<f64>, ApiError> {
+        match q.get(key).filter(|s| !s.is_empty() && *s != "0") {
+            Some(text) => crate::containers::parse_time(text)
+                .map(Some)
+                .map_err(|e| ApiError::bad(format!("{key}: {e:#}"))),
+            None => Ok(None),
+        }
+    };
     let query = Query {
         tail: q.get("tail").filter(|t| *t != "all").and_then(|t| t.parse().ok()),
-        since: q.get("since").and_then(|s| s.parse().ok()).filter(|s| *s > 0.0),
-        until: q.get("until").and_then(|s| s.parse().ok()).filter(|s| *s > 0.0),
+        since: seconds("since")?,
+        until: seconds("until")?,
+    };
+    let (tty, timestamps) = (record.options.tty, truthy(q, "timestamps"));
+    let frames = move |entries: &[logs::Entry]| -> Vec<u8> {
+        let mut out = Vec::new();
+        for entry in entries {
+            let stream = if entry.stream == Stream::Stdout { 1u8 } else { 2u8 };
+            if (stream == 1 && !want_out) || (stream == 2 && !want_err) {
+                continue;
+            }
+            let mut payload = Vec::new();
+            if timestamps {
+                payload.extend_from_slice(entry.time.as_bytes());
+                payload.push(b' ');
+            }
+            payload.extend_from_slice(&entry.text);
+            out.extend(docker_frame(stream, &payload, tty));
+        }
+        out
     };
     let path = engine.container_dir(&id).join("container.log");
-    let (entries, _) = logs::read(&path, &query)
+    let (entries, mut offset) = logs::read(&path, &query)
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let mut out = Vec::new();
-    for entry in entries {
-        let stream = if entry.stream == Stream::Stdout { 1u8 } else { 2u8 };
-        if (stream == 1 && !want_out) || (stream == 2 && !want_err) {
-            continue;
-        }
-        let mut payload = Vec::new();
-        if truthy(q, "timestamps") {
-            payload.extend_from_slice(entry.time.as_bytes());
-            payload.push(b' ');
-        }
-        payload.extend_from_slice(&entry.text);
-        if record.options.tty {
-            out.extend_from_slice(&payload);
-        } else {
-            out.push(stream);
-            out.extend_from_slice(&[0, 0, 0]);
-            out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-            out.extend_from_slice(&payload);
-        }
+    let content_type = if tty {
+        "application/vnd.docker.raw-stream"
+    } else {
+        "application/vnd.docker.multiplexed-stream"
+    };
+    if !truthy(q, "follow") {
+        return Ok(Response::builder()
+            .header("Content-Type", content_type)
+            .header("Api-Version", API_VERSION)
+            .body(whole(frames(&entries)))
+            .unwrap_or_default());
     }
-    Ok(Response::builder()
-        .header(
-            "Content-Type",
-            if record.options.tty {
-                "application/vnd.docker.raw-stream"
-            } else {
-                "application/vnd.docker.multiplexed-stream"
-            },
-        )
-        .header("Api-Version", API_VERSION)
-        .body(Full::new(Bytes::from(out)))
-        .unwrap_or_default())
+    let (feed, response) = streamed(content_type);
+    let engine = engine.clone();
+    std::thread::spawn(move || {
+        if !feed.send(frames(&entries)) {
+            return;
+        }
+        loop {
+            let running = engine.peek(&id).is_ok_and(|r| {
+                matches!(r.state.status, Status::Running | Status::Paused | Status::Restarting)
+            });
+            let Ok((mut more, next)) = logs::read_from(&path, offset) else { return };
+            offset = next;
+            if query.until.is_some() {
+                logs::filter(&mut more, &Query { tail: None, ..query.clone() });
+            }
+            if !more.is_empty() && !feed.send(frames(&more)) {
+                return;
+            }
+            if (!running && more.is_empty()) || !feed.open() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    });
+    Ok(response)
 }
 
 /// `GET /images/json`.
-fn images(global: &Global) -> Reply {
+fn list_images(global: &Global) -> Reply {
     let store = crate::images::open_store(global)?;
     let mut rows = Vec::new();
     for image in store.list()? {
@@ -1104,52 +1427,57 @@ fn images(global: &Global) -> Reply {
     json_reply(StatusCode::OK, &Value::Array(rows))
 }
 
-/// `POST /images/create?fromImage=&tag=`: a pull, answered with Docker's JSON progress
-/// lines once it is done.
-fn pull(global: &Global, q: &BTreeMap<String, String>) -> Reply {
-    let from = q.get("fromImage").filter(|f| !f.is_empty()).ok_or_else(|| {
-        ApiError::bad("fromImage is required (importing with fromSrc is not served yet)")
-    })?;
-    let name = match q.get("tag").filter(|t| !t.is_empty()) {
-        Some(tag) if tag.starts_with("sha256:") => format!("{from}@{tag}"),
-        Some(tag) => format!("{from}:{tag}"),
-        None => from.clone(),
-    };
-    let store = crate::images::open_store(global)?;
-    let mut lines = String::new();
-    match crate::images::pull_image(
-        global,
-        &store,
-        &name,
-        q.get("platform").map(String::as_str).filter(|p| !p.is_empty()),
-        true,
-    ) {
-        Ok(digest) => {
-            lines.push_str(&json!({"status": format!("Pulling from {from}")}).to_string());
-            lines.push('\n');
-            lines.push_str(&json!({"status": format!("Digest: {digest}")}).to_string());
-            lines.push('\n');
-            lines.push_str(
-                &json!({"status": format!("Status: Downloaded newer image for {name}")})
-                    .to_string(),
-            );
-            lines.push('\n');
-        }
-        Err(err) => {
-            let message = format!("{err:#}");
-            let status = if message.contains("not found") {
-                StatusCode::NOT_FOUND
-            } else {
-                StatusCode::INTERNAL_SERVER_ERROR
-            };
-            return Err(ApiError(status, message));
-        }
+/// `POST /auth`: checks the credentials against the registry (the client keeps them).
+fn auth(global: &Global, body: &Bytes) -> Reply {
+    let config = json_body(body)?;
+    let username = config["username"].as_str().unwrap_or("");
+    let password = config["password"].as_str().unwrap_or("");
+    let server = config["serveraddress"].as_str().unwrap_or("");
+    let registry = server
+        .trim_start_matches("https://")
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .filter(|r| !r.is_empty() && *r != "index.docker.io")
+        .unwrap_or("docker.io");
+    if username.is_empty() || password.is_empty() {
+        return Err(ApiError::bad("a username and a password are needed"));
     }
-    Ok(Response::builder()
-        .header("Content-Type", "application/json")
-        .header("Api-Version", API_VERSION)
-        .body(Full::new(Bytes::from(lines)))
-        .unwrap_or_default())
+    let client = berth_image::registry::RegistryClient::new(
+        registry,
+        &berth_image::registry::ClientOptions {
+            insecure: global.insecure_registries.clone(),
+            credentials: Some(berth_image::credentials::Credentials {
+                username: username.to_owned(),
+                password: password.to_owned(),
+            }),
+        },
+    );
+    client.ping().map_err(|e| {
+        ApiError(StatusCode::UNAUTHORIZED, format!("login to {registry} failed: {e}"))
+    })?;
+    json_reply(StatusCode::OK, &json!({"Status": "Login Succeeded", "IdentityToken": ""}))
+}
+
+/// `POST /containers/{id}/resize?h=&w=`: the container's terminal size.
+fn resize(engine: &Engine, id: &str, q: &BTreeMap<String, String>) -> Reply {
+    let id = engine.resolve_id(id).map_err(ApiError::of)?;
+    let record = engine.peek(&id).map_err(ApiError::of)?;
+    let size = |key: &str| q.get(key).and_then(|v| v.parse::<u16>().ok()).unwrap_or(0);
+    let (rows, columns) = (size("h"), size("w"));
+    if !record.options.tty || rows == 0 || columns == 0 {
+        return empty(StatusCode::OK);
+    }
+    if record.state.status != Status::Running {
+        return Err(ApiError(StatusCode::CONFLICT, format!("Container {id} is not running")));
+    }
+    let mut stream =
+        berth_engine::monitor::connect(&engine.container_dir(&id)).map_err(ApiError::of)?;
+    let mut payload = rows.to_be_bytes().to_vec();
+    payload.extend_from_slice(&columns.to_be_bytes());
+    berth_engine::attach::write_frame(&mut stream, berth_engine::attach::RESIZE, &payload)
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot resize: {e}")))?;
+    empty(StatusCode::OK)
 }
 
 #[cfg(test)]
