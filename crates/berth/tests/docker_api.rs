@@ -663,3 +663,66 @@ print("ok")
     );
     assert_eq!(String::from_utf8_lossy(&output.stdout), "ok\n");
 }
+
+/// Bad requests get Docker's status codes and messages, and leave nothing behind.
+#[test]
+fn root_docker_api_bad_input() {
+    if !root_or_skip() {
+        return;
+    }
+    let service = start();
+    let curl = |method: &str, path: &str, body: &[u8]| -> (u16, String) {
+        use std::io::Write;
+        let mut child = Command::new("curl")
+            .args(["-s", "-o", "-", "-w", "\n%{http_code}", "--unix-socket"])
+            .arg(service.socket())
+            .args(["-X", method, "-H", "Content-Type: application/json", "--data-binary", "@-"])
+            .arg(format!("http://localhost/v1.41{path}"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("curl");
+        child.stdin.take().unwrap().write_all(body).unwrap();
+        let output = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap();
+        (code.parse().unwrap(), body.to_owned())
+    };
+    let (code, body) = curl("POST", "/containers/create?name=bad", b"{\"Image\": ");
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("invalid JSON"), "{body}");
+    let (code, body) = curl("POST", "/containers/create", b"{\"Cmd\": [\"true\"]}");
+    assert_eq!(code, 400, "{body}");
+    let (code, body) = curl("POST", "/containers/create", b"{\"Image\": \"missing:1\"}");
+    assert_eq!((code, body.contains("No such image: missing:1")), (404, true), "{body}");
+    let (code, body) = curl("GET", "/containers/ghost/json", b"");
+    assert_eq!((code, body.contains("No such container: ghost")), (404, true), "{body}");
+    let (code, body) = curl("GET", "/networks/nonet", b"");
+    assert_eq!((code, body.contains("network nonet not found")), (404, true), "{body}");
+    let (code, body) = curl("GET", "/volumes/novol", b"");
+    assert_eq!(code, 404, "{body}");
+    let (code, body) = curl("GET", "/containers/json?filters=notjson", b"");
+    assert_eq!(code, 400, "{body}");
+    let (code, body) =
+        curl("POST", "/networks/create", b"{\"Name\": \"n1\", \"Driver\": \"overlay\"}");
+    assert_eq!((code, body.contains("bridge")), (400, true), "{body}");
+    // A build context that is not a tar: a 400 saying so (its temporary directory goes
+    // with the request), and no image.
+    let (code, body) =
+        curl("POST", "/build?t=x:1", b"this is not a tar archive, not even close........");
+    assert_eq!((code, body.contains("not a tar")), (400, true), "{body}");
+    // Conflicts: a name in use, a port in use.
+    service.ok(&["run", "-d", "--name", "one", "-p", "18377:80", "fixture:v1", "sleep", "300"]);
+    let err = service.fails(&["run", "-d", "--name", "one", "fixture:v1", "true"]);
+    assert!(err.contains("Conflict") || err.contains("already in use"), "{err}");
+    let err =
+        service.fails(&["run", "-d", "--name", "two", "-p", "18377:80", "fixture:v1", "true"]);
+    assert!(err.contains("18377"), "{err}");
+    service.ok(&["rm", "-f", "one"]);
+    // Nothing was left by the failures.
+    let left = service.ok(&["ps", "-a", "--format", "{{.Names}}"]);
+    assert!(!left.contains("bad") && !left.contains("one"), "{left}");
+    assert_eq!(service.ok(&["images", "-q", "x"]), "");
+    assert_eq!(service.ok(&["images", "-q", "fixture"]).lines().count(), 1);
+    assert_eq!(service.ok(&["images", "-q", "fixture:v2"]), "");
+}

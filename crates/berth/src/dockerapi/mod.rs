@@ -450,7 +450,7 @@ fn route(
             empty(StatusCode::NO_CONTENT)
         }
         (&Method::GET, ["containers", id, "logs"]) => logs(engine, id, q),
-        (&Method::GET, ["images", "json"]) => list_images(global),
+        (&Method::GET, ["images", "json"]) => list_images(global, q),
         (&Method::GET, ["images", "search"]) => json_reply(StatusCode::OK, &json!([])),
         (&Method::POST, ["images", "create"]) => images::pull(global, q),
         (&Method::POST, ["images", "load"]) => images::load(global, body, q),
@@ -1405,12 +1405,52 @@ fn logs(engine: &Arc<Engine>, id: &str, q: &BTreeMap<String, String>) -> Reply {
     Ok(response)
 }
 
-/// `GET /images/json`.
-fn list_images(global: &Global) -> Reply {
+/// Whether an image named `names` matches a `reference` filter: `repo` (any tag),
+/// `repo:tag`, with `*` matching within a path component.
+fn reference_matches(names: &[Value], pattern: &str) -> bool {
+    let glob = |pattern: &str, text: &str| -> bool {
+        let regex = format!("^{}$", regex::escape(pattern).replace("\\*", "[^/]*"));
+        regex::Regex::new(&regex).is_ok_and(|r| r.is_match(text))
+    };
+    names.iter().filter_map(Value::as_str).any(|name| {
+        let (repo, tag) =
+            name.rsplit_once(':').filter(|(_, t)| !t.contains('/')).unwrap_or((name, "latest"));
+        let short = repo
+            .strip_prefix("docker.io/library/")
+            .or_else(|| repo.strip_prefix("docker.io/"))
+            .unwrap_or(repo);
+        match pattern.rsplit_once(':').filter(|(_, t)| !t.contains('/')) {
+            Some((p_repo, p_tag)) => {
+                (glob(p_repo, repo) || glob(p_repo, short)) && glob(p_tag, tag)
+            }
+            None => glob(pattern, repo) || glob(pattern, short),
+        }
+    })
+}
+
+/// `GET /images/json?filters=`: `reference`, `label`, `dangling`.
+fn list_images(global: &Global, q: &BTreeMap<String, String>) -> Reply {
+    let filters = filters(q)?;
+    let none = Vec::new();
     let store = crate::images::open_store(global)?;
     let mut rows = Vec::new();
     for image in store.list()? {
         let full = crate::images::image_json(&store, &image)?;
+        let tags = full["RepoTags"].as_array().cloned().unwrap_or_default();
+        let references = filters.get("reference").unwrap_or(&none);
+        if !references.is_empty() && !references.iter().any(|r| reference_matches(&tags, r)) {
+            continue;
+        }
+        if let Some(dangling) = filters.get("dangling").and_then(|d| d.first()) {
+            if (dangling == "true" || dangling == "1") != tags.is_empty() {
+                continue;
+            }
+        }
+        let labels: BTreeMap<String, String> =
+            serde_json::from_value(full["Config"]["Labels"].clone()).unwrap_or_default();
+        if !labels_match(&labels, filters.get("label").unwrap_or(&none)) {
+            continue;
+        }
         rows.push(json!({
             "Id": full["Id"],
             "ParentId": "",
@@ -1492,5 +1532,19 @@ mod tests {
             segments("/images/localhost%2Ffixture/json"),
             ["images", "localhost/fixture", "json"]
         );
+    }
+
+    #[test]
+    fn image_reference_filters() {
+        let names = [json!("fixture:v1"), json!("127.0.0.1:5000/shop/api:2")];
+        assert!(reference_matches(&names, "fixture"));
+        assert!(reference_matches(&names, "fixture:v1"));
+        assert!(!reference_matches(&names, "fixture:v2"));
+        assert!(!reference_matches(&names, "fix"));
+        assert!(reference_matches(&names, "fix*"));
+        assert!(reference_matches(&names, "127.0.0.1:5000/shop/api"));
+        assert!(reference_matches(&names, "127.0.0.1:5000/shop/*:2"));
+        assert!(!reference_matches(&names, "127.0.0.1:5000/*:2"));
+        assert!(!reference_matches(&[], "fixture"));
     }
 }
