@@ -1639,6 +1639,34 @@ impl Drop for RawMode {
 
 // ----- inspect -----
 
+/// One mount as Docker's inspect and list show it.
+pub(crate) fn mount_json(m: &berth_engine::container::MountRecord) -> Value {
+    let mut value = json!({"Type": m.kind, "Name": m.name, "Source": m.source,
+        "Destination": m.destination, "RW": !m.read_only, "Mode": "",
+        "Propagation": if m.kind == "bind" { "rprivate" } else { "" }});
+    if m.kind == "volume" {
+        value["Driver"] = json!("local");
+        value["Mode"] = json!("z");
+    }
+    value
+}
+
+/// `container_json` with what only the engine knows: the image's layers under the
+/// container's upper directory (`GraphDriver.Data.LowerDir`).
+pub(crate) fn container_json_of(engine: &Engine, record: &Record) -> Value {
+    let mut value = container_json(record, &engine.container_dir(&record.id));
+    let lower = engine
+        .images()
+        .ok()
+        .and_then(|store| store.resolve(&record.image_id).ok().map(|image| (store, image)))
+        .and_then(|(store, image)| store.lower_dirs(&image).ok());
+    if let Some(dirs) = lower {
+        let joined = dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(":");
+        value["GraphDriver"]["Data"]["LowerDir"] = json!(joined);
+    }
+    value
+}
+
 pub(crate) fn container_json(record: &Record, dir: &Path) -> Value {
     let s = &record.state;
     let o = &record.options;
@@ -1783,7 +1811,28 @@ pub(crate) fn container_json(record: &Record, dir: &Path) -> Value {
     if let (Some(all), Value::Object(more)) = (host_config.as_object_mut(), more) {
         all.extend(more);
     }
-    json!({
+    // The rest of Docker's HostConfig, as berth has it (fixed where berth has no such knob).
+    let (masked, readonly) = if o.privileged {
+        (Value::Null, Value::Null)
+    } else {
+        (json!(berth_task::defaults::MASKED_PATHS), json!(berth_task::defaults::READONLY_PATHS))
+    };
+    let fixed = json!({
+        "BlkioWeightDevice": [], "Cgroup": "", "CgroupParent": "", "ConsoleSize": [0, 0],
+        "ContainerIDFile": "", "CpuCount": 0, "CpuPercent": 0, "CpuRealtimePeriod": 0,
+        "CpuRealtimeRuntime": 0, "DeviceCgroupRules": null, "DeviceRequests": null,
+        "DnsOptions": [], "DnsSearch": [], "IOMaximumBandwidth": 0, "IOMaximumIOps": 0,
+        "Isolation": "", "KernelMemory": 0, "KernelMemoryTCP": 0, "Links": null,
+        "MaskedPaths": masked, "ReadonlyPaths": readonly, "MemorySwappiness": null,
+        "OomScoreAdj": 0, "PublishAllPorts": o.publish_all, "Runtime": "berth",
+        "UsernsMode": "", "VolumeDriver": "", "VolumesFrom": null,
+    });
+    if let (Some(all), Value::Object(fixed)) = (host_config.as_object_mut(), fixed) {
+        for (key, value) in fixed {
+            all.entry(key).or_insert(value);
+        }
+    }
+    let mut value = json!({
         "Id": record.id,
         "Created": record.created,
         "Path": record.path,
@@ -1820,7 +1869,7 @@ pub(crate) fn container_json(record: &Record, dir: &Path) -> Value {
             "Data": {"UpperDir": path("upper"), "WorkDir": path("work"), "MergedDir": path("rootfs")},
         },
         "HostConfig": host_config,
-        "Mounts": record.mounts.iter().map(|m| json!({"Type": m.kind, "Name": m.name, "Source": m.source, "Destination": m.destination, "RW": !m.read_only})).collect::<Vec<_>>(),
+        "Mounts": record.mounts.iter().map(mount_json).collect::<Vec<_>>(),
         "Config": {
             "Hostname": record.hostname,
             "Env": record.options.env,
@@ -1846,7 +1895,31 @@ pub(crate) fn container_json(record: &Record, dir: &Path) -> Value {
             "Networks": networks,
             "SandboxKey": net.netns,
         },
-    })
+    });
+    // The rest of Docker's fields, fixed where berth has no such thing (SELinux and
+    // AppArmor labels, IPv6, exec IDs kept by a daemon).
+    let rest = [
+        ("", json!({"AppArmorProfile": "", "ExecIDs": null, "MountLabel": "", "ProcessLabel": ""})),
+        (
+            "Config",
+            json!({"Domainname": "", "AttachStdin": false, "AttachStdout": false,
+            "AttachStderr": false, "StdinOnce": false, "OnBuild": null}),
+        ),
+        (
+            "NetworkSettings",
+            json!({"IPPrefixLen": net.prefix_len, "Bridge": "", "SandboxID": "",
+            "HairpinMode": false, "EndpointID": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
+            "IPv6Gateway": "", "LinkLocalIPv6Address": "", "LinkLocalIPv6PrefixLen": 0,
+            "SecondaryIPAddresses": null, "SecondaryIPv6Addresses": null}),
+        ),
+    ];
+    for (section, fields) in rest {
+        let target = if section.is_empty() { Some(&mut value) } else { value.get_mut(section) };
+        if let (Some(Value::Object(target)), Value::Object(fields)) = (target, fields) {
+            target.extend(fields);
+        }
+    }
+    value
 }
 
 /// A small subset of Go templates: `{{.A.B}}`, `{{json .A}}`, literal text between.
@@ -1865,7 +1938,7 @@ pub fn inspect(global: &Global, args: InspectArgs) -> Result<i32> {
         let container =
             if want_containers { engine.lock(name).ok().map(|l| l.record) } else { None };
         if let Some(record) = container {
-            out.push(container_json(&record, &engine.container_dir(&record.id)));
+            out.push(container_json_of(&engine, &record));
             continue;
         }
         if want_images {

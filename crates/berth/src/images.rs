@@ -511,22 +511,54 @@ pub fn list(global: &Global, args: ListArgs) -> Result<i32> {
     Ok(0)
 }
 
+/// An image's run config with every field Docker's shows, defaults where the image says
+/// nothing (clients read them without checking).
+fn full_run_config(config: Option<&Value>) -> Value {
+    let mut full = json!({
+        "Hostname": "", "Domainname": "", "User": "", "AttachStdin": false, "AttachStdout": false,
+        "AttachStderr": false, "Tty": false, "OpenStdin": false, "StdinOnce": false, "Env": null,
+        "Cmd": null, "Image": "", "Volumes": null, "WorkingDir": "", "Entrypoint": null,
+        "OnBuild": null, "Labels": null,
+    });
+    if let (Some(all), Some(Value::Object(given))) = (full.as_object_mut(), config) {
+        for (key, value) in given {
+            all.insert(key.clone(), value.clone());
+        }
+    }
+    full
+}
+
 pub fn image_json(store: &ImageStore, image: &Image) -> Result<Value> {
     let config: Value = serde_json::from_slice(&image.config_bytes)?;
+    let size = store.size(image);
+    // Every layer is a read-only lower (top first, as overlayfs's lowerdir wants them);
+    // an image has no upper, merged or work directory of its own, so those are empty.
+    let lower = store
+        .lower_dirs(image)
+        .map(|dirs| dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(":"))
+        .unwrap_or_default();
+    let graph = json!({"LowerDir": lower, "UpperDir": "", "MergedDir": "", "WorkDir": ""});
     Ok(json!({
+        "Parent": "",
+        // The config's own comment (a commit's message), as Docker shows it.
+        "Comment": config.get("comment").and_then(Value::as_str).unwrap_or(""),
+        "Container": "",
+        "ContainerConfig": full_run_config(None),
+        "DockerVersion": "",
+        "VirtualSize": size,
         "Id": image.record.id.to_string(),
         "RepoTags": image.familiar_names(),
         "RepoDigests": store.db().repo_digests(&image.record.id)?.iter().map(|d| d.parse::<Reference>().map(|r| r.familiar()).unwrap_or_else(|_| d.clone())).collect::<Vec<_>>(),
         "Created": image.config.created,
         "Author": image.config.author.clone().unwrap_or_default(),
-        "Config": config.get("config").cloned().unwrap_or(Value::Null),
+        "Config": full_run_config(config.get("config")),
         "Architecture": image.config.architecture,
         "Variant": image.config.variant,
         "Os": image.config.os,
-        "Size": store.size(image),
+        "Size": size,
         "RootFS": {"Type": "layers", "Layers": image.config.rootfs.diff_ids},
         "Metadata": {"LastTagTime": berth_image::config::rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_secs(image.record.created.max(0) as u64))},
-        "GraphDriver": {"Name": "overlay", "Data": {"LowerDir": store.lower_dirs(image).map(|dirs| dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(":")).unwrap_or_default()}},
+        "GraphDriver": {"Name": "overlay2", "Data": graph},
         "Descriptor": {"mediaType": image.record.media_type, "digest": image.record.manifest.to_string(), "size": store.content.size(&image.record.manifest).unwrap_or(0)},
     }))
 }

@@ -2,6 +2,10 @@
 //! into the library crates. `berth runtime ...` and the `berth-runc` binary are one
 //! runc-compatible front end over `berth-runtime`.
 
+// serde_json's `json!` recurses once per token: Docker's `/info` object is longer than
+// the default limit allows.
+#![recursion_limit = "256"]
+
 pub mod build;
 pub mod cli;
 pub mod containers;

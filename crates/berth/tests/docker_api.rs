@@ -606,7 +606,7 @@ assert client.ping()
 c = client.containers.run("fixture:v1", ["sh", "-c", "echo hello-py; sleep 300"], detach=True,
                           name="py1", labels={"made": "py"}, environment={"X": "1"})
 import time
-for _ in range(200):
+for _ in range(600):
     if b"hello-py" in c.logs():
         break
     time.sleep(0.05)
@@ -725,4 +725,349 @@ fn root_docker_api_bad_input() {
     assert_eq!(service.ok(&["images", "-q", "x"]), "");
     assert_eq!(service.ok(&["images", "-q", "fixture"]).lines().count(), 1);
     assert_eq!(service.ok(&["images", "-q", "fixture:v2"]), "");
+}
+
+/// Debian's dockerd, started privately in the test's network namespace: its own data and
+/// exec roots and socket, no bridge and no iptables rules.
+struct Dockerd {
+    dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = Command::new("umount").arg("-R").arg(self.dir.path().join("data")).status();
+    }
+}
+
+impl Dockerd {
+    fn start() -> Dockerd {
+        let dir = tempfile::Builder::new().prefix("berth-dockerd-").tempdir().unwrap();
+        let log = std::fs::File::create(dir.path().join("dockerd.log")).unwrap();
+        let child = Command::new("dockerd")
+            .arg("--data-root")
+            .arg(dir.path().join("data"))
+            .arg("--exec-root")
+            .arg(dir.path().join("exec"))
+            .arg("--pidfile")
+            .arg(dir.path().join("dockerd.pid"))
+            .arg("-H")
+            .arg(format!("unix://{}", dir.path().join("docker.sock").display()))
+            .args(["--iptables=false", "--ip6tables=false", "--bridge=none"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("dockerd (scripts/deps installs docker.io)");
+        let dockerd = Dockerd { dir, child };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !dockerd.docker(&["version"]).status.success() {
+            assert!(
+                Instant::now() < deadline,
+                "dockerd never answered: {}",
+                std::fs::read_to_string(dockerd.dir.path().join("dockerd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        dockerd
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("docker.sock")
+    }
+
+    fn docker(&self, args: &[&str]) -> Output {
+        Command::new(DOCKER)
+            .env("DOCKER_HOST", format!("unix://{}", self.socket().display()))
+            .env("DOCKER_CONFIG", self.dir.path().join("docker-config"))
+            .env("DOCKER_BUILDKIT", "0")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("docker")
+    }
+}
+
+/// Every key path of a JSON value (`.State.Status`, `.Mounts[].Type`), not descending into
+/// maps whose keys are data (labels, networks, ports, ...).
+fn key_paths(
+    value: &serde_json::Value,
+    prefix: &str,
+    out: &mut std::collections::BTreeSet<String>,
+) {
+    const DATA_MAPS: &[&str] = &[
+        "Labels",
+        "Networks",
+        "Ports",
+        "ExposedPorts",
+        "Volumes",
+        "Options",
+        "Containers",
+        "Plugins",
+        "Runtimes",
+        "RegistryConfig",
+        "Env",
+        "Status",
+        "Sysctls",
+        "Tmpfs",
+        "PortBindings",
+        "Data",
+        "Config",
+    ];
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, inner) in map {
+                let path = format!("{prefix}.{key}");
+                out.insert(path.clone());
+                // `Config` is data only under IPAM; elsewhere it is a section.
+                if DATA_MAPS.contains(&key.as_str())
+                    && (key != "Config" || prefix.ends_with("IPAM"))
+                {
+                    continue;
+                }
+                key_paths(inner, &path, out);
+            }
+        }
+        serde_json::Value::Array(list) => {
+            if let Some(first) = list.first().filter(|f| f.is_object()) {
+                key_paths(first, &format!("{prefix}[]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The same scenario through berth's API and through dockerd's, with the same docker
+/// client: the JSON berth answers has every field dockerd's has, and the documented,
+/// deterministic fields have the same values.
+#[test]
+fn root_docker_api_json_matches_dockerd() {
+    if !root_or_skip() {
+        return;
+    }
+    let service = start();
+    let dockerd = Dockerd::start();
+    // The same image in both, built through each API: busybox on scratch.
+    let context = service.dir.path().join("busybox-context");
+    std::fs::create_dir_all(context.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", context.join("bin/busybox")).unwrap();
+    for link in ["sh", "sleep", "echo"] {
+        std::os::unix::fs::symlink("busybox", context.join("bin").join(link)).unwrap();
+    }
+    std::fs::write(context.join("Dockerfile"), "FROM scratch\nCOPY bin /bin\nCMD [\"sh\"]\n")
+        .unwrap();
+    let both = |args: &[&str]| -> [Output; 2] {
+        let mut berth_args = vec![];
+        berth_args.extend_from_slice(args);
+        [service.docker(&berth_args), dockerd.docker(args)]
+    };
+    let json_of = |outputs: [Output; 2], what: &str| -> [serde_json::Value; 2] {
+        outputs.map(|o| {
+            assert!(o.status.success(), "{what}: {}", String::from_utf8_lossy(&o.stderr));
+            let value: serde_json::Value = serde_json::from_slice(&o.stdout)
+                .unwrap_or_else(|e| panic!("{what}: {e}: {}", String::from_utf8_lossy(&o.stdout)));
+            match value {
+                serde_json::Value::Array(mut list) if !list.is_empty() => list.remove(0),
+                other => other,
+            }
+        })
+    };
+    let raw = |path: &str| -> [serde_json::Value; 2] {
+        [service.socket(), dockerd.socket()].map(|socket| {
+            let output = Command::new("curl")
+                .args(["-sf", "--unix-socket"])
+                .arg(&socket)
+                .arg(format!("http://localhost/v1.41{path}"))
+                .output()
+                .unwrap();
+            assert!(output.status.success(), "GET {path} on {}", socket.display());
+            let value: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+            match value {
+                serde_json::Value::Array(mut list) if !list.is_empty() => list.remove(0),
+                other => other,
+            }
+        })
+    };
+    for output in both(&["build", "-q", "-t", "fix:1", context.to_str().unwrap()]) {
+        assert!(output.status.success(), "build: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    for output in both(&[
+        "run",
+        "-d",
+        "--name",
+        "c1",
+        "--network",
+        "none",
+        "-l",
+        "a=b",
+        "-e",
+        "K=V",
+        "-v",
+        "vol1:/data",
+        "--memory",
+        "64m",
+        "--restart",
+        "on-failure:2",
+        "fix:1",
+        "sleep",
+        "300",
+    ]) {
+        assert!(output.status.success(), "run: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    for output in both(&["network", "create", "--label", "n=1", "n1"]) {
+        assert!(
+            output.status.success(),
+            "network create: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let objects = [
+        ("container inspect", json_of(both(&["inspect", "c1"]), "inspect")),
+        ("container list", raw("/containers/json")),
+        ("image inspect", json_of(both(&["image", "inspect", "fix:1"]), "image inspect")),
+        ("volume inspect", json_of(both(&["volume", "inspect", "vol1"]), "volume inspect")),
+        ("network inspect", json_of(both(&["network", "inspect", "n1"]), "network inspect")),
+        ("version", raw("/version")),
+        ("info", raw("/info")),
+    ];
+    // Every field dockerd answers, berth answers.
+    for (what, [ours, theirs]) in &objects {
+        let (mut mine, mut docker) = (Default::default(), Default::default());
+        key_paths(ours, "", &mut mine);
+        key_paths(theirs, "", &mut docker);
+        let missing: Vec<&String> = docker.difference(&mine).collect();
+        assert!(missing.is_empty(), "{what}: berth lacks {missing:?}");
+    }
+    // The documented fields with values that do not depend on the daemon agree.
+    let pointer = |value: &serde_json::Value, at: &str| value.pointer(at).cloned();
+    let same = [
+        (
+            "container inspect",
+            vec![
+                "/Path",
+                "/Args",
+                "/Name",
+                "/State/Status",
+                "/State/Running",
+                "/State/Paused",
+                "/Config/Cmd",
+                "/Config/Labels",
+                "/Config/Image",
+                "/Config/Tty",
+                "/Config/OpenStdin",
+                "/HostConfig/Memory",
+                "/HostConfig/NetworkMode",
+                "/HostConfig/RestartPolicy",
+                "/HostConfig/Binds",
+                "/HostConfig/AutoRemove",
+                "/HostConfig/Privileged",
+                "/Mounts/0/Type",
+                "/Mounts/0/Name",
+                "/Mounts/0/Destination",
+                "/Mounts/0/RW",
+                "/Mounts/0/Driver",
+                "/Mounts/0/Mode",
+            ],
+        ),
+        (
+            "container list",
+            vec![
+                "/Names",
+                "/Image",
+                "/Command",
+                "/State",
+                "/Labels",
+                "/HostConfig/NetworkMode",
+                "/Mounts/0/Type",
+                "/Mounts/0/Name",
+                "/Mounts/0/Destination",
+                "/Mounts/0/RW",
+            ],
+        ),
+        (
+            "image inspect",
+            vec![
+                "/RepoTags",
+                "/Config/Cmd",
+                "/Config/Env",
+                "/Os",
+                "/Architecture",
+                "/RootFS/Type",
+                "/Comment",
+            ],
+        ),
+        ("volume inspect", vec!["/Name", "/Driver", "/Scope", "/Labels"]),
+        (
+            "network inspect",
+            vec![
+                "/Name",
+                "/Driver",
+                "/Scope",
+                "/Internal",
+                "/Attachable",
+                "/Ingress",
+                "/EnableIPv6",
+                "/Labels",
+                "/IPAM/Driver",
+                "/ConfigOnly",
+            ],
+        ),
+        ("version", vec!["/ApiVersion", "/Os", "/Arch"]),
+        ("info", vec!["/OSType", "/Architecture", "/NCPU", "/MemTotal", "/KernelVersion"]),
+    ];
+    for (what, fields) in same {
+        let [ours, theirs] = &objects.iter().find(|(w, _)| *w == what).unwrap().1;
+        for field in fields {
+            assert_eq!(
+                pointer(ours, field),
+                pointer(theirs, field),
+                "{what} {field}: berth and dockerd differ"
+            );
+        }
+    }
+    let env =
+        |value: &serde_json::Value| value["Config"]["Env"].as_array().cloned().unwrap_or_default();
+    let [ours, theirs] = &objects[0].1;
+    assert!(
+        env(ours).contains(&serde_json::json!("K=V"))
+            && env(theirs).contains(&serde_json::json!("K=V"))
+    );
+    // Behaviour: exit codes, output, and errors the client prints.
+    let [mine, docker] = both(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "fix:1",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 3",
+    ]);
+    assert_eq!(mine.status.code(), docker.status.code());
+    assert_eq!((mine.stdout, mine.stderr), (docker.stdout, docker.stderr));
+    let [mine, docker] = both(&["inspect", "ghost"]);
+    assert_eq!(
+        (mine.status.code(), String::from_utf8_lossy(&mine.stderr).into_owned()),
+        (docker.status.code(), String::from_utf8_lossy(&docker.stderr).into_owned())
+    );
+    let [mine, docker] = both(&["rm", "c1"]);
+    assert_eq!(mine.status.code(), docker.status.code());
+    for output in both(&["rm", "-f", "c1"]) {
+        assert!(output.status.success());
+    }
+    for output in both(&["network", "rm", "n1"]) {
+        assert!(output.status.success());
+    }
+    for output in both(&["volume", "rm", "vol1"]) {
+        assert!(output.status.success());
+    }
 }

@@ -356,10 +356,7 @@ fn route(
         (&Method::POST, ["containers", "create"]) => create(engine, q, body),
         (&Method::GET, ["containers", id, "json"]) => {
             let record = engine.lock(id).map_err(ApiError::of)?.record;
-            json_reply(
-                StatusCode::OK,
-                &crate::containers::container_json(&record, &engine.container_dir(&record.id)),
-            )
+            json_reply(StatusCode::OK, &crate::containers::container_json_of(engine, &record))
         }
         (&Method::POST, ["containers", id, "start"]) => {
             let record =
@@ -953,7 +950,13 @@ fn wait(engine: &Arc<Engine>, id: &str, q: &BTreeMap<String, String>) -> Reply {
 fn version() -> Value {
     json!({
         "Platform": {"Name": "berth"},
-        "Components": [{"Name": "Engine", "Version": env!("CARGO_PKG_VERSION"), "Details": {"ApiVersion": API_VERSION, "MinAPIVersion": MIN_API_VERSION}}],
+        "Components": [{"Name": "Engine", "Version": env!("CARGO_PKG_VERSION"), "Details": {
+            "ApiVersion": API_VERSION, "MinAPIVersion": MIN_API_VERSION,
+            "Arch": std::env::consts::ARCH, "Os": "linux", "Experimental": "false",
+            "GitCommit": "", "GoVersion": "", "BuildTime": "",
+            "KernelVersion": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+        }}],
+        "BuildTime": "",
         "Version": env!("CARGO_PKG_VERSION"),
         "ApiVersion": API_VERSION,
         "MinAPIVersion": MIN_API_VERSION,
@@ -970,7 +973,7 @@ fn info(engine: &Engine, global: &Global) -> Result<Value> {
     let running = records.iter().filter(|r| r.state.status == Status::Running).count();
     let paused = records.iter().filter(|r| r.state.status == Status::Paused).count();
     let images = crate::images::open_store(global)?.list()?.len();
-    Ok(json!({
+    let mut value = json!({
         "ID": "berth",
         "Containers": records.len(),
         "ContainersRunning": running,
@@ -993,7 +996,51 @@ fn info(engine: &Engine, global: &Global) -> Result<Value> {
         "Runtimes": {"berth": {"path": "berth"}},
         "DefaultRuntime": "berth",
         "Warnings": [],
-    }))
+    });
+    let more = json!({
+        // What the machine and berth allow, read where berth reads it.
+        "MemoryLimit": true,
+        "SwapLimit": true,
+        "KernelMemory": false,
+        "KernelMemoryTCP": false,
+        "CpuCfsPeriod": true,
+        "CpuCfsQuota": true,
+        "CPUShares": true,
+        "CPUSet": true,
+        "PidsLimit": true,
+        "OomKillDisable": true,
+        "IPv4Forwarding": std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").is_ok_and(|v| v.trim() == "1"),
+        "BridgeNfIptables": false,
+        "BridgeNfIp6tables": false,
+        "Debug": false,
+        "NFd": std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0),
+        "NGoroutines": std::fs::read_dir("/proc/self/task").map(|d| d.count()).unwrap_or(0),
+        "SystemTime": berth_engine::now(),
+        "LoggingDriver": "json-file",
+        "NEventsListener": 0,
+        "OSVersion": "",
+        "IndexServerAddress": "https://index.docker.io/v1/",
+        "RegistryConfig": {"InsecureRegistryCIDRs": ["127.0.0.0/8"], "IndexConfigs": {}, "Mirrors": []},
+        "GenericResources": null,
+        "HttpProxy": "",
+        "HttpsProxy": "",
+        "NoProxy": "",
+        "Labels": [],
+        "ExperimentalBuild": false,
+        "LiveRestoreEnabled": true,
+        "Isolation": "",
+        "InitBinary": "tini",
+        "ContainerdCommit": {"ID": "", "Expected": ""},
+        "RuncCommit": {"ID": "", "Expected": ""},
+        "InitCommit": {"ID": "", "Expected": ""},
+        "DriverStatus": [["Backing Filesystem", "overlayfs"]],
+        "Plugins": {"Volume": ["local"], "Network": ["bridge", "host", "none"], "Authorization": null, "Log": ["json-file", "none"]},
+        "Swarm": {"NodeID": "", "NodeAddr": "", "LocalNodeState": "inactive", "ControlAvailable": false, "Error": "", "RemoteManagers": null},
+    });
+    if let (Some(all), Value::Object(more)) = (value.as_object_mut(), more) {
+        all.extend(more);
+    }
+    Ok(value)
 }
 
 /// `GET /containers/json`: `all`, `limit`, and the filters `name`, `label`, `status`, `id`.
@@ -1076,7 +1123,7 @@ pub(super) fn row(record: &Record) -> Value {
         "Status": crate::containers::status_text(record),
         "HostConfig": {"NetworkMode": record.options.network},
         "NetworkSettings": {"Networks": networks},
-        "Mounts": record.mounts.iter().map(|m| json!({"Type": m.kind, "Name": m.name, "Source": m.source, "Destination": m.destination, "RW": !m.read_only})).collect::<Vec<_>>(),
+        "Mounts": record.mounts.iter().map(crate::containers::mount_json).collect::<Vec<_>>(),
     })
 }
 

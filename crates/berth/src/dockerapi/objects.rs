@@ -211,8 +211,10 @@ fn string_map(value: &Value) -> BTreeMap<String, String> {
 }
 
 fn volume_json(volume: &Volume) -> Value {
+    // No labels is null, as Docker shows a volume a container's `-v` made.
+    let labels = if volume.labels.is_empty() { Value::Null } else { json!(volume.labels) };
     json!({"Name": volume.name, "Driver": volume.driver, "Mountpoint": volume.mountpoint,
-        "CreatedAt": volume.created_at, "Labels": volume.labels, "Scope": "local", "Options": {}})
+        "CreatedAt": volume.created_at, "Labels": labels, "Scope": "local", "Options": null})
 }
 
 /// `GET /volumes?filters=`: `name`, `label`, `dangling`, `driver`.
