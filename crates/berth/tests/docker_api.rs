@@ -413,6 +413,28 @@ fn root_docker_cli_networks_volumes_files_and_images() {
     assert!(untagged.contains("Untagged: shop/base:1"), "{untagged}");
     let loaded = service.ok(&["load", "-i", saved.to_str().unwrap()]);
     assert!(loaded.contains("shop/base:1"), "{loaded}");
+    // docker import: a filesystem tar, with a change to its config.
+    let rootfs = host.path().join("rootfs.tar");
+    service.ok(&["export", "-o", rootfs.to_str().unwrap(), "shop"]);
+    let imported = service.ok(&[
+        "import",
+        "--change",
+        "ENV IMPORTED=yes",
+        rootfs.to_str().unwrap(),
+        "shop/imported:1",
+    ]);
+    assert!(imported.trim().starts_with("sha256:"), "{imported}");
+    assert_eq!(
+        service.ok(&[
+            "run",
+            "--rm",
+            "shop/imported:1",
+            "sh",
+            "-c",
+            "echo $IMPORTED; cat /tmp/in.txt"
+        ]),
+        "yes\nfrom the host\n"
+    );
     let err = service.fails(&["rmi", "nothing:here"]);
     assert!(err.contains("No such image"), "{err}");
     let context = host.path().join("context");

@@ -143,6 +143,50 @@ pub(super) fn pull(global: &Arc<Global>, q: &BTreeMap<String, String>) -> Reply 
     Ok(response)
 }
 
+/// `POST /images/create?fromSrc=-&repo=&tag=&changes=&message=`: `docker import`, the
+/// body a tar of a filesystem (maybe compressed); `changes` are Dockerfile instructions
+/// for the config, as `berth import --change` takes them.
+pub(super) fn import(global: &Global, q: &BTreeMap<String, String>, body: &Bytes) -> Reply {
+    let source = q.get("fromSrc").map(String::as_str).unwrap_or("");
+    if source != "-" {
+        return Err(ApiError::bad(format!(
+            "fromSrc {source:?}: importing from a URL is not served; send the archive in the body (fromSrc=-)"
+        )));
+    }
+    let reference = match q.get("repo").filter(|r| !r.is_empty()) {
+        Some(repo) => {
+            let name = match q.get("tag").filter(|t| !t.is_empty()) {
+                Some(tag) => format!("{repo}:{tag}"),
+                None => repo.clone(),
+            };
+            Some(
+                name.parse::<Reference>()
+                    .map_err(|e| ApiError::bad(format!("invalid reference format: {e}")))?,
+            )
+        }
+        None => None,
+    };
+    let changes: Vec<String> = q
+        .get("changes")
+        .map(|c| c.split('\u{0}').filter(|c| !c.is_empty()).map(str::to_owned).collect())
+        .unwrap_or_default();
+    let mut run = berth_image::config::RunConfig::default();
+    crate::images::apply_changes(&mut run, &changes)
+        .map_err(|e| ApiError::bad(format!("{e:#}")))?;
+    let shown = q.get("message").filter(|m| !m.is_empty()).cloned().unwrap_or_else(|| "-".into());
+    let store = crate::images::open_store(global)?;
+    let id = berth_image::archive::import(
+        &store,
+        std::io::Cursor::new(body.as_ref()),
+        &shown,
+        Some(run),
+        reference.as_ref(),
+    )
+    .map_err(|e| ApiError::bad(format!("{e:#}")))?;
+    crate::images::image_event(global, "import", &id.to_string(), &id.to_string());
+    json_reply(StatusCode::OK, &json!({"status": id.to_string()}))
+}
+
 /// `POST /images/{name}/push?tag=`.
 pub(super) fn push(global: &Arc<Global>, name: &str, q: &BTreeMap<String, String>) -> Reply {
     let name = match q.get("tag").filter(|t| !t.is_empty()) {

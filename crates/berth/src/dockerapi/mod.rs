@@ -449,6 +449,9 @@ fn route(
         (&Method::GET, ["containers", id, "logs"]) => logs(engine, id, q),
         (&Method::GET, ["images", "json"]) => list_images(global, q),
         (&Method::GET, ["images", "search"]) => json_reply(StatusCode::OK, &json!([])),
+        (&Method::POST, ["images", "create"]) if q.contains_key("fromSrc") => {
+            images::import(global, q, body)
+        }
         (&Method::POST, ["images", "create"]) => images::pull(global, q),
         (&Method::POST, ["images", "load"]) => images::load(global, body, q),
         (&Method::POST, ["images", "prune"]) => images::prune(global, q),
