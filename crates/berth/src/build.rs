@@ -1,5 +1,6 @@
-//! `berth build`: flags as Docker's, progress as BuildKit's plain lines, base images from
-//! the store or pulled.
+//! `berth build`: flags as Docker's, progress as BuildKit's (plain lines, or on a terminal
+//! a live view: each running step with its time and its latest output line, finished
+//! steps printed above it), base images from the store or pulled.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
@@ -70,11 +71,58 @@ struct Display<'a> {
     quiet: bool,
     started: Mutex<HashMap<usize, Instant>>,
     out: Mutex<std::io::Stderr>,
+    live: Option<Live>,
+}
+
+/// The terminal view: a spinner line per running step (its title, time and latest output
+/// line), and a line above them for each step that ended.
+struct Live {
+    multi: indicatif::MultiProgress,
+    steps: Mutex<HashMap<usize, (indicatif::ProgressBar, String)>>,
+}
+
+impl Live {
+    fn new() -> Live {
+        Live { multi: indicatif::MultiProgress::new(), steps: Mutex::new(HashMap::new()) }
+    }
+
+    fn start(&self, number: usize, title: String) {
+        let bar = self.multi.add(indicatif::ProgressBar::new_spinner());
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner:.blue} {prefix} {elapsed:.dim} {wide_msg:.dim}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        bar.set_prefix(title.clone());
+        bar.enable_steady_tick(std::time::Duration::from_millis(100));
+        self.steps.lock().unwrap_or_else(|p| p.into_inner()).insert(number, (bar, title));
+    }
+
+    fn output(&self, number: usize, line: &str) {
+        if let Some((bar, _)) = self.steps.lock().unwrap_or_else(|p| p.into_inner()).get(&number) {
+            bar.set_message(line.trim_end().to_owned());
+        }
+    }
+
+    /// The step ended: its spinner goes, a line says how.
+    fn end(&self, number: usize, how: impl FnOnce(&str) -> String) {
+        let step = self.steps.lock().unwrap_or_else(|p| p.into_inner()).remove(&number);
+        if let Some((bar, title)) = step {
+            bar.finish_and_clear();
+            self.multi.remove(&bar);
+            let _ = self.multi.println(how(&title));
+        }
+    }
 }
 
 impl Display<'_> {
     fn line(&self, text: &str) {
         if self.quiet {
+            return;
+        }
+        if let Some(live) = &self.live {
+            let _ = live.multi.println(text);
             return;
         }
         let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
@@ -104,6 +152,22 @@ impl Host for Display<'_> {
     }
 
     fn event(&self, event: Event<'_>) {
+        if let (Some(live), false) = (&self.live, self.quiet) {
+            match event {
+                Event::Step { number, stage, index, total, text } => {
+                    live.start(number, format!("[{stage} {index}/{total}] {text}"))
+                }
+                Event::Cached { number } => live.end(number, |title| format!("=> CACHED {title}")),
+                Event::Output { number, line } => live.output(number, line),
+                Event::Done { number, elapsed } => {
+                    live.end(number, |title| format!("=> {title} {:.1}s", elapsed.as_secs_f64()))
+                }
+                Event::Warning { message } => {
+                    let _ = live.multi.println(format!("WARNING: {message}"));
+                }
+            }
+            return;
+        }
         match event {
             Event::Step { number, stage, index, total, text } => {
                 self.started
@@ -290,9 +354,22 @@ pub fn build(global: &Global, args: BuildArgs) -> Result<i32> {
         quiet: args.quiet,
         started: Mutex::new(HashMap::new()),
         out: Mutex::new(std::io::stderr()),
+        // The live view needs a terminal (indicatif draws nothing elsewhere): `auto` and
+        // `tty` take it on one, plain lines otherwise.
+        live: (args.progress != "plain" && std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .then(Live::new),
     };
     let started = Instant::now();
     let id = berth_build::build(&options, &display, names.clone());
+    if let Some(live) = &display.live {
+        // Steps still shown when the build stopped are the ones that failed (or were
+        // cut short by the failure).
+        let running: Vec<usize> =
+            live.steps.lock().unwrap_or_else(|p| p.into_inner()).keys().copied().collect();
+        for number in running {
+            live.end(number, |title| format!("=> ERROR {title}"));
+        }
+    }
     drop(env_secrets);
     let id = id?;
     if let Some(path) = &args.iidfile {

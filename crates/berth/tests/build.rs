@@ -750,3 +750,98 @@ fn root_a_killed_build_is_cleaned_up_by_the_next() {
         "fine"
     );
 }
+
+/// On a terminal the progress is a live view (spinners redrawn in place, with the latest
+/// output line); each step that ends leaves a line with CACHED or its time, a failed one
+/// an ERROR line. Run under `script`, which gives the build a pty.
+#[test]
+fn root_a_terminal_gets_a_live_view() {
+    if !root_or_skip() {
+        return;
+    }
+    let builders = Builders::new(false);
+    let dir = builders.path("live");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("Dockerfile"),
+        "FROM busybox\nRUN for i in 1 2 3; do echo tick-$i; sleep 0.3; done\nENV A=1\n",
+    )
+    .unwrap();
+    let on_terminal = |args: &str| -> String {
+        let output = Command::new("script")
+            .args(["-qefc", &format!("{BERTH} build {args} {}", dir.display()), "/dev/null"])
+            .env("BERTH_ROOT", builders.root())
+            .env("TERM", "xterm")
+            .stdin(Stdio::null())
+            .output()
+            .expect("script (util-linux)");
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert_eq!(output.status.success(), !args.contains("fail"), "{text}");
+        text
+    };
+    let first = on_terminal("--progress tty -t live:1");
+    // Redrawn in place (cursor movements and line clears), and the steps' end lines.
+    assert!(first.contains("\u{1b}["), "no live drawing:\n{first}");
+    assert!(first.contains("=> [stage-0 2/3] RUN for i in 1 2 3"), "{first}");
+    assert!(first.lines().any(|l| l.contains("=> [stage-0 3/3] ENV A=1")), "{first}");
+    // The plain form's "#N" lines are not there.
+    assert!(!first.contains("#2 DONE"), "{first}");
+    let again = on_terminal("-t live:1");
+    assert!(again.contains("=> CACHED [stage-0 2/3] RUN"), "auto on a terminal is live:\n{again}");
+    // Plain lines when asked for, even on a terminal.
+    let plain = on_terminal("--progress plain -t live:1");
+    assert!(plain.contains("#2 CACHED"), "{plain}");
+    // A failing step is marked as such, and the error says why.
+    std::fs::write(dir.join("Dockerfile"), "FROM busybox\nRUN echo about to fail; exit 9\n")
+        .unwrap();
+    let failed = on_terminal("--progress tty -t fail:1");
+    assert!(failed.contains("=> ERROR [stage-0 2/2] RUN echo about to fail"), "{failed}");
+    assert!(failed.contains("9"), "{failed}");
+}
+
+/// ADD unpacks tars compressed with gzip, bzip2, xz or zstd (by their first bytes, not
+/// their names); a compressed file that holds no tar is copied as it is.
+#[test]
+fn root_add_unpacks_compressed_tars() {
+    if !root_or_skip() {
+        return;
+    }
+    let builders = Builders::new(false);
+    let dir = builders.path("compressed");
+    let payload = builders.path("payload");
+    std::fs::create_dir_all(payload.join("sub")).unwrap();
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(payload.join("sub/hello.txt"), "packed\n").unwrap();
+    let mut dockerfile = String::from("FROM busybox\n");
+    for (flag, name) in [("-z", "a.tgz"), ("-j", "b.tar.bz2"), ("-J", "c.txz"), ("--zstd", "d.bin")]
+    {
+        let made = Command::new("tar")
+            .arg("-C")
+            .arg(&payload)
+            .arg(flag)
+            .arg("-cf")
+            .arg(dir.join(name))
+            .arg(".")
+            .status()
+            .expect("tar");
+        assert!(made.success(), "tar {flag}");
+        dockerfile.push_str(&format!("ADD {name} /x/{name}/\n"));
+    }
+    std::fs::write(dir.join("plain.txt"), "not a tar\n").unwrap();
+    let xz = Command::new("xz").arg("-k").arg(dir.join("plain.txt")).status().expect("xz");
+    assert!(xz.success());
+    dockerfile.push_str("ADD plain.txt.xz /x/\n");
+    std::fs::write(dir.join("Dockerfile"), dockerfile).unwrap();
+    builders.build(&dir, &["-t", "compressed:1"]);
+    let listed = builders.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "compressed:1",
+        "sh",
+        "-c",
+        "cat /x/*/sub/hello.txt; ls /x/plain.txt.xz",
+    ]);
+    assert_eq!(listed, "packed\npacked\npacked\npacked\n/x/plain.txt.xz\n");
+}

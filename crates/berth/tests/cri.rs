@@ -1228,3 +1228,61 @@ fn root_berth_answers_as_containerd_does() {
         );
     });
 }
+
+/// An image `berth build` made is in the store the CRI serves: a pod runs it without a
+/// pull (issue 12's "usable by the cluster's pods").
+#[test]
+fn root_a_built_image_runs_in_a_pod() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut node = Node::new();
+    let context = node.path("context");
+    std::fs::create_dir_all(&context).unwrap();
+    std::fs::write(context.join("greeting"), "built for a pod\n").unwrap();
+    std::fs::write(
+        context.join("Dockerfile"),
+        format!("FROM {IMAGE}\nCOPY greeting /greeting\nCMD [\"cat\", \"/greeting\"]\n"),
+    )
+    .unwrap();
+    node.berth(&["build", "--progress", "plain", "-t", "local/built:1", context.to_str().unwrap()]);
+    node.start();
+    block_on(async {
+        let (mut rt, mut images) = node.clients().await;
+        let status = images
+            .image_status(cri::ImageStatusRequest {
+                image: Some(cri::ImageSpec { image: "local/built:1".into(), ..Default::default() }),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let image = status.image.expect("the built image is known to the CRI");
+        assert!(image.repo_tags.iter().any(|t| t.contains("local/built:1")), "{image:?}");
+        let pod = sandbox_config(&node, "built");
+        let sandbox = rt
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(pod.clone()),
+                runtime_handler: String::new(),
+            })
+            .await
+            .expect("runp")
+            .into_inner()
+            .pod_sandbox_id;
+        let mut config = container_config("app", "unused");
+        config.image = Some(cri::ImageSpec { image: "local/built:1".into(), ..Default::default() });
+        // The image's CMD runs: no command of the pod's own.
+        config.command.clear();
+        let id = run_container(&mut rt, &sandbox, &pod, config).await;
+        let done = wait_state(&mut rt, &id, cri::ContainerState::ContainerExited).await;
+        assert_eq!(done.exit_code, 0, "{done:?}");
+        let log = std::fs::read_to_string(Path::new(&pod.log_directory).join("app.log")).unwrap();
+        assert!(log.contains("stdout F built for a pod"), "{log}");
+        rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: sandbox.clone() })
+            .await
+            .unwrap();
+        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: sandbox })
+            .await
+            .unwrap();
+    });
+}

@@ -2501,11 +2501,11 @@ impl Build<'_> {
                             copy::extract(&target, open()?, dir).map_err(fail)?;
                             continue;
                         }
-                        Some(copy::Archive::Gzip) => {
-                            // Only a gzip-compressed tar is unpacked; other gzip files are
+                        Some(kind) => {
+                            // Only a compressed tar is unpacked; other compressed files are
                             // copied as they are, as Docker does.
                             let mut inner = vec![0u8; 512];
-                            let mut decoder = flate2::read::MultiGzDecoder::new(open()?);
+                            let mut decoder = copy::decompress(kind, open()?).map_err(|e| self.error(instruction, format!("{}: {e}", source.name)))?;
                             let mut filled = 0;
                             while filled < inner.len() {
                                 match decoder.read(&mut inner[filled..]) {
@@ -2513,16 +2513,12 @@ impl Build<'_> {
                                     Ok(n) => filled += n,
                                 }
                             }
+                            drop(decoder);
                             inner.truncate(filled);
                             if copy::archive_kind(&inner) == Some(copy::Archive::Tar) {
-                                copy::extract(&target, flate2::read::MultiGzDecoder::new(open()?), dir).map_err(fail)?;
+                                let reader = copy::decompress(kind, open()?).map_err(|e| self.error(instruction, format!("{}: {e}", source.name)))?;
+                                copy::extract(&target, reader, dir).map_err(fail)?;
                                 continue;
-                            }
-                        }
-                        Some(other) => {
-                            let lower = source.name.to_ascii_lowercase();
-                            if [".tar.", ".tbz", ".txz", ".tzst"].iter().any(|t| lower.contains(t)) {
-                                return Err(self.error(instruction, format!("{}: {other:?}-compressed tars are not unpacked yet; use a plain or gzip-compressed tar", source.name)));
                             }
                         }
                         None => {}

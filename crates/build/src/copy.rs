@@ -542,6 +542,54 @@ pub enum Archive {
     Zstd,
 }
 
+/// A reader of what a compressed file holds. gzip and zstd are decoded in-process; xz and
+/// bzip2 by Debian's `xz` and `bzip2` (as Docker runs `xz` for its own unpacking), whose
+/// output is read from a pipe; the child is reaped when the reader goes.
+pub fn decompress(kind: Archive, file: std::fs::File) -> std::io::Result<Box<dyn Read>> {
+    Ok(match kind {
+        Archive::Tar => Box::new(file),
+        Archive::Gzip => Box::new(flate2::read::MultiGzDecoder::new(std::io::BufReader::new(file))),
+        Archive::Zstd => Box::new(zstd::stream::read::Decoder::new(file)?),
+        Archive::Xz | Archive::Bzip2 => {
+            let program = if kind == Archive::Xz { "xz" } else { "bzip2" };
+            let mut child = std::process::Command::new(program)
+                .arg("-dcq")
+                .stdin(file)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .map_err(|e| {
+                    std::io::Error::new(
+                        e.kind(),
+                        format!("cannot run {program} to unpack the archive (install it): {e}"),
+                    )
+                })?;
+            let out = child.stdout.take().ok_or_else(|| std::io::Error::other("no pipe"))?;
+            Box::new(Piped { child, out })
+        }
+    })
+}
+
+/// The output of a decompressing child; the child is waited for when this is dropped.
+struct Piped {
+    child: std::process::Child,
+    out: std::process::ChildStdout,
+}
+
+impl Read for Piped {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.out.read(buf)
+    }
+}
+
+impl Drop for Piped {
+    fn drop(&mut self) {
+        // A reader that stopped early leaves the child writing to a closed pipe: it ends.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 pub fn archive_kind(head: &[u8]) -> Option<Archive> {
     if head.starts_with(&[0x1f, 0x8b]) {
         Some(Archive::Gzip)
