@@ -344,13 +344,24 @@ async fn run_pods(informers: Arc<Informers>, config: Config, runtime: cri::Runti
                     memory.probes.retain(&ids);
                 }
                 if let Ok(listed) = rt.list_pod_sandbox(k8s_cri_v1::ListPodSandboxRequest { filter: None }).await {
-                    let orphans: std::collections::BTreeSet<String> = listed
+                    let with_sandbox: std::collections::BTreeSet<String> = listed
                         .into_inner()
                         .items
                         .iter()
                         .filter_map(|s| s.labels.get(pods::LABEL_POD_UID).cloned())
-                        .filter(|uid| !known.contains(uid))
                         .collect();
+                    // A pod directory of a pod that is gone and has no sandbox left (a
+                    // deletion that raced with the pod's last sync can leave one).
+                    if let Ok(entries) = std::fs::read_dir(config.root.join("pods")) {
+                        for entry in entries.flatten() {
+                            let uid = entry.file_name().to_string_lossy().into_owned();
+                            if !known.contains(&uid) && !with_sandbox.contains(&uid) {
+                                remove_pod_dir(&entry.path());
+                            }
+                        }
+                    }
+                    let orphans: std::collections::BTreeSet<String> =
+                        with_sandbox.into_iter().filter(|uid| !known.contains(uid)).collect();
                     for uid in orphans {
                         tracing::info!(pod_uid = %uid, "removing the sandboxes of a pod that is gone");
                         if let Err(err) = pods::kill_pod(&runtime, &uid, 0).await {

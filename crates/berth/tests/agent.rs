@@ -665,11 +665,18 @@ spec:
         "{:?}",
         cluster.mounts_under(&cluster.path("root"))
     );
+    // The agent removes a pod's directory after its sandbox, on its next pass.
     let pods_dir = cluster.data().join("agent/pods");
-    let left: Vec<_> = std::fs::read_dir(&pods_dir)
-        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
-        .unwrap_or_default();
-    assert!(left.is_empty(), "pod directories left: {left:?}");
+    let left = || -> Vec<_> {
+        std::fs::read_dir(&pods_dir)
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.file_name())).collect())
+            .unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !left().is_empty() {
+        assert!(Instant::now() < deadline, "pod directories left: {:?}", left());
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// One HTTP GET of `/` at `address`: the body.

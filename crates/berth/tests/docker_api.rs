@@ -350,6 +350,16 @@ fn root_docker_cli_networks_volumes_files_and_images() {
     service.ok(&["exec", "app", "sh", "-c", "mkdir -p /tmp/d && echo deep > /tmp/d/x"]);
     service.ok(&["cp", "app:/tmp/d", host.path().to_str().unwrap()]);
     assert_eq!(std::fs::read_to_string(host.path().join("d/x")).unwrap(), "deep\n");
+    // DIR/. copies what the directory holds, not the directory.
+    let contents = host.path().join("contents");
+    std::fs::create_dir(&contents).unwrap();
+    service.ok(&["cp", "app:/tmp/d/.", contents.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(contents.join("x")).unwrap(), "deep\n");
+    // exec -d: the process runs on after the command returns.
+    service.ok(&["exec", "-d", "app", "sh", "-c", "sleep 0.2; echo later > /tmp/detached"]);
+    eventually("the detached exec's file", || {
+        service.docker(&["exec", "app", "cat", "/tmp/detached"]).stdout == b"later\n"
+    });
     let err = service.fails(&["cp", "app:/no/such", host.path().to_str().unwrap()]);
     assert!(err.contains("/no/such"), "{err}");
     let changes = service.ok(&["diff", "app"]);
@@ -385,6 +395,15 @@ fn root_docker_cli_networks_volumes_files_and_images() {
     ]);
     let followed = service.ok(&["logs", "-f", "ticker"]);
     assert_eq!(followed, "tick1\ntick2\ntick3\n");
+    // ps: the latest (stopped ones included, as Docker's -l), by image, by exit code.
+    assert_eq!(service.ok(&["ps", "-l", "--format", "{{.Names}}"]), "ticker\n");
+    let by_image =
+        service.ok(&["ps", "-a", "--filter", "ancestor=fixture:v1", "--format", "{{.Names}}"]);
+    assert!(by_image.contains("ticker") && by_image.contains("db"), "{by_image}");
+    assert_eq!(
+        service.ok(&["ps", "-a", "--filter", "exited=0", "--format", "{{.Names}}"]),
+        "ticker\n"
+    );
     // Events, from the start and bounded in time (the monitor records the death just
     // after the state changes, so it may take a moment to show).
     let mut events = String::new();
@@ -733,6 +752,58 @@ fn root_docker_api_bad_input() {
     let (code, body) =
         curl("POST", "/build?t=x:1", b"this is not a tar archive, not even close........");
     assert_eq!((code, body.contains("not a tar")), (400, true), "{body}");
+    // The Dockerfile must be a file of the context: not an absolute path, not a symlink
+    // out of it (its text would come back in the error).
+    let context = service.dir.path().join("sneaky");
+    std::fs::create_dir_all(&context).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", context.join("Dockerfile")).unwrap();
+    let tar = service.dir.path().join("sneaky.tar");
+    assert!(Command::new("tar")
+        .arg("-C")
+        .arg(&context)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .unwrap()
+        .success());
+    let archive = std::fs::read(&tar).unwrap();
+    let (code, body) = curl("POST", "/build", &archive);
+    assert_eq!((code, body.contains("inside the build context")), (400, true), "{body}");
+    let (code, body) = curl("POST", "/build?dockerfile=%2Fetc%2Fpasswd", &archive);
+    assert_eq!((code, body.contains("inside the build context")), (400, true), "{body}");
+    assert!(!body.contains("root:"), "{body}");
+    // Filters berth cannot apply are refused, never ignored (ignoring one would list, or
+    // prune, more than asked).
+    let (code, body) =
+        curl("GET", "/containers/json?filters=%7B%22before%22%3A%5B%22x%22%5D%7D", b"");
+    assert_eq!((code, body.contains("invalid filter 'before'")), (400, true), "{body}");
+    let (code, body) =
+        curl("POST", "/images/prune?filters=%7B%22until%22%3A%5B%2224h%22%5D%7D", b"");
+    assert_eq!((code, body.contains("invalid filter 'until'")), (400, true), "{body}");
+    // A web page cannot drive the API: what browsers add to a page's requests.
+    for extra in [["-H", "Origin: http://evil.example"], ["-H", "Sec-Fetch-Mode: no-cors"]] {
+        let output = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--unix-socket"])
+            .arg(service.socket())
+            .args(["-X", "POST", "--data-binary", "{\"Image\": \"fixture:v1\"}"])
+            .args(extra)
+            .arg("http://localhost/v1.41/containers/create?name=fromapage")
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&output.stdout), "403", "{extra:?}");
+    }
+    // Only loopback for TCP (no TLS, no authentication).
+    let open = Command::new(BERTH)
+        .env("BERTH_ROOT", service.root())
+        .args(["system", "service", "--listen", "tcp://0.0.0.0:18399"])
+        .output()
+        .unwrap();
+    assert!(!open.status.success());
+    assert!(String::from_utf8_lossy(&open.stderr).contains("loopback"));
+    // The socket is its owner's only.
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(service.socket()).unwrap().permissions().mode() & 0o777, 0o600);
     // Conflicts: a name in use, a port in use.
     service.ok(&["run", "-d", "--name", "one", "-p", "18377:80", "fixture:v1", "sleep", "300"]);
     let err = service.fails(&["run", "-d", "--name", "one", "fixture:v1", "true"]);

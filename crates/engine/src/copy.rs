@@ -15,6 +15,13 @@ use berth_sys::nix::fcntl::OFlag;
 
 use crate::{invalid, io, Engine, Error, Result};
 
+/// Whether a path ends in `/.` (Path's components drop that last `.`).
+fn contents_only(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    bytes == b"." || bytes.ends_with(b"/.")
+}
+
 fn fd_path(fd: &OwnedFd) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }
@@ -108,10 +115,13 @@ impl Engine {
             return Err(invalid("container path", format!("{} is not absolute", path.display())));
         }
         let access = self.rootfs_for_copy(container)?;
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "/".to_owned());
+        let name = if contents_only(path) {
+            ".".to_owned()
+        } else {
+            path.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "/".to_owned())
+        };
         let missing = |e: &dyn std::fmt::Display| {
             Error::NoSuchPath(format!(
                 "Could not find the file {} in container {container}: {e}",
@@ -165,7 +175,12 @@ impl Engine {
             return Err(invalid("container path", format!("{} is not absolute", path.display())));
         }
         let access = self.rootfs_for_copy(container)?;
-        let name = path.file_name().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+        // `DIR/.` means the directory's contents: entries named `./...`, as Docker's.
+        let name = if contents_only(path) {
+            PathBuf::from(".")
+        } else {
+            path.file_name().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."))
+        };
         let mut builder = tar::Builder::new(out);
         builder.follow_symlinks(false);
         let failed = |e: std::io::Error| Error::Other(format!("cannot write the archive: {e}"));

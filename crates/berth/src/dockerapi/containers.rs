@@ -354,6 +354,13 @@ pub(super) fn update(engine: &Engine, id: &str, body: &Bytes) -> Reply {
 /// `label!`, `until`).
 pub(super) fn prune(engine: &Engine, q: &BTreeMap<String, String>) -> Reply {
     let filters = filters(q)?;
+    if let Some(other) =
+        filters.keys().find(|k| !matches!(k.as_str(), "label" | "label!" | "until"))
+    {
+        return Err(ApiError::bad(format!(
+            "invalid filter '{other}': berth prunes containers by label, label! and until"
+        )));
+    }
     let until = match filters.get("until").and_then(|u| u.first()) {
         Some(text) => Some(
             crate::containers::parse_time(text)
@@ -372,7 +379,8 @@ pub(super) fn prune(engine: &Engine, q: &BTreeMap<String, String>) -> Reply {
         if !labels_match(&record.options.labels, filters.get("label").unwrap_or(&empty_list)) {
             continue;
         }
-        if !not_labels.is_empty() && labels_match(&record.options.labels, not_labels) {
+        if not_labels.iter().any(|l| labels_match(&record.options.labels, std::slice::from_ref(l)))
+        {
             continue;
         }
         let created = berth_image::config::parse_rfc3339(&record.created).unwrap_or(0) as f64;

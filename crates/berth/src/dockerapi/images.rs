@@ -372,6 +372,12 @@ pub(super) fn load(global: &Global, body: &Bytes, q: &BTreeMap<String, String>) 
 /// `POST /images/prune?filters={"dangling":["false"]}`.
 pub(super) fn prune(global: &Global, q: &BTreeMap<String, String>) -> Reply {
     let filters = filters(q)?;
+    // Filters berth cannot apply are refused: ignoring one would delete more than asked.
+    if let Some(other) = filters.keys().find(|k| k.as_str() != "dangling") {
+        return Err(ApiError::bad(format!(
+            "invalid filter '{other}': berth prunes images by dangling only"
+        )));
+    }
     let all = filters.get("dangling").is_some_and(|d| d.iter().any(|v| v == "false" || v == "0"));
     let store = crate::images::open_store(global)?;
     let (removed, freed) = store.prune(all)?;
@@ -426,12 +432,26 @@ pub(super) fn build(global: &Arc<Global>, q: &BTreeMap<String, String>, body: &B
         .map(|t| t.split('\u{0}').filter(|t| !t.is_empty()).map(str::to_owned).collect())
         .unwrap_or_default();
     let dockerfile = q.get("dockerfile").filter(|d| !d.is_empty()).cloned();
-    if let Some(file) = &dockerfile {
-        if std::path::Path::new(file)
-            .components()
-            .any(|c| matches!(c, std::path::Component::ParentDir))
+    // The Dockerfile must be a file of the context: not an absolute path, not `..`, not a
+    // symlink that leads out (its text would come back in error messages).
+    {
+        let file = dockerfile.as_deref().unwrap_or("Dockerfile");
+        let outside = || {
+            ApiError::bad(format!("dockerfile {file:?} must be a file inside the build context"))
+        };
+        let relative = std::path::Path::new(file);
+        if relative.is_absolute()
+            || relative.components().any(|c| matches!(c, std::path::Component::ParentDir))
         {
-            return Err(ApiError::bad(format!("dockerfile {file:?} must be inside the context")));
+            return Err(outside());
+        }
+        let root = context.path().canonicalize().map_err(|e| {
+            ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("the build context: {e}"))
+        })?;
+        if let Ok(real) = root.join(relative).canonicalize() {
+            if !real.starts_with(&root) || !real.is_file() {
+                return Err(outside());
+            }
         }
     }
     let iidfile = context.path().join(".berth-build-iid");

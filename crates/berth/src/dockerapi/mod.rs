@@ -252,9 +252,14 @@ pub fn service(global: &Global, args: ServiceArgs) -> Result<i32> {
                     return Err(err).with_context(|| format!("cannot replace {}", path.display()));
                 }
             }
-            let listener = tokio::net::UnixListener::bind(&path)
-                .with_context(|| format!("cannot listen on {}", path.display()))?;
-            // The socket gives root's powers: root's alone, as Docker's is root:docker 660.
+            // The socket gives root's powers: root's alone (as Docker's is root:docker
+            // 660), from the moment it exists: made under a umask that leaves it 0600.
+            use berth_sys::nix::sys::stat::{umask, Mode};
+            let before = umask(Mode::from_bits_truncate(0o177));
+            let bound = tokio::net::UnixListener::bind(&path);
+            umask(before);
+            let listener =
+                bound.with_context(|| format!("cannot listen on {}", path.display()))?;
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
             eprintln!("serving the Docker API on unix://{}", path.display());
@@ -263,6 +268,15 @@ pub fn service(global: &Global, args: ServiceArgs) -> Result<i32> {
                 serve(stream, engine.clone(), global.clone());
             }
         } else if let Some(address) = args.listen.strip_prefix("tcp://") {
+            // No TLS and no authentication: loopback only.
+            let parsed: std::net::SocketAddr = address
+                .parse()
+                .with_context(|| format!("--listen tcp://{address}: use tcp://127.0.0.1:PORT"))?;
+            if !parsed.ip().is_loopback() {
+                bail!(
+                    "--listen tcp://{address}: berth serves this API without TLS or authentication, so only on a loopback address (127.0.0.1 or [::1]); use a unix socket to share it"
+                );
+            }
             let listener = tokio::net::TcpListener::bind(address)
                 .await
                 .with_context(|| format!("cannot listen on {address}"))?;
@@ -307,11 +321,50 @@ async fn respond(
         && parts.len() == 3
         && ((parts[0] == "containers" && parts[2] == "attach")
             || (parts[0] == "exec" && parts[2] == "start"));
+    // A web page may not drive the API: browsers mark every request a page makes (Origin
+    // on cross-origin ones, the Sec-Fetch headers on all). The Content-Type cannot be the
+    // test: the docker client sends `docker cp` archives as text/plain.
+    let headers = request.headers();
+    if headers.contains_key(hyper::header::ORIGIN) || headers.contains_key("sec-fetch-mode") {
+        return json_reply(
+            StatusCode::FORBIDDEN,
+            &json!({"message": "requests from web pages (an Origin or Sec-Fetch-Mode header) are refused"}),
+        )
+        .unwrap_or_default();
+    }
     let on_upgrade = hijack.then(|| hyper::upgrade::on(&mut request));
     let body = match request.into_body().collect().await {
         Ok(collected) => collected.to_bytes(),
-        Err(_) => Bytes::new(),
+        Err(err) => {
+            return json_reply(
+                StatusCode::BAD_REQUEST,
+                &json!({"message": format!("cannot read the request body: {err}")}),
+            )
+            .unwrap_or_default();
+        }
     };
+    // A detached exec start is a plain request: no stream to hand over.
+    let on_upgrade = on_upgrade.filter(|_| {
+        !(parts[0] == "exec"
+            && serde_json::from_slice::<Value>(&body)
+                .is_ok_and(|b| b["Detach"].as_bool() == Some(true)))
+    });
+    if method == Method::POST
+        && parts.len() == 3
+        && parts[0] == "exec"
+        && parts[2] == "start"
+        && on_upgrade.is_none()
+    {
+        let (id, global) = (parts[1].clone(), global.clone());
+        return tokio::task::spawn_blocking(move || exec_detached(&global, &id))
+            .await
+            .unwrap_or_else(|_| {
+                Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, "handler panicked".into()))
+            })
+            .unwrap_or_else(|ApiError(status, message)| {
+                json_reply(status, &json!({ "message": message })).unwrap_or_default()
+            });
+    }
     let reply = if let Some(on_upgrade) = on_upgrade {
         if parts[0] == "containers" {
             attach(on_upgrade, &engine, &parts[1], &q)
@@ -695,13 +748,8 @@ fn exec_create(engine: &Engine, id: &str, body: &Bytes) -> Reply {
 
 /// `POST /exec/{id}/start`: runs the exec (berth's own `exec`, as a child with pipes) and
 /// relays its output in Docker's frames; its exit code is kept for `GET /exec/{id}/json`.
-fn exec_start(
-    on_upgrade: hyper::upgrade::OnUpgrade,
-    global: &Global,
-    id: &str,
-    body: &Bytes,
-) -> Reply {
-    let request: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+/// An exec that exists and has not run yet.
+fn startable_exec(id: &str) -> Result<ExecState, ApiError> {
     let exec = lock(&EXECS)
         .get(id)
         .cloned()
@@ -709,6 +757,11 @@ fn exec_start(
     if exec.running || exec.exit_code.is_some() {
         return Err(ApiError(StatusCode::CONFLICT, format!("exec {id} has already run")));
     }
+    Ok(exec)
+}
+
+/// `berth exec` with the exec's settings; the caller gives it its stdio.
+fn exec_command(global: &Global, exec: &ExecState) -> std::process::Command {
     let mut command = std::process::Command::new("/proc/self/exe");
     command.arg("--root").arg(&global.root).arg("exec");
     if exec.stdin {
@@ -716,9 +769,6 @@ fn exec_start(
     }
     if exec.tty {
         command.arg("-t");
-    }
-    if request["Detach"].as_bool() == Some(true) {
-        command.arg("-d");
     }
     for e in &exec.env {
         command.arg("-e").arg(e);
@@ -733,6 +783,45 @@ fn exec_start(
         command.arg("--privileged");
     }
     command.arg(&exec.container).args(&exec.command);
+    command
+}
+
+/// `POST /exec/{id}/start` with `Detach`: the exec runs with no input or output; this
+/// service waits for it, so that its exit code is kept for `GET /exec/{id}/json`.
+fn exec_detached(global: &Global, id: &str) -> Reply {
+    let mut exec = startable_exec(id)?;
+    exec.stdin = false;
+    exec.tty = false;
+    let mut child = exec_command(global, &exec)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(internal("cannot run the exec"))?;
+    if let Some(state) = lock(&EXECS).get_mut(id) {
+        state.running = true;
+        state.pid = child.id();
+    }
+    let id = id.to_owned();
+    std::thread::spawn(move || {
+        let code = child.wait().ok().and_then(|s| s.code()).unwrap_or(-1);
+        if let Some(state) = lock(&EXECS).get_mut(&id) {
+            state.running = false;
+            state.exit_code = Some(code);
+        }
+    });
+    empty(StatusCode::OK)
+}
+
+fn exec_start(
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    global: &Global,
+    id: &str,
+    body: &Bytes,
+) -> Reply {
+    let _ = body;
+    let exec = startable_exec(id)?;
+    let command = exec_command(global, &exec);
     if exec.tty {
         return exec_on_terminal(on_upgrade, id, &exec, command);
     }
@@ -834,8 +923,29 @@ fn exec_on_terminal(
     mut command: std::process::Command,
 ) -> Reply {
     use std::os::fd::AsFd;
-    let pty = berth_sys::nix::pty::openpty(None, None)
-        .map_err(|e| internal("cannot open a terminal")(std::io::Error::from(e)))?;
+    // Both ends are opened close-on-exec (std opens /dev/ptmx so, the peer comes by
+    // TIOCGPTPEER with O_CLOEXEC): nothing else this service starts (another exec, a
+    // container's monitor) holds this terminal. The child gets the peer as its stdio,
+    // which survives its exec.
+    let master: std::os::fd::OwnedFd = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(berth_sys::libc::O_NOCTTY)
+            .open("/dev/ptmx")
+            .map_err(internal("cannot open a terminal"))?
+            .into()
+    };
+    let opened = berth_sys::tty::unlock(master.as_fd())
+        .and_then(|()| berth_sys::tty::open_peer(master.as_fd()));
+    let peer = opened
+        .map_err(|e| internal("cannot open a terminal")(std::io::Error::other(e.to_string())))?;
+    struct Pty {
+        master: std::os::fd::OwnedFd,
+        slave: std::os::fd::OwnedFd,
+    }
+    let pty = Pty { master, slave: peer };
     let _ = berth_sys::tty::set_window_size(
         pty.master.as_fd(),
         berth_sys::tty::WindowSize { rows: 24, cols: 80 },
@@ -864,13 +974,23 @@ fn exec_on_terminal(
         let mut writer = tokio::fs::File::from_std(std::fs::File::from(writer));
         if let Some(client) = upgraded {
             let (mut from_client, mut to_client) = tokio::io::split(client);
-            if stdin {
+            let input = stdin.then(|| {
                 tokio::spawn(async move {
                     let _ = tokio::io::copy(&mut from_client, &mut writer).await;
-                });
-            }
-            // Ends with EIO once every holder of the peer is gone.
+                })
+            });
+            // Ends with EIO once every holder of the peer is gone, or when the client
+            // cannot be written to any more.
             let _ = tokio::io::copy(&mut reader, &mut to_client).await;
+            // Every copy of the master goes: a process still on the terminal (its client
+            // gone) gets its hangup, as on a closed terminal.
+            drop(reader);
+            if let Some(input) = input {
+                input.abort();
+            }
+            if let Some(state) = lock(&EXECS).get_mut(&id) {
+                state.terminal = None;
+            }
             let code = child.wait().await.ok().and_then(|s| s.code()).unwrap_or(-1);
             if let Some(state) = lock(&EXECS).get_mut(&id) {
                 state.running = false;
@@ -879,6 +999,11 @@ fn exec_on_terminal(
             }
             let _ = to_client.shutdown().await;
         } else {
+            // No client to take the output: hang the terminal up.
+            drop((reader, writer));
+            if let Some(state) = lock(&EXECS).get_mut(&id) {
+                state.terminal = None;
+            }
             let code = child.wait().await.ok().and_then(|s| s.code()).unwrap_or(-1);
             if let Some(state) = lock(&EXECS).get_mut(&id) {
                 state.running = false;
@@ -1046,26 +1171,28 @@ fn info(engine: &Engine, global: &Global) -> Result<Value> {
     Ok(value)
 }
 
-/// `GET /containers/json`: `all`, `limit`, and the filters `name`, `label`, `status`, `id`.
+/// `GET /containers/json`: `all`, `limit` (which, as Docker's, lists stopped containers
+/// too), and the filters `name`, `id`, `label`, `status`, `ancestor`, `exited`,
+/// `network`, `volume`, `health`; any other filter is refused, never ignored.
 fn list(engine: &Engine, q: &BTreeMap<String, String>) -> Reply {
-    let filters: BTreeMap<String, Value> = match q.get("filters").filter(|f| !f.is_empty()) {
-        Some(text) => serde_json::from_str(text)
-            .map_err(|e| ApiError::bad(format!("invalid filters {text:?}: {e}")))?,
-        None => BTreeMap::new(),
-    };
-    // Docker's filters are {"key": ["v", ...]} (or {"key": {"v": true}} from old clients).
-    let values = |key: &str| -> Vec<String> {
-        match filters.get(key) {
-            Some(Value::Array(list)) => {
-                list.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect()
-            }
-            Some(Value::Object(map)) => map.keys().cloned().collect(),
-            _ => Vec::new(),
-        }
-    };
-    let all = truthy(q, "all");
+    let filters = filters(q)?;
+    const KNOWN: &[&str] =
+        &["name", "id", "label", "status", "ancestor", "exited", "network", "volume", "health"];
+    if let Some(unknown) = filters.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+        return Err(ApiError::bad(format!(
+            "invalid filter '{unknown}': berth filters containers by {}",
+            KNOWN.join(", ")
+        )));
+    }
+    let none = Vec::new();
+    let values = |key: &str| filters.get(key).unwrap_or(&none);
+    let limit = q.get("limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0);
+    let all = truthy(q, "all") || limit.is_some();
+    let mut records = engine.list().map_err(ApiError::of)?;
+    // Newest first, as Docker lists them.
+    records.sort_by(|a, b| b.created.cmp(&a.created));
     let mut rows = Vec::new();
-    for record in engine.list().map_err(ApiError::of)? {
+    for record in records {
         let running =
             matches!(record.state.status, Status::Running | Status::Paused | Status::Restarting);
         let statuses = values("status");
@@ -1085,16 +1212,51 @@ fn list(engine: &Engine, q: &BTreeMap<String, String>) -> Reply {
         if !ids.is_empty() && !ids.iter().any(|i| record.id.starts_with(i.as_str())) {
             continue;
         }
-        let labels = values("label");
-        if !labels.iter().all(|l| match l.split_once('=') {
-            Some((k, v)) => record.options.labels.get(k).is_some_and(|x| x == v),
-            None => record.options.labels.contains_key(l),
-        }) {
+        if !labels_match(&record.options.labels, values("label")) {
             continue;
+        }
+        let ancestors = values("ancestor");
+        if !ancestors.is_empty()
+            && !ancestors.iter().any(|a| {
+                let a = a.trim_start_matches("sha256:");
+                record.image == *a
+                    || record.image_id.trim_start_matches("sha256:").starts_with(a)
+                    || reference_matches(&[json!(record.image)], a)
+            })
+        {
+            continue;
+        }
+        let exited = values("exited");
+        let exited_with = |c: &String| c.parse::<i32>().ok() == Some(record.state.exit_code);
+        if !exited.is_empty()
+            && (record.state.status != Status::Exited || !exited.iter().any(exited_with))
+        {
+            continue;
+        }
+        let networks = values("network");
+        if !networks.is_empty()
+            && !networks.iter().any(|n| record.uses_network(n) || record.options.network == *n)
+        {
+            continue;
+        }
+        let volumes = values("volume");
+        if !volumes.is_empty()
+            && !volumes.iter().any(|v| {
+                record.mounts.iter().any(|m| m.name == *v || m.destination == *v || m.source == *v)
+            })
+        {
+            continue;
+        }
+        let health = values("health");
+        if !health.is_empty() {
+            let state = record.state.health.as_ref().map_or("none", |h| h.status.as_str());
+            if !health.iter().any(|h| h == state) {
+                continue;
+            }
         }
         rows.push(row(&record));
     }
-    if let Some(limit) = q.get("limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0) {
+    if let Some(limit) = limit {
         rows.truncate(limit);
     }
     json_reply(StatusCode::OK, &Value::Array(rows))

@@ -186,11 +186,17 @@ pub(super) fn network_disconnect(engine: &Engine, id: &str, body: &Bytes) -> Rep
 /// `POST /networks/prune`: user networks no container uses.
 pub(super) fn network_prune(engine: &Engine, q: &BTreeMap<String, String>) -> Reply {
     let filters = filters(q)?;
+    refuse_other_filters(&filters, &["label", "label!", "until"], "networks")?;
+    let until = until(&filters)?;
     let none = Vec::new();
     let mut deleted = Vec::new();
     for network in engine.network_list().map_err(ApiError::of)? {
         if builtin(&network)
             || !labels_match(&network.labels, filters.get("label").unwrap_or(&none))
+            || excluded(&network.labels, &filters)
+            || until.is_some_and(|u| {
+                berth_image::config::parse_rfc3339(&network.created).unwrap_or(0) as f64 >= u
+            })
         {
             continue;
         }
@@ -199,6 +205,38 @@ pub(super) fn network_prune(engine: &Engine, q: &BTreeMap<String, String>) -> Re
         }
     }
     json_reply(StatusCode::OK, &json!({"NetworksDeleted": deleted}))
+}
+
+/// Refuses filters a prune cannot apply: ignoring one would delete more than asked.
+fn refuse_other_filters(
+    filters: &BTreeMap<String, Vec<String>>,
+    known: &[&str],
+    what: &str,
+) -> Result<(), ApiError> {
+    match filters.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(other) => Err(ApiError::bad(format!(
+            "invalid filter '{other}': berth prunes {what} by {}",
+            known.join(", ")
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Whether a `label!` filter excludes these labels.
+fn excluded(labels: &BTreeMap<String, String>, filters: &BTreeMap<String, Vec<String>>) -> bool {
+    filters
+        .get("label!")
+        .is_some_and(|not| not.iter().any(|l| labels_match(labels, std::slice::from_ref(l))))
+}
+
+/// The `until` filter, in seconds since the epoch.
+fn until(filters: &BTreeMap<String, Vec<String>>) -> Result<Option<f64>, ApiError> {
+    match filters.get("until").and_then(|u| u.first()) {
+        Some(text) => crate::containers::parse_time(text)
+            .map(Some)
+            .map_err(|e| ApiError::bad(format!("until: {e:#}"))),
+        None => Ok(None),
+    }
 }
 
 fn string_map(value: &Value) -> BTreeMap<String, String> {
@@ -272,15 +310,25 @@ pub(super) fn volume_remove(engine: &Engine, name: &str, q: &BTreeMap<String, St
 /// `all`).
 pub(super) fn volume_prune(engine: &Engine, q: &BTreeMap<String, String>) -> Reply {
     let filters = filters(q)?;
+    refuse_other_filters(&filters, &["label", "label!", "all"], "volumes")?;
     let all = filters.get("all").is_some_and(|a| a.iter().any(|v| v == "true" || v == "1"));
-    let sizes: BTreeMap<String, u64> = engine
-        .volume_list()
-        .map_err(ApiError::of)?
-        .iter()
-        .map(|v| (v.name.clone(), berth_stdx::fs::disk_usage(&v.mountpoint)))
-        .collect();
-    let removed = engine.volume_prune(all).map_err(ApiError::of)?;
-    let reclaimed: u64 = removed.iter().filter_map(|n| sizes.get(n)).sum();
+    let none = Vec::new();
+    let mut removed = Vec::new();
+    let mut reclaimed = 0;
+    for volume in engine.volume_list().map_err(ApiError::of)? {
+        if (!all && !volume.anonymous)
+            || !labels_match(&volume.labels, filters.get("label").unwrap_or(&none))
+            || excluded(&volume.labels, &filters)
+            || !engine.volume_users(&volume.name).map_err(ApiError::of)?.is_empty()
+        {
+            continue;
+        }
+        let size = berth_stdx::fs::disk_usage(&volume.mountpoint);
+        if engine.volume_remove(&volume.name, false).is_ok() {
+            reclaimed += size;
+            removed.push(volume.name);
+        }
+    }
     json_reply(StatusCode::OK, &json!({"VolumesDeleted": removed, "SpaceReclaimed": reclaimed}))
 }
 
