@@ -773,6 +773,10 @@ fn root_docker_api_bad_input() {
     let (code, body) = curl("POST", "/build?dockerfile=%2Fetc%2Fpasswd", &archive);
     assert_eq!((code, body.contains("inside the build context")), (400, true), "{body}");
     assert!(!body.contains("root:"), "{body}");
+    // A JSON body past the bound is refused whole, not held.
+    let huge = vec![b' '; 17 << 20];
+    let (code, body) = curl("POST", "/containers/create", &huge);
+    assert_eq!((code, body.contains("at most 16 MiB")), (400, true), "{body}");
     // Filters berth cannot apply are refused, never ignored (ignoring one would list, or
     // prune, more than asked).
     let (code, body) =

@@ -274,7 +274,7 @@ pub(super) fn archive(
     method: &hyper::Method,
     id: &str,
     q: &BTreeMap<String, String>,
-    body: &Bytes,
+    body: std::fs::File,
 ) -> Reply {
     let path = q
         .get("path")
@@ -286,7 +286,7 @@ pub(super) fn archive(
         if !path.starts_with('/') {
             return Err(ApiError::bad(format!("path {path:?} is not absolute")));
         }
-        let mut input = std::io::Cursor::new(body.as_ref());
+        let mut input = std::io::BufReader::with_capacity(1 << 20, body);
         engine.copy_in_tar(&mut input, &id, Path::new(&path)).map_err(ApiError::of)?;
         return empty(StatusCode::OK);
     }

@@ -9,7 +9,6 @@ use berth_image::digest::Digest;
 use berth_image::progress::Progress;
 use berth_image::reference::Reference;
 use berth_image::store::Removed;
-use bytes::Bytes;
 use hyper::StatusCode;
 use serde_json::{json, Value};
 
@@ -146,7 +145,7 @@ pub(super) fn pull(global: &Arc<Global>, q: &BTreeMap<String, String>) -> Reply 
 /// `POST /images/create?fromSrc=-&repo=&tag=&changes=&message=`: `docker import`, the
 /// body a tar of a filesystem (maybe compressed); `changes` are Dockerfile instructions
 /// for the config, as `berth import --change` takes them.
-pub(super) fn import(global: &Global, q: &BTreeMap<String, String>, body: &Bytes) -> Reply {
+pub(super) fn import(global: &Global, q: &BTreeMap<String, String>, body: std::fs::File) -> Reply {
     let source = q.get("fromSrc").map(String::as_str).unwrap_or("");
     if source != "-" {
         return Err(ApiError::bad(format!(
@@ -177,7 +176,7 @@ pub(super) fn import(global: &Global, q: &BTreeMap<String, String>, body: &Bytes
     let store = crate::images::open_store(global)?;
     let id = berth_image::archive::import(
         &store,
-        std::io::Cursor::new(body.as_ref()),
+        std::io::BufReader::with_capacity(1 << 20, body),
         &shown,
         Some(run),
         reference.as_ref(),
@@ -338,11 +337,11 @@ pub(super) fn save(global: &Global, names: Vec<String>) -> Reply {
 }
 
 /// `POST /images/load?quiet=`: a `docker save` or OCI archive in the body.
-pub(super) fn load(global: &Global, body: &Bytes, q: &BTreeMap<String, String>) -> Reply {
+pub(super) fn load(global: &Global, body: std::fs::File, q: &BTreeMap<String, String>) -> Reply {
     let store = crate::images::open_store(global)?;
     let loaded = berth_image::archive::load(
         &store,
-        std::io::Cursor::new(body.as_ref()),
+        std::io::BufReader::with_capacity(1 << 20, body),
         std::path::Path::new("the request body"),
         None,
     )
@@ -387,9 +386,17 @@ pub(super) fn prune(global: &Global, q: &BTreeMap<String, String>) -> Reply {
 
 /// Unpacks a build context (a tar, maybe gzip-compressed) into `dir`. Entries that would
 /// land outside it are refused by the tar reader.
-fn unpack_context(body: &[u8], dir: &std::path::Path) -> Result<(), ApiError> {
-    let reader = berth_image::manifest::Compression::sniff(body)
-        .decoder(body)
+fn unpack_context(mut body: std::fs::File, dir: &std::path::Path) -> Result<(), ApiError> {
+    use std::io::{Read, Seek};
+    let mut head = [0u8; 8];
+    let n = body.read(&mut head).unwrap_or(0);
+    if n == 0 {
+        // No context at all (a Dockerfile-less build fails later, saying so).
+        return Ok(());
+    }
+    body.rewind().map_err(|e| ApiError::bad(format!("the build context: {e}")))?;
+    let reader = berth_image::manifest::Compression::sniff(&head[..n])
+        .decoder(std::io::BufReader::with_capacity(1 << 20, body))
         .map_err(|e| ApiError::bad(format!("the build context cannot be decompressed: {e}")))?;
     let mut archive = tar::Archive::new(reader);
     archive.set_preserve_permissions(true);
@@ -402,7 +409,11 @@ fn unpack_context(body: &[u8], dir: &std::path::Path) -> Result<(), ApiError> {
 /// `POST /build`: the classic builder's endpoint. The body is the context as a tar; the
 /// build is `berth build`, run as a child, and its output comes back as Docker's
 /// `{"stream": ...}` lines, then `{"aux": {"ID": ...}}` and "Successfully built/tagged".
-pub(super) fn build(global: &Arc<Global>, q: &BTreeMap<String, String>, body: &Bytes) -> Reply {
+pub(super) fn build(
+    global: &Arc<Global>,
+    q: &BTreeMap<String, String>,
+    body: std::fs::File,
+) -> Reply {
     if q.get("remote").is_some_and(|r| !r.is_empty()) {
         return Err(ApiError::bad(
             "building from a remote context (git or URL) is not served: send the context as a tar",
@@ -415,9 +426,7 @@ pub(super) fn build(global: &Arc<Global>, q: &BTreeMap<String, String>, body: &B
                 format!("cannot make a temporary directory: {e}"),
             )
         })?;
-    if !body.is_empty() {
-        unpack_context(body, context.path())?;
-    }
+    unpack_context(body, context.path())?;
     let json_map = |key: &str| -> Result<BTreeMap<String, Value>, ApiError> {
         match q.get(key).filter(|v| !v.is_empty()) {
             Some(text) => serde_json::from_str(text)

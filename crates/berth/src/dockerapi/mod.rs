@@ -27,6 +27,9 @@ mod containers;
 mod images;
 mod objects;
 
+/// The largest JSON body taken (archives are spooled to disk instead).
+const MAX_JSON_BODY: usize = 16 << 20;
+
 /// The API version berth speaks; the oldest it accepts.
 const API_VERSION: &str = "1.41";
 const MIN_API_VERSION: &str = "1.24";
@@ -194,6 +197,28 @@ fn labels_match(labels: &BTreeMap<String, String>, wanted: &[String]) -> bool {
     })
 }
 
+/// Writes a request body to an unnamed file under `<root>/tmp` (on the root's disk, not
+/// a tmpfs), rewound for reading; it is gone when closed.
+async fn spool(
+    mut body: hyper::body::Incoming,
+    root: &std::path::Path,
+) -> Result<std::fs::File, String> {
+    use std::io::{Seek, Write};
+    let dir = root.join("tmp");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
+    let mut file =
+        tempfile::tempfile_in(&dir).map_err(|e| format!("cannot spool the upload: {e}"))?;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| format!("cannot read the request body: {e}"))?;
+        if let Some(data) = frame.data_ref() {
+            // Small blocking writes on the runtime: page-cache copies, not waits.
+            file.write_all(data).map_err(|e| format!("cannot spool the upload: {e}"))?;
+        }
+    }
+    file.rewind().map_err(|e| format!("cannot spool the upload: {e}"))?;
+    Ok(file)
+}
+
 /// The query string as a map (`a=1&b=x`), percent-decoded (`+` is a space, as Go's
 /// clients encode it).
 /// A key given more than once (`t=a&t=b`) keeps every value, joined by NUL.
@@ -333,14 +358,31 @@ async fn respond(
         .unwrap_or_default();
     }
     let on_upgrade = hijack.then(|| hyper::upgrade::on(&mut request));
-    let body = match request.into_body().collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(err) => {
-            return json_reply(
-                StatusCode::BAD_REQUEST,
-                &json!({"message": format!("cannot read the request body: {err}")}),
-            )
-            .unwrap_or_default();
+    // Archives (a build context, an image, a filesystem, `docker cp`'s tar) go to an
+    // unnamed file on the root's disk as they arrive; any other body is JSON, held in
+    // memory up to a bound.
+    let uploads = (method == Method::POST
+        && (matches!(parts.as_slice(), [a] if a == "build")
+            || matches!(parts.as_slice(), [a, b] if a == "images" && (b == "load" || b == "create"))))
+        || (method == Method::PUT && parts.len() == 3 && parts[2] == "archive");
+    let (body, upload) = if uploads {
+        match spool(request.into_body(), &global.root).await {
+            Ok(file) => (Bytes::new(), Some(file)),
+            Err(message) => {
+                return json_reply(StatusCode::BAD_REQUEST, &json!({ "message": message }))
+                    .unwrap_or_default();
+            }
+        }
+    } else {
+        match http_body_util::Limited::new(request.into_body(), MAX_JSON_BODY).collect().await {
+            Ok(collected) => (collected.to_bytes(), None),
+            Err(err) => {
+                return json_reply(
+                    StatusCode::BAD_REQUEST,
+                    &json!({"message": format!("cannot read the request body (at most {} MiB): {err}", MAX_JSON_BODY >> 20)}),
+                )
+                .unwrap_or_default();
+            }
         }
     };
     // A detached exec start is a plain request: no stream to hand over.
@@ -372,11 +414,13 @@ async fn respond(
             exec_start(on_upgrade, &global, &parts[1], &body)
         }
     } else {
-        tokio::task::spawn_blocking(move || route(&method, &parts, &q, &body, &engine, &global))
-            .await
-            .unwrap_or_else(|_| {
-                Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, "handler panicked".into()))
-            })
+        tokio::task::spawn_blocking(move || {
+            route(&method, &parts, &q, &body, upload, &engine, &global)
+        })
+        .await
+        .unwrap_or_else(|_| {
+            Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, "handler panicked".into()))
+        })
     };
     match reply {
         Ok(response) => response,
@@ -391,10 +435,18 @@ fn route(
     parts: &[String],
     q: &BTreeMap<String, String>,
     body: &Bytes,
+    upload: Option<std::fs::File>,
     engine: &Arc<Engine>,
     global: &Arc<Global>,
 ) -> Reply {
     let p: Vec<&str> = parts.iter().map(String::as_str).collect();
+    // What an upload route reads: the spooled file (an empty one if none came).
+    let upload = || -> Result<std::fs::File, ApiError> {
+        match upload {
+            Some(file) => Ok(file),
+            None => tempfile::tempfile().map_err(internal("cannot make a temporary file")),
+        }
+    };
     match (method, p.as_slice()) {
         (&Method::GET | &Method::HEAD, ["_ping"]) => Ok(Response::builder()
             .header("Api-Version", API_VERSION)
@@ -457,7 +509,7 @@ fn route(
         (&Method::GET, ["containers", id, "changes"]) => containers::changes(engine, id),
         (&Method::GET, ["containers", id, "export"]) => containers::export(engine, id),
         (&Method::GET | &Method::HEAD | &Method::PUT, ["containers", id, "archive"]) => {
-            containers::archive(engine, method, id, q, body)
+            containers::archive(engine, method, id, q, upload()?)
         }
         (&Method::POST, ["containers", id, "update"]) => containers::update(engine, id, body),
         (&Method::POST, ["containers", "prune"]) => containers::prune(engine, q),
@@ -503,10 +555,10 @@ fn route(
         (&Method::GET, ["images", "json"]) => list_images(global, q),
         (&Method::GET, ["images", "search"]) => json_reply(StatusCode::OK, &json!([])),
         (&Method::POST, ["images", "create"]) if q.contains_key("fromSrc") => {
-            images::import(global, q, body)
+            images::import(global, q, upload()?)
         }
         (&Method::POST, ["images", "create"]) => images::pull(global, q),
-        (&Method::POST, ["images", "load"]) => images::load(global, body, q),
+        (&Method::POST, ["images", "load"]) => images::load(global, upload()?, q),
         (&Method::POST, ["images", "prune"]) => images::prune(global, q),
         (&Method::GET, ["images", "get"]) => images::save(
             global,
@@ -537,7 +589,7 @@ fn route(
         (&Method::DELETE, ["images", rest @ ..]) if !rest.is_empty() => {
             images::remove(global, &rest.join("/"), q)
         }
-        (&Method::POST, ["build"]) => images::build(global, q, body),
+        (&Method::POST, ["build"]) => images::build(global, q, upload()?),
         (&Method::POST, ["auth"]) => auth(global, body),
         (&Method::GET, ["networks"]) => objects::network_list(engine, q),
         (&Method::POST, ["networks", "create"]) => objects::network_create(engine, body),
@@ -729,6 +781,10 @@ fn exec_create(engine: &Engine, id: &str, body: &Bytes) -> Reply {
         return Err(ApiError::bad("No exec command specified"));
     }
     let exec_id = berth_engine::random_id().map_err(ApiError::of)?;
+    // Execs go with their container, as Docker's do.
+    let containers: std::collections::BTreeSet<String> =
+        engine.ids().map_err(ApiError::of)?.into_iter().collect();
+    lock(&EXECS).retain(|_, e| e.running || containers.contains(&e.container));
     lock(&EXECS).insert(
         exec_id.clone(),
         ExecState {
