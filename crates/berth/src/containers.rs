@@ -396,8 +396,12 @@ pub struct ExecArgs {
     pub interactive: bool,
     #[arg(short, long)]
     pub tty: bool,
+    /// KEY=VALUE, or KEY to pass this environment's value (unset: left out), as Docker's.
     #[arg(short, long = "env")]
     pub env: Vec<String>,
+    /// Files of KEY=VALUE lines (`#` comments), read before the -e values.
+    #[arg(long = "env-file")]
+    pub env_file: Vec<PathBuf>,
     #[arg(short, long)]
     pub user: Option<String>,
     #[arg(short, long)]
@@ -1385,6 +1389,25 @@ pub fn logs(global: &Global, args: LogsArgs) -> Result<i32> {
     }
 }
 
+/// An exec's environment: the env files' lines, then the -e values; a bare KEY takes this
+/// process's value (and is left out when unset), as Docker's client does.
+fn exec_env(args: &ExecArgs) -> Result<Vec<String>> {
+    let mut env = Vec::new();
+    for file in &args.env_file {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("--env-file {}: cannot read it", file.display()))?;
+        env.extend(berth_engine::options::parse_env_file(&text));
+    }
+    for entry in &args.env {
+        if entry.contains('=') {
+            env.push(entry.clone());
+        } else if let Ok(value) = std::env::var(entry) {
+            env.push(format!("{entry}={value}"));
+        }
+    }
+    Ok(env)
+}
+
 /// Set in the environment of the keeper an `exec -d` leaves behind.
 const EXEC_KEEPER: &str = "BERTH_EXEC_KEEPER";
 
@@ -1433,7 +1456,7 @@ pub fn exec(global: &Global, args: ExecArgs) -> Result<i32> {
     }
     let request = ExecRequest {
         command: args.args[1..].to_vec(),
-        env: args.env.clone(),
+        env: exec_env(&args)?,
         user: args.user.clone(),
         workdir: args.workdir.clone(),
         tty: args.tty,

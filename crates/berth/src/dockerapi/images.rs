@@ -476,11 +476,16 @@ pub(super) fn build(
     if let Some(file) = &dockerfile {
         command.arg("-f").arg(context.path().join(file));
     }
+    // Values go through the child's environment (`--build-arg KEY` takes it from there):
+    // a command line is readable by every user, and build args often carry tokens.
     for (key, value) in &build_args {
-        match value.as_str() {
-            Some(v) => command.arg("--build-arg").arg(format!("{key}={v}")),
-            None => command.arg("--build-arg").arg(key),
-        };
+        if key.is_empty() || key.contains('=') || key.contains('\0') {
+            return Err(ApiError::bad(format!("build arg {key:?} is not a valid name")));
+        }
+        if let Some(v) = value.as_str() {
+            command.env(key, v);
+        }
+        command.arg("--build-arg").arg(key);
     }
     for (key, value) in &labels {
         command.arg("--label").arg(format!("{key}={}", value.as_str().unwrap_or_default()));

@@ -638,6 +638,19 @@ struct ExecState {
     pid: u32,
     /// The pty master of an exec with a terminal, while it runs.
     terminal: Option<Arc<std::os::fd::OwnedFd>>,
+    /// The 0600 file that hands the exec its environment (values stay off command
+    /// lines, which every user can read); removed when the exec ends.
+    env_file: Option<Arc<tempfile::NamedTempFile>>,
+}
+
+/// An exec ended: its code is kept, its terminal and environment file go.
+fn exec_finished(id: &str, code: i32) {
+    if let Some(state) = lock(&EXECS).get_mut(id) {
+        state.running = false;
+        state.exit_code = Some(code);
+        state.terminal = None;
+        state.env_file = None;
+    }
 }
 
 fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -816,8 +829,14 @@ fn startable_exec(id: &str) -> Result<ExecState, ApiError> {
     Ok(exec)
 }
 
-/// `berth exec` with the exec's settings; the caller gives it its stdio.
-fn exec_command(global: &Global, exec: &ExecState) -> std::process::Command {
+/// `berth exec` with the exec's settings; the caller gives it its stdio. The environment
+/// goes in a 0600 file under `<root>/tmp` (kept in the exec's state until it ends), not on
+/// the command line.
+fn exec_command(
+    global: &Global,
+    id: &str,
+    exec: &ExecState,
+) -> Result<std::process::Command, ApiError> {
     let mut command = std::process::Command::new("/proc/self/exe");
     command.arg("--root").arg(&global.root).arg("exec");
     if exec.stdin {
@@ -826,7 +845,26 @@ fn exec_command(global: &Global, exec: &ExecState) -> std::process::Command {
     if exec.tty {
         command.arg("-t");
     }
-    for e in &exec.env {
+    // A value with a newline cannot be a line of the file: it stays an argument.
+    let (lines, multiline): (Vec<&String>, Vec<&String>) =
+        exec.env.iter().partition(|e| !e.contains('\n'));
+    if !lines.is_empty() {
+        use std::io::Write;
+        let dir = global.root.join("tmp");
+        std::fs::create_dir_all(&dir).map_err(internal("cannot make the root's tmp"))?;
+        let mut file = tempfile::Builder::new()
+            .prefix("exec-env-")
+            .tempfile_in(&dir)
+            .map_err(internal("cannot write the exec's environment"))?;
+        for line in lines {
+            writeln!(file, "{line}").map_err(internal("cannot write the exec's environment"))?;
+        }
+        command.arg("--env-file").arg(file.path());
+        if let Some(state) = lock(&EXECS).get_mut(id) {
+            state.env_file = Some(Arc::new(file));
+        }
+    }
+    for e in multiline {
         command.arg("-e").arg(e);
     }
     if !exec.user.is_empty() {
@@ -839,7 +877,7 @@ fn exec_command(global: &Global, exec: &ExecState) -> std::process::Command {
         command.arg("--privileged");
     }
     command.arg(&exec.container).args(&exec.command);
-    command
+    Ok(command)
 }
 
 /// `POST /exec/{id}/start` with `Detach`: the exec runs with no input or output; this
@@ -848,7 +886,7 @@ fn exec_detached(global: &Global, id: &str) -> Reply {
     let mut exec = startable_exec(id)?;
     exec.stdin = false;
     exec.tty = false;
-    let mut child = exec_command(global, &exec)
+    let mut child = exec_command(global, id, &exec)?
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -861,10 +899,7 @@ fn exec_detached(global: &Global, id: &str) -> Reply {
     let id = id.to_owned();
     std::thread::spawn(move || {
         let code = child.wait().ok().and_then(|s| s.code()).unwrap_or(-1);
-        if let Some(state) = lock(&EXECS).get_mut(&id) {
-            state.running = false;
-            state.exit_code = Some(code);
-        }
+        exec_finished(&id, code);
     });
     empty(StatusCode::OK)
 }
@@ -877,7 +912,7 @@ fn exec_start(
 ) -> Reply {
     let _ = body;
     let exec = startable_exec(id)?;
-    let command = exec_command(global, &exec);
+    let command = exec_command(global, id, &exec)?;
     if exec.tty {
         return exec_on_terminal(on_upgrade, id, &exec, command);
     }
@@ -952,10 +987,7 @@ fn exec_start(
             let _ = pump.await;
         }
         let code = child.wait().await.ok().and_then(|s| s.code()).unwrap_or(-1);
-        if let Some(state) = lock(&EXECS).get_mut(&id) {
-            state.running = false;
-            state.exit_code = Some(code);
-        }
+        exec_finished(&id, code);
         // The exit code is kept before the stream ends: the client asks for it next.
         let mut guard = to_client.lock().await;
         if let Some(client) = guard.as_mut() {
@@ -1048,11 +1080,7 @@ fn exec_on_terminal(
                 state.terminal = None;
             }
             let code = child.wait().await.ok().and_then(|s| s.code()).unwrap_or(-1);
-            if let Some(state) = lock(&EXECS).get_mut(&id) {
-                state.running = false;
-                state.exit_code = Some(code);
-                state.terminal = None;
-            }
+            exec_finished(&id, code);
             let _ = to_client.shutdown().await;
         } else {
             // No client to take the output: hang the terminal up.
@@ -1061,11 +1089,7 @@ fn exec_on_terminal(
                 state.terminal = None;
             }
             let code = child.wait().await.ok().and_then(|s| s.code()).unwrap_or(-1);
-            if let Some(state) = lock(&EXECS).get_mut(&id) {
-                state.running = false;
-                state.exit_code = Some(code);
-                state.terminal = None;
-            }
+            exec_finished(&id, code);
         }
     });
     Ok(upgraded_response())
