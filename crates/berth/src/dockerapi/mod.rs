@@ -472,9 +472,18 @@ fn route(
             let started = engine.start(id).map_err(ApiError::of)?;
             // An attach waiting for this start gets the stream that carries the output
             // from its first byte; otherwise the monitor lives on without it.
-            let waiting = lock(&PENDING).remove(&started.id);
-            if let Some(waiting) = waiting {
-                let _ = waiting.send(started.stream);
+            // The first gets that stream; any other attach made before the start gets a
+            // connection of its own from this moment.
+            let waiting = lock(&PENDING).remove(&started.id).unwrap_or_default();
+            let mut stream = Some(started.stream);
+            for waiter in waiting.into_iter().filter(|w| !w.is_closed()) {
+                let given = match stream.take() {
+                    Some(first) => Ok(first),
+                    None => berth_engine::monitor::connect(&engine.container_dir(&started.id)),
+                };
+                if let Ok(given) = given {
+                    let _ = waiter.send(given);
+                }
             }
             empty(StatusCode::NO_CONTENT)
         }
@@ -548,7 +557,9 @@ fn route(
             )
         }
         (&Method::DELETE, ["containers", id]) => {
+            let resolved = engine.resolve_id(id).map_err(ApiError::of)?;
             engine.remove(id, truthy(q, "force"), truthy(q, "v")).map_err(ApiError::of)?;
+            lock(&PENDING).remove(&resolved);
             empty(StatusCode::NO_CONTENT)
         }
         (&Method::GET, ["containers", id, "logs"]) => logs(engine, id, q),
@@ -614,9 +625,10 @@ fn route(
     }
 }
 
-/// Attaches waiting for their container's start, by container id.
+/// Attaches waiting for their container's start, by container id. Removing the container
+/// drops its waiters, which ends their attaches.
 static PENDING: std::sync::Mutex<
-    BTreeMap<String, tokio::sync::oneshot::Sender<std::os::unix::net::UnixStream>>,
+    BTreeMap<String, Vec<tokio::sync::oneshot::Sender<std::os::unix::net::UnixStream>>>,
 > = std::sync::Mutex::new(BTreeMap::new());
 
 /// Exec instances made by `POST /containers/{id}/exec`, by exec id.
@@ -702,7 +714,7 @@ fn attach(
         receiver
     } else {
         let (sender, receiver) = tokio::sync::oneshot::channel();
-        lock(&PENDING).insert(id.clone(), sender);
+        lock(&PENDING).entry(id.clone()).or_default().push(sender);
         receiver
     };
     tokio::spawn(async move {
