@@ -447,6 +447,31 @@ fn root_docker_cli_networks_volumes_files_and_images() {
         events.lines().any(|e| e == "die")
     });
     assert!(events.lines().take(2).eq(["create", "start"]), "{events}");
+    // A start during the export of a stopped container waits for the export (which
+    // holds the container while its rootfs is mounted for the copy): the archive is
+    // whole, and the started container's rootfs stays its own.
+    service.ok(&["create", "--name", "still", "fixture:v1", "sleep", "300"]);
+    let slow = Command::new("curl")
+        .args(["-sf", "--limit-rate", "400k", "-o"])
+        .arg(host.path().join("still.tar"))
+        .arg("--unix-socket")
+        .arg(service.socket())
+        .arg("http://localhost/v1.41/containers/still/export")
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    service.ok(&["start", "still"]);
+    let status = slow.wait_with_output().unwrap().status;
+    assert!(status.success(), "export: {status}");
+    let listing =
+        Command::new("tar").arg("-tf").arg(host.path().join("still.tar")).output().unwrap();
+    assert!(
+        listing.status.success()
+            && String::from_utf8_lossy(&listing.stdout).contains("bin/busybox")
+    );
+    service.ok(&["cp", host.path().join("in.txt").to_str().unwrap(), "still:/tmp/in.txt"]);
+    assert_eq!(service.ok(&["exec", "still", "cat", "/tmp/in.txt"]), "from the host\n");
+    service.ok(&["rm", "-f", "still"]);
     // Images: tag, history, save/load, remove, build, prune.
     service.ok(&["tag", "fixture:v1", "shop/base:1"]);
     let history = service.ok(&["history", "--format", "{{.Size}}", "shop/base:1"]);

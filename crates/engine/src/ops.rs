@@ -1242,6 +1242,7 @@ impl Engine {
                 mounts: locked.record.mounts.clone(),
                 read_only: locked.record.options.read_only,
                 dir: locked.dir.clone(),
+                _hold: None,
             });
         }
         let store = self.images()?;
@@ -1253,6 +1254,10 @@ impl Engine {
             mounts: locked.record.mounts.clone(),
             read_only: locked.record.options.read_only,
             dir: locked.dir.clone(),
+            // The container stays locked while its rootfs is mounted for the copy: a
+            // start meanwhile would take this mount as its own, and the copy's end
+            // would detach it from under the running container.
+            _hold: Some(locked),
         })
     }
 }
@@ -1338,6 +1343,9 @@ pub struct RootfsAccess {
     pub read_only: bool,
     /// The container's directory, which holds its hosts, hostname and resolv.conf.
     pub dir: PathBuf,
+    /// The container's lock, held while a rootfs mounted here is in use (dropped after
+    /// the unmount, as fields drop after `Drop::drop`).
+    _hold: Option<crate::container::Locked>,
 }
 
 impl RootfsAccess {
@@ -1481,6 +1489,7 @@ mod tests {
             }],
             read_only: false,
             dir: PathBuf::from("/c"),
+            _hold: None,
         };
         assert_eq!(
             access.locate(Path::new("/data/x/y")),
