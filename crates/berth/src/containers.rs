@@ -660,19 +660,7 @@ fn labels(list: &[String]) -> BTreeMap<String, String> {
 }
 
 fn run_options(flags: &CreateFlags) -> Result<RunOptions> {
-    let mut env = Vec::new();
-    for file in &flags.env_file {
-        let text = std::fs::read_to_string(file)
-            .with_context(|| format!("cannot read env file {}", file.display()))?;
-        env.extend(berth_engine::options::parse_env_file(&text));
-    }
-    for entry in &flags.env {
-        if entry.contains('=') {
-            env.push(entry.clone());
-        } else if let Ok(value) = std::env::var(entry) {
-            env.push(format!("{entry}={value}"));
-        }
-    }
+    let env = environment(&flags.env_file, &flags.env)?;
     let mut publish = Vec::new();
     for p in &flags.publish {
         publish.extend(PortSpec::parse(p)?);
@@ -1389,16 +1377,16 @@ pub fn logs(global: &Global, args: LogsArgs) -> Result<i32> {
     }
 }
 
-/// An exec's environment: the env files' lines, then the -e values; a bare KEY takes this
+/// An environment from `--env-file`s' lines, then `-e` values; a bare KEY takes this
 /// process's value (and is left out when unset), as Docker's client does.
-fn exec_env(args: &ExecArgs) -> Result<Vec<String>> {
+fn environment(files: &[PathBuf], entries: &[String]) -> Result<Vec<String>> {
     let mut env = Vec::new();
-    for file in &args.env_file {
+    for file in files {
         let text = std::fs::read_to_string(file)
-            .with_context(|| format!("--env-file {}: cannot read it", file.display()))?;
+            .with_context(|| format!("cannot read env file {}", file.display()))?;
         env.extend(berth_engine::options::parse_env_file(&text));
     }
-    for entry in &args.env {
+    for entry in entries {
         if entry.contains('=') {
             env.push(entry.clone());
         } else if let Ok(value) = std::env::var(entry) {
@@ -1456,7 +1444,7 @@ pub fn exec(global: &Global, args: ExecArgs) -> Result<i32> {
     }
     let request = ExecRequest {
         command: args.args[1..].to_vec(),
-        env: exec_env(&args)?,
+        env: environment(&args.env_file, &args.env)?,
         user: args.user.clone(),
         workdir: args.workdir.clone(),
         tty: args.tty,

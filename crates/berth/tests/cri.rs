@@ -227,6 +227,20 @@ fn container_config(name: &str, script: &str) -> cri::ContainerConfig {
     }
 }
 
+async fn run_sandbox(
+    rt: &mut RuntimeServiceClient<Channel>,
+    pod: &cri::PodSandboxConfig,
+) -> String {
+    rt.run_pod_sandbox(cri::RunPodSandboxRequest {
+        config: Some(pod.clone()),
+        runtime_handler: String::new(),
+    })
+    .await
+    .expect("runp")
+    .into_inner()
+    .pod_sandbox_id
+}
+
 async fn run_container(
     rt: &mut RuntimeServiceClient<Channel>,
     sandbox: &str,
@@ -345,15 +359,7 @@ fn root_a_pod_lives_its_whole_life_through_cri() {
 
         // runp
         let pod = sandbox_config(&node, "web");
-        let sandbox = rt
-            .run_pod_sandbox(cri::RunPodSandboxRequest {
-                config: Some(pod.clone()),
-                runtime_handler: String::new(),
-            })
-            .await
-            .expect("runp")
-            .into_inner()
-            .pod_sandbox_id;
+        let sandbox = run_sandbox(&mut rt, &pod).await;
         let duplicate = rt
             .run_pod_sandbox(cri::RunPodSandboxRequest {
                 config: Some(pod.clone()),
@@ -1260,15 +1266,7 @@ fn root_a_built_image_runs_in_a_pod() {
         let image = status.image.expect("the built image is known to the CRI");
         assert!(image.repo_tags.iter().any(|t| t.contains("local/built:1")), "{image:?}");
         let pod = sandbox_config(&node, "built");
-        let sandbox = rt
-            .run_pod_sandbox(cri::RunPodSandboxRequest {
-                config: Some(pod.clone()),
-                runtime_handler: String::new(),
-            })
-            .await
-            .expect("runp")
-            .into_inner()
-            .pod_sandbox_id;
+        let sandbox = run_sandbox(&mut rt, &pod).await;
         let mut config = container_config("app", "unused");
         config.image = Some(cri::ImageSpec { image: "local/built:1".into(), ..Default::default() });
         // The image's CMD runs: no command of the pod's own.

@@ -153,33 +153,39 @@ pub(super) fn network_remove(engine: &Engine, id: &str) -> Reply {
     empty(StatusCode::NO_CONTENT)
 }
 
-/// `POST /networks/{id}/connect` with `{"Container", "EndpointConfig": {"Aliases",
-/// "IPAMConfig": {"IPv4Address"}}}`.
-pub(super) fn network_connect(engine: &Engine, id: &str, body: &Bytes) -> Reply {
+/// A connect or disconnect request: its body, the network, and the `Container` named.
+fn endpoint_request(
+    engine: &Engine,
+    id: &str,
+    body: &Bytes,
+) -> Result<(Value, Network, String), ApiError> {
     let config = json_body(body)?;
     let network = find_network(engine, id)?;
     let container = config["Container"]
         .as_str()
         .filter(|c| !c.is_empty())
-        .ok_or_else(|| ApiError::bad("Container is required"))?;
+        .ok_or_else(|| ApiError::bad("Container is required"))?
+        .to_owned();
+    Ok((config, network, container))
+}
+
+/// `POST /networks/{id}/connect` with `{"Container", "EndpointConfig": {"Aliases",
+/// "IPAMConfig": {"IPv4Address"}}}`.
+pub(super) fn network_connect(engine: &Engine, id: &str, body: &Bytes) -> Reply {
+    let (config, network, container) = endpoint_request(engine, id, body)?;
     let endpoint = &config["EndpointConfig"];
     let aliases: Vec<String> = endpoint["Aliases"]
         .as_array()
         .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
         .unwrap_or_default();
     let ip = endpoint["IPAMConfig"]["IPv4Address"].as_str().filter(|i| !i.is_empty());
-    engine.network_connect(&network.name, container, &aliases, ip).map_err(ApiError::of)?;
+    engine.network_connect(&network.name, &container, &aliases, ip).map_err(ApiError::of)?;
     empty(StatusCode::OK)
 }
 
 pub(super) fn network_disconnect(engine: &Engine, id: &str, body: &Bytes) -> Reply {
-    let config = json_body(body)?;
-    let network = find_network(engine, id)?;
-    let container = config["Container"]
-        .as_str()
-        .filter(|c| !c.is_empty())
-        .ok_or_else(|| ApiError::bad("Container is required"))?;
-    engine.network_disconnect(&network.name, container).map_err(ApiError::of)?;
+    let (_, network, container) = endpoint_request(engine, id, body)?;
+    engine.network_disconnect(&network.name, &container).map_err(ApiError::of)?;
     empty(StatusCode::OK)
 }
 
