@@ -208,6 +208,56 @@ fn root_the_docker_cli_drives_berth() {
     assert!(tty.starts_with("/dev/pts/"), "{tty:?}");
     let tty = service.ok(&["run", "--rm", "-t", "fixture:v1", "tty"]);
     assert!(tty.starts_with("/dev/pts/"), "{tty:?}");
+    // -it from a terminal (`script` gives the client a pty of a chosen size): what is
+    // typed reaches the shell, the terminal's size is passed on, the exit code comes back.
+    let on_terminal = |command: &str, typed: &str| -> (Option<i32>, String) {
+        use std::io::Write;
+        let mut child = Command::new("script")
+            .args(["-qec", &format!("stty cols 100 rows 30; {DOCKER} {command}"), "/dev/null"])
+            .env("DOCKER_HOST", format!("unix://{}", service.socket().display()))
+            .env("DOCKER_CONFIG", service.dir.path().join("docker-config"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("script (util-linux)");
+        // Typed once the shell shows its prompt: busybox's line editor, starting, would
+        // take input typed ahead for the answer to its cursor query.
+        let mut stdout = child.stdout.take().unwrap();
+        let (sender, receiver) = std::sync::mpsc::channel::<Vec<u8>>();
+        let reader = std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buffer = [0u8; 4096];
+            loop {
+                match stdout.read(&mut buffer) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        let _ = sender.send(buffer[..n].to_vec());
+                    }
+                }
+            }
+        });
+        let mut shown = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !String::from_utf8_lossy(&shown).contains("# ") {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match receiver.recv_timeout(left) {
+                Ok(chunk) => shown.extend(chunk),
+                Err(_) => panic!("no prompt: {}", String::from_utf8_lossy(&shown)),
+            }
+        }
+        child.stdin.take().unwrap().write_all(typed.as_bytes()).unwrap();
+        let status = child.wait().unwrap();
+        reader.join().unwrap();
+        shown.extend(receiver.try_iter().flatten());
+        (status.code(), String::from_utf8_lossy(&shown).replace('\r', ""))
+    };
+    let (code, shown) = on_terminal("exec -it web sh", "stty size; echo typed-$((6*7)); exit 5\n");
+    assert_eq!(code, Some(5), "{shown}");
+    assert!(shown.contains("\n30 100\n") && shown.contains("\ntyped-42\n"), "{shown}");
+    let (code, shown) =
+        on_terminal("run -it --rm fixture:v1 sh", "stty size; echo run-$((6*7)); exit 3\n");
+    assert_eq!(code, Some(3), "{shown}");
+    assert!(shown.contains("\n30 100\n") && shown.contains("\nrun-42\n"), "{shown}");
     // Errors as Docker gives them.
     let err = service.fails(&["run", "-d", "--name", "web", "fixture:v1", "true"]);
     assert!(err.contains("web"), "{err}");
