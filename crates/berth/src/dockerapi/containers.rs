@@ -317,21 +317,7 @@ pub(super) fn archive(
 pub(super) fn update(engine: &Engine, id: &str, body: &Bytes) -> Reply {
     let config = json_body(body)?;
     let int = |key: &str| config[key].as_i64();
-    let restart = match config["RestartPolicy"]["Name"].as_str().filter(|n| !n.is_empty()) {
-        Some(name) => {
-            let retries = config["RestartPolicy"]["MaximumRetryCount"].as_u64().unwrap_or(0);
-            let text = if name == "on-failure" && retries > 0 {
-                format!("{name}:{retries}")
-            } else {
-                name.to_owned()
-            };
-            Some(
-                berth_engine::RestartPolicy::parse(&text)
-                    .map_err(|e| ApiError::bad(e.to_string()))?,
-            )
-        }
-        None => None,
-    };
+    let restart = super::restart_policy(&config["RestartPolicy"])?;
     let change = berth_engine::ops::Update {
         memory: int("Memory"),
         memory_swap: int("MemorySwap"),
@@ -361,13 +347,7 @@ pub(super) fn prune(engine: &Engine, q: &BTreeMap<String, String>) -> Reply {
             "invalid filter '{other}': berth prunes containers by label, label! and until"
         )));
     }
-    let until = match filters.get("until").and_then(|u| u.first()) {
-        Some(text) => Some(
-            crate::containers::parse_time(text)
-                .map_err(|e| ApiError::bad(format!("until: {e:#}")))?,
-        ),
-        None => None,
-    };
+    let until = super::until(&filters)?;
     let empty_list = Vec::new();
     let not_labels = filters.get("label!").unwrap_or(&empty_list);
     let mut deleted = Vec::new();

@@ -337,7 +337,7 @@ pub(super) fn save(global: &Global, names: Vec<String>) -> Reply {
 }
 
 /// `POST /images/load?quiet=`: a `docker save` or OCI archive in the body.
-pub(super) fn load(global: &Global, body: std::fs::File, q: &BTreeMap<String, String>) -> Reply {
+pub(super) fn load(global: &Global, body: std::fs::File) -> Reply {
     let store = crate::images::open_store(global)?;
     let loaded = berth_image::archive::load(
         &store,
@@ -360,7 +360,6 @@ pub(super) fn load(global: &Global, body: std::fs::File, q: &BTreeMap<String, St
             lines.push('\n');
         }
     }
-    let _ = truthy(q, "quiet");
     Ok(hyper::Response::builder()
         .header("Content-Type", "application/json")
         .header("Api-Version", super::API_VERSION)

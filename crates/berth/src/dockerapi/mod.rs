@@ -189,6 +189,29 @@ fn filters(q: &BTreeMap<String, String>) -> Result<BTreeMap<String, Vec<String>>
         .collect())
 }
 
+/// Docker's `RestartPolicy` object (`Name`, `MaximumRetryCount`) as berth's; `None` when
+/// it names none.
+fn restart_policy(value: &Value) -> Result<Option<RestartPolicy>, ApiError> {
+    let Some(name) = value["Name"].as_str().filter(|n| !n.is_empty()) else { return Ok(None) };
+    let retries = value["MaximumRetryCount"].as_u64().unwrap_or(0);
+    let text = if name == "on-failure" && retries > 0 {
+        format!("{name}:{retries}")
+    } else {
+        name.to_owned()
+    };
+    RestartPolicy::parse(&text).map(Some).map_err(|e| ApiError::bad(e.to_string()))
+}
+
+/// The `until` filter, in seconds since the epoch.
+fn until(filters: &BTreeMap<String, Vec<String>>) -> Result<Option<f64>, ApiError> {
+    match filters.get("until").and_then(|u| u.first()) {
+        Some(text) => crate::containers::parse_time(text)
+            .map(Some)
+            .map_err(|e| ApiError::bad(format!("until: {e:#}"))),
+        None => Ok(None),
+    }
+}
+
 /// Whether `labels` has every `key` or `key=value` of a `label` filter.
 fn labels_match(labels: &BTreeMap<String, String>, wanted: &[String]) -> bool {
     wanted.iter().all(|l| match l.split_once('=') {
@@ -569,7 +592,7 @@ fn route(
             images::import(global, q, upload()?)
         }
         (&Method::POST, ["images", "create"]) => images::pull(global, q),
-        (&Method::POST, ["images", "load"]) => images::load(global, upload()?, q),
+        (&Method::POST, ["images", "load"]) => images::load(global, upload()?),
         (&Method::POST, ["images", "prune"]) => images::prune(global, q),
         (&Method::GET, ["images", "get"]) => images::save(
             global,
@@ -1446,18 +1469,7 @@ fn create(engine: &Engine, q: &BTreeMap<String, String>, body: &Bytes) -> Reply 
         };
         mounts.push(MountSpec::parse_tmpfs(&spec).map_err(|e| ApiError::bad(e.to_string()))?);
     }
-    let restart = match host["RestartPolicy"]["Name"].as_str().filter(|n| !n.is_empty()) {
-        Some(name) => {
-            let retries = host["RestartPolicy"]["MaximumRetryCount"].as_u64().unwrap_or(0);
-            let text = if name == "on-failure" && retries > 0 {
-                format!("{name}:{retries}")
-            } else {
-                name.to_owned()
-            };
-            RestartPolicy::parse(&text).map_err(|e| ApiError::bad(e.to_string()))?
-        }
-        None => RestartPolicy::default(),
-    };
+    let restart = restart_policy(&host["RestartPolicy"])?.unwrap_or_default();
     let entrypoint = match &config["Entrypoint"] {
         Value::Array(list) if !list.is_empty() => list[0].as_str().map(str::to_owned),
         Value::Array(_) => Some(String::new()),

@@ -193,7 +193,7 @@ pub(super) fn network_disconnect(engine: &Engine, id: &str, body: &Bytes) -> Rep
 pub(super) fn network_prune(engine: &Engine, q: &BTreeMap<String, String>) -> Reply {
     let filters = filters(q)?;
     refuse_other_filters(&filters, &["label", "label!", "until"], "networks")?;
-    let until = until(&filters)?;
+    let until = super::until(&filters)?;
     let none = Vec::new();
     let mut deleted = Vec::new();
     for network in engine.network_list().map_err(ApiError::of)? {
@@ -233,16 +233,6 @@ fn excluded(labels: &BTreeMap<String, String>, filters: &BTreeMap<String, Vec<St
     filters
         .get("label!")
         .is_some_and(|not| not.iter().any(|l| labels_match(labels, std::slice::from_ref(l))))
-}
-
-/// The `until` filter, in seconds since the epoch.
-fn until(filters: &BTreeMap<String, Vec<String>>) -> Result<Option<f64>, ApiError> {
-    match filters.get("until").and_then(|u| u.first()) {
-        Some(text) => crate::containers::parse_time(text)
-            .map(Some)
-            .map_err(|e| ApiError::bad(format!("until: {e:#}"))),
-        None => Ok(None),
-    }
 }
 
 fn string_map(value: &Value) -> BTreeMap<String, String> {
