@@ -350,6 +350,18 @@ pub const RESOURCES: &[Resource] = &[
         &[],
         &[]
     ),
+    resource!(
+        "apiextensions.k8s.io",
+        "v1",
+        "customresourcedefinitions",
+        "customresourcedefinition",
+        "CustomResourceDefinition",
+        false,
+        &["crd", "crds"],
+        &["api-extensions"],
+        &[STATUS],
+        &[]
+    ),
     // Answered, never stored: `kubectl auth can-i`.
     Resource {
         group: "authorization.k8s.io",
@@ -406,10 +418,103 @@ impl Resource {
 
 /// The resource a URL names: group, version and plural.
 pub fn find(group: &str, version: &str, name: &str) -> Option<&'static Resource> {
-    RESOURCES.iter().find(|r| r.group == group && r.version == version && r.name == name)
+    let wanted = |r: &&Resource| r.group == group && r.version == version && r.name == name;
+    RESOURCES.iter().find(wanted).or_else(|| custom().into_iter().find(wanted))
 }
 
 /// The resource of a kind in a group-version (what a manifest's apiVersion and kind say).
 pub fn by_kind(api_version: &str, kind: &str) -> Option<&'static Resource> {
-    RESOURCES.iter().find(|r| r.group_version() == api_version && r.kind == kind)
+    let wanted = |r: &&Resource| r.kind == kind && r.group_version() == api_version;
+    RESOURCES.iter().find(wanted).or_else(|| custom().into_iter().find(wanted))
+}
+
+/// Every resource served now: the built-in table, then the custom resources that
+/// CustomResourceDefinitions define (one entry per served version).
+pub fn all() -> Vec<&'static Resource> {
+    let mut all: Vec<&'static Resource> = RESOURCES.iter().collect();
+    all.extend(custom());
+    all
+}
+
+/// The custom resources served now.
+pub fn custom() -> Vec<&'static Resource> {
+    CUSTOM.read().map(|c| c.list.clone()).unwrap_or_default()
+}
+
+/// A number that changes whenever the set of custom resources does (caches of discovery
+/// and OpenAPI documents key on it).
+pub fn custom_generation() -> u64 {
+    CUSTOM.read().map(|c| c.generation).unwrap_or(0)
+}
+
+/// The description of a custom resource, from its CustomResourceDefinition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustomResource {
+    pub group: String,
+    pub version: String,
+    pub plural: String,
+    pub singular: String,
+    pub kind: String,
+    pub namespaced: bool,
+    pub short_names: Vec<String>,
+    pub categories: Vec<String>,
+    pub status: bool,
+    pub scale: bool,
+}
+
+/// Replaces the custom resources served. The table holds `&'static` entries, as the
+/// built-in one does: each distinct description is made static once and reused, so the
+/// memory kept grows with the distinct definitions a server has seen, not with updates.
+pub fn set_custom(resources: &[CustomResource]) {
+    let list: Vec<&'static Resource> = resources.iter().map(intern).collect();
+    if let Ok(mut custom) = CUSTOM.write() {
+        if custom.list != list {
+            custom.list = list;
+            custom.generation += 1;
+        }
+    }
+}
+
+#[derive(Default)]
+struct Custom {
+    list: Vec<&'static Resource>,
+    generation: u64,
+}
+
+static CUSTOM: std::sync::RwLock<Custom> =
+    std::sync::RwLock::new(Custom { list: Vec::new(), generation: 0 });
+
+fn intern(wanted: &CustomResource) -> &'static Resource {
+    static MADE: std::sync::Mutex<Vec<(CustomResource, &'static Resource)>> =
+        std::sync::Mutex::new(Vec::new());
+    let mut made = MADE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some((_, resource)) = made.iter().find(|(c, _)| c == wanted) {
+        return resource;
+    }
+    let text = |s: &str| -> &'static str { Box::leak(s.to_owned().into_boxed_str()) };
+    let texts = |list: &[String]| -> &'static [&'static str] {
+        Box::leak(list.iter().map(|s| text(s)).collect::<Vec<_>>().into_boxed_slice())
+    };
+    let mut subresources = Vec::new();
+    if wanted.status {
+        subresources.push(STATUS);
+    }
+    if wanted.scale {
+        subresources.push(SCALE);
+    }
+    let resource: &'static Resource = Box::leak(Box::new(Resource {
+        group: text(&wanted.group),
+        version: text(&wanted.version),
+        name: text(&wanted.plural),
+        singular: text(&wanted.singular),
+        kind: text(&wanted.kind),
+        namespaced: wanted.namespaced,
+        short_names: texts(&wanted.short_names),
+        categories: texts(&wanted.categories),
+        subresources: Box::leak(subresources.into_boxed_slice()),
+        field_selectors: &[],
+        verbs: VERBS,
+    }));
+    made.push((wanted.clone(), resource));
+    resource
 }

@@ -16,12 +16,18 @@ const CONDITIONS: &str = "autoscaling.alpha.kubernetes.io/conditions";
 /// The version objects of this group and kind are stored in, when it differs from
 /// `version`.
 pub fn storage_version(group: &str, version: &str, kind: &str) -> Option<&'static str> {
+    if let Some(stored) = crate::crd::storage_version(group, kind) {
+        return (stored != version).then_some(stored);
+    }
     (group == "autoscaling" && version == "v1" && kind == "HorizontalPodAutoscaler").then_some("v2")
 }
 
 /// An object as the client sent it (in `version`) to its stored form.
 pub fn to_storage(group: &str, version: &str, kind: &str, object: Value) -> Value {
     match storage_version(group, version, kind) {
+        Some(stored) if crate::crd::is_custom(group, kind) => {
+            crate::crd::convert(group, stored, kind, object)
+        }
         Some(_) => hpa_v1_to_v2(object),
         None => object,
     }
@@ -29,6 +35,9 @@ pub fn to_storage(group: &str, version: &str, kind: &str, object: Value) -> Valu
 
 /// A stored object (or a list of them) to `version`.
 pub fn from_storage(group: &str, version: &str, kind: &str, mut value: Value) -> Value {
+    if crate::crd::is_custom(group, kind) {
+        return crate::crd::convert(group, version, kind, value);
+    }
     if storage_version(group, version, kind).is_none() {
         return value;
     }

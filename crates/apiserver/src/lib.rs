@@ -4,7 +4,10 @@
 //! - `resources`: discovery and OpenAPI documents from the kinds table (`berth_api`), and
 //!   storage keys;
 //! - `objects`: metadata, names, defaults, `Status` errors and `Table` rows;
-//! - `convert`: HorizontalPodAutoscaler v1 ↔ v2 (the stored version);
+//! - `convert`: HorizontalPodAutoscaler v1 ↔ v2 (the stored version), and custom
+//!   resources' versions;
+//! - `crd`: CustomResourceDefinitions: the resources they serve, schemas (pruning,
+//!   defaults, validation), printer columns, OpenAPI;
 //! - `apply`: field ownership (`managedFields`) and server-side apply;
 //! - `patch`: JSON patch, merge patch and strategic merge patch;
 //! - `proto`: protobuf request bodies of the kinds `kubectl create` makes;
@@ -20,6 +23,7 @@
 pub mod apply;
 pub use berth_api::{cron, selector};
 pub mod convert;
+pub mod crd;
 pub mod encryption;
 pub mod metrics;
 pub mod objects;

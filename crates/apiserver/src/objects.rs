@@ -208,6 +208,10 @@ fn or_default(map: &mut Value, key: &str, value: Value) {
 /// functions do for these kinds (`SetDefaults_*`): an update that leaves a defaulted field
 /// out gets the default again rather than losing it.
 pub fn default_fields(resource: &Resource, object: &mut Value) {
+    if let Some(custom) = crate::crd::lookup(resource) {
+        crate::crd::default(&custom.schema, object);
+        return;
+    }
     if resource.kind == "Secret" {
         or_default(object, "type", json!("Opaque"));
         merge_string_data(object);
@@ -415,7 +419,28 @@ pub fn validate(resource: &Resource, object: &Value) -> Result<(), ApiError> {
     let name = name_of(object).to_owned();
     let invalid =
         |field: &str, message: &str| Err(ApiError::invalid(resource, &name, field, message));
+    if let Some(custom) = crate::crd::lookup(resource) {
+        let problems = crate::crd::validate(&custom.schema, object);
+        return if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(invalid_all(resource, &name, &problems))
+        };
+    }
     match resource.kind {
+        "CustomResourceDefinition" => {
+            crate::crd::validate_definition(object)
+                .map_err(|(f, m)| ApiError::invalid(resource, &name, &f, &m))?;
+            let group = object["spec"]["group"].as_str().unwrap_or("");
+            if crate::resources::RESOURCES.iter().any(|r| r.group == group) {
+                return invalid(
+                    "spec.group",
+                    &format!(
+                        "Invalid value: {group:?}: the group is served by the API server itself"
+                    ),
+                );
+            }
+        }
         "ConfigMap" | "Secret" => {
             for field in ["data", "binaryData", "stringData"] {
                 for key in object[field].as_object().into_iter().flatten().map(|(k, _)| k) {
@@ -503,6 +528,22 @@ pub fn validate(resource: &Resource, object: &Value) -> Result<(), ApiError> {
         _ => {}
     }
     Ok(())
+}
+
+/// Every problem of an object at once, as Kubernetes reports a list of field errors:
+/// `Kind.group "name" is invalid: [a: ..., b: ...]` (no brackets for one).
+pub fn invalid_all(resource: &Resource, name: &str, problems: &[crate::crd::Problem]) -> ApiError {
+    let texts: Vec<String> =
+        problems.iter().map(|p| format!("{}: {}", p.field, p.message)).collect();
+    let list = if texts.len() == 1 { texts[0].clone() } else { format!("[{}]", texts.join(", ")) };
+    let mut error = ApiError::new(
+        422,
+        "Invalid",
+        format!("{} \"{name}\" is invalid: {list}", berth_api::status::kind_of(resource)),
+    );
+    error.details = json!({"name": name, "group": resource.group, "kind": resource.kind,
+        "causes": problems.iter().map(|p| json!({"reason": p.reason, "message": p.message, "field": p.field})).collect::<Vec<_>>()});
+    error
 }
 
 fn validate_pod_spec(spec: &Value, at: &str) -> Result<(), (String, String)> {
@@ -1206,7 +1247,9 @@ fn columns(kind: &str) -> Vec<Column> {
             }),
             age_column,
         ],
-        "Role" | "ClusterRole" => vec![name, Column("Created At", "string", 0, created_at)],
+        "Role" | "ClusterRole" | "CustomResourceDefinition" => {
+            vec![name, Column("Created At", "string", 0, created_at)]
+        }
         "RoleBinding" | "ClusterRoleBinding" => vec![
             name,
             Column("Role", "string", 0, |i| {
@@ -1268,6 +1311,9 @@ fn subjects(item: &Value, kind: &str) -> Value {
 
 /// The `Table` `kubectl get` prints: the kind's columns and each object's cells.
 pub fn table(resource: &Resource, items: &[Value], revision: i64, include_object: bool) -> Value {
+    if let Some(custom) = crate::crd::lookup(resource) {
+        return crate::crd::table(&custom, items, revision, include_object);
+    }
     let columns = columns(resource.kind);
     let rows: Vec<Value> = items
         .iter()

@@ -5,7 +5,7 @@
 
 use serde_json::{json, Value};
 
-pub use berth_api::kinds::{by_kind, find, Resource, Subresource, RESOURCES, VERBS};
+pub use berth_api::kinds::{all, by_kind, find, Resource, Subresource, RESOURCES, VERBS};
 
 /// Where objects of a resource live in the store.
 pub trait StorageKeys {
@@ -102,7 +102,7 @@ fn aggregated_entry(resource: &Resource) -> Value {
 /// Groups in the order discovery lists them, each with its versions, preferred first.
 fn groups() -> Vec<(&'static str, Vec<&'static str>)> {
     let mut out: Vec<(&'static str, Vec<&'static str>)> = Vec::new();
-    for r in RESOURCES.iter().filter(|r| !r.group.is_empty()) {
+    for r in all().into_iter().filter(|r| !r.group.is_empty()) {
         match out.iter_mut().find(|(g, _)| *g == r.group) {
             Some((_, versions)) if !versions.contains(&r.version) => versions.push(r.version),
             Some(_) => {}
@@ -134,8 +134,8 @@ pub fn api_group_list() -> Value {
 
 /// `GET /api/v1` or `GET /apis/GROUP/VERSION`; `None` for an unknown group-version.
 pub fn resource_list(group: &str, version: &str) -> Option<Value> {
-    let entries: Vec<Value> = RESOURCES
-        .iter()
+    let entries: Vec<Value> = all()
+        .into_iter()
         .filter(|r| r.group == group && r.version == version)
         .flat_map(legacy_entries)
         .collect();
@@ -156,8 +156,8 @@ pub fn aggregated(core: bool) -> Value {
         let versions: Vec<Value> = versions
             .iter()
             .map(|v| {
-                let resources: Vec<Value> = RESOURCES
-                    .iter()
+                let resources: Vec<Value> = all()
+                    .into_iter()
                     .filter(|r| r.group == group && r.version == *v)
                     .map(aggregated_entry)
                     .collect();
@@ -177,7 +177,7 @@ pub fn aggregated(core: bool) -> Value {
 /// `GET /openapi/v3`: where each group-version's document is.
 pub fn openapi_index() -> Value {
     let mut paths = serde_json::Map::new();
-    let mut versions: Vec<String> = RESOURCES.iter().map(|r| r.group_version()).collect();
+    let mut versions: Vec<String> = all().iter().map(|r| r.group_version()).collect();
     versions.sort();
     versions.dedup();
     for gv in versions {
@@ -192,7 +192,7 @@ pub fn openapi_index() -> Value {
 /// validate (`--validate=strict`), and the schemas of its kinds (`kubectl explain`).
 pub fn openapi_document(group: &str, version: &str) -> Option<Value> {
     let selected: Vec<&Resource> =
-        RESOURCES.iter().filter(|r| r.group == group && r.version == version).collect();
+        all().into_iter().filter(|r| r.group == group && r.version == version).collect();
     if selected.is_empty() {
         return None;
     }
@@ -205,6 +205,8 @@ pub fn openapi_document(group: &str, version: &str) -> Option<Value> {
     let write_params =
         json!([parameter("dryRun"), parameter("fieldManager"), parameter("fieldValidation")]);
     let mut paths = serde_json::Map::new();
+    let components = crate::crd::openapi_components(group, version)
+        .unwrap_or_else(|| crate::schema::components(group, version));
     for r in selected {
         let gvk = json!({"group": r.group, "version": r.version, "kind": r.kind});
         let operation = |id: String, action: &str| {
@@ -231,7 +233,7 @@ pub fn openapi_document(group: &str, version: &str) -> Option<Value> {
         );
     }
     Some(
-        json!({"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.32.0"}, "paths": paths, "components": {"schemas": crate::schema::components(group, version)}}),
+        json!({"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.32.0"}, "paths": paths, "components": {"schemas": components}}),
     )
 }
 
@@ -273,6 +275,7 @@ mod tests {
                 "scheduling.k8s.io",
                 "discovery.k8s.io",
                 "rbac.authorization.k8s.io",
+                "apiextensions.k8s.io",
                 "authorization.k8s.io",
                 "authentication.k8s.io"
             ]

@@ -75,6 +75,8 @@ fn build() -> Schemas {
             k8s_openapi::api::authorization::v1::SelfSubjectAccessReview,
         "authentication.k8s.io" "v1" "SelfSubjectReview" =>
             k8s_openapi::api::authentication::v1::SelfSubjectReview,
+        "apiextensions.k8s.io" "v1" "CustomResourceDefinition" =>
+            k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
     }
     let mut components = generator.take_definitions(true);
     for ((group, version, kind), name) in &kinds {
@@ -98,13 +100,19 @@ fn build() -> Schemas {
 /// The component schemas a group-version's OpenAPI document carries: its kinds' schemas
 /// and every schema they refer to.
 pub fn components(group: &str, version: &str) -> Map<String, Value> {
-    let all = schemas();
-    let mut wanted: Vec<&str> = all
+    let wanted: Vec<&str> = schemas()
         .kinds
         .iter()
         .filter(|((g, v, _), _)| *g == group && *v == version)
         .map(|(_, name)| name.as_str())
         .collect();
+    components_named(&wanted)
+}
+
+/// The named component schemas and every schema they refer to.
+pub fn components_named(names: &[&str]) -> Map<String, Value> {
+    let all = schemas();
+    let mut wanted: Vec<&str> = names.to_vec();
     let mut seen = BTreeSet::new();
     while let Some(name) = wanted.pop() {
         if !seen.insert(name.to_owned()) {

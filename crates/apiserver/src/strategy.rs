@@ -142,9 +142,23 @@ impl Strategy for Rbac {
     }
 }
 
+struct Definition;
+impl Strategy for Definition {
+    fn prepare_create(&self, object: &mut Value) {
+        crate::crd::prepare_create(object);
+    }
+    fn prepare_update(&self, old: &Value, new: &mut Value) {
+        crate::crd::prepare_update(old, new);
+    }
+    fn mark_deleting(&self, object: &mut Value) {
+        crate::crd::mark_deleting(object);
+    }
+}
+
 /// The strategy of a resource's kind.
 pub fn of(resource: &Resource) -> &'static dyn Strategy {
     match (resource.group, resource.kind) {
+        ("apiextensions.k8s.io", "CustomResourceDefinition") => &Definition,
         ("", "Namespace") => &Namespace,
         ("", "Service") => &Service,
         ("", "Pod") => &Pod,

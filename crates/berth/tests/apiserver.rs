@@ -1555,3 +1555,241 @@ fn silent_failures_are_errors_and_clients_are_understood() {
         assert_eq!(mode(&dir.path().join(file)), 0o600, "{file}");
     }
 }
+
+const CRONTAB_CRD: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: crontabs.stable.example.com
+spec:
+  group: stable.example.com
+  scope: Namespaced
+  names: {plural: crontabs, singular: crontab, kind: CronTab, shortNames: [ct]}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    subresources:
+      status: {}
+      scale: {specReplicasPath: .spec.replicas, statusReplicasPath: .status.replicas}
+    additionalPrinterColumns:
+    - {name: Spec, type: string, jsonPath: .spec.cronSpec}
+    - {name: Replicas, type: integer, jsonPath: .spec.replicas}
+    - {name: Age, type: date, jsonPath: .metadata.creationTimestamp}
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            required: [cronSpec]
+            properties:
+              cronSpec:
+                type: string
+                description: When the job runs, in cron's five fields.
+                pattern: '^(\d+|\*)(/\d+)?(\s+(\d+|\*)(/\d+)?){4}$'
+              image: {type: string}
+              replicas: {type: integer, minimum: 1, maximum: 10, default: 1}
+              mode: {type: string, enum: [fast, slow]}
+          status:
+            type: object
+            properties:
+              replicas: {type: integer}
+  - name: v1beta1
+    served: true
+    storage: false
+    deprecated: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        x-kubernetes-preserve-unknown-fields: true
+"#;
+
+/// CustomResourceDefinitions through kubectl: the definition establishes, its objects are
+/// pruned, defaulted and validated by the schema with Kubernetes' messages, printed with
+/// the printer columns, explained, scaled, given status through their subresource, read in
+/// a second (deprecated) version, applied server-side, watched; deleting the definition
+/// removes its objects, waits for their finalizers, and resumes after a kill -9.
+#[test]
+fn custom_resource_definitions_serve_their_resources() {
+    let Some((dir, server)) = embedded_server() else { return };
+    server.apply(CRONTAB_CRD);
+    server.ok(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=20s",
+        "crd/crontabs.stable.example.com",
+    ]);
+    let crds = server.ok(&["get", "crd"]);
+    assert!(crds.contains("crontabs.stable.example.com"), "{crds}");
+    let crd: serde_json::Value = serde_json::from_str(&server.ok(&[
+        "get",
+        "crd",
+        "crontabs.stable.example.com",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    assert_eq!(crd["status"]["storedVersions"], serde_json::json!(["v1"]), "{crd}");
+    assert_eq!(crd["status"]["acceptedNames"]["listKind"], "CronTabList", "{crd}");
+
+    // A field the schema does not declare: refused under kubectl's strict validation,
+    // pruned without it; the default fills replicas.
+    let cron = "apiVersion: stable.example.com/v1\nkind: CronTab\nmetadata: {name: nightly}\nspec: {cronSpec: '0 3 * * *', image: busybox, extra: 1}\n";
+    let path = dir.path().join("cron.yaml");
+    std::fs::write(&path, cron).unwrap();
+    let err = server.fails(&["apply", "-f", path.to_str().unwrap()]);
+    assert!(err.contains("unknown field \"spec.extra\""), "{err}");
+    server.ok(&["apply", "--validate=false", "-f", path.to_str().unwrap()]);
+    let object: serde_json::Value =
+        serde_json::from_str(&server.ok(&["get", "crontab", "nightly", "-o", "json"])).unwrap();
+    assert!(object["spec"].get("extra").is_none(), "pruned: {object}");
+    assert_eq!(object["spec"]["replicas"], 1, "defaulted: {object}");
+    assert_eq!(object["metadata"]["generation"], 1, "{object}");
+
+    // The schema's checks, all reported at once, in Kubernetes' words.
+    let bad = "apiVersion: stable.example.com/v1\nkind: CronTab\nmetadata: {name: broken}\nspec: {cronSpec: '* * * *', replicas: 15, mode: medium}\n";
+    std::fs::write(&path, bad).unwrap();
+    let err = server.fails(&["apply", "-f", path.to_str().unwrap()]);
+    assert!(err.contains("The CronTab \"broken\" is invalid"), "{err}");
+    assert!(
+        err.contains("spec.replicas: Invalid value: 15: spec.replicas in body should be less than or equal to 10"),
+        "{err}"
+    );
+    assert!(err.contains("spec.cronSpec in body should match"), "{err}");
+    assert!(
+        err.contains(
+            "spec.mode: Unsupported value: \"medium\": supported values: \"fast\", \"slow\""
+        ),
+        "{err}"
+    );
+    std::fs::write(&path, "apiVersion: stable.example.com/v1\nkind: CronTab\nmetadata: {name: empty}\nspec: {image: x}\n").unwrap();
+    let err = server.fails(&["apply", "-f", path.to_str().unwrap()]);
+    assert!(err.contains("spec.cronSpec: Required value"), "{err}");
+
+    // Printer columns, the short name, explain.
+    let table = server.ok(&["get", "ct"]);
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "SPEC", "REPLICAS", "AGE"], "{table}");
+    assert!(table.lines().any(|l| l.starts_with("nightly") && l.contains("0 3 * * *")), "{table}");
+    let explained = server.ok(&["explain", "crontab.spec.cronSpec"]);
+    assert!(explained.contains("GROUP:      stable.example.com"), "{explained}");
+    assert!(explained.contains("FIELD: cronSpec <string>"), "{explained}");
+    assert!(explained.contains("When the job runs"), "{explained}");
+
+    // Scale, status through its subresource (ignored through the main resource).
+    server.ok(&["scale", "crontab", "nightly", "--replicas=3"]);
+    server.ok(&[
+        "patch",
+        "crontab",
+        "nightly",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"replicas":3}}"#,
+    ]);
+    server.ok(&[
+        "patch",
+        "crontab",
+        "nightly",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"replicas":9}}"#,
+    ]);
+    let object: serde_json::Value =
+        serde_json::from_str(&server.ok(&["get", "crontab", "nightly", "-o", "json"])).unwrap();
+    assert_eq!(object["spec"]["replicas"], 3, "{object}");
+    assert_eq!(object["status"]["replicas"], 3, "{object}");
+    assert_eq!(object["metadata"]["generation"], 2, "only the spec moves generation: {object}");
+    let err = server.fails(&["scale", "crontab", "nightly", "--replicas=11"]);
+    assert!(err.contains("should be less than or equal to 10"), "{err}");
+
+    // The second version: the same object, its apiVersion converted, a deprecation warning.
+    let output =
+        server.kubectl(&["get", "crontabs.v1beta1.stable.example.com", "nightly", "-o", "json"]);
+    assert!(output.status.success());
+    let old: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(old["apiVersion"], "stable.example.com/v1beta1", "{old}");
+    assert_eq!(old["spec"]["cronSpec"], "0 3 * * *", "{old}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("stable.example.com/v1beta1 CronTab is deprecated"), "{stderr}");
+
+    // Server-side apply, and a watch.
+    std::fs::write(&path, "apiVersion: stable.example.com/v1\nkind: CronTab\nmetadata: {name: hourly}\nspec: {cronSpec: '0 * * * *'}\n").unwrap();
+    server.ok(&["apply", "--server-side", "-f", path.to_str().unwrap()]);
+    let managed = server.ok(&[
+        "get",
+        "crontab",
+        "hourly",
+        "-o",
+        "jsonpath={.metadata.managedFields[0].manager}",
+    ]);
+    assert_eq!(managed, "kubectl");
+    let events = server.ok(&[
+        "get",
+        "--raw",
+        "/apis/stable.example.com/v1/namespaces/default/crontabs?watch=1&timeoutSeconds=1",
+    ]);
+    assert!(events.contains("\"ADDED\"") && events.contains("hourly"), "{events}");
+
+    // Deleting the definition: an object held by a finalizer holds it; nothing new may be
+    // made meanwhile; a killed server resumes the cleanup.
+    server.ok(&[
+        "patch",
+        "crontab",
+        "hourly",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":["example.com/hold"]}}"#,
+    ]);
+    server.ok(&["delete", "crd", "crontabs.stable.example.com", "--wait=false"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let names = server.ok(&["get", "crontabs", "-o", "name"]);
+        if names.trim() == "crontab.stable.example.com/hourly" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the unheld object was not removed: {names}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let crd = server.ok(&["get", "crd", "crontabs.stable.example.com", "-o", "json"]);
+    assert!(crd.contains("InstanceDeletionInProgress"), "{crd}");
+    std::fs::write(&path, "apiVersion: stable.example.com/v1\nkind: CronTab\nmetadata: {name: late}\nspec: {cronSpec: '0 * * * *'}\n").unwrap();
+    let err = server.fails(&["create", "-f", path.to_str().unwrap()]);
+    assert!(
+        err.contains("create not allowed while custom resource definition is terminating"),
+        "{err}"
+    );
+    let mut server = server;
+    kill_and_restart(&mut server);
+    server.ok(&[
+        "patch",
+        "crontab",
+        "hourly",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":null}}"#,
+    ]);
+    server.ok(&["wait", "--for=delete", "--timeout=20s", "crd/crontabs.stable.example.com"]);
+    let err = server.fails(&["get", "--raw", "/apis/stable.example.com/v1/crontabs"]);
+    assert!(err.contains("NotFound") || err.contains("not found"), "{err}");
+    // Defined again, it starts empty.
+    server.apply(CRONTAB_CRD);
+    server.ok(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=20s",
+        "crd/crontabs.stable.example.com",
+    ]);
+    let left = server.ok(&["get", "crontabs", "-A", "-o", "name"]);
+    assert!(left.trim().is_empty(), "{left}");
+}
+
+/// Kills the server with SIGKILL and starts it again on the same data directory.
+fn kill_and_restart(server: &mut Server) {
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let dir = server.dir.clone();
+    let fresh = Server::start(&dir, None);
+    *server = fresh;
+}

@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::sync::RwLock;
 
+use super::mirror::Mirror;
 use super::*;
 use crate::rbac::{Attributes, Index, User};
 
@@ -17,34 +18,20 @@ use crate::rbac::{Attributes, Index, User};
 const RBAC_PREFIX: &str = "/registry/rbac.authorization.k8s.io/";
 
 pub(super) struct RbacCache {
-    store: Arc<dyn Store>,
-    inner: RwLock<Cached>,
+    mirror: Arc<Mirror>,
+    index: Arc<RwLock<Arc<Index>>>,
 }
 
-#[derive(Default)]
-struct Cached {
-    /// Stored key → object, for the four kinds.
-    objects: BTreeMap<String, Value>,
-    index: Arc<Index>,
-}
-
-impl Cached {
-    fn rebuild(&mut self) {
-        let of = |kind: &str| -> Vec<Value> {
-            let prefix = format!("{RBAC_PREFIX}{kind}/");
-            self.objects
-                .range(prefix.clone()..)
-                .take_while(|(k, _)| k.starts_with(&prefix))
-                .map(|(_, v)| v.clone())
-                .collect()
-        };
-        self.index = Arc::new(Index::new(
-            &of("clusterroles"),
-            &of("roles"),
-            &of("clusterrolebindings"),
-            &of("rolebindings"),
-        ));
-    }
+fn index_of(objects: &BTreeMap<String, Value>) -> Index {
+    let of = |kind: &str| -> Vec<Value> {
+        let prefix = format!("{RBAC_PREFIX}{kind}/");
+        objects
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .map(|(_, v)| v.clone())
+            .collect()
+    };
+    Index::new(&of("clusterroles"), &of("roles"), &of("clusterrolebindings"), &of("rolebindings"))
 }
 
 impl RbacCache {
@@ -55,106 +42,24 @@ impl RbacCache {
         tasks: &TaskTracker,
         shutdown: CancellationToken,
     ) -> Result<Arc<RbacCache>, Error> {
-        let cache = Arc::new(RbacCache { store, inner: RwLock::new(Cached::default()) });
-        let revision = cache
-            .relist()
-            .await
-            .map_err(|e| Error::Setup(format!("cannot read the RBAC objects: {}", e.message)))?;
-        let watching = cache.clone();
-        tasks.spawn(async move { watching.follow(revision, shutdown).await });
-        Ok(cache)
+        let index: Arc<RwLock<Arc<Index>>> = Arc::default();
+        let writer = index.clone();
+        let on_change = Box::new(move |objects: &BTreeMap<String, Value>| {
+            if let Ok(mut index) = writer.write() {
+                *index = Arc::new(index_of(objects));
+            }
+        });
+        let mirror =
+            Mirror::start(store, RBAC_PREFIX, "RBAC objects", on_change, tasks, shutdown).await?;
+        Ok(Arc::new(RbacCache { mirror, index }))
     }
 
-    /// Replaces the cache with what the store holds now; returns the listing's revision.
     async fn relist(&self) -> Result<i64, ApiError> {
-        let page = self
-            .store
-            .list(RBAC_PREFIX, None, 0, 0)
-            .await
-            .map_err(|e| ApiError::new(500, "InternalError", format!("storage: {e}")))?;
-        let mut objects = BTreeMap::new();
-        for kv in &page.items {
-            match decode(kv) {
-                Ok(object) => {
-                    objects.insert(kv.key.clone(), object);
-                }
-                // One broken object must not take authorization down: it grants nothing.
-                Err(err) => tracing::warn!("RBAC object skipped: {}", err.message),
-            }
-        }
-        if let Ok(mut cached) = self.inner.write() {
-            cached.objects = objects;
-            cached.rebuild();
-        }
-        Ok(page.revision)
-    }
-
-    async fn follow(&self, mut revision: i64, shutdown: CancellationToken) {
-        loop {
-            let mut stream = match self.store.watch(RBAC_PREFIX, revision).await {
-                Ok(stream) => stream,
-                Err(err) => {
-                    tracing::warn!("RBAC watch: {err}; listing again");
-                    if !self.pause_and_relist(&mut revision, &shutdown).await {
-                        return;
-                    }
-                    continue;
-                }
-            };
-            loop {
-                let event = tokio::select! {
-                    event = stream.recv() => event,
-                    _ = shutdown.cancelled() => return,
-                };
-                match event {
-                    Some(Ok(event)) => {
-                        revision = event.revision();
-                        self.apply(&event);
-                    }
-                    Some(Err(err)) => {
-                        tracing::debug!("RBAC watch ended: {err}; listing again");
-                        break;
-                    }
-                    None => break,
-                }
-            }
-            if !self.pause_and_relist(&mut revision, &shutdown).await {
-                return;
-            }
-        }
-    }
-
-    /// Waits a moment, then relists; false when the server is stopping.
-    async fn pause_and_relist(&self, revision: &mut i64, shutdown: &CancellationToken) -> bool {
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-            _ = shutdown.cancelled() => return false,
-        }
-        match self.relist().await {
-            Ok(listed) => *revision = listed,
-            Err(err) => tracing::warn!("RBAC relist: {}", err.message),
-        }
-        true
-    }
-
-    fn apply(&self, event: &berth_store::WatchEvent) {
-        let Ok(mut cached) = self.inner.write() else { return };
-        match event.kind {
-            EventKind::Delete => {
-                cached.objects.remove(&event.kv.key);
-            }
-            EventKind::Put => match decode(&event.kv) {
-                Ok(object) => {
-                    cached.objects.insert(event.kv.key.clone(), object);
-                }
-                Err(err) => tracing::warn!("RBAC object skipped: {}", err.message),
-            },
-        }
-        cached.rebuild();
+        self.mirror.relist().await
     }
 
     fn index(&self) -> Arc<Index> {
-        self.inner.read().map(|cached| cached.index.clone()).unwrap_or_default()
+        self.index.read().map(|index| index.clone()).unwrap_or_default()
     }
 }
 

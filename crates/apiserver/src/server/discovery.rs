@@ -131,11 +131,14 @@ pub(super) async fn serve(
 fn openapi(rest: &str) -> Response<Body> {
     static DOCUMENTS: std::sync::Mutex<BTreeMap<String, Option<Bytes>>> =
         std::sync::Mutex::new(BTreeMap::new());
+    // Custom resources come and go: their documents are kept per table generation.
+    let rest = &format!("{}#{rest}", berth_api::kinds::custom_generation());
     let cached = DOCUMENTS.lock().ok().and_then(|d| d.get(rest).cloned());
     let document = match cached {
         Some(document) => document,
         None => {
-            let parts: Vec<&str> = rest.split('/').collect();
+            let path = rest.split_once('#').map(|(_, p)| p).unwrap_or(rest);
+            let parts: Vec<&str> = path.split('/').collect();
             let made = match parts.as_slice() {
                 ["api", version] => resources::openapi_document("", version),
                 ["apis", group, version] => resources::openapi_document(group, version),
@@ -144,6 +147,9 @@ fn openapi(rest: &str) -> Response<Body> {
             .and_then(|d| serde_json::to_vec(&d).ok())
             .map(Bytes::from);
             if let Ok(mut documents) = DOCUMENTS.lock() {
+                // Documents of earlier generations are of no more use.
+                let generation = rest.split('#').next().unwrap_or("");
+                documents.retain(|k, _| k.starts_with(&format!("{generation}#")));
                 if made.is_some() {
                     documents.insert(rest.to_owned(), made.clone());
                 }

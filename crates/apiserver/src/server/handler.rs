@@ -222,6 +222,11 @@ where
         duplicates: Default::default(),
         upgrade: std::sync::Mutex::new(upgrade),
     };
+    if let Some(warning) = crate::crd::lookup(api.resource()).and_then(|c| c.deprecation.clone()) {
+        if let Ok(mut warnings) = api.warnings.lock() {
+            warnings.push(warning);
+        }
+    }
     // Bindings and subresources other than status answer for themselves.
     let special = match (api.resource().kind, api.target.subresource.as_deref()) {
         ("Binding", _) => Some(api.create_binding(&method, &content_type, &body).await),
@@ -271,6 +276,12 @@ where
         Ok((code, _)) => *code,
         Err(err) => err.code,
     };
+    // A definition written: its resources are served (or not) before the answer goes.
+    if api.resource().kind == "CustomResourceDefinition"
+        && !matches!(verb, "get" | "list" | "watch")
+    {
+        state.crds.refresh().await;
+    }
     if !matches!(verb, "get" | "list" | "watch") {
         let created = match &result {
             Ok((_, value)) if verb == "create" => Some(objects::name_of(value).to_owned()),

@@ -12,7 +12,9 @@
 //! - `verbs`: get, list, watch, create, update, patch, delete, deletecollection over
 //!   `berth-store` (`resourceVersion` is the store's revision of the object);
 //! - `pods`, `accounts`: pod subresources and service-account tokens;
-//! - `compaction`: the store's history trimmed, as a supervised task.
+//! - `compaction`: the store's history trimmed, as a supervised task;
+//! - `mirror`: a watched copy of a store prefix (RBAC objects, custom resource
+//!   definitions); `crds`: the definitions served and cleaned up.
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -43,10 +45,12 @@ mod accounts;
 mod authn;
 mod authz;
 mod compaction;
+mod crds;
 mod discovery;
 mod handler;
 mod kubelet;
 mod listener;
+mod mirror;
 mod pods;
 mod request;
 mod route;
@@ -92,6 +96,8 @@ struct State {
     signer: crate::tokens::Signer,
     /// RBAC objects, kept current by a watch on the store.
     rbac: Arc<authz::RbacCache>,
+    /// CustomResourceDefinitions, kept current by a watch; they make the custom resources.
+    crds: Arc<crds::CrdCache>,
     /// Fires when the server stops: watches end, loops return.
     shutdown: CancellationToken,
     /// How the server reaches node agents (logs, exec, attach, port-forward).
@@ -228,6 +234,7 @@ impl Server {
         let kubelet_tls = tls::kubelet_client_config(&tls_dir, &pki.ca_pem)?;
         let tasks = TaskTracker::new();
         let rbac = authz::RbacCache::start(store.clone(), &tasks, shutdown.clone()).await?;
+        let crds = crds::CrdCache::start(store.clone(), &tasks, shutdown.clone()).await?;
         let state = Arc::new(State {
             signer,
             store,
@@ -236,6 +243,7 @@ impl Server {
             audit: std::sync::Mutex::new(Some(audit)),
             metrics,
             rbac,
+            crds,
             shutdown,
             kubelet_tls,
         });

@@ -55,9 +55,16 @@ impl Api {
             .into_iter()
             .map(|f| format!("duplicate field {f:?}"))
             .collect();
+        // A custom resource's schema prunes what it does not declare.
+        let custom = crate::crd::lookup(resource);
+        let unknown_fields = |object: &mut Value, prune: bool| match &custom {
+            Some(custom) if prune => crate::crd::prune(&custom.schema, object),
+            Some(custom) => crate::crd::prune(&custom.schema, &mut object.clone()),
+            None => crate::schema::unknown_fields(gvk, object, prune),
+        };
         match mode {
             "Strict" => {
-                let unknown = crate::schema::unknown_fields(gvk, object, false);
+                let unknown = unknown_fields(object, false);
                 if !unknown.is_empty() || !duplicates.is_empty() {
                     let mut list: Vec<String> =
                         unknown.iter().map(|f| format!("unknown field {f:?}")).collect();
@@ -71,7 +78,7 @@ impl Api {
                 }
             }
             "Warn" | "Ignore" | "" => {
-                let unknown = crate::schema::unknown_fields(gvk, object, true);
+                let unknown = unknown_fields(object, true);
                 if mode == "Warn" {
                     if let Ok(mut warnings) = self.warnings.lock() {
                         warnings.extend(unknown.iter().map(|f| format!("unknown field {f:?}")));
@@ -268,6 +275,13 @@ impl Api {
 
     async fn create_once(&self, mut object: Value) -> Result<(u16, Value), ApiError> {
         let resource = self.stored();
+        if crate::crd::lookup(resource).is_some_and(|c| c.terminating) {
+            return Err(ApiError::new(
+                405,
+                "MethodNotAllowed",
+                "create not allowed while custom resource definition is terminating",
+            ));
+        }
         let name =
             objects::prepare_create(resource, &mut object, self.target.namespace.as_deref())?;
         if crate::strategy::of(resource).admits_priority() {
@@ -463,7 +477,7 @@ impl Api {
         if !status_only {
             objects::default_fields(resource, &mut object);
         }
-        if current.get("spec") != object.get("spec") {
+        if generation_changes(resource, current, &object) {
             let generation = current["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
             object["metadata"]["generation"] = json!(generation);
         }
@@ -473,6 +487,9 @@ impl Api {
         if !status_only {
             objects::validate(resource, &object)?;
             objects::validate_update(resource, current, &object)?;
+        } else if crate::crd::lookup(resource).is_some() {
+            // A custom resource's status is checked against its schema too.
+            objects::validate(resource, &object)?;
         }
         // The last finalizer gone from an object being deleted: it goes.
         // (Only an object that had finalizers: a pod in its grace period has none, and an
@@ -563,11 +580,14 @@ impl Api {
         let force = self.flag("force");
         let gv = resource.group_version();
         // An applied configuration is typed against the schema whatever fieldValidation says.
-        let unknown = crate::schema::unknown_fields(
-            (resource.group, resource.version, resource.kind),
-            &mut config.clone(),
-            false,
-        );
+        let unknown = match crate::crd::lookup(resource) {
+            Some(custom) => crate::crd::prune(&custom.schema, &mut config.clone()),
+            None => crate::schema::unknown_fields(
+                (resource.group, resource.version, resource.kind),
+                &mut config.clone(),
+                false,
+            ),
+        };
         if let Some(first) = unknown.first() {
             let namespace =
                 self.target.namespace.as_deref().map(|n| format!("{n}/")).unwrap_or_default();
@@ -704,7 +724,11 @@ impl Api {
         content_type: &str,
         body: &[u8],
     ) -> Result<Value, ApiError> {
+        let custom = crate::crd::lookup(self.resource()).and_then(|c| c.scale.clone());
         let view = |object: &Value| {
+            if let Some(paths) = &custom {
+                return custom_scale(paths, object);
+            }
             let selector = object["spec"]["selector"]["matchLabels"]
                 .as_object()
                 .map(|m| {
@@ -770,7 +794,12 @@ impl Api {
                 }
             }
             let mut updated = current.clone();
-            updated["spec"]["replicas"] = json!(replicas);
+            match &custom {
+                Some(paths) => {
+                    crate::crd::set_path(&mut updated, &paths.spec_replicas, json!(replicas))
+                }
+                None => updated["spec"]["replicas"] = json!(replicas),
+            }
             match self.replace(&current, updated, revision).await {
                 Err(err) if err.reason == "Conflict" => continue,
                 Err(err) => return Err(err),
@@ -1139,6 +1168,48 @@ impl Api {
         response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         response
     }
+}
+
+/// Whether an update moves `metadata.generation`: a change of the spec, or for a custom
+/// resource a change of anything but metadata (and status, when it has its own
+/// subresource), as Kubernetes counts it.
+fn generation_changes(resource: &Resource, current: &Value, object: &Value) -> bool {
+    let Some(custom) = crate::crd::lookup(resource) else {
+        return current.get("spec") != object.get("spec");
+    };
+    let content = |value: &Value| -> Value {
+        let mut value = value.clone();
+        if let Some(map) = value.as_object_mut() {
+            map.remove("metadata");
+            if custom.status {
+                map.remove("status");
+            }
+        }
+        value
+    };
+    content(current) != content(object)
+}
+
+/// The `Scale` of a custom object, read where its definition's paths say.
+fn custom_scale(paths: &crate::crd::Scale, object: &Value) -> Value {
+    let read = |path: &str| crate::crd::json_path(object, path).into_iter().next().cloned();
+    let selector = paths
+        .label_selector
+        .as_deref()
+        .and_then(read)
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": object["metadata"]["name"], "namespace": object["metadata"]["namespace"],
+            "uid": object["metadata"]["uid"], "resourceVersion": object["metadata"]["resourceVersion"],
+            "creationTimestamp": object["metadata"]["creationTimestamp"],
+        },
+        "spec": {"replicas": read(&paths.spec_replicas).and_then(|v| v.as_i64()).unwrap_or(0)},
+        "status": {"replicas": read(&paths.status_replicas).and_then(|v| v.as_i64()).unwrap_or(0), "selector": selector},
+    })
 }
 
 pub(super) fn encode_continue(key: &str, revision: i64) -> String {
