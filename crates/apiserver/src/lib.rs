@@ -11,6 +11,7 @@
 //! - `apply`: field ownership (`managedFields`) and server-side apply;
 //! - `patch`: JSON patch, merge patch and strategic merge patch;
 //! - `proto`: protobuf request bodies of the kinds `kubectl create` makes;
+//! - `policy`: the bootstrap RBAC roles and bindings, reconciled at start;
 //! - `rbac`: token identities and Role/ClusterRole/binding evaluation;
 //! - `schema`: OpenAPI v3 schemas of the kinds (from `k8s-openapi`) and unknown fields;
 //! - `encryption`: Secrets sealed with AES-256-GCM before they reach the store;
@@ -28,6 +29,7 @@ pub mod encryption;
 pub mod metrics;
 pub mod objects;
 pub mod patch;
+pub mod policy;
 pub mod proto;
 pub mod rbac;
 pub mod resources;

@@ -411,6 +411,16 @@ fn schema(message: &str) -> Option<&'static [Field]> {
                 ]
             }
         }
+        "SelfSubjectRulesReview" => {
+            const {
+                &[
+                    f(1, "metadata", Message("ObjectMeta")),
+                    f(2, "spec", Message("SelfSubjectRulesReviewSpec")),
+                    f(3, "status", Message("Empty")),
+                ]
+            }
+        }
+        "SelfSubjectRulesReviewSpec" => const { &[f(1, "namespace", Str)] },
         "SelfSubjectReview" => {
             const {
                 &[
@@ -533,6 +543,7 @@ const KINDS: &[&str] = &[
     "Deployment",
     "Service",
     "SelfSubjectAccessReview",
+    "SelfSubjectRulesReview",
     "SelfSubjectReview",
     "Job",
     "CronJob",

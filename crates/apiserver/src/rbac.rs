@@ -161,6 +161,38 @@ impl Index {
     }
 }
 
+impl Index {
+    /// Every rule that applies to `user` in `namespace` (cluster-wide grants included), as
+    /// SelfSubjectRulesReview lists them; the masters group holds every right.
+    pub fn rules_for(&self, user: &User, namespace: &str) -> Vec<Value> {
+        if user.is_master() {
+            return vec![
+                serde_json::json!({"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}),
+                serde_json::json!({"nonResourceURLs": ["*"], "verbs": ["*"]}),
+            ];
+        }
+        let keys = std::iter::once(format!("User:{}", user.name))
+            .chain(user.groups.iter().map(|g| format!("Group:{g}")));
+        let mut rules: Vec<Value> = Vec::new();
+        for grant in keys.filter_map(|key| self.by_subject.get(&key)).flatten() {
+            if !grant.namespace.is_empty() && grant.namespace != namespace {
+                continue;
+            }
+            let found = if grant.role_kind == "ClusterRole" {
+                self.cluster_roles.get(&grant.role_name)
+            } else {
+                self.roles.get(&(grant.namespace.clone(), grant.role_name.clone()))
+            };
+            for rule in found.into_iter().flatten() {
+                if !rules.contains(rule) {
+                    rules.push(rule.clone());
+                }
+            }
+        }
+        rules
+    }
+}
+
 /// Whether `user` may do `a`, given the stored roles and bindings.
 pub fn allowed(
     user: &User,

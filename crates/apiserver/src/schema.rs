@@ -73,6 +73,14 @@ fn build() -> Schemas {
         "rbac.authorization.k8s.io" "v1" "ClusterRoleBinding" => rbac::v1::ClusterRoleBinding,
         "authorization.k8s.io" "v1" "SelfSubjectAccessReview" =>
             k8s_openapi::api::authorization::v1::SelfSubjectAccessReview,
+        "authentication.k8s.io" "v1" "TokenReview" =>
+            k8s_openapi::api::authentication::v1::TokenReview,
+        "authorization.k8s.io" "v1" "SubjectAccessReview" =>
+            k8s_openapi::api::authorization::v1::SubjectAccessReview,
+        "authorization.k8s.io" "v1" "LocalSubjectAccessReview" =>
+            k8s_openapi::api::authorization::v1::LocalSubjectAccessReview,
+        "authorization.k8s.io" "v1" "SelfSubjectRulesReview" =>
+            k8s_openapi::api::authorization::v1::SelfSubjectRulesReview,
         "authentication.k8s.io" "v1" "SelfSubjectReview" =>
             k8s_openapi::api::authentication::v1::SelfSubjectReview,
         "apiextensions.k8s.io" "v1" "CustomResourceDefinition" =>

@@ -1793,3 +1793,138 @@ fn kill_and_restart(server: &mut Server) {
     let fresh = Server::start(&dir, None);
     *server = fresh;
 }
+
+/// Waits until `check` holds for kubectl's output of `args`, for up to 20 s.
+fn eventually(server: &Server, args: &[&str], check: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = server.ok(args);
+        if check(&out) {
+            return out;
+        }
+        assert!(Instant::now() < deadline, "kubectl {args:?} never gave what was wanted: {out}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The bootstrap RBAC Kubernetes creates (cluster-admin, admin/edit/view aggregated by
+/// label, the roles every user holds), reconciled at start unless told not to; and the
+/// reviews: `kubectl auth can-i --list`, TokenReview, SubjectAccessReview and
+/// LocalSubjectAccessReview, which only those granted may ask.
+#[test]
+fn bootstrap_rbac_and_reviews_answer_as_kubernetes() {
+    let Some((dir, server)) = embedded_server() else { return };
+    let roles = server.ok(&["get", "clusterroles", "-o", "name"]);
+    for role in ["cluster-admin", "admin", "edit", "view", "system:discovery", "system:basic-user"]
+    {
+        assert!(
+            roles.contains(&format!("clusterrole.rbac.authorization.k8s.io/{role}\n")),
+            "{role}: {roles}"
+        );
+    }
+    let bound = server.ok(&[
+        "get",
+        "clusterrolebinding",
+        "cluster-admin",
+        "-o",
+        "jsonpath={.subjects[0].name}",
+    ]);
+    assert_eq!(bound, "system:masters");
+    // view collects the aggregate-to-view rules, and a role labelled so later.
+    eventually(
+        &server,
+        &["get", "clusterrole", "view", "-o", "jsonpath={.rules[*].resources}"],
+        |r| r.contains("deployments") && r.contains("pods/log"),
+    );
+    server.apply(CRONTAB_CRD);
+    server.apply("apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: crontab-reader\n  labels: {rbac.authorization.k8s.io/aggregate-to-view: \"true\"}\nrules:\n- {apiGroups: [stable.example.com], resources: [crontabs], verbs: [get, list, watch]}\n");
+    for role in ["view", "edit", "admin"] {
+        eventually(
+            &server,
+            &["get", "clusterrole", role, "-o", "jsonpath={.rules[*].resources}"],
+            |r| r.contains("crontabs"),
+        );
+    }
+    server.ok(&[
+        "create",
+        "rolebinding",
+        "alice-views",
+        "--clusterrole=view",
+        "--user=alice",
+        "-n",
+        "default",
+    ]);
+    let listed = server.ok(&["auth", "can-i", "--list", "--as=alice", "-n", "default"]);
+    let line = |resource: &str| {
+        listed.lines().find(|l| l.starts_with(&format!("{resource} "))).unwrap_or("")
+    };
+    assert!(line("crontabs.stable.example.com").contains("[get list watch]"), "{listed}");
+    assert!(line("deployments.apps").contains("[get list watch]"), "{listed}");
+    assert!(line("selfsubjectrulesreviews.authorization.k8s.io").contains("[create]"), "{listed}");
+    assert!(!listed.contains("secrets "), "view does not read secrets: {listed}");
+    assert_eq!(server.ok(&["auth", "can-i", "get", "crontabs", "--as=alice"]).trim(), "yes");
+
+    // TokenReview: the admin's token, a service account's, a forged one.
+    let token = std::fs::read_to_string(dir.path().join("token")).unwrap();
+    let review = |body: String| -> serde_json::Value {
+        let path = dir.path().join("review.json");
+        std::fs::write(&path, body).unwrap();
+        serde_json::from_str(&server.ok(&["create", "-f", path.to_str().unwrap(), "-o", "json"]))
+            .unwrap()
+    };
+    let answer = review(format!(
+        r#"{{"apiVersion":"authentication.k8s.io/v1","kind":"TokenReview","spec":{{"token":"{}"}}}}"#,
+        token.trim()
+    ));
+    assert_eq!(answer["status"]["authenticated"], true, "{answer}");
+    assert_eq!(answer["status"]["user"]["username"], "admin", "{answer}");
+    let account = server.ok(&["create", "token", "default", "-n", "default"]);
+    let answer = review(format!(
+        r#"{{"apiVersion":"authentication.k8s.io/v1","kind":"TokenReview","spec":{{"token":"{}"}}}}"#,
+        account.trim()
+    ));
+    assert_eq!(
+        answer["status"]["user"]["username"], "system:serviceaccount:default:default",
+        "{answer}"
+    );
+    let answer = review(r#"{"apiVersion":"authentication.k8s.io/v1","kind":"TokenReview","spec":{"token":"forged"}}"#.into());
+    assert_eq!(answer["status"]["authenticated"], false, "{answer}");
+
+    // SubjectAccessReview and the local one (its namespace is the URL's).
+    let answer = review(r#"{"apiVersion":"authorization.k8s.io/v1","kind":"SubjectAccessReview","spec":{"user":"alice","resourceAttributes":{"verb":"list","group":"apps","resource":"deployments","namespace":"default"}}}"#.into());
+    assert_eq!(answer["status"]["allowed"], true, "{answer}");
+    let answer = review(r#"{"apiVersion":"authorization.k8s.io/v1","kind":"SubjectAccessReview","spec":{"user":"alice","resourceAttributes":{"verb":"delete","resource":"pods","namespace":"default"}}}"#.into());
+    assert_eq!(answer["status"]["allowed"], false, "{answer}");
+    let answer = review(r#"{"apiVersion":"authorization.k8s.io/v1","kind":"LocalSubjectAccessReview","metadata":{"namespace":"kube-system"},"spec":{"user":"alice","resourceAttributes":{"verb":"list","resource":"pods"}}}"#.into());
+    assert_eq!(
+        answer["status"]["allowed"], false,
+        "a RoleBinding in default grants nothing in kube-system: {answer}"
+    );
+    // Asking about others is itself authorized.
+    let path = dir.path().join("review.json");
+    let err = server.fails(&["create", "-f", path.to_str().unwrap(), "--as=alice"]);
+    assert!(err.contains("cannot create resource \"localsubjectaccessreviews\""), "{err}");
+
+    // Reconciled at start: a rule taken from a default comes back, unless autoupdate is off.
+    server.ok(&[
+        "patch",
+        "clusterrole",
+        "system:basic-user",
+        "--type=json",
+        "-p",
+        r#"[{"op":"remove","path":"/rules/1"}]"#,
+    ]);
+    server.ok(&["patch", "clusterrole", "system:discovery", "--type=merge", "-p", r#"{"metadata":{"annotations":{"rbac.authorization.kubernetes.io/autoupdate":"false"}},"rules":[]}"#]);
+    let mut server = server;
+    kill_and_restart(&mut server);
+    let rules = server.ok(&[
+        "get",
+        "clusterrole",
+        "system:basic-user",
+        "-o",
+        "jsonpath={.rules[*].resources}",
+    ]);
+    assert!(rules.contains("selfsubjectreviews"), "{rules}");
+    let rules = server.ok(&["get", "clusterrole", "system:discovery", "-o", "jsonpath={.rules}"]);
+    assert_eq!(rules.trim(), "[]", "autoupdate false is left alone");
+}

@@ -8,6 +8,8 @@
 //! - `namespace`: a terminating namespace is emptied, then finalized; a namespace left
 //!   terminating by a crash finishes after a restart.
 //! - `accounts`: a `default` ServiceAccount in every namespace.
+//! - `aggregation`: ClusterRoles with an `aggregationRule` collect the rules of the roles
+//!   their selectors match (`admin`, `edit`, `view`).
 //! - `endpoints`: Endpoints and EndpointSlices from Services' selectors and pod readiness.
 //! - `cronjob`: Jobs at the times a CronJob's schedule names.
 //! - `daemonset`: a pod on every node a DaemonSet admits.
@@ -18,6 +20,7 @@
 //! SIGKILL included) resumes where it stopped. Knows nothing of storage, HTTP or Linux.
 
 mod accounts;
+mod aggregation;
 mod cronjob;
 mod daemonset;
 mod deployment;
@@ -66,6 +69,7 @@ impl Manager {
         tasks.spawn(gc::run(informers.clone()));
         tasks.spawn(namespace::run(informers.clone()));
         tasks.spawn(accounts::run(informers.clone()));
+        tasks.spawn(aggregation::run(informers.clone()));
         tasks.spawn(replicaset::run(informers.clone()));
         tasks.spawn(deployment::run(informers.clone()));
         tasks.spawn(job::run(informers.clone()));

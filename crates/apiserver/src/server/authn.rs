@@ -21,12 +21,9 @@ pub(super) async fn authenticate(
     // As Kubernetes' authenticators do, either credential suffices: a certificate user
     // stands even beside a token nobody knows.
     match token {
-        Some(token) => match state.users.iter().find(|(known, _)| known == token) {
-            Some((_, user)) => Some(user.clone()),
-            None => match state.service_account_user(token).await {
-                Some(user) => Some(user),
-                None => transport,
-            },
+        Some(token) => match state.user_for_token(token).await {
+            Some(user) => Some(user),
+            None => transport,
         },
         None => transport,
     }

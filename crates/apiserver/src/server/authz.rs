@@ -64,6 +64,11 @@ impl RbacCache {
 }
 
 impl State {
+    /// The rules that apply to `user` in `namespace` (SelfSubjectRulesReview).
+    pub(super) fn rbac_rules(&self, user: &User, namespace: &str) -> Vec<Value> {
+        self.rbac.index().rules_for(user, namespace)
+    }
+
     /// RBAC: the admin may do everything; others what their bindings grant.
     pub(super) async fn authorize(&self, user: &User, attributes: &Attributes) -> bool {
         if user.is_master() || self.rbac.index().allowed(user, attributes) {

@@ -135,8 +135,9 @@ where
     } else {
         Bytes::new()
     };
-    // Reviews are answered about the caller, never stored.
-    if matches!(resource.kind, "SelfSubjectReview" | "SelfSubjectAccessReview") {
+    // Reviews are answered, never stored. Asking about oneself needs no grant; asking
+    // about others (or about a token) is authorized like any create.
+    if reviews::is_review(resource.kind) {
         if method != Method::POST {
             return error_response(&ApiError::new(
                 405,
@@ -144,41 +145,38 @@ where
                 "only create is allowed",
             ));
         }
-        let mut review = match decode_body(&content_type, &body) {
+        if !resource.kind.starts_with("Self") {
+            let attributes = crate::rbac::Attributes {
+                verb: "create".into(),
+                group: resource.group.to_owned(),
+                resource: resource.name.to_owned(),
+                namespace: target.namespace.clone().unwrap_or_default(),
+                ..Default::default()
+            };
+            if !state.authorize(&user, &attributes).await {
+                return error_response(&ApiError::new(
+                    403,
+                    "Forbidden",
+                    crate::rbac::forbidden_message(&user, &attributes),
+                ));
+            }
+        }
+        let review = match decode_body(&content_type, &body) {
             Ok(review) => review,
             Err(err) => return error_response(&err),
         };
-        if resource.kind == "SelfSubjectReview" {
-            return json_response(
-                201,
-                &json!({"kind": "SelfSubjectReview", "apiVersion": "authentication.k8s.io/v1",
-                    "metadata": {"creationTimestamp": null},
-                    "status": {"userInfo": {"username": user.name, "groups": user.groups}}}),
-            );
-        }
-        let spec = &review["spec"]["resourceAttributes"];
-        let text = |v: &Value| v.as_str().unwrap_or("").to_owned();
-        let non_resource = &review["spec"]["nonResourceAttributes"];
-        let attributes = if non_resource.is_object() {
-            crate::rbac::Attributes {
-                verb: text(&non_resource["verb"]),
-                path: text(&non_resource["path"]),
-                ..Default::default()
-            }
-        } else {
-            crate::rbac::Attributes {
-                verb: text(&spec["verb"]),
-                group: text(&spec["group"]),
-                resource: text(&spec["resource"]),
-                subresource: text(&spec["subresource"]),
-                namespace: text(&spec["namespace"]),
-                name: text(&spec["name"]),
-                ..Default::default()
-            }
+        return match reviews::answer(
+            &state,
+            &user,
+            resource.kind,
+            target.namespace.as_deref(),
+            review,
+        )
+        .await
+        {
+            Ok(answer) => json_response(201, &answer),
+            Err(err) => error_response(&err),
         };
-        let allowed = state.authorize(&user, &attributes).await;
-        review["status"] = json!({"allowed": allowed});
-        return json_response(201, &review);
     }
     let verb = route::verb(
         &method,

@@ -53,6 +53,7 @@ mod listener;
 mod mirror;
 mod pods;
 mod request;
+mod reviews;
 mod route;
 mod verbs;
 
@@ -322,59 +323,6 @@ async fn bootstrap(state: &State) -> Result<(), Error> {
             Err(err) => return Err(Error::Setup(err.to_string())),
         }
     }
-    // What the in-process controllers act as, and what lets them (the garbage collector
-    // deletes and updates any kind).
-    let roles = [
-        (
-            "clusterroles",
-            json!({"metadata": {"name": "system:kube-controller-manager",
-                    "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}},
-                "rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]}),
-        ),
-        (
-            "clusterrolebindings",
-            json!({"metadata": {"name": "system:kube-controller-manager",
-                    "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                    "name": "system:kube-controller-manager"},
-                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
-                    "name": "system:kube-controller-manager"}]}),
-        ),
-    ];
-    let scheduler_rules = json!([
-        {"apiGroups": [""], "resources": ["pods", "nodes", "namespaces"], "verbs": ["get", "list", "watch"]},
-        {"apiGroups": [""], "resources": ["pods/binding", "pods/status"], "verbs": ["create", "update", "patch"]},
-        {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch", "update"]},
-    ]);
-    // What a node (the kubelet, or a simulated node) may do: its Node, its Lease, its
-    // pods' status, their final deletion, events.
-    let node_rules = json!([
-        {"apiGroups": [""], "resources": ["nodes", "nodes/status"], "verbs": ["get", "list", "watch", "create", "update", "patch"]},
-        {"apiGroups": [""], "resources": ["pods", "pods/status"], "verbs": ["get", "list", "watch", "update", "patch", "delete"]},
-        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "list", "watch", "create", "update", "patch"]},
-        {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch", "update"]},
-        {"apiGroups": [""], "resources": ["configmaps", "secrets", "services", "endpoints"], "verbs": ["get", "list", "watch"]},
-    ]);
-    // What kube-proxy reads, as Kubernetes' system:node-proxier role grants it.
-    let proxier_rules = json!([
-        {"apiGroups": [""], "resources": ["services", "endpoints", "nodes"], "verbs": ["get", "list", "watch"]},
-        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
-        {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch", "update"]},
-        // berth's built-in load balancer (as k3s's ServiceLB) writes the ingress address.
-        {"apiGroups": [""], "resources": ["services/status"], "verbs": ["patch", "update"]},
-    ]);
-    let labels = json!({"kubernetes.io/bootstrapping": "rbac-defaults"});
-    let role = |name: &str, rules: &Value| {
-        ("clusterroles", json!({"metadata": {"name": name, "labels": labels}, "rules": rules}))
-    };
-    let binding = |name: &str, role: &str, kind: &str, subject: &str| {
-        (
-            "clusterrolebindings",
-            json!({"metadata": {"name": name, "labels": labels},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
-            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": subject}]}),
-        )
-    };
     // The priority classes every cluster has.
     let priority = |name: &str, value: i64| {
         (
@@ -383,30 +331,41 @@ async fn bootstrap(state: &State) -> Result<(), Error> {
             "description": "Used for system critical pods that must not be moved from their current node."}),
         )
     };
-    let roles = roles.into_iter().chain([
-        priority("system-node-critical", 2_000_001_000),
-        priority("system-cluster-critical", 2_000_000_000),
-        role("system:kube-scheduler", &scheduler_rules),
-        binding("system:kube-scheduler", "system:kube-scheduler", "User", "system:kube-scheduler"),
-        role("system:node", &node_rules),
-        binding("system:nodes", "system:node", "Group", "system:nodes"),
-        role("system:node-proxier", &proxier_rules),
-        binding("system:node-proxier", "system:node-proxier", "User", "system:kube-proxy"),
-    ]);
-    for (plural, mut object) in roles {
+    let policy =
+        crate::policy::bootstrap().into_iter().map(|(plural, object)| (plural, object, true));
+    let objects = [
+        (priority("system-node-critical", 2_000_001_000), false),
+        (priority("system-cluster-critical", 2_000_000_000), false),
+    ]
+    .into_iter()
+    .map(|((plural, object), reconciled)| (plural, object, reconciled))
+    .chain(policy);
+    for (plural, object, reconciled) in objects {
         let resource = resources::find("rbac.authorization.k8s.io", "v1", plural)
             .or_else(|| resources::find("scheduling.k8s.io", "v1", plural))
             .ok_or_else(|| Error::Setup(format!("no {plural}")))?;
         let key = resource.key(None, objects::name_of(&object));
-        if state.store.get(&key).await.map_err(|e| Error::Setup(e.to_string()))?.is_some() {
+        let setup = |e: berth_store::Error| Error::Setup(e.to_string());
+        if let Some(kv) = state.store.get(&key).await.map_err(setup)? {
+            // RBAC defaults are kept reconciled (rules and subjects added), as Kubernetes does.
+            let current = decode(&kv).map_err(|e| Error::Setup(e.message))?;
+            if let Some(merged) =
+                reconciled.then(|| crate::policy::reconcile(&current, &object)).flatten()
+            {
+                match state.store.update(&key, encode(&merged), kv.mod_revision).await {
+                    Ok(_) | Err(berth_store::Error::Conflict { .. }) => {}
+                    Err(err) => return Err(setup(err)),
+                }
+            }
             continue;
         }
+        let mut object = object;
         objects::prepare_create(resource, &mut object, None)
             .map_err(|e| Error::Setup(e.message))?;
         let bytes = serde_json::to_vec(&object).map_err(|e| Error::Setup(e.to_string()))?;
         match state.store.create(&key, bytes).await {
             Ok(_) | Err(berth_store::Error::AlreadyExists { .. }) => {}
-            Err(err) => return Err(Error::Setup(err.to_string())),
+            Err(err) => return Err(setup(err)),
         }
     }
     // The API's own service, holding the first address of the service range.
