@@ -276,8 +276,8 @@ mod tests {
                 "discovery.k8s.io",
                 "rbac.authorization.k8s.io",
                 "apiextensions.k8s.io",
-                "authorization.k8s.io",
-                "authentication.k8s.io"
+                "authentication.k8s.io",
+                "authorization.k8s.io"
             ]
         );
         let autoscaling = &groups["groups"][2];
