@@ -362,6 +362,30 @@ pub const RESOURCES: &[Resource] = &[
         &[STATUS],
         &[]
     ),
+    resource!(
+        "admissionregistration.k8s.io",
+        "v1",
+        "mutatingwebhookconfigurations",
+        "mutatingwebhookconfiguration",
+        "MutatingWebhookConfiguration",
+        false,
+        &[],
+        &["api-extensions"],
+        &[],
+        &[]
+    ),
+    resource!(
+        "admissionregistration.k8s.io",
+        "v1",
+        "validatingwebhookconfigurations",
+        "validatingwebhookconfiguration",
+        "ValidatingWebhookConfiguration",
+        false,
+        &[],
+        &["api-extensions"],
+        &[],
+        &[]
+    ),
     // Answered, never stored: reviews of tokens and of what a user may do.
     Resource {
         group: "authentication.k8s.io",

@@ -276,6 +276,7 @@ mod tests {
                 "discovery.k8s.io",
                 "rbac.authorization.k8s.io",
                 "apiextensions.k8s.io",
+                "admissionregistration.k8s.io",
                 "authentication.k8s.io",
                 "authorization.k8s.io"
             ]

@@ -83,6 +83,10 @@ fn build() -> Schemas {
             k8s_openapi::api::authorization::v1::SelfSubjectRulesReview,
         "authentication.k8s.io" "v1" "SelfSubjectReview" =>
             k8s_openapi::api::authentication::v1::SelfSubjectReview,
+        "admissionregistration.k8s.io" "v1" "MutatingWebhookConfiguration" =>
+            k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration,
+        "admissionregistration.k8s.io" "v1" "ValidatingWebhookConfiguration" =>
+            k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration,
         "apiextensions.k8s.io" "v1" "CustomResourceDefinition" =>
             k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
     }

@@ -1928,3 +1928,174 @@ fn bootstrap_rbac_and_reviews_answer_as_kubernetes() {
     let rules = server.ok(&["get", "clusterrole", "system:discovery", "-o", "jsonpath={.rules}"]);
     assert_eq!(rules.trim(), "[]", "autoupdate false is left alone");
 }
+
+/// A webhook server (tests/python/webhook.py) on a certificate of a CA made here; its
+/// port and the CA's PEM.
+fn webhook_server(dir: &Path) -> (Child, u16, String) {
+    let certs = dir.join("webhook");
+    std::fs::create_dir_all(&certs).unwrap();
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    openssl(
+        &certs,
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=webhook-ca",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign",
+            ],
+        ]
+        .concat(),
+    );
+    openssl(
+        &certs,
+        &[&["req"][..], &ec, &["-keyout", "tls.key", "-out", "tls.csr", "-subj", "/CN=webhook"]]
+            .concat(),
+    );
+    std::fs::write(
+        certs.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(
+        &certs,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "tls.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "tls.crt",
+            "-days",
+            "1",
+            "-extfile",
+            "ext.cnf",
+        ],
+    );
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/webhook.py");
+    let mut child = Command::new("python3")
+        .arg(script)
+        .arg(&certs)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let port: u16 = line.trim().parse().expect("the webhook prints its port");
+    (child, port, std::fs::read_to_string(certs.join("ca.crt")).unwrap())
+}
+
+/// Admission webhooks as Kubernetes calls them: a mutating webhook's patch lands (only on
+/// objects its selector picks), a validating webhook refuses with its message (only in
+/// namespaces its selector picks) and warns, on create and update; an unreachable or slow
+/// webhook fails the request unless its failurePolicy is Ignore; the reviews name the
+/// operation, the user and the objects.
+#[test]
+fn admission_webhooks_mutate_and_validate() {
+    use base64::Engine as _;
+    let Some((dir, server)) = embedded_server() else { return };
+    let (mut hook, port, ca) = webhook_server(dir.path());
+    let ca = base64::engine::general_purpose::STANDARD.encode(ca);
+    let webhook = |kind: &str, name: &str, path: &str, extra: &str, rules: &str| {
+        format!("apiVersion: admissionregistration.k8s.io/v1\nkind: {kind}\nmetadata: {{name: {name}}}\nwebhooks:\n- name: {name}.example.com\n  clientConfig: {{url: \"https://127.0.0.1:{port}{path}\", caBundle: {ca}}}\n  rules: [{rules}]\n  sideEffects: None\n  admissionReviewVersions: [v1]\n{extra}")
+    };
+    let configmaps = "{operations: [CREATE, UPDATE], apiGroups: [\"\"], apiVersions: [v1], resources: [configmaps]}";
+    server.apply(&webhook(
+        "MutatingWebhookConfiguration",
+        "labeler",
+        "/mutate",
+        "  objectSelector: {matchLabels: {webhook: \"on\"}}\n",
+        configmaps,
+    ));
+    server.apply(&webhook("ValidatingWebhookConfiguration", "guard", "/validate", "  namespaceSelector: {matchExpressions: [{key: kubernetes.io/metadata.name, operator: In, values: [default]}]}\n", configmaps));
+
+    server.apply("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: picked, labels: {webhook: \"on\"}}\ndata: {a: \"1\"}\n");
+    assert_eq!(
+        server.ok(&["get", "cm", "picked", "-o", "jsonpath={.metadata.labels.mutated}"]),
+        "yes"
+    );
+    server.ok(&["create", "cm", "plain", "--from-literal=a=1"]);
+    assert_eq!(
+        server.ok(&["get", "cm", "plain", "-o", "jsonpath={.metadata.labels}"]),
+        "",
+        "not picked"
+    );
+    let err = server.fails(&["create", "cm", "bad", "--from-literal=forbidden=1"]);
+    assert!(err.contains("admission webhook \"guard.example.com\" denied the request: the key forbidden is not allowed"), "{err}");
+    server.ok(&["create", "cm", "bad", "--from-literal=forbidden=1", "-n", "kube-system"]);
+    let err = server.fails(&[
+        "patch",
+        "cm",
+        "plain",
+        "--type=merge",
+        "-p",
+        r#"{"data":{"forbidden":"2"}}"#,
+    ]);
+    assert!(err.contains("denied the request"), "{err}");
+    assert_eq!(server.ok(&["get", "cm", "plain", "-o", "jsonpath={.data}"]), r#"{"a":"1"}"#);
+    let output = server.kubectl(&["create", "cm", "warned", "--from-literal=a=1"]);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("checked by the guard"), "{output:?}");
+    server.ok(&["create", "cm", "dry", "--from-literal=a=1", "--dry-run=server"]);
+
+    // What the webhook was told.
+    let reviews = std::fs::read_to_string(dir.path().join("webhook/reviews.jsonl")).unwrap();
+    let reviews: Vec<serde_json::Value> =
+        reviews.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let update =
+        reviews.iter().find(|r| r["request"]["operation"] == "UPDATE").expect("an UPDATE review");
+    assert_eq!(update["request"]["userInfo"]["username"], "admin", "{update}");
+    assert_eq!(update["request"]["oldObject"]["data"]["a"], "1", "{update}");
+    assert_eq!(update["request"]["object"]["data"]["forbidden"], "2", "{update}");
+    assert_eq!(update["request"]["resource"]["resource"], "configmaps", "{update}");
+    assert!(reviews.iter().any(|r| r["request"]["dryRun"] == true), "the dry run was said");
+
+    // A webhook nobody answers, or too slowly: Fail refuses, Ignore goes on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let secrets =
+        "{operations: [CREATE], apiGroups: [\"\"], apiVersions: [v1], resources: [secrets]}";
+    let gone = webhook(
+        "ValidatingWebhookConfiguration",
+        "gone",
+        "/validate",
+        "  failurePolicy: Fail\n",
+        secrets,
+    )
+    .replace(&port.to_string(), &closed.to_string());
+    server.apply(&gone);
+    let err = server.fails(&["create", "secret", "generic", "s1", "--from-literal=a=1"]);
+    assert!(err.contains("failed calling webhook \"gone.example.com\""), "{err}");
+    server.apply(&gone.replace("failurePolicy: Fail", "failurePolicy: Ignore"));
+    server.ok(&["create", "secret", "generic", "s1", "--from-literal=a=1"]);
+    server.ok(&["delete", "validatingwebhookconfiguration", "gone"]);
+    server.apply(&webhook(
+        "ValidatingWebhookConfiguration",
+        "slow",
+        "/slow",
+        "  timeoutSeconds: 1\n",
+        secrets,
+    ));
+    let err = server.fails(&["create", "secret", "generic", "s2", "--from-literal=a=1"]);
+    assert!(err.contains("did not answer within 1s"), "{err}");
+    let _ = hook.kill();
+    let _ = hook.wait();
+}

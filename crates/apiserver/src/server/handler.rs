@@ -216,6 +216,7 @@ where
         target,
         params,
         accept,
+        user: user.clone(),
         warnings: Default::default(),
         duplicates: Default::default(),
         upgrade: std::sync::Mutex::new(upgrade),

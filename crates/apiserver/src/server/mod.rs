@@ -11,6 +11,7 @@
 //! - `discovery`: `/version`, `/api`, `/apis`, OpenAPI, service-account issuer discovery;
 //! - `verbs`: get, list, watch, create, update, patch, delete, deletecollection over
 //!   `berth-store` (`resourceVersion` is the store's revision of the object);
+//! - `admission`: mutating and validating admission webhooks;
 //! - `pods`, `accounts`: pod subresources and service-account tokens;
 //! - `compaction`: the store's history trimmed, as a supervised task;
 //! - `mirror`: a watched copy of a store prefix (RBAC objects, custom resource
@@ -42,6 +43,7 @@ use crate::selector::{FieldSelector, LabelSelector};
 use crate::{tls, Error};
 
 mod accounts;
+mod admission;
 mod authn;
 mod authz;
 mod compaction;
@@ -99,6 +101,8 @@ struct State {
     rbac: Arc<authz::RbacCache>,
     /// CustomResourceDefinitions, kept current by a watch; they make the custom resources.
     crds: Arc<crds::CrdCache>,
+    /// Admission webhook configurations, kept current by a watch.
+    webhooks: Arc<admission::Webhooks>,
     /// Fires when the server stops: watches end, loops return.
     shutdown: CancellationToken,
     /// How the server reaches node agents (logs, exec, attach, port-forward).
@@ -236,6 +240,9 @@ impl Server {
         let tasks = TaskTracker::new();
         let rbac = authz::RbacCache::start(store.clone(), &tasks, shutdown.clone()).await?;
         let crds = crds::CrdCache::start(store.clone(), &tasks, shutdown.clone()).await?;
+        let webhooks =
+            admission::Webhooks::start(store.clone(), pki.ca_pem.clone(), &tasks, shutdown.clone())
+                .await?;
         let state = Arc::new(State {
             signer,
             store,
@@ -245,6 +252,7 @@ impl Server {
             metrics,
             rbac,
             crds,
+            webhooks,
             shutdown,
             kubelet_tls,
         });

@@ -209,6 +209,7 @@ impl Api {
             },
             params: self.params.clone(),
             accept: self.accept.clone(),
+            user: self.user.clone(),
             warnings: Default::default(),
             duplicates: Default::default(),
             upgrade: Default::default(),

@@ -15,6 +15,8 @@ pub(super) struct Api {
     pub(super) target: Target,
     pub(super) params: HashMap<String, String>,
     pub(super) accept: String,
+    /// Who asks (admission webhooks are told).
+    pub(super) user: crate::rbac::User,
     /// `Warning` headers for the response (unknown fields under `fieldValidation=Warn`).
     pub(super) warnings: std::sync::Mutex<Vec<String>>,
     /// Keys the request body repeated, by path.
@@ -287,6 +289,7 @@ impl Api {
         if crate::strategy::of(resource).admits_priority() {
             self.admit_priority(&name, &mut object).await?;
         }
+        let mut object = self.admit("CREATE", Some(object), None).await?.unwrap_or_default();
         objects::validate(resource, &object)?;
         self.record_manager(None, &mut object);
         self.namespace_ready().await?;
@@ -484,6 +487,7 @@ impl Api {
         if !status_only {
             strategy.prepare_update(current, &mut object);
         }
+        let object = self.admit("UPDATE", Some(object), Some(current)).await?.unwrap_or_default();
         if !status_only {
             objects::validate(resource, &object)?;
             objects::validate_update(resource, current, &object)?;
@@ -637,6 +641,7 @@ impl Api {
                         "the name of the applied configuration does not match the name on the URL",
                     ));
                 }
+                let object = self.admit("CREATE", Some(object), None).await?.unwrap_or_default();
                 objects::validate(resource, &object)?;
                 self.namespace_ready().await?;
                 if self.dry_run() {
@@ -832,6 +837,7 @@ impl Api {
             }
         }
         let policy = self.propagation_policy(&options)?;
+        self.admit("DELETE", None, Some(&current)).await?;
         if self.dry_run() {
             return Ok((200, current));
         }
