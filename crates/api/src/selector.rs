@@ -192,6 +192,9 @@ fn parse_set(text: String) -> Option<Vec<String>> {
 }
 
 /// A parsed field selector: `path=value` and `path!=value` terms.
+/// Fields selectors may name whose Go type is a plain bool (unset reads as false).
+const BOOLEAN_FIELDS: &[&str] = &["spec.unschedulable", "spec.hostNetwork"];
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FieldSelector {
     pub terms: Vec<(String, bool, String)>,
@@ -235,6 +238,8 @@ impl FieldSelector {
             }
             let actual = match current {
                 Value::String(s) => s.clone(),
+                // An unset boolean field is false, as Kubernetes' field sets format it.
+                Value::Null if BOOLEAN_FIELDS.contains(&field.as_str()) => "false".to_owned(),
                 Value::Null => String::new(),
                 Value::Bool(b) => b.to_string(),
                 other => other.to_string(),

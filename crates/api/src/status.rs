@@ -30,6 +30,12 @@ impl ApiError {
     ) -> ApiError {
         let mut e = ApiError::new(code, reason, message);
         e.details = json!({"name": name, "group": resource.group, "kind": resource.name});
+        if resource.group.is_empty() {
+            // Kubernetes leaves an empty group out.
+            if let Some(details) = e.details.as_object_mut() {
+                details.remove("group");
+            }
+        }
         e
     }
 
@@ -64,6 +70,11 @@ impl ApiError {
         );
         e.details = json!({"name": name, "group": resource.group, "kind": resource.kind,
             "causes": [{"reason": "FieldValueInvalid", "message": message, "field": field}]});
+        if resource.group.is_empty() {
+            if let Some(details) = e.details.as_object_mut() {
+                details.remove("group");
+            }
+        }
         e
     }
 

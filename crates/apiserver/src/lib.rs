@@ -17,6 +17,7 @@
 //! - `encryption`: Secrets sealed with AES-256-GCM before they reach the store;
 //! - `metrics`: `/metrics` in the Prometheus format;
 //! - `tokens`: service-account tokens (ES256 JWTs), issued and verified;
+//! - `wire`: response bodies in Kubernetes' key order, ending with a newline;
 //! - `tls`: the CA, serving certificate and admin token in the data directory;
 //! - `server`: authentication, routing and the verbs (get, list, watch, create, update,
 //!   patch, delete, deletecollection).
@@ -38,6 +39,7 @@ pub mod server;
 pub mod strategy;
 pub mod tls;
 pub mod tokens;
+pub mod wire;
 
 /// A server that cannot start.
 #[derive(Debug, thiserror::Error)]

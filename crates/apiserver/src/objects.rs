@@ -158,14 +158,11 @@ pub fn prepare_create(
     metadata.remove("resourceVersion");
     metadata.remove("deletionTimestamp");
     metadata.remove("selfLink");
-    if map.contains_key("spec")
-        || !matches!(
-            resource.kind,
-            "ConfigMap" | "Secret" | "Event" | "Endpoints" | "ServiceAccount"
-        )
-    {
-        if let Some(metadata) = map.get_mut("metadata").and_then(Value::as_object_mut) {
+    if let Some(metadata) = map.get_mut("metadata").and_then(Value::as_object_mut) {
+        if crate::strategy::has_generation(resource) {
             metadata.insert("generation".into(), json!(1));
+        } else {
+            metadata.remove("generation");
         }
     }
     default(resource, object);

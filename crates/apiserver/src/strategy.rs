@@ -62,6 +62,29 @@ pub trait Strategy: Sync {
     fn admits_priority(&self) -> bool {
         false
     }
+
+    /// Whether a deletion that removes the object at once answers with the object
+    /// (Kubernetes' `ReturnDeletedObject`) rather than a `Status` of success.
+    fn returns_deleted_object(&self) -> bool {
+        false
+    }
+}
+
+/// Whether Kubernetes keeps `metadata.generation` for a kind: the kinds with a spec that
+/// controllers observe (workloads, custom resources, definitions, webhook and policy
+/// objects), not Pods, Services, Nodes, Namespaces or data kinds.
+pub fn has_generation(resource: &Resource) -> bool {
+    matches!(
+        resource.group,
+        "apps"
+            | "batch"
+            | "autoscaling"
+            | "policy"
+            | "networking.k8s.io"
+            | "apiextensions.k8s.io"
+            | "admissionregistration.k8s.io"
+    ) && resource.kind != "ControllerRevision"
+        || crate::crd::lookup(resource).is_some()
 }
 
 struct Default;
@@ -100,6 +123,13 @@ impl Strategy for Service {
     fn names(&self) -> NameRule {
         NameRule::Label
     }
+    fn prepare_create(&self, object: &mut Value) {
+        // A new Service has an empty load-balancer status, as Kubernetes writes it.
+        object["status"] = json!({"loadBalancer": {}});
+    }
+    fn returns_deleted_object(&self) -> bool {
+        true
+    }
     fn prepare_update(&self, old: &Value, new: &mut Value) {
         // A Service keeps its address when an update leaves it out.
         if new["spec"].is_object() && new["spec"]["clusterIP"].is_null() {
@@ -117,6 +147,9 @@ impl Strategy for Pod {
     fn admits_priority(&self) -> bool {
         true
     }
+    fn returns_deleted_object(&self) -> bool {
+        true
+    }
     fn prepare_create(&self, object: &mut Value) {
         // What a client sends as status is not the pod's status: it has not run.
         let qos = objects::qos_class(&object["spec"]);
@@ -132,6 +165,13 @@ impl Strategy for Job {
     fn default_propagation(&self) -> &'static str {
         // Kubernetes orphans a Job's pods unless asked otherwise (kubectl asks).
         "Orphan"
+    }
+}
+
+struct ServiceAccount;
+impl Strategy for ServiceAccount {
+    fn returns_deleted_object(&self) -> bool {
+        true
     }
 }
 
@@ -162,6 +202,7 @@ pub fn of(resource: &Resource) -> &'static dyn Strategy {
         ("", "Namespace") => &Namespace,
         ("", "Service") => &Service,
         ("", "Pod") => &Pod,
+        ("", "ServiceAccount") => &ServiceAccount,
         ("batch", "Job") => &Job,
         ("rbac.authorization.k8s.io", _) => &Rbac,
         _ => &Default,

@@ -2099,3 +2099,50 @@ fn admission_webhooks_mutate_and_validate() {
     let _ = hook.kill();
     let _ = hook.wait();
 }
+
+/// The shape of responses on the wire, byte for byte where Kubernetes' is fixed: key
+/// order and the final newline, a Status of success for deletions of most kinds (the
+/// object for Pods), no empty `group` in core errors, a Service's empty load-balancer
+/// status and defaults, `generation` only on kinds that keep one, and an unset boolean
+/// field selecting as false.
+#[test]
+fn responses_have_kubernetes_shape() {
+    let Some((dir, server)) = embedded_server() else { return };
+    server.ok(&["create", "configmap", "shape", "--from-literal=a=1"]);
+    let body = server.ok(&["get", "--raw", "/api/v1/namespaces/default/configmaps/shape"]);
+    assert!(
+        body.starts_with(r#"{"kind":"ConfigMap","apiVersion":"v1","metadata":{"name":"shape","namespace":"default","uid":""#),
+        "{body}"
+    );
+    assert!(body.ends_with("}\n"), "a final newline: {body:?}");
+    let deleted = server.ok(&["delete", "--raw", "/api/v1/namespaces/default/configmaps/shape"]);
+    let deleted: serde_json::Value = serde_json::from_str(&deleted).unwrap();
+    assert_eq!(deleted["kind"], "Status", "{deleted}");
+    assert_eq!(deleted["status"], "Success", "{deleted}");
+    assert_eq!(deleted["details"]["name"], "shape", "{deleted}");
+    assert_eq!(deleted["details"]["kind"], "configmaps", "{deleted}");
+    assert!(deleted["details"].get("group").is_none(), "{deleted}");
+    let missing = server.kubectl(&["get", "--raw", "/api/v1/namespaces/default/configmaps/shape"]);
+    let text = String::from_utf8_lossy(&missing.stderr);
+    assert!(text.contains("NotFound"), "{text}");
+    server.apply("apiVersion: v1\nkind: Pod\nmetadata: {name: kept}\nspec: {containers: [{name: c, image: busybox}]}\n");
+    let pod = server.ok(&["get", "pod", "kept", "-o", "json"]);
+    assert!(!pod.contains("\"generation\""), "pods keep no generation: {pod}");
+    server.ok(&["create", "service", "clusterip", "web", "--tcp=80:8080"]);
+    let service: serde_json::Value =
+        serde_json::from_str(&server.ok(&["get", "service", "web", "-o", "json"])).unwrap();
+    assert_eq!(service["status"], serde_json::json!({"loadBalancer": {}}), "{service}");
+    assert_eq!(service["spec"]["internalTrafficPolicy"], "Cluster", "{service}");
+    assert!(service["metadata"].get("generation").is_none(), "{service}");
+    server.ok(&["create", "deployment", "web", "--image=busybox"]);
+    assert_eq!(
+        server.ok(&["get", "deployment", "web", "-o", "jsonpath={.metadata.generation}"]),
+        "1"
+    );
+    // A node without a spec is schedulable.
+    server.apply("apiVersion: v1\nkind: Node\nmetadata: {name: bare}\n");
+    let nodes =
+        server.ok(&["get", "--raw", "/api/v1/nodes?fieldSelector=spec.unschedulable%3D%3Dfalse"]);
+    assert!(nodes.contains("\"name\":\"bare\""), "{nodes}");
+    let _ = dir;
+}

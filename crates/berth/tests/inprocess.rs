@@ -323,3 +323,34 @@ async fn rbac_is_answered_from_its_cache_and_follows_changes() {
     })
     .await;
 }
+
+/// kube-rs's metadata-only list and watch (`PartialObjectMetadata`): names and labels,
+/// no bodies.
+#[tokio::test]
+async fn metadata_only_lists_and_watches() {
+    let cluster = Cluster::start().await;
+    let api: Api<ConfigMap> = Api::namespaced(cluster.admin(), "default");
+    let mut labelled = configmap("meta", None);
+    labelled.metadata.labels = Some([("tier".to_owned(), "web".to_owned())].into());
+    api.create(&PostParams::default(), &labelled).await.unwrap();
+    let listed = api.list_metadata(&ListParams::default().labels("tier=web")).await.unwrap();
+    assert_eq!(listed.items.len(), 1);
+    assert_eq!(listed.items[0].metadata.name.as_deref(), Some("meta"));
+    let got = api.get_metadata("meta").await.unwrap();
+    assert_eq!(got.metadata.labels.unwrap()["tier"], "web");
+    let from = listed.metadata.resource_version.clone().unwrap();
+    let events = tokio::spawn({
+        let api = api.clone();
+        async move {
+            let params = kube::api::WatchParams::default();
+            let stream = api.watch_metadata(&params, &from).await.unwrap();
+            stream.take(1).try_collect::<Vec<_>>().await.unwrap()
+        }
+    });
+    api.delete("meta", &DeleteParams::default()).await.unwrap();
+    let events = tokio::time::timeout(Duration::from_secs(10), events).await.unwrap().unwrap();
+    assert!(
+        matches!(&events[0], kube::api::WatchEvent::Deleted(m) if m.metadata.name.as_deref() == Some("meta")),
+        "{events:?}"
+    );
+}

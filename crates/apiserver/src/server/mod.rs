@@ -114,7 +114,7 @@ fn full(data: impl Into<Bytes>) -> Body {
 }
 
 fn json_response(code: u16, value: &Value) -> Response<Body> {
-    let mut response = Response::new(full(serde_json::to_vec(value).unwrap_or_default()));
+    let mut response = Response::new(full(crate::wire::to_vec(value)));
     *response.status_mut() =
         StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

@@ -118,6 +118,13 @@ impl Api {
         crate::convert::from_storage(r.group, r.version, r.kind, value)
     }
 
+    /// `Accept: application/json;as=PartialObjectMetadata[List];g=meta.k8s.io;v=v1`, as
+    /// client-go's metadata client and kube-rs's `list_metadata` ask (Table wins when a
+    /// client names both).
+    pub(super) fn wants_metadata_only(&self) -> bool {
+        self.accept.contains("as=PartialObjectMetadata") && !self.accept.contains("as=Table")
+    }
+
     pub(super) fn dry_run(&self) -> bool {
         self.params.get("dryRun").is_some_and(|v| v == "All")
     }
@@ -155,6 +162,9 @@ impl Api {
                 200,
                 objects::table(self.resource(), std::slice::from_ref(&object), revision, include),
             ));
+        }
+        if self.wants_metadata_only() {
+            return Ok((200, partial(&object)));
         }
         Ok((200, object))
     }
@@ -210,6 +220,13 @@ impl Api {
         let mut metadata = json!({"resourceVersion": page.revision.to_string()});
         if !continue_token.is_empty() {
             metadata["continue"] = json!(continue_token);
+        }
+        if self.wants_metadata_only() {
+            let items: Vec<Value> = items.iter().map(partial).collect();
+            return Ok((
+                200,
+                json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": metadata, "items": items}),
+            ));
         }
         Ok((
             200,
@@ -340,6 +357,15 @@ impl Api {
         let kind = spec.get("type").and_then(Value::as_str).unwrap_or("ClusterIP").to_owned();
         spec.insert("type".into(), json!(kind));
         spec.entry("sessionAffinity").or_insert(json!("None"));
+        if kind != "ExternalName" {
+            spec.entry("internalTrafficPolicy").or_insert(json!("Cluster"));
+        }
+        if kind == "NodePort" || kind == "LoadBalancer" {
+            spec.entry("externalTrafficPolicy").or_insert(json!("Cluster"));
+        }
+        if kind == "LoadBalancer" {
+            spec.entry("allocateLoadBalancerNodePorts").or_insert(json!(true));
+        }
         if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
             for port in ports.iter_mut() {
                 if port.get("protocol").is_none() {
@@ -899,7 +925,20 @@ impl Api {
                 .delete(key, Some(revision))
                 .await
                 .map_err(|e| storage_error(resource, &name, e))?;
-            return Ok((200, with_revision(current, gone.mod_revision)));
+            if strategy.returns_deleted_object() {
+                return Ok((200, with_revision(current, gone.mod_revision)));
+            }
+            // Most kinds answer a Status of success naming what went.
+            let mut details = json!({"name": name, "group": resource.group, "kind": resource.name, "uid": current["metadata"]["uid"]});
+            if resource.group.is_empty() {
+                if let Some(d) = details.as_object_mut() {
+                    d.remove("group");
+                }
+            }
+            return Ok((
+                200,
+                json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details}),
+            ));
         }
         let mut marked = current.clone();
         if marked["metadata"].get("deletionTimestamp").is_none() {
@@ -1061,6 +1100,7 @@ impl Api {
         let kind = resource.kind;
         let api_version = resource.group_version();
         let as_table = self.accept.contains("as=Table");
+        let metadata_only = self.wants_metadata_only();
         let include = self.params.get("includeObject").is_some_and(|v| v == "Object");
         // With a Table asked for, each event carries a one-row table of the object.
         let shape = move |mut event: Value| {
@@ -1068,6 +1108,9 @@ impl Api {
                 let object = std::mem::take(&mut event["object"]);
                 event["object"] =
                     crate::convert::from_storage(resource.group, resource.version, kind, object);
+            }
+            if metadata_only && event["object"]["kind"] == kind {
+                event["object"] = partial(&event["object"]);
             }
             if as_table {
                 let revision = event["object"]["metadata"]["resourceVersion"]
@@ -1095,11 +1138,8 @@ impl Api {
             }
             metrics.watch_started();
             let _open = Open(metrics);
-            let line = |value: &Value| {
-                let mut bytes = serde_json::to_vec(value).unwrap_or_default();
-                bytes.push(b'\n');
-                Bytes::from(bytes)
-            };
+            // Each event a line, its object in Kubernetes' key order.
+            let line = |value: &Value| Bytes::from(crate::wire::to_vec(value));
             for event in &initial {
                 if sender.send(Frame::data(line(event))).await.is_err() {
                     return;
@@ -1176,10 +1216,18 @@ impl Api {
     }
 }
 
+/// An object as a metadata-only client reads it (`PartialObjectMetadata`).
+fn partial(object: &Value) -> Value {
+    json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": object["metadata"]})
+}
+
 /// Whether an update moves `metadata.generation`: a change of the spec, or for a custom
 /// resource a change of anything but metadata (and status, when it has its own
 /// subresource), as Kubernetes counts it.
 fn generation_changes(resource: &Resource, current: &Value, object: &Value) -> bool {
+    if !crate::strategy::has_generation(resource) {
+        return false;
+    }
     let Some(custom) = crate::crd::lookup(resource) else {
         return current.get("spec") != object.get("spec");
     };

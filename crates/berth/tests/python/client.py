@@ -71,8 +71,30 @@ core.delete_namespaced_config_map("py-w", ns)
 assert done.wait(20), "the watch never ended"
 assert seen == ["ADDED", "MODIFIED", "DELETED"], seen
 
-# delete
-core.delete_namespaced_config_map("py-a", ns)
+# metadata-only lists, gets and watches (client-go's metadata client asks this way)
+accept = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
+listed, code, _ = core.api_client.call_api(
+    "/api/v1/namespaces/default/configmaps", "GET", header_params={"Accept": accept},
+    response_type="object", auth_settings=["BearerToken"])
+assert code == 200 and listed["kind"] == "PartialObjectMetadataList", listed
+names = [item["metadata"]["name"] for item in listed["items"]]
+assert "py-a" in names and all(set(i) == {"kind", "apiVersion", "metadata"} for i in listed["items"]), listed
+one, _, _ = core.api_client.call_api(
+    "/api/v1/namespaces/default/configmaps/py-a", "GET",
+    header_params={"Accept": "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"},
+    response_type="object", auth_settings=["BearerToken"])
+assert one["kind"] == "PartialObjectMetadata" and "data" not in one, one
+raw = core.api_client.call_api(
+    "/api/v1/namespaces/default/configmaps", "GET", query_params=[("watch", "true"), ("timeoutSeconds", "1")],
+    header_params={"Accept": "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"},
+    auth_settings=["BearerToken"], _preload_content=False)[0]
+import json
+events = [json.loads(line) for line in raw.data.decode().splitlines() if line.strip()]
+assert events and all(e["object"]["kind"] == "PartialObjectMetadata" for e in events), events
+
+# delete: a Status of success, as Kubernetes answers for ConfigMaps
+status = core.delete_namespaced_config_map("py-a", ns)
+assert status.status == "Success" and status.details.name == "py-a", status
 try:
     core.read_namespaced_config_map("py-a", ns)
     raise AssertionError("deleted but still there")
