@@ -350,6 +350,19 @@ pub const RESOURCES: &[Resource] = &[
         &[],
         &[]
     ),
+    // The same objects as core/v1 Events (one key space), in the newer shape.
+    resource!(
+        "events.k8s.io",
+        "v1",
+        "events",
+        "event",
+        "Event",
+        true,
+        &["ev"],
+        &[],
+        &[],
+        &["reason", "type", "regarding.kind", "regarding.name", "regarding.namespace"]
+    ),
     resource!(
         "apiextensions.k8s.io",
         "v1",

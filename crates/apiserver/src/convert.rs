@@ -22,8 +22,17 @@ pub fn storage_version(group: &str, version: &str, kind: &str) -> Option<&'stati
     (group == "autoscaling" && version == "v1" && kind == "HorizontalPodAutoscaler").then_some("v2")
 }
 
+/// Whether a group's kind is stored as another group's (events.k8s.io Events as core
+/// Events).
+pub fn stored_elsewhere(group: &str, kind: &str) -> Option<(&'static str, &'static str)> {
+    (group == "events.k8s.io" && kind == "Event").then_some(("", "v1"))
+}
+
 /// An object as the client sent it (in `version`) to its stored form.
 pub fn to_storage(group: &str, version: &str, kind: &str, object: Value) -> Value {
+    if stored_elsewhere(group, kind).is_some() {
+        return event_to_core(object);
+    }
     match storage_version(group, version, kind) {
         Some(stored) if crate::crd::is_custom(group, kind) => {
             crate::crd::convert(group, stored, kind, object)
@@ -35,6 +44,15 @@ pub fn to_storage(group: &str, version: &str, kind: &str, object: Value) -> Valu
 
 /// A stored object (or a list of them) to `version`.
 pub fn from_storage(group: &str, version: &str, kind: &str, mut value: Value) -> Value {
+    if stored_elsewhere(group, kind).is_some() {
+        if let Some(items) = value.get_mut("items").and_then(Value::as_array_mut) {
+            for item in items.iter_mut() {
+                *item = core_to_event(std::mem::take(item));
+            }
+            return value;
+        }
+        return if value["kind"] == kind { core_to_event(value) } else { value };
+    }
     if crate::crd::is_custom(group, kind) {
         return crate::crd::convert(group, version, kind, value);
     }
@@ -54,6 +72,45 @@ pub fn from_storage(group: &str, version: &str, kind: &str, mut value: Value) ->
         return hpa_v2_to_v1(value);
     }
     value
+}
+
+/// Fields of a core/v1 Event and their events.k8s.io/v1 names.
+const EVENT_FIELDS: &[(&str, &str)] = &[
+    ("involvedObject", "regarding"),
+    ("message", "note"),
+    ("reportingComponent", "reportingController"),
+    ("source", "deprecatedSource"),
+    ("firstTimestamp", "deprecatedFirstTimestamp"),
+    ("lastTimestamp", "deprecatedLastTimestamp"),
+    ("count", "deprecatedCount"),
+];
+
+/// A stored (core/v1) Event in events.k8s.io/v1's shape.
+pub fn core_to_event(mut event: Value) -> Value {
+    if let Some(map) = event.as_object_mut() {
+        for (core, new) in EVENT_FIELDS {
+            if let Some(value) = map.remove(*core) {
+                map.insert((*new).to_owned(), value);
+            }
+        }
+        map.insert("apiVersion".into(), json!("events.k8s.io/v1"));
+    }
+    event
+}
+
+/// An events.k8s.io/v1 Event in the stored (core/v1) shape.
+pub fn event_to_core(mut event: Value) -> Value {
+    if let Some(map) = event.as_object_mut() {
+        for (core, new) in EVENT_FIELDS {
+            if let Some(value) = map.remove(*new) {
+                map.insert((*core).to_owned(), value);
+            }
+        }
+        if map.get("apiVersion").is_some() {
+            map.insert("apiVersion".into(), json!("v1"));
+        }
+    }
+    event
 }
 
 fn is_cpu_utilization(metric: &Value) -> bool {

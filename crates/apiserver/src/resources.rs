@@ -17,7 +17,7 @@ impl StorageKeys for Resource {
     /// Where an object lives in storage. Every version of a group shares one key space
     /// (as Kubernetes stores one version and converts).
     fn key(&self, namespace: Option<&str>, name: &str) -> String {
-        let group = if self.group.is_empty() { "core" } else { self.group };
+        let group = storage_group(self);
         match (self.namespaced, namespace) {
             (true, Some(ns)) => format!("/registry/{group}/{}/{ns}/{name}", self.name),
             _ => format!("/registry/{group}/{}/{name}", self.name),
@@ -26,11 +26,21 @@ impl StorageKeys for Resource {
 
     /// The prefix a list or watch covers (a namespace, or all of them).
     fn prefix(&self, namespace: Option<&str>) -> String {
-        let group = if self.group.is_empty() { "core" } else { self.group };
+        let group = storage_group(self);
         match (self.namespaced, namespace) {
             (true, Some(ns)) => format!("/registry/{group}/{}/{ns}/", self.name),
             _ => format!("/registry/{group}/{}/", self.name),
         }
+    }
+}
+
+/// The group a resource's objects are stored under: `core` for the core group, and for
+/// `events.k8s.io` events too (the same objects as core/v1 Events, as Kubernetes stores
+/// them).
+fn storage_group(resource: &Resource) -> &'static str {
+    match (resource.group, resource.name) {
+        ("", _) | ("events.k8s.io", "events") => "core",
+        (group, _) => group,
     }
 }
 
@@ -275,6 +285,7 @@ mod tests {
                 "scheduling.k8s.io",
                 "discovery.k8s.io",
                 "rbac.authorization.k8s.io",
+                "events.k8s.io",
                 "apiextensions.k8s.io",
                 "admissionregistration.k8s.io",
                 "authentication.k8s.io",

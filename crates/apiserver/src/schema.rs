@@ -83,6 +83,7 @@ fn build() -> Schemas {
             k8s_openapi::api::authorization::v1::SelfSubjectRulesReview,
         "authentication.k8s.io" "v1" "SelfSubjectReview" =>
             k8s_openapi::api::authentication::v1::SelfSubjectReview,
+        "events.k8s.io" "v1" "Event" => k8s_openapi::api::events::v1::Event,
         "admissionregistration.k8s.io" "v1" "MutatingWebhookConfiguration" =>
             k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration,
         "admissionregistration.k8s.io" "v1" "ValidatingWebhookConfiguration" =>

@@ -2146,3 +2146,55 @@ fn responses_have_kubernetes_shape() {
     assert!(nodes.contains("\"name\":\"bare\""), "{nodes}");
     let _ = dir;
 }
+
+/// events.k8s.io/v1 Events are core/v1 Events seen in the newer shape: written in one,
+/// read in the other, selected by either's field names, watched.
+#[test]
+fn events_have_both_views() {
+    let Some((_dir, server)) = embedded_server() else { return };
+    server.apply("apiVersion: events.k8s.io/v1\nkind: Event\nmetadata: {name: new-style}\neventTime: \"2026-01-01T00:00:00.000000Z\"\nreportingController: example.com/ctl\nreportingInstance: ctl-1\naction: Checked\nreason: Checked\ntype: Normal\nnote: the new shape\nregarding: {kind: Pod, name: web, namespace: default}\n");
+    server.apply("apiVersion: v1\nkind: Event\nmetadata: {name: old-style}\nreason: Pulled\ntype: Normal\nmessage: the old shape\ncount: 3\ninvolvedObject: {kind: Pod, name: db, namespace: default}\nsource: {component: kubelet}\n");
+    let core: serde_json::Value =
+        serde_json::from_str(&server.ok(&["get", "events.v1.", "new-style", "-o", "json"]))
+            .unwrap();
+    assert_eq!(core["apiVersion"], "v1", "{core}");
+    assert_eq!(core["message"], "the new shape", "{core}");
+    assert_eq!(core["involvedObject"]["name"], "web", "{core}");
+    assert_eq!(core["reportingComponent"], "example.com/ctl", "{core}");
+    let new: serde_json::Value = serde_json::from_str(&server.ok(&[
+        "get",
+        "events.v1.events.k8s.io",
+        "old-style",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    assert_eq!(new["apiVersion"], "events.k8s.io/v1", "{new}");
+    assert_eq!(new["note"], "the old shape", "{new}");
+    assert_eq!(new["regarding"]["name"], "db", "{new}");
+    assert_eq!(new["deprecatedCount"], 3, "{new}");
+    assert_eq!(new["deprecatedSource"]["component"], "kubelet", "{new}");
+    assert!(new.get("message").is_none(), "{new}");
+    let selected = server.ok(&[
+        "get",
+        "--raw",
+        "/apis/events.k8s.io/v1/namespaces/default/events?fieldSelector=regarding.name%3Dweb",
+    ]);
+    let selected: serde_json::Value = serde_json::from_str(&selected).unwrap();
+    let names: Vec<&str> = selected["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["new-style"], "{selected}");
+    let watched = server.ok(&[
+        "get",
+        "--raw",
+        "/apis/events.k8s.io/v1/namespaces/default/events?watch=1&timeoutSeconds=1",
+    ]);
+    assert!(watched.contains("\"note\":\"the old shape\""), "{watched}");
+    server.ok(&["delete", "events.v1.events.k8s.io", "new-style"]);
+    let left = server.ok(&["get", "events.v1.", "-o", "name"]);
+    assert!(!left.contains("new-style"), "one object, two views: {left}");
+}

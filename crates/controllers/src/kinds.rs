@@ -11,6 +11,8 @@ pub(crate) fn stored() -> Vec<&'static Resource> {
     RESOURCES
         .iter()
         .filter(|r| ["list", "watch", "delete"].iter().all(|verb| r.verbs.contains(verb)))
+        // events.k8s.io Events are core Events seen another way.
+        .filter(|r| !(r.group == "events.k8s.io" && r.name == "events"))
         .filter(|r| seen.insert((r.group, r.name)))
         .collect()
 }

@@ -101,6 +101,11 @@ impl Api {
     /// itself otherwise).
     pub(super) fn stored(&self) -> &'static Resource {
         let r = self.resource();
+        if let Some((group, version)) = crate::convert::stored_elsewhere(r.group, r.kind) {
+            if let Some(stored) = resources::find(group, version, r.name) {
+                return stored;
+            }
+        }
         crate::convert::storage_version(r.group, r.version, r.kind)
             .and_then(|version| resources::find(r.group, version, r.name))
             .unwrap_or(r)
@@ -134,11 +139,20 @@ impl Api {
             self.params.get("labelSelector").map(String::as_str).unwrap_or(""),
         )
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
-        let fields = FieldSelector::parse(
+        let mut fields = FieldSelector::parse(
             self.params.get("fieldSelector").map(String::as_str).unwrap_or(""),
             self.resource().field_selectors,
         )
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        // Selectors name the request's fields; stored objects may use older names.
+        let r = self.resource();
+        if crate::convert::stored_elsewhere(r.group, r.kind).is_some() {
+            for (field, _, _) in fields.terms.iter_mut() {
+                if let Some(rest) = field.strip_prefix("regarding.") {
+                    *field = format!("involvedObject.{rest}");
+                }
+            }
+        }
         Ok((labels, fields))
     }
 
