@@ -350,6 +350,69 @@ pub const RESOURCES: &[Resource] = &[
         &[],
         &[]
     ),
+    resource!(
+        "",
+        "v1",
+        "resourcequotas",
+        "resourcequota",
+        "ResourceQuota",
+        true,
+        &["quota"],
+        &[],
+        &[STATUS],
+        &[]
+    ),
+    resource!(
+        "",
+        "v1",
+        "limitranges",
+        "limitrange",
+        "LimitRange",
+        true,
+        &["limits"],
+        &[],
+        &[],
+        &[]
+    ),
+    resource!("", "v1", "podtemplates", "podtemplate", "PodTemplate", true, &[], &[], &[], &[]),
+    resource!(
+        "",
+        "v1",
+        "replicationcontrollers",
+        "replicationcontroller",
+        "ReplicationController",
+        true,
+        &["rc"],
+        &["all"],
+        &[STATUS, SCALE],
+        &["status.replicas"]
+    ),
+    // Answered from the server's knowledge of its parts, never stored.
+    Resource {
+        group: "",
+        version: "v1",
+        name: "componentstatuses",
+        singular: "componentstatus",
+        kind: "ComponentStatus",
+        namespaced: false,
+        short_names: &["cs"],
+        categories: &[],
+        subresources: &[],
+        field_selectors: &[],
+        verbs: &["get", "list"],
+    },
+    resource!(
+        "apiregistration.k8s.io",
+        "v1",
+        "apiservices",
+        "apiservice",
+        "APIService",
+        false,
+        &[],
+        &["api-extensions"],
+        &[STATUS],
+        &[]
+    ),
     // The same objects as core/v1 Events (one key space), in the newer shape.
     resource!(
         "events.k8s.io",

@@ -8,6 +8,7 @@ pub mod cron;
 pub mod identity;
 pub mod kinds;
 pub mod meta;
+pub mod quantity;
 pub mod selector;
 pub mod status;
 

@@ -12,6 +12,7 @@
 //! - `patch`: JSON patch, merge patch and strategic merge patch;
 //! - `proto`: protobuf request bodies of the kinds `kubectl create` makes;
 //! - `policy`: the bootstrap RBAC roles and bindings, reconciled at start;
+//! - `quota`: ResourceQuota usage and refusals, LimitRange defaults and bounds;
 //! - `rbac`: token identities and Role/ClusterRole/binding evaluation;
 //! - `schema`: OpenAPI v3 schemas of the kinds (from `k8s-openapi`) and unknown fields;
 //! - `encryption`: Secrets sealed with AES-256-GCM before they reach the store;
@@ -32,6 +33,7 @@ pub mod objects;
 pub mod patch;
 pub mod policy;
 pub mod proto;
+pub mod quota;
 pub mod rbac;
 pub mod resources;
 pub mod schema;

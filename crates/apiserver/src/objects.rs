@@ -886,6 +886,26 @@ fn created_at(item: &Value) -> Value {
     item["metadata"]["creationTimestamp"].clone()
 }
 
+/// A ResourceQuota's `used/hard` pairs as kubectl prints them: limits.* under LIMIT, the
+/// rest under REQUEST.
+fn quota_cells(quota: &Value, limits: bool) -> Value {
+    let used = &quota["status"]["used"];
+    join(
+        quota["spec"]["hard"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(k, _)| k.starts_with("limits.") == limits)
+            .map(|(k, hard)| {
+                format!(
+                    "{k}: {}/{}",
+                    used[k].as_str().unwrap_or("0"),
+                    hard.as_str().map(str::to_owned).unwrap_or_else(|| hard.to_string())
+                )
+            }),
+    )
+}
+
 fn ports_text(ports: &Value) -> Value {
     join(ports.as_array().into_iter().flatten().map(|p| {
         let node = p["nodePort"].as_i64().map(|n| format!(":{n}")).unwrap_or_default();
@@ -1243,6 +1263,44 @@ fn columns(kind: &str) -> Vec<Column> {
                 )
             }),
             age_column,
+        ],
+        "APIService" => vec![
+            name,
+            Column("Service", "string", 0, |i| match i["spec"]["service"]["name"].as_str() {
+                Some(service) => json!(format!(
+                    "{}/{service}",
+                    i["spec"]["service"]["namespace"].as_str().unwrap_or("")
+                )),
+                None => json!("Local"),
+            }),
+            Column("Available", "string", 0, |i| {
+                let available = i["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|c| c["type"] == "Available");
+                available.map(|c| c["status"].clone()).unwrap_or(json!("Unknown"))
+            }),
+            age_column,
+        ],
+        "ComponentStatus" => vec![
+            name,
+            Column("Status", "string", 0, |i| {
+                let healthy = i["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == "Healthy" && c["status"] == "True");
+                json!(if healthy { "Healthy" } else { "Unhealthy" })
+            }),
+            Column("Message", "string", 0, |i| i["conditions"][0]["message"].clone()),
+            Column("Error", "string", 0, |i| i["conditions"][0]["error"].clone()),
+        ],
+        "ResourceQuota" => vec![
+            name,
+            age_column,
+            Column("Request", "string", 0, |i| quota_cells(i, false)),
+            Column("Limit", "string", 0, |i| quota_cells(i, true)),
         ],
         "Role" | "ClusterRole" | "CustomResourceDefinition" => {
             vec![name, Column("Created At", "string", 0, created_at)]

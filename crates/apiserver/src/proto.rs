@@ -411,6 +411,16 @@ fn schema(message: &str) -> Option<&'static [Field]> {
                 ]
             }
         }
+        "ResourceQuota" => {
+            const {
+                &[
+                    f(1, "metadata", Message("ObjectMeta")),
+                    f(2, "spec", Message("ResourceQuotaSpec")),
+                    f(3, "status", Message("Empty")),
+                ]
+            }
+        }
+        "ResourceQuotaSpec" => const { &[f(1, "hard", QuantityMap), r(2, "scopes", Str)] },
         "SelfSubjectRulesReview" => {
             const {
                 &[
@@ -545,6 +555,7 @@ const KINDS: &[&str] = &[
     "SelfSubjectAccessReview",
     "SelfSubjectRulesReview",
     "SelfSubjectReview",
+    "ResourceQuota",
     "Job",
     "CronJob",
     "Role",

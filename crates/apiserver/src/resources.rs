@@ -122,6 +122,31 @@ fn groups() -> Vec<(&'static str, Vec<&'static str>)> {
     out
 }
 
+/// An APIService object for a group-version served by this server (`v1.apps`, `v1.` for
+/// the core group), as kube-apiserver registers its own: served locally, always
+/// available. `managed` is the automanaged label's value (`onstart` for built-in
+/// groups, `true` for custom resources' groups).
+pub fn api_service(group: &str, version: &str, managed: &str) -> Value {
+    json!({
+        "apiVersion": "apiregistration.k8s.io/v1",
+        "kind": "APIService",
+        "metadata": {"name": format!("{version}.{group}"), "labels": {"kube-aggregator.kubernetes.io/automanaged": managed}},
+        "spec": {"group": group, "version": version, "groupPriorityMinimum": if group.is_empty() { 18000 } else { 1000 }, "versionPriority": 15},
+        "status": {"conditions": [{"type": "Available", "status": "True", "reason": "Local",
+            "message": "Local APIServices are always available", "lastTransitionTime": crate::objects::now()}]},
+    })
+}
+
+/// The built-in group-versions, as APIService objects.
+pub fn builtin_api_services() -> Vec<Value> {
+    let mut seen = std::collections::BTreeSet::new();
+    RESOURCES
+        .iter()
+        .filter(|r| seen.insert((r.group, r.version)))
+        .map(|r| api_service(r.group, r.version, "onstart"))
+        .collect()
+}
+
 /// `GET /api`.
 pub fn api_versions() -> Value {
     json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": ""}]})
@@ -285,6 +310,7 @@ mod tests {
                 "scheduling.k8s.io",
                 "discovery.k8s.io",
                 "rbac.authorization.k8s.io",
+                "apiregistration.k8s.io",
                 "events.k8s.io",
                 "apiextensions.k8s.io",
                 "admissionregistration.k8s.io",

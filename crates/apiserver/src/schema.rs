@@ -84,6 +84,13 @@ fn build() -> Schemas {
         "authentication.k8s.io" "v1" "SelfSubjectReview" =>
             k8s_openapi::api::authentication::v1::SelfSubjectReview,
         "events.k8s.io" "v1" "Event" => k8s_openapi::api::events::v1::Event,
+        "" "v1" "ResourceQuota" => core::v1::ResourceQuota,
+        "" "v1" "LimitRange" => core::v1::LimitRange,
+        "" "v1" "PodTemplate" => core::v1::PodTemplate,
+        "" "v1" "ReplicationController" => core::v1::ReplicationController,
+        "" "v1" "ComponentStatus" => core::v1::ComponentStatus,
+        "apiregistration.k8s.io" "v1" "APIService" =>
+            k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService,
         "admissionregistration.k8s.io" "v1" "MutatingWebhookConfiguration" =>
             k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration,
         "admissionregistration.k8s.io" "v1" "ValidatingWebhookConfiguration" =>

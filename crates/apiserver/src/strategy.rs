@@ -204,7 +204,9 @@ pub fn of(resource: &Resource) -> &'static dyn Strategy {
         ("", "Pod") => &Pod,
         ("", "ServiceAccount") => &ServiceAccount,
         ("batch", "Job") => &Job,
-        ("rbac.authorization.k8s.io", _) => &Rbac,
+        // RBAC names (`system:node`) and APIService names (`v1.` for the core group) are
+        // path segments.
+        ("rbac.authorization.k8s.io", _) | ("apiregistration.k8s.io", _) => &Rbac,
         _ => &Default,
     }
 }

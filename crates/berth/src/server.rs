@@ -127,6 +127,14 @@ pub fn server(global: &crate::cli::Global, args: ServerArgs) -> Result<i32> {
         compaction_interval: std::time::Duration::from_secs(
             args.compaction_interval_seconds.max(1),
         ),
+        components: [
+            (!args.disable_scheduler).then_some("scheduler"),
+            (!args.disable_controller_manager).then_some("controller-manager"),
+        ]
+        .into_iter()
+        .flatten()
+        .map(str::to_owned)
+        .collect(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

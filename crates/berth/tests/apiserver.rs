@@ -1622,6 +1622,10 @@ fn custom_resource_definitions_serve_their_resources() {
     ]);
     let crds = server.ok(&["get", "crd"]);
     assert!(crds.contains("crontabs.stable.example.com"), "{crds}");
+    eventually(&server, &["get", "apiservices", "-o", "name"], |s| {
+        s.contains("apiservice.apiregistration.k8s.io/v1.stable.example.com\n")
+            && s.contains("/v1beta1.stable.example.com\n")
+    });
     let crd: serde_json::Value = serde_json::from_str(&server.ok(&[
         "get",
         "crd",
@@ -1773,6 +1777,9 @@ fn custom_resource_definitions_serve_their_resources() {
     server.ok(&["wait", "--for=delete", "--timeout=20s", "crd/crontabs.stable.example.com"]);
     let err = server.fails(&["get", "--raw", "/apis/stable.example.com/v1/crontabs"]);
     assert!(err.contains("NotFound") || err.contains("not found"), "{err}");
+    eventually(&server, &["get", "apiservices", "-o", "name"], |s| {
+        !s.contains("stable.example.com")
+    });
     // Defined again, it starts empty.
     server.apply(CRONTAB_CRD);
     server.ok(&[
@@ -2197,4 +2204,103 @@ fn events_have_both_views() {
     server.ok(&["delete", "events.v1.events.k8s.io", "new-style"]);
     let left = server.ok(&["get", "events.v1.", "-o", "name"]);
     assert!(!left.contains("new-style"), "one object, two views: {left}");
+}
+
+/// ResourceQuota and LimitRange admission with Kubernetes' messages, quota status as
+/// `kubectl describe` reads it, and the other core kinds clients expect: PodTemplate,
+/// ReplicationController (stored, scaled), ComponentStatus.
+#[test]
+fn quotas_limit_ranges_and_the_other_core_kinds() {
+    let Some((dir, server)) = embedded_server() else { return };
+    server.ok(&[
+        "create",
+        "quota",
+        "q",
+        "--hard=pods=2,requests.cpu=1,configmaps=2,count/deployments.apps=1",
+    ]);
+    let pod = |name: &str, cpu: Option<&str>| {
+        let resources =
+            cpu.map(|c| format!(", resources: {{requests: {{cpu: {c}}}}}")).unwrap_or_default();
+        let path = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&path, format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec: {{containers: [{{name: c, image: busybox{resources}}}]}}\n")).unwrap();
+        path
+    };
+    let err = server.fails(&["create", "-f", pod("bare", None).to_str().unwrap()]);
+    assert!(
+        err.contains("pods \"bare\" is forbidden: failed quota: q: must specify requests.cpu"),
+        "{err}"
+    );
+    // A LimitRange gives containers what they leave out, and bounds them.
+    server.apply("apiVersion: v1\nkind: LimitRange\nmetadata: {name: lr}\nspec:\n  limits:\n  - type: Container\n    default: {cpu: 500m}\n    defaultRequest: {cpu: 300m}\n    max: {cpu: \"1\"}\n");
+    server.ok(&["create", "-f", pod("first", None).to_str().unwrap()]);
+    let resources =
+        server.ok(&["get", "pod", "first", "-o", "jsonpath={.spec.containers[0].resources}"]);
+    assert_eq!(resources, r#"{"limits":{"cpu":"500m"},"requests":{"cpu":"300m"}}"#);
+    let err = server.fails(&["create", "-f", pod("greedy", Some("800m")).to_str().unwrap()]);
+    assert!(err.contains("exceeded quota: q, requested: requests.cpu=800m, used: requests.cpu=300m, limited: requests.cpu=1"), "{err}");
+    server.ok(&["create", "-f", pod("second", Some("200m")).to_str().unwrap()]);
+    let err = server.fails(&["create", "-f", pod("third", Some("100m")).to_str().unwrap()]);
+    assert!(
+        err.contains("exceeded quota: q, requested: pods=1, used: pods=2, limited: pods=2"),
+        "{err}"
+    );
+    let path = dir.path().join("huge.yaml");
+    std::fs::write(&path, "apiVersion: v1\nkind: Pod\nmetadata: {name: huge}\nspec: {containers: [{name: c, image: busybox, resources: {limits: {cpu: \"2\"}}}]}\n").unwrap();
+    let err = server.fails(&["create", "-f", path.to_str().unwrap()]);
+    assert!(err.contains("maximum cpu usage per Container is 1, but limit is 2"), "{err}");
+    server.ok(&["create", "deployment", "one", "--image=busybox", "--replicas=0"]);
+    let err = server.fails(&["create", "deployment", "two", "--image=busybox", "--replicas=0"]);
+    assert!(err.contains("exceeded quota: q, requested: count/deployments.apps=1"), "{err}");
+    // Status as describe shows it; a deleted pod frees its share.
+    let described = server.ok(&["describe", "quota", "q"]);
+    assert!(
+        described.lines().any(|l| l.split_whitespace().eq(["requests.cpu", "500m", "1"])),
+        "{described}"
+    );
+    assert!(described.lines().any(|l| l.split_whitespace().eq(["pods", "2", "2"])), "{described}");
+    server.ok(&["delete", "pod", "second", "--wait=false"]);
+    server.ok(&["create", "-f", pod("third", Some("100m")).to_str().unwrap()]);
+    // Other namespaces are not this quota's.
+    server.ok(&[
+        "create",
+        "-f",
+        pod("elsewhere", Some("900m")).to_str().unwrap(),
+        "-n",
+        "kube-system",
+    ]);
+
+    // PodTemplates and ReplicationControllers are stored and served; ComponentStatus
+    // reports the parts.
+    server.apply("apiVersion: v1\nkind: PodTemplate\nmetadata: {name: tpl}\ntemplate: {metadata: {labels: {a: b}}, spec: {containers: [{name: c, image: busybox}]}}\n");
+    assert_eq!(
+        server.ok(&[
+            "get",
+            "podtemplate",
+            "tpl",
+            "-o",
+            "jsonpath={.template.spec.containers[0].image}"
+        ]),
+        "busybox"
+    );
+    server.apply("apiVersion: v1\nkind: ReplicationController\nmetadata: {name: rc}\nspec: {replicas: 1, selector: {a: b}, template: {metadata: {labels: {a: b}}, spec: {containers: [{name: c, image: busybox}]}}}\n");
+    server.ok(&["scale", "rc", "rc", "--replicas=3"]);
+    assert_eq!(server.ok(&["get", "rc", "rc", "-o", "jsonpath={.spec.replicas}"]), "3");
+    let services = server.ok(&["get", "apiservices"]);
+    for name in ["v1.", "v1.apps", "v2.autoscaling", "v1.events.k8s.io"] {
+        assert!(
+            services.lines().any(|l| l.split_whitespace().eq([
+                name,
+                "Local",
+                "True",
+                l.split_whitespace().last().unwrap_or("")
+            ])),
+            "{name}: {services}"
+        );
+    }
+    let statuses = server.ok(&["get", "componentstatuses"]);
+    assert!(
+        statuses.lines().any(|l| l.starts_with("etcd-0") && l.contains("Healthy")),
+        "{statuses}"
+    );
+    assert!(statuses.contains("controller-manager"), "{statuses}");
 }

@@ -35,6 +35,7 @@ impl Cluster {
             shutdown_grace: Duration::from_secs(5),
             quota_backend_bytes: None,
             compaction_interval: Duration::from_secs(60),
+            components: vec!["controller-manager".into()],
         };
         let server =
             berth_apiserver::server::Server::prepare(config, shutdown.clone()).await.unwrap();

@@ -9,7 +9,7 @@
 //! the snapshot is rebuilt from the caches. Knows nothing of storage, HTTP or Linux.
 
 pub mod fit;
-pub mod quantity;
+pub use berth_api::quantity;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};

@@ -24,9 +24,16 @@ impl CrdCache {
         let cleaning: Arc<std::sync::Mutex<HashSet<String>>> = Arc::default();
         let (cleaner_store, cleaner_tasks, cleaner_shutdown) =
             (store.clone(), tasks.clone(), shutdown.clone());
+        let registering = Arc::new(tokio::sync::Mutex::new(()));
         let on_change = Box::new(move |objects: &BTreeMap<String, Value>| {
             let definitions: Vec<Value> = objects.values().cloned().collect();
             crate::crd::install(&definitions);
+            // The custom groups' APIServices follow the definitions (one pass at a time).
+            let (store, lock) = (cleaner_store.clone(), registering.clone());
+            cleaner_tasks.spawn(async move {
+                let _one = lock.lock().await;
+                register_api_services(&store).await;
+            });
             for definition in definitions {
                 let deleting = definition["metadata"].get("deletionTimestamp").is_some();
                 let held = definition["metadata"]["finalizers"]
@@ -67,6 +74,47 @@ impl CrdCache {
     pub(super) async fn refresh(&self) {
         if let Err(err) = self.mirror.relist().await {
             tracing::warn!("custom resource definitions: {}", err.message);
+        }
+    }
+}
+
+const API_SERVICES: &str = "/registry/apiregistration.k8s.io/apiservices/";
+
+/// Makes an APIService (automanaged `true`) for every custom group-version served, and
+/// removes those no definition serves any more.
+async fn register_api_services(store: &Arc<dyn Store>) {
+    let mut wanted = std::collections::BTreeSet::new();
+    for resource in berth_api::kinds::custom() {
+        wanted.insert((resource.group, resource.version));
+    }
+    let existing = match store.list(API_SERVICES, None, 0, 0).await {
+        Ok(page) => page.items,
+        Err(err) => {
+            tracing::warn!("cannot list APIServices: {err}");
+            return;
+        }
+    };
+    for kv in &existing {
+        let Ok(service) = decode(kv) else { continue };
+        let managed =
+            service["metadata"]["labels"]["kube-aggregator.kubernetes.io/automanaged"] == "true";
+        let group = service["spec"]["group"].as_str().unwrap_or("");
+        let version = service["spec"]["version"].as_str().unwrap_or("");
+        if managed && !wanted.iter().any(|(g, v)| *g == group && *v == version) {
+            let _ = store.delete(&kv.key, Some(kv.mod_revision)).await;
+        }
+    }
+    let Some(resource) = resources::find("apiregistration.k8s.io", "v1", "apiservices") else {
+        return;
+    };
+    for (group, version) in wanted {
+        let key = format!("{API_SERVICES}{version}.{group}");
+        if existing.iter().any(|kv| kv.key == key) {
+            continue;
+        }
+        let mut object = resources::api_service(group, version, "true");
+        if objects::prepare_create(resource, &mut object, None).is_ok() {
+            let _ = store.create(&key, encode(&object)).await;
         }
     }
 }

@@ -211,6 +211,9 @@ where
         } else {
             None
         };
+    if resource.kind == "ComponentStatus" {
+        return components::answer(&state, &method, target.name.as_deref(), &accept).await;
+    }
     let api = Api {
         state: state.clone(),
         target,

@@ -47,6 +47,7 @@ mod admission;
 mod authn;
 mod authz;
 mod compaction;
+mod components;
 mod crds;
 mod discovery;
 mod handler;
@@ -54,6 +55,7 @@ mod kubelet;
 mod listener;
 mod mirror;
 mod pods;
+mod quotas;
 mod request;
 mod reviews;
 mod route;
@@ -82,6 +84,9 @@ pub struct Config {
     pub quota_backend_bytes: Option<u64>,
     /// How often the store's history is trimmed.
     pub compaction_interval: Duration,
+    /// The control plane's parts running beside the API (`scheduler`,
+    /// `controller-manager`), as ComponentStatus reports them.
+    pub components: Vec<String>,
 }
 
 type Body = BoxBody<Bytes, Infallible>;
@@ -103,6 +108,10 @@ struct State {
     crds: Arc<crds::CrdCache>,
     /// Admission webhook configurations, kept current by a watch.
     webhooks: Arc<admission::Webhooks>,
+    /// ResourceQuotas and LimitRanges, kept current by watches.
+    quotas: Arc<quotas::Quotas>,
+    /// The control plane's parts this process runs (ComponentStatus).
+    components: Vec<String>,
     /// Fires when the server stops: watches end, loops return.
     shutdown: CancellationToken,
     /// How the server reaches node agents (logs, exec, attach, port-forward).
@@ -243,6 +252,7 @@ impl Server {
         let webhooks =
             admission::Webhooks::start(store.clone(), pki.ca_pem.clone(), &tasks, shutdown.clone())
                 .await?;
+        let quotas = quotas::Quotas::start(store.clone(), &tasks, shutdown.clone()).await?;
         let state = Arc::new(State {
             signer,
             store,
@@ -253,6 +263,8 @@ impl Server {
             rbac,
             crds,
             webhooks,
+            quotas,
+            components: config.components.clone(),
             shutdown,
             kubelet_tls,
         });
@@ -341,6 +353,9 @@ async fn bootstrap(state: &State) -> Result<(), Error> {
     };
     let policy =
         crate::policy::bootstrap().into_iter().map(|(plural, object)| (plural, object, true));
+    let services =
+        resources::builtin_api_services().into_iter().map(|object| ("apiservices", object, false));
+    let policy = policy.chain(services);
     let objects = [
         (priority("system-node-critical", 2_000_001_000), false),
         (priority("system-cluster-critical", 2_000_000_000), false),
@@ -351,6 +366,7 @@ async fn bootstrap(state: &State) -> Result<(), Error> {
     for (plural, object, reconciled) in objects {
         let resource = resources::find("rbac.authorization.k8s.io", "v1", plural)
             .or_else(|| resources::find("scheduling.k8s.io", "v1", plural))
+            .or_else(|| resources::find("apiregistration.k8s.io", "v1", plural))
             .ok_or_else(|| Error::Setup(format!("no {plural}")))?;
         let key = resource.key(None, objects::name_of(&object));
         let setup = |e: berth_store::Error| Error::Setup(e.to_string());

@@ -165,7 +165,10 @@ impl Api {
     }
 
     pub(super) async fn get(&self) -> Result<(u16, Value), ApiError> {
-        let object = self.current().await?;
+        let mut object = self.current().await?;
+        if self.resource().kind == "ResourceQuota" {
+            object = self.with_quota_status(object).await?;
+        }
         if self.accept.contains("as=Table") {
             let revision = object["metadata"]["resourceVersion"]
                 .as_str()
@@ -218,6 +221,15 @@ impl Api {
                 ) && fields.matches(o)
             })
             .collect();
+        let items = if resource.kind == "ResourceQuota" {
+            let mut shown = Vec::with_capacity(items.len());
+            for quota in items {
+                shown.push(self.with_quota_status(quota).await?);
+            }
+            shown
+        } else {
+            items
+        };
         let continue_token = if page.more {
             page.items.last().map(|k| encode_continue(&k.key, page.revision)).unwrap_or_default()
         } else {
@@ -320,10 +332,17 @@ impl Api {
         if crate::strategy::of(resource).admits_priority() {
             self.admit_priority(&name, &mut object).await?;
         }
+        self.apply_limit_ranges(&mut object)?;
         let mut object = self.admit("CREATE", Some(object), None).await?.unwrap_or_default();
         objects::validate(resource, &object)?;
         self.record_manager(None, &mut object);
         self.namespace_ready().await?;
+        let quotas = self.quotas_tracking();
+        let _counted = match quotas.is_empty() {
+            true => None,
+            false => Some(self.state.quotas.admission.lock().await),
+        };
+        self.check_quotas(&quotas, &object).await?;
         let key = resource.key(self.target.namespace.as_deref(), &name);
         let _allocating = if crate::strategy::of(resource).allocates_addresses() {
             let guard = self.state.service_allocation.lock().await;
@@ -681,9 +700,16 @@ impl Api {
                         "the name of the applied configuration does not match the name on the URL",
                     ));
                 }
+                self.apply_limit_ranges(&mut object)?;
                 let object = self.admit("CREATE", Some(object), None).await?.unwrap_or_default();
                 objects::validate(resource, &object)?;
                 self.namespace_ready().await?;
+                let quotas = self.quotas_tracking();
+                let _counted = match quotas.is_empty() {
+                    true => None,
+                    false => Some(self.state.quotas.admission.lock().await),
+                };
+                self.check_quotas(&quotas, &object).await?;
                 if self.dry_run() {
                     return Ok((201, object));
                 }

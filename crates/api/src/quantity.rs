@@ -47,9 +47,37 @@ pub fn parse_milli(text: &str) -> Option<i128> {
     Some(if negative { -value } else { value })
 }
 
+/// A quantity in thousandths as Kubernetes prints it: `500m`, `2`, and for bytes
+/// (`binary`) the largest exact power-of-two suffix (`1536Mi`).
+pub fn format_milli(milli: i128, binary: bool) -> String {
+    if milli % 1000 != 0 {
+        return format!("{milli}m");
+    }
+    let whole = milli / 1000;
+    if binary && whole != 0 {
+        for (shift, suffix) in
+            [(60, "Ei"), (50, "Pi"), (40, "Ti"), (30, "Gi"), (20, "Mi"), (10, "Ki")]
+        {
+            let unit = 1i128 << shift;
+            if whole % unit == 0 {
+                return format!("{}{suffix}", whole / unit);
+            }
+        }
+    }
+    whole.to_string()
+}
+
 #[cfg(test)]
 mod tests {
-    use super::parse_milli;
+    use super::{format_milli, parse_milli};
+
+    #[test]
+    fn printed_as_kubernetes_prints_them() {
+        assert_eq!(format_milli(500, false), "500m");
+        assert_eq!(format_milli(2000, false), "2");
+        assert_eq!(format_milli(parse_milli("1.5Gi").unwrap_or(0), true), "1536Mi");
+        assert_eq!(format_milli(parse_milli("1000").unwrap_or(0), true), "1000");
+    }
 
     #[test]
     fn quantities() {
