@@ -413,6 +413,25 @@ pub const RESOURCES: &[Resource] = &[
         &[STATUS],
         &[]
     ),
+    resource!(
+        "certificates.k8s.io",
+        "v1",
+        "certificatesigningrequests",
+        "certificatesigningrequest",
+        "CertificateSigningRequest",
+        false,
+        &["csr"],
+        &[],
+        &[
+            STATUS,
+            Subresource {
+                name: "approval",
+                kind: ("", "", ""),
+                verbs: &["get", "patch", "update"]
+            }
+        ],
+        &["spec.signerName"]
+    ),
     // The same objects as core/v1 Events (one key space), in the newer shape.
     resource!(
         "events.k8s.io",

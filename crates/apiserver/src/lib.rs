@@ -6,6 +6,7 @@
 //! - `objects`: metadata, names, defaults, `Status` errors and `Table` rows;
 //! - `convert`: HorizontalPodAutoscaler v1 ↔ v2 (the stored version), and custom
 //!   resources' versions;
+//! - `csr`: CertificateSigningRequests read and checked, and the built-in signers;
 //! - `crd`: CustomResourceDefinitions: the resources they serve, schemas (pruning,
 //!   defaults, validation), printer columns, OpenAPI;
 //! - `apply`: field ownership (`managedFields`) and server-side apply;
@@ -27,6 +28,7 @@ pub mod apply;
 pub use berth_api::{cron, selector};
 pub mod convert;
 pub mod crd;
+pub mod csr;
 pub mod encryption;
 pub mod metrics;
 pub mod objects;

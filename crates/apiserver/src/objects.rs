@@ -886,6 +886,16 @@ fn created_at(item: &Value) -> Value {
     item["metadata"]["creationTimestamp"].clone()
 }
 
+/// A duration as kubectl prints one (`10m`, `24h`, `365d`).
+fn humane_duration(seconds: i64) -> String {
+    match seconds {
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
 /// A ResourceQuota's `used/hard` pairs as kubectl prints them: limits.* under LIMIT, the
 /// rest under REQUEST.
 fn quota_cells(quota: &Value, limits: bool) -> Value {
@@ -1282,6 +1292,19 @@ fn columns(kind: &str) -> Vec<Column> {
                 available.map(|c| c["status"].clone()).unwrap_or(json!("Unknown"))
             }),
             age_column,
+        ],
+        "CertificateSigningRequest" => vec![
+            name,
+            age_column,
+            Column("SignerName", "string", 0, |i| i["spec"]["signerName"].clone()),
+            Column("Requestor", "string", 0, |i| i["spec"]["username"].clone()),
+            Column("RequestedDuration", "string", 0, |i| {
+                match i["spec"]["expirationSeconds"].as_i64() {
+                    Some(seconds) => json!(format!("{}", humane_duration(seconds))),
+                    None => json!("<none>"),
+                }
+            }),
+            Column("Condition", "string", 0, |i| json!(crate::csr::condition(i))),
         ],
         "ComponentStatus" => vec![
             name,

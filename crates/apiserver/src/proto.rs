@@ -19,6 +19,10 @@ pub struct ProtoError(pub String);
 #[derive(Debug, Clone, Copy)]
 enum Kind {
     Str,
+    /// bytes → base64, as JSON writes `[]byte`
+    Bytes,
+    /// bytes holding JSON (`FieldsV1.raw`), which become the field's value's content
+    RawJson,
     Int,
     Bool,
     Message(&'static str),
@@ -67,9 +71,24 @@ fn schema(message: &str) -> Option<&'static [Field]> {
                     f(12, "annotations", StrMap),
                     r(13, "ownerReferences", Message("OwnerReference")),
                     r(14, "finalizers", Str),
+                    r(17, "managedFields", Message("ManagedFieldsEntry")),
                 ]
             }
         }
+        "ManagedFieldsEntry" => {
+            const {
+                &[
+                    f(1, "manager", Str),
+                    f(2, "operation", Str),
+                    f(3, "apiVersion", Str),
+                    f(4, "time", Time),
+                    f(6, "fieldsType", Str),
+                    f(7, "fieldsV1", Message("FieldsV1")),
+                    f(8, "subresource", Str),
+                ]
+            }
+        }
+        "FieldsV1" => const { &[f(1, "raw", RawJson)] },
         "OwnerReference" => {
             const {
                 &[
@@ -411,6 +430,48 @@ fn schema(message: &str) -> Option<&'static [Field]> {
                 ]
             }
         }
+        "CertificateSigningRequest" => {
+            const {
+                &[
+                    f(1, "metadata", Message("ObjectMeta")),
+                    f(2, "spec", Message("CertificateSigningRequestSpec")),
+                    f(3, "status", Message("CertificateSigningRequestStatus")),
+                ]
+            }
+        }
+        "CertificateSigningRequestSpec" => {
+            const {
+                &[
+                    f(1, "request", Bytes),
+                    f(2, "username", Str),
+                    f(3, "uid", Str),
+                    r(4, "groups", Str),
+                    r(5, "usages", Str),
+                    f(7, "signerName", Str),
+                    f(8, "expirationSeconds", Int),
+                ]
+            }
+        }
+        "CertificateSigningRequestStatus" => {
+            const {
+                &[
+                    r(1, "conditions", Message("CertificateSigningRequestCondition")),
+                    f(2, "certificate", Bytes),
+                ]
+            }
+        }
+        "CertificateSigningRequestCondition" => {
+            const {
+                &[
+                    f(1, "type", Str),
+                    f(2, "reason", Str),
+                    f(3, "message", Str),
+                    f(4, "lastUpdateTime", Time),
+                    f(5, "lastTransitionTime", Time),
+                    f(6, "status", Str),
+                ]
+            }
+        }
         "ResourceQuota" => {
             const {
                 &[
@@ -556,6 +617,7 @@ const KINDS: &[&str] = &[
     "SelfSubjectRulesReview",
     "SelfSubjectReview",
     "ResourceQuota",
+    "CertificateSigningRequest",
     "Job",
     "CronJob",
     "Role",
@@ -666,6 +728,12 @@ fn decode_message(name: &str, bytes: &[u8]) -> Result<Value, ProtoError> {
         };
         let value = match (field.kind, wire) {
             (Str, Wire::Bytes(b)) => json!(text(b)?),
+            (Bytes, Wire::Bytes(b)) => json!(base64::engine::general_purpose::STANDARD.encode(b)),
+            (RawJson, Wire::Bytes(b)) => {
+                // FieldsV1 is its JSON, not an object holding it.
+                return serde_json::from_slice(b)
+                    .map_err(|e| ProtoError(format!("fieldsV1 is not JSON: {e}")));
+            }
             (Int, Wire::Varint(v)) => json!(v as i64),
             (Bool, Wire::Varint(v)) => json!(v != 0),
             (Message(inner), Wire::Bytes(b)) => decode_message(inner, b)?,

@@ -311,6 +311,7 @@ mod tests {
                 "discovery.k8s.io",
                 "rbac.authorization.k8s.io",
                 "apiregistration.k8s.io",
+                "certificates.k8s.io",
                 "events.k8s.io",
                 "apiextensions.k8s.io",
                 "admissionregistration.k8s.io",

@@ -84,6 +84,8 @@ fn build() -> Schemas {
         "authentication.k8s.io" "v1" "SelfSubjectReview" =>
             k8s_openapi::api::authentication::v1::SelfSubjectReview,
         "events.k8s.io" "v1" "Event" => k8s_openapi::api::events::v1::Event,
+        "certificates.k8s.io" "v1" "CertificateSigningRequest" =>
+            k8s_openapi::api::certificates::v1::CertificateSigningRequest,
         "" "v1" "ResourceQuota" => core::v1::ResourceQuota,
         "" "v1" "LimitRange" => core::v1::LimitRange,
         "" "v1" "PodTemplate" => core::v1::PodTemplate,

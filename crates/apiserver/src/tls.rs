@@ -82,16 +82,23 @@ fn ca_params() -> CertificateParams {
 
 /// A client certificate and its key (PEM) for `user` in `group`, signed by the CA in
 /// `dir`, valid for a year.
+/// The CA's certificate and key from the TLS directory, for signing.
+pub fn load_ca(dir: &Path) -> Result<(rcgen::Certificate, KeyPair), Error> {
+    let failed = |e: rcgen::Error| Error::Setup(format!("cannot load the CA: {e}"));
+    let ca_key_path = dir.join("ca.key");
+    let ca_key_pem = std::fs::read_to_string(&ca_key_path).map_err(io("read", &ca_key_path))?;
+    let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(failed)?;
+    let ca_cert = ca_params().self_signed(&ca_key).map_err(failed)?;
+    Ok((ca_cert, ca_key))
+}
+
 pub fn issue_client_certificate(
     dir: &Path,
     user: &str,
     group: Option<&str>,
 ) -> Result<(String, String), Error> {
     let failed = |e: rcgen::Error| Error::Setup(format!("cannot make a client certificate: {e}"));
-    let ca_key_path = dir.join("ca.key");
-    let ca_key_pem = std::fs::read_to_string(&ca_key_path).map_err(io("read", &ca_key_path))?;
-    let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(failed)?;
-    let ca_cert = ca_params().self_signed(&ca_key).map_err(failed)?;
+    let (ca_cert, ca_key) = load_ca(dir)?;
     let mut params = CertificateParams::default();
     params.distinguished_name.push(DnType::CommonName, user);
     if let Some(group) = group {

@@ -2304,3 +2304,112 @@ fn quotas_limit_ranges_and_the_other_core_kinds() {
     );
     assert!(statuses.contains("controller-manager"), "{statuses}");
 }
+
+/// CertificateSigningRequests: created from openssl's requests (who asked is recorded),
+/// approved with `kubectl certificate approve` and issued by the built-in signer from
+/// the cluster CA (the certificate then authenticates its subject), denied, or failed by
+/// the signer when the request breaks its rules; a request whose signature is not its
+/// key's is refused.
+#[test]
+fn certificate_signing_requests_are_approved_and_signed() {
+    use base64::Engine as _;
+    let Some((dir, server)) = embedded_server() else { return };
+    let work = dir.path().join("csr");
+    std::fs::create_dir_all(&work).unwrap();
+    let request = |name: &str, subject: &str| -> String {
+        openssl(
+            &work,
+            &[
+                "req",
+                "-new",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-subj",
+                subject,
+                "-out",
+                &format!("{name}.csr"),
+            ],
+        );
+        base64::engine::general_purpose::STANDARD
+            .encode(std::fs::read(work.join(format!("{name}.csr"))).unwrap())
+    };
+    let submit = |name: &str, body: &str, signer: &str, usage: &str| {
+        server.apply(&format!("apiVersion: certificates.k8s.io/v1\nkind: CertificateSigningRequest\nmetadata: {{name: {name}}}\nspec:\n  request: {body}\n  signerName: {signer}\n  expirationSeconds: 86400\n  usages: [digital signature, {usage}]\n"));
+    };
+    submit(
+        "carol",
+        &request("carol", "/CN=carol/O=dev"),
+        "kubernetes.io/kube-apiserver-client",
+        "client auth",
+    );
+    let listed = server.ok(&["get", "csr"]);
+    let row = listed.lines().find(|l| l.starts_with("carol")).unwrap_or("");
+    assert!(
+        row.contains("kubernetes.io/kube-apiserver-client")
+            && row.contains("admin")
+            && row.contains("Pending"),
+        "{listed}"
+    );
+    server.ok(&["certificate", "approve", "carol"]);
+    let issued = eventually(
+        &server,
+        &["get", "csr", "carol", "-o", "jsonpath={.status.certificate}"],
+        |c| !c.is_empty(),
+    );
+    let pem = base64::engine::general_purpose::STANDARD.decode(issued.trim()).unwrap();
+    std::fs::write(work.join("carol.crt"), &pem).unwrap();
+    assert!(server.ok(&["get", "csr", "carol"]).contains("Approved,Issued"));
+    // The certificate authenticates carol, in her group.
+    let config = std::fs::read_to_string(dir.path().join("kubeconfig")).unwrap();
+    let token_line = config.lines().find(|l| l.trim_start().starts_with("token:")).unwrap();
+    let carol = config.replace(
+        token_line,
+        &format!(
+            "    client-certificate: {}\n    client-key: {}",
+            work.join("carol.crt").display(),
+            work.join("carol.key").display()
+        ),
+    );
+    std::fs::write(work.join("carol.kubeconfig"), carol).unwrap();
+    let whoami = Command::new(KUBECTL)
+        .env("KUBECONFIG", work.join("carol.kubeconfig"))
+        .args(["auth", "whoami"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&whoami.stdout);
+    assert!(
+        text.contains("Username    carol") && text.contains("dev"),
+        "{text}{}",
+        String::from_utf8_lossy(&whoami.stderr)
+    );
+
+    // Denied: no certificate. A kubelet-serving request that is not a node's: Failed.
+    submit(
+        "dave",
+        &request("dave", "/CN=dave"),
+        "kubernetes.io/kube-apiserver-client",
+        "client auth",
+    );
+    server.ok(&["certificate", "deny", "dave"]);
+    assert!(server.ok(&["get", "csr", "dave"]).contains("Denied"));
+    submit("rogue", &request("rogue", "/CN=rogue"), "kubernetes.io/kubelet-serving", "server auth");
+    server.ok(&["certificate", "approve", "rogue"]);
+    let failed = eventually(&server, &["get", "csr", "rogue"], |t| t.contains("Failed"));
+    assert!(failed.contains("Approved,Failed"), "{failed}");
+    assert_eq!(server.ok(&["get", "csr", "dave", "-o", "jsonpath={.status.certificate}"]), "");
+
+    // A request that is not one, or whose signature is not its key's.
+    let mut tampered = std::fs::read_to_string(work.join("dave.csr")).unwrap().into_bytes();
+    let at = tampered.len() / 2;
+    tampered[at] = if tampered[at] == b'A' { b'B' } else { b'A' };
+    let body = base64::engine::general_purpose::STANDARD.encode(&tampered);
+    let path = work.join("bad.yaml");
+    std::fs::write(&path, format!("apiVersion: certificates.k8s.io/v1\nkind: CertificateSigningRequest\nmetadata: {{name: bad}}\nspec:\n  request: {body}\n  signerName: kubernetes.io/kube-apiserver-client\n  usages: [client auth]\n")).unwrap();
+    let err = server.fails(&["create", "-f", path.to_str().unwrap()]);
+    assert!(err.contains("spec.request"), "{err}");
+}

@@ -46,6 +46,7 @@ mod accounts;
 mod admission;
 mod authn;
 mod authz;
+mod certificates;
 mod compaction;
 mod components;
 mod crds;
@@ -110,6 +111,8 @@ struct State {
     webhooks: Arc<admission::Webhooks>,
     /// ResourceQuotas and LimitRanges, kept current by watches.
     quotas: Arc<quotas::Quotas>,
+    /// Signs approved CertificateSigningRequests (the built-in signers).
+    _signer: Arc<certificates::Signer>,
     /// The control plane's parts this process runs (ComponentStatus).
     components: Vec<String>,
     /// Fires when the server stops: watches end, loops return.
@@ -253,6 +256,9 @@ impl Server {
             admission::Webhooks::start(store.clone(), pki.ca_pem.clone(), &tasks, shutdown.clone())
                 .await?;
         let quotas = quotas::Quotas::start(store.clone(), &tasks, shutdown.clone()).await?;
+        let csr_signer =
+            certificates::Signer::start(store.clone(), tls_dir.clone(), &tasks, shutdown.clone())
+                .await?;
         let state = Arc::new(State {
             signer,
             store,
@@ -264,6 +270,7 @@ impl Server {
             crds,
             webhooks,
             quotas,
+            _signer: csr_signer,
             components: config.components.clone(),
             shutdown,
             kubelet_tls,

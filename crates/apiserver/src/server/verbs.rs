@@ -333,6 +333,9 @@ impl Api {
             self.admit_priority(&name, &mut object).await?;
         }
         self.apply_limit_ranges(&mut object)?;
+        if resource.kind == "CertificateSigningRequest" {
+            self.prepare_certificate_request(&mut object)?;
+        }
         let mut object = self.admit("CREATE", Some(object), None).await?.unwrap_or_default();
         objects::validate(resource, &object)?;
         self.record_manager(None, &mut object);

@@ -1,0 +1,214 @@
+//! CertificateSigningRequests in the running server (the rules are `crate::csr`'s): a
+//! request is checked when created and records who asked (`spec.username`, `groups`,
+//! `uid`); `approval` (`kubectl certificate approve|deny`) sets its conditions; a mirror
+//! of the requests signs every approved one a built-in signer serves, level-triggered (a
+//! server killed between approval and signing signs at its next start).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use super::mirror::Mirror;
+use super::*;
+
+const PREFIX: &str = "/registry/certificates.k8s.io/certificatesigningrequests/";
+
+pub(super) struct Signer {
+    _mirror: Arc<Mirror>,
+}
+
+impl Signer {
+    pub(super) async fn start(
+        store: Arc<dyn Store>,
+        tls_dir: PathBuf,
+        tasks: &TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Signer>, Error> {
+        let signing = Arc::new(tokio::sync::Mutex::new(()));
+        let (writer, spawner) = (store.clone(), tasks.clone());
+        let on_change = Box::new(move |objects: &BTreeMap<String, Value>| {
+            let waiting: Vec<(String, Value)> = objects
+                .iter()
+                .filter(|(_, csr)| {
+                    crate::csr::approved(csr)
+                        && csr["status"]["certificate"].as_str().is_none_or(str::is_empty)
+                        && crate::csr::SIGNERS
+                            .contains(&csr["spec"]["signerName"].as_str().unwrap_or(""))
+                })
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            if waiting.is_empty() {
+                return;
+            }
+            let (store, dir, lock) = (writer.clone(), tls_dir.clone(), signing.clone());
+            spawner.spawn(async move {
+                let _one = lock.lock().await;
+                for (key, csr) in waiting {
+                    sign_one(&store, &dir, &key, csr).await;
+                }
+            });
+        });
+        let mirror = Mirror::start(
+            store,
+            PREFIX,
+            "certificate signing requests",
+            on_change,
+            tasks,
+            shutdown,
+        )
+        .await?;
+        Ok(Arc::new(Signer { _mirror: mirror }))
+    }
+}
+
+/// Issues (or fails) one approved request and records it in its status.
+async fn sign_one(store: &Arc<dyn Store>, dir: &std::path::Path, key: &str, mut csr: Value) {
+    use base64::Engine as _;
+    let name = objects::name_of(&csr).to_owned();
+    let Ok(Some(kv)) = store.get(key).await else { return };
+    let Ok(current) = decode(&kv) else { return };
+    if current["status"]["certificate"].as_str().is_some_and(|c| !c.is_empty())
+        || !crate::csr::approved(&current)
+    {
+        return;
+    }
+    csr = current;
+    let signer = csr["spec"]["signerName"].as_str().unwrap_or("").to_owned();
+    let usages: Vec<String> = csr["spec"]["usages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|u| u.as_str().map(str::to_owned))
+        .collect();
+    let pem = csr["spec"]["request"]
+        .as_str()
+        .and_then(|r| base64::engine::general_purpose::STANDARD.decode(r).ok())
+        .unwrap_or_default();
+    let lifetime =
+        csr["spec"]["expirationSeconds"].as_u64().map(|s| s.max(600)).unwrap_or(365 * 86_400);
+    let issued = crate::csr::parse(&pem).and_then(|request| {
+        if let Some(why) = crate::csr::refusal(&signer, &request, &usages) {
+            return Err(why);
+        }
+        let (ca_cert, ca_key) = crate::tls::load_ca(dir).map_err(|e| e.to_string())?;
+        crate::csr::sign(&request, &usages, Duration::from_secs(lifetime), &ca_cert, &ca_key)
+    });
+    match issued {
+        Ok(certificate) => {
+            csr["status"]["certificate"] =
+                json!(base64::engine::general_purpose::STANDARD.encode(certificate));
+        }
+        Err(why) => {
+            tracing::info!(csr = %name, "the signer {signer} refuses: {why}");
+            let mut conditions =
+                csr["status"]["conditions"].as_array().cloned().unwrap_or_default();
+            conditions.push(crate::csr::failed("SignerValidationFailure", &why));
+            csr["status"]["conditions"] = json!(conditions);
+        }
+    }
+    if let Err(err) = store.update(key, encode(&csr), kv.mod_revision).await {
+        tracing::debug!(csr = %name, "signing again later: {err}");
+    }
+}
+
+impl Api {
+    /// Checks a new request and records who asks.
+    pub(super) fn prepare_certificate_request(&self, object: &mut Value) -> Result<(), ApiError> {
+        use base64::Engine as _;
+        let resource = self.resource();
+        let name = objects::name_of(object).to_owned();
+        let invalid =
+            |field: &str, message: &str| ApiError::invalid(resource, &name, field, message);
+        if object["spec"]["signerName"].as_str().is_none_or(str::is_empty) {
+            return Err(invalid("spec.signerName", "Required value"));
+        }
+        let pem = object["spec"]["request"]
+            .as_str()
+            .and_then(|r| base64::engine::general_purpose::STANDARD.decode(r).ok())
+            .ok_or_else(|| {
+                invalid("spec.request", "Required value: a PEM certificate request, base64-encoded")
+            })?;
+        crate::csr::parse(&pem).map_err(|why| {
+            invalid("spec.request", &format!("Invalid value: []byte{{...}}: {why}"))
+        })?;
+        object["spec"]["username"] = json!(self.user.name);
+        object["spec"]["groups"] = json!(self.user.groups);
+        object["status"] = json!({});
+        Ok(())
+    }
+
+    /// `certificatesigningrequests/NAME/approval`: the conditions of the body replace the
+    /// request's (Approved and Denied exclude each other); nothing else changes.
+    pub(super) async fn approval(
+        &self,
+        method: &Method,
+        content_type: &str,
+        body: &[u8],
+    ) -> Result<Value, ApiError> {
+        let resource = self.resource();
+        if *method == Method::GET {
+            return self.current().await;
+        }
+        if !matches!(*method, Method::PUT | Method::PATCH) {
+            return Err(ApiError::new(
+                405,
+                "MethodNotAllowed",
+                "approval supports get, update and patch",
+            ));
+        }
+        let given = self.parse_body(content_type, body)?;
+        for _ in 0..10 {
+            let current = self.current().await?;
+            let revision: i64 = current["metadata"]["resourceVersion"]
+                .as_str()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let wanted = if *method == Method::PATCH {
+                let mut patched = current.clone();
+                if content_type.starts_with("application/json-patch+json") {
+                    patched = patch::json_patch(&current, &given)
+                        .map_err(|e| ApiError::new(422, "Invalid", e))?;
+                } else {
+                    patch::merge_patch(&mut patched, &given);
+                }
+                patched
+            } else {
+                given.clone()
+            };
+            let conditions = wanted["status"]["conditions"].as_array().cloned().unwrap_or_default();
+            let has =
+                |kind: &str| conditions.iter().any(|c| c["type"] == kind && c["status"] != "False");
+            if has("Approved") && has("Denied") {
+                return Err(ApiError::invalid(resource, self.name(), "status.conditions", "Invalid value: \"Approved\": Approved and Denied conditions are mutually exclusive"));
+            }
+            if let Some(odd) = conditions
+                .iter()
+                .find(|c| !matches!(c["type"].as_str(), Some("Approved" | "Denied" | "Failed")))
+            {
+                return Err(ApiError::invalid(resource, self.name(), "status.conditions", &format!("Unsupported value: {}: supported values: \"Approved\", \"Denied\", \"Failed\"", odd["type"])));
+            }
+            let now = objects::now();
+            let conditions: Vec<Value> = conditions
+                .into_iter()
+                .map(|mut c| {
+                    for field in ["lastUpdateTime", "lastTransitionTime"] {
+                        if c[field].is_null() {
+                            c[field] = json!(now);
+                        }
+                    }
+                    if c["status"].is_null() {
+                        c["status"] = json!("True");
+                    }
+                    c
+                })
+                .collect();
+            let mut updated = current.clone();
+            updated["status"]["conditions"] = json!(conditions);
+            match self.state.store.update(&self.key(), encode(&updated), revision).await {
+                Ok(new) => return Ok(with_revision(updated, new)),
+                Err(berth_store::Error::Conflict { .. }) => continue,
+                Err(err) => return Err(storage_error(resource, self.name(), err)),
+            }
+        }
+        Err(ApiError::conflict(resource, self.name()))
+    }
+}
