@@ -39,6 +39,9 @@ pub struct Version {
     pub deprecation: Option<String>,
     /// The definition is being deleted: no new objects.
     pub terminating: bool,
+    /// `spec.conversion.strategy: Webhook`: versions other than the stored one would
+    /// need the webhook, which berth does not call yet.
+    pub webhook_conversion: bool,
 }
 
 /// An `additionalPrinterColumns` entry.
@@ -194,6 +197,7 @@ pub fn served(definition: &Value) -> Vec<(CustomResource, Version)> {
                 scale,
                 deprecation,
                 terminating,
+                webhook_conversion: spec["conversion"]["strategy"] == "Webhook",
             };
             (resource, version)
         })

@@ -224,6 +224,18 @@ where
         duplicates: Default::default(),
         upgrade: std::sync::Mutex::new(upgrade),
     };
+    if let Some(custom) = crate::crd::lookup(api.resource()) {
+        if custom.webhook_conversion && custom.version != custom.storage {
+            return error_response(&ApiError::new(
+                500,
+                "InternalError",
+                format!(
+                    "conversion webhook for {}/{}, Kind={} is not called: berth does not call conversion webhooks yet; use the stored version {}/{} (or spec.conversion.strategy: None)",
+                    custom.group, custom.version, custom.kind, custom.group, custom.storage
+                ),
+            ));
+        }
+    }
     if let Some(warning) = crate::crd::lookup(api.resource()).and_then(|c| c.deprecation.clone()) {
         if let Ok(mut warnings) = api.warnings.lock() {
             warnings.push(warning);
