@@ -1718,6 +1718,19 @@ fn custom_resource_definitions_serve_their_resources() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("stable.example.com/v1beta1 CronTab is deprecated"), "{stderr}");
 
+    // The garbage collector follows custom kinds too: a ConfigMap owned by a CronTab
+    // goes with it, and a CronTab owned by a ConfigMap with that.
+    let uid = server.ok(&["get", "crontab", "nightly", "-o", "jsonpath={.metadata.uid}"]);
+    server.apply(&format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: owned-by-cron\n  ownerReferences: [{{apiVersion: stable.example.com/v1, kind: CronTab, name: nightly, uid: {uid}}}]\n"));
+    server.ok(&["create", "configmap", "owner-of-cron"]);
+    let owner = server.ok(&["get", "configmap", "owner-of-cron", "-o", "jsonpath={.metadata.uid}"]);
+    server.apply(&format!("apiVersion: stable.example.com/v1\nkind: CronTab\nmetadata:\n  name: owned\n  ownerReferences: [{{apiVersion: v1, kind: ConfigMap, name: owner-of-cron, uid: {owner}}}]\nspec: {{cronSpec: '* * * * *'}}\n"));
+    server.ok(&["delete", "crontab", "nightly"]);
+    server.ok(&["delete", "configmap", "owner-of-cron"]);
+    eventually(&server, &["get", "configmaps,crontabs", "-o", "name"], |names| {
+        !names.contains("owned-by-cron") && !names.contains("crontab.stable.example.com/owned")
+    });
+
     // Server-side apply, and a watch.
     std::fs::write(&path, "apiVersion: stable.example.com/v1\nkind: CronTab\nmetadata: {name: hourly}\nspec: {cronSpec: '0 * * * *'}\n").unwrap();
     server.ok(&["apply", "--server-side", "-f", path.to_str().unwrap()]);

@@ -251,11 +251,15 @@ fn root_the_docker_cli_drives_berth() {
         shown.extend(receiver.try_iter().flatten());
         (status.code(), String::from_utf8_lossy(&shown).replace('\r', ""))
     };
-    let (code, shown) = on_terminal("exec -it web sh", "stty size; echo typed-$((6*7)); exit 5\n");
+    // The client sends the terminal's size just after the start, which may come after
+    // the shell's prompt: the shell waits for it (10 s at most) before printing it.
+    let sized = "i=0; while [ \"$(stty size)\" != \"30 100\" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; stty size";
+    let (code, shown) =
+        on_terminal("exec -it web sh", &format!("{sized}; echo typed-$((6*7)); exit 5\n"));
     assert_eq!(code, Some(5), "{shown}");
     assert!(shown.contains("\n30 100\n") && shown.contains("\ntyped-42\n"), "{shown}");
     let (code, shown) =
-        on_terminal("run -it --rm fixture:v1 sh", "stty size; echo run-$((6*7)); exit 3\n");
+        on_terminal("run -it --rm fixture:v1 sh", &format!("{sized}; echo run-$((6*7)); exit 3\n"));
     assert_eq!(code, Some(3), "{shown}");
     assert!(shown.contains("\n30 100\n") && shown.contains("\nrun-42\n"), "{shown}");
     // Errors as Docker gives them.

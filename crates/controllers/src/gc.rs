@@ -92,11 +92,18 @@ impl Graph {
 
 struct Gc {
     informers: Arc<Informers>,
-    kinds: Vec<&'static Resource>,
-    resources: Vec<ApiResource>,
-    caches: Vec<Arc<Cache<DynamicObject>>>,
+    /// Every kind followed, by index (kinds are only added: custom resources' as their
+    /// definitions come; an index never changes).
+    kinds: std::sync::RwLock<Vec<Kind>>,
     graph: Mutex<Graph>,
     queue: Arc<Queue<Key>>,
+}
+
+#[derive(Clone)]
+struct Kind {
+    resource: &'static Resource,
+    api: ApiResource,
+    cache: Arc<Cache<DynamicObject>>,
 }
 
 /// What the collector knows of an owner reference.
@@ -108,37 +115,51 @@ enum Owner {
 }
 
 pub(crate) async fn run(informers: Arc<Informers>) {
-    let kinds = kinds::stored();
-    let resources: Vec<ApiResource> = kinds.iter().map(|r| kinds::api_resource(r)).collect();
-    let caches: Vec<_> = resources.iter().map(|r| informers.dynamic(r)).collect();
     let shutdown = informers.shutdown().clone();
     let gc = Arc::new(Gc {
         informers: informers.clone(),
-        kinds,
-        resources,
-        caches,
+        kinds: Default::default(),
         graph: Mutex::default(),
         queue: Queue::new(),
     });
-    // Subscribed before the caches first list, so no change is missed.
-    for kind in 0..gc.caches.len() {
-        let following = gc.clone();
-        gc.caches[kind].follow(&informers, move |change| match change {
-            Change::Applied(object) => following.observe(kind, &object),
-            Change::Deleted(object) => following.forget(kind, &object),
-            Change::Resynced => following.resync(kind),
-        });
-    }
-    for cache in &gc.caches {
+    let first = gc.follow_new_kinds();
+    for kind in &first {
+        let cache = gc.kind(*kind).cache;
         tokio::select! {
             _ = cache.ready() => {}
             _ = shutdown.cancelled() => return,
         }
     }
-    for kind in 0..gc.caches.len() {
+    for kind in first {
         gc.resync(kind);
     }
-    tracing::info!(kinds = gc.kinds.len(), "garbage collector running");
+    tracing::info!(kinds = gc.count(), "garbage collector running");
+    // Custom resources come with their definitions: their kinds are followed as they
+    // appear (owners and dependents among them are collected like any other).
+    let watching = gc.clone();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        let mut seen = berth_api::kinds::custom_generation();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = stop.cancelled() => return,
+            }
+            let now = berth_api::kinds::custom_generation();
+            if now == seen {
+                continue;
+            }
+            seen = now;
+            for kind in watching.follow_new_kinds() {
+                let gc = watching.clone();
+                tokio::spawn(async move {
+                    let cache = gc.kind(kind).cache;
+                    cache.ready().await;
+                    gc.resync(kind);
+                });
+            }
+        }
+    });
     let worker = gc.clone();
     berth_reconcile::run(
         "garbage-collector",
@@ -175,6 +196,42 @@ fn conflict(err: &kube::Error) -> bool {
 }
 
 impl Gc {
+    fn kind(&self, index: usize) -> Kind {
+        let kinds = self.kinds.read().unwrap_or_else(|p| p.into_inner());
+        kinds[index].clone()
+    }
+
+    fn count(&self) -> usize {
+        self.kinds.read().map(|k| k.len()).unwrap_or(0)
+    }
+
+    /// Starts following every stored kind not followed yet; their indexes. Subscribed
+    /// before the caches first list, so no change is missed.
+    fn follow_new_kinds(self: &Arc<Self>) -> Vec<usize> {
+        let mut added = Vec::new();
+        let mut kinds = self.kinds.write().unwrap_or_else(|p| p.into_inner());
+        for resource in kinds::stored() {
+            if kinds
+                .iter()
+                .any(|k| k.resource.group == resource.group && k.resource.name == resource.name)
+            {
+                continue;
+            }
+            let api = kinds::api_resource(resource);
+            let cache = self.informers.dynamic(&api);
+            let index = kinds.len();
+            let following = self.clone();
+            cache.follow(&self.informers, move |change| match change {
+                Change::Applied(object) => following.observe(index, &object),
+                Change::Deleted(object) => following.forget(index, &object),
+                Change::Resynced => following.resync(index),
+            });
+            kinds.push(Kind { resource, api, cache });
+            added.push(index);
+        }
+        added
+    }
+
     fn graph(&self) -> std::sync::MutexGuard<'_, Graph> {
         match self.graph.lock() {
             Ok(graph) => graph,
@@ -185,7 +242,11 @@ impl Gc {
     fn key(&self, kind: usize, object: &DynamicObject) -> Key {
         Key {
             kind,
-            namespace: object.metadata.namespace.clone().filter(|_| self.kinds[kind].namespaced),
+            namespace: object
+                .metadata
+                .namespace
+                .clone()
+                .filter(|_| self.kind(kind).resource.namespaced),
             name: object.metadata.name.clone().unwrap_or_default(),
         }
     }
@@ -225,7 +286,8 @@ impl Gc {
     /// The kind was listed afresh: objects gone meanwhile are forgotten, the rest looked
     /// at again.
     fn resync(&self, kind: usize) {
-        let objects = self.caches[kind].store().state();
+        let followed = self.kind(kind);
+        let objects = followed.cache.store().state();
         let present: HashSet<String> = objects.iter().filter_map(|o| uid(o)).collect();
         let vanished: Vec<String> = self
             .graph()
@@ -235,7 +297,7 @@ impl Gc {
             .map(|(uid, _)| uid.clone())
             .collect();
         for uid in vanished {
-            let mut gone = DynamicObject::new("", &self.resources[kind]);
+            let mut gone = DynamicObject::new("", &followed.api);
             gone.metadata.uid = Some(uid);
             self.forget(kind, &gone);
         }
@@ -246,20 +308,22 @@ impl Gc {
 
     fn api(&self, kind: usize, namespace: Option<&str>) -> Api<DynamicObject> {
         let client = self.informers.client().clone();
+        let followed = self.kind(kind);
         match namespace {
-            Some(namespace) if self.kinds[kind].namespaced => {
-                Api::namespaced_with(client, namespace, &self.resources[kind])
+            Some(namespace) if followed.resource.namespaced => {
+                Api::namespaced_with(client, namespace, &followed.api)
             }
-            _ => Api::all_with(client, &self.resources[kind]),
+            _ => Api::all_with(client, &followed.api),
         }
     }
 
     fn cached(&self, key: &Key) -> Option<Arc<DynamicObject>> {
-        let mut reference = ObjectRef::new_with(&key.name, self.resources[key.kind].clone());
+        let followed = self.kind(key.kind);
+        let mut reference = ObjectRef::new_with(&key.name, followed.api.clone());
         if let Some(namespace) = &key.namespace {
             reference = reference.within(namespace);
         }
-        self.caches[key.kind].store().get(&reference)
+        followed.cache.store().get(&reference)
     }
 
     async fn reconcile(&self, key: Key) -> Result<Action, Error> {

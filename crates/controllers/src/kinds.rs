@@ -2,14 +2,14 @@
 //! stored resource (versions of a group share storage), those that can be listed,
 //! watched and deleted.
 
-use berth_api::kinds::{Resource, RESOURCES};
+use berth_api::kinds::Resource;
 use kube::api::ApiResource;
 
 /// Resources that objects live in: listable, watchable and deletable, once each.
 pub(crate) fn stored() -> Vec<&'static Resource> {
     let mut seen = std::collections::HashSet::new();
-    RESOURCES
-        .iter()
+    berth_api::kinds::all()
+        .into_iter()
         .filter(|r| ["list", "watch", "delete"].iter().all(|verb| r.verbs.contains(verb)))
         // events.k8s.io Events are core Events seen another way.
         .filter(|r| !(r.group == "events.k8s.io" && r.name == "events"))
