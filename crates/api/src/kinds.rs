@@ -620,7 +620,7 @@ pub fn custom_generation() -> u64 {
 }
 
 /// The description of a custom resource, from its CustomResourceDefinition.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CustomResource {
     pub group: String,
     pub version: String,
@@ -657,10 +657,11 @@ static CUSTOM: std::sync::RwLock<Custom> =
     std::sync::RwLock::new(Custom { list: Vec::new(), generation: 0 });
 
 fn intern(wanted: &CustomResource) -> &'static Resource {
-    static MADE: std::sync::Mutex<Vec<(CustomResource, &'static Resource)>> =
-        std::sync::Mutex::new(Vec::new());
+    static MADE: std::sync::LazyLock<
+        std::sync::Mutex<std::collections::HashMap<CustomResource, &'static Resource>>,
+    > = std::sync::LazyLock::new(Default::default);
     let mut made = MADE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    if let Some((_, resource)) = made.iter().find(|(c, _)| c == wanted) {
+    if let Some(resource) = made.get(wanted) {
         return resource;
     }
     let text = |s: &str| -> &'static str { Box::leak(s.to_owned().into_boxed_str()) };
@@ -687,6 +688,6 @@ fn intern(wanted: &CustomResource) -> &'static Resource {
         field_selectors: &[],
         verbs: VERBS,
     }));
-    made.push((wanted.clone(), resource));
+    made.insert(wanted.clone(), resource);
     resource
 }

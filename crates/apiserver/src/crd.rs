@@ -593,6 +593,24 @@ pub fn validate(schema: &Value, object: &Value) -> Vec<Problem> {
     problems
 }
 
+/// A schema's pattern, compiled once (definitions' patterns are few; the cache is
+/// emptied if it ever holds more than a thousand). `None` for a pattern that does not
+/// compile (refused when the definition was written).
+fn compiled(pattern: &str) -> Option<Arc<regex::Regex>> {
+    static CACHE: std::sync::Mutex<BTreeMap<String, Arc<regex::Regex>>> =
+        std::sync::Mutex::new(BTreeMap::new());
+    let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(re) = cache.get(pattern) {
+        return Some(re.clone());
+    }
+    let re = Arc::new(regex::Regex::new(pattern).ok()?);
+    if cache.len() >= 1000 {
+        cache.clear();
+    }
+    cache.insert(pattern.to_owned(), re.clone());
+    Some(re)
+}
+
 /// A value as Go's `%v` of `field.Invalid` shows it: strings quoted, the rest as JSON.
 fn shown(value: &Value) -> String {
     match value {
@@ -695,8 +713,8 @@ fn check(schema: &Value, value: &Value, path: &str, root: bool, out: &mut Vec<Pr
                 }
             }
             if let Some(pattern) = schema["pattern"].as_str() {
-                match regex::Regex::new(pattern) {
-                    Ok(re) if !re.is_match(text) => {
+                match compiled(pattern) {
+                    Some(re) if !re.is_match(text) => {
                         invalid(out, format!("{at} should match '{pattern}'"))
                     }
                     _ => {}
@@ -748,8 +766,10 @@ fn check(schema: &Value, value: &Value, path: &str, root: bool, out: &mut Vec<Pr
             }
             match schema["x-kubernetes-list-type"].as_str() {
                 Some("set") => {
+                    // serde_json writes maps in one order: equal values, equal text.
+                    let mut seen = std::collections::HashSet::new();
                     for (i, item) in items.iter().enumerate() {
-                        if items[..i].contains(item) {
+                        if !seen.insert(item.to_string()) {
                             out.push(Problem {
                                 field: format!("{path}[{i}]"),
                                 reason: "FieldValueDuplicate",
@@ -770,9 +790,10 @@ fn check(schema: &Value, value: &Value, path: &str, root: bool, out: &mut Vec<Pr
                             keys.iter().map(|k| ((*k).to_owned(), item[*k].clone())).collect(),
                         )
                     };
+                    let mut seen = std::collections::HashSet::new();
                     for (i, item) in items.iter().enumerate() {
                         let key = key_of(item);
-                        if items[..i].iter().any(|other| key_of(other) == key) {
+                        if !seen.insert(key.to_string()) {
                             out.push(Problem {
                                 field: format!("{path}[{i}]"),
                                 reason: "FieldValueDuplicate",

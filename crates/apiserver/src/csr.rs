@@ -205,6 +205,25 @@ pub fn refusal(signer: &str, request: &Request, usages: &[String]) -> Option<Str
     let has = |usage: &str| usages.iter().any(|u| u == usage);
     let node = request.common_name.starts_with("system:node:")
         && request.organizations == ["system:nodes"];
+    // Each signer issues only its own kind of certificate.
+    let allowed: &[&str] = match signer {
+        "kubernetes.io/kubelet-serving" => {
+            &["digital signature", "key encipherment", "server auth"]
+        }
+        _ => &["digital signature", "key encipherment", "client auth"],
+    };
+    if let Some(odd) = usages.iter().find(|u| !allowed.contains(&u.as_str())) {
+        return Some(format!("{signer} does not issue certificates for {odd:?}"));
+    }
+    if request.organizations.iter().any(|o| o == "system:masters") {
+        return Some(format!("use of {signer} signer with system:masters group is not allowed"));
+    }
+    let names = !request.dns_names.is_empty() || !request.ip_addresses.is_empty();
+    if signer != "kubernetes.io/kubelet-serving" && names {
+        return Some(format!(
+            "{signer} does not issue certificates with DNS names or IP addresses"
+        ));
+    }
     match signer {
         "kubernetes.io/kube-apiserver-client" => (!has("client auth"))
             .then(|| "usages must include \"client auth\"".to_owned()),
@@ -257,6 +276,9 @@ pub fn sign(
             _ => None,
         })
         .collect();
+    // At most a year (Kubernetes' signers' default and cap), at least ten minutes.
+    let lifetime = lifetime
+        .clamp(std::time::Duration::from_secs(600), std::time::Duration::from_secs(365 * 86_400));
     let now = std::time::SystemTime::now();
     params.not_before = (now - std::time::Duration::from_secs(300)).into();
     params.not_after = (now + lifetime).into();
@@ -324,6 +346,22 @@ mod tests {
         let usages = vec!["digital signature".to_owned(), "server auth".to_owned()];
         assert_eq!(refusal("kubernetes.io/kubelet-serving", &request, &usages), None);
         assert!(refusal("kubernetes.io/kube-apiserver-client", &request, &usages).is_some());
+        let mut masters = request.clone();
+        masters.organizations = vec!["system:masters".into()];
+        masters.dns_names.clear();
+        masters.ip_addresses.clear();
+        let client = vec!["client auth".to_owned()];
+        assert!(refusal("kubernetes.io/kube-apiserver-client", &masters, &client)
+            .unwrap()
+            .contains("system:masters"));
+        let mut plain = masters.clone();
+        plain.organizations = vec!["dev".into()];
+        assert_eq!(refusal("kubernetes.io/kube-apiserver-client", &plain, &client), None);
+        let both = vec!["client auth".to_owned(), "server auth".to_owned()];
+        assert!(
+            refusal("kubernetes.io/kube-apiserver-client", &plain, &both).is_some(),
+            "no server auth from a client signer"
+        );
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let mut ca = rcgen::CertificateParams::default();
         ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);

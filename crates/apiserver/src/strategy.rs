@@ -33,6 +33,9 @@ pub trait Strategy: Sync {
     /// What an update that leaves a field out must not lose.
     fn prepare_update(&self, _old: &Value, _new: &mut Value) {}
 
+    /// What a write to `/status` may not change beyond the status' own rules.
+    fn prepare_status_update(&self, _old: &Value, _new: &mut Value) {}
+
     /// Whether writes to the main resource may change status (otherwise only `/status`
     /// does).
     fn status_in_main_resource(&self) -> bool {
@@ -168,6 +171,31 @@ impl Strategy for Job {
     }
 }
 
+struct CertificateRequest;
+impl Strategy for CertificateRequest {
+    fn prepare_update(&self, old: &Value, new: &mut Value) {
+        // A request, and who made it, never change.
+        new["spec"] = old["spec"].clone();
+    }
+    fn prepare_status_update(&self, old: &Value, new: &mut Value) {
+        // Approval and denial are the `approval` subresource's (its own authorization);
+        // a status writer keeps the decisions as they were.
+        let decision = |c: &&Value| matches!(c["type"].as_str(), Some("Approved" | "Denied"));
+        let mut conditions: Vec<Value> = new["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| !decision(c))
+            .cloned()
+            .collect();
+        conditions.extend(
+            old["status"]["conditions"].as_array().into_iter().flatten().filter(decision).cloned(),
+        );
+        new["status"]["conditions"] = json!(conditions);
+        new["spec"] = old["spec"].clone();
+    }
+}
+
 struct ServiceAccount;
 impl Strategy for ServiceAccount {
     fn returns_deleted_object(&self) -> bool {
@@ -203,6 +231,7 @@ pub fn of(resource: &Resource) -> &'static dyn Strategy {
         ("", "Service") => &Service,
         ("", "Pod") => &Pod,
         ("", "ServiceAccount") => &ServiceAccount,
+        ("certificates.k8s.io", "CertificateSigningRequest") => &CertificateRequest,
         ("batch", "Job") => &Job,
         // RBAC names (`system:node`) and APIService names (`v1.` for the core group) are
         // path segments.

@@ -117,8 +117,20 @@ impl Signer {
         json!({"keys": [{"use": "sig", "kty": "EC", "kid": self.key_id, "crv": "P-256", "alg": "ES256", "x": b64(x), "y": b64(y)}]})
     }
 
-    /// The claims of a token this signer made that has not expired, or `None`.
+    /// The claims of a token this signer made for this API that has not expired, or
+    /// `None`.
     pub fn verify(&self, token: &str, now: i64) -> Option<Claims> {
+        self.verify_for(token, now, &[ISSUER]).map(|(claims, _)| claims)
+    }
+
+    /// The claims of a token this signer made that has not expired and whose audiences
+    /// meet `wanted`, with the audiences they share; `None` otherwise.
+    pub fn verify_for(
+        &self,
+        token: &str,
+        now: i64,
+        wanted: &[&str],
+    ) -> Option<(Claims, Vec<String>)> {
         let mut parts = token.split('.');
         let (header, payload, sig) = (parts.next()?, parts.next()?, parts.next()?);
         if parts.next().is_some() {
@@ -147,7 +159,9 @@ impl Signer {
             Value::String(one) => vec![one.as_str()],
             list => list.as_array()?.iter().filter_map(Value::as_str).collect(),
         };
-        if !audiences.contains(&ISSUER) {
+        let shared: Vec<String> =
+            wanted.iter().filter(|w| audiences.contains(w)).map(|w| (*w).to_owned()).collect();
+        if shared.is_empty() {
             return None;
         }
         let kubernetes = &claims["kubernetes.io"];
@@ -161,12 +175,15 @@ impl Signer {
             };
             Some((kind.to_owned(), text(&object["name"])?, text(&object["uid"])?))
         });
-        Some(Claims {
-            namespace: text(&kubernetes["namespace"])?,
-            name: text(&kubernetes["serviceaccount"]["name"])?,
-            uid: text(&kubernetes["serviceaccount"]["uid"])?,
-            bound,
-        })
+        Some((
+            Claims {
+                namespace: text(&kubernetes["namespace"])?,
+                name: text(&kubernetes["serviceaccount"]["name"])?,
+                uid: text(&kubernetes["serviceaccount"]["uid"])?,
+                bound,
+            },
+            shared,
+        ))
     }
 }
 

@@ -1930,6 +1930,56 @@ fn bootstrap_rbac_and_reviews_answer_as_kubernetes() {
     let err = server.fails(&["create", "-f", path.to_str().unwrap(), "--as=alice"]);
     assert!(err.contains("cannot create resource \"localsubjectaccessreviews\""), "{err}");
 
+    // No escalation: bob may write Roles and RoleBindings in default (and read pods there),
+    // but grants only what he holds.
+    server.apply("apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {name: role-writer, namespace: default}\nrules:\n- {apiGroups: [rbac.authorization.k8s.io], resources: [roles, rolebindings], verbs: [create, get, update, patch]}\n- {apiGroups: [\"\"], resources: [pods], verbs: [get, list]}\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: bob-writes-roles, namespace: default}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: role-writer}\nsubjects: [{kind: User, name: bob, apiGroup: rbac.authorization.k8s.io}]\n");
+    server.ok(&["create", "role", "pod-peek", "--verb=get", "--resource=pods", "--as=bob"]);
+    let err = server.fails(&[
+        "create",
+        "role",
+        "secret-peek",
+        "--verb=get",
+        "--resource=secrets",
+        "--as=bob",
+    ]);
+    assert!(err.contains("is attempting to grant RBAC permissions not currently held"), "{err}");
+    let err = server.fails(&[
+        "create",
+        "rolebinding",
+        "bob-admin",
+        "--clusterrole=cluster-admin",
+        "--user=bob",
+        "--as=bob",
+    ]);
+    assert!(err.contains("not currently held"), "{err}");
+    server.ok(&[
+        "create",
+        "rolebinding",
+        "carol-peeks",
+        "--role=pod-peek",
+        "--user=carol",
+        "--as=bob",
+    ]);
+
+    // Audiences: a token made for vault is vault's, not this API's.
+    let vault = server.ok(&["create", "token", "default", "-n", "default", "--audience=vault"]);
+    let for_vault = review(format!(
+        r#"{{"apiVersion":"authentication.k8s.io/v1","kind":"TokenReview","spec":{{"token":"{}","audiences":["vault"]}}}}"#,
+        vault.trim()
+    ));
+    assert_eq!(for_vault["status"]["authenticated"], true, "{for_vault}");
+    assert_eq!(for_vault["status"]["audiences"], serde_json::json!(["vault"]), "{for_vault}");
+    let for_api = review(format!(
+        r#"{{"apiVersion":"authentication.k8s.io/v1","kind":"TokenReview","spec":{{"token":"{}"}}}}"#,
+        vault.trim()
+    ));
+    assert_eq!(for_api["status"]["authenticated"], false, "{for_api}");
+    let api_token_for_vault = review(format!(
+        r#"{{"apiVersion":"authentication.k8s.io/v1","kind":"TokenReview","spec":{{"token":"{}","audiences":["vault"]}}}}"#,
+        account.trim()
+    ));
+    assert_eq!(api_token_for_vault["status"]["authenticated"], false, "{api_token_for_vault}");
+
     // Reconciled at start: a rule taken from a default comes back, unless autoupdate is off.
     server.ok(&[
         "patch",
@@ -2044,7 +2094,7 @@ fn admission_webhooks_mutate_and_validate() {
     let webhook = |kind: &str, name: &str, path: &str, extra: &str, rules: &str| {
         format!("apiVersion: admissionregistration.k8s.io/v1\nkind: {kind}\nmetadata: {{name: {name}}}\nwebhooks:\n- name: {name}.example.com\n  clientConfig: {{url: \"https://127.0.0.1:{port}{path}\", caBundle: {ca}}}\n  rules: [{rules}]\n  sideEffects: None\n  admissionReviewVersions: [v1]\n{extra}")
     };
-    let configmaps = "{operations: [CREATE, UPDATE], apiGroups: [\"\"], apiVersions: [v1], resources: [configmaps]}";
+    let configmaps = "{operations: [CREATE, UPDATE], apiGroups: [\"\"], apiVersions: [v1], resources: [configmaps]}, {operations: [CREATE], apiGroups: [rbac.authorization.k8s.io], apiVersions: [v1], resources: [clusterroles]}";
     server.apply(&webhook(
         "MutatingWebhookConfiguration",
         "labeler",
@@ -2081,6 +2131,7 @@ fn admission_webhooks_mutate_and_validate() {
     let output = server.kubectl(&["create", "cm", "warned", "--from-literal=a=1"]);
     assert!(String::from_utf8_lossy(&output.stderr).contains("checked by the guard"), "{output:?}");
     server.ok(&["create", "cm", "dry", "--from-literal=a=1", "--dry-run=server"]);
+    server.ok(&["create", "clusterrole", "sent-anyway", "--verb=get", "--resource=pods"]);
 
     // What the webhook was told.
     let reviews = std::fs::read_to_string(dir.path().join("webhook/reviews.jsonl")).unwrap();
@@ -2093,6 +2144,10 @@ fn admission_webhooks_mutate_and_validate() {
     assert_eq!(update["request"]["object"]["data"]["forbidden"], "2", "{update}");
     assert_eq!(update["request"]["resource"]["resource"], "configmaps", "{update}");
     assert!(reviews.iter().any(|r| r["request"]["dryRun"] == true), "the dry run was said");
+    assert!(
+        reviews.iter().any(|r| r["path"] == "/validate" && r["request"]["name"] == "sent-anyway"),
+        "a namespace selector does not hide cluster-scoped objects"
+    );
 
     // A webhook nobody answers, or too slowly: Fail refuses, Ignore goes on.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -2420,6 +2475,32 @@ fn certificate_signing_requests_are_approved_and_signed() {
     let failed = eventually(&server, &["get", "csr", "rogue"], |t| t.contains("Failed"));
     assert!(failed.contains("Approved,Failed"), "{failed}");
     assert_eq!(server.ok(&["get", "csr", "dave", "-o", "jsonpath={.status.certificate}"]), "");
+
+    // Who may do what: alice may create and patch requests but not approve them; a
+    // status she writes keeps no approval; she cannot ask for system:masters.
+    server.apply("apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: csr-writer}\nrules:\n- {apiGroups: [certificates.k8s.io], resources: [certificatesigningrequests, certificatesigningrequests/status, certificatesigningrequests/approval], verbs: [create, get, list, patch, update]}\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {name: alice-csr}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: csr-writer}\nsubjects: [{kind: User, name: alice, apiGroup: rbac.authorization.k8s.io}]\n");
+    let body = request("erin", "/CN=erin/O=dev");
+    let path = work.join("erin.yaml");
+    std::fs::write(&path, format!("apiVersion: certificates.k8s.io/v1\nkind: CertificateSigningRequest\nmetadata: {{name: erin}}\nspec:\n  request: {body}\n  signerName: kubernetes.io/kube-apiserver-client\n  usages: [client auth]\n  username: admin\n  groups: [system:masters]\nstatus:\n  conditions: [{{type: Approved, status: \"True\", reason: Self, message: self}}]\n")).unwrap();
+    server.ok(&["apply", "--server-side", "-f", path.to_str().unwrap(), "--as=alice"]);
+    let erin: serde_json::Value =
+        serde_json::from_str(&server.ok(&["get", "csr", "erin", "-o", "json"])).unwrap();
+    assert_eq!(
+        erin["spec"]["username"], "alice",
+        "who asked is recorded, whatever the body says: {erin}"
+    );
+    assert!(erin["status"].get("conditions").is_none(), "{erin}");
+    let err = server.fails(&["certificate", "approve", "erin", "--as=alice"]);
+    assert!(err.contains("not permitted to approve requests with signerName"), "{err}");
+    server.ok(&["patch", "csr", "erin", "--subresource=status", "--type=merge", "-p", r#"{"status":{"conditions":[{"type":"Approved","status":"True","reason":"Self","message":"self"}]}}"#, "--as=alice"]);
+    assert!(
+        server.ok(&["get", "csr", "erin"]).contains("Pending"),
+        "a status write approves nothing"
+    );
+    let masters = request("mallory", "/CN=mallory/O=system:masters");
+    std::fs::write(&path, format!("apiVersion: certificates.k8s.io/v1\nkind: CertificateSigningRequest\nmetadata: {{name: mallory}}\nspec:\n  request: {masters}\n  signerName: kubernetes.io/kube-apiserver-client\n  usages: [client auth]\n")).unwrap();
+    let err = server.fails(&["create", "-f", path.to_str().unwrap(), "--as=alice"]);
+    assert!(err.contains("system:masters group is not allowed"), "{err}");
 
     // A request that is not one, or whose signature is not its key's.
     let mut tampered = std::fs::read_to_string(work.join("dave.csr")).unwrap().into_bytes();

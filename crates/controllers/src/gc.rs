@@ -151,11 +151,13 @@ pub(crate) async fn run(informers: Arc<Informers>) {
             }
             seen = now;
             for kind in watching.follow_new_kinds() {
-                let gc = watching.clone();
+                let (gc, stop) = (watching.clone(), stop.clone());
                 tokio::spawn(async move {
                     let cache = gc.kind(kind).cache;
-                    cache.ready().await;
-                    gc.resync(kind);
+                    tokio::select! {
+                        _ = cache.ready() => gc.resync(kind),
+                        _ = stop.cancelled() => {}
+                    }
                 });
             }
         }

@@ -144,7 +144,17 @@ impl State {
     /// A service-account token's user, if this server signed it, it has not expired, and
     /// the account and the object it is bound to still exist (with the uids it names).
     pub(super) async fn service_account_user(&self, token: &str) -> Option<crate::rbac::User> {
-        let claims = self.signer.verify(token, objects::unix_now())?;
+        self.service_account_user_for(token, &[crate::tokens::ISSUER]).await.map(|(user, _)| user)
+    }
+
+    /// The user of a service-account token made for one of `audiences` (whose account,
+    /// and bound object, still exist), with the audiences it serves among them.
+    pub(super) async fn service_account_user_for(
+        &self,
+        token: &str,
+        audiences: &[&str],
+    ) -> Option<(crate::rbac::User, Vec<String>)> {
+        let (claims, shared) = self.signer.verify_for(token, objects::unix_now(), audiences)?;
         if !self.exists("serviceaccounts", Some(&claims.namespace), &claims.name, &claims.uid).await
         {
             return None;
@@ -159,7 +169,7 @@ impl State {
                 return None;
             }
         }
-        Some(crate::tokens::user(&claims))
+        Some((crate::tokens::user(&claims), shared))
     }
 
     /// Whether a core/v1 object exists with this uid.

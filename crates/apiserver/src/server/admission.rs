@@ -153,7 +153,12 @@ impl Api {
             if !rules_match(webhook, &request) {
                 continue;
             }
-            if !labels_match(&webhook["namespaceSelector"], &namespace_labels) {
+            // A namespace selector says nothing of cluster-scoped objects (other than
+            // namespaces themselves): they are always sent, as Kubernetes does.
+            let namespaced_request = !request.namespace.is_empty()
+                || (request.resource.group.is_empty() && request.resource.kind == "Namespace");
+            if namespaced_request && !labels_match(&webhook["namespaceSelector"], &namespace_labels)
+            {
                 continue;
             }
             let object_labels = |o: Option<&Value>| {
@@ -229,6 +234,11 @@ impl Api {
                 let patched = patch::json_patch(current, &patch).map_err(|e| {
                     ApiError::new(500, "InternalError", format!("Internal error occurred: webhook {hook:?} answered a patch that does not apply: {e}"))
                 })?;
+                for field in ["name", "namespace", "uid"] {
+                    if patched["metadata"][field] != current["metadata"][field] {
+                        return Err(ApiError::new(500, "InternalError", format!("Internal error occurred: webhook {hook:?} changed metadata.{field}, which admission may not change")));
+                    }
+                }
                 object = Some(patched);
             }
         }

@@ -82,3 +82,133 @@ impl State {
         self.rbac.index().allowed(user, attributes)
     }
 }
+
+/// What Kubernetes' RBAC storage refuses: granting (in a Role or ClusterRole) or binding
+/// (through a RoleBinding or ClusterRoleBinding) permissions the writer does not hold,
+/// unless RBAC gives the writer `escalate` on the role or `bind` on the bound role; an
+/// aggregation rule needs `escalate` (it grants what other roles hold).
+impl Api {
+    pub(super) async fn check_escalation(&self, object: &Value) -> Result<(), ApiError> {
+        const RBAC: &str = "rbac.authorization.k8s.io";
+        let resource = self.resource();
+        if resource.group != RBAC || self.user.is_master() {
+            return Ok(());
+        }
+        let namespace = self.target.namespace.clone().unwrap_or_default();
+        let name = objects::name_of(object).to_owned();
+        let user = &self.user;
+        let may = |verb: &str, plural: &str, target: &str| Attributes {
+            verb: verb.into(),
+            group: RBAC.into(),
+            resource: plural.into(),
+            namespace: namespace.clone(),
+            name: target.into(),
+            ..Default::default()
+        };
+        let refuse = |what: String| {
+            ApiError::about(
+                resource,
+                &name,
+                403,
+                "Forbidden",
+                format!(
+                    "{} \"{name}\" is forbidden: user \"{}\" (groups={:?}) is attempting to grant RBAC permissions not currently held:\n{what}",
+                    berth_api::status::resource_name(resource),
+                    user.name,
+                    user.groups
+                ),
+            )
+        };
+        let (rules, scope) = match resource.kind {
+            "Role" | "ClusterRole" => {
+                if self.state.authorize(user, &may("escalate", resource.name, &name)).await {
+                    return Ok(());
+                }
+                if object.get("aggregationRule").is_some_and(|a| !a.is_null()) {
+                    return Err(refuse(
+                        "an aggregationRule (escalate is needed to use one)".into(),
+                    ));
+                }
+                let scope = if resource.kind == "Role" { namespace.clone() } else { String::new() };
+                (object["rules"].as_array().cloned().unwrap_or_default(), scope)
+            }
+            "RoleBinding" | "ClusterRoleBinding" => {
+                let role_kind = object["roleRef"]["kind"].as_str().unwrap_or("");
+                let role_name = object["roleRef"]["name"].as_str().unwrap_or("");
+                let plural = if role_kind == "Role" { "roles" } else { "clusterroles" };
+                if self.state.authorize(user, &may("bind", plural, role_name)).await {
+                    return Ok(());
+                }
+                let role_resource = resources::find(RBAC, "v1", plural)
+                    .ok_or_else(|| ApiError::new(500, "InternalError", "no RBAC roles"))?;
+                let role_namespace = (role_kind == "Role").then_some(namespace.as_str());
+                let role =
+                    match self.state.store.get(&role_resource.key(role_namespace, role_name)).await
+                    {
+                        Ok(Some(kv)) => decode(&kv)?,
+                        // A binding to a role that does not exist grants nothing yet.
+                        Ok(None) => return Ok(()),
+                        Err(err) => return Err(storage_error(role_resource, role_name, err)),
+                    };
+                let scope =
+                    if resource.kind == "RoleBinding" { namespace.clone() } else { String::new() };
+                (role["rules"].as_array().cloned().unwrap_or_default(), scope)
+            }
+            _ => return Ok(()),
+        };
+        for rule in &rules {
+            if let Some(missing) = self.first_not_held(rule, &scope).await {
+                return Err(refuse(missing));
+            }
+        }
+        Ok(())
+    }
+
+    /// The first permission of `rule` the caller does not hold in `namespace` ("" for
+    /// cluster-wide), or `None` when it holds them all.
+    async fn first_not_held(&self, rule: &Value, namespace: &str) -> Option<String> {
+        let list = |field: &str| -> Vec<String> {
+            rule[field]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        };
+        let verbs = list("verbs");
+        let urls = list("nonResourceURLs");
+        for verb in &verbs {
+            for url in &urls {
+                let attributes =
+                    Attributes { verb: verb.clone(), path: url.clone(), ..Default::default() };
+                if !self.state.authorize(&self.user, &attributes).await {
+                    return Some(format!("{{NonResourceURLs:[{url:?}], Verbs:[{verb:?}]}}"));
+                }
+            }
+        }
+        let names = list("resourceNames");
+        let names = if names.is_empty() { vec![String::new()] } else { names };
+        for group in list("apiGroups") {
+            for resource in list("resources") {
+                let (plural, sub) = resource.split_once('/').unwrap_or((resource.as_str(), ""));
+                for verb in &verbs {
+                    for name in &names {
+                        let attributes = Attributes {
+                            verb: verb.clone(),
+                            group: group.clone(),
+                            resource: plural.to_owned(),
+                            subresource: sub.to_owned(),
+                            namespace: namespace.to_owned(),
+                            name: name.clone(),
+                            ..Default::default()
+                        };
+                        if !self.state.authorize(&self.user, &attributes).await {
+                            return Some(format!("{{APIGroups:[{group:?}], Resources:[{resource:?}], Verbs:[{verb:?}]}}"));
+                        }
+                    }
+                }
+            }
+        }
+        None
+    }
+}

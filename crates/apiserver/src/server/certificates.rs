@@ -127,9 +127,21 @@ impl Api {
             .ok_or_else(|| {
                 invalid("spec.request", "Required value: a PEM certificate request, base64-encoded")
             })?;
-        crate::csr::parse(&pem).map_err(|why| {
+        let request = crate::csr::parse(&pem).map_err(|why| {
             invalid("spec.request", &format!("Invalid value: []byte{{...}}: {why}"))
         })?;
+        if let Some(seconds) = object["spec"]["expirationSeconds"].as_i64() {
+            if seconds < 600 {
+                return Err(invalid("spec.expirationSeconds", &format!("Invalid value: {seconds}: may not specify a duration less than 600 seconds (10 minutes)")));
+            }
+        }
+        // What Kubernetes' CertificateSubjectRestriction admission refuses.
+        let signer = object["spec"]["signerName"].as_str().unwrap_or("");
+        if signer == "kubernetes.io/kube-apiserver-client"
+            && request.organizations.iter().any(|o| o == "system:masters")
+        {
+            return Err(ApiError::about(resource, &name, 403, "Forbidden", format!("certificatesigningrequests.certificates.k8s.io \"{name}\" is forbidden: use of kubernetes.io/kube-apiserver-client signer with system:masters group is not allowed")));
+        }
         object["spec"]["username"] = json!(self.user.name);
         object["spec"]["groups"] = json!(self.user.groups);
         object["status"] = json!({});
@@ -158,6 +170,24 @@ impl Api {
         let given = self.parse_body(content_type, body)?;
         for _ in 0..10 {
             let current = self.current().await?;
+            // Approving or denying for a signer is itself granted (`approve` on
+            // `signers`, by name or `DOMAIN/*`), as Kubernetes' CertificateApproval asks.
+            let signer = current["spec"]["signerName"].as_str().unwrap_or("").to_owned();
+            let domain = signer.split_once('/').map(|(d, _)| format!("{d}/*")).unwrap_or_default();
+            let mut may = false;
+            for name in [signer.as_str(), domain.as_str()] {
+                let attributes = crate::rbac::Attributes {
+                    verb: "approve".into(),
+                    group: "certificates.k8s.io".into(),
+                    resource: "signers".into(),
+                    name: name.to_owned(),
+                    ..Default::default()
+                };
+                may = may || self.state.authorize(&self.user, &attributes).await;
+            }
+            if !may {
+                return Err(ApiError::about(resource, self.name(), 403, "Forbidden", format!("certificatesigningrequests.certificates.k8s.io \"{}\" is forbidden: user not permitted to approve requests with signerName \"{signer}\"", self.name())));
+            }
             let revision: i64 = current["metadata"]["resourceVersion"]
                 .as_str()
                 .and_then(|v| v.parse().ok())
@@ -177,6 +207,23 @@ impl Api {
             let conditions = wanted["status"]["conditions"].as_array().cloned().unwrap_or_default();
             let has =
                 |kind: &str| conditions.iter().any(|c| c["type"] == kind && c["status"] != "False");
+            // A decision once made stays.
+            let decided = current["status"]["conditions"].as_array().cloned().unwrap_or_default();
+            if let Some(gone) = decided
+                .iter()
+                .filter(|c| matches!(c["type"].as_str(), Some("Approved" | "Denied")))
+                .find(|c| !has(c["type"].as_str().unwrap_or("")))
+            {
+                return Err(ApiError::invalid(
+                    resource,
+                    self.name(),
+                    "status.conditions",
+                    &format!(
+                        "Forbidden: updates may not remove a condition of type {}",
+                        gone["type"]
+                    ),
+                ));
+            }
             if has("Approved") && has("Denied") {
                 return Err(ApiError::invalid(resource, self.name(), "status.conditions", "Invalid value: \"Approved\": Approved and Denied conditions are mutually exclusive"));
             }

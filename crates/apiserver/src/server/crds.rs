@@ -159,8 +159,18 @@ async fn clean_up(store: &Arc<dyn Store>, definition: &Value, shutdown: &Cancell
         }
     }
     let key = format!("{CRD_PREFIX}{name}");
-    for _ in 0..10 {
-        let Ok(Some(kv)) = store.get(&key).await else { return };
+    loop {
+        let kv = match store.get(&key).await {
+            Ok(Some(kv)) => kv,
+            Ok(None) => return,
+            Err(err) => {
+                tracing::warn!(definition = %name, "cleanup: {err}; trying again");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        };
         let Ok(mut current) = decode(&kv) else { return };
         let mut finalizers =
             current["metadata"]["finalizers"].as_array().cloned().unwrap_or_default();
@@ -175,8 +185,11 @@ async fn clean_up(store: &Arc<dyn Store>, definition: &Value, shutdown: &Cancell
             Ok(()) => return,
             Err(berth_store::Error::Conflict { .. }) => continue,
             Err(err) => {
-                tracing::warn!(definition = %name, "cannot remove the cleanup finalizer: {err}");
-                return;
+                tracing::warn!(definition = %name, "cannot remove the cleanup finalizer: {err}; trying again");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.cancelled() => return,
+                }
             }
         }
     }

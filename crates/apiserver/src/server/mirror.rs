@@ -15,7 +15,9 @@ pub(super) struct Mirror {
     store: Arc<dyn Store>,
     prefix: &'static str,
     what: &'static str,
-    objects: RwLock<BTreeMap<String, Value>>,
+    /// The copy, and the store revision it reflects (a listing older than the last
+    /// event applied must not replace it).
+    objects: RwLock<(BTreeMap<String, Value>, i64)>,
     on_change: OnChange,
 }
 
@@ -34,7 +36,7 @@ impl Mirror {
             store,
             prefix,
             what,
-            objects: RwLock::new(BTreeMap::new()),
+            objects: RwLock::new((BTreeMap::new(), 0)),
             on_change,
         });
         let revision = mirror
@@ -64,8 +66,11 @@ impl Mirror {
             }
         }
         if let Ok(mut held) = self.objects.write() {
-            *held = objects;
-            (self.on_change)(&held);
+            // A watch event applied meanwhile is newer than this listing: keep the copy.
+            if page.revision >= held.1 {
+                *held = (objects, page.revision);
+                (self.on_change)(&held.0);
+            }
         }
         Ok(page.revision)
     }
@@ -120,17 +125,21 @@ impl Mirror {
 
     fn apply(&self, event: &berth_store::WatchEvent) {
         let Ok(mut held) = self.objects.write() else { return };
+        if event.revision() <= held.1 {
+            return; // the copy was listed after this change
+        }
+        held.1 = event.revision();
         match event.kind {
             EventKind::Delete => {
-                held.remove(&event.kv.key);
+                held.0.remove(&event.kv.key);
             }
             EventKind::Put => match decode(&event.kv) {
                 Ok(object) => {
-                    held.insert(event.kv.key.clone(), object);
+                    held.0.insert(event.kv.key.clone(), object);
                 }
                 Err(err) => tracing::warn!("{} skipped: {}", self.what, err.message),
             },
         }
-        (self.on_change)(&held);
+        (self.on_change)(&held.0);
     }
 }

@@ -54,19 +54,26 @@ pub(super) async fn answer(
             if token.is_empty() {
                 return Err(invalid(kind, "spec.token", "Required value"));
             }
-            match state.user_for_token(&token).await {
-                Some(found) => {
-                    let mut status = json!({"authenticated": true,
-                        "user": {"username": found.name, "groups": found.groups}});
-                    if let Some(audiences) = spec["audiences"].as_array().filter(|a| !a.is_empty())
-                    {
-                        status["audiences"] = json!(audiences);
-                    }
-                    status
+            // The audiences asked for (this API's when none); a service-account token
+            // must carry one of them, static tokens serve any.
+            let asked: Vec<&str> = spec["audiences"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            let asked = if asked.is_empty() { vec![crate::tokens::ISSUER] } else { asked };
+            let found = match state.users.iter().find(|(known, _)| *known == token) {
+                Some((_, user)) => {
+                    Some((user.clone(), asked.iter().map(|a| (*a).to_owned()).collect()))
                 }
-                None => {
-                    json!({"authenticated": false, "user": {}, "error": "the token is not valid"})
-                }
+                None => state.service_account_user_for(&token, &asked).await,
+            };
+            match found {
+                Some((found, audiences)) => json!({"authenticated": true,
+                    "user": {"username": found.name, "groups": found.groups}, "audiences": audiences}),
+                None => json!({"authenticated": false, "user": {},
+                    "error": "the token is not valid for the audiences asked for"}),
             }
         }
         "SelfSubjectRulesReview" => {

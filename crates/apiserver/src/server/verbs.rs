@@ -318,7 +318,10 @@ impl Api {
         Err(ApiError::new(500, "InternalError", "no free generated name after 8 attempts"))
     }
 
-    async fn create_once(&self, mut object: Value) -> Result<(u16, Value), ApiError> {
+    /// What every create does after `prepare_create`, whichever verb creates (POST or a
+    /// server-side apply of a new object): a terminating definition refuses, priority
+    /// classes resolve, limit ranges fill in, certificate requests record who asks.
+    async fn admit_new(&self, name: &str, object: &mut Value) -> Result<(), ApiError> {
         let resource = self.stored();
         if crate::crd::lookup(resource).is_some_and(|c| c.terminating) {
             return Err(ApiError::new(
@@ -327,15 +330,22 @@ impl Api {
                 "create not allowed while custom resource definition is terminating",
             ));
         }
+        if crate::strategy::of(resource).admits_priority() {
+            self.admit_priority(name, object).await?;
+        }
+        self.apply_limit_ranges(object)?;
+        if resource.kind == "CertificateSigningRequest" {
+            self.prepare_certificate_request(object)?;
+        }
+        self.check_escalation(object).await?;
+        Ok(())
+    }
+
+    async fn create_once(&self, mut object: Value) -> Result<(u16, Value), ApiError> {
+        let resource = self.stored();
         let name =
             objects::prepare_create(resource, &mut object, self.target.namespace.as_deref())?;
-        if crate::strategy::of(resource).admits_priority() {
-            self.admit_priority(&name, &mut object).await?;
-        }
-        self.apply_limit_ranges(&mut object)?;
-        if resource.kind == "CertificateSigningRequest" {
-            self.prepare_certificate_request(&mut object)?;
-        }
+        self.admit_new(&name, &mut object).await?;
         let mut object = self.admit("CREATE", Some(object), None).await?.unwrap_or_default();
         objects::validate(resource, &object)?;
         self.record_manager(None, &mut object);
@@ -504,6 +514,7 @@ impl Api {
         if status_only {
             let mut merged = current.clone();
             merged["status"] = object.get("status").cloned().unwrap_or(Value::Null);
+            strategy.prepare_status_update(current, &mut merged);
             object = merged;
         } else if resource.subresources.iter().any(|s| s.name == "status")
             && !strategy.status_in_main_resource()
@@ -550,6 +561,9 @@ impl Api {
             strategy.prepare_update(current, &mut object);
         }
         let object = self.admit("UPDATE", Some(object), Some(current)).await?.unwrap_or_default();
+        if !status_only {
+            self.check_escalation(&object).await?;
+        }
         if !status_only {
             objects::validate(resource, &object)?;
             objects::validate_update(resource, current, &object)?;
@@ -703,7 +717,7 @@ impl Api {
                         "the name of the applied configuration does not match the name on the URL",
                     ));
                 }
-                self.apply_limit_ranges(&mut object)?;
+                self.admit_new(&name, &mut object).await?;
                 let object = self.admit("CREATE", Some(object), None).await?.unwrap_or_default();
                 objects::validate(resource, &object)?;
                 self.namespace_ready().await?;
