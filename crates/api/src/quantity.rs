@@ -41,9 +41,10 @@ pub fn parse_milli(text: &str) -> Option<i128> {
     let whole: i128 = if whole.is_empty() { 0 } else { whole.parse().ok()? };
     let scale = 10i128.checked_pow(fraction.len() as u32)?;
     let fraction: i128 = if fraction.is_empty() { 0 } else { fraction.parse().ok()? };
-    let scaled = (whole * scale + fraction).checked_mul(multiplier)?;
+    let scaled = whole.checked_mul(scale)?.checked_add(fraction)?.checked_mul(multiplier)?;
     // Round up, as Kubernetes does for requests.
-    let value = (scaled + scale * divisor - 1) / (scale * divisor);
+    let unit = scale.checked_mul(divisor)?;
+    let value = scaled.checked_add(unit - 1)? / unit;
     Some(if negative { -value } else { value })
 }
 

@@ -571,6 +571,40 @@ fn validate_pod_spec(spec: &Value, at: &str) -> Result<(), (String, String)> {
         if c["image"].as_str().is_none_or(str::is_empty) {
             return Err((format!("{at}.{field}[{i}].image"), "Required value".into()));
         }
+        // Requests and limits are quantities, never negative, a request never above its
+        // limit.
+        for kind in ["requests", "limits"] {
+            for (resource, value) in c["resources"][kind].as_object().into_iter().flatten() {
+                let text = value.as_str().map(str::to_owned).unwrap_or_else(|| value.to_string());
+                let at = format!("{at}.{field}[{i}].resources.{kind}[{resource}]");
+                match berth_api::quantity::parse_milli(&text) {
+                    None => {
+                        return Err((at, format!("Invalid value: {text:?}: quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'")))
+                    }
+                    Some(n) if n < 0 => {
+                        return Err((at, format!("Invalid value: {text:?}: must be greater than or equal to 0")))
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        for (resource, request) in c["resources"]["requests"].as_object().into_iter().flatten() {
+            let amount = |v: &Value| {
+                berth_api::quantity::parse_milli(
+                    v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()).as_str(),
+                )
+            };
+            if let (Some(wanted), Some(limit)) =
+                (amount(request), c["resources"]["limits"].get(resource).and_then(amount))
+            {
+                if wanted > limit {
+                    return Err((
+                        format!("{at}.{field}[{i}].resources.requests"),
+                        format!("Invalid value: {:?}: must be less than or equal to {resource} limit of {}", request.as_str().unwrap_or(""), c["resources"]["limits"][resource].as_str().unwrap_or("")),
+                    ));
+                }
+            }
+        }
         for (j, port) in c["ports"].as_array().into_iter().flatten().enumerate() {
             let number = port["containerPort"].as_i64().unwrap_or(0);
             if !(1..=65535).contains(&number) {

@@ -93,8 +93,12 @@ fn pod_resources(pod: &Value) -> Usage {
     for kind in ["requests", "limits"] {
         for resource in ["cpu", "memory", "ephemeral-storage"] {
             let of = |c: &Value| amount(&c["resources"][kind][resource]);
-            let sum: i128 =
-                pod["spec"]["containers"].as_array().into_iter().flatten().map(of).sum();
+            let sum: i128 = pod["spec"]["containers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(of)
+                .fold(0i128, i128::saturating_add);
             let init: i128 = pod["spec"]["initContainers"]
                 .as_array()
                 .into_iter()
@@ -150,7 +154,8 @@ pub fn usage_of(resource: &Resource, object: &Value) -> Usage {
 /// Adds `more` into `total`.
 pub fn add(total: &mut Usage, more: &Usage) {
     for (key, value) in more {
-        *total.entry(key.clone()).or_insert(0) += value;
+        let sum = total.entry(key.clone()).or_insert(0);
+        *sum = sum.saturating_add(*value);
     }
 }
 
@@ -204,7 +209,7 @@ pub fn admit(
         let Some(wanted) = requested.get(key).filter(|w| **w > 0) else { continue };
         let limit = amount(limit);
         let now = used.get(key).copied().unwrap_or(0);
-        if now + wanted > limit {
+        if now.saturating_add(*wanted) > limit {
             over_requested.push((key.clone(), *wanted));
             over_used.push((key.clone(), now));
             over_limited.push((key.clone(), limit));

@@ -2292,8 +2292,9 @@ fn quotas_limit_ranges_and_the_other_core_kinds() {
         "--hard=pods=2,requests.cpu=1,configmaps=2,count/deployments.apps=1",
     ]);
     let pod = |name: &str, cpu: Option<&str>| {
-        let resources =
-            cpu.map(|c| format!(", resources: {{requests: {{cpu: {c}}}}}")).unwrap_or_default();
+        let resources = cpu
+            .map(|c| format!(", resources: {{requests: {{cpu: {c}}}, limits: {{cpu: {c}}}}}"))
+            .unwrap_or_default();
         let path = dir.path().join(format!("{name}.yaml"));
         std::fs::write(&path, format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec: {{containers: [{{name: c, image: busybox{resources}}}]}}\n")).unwrap();
         path
@@ -2321,6 +2322,10 @@ fn quotas_limit_ranges_and_the_other_core_kinds() {
     std::fs::write(&path, "apiVersion: v1\nkind: Pod\nmetadata: {name: huge}\nspec: {containers: [{name: c, image: busybox, resources: {limits: {cpu: \"2\"}}}]}\n").unwrap();
     let err = server.fails(&["create", "-f", path.to_str().unwrap()]);
     assert!(err.contains("maximum cpu usage per Container is 1, but limit is 2"), "{err}");
+    // Quantities are checked before any quota counts them.
+    std::fs::write(&path, "apiVersion: v1\nkind: Pod\nmetadata: {name: negative}\nspec: {containers: [{name: c, image: busybox, resources: {requests: {cpu: \"-1\"}}}]}\n").unwrap();
+    let err = server.fails(&["create", "-f", path.to_str().unwrap()]);
+    assert!(err.contains("spec.containers[0].resources.requests[cpu]: Invalid value: \"-1\": must be greater than or equal to 0"), "{err}");
     server.ok(&["create", "deployment", "one", "--image=busybox", "--replicas=0"]);
     let err = server.fails(&["create", "deployment", "two", "--image=busybox", "--replicas=0"]);
     assert!(err.contains("exceeded quota: q, requested: count/deployments.apps=1"), "{err}");
