@@ -2363,6 +2363,35 @@ fn quotas_limit_ranges_and_the_other_core_kinds() {
     server.apply("apiVersion: v1\nkind: ReplicationController\nmetadata: {name: rc}\nspec: {replicas: 1, selector: {a: b}, template: {metadata: {labels: {a: b}}, spec: {containers: [{name: c, image: busybox}]}}}\n");
     server.ok(&["scale", "rc", "rc", "--replicas=3"]);
     assert_eq!(server.ok(&["get", "rc", "rc", "-o", "jsonpath={.spec.replicas}"]), "3");
+    // Its controller makes its pods (the quota holds the namespace's pods: kube-system).
+    server.apply("apiVersion: v1\nkind: ReplicationController\nmetadata: {name: rc, namespace: kube-system}\nspec: {replicas: 2, selector: {a: b}, template: {metadata: {labels: {a: b}}, spec: {containers: [{name: c, image: busybox}]}}}\n");
+    eventually(
+        &server,
+        &["get", "pods", "-n", "kube-system", "-l", "a=b", "-o", "name"],
+        |names| names.lines().count() == 2,
+    );
+    let owner = server.ok(&[
+        "get",
+        "pods",
+        "-n",
+        "kube-system",
+        "-l",
+        "a=b",
+        "-o",
+        "jsonpath={.items[0].metadata.ownerReferences[0].kind}",
+    ]);
+    assert_eq!(owner, "ReplicationController");
+    eventually(
+        &server,
+        &["get", "rc", "rc", "-n", "kube-system", "-o", "jsonpath={.status.replicas}"],
+        |r| r == "2",
+    );
+    let scale = server.ok(&[
+        "get",
+        "--raw",
+        "/api/v1/namespaces/kube-system/replicationcontrollers/rc/scale",
+    ]);
+    assert!(scale.contains("\"selector\":\"a=b\""), "{scale}");
     let services = server.ok(&["get", "apiservices"]);
     for name in ["v1.", "v1.apps", "v2.autoscaling", "v1.events.k8s.io"] {
         assert!(

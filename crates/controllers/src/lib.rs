@@ -13,7 +13,8 @@
 //! - `endpoints`: Endpoints and EndpointSlices from Services' selectors and pod readiness.
 //! - `cronjob`: Jobs at the times a CronJob's schedule names.
 //! - `daemonset`: a pod on every node a DaemonSet admits.
-//! - `replicaset`, `deployment`, `job`: the workload controllers (`workload` holds what
+//! - `replicaset` (ReplicaSets and ReplicationControllers), `deployment`, `job`: the
+//!   workload controllers (`workload` holds what
 //!   they share: owned pods, pods from templates, readiness, expectations, events).
 //!
 //! Every loop is level-triggered: its state is what the API holds, so a restart (a
@@ -70,7 +71,10 @@ impl Manager {
         tasks.spawn(namespace::run(informers.clone()));
         tasks.spawn(accounts::run(informers.clone()));
         tasks.spawn(aggregation::run(informers.clone()));
-        tasks.spawn(replicaset::run(informers.clone()));
+        tasks.spawn(replicaset::run::<k8s_openapi::api::apps::v1::ReplicaSet>(informers.clone()));
+        tasks.spawn(replicaset::run::<k8s_openapi::api::core::v1::ReplicationController>(
+            informers.clone(),
+        ));
         tasks.spawn(deployment::run(informers.clone()));
         tasks.spawn(job::run(informers.clone()));
         tasks.spawn(endpoints::run(informers.clone()));

@@ -2,15 +2,17 @@
 //! template (slow start: batches of 1, 2, 4, ...) or deleted (those not yet scheduled,
 //! pending, or not ready first; newest first), and a status of replicas, ready and
 //! available pods. A template the API refuses shows as the `ReplicaFailure` condition
-//! with the API's message.
+//! with the API's message. The same loop runs ReplicationControllers (core/v1), seen as
+//! ReplicaSets whose selector is their label map, as Kubernetes shares it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use berth_reconcile::{Action, Cache, Informers, Queue};
-use k8s_openapi::api::apps::v1::ReplicaSet;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetSpec, ReplicaSetStatus};
+use k8s_openapi::api::core::v1::{Pod, ReplicationController};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
@@ -20,15 +22,73 @@ use crate::{Error, MAX_BACKOFF};
 
 type Key = (String, String);
 
-struct Controller {
+/// A kind this loop runs: ReplicaSet, or ReplicationController seen as one.
+pub(crate) trait Set:
+    kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+    const API_VERSION: &'static str;
+    const KIND: &'static str;
+    /// The loop's name in logs and metrics.
+    const LOOP: &'static str;
+    fn as_replica_set(&self) -> ReplicaSet;
+}
+
+impl Set for ReplicaSet {
+    const API_VERSION: &'static str = "apps/v1";
+    const KIND: &'static str = "ReplicaSet";
+    const LOOP: &'static str = "replicaset";
+    fn as_replica_set(&self) -> ReplicaSet {
+        self.clone()
+    }
+}
+
+impl Set for ReplicationController {
+    const API_VERSION: &'static str = "v1";
+    const KIND: &'static str = "ReplicationController";
+    const LOOP: &'static str = "replicationcontroller";
+    fn as_replica_set(&self) -> ReplicaSet {
+        let spec = self.spec.clone().unwrap_or_default();
+        // An empty selector selects the template's labels, as Kubernetes defaults it.
+        let labels = spec.selector.filter(|s| !s.is_empty()).or_else(|| {
+            spec.template.as_ref().and_then(|t| t.metadata.as_ref()).and_then(|m| m.labels.clone())
+        });
+        let status = self.status.clone().map(|s| ReplicaSetStatus {
+            replicas: s.replicas,
+            fully_labeled_replicas: s.fully_labeled_replicas,
+            ready_replicas: s.ready_replicas,
+            available_replicas: s.available_replicas,
+            observed_generation: s.observed_generation,
+            conditions: None,
+            ..ReplicaSetStatus::default()
+        });
+        ReplicaSet {
+            metadata: self.metadata.clone(),
+            spec: Some(ReplicaSetSpec {
+                replicas: spec.replicas,
+                min_ready_seconds: spec.min_ready_seconds,
+                selector: LabelSelector { match_labels: labels, ..LabelSelector::default() },
+                template: spec.template,
+            }),
+            status,
+        }
+    }
+}
+
+struct Controller<K: Set> {
     client: kube::Client,
-    sets: Arc<Cache<ReplicaSet>>,
+    sets: Arc<Cache<K>>,
     pods: Arc<Cache<Pod>>,
     expectations: Expectations,
 }
 
-pub(crate) async fn run(informers: Arc<Informers>) {
-    let sets = informers.typed::<ReplicaSet>();
+pub(crate) async fn run<K: Set>(informers: Arc<Informers>) {
+    let sets = informers.typed::<K>();
     let pods = informers.typed::<Pod>();
     let queue = Queue::<Key>::new();
     let shutdown = informers.shutdown().clone();
@@ -45,23 +105,23 @@ pub(crate) async fn run(informers: Arc<Informers>) {
             let uid = workload::controller_uid(&pod.metadata)?;
             let namespace = pod.metadata.namespace.clone().unwrap_or_default();
             sets.store()
-                .state_filter(|s| s.metadata.uid.as_deref() == Some(uid))
+                .state_filter(|s| s.meta().uid.as_deref() == Some(uid))
                 .first()
-                .map(|s| workload::key_of(&s.metadata))
+                .map(|s| workload::key_of(s.meta()))
                 .or(Some((namespace, String::new())))
                 .filter(|(_, name)| !name.is_empty())
         }
     };
-    sets.queue_into(&informers, &queue, |set: &ReplicaSet| Some(workload::key_of(&set.metadata)));
+    sets.queue_into(&informers, &queue, |set: &K| Some(workload::key_of(set.meta())));
     pods.queue_into(&informers, &queue, owner_of);
     tokio::select! {
         _ = async { tokio::join!(sets.ready(), pods.ready()) } => {}
         _ = shutdown.cancelled() => return,
     }
     for set in sets.store().state() {
-        queue.add(workload::key_of(&set.metadata));
+        queue.add(workload::key_of(set.meta()));
     }
-    berth_reconcile::run("replicaset", queue, 4, MAX_BACKOFF, shutdown, move |key: Key| {
+    berth_reconcile::run(K::LOOP, queue, 4, MAX_BACKOFF, shutdown, move |key: Key| {
         let controller = controller.clone();
         async move { controller.reconcile(key).await }
     })
@@ -86,11 +146,12 @@ fn deletion_rank(pod: &Pod) -> (u8, std::cmp::Reverse<String>) {
     (rank, std::cmp::Reverse(created))
 }
 
-impl Controller {
+impl<K: Set> Controller<K> {
     async fn reconcile(&self, key: Key) -> Result<Action, Error> {
         let Some(set) = self.sets.store().get(&ObjectRef::new(&key.1).within(&key.0)) else {
             return Ok(Action::Done);
         };
+        let set = set.as_replica_set();
         let uid = set.metadata.uid.clone().unwrap_or_default();
         if set.metadata.deletion_timestamp.is_some() {
             self.expectations.forget(&uid);
@@ -112,11 +173,11 @@ impl Controller {
         let (active, unseen) = self.expectations.adjust(&uid, &cached_active, &owned);
         let have = active.len() + unseen;
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &key.0);
-        let involved = ("apps/v1", "ReplicaSet", &set.metadata);
+        let involved = (K::API_VERSION, K::KIND, &set.metadata);
         let mut failure = None;
         if have < wanted {
             let template = spec.template.clone().unwrap_or_default();
-            let owner = workload::controller_reference("apps/v1", "ReplicaSet", &set.metadata);
+            let owner = workload::controller_reference(K::API_VERSION, K::KIND, &set.metadata);
             let pod = workload::pod_from_template(&template, &key.1, owner, &BTreeMap::new());
             let created = workload::create_pods(
                 &self.client,
@@ -259,7 +320,7 @@ impl Controller {
         if unchanged {
             return Ok(());
         }
-        let api: Api<ReplicaSet> = Api::namespaced(self.client.clone(), &key.0);
+        let api: Api<K> = Api::namespaced(self.client.clone(), &key.0);
         match api
             .patch_status(&key.1, &PatchParams::default(), &Patch::Merge(json!({"status": status})))
             .await
@@ -267,8 +328,10 @@ impl Controller {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
             Err(err) => Err(workload::api_error(format!(
-                "update the status of replicaset {}/{}",
-                key.0, key.1
+                "update the status of {} {}/{}",
+                K::LOOP,
+                key.0,
+                key.1
             ))(err)),
         }
     }

@@ -817,8 +817,14 @@ impl Api {
             if let Some(paths) = &custom {
                 return custom_scale(paths, object);
             }
+            // A ReplicationController's selector is the label map itself.
             let selector = object["spec"]["selector"]["matchLabels"]
                 .as_object()
+                .or_else(|| {
+                    object["spec"]["selector"]
+                        .as_object()
+                        .filter(|m| m.values().all(Value::is_string))
+                })
                 .map(|m| {
                     m.iter()
                         .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
