@@ -352,6 +352,16 @@ pub async fn sync(ctx: &Context<'_>, pod: &Pod) -> Result<Next, Error> {
                 }
             }
         }
+        // Ephemeral containers (`kubectl debug`) start once each and never restart.
+        if initialized {
+            for container in ephemeral_containers(&spec) {
+                if latest(&container.name).is_none() {
+                    start(ctx, pod, &sandbox.id, &sandbox_status, &container, 0, paths, &pod_ip)
+                        .await?;
+                    changed = true;
+                }
+            }
+        }
     } else {
         initialized = false;
     }
@@ -1200,6 +1210,18 @@ fn container_state(s: &cri::ContainerStatus) -> Value {
     }
 }
 
+/// A pod's ephemeral containers as containers (the same fields, less those an ephemeral
+/// container may not have; `targetContainerName` is not kept: they share the pod's
+/// namespaces, not a container's process namespace, yet).
+fn ephemeral_containers(spec: &k8s_openapi::api::core::v1::PodSpec) -> Vec<Container> {
+    spec.ephemeral_containers
+        .iter()
+        .flatten()
+        .filter_map(|e| serde_json::to_value(e).ok())
+        .filter_map(|v| serde_json::from_value::<Container>(v).ok())
+        .collect()
+}
+
 fn pod_status(
     ctx: &Context<'_>,
     pod: &Pod,
@@ -1334,6 +1356,11 @@ fn pod_status(
     if !init.is_empty() {
         status["initContainerStatuses"] =
             json!(init.iter().map(|(v, _)| v.clone()).collect::<Vec<_>>());
+    }
+    let ephemeral: Vec<Value> =
+        ephemeral_containers(&spec).iter().map(|c| container_status(c).0).collect();
+    if !ephemeral.is_empty() {
+        status["ephemeralContainerStatuses"] = json!(ephemeral);
     }
     if !ip.is_empty() {
         status["podIP"] = json!(ip);

@@ -74,6 +74,11 @@ const POD_SUBRESOURCES: &[Subresource] = &[
     },
     Subresource { name: "binding", kind: ("", "v1", "Binding"), verbs: &["create"] },
     Subresource { name: "eviction", kind: ("policy", "v1", "Eviction"), verbs: &["create"] },
+    Subresource {
+        name: "ephemeralcontainers",
+        kind: ("", "v1", "Pod"),
+        verbs: &["get", "patch", "update"],
+    },
 ];
 
 /// Every resource berth serves.

@@ -128,6 +128,7 @@ pub fn bootstrap() -> Vec<(&'static str, Value)> {
         ),
         rule(&[""], &["serviceaccounts"], &["impersonate"]),
         rule(&[""], &["pods", "pods/attach", "pods/exec", "pods/portforward", "pods/proxy"], WRITE),
+        rule(&[""], &["pods/ephemeralcontainers"], &["patch", "update"]),
         rule(&[""], &["pods/eviction"], &["create"]),
         rule(
             &[""],

@@ -418,6 +418,40 @@ spec:
     );
     cluster.ok(&["patch", "secret", "creds", "-p", r#"{"stringData":{"key":"second"}}"#]);
     cluster.wait_log("reader", "reader", |t| t.contains("key=second greeting=hello env=first"));
+    // kubectl debug: an ephemeral container joins the running pod (its network: it reaches
+    // the pod's address), once, with its own status; an existing one cannot be changed.
+    cluster.apply("apiVersion: v1\nkind: Pod\nmetadata: {name: debugged}\nspec: {terminationGracePeriodSeconds: 1, containers: [{name: main, image: \"fixture:v1\", command: [sleep, \"600\"]}]}\n");
+    cluster.until("debugged Running", &["get", "pod", "debugged", "-o", "json"], running_ready);
+    cluster.ok(&[
+        "debug",
+        "debugged",
+        "--image=fixture:v1",
+        "--container=dbg",
+        "--",
+        "sh",
+        "-c",
+        "echo debug-here $(hostname); sleep 600",
+    ]);
+    cluster.until(
+        "the ephemeral container runs",
+        &["get", "pod", "debugged", "-o", "json"],
+        |pod| pod["status"]["ephemeralContainerStatuses"][0]["state"]["running"].is_object(),
+    );
+    let text = cluster.wait_log("debugged", "dbg", |t| t.contains("debug-here"));
+    assert!(text.contains("debug-here debugged"), "the pod's hostname: {text}");
+    let err = cluster.kubectl(&[
+        "patch",
+        "pod",
+        "debugged",
+        "--subresource=ephemeralcontainers",
+        "--type=json",
+        "-p",
+        r#"[{"op":"replace","path":"/spec/ephemeralContainers/0/image","value":"other"}]"#,
+    ]);
+    assert!(!err.status.success());
+    assert!(String::from_utf8_lossy(&err.stderr)
+        .contains("existing ephemeral containers may not be changed"));
+    cluster.ok(&["delete", "pod", "debugged", "--wait=false"]);
     // Probes: readiness gates Ready, a failing liveness probe restarts the container.
     let probed = cluster.until(
         "probed: http ready, slow not yet",

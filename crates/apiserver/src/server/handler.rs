@@ -249,6 +249,11 @@ where
                 .await
                 .map(|(code, value)| json_response(code, &value)),
         ),
+        (_, Some("ephemeralcontainers")) => Some(
+            api.ephemeral_containers(&method, &content_type, &body)
+                .await
+                .map(|value| json_response(200, &value)),
+        ),
         (_, Some("approval")) => Some(
             api.approval(&method, &content_type, &body)
                 .await

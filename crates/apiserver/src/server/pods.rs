@@ -300,4 +300,114 @@ impl Api {
             asked.or_else(|| pod["spec"]["terminationGracePeriodSeconds"].as_i64()).unwrap_or(30);
         (grace > 0).then_some(grace)
     }
+
+    /// `pods/NAME/ephemeralcontainers` (`kubectl debug`): only `spec.ephemeralContainers`
+    /// changes, and only by additions: an ephemeral container, once added, stays as it
+    /// is. Their names are unique in the pod; they have an image and none of what an
+    /// ephemeral container may not have (ports, probes, lifecycle, resources).
+    pub(super) async fn ephemeral_containers(
+        &self,
+        method: &Method,
+        content_type: &str,
+        body: &[u8],
+    ) -> Result<Value, ApiError> {
+        let resource = self.resource();
+        if *method == Method::GET {
+            return self.current().await;
+        }
+        if !matches!(*method, Method::PUT | Method::PATCH) {
+            return Err(ApiError::new(
+                405,
+                "MethodNotAllowed",
+                "ephemeralcontainers supports get, update and patch",
+            ));
+        }
+        let given = self.parse_body(content_type, body)?;
+        for _ in 0..10 {
+            let current = self.current().await?;
+            let revision: i64 = current["metadata"]["resourceVersion"]
+                .as_str()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let wanted = if *method == Method::PATCH {
+                let mut patched = current.clone();
+                if content_type.starts_with("application/json-patch+json") {
+                    patched = patch::json_patch(&current, &given)
+                        .map_err(|e| ApiError::new(422, "Invalid", e))?;
+                } else if content_type.starts_with("application/strategic-merge-patch+json") {
+                    patch::strategic_merge(&mut patched, &given);
+                } else {
+                    patch::merge_patch(&mut patched, &given);
+                }
+                patched
+            } else {
+                given.clone()
+            };
+            let name = self.name().to_owned();
+            let invalid =
+                |field: String, message: &str| ApiError::invalid(resource, &name, &field, message);
+            let old: Vec<Value> =
+                current["spec"]["ephemeralContainers"].as_array().cloned().unwrap_or_default();
+            let new: Vec<Value> =
+                wanted["spec"]["ephemeralContainers"].as_array().cloned().unwrap_or_default();
+            for (i, before) in old.iter().enumerate() {
+                if new.get(i) != Some(before) {
+                    return Err(invalid(
+                        format!("spec.ephemeralContainers[{i}]"),
+                        "Forbidden: existing ephemeral containers may not be changed or removed",
+                    ));
+                }
+            }
+            let mut names: std::collections::BTreeSet<String> = ["containers", "initContainers"]
+                .iter()
+                .flat_map(|f| current["spec"][*f].as_array().cloned().unwrap_or_default())
+                .filter_map(|c| c["name"].as_str().map(str::to_owned))
+                .collect();
+            for (i, container) in new.iter().enumerate() {
+                let at = format!("spec.ephemeralContainers[{i}]");
+                let cname = container["name"].as_str().unwrap_or("");
+                if cname.is_empty() {
+                    return Err(invalid(format!("{at}.name"), "Required value"));
+                }
+                if !names.insert(cname.to_owned()) {
+                    return Err(invalid(
+                        format!("{at}.name"),
+                        &format!("Duplicate value: {cname:?}"),
+                    ));
+                }
+                if container["image"].as_str().is_none_or(str::is_empty) {
+                    return Err(invalid(format!("{at}.image"), "Required value"));
+                }
+                for field in [
+                    "ports",
+                    "livenessProbe",
+                    "readinessProbe",
+                    "startupProbe",
+                    "lifecycle",
+                    "resources",
+                ] {
+                    if container
+                        .get(field)
+                        .is_some_and(|v| !v.is_null() && v != &json!({}) && v != &json!([]))
+                    {
+                        return Err(invalid(
+                            format!("{at}.{field}"),
+                            "Forbidden: cannot be set for an Ephemeral Container",
+                        ));
+                    }
+                }
+            }
+            let mut updated = current.clone();
+            updated["spec"]["ephemeralContainers"] = json!(new);
+            if updated == current {
+                return Ok(current);
+            }
+            match self.state.store.update(&self.key(), encode(&updated), revision).await {
+                Ok(rev) => return Ok(with_revision(updated, rev)),
+                Err(berth_store::Error::Conflict { .. }) => continue,
+                Err(err) => return Err(storage_error(resource, self.name(), err)),
+            }
+        }
+        Err(ApiError::conflict(resource, self.name()))
+    }
 }

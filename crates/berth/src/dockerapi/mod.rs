@@ -1818,11 +1818,21 @@ fn auth(global: &Global, body: &Bytes) -> Reply {
 /// `POST /containers/{id}/resize?h=&w=`: the container's terminal size.
 fn resize(engine: &Engine, id: &str, q: &BTreeMap<String, String>) -> Reply {
     let id = engine.resolve_id(id).map_err(ApiError::of)?;
-    let record = engine.peek(&id).map_err(ApiError::of)?;
+    let mut record = engine.peek(&id).map_err(ApiError::of)?;
     let size = |key: &str| q.get(key).and_then(|v| v.parse::<u16>().ok()).unwrap_or(0);
     let (rows, columns) = (size("h"), size("w"));
     if !record.options.tty || rows == 0 || columns == 0 {
         return empty(StatusCode::OK);
+    }
+    // `docker run -it` resizes right after the start returns, which can be before the
+    // monitor has recorded the container as running (under load, longer than the
+    // client's retries): a container just started is waited for, a few seconds at most.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while matches!(record.state.status, Status::Created | Status::Restarting)
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        record = engine.peek(&id).map_err(ApiError::of)?;
     }
     if record.state.status != Status::Running {
         return Err(ApiError(StatusCode::CONFLICT, format!("Container {id} is not running")));
