@@ -491,6 +491,7 @@ fn supervise(
         }
         let mut closed: Vec<Stream> = Vec::new();
         let mut master_closed = false;
+        let mut late: Vec<(u8, Vec<u8>)> = Vec::new();
         for (index, (stream, fd)) in outputs.iter().enumerate() {
             if !ready[2 + index] {
                 continue;
@@ -510,7 +511,15 @@ fn supervise(
                     }
                     let kind =
                         if *stream == Stream::Stdout { attach::STDOUT } else { attach::STDERR };
-                    clients.retain_mut(|c| crate::ops::send(&mut c.stream, kind, data));
+                    clients.retain_mut(|c| {
+                        let sent = crate::ops::send(&mut c.stream, kind, data);
+                        if !sent {
+                            // A client gone before its input was read (a resize sent on a
+                            // short connection): what it wrote still counts.
+                            late.extend(last_frames(c));
+                        }
+                        sent
+                    });
                 }
                 Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(_) => {
@@ -525,6 +534,9 @@ fn supervise(
         }
         let client_base = 2 + outputs.len();
         drop(outputs);
+        for (kind, payload) in late {
+            handle_input(&mut ends, kind, &payload);
+        }
         for stream in closed {
             match stream {
                 Stream::Stdout => ends.stdout = None,
@@ -566,6 +578,20 @@ fn supervise(
         }
     }
     Ok(exit.unwrap_or(255))
+}
+
+/// The frames a client wrote that were not read yet, read without waiting (the client
+/// may be gone, or only slow).
+fn last_frames(client: &mut Client) -> Vec<(u8, Vec<u8>)> {
+    let _ = client.stream.set_nonblocking(true);
+    let mut chunk = [0u8; 4096];
+    while let Ok(n) = client.stream.read(&mut chunk) {
+        if n == 0 {
+            break;
+        }
+        client.buffer.extend_from_slice(&chunk[..n]);
+    }
+    attach::take_frames(&mut client.buffer)
 }
 
 fn handle_input(ends: &mut Io, kind: u8, payload: &[u8]) {
