@@ -101,7 +101,7 @@ pub fn certificate_subject(der: &[u8]) -> Option<(String, Vec<String>)> {
 }
 
 /// One DER element: (tag, content, rest). Definite lengths up to four bytes.
-fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+pub fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     let (&tag, rest) = input.split_first()?;
     let (&first, mut rest) = rest.split_first()?;
     let length = if first < 0x80 {

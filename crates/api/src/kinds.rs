@@ -62,6 +62,26 @@ macro_rules! resource {
     };
 }
 
+/// A resource that is only ever created (a review, a binding): answered or acted on, never
+/// stored.
+macro_rules! answered {
+    ($group:expr, $name:expr, $singular:expr, $kind:expr, $namespaced:expr) => {
+        Resource {
+            group: $group,
+            version: "v1",
+            name: $name,
+            singular: $singular,
+            kind: $kind,
+            namespaced: $namespaced,
+            short_names: &[],
+            categories: &[],
+            subresources: &[],
+            field_selectors: &[],
+            verbs: &["create"],
+        }
+    };
+}
+
 const POD_SUBRESOURCES: &[Subresource] = &[
     STATUS,
     Subresource { name: "log", kind: ("", "v1", "Pod"), verbs: &["get"] },
@@ -487,100 +507,46 @@ pub const RESOURCES: &[Resource] = &[
         &[]
     ),
     // Answered, never stored: reviews of tokens and of what a user may do.
-    Resource {
-        group: "authentication.k8s.io",
-        version: "v1",
-        name: "tokenreviews",
-        singular: "tokenreview",
-        kind: "TokenReview",
-        namespaced: false,
-        short_names: &[],
-        categories: &[],
-        subresources: &[],
-        field_selectors: &[],
-        verbs: &["create"],
-    },
-    Resource {
-        group: "authorization.k8s.io",
-        version: "v1",
-        name: "subjectaccessreviews",
-        singular: "subjectaccessreview",
-        kind: "SubjectAccessReview",
-        namespaced: false,
-        short_names: &[],
-        categories: &[],
-        subresources: &[],
-        field_selectors: &[],
-        verbs: &["create"],
-    },
-    Resource {
-        group: "authorization.k8s.io",
-        version: "v1",
-        name: "localsubjectaccessreviews",
-        singular: "localsubjectaccessreview",
-        kind: "LocalSubjectAccessReview",
-        namespaced: true,
-        short_names: &[],
-        categories: &[],
-        subresources: &[],
-        field_selectors: &[],
-        verbs: &["create"],
-    },
-    Resource {
-        group: "authorization.k8s.io",
-        version: "v1",
-        name: "selfsubjectrulesreviews",
-        singular: "selfsubjectrulesreview",
-        kind: "SelfSubjectRulesReview",
-        namespaced: false,
-        short_names: &[],
-        categories: &[],
-        subresources: &[],
-        field_selectors: &[],
-        verbs: &["create"],
-    },
+    answered!("authentication.k8s.io", "tokenreviews", "tokenreview", "TokenReview", false),
+    answered!(
+        "authorization.k8s.io",
+        "subjectaccessreviews",
+        "subjectaccessreview",
+        "SubjectAccessReview",
+        false
+    ),
+    answered!(
+        "authorization.k8s.io",
+        "localsubjectaccessreviews",
+        "localsubjectaccessreview",
+        "LocalSubjectAccessReview",
+        true
+    ),
+    answered!(
+        "authorization.k8s.io",
+        "selfsubjectrulesreviews",
+        "selfsubjectrulesreview",
+        "SelfSubjectRulesReview",
+        false
+    ),
     // Answered, never stored: `kubectl auth can-i`.
-    Resource {
-        group: "authorization.k8s.io",
-        version: "v1",
-        name: "selfsubjectaccessreviews",
-        singular: "selfsubjectaccessreview",
-        kind: "SelfSubjectAccessReview",
-        namespaced: false,
-        short_names: &[],
-        categories: &[],
-        subresources: &[],
-        field_selectors: &[],
-        verbs: &["create"],
-    },
+    answered!(
+        "authorization.k8s.io",
+        "selfsubjectaccessreviews",
+        "selfsubjectaccessreview",
+        "SelfSubjectAccessReview",
+        false
+    ),
     // Acted on, never stored: binds the pod the Binding names (`pods/binding` too).
-    Resource {
-        group: "",
-        version: "v1",
-        name: "bindings",
-        singular: "binding",
-        kind: "Binding",
-        namespaced: true,
-        short_names: &[],
-        categories: &[],
-        subresources: &[],
-        field_selectors: &[],
-        verbs: &["create"],
-    },
+    answered!("", "bindings", "binding", "Binding", true),
     // Answered, never stored: `kubectl auth whoami`.
-    Resource {
-        group: "authentication.k8s.io",
-        version: "v1",
-        name: "selfsubjectreviews",
-        singular: "selfsubjectreview",
-        kind: "SelfSubjectReview",
-        namespaced: false,
-        short_names: &[],
-        categories: &[],
-        subresources: &[],
-        field_selectors: &[],
-        verbs: &["create"],
-    },
+    answered!(
+        "authentication.k8s.io",
+        "selfsubjectreviews",
+        "selfsubjectreview",
+        "SelfSubjectReview",
+        false
+    ),
 ];
 
 impl Resource {
@@ -605,6 +571,11 @@ pub fn by_kind(api_version: &str, kind: &str) -> Option<&'static Resource> {
     RESOURCES.iter().find(wanted).or_else(|| custom().into_iter().find(wanted))
 }
 
+/// Whether a resource is an entry of the built-in table (not a custom resource).
+pub fn is_builtin(resource: &Resource) -> bool {
+    RESOURCES.as_ptr_range().contains(&std::ptr::from_ref(resource))
+}
+
 /// Every resource served now: the built-in table, then the custom resources that
 /// CustomResourceDefinitions define (one entry per served version).
 pub fn all() -> Vec<&'static Resource> {
@@ -615,13 +586,13 @@ pub fn all() -> Vec<&'static Resource> {
 
 /// The custom resources served now.
 pub fn custom() -> Vec<&'static Resource> {
-    CUSTOM.read().map(|c| c.list.clone()).unwrap_or_default()
+    CUSTOM.read().unwrap_or_else(|poisoned| poisoned.into_inner()).list.clone()
 }
 
 /// A number that changes whenever the set of custom resources does (caches of discovery
 /// and OpenAPI documents key on it).
 pub fn custom_generation() -> u64 {
-    CUSTOM.read().map(|c| c.generation).unwrap_or(0)
+    CUSTOM.read().unwrap_or_else(|poisoned| poisoned.into_inner()).generation
 }
 
 /// The description of a custom resource, from its CustomResourceDefinition.
@@ -644,11 +615,10 @@ pub struct CustomResource {
 /// memory kept grows with the distinct definitions a server has seen, not with updates.
 pub fn set_custom(resources: &[CustomResource]) {
     let list: Vec<&'static Resource> = resources.iter().map(intern).collect();
-    if let Ok(mut custom) = CUSTOM.write() {
-        if custom.list != list {
-            custom.list = list;
-            custom.generation += 1;
-        }
+    let mut custom = CUSTOM.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if custom.list != list {
+        custom.list = list;
+        custom.generation += 1;
     }
 }
 

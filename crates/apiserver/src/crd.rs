@@ -63,21 +63,31 @@ pub struct Scale {
     pub label_selector: Option<String>,
 }
 
-static VERSIONS: RwLock<BTreeMap<(String, String, String), Arc<Version>>> =
-    RwLock::new(BTreeMap::new());
+static VERSIONS: RwLock<Versions> = RwLock::new(BTreeMap::new());
+
+type Versions = BTreeMap<(String, String, String), Arc<Version>>;
+
+/// The served versions (a panic elsewhere while the lock was held leaves the table as
+/// it was, still served).
+fn versions() -> std::sync::RwLockReadGuard<'static, Versions> {
+    VERSIONS.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// The custom resource behind a resource of the table, if it is one.
 pub fn lookup(resource: &Resource) -> Option<Arc<Version>> {
+    if kinds::is_builtin(resource) {
+        return None;
+    }
     lookup_parts(resource.group, resource.version, resource.name)
 }
 
 fn lookup_parts(group: &str, version: &str, plural: &str) -> Option<Arc<Version>> {
-    VERSIONS.read().ok()?.get(&(group.to_owned(), version.to_owned(), plural.to_owned())).cloned()
+    versions().get(&(group.to_owned(), version.to_owned(), plural.to_owned())).cloned()
 }
 
 /// The custom resource of a group and kind, in any served version.
 fn by_group_kind(group: &str, kind: &str) -> Option<Arc<Version>> {
-    VERSIONS.read().ok()?.values().find(|v| v.group == group && v.kind == kind).cloned()
+    versions().values().find(|v| v.group == group && v.kind == kind).cloned()
 }
 
 /// The version a custom kind is stored in (`None` for a kind that is not custom).
@@ -99,9 +109,7 @@ pub fn install(definitions: &[Value]) {
             table.push(resource);
         }
     }
-    if let Ok(mut current) = VERSIONS.write() {
-        *current = versions;
-    }
+    *VERSIONS.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = versions;
     kinds::set_custom(&table);
 }
 
@@ -1007,36 +1015,22 @@ pub fn table(version: &Version, items: &[Value], revision: i64, include_object: 
     definitions.extend(columns.iter().map(|c| {
         json!({"name": c.name, "type": c.kind, "format": c.format, "description": c.description, "priority": c.priority})
     }));
-    let rows: Vec<Value> = items
-        .iter()
-        .map(|item| {
-            let mut cells = vec![item["metadata"]["name"].clone()];
-            for column in &columns {
-                let found = json_path(item, &column.json_path).into_iter().next().cloned();
-                cells.push(match (column.kind.as_str(), found) {
-                    (_, None) => Value::Null,
-                    ("date", Some(Value::String(time))) => json!(crate::objects::age(&time)),
-                    ("integer", Some(v)) if v.is_number() => json!(v.as_f64().unwrap_or(0.0) as i64),
-                    (_, Some(Value::String(s))) => json!(s),
-                    ("string", Some(v)) => json!(v.to_string()),
-                    (_, Some(v)) => v,
-                });
-            }
-            let object = if include_object {
-                item.clone()
-            } else {
-                json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": item["metadata"]})
-            };
-            json!({"cells": cells, "object": object})
-        })
-        .collect();
-    json!({
-        "kind": "Table",
-        "apiVersion": "meta.k8s.io/v1",
-        "metadata": {"resourceVersion": revision.to_string()},
-        "columnDefinitions": definitions,
-        "rows": rows,
-    })
+    let cells = |item: &Value| {
+        let mut cells = vec![item["metadata"]["name"].clone()];
+        for column in &columns {
+            let found = json_path(item, &column.json_path).into_iter().next().cloned();
+            cells.push(match (column.kind.as_str(), found) {
+                (_, None) => Value::Null,
+                ("date", Some(Value::String(time))) => json!(crate::objects::age(&time)),
+                ("integer", Some(v)) if v.is_number() => json!(v.as_f64().unwrap_or(0.0) as i64),
+                (_, Some(Value::String(s))) => json!(s),
+                ("string", Some(v)) => json!(v.to_string()),
+                (_, Some(v)) => v,
+            });
+        }
+        cells
+    };
+    crate::objects::table_of(definitions, items, cells, revision, include_object)
 }
 
 /// An object (or a list, or a watch event's object) of a custom kind, in `version`:
@@ -1064,13 +1058,8 @@ pub fn is_custom(group: &str, kind: &str) -> bool {
 /// `apiVersion`, `kind`, `metadata` and the group-version-kind extension, so `kubectl
 /// explain` finds it) and its list; `None` when no custom resource is served there.
 pub fn openapi_components(group: &str, version: &str) -> Option<Map<String, Value>> {
-    let versions: Vec<Arc<Version>> = VERSIONS
-        .read()
-        .ok()?
-        .values()
-        .filter(|v| v.group == group && v.version == version)
-        .cloned()
-        .collect();
+    let versions: Vec<Arc<Version>> =
+        versions().values().filter(|v| v.group == group && v.version == version).cloned().collect();
     if versions.is_empty() {
         return None;
     }

@@ -57,24 +57,8 @@ impl rcgen::PublicKeyData for PublicKey {
 type Element<'a> = (u8, &'a [u8], &'a [u8], &'a [u8]);
 
 fn element(input: &[u8]) -> Option<Element<'_>> {
-    let (&tag, rest) = input.split_first()?;
-    let (&first, mut rest) = rest.split_first()?;
-    let length = if first < 0x80 {
-        usize::from(first)
-    } else {
-        let count = usize::from(first & 0x7f);
-        if count == 0 || count > 4 || rest.len() < count {
-            return None;
-        }
-        let (bytes, after) = rest.split_at(count);
-        rest = after;
-        bytes.iter().fold(0usize, |n, b| (n << 8) | usize::from(*b))
-    };
-    if rest.len() < length {
-        return None;
-    }
-    let header = input.len() - rest.len();
-    Some((tag, &rest[..length], &input[..header + length], &rest[length..]))
+    let (tag, content, rest) = berth_api::identity::der_element(input)?;
+    Some((tag, content, &input[..input.len() - rest.len()], rest))
 }
 
 const EC_PUBLIC_KEY: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];

@@ -1427,22 +1427,30 @@ pub fn table(resource: &Resource, items: &[Value], revision: i64, include_object
         return crate::crd::table(&custom, items, revision, include_object);
     }
     let columns = columns(resource.kind);
-    let rows: Vec<Value> = items
-        .iter()
-        .map(|item| {
-            let cells: Vec<Value> = columns.iter().map(|Column(_, _, _, cell)| cell(item)).collect();
-            let object = if include_object {
-                item.clone()
-            } else {
-                json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": item["metadata"]})
-            };
-            json!({"cells": cells, "object": object})
-        })
-        .collect();
     let definitions: Vec<Value> = columns
         .iter()
         .map(|Column(name, kind, priority, _)| {
             json!({"name": name, "type": kind, "format": if *name == "Name" { "name" } else { "" }, "description": "", "priority": priority})
+        })
+        .collect();
+    let cells = |item: &Value| columns.iter().map(|Column(_, _, _, cell)| cell(item)).collect();
+    table_of(definitions, items, cells, revision, include_object)
+}
+
+/// A `Table` of `items`: the column definitions, and a row per item of its cells and the
+/// item itself (or, unless `include_object`, its metadata).
+pub fn table_of(
+    definitions: Vec<Value>,
+    items: &[Value],
+    cells: impl Fn(&Value) -> Vec<Value>,
+    revision: i64,
+    include_object: bool,
+) -> Value {
+    let rows: Vec<Value> = items
+        .iter()
+        .map(|item| {
+            let object = if include_object { item.clone() } else { partial_metadata(item) };
+            json!({"cells": cells(item), "object": object})
         })
         .collect();
     json!({
@@ -1452,6 +1460,12 @@ pub fn table(resource: &Resource, items: &[Value], revision: i64, include_object
         "columnDefinitions": definitions,
         "rows": rows,
     })
+}
+
+/// An object as metadata-only clients read it, and as table rows carry it
+/// (`PartialObjectMetadata`).
+pub fn partial_metadata(object: &Value) -> Value {
+    json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": object["metadata"]})
 }
 
 #[cfg(test)]

@@ -38,9 +38,12 @@ impl StorageKeys for Resource {
 /// `events.k8s.io` events too (the same objects as core/v1 Events, as Kubernetes stores
 /// them).
 fn storage_group(resource: &Resource) -> &'static str {
-    match (resource.group, resource.name) {
-        ("", _) | ("events.k8s.io", "events") => "core",
-        (group, _) => group,
+    let group = crate::convert::stored_elsewhere(resource.group, resource.kind)
+        .map_or(resource.group, |(group, _)| group);
+    if group.is_empty() {
+        "core"
+    } else {
+        group
     }
 }
 

@@ -1760,15 +1760,10 @@ fn custom_resource_definitions_serve_their_resources() {
         r#"{"metadata":{"finalizers":["example.com/hold"]}}"#,
     ]);
     server.ok(&["delete", "crd", "crontabs.stable.example.com", "--wait=false"]);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let names = server.ok(&["get", "crontabs", "-o", "name"]);
-        if names.trim() == "crontab.stable.example.com/hourly" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the unheld object was not removed: {names}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    // The unheld objects go; the held one stays.
+    eventually(&server, &["get", "crontabs", "-o", "name"], |names| {
+        names.trim() == "crontab.stable.example.com/hourly"
+    });
     let crd = server.ok(&["get", "crd", "crontabs.stable.example.com", "-o", "json"]);
     assert!(crd.contains("InstanceDeletionInProgress"), "{crd}");
     std::fs::write(&path, "apiVersion: stable.example.com/v1\nkind: CronTab\nmetadata: {name: late}\nspec: {cronSpec: '0 * * * *'}\n").unwrap();
@@ -2187,7 +2182,7 @@ fn admission_webhooks_mutate_and_validate() {
 /// field selecting as false.
 #[test]
 fn responses_have_kubernetes_shape() {
-    let Some((dir, server)) = embedded_server() else { return };
+    let Some((_dir, server)) = embedded_server() else { return };
     server.ok(&["create", "configmap", "shape", "--from-literal=a=1"]);
     let body = server.ok(&["get", "--raw", "/api/v1/namespaces/default/configmaps/shape"]);
     assert!(
@@ -2224,7 +2219,6 @@ fn responses_have_kubernetes_shape() {
     let nodes =
         server.ok(&["get", "--raw", "/api/v1/nodes?fieldSelector=spec.unschedulable%3D%3Dfalse"]);
     assert!(nodes.contains("\"name\":\"bare\""), "{nodes}");
-    let _ = dir;
 }
 
 /// events.k8s.io/v1 Events are core/v1 Events seen in the newer shape: written in one,

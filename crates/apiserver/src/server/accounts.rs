@@ -141,14 +141,9 @@ impl Api {
 }
 
 impl State {
-    /// A service-account token's user, if this server signed it, it has not expired, and
-    /// the account and the object it is bound to still exist (with the uids it names).
-    pub(super) async fn service_account_user(&self, token: &str) -> Option<crate::rbac::User> {
-        self.service_account_user_for(token, &[crate::tokens::ISSUER]).await.map(|(user, _)| user)
-    }
-
-    /// The user of a service-account token made for one of `audiences` (whose account,
-    /// and bound object, still exist), with the audiences it serves among them.
+    /// The user of a service-account token this server signed for one of `audiences`,
+    /// unexpired, whose account and bound object still exist (with the uids it names),
+    /// with the audiences it serves among them.
     pub(super) async fn service_account_user_for(
         &self,
         token: &str,

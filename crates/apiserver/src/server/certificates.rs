@@ -188,19 +188,9 @@ impl Api {
             if !may {
                 return Err(ApiError::about(resource, self.name(), 403, "Forbidden", format!("certificatesigningrequests.certificates.k8s.io \"{}\" is forbidden: user not permitted to approve requests with signerName \"{signer}\"", self.name())));
             }
-            let revision: i64 = current["metadata"]["resourceVersion"]
-                .as_str()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
+            let revision = revision_of(&current);
             let wanted = if *method == Method::PATCH {
-                let mut patched = current.clone();
-                if content_type.starts_with("application/json-patch+json") {
-                    patched = patch::json_patch(&current, &given)
-                        .map_err(|e| ApiError::new(422, "Invalid", e))?;
-                } else {
-                    patch::merge_patch(&mut patched, &given);
-                }
-                patched
+                super::verbs::patched_by(content_type, &current, &given)?
             } else {
                 given.clone()
             };

@@ -235,10 +235,10 @@ where
                 ),
             ));
         }
-    }
-    if let Some(warning) = crate::crd::lookup(api.resource()).and_then(|c| c.deprecation.clone()) {
-        if let Ok(mut warnings) = api.warnings.lock() {
-            warnings.push(warning);
+        if let Some(warning) = &custom.deprecation {
+            if let Ok(mut warnings) = api.warnings.lock() {
+                warnings.push(warning.clone());
+            }
         }
     }
     // Bindings and subresources other than status answer for themselves.

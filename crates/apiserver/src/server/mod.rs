@@ -532,6 +532,11 @@ fn sized(resource: &Resource, name: &str, bytes: Vec<u8>) -> Result<Vec<u8>, Api
     Ok(bytes)
 }
 
+/// The store revision an object was read at (`metadata.resourceVersion`); 0 for none.
+fn revision_of(object: &Value) -> i64 {
+    object["metadata"]["resourceVersion"].as_str().and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
 fn with_revision(mut object: Value, revision: i64) -> Value {
     if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.insert("resourceVersion".into(), json!(revision.to_string()));

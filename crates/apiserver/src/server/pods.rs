@@ -255,8 +255,7 @@ impl Api {
                 "pod {name} is being deleted, cannot be assigned to a host"
             )));
         }
-        let revision: i64 =
-            pod["metadata"]["resourceVersion"].as_str().and_then(|v| v.parse().ok()).unwrap_or(0);
+        let revision = revision_of(&pod);
         let mut bound = pod;
         bound["spec"]["nodeName"] = json!(node);
         // As Kubernetes records a binding: the PodScheduled condition turns true.
@@ -325,21 +324,9 @@ impl Api {
         let given = self.parse_body(content_type, body)?;
         for _ in 0..10 {
             let current = self.current().await?;
-            let revision: i64 = current["metadata"]["resourceVersion"]
-                .as_str()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
+            let revision = revision_of(&current);
             let wanted = if *method == Method::PATCH {
-                let mut patched = current.clone();
-                if content_type.starts_with("application/json-patch+json") {
-                    patched = patch::json_patch(&current, &given)
-                        .map_err(|e| ApiError::new(422, "Invalid", e))?;
-                } else if content_type.starts_with("application/strategic-merge-patch+json") {
-                    patch::strategic_merge(&mut patched, &given);
-                } else {
-                    patch::merge_patch(&mut patched, &given);
-                }
-                patched
+                super::verbs::patched_by(content_type, &current, &given)?
             } else {
                 given.clone()
             };

@@ -63,13 +63,7 @@ pub(super) async fn answer(
                 .filter_map(Value::as_str)
                 .collect();
             let asked = if asked.is_empty() { vec![crate::tokens::ISSUER] } else { asked };
-            let found = match state.users.iter().find(|(known, _)| *known == token) {
-                Some((_, user)) => {
-                    Some((user.clone(), asked.iter().map(|a| (*a).to_owned()).collect()))
-                }
-                None => state.service_account_user_for(&token, &asked).await,
-            };
-            match found {
+            match state.token_user(&token, &asked).await {
                 Some((found, audiences)) => json!({"authenticated": true,
                     "user": {"username": found.name, "groups": found.groups}, "audiences": audiences}),
                 None => json!({"authenticated": false, "user": {},
@@ -187,9 +181,21 @@ impl State {
     /// The user a bearer token names: the admin's or a `tokens.csv` token, or a valid
     /// service-account token whose account still exists.
     pub(super) async fn user_for_token(&self, token: &str) -> Option<User> {
+        self.token_user(token, &[crate::tokens::ISSUER]).await.map(|(user, _)| user)
+    }
+
+    /// The user a token names for one of `audiences`, with the audiences it serves among
+    /// them: static tokens serve any, a service-account token those it was made for.
+    pub(super) async fn token_user(
+        &self,
+        token: &str,
+        audiences: &[&str],
+    ) -> Option<(User, Vec<String>)> {
         match self.users.iter().find(|(known, _)| known == token) {
-            Some((_, user)) => Some(user.clone()),
-            None => self.service_account_user(token).await,
+            Some((_, user)) => {
+                Some((user.clone(), audiences.iter().map(|a| (*a).to_owned()).collect()))
+            }
+            None => self.service_account_user_for(token, audiences).await,
         }
     }
 }

@@ -170,10 +170,7 @@ impl Api {
             object = self.with_quota_status(object).await?;
         }
         if self.accept.contains("as=Table") {
-            let revision = object["metadata"]["resourceVersion"]
-                .as_str()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
+            let revision = revision_of(&object);
             let include = self.params.get("includeObject").is_some_and(|v| v == "Object");
             return Ok((
                 200,
@@ -181,7 +178,7 @@ impl Api {
             ));
         }
         if self.wants_metadata_only() {
-            return Ok((200, partial(&object)));
+            return Ok((200, objects::partial_metadata(&object)));
         }
         Ok((200, object))
     }
@@ -248,7 +245,7 @@ impl Api {
             metadata["continue"] = json!(continue_token);
         }
         if self.wants_metadata_only() {
-            let items: Vec<Value> = items.iter().map(partial).collect();
+            let items: Vec<Value> = items.iter().map(objects::partial_metadata).collect();
             return Ok((
                 200,
                 json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": metadata, "items": items}),
@@ -617,10 +614,7 @@ impl Api {
         self.check_fields(&mut object)?;
         let mut object = self.inward(object);
         let current = self.current().await?;
-        let current_revision: i64 = current["metadata"]["resourceVersion"]
-            .as_str()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
+        let current_revision = revision_of(&current);
         let given = object["metadata"]["resourceVersion"].as_str().unwrap_or("");
         let revision = if given.is_empty() {
             current_revision
@@ -737,10 +731,7 @@ impl Api {
                     Err(err) => return Err(storage_error(resource, self.name(), err)),
                 }
             };
-            let revision: i64 = live["metadata"]["resourceVersion"]
-                .as_str()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
+            let revision = revision_of(&live);
             match self.replace(&live, merged, revision).await {
                 Err(err)
                     if err.reason == "Conflict"
@@ -767,27 +758,10 @@ impl Api {
         // Conflicts between reading and writing are retried: a patch applies to the latest.
         for _ in 0..10 {
             let current = self.current().await?;
-            let revision: i64 = current["metadata"]["resourceVersion"]
-                .as_str()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
+            let revision = revision_of(&current);
             // The patch applies to the object in the request's version.
             let view = self.outward(current.clone());
-            let mut patched = view.clone();
-            if content_type.starts_with("application/json-patch+json") {
-                patched = patch::json_patch(&view, &patch_doc)
-                    .map_err(|e| ApiError::new(422, "Invalid", e))?;
-            } else if content_type.starts_with("application/merge-patch+json") {
-                patch::merge_patch(&mut patched, &patch_doc);
-            } else if content_type.starts_with("application/strategic-merge-patch+json") {
-                patch::strategic_merge(&mut patched, &patch_doc);
-            } else {
-                return Err(ApiError::new(
-                    415,
-                    "UnsupportedMediaType",
-                    format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {content_type:?})"),
-                ));
-            }
+            let mut patched = patched_by(content_type, &view, &patch_doc)?;
             self.check_fields(&mut patched)?;
             let mut patched = self.inward(patched);
             // A patch that names a resourceVersion is a precondition.
@@ -846,10 +820,7 @@ impl Api {
         };
         for _ in 0..10 {
             let current = self.current().await?;
-            let revision: i64 = current["metadata"]["resourceVersion"]
-                .as_str()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
+            let revision = revision_of(&current);
             let wanted = match *method {
                 Method::GET => return Ok(view(&current)),
                 Method::PUT => self.parse_body(content_type, body)?,
@@ -911,10 +882,7 @@ impl Api {
         let resource = self.resource();
         let options = delete_options(content_type, body)?;
         let current = self.current().await?;
-        let revision: i64 = current["metadata"]["resourceVersion"]
-            .as_str()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
+        let revision = revision_of(&current);
         if let Some(uid) = options["preconditions"]["uid"].as_str() {
             if current["metadata"]["uid"].as_str() != Some(uid) {
                 return Err(ApiError::conflict(resource, self.name()));
@@ -1039,10 +1007,7 @@ impl Api {
         let resource = self.resource();
         for _ in 0..10 {
             let current = self.current().await?;
-            let revision: i64 = current["metadata"]["resourceVersion"]
-                .as_str()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
+            let revision = revision_of(&current);
             let mut updated = current.clone();
             updated["spec"]["finalizers"] = match &wanted["spec"]["finalizers"] {
                 Value::Array(list) => json!(list),
@@ -1173,13 +1138,10 @@ impl Api {
                     crate::convert::from_storage(resource.group, resource.version, kind, object);
             }
             if metadata_only && event["object"]["kind"] == kind {
-                event["object"] = partial(&event["object"]);
+                event["object"] = objects::partial_metadata(&event["object"]);
             }
             if as_table {
-                let revision = event["object"]["metadata"]["resourceVersion"]
-                    .as_str()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0);
+                let revision = revision_of(&event["object"]);
                 event["object"] = objects::table(
                     resource,
                     std::slice::from_ref(&event["object"]),
@@ -1279,9 +1241,28 @@ impl Api {
     }
 }
 
-/// An object as a metadata-only client reads it (`PartialObjectMetadata`).
-fn partial(object: &Value) -> Value {
-    json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": object["metadata"]})
+/// `object` with a patch applied, as its content type says (JSON patch, merge patch,
+/// strategic merge patch); 415 for any other type.
+pub(super) fn patched_by(
+    content_type: &str,
+    object: &Value,
+    doc: &Value,
+) -> Result<Value, ApiError> {
+    let mut patched = object.clone();
+    if content_type.starts_with("application/json-patch+json") {
+        patched = patch::json_patch(object, doc).map_err(|e| ApiError::new(422, "Invalid", e))?;
+    } else if content_type.starts_with("application/merge-patch+json") {
+        patch::merge_patch(&mut patched, doc);
+    } else if content_type.starts_with("application/strategic-merge-patch+json") {
+        patch::strategic_merge(&mut patched, doc);
+    } else {
+        return Err(ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {content_type:?})"),
+        ));
+    }
+    Ok(patched)
 }
 
 /// Whether an update moves `metadata.generation`: a change of the spec, or for a custom
