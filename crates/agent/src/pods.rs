@@ -879,6 +879,35 @@ async fn start(
                 localhost_ref: p.localhost_profile.unwrap_or_default(),
             }
         });
+    // `kubectl debug --target`: an ephemeral container joins its target's process
+    // namespace (the target must be running).
+    let mut namespace_options =
+        sandbox.linux.as_ref().and_then(|l| l.namespaces.as_ref()).and_then(|n| n.options.clone());
+    let target = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.ephemeral_containers.as_ref())
+        .and_then(|list| list.iter().find(|e| e.name == container.name))
+        .and_then(|e| e.target_container_name.clone());
+    if let Some(target) = target {
+        let running = containers_of(ctx.runtime, sandbox_id)
+            .await?
+            .into_iter()
+            .filter(|s| {
+                s.metadata.as_ref().is_some_and(|m| m.name == target)
+                    && s.state == cri::ContainerState::ContainerRunning as i32
+            })
+            .max_by_key(|s| s.metadata.as_ref().map_or(0, |m| m.attempt));
+        let Some(running) = running else {
+            return Err(Error::Runtime {
+                action: format!("start ephemeral container {}", container.name),
+                message: format!("its target container {target} is not running"),
+            });
+        };
+        let options = namespace_options.get_or_insert_with(Default::default);
+        options.pid = cri::NamespaceMode::Target as i32;
+        options.target_id = running.id;
+    }
     let mut labels: HashMap<String, String> = HashMap::new();
     labels.insert(LABEL_POD_NAME.into(), pod.metadata.name.clone().unwrap_or_default());
     labels.insert(LABEL_POD_NAMESPACE.into(), pod.metadata.namespace.clone().unwrap_or_default());
@@ -914,11 +943,7 @@ async fn start(
                     add_ambient_capabilities: Vec::new(),
                 }),
                 privileged: security.privileged.unwrap_or(false),
-                namespace_options: sandbox
-                    .linux
-                    .as_ref()
-                    .and_then(|l| l.namespaces.as_ref())
-                    .and_then(|n| n.options.clone()),
+                namespace_options,
                 run_as_user: run_as_user.map(|value| cri::Int64Value { value }),
                 run_as_group: run_as_group.map(|value| cri::Int64Value { value }),
                 readonly_rootfs: security.read_only_root_filesystem.unwrap_or(false),
@@ -1211,8 +1236,7 @@ fn container_state(s: &cri::ContainerStatus) -> Value {
 }
 
 /// A pod's ephemeral containers as containers (the same fields, less those an ephemeral
-/// container may not have; `targetContainerName` is not kept: they share the pod's
-/// namespaces, not a container's process namespace, yet).
+/// container may not have; `start` reads `targetContainerName` from the pod).
 fn ephemeral_containers(spec: &k8s_openapi::api::core::v1::PodSpec) -> Vec<Container> {
     spec.ephemeral_containers
         .iter()

@@ -155,9 +155,10 @@ async fn handle(
         {
             logs(shared, namespace, pod, container, &query).await
         }
-        [kind, namespace, pod, container] if kind == "exec" => {
-            let (namespace, pod, container) = (namespace.clone(), pod.clone(), container.clone());
-            exec(shared, request, &namespace, &pod, &container).await
+        [kind, namespace, pod, container] if kind == "exec" || kind == "attach" => {
+            let (kind, namespace, pod, container) =
+                (kind.clone(), namespace.clone(), pod.clone(), container.clone());
+            stream(shared, request, &kind, &namespace, &pod, &container).await
         }
         _ => text(StatusCode::NOT_FOUND, format!("{path} is not served by berth's node agent")),
     }
@@ -422,12 +423,13 @@ async fn container_id(
         })
 }
 
-/// `exec`: the runtime's streaming URL for the command, and the client's upgraded
-/// connection joined to it byte for byte (the protocol is between the client and the
-/// runtime's streaming server).
-async fn exec(
+/// `exec` and `attach`: the runtime's streaming URL for the command or the container, and
+/// the client's upgraded connection joined to it byte for byte (the protocol is between the
+/// client and the runtime's streaming server).
+async fn stream(
     shared: &Shared,
     mut request: Request<hyper::body::Incoming>,
+    kind: &str,
     namespace: &str,
     pod: &str,
     container: &str,
@@ -435,7 +437,7 @@ async fn exec(
     let query = request.uri().query().unwrap_or("").to_owned();
     let flag = |key: &str| all_values(&query, key).first().is_some_and(|v| v == "true" || v == "1");
     let command = all_values(&query, "command");
-    if command.is_empty() {
+    if kind == "exec" && command.is_empty() {
         return text(StatusCode::BAD_REQUEST, "you must specify at least 1 command");
     }
     let id = match container_id(shared, namespace, pod, container).await {
@@ -443,19 +445,20 @@ async fn exec(
         Err(response) => return response,
     };
     let tty = flag("tty");
+    let (stdin, stdout, stderr) =
+        (flag("stdin"), flag("stdout") || !query.contains("stdout="), flag("stderr") && !tty);
     let mut rt = shared.runtime.runtime.clone();
-    let exec = rt
-        .exec(cri::ExecRequest {
-            container_id: id,
-            cmd: command,
-            tty,
-            stdin: flag("stdin"),
-            stdout: flag("stdout") || !query.contains("stdout="),
-            stderr: flag("stderr") && !tty,
-        })
-        .await;
-    let url = match exec {
-        Ok(response) => response.into_inner().url,
+    let url = if kind == "exec" {
+        rt.exec(cri::ExecRequest { container_id: id, cmd: command, tty, stdin, stdout, stderr })
+            .await
+            .map(|r| r.into_inner().url)
+    } else {
+        rt.attach(cri::AttachRequest { container_id: id, tty, stdin, stdout, stderr })
+            .await
+            .map(|r| r.into_inner().url)
+    };
+    let url = match url {
+        Ok(url) => url,
         Err(status) => {
             return text(
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -439,6 +439,75 @@ spec:
     );
     let text = cluster.wait_log("debugged", "dbg", |t| t.contains("debug-here"));
     assert!(text.contains("debug-here debugged"), "the pod's hostname: {text}");
+    // kubectl debug -it --target: the ephemeral container's terminal is attached (through
+    // CRI Attach and its supervisor), typed lines reach its shell and its output comes
+    // back; it sees the target container's processes.
+    let kubeconfig = cluster.data().join("kubeconfig");
+    let mut typed = Command::new("script")
+        .args([
+            "-qec",
+            &format!(
+                "KUBECONFIG={} {KUBECTL} debug -it debugged --image=fixture:v1 --container=dbg2 --target=main -- sh",
+                kubeconfig.display()
+            ),
+            "/dev/null",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = typed.stdin.take().unwrap();
+        stdin.write_all(b"echo $((6*7))-answered; ps -o args\nexit\n").unwrap();
+        // script ends its session when its input ends: keep it open until the shell exits.
+        std::mem::forget(stdin);
+    }
+    let typed = typed.wait_with_output().unwrap();
+    let shown = String::from_utf8_lossy(&typed.stdout).into_owned();
+    assert!(shown.contains("42-answered"), "the attached shell answered: {shown:?} {typed:?}");
+    assert!(shown.contains("sleep 600"), "the target's processes are seen: {shown:?}");
+    cluster.until(
+        "the attached ephemeral container ended",
+        &["get", "pod", "debugged", "-o", "json"],
+        |pod| {
+            pod["status"]["ephemeralContainerStatuses"].as_array().is_some_and(|list| {
+                list.iter().any(|c| c["name"] == "dbg2" && c["state"]["terminated"].is_object())
+            })
+        },
+    );
+    // kubectl run -i --rm: stdin reaches the container once (stdinOnce), its output comes
+    // back, and the pod is gone after.
+    let mut run = Command::new(KUBECTL)
+        .env("KUBECONFIG", &kubeconfig)
+        .args(["run", "attached", "-i", "--rm", "--restart=Never", "--image=fixture:v1"])
+        .args([
+            "--command",
+            "--",
+            "sh",
+            "-c",
+            "while read line; do echo got:$line; done; echo done",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = run.stdin.take().unwrap();
+        stdin.write_all(b"one\ntwo\n").unwrap();
+    }
+    let run = run.wait_with_output().unwrap();
+    let shown = String::from_utf8_lossy(&run.stdout).into_owned();
+    assert!(shown.contains("got:one\ngot:two\ndone\n"), "kubectl run -i: {shown:?} {run:?}");
+    assert!(run.status.success(), "{run:?}");
+    cluster.until("the run -i --rm pod is deleted", &["get", "pods", "-o", "json"], |list| {
+        list["items"]
+            .as_array()
+            .is_some_and(|items| items.iter().all(|p| p["metadata"]["name"] != "attached"))
+    });
     let err = cluster.kubectl(&[
         "patch",
         "pod",

@@ -309,22 +309,38 @@ impl RuntimeService for Cri {
         }
         let id = request.container_id.clone();
         let record = self.blocking(move |node| node.running_container(&id)).await?.into_inner();
-        let url = self.streams.register(stream::ExecRequest {
+        let url = self.streams.register(stream::Session::Exec(stream::ExecRequest {
             container_id: record.id,
             cmd: request.cmd,
             tty: request.tty,
             stdin: request.stdin,
             stdout: request.stdout,
             stderr: request.stderr,
-        })?;
+        }))?;
         Ok(Response::new(cri::ExecResponse { url }))
     }
 
     async fn attach(
         &self,
-        _: Request<cri::AttachRequest>,
+        request: Request<cri::AttachRequest>,
     ) -> Result<Response<cri::AttachResponse>, Status> {
-        Err(Status::unimplemented("attach is not served yet"))
+        let request = request.into_inner();
+        if !(request.stdin || request.stdout || request.stderr) {
+            return Err(Status::invalid_argument("one of stdin, stdout, or stderr must be set"));
+        }
+        if request.tty && request.stderr {
+            return Err(Status::invalid_argument("tty and stderr cannot both be true"));
+        }
+        let id = request.container_id.clone();
+        let record = self.blocking(move |node| node.running_container(&id)).await?.into_inner();
+        let url = self.streams.register(stream::Session::Attach(stream::AttachRequest {
+            container_id: record.id,
+            stdin: request.stdin,
+            tty: request.tty,
+            stdout: request.stdout,
+            stderr: request.stderr,
+        }))?;
+        Ok(Response::new(cri::AttachResponse { url }))
     }
 
     async fn port_forward(

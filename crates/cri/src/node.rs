@@ -617,6 +617,25 @@ impl Node {
             cgroups_path: cgroups_path.clone(),
             pid: 0,
         };
+        // `kubectl debug --target`: the target's process namespace, while it runs.
+        let options = config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|s| s.namespace_options.as_ref());
+        let pid_target = match options {
+            Some(o) if o.pid == cri::NamespaceMode::Target as i32 => {
+                let target = self.running_container(&o.target_id)?;
+                if target.sandbox_id != sandbox.id {
+                    return Err(Status::invalid_argument(format!(
+                        "the target container {:?} is in another pod sandbox",
+                        o.target_id
+                    )));
+                }
+                Some(PathBuf::from(format!("/proc/{}/ns/pid", target.pid)))
+            }
+            _ => None,
+        };
         let made = (|| -> Result<i32> {
             let spec = spec::build(&spec::Inputs {
                 container_id: &id,
@@ -626,6 +645,7 @@ impl Node {
                     net: sandbox.namespaces.net.clone(),
                     ipc: sandbox.namespaces.ipc.clone(),
                     uts: sandbox.namespaces.uts.clone(),
+                    pid_target: pid_target.clone(),
                 },
                 image: run_config.as_ref(),
                 identity: &identity,
@@ -680,6 +700,7 @@ impl Node {
                 log_path: (!log_path.is_empty()).then(|| PathBuf::from(&log_path)),
                 tty: config.tty,
                 stdin: config.stdin,
+                stdin_once: config.stdin_once,
                 log_max_size: 0,
                 log_max_files: 1,
             };
@@ -946,6 +967,14 @@ impl Node {
         let record = self.running_container(id)?;
         shim::reopen_log(&self.container_dir(&record.id))
             .map_err(|e| Status::internal(e.to_string()))
+    }
+
+    /// A connection to a running container's supervisor carrying its output (and its
+    /// input, with `stdin`) as the supervisor's attach frames.
+    pub fn attach(&self, id: &str, stdin: bool) -> Result<std::os::unix::net::UnixStream> {
+        let record = self.running_container(id)?;
+        shim::attach(&self.container_dir(&record.id), stdin)
+            .map_err(|e| Status::internal(format!("attach to container {:?}: {e}", record.id)))
     }
 
     /// The `berth-runc exec` command that runs `cmd` in a container with the container's

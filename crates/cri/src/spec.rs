@@ -36,6 +36,9 @@ pub struct SandboxNamespaces {
     pub net: Option<PathBuf>,
     pub ipc: Option<PathBuf>,
     pub uts: Option<PathBuf>,
+    /// The process namespace of the container a `TARGET` pid mode names (ephemeral
+    /// containers of `kubectl debug --target`).
+    pub pid_target: Option<PathBuf>,
 }
 
 /// Everything the spec is made of.
@@ -311,10 +314,19 @@ pub fn build(inputs: &Inputs<'_>) -> Result<Value, Invalid> {
     }
     let ns = security.namespace_options.clone().unwrap_or_default();
     let mut namespaces = vec![json!({"type": "mount"})];
-    match NamespaceMode::try_from(ns.pid) {
-        Ok(NamespaceMode::Node) => {}
+    match (NamespaceMode::try_from(ns.pid), &inputs.namespaces.pid_target) {
+        (Ok(NamespaceMode::Node), _) => {}
+        (Ok(NamespaceMode::Target), Some(path)) => {
+            namespaces.push(json!({"type": "pid", "path": path}))
+        }
+        (Ok(NamespaceMode::Target), None) => {
+            return Err(invalid(format!(
+                "namespace_options.pid is TARGET but target_id {:?} names no running container",
+                ns.target_id
+            )))
+        }
         // Pod-wide PID namespaces need a process that holds one: not yet, each container
-        // gets its own (the note in ARCHITECTURE.md says so).
+        // has its own.
         _ => namespaces.push(json!({"type": "pid"})),
     }
     let host_network = NamespaceMode::try_from(ns.network) == Ok(NamespaceMode::Node);
@@ -497,6 +509,7 @@ mod tests {
             net: Some("/ns/net".into()),
             ipc: Some("/ns/ipc".into()),
             uts: Some("/ns/uts".into()),
+            pid_target: None,
         };
         let image = image();
         build(&Inputs {
@@ -627,5 +640,41 @@ mod tests {
         let spec = spec(&c).unwrap();
         assert!(!spec["linux"]["namespaces"].as_array().unwrap().contains(&json!({"type": "pid"})));
         assert_eq!(spec["linux"]["seccomp"]["syscalls"][0]["action"], "SCMP_ACT_ERRNO");
+    }
+
+    #[test]
+    fn a_target_pid_mode_joins_the_target_or_is_refused() {
+        let mut c = config();
+        c.linux = Some(LinuxContainerConfig {
+            security_context: Some(LinuxContainerSecurityContext {
+                namespace_options: Some(NamespaceOption {
+                    pid: NamespaceMode::Target as i32,
+                    target_id: "abc".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let err = spec(&c).unwrap_err();
+        assert!(err.0.contains("\"abc\" names no running container"), "{}", err.0);
+        let sandbox = PodSandboxConfig::default();
+        let namespaces =
+            SandboxNamespaces { pid_target: Some("/proc/42/ns/pid".into()), ..Default::default() };
+        let (identity, image) = (identity(), image());
+        let spec = build(&Inputs {
+            container_id: "c1",
+            config: &c,
+            sandbox: &sandbox,
+            namespaces: &namespaces,
+            image: Some(&image),
+            identity: &identity,
+            rootfs: Path::new("/r"),
+            etc_dir: Path::new("/etc-dir"),
+            cgroups_path: "/pod/c1",
+        })
+        .unwrap();
+        let listed = spec["linux"]["namespaces"].as_array().unwrap();
+        assert!(listed.contains(&json!({"type": "pid", "path": "/proc/42/ns/pid"})), "{listed:?}");
     }
 }

@@ -1,11 +1,12 @@
-//! The CRI streaming server: `Exec` answers with a one-time URL on this loopback server,
-//! and whoever holds it (the kubelet's API, `crictl`) upgrades a GET of that URL to a
+//! The CRI streaming server: `Exec` and `Attach` answer with a one-time URL on this
+//! loopback server, and whoever holds it (the kubelet's API, `crictl`) upgrades a GET of that URL to a
 //! WebSocket speaking Kubernetes' channel protocol (`v5.channel.k8s.io`, or
 //! `v4.channel.k8s.io`): every binary message starts with a channel byte (0 stdin,
 //! 1 stdout, 2 stderr, 3 the final status, 4 terminal resize; v5's 255 closes a channel).
 //! The command runs through `berth-runc exec` with the container's process settings, on
-//! pipes or on a pty whose master the runtime hands over a console socket.
-//! Not yet: SPDY/3.1 (answered 400 with the reason), Attach and PortForward.
+//! pipes or on a pty whose master the runtime hands over a console socket. An attach joins
+//! the container's own stdio through its supervisor (`berth_task::shim::attach`).
+//! Not yet: SPDY/3.1 (answered 400 with the reason) and PortForward.
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
@@ -37,11 +38,37 @@ pub struct ExecRequest {
     pub stderr: bool,
 }
 
+/// An attach waiting for its client.
+#[derive(Debug, Clone)]
+pub struct AttachRequest {
+    pub container_id: String,
+    pub stdin: bool,
+    pub tty: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+}
+
+/// What a one-time URL is for.
+#[derive(Debug, Clone)]
+pub enum Session {
+    Exec(ExecRequest),
+    Attach(AttachRequest),
+}
+
+impl Session {
+    fn path(&self) -> &'static str {
+        match self {
+            Session::Exec(_) => "exec",
+            Session::Attach(_) => "attach",
+        }
+    }
+}
+
 /// The server: its address and the URLs handed out.
 #[derive(Debug)]
 pub struct Streams {
     address: std::net::SocketAddr,
-    pending: Mutex<HashMap<String, (ExecRequest, Instant)>>,
+    pending: Mutex<HashMap<String, (Session, Instant)>>,
 }
 
 impl Streams {
@@ -79,17 +106,18 @@ impl Streams {
         Ok(streams)
     }
 
-    /// A one-time URL for `request`.
-    pub fn register(&self, request: ExecRequest) -> Result<String, tonic::Status> {
+    /// A one-time URL for `session`.
+    pub fn register(&self, session: Session) -> Result<String, tonic::Status> {
         let token = berth_stdx::random::hex(16)
             .map_err(|e| tonic::Status::internal(format!("read /dev/urandom: {e}")))?;
+        let path = session.path();
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         pending.retain(|_, (_, made)| made.elapsed() < URL_LIFETIME);
-        pending.insert(token.clone(), (request, Instant::now()));
-        Ok(format!("http://{}/exec/{token}", self.address))
+        pending.insert(token.clone(), (session, Instant::now()));
+        Ok(format!("http://{}/{path}/{token}", self.address))
     }
 
-    fn take(&self, token: &str) -> Option<ExecRequest> {
+    fn take(&self, token: &str) -> Option<Session> {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         let (request, made) = pending.remove(token)?;
         (made.elapsed() < URL_LIFETIME).then_some(request)
@@ -106,13 +134,13 @@ impl Streams {
             response
         };
         let path = request.uri().path().to_owned();
-        let Some(token) = path.strip_prefix("/exec/") else {
+        let Some((kind, token)) = path.trim_start_matches('/').split_once('/') else {
             return text(StatusCode::NOT_FOUND, format!("{path}: no such stream"));
         };
-        let Some(exec) = self.take(token) else {
+        let Some(exec) = self.take(token).filter(|s| s.path() == kind) else {
             return text(
                 StatusCode::NOT_FOUND,
-                "this stream URL is unknown or expired; ask Exec for a new one".into(),
+                "this stream URL is unknown or expired; ask Exec or Attach for a new one".into(),
             );
         };
         let header = |name: &str| {
@@ -262,7 +290,7 @@ enum Input {
 async fn session<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     node: Arc<Node>,
     io: S,
-    exec: ExecRequest,
+    session: Session,
     v5: bool,
 ) {
     let (mut reader, mut writer) = tokio::io::split(io);
@@ -285,7 +313,10 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         let _ = write_frame(&mut writer, 0x8, &1000u16.to_be_bytes()).await;
         let _ = writer.shutdown().await;
     });
-    let status = run(node, &exec, &tx, &mut reader, v5).await;
+    let status = match &session {
+        Session::Exec(exec) => run(node, exec, &tx, &mut reader, v5).await,
+        Session::Attach(attach) => join(node, attach, &tx, &mut reader, v5).await,
+    };
     let _ = tx.send(Out::Data(3, status.into_bytes())).await;
     drop(tx);
     let _ = writer_task.await;
@@ -438,9 +469,7 @@ async fn run<R: AsyncRead + Unpin>(
                             Input::None => {}
                         },
                         4 => {
-                            if let (Some(fd), Ok(size)) = (&master, serde_json::from_slice::<serde_json::Value>(&payload[1..])) {
-                                let rows = size["Height"].as_u64().and_then(|h| u16::try_from(h).ok()).unwrap_or(24);
-                                let cols = size["Width"].as_u64().and_then(|w| u16::try_from(w).ok()).unwrap_or(80);
+                            if let (Some(fd), Some((rows, cols))) = (&master, terminal_size(&payload[1..])) {
                                 let _ = berth_sys::tty::set_window_size(fd.as_fd(), berth_sys::tty::WindowSize { rows, cols });
                             }
                         }
@@ -464,6 +493,92 @@ async fn run<R: AsyncRead + Unpin>(
         }
         Err(message) => status_message(Err(message)),
     }
+}
+
+/// A resize message's size (`{"Width": 80, "Height": 24}`) as rows and columns.
+fn terminal_size(payload: &[u8]) -> Option<(u16, u16)> {
+    let size = serde_json::from_slice::<serde_json::Value>(payload).ok()?;
+    let rows = size["Height"].as_u64().and_then(|h| u16::try_from(h).ok()).unwrap_or(24);
+    let cols = size["Width"].as_u64().and_then(|w| u16::try_from(w).ok()).unwrap_or(80);
+    Some((rows, cols))
+}
+
+/// An attach: the container's own output to the client, the client's input and terminal
+/// sizes to the container, through its supervisor, until the container ends (Success) or
+/// the client leaves.
+async fn join<R: AsyncRead + Unpin>(
+    node: Arc<Node>,
+    request: &AttachRequest,
+    tx: &tokio::sync::mpsc::Sender<Out>,
+    reader: &mut R,
+    v5: bool,
+) -> String {
+    use berth_task::shim::frame;
+    let (id, stdin) = (request.container_id.clone(), request.stdin);
+    let connected = tokio::task::spawn_blocking(move || node.attach(&id, stdin)).await;
+    let stream = match connected {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(status)) => return status_message(Err(status.message().to_owned())),
+        Err(err) => return status_message(Err(err.to_string())),
+    };
+    let stream = match stream
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::UnixStream::from_std(stream))
+    {
+        Ok(stream) => stream,
+        Err(err) => return status_message(Err(format!("attach: {err}"))),
+    };
+    let (mut from_task, mut to_task) = stream.into_split();
+    let (stdout, stderr, out) = (request.stdout, request.stderr, tx.clone());
+    let mut pump = tokio::spawn(async move {
+        loop {
+            let mut head = [0u8; frame::HEADER];
+            if from_task.read_exact(&mut head).await.is_err() {
+                return;
+            }
+            let Ok((kind, length)) = frame::header(head) else { return };
+            let mut data = vec![0u8; length];
+            if from_task.read_exact(&mut data).await.is_err() {
+                return;
+            }
+            let wanted = (kind == frame::STDOUT && stdout) || (kind == frame::STDERR && stderr);
+            if wanted && out.send(Out::Data(kind, data)).await.is_err() {
+                return;
+            }
+        }
+    });
+    loop {
+        tokio::select! {
+            _ = &mut pump => break,
+            message = read_message(reader) => {
+                let Ok((opcode, payload)) = message else { break };
+                let to_send = match opcode {
+                    0x8 => break,
+                    0x9 => {
+                        let _ = tx.send(Out::Pong(payload)).await;
+                        None
+                    }
+                    0x1 | 0x2 if !payload.is_empty() => match payload[0] {
+                        0 => Some(frame::encode(frame::STDIN, &payload[1..])),
+                        4 => terminal_size(&payload[1..])
+                            .map(|(rows, cols)| frame::encode(frame::RESIZE, &frame::size(rows, cols))),
+                        255 if v5 && payload.get(1) == Some(&0) => {
+                            Some(frame::encode(frame::CLOSE_STDIN, &[]))
+                        }
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                if let Some(bytes) = to_send {
+                    if to_task.write_all(&bytes).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    pump.abort();
+    status_message(Ok(0))
 }
 
 #[cfg(test)]

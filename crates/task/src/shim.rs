@@ -4,13 +4,14 @@
 //! child subreaper), creates the container through the runtime with its stdio on pipes (or
 //! a pty), says the init's pid on the control socket and then, until the init exits:
 //! writes its output to the CRI log, answers requests on `task.sock` (`reopen` the log) and
-//! reaps orphans. When the init has exited and its output is drained it writes `exit.json`
-//! and ends. The container is started (released from `create`) by whoever asked, through
+//! reaps orphans. Clients may attach (`attach`): they get the output as it comes and
+//! send input and terminal sizes (see [`frame`]). When the init has exited and its output
+//! is drained it writes `exit.json` and ends. The container is started (released from `create`) by whoever asked, through
 //! the runtime; it is deleted by them too, after the exit.
 //!
 //! ```text
 //! <dir>/task.json   what to run (TaskSpec)      <dir>/shim.pid   the supervisor
-//! <dir>/task.sock   requests (reopen)           <dir>/exit.json  how it ended (Exit)
+//! <dir>/task.sock   requests (reopen, attach)   <dir>/exit.json  how it ended (Exit)
 //! <dir>/shim.log    the supervisor's own errors
 //! ```
 
@@ -55,6 +56,10 @@ pub struct TaskSpec {
     pub tty: bool,
     /// Keep a stdin pipe open (else stdin is /dev/null).
     pub stdin: bool,
+    /// Close the container's stdin when the first client that attached with stdin leaves
+    /// or closes it (Kubernetes' `stdinOnce`).
+    #[serde(default)]
+    pub stdin_once: bool,
     /// Rotation: size in bytes (0: never) and files kept.
     pub log_max_size: u64,
     pub log_max_files: u32,
@@ -137,15 +142,105 @@ pub fn reopen_log(dir: &Path) -> Result<()> {
     }
 }
 
-fn request(dir: &Path, line: &str) -> Result<String> {
+fn connect(dir: &Path) -> Result<UnixStream> {
     let handle = std::fs::File::open(dir).map_err(io("open", dir))?;
     let short = format!("/proc/self/fd/{}/{SOCKET}", handle.as_raw_fd());
-    let mut stream = UnixStream::connect(&short).map_err(io("connect to", dir.join(SOCKET)))?;
+    UnixStream::connect(&short).map_err(io("connect to", dir.join(SOCKET)))
+}
+
+fn request(dir: &Path, line: &str) -> Result<String> {
+    let mut stream = connect(dir)?;
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
     stream.write_all(format!("{line}\n").as_bytes()).map_err(io("write to", dir.join(SOCKET)))?;
     let mut answer = String::new();
     BufReader::new(stream).read_line(&mut answer).map_err(io("read from", dir.join(SOCKET)))?;
     Ok(answer.trim_end().to_owned())
+}
+
+/// Attaches to a running task: the returned connection carries [`frame`]s, output from the
+/// supervisor, input (when `stdin`), terminal sizes and the end of input to it. It ends
+/// when the task has ended and its output has been sent.
+pub fn attach(dir: &Path, stdin: bool) -> Result<UnixStream> {
+    let mut stream = connect(dir)?;
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let line = if stdin { "attach stdin\n" } else { "attach\n" };
+    stream.write_all(line.as_bytes()).map_err(io("write to", dir.join(SOCKET)))?;
+    // Byte by byte: frames may follow the answer at once.
+    let mut answer = Vec::new();
+    let mut byte = [0u8; 1];
+    while answer.len() < 4096 {
+        let n = std::io::Read::read(&mut stream, &mut byte)
+            .map_err(io("read from", dir.join(SOCKET)))?;
+        if n == 0 || byte[0] == b'\n' {
+            break;
+        }
+        answer.push(byte[0]);
+    }
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    if answer != "ok" {
+        let message = answer.strip_prefix("error: ").unwrap_or(&answer);
+        return Err(Error::Other(format!("the task refused to attach: {message}")));
+    }
+    let _ = stream.set_read_timeout(None);
+    Ok(stream)
+}
+
+/// The attach protocol after its first line: frames of a kind byte, a big-endian `u32`
+/// length and that many bytes, both ways.
+pub mod frame {
+    /// Client to supervisor: bytes for the container's stdin.
+    pub const STDIN: u8 = 0;
+    /// Supervisor to client: output (a terminal's output is stdout).
+    pub const STDOUT: u8 = 1;
+    pub const STDERR: u8 = 2;
+    /// Client to supervisor: the terminal's size, rows then columns as big-endian `u16`.
+    pub const RESIZE: u8 = 4;
+    /// Client to supervisor: no more input from this client.
+    pub const CLOSE_STDIN: u8 = 5;
+    pub const HEADER: usize = 5;
+    /// The largest frame accepted.
+    pub const MAX: usize = 1 << 20;
+
+    pub fn encode(kind: u8, data: &[u8]) -> Vec<u8> {
+        let mut frame = Vec::with_capacity(HEADER + data.len());
+        frame.push(kind);
+        frame.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        frame.extend_from_slice(data);
+        frame
+    }
+
+    /// A RESIZE frame's payload.
+    pub fn size(rows: u16, cols: u16) -> [u8; 4] {
+        let (r, c) = (rows.to_be_bytes(), cols.to_be_bytes());
+        [r[0], r[1], c[0], c[1]]
+    }
+
+    /// The header's kind and length.
+    pub fn header(bytes: [u8; HEADER]) -> Result<(u8, usize), String> {
+        let length = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
+        if length > MAX {
+            return Err(format!("a frame of {length} bytes (at most {MAX})"));
+        }
+        Ok((bytes[0], length))
+    }
+
+    /// Takes the whole frames off the front of `buffer`.
+    pub fn split(buffer: &mut Vec<u8>) -> Result<Vec<(u8, Vec<u8>)>, String> {
+        let mut frames = Vec::new();
+        let mut at = 0;
+        while buffer.len() - at >= HEADER {
+            let mut head = [0u8; HEADER];
+            head.copy_from_slice(&buffer[at..at + HEADER]);
+            let (kind, length) = header(head)?;
+            if buffer.len() - at - HEADER < length {
+                break;
+            }
+            frames.push((kind, buffer[at + HEADER..at + HEADER + length].to_vec()));
+            at += HEADER + length;
+        }
+        buffer.drain(..at);
+        Ok(frames)
+    }
 }
 
 /// The supervisor's entry point (`berth __task DIR`).
@@ -298,8 +393,75 @@ pub fn create_with_pty(runtime: &Runtime, options: &CreateOptions) -> Result<(i3
     Ok((pid, Ends { stdout: None, stderr: None, master: Some(master), stdin: None }))
 }
 
-/// Relays output to the log until the init exits and its output is drained; answers
-/// requests; returns the exit code.
+/// Output kept for one attached client that reads slower than the container writes;
+/// beyond it the client is dropped (the log has everything).
+const CLIENT_BACKLOG: usize = 8 << 20;
+/// Input waiting for the container to read it; beyond it clients are not read.
+const INPUT_BACKLOG: usize = 1 << 20;
+
+/// One attached client.
+struct Client {
+    stream: UnixStream,
+    /// Frames not yet written to it.
+    out: Vec<u8>,
+    /// Bytes read from it that do not make a whole frame yet.
+    partial: Vec<u8>,
+    /// It attached with stdin and has not closed it.
+    stdin: bool,
+}
+
+/// The container's input: the stdin pipe or the pty master, and what waits to be written.
+struct Input {
+    fd: Option<OwnedFd>,
+    pending: Vec<u8>,
+    /// Close once `pending` is written.
+    closing: bool,
+}
+
+impl Input {
+    fn close_when_written(&mut self) {
+        self.closing = true;
+        if self.pending.is_empty() {
+            self.fd = None;
+        }
+    }
+
+    fn flush(&mut self) {
+        let Some(fd) = &self.fd else {
+            self.pending.clear();
+            return;
+        };
+        while !self.pending.is_empty() {
+            match berth_sys::nix::unistd::write(fd, &self.pending) {
+                Ok(n) => {
+                    self.pending.drain(..n);
+                }
+                Err(berth_sys::Errno::EINTR) => continue,
+                Err(berth_sys::Errno::EAGAIN) => return,
+                // The container closed its stdin.
+                Err(_) => {
+                    self.pending.clear();
+                    self.fd = None;
+                    return;
+                }
+            }
+        }
+        if self.closing {
+            self.fd = None;
+        }
+    }
+}
+
+fn set_nonblocking(fd: BorrowedFd<'_>) -> Result<()> {
+    use berth_sys::nix::fcntl::{fcntl, FcntlArg};
+    let flags = fcntl(fd, FcntlArg::F_GETFL).map_err(sys("read descriptor flags"))?;
+    let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
+    fcntl(fd, FcntlArg::F_SETFL(flags)).map_err(sys("make a descriptor non-blocking"))?;
+    Ok(())
+}
+
+/// Relays output to the log and to attached clients until the init exits and its output is
+/// drained; relays clients' input; answers requests; returns the exit code.
 fn supervise(spec: &TaskSpec, pid: i32, mut ends: Ends, listener: &UnixListener) -> Result<i32> {
     let mut log = match &spec.log_path {
         Some(path) => {
@@ -312,6 +474,17 @@ fn supervise(spec: &TaskSpec, pid: i32, mut ends: Ends, listener: &UnixListener)
     };
     let init = Pid::from_raw(pid);
     let pidfd = berth_sys::process::pidfd_open(init).map_err(sys("watch the container's init"))?;
+    let input_fd = match (&ends.master, ends.stdin.take()) {
+        (Some(master), _) if spec.stdin => {
+            Some(master.try_clone().map_err(io("duplicate", "the terminal"))?)
+        }
+        (_, pipe) => pipe,
+    };
+    if let Some(fd) = &input_fd {
+        set_nonblocking(fd.as_fd())?;
+    }
+    let mut input = Input { fd: input_fd, pending: Vec::new(), closing: false };
+    let mut clients: Vec<Client> = Vec::new();
     let mut code: Option<i32> = None;
     let mut drain_until: Option<Instant> = None;
     let mut buffer = vec![0u8; 64 * 1024];
@@ -338,6 +511,22 @@ fn supervise(spec: &TaskSpec, pid: i32, mut ends: Ends, listener: &UnixListener)
         for (_, fd) in &outputs {
             fds.push(PollFd::new(*fd, PollFlags::POLLIN));
         }
+        let input_at = fds.len();
+        let waiting_input = !input.pending.is_empty();
+        if let (Some(fd), true) = (&input.fd, waiting_input) {
+            fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLOUT));
+        }
+        let clients_at = fds.len();
+        for client in &clients {
+            let mut events = PollFlags::empty();
+            if input.pending.len() < INPUT_BACKLOG {
+                events |= PollFlags::POLLIN;
+            }
+            if !client.out.is_empty() {
+                events |= PollFlags::POLLOUT;
+            }
+            fds.push(PollFd::new(client.stream.as_fd(), events));
+        }
         let timeout = if code.is_some() { PollTimeout::from(100u8) } else { PollTimeout::NONE };
         match poll(&mut fds, timeout) {
             Ok(_) => {}
@@ -347,6 +536,7 @@ fn supervise(spec: &TaskSpec, pid: i32, mut ends: Ends, listener: &UnixListener)
         let revents: Vec<PollFlags> =
             fds.iter().map(|f| f.revents().unwrap_or(PollFlags::empty())).collect();
         drop(fds);
+        let mut gone = vec![false; clients.len()];
         let mut closed = Vec::new();
         for (index, (stream, fd)) in outputs.iter().enumerate() {
             let events = revents[index + 2];
@@ -359,6 +549,17 @@ fn supervise(spec: &TaskSpec, pid: i32, mut ends: Ends, listener: &UnixListener)
                     if let Some(log) = &mut log {
                         if let Err(err) = log.write(*stream, &buffer[..n]) {
                             eprintln!("cannot write the log: {err}");
+                        }
+                    }
+                    let kind = match stream {
+                        Stream::Stdout => frame::STDOUT,
+                        Stream::Stderr => frame::STDERR,
+                    };
+                    for (i, client) in clients.iter_mut().enumerate() {
+                        if client.out.len() + n > CLIENT_BACKLOG {
+                            gone[i] = true;
+                        } else {
+                            client.out.extend_from_slice(&frame::encode(kind, &buffer[..n]));
                         }
                     }
                 }
@@ -381,12 +582,64 @@ fn supervise(spec: &TaskSpec, pid: i32, mut ends: Ends, listener: &UnixListener)
             match present[index] {
                 0 => ends.stdout = None,
                 1 => ends.stderr = None,
-                _ => ends.master = None,
+                _ => {
+                    ends.master = None;
+                    input.fd = None;
+                }
             }
+        }
+        if waiting_input && revents.get(input_at).is_some_and(|e| !e.is_empty()) {
+            input.flush();
+        }
+        for (i, client) in clients.iter_mut().enumerate() {
+            let events = revents[clients_at + i];
+            if events.contains(PollFlags::POLLOUT) {
+                match client.stream.write(&client.out) {
+                    Ok(n) => {
+                        client.out.drain(..n);
+                    }
+                    Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => gone[i] = true,
+                }
+            }
+            if events.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
+                match std::io::Read::read(&mut client.stream, &mut buffer) {
+                    Ok(0) => gone[i] = true,
+                    Ok(n) => {
+                        client.partial.extend_from_slice(&buffer[..n]);
+                        match frame::split(&mut client.partial) {
+                            Ok(frames) => {
+                                for (kind, data) in frames {
+                                    from_client(client, kind, &data, &mut input, &ends, spec);
+                                }
+                            }
+                            Err(_) => gone[i] = true,
+                        }
+                    }
+                    Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => gone[i] = true,
+                }
+            }
+        }
+        if gone.iter().any(|g| *g) {
+            let mut index = 0;
+            clients.retain(|client| {
+                let keep = !gone[index];
+                index += 1;
+                if !keep && client.stdin && spec.stdin_once {
+                    input.close_when_written();
+                }
+                keep
+            });
+        }
+        if !input.pending.is_empty() {
+            input.flush();
         }
         if !revents[1].is_empty() {
             while let Ok((connection, _)) = listener.accept() {
-                answer(connection, spec, &mut log);
+                if let Some(client) = answer(connection, spec, &mut log) {
+                    clients.push(client);
+                }
             }
         }
         // Orphans reparented to us (a subreaper) are reaped as they end, the init with them.
@@ -400,18 +653,67 @@ fn supervise(spec: &TaskSpec, pid: i32, mut ends: Ends, listener: &UnixListener)
     if let Some(log) = &mut log {
         let _ = log.flush();
     }
+    // What the clients have not read yet, then their end.
+    for mut client in clients {
+        let _ = client.stream.set_nonblocking(false);
+        let _ = client.stream.set_write_timeout(Some(Duration::from_secs(1)));
+        let _ = client.stream.write_all(&client.out);
+        let _ = client.stream.shutdown(std::net::Shutdown::Both);
+    }
     Ok(code.unwrap_or(255))
 }
 
-/// One request: a line in, a line out.
-fn answer(connection: UnixStream, spec: &TaskSpec, log: &mut Option<logs::Writer>) {
+/// One frame from an attached client.
+fn from_client(
+    client: &mut Client,
+    kind: u8,
+    data: &[u8],
+    input: &mut Input,
+    ends: &Ends,
+    spec: &TaskSpec,
+) {
+    match kind {
+        frame::STDIN if client.stdin && input.fd.is_some() && !input.closing => {
+            input.pending.extend_from_slice(data);
+        }
+        frame::RESIZE if data.len() == 4 => {
+            if let Some(master) = &ends.master {
+                let rows = u16::from_be_bytes([data[0], data[1]]);
+                let cols = u16::from_be_bytes([data[2], data[3]]);
+                let size = berth_sys::tty::WindowSize { rows, cols };
+                let _ = berth_sys::tty::set_window_size(master.as_fd(), size);
+            }
+        }
+        frame::CLOSE_STDIN if client.stdin => {
+            client.stdin = false;
+            if spec.stdin_once {
+                input.close_when_written();
+            }
+        }
+        _ => {}
+    }
+}
+
+/// One request: a line in, a line out; an `attach` connection stays, as a client.
+fn answer(
+    connection: UnixStream,
+    spec: &TaskSpec,
+    log: &mut Option<logs::Writer>,
+) -> Option<Client> {
     let _ = connection.set_nonblocking(false);
     let _ = connection.set_read_timeout(Some(Duration::from_secs(2)));
-    let mut line = String::new();
-    let mut reader = BufReader::new(&connection);
-    if reader.read_line(&mut line).is_err() {
-        return;
+    // Byte by byte: an attaching client's frames may follow its line.
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    let mut reader = &connection;
+    while line.len() < 256 {
+        match std::io::Read::read(&mut reader, &mut byte) {
+            Ok(1) if byte[0] != b'\n' => line.push(byte[0]),
+            Ok(_) => break,
+            Err(_) => return None,
+        }
     }
+    let line = String::from_utf8_lossy(&line).into_owned();
     let reply = match line.trim() {
         "reopen" => match &spec.log_path {
             Some(path) => {
@@ -428,10 +730,25 @@ fn answer(connection: UnixStream, spec: &TaskSpec, log: &mut Option<logs::Writer
             }
             None => "error: the container has no log".to_owned(),
         },
+        how @ ("attach" | "attach stdin") => {
+            let mut connection = connection;
+            if connection.write_all(b"ok\n").is_err() || connection.set_nonblocking(true).is_err() {
+                return None;
+            }
+            let _ = connection.set_read_timeout(None);
+            let stdin = how == "attach stdin" && spec.stdin;
+            return Some(Client {
+                stream: connection,
+                out: Vec::new(),
+                partial: Vec::new(),
+                stdin,
+            });
+        }
         other => format!("error: unknown request {other:?}"),
     };
     let mut connection = connection;
     let _ = connection.write_all(format!("{reply}\n").as_bytes());
+    None
 }
 
 /// Reaps every child that has ended; the init's exit code if it was among them.
@@ -456,5 +773,29 @@ fn read_fd(fd: BorrowedFd<'_>, buffer: &mut [u8]) -> std::io::Result<usize> {
             Err(berth_sys::Errno::EINTR) => continue,
             other => return other.map_err(std::io::Error::from),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::frame;
+
+    #[test]
+    fn frames_split_whole_and_keep_the_rest() {
+        let mut wire = frame::encode(frame::STDOUT, b"hello");
+        wire.extend(frame::encode(frame::RESIZE, &frame::size(24, 80)));
+        let tail = frame::encode(frame::STDIN, b"partial");
+        wire.extend_from_slice(&tail[..7]);
+        let frames = frame::split(&mut wire).unwrap();
+        assert_eq!(
+            frames,
+            vec![(frame::STDOUT, b"hello".to_vec()), (frame::RESIZE, vec![0, 24, 0, 80])]
+        );
+        assert_eq!(wire, tail[..7].to_vec(), "the incomplete frame waits for its bytes");
+        wire.extend_from_slice(&tail[7..]);
+        assert_eq!(frame::split(&mut wire).unwrap(), vec![(frame::STDIN, b"partial".to_vec())]);
+        assert!(wire.is_empty());
+        let mut huge = vec![frame::STDIN, 0xff, 0xff, 0xff, 0xff];
+        assert!(frame::split(&mut huge).is_err(), "a length over the limit is refused");
     }
 }

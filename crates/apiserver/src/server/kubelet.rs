@@ -76,9 +76,10 @@ impl Api {
         Ok((sender, format!("{address}:{port}")))
     }
 
-    /// `exec`: the agent's upgraded connection joined to the client's, byte for byte.
+    /// `exec` and `attach`: the agent's upgraded connection joined to the client's, byte for byte.
     pub(super) async fn kubelet_upgrade(
         &self,
+        action: &str,
         node_name: &str,
         namespace: &str,
         pod: &str,
@@ -87,12 +88,12 @@ impl Api {
         let upgrade =
             self.upgrade.lock().unwrap_or_else(|p| p.into_inner()).take().ok_or_else(|| {
                 ApiError::bad_request(
-                    "exec needs a connection that can be upgraded (HTTP/1.1 with Upgrade: websocket)",
+                    format!("{action} needs a connection that can be upgraded (HTTP/1.1 with Upgrade: websocket)"),
                 )
             })?;
         let (mut sender, host) = self.kubelet_connect(node_name).await?;
         let path = format!(
-            "/exec/{}/{}/{}?{}",
+            "/{action}/{}/{}/{}?{}",
             encode(namespace),
             encode(pod),
             encode(container),

@@ -171,13 +171,13 @@ impl Api {
             let path = kubelet::log_path(&namespace, &name, &container, &self.params);
             return self.kubelet_get(node, &path).await;
         }
-        if action == "exec" {
+        if action == "exec" || action == "attach" {
             let container = match self.params.get("container").filter(|c| !c.is_empty()) {
                 Some(container) => container.clone(),
                 None => containers.first().cloned().unwrap_or_default(),
             };
             let namespace = self.target.namespace.clone().unwrap_or_default();
-            return self.kubelet_upgrade(node, &namespace, &name, &container).await;
+            return self.kubelet_upgrade(action, node, &namespace, &name, &container).await;
         }
         Err(ApiError::new(
             503,
@@ -350,6 +350,7 @@ impl Api {
                 .flat_map(|f| current["spec"][*f].as_array().cloned().unwrap_or_default())
                 .filter_map(|c| c["name"].as_str().map(str::to_owned))
                 .collect();
+            let targets = names.clone();
             for (i, container) in new.iter().enumerate() {
                 let at = format!("spec.ephemeralContainers[{i}]");
                 let cname = container["name"].as_str().unwrap_or("");
@@ -364,6 +365,14 @@ impl Api {
                 }
                 if container["image"].as_str().is_none_or(str::is_empty) {
                     return Err(invalid(format!("{at}.image"), "Required value"));
+                }
+                if let Some(target) = container["targetContainerName"].as_str() {
+                    if !target.is_empty() && !targets.contains(target) {
+                        return Err(invalid(
+                            format!("{at}.targetContainerName"),
+                            &format!("Not found: {target:?}"),
+                        ));
+                    }
                 }
                 for field in [
                     "ports",
