@@ -438,6 +438,10 @@ pub fn validate(resource: &Resource, object: &Value) -> Result<(), ApiError> {
                 );
             }
         }
+        "ResourceQuota" => {
+            crate::quota::validate_scopes(object)
+                .map_err(|(f, m)| ApiError::invalid(resource, &name, &f, &m))?;
+        }
         "ConfigMap" | "Secret" => {
             for field in ["data", "binaryData", "stringData"] {
                 for key in object[field].as_object().into_iter().flatten().map(|(k, _)| k) {

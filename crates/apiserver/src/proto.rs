@@ -481,7 +481,21 @@ fn schema(message: &str) -> Option<&'static [Field]> {
                 ]
             }
         }
-        "ResourceQuotaSpec" => const { &[f(1, "hard", QuantityMap), r(2, "scopes", Str)] },
+        "ResourceQuotaSpec" => {
+            const {
+                &[
+                    f(1, "hard", QuantityMap),
+                    r(2, "scopes", Str),
+                    f(3, "scopeSelector", Message("ScopeSelector")),
+                ]
+            }
+        }
+        "ScopeSelector" => {
+            const { &[r(1, "matchExpressions", Message("ScopedResourceSelectorRequirement"))] }
+        }
+        "ScopedResourceSelectorRequirement" => {
+            const { &[f(1, "scopeName", Str), f(2, "operator", Str), r(3, "values", Str)] }
+        }
         "SelfSubjectRulesReview" => {
             const {
                 &[

@@ -2,8 +2,12 @@
 //! object uses of a quota (object counts, pods' requests and limits, services' node ports
 //! and load balancers, claims' storage), the refusal of a create that would go over
 //! (`exceeded quota: NAME, requested: ..., used: ..., limited: ...`) or that leaves out
-//! what a quota tracks (`failed quota: NAME: must specify ...`); a LimitRange's defaults
-//! filled into containers and its minimums and maximums enforced.
+//! what a quota tracks (`failed quota: NAME: must specify ...`), and of an update that
+//! would use more (a Service turned NodePort, a claim grown); quota scopes (`Terminating`,
+//! `NotTerminating`, `BestEffort`, `NotBestEffort`, `PriorityClass`,
+//! `CrossNamespacePodAffinity`, as `spec.scopes` or `spec.scopeSelector`), which only pods
+//! fall under; a LimitRange's defaults filled into containers and its minimums and maximums
+//! enforced.
 //!
 //! Knows nothing of storage or HTTP: objects are JSON, amounts are thousandths
 //! (`berth_api::quantity`).
@@ -167,19 +171,156 @@ fn listing(usage: &[(String, i128)]) -> String {
         .join(",")
 }
 
-/// Checks a create against one quota: `used` is what the namespace's objects of the
-/// same resource use now. The refusal is Kubernetes' text after `... is forbidden: `.
+/// The scopes Kubernetes knows.
+pub const SCOPES: [&str; 6] = [
+    "Terminating",
+    "NotTerminating",
+    "BestEffort",
+    "NotBestEffort",
+    "PriorityClass",
+    "CrossNamespacePodAffinity",
+];
+
+/// A quota's scope requirements: (scope, operator, values), from `spec.scopes` (each as
+/// `Exists`) and `spec.scopeSelector.matchExpressions`.
+fn scope_requirements(quota: &Value) -> Vec<(String, String, Vec<String>)> {
+    let mut out: Vec<(String, String, Vec<String>)> = quota["spec"]["scopes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(|scope| (scope.to_owned(), "Exists".to_owned(), Vec::new()))
+        .collect();
+    for e in quota["spec"]["scopeSelector"]["matchExpressions"].as_array().into_iter().flatten() {
+        let values = e["values"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect();
+        out.push((
+            e["scopeName"].as_str().unwrap_or("").to_owned(),
+            e["operator"].as_str().unwrap_or("").to_owned(),
+            values,
+        ));
+    }
+    out
+}
+
+/// Checks a quota's scopes as Kubernetes' validation does; the problem's field and message.
+pub fn validate_scopes(quota: &Value) -> Result<(), (String, String)> {
+    for (i, (scope, operator, values)) in scope_requirements(quota).iter().enumerate() {
+        if !SCOPES.contains(&scope.as_str()) {
+            return Err((
+                format!("spec.scopes[{i}]"),
+                format!("Unsupported value: {scope:?}: supported values: {}", SCOPES.join(", ")),
+            ));
+        }
+        let ok = match operator.as_str() {
+            "In" | "NotIn" => scope == "PriorityClass" && !values.is_empty(),
+            "Exists" | "DoesNotExist" => values.is_empty(),
+            _ => false,
+        };
+        if !ok {
+            return Err((
+                format!("spec.scopeSelector.matchExpressions[{i}]"),
+                format!(
+                    "Invalid value: {operator:?}: the scope {scope} takes Exists or DoesNotExist without values{}",
+                    if scope == "PriorityClass" { ", or In/NotIn with values" } else { "" }
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn best_effort(pod: &Value) -> bool {
+    ["containers", "initContainers"].iter().all(|field| {
+        pod["spec"][*field].as_array().into_iter().flatten().all(|c| {
+            ["requests", "limits"]
+                .iter()
+                .all(|kind| ["cpu", "memory"].iter().all(|r| c["resources"][*kind][*r].is_null()))
+        })
+    })
+}
+
+fn cross_namespace_affinity(pod: &Value) -> bool {
+    ["podAffinity", "podAntiAffinity"].iter().any(|kind| {
+        let affinity = &pod["spec"]["affinity"][*kind];
+        let required = affinity["requiredDuringSchedulingIgnoredDuringExecution"]
+            .as_array()
+            .into_iter()
+            .flatten();
+        let preferred = affinity["preferredDuringSchedulingIgnoredDuringExecution"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|w| &w["podAffinityTerm"]);
+        required.chain(preferred).any(|term| {
+            term["namespaces"].as_array().is_some_and(|n| !n.is_empty())
+                || term["namespaceSelector"].is_object()
+        })
+    })
+}
+
+/// Whether an object falls under a quota's scopes (every quota without scopes takes
+/// everything; one with scopes takes pods only, those matching every requirement).
+pub fn in_scope(quota: &Value, resource: &Resource, object: &Value) -> bool {
+    let requirements = scope_requirements(quota);
+    if requirements.is_empty() {
+        return true;
+    }
+    if !(resource.group.is_empty() && resource.name == "pods") {
+        return false;
+    }
+    let class = object["spec"]["priorityClassName"].as_str().unwrap_or("");
+    requirements.iter().all(|(scope, operator, values)| {
+        let present = match scope.as_str() {
+            "Terminating" => object["spec"]["activeDeadlineSeconds"].as_i64().is_some(),
+            "NotTerminating" => object["spec"]["activeDeadlineSeconds"].as_i64().is_none(),
+            "BestEffort" => best_effort(object),
+            "NotBestEffort" => !best_effort(object),
+            "PriorityClass" => !class.is_empty(),
+            "CrossNamespacePodAffinity" => cross_namespace_affinity(object),
+            _ => false,
+        };
+        match operator.as_str() {
+            "Exists" => present,
+            "DoesNotExist" => !present,
+            "In" => values.iter().any(|v| v == class),
+            "NotIn" => !values.iter().any(|v| v == class),
+            _ => false,
+        }
+    })
+}
+
+/// Checks a write against one quota: `used` is what the namespace's objects of the same
+/// resource within the quota's scopes use now (an update's `old` object among them). A
+/// create asks for all the object uses; an update for what it adds. The refusal is
+/// Kubernetes' text after `... is forbidden: `.
 pub fn admit(
     quota: &Value,
     resource: &Resource,
     object: &Value,
+    old: Option<&Value>,
     used: &Usage,
 ) -> Result<(), String> {
     let name = quota["metadata"]["name"].as_str().unwrap_or("");
     let Some(hard) = quota["spec"]["hard"].as_object() else { return Ok(()) };
-    let requested = usage_of(resource, object);
+    if !in_scope(quota, resource, object) {
+        return Ok(());
+    }
+    let mut requested = usage_of(resource, object);
+    if let Some(old) = old.filter(|old| in_scope(quota, resource, old)) {
+        for (key, before) in usage_of(resource, old) {
+            if let Some(now) = requested.get_mut(&key) {
+                *now = now.saturating_sub(before);
+            }
+        }
+    }
     // A pod must say what a quota on its requests or limits tracks.
-    if resource.group.is_empty() && resource.name == "pods" {
+    if old.is_none() && resource.group.is_empty() && resource.name == "pods" {
         let mut missing = Vec::new();
         for key in hard.keys() {
             let (kind, what) = match key.as_str() {
@@ -316,21 +457,64 @@ mod tests {
         let quota = json!({"metadata": {"name": "compute"}, "spec": {"hard": {"pods": "2", "requests.cpu": "1", "requests.memory": "1Gi"}}});
         let mut used = Usage::new();
         add(&mut used, &usage);
-        assert!(admit(&quota, pods, &pod("500m", "128Mi"), &used).is_ok());
+        assert!(admit(&quota, pods, &pod("500m", "128Mi"), None, &used).is_ok());
         add(&mut used, &usage);
         assert_eq!(
-            admit(&quota, pods, &pod("500m", "128Mi"), &used).unwrap_err(),
+            admit(&quota, pods, &pod("500m", "128Mi"), None, &used).unwrap_err(),
             "exceeded quota: compute, requested: pods=1,requests.cpu=500m, used: pods=2,requests.cpu=1, limited: pods=2,requests.cpu=1"
         );
         let bare = json!({"spec": {"containers": [{"name": "c"}]}});
         assert_eq!(
-            admit(&quota, pods, &bare, &Usage::new()).unwrap_err(),
+            admit(&quota, pods, &bare, None, &Usage::new()).unwrap_err(),
             "failed quota: compute: must specify requests.cpu,requests.memory"
         );
         let shown = status(&quota, &used);
         assert_eq!(shown["used"]["requests.memory"], "256Mi");
         let finished = json!({"spec": {"containers": []}, "status": {"phase": "Succeeded"}});
         assert!(usage_of(pods, &finished).is_empty());
+    }
+
+    #[test]
+    fn scopes_choose_the_pods_a_quota_counts() {
+        let pods = find("", "v1", "pods").unwrap();
+        let services = find("", "v1", "services").unwrap();
+        let bare = json!({"spec": {"containers": [{"name": "c"}]}});
+        let deadline =
+            json!({"spec": {"activeDeadlineSeconds": 60, "containers": [{"name": "c"}]}});
+        let best_effort = json!({"metadata": {"name": "be"}, "spec": {"scopes": ["BestEffort"], "hard": {"pods": "1"}}});
+        assert!(in_scope(&best_effort, pods, &bare));
+        assert!(!in_scope(&best_effort, pods, &pod("1", "1Gi")));
+        assert!(!in_scope(&best_effort, services, &json!({})), "scopes take pods only");
+        let terminating = json!({"spec": {"scopes": ["Terminating"], "hard": {"pods": "1"}}});
+        assert!(in_scope(&terminating, pods, &deadline) && !in_scope(&terminating, pods, &bare));
+        let classes = json!({"spec": {"hard": {"pods": "1"}, "scopeSelector": {"matchExpressions": [{"scopeName": "PriorityClass", "operator": "In", "values": ["high"]}]}}});
+        let high = json!({"spec": {"priorityClassName": "high", "containers": []}});
+        assert!(in_scope(&classes, pods, &high) && !in_scope(&classes, pods, &bare));
+        // A pod outside the scope is not refused, whatever is used.
+        let used: Usage = [("pods".to_owned(), 5000)].into();
+        assert!(admit(&best_effort, pods, &pod("1", "1Gi"), None, &used).is_ok());
+        assert!(admit(&best_effort, pods, &bare, None, &used).is_err());
+        assert!(validate_scopes(&classes).is_ok());
+        let wrong = json!({"spec": {"scopes": ["Sometimes"]}});
+        assert!(validate_scopes(&wrong).unwrap_err().1.contains("Unsupported value"));
+        let no_values = json!({"spec": {"scopeSelector": {"matchExpressions": [{"scopeName": "PriorityClass", "operator": "In"}]}}});
+        assert!(validate_scopes(&no_values).is_err());
+    }
+
+    #[test]
+    fn updates_ask_for_what_they_add() {
+        let services = find("", "v1", "services").unwrap();
+        let quota =
+            json!({"metadata": {"name": "np"}, "spec": {"hard": {"services.nodeports": "1"}}});
+        let plain = json!({"spec": {"type": "ClusterIP", "ports": [{"port": 80}, {"port": 443}]}});
+        let exposed = json!({"spec": {"type": "NodePort", "ports": [{"port": 80}, {"port": 443}]}});
+        assert_eq!(
+            admit(&quota, services, &exposed, Some(&plain), &Usage::new()).unwrap_err(),
+            "exceeded quota: np, requested: services.nodeports=2, used: services.nodeports=0, limited: services.nodeports=1"
+        );
+        // Unchanged usage asks for nothing, even over the limit.
+        let used: Usage = [("services.nodeports".to_owned(), 2000)].into();
+        assert!(admit(&quota, services, &exposed, Some(&exposed), &used).is_ok());
     }
 
     #[test]

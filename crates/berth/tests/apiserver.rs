@@ -2340,6 +2340,52 @@ fn quotas_limit_ranges_and_the_other_core_kinds() {
         "-n",
         "kube-system",
     ]);
+    // Scoped quotas count only the pods in their scope; updates are checked for what they
+    // add (a Service turned NodePort).
+    server.ok(&["create", "namespace", "scoped"]);
+    server.ok(&["create", "quota", "be", "--hard=pods=1", "--scopes=BestEffort", "-n", "scoped"]);
+    server.ok(&["create", "quota", "np", "--hard=services.nodeports=1", "-n", "scoped"]);
+    let err = server.fails(&[
+        "create",
+        "quota",
+        "odd",
+        "--hard=pods=1",
+        "--scopes=Sometimes",
+        "-n",
+        "scoped",
+    ]);
+    assert!(err.contains("Unsupported value: \"Sometimes\""), "{err}");
+    server.ok(&["create", "-f", pod("lazy", None).to_str().unwrap(), "-n", "scoped"]);
+    let err =
+        server.fails(&["create", "-f", pod("lazier", None).to_str().unwrap(), "-n", "scoped"]);
+    assert!(
+        err.contains("exceeded quota: be, requested: pods=1, used: pods=1, limited: pods=1"),
+        "{err}"
+    );
+    server.ok(&["create", "-f", pod("busy", Some("100m")).to_str().unwrap(), "-n", "scoped"]);
+    server.ok(&["create", "service", "clusterip", "web", "--tcp=80,443", "-n", "scoped"]);
+    let err = server.fails(&[
+        "patch",
+        "service",
+        "web",
+        "-n",
+        "scoped",
+        "-p",
+        r#"{"spec":{"type":"NodePort"}}"#,
+    ]);
+    assert!(
+        err.contains("exceeded quota: np, requested: services.nodeports=2, used: services.nodeports=0, limited: services.nodeports=1"),
+        "{err}"
+    );
+    assert_eq!(
+        server.ok(&["get", "service", "web", "-n", "scoped", "-o", "jsonpath={.spec.type}"]),
+        "ClusterIP"
+    );
+    let described = server.ok(&["describe", "quota", "be", "-n", "scoped"]);
+    assert!(
+        described.lines().any(|l| l.split_whitespace().eq(["pods", "1", "1"])),
+        "only the best-effort pod counts: {described}"
+    );
 
     // PodTemplates and ReplicationControllers are stored and served; ComponentStatus
     // reports the parts.

@@ -87,42 +87,41 @@ impl Api {
             .collect()
     }
 
-    /// Checks a create against the quotas that track it (the caller holds the admission
-    /// lock until the write is done).
+    /// Checks a create (no `old`) or an update against the quotas that track it (the caller
+    /// holds the admission lock until the write is done).
     pub(super) async fn check_quotas(
         &self,
         quotas: &[Value],
         object: &Value,
+        old: Option<&Value>,
     ) -> Result<(), ApiError> {
         if quotas.is_empty() {
             return Ok(());
         }
         let namespace = self.target.namespace.as_deref().unwrap_or("default");
-        let used = self.usage(self.stored(), namespace).await?;
+        let resource = self.stored();
+        let objects = self.objects_of(resource, namespace).await?;
         for quota in quotas {
-            crate::quota::admit(quota, self.stored(), object, &used)
+            let used = usage_within(quota, resource, &objects);
+            crate::quota::admit(quota, resource, object, old, &used)
                 .map_err(|why| self.forbidden(object, &why))?;
         }
         Ok(())
     }
 
-    /// What a namespace's objects of one resource use.
-    async fn usage(
+    /// A namespace's objects of one resource.
+    async fn objects_of(
         &self,
         resource: &Resource,
         namespace: &str,
-    ) -> Result<crate::quota::Usage, ApiError> {
+    ) -> Result<Vec<Value>, ApiError> {
         let page = self
             .state
             .store
             .list(&resource.prefix(Some(namespace)), None, 0, 0)
             .await
             .map_err(|e| storage_error(resource, "", e))?;
-        let mut used = crate::quota::Usage::new();
-        for kv in &page.items {
-            crate::quota::add(&mut used, &crate::quota::usage_of(resource, &decode(kv)?));
-        }
-        Ok(used)
+        page.items.iter().map(decode).collect()
     }
 
     /// A ResourceQuota with its status as of now.
@@ -142,7 +141,8 @@ impl Api {
             {
                 continue;
             }
-            crate::quota::add(&mut used, &self.usage(resource, &namespace).await?);
+            let objects = self.objects_of(resource, &namespace).await?;
+            crate::quota::add(&mut used, &usage_within(&quota, resource, &objects));
         }
         quota["status"] = crate::quota::status(&quota, &used);
         Ok(quota)
@@ -162,4 +162,13 @@ impl Api {
             ),
         )
     }
+}
+
+/// What the objects within a quota's scopes use.
+fn usage_within(quota: &Value, resource: &Resource, objects: &[Value]) -> crate::quota::Usage {
+    let mut used = crate::quota::Usage::new();
+    for object in objects.iter().filter(|o| crate::quota::in_scope(quota, resource, o)) {
+        crate::quota::add(&mut used, &crate::quota::usage_of(resource, object));
+    }
+    used
 }

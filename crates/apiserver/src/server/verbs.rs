@@ -352,7 +352,7 @@ impl Api {
             true => None,
             false => Some(self.state.quotas.admission.lock().await),
         };
-        self.check_quotas(&quotas, &object).await?;
+        self.check_quotas(&quotas, &object, None).await?;
         let key = resource.key(self.target.namespace.as_deref(), &name);
         let _allocating = if crate::strategy::of(resource).allocates_addresses() {
             let guard = self.state.service_allocation.lock().await;
@@ -568,6 +568,14 @@ impl Api {
             // A custom resource's status is checked against its schema too.
             objects::validate(resource, &object)?;
         }
+        // An update that uses more of a quota (a Service turned NodePort, a claim grown)
+        // is checked as a create is, for what it adds.
+        let quotas = if status_only { Vec::new() } else { self.quotas_tracking() };
+        let _counted = match quotas.is_empty() {
+            true => None,
+            false => Some(self.state.quotas.admission.lock().await),
+        };
+        self.check_quotas(&quotas, &object, Some(current)).await?;
         // The last finalizer gone from an object being deleted: it goes.
         // (Only an object that had finalizers: a pod in its grace period has none, and an
         // update to it must not end that period.)
@@ -720,7 +728,7 @@ impl Api {
                     true => None,
                     false => Some(self.state.quotas.admission.lock().await),
                 };
-                self.check_quotas(&quotas, &object).await?;
+                self.check_quotas(&quotas, &object, None).await?;
                 if self.dry_run() {
                     return Ok((201, object));
                 }
