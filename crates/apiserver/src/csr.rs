@@ -303,6 +303,54 @@ pub fn approved(csr: &Value) -> bool {
     has("Approved") && !has("Denied") && !has("Failed")
 }
 
+/// Whether a request has a decision (Approved, Denied or Failed).
+pub fn decided(csr: &Value) -> bool {
+    csr["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| matches!(c["type"].as_str(), Some("Approved" | "Denied" | "Failed")))
+}
+
+/// For a kubelet's client certificate request, the permission Kubernetes' approver asks
+/// of its requester before approving it without a person: `selfnodeclient` when a node
+/// asks for its own name, `nodeclient` for another requester (a bootstrap identity).
+/// None for any other request, which waits for a person.
+pub fn node_client_permission(csr: &Value, request: &Request) -> Option<&'static str> {
+    if csr["spec"]["signerName"] != "kubernetes.io/kube-apiserver-client-kubelet" {
+        return None;
+    }
+    let usages: Vec<&str> =
+        csr["spec"]["usages"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    let allowed = ["digital signature", "key encipherment", "client auth"];
+    if !usages.contains(&"client auth") || usages.iter().any(|u| !allowed.contains(u)) {
+        return None;
+    }
+    if request.organizations != ["system:nodes"]
+        || !request.common_name.starts_with("system:node:")
+        || !request.dns_names.is_empty()
+        || !request.ip_addresses.is_empty()
+    {
+        return None;
+    }
+    Some(if csr["spec"]["username"] == request.common_name.as_str() {
+        "selfnodeclient"
+    } else {
+        "nodeclient"
+    })
+}
+
+/// The condition the approver adds.
+pub fn auto_approved(permission: &str) -> Value {
+    let message = if permission == "selfnodeclient" {
+        "Auto approving self kubelet client certificate after SubjectAccessReview."
+    } else {
+        "Auto approving kubelet client certificate after SubjectAccessReview."
+    };
+    json!({"type": "Approved", "status": "True", "reason": "AutoApproved", "message": message,
+        "lastUpdateTime": crate::objects::now(), "lastTransitionTime": crate::objects::now()})
+}
+
 /// A Failed condition, for a request a built-in signer refuses.
 pub fn failed(reason: &str, message: &str) -> Value {
     json!({"type": "Failed", "status": "True", "reason": reason, "message": message,

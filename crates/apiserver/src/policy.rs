@@ -253,6 +253,44 @@ pub fn bootstrap() -> Vec<(&'static str, Value)> {
                 &["create", "get", "list", "watch"],
             )],
         ),
+        // Who may have a kubelet client certificate approved without a person: a node
+        // renewing its own (bound to every node, as kubeadm binds it) and a joining
+        // agent's bootstrap identity (the group system:bootstrappers).
+        role(
+            "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
+            json!({}),
+            vec![rule(
+                &["certificates.k8s.io"],
+                &["certificatesigningrequests/selfnodeclient"],
+                &["create"],
+            )],
+        ),
+        binding(
+            "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
+            "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
+            &[("Group", "system:nodes")],
+        ),
+        role(
+            "system:certificates.k8s.io:certificatesigningrequests:nodeclient",
+            json!({}),
+            vec![rule(
+                &["certificates.k8s.io"],
+                &["certificatesigningrequests/nodeclient"],
+                &["create"],
+            )],
+        ),
+        // A joining agent's bootstrap identity may ask for its certificate (kubeadm binds
+        // the same role to its bootstrap tokens' group).
+        binding(
+            "system:node-bootstrapper",
+            "system:node-bootstrapper",
+            &[("Group", "system:bootstrappers")],
+        ),
+        binding(
+            "system:certificates.k8s.io:certificatesigningrequests:nodeclient",
+            "system:certificates.k8s.io:certificatesigningrequests:nodeclient",
+            &[("Group", "system:bootstrappers")],
+        ),
         // What the in-process controllers act as (the garbage collector deletes and
         // updates any kind).
         role("system:kube-controller-manager", json!({}), vec![rule(&["*"], &["*"], &["*"])]),
@@ -298,6 +336,12 @@ pub fn bootstrap() -> Vec<(&'static str, Value)> {
                 ),
                 rule(&["", "events.k8s.io"], &["events"], &["create", "patch", "update"]),
                 rule(&[""], &["configmaps", "secrets", "services", "endpoints"], READ),
+                // Renewing its own certificates, as Kubernetes' system:node role allows.
+                rule(
+                    &["certificates.k8s.io"],
+                    &["certificatesigningrequests"],
+                    &["create", "get", "list", "watch"],
+                ),
             ],
         ),
         binding("system:nodes", "system:node", &[("Group", "system:nodes")]),

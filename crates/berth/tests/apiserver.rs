@@ -2576,6 +2576,36 @@ fn certificate_signing_requests_are_approved_and_signed() {
     let err = server.fails(&["create", "-f", path.to_str().unwrap(), "--as=alice"]);
     assert!(err.contains("system:masters group is not allowed"), "{err}");
 
+    // Kubelets' client requests are approved without a person when their requester may
+    // (a node renewing its own, a bootstrap identity), and wait for one otherwise.
+    let node_request = |name: &str, node: &str, who: &[&str]| {
+        let body = request(name, &format!("/CN=system:node:{node}/O=system:nodes"));
+        let path = work.join(format!("{name}.yaml"));
+        std::fs::write(&path, format!("apiVersion: certificates.k8s.io/v1\nkind: CertificateSigningRequest\nmetadata: {{name: {name}}}\nspec:\n  request: {body}\n  signerName: kubernetes.io/kube-apiserver-client-kubelet\n  usages: [digital signature, client auth]\n")).unwrap();
+        let mut args = vec!["create", "-f", path.to_str().unwrap()];
+        args.extend_from_slice(who);
+        server.ok(&args);
+    };
+    node_request("renewal", "n1", &["--as=system:node:n1", "--as-group=system:nodes"]);
+    node_request(
+        "joining",
+        "n2",
+        &["--as=system:bootstrap:abc", "--as-group=system:bootstrappers"],
+    );
+    node_request("unasked", "n3", &["--as=alice"]);
+    for name in ["renewal", "joining"] {
+        let shown = eventually(&server, &["get", "csr", name], |t| t.contains("Approved,Issued"));
+        assert!(shown.contains("kube-apiserver-client-kubelet"), "{shown}");
+    }
+    assert_eq!(
+        server.ok(&["get", "csr", "renewal", "-o", "jsonpath={.status.conditions[0].reason}"]),
+        "AutoApproved"
+    );
+    assert!(
+        server.ok(&["get", "csr", "unasked"]).contains("Pending"),
+        "alice may not have it approved"
+    );
+
     // A request that is not one, or whose signature is not its key's.
     let mut tampered = std::fs::read_to_string(work.join("dave.csr")).unwrap().into_bytes();
     let at = tampered.len() / 2;

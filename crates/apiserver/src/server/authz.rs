@@ -58,7 +58,7 @@ impl RbacCache {
         self.mirror.relist().await
     }
 
-    fn index(&self) -> Arc<Index> {
+    pub(super) fn index(&self) -> Arc<Index> {
         self.index.read().map(|index| index.clone()).unwrap_or_default()
     }
 }

@@ -20,12 +20,31 @@ impl Signer {
     pub(super) async fn start(
         store: Arc<dyn Store>,
         tls_dir: PathBuf,
+        rbac: Arc<super::authz::RbacCache>,
         tasks: &TaskTracker,
         shutdown: CancellationToken,
     ) -> Result<Arc<Signer>, Error> {
         let signing = Arc::new(tokio::sync::Mutex::new(()));
         let (writer, spawner) = (store.clone(), tasks.clone());
         let on_change = Box::new(move |objects: &BTreeMap<String, Value>| {
+            let undecided: Vec<(String, Value)> = objects
+                .iter()
+                .filter(|(_, csr)| {
+                    !crate::csr::decided(csr)
+                        && csr["spec"]["signerName"]
+                            == "kubernetes.io/kube-apiserver-client-kubelet"
+                })
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            if !undecided.is_empty() {
+                let (store, rbac, lock) = (writer.clone(), rbac.clone(), signing.clone());
+                spawner.spawn(async move {
+                    let _one = lock.lock().await;
+                    for (key, csr) in undecided {
+                        approve_one(&store, &rbac, &key, csr).await;
+                    }
+                });
+            }
             let waiting: Vec<(String, Value)> = objects
                 .iter()
                 .filter(|(_, csr)| {
@@ -57,6 +76,55 @@ impl Signer {
         )
         .await?;
         Ok(Arc::new(Signer { _mirror: mirror }))
+    }
+}
+
+/// Approves a kubelet's client request when its requester may have it approved so.
+async fn approve_one(
+    store: &Arc<dyn Store>,
+    rbac: &super::authz::RbacCache,
+    key: &str,
+    csr: Value,
+) {
+    use base64::Engine as _;
+    let pem = csr["spec"]["request"]
+        .as_str()
+        .and_then(|r| base64::engine::general_purpose::STANDARD.decode(r).ok())
+        .unwrap_or_default();
+    let Ok(request) = crate::csr::parse(&pem) else { return };
+    let Some(permission) = crate::csr::node_client_permission(&csr, &request) else { return };
+    let requester = crate::rbac::User {
+        name: csr["spec"]["username"].as_str().unwrap_or("").to_owned(),
+        groups: csr["spec"]["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|g| g.as_str().map(str::to_owned))
+            .collect(),
+    };
+    let asked = crate::rbac::Attributes {
+        verb: "create".into(),
+        group: "certificates.k8s.io".into(),
+        resource: "certificatesigningrequests".into(),
+        subresource: permission.into(),
+        ..Default::default()
+    };
+    if !rbac.index().allowed(&requester, &asked) {
+        return;
+    }
+    let Ok(Some(kv)) = store.get(key).await else { return };
+    let Ok(mut current) = decode(&kv) else { return };
+    if crate::csr::decided(&current) {
+        return;
+    }
+    let mut conditions = current["status"]["conditions"].as_array().cloned().unwrap_or_default();
+    conditions.push(crate::csr::auto_approved(permission));
+    current["status"]["conditions"] = json!(conditions);
+    match store.update(key, encode(&current), kv.mod_revision).await {
+        Ok(_) => {
+            tracing::info!(csr = %objects::name_of(&current), "approved a kubelet client certificate request ({permission})")
+        }
+        Err(err) => tracing::debug!("approving again later: {err}"),
     }
 }
 

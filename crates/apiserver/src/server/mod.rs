@@ -256,9 +256,14 @@ impl Server {
             admission::Webhooks::start(store.clone(), pki.ca_pem.clone(), &tasks, shutdown.clone())
                 .await?;
         let quotas = quotas::Quotas::start(store.clone(), &tasks, shutdown.clone()).await?;
-        let csr_signer =
-            certificates::Signer::start(store.clone(), tls_dir.clone(), &tasks, shutdown.clone())
-                .await?;
+        let csr_signer = certificates::Signer::start(
+            store.clone(),
+            tls_dir.clone(),
+            rbac.clone(),
+            &tasks,
+            shutdown.clone(),
+        )
+        .await?;
         let state = Arc::new(State {
             signer,
             store,
