@@ -4,7 +4,8 @@
 //! the structural schema prunes unknown fields, fills defaults and validates, with
 //! Kubernetes' messages; printer columns make the `Table` kubectl prints; the schema
 //! becomes the group-version's OpenAPI component (`kubectl explain`); versions convert
-//! with `strategy: None` (only `apiVersion` changes).
+//! with `strategy: None` (only `apiVersion` changes) or through a webhook (the server's
+//! `conversion`).
 //!
 //! Knows nothing of HTTP or storage: definitions come in as JSON, objects are JSON.
 
@@ -39,9 +40,9 @@ pub struct Version {
     pub deprecation: Option<String>,
     /// The definition is being deleted: no new objects.
     pub terminating: bool,
-    /// `spec.conversion.strategy: Webhook`: versions other than the stored one would
-    /// need the webhook, which berth does not call yet.
-    pub webhook_conversion: bool,
+    /// `spec.conversion.webhook` when `spec.conversion.strategy` is `Webhook`: versions
+    /// other than the stored one convert through it.
+    pub conversion_webhook: Option<Value>,
 }
 
 /// An `additionalPrinterColumns` entry.
@@ -205,7 +206,8 @@ pub fn served(definition: &Value) -> Vec<(CustomResource, Version)> {
                 scale,
                 deprecation,
                 terminating,
-                webhook_conversion: spec["conversion"]["strategy"] == "Webhook",
+                conversion_webhook: (spec["conversion"]["strategy"] == "Webhook")
+                    .then(|| spec["conversion"]["webhook"].clone()),
             };
             (resource, version)
         })

@@ -1798,11 +1798,16 @@ fn custom_resource_definitions_serve_their_resources() {
     ]);
     let left = server.ok(&["get", "crontabs", "-A", "-o", "name"]);
     assert!(left.trim().is_empty(), "{left}");
-    // Webhook conversion is not called yet: the stored version serves, the other says why.
+    // Webhook conversion with an unreachable webhook: the stored version serves, the
+    // other says why.
     server.apply("apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {name: widgets.stable.example.com}\nspec:\n  group: stable.example.com\n  scope: Namespaced\n  names: {plural: widgets, kind: Widget}\n  conversion:\n    strategy: Webhook\n    webhook: {conversionReviewVersions: [v1], clientConfig: {url: \"https://127.0.0.1:1/convert\"}}\n  versions:\n  - {name: v1, served: true, storage: true, schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}}\n  - {name: v2, served: true, storage: false, schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}}\n");
+    server.apply("apiVersion: stable.example.com/v1\nkind: Widget\nmetadata: {name: w}\nspec: {size: \"1\"}\n");
     server.ok(&["get", "widgets.v1.stable.example.com"]);
     let err = server.fails(&["get", "widgets.v2.stable.example.com"]);
-    assert!(err.contains("berth does not call conversion webhooks yet"), "{err}");
+    assert!(
+        err.contains("conversion webhook for stable.example.com/v1, Kind=Widget failed: Post \"https://127.0.0.1:1/convert\""),
+        "{err}"
+    );
 }
 
 /// Kills the server with SIGKILL and starts it again on the same data directory.
@@ -2073,6 +2078,83 @@ fn webhook_server(dir: &Path) -> (Child, u16, String) {
     .unwrap();
     let port: u16 = line.trim().parse().expect("the webhook prints its port");
     (child, port, std::fs::read_to_string(certs.join("ca.crt")).unwrap())
+}
+
+/// Conversion webhooks as Kubernetes calls them: objects written in one version are
+/// stored in the storage version and read, listed, watched and patched in another through
+/// the webhook; only labels and annotations of the metadata may change; a webhook's
+/// failure is the request's, with its message.
+#[test]
+fn conversion_webhooks_convert_between_versions() {
+    use base64::Engine as _;
+    let Some((dir, server)) = embedded_server() else { return };
+    let (mut hook, port, ca) = webhook_server(dir.path());
+    let ca = base64::engine::general_purpose::STANDARD.encode(ca);
+    let definition = |plural: &str, kind: &str, path: &str| {
+        format!("apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {{name: {plural}.stable.example.com}}\nspec:\n  group: stable.example.com\n  scope: Namespaced\n  names: {{plural: {plural}, kind: {kind}}}\n  conversion:\n    strategy: Webhook\n    webhook: {{conversionReviewVersions: [v1], clientConfig: {{url: \"https://127.0.0.1:{port}{path}\", caBundle: {ca}}}}}\n  versions:\n  - {{name: v1, served: true, storage: true, schema: {{openAPIV3Schema: {{type: object, properties: {{spec: {{type: object, properties: {{size: {{type: string}}}}}}}}}}}}}}\n  - {{name: v2, served: true, storage: false, schema: {{openAPIV3Schema: {{type: object, properties: {{spec: {{type: object, properties: {{count: {{type: integer}}}}}}}}}}}}}}\n")
+    };
+    server.apply(&definition("widgets", "Widget", "/convert"));
+    server.ok(&["wait", "--for=condition=Established", "crd/widgets.stable.example.com"]);
+    // Written in v2: stored as v1 (the webhook converted it), read in either.
+    server.apply(
+        "apiVersion: stable.example.com/v2\nkind: Widget\nmetadata: {name: w}\nspec: {count: 3}\n",
+    );
+    assert_eq!(
+        server.ok(&["get", "widgets.v1.stable.example.com", "w", "-o", "jsonpath={.spec.size}"]),
+        "3"
+    );
+    let v2: serde_json::Value = serde_json::from_str(&server.ok(&[
+        "get",
+        "widgets.v2.stable.example.com",
+        "w",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    assert_eq!(v2["apiVersion"], "stable.example.com/v2");
+    assert_eq!(v2["spec"]["count"], 3, "{v2}");
+    assert_eq!(v2["metadata"]["name"], "w", "a webhook may not rename: {v2}");
+    assert_eq!(v2["metadata"]["labels"]["converted-by"], "webhook", "labels may change: {v2}");
+    // Lists and watches convert too.
+    let listed: serde_json::Value =
+        serde_json::from_str(&server.ok(&["get", "widgets.v2.stable.example.com", "-o", "json"]))
+            .unwrap();
+    assert_eq!(listed["items"][0]["spec"]["count"], 3, "{listed}");
+    let watched = server.ok(&[
+        "get",
+        "--raw",
+        "/apis/stable.example.com/v2/namespaces/default/widgets?watch=1&timeoutSeconds=1",
+    ]);
+    let first: serde_json::Value = serde_json::from_str(watched.lines().next().unwrap()).unwrap();
+    assert_eq!(first["type"], "ADDED");
+    assert_eq!(first["object"]["apiVersion"], "stable.example.com/v2");
+    assert_eq!(first["object"]["spec"]["count"], 3, "{watched}");
+    // A patch in v2 applies to the v2 view and is stored as v1.
+    server.ok(&[
+        "patch",
+        "widgets.v2.stable.example.com",
+        "w",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"count":5}}"#,
+    ]);
+    assert_eq!(
+        server.ok(&["get", "widgets.v1.stable.example.com", "w", "-o", "jsonpath={.spec.size}"]),
+        "5"
+    );
+    let reviews = std::fs::read_to_string(dir.path().join("webhook/reviews.jsonl")).unwrap();
+    assert!(reviews.contains("\"desiredAPIVersion\": \"stable.example.com/v1\""), "{reviews}");
+    // The webhook's failure is the request's.
+    server.apply(&definition("gadgets", "Gadget", "/convert-fail"));
+    server.ok(&["wait", "--for=condition=Established", "crd/gadgets.stable.example.com"]);
+    server.apply("apiVersion: stable.example.com/v1\nkind: Gadget\nmetadata: {name: g}\nspec: {size: \"1\"}\n");
+    let err = server.fails(&["get", "gadgets.v2.stable.example.com", "g"]);
+    assert!(
+        err.contains("conversion webhook for stable.example.com/v1, Kind=Gadget failed: the webhook answered a failure: cannot convert widgets today"),
+        "{err}"
+    );
+    let _ = hook.kill();
+    let _ = hook.wait();
 }
 
 /// Admission webhooks as Kubernetes calls them: a mutating webhook's patch lands (only on

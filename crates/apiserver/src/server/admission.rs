@@ -179,7 +179,7 @@ impl Api {
             }
             let review = self.review(&request, object.as_ref(), old);
             let hook = webhook["name"].as_str().unwrap_or("").to_owned();
-            let answer = match self.call(webhook, &review).await {
+            let answer = match self.state.call_webhook(webhook, &review).await {
                 Ok(answer) => answer,
                 Err(why) => {
                     if webhook["failurePolicy"] == "Ignore" {
@@ -292,9 +292,15 @@ impl Api {
             }
         })
     }
+}
 
+impl State {
     /// Posts the review to the webhook; its answer, or why there is none.
-    async fn call(&self, webhook: &Value, review: &Value) -> Result<Value, String> {
+    pub(super) async fn call_webhook(
+        &self,
+        webhook: &Value,
+        review: &Value,
+    ) -> Result<Value, String> {
         let timeout = webhook["timeoutSeconds"].as_u64().unwrap_or(10).clamp(1, 30);
         tokio::time::timeout(Duration::from_secs(timeout), self.post(webhook, review))
             .await
@@ -327,7 +333,7 @@ impl Api {
                     .map_err(|e| format!("caBundle is not base64: {e}"))?;
                 String::from_utf8(bytes).map_err(|_| "caBundle is not PEM".to_owned())?
             }
-            None => self.state.webhooks.cluster_ca.clone(),
+            None => self.webhooks.cluster_ca.clone(),
         };
         let mut roots = rustls::RootCertStore::empty();
         for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(ca.as_bytes()) {
@@ -398,7 +404,7 @@ impl Api {
         let tls_name = format!("{name}.{namespace}.svc");
         let read = |plural: &'static str| async move {
             let resource = resources::find("", "v1", plural)?;
-            let kv = self.state.store.get(&resource.key(Some(namespace), name)).await.ok()??;
+            let kv = self.store.get(&resource.key(Some(namespace), name)).await.ok()??;
             decode(&kv).ok()
         };
         let svc = read("services")

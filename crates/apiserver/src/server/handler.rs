@@ -225,16 +225,6 @@ where
         upgrade: std::sync::Mutex::new(upgrade),
     };
     if let Some(custom) = crate::crd::lookup(api.resource()) {
-        if custom.webhook_conversion && custom.version != custom.storage {
-            return error_response(&ApiError::new(
-                500,
-                "InternalError",
-                format!(
-                    "conversion webhook for {}/{}, Kind={} is not called: berth does not call conversion webhooks yet; use the stored version {}/{} (or spec.conversion.strategy: None)",
-                    custom.group, custom.version, custom.kind, custom.group, custom.storage
-                ),
-            ));
-        }
         if let Some(warning) = &custom.deprecation {
             if let Ok(mut warnings) = api.warnings.lock() {
                 warnings.push(warning.clone());
@@ -314,7 +304,10 @@ where
         state.audit(&user, impersonator, verb, &api.target, created.as_deref(), code);
     }
     let mut response = match result {
-        Ok((code, value)) => json_response(code, &api.outward(value)),
+        Ok((code, value)) => match api.to_served(value).await {
+            Ok(value) => json_response(code, &value),
+            Err(err) => error_response(&err),
+        },
         Err(err) => error_response(&err),
     };
     for warning in api.warnings.lock().map(|w| w.clone()).unwrap_or_default() {

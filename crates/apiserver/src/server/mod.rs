@@ -49,6 +49,7 @@ mod authz;
 mod certificates;
 mod compaction;
 mod components;
+mod conversion;
 mod crds;
 mod discovery;
 mod handler;

@@ -169,6 +169,10 @@ impl Api {
         if self.resource().kind == "ResourceQuota" {
             object = self.with_quota_status(object).await?;
         }
+        // Tables and metadata are made of the object in the request's version.
+        if let Some(converter) = self.converter(false) {
+            object = converter.convert(object).await?;
+        }
         if self.accept.contains("as=Table") {
             let revision = revision_of(&object);
             let include = self.params.get("includeObject").is_some_and(|v| v == "Object");
@@ -226,6 +230,16 @@ impl Api {
             shown
         } else {
             items
+        };
+        let items = match self.converter(false) {
+            Some(converter) => {
+                let mut converted = converter.convert(json!({ "items": items })).await?;
+                match converted["items"].take() {
+                    Value::Array(items) => items,
+                    _ => Vec::new(),
+                }
+            }
+            None => items,
         };
         let continue_token = if page.more {
             page.items.last().map(|k| encode_continue(&k.key, page.revision)).unwrap_or_default()
@@ -302,7 +316,7 @@ impl Api {
     ) -> Result<(u16, Value), ApiError> {
         let mut object = self.parse_body(content_type, body)?;
         self.check_fields(&mut object)?;
-        let given = self.inward(object);
+        let given = self.to_stored(object).await?;
         // A generated name that is taken is generated again, as kube-apiserver does.
         let generated = objects::name_of(&given).is_empty()
             && given["metadata"]["generateName"].as_str().is_some_and(|p| !p.is_empty());
@@ -620,7 +634,7 @@ impl Api {
     ) -> Result<(u16, Value), ApiError> {
         let mut object = self.parse_body(content_type, body)?;
         self.check_fields(&mut object)?;
-        let mut object = self.inward(object);
+        let mut object = self.to_stored(object).await?;
         let current = self.current().await?;
         let current_revision = revision_of(&current);
         let given = object["metadata"]["resourceVersion"].as_str().unwrap_or("");
@@ -693,7 +707,10 @@ impl Api {
                 .map_err(|e| storage_error(resource, self.name(), e))?;
             let stored = live.as_ref().map(decode).transpose()?;
             // Applied in the request's version, stored in the stored one.
-            let live = stored.clone().map(|object| self.outward(object));
+            let live = match stored.clone() {
+                Some(object) => Some(self.to_served(object).await?),
+                None => None,
+            };
             let merged = crate::apply::apply(live.as_ref(), config, &manager, force, &gv).map_err(|conflicts| {
                 let list: Vec<String> = conflicts.iter().map(|c| format!("conflict with {:?}: {}", c.manager, c.field)).collect();
                 let mut err = ApiError::new(
@@ -705,7 +722,7 @@ impl Api {
                     "causes": conflicts.iter().map(|c| json!({"reason": "FieldManagerConflict", "message": format!("conflict with {:?}", c.manager), "field": c.field})).collect::<Vec<_>>()});
                 err
             })?;
-            let merged = self.inward(merged);
+            let merged = self.to_stored(merged).await?;
             let Some(live) = stored else {
                 let mut object = merged;
                 let resource = self.stored();
@@ -768,10 +785,10 @@ impl Api {
             let current = self.current().await?;
             let revision = revision_of(&current);
             // The patch applies to the object in the request's version.
-            let view = self.outward(current.clone());
+            let view = self.to_served(current.clone()).await?;
             let mut patched = patched_by(content_type, &view, &patch_doc)?;
             self.check_fields(&mut patched)?;
-            let mut patched = self.inward(patched);
+            let mut patched = self.to_stored(patched).await?;
             // A patch that names a resourceVersion is a precondition.
             if let Some(wanted) = patch_doc["metadata"]["resourceVersion"].as_str() {
                 if wanted != revision.to_string() {
@@ -1159,7 +1176,9 @@ impl Api {
             }
             event
         };
-        let initial: Vec<Value> = initial.into_iter().map(shape).collect();
+        // A custom resource converted by webhook: each event's object goes through it
+        // (a failure ends the watch with an ERROR event saying why).
+        let converter = self.converter(false);
         let metrics = self.state.metrics.clone();
         let shutdown = self.state.shutdown.clone();
         tokio::spawn(async move {
@@ -1173,8 +1192,22 @@ impl Api {
             let _open = Open(metrics);
             // Each event a line, its object in Kubernetes' key order.
             let line = |value: &Value| Bytes::from(crate::wire::to_vec(value));
-            for event in &initial {
-                if sender.send(Frame::data(line(event))).await.is_err() {
+            let converted = |event: Value| {
+                let converter = converter.clone();
+                async move {
+                    match &converter {
+                        Some(converter) => converter.event(event).await,
+                        None => Ok(event),
+                    }
+                }
+            };
+            for event in initial {
+                let event = match converted(event).await {
+                    Ok(event) => shape(event),
+                    Err(err) => json!({"type": "ERROR", "object": err.status()}),
+                };
+                let failed = event["type"] == "ERROR";
+                if sender.send(Frame::data(line(&event))).await.is_err() || failed {
                     return;
                 }
             }
@@ -1226,7 +1259,14 @@ impl Api {
                             EventKind::Put if event.prev.is_none() => "ADDED",
                             EventKind::Put => "MODIFIED",
                         };
-                        if sender.send(Frame::data(line(&shape(json!({"type": kind, "object": object}))))).await.is_err() {
+                        let event = match converted(json!({"type": kind, "object": object})).await {
+                            Ok(event) => shape(event),
+                            Err(err) => {
+                                let _ = sender.send(Frame::data(line(&json!({"type": "ERROR", "object": err.status()})))).await;
+                                return;
+                            }
+                        };
+                        if sender.send(Frame::data(line(&event))).await.is_err() {
                             return;
                         }
                     }

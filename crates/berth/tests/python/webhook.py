@@ -5,6 +5,9 @@ in the certificate directory.
   /mutate    adds the label mutated=yes (a JSON patch)
   /validate  refuses a ConfigMap with a data key named "forbidden"
   /slow      answers after three seconds
+  /convert   a ConversionReview of Widgets: v1's spec.size (a string) is v2's spec.count
+             (an integer); the label converted-by=webhook is added
+  /convert-fail  a ConversionReview answered with a failure
 """
 import base64
 import http.server
@@ -27,6 +30,8 @@ class Hook(http.server.BaseHTTPRequestHandler):
         request = review["request"]
         with open(os.path.join(DIR, "reviews.jsonl"), "a") as log:
             log.write(json.dumps({"path": self.path, "request": request}) + "\n")
+        if self.path.startswith("/convert"):
+            return self.convert(request)
         response = {"uid": request["uid"], "allowed": True}
         obj = request.get("object") or {}
         if self.path == "/mutate":
@@ -45,6 +50,35 @@ class Hook(http.server.BaseHTTPRequestHandler):
             time.sleep(3)
         body = json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
                            "response": response}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+    def convert(self, request):
+        desired = request["desiredAPIVersion"]
+        converted = []
+        for obj in request["objects"]:
+            spec = obj.get("spec") or {}
+            if desired.endswith("/v2") and "size" in spec:
+                spec["count"] = int(spec.pop("size"))
+            elif desired.endswith("/v1") and "count" in spec:
+                spec["size"] = str(spec.pop("count"))
+            obj["spec"] = spec
+            obj["apiVersion"] = desired
+            obj.setdefault("metadata", {}).setdefault("labels", {})["converted-by"] = "webhook"
+            obj["metadata"]["name"] = "renamed-by-webhook"
+            converted.append(obj)
+        if self.path == "/convert-fail":
+            result = {"status": "Failure", "message": "cannot convert widgets today"}
+            converted = []
+        else:
+            result = {"status": "Success"}
+        body = json.dumps({"apiVersion": "apiextensions.k8s.io/v1", "kind": "ConversionReview",
+                           "response": {"uid": request["uid"], "convertedObjects": converted,
+                                        "result": result}}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
