@@ -160,6 +160,10 @@ async fn handle(
                 (kind.clone(), namespace.clone(), pod.clone(), container.clone());
             stream(shared, request, &kind, &namespace, &pod, &container).await
         }
+        [kind, namespace, pod] if kind == "portForward" => {
+            let (namespace, pod) = (namespace.clone(), pod.clone());
+            port_forward(shared, request, &namespace, &pod).await
+        }
         _ => text(StatusCode::NOT_FOUND, format!("{path} is not served by berth's node agent")),
     }
 }
@@ -428,7 +432,7 @@ async fn container_id(
 /// client and the runtime's streaming server).
 async fn stream(
     shared: &Shared,
-    mut request: Request<hyper::body::Incoming>,
+    request: Request<hyper::body::Incoming>,
     kind: &str,
     namespace: &str,
     pod: &str,
@@ -466,6 +470,55 @@ async fn stream(
             )
         }
     };
+    relay(request, &url).await
+}
+
+/// `portForward`: the runtime's streaming URL for the pod's sandbox, joined to the
+/// client's upgraded connection as `stream` does.
+async fn port_forward(
+    shared: &Shared,
+    request: Request<hyper::body::Incoming>,
+    namespace: &str,
+    pod_name: &str,
+) -> Response<Body> {
+    let Some(pod) = shared.pods.store().get(&ObjectRef::new(pod_name).within(namespace)) else {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("pod {namespace}/{pod_name} is not on this node"),
+        );
+    };
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let sandboxes = match crate::pods::sandboxes_of(&shared.runtime, &uid).await {
+        Ok(sandboxes) => sandboxes,
+        Err(err) => return text(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
+    };
+    let Some(sandbox) =
+        sandboxes.into_iter().find(|s| s.state == cri::PodSandboxState::SandboxReady as i32)
+    else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!("pod {namespace}/{pod_name} has no running sandbox on this node"),
+        );
+    };
+    let mut rt = shared.runtime.runtime.clone();
+    let url = match rt
+        .port_forward(cri::PortForwardRequest { pod_sandbox_id: sandbox.id, port: Vec::new() })
+        .await
+    {
+        Ok(response) => response.into_inner().url,
+        Err(status) => {
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the container runtime: {}", status.message()),
+            )
+        }
+    };
+    relay(request, &url).await
+}
+
+/// The client's upgrade request sent on to the runtime's streaming server at `url`, and
+/// the two upgraded connections joined byte for byte.
+async fn relay(mut request: Request<hyper::body::Incoming>, url: &str) -> Response<Body> {
     let Ok(uri) = url.parse::<hyper::Uri>() else {
         return text(
             StatusCode::INTERNAL_SERVER_ERROR,

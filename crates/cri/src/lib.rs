@@ -3,7 +3,9 @@
 //! node agent speaks it) served over gRPC on a unix socket. `node` does the work, blocking,
 //! over state on disk; this module maps RPCs onto it on tokio's blocking pool.
 
+pub mod forward;
 pub mod node;
+pub mod spdy;
 pub mod spec;
 pub mod stream;
 
@@ -345,9 +347,21 @@ impl RuntimeService for Cri {
 
     async fn port_forward(
         &self,
-        _: Request<cri::PortForwardRequest>,
+        request: Request<cri::PortForwardRequest>,
     ) -> Result<Response<cri::PortForwardResponse>, Status> {
-        Err(Status::unimplemented("port forwarding is not served yet"))
+        let request = request.into_inner();
+        let id = request.pod_sandbox_id.clone();
+        let sandbox = self.blocking(move |node| node.sandbox(&id)).await?.into_inner();
+        if !sandbox.ready {
+            return Err(Status::failed_precondition(format!(
+                "pod sandbox {:?} is not ready",
+                sandbox.id
+            )));
+        }
+        let url = self.streams.register(stream::Session::PortForward(forward::ForwardRequest {
+            sandbox_id: sandbox.id,
+        }))?;
+        Ok(Response::new(cri::PortForwardResponse { url }))
     }
 
     async fn container_stats(

@@ -6,7 +6,8 @@
 //! The command runs through `berth-runc exec` with the container's process settings, on
 //! pipes or on a pty whose master the runtime hands over a console socket. An attach joins
 //! the container's own stdio through its supervisor (`berth_task::shim::attach`).
-//! Not yet: SPDY/3.1 (answered 400 with the reason) and PortForward.
+//! `PortForward` URLs take a GET upgraded to SPDY/3.1 (`forward`). Not yet: exec and
+//! attach over SPDY/3.1 (answered 400 with the reason).
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
@@ -53,6 +54,7 @@ pub struct AttachRequest {
 pub enum Session {
     Exec(ExecRequest),
     Attach(AttachRequest),
+    PortForward(crate::forward::ForwardRequest),
 }
 
 impl Session {
@@ -60,6 +62,7 @@ impl Session {
         match self {
             Session::Exec(_) => "exec",
             Session::Attach(_) => "attach",
+            Session::PortForward(_) => "portforward",
         }
     }
 }
@@ -146,6 +149,9 @@ impl Streams {
         let header = |name: &str| {
             request.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned()
         };
+        if let Session::PortForward(forward) = exec {
+            return port_forward(node, request, forward);
+        }
         if !header("upgrade").eq_ignore_ascii_case("websocket") {
             return text(
                 StatusCode::BAD_REQUEST,
@@ -190,6 +196,52 @@ impl Streams {
         }
         response
     }
+}
+
+/// A port forward: the GET upgraded to SPDY/3.1 with the `portforward.k8s.io` protocol.
+fn port_forward(
+    node: Arc<Node>,
+    mut request: Request<hyper::body::Incoming>,
+    forward: crate::forward::ForwardRequest,
+) -> Response<Body> {
+    const PROTOCOL: &str = "portforward.k8s.io";
+    let text = |code: StatusCode, message: String| {
+        let mut response = Response::new(Full::new(Bytes::from(message)).boxed());
+        *response.status_mut() = code;
+        response
+    };
+    let header = |name: &str| {
+        request.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned()
+    };
+    if !header("upgrade").eq_ignore_ascii_case("SPDY/3.1") {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "port forwarding speaks SPDY/3.1: upgrade to it (Upgrade: SPDY/3.1)".into(),
+        );
+    }
+    let offered = header("x-stream-protocol-version");
+    if !offered.is_empty() && !offered.split(',').any(|p| p.trim() == PROTOCOL) {
+        return text(
+            StatusCode::FORBIDDEN,
+            format!("unable to upgrade: no common protocol: berth speaks {PROTOCOL}, the client offered {offered}"),
+        );
+    }
+    let upgrade = hyper::upgrade::on(&mut request);
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => {
+                crate::forward::session(node, hyper_util::rt::TokioIo::new(upgraded), forward).await
+            }
+            Err(err) => tracing::debug!("port-forward upgrade failed: {err}"),
+        }
+    });
+    let mut response = Response::new(Full::new(Bytes::new()).boxed());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(hyper::header::UPGRADE, hyper::header::HeaderValue::from_static("SPDY/3.1"));
+    headers.insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("Upgrade"));
+    headers.insert("x-stream-protocol-version", hyper::header::HeaderValue::from_static(PROTOCOL));
+    response
 }
 
 /// `Sec-WebSocket-Accept` for a client's key (RFC 6455 §4.2.2).
@@ -316,6 +368,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     let status = match &session {
         Session::Exec(exec) => run(node, exec, &tx, &mut reader, v5).await,
         Session::Attach(attach) => join(node, attach, &tx, &mut reader, v5).await,
+        Session::PortForward(_) => status_message(Err("port forwarding speaks SPDY".into())),
     };
     let _ = tx.send(Out::Data(3, status.into_bytes())).await;
     drop(tx);

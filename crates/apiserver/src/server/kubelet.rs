@@ -76,7 +76,8 @@ impl Api {
         Ok((sender, format!("{address}:{port}")))
     }
 
-    /// `exec` and `attach`: the agent's upgraded connection joined to the client's, byte for byte.
+    /// `exec`, `attach` and `portForward` (no container): the agent's upgraded connection
+    /// joined to the client's, byte for byte.
     pub(super) async fn kubelet_upgrade(
         &self,
         action: &str,
@@ -92,13 +93,17 @@ impl Api {
                 )
             })?;
         let (mut sender, host) = self.kubelet_connect(node_name).await?;
-        let path = format!(
-            "/{action}/{}/{}/{}?{}",
-            encode(namespace),
-            encode(pod),
-            encode(container),
-            upgrade.query
-        );
+        let path = if container.is_empty() {
+            format!("/{action}/{}/{}?{}", encode(namespace), encode(pod), upgrade.query)
+        } else {
+            format!(
+                "/{action}/{}/{}/{}?{}",
+                encode(namespace),
+                encode(pod),
+                encode(container),
+                upgrade.query
+            )
+        };
         let mut request = Request::get(path).header(hyper::header::HOST, host);
         for (name, value) in &upgrade.headers {
             let lower = name.as_str();

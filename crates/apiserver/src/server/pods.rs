@@ -179,11 +179,9 @@ impl Api {
             let namespace = self.target.namespace.clone().unwrap_or_default();
             return self.kubelet_upgrade(action, node, &namespace, &name, &container).await;
         }
-        Err(ApiError::new(
-            503,
-            "ServiceUnavailable",
-            format!("cannot reach the node agent of node {node:?} to {action} pod {name}: berth's node agent does not serve {action} yet"),
-        ))
+        // portforward: the pod's sandbox, no container.
+        let namespace = self.target.namespace.clone().unwrap_or_default();
+        self.kubelet_upgrade("portForward", node, &namespace, &name, "").await
     }
 
     /// `POST .../bindings`: the pod the Binding names, bound (as `pods/binding` does).
