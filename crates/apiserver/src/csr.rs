@@ -69,6 +69,54 @@ const ED25519: &[u8] = &[0x2b, 0x65, 0x70];
 const EXTENSION_REQUEST: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x0e];
 const SUBJECT_ALT_NAME: &[u8] = &[0x55, 0x1d, 0x11];
 
+/// The signature algorithms a request may be signed with, by OID (the hash that goes with
+/// each key, as Go's x509 accepts them): PKCS#1 v1.5 and PSS with SHA-256/384/512 for RSA,
+/// ECDSA with SHA-256/384 for P-256 and P-384, Ed25519.
+fn verifier(
+    algorithm: &[u8],
+    key: KeyAlgorithm,
+) -> Result<&'static dyn ring::signature::VerificationAlgorithm, String> {
+    use ring::signature as sig;
+    const RSA_PREFIX: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01];
+    const ECDSA_PREFIX: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03];
+    const SHA384: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x02];
+    const SHA512: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x03];
+    const SHA256: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01];
+    let Some((0x06, oid, _, parameters)) = element(algorithm) else {
+        return Err("the certificate request's signature algorithm cannot be parsed".into());
+    };
+    let contains =
+        |haystack: &[u8], needle: &[u8]| haystack.windows(needle.len()).any(|w| w == needle);
+    let chosen: Option<&'static dyn sig::VerificationAlgorithm> = match (key, oid) {
+        (KeyAlgorithm::Rsa, [prefix @ .., last]) if prefix == RSA_PREFIX => match last {
+            0x0b => Some(&sig::RSA_PKCS1_2048_8192_SHA256),
+            0x0c => Some(&sig::RSA_PKCS1_2048_8192_SHA384),
+            0x0d => Some(&sig::RSA_PKCS1_2048_8192_SHA512),
+            // RSASSA-PSS: the hash is named in the parameters (SHA-1, the default, is not
+            // accepted).
+            0x0a if contains(parameters, SHA256) => Some(&sig::RSA_PSS_2048_8192_SHA256),
+            0x0a if contains(parameters, SHA384) => Some(&sig::RSA_PSS_2048_8192_SHA384),
+            0x0a if contains(parameters, SHA512) => Some(&sig::RSA_PSS_2048_8192_SHA512),
+            _ => None,
+        },
+        (KeyAlgorithm::EcdsaP256, [prefix @ .., last]) if prefix == ECDSA_PREFIX => match last {
+            0x02 => Some(&sig::ECDSA_P256_SHA256_ASN1),
+            0x03 => Some(&sig::ECDSA_P256_SHA384_ASN1),
+            _ => None,
+        },
+        (KeyAlgorithm::EcdsaP384, [prefix @ .., last]) if prefix == ECDSA_PREFIX => match last {
+            0x02 => Some(&sig::ECDSA_P384_SHA256_ASN1),
+            0x03 => Some(&sig::ECDSA_P384_SHA384_ASN1),
+            _ => None,
+        },
+        (KeyAlgorithm::Ed25519, ED25519) => Some(&sig::ED25519),
+        _ => None,
+    };
+    chosen.ok_or_else(|| {
+        "the certificate request is signed with an algorithm berth does not verify (use SHA-256, SHA-384 or SHA-512 with RSA (PKCS#1 v1.5 or PSS), ECDSA P-256/P-384, or Ed25519)".to_owned()
+    })
+}
+
 /// Reads a PEM `CERTIFICATE REQUEST` and checks that it is signed by its own key.
 pub fn parse(pem: &[u8]) -> Result<Request, String> {
     let text = std::str::from_utf8(pem).map_err(|_| "the request is not PEM text".to_owned())?;
@@ -86,7 +134,7 @@ pub fn parse(pem: &[u8]) -> Result<Request, String> {
     // CertificationRequest ::= SEQUENCE { info, signatureAlgorithm, signature BIT STRING }
     let (0x30, request, _, _) = element(&der).ok_or_else(bad)? else { return Err(bad()) };
     let (0x30, info, info_der, rest) = element(request).ok_or_else(bad)? else { return Err(bad()) };
-    let (0x30, _algorithm, _, rest) = element(rest).ok_or_else(bad)? else { return Err(bad()) };
+    let (0x30, signed_with, _, rest) = element(rest).ok_or_else(bad)? else { return Err(bad()) };
     let (0x03, signature, _, _) = element(rest).ok_or_else(bad)? else { return Err(bad()) };
     // info ::= SEQUENCE { version, subject Name, subjectPKInfo, [0] attributes }
     let (0x02, _, _, rest) = element(info).ok_or_else(bad)? else { return Err(bad()) };
@@ -107,16 +155,10 @@ pub fn parse(pem: &[u8]) -> Result<Request, String> {
     };
     let bits = bits.split_first().map(|(_, b)| b.to_vec()).ok_or_else(bad)?;
     let signature = signature.split_first().map(|(_, s)| s).ok_or_else(bad)?;
-    use ring::signature as sig;
-    let verifier: &dyn sig::VerificationAlgorithm = match key_algorithm {
-        KeyAlgorithm::EcdsaP256 => &sig::ECDSA_P256_SHA256_ASN1,
-        KeyAlgorithm::EcdsaP384 => &sig::ECDSA_P384_SHA384_ASN1,
-        KeyAlgorithm::Rsa => &sig::RSA_PKCS1_2048_8192_SHA256,
-        KeyAlgorithm::Ed25519 => &sig::ED25519,
-    };
-    sig::UnparsedPublicKey::new(verifier, &bits).verify(info_der, signature).map_err(|_| {
-        "the certificate request's signature does not verify with its key".to_owned()
-    })?;
+    let verifier = verifier(signed_with, key_algorithm)?;
+    ring::signature::UnparsedPublicKey::new(verifier, &bits).verify(info_der, signature).map_err(
+        |_| "the certificate request's signature does not verify with its key".to_owned(),
+    )?;
     let mut out = Request {
         common_name: String::new(),
         organizations: Vec::new(),
@@ -413,5 +455,42 @@ mod tests {
             ),
             "Approved,Issued"
         );
+    }
+
+    /// Requests as openssl makes them with other hashes and RSA-PSS verify; one whose
+    /// algorithm is not its key's is refused.
+    #[test]
+    fn rsa_requests_signed_with_sha384_sha512_and_pss_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let make = |name: &str, extra: &[&str]| -> Vec<u8> {
+            let out = dir.path().join(format!("{name}.csr"));
+            let made = std::process::Command::new("openssl")
+                .args(["req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=rsa"])
+                .arg("-keyout")
+                .arg(dir.path().join(format!("{name}.key")))
+                .arg("-out")
+                .arg(&out)
+                .args(extra)
+                .output()
+                .expect("openssl is installed (the test script installs it)");
+            assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+            std::fs::read(out).unwrap()
+        };
+        for (name, extra) in [
+            ("sha384", &["-sha384"][..]),
+            ("sha512", &["-sha512"][..]),
+            (
+                "pss",
+                &["-sha256", "-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:32"][..],
+            ),
+        ] {
+            let request = parse(&make(name, extra)).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(request.common_name, "rsa");
+        }
+        let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        let pem = params.serialize_request(&ed).unwrap().pem().unwrap();
+        assert!(parse(pem.as_bytes()).is_ok(), "Ed25519");
+        assert!(verifier(&[0x06, 0x03, 0x2b, 0x65, 0x70], KeyAlgorithm::Rsa).is_err());
     }
 }

@@ -294,6 +294,17 @@ impl Api {
     }
 }
 
+/// The system's trusted roots (Debian's bundle), read once; empty when there are none.
+fn system_roots() -> &'static str {
+    static ROOTS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ROOTS.get_or_init(|| {
+        ["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt"]
+            .iter()
+            .find_map(|path| std::fs::read_to_string(path).ok())
+            .unwrap_or_default()
+    })
+}
+
 impl State {
     /// Posts the review to the webhook; its answer, or why there is none.
     pub(super) async fn call_webhook(
@@ -333,13 +344,19 @@ impl State {
                     .map_err(|e| format!("caBundle is not base64: {e}"))?;
                 String::from_utf8(bytes).map_err(|_| "caBundle is not PEM".to_owned())?
             }
-            None => self.webhooks.cluster_ca.clone(),
+            // Without a caBundle, the cluster CA and the system's roots (Kubernetes
+            // trusts the system's).
+            None => format!("{}\n{}", self.webhooks.cluster_ca, system_roots()),
         };
         let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(ca.as_bytes()) {
-            let cert: rustls::pki_types::CertificateDer<'static> =
-                cert.map_err(|e| format!("caBundle: {e}"))?;
-            roots.add(cert).map_err(|e| format!("caBundle: {e}"))?;
+        let certs: Vec<rustls::pki_types::CertificateDer<'static>> =
+            rustls::pki_types::pem::PemObject::pem_slice_iter(ca.as_bytes())
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("caBundle: {e}"))?;
+        // A system bundle may hold roots rustls cannot use; those are skipped.
+        let (_, skipped) = roots.add_parsable_certificates(certs);
+        if roots.is_empty() {
+            return Err(format!("caBundle holds no usable CA certificate ({skipped} skipped)"));
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let tls = rustls::ClientConfig::builder_with_provider(provider)
