@@ -11,6 +11,7 @@
 
 pub mod cri;
 pub mod events;
+pub mod join;
 pub mod pods;
 pub mod probes;
 pub mod server;

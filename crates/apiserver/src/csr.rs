@@ -382,12 +382,36 @@ pub fn node_client_permission(csr: &Value, request: &Request) -> Option<&'static
     })
 }
 
+/// Whether a request to `kubernetes.io/kubelet-serving` is a node asking for its own
+/// serving certificate: the requester is `system:node:NAME` in `system:nodes`, the
+/// subject is the same, the DNS names are at most its name, and the usages are a server's.
+/// berth approves these without a person (as k3s signs its agents' serving certificates);
+/// the IP addresses are the node's word, as its Node status is.
+pub fn node_serving_self(csr: &Value, request: &Request) -> bool {
+    let usages: Vec<&str> =
+        csr["spec"]["usages"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    let allowed = ["digital signature", "key encipherment", "server auth"];
+    let node = request.common_name.strip_prefix("system:node:").unwrap_or("");
+    let in_nodes =
+        csr["spec"]["groups"].as_array().is_some_and(|g| g.iter().any(|g| g == "system:nodes"));
+    csr["spec"]["signerName"] == "kubernetes.io/kubelet-serving"
+        && !node.is_empty()
+        && csr["spec"]["username"] == request.common_name.as_str()
+        && in_nodes
+        && request.organizations == ["system:nodes"]
+        && request.dns_names.iter().all(|d| d == node)
+        && usages.contains(&"server auth")
+        && usages.iter().all(|u| allowed.contains(u))
+}
+
 /// The condition the approver adds.
 pub fn auto_approved(permission: &str) -> Value {
-    let message = if permission == "selfnodeclient" {
-        "Auto approving self kubelet client certificate after SubjectAccessReview."
-    } else {
-        "Auto approving kubelet client certificate after SubjectAccessReview."
+    let message = match permission {
+        "selfnodeclient" => {
+            "Auto approving self kubelet client certificate after SubjectAccessReview."
+        }
+        "selfnodeserver" => "Auto approving a node's own serving certificate.",
+        _ => "Auto approving kubelet client certificate after SubjectAccessReview.",
     };
     json!({"type": "Approved", "status": "True", "reason": "AutoApproved", "message": message,
         "lastUpdateTime": crate::objects::now(), "lastTransitionTime": crate::objects::now()})

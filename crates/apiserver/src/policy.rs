@@ -336,6 +336,8 @@ pub fn bootstrap() -> Vec<(&'static str, Value)> {
                 ),
                 rule(&["", "events.k8s.io"], &["events"], &["create", "patch", "update"]),
                 rule(&[""], &["configmaps", "secrets", "services", "endpoints"], READ),
+                // A joined agent's service proxy runs as its node.
+                rule(&["discovery.k8s.io"], &["endpointslices"], READ),
                 // Renewing its own certificates, as Kubernetes' system:node role allows.
                 rule(
                     &["certificates.k8s.io"],

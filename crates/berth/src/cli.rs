@@ -137,6 +137,8 @@ pub enum Command {
     Network(containers::NetworkCommand),
     /// Run the control plane: the Kubernetes API that kubectl drives.
     Server(server::ServerArgs),
+    /// Run a node agent that joins a server with its node token (as k3s's `agent`).
+    Agent(server::AgentArgs),
     /// Print the admin kubeconfig of a server.
     Kubeconfig(server::KubeconfigArgs),
     /// Serve the Kubernetes CRI (v1) for a kubelet or crictl on a unix socket.
@@ -194,6 +196,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Volume(command) => containers::volume(&global, command),
         Command::Network(command) => containers::network(&global, command),
         Command::Server(args) => server::server(&global, args),
+        Command::Agent(args) => server::agent(&global, args),
         Command::Kubeconfig(args) => server::kubeconfig(args),
         Command::Cri(args) => crate::cri::cri(&global, args),
     }

@@ -1,4 +1,5 @@
-//! `berth server` (the control plane: today the Kubernetes API) and `berth kubeconfig`.
+//! `berth server` (the control plane, and a node agent unless disabled), `berth agent` (a
+//! node agent joining a server elsewhere) and `berth kubeconfig`.
 
 use std::path::PathBuf;
 
@@ -25,42 +26,8 @@ pub struct ServerArgs {
     /// machine, no pods run here.
     #[arg(long = "disable-agent")]
     pub disable_agent: bool,
-    /// The agent's Node name (default: this machine's hostname).
-    #[arg(long = "node-name", env = "BERTH_NODE_NAME")]
-    pub node_name: Option<String>,
-    /// The agent's node address (default: the address of the default route, else 127.0.0.1).
-    #[arg(long = "node-ip")]
-    pub node_ip: Option<String>,
-    /// The CRI runtime the agent drives (unix:///PATH): berth's own, in this process, when
-    /// not given; containerd's `unix:///run/containerd/containerd.sock` works as well.
-    #[arg(long = "container-runtime-endpoint")]
-    pub container_runtime_endpoint: Option<String>,
-    /// Where the in-process CRI reads its CNI configuration lists (default:
-    /// DATA_DIR/agent/cni, where a bridge network for 10.42.0.0/24 is written if empty).
-    #[arg(long = "cni-conf-dir")]
-    pub cni_conf_dir: Option<PathBuf>,
-    /// Run the node agent without the service proxy (no ClusterIP or NodePort rules), as
-    /// k3s's flag does.
-    #[arg(long = "disable-kube-proxy")]
-    pub disable_kube_proxy: bool,
-    /// The cluster DNS address (a Service in kube-system, answered by this server on the
-    /// node's address), given to pods with `dnsPolicy: ClusterFirst`.
-    #[arg(long = "cluster-dns", default_value = "10.43.0.10")]
-    pub cluster_dns: String,
-    /// The cluster's DNS domain.
-    #[arg(long = "cluster-domain", default_value = "cluster.local")]
-    pub cluster_domain: String,
-    /// Run without the cluster DNS (pods get the host's resolvers).
-    #[arg(long = "disable-dns")]
-    pub disable_dns: bool,
-    /// The port of the agent's kubelet API (what `kubectl logs` reaches through the API
-    /// server); 0 picks a free one.
-    #[arg(long = "kubelet-port", default_value_t = 10250)]
-    pub kubelet_port: u16,
-    /// The first delay before a crashed container is restarted; it doubles per restart up
-    /// to 30 times this (the kubelet's 10 s .. 5 min).
-    #[arg(long = "container-restart-backoff-ms", default_value_t = 10_000)]
-    pub container_restart_backoff_ms: u64,
+    #[command(flatten)]
+    pub node: NodeArgs,
     /// Run without the controllers (garbage collector, namespace and service-account
     /// controllers), as k3s's flag does.
     #[arg(long = "disable-controller-manager")]
@@ -98,6 +65,64 @@ pub struct ServerArgs {
     /// Seconds a stopping server (SIGTERM, SIGINT) gives requests, watches and loops to end.
     #[arg(long = "shutdown-grace-period", default_value_t = 10)]
     pub shutdown_grace_seconds: u64,
+}
+
+/// The node agent's settings, shared by `berth server` (its in-process agent) and
+/// `berth agent`.
+#[derive(Debug, Clone, Args)]
+pub struct NodeArgs {
+    /// The agent's Node name (default: this machine's hostname).
+    #[arg(long = "node-name", env = "BERTH_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// The agent's node address (default: the address of the default route, else 127.0.0.1).
+    #[arg(long = "node-ip")]
+    pub node_ip: Option<String>,
+    /// The CRI runtime the agent drives (unix:///PATH): berth's own, in this process, when
+    /// not given; containerd's `unix:///run/containerd/containerd.sock` works as well.
+    #[arg(long = "container-runtime-endpoint")]
+    pub container_runtime_endpoint: Option<String>,
+    /// Where the in-process CRI reads its CNI configuration lists (default:
+    /// DATA_DIR/agent/cni, where a bridge network for 10.42.0.0/24 is written if empty).
+    #[arg(long = "cni-conf-dir")]
+    pub cni_conf_dir: Option<PathBuf>,
+    /// Run the node agent without the service proxy (no ClusterIP or NodePort rules), as
+    /// k3s's flag does.
+    #[arg(long = "disable-kube-proxy")]
+    pub disable_kube_proxy: bool,
+    /// The cluster DNS address (a Service in kube-system, answered by this server on the
+    /// node's address), given to pods with `dnsPolicy: ClusterFirst`.
+    #[arg(long = "cluster-dns", default_value = "10.43.0.10")]
+    pub cluster_dns: String,
+    /// The cluster's DNS domain.
+    #[arg(long = "cluster-domain", default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// Run without the cluster DNS (pods get the host's resolvers).
+    #[arg(long = "disable-dns")]
+    pub disable_dns: bool,
+    /// The port of the agent's kubelet API (what `kubectl logs` reaches through the API
+    /// server); 0 picks a free one.
+    #[arg(long = "kubelet-port", default_value_t = 10250)]
+    pub kubelet_port: u16,
+    /// The first delay before a crashed container is restarted; it doubles per restart up
+    /// to 30 times this (the kubelet's 10 s .. 5 min).
+    #[arg(long = "container-restart-backoff-ms", default_value_t = 10_000)]
+    pub container_restart_backoff_ms: u64,
+}
+
+/// `berth agent`: a node agent joining a server elsewhere.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// The server's API (https://HOST:PORT).
+    #[arg(long, env = "BERTH_URL")]
+    pub server: String,
+    /// The server's node token (its DATA_DIR/node-token).
+    #[arg(long, env = "BERTH_TOKEN")]
+    pub token: String,
+    /// Where the agent keeps its credentials, pods' volumes and logs.
+    #[arg(long = "data-dir", default_value = "/var/lib/berth/agent")]
+    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub node: NodeArgs,
 }
 
 #[derive(Debug, Args)]
@@ -143,7 +168,7 @@ pub fn server(global: &crate::cli::Global, args: ServerArgs) -> Result<i32> {
         .context("cannot start the async runtime")?;
     let kubeconfig = config.data_dir.join("kubeconfig");
     let data_dir = config.data_dir.clone();
-    let disable_kube_proxy = args.disable_kube_proxy;
+    let disable_kube_proxy = args.node.disable_kube_proxy;
     let (grace, disable_controller_manager, disable_scheduler) =
         (config.shutdown_grace, args.disable_controller_manager, args.disable_scheduler);
     runtime.block_on(async move {
@@ -265,6 +290,81 @@ pub fn server(global: &crate::cli::Global, args: ServerArgs) -> Result<i32> {
     })
 }
 
+/// `berth agent`: joins the server with the node token (see `berth_agent::join`), then
+/// runs the node agent, its in-process CRI runtime and its service proxy as the node,
+/// until SIGTERM or SIGINT. Its credentials stay in DATA_DIR/credentials for the next start.
+pub fn agent(global: &crate::cli::Global, args: AgentArgs) -> Result<i32> {
+    let (mut config, cri) = node_setup(global, &args.node, args.data_dir.clone())?;
+    let disable_kube_proxy = args.node.disable_kube_proxy;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(stop_on_signal(shutdown.clone()));
+        let credentials = args.data_dir.join("credentials");
+        let joined = berth_agent::join::join(
+            &args.server,
+            &args.token,
+            &credentials,
+            &config.node_name,
+            &config.node_ip,
+        )
+        .await
+        .map_err(anyhow::Error::msg)
+        .context("cannot join the cluster")?;
+        if let Some(api) = config.api.as_mut() {
+            api.tls = joined.serving.clone();
+        }
+        eprintln!("berth agent: joined {} as node {}", args.server, config.node_name);
+        let loops = tokio_util::task::TaskTracker::new();
+        if let Some((node, socket)) = cri {
+            let stop = shutdown.clone();
+            loops.spawn(async move {
+                if let Err(err) =
+                    berth_cri::serve(node, &socket, async move { stop.cancelled().await }).await
+                {
+                    eprintln!("berth agent: the CRI runtime stopped: {err}");
+                }
+            });
+        }
+        let client = berth_client::from_kubeconfig(&joined.kubeconfig)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut informers = Vec::new();
+        let node_ip = config.node_ip.clone();
+        let agent =
+            std::sync::Arc::new(berth_reconcile::Informers::new(client.clone(), shutdown.clone()));
+        loops.spawn(berth_agent::run(agent.clone(), config));
+        informers.push(agent);
+        if !disable_kube_proxy {
+            let proxy =
+                std::sync::Arc::new(berth_reconcile::Informers::new(client, shutdown.clone()));
+            loops.spawn(berth_proxy::run(
+                proxy.clone(),
+                berth_proxy::Config { node_ip: Some(node_ip) },
+            ));
+            informers.push(proxy);
+        }
+        loops.close();
+        shutdown.cancelled().await;
+        let all = async {
+            loops.wait().await;
+            for informers in &informers {
+                informers.tasks().close();
+                informers.tasks().wait().await;
+            }
+        };
+        if tokio::time::timeout(std::time::Duration::from_secs(10), all).await.is_err() {
+            eprintln!("berth agent: the agent's loops did not stop in time");
+        }
+        eprintln!("berth agent: stopped");
+        Ok(0)
+    })
+}
+
 /// The cluster DNS Service (`kube-system/kube-dns` on the cluster DNS address, as k3s's
 /// CoreDNS is) and an EndpointSlice naming this node's address, where the server answers.
 async fn bootstrap_dns(client: &kube::Client, dns_ip: &str, node_ip: &str) -> Result<()> {
@@ -333,7 +433,16 @@ fn agent_setup(
     if args.disable_agent {
         return Ok(None);
     }
-    let dir = args.data_dir.join("agent");
+    node_setup(global, &args.node, args.data_dir.join("agent")).map(Some)
+}
+
+/// A node agent's settings (its state in `dir`), and the in-process CRI it drives unless
+/// told to use another runtime.
+fn node_setup(
+    global: &crate::cli::Global,
+    args: &NodeArgs,
+    dir: PathBuf,
+) -> Result<(berth_agent::Config, InProcessCri)> {
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let node_name = match &args.node_name {
         Some(name) => name.clone(),
@@ -382,7 +491,7 @@ fn agent_setup(
             },
         }),
     };
-    Ok(Some((config, cri)))
+    Ok((config, cri))
 }
 
 /// The pod network of a single-node server: a bridge with host-local addresses in
@@ -470,7 +579,7 @@ async fn stop_on_signal(shutdown: tokio_util::sync::CancellationToken) {
         _ = term.recv() => {}
         _ = interrupt.recv() => {}
     }
-    eprintln!("berth server: stopping (draining requests and watches)");
+    eprintln!("berth: stopping (draining requests, watches and loops)");
     shutdown.cancel();
 }
 

@@ -63,6 +63,15 @@ impl Cluster {
     }
 
     fn start(&mut self) {
+        self.spawn_server();
+        self.until("the node is Ready", &["get", "node", NODE, "-o", "json"], |node| {
+            node["status"]["conditions"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+        });
+    }
+
+    fn spawn_server(&mut self) {
         let _ = std::fs::remove_file(self.data().join("kubeconfig"));
         let log = std::fs::File::options()
             .create(true)
@@ -88,11 +97,6 @@ impl Cluster {
             .spawn()
             .unwrap();
         self.server = Some(child);
-        self.until("the node is Ready", &["get", "node", NODE, "-o", "json"], |node| {
-            node["status"]["conditions"]
-                .as_array()
-                .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
-        });
     }
 
     fn kill9(&mut self) {
@@ -269,6 +273,109 @@ fn running_ready(pod: &Value) -> bool {
         && pod["status"]["conditions"]
             .as_array()
             .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+}
+
+/// `berth agent --server URL --token TOKEN`: an agent in a process of its own joins a
+/// server that runs none (its CA checked against the token's hash, its client and serving
+/// certificates asked for and approved without a person), runs the pods scheduled to it,
+/// serves their logs and exec through the API server, and after a kill -9 rejoins with the
+/// credentials it kept. A token for another CA is refused with the reason.
+#[test]
+fn root_an_agent_joins_with_the_node_token() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut cluster = Cluster::new();
+    cluster.extra = vec!["--disable-agent".into()];
+    cluster.spawn_server();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(cluster.data().join("kubeconfig").exists()
+        && cluster.data().join("node-token").exists())
+    {
+        assert!(Instant::now() < deadline, "the server never wrote its kubeconfig and node token");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let kubeconfig = std::fs::read_to_string(cluster.data().join("kubeconfig")).unwrap();
+    let url =
+        kubeconfig.lines().find_map(|l| l.trim().strip_prefix("server: ")).unwrap().to_owned();
+    let token = std::fs::read_to_string(cluster.data().join("node-token")).unwrap();
+    assert!(token.starts_with("K10"), "{token}");
+    let agent = |token: &str| {
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(cluster.path("agent.log"))
+            .unwrap();
+        Command::new(BERTH)
+            .env("BERTH_ROOT", cluster.path("root"))
+            .args(["agent", "--server", &url, "--token", token.trim(), "--data-dir"])
+            .arg(cluster.path("agent"))
+            .args([
+                "--node-name",
+                NODE,
+                "--kubelet-port",
+                "0",
+                "--container-restart-backoff-ms",
+                "200",
+            ])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    };
+    // A token whose hash is not this server's CA: refused, nothing joined.
+    let wrong = format!("K10{}::{}", "0".repeat(64), token.trim().rsplit_once("::").unwrap().1);
+    let refused = agent(&wrong).wait_with_output().unwrap();
+    assert!(!refused.status.success());
+    let said = std::fs::read_to_string(cluster.path("agent.log")).unwrap();
+    assert!(said.contains("a wrong server or a wrong token"), "{said}");
+    let mut joined = agent(&token);
+    let ready = |node: &Value| {
+        node["status"]["conditions"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+    };
+    cluster.until("the joined node is Ready", &["get", "node", NODE, "-o", "json"], ready);
+    let csrs = cluster.until("two certificates issued", &["get", "csr", "-o", "json"], |list| {
+        list["items"].as_array().is_some_and(|items| {
+            items.len() == 2
+                && items
+                    .iter()
+                    .all(|i| i["status"]["certificate"].as_str().is_some_and(|c| !c.is_empty()))
+        })
+    });
+    let requesters: Vec<&str> = csrs["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["spec"]["username"].as_str().unwrap())
+        .collect();
+    assert!(requesters.iter().any(|u| u.starts_with("system:bootstrap:")), "{requesters:?}");
+    assert!(requesters.contains(&"system:node:test-node"), "{requesters:?}");
+    cluster.apply("apiVersion: v1\nkind: Pod\nmetadata: {name: away}\nspec: {terminationGracePeriodSeconds: 1, containers: [{name: main, image: \"fixture:v1\", command: [sh, -c, \"echo from-the-joined-node; sleep 600\"]}]}\n");
+    cluster.until("away Running", &["get", "pod", "away", "-o", "json"], running_ready);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let logs = cluster.kubectl(&["logs", "away"]);
+        if String::from_utf8_lossy(&logs.stdout).contains("from-the-joined-node") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "kubectl logs through the joined agent: {logs:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(cluster.ok(&["exec", "away", "--", "hostname"]).trim(), "away");
+    // kill -9 and start again: the kept credentials, no new request; the pod still runs.
+    let _ = joined.kill();
+    let _ = joined.wait();
+    let mut rejoined = agent(&token);
+    std::thread::sleep(Duration::from_millis(500));
+    cluster.until("the node is Ready again", &["get", "node", NODE, "-o", "json"], ready);
+    assert_eq!(cluster.ok(&["exec", "away", "--", "echo", "still"]).trim(), "still");
+    let listed: Value = serde_json::from_str(&cluster.ok(&["get", "csr", "-o", "json"])).unwrap();
+    assert_eq!(listed["items"].as_array().unwrap().len(), 2, "no new certificate request");
+    cluster.ok(&["delete", "pod", "away", "--wait=false"]);
+    let _ = rejoined.kill();
+    let _ = rejoined.wait();
 }
 
 #[test]

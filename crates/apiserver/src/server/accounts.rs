@@ -183,4 +183,57 @@ impl State {
             _ => false,
         }
     }
+
+    /// The user a bootstrap token (`ID.SECRET`, Kubernetes' format) names: the Secret
+    /// `kube-system/bootstrap-token-ID` of type `bootstrap.kubernetes.io/token` holds the
+    /// secret, allows authentication and has not expired. The user is
+    /// `system:bootstrap:ID` in `system:bootstrappers` and the token's extra groups.
+    pub(super) async fn bootstrap_token_user(&self, token: &str) -> Option<crate::rbac::User> {
+        let (id, secret) = token.split_once('.')?;
+        let well_formed = |part: &str, length: usize| {
+            part.len() == length
+                && part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        };
+        if !well_formed(id, 6) || !well_formed(secret, 16) {
+            return None;
+        }
+        let key = resources::find("", "v1", "secrets")?
+            .key(Some("kube-system"), &format!("bootstrap-token-{id}"));
+        let object = decode(&self.store.get(&key).await.ok()??).ok()?;
+        if object["type"] != "bootstrap.kubernetes.io/token" {
+            return None;
+        }
+        let field = |name: &str| -> String {
+            use base64::Engine as _;
+            object["data"][name]
+                .as_str()
+                .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok())
+                .map(|v| String::from_utf8_lossy(&v).into_owned())
+                .unwrap_or_default()
+        };
+        // Compared in constant time: the secret is a password.
+        let known = field("token-secret");
+        let same = known.len() == secret.len()
+            && known.bytes().zip(secret.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+        if field("token-id") != id || !same || field("usage-bootstrap-authentication") != "true" {
+            return None;
+        }
+        let expiration = field("expiration");
+        if !expiration.is_empty() {
+            let expires = berth_api::meta::parse_time(&expiration)?;
+            if expires <= objects::unix_now() {
+                return None;
+            }
+        }
+        let mut groups = vec!["system:bootstrappers".to_owned()];
+        groups.extend(
+            field("auth-extra-groups")
+                .split(',')
+                .map(str::trim)
+                .filter(|g| g.starts_with("system:bootstrappers:"))
+                .map(str::to_owned),
+        );
+        groups.push("system:authenticated".to_owned());
+        Some(crate::rbac::User { name: format!("system:bootstrap:{id}"), groups })
+    }
 }

@@ -26,7 +26,7 @@ pub(super) struct Webhooks {
     _mirror: Arc<Mirror>,
     configs: Arc<RwLock<Vec<Value>>>,
     /// The cluster CA, for webhooks that give no `caBundle`.
-    cluster_ca: String,
+    pub(super) cluster_ca: String,
 }
 
 impl Webhooks {

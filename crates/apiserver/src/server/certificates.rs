@@ -31,8 +31,13 @@ impl Signer {
                 .iter()
                 .filter(|(_, csr)| {
                     !crate::csr::decided(csr)
-                        && csr["spec"]["signerName"]
-                            == "kubernetes.io/kube-apiserver-client-kubelet"
+                        && matches!(
+                            csr["spec"]["signerName"].as_str(),
+                            Some(
+                                "kubernetes.io/kube-apiserver-client-kubelet"
+                                    | "kubernetes.io/kubelet-serving"
+                            )
+                        )
                 })
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
@@ -92,6 +97,9 @@ async fn approve_one(
         .and_then(|r| base64::engine::general_purpose::STANDARD.decode(r).ok())
         .unwrap_or_default();
     let Ok(request) = crate::csr::parse(&pem) else { return };
+    if crate::csr::node_serving_self(&csr, &request) {
+        return approve(store, key, "selfnodeserver").await;
+    }
     let Some(permission) = crate::csr::node_client_permission(&csr, &request) else { return };
     let requester = crate::rbac::User {
         name: csr["spec"]["username"].as_str().unwrap_or("").to_owned(),
@@ -112,6 +120,11 @@ async fn approve_one(
     if !rbac.index().allowed(&requester, &asked) {
         return;
     }
+    approve(store, key, permission).await;
+}
+
+/// Adds the Approved condition to a request still undecided.
+async fn approve(store: &Arc<dyn Store>, key: &str, permission: &str) {
     let Ok(Some(kv)) = store.get(key).await else { return };
     let Ok(mut current) = decode(&kv) else { return };
     if crate::csr::decided(&current) {

@@ -4,9 +4,11 @@
 
 use super::*;
 
-/// Answers that need no identity: health and version.
-pub(super) fn unauthenticated(path: &str) -> Option<Response<Body>> {
+/// Answers that need no identity: health, version, and the cluster CA (`/cacerts`, as
+/// k3s serves it: a joining agent checks it against the hash its token carries).
+pub(super) fn unauthenticated(state: &State, path: &str) -> Option<Response<Body>> {
     match path {
+        "/cacerts" => Some(Response::new(full(Bytes::from(state.webhooks.cluster_ca.clone())))),
         "/healthz" | "/livez" | "/readyz" => Some(text_response(200, "ok")),
         "/version" => Some(json_response(
             200,

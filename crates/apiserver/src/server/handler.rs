@@ -85,7 +85,7 @@ where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    if let Some(response) = discovery::unauthenticated(path) {
+    if let Some(response) = discovery::unauthenticated(&state, path) {
         return response;
     }
     // Only the parts are held across awaits: a body need not be `Sync`.

@@ -282,6 +282,7 @@ impl Server {
             kubelet_tls,
         });
         bootstrap(&state).await?;
+        node_token(&state, &config.data_dir, &pki.ca_pem).await?;
         tasks.spawn(compaction::run(
             state.store.clone(),
             config.compaction_interval,
@@ -339,6 +340,82 @@ fn write_kubeconfig(config: &Config, ca_pem: &str, token: &str, port: u16) -> Re
 }
 
 /// The namespaces every cluster has.
+/// The token agents join with, written to `DATA_DIR/node-token` as
+/// `K10<sha256 of the CA's PEM>::<id>.<secret>` (k3s's shape: the hash lets the agent check
+/// the CA it fetches before trusting it); the `ID.SECRET` part is a Kubernetes bootstrap
+/// token, its Secret in kube-system made once and kept (the file is remade from it).
+async fn node_token(state: &State, data_dir: &std::path::Path, ca_pem: &str) -> Result<(), Error> {
+    use base64::Engine as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let setup = |e: String| Error::Setup(e);
+    let secrets = resources::find("", "v1", "secrets").ok_or_else(|| setup("no secrets".into()))?;
+    let path = data_dir.join("node-token");
+    let decode64 = |v: &Value| {
+        v.as_str()
+            .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok())
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+    };
+    // The token of an earlier start, if its Secret still exists.
+    let earlier = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|text| text.trim().rsplit_once("::").map(|(_, token)| token.to_owned()));
+    let mut token = None;
+    if let Some((id, secret)) = earlier.as_deref().and_then(|t| t.split_once('.')) {
+        let key = secrets.key(Some("kube-system"), &format!("bootstrap-token-{id}"));
+        if let Ok(Some(kv)) = state.store.get(&key).await {
+            let object = decode(&kv).map_err(|e| setup(e.message))?;
+            if decode64(&object["data"]["token-secret"]).as_deref() == Some(secret) {
+                token = Some(format!("{id}.{secret}"));
+            }
+        }
+    }
+    let token = match token {
+        Some(token) => token,
+        None => {
+            // Lowercase hex is within the token alphabet ([a-z0-9]).
+            let random = |bytes: usize| {
+                berth_stdx::random::hex(bytes).map_err(|e| setup(format!("/dev/urandom: {e}")))
+            };
+            let (id, secret) = (random(3)?, random(8)?);
+            let encode64 = |v: &str| base64::engine::general_purpose::STANDARD.encode(v);
+            let mut object = json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": format!("bootstrap-token-{id}"), "namespace": "kube-system"},
+                "type": "bootstrap.kubernetes.io/token",
+                "data": {
+                    "description": encode64("berth server: agents join with it (DATA_DIR/node-token)"),
+                    "token-id": encode64(&id),
+                    "token-secret": encode64(&secret),
+                    "usage-bootstrap-authentication": encode64("true"),
+                    "usage-bootstrap-signing": encode64("true"),
+                },
+            });
+            objects::prepare_create(secrets, &mut object, Some("kube-system"))
+                .map_err(|e| setup(e.message))?;
+            let key = secrets.key(Some("kube-system"), &format!("bootstrap-token-{id}"));
+            state
+                .store
+                .create(&key, serde_json::to_vec(&object).unwrap_or_default())
+                .await
+                .map_err(|e| setup(e.to_string()))?;
+            format!("{id}.{secret}")
+        }
+    };
+    let digest = ring::digest::digest(&ring::digest::SHA256, ca_pem.as_bytes());
+    let hash: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    let text = format!("K10{hash}::{token}\n");
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| setup(format!("cannot write {}: {e}", path.display())))?;
+    std::io::Write::write_all(&mut file, text.as_bytes())
+        .map_err(|e| setup(format!("cannot write {}: {e}", path.display())))?;
+    Ok(())
+}
+
 async fn bootstrap(state: &State) -> Result<(), Error> {
     let namespaces = resources::find("", "v1", "namespaces")
         .ok_or_else(|| Error::Setup("no namespaces".into()))?;

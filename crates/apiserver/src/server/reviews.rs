@@ -178,8 +178,8 @@ fn invalid(kind: &str, field: &str, message: &str) -> ApiError {
 }
 
 impl State {
-    /// The user a bearer token names: the admin's or a `tokens.csv` token, or a valid
-    /// service-account token whose account still exists.
+    /// The user a bearer token names: the admin's or a `tokens.csv` token, a bootstrap
+    /// token, or a valid service-account token whose account still exists.
     pub(super) async fn user_for_token(&self, token: &str) -> Option<User> {
         self.token_user(token, &[crate::tokens::ISSUER]).await.map(|(user, _)| user)
     }
@@ -195,6 +195,10 @@ impl State {
             Some((_, user)) => {
                 Some((user.clone(), audiences.iter().map(|a| (*a).to_owned()).collect()))
             }
+            None if token.len() == 23 && token.as_bytes()[6] == b'.' => self
+                .bootstrap_token_user(token)
+                .await
+                .map(|user| (user, audiences.iter().map(|a| (*a).to_owned()).collect())),
             None => self.service_account_user_for(token, audiences).await,
         }
     }
