@@ -15,6 +15,7 @@ pub mod join;
 pub mod pods;
 pub mod probes;
 pub mod server;
+pub mod tokens;
 pub mod volumes;
 
 use std::collections::BTreeMap;
@@ -93,6 +94,8 @@ struct CacheSources {
     config_maps: Arc<Cache<ConfigMap>>,
     secrets: Arc<Cache<Secret>>,
     namespace: String,
+    memory: Arc<pods::Memory>,
+    uid: String,
 }
 
 impl volumes::Sources for CacheSources {
@@ -108,6 +111,10 @@ impl volumes::Sources for CacheSources {
             .store()
             .get(&ObjectRef::new(name).within(&self.namespace))
             .map(|s| (*s).clone())
+    }
+
+    fn service_account_token(&self, audience: &str, seconds: i64) -> Option<String> {
+        self.memory.tokens.get(&self.uid, audience, seconds)
     }
 }
 
@@ -344,6 +351,7 @@ async fn run_pods(informers: Arc<Informers>, config: Config, runtime: cri::Runti
                     let ids = listed.into_inner().containers.into_iter().map(|c| c.id).collect();
                     memory.probes.retain(&ids);
                 }
+                memory.tokens.retain(&known);
                 if let Ok(listed) = rt.list_pod_sandbox(k8s_cri_v1::ListPodSandboxRequest { filter: None }).await {
                     let with_sandbox: std::collections::BTreeSet<String> = listed
                         .into_inner()
@@ -406,7 +414,13 @@ async fn run_pods(informers: Arc<Informers>, config: Config, runtime: cri::Runti
                 let Some(pod) = pods.store().get(&ObjectRef::new(&key.1).within(&key.0)) else {
                     return Ok::<Action, Error>(Action::Done);
                 };
-                let sources = CacheSources { config_maps, secrets, namespace: key.0.clone() };
+                let sources = CacheSources {
+                    config_maps,
+                    secrets,
+                    namespace: key.0.clone(),
+                    memory: memory.clone(),
+                    uid: pod.metadata.uid.clone().unwrap_or_default(),
+                };
                 let ctx = pods::Context {
                     client: &client,
                     runtime: &runtime,

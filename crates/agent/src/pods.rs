@@ -31,6 +31,8 @@ pub struct Memory {
     waiting: Mutex<HashMap<(String, String), (String, String)>>,
     /// Probe results by container id.
     pub probes: crate::probes::Results,
+    /// Service-account tokens for projected volumes.
+    pub tokens: crate::tokens::Tokens,
 }
 
 impl Memory {
@@ -52,6 +54,7 @@ impl Memory {
     pub fn forget_pod(&self, uid: &str) {
         let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
         waiting.retain(|(u, _), _| u != uid);
+        self.tokens.forget(uid);
     }
 }
 
@@ -237,7 +240,11 @@ pub async fn sync(ctx: &Context<'_>, pod: &Pod) -> Result<Next, Error> {
     };
     let pod_ip = sandbox_status.network.as_ref().map(|n| n.ip.clone()).unwrap_or_default();
     // Volumes, made or refreshed.
-    let volume_paths = match volumes::prepare(pod, &ctx.config.pod_dir(&uid), ctx.sources) {
+    let prepared = match ctx.memory.tokens.refresh(ctx.client, pod).await {
+        Err(message) => Err(volumes::MountFailure(message)),
+        Ok(_) => volumes::prepare(pod, &ctx.config.pod_dir(&uid), ctx.sources),
+    };
+    let volume_paths = match prepared {
         Ok(paths) => Some(paths),
         Err(failure) => {
             for c in spec.init_containers.iter().flatten().chain(spec.containers.iter()) {
@@ -813,7 +820,10 @@ async fn start(
             }
         }
     }
-    let env = environment(ctx, pod, container, pod_ip);
+    let mut env = master_service_env(ctx.client).await;
+    let own = environment(ctx, pod, container, pod_ip);
+    env.retain(|(k, _)| !own.iter().any(|(o, _)| o == k));
+    env.extend(own);
     let mut mounts = Vec::new();
     for m in container.volume_mounts.iter().flatten() {
         let Some(host) = volume_paths.get(&m.name) else {
@@ -1087,6 +1097,31 @@ async fn pre_stop(ctx: &Context<'_>, pod: &Pod, grace: i64) -> i64 {
 
 /// The container's environment: `envFrom` sources, then `env` (later wins), with
 /// `$(VAR)` references expanded as Kubernetes does.
+/// The variables every container gets for the API server's Service (`default/kubernetes`),
+/// as the kubelet sets them: in-cluster clients find the API with them.
+async fn master_service_env(client: &kube::Client) -> Vec<(String, String)> {
+    let api: kube::Api<k8s_openapi::api::core::v1::Service> =
+        kube::Api::namespaced(client.clone(), "default");
+    let Ok(service) = api.get("kubernetes").await else { return Vec::new() };
+    let spec = service.spec.unwrap_or_default();
+    let Some(ip) = spec.cluster_ip.filter(|ip| !ip.is_empty() && ip != "None") else {
+        return Vec::new();
+    };
+    let port = spec.ports.iter().flatten().find(|p| p.name.as_deref() == Some("https"));
+    let port = port.map(|p| p.port).unwrap_or(443);
+    let url = format!("tcp://{ip}:{port}");
+    vec![
+        ("KUBERNETES_SERVICE_HOST".into(), ip.clone()),
+        ("KUBERNETES_SERVICE_PORT".into(), port.to_string()),
+        ("KUBERNETES_SERVICE_PORT_HTTPS".into(), port.to_string()),
+        ("KUBERNETES_PORT".into(), url.clone()),
+        (format!("KUBERNETES_PORT_{port}_TCP"), url),
+        (format!("KUBERNETES_PORT_{port}_TCP_PROTO"), "tcp".into()),
+        (format!("KUBERNETES_PORT_{port}_TCP_PORT"), port.to_string()),
+        (format!("KUBERNETES_PORT_{port}_TCP_ADDR"), ip),
+    ]
+}
+
 fn environment(
     ctx: &Context<'_>,
     pod: &Pod,

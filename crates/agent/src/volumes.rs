@@ -1,6 +1,6 @@
 //! A pod's volumes as directories on this machine, made before its containers start and
 //! refreshed while it runs: emptyDir, hostPath, configMap, secret, downwardAPI and projected
-//! (configMap, secret, downwardAPI sources). Files that come from the API are written the
+//! (configMap, secret, downwardAPI and service-account token sources). Files that come from the API are written the
 //! way the kubelet writes them: into a fresh timestamped directory, then the `..data` link
 //! swapped atomically, and a link per key into `..data`, so a reader never sees half an
 //! update and an edit of the Secret reaches running containers.
@@ -21,6 +21,8 @@ type Files = BTreeMap<String, (Vec<u8>, u32)>;
 pub trait Sources: Send + Sync {
     fn config_map(&self, name: &str) -> Option<ConfigMap>;
     fn secret(&self, name: &str) -> Option<Secret>;
+    /// The pod's service-account token for an audience and lifetime (see `tokens`).
+    fn service_account_token(&self, audience: &str, seconds: i64) -> Option<String>;
 }
 
 /// Why a volume cannot be made now (`FailedMount`): the pod waits and is retried.
@@ -161,10 +163,20 @@ fn prepare_one(
             if let Some(d) = &source.downward_api {
                 add_downward(&mut files, pod, d.items.as_deref().unwrap_or_default(), mode)?;
             }
-            if source.service_account_token.is_some() {
-                return Err(fail(
-                    "projected serviceAccountToken volumes are not supported by this agent yet",
-                ));
+            if let Some(token) = &source.service_account_token {
+                let audience = token.audience.clone().unwrap_or_default();
+                let seconds = token.expiration_seconds.unwrap_or(3600);
+                check_relative(&token.path)?;
+                match sources.service_account_token(&audience, seconds) {
+                    Some(value) => {
+                        files.insert(token.path.clone(), (value.into_bytes(), mode as u32));
+                    }
+                    None => {
+                        return Err(fail(format!(
+                            "volume {name:?}: the service-account token is not there yet"
+                        )))
+                    }
+                }
             }
         }
     } else {

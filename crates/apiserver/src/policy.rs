@@ -338,6 +338,9 @@ pub fn bootstrap() -> Vec<(&'static str, Value)> {
                 rule(&[""], &["configmaps", "secrets", "services", "endpoints"], READ),
                 // A joined agent's service proxy runs as its node.
                 rule(&["discovery.k8s.io"], &["endpointslices"], READ),
+                // Tokens for its pods' projected service-account volumes.
+                rule(&[""], &["serviceaccounts/token"], &["create"]),
+                rule(&[""], &["serviceaccounts"], &["get"]),
                 // Renewing its own certificates, as Kubernetes' system:node role allows.
                 rule(
                     &["certificates.k8s.io"],

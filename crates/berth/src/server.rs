@@ -188,7 +188,8 @@ pub fn server(global: &crate::cli::Global, args: ServerArgs) -> Result<i32> {
                 server.handler(),
                 berth_api::identity::User::controller_manager(),
             );
-            berth_controllers::Manager::start(client, shutdown.clone())
+            let root_ca = std::fs::read_to_string(data_dir.join("tls/ca.crt")).ok();
+            berth_controllers::Manager::start(client, root_ca, shutdown.clone())
         });
         // The scheduler and simulated nodes, each as its own identity, on caches of
         // their own (as separate processes would be).

@@ -530,6 +530,56 @@ spec:
     // the pod's address), once, with its own status; an existing one cannot be changed.
     cluster.apply("apiVersion: v1\nkind: Pod\nmetadata: {name: debugged}\nspec: {terminationGracePeriodSeconds: 1, containers: [{name: main, image: \"fixture:v1\", command: [sleep, \"600\"]}]}\n");
     cluster.until("debugged Running", &["get", "pod", "debugged", "-o", "json"], running_ready);
+    // The service account's token volume: a bound token the API accepts as the pod's
+    // account, the cluster CA, the namespace; the API's Service in the environment.
+    let read = |file: &str| {
+        cluster.ok(&[
+            "exec",
+            "debugged",
+            "-c",
+            "main",
+            "--",
+            "cat",
+            &format!("/var/run/secrets/kubernetes.io/serviceaccount/{file}"),
+        ])
+    };
+    assert_eq!(read("namespace"), "default");
+    assert_eq!(read("ca.crt"), std::fs::read_to_string(cluster.data().join("tls/ca.crt")).unwrap());
+    let token = read("token");
+    let review = cluster.path("review.yaml");
+    std::fs::write(
+        &review,
+        format!(
+            "apiVersion: authentication.k8s.io/v1\nkind: TokenReview\nspec: {{token: {token}}}\n"
+        ),
+    )
+    .unwrap();
+    let reviewed: Value = serde_json::from_str(&cluster.ok(&[
+        "create",
+        "-f",
+        review.to_str().unwrap(),
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    assert_eq!(reviewed["status"]["authenticated"], true, "{reviewed}");
+    assert_eq!(reviewed["status"]["user"]["username"], "system:serviceaccount:default:default");
+    let api_ip = cluster.ok(&["get", "service", "kubernetes", "-o", "jsonpath={.spec.clusterIP}"]);
+    assert_eq!(
+        cluster
+            .ok(&[
+                "exec",
+                "debugged",
+                "-c",
+                "main",
+                "--",
+                "sh",
+                "-c",
+                "echo $KUBERNETES_SERVICE_HOST"
+            ])
+            .trim(),
+        api_ip
+    );
     cluster.ok(&[
         "debug",
         "debugged",

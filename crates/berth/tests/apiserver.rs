@@ -709,8 +709,12 @@ fn acknowledged_writes_survive_a_killed_server_and_watches_resume() {
     }
     // A watch from before the burst replays it.
     let raw = server.ok(&["get", "--raw", &format!("/api/v1/namespaces/default/configmaps?watch=1&resourceVersion={start}&timeoutSeconds=2")]);
-    let events: Vec<serde_json::Value> =
-        raw.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    // (The root CA publisher's kube-root-ca.crt may be among them.)
+    let events: Vec<serde_json::Value> = raw
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["object"]["metadata"]["name"] != "kube-root-ca.crt")
+        .collect();
     assert_eq!(events.len(), created.len(), "{raw}");
     assert!(events.iter().all(|e| e["type"] == "ADDED"));
 }
@@ -2697,4 +2701,54 @@ fn certificate_signing_requests_are_approved_and_signed() {
     std::fs::write(&path, format!("apiVersion: certificates.k8s.io/v1\nkind: CertificateSigningRequest\nmetadata: {{name: bad}}\nspec:\n  request: {body}\n  signerName: kubernetes.io/kube-apiserver-client\n  usages: [client auth]\n")).unwrap();
     let err = server.fails(&["create", "-f", path.to_str().unwrap()]);
     assert!(err.contains("spec.request"), "{err}");
+}
+
+/// ServiceAccount admission and the root CA publisher: a pod runs as `default` with a
+/// projected `kube-api-access-*` volume (token, CA, namespace) mounted read-only in every
+/// container, unless it or its account turns automounting off; every namespace, a new one
+/// too, has `kube-root-ca.crt`, put back when deleted.
+#[test]
+fn pods_get_their_service_account_token_volume() {
+    let Some((dir, server)) = embedded_server() else { return };
+    let ca = std::fs::read_to_string(dir.path().join("tls/ca.crt")).unwrap();
+    let published = |namespace: &str| {
+        eventually(
+            &server,
+            &[
+                "get",
+                "configmap",
+                "kube-root-ca.crt",
+                "-n",
+                namespace,
+                "-o",
+                "jsonpath={.data.ca\\.crt}",
+                "--ignore-not-found",
+            ],
+            |text| !text.is_empty(),
+        )
+    };
+    assert_eq!(published("default"), ca);
+    server.ok(&["create", "namespace", "fresh"]);
+    assert_eq!(published("fresh"), ca);
+    server.ok(&["delete", "configmap", "kube-root-ca.crt", "-n", "fresh"]);
+    assert_eq!(published("fresh"), ca, "made again");
+    server.apply("apiVersion: v1\nkind: Pod\nmetadata: {name: mounted}\nspec: {initContainers: [{name: init, image: busybox}], containers: [{name: c, image: busybox}]}\n");
+    let pod: serde_json::Value =
+        serde_json::from_str(&server.ok(&["get", "pod", "mounted", "-o", "json"])).unwrap();
+    assert_eq!(pod["spec"]["serviceAccountName"], "default");
+    let volume = &pod["spec"]["volumes"][0];
+    assert!(volume["name"].as_str().unwrap().starts_with("kube-api-access-"), "{pod}");
+    let sources = volume["projected"]["sources"].as_array().unwrap();
+    assert_eq!(sources[0]["serviceAccountToken"]["expirationSeconds"], 3607);
+    assert_eq!(sources[1]["configMap"]["name"], "kube-root-ca.crt");
+    for field in ["containers", "initContainers"] {
+        let mount = &pod["spec"][field][0]["volumeMounts"][0];
+        assert_eq!(mount["mountPath"], "/var/run/secrets/kubernetes.io/serviceaccount");
+        assert_eq!(mount["readOnly"], true);
+    }
+    server.apply("apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: quiet}\nautomountServiceAccountToken: false\n");
+    server.apply("apiVersion: v1\nkind: Pod\nmetadata: {name: unmounted}\nspec: {serviceAccountName: quiet, containers: [{name: c, image: busybox}]}\n");
+    let pod: serde_json::Value =
+        serde_json::from_str(&server.ok(&["get", "pod", "unmounted", "-o", "json"])).unwrap();
+    assert!(pod["spec"].get("volumes").is_none(), "the account turns it off: {pod}");
 }

@@ -41,7 +41,7 @@ impl Cluster {
             berth_apiserver::server::Server::prepare(config, shutdown.clone()).await.unwrap();
         let handler = server.handler();
         let controllers = berth_client::in_process(handler.clone(), User::controller_manager());
-        let _manager = berth_controllers::Manager::start(controllers, shutdown.clone());
+        let _manager = berth_controllers::Manager::start(controllers, None, shutdown.clone());
         tokio::spawn(server.serve());
         Cluster { _dir: dir, handler, shutdown }
     }

@@ -8,6 +8,7 @@
 //! - `namespace`: a terminating namespace is emptied, then finalized; a namespace left
 //!   terminating by a crash finishes after a restart.
 //! - `accounts`: a `default` ServiceAccount in every namespace.
+//! - `rootca`: the ConfigMap `kube-root-ca.crt` (the cluster CA) in every namespace.
 //! - `aggregation`: ClusterRoles with an `aggregationRule` collect the rules of the roles
 //!   their selectors match (`admin`, `edit`, `view`).
 //! - `endpoints`: Endpoints and EndpointSlices from Services' selectors and pod readiness.
@@ -31,6 +32,7 @@ mod job;
 mod kinds;
 mod namespace;
 mod replicaset;
+mod rootca;
 mod workload;
 
 use std::time::Duration;
@@ -63,10 +65,18 @@ pub struct Manager {
 }
 
 impl Manager {
-    /// Starts every controller over `client` until `shutdown`.
-    pub fn start(client: kube::Client, shutdown: CancellationToken) -> Manager {
+    /// Starts every controller over `client` until `shutdown`; with the cluster CA (PEM),
+    /// the root CA publisher too.
+    pub fn start(
+        client: kube::Client,
+        root_ca: Option<String>,
+        shutdown: CancellationToken,
+    ) -> Manager {
         let informers = std::sync::Arc::new(Informers::new(client, shutdown.clone()));
         let tasks = TaskTracker::new();
+        if let Some(ca) = root_ca {
+            tasks.spawn(rootca::run(informers.clone(), ca));
+        }
         tasks.spawn(gc::run(informers.clone()));
         tasks.spawn(namespace::run(informers.clone()));
         tasks.spawn(accounts::run(informers.clone()));

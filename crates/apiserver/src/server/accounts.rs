@@ -237,3 +237,71 @@ impl State {
         Some(crate::rbac::User { name: format!("system:bootstrap:{id}"), groups })
     }
 }
+
+impl Api {
+    /// ServiceAccount admission for a pod being created, as Kubernetes' plugin does it:
+    /// the pod runs as `default` unless it names an account; unless the pod or its account
+    /// says `automountServiceAccountToken: false` (or a container already mounts something
+    /// at the path), a projected volume `kube-api-access-XXXXX` (a bound token for an hour,
+    /// the cluster CA from `kube-root-ca.crt`, the namespace) is mounted read-only in every
+    /// container and init container at `/var/run/secrets/kubernetes.io/serviceaccount`.
+    pub(super) async fn admit_service_account(&self, pod: &mut Value) -> Result<(), ApiError> {
+        const PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+        let namespace = self.target.namespace.clone().unwrap_or_else(|| "default".into());
+        let named =
+            |field: &str| pod["spec"][field].as_str().filter(|s| !s.is_empty()).map(str::to_owned);
+        let account = named("serviceAccountName")
+            .or_else(|| named("serviceAccount"))
+            .unwrap_or_else(|| "default".into());
+        pod["spec"]["serviceAccountName"] = json!(account);
+        pod["spec"]["serviceAccount"] = json!(account);
+        let stored = match resources::find("", "v1", "serviceaccounts") {
+            Some(r) => match self.state.store.get(&r.key(Some(&namespace), &account)).await {
+                Ok(Some(kv)) => decode(&kv).ok(),
+                _ => None,
+            },
+            None => None,
+        };
+        let automount = pod["spec"]["automountServiceAccountToken"]
+            .as_bool()
+            .or_else(|| stored.as_ref().and_then(|a| a["automountServiceAccountToken"].as_bool()))
+            .unwrap_or(true);
+        let containers = ["containers", "initContainers"];
+        let mounted = containers.iter().any(|field| {
+            pod["spec"][*field].as_array().into_iter().flatten().any(|c| {
+                c["volumeMounts"].as_array().into_iter().flatten().any(|m| m["mountPath"] == PATH)
+            })
+        });
+        if !automount || mounted {
+            return Ok(());
+        }
+        let suffix = berth_stdx::random::hex(3)
+            .map_err(|e| ApiError::new(500, "InternalError", format!("/dev/urandom: {e}")))?;
+        let volume_name = format!("kube-api-access-{}", &suffix[..5]);
+        let volume = json!({
+            "name": volume_name,
+            "projected": {
+                "defaultMode": 420,
+                "sources": [
+                    {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+                    {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                    {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
+                ],
+            },
+        });
+        match pod["spec"]["volumes"].as_array_mut() {
+            Some(volumes) => volumes.push(volume),
+            None => pod["spec"]["volumes"] = json!([volume]),
+        }
+        let mount = json!({"name": volume_name, "readOnly": true, "mountPath": PATH});
+        for field in containers {
+            for container in pod["spec"][field].as_array_mut().into_iter().flatten() {
+                match container["volumeMounts"].as_array_mut() {
+                    Some(mounts) => mounts.push(mount.clone()),
+                    None => container["volumeMounts"] = json!([mount.clone()]),
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -331,7 +331,8 @@ impl Api {
 
     /// What every create does after `prepare_create`, whichever verb creates (POST or a
     /// server-side apply of a new object): a terminating definition refuses, priority
-    /// classes resolve, limit ranges fill in, certificate requests record who asks.
+    /// classes resolve, pods get their service account's token volume, limit ranges fill
+    /// in, certificate requests record who asks.
     async fn admit_new(&self, name: &str, object: &mut Value) -> Result<(), ApiError> {
         let resource = self.stored();
         if crate::crd::lookup(resource).is_some_and(|c| c.terminating) {
@@ -343,6 +344,9 @@ impl Api {
         }
         if crate::strategy::of(resource).admits_priority() {
             self.admit_priority(name, object).await?;
+        }
+        if resource.group.is_empty() && resource.name == "pods" {
+            self.admit_service_account(object).await?;
         }
         self.apply_limit_ranges(object)?;
         if resource.kind == "CertificateSigningRequest" {
