@@ -1082,6 +1082,24 @@ spec:
         std::thread::sleep(Duration::from_millis(200));
         seen = answers(&vip, 50);
     }
+    // sessionAffinity: ClientIP sends this client to one endpoint every time; turned off,
+    // the choice is random again.
+    cluster.ok(&["patch", "service", "hello", "-p", r#"{"spec":{"sessionAffinity":"ClientIP"}}"#]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let seen = answers(&vip, 20);
+        if seen.len() == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "ClientIP affinity: answers from {seen:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    cluster.ok(&["patch", "service", "hello", "-p", r#"{"spec":{"sessionAffinity":"None"}}"#]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while answers(&vip, 50) != names {
+        assert!(Instant::now() < deadline, "affinity never went away");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     // The node port on the node's address.
     let node_port = http_get("192.168.77.1:30080").unwrap();
     assert!(names.contains(&node_port), "{node_port}");

@@ -8,7 +8,10 @@
 //! set no-endpoints    { ipv4_addr . inet_proto . inet_service }             rejected at once
 //! chain nat-prerouting / nat-output  → services: the two maps
 //! chain svc-<hash>  one per service port: numgen random over its ready endpoints
-//! chain ep-<hash>   one per endpoint: mark for masquerade, dnat
+//!                   (with `sessionAffinity: ClientIP`, first to the endpoint a client
+//!                   was sent to within the timeout)
+//! chain ep-<hash>   one per endpoint: mark for masquerade, (remember the client), dnat
+//! set aff-<hash>    one per endpoint of a ClientIP service: clients, with a timeout
 //! chain nat-postrouting: masquerade what was marked (so replies come back through us)
 //! chain filter-*: reject traffic to a service port without endpoints
 //! ```
@@ -34,6 +37,8 @@ pub struct Plan {
     pub node_ports: BTreeMap<String, String>,
     /// `ip . proto . port` with no endpoint at all.
     pub no_endpoints: BTreeSet<String>,
+    /// Session-affinity sets: name → timeout in seconds.
+    pub sets: BTreeMap<String, i32>,
 }
 
 /// A short stable name for a chain (FNV-1a, 64 bits).
@@ -159,17 +164,30 @@ pub fn plan(services: &[Service], slices: &[EndpointSlice]) -> Plan {
                 continue;
             }
             let chain = format!("svc-{}", hash(&key));
+            // `sessionAffinity: ClientIP`: a client goes back to the endpoint it was sent
+            // to, until it has been quiet for the timeout (Kubernetes' default: 3 hours).
+            let affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+                spec.session_affinity_config
+                    .as_ref()
+                    .and_then(|c| c.client_ip.as_ref())
+                    .and_then(|c| c.timeout_seconds)
+                    .filter(|t| *t > 0)
+                    .unwrap_or(10_800)
+            });
             let mut branches = Vec::new();
+            let mut sticky = Vec::new();
             for (index, target) in targets.iter().enumerate() {
-                let endpoint_chain =
-                    format!("ep-{}", hash(&format!("{key}/{}:{}", target.ip, target.port)));
-                plan.chains.insert(
-                    endpoint_chain.clone(),
-                    vec![
-                        format!("meta mark set meta mark | {MARK:#x}"),
-                        format!("meta l4proto {proto} dnat to {}:{}", target.ip, target.port),
-                    ],
-                );
+                let endpoint = format!("{key}/{}:{}", target.ip, target.port);
+                let endpoint_chain = format!("ep-{}", hash(&endpoint));
+                let mut rules = vec![format!("meta mark set meta mark | {MARK:#x}")];
+                if let Some(timeout) = affinity {
+                    let set = format!("aff-{}", hash(&format!("{endpoint}/{timeout}")));
+                    rules.push(format!("update @{set} {{ ip saddr }}"));
+                    sticky.push(format!("ip saddr @{set} goto {endpoint_chain}"));
+                    plan.sets.insert(set, timeout);
+                }
+                rules.push(format!("meta l4proto {proto} dnat to {}:{}", target.ip, target.port));
+                plan.chains.insert(endpoint_chain.clone(), rules);
                 branches.push(format!("{index} : goto {endpoint_chain}"));
             }
             let rule = if branches.len() == 1 {
@@ -177,7 +195,8 @@ pub fn plan(services: &[Service], slices: &[EndpointSlice]) -> Plan {
             } else {
                 format!("numgen random mod {} vmap {{ {} }}", branches.len(), branches.join(", "))
             };
-            plan.chains.insert(chain.clone(), vec![rule]);
+            sticky.push(rule);
+            plan.chains.insert(chain.clone(), sticky);
             for ip in &addresses {
                 plan.service_ips
                     .insert(format!("{ip} . {proto} . {}", port.port), format!("goto {chain}"));
@@ -245,6 +264,14 @@ pub fn full(plan: &Plan) -> String {
 /// deleted once nothing points at them.
 pub fn changes(previous: &Plan, next: &Plan) -> String {
     let mut script = String::new();
+    // Sets before the rules that name them.
+    for (set, timeout) in &next.sets {
+        if !previous.sets.contains_key(set) {
+            script.push_str(&format!(
+                "add set ip {TABLE} {set} {{ type ipv4_addr; flags dynamic,timeout; timeout {timeout}s; }}\n"
+            ));
+        }
+    }
     for (chain, rules) in &next.chains {
         match previous.chains.get(chain) {
             Some(old) if old == rules => {}
@@ -308,6 +335,10 @@ pub fn changes(previous: &Plan, next: &Plan) -> String {
     gone.sort_by_key(|c| !c.starts_with("svc-"));
     for chain in gone {
         script.push_str(&format!("delete chain ip {TABLE} {chain}\n"));
+    }
+    // Sets after the rules that named them.
+    for set in previous.sets.keys().filter(|s| !next.sets.contains_key(*s)) {
+        script.push_str(&format!("delete set ip {TABLE} {set}\n"));
     }
     script
 }
@@ -394,6 +425,38 @@ mod tests {
             json!({"metadata": {"name": "ext", "namespace": "default"}, "spec": {"type": "ExternalName", "externalName": "example.org"}}),
         );
         assert_eq!(plan(&[headless, external], &[]), Plan::default());
+    }
+
+    #[test]
+    fn client_ip_affinity_sends_a_client_back_to_its_endpoint() {
+        let mut sticky = web();
+        let spec = sticky.spec.as_mut().unwrap();
+        spec.session_affinity = Some("ClientIP".into());
+        spec.session_affinity_config = Some(k8s_openapi::api::core::v1::SessionAffinityConfig {
+            client_ip: Some(k8s_openapi::api::core::v1::ClientIPConfig {
+                timeout_seconds: Some(60),
+            }),
+        });
+        let plan = plan(&[sticky], &[endpoints(&[("10.42.0.5", true), ("10.42.0.6", true)])]);
+        assert_eq!(plan.sets.len(), 2);
+        assert!(plan.sets.values().all(|t| *t == 60));
+        let chain = plan.chains.iter().find(|(c, _)| c.starts_with("svc-")).unwrap().1;
+        assert_eq!(
+            chain.len(),
+            3,
+            "two remembered clients' rules, then the random pick: {chain:?}"
+        );
+        assert!(chain[0].starts_with("ip saddr @aff-") && chain[2].starts_with("numgen random"));
+        let endpoint = plan.chains.iter().find(|(c, _)| c.starts_with("ep-")).unwrap().1;
+        assert!(endpoint[1].starts_with("update @aff-") && endpoint[2].contains("dnat to"));
+        // Made before their chains, removed after them.
+        let made = changes(&Plan::default(), &plan);
+        assert!(made.find("add set").unwrap() < made.find("add chain").unwrap(), "{made}");
+        let removed = changes(&plan, &Plan::default());
+        assert!(
+            removed.rfind("delete chain").unwrap() < removed.find("delete set").unwrap(),
+            "{removed}"
+        );
     }
 
     #[test]
