@@ -226,6 +226,7 @@ pub fn server(global: &crate::cli::Global, args: ServerArgs) -> Result<i32> {
                 });
             }
             let node_ip = agent_config.node_ip.clone();
+            let node_name = agent_config.node_name.clone();
             if let Some(dns_ip) = agent_config.cluster_dns.clone() {
                 let admin =
                     berth_client::in_process(server.handler(), berth_api::identity::User::admin());
@@ -266,7 +267,10 @@ pub fn server(global: &crate::cli::Global, args: ServerArgs) -> Result<i32> {
                 );
                 let proxy =
                     std::sync::Arc::new(berth_reconcile::Informers::new(client, shutdown.clone()));
-                let proxy_config = berth_proxy::Config { node_ip: Some(node_ip.clone()) };
+                let proxy_config = berth_proxy::Config {
+                    node_ip: Some(node_ip.clone()),
+                    node_name: Some(node_name.clone()),
+                };
                 loops.spawn(berth_proxy::run(proxy.clone(), proxy_config));
                 informers.push(proxy);
             }
@@ -335,7 +339,7 @@ pub fn agent(global: &crate::cli::Global, args: AgentArgs) -> Result<i32> {
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut informers = Vec::new();
-        let node_ip = config.node_ip.clone();
+        let (node_ip, node_name) = (config.node_ip.clone(), config.node_name.clone());
         let agent =
             std::sync::Arc::new(berth_reconcile::Informers::new(client.clone(), shutdown.clone()));
         loops.spawn(berth_agent::run(agent.clone(), config));
@@ -345,7 +349,7 @@ pub fn agent(global: &crate::cli::Global, args: AgentArgs) -> Result<i32> {
                 std::sync::Arc::new(berth_reconcile::Informers::new(client, shutdown.clone()));
             loops.spawn(berth_proxy::run(
                 proxy.clone(),
-                berth_proxy::Config { node_ip: Some(node_ip) },
+                berth_proxy::Config { node_ip: Some(node_ip), node_name: Some(node_name) },
             ));
             informers.push(proxy);
         }

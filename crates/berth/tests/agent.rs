@@ -983,14 +983,24 @@ spec:
 
 /// One HTTP GET of `/` at `address`: the body.
 fn http_get(address: &str) -> std::io::Result<String> {
+    http_get_path(address, "/")
+}
+
+fn http_get_path(address: &str, path: &str) -> std::io::Result<String> {
     use std::io::{Read, Write};
     let mut stream =
         std::net::TcpStream::connect_timeout(&address.parse().unwrap(), Duration::from_secs(3))?;
     stream.set_read_timeout(Some(Duration::from_secs(3)))?;
-    stream.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+    stream.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())?;
     let mut text = String::new();
     stream.read_to_string(&mut text)?;
-    Ok(text.split("\r\n\r\n").nth(1).unwrap_or("").trim().to_owned())
+    // The body: after the first blank line (a CGI script's end of headers may be a bare \n).
+    let body = ["\r\n\r\n", "\r\n\n", "\n\n"]
+        .iter()
+        .filter_map(|end| text.find(end).map(|at| at + end.len()))
+        .min()
+        .map_or("", |at| &text[at..]);
+    Ok(body.trim().to_owned())
 }
 
 /// The bodies of `count` requests.
@@ -1037,7 +1047,7 @@ spec:
       containers:
       - name: web
         image: fixture:v1
-        command: ["sh", "-c", "mkdir -p /www; hostname > /www/index.html; touch /tmp/ready; exec httpd -f -p 8080 -h /www"]
+        command: ["sh", "-c", "mkdir -p /www/cgi-bin; hostname > /www/index.html; printf '#!/bin/sh\\necho\\necho $REMOTE_ADDR\\n' > /www/cgi-bin/peer; chmod +x /www/cgi-bin/peer; touch /tmp/ready; exec httpd -f -p 8080 -h /www"]
         readinessProbe: {exec: {command: ["test", "-f", "/tmp/ready"]}, periodSeconds: 1}
 ---
 apiVersion: v1
@@ -1103,6 +1113,27 @@ spec:
     // The node port on the node's address.
     let node_port = http_get("192.168.77.1:30080").unwrap();
     assert!(names.contains(&node_port), "{node_port}");
+    // externalTrafficPolicy: Local keeps the client's address (no masquerade) and sends
+    // node-port traffic to this node's endpoints only (all of them, on one node).
+    let masqueraded = http_get_path("192.168.77.1:30080", "/cgi-bin/peer").unwrap();
+    // (httpd listens on IPv6 too: addresses come as [::ffff:a.b.c.d].)
+    assert_eq!(masqueraded, "[::ffff:10.42.0.1]", "Cluster policy: the node's bridge address");
+    cluster.ok(&[
+        "patch",
+        "service",
+        "hello",
+        "-p",
+        r#"{"spec":{"externalTrafficPolicy":"Local"}}"#,
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let peer = http_get_path("192.168.77.1:30080", "/cgi-bin/peer").unwrap_or_default();
+        if peer == "[::ffff:192.168.77.1]" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "Local policy: the pod saw {peer:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     // A LoadBalancer gets the node's address as its ingress and answers there.
     cluster.apply("apiVersion: v1\nkind: Service\nmetadata:\n  name: lb\nspec:\n  type: LoadBalancer\n  selector:\n    app: hello\n  ports:\n  - port: 8000\n    targetPort: 8080\n");
     cluster.until("the balancer's address", &["get", "service", "lb", "-o", "json"], |svc| {

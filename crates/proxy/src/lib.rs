@@ -23,6 +23,8 @@ pub struct Config {
     /// The node's address: LoadBalancer Services get it as their ingress (the built-in
     /// balancer, as k3s's ServiceLB), and answer there on their own ports.
     pub node_ip: Option<String>,
+    /// The node's name: its endpoints are the local ones of the `Local` traffic policies.
+    pub node_name: Option<String>,
 }
 
 /// Gives LoadBalancer Services this node's address as their ingress.
@@ -84,6 +86,7 @@ pub async fn run(informers: Arc<Informers>, config: Config) {
         let next = plan::plan(
             &all,
             &slices.store().state().iter().map(|s| (**s).clone()).collect::<Vec<_>>(),
+            config.node_name.as_deref(),
         );
         if applied.as_ref() != Some(&next) {
             let started = Instant::now();

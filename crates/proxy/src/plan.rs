@@ -51,11 +51,12 @@ fn hash(text: &str) -> String {
     format!("{h:016x}")
 }
 
-/// One endpoint address and port of a service port.
+/// One endpoint address and port of a service port, and the node it is on.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct Target {
     ip: String,
     port: i32,
+    node: Option<String>,
 }
 
 fn protocol(text: Option<&str>) -> &'static str {
@@ -66,8 +67,50 @@ fn protocol(text: Option<&str>) -> &'static str {
     }
 }
 
-/// The ruleset for these Services and EndpointSlices.
-pub fn plan(services: &[Service], slices: &[EndpointSlice]) -> Plan {
+/// A service chain choosing among `targets` (and their endpoint chains); `masquerade`
+/// marks the traffic for source NAT (not for `externalTrafficPolicy: Local`, which keeps
+/// the client's address); `affinity` is a ClientIP timeout.
+fn service_chain(
+    plan: &mut Plan,
+    key: &str,
+    proto: &str,
+    targets: &[Target],
+    masquerade: bool,
+    affinity: Option<i32>,
+) -> String {
+    let chain = format!("svc-{}", hash(key));
+    let mut branches = Vec::new();
+    let mut sticky = Vec::new();
+    for (index, target) in targets.iter().enumerate() {
+        let endpoint = format!("{key}/{}:{}", target.ip, target.port);
+        let endpoint_chain = format!("ep-{}", hash(&endpoint));
+        let mut rules = Vec::new();
+        if masquerade {
+            rules.push(format!("meta mark set meta mark | {MARK:#x}"));
+        }
+        if let Some(timeout) = affinity {
+            let set = format!("aff-{}", hash(&format!("{endpoint}/{timeout}")));
+            rules.push(format!("update @{set} {{ ip saddr }}"));
+            sticky.push(format!("ip saddr @{set} goto {endpoint_chain}"));
+            plan.sets.insert(set, timeout);
+        }
+        rules.push(format!("meta l4proto {proto} dnat to {}:{}", target.ip, target.port));
+        plan.chains.insert(endpoint_chain.clone(), rules);
+        branches.push(format!("{index} : goto {endpoint_chain}"));
+    }
+    let rule = if branches.len() == 1 {
+        branches[0].split(" : ").nth(1).unwrap_or_default().to_owned()
+    } else {
+        format!("numgen random mod {} vmap {{ {} }}", branches.len(), branches.join(", "))
+    };
+    sticky.push(rule);
+    plan.chains.insert(chain.clone(), sticky);
+    chain
+}
+
+/// The ruleset for these Services and EndpointSlices, on the node `node` (whose
+/// endpoints are the local ones for the `Local` traffic policies).
+pub fn plan(services: &[Service], slices: &[EndpointSlice], node: Option<&str>) -> Plan {
     let mut plan = Plan::default();
     for service in services {
         let Some(spec) = &service.spec else { continue };
@@ -118,7 +161,11 @@ pub fn plan(services: &[Service], slices: &[EndpointSlice]) -> Plan {
                 for endpoint in &slice.endpoints {
                     let conditions = endpoint.conditions.clone().unwrap_or_default();
                     for ip in &endpoint.addresses {
-                        let target = Target { ip: ip.clone(), port: target_port };
+                        let target = Target {
+                            ip: ip.clone(),
+                            port: target_port,
+                            node: endpoint.node_name.clone(),
+                        };
                         if conditions.ready.unwrap_or(true) {
                             ready.insert(target);
                         } else if conditions.serving.unwrap_or(false)
@@ -135,8 +182,9 @@ pub fn plan(services: &[Service], slices: &[EndpointSlice]) -> Plan {
                 ready.into_iter().collect()
             };
             let key = format!("{namespace}/{name}/{port_name}/{proto}");
-            let mut addresses = cluster_ips.clone();
-            addresses.extend(spec.external_ips.clone().unwrap_or_default());
+            // Addresses reached from inside the cluster, and from outside it.
+            let internal_addresses = cluster_ips.clone();
+            let mut external_addresses = spec.external_ips.clone().unwrap_or_default();
             // A LoadBalancer's ingress addresses (this node's, from the built-in balancer).
             if kind == "LoadBalancer" {
                 let ingress = service
@@ -144,7 +192,7 @@ pub fn plan(services: &[Service], slices: &[EndpointSlice]) -> Plan {
                     .as_ref()
                     .and_then(|s| s.load_balancer.as_ref())
                     .and_then(|l| l.ingress.clone());
-                addresses.extend(
+                external_addresses.extend(
                     ingress
                         .into_iter()
                         .flatten()
@@ -152,18 +200,19 @@ pub fn plan(services: &[Service], slices: &[EndpointSlice]) -> Plan {
                         .filter(|ip| !ip.contains(':')),
                 );
             }
-            if targets.is_empty() {
-                for ip in &addresses {
-                    plan.no_endpoints.insert(format!("{ip} . {proto} . {}", port.port));
-                }
-                if let Some(node_port) =
-                    port.node_port.filter(|_| kind == "NodePort" || kind == "LoadBalancer")
-                {
-                    plan.no_endpoints.insert(format!("0.0.0.0 . {proto} . {node_port}"));
-                }
-                continue;
-            }
-            let chain = format!("svc-{}", hash(&key));
+            let node_port = port.node_port.filter(|_| kind == "NodePort" || kind == "LoadBalancer");
+            // The `Local` traffic policies: only this node's endpoints (none: refused).
+            let local = |targets: &[Target]| -> Vec<Target> {
+                targets
+                    .iter()
+                    .filter(|t| node.is_some_and(|n| t.node.as_deref() == Some(n)))
+                    .cloned()
+                    .collect()
+            };
+            let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
+            let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
+            let internal = if internal_local { local(&targets) } else { targets.clone() };
+            let external = if external_local { local(&targets) } else { targets.clone() };
             // `sessionAffinity: ClientIP`: a client goes back to the endpoint it was sent
             // to, until it has been quiet for the timeout (Kubernetes' default: 3 hours).
             let affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
@@ -174,36 +223,49 @@ pub fn plan(services: &[Service], slices: &[EndpointSlice]) -> Plan {
                     .filter(|t| *t > 0)
                     .unwrap_or(10_800)
             });
-            let mut branches = Vec::new();
-            let mut sticky = Vec::new();
-            for (index, target) in targets.iter().enumerate() {
-                let endpoint = format!("{key}/{}:{}", target.ip, target.port);
-                let endpoint_chain = format!("ep-{}", hash(&endpoint));
-                let mut rules = vec![format!("meta mark set meta mark | {MARK:#x}")];
-                if let Some(timeout) = affinity {
-                    let set = format!("aff-{}", hash(&format!("{endpoint}/{timeout}")));
-                    rules.push(format!("update @{set} {{ ip saddr }}"));
-                    sticky.push(format!("ip saddr @{set} goto {endpoint_chain}"));
-                    plan.sets.insert(set, timeout);
+            let internal_key =
+                if internal_local { format!("{key}/internal-local") } else { key.clone() };
+            let external_key =
+                if external_local { format!("{key}/external-local") } else { key.clone() };
+            let mut internal_chain = None;
+            if internal.is_empty() {
+                for ip in &internal_addresses {
+                    plan.no_endpoints.insert(format!("{ip} . {proto} . {}", port.port));
                 }
-                rules.push(format!("meta l4proto {proto} dnat to {}:{}", target.ip, target.port));
-                plan.chains.insert(endpoint_chain.clone(), rules);
-                branches.push(format!("{index} : goto {endpoint_chain}"));
-            }
-            let rule = if branches.len() == 1 {
-                branches[0].split(" : ").nth(1).unwrap_or_default().to_owned()
             } else {
-                format!("numgen random mod {} vmap {{ {} }}", branches.len(), branches.join(", "))
+                let chain =
+                    service_chain(&mut plan, &internal_key, proto, &internal, true, affinity);
+                for ip in &internal_addresses {
+                    plan.service_ips
+                        .insert(format!("{ip} . {proto} . {}", port.port), format!("goto {chain}"));
+                }
+                internal_chain = Some(chain);
+            }
+            if external.is_empty() {
+                for ip in &external_addresses {
+                    plan.no_endpoints.insert(format!("{ip} . {proto} . {}", port.port));
+                }
+                if let Some(node_port) = node_port {
+                    plan.no_endpoints.insert(format!("0.0.0.0 . {proto} . {node_port}"));
+                }
+                continue;
+            }
+            let chain = match internal_chain.filter(|_| external_key == internal_key) {
+                Some(chain) => chain,
+                None => service_chain(
+                    &mut plan,
+                    &external_key,
+                    proto,
+                    &external,
+                    !external_local,
+                    affinity,
+                ),
             };
-            sticky.push(rule);
-            plan.chains.insert(chain.clone(), sticky);
-            for ip in &addresses {
+            for ip in &external_addresses {
                 plan.service_ips
                     .insert(format!("{ip} . {proto} . {}", port.port), format!("goto {chain}"));
             }
-            if let Some(node_port) =
-                port.node_port.filter(|_| kind == "NodePort" || kind == "LoadBalancer")
-            {
+            if let Some(node_port) = node_port {
                 plan.node_ports.insert(format!("{proto} . {node_port}"), format!("goto {chain}"));
             }
         }
@@ -376,6 +438,7 @@ mod tests {
         let plan = plan(
             &[web()],
             &[endpoints(&[("10.42.0.5", true), ("10.42.0.6", true), ("10.42.0.7", false)])],
+            None,
         );
         let chain = plan.service_ips.get("10.43.0.20 . tcp . 80").expect("the ClusterIP is mapped");
         assert_eq!(plan.node_ports.get("tcp . 30080"), Some(chain));
@@ -390,7 +453,7 @@ mod tests {
 
     #[test]
     fn no_endpoints_rejects_and_terminating_ones_serve_as_a_last_resort() {
-        let none = plan(&[web()], &[]);
+        let none = plan(&[web()], &[], None);
         assert!(none.service_ips.is_empty());
         assert!(none.no_endpoints.contains("10.43.0.20 . tcp . 80"));
         assert!(none.no_endpoints.contains("0.0.0.0 . tcp . 30080"));
@@ -399,7 +462,7 @@ mod tests {
             serde_json::from_value(json!({"ready": false, "serving": true, "terminating": true}))
                 .unwrap(),
         );
-        let last = plan(&[web()], &[terminating]);
+        let last = plan(&[web()], &[terminating], None);
         assert!(last.chains.values().flatten().any(|r| r.contains("dnat to 10.42.0.9:8080")));
     }
 
@@ -411,7 +474,7 @@ mod tests {
             serde_json::from_value(json!({"loadBalancer": {"ingress": [{"ip": "192.168.77.1"}]}}))
                 .unwrap(),
         );
-        let plan = plan(&[lb], &[endpoints(&[("10.42.0.5", true)])]);
+        let plan = plan(&[lb], &[endpoints(&[("10.42.0.5", true)])], None);
         assert!(plan.service_ips.contains_key("192.168.77.1 . tcp . 80"), "{:?}", plan.service_ips);
         assert!(plan.node_ports.contains_key("tcp . 30080"));
     }
@@ -424,7 +487,7 @@ mod tests {
         let external = service(
             json!({"metadata": {"name": "ext", "namespace": "default"}, "spec": {"type": "ExternalName", "externalName": "example.org"}}),
         );
-        assert_eq!(plan(&[headless, external], &[]), Plan::default());
+        assert_eq!(plan(&[headless, external], &[], None), Plan::default());
     }
 
     #[test]
@@ -437,7 +500,7 @@ mod tests {
                 timeout_seconds: Some(60),
             }),
         });
-        let plan = plan(&[sticky], &[endpoints(&[("10.42.0.5", true), ("10.42.0.6", true)])]);
+        let plan = plan(&[sticky], &[endpoints(&[("10.42.0.5", true), ("10.42.0.6", true)])], None);
         assert_eq!(plan.sets.len(), 2);
         assert!(plan.sets.values().all(|t| *t == 60));
         let chain = plan.chains.iter().find(|(c, _)| c.starts_with("svc-")).unwrap().1;
@@ -460,9 +523,51 @@ mod tests {
     }
 
     #[test]
+    fn local_traffic_policies_keep_to_this_nodes_endpoints() {
+        let mut both = slice(
+            json!({"metadata": {"name": "web-abc", "namespace": "default", "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [
+                {"addresses": ["10.42.0.5"], "nodeName": "here", "conditions": {"ready": true}},
+                {"addresses": ["10.42.1.5"], "nodeName": "there", "conditions": {"ready": true}}]}),
+        );
+        let mut local = web();
+        local.spec.as_mut().unwrap().external_traffic_policy = Some("Local".into());
+        let plan_here = plan(&[local.clone()], std::slice::from_ref(&both), Some("here"));
+        // The ClusterIP balances over both; the node port only to this node's, unmasqueraded.
+        let internal = &plan_here.chains
+            [plan_here.service_ips["10.43.0.20 . tcp . 80"].trim_start_matches("goto ")];
+        assert!(internal[0].starts_with("numgen random mod 2"), "{internal:?}");
+        let external =
+            &plan_here.chains[plan_here.node_ports["tcp . 30080"].trim_start_matches("goto ")];
+        let endpoint = &plan_here.chains[external[0].trim_start_matches("goto ")];
+        assert_eq!(
+            endpoint,
+            &vec!["meta l4proto tcp dnat to 10.42.0.5:8080".to_owned()],
+            "the client's address kept"
+        );
+        // A node without a local endpoint refuses its node port, not the ClusterIP.
+        let plan_elsewhere = plan(&[local], std::slice::from_ref(&both), Some("nowhere"));
+        assert!(plan_elsewhere.no_endpoints.contains("0.0.0.0 . tcp . 30080"));
+        assert!(plan_elsewhere.service_ips.contains_key("10.43.0.20 . tcp . 80"));
+        // internalTrafficPolicy: Local: the ClusterIP only to this node's.
+        let mut internal_only = web();
+        internal_only.spec.as_mut().unwrap().internal_traffic_policy = Some("Local".into());
+        both.endpoints.retain(|e| e.node_name.as_deref() == Some("there"));
+        let plan_internal = plan(&[internal_only], &[both], Some("here"));
+        assert!(plan_internal.no_endpoints.contains("10.43.0.20 . tcp . 80"));
+        assert!(
+            plan_internal.node_ports.contains_key("tcp . 30080"),
+            "external traffic still balances"
+        );
+    }
+
+    #[test]
     fn changes_touch_only_what_changed() {
-        let before = plan(&[web()], &[endpoints(&[("10.42.0.5", true), ("10.42.0.6", true)])]);
-        let after = plan(&[web()], &[endpoints(&[("10.42.0.5", true), ("10.42.0.8", true)])]);
+        let before =
+            plan(&[web()], &[endpoints(&[("10.42.0.5", true), ("10.42.0.6", true)])], None);
+        let after = plan(&[web()], &[endpoints(&[("10.42.0.5", true), ("10.42.0.8", true)])], None);
         let script = changes(&before, &after);
         assert!(script.contains("flush chain ip berth-services svc-"), "{script}");
         assert!(script.contains("dnat to 10.42.0.8:8080"), "{script}");
