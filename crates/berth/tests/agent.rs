@@ -1173,6 +1173,9 @@ spec:
     let cluster_ip = vip.trim_end_matches(":80").to_owned();
     let lookup = cluster.ok(&["exec", &first, "--", "nslookup", "hello.default.svc.cluster.local"]);
     assert!(lookup.contains(&format!("Address: {cluster_ip}")), "{lookup}");
+    // And back: the ClusterIP's PTR record names the Service.
+    let reverse = cluster.ok(&["exec", &first, "--", "nslookup", &cluster_ip]);
+    assert!(reverse.contains("hello.default.svc.cluster.local"), "{reverse}");
     let srv = cluster.ok(&[
         "exec",
         &first,

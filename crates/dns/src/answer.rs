@@ -7,6 +7,8 @@
 //! HOST.SVC.NS.svc.DOMAIN           A: the endpoint whose hostname is HOST (headless)
 //! _PORT._PROTO.SVC.NS.svc.DOMAIN   SRV: the named port, at the Service (or each endpoint)
 //! A-B-C-D.NS.pod.DOMAIN            A: A.B.C.D
+//! D.C.B.A.in-addr.arpa             PTR: the Service whose ClusterIP is A.B.C.D, or
+//!                                  HOST.SVC.NS.svc.DOMAIN for a headless endpoint
 //! ```
 //! Other names in the cluster domain do not exist (NXDOMAIN); names outside it are
 //! forwarded.
@@ -31,9 +33,12 @@ pub struct Endpoint {
     pub ready: bool,
 }
 
-/// Finds a Service by namespace and name.
+/// Finds a Service by namespace and name, and names by address.
 pub trait Lookup {
     fn service(&self, namespace: &str, name: &str) -> Option<ServiceRecord>;
+    /// The cluster names of an address (relative to the domain: `SVC.NS.svc`,
+    /// `HOST.SVC.NS.svc`): Services' ClusterIPs, headless endpoints with a hostname.
+    fn names_of(&self, ip: Ipv4Addr) -> Vec<String>;
 }
 
 /// One answer record, before it is encoded.
@@ -43,6 +48,7 @@ pub enum Data {
     Cname(String),
     /// (priority, weight, port, target)
     Srv(u16, u16, u16, String),
+    Ptr(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +70,7 @@ pub enum Kind {
     Aaaa,
     Srv,
     Cname,
+    Ptr,
     Other,
 }
 
@@ -73,6 +80,27 @@ fn dashed_ip(text: &str) -> Option<Ipv4Addr> {
 
 /// Resolves `name` (lowercase, without the trailing dot) in `domain`.
 pub fn resolve(lookup: &dyn Lookup, domain: &str, name: &str, kind: Kind) -> Outcome {
+    // Reverse lookups of the cluster's addresses; others are the host's resolvers'.
+    if let Some(reversed) = name.strip_suffix(".in-addr.arpa") {
+        let octets: Vec<u8> = reversed.split('.').filter_map(|o| o.parse().ok()).collect();
+        if octets.len() != 4 || reversed.split('.').count() != 4 {
+            return Outcome::Forward;
+        }
+        let ip = Ipv4Addr::new(octets[3], octets[2], octets[1], octets[0]);
+        let names = lookup.names_of(ip);
+        if names.is_empty() {
+            return Outcome::Forward;
+        }
+        if kind != Kind::Ptr {
+            return Outcome::NoData;
+        }
+        return Outcome::Answer(
+            names
+                .into_iter()
+                .map(|n| (name.to_owned(), Data::Ptr(format!("{n}.{domain}"))))
+                .collect(),
+        );
+    }
     let Some(relative) = name.strip_suffix(domain).and_then(|r| r.strip_suffix('.')) else {
         return if name == domain { Outcome::NoData } else { Outcome::Forward };
     };
@@ -171,6 +199,43 @@ mod tests {
         fn service(&self, namespace: &str, name: &str) -> Option<ServiceRecord> {
             self.0.get(&(namespace.to_owned(), name.to_owned())).cloned()
         }
+
+        fn names_of(&self, ip: Ipv4Addr) -> Vec<String> {
+            let mut names = Vec::new();
+            for ((ns, svc), record) in &self.0 {
+                if record.cluster_ip == Some(ip) {
+                    names.push(format!("{svc}.{ns}.svc"));
+                }
+                for endpoint in record.endpoints.iter().filter(|e| e.ip == ip) {
+                    if let Some(host) = &endpoint.hostname {
+                        names.push(format!("{host}.{svc}.{ns}.svc"));
+                    }
+                }
+            }
+            names
+        }
+    }
+
+    #[test]
+    fn addresses_resolve_back_to_their_names() {
+        let c = cluster();
+        assert_eq!(
+            resolve(&c, D, "20.0.43.10.in-addr.arpa", Kind::Ptr),
+            Outcome::Answer(vec![(
+                "20.0.43.10.in-addr.arpa".into(),
+                Data::Ptr("web.default.svc.cluster.local".into())
+            )])
+        );
+        assert_eq!(
+            resolve(&c, D, "5.0.42.10.in-addr.arpa", Kind::Ptr),
+            Outcome::Answer(vec![(
+                "5.0.42.10.in-addr.arpa".into(),
+                Data::Ptr("db-0.db.default.svc.cluster.local".into())
+            )])
+        );
+        assert_eq!(resolve(&c, D, "20.0.43.10.in-addr.arpa", Kind::A), Outcome::NoData);
+        assert_eq!(resolve(&c, D, "1.1.168.192.in-addr.arpa", Kind::Ptr), Outcome::Forward);
+        assert_eq!(resolve(&c, D, "0.43.10.in-addr.arpa", Kind::Ptr), Outcome::Forward);
     }
 
     fn cluster() -> Fixed {

@@ -94,6 +94,41 @@ impl Lookup for Caches {
         }
         Some(record)
     }
+
+    fn names_of(&self, ip: Ipv4Addr) -> Vec<String> {
+        let wanted = ip.to_string();
+        let mut names = Vec::new();
+        for service in self.services.store().state() {
+            let (Some(ns), Some(svc)) = (&service.metadata.namespace, &service.metadata.name)
+            else {
+                continue;
+            };
+            let spec = service.spec.clone().unwrap_or_default();
+            let ips = spec.cluster_ips.clone().unwrap_or_default();
+            if spec.cluster_ip.as_deref() == Some(wanted.as_str()) || ips.contains(&wanted) {
+                names.push(format!("{svc}.{ns}.svc"));
+            }
+        }
+        // Headless endpoints that name a hostname.
+        for slice in self.slices.store().state() {
+            let (Some(ns), Some(svc)) = (
+                &slice.metadata.namespace,
+                slice.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name")),
+            ) else {
+                continue;
+            };
+            for endpoint in &slice.endpoints {
+                if let Some(host) = &endpoint.hostname {
+                    if endpoint.addresses.contains(&wanted) {
+                        names.push(format!("{host}.{svc}.{ns}.svc"));
+                    }
+                }
+            }
+        }
+        names.sort();
+        names.dedup();
+        names
+    }
 }
 
 /// Answers one query message; `None` means "relay it upstream as it is".
@@ -105,6 +140,7 @@ pub fn respond(lookup: &dyn Lookup, domain: &str, query: &Message) -> Option<Mes
         RecordType::AAAA => Kind::Aaaa,
         RecordType::SRV => Kind::Srv,
         RecordType::CNAME => Kind::Cname,
+        RecordType::PTR => Kind::Ptr,
         _ => Kind::Other,
     };
     let outcome = answer::resolve(lookup, domain, &name, kind);
@@ -124,6 +160,10 @@ pub fn respond(lookup: &dyn Lookup, domain: &str, query: &Message) -> Option<Mes
                     Data::A(ip) => RData::A(rdata::A(ip)),
                     Data::Cname(target) => match Name::from_ascii(format!("{target}.")) {
                         Ok(target) => RData::CNAME(rdata::CNAME(target)),
+                        Err(_) => continue,
+                    },
+                    Data::Ptr(target) => match Name::from_ascii(format!("{target}.")) {
+                        Ok(target) => RData::PTR(rdata::PTR(target)),
                         Err(_) => continue,
                     },
                     Data::Srv(priority, weight, port, target) => {
@@ -300,6 +340,14 @@ mod tests {
                 cluster_ip: Some(Ipv4Addr::new(10, 43, 0, 20)),
                 ..Default::default()
             })
+        }
+
+        fn names_of(&self, ip: Ipv4Addr) -> Vec<String> {
+            if ip == Ipv4Addr::new(10, 43, 0, 20) {
+                vec!["web.default.svc".into()]
+            } else {
+                Vec::new()
+            }
         }
     }
 
