@@ -289,10 +289,63 @@ async fn run(
             Err(_) => Err(format!("dial tcp {host}:{port}: i/o timeout")),
         };
     }
-    if probe.grpc.is_some() {
-        return Err("gRPC probes are not supported by berth's agent yet".into());
+    if let Some(grpc) = &probe.grpc {
+        let port = u16::try_from(grpc.port).map_err(|_| format!("bad gRPC port {}", grpc.port))?;
+        let service = grpc.service.clone().unwrap_or_default();
+        return tokio::time::timeout(timeout, grpc_check(pod_ip, port, service))
+            .await
+            .unwrap_or_else(|_| {
+                Err(format!("timeout: health rpc did not complete within {}s", timeout.as_secs()))
+            });
     }
-    Err("the probe names no handler (exec, httpGet, tcpSocket)".into())
+    Err("the probe names no handler (exec, httpGet, tcpSocket, grpc)".into())
+}
+
+/// `grpc.health.v1.HealthCheckRequest`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct HealthCheckRequest {
+    #[prost(string, tag = "1")]
+    service: String,
+}
+
+/// `grpc.health.v1.HealthCheckResponse` (status 1 is SERVING).
+#[derive(Clone, PartialEq, prost::Message)]
+struct HealthCheckResponse {
+    #[prost(int32, tag = "1")]
+    status: i32,
+}
+
+/// A gRPC probe, as the kubelet's: `grpc.health.v1.Health/Check` for `service` on the
+/// pod's address, over plain HTTP/2; healthy when the answer is SERVING.
+async fn grpc_check(pod_ip: &str, port: u16, service: String) -> Result<(), String> {
+    let address = format!("http://{pod_ip}:{port}");
+    let channel = tonic::transport::Endpoint::from_shared(address.clone())
+        .map_err(|e| format!("bad address {address}: {e}"))?
+        .connect()
+        .await
+        .map_err(|e| format!("failed to connect service \"{pod_ip}:{port}\": {e}"))?;
+    let mut client = tonic::client::Grpc::new(channel);
+    client.ready().await.map_err(|e| format!("failed to connect service: {e}"))?;
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/grpc.health.v1.Health/Check");
+    let codec = tonic_prost::ProstCodec::<HealthCheckRequest, HealthCheckResponse>::default();
+    let answer = client
+        .unary(tonic::Request::new(HealthCheckRequest { service }), path, codec)
+        .await
+        .map_err(|status| {
+            format!("rpc error: code = {:?} desc = {}", status.code(), status.message())
+        })?;
+    match answer.into_inner().status {
+        1 => Ok(()),
+        status => {
+            let name = match status {
+                0 => "UNKNOWN",
+                2 => "NOT_SERVING",
+                3 => "SERVICE_UNKNOWN",
+                _ => "UNRECOGNIZED",
+            };
+            Err(format!("service unhealthy (responded with \"{name}\")"))
+        }
+    }
 }
 
 /// Runs a lifecycle hook (postStart, preStop): exec, httpGet, tcpSocket or sleep, within
@@ -317,4 +370,82 @@ pub async fn run_hook(
         ..Probe::default()
     };
     run(runtime, container, id, &probe, pod_ip, timeout.max(Duration::from_secs(1))).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::convert::Infallible;
+    use std::future::Future;
+    use std::pin::Pin;
+
+    /// A gRPC health service answering `status` to every check.
+    #[derive(Clone)]
+    struct Health(i32);
+
+    impl tonic::server::NamedService for Health {
+        const NAME: &'static str = "grpc.health.v1.Health";
+    }
+
+    struct Check(i32);
+
+    impl tonic::server::UnaryService<HealthCheckRequest> for Check {
+        type Response = HealthCheckResponse;
+        type Future =
+            std::future::Ready<Result<tonic::Response<HealthCheckResponse>, tonic::Status>>;
+        fn call(&mut self, _: tonic::Request<HealthCheckRequest>) -> Self::Future {
+            std::future::ready(Ok(tonic::Response::new(HealthCheckResponse { status: self.0 })))
+        }
+    }
+
+    type Http = tonic::codegen::http::Request<tonic::body::Body>;
+    type Answer = tonic::codegen::http::Response<tonic::body::Body>;
+
+    impl tower::Service<Http> for Health {
+        type Response = Answer;
+        type Error = Infallible;
+        type Future = Pin<Box<dyn Future<Output = Result<Answer, Infallible>> + Send>>;
+
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Infallible>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, request: Http) -> Self::Future {
+            let status = self.0;
+            Box::pin(async move {
+                let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::<
+                    HealthCheckResponse,
+                    HealthCheckRequest,
+                >::default());
+                Ok(grpc.unary(Check(status), request).await)
+            })
+        }
+    }
+
+    async fn serve(status: i32) -> u16 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(Health(status))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        port
+    }
+
+    #[tokio::test]
+    async fn grpc_probes_ask_the_health_service() {
+        let serving = serve(1).await;
+        assert_eq!(grpc_check("127.0.0.1", serving, String::new()).await, Ok(()));
+        let failing = serve(2).await;
+        let err = grpc_check("127.0.0.1", failing, "db".into()).await.unwrap_err();
+        assert!(err.contains("NOT_SERVING"), "{err}");
+        let closed =
+            std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let err = grpc_check("127.0.0.1", closed, String::new()).await.unwrap_err();
+        assert!(err.contains("failed to connect"), "{err}");
+    }
 }
