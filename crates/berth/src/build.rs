@@ -218,6 +218,8 @@ fn key_values(list: &[String], flag: &str, from_env: bool) -> Result<BTreeMap<St
 }
 
 pub fn build(global: &Global, args: BuildArgs) -> Result<i32> {
+    // The Dockerfile's own ignore file, beside it (used when it exists).
+    let mut ignore_file: Option<PathBuf> = None;
     let (context, dockerfile, dockerfile_name) = if args.context == "-" {
         let mut text = String::new();
         std::io::stdin()
@@ -240,6 +242,7 @@ pub fn build(global: &Global, args: BuildArgs) -> Result<i32> {
             Some(file) => {
                 let text = std::fs::read_to_string(file)
                     .with_context(|| format!("cannot read the Dockerfile {file}"))?;
+                ignore_file = Some(PathBuf::from(format!("{file}.dockerignore")));
                 (Some(dir), text, file.to_owned())
             }
             None => {
@@ -252,6 +255,7 @@ pub fn build(global: &Global, args: BuildArgs) -> Result<i32> {
                 let text = std::fs::read_to_string(&path).with_context(|| {
                     format!("cannot read {}: give the Dockerfile with -f", path.display())
                 })?;
+                ignore_file = Some(PathBuf::from(format!("{}.dockerignore", path.display())));
                 (Some(dir), text, "Dockerfile".to_owned())
             }
         }
@@ -337,6 +341,7 @@ pub fn build(global: &Global, args: BuildArgs) -> Result<i32> {
         context,
         dockerfile,
         dockerfile_name,
+        ignore_file: ignore_file.filter(|path| path.is_file()),
         build_args: key_values(&args.build_args, "--build-arg", true)?,
         target: args.target.clone(),
         no_cache: args.no_cache,

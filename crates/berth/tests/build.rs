@@ -458,6 +458,16 @@ fn root_heredocs_stdin_ignore_files_and_parallel_stages() {
     std::fs::write(dir.join("app.log"), "more noise").unwrap();
     let (second, _) = builders.build(&dir, &["-t", "ignored"]);
     assert_eq!(first, second, "an ignored file does not bust the cache");
+    // A Dockerfile's own ignore file (NAME.dockerignore beside it) replaces the context's.
+    let named = dir.join("app.Dockerfile");
+    std::fs::write(&named, "FROM busybox\nCOPY . /ctx/\n").unwrap();
+    std::fs::write(dir.join("app.Dockerfile.dockerignore"), "keep.log\n").unwrap();
+    builders.build(&dir, &["-f", named.to_str().unwrap(), "-t", "named-ignore"]);
+    let files =
+        builders.ok(&["run", "--rm", "--network", "none", "named-ignore", "ls", "-a", "/ctx"]);
+    assert!(files.contains("app.log") && !files.contains("keep.log"), "{files}");
+    std::fs::remove_file(&named).unwrap();
+    std::fs::remove_file(dir.join("app.Dockerfile.dockerignore")).unwrap();
 
     // Stages that do not depend on each other run at the same time: each of these two
     // waits for the other's mark in a shared cache mount, so built one after the other

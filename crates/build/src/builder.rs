@@ -38,6 +38,9 @@ pub struct Options {
     pub dockerfile: String,
     /// How errors name the Dockerfile (`Dockerfile`, `build/Dockerfile.dev`).
     pub dockerfile_name: String,
+    /// The Dockerfile's own ignore file (`<Dockerfile>.dockerignore` beside it), which
+    /// replaces the context's `.dockerignore` when it exists, as BuildKit reads them.
+    pub ignore_file: Option<PathBuf>,
     pub build_args: BTreeMap<String, String>,
     pub target: Option<String>,
     pub no_cache: bool,
@@ -48,6 +51,17 @@ pub struct Options {
     pub os: String,
     pub architecture: String,
     pub variant: Option<String>,
+}
+
+/// The ignore patterns of a build: the Dockerfile's own ignore file when it has one,
+/// else the context's `.dockerignore`, else none.
+fn ignore_text(options: &Options, context: &Path) -> String {
+    options
+        .ignore_file
+        .as_ref()
+        .and_then(|path| std::fs::read_to_string(path).ok())
+        .or_else(|| std::fs::read_to_string(context.join(".dockerignore")).ok())
+        .unwrap_or_default()
 }
 
 /// What the caller provides: base images, and a display of the build's progress.
@@ -262,10 +276,7 @@ pub fn build(
     };
     let context = match &options.context {
         Some(dir) => {
-            let ignore = match std::fs::read_to_string(dir.join(".dockerignore")) {
-                Ok(text) => Ignore::parse(&text).map_err(BuildError::Setup)?,
-                Err(_) => Ignore::default(),
-            };
+            let ignore = Ignore::parse(&ignore_text(options, dir)).map_err(BuildError::Setup)?;
             Some(SourceRoot::context(dir, ignore).map_err(|e| BuildError::Setup(e.to_string()))?)
         }
         None => None,
@@ -2356,8 +2367,7 @@ impl Build<'_> {
                 if excludes.is_empty() {
                     Some(context)
                 } else {
-                    let mut text = std::fs::read_to_string(context.dir.join(".dockerignore"))
-                        .unwrap_or_default();
+                    let mut text = ignore_text(self.options, &context.dir);
                     for pattern in &excludes {
                         text.push('\n');
                         text.push_str(pattern);
