@@ -85,6 +85,10 @@ pub struct NodeArgs {
     /// DATA_DIR/agent/cni, where a bridge network for 10.42.0.0/24 is written if empty).
     #[arg(long = "cni-conf-dir")]
     pub cni_conf_dir: Option<PathBuf>,
+    /// Node ports answer on 127.0.0.1 too (the proxy turns on route_localnet); by default
+    /// only on the node's other addresses, as kube-proxy's nftables mode.
+    #[arg(long = "nodeport-localhost")]
+    pub nodeport_localhost: bool,
     /// Run the node agent without the service proxy (no ClusterIP or NodePort rules), as
     /// k3s's flag does.
     #[arg(long = "disable-kube-proxy")]
@@ -169,6 +173,7 @@ pub fn server(global: &crate::cli::Global, args: ServerArgs) -> Result<i32> {
     let kubeconfig = config.data_dir.join("kubeconfig");
     let data_dir = config.data_dir.clone();
     let disable_kube_proxy = args.node.disable_kube_proxy;
+    let nodeport_localhost = args.node.nodeport_localhost;
     let (grace, disable_controller_manager, disable_scheduler) =
         (config.shutdown_grace, args.disable_controller_manager, args.disable_scheduler);
     runtime.block_on(async move {
@@ -270,6 +275,7 @@ pub fn server(global: &crate::cli::Global, args: ServerArgs) -> Result<i32> {
                 let proxy_config = berth_proxy::Config {
                     node_ip: Some(node_ip.clone()),
                     node_name: Some(node_name.clone()),
+                    nodeport_localhost,
                 };
                 loops.spawn(berth_proxy::run(proxy.clone(), proxy_config));
                 informers.push(proxy);
@@ -349,7 +355,11 @@ pub fn agent(global: &crate::cli::Global, args: AgentArgs) -> Result<i32> {
                 std::sync::Arc::new(berth_reconcile::Informers::new(client, shutdown.clone()));
             loops.spawn(berth_proxy::run(
                 proxy.clone(),
-                berth_proxy::Config { node_ip: Some(node_ip), node_name: Some(node_name) },
+                berth_proxy::Config {
+                    node_ip: Some(node_ip),
+                    node_name: Some(node_name),
+                    nodeport_localhost: args.node.nodeport_localhost,
+                },
             ));
             informers.push(proxy);
         }

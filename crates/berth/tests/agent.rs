@@ -1030,7 +1030,7 @@ fn root_services_answer_on_their_cluster_ip_and_node_port() {
         .status()
         .unwrap()
         .success());
-    cluster.extra = vec!["--node-ip".into(), "192.168.77.1".into()];
+    cluster.extra = vec!["--node-ip".into(), "192.168.77.1".into(), "--nodeport-localhost".into()];
     cluster.start();
     cluster.apply(
         r#"
@@ -1110,9 +1110,11 @@ spec:
         assert!(Instant::now() < deadline, "affinity never went away");
         std::thread::sleep(Duration::from_millis(200));
     }
-    // The node port on the node's address.
+    // The node port on the node's address, and (--nodeport-localhost) on 127.0.0.1.
     let node_port = http_get("192.168.77.1:30080").unwrap();
     assert!(names.contains(&node_port), "{node_port}");
+    let loopback = http_get("127.0.0.1:30080").unwrap();
+    assert!(names.contains(&loopback), "{loopback}");
     // externalTrafficPolicy: Local keeps the client's address (no masquerade) and sends
     // node-port traffic to this node's endpoints only (all of them, on one node).
     let masqueraded = http_get_path("192.168.77.1:30080", "/cgi-bin/peer").unwrap();

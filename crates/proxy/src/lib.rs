@@ -25,6 +25,8 @@ pub struct Config {
     pub node_ip: Option<String>,
     /// The node's name: its endpoints are the local ones of the `Local` traffic policies.
     pub node_name: Option<String>,
+    /// Node ports answer on 127.0.0.1 too (route_localnet is turned on for it).
+    pub nodeport_localhost: bool,
 }
 
 /// Gives LoadBalancer Services this node's address as their ingress.
@@ -60,6 +62,15 @@ async fn balance(client: &kube::Client, services: &[Service], node_ip: &str) {
 
 /// Runs until the informers' shutdown.
 pub async fn run(informers: Arc<Informers>, config: Config) {
+    if config.nodeport_localhost {
+        // Packets from 127.0.0.1 translated to a pod's address may leave the host.
+        let path = "/proc/sys/net/ipv4/conf/all/route_localnet";
+        if let Err(err) = std::fs::write(path, "1") {
+            tracing::warn!(
+                "cannot turn on {path} ({err}): node ports will not answer on 127.0.0.1"
+            );
+        }
+    }
     let services = informers.typed::<Service>();
     let slices = informers.typed::<EndpointSlice>();
     let shutdown = informers.shutdown().clone();
@@ -92,7 +103,7 @@ pub async fn run(informers: Arc<Informers>, config: Config) {
             let started = Instant::now();
             let script = match &applied {
                 Some(previous) => plan::changes(previous, &next),
-                None => plan::full(&next),
+                None => plan::full(&next, config.nodeport_localhost),
             };
             match berth_net::nft::apply(&script) {
                 Ok(()) => {
@@ -101,7 +112,10 @@ pub async fn run(informers: Arc<Informers>, config: Config) {
                 }
                 Err(err) => {
                     tracing::warn!("service rules: {err}; rebuilding the table");
-                    applied = match berth_net::nft::apply(&plan::full(&next)) {
+                    applied = match berth_net::nft::apply(&plan::full(
+                        &next,
+                        config.nodeport_localhost,
+                    )) {
                         Ok(()) => Some(next),
                         Err(err) => {
                             tracing::error!("service rules cannot be applied: {err}");

@@ -274,7 +274,15 @@ pub fn plan(services: &[Service], slices: &[EndpointSlice], node: Option<&str>) 
 }
 
 /// The fixed part of the table: hooks, maps, the set and the chains that use them.
-fn skeleton() -> String {
+fn skeleton(localhost: bool) -> String {
+    // Node ports answer on the node's addresses; on loopback only when asked (traffic
+    // from 127.0.0.1 can leave the host only with route_localnet, as kube-proxy's
+    // iptables mode sets it).
+    let local = if localhost {
+        "fib daddr type local".to_owned()
+    } else {
+        "fib daddr type local ip daddr != 127.0.0.0/8".to_owned()
+    };
     format!(
         r#"table ip {TABLE} {{
   map service-ips {{ type ipv4_addr . inet_proto . inet_service : verdict; }}
@@ -283,14 +291,14 @@ fn skeleton() -> String {
   set no-endpoint-nodeports {{ type inet_proto . inet_service; }}
   chain services {{
     ip daddr . meta l4proto . th dport vmap @service-ips
-    fib daddr type local meta l4proto . th dport vmap @service-nodeports
+    {local} meta l4proto . th dport vmap @service-nodeports
   }}
   chain nat-prerouting {{ type nat hook prerouting priority -100; policy accept; jump services; }}
   chain nat-output {{ type nat hook output priority -100; policy accept; jump services; }}
   chain nat-postrouting {{ type nat hook postrouting priority 100; policy accept; meta mark & {MARK:#x} == {MARK:#x} masquerade; }}
   chain reject-no-endpoints {{
     ip daddr . meta l4proto . th dport @no-endpoints reject
-    fib daddr type local meta l4proto . th dport @no-endpoint-nodeports reject
+    {local} meta l4proto . th dport @no-endpoint-nodeports reject
   }}
   chain filter-output {{ type filter hook output priority 0; policy accept; jump reject-no-endpoints; }}
   chain filter-forward {{ type filter hook forward priority 0; policy accept; jump reject-no-endpoints; }}
@@ -314,9 +322,10 @@ fn no_endpoint_sets(plan: &Plan) -> (BTreeSet<String>, BTreeSet<String>) {
 }
 
 /// The whole table from nothing: the old one (if any) removed in the same transaction.
-pub fn full(plan: &Plan) -> String {
+/// `localhost`: node ports answer on 127.0.0.1 too.
+pub fn full(plan: &Plan, localhost: bool) -> String {
     let mut script = format!("table ip {TABLE}\ndelete table ip {TABLE}\n");
-    script.push_str(&skeleton());
+    script.push_str(&skeleton(localhost));
     script.push_str(&changes(&Plan::default(), plan));
     script
 }
@@ -564,6 +573,14 @@ mod tests {
     }
 
     #[test]
+    fn node_ports_answer_on_loopback_only_when_asked() {
+        let plan = plan(&[web()], &[endpoints(&[("10.42.0.5", true)])], None);
+        assert!(full(&plan, false)
+            .contains("fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto"));
+        assert!(!full(&plan, true).contains("127.0.0.0/8"));
+    }
+
+    #[test]
     fn changes_touch_only_what_changed() {
         let before =
             plan(&[web()], &[endpoints(&[("10.42.0.5", true), ("10.42.0.6", true)])], None);
@@ -589,8 +606,7 @@ mod tests {
             element < svc && svc < ep,
             "elements, then service chains, then endpoint chains: {removed}"
         );
-        assert!(
-            full(&after).starts_with("table ip berth-services\ndelete table ip berth-services\n")
-        );
+        assert!(full(&after, false)
+            .starts_with("table ip berth-services\ndelete table ip berth-services\n"));
     }
 }
