@@ -564,6 +564,17 @@ spec:
     .unwrap();
     assert_eq!(reviewed["status"]["authenticated"], true, "{reviewed}");
     assert_eq!(reviewed["status"]["user"]["username"], "system:serviceaccount:default:default");
+    // kubectl cp both ways (tar through exec).
+    let local = cluster.path("copied.txt");
+    std::fs::write(&local, "through kubectl cp\n").unwrap();
+    cluster.ok(&["cp", local.to_str().unwrap(), "debugged:/tmp/copied.txt", "-c", "main"]);
+    assert_eq!(
+        cluster.ok(&["exec", "debugged", "-c", "main", "--", "cat", "/tmp/copied.txt"]),
+        "through kubectl cp\n"
+    );
+    let back = cluster.path("back.txt");
+    cluster.ok(&["cp", "debugged:/tmp/copied.txt", back.to_str().unwrap(), "-c", "main"]);
+    assert_eq!(std::fs::read_to_string(&back).unwrap(), "through kubectl cp\n");
     let api_ip = cluster.ok(&["get", "service", "kubernetes", "-o", "jsonpath={.spec.clusterIP}"]);
     assert_eq!(
         cluster
