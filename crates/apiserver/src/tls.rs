@@ -80,8 +80,32 @@ fn ca_params() -> CertificateParams {
     ca
 }
 
-/// A client certificate and its key (PEM) for `user` in `group`, signed by the CA in
-/// `dir`, valid for a year.
+/// The CA of node agents' serving certificates (`kubelet-ca.{crt,key}` in `dir`, made on
+/// first use): a CA of its own, trusted only by the API server for its connections to
+/// agents, so that a certificate a node obtains for itself can never pass as the API
+/// server's or a webhook's (which chain to `ca.crt`).
+pub fn load_kubelet_ca(dir: &Path) -> Result<(rcgen::Certificate, KeyPair, String), Error> {
+    let failed = |e: rcgen::Error| Error::Setup(format!("cannot load the kubelet CA: {e}"));
+    let params = || {
+        let mut ca = ca_params();
+        ca.distinguished_name = rcgen::DistinguishedName::new();
+        ca.distinguished_name.push(DnType::CommonName, "berth-kubelet-serving-ca");
+        ca
+    };
+    let (key_path, cert_path) = (dir.join("kubelet-ca.key"), dir.join("kubelet-ca.crt"));
+    if !(key_path.exists() && cert_path.exists()) {
+        let key = KeyPair::generate().map_err(failed)?;
+        let cert = params().self_signed(&key).map_err(failed)?;
+        write_private(&key_path, key.serialize_pem().as_bytes())?;
+        std::fs::write(&cert_path, cert.pem()).map_err(io("write", &cert_path))?;
+    }
+    let key_pem = std::fs::read_to_string(&key_path).map_err(io("read", &key_path))?;
+    let key = KeyPair::from_pem(&key_pem).map_err(failed)?;
+    let cert = params().self_signed(&key).map_err(failed)?;
+    let pem = std::fs::read_to_string(&cert_path).map_err(io("read", &cert_path))?;
+    Ok((cert, key, pem))
+}
+
 /// The CA's certificate and key from the TLS directory, for signing.
 pub fn load_ca(dir: &Path) -> Result<(rcgen::Certificate, KeyPair), Error> {
     let failed = |e: rcgen::Error| Error::Setup(format!("cannot load the CA: {e}"));
@@ -120,18 +144,16 @@ pub fn client_identity(cert: &CertificateDer<'_>) -> Option<(String, Vec<String>
     berth_api::identity::certificate_subject(cert.as_ref())
 }
 
-/// A serving certificate and key (PEM) signed by the CA in `dir`, for a node agent's
-/// kubelet API: `names` (host names and addresses) are its subject alternative names.
+/// A serving certificate and key (PEM) signed by the kubelet CA in `dir`, for a node
+/// agent's kubelet API: `names` (host names and addresses) are its subject alternative
+/// names.
 pub fn issue_serving_certificate(
     dir: &Path,
     common_name: &str,
     names: &[String],
 ) -> Result<(String, String), Error> {
     let failed = |e: rcgen::Error| Error::Setup(format!("cannot make a serving certificate: {e}"));
-    let ca_key_path = dir.join("ca.key");
-    let ca_key_pem = std::fs::read_to_string(&ca_key_path).map_err(io("read", &ca_key_path))?;
-    let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(failed)?;
-    let ca_cert = ca_params().self_signed(&ca_key).map_err(failed)?;
+    let (ca_cert, ca_key, _) = load_kubelet_ca(dir)?;
     let mut params = CertificateParams::new(names.to_vec()).map_err(failed)?;
     params.distinguished_name.push(DnType::CommonName, common_name);
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
@@ -143,7 +165,7 @@ pub fn issue_serving_certificate(
     Ok((cert.pem(), key.serialize_pem()))
 }
 
-/// How the API server reaches node agents: it trusts the CA in `dir` and presents a client
+/// How the API server reaches node agents: it trusts the kubelet CA in `dir` and presents a client
 /// certificate naming `kube-apiserver-kubelet-client` (group `system:masters`), made once
 /// and kept beside the CA.
 pub fn kubelet_client_config(dir: &Path, ca_pem: &str) -> Result<Arc<rustls::ClientConfig>, Error> {
@@ -163,8 +185,11 @@ pub fn kubelet_client_config(dir: &Path, ca_pem: &str) -> Result<Arc<rustls::Cli
         .map_err(|e| Error::Setup(format!("bad certificate in {}: {e}", cert_path.display())))?;
     let key = PrivateKeyDer::from_pem_file(&key_path)
         .map_err(|e| Error::Setup(format!("cannot read {}: {e}", key_path.display())))?;
+    // Agents' serving certificates chain to the kubelet CA, not to the cluster's.
+    let _ = ca_pem;
+    let (_, _, kubelet_ca) = load_kubelet_ca(dir)?;
     let mut roots = rustls::RootCertStore::empty();
-    for ca in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+    for ca in CertificateDer::pem_slice_iter(kubelet_ca.as_bytes()) {
         let ca = ca.map_err(|e| Error::Setup(format!("bad CA certificate: {e}")))?;
         roots.add(ca).map_err(|e| Error::Setup(format!("bad CA certificate: {e}")))?;
     }

@@ -856,9 +856,18 @@ spec:
     let port = node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"].as_u64().unwrap();
     assert!(port > 0);
     let alice = cluster.berth_server_kubeconfig_user("alice");
-    let refused = Command::new("curl")
+    // Its serving certificate chains to the kubelet CA, which only the API server
+    // trusts: a client of the cluster CA does not take it for anything.
+    let wrong_ca = Command::new("curl")
         .args(["-s", "--cacert"])
         .arg(cluster.data().join("tls/ca.crt"))
+        .arg(format!("https://127.0.0.1:{port}/healthz"))
+        .output()
+        .unwrap();
+    assert_eq!(wrong_ca.status.code(), Some(60), "not verified by the cluster CA: {wrong_ca:?}");
+    let refused = Command::new("curl")
+        .args(["-s", "--cacert"])
+        .arg(cluster.data().join("tls/kubelet-ca.crt"))
         .arg("--cert")
         .arg(&alice.0)
         .arg("--key")
@@ -869,7 +878,7 @@ spec:
     assert!(String::from_utf8_lossy(&refused.stdout).contains("Forbidden"), "{refused:?}");
     let anonymous = Command::new("curl")
         .args(["-s", "--cacert"])
-        .arg(cluster.data().join("tls/ca.crt"))
+        .arg(cluster.data().join("tls/kubelet-ca.crt"))
         .arg(format!("https://127.0.0.1:{port}/containerLogs/default/reader/reader"))
         .output()
         .unwrap();

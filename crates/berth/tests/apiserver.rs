@@ -2751,4 +2751,20 @@ fn pods_get_their_service_account_token_volume() {
     let pod: serde_json::Value =
         serde_json::from_str(&server.ok(&["get", "pod", "unmounted", "-o", "json"])).unwrap();
     assert!(pod["spec"].get("volumes").is_none(), "the account turns it off: {pod}");
+    // A node may ask only for tokens bound to its own pods.
+    let node = ["--as=system:node:n1", "--as-group=system:nodes"];
+    let err = server.fails(&["create", "token", "default", node[0], node[1]]);
+    assert!(err.contains("a node may only request tokens bound to a pod scheduled to it"), "{err}");
+    let err = server.fails(&[
+        "create",
+        "token",
+        "default",
+        "--bound-object-kind=Pod",
+        "--bound-object-name=mounted",
+        node[0],
+        node[1],
+    ]);
+    assert!(err.contains("a node may only request tokens bound to a pod scheduled to it"), "{err}");
+    let admin = server.ok(&["create", "token", "default"]);
+    assert!(admin.trim().split('.').count() == 3, "anyone else as before: {admin}");
 }

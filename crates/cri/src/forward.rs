@@ -19,6 +19,10 @@ use tokio::sync::mpsc;
 use crate::node::Node;
 use crate::spdy::{self, Frame};
 
+/// Streams waiting for their pair, and forwarded connections, one session may hold.
+const MAX_PENDING: usize = 64;
+const MAX_FORWARDS: usize = 256;
+
 /// A port forward waiting for its client.
 #[derive(Debug, Clone)]
 pub struct ForwardRequest {
@@ -60,7 +64,18 @@ where
         }
         let _ = writer.shutdown().await;
     });
-    let netns = node.sandbox(&request.sandbox_id).ok().and_then(|s| s.namespaces.net);
+    // The sandbox's network namespace (none: it uses the host's network). A sandbox that
+    // is gone ends the session: never the host's loopback in its place.
+    let netns = match node.sandbox(&request.sandbox_id) {
+        Ok(sandbox) => sandbox.namespaces.net,
+        Err(status) => {
+            tracing::debug!("port forward to a sandbox that is gone: {}", status.message());
+            let _ = tx.send(Out::Raw(spdy::goaway(0))).await;
+            drop(tx);
+            let _ = writing.await;
+            return;
+        }
+    };
     let mut reader = spdy::Reader::new(reader);
     let mut inputs: HashMap<u32, mpsc::Sender<Vec<u8>>> = HashMap::new();
     let mut pairs: HashMap<String, Pair> = HashMap::new();
@@ -68,6 +83,12 @@ where
     loop {
         let Ok(frame) = reader.next().await else { break };
         match frame {
+            Frame::SynStream { stream, .. }
+                if pairs.len() >= MAX_PENDING || inputs.len() >= MAX_FORWARDS =>
+            {
+                // Bounded: a client may not make unbounded streams or connections.
+                let _ = tx.send(Out::Raw(spdy::rst_stream(stream, spdy::REFUSED_STREAM))).await;
+            }
             Frame::SynStream { stream, headers, .. } => {
                 let get = |name: &str| {
                     headers

@@ -612,7 +612,13 @@ async fn join<R: AsyncRead + Unpin>(
                         None
                     }
                     0x1 | 0x2 if !payload.is_empty() => match payload[0] {
-                        0 => Some(frame::encode(frame::STDIN, &payload[1..])),
+                        // In frames the supervisor accepts (a message may be larger).
+                        0 => Some(
+                            payload[1..]
+                                .chunks(frame::MAX)
+                                .flat_map(|chunk| frame::encode(frame::STDIN, chunk))
+                                .collect(),
+                        ),
                         4 => terminal_size(&payload[1..])
                             .map(|(rows, cols)| frame::encode(frame::RESIZE, &frame::size(rows, cols))),
                         255 if v5 && payload.get(1) == Some(&0) => {

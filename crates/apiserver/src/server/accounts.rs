@@ -60,6 +60,27 @@ impl Api {
             .flatten()
             .filter_map(|a| a.as_str().map(str::to_owned))
             .collect();
+        // A node (its own certificate's identity) may only ask for tokens bound to a pod
+        // that runs on it: nothing else of an account's rights is a node's to take.
+        let requesting_node = self
+            .user
+            .name
+            .strip_prefix("system:node:")
+            .filter(|_| self.user.groups.iter().any(|g| g == "system:nodes"))
+            .filter(|_| !self.user.is_master())
+            .map(str::to_owned);
+        let node_refused = || {
+            ApiError::new(
+                403,
+                "Forbidden",
+                format!(
+                    "serviceaccounts \"{name}\" is forbidden: a node may only request tokens bound to a pod scheduled to it"
+                ),
+            )
+        };
+        if requesting_node.is_some() && spec["boundObjectRef"].as_object().is_none() {
+            return Err(node_refused());
+        }
         let bound = match spec["boundObjectRef"].as_object() {
             None => None,
             Some(reference) => {
@@ -92,6 +113,12 @@ impl Api {
                     ));
                 };
                 let uid = found["metadata"]["uid"].as_str().unwrap_or("").to_owned();
+                if let Some(node) = requesting_node.as_deref() {
+                    // A node asks only for its own pods' tokens (as NodeRestriction rules).
+                    if kind != "Pod" || found["spec"]["nodeName"].as_str() != Some(node) {
+                        return Err(node_refused());
+                    }
+                }
                 if kind == "Pod" {
                     let runs_as = found["spec"]["serviceAccountName"].as_str().unwrap_or("default");
                     if runs_as != name {
@@ -200,7 +227,9 @@ impl State {
         let key = resources::find("", "v1", "secrets")?
             .key(Some("kube-system"), &format!("bootstrap-token-{id}"));
         let object = decode(&self.store.get(&key).await.ok()??).ok()?;
-        if object["type"] != "bootstrap.kubernetes.io/token" {
+        if object["type"] != "bootstrap.kubernetes.io/token"
+            || object["metadata"].get("deletionTimestamp").is_some()
+        {
             return None;
         }
         let field = |name: &str| -> String {

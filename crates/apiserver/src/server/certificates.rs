@@ -170,7 +170,14 @@ async fn sign_one(store: &Arc<dyn Store>, dir: &std::path::Path, key: &str, mut 
         if let Some(why) = crate::csr::refusal(&signer, &request, &usages) {
             return Err(why);
         }
-        let (ca_cert, ca_key) = crate::tls::load_ca(dir).map_err(|e| e.to_string())?;
+        // Kubelets' serving certificates come from a CA of their own (see
+        // `tls::load_kubelet_ca`); the others from the cluster CA.
+        let (ca_cert, ca_key) = if signer == "kubernetes.io/kubelet-serving" {
+            crate::tls::load_kubelet_ca(dir).map(|(c, k, _)| (c, k))
+        } else {
+            crate::tls::load_ca(dir)
+        }
+        .map_err(|e| e.to_string())?;
         crate::csr::sign(&request, &usages, Duration::from_secs(lifetime), &ca_cert, &ca_key)
     });
     match issued {

@@ -346,7 +346,6 @@ fn write_kubeconfig(config: &Config, ca_pem: &str, token: &str, port: u16) -> Re
 /// token, its Secret in kube-system made once and kept (the file is remade from it).
 async fn node_token(state: &State, data_dir: &std::path::Path, ca_pem: &str) -> Result<(), Error> {
     use base64::Engine as _;
-    use std::os::unix::fs::OpenOptionsExt;
     let setup = |e: String| Error::Setup(e);
     let secrets = resources::find("", "v1", "secrets").ok_or_else(|| setup("no secrets".into()))?;
     let path = data_dir.join("node-token");
@@ -404,14 +403,8 @@ async fn node_token(state: &State, data_dir: &std::path::Path, ca_pem: &str) -> 
     let digest = ring::digest::digest(&ring::digest::SHA256, ca_pem.as_bytes());
     let hash: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
     let text = format!("K10{hash}::{token}\n");
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|e| setup(format!("cannot write {}: {e}", path.display())))?;
-    std::io::Write::write_all(&mut file, text.as_bytes())
+    // Owner-only, whatever an older file's mode was.
+    berth_stdx::fs::write_atomic(&path, text.as_bytes(), 0o600)
         .map_err(|e| setup(format!("cannot write {}: {e}", path.display())))?;
     Ok(())
 }
