@@ -701,7 +701,9 @@ fn answer(
     log: &mut Option<logs::Writer>,
 ) -> Option<Client> {
     let _ = connection.set_nonblocking(false);
-    let _ = connection.set_read_timeout(Some(Duration::from_secs(2)));
+    // A client writes its line as soon as it connects; one that does not holds the loop
+    // (output to the log and to attached clients) for no longer than this.
+    let _ = connection.set_read_timeout(Some(Duration::from_millis(200)));
     // Byte by byte: an attaching client's frames may follow its line.
     let mut line = Vec::new();
     let mut byte = [0u8; 1];

@@ -25,8 +25,13 @@ impl Signer {
         shutdown: CancellationToken,
     ) -> Result<Arc<Signer>, Error> {
         let signing = Arc::new(tokio::sync::Mutex::new(()));
+        // Undecided requests already looked at, by key, with the version looked at: each
+        // is parsed and checked once per version, not on every change of any request.
+        let seen: Arc<std::sync::Mutex<BTreeMap<String, String>>> = Arc::default();
         let (writer, spawner) = (store.clone(), tasks.clone());
         let on_change = Box::new(move |objects: &BTreeMap<String, Value>| {
+            let mut looked = seen.lock().unwrap_or_else(|p| p.into_inner());
+            looked.retain(|key, _| objects.contains_key(key));
             let undecided: Vec<(String, Value)> = objects
                 .iter()
                 .filter(|(_, csr)| {
@@ -39,8 +44,16 @@ impl Signer {
                             )
                         )
                 })
+                .filter(|(key, csr)| {
+                    let version =
+                        csr["metadata"]["resourceVersion"].as_str().unwrap_or("").to_owned();
+                    looked.insert((*key).clone(), version.clone()).as_deref()
+                        != Some(version.as_str())
+                        || version.is_empty()
+                })
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
+            drop(looked);
             if !undecided.is_empty() {
                 let (store, rbac, lock) = (writer.clone(), rbac.clone(), signing.clone());
                 spawner.spawn(async move {
