@@ -63,8 +63,22 @@ impl Registry {
             let mut registry = Registry { dir, port, credentials: credentials.clone(), child };
             let deadline = Instant::now() + Duration::from_secs(15);
             while Instant::now() < deadline {
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return registry;
+                // Ours answers as a registry; something else that took the port meanwhile
+                // (another test's server) does not, and ours has exited.
+                if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) {
+                    use std::io::{Read, Write};
+                    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                    let mut answer = String::new();
+                    let asked = stream.write_all(b"GET /v2/ HTTP/1.0\r\n\r\n").is_ok();
+                    let _ = stream.read_to_string(&mut answer);
+                    if asked
+                        && answer.to_ascii_lowercase().contains("docker-distribution-api-version")
+                    {
+                        return registry;
+                    }
+                    if let Ok(Some(_)) = registry.child.try_wait() {
+                        break;
+                    }
                 }
                 if let Ok(Some(_)) = registry.child.try_wait() {
                     break; // the port was taken meanwhile: try another
