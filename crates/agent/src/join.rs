@@ -114,7 +114,13 @@ pub async fn join(
         .await?;
         write_private(&client_key, key.serialize_pem().as_bytes())?;
         write_private(&client_crt, cert.as_bytes())?;
-        let _ = std::fs::remove_file(&bootstrap);
+        // It holds the bootstrap token: say so if it stays.
+        if let Err(err) = std::fs::remove_file(&bootstrap) {
+            tracing::warn!(
+                "cannot remove {} (it holds the bootstrap token): {err}; remove it by hand",
+                bootstrap.display()
+            );
+        }
     }
     let kubeconfig_path = dir.join("kubeconfig");
     write_private(

@@ -33,6 +33,9 @@ pub struct Memory {
     pub probes: crate::probes::Results,
     /// Service-account tokens for projected volumes.
     pub tokens: crate::tokens::Tokens,
+    /// The `KUBERNETES_SERVICE_*` variables, read once (the API's Service keeps its
+    /// address), not at every container start.
+    master_env: Mutex<Option<Vec<(String, String)>>>,
 }
 
 impl Memory {
@@ -820,7 +823,18 @@ async fn start(
             }
         }
     }
-    let mut env = master_service_env(ctx.client).await;
+    let cached = ctx.memory.master_env.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut env = match cached {
+        Some(env) => env,
+        None => {
+            let env = master_service_env(ctx.client).await;
+            if !env.is_empty() {
+                *ctx.memory.master_env.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(env.clone());
+            }
+            env
+        }
+    };
     let own = environment(ctx, pod, container, pod_ip);
     env.retain(|(k, _)| !own.iter().any(|(o, _)| o == k));
     env.extend(own);

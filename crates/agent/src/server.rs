@@ -168,6 +168,27 @@ async fn handle(
     }
 }
 
+/// The uid of a pod this agent runs, or the 404 that says it is not here.
+fn pod_uid(shared: &Shared, namespace: &str, pod_name: &str) -> Result<String, NotHere> {
+    match shared.pods.store().get(&ObjectRef::new(pod_name).within(namespace)) {
+        Some(pod) => Ok(pod.metadata.uid.clone().unwrap_or_default()),
+        None => Err(not_here(namespace, pod_name)),
+    }
+}
+
+/// A pod this agent does not run.
+struct NotHere(String);
+
+fn not_here(namespace: &str, pod_name: &str) -> NotHere {
+    NotHere(format!("pod {namespace}/{pod_name} is not on this node"))
+}
+
+impl From<NotHere> for Response<Body> {
+    fn from(NotHere(message): NotHere) -> Response<Body> {
+        text(StatusCode::NOT_FOUND, message)
+    }
+}
+
 /// One line of a CRI log file.
 struct Line {
     time: String,
@@ -208,13 +229,10 @@ async fn logs(
     container: &str,
     query: &HashMap<String, String>,
 ) -> Response<Body> {
-    let Some(pod) = shared.pods.store().get(&ObjectRef::new(pod_name).within(namespace)) else {
-        return text(
-            StatusCode::NOT_FOUND,
-            format!("pod {namespace}/{pod_name} is not on this node"),
-        );
+    let uid = match pod_uid(shared, namespace, pod_name) {
+        Ok(uid) => uid,
+        Err(not_here) => return not_here.into(),
     };
-    let uid = pod.metadata.uid.clone().unwrap_or_default();
     let flag = |key: &str| query.get(key).is_some_and(|v| v == "true" || v == "1");
     let mut rt = shared.runtime.runtime.clone();
     let filter = cri::ContainerFilter {
@@ -385,13 +403,7 @@ async fn container_id(
     pod_name: &str,
     container: &str,
 ) -> Result<String, Response<Body>> {
-    let Some(pod) = shared.pods.store().get(&ObjectRef::new(pod_name).within(namespace)) else {
-        return Err(text(
-            StatusCode::NOT_FOUND,
-            format!("pod {namespace}/{pod_name} is not on this node"),
-        ));
-    };
-    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    let uid = pod_uid(shared, namespace, pod_name)?;
     let mut rt = shared.runtime.runtime.clone();
     let filter = cri::ContainerFilter {
         label_selector: [
@@ -481,13 +493,10 @@ async fn port_forward(
     namespace: &str,
     pod_name: &str,
 ) -> Response<Body> {
-    let Some(pod) = shared.pods.store().get(&ObjectRef::new(pod_name).within(namespace)) else {
-        return text(
-            StatusCode::NOT_FOUND,
-            format!("pod {namespace}/{pod_name} is not on this node"),
-        );
+    let uid = match pod_uid(shared, namespace, pod_name) {
+        Ok(uid) => uid,
+        Err(not_here) => return not_here.into(),
     };
-    let uid = pod.metadata.uid.clone().unwrap_or_default();
     let sandboxes = match crate::pods::sandboxes_of(&shared.runtime, &uid).await {
         Ok(sandboxes) => sandboxes,
         Err(err) => return text(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),

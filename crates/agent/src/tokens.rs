@@ -108,7 +108,10 @@ impl Tokens {
                 .map_err(|e| {
                     format!("cannot get a token for service account {namespace}/{account}: {e}")
                 })?;
-            let token = answer.status.map(|s| s.token).unwrap_or_default();
+            let token =
+                answer.status.map(|s| s.token).filter(|t| !t.is_empty()).ok_or_else(|| {
+                    format!("the API answered no token for service account {namespace}/{account}")
+                })?;
             let lifetime = Duration::from_secs(u64::try_from(seconds).unwrap_or(3600));
             let renew_in = lifetime.mul_f64(0.8);
             self.held

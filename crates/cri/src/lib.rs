@@ -303,12 +303,7 @@ impl RuntimeService for Cri {
         if request.cmd.is_empty() {
             return Err(Status::invalid_argument("cmd is empty"));
         }
-        if !(request.stdin || request.stdout || request.stderr) {
-            return Err(Status::invalid_argument("one of stdin, stdout, or stderr must be set"));
-        }
-        if request.tty && request.stderr {
-            return Err(Status::invalid_argument("tty and stderr cannot both be true"));
-        }
+        streams_wanted(request.stdin, request.stdout, request.stderr, request.tty)?;
         let id = request.container_id.clone();
         let record = self.blocking(move |node| node.running_container(&id)).await?.into_inner();
         let url = self.streams.register(stream::Session::Exec(stream::ExecRequest {
@@ -327,12 +322,7 @@ impl RuntimeService for Cri {
         request: Request<cri::AttachRequest>,
     ) -> Result<Response<cri::AttachResponse>, Status> {
         let request = request.into_inner();
-        if !(request.stdin || request.stdout || request.stderr) {
-            return Err(Status::invalid_argument("one of stdin, stdout, or stderr must be set"));
-        }
-        if request.tty && request.stderr {
-            return Err(Status::invalid_argument("tty and stderr cannot both be true"));
-        }
+        streams_wanted(request.stdin, request.stdout, request.stderr, request.tty)?;
         let id = request.container_id.clone();
         let record = self.blocking(move |node| node.running_container(&id)).await?.into_inner();
         let url = self.streams.register(stream::Session::Attach(stream::AttachRequest {
@@ -611,4 +601,16 @@ impl ImageService for Cri {
     ) -> Result<Response<cri::ImageFsInfoResponse>, Status> {
         self.blocking(|node| Ok(node.image_fs_info())).await
     }
+}
+
+/// The streams an Exec or Attach asks for, as the CRI allows them: at least one, and
+/// no stderr beside a terminal (it is merged into stdout).
+fn streams_wanted(stdin: bool, stdout: bool, stderr: bool, tty: bool) -> Result<(), Status> {
+    if !(stdin || stdout || stderr) {
+        return Err(Status::invalid_argument("one of stdin, stdout, or stderr must be set"));
+    }
+    if tty && stderr {
+        return Err(Status::invalid_argument("tty and stderr cannot both be true"));
+    }
+    Ok(())
 }
