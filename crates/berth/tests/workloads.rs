@@ -659,3 +659,111 @@ spec:
     let err = String::from_utf8_lossy(&output.stderr);
     assert!(err.contains("no PriorityClass with name nosuch was found"), "{err}");
 }
+
+/// A StatefulSet makes `NAME-ORDINAL` pods in order (the next only once the one before is
+/// ready), each with its claim from the templates; scales down from the highest ordinal;
+/// rolls a new template down to its partition; `rollout history` and `undo` go through
+/// its ControllerRevisions.
+#[test]
+fn statefulsets_make_pods_in_order_with_their_claims() {
+    let Some(server) = Server::start(&[]) else { return };
+    // With every node cordoned the first pod cannot be scheduled: OrderedReady makes no
+    // second one until it runs.
+    server.ok(&["cordon", "sim-0", "sim-1", "sim-2"]);
+    server.apply(
+        r#"
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db}
+spec:
+  serviceName: db
+  replicas: 3
+  selector: {matchLabels: {app: db}}
+  template:
+    metadata: {labels: {app: db}}
+    spec:
+      containers: [{name: c, image: "busybox:1.35", volumeMounts: [{name: data, mountPath: /data}]}]
+  volumeClaimTemplates:
+  - metadata: {name: data}
+    spec:
+      accessModes: [ReadWriteOnce]
+      resources: {requests: {storage: 1Gi}}
+"#,
+    );
+    server.until(
+        "db-0 is found unschedulable",
+        &[
+            "get",
+            "pod",
+            "db-0",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"PodScheduled\")].status}",
+        ],
+        |t| t == "False",
+    );
+    let pods = server.ok(&["get", "pods", "-l", "app=db", "-o", "name"]);
+    assert_eq!(pods.trim(), "pod/db-0", "OrderedReady made more than the first pod");
+    server.ok(&["uncordon", "sim-0", "sim-1", "sim-2"]);
+    let status = server.ok(&["rollout", "status", "sts/db", "--timeout=60s"]);
+    // (kubectl says "partitioned" whenever rollingUpdate is set, and the API defaults it.)
+    assert!(status.contains("roll out complete: 3 new pods"), "{status}");
+    let names = "jsonpath={range .items[*]}{.metadata.name} {.spec.hostname} {.spec.subdomain} {.spec.volumes[?(@.name==\"data\")].persistentVolumeClaim.claimName} {.metadata.labels.apps\\.kubernetes\\.io/pod-index}{\"\\n\"}{end}";
+    let pods = server.ok(&["get", "pods", "-l", "app=db", "-o", names]);
+    assert_eq!(
+        pods.lines().collect::<Vec<_>>(),
+        ["db-0 db-0 db data-db-0 0", "db-1 db-1 db data-db-1 1", "db-2 db-2 db data-db-2 2"],
+    );
+    let claims = server.ok(&["get", "pvc", "-o", "name"]);
+    assert_eq!(
+        claims.lines().collect::<Vec<_>>(),
+        [
+            "persistentvolumeclaim/data-db-0",
+            "persistentvolumeclaim/data-db-1",
+            "persistentvolumeclaim/data-db-2"
+        ]
+    );
+    // Scaling down removes the highest ordinals; the claims stay (Retain).
+    server.ok(&["scale", "sts/db", "--replicas=1"]);
+    server.until("only db-0", &["get", "pods", "-l", "app=db", "-o", "name"], |t| {
+        t.trim() == "pod/db-0"
+    });
+    assert_eq!(server.ok(&["get", "pvc", "-o", "name"]).lines().count(), 3);
+    server.ok(&["scale", "sts/db", "--replicas=3"]);
+    server.ok(&["rollout", "status", "sts/db", "--timeout=60s"]);
+    // A new template rolls over every pod; history has both revisions; undo brings the
+    // first back.
+    let image =
+        "jsonpath={range .items[*]}{.metadata.name}={.spec.containers[0].image}{\" \"}{end}";
+    server.ok(&["set", "image", "sts/db", "c=busybox:1.36"]);
+    server.ok(&["rollout", "status", "sts/db", "--timeout=60s"]);
+    server.until("all at 1.36", &["get", "pods", "-l", "app=db", "-o", image], |t| {
+        t.trim() == "db-0=busybox:1.36 db-1=busybox:1.36 db-2=busybox:1.36"
+    });
+    let history = server.ok(&["rollout", "history", "sts/db"]);
+    assert!(history.contains("\n1 ") && history.contains("\n2 "), "{history}");
+    assert_eq!(server.ok(&["get", "controllerrevisions", "-o", "name"]).lines().count(), 2);
+    server.ok(&["rollout", "undo", "sts/db"]);
+    server.ok(&["rollout", "status", "sts/db", "--timeout=60s"]);
+    server.until("all back at 1.35", &["get", "pods", "-l", "app=db", "-o", image], |t| {
+        t.trim() == "db-0=busybox:1.35 db-1=busybox:1.35 db-2=busybox:1.35"
+    });
+    // A partition keeps the lower ordinals at the old template.
+    server.ok(&[
+        "patch",
+        "sts/db",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"updateStrategy":{"type":"RollingUpdate","rollingUpdate":{"partition":2}}}}"#,
+    ]);
+    server.ok(&["set", "image", "sts/db", "c=busybox:1.37"]);
+    let status = server.ok(&["rollout", "status", "sts/db", "--timeout=60s"]);
+    assert!(status.contains("partitioned roll out complete: 1 new pods"), "{status}");
+    server.until("only db-2 at 1.37", &["get", "pods", "-l", "app=db", "-o", image], |t| {
+        t.trim() == "db-0=busybox:1.35 db-1=busybox:1.35 db-2=busybox:1.37"
+    });
+    // Deleting the set removes its pods (the garbage collector) and keeps the claims.
+    server.ok(&["delete", "sts/db"]);
+    server
+        .until("no pods", &["get", "pods", "-l", "app=db", "-o", "name"], |t| t.trim().is_empty());
+    assert_eq!(server.ok(&["get", "pvc", "-o", "name"]).lines().count(), 3);
+}

@@ -14,6 +14,7 @@
 //! - `endpoints`: Endpoints and EndpointSlices from Services' selectors and pod readiness.
 //! - `cronjob`: Jobs at the times a CronJob's schedule names.
 //! - `daemonset`: a pod on every node a DaemonSet admits.
+//! - `statefulset`: pods with stable names and claims, made and replaced in order.
 //! - `replicaset` (ReplicaSets and ReplicationControllers), `deployment`, `job`: the
 //!   workload controllers (`workload` holds what
 //!   they share: owned pods, pods from templates, readiness, expectations, events).
@@ -33,6 +34,7 @@ mod kinds;
 mod namespace;
 mod replicaset;
 mod rootca;
+mod statefulset;
 mod workload;
 
 use std::time::Duration;
@@ -90,6 +92,7 @@ impl Manager {
         tasks.spawn(endpoints::run(informers.clone()));
         tasks.spawn(cronjob::run(informers.clone()));
         tasks.spawn(daemonset::run(informers.clone()));
+        tasks.spawn(statefulset::run(informers.clone()));
         tasks.close();
         Manager { tasks, informers }
     }
