@@ -268,7 +268,8 @@ async fn register(
     .map_err(|source| Error::Api { action: format!("register node {}", config.node_name), source })
 }
 
-/// Renews the Lease every interval and re-posts the node's status every few.
+/// Renews the Lease every interval and re-posts the node's status every few (or when it
+/// was marked not ready by someone else).
 async fn heartbeat(
     client: kube::Client,
     runtime: cri::Runtime,
@@ -289,7 +290,17 @@ async fn heartbeat(
             tracing::debug!("lease of {}: {err}", config.node_name);
         }
         beats += 1;
-        if beats.is_multiple_of(6) {
+        // Every few beats, and at once when someone else changed the Ready condition (the
+        // node lifecycle controller marks a silent node Unknown).
+        let marked = match nodes.get_status(&config.node_name).await {
+            Ok(node) => node
+                .status
+                .and_then(|s| s.conditions)
+                .and_then(|c| c.into_iter().find(|c| c.type_ == "Ready"))
+                .is_some_and(|c| c.status != "True"),
+            Err(_) => false,
+        };
+        if marked || beats.is_multiple_of(6) {
             let object = node_object(&runtime, &config, port).await;
             let patch =
                 Patch::Merge(json!({"status": {"conditions": object["status"]["conditions"]}}));

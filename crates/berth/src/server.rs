@@ -65,6 +65,24 @@ pub struct ServerArgs {
     /// Seconds a stopping server (SIGTERM, SIGINT) gives requests, watches and loops to end.
     #[arg(long = "shutdown-grace-period", default_value_t = 10)]
     pub shutdown_grace_seconds: u64,
+    /// How long a node may go without renewing its Lease before it is marked Unknown and
+    /// tainted unreachable (a Go duration: `40s`, `1m`), as kube-controller-manager's flag.
+    #[arg(long = "node-monitor-grace-period", default_value = "40s", value_parser = go_duration)]
+    pub node_monitor_grace_period: std::time::Duration,
+    /// Seconds a pod stays on a not-ready node before it is evicted, unless it says
+    /// otherwise (the toleration the API server adds to every pod).
+    #[arg(long = "default-not-ready-toleration-seconds", default_value_t = 300)]
+    pub default_not_ready_toleration_seconds: i64,
+    /// Seconds a pod stays on an unreachable node before it is evicted, unless it says
+    /// otherwise.
+    #[arg(long = "default-unreachable-toleration-seconds", default_value_t = 300)]
+    pub default_unreachable_toleration_seconds: i64,
+}
+
+fn go_duration(text: &str) -> Result<std::time::Duration, String> {
+    berth_stdx::time::parse_go_duration(text)
+        .map(std::time::Duration::from_nanos)
+        .ok_or_else(|| format!("not a duration: {text:?} (write it as 40s, 2m or 1m30s)"))
 }
 
 /// The node agent's settings, shared by `berth server` (its in-process agent) and
@@ -164,7 +182,12 @@ pub fn server(global: &crate::cli::Global, args: ServerArgs) -> Result<i32> {
         .flatten()
         .map(str::to_owned)
         .collect(),
+        default_toleration_seconds: (
+            args.default_not_ready_toleration_seconds,
+            args.default_unreachable_toleration_seconds,
+        ),
     };
+    let node_monitor_grace_period = args.node_monitor_grace_period;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -194,7 +217,8 @@ pub fn server(global: &crate::cli::Global, args: ServerArgs) -> Result<i32> {
                 berth_api::identity::User::controller_manager(),
             );
             let root_ca = std::fs::read_to_string(data_dir.join("tls/ca.crt")).ok();
-            berth_controllers::Manager::start(client, root_ca, shutdown.clone())
+            let options = berth_controllers::Options { root_ca, node_monitor_grace_period };
+            berth_controllers::Manager::start(client, options, shutdown.clone())
         });
         // The scheduler and simulated nodes, each as its own identity, on caches of
         // their own (as separate processes would be).

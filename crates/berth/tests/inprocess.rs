@@ -36,12 +36,14 @@ impl Cluster {
             quota_backend_bytes: None,
             compaction_interval: Duration::from_secs(60),
             components: vec!["controller-manager".into()],
+            default_toleration_seconds: (300, 300),
         };
         let server =
             berth_apiserver::server::Server::prepare(config, shutdown.clone()).await.unwrap();
         let handler = server.handler();
         let controllers = berth_client::in_process(handler.clone(), User::controller_manager());
-        let _manager = berth_controllers::Manager::start(controllers, None, shutdown.clone());
+        let _manager =
+            berth_controllers::Manager::start(controllers, Default::default(), shutdown.clone());
         tokio::spawn(server.serve());
         Cluster { _dir: dir, handler, shutdown }
     }

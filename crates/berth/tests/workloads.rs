@@ -767,3 +767,156 @@ spec:
         .until("no pods", &["get", "pods", "-l", "app=db", "-o", "name"], |t| t.trim().is_empty());
     assert_eq!(server.ok(&["get", "pvc", "-o", "name"]).lines().count(), 3);
 }
+
+/// A node that stops renewing its Lease becomes NotReady (conditions Unknown) and tainted
+/// unreachable; its pods are marked not ready and, after the toleration seconds the API
+/// server gave them, evicted, so their Deployment makes them again elsewhere; a pod that
+/// tolerates the taint for ever stays. The node back, the taints go. A NoExecute taint
+/// added by hand evicts what does not tolerate it at once.
+#[test]
+fn a_silent_node_is_tainted_and_its_pods_move() {
+    let Some(server) = Server::start(&[
+        "--simulated-lease-interval-seconds",
+        "1",
+        "--node-monitor-grace-period",
+        "3s",
+        "--default-unreachable-toleration-seconds",
+        "2",
+    ]) else {
+        return;
+    };
+    server.apply(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      nodeSelector: {kubernetes.io/hostname: sim-0}
+      containers: [{name: c, image: busybox}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: stays}
+spec:
+  nodeName: sim-0
+  tolerations: [{operator: Exists}]
+  containers: [{name: c, image: busybox}]
+"#,
+    );
+    server.ok(&["rollout", "status", "deploy/web", "--timeout=60s"]);
+    let tolerations = server.ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=web",
+        "-o",
+        "jsonpath={.items[0].spec.tolerations[?(@.key==\"node.kubernetes.io/unreachable\")].tolerationSeconds}",
+    ]);
+    assert_eq!(tolerations, "2", "the default toleration is added at creation");
+    // The pods may go anywhere once sim-0 is gone.
+    server.ok(&[
+        "patch",
+        "deploy/web",
+        "--type=json",
+        "-p",
+        r#"[{"op":"remove","path":"/spec/template/spec/nodeSelector"}]"#,
+    ]);
+    server.ok(&["rollout", "status", "deploy/web", "--timeout=60s"]);
+    let on_sim0 = |text: &str| text.lines().filter(|l| l.ends_with(" sim-0")).count();
+    let placed = "jsonpath={range .items[*]}{.metadata.name} {.spec.nodeName}{\"\\n\"}{end}";
+    // Spread the new pods over the nodes by putting them all on sim-0 first, if the
+    // scheduler did not: the point is that some run there.
+    let before = server.ok(&["get", "pods", "-l", "app=web", "-o", placed]);
+    if on_sim0(&before) == 0 {
+        server.ok(&["cordon", "sim-1", "sim-2"]);
+        server.ok(&["delete", "pods", "-l", "app=web", "--wait=false"]);
+        server.until("web pods on sim-0", &["get", "pods", "-l", "app=web", "-o", placed], |t| {
+            on_sim0(t) == 3
+        });
+        server.ok(&["uncordon", "sim-1", "sim-2"]);
+    }
+    server.ok(&["annotate", "node", "sim-0", "sim.berth.dev/stopped=true"]);
+    server.until(
+        "sim-0 NotReady",
+        &[
+            "get",
+            "node",
+            "sim-0",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+        ],
+        |t| t == "Unknown",
+    );
+    server.until(
+        "sim-0 tainted unreachable",
+        &["get", "node", "sim-0", "-o", "jsonpath={.spec.taints[*].key}"],
+        |t| t.contains("node.kubernetes.io/unreachable"),
+    );
+    // Three web pods ready elsewhere; those on sim-0 terminating (its kubelet is dead,
+    // so they stay so); the tolerating pod untouched.
+    server.until(
+        "web ready on other nodes",
+        &[
+            "get",
+            "pods",
+            "-l",
+            "app=web",
+            "-o",
+            "jsonpath={range .items[?(@.metadata.deletionTimestamp)]}gone {end}{range .items[*]}{.spec.nodeName}/{.status.conditions[?(@.type==\"Ready\")].status}{\" \"}{end}",
+        ],
+        |t| {
+            t.split_whitespace().filter(|p| p.ends_with("/True") && !p.starts_with("sim-0")).count()
+                == 3
+        },
+    );
+    let stays = server.ok(&[
+        "get",
+        "pod",
+        "stays",
+        "-o",
+        "jsonpath={.metadata.deletionTimestamp}|{.status.conditions[?(@.type==\"Ready\")].status}",
+    ]);
+    assert_eq!(stays, "|False", "kept, and not ready on an unreachable node");
+    let events = server.ok(&["get", "events", "--field-selector=reason=TaintManagerEviction"]);
+    assert!(events.contains("Marking for deletion Pod default/web-"), "{events}");
+    // Back: Ready again, untainted.
+    server.ok(&["annotate", "node", "sim-0", "sim.berth.dev/stopped-"]);
+    server.until(
+        "sim-0 Ready without taints",
+        &[
+            "get",
+            "node",
+            "sim-0",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status} {.spec.taints}",
+        ],
+        |t| t.trim() == "True" || t.trim() == "True []",
+    );
+    // A NoExecute taint by hand: the pod that does not tolerate it goes at once.
+    server.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: fragile}
+spec:
+  nodeName: sim-1
+  containers: [{name: c, image: busybox}]
+"#,
+    );
+    server.until(
+        "fragile runs",
+        &["get", "pod", "fragile", "-o", "jsonpath={.status.phase}"],
+        |t| t == "Running",
+    );
+    server.ok(&["taint", "node", "sim-1", "drain=now:NoExecute"]);
+    server.until(
+        "fragile evicted",
+        &["get", "pods", "--field-selector=metadata.name=fragile", "-o", "name"],
+        |t| t.trim().is_empty(),
+    );
+}

@@ -14,6 +14,8 @@
 //! - `endpoints`: Endpoints and EndpointSlices from Services' selectors and pod readiness.
 //! - `cronjob`: Jobs at the times a CronJob's schedule names.
 //! - `daemonset`: a pod on every node a DaemonSet admits.
+//! - `nodelifecycle`: silent nodes marked Unknown and tainted, pods leaving nodes whose
+//!   NoExecute taints they do not tolerate (after their `tolerationSeconds`).
 //! - `statefulset`: pods with stable names and claims, made and replaced in order.
 //! - `replicaset` (ReplicaSets and ReplicationControllers), `deployment`, `job`: the
 //!   workload controllers (`workload` holds what
@@ -32,6 +34,7 @@ mod gc;
 mod job;
 mod kinds;
 mod namespace;
+mod nodelifecycle;
 mod replicaset;
 mod rootca;
 mod statefulset;
@@ -60,6 +63,22 @@ impl Error {
     }
 }
 
+/// What the controllers are told at start.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The cluster CA (PEM) that the root CA publisher hands every namespace.
+    pub root_ca: Option<String>,
+    /// How long a node may go without renewing its Lease before it is marked Unknown
+    /// (kube-controller-manager's `--node-monitor-grace-period`).
+    pub node_monitor_grace_period: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options { root_ca: None, node_monitor_grace_period: Duration::from_secs(40) }
+    }
+}
+
 /// The running controllers.
 pub struct Manager {
     tasks: TaskTracker,
@@ -69,14 +88,10 @@ pub struct Manager {
 impl Manager {
     /// Starts every controller over `client` until `shutdown`; with the cluster CA (PEM),
     /// the root CA publisher too.
-    pub fn start(
-        client: kube::Client,
-        root_ca: Option<String>,
-        shutdown: CancellationToken,
-    ) -> Manager {
+    pub fn start(client: kube::Client, options: Options, shutdown: CancellationToken) -> Manager {
         let informers = std::sync::Arc::new(Informers::new(client, shutdown.clone()));
         let tasks = TaskTracker::new();
-        if let Some(ca) = root_ca {
+        if let Some(ca) = options.root_ca {
             tasks.spawn(rootca::run(informers.clone(), ca));
         }
         tasks.spawn(gc::run(informers.clone()));
@@ -93,6 +108,7 @@ impl Manager {
         tasks.spawn(cronjob::run(informers.clone()));
         tasks.spawn(daemonset::run(informers.clone()));
         tasks.spawn(statefulset::run(informers.clone()));
+        tasks.spawn(nodelifecycle::run(informers.clone(), options.node_monitor_grace_period));
         tasks.close();
         Manager { tasks, informers }
     }

@@ -10,6 +10,11 @@
 //!   containers exit;
 //! - `sim.berth.dev/exit-code`: their exit code (default 0: Succeeded; else Failed).
 //!
+//! A node annotated `sim.berth.dev/stopped: "true"` plays a dead kubelet: its Lease is no
+//! longer renewed and its pods are left as they are, until the annotation goes. A node
+//! whose Ready condition someone else changed (the node lifecycle controller marking it
+//! Unknown) gets its status posted again at the next renewal, as a kubelet does.
+//!
 //! Knows nothing of containers or Linux; it speaks only to the API.
 
 use std::collections::BTreeMap;
@@ -25,6 +30,8 @@ use serde_json::json;
 
 pub const EXIT_AFTER: &str = "sim.berth.dev/exit-after";
 pub const EXIT_CODE: &str = "sim.berth.dev/exit-code";
+/// The Node annotation that stops a simulated kubelet.
+pub const STOPPED: &str = "sim.berth.dev/stopped";
 /// The label every simulated node carries.
 pub const SIMULATED: &str = "node.berth.dev/simulated";
 
@@ -113,15 +120,19 @@ pub async fn run(informers: Arc<Informers>, config: Config) {
     if let Err(err) = register(&client, &config, &names).await {
         tracing::warn!("simulated nodes: {err}");
     }
+    let nodes = informers.typed::<Node>();
     let leases = {
-        let (client, names, interval, shutdown) =
-            (client.clone(), names.clone(), config.lease_interval, shutdown.clone());
-        informers
-            .tasks()
-            .spawn(async move { renew_leases(client, names, interval, shutdown).await })
+        let (config, names, nodes) = (config.clone(), names.clone(), nodes.clone());
+        informers.tasks().spawn(async move {
+            renew_leases(client, config, names, nodes, shutdown).await;
+        })
     };
     drop(leases);
-    run_pods(informers, config, names).await;
+    run_pods(informers, config, names, nodes).await;
+}
+
+fn stopped(node: &Node) -> bool {
+    node.metadata.annotations.as_ref().and_then(|a| a.get(STOPPED)).is_some_and(|v| v == "true")
 }
 
 async fn register(client: &kube::Client, config: &Config, names: &[String]) -> Result<(), Error> {
@@ -156,14 +167,36 @@ async fn register(client: &kube::Client, config: &Config, names: &[String]) -> R
 
 async fn renew_leases(
     client: kube::Client,
+    config: Config,
     names: Vec<String>,
-    interval: Duration,
+    nodes: Arc<berth_reconcile::Cache<Node>>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
-    let leases: Api<Lease> = Api::namespaced(client, "kube-node-lease");
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+    let node_api: Api<Node> = Api::all(client);
     loop {
         let now = berth_stdx::time::format_rfc3339_nanos(std::time::SystemTime::now());
-        for name in &names {
+        for (index, name) in names.iter().enumerate() {
+            let node = nodes.store().get(&ObjectRef::new(name));
+            if node.as_deref().is_some_and(stopped) {
+                continue;
+            }
+            // Marked Unknown by the node lifecycle controller while stopped: report again.
+            let ready = node
+                .as_ref()
+                .and_then(|n| n.status.as_ref())
+                .and_then(|s| s.conditions.as_ref())
+                .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+                .map(|c| c.status.clone());
+            if ready.is_some_and(|r| r != "True") {
+                let object = node_object(&config, name, index);
+                let patch =
+                    Patch::Merge(json!({"status": {"conditions": object["status"]["conditions"]}}));
+                if let Err(err) = node_api.patch_status(name, &PatchParams::default(), &patch).await
+                {
+                    tracing::debug!("status of {name}: {err}");
+                }
+            }
             let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                 "metadata": {"name": name, "namespace": "kube-node-lease"},
                 "spec": {"holderIdentity": name, "leaseDurationSeconds": 40, "renewTime": now}});
@@ -176,7 +209,7 @@ async fn renew_leases(
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::time::sleep(config.lease_interval) => {}
             _ = shutdown.cancelled() => return,
         }
     }
@@ -184,7 +217,12 @@ async fn renew_leases(
 
 type Key = (String, String);
 
-async fn run_pods(informers: Arc<Informers>, config: Config, names: Vec<String>) {
+async fn run_pods(
+    informers: Arc<Informers>,
+    config: Config,
+    names: Vec<String>,
+    nodes: Arc<berth_reconcile::Cache<Node>>,
+) {
     let pods = informers.typed::<Pod>();
     let queue = Queue::<Key>::new();
     let shutdown = informers.shutdown().clone();
@@ -205,6 +243,22 @@ async fn run_pods(informers: Arc<Informers>, config: Config, names: Vec<String>)
         let on_ours = on_ours.clone();
         pods.queue_into(&informers, &queue, move |pod: &Pod| on_ours(pod).then(|| key(pod)));
     }
+    {
+        // A node started again picks up its pods.
+        let (pods, queue, ours) = (pods.clone(), queue.clone(), ours.clone());
+        nodes.follow(&informers, move |change| {
+            let berth_reconcile::Change::Applied(node) = change else { return };
+            let Some(name) = node.metadata.name.as_deref() else { return };
+            if !ours.contains(name) || stopped(&node) {
+                return;
+            }
+            for pod in pods.store().state_filter(|p| {
+                p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(name)
+            }) {
+                queue.add(key(&pod));
+            }
+        });
+    }
     tokio::select! {
         _ = pods.ready() => {}
         _ = shutdown.cancelled() => return,
@@ -221,11 +275,16 @@ async fn run_pods(informers: Arc<Informers>, config: Config, names: Vec<String>)
         Duration::from_secs(10),
         shutdown,
         move |key: Key| {
-            let (client, pods, config) = (client.clone(), pods.clone(), config.clone());
+            let (client, pods, config, nodes) =
+                (client.clone(), pods.clone(), config.clone(), nodes.clone());
             async move {
                 let Some(pod) = pods.store().get(&ObjectRef::new(&key.1).within(&key.0)) else {
                     return Ok(Action::Done);
                 };
+                let node = pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
+                if nodes.store().get(&ObjectRef::new(&node)).is_some_and(|n| stopped(&n)) {
+                    return Ok(Action::Done);
+                }
                 step(&client, &config, &pod).await
             }
         },

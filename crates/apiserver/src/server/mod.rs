@@ -89,6 +89,9 @@ pub struct Config {
     /// The control plane's parts running beside the API (`scheduler`,
     /// `controller-manager`), as ComponentStatus reports them.
     pub components: Vec<String>,
+    /// The seconds every pod tolerates a not-ready and an unreachable node unless it says
+    /// otherwise (kube-apiserver's DefaultTolerationSeconds admission; 300 each).
+    pub default_toleration_seconds: (i64, i64),
 }
 
 type Body = BoxBody<Bytes, Infallible>;
@@ -116,6 +119,8 @@ struct State {
     _signer: Arc<certificates::Signer>,
     /// The control plane's parts this process runs (ComponentStatus).
     components: Vec<String>,
+    /// Not-ready and unreachable toleration seconds given to pods.
+    default_toleration_seconds: (i64, i64),
     /// Fires when the server stops: watches end, loops return.
     shutdown: CancellationToken,
     /// How the server reaches node agents (logs, exec, attach, port-forward).
@@ -278,6 +283,7 @@ impl Server {
             quotas,
             _signer: csr_signer,
             components: config.components.clone(),
+            default_toleration_seconds: config.default_toleration_seconds,
             shutdown,
             kubelet_tls,
         });

@@ -3,6 +3,35 @@
 
 use super::*;
 
+/// kube-apiserver's DefaultTolerationSeconds admission: a pod that tolerates neither a
+/// not-ready nor an unreachable node for a time of its own tolerates each for the
+/// configured seconds (300 by default), so the node lifecycle controller moves it off a
+/// dead node after that long, not at once.
+pub(crate) fn add_default_tolerations(pod: &mut Value, (not_ready, unreachable): (i64, i64)) {
+    let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) else { return };
+    let mut tolerations =
+        spec.get("tolerations").and_then(Value::as_array).cloned().unwrap_or_default();
+    let mut changed = false;
+    for (key, seconds) in [
+        ("node.kubernetes.io/not-ready", not_ready),
+        ("node.kubernetes.io/unreachable", unreachable),
+    ] {
+        let covered = tolerations.iter().any(|t| {
+            let t_key = t["key"].as_str().unwrap_or("");
+            let effect = t["effect"].as_str().unwrap_or("");
+            (t_key == key || t_key.is_empty()) && (effect == "NoExecute" || effect.is_empty())
+        });
+        if !covered {
+            tolerations.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute",
+                "tolerationSeconds": seconds}));
+            changed = true;
+        }
+    }
+    if changed {
+        spec.insert("tolerations".into(), Value::Array(tolerations));
+    }
+}
+
 impl Api {
     /// Priority admission, as Kubernetes': `priorityClassName` becomes `priority` and
     /// `preemptionPolicy` (the global default class when none is named; 0 without one); a

@@ -331,7 +331,8 @@ impl Api {
 
     /// What every create does after `prepare_create`, whichever verb creates (POST or a
     /// server-side apply of a new object): a terminating definition refuses, priority
-    /// classes resolve, pods get their service account's token volume, limit ranges fill
+    /// classes resolve, pods get their service account's token volume and the default
+    /// not-ready/unreachable tolerations, limit ranges fill
     /// in, certificate requests record who asks.
     async fn admit_new(&self, name: &str, object: &mut Value) -> Result<(), ApiError> {
         let resource = self.stored();
@@ -347,6 +348,10 @@ impl Api {
         }
         if resource.group.is_empty() && resource.name == "pods" {
             self.admit_service_account(object).await?;
+            crate::server::pods::add_default_tolerations(
+                object,
+                self.state.default_toleration_seconds,
+            );
         }
         self.apply_limit_ranges(object)?;
         if resource.kind == "CertificateSigningRequest" {
