@@ -278,6 +278,18 @@ pub const RESOURCES: &[Resource] = &[
     ),
     resource!("batch", "v1", "jobs", "job", "Job", true, &[], &["all"], &[STATUS], &[]),
     resource!(
+        "policy",
+        "v1",
+        "poddisruptionbudgets",
+        "poddisruptionbudget",
+        "PodDisruptionBudget",
+        true,
+        &["pdb"],
+        &[],
+        &[STATUS],
+        &[]
+    ),
+    resource!(
         "batch",
         "v1",
         "cronjobs",

@@ -438,6 +438,38 @@ pub fn validate(resource: &Resource, object: &Value) -> Result<(), ApiError> {
                 );
             }
         }
+        "PodDisruptionBudget" => {
+            let spec = &object["spec"];
+            let set = |f: &str| !spec[f].is_null();
+            if set("minAvailable") && set("maxUnavailable") {
+                return invalid(
+                    "spec",
+                    "Invalid value: minAvailable and maxUnavailable cannot be both set",
+                );
+            }
+            for field in ["minAvailable", "maxUnavailable"] {
+                let ok = match &spec[field] {
+                    Value::Null => true,
+                    Value::Number(n) => n.as_i64().is_some_and(|n| n >= 0),
+                    Value::String(p) => p
+                        .strip_suffix('%')
+                        .and_then(|n| n.parse::<u32>().ok())
+                        .is_some_and(|n| n <= 100),
+                    _ => false,
+                };
+                if !ok {
+                    return invalid(
+                        &format!("spec.{field}"),
+                        &format!("Invalid value: {}: must be a non-negative integer or a percentage between 0% and 100%", spec[field]),
+                    );
+                }
+            }
+            if let Some(policy) = spec["unhealthyPodEvictionPolicy"].as_str() {
+                if !matches!(policy, "IfHealthyBudget" | "AlwaysAllow") {
+                    return invalid("spec.unhealthyPodEvictionPolicy", &format!("Unsupported value: {policy:?}: supported values: \"AlwaysAllow\", \"IfHealthyBudget\""));
+                }
+            }
+        }
         "ResourceQuota" => {
             crate::quota::validate_scopes(object)
                 .map_err(|(f, m)| ApiError::invalid(resource, &name, &f, &m))?;
@@ -886,6 +918,15 @@ fn s(v: &Value) -> Value {
     v.as_str().map(|t| json!(t)).unwrap_or(json!("<none>"))
 }
 
+/// A budget's count or percentage as kubectl prints it (`N/A` when unset).
+fn budget(v: &Value) -> Value {
+    match v {
+        Value::Null => json!("N/A"),
+        Value::String(text) => json!(text),
+        other => json!(other.to_string()),
+    }
+}
+
 fn count(v: &Value) -> usize {
     v.as_object().map(|o| o.len()).or_else(|| v.as_array().map(Vec::len)).unwrap_or(0)
 }
@@ -1198,6 +1239,15 @@ fn columns(kind: &str) -> Vec<Column> {
             Column("Available", "integer", 0, |i| int(&i["status"]["numberAvailable"])),
             Column("Node Selector", "string", 0, |i| {
                 selector_text(&i["spec"]["template"]["spec"]["nodeSelector"])
+            }),
+            age_column,
+        ],
+        "PodDisruptionBudget" => vec![
+            name,
+            Column("Min Available", "string", 0, |i| budget(&i["spec"]["minAvailable"])),
+            Column("Max Unavailable", "string", 0, |i| budget(&i["spec"]["maxUnavailable"])),
+            Column("Allowed Disruptions", "integer", 0, |i| {
+                json!(i["status"]["disruptionsAllowed"].as_i64().unwrap_or(0))
             }),
             age_column,
         ],

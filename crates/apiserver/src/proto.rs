@@ -271,6 +271,45 @@ fn schema(message: &str) -> Option<&'static [Field]> {
                 ]
             }
         }
+        "PodDisruptionBudget" => {
+            const {
+                &[
+                    f(1, "metadata", Message("ObjectMeta")),
+                    f(2, "spec", Message("PodDisruptionBudgetSpec")),
+                    f(3, "status", Message("Empty")),
+                ]
+            }
+        }
+        "PodDisruptionBudgetSpec" => {
+            const {
+                &[
+                    f(1, "minAvailable", IntOrString),
+                    f(2, "selector", Message("LabelSelector")),
+                    f(3, "maxUnavailable", IntOrString),
+                    f(4, "unhealthyPodEvictionPolicy", Str),
+                ]
+            }
+        }
+        "Eviction" => {
+            const {
+                &[
+                    f(1, "metadata", Message("ObjectMeta")),
+                    f(2, "deleteOptions", Message("DeleteOptions")),
+                ]
+            }
+        }
+        "DeleteOptions" => {
+            const {
+                &[
+                    f(1, "gracePeriodSeconds", Int),
+                    f(2, "preconditions", Message("Preconditions")),
+                    f(3, "orphanDependents", Bool),
+                    f(4, "propagationPolicy", Str),
+                    r(5, "dryRun", Str),
+                ]
+            }
+        }
+        "Preconditions" => const { &[f(1, "uid", Str), f(2, "resourceVersion", Str)] },
         "JobTemplateSpec" => {
             const { &[f(1, "metadata", Message("ObjectMeta")), f(2, "spec", Message("JobSpec"))] }
         }
@@ -641,6 +680,8 @@ const KINDS: &[&str] = &[
     "TokenRequest",
     "HorizontalPodAutoscaler",
     "PriorityClass",
+    "PodDisruptionBudget",
+    "Eviction",
 ];
 
 struct Reader<'a> {

@@ -308,6 +308,7 @@ mod tests {
             [
                 "apps",
                 "batch",
+                "policy",
                 "autoscaling",
                 "coordination.k8s.io",
                 "scheduling.k8s.io",
@@ -322,7 +323,7 @@ mod tests {
                 "authorization.k8s.io"
             ]
         );
-        let autoscaling = &groups["groups"][2];
+        let autoscaling = &groups["groups"][3];
         assert_eq!(autoscaling["preferredVersion"]["groupVersion"], "autoscaling/v2");
         let core = resource_list("", "v1").unwrap();
         let pods =

@@ -8,7 +8,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::OnceLock;
 
-use k8s_openapi::api::{apps, autoscaling, batch, coordination, core, discovery, rbac, scheduling};
+use k8s_openapi::api::{
+    apps, autoscaling, batch, coordination, core, discovery, policy, rbac, scheduling,
+};
 use schemars::generate::SchemaSettings;
 use schemars::{JsonSchema, SchemaGenerator};
 use serde_json::{json, Map, Value};
@@ -61,6 +63,8 @@ fn build() -> Schemas {
         "apps" "v1" "ControllerRevision" => apps::v1::ControllerRevision,
         "batch" "v1" "Job" => batch::v1::Job,
         "batch" "v1" "CronJob" => batch::v1::CronJob,
+        "policy" "v1" "PodDisruptionBudget" => policy::v1::PodDisruptionBudget,
+        "policy" "v1" "Eviction" => policy::v1::Eviction,
         "autoscaling" "v1" "HorizontalPodAutoscaler" => autoscaling::v1::HorizontalPodAutoscaler,
         "autoscaling" "v1" "Scale" => autoscaling::v1::Scale,
         "autoscaling" "v2" "HorizontalPodAutoscaler" => autoscaling::v2::HorizontalPodAutoscaler,

@@ -920,3 +920,81 @@ spec:
         |t| t.trim().is_empty(),
     );
 }
+
+/// A PodDisruptionBudget is honoured by evictions: `kubectl drain` cannot take a pod the
+/// budget needs (the API answers 429, kubectl says why), and drains once the Deployment
+/// has a pod to spare, one eviction per disruption allowed.
+#[test]
+fn disruption_budgets_hold_drains_back() {
+    let Some(server) = Server::start(&[]) else { return };
+    server.apply(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers: [{name: c, image: busybox}]
+---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata: {name: web}
+spec:
+  minAvailable: 2
+  selector: {matchLabels: {app: web}}
+"#,
+    );
+    server.ok(&["rollout", "status", "deploy/web", "--timeout=60s"]);
+    let budget =
+        "jsonpath={.status.currentHealthy}/{.status.desiredHealthy}/{.status.disruptionsAllowed}";
+    server.until("the budget counts 2 healthy", &["get", "pdb", "web", "-o", budget], |t| {
+        t == "2/2/0"
+    });
+    let node =
+        server.ok(&["get", "pods", "-l", "app=web", "-o", "jsonpath={.items[0].spec.nodeName}"]);
+    let held = server.kubectl(&["drain", &node, "--timeout=3s"]);
+    assert!(!held.status.success(), "the drain went through the budget");
+    let said = String::from_utf8_lossy(&held.stderr);
+    assert!(
+        said.contains("Cannot evict pod as it would violate the pod's disruption budget."),
+        "{said}"
+    );
+    assert_eq!(
+        server.ok(&["get", "pods", "-l", "app=web", "-o", "name"]).lines().count(),
+        2,
+        "no pod went"
+    );
+    // One to spare: the drain evicts, the Deployment makes the pod again elsewhere.
+    server.ok(&["scale", "deploy/web", "--replicas=3"]);
+    server.until("one disruption allowed", &["get", "pdb", "web", "-o", budget], |t| t == "3/2/1");
+    let table = server.ok(&["get", "pdb", "web"]);
+    let row: Vec<&str> = table.lines().nth(1).unwrap_or_default().split_whitespace().collect();
+    assert!(
+        table.starts_with("NAME   MIN AVAILABLE   MAX UNAVAILABLE   ALLOWED DISRUPTIONS"),
+        "{table}"
+    );
+    assert_eq!(row[..4], ["web", "2", "N/A", "1"], "{table}");
+    server.ok(&["drain", &node, "--timeout=60s"]);
+    server.until(
+        "three ready pods, none on the drained node",
+        &["get", "pods", "-l", "app=web", "-o", "jsonpath={range .items[*]}{.spec.nodeName}/{.status.conditions[?(@.type==\"Ready\")].status} {end}"],
+        |t| {
+            let pods: Vec<&str> = t.split_whitespace().collect();
+            pods.len() == 3 && pods.iter().all(|p| p.ends_with("/True") && !p.starts_with(&format!("{node}/")))
+        },
+    );
+    // Both bounds at once are refused.
+    let both = server.kubectl(&[
+        "create",
+        "pdb",
+        "both",
+        "--selector=app=web",
+        "--min-available=1",
+        "--max-unavailable=1",
+    ]);
+    assert!(!both.status.success());
+}

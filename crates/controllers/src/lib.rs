@@ -16,6 +16,7 @@
 //! - `daemonset`: a pod on every node a DaemonSet admits.
 //! - `nodelifecycle`: silent nodes marked Unknown and tainted, pods leaving nodes whose
 //!   NoExecute taints they do not tolerate (after their `tolerationSeconds`).
+//! - `disruption`: PodDisruptionBudgets' status (the disruptions evictions may spend).
 //! - `statefulset`: pods with stable names and claims, made and replaced in order.
 //! - `replicaset` (ReplicaSets and ReplicationControllers), `deployment`, `job`: the
 //!   workload controllers (`workload` holds what
@@ -29,6 +30,7 @@ mod aggregation;
 mod cronjob;
 mod daemonset;
 mod deployment;
+mod disruption;
 mod endpoints;
 mod gc;
 mod job;
@@ -108,6 +110,7 @@ impl Manager {
         tasks.spawn(cronjob::run(informers.clone()));
         tasks.spawn(daemonset::run(informers.clone()));
         tasks.spawn(statefulset::run(informers.clone()));
+        tasks.spawn(disruption::run(informers.clone()));
         tasks.spawn(nodelifecycle::run(informers.clone(), options.node_monitor_grace_period));
         tasks.close();
         Manager { tasks, informers }

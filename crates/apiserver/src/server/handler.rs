@@ -260,7 +260,7 @@ where
         (
             _,
             Some(action @ ("log" | "exec" | "attach" | "portforward" | "binding" | "eviction")),
-        ) => Some(api.pod_action(action, &method, &body).await),
+        ) => Some(api.pod_action(action, &method, &content_type, &body).await),
         _ => None,
     };
     if let Some(result) = special {

@@ -90,6 +90,119 @@ impl Api {
         Ok(())
     }
 
+    /// Whether the PodDisruptionBudget selecting `pod` lets it go, as Kubernetes' eviction
+    /// decides: pods that are pending, finished or already going need no budget; more
+    /// than one budget is an error; a budget the disruption controller has not looked at
+    /// since its last change, or with no disruption left, answers 429 (clients such as
+    /// `kubectl drain` retry); otherwise one disruption is taken from its status (the
+    /// pod recorded in `disruptedPods`) before the pod is deleted. An unready pod may go
+    /// without taking one when the budget is met anyway (`IfHealthyBudget`) or always
+    /// (`AlwaysAllow`).
+    async fn admit_eviction(&self, pod: &Value, dry_run: bool) -> Result<(), ApiError> {
+        let phase = pod["status"]["phase"].as_str().unwrap_or("Pending");
+        if matches!(phase, "Pending" | "Succeeded" | "Failed")
+            || !pod["metadata"]["deletionTimestamp"].is_null()
+        {
+            return Ok(());
+        }
+        let Some(budgets) = resources::find("policy", "v1", "poddisruptionbudgets") else {
+            return Ok(());
+        };
+        let namespace = self.target.namespace.clone().unwrap_or_default();
+        let pod_name = self.name().to_owned();
+        let labels = pod["metadata"]["labels"].as_object().cloned().unwrap_or_default();
+        for _ in 0..8 {
+            let page = self
+                .state
+                .store
+                .list(&budgets.prefix(Some(&namespace)), None, 0, 0)
+                .await
+                .map_err(|e| storage_error(budgets, "", e))?;
+            let mut matching = Vec::new();
+            for kv in &page.items {
+                let budget = decode(kv)?;
+                let selects = match &budget["spec"]["selector"] {
+                    Value::Null => false,
+                    selector => berth_api::selector::LabelSelector::from_object(selector)
+                        .is_ok_and(|s| s.matches(Some(&labels))),
+                };
+                if selects {
+                    matching.push((kv.mod_revision, budget));
+                }
+            }
+            let (revision, mut budget) = match matching.len() {
+                0 => return Ok(()),
+                1 => matching.remove(0),
+                _ => {
+                    return Err(ApiError::new(
+                        500,
+                        "InternalError",
+                        "This pod has more than one PodDisruptionBudget, which the eviction subresource does not support.",
+                    ))
+                }
+            };
+            let name = budget["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+            let status = &budget["status"];
+            let too_many = |cause: String| {
+                let mut error = ApiError::new(
+                    429,
+                    "TooManyRequests",
+                    "Cannot evict pod as it would violate the pod's disruption budget.",
+                );
+                error.details =
+                    json!({"causes": [{"reason": "DisruptionBudget", "message": cause}]});
+                error
+            };
+            if status["observedGeneration"].as_i64().unwrap_or(0)
+                < budget["metadata"]["generation"].as_i64().unwrap_or(0)
+            {
+                return Err(too_many(format!(
+                    "the disruption budget {name} is still being processed by the server"
+                )));
+            }
+            let healthy = status["currentHealthy"].as_i64().unwrap_or(0);
+            let desired = status["desiredHealthy"].as_i64().unwrap_or(0);
+            let ready = pod["status"]["conditions"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
+            if !ready {
+                match budget["spec"]["unhealthyPodEvictionPolicy"].as_str() {
+                    Some("AlwaysAllow") => return Ok(()),
+                    _ if healthy >= desired && desired > 0 => return Ok(()),
+                    _ => {}
+                }
+            }
+            let allowed = status["disruptionsAllowed"].as_i64().unwrap_or(0);
+            if allowed < 0 {
+                return Err(ApiError::new(403, "Forbidden", "pdb disruptions allowed is negative"));
+            }
+            if allowed == 0 {
+                return Err(too_many(format!(
+                    "The disruption budget {name} needs {desired} healthy pods and has {healthy} currently"
+                )));
+            }
+            if dry_run {
+                return Ok(());
+            }
+            budget["status"]["disruptionsAllowed"] = json!(allowed - 1);
+            if !budget["status"]["disruptedPods"].is_object() {
+                budget["status"]["disruptedPods"] = json!({});
+            }
+            budget["status"]["disruptedPods"][&pod_name] = json!(berth_api::meta::now());
+            match self
+                .state
+                .store
+                .update(&budgets.key(Some(&namespace), &name), encode(&budget), revision)
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(berth_store::Error::Conflict { .. }) => continue,
+                Err(err) => return Err(storage_error(budgets, &name, err)),
+            }
+        }
+        Err(ApiError::conflict(budgets, "poddisruptionbudget"))
+    }
+
     /// The pod subresources: `binding` (what a scheduler posts) and `eviction` are served
     /// here; `log`, `exec`, `attach` and `portforward` are checked here (the pod, its
     /// container, its node) and then belong to the node agent running the pod.
@@ -97,6 +210,7 @@ impl Api {
         &self,
         action: &str,
         method: &Method,
+        content_type: &str,
         body: &[u8],
     ) -> Result<Response<Body>, ApiError> {
         let allowed = match action {
@@ -116,7 +230,7 @@ impl Api {
         match action {
             "binding" => return self.bind(pod, body).await,
             "eviction" => {
-                let eviction = decode_body("application/json", body).map_err(|err| {
+                let eviction = decode_body(content_type, body).map_err(|err| {
                     ApiError::bad_request(format!(
                         "the Eviction in the request body is malformed: {}",
                         err.message
@@ -126,6 +240,10 @@ impl Api {
                     None | Some(Value::Null) => String::new(),
                     Some(options) => options.to_string(),
                 };
+                let dry_run =
+                    eviction["deleteOptions"]["dryRun"].as_array().is_some_and(|d| !d.is_empty())
+                        || self.params.contains_key("dryRun");
+                self.admit_eviction(&pod, dry_run).await?;
                 self.delete("application/json", options.as_bytes()).await?;
                 return Ok(json_response(
                     201,
