@@ -304,6 +304,8 @@ pub fn bootstrap() -> Vec<(&'static str, Value)> {
             json!({}),
             vec![
                 rule(&[""], &["pods", "nodes", "namespaces"], READ),
+                // Preemption deletes pods.
+                rule(&[""], &["pods"], &["delete"]),
                 rule(&[""], &["pods/binding", "pods/status"], &["create", "update", "patch"]),
                 rule(&["", "events.k8s.io"], &["events"], &["create", "patch", "update"]),
             ],

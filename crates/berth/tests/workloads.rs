@@ -998,3 +998,95 @@ spec:
     ]);
     assert!(!both.status.success());
 }
+
+/// A pod of higher priority that fits nowhere preempts pods of lower priority: one is
+/// deleted (with a `Preempted` event), the node is nominated, the pod runs there; the
+/// preempted Deployment's replacement then waits, unschedulable.
+#[test]
+fn higher_priority_pods_preempt_lower_ones() {
+    let Some(server) = Server::start(&["--simulated-node-capacity", "cpu=2,memory=4Gi,pods=110"])
+    else {
+        return;
+    };
+    server.ok(&["create", "priorityclass", "high", "--value=1000"]);
+    server.apply(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: filler}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: filler}}
+  template:
+    metadata: {labels: {app: filler}}
+    spec:
+      containers: [{name: c, image: busybox, resources: {requests: {cpu: 1500m}}}]
+"#,
+    );
+    server.ok(&["rollout", "status", "deploy/filler", "--timeout=60s"]);
+    server.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: urgent}
+spec:
+  priorityClassName: high
+  containers: [{name: c, image: busybox, resources: {requests: {cpu: 1500m}}}]
+"#,
+    );
+    let placed = server.until(
+        "urgent runs on its nominated node",
+        &[
+            "get",
+            "pod",
+            "urgent",
+            "-o",
+            "jsonpath={.status.phase} {.spec.nodeName} {.status.nominatedNodeName}",
+        ],
+        |t| {
+            let parts: Vec<&str> = t.split_whitespace().collect();
+            parts.len() == 3 && parts[0] == "Running" && parts[1] == parts[2]
+        },
+    );
+    let events = server.ok(&[
+        "get",
+        "events",
+        "--field-selector=reason=Preempted",
+        "-o",
+        "jsonpath={.items[*].message}",
+    ]);
+    let node = placed.split_whitespace().nth(1).unwrap().to_owned();
+    assert!(
+        events.contains("Preempted by pod") && events.contains(&format!("on node {node}")),
+        "{events}"
+    );
+    // The filler pod made again has nowhere to go.
+    server.until(
+        "a filler pod pending",
+        &[
+            "get",
+            "pods",
+            "-l",
+            "app=filler",
+            "--field-selector=status.phase=Pending",
+            "-o",
+            "jsonpath={.items[*].status.conditions[?(@.type==\"PodScheduled\")].message}",
+        ],
+        |t| t.contains("0/3 nodes are available: 3 Insufficient cpu"),
+    );
+    assert_eq!(
+        server
+            .ok(&[
+                "get",
+                "pods",
+                "-l",
+                "app=filler",
+                "--field-selector=status.phase=Running",
+                "-o",
+                "name"
+            ])
+            .lines()
+            .count(),
+        2
+    );
+}

@@ -368,6 +368,88 @@ pub fn schedule(pod: &Pod, nodes: &[&NodeInfo], start: usize) -> Result<String, 
     best.map(|(_, name)| name.to_owned()).ok_or(FitError { nodes: nodes.len(), reasons })
 }
 
+/// A pod's priority (0 when unset).
+pub fn priority(pod: &Pod) -> i32 {
+    pod.spec.as_ref().and_then(|s| s.priority).unwrap_or(0)
+}
+
+/// What preemption chose: the node, and the pods to remove there (their keys).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Preemption {
+    pub node: String,
+    pub victims: Vec<(String, String)>,
+}
+
+/// Preemption, as kube-scheduler's default plugin decides it: on each node where only
+/// resources, the pod count or host ports stand in the way, the pods of lower priority
+/// are taken away; if the pod then fits, they are given back from the highest priority
+/// down as long as it still fits, and the rest are the victims. The node chosen has the
+/// lowest highest-victim priority, then the lowest sum of priorities, then the fewest
+/// victims. Pods with `preemptionPolicy: Never` preempt nothing.
+pub fn preempt(pod: &Pod, nodes: &[(&NodeInfo, Vec<(&Pod, &Resources)>)]) -> Option<Preemption> {
+    let spec = pod.spec.as_ref()?;
+    if spec.preemption_policy.as_deref() == Some("Never") {
+        return None;
+    }
+    let mine = priority(pod);
+    let requests = pod_requests(pod);
+    let mut best: Option<((i64, i64, usize, String), Preemption)> = None;
+    for (node, placed) in nodes {
+        match filter(pod, &requests, node) {
+            Ok(()) => continue,
+            Err(reasons)
+                if reasons.iter().all(|r| {
+                    matches!(r, Reason::Insufficient(_) | Reason::TooManyPods | Reason::Ports)
+                }) => {}
+            Err(_) => continue,
+        }
+        let mut lower: Vec<&(&Pod, &Resources)> =
+            placed.iter().filter(|(p, _)| priority(p) < mine).collect();
+        if lower.is_empty() {
+            continue;
+        }
+        let mut trial = (*node).clone();
+        for (victim, taken) in &lower {
+            trial.remove_pod(taken, victim);
+        }
+        if filter(pod, &requests, &trial).is_err() {
+            continue;
+        }
+        // Give back the most important first.
+        lower.sort_by_key(|(p, _)| std::cmp::Reverse(priority(p)));
+        let mut victims = Vec::new();
+        for (candidate, taken) in lower {
+            trial.add_pod(taken, candidate);
+            if filter(pod, &requests, &trial).is_err() {
+                trial.remove_pod(taken, candidate);
+                victims.push(candidate);
+            }
+        }
+        let rank = (
+            victims.iter().map(|p| i64::from(priority(p))).max().unwrap_or(i64::MIN),
+            victims.iter().map(|p| i64::from(priority(p))).sum::<i64>(),
+            victims.len(),
+            node.name.clone(),
+        );
+        if best.as_ref().is_none_or(|(top, _)| rank < *top) {
+            let chosen = Preemption {
+                node: node.name.clone(),
+                victims: victims
+                    .iter()
+                    .map(|p| {
+                        (
+                            p.metadata.namespace.clone().unwrap_or_default(),
+                            p.metadata.name.clone().unwrap_or_default(),
+                        )
+                    })
+                    .collect(),
+            };
+            best = Some((rank, chosen));
+        }
+    }
+    best.map(|(_, chosen)| chosen)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -473,5 +555,41 @@ mod tests {
         assert_eq!(pod_requests(&init).get("cpu"), 700);
         assert_eq!(feasible_wanted(50), 50);
         assert_eq!(feasible_wanted(5000), 500);
+    }
+
+    #[test]
+    fn preemption_takes_the_fewest_least_important_pods() {
+        let worker = |name: &str, priority: i32, cpu: &str| {
+            pod(json!({"metadata": {"name": name, "namespace": "default"},
+                "spec": {"priority": priority, "containers": [{"name": "c",
+                    "resources": {"requests": {"cpu": cpu}}}]}}))
+        };
+        let urgent = worker("urgent", 1000, "600m");
+        // a: one pod of priority 10 (300m) and one of 0 (400m); b: one of 5 (800m).
+        let (a1, a2, b1) =
+            (worker("a1", 10, "300m"), worker("a2", 0, "400m"), worker("b1", 5, "800m"));
+        let mut a = small("a");
+        let mut b = small("b");
+        let (ra1, ra2, rb1) = (pod_requests(&a1), pod_requests(&a2), pod_requests(&b1));
+        a.add_pod(&ra1, &a1);
+        a.add_pod(&ra2, &a2);
+        b.add_pod(&rb1, &b1);
+        assert!(schedule(&urgent, &[&a, &b], 0).is_err());
+        let nodes = vec![(&a, vec![(&a1, &ra1), (&a2, &ra2)]), (&b, vec![(&b1, &rb1)])];
+        // On a, removing a2 (priority 0) is enough; on b, b1 (5): a wins.
+        let chosen = preempt(&urgent, &nodes).expect("a node");
+        assert_eq!(chosen.node, "a");
+        assert_eq!(chosen.victims, [("default".to_owned(), "a2".to_owned())]);
+        // Nothing of lower priority, or a policy of Never: no preemption.
+        let modest = worker("modest", 0, "600m");
+        assert_eq!(preempt(&modest, &nodes), None);
+        let mut polite = urgent.clone();
+        polite.spec.as_mut().expect("spec").preemption_policy = Some("Never".into());
+        assert_eq!(preempt(&polite, &nodes), None);
+        // A node the pod could never use (a selector) is not a candidate.
+        let mut picky = urgent.clone();
+        picky.spec.as_mut().expect("spec").node_selector =
+            Some([("zone".to_owned(), "z".to_owned())].into());
+        assert_eq!(preempt(&picky, &nodes), None);
     }
 }

@@ -3,7 +3,9 @@
 //! message when nothing fits), bound through the `binding` subresource, and counted on
 //! its node at once (assumed) so the next decision sees it. A pod that fits nowhere gets
 //! `PodScheduled=False` with the reasons and a `FailedScheduling` event, and is tried
-//! again when the cluster changes (a node added or changed, a pod gone).
+//! again when the cluster changes (a node added or changed, a pod gone); if removing pods
+//! of lower priority from a node would let it fit, they are preempted (deleted, with a
+//! `Preempted` event) and the node is nominated for it (`status.nominatedNodeName`).
 //!
 //! It reaches the API only through its client and keeps nothing a restart would lose:
 //! the snapshot is rebuilt from the caches. Knows nothing of storage, HTTP or Linux.
@@ -266,6 +268,11 @@ impl Scheduler {
                 Ok(Action::Done)
             }
             Err(fit_error) => {
+                // Room made by removing pods of lower priority: the pod waits for them to
+                // go (their removal wakes it) and is nominated for the node meanwhile.
+                if let Some(preemption) = self.preemption(&pod) {
+                    self.preempt(&pod, &preemption).await?;
+                }
                 let message = fit_error.to_string();
                 let changed = {
                     let mut snapshot = self.snapshot();
@@ -278,6 +285,110 @@ impl Scheduler {
                 // Tried again when the cluster changes; the delay only guards a lost event.
                 Ok(Action::RequeueAfter(Duration::from_secs(60)))
             }
+        }
+    }
+
+    /// Where preemption would place `pod`, unless victims it chose before are still going.
+    fn preemption(&self, pod: &Pod) -> Option<fit::Preemption> {
+        let mine = fit::priority(pod);
+        if let Some(nominated) = pod.status.as_ref().and_then(|s| s.nominated_node_name.as_deref())
+        {
+            let going = self.pods.store().state_filter(|p| {
+                p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(nominated)
+                    && p.metadata.deletion_timestamp.is_some()
+                    && fit::priority(p) < mine
+            });
+            if !going.is_empty() {
+                return None;
+            }
+        }
+        let snapshot = self.snapshot();
+        let mut by_node: HashMap<&str, Vec<(&Pod, &Resources)>> = HashMap::new();
+        for (node, requests, placed) in snapshot.placed.values() {
+            by_node.entry(node.as_str()).or_default().push((placed, requests));
+        }
+        let mut nodes: Vec<(&NodeInfo, Vec<(&Pod, &Resources)>)> = snapshot
+            .nodes
+            .values()
+            .map(|info| (info, by_node.remove(info.name.as_str()).unwrap_or_default()))
+            .collect();
+        nodes.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+        fit::preempt(pod, &nodes)
+    }
+
+    /// Deletes the victims (each told why, with a `Preempted` event) and nominates the
+    /// node for the pod (`status.nominatedNodeName`).
+    async fn preempt(&self, pod: &Pod, preemption: &fit::Preemption) -> Result<(), Error> {
+        let (namespace, name) = key_of(pod);
+        let client = self.informers.client().clone();
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        for (victim_namespace, victim) in &preemption.victims {
+            let api: Api<Pod> = Api::namespaced(client.clone(), victim_namespace);
+            match api.delete(victim, &Default::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(status)) if status.code == 404 => continue,
+                Err(source) => {
+                    return Err(Error::Api {
+                        action: format!("preempt {victim_namespace}/{victim}"),
+                        source,
+                    })
+                }
+            }
+            tracing::info!(
+                "preempted {victim_namespace}/{victim} on {} for {namespace}/{name}",
+                preemption.node
+            );
+            self.event(
+                victim_namespace,
+                victim,
+                None,
+                "Normal",
+                "Preempted",
+                &format!("Preempted by pod {uid} on node {}", preemption.node),
+            )
+            .await;
+        }
+        let api: Api<Pod> = Api::namespaced(client, &namespace);
+        let patch = Patch::Merge(json!({"status": {"nominatedNodeName": preemption.node}}));
+        match api.patch_status(&name, &PatchParams::default(), &patch).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+            Err(source) => Err(Error::Api {
+                action: format!("nominate a node for {namespace}/{name}"),
+                source,
+            }),
+        }
+    }
+
+    /// Records an event about a pod; losing one never stops scheduling.
+    async fn event(
+        &self,
+        namespace: &str,
+        name: &str,
+        uid: Option<&str>,
+        kind: &str,
+        reason: &str,
+        message: &str,
+    ) {
+        let now = berth_api::meta::now();
+        let event = json!({
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": format!("{name}."), "namespace": namespace},
+            "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": name, "namespace": namespace,
+                "uid": uid},
+            "reason": reason, "message": message, "type": kind,
+            "source": {"component": SCHEDULER_NAME}, "reportingComponent": SCHEDULER_NAME,
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+        });
+        let events: Api<k8s_openapi::api::core::v1::Event> =
+            Api::namespaced(self.informers.client().clone(), namespace);
+        match serde_json::from_value::<k8s_openapi::api::core::v1::Event>(event) {
+            Ok(event) => {
+                if let Err(err) = events.create(&PostParams::default(), &event).await {
+                    tracing::warn!("{reason} event for {namespace}/{name}: {err}");
+                }
+            }
+            Err(err) => tracing::warn!("cannot make the {reason} event: {err}"),
         }
     }
 
