@@ -268,6 +268,37 @@ async fn register(
     .map_err(|source| Error::Api { action: format!("register node {}", config.node_name), source })
 }
 
+/// This machine's CPU time in use since boot (seconds, all CPUs, idle and iowait left
+/// out) and its working set (bytes: total memory less what is available), as the kubelet
+/// reports them for the node; `None` where /proc does not tell.
+pub(crate) fn host_usage() -> Option<(f64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu: Vec<u64> = stat
+        .lines()
+        .find(|l| l.starts_with("cpu "))?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is within user).
+    let busy: u64 =
+        cpu.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, v)| v).sum();
+    let ticks = 100.0; // USER_HZ, 100 on every Linux ABI the agent runs on
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        meminfo
+            .lines()
+            .find(|l| l.starts_with(name))?
+            .split_whitespace()
+            .nth(1)?
+            .parse::<u64>()
+            .ok()
+            .map(|kib| kib * 1024)
+    };
+    let working_set = field("MemTotal:")?.saturating_sub(field("MemAvailable:")?);
+    Some((busy as f64 / ticks, working_set))
+}
+
 /// Renews the Lease every interval and re-posts the node's status every few (or when it
 /// was marked not ready by someone else).
 async fn heartbeat(

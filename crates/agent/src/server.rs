@@ -1,4 +1,5 @@
-//! The kubelet API, as far as berth's agent serves it: `GET /containerLogs/{ns}/{pod}/
+//! The kubelet API, as far as berth's agent serves it: `GET /metrics/resource` (usage
+//! for the metrics API), `GET /containerLogs/{ns}/{pod}/
 //! {container}` (with `follow`, `previous`, `timestamps`, `tailLines`, `sinceSeconds`,
 //! `sinceTime`, `limitBytes`) and `/healthz`, over HTTPS with a serving certificate signed
 //! by the cluster's CA. Only the API server may call it: a client certificate from the
@@ -148,6 +149,9 @@ async fn handle(
     if path == "/healthz" {
         return text(StatusCode::OK, "ok");
     }
+    if path == "/metrics/resource" {
+        return resource_metrics(shared).await;
+    }
     let parts: Vec<String> = path.trim_start_matches('/').split('/').map(decode).collect();
     match parts.as_slice() {
         [kind, namespace, pod, container]
@@ -166,6 +170,89 @@ async fn handle(
         }
         _ => text(StatusCode::NOT_FOUND, format!("{path} is not served by berth's node agent")),
     }
+}
+
+/// `GET /metrics/resource`: what metrics-server (here the API server's collector) reads
+/// from a kubelet, in Prometheus' text format: the node's cumulative CPU seconds and
+/// working set, and each running container's (from the runtime's stats over CRI), each
+/// sample with its time in milliseconds.
+async fn resource_metrics(shared: &Shared) -> Response<Body> {
+    let mut runtime = shared.runtime.runtime.clone();
+    let stats = match runtime.list_container_stats(cri::ListContainerStatsRequest::default()).await
+    {
+        Ok(answer) => answer.into_inner().stats,
+        Err(status) => {
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the container runtime gave no stats: {}", status.message()),
+            )
+        }
+    };
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let mut out = String::new();
+    if let Some((cpu_seconds, working_set)) = crate::host_usage() {
+        out.push_str("# TYPE node_cpu_usage_seconds_total counter\n");
+        out.push_str(&format!("node_cpu_usage_seconds_total {cpu_seconds:.9} {now_ms}\n"));
+        out.push_str("# TYPE node_memory_working_set_bytes gauge\n");
+        out.push_str(&format!("node_memory_working_set_bytes {working_set} {now_ms}\n"));
+    }
+    let escape = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+    let mut cpu = String::from("# TYPE container_cpu_usage_seconds_total counter\n");
+    let mut memory = String::from("# TYPE container_memory_working_set_bytes gauge\n");
+    for stat in stats {
+        let Some(attributes) = stat.attributes else { continue };
+        let labels = &attributes.labels;
+        let (Some(pod), Some(namespace), Some(container)) = (
+            labels.get(crate::pods::LABEL_POD_NAME),
+            labels.get(crate::pods::LABEL_POD_NAMESPACE),
+            labels.get(LABEL_CONTAINER_NAME),
+        ) else {
+            continue;
+        };
+        let series = format!(
+            "{{container=\"{}\",namespace=\"{}\",pod=\"{}\"}}",
+            escape(container),
+            escape(namespace),
+            escape(pod)
+        );
+        if let Some(usage) = stat.cpu.as_ref() {
+            if let Some(total) = usage.usage_core_nano_seconds.as_ref() {
+                let at = if usage.timestamp > 0 {
+                    (usage.timestamp / 1_000_000) as u128
+                } else {
+                    now_ms
+                };
+                cpu.push_str(&format!(
+                    "container_cpu_usage_seconds_total{series} {:.9} {at}\n",
+                    total.value as f64 / 1e9
+                ));
+            }
+        }
+        if let Some(usage) = stat.memory.as_ref() {
+            if let Some(working_set) = usage.working_set_bytes.as_ref() {
+                let at = if usage.timestamp > 0 {
+                    (usage.timestamp / 1_000_000) as u128
+                } else {
+                    now_ms
+                };
+                memory.push_str(&format!(
+                    "container_memory_working_set_bytes{series} {} {at}\n",
+                    working_set.value
+                ));
+            }
+        }
+    }
+    out.push_str(&cpu);
+    out.push_str(&memory);
+    let mut response = text(StatusCode::OK, out);
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    response
 }
 
 /// The uid of a pod this agent runs, or the 404 that says it is not here.

@@ -559,6 +559,33 @@ pub const RESOURCES: &[Resource] = &[
         "SelfSubjectReview",
         false
     ),
+    // Answered from what the server measures, never stored: `kubectl top`, autoscalers.
+    Resource {
+        group: "metrics.k8s.io",
+        version: "v1beta1",
+        name: "nodes",
+        singular: "",
+        kind: "NodeMetrics",
+        namespaced: false,
+        short_names: &[],
+        categories: &[],
+        subresources: &[],
+        field_selectors: &[],
+        verbs: &["get", "list"],
+    },
+    Resource {
+        group: "metrics.k8s.io",
+        version: "v1beta1",
+        name: "pods",
+        singular: "",
+        kind: "PodMetrics",
+        namespaced: true,
+        short_names: &[],
+        categories: &[],
+        subresources: &[],
+        field_selectors: &[],
+        verbs: &["get", "list"],
+    },
 ];
 
 impl Resource {

@@ -320,7 +320,8 @@ mod tests {
                 "apiextensions.k8s.io",
                 "admissionregistration.k8s.io",
                 "authentication.k8s.io",
-                "authorization.k8s.io"
+                "authorization.k8s.io",
+                "metrics.k8s.io"
             ]
         );
         let autoscaling = &groups["groups"][3];

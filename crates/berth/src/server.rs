@@ -77,6 +77,13 @@ pub struct ServerArgs {
     /// otherwise.
     #[arg(long = "default-unreachable-toleration-seconds", default_value_t = 300)]
     pub default_unreachable_toleration_seconds: i64,
+    /// How often nodes' usage is read for the metrics API (`kubectl top`, autoscalers),
+    /// as metrics-server's flag.
+    #[arg(long = "metric-resolution", default_value = "15s", value_parser = go_duration)]
+    pub metric_resolution: std::time::Duration,
+    /// How often HorizontalPodAutoscalers are evaluated, as kube-controller-manager's flag.
+    #[arg(long = "horizontal-pod-autoscaler-sync-period", default_value = "15s", value_parser = go_duration)]
+    pub horizontal_pod_autoscaler_sync_period: std::time::Duration,
 }
 
 fn go_duration(text: &str) -> Result<std::time::Duration, String> {
@@ -186,8 +193,11 @@ pub fn server(global: &crate::cli::Global, args: ServerArgs) -> Result<i32> {
             args.default_not_ready_toleration_seconds,
             args.default_unreachable_toleration_seconds,
         ),
+        metric_resolution: args.metric_resolution.max(std::time::Duration::from_millis(100)),
     };
     let node_monitor_grace_period = args.node_monitor_grace_period;
+    let hpa_sync_period =
+        args.horizontal_pod_autoscaler_sync_period.max(std::time::Duration::from_millis(100));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -217,7 +227,11 @@ pub fn server(global: &crate::cli::Global, args: ServerArgs) -> Result<i32> {
                 berth_api::identity::User::controller_manager(),
             );
             let root_ca = std::fs::read_to_string(data_dir.join("tls/ca.crt")).ok();
-            let options = berth_controllers::Options { root_ca, node_monitor_grace_period };
+            let options = berth_controllers::Options {
+                root_ca,
+                node_monitor_grace_period,
+                horizontal_pod_autoscaler_sync_period: hpa_sync_period,
+            };
             berth_controllers::Manager::start(client, options, shutdown.clone())
         });
         // The scheduler and simulated nodes, each as its own identity, on caches of

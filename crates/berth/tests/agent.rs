@@ -89,7 +89,8 @@ impl Cluster {
                 "--node-name",
                 NODE,
             ])
-            .args(["--container-restart-backoff-ms", "200", "--kubelet-port", "0", "--data-dir"])
+            .args(["--container-restart-backoff-ms", "200", "--kubelet-port", "0"])
+            .args(["--metric-resolution", "1s", "--data-dir"])
             .arg(self.data())
             .args(&self.extra)
             .stdout(Stdio::null())
@@ -513,6 +514,44 @@ spec:
         };
         assert_eq!(reply, "pong\n", "the pod at {ip} answers");
     }
+    // The metrics API reads the agent: the pods' usage (a CPU rate needs two readings)
+    // and the node's, as `kubectl top` shows them.
+    cluster.until(
+        "usage of both web pods",
+        &[
+            "get",
+            "--raw",
+            "/apis/metrics.k8s.io/v1beta1/namespaces/default/pods?labelSelector=app%3Dweb",
+        ],
+        |list| {
+            list["items"].as_array().is_some_and(|items| {
+                items.len() == 2
+                    && items.iter().all(|i| {
+                        i["containers"][0]["name"] == "web"
+                            && i["containers"][0]["usage"]["memory"]
+                                .as_str()
+                                .is_some_and(|m| m != "0Ki")
+                    })
+            })
+        },
+    );
+    let top = cluster.ok(&["top", "pod", "-l", "app=web", "--no-headers"]);
+    assert_eq!(top.lines().count(), 2, "{top}");
+    assert!(
+        top.lines().all(|l| l.split_whitespace().nth(2).is_some_and(|m| m.ends_with("Mi"))),
+        "{top}"
+    );
+    cluster.until(
+        "the node's usage",
+        &["get", "--raw", "/apis/metrics.k8s.io/v1beta1/nodes"],
+        |list| {
+            list["items"]
+                .as_array()
+                .is_some_and(|items| items.iter().any(|i| i["metadata"]["name"] == NODE))
+        },
+    );
+    let top = cluster.ok(&["top", "node", NODE, "--no-headers"]);
+    assert!(top.starts_with(NODE) && top.contains('%'), "{top}");
     // Secrets, ConfigMaps and the downward API reach the container, and edits reach it
     // while it runs.
     cluster.until("reader Running", &["get", "pod", "reader", "-o", "json"], running_ready);

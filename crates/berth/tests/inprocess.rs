@@ -37,6 +37,7 @@ impl Cluster {
             compaction_interval: Duration::from_secs(60),
             components: vec!["controller-manager".into()],
             default_toleration_seconds: (300, 300),
+            metric_resolution: Duration::from_secs(15),
         };
         let server =
             berth_apiserver::server::Server::prepare(config, shutdown.clone()).await.unwrap();

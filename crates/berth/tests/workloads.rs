@@ -1090,3 +1090,193 @@ spec:
         2
     );
 }
+
+/// `kubectl top` and a HorizontalPodAutoscaler on simulated usage: pods reporting twice
+/// their CPU request against a 50% target are scaled up to the maximum (ScalingLimited),
+/// and down to the minimum once they report little; an autoscaler whose target does not
+/// exist says so in its conditions.
+#[test]
+fn autoscalers_scale_on_reported_usage() {
+    let Some(server) = Server::start(&[
+        "--metric-resolution",
+        "300ms",
+        "--horizontal-pod-autoscaler-sync-period",
+        "300ms",
+    ]) else {
+        return;
+    };
+    server.apply(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata:
+      labels: {app: web}
+      annotations: {sim.berth.dev/cpu-usage: 200m, sim.berth.dev/memory-usage: 64Mi}
+    spec:
+      containers: [{name: c, image: busybox, resources: {requests: {cpu: 100m}}}]
+---
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata: {name: web}
+spec:
+  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: web}
+  minReplicas: 1
+  maxReplicas: 5
+  metrics:
+  - type: Resource
+    resource: {name: cpu, target: {type: Utilization, averageUtilization: 50}}
+  behavior:
+    scaleDown: {stabilizationWindowSeconds: 0}
+"#,
+    );
+    let top = server.until(
+        "kubectl top shows the pod",
+        &["top", "pod", "-l", "app=web", "--no-headers"],
+        |t| t.lines().count() == 1,
+    );
+    let columns: Vec<&str> = top.split_whitespace().collect();
+    assert_eq!(columns[1..], ["200m", "64Mi"], "{top}");
+    let nodes = server.ok(&["top", "node", "--no-headers"]);
+    assert_eq!(nodes.lines().count(), 3, "{nodes}");
+    // 200% of requests against 50%: up, at most to 5.
+    server.until(
+        "scaled to the maximum",
+        &["get", "hpa", "web", "-o", "jsonpath={.status.desiredReplicas} {.status.conditions[?(@.type==\"ScalingLimited\")].reason}"],
+        |t| t == "5 TooManyReplicas",
+    );
+    server.until("5 replicas", &["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"], |t| {
+        t == "5"
+    });
+    let table = server.until("TARGETS filled", &["get", "hpa", "web", "--no-headers"], |t| {
+        t.contains("cpu: 200%/50%")
+    });
+    assert!(table.contains(" 1 ") && table.contains(" 5 "), "{table}");
+    let events = server.ok(&[
+        "get",
+        "events",
+        "--field-selector=reason=SuccessfulRescale",
+        "-o",
+        "jsonpath={.items[*].message}",
+    ]);
+    assert!(
+        events.contains("reason: cpu resource utilization (percentage of request) above target"),
+        "{events}"
+    );
+    // Little usage: down to the minimum.
+    server.ok(&[
+        "patch",
+        "deploy/web",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"template":{"metadata":{"annotations":{"sim.berth.dev/cpu-usage":"5m"}}}}}"#,
+    ]);
+    server.until(
+        "scaled to the minimum",
+        &["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"],
+        |t| t == "1",
+    );
+    // A target that does not exist.
+    server.apply(
+        r#"
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata: {name: ghost}
+spec:
+  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: ghost}
+  maxReplicas: 3
+"#,
+    );
+    server.until(
+        "ghost cannot get its scale",
+        &[
+            "get",
+            "hpa",
+            "ghost",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"AbleToScale\")].reason}",
+        ],
+        |t| t == "FailedGetScale",
+    );
+}
+
+/// Indexed Jobs give each pod its index until every index succeeds; a pod failure policy
+/// fails a Job on the exit code it names; a finished Job with `ttlSecondsAfterFinished`
+/// goes away with its pods.
+#[test]
+fn indexed_jobs_failure_policies_and_ttl() {
+    let Some(server) = Server::start(&[]) else { return };
+    server.apply(
+        r#"
+apiVersion: batch/v1
+kind: Job
+metadata: {name: shards}
+spec:
+  completionMode: Indexed
+  completions: 3
+  parallelism: 2
+  ttlSecondsAfterFinished: 2
+  template:
+    metadata:
+      annotations: {sim.berth.dev/exit-after: "0.2"}
+    spec:
+      restartPolicy: Never
+      containers: [{name: c, image: busybox}]
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: picky}
+spec:
+  backoffLimit: 6
+  podFailurePolicy:
+    rules:
+    - action: FailJob
+      onExitCodes: {containerName: c, operator: In, values: [42]}
+  template:
+    metadata:
+      annotations: {sim.berth.dev/exit-after: "0.2", sim.berth.dev/exit-code: "42"}
+    spec:
+      restartPolicy: Never
+      containers: [{name: c, image: busybox}]
+"#,
+    );
+    let pods = "jsonpath={range .items[*]}{.metadata.annotations.batch\\.kubernetes\\.io/job-completion-index}:{.spec.hostname}:{.spec.containers[0].env[?(@.name==\"JOB_COMPLETION_INDEX\")].value}{\" \"}{end}";
+    let seen = server.until(
+        "shards complete",
+        &["get", "job", "shards", "-o", "jsonpath={.status.completedIndexes} {.status.conditions[?(@.type==\"Complete\")].status}"],
+        |t| t == "0-2 True",
+    );
+    assert_eq!(seen, "0-2 True");
+    let mut shards: Vec<String> = server
+        .ok(&["get", "pods", "-l", "job-name=shards", "-o", pods])
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    shards.sort();
+    assert_eq!(shards, ["0:shards-0:0", "1:shards-1:1", "2:shards-2:2"]);
+    server.until(
+        "picky fails by its policy",
+        &[
+            "get",
+            "job",
+            "picky",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Failed\")].reason}",
+        ],
+        |t| t == "PodFailurePolicy",
+    );
+    assert_eq!(
+        server.ok(&["get", "pods", "-l", "job-name=picky", "-o", "name"]).lines().count(),
+        1,
+        "no retry after a FailJob rule"
+    );
+    // Two seconds after it finished, shards and its pods are gone.
+    server.until("shards gone", &["get", "jobs", "-o", "name"], |t| t.trim() == "job.batch/picky");
+    server.until("its pods gone", &["get", "pods", "-l", "job-name=shards", "-o", "name"], |t| {
+        t.trim().is_empty()
+    });
+}

@@ -1,8 +1,13 @@
 //! The Job controller: up to `parallelism` pods at a time until `completions` of them
 //! succeed (the condition `Complete`), or more than `backoffLimit` fail, or
 //! `activeDeadlineSeconds` pass (the condition `Failed`, and the active pods deleted);
-//! `suspend` deletes the active pods and waits. Status: active, ready, succeeded, failed,
-//! start and completion times.
+//! `suspend` deletes the active pods and waits. `completionMode: Indexed` gives each pod
+//! an index (`batch.kubernetes.io/job-completion-index`, `JOB_COMPLETION_INDEX`, hostname
+//! `JOB-INDEX`) until every index has succeeded (`completedIndexes`); a `podFailurePolicy`
+//! decides what a failed pod means (FailJob, Ignore, Count) by its containers' exit codes
+//! or its conditions; `ttlSecondsAfterFinished` deletes a finished Job (and its pods)
+//! that long after it finished. Status: active, ready, succeeded, failed, start and
+//! completion times.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -64,10 +69,110 @@ pub(crate) async fn run(informers: Arc<Informers>) {
     .await;
 }
 
-fn finished(job: &Job) -> bool {
-    job.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| {
-        c.iter().any(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
-    })
+/// When the Job finished (its Complete or Failed condition's time), if it did.
+fn finished_at(job: &Job) -> Option<i64> {
+    let condition = job
+        .status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")?;
+    Some(
+        condition
+            .last_transition_time
+            .as_ref()
+            .and_then(|t| berth_stdx::time::parse_rfc3339(&t.0.to_string()))
+            .unwrap_or_else(berth_stdx::time::unix_now),
+    )
+}
+
+/// The annotation and label an Indexed Job's pod carries its index in.
+const INDEX: &str = "batch.kubernetes.io/job-completion-index";
+
+fn index_of(pod: &Pod) -> Option<i32> {
+    pod.metadata.annotations.as_ref()?.get(INDEX)?.parse().ok()
+}
+
+/// Indexes as Kubernetes writes `completedIndexes`: `0-2,4,6-7`.
+fn compress(indexes: &std::collections::BTreeSet<i32>) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut run: Option<(i32, i32)> = None;
+    for &index in indexes {
+        run = match run {
+            Some((first, last)) if index == last + 1 => Some((first, index)),
+            Some((first, last)) => {
+                parts.push(if first == last {
+                    first.to_string()
+                } else {
+                    format!("{first}-{last}")
+                });
+                Some((index, index))
+            }
+            None => Some((index, index)),
+        };
+    }
+    if let Some((first, last)) = run {
+        parts.push(if first == last { first.to_string() } else { format!("{first}-{last}") });
+    }
+    parts.join(",")
+}
+
+/// What a failed pod means under the Job's `podFailurePolicy`: the first rule that
+/// matches it (its action and the message Kubernetes gives), if any.
+fn failure_rule(
+    policy: &k8s_openapi::api::batch::v1::PodFailurePolicy,
+    pod: &Pod,
+) -> Option<(String, String)> {
+    let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let status = pod.status.as_ref();
+    let terminated: Vec<(String, i32)> = status
+        .into_iter()
+        .flat_map(|s| {
+            s.init_container_statuses.iter().flatten().chain(s.container_statuses.iter().flatten())
+        })
+        .filter_map(|c| {
+            let code = c.state.as_ref()?.terminated.as_ref()?.exit_code;
+            Some((c.name.clone(), code))
+        })
+        .collect();
+    for (index, rule) in policy.rules.iter().enumerate() {
+        if let Some(codes) = &rule.on_exit_codes {
+            let hit = terminated.iter().find(|(container, code)| {
+                *code != 0
+                    && codes.container_name.as_deref().is_none_or(|c| c == container)
+                    && match codes.operator.as_str() {
+                        "In" => codes.values.contains(code),
+                        "NotIn" => !codes.values.contains(code),
+                        _ => false,
+                    }
+            });
+            if let Some((container, code)) = hit {
+                return Some((
+                    rule.action.clone(),
+                    format!("Container {container} for pod {namespace}/{name} failed with exit code {code} matching {} rule at index {index}", rule.action),
+                ));
+            }
+        }
+        for pattern in rule.on_pod_conditions.iter().flatten() {
+            let wanted =
+                if pattern.status.is_empty() { "True".to_owned() } else { pattern.status.clone() };
+            let hit = status.and_then(|s| s.conditions.as_ref()).is_some_and(|conditions| {
+                conditions.iter().any(|c| c.type_ == pattern.type_ && c.status == wanted)
+            });
+            if hit {
+                return Some((
+                    rule.action.clone(),
+                    format!(
+                        "Pod {namespace}/{name} has condition {} matching {} rule at index {index}",
+                        pattern.type_, rule.action
+                    ),
+                ));
+            }
+        }
+    }
+    None
 }
 
 impl Controller {
@@ -91,18 +196,68 @@ impl Controller {
             return Ok(Action::Done);
         };
         let uid = job.metadata.uid.clone().unwrap_or_default();
-        if job.metadata.deletion_timestamp.is_some() || finished(&job) {
+        let spec = job.spec.clone().unwrap_or_default();
+        if job.metadata.deletion_timestamp.is_some() {
             self.expectations.forget(&uid);
             return Ok(Action::Done);
         }
-        let spec = job.spec.clone().unwrap_or_default();
+        if let Some(at) = finished_at(&job) {
+            self.expectations.forget(&uid);
+            // ttlSecondsAfterFinished: the Job and (through the garbage collector) its pods go.
+            let Some(ttl) = spec.ttl_seconds_after_finished else { return Ok(Action::Done) };
+            let left = at + i64::from(ttl) - berth_stdx::time::unix_now();
+            if left > 0 {
+                return Ok(Action::RequeueAfter(Duration::from_secs(left as u64)));
+            }
+            let api: Api<Job> = Api::namespaced(self.client.clone(), &key.0);
+            let params = DeleteParams {
+                preconditions: Some(kube::api::Preconditions {
+                    uid: job.metadata.uid.clone(),
+                    resource_version: None,
+                }),
+                ..DeleteParams::foreground()
+            };
+            return match api.delete(&key.1, &params).await {
+                Ok(_) => Ok(Action::Done),
+                Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => {
+                    Ok(Action::Done)
+                }
+                Err(err) => Err(workload::api_error(format!(
+                    "delete finished job {}/{}",
+                    key.0, key.1
+                ))(err)),
+            };
+        }
         let owned = workload::owned_pods(&self.pods, &key.0, &uid);
         let cached_active: Vec<Arc<Pod>> =
             owned.iter().filter(|p| workload::active(p)).cloned().collect();
         let (active, unseen) = self.expectations.adjust(&uid, &cached_active, &owned);
-        let succeeded = owned.iter().filter(|p| workload::phase(p) == "Succeeded").count() as i32;
-        let failed = owned.iter().filter(|p| workload::phase(p) == "Failed").count() as i32;
         let completions = spec.completions.unwrap_or(1).max(1);
+        let indexed = spec.completion_mode.as_deref() == Some("Indexed");
+        let succeeded_indexes: std::collections::BTreeSet<i32> = owned
+            .iter()
+            .filter(|p| workload::phase(p) == "Succeeded")
+            .filter_map(|p| index_of(p))
+            .filter(|i| (0..completions).contains(i))
+            .collect();
+        let succeeded = if indexed {
+            succeeded_indexes.len() as i32
+        } else {
+            owned.iter().filter(|p| workload::phase(p) == "Succeeded").count() as i32
+        };
+        // Failed pods, as the pod failure policy counts them (Ignore does not count).
+        let mut failed = 0;
+        let mut fail_job: Option<String> = None;
+        for pod in owned.iter().filter(|p| workload::phase(p) == "Failed") {
+            match spec.pod_failure_policy.as_ref().and_then(|policy| failure_rule(policy, pod)) {
+                Some((action, _)) if action == "Ignore" => {}
+                Some((action, message)) if action == "FailJob" => {
+                    failed += 1;
+                    fail_job.get_or_insert(message);
+                }
+                _ => failed += 1,
+            }
+        }
         let parallelism = spec.parallelism.unwrap_or(1).max(0);
         let backoff_limit = spec.backoff_limit.unwrap_or(6);
         let now = berth_api::meta::now();
@@ -113,7 +268,9 @@ impl Controller {
         let elapsed = berth_stdx::time::unix_now()
             - berth_stdx::time::parse_rfc3339(&start_time).unwrap_or(berth_stdx::time::unix_now());
         let mut condition = None;
-        if succeeded >= completions {
+        if let Some(message) = fail_job {
+            condition = Some(("Failed", "PodFailurePolicy", message));
+        } else if succeeded >= completions {
             condition = Some(("Complete", "", "".to_owned()));
         } else if failed > backoff_limit {
             condition = Some((
@@ -134,7 +291,55 @@ impl Controller {
         } else {
             let wanted = (parallelism.min(completions - succeeded)).max(0) as usize;
             let have = active.len() + unseen;
-            if have < wanted {
+            if indexed && have < wanted && unseen == 0 {
+                // Each index neither done nor running gets a pod of its own.
+                let running: std::collections::BTreeSet<i32> =
+                    active.iter().filter_map(|p| index_of(p)).collect();
+                let missing: Vec<i32> = (0..completions)
+                    .filter(|i| !succeeded_indexes.contains(i) && !running.contains(i))
+                    .take(wanted - have)
+                    .collect();
+                for index in missing {
+                    let owner = workload::controller_reference("batch/v1", "Job", &job.metadata);
+                    let labels: BTreeMap<String, String> =
+                        [(INDEX.to_owned(), index.to_string())].into();
+                    let mut pod = workload::pod_from_template(
+                        &spec.template,
+                        &format!("{}-{index}", key.1),
+                        owner,
+                        &labels,
+                    );
+                    pod.metadata
+                        .annotations
+                        .get_or_insert_with(BTreeMap::new)
+                        .insert(INDEX.to_owned(), index.to_string());
+                    if let Some(pod_spec) = pod.spec.as_mut() {
+                        pod_spec.hostname = Some(format!("{}-{index}", key.1));
+                        for container in pod_spec
+                            .containers
+                            .iter_mut()
+                            .chain(pod_spec.init_containers.iter_mut().flatten())
+                        {
+                            container.env.get_or_insert_with(Vec::new).push(
+                                k8s_openapi::api::core::v1::EnvVar {
+                                    name: "JOB_COMPLETION_INDEX".into(),
+                                    value: Some(index.to_string()),
+                                    value_from: None,
+                                },
+                            );
+                        }
+                    }
+                    if let Some(error) =
+                        workload::create_pods(&self.client, involved, &self.expectations, &pod, 1)
+                            .await
+                    {
+                        return Err(workload::api_error(format!(
+                            "create pod {index} of job {}/{}",
+                            key.0, key.1
+                        ))(error));
+                    }
+                }
+            } else if !indexed && have < wanted {
                 let template = spec.template.clone();
                 let owner = workload::controller_reference("batch/v1", "Job", &job.metadata);
                 let pod = workload::pod_from_template(&template, &key.1, owner, &BTreeMap::new());
@@ -157,6 +362,9 @@ impl Controller {
         let ready = active.iter().filter(|p| workload::ready(p)).count();
         let mut status = json!({"active": if condition.is_some() || suspended { 0 } else { active.len() },
             "ready": ready, "succeeded": succeeded, "failed": failed, "startTime": start_time});
+        if indexed {
+            status["completedIndexes"] = json!(compress(&succeeded_indexes));
+        }
         if let Some((kind, reason, message)) = &condition {
             let mut entry = json!({"type": kind, "status": "True", "lastProbeTime": now, "lastTransitionTime": now});
             if !reason.is_empty() {
@@ -182,6 +390,7 @@ impl Controller {
         let changed = ["active", "ready", "succeeded", "failed"]
             .iter()
             .any(|f| old[f].as_i64().unwrap_or(0) != status[f].as_i64().unwrap_or(0))
+            || (indexed && old["completedIndexes"] != status["completedIndexes"])
             || started.is_none()
             || condition.is_some();
         if changed {
@@ -211,5 +420,45 @@ impl Controller {
             _ if unseen > 0 => Action::RequeueAfter(Duration::from_secs(1)),
             _ => Action::Done,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn completed_indexes_are_written_as_ranges() {
+        let set = |v: &[i32]| v.iter().copied().collect::<std::collections::BTreeSet<i32>>();
+        assert_eq!(compress(&set(&[0, 1, 2, 4, 6, 7])), "0-2,4,6-7");
+        assert_eq!(compress(&set(&[3])), "3");
+        assert_eq!(compress(&set(&[])), "");
+    }
+
+    #[test]
+    fn failure_policies_match_exit_codes_and_conditions() {
+        let policy: k8s_openapi::api::batch::v1::PodFailurePolicy = serde_json::from_value(json!({
+            "rules": [
+                {"action": "FailJob", "onExitCodes": {"containerName": "main", "operator": "In", "values": [42]}},
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+            ]})).unwrap_or_default();
+        let pod = |code: i32, condition: &str| -> Pod {
+            serde_json::from_value(json!({"metadata": {"name": "p", "namespace": "ns"},
+                "status": {"phase": "Failed", "conditions": [{"type": condition, "status": "True"}],
+                    "containerStatuses": [{"name": "main", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+                        "state": {"terminated": {"exitCode": code}}}]}}))
+            .unwrap_or_default()
+        };
+        let (action, message) = failure_rule(&policy, &pod(42, "Ready")).unwrap_or_default();
+        assert_eq!(action, "FailJob");
+        assert_eq!(
+            message,
+            "Container main for pod ns/p failed with exit code 42 matching FailJob rule at index 0"
+        );
+        assert_eq!(
+            failure_rule(&policy, &pod(1, "DisruptionTarget")).map(|r| r.0),
+            Some("Ignore".into())
+        );
+        assert_eq!(failure_rule(&policy, &pod(1, "Ready")), None);
     }
 }

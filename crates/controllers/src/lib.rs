@@ -16,6 +16,7 @@
 //! - `daemonset`: a pod on every node a DaemonSet admits.
 //! - `nodelifecycle`: silent nodes marked Unknown and tainted, pods leaving nodes whose
 //!   NoExecute taints they do not tolerate (after their `tolerationSeconds`).
+//! - `hpa`: HorizontalPodAutoscalers scale their targets on the metrics API's usage.
 //! - `disruption`: PodDisruptionBudgets' status (the disruptions evictions may spend).
 //! - `statefulset`: pods with stable names and claims, made and replaced in order.
 //! - `replicaset` (ReplicaSets and ReplicationControllers), `deployment`, `job`: the
@@ -33,6 +34,7 @@ mod deployment;
 mod disruption;
 mod endpoints;
 mod gc;
+mod hpa;
 mod job;
 mod kinds;
 mod namespace;
@@ -73,11 +75,17 @@ pub struct Options {
     /// How long a node may go without renewing its Lease before it is marked Unknown
     /// (kube-controller-manager's `--node-monitor-grace-period`).
     pub node_monitor_grace_period: Duration,
+    /// How often autoscalers are evaluated (`--horizontal-pod-autoscaler-sync-period`).
+    pub horizontal_pod_autoscaler_sync_period: Duration,
 }
 
 impl Default for Options {
     fn default() -> Options {
-        Options { root_ca: None, node_monitor_grace_period: Duration::from_secs(40) }
+        Options {
+            root_ca: None,
+            node_monitor_grace_period: Duration::from_secs(40),
+            horizontal_pod_autoscaler_sync_period: Duration::from_secs(15),
+        }
     }
 }
 
@@ -111,6 +119,7 @@ impl Manager {
         tasks.spawn(daemonset::run(informers.clone()));
         tasks.spawn(statefulset::run(informers.clone()));
         tasks.spawn(disruption::run(informers.clone()));
+        tasks.spawn(hpa::run(informers.clone(), options.horizontal_pod_autoscaler_sync_period));
         tasks.spawn(nodelifecycle::run(informers.clone(), options.node_monitor_grace_period));
         tasks.close();
         Manager { tasks, informers }

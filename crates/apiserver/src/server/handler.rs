@@ -211,6 +211,17 @@ where
         } else {
             None
         };
+    if resource.group == "metrics.k8s.io" {
+        return usage::answer(
+            &state,
+            &method,
+            resource,
+            target.namespace.as_deref(),
+            target.name.as_deref(),
+            &params,
+        )
+        .await;
+    }
     if resource.kind == "ComponentStatus" {
         return components::answer(&state, &method, target.name.as_deref(), &accept).await;
     }

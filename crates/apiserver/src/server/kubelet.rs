@@ -8,7 +8,7 @@
 use super::*;
 
 /// Where a node's agent listens: (address, port).
-fn endpoint(node: &Value) -> Option<(String, u16)> {
+pub(super) fn endpoint(node: &Value) -> Option<(String, u16)> {
     let port = node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"].as_u64()?;
     let port = u16::try_from(port).ok().filter(|p| *p > 0)?;
     let addresses = node["status"]["addresses"].as_array()?;

@@ -61,6 +61,7 @@ mod quotas;
 mod request;
 mod reviews;
 mod route;
+mod usage;
 mod verbs;
 
 pub use handler::Handler;
@@ -92,6 +93,9 @@ pub struct Config {
     /// The seconds every pod tolerates a not-ready and an unreachable node unless it says
     /// otherwise (kube-apiserver's DefaultTolerationSeconds admission; 300 each).
     pub default_toleration_seconds: (i64, i64),
+    /// How often nodes' usage is read for the metrics API (metrics-server's
+    /// `--metric-resolution`).
+    pub metric_resolution: Duration,
 }
 
 type Body = BoxBody<Bytes, Infallible>;
@@ -121,6 +125,8 @@ struct State {
     components: Vec<String>,
     /// Not-ready and unreachable toleration seconds given to pods.
     default_toleration_seconds: (i64, i64),
+    /// Nodes' and pods' resource usage, for the metrics API.
+    usage: usage::Usage,
     /// Fires when the server stops: watches end, loops return.
     shutdown: CancellationToken,
     /// How the server reaches node agents (logs, exec, attach, port-forward).
@@ -284,11 +290,13 @@ impl Server {
             _signer: csr_signer,
             components: config.components.clone(),
             default_toleration_seconds: config.default_toleration_seconds,
+            usage: usage::Usage::default(),
             shutdown,
             kubelet_tls,
         });
         bootstrap(&state).await?;
         node_token(&state, &config.data_dir, &pki.ca_pem).await?;
+        tasks.spawn(usage::collect(state.clone(), config.metric_resolution));
         tasks.spawn(compaction::run(
             state.store.clone(),
             config.compaction_interval,
