@@ -1280,3 +1280,73 @@ spec:
         t.trim().is_empty()
     });
 }
+
+/// Inter-pod affinity puts pods beside the ones they name, anti-affinity keeps them apart
+/// (the pod that fits nowhere says why), and topology spread constraints balance zones.
+#[test]
+fn pods_follow_affinity_anti_affinity_and_spread() {
+    let Some(server) = Server::start(&[]) else { return };
+    server.ok(&["label", "node", "sim-0", "sim-1", "zone=a"]);
+    server.ok(&["label", "node", "sim-2", "zone=b"]);
+    let deployment = |name: &str, replicas: u32, extra: &str| {
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: {name}}}\nspec:\n  replicas: {replicas}\n  selector: {{matchLabels: {{app: {name}}}}}\n  template:\n    metadata: {{labels: {{app: {name}}}}}\n    spec:\n      containers: [{{name: c, image: busybox}}]\n{extra}"
+        )
+    };
+    let placed = |app: &str| -> Vec<String> {
+        let text = server.ok(&[
+            "get",
+            "pods",
+            "-l",
+            &format!("app={app}"),
+            "-o",
+            "jsonpath={range .items[*]}{.spec.nodeName}{\"\\n\"}{end}",
+        ]);
+        let mut nodes: Vec<String> =
+            text.lines().filter(|l| !l.is_empty()).map(str::to_owned).collect();
+        nodes.sort();
+        nodes
+    };
+    server.apply(&deployment("db", 1, ""));
+    server.ok(&["rollout", "status", "deploy/db", "--timeout=60s"]);
+    let db = placed("db");
+    // Beside db, on its node.
+    server.apply(&deployment(
+        "cache",
+        2,
+        "      affinity:\n        podAffinity:\n          requiredDuringSchedulingIgnoredDuringExecution:\n          - labelSelector: {matchLabels: {app: db}}\n            topologyKey: kubernetes.io/hostname\n",
+    ));
+    server.ok(&["rollout", "status", "deploy/cache", "--timeout=60s"]);
+    assert_eq!(placed("cache"), [db[0].clone(), db[0].clone()]);
+    // One per node; a fourth has nowhere to go.
+    server.apply(&deployment(
+        "solo",
+        3,
+        "      affinity:\n        podAntiAffinity:\n          requiredDuringSchedulingIgnoredDuringExecution:\n          - labelSelector: {matchLabels: {app: solo}}\n            topologyKey: kubernetes.io/hostname\n",
+    ));
+    server.ok(&["rollout", "status", "deploy/solo", "--timeout=60s"]);
+    assert_eq!(placed("solo"), ["sim-0", "sim-1", "sim-2"]);
+    server.ok(&["scale", "deploy/solo", "--replicas=4"]);
+    server.until(
+        "the fourth is unschedulable",
+        &[
+            "get",
+            "pods",
+            "-l",
+            "app=solo",
+            "--field-selector=status.phase=Pending",
+            "-o",
+            "jsonpath={.items[*].status.conditions[?(@.type==\"PodScheduled\")].message}",
+        ],
+        |t| t.contains("0/3 nodes are available: 3 node(s) didn't match pod anti-affinity rules."),
+    );
+    // Balanced over the two zones: two in a, two in b.
+    server.apply(&deployment(
+        "even",
+        4,
+        "      topologySpreadConstraints:\n      - maxSkew: 1\n        topologyKey: zone\n        whenUnsatisfiable: DoNotSchedule\n        labelSelector: {matchLabels: {app: even}}\n",
+    ));
+    server.ok(&["rollout", "status", "deploy/even", "--timeout=60s"]);
+    let even = placed("even");
+    assert_eq!(even.iter().filter(|n| *n == "sim-2").count(), 2, "{even:?}");
+}

@@ -97,6 +97,11 @@ pub struct NodeInfo {
     pub requested: Resources,
     pub pods: i128,
     pub ports: HashSet<(String, i32, String)>,
+    /// The pods on the node, as inter-pod affinity and spreading see them.
+    pub placed: Vec<crate::topology::Placed>,
+    /// How many of them have required anti-affinity terms (so most decisions can skip
+    /// looking at other pods at all).
+    pub anti_affine: usize,
 }
 
 impl NodeInfo {
@@ -128,6 +133,11 @@ impl NodeInfo {
         self.requested.add(requests);
         self.pods += 1;
         self.ports.extend(host_ports(pod));
+        let placed = crate::topology::Placed::of(pod);
+        if !placed.anti.is_empty() {
+            self.anti_affine += 1;
+        }
+        self.placed.push(placed);
     }
 
     pub fn remove_pod(&mut self, requests: &Resources, pod: &Pod) {
@@ -135,6 +145,17 @@ impl NodeInfo {
         self.pods -= 1;
         for port in host_ports(pod) {
             self.ports.remove(&port);
+        }
+        let (namespace, name) = (
+            pod.metadata.namespace.as_deref().unwrap_or_default(),
+            pod.metadata.name.as_deref().unwrap_or_default(),
+        );
+        if let Some(at) =
+            self.placed.iter().position(|p| p.namespace == namespace && p.name == name)
+        {
+            if !self.placed.swap_remove(at).anti.is_empty() {
+                self.anti_affine -= 1;
+            }
         }
     }
 }
@@ -149,6 +170,9 @@ pub enum Reason {
     Insufficient(String),
     TooManyPods,
     Ports,
+    PodAffinity,
+    PodAntiAffinity,
+    Spread,
 }
 
 impl std::fmt::Display for Reason {
@@ -157,6 +181,9 @@ impl std::fmt::Display for Reason {
             Reason::Unschedulable => f.write_str("node(s) were unschedulable"),
             Reason::NodeName => f.write_str("node(s) didn't match the requested node name"),
             Reason::Affinity => f.write_str("node(s) didn't match Pod's node affinity/selector"),
+            Reason::PodAffinity => f.write_str("node(s) didn't match pod affinity rules"),
+            Reason::PodAntiAffinity => f.write_str("node(s) didn't match pod anti-affinity rules"),
+            Reason::Spread => f.write_str("node(s) didn't match pod topology spread constraints"),
             Reason::Taint { key, value } => {
                 write!(f, "node(s) had untolerated taint {{{key}: {value}}}")
             }
@@ -237,6 +264,46 @@ fn term_holds(term: &NodeSelectorTerm, labels: &BTreeMap<String, String>) -> boo
     term.match_expressions.iter().flatten().all(|r| requirement_holds(r, labels))
 }
 
+/// Whether the pod's node selector and required node affinity admit the node.
+pub fn node_affinity_admits(pod: &Pod, node: &NodeInfo) -> bool {
+    let Some(spec) = pod.spec.as_ref() else { return true };
+    let selector_ok =
+        spec.node_selector.iter().flatten().all(|(key, value)| node.labels.get(key) == Some(value));
+    let required = spec
+        .affinity
+        .as_ref()
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|a| a.required_during_scheduling_ignored_during_execution.as_ref());
+    selector_ok
+        && required.is_none_or(|selector| {
+            selector.node_selector_terms.iter().any(|term| term_holds(term, &node.labels))
+        })
+}
+
+/// The node's standing with the pod's soft wishes: the weights of its preferred node
+/// affinity terms the node matches, less 100 for each PreferNoSchedule taint it does not
+/// tolerate (NodeAffinity's and TaintToleration's scores).
+pub fn preference(pod: &Pod, node: &NodeInfo) -> i128 {
+    let Some(spec) = pod.spec.as_ref() else { return 0 };
+    let preferred: i128 = spec
+        .affinity
+        .as_ref()
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|a| a.preferred_during_scheduling_ignored_during_execution.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|term| term_holds(&term.preference, &node.labels))
+        .map(|term| i128::from(term.weight))
+        .sum();
+    let tolerations = spec.tolerations.clone().unwrap_or_default();
+    let avoided = node
+        .taints
+        .iter()
+        .filter(|t| t.effect == "PreferNoSchedule" && !tolerates(&tolerations, t))
+        .count() as i128;
+    preferred - avoided * 100
+}
+
 /// The filters, in kube-scheduler's order; the reasons of the first one that fails.
 pub fn filter(pod: &Pod, requests: &Resources, node: &NodeInfo) -> Result<(), Vec<Reason>> {
     let spec = pod.spec.clone().unwrap_or_default();
@@ -256,17 +323,7 @@ pub fn filter(pod: &Pod, requests: &Resources, node: &NodeInfo) -> Result<(), Ve
             return Err(vec![Reason::NodeName]);
         }
     }
-    let selector_ok =
-        spec.node_selector.iter().flatten().all(|(key, value)| node.labels.get(key) == Some(value));
-    let required = spec
-        .affinity
-        .as_ref()
-        .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|a| a.required_during_scheduling_ignored_during_execution.as_ref());
-    let affinity_ok = required.is_none_or(|selector| {
-        selector.node_selector_terms.iter().any(|term| term_holds(term, &node.labels))
-    });
-    if !selector_ok || !affinity_ok {
+    if !node_affinity_admits(pod, node) {
         return Err(vec![Reason::Affinity]);
     }
     if let Some(taint) = node
@@ -345,12 +402,20 @@ pub fn schedule(pod: &Pod, nodes: &[&NodeInfo], start: usize) -> Result<String, 
     let mut best: Option<(i128, &str)> = None;
     let mut feasible = 0;
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+    let topology = crate::topology::Topology::needed(pod, nodes)
+        .then(|| crate::topology::Topology::of(pod, nodes));
     for offset in 0..nodes.len() {
         let node = nodes[(start + offset) % nodes.len()];
-        match filter(pod, &requests, node) {
+        let admitted = filter(pod, &requests, node).and_then(|()| match &topology {
+            Some(topology) => topology.admits(node).map_err(|reason| vec![reason]),
+            None => Ok(()),
+        });
+        match admitted {
             Ok(()) => {
                 feasible += 1;
-                let score = score(&requests, node);
+                let score = score(&requests, node)
+                    + preference(pod, node)
+                    + topology.as_ref().map_or(0, |t| t.score(node));
                 if best.is_none_or(|(top, _)| score > top) {
                     best = Some((score, &node.name));
                 }

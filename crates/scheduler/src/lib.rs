@@ -11,6 +11,7 @@
 //! the snapshot is rebuilt from the caches. Knows nothing of storage, HTTP or Linux.
 
 pub mod fit;
+pub mod topology;
 pub use berth_api::quantity;
 
 use std::collections::{HashMap, HashSet};
