@@ -14,6 +14,7 @@ pub mod events;
 pub mod join;
 pub mod pods;
 pub mod probes;
+mod refs;
 pub mod server;
 pub mod tokens;
 pub mod volumes;
@@ -23,7 +24,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_reconcile::{Action, Cache, Informers, Queue};
+use berth_reconcile::{Action, Informers, Queue};
 use k8s_cri::v1 as k8s_cri_v1;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
@@ -91,8 +92,7 @@ pub fn default_node_ip() -> String {
 }
 
 struct CacheSources {
-    config_maps: Arc<Cache<ConfigMap>>,
-    secrets: Arc<Cache<Secret>>,
+    refs: Arc<refs::Refs>,
     namespace: String,
     memory: Arc<pods::Memory>,
     uid: String,
@@ -100,17 +100,11 @@ struct CacheSources {
 
 impl volumes::Sources for CacheSources {
     fn config_map(&self, name: &str) -> Option<ConfigMap> {
-        self.config_maps
-            .store()
-            .get(&ObjectRef::new(name).within(&self.namespace))
-            .map(|c| (*c).clone())
+        self.refs.config_maps.get(&self.namespace, name)
     }
 
     fn secret(&self, name: &str) -> Option<Secret> {
-        self.secrets
-            .store()
-            .get(&ObjectRef::new(name).within(&self.namespace))
-            .map(|s| (*s).clone())
+        self.refs.secrets.get(&self.namespace, name)
     }
 
     fn service_account_token(&self, audience: &str, seconds: i64) -> Option<String> {
@@ -352,8 +346,9 @@ type Key = (String, String);
 
 async fn run_pods(informers: Arc<Informers>, config: Config, runtime: cri::Runtime) {
     let pods = informers.typed::<Pod>();
-    let config_maps = informers.typed::<ConfigMap>();
-    let secrets = informers.typed::<Secret>();
+    // Secrets and ConfigMaps one by one, those the node's pods use (all the Node
+    // authorizer lets a node read).
+    let refs = refs::Refs::new(informers.client().clone());
     let queue = Queue::<Key>::new();
     let shutdown = informers.shutdown().clone();
     let node = config.node_name.clone();
@@ -371,7 +366,7 @@ async fn run_pods(informers: Arc<Informers>, config: Config, runtime: cri::Runti
         pods.queue_into(&informers, &queue, move |pod: &Pod| ours(pod).then(|| key(pod)));
     }
     tokio::select! {
-        _ = async { pods.ready().await; config_maps.ready().await; secrets.ready().await } => {}
+        _ = pods.ready() => {}
         _ = shutdown.cancelled() => return,
     }
     for pod in pods.store().state().iter().filter(|p| ours(p)) {
@@ -381,13 +376,21 @@ async fn run_pods(informers: Arc<Informers>, config: Config, runtime: cri::Runti
     // Housekeeping: sandboxes whose pods are gone from the API (deleted while the agent
     // was down, or force-deleted) are stopped and removed.
     {
-        let (pods, runtime, config, shutdown, memory) =
-            (pods.clone(), runtime.clone(), config.clone(), shutdown.clone(), memory.clone());
+        let (pods, runtime, config, shutdown, memory, refs) = (
+            pods.clone(),
+            runtime.clone(),
+            config.clone(),
+            shutdown.clone(),
+            memory.clone(),
+            refs.clone(),
+        );
         let ours = ours.clone();
         informers.tasks().spawn(async move {
             loop {
+                let here: Vec<Arc<Pod>> = pods.store().state().into_iter().filter(|p| ours(p)).collect();
+                refs.retain(here.iter().map(|p| p.as_ref()));
                 let known: std::collections::HashSet<String> =
-                    pods.store().state().iter().filter(|p| ours(p)).filter_map(|p| p.metadata.uid.clone()).collect();
+                    here.iter().filter_map(|p| p.metadata.uid.clone()).collect();
                 let mut rt = runtime.runtime.clone();
                 if let Ok(listed) = rt.list_containers(k8s_cri_v1::ListContainersRequest { filter: None }).await {
                     let ids = listed.into_inner().containers.into_iter().map(|c| c.id).collect();
@@ -442,23 +445,24 @@ async fn run_pods(informers: Arc<Informers>, config: Config, runtime: cri::Runti
         shutdown,
         move |key: Key| {
             let events = events.clone();
-            let (client, pods, config, runtime, memory, config_maps, secrets, host_ip) = (
+            let (client, pods, config, runtime, memory, refs, host_ip) = (
                 client.clone(),
                 pods.clone(),
                 config.clone(),
                 runtime.clone(),
                 memory.clone(),
-                config_maps.clone(),
-                secrets.clone(),
+                refs.clone(),
                 host_ip.clone(),
             );
             async move {
                 let Some(pod) = pods.store().get(&ObjectRef::new(&key.1).within(&key.0)) else {
                     return Ok::<Action, Error>(Action::Done);
                 };
+                if pod.metadata.deletion_timestamp.is_none() {
+                    refs.prepare(&pod).await;
+                }
                 let sources = CacheSources {
-                    config_maps,
-                    secrets,
+                    refs,
                     namespace: key.0.clone(),
                     memory: memory.clone(),
                     uid: pod.metadata.uid.clone().unwrap_or_default(),

@@ -56,6 +56,13 @@ impl User {
         User::new("system:kube-proxy", &[])
     }
 
+    /// What simulated nodes act as: in `system:nodes` (RBAC's node role), but not one
+    /// node's name, so the Node authorizer (which confines a kubelet to its own node)
+    /// leaves them to RBAC: they play the kubelet of many nodes.
+    pub fn simulated_nodes() -> User {
+        User::new("berth:simulated-nodes", &["system:nodes"])
+    }
+
     /// A node's identity (`system:node:NAME`, group `system:nodes`), as a kubelet's.
     pub fn node(name: &str) -> User {
         User::new(format!("system:node:{name}"), &["system:nodes"])

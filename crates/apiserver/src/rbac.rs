@@ -47,6 +47,9 @@ pub struct Attributes {
     pub subresource: String,
     pub namespace: String,
     pub name: String,
+    /// The one object a list or watch asks for (`fieldSelector=metadata.name=N`), which
+    /// the Node authorizer judges as it judges a get of N.
+    pub selected_name: String,
 }
 
 fn strings(v: &Value) -> Vec<&str> {
@@ -242,6 +245,7 @@ mod tests {
             subresource: String::new(),
             namespace: namespace.into(),
             name: String::new(),
+            selected_name: String::new(),
         }
     }
 

@@ -249,7 +249,7 @@ pub fn server(global: &crate::cli::Global, args: ServerArgs) -> Result<i32> {
         if let Some(config) = simulated {
             let client = berth_client::in_process(
                 server.handler(),
-                berth_api::identity::User::node("simulated"),
+                berth_api::identity::User::simulated_nodes(),
             );
             let nodes =
                 std::sync::Arc::new(berth_reconcile::Informers::new(client, shutdown.clone()));

@@ -2768,3 +2768,107 @@ fn pods_get_their_service_account_token_volume() {
     let admin = server.ok(&["create", "token", "default"]);
     assert!(admin.trim().split('.').count() == 3, "anyone else as before: {admin}");
 }
+
+/// The Node authorizer: a node's credentials read only the Secrets and ConfigMaps pods
+/// bound to it use (by name; no listing them all), write no Secret, change only its own
+/// Node, and only the status and deletion of its own pods.
+#[test]
+fn nodes_reach_only_what_their_pods_use() {
+    let Some((dir, server)) = embedded_server() else { return };
+    let output = Command::new(BERTH)
+        .args(["kubeconfig", "--data-dir"])
+        .arg(dir.path())
+        .args(["--user", "system:node:n1", "--group", "system:nodes"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let node_config = dir.path().join("n1.kubeconfig");
+    std::fs::write(&node_config, &output.stdout).unwrap();
+    let as_node = |args: &[&str]| {
+        Command::new(KUBECTL).env("KUBECONFIG", &node_config).args(args).output().unwrap()
+    };
+    let allowed = |args: &[&str]| {
+        let out = as_node(args);
+        assert!(out.status.success(), "as n1, {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let refused = |args: &[&str]| {
+        let out = as_node(args);
+        let said = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success() && said.contains("forbidden"), "as n1, {args:?}: {said}");
+    };
+    server.apply(
+        r#"
+apiVersion: v1
+kind: Node
+metadata: {name: n1}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: n2}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: used}
+stringData: {k: v}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: other}
+stringData: {k: v}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings}
+data: {k: v}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: mine}
+spec:
+  nodeName: n1
+  containers: [{name: c, image: busybox, envFrom: [{configMapRef: {name: settings}}]}]
+  volumes: [{name: s, secret: {secretName: used}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: theirs}
+spec:
+  nodeName: n2
+  containers: [{name: c, image: busybox}]
+  volumes: [{name: s, secret: {secretName: other}}]
+"#,
+    );
+    allowed(&["get", "secret", "used"]);
+    allowed(&["get", "configmap", "settings"]);
+    allowed(&["get", "secrets", "--field-selector", "metadata.name=used"]);
+    refused(&["get", "secret", "other"]);
+    refused(&["get", "secrets"]);
+    refused(&["get", "secrets", "--field-selector", "metadata.name=other"]);
+    refused(&["create", "secret", "generic", "mine", "--from-literal=a=b"]);
+    // Pods are readable (the kubelet lists them); only its own pods' status is writable.
+    allowed(&["get", "pods"]);
+    allowed(&[
+        "patch",
+        "pod",
+        "mine",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"message":"hi"}}"#,
+    ]);
+    refused(&[
+        "patch",
+        "pod",
+        "theirs",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"message":"hi"}}"#,
+    ]);
+    refused(&["delete", "pod", "theirs"]);
+    allowed(&["label", "node", "n1", "seen=yes"]);
+    refused(&["label", "node", "n2", "seen=yes"]);
+    // Once the pod that used it is gone, so is the node's access.
+    server.ok(&["delete", "pod", "mine", "--grace-period=0", "--force"]);
+    refused(&["get", "secret", "used"]);
+}

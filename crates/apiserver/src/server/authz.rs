@@ -71,6 +71,9 @@ impl State {
 
     /// RBAC: the admin may do everything; others what their bindings grant.
     pub(super) async fn authorize(&self, user: &User, attributes: &Attributes) -> bool {
+        if let Some(decision) = self.node_authorizer(user, attributes).await {
+            return decision;
+        }
         if user.is_master() || self.rbac.index().allowed(user, attributes) {
             return true;
         }
@@ -81,6 +84,132 @@ impl State {
         }
         self.rbac.index().allowed(user, attributes)
     }
+}
+
+impl State {
+    /// Kubernetes' Node authorizer and NodeRestriction, for kubelets
+    /// (`system:node:NAME` in `system:nodes`): a node reads only the Secrets, ConfigMaps
+    /// and PersistentVolumeClaims that pods bound to it use (by name: a get, or a list or
+    /// watch of that one object) and writes none; it changes only its own Node and Lease,
+    /// and only the status of (and the final deletion of) pods bound to it. `None`: not a
+    /// node, or not a request this decides (RBAC's `system:node` role does).
+    async fn node_authorizer(&self, user: &User, attributes: &Attributes) -> Option<bool> {
+        let node = user.name.strip_prefix("system:node:")?;
+        if !user.groups.iter().any(|g| g == "system:nodes") || !attributes.path.is_empty() {
+            return None;
+        }
+        let verb = attributes.verb.as_str();
+        let read = matches!(verb, "get" | "list" | "watch");
+        match (attributes.group.as_str(), attributes.resource.as_str()) {
+            ("", kind @ ("secrets" | "configmaps" | "persistentvolumeclaims")) => {
+                let name = match verb {
+                    "get" => attributes.name.as_str(),
+                    "list" | "watch" => attributes.selected_name.as_str(),
+                    _ => "",
+                };
+                if name.is_empty() {
+                    return Some(false);
+                }
+                Some(self.used_on(node, kind, &attributes.namespace, name).await)
+            }
+            ("", "nodes") if !read && verb != "create" => Some(attributes.name == node),
+            ("coordination.k8s.io", "leases")
+                if !read && verb != "create" && attributes.namespace == "kube-node-lease" =>
+            {
+                Some(attributes.name == node)
+            }
+            ("", "pods") if attributes.subresource == "status" || verb == "delete" => {
+                if read {
+                    return None;
+                }
+                Some(
+                    self.pod_node(&attributes.namespace, &attributes.name).await.as_deref()
+                        == Some(node),
+                )
+            }
+            ("", "pods")
+                if matches!(verb, "create" | "update" | "patch")
+                    && attributes.subresource.is_empty() =>
+            {
+                Some(false)
+            }
+            _ => None,
+        }
+    }
+
+    /// The node a pod is bound to.
+    async fn pod_node(&self, namespace: &str, name: &str) -> Option<String> {
+        let pods = resources::find("", "v1", "pods")?;
+        let kv = self.store.get(&pods.key(Some(namespace), name)).await.ok()??;
+        let pod = decode(&kv).ok()?;
+        pod["spec"]["nodeName"].as_str().map(str::to_owned)
+    }
+
+    /// Whether a pod bound to `node` in `namespace` uses the object (`kind`: secrets,
+    /// configmaps or persistentvolumeclaims) named `name`.
+    async fn used_on(&self, node: &str, kind: &str, namespace: &str, name: &str) -> bool {
+        let Some(pods) = resources::find("", "v1", "pods") else { return false };
+        let Ok(page) = self.store.list(&pods.prefix(Some(namespace)), None, 0, 0).await else {
+            return false;
+        };
+        page.items.iter().filter_map(|kv| decode(kv).ok()).any(|pod| {
+            pod["spec"]["nodeName"] == node && references(&pod, kind).iter().any(|n| n == name)
+        })
+    }
+}
+
+/// The objects of one kind (secrets, configmaps, persistentvolumeclaims) a pod uses:
+/// volumes (projected ones included), env and envFrom of every container, image pull
+/// secrets.
+pub(super) fn references(pod: &Value, kind: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let spec = &pod["spec"];
+    let mut push = |v: &Value| {
+        if let Some(name) = v.as_str().filter(|n| !n.is_empty()) {
+            names.push(name.to_owned());
+        }
+    };
+    let list = |v: &Value| v.as_array().cloned().unwrap_or_default();
+    for volume in list(&spec["volumes"]) {
+        match kind {
+            "secrets" => push(&volume["secret"]["secretName"]),
+            "configmaps" => push(&volume["configMap"]["name"]),
+            _ => push(&volume["persistentVolumeClaim"]["claimName"]),
+        }
+        for source in list(&volume["projected"]["sources"]) {
+            match kind {
+                "secrets" => push(&source["secret"]["name"]),
+                "configmaps" => push(&source["configMap"]["name"]),
+                _ => {}
+            }
+        }
+    }
+    let containers = ["initContainers", "containers", "ephemeralContainers"]
+        .iter()
+        .flat_map(|field| list(&spec[*field]))
+        .collect::<Vec<_>>();
+    for container in &containers {
+        for env in list(&container["env"]) {
+            match kind {
+                "secrets" => push(&env["valueFrom"]["secretKeyRef"]["name"]),
+                "configmaps" => push(&env["valueFrom"]["configMapKeyRef"]["name"]),
+                _ => {}
+            }
+        }
+        for from in list(&container["envFrom"]) {
+            match kind {
+                "secrets" => push(&from["secretRef"]["name"]),
+                "configmaps" => push(&from["configMapRef"]["name"]),
+                _ => {}
+            }
+        }
+    }
+    if kind == "secrets" {
+        for secret in list(&spec["imagePullSecrets"]) {
+            push(&secret["name"]);
+        }
+    }
+    names
 }
 
 /// What Kubernetes' RBAC storage refuses: granting (in a Role or ClusterRole) or binding
