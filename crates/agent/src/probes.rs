@@ -243,37 +243,10 @@ async fn run(
         let port = port_of(container, &http.port)?;
         let host = http.host.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| pod_ip.to_owned());
         let path = http.path.clone().filter(|p| !p.is_empty()).unwrap_or_else(|| "/".into());
-        if http.scheme.as_deref() == Some("HTTPS") {
-            return Err("HTTPS probes are not supported by berth's agent yet".into());
-        }
-        let mut request = format!("GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/1.32\r\nAccept: */*\r\nConnection: close\r\n");
-        for header in http.http_headers.iter().flatten() {
-            request.push_str(&format!("{}: {}\r\n", header.name, header.value));
-        }
-        request.push_str("\r\n");
-        let attempt = async {
-            let mut stream = tokio::net::TcpStream::connect((host.as_str(), port))
-                .await
-                .map_err(|e| format!("Get \"http://{host}:{port}{path}\": {e}"))?;
-            stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
-            let mut head = vec![0u8; 1024];
-            let n = stream.read(&mut head).await.map_err(|e| e.to_string())?;
-            let line =
-                String::from_utf8_lossy(&head[..n]).lines().next().unwrap_or_default().to_owned();
-            let code: u16 = line
-                .split_whitespace()
-                .nth(1)
-                .and_then(|c| c.parse().ok())
-                .ok_or_else(|| format!("not an HTTP answer: {line:?}"))?;
-            if (200..400).contains(&code) {
-                Ok(())
-            } else {
-                Err(format!("HTTP probe failed with statuscode: {code}"))
-            }
-        };
-        return tokio::time::timeout(timeout, attempt).await.unwrap_or_else(|_| {
-            Err(format!("Get \"http://{host}:{port}{path}\": timeout after {}s", timeout.as_secs()))
-        });
+        let https = http.scheme.as_deref() == Some("HTTPS");
+        let headers: Vec<(String, String)> =
+            http.http_headers.iter().flatten().map(|h| (h.name.clone(), h.value.clone())).collect();
+        return http_check(&host, port, &path, https, &headers, timeout).await;
     }
     if let Some(tcp) = &probe.tcp_socket {
         let port = port_of(container, &tcp.port)?;
@@ -299,6 +272,134 @@ async fn run(
             });
     }
     Err("the probe names no handler (exec, httpGet, tcpSocket, grpc)".into())
+}
+
+/// An httpGet probe: a GET of `path` (over TLS without checking the certificate when
+/// `https`), healthy on a status from 200 to 399.
+async fn http_check(
+    host: &str,
+    port: u16,
+    path: &str,
+    https: bool,
+    headers: &[(String, String)],
+    timeout: Duration,
+) -> Result<(), String> {
+    let scheme = if https { "https" } else { "http" };
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/1.32\r\nAccept: */*\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    let attempt = async {
+        let tcp = tokio::net::TcpStream::connect((host, port))
+            .await
+            .map_err(|e| format!("Get \"{scheme}://{host}:{port}{path}\": {e}"))?;
+        let mut stream: Box<dyn Stream> = if https {
+            // As the kubelet: TLS without checking the certificate (a probe asks
+            // whether the server answers, not who it is).
+            let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+                .map_err(|e| format!("bad host {host:?}: {e}"))?;
+            let tls = tokio_rustls::TlsConnector::from(insecure_tls())
+                .connect(name, tcp)
+                .await
+                .map_err(|e| format!("Get \"{scheme}://{host}:{port}{path}\": {e}"))?;
+            Box::new(tls)
+        } else {
+            Box::new(tcp)
+        };
+        stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
+        let mut head = vec![0u8; 1024];
+        let n = stream.read(&mut head).await.map_err(|e| e.to_string())?;
+        let line =
+            String::from_utf8_lossy(&head[..n]).lines().next().unwrap_or_default().to_owned();
+        let code: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| format!("not an HTTP answer: {line:?}"))?;
+        if (200..400).contains(&code) {
+            Ok(())
+        } else {
+            Err(format!("HTTP probe failed with statuscode: {code}"))
+        }
+    };
+    tokio::time::timeout(timeout, attempt).await.unwrap_or_else(|_| {
+        Err(format!("Get \"{scheme}://{host}:{port}{path}\": timeout after {}s", timeout.as_secs()))
+    })
+}
+
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+
+/// A TLS client that accepts any certificate, for HTTPS probes (the kubelet's probes skip
+/// verification too).
+fn insecure_tls() -> std::sync::Arc<rustls::ClientConfig> {
+    static CONFIG: std::sync::OnceLock<std::sync::Arc<rustls::ClientConfig>> =
+        std::sync::OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+            let verifier = std::sync::Arc::new(AnyCertificate(provider.clone()));
+            let config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map(|b| {
+                    b.dangerous().with_custom_certificate_verifier(verifier).with_no_client_auth()
+                });
+            std::sync::Arc::new(config.unwrap_or_else(|_| {
+                rustls::ClientConfig::builder()
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth()
+            }))
+        })
+        .clone()
+}
+
+#[derive(Debug)]
+struct AnyCertificate(std::sync::Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 /// `grpc.health.v1.HealthCheckRequest`.
@@ -447,5 +548,66 @@ mod tests {
             std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let err = grpc_check("127.0.0.1", closed, String::new()).await.unwrap_err();
         assert!(err.contains("failed to connect"), "{err}");
+    }
+
+    /// Answers every connection with `status`, over TLS with a self-signed certificate
+    /// when `tls`.
+    async fn http_server(status: u16, tls: bool) -> u16 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let acceptor = tls.then(|| {
+            let made = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+            let cert = rustls::pki_types::CertificateDer::from(made.cert.der().to_vec());
+            let key = rustls::pki_types::PrivateKeyDer::Pkcs8(
+                rustls::pki_types::PrivatePkcs8KeyDer::from(made.key_pair.serialize_der()),
+            );
+            let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+            let config = rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(vec![cert], key)
+                .unwrap();
+            tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config))
+        });
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let answer = format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\n\r\n");
+                    let mut buffer = [0u8; 1024];
+                    match acceptor {
+                        Some(acceptor) => {
+                            if let Ok(mut tls) = acceptor.accept(stream).await {
+                                let _ = tls.read(&mut buffer).await;
+                                let _ = tls.write_all(answer.as_bytes()).await;
+                                let _ = tls.shutdown().await;
+                            }
+                        }
+                        None => {
+                            let mut stream = stream;
+                            let _ = stream.read(&mut buffer).await;
+                            let _ = stream.write_all(answer.as_bytes()).await;
+                        }
+                    }
+                });
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn http_probes_speak_http_and_https() {
+        let second = Duration::from_secs(2);
+        let plain = http_server(200, false).await;
+        assert_eq!(http_check("127.0.0.1", plain, "/", false, &[], second).await, Ok(()));
+        let secure = http_server(204, true).await;
+        assert_eq!(http_check("127.0.0.1", secure, "/healthz", true, &[], second).await, Ok(()));
+        let failing = http_server(503, true).await;
+        let err = http_check("127.0.0.1", failing, "/", true, &[], second).await.unwrap_err();
+        assert!(err.contains("statuscode: 503"), "{err}");
+        // Plain HTTP to a TLS server is no answer.
+        assert!(http_check("127.0.0.1", secure, "/", false, &[], second).await.is_err());
     }
 }
