@@ -1041,6 +1041,17 @@ spec:
 }
 
 /// One HTTP GET of `/` at `address`: the body.
+/// The whole answer (status line, headers, body) to `GET /`, or "" when none came.
+fn raw_http(address: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(address) else { return String::new() };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut text = String::new();
+    let _ = stream.read_to_string(&mut text);
+    text
+}
+
 fn http_get(address: &str) -> std::io::Result<String> {
     http_get_path(address, "/")
 }
@@ -1211,6 +1222,38 @@ spec:
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(names.contains(&balanced), "{balanced}");
+    // A Local load balancer has a health-check node port: 200 with this node's ready
+    // endpoints counted, 503 for one whose pods are all elsewhere (none here: no
+    // selector matches).
+    cluster.apply("apiVersion: v1\nkind: Service\nmetadata:\n  name: local\nspec:\n  type: LoadBalancer\n  externalTrafficPolicy: Local\n  selector:\n    app: hello\n  ports:\n  - port: 8001\n    targetPort: 8080\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: elsewhere\nspec:\n  type: LoadBalancer\n  externalTrafficPolicy: Local\n  selector:\n    app: nothing\n  ports:\n  - port: 8002\n");
+    let port_of = |name: &str| {
+        cluster.ok(&["get", "service", name, "-o", "jsonpath={.spec.healthCheckNodePort}"])
+    };
+    let (healthy, empty) = (port_of("local"), port_of("elsewhere"));
+    assert!(
+        healthy.parse::<u16>().is_ok_and(|p| p >= 30000) && healthy != empty,
+        "{healthy} {empty}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let answer = loop {
+        let answer = raw_http(&format!("192.168.77.1:{healthy}"));
+        if answer.starts_with("HTTP/1.1 200") {
+            break answer;
+        }
+        assert!(Instant::now() < deadline, "the health check never said 200: {answer:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(answer.contains(&format!("\"localEndpoints\":{}", names.len())), "{answer}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let answer = raw_http(&format!("192.168.77.1:{empty}"));
+        if answer.starts_with("HTTP/1.1 503") {
+            assert!(answer.contains("\"localEndpoints\":0"), "{answer}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the empty balancer's check: {answer:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // From a pod, through the Service (a pod may reach itself: hairpin).
     let first = names.iter().next().unwrap().clone();
     let inside = cluster.ok(&[

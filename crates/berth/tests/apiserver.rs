@@ -368,6 +368,45 @@ fn drive(server: &Server) {
     );
     let services = server.ok(&["get", "svc", "-n", "made"]);
     assert!(services.contains("NodePort") && services.contains("80/TCP"), "{services}");
+    // Node ports follow the type through updates: kept while it has them, new when it
+    // gains them (a health-check port for a Local load balancer), gone when it loses them.
+    let ports = "jsonpath={.spec.type} {.spec.ports[0].nodePort} {.spec.healthCheckNodePort}";
+    server.ok(&["label", "svc", "edge", "-n", "made", "tier=front"]);
+    assert_eq!(
+        server.ok(&["get", "svc", "edge", "-n", "made", "-o", ports]),
+        format!("NodePort {node_port} ")
+    );
+    server.ok(&[
+        "patch",
+        "svc",
+        "edge",
+        "-n",
+        "made",
+        "-p",
+        r#"{"spec":{"type":"LoadBalancer","externalTrafficPolicy":"Local"}}"#,
+    ]);
+    let balancer = server.ok(&["get", "svc", "edge", "-n", "made", "-o", ports]);
+    let parts: Vec<&str> = balancer.split(' ').collect();
+    assert_eq!(parts[..2], ["LoadBalancer", node_port], "{balancer}");
+    assert!(
+        parts[2]
+            .parse::<u16>()
+            .is_ok_and(|p| (30000..=32767).contains(&p) && p.to_string() != node_port),
+        "{balancer}"
+    );
+    server.ok(&[
+        "patch",
+        "svc",
+        "edge",
+        "-n",
+        "made",
+        "-p",
+        r#"{"spec":{"type":"ClusterIP","externalTrafficPolicy":null}}"#,
+    ]);
+    assert_eq!(server.ok(&["get", "svc", "edge", "-n", "made", "-o", ports]), "ClusterIP  ");
+    server.ok(&["patch", "svc", "edge", "-n", "made", "-p", r#"{"spec":{"type":"NodePort"}}"#]);
+    let again = server.ok(&["get", "svc", "edge", "-n", "made", "-o", ports]);
+    assert!(again.starts_with("NodePort 3") && again.ends_with(' '), "{again}");
     // Errors as Kubernetes words them.
     let err = server.fails(&["get", "cm", "nope", "-n", "team"]);
     assert!(err.contains("configmaps \"nope\" not found"), "{err}");

@@ -4,10 +4,13 @@
 //! is the pure part (objects → ruleset → the transaction from the last one); this module
 //! watches the shared caches and applies each change as one `nft -f` transaction.
 //!
+//! `health` serves the health-check node ports of `Local` load balancers.
+//!
 //! Level-triggered: any change of a Service or EndpointSlice marks the whole state dirty,
 //! and the loop plans from the caches as they are then. On start (and after a failed
 //! transaction) the table is rebuilt whole, atomically, so traffic never sees a gap.
 
+pub mod health;
 pub mod plan;
 
 use std::sync::Arc;
@@ -88,17 +91,19 @@ pub async fn run(informers: Arc<Informers>, config: Config) {
         _ = shutdown.cancelled() => return,
     }
     let mut applied: Option<plan::Plan> = None;
+    let mut health = health::Servers::default();
     let client = informers.client().clone();
     loop {
         let all: Vec<Service> = services.store().state().iter().map(|s| (**s).clone()).collect();
         if let Some(node_ip) = &config.node_ip {
             balance(&client, &all, node_ip).await;
         }
-        let next = plan::plan(
-            &all,
-            &slices.store().state().iter().map(|s| (**s).clone()).collect::<Vec<_>>(),
-            config.node_name.as_deref(),
-        );
+        let all_slices: Vec<EndpointSlice> =
+            slices.store().state().iter().map(|s| (**s).clone()).collect();
+        if let Some(node) = config.node_name.as_deref() {
+            health.update(health::wanted(&all, &all_slices, node)).await;
+        }
+        let next = plan::plan(&all, &all_slices, config.node_name.as_deref());
         if applied.as_ref() != Some(&next) {
             let started = Instant::now();
             let script = match &applied {

@@ -408,7 +408,8 @@ impl Api {
 
     /// Service defaults and addresses: a cluster IP from 10.43.0.0/16 (k3s's range;
     /// 10.43.0.1 is the API's own), node ports from 30000-32767 for NodePort and
-    /// LoadBalancer services, TCP and targetPort defaults on ports.
+    /// LoadBalancer services (and the health-check node port of a LoadBalancer with
+    /// `externalTrafficPolicy: Local`), TCP and targetPort defaults on ports.
     pub(super) async fn allocate_service_addresses(
         &self,
         object: &mut Value,
@@ -493,30 +494,75 @@ impl Api {
             spec.insert("ipFamilies".into(), json!(["IPv4"]));
             spec.insert("ipFamilyPolicy".into(), json!("SingleStack"));
         }
-        if kind == "NodePort" || kind == "LoadBalancer" {
-            let mut used_ports: std::collections::HashSet<i64> = services
-                .iter()
-                .flat_map(|s| s["spec"]["ports"].as_array().cloned().unwrap_or_default())
-                .filter_map(|p| p["nodePort"].as_i64())
-                .collect();
-            if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
-                for port in ports.iter_mut() {
-                    if let Some(given) = port["nodePort"].as_i64() {
-                        if !(30000..=32767).contains(&given) || !used_ports.insert(given) {
-                            return Err(ApiError::new(422, "Invalid", format!("Service is invalid: spec.ports.nodePort: Invalid value: {given}: provided port is already allocated or outside 30000-32767")));
-                        }
-                        continue;
+        assign_node_ports(spec, &kind, &services)?;
+        Ok(())
+    }
+
+    /// An updated Service's node ports: kept from `current` for the same port and
+    /// protocol, new ones for new ports, none when the type no longer has them.
+    async fn reassign_node_ports(
+        &self,
+        current: &Value,
+        object: &mut Value,
+    ) -> Result<(), ApiError> {
+        let resource = self.resource();
+        let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) else {
+            return Ok(());
+        };
+        let kind = spec.get("type").and_then(Value::as_str).unwrap_or("ClusterIP").to_owned();
+        let old_ports = current["spec"]["ports"].as_array().cloned().unwrap_or_default();
+        let with_ports = kind == "NodePort" || kind == "LoadBalancer";
+        if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
+            for port in ports.iter_mut() {
+                if !with_ports {
+                    if let Some(port) = port.as_object_mut() {
+                        port.remove("nodePort");
                     }
-                    let free =
-                        (30000..=32767).find(|p| !used_ports.contains(p)).ok_or_else(|| {
-                            ApiError::new(500, "InternalError", "no node port left in 30000-32767")
-                        })?;
-                    used_ports.insert(free);
-                    port["nodePort"] = json!(free);
+                    continue;
+                }
+                if port["nodePort"].is_null() {
+                    let protocol = port["protocol"].as_str().unwrap_or("TCP").to_owned();
+                    if let Some(old) = old_ports.iter().find(|o| {
+                        o["port"] == port["port"]
+                            && o["protocol"].as_str().unwrap_or("TCP") == protocol
+                    }) {
+                        if let Some(node_port) = old["nodePort"].as_i64() {
+                            port["nodePort"] = json!(node_port);
+                        }
+                    }
                 }
             }
         }
-        Ok(())
+        let local_balancer = kind == "LoadBalancer"
+            && spec.get("externalTrafficPolicy").and_then(Value::as_str) == Some("Local");
+        if !local_balancer {
+            spec.remove("healthCheckNodePort");
+        } else if spec.get("healthCheckNodePort").is_none_or(Value::is_null) {
+            if let Some(old) = current["spec"]["healthCheckNodePort"].as_i64() {
+                spec.insert("healthCheckNodePort".into(), json!(old));
+            }
+        }
+        if with_ports {
+            spec.entry("externalTrafficPolicy").or_insert(json!("Cluster"));
+        } else {
+            spec.remove("externalTrafficPolicy");
+        }
+        let all = self
+            .state
+            .store
+            .list(&resource.prefix(None), None, 0, 0)
+            .await
+            .map_err(|e| storage_error(resource, "", e))?;
+        let uid = &current["metadata"]["uid"];
+        let others: Vec<Value> = all
+            .items
+            .iter()
+            .map(decode)
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .filter(|s| &s["metadata"]["uid"] != uid)
+            .collect();
+        assign_node_ports(spec, &kind, &others)
     }
 
     /// Writes `object` over the current one (which had `revision`), keeping what an update
@@ -580,6 +626,16 @@ impl Api {
         if !status_only {
             strategy.prepare_update(current, &mut object);
         }
+        // A Service keeps its node ports, gets new ones when it becomes NodePort or
+        // LoadBalancer (or gains ports), and gives them up when it stops being one; held
+        // until the write so two updates cannot take the same port.
+        let _allocating = if !status_only && strategy.allocates_addresses() {
+            let guard = self.state.service_allocation.lock().await;
+            self.reassign_node_ports(current, &mut object).await?;
+            Some(guard)
+        } else {
+            None
+        };
         let object = self.admit("UPDATE", Some(object), Some(current)).await?.unwrap_or_default();
         if !status_only {
             self.check_escalation(&object).await?;
@@ -1365,6 +1421,61 @@ fn custom_scale(paths: &crate::crd::Scale, object: &Value) -> Value {
         "spec": {"replicas": read(&paths.spec_replicas).and_then(|v| v.as_i64()).unwrap_or(0)},
         "status": {"replicas": read(&paths.status_replicas).and_then(|v| v.as_i64()).unwrap_or(0), "selector": selector},
     })
+}
+
+/// Node ports for a NodePort or LoadBalancer Service's spec (and the health-check node
+/// port of a LoadBalancer with `externalTrafficPolicy: Local`): given ones checked
+/// against the range and what `others` hold, missing ones chosen free.
+fn assign_node_ports(
+    spec: &mut serde_json::Map<String, Value>,
+    kind: &str,
+    others: &[Value],
+) -> Result<(), ApiError> {
+    if kind != "NodePort" && kind != "LoadBalancer" {
+        return Ok(());
+    }
+    let mut used_ports: std::collections::HashSet<i64> = others
+        .iter()
+        .flat_map(|s| s["spec"]["ports"].as_array().cloned().unwrap_or_default())
+        .filter_map(|p| p["nodePort"].as_i64())
+        .chain(others.iter().filter_map(|s| s["spec"]["healthCheckNodePort"].as_i64()))
+        .collect();
+    let taken = |given: i64, field: &str| {
+        ApiError::new(422, "Invalid", format!("Service is invalid: {field}: Invalid value: {given}: provided port is already allocated or outside 30000-32767"))
+    };
+    let exhausted = || ApiError::new(500, "InternalError", "no node port left in 30000-32767");
+    if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
+        for port in ports.iter_mut() {
+            if let Some(given) = port["nodePort"].as_i64() {
+                if !(30000..=32767).contains(&given) || !used_ports.insert(given) {
+                    return Err(taken(given, "spec.ports.nodePort"));
+                }
+                continue;
+            }
+            let free = (30000..=32767).find(|p| !used_ports.contains(p)).ok_or_else(exhausted)?;
+            used_ports.insert(free);
+            port["nodePort"] = json!(free);
+        }
+    }
+    // A load balancer that sends traffic only to local endpoints asks each node through a
+    // health-check port whether it has any.
+    if kind == "LoadBalancer"
+        && spec.get("externalTrafficPolicy").and_then(Value::as_str) == Some("Local")
+    {
+        match spec.get("healthCheckNodePort").and_then(Value::as_i64) {
+            Some(given) => {
+                if !(30000..=32767).contains(&given) || !used_ports.insert(given) {
+                    return Err(taken(given, "spec.healthCheckNodePort"));
+                }
+            }
+            None => {
+                let free =
+                    (30000..=32767).find(|p| !used_ports.contains(p)).ok_or_else(exhausted)?;
+                spec.insert("healthCheckNodePort".into(), json!(free));
+            }
+        }
+    }
+    Ok(())
 }
 
 pub(super) fn encode_continue(key: &str, revision: i64) -> String {
