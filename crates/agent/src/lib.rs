@@ -488,6 +488,7 @@ async fn run_pods(informers: Arc<Informers>, config: Config, runtime: cri::Runti
 
 /// A gone pod's volumes; a failure is said (the directory holds its Secrets' files).
 pub(crate) fn remove_pod_dir(dir: &std::path::Path) {
+    volumes::unmount_under(dir);
     match std::fs::remove_dir_all(dir) {
         Ok(()) => {}
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}

@@ -45,6 +45,34 @@ pub fn prepare(
     Ok(paths)
 }
 
+/// Whether `path` is where something is mounted (its own line in /proc/self/mountinfo).
+fn is_mount_point(path: &Path) -> bool {
+    let wanted = path.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|info| info.lines().any(|l| l.split(' ').nth(4) == Some(wanted.as_str())))
+        .unwrap_or(false)
+}
+
+/// Unmounts what is mounted under `dir` (memory-backed emptyDirs), deepest first, before
+/// the directory is removed.
+pub fn unmount_under(dir: &Path) {
+    let prefix = format!("{}/", dir.to_string_lossy());
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return };
+    let mut points: Vec<&str> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|p| p.starts_with(&prefix))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for point in points {
+        if let Err(err) =
+            berth_sys::nix::mount::umount2(point, berth_sys::nix::mount::MntFlags::MNT_DETACH)
+        {
+            tracing::warn!("cannot unmount {point}: {err}");
+        }
+    }
+}
+
 fn fail(message: impl Into<String>) -> MountFailure {
     MountFailure(message.into())
 }
@@ -60,9 +88,31 @@ fn prepare_one(
     let io = |what: &str, path: &Path, err: std::io::Error| {
         fail(format!("volume {name:?}: {what} {}: {err}", path.display()))
     };
-    if volume.empty_dir.is_some() {
+    if let Some(empty) = &volume.empty_dir {
         let dir = dir_for("empty-dir");
         std::fs::create_dir_all(&dir).map_err(|e| io("create", &dir, e))?;
+        if empty.medium.as_deref() == Some("Memory") && !is_mount_point(&dir) {
+            // A tmpfs, as the kubelet mounts one, its size the volume's limit.
+            let mut options = "mode=0777".to_owned();
+            if let Some(limit) = empty.size_limit.as_ref() {
+                let bytes = berth_api::quantity::parse_milli(&limit.0)
+                    .map(|m| m / 1000)
+                    .filter(|b| *b > 0)
+                    .ok_or_else(|| fail(format!("volume {name:?}: bad sizeLimit {:?}", limit.0)))?;
+                options.push_str(&format!(",size={bytes}"));
+            }
+            use berth_sys::nix::mount::{mount, MsFlags};
+            mount(
+                Some("tmpfs"),
+                &dir,
+                Some("tmpfs"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                Some(options.as_str()),
+            )
+            .map_err(|e| {
+                fail(format!("volume {name:?}: mount a tmpfs on {}: {e}", dir.display()))
+            })?;
+        }
         let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777));
         return Ok(dir);
     }

@@ -480,8 +480,31 @@ spec:
       - {name: check, image: fixture:v1, command: ["sh", "-c", "test \"$(cat /work/flag)\" = ready"], volumeMounts: [{name: w, mountPath: /work}]}
       volumes:
       - {name: w, emptyDir: {}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: scratch}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: c, image: fixture:v1, command: ["sleep", "1000"], volumeMounts: [{name: m, mountPath: /scratch}]}
+  volumes:
+  - {name: m, emptyDir: {medium: Memory, sizeLimit: 8Mi}}
 "#,
     );
+    // A memory-backed emptyDir is a tmpfs of the volume's size, unmounted with its pod.
+    let scratch =
+        cluster.until("scratch Running", &["get", "pod", "scratch", "-o", "json"], running_ready);
+    let uid = scratch["metadata"]["uid"].as_str().unwrap().to_owned();
+    let mounts = cluster.ok(&["exec", "scratch", "--", "grep", " /scratch ", "/proc/mounts"]);
+    assert!(mounts.contains("tmpfs") && mounts.contains("size=8192k"), "{mounts}");
+    cluster.ok(&["exec", "scratch", "--", "sh", "-c", "echo kept > /scratch/f && cat /scratch/f"]);
+    cluster.ok(&["delete", "pod", "scratch", "--wait=true"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::read_to_string("/proc/self/mountinfo").unwrap().contains(&uid) {
+        assert!(Instant::now() < deadline, "the pod's tmpfs stayed mounted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // The Deployment's pods run, are Ready, have addresses of the pod network, and answer.
     let pods = cluster.until(
         "2 web pods Running and Ready",
@@ -1363,6 +1386,33 @@ spec:
         !String::from_utf8_lossy(&rules.stdout).contains(". 81 "),
         "no rule for a refused Service"
     );
+    // kill -9 of the server: the rules stay in the kernel (the Service answers while no
+    // API runs), and the restarted proxy makes the table match the API again, with what
+    // changed meanwhile (one Service deleted and another made as it starts).
+    let lb_ip = cluster.ok(&["get", "service", "lb", "-o", "jsonpath={.spec.clusterIP}"]);
+    cluster.kill9();
+    let answer = http_get(&vip).unwrap();
+    assert!(names.contains(&answer), "while the server is down: {answer:?}");
+    cluster.start();
+    cluster.ok(&["delete", "service", "lb"]);
+    cluster.apply("apiVersion: v1\nkind: Service\nmetadata:\n  name: late\nspec:\n  selector:\n    app: hello\n  ports:\n  - port: 80\n    targetPort: 8080\n");
+    let late_ip = cluster.ok(&["get", "service", "late", "-o", "jsonpath={.spec.clusterIP}"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let map = Command::new("nft")
+            .args(["list", "map", "ip", "berth-services", "service-ips"])
+            .output()
+            .unwrap();
+        let map = String::from_utf8_lossy(&map.stdout).into_owned();
+        let late = http_get(&format!("{late_ip}:80")).unwrap_or_default();
+        // (late may reuse lb's freed address; lb's port 8000 must be gone.)
+        if names.contains(&late) && !map.contains(&format!("{lb_ip} . tcp . 8000 ")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "after the restart: late answered {late:?}; {map}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(names.contains(&http_get(&vip).unwrap()), "hello still answers");
     // Deleting the Service takes its rules away.
     cluster.ok(&["delete", "service", "hello"]);
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -229,6 +229,17 @@ spec:
     );
     server.ok(&["wait", "--for=condition=complete", "job/works", "--timeout=60s"]);
     assert_eq!(server.ok(&["get", "job", "works", "-o", "jsonpath={.status.succeeded}"]), "3");
+    // A failed pod is replaced only after the back-off (10 s for the first failure).
+    server.until(
+        "the first failure",
+        &["get", "job", "fails", "-o", "jsonpath={.status.failed}"],
+        |t| t == "1",
+    );
+    assert_eq!(
+        server.ok(&["get", "pods", "-l", "job-name=fails", "-o", "name"]).lines().count(),
+        1,
+        "replaced before the back-off"
+    );
     server.ok(&["wait", "--for=condition=failed", "job/fails", "--timeout=60s"]);
     let failed = server.ok(&[
         "get",

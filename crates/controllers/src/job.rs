@@ -1,6 +1,8 @@
 //! The Job controller: up to `parallelism` pods at a time until `completions` of them
 //! succeed (the condition `Complete`), or more than `backoffLimit` fail, or
-//! `activeDeadlineSeconds` pass (the condition `Failed`, and the active pods deleted);
+//! `activeDeadlineSeconds` pass (the condition `Failed`, and the active pods deleted); a
+//! failed pod is replaced after Kubernetes' back-off (10 s doubling per failure, at most
+//! 6 minutes);
 //! `suspend` deletes the active pods and waits. `completionMode: Indexed` gives each pod
 //! an index (`batch.kubernetes.io/job-completion-index`, `JOB_COMPLETION_INDEX`, hostname
 //! `JOB-INDEX`) until every index has succeeded (`completedIndexes`); a `podFailurePolicy`
@@ -85,6 +87,33 @@ fn finished_at(job: &Job) -> Option<i64> {
             .and_then(|t| berth_stdx::time::parse_rfc3339(&t.0.to_string()))
             .unwrap_or_else(berth_stdx::time::unix_now),
     )
+}
+
+/// When a failed pod failed: its containers' last finish, else when it stopped being
+/// ready, else its creation (seconds since the epoch).
+fn failed_at(pod: &Pod) -> i64 {
+    let status = pod.status.as_ref();
+    let finished = status
+        .into_iter()
+        .flat_map(|s| s.container_statuses.iter().flatten())
+        .filter_map(|c| c.state.as_ref()?.terminated.as_ref()?.finished_at.as_ref())
+        .filter_map(|t| berth_stdx::time::parse_rfc3339(&t.0.to_string()))
+        .max();
+    finished
+        .or_else(|| {
+            status
+                .and_then(|s| s.conditions.as_ref())
+                .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+                .and_then(|c| c.last_transition_time.as_ref())
+                .and_then(|t| berth_stdx::time::parse_rfc3339(&t.0.to_string()))
+        })
+        .or_else(|| {
+            pod.metadata
+                .creation_timestamp
+                .as_ref()
+                .and_then(|t| berth_stdx::time::parse_rfc3339(&t.0.to_string()))
+        })
+        .unwrap_or_else(berth_stdx::time::unix_now)
 }
 
 /// The annotation and label an Indexed Job's pod carries its index in.
@@ -247,17 +276,26 @@ impl Controller {
         };
         // Failed pods, as the pod failure policy counts them (Ignore does not count).
         let mut failed = 0;
+        let mut last_failure: Option<i64> = None;
         let mut fail_job: Option<String> = None;
         for pod in owned.iter().filter(|p| workload::phase(p) == "Failed") {
             match spec.pod_failure_policy.as_ref().and_then(|policy| failure_rule(policy, pod)) {
-                Some((action, _)) if action == "Ignore" => {}
+                Some((action, _)) if action == "Ignore" => continue,
                 Some((action, message)) if action == "FailJob" => {
-                    failed += 1;
                     fail_job.get_or_insert(message);
                 }
-                _ => failed += 1,
+                _ => {}
             }
+            failed += 1;
+            let at = failed_at(pod);
+            last_failure = Some(last_failure.map_or(at, |l: i64| l.max(at)));
         }
+        // Kubernetes' back-off before a failed pod is replaced: 10 s, doubling with each
+        // failure, at most 6 minutes.
+        let backoff_left = last_failure.map_or(0, |at| {
+            let delay = (10i64 << (failed - 1).clamp(0, 6)).min(360);
+            at + delay - berth_stdx::time::unix_now()
+        });
         let parallelism = spec.parallelism.unwrap_or(1).max(0);
         let backoff_limit = spec.backoff_limit.unwrap_or(6);
         let now = berth_api::meta::now();
@@ -289,7 +327,11 @@ impl Controller {
         if condition.is_some() || suspended {
             self.delete_pods(&key.0, &active).await?;
         } else {
-            let wanted = (parallelism.min(completions - succeeded)).max(0) as usize;
+            let wanted = if backoff_left > 0 {
+                0
+            } else {
+                (parallelism.min(completions - succeeded)).max(0) as usize
+            };
             let have = active.len() + unseen;
             if indexed && have < wanted && unseen == 0 {
                 // Each index neither done nor running gets a pod of its own.
@@ -418,6 +460,9 @@ impl Controller {
                 Action::RequeueAfter(Duration::from_secs((deadline - elapsed).max(1) as u64))
             }
             _ if unseen > 0 => Action::RequeueAfter(Duration::from_secs(1)),
+            _ if backoff_left > 0 && condition.is_none() => {
+                Action::RequeueAfter(Duration::from_secs(backoff_left as u64))
+            }
             _ => Action::Done,
         })
     }
