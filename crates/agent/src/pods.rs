@@ -788,7 +788,7 @@ async fn start(
         let pulled = images
             .pull_image(cri::PullImageRequest {
                 image: Some(cri::ImageSpec { image: image.clone(), ..Default::default() }),
-                auth: None,
+                auth: pull_auth(pod, ctx.sources, &image),
                 sandbox_config: None,
             })
             .await;
@@ -1469,5 +1469,108 @@ mod tests {
         assert_eq!(qos_class(&pod(json!({}))), "BestEffort");
         assert_eq!(qos_class(&pod(json!({"limits": {"cpu": "1", "memory": "1Gi"}}))), "Guaranteed");
         assert_eq!(qos_class(&pod(json!({"requests": {"cpu": "1"}}))), "Burstable");
+    }
+}
+
+/// The registry an image reference names, as Docker reads it (`docker.io` when the first
+/// part is no host).
+fn registry_of(image: &str) -> String {
+    match image.split_once('/') {
+        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => {
+            first.to_owned()
+        }
+        _ => "docker.io".to_owned(),
+    }
+}
+
+/// A registry as written in a docker config key (`https://index.docker.io/v1/`,
+/// `registry:5000`), reduced to its host, Docker Hub's names to `docker.io`.
+fn normalize_registry(key: &str) -> String {
+    let host = key.trim_start_matches("https://").trim_start_matches("http://");
+    let host = host.split('/').next().unwrap_or(host);
+    match host {
+        "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com" => {
+            "docker.io".to_owned()
+        }
+        other => other.to_owned(),
+    }
+}
+
+/// The credentials for `image` from the pod's `imagePullSecrets`
+/// (`kubernetes.io/dockerconfigjson` or the older `kubernetes.io/dockercfg`): the first
+/// entry whose registry is the image's, as the kubelet picks them.
+fn pull_auth(pod: &Pod, sources: &dyn volumes::Sources, image: &str) -> Option<cri::AuthConfig> {
+    let wanted = registry_of(image);
+    for reference in pod.spec.as_ref()?.image_pull_secrets.iter().flatten() {
+        let Some(secret) = sources.secret(&reference.name) else { continue };
+        let data = secret.data.unwrap_or_default();
+        let entries = if let Some(config) = data.get(".dockerconfigjson") {
+            serde_json::from_slice::<serde_json::Value>(&config.0).ok().map(|v| v["auths"].clone())
+        } else {
+            data.get(".dockercfg").and_then(|c| serde_json::from_slice(&c.0).ok())
+        };
+        for (key, entry) in entries.as_ref().and_then(|e| e.as_object()).into_iter().flatten() {
+            if normalize_registry(key) != wanted {
+                continue;
+            }
+            let text = |field: &str| entry[field].as_str().unwrap_or_default().to_owned();
+            return Some(cri::AuthConfig {
+                username: text("username"),
+                password: text("password"),
+                auth: text("auth"),
+                server_address: key.clone(),
+                identity_token: text("identitytoken"),
+                registry_token: text("registrytoken"),
+            });
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod pull_secret_tests {
+    use super::*;
+
+    struct One(k8s_openapi::api::core::v1::Secret);
+    impl volumes::Sources for One {
+        fn config_map(&self, _: &str) -> Option<k8s_openapi::api::core::v1::ConfigMap> {
+            None
+        }
+        fn secret(&self, name: &str) -> Option<k8s_openapi::api::core::v1::Secret> {
+            (self.0.metadata.name.as_deref() == Some(name)).then(|| self.0.clone())
+        }
+        fn service_account_token(&self, _: &str, _: i64) -> Option<String> {
+            None
+        }
+    }
+
+    #[test]
+    fn pull_secrets_give_the_registrys_credentials() {
+        let config = serde_json::json!({"auths": {
+            "https://index.docker.io/v1/": {"username": "hub", "password": "h"},
+            "registry.local:5000": {"auth": "dTpw"}}});
+        let mut secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(
+            serde_json::json!({"metadata": {"name": "creds"}, "type": "kubernetes.io/dockerconfigjson"}),
+        )
+        .unwrap_or_default();
+        secret.data = Some(
+            [(
+                ".dockerconfigjson".to_owned(),
+                k8s_openapi::ByteString(config.to_string().into_bytes()),
+            )]
+            .into(),
+        );
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "spec": {"containers": [], "imagePullSecrets": [{"name": "creds"}, {"name": "absent"}]}}))
+        .unwrap_or_default();
+        let sources = One(secret);
+        let local = pull_auth(&pod, &sources, "registry.local:5000/app:v1").unwrap_or_default();
+        assert_eq!(
+            (local.auth.as_str(), local.server_address.as_str()),
+            ("dTpw", "registry.local:5000")
+        );
+        let hub = pull_auth(&pod, &sources, "busybox:1.36").unwrap_or_default();
+        assert_eq!((hub.username.as_str(), hub.password.as_str()), ("hub", "h"));
+        assert!(pull_auth(&pod, &sources, "quay.io/x/y").is_none());
     }
 }

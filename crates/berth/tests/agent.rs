@@ -1433,3 +1433,47 @@ spec:
         l["items"].as_array().is_some_and(|i| i.is_empty())
     });
 }
+
+/// A pod's image from a registry that wants a login: pulled with the credentials of the
+/// pod's `imagePullSecrets` (`kubectl create secret docker-registry`); without them the
+/// pull fails and says why.
+#[test]
+fn root_private_images_are_pulled_with_the_pods_pull_secrets() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut cluster = Cluster::new();
+    // In the cluster's network namespace, as the server is.
+    let registry = common::registry::Registry::start_with_auth("alice", "wonderland");
+    registry.skopeo_put(&format!("oci:{}:v1", cluster.path("layout").display()), "private:v1");
+    registry.skopeo_put(&format!("oci:{}:v1", cluster.path("layout").display()), "private:v2");
+    let host = registry.host();
+    cluster.start();
+    cluster.ok(&[
+        "create",
+        "secret",
+        "docker-registry",
+        "regcred",
+        &format!("--docker-server={}", registry.host()),
+        "--docker-username=alice",
+        "--docker-password=wonderland",
+    ]);
+    // (Each pod its own tag: an image already pulled would not be pulled again.)
+    let pod = |name: &str, tag: &str, secrets: &str| {
+        format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  terminationGracePeriodSeconds: 1\n{secrets}  containers:\n  - {{name: c, image: \"{host}/private:{tag}\", command: [sleep, \"1000\"]}}\n")
+    };
+    cluster.apply(&pod("private", "v1", "  imagePullSecrets: [{name: regcred}]\n"));
+    cluster.apply(&pod("nocreds", "v2", ""));
+    cluster.until("private Running", &["get", "pod", "private", "-o", "json"], running_ready);
+    let refused =
+        cluster.until("nocreds cannot pull", &["get", "pod", "nocreds", "-o", "json"], |p| {
+            p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
+                .as_str()
+                .is_some_and(|r| r == "ErrImagePull" || r == "ImagePullBackOff")
+        });
+    let message = refused["status"]["containerStatuses"][0]["state"]["waiting"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(message.contains("authentication"), "{message}");
+}
