@@ -45,29 +45,57 @@ pub fn prepare(
     Ok(paths)
 }
 
-/// Whether `path` is where something is mounted (its own line in /proc/self/mountinfo).
+/// The mount points of /proc/self/mountinfo, their escapes (`\040` for a space, ...)
+/// decoded.
+fn mount_points() -> Vec<String> {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return Vec::new() };
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| {
+            let mut out = String::new();
+            let mut chars = p.chars().peekable();
+            while let Some(c) = chars.next() {
+                if c == '\\' {
+                    let code: String = chars.by_ref().take(3).collect();
+                    match u8::from_str_radix(&code, 8) {
+                        Ok(byte) => out.push(char::from(byte)),
+                        Err(_) => {
+                            out.push('\\');
+                            out.push_str(&code);
+                        }
+                    }
+                } else {
+                    out.push(c);
+                }
+            }
+            out
+        })
+        .collect()
+}
+
+/// A path as mountinfo writes it: absolute, symlinks resolved.
+fn canonical(path: &Path) -> String {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned()).to_string_lossy().into_owned()
+}
+
+/// Whether `path` is where something is mounted.
 fn is_mount_point(path: &Path) -> bool {
-    let wanted = path.to_string_lossy().into_owned();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .map(|info| info.lines().any(|l| l.split(' ').nth(4) == Some(wanted.as_str())))
-        .unwrap_or(false)
+    let wanted = canonical(path);
+    mount_points().contains(&wanted)
 }
 
 /// Unmounts what is mounted under `dir` (memory-backed emptyDirs), deepest first, before
 /// the directory is removed.
 pub fn unmount_under(dir: &Path) {
-    let prefix = format!("{}/", dir.to_string_lossy());
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return };
-    let mut points: Vec<&str> = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|p| p.starts_with(&prefix))
-        .collect();
+    let prefix = format!("{}/", canonical(dir));
+    let mut points: Vec<String> =
+        mount_points().into_iter().filter(|p| p.starts_with(&prefix)).collect();
     points.sort_by_key(|p| std::cmp::Reverse(p.len()));
     for point in points {
-        if let Err(err) =
-            berth_sys::nix::mount::umount2(point, berth_sys::nix::mount::MntFlags::MNT_DETACH)
-        {
+        if let Err(err) = berth_sys::nix::mount::umount2(
+            point.as_str(),
+            berth_sys::nix::mount::MntFlags::MNT_DETACH,
+        ) {
             tracing::warn!("cannot unmount {point}: {err}");
         }
     }
@@ -84,6 +112,10 @@ fn prepare_one(
     sources: &dyn Sources,
 ) -> Result<PathBuf, MountFailure> {
     let name = &volume.name;
+    // The name becomes a directory under the pod's: nothing that could leave it.
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return Err(fail(format!("volume name {name:?} is not a valid directory name")));
+    }
     let dir_for = |plugin: &str| pod_dir.join("volumes").join(plugin).join(name);
     let io = |what: &str, path: &Path, err: std::io::Error| {
         fail(format!("volume {name:?}: {what} {}: {err}", path.display()))

@@ -583,6 +583,19 @@ fn validate_pod_spec(spec: &Value, at: &str) -> Result<(), (String, String)> {
     let Some(containers) = spec["containers"].as_array().filter(|c| !c.is_empty()) else {
         return Err((format!("{at}.containers"), "Required value".into()));
     };
+    // Volume names are DNS labels (they name directories on the node).
+    for (i, volume) in spec["volumes"].as_array().into_iter().flatten().enumerate() {
+        let name = volume["name"].as_str().unwrap_or_default();
+        if name.is_empty() {
+            return Err((format!("{at}.volumes[{i}].name"), "Required value".into()));
+        }
+        if let Some(problem) = dns_label_problem(name) {
+            return Err((
+                format!("{at}.volumes[{i}].name"),
+                format!("Invalid value: {name:?}: {problem}"),
+            ));
+        }
+    }
     let mut seen = std::collections::BTreeSet::new();
     let init =
         spec["initContainers"].as_array().into_iter().flatten().map(|c| ("initContainers", c));

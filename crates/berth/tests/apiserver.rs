@@ -2833,7 +2833,10 @@ fn nodes_reach_only_what_their_pods_use() {
     let refused = |args: &[&str]| {
         let out = as_node(args);
         let said = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(!out.status.success() && said.contains("forbidden"), "as n1, {args:?}: {said}");
+        assert!(
+            !out.status.success() && said.to_lowercase().contains("forbidden"),
+            "as n1, {args:?}: {said}"
+        );
     };
     server.apply(
         r#"
@@ -2907,6 +2910,16 @@ spec:
     refused(&["delete", "pod", "theirs"]);
     allowed(&["label", "node", "n1", "seen=yes"]);
     refused(&["label", "node", "n2", "seen=yes"]);
+    // NodeRestriction: no taints changed (they keep pods away), no other Node made.
+    refused(&["taint", "node", "n1", "mine=yes:NoSchedule"]);
+    let other = dir.path().join("n3.yaml");
+    std::fs::write(&other, "apiVersion: v1\nkind: Node\nmetadata: {name: n3}\n").unwrap();
+    refused(&["create", "-f", other.to_str().unwrap()]);
+    // Volume names name directories on the node: a path is refused.
+    let escaping = dir.path().join("escape.yaml");
+    std::fs::write(&escaping, "apiVersion: v1\nkind: Pod\nmetadata: {name: escape}\nspec:\n  containers: [{name: c, image: busybox}]\n  volumes: [{name: ../../etc, emptyDir: {}}]\n").unwrap();
+    let err = server.fails(&["create", "-f", escaping.to_str().unwrap()]);
+    assert!(err.contains("spec.volumes[0].name"), "{err}");
     // Once the pod that used it is gone, so is the node's access.
     server.ok(&["delete", "pod", "mine", "--grace-period=0", "--force"]);
     refused(&["get", "secret", "used"]);

@@ -989,6 +989,11 @@ spec:
         "{table}"
     );
     assert_eq!(row[..4], ["web", "2", "N/A", "1"], "{table}");
+    // A dry run checks and deletes nothing.
+    server.ok(&["drain", &node, "--dry-run=server"]);
+    server.ok(&["uncordon", &node]);
+    assert_eq!(server.ok(&["get", "pods", "-l", "app=web", "-o", "name"]).lines().count(), 3);
+    assert_eq!(server.ok(&["get", "pdb", "web", "-o", budget]), "3/2/1");
     server.ok(&["drain", &node, "--timeout=60s"]);
     server.until(
         "three ready pods, none on the drained node",

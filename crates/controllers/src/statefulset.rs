@@ -537,13 +537,23 @@ impl Controller {
         for template in spec.volume_claim_templates.iter().flatten() {
             let claim =
                 claim_name(template.metadata.name.as_deref().unwrap_or_default(), &key.1, ordinal);
-            if self.claims.store().get(&ObjectRef::new(&claim).within(&key.0)).is_none() {
+            let Some(cached) = self.claims.store().get(&ObjectRef::new(&claim).within(&key.0))
+            else {
                 continue;
-            }
-            let owner = json!({"metadata": {"ownerReferences": [{
-                "apiVersion": "v1", "kind": "Pod", "name": pod.metadata.name,
-                "uid": pod.metadata.uid,
-            }]}});
+            };
+            // The pod joins the claim's owners (a merge patch replaces the whole list).
+            let uid = pod.metadata.uid.clone().unwrap_or_default();
+            let mut owners: Vec<serde_json::Value> = cached
+                .metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .filter(|o| o.uid != uid)
+                .filter_map(|o| serde_json::to_value(o).ok())
+                .collect();
+            owners.push(json!({"apiVersion": "v1", "kind": "Pod", "name": pod.metadata.name,
+                "uid": pod.metadata.uid}));
+            let owner = json!({"metadata": {"ownerReferences": owners}});
             match api.patch(&claim, &PatchParams::default(), &Patch::Merge(owner)).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(status)) if status.code == 404 => {}

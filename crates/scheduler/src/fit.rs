@@ -450,7 +450,8 @@ pub struct Preemption {
 /// are taken away; if the pod then fits, they are given back from the highest priority
 /// down as long as it still fits, and the rest are the victims. The node chosen has the
 /// lowest highest-victim priority, then the lowest sum of priorities, then the fewest
-/// victims. Pods with `preemptionPolicy: Never` preempt nothing.
+/// victims. Pods with `preemptionPolicy: Never` preempt nothing; nodes that the pod's
+/// affinity or spreading rules out are no candidates.
 pub fn preempt(pod: &Pod, nodes: &[(&NodeInfo, Vec<(&Pod, &Resources)>)]) -> Option<Preemption> {
     let spec = pod.spec.as_ref()?;
     if spec.preemption_policy.as_deref() == Some("Never") {
@@ -458,8 +459,17 @@ pub fn preempt(pod: &Pod, nodes: &[(&NodeInfo, Vec<(&Pod, &Resources)>)]) -> Opt
     }
     let mine = priority(pod);
     let requests = pod_requests(pod);
+    // Nodes where other pods' placement rules the pod out (affinity, spreading) are no
+    // candidates: removing pods for a node the pod still could not use helps nobody.
+    // (Judged with the pods in place: a victim's own anti-affinity keeps its node out.)
+    let infos: Vec<&NodeInfo> = nodes.iter().map(|(n, _)| *n).collect();
+    let topology = crate::topology::Topology::needed(pod, &infos)
+        .then(|| crate::topology::Topology::of(pod, &infos));
     let mut best: Option<((i64, i64, usize, String), Preemption)> = None;
     for (node, placed) in nodes {
+        if topology.as_ref().is_some_and(|t| t.admits(node).is_err()) {
+            continue;
+        }
         match filter(pod, &requests, node) {
             Ok(()) => continue,
             Err(reasons)

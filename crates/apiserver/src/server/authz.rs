@@ -113,10 +113,8 @@ impl State {
                 Some(self.used_on(node, kind, &attributes.namespace, name).await)
             }
             ("", "nodes") if !read && verb != "create" => Some(attributes.name == node),
-            ("coordination.k8s.io", "leases")
-                if !read && verb != "create" && attributes.namespace == "kube-node-lease" =>
-            {
-                Some(attributes.name == node)
+            ("coordination.k8s.io", "leases") if !read && verb != "create" => {
+                Some(attributes.namespace == "kube-node-lease" && attributes.name == node)
             }
             ("", "pods") if attributes.subresource == "status" || verb == "delete" => {
                 if read {

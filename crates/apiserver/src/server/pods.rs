@@ -240,11 +240,15 @@ impl Api {
                     None | Some(Value::Null) => String::new(),
                     Some(options) => options.to_string(),
                 };
+                // A dry run (in the Eviction's options or the query) checks the budget and
+                // deletes nothing.
                 let dry_run =
                     eviction["deleteOptions"]["dryRun"].as_array().is_some_and(|d| !d.is_empty())
-                        || self.params.contains_key("dryRun");
+                        || self.dry_run();
                 self.admit_eviction(&pod, dry_run).await?;
-                self.delete("application/json", options.as_bytes()).await?;
+                if !dry_run {
+                    self.delete("application/json", options.as_bytes()).await?;
+                }
                 return Ok(json_response(
                     201,
                     &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),

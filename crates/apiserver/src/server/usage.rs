@@ -268,10 +268,12 @@ async fn collect_once(state: &Arc<State>, resolution: Duration) -> Result<(), Ap
         readings.push((name, handle.await.ok().flatten()));
     }
     let mut samples = state.usage.lock();
+    let mut seen: HashSet<String> = HashSet::new();
     for (node, text) in readings {
         let Some(text) = text else { continue };
         let reading = parse_reading(&text, now_ms());
         if let (Some(cpu), Some(memory)) = (reading.node_cpu, reading.node_memory) {
+            seen.insert(format!("node/{node}"));
             if let Some((nanocores, window)) =
                 rate(&mut samples.last_cpu, format!("node/{node}"), cpu)
             {
@@ -289,6 +291,7 @@ async fn collect_once(state: &Arc<State>, resolution: Duration) -> Result<(), Ap
         let mut pods: HashMap<(String, String), PodPoint> = HashMap::new();
         for ((namespace, pod, container), cpu) in &reading.container_cpu {
             let series = format!("{namespace}/{pod}/{container}");
+            seen.insert(series.clone());
             let Some((nanocores, window)) = rate(&mut samples.last_cpu, series, *cpu) else {
                 continue;
             };
@@ -306,6 +309,8 @@ async fn collect_once(state: &Arc<State>, resolution: Duration) -> Result<(), Ap
         }
         pod_points.extend(pods);
     }
+    // Series of pods and nodes gone (or unread this time) are forgotten.
+    samples.last_cpu.retain(|series, _| seen.contains(series));
     samples.nodes = node_points;
     samples.pods = pod_points;
     Ok(())

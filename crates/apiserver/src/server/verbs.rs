@@ -336,6 +336,7 @@ impl Api {
     /// in, certificate requests record who asks.
     async fn admit_new(&self, name: &str, object: &mut Value) -> Result<(), ApiError> {
         let resource = self.stored();
+        self.restrict_node(resource, name, None, object)?;
         if crate::crd::lookup(resource).is_some_and(|c| c.terminating) {
             return Err(ApiError::new(
                 405,
@@ -498,6 +499,62 @@ impl Api {
         Ok(())
     }
 
+    /// NodeRestriction, for kubelets (`system:node:NAME`): a node creates only its own
+    /// Node and its own Lease in `kube-node-lease`, and does not change its Node's taints
+    /// or labels under `node-restriction.kubernetes.io/` (which could draw pods, and so
+    /// their Secrets, to it).
+    fn restrict_node(
+        &self,
+        resource: &Resource,
+        name: &str,
+        current: Option<&Value>,
+        object: &Value,
+    ) -> Result<(), ApiError> {
+        let Some(node) = self.user.name.strip_prefix("system:node:") else { return Ok(()) };
+        if !self.user.groups.iter().any(|g| g == "system:nodes") {
+            return Ok(());
+        }
+        let forbidden = |what: String| {
+            ApiError::new(403, "Forbidden", format!("node {node:?} is not allowed to {what}"))
+        };
+        match (resource.group, resource.name) {
+            ("", "nodes") => {
+                if name != node {
+                    return Err(forbidden(format!("modify node {name:?}")));
+                }
+                let restricted = |v: &Value| -> Vec<(String, Value)> {
+                    v["metadata"]["labels"]
+                        .as_object()
+                        .into_iter()
+                        .flatten()
+                        .filter(|(k, _)| k.starts_with("node-restriction.kubernetes.io/"))
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect()
+                };
+                if let Some(current) = current {
+                    if current["spec"]["taints"] != object["spec"]["taints"] {
+                        return Err(forbidden("modify taints".into()));
+                    }
+                    if restricted(current) != restricted(object) {
+                        return Err(forbidden(
+                            "modify labels: node-restriction.kubernetes.io/".into(),
+                        ));
+                    }
+                } else if !restricted(object).is_empty() {
+                    return Err(forbidden("set labels: node-restriction.kubernetes.io/".into()));
+                }
+            }
+            ("coordination.k8s.io", "leases") => {
+                let namespace = self.target.namespace.as_deref().unwrap_or_default();
+                if namespace != "kube-node-lease" || name != node {
+                    return Err(forbidden(format!("modify lease {namespace}/{name}")));
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
     /// An updated Service's node ports: kept from `current` for the same port and
     /// protocol, new ones for new ports, none when the type no longer has them.
     async fn reassign_node_ports(
@@ -625,6 +682,7 @@ impl Api {
         }
         if !status_only {
             strategy.prepare_update(current, &mut object);
+            self.restrict_node(resource, &name, Some(current), &object)?;
         }
         // A Service keeps its node ports, gets new ones when it becomes NodePort or
         // LoadBalancer (or gains ports), and gives them up when it stops being one; held
