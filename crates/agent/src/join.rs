@@ -248,10 +248,10 @@ async fn certificate(
     }
 }
 
-/// Accepts any server certificate: only for fetching the CA, which is then checked
-/// against the token's hash.
+/// Accepts any server certificate: only for fetching the CA (which is then checked
+/// against the token's hash) and for HTTPS probes (which the kubelet does not verify).
 #[derive(Debug)]
-struct Unverified(Arc<rustls::crypto::CryptoProvider>);
+pub(crate) struct Unverified(pub(crate) Arc<rustls::crypto::CryptoProvider>);
 
 impl rustls::client::danger::ServerCertVerifier for Unverified {
     fn verify_server_cert(

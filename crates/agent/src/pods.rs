@@ -785,6 +785,28 @@ async fn start(
                 &format!("Pulling image \"{image}\""),
             )
             .await;
+        let missing: Vec<&str> = pod
+            .spec
+            .iter()
+            .flat_map(|s| s.image_pull_secrets.iter().flatten())
+            .map(|r| r.name.as_str())
+            .filter(|name| ctx.sources.secret(name).is_none())
+            .collect();
+        if !missing.is_empty() {
+            // As the kubelet: the pull goes on without them, and the user is told.
+            ctx.events
+                .record(
+                    pod,
+                    None,
+                    true,
+                    "FailedToRetrieveImagePullSecret",
+                    &format!(
+                        "Unable to retrieve some image pull secrets ({}); attempting to pull the image may not succeed.",
+                        missing.join(", ")
+                    ),
+                )
+                .await;
+        }
         let pulled = images
             .pull_image(cri::PullImageRequest {
                 image: Some(cri::ImageSpec { image: image.clone(), ..Default::default() }),

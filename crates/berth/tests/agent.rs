@@ -1463,7 +1463,7 @@ fn root_private_images_are_pulled_with_the_pods_pull_secrets() {
         format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  terminationGracePeriodSeconds: 1\n{secrets}  containers:\n  - {{name: c, image: \"{host}/private:{tag}\", command: [sleep, \"1000\"]}}\n")
     };
     cluster.apply(&pod("private", "v1", "  imagePullSecrets: [{name: regcred}]\n"));
-    cluster.apply(&pod("nocreds", "v2", ""));
+    cluster.apply(&pod("nocreds", "v2", "  imagePullSecrets: [{name: absent}]\n"));
     cluster.until("private Running", &["get", "pod", "private", "-o", "json"], running_ready);
     let refused =
         cluster.until("nocreds cannot pull", &["get", "pod", "nocreds", "-o", "json"], |p| {
@@ -1476,4 +1476,9 @@ fn root_private_images_are_pulled_with_the_pods_pull_secrets() {
         .unwrap_or_default()
         .to_owned();
     assert!(message.contains("authentication"), "{message}");
+    let events = cluster.ok(&["get", "events", "--field-selector=involvedObject.name=nocreds"]);
+    assert!(
+        events.contains("FailedToRetrieveImagePullSecret") && events.contains("(absent)"),
+        "{events}"
+    );
 }

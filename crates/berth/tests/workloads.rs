@@ -1003,16 +1003,17 @@ spec:
             pods.len() == 3 && pods.iter().all(|p| p.ends_with("/True") && !p.starts_with(&format!("{node}/")))
         },
     );
-    // Both bounds at once are refused.
-    let both = server.kubectl(&[
-        "create",
-        "pdb",
-        "both",
-        "--selector=app=web",
-        "--min-available=1",
-        "--max-unavailable=1",
-    ]);
-    assert!(!both.status.success());
+    // Both bounds at once are refused by the server (a manifest, so kubectl's own check
+    // of `create pdb` flags is not what answers).
+    let path = server.dir.join("both.yaml");
+    std::fs::write(&path, "apiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {name: both}\nspec:\n  minAvailable: 1\n  maxUnavailable: 1\n  selector: {matchLabels: {app: web}}\n").unwrap();
+    let both = server.kubectl(&["apply", "-f", path.to_str().unwrap()]);
+    let said = String::from_utf8_lossy(&both.stderr);
+    assert!(
+        !both.status.success()
+            && said.contains("minAvailable and maxUnavailable cannot be both set"),
+        "{said}"
+    );
 }
 
 /// A pod of higher priority that fits nowhere preempts pods of lower priority: one is

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use berth_reconcile::{Action, Cache, Informers, Queue};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Node, Pod, Toleration};
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams};
 use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
 
@@ -278,17 +278,6 @@ impl Controller {
         {
             return Ok(());
         }
-        let api: Api<DaemonSet> = Api::namespaced(self.client.clone(), &key.0);
-        match api
-            .patch_status(&key.1, &PatchParams::default(), &Patch::Merge(json!({"status": status})))
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-            Err(err) => Err(workload::api_error(format!(
-                "update the status of daemonset {}/{}",
-                key.0, key.1
-            ))(err)),
-        }
+        workload::patch_status::<DaemonSet>(&self.client, key, "daemonset", status).await
     }
 }

@@ -651,18 +651,13 @@ impl Controller {
         if same {
             return Ok(());
         }
-        let api: Api<HorizontalPodAutoscaler> = Api::namespaced(self.client.clone(), &key.0);
-        match api
-            .patch_status(&key.1, &PatchParams::default(), &Patch::Merge(json!({"status": status})))
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-            Err(err) => Err(workload::api_error(format!(
-                "update the status of horizontalpodautoscaler {}/{}",
-                key.0, key.1
-            ))(err)),
-        }
+        workload::patch_status::<HorizontalPodAutoscaler>(
+            &self.client,
+            key,
+            "horizontalpodautoscaler",
+            status,
+        )
+        .await
     }
 }
 

@@ -239,13 +239,7 @@ impl Controller {
                 return Ok(Action::RequeueAfter(Duration::from_secs(left as u64)));
             }
             let api: Api<Job> = Api::namespaced(self.client.clone(), &key.0);
-            let params = DeleteParams {
-                preconditions: Some(kube::api::Preconditions {
-                    uid: job.metadata.uid.clone(),
-                    resource_version: None,
-                }),
-                ..DeleteParams::foreground()
-            };
+            let params = workload::exactly(&job.metadata, DeleteParams::foreground());
             return match api.delete(&key.1, &params).await {
                 Ok(_) => Ok(Action::Done),
                 Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => {

@@ -293,13 +293,7 @@ impl Controller {
     async fn evict(&self, pod: &Pod) -> Result<(), Error> {
         let (namespace, name) = workload::key_of(&pod.metadata);
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
-        let params = DeleteParams {
-            preconditions: Some(kube::api::Preconditions {
-                uid: pod.metadata.uid.clone(),
-                resource_version: None,
-            }),
-            ..DeleteParams::background()
-        };
+        let params = workload::exactly(&pod.metadata, DeleteParams::background());
         match api.delete(&name, &params).await {
             Ok(_) => {
                 workload::event(

@@ -320,19 +320,6 @@ impl<K: Set> Controller<K> {
         if unchanged {
             return Ok(());
         }
-        let api: Api<K> = Api::namespaced(self.client.clone(), &key.0);
-        match api
-            .patch_status(&key.1, &PatchParams::default(), &Patch::Merge(json!({"status": status})))
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-            Err(err) => Err(workload::api_error(format!(
-                "update the status of {} {}/{}",
-                K::LOOP,
-                key.0,
-                key.1
-            ))(err)),
-        }
+        workload::patch_status::<K>(&self.client, key, K::LOOP, status).await
     }
 }

@@ -576,13 +576,7 @@ impl Controller {
     ) -> Result<(), Error> {
         let name = pod.metadata.name.clone().unwrap_or_default();
         // Only this pod (by uid): a newer pod of the same name must not go instead.
-        let params = DeleteParams {
-            preconditions: Some(kube::api::Preconditions {
-                uid: pod.metadata.uid.clone(),
-                resource_version: None,
-            }),
-            ..DeleteParams::background()
-        };
+        let params = workload::exactly(&pod.metadata, DeleteParams::background());
         match api.delete(&name, &params).await {
             Ok(_) => {
                 workload::event(
@@ -649,18 +643,7 @@ impl Controller {
         if same {
             return Ok(());
         }
-        let api: Api<StatefulSet> = Api::namespaced(self.client.clone(), &key.0);
-        match api
-            .patch_status(&key.1, &PatchParams::default(), &Patch::Merge(json!({"status": status})))
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-            Err(err) => Err(workload::api_error(format!(
-                "update the status of statefulset {}/{}",
-                key.0, key.1
-            ))(err)),
-        }
+        workload::patch_status::<StatefulSet>(&self.client, key, "statefulset", status).await
     }
 }
 

@@ -291,6 +291,46 @@ pub(crate) fn selects(
     selector.matches(Some(&labels))
 }
 
+/// Merges `status` into the object's status; one gone meanwhile is no error. `what` names
+/// it in the error (`statefulset`, ...).
+pub(crate) async fn patch_status<K>(
+    client: &kube::Client,
+    (namespace, name): &(String, String),
+    what: &str,
+    status: serde_json::Value,
+) -> Result<(), Error>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned,
+{
+    use kube::api::{Patch, PatchParams};
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    match api
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(json!({"status": status})))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(err) => Err(api_error(format!("update the status of {what} {namespace}/{name}"))(err)),
+    }
+}
+
+/// Delete options that remove exactly this object (by uid), not a newer one of its name.
+pub(crate) fn exactly(
+    meta: &ObjectMeta,
+    options: kube::api::DeleteParams,
+) -> kube::api::DeleteParams {
+    kube::api::DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            uid: meta.uid.clone(),
+            resource_version: None,
+        }),
+        ..options
+    }
+}
+
 pub(crate) fn api_error(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
     Error::api(action)
 }
