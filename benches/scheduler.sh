@@ -28,6 +28,8 @@ export KUBECONFIG=$work/kubeconfig
 start=$(date +%s%N)
 until [ "$(kubectl get nodes --no-headers 2>/dev/null | grep -c ' Ready ')" -ge "$nodes" ]; do sleep 0.5; done
 echo "## $nodes simulated nodes registered in $(( ($(date +%s%N) - start) / 1000000 )) ms"
+# The nodes' Leases follow their registration: the load starts on a settled cluster.
+until [ "$(kubectl get leases -n kube-node-lease --no-headers 2>/dev/null | wc -l)" -ge "$nodes" ]; do sleep 0.5; done
 echo
 ./target/release/examples/schedload "$work/kubeconfig" "$pods"
 echo

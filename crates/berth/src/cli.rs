@@ -143,6 +143,9 @@ pub enum Command {
     Kubeconfig(server::KubeconfigArgs),
     /// Serve the Kubernetes CRI (v1) for a kubelet or crictl on a unix socket.
     Cri(crate::cri::CriArgs),
+    /// Serve the cluster DNS of a server's Services on its own (as CoreDNS does beside a
+    /// cluster): for a server run without an agent, or in front of a benchmark.
+    Dns(server::DnsArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
@@ -199,5 +202,6 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Agent(args) => server::agent(&global, args),
         Command::Kubeconfig(args) => server::kubeconfig(args),
         Command::Cri(args) => crate::cri::cri(&global, args),
+        Command::Dns(args) => server::dns(args),
     }
 }

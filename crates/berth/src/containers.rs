@@ -1860,11 +1860,22 @@ pub(crate) fn container_json(record: &Record, dir: &Path) -> Value {
             "Error": s.error,
             "StartedAt": if s.started_at.is_empty() { "0001-01-01T00:00:00Z" } else { s.started_at.as_str() },
             "FinishedAt": if s.finished_at.is_empty() { "0001-01-01T00:00:00Z" } else { s.finished_at.as_str() },
-            "Health": s.health.as_ref().map(|h| json!({
-                "Status": h.status,
-                "FailingStreak": h.failing_streak,
-                "Log": h.log.iter().map(|p| json!({"Start": p.start, "End": p.end, "ExitCode": p.exit_code, "Output": p.output})).collect::<Vec<_>>(),
-            })),
+            "Health": match s.health.as_ref() {
+                Some(h) => json!({
+                    "Status": h.status,
+                    "FailingStreak": h.failing_streak,
+                    "Log": h.log.iter().map(|p| json!({"Start": p.start, "End": p.end, "ExitCode": p.exit_code, "Output": p.output})).collect::<Vec<_>>(),
+                }),
+                // Started with a check that has not reported yet: "starting", as Docker
+                // shows it from the start (docker-compose's service_healthy reads it at
+                // once and calls a missing one "missing a healthcheck configuration").
+                None if record.healthcheck.is_some()
+                    && matches!(s.status, Status::Running | Status::Paused | Status::Restarting) =>
+                {
+                    json!({"Status": "starting", "FailingStreak": 0, "Log": []})
+                }
+                None => Value::Null,
+            },
         },
         "Image": record.image_id,
         "Name": format!("/{}", record.name),

@@ -154,6 +154,25 @@ pub struct AgentArgs {
     pub node: NodeArgs,
 }
 
+/// `berth dns`: the cluster DNS alone, answering from a server's API.
+#[derive(Debug, Args)]
+pub struct DnsArgs {
+    /// A kubeconfig whose user may list and watch Services and EndpointSlices (the
+    /// server's DATA_DIR/kubeconfig, or one from `berth kubeconfig --user`).
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: PathBuf,
+    /// Where to answer, over UDP and TCP (repeat for more than one address).
+    #[arg(long = "listen", default_value = "0.0.0.0:53")]
+    pub listen: Vec<std::net::SocketAddr>,
+    /// The cluster's DNS domain.
+    #[arg(long = "cluster-domain", default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// Resolvers for names outside the cluster (repeatable); the host's
+    /// /etc/resolv.conf when none is given.
+    #[arg(long = "upstream")]
+    pub upstreams: Vec<std::net::SocketAddr>,
+}
+
 #[derive(Debug, Args)]
 pub struct KubeconfigArgs {
     #[arg(long = "data-dir", default_value = "/var/lib/berth/server")]
@@ -342,6 +361,64 @@ pub fn server(global: &crate::cli::Global, args: ServerArgs) -> Result<i32> {
 /// `berth agent`: joins the server with the node token (see `berth_agent::join`), then
 /// runs the node agent, its in-process CRI runtime and its service proxy as the node,
 /// until SIGTERM or SIGINT. Its credentials stay in DATA_DIR/credentials for the next start.
+pub fn dns(args: DnsArgs) -> Result<i32> {
+    // The addresses are tried first, so a port taken or not allowed is an error that
+    // names it, not a log line from a server that then answers nowhere.
+    for address in &args.listen {
+        let hint = if address.port() < 1024 {
+            " (ports below 1024 need root or CAP_NET_BIND_SERVICE; choose another with --listen)"
+        } else {
+            ""
+        };
+        std::net::UdpSocket::bind(address)
+            .with_context(|| format!("cannot listen on udp {address}{hint}"))?;
+        std::net::TcpListener::bind(address)
+            .with_context(|| format!("cannot listen on tcp {address}{hint}"))?;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(stop_on_signal(shutdown.clone()));
+        let client = berth_client::from_kubeconfig(&args.kubeconfig)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        // The caches must fill before the first answer: a server that cannot be reached
+        // or refuses the user is said at once.
+        use kube::api::{Api, ListParams};
+        Api::<k8s_openapi::api::core::v1::Service>::all(client.clone())
+            .list_metadata(&ListParams::default().limit(1))
+            .await
+            .with_context(|| format!("cannot list Services with {}", args.kubeconfig.display()))?;
+        let informers =
+            std::sync::Arc::new(berth_reconcile::Informers::new(client, shutdown.clone()));
+        let listen = args.listen.clone();
+        berth_dns::run(
+            informers.clone(),
+            berth_dns::Config {
+                listen: args.listen,
+                domain: args.cluster_domain,
+                upstreams: args.upstreams,
+            },
+        )
+        .await;
+        eprintln!("berth dns: answering on {listen:?}");
+        shutdown.cancelled().await;
+        informers.tasks().close();
+        if tokio::time::timeout(std::time::Duration::from_secs(5), informers.tasks().wait())
+            .await
+            .is_err()
+        {
+            eprintln!("berth dns: the DNS loops did not stop in time");
+        }
+        eprintln!("berth dns: stopped");
+        Ok(0)
+    })
+}
+
 pub fn agent(global: &crate::cli::Global, args: AgentArgs) -> Result<i32> {
     let (mut config, cri) = node_setup(global, &args.node, args.data_dir.clone())?;
     let disable_kube_proxy = args.node.disable_kube_proxy;

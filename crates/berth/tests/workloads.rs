@@ -9,6 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::{Name, RData, RecordType};
+
 const BERTH: &str = env!("CARGO_BIN_EXE_berth");
 const KUBECTL: &str = "/usr/bin/kubectl";
 
@@ -16,6 +19,54 @@ struct Server {
     child: Child,
     dir: PathBuf,
     _temp: tempfile::TempDir,
+    /// The etcd the server stores in, when not its embedded store (killed after it).
+    _etcd: Option<Etcd>,
+}
+
+/// A real etcd on loopback ports (Debian's etcd-server), killed when dropped.
+struct Etcd(Child);
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Etcd {
+    /// Starts one in `dir`; its client endpoint.
+    fn start(dir: &Path) -> (Etcd, String) {
+        assert!(
+            Command::new("etcd").arg("--version").output().is_ok(),
+            "this test needs etcd (Debian's etcd-server; scripts/deps installs it)"
+        );
+        let (client, peer) = (free_port(), free_port());
+        let endpoint = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let etcd = Etcd(
+            Command::new("etcd")
+                .arg("--data-dir")
+                .arg(dir.join("etcd"))
+                .args(["--name", "test", "--listen-client-urls", &endpoint])
+                .args(["--advertise-client-urls", &endpoint, "--listen-peer-urls", &peer_url])
+                .args(["--initial-advertise-peer-urls", &peer_url])
+                .args(["--initial-cluster", &format!("test={peer_url}")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", client)).is_err() {
+            assert!(Instant::now() < deadline, "etcd did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        (etcd, endpoint)
+    }
 }
 
 impl Drop for Server {
@@ -36,6 +87,20 @@ impl Server {
         }
         let temp = tempfile::Builder::new().prefix("berth-workloads-").tempdir().unwrap();
         Some(Server::start_in(temp, extra))
+    }
+
+    /// As [`Server::start`], storing in a real etcd started for it.
+    fn start_on_etcd(extra: &[&str]) -> Option<Server> {
+        if !Path::new(KUBECTL).exists() {
+            return Server::start(extra);
+        }
+        let etcd_dir = tempfile::Builder::new().prefix("berth-workloads-etcd-").tempdir().unwrap();
+        let (etcd, endpoint) = Etcd::start(etcd_dir.path());
+        let mut args: Vec<&str> = vec!["--datastore-endpoint", &endpoint];
+        args.extend_from_slice(extra);
+        let mut server = Server::start_in(etcd_dir, &args);
+        server._etcd = Some(etcd);
+        Some(server)
     }
 
     /// Starts (again) on the data directory of `temp`.
@@ -59,7 +124,7 @@ impl Server {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let server = Server { child, dir, _temp: temp };
+        let server = Server { child, dir, _temp: temp, _etcd: None };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             assert!(Instant::now() < deadline, "the server did not come up with its nodes");
@@ -132,6 +197,34 @@ impl Server {
 #[test]
 fn deployments_create_scale_roll_pause_and_undo() {
     let Some(server) = Server::start(&[]) else { return };
+    deployment_story(&server);
+}
+
+/// The same on etcd: the controllers' and scheduler's watches, conflicts and binds go
+/// through etcd's revisions rather than the embedded store's.
+#[test]
+fn deployments_on_etcd() {
+    let Some(server) = Server::start_on_etcd(&[]) else { return };
+    deployment_story(&server);
+}
+
+#[test]
+fn jobs_on_etcd() {
+    let Some(server) =
+        Server::start_on_etcd(&["--simulated-node-capacity", "cpu=2,memory=4Gi,pods=20"])
+    else {
+        return;
+    };
+    job_story(&server);
+}
+
+#[test]
+fn statefulsets_on_etcd() {
+    let Some(server) = Server::start_on_etcd(&[]) else { return };
+    statefulset_story(&server);
+}
+
+fn deployment_story(server: &Server) {
     server.ok(&["create", "deployment", "web", "--image=busybox:1.35", "--replicas=3"]);
     server.ok(&["rollout", "status", "deploy/web", "--timeout=60s"]);
     let pods = server.ok(&[
@@ -199,6 +292,10 @@ fn jobs_complete_and_fail_and_unschedulable_pods_say_why() {
     else {
         return;
     };
+    job_story(&server);
+}
+
+fn job_story(server: &Server) {
     server.apply(
         r#"
 apiVersion: batch/v1
@@ -678,6 +775,10 @@ spec:
 #[test]
 fn statefulsets_make_pods_in_order_with_their_claims() {
     let Some(server) = Server::start(&[]) else { return };
+    statefulset_story(&server);
+}
+
+fn statefulset_story(server: &Server) {
     // With every node cordoned the first pod cannot be scheduled: OrderedReady makes no
     // second one until it runs.
     server.ok(&["cordon", "sim-0", "sim-1", "sim-2"]);
@@ -1366,4 +1467,102 @@ fn pods_follow_affinity_anti_affinity_and_spread() {
     server.ok(&["rollout", "status", "deploy/even", "--timeout=60s"]);
     let even = placed("even");
     assert_eq!(even.iter().filter(|n| *n == "sim-2").count(), 2, "{even:?}");
+}
+
+/// A DNS question for `name`'s A record, sent over UDP to `server`; the answer's code and
+/// addresses (`None` when no answer comes within 2 s).
+fn ask_a(
+    server: std::net::SocketAddr,
+    name: &str,
+) -> Option<(ResponseCode, Vec<std::net::Ipv4Addr>)> {
+    let mut message = Message::new(42, MessageType::Query, OpCode::Query);
+    message.metadata.recursion_desired = true;
+    message.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    socket.send_to(&message.to_vec().unwrap(), server).unwrap();
+    let mut buffer = [0u8; 4096];
+    let (n, _) = socket.recv_from(&mut buffer).ok()?;
+    let answer = Message::from_vec(&buffer[..n]).unwrap();
+    let addresses = answer
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(a.0),
+            _ => None,
+        })
+        .collect();
+    Some((answer.metadata.response_code, addresses))
+}
+
+/// `berth dns` alone, beside a server that runs no agent: it answers Services' names
+/// from the API (and follows changes), says NXDOMAIN for names the cluster does not
+/// have, and refuses a listen address it cannot take with an error naming it.
+#[test]
+fn the_cluster_dns_runs_on_its_own() {
+    let Some(server) = Server::start(&[]) else { return };
+    server.ok(&["create", "service", "clusterip", "web", "--tcp=80:8080"]);
+    let ip = server.ok(&["get", "service", "web", "-o", "jsonpath={.spec.clusterIP}"]);
+    let ip: std::net::Ipv4Addr = ip.trim().parse().unwrap();
+
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let refused = Command::new(BERTH)
+        .args(["dns", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--kubeconfig")
+        .arg(server.dir.join("kubeconfig"))
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains(&format!("cannot listen on udp 127.0.0.1:{port}")), "{said}");
+    drop(taken);
+
+    let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    struct Killed(Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    // No upstream is reachable: nothing leaves loopback, and only cluster names are asked.
+    let _dns = Killed(
+        Command::new(BERTH)
+            .args(["dns", "--listen", &listen.to_string(), "--upstream", "127.0.0.1:9"])
+            .arg("--kubeconfig")
+            .arg(server.dir.join("kubeconfig"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // Until it has read the API and listens, questions go unanswered.
+    let ask = |name: &str| loop {
+        if let Some(answer) = ask_a(listen, name) {
+            return answer;
+        }
+        assert!(Instant::now() < deadline, "berth dns never answered");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(ask("web.default.svc.cluster.local."), (ResponseCode::NoError, vec![ip]));
+    assert_eq!(ask("db.default.svc.cluster.local.").0, ResponseCode::NXDomain);
+    // A Service made later is answered too (the caches follow the API).
+    server.ok(&["create", "service", "clusterip", "db", "--tcp=5432:5432"]);
+    let db: std::net::Ipv4Addr = server
+        .ok(&["get", "service", "db", "-o", "jsonpath={.spec.clusterIP}"])
+        .trim()
+        .parse()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = ask("db.default.svc.cluster.local.");
+        if answer == (ResponseCode::NoError, vec![db]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the new Service is never answered: {answer:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -123,7 +123,7 @@ fn retaint(taints: &[Taint], key: Option<&str>, now: &Time) -> Option<Vec<Taint>
 /// When a pod must leave a node with these NoExecute taints: now (`Some(0.0)` or less),
 /// at a time (seconds since the epoch), or never (`None`).
 fn eviction_time(pod: &Pod, taints: &[Taint], now: f64) -> Option<f64> {
-    let tolerations = pod.spec.as_ref().and_then(|s| s.tolerations.clone()).unwrap_or_default();
+    let tolerations = pod.spec.as_ref().and_then(|s| s.tolerations.as_deref()).unwrap_or_default();
     let mut at: Option<f64> = None;
     for taint in taints.iter().filter(|t| t.effect == "NoExecute") {
         let matching: Vec<_> = tolerations
@@ -180,13 +180,17 @@ impl Controller {
         } else {
             soon(alive + grace);
         }
+        // The node's pods, looked up only when something is to be done with them (every
+        // pod event queues its node: a scan each time would cost pods x pods).
+        let pods_here = || -> Vec<Arc<Pod>> {
+            self.pods.store().state_filter(|p| {
+                p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(name.as_str())
+                    && p.metadata.deletion_timestamp.is_none()
+            })
+        };
         // Pods of a node that is not ready are not ready either.
-        let pods: Vec<Arc<Pod>> = self.pods.store().state_filter(|p| {
-            p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(name.as_str())
-                && p.metadata.deletion_timestamp.is_none()
-        });
         if ready.as_deref() == Some("Unknown") {
-            for pod in pods.iter().filter(|p| workload::ready(p)) {
+            for pod in pods_here().iter().filter(|p| workload::ready(p)) {
                 self.mark_pod_not_ready(pod).await?;
             }
         }
@@ -207,7 +211,7 @@ impl Controller {
         };
         // The taint manager: pods that do not tolerate the NoExecute taints go.
         if taints.iter().any(|t| t.effect == "NoExecute") {
-            for pod in &pods {
+            for pod in &pods_here() {
                 match eviction_time(pod, &taints, now) {
                     Some(at) if at <= now => self.evict(pod).await?,
                     Some(at) => soon(at),

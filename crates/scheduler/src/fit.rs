@@ -236,7 +236,7 @@ fn requirement_holds(
     labels: &BTreeMap<String, String>,
 ) -> bool {
     let value = labels.get(&requirement.key);
-    let values = requirement.values.clone().unwrap_or_default();
+    let values = requirement.values.as_deref().unwrap_or_default();
     match requirement.operator.as_str() {
         "In" => value.is_some_and(|v| values.contains(v)),
         "NotIn" => value.is_none_or(|v| !values.contains(v)),
@@ -295,30 +295,40 @@ pub fn preference(pod: &Pod, node: &NodeInfo) -> i128 {
         .filter(|term| term_holds(&term.preference, &node.labels))
         .map(|term| i128::from(term.weight))
         .sum();
-    let tolerations = spec.tolerations.clone().unwrap_or_default();
+    let tolerations = spec.tolerations.as_deref().unwrap_or_default();
     let avoided = node
         .taints
         .iter()
-        .filter(|t| t.effect == "PreferNoSchedule" && !tolerates(&tolerations, t))
+        .filter(|t| t.effect == "PreferNoSchedule" && !tolerates(tolerations, t))
         .count() as i128;
     preferred - avoided * 100
 }
 
 /// The filters, in kube-scheduler's order; the reasons of the first one that fails.
 pub fn filter(pod: &Pod, requests: &Resources, node: &NodeInfo) -> Result<(), Vec<Reason>> {
-    let spec = pod.spec.clone().unwrap_or_default();
-    let tolerations = spec.tolerations.clone().unwrap_or_default();
+    filter_with_ports(pod, requests, &host_ports(pod), node)
+}
+
+/// [`filter`] with the pod's host ports worked out once for all the nodes looked at.
+fn filter_with_ports(
+    pod: &Pod,
+    requests: &Resources,
+    ports: &[(String, i32, String)],
+    node: &NodeInfo,
+) -> Result<(), Vec<Reason>> {
+    let spec = pod.spec.as_ref();
+    let tolerations = spec.and_then(|s| s.tolerations.as_deref()).unwrap_or_default();
     if node.unschedulable {
         let unschedulable_taint = Taint {
             key: "node.kubernetes.io/unschedulable".into(),
             effect: "NoSchedule".into(),
             ..Taint::default()
         };
-        if !tolerates(&tolerations, &unschedulable_taint) {
+        if !tolerates(tolerations, &unschedulable_taint) {
             return Err(vec![Reason::Unschedulable]);
         }
     }
-    if let Some(wanted) = spec.node_name.as_deref().filter(|n| !n.is_empty()) {
+    if let Some(wanted) = spec.and_then(|s| s.node_name.as_deref()).filter(|n| !n.is_empty()) {
         if wanted != node.name {
             return Err(vec![Reason::NodeName]);
         }
@@ -330,7 +340,7 @@ pub fn filter(pod: &Pod, requests: &Resources, node: &NodeInfo) -> Result<(), Ve
         .taints
         .iter()
         .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
-        .find(|t| !tolerates(&tolerations, t))
+        .find(|t| !tolerates(tolerations, t))
     {
         return Err(vec![Reason::Taint {
             key: taint.key.clone(),
@@ -354,7 +364,7 @@ pub fn filter(pod: &Pod, requests: &Resources, node: &NodeInfo) -> Result<(), Ve
     if !short.is_empty() {
         return Err(short);
     }
-    if host_ports(pod).iter().any(|(protocol, port, ip)| {
+    if ports.iter().any(|(protocol, port, ip)| {
         node.ports.iter().any(|(p, n, i)| {
             p == protocol && n == port && (i == ip || i == "0.0.0.0" || ip == "0.0.0.0")
         })
@@ -398,6 +408,7 @@ pub fn feasible_wanted(nodes: usize) -> usize {
 /// `start` (rotated between pods, so the nodes looked at first are not always the same).
 pub fn schedule(pod: &Pod, nodes: &[&NodeInfo], start: usize) -> Result<String, FitError> {
     let requests = pod_requests(pod);
+    let ports = host_ports(pod);
     let wanted = feasible_wanted(nodes.len());
     let mut best: Option<(i128, &str)> = None;
     let mut feasible = 0;
@@ -406,10 +417,11 @@ pub fn schedule(pod: &Pod, nodes: &[&NodeInfo], start: usize) -> Result<String, 
         .then(|| crate::topology::Topology::of(pod, nodes));
     for offset in 0..nodes.len() {
         let node = nodes[(start + offset) % nodes.len()];
-        let admitted = filter(pod, &requests, node).and_then(|()| match &topology {
-            Some(topology) => topology.admits(node).map_err(|reason| vec![reason]),
-            None => Ok(()),
-        });
+        let admitted =
+            filter_with_ports(pod, &requests, &ports, node).and_then(|()| match &topology {
+                Some(topology) => topology.admits(node).map_err(|reason| vec![reason]),
+                None => Ok(()),
+            });
         match admitted {
             Ok(()) => {
                 feasible += 1;

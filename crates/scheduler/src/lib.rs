@@ -14,7 +14,7 @@ pub mod fit;
 pub mod topology;
 pub use berth_api::quantity;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -44,7 +44,8 @@ type Key = (String, String);
 
 #[derive(Default)]
 struct Snapshot {
-    nodes: HashMap<String, NodeInfo>,
+    /// By name, so a decision sees them in one stable order without sorting.
+    nodes: BTreeMap<String, NodeInfo>,
     /// Pods counted on a node, by uid: the node and what they take.
     placed: HashMap<String, (String, Resources, Pod)>,
     /// Pods that fit nowhere last time, tried again when the cluster changes.
@@ -215,8 +216,7 @@ impl Scheduler {
         }
         let decision = {
             let mut snapshot = self.snapshot();
-            let mut nodes: Vec<&NodeInfo> = snapshot.nodes.values().collect();
-            nodes.sort_by(|a, b| a.name.cmp(&b.name));
+            let nodes: Vec<&NodeInfo> = snapshot.nodes.values().collect();
             let start = snapshot.next_start;
             let decision = fit::schedule(&pod, &nodes, start);
             snapshot.next_start = start.wrapping_add(1);
@@ -308,12 +308,11 @@ impl Scheduler {
         for (node, requests, placed) in snapshot.placed.values() {
             by_node.entry(node.as_str()).or_default().push((placed, requests));
         }
-        let mut nodes: Vec<(&NodeInfo, Vec<(&Pod, &Resources)>)> = snapshot
+        let nodes: Vec<(&NodeInfo, Vec<(&Pod, &Resources)>)> = snapshot
             .nodes
             .values()
             .map(|info| (info, by_node.remove(info.name.as_str()).unwrap_or_default()))
             .collect();
-        nodes.sort_by(|a, b| a.0.name.cmp(&b.0.name));
         fit::preempt(pod, &nodes)
     }
 

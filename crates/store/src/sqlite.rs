@@ -88,11 +88,10 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
 const COLUMNS: &str = "rev, key, create_rev, prev_rev, deleted, value";
 
 fn latest(db: &Connection, key: &str) -> rusqlite::Result<Option<Row>> {
-    db.query_row(
-        &format!("SELECT {COLUMNS} FROM kv WHERE key = ?1 ORDER BY rev DESC LIMIT 1"),
-        [key],
-        row,
-    )
+    db.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM kv WHERE key = ?1 ORDER BY rev DESC LIMIT 1"
+    ))?
+    .query_row([key], row)
     .optional()
 }
 
@@ -164,10 +163,12 @@ fn apply_write(tx: &rusqlite::Transaction<'_>, request: Request) -> Result<Watch
         None => live.map(|p| p.value.clone()).unwrap_or_default(),
     };
     let written: &[u8] = if deleting { &[] } else { &stored };
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO kv (key, create_rev, prev_rev, deleted, value) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![key, create_rev, prev_rev, i64::from(deleting), written],
     )
+    .and_then(|mut insert| {
+        insert.execute(params![key, create_rev, prev_rev, i64::from(deleting), written])
+    })
     .map_err(backend)?;
     let rev = tx.last_insert_rowid();
     let create_rev = if create_rev == 0 { rev } else { create_rev };
@@ -302,7 +303,9 @@ impl Inner {
     /// pages back) and the write-ahead log.
     fn used_bytes(&self, db: &Connection) -> Result<u64> {
         let pragma = |name: &str| -> Result<i64> {
-            db.query_row(&format!("PRAGMA {name}"), [], |r| r.get(0)).map_err(backend)
+            db.prepare_cached(&format!("PRAGMA {name}"))
+                .and_then(|mut pragma| pragma.query_row([], |r| r.get(0)))
+                .map_err(backend)
         };
         let database = pragma("page_count")?.max(0) * pragma("page_size")?;
         let wal = std::fs::metadata(&self.wal).map(|m| m.len()).unwrap_or(0);
@@ -377,11 +380,20 @@ impl Inner {
                 continue;
             };
             let outcome = (|| -> Result<WatchEvent> {
-                tx.execute_batch("SAVEPOINT one").map_err(backend)?;
+                // Statements prepared once per connection: parsing them each time showed
+                // in profiles of many small writes.
+                let run = |sql: &str| -> Result<()> {
+                    tx.prepare_cached(sql)
+                        .and_then(|mut s| s.execute([]))
+                        .map(drop)
+                        .map_err(backend)
+                };
+                run("SAVEPOINT one")?;
                 let applied = apply_write(&tx, request);
-                let end =
-                    if applied.is_ok() { "RELEASE one" } else { "ROLLBACK TO one; RELEASE one" };
-                tx.execute_batch(end).map_err(backend)?;
+                if applied.is_err() {
+                    run("ROLLBACK TO one")?;
+                }
+                run("RELEASE one")?;
                 applied
             })();
             results.push(outcome);

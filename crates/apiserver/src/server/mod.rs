@@ -55,6 +55,7 @@ mod discovery;
 mod handler;
 mod kubelet;
 mod listener;
+mod memo;
 mod mirror;
 mod pods;
 mod quotas;
@@ -131,6 +132,8 @@ struct State {
     shutdown: CancellationToken,
     /// How the server reaches node agents (logs, exec, attach, port-forward).
     kubelet_tls: Arc<rustls::ClientConfig>,
+    /// Decoded objects and encoded lines of recent events, shared by the watches.
+    watch_memo: Arc<memo::WatchMemo>,
 }
 
 fn full(data: impl Into<Bytes>) -> Body {
@@ -293,6 +296,7 @@ impl Server {
             usage: usage::Usage::default(),
             shutdown,
             kubelet_tls,
+            watch_memo: Arc::default(),
         });
         bootstrap(&state).await?;
         node_token(&state, &config.data_dir, &pki.ca_pem).await?;
@@ -537,10 +541,14 @@ impl State {
             line["impersonatedBy"] =
                 json!({"username": impersonator.name, "groups": impersonator.groups});
         }
+        // One write per line: formatting straight into the file would make a system call
+        // of every token.
+        let mut text = line.to_string();
+        text.push('\n');
         if let Ok(mut file) = self.audit.lock() {
             if let Some(file) = file.as_mut() {
                 use std::io::Write;
-                if let Err(err) = writeln!(file, "{line}") {
+                if let Err(err) = file.write_all(text.as_bytes()) {
                     tracing::warn!("audit log: a line is lost: {err}");
                 }
             }

@@ -1302,6 +1302,9 @@ impl Api {
         // A custom resource converted by webhook: each event's object goes through it
         // (a failure ends the watch with an ERROR event saying why).
         let converter = self.converter(false);
+        // A watch whose lines depend on nothing but the event and the version served.
+        let plain = converter.is_none() && !as_table && !metadata_only;
+        let memo = self.state.watch_memo.clone();
         let metrics = self.state.metrics.clone();
         let shutdown = self.state.shutdown.clone();
         tokio::spawn(async move {
@@ -1367,7 +1370,8 @@ impl Api {
                             }
                         };
                         last = event.revision();
-                        let object = match decode(&event.kv) {
+                        // Decoded once for all the watches that meet this event.
+                        let object = match memo.object(&event.kv) {
                             Ok(object) => object,
                             Err(err) => {
                                 let _ = sender.send(Frame::data(line(&json!({"type": "ERROR", "object": err.status()})))).await;
@@ -1382,14 +1386,21 @@ impl Api {
                             EventKind::Put if event.prev.is_none() => "ADDED",
                             EventKind::Put => "MODIFIED",
                         };
-                        let event = match converted(json!({"type": kind, "object": object})).await {
-                            Ok(event) => shape(event),
-                            Err(err) => {
-                                let _ = sender.send(Frame::data(line(&json!({"type": "ERROR", "object": err.status()})))).await;
-                                return;
+                        let encoded = if plain {
+                            // The same line for every plain watch of this version.
+                            memo.line(last, &api_version, || {
+                                line(&shape(json!({"type": kind, "object": Value::clone(&object)})))
+                            })
+                        } else {
+                            match converted(json!({"type": kind, "object": Value::clone(&object)})).await {
+                                Ok(event) => line(&shape(event)),
+                                Err(err) => {
+                                    let _ = sender.send(Frame::data(line(&json!({"type": "ERROR", "object": err.status()})))).await;
+                                    return;
+                                }
                             }
                         };
-                        if sender.send(Frame::data(line(&event))).await.is_err() {
+                        if sender.send(Frame::data(encoded)).await.is_err() {
                             return;
                         }
                     }
