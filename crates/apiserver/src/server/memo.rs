@@ -16,12 +16,17 @@ use super::{decode, ApiError};
 
 /// Revisions kept: watches read an event within moments of each other.
 const KEPT: usize = 1024;
+/// Bytes kept at most (the stored sizes of the objects and the lines' lengths), so a run
+/// of large objects (ConfigMaps near the 1.5 MB limit) cannot hold a gigabyte.
+const KEPT_BYTES: usize = 64 << 20;
 
 #[derive(Default)]
 struct Entry {
     object: Option<Arc<Value>>,
     /// Encoded event lines by served `group/version`.
     lines: Vec<(String, Bytes)>,
+    /// What this entry counts toward `KEPT_BYTES`.
+    bytes: usize,
 }
 
 #[derive(Default)]
@@ -33,22 +38,39 @@ pub(super) struct WatchMemo {
 struct Inner {
     entries: HashMap<i64, Entry>,
     order: VecDeque<i64>,
+    bytes: usize,
 }
 
 impl Inner {
-    /// The entry of `revision`, and the entries it pushed out (to be dropped once the
-    /// lock is let go: freeing a decoded object is not free).
-    fn entry(&mut self, revision: i64) -> (&mut Entry, Vec<Entry>) {
+    /// The entry of `revision`, grown by `bytes`, and the entries pushed out to make room
+    /// (to be dropped once the lock is let go: freeing a decoded object is not free).
+    fn entry(&mut self, revision: i64, bytes: usize) -> (&mut Entry, Vec<Entry>) {
         let mut evicted = Vec::new();
-        if !self.entries.contains_key(&revision) {
-            while self.order.len() >= KEPT {
-                if let Some(old) = self.order.pop_front() {
-                    evicted.extend(self.entries.remove(&old));
+        let known = self.entries.contains_key(&revision);
+        while self.order.len() + usize::from(!known) > KEPT
+            || (self.bytes + bytes > KEPT_BYTES && !self.order.is_empty())
+        {
+            let Some(old) = self.order.pop_front() else { break };
+            if old == revision {
+                // Its own entry goes last of all: keep it at the back.
+                self.order.push_back(old);
+                if self.order.len() == 1 {
+                    break;
                 }
+                continue;
             }
+            if let Some(entry) = self.entries.remove(&old) {
+                self.bytes -= entry.bytes;
+                evicted.push(entry);
+            }
+        }
+        if !known {
             self.order.push_back(revision);
         }
-        (self.entries.entry(revision).or_default(), evicted)
+        self.bytes += bytes;
+        let entry = self.entries.entry(revision).or_default();
+        entry.bytes += bytes;
+        (entry, evicted)
     }
 }
 
@@ -66,7 +88,7 @@ impl WatchMemo {
         let object = Arc::new(decode(kv)?);
         let evicted = {
             let mut inner = self.lock();
-            let (entry, evicted) = inner.entry(revision);
+            let (entry, evicted) = inner.entry(revision, kv.value.len());
             entry.object = Some(object.clone());
             evicted
         };
@@ -90,7 +112,7 @@ impl WatchMemo {
         let line = encode();
         let evicted = {
             let mut inner = self.lock();
-            let (entry, evicted) = inner.entry(revision);
+            let (entry, evicted) = inner.entry(revision, line.len());
             if !entry.lines.iter().any(|(gv, _)| gv == group_version) {
                 entry.lines.push((group_version.to_owned(), line.clone()));
             }
@@ -149,5 +171,19 @@ mod tests {
         assert_eq!(inner.entries.len(), KEPT);
         assert!(!inner.entries.contains_key(&1));
         assert!(inner.entries.contains_key(&(KEPT as i64 + 10)));
+    }
+
+    #[test]
+    fn large_lines_are_kept_within_the_byte_bound() {
+        let memo = WatchMemo::default();
+        let big = Bytes::from(vec![b'x'; 1 << 20]);
+        for revision in 1..=100 {
+            let _ = memo.line(revision, "v1", || big.clone());
+        }
+        let inner = memo.lock();
+        assert!(inner.bytes <= KEPT_BYTES, "{} bytes kept", inner.bytes);
+        assert_eq!(inner.bytes, inner.entries.values().map(|e| e.bytes).sum::<usize>());
+        assert!(inner.entries.contains_key(&100), "the newest is kept");
+        assert!(!inner.entries.contains_key(&1), "the oldest went");
     }
 }
