@@ -45,58 +45,25 @@ pub fn prepare(
     Ok(paths)
 }
 
-/// The mount points of /proc/self/mountinfo, their escapes (`\040` for a space, ...)
-/// decoded.
-fn mount_points() -> Vec<String> {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return Vec::new() };
-    info.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|p| {
-            let mut out = String::new();
-            let mut chars = p.chars().peekable();
-            while let Some(c) = chars.next() {
-                if c == '\\' {
-                    let code: String = chars.by_ref().take(3).collect();
-                    match u8::from_str_radix(&code, 8) {
-                        Ok(byte) => out.push(char::from(byte)),
-                        Err(_) => {
-                            out.push('\\');
-                            out.push_str(&code);
-                        }
-                    }
-                } else {
-                    out.push(c);
-                }
-            }
-            out
-        })
-        .collect()
-}
-
 /// A path as mountinfo writes it: absolute, symlinks resolved.
-fn canonical(path: &Path) -> String {
-    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned()).to_string_lossy().into_owned()
+fn canonical(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned())
 }
 
 /// Whether `path` is where something is mounted.
 fn is_mount_point(path: &Path) -> bool {
-    let wanted = canonical(path);
-    mount_points().contains(&wanted)
+    berth_sys::mount::mount_points().contains(&canonical(path))
 }
 
 /// Unmounts what is mounted under `dir` (memory-backed emptyDirs), deepest first, before
 /// the directory is removed.
 pub fn unmount_under(dir: &Path) {
-    let prefix = format!("{}/", canonical(dir));
-    let mut points: Vec<String> =
-        mount_points().into_iter().filter(|p| p.starts_with(&prefix)).collect();
-    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
-    for point in points {
+    for point in berth_sys::mount::mounts_under(&canonical(dir)) {
         if let Err(err) = berth_sys::nix::mount::umount2(
-            point.as_str(),
+            point.as_path(),
             berth_sys::nix::mount::MntFlags::MNT_DETACH,
         ) {
-            tracing::warn!("cannot unmount {point}: {err}");
+            tracing::warn!("cannot unmount {}: {err}", point.display());
         }
     }
 }

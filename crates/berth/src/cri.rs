@@ -29,11 +29,7 @@ pub fn cri(global: &Global, args: CriArgs) -> Result<i32> {
     })
     .map_err(anyhow::Error::msg)
     .context("cannot open the CRI state")?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = crate::server::async_runtime()?;
     runtime.block_on(async move {
         let shutdown = tokio_util::sync::CancellationToken::new();
         tokio::spawn({

@@ -181,16 +181,9 @@ fn kubectl_path() -> Option<PathBuf> {
 }
 
 fn unmount_under(dir: &Path) {
-    let prefix = dir.to_string_lossy().into_owned();
-    let mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
-        .filter(|m| m.starts_with(&prefix))
-        .collect();
-    for mount in mounts.into_iter().rev() {
+    for mount in berth_sys::mount::mounts_under(dir) {
         let _ = berth_sys::nix::mount::umount2(
-            mount.as_str(),
+            mount.as_path(),
             berth_sys::nix::mount::MntFlags::MNT_DETACH,
         );
     }

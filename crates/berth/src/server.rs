@@ -217,11 +217,7 @@ pub fn server(global: &crate::cli::Global, args: ServerArgs) -> Result<i32> {
     let node_monitor_grace_period = args.node_monitor_grace_period;
     let hpa_sync_period =
         args.horizontal_pod_autoscaler_sync_period.max(std::time::Duration::from_millis(100));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = async_runtime()?;
     let kubeconfig = config.data_dir.join("kubeconfig");
     let data_dir = config.data_dir.clone();
     let disable_kube_proxy = args.node.disable_kube_proxy;
@@ -304,14 +300,17 @@ pub fn server(global: &crate::cli::Global, args: ServerArgs) -> Result<i32> {
                 let listen = format!("{node_ip}:53").parse().with_context(|| {
                     format!("the node address {node_ip:?} is not an IP address")
                 })?;
-                loops.spawn(berth_dns::run(
-                    dns.clone(),
-                    berth_dns::Config {
-                        listen: vec![listen],
-                        domain: agent_config.cluster_domain.clone(),
-                        upstreams: Vec::new(),
-                    },
-                ));
+                let config = berth_dns::Config {
+                    listen: vec![listen],
+                    domain: agent_config.cluster_domain.clone(),
+                    upstreams: Vec::new(),
+                };
+                let serving = berth_dns::run(dns.clone(), config);
+                loops.spawn(async move {
+                    if let Err(err) = serving.await {
+                        eprintln!("berth server: no cluster DNS: {err}");
+                    }
+                });
                 informers.push(dns);
             }
             let client = berth_client::in_process(
@@ -361,72 +360,10 @@ pub fn server(global: &crate::cli::Global, args: ServerArgs) -> Result<i32> {
 /// `berth agent`: joins the server with the node token (see `berth_agent::join`), then
 /// runs the node agent, its in-process CRI runtime and its service proxy as the node,
 /// until SIGTERM or SIGINT. Its credentials stay in DATA_DIR/credentials for the next start.
-pub fn dns(args: DnsArgs) -> Result<i32> {
-    // The addresses are tried first, so a port taken or not allowed is an error that
-    // names it, not a log line from a server that then answers nowhere.
-    for address in &args.listen {
-        let hint = if address.port() < 1024 {
-            " (ports below 1024 need root or CAP_NET_BIND_SERVICE; choose another with --listen)"
-        } else {
-            ""
-        };
-        std::net::UdpSocket::bind(address)
-            .with_context(|| format!("cannot listen on udp {address}{hint}"))?;
-        std::net::TcpListener::bind(address)
-            .with_context(|| format!("cannot listen on tcp {address}{hint}"))?;
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(async move {
-        let shutdown = tokio_util::sync::CancellationToken::new();
-        tokio::spawn(stop_on_signal(shutdown.clone()));
-        let client = berth_client::from_kubeconfig(&args.kubeconfig)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        // The caches must fill before the first answer: a server that cannot be reached
-        // or refuses the user is said at once.
-        use kube::api::{Api, ListParams};
-        Api::<k8s_openapi::api::core::v1::Service>::all(client.clone())
-            .list_metadata(&ListParams::default().limit(1))
-            .await
-            .with_context(|| format!("cannot list Services with {}", args.kubeconfig.display()))?;
-        let informers =
-            std::sync::Arc::new(berth_reconcile::Informers::new(client, shutdown.clone()));
-        let listen = args.listen.clone();
-        berth_dns::run(
-            informers.clone(),
-            berth_dns::Config {
-                listen: args.listen,
-                domain: args.cluster_domain,
-                upstreams: args.upstreams,
-            },
-        )
-        .await;
-        eprintln!("berth dns: answering on {listen:?}");
-        shutdown.cancelled().await;
-        informers.tasks().close();
-        if tokio::time::timeout(std::time::Duration::from_secs(5), informers.tasks().wait())
-            .await
-            .is_err()
-        {
-            eprintln!("berth dns: the DNS loops did not stop in time");
-        }
-        eprintln!("berth dns: stopped");
-        Ok(0)
-    })
-}
-
 pub fn agent(global: &crate::cli::Global, args: AgentArgs) -> Result<i32> {
     let (mut config, cri) = node_setup(global, &args.node, args.data_dir.clone())?;
     let disable_kube_proxy = args.node.disable_kube_proxy;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = async_runtime()?;
     runtime.block_on(async move {
         let shutdown = tokio_util::sync::CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
@@ -532,6 +469,57 @@ async fn bootstrap_dns(client: &kube::Client, dns_ip: &str, node_ip: &str) -> Re
         .await
         .context("the kube-dns EndpointSlice")?;
     Ok(())
+}
+
+/// `berth dns`: the cluster DNS alone, answering from the API of the server its
+/// kubeconfig names, until SIGTERM or SIGINT.
+pub fn dns(args: DnsArgs) -> Result<i32> {
+    async_runtime()?.block_on(async move {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(stop_on_signal(shutdown.clone()));
+        let client = berth_client::from_kubeconfig(&args.kubeconfig)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        // The caches must fill before the first answer: a server that cannot be reached
+        // or refuses the user is said at once.
+        use kube::api::{Api, ListParams};
+        Api::<k8s_openapi::api::core::v1::Service>::all(client.clone())
+            .list_metadata(&ListParams::default().limit(1))
+            .await
+            .with_context(|| format!("cannot list Services with {}", args.kubeconfig.display()))?;
+        let informers =
+            std::sync::Arc::new(berth_reconcile::Informers::new(client, shutdown.clone()));
+        let listen = args.listen.clone();
+        let low_port = listen.iter().any(|a| a.port() < 1024);
+        berth_dns::run(
+            informers.clone(),
+            berth_dns::Config {
+                listen: args.listen,
+                domain: args.cluster_domain,
+                upstreams: args.upstreams,
+            },
+        )
+        .await
+        .with_context(|| {
+            let hint = if low_port {
+                "ports below 1024 need root or CAP_NET_BIND_SERVICE; choose another with --listen"
+            } else {
+                "choose a free address with --listen"
+            };
+            format!("the cluster DNS cannot start ({hint})")
+        })?;
+        eprintln!("berth dns: answering on {listen:?}");
+        shutdown.cancelled().await;
+        informers.tasks().close();
+        if tokio::time::timeout(std::time::Duration::from_secs(5), informers.tasks().wait())
+            .await
+            .is_err()
+        {
+            eprintln!("berth dns: the DNS loops did not stop in time");
+        }
+        eprintln!("berth dns: stopped");
+        Ok(0)
+    })
 }
 
 /// The agent's serving certificate for its kubelet API, signed by the server's CA (which
@@ -694,6 +682,16 @@ fn simulated_nodes(args: &ServerArgs) -> Result<Option<berth_simnodes::Config>> 
         ),
         ..berth_simnodes::Config::default()
     }))
+}
+
+/// The async runtime of the long-running commands (server, agent, cri, dns): two
+/// workers, as many as this project's machines have cores.
+pub(crate) fn async_runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }
 
 /// SIGTERM or SIGINT starts the drain; a second one is left to the default action.

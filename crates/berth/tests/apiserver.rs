@@ -7,6 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "common/etcd.rs"]
+mod etcd;
+use etcd::Etcd;
+
 const BERTH: &str = env!("CARGO_BIN_EXE_berth");
 const KUBECTL: &str = "/usr/bin/kubectl";
 
@@ -758,24 +762,10 @@ fn acknowledged_writes_survive_a_killed_server_and_watches_resume() {
     assert!(events.iter().all(|e| e["type"] == "ADDED"));
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 #[test]
 fn kubectl_drives_the_api_on_etcd() {
     let Some((_dir, _etcd, server)) = etcd_server() else { return };
     drive(&server);
-}
-
-/// A real etcd on loopback ports, killed when dropped.
-struct Etcd(Child);
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// A server on a fresh etcd (Debian's etcd-server), when kubectl is there.
@@ -783,37 +773,8 @@ fn etcd_server() -> Option<(tempfile::TempDir, Etcd, Server)> {
     if !kubectl_present() {
         return None;
     }
-    if Command::new("etcd").arg("--version").output().is_err() {
-        panic!("this test needs etcd (Debian's etcd-server; scripts/deps installs it)");
-    }
     let dir = tempfile::Builder::new().prefix("berth-server-etcd-").tempdir().unwrap();
-    let (client, peer) = (free_port(), free_port());
-    let endpoint = format!("http://127.0.0.1:{client}");
-    let etcd = Etcd(
-        Command::new("etcd")
-            .arg("--data-dir")
-            .arg(dir.path().join("etcd"))
-            .args([
-                "--name",
-                "test",
-                "--listen-client-urls",
-                &endpoint,
-                "--advertise-client-urls",
-                &endpoint,
-            ])
-            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-            .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
-            .args(["--initial-cluster", &format!("test=http://127.0.0.1:{peer}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", client)).is_err() {
-        assert!(Instant::now() < deadline, "etcd did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (etcd, endpoint) = Etcd::start(dir.path());
     let server_dir = dir.path().join("server");
     std::fs::create_dir(&server_dir).unwrap();
     let server = Server::start(&server_dir, Some(&endpoint));

@@ -9,6 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "common/etcd.rs"]
+mod etcd;
+use etcd::Etcd;
+
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
 
@@ -21,52 +25,6 @@ struct Server {
     _temp: tempfile::TempDir,
     /// The etcd the server stores in, when not its embedded store (killed after it).
     _etcd: Option<Etcd>,
-}
-
-/// A real etcd on loopback ports (Debian's etcd-server), killed when dropped.
-struct Etcd(Child);
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-impl Etcd {
-    /// Starts one in `dir`; its client endpoint.
-    fn start(dir: &Path) -> (Etcd, String) {
-        assert!(
-            Command::new("etcd").arg("--version").output().is_ok(),
-            "this test needs etcd (Debian's etcd-server; scripts/deps installs it)"
-        );
-        let (client, peer) = (free_port(), free_port());
-        let endpoint = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let etcd = Etcd(
-            Command::new("etcd")
-                .arg("--data-dir")
-                .arg(dir.join("etcd"))
-                .args(["--name", "test", "--listen-client-urls", &endpoint])
-                .args(["--advertise-client-urls", &endpoint, "--listen-peer-urls", &peer_url])
-                .args(["--initial-advertise-peer-urls", &peer_url])
-                .args(["--initial-cluster", &format!("test={peer_url}")])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", client)).is_err() {
-            assert!(Instant::now() < deadline, "etcd did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        (etcd, endpoint)
-    }
 }
 
 impl Drop for Server {

@@ -414,29 +414,15 @@ fn parse_arg_names(
     Ok(out)
 }
 
-/// Mount points under `dir`, deepest first, from this process's mount table.
-fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut found: Vec<PathBuf> = table
-        .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(|field| PathBuf::from(field.replace("\\040", " ")))
-        .filter(|point| point.starts_with(dir) && point != dir)
-        .collect();
-    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    found.dedup();
-    found
-}
-
 /// Unmounts everything under `dir` and removes it; leaves it if anything stays mounted,
 /// so a removal never reaches into a mounted directory.
 fn remove_workspace(dir: &Path) {
-    for point in mounts_under(dir) {
+    for point in berth_sys::mount::mounts_under(dir) {
         if let Err(err) = umount2(&point, MntFlags::MNT_DETACH) {
             tracing::warn!("cannot unmount {}: {err}", point.display());
         }
     }
-    if mounts_under(dir).is_empty() {
+    if berth_sys::mount::mounts_under(dir).is_empty() {
         let _ = std::fs::remove_dir_all(dir);
     } else {
         tracing::warn!("{} still has mounts; it is left for the next build", dir.display());

@@ -41,7 +41,7 @@ impl Layout {
         for line in text.lines() {
             let Some((left, right)) = line.split_once(" - ") else { continue };
             let mount_point = match left.split(' ').nth(4) {
-                Some(point) => PathBuf::from(unescape(point)),
+                Some(point) => PathBuf::from(berth_sys::mount::unescape_mountinfo(point)),
                 None => continue,
             };
             let mut right = right.split(' ');
@@ -109,26 +109,6 @@ fn is_controller(option: &str) -> bool {
         "misc",
     ];
     CONTROLLERS.contains(&option) || option.starts_with("name=")
-}
-
-/// mountinfo escapes space, tab, newline and backslash as octal.
-fn unescape(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut index = 0;
-    while index < bytes.len() {
-        if bytes[index] == b'\\' && index + 4 <= bytes.len() {
-            let digits = &field[index + 1..index + 4];
-            if let Ok(value) = u8::from_str_radix(digits, 8) {
-                out.push(value);
-                index += 4;
-                continue;
-            }
-        }
-        out.push(bytes[index]);
-        index += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

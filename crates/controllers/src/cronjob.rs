@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use berth_reconcile::{Action, Cache, Informers, Queue};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
 use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
 
@@ -274,7 +274,6 @@ impl Controller {
             .iter()
             .map(|j| json!({"apiVersion": "batch/v1", "kind": "Job", "name": j.metadata.name, "namespace": key.0, "uid": j.metadata.uid}))
             .collect();
-        let api: Api<CronJob> = Api::namespaced(self.client.clone(), &key.0);
         let current = self.cronjobs.store().get(&ObjectRef::new(&key.1).within(&key.0));
         let current_status = current.as_ref().and_then(|c| c.status.clone()).unwrap_or_default();
         let same_active = current_status
@@ -295,14 +294,7 @@ impl Controller {
         if same_active && same_time {
             return Ok(());
         }
-        let status = json!({"status": {"active": if active.is_empty() { json!(null) } else { json!(active) }, "lastScheduleTime": last_schedule}});
-        match api.patch_status(&key.1, &PatchParams::default(), &Patch::Merge(status)).await {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-            Err(err) => Err(workload::api_error(format!(
-                "update the status of cronjob {}/{}",
-                key.0, key.1
-            ))(err)),
-        }
+        let status = json!({"active": if active.is_empty() { json!(null) } else { json!(active) }, "lastScheduleTime": last_schedule});
+        workload::patch_status::<CronJob>(&self.client, key, status).await
     }
 }

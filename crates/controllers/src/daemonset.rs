@@ -278,6 +278,6 @@ impl Controller {
         {
             return Ok(());
         }
-        workload::patch_status::<DaemonSet>(&self.client, key, "daemonset", status).await
+        workload::patch_status::<DaemonSet>(&self.client, key, status).await
     }
 }

@@ -651,13 +651,7 @@ impl Controller {
         if same {
             return Ok(());
         }
-        workload::patch_status::<HorizontalPodAutoscaler>(
-            &self.client,
-            key,
-            "horizontalpodautoscaler",
-            status,
-        )
-        .await
+        workload::patch_status::<HorizontalPodAutoscaler>(&self.client, key, status).await
     }
 }
 

@@ -13,7 +13,7 @@ use berth_reconcile::{Action, Cache, Informers, Queue};
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetSpec, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::{Pod, ReplicationController};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
 
@@ -203,13 +203,7 @@ impl<K: Set> Controller<K> {
             self.expectations.deleted(&uid, &names);
             for pod in &doomed {
                 let name = pod.metadata.name.clone().unwrap_or_default();
-                let options = DeleteParams {
-                    preconditions: Some(Preconditions {
-                        uid: pod.metadata.uid.clone(),
-                        resource_version: None,
-                    }),
-                    ..DeleteParams::default()
-                };
+                let options = workload::exactly(&pod.metadata, DeleteParams::default());
                 match pods.delete(&name, &options).await {
                     Ok(_) => {
                         workload::event(
@@ -320,6 +314,6 @@ impl<K: Set> Controller<K> {
         if unchanged {
             return Ok(());
         }
-        workload::patch_status::<K>(&self.client, key, K::LOOP, status).await
+        workload::patch_status::<K>(&self.client, key, status).await
     }
 }

@@ -643,7 +643,7 @@ impl Controller {
         if same {
             return Ok(());
         }
-        workload::patch_status::<StatefulSet>(&self.client, key, "statefulset", status).await
+        workload::patch_status::<StatefulSet>(&self.client, key, status).await
     }
 }
 

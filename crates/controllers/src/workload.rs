@@ -291,12 +291,10 @@ pub(crate) fn selects(
     selector.matches(Some(&labels))
 }
 
-/// Merges `status` into the object's status; one gone meanwhile is no error. `what` names
-/// it in the error (`statefulset`, ...).
+/// Merges `status` into the object's status; one gone meanwhile is no error.
 pub(crate) async fn patch_status<K>(
     client: &kube::Client,
     (namespace, name): &(String, String),
-    what: &str,
     status: serde_json::Value,
 ) -> Result<(), Error>
 where
@@ -313,7 +311,10 @@ where
     {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-        Err(err) => Err(api_error(format!("update the status of {what} {namespace}/{name}"))(err)),
+        Err(err) => {
+            let what = K::kind(&()).to_ascii_lowercase();
+            Err(api_error(format!("update the status of {what} {namespace}/{name}"))(err))
+        }
     }
 }
 

@@ -232,8 +232,21 @@ async fn handle(
     refuse(query, ResponseCode::ServFail)
 }
 
-/// Serves until the informers' shutdown.
-pub async fn run(informers: Arc<Informers>, config: Config) {
+/// Takes every listen address (UDP and TCP) first, so one that is taken or not allowed
+/// is an error naming it; then, once the caches are filled, answers until the informers'
+/// shutdown (questions that come meanwhile wait in the sockets). Returns once serving.
+pub async fn run(informers: Arc<Informers>, config: Config) -> std::io::Result<()> {
+    let taken = |kind: &'static str, address: SocketAddr| {
+        move |err: std::io::Error| {
+            std::io::Error::new(err.kind(), format!("cannot listen on {kind} {address}: {err}"))
+        }
+    };
+    let mut sockets = Vec::new();
+    for &address in &config.listen {
+        let udp = tokio::net::UdpSocket::bind(address).await.map_err(taken("udp", address))?;
+        let tcp = tokio::net::TcpListener::bind(address).await.map_err(taken("tcp", address))?;
+        sockets.push((udp, tcp));
+    }
     let lookup = Arc::new(Caches {
         services: informers.typed::<Service>(),
         slices: informers.typed::<EndpointSlice>(),
@@ -241,7 +254,7 @@ pub async fn run(informers: Arc<Informers>, config: Config) {
     let shutdown = informers.shutdown().clone();
     tokio::select! {
         _ = async { lookup.services.ready().await; lookup.slices.ready().await } => {}
-        _ = shutdown.cancelled() => return,
+        _ = shutdown.cancelled() => return Ok(()),
     }
     let upstreams: Arc<Vec<SocketAddr>> = Arc::new(if config.upstreams.is_empty() {
         host_resolvers()
@@ -249,82 +262,75 @@ pub async fn run(informers: Arc<Informers>, config: Config) {
         config.upstreams.clone()
     });
     let config = Arc::new(config);
-    for address in config.listen.clone() {
-        match tokio::net::UdpSocket::bind(address).await {
-            Ok(socket) => {
-                let socket = Arc::new(socket);
-                let (lookup, config, upstreams, shutdown) =
-                    (lookup.clone(), config.clone(), upstreams.clone(), shutdown.clone());
-                informers.tasks().spawn(async move {
-                    let mut buffer = vec![0u8; 4096];
-                    loop {
-                        let received = tokio::select! {
-                            received = socket.recv_from(&mut buffer) => received,
-                            _ = shutdown.cancelled() => return,
-                        };
-                        let Ok((n, peer)) = received else { continue };
-                        let query = buffer[..n].to_vec();
-                        let (socket, lookup, config, upstreams) =
-                            (socket.clone(), lookup.clone(), config.clone(), upstreams.clone());
-                        tokio::spawn(async move {
-                            if let Some(answer) = handle(&lookup, &config, &upstreams, &query).await
-                            {
-                                let _ = socket.send_to(&answer, peer).await;
-                            }
-                        });
-                    }
-                });
-            }
-            Err(err) => tracing::error!("cluster DNS: cannot listen on udp {address}: {err}"),
+    for (socket, listener) in sockets {
+        {
+            let socket = Arc::new(socket);
+            let (lookup, config, upstreams, shutdown) =
+                (lookup.clone(), config.clone(), upstreams.clone(), shutdown.clone());
+            informers.tasks().spawn(async move {
+                let mut buffer = vec![0u8; 4096];
+                loop {
+                    let received = tokio::select! {
+                        received = socket.recv_from(&mut buffer) => received,
+                        _ = shutdown.cancelled() => return,
+                    };
+                    let Ok((n, peer)) = received else { continue };
+                    let query = buffer[..n].to_vec();
+                    let (socket, lookup, config, upstreams) =
+                        (socket.clone(), lookup.clone(), config.clone(), upstreams.clone());
+                    tokio::spawn(async move {
+                        if let Some(answer) = handle(&lookup, &config, &upstreams, &query).await {
+                            let _ = socket.send_to(&answer, peer).await;
+                        }
+                    });
+                }
+            });
         }
-        match tokio::net::TcpListener::bind(address).await {
-            Ok(listener) => {
-                let (lookup, config, upstreams, shutdown) =
-                    (lookup.clone(), config.clone(), upstreams.clone(), shutdown.clone());
-                informers.tasks().spawn(async move {
-                    loop {
-                        let accepted = tokio::select! {
-                            accepted = listener.accept() => accepted,
-                            _ = shutdown.cancelled() => return,
-                        };
-                        let Ok((mut stream, _)) = accepted else { continue };
-                        let (lookup, config, upstreams) =
-                            (lookup.clone(), config.clone(), upstreams.clone());
-                        tokio::spawn(async move {
-                            loop {
-                                let mut length = [0u8; 2];
-                                let read = tokio::time::timeout(
-                                    Duration::from_secs(10),
-                                    stream.read_exact(&mut length),
-                                )
-                                .await;
-                                if !matches!(read, Ok(Ok(_))) {
-                                    return;
-                                }
-                                let mut query = vec![0u8; usize::from(u16::from_be_bytes(length))];
-                                if stream.read_exact(&mut query).await.is_err() {
-                                    return;
-                                }
-                                let Some(answer) =
-                                    handle(&lookup, &config, &upstreams, &query).await
-                                else {
-                                    return;
-                                };
-                                let Ok(size) = u16::try_from(answer.len()) else { return };
-                                if stream.write_all(&size.to_be_bytes()).await.is_err()
-                                    || stream.write_all(&answer).await.is_err()
-                                {
-                                    return;
-                                }
+        {
+            let (lookup, config, upstreams, shutdown) =
+                (lookup.clone(), config.clone(), upstreams.clone(), shutdown.clone());
+            informers.tasks().spawn(async move {
+                loop {
+                    let accepted = tokio::select! {
+                        accepted = listener.accept() => accepted,
+                        _ = shutdown.cancelled() => return,
+                    };
+                    let Ok((mut stream, _)) = accepted else { continue };
+                    let (lookup, config, upstreams) =
+                        (lookup.clone(), config.clone(), upstreams.clone());
+                    tokio::spawn(async move {
+                        loop {
+                            let mut length = [0u8; 2];
+                            let read = tokio::time::timeout(
+                                Duration::from_secs(10),
+                                stream.read_exact(&mut length),
+                            )
+                            .await;
+                            if !matches!(read, Ok(Ok(_))) {
+                                return;
                             }
-                        });
-                    }
-                });
-            }
-            Err(err) => tracing::error!("cluster DNS: cannot listen on tcp {address}: {err}"),
+                            let mut query = vec![0u8; usize::from(u16::from_be_bytes(length))];
+                            if stream.read_exact(&mut query).await.is_err() {
+                                return;
+                            }
+                            let Some(answer) = handle(&lookup, &config, &upstreams, &query).await
+                            else {
+                                return;
+                            };
+                            let Ok(size) = u16::try_from(answer.len()) else { return };
+                            if stream.write_all(&size.to_be_bytes()).await.is_err()
+                                || stream.write_all(&answer).await.is_err()
+                            {
+                                return;
+                            }
+                        }
+                    });
+                }
+            });
         }
     }
     tracing::info!(listen = ?config.listen, "cluster DNS serving {}", config.domain);
+    Ok(())
 }
 
 #[cfg(test)]

@@ -236,3 +236,62 @@ pub fn mount_fs_fd(
     let mnt = unsafe { OwnedFd::from_raw_fd(check(mnt)? as RawFd) };
     attach(std::os::fd::AsFd::as_fd(&mnt), target)
 }
+
+/// A field of `/proc/*/mountinfo` as written: the kernel escapes space, tab, newline and
+/// backslash as three octal digits (`\040`).
+pub fn unescape_mountinfo(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        if bytes[index] == b'\\' && index + 4 <= bytes.len() {
+            if let Ok(value) = u8::from_str_radix(&field[index + 1..index + 4], 8) {
+                out.push(value);
+                index += 4;
+                continue;
+            }
+        }
+        out.push(bytes[index]);
+        index += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// This process's mount points, in the order of its mount table (none when it cannot
+/// be read).
+pub fn mount_points() -> Vec<std::path::PathBuf> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|field| std::path::PathBuf::from(unescape_mountinfo(field)))
+        .collect()
+}
+
+/// The mount points strictly under `dir`, deepest first (the order to unmount them in).
+/// `dir` is compared as written: give it canonical, as the mount table is.
+pub fn mounts_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut found: Vec<std::path::PathBuf> =
+        mount_points().into_iter().filter(|p| p.starts_with(dir) && p != dir).collect();
+    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    found.dedup();
+    found
+}
+
+#[cfg(test)]
+mod mountinfo_tests {
+    use super::*;
+
+    #[test]
+    fn escapes_are_decoded() {
+        assert_eq!(unescape_mountinfo(r"/mnt/a\040b\011c\134d"), "/mnt/a b\tc\\d");
+        assert_eq!(unescape_mountinfo(r"/plain\04"), r"/plain\04", "a short escape stays");
+        assert_eq!(unescape_mountinfo("/caf\u{e9}"), "/caf\u{e9}", "UTF-8 passes through");
+    }
+
+    #[test]
+    fn this_process_has_its_root_mounted() {
+        assert!(mount_points().iter().any(|p| p == Path::new("/")));
+        assert!(mounts_under(Path::new("/")).iter().all(|p| p != Path::new("/")));
+    }
+}
