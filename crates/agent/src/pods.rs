@@ -1495,11 +1495,11 @@ mod tests {
 }
 
 /// The registry an image reference names, as Docker reads it (`docker.io` when the first
-/// part is no host).
+/// part is no host), Docker Hub's other names as `docker.io` too.
 fn registry_of(image: &str) -> String {
     match image.split_once('/') {
         Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => {
-            first.to_owned()
+            normalize_registry(first)
         }
         _ => "docker.io".to_owned(),
     }
@@ -1593,6 +1593,8 @@ mod pull_secret_tests {
         );
         let hub = pull_auth(&pod, &sources, "busybox:1.36").unwrap_or_default();
         assert_eq!((hub.username.as_str(), hub.password.as_str()), ("hub", "h"));
+        let hub = pull_auth(&pod, &sources, "index.docker.io/library/busybox:1.36");
+        assert_eq!(hub.map(|a| a.username), Some("hub".to_owned()), "Docker Hub by another name");
         assert!(pull_auth(&pod, &sources, "quay.io/x/y").is_none());
     }
 }

@@ -58,6 +58,11 @@ impl Server {
         args.extend_from_slice(extra);
         let mut server = Server::start_in(etcd_dir, &args);
         server._etcd = Some(etcd);
+        // What follows must run on etcd, not quietly on the embedded store.
+        assert!(
+            !server.dir.join("state.db").exists(),
+            "the server made its embedded store though given --datastore-endpoint"
+        );
         Some(server)
     }
 
