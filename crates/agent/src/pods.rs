@@ -807,10 +807,17 @@ async fn start(
                 )
                 .await;
         }
+        let auth = match pull_auth(pod, ctx.sources, &image) {
+            Ok(auth) => auth,
+            Err(message) => {
+                ctx.memory.set(&uid, &container.name, "ErrImagePull", message);
+                return Ok(());
+            }
+        };
         let pulled = images
             .pull_image(cri::PullImageRequest {
                 image: Some(cri::ImageSpec { image: image.clone(), ..Default::default() }),
-                auth: pull_auth(pod, ctx.sources, &image),
+                auth,
                 sandbox_config: None,
             })
             .await;
@@ -1520,33 +1527,46 @@ fn normalize_registry(key: &str) -> String {
 
 /// The credentials for `image` from the pod's `imagePullSecrets`
 /// (`kubernetes.io/dockerconfigjson` or the older `kubernetes.io/dockercfg`): the first
-/// entry whose registry is the image's, as the kubelet picks them.
-fn pull_auth(pod: &Pod, sources: &dyn volumes::Sources, image: &str) -> Option<cri::AuthConfig> {
+/// entry whose registry is the image's, as the kubelet picks them. A secret whose
+/// config is not JSON is an error naming it (the kubelet fails the pull so too).
+fn pull_auth(
+    pod: &Pod,
+    sources: &dyn volumes::Sources,
+    image: &str,
+) -> Result<Option<cri::AuthConfig>, String> {
     let wanted = registry_of(image);
-    for reference in pod.spec.as_ref()?.image_pull_secrets.iter().flatten() {
+    let references = pod.spec.iter().flat_map(|s| s.image_pull_secrets.iter().flatten());
+    for reference in references {
         let Some(secret) = sources.secret(&reference.name) else { continue };
         let data = secret.data.unwrap_or_default();
-        let entries = if let Some(config) = data.get(".dockerconfigjson") {
-            serde_json::from_slice::<serde_json::Value>(&config.0).ok().map(|v| v["auths"].clone())
-        } else {
-            data.get(".dockercfg").and_then(|c| serde_json::from_slice(&c.0).ok())
+        let (field, config) = match (data.get(".dockerconfigjson"), data.get(".dockercfg")) {
+            (Some(config), _) => (".dockerconfigjson", config),
+            (None, Some(config)) => (".dockercfg", config),
+            (None, None) => continue,
         };
-        for (key, entry) in entries.as_ref().and_then(|e| e.as_object()).into_iter().flatten() {
+        let parsed: serde_json::Value = serde_json::from_slice(&config.0).map_err(|err| {
+            format!(
+                "image pull secret {:?}: its {field} is not JSON ({err}); recreate it with kubectl create secret docker-registry",
+                reference.name
+            )
+        })?;
+        let entries = if field == ".dockerconfigjson" { &parsed["auths"] } else { &parsed };
+        for (key, entry) in entries.as_object().into_iter().flatten() {
             if normalize_registry(key) != wanted {
                 continue;
             }
             let text = |field: &str| entry[field].as_str().unwrap_or_default().to_owned();
-            return Some(cri::AuthConfig {
+            return Ok(Some(cri::AuthConfig {
                 username: text("username"),
                 password: text("password"),
                 auth: text("auth"),
                 server_address: key.clone(),
                 identity_token: text("identitytoken"),
                 registry_token: text("registrytoken"),
-            });
+            }));
         }
     }
-    None
+    Ok(None)
 }
 
 #[cfg(test)]
@@ -1586,15 +1606,25 @@ mod pull_secret_tests {
             "spec": {"containers": [], "imagePullSecrets": [{"name": "creds"}, {"name": "absent"}]}}))
         .unwrap_or_default();
         let sources = One(secret);
-        let local = pull_auth(&pod, &sources, "registry.local:5000/app:v1").unwrap_or_default();
+        let auth = |image: &str| pull_auth(&pod, &sources, image).expect("readable secrets");
+        let local = auth("registry.local:5000/app:v1").unwrap_or_default();
         assert_eq!(
             (local.auth.as_str(), local.server_address.as_str()),
             ("dTpw", "registry.local:5000")
         );
-        let hub = pull_auth(&pod, &sources, "busybox:1.36").unwrap_or_default();
+        let hub = auth("busybox:1.36").unwrap_or_default();
         assert_eq!((hub.username.as_str(), hub.password.as_str()), ("hub", "h"));
-        let hub = pull_auth(&pod, &sources, "index.docker.io/library/busybox:1.36");
+        let hub = auth("index.docker.io/library/busybox:1.36");
         assert_eq!(hub.map(|a| a.username), Some("hub".to_owned()), "Docker Hub by another name");
-        assert!(pull_auth(&pod, &sources, "quay.io/x/y").is_none());
+        assert!(auth("quay.io/x/y").is_none());
+
+        // A config that is not JSON: the pull is refused with the secret's name.
+        let mut broken = sources.0.clone();
+        broken.data = Some(
+            [(".dockerconfigjson".to_owned(), k8s_openapi::ByteString(b"{not json".to_vec()))]
+                .into(),
+        );
+        let refused = pull_auth(&pod, &One(broken), "busybox:1.36").expect_err("refused");
+        assert!(refused.contains("\"creds\"") && refused.contains("not JSON"), "{refused}");
     }
 }
