@@ -96,13 +96,27 @@ fn failure(query: &[u8], code: ResponseCode) -> Option<Vec<u8>> {
 /// stay single-threaded to fork the container), killed when this is dropped and, through
 /// its parent-death signal, when the monitor dies.
 pub struct Resolver {
-    child: std::process::Child,
+    child: Option<std::process::Child>,
+}
+
+impl Resolver {
+    /// Lets the resolver run on after this is dropped: one started with `until` ends with
+    /// its container (a thread reaps it, should this process live longer).
+    pub fn detach(mut self) {
+        if let Some(mut child) = self.child.take() {
+            std::thread::spawn(move || {
+                let _ = child.wait();
+            });
+        }
+    }
 }
 
 impl Drop for Resolver {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -118,8 +132,15 @@ struct Context {
 pub use berth_stdx::net::host_resolvers;
 
 /// Starts the resolver of container `id` in the network namespace at `netns`
-/// (`berth __dns ROOT ID NETNS UPSTREAM...`) and returns once it listens.
-pub fn serve(root: &Path, id: &str, netns: &Path, upstreams: &[SocketAddr]) -> Result<Resolver> {
+/// (`berth __dns ROOT ID NETNS [--until PID] UPSTREAM...`) and returns once it listens.
+/// With `until`, it ends when that process does rather than with this one.
+pub fn serve(
+    root: &Path,
+    id: &str,
+    netns: &Path,
+    upstreams: &[SocketAddr],
+    until: Option<i32>,
+) -> Result<Resolver> {
     use std::io::Read;
     use std::os::unix::process::CommandExt;
     let mut child = std::process::Command::new("/proc/self/exe")
@@ -128,6 +149,7 @@ pub fn serve(root: &Path, id: &str, netns: &Path, upstreams: &[SocketAddr]) -> R
         .arg(root)
         .arg(id)
         .arg(netns)
+        .args(until.into_iter().flat_map(|pid| ["--until".to_owned(), pid.to_string()]))
         .args(upstreams.iter().map(ToString::to_string))
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
@@ -150,16 +172,44 @@ pub fn serve(root: &Path, id: &str, netns: &Path, upstreams: &[SocketAddr]) -> R
             why.trim().trim_start_matches("Error: ")
         )));
     }
-    Ok(Resolver { child })
+    Ok(Resolver { child: Some(child) })
 }
 
 /// The resolver process: binds 127.0.0.11:53 (UDP and TCP) inside the namespace, comes
 /// back to the namespace it started in (where upstream servers are reached), says
 /// `ready` on stdout, and answers until it is killed.
-pub fn main(root: &Path, id: &str, netns: &Path, upstreams: &[String]) -> Result<()> {
+///
+/// With `--until PID` first among `rest`, it ends when that process does (a container
+/// that joined a network after it started) instead of with its parent.
+pub fn main(root: &Path, id: &str, netns: &Path, rest: &[String]) -> Result<()> {
     use berth_sys::nix::sched::{setns, CloneFlags};
-    berth_sys::nix::sys::prctl::set_pdeathsig(berth_sys::nix::sys::signal::Signal::SIGKILL)
-        .map_err(|e| Error::Other(format!("cannot set the parent-death signal: {e}")))?;
+    let (until, upstreams) = match rest {
+        [flag, pid, upstreams @ ..] if flag == "--until" => {
+            let pid = pid
+                .parse::<i32>()
+                .map_err(|_| Error::Other(format!("--until {pid}: not a process id")))?;
+            (Some(pid), upstreams)
+        }
+        upstreams => (None, upstreams),
+    };
+    match until {
+        Some(pid) => {
+            let pidfd = berth_sys::process::pidfd_open(berth_sys::nix::unistd::Pid::from_raw(pid))
+                .map_err(|e| Error::Other(format!("process {pid} is gone: {e}")))?;
+            // Out of the caller's session: its terminal's signals are not ours.
+            let _ = berth_sys::nix::unistd::setsid();
+            std::thread::spawn(move || {
+                use berth_sys::nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+                let mut fds = [PollFd::new(std::os::fd::AsFd::as_fd(&pidfd), PollFlags::POLLIN)];
+                while poll(&mut fds, PollTimeout::NONE).is_err() {}
+                std::process::exit(0);
+            });
+        }
+        None => {
+            berth_sys::nix::sys::prctl::set_pdeathsig(berth_sys::nix::sys::signal::Signal::SIGKILL)
+                .map_err(|e| Error::Other(format!("cannot set the parent-death signal: {e}")))?;
+        }
+    }
     let home = std::fs::File::open("/proc/self/ns/net").map_err(io("open", "/proc/self/ns/net"))?;
     let target = std::fs::File::open(netns).map_err(io("open", netns))?;
     setns(&target, CloneFlags::CLONE_NEWNET)

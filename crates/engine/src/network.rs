@@ -428,6 +428,7 @@ impl Engine {
             ip: record.options.ip.clone(),
             mac: record.options.mac_address.clone(),
             primary: true,
+            default_route: true,
         };
         let mut attached = self.attach(record, &network, &netns, &first).map(|state| {
             self.connect_event(record, &network, "connect");
@@ -444,6 +445,7 @@ impl Engine {
                     ip: connection.ip.clone(),
                     mac: None,
                     primary: false,
+                    default_route: false,
                 };
                 let state = self.attach(record, &other, &netns, &extra)?;
                 self.connect_event(record, &other, "connect");
@@ -501,9 +503,7 @@ impl Engine {
         }
         let mut locked = self.lock(container)?;
         let record = &mut locked.record;
-        if matches!(record.options.network.as_str(), "none" | "host")
-            || record.options.network.starts_with("container:")
-        {
+        if record.options.network == "host" || record.options.network.starts_with("container:") {
             return Err(Error::Conflict(format!(
                 "container {} uses --network {}: it has no network of its own to connect",
                 record.name, record.options.network
@@ -520,23 +520,42 @@ impl Engine {
             probe.ip = Some(ip.to_owned());
             self.check_network_option(&probe)?;
         }
-        let connection = crate::options::Connection {
-            network: network.to_owned(),
-            aliases: aliases.to_vec(),
-            ip: ip.map(str::to_owned),
-        };
-        record.options.connected.push(connection);
+        // A container with no network (`--network none`, or all disconnected) gets this
+        // one as its first: the default route, and the published ports at the next start.
+        let first = record.options.network == "none";
+        if first {
+            record.options.network = network.to_owned();
+            record.options.network_aliases = aliases.to_vec();
+            record.options.ip = ip.map(str::to_owned);
+        } else {
+            record.options.connected.push(crate::options::Connection {
+                network: network.to_owned(),
+                aliases: aliases.to_vec(),
+                ip: ip.map(str::to_owned),
+            });
+        }
         let running = matches!(record.state.status, Status::Running | Status::Paused);
-        if let (true, Some(first)) = (running, record.network.clone()) {
+        let netns = self.networks_dir().join("netns").join(&record.id);
+        if running && berth_net::netns::is_pinned(&netns) {
+            // Whether the container has a resolver at 127.0.0.11 already: its resolv.conf
+            // names it exactly when one was started, and it runs as long as the container.
+            let resolv = locked.dir.join("resolv.conf");
+            let resolving = std::fs::read_to_string(&resolv)
+                .is_ok_and(|text| text.contains(&format!("nameserver {}", crate::dns::ADDRESS)));
             let _lock = self.network_lock()?;
-            let extra = Attachment {
-                ifname: format!("eth{}", record.options.connected.len()),
+            let how = Attachment {
+                ifname: free_interface(record),
                 ip: ip.map(str::to_owned),
                 mac: None,
                 primary: false,
+                default_route: first,
             };
-            let state = self.attach(record, &target, Path::new(&first.netns), &extra)?;
-            record.extra_networks.push(state);
+            let state = self.attach(record, &target, &netns, &how)?;
+            if first {
+                record.network = Some(state);
+            } else {
+                record.extra_networks.push(state);
+            }
             self.connect_event(record, &target, "connect");
             let lines = self.peer_hosts_on(record, &target.name);
             let hosts = locked.dir.join("hosts");
@@ -545,23 +564,57 @@ impl Engine {
                 // In place: the file is bind-mounted, a rename would not be seen.
                 let _ = std::fs::write(&hosts, text);
             }
+            if !resolving {
+                // The first user-defined network: names are answered from now on (as
+                // Docker's sandbox starts its resolver when it joins one).
+                self.late_dns(&locked.record, &netns, &resolv)?;
+            }
         }
         locked.save()
     }
 
-    /// `network disconnect`: the reverse of `network_connect`. The container's first
-    /// network stays (berth cannot take a running container's default route away).
+    /// Starts the resolver at 127.0.0.11 of a running container that joins its first
+    /// user-defined network, for as long as the container's process lives, and points
+    /// its resolv.conf at it.
+    fn late_dns(&self, record: &Record, netns: &Path, resolv: &Path) -> Result<()> {
+        let upstreams = self.upstreams(record);
+        let resolver =
+            crate::dns::serve(&self.root, &record.id, netns, &upstreams, Some(record.state.pid))?;
+        resolver.detach();
+        let old = std::fs::read_to_string(resolv).unwrap_or_default();
+        // In place: the file is bind-mounted, a rename would not be seen.
+        std::fs::write(resolv, embedded_resolv_conf(&old)).map_err(io("write", resolv))
+    }
+
+    /// Where the embedded resolver sends what it does not answer: `--dns`, else the
+    /// host's resolvers.
+    fn upstreams(&self, record: &Record) -> Vec<std::net::SocketAddr> {
+        if record.options.dns.is_empty() {
+            crate::dns::host_resolvers()
+        } else {
+            record
+                .options
+                .dns
+                .iter()
+                .filter_map(|ip| ip.parse::<std::net::IpAddr>().ok())
+                .map(|ip| std::net::SocketAddr::new(ip, 53))
+                .collect()
+        }
+    }
+
+    /// `network disconnect`: the reverse of `network_connect`, at once when the container
+    /// runs. Disconnecting the first network takes its published ports with it (as in
+    /// Docker) and makes the next network the first (its gateway the default route); a
+    /// container left with no network keeps its loopback, as `--network none`.
     pub fn network_disconnect(&self, network: &str, container: &str) -> Result<()> {
         let target = self.network_inspect(network)?;
         let mut locked = self.lock(container)?;
         let record = &mut locked.record;
+        if record.options.network == network {
+            self.disconnect_first(record, &target)?;
+            return locked.save();
+        }
         let Some(index) = record.options.connected.iter().position(|c| c.network == network) else {
-            if record.options.network == network {
-                return Err(Error::Conflict(format!(
-                    "network {network} is container {}'s first network: berth cannot disconnect it; recreate the container with another --network",
-                    record.name
-                )));
-            }
             return Err(Error::Conflict(format!(
                 "container {} is not connected to network {network}",
                 record.name
@@ -587,25 +640,64 @@ impl Engine {
         locked.save()
     }
 
-    /// The resolver at 127.0.0.11 of a container on a user-defined network (none on the
-    /// default bridge, as in Docker).
+    /// `network disconnect` of the container's first network.
+    fn disconnect_first(&self, record: &mut Record, target: &Network) -> Result<()> {
+        let live = matches!(record.state.status, Status::Running | Status::Paused)
+            && record.network.as_ref().is_some_and(|n| n.network == target.name);
+        let next =
+            (!record.options.connected.is_empty()).then(|| record.options.connected.remove(0));
+        let options = &mut record.options;
+        match &next {
+            Some(next) => {
+                options.network = next.network.clone();
+                options.network_aliases = next.aliases.clone();
+                options.ip = next.ip.clone();
+            }
+            None => {
+                options.network = "none".into();
+                options.network_aliases.clear();
+                options.ip = None;
+            }
+        }
+        options.mac_address = None;
+        if !live {
+            return Ok(());
+        }
+        let _lock = self.network_lock()?;
+        let Some(state) = record.network.take() else { return Ok(()) };
+        self.unpublish(&state.ports);
+        if !state.ports.is_empty() {
+            kill_port_holder(record.state.monitor_pid);
+        }
+        let netns = Path::new(&state.netns);
+        if let Err(err) = cni(target, &self.ipam_dir(), "DEL", &record.id, netns, state.interface())
+        {
+            tracing::warn!("CNI DEL for {}: {err}", record.id);
+        }
+        self.remove_peer_entries(record, target);
+        self.connect_event(record, target, "disconnect");
+        if let Some(next) = &next {
+            if let Some(at) = record.extra_networks.iter().position(|n| n.network == next.network) {
+                let promoted = record.extra_networks.remove(at);
+                default_route(Path::new(&promoted.netns), &promoted.gateway, promoted.interface())?;
+                record.network = Some(promoted);
+            }
+        }
+        Ok(())
+    }
+
+    /// The resolver at 127.0.0.11 of a container on a user-defined network (none for a
+    /// container only on the default bridge, as in Docker).
     pub(crate) fn embedded_dns(&self, record: &Record) -> Result<Option<crate::dns::Resolver>> {
-        let Some(state) = &record.network else { return Ok(None) };
-        if state.network == DEFAULT_NETWORK || state.netns.is_empty() {
+        let Some(state) = record.networks().find(|n| n.network != DEFAULT_NETWORK) else {
+            return Ok(None);
+        };
+        if state.netns.is_empty() {
             return Ok(None);
         }
-        let upstreams = if record.options.dns.is_empty() {
-            crate::dns::host_resolvers()
-        } else {
-            record
-                .options
-                .dns
-                .iter()
-                .filter_map(|ip| ip.parse::<std::net::IpAddr>().ok())
-                .map(|ip| std::net::SocketAddr::new(ip, 53))
-                .collect()
-        };
-        crate::dns::serve(&self.root, &record.id, Path::new(&state.netns), &upstreams).map(Some)
+        let upstreams = self.upstreams(record);
+        crate::dns::serve(&self.root, &record.id, Path::new(&state.netns), &upstreams, None)
+            .map(Some)
     }
 
     fn ipam_dir(&self) -> PathBuf {
@@ -630,7 +722,7 @@ impl Engine {
         if let Some(mac) = &how.mac {
             wanted.insert("mac".into(), json!(mac));
         }
-        if !how.primary {
+        if !how.default_route {
             // Only the first network gives the default route (as in Docker).
             wanted.insert(NO_DEFAULT_ROUTE.into(), Value::Bool(true));
         }
@@ -808,29 +900,7 @@ add element ip {t} subnets {{ {} }}
             return;
         }
         let Ok(_lock) = self.network_lock() else { return };
-        let mut script = String::new();
-        for p in &state.ports {
-            if p.host_ip == "0.0.0.0" {
-                script.push_str(&format!(
-                    "delete element ip {} ports {{ {} . {} }}\n",
-                    self.nft_table(),
-                    p.protocol,
-                    p.host_port
-                ));
-            } else {
-                script.push_str(&format!(
-                    "delete element ip {} ports_ip {{ {} . {} . {} }}\n",
-                    self.nft_table(),
-                    p.host_ip,
-                    p.protocol,
-                    p.host_port
-                ));
-            }
-        }
-        for line in script.lines() {
-            // One by one: an element already gone must not keep the others.
-            let _ = nft(&format!("{line}\n"));
-        }
+        self.unpublish(&state.ports);
         // The ports are let go once nothing maps them (held only in the monitor's process).
         HOLDERS.lock().unwrap_or_else(|p| p.into_inner()).clear();
         for state in record.networks() {
@@ -916,11 +986,76 @@ add element ip {t} subnets {{ {} }}
         }
     }
 
+    /// Takes published ports out of the nftables maps (the caller holds the network lock).
+    fn unpublish(&self, ports: &[PortBinding]) {
+        for p in ports {
+            let line = if p.host_ip == "0.0.0.0" {
+                format!(
+                    "delete element ip {} ports {{ {} . {} }}\n",
+                    self.nft_table(),
+                    p.protocol,
+                    p.host_port
+                )
+            } else {
+                format!(
+                    "delete element ip {} ports_ip {{ {} . {} . {} }}\n",
+                    self.nft_table(),
+                    p.host_ip,
+                    p.protocol,
+                    p.host_port
+                )
+            };
+            // One by one: an element already gone must not keep the others.
+            let _ = nft(&line);
+        }
+    }
+
     /// A new network namespace kept alive by a bind mount at `networks/netns/<id>`.
     fn make_netns(&self, id: &str) -> Result<PathBuf> {
         let path = self.networks_dir().join("netns").join(id);
         berth_net::netns::pin_net(&path).map_err(net)
     }
+}
+
+/// Ends the `berth __ports` process of the container whose monitor is `monitor`: its
+/// published ports are let go while it runs on.
+fn kill_port_holder(monitor: i32) {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // The parent is the second field after the command's closing parenthesis.
+        let parent = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<i32>().ok());
+        if parent != Some(monitor) {
+            continue;
+        }
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if cmdline.split(|b| *b == 0).nth(1) == Some(b"__ports".as_slice()) {
+            let _ = berth_sys::nix::sys::signal::kill(
+                berth_sys::nix::unistd::Pid::from_raw(pid),
+                berth_sys::nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// Makes `gateway` on `interface` the default route of the namespace at `netns`.
+fn default_route(netns: &Path, gateway: &str, interface: &str) -> Result<()> {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args(["ip", "route", "replace", "default", "via", gateway, "dev", interface])
+        .output()
+        .map_err(io("run", "nsenter ip route"))?;
+    if !out.status.success() {
+        return Err(Error::Network(format!(
+            "cannot route through {gateway} on {interface}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
 }
 
 /// The holders of the published ports of the container this process (its monitor) runs.
@@ -944,8 +1079,30 @@ struct Attachment {
     ifname: String,
     ip: Option<String>,
     mac: Option<String>,
-    /// The first network: the default route, the published ports, the loopback.
+    /// The first network: the published ports, the loopback.
     primary: bool,
+    /// Whether the network's gateway is the default route (the first network's).
+    default_route: bool,
+}
+
+/// The next interface name no network of the container has.
+fn free_interface(record: &Record) -> String {
+    (0..)
+        .map(|n| format!("eth{n}"))
+        .find(|name| !record.networks().any(|n| n.interface() == name))
+        .unwrap_or_default()
+}
+
+/// A resolv.conf that sends questions to the embedded resolver and keeps the search
+/// domains of `base`.
+pub(crate) fn embedded_resolv_conf(base: &str) -> String {
+    let mut text: String = base
+        .lines()
+        .filter(|l| l.starts_with("search") || l.starts_with("domain"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    text.push_str(&format!("nameserver {}\noptions ndots:0\n", crate::dns::ADDRESS));
+    text
 }
 
 /// A key of `cni_with`'s runtime config that is berth's own: no default route.

@@ -605,20 +605,13 @@ impl Engine {
         }
         hosts.push_str(&self.peer_hosts(record));
         let user_network = record
-            .network
-            .as_ref()
-            .is_some_and(|n| n.network != crate::network::DEFAULT_NETWORK && !n.ip.is_empty());
+            .networks()
+            .any(|n| n.network != crate::network::DEFAULT_NETWORK && !n.ip.is_empty());
         let resolv = if user_network {
             // The embedded DNS answers the network's containers and relays the rest
             // (to --dns when given); the host's search domains stay.
             let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-            let mut text: String = host
-                .lines()
-                .filter(|l| l.starts_with("search") || l.starts_with("domain"))
-                .map(|l| format!("{l}\n"))
-                .collect();
-            text.push_str(&format!("nameserver {}\noptions ndots:0\n", crate::dns::ADDRESS));
-            text
+            crate::network::embedded_resolv_conf(&host)
         } else if !record.options.dns.is_empty() {
             record.options.dns.iter().map(|d| format!("nameserver {d}\n")).collect::<String>()
         } else {
