@@ -330,17 +330,7 @@ impl Node {
             })?;
         let args = cni_args(&record.id, metadata);
         let runtime_config = runtime_config(&record.config);
-        let lo = json!({"cniVersion": "1.0.0", "name": "cni-loopback", "type": "loopback"});
-        let lo_who = berth_net::cni::Attachment {
-            container_id: &record.id,
-            netns: &netns,
-            ifname: "lo",
-            args: &args,
-            runtime_config: &Map::new(),
-        };
-        berth_net::cni::run_plugin("loopback", "ADD", &lo_who, &lo).map_err(|e| {
-            Status::internal(format!("failed to set up the sandbox's loopback: {e}"))
-        })?;
+        // The loopback is up already: the namespace was made with it (no loopback plugin).
         let who = berth_net::cni::Attachment {
             container_id: &record.id,
             netns: &netns,

@@ -1,6 +1,7 @@
 //! Container networking. Bridge networks are made by the standard CNI plugins
 //! (`bridge` with `host-local` IP management, whose reservations live on disk and so
-//! survive restarts; `loopback`), run as the CNI spec says. Outbound masquerade and
+//! survive restarts), run as the CNI spec says; the loopback is up in every namespace
+//! berth makes. Outbound masquerade and
 //! published ports are berth's own nftables table (`ip berth`): one `ports` map from
 //! protocol and host port to container address and port, looked up for traffic to any
 //! local address, including 127.0.0.1 (the bridge gets `route_localnet` and such
@@ -399,12 +400,9 @@ impl Engine {
         match mode.as_str() {
             "host" => return Ok(NetNs::Host),
             "none" => {
-                // A namespace of its own with only a loopback device, up (as Docker's).
+                // A namespace of its own with only a loopback device, up (as Docker's:
+                // the namespace is made with it up).
                 let netns = self.make_netns(&record.id)?;
-                if let Err(err) = cni_loopback(&record.id, &netns) {
-                    remove_netns(&netns);
-                    return Err(err);
-                }
                 return Ok(NetNs::Join(netns.to_string_lossy().into_owned()));
             }
             _ => {}
@@ -711,10 +709,6 @@ impl Engine {
         netns: &Path,
         how: &Attachment,
     ) -> Result<NetworkState> {
-        // The loopback and bridge plugins touch different interfaces: run them together.
-        let (id, lo_netns) = (record.id.clone(), netns.to_owned());
-        let loopback =
-            how.primary.then(|| std::thread::spawn(move || cni_loopback(&id, &lo_netns)));
         let mut wanted = serde_json::Map::new();
         if let Some(ip) = &how.ip {
             wanted.insert("ips".into(), json!([ip]));
@@ -739,13 +733,7 @@ impl Engine {
                     }
                     _ => err,
                 });
-        let looped = loopback.map_or(Ok(()), |thread| {
-            thread.join().unwrap_or_else(|_| {
-                Err(Error::Network("the loopback plugin's thread panicked".into()))
-            })
-        });
         let result = result?;
-        looped?;
         let ip = result["ips"][0]["address"].as_str().unwrap_or_default().to_owned();
         let (ip, prefix) = ip
             .split_once('/')
@@ -1199,18 +1187,6 @@ fn cni_with(
     };
     berth_net::cni::run_plugin("bridge", command, &who, &bridge_conf(network, ipam_dir, wanted))
         .map_err(net)
-}
-
-fn cni_loopback(id: &str, netns: &Path) -> Result<()> {
-    let conf = json!({"cniVersion": "1.0.0", "name": "lo", "type": "loopback"});
-    let who = berth_net::cni::Attachment {
-        container_id: id,
-        netns,
-        ifname: "lo",
-        args: &[],
-        runtime_config: &serde_json::Map::new(),
-    };
-    berth_net::cni::run_plugin("loopback", "ADD", &who, &conf).map(drop).map_err(net)
 }
 
 /// Applies an nftables script atomically.

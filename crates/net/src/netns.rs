@@ -43,8 +43,9 @@ pub struct Request<'a> {
     pub hostname: Option<&'a str>,
 }
 
-/// Makes new namespaces of the kinds asked, pinned at `dir/<kind>`; returns the paths in
-/// the order asked. On failure nothing is left pinned.
+/// Makes new namespaces of the kinds asked, pinned at `dir/<kind>` (a network namespace
+/// with its loopback up); returns the paths in the order asked. On failure nothing is
+/// left pinned.
 pub fn pin(dir: &Path, request: &Request<'_>) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).map_err(io("create", dir))?;
     let mut paths = Vec::new();
@@ -68,6 +69,9 @@ pub fn pin(dir: &Path, request: &Request<'_>) -> Result<Vec<PathBuf>> {
                     .map_err(sys(format!("set the hostname {name:?}")))?;
             }
         }
+        if kinds.contains(&Kind::Net) {
+            berth_sys::link::set_up("lo").map_err(sys("bring up the namespace's loopback"))?;
+        }
         for (kind, target) in kinds.iter().zip(&targets) {
             let source = format!("/proc/thread-self/ns/{}", kind.name());
             mount(Some(source.as_str()), target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
@@ -86,7 +90,8 @@ pub fn pin(dir: &Path, request: &Request<'_>) -> Result<Vec<PathBuf>> {
     Ok(paths)
 }
 
-/// Makes one new network namespace pinned at `path` (its parent directory is created).
+/// Makes one new network namespace pinned at `path` (its parent directory is created),
+/// with its loopback up.
 pub fn pin_net(path: &Path) -> Result<PathBuf> {
     let dir =
         path.parent().ok_or_else(|| Error::Failed(format!("{} has no parent", path.display())))?;
@@ -99,6 +104,8 @@ pub fn pin_net(path: &Path) -> Result<PathBuf> {
     let made = std::thread::spawn(move || -> Result<()> {
         berth_sys::nix::sched::unshare(CloneFlags::CLONE_NEWNET)
             .map_err(sys("create a network namespace"))?;
+        // Its loopback up, as every container expects (no CNI loopback plugin to run).
+        berth_sys::link::set_up("lo").map_err(sys("bring up the namespace's loopback"))?;
         mount(
             Some("/proc/thread-self/ns/net"),
             &target,

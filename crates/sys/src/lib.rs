@@ -11,6 +11,7 @@
 pub mod bpf;
 pub mod exe;
 pub mod fs;
+pub mod link;
 pub mod mount;
 pub mod process;
 pub mod tty;
