@@ -146,6 +146,10 @@ pub enum Command {
     /// Serve the cluster DNS of a server's Services on its own (as CoreDNS does beside a
     /// cluster): for a server run without an agent, or in front of a benchmark.
     Dns(server::DnsArgs),
+    /// Program a server's Services into this host's nftables on its own (as kube-proxy
+    /// runs beside a kubelet): for a node whose agent runs without its proxy, or in front
+    /// of a benchmark.
+    Proxy(server::ProxyArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
@@ -203,5 +207,6 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Kubeconfig(args) => server::kubeconfig(args),
         Command::Cri(args) => crate::cri::cri(&global, args),
         Command::Dns(args) => server::dns(args),
+        Command::Proxy(args) => server::proxy(args),
     }
 }

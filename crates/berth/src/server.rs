@@ -173,6 +173,24 @@ pub struct DnsArgs {
     pub upstreams: Vec<std::net::SocketAddr>,
 }
 
+/// `berth proxy`: the service proxy alone, programming a server's Services.
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    /// A kubeconfig whose user may list and watch Services and EndpointSlices (and patch
+    /// Services' status, for LoadBalancer ingress with --node-ip).
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: PathBuf,
+    /// This node's address: LoadBalancer Services answer there and get it as ingress.
+    #[arg(long = "node-ip")]
+    pub node_ip: Option<String>,
+    /// This node's name: its endpoints are the local ones of `Local` traffic policies.
+    #[arg(long = "node-name")]
+    pub node_name: Option<String>,
+    /// Node ports answer on 127.0.0.1 too.
+    #[arg(long = "nodeport-localhost")]
+    pub nodeport_localhost: bool,
+}
+
 #[derive(Debug, Args)]
 pub struct KubeconfigArgs {
     #[arg(long = "data-dir", default_value = "/var/lib/berth/server")]
@@ -236,40 +254,39 @@ pub fn server(global: &crate::cli::Global, args: ServerArgs) -> Result<i32> {
         );
         tokio::spawn(stop_on_signal(shutdown.clone()));
         // The controllers reach the API in-process, as kube-controller-manager's identity.
-        let controllers = (!disable_controller_manager).then(|| {
-            let client = berth_client::in_process(
+        // Their caches are shared with the scheduler and the simulated nodes, which act as
+        // their own identities (one decode of each pod for the three, not three).
+        let shared = std::sync::Arc::new(berth_reconcile::Informers::new(
+            berth_client::in_process(
                 server.handler(),
                 berth_api::identity::User::controller_manager(),
-            );
+            ),
+            shutdown.clone(),
+        ));
+        let controllers = (!disable_controller_manager).then(|| {
             let root_ca = std::fs::read_to_string(data_dir.join("tls/ca.crt")).ok();
             let options = berth_controllers::Options {
                 root_ca,
                 node_monitor_grace_period,
                 horizontal_pod_autoscaler_sync_period: hpa_sync_period,
             };
-            berth_controllers::Manager::start(client, options, shutdown.clone())
+            berth_controllers::Manager::start_on(shared.clone(), options)
         });
-        // The scheduler and simulated nodes, each as its own identity, on caches of
-        // their own (as separate processes would be).
         let loops = tokio_util::task::TaskTracker::new();
-        let mut informers = Vec::new();
+        let mut informers = vec![shared.clone()];
         if !disable_scheduler {
             let client =
                 berth_client::in_process(server.handler(), berth_api::identity::User::scheduler());
-            let scheduler =
-                std::sync::Arc::new(berth_reconcile::Informers::new(client, shutdown.clone()));
+            let scheduler = std::sync::Arc::new(shared.sharing(client));
             loops.spawn(berth_scheduler::run(scheduler.clone()));
-            informers.push(scheduler);
         }
         if let Some(config) = simulated {
             let client = berth_client::in_process(
                 server.handler(),
                 berth_api::identity::User::simulated_nodes(),
             );
-            let nodes =
-                std::sync::Arc::new(berth_reconcile::Informers::new(client, shutdown.clone()));
-            loops.spawn(berth_simnodes::run(nodes.clone(), config));
-            informers.push(nodes);
+            let nodes = std::sync::Arc::new(shared.sharing(client));
+            loops.spawn(berth_simnodes::run(nodes, config));
         }
         if let Some((mut agent_config, cri)) = agent {
             agent_tls(&data_dir, &mut agent_config)?;
@@ -518,6 +535,47 @@ pub fn dns(args: DnsArgs) -> Result<i32> {
             eprintln!("berth dns: the DNS loops did not stop in time");
         }
         eprintln!("berth dns: stopped");
+        Ok(0)
+    })
+}
+
+/// `berth proxy`: berth-proxy over a kubeconfig's server until SIGTERM or SIGINT. The
+/// rules stay in the kernel when it stops (traffic flows on; the next start reconciles).
+pub fn proxy(args: ProxyArgs) -> Result<i32> {
+    async_runtime()?.block_on(async move {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(stop_on_signal(shutdown.clone()));
+        let client = berth_client::from_kubeconfig(&args.kubeconfig)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        // A server that cannot be reached or refuses the user is said at once.
+        use kube::api::{Api, ListParams};
+        Api::<k8s_openapi::api::discovery::v1::EndpointSlice>::all(client.clone())
+            .list_metadata(&ListParams::default().limit(1))
+            .await
+            .with_context(|| {
+                format!("cannot list EndpointSlices with {}", args.kubeconfig.display())
+            })?;
+        let informers =
+            std::sync::Arc::new(berth_reconcile::Informers::new(client, shutdown.clone()));
+        let config = berth_proxy::Config {
+            node_ip: args.node_ip,
+            node_name: args.node_name,
+            nodeport_localhost: args.nodeport_localhost,
+        };
+        eprintln!(
+            "berth proxy: programming Services into nftables table {}",
+            berth_proxy::plan::TABLE
+        );
+        berth_proxy::run(informers.clone(), config).await;
+        informers.tasks().close();
+        if tokio::time::timeout(std::time::Duration::from_secs(5), informers.tasks().wait())
+            .await
+            .is_err()
+        {
+            eprintln!("berth proxy: the proxy's loops did not stop in time");
+        }
+        eprintln!("berth proxy: stopped");
         Ok(0)
     })
 }

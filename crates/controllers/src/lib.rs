@@ -99,7 +99,12 @@ impl Manager {
     /// Starts every controller over `client` until `shutdown`; with the cluster CA (PEM),
     /// the root CA publisher too.
     pub fn start(client: kube::Client, options: Options, shutdown: CancellationToken) -> Manager {
-        let informers = std::sync::Arc::new(Informers::new(client, shutdown.clone()));
+        Manager::start_on(std::sync::Arc::new(Informers::new(client, shutdown)), options)
+    }
+
+    /// [`Manager::start`] on informers made already (whose caches other loops of the
+    /// process may share), acting with their client, until their shutdown token fires.
+    pub fn start_on(informers: std::sync::Arc<Informers>, options: Options) -> Manager {
         let tasks = TaskTracker::new();
         if let Some(ca) = options.root_ca {
             tasks.spawn(rootca::run(informers.clone(), ca));

@@ -153,30 +153,53 @@ where
 /// cache cost about 400 KB before it held anything, 31 MB of an idle server's 52 MB.
 const CHANGES_BUFFERED: usize = 1024;
 
-/// The process's shared caches, by kind.
+/// The process's shared caches, by kind, and the client a loop acts with.
 pub struct Informers {
+    /// What the loop on these informers acts with (its identity).
     client: Client,
+    caches: Arc<Caches>,
+}
+
+/// The caches themselves, which several loops' informers may share.
+struct Caches {
+    /// What lists and watches for the caches.
+    reader: Client,
     shutdown: CancellationToken,
     tasks: TaskTracker,
-    caches: Mutex<HashMap<String, Arc<dyn Any + Send + Sync>>>,
+    by_kind: Mutex<HashMap<String, Arc<dyn Any + Send + Sync>>>,
 }
 
 impl Informers {
     pub fn new(client: Client, shutdown: CancellationToken) -> Informers {
-        Informers { client, shutdown, tasks: TaskTracker::new(), caches: Mutex::default() }
+        let caches = Caches {
+            reader: client.clone(),
+            shutdown,
+            tasks: TaskTracker::new(),
+            by_kind: Mutex::default(),
+        };
+        Informers { client, caches: Arc::new(caches) }
     }
 
+    /// Informers for another loop of this process that read the same caches (fed by this
+    /// one's client) and act with `client`, its own identity: as kube-controller-manager's
+    /// controllers share one informer factory and write with their own service accounts,
+    /// loops in one process decode each object once instead of once per loop.
+    pub fn sharing(&self, client: Client) -> Informers {
+        Informers { client, caches: self.caches.clone() }
+    }
+
+    /// The client this loop acts with.
     pub fn client(&self) -> &Client {
         &self.client
     }
 
     pub fn shutdown(&self) -> &CancellationToken {
-        &self.shutdown
+        &self.caches.shutdown
     }
 
     /// The tasks feeding the caches (for waiting on them at shutdown).
     pub fn tasks(&self) -> &TaskTracker {
-        &self.tasks
+        &self.caches.tasks
     }
 
     /// The cache of a typed kind across all namespaces, started on first use.
@@ -185,13 +208,13 @@ impl Informers {
         K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     {
         let key = format!("{}/{}", K::api_version(&()), K::plural(&()));
-        self.cache(key, || Api::<K>::all(self.client.clone()), ())
+        self.cache(key, || Api::<K>::all(self.caches.reader.clone()), ())
     }
 
     /// The cache of any kind, by its resource, across all namespaces.
     pub fn dynamic(&self, resource: &ApiResource) -> Arc<Cache<DynamicObject>> {
         let key = format!("{}/{}", resource.api_version, resource.plural);
-        self.cache(key, || Api::all_with(self.client.clone(), resource), resource.clone())
+        self.cache(key, || Api::all_with(self.caches.reader.clone(), resource), resource.clone())
     }
 
     fn cache<K>(
@@ -204,7 +227,7 @@ impl Informers {
         K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
         K::DynamicType: Hash + Eq + Clone + Send + Sync,
     {
-        let mut caches = match self.caches.lock() {
+        let mut caches = match self.caches.by_kind.lock() {
             Ok(caches) => caches,
             Err(poisoned) => poisoned.into_inner(),
         };
@@ -218,8 +241,8 @@ impl Informers {
         let cache = Arc::new(Cache { store: writer.as_reader(), changes: changes.clone(), listed });
         caches.insert(key.clone(), cache.clone());
         let stream = watcher(api(), watcher::Config::default()).default_backoff();
-        let shutdown = self.shutdown.clone();
-        self.tasks.spawn(async move {
+        let shutdown = self.caches.shutdown.clone();
+        self.caches.tasks.spawn(async move {
             let mut stream = std::pin::pin!(stream);
             loop {
                 let event = tokio::select! {
