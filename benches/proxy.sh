@@ -41,6 +41,8 @@ cat > "$work/inside.sh" <<'SH'
 set -euo pipefail
 berth=$1 work=$2 services=$3 changes=$4
 ip link set lo up
+# A default route (a node has one: a cluster IP is routed before the rules translate it).
+ip link add uplink type bridge && ip link set uplink up && ip route add default dev uplink
 for k in $(seq 1 10); do ip addr add "10.201.0.$k/32" dev lo; done
 pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done' EXIT
@@ -76,8 +78,7 @@ endpoints:""")
         print(f"- addresses: [{ip}]\n  conditions: {{ready: true}}")
 PY
 kubectl apply -f "$work/objects.yaml" >/dev/null
-kubectl config view --raw -o jsonpath='{.users[0].user.client-certificate-data}' | base64 -d > "$work/client.crt"
-kubectl config view --raw -o jsonpath='{.users[0].user.client-key-data}' | base64 -d > "$work/client.key"
+kubectl config view --raw -o jsonpath='{.users[0].user.token}' > "$work/token"
 kubectl config view --raw -o jsonpath='{.clusters[0].cluster.certificate-authority-data}' | base64 -d > "$work/ca.crt"
 server=$(kubectl config view --raw -o jsonpath='{.clusters[0].cluster.server}')
 cluster_ip=$(kubectl get service svc-probe -o jsonpath='{.spec.clusterIP}')
@@ -129,7 +130,7 @@ while not reached() and time.time() < deadline:
 first = time.time() - started
 url = urlparse(server)
 context = ssl.create_default_context(cafile=f"{work}/ca.crt")
-context.load_cert_chain(f"{work}/client.crt", f"{work}/client.key")
+token = open(f"{work}/token").read().strip()
 api = http.client.HTTPSConnection(url.hostname, url.port, context=context)
 path = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices/svc-probe-1"
 samples = []
@@ -137,7 +138,8 @@ for i in range(changes):
     port = 80 if i % 2 == 0 else 81
     body = json.dumps({"ports": [{"name": "", "port": port, "protocol": "TCP"}]})
     t0 = time.perf_counter()
-    api.request("PATCH", path, body, {"Content-Type": "application/merge-patch+json"})
+    api.request("PATCH", path, body, {"Content-Type": "application/merge-patch+json",
+                                      "Authorization": f"Bearer {token}"})
     response = api.getresponse()
     response.read()
     if response.status != 200:

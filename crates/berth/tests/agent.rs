@@ -1482,3 +1482,117 @@ fn root_private_images_are_pulled_with_the_pods_pull_secrets() {
         "{events}"
     );
 }
+
+#[test]
+fn root_the_service_proxy_runs_on_its_own() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut cluster = Cluster::new();
+    cluster.extra = vec!["--disable-agent".into()];
+    cluster.spawn_server();
+    cluster.until("the API answers", &["get", "namespace", "default", "-o", "json"], |_| true);
+    // An endpoint on this namespace's loopback, and a default route (a node has one: a
+    // cluster IP is routed before the proxy's rules translate it).
+    for args in [
+        &["addr", "add", "10.250.0.1/32", "dev", "lo"][..],
+        &["link", "add", "uplink", "type", "bridge"],
+        &["link", "set", "uplink", "up"],
+        &["route", "add", "default", "dev", "uplink"],
+    ] {
+        assert!(Command::new("ip").args(args).status().unwrap().success(), "ip {args:?}");
+    }
+    let listener = std::net::TcpListener::bind("10.250.0.1:8080").unwrap();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for mut stream in listener.incoming().flatten() {
+            // The request is read first: closing with it unread would reset the connection.
+            let _ = stream.read(&mut [0u8; 1024]);
+            let _ = stream.write_all(b"HTTP/1.0 200 OK\r\n\r\nfrom-the-endpoint\n");
+        }
+    });
+    let objects = cluster.path("web.yaml");
+    std::fs::write(
+        &objects,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  ports: [{port: 80, targetPort: 8080}]\n\
+         ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-1\n  \
+         labels: {kubernetes.io/service-name: web}\naddressType: IPv4\nports: [{name: \"\", port: 8080, protocol: TCP}]\n\
+         endpoints: [{addresses: [10.250.0.1], conditions: {ready: true}}]\n",
+    )
+    .unwrap();
+    cluster.ok(&["apply", "-f", objects.to_str().unwrap()]);
+    let ip = cluster.ok(&["get", "service", "web", "-o", "jsonpath={.spec.clusterIP}"]);
+    let address = format!("{}:80", ip.trim());
+    assert!(http_get(&address).is_err(), "the cluster IP answered before any proxy ran");
+
+    let kubeconfig = cluster.data().join("kubeconfig");
+    let spawn_proxy = || {
+        Command::new(BERTH)
+            .arg("proxy")
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let wait_answer = |what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(body) = http_get(&address) {
+                assert_eq!(body, "from-the-endpoint");
+                return;
+            }
+            assert!(Instant::now() < deadline, "{what}: the cluster IP never answered");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let mut proxy = spawn_proxy();
+    wait_answer("berth proxy");
+    // Killed, its rules stay in the kernel and traffic flows on.
+    proxy.kill().unwrap();
+    proxy.wait().unwrap();
+    assert_eq!(http_get(&address).unwrap(), "from-the-endpoint");
+    // Started again, it follows the API: a Service left with no endpoint refuses at once.
+    let mut proxy = spawn_proxy();
+    cluster.ok(&[
+        "patch",
+        "endpointslice",
+        "web-1",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"endpoints":[]}"#,
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match http_get(&address) {
+            Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused => break,
+            other => {
+                assert!(
+                    Instant::now() < deadline,
+                    "still answered after the endpoint went: {other:?}"
+                )
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+    // A kubeconfig that reaches no server is said at once.
+    let bad = cluster.path("nowhere.kubeconfig");
+    let text = std::fs::read_to_string(&kubeconfig).unwrap();
+    let port = text
+        .split("https://127.0.0.1:")
+        .nth(1)
+        .unwrap()
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .to_owned();
+    std::fs::write(&bad, text.replace(&format!("127.0.0.1:{port}"), "127.0.0.1:9")).unwrap();
+    let output = Command::new(BERTH).arg("proxy").arg("--kubeconfig").arg(&bad).output().unwrap();
+    assert!(!output.status.success());
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(said.contains("cannot list EndpointSlices"), "{said}");
+}
