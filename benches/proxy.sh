@@ -23,7 +23,7 @@ berth=$PWD/target/release/berth
 work=$(mktemp -d /tmp/berth-proxy-bench.XXXXXX)
 cleanup() {
   [ -f "$work/holder.pid" ] && kill "$(cat "$work/holder.pid")" 2>/dev/null
-  rm -rf "$work"
+  [ -n "${KEEP:-}" ] || rm -rf "$work"
   true
 }
 trap cleanup EXIT
@@ -83,7 +83,7 @@ kubectl config view --raw -o jsonpath='{.clusters[0].cluster.certificate-authori
 server=$(kubectl config view --raw -o jsonpath='{.clusters[0].cluster.server}')
 cluster_ip=$(kubectl get service svc-probe -o jsonpath='{.spec.clusterIP}')
 started=$(date +%s.%N)
-"$berth" proxy --kubeconfig "$KUBECONFIG" 2>"$work/proxy.log" &
+"$berth" --log-level debug proxy --kubeconfig "$KUBECONFIG" 2>"$work/proxy.log" &
 pids+=($!)
 python3 - "$server" "$work" "$cluster_ip" "$changes" "$started" "$services" <<'PY'
 import http.client, json, socket, ssl, statistics, sys, threading, time
@@ -100,8 +100,21 @@ def accept():
         conn, _ = listener.accept()
         conn.close()
 threading.Thread(target=accept, daemon=True).start()
+# Each probe from the next source port of a wide range: a port used again within
+# conntrack's close timeout (10 s) would meet its earlier connection's translation, not
+# the new rules; one round of the range takes longer than that.
+import itertools
+ports = itertools.cycle(range(20000, 61000))
+def probe_socket():
+    while True:
+        s = socket.socket()
+        try:
+            s.bind(("0.0.0.0", next(ports)))
+            return s
+        except OSError:
+            s.close()
 def answers():
-    s = socket.socket()
+    s = probe_socket()
     s.settimeout(1)
     try:
         s.connect((cluster_ip, 80))
@@ -112,7 +125,7 @@ def answers():
         s.close()
 def reached():
     """Whether the probe gets any answer (accepted or refused) from the rules."""
-    s = socket.socket()
+    s = probe_socket()
     s.settimeout(0.2)
     try:
         s.connect((cluster_ip, 80))
