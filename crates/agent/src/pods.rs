@@ -833,23 +833,23 @@ async fn start(
                 .await;
         }
         if let Err(status) = pulled {
-            if !present || policy != "Always" {
-                let previous = ctx.memory.get(&uid, &container.name);
-                let reason = if previous
-                    .is_some_and(|(r, _)| r == "ErrImagePull" || r == "ImagePullBackOff")
-                {
+            // Also when the image is here already: `Always` means every start pulls (and
+            // so shows its credentials), as the kubelet does; a copy another pod pulled is
+            // not used in its place.
+            let previous = ctx.memory.get(&uid, &container.name);
+            let reason =
+                if previous.is_some_and(|(r, _)| r == "ErrImagePull" || r == "ImagePullBackOff") {
                     "ImagePullBackOff"
                 } else {
                     "ErrImagePull"
                 };
-                ctx.memory.set(
-                    &uid,
-                    &container.name,
-                    reason,
-                    format!("failed to pull image {image:?}: {}", status.message()),
-                );
-                return Ok(());
-            }
+            ctx.memory.set(
+                &uid,
+                &container.name,
+                reason,
+                format!("failed to pull image {image:?}: {}", status.message()),
+            );
+            return Ok(());
         }
     }
     let cached = ctx.memory.master_env.lock().unwrap_or_else(|p| p.into_inner()).clone();

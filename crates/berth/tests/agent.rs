@@ -1481,6 +1481,16 @@ fn root_private_images_are_pulled_with_the_pods_pull_secrets() {
         events.contains("FailedToRetrieveImagePullSecret") && events.contains("(absent)"),
         "{events}"
     );
+    // `imagePullPolicy: Always` pulls at every start, so the copy "private" pulled is not
+    // a way around the credentials (as the kubelet: AlwaysPullImages relies on it).
+    cluster.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: always}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {{name: c, image: \"{host}/private:v1\", imagePullPolicy: Always, command: [sleep, \"1000\"]}}\n"
+    ));
+    cluster.until("always cannot pull", &["get", "pod", "always", "-o", "json"], |p| {
+        p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
+            .as_str()
+            .is_some_and(|r| r == "ErrImagePull" || r == "ImagePullBackOff")
+    });
 }
 
 #[test]
