@@ -29,7 +29,7 @@ cleanup() {
 trap cleanup EXIT
 
 # The namespace: held by a sleeping process, entered with nsenter (keeps /sys and cgroups).
-unshare --net --fork sleep infinity &
+unshare --net --fork --kill-child sleep infinity &
 echo $! > "$work/holder.pid"
 for _ in $(seq 100); do
   ns_pid=$(pgrep -P "$(cat "$work/holder.pid")" sleep || true)

@@ -2745,6 +2745,18 @@ fn root_user_networks_resolve_names_aliases_and_chosen_addresses() {
         })
     };
     wait_for("late's resolver to end with it", Duration::from_secs(10), || !resolver_left());
+    // A stopped container loses its first network too, and its next start has none (nothing
+    // of its last run's address is kept); it can join the network again.
+    berth.ok(&["run", "-d", "--name", "resting", "--network", "appnet", IMAGE, "sleep", "300"]);
+    berth.ok(&["stop", "-t", "0", "resting"]);
+    berth.ok(&["network", "disconnect", "appnet", "resting"]);
+    berth.ok(&["start", "resting"]);
+    let inside = berth.ok(&["exec", "resting", "sh", "-c", "ip -o link; cat /etc/resolv.conf"]);
+    assert!(!inside.contains("eth") && !inside.contains("127.0.0.11"), "{inside}");
+    berth.ok(&["network", "connect", "appnet", "resting"]);
+    let inside = berth.ok(&["exec", "resting", "ip", "-4", "-o", "addr", "show", "eth0"]);
+    assert!(inside.contains("10.123.0."), "{inside}");
+    berth.ok(&["rm", "-f", "resting"]);
     // A container that stops is no longer named; the default bridge has no embedded DNS.
     berth.ok(&["stop", "-t", "0", "db"]);
     let gone = berth.run(&["run", "--rm", "--network", "appnet", IMAGE, "nslookup", "db"]);

@@ -226,6 +226,9 @@ type Encoded = std::collections::HashMap<Box<[u8]>, Arc<[u8]>>;
 /// At most this many different questions are kept; then the table starts again.
 const ANSWERS_KEPT: usize = 16_384;
 
+/// The largest question whose answer is kept (a classic UDP message).
+const MAX_KEPT_QUERY: usize = 512;
+
 impl Answers {
     fn new() -> Answers {
         Answers { generation: 0.into(), entries: Default::default() }
@@ -253,6 +256,11 @@ impl Answers {
 
     /// Keeps `answer`, made from the caches as they were at generation `made_in`.
     fn put(&self, query: &[u8], made_in: u64, answer: &[u8]) {
+        // Questions are small; a large one (TCP allows 64 KiB) is answered, not kept, so
+        // that no client can fill the table with big keys.
+        if query.len() > MAX_KEPT_QUERY {
+            return;
+        }
         let (Some(key), true) = (query.get(2..), answer.len() >= 2) else { return };
         if self.generation() != made_in {
             return;
@@ -514,6 +522,11 @@ mod tests {
         assert!(answers.get(&asked).is_none());
         answers.put(&asked, answers.generation(), &answer);
         assert!(answers.get(&asked).is_some());
+        // A large question is answered but not kept.
+        let mut large = asked.clone();
+        large.resize(MAX_KEPT_QUERY + 1, 0);
+        answers.put(&large, answers.generation(), &answer);
+        assert!(answers.get(&large).is_none());
     }
 
     #[test]

@@ -397,6 +397,11 @@ impl Engine {
     /// namespace and records the address and ports in `record.network`.
     pub(crate) fn network_setup(&self, record: &mut Record) -> Result<NetNs> {
         let mode = record.options.network.clone();
+        if matches!(mode.as_str(), "host" | "none") || mode.starts_with("container:") {
+            // No network of its own: nothing of an earlier run's attachments stays.
+            record.network = None;
+            record.extra_networks.clear();
+        }
         match mode.as_str() {
             "host" => return Ok(NetNs::Host),
             "none" => {
@@ -564,8 +569,14 @@ impl Engine {
             }
             if !resolving {
                 // The first user-defined network: names are answered from now on (as
-                // Docker's sandbox starts its resolver when it joins one).
-                self.late_dns(&locked.record, &netns, &resolv)?;
+                // Docker's sandbox starts its resolver when it joins one). The connection
+                // stands without it (its next start starts one).
+                if let Err(err) = self.late_dns(&locked.record, &netns, &resolv) {
+                    tracing::warn!(
+                        "container {}: no embedded DNS until it restarts: {err}",
+                        locked.record.name
+                    );
+                }
             }
         }
         locked.save()
@@ -659,6 +670,9 @@ impl Engine {
         }
         options.mac_address = None;
         if !live {
+            // What the last run left is no longer true: the next start attaches afresh.
+            record.network = None;
+            record.extra_networks.clear();
             return Ok(());
         }
         let _lock = self.network_lock()?;
@@ -677,7 +691,14 @@ impl Engine {
         if let Some(next) = &next {
             if let Some(at) = record.extra_networks.iter().position(|n| n.network == next.network) {
                 let promoted = record.extra_networks.remove(at);
-                default_route(Path::new(&promoted.netns), &promoted.gateway, promoted.interface())?;
+                // The disconnect is done either way: a route that cannot be set is said.
+                if let Err(err) = default_route(
+                    Path::new(&promoted.netns),
+                    &promoted.gateway,
+                    promoted.interface(),
+                ) {
+                    tracing::warn!("container {}: {err}", record.name);
+                }
                 record.network = Some(promoted);
             }
         }
@@ -1018,6 +1039,11 @@ fn kill_port_holder(monitor: i32) {
             .and_then(|(_, rest)| rest.split_whitespace().nth(1))
             .and_then(|p| p.parse::<i32>().ok());
         if parent != Some(monitor) {
+            continue;
+        }
+        // berth's own holder: this binary, not a container's process named alike.
+        let ours = std::fs::read_link("/proc/self/exe").ok();
+        if ours.is_none() || std::fs::read_link(entry.path().join("exe")).ok() != ours {
             continue;
         }
         let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();

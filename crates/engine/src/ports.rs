@@ -25,8 +25,19 @@ pub struct Holder {
 
 impl Drop for Holder {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // `network disconnect` may have ended it and the monitor reaped it already: a
+        // pid that is no longer our child may be another process's by now.
+        let ours = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+            .ok()
+            .and_then(|stat| {
+                let (_, rest) = stat.rsplit_once(')')?;
+                rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+            })
+            == Some(std::process::id());
+        if ours {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
