@@ -20,33 +20,45 @@ pub fn socket_of(endpoint: &str) -> PathBuf {
     PathBuf::from(endpoint.strip_prefix("unix://").unwrap_or(endpoint))
 }
 
-/// Connects to the runtime's socket, waiting for it to appear (the runtime may start
-/// after the agent); the connection itself reconnects as needed.
+/// Connects to the runtime's socket, waiting for it to appear and to accept (the runtime
+/// may start after the agent, and a socket file left by a killed runtime refuses until the
+/// new one binds it); the connection itself reconnects as needed.
 pub async fn connect(socket: &Path, patience: Duration) -> Result<Runtime, String> {
     let deadline = tokio::time::Instant::now() + patience;
-    while !socket.exists() {
-        if tokio::time::Instant::now() >= deadline {
-            return Err(format!(
-                "the container runtime's socket {} does not exist",
-                socket.display()
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let path = socket.to_owned();
-    let channel = tonic::transport::Endpoint::try_from("http://[::]:50051")
-        .map_err(|e| e.to_string())?
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let path = path.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(path).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+    let channel = loop {
+        let path = socket.to_owned();
+        let attempt = tonic::transport::Endpoint::try_from("http://[::]:50051")
+            .map_err(|e| e.to_string())?
+            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                let path = path.clone();
+                async move {
+                    let stream = tokio::net::UnixStream::connect(path).await?;
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+                }
+            }))
+            .await;
+        match attempt {
+            Ok(channel) => break channel,
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                // tonic's own message is "transport error"; the cause is in its sources.
+                let mut cause = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(inner) = source {
+                    cause = format!("{cause}: {inner}");
+                    source = inner.source();
+                }
+                return Err(if socket.exists() {
+                    format!(
+                        "cannot connect to the container runtime at {}: {cause}",
+                        socket.display()
+                    )
+                } else {
+                    format!("the container runtime's socket {} does not exist", socket.display())
+                });
             }
-        }))
-        .await
-        .map_err(|e| {
-            format!("cannot connect to the container runtime at {}: {e}", socket.display())
-        })?;
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
     Ok(Runtime {
         runtime: RuntimeServiceClient::new(channel.clone()),
         images: ImageServiceClient::new(channel),

@@ -127,16 +127,19 @@ impl Cluster {
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
+    /// The last lines of the server's log and, when there is one, a separate agent's.
     fn server_log(&self) -> String {
-        let text = std::fs::read_to_string(self.path("server.log")).unwrap_or_default();
-        text.lines()
-            .rev()
-            .take(40)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect::<Vec<_>>()
-            .join("\n")
+        let tail = |name: &str| {
+            let text = std::fs::read_to_string(self.path(name)).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(40)..].join("\n")
+        };
+        let agent = tail("agent.log");
+        if agent.is_empty() {
+            tail("server.log")
+        } else {
+            format!("{}\nagent log:\n{agent}", tail("server.log"))
+        }
     }
 
     fn apply(&self, manifest: &str) {
