@@ -35,12 +35,8 @@ free_port() {
   python3 -c 'import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-"$berth" server --disable-agent --simulate-nodes 1 --data-dir "$work/server" \
-  --https-listen-port 0 --bind-address 127.0.0.1 2>/dev/null &
-pids+=($!)
-for _ in $(seq 300); do [ -f "$work/server/kubeconfig" ] && break; sleep 0.1; done
-export KUBECONFIG=$work/server/kubeconfig
-until kubectl get --raw /readyz >/dev/null 2>&1; do sleep 0.2; done
+. benches/common.sh
+start_server "$berth" "$work/server"
 
 # The Services, then the names and addresses the API gave them.
 for i in $(seq 0 $((services - 1))); do

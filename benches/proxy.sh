@@ -21,15 +21,18 @@ changes=${2:-200}
 [ -n "${BERTH_NO_BUILD:-}" ] || cargo build --release -q --bin berth
 berth=$PWD/target/release/berth
 work=$(mktemp -d /tmp/berth-proxy-bench.XXXXXX)
+ns_pid=
 cleanup() {
-  [ -f "$work/holder.pid" ] && kill "$(cat "$work/holder.pid")" 2>/dev/null
+  # The sleeping process holds the namespace (unshare ignores SIGTERM while it waits for
+  # it, and ends with it): the namespace, its rules and addresses go with it.
+  [ -n "$ns_pid" ] && kill "$ns_pid" 2>/dev/null
   [ -n "${KEEP:-}" ] || rm -rf "$work"
   true
 }
 trap cleanup EXIT
 
 # The namespace: held by a sleeping process, entered with nsenter (keeps /sys and cgroups).
-unshare --net --fork --kill-child sleep infinity &
+unshare --net --fork sleep infinity &
 echo $! > "$work/holder.pid"
 for _ in $(seq 100); do
   ns_pid=$(pgrep -P "$(cat "$work/holder.pid")" sleep || true)
@@ -39,19 +42,15 @@ done
 cat > "$work/inside.sh" <<'SH'
 #!/usr/bin/env bash
 set -euo pipefail
-berth=$1 work=$2 services=$3 changes=$4
+berth=$1 work=$2 services=$3 changes=$4 repo=$5
 ip link set lo up
 # A default route (a node has one: a cluster IP is routed before the rules translate it).
 ip link add uplink type bridge && ip link set uplink up && ip route add default dev uplink
 for k in $(seq 1 10); do ip addr add "10.201.0.$k/32" dev lo; done
 pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done' EXIT
-"$berth" server --disable-agent --simulate-nodes 1 --data-dir "$work/server" \
-  --https-listen-port 0 --bind-address 127.0.0.1 2>/dev/null &
-pids+=($!)
-for _ in $(seq 300); do [ -f "$work/server/kubeconfig" ] && break; sleep 0.1; done
-export KUBECONFIG=$work/server/kubeconfig
-until kubectl get --raw /readyz >/dev/null 2>&1; do sleep 0.2; done
+. "$repo/benches/common.sh"
+start_server "$berth" "$work/server"
 python3 - "$services" > "$work/objects.yaml" <<'PY'
 import sys
 n = int(sys.argv[1])
@@ -113,32 +112,23 @@ def probe_socket():
             return s
         except OSError:
             s.close()
-def answers():
+def probe(timeout):
+    """What the probed Service's cluster IP does now: "accepted", "refused", or None
+    (no answer within the timeout: no rule leads anywhere yet)."""
     s = probe_socket()
-    s.settimeout(1)
+    s.settimeout(timeout)
     try:
         s.connect((cluster_ip, 80))
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
-def reached():
-    """Whether the probe gets any answer (accepted or refused) from the rules."""
-    s = probe_socket()
-    s.settimeout(0.2)
-    try:
-        s.connect((cluster_ip, 80))
-        return True
+        return "accepted"
     except ConnectionRefusedError:
-        return True
+        return "refused"
     except OSError:
-        return False
+        return None
     finally:
         s.close()
 # The first full programming: until the probed Service is refused (port 81) at once.
 deadline = time.time() + 120
-while not reached() and time.time() < deadline:
+while probe(0.2) is None and time.time() < deadline:
     time.sleep(0.01)
 first = time.time() - started
 url = urlparse(server)
@@ -157,8 +147,8 @@ for i in range(changes):
     response.read()
     if response.status != 200:
         sys.exit(f"PATCH: {response.status}")
-    want = port == 80
-    while answers() != want:
+    want = "accepted" if port == 80 else "refused"
+    while probe(1) != want:
         if time.perf_counter() - t0 > 30:
             sys.exit(f"change {i} not in effect after 30 s")
     samples.append((time.perf_counter() - t0) * 1000)
@@ -178,4 +168,4 @@ echo "berth proxy peak resident memory: $(awk '/VmHWM/ {printf "%.1f MB", $2/102
 echo "rules: $(nft list table ip berth-services | wc -l) lines"
 SH
 chmod +x "$work/inside.sh"
-nsenter --net="/proc/$ns_pid/ns/net" "$work/inside.sh" "$berth" "$work" "$services" "$changes"
+nsenter --net="/proc/$ns_pid/ns/net" "$work/inside.sh" "$berth" "$work" "$services" "$changes" "$PWD"

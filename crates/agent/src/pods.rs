@@ -807,10 +807,21 @@ async fn start(
                 )
                 .await;
         }
+        // A failed pull is ErrImagePull, then ImagePullBackOff while it keeps failing.
+        let pull_failed = |message: String| {
+            let previous = ctx.memory.get(&uid, &container.name);
+            let reason =
+                if previous.is_some_and(|(r, _)| r == "ErrImagePull" || r == "ImagePullBackOff") {
+                    "ImagePullBackOff"
+                } else {
+                    "ErrImagePull"
+                };
+            ctx.memory.set(&uid, &container.name, reason, message);
+        };
         let auth = match pull_auth(pod, ctx.sources, &image) {
             Ok(auth) => auth,
             Err(message) => {
-                ctx.memory.set(&uid, &container.name, "ErrImagePull", message);
+                pull_failed(message);
                 return Ok(());
             }
         };
@@ -836,19 +847,7 @@ async fn start(
             // Also when the image is here already: `Always` means every start pulls (and
             // so shows its credentials), as the kubelet does; a copy another pod pulled is
             // not used in its place.
-            let previous = ctx.memory.get(&uid, &container.name);
-            let reason =
-                if previous.is_some_and(|(r, _)| r == "ErrImagePull" || r == "ImagePullBackOff") {
-                    "ImagePullBackOff"
-                } else {
-                    "ErrImagePull"
-                };
-            ctx.memory.set(
-                &uid,
-                &container.name,
-                reason,
-                format!("failed to pull image {image:?}: {}", status.message()),
-            );
+            pull_failed(format!("failed to pull image {image:?}: {}", status.message()));
             return Ok(());
         }
     }

@@ -488,24 +488,48 @@ async fn bootstrap_dns(client: &kube::Client, dns_ip: &str, node_ip: &str) -> Re
     Ok(())
 }
 
+/// The informers of a loop run on its own (`berth dns`, `berth proxy`) against the
+/// server a kubeconfig names, once a list of `K` has shown that the server answers and
+/// lets the user read it (said at once, not as a cache that never fills).
+async fn standalone_informers<K>(
+    kubeconfig: &std::path::Path,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Result<std::sync::Arc<berth_reconcile::Informers>>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let client =
+        berth_client::from_kubeconfig(kubeconfig).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    use kube::api::{Api, ListParams};
+    Api::<K>::all(client.clone())
+        .list_metadata(&ListParams::default().limit(1))
+        .await
+        .with_context(|| format!("cannot list {}s with {}", K::kind(&()), kubeconfig.display()))?;
+    Ok(std::sync::Arc::new(berth_reconcile::Informers::new(client, shutdown.clone())))
+}
+
+/// Waits up to 5 s for a standalone command's loops to end after its shutdown.
+async fn stop_loops(informers: &berth_reconcile::Informers, command: &str) {
+    informers.tasks().close();
+    let waited =
+        tokio::time::timeout(std::time::Duration::from_secs(5), informers.tasks().wait()).await;
+    if waited.is_err() {
+        eprintln!("berth {command}: its loops did not stop in time");
+    }
+    eprintln!("berth {command}: stopped");
+}
+
 /// `berth dns`: the cluster DNS alone, answering from the API of the server its
 /// kubeconfig names, until SIGTERM or SIGINT.
 pub fn dns(args: DnsArgs) -> Result<i32> {
     async_runtime()?.block_on(async move {
         let shutdown = tokio_util::sync::CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
-        let client = berth_client::from_kubeconfig(&args.kubeconfig)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        // The caches must fill before the first answer: a server that cannot be reached
-        // or refuses the user is said at once.
-        use kube::api::{Api, ListParams};
-        Api::<k8s_openapi::api::core::v1::Service>::all(client.clone())
-            .list_metadata(&ListParams::default().limit(1))
-            .await
-            .with_context(|| format!("cannot list Services with {}", args.kubeconfig.display()))?;
-        let informers =
-            std::sync::Arc::new(berth_reconcile::Informers::new(client, shutdown.clone()));
+        let informers = standalone_informers::<k8s_openapi::api::core::v1::Service>(
+            &args.kubeconfig,
+            &shutdown,
+        )
+        .await?;
         let listen = args.listen.clone();
         let low_port = listen.iter().any(|a| a.port() < 1024);
         berth_dns::run(
@@ -527,14 +551,7 @@ pub fn dns(args: DnsArgs) -> Result<i32> {
         })?;
         eprintln!("berth dns: answering on {listen:?}");
         shutdown.cancelled().await;
-        informers.tasks().close();
-        if tokio::time::timeout(std::time::Duration::from_secs(5), informers.tasks().wait())
-            .await
-            .is_err()
-        {
-            eprintln!("berth dns: the DNS loops did not stop in time");
-        }
-        eprintln!("berth dns: stopped");
+        stop_loops(&informers, "dns").await;
         Ok(0)
     })
 }
@@ -545,19 +562,11 @@ pub fn proxy(args: ProxyArgs) -> Result<i32> {
     async_runtime()?.block_on(async move {
         let shutdown = tokio_util::sync::CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
-        let client = berth_client::from_kubeconfig(&args.kubeconfig)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        // A server that cannot be reached or refuses the user is said at once.
-        use kube::api::{Api, ListParams};
-        Api::<k8s_openapi::api::discovery::v1::EndpointSlice>::all(client.clone())
-            .list_metadata(&ListParams::default().limit(1))
-            .await
-            .with_context(|| {
-                format!("cannot list EndpointSlices with {}", args.kubeconfig.display())
-            })?;
-        let informers =
-            std::sync::Arc::new(berth_reconcile::Informers::new(client, shutdown.clone()));
+        let informers = standalone_informers::<k8s_openapi::api::discovery::v1::EndpointSlice>(
+            &args.kubeconfig,
+            &shutdown,
+        )
+        .await?;
         let config = berth_proxy::Config {
             node_ip: args.node_ip,
             node_name: args.node_name,
@@ -568,14 +577,7 @@ pub fn proxy(args: ProxyArgs) -> Result<i32> {
             berth_proxy::plan::TABLE
         );
         berth_proxy::run(informers.clone(), config).await;
-        informers.tasks().close();
-        if tokio::time::timeout(std::time::Duration::from_secs(5), informers.tasks().wait())
-            .await
-            .is_err()
-        {
-            eprintln!("berth proxy: the proxy's loops did not stop in time");
-        }
-        eprintln!("berth proxy: stopped");
+        stop_loops(&informers, "proxy").await;
         Ok(0)
     })
 }

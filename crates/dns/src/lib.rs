@@ -274,26 +274,46 @@ impl Answers {
     }
 }
 
-/// The answer to one query from the cluster's names (without relaying anything).
-fn local(lookup: &Caches, answers: &Answers, config: &Config, query: &[u8]) -> Reply {
-    if let Some(answer) = answers.get(query) {
-        return Reply::Send(answer);
-    }
-    let made_in = answers.generation();
-    let message = match Message::from_vec(query) {
-        Ok(message) => message,
-        Err(_) => return Reply::Drop,
-    };
-    if message.metadata.message_type != MessageType::Query {
-        return Reply::Drop;
-    }
-    match respond(lookup, &config.domain, &message).map(|r| r.to_vec()) {
-        Some(Ok(answer)) => {
-            answers.put(query, made_in, &answer);
-            Reply::Send(answer)
+/// What every serving loop shares: the caches, the encoded answers kept, the domain and
+/// where other names are relayed.
+struct Serving {
+    lookup: Caches,
+    answers: Arc<Answers>,
+    domain: String,
+    upstreams: Vec<SocketAddr>,
+}
+
+impl Serving {
+    /// The answer to one query from the cluster's names (without relaying anything).
+    fn local(&self, query: &[u8]) -> Reply {
+        if let Some(answer) = self.answers.get(query) {
+            return Reply::Send(answer);
         }
-        Some(Err(_)) => refuse(query, ResponseCode::ServFail).map_or(Reply::Drop, Reply::Send),
-        None => Reply::Forward,
+        let made_in = self.answers.generation();
+        let message = match Message::from_vec(query) {
+            Ok(message) => message,
+            Err(_) => return Reply::Drop,
+        };
+        if message.metadata.message_type != MessageType::Query {
+            return Reply::Drop;
+        }
+        match respond(&self.lookup, &self.domain, &message).map(|r| r.to_vec()) {
+            Some(Ok(answer)) => {
+                self.answers.put(query, made_in, &answer);
+                Reply::Send(answer)
+            }
+            Some(Err(_)) => refuse(query, ResponseCode::ServFail).map_or(Reply::Drop, Reply::Send),
+            None => Reply::Forward,
+        }
+    }
+
+    /// The answer to one wire-format query (the upstream's, relayed, for other names).
+    async fn handle(&self, query: &[u8]) -> Option<Vec<u8>> {
+        match self.local(query) {
+            Reply::Send(answer) => Some(answer),
+            Reply::Forward => forward(&self.upstreams, query).await,
+            Reply::Drop => None,
+        }
     }
 }
 
@@ -317,21 +337,6 @@ async fn forward(upstreams: &[SocketAddr], query: &[u8]) -> Option<Vec<u8>> {
     refuse(query, ResponseCode::ServFail)
 }
 
-/// The answer to one wire-format query (the upstream's, relayed, for other names).
-async fn handle(
-    lookup: &Caches,
-    answers: &Answers,
-    config: &Config,
-    upstreams: &[SocketAddr],
-    query: &[u8],
-) -> Option<Vec<u8>> {
-    match local(lookup, answers, config, query) {
-        Reply::Send(answer) => Some(answer),
-        Reply::Forward => forward(upstreams, query).await,
-        Reply::Drop => None,
-    }
-}
-
 /// Takes every listen address (UDP and TCP) first, so one that is taken or not allowed
 /// is an error naming it; then, once the caches are filled, answers until the informers'
 /// shutdown (questions that come meanwhile wait in the sockets). Returns once serving.
@@ -347,44 +352,31 @@ pub async fn run(informers: Arc<Informers>, config: Config) -> std::io::Result<(
         let tcp = tokio::net::TcpListener::bind(address).await.map_err(taken("tcp", address))?;
         sockets.push((udp, tcp));
     }
-    let lookup = Arc::new(Caches {
+    let lookup = Caches {
         services: informers.typed::<Service>(),
         slices: informers.typed::<EndpointSlice>(),
-    });
+    };
     let answers = Arc::new(Answers::new());
-    {
-        let answers = answers.clone();
-        lookup.services.follow(&informers, move |_| answers.changed());
-    }
-    {
-        let answers = answers.clone();
-        lookup.slices.follow(&informers, move |_| answers.changed());
-    }
+    // Any change of either cache may change any answer.
+    let kept = answers.clone();
+    lookup.services.follow(&informers, move |_| kept.changed());
+    let kept = answers.clone();
+    lookup.slices.follow(&informers, move |_| kept.changed());
     let shutdown = informers.shutdown().clone();
     tokio::select! {
         _ = async { lookup.services.ready().await; lookup.slices.ready().await } => {}
         _ = shutdown.cancelled() => return Ok(()),
     }
-    let upstreams: Arc<Vec<SocketAddr>> = Arc::new(if config.upstreams.is_empty() {
-        host_resolvers()
-    } else {
-        config.upstreams.clone()
-    });
-    let config = Arc::new(config);
+    let upstreams =
+        if config.upstreams.is_empty() { host_resolvers() } else { config.upstreams.clone() };
+    let serving = Arc::new(Serving { lookup, answers, domain: config.domain.clone(), upstreams });
     for (socket, listener) in sockets {
         // A receiving loop per core on each socket: the cluster's names are answered in
         // the loop, only relayed questions get a task of their own.
         let socket = Arc::new(socket);
         let workers = std::thread::available_parallelism().map_or(1, usize::from);
         for _ in 0..workers {
-            let (socket, lookup, answers, config, upstreams, shutdown) = (
-                socket.clone(),
-                lookup.clone(),
-                answers.clone(),
-                config.clone(),
-                upstreams.clone(),
-                shutdown.clone(),
-            );
+            let (socket, serving, shutdown) = (socket.clone(), serving.clone(), shutdown.clone());
             informers.tasks().spawn(async move {
                 let mut buffer = vec![0u8; 4096];
                 loop {
@@ -394,16 +386,16 @@ pub async fn run(informers: Arc<Informers>, config: Config) -> std::io::Result<(
                     };
                     let Ok((n, peer)) = received else { continue };
                     let query = &buffer[..n];
-                    match local(&lookup, &answers, &config, query) {
+                    match serving.local(query) {
                         Reply::Send(answer) => {
                             let _ = socket.send_to(&answer, peer).await;
                         }
                         Reply::Drop => {}
                         Reply::Forward => {
-                            let (socket, upstreams, query) =
-                                (socket.clone(), upstreams.clone(), query.to_vec());
+                            let (socket, serving, query) =
+                                (socket.clone(), serving.clone(), query.to_vec());
                             tokio::spawn(async move {
-                                if let Some(answer) = forward(&upstreams, &query).await {
+                                if let Some(answer) = forward(&serving.upstreams, &query).await {
                                     let _ = socket.send_to(&answer, peer).await;
                                 }
                             });
@@ -412,54 +404,41 @@ pub async fn run(informers: Arc<Informers>, config: Config) -> std::io::Result<(
                 }
             });
         }
-        {
-            let (lookup, answers, config, upstreams, shutdown) = (
-                lookup.clone(),
-                answers.clone(),
-                config.clone(),
-                upstreams.clone(),
-                shutdown.clone(),
-            );
-            informers.tasks().spawn(async move {
-                loop {
-                    let accepted = tokio::select! {
-                        accepted = listener.accept() => accepted,
-                        _ = shutdown.cancelled() => return,
-                    };
-                    let Ok((mut stream, _)) = accepted else { continue };
-                    let (lookup, answers, config, upstreams) =
-                        (lookup.clone(), answers.clone(), config.clone(), upstreams.clone());
-                    tokio::spawn(async move {
-                        loop {
-                            let mut length = [0u8; 2];
-                            let read = tokio::time::timeout(
-                                Duration::from_secs(10),
-                                stream.read_exact(&mut length),
-                            )
-                            .await;
-                            if !matches!(read, Ok(Ok(_))) {
-                                return;
-                            }
-                            let mut query = vec![0u8; usize::from(u16::from_be_bytes(length))];
-                            if stream.read_exact(&mut query).await.is_err() {
-                                return;
-                            }
-                            let Some(answer) =
-                                handle(&lookup, &answers, &config, &upstreams, &query).await
-                            else {
-                                return;
-                            };
-                            let Ok(size) = u16::try_from(answer.len()) else { return };
-                            if stream.write_all(&size.to_be_bytes()).await.is_err()
-                                || stream.write_all(&answer).await.is_err()
-                            {
-                                return;
-                            }
+        let (serving, shutdown) = (serving.clone(), shutdown.clone());
+        informers.tasks().spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    accepted = listener.accept() => accepted,
+                    _ = shutdown.cancelled() => return,
+                };
+                let Ok((mut stream, _)) = accepted else { continue };
+                let serving = serving.clone();
+                tokio::spawn(async move {
+                    loop {
+                        let mut length = [0u8; 2];
+                        let read = tokio::time::timeout(
+                            Duration::from_secs(10),
+                            stream.read_exact(&mut length),
+                        )
+                        .await;
+                        if !matches!(read, Ok(Ok(_))) {
+                            return;
                         }
-                    });
-                }
-            });
-        }
+                        let mut query = vec![0u8; usize::from(u16::from_be_bytes(length))];
+                        if stream.read_exact(&mut query).await.is_err() {
+                            return;
+                        }
+                        let Some(answer) = serving.handle(&query).await else { return };
+                        let Ok(size) = u16::try_from(answer.len()) else { return };
+                        if stream.write_all(&size.to_be_bytes()).await.is_err()
+                            || stream.write_all(&answer).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
     }
     tracing::info!(listen = ?config.listen, "cluster DNS serving {}", config.domain);
     Ok(())

@@ -1029,27 +1029,22 @@ add element ip {t} subnets {{ {} }}
 /// Ends the `berth __ports` process of the container whose monitor is `monitor`: its
 /// published ports are let go while it runs on.
 fn kill_port_holder(monitor: i32) {
+    use berth_sys::nix::unistd::Pid;
+    // berth's own holder: this binary, not a container's process named alike.
+    let Ok(ours) = std::fs::read_link("/proc/self/exe") else { return };
     let Ok(entries) = std::fs::read_dir("/proc") else { return };
     for entry in entries.flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
-        // The parent is the second field after the command's closing parenthesis.
-        let parent = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|p| p.parse::<i32>().ok());
-        if parent != Some(monitor) {
-            continue;
-        }
-        // berth's own holder: this binary, not a container's process named alike.
-        let ours = std::fs::read_link("/proc/self/exe").ok();
-        if ours.is_none() || std::fs::read_link(entry.path().join("exe")).ok() != ours {
+        let pid = Pid::from_raw(pid);
+        if berth_sys::process::parent_of(pid) != Some(Pid::from_raw(monitor))
+            || std::fs::read_link(entry.path().join("exe")).ok().as_ref() != Some(&ours)
+        {
             continue;
         }
         let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
         if cmdline.split(|b| *b == 0).nth(1) == Some(b"__ports".as_slice()) {
             let _ = berth_sys::nix::sys::signal::kill(
-                berth_sys::nix::unistd::Pid::from_raw(pid),
+                pid,
                 berth_sys::nix::sys::signal::Signal::SIGKILL,
             );
         }
@@ -1093,7 +1088,7 @@ struct Attachment {
     ifname: String,
     ip: Option<String>,
     mac: Option<String>,
-    /// The first network: the published ports, the loopback.
+    /// The first network: the one its published ports lead to.
     primary: bool,
     /// Whether the network's gateway is the default route (the first network's).
     default_route: bool,

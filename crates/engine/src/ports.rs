@@ -27,14 +27,9 @@ impl Drop for Holder {
     fn drop(&mut self) {
         // `network disconnect` may have ended it and the monitor reaped it already: a
         // pid that is no longer our child may be another process's by now.
-        let ours = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
-            .ok()
-            .and_then(|stat| {
-                let (_, rest) = stat.rsplit_once(')')?;
-                rest.split_whitespace().nth(1)?.parse::<u32>().ok()
-            })
-            == Some(std::process::id());
-        if ours {
+        use berth_sys::nix::unistd::Pid;
+        let child = Pid::from_raw(self.child.id() as i32);
+        if berth_sys::process::parent_of(child) == Some(Pid::this()) {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }

@@ -133,7 +133,5 @@ pub fn unpin(path: &Path) {
 
 /// Whether something is mounted on the file (a pinned namespace).
 pub fn is_pinned(path: &Path) -> bool {
-    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
-    let wanted = path.to_string_lossy();
-    mountinfo.lines().any(|line| line.split(' ').nth(4) == Some(wanted.as_ref()))
+    berth_sys::mount::mount_points().iter().any(|point| point == path)
 }

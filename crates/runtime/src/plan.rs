@@ -626,7 +626,9 @@ pub fn mount_holding(mountinfo: &str, path: &Path) -> Option<(PathBuf, bool)> {
     for line in mountinfo.lines() {
         let fields: Vec<&str> = line.split(' ').collect();
         let Some(separator) = fields.iter().position(|f| *f == "-") else { continue };
-        let Some(point) = fields.get(4).map(|p| PathBuf::from(unescape_mountinfo(p))) else {
+        let Some(point) =
+            fields.get(4).map(|p| PathBuf::from(berth_sys::mount::unescape_mountinfo(p)))
+        else {
             continue;
         };
         if !path.starts_with(&point) {
@@ -660,31 +662,13 @@ pub fn host_mounts_of(mountinfo: &str, rootfs: &Path, spec: &Spec) -> Vec<PathBu
         .collect();
     let mut found: Vec<PathBuf> = mountinfo
         .lines()
-        .filter_map(|line| line.split(' ').nth(4).map(unescape_mountinfo).map(PathBuf::from))
+        .filter_map(|line| {
+            line.split(' ').nth(4).map(berth_sys::mount::unescape_mountinfo).map(PathBuf::from)
+        })
         .filter(|point| targets.iter().any(|target| point.starts_with(target)))
         .collect();
     found.reverse();
     found
-}
-
-/// mountinfo escapes space, tab, newline and backslash as octal (`\040`).
-fn unescape_mountinfo(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut index = 0;
-    while index < bytes.len() {
-        if bytes[index] == b'\\' && index + 3 < bytes.len() {
-            let digits = std::str::from_utf8(&bytes[index + 1..index + 4]).unwrap_or("");
-            if let Ok(value) = u8::from_str_radix(digits, 8) {
-                out.push(value);
-                index += 4;
-                continue;
-            }
-        }
-        out.push(bytes[index]);
-        index += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The time each hook may take, if it says.

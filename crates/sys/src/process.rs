@@ -277,15 +277,24 @@ pub fn set_cpu_affinity(cpus: &[usize]) -> Result<()> {
 ///
 /// Together with the pid it identifies a process across pid reuse.
 pub fn process_start_time(pid: Pid) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after_comm = stat.rsplit_once(')')?.1;
-    after_comm.split_whitespace().nth(19)?.parse().ok()
+    stat_field(pid, 19)?.parse().ok()
 }
 
 /// Reads the one-letter state of a process (`R`, `S`, `Z`, ...), `None` when it is gone.
 pub fn process_state(pid: Pid) -> Option<char> {
+    stat_field(pid, 0)?.chars().next()
+}
+
+/// The parent of a process, `None` when it is gone.
+pub fn parent_of(pid: Pid) -> Option<Pid> {
+    stat_field(pid, 1)?.parse().ok().map(Pid::from_raw)
+}
+
+/// Field `index` of `/proc/PID/stat` counted from the one after the command (the
+/// command, in parentheses, may hold spaces: the fields start after its last `)`).
+fn stat_field(pid: Pid, index: usize) -> Option<String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?.1.split_whitespace().next()?.chars().next()
+    stat.rsplit_once(')')?.1.split_whitespace().nth(index).map(str::to_owned)
 }
 
 /// Takes a POSIX record lock on a whole file, waiting for it (`F_SETLKW`).
