@@ -5,6 +5,7 @@
 //! how many (`{"service":{"namespace":...,"name":...},"localEndpoints":N,
 //! "serviceProxyHealthy":true}`).
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
@@ -22,13 +23,14 @@ pub struct Servers {
 }
 
 /// The health-check ports wanted: port → (namespace, name, local ready endpoints).
-pub fn wanted(
-    services: &[Service],
-    slices: &[EndpointSlice],
+pub fn wanted<S: Borrow<Service>, E: Borrow<EndpointSlice>>(
+    services: &[S],
+    slices: &[E],
     node: &str,
 ) -> BTreeMap<u16, (String, String, usize)> {
     let mut ports = BTreeMap::new();
     for service in services {
+        let service = service.borrow();
         let Some(spec) = service.spec.as_ref() else { continue };
         if spec.type_.as_deref() != Some("LoadBalancer")
             || spec.external_traffic_policy.as_deref() != Some("Local")
@@ -42,7 +44,10 @@ pub fn wanted(
         let name = service.metadata.name.clone().unwrap_or_default();
         let local = slices
             .iter()
-            .filter(|s| s.metadata.namespace.as_deref() == Some(namespace.as_str()))
+            .map(Borrow::borrow)
+            .filter(|s: &&EndpointSlice| {
+                s.metadata.namespace.as_deref() == Some(namespace.as_str())
+            })
             .filter(|s| {
                 s.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name"))
                     == Some(&name)

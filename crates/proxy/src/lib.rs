@@ -33,7 +33,7 @@ pub struct Config {
 }
 
 /// Gives LoadBalancer Services this node's address as their ingress.
-async fn balance(client: &kube::Client, services: &[Service], node_ip: &str) {
+async fn balance(client: &kube::Client, services: &[Arc<Service>], node_ip: &str) {
     use kube::api::{Api, Patch, PatchParams};
     for service in services {
         if service.spec.as_ref().and_then(|s| s.type_.as_deref()) != Some("LoadBalancer") {
@@ -94,12 +94,12 @@ pub async fn run(informers: Arc<Informers>, config: Config) {
     let mut health = health::Servers::default();
     let client = informers.client().clone();
     loop {
-        let all: Vec<Service> = services.store().state().iter().map(|s| (**s).clone()).collect();
+        // The caches' own objects, shared, not copied.
+        let all = services.store().state();
         if let Some(node_ip) = &config.node_ip {
             balance(&client, &all, node_ip).await;
         }
-        let all_slices: Vec<EndpointSlice> =
-            slices.store().state().iter().map(|s| (**s).clone()).collect();
+        let all_slices = slices.store().state();
         if let Some(node) = config.node_name.as_deref() {
             health.update(health::wanted(&all, &all_slices, node)).await;
         }
