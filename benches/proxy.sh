@@ -47,6 +47,8 @@ ip link set lo up
 # A default route (a node has one: a cluster IP is routed before the rules translate it).
 ip link add uplink type bridge && ip link set uplink up && ip route add default dev uplink
 for k in $(seq 1 10); do ip addr add "10.201.0.$k/32" dev lo; done
+# The probes' source addresses.
+for k in $(seq 1 20); do ip addr add "10.202.0.$k/32" dev lo; done
 pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done' EXIT
 . "$repo/benches/common.sh"
@@ -93,22 +95,24 @@ changes, started = int(changes), float(started)
 listener = socket.socket()
 listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 listener.bind(("0.0.0.0", 80))
-listener.listen(1024)
+listener.listen(4096)
 def accept():
     while True:
         conn, _ = listener.accept()
         conn.close()
 threading.Thread(target=accept, daemon=True).start()
-# Each probe from the next source port of a wide range: a port used again within
-# conntrack's close timeout (10 s) would meet its earlier connection's translation, not
-# the new rules; one round of the range takes longer than that.
+# Each probe from the next source address and port of 20 x 41,000: a pair used again
+# while conntrack still remembers its earlier connection (TIME_WAIT: 120 s) would meet
+# that connection's translation, not the new rules, and a probe loop sends hundreds of
+# connections a second.
 import itertools
-ports = itertools.cycle(range(20000, 61000))
+sources = itertools.cycle(itertools.product(range(20000, 61000), [f"10.202.0.{k}" for k in range(1, 21)]))
 def probe_socket():
     while True:
         s = socket.socket()
+        port, address = next(sources)
         try:
-            s.bind(("0.0.0.0", next(ports)))
+            s.bind((address, port))
             return s
         except OSError:
             s.close()
@@ -148,10 +152,15 @@ for i in range(changes):
     if response.status != 200:
         sys.exit(f"PATCH: {response.status}")
     want = "accepted" if port == 80 else "refused"
-    while probe(1) != want:
+    silent = 0
+    while (seen := probe(1)) != want:
+        silent += seen is None
         if time.perf_counter() - t0 > 30:
             sys.exit(f"change {i} not in effect after 30 s")
     samples.append((time.perf_counter() - t0) * 1000)
+    if silent:
+        print(f"change {i} ({want}): {silent} probe(s) unanswered for 1 s, "
+              f"{samples[-1]:.0f} ms in all", file=sys.stderr)
 samples.sort()
 def q(p):
     return samples[min(len(samples) - 1, int(p * len(samples)))]
@@ -166,6 +175,7 @@ PY
 echo
 echo "berth proxy peak resident memory: $(awk '/VmHWM/ {printf "%.1f MB", $2/1024}' /proc/${pids[1]}/status)"
 echo "rules: $(nft list table ip berth-services | wc -l) lines"
+[ -z "${KEEP:-}" ] || { nstat -az > "$work/nstat.txt"; cat /proc/net/stat/nf_conntrack > "$work/conntrack-stat.txt" 2>/dev/null || true; }
 SH
 chmod +x "$work/inside.sh"
 nsenter --net="/proc/$ns_pid/ns/net" "$work/inside.sh" "$berth" "$work" "$services" "$changes" "$PWD"

@@ -7,22 +7,27 @@
 //! map service-nodeports { inet_proto . inet_service : verdict }             NodePort on local addresses
 //! set no-endpoints    { ipv4_addr . inet_proto . inet_service }             rejected at once
 //! chain nat-prerouting / nat-output  → services: the two maps
-//! chain svc-<hash>  one per service port: one rule that marks for masquerade and DNATs
-//!                   to `numgen random` over an anonymous map of its ready endpoints
+//! chain svc-<hash>  one per service port: a rule per ready endpoint, each marking for
+//!                   masquerade and DNATing; rule i of n is taken with probability
+//!                   1/(n-i) (`numgen random mod (n-i) 0`), so each endpoint gets 1/n
 //! chain nat-postrouting: masquerade what was marked (so replies come back through us)
 //! chain filter-*: reject traffic to a service port without endpoints
 //! ```
-//! With `sessionAffinity: ClientIP` a service port needs per-endpoint state, so it has
-//! kube-proxy's shape instead: its chain first sends a client to the endpoint it was sent
-//! to within the timeout, then picks one at random through a verdict map of endpoint
-//! chains (`ep-<hash>`: mark, remember the client in `aff-<hash>`, dnat).
+//! With `sessionAffinity: ClientIP` a service port needs per-endpoint state: its chain
+//! first sends a client to the endpoint it was sent to within the timeout, then picks one
+//! the same way, through a chain per endpoint (`ep-<hash>`: mark, remember the client in
+//! `aff-<hash>`, dnat).
 //!
-//! Why one rule per service port rather than a chain per endpoint: a transaction that adds
-//! a jump or goto makes the kernel walk every chain reachable from the base chains to
-//! check for loops, and nft reads every chain and set before it sends anything; with
-//! 1,000 services of 10 endpoints that is 11,000 chains and 21,000 rules per change
-//! (about 75 ms for a one-endpoint change measured with `nft -f` here) against 1,000
-//! chains and rules (about 30 ms).
+//! Why rules and not a chain per endpoint behind a verdict map (kube-proxy's shape): a
+//! transaction that adds a jump or goto makes the kernel walk every chain reachable from
+//! the base chains to check for loops, and nft reads every chain and set before it sends
+//! anything; with 1,000 services of 10 endpoints that is 11,000 chains and 21,000 rules
+//! per change (about 75 ms for a one-endpoint change measured with `nft -f` here) against
+//! 1,000 chains (about 25 ms). Why not `numgen random mod n map { ... }` either: on this
+//! machine's kernel (6.18) a transaction that replaces a rule holding an anonymous map (or
+//! swaps a verdict map's element) lets an occasional packet through with no translation,
+//! lost: 6 of 434,000 connections over 600 such changes, none with plain rules (a scratch
+//! namespace toggling one service's endpoints, as benches/proxy.sh does).
 //!
 //! Only ready endpoints serve; when a port has none ready, the serving-but-terminating ones
 //! do, as Kubernetes falls back.
@@ -92,28 +97,15 @@ fn service_chain(
     let mark =
         if masquerade { format!("meta mark set meta mark | {MARK:#x} ") } else { String::new() };
     let Some(timeout) = affinity else {
-        // One rule: mark, then the endpoint straight from an anonymous map.
-        let rule = match targets {
-            [only] => format!("{mark}meta l4proto {proto} dnat to {}:{}", only.ip, only.port),
-            _ => {
-                let entries: Vec<String> = targets
-                    .iter()
-                    .enumerate()
-                    .map(|(index, t)| format!("{index} : {} . {}", t.ip, t.port))
-                    .collect();
-                format!(
-                    "{mark}meta l4proto {proto} dnat ip to numgen random mod {} map {{ {} }}",
-                    targets.len(),
-                    entries.join(", ")
-                )
-            }
-        };
-        plan.chains.insert(chain.clone(), vec![rule]);
+        let rules = pick(targets, |target| {
+            format!("{mark}meta l4proto {proto} dnat to {}:{}", target.ip, target.port)
+        });
+        plan.chains.insert(chain.clone(), rules);
         return chain;
     };
-    let mut branches = Vec::new();
     let mut sticky = Vec::new();
-    for (index, target) in targets.iter().enumerate() {
+    let mut endpoint_chains = Vec::new();
+    for target in targets {
         let endpoint = format!("{key}/{}:{}", target.ip, target.port);
         let endpoint_chain = format!("ep-{}", hash(&endpoint));
         let set = format!("aff-{}", hash(&format!("{endpoint}/{timeout}")));
@@ -126,16 +118,33 @@ fn service_chain(
         plan.sets.insert(set, timeout);
         rules.push(format!("meta l4proto {proto} dnat to {}:{}", target.ip, target.port));
         plan.chains.insert(endpoint_chain.clone(), rules);
-        branches.push(format!("{index} : goto {endpoint_chain}"));
+        endpoint_chains.push(endpoint_chain);
     }
-    let rule = if branches.len() == 1 {
-        branches[0].split(" : ").nth(1).unwrap_or_default().to_owned()
-    } else {
-        format!("numgen random mod {} vmap {{ {} }}", branches.len(), branches.join(", "))
-    };
-    sticky.push(rule);
+    let mut index = 0;
+    sticky.extend(pick(targets, |_| {
+        index += 1;
+        format!("goto {}", endpoint_chains[index - 1])
+    }));
     plan.chains.insert(chain.clone(), sticky);
     chain
+}
+
+/// Rules that send a connection to one of `targets` (`action` of it) with equal chances:
+/// the i-th of n is taken with probability 1/(n-i) when the ones before were not, the
+/// last always.
+fn pick(targets: &[Target], mut action: impl FnMut(&Target) -> String) -> Vec<String> {
+    let n = targets.len();
+    targets
+        .iter()
+        .enumerate()
+        .map(|(i, target)| {
+            if i + 1 == n {
+                action(target)
+            } else {
+                format!("numgen random mod {} 0 {}", n - i, action(target))
+            }
+        })
+        .collect()
 }
 
 /// The ruleset for these Services and EndpointSlices, on the node `node` (whose
@@ -493,9 +502,8 @@ mod tests {
         assert_eq!(
             plan.chains[name],
             vec![
-                "meta mark set meta mark | 0x4000 meta l4proto tcp dnat ip to numgen random mod 2 \
-                  map { 0 : 10.42.0.5 . 8080, 1 : 10.42.0.6 . 8080 }"
-                    .to_owned()
+                "numgen random mod 2 0 meta mark set meta mark | 0x4000 meta l4proto tcp dnat to 10.42.0.5:8080",
+                "meta mark set meta mark | 0x4000 meta l4proto tcp dnat to 10.42.0.6:8080",
             ],
             "marked for masquerade; the unready endpoint serves nothing"
         );
@@ -557,10 +565,12 @@ mod tests {
         let chain = plan.chains.iter().find(|(c, _)| c.starts_with("svc-")).unwrap().1;
         assert_eq!(
             chain.len(),
-            3,
+            4,
             "two remembered clients' rules, then the random pick: {chain:?}"
         );
-        assert!(chain[0].starts_with("ip saddr @aff-") && chain[2].starts_with("numgen random"));
+        assert!(chain[0].starts_with("ip saddr @aff-"), "{chain:?}");
+        assert!(chain[2].starts_with("numgen random mod 2 0 goto ep-"), "{chain:?}");
+        assert!(chain[3].starts_with("goto ep-"), "{chain:?}");
         let endpoint = plan.chains.iter().find(|(c, _)| c.starts_with("ep-")).unwrap().1;
         assert!(endpoint[1].starts_with("update @aff-") && endpoint[2].contains("dnat to"));
         // Made before their chains, removed after them; service chains go before the
@@ -630,9 +640,9 @@ mod tests {
             plan(&[web()], &[endpoints(&[("10.42.0.5", true), ("10.42.0.6", true)])], None);
         let after = plan(&[web()], &[endpoints(&[("10.42.0.5", true), ("10.42.0.8", true)])], None);
         let script = changes(&before, &after);
-        assert_eq!(script.lines().count(), 2, "{script}");
+        assert_eq!(script.lines().count(), 3, "{script}");
         assert!(script.starts_with("flush chain ip berth-services svc-"), "{script}");
-        assert!(script.contains("10.42.0.8 . 8080"), "{script}");
+        assert!(script.contains("dnat to 10.42.0.8:8080"), "{script}");
         assert!(
             !script.contains("service-ips"),
             "the ClusterIP still goes to the same chain: {script}"
@@ -644,5 +654,35 @@ mod tests {
         assert!(element < svc, "elements, then the chains they named: {removed}");
         assert!(full(&after, false)
             .starts_with("table ip berth-services\ndelete table ip berth-services\n"));
+    }
+
+    #[test]
+    fn every_endpoint_gets_an_equal_share() {
+        for n in 1..=12usize {
+            let targets: Vec<Target> = (0..n)
+                .map(|i| Target { ip: format!("10.42.0.{i}"), port: 80, node: None })
+                .collect();
+            let rules = pick(&targets, |t| format!("dnat to {}:{}", t.ip, t.port));
+            // The chance of reaching rule i and taking it, as a fraction of n!: reaching
+            // it keeps (m-1)/m of what each earlier `mod m` rule passed on.
+            let factorial: u64 = (1..=n as u64).product();
+            let mut reaching = factorial;
+            for (i, rule) in rules.iter().enumerate() {
+                assert!(rule.ends_with(&format!("dnat to 10.42.0.{i}:80")), "{rule}");
+                let taken = match rule.strip_prefix("numgen random mod ") {
+                    Some(rest) => {
+                        let m: u64 = rest.split(' ').next().unwrap().parse().unwrap();
+                        let taken = reaching / m;
+                        reaching -= taken;
+                        taken
+                    }
+                    None => {
+                        assert_eq!(i, n - 1, "only the last rule is unconditional");
+                        reaching
+                    }
+                };
+                assert_eq!(taken * n as u64, factorial, "rule {i} of {n}: {rules:?}");
+            }
+        }
     }
 }
