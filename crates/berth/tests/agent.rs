@@ -1539,15 +1539,29 @@ fn root_the_service_proxy_runs_on_its_own() {
     assert!(http_get(&address).is_err(), "the cluster IP answered before any proxy ran");
 
     let kubeconfig = cluster.data().join("kubeconfig");
+    let log = cluster.path("proxy.log");
     let spawn_proxy = || {
+        std::fs::write(&log, "").unwrap();
         Command::new(BERTH)
-            .arg("proxy")
-            .arg("--kubeconfig")
+            .args(["--log-level", "debug", "proxy", "--kubeconfig"])
             .arg(&kubeconfig)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap()
+    };
+    // The table's and chains' kernel handles: new ones if the table was rebuilt.
+    let handles = || {
+        let output =
+            Command::new("nft").args(["-a", "list", "table", "ip", "berth-services"]).output();
+        let text = String::from_utf8(output.unwrap().stdout).unwrap();
+        let handles: Vec<String> = text
+            .lines()
+            .filter(|l| l.trim_start().starts_with("table") || l.trim_start().starts_with("chain"))
+            .map(|l| l.trim().to_owned())
+            .collect();
+        assert!(handles.iter().any(|l| l.starts_with("chain svc-")), "{text}");
+        handles
     };
     let wait_answer = |what: &str| {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -1566,8 +1580,19 @@ fn root_the_service_proxy_runs_on_its_own() {
     proxy.kill().unwrap();
     proxy.wait().unwrap();
     assert_eq!(http_get(&address).unwrap(), "from-the-endpoint");
-    // Started again, it follows the API: a Service left with no endpoint refuses at once.
+    let before = handles();
+    // Started again, it reconciles what it finds (nothing to change: the same table and
+    // chains, not a rebuild), then follows the API: a Service left with no endpoint
+    // refuses at once.
     let mut proxy = spawn_proxy();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&log).unwrap().contains("service rules applied") {
+        assert!(Instant::now() < deadline, "{}", std::fs::read_to_string(&log).unwrap());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(said.contains("reconciling the service rules left in the kernel"), "{said}");
+    assert_eq!(handles(), before, "the table was rebuilt, not reconciled");
     cluster.ok(&[
         "patch",
         "endpointslice",

@@ -26,3 +26,15 @@ pub fn apply(script: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// The JSON listing of an `ip` table (`nft -j list table ip NAME`); `None` when there is no
+/// such table (or nft cannot list it).
+pub fn list_table_json(name: &str) -> Option<String> {
+    let output = Command::new("nft")
+        .args(["-j", "list", "table", "ip", name])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    output.status.success().then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+}

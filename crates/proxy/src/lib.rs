@@ -7,8 +7,10 @@
 //! `health` serves the health-check node ports of `Local` load balancers.
 //!
 //! Level-triggered: any change of a Service or EndpointSlice marks the whole state dirty,
-//! and the loop plans from the caches as they are then. On start (and after a failed
-//! transaction) the table is rebuilt whole, atomically, so traffic never sees a gap.
+//! and the loop plans from the caches as they are then. On start the table a killed proxy
+//! left is reconciled: read back (`nft -j`), and only the chains whose stamp differs and
+//! the elements that differ are written. Without one (or after a failed transaction) the
+//! table is rebuilt whole, atomically, so traffic never sees a gap.
 
 pub mod health;
 pub mod plan;
@@ -108,9 +110,22 @@ pub async fn run(informers: Arc<Informers>, config: Config) {
             let started = Instant::now();
             let script = match &applied {
                 Some(previous) => plan::changes(previous, &next),
-                None => plan::full(&next, config.nodeport_localhost),
+                // At start: what a proxy before this one left in the kernel is reconciled
+                // (only what differs is written; remembered session-affinity clients
+                // stay), unless it is not this proxy's table.
+                None => berth_net::nft::list_table_json(plan::TABLE)
+                    .and_then(|listing| {
+                        plan::from_kernel(&listing, config.nodeport_localhost, &next)
+                    })
+                    .map(|previous| {
+                        tracing::info!("reconciling the service rules left in the kernel");
+                        plan::changes(&previous, &next)
+                    })
+                    .unwrap_or_else(|| plan::full(&next, config.nodeport_localhost)),
             };
-            match berth_net::nft::apply(&script) {
+            // Empty when a restart finds the kernel's table as planned.
+            let applying = if script.is_empty() { Ok(()) } else { berth_net::nft::apply(&script) };
+            match applying {
                 Ok(()) => {
                     tracing::debug!(rules = script.lines().count(), elapsed = ?started.elapsed(), "service rules applied");
                     applied = Some(next);

@@ -329,6 +329,7 @@ fn skeleton(localhost: bool) -> String {
     } else {
         "fib daddr type local ip daddr != 127.0.0.0/8".to_owned()
     };
+    let stamp = skeleton_stamp(localhost);
     format!(
         r#"table ip {TABLE} {{
   map service-ips {{ type ipv4_addr . inet_proto . inet_service : verdict; }}
@@ -337,7 +338,7 @@ fn skeleton(localhost: bool) -> String {
   set no-endpoint-nodeports {{ type inet_proto . inet_service; }}
   chain services {{
     ip daddr . meta l4proto . th dport vmap @service-ips
-    {local} meta l4proto . th dport vmap @service-nodeports
+    {local} meta l4proto . th dport vmap @service-nodeports comment "{stamp}"
   }}
   chain nat-prerouting {{ type nat hook prerouting priority -100; policy accept; jump services; }}
   chain nat-output {{ type nat hook output priority -100; policy accept; jump services; }}
@@ -352,6 +353,106 @@ fn skeleton(localhost: bool) -> String {
 }}
 "#
     )
+}
+
+/// The comment on the skeleton's last `services` rule: which skeleton this is (a restarted
+/// proxy whose skeleton differs rebuilds the table).
+fn skeleton_stamp(localhost: bool) -> String {
+    format!("berth:skeleton:1:{}", if localhost { "localhost" } else { "addresses" })
+}
+
+/// The comment on the last rule of a chain: a hash of its rules, so that a restarted proxy
+/// can tell which chains in the kernel are as planned.
+fn stamp(rules: &[String]) -> String {
+    format!("berth:{}", hash(&rules.join("\n")))
+}
+
+/// The plan the kernel's table holds, from `nft -j list table` (its JSON), as far as it
+/// matters for reaching `next`: chains whose stamp matches `next`'s rules count as
+/// planned, others (changed, or written by someone else) as to be rewritten; map and set
+/// elements as they are. `None` when there is no table, or its skeleton is not this one:
+/// then the table is rebuilt whole.
+pub fn from_kernel(listing: &str, localhost: bool, next: &Plan) -> Option<Plan> {
+    let listing: serde_json::Value = serde_json::from_str(listing).ok()?;
+    let objects = listing.get("nftables")?.as_array()?;
+    let text = |value: &serde_json::Value| match value {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let key = |value: &serde_json::Value| match value.get("concat").and_then(|c| c.as_array()) {
+        Some(parts) => parts.iter().map(text).collect::<Vec<_>>().join(" . "),
+        None => text(value),
+    };
+    let verdict = |value: &serde_json::Value| {
+        ["goto", "jump"].iter().find_map(|kind| {
+            let target = value.get(kind)?.get("target")?.as_str()?;
+            Some(format!("{kind} {target}"))
+        })
+    };
+    const SKELETON: [&str; 8] = [
+        "services",
+        "nat-prerouting",
+        "nat-output",
+        "nat-postrouting",
+        "reject-no-endpoints",
+        "filter-output",
+        "filter-forward",
+        "filter-input",
+    ];
+    let mut previous = Plan::default();
+    let mut last_comment: BTreeMap<String, Option<String>> = BTreeMap::new();
+    for object in objects {
+        if let Some(chain) = object.get("chain") {
+            let name = chain.get("name")?.as_str()?.to_owned();
+            last_comment.entry(name).or_insert(None);
+        } else if let Some(rule) = object.get("rule") {
+            let chain = rule.get("chain")?.as_str()?.to_owned();
+            let comment = rule.get("comment").and_then(|c| c.as_str()).map(str::to_owned);
+            last_comment.insert(chain, comment);
+        } else if let Some(map) = object.get("map") {
+            let elements = map.get("elem").and_then(|e| e.as_array()).cloned().unwrap_or_default();
+            let target = match map.get("name")?.as_str()? {
+                "service-ips" => &mut previous.service_ips,
+                "service-nodeports" => &mut previous.node_ports,
+                _ => continue,
+            };
+            for element in elements {
+                let pair = element.as_array()?;
+                target.insert(key(pair.first()?), verdict(pair.get(1)?)?);
+            }
+        } else if let Some(set) = object.get("set") {
+            let name = set.get("name")?.as_str()?;
+            let elements = set.get("elem").and_then(|e| e.as_array()).cloned().unwrap_or_default();
+            match name {
+                "no-endpoints" => {
+                    previous.no_endpoints.extend(elements.iter().map(key));
+                }
+                "no-endpoint-nodeports" => previous
+                    .no_endpoints
+                    .extend(elements.iter().map(|e| format!("0.0.0.0 . {}", key(e)))),
+                _ if name.starts_with("aff-") => {
+                    let timeout = set.get("timeout").and_then(|t| t.as_i64()).unwrap_or(0);
+                    previous.sets.insert(name.to_owned(), i32::try_from(timeout).unwrap_or(0));
+                }
+                _ => {}
+            }
+        }
+    }
+    if last_comment.get("services")? != &Some(skeleton_stamp(localhost)) {
+        return None;
+    }
+    for (chain, comment) in last_comment {
+        if SKELETON.contains(&chain.as_str()) {
+            continue;
+        }
+        let rules = match next.chains.get(&chain) {
+            Some(rules) if comment.as_deref() == Some(stamp(rules).as_str()) => rules.clone(),
+            // Not as planned: rewritten (or deleted, when `next` has no such chain).
+            _ => Vec::new(),
+        };
+        previous.chains.insert(chain, rules);
+    }
+    Some(previous)
 }
 
 /// Splits the no-endpoints entries between the address set and the node-port set.
@@ -391,19 +492,17 @@ pub fn changes(previous: &Plan, next: &Plan) -> String {
     }
     for (chain, rules) in &next.chains {
         match previous.chains.get(chain) {
-            Some(old) if old == rules => {}
-            Some(_) => {
-                script.push_str(&format!("flush chain ip {TABLE} {chain}\n"));
-                for rule in rules {
-                    script.push_str(&format!("add rule ip {TABLE} {chain} {rule}\n"));
-                }
+            Some(old) if old == rules => continue,
+            Some(_) => script.push_str(&format!("flush chain ip {TABLE} {chain}\n")),
+            None => script.push_str(&format!("add chain ip {TABLE} {chain}\n")),
+        }
+        // The last rule carries the chain's stamp (see `from_kernel`).
+        for (index, rule) in rules.iter().enumerate() {
+            script.push_str(&format!("add rule ip {TABLE} {chain} {rule}"));
+            if index + 1 == rules.len() {
+                script.push_str(&format!(" comment \"{}\"", stamp(rules)));
             }
-            None => {
-                script.push_str(&format!("add chain ip {TABLE} {chain}\n"));
-                for rule in rules {
-                    script.push_str(&format!("add rule ip {TABLE} {chain} {rule}\n"));
-                }
-            }
+            script.push('\n');
         }
     }
     let swap = |name: &str,
@@ -684,5 +783,89 @@ mod tests {
                 assert_eq!(taken * n as u64, factorial, "rule {i} of {n}: {rules:?}");
             }
         }
+    }
+
+    /// What `nft -j list table` shows of a table that `full(plan, localhost)` made, with the
+    /// chains' stamps replaced where `tampered` names them.
+    fn listing(plan: &Plan, localhost: bool, tampered: &[&str]) -> String {
+        let concat = |key: &str| {
+            let parts: Vec<serde_json::Value> = key
+                .split(" . ")
+                .map(|p| p.parse::<u64>().map_or_else(|_| json!(p), |n| json!(n)))
+                .collect();
+            json!({"concat": parts})
+        };
+        let goto = |value: &str| json!({"goto": {"target": value.trim_start_matches("goto ")}});
+        let (addresses, node_ports) = no_endpoint_sets(plan);
+        let mut objects = vec![
+            json!({"metainfo": {"version": "1.0.6"}}),
+            json!({"table": {"family": "ip", "name": TABLE}}),
+            json!({"map": {"name": "service-ips", "elem": plan.service_ips.iter().map(|(k, v)| json!([concat(k), goto(v)])).collect::<Vec<_>>()}}),
+            json!({"map": {"name": "service-nodeports", "elem": plan.node_ports.iter().map(|(k, v)| json!([concat(k), goto(v)])).collect::<Vec<_>>()}}),
+            json!({"set": {"name": "no-endpoints", "elem": addresses.iter().map(|k| concat(k)).collect::<Vec<_>>()}}),
+            json!({"set": {"name": "no-endpoint-nodeports", "elem": node_ports.iter().map(|k| concat(k)).collect::<Vec<_>>()}}),
+            json!({"chain": {"name": "services"}}),
+            json!({"rule": {"chain": "services", "expr": []}}),
+            json!({"rule": {"chain": "services", "comment": skeleton_stamp(localhost), "expr": []}}),
+        ];
+        for (set, timeout) in &plan.sets {
+            objects.push(json!({"set": {"name": set, "timeout": timeout, "flags": ["timeout"]}}));
+        }
+        for (chain, rules) in &plan.chains {
+            objects.push(json!({"chain": {"name": chain}}));
+            let comment = if tampered.contains(&chain.as_str()) {
+                "berth:0".to_owned()
+            } else {
+                stamp(rules)
+            };
+            objects.push(json!({"rule": {"chain": chain, "comment": comment, "expr": []}}));
+        }
+        json!({"nftables": objects}).to_string()
+    }
+
+    #[test]
+    fn a_restart_reconciles_what_the_kernel_holds() {
+        let two = endpoints(&[("10.42.0.5", true), ("10.42.0.6", true)]);
+        let mut sticky = web();
+        sticky.metadata.name = Some("sticky".into());
+        let spec = sticky.spec.as_mut().unwrap();
+        spec.cluster_ips = Some(vec!["10.43.0.21".into()]);
+        spec.session_affinity = Some("ClientIP".into());
+        let mut sticky_slice = two.clone();
+        sticky_slice.metadata.labels =
+            Some([("kubernetes.io/service-name".to_owned(), "sticky".to_owned())].into());
+        let before = plan(&[web(), sticky.clone()], &[two.clone(), sticky_slice.clone()], None);
+        let after = plan(
+            &[web(), sticky],
+            &[endpoints(&[("10.42.0.5", true), ("10.42.0.8", true)]), sticky_slice],
+            None,
+        );
+        // As planned: the kernel's table counts as `before`, and the step is the usual one.
+        let kernel = from_kernel(&listing(&before, false, &[]), false, &after).unwrap();
+        assert_eq!(changes(&kernel, &after), changes(&before, &after));
+        assert_eq!(
+            changes(&from_kernel(&listing(&after, false, &[]), false, &after).unwrap(), &after),
+            ""
+        );
+        // A chain someone changed is rewritten; chains and elements the plan no longer
+        // has go; the affinity sets (and the clients they remember) stay.
+        let (name, _) = after.chains.iter().find(|(c, _)| c.starts_with("ep-")).unwrap();
+        let mut stale = after.clone();
+        stale.chains.insert("svc-gone".into(), vec!["accept".into()]);
+        stale.service_ips.insert("10.43.9.9 . tcp . 80".into(), "goto svc-gone".into());
+        let script =
+            changes(&from_kernel(&listing(&stale, false, &[name]), false, &after).unwrap(), &after);
+        assert!(script.contains(&format!("flush chain ip {TABLE} {name}\n")), "{script}");
+        assert!(
+            script
+                .contains("delete element ip berth-services service-ips { 10.43.9.9 . tcp . 80 }"),
+            "{script}"
+        );
+        assert!(script.contains("delete chain ip berth-services svc-gone"), "{script}");
+        assert!(!script.contains("add set") && !script.contains("delete set"), "{script}");
+        assert_eq!(script.matches("add rule").count(), after.chains[name].len(), "{script}");
+        // Another skeleton (node ports on loopback asked for now), or no table: rebuilt.
+        assert!(from_kernel(&listing(&after, false, &[]), true, &after).is_none());
+        assert!(from_kernel("", false, &after).is_none());
     }
 }
