@@ -231,12 +231,14 @@ impl ContainerDir {
         read_state(&self.state_path())
     }
 
-    /// Writes the state atomically: a crash leaves the old or the new file, never half.
+    /// Writes the state atomically: a crash leaves the old or the new file, never half. Not
+    /// flushed to disk: it describes processes, which a power cut ends too (runc keeps its
+    /// state in /run, on tmpfs, for the same reason).
     pub fn save(&self, state: &PersistedState) -> Result<()> {
         let path = self.state_path();
         let bytes = serde_json::to_vec(state)
             .map_err(|err| Error::CorruptState { path: path.clone(), message: err.to_string() })?;
-        berth_stdx::fs::write_atomic(&path, &bytes, 0o600).map_err(io("write", &path))
+        berth_stdx::fs::write_atomic_volatile(&path, &bytes, 0o600).map_err(io("write", &path))
     }
 
     /// Removes the directory and everything in it.
@@ -265,7 +267,8 @@ pub fn read_state(path: &Path) -> Result<Option<PersistedState>> {
 
 /// Writes a pid file atomically, as runc does (containerd reads it right after `create`).
 pub fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
-    berth_stdx::fs::write_atomic(path, pid.to_string().as_bytes(), 0o644).map_err(io("write", path))
+    berth_stdx::fs::write_atomic_volatile(path, pid.to_string().as_bytes(), 0o644)
+        .map_err(io("write", path))
 }
 
 /// Formats a time as Go's `RFC3339Nano` in UTC, which runc prints.

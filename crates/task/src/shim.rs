@@ -82,7 +82,8 @@ pub fn spawn(exe: &Path, dir: &Path, spec: &TaskSpec) -> Result<i32> {
     std::fs::create_dir_all(dir).map_err(io("create", dir))?;
     let data = serde_json::to_vec_pretty(spec).map_err(|e| Error::Other(e.to_string()))?;
     let spec_path = dir.join(SPEC_FILE);
-    berth_stdx::fs::write_atomic(&spec_path, &data, 0o600).map_err(io("write", &spec_path))?;
+    berth_stdx::fs::write_atomic_volatile(&spec_path, &data, 0o600)
+        .map_err(io("write", &spec_path))?;
     let _ = std::fs::remove_file(dir.join(EXIT_FILE));
     let (ours, theirs) = UnixStream::pair().map_err(io("create socket pair", dir))?;
     let log_path = dir.join(LOG_FILE);
@@ -318,7 +319,7 @@ fn run(dir: &Path, mut control: UnixStream) -> Result<()> {
     };
     let me = std::process::id().to_string();
     let pid_path = dir.join(PID_FILE);
-    berth_stdx::fs::write_atomic(&pid_path, me.as_bytes(), 0o600)
+    berth_stdx::fs::write_atomic_volatile(&pid_path, me.as_bytes(), 0o600)
         .map_err(io("write", &pid_path))?;
     let oom_before = runtime.watch(&spec.id).and_then(|w| w.oom_kills()).unwrap_or(0);
     let _ = writeln!(control, "{}", serde_json::json!({ "pid": pid }));
@@ -332,7 +333,8 @@ fn run(dir: &Path, mut control: UnixStream) -> Result<()> {
     let exit = Exit { code, finished_at: crate::now_nanos(), oom_killed };
     let data = serde_json::to_vec(&exit).map_err(|e| Error::Other(e.to_string()))?;
     let exit_path = dir.join(EXIT_FILE);
-    berth_stdx::fs::write_atomic(&exit_path, &data, 0o600).map_err(io("write", &exit_path))?;
+    berth_stdx::fs::write_atomic_volatile(&exit_path, &data, 0o600)
+        .map_err(io("write", &exit_path))?;
     let _ = std::fs::remove_file(dir.join(SOCKET));
     Ok(())
 }
