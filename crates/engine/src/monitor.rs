@@ -265,6 +265,12 @@ fn start_once(engine: &Engine, id: &str) -> Result<(i32, Io, u64)> {
     };
     io_ends.seccomp = seccomp;
     io_ends.dns = dns;
+    if locked.record.options.network == "none" {
+        if let Err(err) = engine.pin_own_netns(id, pid) {
+            // The container runs; only a live `network connect` waits for its next start.
+            tracing::warn!("{err}");
+        }
+    }
     let oom_before = engine.runtime().watch(id).and_then(|w| w.oom_kills()).unwrap_or(0);
     if let Err(err) = engine.runtime().start(id) {
         engine.release_resources(&locked);

@@ -404,12 +404,10 @@ impl Engine {
         }
         match mode.as_str() {
             "host" => return Ok(NetNs::Host),
-            "none" => {
-                // A namespace of its own with only a loopback device, up (as Docker's:
-                // the namespace is made with it up).
-                let netns = self.make_netns(&record.id)?;
-                return Ok(NetNs::Join(netns.to_string_lossy().into_owned()));
-            }
+            // A namespace of its own with only a loopback device, up: the runtime makes
+            // it with the container (as runc, it brings the loopback up), and the
+            // monitor pins it once the container exists (see `pin_own_netns`).
+            "none" => return Ok(NetNs::New),
             _ => {}
         }
         if let Some(other) = mode.strip_prefix("container:") {
@@ -1017,6 +1015,15 @@ add element ip {t} subnets {{ {} }}
             // One by one: an element already gone must not keep the others.
             let _ = nft(&line);
         }
+    }
+
+    /// Pins the network namespace the runtime made for a `--network none` container at
+    /// `networks/netns/<id>` (where `network connect` finds it while it runs; released
+    /// with the container's other resources).
+    pub(crate) fn pin_own_netns(&self, id: &str, pid: i32) -> Result<()> {
+        let path = self.networks_dir().join("netns").join(id);
+        berth_net::netns::pin_existing(Path::new(&format!("/proc/{pid}/ns/net")), &path)
+            .map_err(net)
     }
 
     /// A new network namespace kept alive by a bind mount at `networks/netns/<id>`.

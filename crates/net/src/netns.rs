@@ -124,6 +124,23 @@ pub fn pin_net(path: &Path) -> Result<PathBuf> {
     Ok(path.to_owned())
 }
 
+/// Pins the namespace at `source` (a `/proc/PID/ns/KIND` file) at `path` (its parent
+/// directory is created), so that it outlives nothing but can be entered by path.
+pub fn pin_existing(source: &Path, path: &Path) -> Result<()> {
+    let dir =
+        path.parent().ok_or_else(|| Error::Failed(format!("{} has no parent", path.display())))?;
+    std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+    if path.exists() {
+        unpin(path);
+    }
+    File::create(path).map_err(io("create", path))?;
+    if let Err(err) = mount(Some(source), path, None::<&str>, MsFlags::MS_BIND, None::<&str>) {
+        let _ = std::fs::remove_file(path);
+        return Err(sys(format!("pin {} at {}", source.display(), path.display()))(err));
+    }
+    Ok(())
+}
+
 /// Releases a pinned namespace (it ends when no process is left in it) and removes the
 /// file. Safe to call on a path that was never pinned or is already gone.
 pub fn unpin(path: &Path) {

@@ -247,6 +247,10 @@ fn init(mut config: InitConfig<'_>, channel: &Channel, in_cgroup2: bool) -> Resu
     if let Some(score) = process.oom_score_adj() {
         set_oom_score_adj(score)?;
     }
+    if config.namespaces.create.contains(CloneFlags::CLONE_NEWNET) {
+        // A network namespace made for the container has its loopback up, as runc's do.
+        berth_sys::link::set_up("lo").map_err(sys("bring up the loopback device"))?;
+    }
     prepare_rootfs(&config)?;
 
     // The parent has been moving us into the cgroup meanwhile; it answers once that is done
