@@ -200,7 +200,28 @@ impl Locked {
 
 pub(crate) fn save(dir: &Path, record: &Record) -> Result<()> {
     let data = serde_json::to_vec_pretty(record).map_err(|e| Error::Other(e.to_string()))?;
-    write_atomic(&dir.join("container.json"), &data)
+    let path = dir.join("container.json");
+    // What the user made (the container, its name, options, mounts) is flushed to disk
+    // before the command returns; a save that changes only what describes its processes
+    // (run state, network attachments) is replaced atomically without the flush, as those
+    // end with a power cut too (and the next `ps` finds the monitor gone).
+    let same_definition = load(dir).is_ok_and(|old| definition(&old) == definition(record));
+    if same_definition {
+        berth_stdx::fs::write_atomic_volatile(&path, &data, 0o600).map_err(io("write", &path))
+    } else {
+        write_atomic(&path, &data)
+    }
+}
+
+/// A record without what describes its processes.
+fn definition(record: &Record) -> serde_json::Value {
+    let mut value = serde_json::to_value(record).unwrap_or_default();
+    if let Some(fields) = value.as_object_mut() {
+        for field in ["state", "network", "extra_networks"] {
+            fields.remove(field);
+        }
+    }
+    value
 }
 
 pub(crate) fn load(dir: &Path) -> Result<Record> {

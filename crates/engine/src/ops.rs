@@ -527,7 +527,10 @@ impl Engine {
             support: spec::Support::probe(),
         })?;
         let data = serde_json::to_vec_pretty(&config).map_err(|e| Error::Other(e.to_string()))?;
-        crate::write_atomic(&locked.dir.join("config.json"), &data)?;
+        // Made again at every start: replaced atomically, not flushed to disk.
+        let path = locked.dir.join("config.json");
+        berth_stdx::fs::write_atomic_volatile(&path, &data, 0o600)
+            .map_err(crate::io("write", &path))?;
         Ok(())
     }
 

@@ -125,7 +125,8 @@ pub fn pin_net(path: &Path) -> Result<PathBuf> {
 }
 
 /// Pins the namespace at `source` (a `/proc/PID/ns/KIND` file) at `path` (its parent
-/// directory is created), so that it outlives nothing but can be entered by path.
+/// directory is created): it can be entered by path, and lives until `unpin` even after
+/// its processes end.
 pub fn pin_existing(source: &Path, path: &Path) -> Result<()> {
     let dir =
         path.parent().ok_or_else(|| Error::Failed(format!("{} has no parent", path.display())))?;
