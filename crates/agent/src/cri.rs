@@ -41,12 +41,7 @@ pub async fn connect(socket: &Path, patience: Duration) -> Result<Runtime, Strin
             Ok(channel) => break channel,
             Err(e) if tokio::time::Instant::now() >= deadline => {
                 // tonic's own message is "transport error"; the cause is in its sources.
-                let mut cause = e.to_string();
-                let mut source = std::error::Error::source(&e);
-                while let Some(inner) = source {
-                    cause = format!("{cause}: {inner}");
-                    source = inner.source();
-                }
+                let cause = berth_stdx::error::chain(&e);
                 return Err(if socket.exists() {
                     format!(
                         "cannot connect to the container runtime at {}: {cause}",

@@ -189,39 +189,43 @@ impl Record {
 pub struct Locked {
     pub dir: PathBuf,
     pub record: Record,
+    /// The record's definition (see `definition`) as last read or written: while the lock
+    /// is held nobody else writes the file, so a save can tell what changed without
+    /// reading it back.
+    stored: std::cell::RefCell<Option<Record>>,
     _lock: File,
 }
 
 impl Locked {
-    pub fn save(&self) -> Result<()> {
-        save(&self.dir, &self.record)
+    fn new(dir: PathBuf, record: Record, lock: File, stored: bool) -> Locked {
+        let stored = std::cell::RefCell::new(stored.then(|| definition(&record)));
+        Locked { dir, record, stored, _lock: lock }
     }
-}
 
-pub(crate) fn save(dir: &Path, record: &Record) -> Result<()> {
-    let data = serde_json::to_vec_pretty(record).map_err(|e| Error::Other(e.to_string()))?;
-    let path = dir.join("container.json");
-    // What the user made (the container, its name, options, mounts) is flushed to disk
-    // before the command returns; a save that changes only what describes its processes
-    // (run state, network attachments) is replaced atomically without the flush, as those
-    // end with a power cut too (and the next `ps` finds the monitor gone).
-    let same_definition = load(dir).is_ok_and(|old| definition(&old) == definition(record));
-    if same_definition {
-        berth_stdx::fs::write_atomic_volatile(&path, &data, 0o600).map_err(io("write", &path))
-    } else {
-        write_atomic(&path, &data)
+    /// Writes the record. What the user made (the container, its name, options, mounts)
+    /// is flushed to disk before this returns; a save that changes only what describes
+    /// its processes (run state, network attachments) is replaced atomically without the
+    /// flush, as those end with a power cut too (and the next `ps` finds the monitor
+    /// gone).
+    pub fn save(&self) -> Result<()> {
+        let data =
+            serde_json::to_vec_pretty(&self.record).map_err(|e| Error::Other(e.to_string()))?;
+        let path = self.dir.join("container.json");
+        let now = definition(&self.record);
+        if self.stored.borrow().as_ref() == Some(&now) {
+            berth_stdx::fs::write_atomic_volatile(&path, &data, 0o600)
+                .map_err(io("write", &path))?;
+        } else {
+            write_atomic(&path, &data)?;
+        }
+        *self.stored.borrow_mut() = Some(now);
+        Ok(())
     }
 }
 
 /// A record without what describes its processes.
-fn definition(record: &Record) -> serde_json::Value {
-    let mut value = serde_json::to_value(record).unwrap_or_default();
-    if let Some(fields) = value.as_object_mut() {
-        for field in ["state", "network", "extra_networks"] {
-            fields.remove(field);
-        }
-    }
-    value
+fn definition(record: &Record) -> Record {
+    Record { state: State::default(), network: None, extra_networks: Vec::new(), ..record.clone() }
 }
 
 pub(crate) fn load(dir: &Path) -> Result<Record> {
@@ -351,7 +355,7 @@ impl Engine {
             }
             other => other,
         })?;
-        let mut locked = Locked { dir, record, _lock: lock };
+        let mut locked = Locked::new(dir, record, lock, true);
         self.reconcile(&mut locked)?;
         Ok(locked)
     }
@@ -371,7 +375,7 @@ impl Engine {
         let dir = self.container_dir(&record.id);
         std::fs::create_dir(&dir).map_err(io("create", &dir))?;
         let lock = lock_file(&dir)?;
-        let locked = Locked { dir, record, _lock: lock };
+        let locked = Locked::new(dir, record, lock, false);
         Ok(locked)
     }
 

@@ -93,34 +93,16 @@ pub fn pin(dir: &Path, request: &Request<'_>) -> Result<Vec<PathBuf>> {
 /// Makes one new network namespace pinned at `path` (its parent directory is created),
 /// with its loopback up.
 pub fn pin_net(path: &Path) -> Result<PathBuf> {
-    let dir =
-        path.parent().ok_or_else(|| Error::Failed(format!("{} has no parent", path.display())))?;
-    std::fs::create_dir_all(dir).map_err(io("create", dir))?;
-    if path.exists() {
-        unpin(path);
-    }
-    File::create(path).map_err(io("create", path))?;
     let target = path.to_owned();
-    let made = std::thread::spawn(move || -> Result<()> {
+    std::thread::spawn(move || -> Result<()> {
         berth_sys::nix::sched::unshare(CloneFlags::CLONE_NEWNET)
             .map_err(sys("create a network namespace"))?;
         // Its loopback up, as every container expects (no CNI loopback plugin to run).
         berth_sys::link::set_up("lo").map_err(sys("bring up the namespace's loopback"))?;
-        mount(
-            Some("/proc/thread-self/ns/net"),
-            &target,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .map_err(sys(format!("pin the network namespace at {}", target.display())))
+        pin_existing(Path::new("/proc/thread-self/ns/net"), &target)
     })
     .join()
-    .map_err(|_| Error::Failed("the namespace thread panicked".into()))?;
-    if let Err(err) = made {
-        let _ = std::fs::remove_file(path);
-        return Err(err);
-    }
+    .map_err(|_| Error::Failed("the namespace thread panicked".into()))??;
     Ok(path.to_owned())
 }
 

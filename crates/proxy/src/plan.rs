@@ -97,7 +97,7 @@ fn service_chain(
     let mark =
         if masquerade { format!("meta mark set meta mark | {MARK:#x} ") } else { String::new() };
     let Some(timeout) = affinity else {
-        let rules = pick(targets, |target| {
+        let rules = pick(targets, |_, target| {
             format!("{mark}meta l4proto {proto} dnat to {}:{}", target.ip, target.port)
         });
         plan.chains.insert(chain.clone(), rules);
@@ -120,28 +120,24 @@ fn service_chain(
         plan.chains.insert(endpoint_chain.clone(), rules);
         endpoint_chains.push(endpoint_chain);
     }
-    let mut index = 0;
-    sticky.extend(pick(targets, |_| {
-        index += 1;
-        format!("goto {}", endpoint_chains[index - 1])
-    }));
+    sticky.extend(pick(targets, |index, _| format!("goto {}", endpoint_chains[index])));
     plan.chains.insert(chain.clone(), sticky);
     chain
 }
 
-/// Rules that send a connection to one of `targets` (`action` of it) with equal chances:
-/// the i-th of n is taken with probability 1/(n-i) when the ones before were not, the
-/// last always.
-fn pick(targets: &[Target], mut action: impl FnMut(&Target) -> String) -> Vec<String> {
+/// Rules that send a connection to one of `targets` (`action` of its index and itself)
+/// with equal chances: the i-th of n is taken with probability 1/(n-i) when the ones
+/// before were not, the last always.
+fn pick(targets: &[Target], action: impl Fn(usize, &Target) -> String) -> Vec<String> {
     let n = targets.len();
     targets
         .iter()
         .enumerate()
         .map(|(i, target)| {
             if i + 1 == n {
-                action(target)
+                action(i, target)
             } else {
-                format!("numgen random mod {} 0 {}", n - i, action(target))
+                format!("numgen random mod {} 0 {}", n - i, action(i, target))
             }
         })
         .collect()
@@ -761,7 +757,7 @@ mod tests {
             let targets: Vec<Target> = (0..n)
                 .map(|i| Target { ip: format!("10.42.0.{i}"), port: 80, node: None })
                 .collect();
-            let rules = pick(&targets, |t| format!("dnat to {}:{}", t.ip, t.port));
+            let rules = pick(&targets, |_, t| format!("dnat to {}:{}", t.ip, t.port));
             // The chance of reaching rule i and taking it, as a fraction of n!: reaching
             // it keeps (m-1)/m of what each earlier `mod m` rule passed on.
             let factorial: u64 = (1..=n as u64).product();

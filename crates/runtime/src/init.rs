@@ -69,16 +69,7 @@ pub(crate) struct InitConfig<'a> {
 }
 
 /// Formats an error with its chain of causes, the way the user will read it.
-pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+pub(crate) use berth_stdx::error::chain as error_chain;
 
 fn exit(code: i32) -> ! {
     berth_sys::process::exit_now(code)
