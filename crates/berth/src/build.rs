@@ -46,6 +46,10 @@ pub struct BuildArgs {
     /// A secret for RUN --mount=type=secret: id=ID,src=FILE (repeatable).
     #[arg(long)]
     pub secret: Vec<String>,
+    /// An SSH agent for RUN --mount=type=ssh and ADD of git@ repositories:
+    /// default|ID[=SOCKET|KEY[,KEY...]] (repeatable; a bare id is your SSH_AUTH_SOCK).
+    #[arg(long)]
+    pub ssh: Vec<String>,
     /// The network RUN steps have: default (the host's), host, or none.
     #[arg(long, default_value = "default")]
     pub network: String,
@@ -311,6 +315,24 @@ pub fn build(global: &Global, args: BuildArgs) -> Result<i32> {
         }
         secrets.insert(id, src);
     }
+    let mut ssh = BTreeMap::new();
+    for value in &args.ssh {
+        let (id, paths) = match value.split_once('=') {
+            Some((id, list)) => {
+                (id, list.split(',').filter(|p| !p.is_empty()).map(PathBuf::from).collect())
+            }
+            None => (
+                value.as_str(),
+                std::env::var_os("SSH_AUTH_SOCK").map(PathBuf::from).into_iter().collect(),
+            ),
+        };
+        if id.is_empty() || id.contains([',', '/']) {
+            bail!("--ssh {value:?}: use default or ID, then =SOCKET or =KEYFILE[,KEYFILE]");
+        }
+        if ssh.insert(id.to_owned(), paths).is_some() {
+            bail!("--ssh {id} is given twice");
+        }
+    }
     let output = match &args.output {
         Some(text) => {
             let mut kind = "docker".to_owned();
@@ -348,6 +370,7 @@ pub fn build(global: &Global, args: BuildArgs) -> Result<i32> {
         pull: args.pull,
         labels: key_values(&args.labels, "--label", false)?,
         secrets,
+        ssh,
         network,
         os: "linux".into(),
         architecture,

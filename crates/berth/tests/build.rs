@@ -855,3 +855,347 @@ fn root_add_unpacks_compressed_tars() {
     ]);
     assert_eq!(listed, "packed\npacked\npacked\npacked\n/x/plain.txt.xz\n");
 }
+
+/// A bare repository served by `git daemon` on a loopback port of its own, ended on drop.
+struct GitServer {
+    daemon: std::process::Child,
+    port: u16,
+    work: PathBuf,
+}
+
+impl GitServer {
+    fn start(builders: &Builders) -> GitServer {
+        let base = builders.path("git");
+        let work = base.join("work");
+        std::fs::create_dir_all(work.join("sub")).unwrap();
+        let git = |args: &[&str]| {
+            let out = Command::new("git")
+                .args(["-c", "user.name=t", "-c", "user.email=t@example.invalid"])
+                .args(args)
+                .current_dir(&work)
+                .output()
+                .expect("git");
+            assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        };
+        git(&["init", "-q", "-b", "main", "."]);
+        std::fs::write(work.join("sub/a.txt"), "first\n").unwrap();
+        std::fs::write(work.join("run.sh"), "#!/bin/sh\necho run\n").unwrap();
+        std::fs::set_permissions(
+            work.join("run.sh"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("sub/a.txt", work.join("link")).unwrap();
+        git(&["add", "-A"]);
+        git(&["commit", "-q", "-m", "one"]);
+        git(&["tag", "-a", "v1", "-m", "v1"]);
+        std::fs::write(work.join("sub/a.txt"), "second\n").unwrap();
+        git(&["commit", "-q", "-am", "two"]);
+        let bare = base.join("repo.git");
+        let cloned = Command::new("git")
+            .args(["clone", "-q", "--bare"])
+            .arg(&work)
+            .arg(&bare)
+            .status()
+            .unwrap();
+        assert!(cloned.success());
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let daemon = Command::new("git")
+            .args(["daemon", "--reuseaddr", "--export-all", "--listen=127.0.0.1"])
+            .arg(format!("--port={port}"))
+            .arg(format!("--base-path={}", base.display()))
+            .arg(&base)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("git daemon (Debian's git)");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "git daemon does not listen on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        GitServer { daemon, port, work }
+    }
+
+    fn url(&self) -> String {
+        format!("git://127.0.0.1:{}/repo.git", self.port)
+    }
+
+    /// Commits a change on main and pushes it to the served repository.
+    fn push_change(&self, content: &str) -> String {
+        std::fs::write(self.work.join("sub/a.txt"), content).unwrap();
+        let run = |args: &[&str]| {
+            let out = Command::new("git")
+                .args(["-c", "user.name=t", "-c", "user.email=t@example.invalid"])
+                .args(args)
+                .current_dir(&self.work)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        };
+        run(&["commit", "-q", "-am", "change"]);
+        run(&["push", "-q", "../repo.git", "main"]);
+        run(&["rev-parse", "HEAD"])
+    }
+
+    fn commit_of(&self, reference: &str) -> String {
+        let out = Command::new("git")
+            .args(["rev-parse", &format!("{reference}^{{commit}}")])
+            .current_dir(&self.work)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
+impl Drop for GitServer {
+    fn drop(&mut self) {
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+    }
+}
+
+#[test]
+fn root_add_takes_git_repositories_by_their_commit() {
+    if !root_or_skip() {
+        return;
+    }
+    let builders = Builders::new(false);
+    let server = GitServer::start(&builders);
+    let url = server.url();
+    let v1 = server.commit_of("v1");
+    let dir = builders.path("git-context");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("Dockerfile"),
+        format!(
+            "FROM busybox\n\
+             ADD {url}#v1:sub /v1sub\n\
+             ADD --checksum={v1} {url}#v1 /checked\n\
+             ADD --keep-git-dir=true {url}#main /kept\n\
+             ADD {url} /whole\n"
+        ),
+    )
+    .unwrap();
+    builders.build(&dir, &["-t", "git:1"]);
+    let shown = |image: &str| {
+        builders.ok(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            image,
+            "sh",
+            "-c",
+            "cat /v1sub/a.txt /checked/sub/a.txt /whole/sub/a.txt; ls -A /whole /v1sub | tr '\\n' ' '; echo; \
+             stat -c '%a %u %F' /whole/run.sh /whole/link; readlink /whole/link; test -d /kept/.git && echo kept",
+        ])
+    };
+    assert_eq!(
+        shown("git:1"),
+        "first\nfirst\nsecond\n/v1sub: a.txt  /whole: link run.sh sub \n\
+         755 0 regular file\n777 0 symbolic link\nsub/a.txt\nkept\n"
+    );
+    // Keyed by the commit: nothing changed runs nothing; a new commit on main reruns only
+    // the steps that follow main.
+    let (_, again) = builders.build(&dir, &["--progress", "plain", "-t", "git:2"]);
+    assert_eq!(again.matches("CACHED").count(), 4, "{again}");
+    server.push_change("third\n");
+    let (_, moved) = builders.build(&dir, &["--progress", "plain", "-t", "git:3"]);
+    assert_eq!(moved.matches("CACHED").count(), 2, "{moved}");
+    assert!(shown("git:3").starts_with("first\nfirst\nthird\n"));
+    // Bad sources say what is wrong and build nothing.
+    for (line, expected) in [
+        (format!("ADD --checksum={} {url}#v1 /x", "0".repeat(40)), format!("the commit is {v1}")),
+        (
+            format!("ADD {url}#no-such-branch /x"),
+            "has no branch or tag \"no-such-branch\"".to_owned(),
+        ),
+        (format!("ADD {url}#v1:nothing /x"), "has no directory \"nothing\"".to_owned()),
+        ("ADD git://127.0.0.1:1/none.git /x".to_owned(), "does this machine reach it".to_owned()),
+        (format!("COPY {url} /x"), "use ADD for a git repository".to_owned()),
+    ] {
+        std::fs::write(dir.join("Dockerfile"), format!("FROM busybox\n{line}\n")).unwrap();
+        let out = builders.run(&["build", "-t", "bad:1", dir.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{line} built");
+        assert!(stderr.contains("Dockerfile:2") && stderr.contains(&expected), "{line}: {stderr}");
+    }
+    assert!(!builders.ok(&["images"]).contains("bad "));
+    builders.assert_no_leftovers();
+}
+
+#[test]
+fn root_ssh_agents_reach_run_steps_and_no_layer() {
+    if !root_or_skip() {
+        return;
+    }
+    let builders = Builders::new(false);
+    let dir = builders.path("ssh-context");
+    // ssh-add and the libraries it loads, so a step can ask the agent what it holds.
+    let tools = dir.join("tools");
+    let ldd = Command::new("ldd").arg("/usr/bin/ssh-add").output().expect("ldd");
+    let mut files = vec![PathBuf::from("/usr/bin/ssh-add")];
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        if let Some(path) = line.split_whitespace().find(|w| w.starts_with('/')) {
+            files.push(PathBuf::from(path));
+        }
+    }
+    for file in &files {
+        let to = tools.join(file.strip_prefix("/").unwrap());
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(file, &to).unwrap();
+    }
+    let keygen = |name: &str, comment: &str| {
+        let made = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
+            .arg(builders.path(name))
+            .status()
+            .expect("ssh-keygen (Debian's openssh-client)");
+        assert!(made.success());
+    };
+    keygen("key-default", "berth-default-key");
+    keygen("key-other", "berth-other-key");
+    // The other agent is the user's own, given by its socket.
+    let socket = builders.path("agent.sock");
+    let mut agent = Command::new("ssh-agent")
+        .arg("-D")
+        .arg("-a")
+        .arg(&socket)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(agent.stdout.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    let added = Command::new("ssh-add")
+        .arg(builders.path("key-other"))
+        .env("SSH_AUTH_SOCK", &socket)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(added.success());
+    std::fs::write(
+        dir.join("Dockerfile"),
+        "FROM busybox\n\
+         COPY tools/ /\n\
+         RUN chmod 1777 /tmp\n\
+         RUN --mount=type=ssh ssh-add -l > /default.txt; echo \"$SSH_AUTH_SOCK\" > /sock.txt\n\
+         USER nobody\n\
+         RUN --mount=type=ssh,id=other,target=/tmp/agent,uid=65534 SSH_AUTH_SOCK=/tmp/agent ssh-add -l > /tmp/other.txt\n\
+         RUN --mount=type=ssh,id=absent test -z \"$SSH_AUTH_SOCK\" && test ! -e /run/buildkit/ssh_agent.0\n\
+         USER root\n",
+    )
+    .unwrap();
+    let key = builders.path("key-default");
+    let out = builders
+        .command()
+        .args(["build", "-t", "ssh:1", "--ssh"])
+        .arg(format!("default={}", key.display()))
+        .arg("--ssh")
+        .arg(format!("other={}", socket.display()))
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let shown = builders.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "ssh:1",
+        "sh",
+        "-c",
+        "cat /default.txt /sock.txt /tmp/other.txt; ls -A /run/buildkit /tmp",
+    ]);
+    let lines: Vec<&str> = shown.lines().collect();
+    assert!(lines[0].ends_with("berth-default-key (ED25519)"), "{shown}");
+    assert_eq!(lines[1], "/run/buildkit/ssh_agent.0", "{shown}");
+    assert!(lines[2].ends_with("berth-other-key (ED25519)"), "{shown}");
+    // The agent's socket is in no layer (the directory made for it stays, as buildah
+    // leaves such directories).
+    assert_eq!(lines[3..], ["/run/buildkit:", "", "/tmp:", "other.txt"], "{shown}");
+    // A required agent that was not given stops the build at its line.
+    std::fs::write(
+        dir.join("Dockerfile"),
+        "FROM busybox\nRUN --mount=type=ssh,required=true true\n",
+    )
+    .unwrap();
+    let out = builders.run(&["build", "-t", "bad:1", dir.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains("Dockerfile:2")
+            && stderr.contains("--ssh default"),
+        "{stderr}"
+    );
+    let _ = agent.kill();
+    let _ = agent.wait();
+    // The agent berth started for the key file ended with the build.
+    let agents =
+        Command::new("pgrep").args(["-f", "ssh-agent -D -a .*/build/ssh/"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&agents.stdout).trim().is_empty(), "an ssh-agent is left");
+    builders.assert_no_leftovers();
+}
+
+#[test]
+fn root_copy_parents_keeps_the_source_paths_and_from_excludes() {
+    if !root_or_skip() {
+        return;
+    }
+    let builders = Builders::new(false);
+    let dir = builders.path("parents-context");
+    for (path, content) in [
+        ("packages/a/package.json", "a"),
+        ("packages/b/package.json", "b"),
+        ("packages/b/index.js", "skip"),
+        ("apps/c/package.json", "c"),
+        ("x/y/z/deep.txt", "deep"),
+        ("src/lib/one.rs", "one"),
+        ("src/lib/inner/two.rs", "two"),
+    ] {
+        let at = dir.join(path);
+        std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+        std::fs::write(at, content).unwrap();
+    }
+    std::fs::set_permissions(
+        dir.join("packages"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o750),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("Dockerfile"),
+        "FROM busybox AS made\n\
+         RUN mkdir -p /data/sub && echo k > /data/keep.txt && echo n > /data/drop.log && echo n > /data/sub/also.log && echo k > /data/sub/k.txt\n\
+         FROM busybox\n\
+         COPY --from=made --exclude=**/*.log /data /fromstage/\n\
+         COPY --parents packages/*/package.json apps/*/package.json /app/\n\
+         COPY --parents ./x/./y/z/deep.txt /pivot/\n\
+         COPY --parents src/lib /tree/\n",
+    )
+    .unwrap();
+    builders.build(&dir, &["-t", "parents:1"]);
+    let shown = builders.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "parents:1",
+        "sh",
+        "-c",
+        "cd / && find app pivot tree fromstage -type f | sort; stat -c %a /app/packages",
+    ]);
+    assert_eq!(
+        shown,
+        "app/apps/c/package.json\napp/packages/a/package.json\napp/packages/b/package.json\n\
+         fromstage/keep.txt\nfromstage/sub/k.txt\n\
+         pivot/y/z/deep.txt\ntree/src/lib/inner/two.rs\ntree/src/lib/one.rs\n750\n"
+    );
+}

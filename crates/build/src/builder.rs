@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, Read};
 use std::os::fd::AsFd;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -47,6 +47,10 @@ pub struct Options {
     pub pull: bool,
     pub labels: BTreeMap<String, String>,
     pub secrets: BTreeMap<String, PathBuf>,
+    /// `--ssh ID[=SOCKET|KEY,...]`: an agent socket, or key files to load into an agent
+    /// the build starts, per id (the caller resolves a bare `--ssh default` to
+    /// `$SSH_AUTH_SOCK`).
+    pub ssh: BTreeMap<String, Vec<PathBuf>>,
     pub network: Network,
     pub os: String,
     pub architecture: String,
@@ -198,6 +202,8 @@ struct Build<'a> {
     warned: Mutex<HashSet<String>>,
     /// The stages the target needs, once planned.
     needed: std::sync::OnceLock<HashSet<usize>>,
+    /// The SSH agents `RUN --mount=type=ssh` and `ADD git@...` reach.
+    ssh: crate::ssh::Agents,
 }
 
 /// Builds the Dockerfile; returns the image (recorded under `names`).
@@ -287,6 +293,13 @@ pub fn build(
             .map_err(|e| setup(format!("create {}", work.join(dir).display()), e))?;
     }
     clean_stale_work(&work, &options.exe);
+    let ssh = if options.ssh.is_empty() {
+        crate::ssh::Agents::default()
+    } else {
+        let dir = work.join("ssh");
+        std::fs::create_dir_all(&dir).map_err(|e| setup(format!("create {}", dir.display()), e))?;
+        crate::ssh::Agents::start(&options.ssh, &dir).map_err(BuildError::Setup)?
+    };
     let _writing = store.writing()?;
     let build = Build {
         options,
@@ -303,6 +316,7 @@ pub fn build(
         finished: Condvar::new(),
         warned: Mutex::new(HashSet::new()),
         needed: std::sync::OnceLock::new(),
+        ssh,
     };
     let needed = build.needed(target)?;
     let _ = build.needed.set(needed.iter().copied().collect());
@@ -1461,6 +1475,7 @@ impl Build<'_> {
         }
         let excluded: Vec<PathBuf> = excluded.iter().map(|p| berth_sys::fs::relative(p)).collect();
         // Mount points a step made (and nothing put in them) are not part of its layer.
+        // The directories made to hold them stay, as buildah leaves them.
         let excluded: Vec<PathBuf> = excluded
             .into_iter()
             .filter(|p| {
@@ -1469,7 +1484,7 @@ impl Build<'_> {
                     Ok(m) if m.is_dir() => {
                         std::fs::read_dir(&path).map(|mut d| d.next().is_none()).unwrap_or(false)
                     }
-                    Ok(m) => m.is_file() && m.len() == 0,
+                    Ok(m) => (m.is_file() && m.len() == 0) || m.file_type().is_socket(),
                     Err(_) => false,
                 }
             })
@@ -1605,6 +1620,11 @@ impl Build<'_> {
         };
         let mut mounts = self.parse_mounts(state, instruction, stage)?;
         mounts.extend(script);
+        // As BuildKit: the first agent mount is the step's SSH_AUTH_SOCK.
+        let agent_socket = mounts
+            .iter()
+            .find(|m| matches!(m.kind, MountKind::Ssh { .. }))
+            .map(|m| format!("SSH_AUTH_SOCK={}", m.target));
         // Build args are in the step's environment but not in the image.
         let mut env = state.env();
         if !env.iter().any(|e| e.starts_with("PATH=")) {
@@ -1649,6 +1669,10 @@ impl Build<'_> {
         }
         let started = Instant::now();
         env.extend(arg_env);
+        if let Some(socket) = agent_socket {
+            env.retain(|e| !e.starts_with("SSH_AUTH_SOCK="));
+            env.push(socket);
+        }
         let cwd = state.workdir();
         let layer = self.in_rootfs(state, |space, merged| {
             let root = std::fs::File::open(merged).map_err(|e| setup("open the build root", e))?;
@@ -1695,8 +1719,10 @@ impl Build<'_> {
                     .map_err(|e| setup(format!("write {}", etc.join(name).display()), e))?;
             }
             let mut step_mounts = Vec::new();
+            // Agent forwards live until the step's container has ended.
+            let mut forwards = Vec::new();
             for mount in &mounts {
-                step_mounts.push(self.prepare_mount(space, mount, instruction)?);
+                step_mounts.push(self.prepare_mount(space, mount, instruction, &mut forwards)?);
             }
             let bundle = space.mkdir("bundle")?;
             let spec = spec::run_spec(&spec::RunStep {
@@ -1723,6 +1749,7 @@ impl Build<'_> {
             )
             .map_err(|e| setup("write the step's config.json", e))?;
             self.execute(space, &bundle, instruction, step)?;
+            drop(forwards);
             Ok(made)
         })?;
         self.finish_layer_step(state, key, &created_by, layer)?;
@@ -1897,15 +1924,35 @@ impl Build<'_> {
                     }
                 }
                 "ssh" => {
-                    return Err(self.error(
-                        instruction,
-                        "--mount=type=ssh is not supported: pass what the step needs with --secret",
-                    ))
+                    let id = fields.get("id").cloned().unwrap_or_else(|| "default".into());
+                    let required = fields.get("required").is_some_and(|v| v != "false");
+                    if self.ssh.socket(&id).is_none() {
+                        if required {
+                            return Err(self.error(instruction, format!("the SSH agent {id:?} is required: pass it with --ssh {id} (your SSH_AUTH_SOCK) or --ssh {id}=KEYFILE")));
+                        }
+                        // As BuildKit: an optional agent that was not given is no mount.
+                        continue;
+                    }
+                    let number = out
+                        .iter()
+                        .filter(|m: &&RunMount| matches!(m.kind, MountKind::Ssh { .. }))
+                        .count();
+                    let target =
+                        target.unwrap_or_else(|| format!("/run/buildkit/ssh_agent.{number}"));
+                    let (uid, gid, mode) = ownership(&fields, 0o600);
+                    // The agent's keys are not part of the key: they never reach the image.
+                    RunMount {
+                        key: format!("ssh:{id}:{target}:{uid}:{gid}:{mode:o}"),
+                        kind: MountKind::Ssh { id, uid, gid, mode },
+                        target,
+                    }
                 }
                 other => {
                     return Err(self.error(
                         instruction,
-                        format!("unknown mount type {other:?}: use bind, cache, tmpfs or secret"),
+                        format!(
+                            "unknown mount type {other:?}: use bind, cache, tmpfs, secret or ssh"
+                        ),
                     ))
                 }
             };
@@ -1963,10 +2010,22 @@ impl Build<'_> {
         space: &Workspace,
         mount: &RunMount,
         instruction: &Instruction,
+        forwards: &mut Vec<crate::ssh::Forward>,
     ) -> Result<StepMount> {
         let target = mount.target.clone();
         Ok(match &mount.kind {
             MountKind::Tmpfs => StepMount::Tmpfs { target },
+            MountKind::Ssh { id, uid, gid, mode } => {
+                let agent = self.ssh.socket(id).ok_or_else(|| {
+                    self.error(instruction, format!("no SSH agent {id:?}: pass --ssh {id}"))
+                })?;
+                let socket = space.fresh("ssh");
+                forwards.push(
+                    crate::ssh::Forward::start(&socket, agent, *uid, *gid, *mode)
+                        .map_err(|e| setup("forward the SSH agent", e))?,
+                );
+                StepMount::Bind { source: socket, target, readonly: false }
+            }
             MountKind::Script { content } => {
                 let path = space.fresh("script");
                 std::fs::write(&path, content)
@@ -2234,14 +2293,20 @@ impl Build<'_> {
             }
             None => None,
         };
-        if instruction.flag("parents").is_some() {
-            return Err(self.error(
-                instruction,
-                "--parents is not supported yet: copy each directory with its own COPY",
-            ));
+        let parents = match instruction.flag("parents") {
+            None | Some("false") => false,
+            Some("" | "true") => true,
+            Some(other) => {
+                return Err(self.error(instruction, format!("--parents={other}: use true or false")))
+            }
+        };
+        let mut excludes: Vec<String> = Vec::new();
+        for pattern in instruction.flag_values("exclude") {
+            excludes.push(self.expand(state, instruction, stage, pattern, false)?.remove(0));
         }
-        let excludes: Vec<String> =
-            instruction.flag_values("exclude").into_iter().map(str::to_owned).collect();
+        // For --from sources the patterns are all there is to leave out.
+        let from_excludes =
+            Ignore::parse(&excludes.join("\n")).map_err(|e| self.error(instruction, e))?;
         // What the sources are, for the key and for the copy.
         enum Origin {
             Context,
@@ -2270,6 +2335,7 @@ impl Build<'_> {
             },
         };
         let mut urls = Vec::new();
+        let mut git_sources = Vec::new();
         let mut heredocs = Vec::new();
         let mut sources = Vec::new();
         for word in &words {
@@ -2286,10 +2352,19 @@ impl Build<'_> {
                     continue;
                 }
             }
-            if word.starts_with("http://")
-                || word.starts_with("https://")
-                || word.starts_with("git@")
-            {
+            if crate::git::is_git(word) {
+                if !add {
+                    return Err(self.error(
+                        instruction,
+                        format!("{word}: COPY takes files from the context; use ADD for a git repository"),
+                    ));
+                }
+                let parsed = crate::git::parse(word)
+                    .map_err(|e| self.error(instruction, format!("{word}: {e}")))?;
+                git_sources.push(parsed);
+                continue;
+            }
+            if word.starts_with("http://") || word.starts_with("https://") {
                 if !add {
                     return Err(self.error(
                         instruction,
@@ -2301,17 +2376,91 @@ impl Build<'_> {
             }
             sources.push(word.clone());
         }
+        // With --parents each source keeps its path below the context (or below a `/./`
+        // in it); without, only its own name.
+        let patterns: Vec<(String, String)> =
+            sources
+                .iter()
+                .map(|written| {
+                    if parents {
+                        parents_pivot(written)
+                    } else {
+                        (written.clone(), String::new())
+                    }
+                })
+                .collect();
         let checksum = instruction.flag("checksum").map(str::to_owned);
-        if checksum.is_some() && urls.len() != 1 {
+        if checksum.is_some() && urls.len() + git_sources.len() != 1 {
             return Err(self.error(instruction, "--checksum needs exactly one URL source"));
         }
-        let downloads_space =
-            if urls.is_empty() { None } else { Some(Workspace::new(&self.work)?) };
+        let keep_git_dir = match instruction.flag("keep-git-dir") {
+            None => false,
+            Some(text) => {
+                match self.expand(state, instruction, stage, text, false)?.remove(0).as_str() {
+                    "" | "true" | "1" => true,
+                    "false" | "0" => false,
+                    other => {
+                        return Err(self.error(
+                            instruction,
+                            format!("--keep-git-dir={other}: use true or false"),
+                        ))
+                    }
+                }
+            }
+        };
+        if keep_git_dir && git_sources.is_empty() {
+            return Err(self.error(instruction, "--keep-git-dir is for a git repository source"));
+        }
+        let downloads_space = if urls.is_empty() && git_sources.is_empty() {
+            None
+        } else {
+            Some(Workspace::new(&self.work)?)
+        };
+        let mut checkouts = Vec::new();
+        for (index, git) in git_sources.iter().enumerate() {
+            let dir = downloads_space
+                .as_ref()
+                .map(|s| s.path(&format!("git-{index}")))
+                .unwrap_or_default();
+            let checkout = crate::git::checkout(git, &dir, self.ssh.socket("default"))
+                .map_err(|e| self.error(instruction, format!("{}: {e}", git.remote)))?;
+            if let Some(expected) = &checksum {
+                let wanted = expected.strip_prefix("sha1:").unwrap_or(expected);
+                if wanted.len() < 7 || !checkout.commit.starts_with(wanted) {
+                    return Err(self.error(
+                        instruction,
+                        format!(
+                            "{}: the commit is {}, not {expected} as --checksum says",
+                            git.remote, checkout.commit
+                        ),
+                    ));
+                }
+            }
+            let mut root = checkout.dir.clone();
+            if let Some(subdir) = &git.subdir {
+                root = root.join(subdir);
+                let real = std::fs::canonicalize(&root).map_err(|_| {
+                    self.error(
+                        instruction,
+                        format!("{}: the repository has no directory {subdir:?}", git.remote),
+                    )
+                })?;
+                let top = std::fs::canonicalize(&checkout.dir)
+                    .map_err(|e| setup("read a checkout", e))?;
+                if !real.starts_with(&top) || !real.is_dir() {
+                    return Err(self.error(
+                        instruction,
+                        format!(
+                            "{}: {subdir:?} is not a directory inside the repository",
+                            git.remote
+                        ),
+                    ));
+                }
+            }
+            checkouts.push((root, checkout.commit));
+        }
         let mut downloads = Vec::new();
         for (index, url) in urls.iter().enumerate() {
-            if url.starts_with("git@") || url.ends_with(".git") {
-                return Err(self.error(instruction, format!("ADD {url}: git sources are not supported; clone it first and COPY it from the context")));
-            }
             let dir = downloads_space.as_ref().map(|s| s.dir.clone()).unwrap_or_default();
             let fetched = crate::fetch::fetch(url, &dir, index)
                 .map_err(|e| self.error(instruction, format!("{url}: {e}")))?;
@@ -2331,8 +2480,9 @@ impl Build<'_> {
         let mut hasher = Sha256::new();
         hasher.update(
             format!(
-                "{}\n{dest}\n{dest_is_dir}\n{chown:?}\n{chmod:?}\n{excludes:?}\n",
-                instruction.keyword
+                "{}\n{dest}\n{dest_is_dir}\n{chown:?}\n{chmod:?}\n{excludes:?}\n{}",
+                instruction.keyword,
+                if parents { "parents\n" } else { "" }
             )
             .as_bytes(),
         );
@@ -2340,6 +2490,16 @@ impl Build<'_> {
             hasher.update(
                 format!("download:{}:{}:{:?}\n", fetched.name, fetched.digest, fetched.mtime)
                     .as_bytes(),
+            );
+        }
+        // A repository's content is its commit.
+        for (git, (_, commit)) in git_sources.iter().zip(&checkouts) {
+            hasher.update(
+                format!(
+                    "git:{}:{:?}:{:?}:{commit}:{keep_git_dir}\n",
+                    git.remote, git.reference, git.subdir
+                )
+                .as_bytes(),
             );
         }
         for (name, content) in &heredocs {
@@ -2370,7 +2530,7 @@ impl Build<'_> {
         };
         if let Some(root) = root {
             let mut count = 0;
-            for pattern in &sources {
+            for (pattern, _) in &patterns {
                 for source in
                     root.expand(pattern).map_err(|e| self.error(instruction, e.to_string()))?
                 {
@@ -2436,23 +2596,34 @@ impl Build<'_> {
                     };
                     let at = space.path("from");
                     space.overlay(&at, &lowers, None)?;
-                    stage_root = SourceRoot::filesystem(&at).map_err(fail)?;
+                    stage_root = SourceRoot::filesystem(&at).map_err(fail)?.with_ignore(from_excludes.clone());
                     Some(&stage_root)
                 }
                 Origin::Image(image) => {
                     let at = space.path("from");
                     space.overlay(&at, &self.store.lower_dirs(image)?, None)?;
-                    stage_root = SourceRoot::filesystem(&at).map_err(fail)?;
+                    stage_root = SourceRoot::filesystem(&at).map_err(fail)?.with_ignore(from_excludes.clone());
                     Some(&stage_root)
                 }
             };
             let mut resolved = Vec::new();
             if let Some(from_root) = from_root {
-                for pattern in &sources {
-                    resolved.extend(from_root.expand(pattern).map_err(fail)?);
+                for (pattern, pivot) in &patterns {
+                    for source in from_root.expand(pattern).map_err(fail)? {
+                        let kept = parents.then(|| {
+                            let name = source.name.as_str();
+                            if pivot.is_empty() { name.to_owned() } else {
+                                name.strip_prefix(pivot.as_str()).map(|r| r.trim_start_matches('/').to_owned()).unwrap_or_else(|| name.to_owned())
+                            }
+                        });
+                        resolved.push((source, kept));
+                    }
                 }
             }
-            let many = resolved.len() + heredocs.len() + downloads.len() > 1;
+            if parents && !resolved.is_empty() && !dest_is_dir && !target.is_dir(Path::new(&dest)) {
+                return Err(self.error(instruction, format!("with --parents the destination is a directory and ends with a /: {dest_written}/")));
+            }
+            let many = resolved.len() + heredocs.len() + downloads.len() + checkouts.len() > 1;
             if many && !dest_is_dir && !target.is_dir(Path::new(&dest)) {
                 return Err(self.error(instruction, format!(
                     "with more than one source the destination must be a directory and end with a /: {dest_written}/"
@@ -2468,13 +2639,49 @@ impl Build<'_> {
                 // Docker: downloads are 0600 and dated by the server's Last-Modified.
                 target.write_file(&path, &mut file, 0o600, (0, 0), fetched.mtime).map_err(fail)?;
             }
+            for (dir, _) in &checkouts {
+                // The repository's content (without .git unless kept) into the directory.
+                let ignore = if keep_git_dir { Ignore::default() } else {
+                    Ignore::parse(".git\n**/.git").map_err(|e| self.error(instruction, e))?
+                };
+                let repo = SourceRoot::context(dir, ignore).map_err(fail)?;
+                for found in repo.expand(".").map_err(fail)? {
+                    target.copy(&repo, &found, Path::new(&dest)).map_err(fail)?;
+                }
+            }
             for (name, content) in &heredocs {
                 let path = if dest_is_dir || target.is_dir(Path::new(&dest)) { Path::new(&dest).join(name) } else { PathBuf::from(&dest) };
                 target.write_file(&path, &mut content.as_bytes(), 0o644, (0, 0), None).map_err(fail)?;
             }
-            for source in &resolved {
+            for (source, kept) in &resolved {
                 let from_root = from_root.ok_or_else(|| self.error(instruction, "no source to copy from"))?;
                 let meta = std::fs::metadata(source.path()).map_err(|e| self.error(instruction, format!("{}: {e}", source.name)))?;
+                if let Some(kept) = kept.as_deref().filter(|k| !k.is_empty() && *k != ".") {
+                    // The kept parents are made as the source has them (mode and time).
+                    let at = Path::new(&dest).join(kept);
+                    let base = &source.name[..source.name.len() - kept.len()];
+                    let mut walked = String::new();
+                    for part in kept.split('/') {
+                        if !walked.is_empty() { walked.push('/'); }
+                        walked.push_str(part);
+                        if walked.len() == kept.len() && !meta.is_dir() { break; }
+                        let found = from_root.expand(&format!("{base}{walked}")).map_err(fail)?;
+                        let dir_meta = found.first().and_then(|f| std::fs::metadata(f.path()).ok());
+                        use std::os::unix::fs::MetadataExt;
+                        let (mode, mtime) = dir_meta.map(|m| (m.mode(), Some(m.mtime()))).unwrap_or((0o755, None));
+                        target.write_dir(&Path::new(&dest).join(&walked), mode, (0, 0), mtime).map_err(fail)?;
+                    }
+                    if meta.is_dir() {
+                        target.copy(from_root, source, &at).map_err(fail)?;
+                    } else if meta.is_file() {
+                        let mut file = std::fs::File::open(source.path()).map_err(|e| self.error(instruction, format!("{}: {e}", source.name)))?;
+                        use std::os::unix::fs::MetadataExt;
+                        target.write_file(&at, &mut file, meta.permissions().mode(), (0, 0), Some(meta.mtime())).map_err(fail)?;
+                    } else {
+                        return Err(self.error(instruction, format!("{} is not a regular file, a directory or a symlink: devices, fifos and sockets are not copied", source.name)));
+                    }
+                    continue;
+                }
                 if meta.is_dir() {
                     target.copy(from_root, source, Path::new(&dest)).map_err(fail)?;
                     continue;
@@ -2529,6 +2736,20 @@ impl Build<'_> {
         self.finish_layer_step(state, key, &created_by, layer)?;
         self.host.event(Event::Done { number: step.number, elapsed: started.elapsed() });
         Ok(())
+    }
+}
+
+/// `COPY --parents`: the pattern to match and the leading part not kept. A `/./` in a
+/// source marks where the kept path begins (`./a/./b/*.txt` keeps `b/...`), as BuildKit
+/// reads it; without one the whole path below the context is kept.
+fn parents_pivot(written: &str) -> (String, String) {
+    match written.find("/./") {
+        Some(at) => {
+            let before = crate::ignore::clean(&written[..at]);
+            let pattern = format!("{}/{}", &written[..at], &written[at + 3..]);
+            (pattern, if before == "." { String::new() } else { before })
+        }
+        None => (written.to_owned(), String::new()),
     }
 }
 
@@ -2608,6 +2829,13 @@ enum MountKind {
         gid: u32,
         mode: u32,
     },
+    /// A socket forwarding to the build's SSH agent `id`.
+    Ssh {
+        id: String,
+        uid: u32,
+        gid: u32,
+        mode: u32,
+    },
     /// A here-document run as a script (`#!...`).
     Script {
         content: String,
@@ -2624,6 +2852,17 @@ mod tests {
             [("uid".to_owned(), "1000".to_owned()), ("mode".to_owned(), "0750".to_owned())].into();
         assert_eq!(ownership(&fields, 0o400), (1000, 0, 0o750));
         assert_eq!(ownership(&HashMap::new(), 0o400), (0, 0, 0o400));
+    }
+
+    #[test]
+    fn parents_keep_what_follows_a_pivot() {
+        assert_eq!(
+            parents_pivot("packages/*/package.json"),
+            ("packages/*/package.json".into(), String::new())
+        );
+        assert_eq!(parents_pivot("./x/./y/*.txt"), ("./x/y/*.txt".into(), "x".into()));
+        assert_eq!(parents_pivot("a/b/./c"), ("a/b/c".into(), "a/b".into()));
+        assert_eq!(parents_pivot("./a"), ("./a".into(), String::new()));
     }
 
     #[test]

@@ -79,6 +79,12 @@ impl SourceRoot {
         })
     }
 
+    /// Leaves out what `ignore` matches (COPY --from=... --exclude=...).
+    pub fn with_ignore(mut self, ignore: Ignore) -> SourceRoot {
+        self.ignore = ignore;
+        self
+    }
+
     fn open(&self, rel: &str) -> Result<OwnedFd> {
         if self.context {
             // Inside the context, a symlink that leaves it is an error, not a clamp.
@@ -115,8 +121,9 @@ impl SourceRoot {
             )));
         }
         if !has_meta(&cleaned) {
-            if self.context && cleaned != "." && self.ignore.excludes(&cleaned) {
-                return Err(CopyError(format!("{written:?} is excluded by .dockerignore")));
+            if cleaned != "." && self.ignore.excludes(&cleaned) {
+                let by = if self.context { ".dockerignore or --exclude" } else { "--exclude" };
+                return Err(CopyError(format!("{written:?} is excluded by {by}")));
             }
             let fd = self.open(&cleaned)?;
             return Ok(vec![Source { name: cleaned, fd }]);
@@ -167,7 +174,7 @@ impl SourceRoot {
         }
         let mut found = Vec::new();
         for name in candidates {
-            if self.context && self.ignore.excludes(&name) {
+            if self.ignore.excludes(&name) {
                 continue;
             }
             if let Ok(fd) = self.open(&name) {
@@ -189,7 +196,7 @@ impl SourceRoot {
 
     /// Whether a path under a copied directory (relative to the root) is left out.
     fn skipped(&self, rel: &str) -> bool {
-        self.context && self.ignore.excludes(rel)
+        self.ignore.excludes(rel)
     }
 
     /// A digest of what copying `source` reads: names, types, modes, link targets and

@@ -17,8 +17,10 @@ pub mod builder;
 pub mod copy;
 pub mod dockerfile;
 pub mod fetch;
+pub mod git;
 pub mod ignore;
 pub mod spec;
+pub mod ssh;
 pub mod words;
 
 pub use builder::{build, BuildError, Event, Host, Options};
