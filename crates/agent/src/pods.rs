@@ -579,11 +579,14 @@ fn sandbox_config(config: &Config, pod: &Pod, attempt: u32) -> cri::PodSandboxCo
         annotations: pod.metadata.annotations.clone().unwrap_or_default().into_iter().collect(),
         linux: Some(cri::LinuxPodSandboxConfig {
             cgroup_parent: format!("/kubepods/{}/pod{uid}", qos_class(pod).to_ascii_lowercase()),
+            resources: pod_resources(&spec),
             security_context: Some(cri::LinuxSandboxSecurityContext {
                 namespace_options: Some(cri::NamespaceOption {
                     network: node(host_network),
                     pid: if spec.host_pid.unwrap_or(false) {
                         cri::NamespaceMode::Node as i32
+                    } else if spec.share_process_namespace.unwrap_or(false) {
+                        cri::NamespaceMode::Pod as i32
                     } else {
                         cri::NamespaceMode::Container as i32
                     },
@@ -695,6 +698,49 @@ pub fn qos_class(pod: &Pod) -> &'static str {
     } else {
         "Burstable"
     }
+}
+
+/// The pod cgroup's limits, as the kubelet sizes it: CPU shares from the sum of the
+/// containers' requests; a CPU quota and a memory limit only when every container has
+/// that limit (one unlimited container leaves the pod unlimited). Init containers run
+/// one at a time, so the largest of them counts when it is larger than the sum.
+fn pod_resources(
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+) -> Option<cri::LinuxContainerResources> {
+    let of = |c: &k8s_openapi::api::core::v1::Container| {
+        let r = c.resources.clone().unwrap_or_default();
+        let limits = r.limits.unwrap_or_default();
+        let requests = r.requests.unwrap_or_default();
+        let cpu_request =
+            requests.get("cpu").or(limits.get("cpu")).map(|q| milli_cpu(&q.0)).unwrap_or(0);
+        let cpu_limit = limits.get("cpu").map(|q| milli_cpu(&q.0));
+        let memory_limit = limits.get("memory").map(|q| bytes(&q.0));
+        (cpu_request, cpu_limit, memory_limit)
+    };
+    let sum = |list: &[k8s_openapi::api::core::v1::Container]| {
+        list.iter().map(of).fold((0i64, Some(0i64), Some(0i64)), |acc, c| {
+            (acc.0 + c.0, acc.1.zip(c.1).map(|(a, b)| a + b), acc.2.zip(c.2).map(|(a, b)| a + b))
+        })
+    };
+    let (mut cpu_request, mut cpu_limit, mut memory_limit) = sum(&spec.containers);
+    for init in spec.init_containers.iter().flatten() {
+        let (r, l, m) = of(init);
+        cpu_request = cpu_request.max(r);
+        cpu_limit = cpu_limit.zip(l).map(|(a, b)| a.max(b));
+        memory_limit = memory_limit.zip(m).map(|(a, b)| a.max(b));
+    }
+    if spec.containers.is_empty() {
+        return None;
+    }
+    let cpu_limit = cpu_limit.filter(|l| *l > 0);
+    let memory_limit = memory_limit.filter(|m| *m > 0);
+    Some(cri::LinuxContainerResources {
+        cpu_shares: if cpu_request > 0 { (cpu_request * 1024 / 1000).max(2) } else { 2 },
+        cpu_quota: cpu_limit.map_or(0, |l| (l * 100).max(1000)),
+        cpu_period: if cpu_limit.is_some() { 100_000 } else { 0 },
+        memory_limit_in_bytes: memory_limit.unwrap_or(0),
+        ..Default::default()
+    })
 }
 
 /// Quantity text to millicores / bytes.

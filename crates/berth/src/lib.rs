@@ -80,6 +80,7 @@ pub fn main() -> i32 {
                 }
             }
         }
+        Some("__pidns") if args.len() == 3 => berth_cri::pidns::main(),
         Some("__task") if args.len() == 3 => {
             if let Err(err) = runc::protect_binary() {
                 eprintln!("berth task: {err:#}");

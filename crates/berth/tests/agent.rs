@@ -454,6 +454,16 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
+metadata: {name: together}
+spec:
+  terminationGracePeriodSeconds: 1
+  shareProcessNamespace: true
+  containers:
+  - {name: a, image: fixture:v1, command: ["sleep", "1234"], resources: {limits: {memory: 48Mi}}}
+  - {name: b, image: fixture:v1, command: ["sleep", "4321"], resources: {limits: {memory: 16Mi}}}
+---
+apiVersion: v1
+kind: Pod
 metadata: {name: probed}
 spec:
   terminationGracePeriodSeconds: 1
@@ -873,6 +883,25 @@ spec:
         3,
         "logs -f follows new lines: {followed}"
     );
+    // shareProcessNamespace: one container sees the other's processes; the pod's cgroup
+    // holds the sum of its containers' limits, as the kubelet sizes it.
+    let together =
+        cluster.until("the together pod runs", &["get", "pod", "together", "-o", "json"], |p| {
+            p["status"]["phase"] == "Running"
+        });
+    let ps = cluster.ok(&["exec", "together", "-c", "b", "--", "ps", "-o", "args"]);
+    assert!(ps.contains("sleep 1234") && ps.contains("sleep 4321"), "{ps}");
+    let ps = cluster.ok(&["exec", "reader", "--", "ps", "-o", "args"]);
+    assert!(!ps.contains("sleep 1234"), "{ps}");
+    let uid = together["metadata"]["uid"].as_str().unwrap();
+    let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let limit_file = if v2 {
+        format!("/sys/fs/cgroup/kubepods/burstable/pod{uid}/memory.max")
+    } else {
+        format!("/sys/fs/cgroup/memory/kubepods/burstable/pod{uid}/memory.limit_in_bytes")
+    };
+    let limit = std::fs::read_to_string(&limit_file).expect("the pod's memory cgroup");
+    assert_eq!(limit.trim(), (64u64 << 20).to_string(), "{limit_file}");
     // kubectl exec (WebSocket v5 through the API server, the agent and the runtime's
     // streaming server): output, exit codes, stdin, and a terminal.
     let exec = cluster.kubectl(&[
@@ -1038,7 +1067,7 @@ spec:
     // Deleting everything leaves nothing behind: no sandbox, no mount, no volume directory.
     cluster.ok(&["delete", "deployment", "web"]);
     cluster.ok(&["delete", "job", "once"]);
-    cluster.ok(&["delete", "pod", "reader", "crash", "probed", "--grace-period", "1"]);
+    cluster.ok(&["delete", "pod", "reader", "crash", "probed", "together", "--grace-period", "1"]);
     cluster.until("no pods left", &["get", "pods", "-o", "json"], |l| {
         l["items"].as_array().is_some_and(|i| i.is_empty())
     });

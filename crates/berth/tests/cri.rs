@@ -188,6 +188,15 @@ impl Drop for Node {
             .arg("-f")
             .arg(self.dir.path().to_string_lossy().as_ref())
             .status();
+        // Pod process-namespace holders a failed assertion left.
+        for sandbox in self.entries("sandboxes") {
+            let record = self.root().join("cri/sandboxes").join(sandbox).join("sandbox.json");
+            let Ok(text) = std::fs::read_to_string(record) else { continue };
+            let value: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            if let Some(pid) = value["namespaces"]["pid"]["pid"].as_i64() {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            }
+        }
         for mount in self.mounts_under_root().into_iter().rev() {
             let _ = berth_sys::nix::mount::umount2(
                 mount.as_str(),
@@ -395,7 +404,7 @@ fn root_a_pod_lives_its_whole_life_through_cri() {
             &mut rt,
             &sandbox,
             &pod,
-            container_config("web", "echo hello; echo oops >&2; sleep 1000"),
+            container_config("web", "trap '' TERM; echo hello; echo oops >&2; sleep 1000"),
         )
         .await;
         let side =
@@ -433,7 +442,8 @@ fn root_a_pod_lives_its_whole_life_through_cri() {
             .containers;
         assert_eq!(only_side.iter().map(|c| c.id.clone()).collect::<Vec<_>>(), vec![side.clone()]);
 
-        // the pod's containers share network, IPC and UTS; each has its own PID namespace
+        // the pod's containers share network, IPC and UTS, and the PID namespace too: POD is
+        // the CRI's zero value for it, and containerd shares the pause's then
         let ns = "for n in net ipc uts pid; do readlink /proc/self/ns/$n; done";
         let (web_ns, _, code) = exec(&mut rt, &web, ns).await;
         assert_eq!(code, 0);
@@ -441,7 +451,7 @@ fn root_a_pod_lives_its_whole_life_through_cri() {
         let (web_ns, side_ns): (Vec<&str>, Vec<&str>) =
             (web_ns.lines().collect(), side_ns.lines().collect());
         assert_eq!(web_ns[..3], side_ns[..3], "net, ipc and uts are the pod's");
-        assert_ne!(web_ns[3], side_ns[3], "pid namespaces are the containers' own");
+        assert_eq!(web_ns[3], side_ns[3], "the pid namespace is the pod's");
         let (hostname, _, _) = exec(&mut rt, &side, "hostname; cat /etc/hostname").await;
         assert_eq!(hostname, "web-host\nweb-host\n");
         let (ips, _, _) = exec(&mut rt, &web, "ip -4 -o addr show eth0 || ifconfig eth0").await;
@@ -539,7 +549,7 @@ fn root_a_pod_lives_its_whole_life_through_cri() {
             wait_state(&mut rt, &failed, cri::ContainerState::ContainerExited).await;
         assert_eq!((failed_status.exit_code, failed_status.reason.as_str()), (7, "Error"));
 
-        // stop: SIGTERM, which sh as PID 1 ignores, then SIGKILL after the timeout
+        // stop: SIGTERM, which the script ignores, then SIGKILL after the timeout
         let begun = Instant::now();
         rt.stop_container(cri::StopContainerRequest { container_id: web.clone(), timeout: 1 })
             .await
@@ -1283,4 +1293,172 @@ fn root_a_built_image_runs_in_a_pod() {
             .await
             .unwrap();
     });
+}
+
+fn in_pod_pid_namespace(mut config: cri::ContainerConfig) -> cri::ContainerConfig {
+    let linux = config.linux.get_or_insert_with(Default::default);
+    linux.security_context = Some(cri::LinuxContainerSecurityContext {
+        namespace_options: Some(cri::NamespaceOption {
+            pid: cri::NamespaceMode::Pod as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    config
+}
+
+/// The host directory of a cgroup for a v1 controller or the v2 tree.
+fn cgroup_dir(controller: &str, path: &str) -> PathBuf {
+    let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let base = if v2 {
+        PathBuf::from("/sys/fs/cgroup")
+    } else {
+        Path::new("/sys/fs/cgroup").join(controller)
+    };
+    base.join(path.trim_start_matches('/'))
+}
+
+#[test]
+fn root_pods_share_processes_when_asked_and_their_cgroup_limits_them() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut node = Node::new();
+    node.start();
+    block_on(async {
+        let (mut rt, _) = node.clients().await;
+        let mut shared = sandbox_config(&node, "shared");
+        let linux = shared.linux.get_or_insert_with(Default::default);
+        linux.security_context = Some(cri::LinuxSandboxSecurityContext {
+            namespace_options: Some(cri::NamespaceOption {
+                pid: cri::NamespaceMode::Pod as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        linux.resources = Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: 32 << 20,
+            ..Default::default()
+        });
+        let sandbox = run_sandbox(&mut rt, &shared).await;
+        let a = run_container(
+            &mut rt,
+            &sandbox,
+            &shared,
+            in_pod_pid_namespace(container_config("a", "exec sleep 1000")),
+        )
+        .await;
+        let b = run_container(
+            &mut rt,
+            &sandbox,
+            &shared,
+            in_pod_pid_namespace(container_config("b", "exec sleep 1001")),
+        )
+        .await;
+        wait_state(&mut rt, &a, cri::ContainerState::ContainerRunning).await;
+        let (ps, _, code) = exec(&mut rt, &b, "ps -o pid,args").await;
+        assert_eq!(code, 0);
+        assert!(ps.contains("sleep 1000") && ps.contains("sleep 1001"), "{ps}");
+        // PID 1 is the namespace's holder, and it keeps berth's binary out of reach.
+        let (exe, _, _) = exec(&mut rt, &b, "readlink /proc/1/exe || echo unreadable").await;
+        assert_eq!(exe.trim(), "unreadable", "{exe}");
+        // Containers of a pod that asks for a namespace each (the kubelet's default) see
+        // only their own processes.
+        let mut lone = sandbox_config(&node, "lone");
+        lone.linux.get_or_insert_with(Default::default).security_context =
+            Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    pid: cri::NamespaceMode::Container as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+        let lone_id = run_sandbox(&mut rt, &lone).await;
+        let c =
+            run_container(&mut rt, &lone_id, &lone, container_config("c", "exec sleep 1002")).await;
+        let d =
+            run_container(&mut rt, &lone_id, &lone, container_config("d", "exec sleep 1003")).await;
+        wait_state(&mut rt, &c, cri::ContainerState::ContainerRunning).await;
+        let (ps, _, _) = exec(&mut rt, &d, "ps -o args").await;
+        assert!(!ps.contains("sleep 1002") && ps.contains("sleep 1003"), "{ps}");
+        // The pod's cgroup carries its limit, and a container with none of its own is
+        // killed at it.
+        let limit = std::fs::read_to_string(cgroup_dir("memory", "/berth-cri-test/shared").join(
+            if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+                "memory.max"
+            } else {
+                "memory.limit_in_bytes"
+            },
+        ))
+        .expect("the pod's memory cgroup");
+        assert_eq!(limit.trim(), (32u64 << 20).to_string());
+        let hog = run_container(
+            &mut rt,
+            &sandbox,
+            &shared,
+            in_pod_pid_namespace(container_config(
+                "hog",
+                "exec awk 'BEGIN { s = sprintf(\"%80000000s\", \"\"); print length(s) }'",
+            )),
+        )
+        .await;
+        let ended = wait_state(&mut rt, &hog, cri::ContainerState::ContainerExited).await;
+        assert_eq!(ended.exit_code, 137, "{ended:?}");
+        drop(rt);
+    });
+    // The holder outlives a kill -9 of the server: a new container joins the same namespace.
+    node.kill9();
+    node.start();
+    block_on(async {
+        let (mut rt, _) = node.clients().await;
+        let listed = rt
+            .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+            .await
+            .unwrap()
+            .into_inner()
+            .items;
+        let shared = listed
+            .iter()
+            .find(|s| s.metadata.as_ref().is_some_and(|m| m.name == "shared"))
+            .expect("the shared sandbox")
+            .id
+            .clone();
+        let config = sandbox_config(&node, "shared");
+        let e = run_container(
+            &mut rt,
+            &shared,
+            &config,
+            in_pod_pid_namespace(container_config("e", "exec sleep 1004")),
+        )
+        .await;
+        let (ps, _, _) = exec(&mut rt, &e, "ps -o args").await;
+        assert!(ps.contains("sleep 1000") && ps.contains("sleep 1004"), "{ps}");
+        let lone = listed
+            .iter()
+            .find(|s| s.metadata.as_ref().is_some_and(|m| m.name == "lone"))
+            .expect("the lone sandbox")
+            .id
+            .clone();
+        for id in [shared.clone(), lone] {
+            rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: id.clone() })
+                .await
+                .expect("stopp");
+            rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id })
+                .await
+                .expect("rmp");
+        }
+    });
+    // Nothing of the shared pod is left: no holder, no cgroup.
+    let holders = Command::new("pgrep").args(["-f", "__pidns"]).output().unwrap();
+    let mine: Vec<String> = String::from_utf8_lossy(&holders.stdout)
+        .lines()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                .is_ok_and(|c| c.contains("/berth-cri-test/shared"))
+        })
+        .map(str::to_owned)
+        .collect();
+    assert!(mine.is_empty(), "holders left: {mine:?}");
+    assert!(!cgroup_dir("memory", "/berth-cri-test/shared").exists());
+    assert!(!cgroup_dir("memory", "/berth-cri-test/lone").exists());
 }

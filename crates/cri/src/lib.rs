@@ -5,6 +5,7 @@
 
 pub mod forward;
 pub mod node;
+pub mod pidns;
 pub mod spdy;
 pub mod spec;
 pub mod stream;

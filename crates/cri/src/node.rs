@@ -72,6 +72,9 @@ pub struct Namespaces {
     pub net: Option<PathBuf>,
     pub ipc: Option<PathBuf>,
     pub uts: Option<PathBuf>,
+    /// The process holding a pod-wide PID namespace (`NamespaceMode::POD`).
+    #[serde(default)]
+    pub pid: Option<crate::pidns::Holder>,
 }
 
 /// A container as recorded.
@@ -296,6 +299,20 @@ impl Node {
                     berth_net::netns::Kind::Uts => record.namespaces.uts = Some(path),
                 }
             }
+            let cgroup = self.make_sandbox_cgroup(&record, &linux)?;
+            if cri::NamespaceMode::try_from(ns_options.pid) == Ok(cri::NamespaceMode::Pod) {
+                let holder =
+                    crate::pidns::Holder::start(&self.config.exe, &record.id).map_err(|e| {
+                        Status::internal(format!(
+                            "failed to create the sandbox's pid namespace: {e}"
+                        ))
+                    })?;
+                record.namespaces.pid = Some(holder.clone());
+                if let Some(cgroup) = &cgroup {
+                    // In the pod's cgroup, as the pause container is.
+                    let _ = cgroup.add_process(berth_sys::nix::unistd::Pid::from_raw(holder.pid));
+                }
+            }
             // Saved before the network, so that a crash part-way leaves a record to clean.
             self.save_sandbox(&record)?;
             if !host_network {
@@ -379,6 +396,38 @@ impl Node {
         {
             berth_net::netns::unpin(path);
         }
+        if let Some(holder) = &record.namespaces.pid {
+            holder.stop();
+        }
+    }
+
+    /// Makes the sandbox's cgroup, which its containers' go under, limited to the pod's
+    /// `resources` plus its `overhead` when the request sizes the pod (the kubelet sizes its
+    /// pod cgroups so). None for a systemd slice, which is not ours to make.
+    fn make_sandbox_cgroup(
+        &self,
+        record: &SandboxRecord,
+        linux: &cri::LinuxPodSandboxConfig,
+    ) -> Result<Option<Box<dyn berth_cgroups::Manager>>> {
+        let parent = self.cgroup_parent(record);
+        if parent.ends_with(".slice") || parent.trim_matches('/').is_empty() {
+            return Ok(None);
+        }
+        let layout = berth_cgroups::Layout::detect()
+            .map_err(|e| Status::internal(format!("cannot read the cgroup layout: {e}")))?;
+        let cgroup = berth_cgroups::manager(&Arc::new(layout), Path::new(&parent));
+        cgroup.create().map_err(|e| {
+            Status::internal(format!("failed to create the sandbox cgroup {parent}: {e}"))
+        })?;
+        if let Some(resources) = pod_resources(linux) {
+            let typed: oci_spec::runtime::LinuxResources =
+                serde_json::from_value(spec::resources(&resources))
+                    .map_err(|e| Status::invalid_argument(format!("sandbox resources: {e}")))?;
+            cgroup.apply(&typed).map_err(|e| {
+                Status::internal(format!("failed to limit the sandbox cgroup {parent}: {e}"))
+            })?;
+        }
+        Ok(Some(cgroup))
     }
 
     pub fn stop_pod_sandbox(&self, id: &str) -> Result<()> {
@@ -387,6 +436,9 @@ impl Node {
         let _held = lock.lock().unwrap_or_else(|p| p.into_inner());
         for container in self.containers_of(&record.id) {
             self.stop_container(&container.id, 0)?;
+        }
+        if let Some(holder) = &record.namespaces.pid {
+            holder.stop();
         }
         if !record.network_torn_down {
             // The namespaces stay pinned until the sandbox is removed (CRI: resources are
@@ -613,19 +665,32 @@ impl Node {
             .as_ref()
             .and_then(|l| l.security_context.as_ref())
             .and_then(|s| s.namespace_options.as_ref());
-        let pid_target = match options {
-            Some(o) if o.pid == cri::NamespaceMode::Target as i32 => {
-                let target = self.running_container(&o.target_id)?;
-                if target.sandbox_id != sandbox.id {
-                    return Err(Status::invalid_argument(format!(
-                        "the target container {:?} is in another pod sandbox",
-                        o.target_id
-                    )));
+        let pid_target =
+            match options {
+                Some(o) if o.pid == cri::NamespaceMode::Target as i32 => {
+                    let target = self.running_container(&o.target_id)?;
+                    if target.sandbox_id != sandbox.id {
+                        return Err(Status::invalid_argument(format!(
+                            "the target container {:?} is in another pod sandbox",
+                            o.target_id
+                        )));
+                    }
+                    Some(PathBuf::from(format!("/proc/{}/ns/pid", target.pid)))
                 }
-                Some(PathBuf::from(format!("/proc/{}/ns/pid", target.pid)))
-            }
-            _ => None,
-        };
+                // POD is the CRI's zero value, so a container that says nothing shares the
+                // pod's process namespace, as under containerd (where the pause container
+                // holds it); the kubelet says CONTAINER unless shareProcessNamespace is set.
+                Some(o) if o.pid != cri::NamespaceMode::Pod as i32 => None,
+                _ => match &sandbox.namespaces.pid {
+                    Some(holder) => Some(holder.namespace().ok_or_else(|| {
+                        Status::failed_precondition(format!(
+                            "the process namespace of sandbox {:?} is gone (its holder {} ended): stop and remove the sandbox",
+                            sandbox.id, holder.pid
+                        ))
+                    })?),
+                    None => None,
+                },
+            };
         let made = (|| -> Result<i32> {
             let spec = spec::build(&spec::Inputs {
                 container_id: &id,
@@ -1448,6 +1513,24 @@ fn remove_cgroup_parent(parent: &str) {
     for root in roots {
         let _ = std::fs::remove_dir(root.join(relative));
     }
+}
+
+/// A pod's limits: its `resources` with its `overhead` added (none when it has no
+/// resources: a BestEffort pod's cgroup is not limited).
+fn pod_resources(linux: &cri::LinuxPodSandboxConfig) -> Option<cri::LinuxContainerResources> {
+    let mut total = linux.resources.clone()?;
+    if let Some(overhead) = &linux.overhead {
+        if total.memory_limit_in_bytes > 0 {
+            total.memory_limit_in_bytes += overhead.memory_limit_in_bytes.max(0);
+        }
+        if total.cpu_quota > 0 {
+            total.cpu_quota += overhead.cpu_quota.max(0);
+        }
+        if total.cpu_shares > 0 {
+            total.cpu_shares += overhead.cpu_shares.max(0);
+        }
+    }
+    Some(total)
 }
 
 fn unmount_all(path: &Path) {

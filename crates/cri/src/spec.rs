@@ -36,8 +36,8 @@ pub struct SandboxNamespaces {
     pub net: Option<PathBuf>,
     pub ipc: Option<PathBuf>,
     pub uts: Option<PathBuf>,
-    /// The process namespace of the container a `TARGET` pid mode names (ephemeral
-    /// containers of `kubectl debug --target`).
+    /// The process namespace to join: the pod's (`POD`, held by the sandbox's holder) or
+    /// the container's a `TARGET` pid mode names (`kubectl debug --target`).
     pub pid_target: Option<PathBuf>,
 }
 
@@ -325,8 +325,9 @@ pub fn build(inputs: &Inputs<'_>) -> Result<Value, Invalid> {
                 ns.target_id
             )))
         }
-        // Pod-wide PID namespaces need a process that holds one: not yet, each container
-        // has its own.
+        (Ok(NamespaceMode::Pod) | Err(_), Some(path)) => {
+            namespaces.push(json!({"type": "pid", "path": path}))
+        }
         _ => namespaces.push(json!({"type": "pid"})),
     }
     let host_network = NamespaceMode::try_from(ns.network) == Ok(NamespaceMode::Node);
