@@ -1462,3 +1462,184 @@ fn root_pods_share_processes_when_asked_and_their_cgroup_limits_them() {
     assert!(!cgroup_dir("memory", "/berth-cri-test/shared").exists());
     assert!(!cgroup_dir("memory", "/berth-cri-test/lone").exists());
 }
+
+/// A remote command over SPDY/3.1 as `crictl exec`/`attach` speak it by default
+/// (`v4.channel.k8s.io`): opens `streams` (by their streamtype), sends `resize` then
+/// `input` (and ends stdin), and collects stdout, stderr and the error stream's status
+/// until that stream ends.
+async fn spdy_command(
+    url: &str,
+    streams: &[&str],
+    resize: Option<(u16, u16)>,
+    input: &[u8],
+) -> (String, String, String) {
+    use berth_cri::spdy::{self, Frame};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").expect("an http URL");
+    let (host, path) = rest.split_once('/').unwrap();
+    let mut socket = tokio::net::TcpStream::connect(host).await.expect("connect");
+    socket
+        .write_all(
+            format!(
+                "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\
+                 X-Stream-Protocol-Version: v4.channel.k8s.io\r\nX-Stream-Protocol-Version: v3.channel.k8s.io\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        socket.read_exact(&mut byte).await.expect("the upgrade answer");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("x-stream-protocol-version: v4.channel.k8s.io"), "{head}");
+    let (reader, mut writer) = socket.into_split();
+    let mut compress = spdy::Writer::default();
+    let id = |kind: &str| 1 + 2 * streams.iter().position(|s| *s == kind).unwrap() as u32;
+    for kind in streams {
+        let frame = compress.syn_stream(id(kind), 0, &[("streamtype", kind)]);
+        writer.write_all(&frame).await.unwrap();
+    }
+    if let Some((rows, cols)) = resize {
+        let size = format!("{{\"Width\":{cols},\"Height\":{rows}}}");
+        writer.write_all(&spdy::data(id("resize"), 0, size.as_bytes())).await.unwrap();
+    }
+    if streams.contains(&"stdin") {
+        writer.write_all(&spdy::data(id("stdin"), 0, input)).await.unwrap();
+        writer.write_all(&spdy::data(id("stdin"), spdy::FLAG_FIN, &[])).await.unwrap();
+    }
+    let mut reader = spdy::Reader::new(reader);
+    let (mut stdout, mut stderr, mut status) = (Vec::new(), Vec::new(), Vec::new());
+    let read = async {
+        loop {
+            match reader.next().await.expect("a frame") {
+                Frame::Data { stream, flags, data } => {
+                    let kind = streams[((stream - 1) / 2) as usize];
+                    match kind {
+                        "stdout" => stdout.extend_from_slice(&data),
+                        "stderr" => stderr.extend_from_slice(&data),
+                        "error" => {
+                            status.extend_from_slice(&data);
+                            if flags & spdy::FLAG_FIN != 0 {
+                                return;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                Frame::GoAway { .. } => panic!("the server went away"),
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), read).await.expect("the command's status");
+    (
+        String::from_utf8_lossy(&stdout).into_owned(),
+        String::from_utf8_lossy(&stderr).into_owned(),
+        String::from_utf8_lossy(&status).into_owned(),
+    )
+}
+
+#[test]
+fn root_exec_and_attach_speak_spdy_as_crictl_does() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut node = Node::new();
+    node.start();
+    block_on(async {
+        let (mut rt, _) = node.clients().await;
+        let pod = sandbox_config(&node, "spdy");
+        let sandbox = run_sandbox(&mut rt, &pod).await;
+        let mut echo = container_config("echo", "exec cat");
+        echo.stdin = true;
+        echo.stdin_once = true;
+        let echo = run_container(&mut rt, &sandbox, &pod, echo).await;
+        wait_state(&mut rt, &echo, cri::ContainerState::ContainerRunning).await;
+        let url = |tty: bool, stdin: bool, cmd: &str| cri::ExecRequest {
+            container_id: echo.clone(),
+            cmd: vec!["sh".into(), "-c".into(), cmd.into()],
+            tty,
+            stdin,
+            stdout: true,
+            stderr: !tty,
+        };
+        // exec on pipes: input, output, error output and the exit code in the status
+        let exec = rt
+            .exec(url(false, true, "cat; echo err >&2; exit 3"))
+            .await
+            .expect("exec")
+            .into_inner()
+            .url;
+        let (out, err, status) =
+            spdy_command(&exec, &["error", "stdin", "stdout", "stderr"], None, b"hello\n").await;
+        assert_eq!((out.as_str(), err.as_str()), ("hello\n", "err\n"));
+        let status: serde_json::Value = serde_json::from_str(&status).expect("a Status");
+        assert_eq!(status["reason"], "NonZeroExitCode", "{status}");
+        assert_eq!(status["details"]["causes"][0]["message"], "3", "{status}");
+        // exec on a terminal: the size the client sends is the terminal's
+        let exec = rt
+            .exec(url(true, true, "read line; stty size"))
+            .await
+            .expect("exec -t")
+            .into_inner()
+            .url;
+        let (out, _, status) =
+            spdy_command(&exec, &["error", "stdin", "stdout", "resize"], Some((33, 101)), b"go\n")
+                .await;
+        assert!(out.contains("33 101"), "{out:?}");
+        assert!(status.contains("\"Success\""), "{status}");
+        // a URL is good once
+        let again = spdy_command_refused(&exec).await;
+        assert!(again.contains("404"), "{again}");
+        // attach: the container's own stdin and stdout
+        let attach = rt
+            .attach(cri::AttachRequest {
+                container_id: echo.clone(),
+                stdin: true,
+                tty: false,
+                stdout: true,
+                stderr: true,
+            })
+            .await
+            .expect("attach")
+            .into_inner()
+            .url;
+        let (out, _, status) = spdy_command(
+            &attach,
+            &["error", "stdin", "stdout", "stderr"],
+            None,
+            b"through attach\n",
+        )
+        .await;
+        assert_eq!(out, "through attach\n");
+        assert!(status.contains("\"Success\""), "{status}");
+        // stdin_once: the end of the attached input ends the container
+        let ended = wait_state(&mut rt, &echo, cri::ContainerState::ContainerExited).await;
+        assert_eq!(ended.exit_code, 0);
+    });
+}
+
+/// The answer to a second upgrade of a used URL (its status line).
+async fn spdy_command_refused(url: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_once('/').unwrap();
+    let mut socket = tokio::net::TcpStream::connect(host).await.unwrap();
+    socket
+        .write_all(
+            format!(
+                "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut answer = vec![0u8; 64];
+    let n = socket.read(&mut answer).await.unwrap();
+    String::from_utf8_lossy(&answer[..n]).lines().next().unwrap_or("").to_owned()
+}

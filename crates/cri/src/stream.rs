@@ -6,8 +6,10 @@
 //! The command runs through `berth-runc exec` with the container's process settings, on
 //! pipes or on a pty whose master the runtime hands over a console socket. An attach joins
 //! the container's own stdio through its supervisor (`berth_task::shim::attach`).
-//! `PortForward` URLs take a GET upgraded to SPDY/3.1 (`forward`). Not yet: exec and
-//! attach over SPDY/3.1 (answered 400 with the reason).
+//! The same URLs also take a GET upgraded to SPDY/3.1 with `v4.channel.k8s.io` (what
+//! `crictl exec` and `attach` speak by default): a stream per channel, opened by the
+//! client with its `streamtype` (error, stdin, stdout, stderr, resize), the status JSON
+//! on the error stream. `PortForward` URLs take SPDY/3.1 too (`forward`).
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
@@ -152,10 +154,16 @@ impl Streams {
         if let Session::PortForward(forward) = exec {
             return port_forward(node, request, forward);
         }
+        if header("upgrade").eq_ignore_ascii_case("SPDY/3.1") {
+            return spdy_upgrade(node, request, exec);
+        }
         if !header("upgrade").eq_ignore_ascii_case("websocket") {
             return text(
                 StatusCode::BAD_REQUEST,
-                format!("berth's streaming server speaks WebSocket ({}); upgrade to it (SPDY/3.1 is not served yet)", PROTOCOLS.join(", ")),
+                format!(
+                    "berth's streaming server speaks WebSocket ({}) and SPDY/3.1 ({SPDY_PROTOCOL}); upgrade to one of them",
+                    PROTOCOLS.join(", ")
+                ),
             );
         }
         let offered = header("sec-websocket-protocol");
@@ -242,6 +250,264 @@ fn port_forward(
     headers.insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("Upgrade"));
     headers.insert("x-stream-protocol-version", hyper::header::HeaderValue::from_static(PROTOCOL));
     response
+}
+
+/// The remote command protocol over SPDY that berth speaks (`crictl exec` and `attach`
+/// use SPDY by default): the final status is a JSON `Status` on the error stream.
+const SPDY_PROTOCOL: &str = "v4.channel.k8s.io";
+
+/// How long a SPDY client has to open the streams its request needs.
+const STREAM_CREATION: Duration = Duration::from_secs(30);
+
+/// Exec or attach: the GET upgraded to SPDY/3.1 with `v4.channel.k8s.io`.
+fn spdy_upgrade(
+    node: Arc<Node>,
+    mut request: Request<hyper::body::Incoming>,
+    session: Session,
+) -> Response<Body> {
+    let text = |code: StatusCode, message: String| {
+        let mut response = Response::new(Full::new(Bytes::from(message)).boxed());
+        *response.status_mut() = code;
+        response
+    };
+    // The client names each protocol it speaks in a header of its own.
+    let offered: Vec<String> = request
+        .headers()
+        .get_all("x-stream-protocol-version")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|p| p.trim().to_owned()))
+        .collect();
+    if !offered.iter().any(|p| p == SPDY_PROTOCOL) {
+        return text(
+            StatusCode::FORBIDDEN,
+            format!(
+                "unable to upgrade: no common protocol: berth speaks {SPDY_PROTOCOL} over SPDY, the client offered {}",
+                offered.join(", ")
+            ),
+        );
+    }
+    let upgrade = hyper::upgrade::on(&mut request);
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => {
+                spdy_session(node, hyper_util::rt::TokioIo::new(upgraded), session).await
+            }
+            Err(err) => tracing::debug!("exec upgrade failed: {err}"),
+        }
+    });
+    let mut response = Response::new(Full::new(Bytes::new()).boxed());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(hyper::header::UPGRADE, hyper::header::HeaderValue::from_static("SPDY/3.1"));
+    headers.insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("Upgrade"));
+    headers.insert(
+        "x-stream-protocol-version",
+        hyper::header::HeaderValue::from_static(SPDY_PROTOCOL),
+    );
+    response
+}
+
+/// What goes on the SPDY connection, in order (replies share the header compression).
+enum Wire {
+    Reply(u32),
+    Raw(Vec<u8>),
+}
+
+/// The streams a remote command opens over SPDY, by their `streamtype`.
+#[derive(Default, Debug, Clone, Copy)]
+struct CommandStreams {
+    error: Option<u32>,
+    stdin: Option<u32>,
+    stdout: Option<u32>,
+    stderr: Option<u32>,
+    resize: Option<u32>,
+}
+
+/// One exec or attach over SPDY: the client opens its streams (error, then stdin, stdout,
+/// stderr or resize as the request asked), the command runs with them, and its status
+/// ends the error stream; every stream then ends (FIN) and the connection closes.
+async fn spdy_session<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    node: Arc<Node>,
+    io: S,
+    session: Session,
+) {
+    use crate::spdy::{self, Frame};
+    let (reader, mut writer) = tokio::io::split(io);
+    let (wire, mut wire_rx) = tokio::sync::mpsc::channel::<Wire>(64);
+    let writing = tokio::spawn(async move {
+        let mut compress = spdy::Writer::default();
+        while let Some(out) = wire_rx.recv().await {
+            let bytes = match out {
+                Wire::Reply(stream) => compress.syn_reply(stream, 0, &[]),
+                Wire::Raw(bytes) => bytes,
+            };
+            if writer.write_all(&bytes).await.is_err() || writer.flush().await.is_err() {
+                return;
+            }
+        }
+        let _ = writer.shutdown().await;
+    });
+    let (stdin, stdout, stderr, tty) = match &session {
+        Session::Exec(e) => (e.stdin, e.stdout, e.stderr, e.tty),
+        Session::Attach(a) => (a.stdin, a.stdout, a.stderr, a.tty),
+        Session::PortForward(_) => return,
+    };
+    let mut reader = spdy::Reader::new(reader);
+    let mut streams = CommandStreams::default();
+    let complete = |s: &CommandStreams| {
+        s.error.is_some()
+            && (!stdin || s.stdin.is_some())
+            && (!stdout || s.stdout.is_some())
+            && (!stderr || tty || s.stderr.is_some())
+            && (!tty || s.resize.is_some())
+    };
+    let deadline = tokio::time::Instant::now() + STREAM_CREATION;
+    while !complete(&streams) {
+        let frame = match tokio::time::timeout_at(deadline, reader.next()).await {
+            Ok(Ok(frame)) => frame,
+            _ => {
+                tracing::debug!("a SPDY exec client did not open its streams: {streams:?}");
+                let _ = wire.send(Wire::Raw(spdy::goaway(0))).await;
+                drop(wire);
+                let _ = writing.await;
+                return;
+            }
+        };
+        match frame {
+            Frame::SynStream { stream, headers, .. } => {
+                let kind = headers
+                    .iter()
+                    .find(|(k, _)| k == "streamtype")
+                    .map(|(_, v)| v.as_str())
+                    .unwrap_or("");
+                let slot = match kind {
+                    "error" => &mut streams.error,
+                    "stdin" => &mut streams.stdin,
+                    "stdout" => &mut streams.stdout,
+                    "stderr" => &mut streams.stderr,
+                    "resize" => &mut streams.resize,
+                    _ => {
+                        let _ = wire
+                            .send(Wire::Raw(spdy::rst_stream(stream, spdy::REFUSED_STREAM)))
+                            .await;
+                        continue;
+                    }
+                };
+                *slot = Some(stream);
+                let _ = wire.send(Wire::Reply(stream)).await;
+            }
+            Frame::Ping { id } => {
+                let _ = wire.send(Wire::Raw(spdy::ping(id))).await;
+            }
+            Frame::GoAway { .. } => {
+                drop(wire);
+                let _ = writing.await;
+                return;
+            }
+            _ => {}
+        }
+    }
+    // The client's frames as events.
+    let (event_tx, mut events) = tokio::sync::mpsc::channel::<Event>(64);
+    let pings = wire.clone();
+    let reading = tokio::spawn(async move {
+        let mut resize_buffer = Vec::new();
+        loop {
+            let Ok(frame) = reader.next().await else { return };
+            match frame {
+                Frame::Data { stream, flags, data } if Some(stream) == streams.stdin => {
+                    if !data.is_empty() && event_tx.send(Event::Stdin(data)).await.is_err() {
+                        return;
+                    }
+                    if flags & spdy::FLAG_FIN != 0
+                        && event_tx.send(Event::CloseStdin).await.is_err()
+                    {
+                        return;
+                    }
+                }
+                Frame::Data { stream, data, .. } if Some(stream) == streams.resize => {
+                    resize_buffer.extend_from_slice(&data);
+                    for (rows, cols) in take_sizes(&mut resize_buffer) {
+                        if event_tx.send(Event::Resize(rows, cols)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Frame::RstStream { stream, .. } if Some(stream) == streams.stdin => {
+                    let _ = event_tx.send(Event::CloseStdin).await;
+                }
+                Frame::Ping { id } => {
+                    let _ = pings.send(Wire::Raw(spdy::ping(id))).await;
+                }
+                Frame::GoAway { .. } => return,
+                _ => {}
+            }
+        }
+    });
+    // The command's output onto the streams.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Out>(64);
+    let framing = {
+        let wire = wire.clone();
+        tokio::spawn(async move {
+            let mut status_sent = false;
+            while let Some(out) = rx.recv().await {
+                let frame = match out {
+                    Out::Data(1, data) => streams.stdout.map(|s| spdy::data(s, 0, &data)),
+                    Out::Data(2, data) => streams.stderr.map(|s| spdy::data(s, 0, &data)),
+                    Out::Data(3, status) => {
+                        // Output first ends, then the status ends the error stream.
+                        for stream in [streams.stdout, streams.stderr].into_iter().flatten() {
+                            let _ =
+                                wire.send(Wire::Raw(spdy::data(stream, spdy::FLAG_FIN, &[]))).await;
+                        }
+                        status_sent = true;
+                        streams.error.map(|s| spdy::data(s, spdy::FLAG_FIN, &status))
+                    }
+                    _ => None,
+                };
+                if let Some(frame) = frame {
+                    if wire.send(Wire::Raw(frame)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            if !status_sent {
+                for stream in [streams.stdout, streams.stderr, streams.error].into_iter().flatten()
+                {
+                    let _ = wire.send(Wire::Raw(spdy::data(stream, spdy::FLAG_FIN, &[]))).await;
+                }
+            }
+        })
+    };
+    let status = match &session {
+        Session::Exec(exec) => run(node, exec, &tx, &mut events).await,
+        Session::Attach(attach) => join(node, attach, &tx, &mut events).await,
+        Session::PortForward(_) => String::new(),
+    };
+    let _ = tx.send(Out::Data(3, status.into_bytes())).await;
+    drop(tx);
+    let _ = framing.await;
+    reading.abort();
+    let _ = reading.await;
+    drop(wire);
+    let _ = writing.await;
+}
+
+/// Terminal sizes from the resize stream: JSON objects one after another, perhaps split
+/// across frames; what is not yet a whole object stays in the buffer.
+fn take_sizes(buffer: &mut Vec<u8>) -> Vec<(u16, u16)> {
+    let mut sizes = Vec::new();
+    let mut consumed = 0;
+    let mut objects = serde_json::Deserializer::from_slice(buffer).into_iter::<serde_json::Value>();
+    while let Some(Ok(value)) = objects.next() {
+        consumed = objects.byte_offset();
+        let rows = value["Height"].as_u64().and_then(|h| u16::try_from(h).ok()).unwrap_or(24);
+        let cols = value["Width"].as_u64().and_then(|w| u16::try_from(w).ok()).unwrap_or(80);
+        sizes.push((rows, cols));
+    }
+    buffer.drain(..consumed);
+    sizes
 }
 
 /// `Sec-WebSocket-Accept` for a client's key (RFC 6455 §4.2.2).
@@ -332,6 +598,46 @@ enum Out {
     Pong(Vec<u8>),
 }
 
+/// What the client sends, whatever carries it.
+enum Event {
+    Stdin(Vec<u8>),
+    CloseStdin,
+    Resize(u16, u16),
+}
+
+/// The WebSocket client's messages as events (pings answered here); the sender drops,
+/// ending the events, when the client closes or goes away.
+async fn websocket_events<R: AsyncRead + Unpin>(
+    mut reader: R,
+    events: tokio::sync::mpsc::Sender<Event>,
+    tx: tokio::sync::mpsc::Sender<Out>,
+    v5: bool,
+) {
+    loop {
+        let Ok((opcode, payload)) = read_message(&mut reader).await else { return };
+        let event = match opcode {
+            0x8 => return,
+            0x9 => {
+                let _ = tx.send(Out::Pong(payload)).await;
+                continue;
+            }
+            0x1 | 0x2 if !payload.is_empty() => match payload[0] {
+                0 => Event::Stdin(payload[1..].to_vec()),
+                4 => match terminal_size(&payload[1..]) {
+                    Some((rows, cols)) => Event::Resize(rows, cols),
+                    None => continue,
+                },
+                255 if v5 && payload.get(1) == Some(&0) => Event::CloseStdin,
+                _ => continue,
+            },
+            _ => continue,
+        };
+        if events.send(event).await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Where stdin goes.
 enum Input {
     Pipe(tokio::process::ChildStdin),
@@ -345,8 +651,9 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     session: Session,
     v5: bool,
 ) {
-    let (mut reader, mut writer) = tokio::io::split(io);
+    let (reader, mut writer) = tokio::io::split(io);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Out>(64);
+    let tx_for_pongs = tx.clone();
     let writer_task = tokio::spawn(async move {
         while let Some(out) = rx.recv().await {
             let written = match out {
@@ -365,11 +672,17 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         let _ = write_frame(&mut writer, 0x8, &1000u16.to_be_bytes()).await;
         let _ = writer.shutdown().await;
     });
+    let (event_tx, mut events) = tokio::sync::mpsc::channel::<Event>(64);
+    let reading =
+        tokio::spawn(async move { websocket_events(reader, event_tx, tx_for_pongs, v5).await });
     let status = match &session {
-        Session::Exec(exec) => run(node, exec, &tx, &mut reader, v5).await,
-        Session::Attach(attach) => join(node, attach, &tx, &mut reader, v5).await,
+        Session::Exec(exec) => run(node, exec, &tx, &mut events).await,
+        Session::Attach(attach) => join(node, attach, &tx, &mut events).await,
         Session::PortForward(_) => status_message(Err("port forwarding speaks SPDY".into())),
     };
+    // The reader holds a sender for its pongs: it goes first, so the writer can end.
+    reading.abort();
+    let _ = reading.await;
     let _ = tx.send(Out::Data(3, status.into_bytes())).await;
     drop(tx);
     let _ = writer_task.await;
@@ -390,12 +703,11 @@ fn status_message(code: Result<i32, String>) -> String {
     }
 }
 
-async fn run<R: AsyncRead + Unpin>(
+async fn run(
     node: Arc<Node>,
     exec: &ExecRequest,
     tx: &tokio::sync::mpsc::Sender<Out>,
-    reader: &mut R,
-    v5: bool,
+    events: &mut tokio::sync::mpsc::Receiver<Event>,
 ) -> String {
     if let Err(status) = node.running_container(&exec.container_id) {
         return status_message(Err(status.message().to_owned()));
@@ -499,39 +811,28 @@ async fn run<R: AsyncRead + Unpin>(
             }));
         }
     }
-    // The client's messages until the command ends.
+    // The client's input until the command ends.
     let code = loop {
         tokio::select! {
             status = child.wait() => break status.map_err(|e| e.to_string()),
-            message = read_message(reader) => {
-                let Ok((opcode, payload)) = message else {
-                    // The client went away: the command goes too.
+            event = events.recv() => match event {
+                // The client went away: the command goes too.
+                None => {
                     let _ = child.kill().await;
                     break child.wait().await.map_err(|e| e.to_string());
-                };
-                match opcode {
-                    0x8 => {
-                        let _ = child.kill().await;
-                        break child.wait().await.map_err(|e| e.to_string());
-                    }
-                    0x9 => { let _ = tx.send(Out::Pong(payload)).await; }
-                    0x1 | 0x2 if !payload.is_empty() => match payload[0] {
-                        0 => match &mut input {
-                            Input::Pipe(stdin) => { let _ = stdin.write_all(&payload[1..]).await; }
-                            Input::Pty(file) => { use std::io::Write; let _ = file.write_all(&payload[1..]); }
-                            Input::None => {}
-                        },
-                        4 => {
-                            if let (Some(fd), Some((rows, cols))) = (&master, terminal_size(&payload[1..])) {
-                                let _ = berth_sys::tty::set_window_size(fd.as_fd(), berth_sys::tty::WindowSize { rows, cols });
-                            }
-                        }
-                        255 if v5 && payload.get(1) == Some(&0) => input = Input::None,
-                        _ => {}
-                    },
-                    _ => {}
                 }
-            }
+                Some(Event::Stdin(data)) => match &mut input {
+                    Input::Pipe(stdin) => { let _ = stdin.write_all(&data).await; }
+                    Input::Pty(file) => { use std::io::Write; let _ = file.write_all(&data); }
+                    Input::None => {}
+                },
+                Some(Event::Resize(rows, cols)) => {
+                    if let Some(fd) = &master {
+                        let _ = berth_sys::tty::set_window_size(fd.as_fd(), berth_sys::tty::WindowSize { rows, cols });
+                    }
+                }
+                Some(Event::CloseStdin) => input = Input::None,
+            },
         }
     };
     drop(input);
@@ -559,12 +860,11 @@ fn terminal_size(payload: &[u8]) -> Option<(u16, u16)> {
 /// An attach: the container's own output to the client, the client's input and terminal
 /// sizes to the container, through its supervisor, until the container ends (Success) or
 /// the client leaves.
-async fn join<R: AsyncRead + Unpin>(
+async fn join(
     node: Arc<Node>,
     request: &AttachRequest,
     tx: &tokio::sync::mpsc::Sender<Out>,
-    reader: &mut R,
-    v5: bool,
+    events: &mut tokio::sync::mpsc::Receiver<Event>,
 ) -> String {
     use berth_task::shim::frame;
     let (id, stdin) = (request.container_id.clone(), request.stdin);
@@ -603,35 +903,21 @@ async fn join<R: AsyncRead + Unpin>(
     loop {
         tokio::select! {
             _ = &mut pump => break,
-            message = read_message(reader) => {
-                let Ok((opcode, payload)) = message else { break };
-                let to_send = match opcode {
-                    0x8 => break,
-                    0x9 => {
-                        let _ = tx.send(Out::Pong(payload)).await;
-                        None
+            event = events.recv() => {
+                let bytes: Vec<u8> = match event {
+                    None => break,
+                    // In frames the supervisor accepts (a message may be larger).
+                    Some(Event::Stdin(data)) => data
+                        .chunks(frame::MAX)
+                        .flat_map(|chunk| frame::encode(frame::STDIN, chunk))
+                        .collect(),
+                    Some(Event::Resize(rows, cols)) => {
+                        frame::encode(frame::RESIZE, &frame::size(rows, cols))
                     }
-                    0x1 | 0x2 if !payload.is_empty() => match payload[0] {
-                        // In frames the supervisor accepts (a message may be larger).
-                        0 => Some(
-                            payload[1..]
-                                .chunks(frame::MAX)
-                                .flat_map(|chunk| frame::encode(frame::STDIN, chunk))
-                                .collect(),
-                        ),
-                        4 => terminal_size(&payload[1..])
-                            .map(|(rows, cols)| frame::encode(frame::RESIZE, &frame::size(rows, cols))),
-                        255 if v5 && payload.get(1) == Some(&0) => {
-                            Some(frame::encode(frame::CLOSE_STDIN, &[]))
-                        }
-                        _ => None,
-                    },
-                    _ => None,
+                    Some(Event::CloseStdin) => frame::encode(frame::CLOSE_STDIN, &[]),
                 };
-                if let Some(bytes) = to_send {
-                    if to_task.write_all(&bytes).await.is_err() {
-                        break;
-                    }
+                if to_task.write_all(&bytes).await.is_err() {
+                    break;
                 }
             }
         }
@@ -643,6 +929,16 @@ async fn join<R: AsyncRead + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn terminal_sizes_are_whole_json_objects_across_frames() {
+        let mut buffer = br#"{"Width":80,"Height":24}{"Width":1"#.to_vec();
+        assert_eq!(take_sizes(&mut buffer), vec![(24, 80)]);
+        assert_eq!(buffer, br#"{"Width":1"#.to_vec());
+        buffer.extend_from_slice(br#"00,"Height":30}"#);
+        assert_eq!(take_sizes(&mut buffer), vec![(30, 100)]);
+        assert!(buffer.is_empty());
+    }
 
     #[test]
     fn the_accept_key_of_rfc_6455() {
