@@ -148,6 +148,7 @@ impl Host for Display<'_> {
         let options = PullOptions {
             client: crate::images::client_options(self.global, &reference.registry)
                 .map_err(|e| format!("{e:#}"))?,
+            mirrors: crate::images::mirrors(self.global).map_err(|e| format!("{e:#}"))?,
             ..PullOptions::default()
         };
         let pulled = berth_image::pull::pull(&self.store, &reference, &options, &Silent)

@@ -29,6 +29,15 @@ pub struct Global {
         value_delimiter = ','
     )]
     pub insecure_registries: Vec<String>,
+    /// Registry mirrors and per-host TLS and credentials, in k3s's registries.yaml shape
+    /// (for pulls by berth, its CRI and its node agent); a missing file is none.
+    #[arg(
+        long = "registries-config",
+        global = true,
+        env = "BERTH_REGISTRIES_CONFIG",
+        default_value = "/etc/berth/registries.yaml"
+    )]
+    pub registries_config: PathBuf,
     /// Log level: error, warn, info, debug.
     #[arg(long = "log-level", global = true, default_value = "warn")]
     pub log_level: String,

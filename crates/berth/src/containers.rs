@@ -840,6 +840,7 @@ fn ensure_image(global: &Global, options: &RunOptions, pull: &str) -> Result<()>
         let reference: berth_image::Reference = image.parse()?;
         let options = berth_image::pull::PullOptions {
             client: crate::images::client_options(global, &reference.registry)?,
+            mirrors: crate::images::mirrors(global)?,
             platform,
             ..berth_image::pull::PullOptions::default()
         };

@@ -26,6 +26,7 @@ pub fn cri(global: &Global, args: CriArgs) -> Result<i32> {
         cni_conf_dir: args.cni_conf_dir,
         exe: PathBuf::from("/proc/self/exe"),
         insecure_registries: global.insecure_registries.clone(),
+        registries_config: Some(global.registries_config.clone()),
     })
     .map_err(anyhow::Error::msg)
     .context("cannot open the CRI state")?;

@@ -197,6 +197,15 @@ pub fn open_store(global: &Global) -> Result<ImageStore> {
         .with_context(|| format!("cannot open the image store under {}", global.root.display()))
 }
 
+/// The mirrors and per-host settings of `--registries-config` (none when the file is
+/// missing; an unreadable or malformed one is an error naming it).
+pub fn mirrors(
+    global: &Global,
+) -> Result<Option<std::sync::Arc<berth_image::mirrors::Registries>>> {
+    let registries = berth_image::mirrors::Registries::load(&global.registries_config)?;
+    Ok((!registries.is_empty()).then(|| std::sync::Arc::new(registries)))
+}
+
 pub fn client_options(global: &Global, registry: &str) -> Result<ClientOptions> {
     let credentials = credentials::lookup(&credentials::default_path(), registry)?;
     Ok(ClientOptions { insecure: global.insecure_registries.clone(), credentials })
@@ -283,6 +292,7 @@ pub fn pull_image(
     let options = PullOptions {
         platform: parse_platform(platform)?,
         client: client_options(global, &reference.registry)?,
+        mirrors: mirrors(global)?,
         ..PullOptions::default()
     };
     if !quiet {

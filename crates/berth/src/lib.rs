@@ -47,6 +47,7 @@ pub fn main() -> i32 {
             init_logging(&cli::Global {
                 root: root.clone(),
                 insecure_registries: Vec::new(),
+                registries_config: Default::default(),
                 log_level: "info".into(),
                 debug: false,
             });

@@ -640,6 +640,7 @@ fn node_setup(
                 cni_conf_dir,
                 exe: PathBuf::from("/proc/self/exe"),
                 insecure_registries: global.insecure_registries.clone(),
+                registries_config: Some(global.registries_config.clone()),
             })
             .map_err(anyhow::Error::msg)
             .context("cannot open the CRI state")?;

@@ -25,6 +25,8 @@ const IMAGE: &str = "fixture:v1";
 struct Node {
     dir: tempfile::TempDir,
     server: Option<Child>,
+    /// Environment the server starts with.
+    env: Vec<(String, String)>,
 }
 
 impl Node {
@@ -36,7 +38,7 @@ impl Node {
         let up = Command::new("ip").args(["link", "set", "lo", "up"]).status().expect("ip");
         assert!(up.success());
         let dir = tempfile::Builder::new().prefix("berth-cri-").tempdir().expect("tempdir");
-        let node = Node { dir, server: None };
+        let node = Node { dir, server: None, env: Vec::new() };
         let layout = node.path("layout");
         berth_testkit::image::fixture_image(&layout, "v1").expect("fixture image");
         let tar = node.path("fixture.tar");
@@ -96,6 +98,7 @@ impl Node {
         let log = std::fs::File::create(self.path("cri.log")).unwrap();
         let child = Command::new(BERTH)
             .env("BERTH_ROOT", self.root())
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .arg("cri")
             .arg("--listen")
             .arg(format!("unix://{}", self.socket().display()))
@@ -1642,4 +1645,59 @@ async fn spdy_command_refused(url: &str) -> String {
     let mut answer = vec![0u8; 64];
     let n = socket.read(&mut answer).await.unwrap();
     String::from_utf8_lossy(&answer[..n]).lines().next().unwrap_or("").to_owned()
+}
+
+#[test]
+fn root_cri_pulls_go_to_mirrors_and_keep_the_asked_name() {
+    if !root_or_skip() {
+        return;
+    }
+    // The registry in the test's own network namespace, where the server will run.
+    let mut node = Node::new();
+    let registry = common::registry::Registry::start();
+    let layout = node.path("layout");
+    registry.skopeo_put(&format!("oci:{}:v1", layout.display()), "k8s/pause:3.10");
+    let config = node.path("registries.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "mirrors:\n  registry.k8s.io:\n    endpoint: [\"http://{}\"]\n    rewrite: {{\"^(.*)$\": \"k8s/$1\"}}\n",
+            registry.host()
+        ),
+    )
+    .unwrap();
+    node.env.push(("BERTH_REGISTRIES_CONFIG".into(), config.to_string_lossy().into_owned()));
+    node.start();
+    block_on(async {
+        let (_, mut images) = node.clients().await;
+        let name = "registry.k8s.io/pause:3.10";
+        let pulled = images
+            .pull_image(cri::PullImageRequest {
+                image: Some(cri::ImageSpec { image: name.into(), ..Default::default() }),
+                auth: None,
+                sandbox_config: None,
+            })
+            .await
+            .expect("pull through the mirror")
+            .into_inner();
+        let status = images
+            .image_status(cri::ImageStatusRequest {
+                image: Some(cri::ImageSpec { image: name.into(), ..Default::default() }),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .image
+            .expect("the image is there by its asked name");
+        assert_eq!(status.id, pulled.image_ref);
+        assert!(status.repo_tags.contains(&name.to_owned()), "{:?}", status.repo_tags);
+        let listed = images
+            .list_images(cri::ListImagesRequest { filter: None })
+            .await
+            .unwrap()
+            .into_inner()
+            .images;
+        assert!(listed.iter().any(|i| i.repo_tags.contains(&name.to_owned())), "{listed:?}");
+    });
 }

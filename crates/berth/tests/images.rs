@@ -882,3 +882,60 @@ fn root_run_and_create_pull_what_is_missing() {
         .unwrap();
     assert!(String::from_utf8_lossy(&output.stderr).contains("use missing, always or never"));
 }
+
+#[test]
+fn root_registries_yaml_sends_pulls_to_mirrors_and_keeps_names() {
+    if !root_or_skip() {
+        return;
+    }
+    let mirror = Registry::start_with_auth("mirror", "secret");
+    let berth = Berth::new();
+    let written = fixture(berth.dir.path());
+    let source = format!("oci:{}:v1", written.dir.display());
+    mirror.skopeo_put(&source, "library/fixture:v1");
+    mirror.skopeo_put(&source, "k8s/pause:3.10");
+    let config = berth.dir.path().join("registries.yaml");
+    // The first docker.io mirror is down: the next one serves. Nothing here reaches a
+    // registry off this machine (the mirror answers before the upstream is tried).
+    std::fs::write(
+        &config,
+        format!(
+            "mirrors:\n  docker.io:\n    endpoint:\n      - \"http://127.0.0.1:1\"\n      - \"http://{host}\"\n  \
+             registry.k8s.io:\n    endpoint: [\"http://{host}\"]\n    rewrite:\n      \"^(.*)$\": \"k8s/$1\"\n  \
+             \"127.0.0.1:9\":\n    endpoint: [\"http://{host}\"]\nconfigs:\n  \"{host}\":\n    auth: {{username: mirror, password: secret}}\n",
+            host = mirror.host()
+        ),
+    )
+    .unwrap();
+    let with_mirrors = |args: &[&str]| {
+        let mut all = vec!["--registries-config", config.to_str().unwrap()];
+        all.extend_from_slice(args);
+        berth.run(&all)
+    };
+    for name in ["docker.io/library/fixture:v1", "registry.k8s.io/pause:3.10"] {
+        let pulled = with_mirrors(&["pull", name]);
+        assert!(pulled.status.success(), "{name}: {}", String::from_utf8_lossy(&pulled.stderr));
+    }
+    // The images keep the names they were asked by.
+    let listed = berth.ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
+    assert!(listed.contains("registry.k8s.io/pause:3.10"), "{listed}");
+    assert!(
+        listed.lines().any(|l| l == "fixture:v1" || l == "docker.io/library/fixture:v1"),
+        "{listed}"
+    );
+    // Without the file the same names are not pulled from the mirror.
+    let err = berth.fails(&["pull", "127.0.0.1:9/k8s/pause:3.10"]);
+    assert!(err.contains("127.0.0.1:9"), "{err}");
+    // A repository the mirror lacks: the mirror's answer and the registry's both told.
+    let out = with_mirrors(&["pull", "127.0.0.1:9/missing:v1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("mirrors failed first"), "{err}");
+    // A malformed file is named, with what is wrong.
+    std::fs::write(&config, "mirrors:\n  docker.io:\n    endpoint: [\"ftp://x\"]\n").unwrap();
+    let out = with_mirrors(&["pull", "docker.io/library/fixture:v1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("registries.yaml") && err.contains("http://"),
+        "{err}"
+    );
+}

@@ -47,6 +47,8 @@ pub struct Config {
     pub exe: PathBuf,
     /// Registries reached over plain HTTP.
     pub insecure_registries: Vec<String>,
+    /// `registries.yaml` (mirrors, per-host TLS and credentials), read at each pull.
+    pub registries_config: Option<PathBuf>,
 }
 
 /// A pod sandbox as recorded.
@@ -1296,11 +1298,19 @@ impl Node {
                 None
             }
         });
+        let mirrors = match &self.config.registries_config {
+            Some(path) => Some(Arc::new(
+                berth_image::mirrors::Registries::load(path)
+                    .map_err(|e| Status::failed_precondition(e.to_string()))?,
+            )),
+            None => None,
+        };
         let options = berth_image::pull::PullOptions {
             client: berth_image::registry::ClientOptions {
                 insecure: self.config.insecure_registries.clone(),
                 credentials,
             },
+            mirrors,
             ..Default::default()
         };
         let pulled = berth_image::pull::pull(

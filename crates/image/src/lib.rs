@@ -15,6 +15,7 @@ pub mod digest;
 mod error;
 pub mod manifest;
 pub mod meta;
+pub mod mirrors;
 pub mod progress;
 pub mod pull;
 pub mod push;

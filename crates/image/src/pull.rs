@@ -45,12 +45,79 @@ pub struct PullOptions {
     pub client: ClientOptions,
     /// Layers transferred at once.
     pub parallel: usize,
+    /// Mirrors and per-host settings (`registries.yaml`).
+    pub mirrors: Option<std::sync::Arc<crate::mirrors::Registries>>,
 }
 
 impl Default for PullOptions {
     fn default() -> PullOptions {
-        PullOptions { platform: None, client: ClientOptions::default(), parallel: 6 }
+        PullOptions { platform: None, client: ClientOptions::default(), parallel: 6, mirrors: None }
     }
+}
+
+/// A manifest as a registry answers it: bytes, declared media type, digest.
+type Served = (Vec<u8>, Option<String>, crate::digest::Digest);
+
+/// The first endpoint that serves the manifest: a client of it, the repository there, and
+/// the manifest (bytes, media type, digest). Mirrors that fail are passed over for the
+/// next (the registry itself last); the error is the last endpoint's, naming the others.
+fn first_serving(
+    reference: &Reference,
+    options: &PullOptions,
+) -> Result<(RegistryClient, String, Served)> {
+    let Some(mirrors) = options.mirrors.as_ref().filter(|m| !m.is_empty()) else {
+        let client = RegistryClient::new(&reference.registry, &options.client);
+        let manifest = client.manifest(&reference.repository, &reference.object())?;
+        return Ok((client, reference.repository.clone(), manifest));
+    };
+    let plain = crate::registry::is_loopback(&reference.registry)
+        || options.client.insecure.iter().any(|r| r == &reference.registry);
+    let mut passed = Vec::new();
+    let endpoints = mirrors.endpoints(&reference.registry, &reference.repository, plain);
+    let count = endpoints.len();
+    for (i, endpoint) in endpoints.into_iter().enumerate() {
+        let mut client_options = options.client.clone();
+        // Credentials the caller has for the image's registry are for it only; a mirror's
+        // come from registries.yaml.
+        if !endpoint.upstream || client_options.credentials.is_none() {
+            if let Some(credentials) = mirrors.credentials(&endpoint.host) {
+                client_options.credentials = Some(credentials);
+            } else if !endpoint.upstream {
+                client_options.credentials = None;
+            }
+        }
+        let attempt = RegistryClient::at(&endpoint, &client_options, mirrors.tls(&endpoint.host))
+            .and_then(|client| {
+                let manifest = client.manifest(&endpoint.repository, &reference.object())?;
+                Ok((client, endpoint.repository.clone(), manifest))
+            });
+        match attempt {
+            Ok(found) => {
+                if !passed.is_empty() {
+                    tracing::info!(
+                        "{reference}: served by {} after {}",
+                        endpoint.base,
+                        passed.join("; ")
+                    );
+                }
+                return Ok(found);
+            }
+            Err(err) if i + 1 < count => {
+                tracing::debug!("{reference}: mirror {} failed: {err}", endpoint.base);
+                passed.push(format!("{}: {err}", endpoint.base));
+            }
+            Err(err) => {
+                if passed.is_empty() {
+                    return Err(err);
+                }
+                return Err(Error::Registry {
+                    registry: reference.registry.clone(),
+                    message: format!("{err} (the mirrors failed first: {})", passed.join("; ")),
+                });
+            }
+        }
+    }
+    Err(Error::Registry { registry: reference.registry.clone(), message: "no endpoint".into() })
 }
 
 #[derive(Debug, Clone)]
@@ -98,9 +165,8 @@ pub fn pull(
     progress: &dyn Progress,
 ) -> Result<Pulled> {
     let _writing = store.writing()?;
-    let client = RegistryClient::new(&reference.registry, &options.client);
-    let repository = reference.repository.as_str();
-    let (bytes, media_type, digest) = client.manifest(repository, &reference.object())?;
+    let (client, repository, (bytes, media_type, digest)) = first_serving(reference, options)?;
+    let repository = repository.as_str();
     let (document, media_type) =
         parse_document(&bytes, media_type.as_deref(), &digest.to_string())?;
     let pulled_digest = digest.clone();

@@ -56,6 +56,9 @@ pub struct RegistryClient {
     credentials: Option<Credentials>,
     auth: Mutex<Auth>,
     tokens: Mutex<HashMap<String, String>>,
+    /// How often a request that found no server is tried: once for a mirror, which has
+    /// the next endpoint behind it.
+    connect_attempts: u32,
 }
 
 /// One response, with the status checked by the caller.
@@ -154,7 +157,70 @@ impl RegistryClient {
         let host = if registry == DOCKER_HUB { "registry-1.docker.io" } else { registry };
         let plain = is_loopback(registry) || options.insecure.iter().any(|r| r == registry);
         let base = format!("{}://{host}", if plain { "http" } else { "https" });
+        RegistryClient::with_agent(registry, base, options, ureq::tls::TlsConfig::default())
+    }
+
+    /// A client of one endpoint of a registry (a mirror, or the registry itself), with the
+    /// TLS settings `registries.yaml` gives its host.
+    pub fn at(
+        endpoint: &crate::mirrors::Endpoint,
+        options: &ClientOptions,
+        tls: Option<&crate::mirrors::HostTls>,
+    ) -> Result<RegistryClient> {
+        let mut config = ureq::tls::TlsConfig::builder();
+        if let Some(tls) = tls {
+            let fail = |what: &str, path: &std::path::Path, err: String| Error::Registry {
+                registry: endpoint.host.clone(),
+                message: format!("registries.yaml: {what} {}: {err}", path.display()),
+            };
+            if let Some(path) = &tls.ca_file {
+                let pem = std::fs::read(path).map_err(|e| fail("ca_file", path, e.to_string()))?;
+                let certs: Vec<ureq::tls::Certificate<'static>> = ureq::tls::parse_pem(&pem)
+                    .filter_map(|item| match item {
+                        Ok(ureq::tls::PemItem::Certificate(cert)) => Some(cert),
+                        _ => None,
+                    })
+                    .collect();
+                if certs.is_empty() {
+                    return Err(fail("ca_file", path, "no PEM certificate in it".into()));
+                }
+                config = config.root_certs(ureq::tls::RootCerts::new_with_certs(&certs));
+            }
+            if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
+                let chain_pem =
+                    std::fs::read(cert).map_err(|e| fail("cert_file", cert, e.to_string()))?;
+                let key_pem =
+                    std::fs::read(key).map_err(|e| fail("key_file", key, e.to_string()))?;
+                let chain: Vec<ureq::tls::Certificate<'static>> = ureq::tls::parse_pem(&chain_pem)
+                    .filter_map(|item| match item {
+                        Ok(ureq::tls::PemItem::Certificate(cert)) => Some(cert),
+                        _ => None,
+                    })
+                    .collect();
+                let key = ureq::tls::PrivateKey::from_pem(&key_pem)
+                    .map_err(|e| fail("key_file", key, e.to_string()))?
+                    .to_owned();
+                config =
+                    config.client_cert(Some(ureq::tls::ClientCert::new_with_certs(&chain, key)));
+            }
+            config = config.disable_verification(tls.insecure_skip_verify);
+        }
+        Ok(RegistryClient::with_agent(
+            &endpoint.host,
+            endpoint.base.clone(),
+            options,
+            config.build(),
+        ))
+    }
+
+    fn with_agent(
+        registry: &str,
+        base: String,
+        options: &ClientOptions,
+        tls: ureq::tls::TlsConfig,
+    ) -> RegistryClient {
         let agent = ureq::Agent::config_builder()
+            .tls_config(tls)
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(30)))
             .timeout_recv_response(Some(Duration::from_secs(120)))
@@ -170,6 +236,7 @@ impl RegistryClient {
             credentials: options.credentials.clone(),
             auth: Mutex::new(Auth::None),
             tokens: Mutex::new(HashMap::new()),
+            connect_attempts: ATTEMPTS,
         }
     }
 
@@ -321,7 +388,7 @@ impl RegistryClient {
                     std::thread::sleep(Duration::from_millis(200 << attempt));
                 }
                 Ok(response) => return Ok(response),
-                Err(err) if idempotent && attempt < ATTEMPTS => {
+                Err(err) if idempotent && attempt < self.connect_attempts => {
                     tracing::debug!(registry = %self.registry, attempt, "retrying after {err}");
                     std::thread::sleep(Duration::from_millis(200 << attempt));
                 }

@@ -108,6 +108,7 @@ pub(super) fn pull(global: &Arc<Global>, q: &BTreeMap<String, String>) -> Reply 
     let options = berth_image::pull::PullOptions {
         platform,
         client: client_options(global, &reference.registry, q)?,
+        mirrors: crate::images::mirrors(global)?,
         ..Default::default()
     };
     let store = crate::images::open_store(global)?;
