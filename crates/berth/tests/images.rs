@@ -939,3 +939,120 @@ fn root_registries_yaml_sends_pulls_to_mirrors_and_keeps_names() {
         "{err}"
     );
 }
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let output = Command::new("openssl").current_dir(dir).args(args).output().expect("openssl");
+    assert!(
+        output.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn root_registries_yaml_trusts_a_mirrors_certificate_authority() {
+    if !root_or_skip() {
+        return;
+    }
+    let berth = Berth::new();
+    let pki = berth.dir.path().join("pki");
+    std::fs::create_dir_all(&pki).unwrap();
+    openssl(
+        &pki,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=berth-test-ca",
+        ],
+    );
+    openssl(
+        &pki,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    );
+    std::fs::write(pki.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(
+        &pki,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ],
+    );
+    let mirror = Registry::start_with_tls(&pki.join("server.pem"), &pki.join("server.key"));
+    let written = fixture(berth.dir.path());
+    mirror.skopeo_put(&format!("oci:{}:v1", written.dir.display()), "mirrored/app:v1");
+    // The image names a loopback registry nothing serves, so no pull leaves this machine.
+    let config = berth.dir.path().join("registries.yaml");
+    let write = |configs: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "mirrors:\n  \"127.0.0.1:9\":\n    endpoint: [\"https://{}\"]\n{configs}",
+                mirror.host()
+            ),
+        )
+        .unwrap()
+    };
+    let pull = || {
+        berth.run(&[
+            "--registries-config",
+            config.to_str().unwrap(),
+            "pull",
+            "127.0.0.1:9/mirrored/app:v1",
+        ])
+    };
+    // Unknown authority: refused, and said so.
+    write("");
+    let out = pull();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.to_lowercase().contains("certificate"), "{err}");
+    // Its CA given: pulled over HTTPS.
+    write(&format!(
+        "configs:\n  \"{}\":\n    tls: {{ca_file: {}}}\n",
+        mirror.host(),
+        pki.join("ca.pem").display()
+    ));
+    let out = pull();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    berth.ok(&["rmi", "127.0.0.1:9/mirrored/app:v1"]);
+    // Or verification switched off for that host.
+    write(&format!(
+        "configs:\n  \"{}\":\n    tls: {{insecure_skip_verify: true}}\n",
+        mirror.host()
+    ));
+    let out = pull();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

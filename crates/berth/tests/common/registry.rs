@@ -19,14 +19,22 @@ fn free_port() -> u16 {
 
 impl Registry {
     pub fn start() -> Registry {
-        Registry::start_with(None)
+        Registry::start_with(None, None)
     }
 
     pub fn start_with_auth(user: &str, password: &str) -> Registry {
-        Registry::start_with(Some((user.to_owned(), password.to_owned())))
+        Registry::start_with(Some((user.to_owned(), password.to_owned())), None)
     }
 
-    fn start_with(credentials: Option<(String, String)>) -> Registry {
+    /// A registry serving HTTPS with this certificate and key (PEM files).
+    pub fn start_with_tls(certificate: &Path, key: &Path) -> Registry {
+        Registry::start_with(None, Some((certificate.to_owned(), key.to_owned())))
+    }
+
+    fn start_with(
+        credentials: Option<(String, String)>,
+        tls: Option<(PathBuf, PathBuf)>,
+    ) -> Registry {
         assert!(
             Path::new("/usr/bin/docker-registry").exists(),
             "install docker-registry (scripts/deps does)"
@@ -46,10 +54,18 @@ impl Registry {
                 dir.path().join("htpasswd").display()
             );
         }
+        let tls_config = match &tls {
+            Some((certificate, key)) => format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                certificate.display(),
+                key.display()
+            ),
+            None => String::new(),
+        };
         for attempt in 0..5 {
             let port = free_port();
             let config = format!(
-                "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}",
+                "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{tls_config}{auth}",
                 dir.path().join("data").display()
             );
             std::fs::write(dir.path().join("config.yml"), config).expect("config");
@@ -65,6 +81,13 @@ impl Registry {
             while Instant::now() < deadline {
                 // Ours answers as a registry; something else that took the port meanwhile
                 // (another test's server) does not, and ours has exited.
+                if tls.is_some() && TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    // HTTPS: listening, and still ours (alive) a moment later, is enough.
+                    std::thread::sleep(Duration::from_millis(100));
+                    if let Ok(None) = registry.child.try_wait() {
+                        return registry;
+                    }
+                }
                 if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) {
                     use std::io::{Read, Write};
                     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
