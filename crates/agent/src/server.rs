@@ -642,7 +642,12 @@ async fn relay(mut request: Request<hyper::body::Incoming>, url: &str) -> Respon
     tokio::spawn(async move {
         let _ = connection.with_upgrades().await;
     });
-    let mut upstream = Request::get(uri.path()).header(hyper::header::HOST, address.as_str());
+    // The client's query goes along: a WebSocket port-forward names its ports there.
+    let target = match request.uri().query() {
+        Some(query) if !query.is_empty() => format!("{}?{query}", uri.path()),
+        _ => uri.path().to_owned(),
+    };
+    let mut upstream = Request::get(target).header(hyper::header::HOST, address.as_str());
     for (name, value) in request.headers() {
         let lower = name.as_str();
         if lower.starts_with("sec-websocket-")

@@ -836,6 +836,34 @@ spec:
     let forwarded = forward.wait_with_output().unwrap();
     let errors = String::from_utf8_lossy(&forwarded.stderr);
     assert!(errors.contains("error forwarding port 9 to pod"), "{errors}");
+    // The Python client's port-forward: a WebSocket (v4.channel.k8s.io) through the API
+    // server and the agent to the runtime's streaming server.
+    let script = format!(
+        "from kubernetes import client, config\n\
+         from kubernetes.stream import portforward\n\
+         config.load_kube_config({kubeconfig:?})\n\
+         api = client.CoreV1Api()\n\
+         pf = portforward(api.connect_get_namespaced_pod_portforward, 'probed', 'default', ports='8081')\n\
+         sock = pf.socket(8081)\n\
+         sock.setblocking(True)\n\
+         sock.sendall(b'GET /index.html HTTP/1.0\\r\\n\\r\\n')\n\
+         data = b''\n\
+         while not data.endswith(b'ok\\n'):\n\
+         \x20   chunk = sock.recv(4096)\n\
+         \x20   if not chunk: break\n\
+         \x20   data += chunk\n\
+         print(data.decode())\n\
+         pf.close()\n",
+        kubeconfig = kubeconfig.to_string_lossy()
+    );
+    let python = common::python::python_with_client();
+    let ran = Command::new(python).args(["-c", &script]).output().unwrap();
+    let said = String::from_utf8_lossy(&ran.stdout);
+    assert!(
+        ran.status.success() && said.starts_with("HTTP/1.") && said.trim_end().ends_with("ok"),
+        "python port-forward: {said}{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
     let restarted = cluster.until(
         "the liveness probe restarts slow",
         &["get", "pod", "probed", "-o", "json"],

@@ -1701,3 +1701,144 @@ fn root_cri_pulls_go_to_mirrors_and_keep_the_asked_name() {
         assert!(listed.iter().any(|i| i.repo_tags.contains(&name.to_owned())), "{listed:?}");
     });
 }
+
+/// A WebSocket client of the streaming server (RFC 6455 by hand: masked client frames),
+/// speaking `v4.channel.k8s.io` as the Python client's port-forward does.
+struct WsClient {
+    socket: tokio::net::TcpStream,
+}
+
+impl WsClient {
+    async fn connect(url: &str, query: &str) -> WsClient {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let rest = url.strip_prefix("http://").unwrap();
+        let (host, path) = rest.split_once('/').unwrap();
+        let mut socket = tokio::net::TcpStream::connect(host).await.unwrap();
+        socket
+            .write_all(
+                format!(
+                    "GET /{path}?{query} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+                     Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+                     Sec-WebSocket-Protocol: v4.channel.k8s.io\r\n\r\n"
+                )
+                .as_bytes(),
+            )
+            .await
+            .unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            socket.read_exact(&mut byte).await.unwrap();
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 101"), "{head}");
+        assert!(head.contains("sec-websocket-protocol: v4.channel.k8s.io"), "{head}");
+        WsClient { socket }
+    }
+
+    async fn send(&mut self, channel: u8, data: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        let mut payload = vec![channel];
+        payload.extend_from_slice(data);
+        assert!(payload.len() < 126);
+        let mask = [7u8, 21, 42, 99];
+        let mut frame = vec![0x82, 0x80 | payload.len() as u8];
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        self.socket.write_all(&frame).await.unwrap();
+    }
+
+    /// The next data message: (channel, bytes).
+    async fn next(&mut self) -> (u8, Vec<u8>) {
+        use tokio::io::AsyncReadExt;
+        loop {
+            let mut head = [0u8; 2];
+            self.socket.read_exact(&mut head).await.unwrap();
+            let mut length = u64::from(head[1] & 0x7f);
+            if length == 126 {
+                let mut ext = [0u8; 2];
+                self.socket.read_exact(&mut ext).await.unwrap();
+                length = u64::from(u16::from_be_bytes(ext));
+            } else if length == 127 {
+                let mut ext = [0u8; 8];
+                self.socket.read_exact(&mut ext).await.unwrap();
+                length = u64::from_be_bytes(ext);
+            }
+            let mut payload = vec![0u8; length as usize];
+            self.socket.read_exact(&mut payload).await.unwrap();
+            if head[0] & 0x0f == 0x2 && !payload.is_empty() {
+                return (payload[0], payload[1..].to_vec());
+            }
+        }
+    }
+}
+
+#[test]
+fn root_port_forward_speaks_websocket_channels_too() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut node = Node::new();
+    node.start();
+    block_on(async {
+        let (mut rt, _) = node.clients().await;
+        let pod = sandbox_config(&node, "wsforward");
+        let sandbox = run_sandbox(&mut rt, &pod).await;
+        let server = run_container(
+            &mut rt,
+            &sandbox,
+            &pod,
+            container_config("server", "while true; do echo pong | nc -l -p 8080; done"),
+        )
+        .await;
+        wait_state(&mut rt, &server, cri::ContainerState::ContainerRunning).await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let url = rt
+                .port_forward(cri::PortForwardRequest {
+                    pod_sandbox_id: sandbox.clone(),
+                    port: vec![],
+                })
+                .await
+                .expect("portforward")
+                .into_inner()
+                .url;
+            let mut client = WsClient::connect(&url, "port=8080&port=9").await;
+            // Every channel first says its port (little-endian).
+            let mut firsts = Vec::new();
+            for _ in 0..4 {
+                firsts.push(client.next().await);
+            }
+            firsts.sort();
+            assert_eq!(
+                firsts,
+                vec![
+                    (0, 8080u16.to_le_bytes().to_vec()),
+                    (1, 8080u16.to_le_bytes().to_vec()),
+                    (2, 9u16.to_le_bytes().to_vec()),
+                    (3, 9u16.to_le_bytes().to_vec())
+                ]
+            );
+            client.send(0, b"ping\n").await;
+            let mut got = Vec::new();
+            let mut refused = String::new();
+            let read = async {
+                while !got.ends_with(b"pong\n") || refused.is_empty() {
+                    let (channel, data) = client.next().await;
+                    match channel {
+                        0 => got.extend_from_slice(&data),
+                        3 => refused.push_str(&String::from_utf8_lossy(&data)),
+                        _ => {}
+                    }
+                }
+            };
+            if tokio::time::timeout(Duration::from_secs(5), read).await.is_ok() {
+                assert!(refused.contains("failed to connect to localhost:9"), "{refused}");
+                break;
+            }
+            // The server may not listen yet: a new URL and another try.
+            assert!(Instant::now() < deadline, "no pong through the WebSocket forward");
+        }
+    });
+}

@@ -6,38 +6,14 @@
 
 #![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)] // test code: failing loudly is the point
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BERTH: &str = env!("CARGO_BIN_EXE_berth");
-const CLIENT_VERSION: &str = "32.0.1";
+mod common;
 
-/// A virtual environment with the client, made once and kept.
-fn python_with_client() -> PathBuf {
-    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target");
-    let venv = target.join(format!("python-kubernetes-{CLIENT_VERSION}"));
-    let python = venv.join("bin/python");
-    let marker = venv.join(".installed");
-    if marker.exists() {
-        return python;
-    }
-    std::fs::create_dir_all(&target).unwrap();
-    // The only test in this binary makes it; an interrupted attempt is simply redone.
-    {
-        let made =
-            Command::new("/usr/bin/python3").args(["-m", "venv"]).arg(&venv).status().unwrap();
-        assert!(made.success(), "python3 -m venv failed: apt-get install python3-venv");
-        let installed = Command::new(&python)
-            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
-            .arg(format!("kubernetes=={CLIENT_VERSION}"))
-            .status()
-            .unwrap();
-        assert!(installed.success(), "pip install kubernetes=={CLIENT_VERSION} failed");
-        std::fs::write(&marker, "").unwrap();
-    }
-    python
-}
+use common::python::python_with_client;
 
 #[test]
 fn the_python_client_drives_the_api() {

@@ -214,7 +214,10 @@ async fn forward(
 /// A connection to `port` on the loopback address of a network namespace (the host's
 /// when there is none), IPv4 first, then IPv6. The socket belongs to the namespace it was
 /// made in, whichever thread uses it later.
-async fn connect(netns: Option<PathBuf>, port: u16) -> std::io::Result<tokio::net::TcpStream> {
+pub(crate) async fn connect(
+    netns: Option<PathBuf>,
+    port: u16,
+) -> std::io::Result<tokio::net::TcpStream> {
     let made = tokio::task::spawn_blocking(move || {
         // A thread of its own joins the namespace and ends with the connection made.
         std::thread::spawn(move || -> std::io::Result<std::net::TcpStream> {

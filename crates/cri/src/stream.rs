@@ -152,6 +152,9 @@ impl Streams {
             request.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned()
         };
         if let Session::PortForward(forward) = exec {
+            if header("upgrade").eq_ignore_ascii_case("websocket") {
+                return websocket_port_forward(node, request, forward);
+            }
             return port_forward(node, request, forward);
         }
         if header("upgrade").eq_ignore_ascii_case("SPDY/3.1") {
@@ -508,6 +511,179 @@ fn take_sizes(buffer: &mut Vec<u8>) -> Vec<(u16, u16)> {
     }
     buffer.drain(..consumed);
     sizes
+}
+
+/// Port forwarding over WebSocket, as the kubelet serves it to clients that ask for it
+/// (the Python client does): the ports are the query's `port` (or `ports`) values, each
+/// port has a data channel (2i) and an error channel (2i+1) of `v4.channel.k8s.io`, and
+/// each channel's first message is its port number (two bytes, little-endian). kubectl's
+/// SPDY-in-WebSocket tunnel (`SPDY/3.1+portforward.k8s.io`) is refused, so it falls back
+/// to SPDY, which is served.
+fn websocket_port_forward(
+    node: Arc<Node>,
+    mut request: Request<hyper::body::Incoming>,
+    forward: crate::forward::ForwardRequest,
+) -> Response<Body> {
+    let text = |code: StatusCode, message: String| {
+        let mut response = Response::new(Full::new(Bytes::from(message)).boxed());
+        *response.status_mut() = code;
+        response
+    };
+    let header = |name: &str| {
+        request.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned()
+    };
+    let offered = header("sec-websocket-protocol");
+    if !offered.split(',').any(|p| p.trim() == "v4.channel.k8s.io") {
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!("port forwarding over WebSocket speaks v4.channel.k8s.io (offered: {offered:?}); or upgrade to SPDY/3.1"),
+        );
+    }
+    let key = header("sec-websocket-key");
+    if key.is_empty() {
+        return text(StatusCode::BAD_REQUEST, "Sec-WebSocket-Key is missing".into());
+    }
+    let mut ports = Vec::new();
+    for pair in request.uri().query().unwrap_or("").split('&') {
+        let Some((name, value)) = pair.split_once('=') else { continue };
+        if name != "port" && name != "ports" {
+            continue;
+        }
+        for value in value.split([',', ' ']).filter(|v| !v.is_empty()) {
+            match value.parse::<u16>() {
+                Ok(port) if port > 0 => ports.push(port),
+                _ => return text(StatusCode::BAD_REQUEST, format!("{value:?} is not a port")),
+            }
+        }
+    }
+    if ports.is_empty() || ports.len() > 64 {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "port forwarding over WebSocket needs the ports in the query (?port=8080)".into(),
+        );
+    }
+    let upgrade = hyper::upgrade::on(&mut request);
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => {
+                forward_channels(node, hyper_util::rt::TokioIo::new(upgraded), forward, ports).await
+            }
+            Err(err) => tracing::debug!("port-forward upgrade failed: {err}"),
+        }
+    });
+    let mut response = Response::new(Full::new(Bytes::new()).boxed());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(hyper::header::UPGRADE, hyper::header::HeaderValue::from_static("websocket"));
+    headers.insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("Upgrade"));
+    if let Ok(value) = hyper::header::HeaderValue::from_str(&accept_key(&key)) {
+        headers.insert("sec-websocket-accept", value);
+    }
+    headers.insert(
+        "sec-websocket-protocol",
+        hyper::header::HeaderValue::from_static("v4.channel.k8s.io"),
+    );
+    response
+}
+
+async fn forward_channels<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    node: Arc<Node>,
+    io: S,
+    request: crate::forward::ForwardRequest,
+    ports: Vec<u16>,
+) {
+    let (mut reader, mut writer) = tokio::io::split(io);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Out>(64);
+    let writer_task = tokio::spawn(async move {
+        while let Some(out) = rx.recv().await {
+            let written = match out {
+                Out::Data(channel, data) => {
+                    let mut payload = Vec::with_capacity(data.len() + 1);
+                    payload.push(channel);
+                    payload.extend_from_slice(&data);
+                    write_frame(&mut writer, 0x2, &payload).await
+                }
+                Out::Pong(data) => write_frame(&mut writer, 0xA, &data).await,
+            };
+            if written.is_err() {
+                return;
+            }
+        }
+        let _ = write_frame(&mut writer, 0x8, &1000u16.to_be_bytes()).await;
+        let _ = writer.shutdown().await;
+    });
+    // A sandbox that is gone ends the session: never the host's loopback in its place.
+    let netns = match node.sandbox(&request.sandbox_id) {
+        Ok(sandbox) => sandbox.namespaces.net,
+        Err(_) => {
+            drop(tx);
+            let _ = writer_task.await;
+            return;
+        }
+    };
+    let mut inputs = Vec::new();
+    let mut tasks = Vec::new();
+    for (i, port) in ports.iter().copied().enumerate() {
+        let (data, error) = ((2 * i) as u8, (2 * i + 1) as u8);
+        for channel in [data, error] {
+            let _ = tx.send(Out::Data(channel, port.to_le_bytes().to_vec())).await;
+        }
+        let (input, mut received) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
+        inputs.push(input);
+        let (tx, netns, sandbox) = (tx.clone(), netns.clone(), request.sandbox_id.clone());
+        tasks.push(tokio::spawn(async move {
+            let socket = match crate::forward::connect(netns, port).await {
+                Ok(socket) => socket,
+                Err(err) => {
+                    let message = format!("error forwarding port {port} to pod {sandbox}: failed to connect to localhost:{port} inside the pod's network namespace: {err}");
+                    let _ = tx.send(Out::Data(error, message.into_bytes())).await;
+                    return;
+                }
+            };
+            let (mut from_pod, mut to_pod) = socket.into_split();
+            let out = tx.clone();
+            let upstream = tokio::spawn(async move {
+                let mut buffer = vec![0u8; 32 * 1024];
+                while let Ok(n) = from_pod.read(&mut buffer).await {
+                    if n == 0 || out.send(Out::Data(data, buffer[..n].to_vec())).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            while let Some(chunk) = received.recv().await {
+                if to_pod.write_all(&chunk).await.is_err() {
+                    break;
+                }
+            }
+            let _ = to_pod.shutdown().await;
+            let _ = upstream.await;
+        }));
+    }
+    loop {
+        let Ok((opcode, payload)) = read_message(&mut reader).await else { break };
+        match opcode {
+            0x8 => break,
+            0x9 => {
+                let _ = tx.send(Out::Pong(payload)).await;
+            }
+            0x1 | 0x2 if !payload.is_empty() => {
+                let channel = usize::from(payload[0]);
+                // Data channels carry the client's bytes; error channels nothing.
+                if channel % 2 == 0 {
+                    if let Some(input) = inputs.get(channel / 2) {
+                        let _ = input.send(payload[1..].to_vec()).await;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    drop(inputs);
+    for task in tasks {
+        task.abort();
+    }
+    drop(tx);
+    let _ = writer_task.await;
 }
 
 /// `Sec-WebSocket-Accept` for a client's key (RFC 6455 §4.2.2).

@@ -12,6 +12,10 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use crate::digest::Digest;
 use crate::{Error, Result};
 
+/// The schema's version in `PRAGMA user_version`; raise it with every change to SCHEMA
+/// (whose statements must stay safe to run over an older database).
+const SCHEMA_VERSION: i64 = 1;
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS images (
     id TEXT PRIMARY KEY,                -- the config digest, Docker's image id
@@ -98,7 +102,17 @@ impl Db {
                 "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
             )
             .map_err(db_err)?;
-        connection.execute_batch(SCHEMA).map_err(db_err)?;
+        // The schema is made once per database, not parsed again at every open (each
+        // berth command opens the store): `user_version` says it is there.
+        let version: i64 =
+            connection.query_row("PRAGMA user_version", [], |row| row.get(0)).map_err(db_err)?;
+        if version < SCHEMA_VERSION {
+            connection
+                .execute_batch(&format!(
+                    "BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                ))
+                .map_err(db_err)?;
+        }
         Ok(Db { connection, path: path.to_path_buf() })
     }
 
@@ -372,6 +386,29 @@ mod tests {
         db.write(|tx| tx.execute("DELETE FROM images WHERE id = ?1", [id.to_string()]))
             .expect("delete");
         assert_eq!(db.lookup_name("docker.io/library/a:1").expect("lookup"), None);
+    }
+
+    #[test]
+    fn the_schema_is_made_once_and_an_old_database_is_brought_up() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("meta.db");
+        // A database of before the version was kept: tables there, user_version 0.
+        {
+            let connection = Connection::open(&path).expect("open");
+            connection.execute_batch(SCHEMA).expect("schema");
+            connection
+                .execute("INSERT INTO holds (holder, image) VALUES ('container:old', 'x')", [])
+                .expect("row");
+        }
+        let db = Db::open(&path).expect("open an old database");
+        let version: i64 =
+            db.connection.query_row("PRAGMA user_version", [], |r| r.get(0)).expect("version");
+        assert_eq!(version, SCHEMA_VERSION);
+        let kept: i64 =
+            db.connection.query_row("SELECT count(*) FROM holds", [], |r| r.get(0)).expect("count");
+        assert_eq!(kept, 1, "rows survive");
+        drop(db);
+        Db::open(&path).expect("open again");
     }
 
     #[test]

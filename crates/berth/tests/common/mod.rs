@@ -234,4 +234,5 @@ pub fn load_fixture(root: &Path, archive: &Path, name: &str) -> String {
 }
 
 pub mod fake_registry;
+pub mod python;
 pub mod registry;
