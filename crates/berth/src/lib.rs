@@ -81,7 +81,14 @@ pub fn main() -> i32 {
                 }
             }
         }
-        Some("__pidns") if args.len() == 3 => berth_cri::pidns::main(),
+        Some("__pidns") if args.len() == 3 => {
+            // Its PID 1 is in every pod container's view: never the writable binary.
+            if let Err(err) = runc::protect_binary() {
+                eprintln!("berth pidns: {err:#}");
+                return 1;
+            }
+            berth_cri::pidns::main()
+        }
         Some("__task") if args.len() == 3 => {
             if let Err(err) = runc::protect_binary() {
                 eprintln!("berth task: {err:#}");

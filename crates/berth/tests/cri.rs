@@ -1365,6 +1365,26 @@ fn root_pods_share_processes_when_asked_and_their_cgroup_limits_them() {
         // PID 1 is the namespace's holder, and it keeps berth's binary out of reach.
         let (exe, _, _) = exec(&mut rt, &b, "readlink /proc/1/exe || echo unreadable").await;
         assert_eq!(exe.trim(), "unreadable", "{exe}");
+        // Even for a container with CAP_SYS_PTRACE (a debug sidecar's usual grant): its
+        // root is an empty directory, it is nobody, with no capabilities.
+        let mut tracer = in_pod_pid_namespace(container_config("tracer", "exec sleep 1005"));
+        if let Some(security) = tracer.linux.as_mut().and_then(|l| l.security_context.as_mut()) {
+            security.capabilities = Some(cri::Capability {
+                add_capabilities: vec!["SYS_PTRACE".into()],
+                ..Default::default()
+            });
+        }
+        let tracer = run_container(&mut rt, &sandbox, &shared, tracer).await;
+        let (seen, _, _) = exec(
+            &mut rt,
+            &tracer,
+            "ls -A /proc/1/root/ > /tmp/listed && echo listed $(wc -l < /tmp/listed); grep -E '^(Uid|CapEff)' /proc/1/status",
+        )
+        .await;
+        let seen: Vec<&str> = seen.lines().map(str::trim).collect();
+        assert_eq!(seen[0], "listed 0", "the holder's root is empty: {seen:?}");
+        assert!(seen[1].starts_with("Uid:\t65535"), "{seen:?}");
+        assert_eq!(seen[2], "CapEff:\t0000000000000000", "{seen:?}");
         // Containers of a pod that asks for a namespace each (the kubelet's default) see
         // only their own processes.
         let mut lone = sandbox_config(&node, "lone");

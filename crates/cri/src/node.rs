@@ -77,6 +77,9 @@ pub struct Namespaces {
     /// The process holding a pod-wide PID namespace (`NamespaceMode::POD`).
     #[serde(default)]
     pub pid: Option<crate::pidns::Holder>,
+    /// That namespace, pinned beside the others (containers join this, never a pid's).
+    #[serde(default)]
+    pub pid_ns: Option<PathBuf>,
 }
 
 /// A container as recorded.
@@ -303,16 +306,41 @@ impl Node {
             }
             let cgroup = self.make_sandbox_cgroup(&record, &linux)?;
             if cri::NamespaceMode::try_from(ns_options.pid) == Ok(cri::NamespaceMode::Pod) {
-                let holder =
-                    crate::pidns::Holder::start(&self.config.exe, &record.id).map_err(|e| {
+                let join: Vec<PathBuf> =
+                    [&record.namespaces.net, &record.namespaces.ipc, &record.namespaces.uts]
+                        .into_iter()
+                        .flatten()
+                        .cloned()
+                        .collect();
+                let holder = crate::pidns::Holder::start(&self.config.exe, &record.id, &join)
+                    .map_err(|e| {
                         Status::internal(format!(
                             "failed to create the sandbox's pid namespace: {e}"
                         ))
                     })?;
                 record.namespaces.pid = Some(holder.clone());
+                let pinned = dir.join("ns/pid");
+                berth_net::netns::pin_existing(
+                    Path::new(&format!("/proc/{}/ns/pid", holder.pid)),
+                    &pinned,
+                )
+                .map_err(|e| {
+                    Status::internal(format!("failed to pin the sandbox's pid namespace: {e}"))
+                })?;
+                record.namespaces.pid_ns = Some(pinned);
                 if let Some(cgroup) = &cgroup {
-                    // In the pod's cgroup, as the pause container is.
-                    let _ = cgroup.add_process(berth_sys::nix::unistd::Pid::from_raw(holder.pid));
+                    // In a leaf of the pod's cgroup, as the pause container is: cgroup v2
+                    // gives no controllers to children of a cgroup that holds a process.
+                    let layout = berth_cgroups::Layout::detect()
+                        .map_err(|e| Status::internal(format!("the cgroup layout: {e}")))?;
+                    let leaf = berth_cgroups::manager(
+                        &Arc::new(layout),
+                        &cgroup.path().join(PIDNS_CGROUP),
+                    );
+                    leaf.create().map_err(|e| {
+                        Status::internal(format!("failed to create the holder's cgroup: {e}"))
+                    })?;
+                    let _ = leaf.add_process(berth_sys::nix::unistd::Pid::from_raw(holder.pid));
                 }
             }
             // Saved before the network, so that a crash part-way leaves a record to clean.
@@ -326,6 +354,7 @@ impl Node {
         })();
         if let Err(err) = made {
             self.teardown_sandbox(&record);
+            remove_cgroup_parent(&self.cgroup_parent(&record));
             let _ = std::fs::remove_dir_all(&dir);
             self.sandboxes.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
             return Err(err);
@@ -400,6 +429,9 @@ impl Node {
         }
         if let Some(holder) = &record.namespaces.pid {
             holder.stop();
+        }
+        if let Some(path) = &record.namespaces.pid_ns {
+            berth_net::netns::unpin(path);
         }
     }
 
@@ -667,32 +699,34 @@ impl Node {
             .as_ref()
             .and_then(|l| l.security_context.as_ref())
             .and_then(|s| s.namespace_options.as_ref());
-        let pid_target =
-            match options {
-                Some(o) if o.pid == cri::NamespaceMode::Target as i32 => {
-                    let target = self.running_container(&o.target_id)?;
-                    if target.sandbox_id != sandbox.id {
-                        return Err(Status::invalid_argument(format!(
-                            "the target container {:?} is in another pod sandbox",
-                            o.target_id
-                        )));
-                    }
-                    Some(PathBuf::from(format!("/proc/{}/ns/pid", target.pid)))
+        let pid_target = match options {
+            Some(o) if o.pid == cri::NamespaceMode::Target as i32 => {
+                let target = self.running_container(&o.target_id)?;
+                if target.sandbox_id != sandbox.id {
+                    return Err(Status::invalid_argument(format!(
+                        "the target container {:?} is in another pod sandbox",
+                        o.target_id
+                    )));
                 }
-                // POD is the CRI's zero value, so a container that says nothing shares the
-                // pod's process namespace, as under containerd (where the pause container
-                // holds it); the kubelet says CONTAINER unless shareProcessNamespace is set.
-                Some(o) if o.pid != cri::NamespaceMode::Pod as i32 => None,
-                _ => match &sandbox.namespaces.pid {
-                    Some(holder) => Some(holder.namespace().ok_or_else(|| {
-                        Status::failed_precondition(format!(
-                            "the process namespace of sandbox {:?} is gone (its holder {} ended): stop and remove the sandbox",
-                            sandbox.id, holder.pid
-                        ))
-                    })?),
-                    None => None,
-                },
-            };
+                Some(PathBuf::from(format!("/proc/{}/ns/pid", target.pid)))
+            }
+            // POD is the CRI's zero value, so a container that says nothing shares the
+            // pod's process namespace, as under containerd (where the pause container
+            // holds it); the kubelet says CONTAINER unless shareProcessNamespace is set.
+            Some(o) if o.pid != cri::NamespaceMode::Pod as i32 => None,
+            _ => match (&sandbox.namespaces.pid, &sandbox.namespaces.pid_ns) {
+                (Some(holder), Some(pinned)) => {
+                    if !holder.alive() {
+                        return Err(Status::failed_precondition(format!(
+                                "the process namespace of sandbox {:?} is gone (its holder {} ended): stop and remove the sandbox",
+                                sandbox.id, holder.pid
+                            )));
+                    }
+                    Some(pinned.clone())
+                }
+                _ => None,
+            },
+        };
         let made = (|| -> Result<i32> {
             let spec = spec::build(&spec::Inputs {
                 container_id: &id,
@@ -1521,9 +1555,13 @@ fn remove_cgroup_parent(parent: &str) {
         berth_cgroups::Layout::V2 { root } => vec![root],
     };
     for root in roots {
+        let _ = std::fs::remove_dir(root.join(relative).join(PIDNS_CGROUP));
         let _ = std::fs::remove_dir(root.join(relative));
     }
 }
+
+/// The leaf of a sandbox's cgroup that holds its PID namespace's holder.
+const PIDNS_CGROUP: &str = "pidns";
 
 /// A pod's limits: its `resources` with its `overhead` added (none when it has no
 /// resources: a BestEffort pod's cgroup is not limited).
