@@ -495,6 +495,9 @@ impl Workspace {
         let id = format!("build-{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>());
         let dir = work.join("work").join(&id);
         std::fs::create_dir_all(&dir).map_err(|e| setup(format!("create {}", dir.display()), e))?;
+        // The step's sockets (an SSH agent's) and copies (secrets) are nobody else's.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| setup(format!("chmod {}", dir.display()), e))?;
         let lock =
             std::fs::File::create(dir.join("lock")).map_err(|e| setup("create a lock", e))?;
         lock.lock().map_err(|e| setup("lock a work directory", e))?;

@@ -87,6 +87,8 @@ pub fn checkout(git: &GitRef, dir: &Path, ssh_agent: Option<&Path>) -> Result<Ch
         let mut command = Command::new("git");
         command
             .args(["-c", "protocol.file.allow=never", "-c", "protocol.ext.allow=never"])
+            // A server that stops sending fails the step instead of hanging it.
+            .args(["-c", "http.lowSpeedLimit=1", "-c", "http.lowSpeedTime=60"])
             .args(args)
             .current_dir(dir)
             .env_clear()
@@ -95,7 +97,16 @@ pub fn checkout(git: &GitRef, dir: &Path, ssh_agent: Option<&Path>) -> Result<Ch
             .env("GIT_CONFIG_NOSYSTEM", "1")
             .env("GIT_CONFIG_GLOBAL", "/dev/null")
             .env("GIT_TERMINAL_PROMPT", "0")
-            .env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
+            // Only the agent the build was given (--ssh default): never the building
+            // host's own keys or ssh configuration, which ssh would find through root's
+            // passwd entry whatever HOME says. Host keys are not known here (as BuildKit
+            // without known hosts).
+            .env(
+                "GIT_SSH_COMMAND",
+                "ssh -F /dev/null -o BatchMode=yes -o IdentityFile=none \
+                 -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
+                 -o ConnectTimeout=30 -o ServerAliveInterval=15 -o ServerAliveCountMax=4",
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

@@ -109,7 +109,10 @@ fn start_agent(id: &str, keys: &[PathBuf], work: &Path) -> Result<OwnAgent, Stri
     }
     let agent = OwnAgent { child, _dir: dir };
     if !first.starts_with("SSH_AUTH_SOCK") {
-        return Err(format!("--ssh {id}: ssh-agent did not start"));
+        return Err(format!(
+            "--ssh {id}: ssh-agent did not start (try `ssh-agent -D -a {}` by hand; a socket path longer than 107 bytes is refused: use a shorter --root)",
+            socket.display()
+        ));
     }
     let output = Command::new("ssh-add")
         .args(keys)

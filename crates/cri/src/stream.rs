@@ -556,10 +556,16 @@ fn websocket_port_forward(
             }
         }
     }
-    if ports.is_empty() || ports.len() > 64 {
+    if ports.is_empty() {
         return text(
             StatusCode::BAD_REQUEST,
             "port forwarding over WebSocket needs the ports in the query (?port=8080)".into(),
+        );
+    }
+    if ports.len() > 64 {
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!("{} ports asked: at most 64 per connection; open another", ports.len()),
         );
     }
     let upgrade = hyper::upgrade::on(&mut request);
@@ -622,7 +628,7 @@ async fn forward_channels<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         }
     };
     let mut inputs = Vec::new();
-    let mut tasks = Vec::new();
+    let mut tasks = tokio::task::JoinSet::new();
     for (i, port) in ports.iter().copied().enumerate() {
         let (data, error) = ((2 * i) as u8, (2 * i + 1) as u8);
         for channel in [data, error] {
@@ -631,7 +637,7 @@ async fn forward_channels<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         let (input, mut received) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
         inputs.push(input);
         let (tx, netns, sandbox) = (tx.clone(), netns.clone(), request.sandbox_id.clone());
-        tasks.push(tokio::spawn(async move {
+        tasks.spawn(async move {
             let socket = match crate::forward::connect(netns, port).await {
                 Ok(socket) => socket,
                 Err(err) => {
@@ -642,7 +648,7 @@ async fn forward_channels<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
             };
             let (mut from_pod, mut to_pod) = socket.into_split();
             let out = tx.clone();
-            let upstream = tokio::spawn(async move {
+            let mut upstream = tokio::spawn(async move {
                 let mut buffer = vec![0u8; 32 * 1024];
                 while let Ok(n) = from_pod.read(&mut buffer).await {
                     if n == 0 || out.send(Out::Data(data, buffer[..n].to_vec())).await.is_err() {
@@ -650,38 +656,57 @@ async fn forward_channels<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
                     }
                 }
             });
-            while let Some(chunk) = received.recv().await {
-                if to_pod.write_all(&chunk).await.is_err() {
-                    break;
+            // Until the pod closes its side or the client stops sending.
+            loop {
+                tokio::select! {
+                    _ = &mut upstream => break,
+                    chunk = received.recv() => match chunk {
+                        Some(chunk) => {
+                            if to_pod.write_all(&chunk).await.is_err() {
+                                break;
+                            }
+                        }
+                        None => break,
+                    },
                 }
             }
+            upstream.abort();
             let _ = to_pod.shutdown().await;
-            let _ = upstream.await;
-        }));
+        });
     }
-    loop {
-        let Ok((opcode, payload)) = read_message(&mut reader).await else { break };
-        match opcode {
-            0x8 => break,
-            0x9 => {
-                let _ = tx.send(Out::Pong(payload)).await;
-            }
-            0x1 | 0x2 if !payload.is_empty() => {
-                let channel = usize::from(payload[0]);
-                // Data channels carry the client's bytes; error channels nothing.
-                if channel % 2 == 0 {
-                    if let Some(input) = inputs.get(channel / 2) {
-                        let _ = input.send(payload[1..].to_vec()).await;
+    // The client's messages go to the ports' inputs from a task of their own, so no
+    // frame is ever cut in half by the session's end.
+    let pongs = tx.clone();
+    let mut reading = tokio::spawn(async move {
+        loop {
+            let Ok((opcode, payload)) = read_message(&mut reader).await else { return };
+            match opcode {
+                0x8 => return,
+                0x9 => {
+                    let _ = pongs.send(Out::Pong(payload)).await;
+                }
+                0x1 | 0x2 if !payload.is_empty() => {
+                    let channel = usize::from(payload[0]);
+                    // Data channels carry the client's bytes; error channels nothing.
+                    if channel % 2 == 0 {
+                        if let Some(input) = inputs.get(channel / 2) {
+                            let _ = input.send(payload[1..].to_vec()).await;
+                        }
                     }
                 }
+                _ => {}
             }
-            _ => {}
         }
+    });
+    // The session ends when every port's connection has ended (as the kubelet closes it)
+    // or when the client leaves.
+    tokio::select! {
+        _ = async { while tasks.join_next().await.is_some() {} } => {}
+        _ = &mut reading => {}
     }
-    drop(inputs);
-    for task in tasks {
-        task.abort();
-    }
+    reading.abort();
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
     drop(tx);
     let _ = writer_task.await;
 }
@@ -1012,8 +1037,12 @@ async fn run(
         }
     };
     drop(input);
-    for pump in pumps {
-        let _ = tokio::time::timeout(Duration::from_secs(5), pump).await;
+    for mut pump in pumps {
+        // A pipe a background process still holds open never ends: its pump goes, so
+        // nothing is sent after the status.
+        if tokio::time::timeout(Duration::from_secs(5), &mut pump).await.is_err() {
+            pump.abort();
+        }
     }
     let _ = std::fs::remove_file(&file);
     match code {

@@ -165,10 +165,20 @@ impl Registries {
             return vec![upstream];
         };
         let mut out = Vec::new();
+        let mut listed_itself = false;
         for endpoint in &mirror.endpoint {
             let Ok((scheme, host, prefix)) = split_endpoint(endpoint) else { continue };
             if host == registry || host == upstream_host {
-                continue; // the registry itself comes last, once
+                // The registry itself, where the list puts it and as it says to reach it
+                // (k3s's way to reach a registry over plain HTTP), once.
+                if !listed_itself {
+                    listed_itself = true;
+                    out.push(Endpoint {
+                        base: format!("{scheme}://{host}{prefix}"),
+                        ..upstream.clone()
+                    });
+                }
+                continue;
             }
             out.push(Endpoint {
                 base: format!("{scheme}://{host}{prefix}"),
@@ -177,7 +187,9 @@ impl Registries {
                 upstream: false,
             });
         }
-        out.push(upstream);
+        if !listed_itself {
+            out.push(upstream);
+        }
         out
     }
 
@@ -274,6 +286,14 @@ configs:
             ]
         );
         assert!(endpoints[2].upstream && !endpoints[0].upstream);
+        // A registry listed as its own endpoint is reached as the list says, once.
+        let own = Registries::parse(
+            "mirrors:\n  \"myreg:5000\":\n    endpoint: [\"http://myreg:5000\"]\n",
+        )
+        .unwrap()
+        .endpoints("myreg:5000", "app", false);
+        assert_eq!(own.len(), 1);
+        assert_eq!((own[0].base.as_str(), own[0].upstream), ("http://myreg:5000", true));
         let k8s = registries.endpoints("registry.k8s.io", "pause", false);
         assert_eq!(k8s[0].repository, "k8s/pause");
         assert_eq!(k8s[1].repository, "pause", "rewrites are for mirrors only");

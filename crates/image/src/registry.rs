@@ -20,6 +20,9 @@ use crate::manifest::media;
 use crate::reference::DOCKER_HUB;
 use crate::{Error, Result};
 
+/// Debian's bundle of the system's certificate authorities (`ca-certificates`).
+const SYSTEM_CAS: &str = "/etc/ssl/certs/ca-certificates.crt";
+
 /// How many times an idempotent request is tried before giving up.
 const ATTEMPTS: u32 = 4;
 /// Manifests and token answers are small; a registry sending more is refused.
@@ -184,7 +187,31 @@ impl RegistryClient {
                 if certs.is_empty() {
                     return Err(fail("ca_file", path, "no PEM certificate in it".into()));
                 }
-                config = config.root_certs(ureq::tls::RootCerts::new_with_certs(&certs));
+                // Added to the system's authorities, as containerd adds it (a mirror's
+                // blobs may redirect to a public CDN).
+                let mut roots = certs;
+                if let Ok(system) = std::fs::read(SYSTEM_CAS) {
+                    roots.extend(ureq::tls::parse_pem(&system).filter_map(|item| match item {
+                        Ok(ureq::tls::PemItem::Certificate(cert)) => Some(cert.to_owned()),
+                        _ => None,
+                    }));
+                }
+                config = config.root_certs(ureq::tls::RootCerts::new_with_certs(&roots));
+            }
+            match (&tls.cert_file, &tls.key_file) {
+                (Some(_), None) => {
+                    return Err(Error::Registry {
+                        registry: endpoint.host.clone(),
+                        message: "registries.yaml: cert_file needs its key_file beside it".into(),
+                    })
+                }
+                (None, Some(_)) => {
+                    return Err(Error::Registry {
+                        registry: endpoint.host.clone(),
+                        message: "registries.yaml: key_file needs its cert_file beside it".into(),
+                    })
+                }
+                _ => {}
             }
             if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
                 let chain_pem =
@@ -205,12 +232,17 @@ impl RegistryClient {
             }
             config = config.disable_verification(tls.insecure_skip_verify);
         }
-        Ok(RegistryClient::with_agent(
+        let mut client = RegistryClient::with_agent(
             &endpoint.host,
             endpoint.base.clone(),
             options,
             config.build(),
-        ))
+        );
+        if !endpoint.upstream {
+            // A mirror that does not answer is passed over at once for the next endpoint.
+            client.connect_attempts = 1;
+        }
+        Ok(client)
     }
 
     fn with_agent(
