@@ -2668,8 +2668,8 @@ impl Build<'_> {
                         if !walked.is_empty() { walked.push('/'); }
                         walked.push_str(part);
                         if walked.len() == kept.len() && !meta.is_dir() { break; }
-                        let found = from_root.expand(&format!("{base}{walked}")).map_err(fail)?;
-                        let dir_meta = found.first().and_then(|f| std::fs::metadata(f.path()).ok());
+                        // The parent as it is named, not as a pattern (a directory may be called `[x]`).
+                        let dir_meta = from_root.metadata(&format!("{base}{walked}")).ok();
                         use std::os::unix::fs::MetadataExt;
                         let (mode, mtime) = dir_meta.map(|m| (m.mode(), Some(m.mtime()))).unwrap_or((0o755, None));
                         target.write_dir(&Path::new(&dest).join(&walked), mode, (0, 0), mtime).map_err(fail)?;

@@ -79,6 +79,12 @@ impl SourceRoot {
         })
     }
 
+    /// What is at `rel` (a path as it is, never a pattern), through the root.
+    pub fn metadata(&self, rel: &str) -> Result<std::fs::Metadata> {
+        let fd = self.open(rel)?;
+        std::fs::metadata(berth_sys::fs::proc_fd_path(&fd)).map_err(|e| fail(rel, e))
+    }
+
     /// Leaves out what `ignore` matches (COPY --from=... --exclude=...).
     pub fn with_ignore(mut self, ignore: Ignore) -> SourceRoot {
         self.ignore = ignore;
