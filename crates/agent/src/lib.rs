@@ -10,6 +10,7 @@
 //! gone.
 
 pub mod cri;
+pub mod devices;
 pub mod events;
 pub mod join;
 pub mod pods;
@@ -53,6 +54,9 @@ pub struct Config {
     /// The kubelet API (logs for the API server): where to listen and the TLS material;
     /// not served when absent.
     pub api: Option<ApiConfig>,
+    /// Where device plugins register (`kubelet.sock`) and keep their sockets; none: no
+    /// device plugins.
+    pub device_plugin_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -126,6 +130,16 @@ pub async fn run(informers: Arc<Informers>, config: Config) {
         _ = shutdown.cancelled() => return,
     };
     let client = informers.client().clone();
+    let devices = match &config.device_plugin_dir {
+        Some(dir) => match devices::Devices::start(dir, shutdown.clone()) {
+            Ok(devices) => Some(devices),
+            Err(err) => {
+                tracing::error!("node agent: device plugins: {err}");
+                None
+            }
+        },
+        None => None,
+    };
     let mut port = 0;
     if let Some(api) = &config.api {
         match tokio::net::TcpListener::bind((api.bind_address.as_str(), api.port)).await {
@@ -146,20 +160,25 @@ pub async fn run(informers: Arc<Informers>, config: Config) {
             ),
         }
     }
-    if let Err(err) = register(&client, &runtime, &config, port).await {
+    if let Err(err) = register(&client, &runtime, &config, port, devices.as_deref()).await {
         tracing::error!("node agent: {err}");
     }
     {
-        let (client, runtime, config, shutdown) =
-            (client.clone(), runtime.clone(), config.clone(), shutdown.clone());
-        informers
-            .tasks()
-            .spawn(async move { heartbeat(client, runtime, config, port, shutdown).await });
+        let (client, runtime, config, shutdown, devices) =
+            (client.clone(), runtime.clone(), config.clone(), shutdown.clone(), devices.clone());
+        informers.tasks().spawn(async move {
+            heartbeat(client, runtime, config, port, shutdown, devices).await
+        });
     }
-    run_pods(informers, config, runtime).await;
+    run_pods(informers, config, runtime, devices).await;
 }
 
-async fn node_object(runtime: &cri::Runtime, config: &Config, port: u16) -> serde_json::Value {
+async fn node_object(
+    runtime: &cri::Runtime,
+    config: &Config,
+    port: u16,
+    devices: Option<&devices::Devices>,
+) -> serde_json::Value {
     let mut rt = runtime.runtime.clone();
     let version = rt
         .version(k8s_cri_v1::VersionRequest { version: "v1".into() })
@@ -195,8 +214,15 @@ async fn node_object(runtime: &cri::Runtime, config: &Config, port: u16) -> serd
             })
         })
         .unwrap_or_default();
-    let capacity =
+    let mut capacity =
         json!({"cpu": cpus.to_string(), "memory": format!("{memory_kib}Ki"), "pods": "110"});
+    let mut allocatable = capacity.clone();
+    // Devices of registered plugins: all in capacity, the healthy ones (of a plugin that is
+    // there) in allocatable.
+    for (name, (total, healthy)) in devices.map(|d| d.capacity()).unwrap_or_default() {
+        capacity[&name] = json!(total.to_string());
+        allocatable[&name] = json!(healthy.to_string());
+    }
     let mut labels = config.labels.clone();
     labels.insert("kubernetes.io/hostname".into(), config.node_name.clone());
     labels.insert("kubernetes.io/os".into(), "linux".into());
@@ -213,7 +239,7 @@ async fn node_object(runtime: &cri::Runtime, config: &Config, port: u16) -> serd
         "apiVersion": "v1", "kind": "Node",
         "metadata": {"name": config.node_name, "labels": labels},
         "status": {
-            "capacity": capacity, "allocatable": capacity,
+            "capacity": capacity, "allocatable": allocatable,
             "conditions": [
                 {"type": "Ready", "status": ready_status, "reason": ready_reason, "message": ready_message, "lastHeartbeatTime": now, "lastTransitionTime": now},
                 {"type": "MemoryPressure", "status": "False", "reason": "KubeletHasSufficientMemory", "lastHeartbeatTime": now, "lastTransitionTime": now},
@@ -236,9 +262,10 @@ async fn register(
     runtime: &cri::Runtime,
     config: &Config,
     port: u16,
+    devices: Option<&devices::Devices>,
 ) -> Result<(), Error> {
     let nodes: Api<Node> = Api::all(client.clone());
-    let object = node_object(runtime, config, port).await;
+    let object = node_object(runtime, config, port, devices).await;
     let node: Node = serde_json::from_value(object.clone()).map_err(|e| Error::Runtime {
         action: "describe the node".into(),
         message: e.to_string(),
@@ -301,8 +328,10 @@ async fn heartbeat(
     config: Config,
     port: u16,
     shutdown: tokio_util::sync::CancellationToken,
+    devices: Option<Arc<devices::Devices>>,
 ) {
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+    let mut devices_changed = false;
     let nodes: Api<Node> = Api::all(client.clone());
     let mut beats = 0u64;
     loop {
@@ -325,18 +354,30 @@ async fn heartbeat(
                 .is_some_and(|c| c.status != "True"),
             Err(_) => false,
         };
-        if marked || beats.is_multiple_of(6) {
-            let object = node_object(&runtime, &config, port).await;
-            let patch =
-                Patch::Merge(json!({"status": {"conditions": object["status"]["conditions"]}}));
+        if marked || devices_changed || beats.is_multiple_of(6) {
+            devices_changed = false;
+            let object = node_object(&runtime, &config, port, devices.as_deref()).await;
+            let patch = Patch::Merge(json!({"status": {
+                "conditions": object["status"]["conditions"],
+                "capacity": object["status"]["capacity"],
+                "allocatable": object["status"]["allocatable"],
+            }}));
             if let Err(err) =
                 nodes.patch_status(&config.node_name, &PatchParams::default(), &patch).await
             {
                 tracing::debug!("status of node {}: {err}", config.node_name);
             }
         }
+        let device_change = async {
+            match &devices {
+                Some(devices) => devices.changed.notified().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = tokio::time::sleep(config.lease_interval) => {}
+            // A plugin's devices appeared, changed health or went: posted at once.
+            _ = device_change => devices_changed = true,
             _ = shutdown.cancelled() => return,
         }
     }
@@ -344,7 +385,12 @@ async fn heartbeat(
 
 type Key = (String, String);
 
-async fn run_pods(informers: Arc<Informers>, config: Config, runtime: cri::Runtime) {
+async fn run_pods(
+    informers: Arc<Informers>,
+    config: Config,
+    runtime: cri::Runtime,
+    devices: Option<Arc<devices::Devices>>,
+) {
     let pods = informers.typed::<Pod>();
     // Secrets and ConfigMaps one by one, those the node's pods use (all the Node
     // authorizer lets a node read).
@@ -376,13 +422,14 @@ async fn run_pods(informers: Arc<Informers>, config: Config, runtime: cri::Runti
     // Housekeeping: sandboxes whose pods are gone from the API (deleted while the agent
     // was down, or force-deleted) are stopped and removed.
     {
-        let (pods, runtime, config, shutdown, memory, refs) = (
+        let (pods, runtime, config, shutdown, memory, refs, devices) = (
             pods.clone(),
             runtime.clone(),
             config.clone(),
             shutdown.clone(),
             memory.clone(),
             refs.clone(),
+            devices.clone(),
         );
         let ours = ours.clone();
         informers.tasks().spawn(async move {
@@ -391,6 +438,10 @@ async fn run_pods(informers: Arc<Informers>, config: Config, runtime: cri::Runti
                 refs.retain(here.iter().map(|p| p.as_ref()));
                 let known: std::collections::HashSet<String> =
                     here.iter().filter_map(|p| p.metadata.uid.clone()).collect();
+                // Devices of pods that are gone (deleted while the agent was down) go back.
+                if let Some(devices) = &devices {
+                    devices.keep_only(&known.iter().cloned().collect());
+                }
                 let mut rt = runtime.runtime.clone();
                 if let Ok(listed) = rt.list_containers(k8s_cri_v1::ListContainersRequest { filter: None }).await {
                     let ids = listed.into_inner().containers.into_iter().map(|c| c.id).collect();
@@ -445,7 +496,7 @@ async fn run_pods(informers: Arc<Informers>, config: Config, runtime: cri::Runti
         shutdown,
         move |key: Key| {
             let events = events.clone();
-            let (client, pods, config, runtime, memory, refs, host_ip) = (
+            let (client, pods, config, runtime, memory, refs, host_ip, devices) = (
                 client.clone(),
                 pods.clone(),
                 config.clone(),
@@ -453,6 +504,7 @@ async fn run_pods(informers: Arc<Informers>, config: Config, runtime: cri::Runti
                 memory.clone(),
                 refs.clone(),
                 host_ip.clone(),
+                devices.clone(),
             );
             async move {
                 let Some(pod) = pods.store().get(&ObjectRef::new(&key.1).within(&key.0)) else {
@@ -475,6 +527,7 @@ async fn run_pods(informers: Arc<Informers>, config: Config, runtime: cri::Runti
                     memory: &memory,
                     events: &events,
                     host_ip: &host_ip,
+                    devices: devices.as_deref(),
                 };
                 match pods::sync(&ctx, &pod).await? {
                     Some(after) => Ok(Action::RequeueAfter(after)),

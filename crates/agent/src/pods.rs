@@ -70,6 +70,7 @@ pub struct Context<'a> {
     pub memory: &'a Memory,
     pub events: &'a crate::events::Recorder,
     pub host_ip: &'a str,
+    pub devices: Option<&'a crate::devices::Devices>,
 }
 
 fn cri_error(action: String) -> impl FnOnce(tonic::Status) -> Error {
@@ -174,6 +175,9 @@ pub async fn sync(ctx: &Context<'_>, pod: &Pod) -> Result<Next, Error> {
         kill_pod(ctx.runtime, &uid, grace).await?;
         crate::remove_pod_dir(&ctx.config.pod_dir(&uid));
         ctx.memory.forget_pod(&uid);
+        if let Some(devices) = ctx.devices {
+            devices.release(&uid);
+        }
         ctx.events.forget_pod(&uid);
         let params = DeleteParams {
             grace_period_seconds: Some(0),
@@ -957,6 +961,56 @@ async fn start(
     let resources = container.resources.clone().unwrap_or_default();
     let requests = resources.requests.unwrap_or_default();
     let limits = resources.limits.unwrap_or_default();
+    // Devices from plugins: allocated once per pod and container, given through CRI.
+    let mut device_nodes = Vec::new();
+    let mut device_annotations = HashMap::new();
+    if let Some(devices) = ctx.devices {
+        for (resource, count) in
+            crate::devices::wanted(devices, limits.iter().map(|(k, q)| (k, q.0.as_str())))
+        {
+            match devices.allocate(&uid, &container.name, &resource, count).await {
+                Ok(allocation) => {
+                    env.retain(|(k, _)| !allocation.envs.contains_key(k));
+                    env.extend(allocation.envs.clone());
+                    for (container_path, host_path, readonly) in &allocation.mounts {
+                        mounts.push(cri::Mount {
+                            container_path: container_path.clone(),
+                            host_path: host_path.clone(),
+                            readonly: *readonly,
+                            ..Default::default()
+                        });
+                    }
+                    for (container_path, host_path, permissions) in &allocation.device_nodes {
+                        device_nodes.push(cri::Device {
+                            container_path: container_path.clone(),
+                            host_path: host_path.clone(),
+                            permissions: permissions.clone(),
+                        });
+                    }
+                    device_annotations.extend(allocation.annotations.clone());
+                }
+                Err(message) => {
+                    // As the kubelet's admission: the pod does not start, and says why.
+                    ctx.memory.set(
+                        &uid,
+                        &container.name,
+                        "UnexpectedAdmissionError",
+                        message.clone(),
+                    );
+                    ctx.events
+                        .record_once(
+                            pod,
+                            Some(&container.name),
+                            true,
+                            "UnexpectedAdmissionError",
+                            &message,
+                        )
+                        .await;
+                    return Ok(());
+                }
+            }
+        }
+    }
     let cpu_request =
         requests.get("cpu").or(limits.get("cpu")).map(|q| milli_cpu(&q.0)).unwrap_or(0);
     let cpu_limit = limits.get("cpu").map(|q| milli_cpu(&q.0)).unwrap_or(0);
@@ -1020,8 +1074,13 @@ async fn start(
         envs: env.into_iter().map(|(key, value)| cri::KeyValue { key, value }).collect(),
         mounts,
         labels,
-        annotations: [("io.kubernetes.container.restartCount".to_owned(), attempt.to_string())]
-            .into(),
+        annotations: {
+            let mut annotations = device_annotations;
+            annotations
+                .insert("io.kubernetes.container.restartCount".to_owned(), attempt.to_string());
+            annotations
+        },
+        devices: device_nodes,
         log_path: format!("{}/{attempt}.log", container.name),
         stdin: container.stdin.unwrap_or(false),
         stdin_once: container.stdin_once.unwrap_or(false),

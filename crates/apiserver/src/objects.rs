@@ -218,7 +218,10 @@ pub fn default_fields(resource: &Resource, object: &mut Value) {
         return;
     };
     match resource.kind {
-        "Pod" => default_pod_spec(spec),
+        "Pod" => {
+            default_pod_spec(spec);
+            requests_from_limits(spec);
+        }
         "Deployment" => {
             or_default(spec, "replicas", json!(1));
             or_default(spec, "revisionHistoryLimit", json!(10));
@@ -376,6 +379,33 @@ fn default_pod_spec(spec: &mut Value) {
             or_default(c, "resources", json!({}));
             for port in c.get_mut("ports").and_then(Value::as_array_mut).into_iter().flatten() {
                 or_default(port, "protocol", json!("TCP"));
+            }
+        }
+    }
+}
+
+/// A pod's container that limits a resource and does not request it requests its limit
+/// (Kubernetes defaults Pods so, not their templates): the scheduler counts requests,
+/// and an extended resource such as a device is given only in limits.
+fn requests_from_limits(spec: &mut Value) {
+    for field in ["initContainers", "containers", "ephemeralContainers"] {
+        for c in spec.get_mut(field).and_then(Value::as_array_mut).into_iter().flatten() {
+            let Some(resources) = c.get_mut("resources").filter(|r| r.is_object()) else {
+                continue;
+            };
+            let Some(limits) = resources.get("limits").and_then(Value::as_object).cloned() else {
+                continue;
+            };
+            if limits.is_empty() {
+                continue;
+            }
+            if !resources.get("requests").is_some_and(Value::is_object) {
+                resources["requests"] = json!({});
+            }
+            if let Some(requests) = resources.get_mut("requests").and_then(Value::as_object_mut) {
+                for (name, limit) in limits {
+                    requests.entry(name).or_insert(limit);
+                }
             }
         }
     }
@@ -1664,6 +1694,15 @@ mod tests {
         assert_eq!(pod["spec"]["containers"][0]["imagePullPolicy"], "Always");
         assert_eq!(pod["spec"]["containers"][1]["imagePullPolicy"], "IfNotPresent");
         assert_eq!(pod["status"]["phase"], "Pending");
+        // Limits without requests request the limit; a request given is kept.
+        let mut pod = json!({"metadata": {"name": "q"}, "spec": {"containers": [{"name": "c", "image": "busybox",
+            "resources": {"limits": {"cpu": "1", "example.com/dev": "2"}, "requests": {"cpu": "500m"}}}]}});
+        prepare_create(pods, &mut pod, Some("default")).unwrap();
+        let requests = &pod["spec"]["containers"][0]["resources"]["requests"];
+        assert_eq!(
+            (requests["cpu"].as_str(), requests["example.com/dev"].as_str()),
+            (Some("500m"), Some("2"))
+        );
     }
 
     #[test]

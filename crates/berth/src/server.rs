@@ -136,6 +136,14 @@ pub struct NodeArgs {
     /// to 30 times this (the kubelet's 10 s .. 5 min).
     #[arg(long = "container-restart-backoff-ms", default_value_t = 10_000)]
     pub container_restart_backoff_ms: u64,
+    /// Where device plugins register (its `kubelet.sock`) and put their sockets. Default:
+    /// the agent's directory's `device-plugins`; give `/var/lib/kubelet/device-plugins`
+    /// for plugins that only know the kubelet's path.
+    #[arg(long = "device-plugin-dir")]
+    pub device_plugin_dir: Option<PathBuf>,
+    /// Run without device plugins.
+    #[arg(long = "disable-device-plugins")]
+    pub disable_device_plugins: bool,
 }
 
 /// `berth agent`: a node agent joining a server elsewhere.
@@ -659,6 +667,8 @@ fn node_setup(
         labels: std::collections::BTreeMap::new(),
         cluster_dns: (!args.disable_dns).then(|| args.cluster_dns.clone()),
         cluster_domain: args.cluster_domain.clone(),
+        device_plugin_dir: (!args.disable_device_plugins)
+            .then(|| args.device_plugin_dir.clone().unwrap_or_else(|| dir.join("device-plugins"))),
         // Filled in once the server's CA exists (see `agent_tls`).
         api: Some(berth_agent::ApiConfig {
             bind_address: "0.0.0.0".into(),

@@ -1691,3 +1691,297 @@ fn root_the_service_proxy_runs_on_its_own() {
     let said = String::from_utf8_lossy(&output.stderr);
     assert!(said.contains("cannot list EndpointSlices"), "{said}");
 }
+
+/// A device plugin written for the tests: `example.com/dev` devices by id, each given to a
+/// container as `/dev/example-ID` (the host's /dev/null) and in `EXAMPLE_DEVICES`.
+mod fake_plugin {
+    use std::convert::Infallible;
+    use std::future::Future;
+    use std::path::{Path, PathBuf};
+    use std::pin::Pin;
+    use std::sync::{Arc, Mutex};
+
+    use berth_agent::devices::api;
+
+    type Http = tonic::codegen::http::Request<tonic::body::Body>;
+    type Answer = tonic::codegen::http::Response<tonic::body::Body>;
+    type Boxed<T> = Pin<Box<dyn Future<Output = Result<tonic::Response<T>, tonic::Status>> + Send>>;
+
+    type Watcher = tokio::sync::mpsc::Sender<Result<api::ListAndWatchResponse, tonic::Status>>;
+
+    #[derive(Clone)]
+    pub struct Plugin {
+        pub devices: Arc<Mutex<Vec<api::Device>>>,
+        /// Every ListAndWatch stream open now, to send changes to.
+        watchers: Arc<Mutex<Vec<Watcher>>>,
+        pub allocated: Arc<Mutex<Vec<Vec<String>>>>,
+    }
+
+    impl tonic::server::NamedService for Plugin {
+        const NAME: &'static str = "v1beta1.DevicePlugin";
+    }
+
+    struct Options;
+    impl tonic::server::UnaryService<api::Empty> for Options {
+        type Response = api::DevicePluginOptions;
+        type Future = Boxed<api::DevicePluginOptions>;
+        fn call(&mut self, _: tonic::Request<api::Empty>) -> Self::Future {
+            Box::pin(async { Ok(tonic::Response::new(api::DevicePluginOptions::default())) })
+        }
+    }
+
+    struct Watch(Plugin);
+    impl tonic::server::ServerStreamingService<api::Empty> for Watch {
+        type Response = api::ListAndWatchResponse;
+        type ResponseStream = tokio_stream::wrappers::ReceiverStream<
+            Result<api::ListAndWatchResponse, tonic::Status>,
+        >;
+        type Future = Pin<
+            Box<
+                dyn Future<Output = Result<tonic::Response<Self::ResponseStream>, tonic::Status>>
+                    + Send,
+            >,
+        >;
+        fn call(&mut self, _: tonic::Request<api::Empty>) -> Self::Future {
+            let plugin = self.0.clone();
+            Box::pin(async move {
+                let (tx, rx) = tokio::sync::mpsc::channel(8);
+                let devices = plugin.devices.lock().unwrap().clone();
+                let _ = tx.send(Ok(api::ListAndWatchResponse { devices })).await;
+                plugin.watchers.lock().unwrap().push(tx);
+                Ok(tonic::Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+            })
+        }
+    }
+
+    struct Allocate(Plugin);
+    impl tonic::server::UnaryService<api::AllocateRequest> for Allocate {
+        type Response = api::AllocateResponse;
+        type Future = Boxed<api::AllocateResponse>;
+        fn call(&mut self, request: tonic::Request<api::AllocateRequest>) -> Self::Future {
+            let plugin = self.0.clone();
+            Box::pin(async move {
+                let mut container_responses = Vec::new();
+                for asked in request.into_inner().container_requests {
+                    plugin.allocated.lock().unwrap().push(asked.devices_ids.clone());
+                    container_responses.push(api::ContainerAllocateResponse {
+                        envs: [("EXAMPLE_DEVICES".to_owned(), asked.devices_ids.join(","))].into(),
+                        devices: asked
+                            .devices_ids
+                            .iter()
+                            .map(|id| api::DeviceSpec {
+                                container_path: format!("/dev/example-{id}"),
+                                host_path: "/dev/null".into(),
+                                permissions: "rw".into(),
+                            })
+                            .collect(),
+                        ..Default::default()
+                    });
+                }
+                Ok(tonic::Response::new(api::AllocateResponse { container_responses }))
+            })
+        }
+    }
+
+    impl tower::Service<Http> for Plugin {
+        type Response = Answer;
+        type Error = Infallible;
+        type Future = Pin<Box<dyn Future<Output = Result<Answer, Infallible>> + Send>>;
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Infallible>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, request: Http) -> Self::Future {
+            let plugin = self.clone();
+            Box::pin(async move {
+                Ok(match request.uri().path() {
+                    "/v1beta1.DevicePlugin/GetDevicePluginOptions" => {
+                        let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::<
+                            api::DevicePluginOptions,
+                            api::Empty,
+                        >::default(
+                        ));
+                        grpc.unary(Options, request).await
+                    }
+                    "/v1beta1.DevicePlugin/ListAndWatch" => {
+                        let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::<
+                            api::ListAndWatchResponse,
+                            api::Empty,
+                        >::default(
+                        ));
+                        grpc.server_streaming(Watch(plugin), request).await
+                    }
+                    "/v1beta1.DevicePlugin/Allocate" => {
+                        let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::<
+                            api::AllocateResponse,
+                            api::AllocateRequest,
+                        >::default(
+                        ));
+                        grpc.unary(Allocate(plugin), request).await
+                    }
+                    other => tonic::Status::unimplemented(other.to_owned()).into_http(),
+                })
+            })
+        }
+    }
+
+    impl Plugin {
+        pub fn new(ids: &[&str]) -> Plugin {
+            Plugin {
+                devices: Arc::new(Mutex::new(
+                    ids.iter()
+                        .map(|id| api::Device {
+                            id: (*id).to_owned(),
+                            health: api::HEALTHY.into(),
+                            topology: None,
+                        })
+                        .collect(),
+                )),
+                watchers: Arc::default(),
+                allocated: Arc::default(),
+            }
+        }
+
+        /// Serves at `dir/NAME.sock` and registers with the agent's `dir/kubelet.sock`;
+        /// the returned token stops it (the socket goes, as a plugin that exits).
+        pub async fn run(&self, dir: &Path, name: &str) -> tokio_util::sync::CancellationToken {
+            let socket: PathBuf = dir.join(format!("{name}.sock"));
+            let _ = std::fs::remove_file(&socket);
+            let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+            let stop = tokio_util::sync::CancellationToken::new();
+            let (plugin, until) = (self.clone(), stop.clone());
+            let watchers = self.watchers.clone();
+            {
+                // Its streams end when it stops (a graceful shutdown waits for them).
+                let (watchers, stopped) = (watchers.clone(), stop.clone());
+                tokio::spawn(async move {
+                    stopped.cancelled().await;
+                    watchers.lock().unwrap().clear();
+                });
+            }
+            tokio::spawn(async move {
+                let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+                let _ = tonic::transport::Server::builder()
+                    .add_service(plugin)
+                    .serve_with_incoming_shutdown(incoming, until.cancelled_owned())
+                    .await;
+                // Its streams end with it.
+                watchers.lock().unwrap().clear();
+                let _ = std::fs::remove_file(socket);
+            });
+            let channel =
+                berth_agent::devices::unix_channel(&dir.join(api::KUBELET_SOCKET)).await.unwrap();
+            let _: api::Empty = berth_agent::devices::unary(
+                &channel,
+                "/v1beta1.Registration/Register",
+                api::RegisterRequest {
+                    version: api::VERSION.into(),
+                    endpoint: format!("{name}.sock"),
+                    resource_name: "example.com/dev".into(),
+                    options: None,
+                },
+            )
+            .await
+            .expect("registered");
+            stop
+        }
+
+        /// Marks a device unhealthy and tells the agent.
+        pub async fn sicken(&self, id: &str) {
+            let devices = {
+                let mut devices = self.devices.lock().unwrap();
+                for d in devices.iter_mut().filter(|d| d.id == id) {
+                    d.health = api::UNHEALTHY.into();
+                }
+                devices.clone()
+            };
+            let watchers = self.watchers.lock().unwrap().clone();
+            for watcher in watchers {
+                let _ =
+                    watcher.send(Ok(api::ListAndWatchResponse { devices: devices.clone() })).await;
+            }
+        }
+    }
+}
+
+#[test]
+fn root_device_plugins_give_pods_distinct_devices() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut cluster = Cluster::new();
+    cluster.start();
+    let dir = cluster.data().join("agent/device-plugins");
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let plugin = fake_plugin::Plugin::new(&["a", "b"]);
+    let stop = runtime.block_on(plugin.run(&dir, "example"));
+    let devices = |node: &Value, field: &str| {
+        node["status"][field]["example.com/dev"].as_str().unwrap_or("").to_owned()
+    };
+    cluster.until(
+        "the devices in the node's capacity",
+        &["get", "node", NODE, "-o", "json"],
+        |node| devices(node, "capacity") == "2" && devices(node, "allocatable") == "2",
+    );
+    let pod = |name: &str, count: u32| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: fixture:v1\n    command: [\"sh\", \"-c\", \"echo devices=$EXAMPLE_DEVICES; ls /dev | grep example; sleep 1000\"]\n    resources: {{limits: {{example.com/dev: \"{count}\"}}}}\n"
+        )
+    };
+    cluster.apply(&format!("{}---\n{}---\n{}", pod("one", 1), pod("two", 1), pod("greedy", 3)));
+    let mut given = Vec::new();
+    for name in ["one", "two"] {
+        cluster.until(&format!("{name} runs"), &["get", "pod", name, "-o", "json"], |p| {
+            p["status"]["phase"] == "Running"
+        });
+        let log = cluster.wait_log(name, "main", |l| l.contains("devices="));
+        let id = log.lines().find_map(|l| l.split("devices=").nth(1)).unwrap().trim().to_owned();
+        assert!(log.contains(&format!("example-{id}")), "the device node is there: {log}");
+        given.push(id);
+    }
+    given.sort();
+    assert_eq!(given, ["a", "b"], "each pod its own device");
+    // More than exist: Pending, with the scheduler's reason.
+    cluster.until(
+        "greedy stays Pending with the reason",
+        &["get", "events", "-o", "json"],
+        |events| {
+            events["items"].as_array().is_some_and(|items| {
+                items.iter().any(|e| {
+                    e["involvedObject"]["name"] == "greedy"
+                        && e["reason"] == "FailedScheduling"
+                        && e["message"]
+                            .as_str()
+                            .is_some_and(|m| m.contains("Insufficient example.com/dev"))
+                })
+            })
+        },
+    );
+    // An unhealthy device leaves allocatable; a plugin that goes takes all of them out.
+    runtime.block_on(plugin.sicken("a"));
+    cluster.until("one device unhealthy", &["get", "node", NODE, "-o", "json"], |node| {
+        devices(node, "capacity") == "2" && devices(node, "allocatable") == "1"
+    });
+    stop.cancel();
+    cluster.until("the plugin gone", &["get", "node", NODE, "-o", "json"], |node| {
+        devices(node, "allocatable") == "0"
+    });
+    // Registered again (a restarted plugin): back, and a freed device goes to a new pod.
+    let plugin = fake_plugin::Plugin::new(&["a", "b"]);
+    let _stop = runtime.block_on(plugin.run(&dir, "example"));
+    cluster.until("the plugin back", &["get", "node", NODE, "-o", "json"], |node| {
+        devices(node, "allocatable") == "2"
+    });
+    cluster.ok(&["delete", "pod", "one", "greedy", "--grace-period", "1"]);
+    cluster.apply(&pod("three", 1));
+    cluster.until("three runs", &["get", "pod", "three", "-o", "json"], |p| {
+        p["status"]["phase"] == "Running"
+    });
+    let log = cluster.wait_log("three", "main", |l| l.contains("devices="));
+    let two = given.iter().find(|id| !log.contains(&format!("devices={id}"))).cloned();
+    assert!(two.is_some(), "three got the device one gave back, not two's: {log}");
+    cluster.ok(&["delete", "pod", "two", "three", "--grace-period", "1"]);
+}
