@@ -1116,7 +1116,12 @@ async fn start(
         .create_container(cri::CreateContainerRequest {
             pod_sandbox_id: sandbox_id.to_owned(),
             config: Some(config),
-            sandbox_config: None,
+            // The kubelet always sends it, and containerd names the container from it.
+            sandbox_config: Some(sandbox_config(
+                ctx.config,
+                pod,
+                sandbox.metadata.as_ref().map_or(0, |m| m.attempt),
+            )),
         })
         .await;
     let id = match created {

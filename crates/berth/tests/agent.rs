@@ -1985,3 +1985,98 @@ fn root_device_plugins_give_pods_distinct_devices() {
     assert!(two.is_some(), "three got the device one gave back, not two's: {log}");
     cluster.ok(&["delete", "pod", "two", "three", "--grace-period", "1"]);
 }
+
+#[test]
+fn root_the_agent_drives_containerd_through_cri_too() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut cluster = Cluster::new();
+    // containerd with a CNI list of its own; the fixture in its store.
+    let net = cluster.path("containerd-net.d");
+    std::fs::create_dir_all(&net).unwrap();
+    let conf = serde_json::json!({
+        "cniVersion": "1.0.0", "name": "ctrd-pods",
+        "plugins": [
+            {"type": "bridge", "bridge": "ctrd0", "isGateway": true, "ipMasq": false,
+             "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.96.200.0/24"}]],
+                      "dataDir": cluster.path("ctrd-ipam")}},
+            {"type": "portmap", "capabilities": {"portMappings": true}}
+        ]
+    });
+    std::fs::write(net.join("10-pods.conflist"), conf.to_string()).unwrap();
+    let containerd = common::containerd::Containerd::start(
+        &cluster.path("containerd"),
+        &net,
+        &cluster.path("fixture.tar"),
+    );
+    cluster.extra = vec![
+        "--container-runtime-endpoint".into(),
+        format!("unix://{}", containerd.socket.display()),
+    ];
+    cluster.start();
+    let node: Value =
+        serde_json::from_str(&cluster.ok(&["get", "node", NODE, "-o", "json"])).unwrap();
+    let runtime = node["status"]["nodeInfo"]["containerRuntimeVersion"].as_str().unwrap_or("");
+    assert!(runtime.starts_with("containerd://"), "{runtime}");
+    cluster.apply(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: web
+        image: fixture:v1
+        command: ["sh", "-c", "echo hello from $HOSTNAME; touch /tmp/ready; exec sleep 1000"]
+        readinessProbe: {exec: {command: ["cat", "/tmp/ready"]}, periodSeconds: 1}
+"#,
+    );
+    let listed = cluster.until(
+        "two Ready pods on containerd",
+        &["get", "pods", "-l", "app=web", "-o", "json"],
+        |list| {
+            list["items"].as_array().is_some_and(|items| {
+                items.len() == 2
+                    && items.iter().all(|p| {
+                        p["status"]["podIP"].as_str().is_some_and(|ip| ip.starts_with("10.96.200."))
+                            && p["status"]["conditions"].as_array().is_some_and(|c| {
+                                c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True")
+                            })
+                    })
+            })
+        },
+    );
+    let name = listed["items"][0]["metadata"]["name"].as_str().unwrap().to_owned();
+    let log = cluster.wait_log(&name, "web", |l| l.contains("hello from"));
+    assert!(log.contains(&format!("hello from {name}")), "{log}");
+    // kubectl logs reaches containerd's log file through the agent.
+    let logs = cluster.ok(&["logs", &name]);
+    assert!(logs.contains("hello from"), "{logs}");
+    cluster.ok(&["delete", "deployment", "web"]);
+    cluster.until("no pods left", &["get", "pods", "-o", "json"], |l| {
+        l["items"].as_array().is_some_and(|i| i.is_empty())
+    });
+    // containerd holds no sandbox or container of them any more.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let listed = Command::new("ctr")
+            .arg("--address")
+            .arg(&containerd.socket)
+            .args(["-n", "k8s.io", "containers", "ls", "-q"])
+            .output()
+            .unwrap();
+        let left = String::from_utf8_lossy(&listed.stdout).trim().to_owned();
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "containerd still holds: {left}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -835,102 +835,6 @@ fn root_cri_state_survives_kill_9_of_the_server() {
     });
 }
 
-/// containerd 1.6 (Debian's, with its CRI plugin and runc), private to a test: its root,
-/// state, socket and streaming server in the node's directory, the same CNI list, and the
-/// fixture and a sandbox image imported.
-struct Containerd {
-    child: Child,
-    socket: PathBuf,
-}
-
-impl Containerd {
-    fn start(node: &Node) -> Containerd {
-        let dir = node.path("containerd");
-        std::fs::create_dir_all(&dir).unwrap();
-        let socket = dir.join("containerd.sock");
-        let config = format!(
-            r#"version = 2
-root = "{dir}/root"
-state = "{dir}/state"
-[grpc]
-  address = "{socket}"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "docker.io/library/pause:v1"
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
-    conf_dir = "{net}"
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-"#,
-            dir = dir.display(),
-            socket = socket.display(),
-            net = node.path("net.d").display()
-        );
-        std::fs::write(dir.join("config.toml"), config).unwrap();
-        let log = std::fs::File::create(dir.join("log")).unwrap();
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(dir.join("config.toml"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("containerd");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !socket.exists() {
-            assert!(Instant::now() < deadline, "containerd did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        // The fixture (as docker.io/library/fixture:v1) and a sandbox image that waits.
-        let layout = node.path("pause-layout");
-        let layers = berth_testkit::image::fixture_layers().unwrap();
-        berth_testkit::image::write_layout(
-            &layout,
-            "v1",
-            &layers,
-            &["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 3600 & wait; done"],
-        )
-        .unwrap();
-        let pause = node.path("pause.tar");
-        assert!(Command::new("tar")
-            .arg("-C")
-            .arg(&layout)
-            .arg("-cf")
-            .arg(&pause)
-            .arg(".")
-            .status()
-            .unwrap()
-            .success());
-        for (base, tar) in [
-            ("docker.io/library/fixture", node.path("fixture.tar")),
-            ("docker.io/library/pause", pause),
-        ] {
-            let imported = Command::new("ctr")
-                .arg("--address")
-                .arg(&socket)
-                .args(["-n", "k8s.io", "images", "import", "--base-name", base])
-                .arg(&tar)
-                .output()
-                .unwrap();
-            assert!(
-                imported.status.success(),
-                "ctr import: {}",
-                String::from_utf8_lossy(&imported.stderr)
-            );
-        }
-        Containerd { child, socket }
-    }
-}
-
-impl Drop for Containerd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 async fn clients_at(socket: &Path) -> RuntimeServiceClient<Channel> {
     let socket = socket.to_owned();
     let channel = tonic::transport::Endpoint::try_from("http://[::]:50051")
@@ -1237,7 +1141,11 @@ fn root_berth_answers_as_containerd_does() {
     }
     let mut node = Node::new();
     node.start();
-    let containerd = Containerd::start(&node);
+    let containerd = common::containerd::Containerd::start(
+        &node.path("containerd"),
+        &node.path("net.d"),
+        &node.path("fixture.tar"),
+    );
     block_on(async {
         let berth = scenario(&node, &node.socket(), IMAGE, "b").await;
         let theirs = scenario(&node, &containerd.socket, "docker.io/library/fixture:v1", "c").await;

@@ -233,6 +233,7 @@ pub fn load_fixture(root: &Path, archive: &Path, name: &str) -> String {
     id
 }
 
+pub mod containerd;
 pub mod fake_registry;
 pub mod python;
 pub mod registry;
