@@ -12,6 +12,7 @@
 pub mod cri;
 pub mod devices;
 pub mod events;
+pub mod eviction;
 pub mod join;
 pub mod pods;
 pub mod probes;
@@ -57,6 +58,8 @@ pub struct Config {
     /// Where device plugins register (`kubelet.sock`) and keep their sockets; none: no
     /// device plugins.
     pub device_plugin_dir: Option<PathBuf>,
+    /// Hard eviction thresholds (`--eviction-hard`); empty: no node-pressure eviction.
+    pub eviction: eviction::Thresholds,
 }
 
 #[derive(Debug, Clone)]
@@ -163,11 +166,32 @@ pub async fn run(informers: Arc<Informers>, config: Config) {
     if let Err(err) = register(&client, &runtime, &config, port, devices.as_deref()).await {
         tracing::error!("node agent: {err}");
     }
+    let pressure = Arc::new(eviction::Pressure::default());
     {
-        let (client, runtime, config, shutdown, devices) =
-            (client.clone(), runtime.clone(), config.clone(), shutdown.clone(), devices.clone());
+        let (client, runtime, config, shutdown, devices, pressure) = (
+            client.clone(),
+            runtime.clone(),
+            config.clone(),
+            shutdown.clone(),
+            devices.clone(),
+            pressure.clone(),
+        );
         informers.tasks().spawn(async move {
-            heartbeat(client, runtime, config, port, shutdown, devices).await
+            heartbeat(client, runtime, config, port, shutdown, devices, pressure).await
+        });
+    }
+    if !config.eviction.is_empty() {
+        let (client, runtime, config, shutdown, devices, pressure, pods) = (
+            client.clone(),
+            runtime.clone(),
+            config.clone(),
+            shutdown.clone(),
+            devices.clone(),
+            pressure.clone(),
+            informers.typed::<Pod>(),
+        );
+        informers.tasks().spawn(async move {
+            evict(client, runtime, config, port, shutdown, devices, pressure, pods).await
         });
     }
     run_pods(informers, config, runtime, devices).await;
@@ -178,6 +202,7 @@ async fn node_object(
     config: &Config,
     port: u16,
     devices: Option<&devices::Devices>,
+    pressure: &eviction::Pressure,
 ) -> serde_json::Value {
     let mut rt = runtime.runtime.clone();
     let version = rt
@@ -242,8 +267,16 @@ async fn node_object(
             "capacity": capacity, "allocatable": allocatable,
             "conditions": [
                 {"type": "Ready", "status": ready_status, "reason": ready_reason, "message": ready_message, "lastHeartbeatTime": now, "lastTransitionTime": now},
-                {"type": "MemoryPressure", "status": "False", "reason": "KubeletHasSufficientMemory", "lastHeartbeatTime": now, "lastTransitionTime": now},
-                {"type": "DiskPressure", "status": "False", "reason": "KubeletHasNoDiskPressure", "lastHeartbeatTime": now, "lastTransitionTime": now},
+                if pressure.memory() {
+                    json!({"type": "MemoryPressure", "status": "True", "reason": "KubeletHasInsufficientMemory", "message": "kubelet has insufficient memory available", "lastHeartbeatTime": now, "lastTransitionTime": now})
+                } else {
+                    json!({"type": "MemoryPressure", "status": "False", "reason": "KubeletHasSufficientMemory", "lastHeartbeatTime": now, "lastTransitionTime": now})
+                },
+                if pressure.disk() {
+                    json!({"type": "DiskPressure", "status": "True", "reason": "KubeletHasDiskPressure", "message": "kubelet has disk pressure", "lastHeartbeatTime": now, "lastTransitionTime": now})
+                } else {
+                    json!({"type": "DiskPressure", "status": "False", "reason": "KubeletHasNoDiskPressure", "lastHeartbeatTime": now, "lastTransitionTime": now})
+                },
                 {"type": "PIDPressure", "status": "False", "reason": "KubeletHasSufficientPID", "lastHeartbeatTime": now, "lastTransitionTime": now},
             ],
             "addresses": [{"type": "InternalIP", "address": config.node_ip}, {"type": "Hostname", "address": config.node_name}],
@@ -265,7 +298,7 @@ async fn register(
     devices: Option<&devices::Devices>,
 ) -> Result<(), Error> {
     let nodes: Api<Node> = Api::all(client.clone());
-    let object = node_object(runtime, config, port, devices).await;
+    let object = node_object(runtime, config, port, devices, &eviction::Pressure::default()).await;
     let node: Node = serde_json::from_value(object.clone()).map_err(|e| Error::Runtime {
         action: "describe the node".into(),
         message: e.to_string(),
@@ -329,6 +362,7 @@ async fn heartbeat(
     port: u16,
     shutdown: tokio_util::sync::CancellationToken,
     devices: Option<Arc<devices::Devices>>,
+    pressure: Arc<eviction::Pressure>,
 ) {
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
     let mut devices_changed = false;
@@ -356,7 +390,7 @@ async fn heartbeat(
         };
         if marked || devices_changed || beats.is_multiple_of(6) {
             devices_changed = false;
-            let object = node_object(&runtime, &config, port, devices.as_deref()).await;
+            let object = node_object(&runtime, &config, port, devices.as_deref(), &pressure).await;
             let patch = Patch::Merge(json!({"status": {
                 "conditions": object["status"]["conditions"],
                 "capacity": object["status"]["capacity"],
@@ -384,6 +418,92 @@ async fn heartbeat(
 }
 
 type Key = (String, String);
+
+/// Node-pressure eviction (see `eviction`): the signals every interval; on a change the
+/// Node's conditions and taints; while under pressure, one pod evicted per interval.
+#[allow(clippy::too_many_arguments)]
+async fn evict(
+    client: kube::Client,
+    runtime: cri::Runtime,
+    config: Config,
+    port: u16,
+    shutdown: tokio_util::sync::CancellationToken,
+    devices: Option<Arc<devices::Devices>>,
+    pressure: Arc<eviction::Pressure>,
+    pods: Arc<berth_reconcile::Cache<Pod>>,
+) {
+    use std::sync::atomic::Ordering;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let events = events::Recorder::new(client.clone(), &config.node_name);
+    loop {
+        // The image filesystem as the runtime reports it (CRI ImageFsInfo).
+        let mut rt = runtime.images.clone();
+        let imagefs = rt
+            .image_fs_info(k8s_cri_v1::ImageFsInfoRequest {})
+            .await
+            .ok()
+            .and_then(|answer| answer.into_inner().image_filesystems.into_iter().next())
+            .and_then(|fs| fs.fs_id)
+            .map(|id| PathBuf::from(id.mountpoint));
+        let (memory, disk, message) =
+            eviction::observe(&config.eviction, &config.root, imagefs.as_deref());
+        let memory_changed = pressure.memory.swap(memory, Ordering::Relaxed) != memory;
+        let disk_changed = pressure.disk.swap(disk, Ordering::Relaxed) != disk;
+        let changed = memory_changed || disk_changed;
+        if changed {
+            tracing::warn!(memory, disk, "node pressure changed");
+            let object = node_object(&runtime, &config, port, devices.as_deref(), &pressure).await;
+            let patch =
+                Patch::Merge(json!({"status": {"conditions": object["status"]["conditions"]}}));
+            if let Err(err) =
+                nodes.patch_status(&config.node_name, &PatchParams::default(), &patch).await
+            {
+                tracing::warn!("conditions of node {}: {err}", config.node_name);
+            }
+            // The taints follow from the conditions: the node lifecycle controller sets
+            // them (a node may not change its own taints).
+        }
+        if let Some(message) = message {
+            // One pod per interval, the least important first.
+            let victim = pods
+                .store()
+                .state()
+                .into_iter()
+                .filter(|p| {
+                    p.spec.as_ref().and_then(|s| s.node_name.as_deref())
+                        == Some(config.node_name.as_str())
+                        && p.metadata.deletion_timestamp.is_none()
+                        && !matches!(
+                            p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                            Some("Succeeded" | "Failed")
+                        )
+                })
+                .min_by_key(|p| {
+                    eviction::rank(
+                        pods::qos_class(p),
+                        p.spec.as_ref().and_then(|s| s.priority).unwrap_or(0),
+                    )
+                });
+            if let Some(pod) = victim {
+                let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+                let name = pod.metadata.name.clone().unwrap_or_default();
+                tracing::warn!("evicting {namespace}/{name}: {message}");
+                events.record(&pod, None, true, "Evicted", &message).await;
+                let api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+                let patch = Patch::Merge(
+                    json!({"status": {"phase": "Failed", "reason": "Evicted", "message": message}}),
+                );
+                if let Err(err) = api.patch_status(&name, &PatchParams::default(), &patch).await {
+                    tracing::warn!("evict {namespace}/{name}: {err}");
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(eviction::INTERVAL) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
 
 async fn run_pods(
     informers: Arc<Informers>,

@@ -144,6 +144,11 @@ pub struct NodeArgs {
     /// Run without device plugins.
     #[arg(long = "disable-device-plugins")]
     pub disable_device_plugins: bool,
+    /// Hard eviction thresholds, as the kubelet's: SIGNAL<QUANTITY pairs
+    /// (memory.available, nodefs.available, imagefs.available; bytes or a percentage);
+    /// "" turns node-pressure eviction off.
+    #[arg(long = "eviction-hard", default_value = berth_agent::eviction::DEFAULT)]
+    pub eviction_hard: String,
 }
 
 /// `berth agent`: a node agent joining a server elsewhere.
@@ -669,6 +674,9 @@ fn node_setup(
         cluster_domain: args.cluster_domain.clone(),
         device_plugin_dir: (!args.disable_device_plugins)
             .then(|| args.device_plugin_dir.clone().unwrap_or_else(|| dir.join("device-plugins"))),
+        eviction: berth_agent::eviction::Thresholds::parse(&args.eviction_hard)
+            .map_err(anyhow::Error::msg)
+            .context("--eviction-hard")?,
         // Filled in once the server's CA exists (see `agent_tls`).
         api: Some(berth_agent::ApiConfig {
             bind_address: "0.0.0.0".into(),

@@ -2080,3 +2080,113 @@ spec:
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+#[test]
+fn root_disk_pressure_evicts_the_least_important_pod_first() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut cluster = Cluster::new();
+    // The server's data (and so the agent's nodefs) on a small filesystem of the test's.
+    std::fs::create_dir_all(cluster.data()).unwrap();
+    berth_sys::nix::mount::mount(
+        Some("tmpfs"),
+        &cluster.data(),
+        Some("tmpfs"),
+        berth_sys::nix::mount::MsFlags::empty(),
+        Some("size=96m"),
+    )
+    .expect("a tmpfs for the data directory");
+    cluster.extra = vec!["--eviction-hard".into(), "nodefs.available<40%".into()];
+    cluster.start();
+    cluster.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: besteffort}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: main, image: fixture:v1, command: ["sleep", "1000"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: guaranteed}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: fixture:v1
+    command: ["sleep", "1000"]
+    resources: {limits: {cpu: 100m, memory: 32Mi}}
+"#,
+    );
+    for name in ["besteffort", "guaranteed"] {
+        cluster.until(&format!("{name} runs"), &["get", "pod", name, "-o", "json"], |p| {
+            p["status"]["phase"] == "Running"
+        });
+    }
+    // Fill the filesystem past the threshold.
+    let stat = berth_sys::nix::sys::statvfs::statvfs(&cluster.data()).unwrap();
+    let unit = stat.fragment_size() as u64;
+    let (total, available) = (stat.blocks() as u64 * unit, stat.blocks_available() as u64 * unit);
+    let fill = available.saturating_sub(total * 3 / 10);
+    let filler = cluster.data().join("filler");
+    let made = Command::new("fallocate")
+        .args(["-l", &fill.to_string()])
+        .arg(&filler)
+        .status()
+        .expect("fallocate");
+    assert!(made.success());
+    let condition = |node: &Value, kind: &str| {
+        node["status"]["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == kind))
+            .and_then(|c| c["status"].as_str())
+            .unwrap_or("")
+            .to_owned()
+    };
+    let tainted = |node: &Value| {
+        node["spec"]["taints"].as_array().is_some_and(|t| {
+            t.iter().any(|t| {
+                t["key"] == "node.kubernetes.io/disk-pressure" && t["effect"] == "NoSchedule"
+            })
+        })
+    };
+    cluster.until("DiskPressure and its taint", &["get", "node", NODE, "-o", "json"], |node| {
+        condition(node, "DiskPressure") == "True" && tainted(node)
+    });
+    let evicted = cluster.until(
+        "the BestEffort pod evicted",
+        &["get", "pod", "besteffort", "-o", "json"],
+        |p| p["status"]["phase"] == "Failed",
+    );
+    assert_eq!(evicted["status"]["reason"], "Evicted", "{evicted:#}");
+    assert!(
+        evicted["status"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("low on resource: ephemeral-storage")),
+        "{evicted:#}"
+    );
+    // The Guaranteed pod was still running when the BestEffort one went.
+    let guaranteed = cluster.pod("guaranteed");
+    let events = cluster.ok(&["get", "events", "--field-selector", "reason=Evicted", "-o", "json"]);
+    let events: Value = serde_json::from_str(&events).unwrap();
+    let first = events["items"].as_array().and_then(|items| {
+        items.iter().min_by_key(|e| e["lastTimestamp"].as_str().unwrap_or("").to_owned()).cloned()
+    });
+    assert_eq!(
+        first.as_ref().map(|e| e["involvedObject"]["name"].clone()),
+        Some(serde_json::json!("besteffort"))
+    );
+    assert!(
+        guaranteed["status"]["phase"] == "Running" || guaranteed["status"]["reason"] == "Evicted",
+        "{guaranteed:#}"
+    );
+    // Space again: the condition and the taint go.
+    std::fs::remove_file(&filler).unwrap();
+    cluster.until("no more pressure", &["get", "node", NODE, "-o", "json"], |node| {
+        condition(node, "DiskPressure") == "False" && !tainted(node)
+    });
+    cluster.ok(&["delete", "pod", "besteffort", "guaranteed", "--grace-period", "1"]);
+}

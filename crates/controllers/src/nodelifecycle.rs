@@ -99,6 +99,36 @@ fn wanted_taints(ready: Option<&str>) -> Option<&'static str> {
     }
 }
 
+/// The NoSchedule taints the kubelet's pressure conditions call for (Kubernetes'
+/// TaintNodesByCondition), with the other taints kept; `None` if nothing changes.
+fn pressure_taints(taints: &[Taint], node: &Node) -> Option<Vec<Taint>> {
+    const BY_CONDITION: [(&str, &str); 3] = [
+        ("MemoryPressure", "node.kubernetes.io/memory-pressure"),
+        ("DiskPressure", "node.kubernetes.io/disk-pressure"),
+        ("PIDPressure", "node.kubernetes.io/pid-pressure"),
+    ];
+    let conditions = node.status.as_ref().and_then(|s| s.conditions.as_ref());
+    let on = |kind: &str| {
+        conditions.is_some_and(|c| c.iter().any(|c| c.type_ == kind && c.status == "True"))
+    };
+    let mut next: Vec<Taint> = taints
+        .iter()
+        .filter(|t| BY_CONDITION.iter().all(|(kind, key)| t.key != *key || on(kind)))
+        .cloned()
+        .collect();
+    for (kind, key) in BY_CONDITION {
+        if on(kind) && !next.iter().any(|t| t.key == key && t.effect == "NoSchedule") {
+            next.push(Taint {
+                key: key.to_owned(),
+                effect: "NoSchedule".into(),
+                value: None,
+                time_added: None,
+            });
+        }
+    }
+    (next.len() != taints.len() || next.iter().zip(taints).any(|(a, b)| a != b)).then_some(next)
+}
+
 /// The node's taints with the lifecycle ones as `key` says (none when `None`), keeping
 /// the time an existing one was added; `None` if nothing changes.
 fn retaint(taints: &[Taint], key: Option<&str>, now: &Time) -> Option<Vec<Taint>> {
@@ -195,8 +225,13 @@ impl Controller {
             }
         }
         let stamp = Time(timestamp_now());
-        let taints = node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
-        let taints = match retaint(&taints, wanted_taints(ready.as_deref()), &stamp) {
+        let current = node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
+        let lifecycle = retaint(&current, wanted_taints(ready.as_deref()), &stamp);
+        let base = lifecycle.clone().unwrap_or_else(|| current.clone());
+        // Taint nodes by condition: a kubelet's pressure keeps new pods away.
+        let pressured = pressure_taints(&base, &node);
+        let taints = current;
+        let taints = match pressured.or(lifecycle) {
             Some(changed) => {
                 let api: Api<Node> = Api::all(self.client.clone());
                 let patch = json!({"spec": {"taints": changed}});
@@ -355,6 +390,23 @@ mod tests {
         assert_eq!(swapped.iter().filter(|t| t.key == NOT_READY).count(), 2);
         assert_eq!(retaint(&swapped, None, &now), Some(vec![user]));
         assert_eq!(wanted_taints(Some("True")), None);
+    }
+
+    #[test]
+    fn pressure_conditions_taint_the_node() {
+        let node = |disk: &str| -> Node {
+            serde_json::from_value(json!({"metadata": {"name": "n"}, "status": {"conditions": [
+                {"type": "Ready", "status": "True"}, {"type": "DiskPressure", "status": disk}]}}))
+            .unwrap()
+        };
+        let user = taint("dedicated", "NoSchedule", None);
+        let pressed = pressure_taints(std::slice::from_ref(&user), &node("True")).unwrap();
+        assert_eq!(pressed.len(), 2);
+        assert!(pressed
+            .iter()
+            .any(|t| t.key == "node.kubernetes.io/disk-pressure" && t.effect == "NoSchedule"));
+        assert_eq!(pressure_taints(&pressed, &node("True")), None, "nothing to change");
+        assert_eq!(pressure_taints(&pressed, &node("False")), Some(vec![user]));
     }
 
     #[test]
