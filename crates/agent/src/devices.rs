@@ -199,11 +199,17 @@ where
     Q: prost::Message + Send + Sync + 'static,
     A: prost::Message + Default + Send + Sync + 'static,
 {
-    let mut client = tonic::client::Grpc::new(channel.clone());
-    client.ready().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    let codec = tonic_prost::ProstCodec::<Q, A>::default();
-    let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
-    Ok(client.unary(tonic::Request::new(request), path, codec).await?.into_inner())
+    let call = async {
+        let mut client = tonic::client::Grpc::new(channel.clone());
+        client.ready().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let codec = tonic_prost::ProstCodec::<Q, A>::default();
+        let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
+        Ok(client.unary(tonic::Request::new(request), path, codec).await?.into_inner())
+    };
+    // A plugin that hangs fails the call (the kubelet gives PreStartContainer 30 s).
+    tokio::time::timeout(std::time::Duration::from_secs(30), call)
+        .await
+        .map_err(|_| tonic::Status::deadline_exceeded(format!("{path}: no answer in 30 s")))?
 }
 
 #[derive(Debug, Default)]
@@ -257,10 +263,22 @@ impl Devices {
     ) -> Result<Arc<Devices>, String> {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("create the device plugin directory {}: {e}", dir.display()))?;
-        let checkpoint: Checkpoint = std::fs::read(dir.join(CHECKPOINT))
-            .ok()
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            .unwrap_or_default();
+        let checkpoint: Checkpoint = match std::fs::read(dir.join(CHECKPOINT)) {
+            Ok(bytes) => match serde_json::from_slice(&bytes) {
+                Ok(checkpoint) => checkpoint,
+                Err(err) => {
+                    // Kept aside for whoever looks; allocations start over.
+                    let aside = dir.join(format!("{CHECKPOINT}.corrupt"));
+                    let _ = std::fs::rename(dir.join(CHECKPOINT), &aside);
+                    tracing::error!(
+                        "the device checkpoint was unreadable ({err}); moved to {}",
+                        aside.display()
+                    );
+                    Checkpoint::default()
+                }
+            },
+            Err(_) => Checkpoint::default(),
+        };
         let devices = Arc::new(Devices {
             dir: dir.to_owned(),
             resources: Mutex::new(BTreeMap::new()),
@@ -290,20 +308,34 @@ impl Devices {
 
     /// Capacity and allocatable per resource.
     pub fn capacity(&self) -> BTreeMap<String, (usize, usize)> {
+        // Resources known from the checkpoint but whose plugin has not registered since a
+        // restart are there with nothing allocatable (the Node must not keep the old count).
+        let mut out: BTreeMap<String, (usize, usize)> = self
+            .allocations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .map(|(_, _, resource)| (resource.clone(), (0, 0)))
+            .collect();
         let resources = self.resources.lock().unwrap_or_else(|p| p.into_inner());
-        resources
-            .iter()
-            .map(|(name, r)| {
-                let healthy =
-                    if r.plugin.is_some() { r.devices.values().filter(|h| **h).count() } else { 0 };
-                (name.clone(), (r.devices.len(), healthy))
-            })
-            .collect()
+        for (name, r) in resources.iter() {
+            let healthy =
+                if r.plugin.is_some() { r.devices.values().filter(|h| **h).count() } else { 0 };
+            out.insert(name.clone(), (r.devices.len(), healthy));
+        }
+        out
     }
 
-    /// Whether `name` is a resource a plugin has registered.
+    /// Whether `name` is a resource a plugin has registered (or had, before a restart:
+    /// its allocations are in the checkpoint).
     pub fn knows(&self, name: &str) -> bool {
         self.resources.lock().unwrap_or_else(|p| p.into_inner()).contains_key(name)
+            || self
+                .allocations
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .keys()
+                .any(|(_, _, resource)| resource == name)
     }
 
     fn register(self: &Arc<Self>, request: api::RegisterRequest) -> Result<(), tonic::Status> {
@@ -356,10 +388,19 @@ impl Devices {
         options: api::DevicePluginOptions,
         generation: u64,
     ) {
+        let forget = |devices: &Devices| {
+            let mut resources = devices.resources.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(resource) = resources.get_mut(&name).filter(|r| r.generation == generation)
+            {
+                resource.plugin = None;
+            }
+        };
         let channel = match unix_channel(&socket).await {
             Ok(channel) => channel,
             Err(err) => {
                 tracing::warn!(resource = %name, "device plugin: {err}");
+                forget(&self);
+                self.changed.notify_waiters();
                 return;
             }
         };
@@ -376,6 +417,8 @@ impl Devices {
             Ok(response) => response.into_inner(),
             Err(status) => {
                 tracing::warn!(resource = %name, "device plugin ListAndWatch: {}", status.message());
+                forget(&self);
+                self.changed.notify_waiters();
                 return;
             }
         };
@@ -388,17 +431,23 @@ impl Devices {
             }
         }
         while let Ok(Some(list)) = stream.message().await {
-            {
+            let listed: BTreeMap<String, bool> =
+                list.devices.iter().map(|d| (d.id.clone(), d.health == api::HEALTHY)).collect();
+            let changed = {
                 let mut resources = self.resources.lock().unwrap_or_else(|p| p.into_inner());
                 let Some(resource) =
                     resources.get_mut(&name).filter(|r| r.generation == generation)
                 else {
                     return; // re-registered: the new stream owns it
                 };
-                resource.devices =
-                    list.devices.iter().map(|d| (d.id.clone(), d.health == api::HEALTHY)).collect();
+                let changed = resource.devices != listed;
+                resource.devices = listed;
+                changed
+            };
+            // Only a real change reaches the Node (a chatty plugin repeats itself).
+            if changed {
+                self.changed.notify_waiters();
             }
-            self.changed.notify_waiters();
         }
         tracing::warn!(resource = %name, "device plugin went away; its devices leave allocatable until it registers again");
         {

@@ -55,7 +55,7 @@ fn quantity(text: &str) -> Option<u64> {
     ];
     for (suffix, factor) in units {
         if let Some(number) = text.strip_suffix(suffix) {
-            return number.parse::<u64>().ok().map(|n| n * factor);
+            return number.parse::<u64>().ok().and_then(|n| n.checked_mul(factor));
         }
     }
     text.parse().ok()
@@ -197,6 +197,9 @@ pub fn rank(qos: &str, priority: i32) -> (u8, i32) {
     };
     (class, priority)
 }
+
+/// The priority of `system-cluster-critical`: pods at or above it are never evicted.
+pub const CRITICAL_PRIORITY: i32 = 2_000_000_000;
 
 /// How often the signals are read.
 pub const INTERVAL: Duration = Duration::from_secs(2);

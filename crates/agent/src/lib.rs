@@ -477,6 +477,10 @@ async fn evict(
                             p.status.as_ref().and_then(|s| s.phase.as_deref()),
                             Some("Succeeded" | "Failed")
                         )
+                        // Critical pods (system-cluster-critical and above) stay, as the
+                        // kubelet keeps them.
+                        && p.spec.as_ref().and_then(|s| s.priority).unwrap_or(0)
+                            < eviction::CRITICAL_PRIORITY
                 })
                 .min_by_key(|p| {
                     eviction::rank(
@@ -558,10 +562,6 @@ async fn run_pods(
                 refs.retain(here.iter().map(|p| p.as_ref()));
                 let known: std::collections::HashSet<String> =
                     here.iter().filter_map(|p| p.metadata.uid.clone()).collect();
-                // Devices of pods that are gone (deleted while the agent was down) go back.
-                if let Some(devices) = &devices {
-                    devices.keep_only(&known.iter().cloned().collect());
-                }
                 let mut rt = runtime.runtime.clone();
                 if let Ok(listed) = rt.list_containers(k8s_cri_v1::ListContainersRequest { filter: None }).await {
                     let ids = listed.into_inner().containers.into_iter().map(|c| c.id).collect();
@@ -585,15 +585,26 @@ async fn run_pods(
                             }
                         }
                     }
+                    // Devices go back only from pods that are gone and hold no sandbox: an
+                    // orphan's containers may still run until the kill below succeeds.
+                    if let Some(devices) = &devices {
+                        let live: std::collections::BTreeSet<String> =
+                            known.iter().cloned().chain(with_sandbox.iter().cloned()).collect();
+                        devices.keep_only(&live);
+                    }
                     let orphans: std::collections::BTreeSet<String> =
                         with_sandbox.into_iter().filter(|uid| !known.contains(uid)).collect();
                     for uid in orphans {
                         tracing::info!(pod_uid = %uid, "removing the sandboxes of a pod that is gone");
                         if let Err(err) = pods::kill_pod(&runtime, &uid, 0).await {
                             tracing::warn!("{err}");
+                            continue;
                         }
                         remove_pod_dir(&config.pod_dir(&uid));
                         memory.forget_pod(&uid);
+                        if let Some(devices) = &devices {
+                            devices.release(&uid);
+                        }
                     }
                 }
                 tokio::select! {

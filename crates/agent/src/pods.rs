@@ -195,7 +195,8 @@ pub async fn sync(ctx: &Context<'_>, pod: &Pod) -> Result<Next, Error> {
     let spec = pod.spec.clone().unwrap_or_default();
     let phase = pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
     if phase == "Succeeded" || phase == "Failed" {
-        // Finished: its containers are stopped; the sandbox goes (its logs stay).
+        // Finished: its containers are stopped; the sandbox goes (its logs stay), and its
+        // devices go back once it is.
         for sandbox in sandboxes_of(ctx.runtime, &uid).await? {
             if sandbox.state == cri::PodSandboxState::SandboxReady as i32 {
                 let mut rt = ctx.runtime.runtime.clone();
@@ -205,6 +206,9 @@ pub async fn sync(ctx: &Context<'_>, pod: &Pod) -> Result<Next, Error> {
                 .await
                 .map_err(cri_error(format!("stop sandbox {}", sandbox.id)))?;
             }
+        }
+        if let Some(devices) = ctx.devices {
+            devices.release(&uid);
         }
         return Ok(None);
     }

@@ -158,6 +158,17 @@ impl Strategy for Pod {
         let qos = objects::qos_class(&object["spec"]);
         object["status"] = json!({"phase": "Pending", "qosClass": qos});
     }
+    fn prepare_status_update(&self, old: &Value, new: &mut Value) {
+        // A pod that has ended (Succeeded, or Failed as an eviction leaves it) does not
+        // run again: a late status write of its node keeps the terminal phase, as
+        // Kubernetes refuses the transition.
+        let terminal = |phase: &Value| matches!(phase.as_str(), Some("Succeeded" | "Failed"));
+        if terminal(&old["status"]["phase"]) && new["status"]["phase"] != old["status"]["phase"] {
+            for field in ["phase", "reason", "message"] {
+                new["status"][field] = old["status"][field].clone();
+            }
+        }
+    }
 }
 
 struct Job;
