@@ -297,7 +297,9 @@ fn run_cluster(
                 "--kubelet-port",
                 "0",
             ])
-            .args(["--node-name", "demo-node", "--node-ip", "192.168.77.1", "--data-dir"])
+            .args(["--node-name", "demo-node", "--node-ip", "192.168.77.1"])
+            // The demo runs on whatever disk the machine has: only memory pressure evicts.
+            .args(["--eviction-hard", "memory.available<100Mi", "--data-dir"])
             .arg(&data)
             .stdout(std::process::Stdio::null())
             .stderr(log)

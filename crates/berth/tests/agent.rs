@@ -92,6 +92,13 @@ impl Cluster {
             .args(["--container-restart-backoff-ms", "200", "--kubelet-port", "0"])
             .args(["--metric-resolution", "1s", "--data-dir"])
             .arg(self.data())
+            // Tests run on whatever disk the machine has: no disk-pressure eviction unless
+            // a test asks for it.
+            .args(if self.extra.iter().any(|a| a == "--eviction-hard") {
+                Vec::new()
+            } else {
+                vec!["--eviction-hard", "memory.available<100Mi"]
+            })
             .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(log)
