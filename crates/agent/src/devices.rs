@@ -269,7 +269,12 @@ impl Devices {
                 Err(err) => {
                     // Kept aside for whoever looks; allocations start over.
                     let aside = dir.join(format!("{CHECKPOINT}.corrupt"));
-                    let _ = std::fs::rename(dir.join(CHECKPOINT), &aside);
+                    if let Err(moved) = std::fs::rename(dir.join(CHECKPOINT), &aside) {
+                        return Err(format!(
+                            "the device checkpoint is unreadable ({err}) and cannot be set aside ({moved}): remove {} and restart",
+                            dir.join(CHECKPOINT).display()
+                        ));
+                    }
                     tracing::error!(
                         "the device checkpoint was unreadable ({err}); moved to {}",
                         aside.display()
@@ -291,7 +296,9 @@ impl Devices {
         let listener = tokio::net::UnixListener::bind(&socket)
             .map_err(|e| format!("listen at {}: {e}", socket.display()))?;
         use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600));
+        // Only root may register devices: a socket others could reach is not served.
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| format!("make {} private: {e}", socket.display()))?;
         let service = Registration(devices.clone());
         tokio::spawn(async move {
             let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
@@ -631,7 +638,13 @@ impl Devices {
                 .collect(),
         };
         let path = self.dir.join(CHECKPOINT);
-        let bytes = serde_json::to_vec(&checkpoint).unwrap_or_default();
+        let bytes = match serde_json::to_vec(&checkpoint) {
+            Ok(bytes) => bytes,
+            Err(err) => {
+                tracing::warn!("cannot encode the device checkpoint: {err}");
+                return;
+            }
+        };
         if let Err(err) = berth_stdx::fs::write_atomic(&path, &bytes, 0o600) {
             tracing::warn!("cannot save the device checkpoint {}: {err}", path.display());
         }

@@ -338,18 +338,8 @@ pub(crate) fn host_usage() -> Option<(f64, u64)> {
     let busy: u64 =
         cpu.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, v)| v).sum();
     let ticks = 100.0; // USER_HZ, 100 on every Linux ABI the agent runs on
-    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let field = |name: &str| -> Option<u64> {
-        meminfo
-            .lines()
-            .find(|l| l.starts_with(name))?
-            .split_whitespace()
-            .nth(1)?
-            .parse::<u64>()
-            .ok()
-            .map(|kib| kib * 1024)
-    };
-    let working_set = field("MemTotal:")?.saturating_sub(field("MemAvailable:")?);
+    let (available, total) = eviction::memory()?;
+    let working_set = total.saturating_sub(available);
     Some((busy as f64 / ticks, working_set))
 }
 

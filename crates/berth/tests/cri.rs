@@ -1677,26 +1677,28 @@ impl WsClient {
         self.socket.write_all(&frame).await.unwrap();
     }
 
-    /// The next data message: (channel, bytes).
-    async fn next(&mut self) -> (u8, Vec<u8>) {
+    /// The next data message: (channel, bytes); `None` once the server closes.
+    async fn next(&mut self) -> Option<(u8, Vec<u8>)> {
         use tokio::io::AsyncReadExt;
         loop {
             let mut head = [0u8; 2];
-            self.socket.read_exact(&mut head).await.unwrap();
+            self.socket.read_exact(&mut head).await.ok()?;
             let mut length = u64::from(head[1] & 0x7f);
             if length == 126 {
                 let mut ext = [0u8; 2];
-                self.socket.read_exact(&mut ext).await.unwrap();
+                self.socket.read_exact(&mut ext).await.ok()?;
                 length = u64::from(u16::from_be_bytes(ext));
             } else if length == 127 {
                 let mut ext = [0u8; 8];
-                self.socket.read_exact(&mut ext).await.unwrap();
+                self.socket.read_exact(&mut ext).await.ok()?;
                 length = u64::from_be_bytes(ext);
             }
             let mut payload = vec![0u8; length as usize];
-            self.socket.read_exact(&mut payload).await.unwrap();
-            if head[0] & 0x0f == 0x2 && !payload.is_empty() {
-                return (payload[0], payload[1..].to_vec());
+            self.socket.read_exact(&mut payload).await.ok()?;
+            match head[0] & 0x0f {
+                0x8 => return None,
+                0x2 if !payload.is_empty() => return Some((payload[0], payload[1..].to_vec())),
+                _ => {}
             }
         }
     }
@@ -1736,7 +1738,7 @@ fn root_port_forward_speaks_websocket_channels_too() {
             // Every channel first says its port (little-endian).
             let mut firsts = Vec::new();
             for _ in 0..4 {
-                firsts.push(client.next().await);
+                firsts.push(client.next().await.expect("every channel says its port first"));
             }
             firsts.sort();
             assert_eq!(
@@ -1751,17 +1753,20 @@ fn root_port_forward_speaks_websocket_channels_too() {
             client.send(0, b"ping\n").await;
             let mut got = Vec::new();
             let mut refused = String::new();
+            // The session ends once every port's connection has; a server that did not
+            // listen yet ends it early.
             let read = async {
                 while !got.ends_with(b"pong\n") || refused.is_empty() {
-                    let (channel, data) = client.next().await;
+                    let Some((channel, data)) = client.next().await else { return false };
                     match channel {
                         0 => got.extend_from_slice(&data),
                         3 => refused.push_str(&String::from_utf8_lossy(&data)),
                         _ => {}
                     }
                 }
+                true
             };
-            if tokio::time::timeout(Duration::from_secs(5), read).await.is_ok() {
+            if tokio::time::timeout(Duration::from_secs(5), read).await == Ok(true) {
                 assert!(refused.contains("failed to connect to localhost:9"), "{refused}");
                 break;
             }

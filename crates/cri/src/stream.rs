@@ -598,26 +598,9 @@ async fn forward_channels<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     request: crate::forward::ForwardRequest,
     ports: Vec<u16>,
 ) {
-    let (mut reader, mut writer) = tokio::io::split(io);
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Out>(64);
-    let writer_task = tokio::spawn(async move {
-        while let Some(out) = rx.recv().await {
-            let written = match out {
-                Out::Data(channel, data) => {
-                    let mut payload = Vec::with_capacity(data.len() + 1);
-                    payload.push(channel);
-                    payload.extend_from_slice(&data);
-                    write_frame(&mut writer, 0x2, &payload).await
-                }
-                Out::Pong(data) => write_frame(&mut writer, 0xA, &data).await,
-            };
-            if written.is_err() {
-                return;
-            }
-        }
-        let _ = write_frame(&mut writer, 0x8, &1000u16.to_be_bytes()).await;
-        let _ = writer.shutdown().await;
-    });
+    let (mut reader, writer) = tokio::io::split(io);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Out>(64);
+    let writer_task = tokio::spawn(write_channels(writer, rx));
     // A sandbox that is gone ends the session: never the host's loopback in its place.
     let netns = match node.sandbox(&request.sandbox_id) {
         Ok(sandbox) => sandbox.namespaces.net,
@@ -799,6 +782,30 @@ enum Out {
     Pong(Vec<u8>),
 }
 
+/// A channel-protocol WebSocket's writing side: each message as a binary frame led by its
+/// channel byte, pongs as they are asked for, and a close frame once every sender is gone.
+async fn write_channels<W: AsyncWrite + Unpin>(
+    mut writer: W,
+    mut rx: tokio::sync::mpsc::Receiver<Out>,
+) {
+    while let Some(out) = rx.recv().await {
+        let written = match out {
+            Out::Data(channel, data) => {
+                let mut payload = Vec::with_capacity(data.len() + 1);
+                payload.push(channel);
+                payload.extend_from_slice(&data);
+                write_frame(&mut writer, 0x2, &payload).await
+            }
+            Out::Pong(data) => write_frame(&mut writer, 0xA, &data).await,
+        };
+        if written.is_err() {
+            return;
+        }
+    }
+    let _ = write_frame(&mut writer, 0x8, &1000u16.to_be_bytes()).await;
+    let _ = writer.shutdown().await;
+}
+
 /// What the client sends, whatever carries it.
 enum Event {
     Stdin(Vec<u8>),
@@ -852,27 +859,10 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     session: Session,
     v5: bool,
 ) {
-    let (reader, mut writer) = tokio::io::split(io);
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Out>(64);
+    let (reader, writer) = tokio::io::split(io);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Out>(64);
     let tx_for_pongs = tx.clone();
-    let writer_task = tokio::spawn(async move {
-        while let Some(out) = rx.recv().await {
-            let written = match out {
-                Out::Data(channel, data) => {
-                    let mut payload = Vec::with_capacity(data.len() + 1);
-                    payload.push(channel);
-                    payload.extend_from_slice(&data);
-                    write_frame(&mut writer, 0x2, &payload).await
-                }
-                Out::Pong(data) => write_frame(&mut writer, 0xA, &data).await,
-            };
-            if written.is_err() {
-                return;
-            }
-        }
-        let _ = write_frame(&mut writer, 0x8, &1000u16.to_be_bytes()).await;
-        let _ = writer.shutdown().await;
-    });
+    let writer_task = tokio::spawn(write_channels(writer, rx));
     let (event_tx, mut events) = tokio::sync::mpsc::channel::<Event>(64);
     let reading =
         tokio::spawn(async move { websocket_events(reader, event_tx, tx_for_pongs, v5).await });
