@@ -467,6 +467,37 @@ impl Devices {
         self.changed.notify_waiters();
     }
 
+    /// The kubelet's device admission of a pod before its sandbox is made: for each
+    /// resource a registered plugin serves, whether its healthy devices not held by
+    /// other pods cover what the pod asks (`wanted`, per resource). The message a
+    /// rejected pod gets when they do not. A plugin that is not registered now (it may be
+    /// restarting) rejects nothing: the pod waits for it.
+    pub fn admit(&self, uid: &str, wanted: &BTreeMap<String, usize>) -> Result<(), String> {
+        let resources = self.resources.lock().unwrap_or_else(|p| p.into_inner());
+        let allocations = self.allocations.lock().unwrap_or_else(|p| p.into_inner());
+        for (resource, count) in wanted {
+            let Some(r) = resources.get(resource).filter(|r| r.plugin.is_some()) else {
+                continue;
+            };
+            let held_by_others: BTreeSet<&String> = allocations
+                .iter()
+                .filter(|((pod, _, res), _)| res == resource && pod != uid)
+                .flat_map(|(_, a)| a.devices.iter())
+                .collect();
+            let free = r
+                .devices
+                .iter()
+                .filter(|(id, healthy)| **healthy && !held_by_others.contains(id))
+                .count();
+            if free < *count {
+                return Err(format!(
+                    "Allocate failed due to requested number of devices unavailable for {resource}. Requested: {count}, Available: {free}, which is unexpected"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The devices of `resource` for a container (`count` of them), allocated once per pod
     /// and container: a restarted container gets what it had.
     pub async fn allocate(

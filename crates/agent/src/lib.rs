@@ -21,7 +21,7 @@ pub mod server;
 pub mod tokens;
 pub mod volumes;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -277,7 +277,11 @@ async fn node_object(
                 } else {
                     json!({"type": "DiskPressure", "status": "False", "reason": "KubeletHasNoDiskPressure", "lastHeartbeatTime": now, "lastTransitionTime": now})
                 },
-                {"type": "PIDPressure", "status": "False", "reason": "KubeletHasSufficientPID", "lastHeartbeatTime": now, "lastTransitionTime": now},
+                if pressure.pid() {
+                    json!({"type": "PIDPressure", "status": "True", "reason": "KubeletHasInsufficientPID", "message": "kubelet has insufficient PID available", "lastHeartbeatTime": now, "lastTransitionTime": now})
+                } else {
+                    json!({"type": "PIDPressure", "status": "False", "reason": "KubeletHasSufficientPID", "lastHeartbeatTime": now, "lastTransitionTime": now})
+                },
             ],
             "addresses": [{"type": "InternalIP", "address": config.node_ip}, {"type": "Hostname", "address": config.node_name}],
             "daemonEndpoints": {"kubeletEndpoint": {"Port": port}},
@@ -435,13 +439,22 @@ async fn evict(
             .and_then(|answer| answer.into_inner().image_filesystems.into_iter().next())
             .and_then(|fs| fs.fs_id)
             .map(|id| PathBuf::from(id.mountpoint));
-        let (memory, disk, message) =
-            eviction::observe(&config.eviction, &config.root, imagefs.as_deref());
-        let memory_changed = pressure.memory.swap(memory, Ordering::Relaxed) != memory;
-        let disk_changed = pressure.disk.swap(disk, Ordering::Relaxed) != disk;
-        let changed = memory_changed || disk_changed;
+        let seen = eviction::observe(&config.eviction, &config.root, imagefs.as_deref());
+        let mut changed = false;
+        for (flag, now) in [
+            (&pressure.memory, seen.memory),
+            (&pressure.disk, seen.disk),
+            (&pressure.pid, seen.pid),
+        ] {
+            changed |= flag.swap(now, Ordering::Relaxed) != now;
+        }
         if changed {
-            tracing::warn!(memory, disk, "node pressure changed");
+            tracing::warn!(
+                memory = seen.memory,
+                disk = seen.disk,
+                pid = seen.pid,
+                "node pressure changed"
+            );
             let object = node_object(&runtime, &config, port, devices.as_deref(), &pressure).await;
             let patch =
                 Patch::Merge(json!({"status": {"conditions": object["status"]["conditions"]}}));
@@ -453,8 +466,9 @@ async fn evict(
             // The taints follow from the conditions: the node lifecycle controller sets
             // them (a node may not change its own taints).
         }
-        if let Some(message) = message {
-            // One pod per interval, the least important first.
+        if let Some((resource, message)) = seen.reclaim {
+            // One pod per interval, in the kubelet's order.
+            let usage = pod_usage(&runtime, resource).await;
             let victim = pods
                 .store()
                 .state()
@@ -473,9 +487,18 @@ async fn evict(
                             < eviction::CRITICAL_PRIORITY
                 })
                 .min_by_key(|p| {
+                    let key = (
+                        p.metadata.namespace.clone().unwrap_or_default(),
+                        p.metadata.name.clone().unwrap_or_default(),
+                    );
                     eviction::rank(
-                        pods::qos_class(p),
-                        p.spec.as_ref().and_then(|s| s.priority).unwrap_or(0),
+                        resource,
+                        eviction::Candidate {
+                            qos: pods::qos_class(p),
+                            priority: p.spec.as_ref().and_then(|s| s.priority).unwrap_or(0),
+                            usage: usage.get(&key).copied().unwrap_or(0),
+                            request: pods::requested(p, resource),
+                        },
                     )
                 });
             if let Some(pod) = victim {
@@ -497,6 +520,43 @@ async fn evict(
             _ = shutdown.cancelled() => return,
         }
     }
+}
+
+/// Each running pod's use of `resource` by (namespace, name), summed over its
+/// containers from the runtime's stats: the memory working set, or the writable layer's
+/// bytes; empty for process IDs (CRI's container stats do not count them) or when the
+/// runtime gives no stats (the order then falls back to priority and QoS class).
+async fn pod_usage(runtime: &cri::Runtime, resource: eviction::Resource) -> HashMap<Key, u64> {
+    let mut usage = HashMap::new();
+    if resource == eviction::Resource::Pids {
+        return usage;
+    }
+    let mut rt = runtime.runtime.clone();
+    let stats =
+        match rt.list_container_stats(k8s_cri_v1::ListContainerStatsRequest::default()).await {
+            Ok(answer) => answer.into_inner().stats,
+            Err(status) => {
+                tracing::warn!("eviction: the runtime gave no stats: {}", status.message());
+                return usage;
+            }
+        };
+    for stat in stats {
+        let Some(attributes) = &stat.attributes else { continue };
+        let (Some(namespace), Some(name)) = (
+            attributes.labels.get(pods::LABEL_POD_NAMESPACE),
+            attributes.labels.get(pods::LABEL_POD_NAME),
+        ) else {
+            continue;
+        };
+        let bytes = match resource {
+            eviction::Resource::Memory => {
+                stat.memory.as_ref().and_then(|m| m.working_set_bytes.as_ref()).map(|v| v.value)
+            }
+            _ => stat.writable_layer.as_ref().and_then(|w| w.used_bytes.as_ref()).map(|v| v.value),
+        };
+        *usage.entry((namespace.clone(), name.clone())).or_insert(0) += bytes.unwrap_or(0);
+    }
+    usage
 }
 
 async fn run_pods(

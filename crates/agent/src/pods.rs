@@ -207,6 +207,10 @@ pub async fn sync(ctx: &Context<'_>, pod: &Pod) -> Result<Next, Error> {
                 .map_err(cri_error(format!("stop sandbox {}", sandbox.id)))?;
             }
         }
+        // Its volumes go too, as the kubelet tears down a terminated pod's: a
+        // memory-backed emptyDir gives its memory back (an evicted pod's must, or the
+        // pressure stays).
+        crate::remove_pod_dir(&ctx.config.pod_dir(&uid).join("volumes"));
         if let Some(devices) = ctx.devices {
             devices.release(&uid);
         }
@@ -214,6 +218,27 @@ pub async fn sync(ctx: &Context<'_>, pod: &Pod) -> Result<Next, Error> {
     }
     // The sandbox: the newest ready one, or a new one.
     let sandboxes = sandboxes_of(ctx.runtime, &uid).await?;
+    // Admission of a pod not started yet, as the kubelet's: a pod asking for more
+    // devices than the node has free is rejected (Failed, UnexpectedAdmissionError), not
+    // left waiting; its controller makes another that the scheduler places.
+    if let (Some(devices), true) = (ctx.devices, sandboxes.is_empty()) {
+        if let Err(message) = devices.admit(&uid, &wanted_devices(devices, &spec)) {
+            let message = format!("Pod was rejected: {message}");
+            tracing::warn!("{namespace}/{name}: {message}");
+            ctx.events.record_once(pod, None, true, "UnexpectedAdmissionError", &message).await;
+            let patch = json!({"status": {"phase": "Failed", "reason": "UnexpectedAdmissionError", "message": message}});
+            return match api
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
+                .await
+            {
+                Ok(_) => Ok(None),
+                Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
+                Err(err) => {
+                    Err(Error::Api { action: format!("reject {namespace}/{name}"), source: err })
+                }
+            };
+        }
+    }
     let sandbox =
         match sandboxes.iter().find(|s| s.state == cri::PodSandboxState::SandboxReady as i32) {
             Some(sandbox) => sandbox.clone(),
@@ -468,6 +493,31 @@ pub async fn sync(ctx: &Context<'_>, pod: &Pod) -> Result<Next, Error> {
     Ok(if finished { Some(Duration::from_millis(10)) } else { next })
 }
 
+/// The devices a pod's containers ask for, per resource: the sum over its containers, or
+/// the largest init container's when that is more (init containers run one at a time).
+fn wanted_devices(
+    devices: &crate::devices::Devices,
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+) -> BTreeMap<String, usize> {
+    let of = |c: &Container| {
+        let limits = c.resources.as_ref().and_then(|r| r.limits.clone()).unwrap_or_default();
+        crate::devices::wanted(devices, limits.iter().map(|(k, q)| (k, q.0.as_str())))
+    };
+    let mut total = BTreeMap::new();
+    for c in &spec.containers {
+        for (resource, n) in of(c) {
+            *total.entry(resource).or_insert(0) += n;
+        }
+    }
+    for c in spec.init_containers.iter().flatten() {
+        for (resource, n) in of(c) {
+            let entry = total.entry(resource).or_insert(0);
+            *entry = (*entry).max(n);
+        }
+    }
+    total
+}
+
 /// Whether the written status would change anything the agent owns.
 fn differs(current: &Value, wanted: &Value) -> bool {
     let strip = |v: &Value| {
@@ -675,6 +725,30 @@ fn extra_dns(
         });
     }
     dns
+}
+
+/// What a pod's containers request of an eviction's scarce resource (bytes): memory, or
+/// ephemeral storage; a limit without a request counts as the request, as the API server
+/// defaults it.
+pub fn requested(pod: &Pod, resource: crate::eviction::Resource) -> u64 {
+    let name = match resource {
+        crate::eviction::Resource::Memory => "memory",
+        crate::eviction::Resource::EphemeralStorage => "ephemeral-storage",
+        crate::eviction::Resource::Pids => return 0,
+    };
+    pod.spec
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .filter_map(|c| {
+            let resources = c.resources.as_ref()?;
+            resources
+                .requests
+                .as_ref()
+                .and_then(|r| r.get(name))
+                .or_else(|| resources.limits.as_ref().and_then(|l| l.get(name)))
+        })
+        .map(|q| u64::try_from(bytes(&q.0)).unwrap_or(0))
+        .sum()
 }
 
 /// Kubernetes' QoS class of a pod.

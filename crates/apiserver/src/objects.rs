@@ -663,6 +663,10 @@ fn validate_pod_spec(spec: &Value, at: &str) -> Result<(), (String, String)> {
                     Some(n) if n < 0 => {
                         return Err((at, format!("Invalid value: {text:?}: must be greater than or equal to 0")))
                     }
+                    // Devices and other extended resources come whole.
+                    Some(n) if extended_resource(resource) && n % 1000 != 0 => {
+                        return Err((at, format!("Invalid value: {text:?}: must be an integer")))
+                    }
                     Some(_) => {}
                 }
             }
@@ -673,9 +677,31 @@ fn validate_pod_spec(spec: &Value, at: &str) -> Result<(), (String, String)> {
                     v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()).as_str(),
                 )
             };
-            if let (Some(wanted), Some(limit)) =
-                (amount(request), c["resources"]["limits"].get(resource).and_then(amount))
-            {
+            let limit = c["resources"]["limits"].get(resource).and_then(amount);
+            if extended_resource(resource) {
+                // Never overcommitted: a limit, and a request equal to it.
+                match limit {
+                    None => {
+                        return Err((
+                            format!("{at}.{field}[{i}].resources.limits[{resource}]"),
+                            "Required value: Limit must be set for non overcommitable resources"
+                                .into(),
+                        ))
+                    }
+                    Some(limit) if amount(request) != Some(limit) => {
+                        return Err((
+                            format!("{at}.{field}[{i}].resources.requests[{resource}]"),
+                            format!(
+                                "Invalid value: {:?}: must be equal to {resource} limit of {}",
+                                request.as_str().unwrap_or(""),
+                                c["resources"]["limits"][resource].as_str().unwrap_or("")
+                            ),
+                        ))
+                    }
+                    Some(_) => {}
+                }
+            }
+            if let (Some(wanted), Some(limit)) = (amount(request), limit) {
                 if wanted > limit {
                     return Err((
                         format!("{at}.{field}[{i}].resources.requests"),
@@ -703,6 +729,20 @@ fn validate_pod_spec(spec: &Value, at: &str) -> Result<(), (String, String)> {
         }
     }
     Ok(())
+}
+
+/// Whether a resource name is an extended resource (a device, or anything a cluster
+/// adds): a name with a domain that is not Kubernetes' own, as `example.com/dev`; those
+/// are counted in whole units and never overcommitted.
+fn extended_resource(name: &str) -> bool {
+    match name.split_once('/') {
+        Some((domain, _)) => {
+            domain != "kubernetes.io"
+                && !domain.ends_with(".kubernetes.io")
+                && !name.starts_with("requests.")
+        }
+        None => false,
+    }
 }
 
 /// Why `name` is not an RFC 1123 label (what container and port names must be), if it is not.
@@ -1745,6 +1785,23 @@ mod tests {
             &json!({"metadata": {"name": "s"}, "spec": {"ports": [{"port": 70000}]}})
         )
         .is_err());
+        // Extended resources: whole units, a limit, and a request equal to it.
+        let pod = find("", "v1", "pods").unwrap();
+        let with = |resources: Value| {
+            let object = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "busybox", "resources": resources}]}});
+            validate(pod, &object).map_err(|e| e.message)
+        };
+        with(json!({"limits": {"example.com/dev": "2"}, "requests": {"example.com/dev": "2"}}))
+            .unwrap();
+        with(json!({"requests": {"cpu": "100m"}, "limits": {"cpu": "1", "kubernetes.io/x": "1"}}))
+            .unwrap();
+        let unequal =
+            with(json!({"limits": {"example.com/dev": "2"}, "requests": {"example.com/dev": "1"}}));
+        assert!(unequal.unwrap_err().contains("spec.containers[0].resources.requests[example.com/dev]: Invalid value: \"1\": must be equal to example.com/dev limit of 2"));
+        let unlimited = with(json!({"requests": {"example.com/dev": "1"}}));
+        assert!(unlimited.unwrap_err().contains("spec.containers[0].resources.limits[example.com/dev]: Required value: Limit must be set for non overcommitable resources"));
+        let half = with(json!({"limits": {"example.com/dev": "500m"}}));
+        assert!(half.unwrap_err().contains("Invalid value: \"500m\": must be an integer"));
     }
 
     #[test]

@@ -145,7 +145,8 @@ pub struct NodeArgs {
     #[arg(long = "disable-device-plugins")]
     pub disable_device_plugins: bool,
     /// Hard eviction thresholds, as the kubelet's: SIGNAL<QUANTITY pairs
-    /// (memory.available, nodefs.available, imagefs.available; bytes or a percentage);
+    /// (memory.available, nodefs.available, nodefs.inodesFree, imagefs.available,
+    /// imagefs.inodesFree, pid.available; a quantity or a percentage);
     /// "" turns node-pressure eviction off.
     #[arg(long = "eviction-hard", default_value = berth_agent::eviction::DEFAULT)]
     pub eviction_hard: String,

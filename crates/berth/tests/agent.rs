@@ -178,6 +178,10 @@ impl Cluster {
         }
     }
 
+    fn ok_json(&self, args: &[&str]) -> Value {
+        serde_json::from_str(&self.ok(args)).unwrap()
+    }
+
     fn pod(&self, name: &str) -> Value {
         serde_json::from_str(&self.ok(&["get", "pod", name, "-o", "json"])).unwrap()
     }
@@ -1972,6 +1976,19 @@ fn root_device_plugins_give_pods_distinct_devices() {
             })
         },
     );
+    // Bound by hand past the scheduler, more than the node has free: rejected at
+    // admission as the kubelet does (Failed, UnexpectedAdmissionError), not left waiting.
+    cluster.apply("apiVersion: v1\nkind: Pod\nmetadata: {name: bypass}\nspec:\n  nodeName: test-node\n  containers:\n  - {name: main, image: fixture:v1, command: [sleep, \"1000\"], resources: {limits: {example.com/dev: \"1\"}}}\n");
+    let rejected = cluster.until("bypass rejected", &["get", "pod", "bypass", "-o", "json"], |p| {
+        p["status"]["phase"] == "Failed"
+    });
+    assert_eq!(rejected["status"]["reason"], "UnexpectedAdmissionError", "{rejected:#}");
+    let message = rejected["status"]["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains("requested number of devices unavailable for example.com/dev. Requested: 1, Available: 0"),
+        "{message}"
+    );
+    cluster.ok(&["delete", "pod", "bypass", "--grace-period", "1"]);
     // An unhealthy device leaves allocatable; a plugin that goes takes all of them out.
     runtime.block_on(plugin.sicken("a"));
     cluster.until("one device unhealthy", &["get", "node", NODE, "-o", "json"], |node| {
@@ -2203,4 +2220,123 @@ spec:
         condition(node, "DiskPressure") == "False" && !tainted(node)
     });
     cluster.ok(&["delete", "pod", "besteffort", "guaranteed", "--grace-period", "1"]);
+}
+
+/// Memory pressure, with a threshold set just under what the machine has available when
+/// the test starts: a Burstable pod that fills a memory-backed emptyDir far beyond its
+/// request is evicted first, before a BestEffort pod that uses little (the kubelet ranks
+/// by use above requests, not by QoS class alone); its memory comes back with its
+/// volume, and MemoryPressure and its taint go while the other pods keep running.
+#[test]
+fn root_memory_pressure_evicts_the_pod_furthest_over_its_request_first() {
+    if !root_or_skip() {
+        return;
+    }
+    let available = || -> u64 {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+        let kib: u64 = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemAvailable:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap();
+        kib << 10
+    };
+    const GIB: u64 = 1 << 30;
+    let before = available();
+    assert!(
+        before > 4 * GIB,
+        "this test fills 2.5 GiB of memory and needs 4 GiB available; the machine has {} MiB",
+        before >> 20
+    );
+    let mut cluster = Cluster::new();
+    // Pressure once about a GiB of what is available now is used.
+    let threshold = (before - GIB) >> 20;
+    cluster.extra = vec!["--eviction-hard".into(), format!("memory.available<{threshold}Mi")];
+    cluster.start();
+    cluster.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: hog}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: fixture:v1
+    command: ["sh", "-c", "while [ ! -e /fill/go ]; do sleep 0.1; done; dd if=/dev/zero of=/fill/data bs=1M count=2560 && echo filled; sleep 1000"]
+    resources: {requests: {memory: 16Mi}}
+    volumeMounts: [{name: fill, mountPath: /fill}]
+  volumes: [{name: fill, emptyDir: {medium: Memory}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: besteffort}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: main, image: fixture:v1, command: ["sleep", "1000"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: guaranteed}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: fixture:v1
+    command: ["sleep", "1000"]
+    resources: {limits: {cpu: 100m, memory: 32Mi}}
+"#,
+    );
+    for name in ["hog", "besteffort", "guaranteed"] {
+        cluster.until(&format!("{name} runs"), &["get", "pod", name, "-o", "json"], |p| {
+            p["status"]["phase"] == "Running"
+        });
+    }
+    let condition = |node: &Value| {
+        node["status"]["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == "MemoryPressure"))
+            .and_then(|c| c["status"].as_str())
+            .unwrap_or("")
+            .to_owned()
+    };
+    let tainted = |node: &Value| {
+        node["spec"]["taints"].as_array().is_some_and(|t| {
+            t.iter().any(|t| {
+                t["key"] == "node.kubernetes.io/memory-pressure" && t["effect"] == "NoSchedule"
+            })
+        })
+    };
+    assert_eq!(condition(&cluster.ok_json(&["get", "node", NODE, "-o", "json"])), "False");
+    // All three run: now the hog fills its memory-backed volume.
+    cluster.ok(&["exec", "hog", "--", "touch", "/fill/go"]);
+    let evicted = cluster.until("the hog evicted", &["get", "pod", "hog", "-o", "json"], |p| {
+        p["status"]["phase"] == "Failed"
+    });
+    assert_eq!(evicted["status"]["reason"], "Evicted", "{evicted:#}");
+    assert!(
+        evicted["status"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("The node was low on resource: memory.")),
+        "{evicted:#}"
+    );
+    // Its volume's memory is given back: the pressure goes, the other two still run.
+    cluster.until("no more memory pressure", &["get", "node", NODE, "-o", "json"], |node| {
+        condition(node) == "False" && !tainted(node)
+    });
+    for name in ["besteffort", "guaranteed"] {
+        let pod = cluster.pod(name);
+        assert_eq!(pod["status"]["phase"], "Running", "{name} was not evicted: {pod:#}");
+    }
+    let events =
+        cluster.ok_json(&["get", "events", "--field-selector", "reason=Evicted", "-o", "json"]);
+    let evicted: Vec<&str> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["involvedObject"]["name"].as_str())
+        .collect();
+    assert_eq!(evicted, ["hog"], "only the hog went");
+    cluster.ok(&["delete", "pod", "hog", "besteffort", "guaranteed", "--grace-period", "1"]);
 }
