@@ -347,6 +347,9 @@ pub(crate) fn host_usage() -> Option<(f64, u64)> {
     Some((busy as f64 / ticks, working_set))
 }
 
+/// How long after its start the agent looks at its node often while it is not Ready.
+const STARTING: Duration = Duration::from_secs(60);
+
 /// Renews the Lease every interval and re-posts the node's status every few (or when it
 /// was marked not ready by someone else).
 async fn heartbeat(
@@ -362,6 +365,9 @@ async fn heartbeat(
     let mut devices_changed = false;
     let nodes: Api<Node> = Api::all(client.clone());
     let mut beats = 0u64;
+    // The node's pod range as last handed to the runtime (the kubelet's updatePodCIDR).
+    let mut pod_cidr: Option<String> = None;
+    let started = std::time::Instant::now();
     loop {
         let now = berth_stdx::time::format_rfc3339_nanos(std::time::SystemTime::now());
         let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
@@ -374,14 +380,35 @@ async fn heartbeat(
         beats += 1;
         // Every few beats, and at once when someone else changed the Ready condition (the
         // node lifecycle controller marks a silent node Unknown).
-        let marked = match nodes.get_status(&config.node_name).await {
-            Ok(node) => node
-                .status
-                .and_then(|s| s.conditions)
-                .and_then(|c| c.into_iter().find(|c| c.type_ == "Ready"))
-                .is_some_and(|c| c.status != "True"),
-            Err(_) => false,
-        };
+        let node = nodes.get_status(&config.node_name).await.ok();
+        // The range the server gave the node goes to the runtime's network (CRI
+        // UpdateRuntimeConfig), once and again if it changes.
+        let given = node.as_ref().and_then(|n| n.spec.as_ref()?.pod_cidr.clone());
+        if given.is_some() && given != pod_cidr {
+            let cidr = given.clone().unwrap_or_default();
+            let mut rt = runtime.runtime.clone();
+            let request = k8s_cri_v1::UpdateRuntimeConfigRequest {
+                runtime_config: Some(k8s_cri_v1::RuntimeConfig {
+                    network_config: Some(k8s_cri_v1::NetworkConfig { pod_cidr: cidr.clone() }),
+                }),
+            };
+            match rt.update_runtime_config(request).await {
+                Ok(_) => {
+                    tracing::info!("node {}: pod range {cidr}", config.node_name);
+                    pod_cidr = given;
+                }
+                Err(status) => tracing::warn!(
+                    "node {}: the runtime refused the pod range {cidr}: {}",
+                    config.node_name,
+                    status.message()
+                ),
+            }
+        }
+        let marked = node
+            .and_then(|n| n.status)
+            .and_then(|s| s.conditions)
+            .and_then(|c| c.into_iter().find(|c| c.type_ == "Ready"))
+            .is_some_and(|c| c.status != "True");
         if marked || devices_changed || beats.is_multiple_of(6) {
             devices_changed = false;
             let object = node_object(&runtime, &config, port, devices.as_deref(), &pressure).await;
@@ -402,8 +429,15 @@ async fn heartbeat(
                 None => std::future::pending().await,
             }
         };
+        // Starting (not Ready yet, or no pod range yet): look again soon, so the node is
+        // Ready as soon as its runtime's network is.
+        let wait = if (marked || pod_cidr.is_none()) && started.elapsed() < STARTING {
+            config.lease_interval.min(Duration::from_millis(250))
+        } else {
+            config.lease_interval
+        };
         tokio::select! {
-            _ = tokio::time::sleep(config.lease_interval) => {}
+            _ = tokio::time::sleep(wait) => {}
             // A plugin's devices appeared, changed health or went: posted at once.
             _ = device_change => devices_changed = true,
             _ = shutdown.cancelled() => return,

@@ -27,6 +27,7 @@ pub fn cri(global: &Global, args: CriArgs) -> Result<i32> {
         exe: PathBuf::from("/proc/self/exe"),
         insecure_registries: global.insecure_registries.clone(),
         registries_config: Some(global.registries_config.clone()),
+        cni_conf_template: None,
     })
     .map_err(anyhow::Error::msg)
     .context("cannot open the CRI state")?;

@@ -16,6 +16,14 @@ pub struct ServerArgs {
     pub port: u16,
     #[arg(long = "bind-address", default_value = "0.0.0.0")]
     pub bind_address: String,
+    /// The pods' network: every node gets a range of it (spec.podCIDR) that its pods take
+    /// their addresses from and the other nodes route to; "" gives nodes none (then the
+    /// server's own agent uses 10.42.0.0/24).
+    #[arg(long = "cluster-cidr", default_value = "10.42.0.0/16")]
+    pub cluster_cidr: String,
+    /// The size of each node's range, in prefix bits.
+    #[arg(long = "node-cidr-mask-size", default_value_t = 24)]
+    pub node_cidr_mask_size: u8,
     /// etcd endpoint (http://HOST:PORT); the embedded SQLite store when not given.
     #[arg(long = "datastore-endpoint")]
     pub datastore_endpoint: Option<String>,
@@ -107,7 +115,8 @@ pub struct NodeArgs {
     #[arg(long = "container-runtime-endpoint")]
     pub container_runtime_endpoint: Option<String>,
     /// Where the in-process CRI reads its CNI configuration lists (default:
-    /// DATA_DIR/agent/cni, where a bridge network for 10.42.0.0/24 is written if empty).
+    /// DATA_DIR/agent/cni, where a bridge network over the node's pod range is written
+    /// once the server has given the node one).
     #[arg(long = "cni-conf-dir")]
     pub cni_conf_dir: Option<PathBuf>,
     /// Node ports answer on 127.0.0.1 too (the proxy turns on route_localnet); by default
@@ -118,6 +127,10 @@ pub struct NodeArgs {
     /// k3s's flag does.
     #[arg(long = "disable-kube-proxy")]
     pub disable_kube_proxy: bool,
+    /// Keep no routes to the other nodes' pod ranges (when another network, a CNI that
+    /// routes or encapsulates itself, joins the nodes' pods).
+    #[arg(long = "disable-pod-routes")]
+    pub disable_pod_routes: bool,
     /// The cluster DNS address (a Service in kube-system, answered by this server on the
     /// node's address), given to pods with `dnsPolicy: ClusterFirst`.
     #[arg(long = "cluster-dns", default_value = "10.43.0.10")]
@@ -247,12 +260,27 @@ pub fn server(global: &crate::cli::Global, args: ServerArgs) -> Result<i32> {
         metric_resolution: args.metric_resolution.max(std::time::Duration::from_millis(100)),
     };
     let node_monitor_grace_period = args.node_monitor_grace_period;
+    let node_ipam = if args.cluster_cidr.is_empty() {
+        None
+    } else {
+        let cluster = berth_controllers::nodeipam::Cidr::parse(&args.cluster_cidr)
+            .map_err(anyhow::Error::msg)
+            .context("--cluster-cidr")?;
+        anyhow::ensure!(
+            (cluster.bits..=30).contains(&args.node_cidr_mask_size),
+            "--node-cidr-mask-size {} does not fit in --cluster-cidr {cluster}: give {} to 30",
+            args.node_cidr_mask_size,
+            cluster.bits
+        );
+        Some(berth_controllers::nodeipam::Config { cluster, node_bits: args.node_cidr_mask_size })
+    };
     let hpa_sync_period =
         args.horizontal_pod_autoscaler_sync_period.max(std::time::Duration::from_millis(100));
     let runtime = async_runtime()?;
     let kubeconfig = config.data_dir.join("kubeconfig");
     let data_dir = config.data_dir.clone();
     let disable_kube_proxy = args.node.disable_kube_proxy;
+    let disable_pod_routes = args.node.disable_pod_routes;
     let nodeport_localhost = args.node.nodeport_localhost;
     let (grace, disable_controller_manager, disable_scheduler) =
         (config.shutdown_grace, args.disable_controller_manager, args.disable_scheduler);
@@ -280,6 +308,7 @@ pub fn server(global: &crate::cli::Global, args: ServerArgs) -> Result<i32> {
         let controllers = (!disable_controller_manager).then(|| {
             let root_ca = std::fs::read_to_string(data_dir.join("tls/ca.crt")).ok();
             let options = berth_controllers::Options {
+                node_ipam,
                 root_ca,
                 node_monitor_grace_period,
                 horizontal_pod_autoscaler_sync_period: hpa_sync_period,
@@ -367,6 +396,16 @@ pub fn server(global: &crate::cli::Global, args: ServerArgs) -> Result<i32> {
                 loops.spawn(berth_proxy::run(proxy.clone(), proxy_config));
                 informers.push(proxy);
             }
+            if !disable_pod_routes {
+                let client = berth_client::in_process(
+                    server.handler(),
+                    berth_api::identity::User::kube_proxy(),
+                );
+                let routes =
+                    std::sync::Arc::new(berth_reconcile::Informers::new(client, shutdown.clone()));
+                loops.spawn(berth_proxy::routes::run(routes.clone(), node_name.clone()));
+                informers.push(routes);
+            }
         }
         loops.close();
         server.serve().await.map_err(|err| anyhow::anyhow!("{err}"))?;
@@ -392,7 +431,7 @@ pub fn server(global: &crate::cli::Global, args: ServerArgs) -> Result<i32> {
 /// runs the node agent, its in-process CRI runtime and its service proxy as the node,
 /// until SIGTERM or SIGINT. Its credentials stay in DATA_DIR/credentials for the next start.
 pub fn agent(global: &crate::cli::Global, args: AgentArgs) -> Result<i32> {
-    let (mut config, cri) = node_setup(global, &args.node, args.data_dir.clone())?;
+    let (mut config, cri) = node_setup(global, &args.node, args.data_dir.clone(), true)?;
     let disable_kube_proxy = args.node.disable_kube_proxy;
     let runtime = async_runtime()?;
     runtime.block_on(async move {
@@ -433,6 +472,14 @@ pub fn agent(global: &crate::cli::Global, args: AgentArgs) -> Result<i32> {
             std::sync::Arc::new(berth_reconcile::Informers::new(client.clone(), shutdown.clone()));
         loops.spawn(berth_agent::run(agent.clone(), config));
         informers.push(agent);
+        if !args.node.disable_pod_routes {
+            let routes = std::sync::Arc::new(berth_reconcile::Informers::new(
+                client.clone(),
+                shutdown.clone(),
+            ));
+            loops.spawn(berth_proxy::routes::run(routes.clone(), node_name.clone()));
+            informers.push(routes);
+        }
         if !disable_kube_proxy {
             let proxy =
                 std::sync::Arc::new(berth_reconcile::Informers::new(client, shutdown.clone()));
@@ -625,15 +672,19 @@ fn agent_setup(
     if args.disable_agent {
         return Ok(None);
     }
-    node_setup(global, &args.node, args.data_dir.join("agent")).map(Some)
+    // The node's range comes from the node IPAM controller, when this server runs it.
+    let ranges = !args.disable_controller_manager && !args.cluster_cidr.is_empty();
+    node_setup(global, &args.node, args.data_dir.join("agent"), ranges).map(Some)
 }
 
 /// A node agent's settings (its state in `dir`), and the in-process CRI it drives unless
-/// told to use another runtime.
+/// told to use another runtime. With `ranges`, the server gives the node its pod range
+/// and the bridge network waits for it; without, it is 10.42.0.0/24.
 fn node_setup(
     global: &crate::cli::Global,
     args: &NodeArgs,
     dir: PathBuf,
+    ranges: bool,
 ) -> Result<(berth_agent::Config, InProcessCri)> {
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let node_name = match &args.node_name {
@@ -645,9 +696,9 @@ fn node_setup(
     let (socket, cri) = match &args.container_runtime_endpoint {
         Some(endpoint) => (berth_agent::cri::socket_of(endpoint), None),
         None => {
-            let cni_conf_dir = match &args.cni_conf_dir {
-                Some(dir) => dir.clone(),
-                None => default_cni(&dir)?,
+            let (cni_conf_dir, cni_conf_template) = match &args.cni_conf_dir {
+                Some(dir) => (dir.clone(), None),
+                None => default_cni(&dir, ranges)?,
             };
             let node = berth_cri::Node::open(berth_cri::Config {
                 root: global.root.clone(),
@@ -655,6 +706,7 @@ fn node_setup(
                 exe: PathBuf::from("/proc/self/exe"),
                 insecure_registries: global.insecure_registries.clone(),
                 registries_config: Some(global.registries_config.clone()),
+                cni_conf_template,
             })
             .map_err(anyhow::Error::msg)
             .context("cannot open the CRI state")?;
@@ -692,28 +744,35 @@ fn node_setup(
     Ok((config, cri))
 }
 
-/// The pod network of a single-node server: a bridge with host-local addresses in
-/// 10.42.0.0/24 and port mappings, written once into DATA_DIR/agent/cni.
-fn default_cni(agent_dir: &std::path::Path) -> Result<PathBuf> {
+/// The pod network of a node: a bridge with host-local addresses in the node's pod range
+/// and port mappings, in DATA_DIR/agent/cni. With `ranges` it is a template the CRI fills
+/// in when the agent learns the range (UpdateRuntimeConfig); without, it is written for
+/// 10.42.0.0/24 if the directory is empty.
+fn default_cni(agent_dir: &std::path::Path, ranges: bool) -> Result<(PathBuf, Option<String>)> {
     let dir = agent_dir.join("cni");
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let empty = std::fs::read_dir(&dir).map(|mut d| d.next().is_none()).unwrap_or(true);
-    if empty {
-        let conf = serde_json::json!({
+    let conf = |subnet: &str| {
+        serde_json::json!({
             "cniVersion": "1.0.0",
             "name": "berth-pods",
             "plugins": [
                 {"type": "bridge", "bridge": "berthpods0", "isGateway": true, "ipMasq": false, "hairpinMode": true,
-                 "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.42.0.0/24"}]],
+                 "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]],
                           "routes": [{"dst": "0.0.0.0/0"}], "dataDir": agent_dir.join("ipam")}},
                 {"type": "portmap", "capabilities": {"portMappings": true}}
             ]
-        });
-        let path = dir.join("10-berth.conflist");
-        std::fs::write(&path, serde_json::to_vec_pretty(&conf)?)
+        })
+    };
+    if ranges {
+        return Ok((dir, Some(serde_json::to_string_pretty(&conf("{{.PodCIDR}}"))?)));
+    }
+    let empty = std::fs::read_dir(&dir).map(|mut d| d.next().is_none()).unwrap_or(true);
+    if empty {
+        let path = dir.join(berth_cri::TEMPLATED_CONFLIST);
+        std::fs::write(&path, serde_json::to_vec_pretty(&conf("10.42.0.0/24"))?)
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
-    Ok(dir)
+    Ok((dir, None))
 }
 
 /// The simulated nodes' settings from the flags; `None` without `--simulate-nodes`.

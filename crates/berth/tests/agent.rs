@@ -22,6 +22,8 @@ struct Cluster {
     dir: tempfile::TempDir,
     server: Option<Child>,
     extra: Vec<String>,
+    /// The server's --bind-address.
+    bind: String,
 }
 
 impl Cluster {
@@ -30,7 +32,8 @@ impl Cluster {
             .expect("unshare the network namespace");
         assert!(Command::new("ip").args(["link", "set", "lo", "up"]).status().unwrap().success());
         let dir = tempfile::Builder::new().prefix("berth-agent-").tempdir().unwrap();
-        let cluster = Cluster { dir, server: None, extra: Vec::new() };
+        let cluster =
+            Cluster { dir, server: None, extra: Vec::new(), bind: "127.0.0.1".to_owned() };
         let layout = cluster.path("layout");
         berth_testkit::image::fixture_image(&layout, "v1").unwrap();
         let tar = cluster.path("fixture.tar");
@@ -85,7 +88,7 @@ impl Cluster {
                 "--https-listen-port",
                 "0",
                 "--bind-address",
-                "127.0.0.1",
+                &self.bind,
                 "--node-name",
                 NODE,
             ])
@@ -255,19 +258,25 @@ impl Drop for Cluster {
         self.kill9();
         // Containers a failed assertion left running: through the runtime, which knows
         // them all (their processes do not name the test's directory).
-        let runtime = self.path("root").join("cri/runtime");
-        if let Ok(listed) = Command::new(BERTH)
-            .args(["runtime", "--root"])
-            .arg(&runtime)
-            .args(["list", "-q"])
-            .output()
-        {
-            for id in String::from_utf8_lossy(&listed.stdout).lines() {
-                let _ = Command::new(BERTH)
-                    .args(["runtime", "--root"])
-                    .arg(&runtime)
-                    .args(["delete", "--force", id])
-                    .output();
+        // (root-b: a second node's, in the tests that join one.)
+        for root in ["root", "root-b"] {
+            let runtime = self.path(root).join("cri/runtime");
+            if !runtime.exists() {
+                continue;
+            }
+            if let Ok(listed) = Command::new(BERTH)
+                .args(["runtime", "--root"])
+                .arg(&runtime)
+                .args(["list", "-q"])
+                .output()
+            {
+                for id in String::from_utf8_lossy(&listed.stdout).lines() {
+                    let _ = Command::new(BERTH)
+                        .args(["runtime", "--root"])
+                        .arg(&runtime)
+                        .args(["delete", "--force", id])
+                        .output();
+                }
             }
         }
         let _ = Command::new("pkill")
@@ -2339,4 +2348,176 @@ spec:
         .collect();
     assert_eq!(evicted, ["hog"], "only the hog went");
     cluster.ok(&["delete", "pod", "hog", "besteffort", "guaranteed", "--grace-period", "1"]);
+}
+
+/// Two nodes, each in a network namespace of its own joined by a veth pair as two machines
+/// on one network: the server (with its agent) and a `berth agent` that joins it. The
+/// server gives each Node a pod range of its own, each node's pods take their addresses
+/// from it, and each node routes the other's range through the other's address: a pod
+/// reaches a pod on the other node at its own address, and is seen there at its own
+/// (no translation). A Node that goes takes its route with it.
+#[test]
+fn root_pods_on_two_nodes_reach_each_other() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut cluster = Cluster::new();
+    // The second machine: a network namespace held by a sleeping process.
+    struct Holder(Child);
+    impl Drop for Holder {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let holder = Holder(Command::new("unshare").args(["--net", "sleep", "600"]).spawn().unwrap());
+    let holder = &holder.0;
+    // (This thread's namespace: Cluster::new made it, the process's first thread has another.)
+    let own = std::fs::read_link("/proc/thread-self/ns/net").unwrap();
+    let netns = format!("/proc/{}/ns/net", holder.id());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_link(&netns).ok().is_none_or(|ns| ns == own) {
+        assert!(Instant::now() < deadline, "the second namespace never appeared");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let run = |args: &[&str]| {
+        let status = Command::new(args[0]).args(&args[1..]).status().unwrap();
+        assert!(status.success(), "{args:?}");
+    };
+    let pid = holder.id().to_string();
+    let nsenter = format!("--net={netns}");
+    run(&["ip", "link", "add", "node-a", "type", "veth", "peer", "name", "node-b", "netns", &pid]);
+    run(&["ip", "addr", "add", "192.168.240.1/24", "dev", "node-a"]);
+    run(&["ip", "link", "set", "node-a", "up"]);
+    run(&["nsenter", &nsenter, "ip", "link", "set", "lo", "up"]);
+    run(&["nsenter", &nsenter, "ip", "addr", "add", "192.168.240.2/24", "dev", "node-b"]);
+    run(&["nsenter", &nsenter, "ip", "link", "set", "node-b", "up"]);
+    cluster.bind = "192.168.240.1".into();
+    cluster.extra = vec!["--node-ip".into(), "192.168.240.1".into()];
+    cluster.start();
+    // The second node's own image store.
+    let loaded = Command::new(BERTH)
+        .env("BERTH_ROOT", cluster.path("root-b"))
+        .args(["load", "-i"])
+        .arg(cluster.path("fixture.tar"))
+        .output()
+        .unwrap();
+    assert!(loaded.status.success(), "{loaded:?}");
+    let id = String::from_utf8_lossy(&loaded.stdout).trim().rsplit(' ').next().unwrap().to_owned();
+    let tagged = Command::new(BERTH)
+        .env("BERTH_ROOT", cluster.path("root-b"))
+        .args(["tag", &id, "fixture:v1"])
+        .status()
+        .unwrap();
+    assert!(tagged.success());
+    let kubeconfig = std::fs::read_to_string(cluster.data().join("kubeconfig")).unwrap();
+    let url =
+        kubeconfig.lines().find_map(|l| l.trim().strip_prefix("server: ")).unwrap().to_owned();
+    assert!(url.contains("192.168.240.1"), "{url}");
+    let token = std::fs::read_to_string(cluster.data().join("node-token")).unwrap();
+    let log = std::fs::File::create(cluster.path("agent.log")).unwrap();
+    let mut agent = Command::new("nsenter")
+        .arg(&nsenter)
+        .arg(BERTH)
+        .env("BERTH_ROOT", cluster.path("root-b"))
+        .args(["agent", "--server", &url, "--token", token.trim(), "--data-dir"])
+        .arg(cluster.path("agent-b"))
+        .args(["--node-name", "node-b", "--node-ip", "192.168.240.2", "--kubelet-port", "0"])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let ready = |node: &Value| {
+        node["status"]["conditions"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+    };
+    cluster.until("node-b Ready", &["get", "node", "node-b", "-o", "json"], ready);
+    let nodes = cluster.ok_json(&["get", "nodes", "-o", "json"]);
+    let range_of = |name: &str| -> String {
+        nodes["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["metadata"]["name"] == name)
+            .and_then(|n| n["spec"]["podCIDR"].as_str())
+            .unwrap_or_else(|| panic!("{name} has no pod range: {nodes:#}"))
+            .to_owned()
+    };
+    let (range_a, range_b) = (range_of(NODE), range_of("node-b"));
+    assert_ne!(range_a, range_b);
+    assert!(range_a.starts_with("10.42.") && range_b.starts_with("10.42."), "{range_a} {range_b}");
+    let pod = |name: &str, node: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {node}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: web\n    image: fixture:v1\n    command: [\"sh\", \"-c\", \"mkdir -p /www/cgi-bin; hostname > /www/index.html; printf '#!/bin/sh\\\\necho\\\\necho $REMOTE_ADDR\\\\n' > /www/cgi-bin/peer; chmod +x /www/cgi-bin/peer; exec httpd -f -p 8080 -h /www\"]\n    readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}\n"
+        )
+    };
+    cluster.apply(&format!("{}---\n{}", pod("web-a", NODE), pod("web-b", "node-b")));
+    let mut ips = HashMap::new();
+    for (name, range) in [("web-a", &range_a), ("web-b", &range_b)] {
+        let pod = cluster.until(
+            &format!("{name} Ready"),
+            &["get", "pod", name, "-o", "json"],
+            running_ready,
+        );
+        let ip = pod["status"]["podIP"].as_str().unwrap().to_owned();
+        let prefix = range.trim_end_matches("0/24");
+        assert!(ip.starts_with(prefix), "{name}'s address {ip} is in its node's range {range}");
+        ips.insert(name, ip);
+    }
+    // Each node routes the other's range through the other's address.
+    let routes = |enter: Option<&str>| -> String {
+        let mut command = match enter {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(ns).arg("ip");
+                c
+            }
+            None => Command::new("ip"),
+        };
+        let output = command.args(["route", "show", "proto", "66"]).output().unwrap();
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let on_a = routes(None);
+    assert!(on_a.contains(&format!("{range_b} via 192.168.240.2")), "{on_a}");
+    let on_b = routes(Some(&nsenter));
+    assert!(on_b.contains(&format!("{range_a} via 192.168.240.1")), "{on_b}");
+    // Pod to pod across the nodes, both ways, seen at its own address.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let fetch = |from: &str, url: &str| -> Output {
+        cluster.kubectl(&["exec", from, "--", "timeout", "5", "wget", "-qO-", url])
+    };
+    let peer = format!("http://{}:8080/cgi-bin/peer", ips["web-b"]);
+    loop {
+        let got = fetch("web-a", &peer);
+        let text = String::from_utf8_lossy(&got.stdout);
+        if got.status.success() {
+            assert!(
+                text.contains(&ips["web-a"]),
+                "web-b saw web-a as {text:?}, not {}",
+                ips["web-a"]
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "web-a cannot reach web-b: {got:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let back = fetch("web-b", &format!("http://{}:8080/", ips["web-a"]));
+    assert_eq!(String::from_utf8_lossy(&back.stdout).trim(), "web-a", "{back:?}");
+    // The second node goes: its pod first (its agent stops it), then the agent and the
+    // Node; the route to its range goes with the Node.
+    cluster.ok(&["delete", "pod", "web-b", "--grace-period", "1"]);
+    let _ = agent.kill();
+    let _ = agent.wait();
+    cluster.ok(&["delete", "node", "node-b"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while routes(None).contains(&range_b) {
+        assert!(
+            Instant::now() < deadline,
+            "the route to the gone node's pods stayed: {}",
+            routes(None)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cluster.ok(&["delete", "pod", "web-a", "--grace-period", "1"]);
 }

@@ -16,6 +16,7 @@
 //! - `daemonset`: a pod on every node a DaemonSet admits.
 //! - `nodelifecycle`: silent nodes marked Unknown and tainted, pods leaving nodes whose
 //!   NoExecute taints they do not tolerate (after their `tolerationSeconds`).
+//! - `nodeipam`: each Node a pod range of the cluster's of its own (`spec.podCIDR`).
 //! - `hpa`: HorizontalPodAutoscalers scale their targets on the metrics API's usage.
 //! - `disruption`: PodDisruptionBudgets' status (the disruptions evictions may spend).
 //! - `statefulset`: pods with stable names and claims, made and replaced in order.
@@ -38,6 +39,7 @@ mod hpa;
 mod job;
 mod kinds;
 mod namespace;
+pub mod nodeipam;
 mod nodelifecycle;
 mod replicaset;
 mod rootca;
@@ -77,6 +79,9 @@ pub struct Options {
     pub node_monitor_grace_period: Duration,
     /// How often autoscalers are evaluated (`--horizontal-pod-autoscaler-sync-period`).
     pub horizontal_pod_autoscaler_sync_period: Duration,
+    /// Pod ranges for the Nodes (`--cluster-cidr`, `--node-cidr-mask-size`); `None`: the
+    /// Nodes get none.
+    pub node_ipam: Option<nodeipam::Config>,
 }
 
 impl Default for Options {
@@ -85,6 +90,7 @@ impl Default for Options {
             root_ca: None,
             node_monitor_grace_period: Duration::from_secs(40),
             horizontal_pod_autoscaler_sync_period: Duration::from_secs(15),
+            node_ipam: None,
         }
     }
 }
@@ -126,6 +132,9 @@ impl Manager {
         tasks.spawn(disruption::run(informers.clone()));
         tasks.spawn(hpa::run(informers.clone(), options.horizontal_pod_autoscaler_sync_period));
         tasks.spawn(nodelifecycle::run(informers.clone(), options.node_monitor_grace_period));
+        if let Some(config) = options.node_ipam {
+            tasks.spawn(nodeipam::run(informers.clone(), config));
+        }
         tasks.close();
         Manager { tasks, informers }
     }

@@ -19,7 +19,7 @@ use k8s_cri::v1::image_service_server::{ImageService, ImageServiceServer};
 use k8s_cri::v1::runtime_service_server::{RuntimeService, RuntimeServiceServer};
 use tonic::{Request, Response, Status};
 
-pub use node::{Config, Node};
+pub use node::{Config, Node, TEMPLATED_CONFLIST};
 
 /// Where `berth cri` listens unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/berth/cri.sock";
@@ -427,10 +427,20 @@ impl RuntimeService for Cri {
 
     async fn update_runtime_config(
         &self,
-        _: Request<cri::UpdateRuntimeConfigRequest>,
+        request: Request<cri::UpdateRuntimeConfigRequest>,
     ) -> Result<Response<cri::UpdateRuntimeConfigResponse>, Status> {
-        // The pod CIDR lives in the CNI configuration, which the node's network owner writes.
-        Ok(Response::new(cri::UpdateRuntimeConfigResponse {}))
+        // The pod CIDR goes into the CNI template, if the node has one (see `Config`).
+        let pod_cidr = request
+            .into_inner()
+            .runtime_config
+            .and_then(|c| c.network_config)
+            .map(|n| n.pod_cidr)
+            .unwrap_or_default();
+        self.blocking(move |node| {
+            node.set_pod_cidr(&pod_cidr)?;
+            Ok(cri::UpdateRuntimeConfigResponse {})
+        })
+        .await
     }
 
     async fn status(

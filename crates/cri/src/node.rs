@@ -49,7 +49,15 @@ pub struct Config {
     pub insecure_registries: Vec<String>,
     /// `registries.yaml` (mirrors, per-host TLS and credentials), read at each pull.
     pub registries_config: Option<PathBuf>,
+    /// A CNI configuration list with `{{.PodCIDR}}` where the node's pod range goes, as
+    /// containerd's `conf_template`: written into `cni_conf_dir` as `10-berth.conflist`
+    /// when the kubelet's UpdateRuntimeConfig gives the range. `None`: the directory's
+    /// configuration is someone else's.
+    pub cni_conf_template: Option<String>,
 }
+
+/// The file a CNI template is written to.
+pub const TEMPLATED_CONFLIST: &str = "10-berth.conflist";
 
 /// A pod sandbox as recorded.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -1400,6 +1408,38 @@ impl Node {
                 berth_stdx::fs::disk_usage(&containers),
             )],
         }
+    }
+
+    /// The kubelet's UpdateRuntimeConfig: the node's pod range into the CNI template, when
+    /// there is one; the file is written only when it changes (atomically: a sandbox
+    /// being made reads the old list or the new one).
+    pub fn set_pod_cidr(&self, pod_cidr: &str) -> Result<()> {
+        let Some(template) = &self.config.cni_conf_template else { return Ok(()) };
+        if pod_cidr.is_empty() {
+            return Ok(());
+        }
+        for range in pod_cidr.split(',') {
+            let valid = range.split_once('/').is_some_and(|(ip, bits)| {
+                ip.parse::<std::net::IpAddr>().is_ok() && bits.parse::<u8>().is_ok()
+            });
+            if !valid {
+                return Err(Status::invalid_argument(format!(
+                    "pod CIDR {range:?} is not an address range"
+                )));
+            }
+        }
+        let first = pod_cidr.split(',').next().unwrap_or(pod_cidr);
+        let text = template.replace("{{.PodCIDR}}", first);
+        berth_net::cni::ConfList::parse(text.as_bytes(), Path::new(TEMPLATED_CONFLIST))
+            .map_err(|e| Status::invalid_argument(format!("the CNI template with {first}: {e}")))?;
+        let path = self.config.cni_conf_dir.join(TEMPLATED_CONFLIST);
+        if std::fs::read_to_string(&path).is_ok_and(|now| now == text) {
+            return Ok(());
+        }
+        berth_stdx::fs::write_atomic(&path, text.as_bytes(), 0o644)
+            .map_err(io_err(format!("write {}", path.display())))?;
+        tracing::info!(pod_cidr = first, "pod network configured: {}", path.display());
+        Ok(())
     }
 
     pub fn network_ready(&self) -> std::result::Result<(), String> {

@@ -4,7 +4,8 @@
 //! is the pure part (objects → ruleset → the transaction from the last one); this module
 //! watches the shared caches and applies each change as one `nft -f` transaction.
 //!
-//! `health` serves the health-check node ports of `Local` load balancers.
+//! `health` serves the health-check node ports of `Local` load balancers; `routes` keeps
+//! the routes to the other nodes' pods (the pod network between nodes).
 //!
 //! Level-triggered: any change of a Service or EndpointSlice marks the whole state dirty,
 //! and the loop plans from the caches as they are then. On start the table a killed proxy
@@ -14,6 +15,7 @@
 
 pub mod health;
 pub mod plan;
+pub mod routes;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
