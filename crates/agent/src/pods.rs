@@ -36,6 +36,9 @@ pub struct Memory {
     /// The `KUBERNETES_SERVICE_*` variables, read once (the API's Service keeps its
     /// address), not at every container start.
     master_env: Mutex<Option<Vec<(String, String)>>>,
+    /// Per container, the attempt its restart back-off counts from: the one after its
+    /// last run of 10 minutes (the kubelet forgets a back-off that long unused).
+    backoff_from: Mutex<HashMap<(String, String), u32>>,
 }
 
 impl Memory {
@@ -57,6 +60,8 @@ impl Memory {
     pub fn forget_pod(&self, uid: &str) {
         let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
         waiting.retain(|(u, _), _| u != uid);
+        let mut from = self.backoff_from.lock().unwrap_or_else(|p| p.into_inner());
+        from.retain(|(u, _), _| u != uid);
         self.tokens.forget(uid);
     }
 }
@@ -329,7 +334,7 @@ pub async fn sync(ctx: &Context<'_>, pod: &Pod) -> Result<Next, Error> {
                         break;
                     }
                     let attempt = s.metadata.as_ref().map_or(0, |m| m.attempt) + 1;
-                    match backoff_left(ctx.config, s) {
+                    match backoff_left(ctx, &uid, s) {
                         Some(wait) => {
                             next = Some(crash_loop(ctx, &uid, &name, &container.name, wait))
                         }
@@ -375,7 +380,7 @@ pub async fn sync(ctx: &Context<'_>, pod: &Pod) -> Result<Next, Error> {
                 if !restart {
                     continue;
                 }
-                match backoff_left(ctx.config, s) {
+                match backoff_left(ctx, &uid, s) {
                     Some(wait) => next = Some(crash_loop(ctx, &uid, &name, &container.name, wait)),
                     None => {
                         let attempt = s.metadata.as_ref().map_or(0, |m| m.attempt) + 1;
@@ -570,21 +575,37 @@ fn crash_loop(
 }
 
 /// How long a restart must still wait: the kubelet's back-off, 10 s doubling per restart
-/// up to 5 minutes (scaled by the configured base), none after a run of 10 minutes.
-fn backoff_left(config: &Config, status: &cri::ContainerStatus) -> Option<Duration> {
+/// up to 5 minutes (scaled by the configured base), none after a run of 10 minutes, and
+/// counted again from 10 s for the crashes after such a run.
+fn backoff_left(ctx: &Context<'_>, uid: &str, status: &cri::ContainerStatus) -> Option<Duration> {
     let attempt = status.metadata.as_ref().map_or(0, |m| m.attempt);
+    let name = status.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
     let ran =
         Duration::from_nanos(u64::try_from(status.finished_at - status.started_at).unwrap_or(0));
-    let delay = if ran >= Duration::from_secs(600) {
-        Duration::ZERO
-    } else {
-        let factor = 1u32 << attempt.min(5);
-        (config.restart_backoff * factor).min(config.restart_backoff * 30)
-    };
+    let key = (uid.to_owned(), name);
+    let mut from = ctx.memory.backoff_from.lock().unwrap_or_else(|p| p.into_inner());
+    if ran >= BACKOFF_RESET {
+        from.insert(key.clone(), attempt + 1);
+    }
+    let delay = backoff_delay(ctx.config.restart_backoff, attempt, from.get(&key).copied(), ran);
     let finished = std::time::UNIX_EPOCH
         + Duration::from_nanos(u64::try_from(status.finished_at).unwrap_or(0));
     let elapsed = std::time::SystemTime::now().duration_since(finished).unwrap_or_default();
     (elapsed < delay).then(|| delay - elapsed)
+}
+
+/// A run this long resets a container's back-off.
+const BACKOFF_RESET: Duration = Duration::from_secs(600);
+
+/// The back-off before restarting a container whose attempt `attempt` ran for `ran`:
+/// none after a long run; else `base` doubled per crash since the back-off was last reset
+/// (at attempt `from`), at most 30 times `base` (10 s to 5 minutes).
+fn backoff_delay(base: Duration, attempt: u32, from: Option<u32>, ran: Duration) -> Duration {
+    if ran >= BACKOFF_RESET {
+        return Duration::ZERO;
+    }
+    let crashes = attempt.saturating_sub(from.unwrap_or(0));
+    (base * (1u32 << crashes.min(5))).min(base * 30)
 }
 
 fn sandbox_config(config: &Config, pod: &Pod, attempt: u32) -> cri::PodSandboxConfig {
@@ -1675,6 +1696,19 @@ mod tests {
         assert_eq!(bytes("64Mi"), 64 << 20);
         assert_eq!(bytes("1G"), 1_000_000_000);
         assert_eq!(bytes("1000"), 1000);
+    }
+
+    #[test]
+    fn restart_backoff_doubles_and_resets_after_a_long_run() {
+        let base = Duration::from_secs(10);
+        let short = Duration::from_secs(1);
+        let delays: Vec<u64> =
+            (0..7).map(|attempt| backoff_delay(base, attempt, None, short).as_secs()).collect();
+        assert_eq!(delays, [10, 20, 40, 80, 160, 300, 300]);
+        assert_eq!(backoff_delay(base, 9, None, Duration::from_secs(600)), Duration::ZERO);
+        // After attempt 9 ran ten minutes, attempt 10's crash waits 10 s again, then 20 s.
+        assert_eq!(backoff_delay(base, 10, Some(10), short).as_secs(), 10);
+        assert_eq!(backoff_delay(base, 11, Some(10), short).as_secs(), 20);
     }
 
     #[test]
