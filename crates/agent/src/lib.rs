@@ -743,6 +743,7 @@ async fn run_pods(
                     events: &events,
                     host_ip: &host_ip,
                     devices: devices.as_deref(),
+                    pods: &pods,
                 };
                 match pods::sync(&ctx, &pod).await? {
                     Some(after) => Ok(Action::RequeueAfter(after)),

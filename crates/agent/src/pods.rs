@@ -76,6 +76,8 @@ pub struct Context<'a> {
     pub events: &'a crate::events::Recorder,
     pub host_ip: &'a str,
     pub devices: Option<&'a crate::devices::Devices>,
+    /// Every pod the agent sees (those of other nodes too), for admission.
+    pub pods: &'a berth_reconcile::Cache<Pod>,
 }
 
 fn cri_error(action: String) -> impl FnOnce(tonic::Status) -> Error {
@@ -224,14 +226,25 @@ pub async fn sync(ctx: &Context<'_>, pod: &Pod) -> Result<Next, Error> {
     // The sandbox: the newest ready one, or a new one.
     let sandboxes = sandboxes_of(ctx.runtime, &uid).await?;
     // Admission of a pod not started yet, as the kubelet's: a pod asking for more
-    // devices than the node has free is rejected (Failed, UnexpectedAdmissionError), not
-    // left waiting; its controller makes another that the scheduler places.
-    if let (Some(devices), true) = (ctx.devices, sandboxes.is_empty()) {
-        if let Err(message) = devices.admit(&uid, &wanted_devices(devices, &spec)) {
+    // devices than the node has free, or for a host port a pod admitted before it holds,
+    // is rejected (Failed, with the kubelet's reason), not left waiting; its controller
+    // makes another that the scheduler places.
+    if sandboxes.is_empty() {
+        let refused = match ctx.devices.map(|d| d.admit(&uid, &wanted_devices(d, &spec))) {
+            Some(Err(message)) => Some(("UnexpectedAdmissionError", message)),
+            _ => host_port_conflict(ctx.pods, pod, &ctx.config.node_name).then(|| {
+                (
+                    "NodePorts",
+                    "Predicate NodePorts failed: node(s) didn't have free ports for the requested pod ports".to_owned(),
+                )
+            }),
+        };
+        if let Some((reason, message)) = refused {
             let message = format!("Pod was rejected: {message}");
             tracing::warn!("{namespace}/{name}: {message}");
-            ctx.events.record_once(pod, None, true, "UnexpectedAdmissionError", &message).await;
-            let patch = json!({"status": {"phase": "Failed", "reason": "UnexpectedAdmissionError", "message": message}});
+            ctx.events.record_once(pod, None, true, reason, &message).await;
+            let patch =
+                json!({"status": {"phase": "Failed", "reason": reason, "message": message}});
             return match api
                 .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
                 .await
@@ -496,6 +509,53 @@ pub async fn sync(ctx: &Context<'_>, pod: &Pod) -> Result<Next, Error> {
     }
     let finished = matches!(status["phase"].as_str(), Some("Succeeded" | "Failed"));
     Ok(if finished { Some(Duration::from_millis(10)) } else { next })
+}
+
+/// The host ports a pod asks for: (host IP, "0.0.0.0" for all; protocol; port).
+fn host_ports(pod: &Pod) -> Vec<(String, String, i32)> {
+    let Some(spec) = &pod.spec else { return Vec::new() };
+    let host_network = spec.host_network.unwrap_or(false);
+    spec.containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| {
+            let port =
+                p.host_port.filter(|h| *h > 0).or(host_network.then_some(p.container_port))?;
+            let ip =
+                p.host_ip.clone().filter(|ip| !ip.is_empty()).unwrap_or_else(|| "0.0.0.0".into());
+            Some((ip, p.protocol.clone().unwrap_or_else(|| "TCP".into()), port))
+        })
+        .collect()
+}
+
+/// Whether a pod admitted before `pod` on this node (an active one created earlier)
+/// holds a host port `pod` asks for, as the kubelet's NodePorts admission sees it.
+fn host_port_conflict(pods: &berth_reconcile::Cache<Pod>, pod: &Pod, node: &str) -> bool {
+    let wanted = host_ports(pod);
+    if wanted.is_empty() {
+        return false;
+    }
+    let order =
+        |p: &Pod| (p.metadata.creation_timestamp.clone().map(|t| t.0), p.metadata.name.clone());
+    let mine = order(pod);
+    pods.store().state().iter().any(|other| {
+        other.metadata.uid != pod.metadata.uid
+            && other.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node)
+            && other.metadata.deletion_timestamp.is_none()
+            && !matches!(
+                other.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Succeeded" | "Failed")
+            )
+            && order(other) < mine
+            && host_ports(other).iter().any(|(ip, protocol, port)| {
+                wanted.iter().any(|(wip, wprotocol, wport)| {
+                    port == wport
+                        && protocol == wprotocol
+                        && (ip == wip || ip == "0.0.0.0" || wip == "0.0.0.0")
+                })
+            })
+    })
 }
 
 /// The devices a pod's containers ask for, per resource: the sum over its containers, or

@@ -24,6 +24,8 @@ struct Cluster {
     extra: Vec<String>,
     /// The server's --bind-address.
     bind: String,
+    /// The server's --https-listen-port ("0": any).
+    port: String,
 }
 
 impl Cluster {
@@ -32,8 +34,13 @@ impl Cluster {
             .expect("unshare the network namespace");
         assert!(Command::new("ip").args(["link", "set", "lo", "up"]).status().unwrap().success());
         let dir = tempfile::Builder::new().prefix("berth-agent-").tempdir().unwrap();
-        let cluster =
-            Cluster { dir, server: None, extra: Vec::new(), bind: "127.0.0.1".to_owned() };
+        let cluster = Cluster {
+            dir,
+            server: None,
+            extra: Vec::new(),
+            bind: "127.0.0.1".to_owned(),
+            port: "0".to_owned(),
+        };
         let layout = cluster.path("layout");
         berth_testkit::image::fixture_image(&layout, "v1").unwrap();
         let tar = cluster.path("fixture.tar");
@@ -86,7 +93,7 @@ impl Cluster {
             .args([
                 "server",
                 "--https-listen-port",
-                "0",
+                &self.port,
                 "--bind-address",
                 &self.bind,
                 "--node-name",
@@ -311,6 +318,9 @@ fn root_an_agent_joins_with_the_node_token() {
     }
     let mut cluster = Cluster::new();
     cluster.extra = vec!["--disable-agent".into()];
+    // A port of its own, the same after the server restarts (the agent's kubeconfig
+    // names it). (The test's own network namespace: nothing else holds it.)
+    cluster.port = "16443".into();
     cluster.spawn_server();
     let deadline = Instant::now() + Duration::from_secs(30);
     while !(cluster.data().join("kubeconfig").exists()
@@ -397,7 +407,45 @@ fn root_an_agent_joins_with_the_node_token() {
     assert_eq!(cluster.ok(&["exec", "away", "--", "echo", "still"]).trim(), "still");
     let listed: Value = serde_json::from_str(&cluster.ok(&["get", "csr", "-o", "json"])).unwrap();
     assert_eq!(listed["items"].as_array().unwrap().len(), 2, "no new certificate request");
-    cluster.ok(&["delete", "pod", "away", "--wait=false"]);
+    // The server goes (kill -9): the agent keeps its pod running, and catches up when the
+    // server is back on its address: the same container, and a pod made since runs.
+    let before = cluster.pod("away");
+    cluster.kill9();
+    std::thread::sleep(Duration::from_secs(2));
+    let id = before["status"]["containerStatuses"][0]["containerID"]
+        .as_str()
+        .and_then(|id| id.split("://").nth(1))
+        .unwrap()
+        .to_owned();
+    let state = Command::new(BERTH)
+        .args(["runtime", "--root"])
+        .arg(cluster.path("root").join("cri/runtime"))
+        .args(["state", &id])
+        .output()
+        .unwrap();
+    let state: Value = serde_json::from_slice(&state.stdout).unwrap_or(Value::Null);
+    assert_eq!(state["status"], "running", "the pod's container went with the server: {state}");
+    cluster.spawn_server();
+    cluster.until(
+        "the node is Ready after the server's return",
+        &["get", "node", NODE, "-o", "json"],
+        ready,
+    );
+    assert_eq!(cluster.ok(&["exec", "away", "--", "echo", "back"]).trim(), "back");
+    let after = cluster.pod("away");
+    assert_eq!(
+        after["status"]["containerStatuses"][0]["containerID"],
+        before["status"]["containerStatuses"][0]["containerID"],
+        "the same container: {after:#}"
+    );
+    assert_eq!(after["status"]["containerStatuses"][0]["restartCount"], 0, "{after:#}");
+    cluster.apply("apiVersion: v1\nkind: Pod\nmetadata: {name: later}\nspec: {terminationGracePeriodSeconds: 1, containers: [{name: main, image: \"fixture:v1\", command: [sleep, \"600\"]}]}\n");
+    cluster.until(
+        "a pod made after the return runs",
+        &["get", "pod", "later", "-o", "json"],
+        running_ready,
+    );
+    cluster.ok(&["delete", "pod", "away", "later", "--wait=false"]);
     let _ = rejoined.kill();
     let _ = rejoined.wait();
 }
@@ -2520,4 +2568,130 @@ fn root_pods_on_two_nodes_reach_each_other() {
         std::thread::sleep(Duration::from_millis(100));
     }
     cluster.ok(&["delete", "pod", "web-a", "--grace-period", "1"]);
+}
+
+/// Bad input, reported as the kubelet reports it (where `kubectl describe` shows it) while
+/// the agent goes on with the other pods: an image the registry does not have
+/// (ErrImagePull, then ImagePullBackOff, with the registry's answer), a volume naming a
+/// Secret that does not exist yet (FailedMount, ContainerCreating, then running once the
+/// Secret is made), a command that does not exist (the runtime's reason), and a host port
+/// an earlier pod holds on the node (rejected: NodePorts).
+#[test]
+fn root_bad_input_is_reported_and_the_agent_goes_on() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut cluster = Cluster::new();
+    let registry = common::registry::Registry::start();
+    let host = registry.host();
+    cluster.start();
+    cluster.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: noimage}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {{name: c, image: "{host}/nothing:v1", command: [sleep, "1000"]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: nosecret}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: fixture:v1
+    command: ["sh", "-c", "cat /secret/word; sleep 1000"]
+    volumeMounts: [{{name: s, mountPath: /secret}}]
+  volumes: [{{name: s, secret: {{secretName: later}}}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: nocommand}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {{name: c, image: fixture:v1, command: ["/no/such/binary"]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: port1}}
+spec:
+  nodeName: {NODE}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {{name: c, image: fixture:v1, command: [sleep, "1000"], ports: [{{containerPort: 80, hostPort: 18080}}]}}
+"#
+    ));
+    cluster.until("port1 Running", &["get", "pod", "port1", "-o", "json"], running_ready);
+    cluster.apply(&format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: port2}}\nspec:\n  nodeName: {NODE}\n  containers:\n  - {{name: c, image: fixture:v1, command: [sleep, \"1000\"], ports: [{{containerPort: 81, hostPort: 18080}}]}}\n"));
+    let waiting = |p: &Value, reason: &str| {
+        p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == reason
+    };
+    // The image: the registry's answer, then the back-off.
+    let pulled = cluster.until(
+        "noimage in ImagePullBackOff",
+        &["get", "pod", "noimage", "-o", "json"],
+        |p| waiting(p, "ImagePullBackOff"),
+    );
+    let message = pulled["status"]["containerStatuses"][0]["state"]["waiting"]["message"]
+        .as_str()
+        .unwrap_or("");
+    assert!(message.contains("nothing"), "the message names the image: {pulled:#}");
+    // The Secret: FailedMount, waiting in ContainerCreating.
+    let mounting = cluster.until(
+        "nosecret waits for its Secret",
+        &["get", "pod", "nosecret", "-o", "json"],
+        |p| waiting(p, "ContainerCreating"),
+    );
+    assert_eq!(mounting["status"]["phase"], "Pending", "{mounting:#}");
+    // The command: the runtime's reason, naming it.
+    let failed = cluster.until(
+        "nocommand fails to start",
+        &["get", "pod", "nocommand", "-o", "json"],
+        |p| {
+            let status = &p["status"]["containerStatuses"][0];
+            status.to_string().contains("/no/such/binary")
+        },
+    );
+    let status = &failed["status"]["containerStatuses"][0];
+    assert!(
+        ["RunContainerError", "CrashLoopBackOff", "StartError", "CreateContainerError"]
+            .iter()
+            .any(|r| status.to_string().contains(r)),
+        "{status:#}"
+    );
+    // The host port: rejected at admission.
+    let rejected = cluster.until("port2 rejected", &["get", "pod", "port2", "-o", "json"], |p| {
+        p["status"]["phase"] == "Failed"
+    });
+    assert_eq!(rejected["status"]["reason"], "NodePorts", "{rejected:#}");
+    assert!(
+        rejected["status"]["message"].as_str().unwrap_or("").contains("didn't have free ports"),
+        "{rejected:#}"
+    );
+    // What describe shows: the events.
+    let events = cluster.ok_json(&["get", "events", "-o", "json"]);
+    let has = |pod: &str, reason: &str, text: &str| {
+        events["items"].as_array().unwrap().iter().any(|e| {
+            e["involvedObject"]["name"] == pod
+                && e["reason"] == reason
+                && e["message"].as_str().is_some_and(|m| m.contains(text))
+        })
+    };
+    assert!(has("nosecret", "FailedMount", "later"), "{events:#}");
+    assert!(has("noimage", "BackOff", "nothing"), "{events:#}");
+    assert!(has("port2", "NodePorts", "free ports"), "{events:#}");
+    let described = cluster.ok(&["describe", "pod", "nosecret"]);
+    assert!(described.contains("FailedMount"), "{described}");
+    // The Secret made: the waiting pod starts and reads it.
+    cluster.ok(&["create", "secret", "generic", "later", "--from-literal=word=arrived"]);
+    cluster.until("nosecret runs", &["get", "pod", "nosecret", "-o", "json"], running_ready);
+    let log = cluster.wait_log("nosecret", "c", |l| l.contains("arrived"));
+    assert!(log.contains("arrived"), "{log}");
+    // Still running through all of it.
+    assert!(running_ready(&cluster.pod("port1")));
+    cluster.ok(&["delete", "pod", "--all", "--grace-period", "1"]);
 }
