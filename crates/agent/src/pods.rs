@@ -511,6 +511,48 @@ pub async fn sync(ctx: &Context<'_>, pod: &Pod) -> Result<Next, Error> {
     Ok(if finished { Some(Duration::from_millis(10)) } else { next })
 }
 
+/// The hosts file the kubelet writes for a pod's containers: localhost, the pod's own
+/// address under its hostname (and FQDN when it has a subdomain), and its hostAliases;
+/// with the host's network, the host's file and the aliases. `None`: the runtime's is
+/// right (host network without aliases).
+fn hosts_file(config: &Config, pod: &Pod, pod_ip: &str) -> Option<String> {
+    let spec = pod.spec.as_ref()?;
+    let mut aliases = String::new();
+    for alias in spec.host_aliases.iter().flatten() {
+        let names = alias.hostnames.clone().unwrap_or_default();
+        if !alias.ip.is_empty() && !names.is_empty() {
+            aliases.push_str(&format!("{}\t{}\n", alias.ip, names.join("\t")));
+        }
+    }
+    if !aliases.is_empty() {
+        aliases = format!("\n# Entries added by HostAliases.\n{aliases}");
+    }
+    if spec.host_network.unwrap_or(false) {
+        if aliases.is_empty() {
+            return None;
+        }
+        let host = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+        return Some(format!("# Kubernetes-managed hosts file (host network).\n{host}{aliases}"));
+    }
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let hostname = spec.hostname.clone().filter(|h| !h.is_empty()).unwrap_or(name);
+    let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+    let mut text = String::from(
+        "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n",
+    );
+    if !pod_ip.is_empty() {
+        match spec.subdomain.as_deref().filter(|s| !s.is_empty()) {
+            Some(subdomain) => text.push_str(&format!(
+                "{pod_ip}\t{hostname}.{subdomain}.{namespace}.svc.{}\t{hostname}\n",
+                config.cluster_domain
+            )),
+            None => text.push_str(&format!("{pod_ip}\t{hostname}\n")),
+        }
+    }
+    text.push_str(&aliases);
+    Some(text)
+}
+
 /// The host ports a pod asks for: (host IP, "0.0.0.0" for all; protocol; port).
 fn host_ports(pod: &Pod) -> Vec<(String, String, i32)> {
     let Some(spec) = &pod.spec else { return Vec::new() };
@@ -1101,7 +1143,21 @@ async fn start(
                 if !path.exists() {
                     let _ = std::fs::create_dir_all(&path);
                 }
-                path
+                // A symlink a container left in the volume must not lead the bind mount
+                // out of it (Kubernetes' CVE-2017-1002101): the resolved path stays inside.
+                let inside = std::fs::canonicalize(&path).ok().filter(|real| {
+                    std::fs::canonicalize(host).is_ok_and(|root| real.starts_with(root))
+                });
+                let Some(real) = inside else {
+                    ctx.memory.set(
+                        &uid,
+                        &container.name,
+                        "CreateContainerConfigError",
+                        format!("subPath {sub:?} of volume {:?} leads outside the volume", m.name),
+                    );
+                    return Ok(());
+                };
+                real
             }
             None => host.clone(),
         };
@@ -1116,6 +1172,27 @@ async fn start(
             },
             ..Default::default()
         });
+    }
+    // The kubelet's hosts file (the pod's FQDN with a subdomain, hostAliases), unless the
+    // container mounts its own.
+    if !mounts.iter().any(|m| m.container_path == "/etc/hosts") {
+        if let Some(text) = hosts_file(ctx.config, pod, pod_ip) {
+            let path = ctx.config.pod_dir(&uid).join("etc-hosts");
+            if let Err(err) = berth_stdx::fs::write_atomic(&path, text.as_bytes(), 0o644) {
+                ctx.memory.set(
+                    &uid,
+                    &container.name,
+                    "CreateContainerConfigError",
+                    format!("cannot write the pod's hosts file {}: {err}", path.display()),
+                );
+                return Ok(());
+            }
+            mounts.push(cri::Mount {
+                container_path: "/etc/hosts".into(),
+                host_path: path.to_string_lossy().into_owned(),
+                ..Default::default()
+            });
+        }
     }
     let resources = container.resources.clone().unwrap_or_default();
     let requests = resources.requests.unwrap_or_default();
@@ -1179,6 +1256,46 @@ async fn start(
         pod.spec.as_ref().and_then(|s| s.security_context.clone()).unwrap_or_default();
     let run_as_user = security.run_as_user.or(pod_security.run_as_user);
     let run_as_group = security.run_as_group.or(pod_security.run_as_group);
+    // runAsNonRoot, checked as the kubelet does: against runAsUser, else the image's user.
+    if security.run_as_non_root.or(pod_security.run_as_non_root).unwrap_or(false) {
+        let who = format!(
+            "(pod: \"{}_{}({uid})\", container: {})",
+            pod.metadata.name.as_deref().unwrap_or_default(),
+            pod.metadata.namespace.as_deref().unwrap_or_default(),
+            container.name
+        );
+        let problem = match run_as_user {
+            Some(0) => Some(format!("container's runAsUser breaks non-root policy {who}")),
+            Some(_) => None,
+            None => {
+                let image_user = images
+                    .image_status(cri::ImageStatusRequest {
+                        image: Some(cri::ImageSpec { image: image.clone(), ..Default::default() }),
+                        verbose: false,
+                    })
+                    .await
+                    .ok()
+                    .and_then(|answer| answer.into_inner().image)
+                    .map(|i| (i.uid.map(|u| u.value), i.username));
+                match image_user {
+                    Some((Some(0), _)) => {
+                        Some(format!("container has runAsNonRoot and image will run as root {who}"))
+                    }
+                    Some((None, name)) if name.is_empty() => {
+                        Some(format!("container has runAsNonRoot and image will run as root {who}"))
+                    }
+                    Some((None, name)) => Some(format!(
+                        "container has runAsNonRoot and image has non-numeric user ({name}), cannot verify user is non-root {who}"
+                    )),
+                    _ => None,
+                }
+            }
+        };
+        if let Some(message) = problem {
+            ctx.memory.set(&uid, &container.name, "CreateContainerConfigError", message);
+            return Ok(());
+        }
+    }
     let seccomp =
         security.seccomp_profile.clone().or(pod_security.seccomp_profile.clone()).map(|p| {
             cri::SecurityProfile {
@@ -1263,7 +1380,14 @@ async fn start(
                 run_as_user: run_as_user.map(|value| cri::Int64Value { value }),
                 run_as_group: run_as_group.map(|value| cri::Int64Value { value }),
                 readonly_rootfs: security.read_only_root_filesystem.unwrap_or(false),
-                supplemental_groups: pod_security.supplemental_groups.clone().unwrap_or_default(),
+                // fsGroup too, as the kubelet adds it: the volumes it owns are readable.
+                supplemental_groups: pod_security
+                    .supplemental_groups
+                    .clone()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .chain(pod_security.fs_group)
+                    .collect(),
                 no_new_privs: security.allow_privilege_escalation == Some(false),
                 seccomp,
                 ..Default::default()

@@ -38,11 +38,58 @@ pub fn prepare(
 ) -> Result<BTreeMap<String, PathBuf>, MountFailure> {
     let mut paths = BTreeMap::new();
     let Some(spec) = &pod.spec else { return Ok(paths) };
+    let fs_group = spec.security_context.as_ref().and_then(|s| s.fs_group);
     for volume in spec.volumes.iter().flatten() {
         let path = prepare_one(pod, volume, pod_dir, sources)?;
+        if let Some(group) = fs_group.and_then(|g| u32::try_from(g).ok()) {
+            own(volume, &path, group)
+                .map_err(|e| fail(format!("volume {:?}: fsGroup {group}: {e}", volume.name)))?;
+        }
         paths.insert(volume.name.clone(), path);
     }
     Ok(paths)
+}
+
+/// The kubelet's volume ownership for `fsGroup`: the volume's files belong to the group,
+/// which may read them (and write an emptyDir's), and directories pass the group on
+/// (setgid). Volumes the pod does not own (hostPath) are left as they are.
+fn own(volume: &Volume, path: &Path, group: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let chown = |p: &Path| std::os::unix::fs::lchown(p, None, Some(group));
+    if volume.empty_dir.is_some() {
+        // The directory only: what containers make in it takes its group (setgid).
+        chown(path)?;
+        return std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o2777));
+    }
+    let read_only = volume.secret.is_some()
+        || volume.config_map.is_some()
+        || volume.downward_api.is_some()
+        || volume.projected.is_some();
+    if !read_only {
+        return Ok(());
+    }
+    let mut stack = vec![path.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            let p = entry.path();
+            chown(&p)?;
+            if kind.is_symlink() {
+                continue;
+            }
+            let mode = entry.metadata()?.permissions().mode();
+            if kind.is_dir() {
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode | 0o2550))?;
+                stack.push(p);
+            } else {
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode | 0o440))?;
+            }
+        }
+    }
+    chown(path)?;
+    let mode = std::fs::metadata(path)?.permissions().mode();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode((mode & 0o7777) | 0o2550))
 }
 
 /// A path as mountinfo writes it: absolute, symlinks resolved.

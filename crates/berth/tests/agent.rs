@@ -2695,3 +2695,85 @@ spec:
     assert!(running_ready(&cluster.pod("port1")));
     cluster.ok(&["delete", "pod", "--all", "--grace-period", "1"]);
 }
+
+/// What a pod's identity and names look like inside it, as the kubelet makes them:
+/// fsGroup owns the pod's volumes (a 0400 Secret readable by a non-root user through the
+/// group; an emptyDir passing the group to new files) and is a supplemental group; the
+/// hosts file has the pod's FQDN with its subdomain and its hostAliases; runAsNonRoot
+/// stops an image that would run as root; a subPath that a symlink leads out of its
+/// volume is refused.
+#[test]
+fn root_identity_names_and_volume_ownership_are_the_kubelets() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut cluster = Cluster::new();
+    cluster.start();
+    cluster.ok(&["create", "secret", "generic", "word", "--from-literal=word=guarded"]);
+    cluster.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: who}
+spec:
+  terminationGracePeriodSeconds: 1
+  hostname: db-0
+  subdomain: db
+  hostAliases: [{ip: 10.1.2.3, hostnames: [foo.local, bar.local]}]
+  securityContext: {runAsUser: 1000, fsGroup: 2000}
+  containers:
+  - name: c
+    image: fixture:v1
+    command: ["sh", "-c", "id; echo word=$(cat /secret/word); stat -c 'scratch %g %a' /scratch; touch /scratch/f; stat -c 'file %g' /scratch/f; cat /etc/hosts; echo done; sleep 1000"]
+    volumeMounts: [{name: s, mountPath: /secret}, {name: scratch, mountPath: /scratch}]
+  volumes:
+  - {name: s, secret: {secretName: word, defaultMode: 0400}}
+  - {name: scratch, emptyDir: {}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: rootly}
+spec:
+  terminationGracePeriodSeconds: 1
+  securityContext: {runAsNonRoot: true}
+  containers:
+  - {name: c, image: fixture:v1, command: [sleep, "1000"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: escape}
+spec:
+  terminationGracePeriodSeconds: 1
+  initContainers:
+  - {name: link, image: fixture:v1, command: [ln, -s, /, /vol/out], volumeMounts: [{name: v, mountPath: /vol}]}
+  containers:
+  - {name: c, image: fixture:v1, command: [sleep, "1000"], volumeMounts: [{name: v, mountPath: /host, subPath: out}]}
+  volumes: [{name: v, emptyDir: {}}]
+"#,
+    );
+    let log = cluster.wait_log("who", "c", |l| l.contains("done"));
+    assert!(
+        log.contains("uid=1000") && log.contains("2000"),
+        "fsGroup is a group of the process: {log}"
+    );
+    assert!(log.contains("word=guarded"), "the 0400 Secret is readable through fsGroup: {log}");
+    assert!(log.contains("scratch 2000 2777"), "the emptyDir is the group's, setgid: {log}");
+    assert!(log.contains("file 2000"), "a new file takes the group: {log}");
+    assert!(log.contains("\tdb-0.db.default.svc.cluster.local\tdb-0\n"), "the FQDN: {log}");
+    assert!(log.contains("10.1.2.3\tfoo.local\tbar.local\n"), "the aliases: {log}");
+    let waiting = |p: &Value| {
+        p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
+            == "CreateContainerConfigError"
+    };
+    let rootly = cluster.until("rootly refused", &["get", "pod", "rootly", "-o", "json"], waiting);
+    let message = rootly["status"]["containerStatuses"][0]["state"]["waiting"]["message"]
+        .as_str()
+        .unwrap_or("");
+    assert!(message.contains("container has runAsNonRoot and image will run as root"), "{message}");
+    let escape = cluster.until("escape refused", &["get", "pod", "escape", "-o", "json"], waiting);
+    let message = escape["status"]["containerStatuses"][0]["state"]["waiting"]["message"]
+        .as_str()
+        .unwrap_or("");
+    assert!(message.contains("leads outside the volume"), "{message}");
+    cluster.ok(&["delete", "pod", "who", "rootly", "escape", "--grace-period", "1"]);
+}
