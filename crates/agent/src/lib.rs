@@ -152,6 +152,8 @@ pub async fn run(informers: Arc<Informers>, config: Config) {
                     pods: informers.typed::<Pod>(),
                     runtime: runtime.clone(),
                     shutdown: shutdown.clone(),
+                    node_name: config.node_name.clone(),
+                    root: config.root.clone(),
                 };
                 let tls = api.tls.clone();
                 informers.tasks().spawn(server::serve(listener, tls, shared));

@@ -72,6 +72,10 @@ pub struct Shared {
     pub pods: Arc<Cache<Pod>>,
     pub runtime: Runtime,
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// The node's name and the agent's directory (its filesystem is the node's), for
+    /// `/stats/summary`.
+    pub node_name: String,
+    pub root: PathBuf,
 }
 
 /// Serves the kubelet API on `listener` until shutdown.
@@ -151,6 +155,9 @@ async fn handle(
     }
     if path == "/metrics/resource" {
         return resource_metrics(shared).await;
+    }
+    if path == "/stats/summary" {
+        return summary(shared).await;
     }
     let parts: Vec<String> = path.trim_start_matches('/').split('/').map(decode).collect();
     match parts.as_slice() {
@@ -251,6 +258,104 @@ async fn resource_metrics(shared: &Shared) -> Response<Body> {
     response.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    response
+}
+
+/// `GET /stats/summary`: the kubelet's Summary API (stats/v1alpha1) from what this node
+/// and the runtime's container stats say: the node's CPU, memory and filesystem, and
+/// each running pod's containers' CPU, memory and writable layer, summed per pod.
+async fn summary(shared: &Shared) -> Response<Body> {
+    let mut runtime = shared.runtime.runtime.clone();
+    let stats = match runtime.list_container_stats(cri::ListContainerStatsRequest::default()).await
+    {
+        Ok(answer) => answer.into_inner().stats,
+        Err(status) => {
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the container runtime gave no stats: {}", status.message()),
+            )
+        }
+    };
+    let now = berth_api::meta::now();
+    let mut node = serde_json::json!({"nodeName": shared.node_name});
+    if let Some((cpu_seconds, working_set)) = crate::host_usage() {
+        node["cpu"] =
+            serde_json::json!({"time": now, "usageCoreNanoSeconds": (cpu_seconds * 1e9) as u64});
+        let available = crate::eviction::memory().map(|(a, _)| a).unwrap_or(0);
+        node["memory"] = serde_json::json!({"time": now, "availableBytes": available, "usageBytes": working_set, "workingSetBytes": working_set});
+    }
+    if let Some((available, capacity)) = crate::eviction::filesystem(&shared.root) {
+        node["fs"] = serde_json::json!({"time": now, "availableBytes": available, "capacityBytes": capacity, "usedBytes": capacity.saturating_sub(available)});
+    }
+    // Pods by uid: their reference and containers.
+    let mut pods: std::collections::BTreeMap<String, serde_json::Value> = Default::default();
+    for stat in stats {
+        let Some(attributes) = stat.attributes else { continue };
+        let labels = &attributes.labels;
+        let (Some(uid), Some(name), Some(namespace), Some(container)) = (
+            labels.get(LABEL_POD_UID),
+            labels.get(crate::pods::LABEL_POD_NAME),
+            labels.get(crate::pods::LABEL_POD_NAMESPACE),
+            labels.get(LABEL_CONTAINER_NAME),
+        ) else {
+            continue;
+        };
+        let cpu = stat
+            .cpu
+            .as_ref()
+            .and_then(|c| c.usage_core_nano_seconds.as_ref())
+            .map(|v| v.value)
+            .unwrap_or(0);
+        let nano_cores =
+            stat.cpu.as_ref().and_then(|c| c.usage_nano_cores.as_ref()).map(|v| v.value);
+        let memory = stat.memory.as_ref();
+        let working_set =
+            memory.and_then(|m| m.working_set_bytes.as_ref()).map(|v| v.value).unwrap_or(0);
+        let usage =
+            memory.and_then(|m| m.usage_bytes.as_ref()).map(|v| v.value).unwrap_or(working_set);
+        let rss = memory.and_then(|m| m.rss_bytes.as_ref()).map(|v| v.value).unwrap_or(0);
+        let rootfs = stat
+            .writable_layer
+            .as_ref()
+            .and_then(|w| w.used_bytes.as_ref())
+            .map(|v| v.value)
+            .unwrap_or(0);
+        let mut cpu_json = serde_json::json!({"time": now, "usageCoreNanoSeconds": cpu});
+        if let Some(n) = nano_cores {
+            cpu_json["usageNanoCores"] = serde_json::json!(n);
+        }
+        let entry = pods.entry(uid.clone()).or_insert_with(|| {
+            serde_json::json!({
+                "podRef": {"name": name, "namespace": namespace, "uid": uid},
+                "containers": [],
+                "cpu": {"time": now, "usageCoreNanoSeconds": 0},
+                "memory": {"time": now, "usageBytes": 0, "workingSetBytes": 0, "rssBytes": 0},
+                "ephemeral-storage": {"time": now, "usedBytes": 0},
+            })
+        });
+        let add = |field: &mut serde_json::Value, by: u64| {
+            *field = serde_json::json!(field.as_u64().unwrap_or(0) + by);
+        };
+        add(&mut entry["cpu"]["usageCoreNanoSeconds"], cpu);
+        add(&mut entry["memory"]["usageBytes"], usage);
+        add(&mut entry["memory"]["workingSetBytes"], working_set);
+        add(&mut entry["memory"]["rssBytes"], rss);
+        add(&mut entry["ephemeral-storage"]["usedBytes"], rootfs);
+        if let Some(list) = entry["containers"].as_array_mut() {
+            list.push(serde_json::json!({
+                "name": container,
+                "cpu": cpu_json,
+                "memory": {"time": now, "usageBytes": usage, "workingSetBytes": working_set, "rssBytes": rss},
+                "rootfs": {"time": now, "usedBytes": rootfs},
+            }));
+        }
+    }
+    let body = serde_json::json!({"node": node, "pods": pods.into_values().collect::<Vec<_>>()});
+    let mut response = text(StatusCode::OK, body.to_string());
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
     );
     response
 }

@@ -35,6 +35,9 @@ pub const VERBS: &[&str] =
 
 const STATUS: Subresource =
     Subresource { name: "status", kind: ("", "", ""), verbs: &["get", "patch", "update"] };
+/// `nodes/NAME/proxy/PATH`: GET of the node agent's own API (`/stats/summary`, ...).
+const NODE_PROXY: Subresource =
+    Subresource { name: "proxy", kind: ("", "v1", "NodeProxyOptions"), verbs: &["get"] };
 /// A namespace's `spec.finalizers`, which its controller clears once it is empty.
 const FINALIZE: Subresource =
     Subresource { name: "finalize", kind: ("", "", ""), verbs: &["update"] };
@@ -149,7 +152,7 @@ pub const RESOURCES: &[Resource] = &[
         false,
         &["no"],
         &[],
-        &[STATUS],
+        &[STATUS, NODE_PROXY],
         &["spec.unschedulable"]
     ),
     resource!(

@@ -659,6 +659,28 @@ spec:
     );
     let top = cluster.ok(&["top", "node", NODE, "--no-headers"]);
     assert!(top.starts_with(NODE) && top.contains('%'), "{top}");
+    // The kubelet's Summary API, through the API server's node proxy.
+    let path = format!("/api/v1/nodes/{NODE}/proxy/stats/summary");
+    let summary = cluster.ok_json(&["get", "--raw", &path]);
+    assert_eq!(summary["node"]["nodeName"], NODE, "{summary:#}");
+    assert!(
+        summary["node"]["memory"]["workingSetBytes"].as_u64().is_some_and(|b| b > 0),
+        "{summary:#}"
+    );
+    assert!(summary["node"]["fs"]["capacityBytes"].as_u64().is_some_and(|b| b > 0), "{summary:#}");
+    let webs: Vec<&Value> = summary["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["podRef"]["name"].as_str().is_some_and(|n| n.starts_with("web-")))
+        .collect();
+    assert!(!webs.is_empty(), "{summary:#}");
+    assert!(
+        webs.iter().all(|p| p["containers"][0]["name"] == "web"
+            && p["memory"]["workingSetBytes"].as_u64().is_some_and(|b| b > 0)
+            && p["cpu"]["usageCoreNanoSeconds"].as_u64().is_some()),
+        "{summary:#}"
+    );
     // Secrets, ConfigMaps and the downward API reach the container, and edits reach it
     // while it runs.
     cluster.until("reader Running", &["get", "pod", "reader", "-o", "json"], running_ready);

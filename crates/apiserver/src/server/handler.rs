@@ -278,6 +278,9 @@ where
             _,
             Some(action @ ("log" | "exec" | "attach" | "portforward" | "binding" | "eviction")),
         ) => Some(api.pod_action(action, &method, &content_type, &body).await),
+        (_, Some("proxy")) if api.target.resource.name == "nodes" => {
+            Some(api.node_proxy(&method).await)
+        }
         _ => None,
     };
     if let Some(result) = special {

@@ -155,6 +155,24 @@ impl Api {
 }
 
 impl Api {
+    /// `GET nodes/NAME/proxy/PATH`: the node agent's own API (`/stats/summary`,
+    /// `/metrics/resource`, `/healthz`), as kube-apiserver proxies to a kubelet.
+    pub(super) async fn node_proxy(
+        &self,
+        method: &hyper::Method,
+    ) -> Result<Response<Body>, ApiError> {
+        if *method != hyper::Method::GET {
+            return Err(ApiError::new(
+                405,
+                "MethodNotAllowed",
+                "berth's API server proxies only GET to a node's agent",
+            ));
+        }
+        let node = self.target.name.clone().unwrap_or_default();
+        let path = self.target.proxy_path.clone().unwrap_or_else(|| "/".into());
+        self.kubelet_get(&node, &path).await
+    }
+
     /// Sends `GET path` to the agent of `node` and streams its answer back.
     pub(super) async fn kubelet_get(
         &self,

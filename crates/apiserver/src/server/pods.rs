@@ -355,6 +355,7 @@ impl Api {
                 namespace: self.target.namespace.clone(),
                 name: Some(objects::name_of(&binding).to_owned()),
                 subresource: Some("binding".into()),
+                proxy_path: None,
             },
             params: self.params.clone(),
             accept: self.accept.clone(),

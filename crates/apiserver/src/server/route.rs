@@ -24,6 +24,8 @@ pub(super) struct Target {
     pub namespace: Option<String>,
     pub name: Option<String>,
     pub subresource: Option<String>,
+    /// What follows a node's `proxy` subresource: the agent's path.
+    pub proxy_path: Option<String>,
 }
 
 /// The route of a path (without its trailing slash).
@@ -54,7 +56,11 @@ pub(super) fn parse(path: &str) -> Route {
     let Some(resource) = resources::find(group, version, rest[0]) else {
         return Route::NoSuchPath;
     };
-    if rest.len() > 3 {
+    // `nodes/NAME/proxy/PATH...`: the rest is the node agent's path.
+    let proxy_path =
+        (rest.len() > 3 && rest[2] == "proxy" && resource.name == "nodes" && group.is_empty())
+            .then(|| format!("/{}", rest[3..].join("/")));
+    if rest.len() > 3 && proxy_path.is_none() {
         return Route::NoSuchPath;
     }
     let subresource = rest.get(2).map(|s| (*s).to_owned());
@@ -68,6 +74,7 @@ pub(super) fn parse(path: &str) -> Route {
         namespace: if resource.namespaced { namespace } else { None },
         name: rest.get(1).map(|n| request::percent_decode(n)),
         subresource,
+        proxy_path,
     })
 }
 
@@ -99,6 +106,12 @@ mod tests {
         assert_eq!(target.namespace.as_deref(), Some("team"));
         assert_eq!(target.name.as_deref(), Some("web"));
         assert_eq!(target.subresource.as_deref(), Some("log"));
+        let Route::Resource(target) = parse("/api/v1/nodes/n1/proxy/stats/summary") else {
+            panic!("a node's proxy is a resource route");
+        };
+        assert_eq!(target.subresource.as_deref(), Some("proxy"));
+        assert_eq!(target.proxy_path.as_deref(), Some("/stats/summary"));
+        assert_eq!(parse("/api/v1/namespaces/team/pods/web/log/more"), Route::NoSuchPath);
         let Route::Resource(target) = parse("/api/v1/namespaces/team") else { panic!("ns") };
         assert_eq!((target.resource.name, target.name.as_deref()), ("namespaces", Some("team")));
         assert_eq!(target.namespace, None, "namespaces are cluster-scoped");
