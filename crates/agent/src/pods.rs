@@ -682,8 +682,12 @@ fn crash_loop(
 fn backoff_left(ctx: &Context<'_>, uid: &str, status: &cri::ContainerStatus) -> Option<Duration> {
     let attempt = status.metadata.as_ref().map_or(0, |m| m.attempt);
     let name = status.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default();
-    let ran =
-        Duration::from_nanos(u64::try_from(status.finished_at - status.started_at).unwrap_or(0));
+    // A container that never started (its start failed) ran for no time at all.
+    let ran = if status.started_at > 0 {
+        Duration::from_nanos(u64::try_from(status.finished_at - status.started_at).unwrap_or(0))
+    } else {
+        Duration::ZERO
+    };
     let key = (uid.to_owned(), name);
     let mut from = ctx.memory.backoff_from.lock().unwrap_or_else(|p| p.into_inner());
     if ran >= BACKOFF_RESET {

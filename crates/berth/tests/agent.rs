@@ -2799,3 +2799,44 @@ spec:
     assert!(message.contains("leads outside the volume"), "{message}");
     cluster.ok(&["delete", "pod", "who", "rootly", "escape", "--grace-period", "1"]);
 }
+
+/// A container that goes past its memory limit is killed by the kernel, and its status
+/// says so as the kubelet's does: terminated with reason OOMKilled (exit code 137), then
+/// restarted as its policy says.
+#[test]
+fn root_a_container_past_its_memory_limit_shows_oomkilled() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut cluster = Cluster::new();
+    cluster.start();
+    cluster.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: greedy}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: fixture:v1
+    command: ["sh", "-c", "x=$(head -c 200000000 /dev/zero | tr '\\0' a); sleep 1000"]
+    resources: {limits: {memory: 32Mi}}
+"#,
+    );
+    let pod = cluster.until("greedy OOMKilled", &["get", "pod", "greedy", "-o", "json"], |p| {
+        let status = &p["status"]["containerStatuses"][0];
+        status["lastState"]["terminated"]["reason"] == "OOMKilled"
+            || status["state"]["terminated"]["reason"] == "OOMKilled"
+    });
+    let status = &pod["status"]["containerStatuses"][0];
+    let terminated = if status["lastState"]["terminated"].is_object() {
+        &status["lastState"]["terminated"]
+    } else {
+        &status["state"]["terminated"]
+    };
+    assert_eq!(terminated["exitCode"], 137, "{pod:#}");
+    let described = cluster.ok(&["describe", "pod", "greedy"]);
+    assert!(described.contains("OOMKilled"), "{described}");
+    cluster.ok(&["delete", "pod", "greedy", "--grace-period", "1"]);
+}
