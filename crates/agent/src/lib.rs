@@ -60,6 +60,45 @@ pub struct Config {
     pub device_plugin_dir: Option<PathBuf>,
     /// Hard eviction thresholds (`--eviction-hard`); empty: no node-pressure eviction.
     pub eviction: eviction::Thresholds,
+    /// What the system and berth keep for themselves (`--system-reserved` plus
+    /// `--kube-reserved`): left out of the Node's allocatable.
+    pub reserved: Reserved,
+}
+
+/// Resources kept from pods, as the kubelet's reservations.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Reserved {
+    pub cpu_milli: u64,
+    pub memory: u64,
+    pub ephemeral_storage: u64,
+}
+
+impl Reserved {
+    /// `cpu=100m,memory=256Mi,ephemeral-storage=1Gi` (any of them), as the kubelet's
+    /// `--system-reserved`; added to what is there already.
+    pub fn add(&mut self, text: &str) -> Result<(), String> {
+        for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (name, value) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("{pair:?}: write NAME=QUANTITY, as cpu=100m"))?;
+            let milli = berth_api::quantity::parse_milli(value)
+                .filter(|m| *m >= 0)
+                .ok_or_else(|| format!("{pair:?}: {value} is not a quantity"))?;
+            let milli = u64::try_from(milli).unwrap_or(0);
+            match name {
+                "cpu" => self.cpu_milli += milli,
+                "memory" => self.memory += milli / 1000,
+                "ephemeral-storage" => self.ephemeral_storage += milli / 1000,
+                "pid" => {}
+                other => {
+                    return Err(format!(
+                        "{other:?} cannot be reserved: cpu, memory or ephemeral-storage"
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -243,7 +282,36 @@ async fn node_object(
         .unwrap_or_default();
     let mut capacity =
         json!({"cpu": cpus.to_string(), "memory": format!("{memory_kib}Ki"), "pods": "110"});
+    let storage = eviction::filesystem(&config.root).map(|(_, total)| total);
+    if let Some(total) = storage {
+        capacity["ephemeral-storage"] = json!(format!("{}Ki", total / 1024));
+    }
+    // Allocatable, as the kubelet's: capacity less the reservations and the hard
+    // eviction thresholds (what pods may use before the node starts evicting).
     let mut allocatable = capacity.clone();
+    let reserved = config.reserved;
+    let cpu_milli = (cpus as u64 * 1000).saturating_sub(reserved.cpu_milli);
+    allocatable["cpu"] = json!(if cpu_milli % 1000 == 0 {
+        (cpu_milli / 1000).to_string()
+    } else {
+        format!("{cpu_milli}m")
+    });
+    let threshold = |t: Option<eviction::Threshold>, total: u64| match t {
+        Some(eviction::Threshold::Bytes(b)) => b,
+        Some(eviction::Threshold::Percent(p)) => (total as f64 * p / 100.0) as u64,
+        None => 0,
+    };
+    let memory_total = memory_kib * 1024;
+    let memory = memory_total
+        .saturating_sub(reserved.memory)
+        .saturating_sub(threshold(config.eviction.memory_available, memory_total));
+    allocatable["memory"] = json!(format!("{}Ki", memory / 1024));
+    if let Some(total) = storage {
+        let free = total
+            .saturating_sub(reserved.ephemeral_storage)
+            .saturating_sub(threshold(config.eviction.nodefs_available, total));
+        allocatable["ephemeral-storage"] = json!(free.to_string());
+    }
     // Devices of registered plugins: all in capacity, the healthy ones (of a plugin that is
     // there) in allocatable.
     for (name, (total, healthy)) in devices.map(|d| d.capacity()).unwrap_or_default() {

@@ -163,6 +163,14 @@ pub struct NodeArgs {
     /// "" turns node-pressure eviction off.
     #[arg(long = "eviction-hard", default_value = berth_agent::eviction::DEFAULT)]
     pub eviction_hard: String,
+    /// What the system keeps from pods (cpu=100m,memory=256Mi,ephemeral-storage=1Gi),
+    /// left out of the Node's allocatable with --kube-reserved and the hard eviction
+    /// thresholds, as the kubelet's.
+    #[arg(long = "system-reserved", default_value = "")]
+    pub system_reserved: String,
+    /// What berth itself keeps from pods (same form as --system-reserved).
+    #[arg(long = "kube-reserved", default_value = "")]
+    pub kube_reserved: String,
 }
 
 /// `berth agent`: a node agent joining a server elsewhere.
@@ -730,6 +738,18 @@ fn node_setup(
         eviction: berth_agent::eviction::Thresholds::parse(&args.eviction_hard)
             .map_err(anyhow::Error::msg)
             .context("--eviction-hard")?,
+        reserved: {
+            let mut reserved = berth_agent::Reserved::default();
+            reserved
+                .add(&args.system_reserved)
+                .map_err(anyhow::Error::msg)
+                .context("--system-reserved")?;
+            reserved
+                .add(&args.kube_reserved)
+                .map_err(anyhow::Error::msg)
+                .context("--kube-reserved")?;
+            reserved
+        },
         // Filled in once the server's CA exists (see `agent_tls`).
         api: Some(berth_agent::ApiConfig {
             bind_address: "0.0.0.0".into(),

@@ -2208,7 +2208,21 @@ fn root_disk_pressure_evicts_the_least_important_pod_first() {
     )
     .expect("a tmpfs for the data directory");
     cluster.extra = vec!["--eviction-hard".into(), "nodefs.available<40%".into()];
+    cluster.extra.extend(["--kube-reserved".into(), "cpu=250m,memory=64Mi".into()]);
+    cluster.extra.extend(["--system-reserved".into(), "ephemeral-storage=8Mi".into()]);
     cluster.start();
+    // Capacity and allocatable as the kubelet's: the filesystem's size, less the
+    // reservations and the hard eviction threshold.
+    let node = cluster.ok_json(&["get", "node", NODE, "-o", "json"]);
+    let (capacity, allocatable) = (&node["status"]["capacity"], &node["status"]["allocatable"]);
+    assert_eq!(capacity["ephemeral-storage"], "98304Ki", "the 96m tmpfs: {node:#}");
+    let storage = 96u64 << 20;
+    let expected = storage - (8 << 20) - storage * 40 / 100;
+    assert_eq!(allocatable["ephemeral-storage"], expected.to_string(), "{node:#}");
+    let cpus: u64 = capacity["cpu"].as_str().unwrap().parse().unwrap();
+    assert_eq!(allocatable["cpu"], format!("{}m", cpus * 1000 - 250), "{node:#}");
+    let kib = |v: &Value| v.as_str().unwrap().trim_end_matches("Ki").parse::<u64>().unwrap();
+    assert_eq!(kib(&capacity["memory"]) - kib(&allocatable["memory"]), 64 * 1024, "{node:#}");
     cluster.apply(
         r#"
 apiVersion: v1
