@@ -291,7 +291,7 @@ async fn node_object(
     let mut allocatable = capacity.clone();
     let reserved = config.reserved;
     let cpu_milli = (cpus as u64 * 1000).saturating_sub(reserved.cpu_milli);
-    allocatable["cpu"] = json!(if cpu_milli % 1000 == 0 {
+    allocatable["cpu"] = json!(if cpu_milli.is_multiple_of(1000) {
         (cpu_milli / 1000).to_string()
     } else {
         format!("{cpu_milli}m")
