@@ -888,47 +888,53 @@ spec:
         &["get", "pod", "probed", "-o", "json"],
         running_ready,
     );
-    // kubectl port-forward (SPDY/3.1 through the API server, the agent and the CRI
-    // streaming server): several connections to the pod's port, requests and answers both
-    // ways; a port nothing listens on is reported.
+    // kubectl port-forward through the API server, the agent and the CRI streaming
+    // server, both ways kubectl 1.32 speaks: SPDY/3.1 tunnelled in a WebSocket (what it
+    // asks first; at -v=4 it says when it falls back) and plain SPDY/3.1 (with the
+    // tunnel turned off): several connections to the pod's port, requests and answers
+    // both ways; a port nothing listens on is reported.
     let kubeconfig = cluster.data().join("kubeconfig");
-    let mut forward = Command::new(KUBECTL)
-        .env("KUBECONFIG", &kubeconfig)
-        .args(["port-forward", "pod/probed", ":8081", ":9"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines =
-        std::io::BufRead::lines(std::io::BufReader::new(forward.stdout.take().unwrap()));
-    let mut local = HashMap::new();
-    while local.len() < 2 {
-        let line = lines.next().expect("kubectl port-forward says where it listens").unwrap();
-        // "Forwarding from 127.0.0.1:PORT -> 8081" (and a line for [::1])
-        if let Some(rest) = line.strip_prefix("Forwarding from 127.0.0.1:") {
-            let (port, remote) = rest.split_once(" -> ").unwrap();
-            local.insert(remote.to_owned(), port.parse::<u16>().unwrap());
+    for tunnel in [true, false] {
+        let mut forward = Command::new(KUBECTL)
+            .env("KUBECONFIG", &kubeconfig)
+            .env("KUBECTL_PORT_FORWARD_WEBSOCKETS", if tunnel { "true" } else { "false" })
+            .args(["port-forward", "-v=4", "pod/probed", ":8081", ":9"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines =
+            std::io::BufRead::lines(std::io::BufReader::new(forward.stdout.take().unwrap()));
+        let mut local = HashMap::new();
+        while local.len() < 2 {
+            let line = lines.next().expect("kubectl port-forward says where it listens").unwrap();
+            // "Forwarding from 127.0.0.1:PORT -> 8081" (and a line for [::1])
+            if let Some(rest) = line.strip_prefix("Forwarding from 127.0.0.1:") {
+                let (port, remote) = rest.split_once(" -> ").unwrap();
+                local.insert(remote.to_owned(), port.parse::<u16>().unwrap());
+            }
         }
+        for _ in 0..3 {
+            use std::io::{Read, Write};
+            let mut stream = std::net::TcpStream::connect(("127.0.0.1", local["8081"])).unwrap();
+            stream.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").unwrap();
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).unwrap();
+            assert!(answer.starts_with("HTTP/1.") && answer.ends_with("ok\n"), "{answer:?}");
+        }
+        {
+            use std::io::Read;
+            let mut stream = std::net::TcpStream::connect(("127.0.0.1", local["9"])).unwrap();
+            let mut answer = Vec::new();
+            let _ = stream.read_to_end(&mut answer);
+            assert!(answer.is_empty(), "nothing listens on 9");
+        }
+        let _ = forward.kill();
+        let forwarded = forward.wait_with_output().unwrap();
+        let errors = String::from_utf8_lossy(&forwarded.stderr);
+        assert!(errors.contains("error forwarding port 9 to pod"), "{errors}");
+        assert!(!errors.contains("fallback"), "tunnel {tunnel}: kubectl fell back: {errors}");
     }
-    for _ in 0..3 {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", local["8081"])).unwrap();
-        stream.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").unwrap();
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).unwrap();
-        assert!(answer.starts_with("HTTP/1.") && answer.ends_with("ok\n"), "{answer:?}");
-    }
-    {
-        use std::io::Read;
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", local["9"])).unwrap();
-        let mut answer = Vec::new();
-        let _ = stream.read_to_end(&mut answer);
-        assert!(answer.is_empty(), "nothing listens on 9");
-    }
-    let _ = forward.kill();
-    let forwarded = forward.wait_with_output().unwrap();
-    let errors = String::from_utf8_lossy(&forwarded.stderr);
-    assert!(errors.contains("error forwarding port 9 to pod"), "{errors}");
     // The Python client's port-forward: a WebSocket (v4.channel.k8s.io) through the API
     // server and the agent to the runtime's streaming server.
     let script = format!(

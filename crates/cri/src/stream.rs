@@ -517,8 +517,8 @@ fn take_sizes(buffer: &mut Vec<u8>) -> Vec<(u16, u16)> {
 /// (the Python client does): the ports are the query's `port` (or `ports`) values, each
 /// port has a data channel (2i) and an error channel (2i+1) of `v4.channel.k8s.io`, and
 /// each channel's first message is its port number (two bytes, little-endian). kubectl's
-/// SPDY-in-WebSocket tunnel (`SPDY/3.1+portforward.k8s.io`) is refused, so it falls back
-/// to SPDY, which is served.
+/// SPDY-in-WebSocket tunnel (`SPDY/3.1+portforward.k8s.io`, what kubectl 1.31 and later
+/// ask first) is served too: see `spdy_tunnel`.
 fn websocket_port_forward(
     node: Arc<Node>,
     mut request: Request<hyper::body::Incoming>,
@@ -533,6 +533,36 @@ fn websocket_port_forward(
         request.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned()
     };
     let offered = header("sec-websocket-protocol");
+    if offered.split(',').any(|p| p.trim() == TUNNEL_PROTOCOL) {
+        let key = header("sec-websocket-key");
+        if key.is_empty() {
+            return text(StatusCode::BAD_REQUEST, "Sec-WebSocket-Key is missing".into());
+        }
+        let upgrade = hyper::upgrade::on(&mut request);
+        tokio::spawn(async move {
+            match upgrade.await {
+                Ok(upgraded) => {
+                    spdy_tunnel(node, hyper_util::rt::TokioIo::new(upgraded), forward).await
+                }
+                Err(err) => tracing::debug!("port-forward tunnel upgrade failed: {err}"),
+            }
+        });
+        let mut response = Response::new(Full::new(Bytes::new()).boxed());
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let headers = response.headers_mut();
+        headers
+            .insert(hyper::header::UPGRADE, hyper::header::HeaderValue::from_static("websocket"));
+        headers
+            .insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("Upgrade"));
+        if let Ok(value) = hyper::header::HeaderValue::from_str(&accept_key(&key)) {
+            headers.insert("sec-websocket-accept", value);
+        }
+        headers.insert(
+            "sec-websocket-protocol",
+            hyper::header::HeaderValue::from_static(TUNNEL_PROTOCOL),
+        );
+        return response;
+    }
     if !offered.split(',').any(|p| p.trim() == "v4.channel.k8s.io") {
         return text(
             StatusCode::BAD_REQUEST,
@@ -590,6 +620,76 @@ fn websocket_port_forward(
         hyper::header::HeaderValue::from_static("v4.channel.k8s.io"),
     );
     response
+}
+
+/// kubectl's WebSocket subprotocol for port forwarding over SPDY in a WebSocket.
+const TUNNEL_PROTOCOL: &str = "SPDY/3.1+portforward.k8s.io";
+
+/// SPDY tunnelled in WebSocket, as Kubernetes' tunnelling connection carries it: the
+/// SPDY connection's bytes in binary messages, in order, either way. The SPDY side is
+/// the port-forward session every SPDY client gets (`forward::session`), over a pipe.
+async fn spdy_tunnel<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    node: Arc<Node>,
+    io: S,
+    request: crate::forward::ForwardRequest,
+) {
+    let (inner, outer) = tokio::io::duplex(64 * 1024);
+    let session = tokio::spawn(crate::forward::session(node, inner, request));
+    let (mut client_reader, mut client_writer) = tokio::io::split(io);
+    let (mut pipe_reader, mut pipe_writer) = tokio::io::split(outer);
+    let (pong_tx, mut pong_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    // Client to session: binary messages' payloads into the pipe; pings answered.
+    let inbound = async move {
+        loop {
+            match read_message(&mut client_reader).await {
+                Ok((0x2 | 0x0, payload)) => {
+                    if pipe_writer.write_all(&payload).await.is_err() {
+                        return;
+                    }
+                }
+                Ok((0x9, payload)) => {
+                    if pong_tx.send(payload).await.is_err() {
+                        return;
+                    }
+                }
+                Ok((0x8, _)) | Err(_) => {
+                    let _ = pipe_writer.shutdown().await;
+                    return;
+                }
+                Ok(_) => {} // text frames and pongs carry nothing here
+            }
+        }
+    };
+    // Session to client: what the pipe gives, a binary message per read; then a close.
+    let outbound = async move {
+        let mut buffer = vec![0u8; 32 * 1024];
+        loop {
+            tokio::select! {
+                read = pipe_reader.read(&mut buffer) => match read {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if write_frame(&mut client_writer, 0x2, &buffer[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                },
+                Some(ping) = pong_rx.recv() => {
+                    if write_frame(&mut client_writer, 0xA, &ping).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        // A normal closure (1000).
+        let _ = write_frame(&mut client_writer, 0x8, &1000u16.to_be_bytes()).await;
+        let _ = client_writer.shutdown().await;
+    };
+    tokio::select! {
+        _ = inbound => {}
+        _ = outbound => {}
+    }
+    session.abort();
+    let _ = session.await;
 }
 
 async fn forward_channels<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
