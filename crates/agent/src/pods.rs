@@ -1118,7 +1118,13 @@ async fn start(
             env
         }
     };
-    let own = environment(ctx, pod, container, pod_ip);
+    let own = match environment(ctx, pod, container, pod_ip) {
+        Ok(own) => own,
+        Err(message) => {
+            ctx.memory.set(&uid, &container.name, "CreateContainerConfigError", message);
+            return Ok(());
+        }
+    };
     env.retain(|(k, _)| !own.iter().any(|(o, _)| o == k));
     env.extend(own);
     let mut mounts = Vec::new();
@@ -1566,7 +1572,8 @@ fn environment(
     pod: &Pod,
     container: &Container,
     pod_ip: &str,
-) -> Vec<(String, String)> {
+) -> Result<Vec<(String, String)>, String> {
+    let namespace = pod.metadata.namespace.clone().unwrap_or_default();
     let mut env: Vec<(String, String)> = Vec::new();
     let set = |key: String, value: String, env: &mut Vec<(String, String)>| {
         env.retain(|(k, _)| *k != key);
@@ -1574,77 +1581,160 @@ fn environment(
     };
     for from in container.env_from.iter().flatten() {
         let prefix = from.prefix.clone().unwrap_or_default();
-        if let Some(cm) = from.config_map_ref.as_ref().and_then(|r| ctx.sources.config_map(&r.name))
-        {
-            for (k, v) in cm.data.unwrap_or_default() {
-                set(format!("{prefix}{k}"), v, &mut env);
+        if let Some(reference) = &from.config_map_ref {
+            match ctx.sources.config_map(&reference.name) {
+                Some(cm) => {
+                    for (k, v) in cm.data.unwrap_or_default() {
+                        set(format!("{prefix}{k}"), v, &mut env);
+                    }
+                }
+                None if reference.optional == Some(true) => {}
+                None => return Err(format!("configmap \"{}\" not found", reference.name)),
             }
         }
-        if let Some(secret) = from.secret_ref.as_ref().and_then(|r| ctx.sources.secret(&r.name)) {
-            for (k, v) in secret.data.unwrap_or_default() {
-                set(format!("{prefix}{k}"), String::from_utf8_lossy(&v.0).into_owned(), &mut env);
+        if let Some(reference) = &from.secret_ref {
+            match ctx.sources.secret(&reference.name) {
+                Some(secret) => {
+                    for (k, v) in secret.data.unwrap_or_default() {
+                        set(
+                            format!("{prefix}{k}"),
+                            String::from_utf8_lossy(&v.0).into_owned(),
+                            &mut env,
+                        );
+                    }
+                }
+                None if reference.optional == Some(true) => {}
+                None => return Err(format!("secret \"{}\" not found", reference.name)),
             }
         }
     }
     for var in container.env.iter().flatten() {
-        let value = value_of(ctx, pod, var, pod_ip, &env);
+        let value = value_of(ctx, pod, container, var, pod_ip, &env, &namespace)?;
         set(var.name.clone(), value, &mut env);
     }
-    env
+    Ok(env)
 }
 
+/// A variable's value, as the kubelet resolves it; a reference to a ConfigMap or Secret
+/// (or one of their keys) that is not there is an error, unless it is optional (then
+/// the variable is empty).
+#[allow(clippy::too_many_arguments)]
 fn value_of(
     ctx: &Context<'_>,
     pod: &Pod,
+    container: &Container,
     var: &EnvVar,
     pod_ip: &str,
     earlier: &[(String, String)],
-) -> String {
+    namespace: &str,
+) -> Result<String, String> {
     if let Some(value) = &var.value {
-        return expand(value, earlier);
+        return Ok(expand(value, earlier));
     }
-    let Some(from) = &var.value_from else { return String::new() };
+    let Some(from) = &var.value_from else { return Ok(String::new()) };
     if let Some(field) = &from.field_ref {
-        return match field.field_path.as_str() {
+        return Ok(match field.field_path.as_str() {
             "status.podIP" => pod_ip.to_owned(),
             "status.hostIP" => ctx.host_ip.to_owned(),
             path => volumes::field_value(pod, path).unwrap_or_default(),
-        };
+        });
     }
     if let Some(key) = &from.config_map_key_ref {
-        return ctx
-            .sources
-            .config_map(&key.name)
-            .and_then(|c| c.data?.get(&key.key).cloned())
-            .unwrap_or_default();
-    }
-    if let Some(key) = &from.secret_key_ref {
-        return ctx
-            .sources
-            .secret(&key.name)
-            .and_then(|s| s.data?.get(&key.key).map(|v| String::from_utf8_lossy(&v.0).into_owned()))
-            .unwrap_or_default();
-    }
-    if let Some(resource) = &from.resource_field_ref {
-        let container = pod
-            .spec
-            .iter()
-            .flat_map(|s| s.containers.iter())
-            .find(|c| Some(&c.name) == resource.container_name.as_ref());
-        let limits =
-            container.and_then(|c| c.resources.clone()).and_then(|r| r.limits).unwrap_or_default();
-        return match resource.resource.as_str() {
-            "limits.cpu" => limits
-                .get("cpu")
-                .map(|q| ((milli_cpu(&q.0) + 999) / 1000).to_string())
-                .unwrap_or_else(|| "1".into()),
-            "limits.memory" => {
-                limits.get("memory").map(|q| bytes(&q.0).to_string()).unwrap_or_default()
-            }
-            _ => String::new(),
+        let optional = key.optional == Some(true);
+        return match ctx.sources.config_map(&key.name) {
+            None if optional => Ok(String::new()),
+            None => Err(format!("configmap \"{}\" not found", key.name)),
+            Some(cm) => match cm.data.and_then(|d| d.get(&key.key).cloned()) {
+                Some(value) => Ok(value),
+                None if optional => Ok(String::new()),
+                None => Err(format!(
+                    "couldn't find key {} in ConfigMap {namespace}/{}",
+                    key.key, key.name
+                )),
+            },
         };
     }
-    String::new()
+    if let Some(key) = &from.secret_key_ref {
+        let optional = key.optional == Some(true);
+        return match ctx.sources.secret(&key.name) {
+            None if optional => Ok(String::new()),
+            None => Err(format!("secret \"{}\" not found", key.name)),
+            Some(secret) => match secret
+                .data
+                .and_then(|d| d.get(&key.key).map(|v| String::from_utf8_lossy(&v.0).into_owned()))
+            {
+                Some(value) => Ok(value),
+                None if optional => Ok(String::new()),
+                None => {
+                    Err(format!("couldn't find key {} in Secret {namespace}/{}", key.key, key.name))
+                }
+            },
+        };
+    }
+    if let Some(resource) = &from.resource_field_ref {
+        // The named container, or this one (env's default).
+        let target = match resource.container_name.as_deref().filter(|n| !n.is_empty()) {
+            Some(name) => pod
+                .spec
+                .iter()
+                .flat_map(|s| s.containers.iter().chain(s.init_containers.iter().flatten()))
+                .find(|c| c.name == name),
+            None => Some(container),
+        };
+        let divisor = resource.divisor.as_ref().map(|q| q.0.clone());
+        return resource_value(target, &resource.resource, divisor.as_deref());
+    }
+    Ok(String::new())
+}
+
+/// A container's resource as `resourceFieldRef` gives it, rounded up in units of the
+/// divisor (1 for CPU and memory by default); an unset limit is the node's capacity, as
+/// the kubelet gives its allocatable.
+fn resource_value(
+    container: Option<&Container>,
+    resource: &str,
+    divisor: Option<&str>,
+) -> Result<String, String> {
+    let resources = container.and_then(|c| c.resources.clone()).unwrap_or_default();
+    let (kind, name) = resource.split_once('.').ok_or_else(|| {
+        format!("resourceFieldRef {resource:?} is not limits.NAME or requests.NAME")
+    })?;
+    let quantities = match kind {
+        "limits" => resources.limits.unwrap_or_default(),
+        "requests" => resources.requests.or(resources.limits).unwrap_or_default(),
+        _ => {
+            return Err(format!(
+                "resourceFieldRef {resource:?} is not limits.NAME or requests.NAME"
+            ))
+        }
+    };
+    let given = quantities.get(name).map(|q| q.0.clone());
+    match name {
+        "cpu" => {
+            let milli = match given {
+                Some(q) => milli_cpu(&q),
+                None if kind == "limits" => {
+                    std::thread::available_parallelism().map_or(1, |n| n.get() as i64) * 1000
+                }
+                None => 0,
+            };
+            let per = divisor.map(milli_cpu).filter(|d| *d > 0).unwrap_or(1000);
+            Ok(((milli + per - 1) / per).max(if kind == "limits" { 1 } else { 0 }).to_string())
+        }
+        "memory" | "ephemeral-storage" => {
+            let value = match given {
+                Some(q) => bytes(&q),
+                None if kind == "limits" && name == "memory" => crate::eviction::memory()
+                    .map_or(0, |(_, total)| i64::try_from(total).unwrap_or(i64::MAX)),
+                None => 0,
+            };
+            let per = divisor.map(bytes).filter(|d| *d > 0).unwrap_or(1);
+            Ok(((value + per - 1) / per).to_string())
+        }
+        other => {
+            Err(format!("resourceFieldRef: {other:?} is not cpu, memory or ephemeral-storage"))
+        }
+    }
 }
 
 /// `$(NAME)` from earlier variables; `$$(NAME)` stays literal `$(NAME)`.

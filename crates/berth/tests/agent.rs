@@ -2860,3 +2860,109 @@ spec:
     assert!(described.contains("OOMKilled"), "{described}");
     cluster.ok(&["delete", "pod", "greedy", "--grace-period", "1"]);
 }
+
+/// What a pod is given reaches its containers as the kubelet gives it: a variable from a
+/// ConfigMap key, envFrom a ConfigMap and a Secret with prefixes, resourceFieldRef with
+/// divisors, a downwardAPI volume that follows the pod's labels, a ConfigMap volume that
+/// follows its edits, a subPath file, a read-only mount, a sidecar (an init container
+/// with restartPolicy Always) running beside the main container; deleting the pod sends
+/// SIGTERM first; a key that does not exist stops the container with the reason.
+#[test]
+fn root_what_a_pod_is_given_reaches_its_containers() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut cluster = Cluster::new();
+    cluster.start();
+    let out = cluster.path("out");
+    cluster.apply(&format!(
+        r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: inputs}}
+data: {{mode: fast, size: "3"}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: pw}}
+stringData: {{password: hunter2}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: inputs, labels: {{tier: one}}}}
+spec:
+  terminationGracePeriodSeconds: 5
+  initContainers:
+  - name: side
+    image: fixture:v1
+    restartPolicy: Always
+    command: ["sh", "-c", "echo from-the-sidecar > /shared/flag; sleep 1000"]
+    volumeMounts: [{{name: shared, mountPath: /shared}}]
+  containers:
+  - name: main
+    image: fixture:v1
+    command: ["sh", "-c", "trap 'echo got-TERM > /out/term; exit 0' TERM; echo mode=$MODE cfg_size=$CFG_size pw=$SEC_password mem=$MEM_MI cpu=$CPU_M; echo flag=$(cat /shared/flag); echo one=$(cat /one/size); touch /ro/x 2>/dev/null || echo ro-refused; while true; do echo labels=$(cat /info/labels | tr '\n' ' ') cm=$(cat /cm/mode); sleep 0.2; done"]
+    env:
+    - {{name: MODE, valueFrom: {{configMapKeyRef: {{name: inputs, key: mode}}}}}}
+    - {{name: MEM_MI, valueFrom: {{resourceFieldRef: {{resource: limits.memory, divisor: 1Mi}}}}}}
+    - {{name: CPU_M, valueFrom: {{resourceFieldRef: {{resource: requests.cpu, divisor: 1m}}}}}}
+    envFrom:
+    - {{prefix: CFG_, configMapRef: {{name: inputs}}}}
+    - {{prefix: SEC_, secretRef: {{name: pw}}}}
+    resources: {{requests: {{cpu: 250m, memory: 32Mi}}, limits: {{memory: 64Mi}}}}
+    volumeMounts:
+    - {{name: shared, mountPath: /shared}}
+    - {{name: info, mountPath: /info}}
+    - {{name: cm, mountPath: /cm}}
+    - {{name: cm, mountPath: /one/size, subPath: size}}
+    - {{name: out, mountPath: /out}}
+    - {{name: ro, mountPath: /ro, readOnly: true}}
+  volumes:
+  - {{name: shared, emptyDir: {{}}}}
+  - {{name: info, downwardAPI: {{items: [{{path: labels, fieldRef: {{fieldPath: metadata.labels}}}}]}}}}
+  - {{name: cm, configMap: {{name: inputs}}}}
+  - {{name: out, hostPath: {{path: "{}", type: DirectoryOrCreate}}}}
+  - {{name: ro, emptyDir: {{}}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: missingkey}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: fixture:v1
+    command: [sleep, "1000"]
+    env: [{{name: X, valueFrom: {{configMapKeyRef: {{name: inputs, key: nope}}}}}}]
+"#,
+        out.display()
+    ));
+    let log = cluster.wait_log("inputs", "main", |l| l.contains("cm=fast"));
+    assert!(log.contains("mode=fast cfg_size=3 pw=hunter2 mem=64 cpu=250\n"), "{log}");
+    assert!(log.contains("flag=from-the-sidecar\n"), "the sidecar ran first and beside: {log}");
+    assert!(log.contains("one=3\n"), "the subPath file: {log}");
+    assert!(log.contains("ro-refused\n"), "the read-only mount: {log}");
+    assert!(log.contains("labels=tier=\"one\""), "the downward API: {log}");
+    let pod = cluster.until("inputs Ready", &["get", "pod", "inputs", "-o", "json"], running_ready);
+    let side = &pod["status"]["initContainerStatuses"][0];
+    assert!(side["name"] == "side" && side["state"]["running"].is_object(), "{pod:#}");
+    // Edits reach the running container: the pod's labels and the ConfigMap.
+    cluster.ok(&["label", "pod", "inputs", "tier=two", "--overwrite"]);
+    cluster.ok(&["patch", "configmap", "inputs", "-p", r#"{"data":{"mode":"slow"}}"#]);
+    cluster.wait_log("inputs", "main", |l| {
+        l.lines().any(|line| line.contains("tier=\"two\"") && line.contains("cm=slow"))
+    });
+    // A missing key: CreateContainerConfigError, with the kubelet's words.
+    let missing =
+        cluster.until("missingkey refused", &["get", "pod", "missingkey", "-o", "json"], |p| {
+            p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
+                == "CreateContainerConfigError"
+        });
+    let message = missing["status"]["containerStatuses"][0]["state"]["waiting"]["message"]
+        .as_str()
+        .unwrap_or("");
+    assert_eq!(message, "couldn't find key nope in ConfigMap default/inputs", "{missing:#}");
+    // Deleted: SIGTERM first (the trap writes), within the grace period.
+    cluster.ok(&["delete", "pod", "inputs", "missingkey"]);
+    assert_eq!(std::fs::read_to_string(out.join("term")).unwrap_or_default(), "got-TERM\n");
+}
