@@ -1953,6 +1953,10 @@ fn pod_status(
     if !ip.is_empty() {
         status["podIP"] = json!(ip);
         status["podIPs"] = json!(ips);
+    } else if spec.host_network.unwrap_or(false) && !ctx.host_ip.is_empty() {
+        // A pod on the host's network has the node's address, as the kubelet reports it.
+        status["podIP"] = json!(ctx.host_ip);
+        status["podIPs"] = json!([{"ip": ctx.host_ip}]);
     }
     status
 }

@@ -2966,3 +2966,81 @@ spec:
     cluster.ok(&["delete", "pod", "inputs", "missingkey"]);
     assert_eq!(std::fs::read_to_string(out.join("term")).unwrap_or_default(), "got-TERM\n");
 }
+
+/// The host's namespaces, DNS settings and a container's security context, as the kubelet
+/// asks the runtime for them and as the container sees them: hostNetwork, hostPID and
+/// hostIPC share the node's; dnsPolicy None takes dnsConfig alone; runAsUser/runAsGroup,
+/// dropped capabilities, no privilege escalation, a read-only root filesystem and a
+/// namespaced sysctl.
+#[test]
+fn root_host_namespaces_dns_and_security_context_reach_the_container() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut cluster = Cluster::new();
+    cluster.start();
+    cluster.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: hosted}
+spec:
+  terminationGracePeriodSeconds: 1
+  hostNetwork: true
+  hostPID: true
+  hostIPC: true
+  containers:
+  - {name: c, image: fixture:v1, command: ["sh", "-c", "echo net=$(readlink /proc/self/ns/net) pid=$(readlink /proc/self/ns/pid) ipc=$(readlink /proc/self/ns/ipc); sleep 1000"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: resolver}
+spec:
+  terminationGracePeriodSeconds: 1
+  dnsPolicy: None
+  dnsConfig: {nameservers: [192.0.2.53], searches: [a.example], options: [{name: ndots, value: "2"}]}
+  containers:
+  - {name: c, image: fixture:v1, command: ["sh", "-c", "cat /etc/resolv.conf; echo done; sleep 1000"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: secure}
+spec:
+  terminationGracePeriodSeconds: 1
+  securityContext:
+    sysctls: [{name: net.ipv4.ip_unprivileged_port_start, value: "80"}]
+  containers:
+  - name: c
+    image: fixture:v1
+    command: ["sh", "-c", "echo uid=$(id -u) gid=$(id -g); grep -E 'CapEff|NoNewPrivs' /proc/self/status; touch /x 2>/dev/null || echo rofs; echo port=$(cat /proc/sys/net/ipv4/ip_unprivileged_port_start); sleep 1000"]
+    securityContext:
+      runAsUser: 1000
+      runAsGroup: 3000
+      capabilities: {drop: [ALL]}
+      allowPrivilegeEscalation: false
+      readOnlyRootFilesystem: true
+"#,
+    );
+    let ns = |kind: &str, path: &str| -> String {
+        let link = std::fs::read_link(path).unwrap();
+        format!("{kind}={}", link.display())
+    };
+    let log = cluster.wait_log("hosted", "c", |l| l.contains("net="));
+    assert!(log.contains(&ns("net", "/proc/thread-self/ns/net")), "the node's network: {log}");
+    assert!(log.contains(&ns("pid", "/proc/self/ns/pid")), "the node's processes: {log}");
+    assert!(log.contains(&ns("ipc", "/proc/self/ns/ipc")), "the node's IPC: {log}");
+    let hosted = cluster.pod("hosted");
+    assert_eq!(hosted["status"]["podIP"], hosted["status"]["hostIP"], "{hosted:#}");
+    let log = cluster.wait_log("resolver", "c", |l| l.contains("done"));
+    assert!(log.contains("nameserver 192.0.2.53\n"), "{log}");
+    assert!(log.contains("search a.example\n"), "{log}");
+    assert!(log.contains("options ndots:2\n"), "{log}");
+    assert!(!log.contains("10.43.0.10"), "dnsPolicy None leaves the cluster's out: {log}");
+    let log = cluster.wait_log("secure", "c", |l| l.contains("port="));
+    assert!(log.contains("uid=1000 gid=3000\n"), "{log}");
+    assert!(log.contains("CapEff:\t0000000000000000"), "{log}");
+    assert!(log.contains("NoNewPrivs:\t1"), "{log}");
+    assert!(log.contains("rofs\n"), "{log}");
+    assert!(log.contains("port=80\n"), "{log}");
+    cluster.ok(&["delete", "pod", "hosted", "resolver", "secure", "--grace-period", "1"]);
+}
