@@ -1190,7 +1190,15 @@ spec:
         "stopping\n",
         "preStop ran before the stop"
     );
-    // Deleting everything leaves nothing behind: no sandbox, no mount, no volume directory.
+    // Deleting everything leaves nothing behind: no sandbox, no mount (network namespaces
+    // are pinned by mounts), no cgroup, no volume directory.
+    let uids: Vec<String> = cluster.ok_json(&["get", "pods", "-o", "json"])["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["metadata"]["uid"].as_str().map(|u| format!("pod{u}")))
+        .collect();
+    assert!(!uids.is_empty());
     cluster.ok(&["delete", "deployment", "web"]);
     cluster.ok(&["delete", "job", "once"]);
     cluster.ok(&["delete", "pod", "reader", "crash", "probed", "together", "--grace-period", "1"]);
@@ -1219,6 +1227,27 @@ spec:
         assert!(Instant::now() < deadline, "pod directories left: {:?}", left());
         std::thread::sleep(Duration::from_millis(100));
     }
+    // No pod cgroup of theirs in any hierarchy (v1 controllers and the v2 tree).
+    let mut found = Vec::new();
+    let mut stack = vec![PathBuf::from("/sys/fs/cgroup")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if uids.contains(&name) {
+                found.push(entry.path());
+            } else if dir == Path::new("/sys/fs/cgroup")
+                || name.starts_with("kubepods")
+                || ["burstable", "besteffort", "guaranteed"].contains(&name.as_str())
+                || dir.parent() == Some(Path::new("/sys/fs/cgroup"))
+            {
+                stack.push(entry.path());
+            }
+        }
+    }
+    assert!(found.is_empty(), "pod cgroups left: {found:?}");
 }
 
 /// One HTTP GET of `/` at `address`: the body.
