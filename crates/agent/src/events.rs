@@ -1,9 +1,10 @@
 //! Events about pods, as the kubelet records them (`kubectl describe pod` shows them):
 //! Pulling, Pulled, Created, Started, Killing, BackOff, Unhealthy, Failed, FailedMount.
 //! Repeated failures are recorded once per distinct message, so a crash loop or a missing
-//! Secret does not flood the API.
+//! Secret does not flood the API; failing probes are counted on one event per message
+//! (`count`, `lastTimestamp`), as the kubelet's event correlator does.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use k8s_openapi::api::core::v1::{Event, Pod};
@@ -14,11 +15,18 @@ pub struct Recorder {
     client: kube::Client,
     node: String,
     seen: Mutex<HashSet<(String, String, String)>>,
+    /// Counted events: (pod uid, reason, message) → (event name, count).
+    counted: Mutex<HashMap<(String, String, String), (String, i32)>>,
 }
 
 impl Recorder {
     pub fn new(client: kube::Client, node: &str) -> Recorder {
-        Recorder { client, node: node.to_owned(), seen: Mutex::new(HashSet::new()) }
+        Recorder {
+            client,
+            node: node.to_owned(),
+            seen: Mutex::new(HashSet::new()),
+            counted: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Records an event about `pod` (and one of its containers).
@@ -30,6 +38,18 @@ impl Recorder {
         reason: &str,
         message: &str,
     ) {
+        self.create(pod, container, warning, reason, message).await;
+    }
+
+    /// Creates the event; its name when it was made.
+    async fn create(
+        &self,
+        pod: &Pod,
+        container: Option<&str>,
+        warning: bool,
+        reason: &str,
+        message: &str,
+    ) -> Option<String> {
         let namespace = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
         let nanos = std::time::SystemTime::now()
@@ -52,10 +72,55 @@ impl Recorder {
             "reportingComponent": "kubelet", "reportingInstance": self.node,
             "firstTimestamp": now, "lastTimestamp": now, "count": 1,
         });
-        let Ok(event) = serde_json::from_value::<Event>(event) else { return };
+        let Ok(event) = serde_json::from_value::<Event>(event) else { return None };
         let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
-        if let Err(err) = api.create(&PostParams::default(), &event).await {
-            tracing::debug!("event {reason} for {namespace}/{name}: {err}");
+        match api.create(&PostParams::default(), &event).await {
+            Ok(made) => made.metadata.name,
+            Err(err) => {
+                tracing::debug!("event {reason} for {namespace}/{name}: {err}");
+                None
+            }
+        }
+    }
+
+    /// Records it, or counts it on the event recorded for the same (pod, reason,
+    /// message) before.
+    pub async fn record_counted(
+        &self,
+        pod: &Pod,
+        container: Option<&str>,
+        warning: bool,
+        reason: &str,
+        message: &str,
+    ) {
+        let key =
+            (pod.metadata.uid.clone().unwrap_or_default(), reason.to_owned(), message.to_owned());
+        let known = self.counted.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned();
+        match known {
+            Some((name, count)) => {
+                let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+                let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
+                let patch = json!({"count": count + 1, "lastTimestamp": berth_api::meta::now()});
+                let params = kube::api::PatchParams::default();
+                match api.patch(&name, &params, &kube::api::Patch::Merge(&patch)).await {
+                    Ok(_) => {
+                        self.counted
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(key, (name, count + 1));
+                    }
+                    Err(err) => {
+                        // Gone (events expire): the next one is recorded anew.
+                        tracing::debug!("event {name}: {err}");
+                        self.counted.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+                    }
+                }
+            }
+            None => {
+                if let Some(name) = self.create(pod, container, warning, reason, message).await {
+                    self.counted.lock().unwrap_or_else(|p| p.into_inner()).insert(key, (name, 1));
+                }
+            }
         }
     }
 
@@ -82,5 +147,7 @@ impl Recorder {
     pub fn forget_pod(&self, uid: &str) {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         seen.retain(|(u, _, _)| u != uid);
+        let mut counted = self.counted.lock().unwrap_or_else(|p| p.into_inner());
+        counted.retain(|(u, _, _), _| u != uid);
     }
 }

@@ -443,6 +443,10 @@ pub async fn sync(ctx: &Context<'_>, pod: &Pod) -> Result<Next, Error> {
             continue;
         }
         let verdict = ctx.memory.probes.check(ctx.runtime, container, status, &pod_ip).await;
+        // Each failed probe, as the kubelet's Unhealthy event (repeats counted).
+        for message in &verdict.failed {
+            ctx.events.record_counted(pod, Some(&container.name), true, "Unhealthy", message).await;
+        }
         if let Some(why) = &verdict.kill {
             tracing::info!(pod = %name, container = %container.name, "{why}; restarting");
             ctx.memory.set(&uid, &container.name, "Unhealthy", why.clone());
@@ -475,14 +479,17 @@ pub async fn sync(ctx: &Context<'_>, pod: &Pod) -> Result<Next, Error> {
                 "BackOff",
                 format!("Back-off pulling image {:?}", container.image.clone().unwrap_or_default()),
             ),
-            "Unhealthy" => ("Unhealthy", message.clone()),
+            // (Each failed probe is an Unhealthy event already, counted: see the probes.)
+            "Unhealthy" => ("", String::new()),
             "ContainerCreating" => match message.strip_prefix("FailedMount: ") {
                 Some(text) => ("FailedMount", format!("MountVolume.SetUp failed: {text}")),
                 None => continue,
             },
             _ => ("Failed", format!("{reason}: {message}")),
         };
-        ctx.events.record_once(pod, Some(&container.name), true, event, &text).await;
+        if !event.is_empty() {
+            ctx.events.record_once(pod, Some(&container.name), true, event, &text).await;
+        }
         if reason == "Unhealthy" {
             let kill = format!(
                 "Container {} failed a probe, will be restarted ({restarts})",

@@ -55,6 +55,9 @@ pub struct Verdict {
     pub ready: bool,
     /// Kill it (liveness or startup failed past its threshold): the message says why.
     pub kill: Option<String>,
+    /// The probes that ran now and failed (`Readiness probe failed: ...`), for the
+    /// kubelet's Unhealthy events.
+    pub failed: Vec<String>,
 }
 
 impl Results {
@@ -87,12 +90,13 @@ impl Results {
             + Duration::from_nanos(u64::try_from(status.started_at).unwrap_or(0));
         let running_for =
             std::time::SystemTime::now().duration_since(started_at).unwrap_or_default();
-        let mut verdict = Verdict { started: true, ready: true, kill: None };
+        let mut verdict = Verdict { started: true, ready: true, kill: None, failed: Vec::new() };
         let startup_done = match &container.startup_probe {
             Some(probe) => {
-                let state = self
+                let (state, fresh) = self
                     .step(runtime, container, id, Kind::Startup, probe, running_for, pod_ip, false)
                     .await;
+                verdict.failed.extend(fresh.map(|m| format!("Startup probe failed: {m}")));
                 if state.passing {
                     true
                 } else {
@@ -110,17 +114,19 @@ impl Results {
             return verdict;
         }
         if let Some(probe) = &container.liveness_probe {
-            let state = self
+            let (state, fresh) = self
                 .step(runtime, container, id, Kind::Liveness, probe, running_for, pod_ip, true)
                 .await;
+            verdict.failed.extend(fresh.map(|m| format!("Liveness probe failed: {m}")));
             if !state.passing {
                 verdict.kill = Some(format!("Liveness probe failed: {}", state.message));
             }
         }
         if let Some(probe) = &container.readiness_probe {
-            let state = self
+            let (state, fresh) = self
                 .step(runtime, container, id, Kind::Readiness, probe, running_for, pod_ip, false)
                 .await;
+            verdict.failed.extend(fresh.map(|m| format!("Readiness probe failed: {m}")));
             verdict.ready = state.passing;
         }
         verdict
@@ -137,7 +143,7 @@ impl Results {
         running_for: Duration,
         pod_ip: &str,
         initially: bool,
-    ) -> State {
+    ) -> (State, Option<String>) {
         let mut state = self.get(id, kind).unwrap_or(State {
             last: None,
             successes: 0,
@@ -152,17 +158,18 @@ impl Results {
             u64::try_from(probe.period_seconds.unwrap_or(10).max(1)).unwrap_or(10),
         );
         if running_for < delay || state.last.is_some_and(|last| last.elapsed() < period) {
-            return state;
+            return (state, None);
         }
         // A passed startup probe is not run again.
         if kind == Kind::Startup && state.passing {
-            return state;
+            return (state, None);
         }
         let timeout = Duration::from_secs(
             u64::try_from(probe.timeout_seconds.unwrap_or(1).max(1)).unwrap_or(1),
         );
         let outcome = run(runtime, container, id, probe, pod_ip, timeout).await;
         state.last = Some(Instant::now());
+        let fresh = outcome.as_ref().err().cloned();
         match outcome {
             Ok(()) => {
                 state.successes += 1;
@@ -181,7 +188,7 @@ impl Results {
             }
         }
         self.put(id, kind, state.clone());
-        state
+        (state, fresh)
     }
 }
 

@@ -980,6 +980,29 @@ spec:
         .unwrap()
         .clone();
     assert_eq!(slow["lastState"]["terminated"]["exitCode"], 137, "{slow}");
+    // What describe shows of it: each failed probe as an Unhealthy event (repeats
+    // counted on one), and the kill.
+    let events = cluster.until(
+        "probed's events",
+        &["get", "events", "--field-selector", "involvedObject.name=probed", "-o", "json"],
+        |list| {
+            list["items"].as_array().is_some_and(|items| {
+                items.iter().any(|e| {
+                    e["reason"] == "Killing"
+                        && e["message"].as_str().is_some_and(|m| m.contains("failed a probe"))
+                })
+            })
+        },
+    );
+    let unhealthy = |prefix: &str| {
+        events["items"].as_array().unwrap().iter().any(|e| {
+            e["reason"] == "Unhealthy"
+                && e["type"] == "Warning"
+                && e["message"].as_str().is_some_and(|m| m.starts_with(prefix))
+        })
+    };
+    assert!(unhealthy("Readiness probe failed: "), "{events:#}");
+    assert!(unhealthy("Liveness probe failed: "), "{events:#}");
     // kubectl logs, through the API server and the agent's kubelet API.
     let logs = cluster.ok(&["logs", "reader", "--tail", "2"]);
     assert_eq!(logs.lines().count(), 2, "{logs}");
@@ -2753,6 +2776,7 @@ spec:
         })
     };
     assert!(has("nosecret", "FailedMount", "later"), "{events:#}");
+    assert!(has("noimage", "Pulling", "nothing"), "{events:#}");
     assert!(has("noimage", "BackOff", "nothing"), "{events:#}");
     assert!(has("port2", "NodePorts", "free ports"), "{events:#}");
     let described = cluster.ok(&["describe", "pod", "nosecret"]);
