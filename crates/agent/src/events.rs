@@ -14,10 +14,13 @@ use serde_json::json;
 pub struct Recorder {
     client: kube::Client,
     node: String,
-    seen: Mutex<HashSet<(String, String, String)>>,
-    /// Counted events: (pod uid, reason, message) → (event name, count).
-    counted: Mutex<HashMap<(String, String, String), (String, i32)>>,
+    seen: Mutex<HashSet<Key>>,
+    /// Counted events: their name and count.
+    counted: Mutex<HashMap<Key, (String, i32)>>,
 }
+
+/// An event's identity: the pod's uid, the reason and the message.
+type Key = (String, String, String);
 
 impl Recorder {
     pub fn new(client: kube::Client, node: &str) -> Recorder {
