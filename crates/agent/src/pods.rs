@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_cri::v1 as cri;
 use k8s_openapi::api::core::v1::{Container, EnvVar, Pod};
@@ -39,6 +39,9 @@ pub struct Memory {
     /// Per container, the attempt its restart back-off counts from: the one after its
     /// last run of 10 minutes (the kubelet forgets a back-off that long unused).
     backoff_from: Mutex<HashMap<(String, String), u32>>,
+    /// Per container, its image pulls that failed in a row and when the last one ended:
+    /// the next pull waits, as the kubelet's image back-off (10 s doubling to 5 minutes).
+    pull_failures: Mutex<HashMap<(String, String), (u32, Instant)>>,
 }
 
 impl Memory {
@@ -62,6 +65,8 @@ impl Memory {
         waiting.retain(|(u, _), _| u != uid);
         let mut from = self.backoff_from.lock().unwrap_or_else(|p| p.into_inner());
         from.retain(|(u, _), _| u != uid);
+        let mut pulls = self.pull_failures.lock().unwrap_or_else(|p| p.into_inner());
+        pulls.retain(|(u, _), _| u != uid);
         self.tokens.forget(uid);
     }
 }
@@ -834,14 +839,32 @@ fn dns_config(
             }
         }
         (None, "None") => cri::DnsConfig::default(),
-        (None, _) => {
-            return spec.dns_config.as_ref().map(|d| extra_dns(cri::DnsConfig::default(), d))
-        }
+        // Default (and ClusterFirst without a cluster DNS): the node's resolv.conf, with
+        // the pod's dnsConfig added.
+        (None, _) => return spec.dns_config.as_ref().map(|d| extra_dns(host_dns(), d)),
     };
     if let Some(extra) = &spec.dns_config {
         dns = extra_dns(dns, extra);
     }
     Some(dns)
+}
+
+/// The node's /etc/resolv.conf as a CRI DNS configuration.
+fn host_dns() -> cri::DnsConfig {
+    let mut dns = cri::DnsConfig::default();
+    let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("nameserver") => dns.servers.extend(words.next().map(str::to_owned)),
+            Some("search" | "domain") => {
+                dns.searches = words.map(str::to_owned).collect();
+            }
+            Some("options") => dns.options.extend(words.map(str::to_owned)),
+            _ => {}
+        }
+    }
+    dns
 }
 
 fn extra_dns(
@@ -1037,7 +1060,30 @@ async fn start(
         "Always" => true,
         _ => !present,
     };
+    let pull_key = (uid.clone(), container.name.clone());
     if pull {
+        // Still backing off from the last failed pull: no new pull yet.
+        let failed = ctx
+            .memory
+            .pull_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&pull_key)
+            .copied();
+        if let Some((count, at)) = failed {
+            let wait = backoff_delay(
+                ctx.config.restart_backoff,
+                count.saturating_sub(1),
+                None,
+                Duration::ZERO,
+            );
+            if at.elapsed() < wait {
+                let message =
+                    ctx.memory.get(&uid, &container.name).map(|(_, m)| m).unwrap_or_default();
+                ctx.memory.set(&uid, &container.name, "ImagePullBackOff", message);
+                return Ok(());
+            }
+        }
         ctx.events
             .record(
                 pod,
@@ -1071,6 +1117,10 @@ async fn start(
         }
         // A failed pull is ErrImagePull, then ImagePullBackOff while it keeps failing.
         let pull_failed = |message: String| {
+            let mut failures = ctx.memory.pull_failures.lock().unwrap_or_else(|p| p.into_inner());
+            let count = failures.get(&pull_key).map_or(0, |(n, _)| *n) + 1;
+            failures.insert(pull_key.clone(), (count, Instant::now()));
+            drop(failures);
             let previous = ctx.memory.get(&uid, &container.name);
             let reason =
                 if previous.is_some_and(|(r, _)| r == "ErrImagePull" || r == "ImagePullBackOff") {
@@ -1095,6 +1145,7 @@ async fn start(
             })
             .await;
         if pulled.is_ok() {
+            ctx.memory.pull_failures.lock().unwrap_or_else(|p| p.into_inner()).remove(&pull_key);
             ctx.events
                 .record(
                     pod,

@@ -2691,6 +2691,14 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
+metadata: {{name: neverpull}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {{name: c, image: "{host}/nothing:v2", imagePullPolicy: Never, command: [sleep, "1000"]}}
+---
+apiVersion: v1
+kind: Pod
 metadata: {{name: nosecret}}
 spec:
   terminationGracePeriodSeconds: 1
@@ -2734,6 +2742,10 @@ spec:
         .as_str()
         .unwrap_or("");
     assert!(message.contains("nothing"), "the message names the image: {pulled:#}");
+    // Never pulled, and not here: ErrImageNeverPull.
+    cluster.until("neverpull refused", &["get", "pod", "neverpull", "-o", "json"], |p| {
+        waiting(p, "ErrImageNeverPull")
+    });
     // The Secret: FailedMount, waiting in ContainerCreating.
     let mounting = cluster.until(
         "nosecret waits for its Secret",
@@ -3057,6 +3069,16 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
+metadata: {name: defaulted}
+spec:
+  terminationGracePeriodSeconds: 1
+  dnsPolicy: Default
+  dnsConfig: {searches: [b.example]}
+  containers:
+  - {name: c, image: fixture:v1, command: ["sh", "-c", "cat /etc/resolv.conf; echo done; sleep 1000"]}
+---
+apiVersion: v1
+kind: Pod
 metadata: {name: secure}
 spec:
   terminationGracePeriodSeconds: 1
@@ -3089,11 +3111,27 @@ spec:
     assert!(log.contains("search a.example\n"), "{log}");
     assert!(log.contains("options ndots:2\n"), "{log}");
     assert!(!log.contains("10.43.0.10"), "dnsPolicy None leaves the cluster's out: {log}");
+    // Default: the node's resolv.conf, and the pod's dnsConfig added to it.
+    let log = cluster.wait_log("defaulted", "c", |l| l.contains("done"));
+    let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    for server in host.lines().filter(|l| l.starts_with("nameserver ")) {
+        assert!(log.contains(server), "the node's {server:?}: {log}");
+    }
+    assert!(log.lines().any(|l| l.contains(" search ") && l.ends_with(" b.example")), "{log}");
     let log = cluster.wait_log("secure", "c", |l| l.contains("port="));
     assert!(log.contains("uid=1000 gid=3000\n"), "{log}");
     assert!(log.contains("CapEff:\t0000000000000000"), "{log}");
     assert!(log.contains("NoNewPrivs:\t1"), "{log}");
     assert!(log.contains("rofs\n"), "{log}");
     assert!(log.contains("port=80\n"), "{log}");
-    cluster.ok(&["delete", "pod", "hosted", "resolver", "secure", "--grace-period", "1"]);
+    cluster.ok(&[
+        "delete",
+        "pod",
+        "hosted",
+        "resolver",
+        "defaulted",
+        "secure",
+        "--grace-period",
+        "1",
+    ]);
 }
