@@ -42,6 +42,9 @@ pub struct Memory {
     /// Per container, its image pulls that failed in a row and when the last one ended:
     /// the next pull waits, as the kubelet's image back-off (10 s doubling to 5 minutes).
     pull_failures: Mutex<HashMap<(String, String), (u32, Instant)>>,
+    /// Per container, the attempt its first container in a new sandbox takes: its count
+    /// goes on from the sandbox that went (a reboot), as restartCount does on Kubernetes.
+    carried: Mutex<HashMap<(String, String), u32>>,
 }
 
 impl Memory {
@@ -67,6 +70,8 @@ impl Memory {
         from.retain(|(u, _), _| u != uid);
         let mut pulls = self.pull_failures.lock().unwrap_or_else(|p| p.into_inner());
         pulls.retain(|(u, _), _| u != uid);
+        let mut carried = self.carried.lock().unwrap_or_else(|p| p.into_inner());
+        carried.retain(|(u, _), _| u != uid);
         self.tokens.forget(uid);
     }
 }
@@ -262,29 +267,73 @@ pub async fn sync(ctx: &Context<'_>, pod: &Pod) -> Result<Next, Error> {
             };
         }
     }
-    let sandbox =
-        match sandboxes.iter().find(|s| s.state == cri::PodSandboxState::SandboxReady as i32) {
-            Some(sandbox) => sandbox.clone(),
-            None => {
-                let attempt = sandboxes
-                    .iter()
-                    .filter_map(|s| s.metadata.as_ref().map(|m| m.attempt + 1))
-                    .max()
-                    .unwrap_or(0);
-                let config = sandbox_config(ctx.config, pod, attempt);
+    // A pod that never restarts gets no new sandbox once its containers ran (its sandbox
+    // went with a reboot): as the kubelet, it ends with what its containers did.
+    let ran = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.container_id.is_some()));
+    let never = spec.restart_policy.as_deref() == Some("Never");
+    let newest = sandboxes.iter().max_by_key(|s| s.created_at).cloned();
+    let sandbox = match sandboxes
+        .iter()
+        .find(|s| s.state == cri::PodSandboxState::SandboxReady as i32)
+    {
+        Some(sandbox) => sandbox.clone(),
+        None if never && ran && newest.is_some() => newest.unwrap_or_default(),
+        None => {
+            let attempt = sandboxes
+                .iter()
+                .filter_map(|s| s.metadata.as_ref().map(|m| m.attempt + 1))
+                .max()
+                .unwrap_or(0);
+            // The sandboxes that went (stopped, or gone with a reboot) go: their
+            // containers' names are free again, and their attempts carry on.
+            for old in &sandboxes {
+                for status in containers_of(ctx.runtime, &old.id).await.unwrap_or_default() {
+                    if let Some(meta) = &status.metadata {
+                        let mut carried =
+                            ctx.memory.carried.lock().unwrap_or_else(|p| p.into_inner());
+                        let entry = carried.entry((uid.clone(), meta.name.clone())).or_insert(0);
+                        *entry = (*entry).max(meta.attempt + 1);
+                    }
+                }
                 let mut rt = ctx.runtime.runtime.clone();
-                let id = rt
-                    .run_pod_sandbox(cri::RunPodSandboxRequest {
-                        config: Some(config),
-                        runtime_handler: String::new(),
-                    })
+                let id = old.id.clone();
+                if let Err(status) = rt
+                    .stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: id.clone() })
                     .await
-                    .map_err(cri_error(format!("run the sandbox of {namespace}/{name}")))?
-                    .into_inner()
-                    .pod_sandbox_id;
-                sandbox_by_id(ctx.runtime, &id).await?
+                {
+                    tracing::warn!(
+                        "{namespace}/{name}: stop the old sandbox {id}: {}",
+                        status.message()
+                    );
+                }
+                if let Err(status) = rt
+                    .remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id.clone() })
+                    .await
+                {
+                    tracing::warn!(
+                        "{namespace}/{name}: remove the old sandbox {id}: {}",
+                        status.message()
+                    );
+                }
             }
-        };
+            let config = sandbox_config(ctx.config, pod, attempt);
+            let mut rt = ctx.runtime.runtime.clone();
+            let id = rt
+                .run_pod_sandbox(cri::RunPodSandboxRequest {
+                    config: Some(config),
+                    runtime_handler: String::new(),
+                })
+                .await
+                .map_err(cri_error(format!("run the sandbox of {namespace}/{name}")))?
+                .into_inner()
+                .pod_sandbox_id;
+            sandbox_by_id(ctx.runtime, &id).await?
+        }
+    };
     let sandbox_status = {
         let mut rt = ctx.runtime.runtime.clone();
         rt.pod_sandbox_status(cri::PodSandboxStatusRequest {
@@ -336,8 +385,17 @@ pub async fn sync(ctx: &Context<'_>, pod: &Pod) -> Result<Next, Error> {
             match latest(&container.name) {
                 None => {
                     initialized = false;
-                    start(ctx, pod, &sandbox.id, &sandbox_status, container, 0, paths, &pod_ip)
-                        .await?;
+                    start(
+                        ctx,
+                        pod,
+                        &sandbox.id,
+                        &sandbox_status,
+                        container,
+                        first_attempt(ctx, &uid, &container.name),
+                        paths,
+                        &pod_ip,
+                    )
+                    .await?;
                     changed = true;
                     break;
                 }
@@ -382,8 +440,17 @@ pub async fn sync(ctx: &Context<'_>, pod: &Pod) -> Result<Next, Error> {
         if initialized {
             for container in &spec.containers {
                 let Some(s) = latest(&container.name) else {
-                    start(ctx, pod, &sandbox.id, &sandbox_status, container, 0, paths, &pod_ip)
-                        .await?;
+                    start(
+                        ctx,
+                        pod,
+                        &sandbox.id,
+                        &sandbox_status,
+                        container,
+                        first_attempt(ctx, &uid, &container.name),
+                        paths,
+                        &pod_ip,
+                    )
+                    .await?;
                     changed = true;
                     continue;
                 };
@@ -422,8 +489,17 @@ pub async fn sync(ctx: &Context<'_>, pod: &Pod) -> Result<Next, Error> {
         if initialized {
             for container in ephemeral_containers(&spec) {
                 if latest(&container.name).is_none() {
-                    start(ctx, pod, &sandbox.id, &sandbox_status, &container, 0, paths, &pod_ip)
-                        .await?;
+                    start(
+                        ctx,
+                        pod,
+                        &sandbox.id,
+                        &sandbox_status,
+                        &container,
+                        first_attempt(ctx, &uid, &container.name),
+                        paths,
+                        &pod_ip,
+                    )
+                    .await?;
                     changed = true;
                 }
             }
@@ -635,6 +711,13 @@ fn wanted_devices(
         }
     }
     total
+}
+
+/// The attempt of a container's first start in this sandbox: 0, or where the count of a
+/// sandbox that went left it.
+fn first_attempt(ctx: &Context<'_>, uid: &str, container: &str) -> u32 {
+    let carried = ctx.memory.carried.lock().unwrap_or_else(|p| p.into_inner());
+    carried.get(&(uid.to_owned(), container.to_owned())).copied().unwrap_or(0)
 }
 
 /// Whether the written status would change anything the agent owns.

@@ -3135,3 +3135,94 @@ spec:
         "1",
     ]);
 }
+
+/// A reboot, as far as one machine can play it: the server killed, every process of the
+/// pods killed and their namespaces' pins gone. The restarted agent finds the sandboxes
+/// not ready and brings the pods back as their restart policy says: the Always pod runs
+/// again in a new sandbox (one restart more), the Never pod is not run again and ends
+/// Failed.
+#[test]
+fn root_a_reboot_brings_pods_back_as_their_restart_policy_says() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut cluster = Cluster::new();
+    cluster.start();
+    cluster.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: always}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: c, image: fixture:v1, command: [sleep, "1000"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: never}
+spec:
+  terminationGracePeriodSeconds: 1
+  restartPolicy: Never
+  containers:
+  - {name: c, image: fixture:v1, command: [sleep, "1000"]}
+"#,
+    );
+    let mut before = HashMap::new();
+    for name in ["always", "never"] {
+        let pod = cluster.until(
+            &format!("{name} runs"),
+            &["get", "pod", name, "-o", "json"],
+            running_ready,
+        );
+        before.insert(name, pod["status"]["containerStatuses"][0]["containerID"].clone());
+    }
+    // The "reboot": the server, every container process and what holds the namespaces.
+    cluster.kill9();
+    let runtime = cluster.path("root").join("cri/runtime");
+    let listed = Command::new(BERTH)
+        .args(["runtime", "--root"])
+        .arg(&runtime)
+        .args(["list", "-q"])
+        .output()
+        .unwrap();
+    for id in String::from_utf8_lossy(&listed.stdout).lines() {
+        let state = Command::new(BERTH)
+            .args(["runtime", "--root"])
+            .arg(&runtime)
+            .args(["state", id])
+            .output()
+            .unwrap();
+        let state: Value = serde_json::from_slice(&state.stdout).unwrap_or(Value::Null);
+        if let Some(pid) = state["pid"].as_i64().filter(|p| *p > 0) {
+            let _ = berth_sys::nix::sys::signal::kill(
+                berth_sys::nix::unistd::Pid::from_raw(pid as i32),
+                berth_sys::nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    let _ = Command::new("pkill").args(["-9", "-f"]).arg(cluster.dir.path()).status();
+    std::thread::sleep(Duration::from_millis(300));
+    for mount in cluster.mounts_under(&cluster.path("root")).into_iter().rev() {
+        let _ = berth_sys::nix::mount::umount2(
+            mount.as_str(),
+            berth_sys::nix::mount::MntFlags::MNT_DETACH,
+        );
+    }
+    cluster.start();
+    let always = cluster.until("always back", &["get", "pod", "always", "-o", "json"], |p| {
+        running_ready(p) && p["status"]["containerStatuses"][0]["containerID"] != before["always"]
+    });
+    assert!(
+        always["status"]["containerStatuses"][0]["restartCount"].as_i64().unwrap_or(0) >= 1,
+        "{always:#}"
+    );
+    let never = cluster.until("never ends", &["get", "pod", "never", "-o", "json"], |p| {
+        p["status"]["phase"] == "Failed"
+    });
+    assert_eq!(
+        never["status"]["containerStatuses"][0]["containerID"], before["never"],
+        "not run again: {never:#}"
+    );
+    cluster.ok(&["delete", "pod", "always", "never", "--grace-period", "1"]);
+}

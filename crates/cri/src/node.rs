@@ -142,7 +142,24 @@ impl Node {
         let images = ImageStore::open(&config.root).map_err(|e| e.to_string())?;
         let runtime = Runtime::new(base.join("runtime"), false);
         let mut sandboxes = BTreeMap::new();
-        for (id, record) in load_all::<SandboxRecord>(&base.join("sandboxes"), "sandbox.json") {
+        // A sandbox whose namespaces are no longer pinned (the machine rebooted, or
+        // someone unmounted them) is not ready, whatever its record says: the kubelet
+        // then makes a new one, as the pod's restart policy says.
+        let mounted: std::collections::HashSet<PathBuf> =
+            berth_sys::mount::mount_points().into_iter().collect();
+        for (id, mut record) in load_all::<SandboxRecord>(&base.join("sandboxes"), "sandbox.json") {
+            let ns = &record.namespaces;
+            let lost = [&ns.net, &ns.ipc, &ns.uts, &ns.pid_ns].into_iter().flatten().any(|pin| {
+                !mounted.contains(&std::fs::canonicalize(pin).unwrap_or_else(|_| pin.clone()))
+            });
+            if record.ready && lost {
+                tracing::warn!(sandbox = %id, "its namespaces are gone (a reboot?): not ready");
+                record.ready = false;
+                let path = base.join("sandboxes").join(&id).join("sandbox.json");
+                if let Err(err) = write_json(&path, &record) {
+                    tracing::warn!("sandbox {id}: {}", err.message());
+                }
+            }
             sandboxes.insert(id, record);
         }
         let mut containers = BTreeMap::new();
@@ -417,9 +434,10 @@ impl Node {
                 let metadata = record.config.metadata.clone().unwrap_or_default();
                 let args = cni_args(&record.id, &metadata);
                 let runtime_config = runtime_config(&record.config);
+                let netns = still_pinned(netns);
                 let who = berth_net::cni::Attachment {
                     container_id: &record.id,
-                    netns,
+                    netns: &netns,
                     ifname: "eth0",
                     args: &args,
                     runtime_config: &runtime_config,
@@ -492,9 +510,10 @@ impl Node {
                     let metadata = record.config.metadata.clone().unwrap_or_default();
                     let args = cni_args(&record.id, &metadata);
                     let runtime_config = runtime_config(&record.config);
+                    let netns = still_pinned(netns);
                     let who = berth_net::cni::Attachment {
                         container_id: &record.id,
-                        netns,
+                        netns: &netns,
                         ifname: "eth0",
                         args: &args,
                         runtime_config: &runtime_config,
@@ -1505,6 +1524,18 @@ fn runtime_config(config: &cri::PodSandboxConfig) -> Map<String, Value> {
         );
     }
     map
+}
+
+/// The network namespace to give CNI DEL: its pin while it is mounted, else none (the
+/// namespace is gone, after a reboot: plugins then release what they hold outside it,
+/// addresses and port mappings, as CNI asks of a DEL without a namespace).
+fn still_pinned(netns: &Path) -> PathBuf {
+    let real = std::fs::canonicalize(netns).unwrap_or_else(|_| netns.to_owned());
+    if berth_sys::mount::mount_points().contains(&real) {
+        netns.to_owned()
+    } else {
+        PathBuf::new()
+    }
 }
 
 fn write_etc_files(
