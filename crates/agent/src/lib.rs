@@ -437,6 +437,7 @@ async fn heartbeat(
     let mut beats = 0u64;
     // The node's pod range as last handed to the runtime (the kubelet's updatePodCIDR).
     let mut pod_cidr: Option<String> = None;
+    let mut warned = false;
     let started = std::time::Instant::now();
     loop {
         let now = berth_stdx::time::format_rfc3339_nanos(std::time::SystemTime::now());
@@ -473,6 +474,13 @@ async fn heartbeat(
                     status.message()
                 ),
             }
+        }
+        if pod_cidr.is_none() && !warned && started.elapsed() > Duration::from_secs(30) {
+            warned = true;
+            tracing::warn!(
+                "node {}: no pod range (spec.podCIDR) after 30 s; a runtime network that waits for one (berth's bridge) is not ready until the server's node IPAM gives it (berth server --cluster-cidr, with its controller manager)",
+                config.node_name
+            );
         }
         let marked = node
             .and_then(|n| n.status)

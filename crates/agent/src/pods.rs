@@ -1143,7 +1143,8 @@ async fn start(
         "Always" => true,
         _ => !present,
     };
-    let pull_key = (uid.clone(), container.name.clone());
+    // (By image too: a container whose image was fixed pulls the new one at once.)
+    let pull_key = (uid.clone(), format!("{}\0{image}", container.name));
     if pull {
         // Still backing off from the last failed pull: no new pull yet.
         let failed = ctx
@@ -1291,7 +1292,14 @@ async fn start(
             }
             Some(sub) => {
                 let path = host.join(sub);
-                if !path.exists() {
+                // Nothing is made through a symlink that leads out: the deepest part
+                // that exists must resolve inside the volume before anything is created.
+                let root = std::fs::canonicalize(host).unwrap_or_else(|_| host.clone());
+                let existing = path.ancestors().find(|a| a.symlink_metadata().is_ok());
+                let escapes = existing.is_some_and(|a| {
+                    std::fs::canonicalize(a).map_or(true, |real| !real.starts_with(&root))
+                });
+                if !escapes && !path.exists() {
                     let _ = std::fs::create_dir_all(&path);
                 }
                 // A symlink a container left in the volume must not lead the bind mount
@@ -1312,10 +1320,19 @@ async fn start(
             }
             None => host.clone(),
         };
+        // Secret, ConfigMap, downward API and projected volumes are the agent's to write:
+        // always read-only in the container, as Kubernetes mounts them.
+        let agents = pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()).any(|v| {
+            v.name == m.name
+                && (v.secret.is_some()
+                    || v.config_map.is_some()
+                    || v.downward_api.is_some()
+                    || v.projected.is_some())
+        });
         mounts.push(cri::Mount {
             container_path: m.mount_path.clone(),
             host_path: host.to_string_lossy().into_owned(),
-            readonly: m.read_only.unwrap_or(false),
+            readonly: m.read_only.unwrap_or(false) || agents,
             propagation: match m.mount_propagation.as_deref() {
                 Some("HostToContainer") => cri::MountPropagation::PropagationHostToContainer as i32,
                 Some("Bidirectional") => cri::MountPropagation::PropagationBidirectional as i32,
@@ -1438,7 +1455,11 @@ async fn start(
                     Some((None, name)) => Some(format!(
                         "container has runAsNonRoot and image has non-numeric user ({name}), cannot verify user is non-root {who}"
                     )),
-                    _ => None,
+                    Some((Some(_), _)) => None,
+                    // Not known: not started (the check fails closed).
+                    None => Some(format!(
+                        "container has runAsNonRoot and the image's user cannot be read {who}"
+                    )),
                 }
             }
         };

@@ -57,7 +57,12 @@ fn own(volume: &Volume, path: &Path, group: u32) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let chown = |p: &Path| std::os::unix::fs::lchown(p, None, Some(group));
     if volume.empty_dir.is_some() {
-        // The directory only: what containers make in it takes its group (setgid).
+        // The directory only, once (a later chmod inside stays): what containers make in
+        // it takes its group (setgid).
+        use std::os::unix::fs::MetadataExt;
+        if std::fs::symlink_metadata(path)?.gid() == group {
+            return Ok(());
+        }
         chown(path)?;
         return std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o2777));
     }
@@ -68,6 +73,8 @@ fn own(volume: &Volume, path: &Path, group: u32) -> std::io::Result<()> {
     if !read_only {
         return Ok(());
     }
+    // These volumes are mounted read-only in containers (see `pods::start`): nothing
+    // but the agent writes here, and symlinks are never followed.
     let mut stack = vec![path.to_owned()];
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir)? {

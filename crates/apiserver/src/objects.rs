@@ -845,6 +845,18 @@ pub fn validate_update(resource: &Resource, old: &Value, new: &Value) -> Result<
         {
             return immutable("spec.selector");
         }
+        // A node's pod range is given once: other nodes route it there.
+        "Node"
+            if old["spec"]["podCIDR"].as_str().is_some_and(|c| !c.is_empty())
+                && old["spec"]["podCIDR"] != new["spec"]["podCIDR"] =>
+        {
+            return Err(ApiError::invalid(
+                resource,
+                &name,
+                "spec.podCIDR",
+                "Forbidden: node updates may not change podCIDR except from \"\" to valid",
+            ));
+        }
         _ => {}
     }
     Ok(())
@@ -1772,6 +1784,14 @@ mod tests {
         assert!(
             validate(cm, &json!({"metadata": {"name": "c"}, "data": {"bad key": "x"}})).is_err()
         );
+        let node = find("", "v1", "nodes").unwrap();
+        let given = json!({"metadata": {"name": "n"}, "spec": {"podCIDR": "10.42.1.0/24"}});
+        let moved = json!({"metadata": {"name": "n"}, "spec": {"podCIDR": "0.0.0.0/0"}});
+        assert!(validate_update(node, &given, &moved)
+            .unwrap_err()
+            .message
+            .contains("may not change podCIDR"));
+        validate_update(node, &json!({"metadata": {"name": "n"}, "spec": {}}), &given).unwrap();
         let frozen = json!({"metadata": {"name": "c"}, "data": {"a": "1"}, "immutable": true});
         let changed = json!({"metadata": {"name": "c"}, "data": {"a": "2"}, "immutable": true});
         assert!(validate_update(cm, &frozen, &changed).unwrap_err().message.contains("immutable"));

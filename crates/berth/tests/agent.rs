@@ -2817,8 +2817,10 @@ fn root_identity_names_and_volume_ownership_are_the_kubelets() {
     let mut cluster = Cluster::new();
     cluster.start();
     cluster.ok(&["create", "secret", "generic", "word", "--from-literal=word=guarded"]);
+    // What a subPath through the symlink would make on the host, were it followed.
+    let probe = format!("berth-subpath-escape-{}", std::process::id());
     cluster.apply(
-        r#"
+        &r#"
 apiVersion: v1
 kind: Pod
 metadata: {name: who}
@@ -2855,8 +2857,10 @@ spec:
   - {name: link, image: fixture:v1, command: [ln, -s, /, /vol/out], volumeMounts: [{name: v, mountPath: /vol}]}
   containers:
   - {name: c, image: fixture:v1, command: [sleep, "1000"], volumeMounts: [{name: v, mountPath: /host, subPath: out}]}
+  - {name: d, image: fixture:v1, command: [sleep, "1000"], volumeMounts: [{name: v, mountPath: /made, subPath: out/tmp/SUBPATH_PROBE}]}
   volumes: [{name: v, emptyDir: {}}]
-"#,
+"#
+        .replace("SUBPATH_PROBE", &probe),
     );
     let log = cluster.wait_log("who", "c", |l| l.contains("done"));
     assert!(
@@ -2882,6 +2886,12 @@ spec:
         .as_str()
         .unwrap_or("");
     assert!(message.contains("leads outside the volume"), "{message}");
+    let second = &escape["status"]["containerStatuses"][1];
+    assert_eq!(second["state"]["waiting"]["reason"], "CreateContainerConfigError", "{escape:#}");
+    assert!(
+        !Path::new("/tmp").join(&probe).exists(),
+        "a directory was made on the host through the symlink"
+    );
     cluster.ok(&["delete", "pod", "who", "rootly", "escape", "--grace-period", "1"]);
 }
 

@@ -111,7 +111,8 @@ pub(crate) async fn run(informers: Arc<Informers>, config: Config) {
     for node in nodes.store().state() {
         queue.add(node.metadata.name.clone().unwrap_or_default());
     }
-    // Ranges handed out, by node, until the cache shows them on their Node.
+    // Ranges handed out, by the Node's uid (a Node made again under its name is
+    // another), until the cache shows them on their Node.
     let handed: Arc<Mutex<BTreeMap<String, Cidr>>> = Arc::default();
     let client = informers.client().clone();
     // One worker: a range is chosen knowing every earlier choice.
@@ -129,9 +130,9 @@ pub(crate) async fn run(informers: Arc<Informers>, config: Config) {
                 {
                     let mut handed = handed.lock().unwrap_or_else(|p| p.into_inner());
                     // Forget the ranges of Nodes that are gone or show theirs now.
-                    handed.retain(|node, _| {
+                    handed.retain(|uid, _| {
                         all.iter().any(|n| {
-                            n.metadata.name.as_deref() == Some(node.as_str())
+                            n.metadata.uid.as_deref() == Some(uid.as_str())
                                 && n.spec.as_ref().and_then(|s| s.pod_cidr.as_ref()).is_none()
                         })
                     });
@@ -153,10 +154,11 @@ pub(crate) async fn run(informers: Arc<Informers>, config: Config) {
                 if simulated || has || node.metadata.deletion_timestamp.is_some() {
                     return Ok(Action::Done);
                 }
-                if let Some(cidr) = handed.lock().unwrap_or_else(|p| p.into_inner()).get(&name) {
+                let uid = node.metadata.uid.clone().unwrap_or_default();
+                if let Some(cidr) = handed.lock().unwrap_or_else(|p| p.into_inner()).get(&uid) {
                     // Patched already; the cache has not caught up.
                     tracing::debug!(node = %name, %cidr, "pod range handed out, not seen yet");
-                    return Ok(Action::Done);
+                    return Ok(Action::RequeueAfter(std::time::Duration::from_secs(2)));
                 }
                 let Some(cidr) = first_free(config, &taken) else {
                     let message = format!(
@@ -181,7 +183,7 @@ pub(crate) async fn run(informers: Arc<Informers>, config: Config) {
                     crate::workload::api_error(format!("give node {name} its pod range")),
                 )?;
                 tracing::info!(node = %name, %cidr, "pod range given");
-                handed.lock().unwrap_or_else(|p| p.into_inner()).insert(name, cidr);
+                handed.lock().unwrap_or_else(|p| p.into_inner()).insert(uid, cidr);
                 Ok(Action::Done)
             }
         },

@@ -44,7 +44,19 @@ pub fn wanted(nodes: &[Arc<Node>], own_name: &str) -> BTreeMap<String, String> {
             .and_then(|s| s.addresses.as_ref())
             .and_then(|a| a.iter().find(|a| a.type_ == "InternalIP"))
             .map(|a| a.address.clone());
-        // IPv4 ranges through IPv4 next hops (the IPAM hands out IPv4 only).
+        // IPv4 ranges through IPv4 next hops (the IPAM hands out IPv4 only), and only
+        // what can be a node's range: a /16 or smaller, never a default route.
+        let per_node = range.split_once('/').is_some_and(|(ip, bits)| {
+            ip.parse::<std::net::Ipv4Addr>().is_ok()
+                && bits.parse::<u8>().is_ok_and(|b| (16..=32).contains(&b))
+        });
+        if !per_node {
+            tracing::warn!(
+                "node {:?}: pod range {range:?} is not one to route",
+                node.metadata.name
+            );
+            continue;
+        }
         if let Some(address) = address.filter(|a| a.parse::<std::net::Ipv4Addr>().is_ok()) {
             routes.insert(range, address);
         }
@@ -85,6 +97,14 @@ fn ip(args: &[&str]) -> Result<(), String> {
     }
 }
 
+/// Whether the main table holds a route to exactly `range` (any protocol).
+fn others_route(range: &str) -> bool {
+    Command::new("ip")
+        .args(["-4", "route", "show", "exact", range])
+        .output()
+        .is_ok_and(|o| !String::from_utf8_lossy(&o.stdout).trim().is_empty())
+}
+
 /// Makes the table hold `wanted` of berth's routes and no other; says what failed.
 pub fn apply(wanted: &BTreeMap<String, String>) -> Vec<String> {
     let mut failures = Vec::new();
@@ -103,6 +123,14 @@ pub fn apply(wanted: &BTreeMap<String, String>) -> Vec<String> {
     }
     for (range, via) in wanted {
         if now.get(range) == Some(via) {
+            continue;
+        }
+        // A route to the range that is not berth's (this node's own bridge, an
+        // administrator's) is left alone: only berth's routes are replaced.
+        if !now.contains_key(range) && others_route(range) {
+            failures.push(format!(
+                "a route to {range} that is not berth's is there already: the pods of that range are not routed through {via}"
+            ));
             continue;
         }
         match ip(&["route", "replace", range, "via", via, "proto", PROTO]) {
@@ -176,6 +204,7 @@ mod tests {
             node("c", None, "192.168.1.3", false),
             node("sim", Some("10.42.9.0/24"), "10.244.0.1", true),
             node("v6", Some("10.42.2.0/24"), "fd00::2", false),
+            node("greedy", Some("0.0.0.0/0"), "192.168.1.9", false),
         ];
         let routes = wanted(&nodes, "a");
         assert_eq!(routes, BTreeMap::from([("10.42.1.0/24".to_owned(), "192.168.1.2".to_owned())]));

@@ -169,7 +169,24 @@ impl Api {
             ));
         }
         let node = self.target.name.clone().unwrap_or_default();
-        let path = self.target.proxy_path.clone().unwrap_or_else(|| "/".into());
+        let mut path = self.target.proxy_path.clone().unwrap_or_else(|| "/".into());
+        // What may be read through here: the agent's reports and logs, not its streams.
+        let readable = ["/stats/summary", "/metrics/resource", "/healthz"].contains(&path.as_str())
+            || path.starts_with("/containerLogs/");
+        if !readable {
+            return Err(ApiError::new(
+                404,
+                "NotFound",
+                format!("{path} is not proxied to a node's agent: /stats/summary, /metrics/resource, /healthz and /containerLogs/... are"),
+            ));
+        }
+        let mut query: Vec<String> =
+            self.params.iter().map(|(k, v)| format!("{}={}", encode(k), encode(v))).collect();
+        query.sort();
+        if !query.is_empty() {
+            path.push('?');
+            path.push_str(&query.join("&"));
+        }
         self.kubelet_get(&node, &path).await
     }
 
