@@ -251,6 +251,10 @@ pub struct Devices {
     pub changed: tokio::sync::Notify,
     /// Serializes allocations, so two containers never pick the same free device.
     allocating: tokio::sync::Mutex<()>,
+    /// What admitted pods asked for, per resource, until they go: admission counts them
+    /// as taken before their containers are allocated (two pods admitted at once never
+    /// share the last device).
+    admitted: Mutex<BTreeMap<String, BTreeMap<String, usize>>>,
 }
 
 const CHECKPOINT: &str = "berth_device_checkpoint.json";
@@ -290,6 +294,7 @@ impl Devices {
             allocations: Mutex::new(checkpoint.allocations.into_iter().collect()),
             changed: tokio::sync::Notify::new(),
             allocating: tokio::sync::Mutex::new(()),
+            admitted: Mutex::new(BTreeMap::new()),
         });
         let socket = dir.join(api::KUBELET_SOCKET);
         let _ = std::fs::remove_file(&socket);
@@ -475,6 +480,7 @@ impl Devices {
     pub fn admit(&self, uid: &str, wanted: &BTreeMap<String, usize>) -> Result<(), String> {
         let resources = self.resources.lock().unwrap_or_else(|p| p.into_inner());
         let allocations = self.allocations.lock().unwrap_or_else(|p| p.into_inner());
+        let mut admitted = self.admitted.lock().unwrap_or_else(|p| p.into_inner());
         for (resource, count) in wanted {
             let Some(r) = resources.get(resource).filter(|r| r.plugin.is_some()) else {
                 continue;
@@ -484,16 +490,34 @@ impl Devices {
                 .filter(|((pod, _, res), _)| res == resource && pod != uid)
                 .flat_map(|(_, a)| a.devices.iter())
                 .collect();
+            // Other admitted pods' asks not allocated yet count as taken.
+            let promised: usize = admitted
+                .iter()
+                .filter(|(pod, _)| pod.as_str() != uid)
+                .map(|(pod, asks)| {
+                    let asked = asks.get(resource).copied().unwrap_or(0);
+                    let holds = allocations
+                        .iter()
+                        .filter(|((p, _, res), _)| p == pod && res == resource)
+                        .map(|(_, a)| a.devices.len())
+                        .sum::<usize>();
+                    asked.saturating_sub(holds)
+                })
+                .sum();
             let free = r
                 .devices
                 .iter()
                 .filter(|(id, healthy)| **healthy && !held_by_others.contains(id))
-                .count();
+                .count()
+                .saturating_sub(promised);
             if free < *count {
                 return Err(format!(
                     "Allocate failed due to requested number of devices unavailable for {resource}. Requested: {count}, Available: {free}, which is unexpected"
                 ));
             }
+        }
+        if !wanted.is_empty() {
+            admitted.insert(uid.to_owned(), wanted.clone());
         }
         Ok(())
     }
@@ -633,6 +657,7 @@ impl Devices {
 
     /// Gives back what a pod held.
     pub fn release(&self, uid: &str) {
+        self.admitted.lock().unwrap_or_else(|p| p.into_inner()).remove(uid);
         let removed = {
             let mut allocations = self.allocations.lock().unwrap_or_else(|p| p.into_inner());
             let before = allocations.len();
@@ -647,6 +672,7 @@ impl Devices {
     /// Gives back what pods that are not in `live` held (pods gone while the agent was
     /// down).
     pub fn keep_only(&self, live: &BTreeSet<String>) {
+        self.admitted.lock().unwrap_or_else(|p| p.into_inner()).retain(|uid, _| live.contains(uid));
         let removed = {
             let mut allocations = self.allocations.lock().unwrap_or_else(|p| p.into_inner());
             let before = allocations.len();

@@ -379,6 +379,9 @@ pub async fn sync(ctx: &Context<'_>, pod: &Pod) -> Result<Next, Error> {
     // Init containers, in order: each must have succeeded before the next (sidecars,
     // with restartPolicy Always, must be running).
     let mut initialized = true;
+    // Once a main container was made, the pod stays initialized: a sidecar that exits
+    // then is restarted beside the main containers, which go on being looked after.
+    let main_made = spec.containers.iter().any(|c| latest(&c.name).is_some());
     if let Some(paths) = &volume_paths {
         for container in spec.init_containers.iter().flatten() {
             let sidecar = container.restart_policy.as_deref() == Some("Always");
@@ -399,13 +402,26 @@ pub async fn sync(ctx: &Context<'_>, pod: &Pod) -> Result<Next, Error> {
                     changed = true;
                     break;
                 }
-                Some(s) if s.state == cri::ContainerState::ContainerRunning as i32 && sidecar => {}
+                // A running sidecar lets the next one start once its startup probe (if
+                // it has one) passed, as the kubelet waits for it.
+                Some(s) if s.state == cri::ContainerState::ContainerRunning as i32 && sidecar => {
+                    if container.startup_probe.is_some()
+                        && !main_made
+                        && !ctx.memory.probes.started(&s.id)
+                    {
+                        initialized = false;
+                        break;
+                    }
+                }
                 Some(s)
                     if s.state == cri::ContainerState::ContainerExited as i32
                         && s.exit_code == 0
                         && !sidecar => {}
                 Some(s) if s.state == cri::ContainerState::ContainerExited as i32 => {
-                    initialized = false;
+                    let beside = sidecar && main_made;
+                    if !beside {
+                        initialized = false;
+                    }
                     if restart_policy == "Never" && !sidecar {
                         break;
                     }
@@ -429,8 +445,11 @@ pub async fn sync(ctx: &Context<'_>, pod: &Pod) -> Result<Next, Error> {
                             changed = true;
                         }
                     }
-                    break;
+                    if !beside {
+                        break;
+                    }
                 }
+                Some(_) if sidecar && main_made => {}
                 Some(_) => {
                     initialized = false;
                     break;

@@ -67,6 +67,11 @@ impl Results {
         states.retain(|(id, _), _| ids.contains(id));
     }
 
+    /// Whether a container's startup probe has passed.
+    pub fn started(&self, id: &str) -> bool {
+        self.get(id, Kind::Startup).is_some_and(|s| s.passing)
+    }
+
     fn get(&self, id: &str, kind: Kind) -> Option<State> {
         let states = self.states.lock().unwrap_or_else(|p| p.into_inner());
         states.get(&(id.to_owned(), kind)).cloned()

@@ -2971,7 +2971,8 @@ spec:
   - name: side
     image: fixture:v1
     restartPolicy: Always
-    command: ["sh", "-c", "echo from-the-sidecar > /shared/flag; sleep 1000"]
+    command: ["sh", "-c", "sleep 2; echo from-the-sidecar > /shared/flag; sleep 1000"]
+    startupProbe: {{exec: {{command: [test, -f, /shared/flag]}}, periodSeconds: 1, failureThreshold: 30}}
     volumeMounts: [{{name: shared, mountPath: /shared}}]
   containers:
   - name: main
@@ -3014,7 +3015,10 @@ spec:
     ));
     let log = cluster.wait_log("inputs", "main", |l| l.contains("cm=fast"));
     assert!(log.contains("mode=fast cfg_size=3 pw=hunter2 mem=64 cpu=250\n"), "{log}");
-    assert!(log.contains("flag=from-the-sidecar\n"), "the sidecar ran first and beside: {log}");
+    assert!(
+        log.contains("flag=from-the-sidecar\n"),
+        "the sidecar started (its startup probe passed) before the main container: {log}"
+    );
     assert!(log.contains("one=3\n"), "the subPath file: {log}");
     assert!(log.contains("ro-refused\n"), "the read-only mount: {log}");
     assert!(log.contains("labels=tier=\"one\""), "the downward API: {log}");
