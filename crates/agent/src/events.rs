@@ -22,6 +22,10 @@ pub struct Recorder {
 /// An event's identity: the pod's uid, the reason and the message.
 type Key = (String, String, String);
 
+fn key_of(pod: &Pod, reason: &str, message: &str) -> Key {
+    (pod.metadata.uid.clone().unwrap_or_default(), reason.to_owned(), message.to_owned())
+}
+
 impl Recorder {
     pub fn new(client: kube::Client, node: &str) -> Recorder {
         Recorder {
@@ -96,8 +100,7 @@ impl Recorder {
         reason: &str,
         message: &str,
     ) {
-        let key =
-            (pod.metadata.uid.clone().unwrap_or_default(), reason.to_owned(), message.to_owned());
+        let key = key_of(pod, reason, message);
         let known = self.counted.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned();
         match known {
             Some((name, count)) => {
@@ -136,8 +139,7 @@ impl Recorder {
         reason: &str,
         message: &str,
     ) {
-        let key =
-            (pod.metadata.uid.clone().unwrap_or_default(), reason.to_owned(), message.to_owned());
+        let key = key_of(pod, reason, message);
         {
             let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
             if !seen.insert(key) {

@@ -275,23 +275,22 @@ pub async fn sync(ctx: &Context<'_>, pod: &Pod) -> Result<Next, Error> {
         .and_then(|s| s.container_statuses.as_ref())
         .is_some_and(|c| c.iter().any(|c| c.container_id.is_some()));
     let never = spec.restart_policy.as_deref() == Some("Never");
-    let newest = sandboxes.iter().max_by_key(|s| s.created_at).cloned();
-    let sandbox = match sandboxes
-        .iter()
-        .find(|s| s.state == cri::PodSandboxState::SandboxReady as i32)
-    {
-        Some(sandbox) => sandbox.clone(),
-        None if never && ran && newest.is_some() => newest.unwrap_or_default(),
-        None => {
+    let ready = sandboxes.iter().find(|s| s.state == cri::PodSandboxState::SandboxReady as i32);
+    let newest = sandboxes.iter().max_by_key(|s| s.created_at);
+    let sandbox = match (ready, newest) {
+        (Some(sandbox), _) => sandbox.clone(),
+        (None, Some(newest)) if never && ran => newest.clone(),
+        (None, _) => {
             let attempt = sandboxes
                 .iter()
                 .filter_map(|s| s.metadata.as_ref().map(|m| m.attempt + 1))
                 .max()
                 .unwrap_or(0);
             // The sandboxes that went (stopped, or gone with a reboot) go: their
-            // containers' names are free again, and their attempts carry on.
+            // containers' names are free again, and their attempts carry on (if they
+            // cannot be listed, the sync fails and is tried again, the count kept).
             for old in &sandboxes {
-                for status in containers_of(ctx.runtime, &old.id).await.unwrap_or_default() {
+                for status in containers_of(ctx.runtime, &old.id).await? {
                     if let Some(meta) = &status.metadata {
                         let mut carried =
                             ctx.memory.carried.lock().unwrap_or_else(|p| p.into_inner());

@@ -184,16 +184,9 @@ async fn handle(
 /// working set, and each running container's (from the runtime's stats over CRI), each
 /// sample with its time in milliseconds.
 async fn resource_metrics(shared: &Shared) -> Response<Body> {
-    let mut runtime = shared.runtime.runtime.clone();
-    let stats = match runtime.list_container_stats(cri::ListContainerStatsRequest::default()).await
-    {
-        Ok(answer) => answer.into_inner().stats,
-        Err(status) => {
-            return text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("the container runtime gave no stats: {}", status.message()),
-            )
-        }
+    let stats = match container_stats(shared).await {
+        Ok(stats) => stats,
+        Err(response) => return response,
     };
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -262,20 +255,25 @@ async fn resource_metrics(shared: &Shared) -> Response<Body> {
     response
 }
 
+/// Every container's stats from the runtime, or the 500 that says it gave none.
+async fn container_stats(shared: &Shared) -> Result<Vec<cri::ContainerStats>, Response<Body>> {
+    let mut runtime = shared.runtime.runtime.clone();
+    match runtime.list_container_stats(cri::ListContainerStatsRequest::default()).await {
+        Ok(answer) => Ok(answer.into_inner().stats),
+        Err(status) => Err(text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the container runtime gave no stats: {}", status.message()),
+        )),
+    }
+}
+
 /// `GET /stats/summary`: the kubelet's Summary API (stats/v1alpha1) from what this node
 /// and the runtime's container stats say: the node's CPU, memory and filesystem, and
 /// each running pod's containers' CPU, memory and writable layer, summed per pod.
 async fn summary(shared: &Shared) -> Response<Body> {
-    let mut runtime = shared.runtime.runtime.clone();
-    let stats = match runtime.list_container_stats(cri::ListContainerStatsRequest::default()).await
-    {
-        Ok(answer) => answer.into_inner().stats,
-        Err(status) => {
-            return text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("the container runtime gave no stats: {}", status.message()),
-            )
-        }
+    let stats = match container_stats(shared).await {
+        Ok(stats) => stats,
+        Err(response) => return response,
     };
     let now = berth_api::meta::now();
     let mut node = serde_json::json!({"nodeName": shared.node_name});

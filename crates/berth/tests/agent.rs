@@ -299,6 +299,28 @@ impl Drop for Cluster {
     }
 }
 
+/// Two idle pods of the lowest and highest QoS class, for the eviction tests.
+const BESTEFFORT_AND_GUARANTEED: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: besteffort}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: main, image: fixture:v1, command: ["sleep", "1000"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: guaranteed}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: fixture:v1
+    command: ["sleep", "1000"]
+    resources: {limits: {cpu: 100m, memory: 32Mi}}
+"#;
+
 fn running_ready(pod: &Value) -> bool {
     pod["status"]["phase"] == "Running"
         && pod["status"]["conditions"]
@@ -2281,28 +2303,7 @@ fn root_disk_pressure_evicts_the_least_important_pod_first() {
     assert_eq!(allocatable["cpu"], format!("{}m", cpus * 1000 - 250), "{node:#}");
     let kib = |v: &Value| v.as_str().unwrap().trim_end_matches("Ki").parse::<u64>().unwrap();
     assert_eq!(kib(&capacity["memory"]) - kib(&allocatable["memory"]), 64 * 1024, "{node:#}");
-    cluster.apply(
-        r#"
-apiVersion: v1
-kind: Pod
-metadata: {name: besteffort}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-  - {name: main, image: fixture:v1, command: ["sleep", "1000"]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: guaranteed}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: main
-    image: fixture:v1
-    command: ["sleep", "1000"]
-    resources: {limits: {cpu: 100m, memory: 32Mi}}
-"#,
-    );
+    cluster.apply(BESTEFFORT_AND_GUARANTEED);
     for name in ["besteffort", "guaranteed"] {
         cluster.until(&format!("{name} runs"), &["get", "pod", name, "-o", "json"], |p| {
             p["status"]["phase"] == "Running"
@@ -2405,7 +2406,7 @@ fn root_memory_pressure_evicts_the_pod_furthest_over_its_request_first() {
     cluster.extra = vec!["--eviction-hard".into(), format!("memory.available<{threshold}Mi")];
     cluster.start();
     cluster.apply(
-        r#"
+        &(r#"
 apiVersion: v1
 kind: Pod
 metadata: {name: hog}
@@ -2419,25 +2420,9 @@ spec:
     volumeMounts: [{name: fill, mountPath: /fill}]
   volumes: [{name: fill, emptyDir: {medium: Memory}}]
 ---
-apiVersion: v1
-kind: Pod
-metadata: {name: besteffort}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-  - {name: main, image: fixture:v1, command: ["sleep", "1000"]}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: guaranteed}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: main
-    image: fixture:v1
-    command: ["sleep", "1000"]
-    resources: {limits: {cpu: 100m, memory: 32Mi}}
-"#,
+"#
+        .to_owned()
+            + BESTEFFORT_AND_GUARANTEED),
     );
     for name in ["hog", "besteffort", "guaranteed"] {
         cluster.until(&format!("{name} runs"), &["get", "pod", name, "-o", "json"], |p| {

@@ -192,20 +192,7 @@ impl Streams {
                 Err(err) => tracing::debug!("exec upgrade failed: {err}"),
             }
         });
-        let mut response = Response::new(Full::new(Bytes::new()).boxed());
-        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        let headers = response.headers_mut();
-        headers
-            .insert(hyper::header::UPGRADE, hyper::header::HeaderValue::from_static("websocket"));
-        headers
-            .insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("Upgrade"));
-        if let Ok(value) = hyper::header::HeaderValue::from_str(&accept_key(&key)) {
-            headers.insert("sec-websocket-accept", value);
-        }
-        if let Ok(value) = hyper::header::HeaderValue::from_str(&protocol) {
-            headers.insert("sec-websocket-protocol", value);
-        }
-        response
+        websocket_accepted(&key, &protocol)
     }
 }
 
@@ -547,21 +534,7 @@ fn websocket_port_forward(
                 Err(err) => tracing::debug!("port-forward tunnel upgrade failed: {err}"),
             }
         });
-        let mut response = Response::new(Full::new(Bytes::new()).boxed());
-        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        let headers = response.headers_mut();
-        headers
-            .insert(hyper::header::UPGRADE, hyper::header::HeaderValue::from_static("websocket"));
-        headers
-            .insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("Upgrade"));
-        if let Ok(value) = hyper::header::HeaderValue::from_str(&accept_key(&key)) {
-            headers.insert("sec-websocket-accept", value);
-        }
-        headers.insert(
-            "sec-websocket-protocol",
-            hyper::header::HeaderValue::from_static(TUNNEL_PROTOCOL),
-        );
-        return response;
+        return websocket_accepted(&key, TUNNEL_PROTOCOL);
     }
     if !offered.split(',').any(|p| p.trim() == "v4.channel.k8s.io") {
         return text(
@@ -607,18 +580,22 @@ fn websocket_port_forward(
             Err(err) => tracing::debug!("port-forward upgrade failed: {err}"),
         }
     });
+    websocket_accepted(&key, "v4.channel.k8s.io")
+}
+
+/// The 101 that accepts a WebSocket upgrade (RFC 6455) with `protocol`.
+fn websocket_accepted(key: &str, protocol: &str) -> Response<Body> {
     let mut response = Response::new(Full::new(Bytes::new()).boxed());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
     headers.insert(hyper::header::UPGRADE, hyper::header::HeaderValue::from_static("websocket"));
     headers.insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("Upgrade"));
-    if let Ok(value) = hyper::header::HeaderValue::from_str(&accept_key(&key)) {
+    if let Ok(value) = hyper::header::HeaderValue::from_str(&accept_key(key)) {
         headers.insert("sec-websocket-accept", value);
     }
-    headers.insert(
-        "sec-websocket-protocol",
-        hyper::header::HeaderValue::from_static("v4.channel.k8s.io"),
-    );
+    if let Ok(value) = hyper::header::HeaderValue::from_str(protocol) {
+        headers.insert("sec-websocket-protocol", value);
+    }
     response
 }
 
