@@ -836,6 +836,19 @@ async fn run_pods(
 /// A gone pod's volumes; a failure is said (the directory holds its Secrets' files).
 pub(crate) fn remove_pod_dir(dir: &std::path::Path) {
     volumes::unmount_under(dir);
+    // Never a removal through a mount still there (a hostPath's subPath pin is the host's
+    // own directory): the directory stays and is said.
+    let left = berth_sys::mount::mounts_under(
+        &std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned()),
+    );
+    if !left.is_empty() {
+        tracing::warn!(
+            "{} still has mounts ({}); not removed: unmount them, then remove it by hand",
+            dir.display(),
+            left.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+        );
+        return;
+    }
     match std::fs::remove_dir_all(dir) {
         Ok(()) => {}
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}

@@ -227,6 +227,8 @@ pub async fn sync(ctx: &Context<'_>, pod: &Pod) -> Result<Next, Error> {
         // Its volumes go too, as the kubelet tears down a terminated pod's: a
         // memory-backed emptyDir gives its memory back (an evicted pod's must, or the
         // pressure stays).
+        // The subPath pins first: each holds a piece of a volume.
+        crate::remove_pod_dir(&ctx.config.pod_dir(&uid).join("volume-subpaths"));
         crate::remove_pod_dir(&ctx.config.pod_dir(&uid).join("volumes"));
         if let Some(devices) = ctx.devices {
             devices.release(&uid);
@@ -1288,7 +1290,7 @@ async fn start(
     env.retain(|(k, _)| !own.iter().any(|(o, _)| o == k));
     env.extend(own);
     let mut mounts = Vec::new();
-    for m in container.volume_mounts.iter().flatten() {
+    for (index, m) in container.volume_mounts.iter().flatten().enumerate() {
         let Some(host) = volume_paths.get(&m.name) else {
             ctx.memory.set(
                 &uid,
@@ -1309,32 +1311,34 @@ async fn start(
                 return Ok(());
             }
             Some(sub) => {
-                let path = host.join(sub);
-                // Nothing is made through a symlink that leads out: the deepest part
-                // that exists must resolve inside the volume before anything is created.
-                let root = std::fs::canonicalize(host).unwrap_or_else(|_| host.clone());
-                let existing = path.ancestors().find(|a| a.symlink_metadata().is_ok());
-                let escapes = existing.is_some_and(|a| {
-                    std::fs::canonicalize(a).map_or(true, |real| !real.starts_with(&root))
-                });
-                if !escapes && !path.exists() {
-                    let _ = std::fs::create_dir_all(&path);
+                let pin = ctx
+                    .config
+                    .pod_dir(&uid)
+                    .join("volume-subpaths")
+                    .join(&m.name)
+                    .join(&container.name)
+                    .join(index.to_string());
+                match crate::volumes::pin_subpath(host, sub, &pin) {
+                    Ok(()) => pin,
+                    Err(err) => {
+                        let message = match err {
+                            crate::volumes::SubPathError::Outside => format!(
+                                "subPath {sub:?} of volume {:?} leads outside the volume",
+                                m.name
+                            ),
+                            crate::volumes::SubPathError::Failed(said) => {
+                                format!("subPath {sub:?} of volume {:?}: {said}", m.name)
+                            }
+                        };
+                        ctx.memory.set(
+                            &uid,
+                            &container.name,
+                            "CreateContainerConfigError",
+                            message,
+                        );
+                        return Ok(());
+                    }
                 }
-                // A symlink a container left in the volume must not lead the bind mount
-                // out of it (Kubernetes' CVE-2017-1002101): the resolved path stays inside.
-                let inside = std::fs::canonicalize(&path).ok().filter(|real| {
-                    std::fs::canonicalize(host).is_ok_and(|root| real.starts_with(root))
-                });
-                let Some(real) = inside else {
-                    ctx.memory.set(
-                        &uid,
-                        &container.name,
-                        "CreateContainerConfigError",
-                        format!("subPath {sub:?} of volume {:?} leads outside the volume", m.name),
-                    );
-                    return Ok(());
-                };
-                real
             }
             None => host.clone(),
         };

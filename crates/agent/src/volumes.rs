@@ -496,6 +496,107 @@ fn same_contents(dir: &Path, files: &Files) -> bool {
         })
 }
 
+/// Why a subPath cannot be given to a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubPathError {
+    /// A symlink (or `..`) leads the path out of its volume.
+    Outside,
+    /// Anything else, said.
+    Failed(String),
+}
+
+/// Pins `sub` of the volume at `volume` for one container, as the kubelet's
+/// `volume-subpaths`: the path is opened beneath the volume's root in one `openat2(2)`
+/// with `RESOLVE_BENEATH` (symlinks that stay inside are followed, one that leads out is
+/// refused), missing directories are made with `mkdirat` under what was opened, and the
+/// very object opened is bind-mounted, by its descriptor, onto `target`, a path under the
+/// pod's directory that only the agent writes. The runtime then mounts `target`: a
+/// symlink a container swaps into the volume after the check changes nothing (Kubernetes'
+/// CVE-2017-1002101 and CVE-2021-25741 were such races).
+pub fn pin_subpath(volume: &Path, sub: &str, target: &Path) -> Result<(), SubPathError> {
+    use berth_sys::nix::errno::Errno;
+    use berth_sys::nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+    use berth_sys::nix::sys::stat::{Mode, SFlag};
+    use std::os::fd::AsFd;
+    let failed = |what: &str, err: &dyn std::fmt::Display| {
+        SubPathError::Failed(format!("cannot {what}: {err}"))
+    };
+    let root = berth_sys::nix::fcntl::open(
+        volume,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| failed(&format!("open the volume {}", volume.display()), &e))?;
+    let open = || loop {
+        let how = OpenHow::new()
+            .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+        match berth_sys::nix::fcntl::openat2(root.as_fd(), Path::new(sub), how) {
+            Err(Errno::EAGAIN | Errno::EINTR) => continue,
+            other => break other,
+        }
+    };
+    let opened = match open() {
+        Err(Errno::ENOENT) => {
+            // Made beneath the root (never through a link leading out), then opened again
+            // under the same rule as an existing path.
+            berth_sys::fs::resolve_in_root(
+                root.as_fd(),
+                Path::new(sub),
+                berth_sys::fs::Create::Directory,
+            )
+            .map_err(|e| failed(&format!("make {sub:?} in the volume"), &e))?;
+            open()
+        }
+        other => other,
+    };
+    let source = match opened {
+        Ok(fd) => fd,
+        Err(Errno::EXDEV | Errno::ELOOP) => return Err(SubPathError::Outside),
+        Err(err) => return Err(failed(&format!("open {sub:?} in the volume"), &err)),
+    };
+    let kind = berth_sys::nix::sys::stat::fstat(source.as_fd())
+        .map_err(|e| failed(&format!("look at {sub:?}"), &e))?;
+    let directory = SFlag::from_bits_truncate(kind.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR;
+    // A pin left by the container's earlier start is replaced: the source may have changed.
+    if is_mount_point(target) {
+        berth_sys::nix::mount::umount2(target, berth_sys::nix::mount::MntFlags::MNT_DETACH)
+            .map_err(|e| failed(&format!("unmount {}", target.display()), &e))?;
+    }
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| failed(&format!("make {}", parent.display()), &e))?;
+    }
+    match std::fs::symlink_metadata(target) {
+        Ok(meta) if meta.is_dir() == directory => {}
+        Ok(meta) => {
+            let removed = if meta.is_dir() {
+                std::fs::remove_dir(target)
+            } else {
+                std::fs::remove_file(target)
+            };
+            removed.map_err(|e| failed(&format!("remove {}", target.display()), &e))?;
+        }
+        Err(_) => {}
+    }
+    if std::fs::symlink_metadata(target).is_err() {
+        let made = if directory {
+            std::fs::create_dir(target)
+        } else {
+            std::fs::File::create(target).map(drop)
+        };
+        made.map_err(|e| failed(&format!("make {}", target.display()), &e))?;
+    }
+    let onto = berth_sys::nix::fcntl::open(
+        target,
+        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| failed(&format!("open {}", target.display()), &e))?;
+    berth_sys::mount::bind_fd(source.as_fd(), onto.as_fd(), false)
+        .map_err(|e| failed(&format!("bind {sub:?} onto {}", target.display()), &e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -525,5 +626,45 @@ mod tests {
         assert!(check_relative("../x").is_err());
         assert!(check_relative("/etc/x").is_err());
         assert!(check_relative("a/../../x").is_err());
+    }
+
+    #[test]
+    fn root_a_pinned_subpath_is_what_was_checked() {
+        if !berth_sys::nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let volume = dir.path().join("volume");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(volume.join("data")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(volume.join("data/file"), "inside").unwrap();
+        std::fs::write(outside.join("file"), "outside").unwrap();
+        let pins = dir.path().join("pins");
+        // A directory and a file of the volume.
+        pin_subpath(&volume, "data", &pins.join("0")).unwrap();
+        pin_subpath(&volume, "data/file", &pins.join("1")).unwrap();
+        assert_eq!(std::fs::read_to_string(pins.join("0/file")).unwrap(), "inside");
+        assert_eq!(std::fs::read_to_string(pins.join("1")).unwrap(), "inside");
+        // The volume's path swapped for a link out after the pin: the pin still holds the
+        // directory that was checked.
+        std::fs::rename(volume.join("data"), volume.join("moved")).unwrap();
+        std::os::unix::fs::symlink(&outside, volume.join("data")).unwrap();
+        assert_eq!(std::fs::read_to_string(pins.join("0/file")).unwrap(), "inside");
+        // Pinning again now is refused, and through the link nothing is made.
+        assert_eq!(pin_subpath(&volume, "data", &pins.join("0")), Err(SubPathError::Outside));
+        assert_eq!(
+            pin_subpath(&volume, "data/new/deeper", &pins.join("2")),
+            Err(SubPathError::Outside)
+        );
+        assert!(!outside.join("new").exists());
+        // A link that stays inside is followed; a missing path is made in the volume.
+        std::os::unix::fs::symlink("moved", volume.join("alias")).unwrap();
+        pin_subpath(&volume, "alias", &pins.join("3")).unwrap();
+        assert_eq!(std::fs::read_to_string(pins.join("3/file")).unwrap(), "inside");
+        pin_subpath(&volume, "made/here", &pins.join("4")).unwrap();
+        assert!(volume.join("made/here").is_dir());
+        unmount_under(&pins);
+        assert!(berth_sys::mount::mounts_under(&canonical(&pins)).is_empty());
     }
 }

@@ -2843,6 +2843,7 @@ spec:
   containers:
   - {name: c, image: fixture:v1, command: [sleep, "1000"], volumeMounts: [{name: v, mountPath: /host, subPath: out}]}
   - {name: d, image: fixture:v1, command: [sleep, "1000"], volumeMounts: [{name: v, mountPath: /made, subPath: out/tmp/SUBPATH_PROBE}]}
+  - {name: e, image: fixture:v1, command: [sh, -c, "echo pinned > /deep/x; sleep 1000"], volumeMounts: [{name: v, mountPath: /deep, subPath: in/deep}, {name: v, mountPath: /all}]}
   volumes: [{name: v, emptyDir: {}}]
 "#
         .replace("SUBPATH_PROBE", &probe),
@@ -2877,7 +2878,44 @@ spec:
         !Path::new("/tmp").join(&probe).exists(),
         "a directory was made on the host through the symlink"
     );
+    // A subPath inside the volume is made there and is the volume's.
+    cluster.until("e runs", &["get", "pod", "escape", "-o", "json"], |p| {
+        p["status"]["containerStatuses"][2]["state"]["running"].is_object()
+    });
+    let mut seen = String::new();
+    for _ in 0..100 {
+        seen = cluster.ok(&[
+            "exec",
+            "escape",
+            "-c",
+            "e",
+            "--",
+            "sh",
+            "-c",
+            "cat /all/in/deep/x 2>/dev/null; true",
+        ]);
+        if !seen.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(seen, "pinned\n");
+    // The pin is a mount of the agent's while the pod runs, and goes with the pod.
+    let data = std::fs::canonicalize(cluster.data()).unwrap();
+    let pinned = || {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains(data.to_str().unwrap()) && l.contains("volume-subpaths"))
+            .count()
+    };
+    assert!(pinned() >= 1, "no subPath pin under the agent's directory");
     cluster.ok(&["delete", "pod", "who", "rootly", "escape", "--grace-period", "1"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while pinned() > 0 {
+        assert!(Instant::now() < deadline, "subPath pins left mounted after the pod went");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// A container that goes past its memory limit is killed by the kernel, and its status
