@@ -1,8 +1,8 @@
 //! Service-account tokens for pods' projected volumes, as the kubelet's token manager
 //! keeps them: each `serviceAccountToken` source gets a token from the TokenRequest API
 //! (`serviceaccounts/NAME/token`), for its audience and lifetime, bound to the pod, and a
-//! new one once 80% of the lifetime has passed (the volume is rewritten with it, as any
-//! projected source is).
+//! new one once 80% of the lifetime the API gave has passed, or a day (the volume is
+//! rewritten with it, as any projected source is).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -108,12 +108,20 @@ impl Tokens {
                 .map_err(|e| {
                     format!("cannot get a token for service account {namespace}/{account}: {e}")
                 })?;
-            let token =
-                answer.status.map(|s| s.token).filter(|t| !t.is_empty()).ok_or_else(|| {
-                    format!("the API answered no token for service account {namespace}/{account}")
-                })?;
-            let lifetime = Duration::from_secs(u64::try_from(seconds).unwrap_or(3600));
-            let renew_in = lifetime.mul_f64(0.8);
+            let status = answer.status.filter(|s| !s.token.is_empty()).ok_or_else(|| {
+                format!("the API answered no token for service account {namespace}/{account}")
+            })?;
+            // Renewed by the lifetime the API gave (it may cap what was asked), once 80% of
+            // it has passed or a day, whichever comes first: the kubelet's rule.
+            let asked = Duration::from_secs(u64::try_from(seconds).unwrap_or(3600));
+            let given = status
+                .expiration_timestamp
+                .0
+                .duration_since(k8s_openapi::jiff::Timestamp::now())
+                .try_into()
+                .unwrap_or(asked);
+            let renew_in = given.min(asked).mul_f64(0.8).min(Duration::from_secs(24 * 3600));
+            let token = status.token;
             self.held
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())

@@ -92,6 +92,11 @@ pub struct ServerArgs {
     /// How often HorizontalPodAutoscalers are evaluated, as kube-controller-manager's flag.
     #[arg(long = "horizontal-pod-autoscaler-sync-period", default_value = "15s", value_parser = go_duration)]
     pub horizontal_pod_autoscaler_sync_period: std::time::Duration,
+    /// The longest a service-account token issued by this server lives, whatever its
+    /// request asked (kube-apiserver's flag; it takes an hour at least, berth any length,
+    /// so that tests can watch tokens rotate). Unset: as asked.
+    #[arg(long = "service-account-max-token-expiration", value_parser = go_duration)]
+    pub service_account_max_token_expiration: Option<std::time::Duration>,
 }
 
 fn go_duration(text: &str) -> Result<std::time::Duration, String> {
@@ -266,6 +271,7 @@ pub fn server(global: &crate::cli::Global, args: ServerArgs) -> Result<i32> {
             args.default_unreachable_toleration_seconds,
         ),
         metric_resolution: args.metric_resolution.max(std::time::Duration::from_millis(100)),
+        service_account_max_token_expiration: args.service_account_max_token_expiration,
     };
     let node_monitor_grace_period = args.node_monitor_grace_period;
     let node_ipam = if args.cluster_cidr.is_empty() {

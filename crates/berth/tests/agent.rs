@@ -3263,3 +3263,96 @@ spec:
     );
     cluster.ok(&["delete", "pod", "always", "never", "--grace-period", "1"]);
 }
+
+/// A projected service-account token as the kubelet keeps one: for the audience the pod
+/// names, bound to the pod, living as long as the API gave (a server capping lifetimes at
+/// 12 s, the pod asking for an hour), and replaced in the running container before it
+/// expires; the API accepts each for that audience only.
+#[test]
+fn root_projected_tokens_carry_their_audience_and_are_renewed_before_they_expire() {
+    if !root_or_skip() {
+        return;
+    }
+    let mut cluster = Cluster::new();
+    cluster.extra = vec!["--service-account-max-token-expiration".into(), "12s".into()];
+    cluster.start();
+    cluster.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: vaulted}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: fixture:v1
+    command: [sleep, "1000"]
+    volumeMounts: [{name: t, mountPath: /var/run/secrets/tokens}]
+  volumes:
+  - name: t
+    projected:
+      sources:
+      - serviceAccountToken: {audience: vault, expirationSeconds: 3600, path: vault-token}
+"#,
+    );
+    cluster.until("vaulted Running", &["get", "pod", "vaulted", "-o", "json"], running_ready);
+    let uid = cluster.pod("vaulted")["metadata"]["uid"].as_str().unwrap().to_owned();
+    let read =
+        || cluster.ok(&["exec", "vaulted", "--", "cat", "/var/run/secrets/tokens/vault-token"]);
+    let claims = |token: &str| -> Value {
+        use base64::Engine as _;
+        let payload = token.split('.').nth(1).expect("a JWT");
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    };
+    let review = |token: &str, audiences: &str| -> Value {
+        let file = cluster.path("review.yaml");
+        std::fs::write(
+            &file,
+            format!("apiVersion: authentication.k8s.io/v1\nkind: TokenReview\nspec: {{token: {token}, audiences: {audiences}}}\n"),
+        )
+        .unwrap();
+        serde_json::from_str(&cluster.ok(&["create", "-f", file.to_str().unwrap(), "-o", "json"]))
+            .unwrap()
+    };
+    let first = read();
+    let said = claims(&first);
+    assert_eq!(said["aud"], serde_json::json!(["vault"]), "{said}");
+    assert_eq!(said["exp"].as_i64().unwrap() - said["iat"].as_i64().unwrap(), 12, "{said}");
+    assert_eq!(said["kubernetes.io"]["pod"]["uid"], uid.as_str(), "{said}");
+    assert_eq!(said["sub"], "system:serviceaccount:default:default", "{said}");
+    let accepted = review(&first, "[vault]");
+    assert_eq!(accepted["status"]["authenticated"], true, "{accepted}");
+    let other = review(&first, "[\"https://kubernetes.default.svc.cluster.local\"]");
+    assert_ne!(other["status"]["authenticated"], true, "another audience: {other}");
+    // Renewed at 80% of its 12 s, in place: the container reads a newer token that the
+    // API accepts, before the first one expires.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let second = loop {
+        let now = read();
+        if now != first {
+            break now;
+        }
+        assert!(Instant::now() < deadline, "the token was never renewed");
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let renewed = claims(&second);
+    assert!(renewed["iat"].as_i64() > said["iat"].as_i64(), "{renewed}");
+    assert!(
+        renewed["iat"].as_i64().unwrap() < said["exp"].as_i64().unwrap(),
+        "renewed only after the first expired: {said} {renewed}"
+    );
+    assert_eq!(renewed["aud"], serde_json::json!(["vault"]), "{renewed}");
+    let accepted = review(&second, "[vault]");
+    assert_eq!(accepted["status"]["authenticated"], true, "{accepted}");
+    // Past its expiry the first token is refused.
+    let expiry = said["exp"].as_u64().unwrap();
+    while std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+        <= expiry
+    {
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let expired = review(&first, "[vault]");
+    assert_ne!(expired["status"]["authenticated"], true, "an expired token: {expired}");
+    cluster.ok(&["delete", "pod", "vaulted", "--grace-period", "1"]);
+}

@@ -38,6 +38,7 @@ impl Cluster {
             components: vec!["controller-manager".into()],
             default_toleration_seconds: (300, 300),
             metric_resolution: Duration::from_secs(15),
+            service_account_max_token_expiration: None,
         };
         let server =
             berth_apiserver::server::Server::prepare(config, shutdown.clone()).await.unwrap();

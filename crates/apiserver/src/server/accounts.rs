@@ -137,6 +137,9 @@ impl Api {
                 Some((kind.to_owned(), object_name.to_owned(), uid))
             }
         };
+        // A server that caps lifetimes issues the shorter one and says so in the answer's
+        // spec and expirationTimestamp (which is what a kubelet renews by).
+        let seconds = self.state.max_token_seconds.map_or(seconds, |max| seconds.min(max));
         let claims = crate::tokens::Claims {
             namespace: namespace.clone(),
             name: name.clone(),

@@ -97,6 +97,9 @@ pub struct Config {
     /// How often nodes' usage is read for the metrics API (metrics-server's
     /// `--metric-resolution`).
     pub metric_resolution: Duration,
+    /// The longest a service-account token issued here lives, whatever was asked
+    /// (kube-apiserver's `--service-account-max-token-expiration`); `None`: as asked.
+    pub service_account_max_token_expiration: Option<Duration>,
 }
 
 type Body = BoxBody<Bytes, Infallible>;
@@ -126,6 +129,8 @@ struct State {
     components: Vec<String>,
     /// Not-ready and unreachable toleration seconds given to pods.
     default_toleration_seconds: (i64, i64),
+    /// The longest lifetime of an issued service-account token, in seconds.
+    max_token_seconds: Option<i64>,
     /// Nodes' and pods' resource usage, for the metrics API.
     usage: usage::Usage,
     /// Fires when the server stops: watches end, loops return.
@@ -293,6 +298,9 @@ impl Server {
             _signer: csr_signer,
             components: config.components.clone(),
             default_toleration_seconds: config.default_toleration_seconds,
+            max_token_seconds: config
+                .service_account_max_token_expiration
+                .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX).max(1)),
             usage: usage::Usage::default(),
             shutdown,
             kubelet_tls,
