@@ -32,39 +32,68 @@ pub(crate) fn write_private(path: &Path, data: &[u8]) -> Result<(), Error> {
 }
 
 /// The CA and serving certificate, created when missing. `hosts` become the serving
-/// certificate's subject alternative names (names and IP addresses).
+/// certificate's subject alternative names (names and IP addresses), beside the names
+/// every in-cluster client uses (`kubernetes.default.svc...`, the API's Service address).
+/// The names a certificate was made for are kept beside it (`server.names`); a start that
+/// wants a name it lacks (a new `--tls-san`, a node address) signs a new serving
+/// certificate with the same CA, as k3s does, so nothing that trusts the CA notices.
 pub fn ensure(dir: &Path, hosts: &[String]) -> Result<Pki, Error> {
     std::fs::create_dir_all(dir).map_err(io("create", dir))?;
     let (ca_path, cert_path, key_path) =
         (dir.join("ca.crt"), dir.join("server.crt"), dir.join("server.key"));
-    if !(ca_path.exists() && cert_path.exists() && key_path.exists()) {
-        let failed = |e: rcgen::Error| Error::Setup(format!("cannot make certificates: {e}"));
+    let names_path = dir.join("server.names");
+    let failed = |e: rcgen::Error| Error::Setup(format!("cannot make certificates: {e}"));
+    let mut names: Vec<String> = [
+        "localhost",
+        "127.0.0.1",
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+        "kubernetes.default.svc.cluster.local",
+        FIRST_SERVICE_ADDRESS,
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
+    for host in hosts {
+        if !names.contains(host) && !host.is_empty() && host != "0.0.0.0" && host != "::" {
+            names.push(host.clone());
+        }
+    }
+    if !(ca_path.exists() && dir.join("ca.key").exists()) {
         let ca_key = KeyPair::generate().map_err(failed)?;
         let ca_cert = ca_params().self_signed(&ca_key).map_err(failed)?;
-        let key = KeyPair::generate().map_err(failed)?;
-        let mut names = vec![
-            "localhost".to_owned(),
-            "127.0.0.1".to_owned(),
-            "kubernetes".to_owned(),
-            "kubernetes.default".to_owned(),
-        ];
-        for host in hosts {
-            if !names.contains(host) && host != "0.0.0.0" {
-                names.push(host.clone());
+        write_private(&dir.join("ca.key"), ca_key.serialize_pem().as_bytes())?;
+        std::fs::write(&ca_path, ca_cert.pem()).map_err(io("write", &ca_path))?;
+        let _ = std::fs::remove_file(&cert_path);
+    }
+    let held: Vec<String> = std::fs::read_to_string(&names_path)
+        .map(|text| text.lines().map(str::to_owned).collect())
+        .unwrap_or_default();
+    let covered = cert_path.exists() && key_path.exists() && names.iter().all(|n| held.contains(n));
+    if !covered {
+        // Names the old certificate had are kept: clients that used them still match.
+        for name in held {
+            if !names.contains(&name) {
+                names.push(name);
             }
         }
-        let mut params = CertificateParams::new(names).map_err(failed)?;
+        let (ca_cert, ca_key) = load_ca(dir)?;
+        let key = KeyPair::generate().map_err(failed)?;
+        let mut params = CertificateParams::new(names.clone()).map_err(failed)?;
         params.distinguished_name.push(DnType::CommonName, "berth-apiserver");
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let cert = params.signed_by(&key, &ca_cert, &ca_key).map_err(failed)?;
-        write_private(&dir.join("ca.key"), ca_key.serialize_pem().as_bytes())?;
         write_private(&key_path, key.serialize_pem().as_bytes())?;
         std::fs::write(&cert_path, cert.pem()).map_err(io("write", &cert_path))?;
-        std::fs::write(&ca_path, ca_cert.pem()).map_err(io("write", &ca_path))?;
+        std::fs::write(&names_path, names.join("\n") + "\n").map_err(io("write", &names_path))?;
     }
     let ca_pem = std::fs::read_to_string(&ca_path).map_err(io("read", &ca_path))?;
     Ok(Pki { ca_pem, cert_path, key_path })
 }
+
+/// The `kubernetes` Service's address: the first of the service range.
+pub const FIRST_SERVICE_ADDRESS: &str = "10.43.0.1";
 
 /// What the CA is made from. Signing again later rebuilds the issuer from these and the
 /// kept key: the same name and key identifier, so what it signs chains to `ca.crt`.

@@ -16,6 +16,15 @@ pub struct ServerArgs {
     pub port: u16,
     #[arg(long = "bind-address", default_value = "0.0.0.0")]
     pub bind_address: String,
+    /// The address pods and other servers reach this API server at: the `kubernetes`
+    /// Service's endpoint (default: --bind-address when it names one, else --node-ip,
+    /// else the address of the default route), as k3s's flag.
+    #[arg(long = "advertise-address")]
+    pub advertise_address: Option<String>,
+    /// More host names or addresses for the serving certificate (repeat it), as k3s's flag;
+    /// the advertised address and this machine's name are always in it.
+    #[arg(long = "tls-san")]
+    pub tls_san: Vec<String>,
     /// The pods' network: every node gets a range of it (spec.podCIDR) that its pods take
     /// their addresses from and the other nodes route to; "" gives nodes none (then the
     /// server's own agent uses 10.42.0.0/24).
@@ -247,9 +256,17 @@ pub struct KubeconfigArgs {
 pub fn server(global: &crate::cli::Global, args: ServerArgs) -> Result<i32> {
     let simulated = simulated_nodes(&args)?;
     let agent = agent_setup(global, &args)?;
+    let advertise = advertise_address(&args);
+    let bind_address = args.bind_address.clone();
+    let mut tls_san = vec![advertise.clone()];
+    if let Ok(name) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        tls_san.push(name.trim().to_owned());
+    }
+    tls_san.extend(args.tls_san.iter().cloned());
     let config = berth_apiserver::server::Config {
         data_dir: args.data_dir,
         bind_address: args.bind_address,
+        tls_san,
         port: args.port,
         datastore_endpoint: args.datastore_endpoint,
         token: args.token,
@@ -309,6 +326,17 @@ pub fn server(global: &crate::cli::Global, args: ServerArgs) -> Result<i32> {
             kubeconfig.display()
         );
         tokio::spawn(stop_on_signal(shutdown.clone()));
+        let loops = tokio_util::task::TaskTracker::new();
+        match reachable_at(&bind_address, &advertise) {
+            Ok(()) => {
+                let admin =
+                    berth_client::in_process(server.handler(), berth_api::identity::User::admin());
+                loops.spawn(api_endpoints(admin, advertise, server.port(), shutdown.clone()));
+            }
+            Err(why) => eprintln!(
+                "berth server: pods cannot reach the API (the kubernetes Service gets no endpoints): {why}"
+            ),
+        }
         // The controllers reach the API in-process, as kube-controller-manager's identity.
         // Their caches are shared with the scheduler and the simulated nodes, which act as
         // their own identities (one decode of each pod for the three, not three).
@@ -329,7 +357,6 @@ pub fn server(global: &crate::cli::Global, args: ServerArgs) -> Result<i32> {
             };
             berth_controllers::Manager::start_on(shared.clone(), options)
         });
-        let loops = tokio_util::task::TaskTracker::new();
         let mut informers = vec![shared.clone()];
         if !disable_scheduler {
             let client =
@@ -560,6 +587,163 @@ async fn bootstrap_dns(client: &kube::Client, dns_ip: &str, node_ip: &str) -> Re
         .patch("kube-dns-berth", &params, &Patch::Apply(&slice))
         .await
         .context("the kube-dns EndpointSlice")?;
+    Ok(())
+}
+
+/// The address the API is advertised at (see `--advertise-address`).
+fn advertise_address(args: &ServerArgs) -> String {
+    if let Some(address) = &args.advertise_address {
+        return address.clone();
+    }
+    let bound = args.bind_address.parse::<std::net::IpAddr>().ok();
+    if let Some(bound) = bound.filter(|a| !a.is_unspecified()) {
+        return bound.to_string();
+    }
+    args.node.node_ip.clone().unwrap_or_else(berth_agent::default_node_ip)
+}
+
+/// Whether pods can reach an API listening on `bind` at `advertised`: not on a loopback
+/// address, and the listener takes that address.
+fn reachable_at(bind: &str, advertised: &str) -> std::result::Result<(), String> {
+    let address: std::net::IpAddr = advertised
+        .parse()
+        .map_err(|_| format!("the advertised address {advertised:?} is not an IP address"))?;
+    if address.is_loopback() {
+        return Err(format!(
+            "the advertised address {address} is a loopback address: give --advertise-address or --node-ip"
+        ));
+    }
+    let listening =
+        bind.parse::<std::net::IpAddr>().is_ok_and(|b| b.is_unspecified() || b == address);
+    if !listening {
+        return Err(format!("the server listens on {bind} only, not on the advertised {address}"));
+    }
+    Ok(())
+}
+
+/// Label of the Leases API servers hold for the `kubernetes` Service's endpoints.
+const API_ENDPOINT_LABEL: &str = "berth.dev/apiserver-endpoint";
+
+/// The `kubernetes` Service's endpoints, as kube-apiserver's lease endpoint reconciler
+/// keeps them: every API server holds a Lease in kube-system (renewed every 10 s, for
+/// 15 s) naming its advertised address and port, and writes the Endpoints and the
+/// EndpointSlice `default/kubernetes` with the addresses whose Leases are still held, so
+/// in-cluster clients reach any live server, and one killed drops out. A server that stops
+/// gives its Lease up.
+async fn api_endpoints(
+    client: kube::Client,
+    address: String,
+    port: u16,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let lease = format!("apiserver-endpoint-{}", address.replace(['.', ':'], "-"));
+    loop {
+        if let Err(err) = publish_api_endpoints(&client, &lease, &address, port).await {
+            tracing::warn!("the kubernetes Service's endpoints: {err:#}; trying again in 10 s");
+        }
+        tokio::select! {
+            () = tokio::time::sleep(std::time::Duration::from_secs(10)) => {}
+            () = shutdown.cancelled() => break,
+        }
+    }
+    let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+        kube::Api::namespaced(client.clone(), "kube-system");
+    let params = kube::api::DeleteParams::default();
+    let gone = leases.delete(&lease, &params);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), gone).await;
+}
+
+async fn publish_api_endpoints(
+    client: &kube::Client,
+    lease: &str,
+    address: &str,
+    port: u16,
+) -> Result<()> {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::api::core::v1::Endpoints;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use kube::api::{Api, ListParams, Patch, PatchParams};
+    const DURATION: i64 = 15;
+    let params = PatchParams::apply("berth-server").force();
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-system");
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let held = serde_json::json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": lease, "namespace": "kube-system", "labels": {API_ENDPOINT_LABEL: "true"}},
+        "spec": {"holderIdentity": format!("{address}:{port}"), "leaseDurationSeconds": DURATION,
+                 "renewTime": k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(now)},
+    });
+    leases.patch(lease, &params, &Patch::Apply(&held)).await.context("the server's Lease")?;
+    let mut live: Vec<String> = leases
+        .list(&ListParams::default().labels(API_ENDPOINT_LABEL))
+        .await
+        .context("the API servers' Leases")?
+        .items
+        .into_iter()
+        .filter_map(|l| {
+            let spec = l.spec?;
+            let renewed = spec.renew_time?.0;
+            let until = renewed
+                + k8s_openapi::jiff::SignedDuration::from_secs(
+                    spec.lease_duration_seconds.unwrap_or(DURATION.try_into().unwrap_or(15)).into(),
+                );
+            let (ip, their_port) = spec
+                .holder_identity?
+                .rsplit_once(':')
+                .map(|(a, p)| (a.to_owned(), p.to_owned()))?;
+            // One port for all: a server on another port is left out (and says so itself).
+            (until > now && their_port == port.to_string()).then_some(ip)
+        })
+        .collect();
+    live.sort();
+    live.dedup();
+    let endpoints: Api<Endpoints> = Api::namespaced(client.clone(), "default");
+    let current = endpoints.get_opt("kubernetes").await.context("the kubernetes Endpoints")?;
+    let has: Vec<String> = current
+        .iter()
+        .flat_map(|e| e.subsets.iter().flatten())
+        .flat_map(|s| s.addresses.iter().flatten())
+        .map(|a| a.ip.clone())
+        .collect();
+    let has_port = current
+        .iter()
+        .flat_map(|e| e.subsets.iter().flatten())
+        .flat_map(|s| s.ports.iter().flatten())
+        .any(|p| p.port == i32::from(port));
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    let slice_there =
+        slices.get_opt("kubernetes").await.context("the kubernetes EndpointSlice")?.is_some();
+    if has == live && has_port && slice_there {
+        return Ok(());
+    }
+    let addresses: Vec<serde_json::Value> =
+        live.iter().map(|ip| serde_json::json!({"ip": ip})).collect();
+    let object = serde_json::json!({
+        "apiVersion": "v1", "kind": "Endpoints",
+        "metadata": {"name": "kubernetes", "namespace": "default",
+                     "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+        "subsets": if live.is_empty() { serde_json::json!([]) } else {
+            serde_json::json!([{"addresses": addresses, "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}])
+        },
+    });
+    endpoints
+        .patch("kubernetes", &params, &Patch::Apply(&object))
+        .await
+        .context("the kubernetes Endpoints")?;
+    let family = if live.iter().any(|ip| ip.contains(':')) { "IPv6" } else { "IPv4" };
+    let slice = serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "kubernetes", "namespace": "default",
+                     "labels": {"kubernetes.io/service-name": "kubernetes",
+                                "endpointslice.kubernetes.io/managed-by": "berth-server"}},
+        "addressType": family,
+        "endpoints": live.iter().map(|ip| serde_json::json!({"addresses": [ip], "conditions": {"ready": true, "serving": true, "terminating": false}})).collect::<Vec<_>>(),
+        "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
+    });
+    slices
+        .patch("kubernetes", &params, &Patch::Apply(&slice))
+        .await
+        .context("the kubernetes EndpointSlice")?;
     Ok(())
 }
 

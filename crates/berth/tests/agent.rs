@@ -3274,8 +3274,56 @@ fn root_projected_tokens_carry_their_audience_and_are_renewed_before_they_expire
         return;
     }
     let mut cluster = Cluster::new();
-    cluster.extra = vec!["--service-account-max-token-expiration".into(), "12s".into()];
+    // A node address pods can reach the API at (the server listens on every address and
+    // advertises this one as the `kubernetes` Service's endpoint).
+    for args in [
+        &["link", "add", "node0", "type", "veth", "peer", "name", "node1"][..],
+        &["addr", "add", "192.168.78.1/24", "dev", "node0"],
+        &["link", "set", "node0", "up"],
+        &["link", "set", "node1", "up"],
+        &["route", "add", "default", "via", "192.168.78.2", "dev", "node0"],
+    ] {
+        assert!(Command::new("ip").args(args).status().unwrap().success());
+    }
+    cluster.bind = "0.0.0.0".into();
+    cluster.extra = vec![
+        "--service-account-max-token-expiration".into(),
+        "12s".into(),
+        "--node-ip".into(),
+        "192.168.78.1".into(),
+    ];
     cluster.start();
+    // busybox's own TLS client offers no ECDSA signatures: with openssl in the image, its
+    // wget speaks HTTPS through `openssl s_client`, as on a full distribution.
+    let layout = cluster.path("tls-layout");
+    let mut layers = berth_testkit::image::fixture_layers().unwrap();
+    layers.push(berth_testkit::image::Layer {
+        tar: berth_testkit::image::LayerBuilder::new()
+            .host_program("/usr/bin/openssl")
+            .unwrap()
+            .finish(),
+        compression: berth_testkit::image::Compression::Gzip,
+    });
+    berth_testkit::image::write_layout(&layout, "tls", &layers, &["sh"]).unwrap();
+    let tar = cluster.path("tls.tar");
+    let packed = Command::new("tar").arg("-C").arg(&layout).arg("-cf").arg(&tar).arg(".").status();
+    assert!(packed.unwrap().success());
+    let loaded = cluster.berth(&["load", "-i", tar.to_str().unwrap()]);
+    let id = loaded.trim().rsplit(' ').next().unwrap().to_owned();
+    cluster.berth(&["tag", &id, "fixture:tls"]);
+    let slice = cluster.until(
+        "the kubernetes Service's endpoint",
+        &["get", "endpointslice", "kubernetes", "-o", "json"],
+        |s| s["endpoints"][0]["addresses"][0] == "192.168.78.1",
+    );
+    let port = cluster.data().join("kubeconfig");
+    let port = std::fs::read_to_string(port).unwrap();
+    let port = port.lines().find_map(|l| l.trim().strip_prefix("server: ")).unwrap();
+    assert_eq!(
+        slice["ports"][0]["port"].as_u64().map(|p| p.to_string()),
+        port.rsplit(':').next().map(str::to_owned),
+        "{slice}"
+    );
     cluster.apply(
         r#"
 apiVersion: v1
@@ -3285,7 +3333,8 @@ spec:
   terminationGracePeriodSeconds: 1
   containers:
   - name: c
-    image: fixture:v1
+    image: fixture:tls
+    imagePullPolicy: Never
     command: [sleep, "1000"]
     volumeMounts: [{name: t, mountPath: /var/run/secrets/tokens}]
   volumes:
@@ -3315,6 +3364,59 @@ spec:
         serde_json::from_str(&cluster.ok(&["create", "-f", file.to_str().unwrap(), "-o", "json"]))
             .unwrap()
     };
+    // The pod's own token (the kube-api-access volume) authenticates it to the API from
+    // inside, through the `kubernetes` Service: allowed what its account may do, and
+    // refused what it may not.
+    cluster.ok(&[
+        "create",
+        "rolebinding",
+        "default-view",
+        "--clusterrole=view",
+        "--serviceaccount=default:default",
+    ]);
+    let from_inside = |path: &str| {
+        cluster.ok(&[
+            "exec",
+            "vaulted",
+            "--",
+            "sh",
+            "-c",
+            &format!(
+                "wget --no-check-certificate -q -O- --header \"Authorization: Bearer $(cat /var/run/secrets/kubernetes.io/serviceaccount/token)\" https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT{path} 2>&1; echo rc=$?"
+            ),
+        ])
+    };
+    let seen = from_inside("/api/v1/namespaces/default/pods/vaulted");
+    assert!(seen.ends_with("rc=0\n"), "{seen}");
+    let own: Value = serde_json::from_str(seen.trim_end().trim_end_matches("rc=0")).unwrap();
+    assert_eq!(own["metadata"]["uid"], uid.as_str(), "{own}");
+    let refused = from_inside("/api/v1/namespaces/default/secrets");
+    assert!(refused.contains("403") && refused.ends_with("rc=1\n"), "{refused}");
+    // The server's certificate is good for the names in-cluster clients dial, by the CA
+    // the pod is given.
+    for name in ["kubernetes.default.svc", "kubernetes.default.svc.cluster.local"] {
+        let checked = cluster.ok(&[
+            "exec",
+            "vaulted",
+            "--",
+            "sh",
+            "-c",
+            &format!("openssl s_client -connect $KUBERNETES_SERVICE_HOST:443 -CAfile /var/run/secrets/kubernetes.io/serviceaccount/ca.crt -verify_hostname {name} -verify_return_error </dev/null 2>&1; echo rc=$?"),
+        ]);
+        assert!(
+            checked.contains("Verify return code: 0 (ok)") && checked.ends_with("rc=0\n"),
+            "{name}: {checked}"
+        );
+    }
+    let checked = cluster.ok(&[
+        "exec",
+        "vaulted",
+        "--",
+        "sh",
+        "-c",
+        "openssl s_client -connect $KUBERNETES_SERVICE_HOST:443 -CAfile /var/run/secrets/kubernetes.io/serviceaccount/ca.crt -verify_ip $KUBERNETES_SERVICE_HOST -verify_return_error </dev/null 2>&1; echo rc=$?",
+    ]);
+    assert!(checked.contains("Verify return code: 0 (ok)"), "the Service address: {checked}");
     let first = read();
     let said = claims(&first);
     assert_eq!(said["aud"], serde_json::json!(["vault"]), "{said}");

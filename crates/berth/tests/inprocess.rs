@@ -29,6 +29,7 @@ impl Cluster {
         let config = berth_apiserver::server::Config {
             data_dir: dir.path().to_owned(),
             bind_address: "127.0.0.1".into(),
+            tls_san: Vec::new(),
             port: 0,
             datastore_endpoint: None,
             token: None,

@@ -134,6 +134,44 @@ impl LayerBuilder {
         Ok(layer)
     }
 
+    /// A program of the host and the shared libraries `ldd` lists for it, each at its host
+    /// path with its parent directories (for images that need a real tool beside busybox:
+    /// `openssl`, which busybox's wget runs for HTTPS with modern servers).
+    pub fn host_program(mut self, path: &str) -> Result<Self> {
+        let listed = std::process::Command::new("ldd")
+            .arg(path)
+            .output()
+            .map_err(io("run ldd on", Path::new(path)))?;
+        let text = String::from_utf8_lossy(&listed.stdout).into_owned();
+        let mut files = vec![path.to_owned()];
+        for line in text.lines() {
+            // "libssl.so.3 => /lib/x86_64-linux-gnu/libssl.so.3 (0x...)" or
+            // "/lib64/ld-linux-x86-64.so.2 (0x...)"; the vDSO has no path.
+            let library = line.split("=>").last().unwrap_or("").split_whitespace().next();
+            if let Some(library) = library.filter(|l| l.starts_with('/')) {
+                files.push(library.to_owned());
+            }
+        }
+        let mut made: Vec<String> = Vec::new();
+        for file in files {
+            let relative = file.trim_start_matches('/');
+            let mut parent = String::new();
+            for part in relative.split('/').collect::<Vec<_>>().iter().rev().skip(1).rev() {
+                if !parent.is_empty() {
+                    parent.push('/');
+                }
+                parent.push_str(part);
+                if !made.contains(&parent) {
+                    self = self.dir(&parent, 0o755);
+                    made.push(parent.clone());
+                }
+            }
+            let bytes = std::fs::read(&file).map_err(io("read", Path::new(&file)))?;
+            self = self.file(relative, &bytes, 0o755);
+        }
+        Ok(self)
+    }
+
     pub fn finish(mut self) -> Vec<u8> {
         self.tar().finish().ok();
         self.builder.take().map(|b| b.into_inner().unwrap_or_default()).unwrap_or_default()

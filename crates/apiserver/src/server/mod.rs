@@ -77,6 +77,9 @@ const MAX_BODY: usize = 3 << 20;
 pub struct Config {
     pub data_dir: PathBuf,
     pub bind_address: String,
+    /// More names and addresses for the serving certificate (k3s's `--tls-san`): the
+    /// advertised address, the host's name, what clients elsewhere dial.
+    pub tls_san: Vec<String>,
     pub port: u16,
     /// `http://host:2379` for etcd; none for the embedded SQLite store.
     pub datastore_endpoint: Option<String>,
@@ -238,7 +241,9 @@ impl Server {
         let store: Arc<dyn Store> = Arc::new(crate::metrics::Measured::new(store, metrics.clone()));
         let store: Arc<dyn Store> = Arc::new(crate::encryption::Encrypted::new(store, &key)?);
         let tls_dir = config.data_dir.join("tls");
-        let pki = tls::ensure(&tls_dir, std::slice::from_ref(&config.bind_address))?;
+        let mut hosts = vec![config.bind_address.clone()];
+        hosts.extend(config.tls_san.iter().cloned());
+        let pki = tls::ensure(&tls_dir, &hosts)?;
         let token = tls::token(&config.data_dir, config.token.as_deref())?;
         let listener = tokio::net::TcpListener::bind((config.bind_address.as_str(), config.port))
             .await
@@ -508,7 +513,7 @@ async fn bootstrap(state: &State) -> Result<(), Error> {
     if state.store.get(&key).await.map_err(|e| Error::Setup(e.to_string()))?.is_none() {
         let mut object = json!({
             "metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
-            "spec": {"type": "ClusterIP", "clusterIP": "10.43.0.1", "clusterIPs": ["10.43.0.1"], "sessionAffinity": "None",
+            "spec": {"type": "ClusterIP", "clusterIP": tls::FIRST_SERVICE_ADDRESS, "clusterIPs": [tls::FIRST_SERVICE_ADDRESS], "sessionAffinity": "None",
                      "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack",
                      "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]},
         });
