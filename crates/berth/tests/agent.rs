@@ -2176,6 +2176,11 @@ fn root_device_plugins_give_pods_distinct_devices() {
     cluster.ok(&["delete", "pod", "two", "three", "--grace-period", "1"]);
 }
 
+/// The pod scenario with the agent driving containerd 1.6's CRI instead of berth's: a
+/// Deployment's pods Ready on containerd's network, logs, exec (exit code, stdin), a
+/// Secret, a ConfigMap that follows its edits and a subPath of it, cp both ways,
+/// port-forward, a liveness restart, OOMKilled, a preStop hook, and nothing left in
+/// containerd once the pods are gone.
 #[test]
 fn root_the_agent_drives_containerd_through_cri_too() {
     if !root_or_skip() {
@@ -2209,8 +2214,12 @@ fn root_the_agent_drives_containerd_through_cri_too() {
         serde_json::from_str(&cluster.ok(&["get", "node", NODE, "-o", "json"])).unwrap();
     let runtime = node["status"]["nodeInfo"]["containerRuntimeVersion"].as_str().unwrap_or("");
     assert!(runtime.starts_with("containerd://"), "{runtime}");
+    cluster.ok(&["create", "secret", "generic", "word", "--from-literal=key=sesame"]);
+    cluster.ok(&["create", "configmap", "settings", "--from-literal=greeting=first"]);
+    let hooks = cluster.path("hooks");
+    std::fs::create_dir_all(&hooks).unwrap();
     cluster.apply(
-        r#"
+        &r#"
 apiVersion: apps/v1
 kind: Deployment
 metadata: {name: web}
@@ -2224,9 +2233,40 @@ spec:
       containers:
       - name: web
         image: fixture:v1
-        command: ["sh", "-c", "echo hello from $HOSTNAME; touch /tmp/ready; exec sleep 1000"]
+        command: ["sh", "-c", "echo hello from $HOSTNAME; touch /tmp/ready; echo ok > /tmp/index.html; exec httpd -f -p 8081 -h /tmp"]
         readinessProbe: {exec: {command: ["cat", "/tmp/ready"]}, periodSeconds: 1}
-"#,
+        volumeMounts: [{name: s, mountPath: /secret}, {name: c, mountPath: /settings}, {name: c, mountPath: /one/greeting, subPath: greeting}]
+      volumes:
+      - {name: s, secret: {secretName: word}}
+      - {name: c, configMap: {name: settings}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: lively}
+spec:
+  terminationGracePeriodSeconds: 5
+  containers:
+  - name: c
+    image: fixture:v1
+    command: ["sh", "-c", "touch /tmp/alive; exec sleep 1000"]
+    livenessProbe: {exec: {command: ["test", "-f", "/tmp/alive"]}, periodSeconds: 1, failureThreshold: 1}
+    lifecycle: {preStop: {exec: {command: [sh, -c, "echo stopping > /hooks/pre-stop"]}}}
+    volumeMounts: [{name: hooks, mountPath: /hooks}]
+  volumes: [{name: hooks, hostPath: {path: HOOKS, type: Directory}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: greedy}
+spec:
+  terminationGracePeriodSeconds: 1
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: fixture:v1
+    command: ["sh", "-c", "x=$(head -c 200000000 /dev/zero | tr '\\0' a); sleep 1000"]
+    resources: {limits: {memory: 32Mi}}
+"#
+        .replace("HOOKS", hooks.to_str().unwrap()),
     );
     let listed = cluster.until(
         "two Ready pods on containerd",
@@ -2249,6 +2289,92 @@ spec:
     // kubectl logs reaches containerd's log file through the agent.
     let logs = cluster.ok(&["logs", &name]);
     assert!(logs.contains("hello from"), "{logs}");
+    // exec through containerd's streaming server: output, exit code, stdin; the volumes
+    // the agent made (a Secret, a ConfigMap and a subPath of it) are in the container, and
+    // an edit of the ConfigMap reaches it.
+    let exec = cluster.kubectl(&[
+        "exec",
+        &name,
+        "--",
+        "sh",
+        "-c",
+        "cat /secret/key /one/greeting; exit 3",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&exec.stdout), "sesamefirst", "{exec:?}");
+    assert_eq!(exec.status.code(), Some(3), "{exec:?}");
+    let mut piped = Command::new(KUBECTL)
+        .env("KUBECONFIG", cluster.data().join("kubeconfig"))
+        .args(["exec", "-i", &name, "--", "tr", "a-z", "A-Z"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        piped.stdin.take().unwrap().write_all(b"through stdin\n").unwrap();
+    }
+    let piped = piped.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&piped.stdout), "THROUGH STDIN\n", "{piped:?}");
+    cluster.ok(&["patch", "configmap", "settings", "-p", r#"{"data":{"greeting":"second"}}"#]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while cluster.ok(&["exec", &name, "--", "cat", "/settings/greeting"]) != "second" {
+        assert!(Instant::now() < deadline, "the ConfigMap edit never reached the container");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // kubectl cp both ways.
+    let local = cluster.path("copied.txt");
+    std::fs::write(&local, "through kubectl cp\n").unwrap();
+    cluster.ok(&["cp", local.to_str().unwrap(), &format!("{name}:/tmp/copied.txt")]);
+    let back = cluster.path("back.txt");
+    cluster.ok(&["cp", &format!("{name}:/tmp/copied.txt"), back.to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(&back).unwrap(), "through kubectl cp\n");
+    // port-forward through the API server, the agent and containerd.
+    let mut forward = Command::new(KUBECTL)
+        .env("KUBECONFIG", cluster.data().join("kubeconfig"))
+        .args(["port-forward", &format!("pod/{name}"), ":8081"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Its output stays open while it runs: it says each connection it handles.
+    let mut said = std::io::BufRead::lines(std::io::BufReader::new(forward.stdout.take().unwrap()));
+    let port = {
+        let lines = &mut said;
+        loop {
+            let line = lines.next().expect("kubectl port-forward says where it listens").unwrap();
+            if let Some(rest) = line.strip_prefix("Forwarding from 127.0.0.1:") {
+                break rest.split_once(" -> ").unwrap().0.parse::<u16>().unwrap();
+            }
+        }
+    };
+    {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.") && answer.ends_with("ok\n"), "{answer:?}");
+    }
+    let _ = forward.kill();
+    let _ = forward.wait();
+    drop(said);
+    // A failing liveness probe restarts the container; an OOM shows OOMKilled; deleting a
+    // pod runs its preStop hook.
+    cluster.until("lively Running", &["get", "pod", "lively", "-o", "json"], running_ready);
+    cluster.ok(&["exec", "lively", "--", "rm", "/tmp/alive"]);
+    cluster.until("lively restarted", &["get", "pod", "lively", "-o", "json"], |p| {
+        p["status"]["containerStatuses"][0]["restartCount"].as_i64().is_some_and(|n| n >= 1)
+    });
+    let greedy = cluster.until("greedy OOMKilled", &["get", "pod", "greedy", "-o", "json"], |p| {
+        p["status"]["containerStatuses"][0]["state"]["terminated"]["reason"] == "OOMKilled"
+    });
+    assert_eq!(greedy["status"]["phase"], "Failed", "{greedy:#}");
+    cluster.ok(&["delete", "pod", "lively", "greedy"]);
+    assert_eq!(
+        std::fs::read_to_string(hooks.join("pre-stop")).unwrap_or_default(),
+        "stopping\n",
+        "the preStop hook ran"
+    );
     cluster.ok(&["delete", "deployment", "web"]);
     cluster.until("no pods left", &["get", "pods", "-o", "json"], |l| {
         l["items"].as_array().is_some_and(|i| i.is_empty())
