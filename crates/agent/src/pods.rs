@@ -878,7 +878,7 @@ fn sandbox_config(config: &Config, pod: &Pod, attempt: u32) -> cri::PodSandboxCo
         labels,
         annotations: pod.metadata.annotations.clone().unwrap_or_default().into_iter().collect(),
         linux: Some(cri::LinuxPodSandboxConfig {
-            cgroup_parent: format!("/kubepods/{}/pod{uid}", qos_class(pod).to_ascii_lowercase()),
+            cgroup_parent: pod_cgroup(qos_class(pod), &uid),
             resources: pod_resources(&spec),
             security_context: Some(cri::LinuxSandboxSecurityContext {
                 namespace_options: Some(cri::NamespaceOption {
@@ -2145,6 +2145,15 @@ fn pod_status(
     status
 }
 
+/// A pod's cgroup as the kubelet lays them out (cgroupfs driver): Guaranteed pods right
+/// under `kubepods`, the others under their QoS class's cgroup.
+fn pod_cgroup(qos: &str, uid: &str) -> String {
+    match qos {
+        "Guaranteed" => format!("/kubepods/pod{uid}"),
+        other => format!("/kubepods/{}/pod{uid}", other.to_ascii_lowercase()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2175,6 +2184,13 @@ mod tests {
         // After attempt 9 ran ten minutes, attempt 10's crash waits 10 s again, then 20 s.
         assert_eq!(backoff_delay(base, 10, Some(10), short).as_secs(), 10);
         assert_eq!(backoff_delay(base, 11, Some(10), short).as_secs(), 20);
+    }
+
+    #[test]
+    fn pod_cgroups_are_laid_out_as_the_kubelets() {
+        assert_eq!(pod_cgroup("Guaranteed", "u1"), "/kubepods/podu1");
+        assert_eq!(pod_cgroup("Burstable", "u2"), "/kubepods/burstable/podu2");
+        assert_eq!(pod_cgroup("BestEffort", "u3"), "/kubepods/besteffort/podu3");
     }
 
     #[test]
