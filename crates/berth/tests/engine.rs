@@ -215,6 +215,17 @@ fn root_detached_containers_outlive_the_command_and_are_managed() {
     });
     let ps = berth.ok(&["ps"]);
     assert!(ps.contains("ticker") && ps.contains("Up "), "{ps}");
+    // The monitor the container's init was cloned from runs from a binary no container
+    // can write (CVE-2019-5736): started from a read-only copy, not berth's own file.
+    let pid = berth.ok(&["inspect", "-f", "{{.State.Pid}}", "ticker"]);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pid.trim())).unwrap();
+    let monitor = status.lines().find_map(|l| l.strip_prefix("PPid:")).unwrap().trim().to_owned();
+    let written = std::fs::OpenOptions::new().append(true).open(format!("/proc/{monitor}/exe"));
+    assert_eq!(
+        written.as_ref().err().and_then(std::io::Error::raw_os_error),
+        Some(30),
+        "the monitor's executable must be read-only (EROFS): {written:?}"
+    );
     assert_eq!(berth.ok(&["ps", "-q", "--filter", "label=team=a"]).trim(), &id[..12]);
     assert_eq!(berth.ok(&["ps", "-q", "--filter", "label=team=b"]).trim(), "");
     let logs = berth.ok(&["logs", "--tail", "2", "ticker"]);

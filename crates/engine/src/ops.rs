@@ -461,7 +461,16 @@ impl Engine {
             .append(true)
             .open(&log)
             .map_err(io("open", &log))?;
-        let mut child = std::process::Command::new("/proc/self/exe")
+        // The monitor starts a container, so it must run from a copy of the binary that a
+        // container cannot write (see `berth_sys::exe`): started from one here, it need not
+        // execute itself again (a 50 MB binary's exec is about 3 ms). Where none can be
+        // made it starts from /proc/self/exe and protects itself.
+        let protected = berth_sys::exe::protected_exe().ok();
+        let program = match &protected {
+            Some(fd) => berth_sys::fs::proc_fd_path(fd),
+            None => std::path::PathBuf::from("/proc/self/exe"),
+        };
+        let mut child = std::process::Command::new(&program)
             .arg0("berth")
             .arg("__monitor")
             .arg(&self.root)
@@ -470,7 +479,8 @@ impl Engine {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::from(log_file))
             .spawn()
-            .map_err(io("start the monitor from", "/proc/self/exe"))?;
+            .map_err(io("start the monitor from", &program))?;
+        drop(protected);
         let mut stream = ours;
         match attach::read_frame(&mut stream) {
             Ok(Some((attach::STARTED, payload))) if payload.len() == 4 => {
