@@ -414,6 +414,22 @@ fn root_a_pod_lives_its_whole_life_through_cri() {
             run_container(&mut rt, &sandbox, &pod, container_config("side", "sleep 1000")).await;
         let web_status = wait_state(&mut rt, &web, cri::ContainerState::ContainerRunning).await;
         assert!(web_status.started_at >= web_status.created_at && web_status.created_at > 0);
+        // Every container's supervisor runs from a read-only copy of the binary, which no
+        // container can write (CVE-2019-5736): writing its executable is EROFS.
+        let mut supervisors = 0;
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            if !cmdline.split(|b| *b == 0).any(|arg| arg == b"__task") {
+                continue;
+            }
+            let written = std::fs::OpenOptions::new().append(true).open(entry.path().join("exe"));
+            match written.as_ref().err().and_then(std::io::Error::raw_os_error) {
+                Some(2 | 3) => continue, // gone meanwhile
+                code => assert_eq!(code, Some(30), "{}: {written:?}", entry.path().display()),
+            }
+            supervisors += 1;
+        }
+        assert!(supervisors >= 2, "the two containers' supervisors: {supervisors}");
         assert_eq!(web_status.image.unwrap().image, IMAGE);
         assert!(web_status.image_ref.starts_with("sha256:"));
         let pods = rt

@@ -15,6 +15,7 @@
 //! whatever a reused pid would name.
 
 use std::io::Read;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 
 use berth_sys::nix::sched::{unshare, CloneFlags};
@@ -45,7 +46,9 @@ impl Holder {
     /// in the namespaces pinned at `join` (network, IPC, UTS).
     pub fn start(exe: &Path, sandbox: &str, join: &[PathBuf]) -> Result<Holder, String> {
         let join: Vec<String> = join.iter().map(|p| p.to_string_lossy().into_owned()).collect();
-        let mut child = std::process::Command::new(exe)
+        let (protected, program) = berth_sys::exe::protected_program(exe);
+        let mut child = std::process::Command::new(&program)
+            .arg0("berth")
             .arg("__pidns")
             .arg(sandbox)
             // Not in argv: every process of the pod can read PID 1's command line.
@@ -55,6 +58,7 @@ impl Holder {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .map_err(|e| format!("cannot start {} __pidns: {e}", exe.display()))?;
+        drop(protected);
         let mut said = String::new();
         if let Some(mut out) = child.stdout.take() {
             let _ = out.read_to_string(&mut said);

@@ -465,11 +465,8 @@ impl Engine {
         // container cannot write (see `berth_sys::exe`): started from one here, it need not
         // execute itself again (a 50 MB binary's exec is about 3 ms). Where none can be
         // made it starts from /proc/self/exe and protects itself.
-        let protected = berth_sys::exe::protected_exe().ok();
-        let program = match &protected {
-            Some(fd) => berth_sys::fs::proc_fd_path(fd),
-            None => std::path::PathBuf::from("/proc/self/exe"),
-        };
+        let (protected, program) =
+            berth_sys::exe::protected_program(std::path::Path::new("/proc/self/exe"));
         let mut child = std::process::Command::new(&program)
             .arg0("berth")
             .arg("__monitor")

@@ -49,6 +49,22 @@ pub fn protected_exe() -> Result<OwnedFd> {
     sealed_memfd_copy()
 }
 
+/// What to execute to start a helper of ours that creates or enters containers, given the
+/// program the caller would use: for the running binary (`/proc/self/exe`) a protected copy
+/// (its descriptor, to be kept until the child has executed it, and its `/proc/self/fd`
+/// path), so that the helper need not execute itself again (an exec of a large binary
+/// costs milliseconds); the program as given otherwise, or where no copy can be made (the
+/// helper then protects itself).
+pub fn protected_program(program: &Path) -> (Option<OwnedFd>, std::path::PathBuf) {
+    if program == Path::new("/proc/self/exe") {
+        if let Ok(fd) = protected_exe() {
+            let path = crate::fs::proc_fd_path(&fd);
+            return (Some(fd), path);
+        }
+    }
+    (None, program.to_path_buf())
+}
+
 fn sealed_memfd_copy() -> Result<OwnedFd> {
     let memfd =
         memfd_create(c"berth-runtime", MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)?;

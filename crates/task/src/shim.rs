@@ -92,7 +92,10 @@ pub fn spawn(exe: &Path, dir: &Path, spec: &TaskSpec) -> Result<i32> {
         .append(true)
         .open(&log_path)
         .map_err(io("open", &log_path))?;
-    let mut child = std::process::Command::new(exe)
+    // From a protected copy of the binary when it is ours: the supervisor then need not
+    // execute itself again (see `berth_sys::exe::protected_program`).
+    let (protected, program) = berth_sys::exe::protected_program(exe);
+    let mut child = std::process::Command::new(&program)
         .arg0("berth")
         .arg("__task")
         .arg(dir)
@@ -101,6 +104,7 @@ pub fn spawn(exe: &Path, dir: &Path, spec: &TaskSpec) -> Result<i32> {
         .stderr(std::process::Stdio::from(log))
         .spawn()
         .map_err(io("start the task supervisor from", exe))?;
+    drop(protected);
     // The first process forks the supervisor and exits at once: reap it here.
     let _ = child.wait();
     let _ = ours.set_read_timeout(Some(Duration::from_secs(60)));
