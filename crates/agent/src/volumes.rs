@@ -106,7 +106,7 @@ fn canonical(path: &Path) -> PathBuf {
 
 /// Whether `path` is where something is mounted.
 fn is_mount_point(path: &Path) -> bool {
-    berth_sys::mount::mount_points().contains(&canonical(path))
+    berth_sys::mount::is_mount_point(path)
 }
 
 /// Unmounts what is mounted under `dir` (memory-backed emptyDirs), deepest first, before

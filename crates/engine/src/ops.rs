@@ -1400,18 +1400,7 @@ impl Drop for RootfsAccess {
 }
 
 pub(crate) fn is_mount_point(path: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let (Ok(here), Some(parent)) = (std::fs::metadata(path), path.parent()) else { return false };
-    let Ok(up) = std::fs::metadata(parent) else { return false };
-    if here.dev() != up.dev() {
-        return true;
-    }
-    // An overlay of the same filesystem shows a different device anyway; a bind mount of
-    // the same filesystem would not, so consult the mount table too.
-    let target = path.to_string_lossy();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .map(|t| t.lines().any(|l| l.split(' ').nth(4) == Some(target.as_ref())))
-        .unwrap_or(false)
+    berth_sys::mount::is_mount_point(path)
 }
 
 pub fn parse_signal(text: &str) -> Result<Signal> {
