@@ -102,6 +102,14 @@ impl Db {
                 "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
             )
             .map_err(db_err)?;
+        // No checkpoint when a connection closes: every berth command opens the store, and
+        // a checkpoint on close syncs the database, deletes the WAL (and syncs the
+        // directory), which the next command creates again (another directory sync). The
+        // WAL stays, is read by the next opener, and is checkpointed as it grows
+        // (`wal_autocheckpoint`). Commits are as durable as before (FULL).
+        connection
+            .set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
+            .map_err(db_err)?;
         // The schema is made once per database, not parsed again at every open (each
         // berth command opens the store): `user_version` says it is there.
         let version: i64 =
@@ -386,6 +394,23 @@ mod tests {
         db.write(|tx| tx.execute("DELETE FROM images WHERE id = ?1", [id.to_string()]))
             .expect("delete");
         assert_eq!(db.lookup_name("docker.io/library/a:1").expect("lookup"), None);
+    }
+
+    #[test]
+    fn closing_leaves_the_wal_for_the_next_opener() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("meta.db");
+        let db = Db::open(&path).expect("open");
+        db.connection
+            .execute("INSERT INTO holds (holder, image) VALUES ('container:a', 'x')", [])
+            .expect("row");
+        drop(db);
+        // No checkpoint at close: the WAL (with the row) stays for the next command.
+        assert!(dir.path().join("meta.db-wal").exists());
+        let db = Db::open(&path).expect("open again");
+        let kept: i64 =
+            db.connection.query_row("SELECT count(*) FROM holds", [], |r| r.get(0)).expect("count");
+        assert_eq!(kept, 1);
     }
 
     #[test]
