@@ -1310,6 +1310,19 @@ async fn start(
                 );
                 return Ok(());
             }
+            Some(_) if !one_component(&container.name) || !one_component(&m.name) => {
+                // They name directories here: never a path (the API checks them too).
+                ctx.memory.set(
+                    &uid,
+                    &container.name,
+                    "CreateContainerConfigError",
+                    format!(
+                        "container {:?} or volume {:?} is not a DNS label: no subPath for it",
+                        container.name, m.name
+                    ),
+                );
+                return Ok(());
+            }
             Some(sub) => {
                 let pin = ctx
                     .config
@@ -2145,6 +2158,14 @@ fn pod_status(
     status
 }
 
+/// Whether `name` is one plain path component (no `/`, not `.` or `..`, not empty).
+fn one_component(name: &str) -> bool {
+    let mut parts = std::path::Path::new(name).components();
+    matches!(parts.next(), Some(std::path::Component::Normal(_)))
+        && parts.next().is_none()
+        && !name.contains('/')
+}
+
 /// A pod's cgroup as the kubelet lays them out (cgroupfs driver): Guaranteed pods right
 /// under `kubepods`, the others under their QoS class's cgroup.
 fn pod_cgroup(qos: &str, uid: &str) -> String {
@@ -2184,6 +2205,14 @@ mod tests {
         // After attempt 9 ran ten minutes, attempt 10's crash waits 10 s again, then 20 s.
         assert_eq!(backoff_delay(base, 10, Some(10), short).as_secs(), 10);
         assert_eq!(backoff_delay(base, 11, Some(10), short).as_secs(), 20);
+    }
+
+    #[test]
+    fn names_that_could_be_paths_are_not_one_component() {
+        assert!(one_component("web"));
+        for bad in ["", ".", "..", "../x", "a/b", "/etc", "a/"] {
+            assert!(!one_component(bad), "{bad:?}");
+        }
     }
 
     #[test]

@@ -111,16 +111,20 @@ impl Tokens {
             let status = answer.status.filter(|s| !s.token.is_empty()).ok_or_else(|| {
                 format!("the API answered no token for service account {namespace}/{account}")
             })?;
-            // Renewed by the lifetime the API gave (it may cap what was asked), once 80% of
-            // it has passed or a day, whichever comes first: the kubelet's rule.
+            // Renewed by the lifetime the API gave (it may cap what was asked, and says so in
+            // the answer's spec), counted on this machine's monotonic clock from the request
+            // (so a skewed wall clock does not matter), once 80% of it has passed or a day,
+            // whichever comes first: the kubelet's rule.
             let asked = Duration::from_secs(u64::try_from(seconds).unwrap_or(3600));
-            let given = status
-                .expiration_timestamp
-                .0
-                .duration_since(k8s_openapi::jiff::Timestamp::now())
-                .try_into()
-                .unwrap_or(asked);
-            let renew_in = given.min(asked).mul_f64(0.8).min(Duration::from_secs(24 * 3600));
+            let given = answer
+                .spec
+                .expiration_seconds
+                .and_then(|s| u64::try_from(s).ok())
+                .map_or(asked, Duration::from_secs);
+            let renew_in = given
+                .min(asked)
+                .mul_f64(0.8)
+                .clamp(Duration::from_secs(1), Duration::from_secs(24 * 3600));
             let token = status.token;
             self.held
                 .lock()

@@ -626,6 +626,13 @@ fn validate_pod_spec(spec: &Value, at: &str) -> Result<(), (String, String)> {
             ));
         }
     }
+    // Ephemeral containers given at creation: names are DNS labels (they name
+    // directories on the node) and, as Kubernetes says, no subPath.
+    for (i, c) in spec["ephemeralContainers"].as_array().into_iter().flatten().enumerate() {
+        ephemeral_container_problem(c).map_or(Ok(()), |(field, message)| {
+            Err((format!("{at}.ephemeralContainers[{i}].{field}"), message))
+        })?;
+    }
     let mut seen = std::collections::BTreeSet::new();
     let init =
         spec["initContainers"].as_array().into_iter().flatten().map(|c| ("initContainers", c));
@@ -746,6 +753,29 @@ fn extended_resource(name: &str) -> bool {
 }
 
 /// Why `name` is not an RFC 1123 label (what container and port names must be), if it is not.
+/// What is wrong with an ephemeral container's name or mounts: the field under it and the
+/// message, as the API says it.
+pub(crate) fn ephemeral_container_problem(c: &Value) -> Option<(String, String)> {
+    let name = c["name"].as_str().unwrap_or("");
+    if name.is_empty() {
+        return Some(("name".into(), "Required value".into()));
+    }
+    if let Some(problem) = dns_label_problem(name) {
+        return Some(("name".into(), format!("Invalid value: {name:?}: {problem}")));
+    }
+    for (j, mount) in c["volumeMounts"].as_array().into_iter().flatten().enumerate() {
+        for field in ["subPath", "subPathExpr"] {
+            if mount[field].as_str().is_some_and(|s| !s.is_empty()) {
+                return Some((
+                    format!("volumeMounts[{j}].{field}"),
+                    "Forbidden: cannot be set for an Ephemeral Container".into(),
+                ));
+            }
+        }
+    }
+    None
+}
+
 fn dns_label_problem(name: &str) -> Option<&'static str> {
     let ok = name.len() <= 63
         && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
@@ -1822,6 +1852,21 @@ mod tests {
         assert!(unlimited.unwrap_err().contains("spec.containers[0].resources.limits[example.com/dev]: Required value: Limit must be set for non overcommitable resources"));
         let half = with(json!({"limits": {"example.com/dev": "500m"}}));
         assert!(half.unwrap_err().contains("Invalid value: \"500m\": must be an integer"));
+        // Ephemeral containers at creation: names are DNS labels (they name directories
+        // on the node), and no subPath.
+        let ephemeral = |c: Value| {
+            let object = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "busybox"}], "ephemeralContainers": [c]}});
+            validate(pod, &object).map_err(|e| e.message)
+        };
+        ephemeral(json!({"name": "dbg", "image": "busybox"})).unwrap();
+        let pathlike = ephemeral(json!({"name": "../../etc", "image": "busybox"}));
+        assert!(pathlike.unwrap_err().contains("spec.ephemeralContainers[0].name: Invalid value"));
+        let sub = ephemeral(
+            json!({"name": "dbg", "image": "busybox", "volumeMounts": [{"name": "v", "mountPath": "/v", "subPath": "x"}]}),
+        );
+        assert!(sub
+            .unwrap_err()
+            .contains("spec.ephemeralContainers[0].volumeMounts[0].subPath: Forbidden"));
     }
 
     #[test]

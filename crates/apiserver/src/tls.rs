@@ -60,7 +60,17 @@ pub fn ensure(dir: &Path, hosts: &[String]) -> Result<Pki, Error> {
             names.push(host.clone());
         }
     }
-    if !(ca_path.exists() && dir.join("ca.key").exists()) {
+    let ca_key_path = dir.join("ca.key");
+    if ca_path.exists() != ca_key_path.exists() {
+        // Never a new CA over the old one's certificate: every kubeconfig, agent and pod
+        // trusts it.
+        return Err(Error::Setup(format!(
+            "{} exists without {} (or the other way round): restore the missing one from a backup, or remove both to make a new CA (every kubeconfig and joined agent must then be made again)",
+            ca_path.display(),
+            ca_key_path.display()
+        )));
+    }
+    if !ca_path.exists() {
         let ca_key = KeyPair::generate().map_err(failed)?;
         let ca_cert = ca_params().self_signed(&ca_key).map_err(failed)?;
         write_private(&dir.join("ca.key"), ca_key.serialize_pem().as_bytes())?;

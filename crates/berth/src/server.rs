@@ -636,7 +636,8 @@ async fn api_endpoints(
     port: u16,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
-    let lease = format!("apiserver-endpoint-{}", address.replace(['.', ':'], "-"));
+    // The port is part of the name: two servers on one address never share a Lease.
+    let lease = format!("apiserver-endpoint-{}-{port}", address.replace(['.', ':'], "-"));
     loop {
         if let Err(err) = publish_api_endpoints(&client, &lease, &address, port).await {
             tracing::warn!("the kubernetes Service's endpoints: {err:#}; trying again in 10 s");
@@ -691,7 +692,9 @@ async fn publish_api_endpoints(
                 .holder_identity?
                 .rsplit_once(':')
                 .map(|(a, p)| (a.to_owned(), p.to_owned()))?;
-            // One port for all: a server on another port is left out (and says so itself).
+            // One port for all: a server on another port is left out; a holder that is not
+            // an address is nobody's.
+            let ip = ip.parse::<std::net::IpAddr>().ok()?.to_string();
             (until > now && their_port == port.to_string()).then_some(ip)
         })
         .collect();
@@ -711,9 +714,19 @@ async fn publish_api_endpoints(
         .flat_map(|s| s.ports.iter().flatten())
         .any(|p| p.port == i32::from(port));
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
-    let slice_there =
-        slices.get_opt("kubernetes").await.context("the kubernetes EndpointSlice")?.is_some();
-    if has == live && has_port && slice_there {
+    let slice = slices.get_opt("kubernetes").await.context("the kubernetes EndpointSlice")?;
+    // The slice is what the service proxy reads: compared by its content too, so that one
+    // whose write failed after the Endpoints' is mended.
+    let family = if live.iter().any(|ip| ip.contains(':')) { "IPv6" } else { "IPv4" };
+    let slice_right = slice.is_some_and(|s| {
+        let mut addresses: Vec<String> =
+            s.endpoints.iter().flat_map(|e| e.addresses.iter().cloned()).collect();
+        addresses.sort();
+        addresses == live
+            && s.address_type == family
+            && s.ports.iter().flatten().any(|p| p.port == Some(i32::from(port)))
+    });
+    if has == live && has_port && slice_right {
         return Ok(());
     }
     let addresses: Vec<serde_json::Value> =
@@ -730,7 +743,6 @@ async fn publish_api_endpoints(
         .patch("kubernetes", &params, &Patch::Apply(&object))
         .await
         .context("the kubernetes Endpoints")?;
-    let family = if live.iter().any(|ip| ip.contains(':')) { "IPv6" } else { "IPv4" };
     let slice = serde_json::json!({
         "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
         "metadata": {"name": "kubernetes", "namespace": "default",

@@ -110,6 +110,10 @@ impl Db {
         connection
             .set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
             .map_err(db_err)?;
+        // Kept small: each opener reads the whole WAL to index it.
+        connection
+            .execute_batch("PRAGMA wal_autocheckpoint = 256; PRAGMA journal_size_limit = 1048576;")
+            .map_err(db_err)?;
         // The schema is made once per database, not parsed again at every open (each
         // berth command opens the store): `user_version` says it is there.
         let version: i64 =

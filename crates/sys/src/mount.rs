@@ -287,14 +287,31 @@ pub fn is_mount_point(path: &Path) -> bool {
         (ret, stx)
     };
     if ret != 0 {
-        return false;
+        // Missing: no mount. Any other failure (a seccomp profile without statx, a dead
+        // FUSE mount) is not an answer: the mount table says.
+        let missing = matches!(Errno::last(), Errno::ENOENT | Errno::ENOTDIR);
+        return !missing && in_mount_table(path);
     }
     let flag = libc::STATX_ATTR_MOUNT_ROOT as u64;
     if stx.stx_attributes_mask & flag != 0 {
         return stx.stx_attributes & flag != 0;
     }
-    let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    mount_points().contains(&canonical)
+    in_mount_table(path)
+}
+
+/// `path` (its parent resolved, not a final symlink) among the mount table's points.
+fn in_mount_table(path: &Path) -> bool {
+    let absolute = match (path.parent(), path.file_name()) {
+        (Some(parent), Some(name)) => std::fs::canonicalize(if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        })
+        .map(|p| p.join(name))
+        .unwrap_or_else(|_| path.to_path_buf()),
+        _ => path.to_path_buf(),
+    };
+    mount_points().contains(&absolute)
 }
 
 /// The mount points strictly under `dir`, deepest first (the order to unmount them in).

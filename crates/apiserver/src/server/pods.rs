@@ -504,8 +504,8 @@ impl Api {
             for (i, container) in new.iter().enumerate() {
                 let at = format!("spec.ephemeralContainers[{i}]");
                 let cname = container["name"].as_str().unwrap_or("");
-                if cname.is_empty() {
-                    return Err(invalid(format!("{at}.name"), "Required value"));
+                if let Some((field, message)) = objects::ephemeral_container_problem(container) {
+                    return Err(invalid(format!("{at}.{field}"), &message));
                 }
                 if !names.insert(cname.to_owned()) {
                     return Err(invalid(
