@@ -43,14 +43,36 @@ impl Cluster {
         };
         let layout = cluster.path("layout");
         berth_testkit::image::fixture_image(&layout, "v1").unwrap();
-        let tar = cluster.path("fixture.tar");
-        let packed =
-            Command::new("tar").arg("-C").arg(&layout).arg("-cf").arg(&tar).arg(".").status();
-        assert!(packed.unwrap().success());
-        let loaded = cluster.berth(&["load", "-i", tar.to_str().unwrap()]);
-        let id = loaded.trim().rsplit(' ').next().unwrap().to_owned();
-        cluster.berth(&["tag", &id, "fixture:v1"]);
+        cluster.load_layout(&layout, "fixture.tar", "fixture:v1");
         cluster
+    }
+
+    /// Loads the OCI layout at `layout` into the server's image store as `name` (through
+    /// a tar at `tar` in the test's directory, which the containerd test reuses).
+    fn load_layout(&self, layout: &Path, tar: &str, name: &str) {
+        let tar = self.path(tar);
+        let packed =
+            Command::new("tar").arg("-C").arg(layout).arg("-cf").arg(&tar).arg(".").status();
+        assert!(packed.unwrap().success());
+        let loaded = self.berth(&["load", "-i", tar.to_str().unwrap()]);
+        let id = loaded.trim().rsplit(' ').next().unwrap().to_owned();
+        self.berth(&["tag", &id, name]);
+    }
+
+    /// Gives this network namespace a node address `IP/24` on a veth and a default route
+    /// through the next address, as a machine has: traffic to a ClusterIP is routed before
+    /// it is translated, and node ports and the API's endpoint need an address.
+    fn node_address(&self, ip: &str) {
+        let gateway = format!("{}.2", ip.rsplit_once('.').unwrap().0);
+        for args in [
+            &["link", "add", "node0", "type", "veth", "peer", "name", "node1"][..],
+            &["addr", "add", &format!("{ip}/24"), "dev", "node0"],
+            &["link", "set", "node0", "up"],
+            &["link", "set", "node1", "up"],
+            &["route", "add", "default", "via", &gateway, "dev", "node0"],
+        ] {
+            assert!(Command::new("ip").args(args).status().unwrap().success());
+        }
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -1340,21 +1362,7 @@ fn root_services_answer_on_their_cluster_ip_and_node_port() {
     }
     let mut cluster = Cluster::new();
     // An address for the node, so that node ports have somewhere to be.
-    for args in [
-        &["link", "add", "node0", "type", "veth", "peer", "name", "node1"][..],
-        &["addr", "add", "192.168.77.1/24", "dev", "node0"],
-        &["link", "set", "node0", "up"],
-        &["link", "set", "node1", "up"],
-    ] {
-        assert!(Command::new("ip").args(args).status().unwrap().success());
-    }
-    // And a default route, as a machine has: traffic to a ClusterIP is routed before it is
-    // translated (kube-proxy needs the same).
-    assert!(Command::new("ip")
-        .args(["route", "add", "default", "via", "192.168.77.2", "dev", "node0"])
-        .status()
-        .unwrap()
-        .success());
+    cluster.node_address("192.168.77.1");
     cluster.extra = vec!["--node-ip".into(), "192.168.77.1".into(), "--nodeport-localhost".into()];
     cluster.start();
     cluster.apply(
@@ -3402,15 +3410,7 @@ fn root_projected_tokens_carry_their_audience_and_are_renewed_before_they_expire
     let mut cluster = Cluster::new();
     // A node address pods can reach the API at (the server listens on every address and
     // advertises this one as the `kubernetes` Service's endpoint).
-    for args in [
-        &["link", "add", "node0", "type", "veth", "peer", "name", "node1"][..],
-        &["addr", "add", "192.168.78.1/24", "dev", "node0"],
-        &["link", "set", "node0", "up"],
-        &["link", "set", "node1", "up"],
-        &["route", "add", "default", "via", "192.168.78.2", "dev", "node0"],
-    ] {
-        assert!(Command::new("ip").args(args).status().unwrap().success());
-    }
+    cluster.node_address("192.168.78.1");
     cluster.bind = "0.0.0.0".into();
     cluster.extra = vec![
         "--service-account-max-token-expiration".into(),
@@ -3431,12 +3431,7 @@ fn root_projected_tokens_carry_their_audience_and_are_renewed_before_they_expire
         compression: berth_testkit::image::Compression::Gzip,
     });
     berth_testkit::image::write_layout(&layout, "tls", &layers, &["sh"]).unwrap();
-    let tar = cluster.path("tls.tar");
-    let packed = Command::new("tar").arg("-C").arg(&layout).arg("-cf").arg(&tar).arg(".").status();
-    assert!(packed.unwrap().success());
-    let loaded = cluster.berth(&["load", "-i", tar.to_str().unwrap()]);
-    let id = loaded.trim().rsplit(' ').next().unwrap().to_owned();
-    cluster.berth(&["tag", &id, "fixture:tls"]);
+    cluster.load_layout(&layout, "tls.tar", "fixture:tls");
     let slice = cluster.until(
         "the kubernetes Service's endpoint",
         &["get", "endpointslice", "kubernetes", "-o", "json"],
