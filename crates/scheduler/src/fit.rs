@@ -3,6 +3,7 @@
 //! node selector, TaintToleration, NodeResourcesFit, NodePorts) and scores (least
 //! allocated, balanced allocation), and its message when nothing fits.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashSet};
 
 use k8s_openapi::api::core::v1::{
@@ -11,45 +12,82 @@ use k8s_openapi::api::core::v1::{
 
 use crate::quantity::parse_milli;
 
-/// Amounts of resources, in thousandths (millicores, millibytes, milli-units).
+/// Amounts of resources, in thousandths (millicores, millibytes, milli-units). CPU,
+/// memory and the pod count sit inline, as every decision reads them on every node it
+/// looks at; other resources (extended ones, ephemeral storage) in a map.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Resources {
-    pub amounts: BTreeMap<String, i128>,
+    common: [Option<i128>; 3],
+    other: BTreeMap<String, i128>,
 }
+
+/// The resources kept inline in [`Resources`], by position.
+const COMMON: [&str; 3] = ["cpu", "memory", "pods"];
+const CPU: usize = 0;
+const MEMORY: usize = 1;
+const PODS: usize = 2;
 
 impl Resources {
     pub fn get(&self, name: &str) -> i128 {
-        self.amounts.get(name).copied().unwrap_or(0)
+        match COMMON.iter().position(|c| *c == name) {
+            Some(at) => self.common[at].unwrap_or(0),
+            None => self.other.get(name).copied().unwrap_or(0),
+        }
+    }
+
+    /// Whether the resource is named at all (a node without `pods` has no pod limit).
+    pub fn contains(&self, name: &str) -> bool {
+        match COMMON.iter().position(|c| *c == name) {
+            Some(at) => self.common[at].is_some(),
+            None => self.other.contains_key(name),
+        }
+    }
+
+    fn entry(&mut self, name: &str) -> &mut i128 {
+        match COMMON.iter().position(|c| *c == name) {
+            Some(at) => self.common[at].get_or_insert(0),
+            None => self.other.entry(name.to_owned()).or_insert(0),
+        }
+    }
+
+    /// Every resource named, with its amount.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, i128)> {
+        COMMON
+            .iter()
+            .zip(&self.common)
+            .filter_map(|(name, amount)| amount.map(|a| (*name, a)))
+            .chain(self.other.iter().map(|(name, amount)| (name.as_str(), *amount)))
     }
 
     fn add(&mut self, other: &Resources) {
-        for (name, amount) in &other.amounts {
-            *self.amounts.entry(name.clone()).or_insert(0) += amount;
+        for (name, amount) in other.iter() {
+            *self.entry(name) += amount;
         }
     }
 
     fn subtract(&mut self, other: &Resources) {
-        for (name, amount) in &other.amounts {
-            *self.amounts.entry(name.clone()).or_insert(0) -= amount;
+        for (name, amount) in other.iter() {
+            *self.entry(name) -= amount;
         }
     }
 
     fn max(&mut self, other: &Resources) {
-        for (name, amount) in &other.amounts {
-            let entry = self.amounts.entry(name.clone()).or_insert(0);
-            *entry = (*entry).max(*amount);
+        for (name, amount) in other.iter() {
+            let entry = self.entry(name);
+            *entry = (*entry).max(amount);
         }
     }
 
     fn from_map(
         map: Option<&BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>,
     ) -> Resources {
-        let amounts = map
-            .into_iter()
-            .flatten()
-            .filter_map(|(name, quantity)| parse_milli(&quantity.0).map(|v| (name.clone(), v)))
-            .collect();
-        Resources { amounts }
+        let mut resources = Resources::default();
+        for (name, quantity) in map.into_iter().flatten() {
+            if let Some(amount) = parse_milli(&quantity.0) {
+                *resources.entry(name) = amount;
+            }
+        }
+        resources
     }
 }
 
@@ -348,11 +386,22 @@ fn filter_with_ports(
         }]);
     }
     let mut short = Vec::new();
-    let max_pods = node.allocatable.get("pods") / 1000;
-    if node.allocatable.amounts.contains_key("pods") && node.pods + 1 > max_pods {
-        short.push(Reason::TooManyPods);
+    if let Some(allowed) = node.allocatable.common[PODS] {
+        if node.pods + 1 > allowed / 1000 {
+            short.push(Reason::TooManyPods);
+        }
     }
-    for (name, wanted) in &requests.amounts {
+    for (at, name) in COMMON.iter().enumerate().take(PODS) {
+        let wanted = requests.common[at].unwrap_or(0);
+        if wanted > 0 {
+            let free =
+                node.allocatable.common[at].unwrap_or(0) - node.requested.common[at].unwrap_or(0);
+            if wanted > free {
+                short.push(Reason::Insufficient((*name).to_owned()));
+            }
+        }
+    }
+    for (name, wanted) in &requests.other {
         if *wanted <= 0 {
             continue;
         }
@@ -378,16 +427,17 @@ fn filter_with_ports(
 /// profile weighs them (pods without requests count as kube-scheduler's defaults: 100m
 /// and 200 MiB).
 pub fn score(requests: &Resources, node: &NodeInfo) -> i128 {
-    let fraction = |name: &str, default: i128| {
-        let allocatable = node.allocatable.get(name);
+    let fraction = |at: usize, default: i128| {
+        let allocatable = node.allocatable.common[at].unwrap_or(0);
         if allocatable <= 0 {
             return 1.0;
         }
-        let wanted = if requests.get(name) > 0 { requests.get(name) } else { default };
-        ((node.requested.get(name) + wanted) as f64 / allocatable as f64).min(1.0)
+        let asked = requests.common[at].unwrap_or(0);
+        let wanted = if asked > 0 { asked } else { default };
+        ((node.requested.common[at].unwrap_or(0) + wanted) as f64 / allocatable as f64).min(1.0)
     };
-    let cpu = fraction("cpu", 100);
-    let memory = fraction("memory", 200 * 1024 * 1024 * 1000);
+    let cpu = fraction(CPU, 100);
+    let memory = fraction(MEMORY, 200 * 1024 * 1024 * 1000);
     let least_allocated = ((1.0 - cpu) + (1.0 - memory)) / 2.0 * 100.0;
     let balanced = (1.0 - (cpu - memory).abs()) * 100.0;
     (least_allocated + balanced) as i128
@@ -406,7 +456,11 @@ pub fn feasible_wanted(nodes: usize) -> usize {
 
 /// Chooses a node for `pod`: the best score among the feasible nodes found, looking from
 /// `start` (rotated between pods, so the nodes looked at first are not always the same).
-pub fn schedule(pod: &Pod, nodes: &[&NodeInfo], start: usize) -> Result<String, FitError> {
+pub fn schedule<N: Borrow<NodeInfo>>(
+    pod: &Pod,
+    nodes: &[N],
+    start: usize,
+) -> Result<String, FitError> {
     let requests = pod_requests(pod);
     let ports = host_ports(pod);
     let wanted = feasible_wanted(nodes.len());
@@ -416,7 +470,7 @@ pub fn schedule(pod: &Pod, nodes: &[&NodeInfo], start: usize) -> Result<String, 
     let topology = crate::topology::Topology::needed(pod, nodes)
         .then(|| crate::topology::Topology::of(pod, nodes));
     for offset in 0..nodes.len() {
-        let node = nodes[(start + offset) % nodes.len()];
+        let node: &NodeInfo = nodes[(start + offset) % nodes.len()].borrow();
         let admitted =
             filter_with_ports(pod, &requests, &ports, node).and_then(|()| match &topology {
                 Some(topology) => topology.admits(node).map_err(|reason| vec![reason]),

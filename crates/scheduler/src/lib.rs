@@ -14,7 +14,7 @@ pub mod fit;
 pub mod topology;
 pub use berth_api::quantity;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,12 +42,48 @@ pub enum Error {
 /// A pod by namespace and name.
 type Key = (String, String);
 
+/// The nodes, sorted by name: a decision reads them in one stable order, side by side in
+/// memory (a decision over thousands of nodes is bound by memory reads), found by name
+/// by binary search.
+#[derive(Default)]
+struct Nodes(Vec<NodeInfo>);
+
+impl Nodes {
+    fn at(&self, name: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|n| n.name.as_str().cmp(name))
+    }
+
+    fn get_mut(&mut self, name: &str) -> Option<&mut NodeInfo> {
+        self.at(name).ok().map(|at| &mut self.0[at])
+    }
+
+    fn insert(&mut self, info: NodeInfo) {
+        match self.at(&info.name) {
+            Ok(at) => self.0[at] = info,
+            Err(at) => self.0.insert(at, info),
+        }
+    }
+
+    fn remove(&mut self, name: &str) {
+        if let Ok(at) = self.at(name) {
+            self.0.remove(at);
+        }
+    }
+
+    fn retain(&mut self, keep: impl FnMut(&NodeInfo) -> bool) {
+        self.0.retain(keep);
+    }
+
+    fn all(&self) -> &[NodeInfo] {
+        &self.0
+    }
+}
+
 #[derive(Default)]
 struct Snapshot {
-    /// By name, so a decision sees them in one stable order without sorting.
-    nodes: BTreeMap<String, NodeInfo>,
+    nodes: Nodes,
     /// Pods counted on a node, by uid: the node and what they take.
-    placed: HashMap<String, (String, Resources, Pod)>,
+    placed: HashMap<String, (String, Resources, Arc<Pod>)>,
     /// Pods that fit nowhere last time, tried again when the cluster changes.
     waiting: HashSet<Key>,
     /// The last FailedScheduling message per pod uid (an event is made when it changes).
@@ -57,7 +93,7 @@ struct Snapshot {
 }
 
 impl Snapshot {
-    fn place(&mut self, uid: &str, node: &str, pod: &Pod) {
+    fn place(&mut self, uid: &str, node: &str, pod: &Arc<Pod>) {
         if self.placed.get(uid).is_some_and(|(at, _, _)| at == node) {
             return;
         }
@@ -66,7 +102,7 @@ impl Snapshot {
         if let Some(info) = self.nodes.get_mut(node) {
             info.add_pod(&requests, pod);
         }
-        self.placed.insert(uid.to_owned(), (node.to_owned(), requests, pod.clone()));
+        self.placed.insert(uid.to_owned(), (node.to_owned(), requests, Arc::clone(pod)));
     }
 
     fn unplace(&mut self, uid: &str) {
@@ -122,7 +158,7 @@ impl Scheduler {
         }
     }
 
-    fn observe_pod(&self, pod: &Pod) {
+    fn observe_pod(&self, pod: &Arc<Pod>) {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let node = pod.spec.as_ref().and_then(|s| s.node_name.clone()).filter(|n| !n.is_empty());
         let mut snapshot = self.snapshot();
@@ -162,16 +198,16 @@ impl Scheduler {
             Some(info) => info.refresh(node),
             None => {
                 let mut info = NodeInfo::from_node(node);
-                let placed: Vec<(Resources, Pod)> = snapshot
+                let placed: Vec<(Resources, Arc<Pod>)> = snapshot
                     .placed
                     .values()
                     .filter(|(at, _, _)| *at == name)
-                    .map(|(_, requests, pod)| (requests.clone(), pod.clone()))
+                    .map(|(_, requests, pod)| (requests.clone(), Arc::clone(pod)))
                     .collect();
                 for (requests, pod) in placed {
                     info.add_pod(&requests, &pod);
                 }
-                snapshot.nodes.insert(name, info);
+                snapshot.nodes.insert(info);
             }
         }
         snapshot.wake(&self.queue);
@@ -198,7 +234,7 @@ impl Scheduler {
         let current = nodes.store().state();
         let names: HashSet<String> =
             current.iter().filter_map(|n| n.metadata.name.clone()).collect();
-        self.snapshot().nodes.retain(|name, _| names.contains(name));
+        self.snapshot().nodes.retain(|node| names.contains(&node.name));
         for node in current {
             self.observe_node(&node);
         }
@@ -216,9 +252,8 @@ impl Scheduler {
         }
         let decision = {
             let mut snapshot = self.snapshot();
-            let nodes: Vec<&NodeInfo> = snapshot.nodes.values().collect();
             let start = snapshot.next_start;
-            let decision = fit::schedule(&pod, &nodes, start);
+            let decision = fit::schedule(&pod, snapshot.nodes.all(), start);
             snapshot.next_start = start.wrapping_add(1);
             decision
         };
@@ -310,7 +345,8 @@ impl Scheduler {
         }
         let nodes: Vec<(&NodeInfo, Vec<(&Pod, &Resources)>)> = snapshot
             .nodes
-            .values()
+            .all()
+            .iter()
             .map(|info| (info, by_node.remove(info.name.as_str()).unwrap_or_default()))
             .collect();
         fit::preempt(pod, &nodes)

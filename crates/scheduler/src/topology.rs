@@ -3,6 +3,7 @@
 //! spread constraints, as kube-scheduler's InterPodAffinity and PodTopologySpread plugins
 //! judge them. Built once per pod from the snapshot of all nodes, then asked per node.
 
+use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet};
 
 use berth_api::selector::LabelSelector;
@@ -109,17 +110,17 @@ pub struct Topology {
 
 impl Topology {
     /// Whether anything about other pods matters for `pod` here (to skip the work).
-    pub fn needed(pod: &Pod, nodes: &[&NodeInfo]) -> bool {
+    pub fn needed<N: Borrow<NodeInfo>>(pod: &Pod, nodes: &[N]) -> bool {
         let spec = pod.spec.as_ref();
         let affinity = spec.and_then(|s| s.affinity.as_ref());
         affinity.is_some_and(|a| a.pod_affinity.is_some() || a.pod_anti_affinity.is_some())
             || spec
                 .and_then(|s| s.topology_spread_constraints.as_ref())
                 .is_some_and(|c| !c.is_empty())
-            || nodes.iter().any(|n| n.anti_affine > 0)
+            || nodes.iter().any(|n| n.borrow().anti_affine > 0)
     }
 
-    pub fn of(pod: &Pod, nodes: &[&NodeInfo]) -> Topology {
+    pub fn of<N: Borrow<NodeInfo>>(pod: &Pod, nodes: &[N]) -> Topology {
         let namespace = pod.metadata.namespace.clone().unwrap_or_default();
         let own_labels = labels_of(pod);
         let spec = pod.spec.clone().unwrap_or_default();
@@ -127,6 +128,7 @@ impl Topology {
         let domain_counts = |term: &Term| -> HashMap<String, i64> {
             let mut counts = HashMap::new();
             for node in nodes {
+                let node: &NodeInfo = node.borrow();
                 let Some(value) = node.labels.get(&term.key) else { continue };
                 let n =
                     node.placed.iter().filter(|p| term.matches(&p.namespace, &p.labels)).count();
@@ -168,7 +170,7 @@ impl Topology {
             topology.anti.push((term.key.clone(), domains));
         }
         // Existing pods' anti-affinity keeps this pod out of their domains.
-        for node in nodes.iter().filter(|n| n.anti_affine > 0) {
+        for node in nodes.iter().map(Borrow::borrow).filter(|n: &&NodeInfo| n.anti_affine > 0) {
             for placed in node.placed.iter().filter(|p| !p.anti.is_empty()) {
                 for term in placed.anti.iter().filter_map(|t| Term::of(t, &placed.namespace)) {
                     if term.matches(&namespace, &own_labels) {
@@ -213,7 +215,11 @@ impl Topology {
                 continue;
             };
             let mut counts: HashMap<String, i64> = HashMap::new();
-            for node in nodes.iter().filter(|n| crate::fit::node_affinity_admits(pod, n)) {
+            let admitted = nodes
+                .iter()
+                .map(Borrow::borrow)
+                .filter(|n: &&NodeInfo| crate::fit::node_affinity_admits(pod, n));
+            for node in admitted {
                 let Some(value) = node.labels.get(&constraint.topology_key) else { continue };
                 let n = node
                     .placed

@@ -1,11 +1,10 @@
 //! Randomness from the kernel's generator. A failure is an error, never zeros: tokens,
 //! uids and keys made from a failed read would be guessable.
 
-use std::io::Read;
-
-/// Fills `buffer` from `/dev/urandom`.
+/// Fills `buffer` from the kernel's generator (the getrandom call, which waits only until
+/// the generator is first seeded; no file is opened).
 pub fn fill(buffer: &mut [u8]) -> std::io::Result<()> {
-    std::fs::File::open("/dev/urandom")?.read_exact(buffer)
+    getrandom::fill(buffer).map_err(std::io::Error::other)
 }
 
 /// `bytes` random bytes as lowercase hex.

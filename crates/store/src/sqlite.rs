@@ -26,14 +26,27 @@ pub struct SqliteStore {
 
 #[derive(Debug)]
 struct Inner {
+    /// What the writer thread shares with the rest: the writing connection and the
+    /// events it sends.
+    shared: Arc<Shared>,
+    /// Connections for reads: in WAL mode they see the last commit without waiting for
+    /// the writer's transaction or its fsync (one per concurrent read, kept for reuse).
+    readers: Mutex<Vec<Connection>>,
+    path: std::path::PathBuf,
+    /// Writes for the writer thread, which commits what has queued in one transaction.
+    writes: std::sync::mpsc::Sender<Queued>,
+    /// Bytes the store may hold before writes that grow it are refused (0: no limit).
+    quota: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Debug)]
+struct Shared {
     db: Mutex<Connection>,
     events: broadcast::Sender<Arc<WatchEvent>>,
     /// The database's WAL file, whose size counts toward the quota.
     wal: std::path::PathBuf,
-    /// Writes waiting for the next group commit (see `Inner::write`).
-    queue: Mutex<Vec<Arc<Slot>>>,
-    /// Bytes the store may hold before writes that grow it are refused (0: no limit).
-    quota: std::sync::atomic::AtomicU64,
+    /// What the quota counts, as of the last commit or compaction.
+    used: std::sync::atomic::AtomicU64,
 }
 
 fn backend(err: rusqlite::Error) -> Error {
@@ -118,29 +131,15 @@ struct Request {
     check: Check,
 }
 
-/// Where a queued write waits, and where its result lands.
-struct Slot {
-    request: Mutex<Option<Request>>,
-    result: Mutex<Option<Result<WatchEvent>>>,
+/// A write on its way to the writer thread, with where its result goes.
+struct Queued {
+    request: Request,
+    reply: tokio::sync::oneshot::Sender<Result<WatchEvent>>,
 }
 
-impl Slot {
-    fn take_request(&self) -> Option<Request> {
-        self.request.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
-    }
-
-    fn take_result(&self) -> Option<Result<WatchEvent>> {
-        self.result.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
-    }
-
-    fn set_result(&self, result: Result<WatchEvent>) {
-        *self.result.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(result);
-    }
-}
-
-impl std::fmt::Debug for Slot {
+impl std::fmt::Debug for Queued {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Slot")
+        f.debug_struct("Queued").field("key", &self.request.key).finish_non_exhaustive()
     }
 }
 
@@ -226,14 +225,26 @@ impl SqliteStore {
         db.execute_batch(SCHEMA).map_err(backend)?;
         let (events, _) = broadcast::channel(BROADCAST_CAPACITY);
         let wal = with_suffix(path, "-wal");
-        let quota = std::sync::atomic::AtomicU64::new(0);
+        let shared = Arc::new(Shared {
+            db: Mutex::new(db),
+            events,
+            wal,
+            used: std::sync::atomic::AtomicU64::new(0),
+        });
+        shared.refresh_used(&shared.db())?;
+        let (writes, queue) = std::sync::mpsc::channel();
+        let writer = shared.clone();
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer.write_loop(&queue))
+            .map_err(|e| Error::Backend(format!("cannot start the store's writer: {e}")))?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
-                db: Mutex::new(db),
-                events,
-                wal,
-                quota,
-                queue: Mutex::default(),
+                shared,
+                readers: Mutex::default(),
+                path: path.to_path_buf(),
+                writes,
+                quota: std::sync::atomic::AtomicU64::new(0),
             }),
         })
     }
@@ -269,12 +280,13 @@ impl SqliteStore {
 
     /// What the quota counts: the database file and the write-ahead log.
     pub fn used_bytes(&self) -> Result<u64> {
-        self.inner.used_bytes(&self.inner.db())
+        let shared = &self.inner.shared;
+        shared.refresh_used(&shared.db())
     }
 
     /// Bytes the database file takes (for tests and metrics).
     pub fn file_size(&self) -> Result<u64> {
-        let db = self.inner.db();
+        let db = self.inner.shared.db();
         let pages: i64 = db.query_row("PRAGMA page_count", [], |r| r.get(0)).map_err(backend)?;
         let size: i64 = db.query_row("PRAGMA page_size", [], |r| r.get(0)).map_err(backend)?;
         Ok((pages * size) as u64)
@@ -294,14 +306,14 @@ impl SqliteStore {
     }
 }
 
-impl Inner {
+impl Shared {
     fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.db.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// What the store takes on disk: the database file (compaction's vacuum gives freed
-    /// pages back) and the write-ahead log.
-    fn used_bytes(&self, db: &Connection) -> Result<u64> {
+    /// What the store takes on disk (the database file, which compaction's vacuum gives
+    /// freed pages back to, and the write-ahead log), remembered for the quota checks.
+    fn refresh_used(&self, db: &Connection) -> Result<u64> {
         let pragma = |name: &str| -> Result<i64> {
             db.prepare_cached(&format!("PRAGMA {name}"))
                 .and_then(|mut pragma| pragma.query_row([], |r| r.get(0)))
@@ -309,76 +321,55 @@ impl Inner {
         };
         let database = pragma("page_count")?.max(0) * pragma("page_size")?;
         let wal = std::fs::metadata(&self.wal).map(|m| m.len()).unwrap_or(0);
-        Ok(database as u64 + wal)
+        let used = database as u64 + wal;
+        self.used.store(used, std::sync::atomic::Ordering::Relaxed);
+        Ok(used)
     }
 
-    fn check_quota(&self) -> Result<()> {
-        let quota = self.quota.load(std::sync::atomic::Ordering::Relaxed);
-        if quota == 0 {
-            return Ok(());
+    /// The writer thread: takes the first write queued, then every write queued behind
+    /// it, and commits them in one transaction with one fsync (each in a savepoint of its
+    /// own, so one refused write does not undo the others); each write is acknowledged
+    /// only once its group is durable, and events go out in revision order. While a
+    /// group is being synced the next one gathers. Ends when the store is dropped.
+    fn write_loop(&self, queue: &std::sync::mpsc::Receiver<Queued>) {
+        /// Bounds one transaction (and the time its first write waits).
+        const MAX_GROUP: usize = 1024;
+        while let Ok(first) = queue.recv() {
+            let mut batch = vec![first];
+            while batch.len() < MAX_GROUP {
+                match queue.try_recv() {
+                    Ok(next) => batch.push(next),
+                    Err(_) => break,
+                }
+            }
+            let (requests, replies): (Vec<Request>, Vec<_>) =
+                batch.into_iter().map(|q| (q.request, q.reply)).unzip();
+            let results = {
+                let mut db = self.db();
+                let results = self.commit_group(&mut db, requests);
+                if let Err(err) = self.refresh_used(&db) {
+                    tracing::warn!("cannot tell the store's size: {err}");
+                }
+                results
+            };
+            for (reply, result) in replies.into_iter().zip(results) {
+                let _ = reply.send(result);
+            }
         }
-        let used = self.used_bytes(&self.db())?;
-        if used >= quota {
-            return Err(Error::QuotaExceeded { quota, used });
-        }
-        Ok(())
-    }
-
-    /// Appends a row after `check` accepts the latest row of `key`, and returns the event.
-    ///
-    /// Writes are committed in groups: a write queues itself, then takes the database; the
-    /// writer that gets it commits every write queued by then in one transaction (each in
-    /// a savepoint of its own, so one refused write does not undo the others) with one
-    /// fsync, and hands each its result. A writer whose write a group already committed
-    /// just returns it. Every write is still acknowledged only once durable, and events go
-    /// out in revision order, under the lock.
-    fn write(
-        &self,
-        key: &str,
-        value: Option<Vec<u8>>,
-        check: impl FnOnce(Option<&Row>) -> Result<()> + Send + 'static,
-    ) -> Result<WatchEvent> {
-        let slot = Arc::new(Slot {
-            request: Mutex::new(Some(Request {
-                key: key.to_owned(),
-                value,
-                check: Box::new(check),
-            })),
-            result: Mutex::new(None),
-        });
-        self.queued().push(slot.clone());
-        let mut db = self.db();
-        if let Some(result) = slot.take_result() {
-            return result;
-        }
-        let batch: Vec<Arc<Slot>> = std::mem::take(&mut *self.queued());
-        let results = self.commit_group(&mut db, &batch);
-        for (slot, result) in batch.iter().zip(results) {
-            slot.set_result(result);
-        }
-        slot.take_result()
-            .unwrap_or_else(|| Err(Error::Backend("a write was lost from its group".into())))
-    }
-
-    fn queued(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Slot>>> {
-        self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// One transaction for `batch`; a result per write, in order.
-    fn commit_group(&self, db: &mut Connection, batch: &[Arc<Slot>]) -> Vec<Result<WatchEvent>> {
+    fn commit_group(&self, db: &mut Connection, batch: Vec<Request>) -> Vec<Result<WatchEvent>> {
+        let count = batch.len();
         let tx = match db.transaction_with_behavior(TransactionBehavior::Immediate) {
             Ok(tx) => tx,
             Err(err) => {
                 let failed = backend(err);
-                return batch.iter().map(|_| Err(failed.clone())).collect();
+                return (0..count).map(|_| Err(failed.clone())).collect();
             }
         };
-        let mut results = Vec::with_capacity(batch.len());
-        for slot in batch {
-            let Some(request) = slot.take_request() else {
-                results.push(Err(Error::Backend("a write was queued twice".into())));
-                continue;
-            };
+        let mut results = Vec::with_capacity(count);
+        for request in batch {
             let outcome = (|| -> Result<WatchEvent> {
                 // Statements prepared once per connection: parsing them each time showed
                 // in profiles of many small writes.
@@ -400,62 +391,106 @@ impl Inner {
         }
         if let Err(err) = tx.commit() {
             let failed = backend(err);
-            return batch.iter().map(|_| Err(failed.clone())).collect();
+            return (0..count).map(|_| Err(failed.clone())).collect();
         }
         for event in results.iter().flatten() {
             let _ = self.events.send(Arc::new(event.clone()));
         }
         results
     }
+}
 
-    /// Rows under `prefix` with revisions in (after, up_to], as events.
-    fn history(&self, prefix: &str, after: i64, up_to: i64) -> Result<Vec<WatchEvent>> {
-        let db = self.db();
-        let compacted = compact_revision(&db).map_err(backend)?;
-        if after < compacted {
-            return Err(Error::Compacted { requested: after + 1, compacted: compacted + 1 });
-        }
-        let end = prefix_end(prefix);
-        let mut statement = db
-            .prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM kv WHERE rev > ?1 AND rev <= ?2 AND key >= ?3 AND key < ?4 ORDER BY rev"
-            ))
-            .map_err(backend)?;
-        let rows = statement
-            .query_map(params![after, up_to, prefix, end], row)
-            .map_err(backend)?
-            .collect::<rusqlite::Result<Vec<Row>>>()
-            .map_err(backend)?;
-        let mut events = Vec::with_capacity(rows.len());
-        for r in rows {
-            let prev = if r.prev_rev > 0 {
-                db.query_row(&format!("SELECT {COLUMNS} FROM kv WHERE rev = ?1"), [r.prev_rev], row)
-                    .optional()
-                    .map_err(backend)?
-                    .map(|p| p.kv())
-            } else {
-                None
-            };
-            let kind = if r.deleted { EventKind::Delete } else { EventKind::Put };
-            let mut kv = r.kv();
-            if r.deleted {
-                // The deleted value is the previous row's (see `write`).
-                kv.value = prev.map(|p| p.value).unwrap_or_default();
-                events.push(WatchEvent { kind, kv, prev: None });
-            } else {
-                events.push(WatchEvent { kind, kv, prev });
+impl Inner {
+    /// Runs `read` on a reading connection (a kept one if there is one; it is kept again
+    /// after).
+    fn read<T>(&self, read: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let kept = self.readers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop();
+        let db = match kept {
+            Some(db) => db,
+            None => {
+                let db = Connection::open(&self.path).map_err(backend)?;
+                db.busy_timeout(std::time::Duration::from_secs(30)).map_err(backend)?;
+                db
             }
-        }
-        Ok(events)
+        };
+        let result = read(&db);
+        self.readers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(db);
+        result
     }
+
+    fn check_quota(&self) -> Result<()> {
+        let quota = self.quota.load(std::sync::atomic::Ordering::Relaxed);
+        let used = self.shared.used.load(std::sync::atomic::Ordering::Relaxed);
+        if quota > 0 && used >= quota {
+            return Err(Error::QuotaExceeded { quota, used });
+        }
+        Ok(())
+    }
+
+    /// Appends a row after `check` accepts the latest row of `key`, and returns the event
+    /// once the writer thread has committed it (see [`Shared::write_loop`]).
+    async fn write(
+        &self,
+        key: &str,
+        value: Option<Vec<u8>>,
+        check: impl FnOnce(Option<&Row>) -> Result<()> + Send + 'static,
+    ) -> Result<WatchEvent> {
+        let (reply, result) = tokio::sync::oneshot::channel();
+        let request = Request { key: key.to_owned(), value, check: Box::new(check) };
+        self.writes
+            .send(Queued { request, reply })
+            .map_err(|_| Error::Backend("the store's writer has stopped".into()))?;
+        result.await.map_err(|_| Error::Backend("the store's writer has stopped".into()))?
+    }
+}
+
+/// Rows under `prefix` with revisions in (after, up_to], as events.
+fn read_history(db: &Connection, prefix: &str, after: i64, up_to: i64) -> Result<Vec<WatchEvent>> {
+    let compacted = compact_revision(db).map_err(backend)?;
+    if after < compacted {
+        return Err(Error::Compacted { requested: after + 1, compacted: compacted + 1 });
+    }
+    let end = prefix_end(prefix);
+    let mut statement = db
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM kv WHERE rev > ?1 AND rev <= ?2 AND key >= ?3 AND key < ?4 ORDER BY rev"
+        ))
+        .map_err(backend)?;
+    let rows = statement
+        .query_map(params![after, up_to, prefix, end], row)
+        .map_err(backend)?
+        .collect::<rusqlite::Result<Vec<Row>>>()
+        .map_err(backend)?;
+    let mut events = Vec::with_capacity(rows.len());
+    for r in rows {
+        let prev = if r.prev_rev > 0 {
+            db.query_row(&format!("SELECT {COLUMNS} FROM kv WHERE rev = ?1"), [r.prev_rev], row)
+                .optional()
+                .map_err(backend)?
+                .map(|p| p.kv())
+        } else {
+            None
+        };
+        let kind = if r.deleted { EventKind::Delete } else { EventKind::Put };
+        let mut kv = r.kv();
+        if r.deleted {
+            // The deleted value is the previous row's (see `write`).
+            kv.value = prev.map(|p| p.value).unwrap_or_default();
+            events.push(WatchEvent { kind, kv, prev: None });
+        } else {
+            events.push(WatchEvent { kind, kv, prev });
+        }
+    }
+    Ok(events)
 }
 
 impl Store for SqliteStore {
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<KeyValue>>> {
         let key = key.to_owned();
         self.blocking(move |inner| {
-            let db = inner.db();
-            Ok(latest(&db, &key).map_err(backend)?.filter(|r| !r.deleted).map(|r| r.kv()))
+            inner.read(|db| {
+                Ok(latest(db, &key).map_err(backend)?.filter(|r| !r.deleted).map(|r| r.kv()))
+            })
         })
     }
 
@@ -469,48 +504,51 @@ impl Store for SqliteStore {
         let prefix = prefix.to_owned();
         let start_after = start_after.map(str::to_owned);
         self.blocking(move |inner| {
-            let db = inner.db();
-            let current = current_revision(&db).map_err(backend)?;
-            let at = if revision > 0 { revision } else { current };
-            if at > current {
-                return Err(Error::FutureRevision { requested: at, current });
-            }
-            let compacted = compact_revision(&db).map_err(backend)?;
-            if revision > 0 && revision < compacted {
-                return Err(Error::Compacted { requested: revision, compacted: compacted + 1 });
-            }
-            let end = prefix_end(&prefix);
-            let from = start_after.unwrap_or_default();
-            let take = if limit == 0 { i64::MAX } else { limit as i64 + 1 };
-            let mut statement = db
-                .prepare_cached(&format!(
-                    "SELECT {COLUMNS} FROM kv JOIN (
+            inner.read(|db| {
+                let current = current_revision(db).map_err(backend)?;
+                let at = if revision > 0 { revision } else { current };
+                if at > current {
+                    return Err(Error::FutureRevision { requested: at, current });
+                }
+                let compacted = compact_revision(db).map_err(backend)?;
+                if revision > 0 && revision < compacted {
+                    return Err(Error::Compacted { requested: revision, compacted: compacted + 1 });
+                }
+                let end = prefix_end(&prefix);
+                let from = start_after.unwrap_or_default();
+                let take = if limit == 0 { i64::MAX } else { limit as i64 + 1 };
+                let mut statement = db
+                    .prepare_cached(&format!(
+                        "SELECT {COLUMNS} FROM kv JOIN (
                         SELECT MAX(rev) AS latest FROM kv
                         WHERE key >= ?1 AND key < ?2 AND key > ?3 AND rev <= ?4 GROUP BY key
                      ) ON rev = latest WHERE deleted = 0 ORDER BY key LIMIT ?5"
-                ))
-                .map_err(backend)?;
-            let mut items = statement
-                .query_map(params![prefix, end, from, at, take], row)
-                .map_err(backend)?
-                .map(|r| r.map(|r| r.kv()))
-                .collect::<rusqlite::Result<Vec<_>>>()
-                .map_err(backend)?;
-            let more = limit > 0 && items.len() > limit;
-            items.truncate(if limit == 0 { items.len() } else { limit });
-            Ok(ListResult { items, revision: at, more })
+                    ))
+                    .map_err(backend)?;
+                let mut items = statement
+                    .query_map(params![prefix, end, from, at, take], row)
+                    .map_err(backend)?
+                    .map(|r| r.map(|r| r.kv()))
+                    .collect::<rusqlite::Result<Vec<_>>>()
+                    .map_err(backend)?;
+                let more = limit > 0 && items.len() > limit;
+                items.truncate(if limit == 0 { items.len() } else { limit });
+                Ok(ListResult { items, revision: at, more })
+            })
         })
     }
 
     fn create<'a>(&'a self, key: &'a str, value: Vec<u8>) -> BoxFuture<'a, Result<i64>> {
-        let key = key.to_owned();
-        self.blocking(move |inner| {
-            inner.check_quota()?;
-            let named = key.clone();
-            let event = inner.write(&key, Some(value), move |live| match live {
-                Some(_) => Err(Error::AlreadyExists { key: named }),
-                None => Ok(()),
-            })?;
+        Box::pin(async move {
+            self.inner.check_quota()?;
+            let named = key.to_owned();
+            let event = self
+                .inner
+                .write(key, Some(value), move |live| match live {
+                    Some(_) => Err(Error::AlreadyExists { key: named }),
+                    None => Ok(()),
+                })
+                .await?;
             Ok(event.kv.mod_revision)
         })
     }
@@ -521,17 +559,19 @@ impl Store for SqliteStore {
         value: Vec<u8>,
         expected: i64,
     ) -> BoxFuture<'a, Result<i64>> {
-        let key = key.to_owned();
-        self.blocking(move |inner| {
-            inner.check_quota()?;
-            let named = key.clone();
-            let event = inner.write(&key, Some(value), move |live| match live {
-                None => Err(Error::NotFound { key: named }),
-                Some(r) if r.rev != expected => {
-                    Err(Error::Conflict { key: named, expected, actual: r.rev })
-                }
-                Some(_) => Ok(()),
-            })?;
+        Box::pin(async move {
+            self.inner.check_quota()?;
+            let named = key.to_owned();
+            let event = self
+                .inner
+                .write(key, Some(value), move |live| match live {
+                    None => Err(Error::NotFound { key: named }),
+                    Some(r) if r.rev != expected => {
+                        Err(Error::Conflict { key: named, expected, actual: r.rev })
+                    }
+                    Some(_) => Ok(()),
+                })
+                .await?;
             Ok(event.kv.mod_revision)
         })
     }
@@ -541,16 +581,18 @@ impl Store for SqliteStore {
         key: &'a str,
         expected: Option<i64>,
     ) -> BoxFuture<'a, Result<KeyValue>> {
-        let key = key.to_owned();
-        self.blocking(move |inner| {
-            let named = key.clone();
-            let event = inner.write(&key, None, move |live| match (live, expected) {
-                (None, _) => Err(Error::NotFound { key: named }),
-                (Some(r), Some(e)) if r.rev != e => {
-                    Err(Error::Conflict { key: named, expected: e, actual: r.rev })
-                }
-                _ => Ok(()),
-            })?;
+        Box::pin(async move {
+            let named = key.to_owned();
+            let event = self
+                .inner
+                .write(key, None, move |live| match (live, expected) {
+                    (None, _) => Err(Error::NotFound { key: named }),
+                    (Some(r), Some(e)) if r.rev != e => {
+                        Err(Error::Conflict { key: named, expected: e, actual: r.rev })
+                    }
+                    _ => Ok(()),
+                })
+                .await?;
             Ok(event.kv)
         })
     }
@@ -560,13 +602,15 @@ impl Store for SqliteStore {
         let inner = self.inner.clone();
         Box::pin(async move {
             // Subscribe first, then read history: nothing falls between the two.
-            let mut live = inner.events.subscribe();
+            let mut live = inner.shared.events.subscribe();
             let (history, mut last) = {
                 let inner = inner.clone();
                 let prefix = prefix.clone();
                 tokio::task::spawn_blocking(move || {
-                    let up_to = current_revision(&inner.db()).map_err(backend)?;
-                    inner.history(&prefix, after, up_to).map(|h| (h, up_to.max(after)))
+                    inner.read(|db| {
+                        let up_to = current_revision(db).map_err(backend)?;
+                        read_history(db, &prefix, after, up_to).map(|h| (h, up_to.max(after)))
+                    })
                 })
                 .await
                 .map_err(|e| Error::Backend(e.to_string()))??
@@ -594,8 +638,10 @@ impl Store for SqliteStore {
                             // Fell behind the in-memory queue: catch up from the table.
                             let (inner, prefix2, from) = (inner.clone(), prefix.clone(), last);
                             let caught = tokio::task::spawn_blocking(move || {
-                                let up_to = current_revision(&inner.db()).map_err(backend)?;
-                                inner.history(&prefix2, from, up_to).map(|h| (h, up_to))
+                                inner.read(|db| {
+                                    let up_to = current_revision(db).map_err(backend)?;
+                                    read_history(db, &prefix2, from, up_to).map(|h| (h, up_to))
+                                })
                             })
                             .await;
                             match caught {
@@ -626,17 +672,18 @@ impl Store for SqliteStore {
     }
 
     fn revision(&self) -> BoxFuture<'_, Result<i64>> {
-        self.blocking(|inner| current_revision(&inner.db()).map_err(backend))
+        self.blocking(|inner| inner.read(|db| current_revision(db).map_err(backend)))
     }
 
     fn under_pressure(&self) -> bool {
         let quota = self.inner.quota.load(std::sync::atomic::Ordering::Relaxed);
-        quota > 0 && self.used_bytes().is_ok_and(|used| used >= quota / 10 * 9)
+        quota > 0
+            && self.inner.shared.used.load(std::sync::atomic::Ordering::Relaxed) >= quota / 10 * 9
     }
 
     fn compact(&self, revision: i64) -> BoxFuture<'_, Result<()>> {
         self.blocking(move |inner| {
-            let mut db = inner.db();
+            let mut db = inner.shared.db();
             let current = current_revision(&db).map_err(backend)?;
             if revision > current {
                 return Err(Error::FutureRevision { requested: revision, current });
@@ -661,6 +708,7 @@ impl Store for SqliteStore {
                 let mut rows = statement.query([]).map_err(backend)?;
                 while rows.next().map_err(backend)?.is_some() {}
             }
+            inner.shared.refresh_used(&db)?;
             Ok(())
         })
     }
