@@ -163,6 +163,19 @@ pub enum Command {
 
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
     let global = cli.global;
+    let service = matches!(
+        cli.command,
+        Command::Server(_)
+            | Command::Agent(_)
+            | Command::Cri(_)
+            | Command::Dns(_)
+            | Command::Proxy(_)
+            | Command::System(crate::system::SystemCommand::Service(_))
+    );
+    if service {
+        // Long-running: mimalloc's throughput is worth its slower start.
+        berth_sys::alloc::use_service_allocator();
+    }
     match cli.command {
         Command::Build(args) => crate::build::build(&global, args),
         Command::Container(command) => crate::system::container(&global, command),

@@ -1,8 +1,7 @@
-/// mimalloc rather than glibc's malloc: the API server's JSON trees are many small
-/// allocations freed from other threads, where glibc's arenas spent a fifth of the
-/// server's CPU under `benches/scheduler.sh` (see ARCHITECTURE.md).
+/// glibc's malloc for short-lived commands, mimalloc once a long-running service asks
+/// (see `berth_sys::alloc`).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: berth_sys::alloc::Allocator = berth_sys::alloc::Allocator;
 
 fn main() {
     std::process::exit(berth::main());

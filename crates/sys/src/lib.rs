@@ -8,6 +8,7 @@
 //! This crate knows nothing of containers, OCI documents or cgroups: it speaks in file
 //! descriptors, pids, flags and paths.
 
+pub mod alloc;
 pub mod bpf;
 pub mod exe;
 pub mod fs;
