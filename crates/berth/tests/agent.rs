@@ -396,6 +396,9 @@ fn root_an_agent_joins_with_the_node_token() {
                 "--container-restart-backoff-ms",
                 "200",
             ])
+            // As the cluster's own agent: no disk-pressure eviction on the machine's disk
+            // (a disk 85% full tainted the joined node and nothing was scheduled on it).
+            .args(["--eviction-hard", "memory.available<100Mi"])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -2684,6 +2687,8 @@ fn root_pods_on_two_nodes_reach_each_other() {
         .args(["agent", "--server", &url, "--token", token.trim(), "--data-dir"])
         .arg(cluster.path("agent-b"))
         .args(["--node-name", "node-b", "--node-ip", "192.168.240.2", "--kubelet-port", "0"])
+        // No disk-pressure eviction on the machine's disk (see the joining test).
+        .args(["--eviction-hard", "memory.available<100Mi"])
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
