@@ -488,11 +488,10 @@ struct Workspace {
 
 impl Workspace {
     fn new(work: &Path) -> Result<Workspace> {
-        let mut bytes = [0u8; 8];
-        std::fs::File::open("/dev/urandom")
-            .and_then(|mut f| f.read_exact(&mut bytes))
-            .map_err(|e| setup("read /dev/urandom", e))?;
-        let id = format!("build-{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>());
+        let id = format!(
+            "build-{}",
+            berth_stdx::random::hex(8).map_err(|e| setup("make a random name", e))?
+        );
         let dir = work.join("work").join(&id);
         std::fs::create_dir_all(&dir).map_err(|e| setup(format!("create {}", dir.display()), e))?;
         // The step's sockets (an SSH agent's) and copies (secrets) are nobody else's.

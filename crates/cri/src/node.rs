@@ -1736,7 +1736,7 @@ fn find_by_prefix<T: Clone>(map: &BTreeMap<String, T>, id: &str) -> Option<T> {
 }
 
 fn random_id() -> Result<String> {
-    berth_stdx::random::hex(32).map_err(|e| Status::internal(format!("read /dev/urandom: {e}")))
+    berth_stdx::random::hex(32).map_err(|e| Status::internal(format!("random bytes: {e}")))
 }
 
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {

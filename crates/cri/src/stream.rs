@@ -114,7 +114,7 @@ impl Streams {
     /// A one-time URL for `session`.
     pub fn register(&self, session: Session) -> Result<String, tonic::Status> {
         let token = berth_stdx::random::hex(16)
-            .map_err(|e| tonic::Status::internal(format!("read /dev/urandom: {e}")))?;
+            .map_err(|e| tonic::Status::internal(format!("random bytes: {e}")))?;
         let path = session.path();
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         pending.retain(|_, (_, made)| made.elapsed() < URL_LIFETIME);

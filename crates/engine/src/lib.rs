@@ -179,7 +179,7 @@ impl Engine {
 
 /// A random 64-hex-digit id, as Docker's container ids are.
 pub fn random_id() -> Result<String> {
-    berth_stdx::random::hex(32).map_err(io("read", Path::new("/dev/urandom")))
+    berth_stdx::random::hex(32).map_err(io("make", "a random id"))
 }
 
 /// Now, as RFC 3339 with nanoseconds.

@@ -35,14 +35,6 @@ impl Resources {
         }
     }
 
-    /// Whether the resource is named at all (a node without `pods` has no pod limit).
-    pub fn contains(&self, name: &str) -> bool {
-        match COMMON.iter().position(|c| *c == name) {
-            Some(at) => self.common[at].is_some(),
-            None => self.other.contains_key(name),
-        }
-    }
-
     fn entry(&mut self, name: &str) -> &mut i128 {
         match COMMON.iter().position(|c| *c == name) {
             Some(at) => self.common[at].get_or_insert(0),

@@ -4,7 +4,9 @@
 /// Fills `buffer` from the kernel's generator (the getrandom call, which waits only until
 /// the generator is first seeded; no file is opened).
 pub fn fill(buffer: &mut [u8]) -> std::io::Result<()> {
-    getrandom::fill(buffer).map_err(std::io::Error::other)
+    getrandom::fill(buffer).map_err(|e| {
+        std::io::Error::other(format!("the kernel's random generator (getrandom): {e}"))
+    })
 }
 
 /// `bytes` random bytes as lowercase hex.

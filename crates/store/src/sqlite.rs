@@ -18,6 +18,8 @@ use crate::{
 
 /// Events kept for watchers that fall behind before they re-read from the table.
 const BROADCAST_CAPACITY: usize = 4096;
+/// Reading connections kept for reuse (more are opened while reads overlap, then closed).
+const KEPT_READERS: usize = 8;
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -353,6 +355,8 @@ impl Shared {
                 results
             };
             for (reply, result) in replies.into_iter().zip(results) {
+                // A writer that stopped waiting (its request was dropped) has nobody to
+                // tell; its write stands either way, as a write to etcd does.
                 let _ = reply.send(result);
             }
         }
@@ -401,8 +405,8 @@ impl Shared {
 }
 
 impl Inner {
-    /// Runs `read` on a reading connection (a kept one if there is one; it is kept again
-    /// after).
+    /// Runs `read` on a reading connection (a kept one if there is one; kept again after,
+    /// up to `KEPT_READERS`).
     fn read<T>(&self, read: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
         let kept = self.readers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop();
         let db = match kept {
@@ -414,27 +418,28 @@ impl Inner {
             }
         };
         let result = read(&db);
-        self.readers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(db);
+        let mut kept = self.readers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Enough for the reads that overlap in practice; each keeps its own page cache.
+        if kept.len() < KEPT_READERS {
+            kept.push(db);
+        }
         result
     }
 
-    fn check_quota(&self) -> Result<()> {
-        let quota = self.quota.load(std::sync::atomic::Ordering::Relaxed);
-        let used = self.shared.used.load(std::sync::atomic::Ordering::Relaxed);
-        if quota > 0 && used >= quota {
-            return Err(Error::QuotaExceeded { quota, used });
-        }
-        Ok(())
-    }
-
     /// Appends a row after `check` accepts the latest row of `key`, and returns the event
-    /// once the writer thread has committed it (see [`Shared::write_loop`]).
+    /// once the writer thread has committed it (see [`Shared::write_loop`]). Past the quota
+    /// a value is refused; a delete (no value) never is, so space can always be freed.
     async fn write(
         &self,
         key: &str,
         value: Option<Vec<u8>>,
         check: impl FnOnce(Option<&Row>) -> Result<()> + Send + 'static,
     ) -> Result<WatchEvent> {
+        let quota = self.quota.load(std::sync::atomic::Ordering::Relaxed);
+        let used = self.shared.used.load(std::sync::atomic::Ordering::Relaxed);
+        if value.is_some() && quota > 0 && used >= quota {
+            return Err(Error::QuotaExceeded { quota, used });
+        }
         let (reply, result) = tokio::sync::oneshot::channel();
         let request = Request { key: key.to_owned(), value, check: Box::new(check) };
         self.writes
@@ -540,7 +545,6 @@ impl Store for SqliteStore {
 
     fn create<'a>(&'a self, key: &'a str, value: Vec<u8>) -> BoxFuture<'a, Result<i64>> {
         Box::pin(async move {
-            self.inner.check_quota()?;
             let named = key.to_owned();
             let event = self
                 .inner
@@ -560,7 +564,6 @@ impl Store for SqliteStore {
         expected: i64,
     ) -> BoxFuture<'a, Result<i64>> {
         Box::pin(async move {
-            self.inner.check_quota()?;
             let named = key.to_owned();
             let event = self
                 .inner

@@ -308,7 +308,7 @@ impl Api {
             return Ok(());
         }
         let suffix = berth_stdx::random::hex(3)
-            .map_err(|e| ApiError::new(500, "InternalError", format!("/dev/urandom: {e}")))?;
+            .map_err(|e| ApiError::new(500, "InternalError", format!("random bytes: {e}")))?;
         let volume_name = format!("kube-api-access-{}", &suffix[..5]);
         let volume = json!({
             "name": volume_name,

@@ -404,7 +404,7 @@ async fn node_token(state: &State, data_dir: &std::path::Path, ca_pem: &str) -> 
         None => {
             // Lowercase hex is within the token alphabet ([a-z0-9]).
             let random = |bytes: usize| {
-                berth_stdx::random::hex(bytes).map_err(|e| setup(format!("/dev/urandom: {e}")))
+                berth_stdx::random::hex(bytes).map_err(|e| setup(format!("random bytes: {e}")))
             };
             let (id, secret) = (random(3)?, random(8)?);
             let encode64 = |v: &str| base64::engine::general_purpose::STANDARD.encode(v);
