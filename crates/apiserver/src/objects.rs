@@ -302,10 +302,19 @@ fn default_job_spec(spec: &mut Value) {
         spec["completions"] = json!(1);
     }
     or_default(spec, "parallelism", json!(1));
-    or_default(spec, "backoffLimit", json!(6));
+    // With a limit per index, the Job-wide limit is off unless it is given.
+    let per_index = spec.get("backoffLimitPerIndex").is_some_and(|v| !v.is_null());
+    or_default(spec, "backoffLimit", json!(if per_index { i32::MAX } else { 6 }));
     or_default(spec, "completionMode", json!("NonIndexed"));
     or_default(spec, "suspend", json!(false));
-    or_default(spec, "podReplacementPolicy", json!("TerminatingOrFailed"));
+    // A pod failure policy judges pods once they have failed, so only Failed pods are
+    // replaced under one.
+    let replacement = if spec.get("podFailurePolicy").is_some_and(|v| !v.is_null()) {
+        "Failed"
+    } else {
+        "TerminatingOrFailed"
+    };
+    or_default(spec, "podReplacementPolicy", json!(replacement));
     default_template(spec);
 }
 
@@ -832,6 +841,9 @@ fn validate_workload(kind: &str, spec: &Value, at: &str) -> Result<(), (String, 
             format!("Unsupported value: {policy:?}: supported values: {words}"),
         ));
     }
+    if kind == "Job" {
+        validate_job_spec(spec, at)?;
+    }
     if kind == "StatefulSet" {
         if let Some(policy) = spec["podManagementPolicy"].as_str() {
             if !matches!(policy, "OrderedReady" | "Parallel") {
@@ -841,6 +853,105 @@ fn validate_workload(kind: &str, spec: &Value, at: &str) -> Result<(), (String, 
                 ));
             }
         }
+    }
+    Ok(())
+}
+
+/// What a Job's spec adds to a workload's: the per-index back-off limits, which only an
+/// Indexed Job has, and a pod failure policy's rules.
+fn validate_job_spec(spec: &Value, at: &str) -> Result<(), (String, String)> {
+    let invalid = |field: &str, message: String| Err((format!("{at}.{field}"), message));
+    for field in ["backoffLimitPerIndex", "maxFailedIndexes", "activeDeadlineSeconds"] {
+        if let Some(n) = spec[field].as_i64().filter(|n| *n < 0) {
+            return invalid(
+                field,
+                format!("Invalid value: {n}: must be greater than or equal to 0"),
+            );
+        }
+    }
+    let per_index = spec["backoffLimitPerIndex"].as_i64();
+    let max_failed = spec["maxFailedIndexes"].as_i64();
+    let indexed = spec["completionMode"] == "Indexed";
+    if let Some(mode) = spec["completionMode"].as_str() {
+        if !matches!(mode, "Indexed" | "NonIndexed") {
+            return invalid(
+                "completionMode",
+                format!(
+                    "Unsupported value: {mode:?}: supported values: \"Indexed\", \"NonIndexed\""
+                ),
+            );
+        }
+    }
+    if max_failed.is_some() && per_index.is_none() {
+        return invalid(
+            "backoffLimitPerIndex",
+            "Required value: when maxFailedIndexes is specified".into(),
+        );
+    }
+    if indexed {
+        if spec["completions"].is_null() {
+            return invalid(
+                "completions",
+                "Required value: when completion mode is Indexed".into(),
+            );
+        }
+        if let (Some(max), Some(completions)) = (max_failed, spec["completions"].as_i64()) {
+            if max > completions {
+                return invalid(
+                    "maxFailedIndexes",
+                    format!("Invalid value: {max}: must be less than or equal to completions"),
+                );
+            }
+        }
+    } else {
+        if let Some(n) = per_index {
+            return invalid(
+                "backoffLimitPerIndex",
+                format!("Invalid value: {n}: requires indexed completion mode"),
+            );
+        }
+        if let Some(n) = max_failed {
+            return invalid(
+                "maxFailedIndexes",
+                format!("Invalid value: {n}: requires indexed completion mode"),
+            );
+        }
+    }
+    if spec["podFailurePolicy"].is_null() {
+        return Ok(());
+    }
+    let rules = spec["podFailurePolicy"]["rules"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    for (i, rule) in rules.iter().enumerate() {
+        let action = rule["action"].as_str().unwrap_or("");
+        let path = format!("podFailurePolicy.rules[{i}]");
+        match action {
+            "" => return invalid(&format!("{path}.action"), "Required value: valid values: [\"Count\" \"FailIndex\" \"FailJob\" \"Ignore\"]".into()),
+            "FailIndex" if per_index.is_none() => {
+                return invalid(&format!("{path}.action"), "Invalid value: \"FailIndex\": requires the backoffLimitPerIndex to be set".into())
+            }
+            "Count" | "FailIndex" | "FailJob" | "Ignore" => {}
+            other => return invalid(&format!("{path}.action"), format!("Unsupported value: {other:?}: supported values: \"Count\", \"FailIndex\", \"FailJob\", \"Ignore\"")),
+        }
+        let exit_codes = !rule["onExitCodes"].is_null();
+        let conditions = rule["onPodConditions"].as_array().is_some_and(|c| !c.is_empty());
+        if exit_codes == conditions {
+            let what = if exit_codes {
+                "specifying both OnExitCodes and OnPodConditions is not supported"
+            } else {
+                "specifying one of OnExitCodes and OnPodConditions is required"
+            };
+            return invalid(&path, format!("Invalid value: \"object\": {what}"));
+        }
+    }
+    let policy = spec["template"]["spec"]["restartPolicy"].as_str().unwrap_or("");
+    if policy != "Never" {
+        return invalid("template.spec.restartPolicy", format!("Invalid value: {policy:?}: only \"Never\" is supported when podFailurePolicy is specified"));
+    }
+    if let Some(replacement) = spec["podReplacementPolicy"].as_str().filter(|p| *p != "Failed") {
+        return invalid(
+            "podReplacementPolicy",
+            format!("Unsupported value: {replacement:?}: supported values: \"Failed\""),
+        );
     }
     Ok(())
 }

@@ -1362,6 +1362,110 @@ spec:
     });
 }
 
+/// `backoffLimitPerIndex`: each index of an Indexed Job has its own failure budget and
+/// back-off; a `FailIndex` rule fails an index at once; the other indexes run on, and the
+/// Job fails at the end with the failed indexes listed, or as soon as more than
+/// `maxFailedIndexes` have failed. The API refuses the fields on a Job that is not
+/// Indexed, as Kubernetes does.
+#[test]
+fn indexed_jobs_limit_failures_per_index() {
+    let Some(server) = Server::start(&[]) else { return };
+    server.apply(
+        r#"
+apiVersion: batch/v1
+kind: Job
+metadata: {name: suites}
+spec:
+  completionMode: Indexed
+  completions: 4
+  parallelism: 4
+  backoffLimitPerIndex: 1
+  podFailurePolicy:
+    rules:
+    - action: FailIndex
+      onExitCodes: {operator: In, values: [42]}
+  template:
+    metadata:
+      annotations: {sim.berth.dev/exit-after: "0.2", sim.berth.dev/exit-code-by-index: "0=1,1=42"}
+    spec:
+      restartPolicy: Never
+      containers: [{name: c, image: busybox}]
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: strict}
+spec:
+  completionMode: Indexed
+  completions: 3
+  parallelism: 1
+  backoffLimitPerIndex: 0
+  maxFailedIndexes: 0
+  template:
+    metadata:
+      annotations: {sim.berth.dev/exit-after: "0.2", sim.berth.dev/exit-code-by-index: "0=3"}
+    spec:
+      restartPolicy: Never
+      containers: [{name: c, image: busybox}]
+"#,
+    );
+    // strict: its first index fails, which is one more than it allows; nothing else runs.
+    let reason = "jsonpath={.status.conditions[?(@.type==\"Failed\")].reason}";
+    server.until("strict fails", &["get", "job", "strict", "-o", reason], |t| {
+        t == "MaxFailedIndexesExceeded"
+    });
+    assert_eq!(server.ok(&["get", "job", "strict", "-o", "jsonpath={.status.failedIndexes}"]), "0");
+    assert_eq!(
+        server.ok(&["get", "pods", "-l", "job-name=strict", "-o", "name"]).lines().count(),
+        1,
+        "no pod after the Job failed"
+    );
+    // suites: index 1 fails by its rule, index 0 after one retry (10 s of back-off).
+    server.until("suites fails", &["get", "job", "suites", "-o", reason], |t| t == "FailedIndexes");
+    let status = server.ok(&[
+        "get",
+        "job",
+        "suites",
+        "-o",
+        "jsonpath={.status.failedIndexes} {.status.completedIndexes} {.status.failed} {.status.succeeded}",
+    ]);
+    assert_eq!(status, "0,1 2,3 3 2");
+    let tries = |index: &str| -> Vec<String> {
+        let mut counts: Vec<String> = server
+            .ok(&[
+                "get",
+                "pods",
+                "-l",
+                &format!("job-name=suites,batch.kubernetes.io/job-completion-index={index}"),
+                "-o",
+                "jsonpath={range .items[*]}{.metadata.annotations.batch\\.kubernetes\\.io/job-index-failure-count}{\" \"}{end}",
+            ])
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        counts.sort();
+        counts
+    };
+    assert_eq!(tries("0"), ["0", "1"], "index 0 is retried once, its pod told of one failure");
+    assert_eq!(tries("1"), ["0"], "index 1 is not retried after FailIndex");
+    let events = server.ok(&["get", "events", "--field-selector=involvedObject.name=suites"]);
+    assert!(events.contains("Job has failed indexes"), "{events}");
+    // Refused where Kubernetes refuses them.
+    let path = server.dir.join("bad.yaml");
+    for (extra, message) in [
+        ("backoffLimitPerIndex: 1", "spec.backoffLimitPerIndex: Invalid value: 1: requires indexed completion mode"),
+        ("podFailurePolicy: {rules: [{action: FailIndex, onExitCodes: {operator: In, values: [1]}}]}", "spec.podFailurePolicy.rules[0].action: Invalid value: \"FailIndex\": requires the backoffLimitPerIndex to be set"),
+    ] {
+        std::fs::write(
+            &path,
+            format!("apiVersion: batch/v1\nkind: Job\nmetadata: {{name: bad}}\nspec:\n  {extra}\n  template:\n    spec:\n      restartPolicy: Never\n      containers: [{{name: c, image: busybox}}]\n"),
+        )
+        .unwrap();
+        let output = server.kubectl(&["create", "-f", path.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && stderr.contains(message), "{stderr}");
+    }
+}
+
 /// Inter-pod affinity puts pods beside the ones they name, anti-affinity keeps them apart
 /// (the pod that fits nowhere says why), and topology spread constraints balance zones.
 #[test]

@@ -8,8 +8,12 @@
 //! `JOB-INDEX`) until every index has succeeded (`completedIndexes`); a `podFailurePolicy`
 //! decides what a failed pod means (FailJob, Ignore, Count) by its containers' exit codes
 //! or its conditions; `ttlSecondsAfterFinished` deletes a finished Job (and its pods)
-//! that long after it finished. Status: active, ready, succeeded, failed, start and
-//! completion times.
+//! that long after it finished. `backoffLimitPerIndex` gives each index its own count of
+//! failures (carried from pod to pod in `batch.kubernetes.io/job-index-failure-count`)
+//! and back-off: an index past it, or one a `FailIndex` rule names, is failed
+//! (`failedIndexes`) and not retried while the others run on; the Job fails when more
+//! than `maxFailedIndexes` have, or at the end if any has. Status: active, ready,
+//! succeeded, failed, start and completion times.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -123,27 +127,65 @@ fn index_of(pod: &Pod) -> Option<i32> {
     pod.metadata.annotations.as_ref()?.get(INDEX)?.parse().ok()
 }
 
-/// Indexes as Kubernetes writes `completedIndexes`: `0-2,4,6-7`.
+/// The annotations a pod of an index with its own back-off limit carries: how many of the
+/// index's pods failed (counted, and ignored by the failure policy) before it was made.
+const FAILURE_COUNT: &str = "batch.kubernetes.io/job-index-failure-count";
+const IGNORED_FAILURE_COUNT: &str = "batch.kubernetes.io/job-index-ignored-failure-count";
+
+fn count_of(pod: &Pod, annotation: &str) -> i32 {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(annotation))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// What is known of one index's failures under `backoffLimitPerIndex`.
+#[derive(Debug, Default)]
+struct IndexFailures {
+    counted: i32,
+    ignored: i32,
+    /// A `FailIndex` rule matched one of its pods.
+    by_rule: bool,
+    /// When its last counted failure happened.
+    last: Option<i64>,
+}
+
+/// Indexes written as `completedIndexes` and `failedIndexes` are (`0-2,4`), read back;
+/// anything else in the text is skipped.
+fn expand(text: &str) -> std::collections::BTreeSet<i32> {
+    let mut indexes = std::collections::BTreeSet::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (first, last) = part.split_once('-').unwrap_or((part, part));
+        if let (Ok(first), Ok(last)) = (first.parse::<i32>(), last.parse::<i32>()) {
+            indexes.extend(first..=last.min(first.saturating_add(1_000_000)));
+        }
+    }
+    indexes
+}
+
+/// Indexes as Kubernetes writes `completedIndexes`: runs of three or more as a range,
+/// `0-2,4,6,7`.
 fn compress(indexes: &std::collections::BTreeSet<i32>) -> String {
     let mut parts: Vec<String> = Vec::new();
     let mut run: Option<(i32, i32)> = None;
+    let written = |(first, last): (i32, i32)| match last - first {
+        0 => first.to_string(),
+        1 => format!("{first},{last}"),
+        _ => format!("{first}-{last}"),
+    };
     for &index in indexes {
         run = match run {
             Some((first, last)) if index == last + 1 => Some((first, index)),
-            Some((first, last)) => {
-                parts.push(if first == last {
-                    first.to_string()
-                } else {
-                    format!("{first}-{last}")
-                });
+            Some(done) => {
+                parts.push(written(done));
                 Some((index, index))
             }
             None => Some((index, index)),
         };
     }
-    if let Some((first, last)) = run {
-        parts.push(if first == last { first.to_string() } else { format!("{first}-{last}") });
-    }
+    parts.extend(run.map(written));
     parts.join(",")
 }
 
@@ -268,28 +310,87 @@ impl Controller {
         } else {
             owned.iter().filter(|p| workload::phase(p) == "Succeeded").count() as i32
         };
-        // Failed pods, as the pod failure policy counts them (Ignore does not count).
+        let per_index = spec.backoff_limit_per_index.filter(|_| indexed);
+        // Failed pods, as the pod failure policy counts them (Ignore does not count), and
+        // with a limit per index, each index's failures.
         let mut failed = 0;
         let mut last_failure: Option<i64> = None;
         let mut fail_job: Option<String> = None;
-        for pod in owned.iter().filter(|p| workload::phase(p) == "Failed") {
-            match spec.pod_failure_policy.as_ref().and_then(|policy| failure_rule(policy, pod)) {
-                Some((action, _)) if action == "Ignore" => continue,
-                Some((action, message)) if action == "FailJob" => {
-                    fail_job.get_or_insert(message);
+        let mut by_index: BTreeMap<i32, IndexFailures> = BTreeMap::new();
+        for pod in owned.iter() {
+            let is_failed = workload::phase(pod) == "Failed";
+            let action = if is_failed {
+                spec.pod_failure_policy.as_ref().and_then(|policy| failure_rule(policy, pod))
+            } else {
+                None
+            };
+            let ignored = action.as_ref().is_some_and(|(a, _)| a == "Ignore");
+            let counted = is_failed && !ignored;
+            if let (Some(_), Some(index)) = (per_index, index_of(pod)) {
+                let entry = by_index.entry(index).or_default();
+                entry.counted =
+                    entry.counted.max(count_of(pod, FAILURE_COUNT) + i32::from(counted));
+                entry.ignored =
+                    entry.ignored.max(count_of(pod, IGNORED_FAILURE_COUNT) + i32::from(ignored));
+                if counted {
+                    let at = failed_at(pod);
+                    entry.last = Some(entry.last.map_or(at, |l| l.max(at)));
+                    entry.by_rule |= action.as_ref().is_some_and(|(a, _)| a == "FailIndex");
                 }
-                _ => {}
+            }
+            if !counted {
+                continue;
+            }
+            if let Some((_, message)) = action.filter(|(a, _)| a == "FailJob") {
+                fail_job.get_or_insert(message);
             }
             failed += 1;
             let at = failed_at(pod);
             last_failure = Some(last_failure.map_or(at, |l: i64| l.max(at)));
         }
+        let now_secs = berth_stdx::time::unix_now();
         // Kubernetes' back-off before a failed pod is replaced: 10 s, doubling with each
-        // failure, at most 6 minutes.
-        let backoff_left = last_failure.map_or(0, |at| {
-            let delay = (10i64 << (failed - 1).clamp(0, 6)).min(360);
-            at + delay - berth_stdx::time::unix_now()
-        });
+        // failure, at most 6 minutes; with a limit per index, each index waits on its own.
+        let backoff = |failures: i32, at: i64| {
+            let delay = (10i64 << (failures - 1).clamp(0, 6)).min(360);
+            at + delay - now_secs
+        };
+        // The failed indexes: past their limit or named by a FailIndex rule, and those the
+        // status already lists (their pods may be gone).
+        let failed_indexes: std::collections::BTreeSet<i32> = match per_index {
+            None => Default::default(),
+            Some(limit) => {
+                let listed = job
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.failed_indexes.as_deref())
+                    .map(expand)
+                    .unwrap_or_default();
+                by_index
+                    .iter()
+                    .filter(|(_, f)| f.by_rule || f.counted > limit)
+                    .map(|(i, _)| *i)
+                    .chain(listed)
+                    .filter(|i| (0..completions).contains(i) && !succeeded_indexes.contains(i))
+                    .collect()
+            }
+        };
+        // Indexes still waiting out their back-off, and how long the shortest wait is.
+        let mut waiting: std::collections::BTreeSet<i32> = Default::default();
+        let backoff_left = if per_index.is_some() {
+            let mut shortest = 0;
+            for (index, f) in &by_index {
+                let Some(at) = f.last else { continue };
+                let left = backoff(f.counted, at);
+                if left > 0 && !failed_indexes.contains(index) {
+                    waiting.insert(*index);
+                    shortest = if shortest == 0 { left } else { shortest.min(left) };
+                }
+            }
+            shortest
+        } else {
+            last_failure.map_or(0, |at| backoff(failed, at))
+        };
         let parallelism = spec.parallelism.unwrap_or(1).max(0);
         let backoff_limit = spec.backoff_limit.unwrap_or(6);
         let now = berth_api::meta::now();
@@ -302,6 +403,18 @@ impl Controller {
         let mut condition = None;
         if let Some(message) = fail_job {
             condition = Some(("Failed", "PodFailurePolicy", message));
+        } else if per_index.is_some()
+            && spec.max_failed_indexes.is_some_and(|max| failed_indexes.len() as i32 > max)
+        {
+            condition = Some((
+                "Failed",
+                "MaxFailedIndexesExceeded",
+                "Job has exceeded the specified maximal number of failed indexes".to_owned(),
+            ));
+        } else if !failed_indexes.is_empty()
+            && (failed_indexes.len() + succeeded_indexes.len()) as i32 >= completions
+        {
+            condition = Some(("Failed", "FailedIndexes", "Job has failed indexes".to_owned()));
         } else if succeeded >= completions {
             condition = Some(("Complete", "", "".to_owned()));
         } else if failed > backoff_limit {
@@ -321,18 +434,31 @@ impl Controller {
         if condition.is_some() || suspended {
             self.delete_pods(&key.0, &active).await?;
         } else {
-            let wanted = if backoff_left > 0 {
+            // Pods still running for an index that has failed are not needed any more.
+            let doomed: Vec<Arc<Pod>> = active
+                .iter()
+                .filter(|p| index_of(p).is_some_and(|i| failed_indexes.contains(&i)))
+                .cloned()
+                .collect();
+            self.delete_pods(&key.0, &doomed).await?;
+            let left = completions - succeeded - failed_indexes.len() as i32;
+            let wanted = if backoff_left > 0 && per_index.is_none() {
                 0
             } else {
-                (parallelism.min(completions - succeeded)).max(0) as usize
+                (parallelism.min(left)).max(0) as usize
             };
-            let have = active.len() + unseen;
+            let have = active.len() - doomed.len() + unseen;
             if indexed && have < wanted && unseen == 0 {
                 // Each index neither done nor running gets a pod of its own.
                 let running: std::collections::BTreeSet<i32> =
                     active.iter().filter_map(|p| index_of(p)).collect();
                 let missing: Vec<i32> = (0..completions)
-                    .filter(|i| !succeeded_indexes.contains(i) && !running.contains(i))
+                    .filter(|i| {
+                        !succeeded_indexes.contains(i)
+                            && !running.contains(i)
+                            && !failed_indexes.contains(i)
+                            && !waiting.contains(i)
+                    })
                     .take(wanted - have)
                     .collect();
                 for index in missing {
@@ -345,10 +471,15 @@ impl Controller {
                         owner,
                         &labels,
                     );
-                    pod.metadata
-                        .annotations
-                        .get_or_insert_with(BTreeMap::new)
-                        .insert(INDEX.to_owned(), index.to_string());
+                    let annotations = pod.metadata.annotations.get_or_insert_with(BTreeMap::new);
+                    annotations.insert(INDEX.to_owned(), index.to_string());
+                    if per_index.is_some() {
+                        let f = by_index.get(&index);
+                        let counted = f.map_or(0, |f| f.counted);
+                        let ignored = f.map_or(0, |f| f.ignored);
+                        annotations.insert(FAILURE_COUNT.to_owned(), counted.to_string());
+                        annotations.insert(IGNORED_FAILURE_COUNT.to_owned(), ignored.to_string());
+                    }
                     if let Some(pod_spec) = pod.spec.as_mut() {
                         pod_spec.hostname = Some(format!("{}-{index}", key.1));
                         for container in pod_spec
@@ -401,6 +532,9 @@ impl Controller {
         if indexed {
             status["completedIndexes"] = json!(compress(&succeeded_indexes));
         }
+        if per_index.is_some() {
+            status["failedIndexes"] = json!(compress(&failed_indexes));
+        }
         if let Some((kind, reason, message)) = &condition {
             let mut entry = json!({"type": kind, "status": "True", "lastProbeTime": now, "lastTransitionTime": now});
             if !reason.is_empty() {
@@ -427,6 +561,7 @@ impl Controller {
             .iter()
             .any(|f| old[f].as_i64().unwrap_or(0) != status[f].as_i64().unwrap_or(0))
             || (indexed && old["completedIndexes"] != status["completedIndexes"])
+            || (per_index.is_some() && old["failedIndexes"] != status["failedIndexes"])
             || started.is_none()
             || condition.is_some();
         if changed {
@@ -469,9 +604,17 @@ mod tests {
     #[test]
     fn completed_indexes_are_written_as_ranges() {
         let set = |v: &[i32]| v.iter().copied().collect::<std::collections::BTreeSet<i32>>();
-        assert_eq!(compress(&set(&[0, 1, 2, 4, 6, 7])), "0-2,4,6-7");
+        assert_eq!(compress(&set(&[0, 1, 2, 4, 6, 7])), "0-2,4,6,7");
         assert_eq!(compress(&set(&[3])), "3");
         assert_eq!(compress(&set(&[])), "");
+    }
+
+    #[test]
+    fn indexes_read_back_as_written() {
+        let indexes: std::collections::BTreeSet<i32> = [0, 1, 2, 4, 6, 7].into();
+        assert_eq!(expand(&compress(&indexes)), indexes);
+        assert_eq!(expand(""), Default::default());
+        assert_eq!(expand("3,x,5-4"), [3].into());
     }
 
     #[test]

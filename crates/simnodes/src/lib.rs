@@ -8,7 +8,10 @@
 //! Annotations a pod may carry:
 //! - `sim.berth.dev/exit-after`: seconds (fractions allowed) of running before its
 //!   containers exit;
-//! - `sim.berth.dev/exit-code`: their exit code (default 0: Succeeded; else Failed).
+//! - `sim.berth.dev/exit-code`: their exit code (default 0: Succeeded; else Failed);
+//! - `sim.berth.dev/exit-code-by-index`: exit codes for the pods of an Indexed Job by
+//!   their index (`batch.kubernetes.io/job-completion-index`), as `0=1,3=42`; the other
+//!   indexes exit with `exit-code`.
 //!
 //! A node annotated `sim.berth.dev/stopped: "true"` plays a dead kubelet: its Lease is no
 //! longer renewed and its pods are left as they are, until the annotation goes. A node
@@ -28,8 +31,21 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
 
+/// The exit code a pod's annotations ask for.
+fn exit_code(annotations: &BTreeMap<String, String>) -> i32 {
+    let index = annotations.get("batch.kubernetes.io/job-completion-index");
+    let by_index = annotations.get(EXIT_CODE_BY_INDEX).and_then(|codes| {
+        codes.split(',').find_map(|pair| {
+            let (i, code) = pair.trim().split_once('=')?;
+            (Some(i) == index.map(String::as_str)).then(|| code.parse().ok())?
+        })
+    });
+    by_index.or_else(|| annotations.get(EXIT_CODE).and_then(|c| c.parse().ok())).unwrap_or(0)
+}
+
 pub const EXIT_AFTER: &str = "sim.berth.dev/exit-after";
 pub const EXIT_CODE: &str = "sim.berth.dev/exit-code";
+pub const EXIT_CODE_BY_INDEX: &str = "sim.berth.dev/exit-code-by-index";
 /// The Node annotation that stops a simulated kubelet.
 pub const STOPPED: &str = "sim.berth.dev/stopped";
 /// The label every simulated node carries.
@@ -376,7 +392,7 @@ async fn step(client: &kube::Client, config: &Config, pod: &Pod) -> Result<Actio
             if wait > 0.0 {
                 return Ok(Action::RequeueAfter(Duration::from_secs_f64(wait)));
             }
-            let code: i32 = annotations.get(EXIT_CODE).and_then(|c| c.parse().ok()).unwrap_or(0);
+            let code = exit_code(&annotations);
             let (phase, reason) =
                 if code == 0 { ("Succeeded", "Completed") } else { ("Failed", "Error") };
             let statuses: Vec<serde_json::Value> = containers
