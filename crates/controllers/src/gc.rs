@@ -20,10 +20,15 @@ use std::time::Duration;
 use berth_api::kinds::Resource;
 use berth_reconcile::{Action, Cache, Change, Informers, Queue};
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions};
+use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
 
 use crate::{kinds, Error, MAX_BACKOFF};
+
+/// What the collector keeps of an object: its metadata (it follows every kind, and reads
+/// nothing else of any).
+type Meta = PartialObjectMeta<DynamicObject>;
 
 pub(crate) const FOREGROUND: &str = "foregroundDeletion";
 pub(crate) const ORPHAN: &str = "orphan";
@@ -103,7 +108,7 @@ struct Gc {
 struct Kind {
     resource: &'static Resource,
     api: ApiResource,
-    cache: Arc<Cache<DynamicObject>>,
+    cache: Arc<Cache<Meta>>,
 }
 
 /// What the collector knows of an owner reference.
@@ -177,15 +182,15 @@ pub(crate) async fn run(informers: Arc<Informers>) {
     .await;
 }
 
-fn uid(object: &DynamicObject) -> Option<String> {
+fn uid(object: &Meta) -> Option<String> {
     object.metadata.uid.clone().filter(|uid| !uid.is_empty())
 }
 
-fn owner_uids(object: &DynamicObject) -> Vec<String> {
+fn owner_uids(object: &Meta) -> Vec<String> {
     object.metadata.owner_references.iter().flatten().map(|r| r.uid.clone()).collect()
 }
 
-fn has_finalizer(object: &DynamicObject, name: &str) -> bool {
+fn has_finalizer(object: &Meta, name: &str) -> bool {
     object.metadata.finalizers.iter().flatten().any(|f| f == name)
 }
 
@@ -220,7 +225,7 @@ impl Gc {
                 continue;
             }
             let api = kinds::api_resource(resource);
-            let cache = self.informers.dynamic(&api);
+            let cache = self.informers.metadata(&api);
             let index = kinds.len();
             let following = self.clone();
             cache.follow(&self.informers, move |change| match change {
@@ -241,7 +246,7 @@ impl Gc {
         }
     }
 
-    fn key(&self, kind: usize, object: &DynamicObject) -> Key {
+    fn key(&self, kind: usize, object: &Meta) -> Key {
         Key {
             kind,
             namespace: object
@@ -253,7 +258,7 @@ impl Gc {
         }
     }
 
-    fn observe(&self, kind: usize, object: &DynamicObject) {
+    fn observe(&self, kind: usize, object: &Meta) {
         let Some(uid) = uid(object) else { return };
         let key = self.key(kind, object);
         let owners = owner_uids(object);
@@ -268,7 +273,7 @@ impl Gc {
 
     /// A gone object: its dependents may be orphans now, and an owner waiting for it in
     /// the foreground may be done.
-    fn forget(&self, _kind: usize, object: &DynamicObject) {
+    fn forget(&self, _kind: usize, object: &Meta) {
         let Some(uid) = uid(object) else { return };
         let mut graph = self.graph();
         let node = graph.remove(&uid);
@@ -299,8 +304,11 @@ impl Gc {
             .map(|(uid, _)| uid.clone())
             .collect();
         for uid in vanished {
-            let mut gone = DynamicObject::new("", &followed.api);
-            gone.metadata.uid = Some(uid);
+            let gone = Meta {
+                types: None,
+                metadata: kube::api::ObjectMeta { uid: Some(uid), ..Default::default() },
+                _phantom: std::marker::PhantomData,
+            };
             self.forget(kind, &gone);
         }
         for object in &objects {
@@ -319,7 +327,7 @@ impl Gc {
         }
     }
 
-    fn cached(&self, key: &Key) -> Option<Arc<DynamicObject>> {
+    fn cached(&self, key: &Key) -> Option<Arc<Meta>> {
         let followed = self.kind(key.kind);
         let mut reference = ObjectRef::new_with(&key.name, followed.api.clone());
         if let Some(namespace) = &key.namespace {
@@ -379,17 +387,14 @@ impl Gc {
             .await
             .map_err(Error::api(format!("look up owner {} {}", reference.kind, reference.name)))?;
         Ok(match found {
-            Some(owner) if uid(&owner).as_deref() == Some(reference.uid.as_str()) => Owner::Alive,
+            Some(owner) if owner.metadata.uid.as_deref() == Some(reference.uid.as_str()) => {
+                Owner::Alive
+            }
             _ => Owner::Absent,
         })
     }
 
-    async fn check_owners(
-        &self,
-        key: &Key,
-        object: &DynamicObject,
-        uid: &str,
-    ) -> Result<Action, Error> {
+    async fn check_owners(&self, key: &Key, object: &Meta, uid: &str) -> Result<Action, Error> {
         let references = object.metadata.owner_references.clone().unwrap_or_default();
         let mut absent = Vec::new();
         for reference in &references {
@@ -425,7 +430,7 @@ impl Gc {
     async fn patch_metadata(
         &self,
         key: &Key,
-        object: &DynamicObject,
+        object: &Meta,
         mut metadata: serde_json::Value,
     ) -> Result<(), Error> {
         metadata["resourceVersion"] = json!(object.metadata.resource_version);
@@ -443,7 +448,7 @@ impl Gc {
     async fn orphan_dependents(
         &self,
         key: &Key,
-        object: &DynamicObject,
+        object: &Meta,
         uid: &str,
     ) -> Result<Action, Error> {
         let dependents = self.graph().dependents_of(uid);
@@ -465,7 +470,7 @@ impl Gc {
     async fn delete_dependents(
         &self,
         key: &Key,
-        object: &DynamicObject,
+        object: &Meta,
         uid: &str,
     ) -> Result<Action, Error> {
         let dependents = self.graph().dependents_of(uid);
@@ -504,12 +509,7 @@ impl Gc {
         Ok(Action::Done)
     }
 
-    async fn remove_finalizer(
-        &self,
-        key: &Key,
-        object: &DynamicObject,
-        name: &str,
-    ) -> Result<(), Error> {
+    async fn remove_finalizer(&self, key: &Key, object: &Meta, name: &str) -> Result<(), Error> {
         let kept: Vec<&String> =
             object.metadata.finalizers.iter().flatten().filter(|f| *f != name).collect();
         self.patch_metadata(key, object, json!({"finalizers": kept})).await

@@ -23,8 +23,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use kube::api::{Api, ApiResource, DynamicObject};
+use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::watcher;
+use kube::runtime::watcher::{self, watcher};
 use kube::runtime::WatchStreamExt;
 use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
@@ -208,24 +209,40 @@ impl Informers {
         K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     {
         let key = format!("{}/{}", K::api_version(&()), K::plural(&()));
-        self.cache(key, || Api::<K>::all(self.caches.reader.clone()), ())
+        let reader = self.caches.reader.clone();
+        self.cache(key, move || watcher(Api::<K>::all(reader), watcher::Config::default()), ())
     }
 
     /// The cache of any kind, by its resource, across all namespaces.
     pub fn dynamic(&self, resource: &ApiResource) -> Arc<Cache<DynamicObject>> {
         let key = format!("{}/{}", resource.api_version, resource.plural);
-        self.cache(key, || Api::all_with(self.caches.reader.clone(), resource), resource.clone())
+        let api = Api::all_with(self.caches.reader.clone(), resource);
+        self.cache(key, move || watcher(api, watcher::Config::default()), resource.clone())
     }
 
-    fn cache<K>(
+    /// The metadata of any kind's objects (names, uids, owners, finalizers, labels), by
+    /// its resource, across all namespaces: what a loop that reads nothing else needs,
+    /// listed and watched as `PartialObjectMetadata`, so the server sends, and this
+    /// process decodes and keeps, the metadata only (the garbage collector follows every
+    /// kind this way: a full copy of each pod and node was decoded for it before).
+    pub fn metadata(&self, resource: &ApiResource) -> Arc<Cache<PartialObjectMeta<DynamicObject>>> {
+        let key = format!("{}/{}#metadata", resource.api_version, resource.plural);
+        // An Api of PartialObjectMeta asks for the metadata only.
+        let api =
+            Api::<PartialObjectMeta<DynamicObject>>::all_with(self.caches.reader.clone(), resource);
+        self.cache(key, move || watcher(api, watcher::Config::default()), resource.clone())
+    }
+
+    fn cache<K, S>(
         &self,
         key: String,
-        api: impl FnOnce() -> Api<K>,
+        watch: impl FnOnce() -> S,
         dyntype: K::DynamicType,
     ) -> Arc<Cache<K>>
     where
-        K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+        K: Resource + Clone + Debug + Send + Sync + 'static,
         K::DynamicType: Hash + Eq + Clone + Send + Sync,
+        S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
     {
         let mut caches = match self.caches.by_kind.lock() {
             Ok(caches) => caches,
@@ -240,7 +257,7 @@ impl Informers {
         let (listed_tx, listed) = tokio::sync::watch::channel(false);
         let cache = Arc::new(Cache { store: writer.as_reader(), changes: changes.clone(), listed });
         caches.insert(key.clone(), cache.clone());
-        let stream = watcher(api(), watcher::Config::default()).default_backoff();
+        let stream = watch().default_backoff();
         let shutdown = self.caches.shutdown.clone();
         self.caches.tasks.spawn(async move {
             let mut stream = std::pin::pin!(stream);

@@ -49,6 +49,58 @@ struct Shared {
     wal: std::path::PathBuf,
     /// What the quota counts, as of the last commit or compaction.
     used: std::sync::atomic::AtomicU64,
+    /// The latest value of keys lately written or read, so that a `get` (the API server
+    /// reads an object before each update, and admission its namespace and service
+    /// account) is answered without a trip to SQLite.
+    latest: Mutex<Latest>,
+}
+
+/// The cache of latest values. Exact, not eventually right: the writer thread puts every
+/// write it commits here (a delete as a `None`) before acknowledging it; a read that
+/// missed puts what it read from SQLite only if the key is still absent and the cache has
+/// not been emptied since the read began (so a value older than a write committed
+/// meanwhile can never land: that write's entry is there, or the emptying moved
+/// `epoch`). Past its byte budget the cache is emptied as a whole, never entry by entry.
+#[derive(Debug, Default)]
+struct Latest {
+    epoch: u64,
+    bytes: usize,
+    values: std::collections::HashMap<String, Option<KeyValue>>,
+}
+
+/// What the cache of latest values may hold (keys and values, with an allowance for
+/// the map's own overhead).
+const LATEST_BYTES: usize = 256 << 20;
+
+impl Latest {
+    fn cost(key: &str, value: &Option<KeyValue>) -> usize {
+        2 * key.len() + value.as_ref().map_or(0, |kv| kv.value.len()) + 96
+    }
+
+    /// Sets `key`'s latest value (the writer's, after a commit).
+    fn put(&mut self, key: &str, value: Option<KeyValue>) {
+        let cost = Latest::cost(key, &value);
+        if let Some(slot) = self.values.get_mut(key) {
+            self.bytes = self.bytes - Latest::cost(key, slot) + cost;
+            *slot = value;
+            return;
+        }
+        if self.bytes + cost > LATEST_BYTES {
+            self.values = Default::default();
+            self.bytes = 0;
+            self.epoch += 1;
+        }
+        self.bytes += cost;
+        self.values.insert(key.to_owned(), value);
+    }
+
+    /// Remembers what a read found, unless the key was written meanwhile (it is present)
+    /// or the cache was emptied since the read began (`epoch` moved).
+    fn offer(&mut self, epoch: u64, key: &str, value: Option<KeyValue>) {
+        if epoch == self.epoch && !self.values.contains_key(key) {
+            self.put(key, value);
+        }
+    }
 }
 
 fn backend(err: rusqlite::Error) -> Error {
@@ -232,6 +284,7 @@ impl SqliteStore {
             events,
             wal,
             used: std::sync::atomic::AtomicU64::new(0),
+            latest: Mutex::default(),
         });
         shared.refresh_used(&shared.db())?;
         let (writes, queue) = std::sync::mpsc::channel();
@@ -311,6 +364,10 @@ impl SqliteStore {
 impl Shared {
     fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.db.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn latest(&self) -> std::sync::MutexGuard<'_, Latest> {
+        self.latest.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// What the store takes on disk (the database file, which compaction's vacuum gives
@@ -396,6 +453,13 @@ impl Shared {
         if let Err(err) = tx.commit() {
             let failed = backend(err);
             return (0..count).map(|_| Err(failed.clone())).collect();
+        }
+        {
+            let mut latest = self.latest();
+            for event in results.iter().flatten() {
+                let value = (event.kind == EventKind::Put).then(|| event.kv.clone());
+                latest.put(&event.kv.key, value);
+            }
         }
         for event in results.iter().flatten() {
             let _ = self.events.send(Arc::new(event.clone()));
@@ -491,11 +555,21 @@ fn read_history(db: &Connection, prefix: &str, after: i64, up_to: i64) -> Result
 
 impl Store for SqliteStore {
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<KeyValue>>> {
+        let epoch = {
+            let latest = self.inner.shared.latest();
+            if let Some(known) = latest.values.get(key) {
+                let known = known.clone();
+                return Box::pin(std::future::ready(Ok(known)));
+            }
+            latest.epoch
+        };
         let key = key.to_owned();
         self.blocking(move |inner| {
-            inner.read(|db| {
+            let found = inner.read(|db| {
                 Ok(latest(db, &key).map_err(backend)?.filter(|r| !r.deleted).map(|r| r.kv()))
-            })
+            })?;
+            inner.shared.latest().offer(epoch, &key, found.clone());
+            Ok(found)
         })
     }
 
@@ -714,5 +788,43 @@ impl Store for SqliteStore {
             inner.shared.refresh_used(&db)?;
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(key: &str, revision: i64) -> Option<KeyValue> {
+        Some(KeyValue {
+            key: key.into(),
+            value: vec![b'v'; 10],
+            create_revision: 1,
+            mod_revision: revision,
+        })
+    }
+
+    #[test]
+    fn a_read_never_replaces_a_write_in_the_cache_of_latest_values() {
+        let mut latest = Latest::default();
+        // A read that began before a write to its key lands after it: the write stays.
+        let epoch = latest.epoch;
+        latest.put("/a", kv("/a", 5));
+        latest.offer(epoch, "/a", kv("/a", 4));
+        assert_eq!(latest.values["/a"].as_ref().map(|kv| kv.mod_revision), Some(5));
+        // A delete is remembered as gone, not forgotten (a stale read cannot revive it).
+        latest.put("/a", None);
+        latest.offer(epoch, "/a", kv("/a", 5));
+        assert!(latest.values["/a"].is_none());
+        // A read of a key nobody wrote meanwhile is kept.
+        latest.offer(epoch, "/b", kv("/b", 3));
+        assert!(latest.values.contains_key("/b"));
+        // Emptied past its budget: a read that began before is not kept.
+        latest.bytes = LATEST_BYTES;
+        latest.put("/c", kv("/c", 9));
+        assert_eq!(latest.values.len(), 1, "emptied as a whole");
+        latest.offer(epoch, "/a", kv("/a", 4));
+        assert!(!latest.values.contains_key("/a"));
+        assert_eq!(latest.bytes, Latest::cost("/c", &kv("/c", 9)));
     }
 }

@@ -80,6 +80,11 @@ impl WatchMemo {
     }
 
     /// The event's object as stored (with its resourceVersion), decoded once.
+    /// The object written at `revision`, if a watch has decoded it and it is still kept.
+    pub(super) fn decoded(&self, revision: i64) -> Option<Arc<Value>> {
+        self.lock().entries.get(&revision).and_then(|e| e.object.clone())
+    }
+
     pub(super) fn object(&self, kv: &KeyValue) -> Result<Arc<Value>, ApiError> {
         let revision = kv.mod_revision;
         if let Some(object) = self.lock().entries.get(&revision).and_then(|e| e.object.clone()) {

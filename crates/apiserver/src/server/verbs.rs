@@ -158,7 +158,12 @@ impl Api {
 
     pub(super) async fn current(&self) -> Result<Value, ApiError> {
         match self.state.store.get(&self.key()).await {
-            Ok(Some(kv)) => decode(&kv),
+            // An object just written is usually decoded already, for the watches that
+            // met its write: a copy of that is cheaper than parsing the bytes again.
+            Ok(Some(kv)) => match self.state.watch_memo.decoded(kv.mod_revision) {
+                Some(object) => Ok(Value::clone(&object)),
+                None => decode(&kv),
+            },
             Ok(None) => Err(ApiError::not_found(self.resource(), self.name())),
             Err(err) => Err(storage_error(self.resource(), self.name(), err)),
         }
@@ -1304,6 +1309,11 @@ impl Api {
         let converter = self.converter(false);
         // A watch whose lines depend on nothing but the event and the version served.
         let plain = converter.is_none() && !as_table && !metadata_only;
+        // The metadata of the objects only (the garbage collector's watches of every
+        // kind): also one line per event for all such watches, made without copying the
+        // whole object.
+        let plain_metadata = converter.is_none() && !as_table && metadata_only;
+        let metadata_form = format!("{api_version};as=PartialObjectMetadata");
         let memo = self.state.watch_memo.clone();
         let metrics = self.state.metrics.clone();
         let shutdown = self.state.shutdown.clone();
@@ -1390,6 +1400,10 @@ impl Api {
                             // The same line for every plain watch of this version.
                             memo.line(last, &api_version, || {
                                 line(&shape(json!({"type": kind, "object": Value::clone(&object)})))
+                            })
+                        } else if plain_metadata {
+                            memo.line(last, &metadata_form, || {
+                                line(&json!({"type": kind, "object": objects::partial_metadata(&object)}))
                             })
                         } else {
                             match converted(json!({"type": kind, "object": Value::clone(&object)})).await {
