@@ -841,9 +841,6 @@ fn validate_workload(kind: &str, spec: &Value, at: &str) -> Result<(), (String, 
             format!("Unsupported value: {policy:?}: supported values: {words}"),
         ));
     }
-    if kind == "Job" {
-        validate_job_spec(spec, at)?;
-    }
     if kind == "StatefulSet" {
         if let Some(policy) = spec["podManagementPolicy"].as_str() {
             if !matches!(policy, "OrderedReady" | "Parallel") {
@@ -855,6 +852,21 @@ fn validate_workload(kind: &str, spec: &Value, at: &str) -> Result<(), (String, 
         }
     }
     Ok(())
+}
+
+/// What only a new object is checked for: rules berth came to enforce after objects
+/// that break them could be stored (an update of those, a finalizer removed or a label
+/// changed, must still pass). The fields they look at do not change after creation.
+pub fn validate_create(resource: &Resource, object: &Value) -> Result<(), ApiError> {
+    let name = name_of(object).to_owned();
+    let checked = match resource.kind {
+        "Job" => validate_job_spec(&object["spec"], "spec"),
+        "CronJob" => {
+            validate_job_spec(&object["spec"]["jobTemplate"]["spec"], "spec.jobTemplate.spec")
+        }
+        _ => Ok(()),
+    };
+    checked.map_err(|(f, m)| ApiError::invalid(resource, &name, &f, &m))
 }
 
 /// What a Job's spec adds to a workload's: the per-index back-off limits, which only an
@@ -1846,6 +1858,37 @@ mod pod_status_tests {
 mod tests {
     use super::*;
     use crate::resources::find;
+
+    /// Jobs and CronJobs that berth stored before it checked pod failure policies (with
+    /// the replacement policy it defaulted to then) can still be updated; new ones with
+    /// that shape are refused, as Kubernetes refuses them.
+    #[test]
+    fn job_policy_rules_bind_new_objects_only() {
+        let jobs = find("batch", "v1", "jobs").unwrap();
+        let job = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "old"},
+            "spec": {"podReplacementPolicy": "TerminatingOrFailed",
+                "podFailurePolicy": {"rules": [{"action": "FailJob", "onExitCodes": {"operator": "In", "values": [42]}}]},
+                "template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox"}]}}}});
+        validate(jobs, &job).unwrap();
+        let refused = validate_create(jobs, &job).unwrap_err();
+        assert!(
+            refused
+                .message
+                .contains("spec.podReplacementPolicy: Unsupported value: \"TerminatingOrFailed\""),
+            "{}",
+            refused.message
+        );
+        let cronjobs = find("batch", "v1", "cronjobs").unwrap();
+        let cronjob = json!({"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "old"},
+            "spec": {"schedule": "* * * * *", "jobTemplate": {"spec": job["spec"].clone()}}});
+        validate(cronjobs, &cronjob).unwrap();
+        let refused = validate_create(cronjobs, &cronjob).unwrap_err();
+        assert!(
+            refused.message.contains("spec.jobTemplate.spec.podReplacementPolicy"),
+            "{}",
+            refused.message
+        );
+    }
 
     #[test]
     fn creation_fills_metadata_and_checks_names() {

@@ -177,7 +177,18 @@ impl Controller {
 
     async fn start(&self, cronjob: &CronJob, due: i64) -> Result<(), Error> {
         let (namespace, name) = workload::key_of(&cronjob.metadata);
-        let template = cronjob.spec.as_ref().map(|s| s.job_template.clone()).unwrap_or_default();
+        let mut template =
+            cronjob.spec.as_ref().map(|s| s.job_template.clone()).unwrap_or_default();
+        // CronJobs stored by berth before 2026-12-02 carry the replacement policy it then
+        // defaulted to even beside a pod failure policy, which a Job may not have: the
+        // Job gets the API's default instead.
+        if let Some(spec) = template.spec.as_mut() {
+            if spec.pod_failure_policy.is_some()
+                && spec.pod_replacement_policy.as_deref() == Some("TerminatingOrFailed")
+            {
+                spec.pod_replacement_policy = None;
+            }
+        }
         let meta = template.metadata.clone().unwrap_or_default();
         let mut annotations = meta.annotations.unwrap_or_default();
         annotations.insert(

@@ -400,9 +400,22 @@ impl Controller {
         let involved = ("batch/v1", "Job", &job.metadata);
         let elapsed = berth_stdx::time::unix_now()
             - berth_stdx::time::parse_rfc3339(&start_time).unwrap_or(berth_stdx::time::unix_now());
+        // In the order Kubernetes' controller decides them: failures before success.
         let mut condition = None;
         if let Some(message) = fail_job {
             condition = Some(("Failed", "PodFailurePolicy", message));
+        } else if failed > backoff_limit {
+            condition = Some((
+                "Failed",
+                "BackoffLimitExceeded",
+                "Job has reached the specified backoff limit".to_owned(),
+            ));
+        } else if spec.active_deadline_seconds.is_some_and(|deadline| elapsed >= deadline) {
+            condition = Some((
+                "Failed",
+                "DeadlineExceeded",
+                "Job was active longer than specified deadline".to_owned(),
+            ));
         } else if per_index.is_some()
             && spec.max_failed_indexes.is_some_and(|max| failed_indexes.len() as i32 > max)
         {
@@ -417,18 +430,6 @@ impl Controller {
             condition = Some(("Failed", "FailedIndexes", "Job has failed indexes".to_owned()));
         } else if succeeded >= completions {
             condition = Some(("Complete", "", "".to_owned()));
-        } else if failed > backoff_limit {
-            condition = Some((
-                "Failed",
-                "BackoffLimitExceeded",
-                "Job has reached the specified backoff limit".to_owned(),
-            ));
-        } else if spec.active_deadline_seconds.is_some_and(|deadline| elapsed >= deadline) {
-            condition = Some((
-                "Failed",
-                "DeadlineExceeded",
-                "Job was active longer than specified deadline".to_owned(),
-            ));
         }
         let suspended = spec.suspend == Some(true);
         if condition.is_some() || suspended {
@@ -584,15 +585,17 @@ impl Controller {
                 }
             }
         }
-        Ok(match spec.active_deadline_seconds {
-            Some(deadline) if condition.is_none() => {
-                Action::RequeueAfter(Duration::from_secs((deadline - elapsed).max(1) as u64))
-            }
-            _ if unseen > 0 => Action::RequeueAfter(Duration::from_secs(1)),
-            _ if backoff_left > 0 && condition.is_none() => {
-                Action::RequeueAfter(Duration::from_secs(backoff_left as u64))
-            }
-            _ => Action::Done,
+        if condition.is_some() {
+            return Ok(Action::Done);
+        }
+        // Looked at again at the first of: the deadline, the end of a back-off, a second
+        // for pods created but not seen yet.
+        let deadline = spec.active_deadline_seconds.map(|d| (d - elapsed).max(1));
+        let backoff = (backoff_left > 0).then_some(backoff_left);
+        let unseen = (unseen > 0).then_some(1);
+        Ok(match [deadline, backoff, unseen].into_iter().flatten().min() {
+            Some(seconds) => Action::RequeueAfter(Duration::from_secs(seconds as u64)),
+            None => Action::Done,
         })
     }
 }

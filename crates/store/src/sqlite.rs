@@ -83,15 +83,24 @@ impl Latest {
         if let Some(slot) = self.values.get_mut(key) {
             self.bytes = self.bytes - Latest::cost(key, slot) + cost;
             *slot = value;
+            // A value that grew may take the cache past its budget.
+            if self.bytes > LATEST_BYTES {
+                self.empty();
+            }
             return;
         }
         if self.bytes + cost > LATEST_BYTES {
-            self.values = Default::default();
-            self.bytes = 0;
-            self.epoch += 1;
+            self.empty();
         }
         self.bytes += cost;
         self.values.insert(key.to_owned(), value);
+    }
+
+    /// Forgets everything; reads that began before cannot fill it with what they read.
+    fn empty(&mut self) {
+        self.values = Default::default();
+        self.bytes = 0;
+        self.epoch += 1;
     }
 
     /// Remembers what a read found, unless the key was written meanwhile (it is present)
@@ -456,6 +465,11 @@ impl Shared {
         }
         {
             let mut latest = self.latest();
+            // A write that failed inside SQLite (not one its check refused) may still be
+            // part of what was committed: nothing cached can be trusted for its key.
+            if results.iter().any(|r| matches!(r, Err(Error::Backend(_)))) {
+                latest.empty();
+            }
             for event in results.iter().flatten() {
                 let value = (event.kind == EventKind::Put).then(|| event.kv.clone());
                 latest.put(&event.kv.key, value);
@@ -826,5 +840,15 @@ mod tests {
         latest.offer(epoch, "/a", kv("/a", 4));
         assert!(!latest.values.contains_key("/a"));
         assert_eq!(latest.bytes, Latest::cost("/c", &kv("/c", 9)));
+        // A value that grows past the budget empties it too.
+        let epoch = latest.epoch;
+        let mut big = kv("/c", 10);
+        if let Some(big) = big.as_mut() {
+            big.value = vec![0; 1024];
+        }
+        latest.bytes = LATEST_BYTES - 10;
+        latest.put("/c", big);
+        assert!(latest.values.is_empty());
+        assert_eq!((latest.bytes, latest.epoch), (0, epoch + 1));
     }
 }

@@ -374,6 +374,7 @@ impl Api {
         self.admit_new(&name, &mut object).await?;
         let mut object = self.admit("CREATE", Some(object), None).await?.unwrap_or_default();
         objects::validate(resource, &object)?;
+        objects::validate_create(resource, &object)?;
         self.record_manager(None, &mut object);
         self.namespace_ready().await?;
         let quotas = self.quotas_tracking();
@@ -867,6 +868,7 @@ impl Api {
                 self.admit_new(&name, &mut object).await?;
                 let object = self.admit("CREATE", Some(object), None).await?.unwrap_or_default();
                 objects::validate(resource, &object)?;
+                objects::validate_create(resource, &object)?;
                 self.namespace_ready().await?;
                 let quotas = self.quotas_tracking();
                 let _counted = match quotas.is_empty() {
@@ -1402,8 +1404,16 @@ impl Api {
                                 line(&shape(json!({"type": kind, "object": Value::clone(&object)})))
                             })
                         } else if plain_metadata {
+                            // Of the object in the version served (a conversion may move
+                            // fields into annotations).
                             memo.line(last, &metadata_form, || {
-                                line(&json!({"type": kind, "object": objects::partial_metadata(&object)}))
+                                let served = crate::convert::from_storage(
+                                    resource.group,
+                                    resource.version,
+                                    resource.kind,
+                                    Value::clone(&object),
+                                );
+                                line(&json!({"type": kind, "object": objects::partial_metadata(&served)}))
                             })
                         } else {
                             match converted(json!({"type": kind, "object": Value::clone(&object)})).await {
