@@ -50,12 +50,7 @@ fn unhashed(template: &PodTemplateSpec) -> serde_json::Value {
 }
 
 fn revision(set: &ReplicaSet) -> i64 {
-    set.metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(REVISION))
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(0)
+    workload::annotation(&set.metadata, REVISION).unwrap_or(0)
 }
 
 /// An int-or-percent of `total`, rounded up or down.

@@ -124,7 +124,7 @@ fn failed_at(pod: &Pod) -> i64 {
 const INDEX: &str = "batch.kubernetes.io/job-completion-index";
 
 fn index_of(pod: &Pod) -> Option<i32> {
-    pod.metadata.annotations.as_ref()?.get(INDEX)?.parse().ok()
+    workload::annotation(&pod.metadata, INDEX)
 }
 
 /// The annotations a pod of an index with its own back-off limit carries: how many of the
@@ -133,12 +133,7 @@ const FAILURE_COUNT: &str = "batch.kubernetes.io/job-index-failure-count";
 const IGNORED_FAILURE_COUNT: &str = "batch.kubernetes.io/job-index-ignored-failure-count";
 
 fn count_of(pod: &Pod, annotation: &str) -> i32 {
-    pod.metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(annotation))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+    workload::annotation(&pod.metadata, annotation).unwrap_or(0)
 }
 
 /// What is known of one index's failures under `backoffLimitPerIndex`.

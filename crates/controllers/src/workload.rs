@@ -50,6 +50,11 @@ pub(crate) fn owned_pods(pods: &Cache<Pod>, namespace: &str, uid: &str) -> Vec<A
     })
 }
 
+/// A number an object carries in an annotation (None when absent or not a number).
+pub(crate) fn annotation<T: std::str::FromStr>(meta: &ObjectMeta, key: &str) -> Option<T> {
+    meta.annotations.as_ref()?.get(key)?.parse().ok()
+}
+
 pub(crate) fn phase(pod: &Pod) -> &str {
     pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("Pending")
 }
